@@ -1,0 +1,1 @@
+"""Losses: per-sample Dice-Focal and the imbalance-aware loss accumulation."""

@@ -1,0 +1,1 @@
+"""Voxel and lesion-level metrics, aggregation and reports."""

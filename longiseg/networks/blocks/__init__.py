@@ -1,0 +1,1 @@
+"""Reusable network blocks (MaST, Difference Weighting, patch embedding, decoders, heads)."""

@@ -1,0 +1,59 @@
+"""The output structure that every longitudinal model in the registry returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["LongitudinalOutput"]
+
+
+@dataclass
+class LongitudinalOutput:
+    """Logits of the two heads of a longitudinal segmentation model.
+
+    Attributes:
+        baseline: baseline-lesion logits from timepoint 0, ``(B, K, *spatial)``.
+        progression: new/enlarging-lesion logits, one map per follow-up, ``(B, T-1, K, *spatial)``.
+
+    ``spatial`` is ``(H, W)`` for 2.5D/2D models and ``(D, H, W)`` for 3D models; ``K`` is the number
+    of output channels per head (1 for binary masks). The tensors are logits, apply ``sigmoid`` for
+    probabilities.
+    """
+
+    baseline: torch.Tensor
+    progression: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.baseline, torch.Tensor) or not isinstance(self.progression, torch.Tensor):
+            raise TypeError("LongitudinalOutput: baseline and progression must be tensors")
+        if self.progression.ndim != self.baseline.ndim + 1:
+            raise ValueError(
+                "LongitudinalOutput: progression must have one more dim (T-1) than baseline; got "
+                f"baseline {tuple(self.baseline.shape)} and progression {tuple(self.progression.shape)}"
+            )
+        b, k, *sp = self.baseline.shape
+        pb, _, pk, *psp = self.progression.shape
+        if (pb, pk, psp) != (b, k, sp):
+            raise ValueError(
+                "LongitudinalOutput: baseline (B, K, *S) and progression (B, T-1, K, *S) disagree: "
+                f"{tuple(self.baseline.shape)} vs {tuple(self.progression.shape)}"
+            )
+
+    @property
+    def num_followups(self) -> int:
+        """Number of follow-up timepoints ``T-1``."""
+        return self.progression.shape[1]
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """``{"baseline": ..., "progression": ...}``."""
+        return {"baseline": self.baseline, "progression": self.progression}
+
+    def map(self, fn) -> LongitudinalOutput:  # noqa: ANN001
+        """Apply ``fn`` to both tensors (e.g. ``torch.sigmoid``) and return a new output."""
+        return LongitudinalOutput(baseline=fn(self.baseline), progression=fn(self.progression))
+
+    def __iter__(self):
+        yield self.baseline
+        yield self.progression

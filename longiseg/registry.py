@@ -1,0 +1,182 @@
+"""A timm-style model registry.
+
+Models are registered with :func:`register_model` on a factory function that takes ``**kwargs`` and
+returns an ``nn.Module``. :func:`build_model` looks a name up and calls the factory; :func:`list_models`
+lists names with optional shell-style wildcards.
+
+Example:
+    >>> from longiseg import build_model, list_models
+    >>> list_models("segmast*")            # doctest: +SKIP
+    ['segmast', 'segmast_glioma', 'segmast_ms']
+    >>> model = build_model("segmast_ms")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch.nn as nn
+
+__all__ = [
+    "ModelInfo",
+    "register_model",
+    "build_model",
+    "list_models",
+    "model_info",
+    "is_model",
+    "unregister_model",
+]
+
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+_VALID_DIMS = ("2.5D", "3D", "2D")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about one model.
+
+    Attributes:
+        name: registry name.
+        factory: callable ``(**kwargs) -> nn.Module``.
+        dim: ``"2.5D"`` (slice model, tri-planar inference), ``"3D"`` (volume model) or ``"2D"``.
+        description: one line shown by ``longiseg models``.
+        tags: free-form tags (e.g. ``"mamba"``, ``"attention"``, ``"cnn"``, ``"monai"``).
+    """
+
+    name: str
+    factory: Callable[..., nn.Module]
+    dim: str = "2.5D"
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    dim: str = "2.5D",
+    description: str | None = None,
+    tags: Iterable[str] = (),
+) -> Any:
+    """Register a model factory; usable as ``@register_model`` or ``@register_model(dim="3D")``.
+
+    Args:
+        fn: the factory ``(**kwargs) -> nn.Module``; its ``__name__`` is the registry name unless
+            ``name`` is given.
+        name: registry name overriding ``fn.__name__``.
+        dim: ``"2.5D"``, ``"3D"`` or ``"2D"``.
+        description: one-line description; defaults to the first line of the factory's docstring.
+        tags: free-form tags.
+
+    Returns:
+        The factory unchanged (so the decorated function stays callable).
+
+    Raises:
+        ValueError: if the name is already registered or ``dim`` is unknown.
+        TypeError: if ``fn`` is not callable.
+    """
+    if dim not in _VALID_DIMS:
+        raise ValueError(f"register_model: dim must be one of {_VALID_DIMS}, got {dim!r}")
+
+    def decorator(f: F) -> F:
+        if not callable(f):
+            raise TypeError(f"register_model: expected a callable factory, got {type(f).__name__}")
+        key = name or f.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"register_model: a model named {key!r} is already registered")
+        doc = description
+        if doc is None:
+            doc = (f.__doc__ or "").strip().splitlines()[0] if f.__doc__ else ""
+        _REGISTRY[key] = ModelInfo(name=key, factory=f, dim=dim, description=doc, tags=tuple(tags))
+        return f
+
+    if fn is not None:
+        return decorator(fn)
+    return decorator
+
+
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (mainly for tests and plugins)."""
+    _ensure_builtin_models()
+    if name not in _REGISTRY:
+        raise KeyError(_unknown_message(name))
+    del _REGISTRY[name]
+
+
+def _ensure_builtin_models() -> None:
+    # Importing the nets package registers every built-in model exactly once.
+    import longiseg.networks.nets  # noqa: F401
+
+
+def _unknown_message(name: str) -> str:
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return f"Unknown model name {name!r}.{hint} Known models: {', '.join(sorted(_REGISTRY))}."
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` is a registered model."""
+    _ensure_builtin_models()
+    return name in _REGISTRY
+
+
+def model_info(name: str) -> ModelInfo:
+    """Return the :class:`ModelInfo` of a registered model.
+
+    Raises:
+        ValueError: naming the unknown model and the closest known names.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, got {type(name).__name__}")
+    _ensure_builtin_models()
+    if name not in _REGISTRY:
+        raise ValueError(_unknown_message(name))
+    return _REGISTRY[name]
+
+
+def list_models(pattern: str | Iterable[str] = "", *, dim: str | None = None, tag: str | None = None) -> list[str]:
+    """List registered model names, sorted.
+
+    Args:
+        pattern: shell-style wildcard(s) such as ``"segmast*"``; empty matches everything.
+        dim: keep only models of this dimensionality (``"2.5D"``, ``"3D"``, ``"2D"``).
+        tag: keep only models with this tag.
+
+    Returns:
+        Sorted list of names.
+    """
+    _ensure_builtin_models()
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    names = sorted(_REGISTRY)
+    if any(patterns):
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns if p)]
+    if dim is not None:
+        names = [n for n in names if _REGISTRY[n].dim == dim]
+    if tag is not None:
+        names = [n for n in names if tag in _REGISTRY[n].tags]
+    return names
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: registry name (see :func:`list_models`).
+        **kwargs: forwarded to the model's factory (e.g. ``in_channels``, ``num_timepoints``).
+
+    Returns:
+        The model. Every registered model maps images ``(B, T, C, H, W)`` (2.5D) or
+        ``(B, T, C, D, H, W)`` (3D) to a :class:`~longiseg.networks.output.LongitudinalOutput`.
+
+    Raises:
+        ValueError: if ``name`` is unknown (the message names the closest known models).
+    """
+    return model_info(name).factory(**kwargs)

@@ -1,0 +1,32 @@
+"""Shared utilities: input validation, logging, atomic I/O."""
+
+from longiseg.utils.io import atomic_path, atomic_save_nifti, atomic_torch_save, atomic_write, atomic_write_json
+from longiseg.utils.logging import get_logger, log_once
+from longiseg.utils.validation import (
+    check_binary,
+    check_finite,
+    check_ndim,
+    check_positive_int,
+    check_probability,
+    check_same_shape,
+    check_tensor,
+    check_timepoints,
+)
+
+__all__ = [
+    "atomic_path",
+    "atomic_save_nifti",
+    "atomic_torch_save",
+    "atomic_write",
+    "atomic_write_json",
+    "get_logger",
+    "log_once",
+    "check_binary",
+    "check_finite",
+    "check_ndim",
+    "check_positive_int",
+    "check_probability",
+    "check_same_shape",
+    "check_tensor",
+    "check_timepoints",
+]

@@ -1,0 +1,123 @@
+"""Atomic file writing: write to a temporary file in the destination folder, then rename.
+
+A crash or interruption never leaves a half-written output or checkpoint behind, and an existing file
+is only replaced when ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = ["atomic_path", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_write_json"]
+
+PathLike = str | os.PathLike
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, *, overwrite: bool = True, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+
+    Args:
+        path: final destination.
+        overwrite: replace an existing file; if ``False`` an existing file raises ``FileExistsError``.
+        suffix: suffix of the temporary file (keeps e.g. ``.nii.gz`` so writers pick the format);
+            defaults to the destination's suffixes.
+
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    _check_target(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if not overwrite and path.exists():
+            raise FileExistsError(f"{path} appeared while writing; not overwritten")
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write(path: PathLike, writer: Callable[[IO[Any]], None], *, mode: str = "w",
+                 overwrite: bool = True) -> Path:
+    """Call ``writer(fileobj)`` on a temporary file and rename it onto ``path`` (fsynced)."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with open(tmp, mode) as fh:
+            writer(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def atomic_write_json(path: PathLike, obj: Any, *, overwrite: bool = True, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON atomically."""
+    return atomic_write(path, lambda fh: json.dump(obj, fh, indent=indent, default=_json_default),
+                        overwrite=overwrite)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serialisable")
+
+
+def atomic_torch_save(obj: Any, path: PathLike, *, overwrite: bool = True) -> Path:
+    """``torch.save`` to ``path`` atomically (checkpoints are never half-written)."""
+    import torch
+
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def atomic_save_nifti(array: np.ndarray, affine: np.ndarray, path: PathLike, *, overwrite: bool = False,
+                      dtype: Any = None, header: Any = None) -> Path:
+    """Save ``array`` (``(D, H, W)`` or with trailing channels) as NIfTI with ``affine``, atomically.
+
+    Args:
+        array: voxel data in the volume's index order (as nibabel loads it).
+        affine: ``(4, 4)`` voxel-to-world matrix, usually the input image's.
+        path: destination ending in ``.nii`` or ``.nii.gz``.
+        overwrite: replace an existing file (default ``False``: never lose what is there).
+        dtype: on-disk dtype (defaults to ``array.dtype``).
+        header: optional nibabel header to copy (spacing, units).
+    """
+    import nibabel as nib
+
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"affine must be a (4, 4) matrix, got shape {affine.shape}")
+    arr = np.asarray(array)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    elif arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    img = nib.Nifti1Image(arr, affine, header=header)
+    img.set_data_dtype(arr.dtype)
+    name = str(path)
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
+    with atomic_path(path, overwrite=overwrite, suffix=suffix) as tmp:
+        nib.save(img, tmp)
+    return Path(path)

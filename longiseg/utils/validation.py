@@ -1,0 +1,117 @@
+"""Input checks shared by the whole library.
+
+Each helper raises a ``TypeError`` or ``ValueError`` that names the argument and what was expected, so
+public functions can validate their inputs in one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "check_tensor",
+    "check_ndim",
+    "check_finite",
+    "check_binary",
+    "check_same_shape",
+    "check_positive_int",
+    "check_probability",
+    "check_timepoints",
+]
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+def check_tensor(name: str, x: object) -> torch.Tensor:
+    """Return ``x`` if it is a ``torch.Tensor``, else raise ``TypeError`` naming ``name``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_ndim(name: str, x: ArrayLike, ndim: int | Sequence[int], layout: str = "") -> None:
+    """Raise ``ValueError`` unless ``x.ndim`` is ``ndim`` (or one of them).
+
+    Args:
+        name: argument name used in the message.
+        x: tensor or array.
+        ndim: accepted rank(s).
+        layout: human-readable expected layout such as ``"(B, T, C, H, W)"``.
+    """
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if x.ndim not in allowed:
+        want = " or ".join(str(a) for a in allowed)
+        lay = f" {layout}" if layout else ""
+        raise ValueError(f"{name} must have {want} dims{lay}, got shape {tuple(x.shape)}")
+
+
+def check_finite(name: str, x: ArrayLike) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or infinite values."""
+    if isinstance(x, torch.Tensor):
+        if x.is_floating_point() or x.is_complex():
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name} contains NaN or infinite values")
+    else:
+        arr = np.asarray(x)
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def check_binary(name: str, x: ArrayLike) -> None:
+    """Raise ``ValueError`` unless every value of ``x`` is 0 or 1 (bool, int or float dtypes)."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype == torch.bool:
+            return
+        ok = bool(((x == 0) | (x == 1)).all())
+        bad = None if ok else torch.unique(x[(x != 0) & (x != 1)])[:5].tolist()
+    else:
+        arr = np.asarray(x)
+        if arr.dtype == bool:
+            return
+        ok = bool(np.isin(arr, (0, 1)).all())
+        bad = None if ok else np.unique(arr[(arr != 0) & (arr != 1)])[:5].tolist()
+    if not ok:
+        raise ValueError(f"{name} must be a binary mask with values in {{0, 1}}, found values such as {bad}")
+
+
+def check_same_shape(name_a: str, a: ArrayLike, name_b: str, b: ArrayLike) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` have the same shape."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` if it is an ``int`` ``>= minimum``; raise ``TypeError``/``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_probability(name: str, value: float, *, inclusive: bool = True) -> float:
+    """Return ``value`` if it lies in ``[0, 1]`` (or ``(0, 1)`` when ``inclusive=False``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    v = float(value)
+    ok = 0.0 <= v <= 1.0 if inclusive else 0.0 < v < 1.0
+    if not ok:
+        rng = "[0, 1]" if inclusive else "(0, 1)"
+        raise ValueError(f"{name} must lie in {rng}, got {v}")
+    return v
+
+
+def check_timepoints(name: str, num_timepoints: int, minimum: int = 2) -> int:
+    """Validate a number of timepoints ``T`` (at least ``minimum``, default 2)."""
+    if isinstance(num_timepoints, bool) or not isinstance(num_timepoints, (int, np.integer)):
+        raise TypeError(f"{name} must be an int number of timepoints, got {type(num_timepoints).__name__}")
+    if num_timepoints < minimum:
+        raise ValueError(
+            f"{name} must be >= {minimum} (a baseline and at least one follow-up), got {num_timepoints}"
+        )
+    return int(num_timepoints)

@@ -1,0 +1,109 @@
+"""Validation helpers, atomic I/O and the output structure."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from longiseg import LongitudinalOutput
+from longiseg.data import layout
+from longiseg.utils import (
+    atomic_save_nifti,
+    atomic_torch_save,
+    atomic_write_json,
+    check_binary,
+    check_finite,
+    check_ndim,
+    check_positive_int,
+    check_probability,
+    check_same_shape,
+    check_tensor,
+    check_timepoints,
+)
+from longiseg.utils.io import atomic_path
+
+
+def test_check_helpers_raise_named_errors():
+    with pytest.raises(TypeError, match="images must be a torch.Tensor"):
+        check_tensor("images", np.zeros(3))
+    with pytest.raises(ValueError, match=r"images must have 5 dims \(B, T, C, H, W\), got shape \(2, 3\)"):
+        check_ndim("images", torch.zeros(2, 3), 5, "(B, T, C, H, W)")
+    check_ndim("x", torch.zeros(1, 2), (2, 3))
+    with pytest.raises(ValueError, match="logits contains NaN"):
+        check_finite("logits", torch.tensor([0.0, float("nan")]))
+    with pytest.raises(ValueError, match="image contains NaN"):
+        check_finite("image", np.array([np.inf]))
+    check_finite("ints", torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"mask must be a binary mask.*0.5"):
+        check_binary("mask", torch.tensor([0.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="mask must be a binary mask.*2"):
+        check_binary("mask", np.array([0, 2]))
+    check_binary("m", torch.tensor([True, False]))
+    check_binary("m", np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="pred and target must have the same shape"):
+        check_same_shape("pred", np.zeros(2), "target", np.zeros(3))
+    with pytest.raises(TypeError):
+        check_positive_int("n", 1.5)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        check_positive_int("n", 0)
+    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\]"):
+        check_probability("p", 1.5)
+    with pytest.raises(ValueError, match="num_timepoints must be >= 2"):
+        check_timepoints("num_timepoints", 1)
+
+
+def test_longitudinal_output_validates_and_maps():
+    out = LongitudinalOutput(torch.zeros(2, 1, 8, 8), torch.zeros(2, 3, 1, 8, 8))
+    assert out.num_followups == 3
+    probs = out.map(torch.sigmoid)
+    assert torch.all(probs.baseline == 0.5)
+    b, p = out
+    assert b.shape == (2, 1, 8, 8) and p.shape == (2, 3, 1, 8, 8)
+    with pytest.raises(ValueError, match="disagree"):
+        LongitudinalOutput(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 1, 8, 4))
+    with pytest.raises(ValueError, match="one more dim"):
+        LongitudinalOutput(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8))
+
+
+def test_atomic_writes_never_leave_partial_files(tmp_path):
+    target = tmp_path / "ckpt.pt"
+    atomic_torch_save({"a": torch.ones(2)}, target)
+    assert torch.equal(torch.load(target)["a"], torch.ones(2))
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("crash while writing")
+    assert torch.equal(torch.load(target)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    with pytest.raises(FileExistsError):
+        atomic_torch_save({}, target, overwrite=False)
+    atomic_write_json(tmp_path / "r.json", {"x": np.float32(1.5), "a": np.arange(2)})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"x": 1.5, "a": [0, 1]}
+
+
+def test_atomic_nifti_roundtrip(tmp_path):
+    arr = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
+    aff = np.diag([1.0, 2.0, 3.0, 1.0])
+    path = atomic_save_nifti(arr, aff, tmp_path / "x.nii.gz")
+    img = nib.load(path)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), arr)
+    np.testing.assert_array_equal(img.affine, aff)
+    with pytest.raises(FileExistsError):
+        atomic_save_nifti(arr, aff, path)
+    with pytest.raises(ValueError, match="affine must be a"):
+        atomic_save_nifti(arr, np.eye(3), tmp_path / "y.nii.gz")
+
+
+def test_layout_names():
+    assert layout.image_filename(1, "FLAIR") == "t1_flair.nii.gz"
+    assert layout.parse_image_filename("t12_t1ce.nii.gz") == (12, "t1ce")
+    assert layout.parse_image_filename("baseline_mask.nii.gz") is None
+    assert layout.progression_filename(2, "_prob") == "progression_t2_prob.nii.gz"
+    names = layout.prediction_filenames(3)
+    assert names["mask"] == ["baseline_mask.nii.gz", "progression_t1.nii.gz", "progression_t2.nii.gz"]
+    with pytest.raises(ValueError):
+        layout.progression_filename(0)
