@@ -1,0 +1,379 @@
+"""Imbalance-aware loss accumulation (SegMaST, section 2 "Imbalance-Aware Loss Accumulation").
+
+Follow-up data are dominated by stable cases whose progression masks are empty. The progression head's
+per-sample losses are therefore filtered before averaging:
+
+``L = mean_{i in batch} L_1(i) + mean_{(i, j) kept} L_p(i, j)``
+
+where ``L_1`` is the baseline-head loss of sample ``i`` and ``L_p(i, j)`` the progression-head loss of
+sample ``i`` at follow-up ``j``. Which ``(i, j)`` pairs are kept depends on the strategy:
+
+* ``"whole"``: every pair.
+* ``"none"``: only pairs with a non-empty progression mask.
+* ``"partial"`` (the paper's): every non-empty pair plus a random subset of the empty ones, chosen
+  independently for each follow-up head ``j``; the subset has ``min(#empty, round(empty_ratio * #non-empty))``
+  members (``round`` is half-up), or ``min(#empty, min_empty)`` when the head has no non-empty sample.
+
+See ``docs/losses.md`` for the rationale and the edge cases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
+from longiseg.networks.output import LongitudinalOutput
+from longiseg.utils.validation import check_binary, check_finite, check_same_shape, check_tensor
+
+__all__ = [
+    "STRATEGIES",
+    "ImbalanceAwareLoss",
+    "ImbalanceLossOutput",
+    "num_empty_to_keep",
+    "progression_presence",
+    "select_progression_samples",
+]
+
+STRATEGIES: tuple[str, ...] = ("whole", "none", "partial")
+
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _check_strategy(strategy: object) -> str:
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    return strategy
+
+
+def _check_ratio(empty_ratio: object) -> float:
+    if isinstance(empty_ratio, bool) or not isinstance(empty_ratio, (int, float)):
+        raise TypeError(f"empty_ratio must be a float >= 0, got {type(empty_ratio).__name__}")
+    if not (0.0 <= empty_ratio < math.inf):
+        raise ValueError(f"empty_ratio must be a finite float >= 0, got {empty_ratio}")
+    return float(empty_ratio)
+
+
+def _check_min_empty(min_empty: object) -> int:
+    if isinstance(min_empty, bool) or not isinstance(min_empty, int):
+        raise TypeError(f"min_empty must be an int >= 0, got {type(min_empty).__name__}")
+    if min_empty < 0:
+        raise ValueError(f"min_empty must be >= 0, got {min_empty}")
+    return min_empty
+
+
+def _check_generator(generator: object) -> torch.Generator | None:
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
+    return generator
+
+
+def progression_presence(progression_target: torch.Tensor) -> torch.Tensor:
+    """Which progression masks are non-empty.
+
+    Args:
+        progression_target: ``(B, T-1, K, *S)`` masks (bool, int or float). A mask counts as non-empty if
+            any voxel of any channel is non-zero.
+
+    Returns:
+        ``(B, T-1)`` bool tensor on the device of ``progression_target``.
+    """
+    check_tensor("progression_target", progression_target)
+    if progression_target.ndim < 4:
+        raise ValueError(
+            "progression_target must have at least 4 dims (B, T-1, K, *spatial), got shape "
+            f"{tuple(progression_target.shape)}"
+        )
+    return progression_target.flatten(2).ne(0).any(-1)
+
+
+def num_empty_to_keep(
+    num_non_empty: int,
+    num_empty: int,
+    strategy: str = "partial",
+    empty_ratio: float = 1.0,
+    min_empty: int = 1,
+) -> int:
+    """How many empty-mask samples of one follow-up head a strategy keeps.
+
+    Args:
+        num_non_empty: number of samples with a non-empty progression mask in the batch.
+        num_empty: number of samples with an empty progression mask.
+        strategy: ``"whole"`` (all), ``"none"`` (zero) or ``"partial"``.
+        empty_ratio: ``partial`` only: empty samples kept per non-empty sample.
+        min_empty: ``partial`` only: empty samples kept when ``num_non_empty == 0``.
+
+    Returns:
+        ``num_empty`` for ``whole``, ``0`` for ``none``; for ``partial``
+        ``min(num_empty, floor(empty_ratio * num_non_empty + 0.5))`` if ``num_non_empty > 0`` else
+        ``min(num_empty, min_empty)``.
+    """
+    strategy = _check_strategy(strategy)
+    empty_ratio = _check_ratio(empty_ratio)
+    min_empty = _check_min_empty(min_empty)
+    for name, value in (("num_non_empty", num_non_empty), ("num_empty", num_empty)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if strategy == "whole":
+        return num_empty
+    if strategy == "none":
+        return 0
+    if num_non_empty == 0:
+        return min(num_empty, min_empty)
+    return min(num_empty, math.floor(empty_ratio * num_non_empty + 0.5))
+
+
+def select_progression_samples(
+    non_empty: torch.Tensor,
+    strategy: str = "partial",
+    empty_ratio: float = 1.0,
+    min_empty: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Choose which (sample, follow-up) progression losses enter the progression term.
+
+    Each column (follow-up head) is filtered independently with the counts of :func:`num_empty_to_keep`:
+    every non-empty sample is kept for ``whole``/``none``/``partial``; empty ones are kept all
+    (``whole``), none (``none``) or as a uniformly random subset (``partial``).
+
+    Args:
+        non_empty: ``(B,)`` or ``(B, T-1)`` bool (or 0/1) flags, e.g. from :func:`progression_presence`.
+        strategy: ``"whole"``, ``"none"`` or ``"partial"``.
+        empty_ratio: ``partial``: empty samples kept per non-empty one (default 1:1).
+        min_empty: ``partial``: empty samples kept by a head without any non-empty sample.
+        generator: CPU generator for the random subset (global RNG when ``None``). The draw consumes the
+            generator identically for a given ``(B, T-1)`` regardless of the data, one ``randperm`` per head.
+
+    Returns:
+        bool tensor shaped like ``non_empty`` on its device, ``True`` for kept pairs.
+    """
+    check_tensor("non_empty", non_empty)
+    if non_empty.ndim not in (1, 2):
+        raise ValueError(f"non_empty must have shape (B,) or (B, T-1), got {tuple(non_empty.shape)}")
+    check_binary("non_empty", non_empty)
+    strategy = _check_strategy(strategy)
+    empty_ratio = _check_ratio(empty_ratio)
+    min_empty = _check_min_empty(min_empty)
+    generator = _check_generator(generator)
+
+    flags = non_empty.detach().to("cpu", torch.bool)
+    squeeze = flags.ndim == 1
+    if squeeze:
+        flags = flags[:, None]
+    kept = flags.clone()
+    for j in range(flags.shape[1]):
+        empty_idx = torch.nonzero(~flags[:, j]).flatten()
+        n_keep = num_empty_to_keep(int(flags[:, j].sum()), len(empty_idx), strategy, empty_ratio, min_empty)
+        if strategy == "partial":
+            order = torch.randperm(len(empty_idx), generator=generator)
+            kept[empty_idx[order[:n_keep]], j] = True
+        elif n_keep:
+            kept[empty_idx, j] = True
+    if squeeze:
+        kept = kept[:, 0]
+    return kept.to(non_empty.device)
+
+
+@dataclass
+class ImbalanceLossOutput:
+    """Result of :class:`ImbalanceAwareLoss`.
+
+    Attributes:
+        loss: scalar total, ``baseline_loss + progression_loss`` (call ``.backward()`` on this).
+        baseline_loss: scalar mean baseline-head loss over the ``B`` samples.
+        progression_loss: scalar mean progression-head loss over the kept ``(sample, follow-up)`` pairs; a
+            zero that is still connected to the progression logits when nothing was kept.
+        kept: ``(B, T-1)`` bool, CPU: pairs that entered ``progression_loss``.
+        non_empty: ``(B, T-1)`` bool, CPU: pairs whose progression mask is non-empty.
+        num_kept: number of kept pairs ``B'``.
+        num_positive: number of non-empty pairs (all of them are kept).
+        num_empty: number of empty pairs.
+        num_empty_kept: number of empty pairs kept.
+    """
+
+    loss: torch.Tensor
+    baseline_loss: torch.Tensor
+    progression_loss: torch.Tensor
+    kept: torch.Tensor
+    non_empty: torch.Tensor
+    num_kept: int
+    num_positive: int
+    num_empty: int
+    num_empty_kept: int
+
+    def as_log_dict(self, prefix: str = "loss") -> dict[str, float]:
+        """Plain floats for a logger, e.g. ``{"loss": .., "loss/baseline": .., "loss/kept": ..}``."""
+        return {
+            prefix: float(self.loss.detach()),
+            f"{prefix}/baseline": float(self.baseline_loss.detach()),
+            f"{prefix}/progression": float(self.progression_loss.detach()),
+            f"{prefix}/kept": float(self.num_kept),
+            f"{prefix}/positive": float(self.num_positive),
+            f"{prefix}/empty": float(self.num_empty),
+            f"{prefix}/empty_kept": float(self.num_empty_kept),
+        }
+
+
+class ImbalanceAwareLoss(nn.Module):
+    """Baseline loss + filtered progression loss for any model returning :class:`LongitudinalOutput`.
+
+    ``total = mean_i L(baseline_i, y1_i) + mean_{(i, j) kept} L(progression_ij, yp_ij)`` where ``L`` is a
+    per-sample loss and the kept pairs are chosen by :func:`select_progression_samples`. For ``T > 2``
+    every follow-up head ``j`` is filtered on its own, and the progression term averages over all kept
+    ``(sample, follow-up)`` pairs, so every kept pair weighs the same. When no pair is kept the progression
+    term is ``0`` (connected to the graph, so DDP sees the head as used).
+
+    Args:
+        per_sample_loss: callable ``(logits (N, K, *S), target (N, K, *S)) -> (N,)``; default
+            :class:`PerSampleDiceFocalLoss` with MONAI's defaults. Modules are registered as children.
+        strategy: ``"partial"`` (default, the paper's), ``"whole"`` or ``"none"``.
+        empty_ratio: ``partial``: empty samples kept per non-empty sample of a head (default 1.0 = 1:1).
+        min_empty: ``partial``: empty samples kept by a head whose batch has no non-empty sample
+            (default 1, so the progression head still learns to stay silent on stable batches; 0 gives
+            a zero progression term for such batches, the literal reading of the paper).
+        generator: CPU ``torch.Generator`` for the random subsets; the caller keeps ownership.
+        seed: alternative to ``generator``: the loss owns a generator seeded with it, whose state is part
+            of ``state_dict()`` so a resumed run draws the same subsets. Neither given: global RNG.
+
+    Example:
+        >>> loss_fn = ImbalanceAwareLoss(seed=0)
+        >>> out = LongitudinalOutput(torch.randn(4, 1, 8, 8), torch.randn(4, 1, 1, 8, 8))
+        >>> res = loss_fn(out, torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 1, 8, 8))
+        >>> res.num_kept   # no progression in the batch -> min_empty = 1 stable sample kept
+        1
+    """
+
+    def __init__(
+        self,
+        per_sample_loss: PerSampleLoss | None = None,
+        strategy: str = "partial",
+        empty_ratio: float = 1.0,
+        min_empty: int = 1,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if per_sample_loss is None:
+            per_sample_loss = PerSampleDiceFocalLoss()
+        if not callable(per_sample_loss):
+            raise TypeError(f"per_sample_loss must be callable, got {type(per_sample_loss).__name__}")
+        self.per_sample_loss = per_sample_loss
+        self.strategy = _check_strategy(strategy)
+        self.empty_ratio = _check_ratio(empty_ratio)
+        self.min_empty = _check_min_empty(min_empty)
+        if generator is not None and seed is not None:
+            raise ValueError("pass either generator or seed, not both")
+        self._owns_generator = seed is not None
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+            generator = torch.Generator().manual_seed(seed)
+        self.generator = _check_generator(generator)
+
+    def _per_sample(self, logits: torch.Tensor, target: torch.Tensor, what: str) -> torch.Tensor:
+        values = self.per_sample_loss(logits, target)
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != (logits.shape[0],):
+            shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise ValueError(
+                f"per_sample_loss must return one value per sample, shape ({logits.shape[0]},), "
+                f"for the {what} head; got {shape}"
+            )
+        return values
+
+    def forward(
+        self,
+        output: LongitudinalOutput,
+        baseline_target: torch.Tensor,
+        progression_target: torch.Tensor,
+    ) -> ImbalanceLossOutput:
+        """Compute the imbalance-aware loss.
+
+        Args:
+            output: model output with ``baseline`` ``(B, K, *S)`` and ``progression`` ``(B, T-1, K, *S)``
+                logits.
+            baseline_target: ``(B, K, *S)`` binary baseline mask (bool, int or float).
+            progression_target: ``(B, T-1, K, *S)`` binary new/enlarging-lesion masks.
+
+        Returns:
+            :class:`ImbalanceLossOutput` with the total and its components.
+        """
+        if not isinstance(output, LongitudinalOutput):
+            raise TypeError(f"output must be a LongitudinalOutput, got {type(output).__name__}")
+        check_tensor("baseline_target", baseline_target)
+        check_tensor("progression_target", progression_target)
+        check_same_shape("baseline_target", baseline_target, "output.baseline", output.baseline)
+        if progression_target.ndim != output.progression.ndim:
+            raise ValueError(
+                "progression_target must have shape (B, T-1, K, *S) like output.progression "
+                f"{tuple(output.progression.shape)}, got {tuple(progression_target.shape)}"
+            )
+        if progression_target.shape[1] != output.progression.shape[1]:
+            raise ValueError(
+                f"progression_target has {progression_target.shape[1]} follow-ups (T-1, dim 1) but "
+                f"output.progression has {output.progression.shape[1]}: shapes "
+                f"{tuple(progression_target.shape)} vs {tuple(output.progression.shape)}"
+            )
+        check_same_shape("progression_target", progression_target, "output.progression", output.progression)
+        check_finite("output.baseline", output.baseline)
+        check_finite("output.progression", output.progression)
+        check_binary("baseline_target", baseline_target)
+        check_binary("progression_target", progression_target)
+
+        baseline_loss = self._per_sample(output.baseline, baseline_target, "baseline").mean()
+
+        non_empty = progression_presence(progression_target).cpu()
+        kept = select_progression_samples(
+            non_empty, self.strategy, self.empty_ratio, self.min_empty, self.generator
+        )
+        num_kept = int(kept.sum())
+        if num_kept:
+            pairs = torch.nonzero(kept, as_tuple=True)
+            logits = output.progression[tuple(i.to(output.progression.device) for i in pairs)]
+            target = progression_target[tuple(i.to(progression_target.device) for i in pairs)]
+            progression_loss = self._per_sample(logits, target, "progression").mean()
+        else:
+            progression_loss = output.progression.sum() * 0.0
+        progression_loss = progression_loss.to(baseline_loss.dtype)
+
+        num_positive = int(non_empty.sum())
+        num_empty = non_empty.numel() - num_positive
+        return ImbalanceLossOutput(
+            loss=baseline_loss + progression_loss,
+            baseline_loss=baseline_loss,
+            progression_loss=progression_loss,
+            kept=kept,
+            non_empty=non_empty,
+            num_kept=num_kept,
+            num_positive=num_positive,
+            num_empty=num_empty,
+            num_empty_kept=num_kept - num_positive,
+        )
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The state of the generator the loss owns (``seed=...``), so resumed runs draw identically."""
+        if self._owns_generator and self.generator is not None:
+            return {"generator_state": self.generator.get_state()}
+        return {}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_extra_state`."""
+        if not isinstance(state, dict):
+            raise TypeError(f"extra state must be a dict, got {type(state).__name__}")
+        if "generator_state" in state:
+            if not self._owns_generator or self.generator is None:
+                raise ValueError(
+                    "state has a generator state but this ImbalanceAwareLoss was built without seed="
+                )
+            self.generator.set_state(state["generator_state"])
+
+    def extra_repr(self) -> str:
+        return f"strategy={self.strategy!r}, empty_ratio={self.empty_ratio}, min_empty={self.min_empty}"
