@@ -1,0 +1,291 @@
+"""Atomic training checkpoints with everything needed for an exact resume.
+
+A checkpoint is a ``dict`` written with :func:`longiseg.utils.io.atomic_torch_save` (a crash during the
+save leaves the previous file intact) holding:
+
+=========================  ==========================================================================
+key                        content
+=========================  ==========================================================================
+``format_version``         :data:`CHECKPOINT_FORMAT_VERSION`
+``model``                  ``state_dict`` of the unwrapped model (no ``module.`` prefix from DDP)
+``model_name``             registry name (or ``None``), used by :func:`build_model_from_checkpoint`
+``model_kwargs``           keyword arguments given to the registry factory
+``optimizer``              optimizer ``state_dict``
+``scheduler``              LR scheduler ``state_dict``
+``grad_scaler``            ``torch.amp.GradScaler`` ``state_dict`` (or ``None``)
+``sampler``                batch sampler ``state_dict`` when the sampler has one (or ``None``)
+``loss``                   ``state_dict`` of the loss when it is an ``nn.Module`` with state (or ``None``)
+``rng``                    python, numpy, torch and CUDA RNG states (see :func:`capture_rng_state`)
+``epoch``                  number of completed epochs
+``global_step``            number of completed optimizer steps
+``best_metric``            best value of the monitored metric so far (or ``None``)
+``early_stopping_counter`` validations since the last improvement
+``trainer_config``         the :class:`~longiseg.engine.config.TrainerConfig` as a dict
+``history``                list of the per-epoch log rows
+``extra``                  free-form dict supplied by the caller
+=========================  ==========================================================================
+
+Only tensors and plain Python containers are stored, so checkpoints load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from longiseg.utils.io import atomic_torch_save
+
+__all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
+    "unwrap_model",
+    "capture_rng_state",
+    "restore_rng_state",
+    "save_checkpoint",
+    "load_checkpoint",
+    "build_model_from_checkpoint",
+]
+
+CHECKPOINT_FORMAT_VERSION = 1
+_REQUIRED_KEYS = ("format_version", "model", "epoch", "global_step")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the module inside ``DistributedDataParallel``/``DataParallel``/``torch.compile`` wrappers."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"unwrap_model: expected an nn.Module, got {type(model).__name__}")
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Snapshot the python, numpy, torch CPU and (when initialised) CUDA RNG states.
+
+    Returns:
+        ``{"python": ..., "numpy": {...}, "torch": ByteTensor, "cuda": list[ByteTensor] | None}``; only
+        tensors and plain containers, so it survives ``torch.load(weights_only=True)``.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    cuda = None
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = torch.cuda.get_rng_state_all()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore RNG states captured by :func:`capture_rng_state`.
+
+    CUDA states are restored only when CUDA is available and the number of devices matches.
+
+    Raises:
+        ValueError: if ``state`` lacks the ``python``, ``numpy`` or ``torch`` entries.
+    """
+    missing = [k for k in ("python", "numpy", "torch") if k not in state]
+    if missing:
+        raise ValueError(f"restore_rng_state: state lacks {missing}; expected the output of capture_rng_state()")
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    keys = np.asarray(npst["keys"].cpu().numpy() if isinstance(npst["keys"], torch.Tensor) else npst["keys"],
+                      dtype=np.uint32)
+    np.random.set_state((npst["kind"], keys, int(npst["pos"]), int(npst["has_gauss"]),
+                         float(npst["cached_gaussian"])))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def _state_or_none(obj: Any) -> Any:
+    if obj is None:
+        return None
+    fn = getattr(obj, "state_dict", None)
+    if not callable(fn):
+        return None
+    state = fn()
+    return state if state else None
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    grad_scaler: Any = None,
+    sampler: Any = None,
+    loss_fn: Any = None,
+    epoch: int = 0,
+    global_step: int = 0,
+    best_metric: float | None = None,
+    early_stopping_counter: int = 0,
+    model_name: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    trainer_config: Mapping[str, Any] | None = None,
+    history: list[dict[str, Any]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    rng_state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically (see the module docstring for the keys).
+
+    Args:
+        path: destination file (its folder is created).
+        model: the model, possibly wrapped in DDP (its unwrapped ``state_dict`` is saved).
+        optimizer, scheduler, grad_scaler, sampler, loss_fn: objects whose ``state_dict()`` is saved when
+            they have one; ``None`` entries are stored as ``None``.
+        epoch: completed epochs.
+        global_step: completed optimizer steps.
+        best_metric: best monitored value so far.
+        early_stopping_counter: validations since the last improvement.
+        model_name: registry name of the model.
+        model_kwargs: factory keyword arguments of the model.
+        trainer_config: trainer configuration as a plain dict.
+        history: per-epoch log rows.
+        extra: any further picklable plain data.
+        rng_state: RNG states to store; defaults to :func:`capture_rng_state` now.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        TypeError: if ``model`` is not an ``nn.Module``.
+        ValueError: for a negative ``epoch`` or ``global_step``.
+    """
+    if epoch < 0 or global_step < 0:
+        raise ValueError(f"epoch and global_step must be >= 0, got {epoch} and {global_step}")
+    payload = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model": unwrap_model(model).state_dict(),
+        "model_name": model_name,
+        "model_kwargs": dict(model_kwargs) if model_kwargs is not None else {},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": _state_or_none(grad_scaler),
+        "sampler": _state_or_none(sampler),
+        "loss": _state_or_none(loss_fn) if isinstance(loss_fn, nn.Module) else None,
+        "rng": dict(rng_state) if rng_state is not None else capture_rng_state(),
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "best_metric": None if best_metric is None else float(best_metric),
+        "early_stopping_counter": int(early_stopping_counter),
+        "trainer_config": dict(trainer_config) if trainer_config is not None else None,
+        "history": list(history) if history is not None else [],
+        "extra": dict(extra) if extra is not None else {},
+    }
+    return atomic_torch_save(payload, path)
+
+
+def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"checkpoint {path} holds objects that weights_only=True refuses ({err}); if you trust the file, "
+            "load it with weights_only=False"
+        ) from err
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED_KEYS):
+        raise ValueError(f"{path} is not a longiseg checkpoint (expected a dict with keys {_REQUIRED_KEYS})")
+    if ckpt["format_version"] > CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this longiseg "
+                         f"supports ({CHECKPOINT_FORMAT_VERSION})")
+    return ckpt
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    grad_scaler: Any = None,
+    sampler: Any = None,
+    loss_fn: Any = None,
+    restore_rng: bool = False,
+    map_location: Any = "cpu",
+    strict: bool = True,
+    weights_only: bool = True,
+) -> dict[str, Any]:
+    """Read a checkpoint and load its states into the objects given.
+
+    Args:
+        path: a file written by :func:`save_checkpoint`.
+        model: model (wrapped or not) to load the weights into.
+        optimizer, scheduler, grad_scaler, sampler, loss_fn: objects to restore when the checkpoint has
+            their state (a sampler/loss without ``load_state_dict`` is skipped).
+        restore_rng: also restore the python/numpy/torch/CUDA RNG states.
+        map_location: passed to :func:`torch.load`.
+        strict: passed to ``model.load_state_dict``.
+        weights_only: passed to :func:`torch.load` (checkpoints of this module load with ``True``).
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file is not a longiseg checkpoint or is newer than supported.
+    """
+    ckpt = _read(Path(path), map_location, weights_only)
+    if model is not None:
+        unwrap_model(model).load_state_dict(ckpt["model"], strict=strict)
+    if optimizer is not None and ckpt.get("optimizer") is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if grad_scaler is not None and ckpt.get("grad_scaler") is not None:
+        grad_scaler.load_state_dict(ckpt["grad_scaler"])
+    for obj, key in ((sampler, "sampler"), (loss_fn, "loss")):
+        if obj is not None and ckpt.get(key) is not None and callable(getattr(obj, "load_state_dict", None)):
+            obj.load_state_dict(ckpt[key])
+    if restore_rng and ckpt.get("rng") is not None:
+        restore_rng_state(ckpt["rng"])
+    return ckpt
+
+
+def build_model_from_checkpoint(path: str | Path, *, map_location: Any = "cpu",
+                                **override_kwargs: Any) -> nn.Module:
+    """Rebuild a registry model from a checkpoint's ``model_name``/``model_kwargs`` and load its weights.
+
+    Args:
+        path: checkpoint file.
+        map_location: passed to :func:`torch.load`.
+        **override_kwargs: factory keyword arguments replacing the stored ones.
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        ValueError: if the checkpoint has no ``model_name`` (train with ``Trainer(model_name=...)``).
+    """
+    from longiseg.registry import build_model
+
+    ckpt = _read(Path(path), map_location, True)
+    name = ckpt.get("model_name")
+    if not name:
+        raise ValueError(f"checkpoint {path} has no model_name; build the model yourself and use load_checkpoint")
+    model = build_model(name, **{**ckpt.get("model_kwargs", {}), **override_kwargs})
+    model.load_state_dict(ckpt["model"])
+    return model.eval()

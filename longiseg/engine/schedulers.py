@@ -1,0 +1,102 @@
+"""Learning-rate schedule: linear warm-up, then cosine decay, stepped once per optimizer step.
+
+The schedule is a picklable callable :class:`WarmupCosineSchedule` usable as ``lr_lambda`` of
+:class:`torch.optim.lr_scheduler.LambdaLR` (so its state is saved in ``scheduler.state_dict()``).
+Warm-up and total lengths are given in epochs and converted to steps with ``steps_per_epoch``.
+
+With ``W`` warm-up steps and ``N`` total steps the multiplier of the base learning rate at step ``s``
+(``s = 0`` is the first optimizer step) is::
+
+    s < W:        (s + 1) / W                                   # linear, reaches 1 at s = W - 1
+    W <= s < N:   r + (1 - r) * (1 + cos(pi * (s - W) / (N - W))) / 2
+    s >= N:       r                                             # r = min_lr / base_lr
+
+so the cosine starts at the peak right after the warm-up and reaches ``min_lr`` at step ``N``
+(after the last optimizer step of training).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = ["WarmupCosineSchedule", "build_warmup_cosine_scheduler"]
+
+
+class WarmupCosineSchedule:
+    """Multiplier of the base learning rate: linear warm-up then cosine decay to ``min_ratio``.
+
+    Args:
+        warmup_steps: number of warm-up steps ``W >= 0`` (``0`` starts directly with the cosine).
+        total_steps: total number of steps ``N >= 1``; ``W`` is clipped to ``N``.
+        min_ratio: final multiplier ``min_lr / base_lr`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: for negative lengths or a ratio outside ``[0, 1]``.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> None:
+        if int(total_steps) < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if int(warmup_steps) < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if not 0.0 <= float(min_ratio) <= 1.0:
+            raise ValueError(f"min_ratio must be in [0, 1], got {min_ratio}")
+        self.total_steps = int(total_steps)
+        self.warmup_steps = min(int(warmup_steps), self.total_steps)
+        self.min_ratio = float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        """Multiplier at optimizer step ``step`` (0-based)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if step >= self.total_steps:
+            return self.min_ratio
+        decay_steps = self.total_steps - self.warmup_steps
+        progress = (step - self.warmup_steps) / decay_steps
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def __repr__(self) -> str:
+        return (f"WarmupCosineSchedule(warmup_steps={self.warmup_steps}, total_steps={self.total_steps}, "
+                f"min_ratio={self.min_ratio})")
+
+
+def build_warmup_cosine_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    warmup_epochs: int,
+    max_epochs: int,
+    steps_per_epoch: int,
+    min_lr: float = 0.0,
+) -> LambdaLR:
+    """A :class:`~torch.optim.lr_scheduler.LambdaLR` with :class:`WarmupCosineSchedule`, one ``step()`` per
+    optimizer step.
+
+    Args:
+        optimizer: the optimizer; every parameter group's ``lr`` at construction is its peak rate.
+        warmup_epochs: warm-up length in epochs (``warmup_epochs * steps_per_epoch`` steps).
+        max_epochs: training length in epochs (``max_epochs * steps_per_epoch`` steps).
+        steps_per_epoch: optimizer steps per epoch.
+        min_lr: absolute learning rate reached at the end; the multiplier is ``min_lr / lr`` of each group.
+
+    Raises:
+        ValueError: for non-positive lengths or ``min_lr`` above a group's peak rate.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
+    if warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    lambdas = []
+    for i, group in enumerate(optimizer.param_groups):
+        peak = float(group.get("initial_lr", group["lr"]))
+        if peak <= 0 or min_lr > peak:
+            raise ValueError(f"param group {i}: need 0 <= min_lr <= lr, got min_lr={min_lr}, lr={peak}")
+        lambdas.append(WarmupCosineSchedule(warmup_epochs * steps_per_epoch, max_epochs * steps_per_epoch,
+                                            min_lr / peak))
+    return LambdaLR(optimizer, lr_lambda=lambdas)

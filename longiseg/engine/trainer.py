@@ -1,0 +1,772 @@
+"""The training loop shared by every registry model.
+
+:class:`Trainer` trains any model mapping ``batch["images"]`` ``(B, T, C, H, W)`` (2.5D) or
+``(B, T, C, D, H, W)`` (3D) to a :class:`~longiseg.networks.output.LongitudinalOutput` of logits with
+
+* AdamW (no weight decay for norms, biases, a model's ``no_weight_decay()`` names and parameters flagged
+  ``_no_weight_decay``, such as Mamba's ``A_log`` and ``D``),
+* a per-step linear warm-up then cosine decay (:mod:`longiseg.engine.schedulers`),
+* gradient clipping, AMP on CUDA (bf16, or fp16 with a ``GradScaler``),
+* the imbalance-aware loss (:class:`longiseg.losses.ImbalanceAwareLoss`) by default,
+* early stopping and ``best.pt`` on a validation metric,
+* atomic ``last.pt``/``best.pt`` checkpoints with an exact resume (:mod:`longiseg.engine.checkpoint`),
+* a per-epoch CSV log, optional TensorBoard and a tqdm progress bar,
+* DistributedDataParallel when launched with ``torchrun`` (rank 0 logs and writes checkpoints).
+
+Determinism contract: at the start of epoch ``e`` the trainer calls ``set_epoch(e)`` on the batch sampler
+and on the dataset (when they have one) and reseeds python's ``random``, numpy's global RNG and torch's (CPU and CUDA) RNGs from
+``(seed, e, rank)`` (:func:`epoch_seed`). A run is therefore reproducible and resumable exactly if the data
+order depends only on ``(sampler seed, epoch)`` and any other randomness (augmentation, the loss's random
+subset) draws from those global RNGs, from DataLoader workers (seeded by torch from the global RNG), or from
+generators whose state is saved (e.g. ``ImbalanceAwareLoss(seed=...)``, saved via its ``state_dict``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from longiseg.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
+from longiseg.engine.config import TrainerConfig
+from longiseg.engine.distributed import DistributedContext, all_reduce_mean, barrier, init_distributed
+from longiseg.engine.schedulers import build_warmup_cosine_scheduler
+from longiseg.networks.output import LongitudinalOutput
+from longiseg.utils.io import atomic_write
+from longiseg.utils.logging import get_logger, log_once
+
+__all__ = [
+    "Trainer",
+    "FitResult",
+    "LossFn",
+    "ValidateFn",
+    "Callback",
+    "BATCH_KEYS",
+    "param_groups_weight_decay",
+    "build_optimizer",
+    "seed_everything",
+    "epoch_seed",
+]
+
+logger = get_logger("longiseg.engine")
+
+LossFn = Callable[[LongitudinalOutput, torch.Tensor, torch.Tensor], Any]
+ValidateFn = Callable[[nn.Module], Mapping[str, float]]
+Callback = Callable[["Trainer", dict[str, Any]], None]
+
+BATCH_KEYS = ("images", "baseline", "progression")
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+METRICS_CSV = "metrics.csv"
+CONFIG_FILE = "trainer_config.yaml"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Seeding
+# ----------------------------------------------------------------------------------------------------
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 63-bit seed derived from ``(seed, epoch, rank)`` with numpy's ``SeedSequence`` (well mixed)."""
+    for name, v in (("seed", seed), ("epoch", epoch), ("rank", rank)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"epoch_seed: {name} must be an int >= 0, got {v!r}")
+    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global RNG and torch (CPU and all CUDA devices).
+
+    Raises:
+        ValueError: if ``seed`` is negative or not an int.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Optimizer
+# ----------------------------------------------------------------------------------------------------
+
+
+def _no_weight_decay_names(model: nn.Module) -> set[str]:
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            for n in fn():
+                names.add(f"{prefix}.{n}" if prefix else str(n))
+    return names
+
+
+def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split trainable parameters into a decayed and a non-decayed group.
+
+    No weight decay for: parameters with ``ndim <= 1`` (norm scales, biases), names ending in ``.bias``,
+    names returned by any submodule's ``no_weight_decay()`` (timm convention, relative to that submodule;
+    a name may also be a module prefix), and parameters with the attribute ``_no_weight_decay = True``
+    (mamba-ssm convention for ``A_log`` and ``D``).
+
+    Args:
+        model: the (possibly DDP-wrapped) model.
+        weight_decay: decay of the first group.
+
+    Returns:
+        ``[{"params": [...], "weight_decay": weight_decay, "param_names": [...]},
+        {"params": [...], "weight_decay": 0.0, "param_names": [...]}]`` without empty groups.
+
+    Raises:
+        ValueError: if the model has no trainable parameter or ``weight_decay < 0``.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    model = unwrap_model(model)
+    skip = _no_weight_decay_names(model)
+    decay: list[tuple[str, nn.Parameter]] = []
+    no_decay: list[tuple[str, nn.Parameter]] = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exempt = (
+            p.ndim <= 1
+            or name.endswith(".bias")
+            or bool(getattr(p, "_no_weight_decay", False))
+            or name in skip
+            or any(name.startswith(s + ".") for s in skip)
+        )
+        (no_decay if exempt else decay).append((name, p))
+    if not decay and not no_decay:
+        raise ValueError("model has no trainable parameters")
+    groups = []
+    for items, wd in ((decay, weight_decay), (no_decay, 0.0)):
+        if items:
+            groups.append({"params": [p for _, p in items], "weight_decay": wd,
+                           "param_names": [n for n, _ in items]})
+    return groups
+
+
+def build_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups_weight_decay` with ``config.lr``, ``betas``, ``eps``, ``weight_decay``."""
+    groups = param_groups_weight_decay(model, config.weight_decay)
+    for g in groups:
+        g.pop("param_names")
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _move_to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, Mapping):
+        return {k: _move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_move_to_device(v, device) for v in batch)
+    return batch
+
+
+def _unpack_loss(result: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``(loss, {name: scalar})`` from a tensor, a mapping with ``"loss"`` or an object with ``.loss``."""
+    if isinstance(result, torch.Tensor):
+        loss, fields = result, {}
+    elif isinstance(result, Mapping):
+        if "loss" not in result:
+            raise TypeError(f"loss_fn returned a mapping without a 'loss' entry (keys: {sorted(result)})")
+        loss, fields = result["loss"], dict(result)
+    elif hasattr(result, "loss"):
+        loss = result.loss
+        if dataclasses.is_dataclass(result):
+            fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+        else:
+            fields = dict(vars(result))
+    else:
+        raise TypeError(f"loss_fn must return a tensor or an object with a .loss tensor, got {type(result).__name__}")
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TypeError(f"loss_fn's loss must be a scalar tensor, got {loss!r:.80}")
+    logs: dict[str, Any] = {}
+    for k, v in fields.items():
+        if k == "loss":
+            continue
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and v.dtype != torch.bool:
+            logs[k] = v.detach().float().reshape(())
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            logs[k] = float(v)
+    return loss.reshape(()), logs
+
+
+def _find_with(loader: DataLoader, *methods: str) -> Any:
+    candidates = [loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None), loader.sampler]
+    for c in candidates:
+        if c is not None and all(callable(getattr(c, m, None)) for m in methods):
+            return c
+    return None
+
+
+class _CsvLog:
+    """Per-epoch CSV log; rows are written whole and flushed, the file is rewritten when columns change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.columns: list[str] = []
+
+    @staticmethod
+    def _format(columns: list[str], rows: Iterable[Mapping[str, Any]], header: bool) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
+        if header:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in columns})
+        return buf.getvalue()
+
+    def rewrite(self, history: Sequence[Mapping[str, Any]]) -> None:
+        self.columns = []
+        for row in history:
+            self.columns += [k for k in row if k not in self.columns]
+        text = self._format(self.columns, history, header=True) if self.columns else ""
+        atomic_write(self.path, lambda fh: fh.write(text))
+
+    def append(self, row: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> None:
+        if not self.columns or any(k not in self.columns for k in row) or not self.path.exists():
+            self.rewrite(history)
+            return
+        with open(self.path, "a") as fh:
+            fh.write(self._format(self.columns, [row], header=False))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _make_tensorboard_writer(log_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log_once(logger, "no-tensorboard", "tensorboard is not installed; logging to CSV only")
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` returns.
+
+    Attributes:
+        history: one dict per completed epoch (the rows of ``metrics.csv``).
+        epochs_completed: number of completed epochs (including those before a resume).
+        global_step: number of optimizer steps.
+        best_metric: best value of ``config.monitor`` (``None`` if never computed).
+        best_epoch: 1-based epoch of ``best_metric``.
+        stopped_early: whether early stopping ended the run.
+        last_checkpoint: path of ``last.pt``.
+        best_checkpoint: path of ``best.pt`` if one was written.
+    """
+
+    history: list[dict[str, Any]]
+    epochs_completed: int
+    global_step: int
+    best_metric: float | None
+    best_epoch: int | None
+    stopped_early: bool
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train a longitudinal segmentation model (see the module docstring for what it does).
+
+    Batches are dicts with ``images`` ``(B, T, C, *S)``, ``baseline`` ``(B, 1, *S)``, ``progression``
+    ``(B, T-1, 1, *S)`` and optionally ``has_progression`` ``(B,)`` (``S`` = ``(H, W)`` or ``(D, H, W)``).
+
+    Args:
+        model: module mapping ``images`` to a :class:`LongitudinalOutput` of logits. It is moved to the
+            device and wrapped in ``DistributedDataParallel`` under ``torchrun``.
+        train_data: a ``DataLoader`` yielding such batches, or a ``Dataset`` of per-sample dicts (the trainer
+            then builds the loader from ``batch_sampler`` or a seeded ``DistributedSampler`` that shards the
+            data over ranks, with ``config.batch_size`` and ``config.num_workers``).
+        config: :class:`TrainerConfig` (defaults follow the paper).
+        loss_fn: callable ``(output, baseline_target, progression_target) -> result`` where ``result`` is a
+            scalar tensor or has a scalar ``.loss`` (other scalar fields are logged as ``train_<name>``);
+            default :class:`longiseg.losses.ImbalanceAwareLoss`.
+        validate_fn: callable ``(model) -> {name: float}`` run every ``config.val_every`` epochs with the
+            unwrapped model in eval mode under ``torch.no_grad()`` on every rank; results are averaged over
+            ranks and logged as ``val_<name>``.
+        batch_sampler: batch sampler for a ``Dataset`` ``train_data`` (e.g.
+            :class:`longiseg.data.samplers.BalancedBatchSampler` built with ``num_replicas``/``rank``).
+        collate_fn: collate function for a ``Dataset`` ``train_data``.
+        model_name: registry name stored in checkpoints (enables ``build_model_from_checkpoint``).
+        model_kwargs: registry factory kwargs stored in checkpoints.
+        callbacks: callables ``(trainer, row)`` run on every rank after each epoch's checkpoint.
+        dist_context: distributed context; default :func:`init_distributed` (reads the ``torchrun`` env).
+
+    Raises:
+        TypeError: for a model that is not an ``nn.Module``, bad ``train_data`` or a non-callable ``loss_fn``.
+        ValueError: for an empty loader or a sampler sharded for another world size.
+
+    Example:
+        >>> trainer = Trainer(model, loader, TrainerConfig(max_epochs=100, output_dir="runs/segmast"),
+        ...                   validate_fn=my_validation)          # doctest: +SKIP
+        >>> result = trainer.fit(resume=True)                      # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: DataLoader | Dataset,
+        config: TrainerConfig | None = None,
+        *,
+        loss_fn: LossFn | None = None,
+        validate_fn: ValidateFn | None = None,
+        batch_sampler: Any = None,
+        collate_fn: Callable | None = None,
+        model_name: str | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+        callbacks: Sequence[Callback] = (),
+        dist_context: DistributedContext | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        config = config if config is not None else TrainerConfig()
+        if not isinstance(config, TrainerConfig):
+            raise TypeError(f"config must be a TrainerConfig, got {type(config).__name__}")
+        if validate_fn is not None and not callable(validate_fn):
+            raise TypeError(f"validate_fn must be callable, got {type(validate_fn).__name__}")
+        for cb in callbacks:
+            if not callable(cb):
+                raise TypeError(f"callbacks must be callables (trainer, row), got {type(cb).__name__}")
+        self.config = config
+        self.ctx = dist_context if dist_context is not None else init_distributed(device=config.device)
+        self.device = self.ctx.device
+        self.is_main = self.ctx.is_main
+        self.model_name = model_name
+        self.model_kwargs = dict(model_kwargs or {})
+        self.validate_fn = validate_fn
+        self.callbacks = list(callbacks)
+        self.output_dir = Path(config.output_dir)
+
+        if loss_fn is None:
+            from longiseg.losses.imbalance import ImbalanceAwareLoss
+
+            loss_fn = ImbalanceAwareLoss()
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if isinstance(loss_fn, nn.Module):
+            loss_fn = loss_fn.to(self.device)
+        self.loss_fn = loss_fn
+
+        self.train_loader = self._make_loader(train_data, batch_sampler, collate_fn)
+        self.epoch_sampler = _find_with(self.train_loader, "set_epoch")
+        dataset = self.train_loader.dataset
+        self.epoch_dataset = dataset if callable(getattr(dataset, "set_epoch", None)) else None
+        if self.epoch_dataset is not None and getattr(self.train_loader, "persistent_workers", False):
+            raise ValueError("the dataset has set_epoch() but the DataLoader uses persistent_workers=True: "
+                             "workers would keep the first epoch's copy; use persistent_workers=False")
+        self.stateful_sampler = _find_with(self.train_loader, "state_dict", "load_state_dict")
+        self._check_sharding()
+        self.steps_per_epoch = self._resolve_steps_per_epoch()
+
+        model = model.to(self.device)
+        if self.ctx.is_distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=device_ids, find_unused_parameters=config.ddp_find_unused_parameters
+            )
+        self.model = model
+        self.optimizer = build_optimizer(model, config)
+        self.scheduler = build_warmup_cosine_scheduler(
+            self.optimizer, warmup_epochs=config.warmup_epochs, max_epochs=config.max_epochs,
+            steps_per_epoch=self.steps_per_epoch, min_lr=config.min_lr,
+        )
+        if config.warmup_epochs >= config.max_epochs:
+            log_once(logger, f"warmup-{config.warmup_epochs}-{config.max_epochs}",
+                     f"warmup_epochs={config.warmup_epochs} >= max_epochs={config.max_epochs}: the whole run is "
+                     "warm-up (no cosine decay)")
+        self.amp_dtype = self._resolve_amp()
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+        self.epoch = 0
+        self.global_step = 0
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.early_stopping_counter = 0
+        self.stopped_early = False
+        self.history: list[dict[str, Any]] = []
+
+    # -- setup ----------------------------------------------------------------------------------------
+
+    def _make_loader(self, data: Any, batch_sampler: Any, collate_fn: Callable | None) -> DataLoader:
+        if isinstance(data, DataLoader):
+            if batch_sampler is not None or collate_fn is not None:
+                raise ValueError("batch_sampler/collate_fn are only used when train_data is a Dataset; "
+                                 "configure them on your DataLoader instead")
+            return data
+        if not isinstance(data, Dataset):
+            raise TypeError(f"train_data must be a torch DataLoader or Dataset, got {type(data).__name__}")
+        if batch_sampler is None:
+            sampler = DistributedSampler(data, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
+                                         shuffle=True, seed=self.config.seed, drop_last=True)
+            batch_sampler = BatchSampler(sampler, self.config.batch_size, drop_last=True)
+        return DataLoader(data, batch_sampler=batch_sampler, num_workers=self.config.num_workers,
+                          collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def _check_sharding(self) -> None:
+        if not self.ctx.is_distributed:
+            return
+        sharded = [c for c in (self.train_loader.batch_sampler,
+                               getattr(self.train_loader.batch_sampler, "sampler", None),
+                               self.train_loader.sampler) if hasattr(c, "num_replicas")]
+        if not sharded:
+            log_once(logger, "unsharded-sampler",
+                     "training under DDP with a sampler that has no num_replicas attribute: make sure every "
+                     "rank sees a different part of the data (e.g. BalancedBatchSampler(num_replicas=, rank=))")
+            return
+        s = sharded[0]
+        if s.num_replicas != self.ctx.world_size or getattr(s, "rank", self.ctx.rank) != self.ctx.rank:
+            raise ValueError(f"the train sampler is sharded for num_replicas={s.num_replicas}, "
+                             f"rank={getattr(s, 'rank', '?')} but this process is rank {self.ctx.rank} of "
+                             f"{self.ctx.world_size}")
+
+    def _resolve_steps_per_epoch(self) -> int:
+        try:
+            n = len(self.train_loader)
+        except TypeError:
+            n = None
+        cfg = self.config.steps_per_epoch
+        if n is None and cfg is None:
+            raise ValueError("the train loader has no len(); set TrainerConfig.steps_per_epoch")
+        steps = min(n, cfg) if (n is not None and cfg is not None) else (cfg if cfg is not None else n)
+        if steps < 1:
+            raise ValueError("the train loader yields no batch (dataset smaller than the batch size with "
+                             "drop_last, or an empty dataset)")
+        return int(steps)
+
+    def _resolve_amp(self) -> torch.dtype | None:
+        amp = self.config.amp
+        if self.device.type != "cuda" or amp == "none":
+            if amp in ("bf16", "fp16"):
+                log_once(logger, "amp-cpu", f"amp={amp!r} ignored: mixed precision is used on CUDA only")
+            return None
+        if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return torch.float16
+
+    # -- one step / one epoch -------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def train_step(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Forward, loss, backward, clip, optimizer and scheduler step on one batch.
+
+        Args:
+            batch: dict with ``images``, ``baseline`` and ``progression`` tensors (see the class docstring).
+
+        Returns:
+            ``{"loss": tensor, "grad_norm": tensor, <scalar loss fields>}`` detached.
+
+        Raises:
+            ValueError: if a batch key is missing.
+            TypeError: if the model does not return a :class:`LongitudinalOutput`.
+            FloatingPointError: on a non-finite loss (without an fp16 GradScaler, which skips such steps).
+        """
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"batches must be dicts with keys {BATCH_KEYS}, got {type(batch).__name__}")
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise ValueError(f"batch lacks {missing}; batches must hold {BATCH_KEYS} (got keys {sorted(batch)})")
+        batch = _move_to_device(batch, self.device)
+        with self._autocast():
+            output = self.model(batch["images"])
+        if not isinstance(output, LongitudinalOutput):
+            raise TypeError(f"the model must return a LongitudinalOutput, got {type(output).__name__}")
+        if self.amp_dtype is not None:
+            output = output.map(lambda t: t.float())
+        loss, logs = _unpack_loss(self.loss_fn(output, batch["baseline"], batch["progression"]))
+        if not self.grad_scaler.is_enabled() and not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {self.epoch + 1}, "
+                                     f"step {self.global_step + 1}; lower the lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.grad_scaler.scale(loss).backward()
+        grad_norm = torch.zeros((), device=self.device)
+        if self.config.grad_clip_norm is not None:
+            self.grad_scaler.unscale_(self.optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        self.scheduler.step()
+        self.global_step += 1
+        return {"loss": loss.detach(), "grad_norm": grad_norm.detach().float(), **logs}
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """Run one epoch (``set_epoch`` of sampler and dataset, reseed, ``steps_per_epoch`` steps).
+
+        Args:
+            epoch: 0-based epoch index.
+
+        Returns:
+            Means over the epoch's steps, averaged over ranks (``loss``, ``grad_norm``, loss fields).
+        """
+        self.epoch = epoch
+        self.model.train()
+        if self.epoch_sampler is not None:
+            self.epoch_sampler.set_epoch(epoch)
+        if self.epoch_dataset is not None:
+            self.epoch_dataset.set_epoch(epoch)
+        s = epoch_seed(self.config.seed, epoch, self.ctx.rank)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+        sums: dict[str, Any] = {}
+        steps = 0
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.max_epochs}",
+                   disable=not (self.is_main and self.config.progress_bar), leave=False, dynamic_ncols=True)
+        iterator = iter(self.train_loader)
+        with bar:
+            for _ in range(self.steps_per_epoch):
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    log_once(logger, "short-loader", f"the train loader ran out after {steps} of "
+                             f"{self.steps_per_epoch} steps; the LR schedule assumes {self.steps_per_epoch}")
+                    break
+                metrics = self.train_step(batch)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                steps += 1
+                bar.update(1)
+                if steps % self.config.log_every_n_steps == 0 or steps == self.steps_per_epoch:
+                    bar.set_postfix(loss=f"{float(sums['loss']) / steps:.4f}",
+                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        del iterator
+        means = {k: float(v) / max(steps, 1) for k, v in sums.items()}
+        return all_reduce_mean(means)
+
+    def validate(self) -> dict[str, float]:
+        """Run ``validate_fn`` on the unwrapped model (eval mode, no grad) and average over ranks.
+
+        Returns:
+            ``{"val_<name>": value}`` (names already starting with ``val_`` are kept).
+
+        Raises:
+            TypeError: if ``validate_fn`` does not return a mapping of numbers.
+        """
+        if self.validate_fn is None:
+            return {}
+        model = unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                metrics = self.validate_fn(model)
+        finally:
+            model.train(was_training)
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"validate_fn must return a dict of floats, got {type(metrics).__name__}")
+        named = {(k if str(k).startswith("val_") else f"val_{k}"): v for k, v in metrics.items()}
+        return all_reduce_mean(named)
+
+    # -- bookkeeping ----------------------------------------------------------------------------------
+
+    def _is_improvement(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best_metric is None:
+            return True
+        if self.config.monitor_mode == "max":
+            return value > self.best_metric + self.config.min_delta
+        return value < self.best_metric - self.config.min_delta
+
+    def _update_monitor(self, row: dict[str, Any], validated: bool) -> bool:
+        """Update best metric/early-stopping counter from ``row``; return whether it improved."""
+        name = self.config.monitor
+        if name not in row:
+            if validated:
+                raise ValueError(f"monitor metric {name!r} is not among the logged metrics "
+                                 f"{sorted(k for k in row if k not in ('epoch', 'global_step'))}; "
+                                 "set TrainerConfig.monitor")
+            if self.validate_fn is None and name.startswith("val_"):
+                log_once(logger, "no-validate-fn", f"no validate_fn given: monitor {name!r} is never computed, "
+                         "so best.pt and early stopping are disabled")
+            return False
+        value = float(row[name])
+        if self._is_improvement(value):
+            self.best_metric, self.best_epoch = value, int(row["epoch"])
+            self.early_stopping_counter = 0
+            return True
+        self.early_stopping_counter += 1
+        if self.config.patience is not None and self.early_stopping_counter >= self.config.patience:
+            self.stopped_early = True
+        return False
+
+    def _checkpoint_kwargs(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
+            "grad_scaler": self.grad_scaler, "sampler": self.stateful_sampler, "loss_fn": self.loss_fn,
+            "epoch": self.epoch, "global_step": self.global_step, "best_metric": self.best_metric,
+            "early_stopping_counter": self.early_stopping_counter, "model_name": self.model_name,
+            "model_kwargs": self.model_kwargs, "trainer_config": self.config.to_dict(),
+            "history": self.history,
+            "extra": {"best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+                      "world_size": self.ctx.world_size},
+        }
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write the full training state to ``path`` atomically (call it on rank 0 only under DDP)."""
+        return save_checkpoint(path, **self._checkpoint_kwargs())
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Restore the full training state from ``path`` (weights, optimizer, scheduler, scaler, sampler, RNG,
+        counters and history).
+
+        The LR schedule keeps the current config's lengths, so ``max_epochs`` may be raised on resume.
+
+        Raises:
+            FileNotFoundError: if ``path`` does not exist.
+            ValueError: if ``path`` is not a longiseg checkpoint.
+        """
+        fresh = [dict(fn.__dict__) for fn in self.scheduler.lr_lambdas]
+        ckpt = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                               grad_scaler=self.grad_scaler, sampler=self.stateful_sampler, loss_fn=self.loss_fn,
+                               restore_rng=True, map_location=self.device)
+        for fn, state in zip(self.scheduler.lr_lambdas, fresh):
+            fn.__dict__.update(state)
+        self.epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.best_metric = ckpt.get("best_metric")
+        self.early_stopping_counter = int(ckpt.get("early_stopping_counter", 0))
+        self.history = [dict(r) for r in ckpt.get("history", [])]
+        extra = ckpt.get("extra", {})
+        self.best_epoch = extra.get("best_epoch")
+        self.stopped_early = bool(extra.get("stopped_early", False))
+        old = ckpt.get("trainer_config") or {}
+        for key in ("steps_per_epoch", "max_epochs", "seed", "lr"):
+            if key in old and old[key] != getattr(self.config, key):
+                logger.warning("resuming %s with %s=%r (checkpoint had %r): the run will differ from an "
+                               "uninterrupted one", path, key, getattr(self.config, key), old[key])
+        return ckpt
+
+    def _setup_determinism(self) -> None:
+        if not self.config.deterministic:
+            return
+        if self.device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    # -- fit ------------------------------------------------------------------------------------------
+
+    def fit(self, resume: bool | str | Path = False) -> FitResult:
+        """Train until ``config.max_epochs`` or early stopping.
+
+        Args:
+            resume: ``False`` starts fresh (existing ``last.pt``/``best.pt`` in ``output_dir`` are
+                overwritten); ``True`` continues from ``output_dir/last.pt`` when it exists (and starts fresh
+                otherwise); a path continues from that checkpoint.
+
+        Returns:
+            :class:`FitResult`.
+
+        Raises:
+            FileNotFoundError: if ``resume`` is a path that does not exist.
+        """
+        cfg = self.config
+        last_path = self.output_dir / LAST_CHECKPOINT
+        best_path = self.output_dir / BEST_CHECKPOINT
+        csv_log = _CsvLog(self.output_dir / METRICS_CSV)
+        ckpt_path: Path | None = None
+        if resume is True:
+            ckpt_path = last_path if last_path.is_file() else None
+            if ckpt_path is None and self.is_main:
+                logger.info("resume=True but %s does not exist: starting a fresh run", last_path)
+        elif resume not in (False, None):
+            ckpt_path = Path(resume)
+            if not ckpt_path.is_file():
+                raise FileNotFoundError(f"resume checkpoint not found: {ckpt_path}")
+        if ckpt_path is not None:
+            self.load_checkpoint(ckpt_path)
+            if self.is_main:
+                logger.info("resumed from %s at epoch %d (step %d)", ckpt_path, self.epoch, self.global_step)
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if ckpt_path is None and last_path.exists():
+                logger.warning("starting a fresh run in %s: existing checkpoints will be overwritten "
+                               "(use fit(resume=True) to continue)", self.output_dir)
+            cfg.save(self.output_dir / CONFIG_FILE)
+            csv_log.rewrite(self.history)
+        barrier()
+        self._setup_determinism()
+        writer = _make_tensorboard_writer(self.output_dir / "tensorboard") if (
+            self.is_main and cfg.tensorboard) else None
+        start = self.epoch
+        try:
+            for epoch in range(start, cfg.max_epochs):
+                if self.stopped_early:
+                    break
+                t0 = time.perf_counter()
+                train = self.train_one_epoch(epoch)
+                self.epoch = epoch + 1
+                row: dict[str, Any] = {"epoch": self.epoch, "global_step": self.global_step,
+                                       "lr": self.optimizer.param_groups[0]["lr"]}
+                row.update({f"train_{k}": v for k, v in train.items()})
+                validated = self.validate_fn is not None and (self.epoch % cfg.val_every == 0
+                                                              or self.epoch == cfg.max_epochs)
+                if validated:
+                    row.update(self.validate())
+                improved = self._update_monitor(row, validated)
+                row["time_s"] = round(time.perf_counter() - t0, 3)
+                self.history.append(row)
+                if self.is_main:
+                    if improved:
+                        self.save_checkpoint(best_path)
+                    self.save_checkpoint(last_path)
+                    csv_log.append(row, self.history)
+                    if writer is not None:
+                        for k, v in row.items():
+                            if k not in ("epoch", "global_step"):
+                                writer.add_scalar(k, v, self.epoch)
+                        writer.flush()
+                    logger.info("epoch %d/%d: %s", self.epoch, cfg.max_epochs,
+                                ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                          if k not in ("epoch", "global_step")))
+                barrier()
+                for cb in self.callbacks:
+                    cb(self, row)
+                if self.stopped_early and self.is_main:
+                    logger.info("early stopping after epoch %d: %s did not improve for %d validations "
+                                "(best %.4g at epoch %s)", self.epoch, cfg.monitor,
+                                self.early_stopping_counter, self.best_metric, self.best_epoch)
+        finally:
+            if writer is not None:
+                writer.close()
+        return FitResult(history=list(self.history), epochs_completed=self.epoch, global_step=self.global_step,
+                         best_metric=self.best_metric, best_epoch=self.best_epoch,
+                         stopped_early=self.stopped_early, last_checkpoint=last_path,
+                         best_checkpoint=best_path if best_path.exists() else None)

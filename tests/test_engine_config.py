@@ -1,0 +1,123 @@
+"""TrainerConfig and the generic config helpers: round trips, overrides, clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from longiseg.engine.config import (
+    ConfigBase,
+    ConfigError,
+    TrainerConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_override,
+    read_config_file,
+    save_config,
+)
+
+
+@dataclasses.dataclass
+class _ModelSection(ConfigBase):
+    name: str = "segmast"
+    widths: tuple[int, ...] = (32, 64)
+    dropout: float | None = None
+
+
+@dataclasses.dataclass
+class _RootConfig(ConfigBase):
+    model: _ModelSection = dataclasses.field(default_factory=_ModelSection)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    tags: list[str] = dataclasses.field(default_factory=list)
+
+
+def test_defaults_follow_the_paper() -> None:
+    cfg = TrainerConfig()
+    assert (cfg.lr, cfg.weight_decay, cfg.warmup_epochs) == (1e-4, 0.05, 40)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"])
+def test_round_trip_file(tmp_path, suffix) -> None:
+    cfg = TrainerConfig(max_epochs=7, lr=3e-4, betas=(0.8, 0.95), grad_clip_norm=None, amp="bf16",
+                        patience=None, output_dir="runs/x")
+    path = save_config(cfg, tmp_path / f"cfg{suffix}")
+    assert load_config(TrainerConfig, path) == cfg
+    assert TrainerConfig.from_file(path) == cfg
+    if suffix == ".json":
+        assert json.loads(path.read_text())["betas"] == [0.8, 0.95]
+
+
+def test_round_trip_nested(tmp_path) -> None:
+    cfg = _RootConfig(model=_ModelSection(widths=(8, 16, 24), dropout=0.1),
+                      trainer=TrainerConfig(max_epochs=3), tags=["a", "b"])
+    for name in ("root.yaml", "root.json"):
+        assert _RootConfig.from_file(cfg.save(tmp_path / name)) == cfg
+    assert config_from_dict(_RootConfig, config_to_dict(cfg)) == cfg
+
+
+def test_overrides_convert_types() -> None:
+    cfg = apply_overrides(TrainerConfig(), ["lr=1e-3", "max_epochs=12", "grad_clip_norm=null",
+                                            "deterministic=false", "betas=[0.5, 0.6]", "patience=3"])
+    assert cfg.lr == 1e-3 and isinstance(cfg.lr, float)
+    assert cfg.max_epochs == 12 and cfg.grad_clip_norm is None and cfg.deterministic is False
+    assert cfg.betas == (0.5, 0.6) and cfg.patience == 3
+    root = _RootConfig().with_overrides(["trainer.max_epochs=5", "model.widths=4,8", "model.dropout=0.2"])
+    assert root.trainer.max_epochs == 5 and root.model.widths == (4, 8) and root.model.dropout == 0.2
+    assert TrainerConfig().max_epochs == 500  # the original is untouched
+
+
+def test_load_with_overrides(tmp_path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text("max_epochs: 10\nlr: 2.0e-4\n")
+    cfg = load_config(TrainerConfig, path, ["max_epochs=20"])
+    assert (cfg.max_epochs, cfg.lr) == (20, 2e-4)
+
+
+def test_unknown_key_names_key_and_valid_keys(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"'lrr'.*Did you mean 'lr'.*Valid keys: .*weight_decay"):
+        config_from_dict(TrainerConfig, {"lrr": 1e-3})
+    with pytest.raises(ConfigError, match=r"'trainer\.max_epoch'.*trainer\.max_epochs"):
+        apply_overrides(_RootConfig(), ["trainer.max_epoch=3"])
+    with pytest.raises(ConfigError, match=r"'bogus'.*Valid keys: model, trainer, tags"):
+        apply_overrides(_RootConfig(), ["bogus=1"])
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"trainer": {"nope": 1}}))
+    with pytest.raises(ConfigError, match=r"'trainer\.nope'"):
+        load_config(_RootConfig, path)
+
+
+def test_bad_values_and_files(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="'max_epochs'.*int"):
+        apply_overrides(TrainerConfig(), ["max_epochs=ten"])
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        TrainerConfig(lr=0.0)
+    with pytest.raises(ConfigError, match="amp must be one of"):
+        apply_overrides(TrainerConfig(), ["amp=float8"])
+    with pytest.raises(ConfigError, match="monitor_mode"):
+        TrainerConfig(monitor_mode="up")
+    with pytest.raises(ConfigError, match="'betas'.*2 values"):
+        config_from_dict(TrainerConfig, {"betas": [0.9]})
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("lr")
+    with pytest.raises(ConfigError, match="not a nested config section"):
+        apply_overrides(_RootConfig(), ["tags.x=1"])
+    with pytest.raises(ConfigError, match="unsupported suffix"):
+        save_config(TrainerConfig(), tmp_path / "cfg.toml")
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config(TrainerConfig, tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        read_config_file(tmp_path / "list.yaml")
+    with pytest.raises(TypeError, match="dataclass"):
+        config_from_dict(dict, {})
+    with pytest.raises(TypeError, match="sequence of 'key=value'"):
+        apply_overrides(TrainerConfig(), "lr=1")  # type: ignore[arg-type]
+
+
+def test_empty_file_gives_defaults(tmp_path) -> None:
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(TrainerConfig, tmp_path / "empty.yaml") == TrainerConfig()

@@ -1,0 +1,344 @@
+"""Trainer: learning, optimizer groups, logs, checkpoints, early stopping, exact resume (in-process and
+after a real SIGKILL), sampler hooks and clear errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from test_engine_toys import SyntheticLongiData, TinyLongiNet, one_thread  # noqa: F401
+from torch.utils.data import DataLoader
+
+from longiseg.engine import (
+    Trainer,
+    TrainerConfig,
+    epoch_seed,
+    load_checkpoint,
+    param_groups_weight_decay,
+    seed_everything,
+)
+from longiseg.losses import ImbalanceAwareLoss
+from longiseg.networks.output import LongitudinalOutput
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOYS = Path(__file__).with_name("test_engine_toys.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path: Path, **kw) -> TrainerConfig:
+    base = dict(max_epochs=4, batch_size=4, lr=1e-2, min_lr=1e-4, warmup_epochs=1, output_dir=str(tmp_path),
+                progress_bar=False, tensorboard=False, monitor="train_loss", monitor_mode="min", patience=None)
+    base.update(kw)
+    return TrainerConfig(**base)
+
+
+def _fit(tmp_path: Path, resume=False, init_seed: int = 0, **kw):
+    seed_everything(init_seed)
+    model = TinyLongiNet()
+    trainer = Trainer(model, SyntheticLongiData(n=16), _config(tmp_path, **kw))
+    return model, trainer, trainer.fit(resume=resume)
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loss_decreases_and_logs(tmp_path) -> None:
+    _, trainer, result = _fit(tmp_path, max_epochs=5)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0] * 0.95
+    assert isinstance(trainer.loss_fn, ImbalanceAwareLoss)  # the default loss
+    assert result.epochs_completed == 5 and result.global_step == 5 * 4
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert {"train_loss", "train_baseline_loss", "train_progression_loss", "train_grad_norm", "lr"} <= set(rows[0])
+    assert float(rows[-1]["lr"]) == pytest.approx(1e-4)  # cosine ends at min_lr
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+    assert (tmp_path / "trainer_config.yaml").is_file()
+
+
+def test_training_is_bit_reproducible(tmp_path) -> None:
+    m1, _, _ = _fit(tmp_path / "a", max_epochs=2)
+    m2, _, _ = _fit(tmp_path / "b", max_epochs=2)
+    m3, _, _ = _fit(tmp_path / "c", max_epochs=2, seed=1)
+    assert _states_equal(m1.state_dict(), m2.state_dict())
+    assert not _states_equal(m1.state_dict(), m3.state_dict())
+
+
+def test_in_process_resume_matches_uninterrupted(tmp_path) -> None:
+    full, _, _ = _fit(tmp_path / "full", max_epochs=4)
+    # interrupt a 4-epoch run after epoch 2 (a callback ends it), then resume it in a fresh Trainer
+    seed_everything(0)
+    model = TinyLongiNet()
+    trainer = Trainer(model, SyntheticLongiData(n=16), _config(tmp_path / "stop", max_epochs=4),
+                      callbacks=[lambda t, row: setattr(t, "stopped_early", row["epoch"] == 2)])
+    trainer.fit()
+    assert load_checkpoint(tmp_path / "stop" / "last.pt")["epoch"] == 2
+    resumed, _, result = _fit(tmp_path / "stop", resume=True, init_seed=123, max_epochs=4)
+    assert result.epochs_completed == 4 and [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    assert _states_equal(full.state_dict(), resumed.state_dict())
+    rows = list(csv.DictReader(open(tmp_path / "stop" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+
+
+def _run_toy(out: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return subprocess.Popen([sys.executable, str(TOYS), "--out", str(out), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_resume_after_sigkill_reproduces_uninterrupted_weights(tmp_path) -> None:
+    # The uninterrupted run and the run that kills itself after epoch 2's checkpoint run in parallel.
+    full = _run_toy(tmp_path / "full", "--epochs", "4")
+    killed = _run_toy(tmp_path / "killed", "--epochs", "4", "--kill-after", "2")
+    out_killed, _ = killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, out_killed
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 2
+    resumed = _run_toy(tmp_path / "killed", "--epochs", "4", "--resume")
+    out_resumed, _ = resumed.communicate(timeout=120)
+    out_full, _ = full.communicate(timeout=120)
+    assert resumed.returncode == 0, out_resumed
+    assert full.returncode == 0, out_full
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 4 and a["global_step"] == b["global_step"]
+    assert _states_equal(a["model"], b["model"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(_states_equal(sa[i], sb[i]) for i in sa)
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path) -> None:
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.69, 0.1, 0.1])
+    _, _, result = _fit(tmp_path, max_epochs=7, monitor="val_dice", monitor_mode="max", patience=3,
+                        warmup_epochs=0)
+    assert result.best_metric is None  # no validate_fn: nothing to monitor
+    seed_everything(0)
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=8),
+                      _config(tmp_path / "es", max_epochs=7, monitor="val_dice", monitor_mode="max", patience=3),
+                      validate_fn=lambda model: {"dice": next(scores)})
+    result = trainer.fit()
+    assert result.stopped_early and result.epochs_completed == 5
+    assert result.best_metric == 0.7 and result.best_epoch == 2
+    best = load_checkpoint(tmp_path / "es" / "best.pt")
+    assert best["epoch"] == 2 and best["best_metric"] == 0.7
+    last = load_checkpoint(tmp_path / "es" / "last.pt")
+    assert last["epoch"] == 5 and last["early_stopping_counter"] == 3
+    # resuming an early-stopped run does not train further
+    again = Trainer(TinyLongiNet(), SyntheticLongiData(n=8),
+                    _config(tmp_path / "es", max_epochs=7, monitor="val_dice", monitor_mode="max", patience=3),
+                    validate_fn=lambda model: {"dice": 1.0}).fit(resume=True)
+    assert again.epochs_completed == 5 and again.stopped_early
+
+
+def test_validate_every_and_monitor_errors(tmp_path) -> None:
+    calls = []
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        assert not model.training and not torch.is_grad_enabled()
+        calls.append(1)
+        return {"val_loss": 1.0 / len(calls)}
+
+    seed_everything(0)
+    t = Trainer(TinyLongiNet(), SyntheticLongiData(n=8),
+                _config(tmp_path, max_epochs=5, val_every=2, monitor="val_loss", monitor_mode="min"),
+                validate_fn=validate)
+    result = t.fit()
+    assert len(calls) == 3  # epochs 2, 4 and the last one
+    assert [("val_loss" in r) for r in result.history] == [False, True, False, True, True]
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert rows[0]["val_loss"] == "" and float(rows[1]["val_loss"]) == 1.0
+    bad = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path / "bad", monitor="val_dice"),
+                  validate_fn=lambda m: {"f1": 0.3})
+    with pytest.raises(ValueError, match=r"monitor metric 'val_dice'.*val_f1"):
+        bad.fit()
+
+
+def test_weight_decay_groups() -> None:
+    model = TinyLongiNet()
+    groups = param_groups_weight_decay(model, 0.05)
+    decayed = set(groups[0]["param_names"])
+    exempt = set(groups[1]["param_names"])
+    assert decayed == {"conv1.weight", "conv2.weight", "temperature"}
+    assert exempt == {"conv1.bias", "conv2.bias", "norm.weight", "norm.bias", "gain", "A_log"}
+    assert (groups[0]["weight_decay"], groups[1]["weight_decay"]) == (0.05, 0.0)
+    frozen = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        param_groups_weight_decay(frozen, 0.05)
+
+
+class _RecordingBatchSampler:
+    """A stateful epoch-aware batch sampler: order from (seed, epoch) only, like BalancedBatchSampler."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0) -> None:
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+        self.epochs_seen: list[int] = []
+        self.loaded: dict | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.epochs_seen.append(epoch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        for i in range(len(self)):
+            yield perm[i * self.batch_size:(i + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded = dict(state)
+
+
+class _EpochData(SyntheticLongiData):
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.epochs_seen: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs_seen.append(epoch)
+
+
+def test_sampler_set_epoch_and_state_in_checkpoint(tmp_path) -> None:
+    sampler = _RecordingBatchSampler(16, 4, seed=5)
+    data = _EpochData(n=16)
+    trainer = Trainer(TinyLongiNet(), data, _config(tmp_path, max_epochs=3), batch_sampler=sampler)
+    trainer.fit()
+    assert sampler.epochs_seen == [0, 1, 2] and data.epochs_seen == [0, 1, 2]
+    with pytest.raises(ValueError, match="persistent_workers"):
+        Trainer(TinyLongiNet(), DataLoader(data, num_workers=1, persistent_workers=True), _config(tmp_path))
+    assert load_checkpoint(tmp_path / "last.pt")["sampler"] == {"seed": 5, "epoch": 2}
+    sampler2 = _RecordingBatchSampler(16, 4, seed=5)
+    loader = DataLoader(SyntheticLongiData(n=16), batch_sampler=sampler2)
+    Trainer(TinyLongiNet(), loader, _config(tmp_path, max_epochs=4)).fit(resume=True)
+    assert sampler2.loaded == {"seed": 5, "epoch": 2} and sampler2.epochs_seen == [3]
+
+
+def test_balanced_batch_sampler_if_available(tmp_path) -> None:
+    samplers = pytest.importorskip("longiseg.data.samplers")
+    data = SyntheticLongiData(n=16)
+    sampler = samplers.BalancedBatchSampler(data.labels(), batch_size=4, num_replicas=1, rank=0, seed=0)
+    trainer = Trainer(TinyLongiNet(), data, _config(tmp_path, max_epochs=2), batch_sampler=sampler)
+    assert trainer.epoch_sampler is sampler
+    result = trainer.fit()
+    assert result.epochs_completed == 2
+
+
+def test_custom_loss_returning_tensor_and_3d_model(tmp_path) -> None:
+    class Toy3D(SyntheticLongiData):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            return {k: (v.unsqueeze(-3).expand(*v.shape[:-2], 2, *v.shape[-2:]).clone() if v.ndim >= 3 else v)
+                    for k, v in item.items()}
+
+    def bce(output: LongitudinalOutput, baseline: torch.Tensor, progression: torch.Tensor) -> torch.Tensor:
+        f = nn.functional.binary_cross_entropy_with_logits
+        return f(output.baseline, baseline) + f(output.progression, progression)
+
+    seed_everything(0)
+    trainer = Trainer(TinyLongiNet(spatial_dims=3), Toy3D(n=8, size=12), _config(tmp_path, max_epochs=2),
+                      loss_fn=bce)
+    result = trainer.fit()
+    assert set(result.history[0]) >= {"train_loss", "train_grad_norm"}
+
+
+def test_registry_model_trains_one_epoch(tmp_path) -> None:
+    from longiseg.registry import build_model, list_models
+
+    if "segmast" not in list_models():
+        pytest.skip("segmast is not registered yet")
+    try:
+        model = build_model("segmast", in_channels=1, num_timepoints=2, widths=(8, 16, 16, 16),
+                            depths=(1, 1, 1, 1), decoder_dim=16)
+    except (TypeError, ValueError) as err:
+        pytest.skip(f"segmast does not take these tiny widths: {err}")
+    trainer = Trainer(model, SyntheticLongiData(n=4, size=32), _config(tmp_path, max_epochs=1, batch_size=2),
+                      model_name="segmast", model_kwargs={"in_channels": 1})
+    result = trainer.fit()
+    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+    assert load_checkpoint(tmp_path / "last.pt")["model_name"] == "segmast"
+
+
+def test_input_errors(tmp_path) -> None:
+    cfg = _config(tmp_path, max_epochs=1)
+    with pytest.raises(TypeError, match="nn.Module"):
+        Trainer("model", SyntheticLongiData(), cfg)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="DataLoader or Dataset"):
+        Trainer(TinyLongiNet(), [1, 2, 3], cfg)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="yields no batch"):
+        Trainer(TinyLongiNet(), SyntheticLongiData(n=2), cfg)
+    with pytest.raises(ValueError, match="only used when train_data is a Dataset"):
+        Trainer(TinyLongiNet(), DataLoader(SyntheticLongiData()), cfg, batch_sampler=[[0]])
+    with pytest.raises(FileNotFoundError, match="resume checkpoint not found"):
+        Trainer(TinyLongiNet(), SyntheticLongiData(), cfg).fit(resume=tmp_path / "nope.pt")
+
+    class NoDict(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * self.w
+
+    with pytest.raises(TypeError, match="must return a LongitudinalOutput"):
+        Trainer(NoDict(), SyntheticLongiData(n=4), cfg).fit()
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg)
+    with pytest.raises(ValueError, match=r"batch lacks \['progression'\]"):
+        trainer.train_step({"images": torch.zeros(1, 2, 1, 8, 8), "baseline": torch.zeros(1, 1, 8, 8)})
+    nan_loss = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg,
+                       loss_fn=lambda o, b, p: o.baseline.sum() * float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        nan_loss.fit()
+
+
+def test_epoch_seed() -> None:
+    assert epoch_seed(0, 1, 0) == epoch_seed(0, 1, 0)
+    assert len({epoch_seed(0, e, r) for e in range(5) for r in range(3)}) == 15
+    assert 0 <= epoch_seed(2**40, 3, 1) < 2**63
+    with pytest.raises(ValueError, match="epoch"):
+        epoch_seed(0, -1)
+
+
+def test_amp_is_ignored_on_cpu(tmp_path) -> None:
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), _config(tmp_path, max_epochs=1, amp="bf16"),
+                      dist_context=None)
+    assert trainer.amp_dtype is None and not trainer.grad_scaler.is_enabled()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_on_cuda(tmp_path, amp) -> None:
+    seed_everything(0)
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, max_epochs=2, amp=amp,
+                                                                         device="cuda"))
+    assert trainer.amp_dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)
+    result = trainer.fit()
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert (ckpt["grad_scaler"] is not None) == (amp == "fp16")
+    resumed = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, max_epochs=3, amp=amp,
+                                                                         device="cuda")).fit(resume=True)
+    assert resumed.epochs_completed == 3
+
+
+def test_tensorboard_logging_when_installed(tmp_path) -> None:
+    pytest.importorskip("torch.utils.tensorboard")
+    Trainer(TinyLongiNet(), SyntheticLongiData(n=4), _config(tmp_path, max_epochs=1, tensorboard=True)).fit()
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
