@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_engine_toys import TinyLongiNet, one_thread  # noqa: F401
+from test_engine_toys import TinyLongiNet
 
 from longiseg.engine.checkpoint import (
     build_model_from_checkpoint,
@@ -19,8 +19,6 @@ from longiseg.engine.checkpoint import (
 )
 from longiseg.engine.schedulers import build_warmup_cosine_scheduler
 from longiseg.registry import register_model, unregister_model
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _StatefulSampler:

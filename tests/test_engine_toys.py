@@ -13,7 +13,6 @@ import signal
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
@@ -22,16 +21,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from longiseg.networks.output import LongitudinalOutput  # noqa: E402
-
-
-@pytest.fixture
-def one_thread():
-    """Run a test with one intra-op thread: tiny tensors gain nothing from more, and on a busy machine
-    OpenMP spin-waiting with two threads makes these tests ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class TinyLongiNet(nn.Module):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from test_engine_toys import SyntheticLongiData, TinyLongiNet, one_thread  # noqa: F401
+from test_engine_toys import SyntheticLongiData, TinyLongiNet
 from torch.utils.data import DataLoader
 
 from longiseg.engine import (
@@ -26,8 +26,6 @@ from longiseg.engine import (
 )
 from longiseg.losses import ImbalanceAwareLoss
 from longiseg.networks.output import LongitudinalOutput
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOYS = Path(__file__).with_name("test_engine_toys.py")
 ROOT = Path(__file__).resolve().parents[1]
