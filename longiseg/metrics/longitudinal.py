@@ -1,0 +1,210 @@
+"""Longitudinal (SegMaST) conventions: B/P/NP Dice, the strict NP rule and Disease Activity Assessment.
+
+A longitudinal case has a baseline lesion mask (B) and one progression mask (new or enlarging lesions) per
+follow-up. A follow-up is a *progression* case (P) when its reference progression mask is non-empty and a
+*no-progression* case (NP) otherwise. SegMaST scores NP follow-ups strictly: 1 if the predicted progression
+mask is empty, else 0. Disease Activity Assessment (DAA) counts a follow-up as correct when progression is
+predicted for a P case and none for an NP case, reported as a percentage of follow-up scans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from longiseg.metrics.inputs import MaskLike, as_mask, as_mask_pair, as_spacing, foreground_slices
+from longiseg.metrics.lesion import LesionDetection, _check_connectivity, _label, detect_lesions
+from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
+from longiseg.metrics.voxel import _counts, _ratio, hausdorff_distance
+
+__all__ = [
+    "CASE_KINDS",
+    "np_score",
+    "has_progression",
+    "progression_kind",
+    "disease_activity_correct",
+    "disease_activity_assessment",
+    "evaluate_mask_pair",
+    "evaluate_longitudinal_case",
+]
+
+CASE_KINDS: tuple[str, ...] = ("B", "P", "NP")
+SpacingLike = float | Sequence[float] | np.ndarray | None
+
+
+def np_score(pred_progression: MaskLike) -> float:
+    """Strict SegMaST NP score of a predicted progression mask ``(D, H, W)``: 1.0 if empty else 0.0."""
+    return 0.0 if as_mask("pred_progression", pred_progression).any() else 1.0
+
+
+def has_progression(
+    mask: MaskLike,
+    spacing: SpacingLike = None,
+    *,
+    min_volume_mm3: float = 0.0,
+    connectivity: int | None = None,
+) -> bool:
+    """Whether a mask ``(D, H, W)`` holds a lesion of volume ``>= min_volume_mm3`` (any voxel if 0)."""
+    m = as_mask("mask", mask)
+    if min_volume_mm3 <= 0:
+        return bool(m.any())
+    sp = as_spacing(spacing, m.ndim)
+    return _label(m, sp, _check_connectivity(connectivity, m.ndim), float(min_volume_mm3)).n > 0
+
+
+def progression_kind(gt_progression: MaskLike) -> str:
+    """``"P"`` if the reference progression mask ``(D, H, W)`` is non-empty, else ``"NP"``."""
+    return "P" if as_mask("gt_progression", gt_progression).any() else "NP"
+
+
+def disease_activity_correct(pred_progression: MaskLike, gt_progression: MaskLike) -> bool:
+    """DAA for one follow-up: predicted activity (non-empty mask) equals reference activity."""
+    p, g = as_mask_pair(pred_progression, gt_progression, names=("pred_progression", "gt_progression"))
+    return bool(p.any()) == bool(g.any())
+
+
+def disease_activity_assessment(correct: Sequence[bool] | np.ndarray) -> float:
+    """DAA in percent: share of follow-up scans whose activity was classified correctly.
+
+    Args:
+        correct: ``(N,)`` booleans, one per follow-up scan (from :func:`disease_activity_correct`).
+    """
+    arr = np.asarray(correct)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"correct must be a non-empty 1D sequence of booleans, got shape {arr.shape}")
+    if arr.dtype != bool:
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError("correct must hold booleans (or 0/1)")
+        arr = arr.astype(bool)
+    return float(100.0 * arr.mean())
+
+
+def evaluate_mask_pair(
+    pred: MaskLike,
+    gt: MaskLike,
+    spacing: SpacingLike = None,
+    protocol: str | EvaluationProtocol = "segmast",
+    *,
+    kind: str = "B",
+) -> tuple[dict[str, Any], LesionDetection]:
+    """All metrics of one predicted/reference mask pair ``(D, H, W)`` under ``protocol``.
+
+    Args:
+        pred: predicted binary mask.
+        gt: reference binary mask of the same shape.
+        spacing: voxel size in mm per axis.
+        protocol: protocol name or :class:`EvaluationProtocol`.
+        kind: ``"B"``, ``"P"`` or ``"NP"``; for ``"NP"`` with ``protocol.strict_np``, Dice is the
+            strict NP score.
+
+    Returns:
+        ``(metrics, detection)``: a flat dict (``dice``, ``hd95``, ``voxel_ppv``, ``voxel_sensitivity``,
+        ``lesion_f1``, ``lesion_ppv``, ``lesion_recall``, lesion counts, volumes) and the
+        :class:`~longiseg.metrics.lesion.LesionDetection` with per-lesion records.
+    """
+    if kind not in CASE_KINDS:
+        raise ValueError(f"kind must be one of {CASE_KINDS}, got {kind!r}")
+    prot = get_protocol(protocol)
+    p, g = as_mask_pair(pred, gt)
+    sp = as_spacing(spacing, p.ndim)
+    conn = _check_connectivity(prot.connectivity if p.ndim == 3 else None, p.ndim)
+    sl = foreground_slices(p, g)
+    if sl is not None:  # every metric here is invariant to cropping away common background
+        p, g = p[sl], g[sl]
+    det, gl, pl = detect_lesions(
+        p, g, sp, conn, prot.min_lesion_volume_mm3, prot.matching, prot.iou_threshold
+    )
+    vp, vg = (pl.labels > 0, gl.labels > 0) if prot.filter_voxel_metrics else (p, g)
+    c = _counts(vp, vg)
+    if kind == "NP" and prot.strict_np:
+        dice_value = 0.0 if p.any() else 1.0
+    else:
+        dice_value = _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn, 1.0)
+    match = det.match
+    metrics: dict[str, Any] = {
+        "dice": dice_value,
+        "hd95": hausdorff_distance(vp, vg, sp, percentile=prot.hd_percentile, one_empty=prot.hd_one_empty),
+        "voxel_ppv": _ratio(c.tp, c.tp + c.fp, 1.0),
+        "voxel_sensitivity": _ratio(c.tp, c.tp + c.fn, 1.0),
+        "lesion_f1": det.f1,
+        "lesion_ppv": det.precision,
+        "lesion_recall": det.recall,
+        "n_gt_lesions": gl.n,
+        "n_pred_lesions": pl.n,
+        "lesion_tp_gt": match.tp_gt,
+        "lesion_tp_pred": match.tp_pred,
+        "lesion_fp": match.fp,
+        "lesion_fn": match.fn,
+        "gt_volume_mm3": float(np.count_nonzero(g) * gl.voxel_volume_mm3),
+        "pred_volume_mm3": float(np.count_nonzero(p) * gl.voxel_volume_mm3),
+    }
+    return metrics, det
+
+
+def evaluate_longitudinal_case(
+    pred_baseline: MaskLike,
+    gt_baseline: MaskLike,
+    pred_progression: Sequence[MaskLike],
+    gt_progression: Sequence[MaskLike],
+    spacing: SpacingLike = None,
+    protocol: str | EvaluationProtocol = "segmast",
+    *,
+    case_id: str = "case",
+    patient_id: str | None = None,
+) -> tuple[list[dict[str, Any]], list[LesionDetection]]:
+    """Evaluate one longitudinal case: the baseline mask and ``T-1`` follow-up progression masks.
+
+    Args:
+        pred_baseline: predicted baseline mask ``(D, H, W)``.
+        gt_baseline: reference baseline mask ``(D, H, W)``.
+        pred_progression: ``T-1`` predicted progression masks ``(D, H, W)`` (or a ``(T-1, D, H, W)`` array).
+        gt_progression: ``T-1`` reference progression masks, same count and shapes.
+        spacing: voxel size in mm.
+        protocol: protocol name or :class:`EvaluationProtocol`.
+        case_id: case identifier written into every row.
+        patient_id: patient identifier (defaults to ``case_id``).
+
+    Returns:
+        ``(rows, detections)``: one row per target (baseline first, then ``progression_t1`` ...) with keys
+        ``case_id``, ``patient_id``, ``target``, ``timepoint``, ``kind`` (B/P/NP), ``daa_correct`` (None for
+        the baseline) and the metrics of :func:`evaluate_mask_pair`; and the matching lesion detections.
+    """
+    if len(pred_progression) != len(gt_progression):
+        raise ValueError(
+            f"pred_progression and gt_progression must have the same number of follow-ups, got "
+            f"{len(pred_progression)} and {len(gt_progression)}"
+        )
+    pid = case_id if patient_id is None else patient_id
+    rows: list[dict[str, Any]] = []
+    dets: list[LesionDetection] = []
+    m, d = evaluate_mask_pair(pred_baseline, gt_baseline, spacing, protocol, kind="B")
+    rows.append(
+        {
+            "case_id": case_id,
+            "patient_id": pid,
+            "target": "baseline",
+            "timepoint": 0,
+            "kind": "B",
+            "daa_correct": None,
+            **m,
+        }
+    )
+    dets.append(d)
+    for i, (pp, gp) in enumerate(zip(pred_progression, gt_progression), start=1):
+        kind = progression_kind(gp)
+        m, d = evaluate_mask_pair(pp, gp, spacing, protocol, kind=kind)
+        rows.append(
+            {
+                "case_id": case_id,
+                "patient_id": pid,
+                "target": f"progression_t{i}",
+                "timepoint": i,
+                "kind": kind,
+                "daa_correct": disease_activity_correct(pp, gp),
+                **m,
+            }
+        )
+        dets.append(d)
+    return rows, dets

@@ -1,0 +1,86 @@
+"""Evaluation protocols: the settings that make numbers comparable with a paper's tables.
+
+``segmast``  SegMaST (MIDL 2026), section 3 "Training and Evaluation": Dice on the raw masks; lesions
+             below 11 mm^3 excluded from the lesion metrics only (after Commowick et al. 2018); strict NP
+             rule; DAA. The paper does not name its lesion matching rule; the IoU > 0.1 rule is used.
+``tdw``      Difference Weighting (MICCAI 2024 workshop), section 3.2: lesions below 3 mm^3 removed from
+             reference and prediction before *all* metrics; lesion F1 with IoU > 0.1 matching (LongiSeg).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from longiseg.metrics.lesion import MATCHING_RULES
+
+__all__ = ["EvaluationProtocol", "PROTOCOLS", "get_protocol"]
+
+
+@dataclass(frozen=True)
+class EvaluationProtocol:
+    """Settings of an evaluation.
+
+    Attributes:
+        name: protocol name used in reports.
+        min_lesion_volume_mm3: lesions smaller than this are removed before lesion metrics.
+        filter_voxel_metrics: also remove them before voxel metrics (Dice, HD95, PPV).
+        matching: lesion matching rule (``"iou"``, ``"iou_global"`` or ``"overlap"``).
+        iou_threshold: IoU must exceed this for a lesion match.
+        connectivity: lesion connectivity (``None``: 26 in 3D, 8 in 2D).
+        strict_np: score no-progression follow-ups 1 if the predicted progression mask is empty else 0.
+        hd_percentile: percentile of the Hausdorff distance (95).
+        hd_one_empty: Hausdorff distance when exactly one mask is empty (NaN: left out of means).
+    """
+
+    name: str = "segmast"
+    min_lesion_volume_mm3: float = 11.0
+    filter_voxel_metrics: bool = False
+    matching: str = "iou"
+    iou_threshold: float = 0.1
+    connectivity: int | None = 26
+    strict_np: bool = True
+    hd_percentile: float = 95.0
+    hd_one_empty: float = float("nan")
+
+    def __post_init__(self) -> None:
+        if self.matching not in MATCHING_RULES:
+            raise ValueError(f"matching must be one of {MATCHING_RULES}, got {self.matching!r}")
+        if not (math.isfinite(self.min_lesion_volume_mm3) and self.min_lesion_volume_mm3 >= 0):
+            raise ValueError(f"min_lesion_volume_mm3 must be >= 0, got {self.min_lesion_volume_mm3}")
+        if not 0.0 <= self.iou_threshold < 1.0:
+            raise ValueError(f"iou_threshold must lie in [0, 1), got {self.iou_threshold}")
+        if not 0.0 <= self.hd_percentile <= 100.0:
+            raise ValueError(f"hd_percentile must lie in [0, 100], got {self.hd_percentile}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for JSON reports)."""
+        return asdict(self)
+
+    def with_overrides(self, **changes: Any) -> EvaluationProtocol:
+        """Copy with some fields changed (validated again)."""
+        unknown = set(changes) - set(asdict(self))
+        if unknown:
+            raise ValueError(f"unknown EvaluationProtocol fields {sorted(unknown)}")
+        return replace(self, **changes)
+
+
+PROTOCOLS: dict[str, EvaluationProtocol] = {
+    "segmast": EvaluationProtocol(name="segmast", min_lesion_volume_mm3=11.0, filter_voxel_metrics=False),
+    "tdw": EvaluationProtocol(
+        name="tdw", min_lesion_volume_mm3=3.0, filter_voxel_metrics=True, strict_np=False
+    ),
+}
+
+
+def get_protocol(protocol: str | EvaluationProtocol) -> EvaluationProtocol:
+    """Return a protocol by name (``"segmast"``, ``"tdw"``) or pass an :class:`EvaluationProtocol` through."""
+    if isinstance(protocol, EvaluationProtocol):
+        return protocol
+    if not isinstance(protocol, str):
+        raise TypeError(f"protocol must be a name or an EvaluationProtocol, got {type(protocol).__name__}")
+    key = protocol.lower()
+    if key not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}")
+    return PROTOCOLS[key]

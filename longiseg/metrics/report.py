@@ -1,0 +1,216 @@
+"""Reports: the paper-style comparison table, CSV/JSON files (written atomically) and a box-plot figure."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longiseg.metrics.aggregate import (
+    PAPER_COLUMNS,
+    MetricSummary,
+    ResultsTable,
+    paired_ttest,
+    significance_stars,
+)
+from longiseg.utils.io import atomic_path, atomic_write, atomic_write_json
+
+__all__ = [
+    "format_summary",
+    "paper_table_rows",
+    "format_paper_table",
+    "write_csv",
+    "write_json",
+    "box_plot",
+]
+
+PathLike = str | os.PathLike
+_HEADERS = {
+    "dice": "Dice",
+    "lesion_f1": "Lesion-F1",
+    "lesion_ppv": "PPV",
+    "daa": "DAA (%)",
+    "hd95": "HD95",
+    "voxel_ppv": "Voxel PPV",
+    "lesion_recall": "Lesion recall",
+    "voxel_sensitivity": "Sensitivity",
+}
+
+
+def _as_tables(
+    tables: ResultsTable | Sequence[ResultsTable] | Mapping[str, ResultsTable],
+) -> list[ResultsTable]:
+    if isinstance(tables, ResultsTable):
+        return [tables]
+    if isinstance(tables, Mapping):
+        return [ResultsTable(t.rows, name) for name, t in tables.items()]
+    out = list(tables)
+    if not out or not all(isinstance(t, ResultsTable) for t in out):
+        raise TypeError(
+            "tables must be a ResultsTable, a non-empty sequence of them or a name -> table mapping"
+        )
+    names = [t.model for t in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be unique, got {names}")
+    return out
+
+
+def format_summary(s: MetricSummary, metric: str, stars: str = "", digits: int = 3) -> str:
+    """``"0.617** (0.148)"`` for a metric, ``"64.4%"`` for DAA, ``"-"`` when undefined."""
+    if math.isnan(s.mean):
+        return "-"
+    if metric == "daa":
+        return f"{s.mean:.1f}%"
+    sd = "" if math.isnan(s.sd) else f" ({s.sd:.{digits}f})"
+    return f"{s.mean:.{digits}f}{stars}{sd}"
+
+
+def paper_table_rows(
+    tables: ResultsTable | Sequence[ResultsTable] | Mapping[str, ResultsTable],
+    *,
+    reference: str | None = None,
+    columns: Sequence[tuple[str, str]] = PAPER_COLUMNS,
+) -> list[dict[str, Any]]:
+    """One dict per model: ``model``, then per column ``"metric/kind"`` the mean, SD and the p-value of a
+    paired t-test (per patient) against the ``reference`` model (NaN for the reference itself and DAA)."""
+    tabs = _as_tables(tables)
+    ref = None
+    if reference is not None:
+        by_name = {t.model: t for t in tabs}
+        if reference not in by_name:
+            raise ValueError(f"reference model {reference!r} not among {sorted(by_name)}")
+        ref = by_name[reference]
+    out = []
+    for t in tabs:
+        summ = t.paper_summary(columns)
+        row: dict[str, Any] = {"model": t.model}
+        for metric, kind in columns:
+            key = f"{metric}/{kind}"
+            p = float("nan")
+            if ref is not None and t is not ref and metric != "daa":
+                p = paired_ttest(t, ref, metric, kind=kind).pvalue
+            s = summ[key]
+            row.update(
+                {f"{key}/mean": s.mean, f"{key}/sd": s.sd, f"{key}/n_patients": s.n_patients, f"{key}/p": p}
+            )
+        out.append(row)
+    return out
+
+
+def format_paper_table(
+    tables: ResultsTable | Sequence[ResultsTable] | Mapping[str, ResultsTable],
+    *,
+    reference: str | None = None,
+    columns: Sequence[tuple[str, str]] = PAPER_COLUMNS,
+    digits: int = 3,
+) -> str:
+    """Plain-text table in the layout of SegMaST Table 1: model rows; B/P/NP Dice, lesion F1, PPV, DAA.
+
+    Values are mean (SD) over patients; ``*``/``**`` mark p < 0.05 / 0.01 of a paired t-test against
+    ``reference`` (when given).
+    """
+    rows = paper_table_rows(tables, reference=reference, columns=columns)
+    header = ["Model"] + [f"{_HEADERS.get(m, m)} {k}" if m != "daa" else _HEADERS["daa"] for m, k in columns]
+    body = []
+    for r in rows:
+        cells = [str(r["model"])]
+        for metric, kind in columns:
+            key = f"{metric}/{kind}"
+            s = MetricSummary(r[f"{key}/mean"], r[f"{key}/sd"], r[f"{key}/n_patients"], 0, 0)
+            cells.append(format_summary(s, metric, significance_stars(r[f"{key}/p"]), digits))
+        body.append(cells)
+    widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header] + body]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if reference is not None:
+        lines.append(f"* p < 0.05, ** p < 0.01: paired t-test (per patient) against {reference}")
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, (float, np.floating)) and math.isnan(float(v)):
+        return ""
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def write_csv(
+    path: PathLike, rows: Sequence[Mapping[str, Any]] | ResultsTable, *, overwrite: bool = True
+) -> Path:
+    """Write row dicts (or a :class:`ResultsTable`'s rows) as CSV atomically; NaN becomes an empty cell."""
+    data = rows.rows if isinstance(rows, ResultsTable) else list(rows)
+    fields: dict[str, None] = {}
+    for r in data:
+        fields.update(dict.fromkeys(r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    for r in data:
+        writer.writerow({k: _cell(v) for k, v in r.items()})
+    return atomic_write(path, lambda fh: fh.write(buf.getvalue()), overwrite=overwrite)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return None if math.isnan(f) else f
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def write_json(path: PathLike, obj: Any, *, overwrite: bool = True) -> Path:
+    """Write ``obj`` as JSON atomically, with NaN written as ``null`` (valid JSON)."""
+    return atomic_write_json(path, _json_safe(obj), overwrite=overwrite)
+
+
+def box_plot(
+    tables: ResultsTable | Sequence[ResultsTable] | Mapping[str, ResultsTable],
+    path: PathLike,
+    *,
+    metrics: Sequence[tuple[str, str]] = (
+        ("dice", "B"),
+        ("dice", "P"),
+        ("lesion_f1", "B"),
+        ("lesion_f1", "P"),
+    ),
+    title: str | None = None,
+) -> Path:
+    """Box plots (PNG) of per-patient values: one panel per ``(metric, kind)``, one box per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tabs = _as_tables(tables)
+    if not metrics:
+        raise ValueError("metrics must name at least one (metric, kind) pair")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 0.6, 3.8), squeeze=False)
+    for ax, (metric, kind) in zip(axes[0], metrics):
+        data = []
+        for t in tabs:
+            sub = t.select(kind=kind)
+            vals = np.array(list(sub.patient_means(metric).values())) if sub.rows else np.empty(0)
+            data.append(vals[~np.isnan(vals)])
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(tabs) + 1), [t.model for t in tabs], rotation=30, ha="right")
+        ax.set_title(f"{_HEADERS.get(metric, metric)} ({kind})")
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,214 @@
+"""SegMaST conventions (B/P/NP, strict NP rule, DAA), aggregation over patients, t-tests and size bins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from longiseg.metrics.aggregate import ResultsTable, paired_ttest, significance_stars
+from longiseg.metrics.lesion import lesion_detection
+from longiseg.metrics.longitudinal import (
+    disease_activity_assessment,
+    disease_activity_correct,
+    evaluate_longitudinal_case,
+    evaluate_mask_pair,
+    has_progression,
+    np_score,
+    progression_kind,
+)
+from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
+from longiseg.metrics.stratified import SizeBins, stratified_lesion_metrics, tertile_bins
+
+
+def box(shape: tuple[int, int, int], *boxes: tuple[int, int, int, int, int, int]) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    for z0, z1, y0, y1, x0, x1 in boxes:
+        m[z0:z1, y0:y1, x0:x1] = True
+    return m
+
+
+S = (10, 10, 10)
+
+
+def test_np_rule_and_daa_on_constructed_cases() -> None:
+    empty = np.zeros(S, bool)
+    tiny = box(S, (0, 1, 0, 1, 0, 1))  # one voxel: still "predicted progression" under the strict rule
+    lesion = box(S, (2, 5, 2, 5, 2, 5))
+    assert np_score(empty) == 1.0 and np_score(tiny) == 0.0
+    assert progression_kind(empty) == "NP" and progression_kind(lesion) == "P"
+    # DAA: (pred, gt) -> correct?
+    cases = [
+        (empty, empty, True),
+        (tiny, empty, False),
+        (lesion, lesion, True),
+        (empty, lesion, False),
+        (tiny, lesion, True),
+    ]
+    flags = [disease_activity_correct(p, g) for p, g, _ in cases]
+    assert flags == [c for *_, c in cases]
+    assert disease_activity_assessment(flags) == pytest.approx(60.0)
+    assert has_progression(tiny) and not has_progression(tiny, min_volume_mm3=11)
+    with pytest.raises(ValueError, match="non-empty 1D"):
+        disease_activity_assessment([])
+    with pytest.raises(ValueError, match="booleans"):
+        disease_activity_assessment([0, 2])
+
+
+def test_strict_np_dice_ignores_the_size_filter() -> None:
+    empty = np.zeros(S, bool)
+    tiny = box(S, (0, 1, 0, 1, 0, 2))  # 2 mm^3: below both size thresholds
+    seg, _ = evaluate_mask_pair(tiny, empty, 1.0, "segmast", kind="NP")
+    assert seg["dice"] == 0.0 and seg["lesion_f1"] == 1.0  # F1 sees no lesion after the 11 mm^3 filter
+    tdw, _ = evaluate_mask_pair(tiny, empty, 1.0, "tdw", kind="NP")
+    assert tdw["dice"] == 1.0  # TDW removes the 2 mm^3 lesion before every metric
+    strict_tdw = get_protocol("tdw").with_overrides(strict_np=True)
+    assert evaluate_mask_pair(tiny, empty, 1.0, strict_tdw, kind="NP")[0]["dice"] == 0.0
+    assert evaluate_mask_pair(empty, empty, 1.0, "segmast", kind="NP")[0]["dice"] == 1.0
+
+
+def test_longitudinal_case_rows() -> None:
+    gb = box(S, (0, 4, 0, 4, 0, 4), (6, 9, 6, 9, 6, 9))
+    pb = box(S, (0, 4, 0, 4, 0, 3))
+    gp = [box(S, (6, 9, 0, 3, 0, 3)), np.zeros(S, bool)]
+    pp = [box(S, (6, 9, 0, 3, 0, 3)), box(S, (0, 3, 6, 9, 0, 3))]
+    rows, dets = evaluate_longitudinal_case(pb, gb, pp, gp, (1.0, 1.0, 1.0), case_id="c1", patient_id="p1")
+    assert [r["kind"] for r in rows] == ["B", "P", "NP"]
+    assert [r["target"] for r in rows] == ["baseline", "progression_t1", "progression_t2"]
+    assert rows[0]["daa_correct"] is None and rows[1]["daa_correct"] and not rows[2]["daa_correct"]
+    assert rows[0]["dice"] == pytest.approx(2 * 48 / (64 + 27 + 48))
+    assert rows[0]["n_gt_lesions"] == 2 and rows[0]["lesion_tp_gt"] == 1 and rows[0]["lesion_fn"] == 1
+    assert rows[1]["dice"] == 1.0 and rows[1]["hd95"] == 0.0 and rows[2]["dice"] == 0.0
+    assert np.isnan(rows[2]["hd95"])  # one empty mask: undefined by default
+    assert len(dets) == 3 and dets[0].n_gt == 2
+    with pytest.raises(ValueError, match="same number of follow-ups"):
+        evaluate_longitudinal_case(pb, gb, pp[:1], gp, 1.0)
+
+
+def test_protocol_validation() -> None:
+    assert get_protocol("SegMaST").min_lesion_volume_mm3 == 11.0
+    assert get_protocol("tdw").min_lesion_volume_mm3 == 3.0 and get_protocol("tdw").filter_voxel_metrics
+    with pytest.raises(ValueError, match="unknown protocol"):
+        get_protocol("brats")
+    with pytest.raises(ValueError, match="matching must be one of"):
+        EvaluationProtocol(matching="hungarian")
+    with pytest.raises(ValueError, match="unknown EvaluationProtocol fields"):
+        get_protocol("tdw").with_overrides(threshold=0.2)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        evaluate_mask_pair(np.zeros(S, bool), np.zeros(S, bool), kind="FU")
+
+
+# --- aggregation -----------------------------------------------------------------------------------------
+
+
+def make_table(values: dict[tuple[str, str, str], float], model: str = "m") -> ResultsTable:
+    """Rows from {(patient, case, kind): dice}."""
+    rows = [
+        {
+            "case_id": c,
+            "patient_id": p,
+            "target": "baseline" if k == "B" else "progression_t1",
+            "kind": k,
+            "dice": v,
+            "daa_correct": None if k == "B" else v > 0.5,
+        }
+        for (p, c, k), v in values.items()
+    ]
+    return ResultsTable(rows, model)
+
+
+def test_patient_then_mean_sd_over_patients() -> None:
+    t = make_table(
+        {
+            ("p1", "a", "B"): 0.2,
+            ("p1", "b", "B"): 0.4,
+            ("p2", "c", "B"): 0.9,
+            ("p1", "a", "NP"): 1.0,
+            ("p2", "c", "P"): 0.1,
+            ("p3", "d", "B"): float("nan"),
+        }
+    )
+    s = t.summary("dice", "B")
+    per_patient = np.array([0.3, 0.9])  # p1 averaged over its two cases first; p3 is NaN -> left out
+    assert s.mean == pytest.approx(per_patient.mean()) and s.sd == pytest.approx(per_patient.std(ddof=0))
+    assert (s.n_patients, s.n_cases, s.n_nan) == (2, 4, 1)
+    assert t.summary("dice", "NP").mean == 1.0
+    assert t.daa() == pytest.approx(50.0)  # two follow-ups, one flagged correct
+    summ = t.paper_summary()
+    assert set(summ) >= {"dice/B", "dice/P", "dice/NP", "daa/all"}
+    with pytest.raises(ValueError, match="unknown metric"):
+        t.values("hd1000")
+    with pytest.raises(ValueError, match="lacks the columns"):
+        ResultsTable([{"case_id": "a"}])
+
+
+def test_segmast_table_sd_convention() -> None:
+    # 25 NP patients, 15 scored 1: SegMaST reports 0.600 (0.490), i.e. the ddof=0 SD.
+    t = make_table({(f"p{i}", f"c{i}", "NP"): float(i < 15) for i in range(25)})
+    s = t.summary("dice", "NP")
+    assert (round(s.mean, 3), round(s.sd, 3)) == (0.6, 0.49)
+
+
+def test_paired_ttest_matches_scipy() -> None:
+    rng = np.random.default_rng(0)
+    a_vals, b_vals = rng.random(8), rng.random(8)
+    a = make_table({(f"p{i}", f"c{i}", "B"): float(v) for i, v in enumerate(a_vals)}, "A")
+    b = make_table({(f"p{i}", f"c{i}", "B"): float(v) for i, v in enumerate(b_vals)}, "B")
+    res = paired_ttest(a, b, "dice", kind="B")
+    ref = stats.ttest_rel(a_vals, b_vals)
+    assert res.pvalue == pytest.approx(ref.pvalue) and res.statistic == pytest.approx(ref.statistic)
+    assert res.n == 8 and res.mean_difference == pytest.approx(np.mean(a_vals - b_vals))
+    assert paired_ttest(a, b, "dice", level="case").pvalue == pytest.approx(ref.pvalue)
+    assert np.isnan(paired_ttest(a, a, "dice").pvalue)
+    c = make_table({("q0", "c0", "B"): 0.5}, "C")
+    with pytest.raises(ValueError, match="same patients"):
+        paired_ttest(a, c, "dice")
+    with pytest.raises(ValueError, match="level must be"):
+        paired_ttest(a, b, "dice", level="voxel")
+    assert significance_stars(0.003) == "**" and significance_stars(0.03) == "*"
+    assert significance_stars(0.2) == "" and significance_stars(float("nan")) == ""
+
+
+# --- size-stratified analysis ----------------------------------------------------------------------------
+
+
+def test_stratified_counts_with_given_thresholds() -> None:
+    shape = (6, 40, 40)
+    # Reference lesions of 8, 64 and 216 voxels (1 mm^3 each): small, medium, large at thresholds (10, 100).
+    g = box(shape, (0, 2, 0, 2, 0, 2), (0, 4, 10, 14, 0, 4), (0, 6, 20, 26, 20, 26))
+    # Prediction: misses the small one, hits the medium exactly, half of the large, plus a small FP.
+    p = box(shape, (0, 4, 10, 14, 0, 4), (0, 3, 20, 26, 20, 26), (5, 6, 0, 2, 30, 32))
+    det = lesion_detection(p, g)
+    rows = stratified_lesion_metrics([det], SizeBins((10.0, 100.0)))
+    by = {r["bin"]: r for r in rows}
+    assert [r["range_mm3"] for r in rows] == ["<= 10", "10-100", "> 100"]
+    assert (by["small"]["n_gt"], by["small"]["tp_gt"], by["small"]["n_pred"], by["small"]["tp_pred"]) == (
+        1,
+        0,
+        1,
+        0,
+    )
+    assert by["small"]["lesion_f1"] == 0.0 and by["small"]["dice"] == 0.0
+    assert by["medium"]["lesion_f1"] == 1.0 and by["medium"]["dice"] == 1.0
+    # The 108-voxel prediction overlaps the large lesion, so it belongs to the large bin.
+    assert by["large"]["n_pred"] == 1 and by["large"]["lesion_f1"] == 1.0
+    assert by["large"]["dice"] == pytest.approx(2 * 108 / (216 + 108))
+    # Pooled over cases: the same case twice doubles the counts, scores unchanged.
+    rows2 = stratified_lesion_metrics([det, det], (10.0, 100.0))
+    assert rows2[2]["n_gt"] == 2 and rows2[2]["dice"] == pytest.approx(by["large"]["dice"])
+
+
+def test_tertile_bins() -> None:
+    b = tertile_bins(np.arange(1, 10, dtype=float))
+    assert b.thresholds == pytest.approx(
+        (np.quantile(np.arange(1, 10), 1 / 3), np.quantile(np.arange(1, 10), 2 / 3))
+    )
+    np.testing.assert_array_equal(b.assign(np.array([1.0, 5.0, 9.0])), [0, 1, 2])
+    with pytest.raises(ValueError, match="at least 3"):
+        tertile_bins([1.0, 2.0])
+    with pytest.raises(ValueError, match="too uniform"):
+        tertile_bins([5.0] * 6)
+    with pytest.raises(ValueError, match="strictly ascending"):
+        SizeBins((5.0, 1.0))
+    with pytest.raises(ValueError, match="'tertiles'"):
+        stratified_lesion_metrics([], "quartiles")
