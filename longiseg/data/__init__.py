@@ -1,1 +1,76 @@
 """Longitudinal data: case model, NIfTI layout and adapters, preprocessing, 2.5D sampling, augmentation, demo cohort."""
+
+from longiseg.data.adapters import msseg2_cases, ucsf_altpd_cases
+from longiseg.data.case import PLANES, LongitudinalCase, plane_axes
+from longiseg.data.dataset import CaseCache, SliceDataset, VolumePatchDataset
+from longiseg.data.loading import (
+    CaseSource,
+    Manifest,
+    ManifestEntry,
+    MaskSpec,
+    find_cases,
+    load_case,
+    load_cases,
+    manifest_from_cases,
+    read_manifest,
+    save_case,
+    validate_cases,
+    write_manifest,
+)
+from longiseg.data.preprocessing import (
+    CropBox,
+    crop_to_foreground,
+    joint_foreground_bbox,
+    preprocess_case,
+    zscore_normalize,
+)
+from longiseg.data.sampling import CrossViewSampler, VolumePatchSampler, build_sampling_index, sample_center
+from longiseg.data.transforms import LongitudinalAugment
+
+__all__ = [
+    "PLANES",
+    "LongitudinalCase",
+    "plane_axes",
+    "CaseSource",
+    "MaskSpec",
+    "Manifest",
+    "ManifestEntry",
+    "find_cases",
+    "load_case",
+    "load_cases",
+    "validate_cases",
+    "save_case",
+    "read_manifest",
+    "write_manifest",
+    "manifest_from_cases",
+    "msseg2_cases",
+    "ucsf_altpd_cases",
+    "CropBox",
+    "zscore_normalize",
+    "joint_foreground_bbox",
+    "crop_to_foreground",
+    "preprocess_case",
+    "CrossViewSampler",
+    "VolumePatchSampler",
+    "build_sampling_index",
+    "sample_center",
+    "LongitudinalAugment",
+    "SliceDataset",
+    "VolumePatchDataset",
+    "CaseCache",
+    "DemoCohortConfig",
+    "generate_demo_case",
+    "generate_demo_cohort",
+    "plot_case",
+]
+
+# The demo cohort is imported on first use, so ``python -m longiseg.data.demo_cohort`` runs cleanly.
+_DEMO_NAMES = ("DemoCohortConfig", "generate_demo_case", "generate_demo_cohort", "plot_case")
+
+
+def __getattr__(name: str) -> object:
+    if name in _DEMO_NAMES:
+        from longiseg.data import demo_cohort
+
+        return getattr(demo_cohort, name)
+    raise AttributeError(f"module 'longiseg.data' has no attribute {name!r}")

@@ -1,0 +1,206 @@
+"""The in-memory model of one longitudinal case: ``T`` registered timepoints of one patient.
+
+A :class:`LongitudinalCase` holds voxel arrays in the index order nibabel loads them (called ``(D, H, W)``
+here, i.e. the NIfTI axes ``i, j, k``), the voxel-to-world ``affine`` and the ``spacing`` in mm. Which array
+axis is axial, coronal or sagittal is read from the affine (:func:`plane_axes`), so volumes need not be
+reoriented to be sampled in the right planes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from longiseg.utils.validation import check_binary, check_finite, check_timepoints
+
+__all__ = ["PLANES", "LongitudinalCase", "plane_axes"]
+
+#: The three orthogonal anatomical planes, in the order used everywhere in the library.
+PLANES: tuple[str, str, str] = ("axial", "coronal", "sagittal")
+
+# World axis (RAS+) that is normal to each plane: sagittal slices stack along x (L-R),
+# coronal slices along y (P-A), axial slices along z (I-S).
+_PLANE_WORLD_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def plane_axes(affine: np.ndarray) -> dict[str, int]:
+    """Map each plane to the array axis normal to it, read from the voxel-to-world ``affine``.
+
+    Args:
+        affine: ``(4, 4)`` voxel-to-world matrix of a ``(D, H, W)`` volume.
+
+    Returns:
+        ``{"axial": a, "coronal": c, "sagittal": s}`` where slicing the volume at a fixed index along
+        array axis ``a`` gives an axial slice, and so on (``{a, c, s} == {0, 1, 2}``).
+
+    Raises:
+        ValueError: if ``affine`` is not ``(4, 4)`` or is singular.
+    """
+    import nibabel as nib
+
+    aff = np.asarray(affine, dtype=np.float64)
+    if aff.shape != (4, 4):
+        raise ValueError(f"affine must be a (4, 4) matrix, got shape {aff.shape}")
+    if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+        raise ValueError("affine must have a non-singular 3x3 part (voxel axes map to world axes)")
+    ornt = nib.orientations.io_orientation(aff)  # row i: world axis of array axis i
+    world_of_array = [int(w) for w in ornt[:, 0]]
+    return {plane: world_of_array.index(world) for plane, world in _PLANE_WORLD_AXIS.items()}
+
+
+@dataclass
+class LongitudinalCase:
+    """One patient's registered series of ``T >= 2`` timepoints with its lesion masks.
+
+    Attributes:
+        images: ``(T, C, D, H, W)`` float32 intensities; timepoint 0 is the baseline, channels follow
+            ``modalities``.
+        baseline_mask: ``(D, H, W)`` uint8 binary lesion mask at baseline, or ``None`` for unlabelled cases
+            (inference).
+        progression_masks: ``(T-1, D, H, W)`` uint8 binary masks of new/enlarging lesions at each follow-up
+            (all zero for a stable follow-up), or ``None`` for unlabelled cases.
+        affine: ``(4, 4)`` voxel-to-world matrix shared by all volumes.
+        spacing: voxel size in mm along ``(D, H, W)``.
+        modalities: channel names, e.g. ``("flair", "t2")``.
+        case_id: unique case identifier (folder name).
+        patient_id: patient identifier (several cases may share one).
+        brain_mask: optional ``(D, H, W)`` uint8 brain mask used for normalisation and sampling.
+        baseline_annotated: ``False`` when the dataset has no baseline annotation (MSSEG-2): the
+            ``baseline_mask`` is then all zero and must not be used as a training target.
+        metadata: free-form extras (dataset name, crop box of a cropped case, demo anatomy source).
+    """
+
+    images: np.ndarray
+    baseline_mask: np.ndarray | None
+    progression_masks: np.ndarray | None
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    modalities: tuple[str, ...]
+    case_id: str
+    patient_id: str = ""
+    brain_mask: np.ndarray | None = None
+    baseline_annotated: bool = True
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        imgs = np.asarray(self.images)
+        if imgs.ndim != 5:
+            raise ValueError(f"images must have 5 dims (T, C, D, H, W), got shape {tuple(imgs.shape)}")
+        check_timepoints("images.shape[0] (number of timepoints T)", int(imgs.shape[0]))
+        check_finite("images", imgs)
+        self.images = np.ascontiguousarray(imgs, dtype=np.float32)
+        t, c, *spatial = self.images.shape
+        spatial_t = tuple(spatial)
+        self.modalities = tuple(str(m) for m in self.modalities)
+        if len(self.modalities) != c:
+            raise ValueError(f"modalities must name the {c} image channels, got {list(self.modalities)}")
+        self.baseline_mask = _as_mask("baseline_mask", self.baseline_mask, spatial_t)
+        if self.progression_masks is not None:
+            prog = np.asarray(self.progression_masks)
+            if prog.ndim != 4 or prog.shape[0] != t - 1:
+                raise ValueError(
+                    f"progression_masks must have shape (T-1, D, H, W) = {(t - 1, *spatial_t)}, "
+                    f"got {tuple(prog.shape)}"
+                )
+            self.progression_masks = np.stack(
+                [_as_mask(f"progression_masks[{i}]", prog[i], spatial_t) for i in range(t - 1)]
+            )
+        if (self.baseline_mask is None) != (self.progression_masks is None):
+            raise ValueError("baseline_mask and progression_masks must both be given or both be None")
+        self.brain_mask = _as_mask("brain_mask", self.brain_mask, spatial_t)
+        aff = np.asarray(self.affine, dtype=np.float64)
+        if aff.shape != (4, 4):
+            raise ValueError(f"affine must be a (4, 4) matrix, got shape {aff.shape}")
+        self.affine = aff
+        sp = tuple(float(s) for s in self.spacing)
+        if len(sp) != 3 or min(sp) <= 0:
+            raise ValueError(f"spacing must be three positive voxel sizes in mm, got {self.spacing}")
+        self.spacing = sp  # type: ignore[assignment]
+        self.case_id = str(self.case_id)
+        self.patient_id = str(self.patient_id) if self.patient_id else self.case_id
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_timepoints(self) -> int:
+        """Number of timepoints ``T`` (baseline plus ``T-1`` follow-ups)."""
+        return int(self.images.shape[0])
+
+    @property
+    def num_channels(self) -> int:
+        """Number of modalities ``C``."""
+        return int(self.images.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Spatial shape ``(D, H, W)``."""
+        return tuple(int(s) for s in self.images.shape[2:])  # type: ignore[return-value]
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the case carries baseline and progression masks (``False`` for inference-only cases)."""
+        return self.baseline_mask is not None
+
+    @property
+    def progression_per_followup(self) -> list[bool]:
+        """For each follow-up, whether its progression mask is non-empty (length ``T-1``)."""
+        if self.progression_masks is None:
+            raise ValueError(f"case {self.case_id!r} has no progression masks (unlabelled case)")
+        return [bool(m.any()) for m in self.progression_masks]
+
+    @property
+    def has_progression(self) -> bool:
+        """Whether any follow-up shows new or enlarging lesions."""
+        return any(self.progression_per_followup)
+
+    @property
+    def plane_axes(self) -> dict[str, int]:
+        """Array axis normal to each anatomical plane (see :func:`plane_axes`)."""
+        return plane_axes(self.affine)
+
+    def foreground_mask(self) -> np.ndarray:
+        """``(D, H, W)`` bool brain region: the brain mask if given, else voxels non-zero in any image."""
+        if self.brain_mask is not None:
+            return self.brain_mask.astype(bool)
+        return np.any(self.images != 0, axis=(0, 1))
+
+    def lesion_mask(self) -> np.ndarray:
+        """``(D, H, W)`` bool union of the baseline mask and all progression masks."""
+        if not self.has_labels:
+            raise ValueError(f"case {self.case_id!r} has no masks (unlabelled case)")
+        assert self.baseline_mask is not None and self.progression_masks is not None
+        return self.baseline_mask.astype(bool) | self.progression_masks.any(axis=0)
+
+    def with_arrays(self, **changes: object) -> LongitudinalCase:
+        """Copy of the case with some fields replaced (validated again), e.g. ``with_arrays(images=x)``."""
+        return replace(self, **changes)
+
+    def summary(self) -> dict[str, object]:
+        """Small JSON-able description (ids, shape, spacing, modalities, lesion voxel counts)."""
+        out: dict[str, object] = {
+            "case_id": self.case_id,
+            "patient_id": self.patient_id,
+            "num_timepoints": self.num_timepoints,
+            "modalities": list(self.modalities),
+            "shape": list(self.shape),
+            "spacing": list(self.spacing),
+        }
+        if self.has_labels:
+            assert self.baseline_mask is not None and self.progression_masks is not None
+            out["baseline_voxels"] = int(self.baseline_mask.sum())
+            out["progression_voxels"] = [int(m.sum()) for m in self.progression_masks]
+            out["progression"] = self.has_progression
+        return out
+
+
+def _as_mask(name: str, mask: object, shape: Sequence[int]) -> np.ndarray | None:
+    """Validate a binary ``(D, H, W)`` mask and return it as contiguous uint8 (``None`` passes through)."""
+    if mask is None:
+        return None
+    arr = np.asarray(mask)
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} must have the spatial shape {tuple(shape)} of the images, got {arr.shape}")
+    check_finite(name, arr)
+    check_binary(name, arr)
+    return np.ascontiguousarray(arr, dtype=np.uint8)

@@ -1,0 +1,253 @@
+"""PyTorch datasets drawing lesion-weighted 2.5D slices or 3D patches from longitudinal cases.
+
+Both datasets have a fixed length (``samples_per_epoch``); sample ``i`` comes from case ``i % num_cases``
+and its randomness (centre, plane, augmentation) from a generator seeded with ``(seed, epoch, i)``, so an
+epoch is reproducible whatever the number of DataLoader workers or the order indices are requested in.
+Call :meth:`set_epoch` before each epoch (with ``persistent_workers=True`` the workers keep the epoch they
+were started with; recreate the DataLoader iterator or leave persistence off).
+
+Cases are loaded lazily, preprocessed (z-score, optional crop) on first use and kept in a per-process LRU
+cache of ``cache_size`` cases, so memory stays bounded at about ``(num_workers + 1) * cache_size`` cases.
+``progression_flags`` (one per sample) and ``case_progression_flags`` (one per case) feed the
+imbalance-aware batch sampler (``longiseg.data.samplers``) without loading voxels when a manifest holds
+the flags.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from longiseg.data.case import PLANES, LongitudinalCase
+from longiseg.data.loading import CaseSource, find_cases, load_case
+from longiseg.data.preprocessing import preprocess_case
+from longiseg.data.sampling import CrossViewSampler, SamplingIndex, VolumePatchSampler, build_sampling_index
+from longiseg.data.transforms import LongitudinalAugment
+from longiseg.utils.validation import check_positive_int
+
+__all__ = ["SliceDataset", "VolumePatchDataset", "CaseCache"]
+
+PathLike = str | os.PathLike
+CaseLike = CaseSource | LongitudinalCase
+
+
+class CaseCache:
+    """A least-recently-used cache of prepared cases ``{case position: (case, sampling index)}``.
+
+    Args:
+        maxsize: most cases kept (at least 1).
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = check_positive_int("cache_size", maxsize)
+        self._items: OrderedDict[int, tuple[LongitudinalCase, SamplingIndex]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: int, build: Callable[[], tuple[LongitudinalCase, SamplingIndex]]
+            ) -> tuple[LongitudinalCase, SamplingIndex]:
+        """Return the cached entry of ``key``, building (and possibly evicting the oldest) on a miss."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        self.misses += 1
+        value = build()
+        self._items[key] = value
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        """Drop every cached case."""
+        self._items.clear()
+
+
+class _LongitudinalDataset(Dataset):
+    """Shared machinery: case list, lazy loading + LRU cache, flags, seeding, augmentation."""
+
+    def __init__(
+        self,
+        cases: Sequence[CaseLike] | PathLike,
+        sampler: CrossViewSampler | VolumePatchSampler,
+        *,
+        samples_per_epoch: int | None,
+        transform: Callable[[dict, np.random.Generator], dict] | None,
+        preprocess: Callable[[LongitudinalCase], LongitudinalCase] | None,
+        cache_size: int,
+        seed: int,
+    ) -> None:
+        if isinstance(cases, (str, os.PathLike)):
+            cases = find_cases(Path(cases))
+        self.cases: list[CaseLike] = list(cases)
+        if not self.cases:
+            raise ValueError("cases must not be empty")
+        for c in self.cases:
+            if not isinstance(c, (CaseSource, LongitudinalCase)):
+                raise TypeError(f"cases must be CaseSource or LongitudinalCase objects, got {type(c).__name__}")
+            if not c.has_labels:
+                raise ValueError(f"case {c.case_id!r} has no baseline/progression masks; training needs labels")
+        self.sampler = sampler
+        default_len = 32 * len(self.cases)
+        self.samples_per_epoch = check_positive_int(
+            "samples_per_epoch", default_len if samples_per_epoch is None else samples_per_epoch
+        )
+        self.transform = transform
+        self.preprocess = preprocess
+        self.cache = CaseCache(cache_size)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._case_flags: list[bool] | None = None
+
+    # ------------------------------------------------------------------ flags and indexing
+    @property
+    def num_cases(self) -> int:
+        """Number of cases."""
+        return len(self.cases)
+
+    def case_of(self, index: int) -> int:
+        """Position of the case that sample ``index`` is drawn from (``index % num_cases``)."""
+        return int(index) % self.num_cases
+
+    @property
+    def case_progression_flags(self) -> list[bool]:
+        """Per-case progression flags (from the manifest/sources when known, else read from the masks once)."""
+        if self._case_flags is None:
+            self._case_flags = [
+                c.has_progression if isinstance(c, LongitudinalCase) else c.progression_flag() for c in self.cases
+            ]
+        return self._case_flags
+
+    @property
+    def progression_flags(self) -> list[bool]:
+        """Per-sample progression flags (the flag of each sample's case), length ``samples_per_epoch``."""
+        flags = self.case_progression_flags
+        return [flags[self.case_of(i)] for i in range(self.samples_per_epoch)]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose samples ``__getitem__`` returns (part of every sample's seed)."""
+        self.epoch = check_positive_int("epoch", epoch, minimum=0)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    # ------------------------------------------------------------------ loading
+    def _prepare(self, position: int) -> tuple[LongitudinalCase, SamplingIndex]:
+        item = self.cases[position]
+        case = item if isinstance(item, LongitudinalCase) else load_case(item)
+        if self.preprocess is not None:
+            case = self.preprocess(case)
+        return case, build_sampling_index(case)
+
+    def get_case(self, position: int) -> LongitudinalCase:
+        """The prepared (loaded and preprocessed) case at ``position``, through the cache."""
+        return self.cache.get(position, lambda: self._prepare(position))[0]
+
+    def rng_for(self, index: int) -> np.random.Generator:
+        """The generator of sample ``index`` in the current epoch (seeded by ``(seed, epoch, index)``)."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if not 0 <= index < self.samples_per_epoch:
+            raise IndexError(f"index {index} out of range for a dataset of {self.samples_per_epoch} samples")
+        position = self.case_of(index)
+        case, sidx = self.cache.get(position, lambda: self._prepare(position))
+        rng = self.rng_for(index)
+        sample = self.sampler.sample(case, sidx, rng, case_index=position)
+        if self.transform is not None:
+            sample = self.transform(sample, rng)
+        return sample
+
+    def __getstate__(self) -> dict:
+        # Workers start with an empty cache instead of receiving pickled volumes.
+        state = self.__dict__.copy()
+        state["cache"] = CaseCache(self.cache.maxsize)
+        return state
+
+
+class SliceDataset(_LongitudinalDataset):
+    """2.5D cross-view training samples: lesion-weighted slices from all three planes.
+
+    Args:
+        cases: :class:`CaseSource` / :class:`LongitudinalCase` objects, or a cohort folder in the library
+            layout.
+        crop_size: in-plane crop ``(h, w)`` or an int.
+        planes: planes to sample (default all three).
+        lesion_weight: probability that a crop is centred on a lesion voxel.
+        progression_share: share of lesion-centred crops drawn from progression voxels.
+        samples_per_epoch: dataset length (default ``32 * num_cases``).
+        transform: augmentation ``(sample, rng) -> sample``; ``"default"`` uses
+            :class:`~longiseg.data.transforms.LongitudinalAugment` with its defaults, ``None`` none.
+        preprocess: applied once per loaded case (default: z-score, no crop).
+        cache_size: cases kept in memory per process.
+        seed: base seed of all sampling.
+
+    Each item is a dict with ``images (T, C, h, w)``, ``baseline (1, h, w)``, ``progression (T-1, 1, h, w)``,
+    ``has_progression``, ``progression_visible``, ``baseline_annotated``, ``case_index``, ``plane`` and
+    ``center`` (see :mod:`longiseg.data.sampling`).
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[CaseLike] | PathLike,
+        *,
+        crop_size: int | Sequence[int] = 128,
+        planes: Sequence[str] = PLANES,
+        lesion_weight: float = 0.5,
+        progression_share: float | None = 0.5,
+        samples_per_epoch: int | None = None,
+        transform: Callable[[dict, np.random.Generator], dict] | str | None = "default",
+        preprocess: Callable[[LongitudinalCase], LongitudinalCase] | None = preprocess_case,
+        cache_size: int = 8,
+        seed: int = 0,
+    ) -> None:
+        sampler = CrossViewSampler(crop_size=crop_size, planes=planes, lesion_weight=lesion_weight,
+                                   progression_share=progression_share)
+        super().__init__(cases, sampler, samples_per_epoch=samples_per_epoch, transform=_transform(transform),
+                         preprocess=preprocess, cache_size=cache_size, seed=seed)
+
+
+class VolumePatchDataset(_LongitudinalDataset):
+    """3D training patches ``(T, C, d, h, w)`` with lesion-weighted centres, for 3D models.
+
+    Arguments as for :class:`SliceDataset`, with ``patch_size`` ``(d, h, w)`` (or an int) instead of
+    ``crop_size``/``planes``. Items hold ``images (T, C, d, h, w)``, ``baseline (1, d, h, w)`` and
+    ``progression (T-1, 1, d, h, w)`` plus the same flags.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[CaseLike] | PathLike,
+        *,
+        patch_size: int | Sequence[int] = 64,
+        lesion_weight: float = 0.5,
+        progression_share: float | None = 0.5,
+        samples_per_epoch: int | None = None,
+        transform: Callable[[dict, np.random.Generator], dict] | str | None = "default",
+        preprocess: Callable[[LongitudinalCase], LongitudinalCase] | None = preprocess_case,
+        cache_size: int = 4,
+        seed: int = 0,
+    ) -> None:
+        sampler = VolumePatchSampler(patch_size=patch_size, lesion_weight=lesion_weight,
+                                     progression_share=progression_share)
+        super().__init__(cases, sampler, samples_per_epoch=samples_per_epoch, transform=_transform(transform),
+                         preprocess=preprocess, cache_size=cache_size, seed=seed)
+
+
+def _transform(transform: Callable | str | None) -> Callable | None:
+    if isinstance(transform, str):
+        if transform != "default":
+            raise ValueError(f"transform must be a callable, None or 'default', got {transform!r}")
+        return LongitudinalAugment()
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be a callable, None or 'default', got {type(transform).__name__}")
+    return transform

@@ -1,0 +1,164 @@
+"""Per-case intensity normalisation and cropping to the brain.
+
+Resampling is left to the user: all timepoints of a case must already be registered to one another and
+share one voxel grid (shape and affine), which :func:`~longiseg.data.loading.load_case` checks. Use your
+registration tool (ANTs, FSL FLIRT, SimpleITK, ...) to resample follow-ups onto the baseline (or a middle
+space, as MSSEG-2 does), with linear/B-spline interpolation for images and nearest neighbour for masks.
+A common isotropic spacing (e.g. 1 mm) across cases helps the 2D models but is not required.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from longiseg.data.case import LongitudinalCase
+from longiseg.utils.validation import check_positive_int
+
+__all__ = ["CropBox", "zscore_normalize", "joint_foreground_bbox", "crop_to_foreground", "preprocess_case"]
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A box ``[start, stop)`` in a volume of shape ``full_shape``; crops and pastes back predictions.
+
+    Attributes:
+        start: first voxel index along ``(D, H, W)``.
+        stop: one past the last voxel index along ``(D, H, W)``.
+        full_shape: spatial shape ``(D, H, W)`` of the uncropped volume.
+    """
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+    full_shape: tuple[int, int, int]
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        """Index slices of the box along the last three axes."""
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Spatial shape of the cropped volume."""
+        return tuple(b - a for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
+
+    def crop(self, array: np.ndarray) -> np.ndarray:
+        """Crop the last three axes of ``array`` (``(..., D, H, W)`` -> ``(..., d, h, w)``)."""
+        if tuple(array.shape[-3:]) != self.full_shape:
+            raise ValueError(f"array must end in the full shape {self.full_shape}, got {tuple(array.shape)}")
+        return array[(..., *self.slices)]
+
+    def paste(self, array: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """Put a cropped ``(..., d, h, w)`` array back into a ``(..., D, H, W)`` array filled with ``fill``."""
+        if tuple(array.shape[-3:]) != self.shape:
+            raise ValueError(f"array must end in the cropped shape {self.shape}, got {tuple(array.shape)}")
+        out = np.full((*array.shape[:-3], *self.full_shape), fill, dtype=array.dtype)
+        out[(..., *self.slices)] = array
+        return out
+
+    def crop_affine(self, affine: np.ndarray) -> np.ndarray:
+        """Voxel-to-world matrix of the cropped grid (translated by ``start``)."""
+        shift = np.eye(4)
+        shift[:3, 3] = self.start
+        return np.asarray(affine, dtype=np.float64) @ shift
+
+
+def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: float = 1e-6) -> LongitudinalCase:
+    """Z-score each image ``(t, c)`` over the brain region; voxels outside it are set to ``background``.
+
+    The region is the case's brain mask if it has one, else the voxels where that image is non-zero
+    (skull-stripped data). Each timepoint and modality is normalised on its own, so scanner gain
+    differences between visits vanish.
+
+    Args:
+        case: case with ``images (T, C, D, H, W)``.
+        background: value written outside the region.
+        eps: floor of the standard deviation (constant images become all zero).
+
+    Returns:
+        A new case with normalised float32 images (masks shared, not copied).
+
+    Raises:
+        ValueError: an image has no voxel inside the region.
+    """
+    out = np.empty_like(case.images)
+    brain = case.brain_mask.astype(bool) if case.brain_mask is not None else None
+    for t in range(case.num_timepoints):
+        for c in range(case.num_channels):
+            img = case.images[t, c]
+            region = brain if brain is not None else img != 0
+            vals = img[region].astype(np.float64)
+            if vals.size == 0:
+                raise ValueError(
+                    f"case {case.case_id!r}: image (t={t}, {case.modalities[c]}) has no voxel in the brain "
+                    "region (all zero or empty brain mask)"
+                )
+            mean, std = float(vals.mean()), max(float(vals.std()), eps)
+            o = out[t, c]
+            o.fill(background)
+            o[region] = ((img[region] - mean) / std).astype(np.float32)
+    return case.with_arrays(images=out)
+
+
+def joint_foreground_bbox(case: LongitudinalCase, margin: int = 0) -> CropBox:
+    """Bounding box of the voxels non-zero in any timepoint or channel (or in the brain mask), plus ``margin``.
+
+    Args:
+        case: the case.
+        margin: voxels added on every side (clipped at the volume border).
+
+    Raises:
+        ValueError: every image is zero.
+    """
+    margin = check_positive_int("margin", margin, minimum=0)
+    fg = np.any(case.images != 0, axis=(0, 1))
+    if case.brain_mask is not None:
+        fg |= case.brain_mask.astype(bool)
+    if not fg.any():
+        raise ValueError(f"case {case.case_id!r}: all images are zero, there is no foreground to crop to")
+    start, stop = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(fg.any(axis=other))
+        start.append(max(int(idx[0]) - margin, 0))
+        stop.append(min(int(idx[-1]) + 1 + margin, fg.shape[axis]))
+    return CropBox(tuple(start), tuple(stop), case.shape)  # type: ignore[arg-type]
+
+
+def crop_to_foreground(case: LongitudinalCase, margin: int = 0) -> tuple[LongitudinalCase, CropBox]:
+    """Crop all volumes to the joint foreground box of all timepoints (see :func:`joint_foreground_bbox`).
+
+    Returns:
+        ``(cropped_case, box)``; ``box.paste(prediction)`` puts a prediction on the cropped grid back into
+        the original grid, and the cropped case's affine is ``box.crop_affine(case.affine)``.
+    """
+    box = joint_foreground_bbox(case, margin)
+
+    def crop(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.ascontiguousarray(box.crop(a))
+
+    cropped = case.with_arrays(
+        images=crop(case.images),
+        baseline_mask=crop(case.baseline_mask),
+        progression_masks=crop(case.progression_masks),
+        brain_mask=crop(case.brain_mask),
+        affine=box.crop_affine(case.affine),
+        metadata={**case.metadata, "crop_box": {"start": list(box.start), "stop": list(box.stop),
+                                                "full_shape": list(box.full_shape)}},
+    )
+    return cropped, box
+
+
+def preprocess_case(
+    case: LongitudinalCase, *, normalize: bool = True, crop: bool = False, margin: int = 2
+) -> LongitudinalCase:
+    """The default preprocessing: optional crop to the joint foreground box, then per-image z-score.
+
+    The crop box (if any) is kept in ``case.metadata["crop_box"]``.
+    """
+    if crop:
+        case, _ = crop_to_foreground(case, margin)
+    if normalize:
+        case = zscore_normalize(case)
+    return case

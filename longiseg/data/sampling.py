@@ -1,0 +1,305 @@
+"""Lesion-weighted crop centres, 2.5D cross-view slice sampling and 3D patch sampling.
+
+Crop centres follow the weighted patch sampling of Zhang et al. (2022, QSMRim-Net), as used in SegMaST's
+training: with probability ``lesion_weight`` the centre is a voxel drawn uniformly from the lesions
+(baseline or progression; with probability ``progression_share`` from the progression voxels when a case
+has any, so rare new lesions are not drowned by the baseline lesion load), otherwise a voxel drawn
+uniformly from the brain (foreground). Lesion-centred crops are shifted by a random offset of at most
+``jitter * size // 2`` in-plane, so lesions do not always sit in the middle but always stay inside the
+crop. Crops reaching past the volume border are zero padded (images are z-scored with zero background).
+
+2.5D cross-view sampling picks a plane (axial, coronal or sagittal, read from the affine) and cuts the slice
+through the centre voxel in that plane; the in-plane axes keep the array's index order. A sample is::
+
+    images       (T, C, h, w)      float32
+    baseline     (1, h, w)         float32 binary
+    progression  (T-1, 1, h, w)    float32 binary
+    has_progression  bool tensor   the case's progression flag (any follow-up active)
+    progression_visible bool tensor  whether this crop holds any progression voxel
+    baseline_annotated bool tensor   False for datasets without baseline labels (MSSEG-2)
+    case_index   int64 tensor      position of the case in the dataset
+    plane        str               "axial" | "coronal" | "sagittal" ("volume" for 3D patches)
+    center       (3,) int64        the centre voxel (D, H, W index)
+
+3D patches (:class:`VolumePatchSampler`) have the same keys with an extra depth axis ``d``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from longiseg.data.case import PLANES, LongitudinalCase
+from longiseg.utils.validation import check_positive_int, check_probability
+
+__all__ = [
+    "SamplingIndex",
+    "build_sampling_index",
+    "sample_center",
+    "crop_window",
+    "CrossViewSampler",
+    "VolumePatchSampler",
+]
+
+
+@dataclass(frozen=True)
+class SamplingIndex:
+    """Flat voxel indices of one case used to draw crop centres.
+
+    Attributes:
+        shape: spatial shape ``(D, H, W)``.
+        foreground: indices of brain voxels (all voxels if the case has no non-zero voxel).
+        baseline: indices of baseline lesion voxels.
+        progression: indices of progression voxels (union over follow-ups).
+        lesion: indices of all lesion voxels (baseline or progression).
+        plane_axes: array axis normal to each plane.
+    """
+
+    shape: tuple[int, int, int]
+    foreground: np.ndarray
+    baseline: np.ndarray
+    progression: np.ndarray
+    lesion: np.ndarray
+    plane_axes: dict[str, int]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index arrays."""
+        return int(sum(a.nbytes for a in (self.foreground, self.baseline, self.progression, self.lesion)))
+
+
+def _flat(mask: np.ndarray) -> np.ndarray:
+    idx = np.flatnonzero(mask)
+    return idx.astype(np.int32) if mask.size < 2**31 else idx
+
+
+def build_sampling_index(case: LongitudinalCase) -> SamplingIndex:
+    """Precompute the voxel lists of ``case`` (labelled) for :func:`sample_center`.
+
+    Raises:
+        ValueError: the case has no masks.
+    """
+    if not case.has_labels:
+        raise ValueError(f"case {case.case_id!r} has no masks; sampling needs a labelled case")
+    assert case.baseline_mask is not None and case.progression_masks is not None
+    fg = case.foreground_mask()
+    if not fg.any():
+        fg = np.ones(case.shape, dtype=bool)
+    prog = case.progression_masks.any(axis=0)
+    return SamplingIndex(
+        shape=case.shape,
+        foreground=_flat(fg),
+        baseline=_flat(case.baseline_mask),
+        progression=_flat(prog),
+        lesion=_flat(prog | case.baseline_mask.astype(bool)),
+        plane_axes=case.plane_axes,
+    )
+
+
+def sample_center(
+    index: SamplingIndex,
+    rng: np.random.Generator,
+    lesion_weight: float,
+    progression_share: float | None = 0.5,
+) -> tuple[tuple[int, int, int], bool]:
+    """Draw one crop centre.
+
+    Args:
+        index: the case's :class:`SamplingIndex`.
+        rng: random generator.
+        lesion_weight: probability of centring on a lesion voxel (ignored for lesion-free cases).
+        progression_share: probability that a lesion-centred draw uses the progression voxels (when the
+            case has both kinds); ``None`` draws uniformly from the union of all lesion voxels.
+
+    Returns:
+        ``((d, h, w), on_lesion)``: the centre voxel and whether it was drawn from the lesions.
+    """
+    flat: int
+    on_lesion = bool(index.lesion.size) and rng.random() < lesion_weight
+    if on_lesion:
+        pool = index.lesion
+        if progression_share is not None and index.baseline.size and index.progression.size:
+            pool = index.progression if rng.random() < progression_share else index.baseline
+        flat = int(pool[rng.integers(pool.size)])
+    else:
+        flat = int(index.foreground[rng.integers(index.foreground.size)])
+    center = tuple(int(i) for i in np.unravel_index(flat, index.shape))
+    return center, on_lesion  # type: ignore[return-value]
+
+
+def crop_window(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: float = 0.0) -> np.ndarray:
+    """Crop the last ``len(size)`` axes of ``array`` at ``start`` with padding where the window leaves it.
+
+    Args:
+        array: ``(..., D, H, W)`` (or any trailing spatial rank).
+        start: first index of the window per spatial axis (may be negative).
+        size: window size per spatial axis.
+        fill: padding value.
+
+    Returns:
+        ``(..., *size)`` array of the same dtype.
+    """
+    k = len(size)
+    if len(start) != k or array.ndim < k:
+        raise ValueError(f"start {tuple(start)} and size {tuple(size)} must match the last axes of {array.shape}")
+    spatial = array.shape[-k:]
+    out = np.full((*array.shape[:-k], *size), fill, dtype=array.dtype)
+    src, dst = [], []
+    for s, n, dim in zip(start, size, spatial):
+        lo, hi = max(s, 0), min(s + n, dim)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
+
+
+def _jittered_start(center: Sequence[int], size: Sequence[int], jitter: float, rng: np.random.Generator,
+                    axes: Sequence[int]) -> list[int]:
+    """Window starts centring ``center``, shifted along ``axes`` by at most ``jitter * size // 2``."""
+    start = [c - n // 2 for c, n in zip(center, size)]
+    for a in axes:
+        m = min(int(jitter * (size[a] // 2)), (size[a] - 1) // 2)
+        if m > 0:
+            start[a] -= int(rng.integers(-m, m + 1))
+    return start
+
+
+def _to_sample(case: LongitudinalCase, case_index: int, window: tuple, plane: str,
+               center: Sequence[int], squeeze_axis: int | None) -> dict[str, object]:
+    """Crop images and masks with ``window = (start, size)`` over (D, H, W) and build the sample dict."""
+    assert case.baseline_mask is not None and case.progression_masks is not None
+    start, size = window
+    imgs = crop_window(case.images, start, size)
+    base = crop_window(case.baseline_mask, start, size)
+    prog = crop_window(case.progression_masks, start, size)
+    if squeeze_axis is not None:
+        imgs = imgs.squeeze(2 + squeeze_axis)
+        base = base.squeeze(squeeze_axis)
+        prog = prog.squeeze(1 + squeeze_axis)
+    prog_t = torch.from_numpy(prog.astype(np.float32)).unsqueeze(1)
+    return {
+        "images": torch.from_numpy(np.ascontiguousarray(imgs)),
+        "baseline": torch.from_numpy(base.astype(np.float32)).unsqueeze(0),
+        "progression": prog_t,
+        "has_progression": torch.tensor(bool(case.progression_masks.any())),
+        "baseline_annotated": torch.tensor(bool(case.baseline_annotated)),
+        "progression_visible": torch.tensor(bool(prog.any())),
+        "case_index": torch.tensor(case_index, dtype=torch.int64),
+        "plane": plane,
+        "center": torch.tensor(list(center), dtype=torch.int64),
+    }
+
+
+def _check_size(name: str, size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    sizes = (size,) * ndim if isinstance(size, (int, np.integer)) else tuple(size)
+    if len(sizes) != ndim:
+        raise ValueError(f"{name} must be an int or {ndim} ints, got {size}")
+    return tuple(check_positive_int(f"{name}[{i}]", int(s)) for i, s in enumerate(sizes))
+
+
+class _CenterSampling:
+    """Shared parameters of lesion-weighted centre sampling."""
+
+    def __init__(self, lesion_weight: float, progression_share: float | None, jitter: float) -> None:
+        self.lesion_weight = check_probability("lesion_weight", lesion_weight)
+        self.progression_share = (
+            None if progression_share is None else check_probability("progression_share", progression_share)
+        )
+        self.jitter = check_probability("jitter", jitter)
+
+    def _center(self, index: SamplingIndex, rng: np.random.Generator) -> tuple[tuple[int, int, int], bool]:
+        return sample_center(index, rng, self.lesion_weight, self.progression_share)
+
+
+class CrossViewSampler(_CenterSampling):
+    """2.5D cross-view sampling: lesion-weighted slices from the axial, coronal and sagittal planes.
+
+    Args:
+        crop_size: in-plane crop ``(h, w)`` (an int for square crops), e.g. 128 (in-house MS), 80 (MSSEG-2)
+            or 160 (UCSF-ALPTDG) at 1 mm.
+        planes: planes to sample from (any of ``PLANES``).
+        plane_weights: relative probability of each plane (uniform by default).
+        lesion_weight: probability that a crop is centred on a lesion voxel.
+        progression_share: share of lesion-centred crops drawn from progression voxels (see
+            :func:`sample_center`).
+        jitter: in-plane shift of lesion-centred crops, as a fraction of half the crop size.
+
+    Example:
+        >>> sampler = CrossViewSampler(crop_size=64, lesion_weight=0.5)
+        >>> sample = sampler.sample(case, index, rng, case_index=0)  # doctest: +SKIP
+        >>> sample["images"].shape  # (T, C, 64, 64)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        crop_size: int | Sequence[int] = 128,
+        planes: Sequence[str] = PLANES,
+        plane_weights: Sequence[float] | None = None,
+        lesion_weight: float = 0.5,
+        progression_share: float | None = 0.5,
+        jitter: float = 0.25,
+    ) -> None:
+        super().__init__(lesion_weight, progression_share, jitter)
+        self.crop_size = _check_size("crop_size", crop_size, 2)
+        planes = tuple(planes)
+        unknown = [p for p in planes if p not in PLANES]
+        if not planes or unknown:
+            raise ValueError(f"planes must be a non-empty subset of {PLANES}, got {list(planes)}")
+        self.planes = planes
+        if plane_weights is None:
+            weights = np.ones(len(planes))
+        else:
+            weights = np.asarray(plane_weights, dtype=np.float64)
+            if weights.shape != (len(planes),) or (weights < 0).any() or weights.sum() <= 0:
+                raise ValueError(
+                    f"plane_weights must be {len(planes)} non-negative numbers with a positive sum, "
+                    f"got {plane_weights}"
+                )
+        self.plane_probs = weights / weights.sum()
+
+    def sample(self, case: LongitudinalCase, index: SamplingIndex, rng: np.random.Generator,
+               case_index: int = 0) -> dict[str, object]:
+        """Draw one slice crop of ``case`` (see the module docstring for the sample's keys and shapes)."""
+        center, on_lesion = self._center(index, rng)
+        plane = self.planes[int(rng.choice(len(self.planes), p=self.plane_probs))]
+        axis = index.plane_axes[plane]
+        in_plane = [a for a in range(3) if a != axis]
+        size = [1, 1, 1]
+        for a, s in zip(in_plane, self.crop_size):
+            size[a] = s
+        start = _jittered_start(center, size, self.jitter if on_lesion else 0.0, rng, in_plane)
+        start[axis] = center[axis]
+        return _to_sample(case, case_index, (start, size), plane, center, squeeze_axis=axis)
+
+
+class VolumePatchSampler(_CenterSampling):
+    """Lesion-weighted 3D patches ``(T, C, d, h, w)`` for 3D models.
+
+    Args:
+        patch_size: ``(d, h, w)`` (an int for cubes).
+        lesion_weight: probability that a patch is centred on a lesion voxel.
+        progression_share: share of lesion-centred patches drawn from progression voxels.
+        jitter: shift of lesion-centred patches along every axis, as a fraction of half the patch size.
+    """
+
+    def __init__(
+        self,
+        patch_size: int | Sequence[int] = 64,
+        lesion_weight: float = 0.5,
+        progression_share: float | None = 0.5,
+        jitter: float = 0.25,
+    ) -> None:
+        super().__init__(lesion_weight, progression_share, jitter)
+        self.patch_size = _check_size("patch_size", patch_size, 3)
+
+    def sample(self, case: LongitudinalCase, index: SamplingIndex, rng: np.random.Generator,
+               case_index: int = 0) -> dict[str, object]:
+        """Draw one 3D patch of ``case`` (keys as for 2.5D samples, ``plane == "volume"``)."""
+        center, on_lesion = self._center(index, rng)
+        start = _jittered_start(center, self.patch_size, self.jitter if on_lesion else 0.0, rng, (0, 1, 2))
+        return _to_sample(case, case_index, (start, list(self.patch_size)), "volume", center, squeeze_axis=None)

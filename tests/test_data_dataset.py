@@ -1,0 +1,133 @@
+"""SliceDataset / VolumePatchDataset: laziness, bounded cache, flags, determinism, DataLoader workers."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_data_fixtures import make_case
+from torch.utils.data import DataLoader
+
+from longiseg.data import (
+    SliceDataset,
+    VolumePatchDataset,
+    find_cases,
+    manifest_from_cases,
+    save_case,
+    write_manifest,
+)
+from longiseg.data.samplers import BalancedBatchSampler
+
+
+@pytest.fixture
+def cohort(tmp_path: Path) -> Path:
+    cases = [make_case(seed=i, progression=i in (0, 3), case_id=f"c{i}") for i in range(4)]
+    for c in cases:
+        save_case(c, tmp_path)
+    write_manifest(tmp_path / "manifest.json", manifest_from_cases(cases))
+    return tmp_path
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in ("images", "baseline", "progression", "center")) and \
+        a["plane"] == b["plane"]
+
+
+def test_flags_come_from_the_manifest_without_loading(cohort: Path) -> None:
+    ds = SliceDataset(cohort, crop_size=8, samples_per_epoch=10)
+    assert ds.case_progression_flags == [True, False, False, True]
+    assert ds.progression_flags == [True, False, False, True] * 2 + [True, False]
+    assert len(ds.cache) == 0 and ds.cache.misses == 0  # nothing loaded yet
+    assert [ds.case_of(i) for i in (0, 5, 7)] == [0, 1, 3]
+
+
+def test_items_shapes_and_case_assignment(cohort: Path) -> None:
+    ds = SliceDataset(cohort, crop_size=(8, 6), samples_per_epoch=8, transform=None)
+    s = ds[5]
+    assert s["images"].shape == (2, 2, 8, 6) and s["baseline"].shape == (1, 8, 6)
+    assert s["progression"].shape == (1, 1, 8, 6)
+    assert int(s["case_index"]) == 1 and not bool(s["has_progression"])
+    assert bool(ds[3]["has_progression"])
+    with pytest.raises(IndexError, match="out of range"):
+        ds[8]
+
+
+def test_cache_is_bounded_and_lru(cohort: Path) -> None:
+    ds = SliceDataset(cohort, crop_size=8, samples_per_epoch=12, cache_size=2)
+    for i in range(12):
+        ds[i]
+        assert len(ds.cache) <= 2
+    assert ds.cache.misses == 12  # round-robin over 4 cases with room for 2: every access misses
+    ds.cache.clear()
+    for i in (0, 4, 8):  # the same case: one miss, then hits
+        ds[i]
+    assert ds.cache.misses == 13 and ds.cache.hits == 2
+    state = pickle.loads(pickle.dumps(ds))
+    assert len(state.cache) == 0  # workers start empty
+
+
+def test_determinism_per_seed_epoch_index(cohort: Path) -> None:
+    a = SliceDataset(cohort, crop_size=8, samples_per_epoch=8, seed=3)
+    b = SliceDataset(find_cases(cohort), crop_size=8, samples_per_epoch=8, seed=3, cache_size=1)
+    order = [7, 2, 5, 0]
+    got_b = {i: b[i] for i in order}  # different access order and cache size
+    for i in order:
+        assert _equal(a[i], got_b[i])
+    a.set_epoch(1)
+    assert not all(_equal(a[i], got_b[i]) for i in order)  # a new epoch draws new samples
+    c = SliceDataset(cohort, crop_size=8, samples_per_epoch=8, seed=4)
+    assert not all(_equal(c[i], got_b[i]) for i in order)
+
+
+def test_dataloader_with_two_workers_matches_single_process(cohort: Path) -> None:
+    ds = SliceDataset(cohort, crop_size=8, samples_per_epoch=12, seed=0, cache_size=2)
+    ds.set_epoch(2)
+    loader = DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
+    batches = list(loader)
+    assert len(batches) == 3
+    assert batches[0]["images"].shape == (4, 2, 2, 8, 8) and len(batches[0]["plane"]) == 4
+    for b, batch in enumerate(batches):
+        for j in range(4):
+            ref = ds[4 * b + j]
+            torch.testing.assert_close(batch["images"][j], ref["images"])
+            torch.testing.assert_close(batch["progression"][j], ref["progression"])
+
+
+def test_works_with_the_balanced_batch_sampler(cohort: Path) -> None:
+    ds = SliceDataset(cohort, crop_size=8, samples_per_epoch=16, transform=None)
+    sampler = BalancedBatchSampler(ds.progression_flags, batch_size=4)
+    batch = next(iter(sampler))
+    flags = [ds.progression_flags[i] for i in batch]
+    assert 0 < sum(flags) < len(flags)
+    assert all(bool(ds[i]["has_progression"]) == f for i, f in zip(batch, flags))
+
+
+def test_volume_patch_dataset(cohort: Path) -> None:
+    ds = VolumePatchDataset(cohort, patch_size=(8, 8, 6), samples_per_epoch=4, lesion_weight=1.0)
+    s = ds[0]
+    assert s["images"].shape == (2, 2, 8, 8, 6) and s["progression"].shape == (1, 1, 8, 8, 6)
+    assert s["plane"] == "volume"
+    assert s["baseline"].any() or s["progression"].any()
+    assert ds.progression_flags == [True, False, False, True]
+
+
+def test_in_memory_cases_and_errors() -> None:
+    cases = [make_case(seed=1), make_case(seed=2, progression=False)]
+    ds = SliceDataset(cases, crop_size=8, samples_per_epoch=4, preprocess=None, transform=None)
+    assert ds.case_progression_flags == [True, False]
+    np.testing.assert_array_equal(ds.get_case(0).images, cases[0].images)  # no preprocessing
+    with pytest.raises(ValueError, match="cases must not be empty"):
+        SliceDataset([])
+    with pytest.raises(TypeError, match="cases must be CaseSource or LongitudinalCase"):
+        SliceDataset(["x"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="has no baseline/progression masks"):
+        SliceDataset([cases[0].with_arrays(baseline_mask=None, progression_masks=None)])
+    with pytest.raises(ValueError, match="samples_per_epoch must be >= 1"):
+        SliceDataset(cases, samples_per_epoch=0)
+    with pytest.raises(ValueError, match="transform must be a callable"):
+        SliceDataset(cases, transform="flips")
+    with pytest.raises(ValueError, match="epoch must be >= 0"):
+        ds.set_epoch(-1)

@@ -1,0 +1,166 @@
+"""Embedded demo cohort: anatomy without download, lesion statistics, exact progression masks, layout, figure."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from longiseg.data import demo_cohort as dc
+from longiseg.data import find_cases, load_case, read_manifest
+from longiseg.utils import logging as lslog
+
+CFG = dc.DemoCohortConfig(num_patients=4, spacing=2, progression_fraction=0.5, seed=5)
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    return ndimage.label(mask, structure=np.ones((3, 3, 3)))
+
+
+def test_mni_anatomy_is_read_from_the_installed_package() -> None:
+    anat = dc.load_anatomy(4, "mni152")
+    assert anat.source == "mni152"
+    assert anat.gm.shape == (197 // 4, 233 // 4, 189 // 4)
+    assert dc._nilearn_data_dir() is not None and (dc._nilearn_data_dir() / dc._MNI_FILES["t1"]).is_file()
+    brain = anat.brain
+    assert 0.2 < brain.mean() < 0.6 and anat.wm[brain].mean() > 0.2 and anat.gm[brain].mean() > 0.2
+    np.testing.assert_allclose(anat.affine[:3, :3], 4 * np.eye(3))
+
+
+@pytest.fixture(scope="module")
+def patients() -> dict[bool, tuple]:
+    """One stable and one progressing patient at 2 mm (generated once for the module)."""
+    return {p: dc.generate_demo_case(1, CFG, progressing=p, with_lesion_masks=True) for p in (False, True)}
+
+
+@pytest.mark.parametrize("progressing", [False, True])
+def test_patient_lesions_and_exact_progression(patients: dict, progressing: bool) -> None:
+    case, st = patients[progressing]
+    lesions = st["lesion_masks"].astype(bool)
+    assert case.images.shape == (2, 2, 98, 116, 94) and case.modalities == ("flair", "t2")
+    assert np.isfinite(case.images).all() and (case.images[0][:, case.brain_mask == 0] == 0).all()
+    near_brain = ndimage.binary_dilation(case.brain_mask, iterations=1)  # follow-ups are slightly misaligned
+    assert (case.images[1][:, ~near_brain] == 0).all()
+    # baseline: counted lesions are separate components in the configured range and plausible MS volumes
+    labels, n = _components(lesions[0])
+    assert n == st["baseline_lesions"]
+    assert CFG.baseline_lesions[0] <= n <= CFG.baseline_lesions[1]
+    vols = np.bincount(labels.ravel())[1:] * 8.0  # mm^3 at 2 mm
+    assert vols.min() >= CFG.min_lesion_voxels * 8 and vols.max() < 5000
+    assert 0.2 <= st["baseline_volume_ml"] <= 30.0
+    np.testing.assert_array_equal(case.baseline_mask, lesions[0])
+    # progression is exactly the new/enlarged voxels
+    np.testing.assert_array_equal(case.progression_masks[0], lesions[1] & ~lesions[0])
+    fu = st["followups"][0]
+    if not progressing:
+        assert not case.progression_masks.any() and not case.has_progression
+        np.testing.assert_array_equal(lesions[1], lesions[0])
+        assert fu["new_lesions"] == fu["enlarged_lesions"] == 0
+    else:
+        assert case.has_progression and (lesions[1] >= lesions[0]).all()  # lesions never shrink
+        prog_labels, n_prog = _components(case.progression_masks[0].astype(bool))
+        grown = np.zeros(n_prog + 1, dtype=bool)
+        touching = ndimage.binary_dilation(lesions[0], np.ones((3, 3, 3)))
+        grown[np.unique(prog_labels[touching & (prog_labels > 0)])] = True
+        assert int((~grown[1:]).sum()) == fu["new_lesions"]  # new lesions are isolated components
+        assert 1 <= fu["new_lesions"] + fu["enlarged_lesions"]
+        assert fu["progression_volume_mm3"] == pytest.approx(case.progression_masks.sum() * 8.0)
+    # residual misregistration of the follow-up is small
+    assert fu["rotation_deg"] <= CFG.max_rotation + 1e-9 and max(map(abs, fu["translation_vox"])) <= 0.5
+
+
+def test_flair_like_contrast(patients: dict) -> None:
+    case, _ = patients[False]
+    flair, t2 = case.images[0, 0], case.images[0, 1]
+    lesion = case.baseline_mask.astype(bool)
+    brain = case.brain_mask.astype(bool) & ~ndimage.binary_dilation(lesion, iterations=2)
+    # lesions are the brightest FLAIR structures and hyperintense on T2
+    assert np.median(flair[lesion]) > np.percentile(flair[brain], 99)
+    assert np.median(t2[lesion]) > np.median(t2[brain])
+    # CSF (ventricles, from the template's tissue maps) is dark on FLAIR and bright on T2
+    anat = dc.load_anatomy(2)
+    deep_csf = (anat.csf > 0.9) & (ndimage.distance_transform_edt(anat.brain) > 8)
+    deep_csf = ndimage.binary_erosion(deep_csf, iterations=1)
+    assert deep_csf.sum() > 20
+    assert np.median(flair[deep_csf]) < 0.6 * np.median(flair[brain])
+    assert np.median(t2[deep_csf]) > np.median(t2[brain])
+
+
+def test_three_timepoints_and_reproducibility() -> None:
+    cfg = dc.DemoCohortConfig(num_patients=2, spacing=4, num_timepoints=3, progression_fraction=1.0, seed=2)
+    case, st = dc.generate_demo_case(0, cfg, with_lesion_masks=True)
+    les = st["lesion_masks"].astype(bool)
+    assert case.images.shape[:2] == (3, 2) and case.progression_masks.shape[0] == 2
+    for k in (1, 2):
+        np.testing.assert_array_equal(case.progression_masks[k - 1], les[k] & ~les[k - 1])
+    assert case.has_progression
+    again, _ = dc.generate_demo_case(0, cfg)
+    np.testing.assert_array_equal(case.images, again.images)
+    other, _ = dc.generate_demo_case(1, cfg)
+    assert not np.array_equal(case.baseline_mask, other.baseline_mask)
+
+
+def test_write_cohort_layout_manifest_and_figure(tmp_path: Path) -> None:
+    cfg = dc.DemoCohortConfig(num_patients=2, spacing=4, progression_fraction=0.5, seed=1)
+    out = dc.generate_demo_cohort(tmp_path / "cohort", cfg, progress=False)
+    manifest = read_manifest(out / "manifest.json")
+    assert [e.case_id for e in manifest.cases] == ["demo-000", "demo-001"]
+    assert sorted(manifest.progression_flags) == [False, True] and manifest.modalities == ("flair", "t2")
+    stats = json.loads((out / "demo_cohort.json").read_text())
+    assert stats["config"]["num_patients"] == 2 and len(stats["patients"]) == 2
+    sources = find_cases(out)
+    case = load_case(sources[0])
+    assert case.spacing == (4.0, 4.0, 4.0) and case.brain_mask is not None
+    assert not list(tmp_path.glob(".cohort*"))  # no temporary folder left behind
+    with pytest.raises(FileExistsError, match="not empty"):
+        dc.generate_demo_cohort(out, cfg, progress=False)
+    dc.generate_demo_cohort(out, cfg, progress=False, overwrite=True, num_patients=1)
+    assert [s.case_id for s in find_cases(out)] == ["demo-000"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="does not look like a cohort"):
+        dc.generate_demo_cohort(tmp_path / "other", cfg, progress=False, overwrite=True)
+    png = dc.plot_case(case, tmp_path / "fig.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_cli_writes_cohort_and_figure(tmp_path: Path) -> None:
+    rc = dc.main([str(tmp_path / "c"), "--patients", "1", "--spacing", "4", "--figure", str(tmp_path / "f.png")])
+    assert rc == 0 and (tmp_path / "f.png").is_file() and (tmp_path / "c" / "manifest.json").is_file()
+
+
+def test_phantom_fallback_without_nilearn(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(dc, "_nilearn_data_dir", lambda: None)
+    dc.load_anatomy.cache_clear()
+    lslog._SEEN.discard(("longiseg.data.demo", "phantom"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="longiseg"):
+            anat = dc.load_anatomy(4, "auto")
+        assert anat.source == "phantom" and "phantom" in caplog.text
+        with pytest.raises(ImportError, match="needs nilearn"):
+            dc.load_anatomy(4, "mni152")
+        cfg = dc.DemoCohortConfig(num_patients=1, spacing=4, anatomy="phantom", progression_fraction=1.0)
+        case, st = dc.generate_demo_case(0, cfg)
+        assert case.metadata["anatomy"] == "phantom" and case.baseline_mask.any() and case.has_progression
+    finally:
+        dc.load_anatomy.cache_clear()
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ValueError, match="spacing must be an integer number of mm from 1 to 4"):
+        dc.DemoCohortConfig(spacing=5)
+    with pytest.raises(ValueError, match="modalities must be a non-empty subset"):
+        dc.DemoCohortConfig(modalities=("t1",))
+    with pytest.raises(ValueError, match="num_timepoints must be >= 2"):
+        dc.DemoCohortConfig(num_timepoints=1)
+    with pytest.raises(ValueError, match="progression_fraction must lie in"):
+        dc.DemoCohortConfig(progression_fraction=1.5)
+    with pytest.raises(ValueError, match="enlarge_factor must be > 1"):
+        dc.DemoCohortConfig(enlarge_factor=(0.9, 1.2))
+    with pytest.raises(ValueError, match="anatomy must be"):
+        dc.DemoCohortConfig(anatomy="atlas")
+    assert dc.DemoCohortConfig(num_patients=12).num_progressing == 6

@@ -1,0 +1,273 @@
+"""Case model, NIfTI layout loader, manifest and every loading error, on real files in tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from test_data_fixtures import make_case
+
+from longiseg.data import (
+    CaseSource,
+    LongitudinalCase,
+    Manifest,
+    ManifestEntry,
+    MaskSpec,
+    find_cases,
+    layout,
+    load_case,
+    manifest_from_cases,
+    plane_axes,
+    read_manifest,
+    save_case,
+    validate_cases,
+    write_manifest,
+)
+
+
+def _write_cohort(root: Path, n: int = 2, num_timepoints: int = 2) -> list[LongitudinalCase]:
+    cases = [make_case(num_timepoints=num_timepoints, seed=i, progression=i % 2 == 0, case_id=f"p{i}")
+             for i in range(n)]
+    for c in cases:
+        save_case(c, root)
+    return cases
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- case model
+def test_case_model_shapes_and_flags() -> None:
+    case = make_case(num_timepoints=3)
+    assert case.num_timepoints == 3 and case.num_channels == 2 and case.shape == (20, 24, 16)
+    assert case.images.dtype == np.float32
+    assert case.progression_masks.shape == (2, 20, 24, 16)
+    assert case.lesion_mask().sum() == case.baseline_mask.sum() + case.progression_masks.any(0).sum()
+    assert case.summary()["progression"] is True
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"images": np.zeros((2, 1, 4, 4))}, r"images must have 5 dims"),
+        ({"images": np.zeros((1, 1, 4, 4, 4))}, r">= 2"),
+        ({"images": np.full((2, 1, 4, 4, 4), np.nan)}, r"images contains NaN"),
+        ({"baseline_mask": np.full((4, 4, 4), 2)}, r"baseline_mask must be a binary mask"),
+        ({"baseline_mask": np.zeros((4, 4, 5))}, r"baseline_mask must have the spatial shape"),
+        ({"progression_masks": np.zeros((2, 4, 4, 4))}, r"progression_masks must have shape \(T-1"),
+        ({"modalities": ("a", "b")}, r"modalities must name the 1 image channels"),
+        ({"affine": np.eye(3)}, r"affine must be a \(4, 4\)"),
+        ({"spacing": (1.0, 0.0, 1.0)}, r"spacing must be three positive"),
+        ({"progression_masks": None}, r"both be given or both be None"),
+    ],
+)
+def test_case_model_errors(change: dict, match: str) -> None:
+    kwargs = dict(images=np.ones((2, 1, 4, 4, 4)), baseline_mask=np.zeros((4, 4, 4)),
+                  progression_masks=np.zeros((1, 4, 4, 4)), affine=np.eye(4), spacing=(1, 1, 1),
+                  modalities=("flair",), case_id="x")
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=match):
+        LongitudinalCase(**kwargs)
+
+
+def test_plane_axes_follow_the_affine() -> None:
+    assert plane_axes(np.eye(4)) == {"axial": 2, "coronal": 1, "sagittal": 0}
+    # array axes stored as (z, x, y): axis 0 is I-S, axis 1 L-R, axis 2 P-A
+    perm = np.zeros((4, 4))
+    perm[2, 0] = perm[0, 1] = perm[1, 2] = perm[3, 3] = 1
+    assert plane_axes(perm) == {"axial": 0, "coronal": 2, "sagittal": 1}
+    with pytest.raises(ValueError, match="non-singular"):
+        plane_axes(np.diag([1.0, 0.0, 1.0, 1.0]))
+
+
+# ----------------------------------------------------------------------------- layout round trip
+@pytest.mark.parametrize("num_timepoints", [2, 3])
+def test_layout_round_trip_without_manifest(tmp_path: Path, num_timepoints: int) -> None:
+    cases = _write_cohort(tmp_path, 2, num_timepoints)
+    names = sorted(p.name for p in (tmp_path / "p0").iterdir())
+    assert layout.image_filename(num_timepoints - 1, "t2") in names and layout.BRAIN_MASK in names
+    sources = find_cases(tmp_path, modalities=["flair", "t2"])
+    assert [s.case_id for s in sources] == ["p0", "p1"]
+    assert sources[0].num_timepoints == num_timepoints and sources[0].has_progression is None
+    for src, ref in zip(sources, cases):
+        got = load_case(src)
+        np.testing.assert_allclose(got.images, ref.images)
+        np.testing.assert_array_equal(got.baseline_mask, ref.baseline_mask)
+        np.testing.assert_array_equal(got.progression_masks, ref.progression_masks)
+        np.testing.assert_array_equal(got.brain_mask, ref.brain_mask)
+        assert got.modalities == ("flair", "t2") and got.spacing == (1.0, 1.0, 1.0)
+        assert src.progression_flag() == ref.has_progression
+    # a case folder path loads directly too; modalities default to alphabetical order
+    assert load_case(tmp_path / "p1").modalities == ("flair", "t2")
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_manifest_write_read_and_use(tmp_path: Path, suffix: str) -> None:
+    cases = _write_cohort(tmp_path, 3)
+    manifest = manifest_from_cases(cases)
+    write_manifest(tmp_path / f"manifest{suffix}", manifest)
+    back = read_manifest(tmp_path / f"manifest{suffix}")
+    assert back == manifest
+    assert back.progression_flags == [True, False, True]
+    sources = find_cases(tmp_path)
+    assert [s.has_progression for s in sources] == [True, False, True]
+    assert sources[0].modalities == ("flair", "t2")
+
+
+def test_loading_never_modifies_files(tmp_path: Path) -> None:
+    _write_cohort(tmp_path, 2)
+    write_manifest(tmp_path / layout.MANIFEST_JSON, manifest_from_cases(find_cases(tmp_path)))
+    before = _digest(tmp_path)
+    for s in find_cases(tmp_path):
+        load_case(s)
+    assert validate_cases(find_cases(tmp_path)) == {}
+    assert _digest(tmp_path) == before
+
+
+def test_unlabelled_cases_for_inference(tmp_path: Path) -> None:
+    _write_cohort(tmp_path, 1)
+    for name in (layout.BASELINE_MASK, layout.progression_filename(1)):
+        (tmp_path / "p0" / name).unlink()
+    with pytest.raises(FileNotFoundError, match="baseline_mask"):
+        find_cases(tmp_path)
+    (src,) = find_cases(tmp_path, require_masks=False)
+    case = load_case(src)
+    assert not case.has_labels and case.images.shape[0] == 2
+
+
+# ----------------------------------------------------------------------------- error cases
+def _resave(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> None:
+    img = nib.load(str(path))
+    nib.save(nib.Nifti1Image(array, img.affine if affine is None else affine), str(path))
+
+
+def test_error_different_shapes(tmp_path: Path) -> None:
+    _write_cohort(tmp_path, 1)
+    _resave(tmp_path / "p0" / "t1_flair.nii.gz", np.zeros((20, 24, 15), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"share one shape.*t1_flair.nii.gz has \(20, 24, 15\)"):
+        load_case(find_cases(tmp_path)[0])
+
+
+def test_error_different_affines(tmp_path: Path) -> None:
+    _write_cohort(tmp_path, 1)
+    shifted = np.eye(4)
+    shifted[0, 3] = 2.0
+    _resave(tmp_path / "p0" / "t1_t2.nii.gz", np.zeros((20, 24, 16), dtype=np.float32), shifted)
+    with pytest.raises(ValueError, match=r"share one affine.*t1_t2.nii.gz"):
+        load_case(find_cases(tmp_path)[0])
+
+
+@pytest.mark.parametrize("name", [layout.BASELINE_MASK, "progression_t1.nii.gz", layout.BRAIN_MASK])
+def test_error_non_binary_mask(tmp_path: Path, name: str) -> None:
+    _write_cohort(tmp_path, 1)
+    arr = np.zeros((20, 24, 16), dtype=np.uint8)
+    arr[3, 3, 3] = 2
+    _resave(tmp_path / "p0" / name, arr)
+    with pytest.raises(ValueError, match=rf"{name} must be binary .*\[2\]"):
+        load_case(find_cases(tmp_path)[0])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_error_non_finite_intensities(tmp_path: Path, bad: float) -> None:
+    _write_cohort(tmp_path, 1)
+    arr = np.ones((20, 24, 16), dtype=np.float32)
+    arr[1, 2, 3] = bad
+    _resave(tmp_path / "p0" / "t0_t2.nii.gz", arr)
+    with pytest.raises(ValueError, match=r"t0_t2.nii.gz contains NaN or infinite"):
+        load_case(find_cases(tmp_path)[0])
+
+
+@pytest.mark.parametrize("name", ["t1_flair.nii.gz", "progression_t1.nii.gz", "baseline_mask.nii.gz"])
+def test_error_missing_file(tmp_path: Path, name: str) -> None:
+    _write_cohort(tmp_path, 1)
+    (src,) = find_cases(tmp_path, modalities=["flair", "t2"])
+    (tmp_path / "p0" / name).unlink()
+    with pytest.raises(FileNotFoundError, match=name):
+        load_case(src)
+    with pytest.raises(FileNotFoundError, match=name):
+        find_cases(tmp_path, modalities=["flair", "t2"])
+
+
+def test_error_too_few_timepoints(tmp_path: Path) -> None:
+    _write_cohort(tmp_path, 1)
+    for f in (tmp_path / "p0").glob("t1_*"):
+        f.unlink()
+    with pytest.raises(ValueError, match=r"at least 2 timepoints"):
+        find_cases(tmp_path)
+    with pytest.raises(ValueError, match=r"at least 2 timepoints"):
+        CaseSource("x", ("flair",), ((tmp_path / "a.nii.gz",),))
+
+
+def test_error_missing_folder_and_empty_cohort(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_cases(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no case folders"):
+        find_cases(tmp_path)
+
+
+def test_validate_cases_collects_problems(tmp_path: Path) -> None:
+    _write_cohort(tmp_path, 2)
+    sources = find_cases(tmp_path)
+    (tmp_path / "p1" / "t0_flair.nii.gz").unlink()
+    problems = validate_cases(sources)
+    assert list(problems) == ["p1"] and "FileNotFoundError" in problems["p1"]
+
+
+def test_manifest_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "manifest.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_manifest(bad)
+    bad.write_text(json.dumps({"cases": [{"case_id": "a"}, {"case_id": "a"}]}))
+    with pytest.raises(ValueError, match="duplicate case_id"):
+        read_manifest(bad)
+    bad.write_text(json.dumps({"cases": [{"case_id": "a", "num_timepoints": 1}]}))
+    with pytest.raises(ValueError, match="num_timepoints must be >= 2"):
+        read_manifest(bad)
+    bad.write_text(json.dumps({"cases": [{"case_id": "a", "progression": "maybe"}]}))
+    with pytest.raises(ValueError, match="progression must be"):
+        read_manifest(bad)
+    with pytest.raises(ValueError, match=r"\.json or \.csv"):
+        write_manifest(tmp_path / "m.txt", Manifest(("flair",), (ManifestEntry("a", "a", 2, None),)))
+    with pytest.raises(FileNotFoundError):
+        read_manifest(tmp_path / "absent.json")
+
+
+def test_manifest_disagreeing_with_files(tmp_path: Path) -> None:
+    _write_cohort(tmp_path, 1)
+    write_manifest(tmp_path / "manifest.json", Manifest(("flair", "t2"), (ManifestEntry("p0", "p0", 3, True),)))
+    with pytest.raises(FileNotFoundError, match="t2_flair"):
+        find_cases(tmp_path)
+
+
+def test_mask_spec_rules(tmp_path: Path) -> None:
+    a = np.zeros((4, 4, 4), dtype=np.int16)
+    b = np.zeros((4, 4, 4), dtype=np.int16)
+    a[0, 0, 0], a[1, 1, 1] = 1, 4
+    b[1, 1, 1], b[2, 2, 2], b[3, 3, 3] = 2, 3, 4
+    for name, arr in (("a", a), ("b", b)):
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    img = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.float32), np.eye(4)), str(img))
+    pa, pb = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+
+    def build(spec: MaskSpec) -> np.ndarray:
+        src = CaseSource("m", ("flair",), ((img,), (img,)), baseline_mask=spec, progression_masks=(spec,))
+        return load_case(src).baseline_mask
+
+    assert build(MaskSpec((pa,), "labels")).sum() == 2
+    assert build(MaskSpec((pa,), "labels", (1, 2, 3))).sum() == 1
+    assert build(MaskSpec((pa, pb), "growth")).sum() == 2  # (2,2,2) and (3,3,3)
+    assert build(MaskSpec((pa, pb), "symmetric_difference")).sum() == 3
+    assert build(MaskSpec((pa, pb), "growth", (1, 2, 3))).sum() == 2  # (1,1,1) becomes 2, (2,2,2)
+    assert build(MaskSpec((pa,), "empty")).sum() == 0
+    with pytest.raises(ValueError, match="rule must be one of"):
+        MaskSpec((pa,), "union")
+    with pytest.raises(ValueError, match="needs 2 file"):
+        MaskSpec((pa,), "growth")

@@ -1,0 +1,86 @@
+"""Per-case z-score normalisation and cropping to the joint foreground with paste-back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_data_fixtures import make_case
+
+from longiseg.data import (
+    CropBox,
+    crop_to_foreground,
+    joint_foreground_bbox,
+    preprocess_case,
+    zscore_normalize,
+)
+
+
+def test_zscore_over_brain_mask_per_image() -> None:
+    case = make_case(num_timepoints=3)
+    case.images[1] *= 3.0  # a different scanner gain at follow-up 1
+    out = zscore_normalize(case)
+    brain = case.brain_mask.astype(bool)
+    for t in range(3):
+        for c in range(2):
+            vals = out.images[t, c][brain].astype(np.float64)
+            assert abs(vals.mean()) < 1e-4 and abs(vals.std() - 1.0) < 1e-4
+            assert (out.images[t, c][~brain] == 0).all()
+    assert out.images.dtype == np.float32
+    # the gain difference vanishes: same result as without it
+    np.testing.assert_allclose(out.images, zscore_normalize(make_case(num_timepoints=3)).images, atol=1e-4)
+
+
+def test_zscore_without_brain_mask_uses_non_zero_voxels() -> None:
+    case = make_case().with_arrays(brain_mask=None)
+    out = zscore_normalize(case, background=-5.0)
+    nz = case.images[0, 0] != 0
+    assert abs(float(out.images[0, 0][nz].mean())) < 1e-4
+    assert (out.images[0, 0][~nz] == -5.0).all()
+
+
+def test_zscore_error_on_empty_image() -> None:
+    case = make_case().with_arrays(brain_mask=None)
+    case.images[1, 0] = 0
+    with pytest.raises(ValueError, match=r"image \(t=1, flair\) has no voxel"):
+        zscore_normalize(case)
+
+
+def test_crop_to_joint_foreground_and_paste_back() -> None:
+    case = make_case(shape=(30, 32, 28)).with_arrays(brain_mask=None)
+    case.images[1, 1, 1, 2, 3] = 7.0  # an outlier voxel of one timepoint widens the joint box
+    cropped, box = crop_to_foreground(case, margin=1)
+    nz = np.nonzero(np.any(case.images != 0, axis=(0, 1)))
+    assert box.start == tuple(max(int(i.min()) - 1, 0) for i in nz)
+    assert box.stop == tuple(min(int(i.max()) + 2, n) for i, n in zip(nz, case.shape))
+    assert box.start[0] == 0 and box.start[1] == 1  # set by the outlier of timepoint 1
+    assert cropped.shape == box.shape and cropped.images.shape[2:] == box.shape
+    # the crop loses no foreground voxel of any timepoint and no lesion
+    assert cropped.baseline_mask.sum() == case.baseline_mask.sum()
+    assert cropped.progression_masks.sum() == case.progression_masks.sum()
+    np.testing.assert_array_equal(box.paste(cropped.images), case.images)
+    np.testing.assert_array_equal(box.paste(cropped.baseline_mask), case.baseline_mask)
+    # the cropped affine maps cropped voxel (0,0,0) to the original voxel `start`
+    np.testing.assert_allclose(cropped.affine[:3, 3], (case.affine @ np.array([*box.start, 1.0]))[:3])
+    assert cropped.metadata["crop_box"]["start"] == list(box.start)
+
+
+def test_crop_box_errors_and_bbox() -> None:
+    box = CropBox((1, 2, 3), (4, 6, 8), (10, 10, 10))
+    with pytest.raises(ValueError, match="full shape"):
+        box.crop(np.zeros((9, 10, 10)))
+    with pytest.raises(ValueError, match="cropped shape"):
+        box.paste(np.zeros((3, 4, 4)))
+    case = make_case()
+    case.images[:] = 0
+    with pytest.raises(ValueError, match="no foreground"):
+        joint_foreground_bbox(case.with_arrays(brain_mask=None))
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        joint_foreground_bbox(make_case(), margin=-1)
+
+
+def test_preprocess_case_crops_then_normalises() -> None:
+    case = make_case(shape=(30, 32, 28))
+    out = preprocess_case(case, crop=True, margin=0)
+    assert out.shape != case.shape and "crop_box" in out.metadata
+    brain = out.brain_mask.astype(bool)
+    assert abs(float(out.images[0, 0][brain].mean())) < 1e-4
