@@ -1,1 +1,46 @@
-"""Inference: tri-planar 2.5D and 3D sliding windows, post-processing, uncertainty."""
+"""Inference: tri-planar 2.5D and 3D sliding windows, post-processing, uncertainty, NIfTI prediction."""
+
+from longiseg.inferers.postprocessing import (
+    postprocess,
+    remove_small_components,
+    restrict_to_mask,
+    threshold_probabilities,
+)
+from longiseg.inferers.predict import (
+    CaseImages,
+    Inferer,
+    predict_case,
+    predict_folder,
+    read_case_images,
+    spacing_from_affine,
+)
+from longiseg.inferers.sliding_window import (
+    SlidingWindowInferer3D,
+    blend_weights,
+    predict_probabilities,
+    window_starts,
+)
+from longiseg.inferers.triplanar import PLANE_AXES, TriplanarInferer, plane_axis
+from longiseg.inferers.uncertainty import MAX_BINARY_ENTROPY, binary_entropy
+
+__all__ = [
+    "TriplanarInferer",
+    "SlidingWindowInferer3D",
+    "PLANE_AXES",
+    "plane_axis",
+    "window_starts",
+    "blend_weights",
+    "predict_probabilities",
+    "threshold_probabilities",
+    "remove_small_components",
+    "restrict_to_mask",
+    "postprocess",
+    "binary_entropy",
+    "MAX_BINARY_ENTROPY",
+    "Inferer",
+    "CaseImages",
+    "read_case_images",
+    "spacing_from_affine",
+    "predict_case",
+    "predict_folder",
+]

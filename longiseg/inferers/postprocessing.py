@@ -1,0 +1,141 @@
+"""Post-processing of probability maps: threshold, drop small connected components, restrict to the brain.
+
+The paper removes predicted components smaller than 27 mm3 (MS) or 50 mm3 (glioma). Volumes are given in
+mm3 and converted with the voxel spacing, so the same threshold works for anisotropic volumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from longiseg.utils.validation import check_binary, check_finite, check_ndim, check_same_shape
+
+__all__ = ["threshold_probabilities", "remove_small_components", "restrict_to_mask", "postprocess"]
+
+_CONNECTIVITIES = (6, 18, 26)
+
+
+def _as_numpy(name: str, x: object) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise TypeError(f"{name} must be a numpy array or torch.Tensor, got {type(x).__name__}")
+
+
+def _check_spacing(spacing: Sequence[float]) -> np.ndarray:
+    sp = np.asarray(spacing, dtype=np.float64)
+    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or not np.all(sp > 0):
+        raise ValueError(f"spacing must be three positive voxel sizes in mm (x, y, z), got {spacing!r}")
+    return sp
+
+
+def threshold_probabilities(prob: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.ndarray:
+    """Binary mask ``prob >= threshold`` (any shape) as a bool numpy array.
+
+    Raises:
+        ValueError: if ``threshold`` is outside ``[0, 1]`` or ``prob`` holds NaN/inf.
+    """
+    p = _as_numpy("prob", prob)
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    check_finite("prob", p)
+    return p >= threshold
+
+
+def remove_small_components(
+    mask: np.ndarray | torch.Tensor,
+    min_volume_mm3: float,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    connectivity: int = 26,
+) -> np.ndarray:
+    """Remove connected components whose volume is strictly below ``min_volume_mm3``.
+
+    A component of ``n`` voxels has volume ``n * prod(spacing)`` mm3. Components are found with cc3d.
+
+    Args:
+        mask: binary ``(D, H, W)`` mask.
+        min_volume_mm3: smallest kept component volume in mm3 (``0`` keeps everything).
+        spacing: voxel size in mm along ``(D, H, W)``, e.g. from the NIfTI header.
+        connectivity: 6, 18 or 26 (face, edge or corner neighbours).
+
+    Returns:
+        Bool ``(D, H, W)`` mask without the small components.
+
+    Raises:
+        ValueError: wrong rank, non-binary mask, negative volume, bad spacing or connectivity.
+    """
+    import cc3d
+
+    m = _as_numpy("mask", mask)
+    check_ndim("mask", m, 3, "(D, H, W)")
+    check_binary("mask", m)
+    if not float(min_volume_mm3) >= 0:
+        raise ValueError(f"min_volume_mm3 must be >= 0, got {min_volume_mm3}")
+    if connectivity not in _CONNECTIVITIES:
+        raise ValueError(f"connectivity must be one of {_CONNECTIVITIES}, got {connectivity}")
+    voxel_volume = float(np.prod(_check_spacing(spacing)))
+    m = m.astype(bool)
+    if min_volume_mm3 == 0 or not m.any():
+        return m
+    labels = cc3d.connected_components(m.astype(np.uint8), connectivity=connectivity)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes * voxel_volume >= float(min_volume_mm3)
+    keep[0] = False
+    return keep[labels]
+
+
+def restrict_to_mask(mask: np.ndarray | torch.Tensor, brain_mask: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``mask AND brain_mask``; ``mask`` is ``(..., D, H, W)``, ``brain_mask`` binary ``(D, H, W)``.
+
+    Raises:
+        ValueError: if the masks are not binary or the spatial shapes differ.
+    """
+    m = _as_numpy("mask", mask)
+    b = _as_numpy("brain_mask", brain_mask)
+    check_ndim("brain_mask", b, 3, "(D, H, W)")
+    if m.ndim < 3:
+        raise ValueError(f"mask must have at least 3 dims (..., D, H, W), got shape {m.shape}")
+    check_same_shape("mask spatial shape", m[(0,) * (m.ndim - 3)], "brain_mask", b)
+    check_binary("mask", m)
+    check_binary("brain_mask", b)
+    return m.astype(bool) & b.astype(bool)
+
+
+def postprocess(
+    prob: np.ndarray | torch.Tensor,
+    *,
+    threshold: float = 0.5,
+    min_volume_mm3: float = 0.0,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    brain_mask: np.ndarray | torch.Tensor | None = None,
+    connectivity: int = 26,
+) -> np.ndarray:
+    """Threshold, optionally restrict to ``brain_mask``, and drop components below ``min_volume_mm3``.
+
+    Restriction happens before component removal, so a lesion cut by the brain boundary is measured by its
+    in-brain part.
+
+    Args:
+        prob: probabilities ``(D, H, W)`` or a stack ``(N, D, H, W)`` (e.g. ``(T-1, D, H, W)``); each volume
+            is processed on its own.
+        threshold: voxels with ``prob >= threshold`` are foreground.
+        min_volume_mm3: see :func:`remove_small_components` (27 for MS, 50 for glioma in the paper).
+        spacing: voxel size in mm along ``(D, H, W)``.
+        brain_mask: optional binary ``(D, H, W)`` mask; foreground outside it is removed.
+        connectivity: 6, 18 or 26.
+
+    Returns:
+        Bool mask with the shape of ``prob``.
+    """
+    p = _as_numpy("prob", prob)
+    check_ndim("prob", p, (3, 4), "(D, H, W) or (N, D, H, W)")
+    mask = threshold_probabilities(p, threshold)
+    if brain_mask is not None:
+        mask = restrict_to_mask(mask, brain_mask)
+    if mask.ndim == 3:
+        return remove_small_components(mask, min_volume_mm3, spacing, connectivity)
+    return np.stack([remove_small_components(m, min_volume_mm3, spacing, connectivity) for m in mask])

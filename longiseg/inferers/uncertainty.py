@@ -1,0 +1,50 @@
+"""Voxel-wise predictive uncertainty: binary entropy of the averaged probabilities (the paper's Figure 4)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from longiseg.utils.validation import check_finite
+
+__all__ = ["MAX_BINARY_ENTROPY", "binary_entropy"]
+
+#: Largest binary entropy, reached at ``p = 0.5``: ``log 2`` nats.
+MAX_BINARY_ENTROPY = math.log(2.0)
+
+
+def binary_entropy(prob: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Binary predictive entropy ``-(p log p + (1 - p) log(1 - p))`` in nats, voxel-wise.
+
+    ``0 log 0`` is taken as 0, so ``binary_entropy(0) == binary_entropy(1) == 0`` and
+    ``binary_entropy(0.5) == log 2``. Works element-wise on any shape, e.g. ``(D, H, W)`` or
+    ``(T-1, D, H, W)``.
+
+    Args:
+        prob: probabilities in ``[0, 1]`` (numpy array or tensor, floating point).
+
+    Returns:
+        Entropy of the same shape and type (float32 for float32/float16 input, float64 for float64).
+
+    Raises:
+        TypeError: if ``prob`` is not an array/tensor.
+        ValueError: for NaN/inf values or values outside ``[0, 1]``.
+    """
+    if isinstance(prob, torch.Tensor):
+        p = prob if prob.dtype == torch.float64 else prob.float()
+        check_finite("prob", p)
+        if p.numel() and (p.min() < 0 or p.max() > 1):
+            raise ValueError(f"prob must lie in [0, 1], got range [{p.min().item()}, {p.max().item()}]")
+        return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
+    if isinstance(prob, (np.ndarray, float, int, np.floating)) and not isinstance(prob, bool):
+        p = np.asarray(prob)
+        p = p if p.dtype == np.float64 else p.astype(np.float32)
+        check_finite("prob", p)
+        if p.size and (p.min() < 0 or p.max() > 1):
+            raise ValueError(f"prob must lie in [0, 1], got range [{p.min()}, {p.max()}]")
+        from scipy.special import xlogy
+
+        return (-(xlogy(p, p) + xlogy(1 - p, 1 - p))).astype(p.dtype, copy=False)
+    raise TypeError(f"prob must be a numpy array or torch.Tensor, got {type(prob).__name__}")

@@ -1,0 +1,118 @@
+"""Thresholding, connected-component removal in mm3, brain restriction, and binary entropy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from longiseg.inferers import (
+    MAX_BINARY_ENTROPY,
+    binary_entropy,
+    postprocess,
+    remove_small_components,
+    restrict_to_mask,
+    threshold_probabilities,
+)
+
+
+def _blob(mask: np.ndarray, corner: tuple[int, int, int], n_voxels: int) -> None:
+    """Put a connected blob of exactly ``n_voxels`` voxels at ``corner`` (rows of 10 along the last axis)."""
+    d, h, w = corner
+    for i in range(n_voxels):
+        mask[d + i // 10, h, w + i % 10] = True
+
+
+def test_component_removal_anisotropic_exact_threshold() -> None:
+    spacing = (0.5, 1.0, 3.0)  # 1.5 mm3 per voxel -> 27 mm3 = exactly 18 voxels
+    mask = np.zeros((12, 12, 12), bool)
+    sizes = {(0, 0, 0): 17, (0, 4, 0): 18, (0, 8, 0): 19, (6, 0, 0): 1, (6, 4, 0): 30, (6, 8, 0): 12}
+    for corner, n in sizes.items():
+        _blob(mask, corner, n)
+    assert mask.sum() == sum(sizes.values())
+    out = remove_small_components(mask, 27.0, spacing)
+    kept = {c: n for c, n in sizes.items() if n * 1.5 >= 27.0}
+    expected = np.zeros_like(mask)
+    for corner, n in kept.items():
+        _blob(expected, corner, n)
+    np.testing.assert_array_equal(out, expected)
+    assert set(kept.values()) == {18, 19, 30}
+    # the same voxels on an isotropic 1 mm grid: 27 voxels needed -> only the 30-voxel blob stays
+    assert remove_small_components(mask, 27.0, (1, 1, 1)).sum() == 30
+    assert remove_small_components(mask, 0.0, spacing).sum() == mask.sum()
+
+
+def test_connectivity() -> None:
+    mask = np.zeros((4, 4, 4), bool)
+    mask[0, 0, 0] = mask[1, 1, 1] = True  # corner neighbours
+    assert remove_small_components(mask, 2.0, connectivity=26).sum() == 2
+    assert remove_small_components(mask, 2.0, connectivity=6).sum() == 0
+    assert remove_small_components(torch.from_numpy(mask), 2.0).dtype == bool
+
+
+def test_threshold_restrict_and_postprocess_stack() -> None:
+    prob = np.zeros((2, 6, 6, 6), np.float32)
+    prob[:, 1:4, 1:4, 1:4] = 0.5  # 27 voxels, exactly at the threshold -> foreground
+    prob[1, 5, 5, 5] = 0.9  # an isolated voxel
+    np.testing.assert_array_equal(threshold_probabilities(prob, 0.5), prob >= 0.5)
+    brain = np.ones((6, 6, 6), bool)
+    brain[3] = False
+    out = postprocess(prob, threshold=0.5, min_volume_mm3=10.0, spacing=(1, 1, 1), brain_mask=brain)
+    assert out.shape == prob.shape and out.dtype == bool
+    assert out[0].sum() == 18  # 27 - the 9 voxels in slab d=3
+    assert out[1].sum() == 18  # isolated voxel removed (1 mm3 < 10)
+    assert not out[:, 3].any()
+    assert postprocess(prob[1], min_volume_mm3=0.0).sum() == 28
+    np.testing.assert_array_equal(restrict_to_mask(prob >= 0.5, brain), (prob >= 0.5) & brain)
+
+
+def test_postprocessing_errors() -> None:
+    m = np.zeros((4, 4, 4), bool)
+    with pytest.raises(ValueError, match="mask must have 3 dims"):
+        remove_small_components(m[0], 1.0)
+    with pytest.raises(ValueError, match="binary"):
+        remove_small_components(m.astype(float) + 0.5, 1.0)
+    with pytest.raises(ValueError, match="spacing"):
+        remove_small_components(m, 1.0, spacing=(1, 0, 1))
+    with pytest.raises(ValueError, match="connectivity"):
+        remove_small_components(m, 1.0, connectivity=8)
+    with pytest.raises(ValueError, match="min_volume_mm3"):
+        remove_small_components(m, -1.0)
+    with pytest.raises(ValueError, match="threshold"):
+        threshold_probabilities(m.astype(float), 1.5)
+    with pytest.raises(ValueError, match="NaN"):
+        threshold_probabilities(np.full((2, 2, 2), np.nan), 0.5)
+    with pytest.raises(ValueError, match="same shape"):
+        restrict_to_mask(m, np.ones((4, 4, 3), bool))
+    with pytest.raises(TypeError, match="numpy array or torch.Tensor"):
+        postprocess([[0.1]])
+    with pytest.raises(ValueError, match=r"\(D, H, W\) or \(N, D, H, W\)"):
+        postprocess(np.zeros((4, 4)))
+
+
+def test_entropy_values() -> None:
+    got = binary_entropy(np.array([0.0, 0.5, 1.0], np.float32))
+    assert got[0] == 0.0 and got[2] == 0.0
+    assert got[1] == pytest.approx(math.log(2.0), rel=1e-7)
+    assert MAX_BINARY_ENTROPY == pytest.approx(math.log(2.0))
+    t = binary_entropy(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+    assert t.tolist() == [0.0, pytest.approx(math.log(2.0), rel=1e-15), 0.0]
+    p = np.random.default_rng(0).uniform(size=(3, 4, 5))
+    ref = -(p * np.log(p) + (1 - p) * np.log1p(-p))
+    np.testing.assert_allclose(binary_entropy(p), ref, rtol=1e-12)
+    np.testing.assert_allclose(binary_entropy(p), binary_entropy(1 - p), rtol=1e-12)  # symmetric
+    assert binary_entropy(p.astype(np.float32)).dtype == np.float32
+    assert (binary_entropy(p) <= math.log(2) + 1e-12).all()
+
+
+def test_entropy_errors() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        binary_entropy(np.array([1.2]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        binary_entropy(torch.tensor([-0.1]))
+    with pytest.raises(ValueError, match="NaN"):
+        binary_entropy(np.array([np.nan]))
+    with pytest.raises(TypeError, match="prob"):
+        binary_entropy("0.5")

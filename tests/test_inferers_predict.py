@@ -1,0 +1,222 @@
+"""predict_case / predict_folder: NIfTI files, affine round trip, no-overwrite behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from longiseg.data.layout import BRAIN_MASK, image_filename, prediction_filenames
+from longiseg.inferers import (
+    TriplanarInferer,
+    binary_entropy,
+    postprocess,
+    predict_case,
+    predict_folder,
+    read_case_images,
+    spacing_from_affine,
+)
+from longiseg.networks.output import LongitudinalOutput
+
+
+class Voxelwise(nn.Module):
+    """2.5D model: baseline logit = 4 * (t0 - 0.5), progression logit = 4 * (t_i - t0) - 1, voxel-wise."""
+
+    def __init__(self, k: int = 1) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+        base = 4 * (x[:, 0, :1] - 0.5)
+        prog = (4 * (x[:, 1:, 0] - x[:, :1, 0]) - 1)[:, :, None]
+        return LongitudinalOutput(base.repeat(1, self.k, 1, 1), prog.repeat(1, 1, self.k, 1, 1))
+
+
+SHAPE = (7, 8, 6)
+
+
+def _affine() -> np.ndarray:
+    """Rotated, anisotropic, shifted voxel-to-world matrix."""
+    c, s = np.cos(0.3), np.sin(0.3)
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag([0.8, 1.0, 2.5])
+    aff[:3, 3] = [-10.0, 5.0, 3.0]
+    return aff
+
+
+def _images(t: int = 3, c: int = 2) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.01, 1.0, size=(t, c, *SHAPE)).astype(np.float32)
+    img[:, :, 0] = 0.0  # an empty border slab
+    return img
+
+
+def _inferer() -> TriplanarInferer:
+    return TriplanarInferer(patch_size=4, progress=False)
+
+
+def test_predict_case_writes_all_files_with_affine(tmp_path: Path) -> None:
+    img, aff = _images(), _affine()
+    paths = predict_case(
+        Voxelwise(), img, aff, None, tmp_path, "case01", inferer=_inferer(), min_volume_mm3=4.0
+    )
+    names = prediction_filenames(3)
+    for kind in ("mask", "prob", "entropy"):
+        assert [p.name for p in paths[kind]] == names[kind]
+        assert all(p.parent == tmp_path / "case01" and p.exists() for p in paths[kind])
+    assert not [p for p in (tmp_path / "case01").iterdir() if p.name.startswith(".")]  # no temp files left
+
+    base_prob, prog_prob = _inferer()(Voxelwise(), img)
+    spacing = spacing_from_affine(aff)
+    np.testing.assert_allclose(spacing, (0.8, 1.0, 2.5))
+    for i, path in enumerate(paths["prob"]):
+        nii = nib.load(path)
+        assert nii.shape == SHAPE and nii.get_data_dtype() == np.float32
+        np.testing.assert_allclose(nii.affine, aff, atol=1e-5)
+        np.testing.assert_array_equal(
+            nii.get_fdata(dtype=np.float32), base_prob if i == 0 else prog_prob[i - 1]
+        )
+    for i, path in enumerate(paths["mask"]):
+        nii = nib.load(path)
+        assert nii.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(nii.header.get_zooms(), spacing, rtol=1e-5)
+        prob = base_prob if i == 0 else prog_prob[i - 1]
+        expected = postprocess(prob, threshold=0.5, min_volume_mm3=4.0, spacing=spacing)
+        np.testing.assert_array_equal(np.asarray(nii.dataobj), expected.astype(np.uint8))
+    ent = nib.load(paths["entropy"][1]).get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(ent, binary_entropy(prog_prob[0]), atol=1e-7)
+
+
+def test_no_overwrite_unless_asked(tmp_path: Path) -> None:
+    img, aff = _images(t=2, c=1), _affine()
+    predict_case(Voxelwise(), img, aff, (1, 1, 1), tmp_path, "c", inferer=_inferer())
+    target = tmp_path / "c" / "baseline_prob.nii.gz"
+    before = target.read_bytes()
+
+    class Boom(nn.Module):
+        def forward(self, x):
+            raise AssertionError("inference must not start when outputs exist")
+
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        predict_case(Boom(), img, aff, (1, 1, 1), tmp_path, "c", inferer=_inferer())
+    assert target.read_bytes() == before
+    paths = predict_case(
+        Voxelwise(), img * 0.5, aff, (1, 1, 1), tmp_path, "c", inferer=_inferer(), overwrite=True
+    )
+    assert target.read_bytes() != before and len(paths["mask"]) == 2
+
+
+def test_optional_outputs_and_restriction(tmp_path: Path) -> None:
+    img = _images(t=2, c=1)
+    img[1, 0, 5:] = 5.0  # strong "new lesion" signal
+    brain = np.ones(SHAPE, bool)
+    brain[6] = False
+    paths = predict_case(
+        Voxelwise(),
+        img,
+        _affine(),
+        None,
+        tmp_path,
+        "r",
+        inferer=_inferer(),
+        brain_mask=brain,
+        restrict_to_brain="progression",
+        save_probabilities=False,
+        save_entropy=False,
+    )
+    assert set(paths) == {"mask"}
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(prediction_filenames(2)["mask"])
+    prog = np.asarray(nib.load(paths["mask"][1]).dataobj)
+    assert prog[5].all() and not prog[6].any()
+
+
+def test_predict_case_errors(tmp_path: Path) -> None:
+    img, aff = _images(t=2, c=1), _affine()
+    with pytest.raises(ValueError, match="K = 1"):
+        predict_case(Voxelwise(k=2), img, aff, None, tmp_path, "k2", inferer=_inferer())
+    assert not (tmp_path / "k2").exists() or not any((tmp_path / "k2").iterdir())
+    with pytest.raises(ValueError, match="restrict_to_brain"):
+        predict_case(Voxelwise(), img, aff, None, tmp_path, "x", restrict_to_brain="brain")
+    with pytest.raises(ValueError, match="case_id"):
+        predict_case(Voxelwise(), img, aff, None, tmp_path, "a/b")
+    with pytest.raises(ValueError, match="affine"):
+        predict_case(Voxelwise(), img, np.eye(3), None, tmp_path, "x")
+    with pytest.raises(ValueError, match="5 dims"):
+        predict_case(Voxelwise(), img[0], aff, None, tmp_path, "x")
+
+
+def _write_case(
+    root: Path,
+    cid: str,
+    img: np.ndarray,
+    aff: np.ndarray,
+    mods=("flair", "t2"),
+    brain: np.ndarray | None = None,
+) -> None:
+    d = root / cid
+    d.mkdir(parents=True)
+    for t in range(img.shape[0]):
+        for c, m in enumerate(mods):
+            nib.save(nib.Nifti1Image(img[t, c], aff), d / image_filename(t, m))
+    if brain is not None:
+        nib.save(nib.Nifti1Image(brain.astype(np.uint8), aff), d / BRAIN_MASK)
+
+
+def test_predict_folder_round_trip(tmp_path: Path) -> None:
+    img, aff = _images(t=2, c=2), _affine()
+    brain = np.zeros(SHAPE, bool)
+    brain[2:5] = True
+    _write_case(tmp_path / "in", "p1", img, aff, brain=brain)
+    _write_case(tmp_path / "in", "p2", img[:, ::-1].copy(), aff)
+    (tmp_path / "in" / "not_a_case").mkdir()
+
+    case = read_case_images(tmp_path / "in" / "p1")
+    assert case.modalities == ("flair", "t2") and case.images.shape == (2, 2, *SHAPE)
+    np.testing.assert_array_equal(case.images, img)
+    np.testing.assert_allclose(case.spacing, (0.8, 1.0, 2.5), rtol=1e-6)
+    np.testing.assert_array_equal(case.brain_mask, brain)
+    assert (
+        read_case_images(tmp_path / "in" / "p1", ["t2", "flair"]).images[0, 0].tolist() == img[0, 1].tolist()
+    )
+
+    out = tmp_path / "out"
+    res = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False)
+    assert sorted(res) == ["p1", "p2"]
+    direct = predict_case(
+        Voxelwise(), img, aff, None, tmp_path / "direct", "p1", inferer=_inferer(), brain_mask=brain
+    )
+    for a, b in zip(res["p1"]["prob"], direct["prob"]):
+        np.testing.assert_array_equal(nib.load(a).get_fdata(), nib.load(b).get_fdata())
+        np.testing.assert_allclose(nib.load(a).affine, aff, atol=1e-5)
+
+    with pytest.raises(FileExistsError):
+        predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False)
+    assert (
+        predict_folder(
+            Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, skip_existing=True
+        )
+        == {}
+    )
+    with pytest.raises(FileNotFoundError, match="nope"):
+        predict_folder(Voxelwise(), tmp_path / "in", out, case_ids=["nope"], progress=False)
+
+
+def test_read_case_errors(tmp_path: Path) -> None:
+    img, aff = _images(t=2, c=2), _affine()
+    _write_case(tmp_path, "a", img, aff)
+    (tmp_path / "a" / image_filename(1, "t2")).unlink()
+    with pytest.raises(FileNotFoundError, match="t1_t2"):
+        read_case_images(tmp_path / "a")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        read_case_images(tmp_path / "empty")
+    _write_case(tmp_path, "gap", img, aff, mods=("flair", "t2"))
+    (tmp_path / "gap" / image_filename(0, "flair")).rename(tmp_path / "gap" / image_filename(2, "flair"))
+    (tmp_path / "gap" / image_filename(0, "t2")).rename(tmp_path / "gap" / image_filename(2, "t2"))
+    with pytest.raises(ValueError, match="0..T-1"):
+        read_case_images(tmp_path / "gap")
