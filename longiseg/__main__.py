@@ -1,0 +1,3 @@
+from longiseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""The experiment configuration: one YAML/JSON file that maps onto model, data, loss, trainer and inference
+dataclasses, overridable from the command line with dotted ``key=value`` strings.
+
+Example (``examples/configs/segmast_ms.yaml``)::
+
+    model: {name: segmast_ms}
+    data: {root: data/inhouse_ms, modalities: [flair, t2], crop_size: 128}
+    loss: {strategy: partial}
+    trainer: {max_epochs: 500, output_dir: runs/segmast_ms}
+    inference: {patch_size: 128, min_lesion_mm3: 27}
+
+and ``longiseg train examples/configs/segmast_ms.yaml --set trainer.max_epochs=10 loss.strategy=whole``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from longiseg.engine.config import ConfigBase, ConfigError, TrainerConfig
+from longiseg.losses.imbalance import STRATEGIES
+
+__all__ = ["ModelConfig", "DataConfig", "LossConfig", "InferenceConfig", "ExperimentConfig"]
+
+_PLANES = ("axial", "coronal", "sagittal")
+
+
+def _need(cond: bool, cls: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{cls}: {msg}")
+
+
+@dataclasses.dataclass
+class ModelConfig(ConfigBase):
+    """Which registry model to build and with which factory keyword arguments.
+
+    Attributes:
+        name: registry name (``longiseg models`` lists them).
+        kwargs: passed to the factory, e.g. ``{"in_channels": 2, "num_timepoints": 2}``.
+    """
+
+    name: str = "segmast_ms"
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _need(bool(self.name), "ModelConfig", "name must be a registry model name")
+
+
+@dataclasses.dataclass
+class DataConfig(ConfigBase):
+    """Training data: a cohort folder in the library layout and how samples are drawn from it.
+
+    Attributes:
+        root: cohort folder (see :mod:`longiseg.data.layout`).
+        val_root: separate validation cohort; ``None`` splits ``root`` by patient.
+        val_fraction: share of patients held out for validation when ``val_root`` is ``None``.
+        modalities: channel order, e.g. ``["flair", "t2"]``; ``None`` uses the manifest's.
+        crop_size: in-plane crop of 2.5D samples (paper: 128 in-house MS, 80 MSSEG-2, 160 glioma) or
+            the cubic patch of 3D samples.
+        planes: planes of 2.5D cross-view sampling.
+        lesion_weight: probability that a crop is centred on a lesion voxel (weighted patch sampling).
+        samples_per_epoch: samples per epoch (default ``32 * number of training cases``).
+        positive_fraction: share of progressing cases in every batch (balanced batch sampler).
+        val_samples: fixed validation samples drawn once from the validation cases.
+        augment: random flips, rotations and intensity scaling.
+        crop_to_foreground: crop every case to the joint non-zero box before sampling.
+        cache_size: cases kept in memory per process.
+        seed: seed of the split and of all sampling.
+    """
+
+    root: str = ""
+    val_root: str | None = None
+    val_fraction: float = 0.2
+    modalities: list[str] | None = None
+    crop_size: int = 128
+    planes: list[str] = dataclasses.field(default_factory=lambda: list(_PLANES))
+    lesion_weight: float = 0.5
+    samples_per_epoch: int | None = None
+    positive_fraction: float = 0.5
+    val_samples: int = 64
+    augment: bool = True
+    crop_to_foreground: bool = False
+    cache_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _need(0.0 <= self.val_fraction < 1.0, "DataConfig", f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        _need(self.crop_size >= 8, "DataConfig", f"crop_size must be >= 8, got {self.crop_size}")
+        _need(bool(self.planes) and all(p in _PLANES for p in self.planes), "DataConfig",
+              f"planes must be a non-empty subset of {_PLANES}, got {self.planes}")
+        _need(0.0 <= self.lesion_weight <= 1.0, "DataConfig", f"lesion_weight must be in [0, 1], got {self.lesion_weight}")
+        _need(0.0 < self.positive_fraction < 1.0, "DataConfig",
+              f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
+        _need(self.val_samples >= 1, "DataConfig", f"val_samples must be >= 1, got {self.val_samples}")
+
+
+@dataclasses.dataclass
+class LossConfig(ConfigBase):
+    """The imbalance-aware Dice-Focal objective.
+
+    Attributes:
+        strategy: ``"partial"`` (paper), ``"whole"`` or ``"none"``.
+        empty_ratio: stable samples kept per progressing sample (``partial``).
+        min_empty: stable samples kept when a batch has no progression (``partial``).
+        lambda_dice: weight of the Dice term.
+        lambda_focal: weight of the focal term.
+        gamma: focal exponent.
+        seed: seed of the random subset of stable samples.
+    """
+
+    strategy: str = "partial"
+    empty_ratio: float = 1.0
+    min_empty: int = 1
+    lambda_dice: float = 1.0
+    lambda_focal: float = 1.0
+    gamma: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _need(self.strategy in STRATEGIES, "LossConfig", f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+
+
+@dataclasses.dataclass
+class InferenceConfig(ConfigBase):
+    """Tri-planar (2.5D) or sliding-window (3D) inference and post-processing.
+
+    Attributes:
+        patch_size: window size (paper: the training crop size).
+        overlap: window overlap (paper: 0.5).
+        blend: ``"constant"`` or ``"gaussian"`` window weighting.
+        planes: planes averaged by tri-planar inference.
+        batch_size: windows per forward pass.
+        flip_tta: flip test-time augmentation.
+        threshold: probability threshold.
+        min_lesion_mm3: connected components below this volume are removed (paper: 27 MS, 50 glioma).
+        restrict: ``"none"``, ``"progression"`` or ``"both"``: masks restricted to the brain mask.
+    """
+
+    patch_size: int = 128
+    overlap: float = 0.5
+    blend: str = "constant"
+    planes: list[str] = dataclasses.field(default_factory=lambda: list(_PLANES))
+    batch_size: int = 16
+    flip_tta: bool = False
+    threshold: float = 0.5
+    min_lesion_mm3: float = 27.0
+    restrict: str = "progression"
+
+    def __post_init__(self) -> None:
+        _need(0.0 <= self.overlap < 1.0, "InferenceConfig", f"overlap must be in [0, 1), got {self.overlap}")
+        _need(0.0 < self.threshold < 1.0, "InferenceConfig", f"threshold must be in (0, 1), got {self.threshold}")
+        _need(self.min_lesion_mm3 >= 0, "InferenceConfig", f"min_lesion_mm3 must be >= 0, got {self.min_lesion_mm3}")
+        _need(bool(self.planes) and all(p in _PLANES for p in self.planes), "InferenceConfig",
+              f"planes must be a non-empty subset of {_PLANES}, got {self.planes}")
+
+
+@dataclasses.dataclass
+class ExperimentConfig(ConfigBase):
+    """Everything one training run needs: ``model``, ``data``, ``loss``, ``trainer``, ``inference``."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    inference: InferenceConfig = dataclasses.field(default_factory=InferenceConfig)

@@ -1,0 +1,272 @@
+"""The library's main job: the whole pipeline on the embedded demo cohort, on a CPU, in minutes.
+
+1. Build the demo cohort (MNI152 anatomy with synthetic MS-like lesions, 2 mm) in the library layout.
+2. Hold out test patients (half progressing, half stable); train SegMaST and the SegFormer baseline briefly
+   with the imbalance-aware loss and balanced batches.
+3. Tri-planar inference on the held-out patients with each trained model and with an *untrained* SegMaST
+   (the reference that shows what training achieved).
+4. Evaluate with the SegMaST protocol, print the paper-style table and write ``results.json``, CSV files and
+   figures: ``overlay.png`` (baseline/follow-up slices with true and predicted masks and the entropy map),
+   ``boxplot.png`` (per-patient metrics), ``training_curves.png`` and ``cohort_patient.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_cohort, plot_case
+from longiseg.data.layout import MANIFEST_JSON
+from longiseg.data.loading import Manifest, find_cases, load_case, read_manifest, write_manifest
+from longiseg.engine.checkpoint import build_model_from_checkpoint
+from longiseg.engine.config import TrainerConfig
+from longiseg.metrics.evaluate import evaluate_folder, write_report
+from longiseg.registry import build_model
+from longiseg.utils.io import atomic_path, atomic_write_json
+from longiseg.utils.logging import get_logger
+from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
+from longiseg.workflows.predict import run_prediction
+from longiseg.workflows.train import run_training
+
+__all__ = ["DemoConfig", "DEMO_MODELS", "run_demo"]
+
+logger = get_logger(__name__)
+
+#: Small configurations of the two 2.5D models compared by the demo (registry name, factory kwargs).
+DEMO_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "SegMaST": ("segmast", {"widths": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "decoder_dim": 64,
+                            "drop_path_rate": 0.0}),
+    "SegFormer": ("segformer", {"widths": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8],
+                                "decoder_dim": 64,
+                                "drop_path_rate": 0.0}),
+}
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """Settings of :func:`run_demo` (defaults: about ten minutes on a 2-core CPU).
+
+    Attributes:
+        output_dir: everything is written here (cohort, runs, predictions, report, figures).
+        num_patients: cohort size (one two-timepoint case per patient).
+        num_test: held-out test patients (half progressing).
+        spacing: cohort voxel size in mm (2: 98x116x94 voxels).
+        models: which of :data:`DEMO_MODELS` to train.
+        epochs: training epochs per model.
+        steps_per_epoch: optimizer steps per epoch.
+        batch_size: slices per batch.
+        crop_size: training crop (and inference window) in voxels.
+        lr: peak learning rate (higher than the paper's 1e-4 because the demo trains for minutes, not days).
+        seed: seed of the cohort, the split and training.
+        overwrite: replace an existing demo output folder.
+        progress: progress bars.
+    """
+
+    output_dir: str = "demo_output"
+    num_patients: int = 16
+    num_test: int = 4
+    spacing: int = 2
+    models: tuple[str, ...] = ("SegMaST", "SegFormer")
+    epochs: int = 8
+    steps_per_epoch: int = 25
+    batch_size: int = 8
+    crop_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.models if m not in DEMO_MODELS]
+        if unknown:
+            raise ValueError(f"models must be among {list(DEMO_MODELS)}, got {unknown}")
+        if not 2 <= self.num_test < self.num_patients - 2:
+            raise ValueError(f"num_test must be in [2, num_patients - 3], got {self.num_test}")
+
+
+def _split_cohort(cohort: Path, train_dir: Path, test_dir: Path, num_test: int) -> list[str]:
+    """Copy the cohort's case folders into ``train/`` and ``test/`` roots, each with its own manifest."""
+    manifest = read_manifest(cohort / MANIFEST_JSON)
+    prog = [e for e in manifest.cases if e.progression]
+    stable = [e for e in manifest.cases if not e.progression]
+    n_prog = num_test // 2
+    test = prog[:n_prog] + stable[: num_test - n_prog]
+    test_ids = {e.case_id for e in test}
+    for root, entries in ((test_dir, test), (train_dir, [e for e in manifest.cases if e.case_id not in test_ids])):
+        root.mkdir(parents=True, exist_ok=True)
+        for e in entries:
+            dst = root / e.case_id
+            if not dst.exists():
+                shutil.copytree(cohort / e.case_id, dst)
+        write_manifest(root / MANIFEST_JSON, Manifest(manifest.modalities, tuple(entries)))
+    return sorted(test_ids)
+
+
+def _experiment(cfg: DemoConfig, label: str, train_dir: Path, run_dir: Path) -> ExperimentConfig:
+    name, kwargs = DEMO_MODELS[label]
+    return ExperimentConfig(
+        model=ModelConfig(name=name, kwargs=dict(kwargs)),
+        data=DataConfig(root=str(train_dir), val_fraction=0.25, crop_size=cfg.crop_size, lesion_weight=0.7,
+                        samples_per_epoch=cfg.steps_per_epoch * cfg.batch_size, val_samples=48, seed=cfg.seed),
+        loss=LossConfig(strategy="partial", seed=cfg.seed),
+        trainer=TrainerConfig(max_epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.lr / 20,
+                              warmup_epochs=1, patience=None, seed=cfg.seed, output_dir=str(run_dir),
+                              tensorboard=False, progress_bar=cfg.progress, device="cpu"),
+        inference=InferenceConfig(patch_size=2 * cfg.crop_size, overlap=0.5, batch_size=16,
+                                  min_lesion_mm3=27.0),
+    )
+
+
+def _training_curves(runs: dict[str, Path], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for label, run in runs.items():
+        with open(run / "metrics.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        ep = [int(r["epoch"]) for r in rows]
+        axes[0].plot(ep, [float(r["train_loss"]) for r in rows], marker="o", label=label)
+        if rows and "val_dice" in rows[0]:
+            axes[1].plot(ep, [float(r["val_dice"]) for r in rows], marker="o", label=label)
+    axes[0].set(title="training loss", xlabel="epoch")
+    axes[1].set(title="validation Dice (mean of B and P heads)", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _overlay(test_dir: Path, pred_dirs: dict[str, Path], case_id: str, path: Path) -> None:
+    """Axial slice through the largest new lesion: images with true (green) and predicted (red) masks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    case = load_case(next(s for s in find_cases(test_dir) if s.case_id == case_id))
+    prog = case.progression_masks[0]
+    z = int(np.argmax(prog.sum(axis=(0, 1)))) if prog.any() else case.shape[2] // 2
+    rot = lambda a: np.rot90(a[:, :, z])  # noqa: E731 - display in radiological orientation
+    t0, t1 = case.images[0, 0], case.images[1, 0]
+    n = len(pred_dirs)
+    fig, axes = plt.subplots(n, 3, figsize=(10, 3.4 * n), squeeze=False)
+    for row, (label, pdir) in enumerate(pred_dirs.items()):
+        pred = {name: np.asarray(nib.load(pdir / case_id / name).dataobj)
+                for name in ("baseline_mask.nii.gz", "progression_t1.nii.gz", "progression_t1_entropy.nii.gz")}
+        panels = [
+            (t0, case.baseline_mask, pred["baseline_mask.nii.gz"], f"{label}: baseline (t0)"),
+            (t1, prog, pred["progression_t1.nii.gz"], f"{label}: new/enlarging (t1)"),
+        ]
+        for col, (img, gt, pr, title) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(rot(img), cmap="gray")
+            if gt.any():
+                ax.contour(rot(gt), levels=[0.5], colors="lime", linewidths=1.0)
+            if pr.any():
+                ax.contour(rot(pr), levels=[0.5], colors="red", linewidths=1.0)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        ent = pred["progression_t1_entropy.nii.gz"]
+        ax = axes[row, 2]
+        im = ax.imshow(rot(ent), cmap="magma", vmin=0, vmax=float(np.log(2)))
+        if prog.any():
+            ax.contour(rot(prog), levels=[0.5], colors="lime", linewidths=0.8)
+        ax.set_title(f"{label}: progression entropy (nats)", fontsize=9)
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"{case_id}, axial slice {z}: ground truth green, prediction red", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
+    """Run the demo end to end and return the results (also written to ``output_dir/results.json``).
+
+    Returns:
+        ``{"table": str, "models": {label: summary}, "timings_s": {...}, "files": {...}}``.
+    """
+    cfg = cfg or DemoConfig()
+    out = Path(cfg.output_dir)
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    cohort = generate_demo_cohort(out / "cohort", DemoCohortConfig(num_patients=cfg.num_patients,
+                                                                     spacing=cfg.spacing, seed=cfg.seed),
+                                  progress=cfg.progress)
+    test_ids = _split_cohort(cohort, out / "train", out / "test", cfg.num_test)
+    plot_case(out / "test" / test_ids[0], out / "cohort_patient.png")
+    timings["cohort"] = time.perf_counter() - t
+
+    runs: dict[str, Path] = {}
+    pred_dirs: dict[str, Path] = {}
+    results = []
+    for label in cfg.models:
+        exp = _experiment(cfg, label, out / "train", out / "runs" / label)
+        t = time.perf_counter()
+        run_training(exp)
+        timings[f"train_{label}"] = time.perf_counter() - t
+        runs[label] = out / "runs" / label
+        model = build_model_from_checkpoint(runs[label] / "last.pt")
+        t = time.perf_counter()
+        pred_dirs[label] = out / "predictions" / label
+        run_prediction(model, exp.model.name, out / "test", pred_dirs[label], exp.inference,
+                       device="cpu", progress=cfg.progress)
+        timings[f"predict_{label}"] = time.perf_counter() - t
+        results.append(evaluate_folder(pred_dirs[label], out / "test", model=label, progress=False))
+
+    # The untrained reference: same architecture as the first model, random weights.
+    label0 = cfg.models[0]
+    name0, kw0 = DEMO_MODELS[label0]
+    untrained = f"{label0} (untrained)"
+    exp0 = _experiment(cfg, label0, out / "train", out / "runs" / label0)
+    torch.manual_seed(cfg.seed)
+    model = build_model(name0, in_channels=2, num_timepoints=2, **kw0)
+    t = time.perf_counter()
+    pred_dirs[untrained] = out / "predictions" / "untrained"
+    run_prediction(model, name0, out / "test", pred_dirs[untrained], exp0.inference, device="cpu",
+                   progress=cfg.progress)
+    timings["predict_untrained"] = time.perf_counter() - t
+    results.append(evaluate_folder(pred_dirs[untrained], out / "test", model=untrained, progress=False))
+
+    table = write_report(results, out / "report", reference=label0)
+    _training_curves(runs, out / "training_curves.png")
+    prog_case = next(e.case_id for e in read_manifest(out / "test" / MANIFEST_JSON).cases if e.progression)
+    _overlay(out / "test", pred_dirs, prog_case, out / "overlay.png")
+
+    summary = {
+        "table": table,
+        "test_cases": test_ids,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "files": {
+            "report": str(out / "report"),
+            "overlay": str(out / "overlay.png"),
+            "boxplot": str(out / "report" / "boxplot.png"),
+            "training_curves": str(out / "training_curves.png"),
+            "cohort_patient": str(out / "cohort_patient.png"),
+        },
+        "config": dataclasses.asdict(cfg),
+    }
+    atomic_write_json(out / "results.json", summary)
+    return summary

@@ -1,0 +1,202 @@
+"""Train any registry model from an :class:`~longiseg.workflows.config.ExperimentConfig`.
+
+The workflow splits the cohort by patient (stratified by progression), draws 2.5D cross-view slices (2.5D
+models) or 3D patches (3D models) with lesion-weighted crops, balances every batch with
+:class:`~longiseg.data.samplers.BalancedBatchSampler`, optimises the imbalance-aware Dice-Focal objective
+with :class:`~longiseg.engine.Trainer` and validates on a fixed set of held-out samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from longiseg.data.dataset import SliceDataset, VolumePatchDataset
+from longiseg.data.loading import CaseSource, find_cases
+from longiseg.data.preprocessing import preprocess_case
+from longiseg.data.samplers import BalancedBatchSampler
+from longiseg.engine.config import save_config
+from longiseg.engine.distributed import init_distributed
+from longiseg.engine.trainer import FitResult, Trainer
+from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
+from longiseg.losses.imbalance import ImbalanceAwareLoss
+from longiseg.registry import build_model, model_info
+from longiseg.utils.logging import get_logger
+from longiseg.workflows.config import ExperimentConfig
+
+__all__ = ["split_by_patient", "build_loss", "build_datasets", "make_validate_fn", "hard_dice", "run_training"]
+
+logger = get_logger(__name__)
+
+
+def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int = 0
+                     ) -> tuple[list[CaseSource], list[CaseSource]]:
+    """Split cases into train and validation sets by patient, stratified by progression.
+
+    Args:
+        cases: case sources (their ``patient_id`` groups cases of one patient).
+        val_fraction: share of patients in the validation set (at least one per stratum when > 0).
+        seed: seed of the shuffle.
+
+    Returns:
+        ``(train_cases, val_cases)``; every patient's cases land on one side.
+
+    Raises:
+        ValueError: if ``val_fraction`` is outside ``[0, 1)`` or the split leaves no training case.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    patients: dict[str, list[CaseSource]] = {}
+    for c in cases:
+        patients.setdefault(c.patient_id or c.case_id, []).append(c)
+    rng = np.random.default_rng(seed)
+    val_ids: set[str] = set()
+    for flag in (True, False):
+        group = sorted(p for p, cs in patients.items() if any(c.progression_flag() for c in cs) == flag)
+        rng.shuffle(group)
+        n = int(round(val_fraction * len(group)))
+        if val_fraction > 0 and n == 0 and len(group) > 1:
+            n = 1
+        val_ids.update(group[:n])
+    train = [c for p, cs in patients.items() if p not in val_ids for c in cs]
+    val = [c for p, cs in patients.items() if p in val_ids for c in cs]
+    if not train:
+        raise ValueError("the validation split leaves no training case; lower data.val_fraction")
+    return train, val
+
+
+def build_loss(cfg: ExperimentConfig) -> ImbalanceAwareLoss:
+    """The imbalance-aware Dice-Focal loss of ``cfg.loss``."""
+    lc = cfg.loss
+    per_sample = PerSampleDiceFocalLoss(lambda_dice=lc.lambda_dice, lambda_focal=lc.lambda_focal, gamma=lc.gamma)
+    return ImbalanceAwareLoss(per_sample, strategy=lc.strategy, empty_ratio=lc.empty_ratio,
+                              min_empty=lc.min_empty, seed=lc.seed)
+
+
+def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_cases: Sequence
+                   ) -> tuple[SliceDataset | VolumePatchDataset, SliceDataset | VolumePatchDataset | None]:
+    """Training and validation datasets for a 2.5D (slices) or 3D (patches) model.
+
+    Validation samples use no augmentation and a fixed seed, so the same samples are scored every epoch.
+    """
+    dc = cfg.data
+
+    # functools.partial keeps the preprocessing picklable for DataLoader workers.
+    prep = functools.partial(preprocess_case, crop=dc.crop_to_foreground)
+    common = {"lesion_weight": dc.lesion_weight, "preprocess": prep, "cache_size": dc.cache_size}
+    if dim == "3D":
+        def make(cases, **kw):  # noqa: ANN001, ANN202
+            return VolumePatchDataset(cases, patch_size=dc.crop_size, **common, **kw)
+    else:
+        def make(cases, **kw):  # noqa: ANN001, ANN202
+            return SliceDataset(cases, crop_size=dc.crop_size, planes=dc.planes, **common, **kw)
+    train = make(train_cases, samples_per_epoch=dc.samples_per_epoch,
+                 transform="default" if dc.augment else None, seed=dc.seed)
+    val = make(val_cases, samples_per_epoch=dc.val_samples, transform=None, seed=dc.seed + 1) if val_cases else None
+    return train, val
+
+
+def hard_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample Dice of binary masks ``(N, *S)``; 1 where both are empty. Returns ``(N,)``."""
+    p, t = pred.flatten(1).float(), target.flatten(1).float()
+    inter = (p * t).sum(1)
+    denom = p.sum(1) + t.sum(1)
+    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-8), torch.ones_like(denom))
+
+
+def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: int = 16
+                     ) -> Callable[[nn.Module], dict[str, float]]:
+    """A ``validate_fn(model) -> metrics`` over a fixed set of validation samples.
+
+    Metrics: ``dice_baseline`` (mean Dice of the baseline head), ``dice_progression`` (mean Dice of the
+    progression head on samples whose progression mask is non-empty), ``np_accuracy`` (share of samples with
+    an empty progression mask whose prediction is empty too) and ``dice``, the mean of the first two
+    (the default early-stopping metric).
+    """
+    samples = [val_data[i] for i in range(len(val_data))]
+    keys = ("images", "baseline", "progression")
+    batches = [{k: torch.stack([s[k] for s in samples[i:i + batch_size]]) for k in keys}
+               for i in range(0, len(samples), batch_size)]
+
+    @torch.no_grad()
+    def validate(model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        base_d, prog_d, np_ok = [], [], []
+        for b in batches:
+            out = model(b["images"].to(device))
+            base_pred = (out.baseline[:, :1] > 0).cpu()
+            prog_pred = (out.progression[:, :, :1] > 0).cpu().flatten(0, 1)
+            prog_true = b["progression"].flatten(0, 1)
+            base_d.append(hard_dice(base_pred, b["baseline"]))
+            has = prog_true.flatten(1).any(1)
+            if has.any():
+                prog_d.append(hard_dice(prog_pred[has], prog_true[has]))
+            if (~has).any():
+                np_ok.append((~prog_pred[~has].flatten(1).any(1)).float())
+        base = torch.cat(base_d).mean().item()
+        prog = torch.cat(prog_d).mean().item() if prog_d else float("nan")
+        npa = torch.cat(np_ok).mean().item() if np_ok else float("nan")
+        score = base if np.isnan(prog) else 0.5 * (base + prog)
+        return {"dice": score, "dice_baseline": base, "dice_progression": prog, "np_accuracy": npa}
+
+    return validate
+
+
+def run_training(cfg: ExperimentConfig, *, resume: bool = False, progress: bool | None = None) -> FitResult:
+    """Train ``cfg.model`` on ``cfg.data`` and write checkpoints, logs and the config to ``cfg.trainer.output_dir``.
+
+    Works unchanged under ``torchrun`` (each rank draws a disjoint share of every epoch's batches; rank 0
+    writes files).
+
+    Args:
+        cfg: the experiment configuration.
+        resume: continue from ``output_dir/last.pt`` if it exists.
+        progress: override ``cfg.trainer.progress_bar``.
+
+    Returns:
+        The trainer's :class:`~longiseg.engine.trainer.FitResult`.
+
+    Raises:
+        FileNotFoundError: if ``cfg.data.root`` is missing or holds no case.
+        ValueError: for an unknown model name (naming the closest ones) or an invalid split.
+    """
+    if not cfg.data.root:
+        raise FileNotFoundError("data.root is empty: set it to a cohort folder in the longiseg layout")
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root {root} does not exist")
+    info = model_info(cfg.model.name)
+    if progress is not None:
+        cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, progress_bar=progress))
+    cases = find_cases(root, modalities=cfg.data.modalities)
+    if cfg.data.val_root:
+        train_cases, val_cases = cases, find_cases(Path(cfg.data.val_root), modalities=cfg.data.modalities)
+    else:
+        train_cases, val_cases = split_by_patient(cases, cfg.data.val_fraction, cfg.data.seed)
+    kwargs = dict(cfg.model.kwargs)
+    kwargs.setdefault("in_channels", len(cases[0].modalities))
+    kwargs.setdefault("num_timepoints", len(cases[0].image_files))
+    model = build_model(cfg.model.name, **kwargs)
+    logger.info("training %s (%s, %.2fM parameters) on %d cases, validating on %d", cfg.model.name, info.dim,
+                sum(p.numel() for p in model.parameters()) / 1e6, len(train_cases), len(val_cases))
+
+    train_ds, val_ds = build_datasets(cfg, info.dim, train_cases, val_cases)
+    ctx = init_distributed(device=cfg.trainer.device)
+    sampler = BalancedBatchSampler(train_ds.progression_flags, cfg.trainer.batch_size,
+                                   positive_fraction=cfg.data.positive_fraction, num_replicas=ctx.world_size,
+                                   rank=ctx.rank, seed=cfg.trainer.seed)
+    validate_fn = make_validate_fn(val_ds) if val_ds is not None else None
+    tcfg = cfg.trainer if validate_fn is not None else dataclasses.replace(cfg.trainer, monitor="train_loss",
+                                                                             monitor_mode="min")
+    trainer = Trainer(model, train_ds, tcfg, loss_fn=build_loss(cfg), validate_fn=validate_fn,
+                      batch_sampler=sampler, model_name=cfg.model.name, model_kwargs=kwargs,
+                      dist_context=ctx)
+    if ctx.is_main:
+        save_config(cfg, Path(tcfg.output_dir) / "experiment.yaml")
+    return trainer.fit(resume=resume)

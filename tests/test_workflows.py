@@ -1,0 +1,121 @@
+"""Experiment configs, the patient split, and the train -> predict -> evaluate workflow through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from longiseg.cli import build_parser, main
+from longiseg.data.demo_cohort import generate_demo_cohort
+from longiseg.data.loading import find_cases
+from longiseg.engine.config import ConfigError
+from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig
+from longiseg.workflows.train import hard_dice, split_by_patient
+
+TINY_SEGMAST = ["model.name=segmast", "model.kwargs={widths: [8, 16, 16, 32], depths: [1, 1, 1, 1], decoder_dim: 16}"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cohort") / "cohort"
+    return generate_demo_cohort(root, num_patients=6, spacing=4, progress=False)
+
+
+def test_experiment_config_round_trip_and_overrides(tmp_path: Path) -> None:
+    cfg = ExperimentConfig().with_overrides(["trainer.max_epochs=3", "loss.strategy=whole", "data.planes=[axial]"])
+    assert cfg.trainer.max_epochs == 3 and cfg.loss.strategy == "whole" and cfg.data.planes == ["axial"]
+    path = cfg.save(tmp_path / "exp.yaml")
+    again = ExperimentConfig.from_file(path)
+    assert again == cfg
+    with pytest.raises(ConfigError, match="Unknown config key 'trainer.max_epoch'.*max_epochs"):
+        ExperimentConfig().with_overrides(["trainer.max_epoch=3"])
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        LossConfig(strategy="some")
+    with pytest.raises(ConfigError, match="planes must be"):
+        DataConfig(planes=["oblique"])
+    with pytest.raises(ConfigError, match="threshold"):
+        InferenceConfig(threshold=1.5)
+
+
+def test_split_by_patient_is_stratified_and_disjoint(cohort: Path) -> None:
+    cases = find_cases(cohort)
+    train, val = split_by_patient(cases, 0.34, seed=0)
+    assert {c.case_id for c in train}.isdisjoint({c.case_id for c in val})
+    assert len(train) + len(val) == len(cases)
+    assert any(c.progression_flag() for c in val) and any(not c.progression_flag() for c in val)
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_by_patient(cases, 1.0)
+
+
+def test_hard_dice_conventions() -> None:
+    import torch
+
+    pred = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+    true = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(hard_dice(pred, true).numpy(), [2 / 3, 1.0, 0.0])
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    for cmd in ("models", "train", "predict", "demo", "bench"):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([cmd, "--help"])
+        assert exc.value.code == 0
+        assert "usage: longiseg" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--help"])
+    assert exc.value.code == 0 and "PRED_DIR" in capsys.readouterr().out.upper()
+
+
+def test_models_command_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "segmast*"]) == 0
+    out = capsys.readouterr().out
+    assert "segmast_ms" in out and "9.32M" in out and "2.5D" in out
+
+
+def test_clear_errors_for_missing_data_unknown_model_and_bad_key(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--data", str(tmp_path / "nope"), "--set", "trainer.max_epochs=1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path), "--set", "model.name=segmastt"]) == 2
+    assert "Unknown model name 'segmastt'" in capsys.readouterr().err
+    assert main(["train", "--set", "trainer.max_epoch=1"]) == 2
+    assert "Unknown config key" in capsys.readouterr().err
+
+
+def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    overrides = TINY_SEGMAST + [
+        "trainer.max_epochs=2", "trainer.batch_size=4", "trainer.warmup_epochs=1", "trainer.device=cpu",
+        "trainer.progress_bar=false", "trainer.tensorboard=false", "data.crop_size=32", "data.samples_per_epoch=8",
+        "data.val_samples=4", "data.val_fraction=0.34", "inference.patch_size=32", "inference.batch_size=32",
+        "inference.planes=[axial]",
+    ]
+    assert main(["train", "--data", str(cohort), "--output", str(run), "--set", *overrides]) == 0
+    assert (run / "last.pt").is_file() and (run / "experiment.yaml").is_file() and (run / "metrics.csv").is_file()
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and "val_dice" in rows[0]
+
+    pred = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(cohort), "--output", str(pred)]) == 0
+    case = sorted(p.name for p in cohort.iterdir() if p.is_dir())[0]
+    written = {p.name for p in (pred / case).iterdir()}
+    assert {"baseline_mask.nii.gz", "progression_t1.nii.gz", "baseline_prob.nii.gz",
+            "progression_t1_entropy.nii.gz"} <= written
+    ref = nib.load(cohort / case / "t0_flair.nii.gz")
+    out = nib.load(pred / case / "baseline_mask.nii.gz")
+    assert out.shape == ref.shape and np.allclose(out.affine, ref.affine)
+    # never overwrite silently
+    assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(cohort),
+                 "--output", str(pred)]) == 2
+    assert "exist" in capsys.readouterr().err
+
+    report = tmp_path / "report"
+    assert main(["evaluate", str(pred), str(cohort), "--out", str(report), "--no-progress"]) == 0
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["models"] and (report / "boxplot.png").stat().st_size > 0
