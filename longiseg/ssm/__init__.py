@@ -1,1 +1,20 @@
 """Selective state-space models: the selective-scan op (reference, chunked, CUDA) and the Mamba module."""
+
+from __future__ import annotations
+
+from longiseg.ssm.chunked import selective_scan_chunked
+from longiseg.ssm.cuda import cuda_scan_available
+from longiseg.ssm.mamba import Mamba
+from longiseg.ssm.reference import selective_scan_reference
+from longiseg.ssm.selective_scan import BACKENDS, ENV_VAR, resolve_backend, selective_scan
+
+__all__ = [
+    "Mamba",
+    "selective_scan",
+    "selective_scan_reference",
+    "selective_scan_chunked",
+    "resolve_backend",
+    "cuda_scan_available",
+    "BACKENDS",
+    "ENV_VAR",
+]

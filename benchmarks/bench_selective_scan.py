@@ -1,0 +1,215 @@
+"""Selective-scan benchmark: forward+backward time and peak memory of the scan backends vs mambapy and SDPA.
+
+Usage::
+
+    python benchmarks/bench_selective_scan.py            # full table (L = 1k, 4k, 16k; memory at L=16k, D=256)
+    python benchmarks/bench_selective_scan.py --quick    # < 60 s: L = 1k, 4k, 1 rep; memory at L=4k, D=256
+
+Every configuration runs in its own subprocess so that peak memory is measured cleanly: on CPU as the rise of
+the process's peak resident set size (``ru_maxrss``) over its resident size just before the first timed call,
+on CUDA with ``torch.cuda.max_memory_allocated``. Times are medians of wall-clock forward+backward; the CPU time
+of the process is shown too because it is less sensitive to other load on a shared machine.
+
+Methods (all compute the same selective scan: softplus(delta + bias), D skip, z gate; B=2, N=16):
+  chunked    longiseg's chunked scan with the recomputing backward
+  reference  longiseg's sequential reference (autograd); at long L it is extrapolated linearly from a shorter run
+  mambapy    mambapy's parallel scan (pscan) on (B, L, D, N) tensors built as mambapy's selective_scan does
+  sdpa       torch scaled_dot_product_attention, one head of width D, causal, as a width-matched attention cost
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("chunked", "reference", "mambapy", "sdpa")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _inputs(batch: int, dim: int, seqlen: int, dstate: int, device: str) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    xs = [
+        torch.randn(batch, dim, seqlen, generator=g),
+        torch.randn(batch, dim, seqlen, generator=g) - 2.0,
+        -(0.5 + torch.rand(dim, dstate, generator=g)),
+        torch.randn(batch, dstate, seqlen, generator=g),
+        torch.randn(batch, dstate, seqlen, generator=g),
+        torch.randn(dim, generator=g),
+        torch.randn(batch, dim, seqlen, generator=g),
+        torch.randn(dim, generator=g),
+    ]
+    return [x.to(device).requires_grad_() for x in xs]
+
+
+def _mambapy_scan(u, delta, A, B, C, D, z, delta_bias):  # noqa: N803 - math names
+    from mambapy.pscan import pscan
+
+    dt = F.softplus(delta + delta_bias[:, None]).transpose(1, 2)  # (B, L, D)
+    dA = torch.exp(dt.unsqueeze(-1) * A)  # (B, L, D, N)
+    bx = (dt * u.transpose(1, 2)).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(2)  # (B, L, D, N)
+    hs = pscan(dA, bx)
+    y = (hs @ C.transpose(1, 2).unsqueeze(-1)).squeeze(3).transpose(1, 2)  # (B, D, L)
+    return (y + D[:, None] * u) * F.silu(z)
+
+
+def _step(method: str, xs: list[torch.Tensor]) -> None:
+    from longiseg.ssm import selective_scan
+
+    if method == "sdpa":
+        q, k, v = xs
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    elif method == "mambapy":
+        out = _mambapy_scan(*xs)
+    else:
+        out = selective_scan(*xs, delta_softplus=True, backend=method)
+    out.sum().backward()
+
+
+def worker(method: str, seqlen: int, dim: int, reps: int, device: str, threads: int) -> dict:
+    """Run one configuration in this process and return times (s) and the peak memory rise (bytes)."""
+    torch.set_num_threads(threads)
+    batch, dstate = 2, 16
+    if method == "sdpa":
+        g = torch.Generator().manual_seed(0)
+        xs = [torch.randn(batch, 1, seqlen, dim, generator=g).to(device).requires_grad_() for _ in range(3)]
+    else:
+        xs = _inputs(batch, dim, seqlen, dstate, device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_bytes()
+    if method != "reference":  # one untimed warm-up call (allocator, page faults, lazy imports)
+        _step(method, xs)
+    walls, cpus = [], []
+    for _ in range(reps):
+        for x in xs:
+            x.grad = None
+        sync()
+        w0, c0 = time.perf_counter(), time.process_time()
+        _step(method, xs)
+        sync()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus), "peak": max(0, peak)}
+
+
+def _run(method: str, seqlen: int, dim: int, reps: int, device: str, threads: int) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        str(seqlen),
+        str(dim),
+        str(reps),
+        device,
+        str(threads),
+    ]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if res.returncode != 0:
+        return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _fmt_mem(b: float) -> str:
+    return f"{b / 2**20:8.0f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--quick", action="store_true", help="short run (< 60 s idle): L = 1k, 4k, one repetition"
+    )
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration")
+    ap.add_argument(
+        "--worker", nargs=6, metavar=("METHOD", "L", "D", "REPS", "DEVICE", "THREADS"), help=argparse.SUPPRESS
+    )
+    args = ap.parse_args()
+    if args.worker:
+        m, seqlen, dim, reps, device, threads = args.worker
+        print(json.dumps(worker(m, int(seqlen), int(dim), int(reps), device, int(threads))))
+        return
+
+    lengths = (1024, 4096) if args.quick else (1024, 4096, 16384)
+    reps = args.reps or (1 if args.quick else 3)
+    ref_max = 256 if args.quick else 4096  # longest L the sequential reference really runs
+    dim = 128
+    print(
+        f"# selective scan fwd+bwd  B=2 D={dim} N=16  device={args.device}  threads={args.threads}  reps={reps}"
+    )
+    print(
+        f"# torch {torch.__version__}  python {platform.python_version()}  {platform.machine()} "
+        f"{platform.processor() or ''}  cpus={os.cpu_count()}  {time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    print(f"{'L':>6} {'method':>10} {'wall s':>9} {'cpu s':>9} {'peak MiB':>9} {'chunked speedup':>16}")
+    for seqlen in lengths:
+        rows: dict[str, dict] = {}
+        for method in METHODS:
+            if method == "reference" and seqlen > ref_max:
+                r = _run(method, ref_max, dim, 1, args.device, args.threads)
+                scale = seqlen / ref_max
+                rows[method] = {k: v * scale for k, v in r.items()} | {"extrapolated": True}
+                continue
+            rows[method] = _run(
+                method, seqlen, dim, 1 if method == "reference" else reps, args.device, args.threads
+            )
+        for method in METHODS:
+            r = rows[method]
+            if "error" in r:
+                print(f"{seqlen:>6} {method:>10}  error: {r['error']}")
+                continue
+            tag = "~" if r.get("extrapolated") else " "
+            ch = rows["chunked"]
+            speed = (
+                ""
+                if method == "chunked" or "error" in ch
+                else f"{r['wall'] / ch['wall']:.1f}x (cpu {r['cpu'] / ch['cpu']:.1f}x)"
+            )
+            print(
+                f"{seqlen:>6} {method:>10} {tag}{r['wall']:8.3f} {r['cpu']:9.3f} {_fmt_mem(r['peak'])} {speed:>16}"
+            )
+    mem_len = 4096 if args.quick else 16384
+    print(f"# peak memory, L={mem_len}, D=256 (fwd+bwd, one call)")
+    for method in ("chunked",) if args.quick else ("chunked", "mambapy"):
+        r = _run(method, mem_len, 256, 1, args.device, args.threads)
+        print(
+            f"{mem_len:>6} {method:>10} "
+            + (
+                f"peak {_fmt_mem(r['peak']).strip()} MiB, wall {r['wall']:.3f} s"
+                if "error" not in r
+                else f"error: {r['error']}"
+            )
+        )
+    print(f"# '~' = extrapolated linearly from the reference at L={ref_max}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Mamba block with mamba-ssm's parameter layout, running on any device.
+
+Parameter names, shapes and initialisation match ``mamba_ssm.modules.mamba_simple.Mamba``
+(``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``), so a state_dict trained
+with mamba-ssm loads unchanged. The selective scan goes through :func:`longiseg.ssm.selective_scan`
+(mamba-ssm's kernel on CUDA when installed, the chunked PyTorch scan elsewhere); the causal depthwise
+convolution uses ``causal-conv1d`` on CUDA when installed, else ``F.conv1d``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longiseg.ssm.cuda import load_causal_conv1d
+from longiseg.ssm.selective_scan import BACKENDS, selective_scan
+
+__all__ = ["Mamba"]
+
+
+class Mamba(nn.Module):
+    """Selective state-space block (Mamba-1) mapping ``(B, L, d_model) -> (B, L, d_model)``.
+
+    Args:
+        d_model: model width.
+        d_state: SSM state size ``N``.
+        d_conv: causal depthwise convolution width.
+        expand: inner width factor, ``d_inner = expand * d_model``.
+        dt_rank: rank of the time-step projection, ``"auto"`` = ``ceil(d_model / 16)``.
+        dt_min, dt_max: range of the initial time steps (log-uniform).
+        dt_init: ``"random"`` (uniform) or ``"constant"`` init of ``dt_proj.weight``.
+        dt_scale: scale of the ``dt_proj.weight`` init.
+        dt_init_floor: lower clamp of the initial time steps.
+        conv_bias: bias in the depthwise convolution.
+        bias: bias in ``in_proj`` and ``out_proj``.
+        layer_idx: optional layer index (kept for compatibility with mamba-ssm).
+        device, dtype: factory arguments for the parameters (``A_log`` and ``D`` stay float32 as in mamba-ssm).
+        backend: selective-scan backend (``None`` = environment variable / auto, see
+            :func:`longiseg.ssm.selective_scan`).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        layer_idx: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        for name, val in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f"{name} must be a positive int, got {val!r}")
+        if not expand > 0:
+            raise ValueError(f"expand must be positive, got {expand!r}")
+        if dt_rank != "auto" and (isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1):
+            raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.layer_idx = layer_idx
+        self.backend = backend
+
+        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(
+            self.d_inner,
+            self.d_inner,
+            kernel_size=d_conv,
+            groups=self.d_inner,
+            padding=d_conv - 1,
+            bias=conv_bias,
+            **factory,
+        )
+        self.act = nn.SiLU()
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+
+        # dt_proj weight: variance-preserving init; bias: inverse softplus of log-uniform dt in [dt_min, dt_max].
+        dt_init_std = self.dt_rank**-0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_init_std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        dt = torch.exp(
+            torch.rand(self.d_inner, **factory) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp(min=dt_init_floor)
+        inv_dt = dt + torch.log(-torch.expm1(-dt))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inv_dt)
+        self.dt_proj.bias._no_reinit = True  # type: ignore[attr-defined]
+
+        # S4D-real init: A = -(1..N) per channel, stored as log in float32.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True  # type: ignore[attr-defined]
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.D._no_weight_decay = True  # type: ignore[attr-defined]
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal depthwise conv + SiLU on ``(B, d_inner, L)``."""
+        if x.is_cuda:
+            conv_fn = load_causal_conv1d()
+            if conv_fn is not None:
+                w = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
+                return conv_fn(x, w, self.conv1d.bias, activation="silu")
+        return self.act(self.conv1d(x)[..., : x.shape[-1]])
+
+    def forward(self, hidden_states: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        """Apply the block.
+
+        Args:
+            hidden_states: ``(B, L, d_model)``.
+            reverse: scan right-to-left with the same weights (equal to ``flip(Mamba(flip(x)))`` along ``L``;
+                the causal convolution is then causal in the reverse direction too).
+
+        Returns:
+            ``(B, L, d_model)``.
+        """
+        if not isinstance(hidden_states, torch.Tensor):
+            raise TypeError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
+        if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.d_model:
+            raise ValueError(
+                f"hidden_states must have shape (batch, seqlen, d_model={self.d_model}), "
+                f"got {tuple(hidden_states.shape)}"
+            )
+        if hidden_states.shape[1] < 1:
+            raise ValueError(f"hidden_states must have seqlen >= 1, got shape {tuple(hidden_states.shape)}")
+        if reverse:
+            hidden_states = hidden_states.flip(1)
+        xz = F.linear(hidden_states, self.in_proj.weight, self.in_proj.bias).transpose(
+            1, 2
+        )  # (B, 2*d_inner, L)
+        x, z = xz.chunk(2, dim=1)
+        x = self._conv(x.contiguous())
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2N)
+        dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias goes in the scan
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(
+            x,
+            delta.contiguous(),
+            A,
+            Bm.transpose(1, 2).contiguous(),
+            Cm.transpose(1, 2).contiguous(),
+            self.D.float(),
+            z=z.contiguous(),
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+            backend=self.backend,
+        )
+        assert isinstance(y, torch.Tensor)
+        out = self.out_proj(y.transpose(1, 2))
+        if reverse:
+            out = out.flip(1)
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
+            f"dt_rank={self.dt_rank}, backend={self.backend}"
+        )

@@ -1,0 +1,126 @@
+"""Selective-scan dispatcher: one entry point, several backends with identical semantics."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+
+from longiseg.utils.logging import get_logger, log_once
+
+__all__ = ["selective_scan", "resolve_backend", "BACKENDS", "ENV_VAR"]
+
+ENV_VAR = "LONGISEG_SCAN_BACKEND"
+BACKENDS = ("auto", "reference", "chunked", "cuda")
+_LOGGER = get_logger("longiseg.ssm")
+
+
+def _backend_fn(name: str) -> Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    if name == "reference":
+        from longiseg.ssm.reference import selective_scan_reference
+
+        return selective_scan_reference
+    if name == "chunked":
+        from longiseg.ssm.chunked import selective_scan_chunked
+
+        return selective_scan_chunked
+    from longiseg.ssm.cuda import selective_scan_cuda
+
+    return selective_scan_cuda
+
+
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """Pick the backend name for tensors on ``device``.
+
+    Args:
+        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"cuda"`` or ``None`` (read the ``LONGISEG_SCAN_BACKEND``
+            environment variable, default ``"auto"``).
+        device: device of the scan inputs.
+
+    Returns:
+        The concrete backend: ``auto`` becomes ``cuda`` when mamba-ssm's kernels are importable and the tensors are
+        on CUDA, else ``chunked``.
+
+    Raises:
+        ValueError: unknown backend name.
+        RuntimeError: ``cuda`` forced but mamba-ssm is not importable or the tensors are not on CUDA.
+    """
+    from longiseg.ssm import cuda as cuda_bridge
+
+    source = "backend argument"
+    if backend is None:
+        backend = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+        source = f"environment variable {ENV_VAR}"
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(
+            f"unknown selective-scan backend {backend!r} from the {source}; expected one of {BACKENDS}"
+        )
+    if backend == "auto":
+        return "cuda" if device.type == "cuda" and cuda_bridge.cuda_scan_available() else "chunked"
+    if backend == "cuda":
+        cuda_bridge.require_cuda_scan(device, source)
+    return backend
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` semantics, on the chosen backend.
+
+    For every batch ``b``, channel ``d`` and state ``n``::
+
+        delta' = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias
+        h_t    = exp(delta'_t A[d, n]) h_{t-1} + delta'_t B_t[n] u_t          (h_{-1} = 0)
+        y_t    = sum_n C_t[n] h_t[n] + D[d] u_t
+        out_t  = y_t * silu(z_t)                                            (if z is given)
+
+    Accumulation is in float32 (float64 if any of u, delta, A, B, C is float64); ``out`` has ``u``'s dtype.
+
+    Args:
+        u: input ``(B, D, L)``.
+        delta: time steps ``(B, D, L)``.
+        A: real state matrix ``(D, N)`` (normally negative); complex ``A`` raises ``TypeError``.
+        B: input matrix ``(B, N, L)``, grouped ``(B, G, N, L)`` with ``D % G == 0`` (channel ``d`` uses group
+            ``d // (D // G)``), or input-independent ``(D, N)``.
+        C: output matrix, same layouts as ``B``.
+        D: skip weights ``(D,)`` or ``None``.
+        z: gate ``(B, D, L)`` or ``None``.
+        delta_bias: ``(D,)`` added to ``delta`` or ``None``.
+        delta_softplus: apply softplus to the biased ``delta``.
+        return_last_state: also return the final state ``(B, D, N)``.
+        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"cuda"`` or ``None`` (environment variable
+            ``LONGISEG_SCAN_BACKEND``, default ``auto``).
+
+    Returns:
+        ``out`` ``(B, D, L)``, or ``(out, last_state)`` when ``return_last_state``.
+    """
+    if not isinstance(u, torch.Tensor):
+        raise TypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
+    name = resolve_backend(backend, u.device)
+    log_once(
+        _LOGGER, f"scan-backend-{name}-{u.device.type}", f"selective scan backend: {name} ({u.device.type})"
+    )
+    fn = _backend_fn(name)
+    return fn(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
+        return_last_state=return_last_state,
+    )

@@ -1,0 +1,170 @@
+"""Mamba module: mamba-ssm parameter layout and init, state_dict compatibility, backends, reverse scan."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longiseg.ssm import Mamba, selective_scan_reference
+
+
+def mamba_ssm_keys(d_model: int, d_state: int, d_conv: int, expand: int, bias: bool, conv_bias: bool) -> dict:
+    """Key -> shape of ``mamba_ssm.modules.mamba_simple.Mamba``'s state_dict, written out from its source."""
+    d_inner = expand * d_model
+    dt_rank = math.ceil(d_model / 16)
+    keys = {
+        "in_proj.weight": (2 * d_inner, d_model),
+        "conv1d.weight": (d_inner, 1, d_conv),
+        "x_proj.weight": (dt_rank + 2 * d_state, d_inner),
+        "dt_proj.weight": (d_inner, dt_rank),
+        "dt_proj.bias": (d_inner,),
+        "A_log": (d_inner, d_state),
+        "D": (d_inner,),
+        "out_proj.weight": (d_model, d_inner),
+    }
+    if conv_bias:
+        keys["conv1d.bias"] = (d_inner,)
+    if bias:
+        keys["in_proj.bias"] = (2 * d_inner,)
+        keys["out_proj.bias"] = (d_model,)
+    return keys
+
+
+def mamba_ssm_forward(sd: dict, x: torch.Tensor, d_state: int, d_conv: int) -> torch.Tensor:
+    """mamba-ssm's non-fused ``Mamba.forward`` (no inference cache) written from its source, on a state_dict."""
+    batch, seqlen, _ = x.shape
+    d_inner = sd["D"].shape[0]
+    dt_rank = sd["dt_proj.weight"].shape[1]
+    xz = (sd["in_proj.weight"] @ x.reshape(-1, x.shape[-1]).t()).reshape(-1, batch, seqlen).permute(1, 0, 2)
+    if "in_proj.bias" in sd:
+        xz = xz + sd["in_proj.bias"][:, None]
+    A = -torch.exp(sd["A_log"].float())
+    xs, z = xz.chunk(2, dim=1)
+    xs = F.silu(
+        F.conv1d(xs, sd["conv1d.weight"], sd.get("conv1d.bias"), padding=d_conv - 1, groups=d_inner)[
+            ..., :seqlen
+        ]
+    )
+    x_dbl = xs.permute(0, 2, 1).reshape(batch * seqlen, d_inner) @ sd["x_proj.weight"].t()
+    dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
+    dt = (sd["dt_proj.weight"] @ dt.t()).reshape(d_inner, batch, seqlen).permute(1, 0, 2)
+    B = B.reshape(batch, seqlen, d_state).permute(0, 2, 1)
+    C = C.reshape(batch, seqlen, d_state).permute(0, 2, 1)
+    y = selective_scan_reference(
+        xs, dt, A, B, C, sd["D"].float(), z=z, delta_bias=sd["dt_proj.bias"].float(), delta_softplus=True
+    )
+    out = y.permute(0, 2, 1) @ sd["out_proj.weight"].t()
+    if "out_proj.bias" in sd:
+        out = out + sd["out_proj.bias"]
+    return out
+
+
+@pytest.mark.parametrize(("bias", "conv_bias"), [(False, True), (True, False)])
+def test_parameter_names_and_shapes_match_mamba_ssm(bias, conv_bias):
+    m = Mamba(40, d_state=8, d_conv=3, expand=2, bias=bias, conv_bias=conv_bias)
+    got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert got == mamba_ssm_keys(40, 8, 3, 2, bias, conv_bias)
+    assert m.dt_rank == 3 and m.d_inner == 80
+
+
+def test_mamba_ssm_state_dict_loads_and_gives_same_outputs():
+    torch.manual_seed(3)
+    sd = {k: 0.3 * torch.randn(shape) for k, shape in mamba_ssm_keys(16, 4, 4, 2, True, True).items()}
+    sd["A_log"] = torch.log(torch.rand(32, 4) + 0.5)
+    m = Mamba(16, d_state=4, d_conv=4, bias=True)
+    m.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 21, 16)
+    for backend in ("chunked", "reference"):
+        m.backend = backend
+        assert torch.allclose(m(x), mamba_ssm_forward(sd, x, 4, 4), rtol=1e-5, atol=1e-6), backend
+
+
+def test_init_matches_mamba_ssm():
+    m = Mamba(32, d_state=6, dt_min=0.01, dt_max=0.05)
+    assert torch.equal(m.A_log, torch.log(torch.arange(1, 7, dtype=torch.float32)).repeat(64, 1))
+    assert torch.equal(m.D, torch.ones(64))
+    assert m.A_log.dtype == torch.float32 and m.D.dtype == torch.float32
+    dt = F.softplus(m.dt_proj.bias)
+    assert (dt >= 0.01 - 1e-6).all() and (dt <= 0.05 + 1e-6).all()
+    std = m.dt_rank**-0.5
+    assert m.dt_proj.weight.abs().max() <= std
+    assert m.A_log._no_weight_decay and m.D._no_weight_decay and m.dt_proj.bias._no_reinit
+    const = Mamba(32, dt_init="constant", dt_scale=2.0)
+    assert torch.allclose(const.dt_proj.weight, torch.full_like(const.dt_proj.weight, 2.0 * std))
+
+
+def test_state_dict_round_trip_between_backends():
+    a = Mamba(24, d_state=8, backend="chunked", dtype=torch.float64)
+    b = Mamba(24, d_state=8, backend="reference", dtype=torch.float64)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 33, 24, dtype=torch.float64)
+    ya, yb = a(x), b(x)
+    assert torch.allclose(ya, yb, rtol=1e-11, atol=1e-12)
+    ga = torch.autograd.grad(ya.square().sum(), list(a.parameters()))
+    gb = torch.autograd.grad(yb.square().sum(), list(b.parameters()))
+    for (name, _), g1, g2 in zip(a.named_parameters(), ga, gb):
+        assert torch.allclose(g1, g2, rtol=1e-9, atol=1e-11), name
+
+
+def test_reverse_equals_flipped_forward_and_causality():
+    m = Mamba(16, d_state=4)
+    x = torch.randn(2, 19, 16)
+    assert torch.allclose(m(x, reverse=True), m(x.flip(1)).flip(1), atol=1e-6)
+    x2 = x.clone()
+    x2[:, 10:] += 1.0
+    y, y2 = m(x), m(x2)
+    assert torch.allclose(y[:, :10], y2[:, :10], atol=1e-6) and not torch.allclose(y[:, 10:], y2[:, 10:])
+    x3 = x.clone()
+    x3[:, :9] += 1.0  # reverse scan: outputs after the change do not see it
+    assert torch.allclose(m(x, reverse=True)[:, 9:], m(x3, reverse=True)[:, 9:], atol=1e-6)
+
+
+def test_forward_backward_shapes_and_length_one():
+    m = Mamba(8, d_state=4, d_conv=2, expand=1)
+    for seqlen in (1, 7):
+        x = torch.randn(3, seqlen, 8, requires_grad=True)
+        y = m(x)
+        assert y.shape == x.shape
+        y.sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"d_model": 0}, "d_model must be a positive int"),
+        ({"d_model": 8, "d_state": 2.5}, "d_state must be a positive int"),
+        ({"d_model": 8, "dt_rank": 0}, "dt_rank must be 'auto' or a positive int"),
+        ({"d_model": 8, "dt_init": "xavier"}, "dt_init must be"),
+        ({"d_model": 8, "dt_min": 0.2, "dt_max": 0.1}, "dt_min <= dt_max"),
+        ({"d_model": 8, "expand": 0}, "expand must be positive"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Mamba(**kwargs)
+
+
+def test_bad_forward_inputs():
+    m = Mamba(8)
+    with pytest.raises(ValueError, match=r"hidden_states must have shape \(batch, seqlen, d_model=8\)"):
+        m(torch.randn(2, 5, 7))
+    with pytest.raises(ValueError, match="hidden_states must have shape"):
+        m(torch.randn(5, 8))
+    with pytest.raises(TypeError, match="hidden_states must be a torch.Tensor"):
+        m([[0.0] * 8])
+    with pytest.raises(ValueError, match="backend must be None or one of"):
+        Mamba(8, backend="fast")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_module_matches_cpu():
+    m = Mamba(32, d_state=8)
+    x = torch.randn(2, 64, 32)
+    y_cpu = m(x)
+    y_gpu = m.cuda()(x.cuda())
+    assert torch.allclose(y_gpu.cpu(), y_cpu, rtol=1e-3, atol=1e-3)
