@@ -1,0 +1,76 @@
+"""All-MLP decoder (SegFormer): unify channels per stage, upsample to H/4, concatenate, fuse.
+
+For each of the four encoder stages a linear layer (a 1x1 convolution) maps ``C_i`` channels to a common
+width ``E``; the maps are upsampled bilinearly to the resolution of the first stage (``H/4``),
+concatenated (``4E`` channels) and fused back to ``E`` channels by a 1x1 convolution + BatchNorm + ReLU.
+All timepoints are decoded by the same weights (folded into the batch); the result is reshaped to
+``(B, T, E, H/4, W/4)`` so the heads can pick timepoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from longiseg.utils.validation import check_positive_int, check_probability, check_tensor, check_timepoints
+
+__all__ = ["AllMLPDecoder"]
+
+
+class AllMLPDecoder(nn.Module):
+    """SegFormer's lightweight decoder on per-timepoint multi-scale features.
+
+    Args:
+        in_dims: channels ``C_1..C_n`` of the encoder stages (finest first).
+        embed_dim: common width ``E``.
+        dropout: dropout on the fused features (SegFormer uses 0.1).
+
+    Shapes:
+        input: sequence of ``(B*T, C_i, h_i, w_i)`` maps (finest first) and ``num_timepoints = T``;
+        output ``(B, T, E, h_1, w_1)``.
+    """
+
+    def __init__(self, in_dims: Sequence[int], embed_dim: int = 256, dropout: float = 0.1) -> None:
+        super().__init__()
+        in_dims = tuple(in_dims)
+        if not in_dims:
+            raise ValueError("in_dims must list at least one stage width")
+        for i, d in enumerate(in_dims):
+            check_positive_int(f"in_dims[{i}]", d)
+        check_positive_int("embed_dim", embed_dim)
+        check_probability("dropout", dropout)
+        self.in_dims = in_dims
+        self.embed_dim = embed_dim
+        self.proj = nn.ModuleList(nn.Conv2d(d, embed_dim, 1) for d in in_dims)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(len(in_dims) * embed_dim, embed_dim, 1, bias=False),
+            nn.BatchNorm2d(embed_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.drop = nn.Dropout2d(dropout)
+
+    def forward(self, features: Sequence[torch.Tensor], num_timepoints: int) -> torch.Tensor:
+        """Decode ``[(B*T, C_i, h_i, w_i), ...]`` into ``(B, T, E, h_1, w_1)``."""
+        check_timepoints("num_timepoints", num_timepoints, minimum=1)
+        if len(features) != len(self.in_dims):
+            raise ValueError(
+                f"features must hold {len(self.in_dims)} maps (one per stage), got {len(features)}"
+            )
+        for i, (f, d) in enumerate(zip(features, self.in_dims)):
+            check_tensor(f"features[{i}]", f)
+            if f.ndim != 4 or f.shape[1] != d:
+                raise ValueError(f"features[{i}] must be (B*T, {d}, h, w), got shape {tuple(f.shape)}")
+        n, _, h, w = features[0].shape
+        if n % num_timepoints:
+            raise ValueError(f"features batch {n} is not a multiple of num_timepoints={num_timepoints}")
+        maps = []
+        for f, proj in zip(features, self.proj):
+            y = proj(f)
+            if y.shape[-2:] != (h, w):
+                y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+            maps.append(y)
+        fused = self.drop(self.fuse(torch.cat(maps[::-1], dim=1)))
+        return fused.reshape(n // num_timepoints, num_timepoints, self.embed_dim, h, w)
