@@ -1,0 +1,418 @@
+"""Longitudinal U-Nets: LongiUNet-DW (late fusion with Difference Weighting) and the early-fusion ablation.
+
+``LongiUNetDW`` (Rokuss et al., MICCAI 2024) runs one shared U-Net encoder on every timepoint and merges
+the timepoints' features with a :class:`~longiseg.networks.blocks.difference_weighting.DifferenceWeighting`
+block on every skip connection and on the bottleneck::
+
+    x'_c = x_c * InstanceNorm(x_c - x_p) + x_c
+
+Pairing of current and prior timepoints (``T >= 2``):
+
+* timepoint 0 (baseline) is the *current* image and timepoint 1 its *prior*: as in the paper, the
+  baseline is segmented with the first follow-up as additional information;
+* follow-up ``t >= 1`` is the *current* image and, with ``prior="previous"`` (default), timepoint ``t-1``
+  its prior, so each follow-up is compared with the scan that its new/enlarging lesions are defined
+  against; ``prior="baseline"`` compares every follow-up with timepoint 0 instead.
+
+Baseline and follow-ups use separate Difference Weighting blocks (their affine instance-norm parameters
+differ); the decoder is shared and decodes every timepoint's fused features, and the dual heads map the
+decoded features of timepoint 0 to baseline logits and of timepoints ``1..T-1`` to progression logits.
+Any ``T >= 2`` works with the same weights.
+
+``LongiUNetConcat`` is the "Longitudinal nnU-Net" early-fusion ablation of the same paper: the
+timepoints' images are concatenated as channels, so ``T`` is fixed at construction.
+
+Both come in 3D (``(B, T, C, D, H, W)``) and 2D/2.5D (``(B, T, C, H, W)``) variants; the named
+configurations are sized like the baselines of the SegMaST paper (2.5D about 9M (MS) / 16M (glioma)
+parameters, 3D about 15M / 25M).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from longiseg.networks.blocks.difference_weighting import DifferenceWeighting
+from longiseg.networks.blocks.heads import FusedDualHead, TimepointHeads
+from longiseg.networks.output import LongitudinalOutput
+from longiseg.registry import register_model
+from longiseg.utils.validation import (
+    check_finite,
+    check_ndim,
+    check_positive_int,
+    check_tensor,
+    check_timepoints,
+)
+
+__all__ = [
+    "ConvStage",
+    "UNetEncoder",
+    "UNetDecoder",
+    "LongiUNetDW",
+    "LongiUNetConcat",
+    "LONGI_UNET_CONFIGS",
+    "check_longitudinal_input",
+]
+
+#: Feature widths per resolution stage of the named configurations (``"3d"``/``"2d"`` x ``"ms"``/``"glioma"``).
+LONGI_UNET_CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
+    "3d": {"ms": (32, 64, 128, 256, 256), "glioma": (40, 80, 160, 320, 400)},
+    "2d": {"ms": (32, 64, 128, 256, 288, 288), "glioma": (32, 64, 128, 256, 448, 448)},
+}
+
+
+def _conv_cls(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+
+
+def _check_spatial_dims(spatial_dims: int) -> int:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    return spatial_dims
+
+
+def _check_features(features: Sequence[int]) -> tuple[int, ...]:
+    feats = tuple(features)
+    if len(feats) < 2:
+        raise ValueError(f"features must list at least 2 stage widths, got {feats}")
+    for f in feats:
+        check_positive_int("features[i]", f)
+    return feats
+
+
+class ConvStage(nn.Module):
+    """Two ``3^d`` convolutions, each followed by affine InstanceNorm and LeakyReLU(0.01) (nnU-Net style).
+
+    The first convolution has stride ``stride`` (2 downsamples, 1 keeps the resolution).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        spatial_dims: 2 or 3.
+        stride: stride of the first convolution.
+
+    Shapes:
+        ``(N, in_channels, *S)`` -> ``(N, out_channels, *S / stride)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, stride: int = 1) -> None:
+        super().__init__()
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
+        check_positive_int("stride", stride)
+        _check_spatial_dims(spatial_dims)
+        conv = _conv_cls(spatial_dims)
+        norm = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
+        self.block = nn.Sequential(
+            conv(in_channels, out_channels, 3, stride=stride, padding=1),
+            norm(out_channels, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+            conv(out_channels, out_channels, 3, padding=1),
+            norm(out_channels, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, *S)`` -> ``(N, out_channels, *S / stride)``."""
+        return self.block(x)
+
+
+class UNetEncoder(nn.Module):
+    """Plain U-Net encoder: one :class:`ConvStage` per width, stride 2 from the second stage on.
+
+    Args:
+        in_channels: image channels.
+        features: widths of the stages, from full resolution to the bottleneck.
+        spatial_dims: 2 or 3.
+
+    Shapes:
+        input ``(N, in_channels, *S)`` with every spatial size divisible by ``2 ** (len(features) - 1)``;
+        output: a list of ``len(features)`` maps, entry ``i`` of shape ``(N, features[i], *S / 2**i)``
+        (the last one is the bottleneck).
+    """
+
+    def __init__(self, in_channels: int, features: Sequence[int], spatial_dims: int) -> None:
+        super().__init__()
+        check_positive_int("in_channels", in_channels)
+        self.features = _check_features(features)
+        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.in_channels = in_channels
+        widths = (in_channels,) + self.features
+        self.stages = nn.ModuleList(
+            ConvStage(widths[i], widths[i + 1], spatial_dims, stride=1 if i == 0 else 2)
+            for i in range(len(self.features))
+        )
+
+    @property
+    def divisor(self) -> int:
+        """Every spatial size of the input must be a multiple of this."""
+        return 2 ** (len(self.features) - 1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(N, C, *S)`` -> skip features and bottleneck ``[(N, features[i], *S / 2**i)]``."""
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+
+class UNetDecoder(nn.Module):
+    """Plain U-Net decoder: transposed-conv upsampling, concatenation with the skip, :class:`ConvStage`.
+
+    Args:
+        features: the encoder's stage widths (full resolution first, bottleneck last).
+        spatial_dims: 2 or 3.
+
+    Shapes:
+        input: the encoder's list ``[(N, features[i], *S / 2**i)]``; output ``(N, features[0], *S)``.
+    """
+
+    def __init__(self, features: Sequence[int], spatial_dims: int) -> None:
+        super().__init__()
+        self.features = _check_features(features)
+        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        up = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
+        levels = range(len(self.features) - 1, 0, -1)  # from the bottleneck up
+        self.upsamples = nn.ModuleList(
+            up(self.features[i], self.features[i - 1], kernel_size=2, stride=2) for i in levels
+        )
+        self.stages = nn.ModuleList(
+            ConvStage(2 * self.features[i - 1], self.features[i - 1], spatial_dims) for i in levels
+        )
+
+    def forward(self, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Decode ``[(N, features[i], *S / 2**i)]`` into ``(N, features[0], *S)``."""
+        if len(skips) != len(self.features):
+            raise ValueError(f"skips must hold {len(self.features)} feature maps, got {len(skips)}")
+        x = skips[-1]
+        for up, stage, skip in zip(self.upsamples, self.stages, reversed(skips[:-1])):
+            x = stage(torch.cat([up(x), skip], dim=1))
+        return x
+
+
+def check_longitudinal_input(
+    x: torch.Tensor, spatial_dims: int, in_channels: int, divisor: int | Sequence[int] = 1
+) -> None:
+    """Validate a model input ``(B, T, C, *S)``: tensor, rank, ``T >= 2``, ``C``, divisible sizes, finite.
+
+    Args:
+        x: images ``(B, T, C, H, W)`` (``spatial_dims=2``) or ``(B, T, C, D, H, W)`` (``spatial_dims=3``).
+        spatial_dims: 2 or 3.
+        in_channels: expected ``C``.
+        divisor: every spatial size must be a multiple of it (one int, or one per spatial dim).
+
+    Raises:
+        TypeError: if ``x`` is not a tensor.
+        ValueError: naming the expected layout on any other mismatch, or on NaN/inf values.
+    """
+    check_tensor("x", x)
+    layout = "(B, T, C, D, H, W)" if spatial_dims == 3 else "(B, T, C, H, W)"
+    check_ndim("x", x, spatial_dims + 3, layout)
+    check_timepoints("x.shape[1] (T)", x.shape[1])
+    if x.shape[2] != in_channels:
+        raise ValueError(f"x must have C={in_channels} channels (dim 2 of {layout}), got shape {tuple(x.shape)}")
+    divs = (divisor,) * spatial_dims if isinstance(divisor, int) else tuple(divisor)
+    if any(s % d for s, d in zip(x.shape[3:], divs)):
+        shown = divisor if isinstance(divisor, int) else divs
+        raise ValueError(
+            f"every spatial size of x must be divisible by {shown} (the network's total downsampling), "
+            f"got shape {tuple(x.shape)}"
+        )
+    check_finite("x", x)
+
+
+class LongiUNetDW(nn.Module):
+    """U-Net with a shared encoder per timepoint and Difference Weighting on every skip and the bottleneck.
+
+    Args:
+        in_channels: image channels per timepoint ``C`` (modalities).
+        out_channels: output channels per head ``K``.
+        features: stage widths, full resolution first; ``len(features) - 1`` downsamplings.
+        spatial_dims: 3 for volumes ``(B, T, C, D, H, W)``, 2 for slices ``(B, T, C, H, W)``.
+        prior: prior of follow-up ``t``: ``"previous"`` (timepoint ``t-1``) or ``"baseline"`` (timepoint 0).
+            The baseline always uses timepoint 1 as its prior.
+
+    Shapes:
+        input ``(B, T, C, *S)`` with ``T >= 2`` and every spatial size divisible by
+        ``2 ** (len(features) - 1)``; output :class:`LongitudinalOutput` with baseline logits ``(B, K, *S)``
+        and progression logits ``(B, T-1, K, *S)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int = 1,
+        features: Sequence[int] = LONGI_UNET_CONFIGS["3d"]["ms"],
+        spatial_dims: int = 3,
+        prior: str = "previous",
+    ) -> None:
+        super().__init__()
+        check_positive_int("out_channels", out_channels)
+        if prior not in ("previous", "baseline"):
+            raise ValueError(f"prior must be 'previous' or 'baseline', got {prior!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.prior = prior
+        self.encoder = UNetEncoder(in_channels, features, spatial_dims)
+        feats = self.encoder.features
+        self.dw_baseline = nn.ModuleList(DifferenceWeighting(f, spatial_dims) for f in feats)
+        self.dw_followup = nn.ModuleList(DifferenceWeighting(f, spatial_dims) for f in feats)
+        self.decoder = UNetDecoder(feats, spatial_dims)
+        self.heads = TimepointHeads(feats[0], out_channels=out_channels, spatial_dims=spatial_dims)
+
+    def prior_index(self, t: int) -> int:
+        """Index of the prior timepoint that timepoint ``t`` is compared with."""
+        if t == 0:
+            return 1
+        return t - 1 if self.prior == "previous" else 0
+
+    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+        """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
+        check_longitudinal_input(x, self.spatial_dims, self.in_channels, self.encoder.divisor)
+        b, t = x.shape[:2]
+        feats = self.encoder(x.flatten(0, 1))
+        fused = []
+        for level, f in enumerate(feats):
+            f = f.unflatten(0, (b, t))
+            merged = [self.dw_baseline[level](f[:, 0], f[:, 1])]
+            merged += [self.dw_followup[level](f[:, i], f[:, self.prior_index(i)]) for i in range(1, t)]
+            fused.append(torch.stack(merged, dim=1).flatten(0, 1))
+        decoded = self.decoder(fused).unflatten(0, (b, t))
+        return self.heads(decoded)
+
+
+class LongiUNetConcat(nn.Module):
+    """Early-fusion U-Net ("Longitudinal nnU-Net"): timepoints concatenated as channels, dual heads.
+
+    Args:
+        in_channels: image channels per timepoint ``C``.
+        num_timepoints: ``T``, fixed at construction (the first convolution sees ``T * C`` channels).
+        out_channels: output channels per head ``K``.
+        features: stage widths, full resolution first.
+        spatial_dims: 3 for ``(B, T, C, D, H, W)``, 2 for ``(B, T, C, H, W)``.
+
+    Shapes:
+        input ``(B, T, C, *S)``; output baseline ``(B, K, *S)``, progression ``(B, T-1, K, *S)``.
+
+    Raises:
+        ValueError: at forward, if the input has a different number of timepoints than ``num_timepoints``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_timepoints: int = 2,
+        out_channels: int = 1,
+        features: Sequence[int] = LONGI_UNET_CONFIGS["3d"]["ms"],
+        spatial_dims: int = 3,
+    ) -> None:
+        super().__init__()
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
+        self.num_timepoints = check_timepoints("num_timepoints", num_timepoints)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.encoder = UNetEncoder(in_channels * num_timepoints, features, spatial_dims)
+        self.decoder = UNetDecoder(self.encoder.features, spatial_dims)
+        self.heads = FusedDualHead(
+            self.encoder.features[0], num_timepoints=num_timepoints, out_channels=out_channels,
+            spatial_dims=spatial_dims,
+        )
+
+    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+        """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
+        check_longitudinal_input(x, self.spatial_dims, self.in_channels, self.encoder.divisor)
+        if x.shape[1] != self.num_timepoints:
+            raise ValueError(
+                f"{type(self).__name__} was built for num_timepoints={self.num_timepoints} (timepoints are "
+                f"concatenated as channels), got x with T={x.shape[1]}; build a new model for this T"
+            )
+        fused = rearrange(x, "b t c ... -> b (t c) ...")
+        return self.heads(self.decoder(self.encoder(fused)))
+
+
+# ----------------------------------------------------------------------------------------- registry
+
+
+def _features(spatial_dims: int, size: str, kwargs: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(kwargs.pop("features", LONGI_UNET_CONFIGS[f"{spatial_dims}d"][size]))
+
+
+def _build_dw(spatial_dims: int, size: str, default_in: int, **kwargs: Any) -> LongiUNetDW:
+    kwargs.pop("num_timepoints", None)  # any T >= 2 works with the same weights
+    features = _features(spatial_dims, size, kwargs)
+    in_channels = kwargs.pop("in_channels", default_in)
+    return LongiUNetDW(in_channels, features=features, spatial_dims=spatial_dims, **kwargs)
+
+
+def _build_concat(spatial_dims: int, size: str, default_in: int, **kwargs: Any) -> LongiUNetConcat:
+    features = _features(spatial_dims, size, kwargs)
+    in_channels = kwargs.pop("in_channels", default_in)
+    return LongiUNetConcat(in_channels, features=features, spatial_dims=spatial_dims, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "difference-weighting", "longitudinal"))
+def longi_unet_dw(**kwargs: Any) -> LongiUNetDW:
+    """3D LongiUNet-DW: shared encoder + Difference Weighting on skips and bottleneck (widths as _ms)."""
+    return _build_dw(3, "ms", 2, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "difference-weighting", "longitudinal"))
+def longi_unet_dw_ms(**kwargs: Any) -> LongiUNetDW:
+    """3D LongiUNet-DW sized for MS (~15M parameters; FLAIR + T2 input)."""
+    return _build_dw(3, "ms", 2, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "difference-weighting", "longitudinal"))
+def longi_unet_dw_glioma(**kwargs: Any) -> LongiUNetDW:
+    """3D LongiUNet-DW sized for glioma (~25M parameters; FLAIR, T1, T1-ce, T2 input)."""
+    return _build_dw(3, "glioma", 4, **kwargs)
+
+
+@register_model(dim="2.5D", tags=("cnn", "difference-weighting", "longitudinal"))
+def longi_unet_dw_2d(**kwargs: Any) -> LongiUNetDW:
+    """2.5D LongiUNet-DW on slices: shared 2D encoder + Difference Weighting (widths as _2d_ms)."""
+    return _build_dw(2, "ms", 2, **kwargs)
+
+
+@register_model(dim="2.5D", tags=("cnn", "difference-weighting", "longitudinal"))
+def longi_unet_dw_2d_ms(**kwargs: Any) -> LongiUNetDW:
+    """2.5D LongiUNet-DW sized for MS (~9M parameters)."""
+    return _build_dw(2, "ms", 2, **kwargs)
+
+
+@register_model(dim="2.5D", tags=("cnn", "difference-weighting", "longitudinal"))
+def longi_unet_dw_2d_glioma(**kwargs: Any) -> LongiUNetDW:
+    """2.5D LongiUNet-DW sized for glioma (~16M parameters)."""
+    return _build_dw(2, "glioma", 4, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "early-fusion", "longitudinal"))
+def longi_unet_concat(**kwargs: Any) -> LongiUNetConcat:
+    """3D early-fusion U-Net ("Longitudinal nnU-Net"): timepoints as channels, dual heads (widths as _ms)."""
+    return _build_concat(3, "ms", 2, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "early-fusion", "longitudinal"))
+def longi_unet_concat_ms(**kwargs: Any) -> LongiUNetConcat:
+    """3D early-fusion U-Net sized for MS (~15M parameters)."""
+    return _build_concat(3, "ms", 2, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "early-fusion", "longitudinal"))
+def longi_unet_concat_glioma(**kwargs: Any) -> LongiUNetConcat:
+    """3D early-fusion U-Net sized for glioma (~25M parameters)."""
+    return _build_concat(3, "glioma", 4, **kwargs)
+
+
+@register_model(dim="2.5D", tags=("cnn", "early-fusion", "longitudinal"))
+def longi_unet_concat_2d(**kwargs: Any) -> LongiUNetConcat:
+    """2.5D early-fusion U-Net on slices: timepoints as channels, dual heads (widths as the 2.5D MS size)."""
+    return _build_concat(2, "ms", 2, **kwargs)

@@ -1,0 +1,353 @@
+"""MONAI baselines of the SegMaST paper with the library's dual-head output.
+
+MONAI is an optional extra (``pip install longiseg[baselines]``); it is imported only when one of these
+models is built, so the rest of the library works without it.
+
+* ``dynunet_2d`` (2.5D) / ``dynunet_3d`` (3D): MONAI's DynUNet (its nnU-Net re-implementation) with the
+  timepoints stacked as input channels (``T * C``), its 1x1 output block removed, and
+  :class:`~longiseg.networks.blocks.heads.FusedDualHead` (baseline and progression 1x1 convolutions) on the
+  last decoder features. ``T`` is fixed at construction.
+* ``swin_unetr_3d`` (3D): MONAI's SwinUNETR, likewise with stacked timepoints and dual heads.
+* ``dynunet_cs`` (3D): *cross-sectional* DynUNet (the paper's "DynUNet (CS)"): one shared DynUNet segments
+  the full lesion mask of every timepoint separately; progression of follow-up ``t`` is derived by
+  subtraction of probabilities, ``clamp(sigmoid(l_t) - sigmoid(l_{t-1}), 0, 1)``, and returned as logits
+  (``torch.logit`` with ``eps``), so the output has the same structure as every other model. Train it
+  per timepoint with :meth:`CrossSectionalNet.timepoint_logits` against
+  :func:`cross_sectional_targets` (full mask of timepoint ``t`` = baseline mask united with the
+  progression masks of follow-ups ``1..t``); any ``T`` works.
+
+Named configurations follow the paper's sizes: 2.5D about 9M (``_ms``) / 16M (``_glioma``) parameters,
+3D about 15M / 25M.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from longiseg.networks.blocks.heads import FusedDualHead
+from longiseg.networks.nets.longi_unet import check_longitudinal_input
+from longiseg.networks.output import LongitudinalOutput
+from longiseg.registry import register_model
+from longiseg.utils.validation import (
+    check_binary,
+    check_ndim,
+    check_positive_int,
+    check_tensor,
+    check_timepoints,
+)
+
+__all__ = [
+    "ChannelStackedNet",
+    "CrossSectionalNet",
+    "cross_sectional_targets",
+    "make_dynunet",
+    "make_swin_unetr",
+    "DYNUNET_CONFIGS",
+    "SWIN_UNETR_CONFIGS",
+]
+
+_INSTALL_HINT = "pip install longiseg[baselines]"
+
+#: DynUNet filters per level of the named configurations (``"2d"``/``"3d"`` x ``"ms"``/``"glioma"``).
+DYNUNET_CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
+    "2d": {"ms": (32, 64, 128, 256, 288, 288), "glioma": (32, 64, 128, 256, 448, 448)},
+    "3d": {"ms": (32, 64, 128, 256, 256), "glioma": (40, 80, 160, 320, 400)},
+}
+
+#: SwinUNETR settings of the named configurations. ``feature_size`` must be a multiple of 12 and the
+#: convolutional decoder dominates the size (24 -> ~15.7M, 36 -> ~35M parameters), so the glioma size keeps
+#: 24 and adds SwinUNETR-v2's residual stage blocks and a deeper last Swin stage (~24M).
+SWIN_UNETR_CONFIGS: dict[str, dict[str, Any]] = {
+    "ms": {"feature_size": 24, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24)},
+    "glioma": {"feature_size": 24, "depths": (2, 2, 6, 12), "num_heads": (3, 6, 12, 24), "use_v2": True},
+}
+
+
+def _monai_nets() -> Any:
+    """Import ``monai.networks.nets`` or raise an ``ImportError`` naming the extra to install."""
+    try:
+        import monai.networks.nets as nets
+    except ImportError as err:
+        raise ImportError(
+            f"the MONAI baselines (dynunet_*, swin_unetr_*) need MONAI, an optional extra: {_INSTALL_HINT}"
+        ) from err
+    return nets
+
+
+def _strip_output_block(net: nn.Module, attr: str) -> nn.Module:
+    """Replace MONAI's final 1x1 output convolution ``net.<attr>`` by the identity (features come out)."""
+    if not isinstance(getattr(net, attr, None), nn.Module):
+        raise RuntimeError(
+            f"{type(net).__name__} has no output block {attr!r}; this MONAI version is not supported "
+            f"(install a supported one with {_INSTALL_HINT})"
+        )
+    setattr(net, attr, nn.Identity())
+    return net
+
+
+def make_dynunet(
+    spatial_dims: int, in_channels: int, out_channels: int, filters: Sequence[int], **kwargs: Any
+) -> tuple[nn.Module, tuple[int, ...]]:
+    """Build MONAI's DynUNet with 3^d kernels, stride 1 then 2 per level (unless given in ``kwargs``).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        out_channels: output channels of DynUNet's 1x1 output block.
+        filters: channels per level, full resolution first.
+        **kwargs: further DynUNet arguments (``kernel_size``, ``strides``, ``res_block``, ``dropout``...).
+
+    Returns:
+        ``(net, divisor)``: the network ``(N, in_channels, *S) -> (N, out_channels, *S)`` and, per spatial
+        dim, the multiple every input size must be.
+    """
+    nets = _monai_nets()
+    filters = tuple(check_positive_int("filters[i]", f) for f in filters)
+    if len(filters) < 2:
+        raise ValueError(f"filters must list at least 2 levels, got {filters}")
+    n = len(filters)
+    kernel_size = kwargs.pop("kernel_size", [3] * n)
+    strides = kwargs.pop("strides", [1] + [2] * (n - 1))
+    upsample = kwargs.pop("upsample_kernel_size", strides[1:])
+    net = nets.DynUNet(spatial_dims, in_channels, out_channels, kernel_size=kernel_size, strides=strides,
+                       upsample_kernel_size=upsample, filters=list(filters), **kwargs)
+    per_dim = [[s] * spatial_dims if isinstance(s, int) else list(s) for s in strides]
+    divisor = tuple(math.prod(level[d] for level in per_dim) for d in range(spatial_dims))
+    return net, divisor
+
+
+def make_swin_unetr(in_channels: int, out_channels: int, spatial_dims: int = 3, **kwargs: Any) -> nn.Module:
+    """Build MONAI's SwinUNETR ``(N, in_channels, *S) -> (N, out_channels, *S)``; sizes divisible by 32."""
+    return _monai_nets().SwinUNETR(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims,
+                                   **kwargs)
+
+
+class ChannelStackedNet(nn.Module):
+    """Timepoints stacked as channels into a single-image backbone, followed by dual 1x1 heads.
+
+    Args:
+        backbone: network mapping ``(B, T*C, *S)`` to features ``(B, feature_channels, *S)``.
+        feature_channels: channels of the backbone's output.
+        in_channels: image channels per timepoint ``C``.
+        num_timepoints: ``T``, fixed at construction.
+        out_channels: logits per head ``K``.
+        spatial_dims: 2 (``(B, T, C, H, W)``) or 3 (``(B, T, C, D, H, W)``).
+        divisor: every spatial size must be a multiple of it (int or one per dim).
+
+    Shapes:
+        input ``(B, T, C, *S)``; output baseline ``(B, K, *S)``, progression ``(B, T-1, K, *S)``.
+
+    Raises:
+        ValueError: at forward, if ``T`` differs from ``num_timepoints``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_channels: int,
+        in_channels: int,
+        num_timepoints: int,
+        out_channels: int = 1,
+        spatial_dims: int = 3,
+        divisor: int | Sequence[int] = 1,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.num_timepoints = check_timepoints("num_timepoints", num_timepoints)
+        self.spatial_dims = spatial_dims
+        self.divisor = divisor
+        self.backbone = backbone
+        self.heads = FusedDualHead(feature_channels, num_timepoints=num_timepoints, out_channels=out_channels,
+                                   spatial_dims=spatial_dims)
+
+    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+        """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
+        check_longitudinal_input(x, self.spatial_dims, self.in_channels, self.divisor)
+        if x.shape[1] != self.num_timepoints:
+            raise ValueError(
+                f"this model was built for num_timepoints={self.num_timepoints} (timepoints are stacked as "
+                f"channels), got x with T={x.shape[1]}; build a new model for this T"
+            )
+        return self.heads(self.backbone(rearrange(x, "b t c ... -> b (t c) ...")))
+
+
+def cross_sectional_targets(baseline: torch.Tensor, progression: torch.Tensor) -> torch.Tensor:
+    """Full lesion masks per timepoint from the longitudinal annotations.
+
+    Args:
+        baseline: binary ``(B, K, *S)`` baseline mask.
+        progression: binary ``(B, T-1, K, *S)`` new/enlarging-lesion masks of follow-ups ``1..T-1``.
+
+    Returns:
+        float ``(B, T, K, *S)``: timepoint ``t`` is ``baseline | progression[1] | ... | progression[t]``.
+    """
+    check_tensor("baseline", baseline)
+    check_tensor("progression", progression)
+    check_ndim("progression", progression, baseline.ndim + 1, "(B, T-1, K, *S)")
+    if progression.shape[:1] + progression.shape[2:] != baseline.shape:
+        raise ValueError(
+            f"progression (B, T-1, K, *S) must match baseline (B, K, *S), got {tuple(progression.shape)} "
+            f"and {tuple(baseline.shape)}"
+        )
+    check_binary("baseline", baseline)
+    check_binary("progression", progression)
+    masks = torch.cat([baseline.unsqueeze(1), progression.to(baseline.dtype)], dim=1).float()
+    return torch.cummax(masks, dim=1).values
+
+
+class CrossSectionalNet(nn.Module):
+    """One shared single-timepoint network; progression by subtracting consecutive probabilities.
+
+    Args:
+        backbone: network ``(N, C, *S) -> (N, K, *S)`` giving full-lesion logits of one timepoint.
+        in_channels: image channels per timepoint ``C``.
+        spatial_dims: 2 or 3.
+        divisor: every spatial size must be a multiple of it.
+        eps: probabilities are clamped to ``[eps, 1 - eps]`` before ``torch.logit``.
+
+    Shapes:
+        input ``(B, T, C, *S)`` with any ``T >= 2``; output baseline logits ``(B, K, *S)`` (timepoint 0) and
+        progression logits ``(B, T-1, K, *S)`` of ``clamp(p_t - p_{t-1}, 0, 1)``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        in_channels: int,
+        spatial_dims: int = 3,
+        divisor: int | Sequence[int] = 1,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        if not 0.0 < eps < 0.5:
+            raise ValueError(f"eps must lie in (0, 0.5), got {eps}")
+        self.spatial_dims = spatial_dims
+        self.divisor = divisor
+        self.eps = eps
+        self.backbone = backbone
+
+    def timepoint_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Full-lesion logits of every timepoint: ``(B, T, C, *S) -> (B, T, K, *S)`` (the training output)."""
+        check_longitudinal_input(x, self.spatial_dims, self.in_channels, self.divisor)
+        b, t = x.shape[:2]
+        return self.backbone(x.flatten(0, 1)).unflatten(0, (b, t))
+
+    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+        """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
+        logits = self.timepoint_logits(x)
+        probs = torch.sigmoid(logits)
+        progression = (probs[:, 1:] - probs[:, :-1]).clamp(0.0, 1.0)
+        return LongitudinalOutput(baseline=logits[:, 0], progression=torch.logit(progression, eps=self.eps))
+
+
+# ----------------------------------------------------------------------------------------- registry
+
+
+def _pop_common(kwargs: dict[str, Any], default_in: int) -> tuple[int, int, int]:
+    in_channels = check_positive_int("in_channels", kwargs.pop("in_channels", default_in))
+    num_timepoints = check_timepoints("num_timepoints", kwargs.pop("num_timepoints", 2))
+    out_channels = check_positive_int("out_channels", kwargs.pop("out_channels", 1))
+    return in_channels, num_timepoints, out_channels
+
+
+def _build_dynunet(spatial_dims: int, size: str, default_in: int, **kwargs: Any) -> ChannelStackedNet:
+    in_channels, num_timepoints, out_channels = _pop_common(kwargs, default_in)
+    filters = tuple(kwargs.pop("filters", DYNUNET_CONFIGS[f"{spatial_dims}d"][size]))
+    net, divisor = make_dynunet(spatial_dims, in_channels * num_timepoints, 1, filters, **kwargs)
+    return ChannelStackedNet(_strip_output_block(net, "output_block"), filters[0], in_channels, num_timepoints,
+                             out_channels, spatial_dims, divisor)
+
+
+def _build_dynunet_cs(size: str, default_in: int, **kwargs: Any) -> CrossSectionalNet:
+    in_channels, _, out_channels = _pop_common(kwargs, default_in)  # any T works
+    eps = kwargs.pop("eps", 1e-6)
+    filters = tuple(kwargs.pop("filters", DYNUNET_CONFIGS["3d"][size]))
+    net, divisor = make_dynunet(3, in_channels, out_channels, filters, **kwargs)
+    return CrossSectionalNet(net, in_channels, spatial_dims=3, divisor=divisor, eps=eps)
+
+
+def _build_swin(size: str, default_in: int, **kwargs: Any) -> ChannelStackedNet:
+    in_channels, num_timepoints, out_channels = _pop_common(kwargs, default_in)
+    settings = {**SWIN_UNETR_CONFIGS[size], **kwargs}
+    net = make_swin_unetr(in_channels * num_timepoints, 1, spatial_dims=3, **settings)
+    return ChannelStackedNet(_strip_output_block(net, "out"), settings["feature_size"], in_channels,
+                             num_timepoints, out_channels, spatial_dims=3, divisor=32)
+
+
+@register_model(dim="2.5D", tags=("cnn", "monai", "early-fusion"))
+def dynunet_2d(**kwargs: Any) -> ChannelStackedNet:
+    """2.5D DynUNet (MONAI): timepoints as channels, dual convolutional heads (filters as _ms)."""
+    return _build_dynunet(2, "ms", 2, **kwargs)
+
+
+@register_model(dim="2.5D", tags=("cnn", "monai", "early-fusion"))
+def dynunet_2d_ms(**kwargs: Any) -> ChannelStackedNet:
+    """2.5D DynUNet sized for MS (~9M parameters)."""
+    return _build_dynunet(2, "ms", 2, **kwargs)
+
+
+@register_model(dim="2.5D", tags=("cnn", "monai", "early-fusion"))
+def dynunet_2d_glioma(**kwargs: Any) -> ChannelStackedNet:
+    """2.5D DynUNet sized for glioma (~16M parameters)."""
+    return _build_dynunet(2, "glioma", 4, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "monai", "early-fusion"))
+def dynunet_3d(**kwargs: Any) -> ChannelStackedNet:
+    """3D DynUNet (MONAI): timepoints as channels, dual convolutional heads (filters as _ms)."""
+    return _build_dynunet(3, "ms", 2, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "monai", "early-fusion"))
+def dynunet_3d_ms(**kwargs: Any) -> ChannelStackedNet:
+    """3D DynUNet sized for MS (~15M parameters)."""
+    return _build_dynunet(3, "ms", 2, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "monai", "early-fusion"))
+def dynunet_3d_glioma(**kwargs: Any) -> ChannelStackedNet:
+    """3D DynUNet sized for glioma (~25M parameters)."""
+    return _build_dynunet(3, "glioma", 4, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "monai", "cross-sectional"))
+def dynunet_cs(**kwargs: Any) -> CrossSectionalNet:
+    """3D cross-sectional DynUNet: each timepoint segmented alone, progression by subtraction (as _ms)."""
+    return _build_dynunet_cs("ms", 2, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "monai", "cross-sectional"))
+def dynunet_cs_ms(**kwargs: Any) -> CrossSectionalNet:
+    """3D cross-sectional DynUNet sized for MS (~15M parameters)."""
+    return _build_dynunet_cs("ms", 2, **kwargs)
+
+
+@register_model(dim="3D", tags=("cnn", "monai", "cross-sectional"))
+def dynunet_cs_glioma(**kwargs: Any) -> CrossSectionalNet:
+    """3D cross-sectional DynUNet sized for glioma (~25M parameters)."""
+    return _build_dynunet_cs("glioma", 4, **kwargs)
+
+
+@register_model(dim="3D", tags=("transformer", "monai", "early-fusion"))
+def swin_unetr_3d(**kwargs: Any) -> ChannelStackedNet:
+    """3D SwinUNETR (MONAI): timepoints as channels, dual convolutional heads (settings as _ms)."""
+    return _build_swin("ms", 2, **kwargs)
+
+
+@register_model(dim="3D", tags=("transformer", "monai", "early-fusion"))
+def swin_unetr_3d_ms(**kwargs: Any) -> ChannelStackedNet:
+    """3D SwinUNETR sized for MS (~15M parameters)."""
+    return _build_swin("ms", 2, **kwargs)
+
+
+@register_model(dim="3D", tags=("transformer", "monai", "early-fusion"))
+def swin_unetr_3d_glioma(**kwargs: Any) -> ChannelStackedNet:
+    """3D SwinUNETR sized for glioma (~25M parameters)."""
+    return _build_swin("glioma", 4, **kwargs)

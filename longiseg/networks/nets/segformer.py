@@ -1,0 +1,156 @@
+"""2.5D SegFormer baseline: the attention counterpart of SegMaST.
+
+Same pipeline as :class:`~longiseg.networks.nets.segmast.SegMaST` (shared code, not a copy): overlapped
+patch embedding, four-stage :class:`~longiseg.networks.blocks.encoder.HierarchicalEncoder` of
+:class:`~longiseg.networks.blocks.st_block.STBlock` (pre-norm mixer + Mix-FFN), all-MLP decoder and
+:class:`~longiseg.networks.blocks.heads.TimepointHeads`; only the token mixer differs. SegFormer uses
+:class:`~longiseg.networks.blocks.efficient_attention.EfficientSelfAttention` (MiT's spatial-reduction
+attention, ratios 8/4/2/1) on each timepoint separately (timepoints folded into the batch), so the
+timepoints only meet in the heads; ``attention="global"`` swaps in joint spatio-temporal attention over
+all ``T*H*W`` tokens for the Mamba-vs-attention comparison.
+
+Registered: ``segformer`` (generic, MiT-b0 layout by default), ``segformer_b0`` / ``segformer_b1`` (MiT
+widths, depths and heads), ``segformer_ms`` (~9M parameters) and ``segformer_glioma`` (~16M), sized like
+the paper's 2.5D models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch.nn as nn
+
+from longiseg.networks.blocks.efficient_attention import EfficientSelfAttention, GlobalSelfAttention
+from longiseg.networks.blocks.encoder import HierarchicalEncoder
+from longiseg.networks.blocks.heads import TimepointHeads
+from longiseg.networks.blocks.mlp_decoder import AllMLPDecoder
+from longiseg.networks.blocks.st_block import STBlock
+from longiseg.networks.nets.segmast import LongitudinalSegFormerLike, init_segformer_weights
+from longiseg.registry import register_model
+from longiseg.utils.validation import check_positive_int
+
+__all__ = ["SegFormer", "SEGFORMER_PRESETS", "ATTENTIONS"]
+
+ATTENTIONS: dict[str, type[nn.Module]] = {"efficient": EfficientSelfAttention, "global": GlobalSelfAttention}
+
+#: Encoder layouts: MiT-b0 / MiT-b1 (Xie et al., 2021) and the paper-sized 2.5D configurations.
+SEGFORMER_PRESETS: dict[str, dict[str, Any]] = {
+    "b0": {"widths": (32, 64, 160, 256), "depths": (2, 2, 2, 2), "num_heads": (1, 2, 5, 8), "decoder_dim": 256},
+    "b1": {"widths": (64, 128, 320, 512), "depths": (2, 2, 2, 2), "num_heads": (1, 2, 5, 8), "decoder_dim": 256},
+    "ms": {"widths": (48, 96, 192, 320), "depths": (3, 4, 4, 3), "num_heads": (1, 2, 6, 10),
+           "decoder_dim": 256, "in_channels": 2},
+    "glioma": {"widths": (64, 128, 320, 512), "depths": (3, 3, 3, 2), "num_heads": (1, 2, 5, 8),
+               "decoder_dim": 256, "in_channels": 4},
+}
+
+
+class SegFormer(LongitudinalSegFormerLike):
+    """Longitudinal 2.5D SegFormer: MiT encoder per timepoint, all-MLP decoder, baseline/progression heads.
+
+    Args:
+        in_channels: image channels per timepoint ``C``.
+        out_channels: logits per head ``K``.
+        num_timepoints: fixed ``T`` to enforce, or ``None`` for any ``T >= 2``.
+        widths: channels of the four stages.
+        depths: blocks per stage.
+        num_heads: attention heads per stage (each must divide its width).
+        sr_ratios: key/value spatial-reduction ratios per stage (MiT: 8, 4, 2, 1).
+        mlp_ratio: Mix-FFN expansion.
+        qkv_bias: biases in the attention projections.
+        attention: ``"efficient"`` (per-timepoint MiT attention) or ``"global"`` (all ``T*H*W`` tokens).
+        attn_dropout: dropout on attention weights.
+        decoder_dim: all-MLP decoder width ``E``.
+        decoder_dropout: dropout on the fused decoder features.
+        drop_path_rate: stochastic depth of the deepest block (linear from 0).
+        shared_progression_head: one progression 1x1 conv for all follow-ups (default) or one each
+            (then ``num_timepoints`` is required).
+
+    Shapes:
+        input ``(B, T, C, H, W)`` (any ``H, W``: padded to a multiple of 32 and cropped back); output
+        ``LongitudinalOutput(baseline (B, K, H, W), progression (B, T-1, K, H, W))`` logits.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 2,
+        out_channels: int = 1,
+        num_timepoints: int | None = None,
+        widths: Sequence[int] = (32, 64, 160, 256),
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (1, 2, 5, 8),
+        sr_ratios: Sequence[int] = (8, 4, 2, 1),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        attention: str = "efficient",
+        attn_dropout: float = 0.0,
+        decoder_dim: int = 256,
+        decoder_dropout: float = 0.1,
+        drop_path_rate: float = 0.1,
+        shared_progression_head: bool = True,
+    ) -> None:
+        widths, num_heads, sr_ratios = tuple(widths), tuple(num_heads), tuple(sr_ratios)
+        if len(num_heads) != len(widths) or len(sr_ratios) != len(widths):
+            raise ValueError(
+                f"num_heads and sr_ratios need one entry per stage ({len(widths)}), got {num_heads} and {sr_ratios}"
+            )
+        for i, (w, nh) in enumerate(zip(widths, num_heads)):
+            check_positive_int(f"num_heads[{i}]", nh)
+            if w % nh:
+                raise ValueError(f"widths[{i}]={w} must be divisible by num_heads[{i}]={nh}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {sorted(ATTENTIONS)}, got {attention!r}")
+        if not shared_progression_head and num_timepoints is None:
+            raise ValueError("num_timepoints is required when shared_progression_head=False")
+        mixer_cls = ATTENTIONS[attention]
+
+        def block_factory(stage: int, dim: int, drop_path: float) -> nn.Module:
+            mixer = mixer_cls(dim, num_heads[stage], sr_ratio=sr_ratios[stage], qkv_bias=qkv_bias,
+                              attn_dropout=attn_dropout)
+            return STBlock(dim, mixer, mlp_ratio=mlp_ratio, drop_path=drop_path)
+
+        encoder = HierarchicalEncoder(in_channels, block_factory, widths, depths, drop_path_rate=drop_path_rate)
+        decoder = AllMLPDecoder(widths, embed_dim=decoder_dim, dropout=decoder_dropout)
+        heads = TimepointHeads(
+            decoder_dim, out_channels, spatial_dims=2, shared_progression=shared_progression_head,
+            num_followups=None if num_timepoints is None else num_timepoints - 1,
+        )
+        super().__init__(encoder, decoder, heads, in_channels, num_timepoints, pad_multiple=32)
+        self.attention = attention
+        init_segformer_weights(self)
+
+
+def _build(preset: str | None, kwargs: dict[str, Any]) -> SegFormer:
+    settings = dict(SEGFORMER_PRESETS[preset]) if preset else {}
+    settings.update(kwargs)
+    return SegFormer(**settings)
+
+
+@register_model(dim="2.5D", tags=("attention", "transformer"))
+def segformer(**kwargs: Any) -> SegFormer:
+    """2.5D SegFormer (MiT efficient attention per timepoint, all-MLP decoder); kwargs are SegFormer args."""
+    return _build(None, kwargs)
+
+
+@register_model(dim="2.5D", tags=("attention", "transformer"))
+def segformer_b0(**kwargs: Any) -> SegFormer:
+    """2.5D SegFormer with the MiT-b0 encoder (widths 32-64-160-256, depths 2-2-2-2; ~3.7M parameters)."""
+    return _build("b0", kwargs)
+
+
+@register_model(dim="2.5D", tags=("attention", "transformer"))
+def segformer_b1(**kwargs: Any) -> SegFormer:
+    """2.5D SegFormer with the MiT-b1 encoder (widths 64-128-320-512, depths 2-2-2-2; ~13.7M parameters)."""
+    return _build("b1", kwargs)
+
+
+@register_model(dim="2.5D", tags=("attention", "transformer"))
+def segformer_ms(**kwargs: Any) -> SegFormer:
+    """2.5D SegFormer sized for MS like the paper's 2.5D models (~9M parameters; FLAIR + T2)."""
+    return _build("ms", kwargs)
+
+
+@register_model(dim="2.5D", tags=("attention", "transformer"))
+def segformer_glioma(**kwargs: Any) -> SegFormer:
+    """2.5D SegFormer sized for glioma like the paper's 2.5D models (~16M parameters; 4 modalities)."""
+    return _build("glioma", kwargs)

@@ -1,0 +1,474 @@
+"""Bridge to nnU-Net v2: the paper's 4-class formulation and nnU-Net's raw dataset layout.
+
+nnU-Net predicts one label map, not two heads, so the SegMaST paper trains it on a multi-class
+formulation of a baseline/progression mask pair:
+
+====  ================  ==========================================
+0     ``background``    in neither mask
+1     ``baseline_only`` baseline lesion, not in the progression mask
+2     ``followup_only`` progression (new/enlarging) lesion only
+3     ``overlap``       in both masks
+====  ================  ==========================================
+
+:func:`masks_to_four_class` and :func:`four_class_to_masks` are exact inverses for any pair of binary
+masks (``baseline = label in {1, 3}``, ``progression = label in {2, 3}``).
+
+:func:`write_nnunet_dataset` writes ``DatasetXXX_Name/`` with ``imagesTr/{case}_{XXXX}.nii.gz`` (one file
+per input channel), ``labelsTr/{case}.nii.gz`` and ``dataset.json`` (``channel_names``, ``labels``,
+``numTraining``, ``file_ending``), the raw format that ``nnUNetv2_plan_and_preprocess`` reads.
+:func:`convert_longiseg_dataset` builds it from a dataset in longiseg's folder layout (one nnU-Net case
+per successive timepoint pair), :func:`import_nnunet_predictions` turns nnU-Net's predicted label maps
+back into longiseg's prediction layout, and :func:`check_nnunet_raw_dataset` checks the structure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from longiseg.data.layout import BASELINE_MASK, parse_image_filename, progression_filename
+from longiseg.utils.io import atomic_save_nifti, atomic_write_json
+from longiseg.utils.validation import check_binary, check_finite, check_same_shape
+
+__all__ = [
+    "FOUR_CLASS_LABELS",
+    "NnUNetCase",
+    "masks_to_four_class",
+    "four_class_to_masks",
+    "nnunet_dataset_name",
+    "write_nnunet_dataset",
+    "convert_longiseg_dataset",
+    "import_nnunet_predictions",
+    "check_nnunet_raw_dataset",
+]
+
+#: Label names and values of the 4-class formulation, in nnU-Net's ``dataset.json`` "labels" format.
+FOUR_CLASS_LABELS: dict[str, int] = {"background": 0, "baseline_only": 1, "followup_only": 2, "overlap": 3}
+
+FILE_ENDING = ".nii.gz"
+_CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+_DATASET_DIR_RE = re.compile(r"^Dataset(\d{3})_(\S+)$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+Mask = np.ndarray | torch.Tensor
+
+
+def masks_to_four_class(baseline: Mask, progression: Mask) -> Mask:
+    """Encode a binary mask pair as the 4-class label map (see the module table).
+
+    Args:
+        baseline: binary baseline mask, any shape ``S`` (e.g. ``(D, H, W)``), numpy or torch.
+        progression: binary progression mask of the same shape and type.
+
+    Returns:
+        ``uint8`` labels of shape ``S`` (numpy array or torch tensor, like the inputs):
+        ``baseline + 2 * progression``.
+
+    Raises:
+        TypeError: if the inputs are not both numpy arrays or both tensors.
+        ValueError: if shapes differ or a mask is not binary.
+    """
+    if isinstance(baseline, torch.Tensor) and isinstance(progression, torch.Tensor):
+        check_same_shape("baseline", baseline, "progression", progression)
+        check_binary("baseline", baseline)
+        check_binary("progression", progression)
+        return baseline.to(torch.uint8) + 2 * progression.to(torch.uint8)
+    if isinstance(baseline, np.ndarray) and isinstance(progression, np.ndarray):
+        check_same_shape("baseline", baseline, "progression", progression)
+        check_binary("baseline", baseline)
+        check_binary("progression", progression)
+        return (baseline.astype(np.uint8) + 2 * progression.astype(np.uint8)).astype(np.uint8)
+    raise TypeError(
+        "baseline and progression must both be numpy arrays or both torch tensors, got "
+        f"{type(baseline).__name__} and {type(progression).__name__}"
+    )
+
+
+def four_class_to_masks(labels: Mask) -> tuple[Mask, Mask]:
+    """Decode a 4-class label map into the binary ``(baseline, progression)`` pair.
+
+    Args:
+        labels: integer labels in ``{0, 1, 2, 3}`` of any shape ``S`` (numpy or torch).
+
+    Returns:
+        ``(baseline, progression)`` boolean masks of shape ``S``: ``labels in {1, 3}`` and ``labels in {2, 3}``.
+
+    Raises:
+        TypeError: if ``labels`` is not an integer array/tensor.
+        ValueError: if a value lies outside ``{0, 1, 2, 3}``.
+    """
+    if isinstance(labels, torch.Tensor):
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+        bad = labels[(labels < 0) | (labels > 3)]
+        if bad.numel():
+            raise ValueError(f"labels must lie in {{0, 1, 2, 3}}, found values such as {bad.unique()[:5].tolist()}")
+        return (labels & 1).bool(), (labels >= 2)
+    if isinstance(labels, np.ndarray):
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
+        bad = labels[(labels < 0) | (labels > 3)]
+        if bad.size:
+            raise ValueError(f"labels must lie in {{0, 1, 2, 3}}, found values such as {np.unique(bad)[:5].tolist()}")
+        return (labels & 1).astype(bool), labels >= 2
+    raise TypeError(f"labels must be a numpy array or torch tensor, got {type(labels).__name__}")
+
+
+@dataclass
+class NnUNetCase:
+    """One nnU-Net training case.
+
+    Attributes:
+        case_id: identifier (letters, digits, ``_`` and ``-``), unique in the dataset.
+        images: one ``(D, H, W)`` (or ``(H, W)``) array per input channel, in ``channel_names`` order.
+        labels: integer label map of the same shape (e.g. from :func:`masks_to_four_class`).
+        affine: ``(4, 4)`` voxel-to-world matrix shared by images and labels.
+    """
+
+    case_id: str
+    images: Sequence[np.ndarray]
+    labels: np.ndarray
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.case_id, str) or not _CASE_ID_RE.match(self.case_id):
+            raise ValueError(
+                f"case_id must start with a letter or digit and hold only letters, digits, '_' and '-', "
+                f"got {self.case_id!r}"
+            )
+        if len(self.images) == 0:
+            raise ValueError(f"case {self.case_id!r}: images must hold at least one channel")
+        labels = np.asarray(self.labels)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise TypeError(f"case {self.case_id!r}: labels must be an integer array, got dtype {labels.dtype}")
+        for i, img in enumerate(self.images):
+            img = np.asarray(img)
+            check_same_shape(f"case {self.case_id!r} images[{i}]", img, "labels", labels)
+            check_finite(f"case {self.case_id!r} images[{i}]", img)
+        if np.asarray(self.affine).shape != (4, 4):
+            raise ValueError(f"case {self.case_id!r}: affine must be (4, 4), got {np.asarray(self.affine).shape}")
+
+
+def nnunet_dataset_name(dataset_id: int, name: str) -> str:
+    """``DatasetXXX_Name``: nnU-Net's folder name for dataset ``dataset_id`` (1..999)."""
+    if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
+        raise ValueError(f"dataset_id must be an int in 1..999 (three digits), got {dataset_id!r}")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"name must hold only letters, digits, '_' and '-', got {name!r}")
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def write_nnunet_dataset(
+    out_root: str | Path,
+    dataset_id: int,
+    name: str,
+    cases: Iterable[NnUNetCase],
+    channel_names: Sequence[str],
+    labels: dict[str, int] | None = None,
+    *,
+    overwrite: bool = False,
+    extra_json: dict[str, Any] | None = None,
+) -> Path:
+    """Write an nnU-Net v2 raw dataset ``out_root/DatasetXXX_Name``.
+
+    Args:
+        out_root: the ``nnUNet_raw`` folder (created if missing).
+        dataset_id: three-digit dataset id (1..999).
+        name: dataset name.
+        cases: training cases; each must have ``len(channel_names)`` images.
+        channel_names: name of each input channel (``dataset.json`` "channel_names"; names other than
+            ``"CT"`` make nnU-Net z-score each channel).
+        labels: ``dataset.json`` "labels" (name -> consecutive int from 0); default :data:`FOUR_CLASS_LABELS`.
+        overwrite: replace existing files (otherwise an existing file raises ``FileExistsError``).
+        extra_json: further ``dataset.json`` entries (e.g. ``{"description": ...}``).
+
+    Returns:
+        The dataset folder. Every file is written atomically; ``dataset.json`` last.
+
+    Raises:
+        ValueError: on a bad id/name, duplicate case ids, a wrong number of images, no cases, or labels
+            outside the declared ones.
+    """
+    labels = dict(FOUR_CLASS_LABELS if labels is None else labels)
+    _check_label_dict(labels)
+    channel_names = list(channel_names)
+    if not channel_names or not all(isinstance(c, str) and c for c in channel_names):
+        raise ValueError(f"channel_names must be a non-empty list of non-empty strings, got {channel_names!r}")
+    folder = Path(out_root) / nnunet_dataset_name(dataset_id, name)
+    images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
+    seen: set[str] = set()
+    allowed = np.array(sorted(labels.values()))
+    for case in tqdm(cases, desc=f"writing {folder.name}", unit="case"):
+        if not isinstance(case, NnUNetCase):
+            raise TypeError(f"cases must hold NnUNetCase objects, got {type(case).__name__}")
+        if case.case_id in seen:
+            raise ValueError(f"duplicate case_id {case.case_id!r}")
+        if len(case.images) != len(channel_names):
+            raise ValueError(
+                f"case {case.case_id!r} has {len(case.images)} images but channel_names has {len(channel_names)}"
+            )
+        lab = np.asarray(case.labels)
+        if not np.isin(lab, allowed).all():
+            raise ValueError(
+                f"case {case.case_id!r}: labels hold values {np.setdiff1d(np.unique(lab), allowed)[:5].tolist()} "
+                f"not declared in labels {labels}"
+            )
+        seen.add(case.case_id)
+        for ch, img in enumerate(case.images):
+            atomic_save_nifti(np.asarray(img, dtype=np.float32), case.affine,
+                              images_dir / f"{case.case_id}_{ch:04d}{FILE_ENDING}", overwrite=overwrite)
+        atomic_save_nifti(lab.astype(np.uint8), case.affine, labels_dir / f"{case.case_id}{FILE_ENDING}",
+                          overwrite=overwrite)
+    if not seen:
+        raise ValueError("cases is empty: an nnU-Net dataset needs at least one training case")
+    meta: dict[str, Any] = {
+        "channel_names": {str(i): c for i, c in enumerate(channel_names)},
+        "labels": labels,
+        "numTraining": len(seen),
+        "file_ending": FILE_ENDING,
+        "name": name,
+    }
+    meta.update(extra_json or {})
+    atomic_write_json(folder / "dataset.json", meta, overwrite=overwrite)
+    return folder
+
+
+def _check_label_dict(labels: dict[str, Any]) -> None:
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f"labels must be a non-empty dict name -> int, got {labels!r}")
+    values = list(labels.values())
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"labels values must be ints (region-based labels are not supported here), got {labels}")
+    if labels.get("background") != 0:
+        raise ValueError(f"labels must map 'background' to 0, got {labels}")
+    if sorted(values) != list(range(len(values))):
+        raise ValueError(f"label values must be consecutive integers 0, 1, 2, ..., got {sorted(values)}")
+
+
+# ----------------------------------------------------------------------- longiseg layout <-> nnU-Net
+
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj), img.affine
+
+
+def _case_images(case_dir: Path) -> dict[int, dict[str, Path]]:
+    found: dict[int, dict[str, Path]] = {}
+    for p in case_dir.iterdir():
+        parsed = parse_image_filename(p.name)
+        if parsed is not None:
+            found.setdefault(parsed[0], {})[parsed[1]] = p
+    return found
+
+
+def convert_longiseg_dataset(
+    root: str | Path,
+    out_root: str | Path,
+    dataset_id: int,
+    name: str,
+    modalities: Sequence[str] | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a longiseg-layout dataset as an nnU-Net raw dataset with the 4-class labels.
+
+    Each case folder ``root/CASE`` with ``T`` timepoints gives ``T - 1`` nnU-Net cases ``CASE_fu{t}``, one
+    per successive pair ``(t-1, t)``: channels are the prior's modalities then the current's
+    (``prior_flair, prior_t2, current_flair, current_t2``), the prior mask is the lesion mask at ``t-1``
+    (``baseline_mask`` united with ``progression_t1 .. progression_t{t-1}``) and the progression mask is
+    ``progression_t{t}``. For two-timepoint data this is exactly the paper's baseline/follow-up pair.
+
+    Args:
+        root: dataset in longiseg's layout (see :mod:`longiseg.data.layout`).
+        out_root: the ``nnUNet_raw`` folder.
+        dataset_id: three-digit nnU-Net dataset id.
+        name: nnU-Net dataset name.
+        modalities: modalities to use, in order; default: those of the first case, sorted.
+        overwrite: replace existing files.
+
+    Returns:
+        The written ``DatasetXXX_Name`` folder.
+
+    Raises:
+        FileNotFoundError: if ``root`` holds no case folder, or a case lacks an image or mask.
+        ValueError: on inconsistent modalities or shapes.
+    """
+    root = Path(root)
+    case_dirs = sorted(p for p in root.iterdir() if p.is_dir() and _case_images(p)) if root.is_dir() else []
+    if not case_dirs:
+        raise FileNotFoundError(f"no case folders with images like t0_flair.nii.gz found under {root}")
+    if modalities is None:
+        modalities = sorted(_case_images(case_dirs[0]).get(0, {}))
+    modalities = [m.lower() for m in modalities]
+
+    def cases() -> Iterable[NnUNetCase]:
+        for case_dir in case_dirs:
+            images = _case_images(case_dir)
+            num_t = max(images) + 1
+            if num_t < 2:
+                raise ValueError(f"case {case_dir.name} has a single timepoint; a pair needs at least two")
+            for t in range(num_t):
+                missing = [m for m in modalities if m not in images.get(t, {})]
+                if missing:
+                    raise FileNotFoundError(f"case {case_dir.name}: timepoint {t} lacks modalities {missing}")
+            prior_mask, affine = _load(case_dir / BASELINE_MASK)
+            prior_mask = prior_mask > 0
+            for t in range(1, num_t):
+                prog, _ = _load(case_dir / progression_filename(t))
+                prog = prog > 0
+                vols = [_load(images[tp][m])[0] for tp in (t - 1, t) for m in modalities]
+                yield NnUNetCase(f"{case_dir.name}_fu{t}", vols, masks_to_four_class(prior_mask, prog), affine)
+                prior_mask = prior_mask | prog
+
+    channel_names = [f"prior_{m}" for m in modalities] + [f"current_{m}" for m in modalities]
+    return write_nnunet_dataset(
+        out_root, dataset_id, name, cases(), channel_names, overwrite=overwrite,
+        extra_json={"description": "longiseg successive timepoint pairs, 4-class baseline/progression labels"},
+    )
+
+
+def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Turn nnU-Net's predicted 4-class maps ``CASE_fu{t}.nii.gz`` into longiseg's prediction layout.
+
+    Writes ``out_root/CASE/baseline_mask.nii.gz`` (from the pair ``CASE_fu1``) and
+    ``out_root/CASE/progression_t{t}.nii.gz`` for every predicted pair, so ``longiseg evaluate`` can score
+    nnU-Net like any other model.
+
+    Args:
+        pred_dir: folder with nnU-Net's predicted label maps.
+        out_root: destination folder.
+        overwrite: replace existing files.
+
+    Returns:
+        The written files.
+
+    Raises:
+        FileNotFoundError: if ``pred_dir`` holds no ``*_fu{t}.nii.gz`` file.
+    """
+    pred_dir, out_root = Path(pred_dir), Path(out_root)
+    pattern = re.compile(r"^(.+)_fu(\d+)" + re.escape(FILE_ENDING) + "$")
+    found = sorted((m.group(1), int(m.group(2)), p) for p in pred_dir.glob(f"*{FILE_ENDING}")
+                   if (m := pattern.match(p.name)))
+    if not found:
+        raise FileNotFoundError(f"no predictions named CASE_fu<t>{FILE_ENDING} in {pred_dir}")
+    written = []
+    for case, t, path in tqdm(found, desc="importing nnU-Net predictions", unit="pair"):
+        labels, affine = _load(path)
+        baseline, progression = four_class_to_masks(labels.astype(np.int16))
+        if t == 1:
+            written.append(atomic_save_nifti(baseline.astype(np.uint8), affine, out_root / case / BASELINE_MASK,
+                                             overwrite=overwrite))
+        written.append(atomic_save_nifti(progression.astype(np.uint8), affine,
+                                         out_root / case / progression_filename(t), overwrite=overwrite))
+    return written
+
+
+# ----------------------------------------------------------------------------------- structural check
+
+
+def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True) -> dict[str, Any]:
+    """Check that ``folder`` follows nnU-Net v2's raw dataset format.
+
+    Checks the folder name ``DatasetXXX_Name``; ``dataset.json`` with ``channel_names`` (keys ``"0".."n-1"``),
+    ``labels`` (``background`` 0, consecutive ints or region lists), ``numTraining`` and ``file_ending``;
+    ``imagesTr/`` and ``labelsTr/``; one label per case and ``{case}_{XXXX}{file_ending}`` for every channel
+    of every case, nothing else; ``numTraining`` equal to the number of cases. With ``check_geometry``
+    (NIfTI only) every image has its label's shape and affine and label values are declared.
+
+    Args:
+        folder: the ``DatasetXXX_Name`` folder.
+        check_geometry: also load the volumes and compare shapes, affines and label values.
+
+    Returns:
+        ``{"dataset_id", "name", "num_cases", "num_channels", "cases"}``.
+
+    Raises:
+        ValueError: listing every problem found.
+    """
+    folder = Path(folder)
+    problems: list[str] = []
+    m = _DATASET_DIR_RE.match(folder.name)
+    if m is None:
+        problems.append(f"folder name {folder.name!r} does not match DatasetXXX_Name (three-digit id)")
+    meta_path = folder / "dataset.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{folder}: dataset.json is missing") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_path}: not valid JSON ({err})") from None
+    for key in ("channel_names", "labels", "numTraining", "file_ending"):
+        if key not in meta:
+            problems.append(f"dataset.json lacks the required key {key!r}")
+    if problems:
+        raise ValueError(f"{folder} is not a valid nnU-Net raw dataset:\n- " + "\n- ".join(problems))
+
+    channels = meta["channel_names"]
+    if not isinstance(channels, dict) or sorted(channels, key=str) != sorted(str(i) for i in range(len(channels))):
+        problems.append(f"channel_names keys must be '0'..'n-1', got {channels!r}")
+    ending = meta["file_ending"]
+    if not isinstance(ending, str) or not ending.startswith("."):
+        problems.append(f"file_ending must be a string starting with '.', got {ending!r}")
+        ending = FILE_ENDING
+    labels = meta["labels"]
+    plain_values: list[int] = []
+    if not isinstance(labels, dict) or labels.get("background") != 0:
+        problems.append(f"labels must be a dict with 'background': 0, got {labels!r}")
+    else:
+        plain_values = [v for v in labels.values() if isinstance(v, int)]
+        if len(plain_values) == len(labels) and sorted(plain_values) != list(range(len(plain_values))):
+            problems.append(f"label values must be consecutive 0, 1, 2, ..., got {sorted(plain_values)}")
+    n_train = meta["numTraining"]
+    n_channels = len(channels) if isinstance(channels, dict) else 0
+
+    images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
+    for d in (images_dir, labels_dir):
+        if not d.is_dir():
+            problems.append(f"{d.name}/ is missing")
+    cases: list[str] = []
+    if not problems:
+        label_files = sorted(p.name for p in labels_dir.iterdir() if not p.name.startswith("."))
+        for name in label_files:
+            if not name.endswith(ending):
+                problems.append(f"labelsTr/{name} does not end with file_ending {ending!r}")
+        cases = [n[: -len(ending)] for n in label_files if n.endswith(ending)]
+        expected = {f"{c}_{ch:04d}{ending}" for c in cases for ch in range(n_channels)}
+        present = {p.name for p in images_dir.iterdir() if not p.name.startswith(".")}
+        for name in sorted(expected - present):
+            problems.append(f"imagesTr/{name} is missing")
+        for name in sorted(present - expected):
+            problems.append(f"imagesTr/{name} has no matching label file or channel")
+        if n_train != len(cases):
+            problems.append(f"numTraining is {n_train!r} but labelsTr holds {len(cases)} cases")
+        if check_geometry and not problems and ending in (".nii.gz", ".nii"):
+            allowed = set(plain_values) if len(plain_values) == len(labels) else None
+            for c in cases:
+                lab, affine = _load(labels_dir / f"{c}{ending}")
+                if allowed is not None:
+                    extra = set(np.unique(lab).astype(int).tolist()) - allowed
+                    if extra:
+                        problems.append(f"labelsTr/{c}{ending} holds undeclared label values {sorted(extra)}")
+                for ch in range(n_channels):
+                    img, img_affine = _load(images_dir / f"{c}_{ch:04d}{ending}")
+                    if img.shape != lab.shape or not np.allclose(img_affine, affine, atol=1e-4):
+                        problems.append(f"imagesTr/{c}_{ch:04d}{ending}: shape/affine differ from its label")
+    if problems:
+        raise ValueError(f"{folder} is not a valid nnU-Net raw dataset:\n- " + "\n- ".join(problems))
+    return {
+        "dataset_id": int(m.group(1)) if m else None,
+        "name": m.group(2) if m else None,
+        "num_cases": len(cases),
+        "num_channels": n_channels,
+        "cases": cases,
+    }

@@ -1,0 +1,140 @@
+"""Self-attention token mixers for the ST block: SegFormer's efficient attention and global attention.
+
+Both map layer-normalised channel-last tokens ``(B, T, H, W, C)`` to the same shape (the
+:class:`~longiseg.networks.blocks.st_block.STBlock` mixer interface) and run on
+``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels where available).
+
+* :class:`EfficientSelfAttention` (SegFormer / MiT): attention *within each timepoint* (``T`` folded into
+  the batch) over its ``H*W`` tokens. Keys and values come from a grid spatially reduced by a strided
+  ``R x R`` convolution + LayerNorm (reduction ratio ``R``: 8/4/2/1 in the four MiT stages), so the cost
+  is ``O((HW)^2 / R^2)`` instead of ``O((HW)^2)``.
+* :class:`GlobalSelfAttention`: joint spatio-temporal attention of all ``T*H*W`` tokens of a sample
+  (optionally with the same key/value reduction), the quadratic-cost counterpart of the MaST mixer's
+  linear-time scans (for the Mamba-vs-attention comparison).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from longiseg.utils.validation import check_ndim, check_positive_int, check_probability, check_tensor
+
+__all__ = ["SpatialReductionAttention", "EfficientSelfAttention", "GlobalSelfAttention"]
+
+
+class SpatialReductionAttention(nn.Module):
+    """Multi-head attention whose keys/values come from a spatially reduced token grid (shared core).
+
+    Subclasses decide which tokens attend to which (:class:`EfficientSelfAttention`,
+    :class:`GlobalSelfAttention`); this class holds the projections and the two steps
+    :meth:`reduce` and :meth:`attend`.
+
+    Args:
+        dim: token channels ``C``.
+        num_heads: attention heads; must divide ``dim``.
+        sr_ratio: key/value reduction ratio ``R`` (1: no reduction).
+        qkv_bias: biases in the query and key/value projections.
+        attn_dropout: dropout on the attention weights (training only).
+        proj_dropout: dropout after the output projection.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 1,
+        sr_ratio: int = 1,
+        qkv_bias: bool = True,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_positive_int("dim", dim)
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("sr_ratio", sr_ratio)
+        check_probability("attn_dropout", attn_dropout)
+        check_probability("proj_dropout", proj_dropout)
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.attn_dropout = attn_dropout
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_dropout)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim)
+
+    def _check(self, x: torch.Tensor) -> None:
+        check_tensor("x", x)
+        check_ndim("x", x, 5, "(B, T, H, W, C)")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x must have {self.dim} channels in its last dim (B, T, H, W, C), got {tuple(x.shape)}")
+        h, w = x.shape[2:4]
+        if self.sr_ratio > 1 and (h < self.sr_ratio or w < self.sr_ratio):
+            raise ValueError(
+                f"the token grid {h}x{w} is smaller than sr_ratio={self.sr_ratio}; use larger inputs "
+                f"or a smaller reduction ratio"
+            )
+
+    def reduce(self, grid: torch.Tensor) -> torch.Tensor:
+        """Key/value tokens of a grid: ``(N, H, W, C) -> (N, (H // R) * (W // R), C)``."""
+        if self.sr_ratio == 1:
+            return grid.flatten(1, 2)
+        reduced = self.sr(grid.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+        return self.norm(reduced)
+
+    def attend(self, queries: torch.Tensor, keys_values: torch.Tensor) -> torch.Tensor:
+        """Multi-head attention of ``(N, L, C)`` query tokens over ``(N, L', C)`` key/value tokens -> ``(N, L, C)``."""
+        n, length, c = queries.shape
+        heads, head_dim = self.num_heads, c // self.num_heads
+        q = self.q(queries).reshape(n, length, heads, head_dim).transpose(1, 2)
+        k, v = self.kv(keys_values).reshape(n, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(n, length, c)))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, sr_ratio={self.sr_ratio}"
+
+
+class EfficientSelfAttention(SpatialReductionAttention):
+    """SegFormer's efficient self-attention, applied to each timepoint separately.
+
+    Args: see :class:`SpatialReductionAttention`.
+
+    Shapes:
+        input ``(B, T, H, W, C)`` (layer-normalised tokens); output: same shape. Token ``(t, h, w)`` attends
+        to the reduced tokens of timepoint ``t`` only; timepoints never mix (as in the 2.5D SegFormer
+        baseline, where the decoder heads read the timepoints' features).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(B, T, H, W, C)`` to ``(B, T, H, W, C)``."""
+        self._check(x)
+        b, t, h, w, c = x.shape
+        grid = x.reshape(b * t, h, w, c)
+        out = self.attend(grid.reshape(b * t, h * w, c), self.reduce(grid))
+        return out.reshape(b, t, h, w, c)
+
+
+class GlobalSelfAttention(SpatialReductionAttention):
+    """Joint spatio-temporal self-attention over all ``T*H*W`` tokens of each sample.
+
+    Args: see :class:`SpatialReductionAttention` (``sr_ratio`` reduces every timepoint's key/value grid).
+
+    Shapes:
+        input ``(B, T, H, W, C)``; output: same shape. Every token attends to the (reduced) tokens of all
+        timepoints, at ``O((T*H*W)^2 / R^2)`` cost.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(B, T, H, W, C)`` to ``(B, T, H, W, C)``."""
+        self._check(x)
+        b, t, h, w, c = x.shape
+        keys_values = self.reduce(x.reshape(b * t, h, w, c)).reshape(b, -1, c)
+        out = self.attend(x.reshape(b, t * h * w, c), keys_values)
+        return out.reshape(b, t, h, w, c)

@@ -1,0 +1,177 @@
+"""MONAI baselines (DynUNet 2D/3D, cross-sectional DynUNet, SwinUNETR) with the dual-head output."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from model_checks import (
+    PAPER_PARAM_TARGETS_M,
+    assert_all_parameters_get_gradients,
+    assert_output_shapes,
+    assert_params_near,
+    assert_training_reduces_loss,
+    synthetic_batch,
+)
+
+from longiseg import build_model, list_models, model_info
+from longiseg.networks.nets.monai_nets import CrossSectionalNet, cross_sectional_targets
+
+pytest.importorskip("monai", reason="MONAI is an optional extra (pip install longiseg[baselines])")
+
+TINY_DYN = {"filters": (4, 8, 16)}  # three levels: sizes must be multiples of 4
+TINY_SWIN = {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}  # sizes: multiples of 32
+STACKED = ["dynunet_2d", "dynunet_3d"]
+
+
+def _spatial(name: str) -> tuple[int, ...]:
+    return (8, 12, 8) if model_info(name).dim == "3D" else (16, 12)
+
+
+def test_registry_dims() -> None:
+    assert {"dynunet_2d", "dynunet_3d", "dynunet_cs", "swin_unetr_3d"} <= set(list_models(tag="monai"))
+    assert model_info("dynunet_2d").dim == "2.5D"
+    assert all(model_info(n).dim == "3D" for n in ("dynunet_3d", "dynunet_cs", "swin_unetr_3d"))
+
+
+def test_clear_import_error_without_monai(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "monai", None)  # makes `import monai...` fail
+    with pytest.raises(ImportError, match=r"pip install longiseg\[baselines\]"):
+        build_model("dynunet_3d", **TINY_DYN)
+
+
+@pytest.mark.parametrize("name", STACKED)
+def test_stacked_forward_shapes_and_fixed_t(name: str) -> None:
+    spatial = _spatial(name)
+    model = build_model(name, in_channels=2, out_channels=2, **TINY_DYN)
+    assert_output_shapes(model(torch.randn(2, 2, 2, *spatial)), 2, 2, 2, spatial)
+    model3 = build_model(name, in_channels=1, num_timepoints=3, **TINY_DYN)
+    assert_output_shapes(model3(torch.randn(1, 3, 1, *spatial)), 1, 3, 1, spatial)
+    with pytest.raises(ValueError, match="num_timepoints=3"):
+        model3(torch.randn(1, 2, 1, *spatial))
+
+
+@pytest.mark.parametrize("timepoints", [2, 3])
+def test_cross_sectional_forward_any_t(timepoints: int) -> None:
+    model = build_model("dynunet_cs", in_channels=1, **TINY_DYN)
+    assert isinstance(model, CrossSectionalNet)
+    out = model(torch.randn(2, timepoints, 1, 8, 8, 8))
+    assert_output_shapes(out, 2, timepoints, 1, (8, 8, 8))
+
+
+def test_cross_sectional_progression_is_clamped_probability_difference() -> None:
+    model = build_model("dynunet_cs", in_channels=1, **TINY_DYN).eval()
+    x = torch.randn(1, 3, 1, 8, 8, 8)
+    with torch.no_grad():
+        logits = model.timepoint_logits(x)
+        out = model(x)
+    p = torch.sigmoid(logits)
+    torch.testing.assert_close(out.baseline, logits[:, 0])
+    expected = (p[:, 1:] - p[:, :-1]).clamp(0, 1)
+    torch.testing.assert_close(torch.sigmoid(out.progression), expected.clamp(model.eps, 1 - model.eps))
+    # identical timepoints: nothing new at follow-up
+    same = x[:, :1].expand(1, 3, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert (torch.sigmoid(model(same).progression) <= 2 * model.eps).all()
+
+
+def test_cross_sectional_targets() -> None:
+    baseline = torch.tensor([[[1.0, 0.0, 0.0]]])  # (B=1, K=1, S=3)
+    progression = torch.tensor([[[[0.0, 1.0, 0.0]], [[0.0, 0.0, 1.0]]]])  # (1, T-1=2, 1, 3)
+    full = cross_sectional_targets(baseline, progression)
+    assert full.tolist() == [[[[1.0, 0.0, 0.0]], [[1.0, 1.0, 0.0]], [[1.0, 1.0, 1.0]]]]
+    with pytest.raises(ValueError, match="binary"):
+        cross_sectional_targets(baseline * 2, progression)
+    with pytest.raises(ValueError, match="must match baseline"):
+        cross_sectional_targets(baseline, progression[..., :2])
+    with pytest.raises(ValueError, match=r"\(B, T-1, K, \*S\)"):
+        cross_sectional_targets(baseline, progression[:, 0])
+
+
+@pytest.mark.parametrize("name", STACKED + ["dynunet_cs"])
+def test_all_parameters_get_gradients(name: str) -> None:
+    model = build_model(name, in_channels=2, **TINY_DYN)
+    assert_all_parameters_get_gradients(model, torch.randn(2, 2, 2, *_spatial(name)))
+
+
+@pytest.mark.parametrize("name", STACKED)
+def test_training_reduces_loss(name: str) -> None:
+    model = build_model(name, in_channels=1, **TINY_DYN)
+    images, baseline, progression = synthetic_batch(2, 2, 1, _spatial(name))
+    assert_training_reduces_loss(model, images, baseline, progression)
+
+
+def test_cross_sectional_training_on_full_masks_reduces_loss() -> None:
+    """DynUNet (CS) is trained per timepoint on full masks (baseline united with progression)."""
+    model = build_model("dynunet_cs", in_channels=1, **TINY_DYN)
+    images, baseline, progression = synthetic_batch(2, 2, 1, (8, 8, 8))
+    targets = cross_sectional_targets(baseline, progression)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model.timepoint_logits(images), targets)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_swin_unetr_forward_and_gradients() -> None:
+    # MONAI's default instance norm needs more than one voxel at the 1/32 bottleneck
+    model = build_model("swin_unetr_3d", in_channels=1, **TINY_SWIN).eval()
+    with torch.no_grad():
+        assert_output_shapes(model(torch.randn(1, 2, 1, 64, 32, 32)), 1, 2, 1, (64, 32, 32))
+    with pytest.raises(ValueError, match="divisible by 32"):
+        model(torch.randn(1, 2, 1, 32, 32, 16))
+    with pytest.raises(ValueError, match="num_timepoints=2"):
+        model(torch.randn(1, 3, 1, 32, 32, 32))
+    # batch norm lets a cheap 32^3 input (1-voxel bottleneck) train
+    model = build_model("swin_unetr_3d", in_channels=1, num_timepoints=3, norm_name="batch", **TINY_SWIN)
+    assert_all_parameters_get_gradients(model, torch.randn(2, 3, 1, 32, 32, 32))
+
+
+@pytest.mark.slow
+def test_swin_unetr_training_reduces_loss() -> None:
+    model = build_model("swin_unetr_3d", in_channels=1, **TINY_SWIN)
+    images, baseline, progression = synthetic_batch(1, 2, 1, (64, 32, 32))
+    assert_training_reduces_loss(model, images, baseline, progression)
+
+
+@pytest.mark.parametrize(
+    "name, target",
+    [
+        ("dynunet_2d", ("2.5D", "ms")),
+        ("dynunet_2d_ms", ("2.5D", "ms")),
+        ("dynunet_2d_glioma", ("2.5D", "glioma")),
+        ("dynunet_3d", ("3D", "ms")),
+        ("dynunet_3d_ms", ("3D", "ms")),
+        ("dynunet_3d_glioma", ("3D", "glioma")),
+        ("dynunet_cs", ("3D", "ms")),
+        ("dynunet_cs_ms", ("3D", "ms")),
+        ("dynunet_cs_glioma", ("3D", "glioma")),
+        ("swin_unetr_3d", ("3D", "ms")),
+        ("swin_unetr_3d_ms", ("3D", "ms")),
+        ("swin_unetr_3d_glioma", ("3D", "glioma")),
+    ],
+)
+def test_named_config_parameter_counts(name: str, target: tuple[str, str]) -> None:
+    assert model_info(name).dim == target[0]
+    assert_params_near(build_model(name), PAPER_PARAM_TARGETS_M[target])
+
+
+def test_input_errors() -> None:
+    model = build_model("dynunet_3d", in_channels=2, **TINY_DYN)
+    with pytest.raises(ValueError, match=r"\(B, T, C, D, H, W\)"):
+        model(torch.randn(1, 2, 2, 8, 8))
+    with pytest.raises(ValueError, match="C=2"):
+        model(torch.randn(1, 2, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"divisible by \(4, 4, 4\)"):
+        model(torch.randn(1, 2, 2, 8, 6, 8))
+    with pytest.raises(ValueError, match="num_timepoints"):
+        build_model("dynunet_3d", num_timepoints=1, **TINY_DYN)
+    with pytest.raises(ValueError, match="filters"):
+        build_model("dynunet_3d", filters=(8,))
+    with pytest.raises(ValueError, match="eps"):
+        build_model("dynunet_cs", eps=0.7, **TINY_DYN)

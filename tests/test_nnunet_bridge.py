@@ -1,0 +1,220 @@
+"""nnU-Net bridge: exact 4-class round trip, raw dataset writing, structural check, prediction import."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from longiseg.bridges import (
+    FOUR_CLASS_LABELS,
+    NnUNetCase,
+    check_nnunet_raw_dataset,
+    convert_longiseg_dataset,
+    four_class_to_masks,
+    import_nnunet_predictions,
+    masks_to_four_class,
+    nnunet_dataset_name,
+    write_nnunet_dataset,
+)
+from longiseg.data.layout import BASELINE_MASK, image_filename, progression_filename
+
+SHAPE = (4, 5, 3)
+
+
+def test_four_class_table() -> None:
+    baseline = np.array([0, 1, 0, 1], dtype=bool)
+    progression = np.array([0, 0, 1, 1], dtype=bool)
+    labels = masks_to_four_class(baseline, progression)
+    assert labels.dtype == np.uint8
+    assert labels.tolist() == [
+        FOUR_CLASS_LABELS["background"],
+        FOUR_CLASS_LABELS["baseline_only"],
+        FOUR_CLASS_LABELS["followup_only"],
+        FOUR_CLASS_LABELS["overlap"],
+    ]
+
+
+@settings(max_examples=50, deadline=None)
+@given(pair=arrays(np.uint8, (2, 3, 4, 5), elements=st.integers(0, 1)))
+def test_round_trip_is_exact_numpy(pair: np.ndarray) -> None:
+    labels = masks_to_four_class(pair[0], pair[1])
+    baseline, progression = four_class_to_masks(labels)
+    assert np.array_equal(baseline, pair[0].astype(bool))
+    assert np.array_equal(progression, pair[1].astype(bool))
+    # and label map -> masks -> label map
+    assert np.array_equal(masks_to_four_class(baseline, progression), labels)
+
+
+def test_round_trip_is_exact_torch() -> None:
+    baseline = torch.rand(2, 6, 7, 5) > 0.5
+    progression = torch.rand(2, 6, 7, 5) > 0.7
+    labels = masks_to_four_class(baseline, progression)
+    assert labels.dtype == torch.uint8
+    b, p = four_class_to_masks(labels)
+    assert torch.equal(b, baseline) and torch.equal(p, progression)
+    b, p = four_class_to_masks(labels.long())
+    assert torch.equal(b, baseline) and torch.equal(p, progression)
+
+
+def test_conversion_errors() -> None:
+    with pytest.raises(ValueError, match="binary"):
+        masks_to_four_class(np.array([0, 2]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="same shape"):
+        masks_to_four_class(np.zeros(3), np.zeros(4))
+    with pytest.raises(TypeError, match="numpy arrays or both torch tensors"):
+        masks_to_four_class(np.zeros(3), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"\{0, 1, 2, 3\}"):
+        four_class_to_masks(np.array([0, 4]))
+    with pytest.raises(ValueError, match=r"\{0, 1, 2, 3\}"):
+        four_class_to_masks(torch.tensor([-1, 0]))
+    with pytest.raises(TypeError, match="integer"):
+        four_class_to_masks(np.array([0.0, 1.0]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        four_class_to_masks(torch.tensor([0.0]))
+    with pytest.raises(TypeError, match="numpy array or torch tensor"):
+        four_class_to_masks([0, 1])
+
+
+def _case(case_id: str, rng: np.random.Generator, channels: int = 2) -> NnUNetCase:
+    baseline, progression = rng.random(SHAPE) > 0.7, rng.random(SHAPE) > 0.8
+    images = [rng.normal(size=SHAPE).astype(np.float32) for _ in range(channels)]
+    return NnUNetCase(case_id, images, masks_to_four_class(baseline, progression), np.diag([1.0, 1.0, 2.0, 1.0]))
+
+
+def test_write_dataset_passes_structural_check(tmp_path: Path, rng: np.random.Generator) -> None:
+    cases = [_case("p1_fu1", rng), _case("p2_fu1", rng)]
+    folder = write_nnunet_dataset(tmp_path, 501, "LongiMS", cases, ["prior_flair", "current_flair"])
+    assert folder.name == "Dataset501_LongiMS"
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "prior_flair", "1": "current_flair"}
+    assert meta["labels"] == FOUR_CLASS_LABELS
+    assert meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz"
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == [
+        "p1_fu1_0000.nii.gz", "p1_fu1_0001.nii.gz", "p2_fu1_0000.nii.gz", "p2_fu1_0001.nii.gz"
+    ]
+    summary = check_nnunet_raw_dataset(folder)
+    assert summary == {"dataset_id": 501, "name": "LongiMS", "num_cases": 2, "num_channels": 2,
+                       "cases": ["p1_fu1", "p2_fu1"]}
+    # the label file holds exactly the 4-class map, the images their arrays
+    lab = np.asarray(nib.load(folder / "labelsTr" / "p1_fu1.nii.gz").dataobj)
+    assert np.array_equal(lab, cases[0].labels)
+    img = nib.load(folder / "imagesTr" / "p1_fu1_0001.nii.gz")
+    assert np.allclose(img.get_fdata(), cases[0].images[1]) and np.allclose(img.affine, cases[0].affine)
+    with pytest.raises(FileExistsError):
+        write_nnunet_dataset(tmp_path, 501, "LongiMS", [_case("p1_fu1", rng)], ["a", "b"])
+
+
+def test_structural_check_finds_problems(tmp_path: Path, rng: np.random.Generator) -> None:
+    folder = write_nnunet_dataset(tmp_path, 7, "X", [_case("a", rng), _case("b", rng)], ["c0", "c1"])
+    (folder / "imagesTr" / "b_0001.nii.gz").unlink()
+    (folder / "imagesTr" / "stray_0000.nii.gz").write_bytes(b"")
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["numTraining"] = 5
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as err:
+        check_nnunet_raw_dataset(folder)
+    msg = str(err.value)
+    assert "b_0001.nii.gz is missing" in msg and "stray_0000.nii.gz" in msg and "numTraining is 5" in msg
+
+
+def test_structural_check_json_and_geometry(tmp_path: Path, rng: np.random.Generator) -> None:
+    folder = write_nnunet_dataset(tmp_path, 8, "Y", [_case("a", rng)], ["c0", "c1"])
+    meta = json.loads((folder / "dataset.json").read_text())
+    bad = dict(meta, labels={"background": 0, "x": 2})
+    (folder / "dataset.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="consecutive"):
+        check_nnunet_raw_dataset(folder)
+    del bad["file_ending"]
+    (folder / "dataset.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="file_ending"):
+        check_nnunet_raw_dataset(folder)
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), folder / "imagesTr" / "a_0000.nii.gz")
+    with pytest.raises(ValueError, match="shape/affine"):
+        check_nnunet_raw_dataset(folder)
+    assert check_nnunet_raw_dataset(folder, check_geometry=False)["num_cases"] == 1
+    renamed = folder.rename(tmp_path / "Dataset8_Y")
+    with pytest.raises(ValueError, match="DatasetXXX_Name"):
+        check_nnunet_raw_dataset(renamed)
+    with pytest.raises(ValueError, match="dataset.json is missing"):
+        check_nnunet_raw_dataset(tmp_path / "Dataset009_Missing")
+
+
+def test_writer_errors(tmp_path: Path, rng: np.random.Generator) -> None:
+    with pytest.raises(ValueError, match="1..999"):
+        nnunet_dataset_name(1000, "A")
+    with pytest.raises(ValueError, match="name"):
+        nnunet_dataset_name(1, "bad name")
+    with pytest.raises(ValueError, match="case_id"):
+        NnUNetCase("bad id", [np.zeros(SHAPE)], np.zeros(SHAPE, np.uint8))
+    with pytest.raises(ValueError, match="same shape"):
+        NnUNetCase("a", [np.zeros((2, 2, 2))], np.zeros(SHAPE, np.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        NnUNetCase("a", [np.full(SHAPE, np.nan)], np.zeros(SHAPE, np.uint8))
+    with pytest.raises(ValueError, match="duplicate"):
+        write_nnunet_dataset(tmp_path, 1, "A", [_case("a", rng), _case("a", rng)], ["x", "y"])
+    with pytest.raises(ValueError, match="channel_names has 3"):
+        write_nnunet_dataset(tmp_path, 2, "B", [_case("a", rng)], ["x", "y", "z"])
+    with pytest.raises(ValueError, match="not declared"):
+        write_nnunet_dataset(tmp_path, 3, "C", [_case("a", rng)], ["x", "y"], labels={"background": 0, "les": 1})
+    with pytest.raises(ValueError, match="empty"):
+        write_nnunet_dataset(tmp_path, 4, "D", [], ["x"])
+
+
+def _write_longiseg_case(root: Path, case: str, masks: list[np.ndarray], rng: np.random.Generator) -> None:
+    """Write a longiseg-layout case: masks[0] baseline, masks[t] progression of follow-up t."""
+    affine = np.eye(4)
+    for t in range(len(masks)):
+        for mod in ("flair", "t2"):
+            nib.save(nib.Nifti1Image(rng.normal(size=SHAPE).astype(np.float32), affine),
+                     root / case / image_filename(t, mod))
+    for t, mask in enumerate(masks):
+        name = BASELINE_MASK if t == 0 else progression_filename(t)
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), root / case / name)
+
+
+def test_convert_longiseg_dataset_and_import_predictions(tmp_path: Path, rng: np.random.Generator) -> None:
+    root = tmp_path / "data"
+    masks = [rng.random(SHAPE) > 0.7, rng.random(SHAPE) > 0.9, rng.random(SHAPE) > 0.9]
+    for case, n in (("p1", 3), ("p2", 2)):
+        (root / case).mkdir(parents=True)
+        _write_longiseg_case(root, case, masks[:n], rng)
+    folder = convert_longiseg_dataset(root, tmp_path / "raw", 502, "Longi")
+    summary = check_nnunet_raw_dataset(folder)
+    assert summary["cases"] == ["p1_fu1", "p1_fu2", "p2_fu1"]
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "prior_flair", "1": "prior_t2", "2": "current_flair", "3": "current_t2"}
+    # pair (1, 2): the prior mask is baseline | progression_t1, the progression is progression_t2
+    lab = np.asarray(nib.load(folder / "labelsTr" / "p1_fu2.nii.gz").dataobj).astype(np.int64)
+    prior, prog = four_class_to_masks(lab)
+    assert np.array_equal(prior, masks[0] | masks[1]) and np.array_equal(prog, masks[2])
+    # images of the pair: prior timepoint 1 and current timepoint 2, in modality order
+    src = nib.load(root / "p1" / image_filename(1, "t2")).get_fdata()
+    assert np.allclose(nib.load(folder / "imagesTr" / "p1_fu2_0001.nii.gz").get_fdata(), src)
+
+    # nnU-Net's predictions (here: the training labels) come back as longiseg prediction files
+    written = import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred")
+    assert len(written) == 5  # p1: baseline + 2 progressions, p2: baseline + 1 progression
+    out = tmp_path / "pred" / "p1"
+    assert np.array_equal(np.asarray(nib.load(out / BASELINE_MASK).dataobj).astype(bool), masks[0])
+    assert np.array_equal(np.asarray(nib.load(out / progression_filename(2)).dataobj).astype(bool), masks[2])
+
+
+def test_convert_errors(tmp_path: Path, rng: np.random.Generator) -> None:
+    with pytest.raises(FileNotFoundError, match="no case folders"):
+        convert_longiseg_dataset(tmp_path, tmp_path / "raw", 1, "A")
+    with pytest.raises(FileNotFoundError, match="no predictions"):
+        import_nnunet_predictions(tmp_path, tmp_path / "pred")
+    (tmp_path / "p1").mkdir()
+    _write_longiseg_case(tmp_path, "p1", [rng.random(SHAPE) > 0.5, rng.random(SHAPE) > 0.5], rng)
+    (tmp_path / "p1" / image_filename(1, "t2")).unlink()
+    with pytest.raises(FileNotFoundError, match="lacks modalities"):
+        convert_longiseg_dataset(tmp_path, tmp_path / "raw", 1, "A", modalities=["flair", "t2"])

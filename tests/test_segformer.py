@@ -1,0 +1,199 @@
+"""Efficient/global self-attention mixers (against a float64 reference) and the 2.5D SegFormer baseline."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from model_checks import (
+    PAPER_PARAM_TARGETS_M,
+    assert_all_parameters_get_gradients,
+    assert_output_shapes,
+    assert_params_near,
+    assert_training_reduces_loss,
+    synthetic_batch,
+)
+
+from longiseg import build_model, model_info
+from longiseg.networks.blocks.efficient_attention import (
+    EfficientSelfAttention,
+    GlobalSelfAttention,
+    SpatialReductionAttention,
+)
+from longiseg.networks.blocks.encoder import HierarchicalEncoder
+from longiseg.networks.blocks.heads import TimepointHeads
+from longiseg.networks.blocks.mlp_decoder import AllMLPDecoder
+from longiseg.networks.blocks.st_block import STBlock
+from longiseg.networks.nets.segformer import SegFormer
+from longiseg.networks.nets.segmast import LongitudinalSegFormerLike
+
+TINY = {"widths": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4), "decoder_dim": 16,
+        "drop_path_rate": 0.0, "decoder_dropout": 0.0}
+
+
+# ------------------------------------------------------------------------------------- attention mixers
+
+
+def _reference_attention(mod: SpatialReductionAttention, x: torch.Tensor, joint_time: bool) -> torch.Tensor:
+    """Attention written out with explicit matrices, one (sample[, timepoint]) group at a time."""
+    b, t, h, w, c = x.shape
+    heads, d = mod.num_heads, c // mod.num_heads
+
+    def kv_tokens(grid: torch.Tensor) -> torch.Tensor:  # (H, W, C) -> (L', C)
+        if mod.sr_ratio == 1:
+            return grid.reshape(-1, c)
+        r = mod.sr_ratio
+        patches = grid[: h // r * r, : w // r * r].reshape(h // r, r, w // r, r, c).permute(0, 2, 4, 1, 3)
+        reduced = torch.einsum("ijcab,ocab->ijo", patches, mod.sr.weight) + mod.sr.bias
+        reduced = reduced.reshape(-1, c)
+        mean = reduced.mean(-1, keepdim=True)
+        var = reduced.var(-1, unbiased=False, keepdim=True)
+        return (reduced - mean) / torch.sqrt(var + mod.norm.eps) * mod.norm.weight + mod.norm.bias
+
+    def attend(queries: torch.Tensor, keys_values: torch.Tensor) -> torch.Tensor:  # (L, C), (L', C)
+        q = queries @ mod.q.weight.T + mod.q.bias
+        kv = keys_values @ mod.kv.weight.T + mod.kv.bias
+        k, v = kv[:, :c], kv[:, c:]
+        outs = []
+        for i in range(heads):
+            sl = slice(i * d, (i + 1) * d)
+            scores = q[:, sl] @ k[:, sl].T / math.sqrt(d)
+            outs.append(torch.softmax(scores, dim=-1) @ v[:, sl])
+        return torch.cat(outs, dim=-1) @ mod.proj.weight.T + mod.proj.bias
+
+    out = torch.empty_like(x)
+    for bi in range(b):
+        if joint_time:
+            kv = torch.cat([kv_tokens(x[bi, ti]) for ti in range(t)])
+            out[bi] = attend(x[bi].reshape(-1, c), kv).reshape(t, h, w, c)
+        else:
+            for ti in range(t):
+                out[bi, ti] = attend(x[bi, ti].reshape(-1, c), kv_tokens(x[bi, ti])).reshape(h, w, c)
+    return out
+
+
+@pytest.mark.parametrize("cls, joint", [(EfficientSelfAttention, False), (GlobalSelfAttention, True)])
+@pytest.mark.parametrize("sr_ratio", [1, 2, 4])
+def test_attention_matches_float64_reference(cls: type, joint: bool, sr_ratio: int) -> None:
+    mod = cls(12, num_heads=3, sr_ratio=sr_ratio).double()
+    x = torch.randn(2, 3, 8, 9, 12, dtype=torch.float64, requires_grad=True)
+    out = mod(x)
+    ref = _reference_attention(mod, x, joint)
+    assert out.shape == x.shape
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-10
+    g = torch.randn_like(out)
+    params = [p for p in mod.parameters()]
+    grads = torch.autograd.grad(out, [x, *params], g)
+    grads_ref = torch.autograd.grad(ref, [x, *params], g)
+    for a, r in zip(grads, grads_ref):
+        assert ((a - r).norm() / r.norm()).item() < 1e-10
+
+
+def test_efficient_attention_keeps_timepoints_apart_global_mixes_them() -> None:
+    x = torch.randn(1, 2, 8, 8, 8)
+    x_changed = x.clone()
+    x_changed[:, 1] += 1.0 + torch.randn(8, 8, 8)
+    eff, glob = EfficientSelfAttention(8, 2, sr_ratio=2), GlobalSelfAttention(8, 2, sr_ratio=2)
+    torch.testing.assert_close(eff(x)[:, 0], eff(x_changed)[:, 0])
+    assert not torch.allclose(glob(x)[:, 0], glob(x_changed)[:, 0])
+
+
+def test_attention_errors() -> None:
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        EfficientSelfAttention(10, num_heads=3)
+    with pytest.raises(ValueError, match="sr_ratio"):
+        EfficientSelfAttention(8, sr_ratio=0)
+    mod = EfficientSelfAttention(8, sr_ratio=4)
+    with pytest.raises(ValueError, match=r"\(B, T, H, W, C\)"):
+        mod(torch.randn(2, 8, 8, 8))
+    with pytest.raises(ValueError, match="8 channels"):
+        mod(torch.randn(1, 2, 8, 8, 4))
+    with pytest.raises(ValueError, match="smaller than sr_ratio=4"):
+        mod(torch.randn(1, 2, 2, 8, 8))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        mod("tokens")
+
+
+# ------------------------------------------------------------------------------------------- SegFormer
+
+
+def test_segformer_shares_segmast_building_blocks() -> None:
+    model = build_model("segformer", **TINY)
+    assert isinstance(model, LongitudinalSegFormerLike)
+    assert isinstance(model.encoder, HierarchicalEncoder)
+    assert isinstance(model.decoder, AllMLPDecoder) and isinstance(model.heads, TimepointHeads)
+    blocks = [blk for stage in model.encoder.stages for blk in stage.blocks]
+    assert blocks and all(isinstance(blk, STBlock) and isinstance(blk.mixer, EfficientSelfAttention)
+                          for blk in blocks)
+    assert [stage.blocks[0].mixer.sr_ratio for stage in model.encoder.stages] == [8, 4, 2, 1]
+    glob = build_model("segformer", attention="global", **TINY)
+    assert all(isinstance(stage.blocks[0].mixer, GlobalSelfAttention) for stage in glob.encoder.stages)
+
+
+@pytest.mark.parametrize("timepoints, size", [(2, (32, 32)), (3, (40, 36))])
+def test_segformer_forward_shapes(timepoints: int, size: tuple[int, int]) -> None:
+    model = build_model("segformer", in_channels=2, out_channels=2, **TINY)
+    assert_output_shapes(model(torch.randn(2, timepoints, 2, *size)), 2, timepoints, 2, size)
+
+
+def test_segformer_fixed_t_with_per_followup_heads() -> None:
+    model = build_model("segformer", in_channels=1, num_timepoints=3, shared_progression_head=False, **TINY)
+    assert_output_shapes(model(torch.randn(1, 3, 1, 32, 32)), 1, 3, 1, (32, 32))
+    with pytest.raises(ValueError, match="num_timepoints=3"):
+        model(torch.randn(1, 2, 1, 32, 32))
+
+
+@pytest.mark.parametrize("attention", ["efficient", "global"])
+def test_segformer_gradients_reach_every_parameter(attention: str) -> None:
+    model = build_model("segformer", in_channels=1, attention=attention, **TINY)
+    assert_all_parameters_get_gradients(model, torch.randn(2, 2, 1, 32, 32))
+
+
+def test_segformer_training_reduces_loss() -> None:
+    model = build_model("segformer", in_channels=1, **TINY)
+    images, baseline, progression = synthetic_batch(2, 2, 1, (32, 32))
+    assert_training_reduces_loss(model, images, baseline, progression)
+
+
+@pytest.mark.parametrize(
+    "name, target_m",
+    [
+        ("segformer_b0", 3.8),  # SegFormer-B0 (Xie et al., 2021): 3.4M encoder + 0.4M decoder
+        ("segformer_b1", 13.7),  # SegFormer-B1: 13.1M encoder + 0.6M decoder
+        ("segformer_ms", PAPER_PARAM_TARGETS_M[("2.5D", "ms")]),
+        ("segformer_glioma", PAPER_PARAM_TARGETS_M[("2.5D", "glioma")]),
+    ],
+)
+def test_named_config_parameter_counts(name: str, target_m: float) -> None:
+    assert model_info(name).dim == "2.5D"
+    assert_params_near(build_model(name), target_m)
+
+
+def test_segformer_errors() -> None:
+    with pytest.raises(ValueError, match="attention"):
+        SegFormer(attention="linear")
+    with pytest.raises(ValueError, match="one entry per stage"):
+        SegFormer(num_heads=(1, 2, 5))
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        SegFormer(widths=(32, 64, 160, 250))
+    with pytest.raises(ValueError, match="num_timepoints is required"):
+        SegFormer(shared_progression_head=False)
+    model = build_model("segformer", in_channels=2, **TINY)
+    with pytest.raises(ValueError, match="C=1"):
+        model(torch.randn(1, 2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, T, C, H, W\)"):
+        model(torch.randn(1, 2, 2, 32))
+    with pytest.raises(ValueError, match="NaN"):
+        model(torch.full((1, 2, 2, 32, 32), float("nan")))
+
+
+def test_sdpa_matches_manual_softmax_in_float32_too() -> None:
+    """The SDPA fast path in float32 agrees with the float64 reference to float32 accuracy."""
+    mod = EfficientSelfAttention(16, num_heads=2, sr_ratio=2)
+    x = torch.randn(1, 2, 8, 8, 16)
+    ref = _reference_attention(mod.double(), x.double(), joint_time=False)
+    out = mod.float()(x)
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+    assert F.mse_loss(out.double(), ref).item() < 1e-10
