@@ -1,0 +1,78 @@
+# Shared helpers of the example scripts (sourced, not run). Environment variables understood by every script:
+#
+#   DATA_ROOT  folder holding the converted datasets (default: data), e.g. data/ms_inhouse/{train,test}
+#   RUNS       folder for runs, predictions and reports (default: runs)
+#   LONGISEG   the longiseg command (default: longiseg; e.g. "python -m longiseg")
+#   PYTHON     the Python interpreter with longiseg installed (default: python)
+#   EXTRA      extra config overrides appended to every training run, e.g. for a smoke test:
+#              EXTRA="trainer.max_epochs=1 trainer.steps_per_epoch=2 trainer.batch_size=4"
+#
+# Runs resume from RUN/last.pt when interrupted; predictions that already exist are kept.
+
+set -euo pipefail
+
+EXAMPLES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CONFIGS="$EXAMPLES_DIR/configs"
+DATA_ROOT="${DATA_ROOT:-data}"
+RUNS="${RUNS:-runs}"
+LONGISEG="${LONGISEG:-longiseg}"
+PYTHON="${PYTHON:-python}"
+EXTRA="${EXTRA:-}"
+
+# model_dim NAME -> "2.5D" or "3D" (from the registry; fails with the closest names for an unknown model)
+model_dim() {
+    "$PYTHON" -c "import sys, longiseg; print(longiseg.model_info(sys.argv[1]).dim)" "$1"
+}
+
+# config_for DATASET MODEL -> the example config of the model's family, e.g. configs/msseg2_3d.yaml
+config_for() {
+    local dim
+    dim="$(model_dim "$2")"
+    if [[ "$dim" == "3D" ]]; then
+        echo "$CONFIGS/$1_3d.yaml"
+    else
+        echo "$CONFIGS/$1_2.5d.yaml"
+    fi
+}
+
+# size_overrides DATASET MODEL -> overrides needed because of a model's size constraint.
+# MSSEG-2 uses crops of 80; the 2.5D U-Nets and Swin UNETR need sizes divisible by 32, so they use 96.
+size_overrides() {
+    if [[ "$1" == "msseg2" ]]; then
+        case "$2" in
+            dynunet_2d*|longi_unet_dw_2d*|longi_unet_concat_2d*|swin_unetr_3d*)
+                echo "data.crop_size=96 inference.patch_size=96" ;;
+        esac
+    fi
+}
+
+# best_checkpoint RUN_DIR -> RUN_DIR/best.pt if it exists, else RUN_DIR/last.pt
+best_checkpoint() {
+    if [[ -f "$1/best.pt" ]]; then echo "$1/best.pt"; else echo "$1/last.pt"; fi
+}
+
+# train_and_predict CONFIG TRAIN_DIR TEST_DIR RUN_DIR PRED_DIR [KEY=VALUE ...]
+#   Trains (resuming if RUN_DIR/last.pt exists) with the overrides, then predicts TEST_DIR into PRED_DIR.
+train_and_predict() {
+    local config="$1" train_dir="$2" test_dir="$3" run_dir="$4" pred_dir="$5"
+    shift 5
+    local overrides=("$@")
+    # shellcheck disable=SC2206  # EXTRA is a whitespace-separated list of KEY=VALUE
+    overrides+=($EXTRA)
+    local args=(train "$config" --data "$train_dir" --output "$run_dir")
+    [[ -f "$run_dir/last.pt" ]] && args+=(--resume)
+    ((${#overrides[@]})) && args+=(--set "${overrides[@]}")
+    echo ">>> $LONGISEG ${args[*]}"
+    $LONGISEG "${args[@]}"
+    echo ">>> predicting $test_dir -> $pred_dir"
+    $LONGISEG predict --checkpoint "$(best_checkpoint "$run_dir")" --input "$test_dir" --output "$pred_dir" \
+        --skip-existing
+}
+
+# require_dir DIR WHAT: fail with a pointer to examples/README.md when a dataset folder is missing
+require_dir() {
+    if [[ ! -d "$1" ]]; then
+        echo "error: $2 folder $1 does not exist; see examples/README.md for how to prepare it" >&2
+        exit 2
+    fi
+}
