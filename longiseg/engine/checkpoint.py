@@ -153,8 +153,11 @@ def save_checkpoint(
     Args:
         path: destination file (its folder is created).
         model: the model, possibly wrapped in DDP (its unwrapped ``state_dict`` is saved).
-        optimizer, scheduler, grad_scaler, sampler, loss_fn: objects whose ``state_dict()`` is saved when
-            they have one; ``None`` entries are stored as ``None``.
+        optimizer: optimizer whose ``state_dict()`` is saved (``None`` is stored as ``None``).
+        scheduler: learning-rate scheduler, saved likewise.
+        grad_scaler: AMP grad scaler, saved likewise.
+        sampler: batch sampler, saved when it has a ``state_dict()``.
+        loss_fn: loss, saved when it has a ``state_dict()`` (e.g. its RNG state).
         epoch: completed epochs.
         global_step: completed optimizer steps.
         best_metric: best monitored value so far.
@@ -234,8 +237,11 @@ def load_checkpoint(
     Args:
         path: a file written by :func:`save_checkpoint`.
         model: model (wrapped or not) to load the weights into.
-        optimizer, scheduler, grad_scaler, sampler, loss_fn: objects to restore when the checkpoint has
-            their state (a sampler/loss without ``load_state_dict`` is skipped).
+        optimizer: optimizer to restore when the checkpoint has its state.
+        scheduler: scheduler to restore likewise.
+        grad_scaler: AMP grad scaler to restore likewise.
+        sampler: batch sampler to restore (skipped without ``load_state_dict``).
+        loss_fn: loss to restore (skipped without ``load_state_dict``).
         restore_rng: also restore the python/numpy/torch/CUDA RNG states.
         map_location: passed to :func:`torch.load`.
         strict: passed to ``model.load_state_dict``.

@@ -165,7 +165,8 @@ def predict_case(
         restrict_to_brain: ``"none"``, ``"progression"`` or ``"both"``: which masks are cut to the brain mask
             (the given one, else the voxels that are nonzero in any timepoint/channel). Probability and
             entropy maps are saved unrestricted.
-        save_probabilities / save_entropy: also write the probability / entropy maps.
+        save_probabilities: also write the probability maps.
+        save_entropy: also write the entropy maps.
         overwrite: replace existing files; otherwise an existing output raises before anything is computed.
 
     Returns:

@@ -365,10 +365,13 @@ def selective_scan_chunked(
     """Chunked selective scan (semantics and shapes of :func:`longiseg.ssm.selective_scan`).
 
     Args:
-        u, delta: ``(B, D, L)``.
+        u: input ``(B, D, L)``.
+        delta: time steps ``(B, D, L)``.
         A: ``(D, N)`` real.
-        B, C: ``(B, N, L)``, ``(B, G, N, L)`` or ``(D, N)``.
-        D, delta_bias: ``(D,)`` or ``None``.
+        B: input matrix ``(B, N, L)``, ``(B, G, N, L)`` or ``(D, N)``.
+        C: output matrix, same layouts as ``B``.
+        D: skip connection ``(D,)`` or ``None``.
+        delta_bias: ``(D,)`` or ``None``.
         z: ``(B, D, L)`` or ``None``.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state ``(B, D, N)``.

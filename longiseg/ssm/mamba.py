@@ -30,14 +30,16 @@ class Mamba(nn.Module):
         d_conv: causal depthwise convolution width.
         expand: inner width factor, ``d_inner = expand * d_model``.
         dt_rank: rank of the time-step projection, ``"auto"`` = ``ceil(d_model / 16)``.
-        dt_min, dt_max: range of the initial time steps (log-uniform).
+        dt_min: lower end of the range of the initial time steps (log-uniform).
+        dt_max: upper end of that range.
         dt_init: ``"random"`` (uniform) or ``"constant"`` init of ``dt_proj.weight``.
         dt_scale: scale of the ``dt_proj.weight`` init.
         dt_init_floor: lower clamp of the initial time steps.
         conv_bias: bias in the depthwise convolution.
         bias: bias in ``in_proj`` and ``out_proj``.
         layer_idx: optional layer index (kept for compatibility with mamba-ssm).
-        device, dtype: factory arguments for the parameters (``A_log`` and ``D`` stay float32 as in mamba-ssm).
+        device: factory argument for the parameters.
+        dtype: factory argument for the parameters (``A_log`` and ``D`` stay float32 as in mamba-ssm).
         backend: selective-scan backend (``None`` = environment variable / auto, see
             :func:`longiseg.ssm.selective_scan`).
     """

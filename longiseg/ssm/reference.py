@@ -42,10 +42,13 @@ def selective_scan_reference(
     ``h_t = exp(delta_t A) * h_{t-1} + delta_t B_t u_t``, ``y_t = C_t . h_t + D u_t``, ``out = y * silu(z)``.
 
     Args:
-        u, delta: ``(B, D, L)``.
+        u: input ``(B, D, L)``.
+        delta: time steps ``(B, D, L)``.
         A: ``(D, N)`` real.
-        B, C: ``(B, N, L)``, ``(B, G, N, L)`` or ``(D, N)``.
-        D, delta_bias: ``(D,)`` or ``None``.
+        B: input matrix ``(B, N, L)``, ``(B, G, N, L)`` or ``(D, N)``.
+        C: output matrix, same layouts as ``B``.
+        D: skip connection ``(D,)`` or ``None``.
+        delta_bias: ``(D,)`` or ``None``.
         z: ``(B, D, L)`` or ``None``.
         delta_softplus: apply ``softplus`` to ``delta + delta_bias``.
         return_last_state: also return ``h_{L-1}`` of shape ``(B, D, N)``.
