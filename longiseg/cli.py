@@ -100,6 +100,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             kw[key] = val
     summary = run_demo(DemoConfig(**kw))
     print(summary["table"])
+    print("\nheld-out test patients, trained vs untrained (mean over patients):")
+    for label, vals in summary["learned"].items():
+        print("  " + label + ": " + ", ".join(
+            f"{k} {v['trained']:.3f} vs {v['untrained']:.3f}" for k, v in vals.items()))
     print("\nfigures and reports:")
     for k, v in summary["files"].items():
         print(f"  {k:<16} {v}")
