@@ -79,7 +79,7 @@ class DemoConfig:
     num_test: int = 4
     spacing: int = 2
     models: tuple[str, ...] = ("SegMaST", "SegFormer")
-    epochs: int = 8
+    epochs: int = 24
     steps_per_epoch: int = 25
     batch_size: int = 8
     crop_size: int = 64
