@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", help="Mamba (MaST) vs attention mixer benchmark: time and memory vs tokens")
-    p.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    p.add_argument("--quick", action="store_true", help="small sizes only (a few minutes on a 2-core CPU)")
     p.add_argument("--plot", default=None, help="write the time/memory plot (PNG) here")
     p.set_defaults(func=_cmd_bench)
     return parser
