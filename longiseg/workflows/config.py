@@ -59,6 +59,8 @@ class DataConfig(ConfigBase):
             the cubic patch of 3D samples.
         planes: planes of 2.5D cross-view sampling.
         lesion_weight: probability that a crop is centred on a lesion voxel (weighted patch sampling).
+        progression_share: share of the lesion-centred crops of a progressing case that are centred on its
+            new/enlarging lesions rather than its baseline lesions.
         samples_per_epoch: samples per epoch (default ``32 * number of training cases``).
         positive_fraction: share of progressing cases in every batch (balanced batch sampler).
         val_samples: fixed validation samples drawn once from the validation cases.
@@ -75,6 +77,7 @@ class DataConfig(ConfigBase):
     crop_size: int = 128
     planes: list[str] = dataclasses.field(default_factory=lambda: list(_PLANES))
     lesion_weight: float = 0.5
+    progression_share: float = 0.5
     samples_per_epoch: int | None = None
     positive_fraction: float = 0.5
     val_samples: int = 64
@@ -89,6 +92,8 @@ class DataConfig(ConfigBase):
         _need(bool(self.planes) and all(p in _PLANES for p in self.planes), "DataConfig",
               f"planes must be a non-empty subset of {_PLANES}, got {self.planes}")
         _need(0.0 <= self.lesion_weight <= 1.0, "DataConfig", f"lesion_weight must be in [0, 1], got {self.lesion_weight}")
+        _need(0.0 <= self.progression_share <= 1.0, "DataConfig",
+              f"progression_share must be in [0, 1], got {self.progression_share}")
         _need(0.0 < self.positive_fraction < 1.0, "DataConfig",
               f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         _need(self.val_samples >= 1, "DataConfig", f"val_samples must be >= 1, got {self.val_samples}")

@@ -89,7 +89,8 @@ def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_c
 
     # functools.partial keeps the preprocessing picklable for DataLoader workers.
     prep = functools.partial(preprocess_case, crop=dc.crop_to_foreground)
-    common = {"lesion_weight": dc.lesion_weight, "preprocess": prep, "cache_size": dc.cache_size}
+    common = {"lesion_weight": dc.lesion_weight, "progression_share": dc.progression_share, "preprocess": prep,
+              "cache_size": dc.cache_size}
     if dim == "3D":
         def make(cases, **kw):  # noqa: ANN001, ANN202
             return VolumePatchDataset(cases, patch_size=dc.crop_size, **common, **kw)
