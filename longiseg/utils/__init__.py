@@ -1,6 +1,12 @@
 """Shared utilities: input validation, logging, atomic I/O."""
 
-from longiseg.utils.io import atomic_path, atomic_save_nifti, atomic_torch_save, atomic_write, atomic_write_json
+from longiseg.utils.io import (
+    atomic_path,
+    atomic_save_nifti,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_json,
+)
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import (
     check_binary,
