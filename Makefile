@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,demo,baselines,docs
 
-.PHONY: install test test-all demo smoke bench docs lint clean
+.PHONY: install test test-all demo bench docs lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ test-all: install
 	$(PY) -m pytest -q --runslow
 
 demo: install
-	$(VENV)/bin/longiseg demo --output demo_output
+	$(VENV)/bin/longiseg demo --output demo_output --overwrite
 
 bench: install
 	$(PY) benchmarks/run_all.py --quick

@@ -119,3 +119,16 @@ def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path,
     assert main(["evaluate", str(pred), str(cohort), "--out", str(report), "--no-progress"]) == 0
     summary = json.loads((report / "summary.json").read_text())
     assert summary["models"] and (report / "boxplot.png").stat().st_size > 0
+
+
+def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    from longiseg.workflows.demo import DemoConfig, run_demo
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "data.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="not empty"):
+        run_demo(DemoConfig(output_dir=str(precious), num_patients=6, num_test=2))
+    with pytest.raises(FileExistsError, match="not a folder written by the demo"):
+        run_demo(DemoConfig(output_dir=str(precious), num_patients=6, num_test=2, overwrite=True))
+    assert (precious / "data.txt").read_text() == "user data"

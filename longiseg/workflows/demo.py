@@ -38,6 +38,9 @@ from longiseg.workflows.train import run_training
 
 __all__ = ["DemoConfig", "DEMO_MODELS", "run_demo"]
 
+# Only folders holding this marker are ever deleted by ``overwrite=True``.
+_MARKER = ".longiseg-demo"
+
 logger = get_logger(__name__)
 
 #: Small configurations of the two 2.5D models compared by the demo (registry name, factory kwargs).
@@ -70,7 +73,8 @@ class DemoConfig:
             worker; the chunked scan's many small operations gain little from more threads and lose a lot
             when the cores are shared.
         num_workers: DataLoader worker processes that sample and augment slices while the model trains.
-        overwrite: replace an existing demo output folder.
+        overwrite: replace an existing demo output folder (only one the demo wrote, recognised by its marker
+            file; any other non-empty folder is never deleted).
         progress: progress bars.
     """
 
@@ -218,8 +222,11 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     if out.exists() and any(out.iterdir()):
         if not cfg.overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        if not (out / _MARKER).is_file():
+            raise FileExistsError(f"{out} is not a folder written by the demo (no {_MARKER}); not replacing it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / _MARKER).write_text("written by longiseg demo; --overwrite may replace this folder\n")
     torch.manual_seed(cfg.seed)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
