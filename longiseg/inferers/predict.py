@@ -8,7 +8,7 @@ affine, atomically, and never over an existing file unless ``overwrite=True``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -232,6 +232,7 @@ def predict_folder(
     skip_existing: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    reader: Callable[[Path, Sequence[str] | None], CaseImages] = read_case_images,
     **predict_kwargs: object,
 ) -> dict[str, dict[str, list[Path]]]:
     """Predict every case folder of ``in_dir`` (library layout) into ``out_dir``.
@@ -245,6 +246,8 @@ def predict_folder(
         skip_existing: skip cases whose baseline mask already exists instead of raising ``FileExistsError``.
         overwrite: replace existing outputs.
         progress: tqdm bar over cases.
+        reader: ``(case_dir, modalities) -> CaseImages``; the default reads the files as they are, a custom reader
+            can validate and normalise them as in training (``longiseg.workflows.predict.run_prediction`` does).
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
             ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask.
 
@@ -275,7 +278,7 @@ def predict_folder(
         if skip_existing and not overwrite and (Path(out_dir) / cid / BASELINE_MASK).exists():
             logger.info("skipping case %s: outputs exist", cid)
             continue
-        case = read_case_images(in_dir / cid, modalities)
+        case = reader(in_dir / cid, modalities)
         results[cid] = predict_case(
             model,
             case.images,

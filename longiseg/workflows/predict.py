@@ -7,21 +7,16 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
-from longiseg.data.layout import BASELINE_MASK
 from longiseg.data.loading import find_cases, load_case
 from longiseg.data.preprocessing import preprocess_case
-from longiseg.inferers.predict import predict_case
+from longiseg.inferers.predict import CaseImages, predict_folder
 from longiseg.inferers.sliding_window import SlidingWindowInferer3D
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.registry import model_info
-from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import InferenceConfig
 
 __all__ = ["make_inferer", "run_prediction"]
-
-logger = get_logger(__name__)
 
 
 def make_inferer(dim: str, cfg: InferenceConfig, *, device: str | torch.device | None = None,
@@ -42,10 +37,10 @@ def run_prediction(model: nn.Module, model_name: str, input_dir: str | Path, out
                    progress: bool = True) -> dict[str, dict[str, list[Path]]]:
     """Predict every case of ``input_dir`` (library layout, masks optional) into ``output_dir``.
 
-    Each case is loaded and checked (:func:`~longiseg.data.loading.load_case`), z-score normalised exactly as in
-    training (:func:`~longiseg.data.preprocessing.preprocess_case`), predicted with the inferer of the model's
-    dimensionality and written by :func:`~longiseg.inferers.predict.predict_case` (masks, probabilities and
-    entropy maps with the input affine, atomically, never over existing files unless ``overwrite``).
+    :func:`~longiseg.inferers.predict.predict_folder` does the work (masks, probabilities and entropy maps with the
+    input affine, atomically, never over existing files unless ``overwrite``) with a reader that loads and checks
+    each case (:func:`~longiseg.data.loading.load_case`) and z-score normalises it exactly as in training
+    (:func:`~longiseg.data.preprocessing.preprocess_case`); the inferer matches the model's dimensionality.
 
     Args:
         model: a trained registry model.
@@ -71,24 +66,20 @@ def run_prediction(model: nn.Module, model_name: str, input_dir: str | Path, out
     dim = model_info(model_name).dim
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    inferer = make_inferer(dim, cfg, device=device, progress=False)
-    sources = find_cases(input_dir, modalities=modalities, require_masks=False)
+    sources = {s.case_id: s for s in find_cases(input_dir, modalities=modalities, require_masks=False)}
     if case_ids is not None:
-        wanted = set(case_ids)
-        sources = [s for s in sources if s.case_id in wanted]
-        missing = wanted - {s.case_id for s in sources}
+        missing = set(case_ids) - set(sources)
         if missing:
             raise FileNotFoundError(f"cases not found in {input_dir}: {sorted(missing)}")
+
+    def read_preprocessed(case_dir: Path, _modalities: Sequence[str] | None) -> CaseImages:
+        case = preprocess_case(load_case(sources[case_dir.name]))
+        return CaseImages(case.images, case.affine, case.spacing, case.brain_mask, case.modalities)
+
     model.eval()
-    results: dict[str, dict[str, list[Path]]] = {}
-    for src in tqdm(sources, desc="predict", unit="case", disable=not progress):
-        if skip_existing and not overwrite and (Path(output_dir) / src.case_id / BASELINE_MASK).exists():
-            logger.info("skipping %s: outputs exist", src.case_id)
-            continue
-        case = preprocess_case(load_case(src))
-        results[src.case_id] = predict_case(
-            model, case.images, case.affine, case.spacing, output_dir, src.case_id, inferer=inferer,
-            brain_mask=case.brain_mask, threshold=cfg.threshold, min_volume_mm3=cfg.min_lesion_mm3,
-            restrict_to_brain=cfg.restrict, overwrite=overwrite,
-        )
-    return results
+    return predict_folder(
+        model, input_dir, output_dir, case_ids=list(case_ids) if case_ids is not None else list(sources),
+        skip_existing=skip_existing, overwrite=overwrite, progress=progress, reader=read_preprocessed,
+        inferer=make_inferer(dim, cfg, device=device, progress=False), threshold=cfg.threshold,
+        min_volume_mm3=cfg.min_lesion_mm3, restrict_to_brain=cfg.restrict,
+    )
