@@ -9,6 +9,7 @@ the table shows the child's RSS before inference (Python + torch + model + case)
 Usage::
 
     python benchmarks/bench_triplanar.py                      # full case, CPU, 2 threads
+    python benchmarks/bench_triplanar.py --anatomy mni152 --skip on --scan-backends numba chunked
     python benchmarks/bench_triplanar.py --quick              # small volume
     python benchmarks/bench_triplanar.py --model voxelwise    # the inferer's own time and memory
     python benchmarks/bench_triplanar.py --model segformer_ms --device cuda --repeats 3
@@ -42,14 +43,47 @@ def _current_rss_mb() -> float:
         return float("nan")
 
 
-def synthetic_case(shape: tuple[int, int, int], timepoints: int, channels: int, seed: int = 0):
-    """A brain-like case ``(T, C, D, H, W)``: noise inside an ellipsoid (~20 % of the box), zero outside."""
+def _fit(mask, shape):
+    """Centre-crop or zero-pad a boolean volume to ``shape``."""
+    import numpy as np
+
+    out = np.zeros(shape, dtype=bool)
+    src, dst = [], []
+    for have, want in zip(mask.shape, shape):
+        lo = (have - want) // 2
+        if lo >= 0:
+            src.append(slice(lo, lo + want))
+            dst.append(slice(0, want))
+        else:
+            src.append(slice(0, have))
+            dst.append(slice(-lo, -lo + have))
+    out[tuple(dst)] = mask[tuple(src)]
+    return out
+
+
+def brain_region(shape: tuple[int, int, int], anatomy: str):
+    """Boolean brain region of the case: ``"ellipsoid"`` (~20 % of the box) or ``"mni152"`` (the MNI152 1 mm
+    brain mask bundled with nilearn, centre-cropped/padded to ``shape``)."""
+    import numpy as np
+
+    if anatomy == "mni152":
+        from nilearn.datasets import load_mni152_brain_mask
+
+        mask = np.asarray(load_mni152_brain_mask(resolution=1).dataobj) > 0
+        return _fit(mask, shape)
+    grids = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij")
+    radius = (0.70, 0.80, 0.70)
+    return sum((g / r) ** 2 for g, r in zip(grids, radius)) <= 1.0
+
+
+def synthetic_case(
+    shape: tuple[int, int, int], timepoints: int, channels: int, seed: int = 0, anatomy: str = "ellipsoid"
+):
+    """A brain-like case ``(T, C, D, H, W)``: noise inside the brain region, zero outside."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij")
-    radius = (0.70, 0.80, 0.70)
-    inside = sum((g / r) ** 2 for g, r in zip(grids, radius)) <= 1.0
+    inside = brain_region(shape, anatomy)
     img = rng.standard_normal(size=(timepoints, channels, *shape), dtype=np.float32)
     img *= 0.2
     img += 0.5
@@ -82,18 +116,24 @@ def _worker(cfg: dict[str, Any], queue: mp.Queue) -> None:
     import torch
 
     torch.set_num_threads(cfg["threads"])
+    if cfg["scan_backend"]:
+        os.environ["LONGISEG_SCAN_BACKEND"] = cfg["scan_backend"]
     from longiseg.inferers import TriplanarInferer
+    from longiseg.ssm import resolve_backend
 
     try:
         model = _build(cfg["model"], cfg["model_kwargs"])
         model.eval().to(cfg["device"])
         channels = cfg["channels"] or getattr(model, "in_channels", 1)
-        img, brain_fraction = synthetic_case(tuple(cfg["shape"]), cfg["timepoints"], channels)
+        img, brain_fraction = synthetic_case(
+            tuple(cfg["shape"]), cfg["timepoints"], channels, anatomy=cfg["anatomy"]
+        )
         inferer = TriplanarInferer(
             patch_size=cfg["patch_size"],
             overlap=0.5,
             batch_size=cfg["batch_size"],
             skip_empty=cfg["skip_empty"],
+            crop_to_brain=cfg["crop_to_brain"],
             device=cfg["device"],
             amp=True,
             progress=cfg["progress"],
@@ -126,6 +166,7 @@ def _worker(cfg: dict[str, Any], queue: mp.Queue) -> None:
                 "rss_before_mb": rss_before,
                 "rss_peak_mb": _rss_mb(),
                 "gpu_peak_mb": gpu_peak,
+                "scan_backend": resolve_backend(None, torch.device(cfg["device"])),
                 "computed": sum(s["computed"] for s in stats.values()),
                 "skipped": sum(s["skipped"] for s in stats.values()),
                 "brain_fraction": brain_fraction,
@@ -167,16 +208,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="volume D H W (default 193 229 193)")
     parser.add_argument("--patch-size", type=int, default=None, help="in-plane patch (default 128; quick 32)")
     parser.add_argument("--timepoints", type=int, default=2)
+    parser.add_argument(
+        "--anatomy",
+        choices=("ellipsoid", "mni152"),
+        default="ellipsoid",
+        help="brain region of the synthetic case (mni152 needs nilearn: the template's 1 mm brain mask)",
+    )
     parser.add_argument("--channels", type=int, default=0, help="image channels (default: model.in_channels)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per configuration (median shown)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--scan-backends",
+        nargs="+",
+        default=[""],
+        help="selective-scan backends to compare (e.g. numba chunked); default: the automatic choice",
+    )
+    parser.add_argument(
         "--skip",
         choices=("both", "on", "off"),
         default="both",
         help="empty-region skipping configurations to run",
+    )
+    parser.add_argument(
+        "--windows",
+        choices=("brain", "slice", "both"),
+        default="brain",
+        help="window placement: over each slice's brain bounding box (default), the whole slice, or both",
     )
     parser.add_argument("--progress", action="store_true", help="show the tqdm bar")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -187,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = args.shape or ([20, 24, 20] if args.quick else [193, 229, 193])
     patch = args.patch_size or (32 if args.quick else 128)
     skips = {"both": [True, False], "on": [True], "off": [False]}[args.skip]
+    crops = {"both": [True, False], "brain": [True], "slice": [False]}[args.windows]
     base_cfg = {
         "model": args.model,
         "model_kwargs": json.loads(args.model_kwargs),
@@ -199,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "device": args.device,
         "progress": args.progress,
+        "anatomy": args.anatomy,
     }
     print(
         f"machine: {platform.machine()} {platform.processor() or ''} | cpus: {os.cpu_count()} | "
@@ -210,12 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         f"overlap 0.5 | planes: axial+coronal+sagittal | batch {args.batch_size} | repeats {args.repeats}"
     )
     rows = []
-    for skip in skips:
-        res = run_config({**base_cfg, "skip_empty": skip})
-        res["skip_empty"] = skip
+    configs = [(b, c, k) for b in args.scan_backends for c in crops for k in skips]
+    for backend, crop, skip in configs:
+        res = run_config({**base_cfg, "skip_empty": skip, "crop_to_brain": crop, "scan_backend": backend})
+        res["skip_empty"], res["crop_to_brain"] = skip, crop
         rows.append(res)
         if not res["ok"]:
-            print(f"skip_empty={skip}: FAILED: {res['error']}")
+            print(f"scan={backend or 'auto'} crop_to_brain={crop} skip_empty={skip}: FAILED: {res['error']}")
     ok = [r for r in rows if r["ok"]]
     if ok:
         r0 = ok[0]
@@ -224,22 +286,28 @@ def main(argv: list[str] | None = None) -> int:
             f"brain fraction of the box: {r0['brain_fraction']:.1%}"
         )
         header = (
-            f"{'skip_empty':>10} | {'patches run':>11} | {'skipped':>7} | {'median s':>8} | "
-            f"{'min s':>7} | {'warm-up s':>9} | {'RSS before MB':>13} | {'peak RSS MB':>11} | "
-            f"{'GPU peak MB':>11}"
+            f"{'scan':>9} | {'windows':>7} | {'skip_empty':>10} | {'patches run':>11} | {'skipped':>7} | "
+            f"{'median s':>8} | {'min s':>7} | {'patches/s':>9} | {'warm-up s':>9} | {'RSS before MB':>13} | "
+            f"{'peak RSS MB':>11} | {'GPU peak MB':>11}"
         )
         print(header)
         print("-" * len(header))
         for r in ok:
             gpu = f"{r['gpu_peak_mb']:.0f}" if r["gpu_peak_mb"] is not None else "-"
+            med = statistics.median(r["times"])
             print(
-                f"{str(r['skip_empty']):>10} | {r['computed']:>11} | {r['skipped']:>7} | "
-                f"{statistics.median(r['times']):>8.1f} | {min(r['times']):>7.1f} | {r['warmup_s']:>9.1f} | "
+                f"{r['scan_backend']:>9} | {'brain' if r['crop_to_brain'] else 'slice':>7} | "
+                f"{str(r['skip_empty']):>10} | {r['computed']:>11} | {r['skipped']:>7} | {med:>8.1f} | "
+                f"{min(r['times']):>7.1f} | {r['computed'] / med:>9.1f} | {r['warmup_s']:>9.1f} | "
                 f"{r['rss_before_mb']:>13.0f} | {r['rss_peak_mb']:>11.0f} | {gpu:>11}"
             )
-        if len(ok) == 2:
-            ratio = statistics.median(ok[1]["times"]) / statistics.median(ok[0]["times"])
-            print(f"time ratio no-skip / skip: {ratio:.2f}x")
+        base = ok[0]
+        for r in ok[1:]:
+            ratio = statistics.median(r["times"]) / statistics.median(base["times"])
+            print(
+                f"time ratio ({r['scan_backend']}, {'brain' if r['crop_to_brain'] else 'slice'}, "
+                f"skip={r['skip_empty']}) / first row: {ratio:.2f}x"
+            )
     if args.json:
         from longiseg.utils.io import atomic_write_json
 

@@ -9,7 +9,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from longiseg.inferers import PLANE_AXES, TriplanarInferer, blend_weights, plane_axis, window_starts
+from longiseg.inferers import (
+    PLANE_AXES,
+    TriplanarInferer,
+    blend_weights,
+    brain_window_starts,
+    plane_axis,
+    window_starts,
+)
 from longiseg.networks.output import LongitudinalOutput
 
 PATCH = (4, 7)
@@ -61,8 +68,22 @@ def _ref_weights(ph: int, pw: int, blend: str) -> np.ndarray:
     return np.outer(gy / gy.max(), gx / gx.max())
 
 
+def _ref_starts(size: int, window: int, overlap: float, brain_1d: np.ndarray, crop: bool) -> list[int]:
+    if not crop:
+        return window_starts(size, window, overlap)
+    idx = np.flatnonzero(brain_1d)
+    return [] if idx.size == 0 else brain_window_starts(size, window, overlap, int(idx[0]), int(idx[-1]))
+
+
 def reference_triplanar(
-    images: np.ndarray, planes, blend="constant", overlap=0.5, skip_empty=True, brain=None, flip_tta=False
+    images: np.ndarray,
+    planes,
+    blend="constant",
+    overlap=0.5,
+    skip_empty=True,
+    brain=None,
+    flip_tta=False,
+    crop_to_brain=False,
 ):
     """Straightforward float64 tri-planar inference, patch by patch."""
     img = images.astype(np.float64)
@@ -86,8 +107,8 @@ def reference_triplanar(
         for s in range(n):
             padded = np.zeros((*vol.shape[1:3], max(rows, ph), max(cols, pw)))
             padded[..., :rows, :cols] = vol[s]
-            for y in window_starts(rows, ph, overlap):
-                for x in window_starts(cols, pw, overlap):
+            for y in _ref_starts(rows, ph, overlap, bm[s].any(axis=1), crop_to_brain):
+                for x in _ref_starts(cols, pw, overlap, bm[s].any(axis=0), crop_to_brain):
                     if skip_empty and not bm[s, y : y + ph, x : x + pw].any():
                         continue
                     computed[plane] += 1
@@ -121,6 +142,7 @@ def _case(t: int = 2, c: int = 2, shape=(9, 11, 6), seed: int = 0) -> np.ndarray
 
 def _run(img, **kw):
     model = PatchBiasModel()
+    kw.setdefault("crop_to_brain", False)
     brain = kw.pop("brain_mask", None)
     inf = TriplanarInferer(
         patch_size=PATCH,
@@ -312,3 +334,90 @@ def test_cuda_amp_matches_cpu() -> None:
     assert base.dtype == np.float32 and next(model.parameters()).is_cuda
     np.testing.assert_allclose(base, cpu_base, atol=2e-3)  # float16 autocast
     np.testing.assert_allclose(prog, cpu_prog, atol=2e-3)
+
+
+def _lesion_case(shape=(14, 17, 12), seed: int = 5) -> np.ndarray:
+    """An ellipsoidal 'brain' in a larger box: per-slice brain boxes are narrower than the slices."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    inside = sum((g / r) ** 2 for g, r in zip(grids, (0.8, 0.7, 0.9))) <= 1
+    img = rng.normal(size=(2, 2, *shape)).astype(np.float32)
+    return img * inside
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"blend": "gaussian"},
+        {"skip_empty": False},
+        {"overlap": 0.25, "planes": ("coronal", "axial")},
+        {"flip_tta": True},
+    ],
+)
+def test_crop_to_brain_matches_reference(kw) -> None:
+    img = _lesion_case()
+    kw = dict(kw)
+    base, prog, inf = _run(img, crop_to_brain=True, batch_size=6, **kw)
+    ref_kw = {k: v for k, v in kw.items() if k != "planes"}
+    planes = kw.get("planes", ("axial", "coronal", "sagittal"))
+    rb, rp, computed, _ = reference_triplanar(img, planes, crop_to_brain=True, **ref_kw)
+    np.testing.assert_allclose(base, rb, rtol=0, atol=2e-7)
+    np.testing.assert_allclose(prog, rp, rtol=0, atol=2e-7)
+    _, _, plain, _ = reference_triplanar(img, planes, crop_to_brain=False, **ref_kw)
+    for plane, n in computed.items():
+        assert inf.last_stats[plane]["computed"] == n
+        assert n < plain[plane]  # fewer windows than the whole-slice grid
+    # every brain voxel is covered by every plane; the result differs from the whole-slice grid
+    brain = (img != 0).any(axis=(0, 1))
+    assert np.all(base[brain] > 0)
+    rb_plain, _, _, _ = reference_triplanar(img, planes, crop_to_brain=False, **ref_kw)
+    assert not np.allclose(base, rb_plain)
+
+
+def test_crop_to_brain_with_explicit_mask_and_empty_case() -> None:
+    img = _lesion_case(seed=6)
+    brain = np.zeros(img.shape[2:], bool)
+    brain[3:9, 4:15, 2:7] = True
+    base, prog, _ = _run(img, crop_to_brain=True, brain_mask=brain)
+    rb, rp, _, count = reference_triplanar(
+        img, ("axial", "coronal", "sagittal"), brain=brain, crop_to_brain=True
+    )
+    np.testing.assert_allclose(base, rb, atol=2e-7)
+    np.testing.assert_allclose(prog, rp, atol=2e-7)
+    assert np.all(count[brain] == 3)
+    zeros, _, inf = _run(np.zeros_like(img), crop_to_brain=True)
+    assert not zeros.any() and all(s["computed"] == 0 for s in inf.last_stats.values())
+
+
+def test_brain_window_starts() -> None:
+    assert brain_window_starts(229, 128, 0.5, 20, 200) == [20, 73]
+    assert brain_window_starts(229, 128, 0.5, 0, 228) == window_starts(229, 128, 0.5)
+    assert brain_window_starts(10, 4, 0.5, 3, 4) == [2]  # short box: one centred window
+    assert brain_window_starts(10, 4, 0.5, 0, 0) == [0]  # clipped at the start
+    assert brain_window_starts(10, 4, 0.5, 9, 9) == [6]  # clipped at the end
+    assert brain_window_starts(3, 8, 0.5, 1, 2) == [0]  # axis shorter than the window (padded)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        size, window = int(rng.integers(1, 60)), int(rng.integers(1, 30))
+        lo = int(rng.integers(0, size))
+        hi = int(rng.integers(lo, size))
+        overlap = float(rng.choice([0.0, 0.25, 0.5, 0.75]))
+        starts = brain_window_starts(size, window, overlap, lo, hi)
+        covered = np.zeros(size, bool)
+        for st in starts:
+            assert st >= 0 and (size < window or st + window <= size)
+            covered[st : st + window] = True
+        assert covered[lo : hi + 1].all()
+        assert starts == sorted(starts)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        brain_window_starts(10, 4, 0.5, 5, 3)
+    with pytest.raises(ValueError, match="hi < size"):
+        brain_window_starts(10, 4, 0.5, 2, 10)
+    with pytest.raises(TypeError, match="lo must be an int"):
+        brain_window_starts(10, 4, 0.5, 1.5, 3)
+
+
+def test_crop_to_brain_is_the_default() -> None:
+    assert TriplanarInferer().crop_to_brain is True
+    assert TriplanarInferer(crop_to_brain=False).crop_to_brain is False

@@ -20,7 +20,7 @@ from longiseg.inferers.sliding_window import (
     predict_probabilities,
     window_starts,
 )
-from longiseg.inferers.triplanar import PLANE_AXES, TriplanarInferer, plane_axis
+from longiseg.inferers.triplanar import PLANE_AXES, TriplanarInferer, brain_window_starts, plane_axis
 from longiseg.inferers.uncertainty import MAX_BINARY_ENTROPY, binary_entropy
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "PLANE_AXES",
     "plane_axis",
     "window_starts",
+    "brain_window_starts",
     "blend_weights",
     "predict_probabilities",
     "threshold_probabilities",

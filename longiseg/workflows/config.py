@@ -136,6 +136,8 @@ class InferenceConfig(ConfigBase):
         planes: planes averaged by tri-planar inference.
         batch_size: windows per forward pass.
         flip_tta: flip test-time augmentation.
+        crop_to_brain: lay each slice's windows over its brain bounding box (tri-planar; default) instead of
+            the whole slice.
         threshold: probability threshold.
         min_lesion_mm3: connected components below this volume are removed (paper: 27 MS, 50 glioma).
         restrict: ``"none"``, ``"progression"`` or ``"both"``: masks restricted to the brain mask.
@@ -147,6 +149,7 @@ class InferenceConfig(ConfigBase):
     planes: list[str] = dataclasses.field(default_factory=lambda: list(_PLANES))
     batch_size: int = 16
     flip_tta: bool = False
+    crop_to_brain: bool = True
     threshold: float = 0.5
     min_lesion_mm3: float = 27.0
     restrict: str = "progression"

@@ -27,7 +27,8 @@ def make_inferer(dim: str, cfg: InferenceConfig, *, device: str | torch.device |
                                       batch_size=max(1, cfg.batch_size // 8), flip_tta=cfg.flip_tta,
                                       device=device, progress=progress)
     return TriplanarInferer(patch_size=cfg.patch_size, overlap=cfg.overlap, blend=cfg.blend, planes=cfg.planes,
-                            batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, device=device, progress=progress)
+                            batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, crop_to_brain=cfg.crop_to_brain,
+                            device=device, progress=progress)
 
 
 def run_prediction(model: nn.Module, model_name: str, input_dir: str | Path, output_dir: str | Path,
