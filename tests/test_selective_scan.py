@@ -9,8 +9,14 @@ import types
 import pytest
 import torch
 
+from longiseg.ssm import (
+    cpu_kernel,
+    resolve_backend,
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_reference,
+)
 from longiseg.ssm import cuda as cuda_bridge
-from longiseg.ssm import resolve_backend, selective_scan, selective_scan_chunked, selective_scan_reference
 from longiseg.ssm.chunked import default_chunk_size
 
 # mamba-ssm's own float32 tolerances (tests/ops/test_selective_scan.py); we apply them to every gradient too.
@@ -296,8 +302,9 @@ def fake_mamba(monkeypatch):
 def test_backend_by_argument_and_env(monkeypatch, no_mamba):
     cpu = torch.device("cpu")
     monkeypatch.delenv("LONGISEG_SCAN_BACKEND", raising=False)
-    assert resolve_backend(None, cpu) == "chunked"
-    assert resolve_backend("auto", cpu) == "chunked"
+    cpu_auto = "numba" if cpu_kernel.cpu_kernel_available() else "chunked"
+    assert resolve_backend(None, cpu) == cpu_auto
+    assert resolve_backend("auto", cpu) == cpu_auto
     assert resolve_backend("reference", cpu) == "reference"
     monkeypatch.setenv("LONGISEG_SCAN_BACKEND", "reference")
     assert resolve_backend(None, cpu) == "reference"
@@ -336,7 +343,8 @@ def test_cuda_dispatch_with_fake_kernel(monkeypatch, fake_mamba):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cuda_bridge.cuda_scan_available()
     assert resolve_backend("auto", torch.device("cuda", 0)) == "cuda"
-    assert resolve_backend("auto", torch.device("cpu")) == "chunked"  # auto never sends CPU tensors to CUDA
+    # auto never sends CPU tensors to CUDA
+    assert resolve_backend("auto", torch.device("cpu")) in ("numba", "chunked")
     with pytest.raises(RuntimeError, match="tensors are on cpu"):
         resolve_backend("cuda", torch.device("cpu"))
     # The bridge casts to the kernel's dtypes and forwards every argument.

@@ -3,8 +3,10 @@
 Parameter names, shapes and initialisation match ``mamba_ssm.modules.mamba_simple.Mamba``
 (``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``), so a state_dict trained
 with mamba-ssm loads unchanged. The selective scan goes through :func:`longiseg.ssm.selective_scan`
-(mamba-ssm's kernel on CUDA when installed, the chunked PyTorch scan elsewhere); the causal depthwise
-convolution uses ``causal-conv1d`` on CUDA when installed, else ``F.conv1d``.
+(mamba-ssm's kernel on CUDA when installed, the compiled numba kernel on the CPU when installed, the chunked
+PyTorch scan elsewhere); the causal depthwise convolution uses ``causal-conv1d`` on CUDA when installed, else
+``F.conv1d``. With the numba backend the whole block runs channel-last ``(B, L, d_inner)`` (the layout of its
+linear layers), which saves five transposing copies per call; the function is the same (tested).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longiseg.ssm.cuda import load_causal_conv1d
-from longiseg.ssm.selective_scan import BACKENDS, selective_scan
+from longiseg.ssm.selective_scan import BACKENDS, log_backend, resolve_backend, selective_scan
 
 __all__ = ["Mamba"]
 
@@ -154,6 +156,9 @@ class Mamba(nn.Module):
             raise ValueError(f"hidden_states must have seqlen >= 1, got shape {tuple(hidden_states.shape)}")
         if reverse:
             hidden_states = hidden_states.flip(1)
+        if resolve_backend(self.backend, hidden_states.device) == "numba":
+            out = self._forward_channels_last(hidden_states)
+            return out.flip(1) if reverse else out
         xz = F.linear(hidden_states, self.in_proj.weight, self.in_proj.bias).transpose(
             1, 2
         )  # (B, 2*d_inner, L)
@@ -180,6 +185,39 @@ class Mamba(nn.Module):
         if reverse:
             out = out.flip(1)
         return out
+
+    def _forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The block with the numba scan, channel-last throughout: ``(B, L, d_model) -> (B, L, d_model)``."""
+        from longiseg.ssm.cpu_kernel import selective_scan_cpu_channels_last
+
+        log_backend("numba", hidden_states.device)
+        seqlen = hidden_states.shape[1]
+        xz = F.linear(hidden_states, self.in_proj.weight, self.in_proj.bias)  # (B, L, 2*d_inner)
+        x, z = xz.chunk(2, dim=-1)
+        # causal depthwise conv: y[t] = bias + sum_k w[k] x[t + k - (d_conv - 1)], as conv1d(padding=d_conv-1)[:L]
+        w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
+        xp = F.pad(x, (0, 0, self.d_conv - 1, 0))
+        conv = xp[:, :seqlen] * w[:, 0]
+        if self.conv1d.bias is not None:
+            conv = conv + self.conv1d.bias
+        for k in range(1, self.d_conv):
+            conv = torch.addcmul(conv, xp[:, k : k + seqlen], w[:, k])
+        x = self.act(conv)
+        x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2N)
+        dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner); bias goes in the scan
+        y = selective_scan_cpu_channels_last(
+            x,
+            delta,
+            -torch.exp(self.A_log.float()),
+            Bm,
+            Cm,
+            self.D.float(),
+            z=z,
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+        )
+        return self.out_proj(y)
 
     def extra_repr(self) -> str:
         return (

@@ -9,10 +9,10 @@ import torch
 
 from longiseg.utils.logging import get_logger, log_once
 
-__all__ = ["selective_scan", "resolve_backend", "BACKENDS", "ENV_VAR"]
+__all__ = ["selective_scan", "resolve_backend", "log_backend", "BACKENDS", "ENV_VAR"]
 
 ENV_VAR = "LONGISEG_SCAN_BACKEND"
-BACKENDS = ("auto", "reference", "chunked", "cuda")
+BACKENDS = ("auto", "reference", "chunked", "numba", "cuda")
 _LOGGER = get_logger("longiseg.ssm")
 
 
@@ -25,6 +25,10 @@ def _backend_fn(name: str) -> Callable[..., torch.Tensor | tuple[torch.Tensor, t
         from longiseg.ssm.chunked import selective_scan_chunked
 
         return selective_scan_chunked
+    if name == "numba":
+        from longiseg.ssm.cpu_kernel import selective_scan_cpu
+
+        return selective_scan_cpu
     from longiseg.ssm.cuda import selective_scan_cuda
 
     return selective_scan_cuda
@@ -34,18 +38,21 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     """Pick the backend name for tensors on ``device``.
 
     Args:
-        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"cuda"`` or ``None`` (read the ``LONGISEG_SCAN_BACKEND``
-            environment variable, default ``"auto"``).
+        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"numba"``, ``"cuda"`` or ``None`` (read the
+            ``LONGISEG_SCAN_BACKEND`` environment variable, default ``"auto"``).
         device: device of the scan inputs.
 
     Returns:
         The concrete backend: ``auto`` becomes ``cuda`` when mamba-ssm's kernels are importable and the tensors are
-        on CUDA, else ``chunked``.
+        on CUDA, ``numba`` (the compiled CPU kernel) when numba is importable and the tensors are on the CPU,
+        else ``chunked``. All backends compute the same function (tested against ``reference`` in float64).
 
     Raises:
         ValueError: unknown backend name.
-        RuntimeError: ``cuda`` forced but mamba-ssm is not importable or the tensors are not on CUDA.
+        RuntimeError: ``cuda`` forced but mamba-ssm is not importable or the tensors are not on CUDA; ``numba``
+            forced but numba is not importable or the tensors are not on the CPU.
     """
+    from longiseg.ssm import cpu_kernel
     from longiseg.ssm import cuda as cuda_bridge
 
     source = "backend argument"
@@ -57,10 +64,26 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
             f"unknown selective-scan backend {backend!r} from the {source}; expected one of {BACKENDS}"
         )
     if backend == "auto":
-        return "cuda" if device.type == "cuda" and cuda_bridge.cuda_scan_available() else "chunked"
+        if device.type == "cuda" and cuda_bridge.cuda_scan_available():
+            return "cuda"
+        if device.type == "cpu" and cpu_kernel.cpu_kernel_available():
+            return "numba"
+        return "chunked"
     if backend == "cuda":
         cuda_bridge.require_cuda_scan(device, source)
+    if backend == "numba":
+        cpu_kernel.require_cpu_kernel(source)
+        if device.type != "cpu":
+            raise RuntimeError(
+                f"selective-scan backend 'numba' requested by the {source} runs on the CPU only, "
+                f"but the tensors are on {device}"
+            )
     return backend
+
+
+def log_backend(name: str, device: torch.device) -> None:
+    """Log (once per backend and device type, at INFO) which selective-scan backend runs."""
+    log_once(_LOGGER, f"scan-backend-{name}-{device.type}", f"selective scan backend: {name} ({device.type})")
 
 
 def selective_scan(
@@ -99,8 +122,8 @@ def selective_scan(
         delta_bias: ``(D,)`` added to ``delta`` or ``None``.
         delta_softplus: apply softplus to the biased ``delta``.
         return_last_state: also return the final state ``(B, D, N)``.
-        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"cuda"`` or ``None`` (environment variable
-            ``LONGISEG_SCAN_BACKEND``, default ``auto``).
+        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"numba"``, ``"cuda"`` or ``None`` (environment
+            variable ``LONGISEG_SCAN_BACKEND``, default ``auto``).
 
     Returns:
         ``out`` ``(B, D, L)``, or ``(out, last_state)`` when ``return_last_state``.
@@ -108,9 +131,7 @@ def selective_scan(
     if not isinstance(u, torch.Tensor):
         raise TypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
     name = resolve_backend(backend, u.device)
-    log_once(
-        _LOGGER, f"scan-backend-{name}-{u.device.type}", f"selective scan backend: {name} ({u.device.type})"
-    )
+    log_backend(name, u.device)
     fn = _backend_fn(name)
     return fn(
         u,
