@@ -320,6 +320,34 @@ def test_all_mlp_decoder_shapes_and_timepoint_separation() -> None:
     assert changed.tolist() == [[False, False, False], [False, False, True]]
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_all_mlp_decoder_folded_forward_equals_concatenating_form_float64(train: bool) -> None:
+    """forward() folds projections into the fusing weights: same values and gradients as project-cat-fuse."""
+    torch.manual_seed(11)
+    dec = AllMLPDecoder((4, 8, 12, 16), embed_dim=10, dropout=0.0).double()
+    with torch.no_grad():  # non-trivial BatchNorm statistics and affine parameters
+        bn = dec.fuse[1]
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    dec.train(train)
+    feats = [
+        torch.randn(6, c, s, s + 1, dtype=torch.float64, requires_grad=True)
+        for c, s in zip((4, 8, 12, 16), (16, 8, 4, 2))
+    ]
+    out = dec(feats, num_timepoints=3)
+    ref = dec.forward_concat(feats, num_timepoints=3)
+    assert out.shape == ref.shape == (2, 3, 10, 16, 17)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(out)
+    params = list(dec.parameters())
+    g = torch.autograd.grad((out * w).sum(), feats + params)
+    g_ref = torch.autograd.grad((ref * w).sum(), feats + params)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
 def test_all_mlp_decoder_errors() -> None:
     dec = AllMLPDecoder((4, 8), embed_dim=6)
     with pytest.raises(ValueError, match="must hold 2 maps"):
