@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_selective_scan.py            # full table (L = 1k, 4k, 16k; memory at L=16k, D=256)
     python benchmarks/bench_selective_scan.py --quick    # < 60 s: L = 1k, 4k, 1 rep; memory at L=4k, D=256
+    python benchmarks/bench_selective_scan.py --quick --forward   # forward only, no autograd (inference)
 
 Every configuration runs in its own subprocess so that peak memory is measured cleanly: on CPU as the rise of
 the process's peak resident set size (``ru_maxrss``) over its resident size just before the first timed call,
@@ -12,6 +13,7 @@ of the process is shown too because it is less sensitive to other load on a shar
 
 Methods (all compute the same selective scan: softplus(delta + bias), D skip, z gate; B=2, N=16):
   chunked    longiseg's chunked scan with the recomputing backward
+  numba      longiseg's compiled CPU kernel (forward; backward = chunked's), when numba is installed
   reference  longiseg's sequential reference (autograd); at long L it is extrapolated linearly from a shorter run
   mambapy    mambapy's parallel scan (pscan) on (B, L, D, N) tensors built as mambapy's selective_scan does
   sdpa       torch scaled_dot_product_attention, one head of width D, causal, as a width-matched attention cost
@@ -32,7 +34,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-METHODS = ("chunked", "reference", "mambapy", "sdpa")
+METHODS = ("chunked", "numba", "reference", "mambapy", "sdpa")
+_FORWARD_ENV = "LONGISEG_BENCH_FORWARD_ONLY"
 
 
 def _rss_bytes() -> int:
@@ -69,14 +72,17 @@ def _mambapy_scan(u, delta, A, B, C, D, z, delta_bias):  # noqa: N803 - math nam
 def _step(method: str, xs: list[torch.Tensor]) -> None:
     from longiseg.ssm import selective_scan
 
-    if method == "sdpa":
-        q, k, v = xs
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    elif method == "mambapy":
-        out = _mambapy_scan(*xs)
-    else:
-        out = selective_scan(*xs, delta_softplus=True, backend=method)
-    out.sum().backward()
+    forward_only = os.environ.get(_FORWARD_ENV) == "1"
+    with torch.no_grad() if forward_only else torch.enable_grad():
+        if method == "sdpa":
+            q, k, v = xs
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif method == "mambapy":
+            out = _mambapy_scan(*xs)
+        else:
+            out = selective_scan(*xs, delta_softplus=True, backend=method)
+    if not forward_only:
+        out.sum().backward()
 
 
 def worker(method: str, seqlen: int, dim: int, reps: int, device: str, threads: int) -> dict:
@@ -149,6 +155,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration")
+    ap.add_argument("--forward", action="store_true", help="time the forward pass only, without autograd")
     ap.add_argument(
         "--worker", nargs=6, metavar=("METHOD", "L", "D", "REPS", "DEVICE", "THREADS"), help=argparse.SUPPRESS
     )
@@ -158,21 +165,25 @@ def main() -> None:
         print(json.dumps(worker(m, int(seqlen), int(dim), int(reps), device, int(threads))))
         return
 
+    if args.forward:
+        os.environ[_FORWARD_ENV] = "1"  # inherited by the worker subprocesses
     lengths = (1024, 4096) if args.quick else (1024, 4096, 16384)
     reps = args.reps or (1 if args.quick else 3)
     ref_max = 256 if args.quick else 4096  # longest L the sequential reference really runs
     dim = 128
     print(
-        f"# selective scan fwd+bwd  B=2 D={dim} N=16  device={args.device}  threads={args.threads}  reps={reps}"
+        f"# selective scan {'forward only' if args.forward else 'fwd+bwd'}  B=2 D={dim} N=16  device={args.device}  "
+        f"threads={args.threads}  reps={reps}"
     )
     print(
         f"# torch {torch.__version__}  python {platform.python_version()}  {platform.machine()} "
         f"{platform.processor() or ''}  cpus={os.cpu_count()}  {time.strftime('%Y-%m-%d %H:%M')}"
     )
     print(f"{'L':>6} {'method':>10} {'wall s':>9} {'cpu s':>9} {'peak MiB':>9} {'chunked speedup':>16}")
+    methods = [m for m in METHODS if m != "numba" or args.device == "cpu"]  # the numba kernel is CPU-only
     for seqlen in lengths:
         rows: dict[str, dict] = {}
-        for method in METHODS:
+        for method in methods:
             if method == "reference" and seqlen > ref_max:
                 r = _run(method, ref_max, dim, 1, args.device, args.threads)
                 scale = seqlen / ref_max
@@ -181,7 +192,7 @@ def main() -> None:
             rows[method] = _run(
                 method, seqlen, dim, 1 if method == "reference" else reps, args.device, args.threads
             )
-        for method in METHODS:
+        for method in methods:
             r = rows[method]
             if "error" in r:
                 print(f"{seqlen:>6} {method:>10}  error: {r['error']}")
@@ -197,7 +208,7 @@ def main() -> None:
                 f"{seqlen:>6} {method:>10} {tag}{r['wall']:8.3f} {r['cpu']:9.3f} {_fmt_mem(r['peak'])} {speed:>16}"
             )
     mem_len = 4096 if args.quick else 16384
-    print(f"# peak memory, L={mem_len}, D=256 (fwd+bwd, one call)")
+    print(f"# peak memory, L={mem_len}, D=256 ({'forward' if args.forward else 'fwd+bwd'}, one call)")
     for method in ("chunked",) if args.quick else ("chunked", "mambapy"):
         r = _run(method, mem_len, 256, 1, args.device, args.threads)
         print(

@@ -105,6 +105,7 @@ def _scan_backend(device: torch.device) -> str:
     labels = {
         "chunked": "chunked (pure PyTorch)",
         "reference": "reference (pure PyTorch, sequential)",
+        "numba": "numba (compiled CPU kernel)",
         "cuda": "cuda (mamba-ssm kernels)",
     }
     return labels.get(name, name)
