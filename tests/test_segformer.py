@@ -125,11 +125,27 @@ def test_segformer_shares_segmast_building_blocks() -> None:
     assert isinstance(model.encoder, HierarchicalEncoder)
     assert isinstance(model.decoder, AllMLPDecoder) and isinstance(model.heads, TimepointHeads)
     blocks = [blk for stage in model.encoder.stages for blk in stage.blocks]
-    assert blocks and all(isinstance(blk, STBlock) and isinstance(blk.mixer, EfficientSelfAttention)
+    # default: MiT spatial-reduction attention over the tokens of all timepoints
+    assert blocks and all(isinstance(blk, STBlock) and isinstance(blk.mixer, GlobalSelfAttention)
                           for blk in blocks)
     assert [stage.blocks[0].mixer.sr_ratio for stage in model.encoder.stages] == [8, 4, 2, 1]
-    glob = build_model("segformer", attention="global", **TINY)
-    assert all(isinstance(stage.blocks[0].mixer, GlobalSelfAttention) for stage in glob.encoder.stages)
+    per_tp = build_model("segformer", attention="efficient", **TINY)
+    assert all(isinstance(stage.blocks[0].mixer, EfficientSelfAttention) for stage in per_tp.encoder.stages)
+    assert sum(p.numel() for p in per_tp.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("attention", "sees_baseline"), [("global", True), ("efficient", False)])
+def test_segformer_progression_head_sees_the_baseline(attention: str, sees_baseline: bool) -> None:
+    """A longitudinal model's progression output must depend on the baseline image; the per-timepoint
+    ablation's cannot."""
+    torch.manual_seed(0)
+    model = build_model("segformer", in_channels=1, attention=attention, **TINY).eval()
+    x = torch.randn(2, 2, 1, 64, 64)
+    x2 = x.clone()
+    x2[:, 0] = torch.randn(2, 1, 64, 64)  # change only the baseline
+    with torch.no_grad():
+        p1, p2 = model(x).progression, model(x2).progression
+    assert (not torch.allclose(p1, p2, atol=1e-6)) == sees_baseline
 
 
 @pytest.mark.parametrize("timepoints, size", [(2, (32, 32)), (3, (40, 36))])

@@ -9,8 +9,9 @@ Both map layer-normalised channel-last tokens ``(B, T, H, W, C)`` to the same sh
   ``R x R`` convolution + LayerNorm (reduction ratio ``R``: 8/4/2/1 in the four MiT stages), so the cost
   is ``O((HW)^2 / R^2)`` instead of ``O((HW)^2)``.
 * :class:`GlobalSelfAttention`: joint spatio-temporal attention of all ``T*H*W`` tokens of a sample
-  (optionally with the same key/value reduction), the quadratic-cost counterpart of the MaST mixer's
-  linear-time scans (for the Mamba-vs-attention comparison).
+  (optionally with the same key/value reduction), the attention counterpart of the MaST mixer's scans: the
+  default mixer of the SegFormer baseline (with MiT's reductions) and, without reduction, the quadratic-cost
+  comparison of the Mamba-vs-attention benchmark.
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ class EfficientSelfAttention(SpatialReductionAttention):
 
     Shapes:
         input ``(B, T, H, W, C)`` (layer-normalised tokens); output: same shape. Token ``(t, h, w)`` attends
-        to the reduced tokens of timepoint ``t`` only; timepoints never mix (as in the 2.5D SegFormer
-        baseline, where the decoder heads read the timepoints' features).
+        to the reduced tokens of timepoint ``t`` only; timepoints never mix (a cross-sectional ablation of the
+        SegFormer baseline, which uses :class:`GlobalSelfAttention`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

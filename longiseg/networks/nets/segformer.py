@@ -4,10 +4,12 @@ Same pipeline as :class:`~longiseg.networks.nets.segmast.SegMaST` (shared code, 
 patch embedding, four-stage :class:`~longiseg.networks.blocks.encoder.HierarchicalEncoder` of
 :class:`~longiseg.networks.blocks.st_block.STBlock` (pre-norm mixer + Mix-FFN), all-MLP decoder and
 :class:`~longiseg.networks.blocks.heads.TimepointHeads`; only the token mixer differs. SegFormer uses
-:class:`~longiseg.networks.blocks.efficient_attention.EfficientSelfAttention` (MiT's spatial-reduction
-attention, ratios 8/4/2/1) on each timepoint separately (timepoints folded into the batch), so the
-timepoints only meet in the heads; ``attention="global"`` swaps in joint spatio-temporal attention over
-all ``T*H*W`` tokens for the Mamba-vs-attention comparison.
+:class:`~longiseg.networks.blocks.efficient_attention.GlobalSelfAttention`: MiT's spatial-reduction attention
+(key/value reduction ratios 8/4/2/1) over the tokens of *all* timepoints, so every follow-up token sees the
+baseline, as the MaST mixer's scans do. Without that the model is not longitudinal: the heads are 1x1
+convolutions on each timepoint's own features, so a per-timepoint encoder gives the progression head no way to
+tell a new lesion from an old one. ``attention="efficient"`` is that per-timepoint (cross-sectional) MiT
+attention, kept as an ablation. Same parameters either way.
 
 Registered: ``segformer`` (generic, MiT-b0 layout by default), ``segformer_b0`` / ``segformer_b1`` (MiT
 widths, depths and heads), ``segformer_ms`` (~9M parameters) and ``segformer_glioma`` (~16M), sized like
@@ -58,7 +60,8 @@ class SegFormer(LongitudinalSegFormerLike):
         sr_ratios: key/value spatial-reduction ratios per stage (MiT: 8, 4, 2, 1).
         mlp_ratio: Mix-FFN expansion.
         qkv_bias: biases in the attention projections.
-        attention: ``"efficient"`` (per-timepoint MiT attention) or ``"global"`` (all ``T*H*W`` tokens).
+        attention: ``"global"`` (default: spatial-reduction attention over all ``T*H*W`` tokens) or
+            ``"efficient"`` (per-timepoint MiT attention; the timepoints never meet, a cross-sectional ablation).
         attn_dropout: dropout on attention weights.
         decoder_dim: all-MLP decoder width ``E``.
         decoder_dropout: dropout on the fused decoder features.
@@ -82,7 +85,7 @@ class SegFormer(LongitudinalSegFormerLike):
         sr_ratios: Sequence[int] = (8, 4, 2, 1),
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
-        attention: str = "efficient",
+        attention: str = "global",
         attn_dropout: float = 0.0,
         decoder_dim: int = 256,
         decoder_dropout: float = 0.1,
@@ -128,7 +131,7 @@ def _build(preset: str | None, kwargs: dict[str, Any]) -> SegFormer:
 
 @register_model(dim="2.5D", tags=("attention", "transformer"))
 def segformer(**kwargs: Any) -> SegFormer:
-    """2.5D SegFormer (MiT efficient attention per timepoint, all-MLP decoder); kwargs are SegFormer args."""
+    """2.5D SegFormer (MiT spatial-reduction attention over all timepoints, all-MLP decoder); kwargs are SegFormer args."""
     return _build(None, kwargs)
 
 
