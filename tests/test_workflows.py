@@ -132,3 +132,51 @@ def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="not a folder written by the demo"):
         run_demo(DemoConfig(output_dir=str(precious), num_patients=6, num_test=2, overwrite=True))
     assert (precious / "data.txt").read_text() == "user data"
+
+
+def test_demo_end_to_end_tiny_with_validation_threshold(tmp_path: Path) -> None:
+    from longiseg.inferers import DEFAULT_THRESHOLDS, postprocess
+    from longiseg.workflows.demo import DEMO_COHORT_LESIONS, DemoConfig, _apply_threshold, run_demo
+
+    out = tmp_path / "demo"
+    cfg = DemoConfig(output_dir=str(out), num_patients=8, num_test=2, spacing=4, models=("SegFormer",), epochs=1,
+                     steps_per_epoch=2, batch_size=4, crop_size=32, num_workers=0, progress=False)
+    summary = run_demo(cfg)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["test_cases"] == summary["test_cases"] and len(summary["test_cases"]) == 2
+    # The threshold was chosen on the trainer's validation patients, never on the test patients.
+    val_ids = {p.name for p in (out / "validation" / "SegFormer").iterdir() if p.is_dir()}
+    assert val_ids and not val_ids & set(summary["test_cases"])
+    train_ids = {c.case_id for c in find_cases(out / "train")}
+    assert val_ids <= train_ids
+    sel = saved["thresholds"]["SegFormer"]
+    assert sel["threshold"] in DEFAULT_THRESHOLDS and sel["default"] == 0.5 and sel["objective"] == "lesion_f1"
+    assert sel["num_progression"] + sel["num_stable"] == len(val_ids)
+    assert sel["score"] >= sel["default_score"] and set(sel["test_at_default"]) == {"lesion_f1/P", "dice/P", "dice/NP"}
+    assert set(summary["learned"]) == {"SegFormer"}
+    assert {m["model"] for m in summary["models"]} == {"SegFormer", "SegFormer (untrained)"}
+    assert set(summary["timings_s"]) >= {"cohort", "train_SegFormer", "validate_SegFormer", "predict_SegFormer"}
+    # The cohort follows the demo's lesion settings.
+    assert saved["config"]["tune_threshold"] is True
+    cohort_cfg = json.loads((out / "cohort" / "demo_cohort.json").read_text())["config"]
+    assert cohort_cfg["num_patients"] == 8
+    assert all(tuple(cohort_cfg[k]) == tuple(v) for k, v in DEMO_COHORT_LESIONS.items())
+
+    # The test masks are the probability maps post-processed at the chosen threshold; re-thresholding rewrites them.
+    pred = out / "predictions" / "SegFormer"
+    case = summary["test_cases"][0]
+    prob = np.asarray(nib.load(pred / case / "progression_t1_prob.nii.gz").dataobj, dtype=np.float32)
+    brain = np.asarray(nib.load(out / "test" / case / "brain_mask.nii.gz").dataobj) > 0
+    mask = np.asarray(nib.load(pred / case / "progression_t1.nii.gz").dataobj) > 0
+    expected = postprocess(prob, threshold=sel["threshold"], min_volume_mm3=27.0, spacing=(4.0, 4.0, 4.0),
+                           brain_mask=brain)
+    assert np.array_equal(mask, expected)
+    base_before = nib.load(pred / case / "baseline_mask.nii.gz").get_fdata()
+    from longiseg.workflows.config import InferenceConfig
+
+    low = float(np.quantile(prob[brain], 0.5))
+    low = min(max(low, 0.01), 0.99)
+    _apply_threshold(pred, out / "test", low, InferenceConfig(min_lesion_mm3=0.0))
+    mask_low = np.asarray(nib.load(pred / case / "progression_t1.nii.gz").dataobj) > 0
+    assert np.array_equal(mask_low, (prob >= low) & brain)
+    assert np.array_equal(nib.load(pred / case / "baseline_mask.nii.gz").get_fdata(), base_before)

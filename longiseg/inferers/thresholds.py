@@ -1,0 +1,271 @@
+"""Choose the progression threshold on validation cases, as nnU-Net determines its post-processing.
+
+A model trained briefly (or on few examples of the rare class) is often under-confident on new lesions:
+their probabilities stay below the default 0.5 although the model has localised them. Lowering the
+threshold helps only if it does not also turn the model's false alarms into lesions, so the threshold is
+chosen on *validation* cases that the model was not trained on, never on the test cases, and then applied
+unchanged to the test cases.
+
+Objectives (``objective=``):
+
+* ``"lesion_f1"`` (default): the mean lesion F1 over the validation follow-ups with new/enlarging lesions
+  (P); follow-ups without (NP) are ignored. Lesion F1 already penalises false lesions in P follow-ups.
+* ``"balanced"``: the mean of that and of the strict NP score (1 if the predicted mask is empty, else 0)
+  over the NP follow-ups, the two progression columns of the SegMaST table. The NP score is all-or-nothing
+  per follow-up, so with a handful of validation patients one stable patient can decide the threshold;
+  use it with enough NP validation follow-ups.
+
+With only one kind of follow-up both objectives are that kind's mean (``lesion_f1`` without any P follow-up
+raises). Masks are post-processed exactly as in prediction (threshold, optional brain restriction,
+removal of components below ``min_volume_mm3``) and lesions are counted under the evaluation protocol
+(e.g. ``segmast``: lesions below 11 mm^3 ignored).
+
+Example:
+    >>> sel = select_threshold(val_probs, val_masks, spacing=(2.0, 2.0, 2.0), min_volume_mm3=27.0)
+    >>> sel.threshold, sel.score, sel.default_score  # doctest: +SKIP
+    (0.3, 0.62, 0.41)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from longiseg.inferers.postprocessing import postprocess
+from longiseg.metrics.longitudinal import evaluate_mask_pair
+from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
+
+__all__ = ["DEFAULT_THRESHOLDS", "OBJECTIVES", "ThresholdSelection", "progression_score", "select_threshold"]
+
+#: Objectives of :func:`select_threshold`.
+OBJECTIVES: tuple[str, ...] = ("lesion_f1", "balanced")
+
+#: Candidate thresholds searched by default: 0.1, 0.15, ..., 0.9.
+DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
+
+
+@dataclass(frozen=True)
+class ThresholdSelection:
+    """Result of :func:`select_threshold`.
+
+    Attributes:
+        threshold: the chosen threshold (best objective; ties go to the candidate closest to ``default``).
+        objective: the objective maximised (see :data:`OBJECTIVES`).
+        score: objective at ``threshold``.
+        default: the reference threshold (usually the 0.5 used without selection).
+        default_score: objective at ``default``.
+        scores: objective per candidate threshold, in the order searched.
+        num_progression: validation follow-ups with a non-empty reference (P).
+        num_stable: validation follow-ups with an empty reference (NP).
+    """
+
+    threshold: float
+    objective: str
+    score: float
+    default: float
+    default_score: float
+    scores: dict[float, float] = field(default_factory=dict)
+    num_progression: int = 0
+    num_stable: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain, JSON-able dict (scores keyed by the threshold as a string)."""
+        return {
+            "threshold": self.threshold,
+            "objective": self.objective,
+            "score": self.score,
+            "default": self.default,
+            "default_score": self.default_score,
+            "scores": {f"{t:g}": s for t, s in self.scores.items()},
+            "num_progression": self.num_progression,
+            "num_stable": self.num_stable,
+        }
+
+
+def _as_array(name: str, x: object) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    return x
+
+
+def _check_probability_map(name: str, prob: object) -> np.ndarray:
+    arr = _as_array(name, prob)
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be a (D, H, W) probability map, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"{name} must hold floating-point probabilities, got dtype {arr.dtype}")
+    if not np.isfinite(arr).all() or arr.min(initial=0.0) < 0.0 or arr.max(initial=0.0) > 1.0:
+        raise ValueError(f"{name} must hold finite probabilities in [0, 1]")
+    return arr
+
+
+def _check_mask(name: str, mask: object, shape: tuple[int, ...]) -> np.ndarray:
+    arr = _as_array(name, mask)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have the shape of its probability map {shape}, got {arr.shape}")
+    if arr.dtype != bool:
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"{name} must be a binary mask (values 0/1 or bool)")
+        arr = arr.astype(bool)
+    return arr
+
+
+def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
+        raise TypeError(f"thresholds must be a sequence of floats, got {type(thresholds).__name__}")
+    out = []
+    for t in thresholds:
+        if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)):
+            raise TypeError(f"thresholds must hold floats, got {type(t).__name__}")
+        if not 0.0 < float(t) < 1.0:
+            raise ValueError(f"thresholds must lie in (0, 1), got {t}")
+        out.append(float(t))
+    if not out:
+        raise ValueError("thresholds must not be empty")
+    if len(set(out)) != len(out):
+        raise ValueError(f"thresholds must be distinct, got {list(out)}")
+    return tuple(out)
+
+
+def progression_score(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Sequence[float],
+    protocol: str | EvaluationProtocol = "segmast",
+) -> float:
+    """Score of one predicted progression mask: lesion F1 for a P follow-up, strict NP score otherwise.
+
+    Args:
+        pred: ``(D, H, W)`` binary predicted (post-processed) progression mask.
+        gt: ``(D, H, W)`` binary reference progression mask; empty means no progression (NP).
+        spacing: voxel size in mm per axis.
+        protocol: evaluation protocol (lesion size cut-off, matching rule).
+
+    Returns:
+        For a non-empty ``gt``: lesion F1 in ``[0, 1]`` under ``protocol``; for an empty ``gt``: 1.0 if
+        ``pred`` is empty, else 0.0.
+    """
+    gt_arr = _as_array("gt", gt)
+    if not gt_arr.any():
+        return 0.0 if _as_array("pred", pred).any() else 1.0
+    metrics, _ = evaluate_mask_pair(pred, gt_arr, spacing, get_protocol(protocol), kind="P")
+    return float(metrics["lesion_f1"])
+
+
+def select_threshold(
+    probabilities: Sequence[np.ndarray | torch.Tensor],
+    references: Sequence[np.ndarray | torch.Tensor],
+    spacing: Sequence[float],
+    *,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    min_volume_mm3: float = 0.0,
+    brain_masks: Sequence[np.ndarray | torch.Tensor | None] | None = None,
+    protocol: str | EvaluationProtocol = "segmast",
+    default: float = 0.5,
+    objective: str = "lesion_f1",
+) -> ThresholdSelection:
+    """Pick the progression probability threshold that maximises the validation objective.
+
+    Args:
+        probabilities: one ``(D, H, W)`` progression probability map (values in ``[0, 1]``) per validation
+            follow-up.
+        references: the matching ``(D, H, W)`` binary reference progression masks (empty for stable
+            follow-ups).
+        spacing: voxel size in mm along (D, H, W), shared by all cases.
+        thresholds: candidate thresholds in ``(0, 1)``.
+        min_volume_mm3: components below this volume are removed after thresholding, as in prediction.
+        brain_masks: optional ``(D, H, W)`` binary masks (or ``None`` entries) the predicted masks are cut
+            to before component removal, as ``restrict_to_brain="progression"`` does in prediction.
+        protocol: evaluation protocol of the lesion F1 (see :mod:`longiseg.metrics.protocol`).
+        default: reference threshold, always evaluated; ties are broken towards it.
+        objective: ``"lesion_f1"`` (mean lesion F1 of the P follow-ups) or ``"balanced"`` (mean of that and
+            of the strict NP score of the NP follow-ups); see the module docstring.
+
+    Returns:
+        :class:`ThresholdSelection` with the chosen threshold, its objective and the objective of every
+        candidate.
+
+    Raises:
+        TypeError: non-array inputs or non-float thresholds.
+        ValueError: empty or mismatched sequences, maps that are not ``(D, H, W)`` probabilities, masks of
+            another shape or not binary, thresholds outside ``(0, 1)``, a negative ``min_volume_mm3``, an
+            unknown ``objective``, or ``objective="lesion_f1"`` without a non-empty reference.
+    """
+    if isinstance(probabilities, (np.ndarray, torch.Tensor)) or not isinstance(probabilities, Sequence):
+        raise TypeError("probabilities must be a sequence (list) of (D, H, W) maps, one per case")
+    if isinstance(references, (np.ndarray, torch.Tensor)) or not isinstance(references, Sequence):
+        raise TypeError("references must be a sequence (list) of (D, H, W) masks, one per case")
+    if not probabilities:
+        raise ValueError("probabilities must hold at least one case")
+    if len(references) != len(probabilities):
+        raise ValueError(
+            f"references must have one mask per probability map: {len(references)} vs {len(probabilities)}"
+        )
+    if brain_masks is not None and len(brain_masks) != len(probabilities):
+        raise ValueError(
+            f"brain_masks must have one entry per probability map: {len(brain_masks)} vs {len(probabilities)}"
+        )
+    if isinstance(min_volume_mm3, bool) or not isinstance(min_volume_mm3, (int, float)):
+        raise TypeError(f"min_volume_mm3 must be a float, got {type(min_volume_mm3).__name__}")
+    if not (math.isfinite(min_volume_mm3) and min_volume_mm3 >= 0):
+        raise ValueError(f"min_volume_mm3 must be >= 0, got {min_volume_mm3}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    (default,) = _check_thresholds([default])
+    candidates = _check_thresholds(thresholds)
+    if default not in candidates:
+        candidates = (*candidates, default)
+    prot = get_protocol(protocol)
+
+    probs = [_check_probability_map(f"probabilities[{i}]", p) for i, p in enumerate(probabilities)]
+    refs = [_check_mask(f"references[{i}]", r, p.shape) for i, (r, p) in enumerate(zip(references, probs))]
+    brains: list[np.ndarray | None] = [None] * len(probs)
+    if brain_masks is not None:
+        brains = [
+            None if b is None else _check_mask(f"brain_masks[{i}]", b, p.shape)
+            for i, (b, p) in enumerate(zip(brain_masks, probs))
+        ]
+    is_p = [bool(r.any()) for r in refs]
+    if objective == "lesion_f1" and not any(is_p):
+        raise ValueError("objective='lesion_f1' needs at least one reference with new/enlarging lesions")
+
+    flags = (True,) if objective == "lesion_f1" else (True, False)
+    used = [i for i, k in enumerate(is_p) if k in flags]  # "lesion_f1" never scores the NP follow-ups
+    scores: dict[float, float] = {}
+    for t in candidates:
+        per_case = {
+            i: progression_score(
+                postprocess(
+                    probs[i],
+                    threshold=t,
+                    min_volume_mm3=min_volume_mm3,
+                    spacing=spacing,
+                    brain_mask=brains[i],
+                ),
+                refs[i],
+                spacing,
+                prot,
+            )
+            for i in used
+        }
+        groups = [[v for i, v in per_case.items() if is_p[i] == flag] for flag in flags]
+        scores[t] = float(np.mean([np.mean(g) for g in groups if g]))
+    best = max(scores.values())
+    # Ties (within float noise) go to the candidate nearest the default: no change without a gain.
+    threshold = min((t for t, s in scores.items() if s >= best - 1e-12), key=lambda t: (abs(t - default), t))
+    return ThresholdSelection(
+        threshold=threshold,
+        objective=objective,
+        score=scores[threshold],
+        default=default,
+        default_score=scores[default],
+        scores=scores,
+        num_progression=sum(is_p),
+        num_stable=len(is_p) - sum(is_p),
+    )

@@ -1,0 +1,156 @@
+"""Validation-based selection of the progression threshold (longiseg.inferers.thresholds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from longiseg.inferers import DEFAULT_THRESHOLDS, ThresholdSelection, progression_score, select_threshold
+
+SP = (1.0, 1.0, 1.0)
+
+
+def _blob(shape: tuple[int, int, int], center: tuple[int, int, int], r: int = 2) -> np.ndarray:
+    z, y, x = np.ogrid[tuple(slice(0, n) for n in shape)]
+    c = center
+    return ((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) <= r * r
+
+
+def _progressing_case(prob_inside: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two true new lesions whose probabilities reach only ``prob_inside``."""
+    shape = (20, 20, 20)
+    gt = _blob(shape, (5, 5, 5)) | _blob(shape, (14, 14, 14))
+    prob = np.where(gt, prob_inside, 0.02).astype(np.float32)
+    return prob, gt
+
+
+def _stable_case(false_alarm: float) -> tuple[np.ndarray, np.ndarray]:
+    """No reference lesion; one false alarm of probability ``false_alarm``."""
+    shape = (20, 20, 20)
+    prob = np.where(_blob(shape, (10, 10, 10)), false_alarm, 0.01).astype(np.float32)
+    return prob, np.zeros(shape, dtype=bool)
+
+
+def test_default_grid() -> None:
+    assert DEFAULT_THRESHOLDS[0] == 0.1 and DEFAULT_THRESHOLDS[-1] == 0.9 and 0.5 in DEFAULT_THRESHOLDS
+    assert len(DEFAULT_THRESHOLDS) == 17
+
+
+def test_progression_score_p_and_np() -> None:
+    prob, gt = _progressing_case(0.9)
+    assert progression_score(prob > 0.5, gt, SP) == 1.0
+    # One of the two lesions found, nothing false: F1 = 2 * 1 * 0.5 / 1.5.
+    half = prob > 0.5
+    half[10:] = False
+    assert progression_score(half, gt, SP) == pytest.approx(2 / 3)
+    empty = np.zeros_like(gt)
+    assert progression_score(empty, empty, SP) == 1.0  # NP follow-up, nothing predicted
+    assert progression_score(half, empty, SP) == 0.0  # NP follow-up, a false new lesion
+
+
+def test_under_confident_model_gets_a_lower_threshold() -> None:
+    probs, refs = zip(*[_progressing_case(0.35), _progressing_case(0.4), _stable_case(0.2)])
+    sel = select_threshold(list(probs), list(refs), SP, objective="balanced")
+    assert isinstance(sel, ThresholdSelection)
+    # Above 0.35 the lesions are missed; at or below 0.2 the stable case's false alarm appears.
+    assert 0.2 < sel.threshold <= 0.35
+    assert sel.score == 1.0
+    assert sel.default == 0.5
+    assert sel.default_score == pytest.approx(0.5)  # P F1 0 (both missed), NP 1
+    assert sel.num_progression == 2 and sel.num_stable == 1
+    assert sel.scores[sel.threshold] == sel.score and set(DEFAULT_THRESHOLDS) <= set(sel.scores)
+    assert sel.objective == "balanced"
+    # lesion F1 alone ignores the stable case: any threshold up to 0.35 finds both lesions; ties go towards 0.5.
+    f1 = select_threshold(list(probs), list(refs), SP)
+    assert (
+        f1.objective == "lesion_f1" and f1.threshold == 0.35 and f1.score == 1.0 and f1.default_score == 0.0
+    )
+
+
+def test_ties_keep_the_default() -> None:
+    probs, refs = zip(*[_progressing_case(0.95), _stable_case(0.05)])
+    sel = select_threshold(list(probs), list(refs), SP, objective="balanced")
+    assert sel.threshold == 0.5 and sel.score == sel.default_score == 1.0
+    # A default outside the grid is evaluated too and wins ties.
+    sel = select_threshold(list(probs), list(refs), SP, thresholds=(0.3, 0.6), default=0.45)
+    assert sel.threshold == 0.45 and set(sel.scores) == {0.3, 0.6, 0.45}
+
+
+def test_objective_balances_p_and_np() -> None:
+    # One P case with a lesion at 0.3, three stable cases with false alarms at 0.3: lowering the threshold
+    # to find the lesion costs every stable case, so the balanced objective keeps 0.5 (NP 1.0 vs P 1.0 / NP 0).
+    cases = [_progressing_case(0.3)] + [_stable_case(0.3)] * 3
+    probs, refs = zip(*cases)
+    sel = select_threshold(list(probs), list(refs), SP, thresholds=(0.25, 0.5), objective="balanced")
+    assert sel.scores[0.25] == pytest.approx(0.5) and sel.scores[0.5] == pytest.approx(0.5)
+    assert sel.threshold == 0.5
+    # Lesion F1 alone lowers the threshold to find the lesion, whatever the stable cases show.
+    f1 = select_threshold(list(probs), list(refs), SP, thresholds=(0.25, 0.5))
+    assert f1.threshold == 0.25 and f1.scores == {0.25: 1.0, 0.5: 0.0}
+
+
+def test_min_volume_and_brain_mask_as_in_prediction() -> None:
+    prob, gt = _progressing_case(0.3)
+    # A false alarm of 12 voxels (counted by the 11 mm^3 protocol cut-off): removed by a 20 mm^3 minimum volume.
+    prob[0, 19, 0:12] = 0.9
+    sel_small = select_threshold([prob], [gt], SP, thresholds=(0.25,), min_volume_mm3=0.0)
+    sel_min = select_threshold([prob], [gt], SP, thresholds=(0.25,), min_volume_mm3=20.0)
+    assert sel_small.scores[0.25] < 1.0 and sel_min.scores[0.25] == 1.0
+    brain = np.ones_like(gt)
+    brain[0, 19, :] = False  # the false alarm lies outside the brain
+    sel_brain = select_threshold([prob], [gt], SP, thresholds=(0.25,), brain_masks=[brain])
+    assert sel_brain.scores[0.25] == 1.0
+
+
+def test_protocol_lesion_cut_off() -> None:
+    # The reference holds a 5 mm^3 fragment that the segmast protocol (11 mm^3) ignores and tdw (3 mm^3) counts.
+    prob, gt = _progressing_case(0.9)
+    gt[0, 0, 15:20] = True
+    assert select_threshold([prob], [gt], SP, thresholds=(0.5,)).score == 1.0
+    assert select_threshold([prob], [gt], SP, thresholds=(0.5,), protocol="tdw").score < 1.0
+
+
+def test_accepts_tensors_and_to_dict() -> None:
+    prob, gt = _progressing_case(0.8)
+    sel = select_threshold([torch.from_numpy(prob)], [torch.from_numpy(gt.astype(np.uint8))], SP)
+    d = sel.to_dict()
+    assert d["threshold"] == sel.threshold and d["scores"]["0.5"] == sel.scores[0.5]
+    assert d["objective"] == "lesion_f1"
+    assert d["num_progression"] == 1 and d["num_stable"] == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"probabilities": []}, ValueError, "at least one case"),
+        ({"probabilities": np.zeros((4, 4, 4), np.float32)}, TypeError, "sequence"),
+        ({"references": []}, ValueError, "one mask per probability map"),
+        ({"probabilities": [np.zeros((4, 4), np.float32)]}, ValueError, r"\(D, H, W\)"),
+        ({"probabilities": [np.full((4, 4, 4), 1.5, np.float32)]}, ValueError, r"\[0, 1\]"),
+        ({"probabilities": [np.zeros((4, 4, 4), np.int64)]}, TypeError, "floating-point"),
+        ({"probabilities": [[0.1]]}, TypeError, "numpy array"),
+        ({"references": [np.zeros((4, 4, 5), bool)]}, ValueError, "shape of its probability map"),
+        ({"references": [np.full((4, 4, 4), 2)]}, ValueError, "binary"),
+        ({"thresholds": ()}, ValueError, "must not be empty"),
+        ({"thresholds": (0.0, 0.5)}, ValueError, r"\(0, 1\)"),
+        ({"thresholds": (0.3, 0.3)}, ValueError, "distinct"),
+        ({"thresholds": ("a",)}, TypeError, "floats"),
+        ({"thresholds": 0.5}, TypeError, "sequence"),
+        ({"default": 1.0}, ValueError, r"\(0, 1\)"),
+        ({"min_volume_mm3": -1.0}, ValueError, "min_volume_mm3"),
+        ({"brain_masks": []}, ValueError, "brain_masks"),
+        ({"objective": "dice"}, ValueError, "objective must be one of"),
+        ({"objective": "lesion_f1"}, ValueError, "at least one reference"),
+        ({"brain_masks": [np.ones((4, 4, 3), bool)]}, ValueError, "brain_masks"),
+    ],
+)
+def test_input_validation(kwargs: dict, error: type, match: str) -> None:
+    args = {
+        "probabilities": [np.zeros((4, 4, 4), np.float32)],
+        "references": [np.zeros((4, 4, 4), bool)],
+        "spacing": SP,
+    }
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        select_threshold(**args)
