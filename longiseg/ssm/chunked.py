@@ -207,13 +207,32 @@ class _Problem:
 
 
 def _process_delta(
-    delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool, ct: torch.dtype
+    delta: torch.Tensor,
+    delta_bias: torch.Tensor | None,
+    softplus: bool,
+    ct: torch.dtype,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(raw, processed)`` time steps in ``ct`` for one block ``(B, d, L)``."""
+    """Return ``(raw, processed)`` time steps in ``ct`` for ``(B, d, L)`` (or ``(B, L, d)`` if ``channels_last``)."""
     raw = delta.to(ct)
     if delta_bias is not None:
-        raw = raw + delta_bias.to(ct)[:, None]
+        bias = delta_bias.to(ct)
+        raw = raw + (bias if channels_last else bias[:, None])
     return raw, (F.softplus(raw) if softplus else raw)
+
+
+def _save_inputs(
+    ctx: torch.autograd.function.FunctionCtx,
+    inputs: tuple[torch.Tensor | None, ...],
+    softplus: bool,
+    chunk_size: int,
+    block_elems: int,
+) -> None:
+    """Keep what :func:`_chunked_backward` needs: the canonical-layout inputs and the scan settings."""
+    ctx.save_for_backward(*inputs)
+    ctx.softplus = softplus
+    ctx.chunk_size = chunk_size
+    ctx.block_elems = block_elems
 
 
 class _ChunkedScanFn(torch.autograd.Function):
@@ -252,100 +271,110 @@ class _ChunkedScanFn(torch.autograd.Function):
             out[:, d0:d1] = _from_chunks(_dot_bc(h, p.bc_block(Cg, g0, g1, ct)), p.L)
         y_pre = out if D is None else out + u.to(ct) * D.to(ct)[:, None]
         result = y_pre if z is None else y_pre * F.silu(z.to(ct))
-        ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias)
-        ctx.softplus = softplus
-        ctx.chunk_size = chunk_size
-        ctx.block_elems = block_elems
+        _save_inputs(ctx, (u, delta, A, Bg, Cg, D, z, delta_bias), softplus, chunk_size, block_elems)
         return result.to(u.dtype), last
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, gout: torch.Tensor | None, glast: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        u, delta, A, Bg, Cg, D, z, delta_bias = ctx.saved_tensors
-        ct = compute_dtype(u, delta, A, Bg, Cg)
-        p = _Problem(u, A, Bg, ctx.chunk_size, ctx.block_elems)
-        a = A.to(ct)
-        if gout is None:
-            gout = torch.zeros(u.shape, dtype=ct, device=u.device)
-        gout = gout.to(ct)
-        gu = torch.empty(u.shape, dtype=ct, device=u.device)
-        gdelta = torch.empty(u.shape, dtype=ct, device=u.device)
-        gz = None if z is None else torch.empty(u.shape, dtype=ct, device=u.device)
-        gA = torch.empty(A.shape, dtype=ct, device=u.device)
-        gB = torch.zeros(Bg.shape, dtype=ct, device=u.device)
-        gC = torch.zeros(Cg.shape, dtype=ct, device=u.device)
-        gD = None if D is None else torch.empty(D.shape, dtype=ct, device=u.device)
-        T = p.T
-        ws = _Workspace(ct, u.device)
-        for d0, d1, g0, g1 in p.blocks():
-            ab = a[d0:d1]
-            raw, dt = _process_delta(
-                delta[:, d0:d1], None if delta_bias is None else delta_bias[d0:d1], ctx.softplus, ct
-            )
-            ub = u[:, d0:d1].to(ct)
-            dtc = _to_chunks(dt, T, p.nC)
-            dtu = dtc * _to_chunks(ub, T, p.nC)
-            Bc = p.bc_block(Bg, g0, g1, ct)
-            Cc = p.bc_block(Cg, g0, g1, ct)
-            shape = (T, p.batch, p.nC, d1 - d0, p.N)
-            dA = torch.mul(dtc.unsqueeze(-1), ab, out=ws.get("dA", shape)).exp_()
-            h = _scale_bc(dtu, Bc, ws.get("h", shape))
-            _forward_states(dA, h, p_buf=ws.get("decay", shape))
-            # Gate and skip.
-            gy = gout[:, d0:d1]
-            if z is not None:
-                y_pre = _from_chunks(_dot_bc(h, Cc), p.L)
-                if D is not None:
-                    y_pre = y_pre + ub * D[d0:d1].to(ct)[:, None]
-                zb = z[:, d0:d1].to(ct)
-                sig = torch.sigmoid(zb)
-                assert gz is not None
-                gz[:, d0:d1] = gy * y_pre * sig * (1 + zb * (1 - sig))
-                gy = gy * zb * sig
-            if D is not None:
-                assert gD is not None
-                gD[d0:d1] = (gy * ub).sum((0, 2))
-            gyc = _to_chunks(gy, T, p.nC)
-            gC[:, g0:g1] += _bc_from_chunks(_group_outer(h, gyc, g1 - g0), p.L)
-            # Adjoint states g_t = dL/dh_t.
-            g = _scale_bc(gyc, Cc, ws.get("g", shape))
-            del Cc
-            _adjoint_states(dA, g, None if glast is None else glast[:, d0:d1].to(ct), ws.get("decay", shape))
-            # M_t = g_t * dA_t * h_{t-1}  (= dL/d(dA_t) * dA_t), built in dA's buffer.
-            dA.mul_(g)
-            dA[1:].mul_(h[:-1])
-            dA[0, :, 1:].mul_(h[T - 1, :, :-1])
-            dA[0, :, 0].zero_()
-            gbu = _dot_bc(g, Bc)  # sum_n g * B
-            tmp = torch.mul(dA, ab, out=h)  # h is no longer needed: reuse its buffer
-            gdt = gbu * _to_chunks(ub, T, p.nC) + tmp.sum(-1)
-            gA[d0:d1] = torch.mul(dA, dtc.unsqueeze(-1), out=tmp).sum((0, 1, 2))
-            del dA, h, tmp
-            gB[:, g0:g1] += _bc_from_chunks(_group_outer(g, dtu, g1 - g0), p.L)
-            del g
-            gu_b = _from_chunks(gbu * dtc, p.L)
-            if D is not None:
-                gu_b = gu_b + gy * D[d0:d1].to(ct)[:, None]
-            gu[:, d0:d1] = gu_b
-            gdt_b = _from_chunks(gdt, p.L)
-            if ctx.softplus:
-                gdt_b = gdt_b * torch.sigmoid(raw)
-            gdelta[:, d0:d1] = gdt_b
-        gbias = None if delta_bias is None else gdelta.sum((0, 2)).to(delta_bias.dtype)
-        return (
-            gu.to(u.dtype),
-            gdelta.to(delta.dtype),
-            gA.to(A.dtype),
-            gB.to(Bg.dtype),
-            gC.to(Cg.dtype),
-            None if gD is None or D is None else gD.to(D.dtype),
-            None if gz is None or z is None else gz.to(z.dtype),
-            gbias,
-            None,
-            None,
-            None,
+        grads = _chunked_backward(
+            ctx.saved_tensors, gout, glast, ctx.softplus, ctx.chunk_size, ctx.block_elems
         )
+        return (*grads, None, None, None)
+
+
+def _chunked_backward(
+    saved: tuple[torch.Tensor | None, ...],
+    gout: torch.Tensor | None,
+    glast: torch.Tensor | None,
+    softplus: bool,
+    chunk_size: int,
+    block_elems: int,
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of the scan w.r.t. ``(u, delta, A, B, C, D, z, delta_bias)`` (canonical layout, ``B``/``C``
+    grouped), recomputing the states per channel block; shared by every backend whose backward is this one."""
+    u, delta, A, Bg, Cg, D, z, delta_bias = saved
+    ct = compute_dtype(u, delta, A, Bg, Cg)
+    p = _Problem(u, A, Bg, chunk_size, block_elems)
+    a = A.to(ct)
+    if gout is None:
+        gout = torch.zeros(u.shape, dtype=ct, device=u.device)
+    gout = gout.to(ct)
+    gu = torch.empty(u.shape, dtype=ct, device=u.device)
+    gdelta = torch.empty(u.shape, dtype=ct, device=u.device)
+    gz = None if z is None else torch.empty(u.shape, dtype=ct, device=u.device)
+    gA = torch.empty(A.shape, dtype=ct, device=u.device)
+    gB = torch.zeros(Bg.shape, dtype=ct, device=u.device)
+    gC = torch.zeros(Cg.shape, dtype=ct, device=u.device)
+    gD = None if D is None else torch.empty(D.shape, dtype=ct, device=u.device)
+    T = p.T
+    ws = _Workspace(ct, u.device)
+    for d0, d1, g0, g1 in p.blocks():
+        ab = a[d0:d1]
+        raw, dt = _process_delta(
+            delta[:, d0:d1], None if delta_bias is None else delta_bias[d0:d1], softplus, ct
+        )
+        ub = u[:, d0:d1].to(ct)
+        dtc = _to_chunks(dt, T, p.nC)
+        dtu = dtc * _to_chunks(ub, T, p.nC)
+        Bc = p.bc_block(Bg, g0, g1, ct)
+        Cc = p.bc_block(Cg, g0, g1, ct)
+        shape = (T, p.batch, p.nC, d1 - d0, p.N)
+        dA = torch.mul(dtc.unsqueeze(-1), ab, out=ws.get("dA", shape)).exp_()
+        h = _scale_bc(dtu, Bc, ws.get("h", shape))
+        _forward_states(dA, h, p_buf=ws.get("decay", shape))
+        # Gate and skip.
+        gy = gout[:, d0:d1]
+        if z is not None:
+            y_pre = _from_chunks(_dot_bc(h, Cc), p.L)
+            if D is not None:
+                y_pre = y_pre + ub * D[d0:d1].to(ct)[:, None]
+            zb = z[:, d0:d1].to(ct)
+            sig = torch.sigmoid(zb)
+            assert gz is not None
+            gz[:, d0:d1] = gy * y_pre * sig * (1 + zb * (1 - sig))
+            gy = gy * zb * sig
+        if D is not None:
+            assert gD is not None
+            gD[d0:d1] = (gy * ub).sum((0, 2))
+        gyc = _to_chunks(gy, T, p.nC)
+        gC[:, g0:g1] += _bc_from_chunks(_group_outer(h, gyc, g1 - g0), p.L)
+        # Adjoint states g_t = dL/dh_t.
+        g = _scale_bc(gyc, Cc, ws.get("g", shape))
+        del Cc
+        _adjoint_states(dA, g, None if glast is None else glast[:, d0:d1].to(ct), ws.get("decay", shape))
+        # M_t = g_t * dA_t * h_{t-1}  (= dL/d(dA_t) * dA_t), built in dA's buffer.
+        dA.mul_(g)
+        dA[1:].mul_(h[:-1])
+        dA[0, :, 1:].mul_(h[T - 1, :, :-1])
+        dA[0, :, 0].zero_()
+        gbu = _dot_bc(g, Bc)  # sum_n g * B
+        tmp = torch.mul(dA, ab, out=h)  # h is no longer needed: reuse its buffer
+        gdt = gbu * _to_chunks(ub, T, p.nC) + tmp.sum(-1)
+        gA[d0:d1] = torch.mul(dA, dtc.unsqueeze(-1), out=tmp).sum((0, 1, 2))
+        del dA, h, tmp
+        gB[:, g0:g1] += _bc_from_chunks(_group_outer(g, dtu, g1 - g0), p.L)
+        del g
+        gu_b = _from_chunks(gbu * dtc, p.L)
+        if D is not None:
+            gu_b = gu_b + gy * D[d0:d1].to(ct)[:, None]
+        gu[:, d0:d1] = gu_b
+        gdt_b = _from_chunks(gdt, p.L)
+        if softplus:
+            gdt_b = gdt_b * torch.sigmoid(raw)
+        gdelta[:, d0:d1] = gdt_b
+    gbias = None if delta_bias is None else gdelta.sum((0, 2)).to(delta_bias.dtype)
+    return (
+        gu.to(u.dtype),
+        gdelta.to(delta.dtype),
+        gA.to(A.dtype),
+        gB.to(Bg.dtype),
+        gC.to(Cg.dtype),
+        None if gD is None or D is None else gD.to(D.dtype),
+        None if gz is None or z is None else gz.to(z.dtype),
+        gbias,
+    )
 
 
 def selective_scan_chunked(

@@ -37,7 +37,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from longiseg.ssm.chunked import DEFAULT_BLOCK_ELEMS, _ChunkedScanFn, default_chunk_size
+from longiseg.ssm.chunked import (
+    DEFAULT_BLOCK_ELEMS,
+    _chunked_backward,
+    _ChunkedScanFn,
+    _process_delta,
+    _save_inputs,
+    default_chunk_size,
+)
 from longiseg.ssm.inputs import bc_grouped, compute_dtype, prepare_scan_inputs
 
 __all__ = [
@@ -105,14 +112,19 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None], Callable[..., 
     block = _CHANNEL_BLOCK
 
     @njit(fastmath=True, boundscheck=False, cache=True)
-    def exp2_np(v: np.ndarray, out: np.ndarray, bits: np.ndarray) -> None:  # pragma: no cover - compiled
-        scale = bits.view(np.float32)
+    def exp2_parts(v, mantissa, bits):  # pragma: no cover - compiled
+        # 2^v = mantissa * bits.view(float32) for float32 v <= 0, as two vectorisable element-wise loops' worth
         for i in range(v.size):
             x = max(v[i], np.float32(-125.0))
             k = np.int32(-x)  # truncation: k = ceil(-x) - (x integral), x + k in (-1, 0]
             f = x + np.float32(k) + np.float32(1.0)  # in (0, 1]
-            out[i] = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
-            bits[i] = (np.int32(126) - k) << 23  # 2^(-k-1)
+            mantissa[i] = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
+            bits[i] = (np.int32(126) - k) << 23  # the float32 bits of 2^(-k-1)
+
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def exp2_np(v: np.ndarray, out: np.ndarray, bits: np.ndarray) -> None:  # pragma: no cover - compiled
+        exp2_parts(v, out, bits)
+        scale = bits.view(np.float32)
         for i in range(v.size):
             out[i] *= scale[i]
 
@@ -146,12 +158,7 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None], Callable[..., 
                     for n in range(n_state):
                         expo[j * n_state + n] = step * av[j * n_state + n]
                         drive[j * n_state + n] = x * bt[b, g, t, n]
-                for i in range(size):
-                    x = max(expo[i], np.float32(-125.0))
-                    k = np.int32(-x)
-                    f = x + np.float32(k) + np.float32(1.0)
-                    decay[i] = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
-                    bits[i] = (np.int32(126) - k) << 23
+                exp2_parts(expo, decay, bits)
                 for i in range(size):
                     h[i] = decay[i] * scale[i] * h[i] + drive[i]
                 for j in range(nd):
@@ -192,7 +199,7 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None], Callable[..., 
 def exp2_nonpositive(x: torch.Tensor) -> torch.Tensor:
     """``2 ** x`` for float32 ``x <= 0`` with the kernel's polynomial (arguments below -125 give ``2^-125``).
 
-    Exposed so that its accuracy is tested; the kernel inlines the same arithmetic.
+    Exposed so that its accuracy is tested; the kernel calls the same compiled ``exp2_parts``.
 
     Args:
         x: float32 tensor of any shape with non-positive entries.
@@ -254,18 +261,7 @@ def _run_kernel(
     return torch.from_numpy(out), torch.from_numpy(last)
 
 
-def _process_steps(
-    delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool, ct: torch.dtype, channel_dim: int
-) -> torch.Tensor:
-    dt = delta.to(ct)
-    if delta_bias is not None:
-        shape = [1] * dt.ndim
-        shape[channel_dim] = -1
-        dt = dt + delta_bias.to(ct).reshape(shape)
-    return F.softplus(dt) if softplus else dt
-
-
-def _compiled_forward(
+def _forward_channels_last(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
@@ -276,17 +272,26 @@ def _compiled_forward(
     delta_bias: torch.Tensor | None,
     softplus: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward pass on CPU tensors in the canonical layout; returns ``(out in ct, last state)``."""
+    """The whole scan (steps, kernel, skip, gate) without autograd on channel-last CPU tensors.
+
+    ``u``, ``delta``, ``z``: ``(B, L, D)``; ``Bg``, ``Cg``: ``(B, G, L, N)``. Returns ``out (B, L, D)`` in the
+    compute dtype and the last state ``(B, D, N)``.
+    """
     ct = compute_dtype(u, delta, A, Bg, Cg)
     with torch.no_grad():
-        dt = _process_steps(delta, delta_bias, softplus, ct, channel_dim=1)
-        y, last = _run_kernel(u.transpose(1, 2), dt.transpose(1, 2), A, Bg.transpose(2, 3), Cg.transpose(2, 3), ct)
-        y = y.transpose(1, 2)
+        _, dt = _process_delta(delta, delta_bias, softplus, ct, channels_last=True)
+        y, last = _run_kernel(u, dt, A, Bg, Cg, ct)
         if D is not None:
-            y = y + u.to(ct) * D.to(ct)[:, None]
+            y = y + u.to(ct) * D.to(ct)
         if z is not None:
             y = y * F.silu(z.to(ct))
     return y, last
+
+
+def _require_cpu(named: dict[str, torch.Tensor | None]) -> None:
+    for name, t in named.items():
+        if t is not None and t.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU for the 'numba' scan backend, got device {t.device}")
 
 
 class _CompiledScanFn(_ChunkedScanFn):
@@ -307,12 +312,11 @@ class _CompiledScanFn(_ChunkedScanFn):
         chunk_size: int,
         block_elems: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        y, last = _compiled_forward(u, delta, A, Bg, Cg, D, z, delta_bias, softplus)
-        ctx.save_for_backward(u, delta, A, Bg, Cg, D, z, delta_bias)
-        ctx.softplus = softplus
-        ctx.chunk_size = chunk_size
-        ctx.block_elems = block_elems
-        return y.to(u.dtype), last
+        y, last = _forward_channels_last(
+            u.mT, delta.mT, A, Bg.mT, Cg.mT, D, None if z is None else z.mT, delta_bias, softplus
+        )
+        _save_inputs(ctx, (u, delta, A, Bg, Cg, D, z, delta_bias), softplus, chunk_size, block_elems)
+        return y.mT.to(u.dtype), last
 
 
 def selective_scan_cpu(
@@ -351,10 +355,7 @@ def selective_scan_cpu(
     """
     require_cpu_kernel()
     s = prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
-    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-                    ("delta_bias", delta_bias)):
-        if t is not None and t.device.type != "cpu":
-            raise ValueError(f"{name} must be on the CPU for the 'numba' scan backend, got device {t.device}")
+    _require_cpu({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
     Bg = bc_grouped(B, s.batch, s.dim, s.seqlen)
     Cg = bc_grouped(C, s.batch, s.dim, s.seqlen)
     out, last = _CompiledScanFn.apply(
@@ -380,14 +381,7 @@ class _ChannelsLastScanFn(torch.autograd.Function):
         delta_bias: torch.Tensor | None,
         softplus: bool,
     ) -> torch.Tensor:
-        ct = compute_dtype(u, delta, A, B, C)
-        with torch.no_grad():
-            dt = _process_steps(delta, delta_bias, softplus, ct, channel_dim=2)
-            y, _ = _run_kernel(u, dt, A, B.unsqueeze(1), C.unsqueeze(1), ct)
-            if D is not None:
-                y = y + u.to(ct) * D.to(ct)
-            if z is not None:
-                y = y * F.silu(z.to(ct))
+        y, _ = _forward_channels_last(u, delta, A, B.unsqueeze(1), C.unsqueeze(1), D, z, delta_bias, softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.softplus = softplus
         return y.to(u.dtype)
@@ -397,32 +391,18 @@ class _ChannelsLastScanFn(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, gout: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        seqlen = u.shape[1]
-
-        class _Ctx:  # the chunked backward reads its inputs from a context object
-            saved_tensors = (
-                u.transpose(1, 2),
-                delta.transpose(1, 2),
-                A,
-                B.transpose(1, 2).unsqueeze(1),
-                C.transpose(1, 2).unsqueeze(1),
-                D,
-                None if z is None else z.transpose(1, 2),
-                delta_bias,
-            )
-            softplus = ctx.softplus
-            chunk_size = default_chunk_size(seqlen)
-            block_elems = DEFAULT_BLOCK_ELEMS
-
-        gu, gdelta, gA, gB, gC, gD, gz, gbias, *_ = _ChunkedScanFn.backward(_Ctx, gout.transpose(1, 2), None)
+        canonical = (u.mT, delta.mT, A, B.mT.unsqueeze(1), C.mT.unsqueeze(1), D, None if z is None else z.mT, delta_bias)
+        gu, gdelta, gA, gB, gC, gD, gz, gbias = _chunked_backward(
+            canonical, gout.mT, None, ctx.softplus, default_chunk_size(u.shape[1]), DEFAULT_BLOCK_ELEMS
+        )
         return (
-            gu.transpose(1, 2),
-            gdelta.transpose(1, 2),
+            gu.mT,
+            gdelta.mT,
             gA,
-            gB.squeeze(1).transpose(1, 2),
-            gC.squeeze(1).transpose(1, 2),
+            gB.squeeze(1).mT,
+            gC.squeeze(1).mT,
             gD,
-            None if gz is None else gz.transpose(1, 2),
+            None if gz is None else gz.mT,
             gbias,
             None,
         )
@@ -469,8 +449,5 @@ def selective_scan_cpu_channels_last(
         u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D,
         None if z is None else z.transpose(1, 2), delta_bias,
     )
-    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
-                    ("delta_bias", delta_bias)):
-        if t is not None and t.device.type != "cpu":
-            raise ValueError(f"{name} must be on the CPU for the 'numba' scan backend, got device {t.device}")
+    _require_cpu({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
     return _ChannelsLastScanFn.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
