@@ -43,24 +43,6 @@ def _current_rss_mb() -> float:
         return float("nan")
 
 
-def _fit(mask, shape):
-    """Centre-crop or zero-pad a boolean volume to ``shape``."""
-    import numpy as np
-
-    out = np.zeros(shape, dtype=bool)
-    src, dst = [], []
-    for have, want in zip(mask.shape, shape):
-        lo = (have - want) // 2
-        if lo >= 0:
-            src.append(slice(lo, lo + want))
-            dst.append(slice(0, want))
-        else:
-            src.append(slice(0, have))
-            dst.append(slice(-lo, -lo + have))
-    out[tuple(dst)] = mask[tuple(src)]
-    return out
-
-
 def brain_region(shape: tuple[int, int, int], anatomy: str):
     """Boolean brain region of the case: ``"ellipsoid"`` (~20 % of the box) or ``"mni152"`` (the MNI152 1 mm
     brain mask bundled with nilearn, centre-cropped/padded to ``shape``)."""
@@ -69,8 +51,11 @@ def brain_region(shape: tuple[int, int, int], anatomy: str):
     if anatomy == "mni152":
         from nilearn.datasets import load_mni152_brain_mask
 
+        from longiseg.data.sampling import crop_window
+
         mask = np.asarray(load_mni152_brain_mask(resolution=1).dataobj) > 0
-        return _fit(mask, shape)
+        # centred crop (or zero padding) to the requested box
+        return crop_window(mask, [(have - want) // 2 for have, want in zip(mask.shape, shape)], shape, fill=False)
     grids = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij")
     radius = (0.70, 0.80, 0.70)
     return sum((g / r) ** 2 for g, r in zip(grids, radius)) <= 1.0
