@@ -156,7 +156,8 @@ class Mamba(nn.Module):
             raise ValueError(f"hidden_states must have seqlen >= 1, got shape {tuple(hidden_states.shape)}")
         if reverse:
             hidden_states = hidden_states.flip(1)
-        if resolve_backend(self.backend, hidden_states.device) == "numba":
+        backend = resolve_backend(self.backend, hidden_states.device)  # once per call, passed on below
+        if backend == "numba":
             out = self._forward_channels_last(hidden_states)
             return out.flip(1) if reverse else out
         xz = F.linear(hidden_states, self.in_proj.weight, self.in_proj.bias).transpose(
@@ -178,7 +179,7 @@ class Mamba(nn.Module):
             z=z.contiguous(),
             delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True,
-            backend=self.backend,
+            backend=backend,
         )
         assert isinstance(y, torch.Tensor)
         out = self.out_proj(y.transpose(1, 2))
