@@ -23,12 +23,16 @@ A prediction folder written by ``longiseg predict`` mirrors it::
     OUT/CASE_ID/baseline_entropy.nii.gz, progression_t1_entropy.nii.gz
 
 so ``longiseg evaluate OUT ROOT`` pairs files by case folder and file name.
+
+A case id names a folder, so it must be one plain path component (:func:`check_case_id`). Every file may
+be stored as ``.nii.gz`` or ``.nii``; a folder holding both forms of one name is ambiguous and refused
+(:func:`find_nifti`, :func:`scan_images`).
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 __all__ = [
     "MANIFEST_JSON",
@@ -39,6 +43,10 @@ __all__ = [
     "progression_filename",
     "prediction_filenames",
     "parse_image_filename",
+    "check_case_id",
+    "nifti_stem",
+    "find_nifti",
+    "scan_images",
 ]
 
 MANIFEST_JSON = "manifest.json"
@@ -84,3 +92,89 @@ def parse_image_filename(name: str | Path) -> tuple[int, str] | None:
     if m is None:
         return None
     return int(m.group(1)), m.group(2).lower()
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_case_id(case_id: str, *, where: str = "") -> str:
+    """Return ``case_id`` if it is safe as one folder name, else raise.
+
+    A case id must be a single, non-empty path component: not ``.`` or ``..``, no separator (``/`` or
+    ``\\``), no drive (``C:``), no control character (NUL, newline, ...) and no leading or trailing
+    whitespace. So ``ROOT / case_id`` always stays inside ``ROOT``.
+
+    Args:
+        case_id: the id, e.g. from a manifest row or a folder name.
+        where: context for the message (e.g. ``"manifest m.json row 3"``).
+
+    Raises:
+        TypeError: ``case_id`` is not a string.
+        ValueError: naming the id and the rule it breaks.
+    """
+    prefix = f"{where}: " if where else ""
+    if not isinstance(case_id, str):
+        raise TypeError(f"{prefix}case id must be a string, got {type(case_id).__name__} {case_id!r}")
+    rule = None
+    if not case_id:
+        rule = "must not be empty"
+    elif case_id in (".", ".."):
+        rule = "must not be '.' or '..'"
+    elif "/" in case_id or "\\" in case_id:
+        rule = "must not contain a path separator ('/' or '\\')"
+    elif _CONTROL_RE.search(case_id):
+        rule = "must not contain control characters (NUL, newline, ...)"
+    elif case_id != case_id.strip():
+        rule = "must not start or end with whitespace"
+    elif PureWindowsPath(case_id).drive:
+        rule = "must not start with a drive such as 'C:'"
+    if rule is not None:
+        raise ValueError(f"{prefix}case id {case_id!r} {rule}; a case id is a single folder name")
+    return case_id
+
+
+def nifti_stem(name: str) -> str:
+    """``"t0_flair.nii.gz" -> "t0_flair"``, ``"brain_mask.nii" -> "brain_mask"``; other names unchanged."""
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def find_nifti(folder: str | Path, name: str) -> Path | None:
+    """The file ``name`` of ``folder`` stored as ``.nii.gz`` or ``.nii``; ``None`` if neither exists.
+
+    Args:
+        folder: the case folder.
+        name: the file's layout name with either extension, e.g. :data:`BASELINE_MASK`.
+
+    Raises:
+        ValueError: both ``STEM.nii.gz`` and ``STEM.nii`` exist (naming both; which one is meant is unknown).
+    """
+    stem = nifti_stem(name)
+    found = [p for p in (Path(folder) / f"{stem}.nii.gz", Path(folder) / f"{stem}.nii") if p.exists()]
+    if len(found) > 1:
+        raise ValueError(f"ambiguous files {found[0]} and {found[1]}: keep only one of them")
+    return found[0] if found else None
+
+
+def scan_images(folder: str | Path) -> dict[int, dict[str, Path]]:
+    """The image files of a case folder: ``{timepoint: {modality: path}}`` (file names only, nothing read).
+
+    Raises:
+        ValueError: two files name the same timepoint and modality (``t1_t2.nii`` and ``t1_t2.nii.gz``,
+            or names differing only in case), naming both.
+    """
+    found: dict[int, dict[str, Path]] = {}
+    for p in sorted(Path(folder).iterdir()):
+        parsed = parse_image_filename(p.name)
+        if parsed is None:
+            continue
+        t, modality = parsed
+        other = found.setdefault(t, {}).get(modality)
+        if other is not None:
+            raise ValueError(
+                f"ambiguous files {other} and {p}: both are timepoint {t} {modality!r}; keep only one of them"
+            )
+        found[t][modality] = p
+    return found

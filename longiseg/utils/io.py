@@ -16,7 +16,8 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_write_json"]
+__all__ = ["atomic_path", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_write_json",
+           "load_nifti"]
 
 PathLike = str | os.PathLike
 
@@ -121,3 +122,67 @@ def atomic_save_nifti(array: np.ndarray, affine: np.ndarray, path: PathLike, *, 
     with atomic_path(path, overwrite=overwrite, suffix=suffix) as tmp:
         nib.save(img, tmp)
     return Path(path)
+
+
+# --------------------------------------------------------------------------- reading
+def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = False,
+               dtype: Any = None) -> Any:
+    """Read a NIfTI file (``.nii`` or ``.nii.gz``) with nibabel; a bad file is a ``ValueError`` naming it.
+
+    Zero-byte, truncated, corrupt (gzip or header) and non-NIfTI files all raise ``ValueError`` with the
+    path and what is wrong, never nibabel's or gzip's bare ``EOFError``/``zlib.error``/``ImageFileError``.
+    A truncated ``.nii.gz`` often has a readable header and fails only when its voxels are decompressed,
+    so the voxels are decoded here, inside the check.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (e.g. ``"case 'p0': image"``).
+        header_only: read only the header (shape, affine, voxel sizes) and leave the voxels on disk, to
+            check many files before decoding any; read the voxels later with a second call.
+        dtype: decode the voxels as this dtype (e.g. ``np.float32`` for images; scaling is applied in it);
+            default: nibabel's (the on-disk dtype, float64 when the header scales the values).
+
+    Returns:
+        The nibabel image (``Nifti1Image`` or ``Nifti2Image``): ``img.shape`` as stored (e.g. ``(D, H, W)``),
+        ``img.affine`` ``(4, 4)``, ``img.header.get_zooms()``; unless ``header_only``, ``img.dataobj`` is an
+        in-memory array of shape ``img.shape`` in the file's index order (scaled values).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        PermissionError: ``path`` is not readable.
+        ValueError: ``path`` is a folder, empty, truncated, corrupt or not a NIfTI file.
+    """
+    import struct
+    import zlib
+
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    path = Path(path)
+    label = f"{what} {path}"
+    if not path.exists():
+        raise FileNotFoundError(f"{label} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{label} is a folder, not a NIfTI file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{label} is empty (0 bytes)")
+    try:
+        img = nib.load(str(path), mmap=False)
+        if header_only or not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            data = None
+        elif dtype is None:
+            data = np.asanyarray(img.dataobj)
+        else:
+            data = np.asarray(img.dataobj, dtype=dtype)
+    except PermissionError as exc:
+        raise PermissionError(f"cannot read {label}: permission denied") from exc
+    except (ImageFileError, HeaderDataError, EOFError, zlib.error, struct.error, OSError, ValueError) as exc:
+        kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"{label} is truncated, corrupt or not a NIfTI file ({kind}: {reason})") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ValueError(f"{label} is not a NIfTI file (nibabel reads it as {type(img).__name__})")
+    if data is None:
+        return img
+    return type(img)(data, img.affine, img.header)
