@@ -100,9 +100,9 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 def check_case_id(case_id: str, *, where: str = "") -> str:
     """Return ``case_id`` if it is safe as one folder name, else raise.
 
-    A case id must be a single, non-empty path component: not ``.`` or ``..``, no separator (``/`` or
-    ``\\``), no drive (``C:``), no control character (NUL, newline, ...) and no leading or trailing
-    whitespace. So ``ROOT / case_id`` always stays inside ``ROOT``.
+    A case id must be a single, non-empty path component: not ``.`` or ``..``, not an absolute path, no
+    separator (``/`` or ``\\``), no drive (``C:``), no control character (NUL, newline, ...) and no
+    leading or trailing whitespace. So ``ROOT / case_id`` always stays inside ``ROOT``.
 
     Args:
         case_id: the id, e.g. from a manifest row or a folder name.
@@ -120,6 +120,8 @@ def check_case_id(case_id: str, *, where: str = "") -> str:
         rule = "must not be empty"
     elif case_id in (".", ".."):
         rule = "must not be '.' or '..'"
+    elif case_id.startswith(("/", "\\")):
+        rule = "must not be an absolute path"
     elif "/" in case_id or "\\" in case_id:
         rule = "must not contain a path separator ('/' or '\\')"
     elif _CONTROL_RE.search(case_id):
