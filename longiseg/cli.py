@@ -1,17 +1,34 @@
 """The ``longiseg`` command line: ``train``, ``predict``, ``evaluate``, ``models``, ``demo`` and ``bench``.
 
 Run ``longiseg COMMAND --help`` for the options of each command.
+
+Every command fails the same way: one line ``longiseg COMMAND: error: WHAT`` on stderr and exit code 2 for
+usage and input errors (a missing or malformed file, a bad option value, an output that exists), 1 for
+anything else, 130 when interrupted; the Python traceback only with ``--debug`` or ``LONGISEG_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED"]
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# Exceptions that mean "what the user gave is wrong" (exit code 2); the library raises these with messages
+# that name the file or argument. ``ConfigError`` and ``yaml`` errors are ``ValueError`` subclasses here.
+_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+    PermissionError, ImportError,
+)
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -52,40 +69,103 @@ def _load_experiment(path: str | None, overrides: Sequence[str]):  # noqa: ANN20
     return ExperimentConfig.from_file(path, overrides)
 
 
+def _check_output_folder(path: str | Path, option: str) -> Path:
+    """Fail before any work when ``path`` cannot become a writable folder (a file, read-only parent)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{option} {path} exists and is not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"{option} {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {path}: {probe} is not writable")
+    return path
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from longiseg.workflows.train import run_training
 
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it afresh")
     cfg = _load_experiment(args.config, args.overrides)
     if args.data:
         cfg.data.root = args.data
     if args.output:
         cfg.trainer.output_dir = args.output
-    result = run_training(cfg, resume=args.resume)
+    _check_output_folder(cfg.trainer.output_dir, "--output")
+    result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"finished: {result}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from longiseg.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from longiseg.utils.device import resolve_device
     from longiseg.workflows.predict import run_prediction
 
+    device = resolve_device(args.device, name="--device")
+    if args.overwrite and args.skip_existing:
+        raise ValueError("--overwrite and --skip-existing exclude each other")
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
-    exp_file = args.config or (ckpt.parent / "experiment.yaml")
-    cfg = _load_experiment(str(exp_file) if Path(exp_file).is_file() else None, args.overrides)
+        raise FileNotFoundError(f"--checkpoint {ckpt} does not exist")
+    if not Path(args.input).is_dir():
+        raise FileNotFoundError(f"--input {args.input} is not a folder")
+    if args.config is not None:
+        if not Path(args.config).is_file():
+            raise FileNotFoundError(f"--config {args.config} does not exist")
+        exp_file = Path(args.config)
+    else:
+        exp_file = ckpt.parent / "experiment.yaml"
+        if not exp_file.is_file():
+            raise FileNotFoundError(
+                f"no experiment.yaml beside the checkpoint {ckpt}: the model's modality order, window size and "
+                "post-processing are recorded there; pass --config with the experiment file it was trained with")
+    cfg = _load_experiment(str(exp_file), args.overrides)
+    _check_output_folder(args.output, "--output")
     name = load_checkpoint(ckpt, map_location="cpu").get("model_name")
     model = build_model_from_checkpoint(ckpt)
     run_prediction(model, name, args.input, args.output, cfg.inference, modalities=cfg.data.modalities,
-                   overwrite=args.overwrite, skip_existing=args.skip_existing, device=args.device)
+                   overwrite=args.overwrite, skip_existing=args.skip_existing, device=device)
     print(f"predictions written to {args.output}")
     return 0
 
 
-def _cmd_evaluate(args: argparse.Namespace, rest: Sequence[str]) -> int:
-    from longiseg.metrics.evaluate import main as evaluate_main
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from longiseg.metrics.evaluate import REPORT_FILES, evaluate_folder, write_report
+    from longiseg.metrics.protocol import get_protocol
+    from longiseg.metrics.report import format_paper_table
 
-    return evaluate_main(list(rest))
+    if len(args.folders) < 2:
+        raise ValueError("give at least one prediction folder and then the reference folder")
+    *preds, gt = args.folders
+    names = args.names or [Path(p).name for p in preds]
+    if len(names) != len(preds):
+        raise ValueError(f"--names needs one name per prediction folder ({len(preds)}), got {len(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be distinct, got {names}; use --names")
+    for folder in args.folders:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder} is not a folder")
+    if args.out:
+        out = _check_output_folder(args.out, "--out")
+        clash = [str(out / f) for f in REPORT_FILES if (out / f).exists()]
+        if clash and not args.overwrite:
+            raise FileExistsError(f"--out {out} already holds a report ({', '.join(clash[:3])}); "
+                                  "pass --overwrite to replace it")
+    overrides = {k: v for k, v in (("min_lesion_volume_mm3", args.min_lesion_volume), ("matching", args.matching),
+                                   ("iou_threshold", args.iou_threshold)) if v is not None}
+    prot = get_protocol(args.protocol).with_overrides(**overrides)
+    results = [evaluate_folder(p, gt, protocol=prot, model=n, progress=not args.no_progress)
+               for p, n in zip(preds, names)]
+    if args.out:
+        text = write_report(results, args.out)
+    else:
+        text = format_paper_table([r.table for r in results], reference=names[0] if len(names) > 1 else None)
+    print(text)
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -122,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``longiseg`` command."""
     parser = argparse.ArgumentParser(prog="longiseg", description="Longitudinal lesion segmentation (SegMaST and baselines).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also LONGISEG_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list the registered models with their parameter counts")
@@ -135,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="cohort folder (overrides data.root)")
     p.add_argument("--output", default=None, help="run folder (overrides trainer.output_dir)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an OUTPUT that already holds a run (its checkpoints are replaced)")
     _add_overrides(p)
     p.set_defaults(func=_cmd_train)
 
@@ -150,8 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="evaluate prediction folder(s) against a reference folder",
-                       add_help=False)
-    p.set_defaults(func=_cmd_evaluate, passthrough=True)
+                       description="Evaluate prediction folder(s), one per model, against the reference folder "
+                                   "(the last argument): paper-style table, t-tests, box plots.")
+    p.add_argument("folders", nargs="+", metavar="PRED_DIR",
+                   help="prediction folder(s), one per model, then the reference folder (GT_DIR)")
+    p.add_argument("--out", default=None, help="write per-case/summary CSV+JSON, table and box plot here")
+    p.add_argument("--overwrite", action="store_true", help="replace a report that --out already holds")
+    p.add_argument("--protocol", default="segmast", choices=["segmast", "tdw"])
+    p.add_argument("--min-lesion-volume", type=float, default=None, help="override the minimum lesion volume (mm^3)")
+    p.add_argument("--matching", default=None, choices=["iou", "iou_global", "overlap"])
+    p.add_argument("--iou-threshold", type=float, default=None)
+    p.add_argument("--names", nargs="*", default=None, help="model names (default: prediction folder names)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="the main job: the whole pipeline on the embedded demo cohort")
     p.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
@@ -171,23 +266,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debug_requested(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get("LONGISEG_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if isinstance(err, KeyError) or not text:
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        text = f"no space left on device ({text}); free space and run again (finished outputs are complete)"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``longiseg`` console script."""
+    """Entry point of the ``longiseg`` console script.
+
+    Returns:
+        The exit code: 0 on success, 2 for usage and input errors, 1 for other failures, 130 on Ctrl-C.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    # `evaluate` has its own parser (shared with `python -m longiseg.metrics.evaluate`): pass its args through.
-    if argv and argv[0] == "evaluate":
-        args, rest = argparse.Namespace(verbose=False), argv[1:]
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        return _cmd_evaluate(args, rest)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors: argparse prints one line and exits with 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    prefix = f"longiseg {args.command}: error:"
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"longiseg {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"longiseg {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _INPUT_ERRORS as err:
+        if debug:
+            raise
+        print(f"{prefix} {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # noqa: BLE001 - the one place that turns any failure into a message
+        if debug:
+            raise
+        print(f"{prefix} {_one_line(err)} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

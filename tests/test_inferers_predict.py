@@ -142,8 +142,9 @@ def test_predict_case_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "k2").exists() or not any((tmp_path / "k2").iterdir())
     with pytest.raises(ValueError, match="restrict_to_brain"):
         predict_case(Voxelwise(), img, aff, None, tmp_path, "x", restrict_to_brain="brain")
-    with pytest.raises(ValueError, match="case_id"):
-        predict_case(Voxelwise(), img, aff, None, tmp_path, "a/b")
+    for bad_id in ("a/b", "..", ".", "/abs", ""):
+        with pytest.raises(ValueError, match="case id"):
+            predict_case(Voxelwise(), img, aff, None, tmp_path, bad_id)
     with pytest.raises(ValueError, match="affine"):
         predict_case(Voxelwise(), img, np.eye(3), None, tmp_path, "x")
     with pytest.raises(ValueError, match="5 dims"):

@@ -162,7 +162,7 @@ def test_evaluate_errors(folders: tuple[Path, Path, Path], tmp_path: Path) -> No
         save(shape_bad / c / BASELINE_MASK, np.zeros((4, 4, 4), np.uint8))
         for i in fus:
             save(shape_bad / c / progression_filename(i), np.zeros((4, 4, 4), np.uint8))
-    with pytest.raises(ValueError, match="prediction shape"):
+    with pytest.raises(ValueError, match=r"case c1: prediction .* has shape \(4, 4, 4\)"):
         evaluate_folder(shape_bad, gt, progress=False)
 
 
@@ -192,5 +192,5 @@ def test_command_line(
     assert "good" in printed and "bad" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"]["name"] == "tdw" and summary["protocol"]["matching"] == "overlap"
-    with pytest.raises(SystemExit):
-        main([str(gt)])
+    assert main([str(gt)]) == 2  # one folder only: a one-line error, exit code 2
+    assert "give at least one prediction folder" in capsys.readouterr().err

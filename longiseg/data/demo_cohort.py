@@ -36,8 +36,6 @@ import importlib.util
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -48,7 +46,7 @@ from scipy import ndimage
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.loading import Manifest, ManifestEntry, save_case, write_manifest
-from longiseg.utils.io import atomic_path, atomic_write_json
+from longiseg.utils.io import atomic_directory, atomic_path, atomic_write_json
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import check_positive_int, check_probability, check_timepoints
 
@@ -632,9 +630,7 @@ def generate_demo_cohort(
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
         if not (out / layout.MANIFEST_JSON).is_file():
             raise FileExistsError(f"{out} does not look like a cohort folder (no manifest.json); not replacing it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite=out.exists()) as tmp:
         entries, stats = [], []
         for i in tqdm(range(cfg.num_patients), desc="demo cohort", unit="patient", disable=not progress):
             case, st = generate_demo_case(i, cfg)
@@ -645,16 +641,6 @@ def generate_demo_cohort(
         atomic_write_json(tmp / "demo_cohort.json", {
             "config": asdict(cfg), "anatomy": load_anatomy(cfg.spacing, cfg.anatomy).source, "patients": stats,
         })
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     _LOG.info("wrote demo cohort of %d patients (%d progressing) to %s", cfg.num_patients,
               sum(s["progressing"] for s in stats), out)
     return out

@@ -50,6 +50,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "build_model_from_checkpoint",
+    "load_model_weights",
 ]
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -203,13 +204,22 @@ def save_checkpoint(
 def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): an interrupted copy? use another checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"checkpoint {path} holds objects that weights_only=True refuses ({err}); if you trust the file, "
-            "load it with weights_only=False"
-        ) from err
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise ValueError(
+                f"checkpoint {path} holds objects that weights_only=True refuses; if you trust the file, "
+                "load it with weights_only=False"
+            ) from err
+        raise ValueError(f"{path} is not a readable checkpoint (corrupt or not written by torch.save)") from err
+    except (RuntimeError, EOFError, OSError, UnicodeDecodeError, ValueError, KeyError) as err:
+        # truncated zip archives, text files, wrong map_location devices
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(f"{path} is not a readable checkpoint (truncated, corrupt or not written by "
+                         f"torch.save): {reason}") from err
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED_KEYS):
         raise ValueError(f"{path} is not a longiseg checkpoint (expected a dict with keys {_REQUIRED_KEYS})")
     if ckpt["format_version"] > CHECKPOINT_FORMAT_VERSION:
@@ -256,7 +266,7 @@ def load_checkpoint(
     """
     ckpt = _read(Path(path), map_location, weights_only)
     if model is not None:
-        unwrap_model(model).load_state_dict(ckpt["model"], strict=strict)
+        load_model_weights(unwrap_model(model), ckpt["model"], source=str(path), strict=strict)
     if optimizer is not None and ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler") is not None:
@@ -293,5 +303,35 @@ def build_model_from_checkpoint(path: str | Path, *, map_location: Any = "cpu",
     if not name:
         raise ValueError(f"checkpoint {path} has no model_name; build the model yourself and use load_checkpoint")
     model = build_model(name, **{**ckpt.get("model_kwargs", {}), **override_kwargs})
-    model.load_state_dict(ckpt["model"])
+    load_model_weights(model, ckpt["model"], source=str(path))
     return model.eval()
+
+
+def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "state_dict",
+                       strict: bool = True) -> None:
+    """``model.load_state_dict`` with one readable error when the weights do not fit the model.
+
+    Args:
+        model: the (unwrapped) model.
+        state_dict: its weights, e.g. a checkpoint's ``"model"`` entry.
+        source: where the weights come from, for the message (a file name).
+        strict: refuse missing and unexpected keys too (sizes are always checked).
+
+    Raises:
+        ValueError: naming ``source``, the first mismatching parameters and their shapes, when the weights
+            were saved from a model of another architecture or size (e.g. a changed ``model.kwargs``).
+    """
+    try:
+        model.load_state_dict(state_dict, strict=strict)
+    except RuntimeError as err:
+        own = model.state_dict()
+        sizes = [f"{k}: saved {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state_dict.items()
+                 if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        missing = [k for k in own if k not in state_dict] if strict else []
+        extra = [k for k in state_dict if k not in own] if strict else []
+        parts = ([f"{len(sizes)} size mismatch(es), e.g. {'; '.join(sizes[:3])}"] if sizes else []) + (
+            [f"{len(missing)} missing key(s), e.g. {missing[:3]}"] if missing else []) + (
+            [f"{len(extra)} unexpected key(s), e.g. {extra[:3]}"] if extra else [])
+        detail = ", ".join(parts) or " ".join(str(err).split())[:300]
+        raise ValueError(f"the weights in {source} do not fit the model (another architecture or model.kwargs "
+                         f"than the one they were trained with): {detail}") from None

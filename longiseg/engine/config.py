@@ -241,19 +241,59 @@ def _suffix_kind(path: Path) -> str:
     raise ConfigError(f"config file {str(path)!r}: unsupported suffix {suffix!r}; use .yaml, .yml or .json")
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise _DuplicateKey(f"key {key!r} is given twice (second time on line {line}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dup = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+    if dup is not None:
+        raise _DuplicateKey(f"key {dup!r} is given twice; keep one")
+    return dict(pairs)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON config file into a ``dict`` (an empty file gives ``{}``).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ConfigError: for an unsupported suffix or a file whose top level is not a mapping.
+        ConfigError: for an unsupported suffix, malformed YAML/JSON, a key given twice or a file whose top
+            level is not a mapping.
     """
     path = Path(path)
     kind = _suffix_kind(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text()
-    data = yaml.safe_load(text) if kind == "yaml" else (json.loads(text) if text.strip() else None)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({err.reason})") from None
+    try:
+        if kind == "yaml":
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        else:
+            data = json.loads(text, object_pairs_hook=_unique_json_object) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid JSON: {err}") from None
+    except _DuplicateKey as err:
+        raise ConfigError(f"config file {str(path)!r}: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

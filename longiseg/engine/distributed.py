@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from longiseg.utils.device import resolve_device
+
 __all__ = [
     "DistributedContext",
     "init_distributed",
@@ -90,7 +92,8 @@ def init_distributed(
         context of the existing process group.
 
     Raises:
-        ValueError: for malformed ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` values or an unknown backend.
+        ValueError: for malformed ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` values, an unknown backend or a
+            device this machine does not have.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -100,7 +103,7 @@ def init_distributed(
     if device == "auto":
         dev = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     else:
-        dev = torch.device(device)
+        dev = resolve_device(device, name="trainer.device")
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", local_rank)
     if dev.type == "cuda":

@@ -683,19 +683,22 @@ class Trainer:
 
     # -- fit ------------------------------------------------------------------------------------------
 
-    def fit(self, resume: bool | str | Path = False) -> FitResult:
+    def fit(self, resume: bool | str | Path = False, *, overwrite: bool = False) -> FitResult:
         """Train until ``config.max_epochs`` or early stopping.
 
         Args:
-            resume: ``False`` starts fresh (existing ``last.pt``/``best.pt`` in ``output_dir`` are
-                overwritten); ``True`` continues from ``output_dir/last.pt`` when it exists (and starts fresh
-                otherwise); a path continues from that checkpoint.
+            resume: ``False`` starts fresh; ``True`` continues from ``output_dir/last.pt`` when it exists (and
+                starts fresh otherwise); a path continues from that checkpoint.
+            overwrite: allow a fresh start in an ``output_dir`` that already holds a run's checkpoints
+                (they are replaced as training proceeds).
 
         Returns:
             :class:`FitResult`.
 
         Raises:
             FileNotFoundError: if ``resume`` is a path that does not exist.
+            FileExistsError: a fresh start (``resume=False``) in an ``output_dir`` holding ``last.pt`` or
+                ``best.pt`` without ``overwrite=True``, before any work.
         """
         cfg = self.config
         last_path = self.output_dir / LAST_CHECKPOINT
@@ -710,6 +713,13 @@ class Trainer:
             ckpt_path = Path(resume)
             if not ckpt_path.is_file():
                 raise FileNotFoundError(f"resume checkpoint not found: {ckpt_path}")
+        if resume in (False, None) and not overwrite:
+            existing = [str(p) for p in (last_path, best_path) if p.exists()]
+            if existing:
+                raise FileExistsError(
+                    f"{self.output_dir} already holds a run ({', '.join(existing)}): continue it with "
+                    "resume=True (longiseg train --resume) or replace it with overwrite=True "
+                    "(longiseg train --overwrite)")
         if ckpt_path is not None:
             self.load_checkpoint(ckpt_path)
             if self.is_main:
@@ -717,8 +727,8 @@ class Trainer:
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if ckpt_path is None and last_path.exists():
-                logger.warning("starting a fresh run in %s: existing checkpoints will be overwritten "
-                               "(use fit(resume=True) to continue)", self.output_dir)
+                logger.warning("starting a fresh run in %s: its existing checkpoints will be replaced",
+                               self.output_dir)
             cfg.save(self.output_dir / CONFIG_FILE)
             csv_log.rewrite(self.history)
         barrier()

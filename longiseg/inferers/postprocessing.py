@@ -37,12 +37,16 @@ def threshold_probabilities(prob: np.ndarray | torch.Tensor, threshold: float = 
     """Binary mask ``prob >= threshold`` (any shape) as a bool numpy array.
 
     Raises:
-        ValueError: if ``threshold`` is outside ``[0, 1]`` or ``prob`` holds NaN/inf.
+        ValueError: if ``threshold`` is outside ``[0, 1]`` or ``prob`` holds NaN/inf or values outside
+            ``[0, 1]`` (logits instead of probabilities?).
     """
     p = _as_numpy("prob", prob)
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
     check_finite("prob", p)
+    if p.size and (p.min() < 0 or p.max() > 1):
+        raise ValueError(f"prob must hold probabilities in [0, 1], got values in [{float(p.min()):.4g}, "
+                         f"{float(p.max()):.4g}]; apply a sigmoid to logits first")
     return p >= threshold
 
 

@@ -18,8 +18,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from longiseg.data.layout import (
-    BASELINE_MASK,
     BRAIN_MASK,
+    check_case_id,
     image_filename,
     parse_image_filename,
     prediction_filenames,
@@ -28,7 +28,7 @@ from longiseg.inferers.postprocessing import postprocess
 from longiseg.inferers.sliding_window import prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
-from longiseg.utils.io import atomic_save_nifti
+from longiseg.utils.io import atomic_directory, atomic_save_nifti
 from longiseg.utils.logging import get_logger
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "read_case_images",
     "predict_case",
     "predict_folder",
+    "case_outputs_complete",
 ]
 
 logger = get_logger(__name__)
@@ -167,7 +168,8 @@ def predict_case(
             entropy maps are saved unrestricted.
         save_probabilities: also write the probability maps.
         save_entropy: also write the entropy maps.
-        overwrite: replace existing files; otherwise an existing output raises before anything is computed.
+        overwrite: replace an existing case folder as a whole; otherwise an existing output (or a non-empty
+            case folder) raises before anything is computed.
 
     Returns:
         ``{"mask": [...], "prob": [...], "entropy": [...]}`` -- the written paths, baseline first.
@@ -179,8 +181,7 @@ def predict_case(
     """
     if restrict_to_brain not in RESTRICT_OPTIONS:
         raise ValueError(f"restrict_to_brain must be one of {RESTRICT_OPTIONS}, got {restrict_to_brain!r}")
-    if not isinstance(case_id, str) or not case_id or Path(case_id).name != case_id:
-        raise ValueError(f"case_id must be a plain folder name, got {case_id!r}")
+    check_case_id(case_id)
     aff = _check_affine(affine)
     spacing = spacing_from_affine(aff) if spacing is None else tuple(float(s) for s in spacing)
     imgs, brain = prepare_case(images, brain_mask)
@@ -194,6 +195,8 @@ def predict_case(
         raise FileExistsError(
             f"outputs already exist (pass overwrite=True to replace): {', '.join(existing)}"
         )
+    if not overwrite and case_out.exists() and (not case_out.is_dir() or any(case_out.iterdir())):
+        raise FileExistsError(f"{case_out} exists and is not an empty folder; pass overwrite=True to replace it")
 
     inferer = TriplanarInferer() if inferer is None else inferer
     base_prob, prog_prob = inferer(model, imgs, brain)
@@ -215,11 +218,23 @@ def predict_case(
     }
     if save_entropy:
         arrays["entropy"] = [binary_entropy(base_prob)] + [binary_entropy(p) for p in prog_prob]
-    for kind, paths in targets.items():
-        for arr, path in zip(arrays[kind], paths, strict=True):
-            atomic_save_nifti(arr, aff, path, overwrite=overwrite)
+    # The case folder appears complete or not at all: an interrupted case leaves only a temporary folder.
+    empty_folder = case_out.is_dir() and not any(case_out.iterdir())
+    with atomic_directory(case_out, overwrite=overwrite or empty_folder) as tmp:
+        for kind, paths in targets.items():
+            for arr, path in zip(arrays[kind], paths, strict=True):
+                atomic_save_nifti(arr, aff, tmp / path.name, overwrite=True)
     logger.info("wrote %d files for case %s to %s", sum(len(p) for p in targets.values()), case_id, case_out)
     return targets
+
+
+def case_outputs_complete(out_dir: str | Path, case_id: str, num_timepoints: int, *,
+                          save_probabilities: bool = True, save_entropy: bool = True) -> bool:
+    """Whether ``out_dir/case_id`` holds every file :func:`predict_case` writes for ``num_timepoints``."""
+    names = prediction_filenames(num_timepoints)
+    kinds = ["mask"] + (["prob"] if save_probabilities else []) + (["entropy"] if save_entropy else [])
+    case_out = Path(out_dir) / case_id
+    return all((case_out / n).is_file() for k in kinds for n in names[k])
 
 
 def predict_folder(
@@ -243,7 +258,8 @@ def predict_folder(
         out_dir: prediction root.
         modalities: channel order (default: each case's timepoint-0 modalities sorted by name).
         case_ids: only these cases (default: every sub-folder holding image files, sorted).
-        skip_existing: skip cases whose baseline mask already exists instead of raising ``FileExistsError``.
+        skip_existing: skip cases whose outputs are complete instead of raising ``FileExistsError``; a case
+            folder left incomplete by an interrupted run is predicted again.
         overwrite: replace existing outputs.
         progress: tqdm bar over cases.
         reader: ``(case_dir, modalities) -> CaseImages``; the default reads the files as they are, a custom reader
@@ -256,6 +272,9 @@ def predict_folder(
 
     Raises:
         FileNotFoundError: ``in_dir`` or a requested case does not exist.
+        FileExistsError: a case folder exists and neither ``overwrite`` nor ``skip_existing`` is set (checked
+            for every case before any is predicted).
+        ValueError: a case id that is not a single folder name (see :func:`~longiseg.data.layout.check_case_id`).
     """
     in_dir = Path(in_dir)
     if not in_dir.is_dir():
@@ -273,12 +292,35 @@ def predict_folder(
         missing = [c for c in ids if not (in_dir / c).is_dir()]
         if missing:
             raise FileNotFoundError(f"case folders not found in {in_dir}: {missing}")
+    for cid in ids:
+        check_case_id(cid)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"out_dir {out_dir} exists and is not a folder")
+    if not overwrite and not skip_existing:
+        clash = [c for c in ids if (out_dir / c).exists()]
+        if clash:
+            raise FileExistsError(f"{len(clash)} case folder(s) already exist in {out_dir}, e.g. "
+                                  f"{[str(out_dir / c) for c in clash[:3]]}; pass overwrite=True (--overwrite) to "
+                                  "replace them or skip_existing=True (--skip-existing) to keep them")
     results: dict[str, dict[str, list[Path]]] = {}
+    saves = {k: bool(predict_kwargs.get(f"save_{k}", True)) for k in ("probabilities", "entropy")}
     for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
-        if skip_existing and not overwrite and (Path(out_dir) / cid / BASELINE_MASK).exists():
-            logger.info("skipping case %s: outputs exist", cid)
-            continue
-        case = reader(in_dir / cid, modalities)
+        case = None
+        if skip_existing and not overwrite and (out_dir / cid).exists():
+            case = reader(in_dir / cid, modalities)
+            t = int(np.shape(case.images)[0])
+            if case_outputs_complete(out_dir, cid, t, save_probabilities=saves["probabilities"],
+                                     save_entropy=saves["entropy"]):
+                logger.info("skipping case %s: outputs exist", cid)
+                continue
+            logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid,
+                           out_dir / cid)
+            predict_kwargs_case = {**predict_kwargs, "overwrite": True}
+        else:
+            predict_kwargs_case = {**predict_kwargs, "overwrite": overwrite}
+        if case is None:
+            case = reader(in_dir / cid, modalities)
         results[cid] = predict_case(
             model,
             case.images,
@@ -287,7 +329,6 @@ def predict_folder(
             out_dir,
             cid,
             brain_mask=case.brain_mask,
-            overwrite=overwrite,
-            **predict_kwargs,
+            **predict_kwargs_case,
         )  # type: ignore[arg-type]
     return results

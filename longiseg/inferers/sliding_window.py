@@ -227,10 +227,21 @@ def split_probabilities(prob: torch.Tensor, num_timepoints: int) -> tuple[np.nda
     Returns:
         ``baseline (*S)`` and ``progression (T-1, *S)`` when ``K == 1``; ``baseline (K, *S)`` and
         ``progression (T-1, K, *S)`` when ``K > 1``. Both float32.
+
+    Raises:
+        ValueError: if the channels are not a multiple of ``num_timepoints`` or any value is NaN/inf (one
+            check per case: a model fed intensities it was never trained on overflows).
     """
     ch, *spatial = prob.shape
     if ch % num_timepoints:
         raise ValueError(f"{ch} probability channels is not a multiple of T={num_timepoints}")
+    bad = int((~torch.isfinite(prob)).sum())
+    if bad:
+        raise ValueError(
+            f"the model produced NaN/inf probabilities at {bad} of {prob.numel()} voxels: the input intensities "
+            "are probably far outside the range the model was trained on (normalise them as in training, e.g. "
+            "z-score per case, as longiseg predict does)"
+        )
     k = ch // num_timepoints
     arr = prob.detach().cpu().numpy().astype(np.float32, copy=False)
     base = arr[:k]

@@ -12,11 +12,11 @@ Command line (wired as ``longiseg evaluate`` by the CLI)::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +28,15 @@ from longiseg.data.layout import BASELINE_MASK, MANIFEST_CSV, MANIFEST_JSON, pro
 from longiseg.metrics.aggregate import PAPER_COLUMNS, ResultsTable
 from longiseg.metrics.lesion import LesionDetection
 from longiseg.metrics.longitudinal import evaluate_longitudinal_case
-from longiseg.metrics.protocol import PROTOCOLS, EvaluationProtocol, get_protocol
+from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.metrics.report import box_plot, format_paper_table, paper_table_rows, write_csv, write_json
 from longiseg.metrics.stratified import SizeBins, stratified_lesion_metrics
-from longiseg.utils.io import atomic_write
+from longiseg.utils.io import atomic_write, load_nifti
 from longiseg.utils.logging import get_logger
 
 __all__ = [
+    "REPORT_FILES",
+    "AFFINE_ATOL_MM",
     "EvaluationResult",
     "load_mask",
     "read_patient_ids",
@@ -45,6 +47,12 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
+
+#: Files :func:`write_report` writes (``stratified.csv`` only when there are enough lesions).
+REPORT_FILES = ("per_case.csv", "summary.csv", "stratified.csv", "summary.json", "table.txt", "boxplot.png")
+#: Largest difference (mm, per affine entry) between a prediction's and its reference's voxel-to-world
+#: matrix that still counts as the same grid (NIfTI stores affines in float32).
+AFFINE_ATOL_MM = 1e-3
 _PROG_RE = re.compile(r"^progression_t(\d+)\.nii(\.gz)?$")
 _log = get_logger("longiseg.metrics")
 
@@ -78,18 +86,23 @@ class EvaluationResult:
         return stratified_lesion_metrics(dets, bins)
 
 
-def load_mask(path: PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Load a 3D NIfTI mask as an array ``(D, H, W)`` (index order of the file) and its spacing in mm."""
-    import nibabel as nib
+def load_mask(path: PathLike) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+    """Load a 3D NIfTI mask.
 
-    img = nib.load(str(path))
+    Returns:
+        The array ``(D, H, W)`` (index order of the file), its spacing in mm and its ``(4, 4)`` affine.
+
+    Raises:
+        ValueError: naming the file when it is unreadable or not a single 3D volume.
+    """
+    img = load_nifti(path, what="mask")
     data = np.asanyarray(img.dataobj)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise ValueError(f"{path} must hold a 3D mask (D, H, W), got shape {data.shape}")
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return data, spacing
+    return data, spacing, np.asarray(img.affine, dtype=np.float64)
 
 
 def read_patient_ids(root: PathLike) -> dict[str, str]:
@@ -135,6 +148,7 @@ def evaluate_folder(
     model: str | None = None,
     output_dir: PathLike | None = None,
     progress: bool = True,
+    affine_atol: float = AFFINE_ATOL_MM,
 ) -> EvaluationResult:
     """Evaluate every case of ``gt_dir`` against the same-named case folder of ``pred_dir``.
 
@@ -145,9 +159,14 @@ def evaluate_folder(
         model: model name for reports (default: the name of ``pred_dir``).
         output_dir: if given, write the report there (see :func:`write_report`).
         progress: show a tqdm progress bar.
+        affine_atol: largest per-entry difference of prediction and reference affines (mm).
 
     Returns:
         :class:`EvaluationResult` with one row per baseline and follow-up mask.
+
+    Raises:
+        ValueError: a missing folder or prediction, an unreadable file, or a prediction whose shape or affine
+            differs from its reference (naming the case and file).
     """
     from tqdm.auto import tqdm
 
@@ -171,10 +190,17 @@ def evaluate_folder(
         names = [BASELINE_MASK] + [progression_filename(i) for i in fus]
         gts, preds, spacing = [], [], None
         for name in names:
-            g, sp = load_mask(gt_dir / case_id / name)
-            p, psp = load_mask(pred_dir / case_id / name)
+            g, sp, gaff = load_mask(gt_dir / case_id / name)
+            p, psp, paff = load_mask(pred_dir / case_id / name)
             if p.shape != g.shape:
-                raise ValueError(f"{case_id}/{name}: prediction shape {p.shape} != reference shape {g.shape}")
+                raise ValueError(f"case {case_id}: prediction {pred_dir / case_id / name} has shape {p.shape}, "
+                                 f"the reference {g.shape}")
+            shift = float(np.abs(paff - gaff).max())
+            if shift > affine_atol:
+                raise ValueError(
+                    f"case {case_id}: prediction {pred_dir / case_id / name} lies on another grid than its "
+                    f"reference (affines differ by up to {shift:.3g} mm, tolerance {affine_atol:g}); predict on "
+                    "the reference images or resample the prediction onto the reference grid")
             if not np.allclose(psp, sp, rtol=1e-3):
                 _log.warning(
                     "%s/%s: prediction spacing %s differs from reference %s; using the reference",
@@ -261,49 +287,10 @@ def write_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: ``evaluate PRED_DIR [PRED_DIR ...] GT_DIR [--out DIR] [--protocol NAME]``."""
-    ap = argparse.ArgumentParser(
-        prog="longiseg evaluate", description="Evaluate predictions against references."
-    )
-    ap.add_argument(
-        "pred_dirs", nargs="+", help="prediction folder(s), one per model, then the reference folder"
-    )
-    ap.add_argument("--out", default=None, help="write per-case/summary CSV+JSON, table and box plot here")
-    ap.add_argument("--protocol", default="segmast", choices=sorted(PROTOCOLS))
-    ap.add_argument(
-        "--min-lesion-volume", type=float, default=None, help="override the minimum lesion volume (mm^3)"
-    )
-    ap.add_argument("--matching", default=None, choices=["iou", "iou_global", "overlap"])
-    ap.add_argument("--iou-threshold", type=float, default=None)
-    ap.add_argument("--names", nargs="*", default=None, help="model names (default: prediction folder names)")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    if len(args.pred_dirs) < 2:
-        ap.error("give at least one prediction folder and the reference folder")
-    *preds, gt = args.pred_dirs
-    names = args.names or [Path(p).name for p in preds]
-    if len(names) != len(preds):
-        ap.error(f"--names needs {len(preds)} names")
-    overrides = {
-        k: v
-        for k, v in (
-            ("min_lesion_volume_mm3", args.min_lesion_volume),
-            ("matching", args.matching),
-            ("iou_threshold", args.iou_threshold),
-        )
-        if v is not None
-    }
-    prot = get_protocol(args.protocol).with_overrides(**overrides)
-    results = [
-        evaluate_folder(p, gt, protocol=prot, model=n, progress=not args.no_progress)
-        for p, n in zip(preds, names)
-    ]
-    if args.out:
-        text = write_report(results, args.out)
-    else:
-        text = format_paper_table([r.table for r in results], reference=names[0] if len(names) > 1 else None)
-    print(text)
-    return 0
+    """``python -m longiseg.metrics.evaluate ...``: the same as ``longiseg evaluate ...``."""
+    from longiseg.cli import main as cli_main
+
+    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

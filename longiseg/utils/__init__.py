@@ -1,6 +1,7 @@
 """Shared utilities: input validation, logging, atomic I/O."""
 
 from longiseg.utils.io import (
+    atomic_directory,
     atomic_path,
     atomic_save_nifti,
     atomic_torch_save,
@@ -20,6 +21,7 @@ from longiseg.utils.validation import (
 )
 
 __all__ = [
+    "atomic_directory",
     "atomic_path",
     "atomic_save_nifti",
     "atomic_torch_save",

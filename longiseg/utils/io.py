@@ -1,30 +1,100 @@
 """Atomic file writing: write to a temporary file in the destination folder, then rename.
 
 A crash or interruption never leaves a half-written output or checkpoint behind, and an existing file
-is only replaced when ``overwrite=True``.
+is only replaced when ``overwrite=True``. Finished files and folders get the permissions the process umask
+gives (``0644``/``0755`` under the usual ``022``), not the private ``0600``/``0700`` of temporary files, so
+colleagues on a shared server can read results. Temporary names carry the writer's process id; leftovers
+of a killed writer (whose process no longer exists) are removed the next time the same destination is
+written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_write_json",
-           "load_nifti"]
+__all__ = ["atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti",
+           "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti"]
 
 PathLike = str | os.PathLike
+
+_UMASK_LOCK = threading.Lock()
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+
+
+def _current_umask() -> int:
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def apply_umask(path: PathLike) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have: ``0666`` (files) or ``0777`` (folders)
+    minus the process umask. Temporary files from :mod:`tempfile` are ``0600``/``0700`` instead."""
+    path = Path(path)
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, base & ~_current_umask())
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale_temporaries(path: PathLike) -> list[Path]:
+    """Remove the temporaries that a killed writer of ``path`` left beside it.
+
+    A temporary of ``path`` is named ``.NAME.PID.RANDOM.tmp...``; it is stale when process ``PID`` no longer
+    exists. Temporaries of live writers (this process included) are kept.
+
+    Returns:
+        The removed paths.
+    """
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    head = f".{path.name}."
+    for cand in path.parent.iterdir():
+        name = cand.name
+        if not name.startswith(head) or ".tmp" not in name:
+            continue
+        pid_text = name[len(head):].split(".", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            if cand.is_dir() and not cand.is_symlink():
+                shutil.rmtree(cand)
+            else:
+                cand.unlink()
+            removed.append(cand)
+    return removed
 
 
 @contextlib.contextmanager
@@ -41,20 +111,66 @@ def atomic_path(path: PathLike, *, overwrite: bool = True, suffix: str | None = 
     """
     path = Path(path)
     _check_target(path, overwrite)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; expected a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     if suffix is None:
         suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         if not overwrite and path.exists():
             raise FileExistsError(f"{path} appeared while writing; not overwritten")
+        apply_umask(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; on success it replaces ``path`` as a whole.
+
+    Readers see either the complete folder or none (or, with ``overwrite``, the complete old one): an
+    interrupted writer leaves only a temporary that the next writer of ``path`` removes.
+
+    Args:
+        path: final folder.
+        overwrite: replace an existing ``path``; if ``False`` an existing one raises ``FileExistsError``.
+
+    On an exception the temporary folder is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} exists and is not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    old: Path | None = None
+    try:
+        yield tmp
+        apply_umask(tmp)
+        if path.exists():
+            if not overwrite:
+                raise FileExistsError(f"{path} appeared while writing; not overwritten")
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+            os.replace(path, old / path.name)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:  # put the old folder back before reporting
+            if old is not None and err.errno != errno.EXDEV:
+                os.replace(old / path.name, path)
+            raise
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def atomic_write(path: PathLike, writer: Callable[[IO[Any]], None], *, mode: str = "w",

@@ -23,14 +23,15 @@ from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler
 from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
-from longiseg.engine.trainer import FitResult, Trainer
+from longiseg.engine.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, FitResult, Trainer, seed_everything
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.losses.imbalance import ImbalanceAwareLoss
 from longiseg.registry import build_model, model_info
 from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import ExperimentConfig
 
-__all__ = ["split_by_patient", "build_loss", "build_datasets", "make_validate_fn", "hard_dice", "run_training"]
+__all__ = ["split_by_patient", "build_loss", "build_datasets", "make_validate_fn", "hard_dice", "run_training",
+           "check_monitor", "VALIDATION_METRICS"]
 
 logger = get_logger(__name__)
 
@@ -121,6 +122,8 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
     (the default early-stopping metric).
     """
     samples = [val_data[i] for i in range(len(val_data))]
+    if not samples:
+        raise ValueError("the validation data hold no sample; raise data.val_samples or data.val_fraction")
     keys = ("images", "baseline", "progression")
     batches = [{k: torch.stack([s[k] for s in samples[i:i + batch_size]]) for k in keys}
                for i in range(0, len(samples), batch_size)]
@@ -146,18 +149,38 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
         score = base if np.isnan(prog) else 0.5 * (base + prog)
         return {"dice": score, "dice_baseline": base, "dice_progression": prog, "np_accuracy": npa}
 
+    validate.metric_names = VALIDATION_METRICS  # type: ignore[attr-defined]
     return validate
 
 
-def run_training(cfg: ExperimentConfig, *, resume: bool = False, progress: bool | None = None) -> FitResult:
+#: What :func:`make_validate_fn` returns; the trainer logs them as ``val_<name>``.
+VALIDATION_METRICS = ("dice", "dice_baseline", "dice_progression", "np_accuracy")
+
+
+def check_monitor(monitor: str) -> None:
+    """Refuse, before any training, a ``trainer.monitor`` that no epoch will log (without validation cases a
+    ``val_*`` monitor falls back to ``train_loss``).
+
+    Raises:
+        ValueError: naming the metric and the ones that exist.
+    """
+    known = ["train_loss"] + [f"val_{m}" for m in VALIDATION_METRICS]
+    if monitor not in known:
+        raise ValueError(f"trainer.monitor={monitor!r} is not a metric this run logs; use one of {known}")
+
+
+def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False,
+                 progress: bool | None = None) -> FitResult:
     """Train ``cfg.model`` on ``cfg.data`` and write checkpoints, logs and the config to ``cfg.trainer.output_dir``.
 
     Works unchanged under ``torchrun`` (each rank draws a disjoint share of every epoch's batches; rank 0
-    writes files).
+    writes files). Python, NumPy and torch are seeded from ``cfg.trainer.seed`` before the model is built,
+    so two runs of one config give bit-identical checkpoints on the CPU.
 
     Args:
         cfg: the experiment configuration.
         resume: continue from ``output_dir/last.pt`` if it exists.
+        overwrite: start afresh even if ``output_dir`` already holds a run.
         progress: override ``cfg.trainer.progress_bar``.
 
     Returns:
@@ -165,7 +188,9 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, progress: bool 
 
     Raises:
         FileNotFoundError: if ``cfg.data.root`` is missing or holds no case.
-        ValueError: for an unknown model name (naming the closest ones) or an invalid split.
+        FileExistsError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
+        ValueError: for an unknown model name (naming the closest ones), unknown model keyword arguments, a
+            ``trainer.monitor`` no epoch logs, or an invalid split; all before any training.
     """
     if not cfg.data.root:
         raise FileNotFoundError("data.root is empty: set it to a cohort folder in the longiseg layout")
@@ -173,6 +198,12 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, progress: bool 
     if not root.is_dir():
         raise FileNotFoundError(f"data.root {root} does not exist")
     info = model_info(cfg.model.name)
+    out_dir = Path(cfg.trainer.output_dir)
+    if not resume and not overwrite:
+        existing = [str(out_dir / n) for n in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (out_dir / n).exists()]
+        if existing:
+            raise FileExistsError(f"{out_dir} already holds a run ({', '.join(existing)}): continue it with "
+                                  "--resume or start afresh with --overwrite")
     if progress is not None:
         cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, progress_bar=progress))
     cases = find_cases(root, modalities=cfg.data.modalities)
@@ -180,10 +211,15 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, progress: bool 
         train_cases, val_cases = cases, find_cases(Path(cfg.data.val_root), modalities=cfg.data.modalities)
     else:
         train_cases, val_cases = split_by_patient(cases, cfg.data.val_fraction, cfg.data.seed)
+    check_monitor(cfg.trainer.monitor)
     kwargs = dict(cfg.model.kwargs)
     kwargs.setdefault("in_channels", len(cases[0].modalities))
     kwargs.setdefault("num_timepoints", len(cases[0].image_files))
-    model = build_model(cfg.model.name, **kwargs)
+    seed_everything(cfg.trainer.seed)  # the model's initial weights come from this seed
+    try:
+        model = build_model(cfg.model.name, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"model.kwargs {kwargs} do not fit {cfg.model.name!r}: {err}") from None
     logger.info("training %s (%s, %.2fM parameters) on %d cases, validating on %d", cfg.model.name, info.dim,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_cases), len(val_cases))
 
@@ -193,11 +229,13 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, progress: bool 
                                    positive_fraction=cfg.data.positive_fraction, num_replicas=ctx.world_size,
                                    rank=ctx.rank, seed=cfg.trainer.seed)
     validate_fn = make_validate_fn(val_ds) if val_ds is not None else None
-    tcfg = cfg.trainer if validate_fn is not None else dataclasses.replace(cfg.trainer, monitor="train_loss",
-                                                                             monitor_mode="min")
+    tcfg = cfg.trainer
+    if validate_fn is None and tcfg.monitor != "train_loss":
+        logger.info("no validation cases: monitoring train_loss instead of %s", tcfg.monitor)
+        tcfg = dataclasses.replace(tcfg, monitor="train_loss", monitor_mode="min")
     trainer = Trainer(model, train_ds, tcfg, loss_fn=build_loss(cfg), validate_fn=validate_fn,
                       batch_sampler=sampler, model_name=cfg.model.name, model_kwargs=kwargs,
                       dist_context=ctx)
     if ctx.is_main:
         save_config(cfg, Path(tcfg.output_dir) / "experiment.yaml")
-    return trainer.fit(resume=resume)
+    return trainer.fit(resume=resume, overwrite=overwrite)

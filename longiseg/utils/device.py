@@ -1,0 +1,46 @@
+"""One check of a user-given device string: known type, and present on this machine."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["resolve_device"]
+
+_KNOWN = ("cpu", "cuda", "mps")
+
+
+def resolve_device(device: str | torch.device | None = None, *, name: str = "device") -> torch.device:
+    """The ``torch.device`` of ``device``, checked to exist here.
+
+    Args:
+        device: ``None`` or ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+            ``"mps"`` or a ``torch.device``.
+        name: how the caller calls the argument in error messages (e.g. ``"--device"``).
+
+    Returns:
+        The device; ``"cuda"`` without an index stays index-less (the current CUDA device).
+
+    Raises:
+        TypeError: if ``device`` is neither a string nor a ``torch.device``.
+        ValueError: for an unknown device string, or a CUDA/MPS device this machine does not have.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{name} must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{name} {device!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in _KNOWN:
+        raise ValueError(f"{name} {device!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {device!r}: CUDA is not available on this machine (torch "
+                             f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{name} {device!r}: this machine has {count} CUDA device(s) (0..{count - 1})")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{name} {device!r}: MPS is not available on this machine")
+    return dev
