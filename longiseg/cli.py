@@ -155,6 +155,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if clash and not args.overwrite:
             raise FileExistsError(f"--out {out} already holds a report ({', '.join(clash[:3])}); "
                                   "pass --overwrite to replace it")
+    if args.min_lesion_volume is not None and not args.min_lesion_volume >= 0:
+        raise ValueError(f"--min-lesion-volume must be a volume in mm^3 >= 0, got {args.min_lesion_volume}")
+    if args.iou_threshold is not None and not 0 <= args.iou_threshold < 1:
+        raise ValueError(f"--iou-threshold must lie in [0, 1), got {args.iou_threshold}")
     overrides = {k: v for k, v in (("min_lesion_volume_mm3", args.min_lesion_volume), ("matching", args.matching),
                                    ("iou_threshold", args.iou_threshold)) if v is not None}
     prot = get_protocol(args.protocol).with_overrides(**overrides)
@@ -178,7 +182,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         val = getattr(args, key)
         if val is not None:
             kw[key] = val
-    summary = run_demo(DemoConfig(**kw))
+    cfg = DemoConfig(**kw)  # every setting is checked here, before the cohort is written
+    _check_output_folder(cfg.output_dir, "--output")
+    summary = run_demo(cfg)
     print(summary["table"])
     print("\nheld-out test patients, trained vs untrained (mean over patients):")
     for label, vals in summary["learned"].items():

@@ -209,7 +209,7 @@ def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        if "Unsupported global" in str(err):
             raise ValueError(
                 f"checkpoint {path} holds objects that weights_only=True refuses; if you trust the file, "
                 "load it with weights_only=False"

@@ -119,11 +119,25 @@ class DemoConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # Checked before anything is written: the cohort alone takes a minute to make.
         unknown = [m for m in self.models if m not in DEMO_MODELS]
-        if unknown:
-            raise ValueError(f"models must be among {list(DEMO_MODELS)}, got {unknown}")
+        if unknown or not self.models:
+            raise ValueError(f"models must be a non-empty subset of {list(DEMO_MODELS)}, got {list(self.models)}")
+        for name, low in (("num_patients", 6), ("epochs", 1), ("steps_per_epoch", 1), ("batch_size", 2),
+                          ("crop_size", 32), ("threads", 1), ("num_workers", 0), ("spacing", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if self.crop_size % 32:
+            raise ValueError(f"crop_size must be a multiple of 32 (the models downsample 32x), got {self.crop_size}")
         if not 2 <= self.num_test < self.num_patients - 2:
-            raise ValueError(f"num_test must be in [2, num_patients - 3], got {self.num_test}")
+            raise ValueError(f"num_test must be in [2, num_patients - 3] = [2, {self.num_patients - 3}], "
+                             f"got {self.num_test}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("lesion_weight", "progression_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def _split_cohort(cohort: Path, train_dir: Path, test_dir: Path, num_test: int) -> list[str]:

@@ -1,0 +1,399 @@
+"""Every bad input we know of, through the command line and the API.
+
+Each command-line row asserts: the exit code, a one-line message on stderr that names the file or argument,
+no traceback, no file created outside the row's output folder and no existing file changed. Each API row
+asserts the exception type and message. Volumes are tiny (a 6-patient demo cohort at 4 mm), so the module
+runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from longiseg.cli import main
+from longiseg.data.demo_cohort import generate_demo_cohort
+from longiseg.engine.checkpoint import save_checkpoint
+from longiseg.registry import build_model
+from longiseg.workflows.config import ExperimentConfig
+
+TINY = {"widths": [8, 16, 16, 32], "depths": [1, 1, 1, 1], "decoder_dim": 16}
+RUN_SETTINGS = [
+    "model.name=segmast", "model.kwargs={widths: [8, 16, 16, 32], depths: [1, 1, 1, 1], decoder_dim: 16}",
+    "trainer.max_epochs=1", "trainer.batch_size=2", "trainer.warmup_epochs=0", "trainer.device=cpu",
+    "trainer.progress_bar=false", "trainer.tensorboard=false", "data.crop_size=32", "data.samples_per_epoch=4",
+    "data.val_samples=2", "data.val_fraction=0.34", "inference.patch_size=32", "inference.planes=[axial]",
+]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace: ``cohort/`` (6 patients), ``run/`` (a checkpoint of a tiny SegMaST with its experiment
+    file), ``preds/`` (reference masks copied as predictions) and ``exp.yaml``."""
+    root = tmp_path_factory.mktemp("ws")
+    cohort = generate_demo_cohort(root / "cohort", num_patients=6, spacing=4, progress=False)
+    cfg = ExperimentConfig().with_overrides(RUN_SETTINGS)
+    cfg.save(root / "exp.yaml")
+    torch.manual_seed(0)
+    model = build_model("segmast", in_channels=2, num_timepoints=2, **TINY)
+    save_checkpoint(root / "run" / "last.pt", model=model, model_name="segmast",
+                    model_kwargs={"in_channels": 2, "num_timepoints": 2, **TINY})
+    cfg.save(root / "run" / "experiment.yaml")
+    preds = root / "preds"
+    for case in sorted(p for p in cohort.iterdir() if p.is_dir()):
+        (preds / case.name).mkdir(parents=True)
+        for f in case.glob("*mask*.nii.gz"):
+            shutil.copy(f, preds / case.name / f.name)
+        for f in case.glob("progression_t*.nii.gz"):
+            shutil.copy(f, preds / case.name / f.name)
+    return root
+
+
+def _snapshot(*roots: Path) -> dict[str, tuple[int, str]]:
+    snap: dict[str, tuple[int, str]] = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in filenames + dirnames:
+                path = Path(dirpath) / name
+                if path.is_file():
+                    snap[str(path)] = (path.stat().st_size, hashlib.sha1(path.read_bytes()).hexdigest())
+                else:
+                    snap[str(path)] = (-1, "")
+    return snap
+
+
+def _copy_cohort(ws: Path, dest: Path, cases: int = 2) -> Path:
+    """A small copy of the cohort (the first ``cases`` cases with their manifest)."""
+    src = ws / "cohort"
+    ids = sorted(p.name for p in src.iterdir() if p.is_dir())[:cases]
+    for cid in ids:
+        shutil.copytree(src / cid, dest / cid)
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["cases"] = [c for c in manifest["cases"] if c["case_id"] in ids]
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def _write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _shift_affine(ws: Path, dest: Path) -> Path:
+    shutil.copytree(ws / "preds", dest)
+    case = sorted(p for p in dest.iterdir())[0]
+    f = case / "baseline_mask.nii.gz"
+    img = nib.load(f)
+    aff = img.affine.copy()
+    aff[0, 3] += 10.0  # 10 mm shift
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), aff, img.header), f)
+    return dest
+
+
+def _non_binary(ws: Path, dest: Path) -> Path:
+    shutil.copytree(ws / "preds", dest)
+    case = sorted(p for p in dest.iterdir())[0]
+    f = case / "baseline_mask.nii.gz"
+    img = nib.load(f)
+    data = np.asarray(img.dataobj).astype(np.float32) * 0.5 + 0.25
+    nib.save(nib.Nifti1Image(data, img.affine), f)
+    return dest
+
+
+def _missing_case(ws: Path, dest: Path) -> Path:
+    shutil.copytree(ws / "preds", dest)
+    shutil.rmtree(sorted(p for p in dest.iterdir())[0])
+    return dest
+
+
+def _wrong_shape(ws: Path, dest: Path) -> Path:
+    shutil.copytree(ws / "preds", dest)
+    case = sorted(p for p in dest.iterdir())[0]
+    img = nib.load(case / "baseline_mask.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), img.affine), case / "baseline_mask.nii.gz")
+    return dest
+
+
+def _corrupt_image(ws: Path, dest: Path, how: str) -> Path:
+    cohort = _copy_cohort(ws, dest)
+    f = sorted(p for p in cohort.iterdir() if p.is_dir())[0] / "t1_flair.nii.gz"
+    data = f.read_bytes()
+    if how == "empty":
+        f.write_bytes(b"")
+    elif how == "truncated":
+        f.write_bytes(data[: len(data) // 2])
+    else:
+        f.write_bytes(gzip.compress(b"this is not a NIfTI file"))
+    return cohort
+
+
+def _ambiguous(ws: Path, dest: Path) -> Path:
+    cohort = _copy_cohort(ws, dest)
+    case = sorted(p for p in cohort.iterdir() if p.is_dir())[0]
+    img = nib.load(case / "t1_t2.nii.gz")
+    nib.save(img, case / "t1_t2.nii")
+    return cohort
+
+
+def _bad_case_id(ws: Path, dest: Path, case_id: str) -> Path:
+    cohort = _copy_cohort(ws, dest)
+    manifest = json.loads((cohort / "manifest.json").read_text())
+    manifest["cases"][0]["case_id"] = case_id
+    (cohort / "manifest.json").write_text(json.dumps(manifest))
+    return cohort
+
+
+def _other_run(ws: Path, dest: Path) -> Path:
+    """A run folder whose checkpoint holds a model of another width (as after changing model.kwargs)."""
+    model = build_model("segmast", in_channels=2, num_timepoints=2, **{**TINY, "widths": [8, 16, 32, 32]})
+    save_checkpoint(dest / "last.pt", model=model, model_name="segmast",
+                    model_kwargs={"in_channels": 2, "num_timepoints": 2, **TINY})
+    return dest
+
+
+def _checkpoint(ws: Path, dest: Path, how: str) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ws / "run" / "experiment.yaml", dest / "experiment.yaml")
+    ckpt = dest / "last.pt"
+    data = (ws / "run" / "last.pt").read_bytes()
+    if how == "empty":
+        ckpt.write_bytes(b"")
+    elif how == "text":
+        ckpt.write_text("not a checkpoint\n")
+    elif how == "truncated":
+        ckpt.write_bytes(data[: len(data) // 3])
+    elif how == "no-config":
+        ckpt.write_bytes(data)
+        (dest / "experiment.yaml").unlink()
+    elif how == "mismatch":
+        _other_run(ws, dest)
+    return ckpt
+
+
+@dataclass(frozen=True)
+class Row:
+    """One bad command line: ``make(ws, tmp) -> argv`` prepares the inputs in ``tmp`` (the row's own folder)
+    and returns the arguments; ``out`` is the output folder relative to ``tmp`` where files may appear."""
+
+    id: str
+    make: Callable[[Path, Path], list[str]]
+    match: str
+    code: int = 2
+    out: str = "out"
+
+
+def _train(ws: Path, tmp: Path, *extra: str, config: str | None = None, data: str | None = None,
+           output: str | None = None) -> list[str]:
+    return ["train", config or str(ws / "exp.yaml"), "--data", data or str(ws / "cohort"),
+            "--output", output or str(tmp / "out"), *extra]
+
+
+def _predict(ws: Path, tmp: Path, *extra: str, ckpt: str | None = None, inp: str | None = None) -> list[str]:
+    return ["predict", "--checkpoint", ckpt or str(ws / "run" / "last.pt"), "--input", inp or str(ws / "cohort"),
+            "--output", str(tmp / "out"), *extra]
+
+
+def _evaluate(ws: Path, tmp: Path, pred: Path | None = None, *extra: str) -> list[str]:
+    return ["evaluate", str(pred or ws / "preds"), str(ws / "cohort"), "--out", str(tmp / "out"), "--no-progress",
+            *extra]
+
+
+def _file(tmp: Path, name: str = "out") -> Path:
+    (tmp / name).write_text("a file, not a folder\n")
+    return tmp / name
+
+
+ROWS = [
+    # --- train
+    Row("train-missing-config", lambda ws, t: _train(ws, t, config=str(t / "nope.yaml")), "nope.yaml"),
+    Row("train-malformed-yaml", lambda ws, t: _train(ws, t, config=str(_write_yaml(t / "bad.yaml", "model: [a\n"))),
+        r"bad\.yaml.*not valid YAML"),
+    Row("train-duplicate-key", lambda ws, t: _train(
+        ws, t, config=str(_write_yaml(t / "dup.yaml", "trainer:\n  max_epochs: 1\n  max_epochs: 2\n"))),
+        r"dup\.yaml.*'max_epochs' is given twice"),
+    Row("train-unknown-key", lambda ws, t: _train(ws, t, "--set", "trainer.max_epoch=1"),
+        "Unknown config key 'trainer.max_epoch'"),
+    Row("train-monitor-bogus", lambda ws, t: _train(ws, t, "--set", "trainer.monitor=bogus"),
+        r"trainer\.monitor='bogus'"),
+    Row("train-unknown-model-kwarg", lambda ws, t: _train(
+        ws, t, "--set", "model.kwargs={widths: [8, 16, 16, 32], bogus: 1}"), r"model\.kwargs.*bogus"),
+    Row("train-unknown-model", lambda ws, t: _train(ws, t, "--set", "model.name=segmastt"),
+        "Unknown model name 'segmastt'"),
+    Row("train-missing-data", lambda ws, t: _train(ws, t, data=str(t / "nodata")), "nodata"),
+    Row("train-output-is-file", lambda ws, t: _train(ws, t, output=str(_file(t))), "--output"),
+    Row("train-existing-run", lambda ws, t: _train(ws, t, output=str(ws / "run")), r"already holds a run.*--resume"),
+    Row("train-resume-changed-model", lambda ws, t: _train(ws, t, "--resume", output=str(_other_run(ws, t / "out"))),
+        r"last\.pt do not fit the model.*size mismatch"),
+    Row("train-resume-and-overwrite", lambda ws, t: _train(ws, t, "--resume", "--overwrite"), "--resume and --overwrite"),
+    Row("train-device-bogus", lambda ws, t: _train(ws, t, "--set", "trainer.device=gpu7"), r"trainer\.device 'gpu7'"),
+    # --- predict
+    Row("predict-missing-checkpoint", lambda ws, t: _predict(ws, t, ckpt=str(t / "none.pt")), "none.pt"),
+    Row("predict-empty-checkpoint", lambda ws, t: _predict(ws, t, ckpt=str(_checkpoint(ws, t / "c", "empty"))),
+        r"last\.pt is empty"),
+    Row("predict-text-checkpoint", lambda ws, t: _predict(ws, t, ckpt=str(_checkpoint(ws, t / "c", "text"))),
+        r"last\.pt is not a readable checkpoint"),
+    Row("predict-truncated-checkpoint", lambda ws, t: _predict(
+        ws, t, ckpt=str(_checkpoint(ws, t / "c", "truncated"))), r"last\.pt is not a readable checkpoint"),
+    Row("predict-checkpoint-without-config", lambda ws, t: _predict(
+        ws, t, ckpt=str(_checkpoint(ws, t / "c", "no-config"))), r"experiment\.yaml.*--config"),
+    Row("predict-config-missing", lambda ws, t: _predict(ws, t, "--config", str(t / "nope.yaml")),
+        r"--config .*nope\.yaml"),
+    Row("predict-weights-mismatch", lambda ws, t: _predict(ws, t, ckpt=str(_checkpoint(ws, t / "c", "mismatch"))),
+        r"do not fit the model"),
+    Row("predict-device-bogus", lambda ws, t: _predict(ws, t, "--device", "tpu"), r"--device 'tpu'"),
+    Row("predict-missing-input", lambda ws, t: _predict(ws, t, inp=str(t / "noinput")), "--input .*noinput"),
+    Row("predict-output-is-file", lambda ws, t: [*_predict(ws, t)[:-2], "--output", str(_file(t))], "--output"),
+    Row("predict-case-id-dotdot", lambda ws, t: _predict(ws, t, inp=str(_bad_case_id(ws, t / "in", ".."))),
+        "case id '..'"),
+    Row("predict-case-id-traversal", lambda ws, t: _predict(ws, t, inp=str(_bad_case_id(ws, t / "in", "../../x"))),
+        r"case id '\.\./\.\./x'"),
+    Row("predict-case-id-absolute", lambda ws, t: _predict(ws, t, inp=str(_bad_case_id(ws, t / "in", "/etc"))),
+        "case id '/etc'"),
+    Row("predict-empty-nifti", lambda ws, t: _predict(ws, t, inp=str(_corrupt_image(ws, t / "in", "empty"))),
+        r"t1_flair\.nii\.gz is empty"),
+    Row("predict-truncated-nifti", lambda ws, t: _predict(ws, t, inp=str(_corrupt_image(ws, t / "in", "truncated"))),
+        r"t1_flair\.nii\.gz is truncated, corrupt"),
+    Row("predict-not-nifti", lambda ws, t: _predict(ws, t, inp=str(_corrupt_image(ws, t / "in", "text"))),
+        r"t1_flair\.nii\.gz is truncated, corrupt or not a NIfTI"),
+    Row("predict-ambiguous-files", lambda ws, t: _predict(ws, t, inp=str(_ambiguous(ws, t / "in"))),
+        r"t1_t2\.nii.*t1_t2\.nii\.gz|t1_t2\.nii\.gz.*t1_t2\.nii"),
+    Row("predict-existing-outputs", lambda ws, t: (
+        (t / "out" / "demo-000").mkdir(parents=True), (t / "out" / "demo-000" / "keep.txt").write_text("x"),
+        _predict(ws, t))[-1], r"already exist.*--overwrite"),
+    Row("predict-overwrite-and-skip", lambda ws, t: _predict(ws, t, "--overwrite", "--skip-existing"),
+        "--overwrite and --skip-existing"),
+    # --- evaluate
+    Row("evaluate-missing-case", lambda ws, t: _evaluate(ws, t, _missing_case(ws, t / "p")), r"lacks 2 prediction file.*demo-000"),
+    Row("evaluate-non-binary", lambda ws, t: _evaluate(ws, t, _non_binary(ws, t / "p")), r"binary"),
+    Row("evaluate-shape-mismatch", lambda ws, t: _evaluate(ws, t, _wrong_shape(ws, t / "p")),
+        r"case demo-000: prediction .*baseline_mask\.nii\.gz has shape \(5, 5, 5\)"),
+    Row("evaluate-affine-shift", lambda ws, t: _evaluate(ws, t, _shift_affine(ws, t / "p")),
+        r"case demo-000: .*another grid.*10 mm"),
+    Row("evaluate-bad-min-volume", lambda ws, t: _evaluate(ws, t, None, "--min-lesion-volume", "-1"),
+        "--min-lesion-volume"),
+    Row("evaluate-bad-iou", lambda ws, t: _evaluate(ws, t, None, "--iou-threshold", "2"), "--iou-threshold"),
+    Row("evaluate-missing-folder", lambda ws, t: _evaluate(ws, t, t / "nopred"), r"nopred is not a folder"),
+    Row("evaluate-existing-report", lambda ws, t: (
+        (t / "out").mkdir(), (t / "out" / "summary.json").write_text("{}"), _evaluate(ws, t))[-1],
+        r"already holds a report.*--overwrite"),
+    Row("evaluate-one-folder", lambda ws, t: ["evaluate", str(ws / "cohort")], "give at least one prediction folder"),
+    # --- demo (all refused before the cohort is written)
+    Row("demo-negative-epochs", lambda ws, t: ["demo", "--output", str(t / "out"), "--epochs", "-1"], "epochs"),
+    Row("demo-zero-steps", lambda ws, t: ["demo", "--output", str(t / "out"), "--steps-per-epoch", "0"],
+        "steps_per_epoch"),
+    Row("demo-zero-patients", lambda ws, t: ["demo", "--output", str(t / "out"), "--num-patients", "0"],
+        "num_patients"),
+    Row("demo-output-is-file", lambda ws, t: ["demo", "--output", str(_file(t))], "--output"),
+]
+if not torch.cuda.is_available():
+    ROWS += [
+        Row("train-device-cuda", lambda ws, t: _train(ws, t, "--set", "trainer.device=cuda"), "CUDA is not available"),
+        Row("predict-device-cuda", lambda ws, t: _predict(ws, t, "--device", "cuda"), "CUDA is not available"),
+    ]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_command_line_rejects_bad_input(row: Row, ws: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    argv = row.make(ws, tmp_path)
+    capsys.readouterr()
+    before = _snapshot(ws, tmp_path)
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == row.code, (code, captured.err)
+    assert err, "no message on stderr"
+    message = err[-1]
+    cmd = argv[0]
+    assert message.startswith(f"longiseg {cmd}: error: "), captured.err
+    assert __import__("re").search(row.match, message), message
+    assert "Traceback" not in captured.err
+    after = _snapshot(ws, tmp_path)
+    out = str(tmp_path / row.out)
+    created = [p for p in after if p not in before and not p.startswith(out + os.sep) and p != out]
+    changed = [p for p in before if p in after and after[p] != before[p]]
+    removed = [p for p in before if p not in after]
+    assert not created, f"files created outside the output folder: {created}"
+    assert not changed and not removed, (changed, removed)
+
+
+def test_usage_errors_and_debug_flag_through_a_real_process(tmp_path: Path) -> None:
+    """The console script: exit 2 with one line; ``--debug`` shows the traceback."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("LONGISEG_DEBUG", None)
+    cmd = [sys.executable, "-m", "longiseg", "evaluate", str(tmp_path / "a"), str(tmp_path / "b")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("longiseg evaluate: error: ")
+    assert "Traceback" not in done.stderr
+    debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, env=env, timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+# ---------------------------------------------------------------------------------------------- API rows
+
+def _api_rows() -> list[tuple[str, Callable[[Path], object], type[BaseException], str]]:
+    from longiseg.engine.config import read_config_file
+    from longiseg.inferers.postprocessing import postprocess
+    from longiseg.utils.device import resolve_device
+
+    def dup_yaml(tmp: Path) -> object:
+        return read_config_file(_write_yaml(tmp / "d.yaml", "a: 1\nb: 2\na: 3\n"))
+
+    return [
+        ("postprocess-probability-above-1", lambda t: postprocess(np.full((2, 2, 2), 1.5, np.float32)), ValueError,
+         r"probabilities in \[0, 1\].*1\.5"),
+        ("postprocess-negative-probability", lambda t: postprocess(np.full((2, 2, 2), -0.1, np.float32)),
+         ValueError, "probabilities"),
+        ("config-duplicate-key", dup_yaml, ValueError, "'a' is given twice"),
+        ("device-unknown", lambda t: resolve_device("gpu"), ValueError, "'gpu' is not a device"),
+        ("device-type", lambda t: resolve_device(3), TypeError, "device must be a string"),
+    ]
+
+
+API_ROWS = _api_rows()
+
+
+@pytest.mark.parametrize("row", API_ROWS, ids=[r[0] for r in API_ROWS])
+def test_api_rejects_bad_input(row: tuple, tmp_path: Path) -> None:
+    _, call, exc, match = row
+    with pytest.raises(exc, match=match):
+        call(tmp_path)
+
+
+def test_inferer_reports_non_finite_outputs() -> None:
+    """Intensities of 1e20 overflow a model trained on z-scored input: a clear error, not NaN maps."""
+    from longiseg.inferers.triplanar import TriplanarInferer
+
+    torch.manual_seed(0)
+    model = build_model("segmast", in_channels=1, num_timepoints=2, **TINY).eval()
+    images = torch.full((2, 1, 8, 32, 32), 1e20)
+    with pytest.raises(ValueError, match="NaN/inf probabilities.*normalise"):
+        TriplanarInferer(patch_size=32, planes=("axial",), progress=False)(model, images)
+
+
+def test_trainer_refuses_to_replace_a_run(tmp_path: Path) -> None:
+    from longiseg.engine.config import TrainerConfig
+    from longiseg.engine.trainer import Trainer
+
+    from test_engine_toys import SyntheticLongiData, TinyLongiNet
+
+    (tmp_path / "last.pt").write_bytes(b"old")
+    cfg = TrainerConfig(max_epochs=1, output_dir=str(tmp_path), device="cpu", progress_bar=False,
+                        tensorboard=False, batch_size=2, warmup_epochs=0)
+    with pytest.raises(FileExistsError, match="already holds a run.*resume=True.*overwrite=True"):
+        Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg).fit()
+    assert (tmp_path / "last.pt").read_bytes() == b"old"
