@@ -244,6 +244,9 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
         The files that passed, and the reference shape, affine and voxel sizes (of the first readable file).
     """
     files = source.all_files()
+    roles = {p: "image" for tp in source.image_files for p in tp}
+    if source.brain_mask is not None:
+        roles.setdefault(source.brain_mask, "brain mask")
     missing = [p for p in files if not p.is_file()]
     if missing:
         problems.add(FileNotFoundError(f"case {source.case_id!r}: missing file(s): {', '.join(map(str, missing))}"))
@@ -255,7 +258,8 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
     for path in files:
         if path in missing or problems.attempt(layout.find_nifti, path.parent, path.name) is None:
             continue
-        img = problems.attempt(load_nifti, path, what=f"case {source.case_id!r}: file", header_only=True)
+        what = f"case {source.case_id!r}: {roles.get(path, 'mask')}"
+        img = problems.attempt(load_nifti, path, what=what, header_only=True)
         if img is None:
             continue
         shape = tuple(int(s) for s in img.shape)
