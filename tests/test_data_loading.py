@@ -126,7 +126,7 @@ def test_loading_never_modifies_files(tmp_path: Path) -> None:
     before = _digest(tmp_path)
     for s in find_cases(tmp_path):
         load_case(s)
-    assert validate_cases(find_cases(tmp_path)) == {}
+    assert validate_cases(find_cases(tmp_path), progress=False) == {}
     assert _digest(tmp_path) == before
 
 
@@ -215,8 +215,9 @@ def test_validate_cases_collects_problems(tmp_path: Path) -> None:
     _write_cohort(tmp_path, 2)
     sources = find_cases(tmp_path)
     (tmp_path / "p1" / "t0_flair.nii.gz").unlink()
-    problems = validate_cases(sources)
-    assert list(problems) == ["p1"] and "FileNotFoundError" in problems["p1"]
+    problems = validate_cases(sources, progress=False)
+    assert list(problems) == ["p1"] and len(problems["p1"]) == 1
+    assert problems["p1"][0].startswith("FileNotFoundError: case 'p1'") and "t0_flair.nii.gz" in problems["p1"][0]
 
 
 def test_manifest_errors(tmp_path: Path) -> None:

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from longiseg.data.layout import BASELINE_MASK, parse_image_filename, progression_filename
-from longiseg.utils.io import atomic_save_nifti, atomic_write_json
+from longiseg.data.layout import BASELINE_MASK, check_case_id, find_nifti, progression_filename, scan_images
+from longiseg.utils.io import atomic_save_nifti, atomic_write_json, load_nifti
 from longiseg.utils.validation import check_binary, check_finite, check_same_shape
 
 __all__ = [
@@ -257,19 +257,9 @@ def _check_label_dict(labels: dict[str, Any]) -> None:
 
 
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-
-    img = nib.load(str(path))
+    """``(voxels, (4, 4) affine)`` of a NIfTI file; a missing or unreadable file names itself."""
+    img = load_nifti(path)
     return np.asarray(img.dataobj), img.affine
-
-
-def _case_images(case_dir: Path) -> dict[int, dict[str, Path]]:
-    found: dict[int, dict[str, Path]] = {}
-    for p in case_dir.iterdir():
-        parsed = parse_image_filename(p.name)
-        if parsed is not None:
-            found.setdefault(parsed[0], {})[parsed[1]] = p
-    return found
 
 
 def convert_longiseg_dataset(
@@ -302,19 +292,19 @@ def convert_longiseg_dataset(
 
     Raises:
         FileNotFoundError: if ``root`` holds no case folder, or a case lacks an image or mask.
-        ValueError: on inconsistent modalities or shapes.
+        ValueError: on inconsistent modalities or shapes, ambiguous (``.nii`` and ``.nii.gz``) or unreadable files.
     """
     root = Path(root)
-    case_dirs = sorted(p for p in root.iterdir() if p.is_dir() and _case_images(p)) if root.is_dir() else []
+    case_dirs = sorted(p for p in root.iterdir() if p.is_dir() and scan_images(p)) if root.is_dir() else []
     if not case_dirs:
         raise FileNotFoundError(f"no case folders with images like t0_flair.nii.gz found under {root}")
     if modalities is None:
-        modalities = sorted(_case_images(case_dirs[0]).get(0, {}))
+        modalities = sorted(scan_images(case_dirs[0]).get(0, {}))
     modalities = [m.lower() for m in modalities]
 
     def cases() -> Iterable[NnUNetCase]:
         for case_dir in case_dirs:
-            images = _case_images(case_dir)
+            images = scan_images(case_dir)
             num_t = max(images) + 1
             if num_t < 2:
                 raise ValueError(f"case {case_dir.name} has a single timepoint; a pair needs at least two")
@@ -322,10 +312,11 @@ def convert_longiseg_dataset(
                 missing = [m for m in modalities if m not in images.get(t, {})]
                 if missing:
                     raise FileNotFoundError(f"case {case_dir.name}: timepoint {t} lacks modalities {missing}")
-            prior_mask, affine = _load(case_dir / BASELINE_MASK)
+            prior_mask, affine = _load(find_nifti(case_dir, BASELINE_MASK) or case_dir / BASELINE_MASK)
             prior_mask = prior_mask > 0
             for t in range(1, num_t):
-                prog, _ = _load(case_dir / progression_filename(t))
+                prog_name = progression_filename(t)
+                prog, _ = _load(find_nifti(case_dir, prog_name) or case_dir / prog_name)
                 prog = prog > 0
                 vols = [_load(images[tp][m])[0] for tp in (t - 1, t) for m in modalities]
                 yield NnUNetCase(f"{case_dir.name}_fu{t}", vols, masks_to_four_class(prior_mask, prog), affine)
@@ -355,6 +346,7 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
 
     Raises:
         FileNotFoundError: if ``pred_dir`` holds no ``*_fu{t}.nii.gz`` file.
+        ValueError: a ``CASE`` is not a single folder name (e.g. ``..``), or a prediction is unreadable.
     """
     pred_dir, out_root = Path(pred_dir), Path(out_root)
     pattern = re.compile(r"^(.+)_fu(\d+)" + re.escape(FILE_ENDING) + "$")
@@ -363,6 +355,8 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
     if not found:
         raise FileNotFoundError(f"no predictions named CASE_fu<t>{FILE_ENDING} in {pred_dir}")
     written = []
+    for case, _, path in found:
+        check_case_id(case, where=f"nnU-Net prediction {path}")
     for case, t, path in tqdm(found, desc="importing nnU-Net predictions", unit="pair"):
         labels, affine = _load(path)
         baseline, progression = four_class_to_masks(labels.astype(np.int16))

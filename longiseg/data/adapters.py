@@ -32,6 +32,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from longiseg.data.layout import find_nifti
 from longiseg.data.loading import CaseSource, MaskSpec
 
 __all__ = ["MSSEG2_FILES", "UCSF_MODALITIES", "msseg2_cases", "ucsf_altpd_cases"]
@@ -52,10 +53,12 @@ _UCSF_DIFFERENCES = ("symmetric", "growth", "flair_subtraction", "t1ce_subtracti
 
 
 def _nifti(folder: Path, stem: str) -> Path:
-    """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists (the former if neither does)."""
-    gz = folder / f"{stem}.nii.gz"
-    plain = folder / f"{stem}.nii"
-    return plain if (not gz.exists() and plain.exists()) else gz
+    """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists (the former if neither does).
+
+    Raises:
+        ValueError: both exist (see :func:`~longiseg.data.layout.find_nifti`).
+    """
+    return find_nifti(folder, stem) or folder / f"{stem}.nii.gz"
 
 
 def _case_folders(root: PathLike, marker: str) -> list[Path]:

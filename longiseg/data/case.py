@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from longiseg.data.layout import check_case_id
 from longiseg.utils.validation import check_binary, check_finite, check_timepoints
 
 __all__ = ["PLANES", "LongitudinalCase", "plane_axes"]
@@ -64,7 +65,7 @@ class LongitudinalCase:
         affine: ``(4, 4)`` voxel-to-world matrix shared by all volumes.
         spacing: voxel size in mm along ``(D, H, W)``.
         modalities: channel names, e.g. ``("flair", "t2")``.
-        case_id: unique case identifier (folder name).
+        case_id: unique case identifier, a single folder name (see :func:`~longiseg.data.layout.check_case_id`).
         patient_id: patient identifier (several cases may share one).
         brain_mask: optional ``(D, H, W)`` uint8 brain mask used for normalisation and sampling.
         baseline_annotated: ``False`` when the dataset has no baseline annotation (MSSEG-2): the
@@ -118,7 +119,7 @@ class LongitudinalCase:
         if len(sp) != 3 or min(sp) <= 0:
             raise ValueError(f"spacing must be three positive voxel sizes in mm, got {self.spacing}")
         self.spacing = sp  # type: ignore[assignment]
-        self.case_id = str(self.case_id)
+        self.case_id = check_case_id(str(self.case_id))
         self.patient_id = str(self.patient_id) if self.patient_id else self.case_id
 
     # ------------------------------------------------------------------ properties

@@ -154,7 +154,7 @@ def find_nifti(folder: str | Path, name: str) -> Path | None:
         ValueError: both ``STEM.nii.gz`` and ``STEM.nii`` exist (naming both; which one is meant is unknown).
     """
     stem = nifti_stem(name)
-    found = [p for p in (Path(folder) / f"{stem}.nii.gz", Path(folder) / f"{stem}.nii") if p.exists()]
+    found = [p for p in (Path(folder) / f"{stem}.nii", Path(folder) / f"{stem}.nii.gz") if p.exists()]
     if len(found) > 1:
         raise ValueError(f"ambiguous files {found[0]} and {found[1]}: keep only one of them")
     return found[0] if found else None

@@ -16,15 +16,17 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
+from tqdm import tqdm
 
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
-from longiseg.utils.io import atomic_save_nifti, atomic_write, atomic_write_json
+from longiseg.utils.io import atomic_save_nifti, atomic_write, atomic_write_json, load_nifti
 from longiseg.utils.logging import get_logger
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
 _LOG = get_logger("longiseg.data")
 PathLike = str | os.PathLike
 
+_T = TypeVar("_T")
 _MASK_RULES = ("binary", "labels", "growth", "symmetric_difference", "empty")
 
 
@@ -105,6 +108,7 @@ class CaseSource:
     metadata: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        layout.check_case_id(self.case_id)
         object.__setattr__(self, "modalities", tuple(str(m) for m in self.modalities))
         files = tuple(tuple(Path(p) for p in tp) for tp in self.image_files)
         object.__setattr__(self, "image_files", files)
@@ -163,16 +167,8 @@ class CaseSource:
 
 
 # --------------------------------------------------------------------------- loading
-def _check_exists(paths: Iterable[Path], case_id: str) -> None:
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"case {case_id!r}: missing file(s): {', '.join(missing)}")
-
-
 def _read_label_map(path: Path, case_id: str) -> np.ndarray:
-    import nibabel as nib
-
-    arr = np.asanyarray(nib.load(str(path)).dataobj)
+    arr = np.asanyarray(load_nifti(path, what=f"case {case_id!r}: mask").dataobj)
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise ValueError(f"case {case_id!r}: mask {path} contains NaN or infinite values")
@@ -188,9 +184,8 @@ def _labelled(arr: np.ndarray, labels: tuple[int, ...] | None) -> np.ndarray:
 def _build_mask(spec: MaskSpec, case_id: str) -> np.ndarray:
     """Read a mask described by ``spec`` as a ``(D, H, W)`` uint8 array."""
     if spec.rule == "empty":
-        import nibabel as nib
-
-        return np.zeros(nib.load(str(spec.files[0])).shape[:3], dtype=np.uint8)
+        shape = load_nifti(spec.files[0], what=f"case {case_id!r}: image", header_only=True).shape
+        return np.zeros(shape[:3], dtype=np.uint8)
     arrays = [_read_label_map(f, case_id) for f in spec.files]
     if spec.rule == "binary":
         arr = arrays[0]
@@ -210,41 +205,162 @@ def _build_mask(spec: MaskSpec, case_id: str) -> np.ndarray:
     return (a ^ b).astype(np.uint8)
 
 
-def _check_headers(source: CaseSource, affine_atol: float) -> tuple[tuple[int, ...], np.ndarray, tuple]:
-    """Check that every file has the same 3D shape and affine; return them and the voxel sizes."""
-    import nibabel as nib
+def _read_image(path: Path, case_id: str) -> np.ndarray:
+    """Read one image volume as float32, refusing NaN/inf intensities."""
+    arr = np.asanyarray(load_nifti(path, what=f"case {case_id!r}: image", dtype=np.float32).dataobj)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"case {case_id!r}: image {path} contains NaN or infinite values")
+    return arr
 
+
+class _Problems:
+    """The problems of one case: raised at the first one (loading) or collected (validation)."""
+
+    def __init__(self, collect: bool) -> None:
+        self.collect = collect
+        self.messages: list[str] = []
+
+    def add(self, exc: OSError | ValueError) -> None:
+        if not self.collect:
+            raise exc
+        self.messages.append(f"{type(exc).__name__}: {exc}")
+
+    def attempt(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
+        """``fn(*args, **kwargs)``; when collecting, a raised ``OSError``/``ValueError`` is recorded and gives ``None``."""
+        if not self.collect:
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, ValueError) as exc:
+            self.add(exc)
+            return None
+
+
+def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
+                   ) -> tuple[set[Path], tuple[int, ...], np.ndarray, tuple[float, ...]]:
+    """Read every header; check that each file is a 3D volume with the first file's shape and affine.
+
+    Returns:
+        The files that passed, and the reference shape, affine and voxel sizes (of the first readable file).
+    """
+    files = source.all_files()
+    roles = {p: "image" for tp in source.image_files for p in tp}
+    if source.brain_mask is not None:
+        roles.setdefault(source.brain_mask, "brain mask")
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        problems.add(FileNotFoundError(f"case {source.case_id!r}: missing file(s): {', '.join(map(str, missing))}"))
+    good: set[Path] = set()
     ref_path: Path | None = None
     ref_shape: tuple[int, ...] = ()
     ref_affine = np.eye(4)
-    zooms: tuple = ()
-    for path in source.all_files():
-        img = nib.load(str(path))
+    zooms: tuple[float, ...] = ()
+    for path in files:
+        if path in missing or problems.attempt(layout.find_nifti, path.parent, path.name) is None:
+            continue
+        what = f"case {source.case_id!r}: {roles.get(path, 'mask')}"
+        img = problems.attempt(load_nifti, path, what=what, header_only=True)
+        if img is None:
+            continue
         shape = tuple(int(s) for s in img.shape)
         if len(shape) == 4 and shape[3] == 1:
             shape = shape[:3]
+        affine = np.asarray(img.affine, dtype=np.float64)
         if len(shape) != 3:
-            raise ValueError(f"case {source.case_id!r}: {path} must be a 3D volume, got shape {shape}")
-        if ref_path is None:
-            ref_path, ref_shape, ref_affine = path, shape, np.asarray(img.affine, dtype=np.float64)
-            zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+            problems.add(ValueError(f"case {source.case_id!r}: {path} must be a 3D volume, got shape {shape}"))
             continue
-        if shape != ref_shape:
-            raise ValueError(
+        if ref_path is None:
+            ref_path, ref_shape, ref_affine = path, shape, affine
+            zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        elif shape != ref_shape:
+            problems.add(ValueError(
                 f"case {source.case_id!r}: all volumes must share one shape (registered and resampled "
                 f"beforehand); {ref_path.name} has {ref_shape} but {path.name} has {shape}"
-            )
-        if not np.allclose(img.affine, ref_affine, rtol=0.0, atol=affine_atol):
-            raise ValueError(
+            ))
+            continue
+        elif not np.allclose(affine, ref_affine, rtol=0.0, atol=affine_atol):
+            problems.add(ValueError(
                 f"case {source.case_id!r}: all volumes must share one affine (same voxel grid); "
                 f"{path.name} differs from {ref_path.name} by up to "
-                f"{float(np.abs(img.affine - ref_affine).max()):.3g} (tolerance {affine_atol})"
-            )
-    return ref_shape, ref_affine, zooms
+                f"{float(np.abs(affine - ref_affine).max()):.3g} (tolerance {affine_atol})"
+            ))
+            continue
+        good.add(path)
+    return good, ref_shape, ref_affine, zooms
+
+
+def _check_progression_flag(source: CaseSource, progression: np.ndarray, problems: _Problems) -> None:
+    """The given progression flag must say whether any progression mask ``(T-1, D, H, W)`` is non-empty."""
+    assert source.progression_masks is not None
+    names = [spec.files[-1].name for spec in source.progression_masks]
+    if source.has_progression and not progression.any():
+        problems.add(ValueError(
+            f"case {source.case_id!r}: the manifest's progression flag is true but every progression mask "
+            f"({', '.join(names)}) is empty"
+        ))
+    elif source.has_progression is False and progression.any():
+        nonempty = [f"{n} ({int(m.sum())} voxels)" for n, m in zip(names, progression) if m.any()]
+        problems.add(ValueError(
+            f"case {source.case_id!r}: the manifest's progression flag is false but {', '.join(nonempty)} "
+            f"{'is' if len(nonempty) == 1 else 'are'} not empty"
+        ))
+
+
+def _read_case(source: CaseSource, affine_atol: float, problems: _Problems) -> LongitudinalCase | None:
+    """Read and check every file of ``source``; ``None`` when a problem was collected."""
+    cid = source.case_id
+    good, shape, affine, zooms = _check_headers(source, affine_atol, problems)
+    images = np.zeros((source.num_timepoints, len(source.modalities), *shape), dtype=np.float32)
+    for t, tp in enumerate(source.image_files):
+        for c, path in enumerate(tp):
+            arr = problems.attempt(_read_image, path, cid) if path in good else None
+            if arr is not None:
+                images[t, c] = arr.reshape(shape)
+
+    def mask(spec: MaskSpec) -> np.ndarray | None:
+        if not all(f in good for f in spec.files):
+            return None
+        arr = problems.attempt(_build_mask, spec, cid)
+        return None if arr is None else arr.reshape(shape)
+
+    baseline = progression = None
+    if source.baseline_mask is not None and source.progression_masks is not None:
+        baseline = mask(source.baseline_mask)
+        prog = [mask(s) for s in source.progression_masks]
+        if all(m is not None for m in prog):
+            progression = np.stack(prog)  # type: ignore[arg-type]
+            if source.has_progression is not None:
+                _check_progression_flag(source, progression, problems)
+    brain = None
+    if source.brain_mask is not None:
+        brain = mask(MaskSpec((source.brain_mask,), "binary"))
+        if brain is not None and not brain.any():
+            problems.add(ValueError(
+                f"case {cid!r}: brain mask {source.brain_mask} is all zero; fix it or remove the file"
+            ))
+    if problems.messages:
+        return None
+    return problems.attempt(
+        LongitudinalCase,
+        images=images,
+        baseline_mask=baseline,
+        progression_masks=progression,
+        affine=affine,
+        spacing=zooms,
+        modalities=source.modalities,
+        case_id=cid,
+        patient_id=source.patient_id,
+        brain_mask=brain,
+        baseline_annotated=source.baseline_annotated,
+        metadata=dict(source.metadata),
+    )
 
 
 def load_case(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> LongitudinalCase:
     """Read one case's volumes with nibabel and validate them.
+
+    Every header is checked (shape, affine) before any voxel is decoded, then every value (finite
+    intensities, binary masks, a non-empty brain mask, progression flag agreeing with the masks).
 
     Args:
         source: a :class:`CaseSource`, or a case folder in the library layout.
@@ -255,42 +371,19 @@ def load_case(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> Lo
 
     Raises:
         FileNotFoundError: a listed file is missing.
-        ValueError: volumes differ in shape or affine, intensities hold NaN/inf, a mask is not binary,
-            or there are fewer than two timepoints.
+        ValueError: naming the file: it is empty, truncated, corrupt or not NIfTI; a ``.nii`` and a
+            ``.nii.gz`` of one name both exist; volumes differ in shape or affine; intensities hold NaN/inf;
+            a mask is not binary; the brain mask is all zero; the progression flag contradicts the masks;
+            there are fewer than two timepoints.
     """
-    import nibabel as nib
-
     if not isinstance(source, CaseSource):
-        source = _source_from_folder(Path(source), modalities=None, require_masks=False)
-    _check_exists(source.all_files(), source.case_id)
-    shape, affine, zooms = _check_headers(source, affine_atol)
-    images = np.empty((source.num_timepoints, len(source.modalities), *shape), dtype=np.float32)
-    for t, tp in enumerate(source.image_files):
-        for c, path in enumerate(tp):
-            arr = nib.load(str(path)).get_fdata(dtype=np.float32).reshape(shape)
-            if not np.isfinite(arr).all():
-                raise ValueError(f"case {source.case_id!r}: image {path} contains NaN or infinite values")
-            images[t, c] = arr
-    baseline = progression = None
-    if source.baseline_mask is not None and source.progression_masks is not None:
-        baseline = _build_mask(source.baseline_mask, source.case_id).reshape(shape)
-        progression = np.stack([_build_mask(s, source.case_id).reshape(shape) for s in source.progression_masks])
-    brain = None
-    if source.brain_mask is not None:
-        brain = _build_mask(MaskSpec((source.brain_mask,), "binary"), source.case_id).reshape(shape)
-    return LongitudinalCase(
-        images=images,
-        baseline_mask=baseline,
-        progression_masks=progression,
-        affine=affine,
-        spacing=zooms,  # type: ignore[arg-type]
-        modalities=source.modalities,
-        case_id=source.case_id,
-        patient_id=source.patient_id,
-        brain_mask=brain,
-        baseline_annotated=source.baseline_annotated,
-        metadata=dict(source.metadata),
-    )
+        folder = Path(source)
+        if folder.name in ("", ".", ".."):
+            folder = folder.resolve()
+        source = _source_from_folder(folder, modalities=None, require_masks=False)
+    case = _read_case(source, affine_atol, _Problems(collect=False))
+    assert case is not None  # problems raise when not collecting
+    return case
 
 
 def load_cases(sources: Sequence[CaseSource], **kwargs: object) -> list[LongitudinalCase]:
@@ -298,18 +391,54 @@ def load_cases(sources: Sequence[CaseSource], **kwargs: object) -> list[Longitud
     return [load_case(s, **kwargs) for s in sources]  # type: ignore[arg-type]
 
 
-def validate_cases(sources: Sequence[CaseSource], **kwargs: object) -> dict[str, str]:
-    """Load every case and collect the problems found.
+def validate_cases(
+    cases: Sequence[CaseSource] | PathLike,
+    *,
+    modalities: Sequence[str] | None = None,
+    require_masks: bool = True,
+    affine_atol: float = 1e-4,
+    progress: bool = True,
+) -> dict[str, list[str]]:
+    """Check every case and collect all problems per case instead of stopping at the first.
+
+    Reports, naming the file: missing files, ambiguous files (``.nii`` and ``.nii.gz`` of one name),
+    empty (0-byte), truncated, corrupt or non-NIfTI files, volumes of different shape or affine, NaN/inf
+    intensities, non-binary masks, an all-zero brain mask, and a progression flag (from the manifest) that
+    contradicts the progression masks. Given a cohort folder it also reports per case what
+    :func:`find_cases` would stop at (a case folder lacking images, an invalid case id).
+
+    Args:
+        cases: case sources (e.g. from :func:`find_cases`), or a cohort folder in the library layout.
+        modalities: channel order, when ``cases`` is a folder (as in :func:`find_cases`).
+        require_masks: when ``cases`` is a folder, a case without masks is a problem.
+        affine_atol: absolute tolerance when comparing affines across files.
+        progress: show a progress bar.
 
     Returns:
-        ``{case_id: error message}`` for every case that fails to load (empty when all are valid).
+        ``{case_id: [problem, ...]}`` for every case with at least one problem, in case order; each problem
+        reads ``"ValueError: case 'p0': ..."``. Empty when every case is valid.
+
+    Raises:
+        FileNotFoundError: the cohort folder does not exist or holds no case.
+        ValueError: its manifest is malformed (invalid JSON, a bad case id, duplicate ids).
     """
-    problems: dict[str, str] = {}
-    for s in sources:
-        try:
-            load_case(s, **kwargs)  # type: ignore[arg-type]
-        except (OSError, ValueError) as exc:
-            problems[s.case_id] = f"{type(exc).__name__}: {exc}"
+    if isinstance(cases, (str, os.PathLike)):
+        found = _scan_cohort(Path(cases), modalities, require_masks)
+    else:
+        found = [(s.case_id, s) for s in cases]
+    problems: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for case_id, src in tqdm(found, desc="validating cases", unit="case", disable=not progress):
+        collected = _Problems(collect=True)
+        if case_id in seen:
+            collected.add(ValueError(f"case {case_id!r} appears more than once"))
+        seen.add(case_id)
+        if isinstance(src, CaseSource):
+            _read_case(src, affine_atol, collected)
+        else:
+            collected.add(src)
+        if collected.messages:
+            problems.setdefault(case_id, []).extend(collected.messages)
     return problems
 
 
@@ -326,7 +455,7 @@ def save_case(case: LongitudinalCase, root: PathLike, *, overwrite: bool = False
     Raises:
         FileExistsError: a file exists and ``overwrite`` is ``False``.
     """
-    folder = Path(root) / case.case_id
+    folder = Path(root) / layout.check_case_id(case.case_id)
     for t in range(case.num_timepoints):
         for c, mod in enumerate(case.modalities):
             img = case.images[t, c]
@@ -356,14 +485,10 @@ def _source_from_folder(
     patient_id: str = "",
     has_progression: bool | None = None,
 ) -> CaseSource:
-    case_id = folder.name
+    case_id = layout.check_case_id(folder.name, where=f"case folder {folder}")
     if not folder.is_dir():
         raise FileNotFoundError(f"case folder {folder} does not exist")
-    found: dict[int, dict[str, Path]] = {}
-    for p in folder.iterdir():
-        parsed = layout.parse_image_filename(p.name)
-        if parsed is not None:
-            found.setdefault(parsed[0], {})[parsed[1]] = p
+    found = layout.scan_images(folder)
     if not found:
         raise FileNotFoundError(
             f"case {case_id!r}: no image files named like {layout.image_filename(0, 'flair')} in {folder}"
@@ -387,15 +512,15 @@ def _source_from_folder(
                 raise FileNotFoundError(f"case {case_id!r}: missing image {folder / layout.image_filename(t, m)}")
             row.append(p)
         image_files.append(tuple(row))
-    baseline_path = folder / layout.BASELINE_MASK
-    prog_paths = [folder / layout.progression_filename(i) for i in range(1, t_count)]
-    has_masks = baseline_path.exists() or any(p.exists() for p in prog_paths)
+    mask_names = [layout.BASELINE_MASK] + [layout.progression_filename(i) for i in range(1, t_count)]
+    mask_paths = [layout.find_nifti(folder, name) for name in mask_names]
     baseline_spec = prog_specs = None
-    if require_masks or has_masks:
-        _check_exists([baseline_path, *prog_paths], case_id)
-        baseline_spec = MaskSpec((baseline_path,), "binary")
-        prog_specs = tuple(MaskSpec((p,), "binary") for p in prog_paths)
-    brain = folder / layout.BRAIN_MASK
+    if require_masks or any(p is not None for p in mask_paths):
+        missing = [str(folder / name) for name, p in zip(mask_names, mask_paths) if p is None]
+        if missing:
+            raise FileNotFoundError(f"case {case_id!r}: missing file(s): {', '.join(missing)}")
+        baseline_spec = MaskSpec((mask_paths[0],), "binary")  # type: ignore[arg-type]
+        prog_specs = tuple(MaskSpec((p,), "binary") for p in mask_paths[1:])  # type: ignore[arg-type]
     return CaseSource(
         case_id=case_id,
         patient_id=patient_id,
@@ -403,9 +528,48 @@ def _source_from_folder(
         image_files=tuple(image_files),
         baseline_mask=baseline_spec,
         progression_masks=prog_specs,
-        brain_mask=brain if brain.exists() else None,
+        brain_mask=layout.find_nifti(folder, layout.BRAIN_MASK),
         has_progression=has_progression if baseline_spec is not None else None,
     )
+
+
+def _scan_cohort(
+    root: Path, modalities: Sequence[str] | None, require_masks: bool
+) -> list[tuple[str, CaseSource | OSError | ValueError]]:
+    """Every case of a cohort folder as ``(case_id, source)``, or ``(case_id, error)`` when it cannot be listed.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing or holds no case folder.
+        ValueError: the manifest is malformed.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"cohort folder {root} does not exist")
+    manifest = None
+    for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):
+        if (root / name).is_file():
+            manifest = read_manifest(root / name)
+            break
+    found: list[tuple[str, CaseSource | OSError | ValueError]] = []
+    if manifest is not None:
+        mods = modalities if modalities is not None else (manifest.modalities or None)
+        for entry in manifest.cases:
+            try:
+                found.append((entry.case_id, _source_from_folder(
+                    root / entry.case_id, mods, require_masks, num_timepoints=entry.num_timepoints,
+                    patient_id=entry.patient_id, has_progression=entry.progression,
+                )))
+            except (OSError, ValueError) as exc:
+                found.append((entry.case_id, exc))
+        return found
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if any((layout.parse_image_filename(f.name) or (-1, ""))[0] == 0 for f in folder.iterdir()):
+            try:
+                found.append((folder.name, _source_from_folder(folder, modalities, require_masks)))
+            except (OSError, ValueError) as exc:
+                found.append((folder.name, exc))
+    if not found:
+        raise FileNotFoundError(f"no case folders with t0_*.nii.gz images found in {root}")
+    return found
 
 
 def find_cases(
@@ -419,7 +583,7 @@ def find_cases(
     With a manifest (``manifest.json`` or ``manifest.csv``) its case order, modalities, timepoint counts and
     progression flags are used; otherwise every sub-folder holding ``t0_*.nii.gz`` files is a case, the
     number of timepoints is the highest ``t<i>`` found plus one and modalities default to the baseline's
-    modalities in alphabetical order.
+    modalities in alphabetical order. Files may end in ``.nii.gz`` or ``.nii``, not both for one name.
 
     Args:
         root: cohort folder.
@@ -431,35 +595,15 @@ def find_cases(
 
     Raises:
         FileNotFoundError: ``root`` or a required file is missing.
-        ValueError: a case has fewer than two timepoints, or the manifest disagrees with the files.
+        ValueError: a case has fewer than two timepoints, the manifest disagrees with the files, a case id
+            is not a single folder name (:func:`~longiseg.data.layout.check_case_id`), or a ``.nii`` and a
+            ``.nii.gz`` of one name both exist. :func:`validate_cases` reports these per case instead.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"cohort folder {root} does not exist")
-    manifest = None
-    for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):
-        if (root / name).is_file():
-            manifest = read_manifest(root / name)
-            break
-    sources: list[CaseSource] = []
-    if manifest is not None:
-        mods = modalities if modalities is not None else (manifest.modalities or None)
-        for entry in manifest.cases:
-            src = _source_from_folder(
-                root / entry.case_id,
-                mods,
-                require_masks,
-                num_timepoints=entry.num_timepoints,
-                patient_id=entry.patient_id,
-                has_progression=entry.progression,
-            )
-            sources.append(src)
-        return sources
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if any((layout.parse_image_filename(f.name) or (-1, ""))[0] == 0 for f in folder.iterdir()):
-            sources.append(_source_from_folder(folder, modalities, require_masks))
-    if not sources:
-        raise FileNotFoundError(f"no case folders with t0_*.nii.gz images found in {root}")
+    sources = []
+    for _, src in _scan_cohort(Path(root), modalities, require_masks):
+        if not isinstance(src, CaseSource):
+            raise src
+        sources.append(src)
     return sources
 
 
@@ -503,8 +647,11 @@ def _parse_flag(value: object, where: str) -> bool | None:
 
 
 def _entry(row: dict, where: str) -> ManifestEntry:
-    if not row.get("case_id"):
+    if not isinstance(row, dict) or not row.get("case_id"):
         raise ValueError(f"{where}: every case needs a non-empty 'case_id'")
+    if not isinstance(row["case_id"], (str, int)) or isinstance(row["case_id"], bool):
+        raise ValueError(f"{where}: case_id must be a string, got {row['case_id']!r}")
+    case_id = layout.check_case_id(str(row["case_id"]), where=where)
     try:
         t = int(row.get("num_timepoints", 2) or 2)
     except (TypeError, ValueError) as exc:
@@ -512,8 +659,8 @@ def _entry(row: dict, where: str) -> ManifestEntry:
     if t < 2:
         raise ValueError(f"{where}: num_timepoints must be >= 2 (a baseline and a follow-up), got {t}")
     return ManifestEntry(
-        case_id=str(row["case_id"]),
-        patient_id=str(row.get("patient_id") or row["case_id"]),
+        case_id=case_id,
+        patient_id=str(row.get("patient_id") or case_id),
         num_timepoints=t,
         progression=_parse_flag(row.get("progression"), where),
     )

@@ -248,7 +248,8 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
     Zero-byte, truncated, corrupt (gzip or header) and non-NIfTI files all raise ``ValueError`` with the
     path and what is wrong, never nibabel's or gzip's bare ``EOFError``/``zlib.error``/``ImageFileError``.
     A truncated ``.nii.gz`` often has a readable header and fails only when its voxels are decompressed,
-    so the voxels are decoded here, inside the check.
+    so the voxels are decoded here, inside the check, and the whole gzip stream is read so that its
+    checksum and length are verified (a flipped byte is an error, not a wrong voxel).
 
     Args:
         path: the file.
@@ -268,6 +269,7 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
         PermissionError: ``path`` is not readable.
         ValueError: ``path`` is a folder, empty, truncated, corrupt or not a NIfTI file.
     """
+    import gzip
     import struct
     import zlib
 
@@ -285,12 +287,13 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
         raise ValueError(f"{label} is empty (0 bytes)")
     try:
         img = nib.load(str(path), mmap=False)
-        if header_only or not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            data = None
-        elif dtype is None:
-            data = np.asanyarray(img.dataobj)
-        else:
-            data = np.asarray(img.dataobj, dtype=dtype)
+        data = None
+        if not header_only and isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            if path.name.endswith(".gz"):
+                # decompress the whole stream so gzip checks its CRC and length: a corrupt or truncated
+                # file fails here instead of yielding wrong voxels
+                img = type(img).from_bytes(gzip.decompress(path.read_bytes()))
+            data = np.asanyarray(img.dataobj) if dtype is None else np.asarray(img.dataobj, dtype=dtype)
     except PermissionError as exc:
         raise PermissionError(f"cannot read {label}: permission denied") from exc
     except (ImageFileError, HeaderDataError, EOFError, zlib.error, struct.error, OSError, ValueError) as exc:
