@@ -1,0 +1,124 @@
+"""Outputs are complete or absent, readable by colleagues (the umask decides), and never accumulate debris."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from longiseg.inferers.predict import case_outputs_complete, predict_folder
+from longiseg.utils.io import (
+    atomic_directory,
+    atomic_path,
+    atomic_save_nifti,
+    atomic_torch_save,
+    atomic_write_json,
+    remove_stale_temporaries,
+)
+from test_inferers_predict import Voxelwise, _affine, _images, _inferer, _write_case
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _voxels(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(path).dataobj)
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    return int(proc.stdout)
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750),
+                                                        (0o077, 0o600, 0o700)])
+def test_outputs_honour_the_umask(tmp_path: Path, mask: int, file_mode: int, dir_mode: int) -> None:
+    old = os.umask(mask)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_torch_save({"w": torch.zeros(2)}, tmp_path / "c.pt")
+        atomic_save_nifti(np.zeros((2, 2, 2), np.uint8), np.eye(4), tmp_path / "m.nii.gz")
+        with atomic_directory(tmp_path / "folder") as tmp:
+            atomic_write_json(tmp / "inner.json", {})
+    finally:
+        os.umask(old)
+    for name in ("a.json", "c.pt", "m.nii.gz", "folder/inner.json"):
+        assert _mode(tmp_path / name) == file_mode, name
+    assert _mode(tmp_path / "folder") == dir_mode
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path, umask_022: None) -> None:
+    dead, alive = _dead_pid(), os.getpid()
+    stale = tmp_path / f".m.nii.gz.{dead}.abc123.tmp.nii.gz"
+    stale_dir = tmp_path / f".case.{dead}.xyz.tmp"
+    live = tmp_path / f".m.nii.gz.{alive}.def456.tmp.nii.gz"
+    other = tmp_path / ".m.nii.gz.notes"  # not a temporary: never touched
+    for p in (stale, live, other):
+        p.write_text("x")
+    stale_dir.mkdir()
+    atomic_save_nifti(np.zeros((2, 2, 2), np.uint8), np.eye(4), tmp_path / "m.nii.gz")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert remove_stale_temporaries(tmp_path / "case") == [stale_dir]
+
+
+def test_failed_writes_leave_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "f.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "d") as tmp:
+        (tmp / "x").write_text("half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_replaces_only_when_asked(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "old.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="overwrite=True"), atomic_directory(tmp_path / "d"):
+        pass
+    with atomic_directory(tmp_path / "d", overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_interrupted_case_is_predicted_again(tmp_path: Path, umask_022: None) -> None:
+    img, aff = _images(t=2, c=2), _affine()
+    _write_case(tmp_path / "in", "p1", img, aff)
+    _write_case(tmp_path / "in", "p2", img[:, ::-1].copy(), aff)
+    out = tmp_path / "out"
+    first = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False)
+    assert _mode(out / "p1") == 0o755 and _mode(out / "p1" / "baseline_mask.nii.gz") == 0o644
+    reference = {p.name: _voxels(p) for p in (out / "p2").iterdir()}
+    # a run killed while writing p2 (older versions wrote file by file) and a killed temporary folder
+    for f in list((out / "p2").iterdir())[1:]:
+        f.unlink()
+    (out / f".p2.{_dead_pid()}.q1w2e3.tmp").mkdir()
+    assert not case_outputs_complete(out, "p2", 2)
+    redone = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False,
+                            skip_existing=True)
+    assert sorted(redone) == ["p2"] and sorted(first) == ["p1", "p2"]
+    again = {p.name: _voxels(p) for p in (out / "p2").iterdir()}
+    assert again.keys() == reference.keys()
+    for name, voxels in reference.items():
+        np.testing.assert_array_equal(again[name], voxels)  # same computation, same input: exact
+    assert sorted(p.name for p in out.iterdir()) == ["p1", "p2"]
