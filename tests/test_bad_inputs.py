@@ -386,10 +386,10 @@ def test_inferer_reports_non_finite_outputs() -> None:
 
 
 def test_trainer_refuses_to_replace_a_run(tmp_path: Path) -> None:
+    from test_engine_toys import SyntheticLongiData, TinyLongiNet
+
     from longiseg.engine.config import TrainerConfig
     from longiseg.engine.trainer import Trainer
-
-    from test_engine_toys import SyntheticLongiData, TinyLongiNet
 
     (tmp_path / "last.pt").write_bytes(b"old")
     cfg = TrainerConfig(max_epochs=1, output_dir=str(tmp_path), device="cpu", progress_bar=False,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_inferers_predict import Voxelwise, _affine, _images, _inferer, _write_case
 
 from longiseg.inferers.predict import case_outputs_complete, predict_folder
 from longiseg.utils.io import (
@@ -22,7 +23,6 @@ from longiseg.utils.io import (
     atomic_write_json,
     remove_stale_temporaries,
 )
-from test_inferers_predict import Voxelwise, _affine, _images, _inferer, _write_case
 
 
 @pytest.fixture
