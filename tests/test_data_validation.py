@@ -304,6 +304,19 @@ def test_load_case_names_the_unreadable_file(tmp_path: Path, name: str, damage: 
         load_case(src)
 
 
+def test_load_case_never_skips_a_file_it_cannot_read(tmp_path: Path) -> None:
+    _cohort(tmp_path)
+    (src,) = find_cases(tmp_path)
+    odd = tmp_path / "p0" / "t1_t2.data"
+    shutil.copy(tmp_path / "p0" / "t1_t2.nii.gz", odd)
+    images = (src.image_files[0], (src.image_files[1][0], odd))
+    bad = dataclasses.replace(src, image_files=images)
+    with pytest.raises(ValueError, match=r"case 'p0': image .*t1_t2\.data is truncated, corrupt or not a NIfTI"):
+        load_case(bad)
+    (problem,) = validate_cases([bad], progress=False)["p0"]
+    assert "t1_t2.data" in problem
+
+
 def test_load_case_refuses_an_all_zero_brain_mask(tmp_path: Path) -> None:
     _cohort(tmp_path)
     _resave(tmp_path / "p0" / layout.BRAIN_MASK, np.zeros(SHAPE, np.uint8))

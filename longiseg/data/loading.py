@@ -2,7 +2,9 @@
 
 Finding cases (:func:`find_cases`) reads file names and the manifest only; voxels are read when a case is
 loaded (:func:`load_case`), which first checks every header (shape, affine) and then every value (finite
-intensities, binary masks). Nothing on disk is ever modified by loading.
+intensities, binary masks, a non-empty brain mask, progression flags agreeing with the masks).
+:func:`validate_cases` runs the same checks but collects every problem per case instead of raising. Every
+file is read with :func:`~longiseg.utils.io.load_nifti`. Nothing on disk is ever modified by loading.
 
 A :class:`CaseSource` says where a case's files are and how each mask is derived from them
 (:class:`MaskSpec`): the library layout stores binary masks directly, while dataset adapters
@@ -213,6 +215,12 @@ def _read_image(path: Path, case_id: str) -> np.ndarray:
     return arr
 
 
+def _unambiguous(path: Path) -> bool:
+    """``True``, or ``ValueError`` when ``path`` exists both as ``.nii`` and ``.nii.gz``."""
+    layout.find_nifti(path.parent, path.name)
+    return True
+
+
 class _Problems:
     """The problems of one case: raised at the first one (loading) or collected (validation)."""
 
@@ -256,7 +264,7 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
     ref_affine = np.eye(4)
     zooms: tuple[float, ...] = ()
     for path in files:
-        if path in missing or problems.attempt(layout.find_nifti, path.parent, path.name) is None:
+        if path in missing or problems.attempt(_unambiguous, path) is None:
             continue
         what = f"case {source.case_id!r}: {roles.get(path, 'mask')}"
         img = problems.attempt(load_nifti, path, what=what, header_only=True)
