@@ -234,7 +234,7 @@ class _Problems:
         self.messages.append(f"{type(exc).__name__}: {exc}")
 
     def attempt(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
-        """``fn(*args, **kwargs)``; when collecting, a raised ``OSError``/``ValueError`` is recorded and gives ``None``."""
+        """``fn(*args, **kwargs)``; when collecting, an ``OSError``/``ValueError`` is recorded (gives ``None``)."""
         if not self.collect:
             return fn(*args, **kwargs)
         try:
@@ -257,7 +257,8 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
         roles.setdefault(source.brain_mask, "brain mask")
     missing = [p for p in files if not p.is_file()]
     if missing:
-        problems.add(FileNotFoundError(f"case {source.case_id!r}: missing file(s): {', '.join(map(str, missing))}"))
+        names = ", ".join(map(str, missing))
+        problems.add(FileNotFoundError(f"case {source.case_id!r}: missing file(s): {names}"))
     good: set[Path] = set()
     ref_path: Path | None = None
     ref_shape: tuple[int, ...] = ()
@@ -275,7 +276,7 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
             shape = shape[:3]
         affine = np.asarray(img.affine, dtype=np.float64)
         if len(shape) != 3:
-            problems.add(ValueError(f"case {source.case_id!r}: {path} must be a 3D volume, got shape {shape}"))
+            problems.add(ValueError(f"case {source.case_id!r}: {path} must be a 3D volume, got {shape}"))
             continue
         if ref_path is None:
             ref_path, ref_shape, ref_affine = path, shape, affine
@@ -544,7 +545,7 @@ def _source_from_folder(
 def _scan_cohort(
     root: Path, modalities: Sequence[str] | None, require_masks: bool
 ) -> list[tuple[str, CaseSource | OSError | ValueError]]:
-    """Every case of a cohort folder as ``(case_id, source)``, or ``(case_id, error)`` when it cannot be listed.
+    """Every case of a cohort folder as ``(case_id, source)``, or ``(case_id, error)`` if it cannot be listed.
 
     Raises:
         FileNotFoundError: ``root`` is missing or holds no case folder.
