@@ -234,7 +234,7 @@ class _Problems:
         self.messages.append(f"{type(exc).__name__}: {exc}")
 
     def attempt(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
-        """``fn(*args, **kwargs)``; when collecting, an ``OSError``/``ValueError`` is recorded (gives ``None``)."""
+        """``fn(*args, **kwargs)``; when collecting, an ``OSError``/``ValueError`` is recorded as ``None``."""
         if not self.collect:
             return fn(*args, **kwargs)
         try:
