@@ -216,8 +216,9 @@ def test_validate_cases_collects_problems(tmp_path: Path) -> None:
     sources = find_cases(tmp_path)
     (tmp_path / "p1" / "t0_flair.nii.gz").unlink()
     problems = validate_cases(sources, progress=False)
-    assert list(problems) == ["p1"] and len(problems["p1"]) == 1
-    assert problems["p1"][0].startswith("FileNotFoundError: case 'p1'") and "t0_flair.nii.gz" in problems["p1"][0]
+    assert list(problems) == ["p1"]
+    (message,) = problems["p1"]
+    assert message.startswith("FileNotFoundError: case 'p1'") and "t0_flair.nii.gz" in message
 
 
 def test_manifest_errors(tmp_path: Path) -> None:

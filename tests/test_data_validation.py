@@ -57,7 +57,8 @@ def _cohort(root: Path, ids: tuple[str, ...] = ("p0",), flags: dict[str, bool] |
         save_case(c, root)
     manifest = manifest_from_cases(cases)
     flags = flags or {}
-    entries = tuple(dataclasses.replace(e, progression=flags.get(e.case_id, e.progression)) for e in manifest.cases)
+    entries = tuple(dataclasses.replace(e, progression=flags.get(e.case_id, e.progression))
+                    for e in manifest.cases)
     write_manifest(root / layout.MANIFEST_JSON, Manifest(manifest.modalities, entries))
     return root
 
@@ -134,7 +135,7 @@ def test_load_nifti_bad_files_name_the_file(volume: Path, damage: object, match:
 def test_load_nifti_truncated_gzip_fails_on_the_voxels_not_the_header(large_volume: Path) -> None:
     _truncate(large_volume)
     assert load_nifti(large_volume, header_only=True).shape == (16, 16, 16)  # a lazy read would not notice
-    with pytest.raises(ValueError, match=r"large\.nii\.gz is truncated, corrupt or not a NIfTI file \(EOFError"):
+    with pytest.raises(ValueError, match=r"large\.nii\.gz is truncated, corrupt .* \(EOFError"):
         load_nifti(large_volume)
 
 
@@ -274,7 +275,8 @@ def test_sibling_appearing_after_listing_is_ambiguous_too(tmp_path: Path) -> Non
     _cohort(tmp_path)
     (src,) = find_cases(tmp_path)
     shutil.copy(tmp_path / "p0" / layout.BASELINE_MASK, tmp_path / "p0" / "baseline_mask.nii")
-    with pytest.raises(ValueError, match=r"ambiguous files .*baseline_mask\.nii and .*baseline_mask\.nii\.gz"):
+    both = r"ambiguous files .*baseline_mask\.nii and .*baseline_mask\.nii\.gz"
+    with pytest.raises(ValueError, match=both):
         load_case(src)
 
 
@@ -292,7 +294,7 @@ def test_find_nifti(tmp_path: Path) -> None:
         ("t1_flair.nii.gz", lambda p: p.write_bytes(b""), r"image .*t1_flair\.nii\.gz is empty \(0 bytes\)"),
         ("t0_t2.nii.gz", _truncate, r"t0_t2\.nii\.gz is truncated, corrupt or not a NIfTI file"),
         ("progression_t1.nii.gz", _truncate, r"progression_t1\.nii\.gz is truncated"),
-        (layout.BASELINE_MASK, lambda p: p.write_text("{}"), r"baseline_mask\.nii\.gz is truncated, corrupt or not"),
+        (layout.BASELINE_MASK, lambda p: p.write_text("{}"), r"baseline_mask\.nii\.gz is truncated, corrupt"),
         (layout.BRAIN_MASK, _corrupt_middle, r"brain_mask\.nii\.gz is truncated, corrupt"),
     ],
 )
@@ -302,6 +304,19 @@ def test_load_case_names_the_unreadable_file(tmp_path: Path, name: str, damage: 
     damage(tmp_path / "p0" / name)  # type: ignore[operator]
     with pytest.raises(ValueError, match=rf"case 'p0': .*{match}"):
         load_case(src)
+
+
+def test_load_case_never_skips_a_file_it_cannot_read(tmp_path: Path) -> None:
+    _cohort(tmp_path)
+    (src,) = find_cases(tmp_path)
+    odd = tmp_path / "p0" / "t1_t2.data"
+    shutil.copy(tmp_path / "p0" / "t1_t2.nii.gz", odd)
+    images = (src.image_files[0], (src.image_files[1][0], odd))
+    bad = dataclasses.replace(src, image_files=images)
+    with pytest.raises(ValueError, match=r"case 'p0': image .*t1_t2\.data is truncated, corrupt or not"):
+        load_case(bad)
+    (problem,) = validate_cases([bad], progress=False)["p0"]
+    assert "t1_t2.data" in problem
 
 
 def test_load_case_refuses_an_all_zero_brain_mask(tmp_path: Path) -> None:
@@ -330,7 +345,7 @@ def _damage_cohort(root: Path) -> dict[str, list[str]]:
     """A cohort with one broken case per kind of problem; returns the patterns each case must report."""
     ids = ("ok", "zero", "truncated", "text", "brain0", "flag_true", "flag_false", "shape", "affine",
            "nonbinary", "missing", "ambiguous", "several")
-    # even positions progress: flag_true (5) is stable but flagged true, flag_false (6) progresses but flagged false
+    # even positions progress: flag_true (5) is stable but flagged true, flag_false (6) progresses but not
     _cohort(root, ids, flags={"flag_true": True, "flag_false": False})
     shifted = np.eye(4)
     shifted[0, 3] = 10.0
@@ -351,17 +366,17 @@ def _damage_cohort(root: Path) -> dict[str, list[str]]:
     return {
         "zero": [r"ValueError: case 'zero': image .*t1_flair\.nii\.gz is empty \(0 bytes\)"],
         "truncated": [r"ValueError: case 'truncated': image .*t0_t2\.nii\.gz is truncated"],
-        "text": [r"ValueError: case 'text': mask .*baseline_mask\.nii\.gz is truncated, corrupt or not a NIfTI"],
+        "text": [r"ValueError: case 'text': mask .*baseline_mask\.nii\.gz is truncated, corrupt or not a"],
         "brain0": [r"ValueError: case 'brain0': brain mask .*brain_mask\.nii\.gz is all zero"],
-        "flag_true": [r"case 'flag_true': the manifest's progression flag is true but every progression mask"],
+        "flag_true": [r"case 'flag_true': the manifest's progression flag is true but every progression"],
         "flag_false": [r"case 'flag_false': the manifest's progression flag is false but progression_t1"],
         "shape": [r"case 'shape': all volumes must share one shape.*t1_t2\.nii\.gz has \(4, 5, 7\)"],
-        "affine": [r"case 'affine': all volumes must share one affine.*t1_flair\.nii\.gz differs .* up to 10"],
+        "affine": [r"case 'affine': all volumes must share one affine.*t1_flair\.nii\.gz differs .*up to 10"],
         "nonbinary": [r"case 'nonbinary': mask .*progression_t1\.nii\.gz must be binary .*\[2\]"],
         "missing": [r"FileNotFoundError: case 'missing': missing image .*t1_t2\.nii\.gz"],
         "ambiguous": [r"ValueError: ambiguous files .*t0_flair\.nii and .*t0_flair\.nii\.gz"],
-        "several": [r"case 'several': image .*t0_flair\.nii\.gz is empty", r"baseline_mask\.nii\.gz must be binary",
-                    r"brain_mask\.nii\.gz is all zero"],
+        "several": [r"case 'several': image .*t0_flair\.nii\.gz is empty",
+                    r"baseline_mask\.nii\.gz must be binary", r"brain_mask\.nii\.gz is all zero"],
     }
 
 

@@ -292,7 +292,8 @@ def convert_longiseg_dataset(
 
     Raises:
         FileNotFoundError: if ``root`` holds no case folder, or a case lacks an image or mask.
-        ValueError: on inconsistent modalities or shapes, ambiguous (``.nii`` and ``.nii.gz``) or unreadable files.
+        ValueError: on inconsistent modalities or shapes, ambiguous (``.nii`` and ``.nii.gz``) or unreadable
+            files.
     """
     root = Path(root)
     case_dirs = sorted(p for p in root.iterdir() if p.is_dir() and scan_images(p)) if root.is_dir() else []

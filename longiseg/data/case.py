@@ -65,7 +65,8 @@ class LongitudinalCase:
         affine: ``(4, 4)`` voxel-to-world matrix shared by all volumes.
         spacing: voxel size in mm along ``(D, H, W)``.
         modalities: channel names, e.g. ``("flair", "t2")``.
-        case_id: unique case identifier, a single folder name (see :func:`~longiseg.data.layout.check_case_id`).
+        case_id: unique case identifier, a single folder name
+            (see :func:`~longiseg.data.layout.check_case_id`).
         patient_id: patient identifier (several cases may share one).
         brain_mask: optional ``(D, H, W)`` uint8 brain mask used for normalisation and sampling.
         baseline_annotated: ``False`` when the dataset has no baseline annotation (MSSEG-2): the

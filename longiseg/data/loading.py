@@ -2,7 +2,9 @@
 
 Finding cases (:func:`find_cases`) reads file names and the manifest only; voxels are read when a case is
 loaded (:func:`load_case`), which first checks every header (shape, affine) and then every value (finite
-intensities, binary masks). Nothing on disk is ever modified by loading.
+intensities, binary masks, a non-empty brain mask, progression flags agreeing with the masks).
+:func:`validate_cases` runs the same checks but collects every problem per case instead of raising. Every
+file is read with :func:`~longiseg.utils.io.load_nifti`. Nothing on disk is ever modified by loading.
 
 A :class:`CaseSource` says where a case's files are and how each mask is derived from them
 (:class:`MaskSpec`): the library layout stores binary masks directly, while dataset adapters
@@ -213,6 +215,12 @@ def _read_image(path: Path, case_id: str) -> np.ndarray:
     return arr
 
 
+def _unambiguous(path: Path) -> bool:
+    """``True``, or ``ValueError`` when ``path`` exists both as ``.nii`` and ``.nii.gz``."""
+    layout.find_nifti(path.parent, path.name)
+    return True
+
+
 class _Problems:
     """The problems of one case: raised at the first one (loading) or collected (validation)."""
 
@@ -226,7 +234,7 @@ class _Problems:
         self.messages.append(f"{type(exc).__name__}: {exc}")
 
     def attempt(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
-        """``fn(*args, **kwargs)``; when collecting, a raised ``OSError``/``ValueError`` is recorded and gives ``None``."""
+        """``fn(*args, **kwargs)``; when collecting, an ``OSError``/``ValueError`` is recorded as ``None``."""
         if not self.collect:
             return fn(*args, **kwargs)
         try:
@@ -249,14 +257,15 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
         roles.setdefault(source.brain_mask, "brain mask")
     missing = [p for p in files if not p.is_file()]
     if missing:
-        problems.add(FileNotFoundError(f"case {source.case_id!r}: missing file(s): {', '.join(map(str, missing))}"))
+        names = ", ".join(map(str, missing))
+        problems.add(FileNotFoundError(f"case {source.case_id!r}: missing file(s): {names}"))
     good: set[Path] = set()
     ref_path: Path | None = None
     ref_shape: tuple[int, ...] = ()
     ref_affine = np.eye(4)
     zooms: tuple[float, ...] = ()
     for path in files:
-        if path in missing or problems.attempt(layout.find_nifti, path.parent, path.name) is None:
+        if path in missing or problems.attempt(_unambiguous, path) is None:
             continue
         what = f"case {source.case_id!r}: {roles.get(path, 'mask')}"
         img = problems.attempt(load_nifti, path, what=what, header_only=True)
@@ -267,7 +276,7 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
             shape = shape[:3]
         affine = np.asarray(img.affine, dtype=np.float64)
         if len(shape) != 3:
-            problems.add(ValueError(f"case {source.case_id!r}: {path} must be a 3D volume, got shape {shape}"))
+            problems.add(ValueError(f"case {source.case_id!r}: {path} must be a 3D volume, got {shape}"))
             continue
         if ref_path is None:
             ref_path, ref_shape, ref_affine = path, shape, affine
@@ -536,7 +545,7 @@ def _source_from_folder(
 def _scan_cohort(
     root: Path, modalities: Sequence[str] | None, require_masks: bool
 ) -> list[tuple[str, CaseSource | OSError | ValueError]]:
-    """Every case of a cohort folder as ``(case_id, source)``, or ``(case_id, error)`` when it cannot be listed.
+    """Every case of a cohort folder as ``(case_id, source)``, or ``(case_id, error)`` if it cannot be listed.
 
     Raises:
         FileNotFoundError: ``root`` is missing or holds no case folder.
