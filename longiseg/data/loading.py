@@ -37,6 +37,7 @@ __all__ = [
     "ManifestEntry",
     "Manifest",
     "find_cases",
+    "find_mask_cases",
     "load_case",
     "load_cases",
     "validate_cases",
@@ -44,6 +45,8 @@ __all__ = [
     "write_manifest",
     "manifest_from_cases",
     "save_case",
+    "read_mask",
+    "read_prediction",
 ]
 
 _LOG = get_logger("longiseg.data")
@@ -188,17 +191,9 @@ def _build_mask(spec: MaskSpec, case_id: str) -> np.ndarray:
     if spec.rule == "empty":
         shape = load_nifti(spec.files[0], what=f"case {case_id!r}: image", header_only=True).shape
         return np.zeros(shape[:3], dtype=np.uint8)
-    arrays = [_read_label_map(f, case_id) for f in spec.files]
     if spec.rule == "binary":
-        arr = arrays[0]
-        is_one = arr == 1
-        bad = ~(is_one | (arr == 0))
-        if bad.any():
-            raise ValueError(
-                f"case {case_id!r}: mask {spec.files[0]} must be binary (values 0/1), "
-                f"found values such as {np.unique(arr[bad])[:5].tolist()}"
-            )
-        return is_one.astype(np.uint8)
+        return read_mask(spec.files[0], what=f"case {case_id!r}: mask")[0]
+    arrays = [_read_label_map(f, case_id) for f in spec.files]
     if spec.rule == "labels":
         return _labelled(arrays[0], spec.labels).astype(np.uint8)
     a, b = (_labelled(x, spec.labels) for x in arrays)
@@ -213,6 +208,93 @@ def _read_image(path: Path, case_id: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f"case {case_id!r}: image {path} contains NaN or infinite values")
     return arr
+
+
+def read_mask(path: PathLike, *, what: str = "mask") -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read one binary mask volume: a mask of a case, a reference mask or a predicted mask.
+
+    Args:
+        path: the NIfTI file.
+        what: what the file is, for messages (e.g. ``"case 'p0': mask"``).
+
+    Returns:
+        ``(mask, affine, spacing)``: the ``(D, H, W)`` uint8 mask in the file's index order, its ``(4, 4)``
+        voxel-to-world matrix and its voxel size in mm (the header's zooms).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: naming the file: unreadable, not one 3D volume, NaN/inf values, values other than 0 and 1.
+    """
+    img = load_nifti(path, what=what)
+    arr = np.asanyarray(img.dataobj)
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise ValueError(f"{what} {path} must be a 3D volume (D, H, W), got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise ValueError(f"{what} {path} contains NaN or infinite values")
+    is_one = arr == 1
+    bad = ~(is_one | (arr == 0))
+    if bad.any():
+        raise ValueError(
+            f"{what} {path} must be binary (values 0/1), found values such as {np.unique(arr[bad])[:5].tolist()}"
+        )
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return is_one.astype(np.uint8), np.asarray(img.affine, dtype=np.float64), spacing  # type: ignore[return-value]
+
+
+def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str = "mask", *,
+                    affine_atol: float = 1e-4) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read one kind of volume of a predicted case ``root/case_id/`` (as written by ``longiseg predict``).
+
+    Args:
+        root: prediction folder.
+        case_id: the case (a single folder name).
+        num_timepoints: the case's ``T``.
+        kind: ``"mask"`` (binary masks), ``"prob"`` (probabilities) or ``"entropy"`` (entropy maps); the
+            file names are :func:`~longiseg.data.layout.prediction_filenames`, stored as ``.nii.gz`` or ``.nii``.
+        affine_atol: absolute tolerance when comparing the files' affines.
+
+    Returns:
+        ``(volumes, affine, spacing)``: ``(T, D, H, W)`` volumes, the baseline first and then follow-ups
+        ``1 .. T-1`` (uint8 masks, float32 maps), the shared ``(4, 4)`` affine and voxel size in mm.
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: naming the file: unreadable, not 3D, a mask that is not binary, a probability outside
+            ``[0, 1]``, NaN/inf values, files of different shape or affine, a bad ``kind`` or case id.
+    """
+    names = layout.prediction_filenames(num_timepoints)
+    if kind not in names:
+        raise ValueError(f"kind must be one of {tuple(names)}, got {kind!r}")
+    folder = Path(root) / layout.check_case_id(case_id)
+    what = f"case {case_id!r}: predicted {kind}"
+    volumes: list[np.ndarray] = []
+    first: tuple[Path, np.ndarray, tuple[float, float, float]] | None = None
+    for name in names[kind]:
+        path = layout.find_nifti(folder, name) or folder / name
+        if kind == "mask":
+            arr, affine, spacing = read_mask(path, what=what)
+        else:
+            img = load_nifti(path, what=what, dtype=np.float32)
+            arr, affine = np.asarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+            spacing = tuple(float(z) for z in img.header.get_zooms()[:3])  # type: ignore[assignment]
+            arr = arr[..., 0] if arr.ndim == 4 and arr.shape[3] == 1 else arr
+            if arr.ndim != 3:
+                raise ValueError(f"{what} {path} must be a 3D volume (D, H, W), got shape {arr.shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{what} {path} contains NaN or infinite values")
+            if kind == "prob" and (arr.min() < 0 or arr.max() > 1):
+                raise ValueError(f"{what} {path} must hold probabilities in [0, 1], found "
+                                 f"[{float(arr.min()):.3g}, {float(arr.max()):.3g}]")
+        if first is None:
+            first = (path, affine, spacing)
+        elif arr.shape != volumes[0].shape or not np.allclose(affine, first[1], rtol=0.0, atol=affine_atol):
+            raise ValueError(f"{what}: {path.name} lies on another grid than {first[0].name} (shape "
+                             f"{arr.shape} vs {volumes[0].shape}, or affines differing by more than {affine_atol})")
+        volumes.append(arr)
+    assert first is not None
+    return np.stack(volumes), first[1], first[2]
 
 
 def _unambiguous(path: Path) -> bool:
@@ -508,6 +590,11 @@ def _source_from_folder(
             raise FileNotFoundError(f"case {case_id!r}: no baseline images (t0_*.nii.gz) in {folder}")
     mods = tuple(m.lower() for m in modalities)
     t_count = num_timepoints if num_timepoints is not None else max(found) + 1
+    if max(found) >= t_count:
+        raise ValueError(
+            f"case {case_id!r}: the manifest gives {t_count} timepoints but {folder} holds images of timepoint "
+            f"{max(found)}; correct num_timepoints or remove the extra files"
+        )
     if t_count < 2:
         raise ValueError(
             f"case {case_id!r}: needs at least 2 timepoints (a baseline and a follow-up), found {t_count} in {folder}"
@@ -542,6 +629,14 @@ def _source_from_folder(
     )
 
 
+def _cohort_manifest(root: Path) -> Manifest | None:
+    """The manifest of a cohort folder (``manifest.json``, else ``manifest.csv``), ``None`` without one."""
+    for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):
+        if (root / name).is_file():
+            return read_manifest(root / name)
+    return None
+
+
 def _scan_cohort(
     root: Path, modalities: Sequence[str] | None, require_masks: bool
 ) -> list[tuple[str, CaseSource | OSError | ValueError]]:
@@ -553,11 +648,7 @@ def _scan_cohort(
     """
     if not root.is_dir():
         raise FileNotFoundError(f"cohort folder {root} does not exist")
-    manifest = None
-    for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):
-        if (root / name).is_file():
-            manifest = read_manifest(root / name)
-            break
+    manifest = _cohort_manifest(root)
     found: list[tuple[str, CaseSource | OSError | ValueError]] = []
     if manifest is not None:
         mods = modalities if modalities is not None else (manifest.modalities or None)
@@ -616,14 +707,75 @@ def find_cases(
     return sources
 
 
+def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
+    """List the cases of a reference folder (masks in the library layout; images optional) without reading voxels.
+
+    A case is a sub-folder holding ``baseline_mask.nii.gz`` and ``progression_t1 .. progression_t{T-1}``
+    (``.nii`` or ``.nii.gz``). With a manifest (read by :func:`read_manifest`, so exactly the manifests
+    :func:`find_cases` accepts) its cases, order and patient ids are used; otherwise every sub-folder holding a
+    baseline mask is a case of its own patient. ``T`` is the manifest's ``num_timepoints`` or, where it is left
+    out, counted from the files (the highest follow-up of the progression masks and images).
+
+    Args:
+        root: reference folder, e.g. a test cohort.
+
+    Returns:
+        One :class:`ManifestEntry` per case, ``num_timepoints`` always set.
+
+    Raises:
+        FileNotFoundError: ``root`` or a case folder is missing, ``root`` holds no case, or a case lacks a mask
+            (naming the files).
+        ValueError: a malformed manifest, an invalid case id, files of more timepoints than the manifest gives,
+            fewer than two timepoints, or a ``.nii`` and a ``.nii.gz`` of one mask.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"reference folder {root} does not exist")
+    manifest = _cohort_manifest(root)
+    if manifest is not None:
+        rows = list(manifest.cases)
+    else:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        rows = [ManifestEntry(p.name, "", None, None) for p in folders if layout.find_nifti(p, layout.BASELINE_MASK)]
+        if not rows:
+            raise FileNotFoundError(f"no case folders with a {layout.BASELINE_MASK} found in {root}")
+    return [_mask_case(root, row) for row in rows]
+
+
+def _mask_case(root: Path, row: ManifestEntry) -> ManifestEntry:
+    """``row`` with its number of timepoints resolved, after checking that every mask of the case exists."""
+    folder = root / layout.check_case_id(row.case_id, where=f"case folder {root / row.case_id}")
+    cid = row.case_id
+    if not folder.is_dir():
+        raise FileNotFoundError(f"case {cid!r}: case folder {folder} does not exist")
+    followups = [layout.parse_progression_filename(f.name) for f in folder.iterdir()]
+    on_disk = max([0, *(i for i in followups if i is not None), *layout.scan_images(folder)]) + 1
+    t = row.num_timepoints if row.num_timepoints is not None else on_disk
+    if on_disk > t:
+        raise ValueError(f"case {cid!r}: the manifest gives {t} timepoints but {folder} holds files of timepoint "
+                         f"{on_disk - 1}; correct num_timepoints or remove the extra files")
+    if t < 2:
+        raise ValueError(f"case {cid!r}: needs at least 2 timepoints (a baseline and a follow-up), but {folder} "
+                         f"holds no {layout.progression_filename(1)}")
+    names = [layout.BASELINE_MASK] + [layout.progression_filename(i) for i in range(1, t)]
+    missing = [str(folder / n) for n in names if layout.find_nifti(folder, n) is None]
+    if missing:
+        raise FileNotFoundError(f"case {cid!r}: missing file(s): {', '.join(missing)}")
+    return ManifestEntry(cid, row.patient_id or cid, t, row.progression)
+
+
 # --------------------------------------------------------------------------- manifest
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One manifest row: ``case_id``, ``patient_id``, ``num_timepoints`` and the ``progression`` flag."""
+    """One manifest row: ``case_id``, ``patient_id``, ``num_timepoints`` and the ``progression`` flag.
+
+    ``num_timepoints`` and ``progression`` are ``None`` where the manifest leaves them out; the number of
+    timepoints is then counted from the case's files.
+    """
 
     case_id: str
     patient_id: str
-    num_timepoints: int
+    num_timepoints: int | None
     progression: bool | None
 
 
@@ -661,12 +813,17 @@ def _entry(row: dict, where: str) -> ManifestEntry:
     if not isinstance(row["case_id"], (str, int)) or isinstance(row["case_id"], bool):
         raise ValueError(f"{where}: case_id must be a string, got {row['case_id']!r}")
     case_id = layout.check_case_id(str(row["case_id"]), where=where)
-    try:
-        t = int(row.get("num_timepoints", 2) or 2)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: num_timepoints must be an integer, got {row.get('num_timepoints')!r}") from exc
-    if t < 2:
-        raise ValueError(f"{where}: num_timepoints must be >= 2 (a baseline and a follow-up), got {t}")
+    raw_t = row.get("num_timepoints")
+    t = None
+    if raw_t is not None and raw_t != "":
+        try:
+            if isinstance(raw_t, bool) or (isinstance(raw_t, float) and not raw_t.is_integer()):
+                raise TypeError
+            t = int(raw_t)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: num_timepoints must be an integer, got {raw_t!r}") from exc
+        if t < 2:
+            raise ValueError(f"{where}: num_timepoints must be >= 2 (a baseline and a follow-up), got {t}")
     return ManifestEntry(
         case_id=case_id,
         patient_id=str(row.get("patient_id") or case_id),
@@ -680,7 +837,8 @@ def read_manifest(path: PathLike) -> Manifest:
 
     JSON: ``{"modalities": [...], "cases": [{"case_id", "patient_id", "num_timepoints", "progression"}]}``.
     CSV: columns ``case_id, patient_id, num_timepoints, progression`` and optionally ``modalities``
-    (``;``-separated, same on every row).
+    (``;``-separated, same on every row). Only ``case_id`` is required: ``patient_id`` defaults to the case
+    id, an absent ``num_timepoints`` is counted from the files, an absent ``progression`` from the masks.
 
     Raises:
         FileNotFoundError: the file is missing.
@@ -751,7 +909,8 @@ def write_manifest(path: PathLike, manifest: Manifest, *, overwrite: bool = True
         w.writerow(["case_id", "patient_id", "num_timepoints", "progression", "modalities"])
         for e in manifest.cases:
             flag = "" if e.progression is None else int(e.progression)
-            w.writerow([e.case_id, e.patient_id, e.num_timepoints, flag, ";".join(manifest.modalities)])
+            num_t = "" if e.num_timepoints is None else e.num_timepoints
+            w.writerow([e.case_id, e.patient_id, num_t, flag, ";".join(manifest.modalities)])
         text = buf.getvalue()
         return atomic_write(path, lambda fh: fh.write(text), overwrite=overwrite)
     raise ValueError(f"manifest path must end in .json or .csv, got {path.name}")
