@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from longiseg.data.case import LongitudinalCase
 from longiseg.data.loading import find_cases, load_case
 from longiseg.data.preprocessing import preprocess_case
-from longiseg.inferers.predict import CaseImages, predict_folder
+from longiseg.inferers.predict import predict_folder
 from longiseg.inferers.sliding_window import SlidingWindowInferer3D
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.registry import model_info
@@ -73,9 +74,8 @@ def run_prediction(model: nn.Module, model_name: str, input_dir: str | Path, out
         if missing:
             raise FileNotFoundError(f"cases not found in {input_dir}: {sorted(missing)}")
 
-    def read_preprocessed(case_dir: Path, _modalities: Sequence[str] | None) -> CaseImages:
-        case = preprocess_case(load_case(sources[case_dir.name]))
-        return CaseImages(case.images, case.affine, case.spacing, case.brain_mask, case.modalities)
+    def read_preprocessed(case_dir: Path, _modalities: Sequence[str] | None) -> LongitudinalCase:
+        return preprocess_case(load_case(sources[case_dir.name]))
 
     model.eval()
     return predict_folder(
