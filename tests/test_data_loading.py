@@ -27,6 +27,7 @@ from longiseg.data import (
     read_mask,
     read_prediction,
     save_case,
+    save_prediction,
     validate_cases,
     write_manifest,
 )
@@ -357,3 +358,31 @@ def test_mask_spec_rules(tmp_path: Path) -> None:
         MaskSpec((pa,), "union")
     with pytest.raises(ValueError, match="needs 2 file"):
         MaskSpec((pa,), "growth")
+
+
+def test_save_prediction_round_trip(tmp_path: Path) -> None:
+    aff = np.diag([0.5, 1.0, 2.0, 1.0])
+    rng = np.random.default_rng(0)
+    masks = [rng.random((4, 5, 6)) > 0.5 for _ in range(3)]
+    probs = [rng.random((4, 5, 6)) for _ in range(3)]
+    written = save_prediction(tmp_path, "c1", aff, {"mask": masks, "prob": probs})
+    assert [p.name for p in written["prob"]] == layout.prediction_filenames(3)["prob"]
+    assert sorted(p.name for p in (tmp_path / "c1").iterdir()) == sorted(
+        layout.prediction_filenames(3)["mask"] + layout.prediction_filenames(3)["prob"])
+    vols, affine, spacing = read_prediction(tmp_path, "c1", 3)
+    assert np.array_equal(vols, np.stack(masks)) and spacing == (0.5, 1.0, 2.0)
+    np.testing.assert_array_equal(affine, aff)
+    got, _, _ = read_prediction(tmp_path, "c1", 3, "prob")
+    np.testing.assert_array_equal(got, np.stack(probs).astype(np.float32))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_prediction(tmp_path, "c1", aff, {"mask": masks})
+    save_prediction(tmp_path, "c1", aff, {"mask": masks[:2]}, overwrite=True)  # replaces the folder as a whole
+    assert sorted(p.name for p in (tmp_path / "c1").iterdir()) == sorted(layout.prediction_filenames(2)["mask"])
+    for bad, match in (({"mask": masks[:1]}, ">= 2"), ({"prob": probs}, "must hold 'mask'"),
+                       ({"mask": masks, "prob": probs[:2]}, r"volumes\['prob'\] must be 3 volumes"),
+                       ({"mask": [m * 2 for m in masks]}, "binary")):
+        with pytest.raises(ValueError, match=match):
+            save_prediction(tmp_path, "c2", aff, bad)
+    assert not (tmp_path / "c2").exists()
+    with pytest.raises(ValueError, match="case id"):
+        save_prediction(tmp_path, "../c3", aff, {"mask": masks})

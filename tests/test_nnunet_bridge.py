@@ -206,6 +206,13 @@ def test_convert_longiseg_dataset_and_import_predictions(tmp_path: Path, rng: np
     out = tmp_path / "pred" / "p1"
     assert np.array_equal(np.asarray(nib.load(out / BASELINE_MASK).dataobj).astype(bool), masks[0])
     assert np.array_equal(np.asarray(nib.load(out / progression_filename(2)).dataobj).astype(bool), masks[2])
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred")
+    assert len(import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred", overwrite=True)) == 5
+    (folder / "labelsTr" / "p1_fu1.nii.gz").unlink()  # p1 now starts at its second pair
+    with pytest.raises(ValueError, match=r"case 'p1' must be the pairs p1_fu1 .*found follow-ups \[2\]"):
+        import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred2")
+    assert not (tmp_path / "pred2").exists()  # refused before anything is written
 
 
 def test_convert_errors(tmp_path: Path, rng: np.random.Generator) -> None:

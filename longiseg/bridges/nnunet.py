@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from longiseg.data.layout import BASELINE_MASK, check_case_id, progression_filename
-from longiseg.data.loading import find_cases, load_case
+from longiseg.data.layout import check_case_id
+from longiseg.data.loading import find_cases, load_case, save_prediction
 from longiseg.utils.io import atomic_save_nifti, atomic_write_json, load_nifti
 from longiseg.utils.validation import check_binary, check_finite, check_same_shape
 
@@ -329,20 +329,23 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
     """Turn nnU-Net's predicted 4-class maps ``CASE_fu{t}.nii.gz`` into longiseg's prediction layout.
 
     Writes ``out_root/CASE/baseline_mask.nii.gz`` (from the pair ``CASE_fu1``) and
-    ``out_root/CASE/progression_t{t}.nii.gz`` for every predicted pair, so ``longiseg evaluate`` can score
-    nnU-Net like any other model.
+    ``out_root/CASE/progression_t{t}.nii.gz`` for every predicted pair with
+    :func:`~longiseg.data.loading.save_prediction` (each case folder as a whole), so ``longiseg evaluate`` can
+    score nnU-Net like any other model.
 
     Args:
         pred_dir: folder with nnU-Net's predicted label maps.
         out_root: destination folder.
-        overwrite: replace existing files.
+        overwrite: replace existing case folders as a whole.
 
     Returns:
         The written files.
 
     Raises:
         FileNotFoundError: if ``pred_dir`` holds no ``*_fu{t}.nii.gz`` file.
-        ValueError: a ``CASE`` is not a single folder name (e.g. ``..``), or a prediction is unreadable.
+        FileExistsError: a case folder exists and ``overwrite`` is ``False``.
+        ValueError: a ``CASE`` is not a single folder name (e.g. ``..``), its pairs are not ``fu1 .. fu<n>``
+            without gaps, or a prediction is unreadable.
     """
     pred_dir, out_root = Path(pred_dir), Path(out_root)
     pattern = re.compile(r"^(.+)_fu(\d+)" + re.escape(FILE_ENDING) + "$")
@@ -350,17 +353,26 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
                    if (m := pattern.match(p.name)))
     if not found:
         raise FileNotFoundError(f"no predictions named CASE_fu<t>{FILE_ENDING} in {pred_dir}")
-    written = []
-    for case, _, path in found:
+    pairs: dict[str, list[tuple[int, Path]]] = {}
+    for case, t, path in found:
         check_case_id(case, where=f"nnU-Net prediction {path}")
-    for case, t, path in tqdm(found, desc="importing nnU-Net predictions", unit="pair"):
-        labels, affine = _load(path)
-        baseline, progression = four_class_to_masks(labels.astype(np.int16))
-        if t == 1:
-            written.append(atomic_save_nifti(baseline.astype(np.uint8), affine, out_root / case / BASELINE_MASK,
-                                             overwrite=overwrite))
-        written.append(atomic_save_nifti(progression.astype(np.uint8), affine,
-                                         out_root / case / progression_filename(t), overwrite=overwrite))
+        pairs.setdefault(case, []).append((t, path))
+    for case, case_pairs in pairs.items():
+        followups = [t for t, _ in case_pairs]
+        if followups != list(range(1, len(followups) + 1)):
+            raise ValueError(f"nnU-Net predictions of case {case!r} must be the pairs {case}_fu1 .. {case}_fu<n> "
+                             f"without gaps, found follow-ups {followups} in {pred_dir}")
+    written: list[Path] = []
+    for case, case_pairs in tqdm(pairs.items(), desc="importing nnU-Net predictions", unit="case"):
+        masks, affine = [], np.eye(4)
+        for t, path in case_pairs:
+            labels, pair_affine = _load(path)
+            baseline, progression = four_class_to_masks(labels.astype(np.int16))
+            if t == 1:
+                masks.append(baseline)
+                affine = pair_affine
+            masks.append(progression)
+        written += save_prediction(out_root, case, affine, {"mask": masks}, overwrite=overwrite)["mask"]
     return written
 
 

@@ -17,6 +17,7 @@ from longiseg.data.loading import (
     read_mask,
     read_prediction,
     save_case,
+    save_prediction,
     validate_cases,
     write_manifest,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "save_case",
     "read_mask",
     "read_prediction",
+    "save_prediction",
     "read_manifest",
     "write_manifest",
     "manifest_from_cases",

@@ -18,7 +18,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
-from longiseg.utils.io import atomic_save_nifti, atomic_write, atomic_write_json, load_nifti
+from longiseg.utils.io import atomic_directory, atomic_save_nifti, atomic_write, atomic_write_json, load_nifti
 from longiseg.utils.logging import get_logger
+from longiseg.utils.validation import check_binary, check_timepoints
 
 __all__ = [
     "MaskSpec",
@@ -47,6 +48,7 @@ __all__ = [
     "save_case",
     "read_mask",
     "read_prediction",
+    "save_prediction",
 ]
 
 _LOG = get_logger("longiseg.data")
@@ -295,6 +297,51 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
         volumes.append(arr)
     assert first is not None
     return np.stack(volumes), first[1], first[2]
+
+
+def save_prediction(root: PathLike, case_id: str, affine: np.ndarray, volumes: Mapping[str, Sequence[np.ndarray]],
+                    *, overwrite: bool = False) -> dict[str, list[Path]]:
+    """Write one predicted case to ``root/case_id/`` in the layout (what :func:`read_prediction` reads).
+
+    The case folder is written as a whole, into a temporary folder that replaces ``root/case_id`` at the
+    end: readers (and ``longiseg predict --skip-existing``) see the complete case or none, never half of it.
+
+    Args:
+        root: prediction folder.
+        case_id: the case (a single folder name).
+        affine: ``(4, 4)`` voxel-to-world matrix of the input images; every file is written with it.
+        volumes: ``{"mask": [...], "prob": [...], "entropy": [...]}``: for each kind to write, ``T`` volumes
+            ``(D, H, W)``, the baseline first; ``"mask"`` is required. Masks (binary) are stored as uint8,
+            probability and entropy maps as float32, under :func:`~longiseg.data.layout.prediction_filenames`.
+        overwrite: replace an existing case folder as a whole; otherwise only a missing or empty one is written.
+
+    Returns:
+        ``{kind: written paths}``, baseline first.
+
+    Raises:
+        FileExistsError: ``root/case_id`` exists, is not empty and ``overwrite`` is ``False``.
+        ValueError: a bad case id, unknown kinds, fewer than two volumes, volumes of different shapes or
+            counts, or a mask that is not binary.
+    """
+    folder = Path(root) / layout.check_case_id(case_id)
+    if "mask" not in volumes or set(volumes) - {"mask", "prob", "entropy"}:
+        raise ValueError(f"volumes must hold 'mask' and optionally 'prob' and 'entropy', got {sorted(volumes)}")
+    t = check_timepoints("len(volumes['mask']) (number of timepoints T)", len(volumes["mask"]))
+    shape = np.shape(volumes["mask"][0])
+    for kind, vols in volumes.items():
+        shapes = [np.shape(v) for v in vols]
+        if len(vols) != t or len(shape) != 3 or any(sh != shape for sh in shapes):
+            raise ValueError(f"volumes[{kind!r}] must be {t} volumes of shape (D, H, W) = {shape}, got {shapes}")
+    for i, mask in enumerate(volumes["mask"]):
+        check_binary(f"volumes['mask'][{i}]", mask)
+    names = layout.prediction_filenames(t)
+    empty = folder.is_dir() and not any(folder.iterdir())
+    with atomic_directory(folder, overwrite=overwrite or empty) as tmp:
+        for kind, vols in volumes.items():
+            dtype = np.uint8 if kind == "mask" else np.float32
+            for arr, name in zip(vols, names[kind], strict=True):
+                atomic_save_nifti(arr, affine, tmp / name, overwrite=True, dtype=dtype)
+    return {kind: [folder / name for name in names[kind]] for kind in volumes}
 
 
 def _unambiguous(path: Path) -> bool:

@@ -20,12 +20,11 @@ from tqdm.auto import tqdm
 
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import check_case_id, prediction_filenames
-from longiseg.data.loading import CaseSource, find_cases, load_case
+from longiseg.data.loading import CaseSource, find_cases, load_case, save_prediction
 from longiseg.inferers.postprocessing import postprocess
 from longiseg.inferers.sliding_window import prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
-from longiseg.utils.io import atomic_directory, atomic_save_nifti
 from longiseg.utils.logging import get_logger
 
 __all__ = [
@@ -154,18 +153,13 @@ def predict_case(
     base_mask = postprocess(base_prob, brain_mask=brain_np if restrict_to_brain == "both" else None, **pp)
     prog_mask = postprocess(prog_prob, brain_mask=brain_np if restrict_to_brain != "none" else None, **pp)
 
-    arrays = {
-        "mask": [base_mask.astype(np.uint8)] + [m.astype(np.uint8) for m in prog_mask],
-        "prob": [base_prob] + list(prog_prob),
-    }
+    volumes = {"mask": [base_mask] + list(prog_mask)}
+    if save_probabilities:
+        volumes["prob"] = [base_prob] + list(prog_prob)
     if save_entropy:
-        arrays["entropy"] = [binary_entropy(base_prob)] + [binary_entropy(p) for p in prog_prob]
+        volumes["entropy"] = [binary_entropy(base_prob)] + [binary_entropy(p) for p in prog_prob]
     # The case folder appears complete or not at all: an interrupted case leaves only a temporary folder.
-    empty_folder = case_out.is_dir() and not any(case_out.iterdir())
-    with atomic_directory(case_out, overwrite=overwrite or empty_folder) as tmp:
-        for kind, paths in targets.items():
-            for arr, path in zip(arrays[kind], paths, strict=True):
-                atomic_save_nifti(arr, aff, tmp / path.name, overwrite=True)
+    targets = save_prediction(out_dir, case_id, aff, volumes, overwrite=overwrite)
     logger.info("wrote %d files for case %s to %s", sum(len(p) for p in targets.values()), case_id, case_out)
     return targets
 
