@@ -297,15 +297,15 @@ def convert_longiseg_dataset(
 
     Raises:
         FileNotFoundError: if ``root`` holds no case folder, or a case lacks an image or mask.
-        ValueError: on inconsistent modalities or shapes, non-binary masks, ambiguous (``.nii`` and ``.nii.gz``)
-            or unreadable files, or a case id that nnU-Net does not accept.
+        ValueError: on inconsistent modalities or shapes, non-binary masks, ambiguous (``.nii`` and
+            ``.nii.gz``) or unreadable files, or a case id that nnU-Net does not accept.
     """
     sources = find_cases(root, modalities=modalities, require_masks=True)  # every file name checked first
     modalities = list(sources[0].modalities)
     for source in sources:
         if list(source.modalities) != modalities:
             raise ValueError(f"case {source.case_id!r} has modalities {list(source.modalities)} but case "
-                             f"{sources[0].case_id!r} has {modalities}; pass modalities=[...] to choose the channels")
+                             f"{sources[0].case_id!r} has {modalities}; pass modalities=[...] to choose")
 
     def cases() -> Iterable[NnUNetCase]:
         for source in sources:
@@ -315,7 +315,8 @@ def convert_longiseg_dataset(
             for t in range(1, case.num_timepoints):
                 prog = case.progression_masks[t - 1].astype(bool)
                 vols = [case.images[tp, c] for tp in (t - 1, t) for c in range(case.num_channels)]
-                yield NnUNetCase(f"{case.case_id}_fu{t}", vols, masks_to_four_class(prior_mask, prog), case.affine)
+                labels = masks_to_four_class(prior_mask, prog)
+                yield NnUNetCase(f"{case.case_id}_fu{t}", vols, labels, case.affine)
                 prior_mask = prior_mask | prog
 
     channel_names = [f"prior_{m}" for m in modalities] + [f"current_{m}" for m in modalities]
@@ -360,8 +361,8 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
     for case, case_pairs in pairs.items():
         followups = [t for t, _ in case_pairs]
         if followups != list(range(1, len(followups) + 1)):
-            raise ValueError(f"nnU-Net predictions of case {case!r} must be the pairs {case}_fu1 .. {case}_fu<n> "
-                             f"without gaps, found follow-ups {followups} in {pred_dir}")
+            raise ValueError(f"nnU-Net predictions of case {case!r} must be the pairs {case}_fu1 .. "
+                             f"{case}_fu<n> without gaps, found follow-ups {followups} in {pred_dir}")
     written: list[Path] = []
     for case, case_pairs in tqdm(pairs.items(), desc="importing nnU-Net predictions", unit="case"):
         masks, affine = [], np.eye(4)

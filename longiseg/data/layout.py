@@ -97,7 +97,7 @@ def parse_image_filename(name: str | Path) -> tuple[int, str] | None:
 
 
 def parse_progression_filename(name: str | Path) -> int | None:
-    """``"progression_t2.nii.gz" -> 2`` (the follow-up); ``None`` for other files (``*_prob``, ``*_entropy``)."""
+    """``"progression_t2.nii.gz" -> 2`` (the follow-up); ``None`` for other files (``*_prob``, ...)."""
     m = _PROGRESSION_RE.match(Path(name).name)
     return None if m is None else int(m.group(1))
 

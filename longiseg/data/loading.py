@@ -175,12 +175,9 @@ class CaseSource:
 
 # --------------------------------------------------------------------------- loading
 def _read_label_map(path: Path, case_id: str) -> np.ndarray:
-    arr = np.asanyarray(load_nifti(path, what=f"case {case_id!r}: mask").dataobj)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise ValueError(f"case {case_id!r}: mask {path} contains NaN or infinite values")
-        if not np.array_equal(arr, np.round(arr)):
-            raise ValueError(f"case {case_id!r}: label map {path} holds non-integer values")
+    arr = _read_volume(path, f"case {case_id!r}: mask")[0]
+    if np.issubdtype(arr.dtype, np.floating) and not np.array_equal(arr, np.round(arr)):
+        raise ValueError(f"case {case_id!r}: label map {path} holds non-integer values")
     return arr
 
 
@@ -206,13 +203,26 @@ def _build_mask(spec: MaskSpec, case_id: str) -> np.ndarray:
 
 def _read_image(path: Path, case_id: str) -> np.ndarray:
     """Read one image volume as float32, refusing NaN/inf intensities."""
-    arr = np.asanyarray(load_nifti(path, what=f"case {case_id!r}: image", dtype=np.float32).dataobj)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"case {case_id!r}: image {path} contains NaN or infinite values")
-    return arr
+    return _read_volume(path, f"case {case_id!r}: image", np.float32)[0]
 
 
-def read_mask(path: PathLike, *, what: str = "mask") -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+def _read_volume(path: PathLike, what: str, dtype: Any = None
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """``(voxels (D, H, W), affine (4, 4), spacing)`` of a single 3D volume with finite values."""
+    img = load_nifti(path, what=what, dtype=dtype)
+    arr = np.asanyarray(img.dataobj)
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise ValueError(f"{what} {path} must be a 3D volume (D, H, W), got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise ValueError(f"{what} {path} contains NaN or infinite values")
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return arr, np.asarray(img.affine, dtype=np.float64), spacing  # type: ignore[return-value]
+
+
+def read_mask(path: PathLike, *, what: str = "mask"
+              ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read one binary mask volume: a mask of a case, a reference mask or a predicted mask.
 
     Args:
@@ -227,22 +237,13 @@ def read_mask(path: PathLike, *, what: str = "mask") -> tuple[np.ndarray, np.nda
         FileNotFoundError: the file does not exist.
         ValueError: naming the file: unreadable, not one 3D volume, NaN/inf values, values other than 0 and 1.
     """
-    img = load_nifti(path, what=what)
-    arr = np.asanyarray(img.dataobj)
-    if arr.ndim == 4 and arr.shape[3] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise ValueError(f"{what} {path} must be a 3D volume (D, H, W), got shape {arr.shape}")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise ValueError(f"{what} {path} contains NaN or infinite values")
+    arr, affine, spacing = _read_volume(path, what)
     is_one = arr == 1
     bad = ~(is_one | (arr == 0))
     if bad.any():
-        raise ValueError(
-            f"{what} {path} must be binary (values 0/1), found values such as {np.unique(arr[bad])[:5].tolist()}"
-        )
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return is_one.astype(np.uint8), np.asarray(img.affine, dtype=np.float64), spacing  # type: ignore[return-value]
+        values = np.unique(arr[bad])[:5].tolist()
+        raise ValueError(f"{what} {path} must be binary (values 0/1), found values such as {values}")
+    return is_one.astype(np.uint8), affine, spacing
 
 
 def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str = "mask", *,
@@ -254,7 +255,7 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
         case_id: the case (a single folder name).
         num_timepoints: the case's ``T``.
         kind: ``"mask"`` (binary masks), ``"prob"`` (probabilities) or ``"entropy"`` (entropy maps); the
-            file names are :func:`~longiseg.data.layout.prediction_filenames`, stored as ``.nii.gz`` or ``.nii``.
+            file names are :func:`~longiseg.data.layout.prediction_filenames` (``.nii.gz`` or ``.nii``).
         affine_atol: absolute tolerance when comparing the files' affines.
 
     Returns:
@@ -278,14 +279,7 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
         if kind == "mask":
             arr, affine, spacing = read_mask(path, what=what)
         else:
-            img = load_nifti(path, what=what, dtype=np.float32)
-            arr, affine = np.asarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
-            spacing = tuple(float(z) for z in img.header.get_zooms()[:3])  # type: ignore[assignment]
-            arr = arr[..., 0] if arr.ndim == 4 and arr.shape[3] == 1 else arr
-            if arr.ndim != 3:
-                raise ValueError(f"{what} {path} must be a 3D volume (D, H, W), got shape {arr.shape}")
-            if not np.isfinite(arr).all():
-                raise ValueError(f"{what} {path} contains NaN or infinite values")
+            arr, affine, spacing = _read_volume(path, what, np.float32)
             if kind == "prob" and (arr.min() < 0 or arr.max() > 1):
                 raise ValueError(f"{what} {path} must hold probabilities in [0, 1], found "
                                  f"[{float(arr.min()):.3g}, {float(arr.max()):.3g}]")
@@ -293,14 +287,16 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
             first = (path, affine, spacing)
         elif arr.shape != volumes[0].shape or not np.allclose(affine, first[1], rtol=0.0, atol=affine_atol):
             raise ValueError(f"{what}: {path.name} lies on another grid than {first[0].name} (shape "
-                             f"{arr.shape} vs {volumes[0].shape}, or affines differing by more than {affine_atol})")
+                             f"{arr.shape} vs {volumes[0].shape}, or affines over {affine_atol} apart)")
         volumes.append(arr)
     assert first is not None
     return np.stack(volumes), first[1], first[2]
 
 
-def save_prediction(root: PathLike, case_id: str, affine: np.ndarray, volumes: Mapping[str, Sequence[np.ndarray]],
-                    *, overwrite: bool = False) -> dict[str, list[Path]]:
+def save_prediction(
+    root: PathLike, case_id: str, affine: np.ndarray, volumes: Mapping[str, Sequence[np.ndarray]], *,
+    overwrite: bool = False,
+) -> dict[str, list[Path]]:
     """Write one predicted case to ``root/case_id/`` in the layout (what :func:`read_prediction` reads).
 
     The case folder is written as a whole, into a temporary folder that replaces ``root/case_id`` at the
@@ -313,7 +309,8 @@ def save_prediction(root: PathLike, case_id: str, affine: np.ndarray, volumes: M
         volumes: ``{"mask": [...], "prob": [...], "entropy": [...]}``: for each kind to write, ``T`` volumes
             ``(D, H, W)``, the baseline first; ``"mask"`` is required. Masks (binary) are stored as uint8,
             probability and entropy maps as float32, under :func:`~longiseg.data.layout.prediction_filenames`.
-        overwrite: replace an existing case folder as a whole; otherwise only a missing or empty one is written.
+        overwrite: replace an existing case folder as a whole; otherwise only a missing or empty one is
+            written.
 
     Returns:
         ``{kind: written paths}``, baseline first.
@@ -325,13 +322,13 @@ def save_prediction(root: PathLike, case_id: str, affine: np.ndarray, volumes: M
     """
     folder = Path(root) / layout.check_case_id(case_id)
     if "mask" not in volumes or set(volumes) - {"mask", "prob", "entropy"}:
-        raise ValueError(f"volumes must hold 'mask' and optionally 'prob' and 'entropy', got {sorted(volumes)}")
+        raise ValueError(f"volumes must hold 'mask' and optionally 'prob', 'entropy'; got {sorted(volumes)}")
     t = check_timepoints("len(volumes['mask']) (number of timepoints T)", len(volumes["mask"]))
     shape = np.shape(volumes["mask"][0])
     for kind, vols in volumes.items():
         shapes = [np.shape(v) for v in vols]
         if len(vols) != t or len(shape) != 3 or any(sh != shape for sh in shapes):
-            raise ValueError(f"volumes[{kind!r}] must be {t} volumes of shape (D, H, W) = {shape}, got {shapes}")
+            raise ValueError(f"volumes[{kind!r}] must be {t} volumes (D, H, W) shaped {shape}, got {shapes}")
     for i, mask in enumerate(volumes["mask"]):
         check_binary(f"volumes['mask'][{i}]", mask)
     names = layout.prediction_filenames(t)
@@ -639,8 +636,8 @@ def _source_from_folder(
     t_count = num_timepoints if num_timepoints is not None else max(found) + 1
     if max(found) >= t_count:
         raise ValueError(
-            f"case {case_id!r}: the manifest gives {t_count} timepoints but {folder} holds images of timepoint "
-            f"{max(found)}; correct num_timepoints or remove the extra files"
+            f"case {case_id!r}: the manifest gives {t_count} timepoints but {folder} holds images of "
+            f"timepoint {max(found)}; correct num_timepoints or remove the extra files"
         )
     if t_count < 2:
         raise ValueError(
@@ -755,13 +752,13 @@ def find_cases(
 
 
 def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
-    """List the cases of a reference folder (masks in the library layout; images optional) without reading voxels.
+    """List the cases of a reference folder (masks in the library layout, images optional); no voxels read.
 
     A case is a sub-folder holding ``baseline_mask.nii.gz`` and ``progression_t1 .. progression_t{T-1}``
     (``.nii`` or ``.nii.gz``). With a manifest (read by :func:`read_manifest`, so exactly the manifests
-    :func:`find_cases` accepts) its cases, order and patient ids are used; otherwise every sub-folder holding a
-    baseline mask is a case of its own patient. ``T`` is the manifest's ``num_timepoints`` or, where it is left
-    out, counted from the files (the highest follow-up of the progression masks and images).
+    :func:`find_cases` accepts) its cases, order and patient ids are used; otherwise every sub-folder
+    holding a baseline mask is a case of its own patient. ``T`` is the manifest's ``num_timepoints`` or,
+    where it is left out, counted from the files (the highest follow-up of the progression masks and images).
 
     Args:
         root: reference folder, e.g. a test cohort.
@@ -770,10 +767,10 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
         One :class:`ManifestEntry` per case, ``num_timepoints`` always set.
 
     Raises:
-        FileNotFoundError: ``root`` or a case folder is missing, ``root`` holds no case, or a case lacks a mask
-            (naming the files).
-        ValueError: a malformed manifest, an invalid case id, files of more timepoints than the manifest gives,
-            fewer than two timepoints, or a ``.nii`` and a ``.nii.gz`` of one mask.
+        FileNotFoundError: ``root`` or a case folder is missing, ``root`` holds no case, or a case lacks a
+            mask (naming the files).
+        ValueError: a malformed manifest, an invalid case id, files of more timepoints than the manifest
+            gives, fewer than two timepoints, or a ``.nii`` and a ``.nii.gz`` of one mask.
     """
     root = Path(root)
     if not root.is_dir():
@@ -783,7 +780,8 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
         rows = list(manifest.cases)
     else:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        rows = [ManifestEntry(p.name, "", None, None) for p in folders if layout.find_nifti(p, layout.BASELINE_MASK)]
+        rows = [ManifestEntry(p.name, "", None, None)
+                for p in folders if layout.find_nifti(p, layout.BASELINE_MASK)]
         if not rows:
             raise FileNotFoundError(f"no case folders with a {layout.BASELINE_MASK} found in {root}")
     return [_mask_case(root, row) for row in rows]
@@ -799,11 +797,11 @@ def _mask_case(root: Path, row: ManifestEntry) -> ManifestEntry:
     on_disk = max([0, *(i for i in followups if i is not None), *layout.scan_images(folder)]) + 1
     t = row.num_timepoints if row.num_timepoints is not None else on_disk
     if on_disk > t:
-        raise ValueError(f"case {cid!r}: the manifest gives {t} timepoints but {folder} holds files of timepoint "
-                         f"{on_disk - 1}; correct num_timepoints or remove the extra files")
+        raise ValueError(f"case {cid!r}: the manifest gives {t} timepoints but {folder} holds files of "
+                         f"timepoint {on_disk - 1}; correct num_timepoints or remove the extra files")
     if t < 2:
-        raise ValueError(f"case {cid!r}: needs at least 2 timepoints (a baseline and a follow-up), but {folder} "
-                         f"holds no {layout.progression_filename(1)}")
+        raise ValueError(f"case {cid!r}: needs at least 2 timepoints (a baseline and a follow-up), but "
+                         f"{folder} holds no {layout.progression_filename(1)}")
     names = [layout.BASELINE_MASK] + [layout.progression_filename(i) for i in range(1, t)]
     missing = [str(folder / n) for n in names if layout.find_nifti(folder, n) is None]
     if missing:

@@ -3,8 +3,9 @@
 For a case ``CASE_ID`` with ``T`` timepoints the files of
 :func:`longiseg.data.layout.prediction_filenames` are written to ``OUT/CASE_ID/``: post-processed binary
 masks (uint8), averaged probabilities (float32) and binary entropy maps in nats (float32), each with the input
-affine, atomically, and never over an existing file unless ``overwrite=True``. Cases are found and read by the
-data layer (:func:`~longiseg.data.loading.find_cases`, :func:`~longiseg.data.loading.load_case`), as in training.
+affine, atomically, and never over an existing file unless ``overwrite=True``. Cases are found and read by
+the data layer (:func:`~longiseg.data.loading.find_cases`, :func:`~longiseg.data.loading.load_case`), as in
+training, and written by :func:`~longiseg.data.loading.save_prediction`.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class Inferer(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-#: Reads one case for :func:`predict_folder`: ``(case_dir, modalities) -> LongitudinalCase`` (images only or
-#: with masks); ``modalities`` is the channel order given to :func:`predict_folder` (``None``: the data layer's).
+#: Reads one case for :func:`predict_folder`: ``(case_dir, modalities) -> LongitudinalCase`` (images only
+#: or with masks); ``modalities`` is the channel order given to :func:`predict_folder` (``None``: default).
 CaseReader = Callable[[Path, Sequence[str] | None], LongitudinalCase]
 
 
@@ -208,7 +209,7 @@ def predict_folder(
             :func:`~longiseg.data.loading.load_case`, e.g. to normalise each case as in training
             (``longiseg.workflows.predict.run_prediction`` does).
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
-            ``restrict_to_brain``, ...). A case's brain mask (``brain_mask.nii.gz``) is used as its brain mask.
+            ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask.
 
     Returns:
         ``{case_id: paths}`` of the predicted (not skipped) cases.
@@ -218,8 +219,9 @@ def predict_folder(
             case lacks an image (checked for every case before any is predicted).
         FileExistsError: a case folder exists and neither ``overwrite`` nor ``skip_existing`` is set (checked
             for every case before any is predicted).
-        ValueError: a case id that is not a single folder name (see :func:`~longiseg.data.layout.check_case_id`),
-            a malformed manifest, or a case that :func:`~longiseg.data.loading.load_case` refuses.
+        ValueError: a case id that is not a single folder name (see
+            :func:`~longiseg.data.layout.check_case_id`), a malformed manifest, or a case that
+            :func:`~longiseg.data.loading.load_case` refuses.
     """
     in_dir = Path(in_dir)
     if not in_dir.is_dir():
@@ -252,8 +254,8 @@ def predict_folder(
     for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
         case_overwrite = overwrite
         if skip_existing and not overwrite and (out_dir / cid).exists():
-            if case_outputs_complete(out_dir, cid, sources[cid].num_timepoints,
-                                     save_probabilities=saves["probabilities"], save_entropy=saves["entropy"]):
+            if case_outputs_complete(out_dir, cid, sources[cid].num_timepoints, save_entropy=saves["entropy"],
+                                     save_probabilities=saves["probabilities"]):
                 logger.info("skipping case %s: outputs exist", cid)
                 continue
             logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid,
