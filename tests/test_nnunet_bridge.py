@@ -234,11 +234,12 @@ def test_convert_reads_cases_as_training_does(tmp_path: Path, rng: np.random.Gen
     for case in ("p1", "p2"):
         (root / case).mkdir(parents=True)
         _write_longiseg_case(root, case, masks, rng)
-    (root / "manifest.json").write_text(json.dumps({"modalities": ["t2", "flair"], "cases": [{"case_id": "p2"}]}))
+    manifest = {"modalities": ["t2", "flair"], "cases": [{"case_id": "p2"}]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
     folder = convert_longiseg_dataset(root, tmp_path / "raw", 503, "Manifest")
     meta = json.loads((folder / "dataset.json").read_text())
     assert check_nnunet_raw_dataset(folder)["cases"] == ["p2_fu1"]
-    assert meta["channel_names"] == {"0": "prior_t2", "1": "prior_flair", "2": "current_t2", "3": "current_flair"}
+    assert list(meta["channel_names"].values()) == ["prior_t2", "prior_flair", "current_t2", "current_flair"]
     src = nib.load(root / "p2" / image_filename(0, "t2")).get_fdata()
     assert np.allclose(nib.load(folder / "imagesTr" / "p2_fu1_0000.nii.gz").get_fdata(), src)
     # a label value 2 in a binary mask is an error naming the file, not silently read as lesion
