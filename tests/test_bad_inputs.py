@@ -49,8 +49,10 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg.save(root / "exp.yaml")
     torch.manual_seed(0)
     model = build_model("segmast", in_channels=2, num_timepoints=2, **TINY)
-    save_checkpoint(root / "run" / "last.pt", model=model, model_name="segmast",
-                    model_kwargs={"in_channels": 2, "num_timepoints": 2, **TINY})
+    save_checkpoint(root / "untrained.pt", model=model)  # a spec without training settings
+    model.spec = model.spec.replace(modalities=("flair", "t2"), crop_size=32, inference=cfg.inference.to_dict(),
+                                    preprocessing={"normalization": "zscore"})  # as longiseg train records
+    save_checkpoint(root / "run" / "last.pt", model=model)
     cfg.save(root / "run" / "experiment.yaml")
     preds = root / "preds"
     for case in sorted(p for p in cohort.iterdir() if p.is_dir()):
@@ -175,8 +177,13 @@ def _checkpoint(ws: Path, dest: Path, how: str) -> Path:
         ckpt.write_text("not a checkpoint\n")
     elif how == "truncated":
         ckpt.write_bytes(data[: len(data) // 3])
-    elif how == "no-config":
-        ckpt.write_bytes(data)
+    elif how == "no-config":  # written by build_model + save_checkpoint: a spec without training settings
+        ckpt.write_bytes((ws / "untrained.pt").read_bytes())
+        (dest / "experiment.yaml").unlink()
+    elif how == "old-format":  # written before checkpoints described themselves
+        payload = torch.load(ws / "run" / "last.pt", weights_only=True)
+        del payload["spec"]
+        torch.save(payload, ckpt)
         (dest / "experiment.yaml").unlink()
     elif how == "mismatch":
         _other_run(ws, dest)
@@ -247,8 +254,10 @@ ROWS = [
         r"last\.pt is not a readable checkpoint"),
     Row("predict-truncated-checkpoint", lambda ws, t: _predict(
         ws, t, ckpt=str(_checkpoint(ws, t / "c", "truncated"))), r"last\.pt is not a readable checkpoint"),
-    Row("predict-checkpoint-without-config", lambda ws, t: _predict(
-        ws, t, ckpt=str(_checkpoint(ws, t / "c", "no-config"))), r"experiment\.yaml.*--config"),
+    Row("predict-untrained-checkpoint", lambda ws, t: _predict(
+        ws, t, ckpt=str(_checkpoint(ws, t / "c", "no-config"))), r"does not record how to use the model.*--config"),
+    Row("predict-old-checkpoint", lambda ws, t: _predict(
+        ws, t, ckpt=str(_checkpoint(ws, t / "c", "old-format"))), r"older longiseg.*--config .*experiment\.yaml"),
     Row("predict-config-missing", lambda ws, t: _predict(ws, t, "--config", str(t / "nope.yaml")),
         r"--config .*nope\.yaml"),
     Row("predict-weights-mismatch", lambda ws, t: _predict(ws, t, ckpt=str(_checkpoint(ws, t / "c", "mismatch"))),

@@ -1,4 +1,4 @@
-"""Validation-based selection of the progression threshold (longiseg.inferers.thresholds)."""
+"""Validation-based selection of the progression threshold (longiseg.tuning)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from longiseg.inferers import DEFAULT_THRESHOLDS, ThresholdSelection, progression_score, select_threshold
+from longiseg.tuning import DEFAULT_THRESHOLDS, ThresholdSelection, progression_score, select_threshold
 
 SP = (1.0, 1.0, 1.0)
 
