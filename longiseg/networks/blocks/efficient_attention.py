@@ -14,10 +14,11 @@ Both map layer-normalised channel-last tokens ``(B, T, H, W, C)`` to the same sh
   comparison of the Mamba-vs-attention benchmark.
 
 **Small grids.** A grid is reduced only when its reduced grid ``(H // R) x (W // R)`` keeps at least two
-tokens; otherwise its own ``H*W`` tokens are the keys (fewer than ``4 R^2`` of them, so full attention stays
-cheap). A single key would give every query the attention weight 1: the output would be the same value
-vector for all tokens of the timepoint and the query projection would have no effect and no gradient, in
-exact arithmetic (this is what a 32x32 input did to every stage of the per-timepoint SegFormer). A timepoint
+tokens; otherwise its own ``H*W`` tokens are the keys (in the SegFormer/SegMaST encoders, which pad inputs to
+a multiple of 32, such a grid is smaller than ``2R x 2R``, so full attention stays cheap). A single key would
+give every query the attention weight 1: the output would be the same value vector for all tokens of the
+timepoint and the query projection would have no effect and no gradient, in exact arithmetic (a 32x32 input
+reduced the first three stages of the per-timepoint SegFormer to one key each). A timepoint
 whose grid is a single token (``1 x 1``, the deepest stage at a 32x32 input) still has only itself to attend
 to: there :class:`EfficientSelfAttention` is the value projection of the token (the query has no effect),
 while :class:`GlobalSelfAttention` attends over the ``T >= 2`` tokens of all timepoints.
