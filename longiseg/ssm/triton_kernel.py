@@ -389,6 +389,9 @@ class _Layout:
         if block_t < 1 or block_t & (block_t - 1):
             raise ValueError(f"block_t must be a power of two, got {block_t}")
         self.block_t = block_t
+        # About 4 tile elements per thread: ptxas gives the backward kernel ~130 registers and no spills at
+        # N = 16, BLOCK_T = 64, 8 warps (sm_90); 4 warps need ~210 registers, 2 warps spill.
+        self.num_warps = max(1, min(8, block_d * self.block_n * block_t // 128))
         self.n_tiles = -(-self.seqlen // block_t)
         self.grid = (-(-self.dim // block_d), self.batch)
 
@@ -445,7 +448,7 @@ class _TritonScanFn(torch.autograd.Function):
             *u.stride(), *delta.stride(), *zz.stride(), *_Layout.strides(B), *_Layout.strides(C),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
             B_CONST=lay.b_const, C_CONST=lay.c_const, STORE_CKPT=store_ckpt,
-            BLOCK_D=lay.block_d, BLOCK_N=lay.block_n, BLOCK_T=lay.block_t, num_warps=4,
+            BLOCK_D=lay.block_d, BLOCK_N=lay.block_n, BLOCK_T=lay.block_t, num_warps=lay.num_warps,
         )  # fmt: skip
         ctx.save_for_backward(u, delta, a, B, C, D, z, delta_bias, ckpt)
         ctx.softplus = softplus
@@ -485,7 +488,7 @@ class _TritonScanFn(torch.autograd.Function):
             gC.stride(0) if gC.ndim == 4 else 0, gC.stride(1) if gC.ndim == 4 else 0,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=ctx.softplus, B_CONST=lay.b_const, C_CONST=lay.c_const, HAS_GLAST=glast is not None,  # type: ignore[attr-defined]
-            BLOCK_D=lay.block_d, BLOCK_N=lay.block_n, BLOCK_T=lay.block_t, num_warps=4,
+            BLOCK_D=lay.block_d, BLOCK_N=lay.block_n, BLOCK_T=lay.block_t, num_warps=lay.num_warps,
         )  # fmt: skip
         return (
             gu,
@@ -541,10 +544,17 @@ def selective_scan_triton(
 
     Raises:
         RuntimeError: Triton is not importable, or the tensors are on the CPU without ``TRITON_INTERPRET=1``.
-        ValueError: invalid shapes (see :func:`longiseg.ssm.selective_scan`) or ``block_d``/``block_t``.
+        ValueError: invalid shapes (see :func:`longiseg.ssm.selective_scan`) or ``block_d``/``block_t``, or
+            tensors too large for the kernels' 32-bit offsets.
     """
     prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     require_triton_scan(u.device)
+    # offsets are 32-bit: every tensor, and the checkpoints (u's size x N / 16 with the default tiles), < 2^31
+    if max(u.numel(), B.numel(), C.numel(), u.numel() // 16 * A.shape[1]) >= 2**31:
+        raise ValueError(
+            f"the triton backend indexes with 32-bit integers and u {tuple(u.shape)} with N={A.shape[1]} is too "
+            "large; split the batch or choose backend 'chunked'"
+        )
     out, last = _TritonScanFn.apply(
         u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), block_d, block_t
     )
