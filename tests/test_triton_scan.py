@@ -65,6 +65,7 @@ CASES: dict[str, dict] = {
         "flags": {"softplus": False, "use_z": False, "use_d": False},
     },
 }
+MAMBA_CASE = "mamba_block"  # the Mamba block, both scan directions, every parameter gradient
 SLOW_CASES: dict[str, dict] = {
     "slow_float32_n16": {
         "inputs": {"dim": 8, "seqlen": 200, "dstate": 16, "dtype": "float32", "delta_scale": 2.0},
@@ -130,6 +131,22 @@ def run_case(spec: dict) -> dict:
     }
 
 
+def run_mamba_case() -> dict:
+    """``Mamba(backend="triton")`` against ``Mamba(backend="reference")`` in float64 (in the interpreter child)."""
+    torch.manual_seed(5)
+    block = Mamba(4, d_state=3, dtype=torch.float64, backend="triton")
+    ref = Mamba(4, d_state=3, dtype=torch.float64, backend="reference")
+    ref.load_state_dict(block.state_dict())
+    x = torch.randn(2, 11, 4, dtype=torch.float64)
+    w = torch.randn(2, 11, 4, dtype=torch.float64)
+    results = []
+    for m in (block, ref):
+        y = m(x) + m(x, reverse=True)
+        (y * w).sum().backward()
+        results.append({"y": y, **{name: p.grad for name, p in m.named_parameters()}})
+    return {"errors": _relative_errors(*results), "float64": True}
+
+
 def _run_child(names: list[str]) -> dict[str, dict]:
     env = dict(os.environ, TRITON_INTERPRET="1")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), str(HERE), env.get("PYTHONPATH", "")])
@@ -147,7 +164,7 @@ def _run_child(names: list[str]) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict]:
-    return _run_child(list(CASES))
+    return _run_child([*CASES, MAMBA_CASE])
 
 
 def _check(result: dict) -> None:
@@ -163,6 +180,13 @@ def test_interpreted_kernel_matches_reference(interpreted, case):
     assert result["grad_fn"].startswith("_TritonScanFn"), result["grad_fn"]
     assert set(result["errors"]) >= {"out", "last", "u", "delta", "A", "B", "C", "delta_bias"}
     assert result["dtype"] == ("float64" if result["float64"] else "float32")
+    _check(result)
+
+
+@needs_triton
+def test_interpreted_mamba_block_matches_reference(interpreted):
+    result = interpreted[MAMBA_CASE]
+    assert {"y", "A_log", "D", "x_proj.weight", "dt_proj.bias"} <= set(result["errors"])
     _check(result)
 
 
@@ -325,4 +349,5 @@ if __name__ == "__main__":  # the interpreter child (see the module docstring)
     sys.path[:0] = [str(HERE.parent), str(HERE)]
     specs = {**CASES, **SLOW_CASES}
     for case in sys.argv[1:]:
-        print(json.dumps({"case": case, **run_case(specs[case])}), flush=True)
+        result = run_mamba_case() if case == MAMBA_CASE else run_case(specs[case])
+        print(json.dumps({"case": case, **result}), flush=True)

@@ -424,6 +424,8 @@ class _TritonScanFn(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ct = compute_dtype(u, delta, A, B, C)
         lay = _Layout(u, A, B, C, block_d, block_t)
+        D = D.contiguous() if D is not None else None  # the kernels index (D,) vectors with unit stride
+        delta_bias = delta_bias.contiguous() if delta_bias is not None else None
         a = A.to(ct).contiguous()
         out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
         last = torch.empty(lay.batch, lay.dim, lay.dstate, dtype=ct, device=u.device)
