@@ -28,6 +28,7 @@ sums, no division, nothing overflows for any tile length.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -91,8 +92,9 @@ def require_triton_scan(device: torch.device, source: str = "backend argument") 
 
 # ------------------------------------------------------------------------------------------------------- kernels
 # The kernels are plain functions compiled on first use (``_kernels``): Triton decides between compiling and
-# interpreting when a function is decorated, so deferring the decoration makes ``TRITON_INTERPRET`` take effect
-# whenever it is set, not only when it was set before this module was imported.
+# interpreting when a function is decorated, so deferring the decoration makes ``TRITON_INTERPRET`` count whenever
+# it is set before ``triton`` itself is imported (which decorates Triton's own library functions), however early
+# this module was imported. The first CUDA call per configuration compiles (seconds; Triton caches on disk).
 
 
 def _affine_combine_fn(a1, b1, a2, b2):  # type: ignore[no-untyped-def]
@@ -402,8 +404,9 @@ class _Layout:
         return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
 
 
-def _dummy(ref: torch.Tensor) -> torch.Tensor:
-    return torch.empty(1, dtype=ref.dtype, device=ref.device)
+def _on_device(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make ``x``'s GPU the current one: Triton launches on the current device, not on the tensors'."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 class _TritonScanFn(torch.autograd.Function):
@@ -434,16 +437,17 @@ class _TritonScanFn(torch.autograd.Function):
         ckpt = torch.empty(shape, dtype=ct, device=u.device)
         fwd, _ = _kernels(interpreter_enabled())
         zz = z if z is not None else u
-        fwd[lay.grid](
-            u, delta, a, B, C,
-            D if D is not None else a, zz, delta_bias if delta_bias is not None else a,
-            out, last, ckpt,
-            lay.dim, lay.seqlen, lay.dstate, lay.n_tiles, lay.b_group, lay.c_group,
-            *u.stride(), *delta.stride(), *zz.stride(), *_Layout.strides(B), *_Layout.strides(C),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-            B_CONST=lay.b_const, C_CONST=lay.c_const, STORE_CKPT=store_ckpt,
-            BLOCK_D=lay.block_d, BLOCK_N=lay.block_n, BLOCK_T=lay.block_t, num_warps=lay.num_warps,
-        )  # fmt: skip
+        with _on_device(u):
+            fwd[lay.grid](
+                u, delta, a, B, C,
+                D if D is not None else a, zz, delta_bias if delta_bias is not None else a,
+                out, last, ckpt,
+                lay.dim, lay.seqlen, lay.dstate, lay.n_tiles, lay.b_group, lay.c_group,
+                *u.stride(), *delta.stride(), *zz.stride(), *_Layout.strides(B), *_Layout.strides(C),
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+                B_CONST=lay.b_const, C_CONST=lay.c_const, STORE_CKPT=store_ckpt,
+                BLOCK_D=lay.block_d, BLOCK_N=lay.block_n, BLOCK_T=lay.block_t, num_warps=lay.num_warps,
+            )  # fmt: skip
         ctx.save_for_backward(u, delta, a, B, C, D, z, delta_bias, ckpt)
         ctx.softplus = softplus
         ctx.layout = lay
@@ -470,20 +474,21 @@ class _TritonScanFn(torch.autograd.Function):
         gbias = torch.zeros(delta_bias.shape, dtype=ct, device=dev) if delta_bias is not None else None
         _, bwd = _kernels(interpreter_enabled())
         zz = z if z is not None else u
-        bwd[lay.grid](
-            u, delta, a, B, C,
-            D if D is not None else a, zz, delta_bias if delta_bias is not None else a,
-            gout, glast.contiguous() if glast is not None else a, ckpt,
-            gu, gdelta, gz if gz is not None else gu, gA, gB, gC,
-            gD if gD is not None else gA, gbias if gbias is not None else gA,
-            lay.dim, lay.seqlen, lay.dstate, lay.n_tiles, lay.b_group, lay.c_group,
-            *u.stride(), *delta.stride(), *zz.stride(), *_Layout.strides(B), *_Layout.strides(C),
-            gB.stride(0) if gB.ndim == 4 else 0, gB.stride(1) if gB.ndim == 4 else 0,
-            gC.stride(0) if gC.ndim == 4 else 0, gC.stride(1) if gC.ndim == 4 else 0,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.softplus, B_CONST=lay.b_const, C_CONST=lay.c_const, HAS_GLAST=glast is not None,  # type: ignore[attr-defined]
-            BLOCK_D=lay.block_d, BLOCK_N=lay.block_n, BLOCK_T=lay.block_t, num_warps=lay.num_warps,
-        )  # fmt: skip
+        with _on_device(u):
+            bwd[lay.grid](
+                u, delta, a, B, C,
+                D if D is not None else a, zz, delta_bias if delta_bias is not None else a,
+                gout, glast.contiguous() if glast is not None else a, ckpt,
+                gu, gdelta, gz if gz is not None else gu, gA, gB, gC,
+                gD if gD is not None else gA, gbias if gbias is not None else gA,
+                lay.dim, lay.seqlen, lay.dstate, lay.n_tiles, lay.b_group, lay.c_group,
+                *u.stride(), *delta.stride(), *zz.stride(), *_Layout.strides(B), *_Layout.strides(C),
+                gB.stride(0) if gB.ndim == 4 else 0, gB.stride(1) if gB.ndim == 4 else 0,
+                gC.stride(0) if gC.ndim == 4 else 0, gC.stride(1) if gC.ndim == 4 else 0,
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=ctx.softplus, B_CONST=lay.b_const, C_CONST=lay.c_const, HAS_GLAST=glast is not None,  # type: ignore[attr-defined]
+                BLOCK_D=lay.block_d, BLOCK_N=lay.block_n, BLOCK_T=lay.block_t, num_warps=lay.num_warps,
+            )  # fmt: skip
         return (
             gu,
             gdelta,
