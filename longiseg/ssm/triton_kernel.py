@@ -98,7 +98,9 @@ def require_triton_scan(device: torch.device, source: str = "backend argument") 
 
 
 def _affine_combine_fn(a1, b1, a2, b2):  # type: ignore[no-untyped-def]
-    # Compose h -> a1 h + b1 (earlier in scan order) with h -> a2 h + b2 (later).
+    # Compose h -> a1 h + b1 (earlier in scan order) with h -> a2 h + b2 (later). With reverse=True the scan order
+    # runs from the end, so the same function gives g_t = b_t + a_t g_{t+1} (Triton's own tests check this linear
+    # recurrence in both directions, compiled and interpreted).
     return a1 * a2, a2 * b1 + b2
 
 
@@ -347,10 +349,6 @@ def _kernels(interpret: bool) -> tuple[Any, Any]:
 # ---------------------------------------------------------------------------------------------------------- host
 
 
-def _pow2_at_most(n: int) -> int:
-    return 1 << (max(1, n).bit_length() - 1)
-
-
 class _Layout:
     """Sizes, tile shapes and the strided views of ``B``/``C`` shared by the forward and backward launches."""
 
@@ -361,15 +359,18 @@ class _Layout:
         self.batch, self.dim, self.seqlen = u.shape
         self.dstate = A.shape[1]
         self.b_const, self.c_const = B.ndim == 2, C.ndim == 2
-        self.b_group = self._group_size(B)
+        self.b_group = self._group_size(
+            B
+        )  # the kernels find a program's group as (first channel) // group size
         self.c_group = self._group_size(C)
-        # Channels per program: a power of two inside one group of every input-dependent B/C.
-        common = math.gcd(self.b_group, self.c_group)
-        limit = _pow2_at_most(common & -common)  # largest power of two dividing both group sizes
+        # Channels per program: a power of two inside one group of every input-dependent B/C (input-independent
+        # (D, N) ones allow any block; partial blocks at the end are masked).
+        common = math.gcd(*[self._group_size(x) for x in (B, C) if x.ndim != 2], 0)
+        limit = common & -common if common else 1 << 30  # largest power of two dividing the group sizes
         interp = u.device.type != "cuda"
         if block_d is None:
             # GPU: one channel per program (most parallelism, as mamba-ssm's kernel); interpreter: big blocks.
-            block_d = min(limit, 16 if interp else 1, _pow2_at_most(self.dim) * 2)
+            block_d = min(limit, 16 if interp else 1, triton.next_power_of_2(self.dim))
         if block_d < 1 or block_d & (block_d - 1) or block_d > limit:
             raise ValueError(
                 f"block_d must be a power of two dividing the channels per group of B and C ({limit} here), "
@@ -390,8 +391,9 @@ class _Layout:
         self.grid = (-(-self.dim // block_d), self.batch)
 
     def _group_size(self, x: torch.Tensor) -> int:
+        """Channels per group of ``B``/``C`` (the input-independent form: every channel is its own group)."""
         if x.ndim == 2:
-            return self.dim  # input-independent: any channel block will do
+            return 1
         return self.dim // (1 if x.ndim == 3 else x.shape[1])
 
     @staticmethod
