@@ -64,6 +64,12 @@ CASES: dict[str, dict] = {
         "options": {"block_t": 8},
         "flags": {"softplus": False, "use_z": False, "use_d": False},
     },
+    # autocast's dtypes: bfloat16 activations (u, delta, B, C, z), float32 parameters; accumulation in float32
+    "bfloat16_activations": {
+        "inputs": {"dim": 4, "seqlen": 20, "dstate": 4},
+        "amp": "bfloat16",
+        "public": True,
+    },
 }
 MAMBA_CASE = "mamba_block"  # the Mamba block, both scan directions, every parameter gradient
 SLOW_CASES: dict[str, dict] = {
@@ -109,6 +115,12 @@ def run_case(spec: dict) -> dict:
     kw["dtype"] = getattr(torch, kw.get("dtype", "float64"))
     torch.manual_seed(sum(map(ord, json.dumps(spec, sort_keys=True))))  # fresh inputs per case
     xs = make_inputs(**kw)
+    if "amp" in spec:
+        low = getattr(torch, spec["amp"])
+        xs = [
+            x.detach().to(low if i in (0, 1, 3, 4, 6) else torch.float32).requires_grad_()
+            for i, x in enumerate(xs)
+        ]
     flags = spec.get("flags", {})
     if not flags.get("softplus", True):
         with torch.no_grad():
@@ -125,9 +137,14 @@ def run_case(spec: dict) -> dict:
     want = outputs_and_grads(selective_scan_reference, xs64, w, wl, **flags)
     return {
         "errors": _relative_errors(got, want),
-        "dtype": str(got["out"].dtype).removeprefix("torch."),
+        "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in got.items()},
         "grad_fn": type(got["out"].grad_fn).__name__,
-        "float64": kw["dtype"] == torch.float64,
+        # float64 to rounding; float32 to its rounding amplified by the recurrence; bfloat16 to its rounding
+        "tol": 1e-10
+        if kw["dtype"] == torch.float64 and "amp" not in spec
+        else 2e-2
+        if "amp" in spec
+        else 2e-5,
     }
 
 
@@ -144,7 +161,7 @@ def run_mamba_case() -> dict:
         y = m(x) + m(x, reverse=True)
         (y * w).sum().backward()
         results.append({"y": y, **{name: p.grad for name, p in m.named_parameters()}})
-    return {"errors": _relative_errors(*results), "float64": True}
+    return {"errors": _relative_errors(*results), "tol": 1e-10}
 
 
 def _run_child(names: list[str]) -> dict[str, dict]:
@@ -168,7 +185,7 @@ def interpreted() -> dict[str, dict]:
 
 
 def _check(result: dict) -> None:
-    tol = 1e-10 if result["float64"] else 2e-5
+    tol = result["tol"]
     bad = {k: v for k, v in result["errors"].items() if not v < tol}
     assert not bad, f"relative errors above {tol}: {bad}"
 
@@ -179,7 +196,12 @@ def test_interpreted_kernel_matches_reference(interpreted, case):
     result = interpreted[case]
     assert result["grad_fn"].startswith("_TritonScanFn"), result["grad_fn"]
     assert set(result["errors"]) >= {"out", "last", "u", "delta", "A", "B", "C", "delta_bias"}
-    assert result["dtype"] == ("float64" if result["float64"] else "float32")
+    dtypes = result["dtypes"]
+    if "amp" in CASES[case]:  # gradients in the inputs' dtypes, the last state in the accumulation dtype
+        assert dtypes["out"] == dtypes["u"] == dtypes["B"] == "bfloat16", dtypes
+        assert dtypes["A"] == dtypes["D"] == dtypes["last"] == "float32", dtypes
+    else:
+        assert len(set(dtypes.values())) == 1, dtypes
     _check(result)
 
 
