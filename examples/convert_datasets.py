@@ -41,7 +41,7 @@ from longiseg.data import (
     write_manifest,
 )
 from longiseg.data.layout import MANIFEST_JSON
-from longiseg.workflows.train import split_by_patient
+from longiseg.data.split import split_by_patient
 
 
 def select_cases(sources: Sequence[CaseSource], max_cases: int | None, seed: int) -> list[CaseSource]:

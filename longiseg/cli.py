@@ -1,4 +1,5 @@
-"""The ``longiseg`` command line: ``train``, ``predict``, ``evaluate``, ``models``, ``demo`` and ``bench``.
+"""The ``longiseg`` command line: one command per stage, ``cohort`` -> ``train`` -> ``tune`` -> ``predict`` ->
+``evaluate``, plus ``models``, ``demo`` (all stages in sequence) and ``bench``.
 
 Run ``longiseg COMMAND --help`` for the options of each command.
 
@@ -100,9 +101,50 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from longiseg.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
+def _cmd_tune(args: argparse.Namespace) -> int:
     from longiseg.utils.device import resolve_device
+    from longiseg.workflows.tune import TUNING_FILE, run_tuning
+
+    device = resolve_device(args.device, name="--device")
+    run = Path(args.run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run folder {run} does not exist")
+    if not os.access(run, os.W_OK):
+        raise PermissionError(f"run folder {run} is not writable (tune records its choice there)")
+    sel = run_tuning(run, checkpoint=args.checkpoint, data_root=args.data, objective=args.objective, device=device,
+                     progress=not args.no_progress)
+    if sel is None:
+        print(f"no validation patient has new lesions: threshold kept; see {run / TUNING_FILE}")
+    else:
+        print(f"progression threshold {sel.threshold:g} ({sel.objective} {sel.score:.3f} on "
+              f"{sel.num_progression + sel.num_stable} validation follow-ups; {sel.default_score:.3f} at "
+              f"{sel.default:g}); recorded in {run / args.checkpoint} and {run / TUNING_FILE}")
+    return 0
+
+
+def _cmd_cohort(args: argparse.Namespace) -> int:
+    from longiseg.data.demo_cohort import generate_demo_cohort
+    from longiseg.data.split import write_test_split
+    from longiseg.workflows.demo import DemoConfig, demo_cohort_config
+
+    cfg = DemoConfig(num_patients=args.num_patients, num_test=args.num_test, spacing=args.spacing, seed=args.seed)
+    out = _check_output_folder(args.output, "OUT")
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace the cohort, train and "
+                              "test folders in it")
+    cohort = generate_demo_cohort(out / "cohort", demo_cohort_config(cfg), overwrite=args.overwrite,
+                                  progress=not args.no_progress)
+    split = write_test_split(cohort, out, cfg.num_test, overwrite=args.overwrite)
+    print(f"cohort {cohort} ({cfg.num_patients} patients); training patients in {out / 'train'}, "
+          f"{len(split['test'])} held-out test patients in {out / 'test'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from longiseg.engine.checkpoint import build_model_from_checkpoint, load_model
+    from longiseg.engine.config import apply_overrides
+    from longiseg.utils.device import resolve_device
+    from longiseg.workflows.config import InferenceConfig
     from longiseg.workflows.predict import run_prediction
 
     device = resolve_device(args.device, name="--device")
@@ -113,22 +155,29 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--checkpoint {ckpt} does not exist")
     if not Path(args.input).is_dir():
         raise FileNotFoundError(f"--input {args.input} is not a folder")
-    if args.config is not None:
-        if not Path(args.config).is_file():
-            raise FileNotFoundError(f"--config {args.config} does not exist")
-        exp_file = Path(args.config)
-    else:
-        exp_file = ckpt.parent / "experiment.yaml"
-        if not exp_file.is_file():
-            raise FileNotFoundError(
-                f"no experiment.yaml beside the checkpoint {ckpt}: the model's modality order, window size and "
-                "post-processing are recorded there; pass --config with the experiment file it was trained with")
-    cfg = _load_experiment(str(exp_file), args.overrides)
+    if args.config is not None and not Path(args.config).is_file():
+        raise FileNotFoundError(f"--config {args.config} does not exist")
     _check_output_folder(args.output, "--output")
-    name = load_checkpoint(ckpt, map_location="cpu").get("model_name")
-    model = build_model_from_checkpoint(ckpt)
-    run_prediction(model, name, args.input, args.output, cfg.inference, modalities=cfg.data.modalities,
-                   overwrite=args.overwrite, skip_existing=args.skip_existing, device=device)
+    if args.config is not None:  # explicit settings win over the checkpoint's own
+        cfg = _load_experiment(args.config, args.overrides)
+        model = build_model_from_checkpoint(ckpt)
+        inference, modalities = cfg.inference, cfg.data.modalities
+        print(f"settings from {args.config}")
+    else:
+        model = load_model(ckpt)  # the checkpoint describes itself (an old one without a spec: a clear error)
+        if not model.spec.trained:
+            raise ValueError(f"checkpoint {ckpt} does not record how to use the model (modality order, window, "
+                             "post-processing): it was not written by longiseg train; pass --config with the "
+                             "experiment file of its training")
+        # --set inference.threshold=0.4 (or threshold=0.4) adjusts the recorded settings
+        inference = apply_overrides(InferenceConfig.from_dict(model.spec.inference),
+                                    [o.removeprefix("inference.") for o in args.overrides])
+        modalities = None
+        tuned = " (tuned by longiseg tune)" if model.spec.tuning else ""
+        print(f"settings from the checkpoint: modalities {list(model.spec.modalities or [])}, window "
+              f"{inference.patch_size}, progression threshold {inference.threshold:.3g}{tuned}")
+    run_prediction(model, args.input, args.output, inference, modalities=modalities, overwrite=args.overwrite,
+                   skip_existing=args.skip_existing, device=device)
     print(f"predictions written to {args.output}")
     return 0
 
@@ -208,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``longiseg`` command."""
     parser = argparse.ArgumentParser(prog="longiseg", description="Longitudinal lesion segmentation (SegMaST and baselines).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (results on the CPU are bit-identical for one thread count)")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (also LONGISEG_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,11 +279,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("tune", help="choose a run's progression threshold on its validation patients "
+                                    "(recorded in the checkpoint; predict uses it)")
+    p.add_argument("run", help="run folder written by 'longiseg train'")
+    p.add_argument("--checkpoint", default="best.pt", help="checkpoint of the run to tune (default best.pt)")
+    p.add_argument("--data", default=None, help="folder of the validation cases (default: the run's data root)")
+    p.add_argument("--objective", default="lesion_f1", choices=["lesion_f1", "balanced"])
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("cohort", help="write the demo cohort and its train/test split (the demo's first stage)")
+    p.add_argument("output", metavar="OUT", help="folder for cohort/, train/ and test/")
+    p.add_argument("--num-patients", dest="num_patients", type=int, default=28)
+    p.add_argument("--num-test", dest="num_test", type=int, default=6, help="held-out test patients (half progressing)")
+    p.add_argument("--spacing", type=int, default=2, help="isotropic voxel size in mm (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_cohort)
+
     p = sub.add_parser("predict", help="predict a folder of cases with a checkpoint (NIfTI masks, probabilities, entropy)")
     p.add_argument("--checkpoint", required=True, help="checkpoint written by 'longiseg train' (last.pt / best.pt)")
     p.add_argument("--input", required=True, help="folder of cases in the longiseg layout")
     p.add_argument("--output", required=True, help="prediction folder")
-    p.add_argument("--config", default=None, help="experiment config (default: experiment.yaml next to the checkpoint)")
+    p.add_argument("--config", default=None,
+                   help="experiment config whose data/inference settings replace the checkpoint's own (needed only "
+                        "for checkpoints of longiseg < 0.2, which do not describe themselves)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--skip-existing", action="store_true", help="skip cases that already have outputs")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -300,6 +373,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     prefix = f"longiseg {args.command}: error:"
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         return args.func(args)
     except KeyboardInterrupt:
         if debug:

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import torch.nn as nn
 
+from longiseg.spec import INPUT_LAYOUTS, ModelSpec
+
 __all__ = [
     "ModelInfo",
     "register_model",
@@ -176,7 +178,18 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         The model. Every registered model maps images ``(B, T, C, H, W)`` (2.5D) or
         ``(B, T, C, D, H, W)`` (3D) to a :class:`~longiseg.networks.output.LongitudinalOutput`.
 
+    The model carries a :class:`~longiseg.spec.ModelSpec` as ``model.spec`` (name, arguments,
+    dimensionality, input layout), which checkpoints store so that :func:`longiseg.load_model` can rebuild it.
+
     Raises:
         ValueError: if ``name`` is unknown (the message names the closest known models).
+        TypeError: for keyword arguments the model does not take.
     """
-    return model_info(name).factory(**kwargs)
+    info = model_info(name)
+    model = info.factory(**kwargs)
+    model.spec = ModelSpec(
+        name=name, kwargs=dict(kwargs), dim=info.dim, input_layout=INPUT_LAYOUTS[info.dim],
+        in_channels=getattr(model, "in_channels", kwargs.get("in_channels")),
+        num_timepoints=kwargs.get("num_timepoints", getattr(model, "num_timepoints", None)),
+    )
+    return model

@@ -49,8 +49,10 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg.save(root / "exp.yaml")
     torch.manual_seed(0)
     model = build_model("segmast", in_channels=2, num_timepoints=2, **TINY)
-    save_checkpoint(root / "run" / "last.pt", model=model, model_name="segmast",
-                    model_kwargs={"in_channels": 2, "num_timepoints": 2, **TINY})
+    save_checkpoint(root / "untrained.pt", model=model)  # a spec without training settings
+    model.spec = model.spec.replace(modalities=("flair", "t2"), crop_size=32, inference=cfg.inference.to_dict(),
+                                    preprocessing={"normalization": "zscore"})  # as longiseg train records
+    save_checkpoint(root / "run" / "last.pt", model=model)
     cfg.save(root / "run" / "experiment.yaml")
     preds = root / "preds"
     for case in sorted(p for p in cohort.iterdir() if p.is_dir()):
@@ -92,38 +94,35 @@ def _write_yaml(path: Path, text: str) -> Path:
     return path
 
 
-def _shift_affine(ws: Path, dest: Path) -> Path:
+def _edit_first_prediction(ws: Path, dest: Path, edit: Callable[[np.ndarray, np.ndarray], tuple]) -> Path:
+    """A copy of the predictions whose first case's baseline mask is replaced by ``edit(voxels, affine)``."""
     shutil.copytree(ws / "preds", dest)
-    case = sorted(p for p in dest.iterdir())[0]
-    f = case / "baseline_mask.nii.gz"
+    f = sorted(p for p in dest.iterdir())[0] / "baseline_mask.nii.gz"
     img = nib.load(f)
-    aff = img.affine.copy()
-    aff[0, 3] += 10.0  # 10 mm shift
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), aff, img.header), f)
+    data, aff = edit(np.asarray(img.dataobj), img.affine.copy())
+    nib.save(nib.Nifti1Image(data, aff), f)
     return dest
+
+
+def _shift_affine(ws: Path, dest: Path) -> Path:
+    def shift(data: np.ndarray, aff: np.ndarray) -> tuple:
+        aff[0, 3] += 10.0  # 10 mm
+        return data, aff
+
+    return _edit_first_prediction(ws, dest, shift)
 
 
 def _non_binary(ws: Path, dest: Path) -> Path:
-    shutil.copytree(ws / "preds", dest)
-    case = sorted(p for p in dest.iterdir())[0]
-    f = case / "baseline_mask.nii.gz"
-    img = nib.load(f)
-    data = np.asarray(img.dataobj).astype(np.float32) * 0.5 + 0.25
-    nib.save(nib.Nifti1Image(data, img.affine), f)
-    return dest
+    return _edit_first_prediction(ws, dest, lambda d, a: (d.astype(np.float32) * 0.5 + 0.25, a))
+
+
+def _wrong_shape(ws: Path, dest: Path) -> Path:
+    return _edit_first_prediction(ws, dest, lambda d, a: (np.zeros((5, 5, 5), np.uint8), a))
 
 
 def _missing_case(ws: Path, dest: Path) -> Path:
     shutil.copytree(ws / "preds", dest)
     shutil.rmtree(sorted(p for p in dest.iterdir())[0])
-    return dest
-
-
-def _wrong_shape(ws: Path, dest: Path) -> Path:
-    shutil.copytree(ws / "preds", dest)
-    case = sorted(p for p in dest.iterdir())[0]
-    img = nib.load(case / "baseline_mask.nii.gz")
-    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), img.affine), case / "baseline_mask.nii.gz")
     return dest
 
 
@@ -175,8 +174,13 @@ def _checkpoint(ws: Path, dest: Path, how: str) -> Path:
         ckpt.write_text("not a checkpoint\n")
     elif how == "truncated":
         ckpt.write_bytes(data[: len(data) // 3])
-    elif how == "no-config":
-        ckpt.write_bytes(data)
+    elif how == "no-config":  # written by build_model + save_checkpoint: a spec without training settings
+        ckpt.write_bytes((ws / "untrained.pt").read_bytes())
+        (dest / "experiment.yaml").unlink()
+    elif how == "old-format":  # written before checkpoints described themselves
+        payload = torch.load(ws / "run" / "last.pt", weights_only=True)
+        del payload["spec"]
+        torch.save(payload, ckpt)
         (dest / "experiment.yaml").unlink()
     elif how == "mismatch":
         _other_run(ws, dest)
@@ -247,8 +251,10 @@ ROWS = [
         r"last\.pt is not a readable checkpoint"),
     Row("predict-truncated-checkpoint", lambda ws, t: _predict(
         ws, t, ckpt=str(_checkpoint(ws, t / "c", "truncated"))), r"last\.pt is not a readable checkpoint"),
-    Row("predict-checkpoint-without-config", lambda ws, t: _predict(
-        ws, t, ckpt=str(_checkpoint(ws, t / "c", "no-config"))), r"experiment\.yaml.*--config"),
+    Row("predict-untrained-checkpoint", lambda ws, t: _predict(
+        ws, t, ckpt=str(_checkpoint(ws, t / "c", "no-config"))), r"does not record how to use the model.*--config"),
+    Row("predict-old-checkpoint", lambda ws, t: _predict(
+        ws, t, ckpt=str(_checkpoint(ws, t / "c", "old-format"))), r"older longiseg.*--config .*experiment\.yaml"),
     Row("predict-config-missing", lambda ws, t: _predict(ws, t, "--config", str(t / "nope.yaml")),
         r"--config .*nope\.yaml"),
     Row("predict-weights-mismatch", lambda ws, t: _predict(ws, t, ckpt=str(_checkpoint(ws, t / "c", "mismatch"))),
@@ -374,15 +380,27 @@ def test_api_rejects_bad_input(row: tuple, tmp_path: Path) -> None:
         call(tmp_path)
 
 
+class _Overflowing(torch.nn.Module):
+    """A 2.5D model whose float32 logits overflow to inf - inf = NaN for inputs beyond about 1e19, as a
+    network's normalisation layers do when fed intensities it was never trained on."""
+
+    def forward(self, x: torch.Tensor):  # noqa: ANN201
+        from longiseg.networks.output import LongitudinalOutput
+
+        square = x[:, :, :1] * x[:, :, :1]
+        logits = square - square
+        return LongitudinalOutput(logits[:, 0], logits[:, 1:])
+
+
 def test_inferer_reports_non_finite_outputs() -> None:
     """Intensities of 1e20 overflow a model trained on z-scored input: a clear error, not NaN maps."""
     from longiseg.inferers.triplanar import TriplanarInferer
 
-    torch.manual_seed(0)
-    model = build_model("segmast", in_channels=1, num_timepoints=2, **TINY).eval()
-    images = torch.full((2, 1, 8, 32, 32), 1e20)
+    inferer = TriplanarInferer(patch_size=8, planes=("axial",), progress=False)
+    ok = inferer(_Overflowing(), torch.full((2, 1, 4, 8, 8), 3.0))
+    assert all(np.isfinite(a).all() for a in ok)
     with pytest.raises(ValueError, match="NaN/inf probabilities.*normalise"):
-        TriplanarInferer(patch_size=32, planes=("axial",), progress=False)(model, images)
+        inferer(_Overflowing(), torch.full((2, 1, 4, 8, 8), 1e20))
 
 
 def test_trainer_refuses_to_replace_a_run(tmp_path: Path) -> None:

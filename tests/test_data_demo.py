@@ -124,13 +124,23 @@ def test_write_cohort_layout_manifest_and_figure(tmp_path: Path) -> None:
     (tmp_path / "other" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="does not look like a cohort"):
         dc.generate_demo_cohort(tmp_path / "other", cfg, progress=False, overwrite=True)
-    png = dc.plot_case(case, tmp_path / "fig.png")
+    from longiseg.workflows.figures import plot_case
+
+    png = plot_case(case, tmp_path / "fig.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_cli_writes_cohort_and_figure(tmp_path: Path) -> None:
-    rc = dc.main([str(tmp_path / "c"), "--patients", "1", "--spacing", "4", "--figure", str(tmp_path / "f.png")])
-    assert rc == 0 and (tmp_path / "f.png").is_file() and (tmp_path / "c" / "manifest.json").is_file()
+def test_cohort_command_writes_cohort_and_split(tmp_path: Path) -> None:
+    from longiseg.cli import main
+
+    rc = main(["cohort", str(tmp_path / "c"), "--num-patients", "6", "--num-test", "2", "--spacing", "4",
+               "--no-progress"])
+    assert rc == 0 and (tmp_path / "c" / "cohort" / "manifest.json").is_file()
+    test = read_manifest(tmp_path / "c" / "test" / "manifest.json")
+    train = read_manifest(tmp_path / "c" / "train" / "manifest.json")
+    assert sorted(test.progression_flags) == [False, True] and len(train.cases) == 4
+    assert not {e.case_id for e in test.cases} & {e.case_id for e in train.cases}
+    assert main(["cohort", str(tmp_path / "c"), "--num-patients", "6", "--num-test", "2", "--spacing", "4"]) == 2
 
 
 def test_phantom_fallback_without_nilearn(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

@@ -79,6 +79,7 @@ def test_ddp_two_gloo_processes(tmp_path) -> None:
     assert info[0]["indices"][0] != info[0]["indices"][1]  # reshuffled per epoch
     p0 = torch.load(rec / "rank0.pt", weights_only=True)["params"]
     p1 = torch.load(rec / "rank1.pt", weights_only=True)["params"]
+    # exact: both ranks apply the same all-reduced gradient, and with two ranks a + b == b + a bit for bit
     assert all(torch.equal(p0[k], p1[k]) for k in p0)
     assert info[1]["writes"] == [] and "checkpoint" in info[0]["writes"] and "csv-row" in info[0]["writes"]
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.csv", "trainer_config.yaml"]

@@ -72,7 +72,7 @@ def test_predict_case_writes_all_files_with_affine(tmp_path: Path) -> None:
         assert all(p.parent == tmp_path / "case01" and p.exists() for p in paths[kind])
     assert not [p for p in (tmp_path / "case01").iterdir() if p.name.startswith(".")]  # no temp files left
 
-    base_prob, prog_prob = _inferer()(Voxelwise(), img)
+    base_prob, prog_prob = _inferer()(Voxelwise(), img)  # the same computation as predict_case's: exact below
     spacing = spacing_from_affine(aff)
     np.testing.assert_allclose(spacing, (0.8, 1.0, 2.5))
     for i, path in enumerate(paths["prob"]):

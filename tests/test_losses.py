@@ -371,9 +371,10 @@ def test_gradient_only_through_kept_samples(strategy):
     )
     res.loss.backward()
     per_pair = out.progression.grad.flatten(2).abs().sum(-1)  # (B, T-1)
-    assert (per_pair[~res.kept] == 0).all()
-    assert (per_pair[res.kept] > 0).all()
-    assert (out.baseline.grad.flatten(1).abs().sum(-1) > 0).all()
+    assert (per_pair[~res.kept] == 0).all()  # exact: a dropped pair is not in the loss at all
+    assert (per_pair[res.kept] > 1e-3 * per_pair.max()).all()
+    base_per_sample = out.baseline.grad.flatten(1).abs().sum(-1)
+    assert (base_per_sample > 1e-3 * base_per_sample.max()).all()
     expected = {"whole": 12, "none": 3, "partial": 6}[strategy]
     assert res.num_kept == expected
 
@@ -384,7 +385,7 @@ def test_edge_case_no_progression_in_batch():
     res = ImbalanceAwareLoss(seed=0)(out, y1, yp)  # min_empty=1 keeps one stable sample
     assert (res.num_kept, res.num_positive, res.num_empty, res.num_empty_kept) == (1, 0, 4, 1)
     res0 = ImbalanceAwareLoss(min_empty=0)(out, y1, yp)
-    assert res0.num_kept == 0 and res0.progression_loss.item() == 0.0
+    assert res0.num_kept == 0 and res0.progression_loss.item() == 0.0  # exact: a sum over no pairs, times 0
     res0.loss.backward()  # the zero term is connected: the head gets a (zero) gradient, DDP sees it used
     assert out.progression.grad is not None and (out.progression.grad == 0).all()
     assert res0.loss.item() == pytest.approx(res0.baseline_loss.item())
@@ -416,7 +417,7 @@ def test_mask_dtypes_give_same_loss():
         ImbalanceAwareLoss(seed=3)(out, y1.to(dt), yp.to(dt)).loss.item()
         for dt in (torch.bool, torch.int64, torch.int32, torch.float32, torch.float64)
     ]
-    assert max(losses) - min(losses) == 0.0
+    assert max(losses) - min(losses) <= 1e-6 * abs(max(losses))
 
 
 def test_seeded_loss_is_deterministic_and_resumable():

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from model_checks import (
     PAPER_PARAM_TARGETS_M,
+    SEGFORMER_CANCELLED,
     assert_all_parameters_get_gradients,
     assert_output_shapes,
     assert_params_near,
@@ -42,9 +43,9 @@ def _reference_attention(mod: SpatialReductionAttention, x: torch.Tensor, joint_
     heads, d = mod.num_heads, c // mod.num_heads
 
     def kv_tokens(grid: torch.Tensor) -> torch.Tensor:  # (H, W, C) -> (L', C)
-        if mod.sr_ratio == 1:
-            return grid.reshape(-1, c)
         r = mod.sr_ratio
+        if r == 1 or (h // r) * (w // r) < 2:  # a reduction to a single key is skipped
+            return grid.reshape(-1, c)
         patches = grid[: h // r * r, : w // r * r].reshape(h // r, r, w // r, r, c).permute(0, 2, 4, 1, 3)
         reduced = torch.einsum("ijcab,ocab->ijo", patches, mod.sr.weight) + mod.sr.bias
         reduced = reduced.reshape(-1, c)
@@ -75,20 +76,24 @@ def _reference_attention(mod: SpatialReductionAttention, x: torch.Tensor, joint_
 
 
 @pytest.mark.parametrize("cls, joint", [(EfficientSelfAttention, False), (GlobalSelfAttention, True)])
-@pytest.mark.parametrize("sr_ratio", [1, 2, 4])
-def test_attention_matches_float64_reference(cls: type, joint: bool, sr_ratio: int) -> None:
+@pytest.mark.parametrize("sr_ratio", [1, 2, 4, 8])
+@pytest.mark.parametrize("grid", [(8, 9), (3, 5)])  # (3, 5): reduced by 2 (1x2 keys), unreduced at 4 and 8
+def test_attention_matches_float64_reference(cls: type, joint: bool, sr_ratio: int, grid: tuple[int, int]) -> None:
     mod = cls(12, num_heads=3, sr_ratio=sr_ratio).double()
-    x = torch.randn(2, 3, 8, 9, 12, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, *grid, 12, dtype=torch.float64, requires_grad=True)
     out = mod(x)
     ref = _reference_attention(mod, x, joint)
     assert out.shape == x.shape
     assert ((out - ref).norm() / ref.norm()).item() < 1e-10
     g = torch.randn_like(out)
     params = [p for p in mod.parameters()]
-    grads = torch.autograd.grad(out, [x, *params], g)
-    grads_ref = torch.autograd.grad(ref, [x, *params], g)
-    for a, r in zip(grads, grads_ref):
-        assert ((a - r).norm() / r.norm()).item() < 1e-10
+    grads = torch.autograd.grad(out, [x, *params], g, allow_unused=True)
+    grads_ref = torch.autograd.grad(ref, [x, *params], g, allow_unused=True)
+    for a, r, name in zip(grads, grads_ref, ["x"] + [n for n, _ in mod.named_parameters()]):
+        if name.startswith(("sr.", "norm.")) and not mod.reduces(*grid):
+            assert a is None and r is None  # the reduction is not in the graph at all
+        else:
+            assert ((a - r).norm() / r.norm()).item() < 1e-10
 
 
 def test_efficient_attention_keeps_timepoints_apart_global_mixes_them() -> None:
@@ -110,10 +115,37 @@ def test_attention_errors() -> None:
         mod(torch.randn(2, 8, 8, 8))
     with pytest.raises(ValueError, match="8 channels"):
         mod(torch.randn(1, 2, 8, 8, 4))
-    with pytest.raises(ValueError, match="smaller than sr_ratio=4"):
-        mod(torch.randn(1, 2, 2, 8, 8))
     with pytest.raises(TypeError, match="torch.Tensor"):
         mod("tokens")
+
+
+def test_single_key_attention_is_the_value_projection() -> None:
+    """One key gets attention weight 1 (softmax of a single score), whatever the query: the output is the
+    projected value, and changing the query projection changes nothing. Exact by construction."""
+    mod = EfficientSelfAttention(8, num_heads=2).double()
+    x = torch.randn(3, 2, 1, 1, 8, dtype=torch.float64)  # a 1x1 grid per timepoint
+    v = mod.kv(x)[..., 8:]
+    torch.testing.assert_close(mod(x), mod.proj(v))
+    with torch.no_grad():
+        mod.q.weight.copy_(torch.randn(8, 8))
+    torch.testing.assert_close(mod(x), mod.proj(v))
+
+
+@pytest.mark.parametrize("cls", [EfficientSelfAttention, GlobalSelfAttention])
+def test_reduction_never_leaves_a_single_key(cls: type) -> None:
+    """A grid whose reduction would leave one key (or none) attends to its own tokens, so the query matters."""
+    mod = cls(8, num_heads=2, sr_ratio=8).double()
+    assert [mod.reduces(*g) for g in [(8, 8), (15, 15), (4, 30), (16, 8), (8, 16)]] == [False] * 3 + [True] * 2
+    grid = torch.randn(2, 8, 8, 8, dtype=torch.float64)
+    assert mod.reduce(grid).shape == (2, 64, 8)  # the real tokens, not one reduced token
+    assert mod.reduce(torch.randn(2, 16, 8, 8, dtype=torch.float64)).shape == (2, 2, 8)
+    x = torch.randn(1, 2, 8, 8, 8, dtype=torch.float64)
+    out = mod(x)
+    with torch.no_grad():
+        mod.q.weight.mul_(-1.0)  # reverses every attention score's query term
+    changed = mod(x)
+    assert ((out - changed).norm() / out.norm()).item() > 1e-3  # far above float64 rounding
+    assert mod(torch.randn(1, 2, 3, 2, 8, dtype=torch.float64)).shape == (1, 2, 3, 2, 8)  # smaller than R: fine
 
 
 # ------------------------------------------------------------------------------------------- SegFormer
@@ -163,8 +195,10 @@ def test_segformer_fixed_t_with_per_followup_heads() -> None:
 
 @pytest.mark.parametrize("attention", ["efficient", "global"])
 def test_segformer_gradients_reach_every_parameter(attention: str) -> None:
+    # 64x64: every stage has a 2x2 grid or more per timepoint after its reduction (16x16 / 8, ..., 2x2 / 1),
+    # so every query has at least four keys to choose from and every reduction convolution is used
     model = build_model("segformer", in_channels=1, attention=attention, **TINY)
-    assert_all_parameters_get_gradients(model, torch.randn(2, 2, 1, 32, 32))
+    assert_all_parameters_get_gradients(model, torch.randn(2, 2, 1, 64, 64), cancelled=SEGFORMER_CANCELLED)
 
 
 def test_segformer_training_reduces_loss() -> None:

@@ -60,7 +60,7 @@ def test_longitudinal_output_validates_and_maps():
     out = LongitudinalOutput(torch.zeros(2, 1, 8, 8), torch.zeros(2, 3, 1, 8, 8))
     assert out.num_followups == 3
     probs = out.map(torch.sigmoid)
-    assert torch.all(probs.baseline == 0.5)
+    assert torch.all(probs.baseline == 0.5)  # exact: sigmoid(0) = 1 / (1 + 1)
     b, p = out
     assert b.shape == (2, 1, 8, 8) and p.shape == (2, 3, 1, 8, 8)
     with pytest.raises(ValueError, match="disagree"):

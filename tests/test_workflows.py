@@ -12,9 +12,9 @@ import pytest
 from longiseg.cli import build_parser, main
 from longiseg.data.demo_cohort import generate_demo_cohort
 from longiseg.data.loading import find_cases
+from longiseg.data.split import split_by_patient
 from longiseg.engine.config import ConfigError
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig
-from longiseg.workflows.train import hard_dice, split_by_patient
 
 TINY_SEGMAST = ["model.name=segmast", "model.kwargs={widths: [8, 16, 16, 32], depths: [1, 1, 1, 1], decoder_dim: 16}"]
 
@@ -49,14 +49,6 @@ def test_split_by_patient_is_stratified_and_disjoint(cohort: Path) -> None:
     assert any(c.progression_flag() for c in val) and any(not c.progression_flag() for c in val)
     with pytest.raises(ValueError, match="val_fraction"):
         split_by_patient(cases, 1.0)
-
-
-def test_hard_dice_conventions() -> None:
-    import torch
-
-    pred = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
-    true = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]])
-    np.testing.assert_allclose(hard_dice(pred, true).numpy(), [2 / 3, 1.0, 0.0])
 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,9 +126,14 @@ def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
     assert (precious / "data.txt").read_text() == "user data"
 
 
-def test_demo_end_to_end_tiny_with_validation_threshold(tmp_path: Path) -> None:
-    from longiseg.inferers import DEFAULT_THRESHOLDS, postprocess
-    from longiseg.workflows.demo import DEMO_COHORT_LESIONS, DemoConfig, _apply_threshold, run_demo
+def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo composes cohort -> train -> tune -> predict -> evaluate; typing them gives the same table, and
+    predict needs nothing but the checkpoint."""
+    import csv
+
+    from longiseg.inferers import postprocess
+    from longiseg.tuning import DEFAULT_THRESHOLDS
+    from longiseg.workflows.demo import DEMO_COHORT_LESIONS, DemoConfig, run_demo
 
     out = tmp_path / "demo"
     cfg = DemoConfig(output_dir=str(out), num_patients=8, num_test=2, spacing=4, models=("SegFormer",), epochs=1,
@@ -145,24 +142,19 @@ def test_demo_end_to_end_tiny_with_validation_threshold(tmp_path: Path) -> None:
     saved = json.loads((out / "results.json").read_text())
     assert saved["test_cases"] == summary["test_cases"] and len(summary["test_cases"]) == 2
     # The threshold was chosen on the trainer's validation patients, never on the test patients.
-    val_ids = {p.name for p in (out / "validation" / "SegFormer").iterdir() if p.is_dir()}
-    assert val_ids and not val_ids & set(summary["test_cases"])
-    train_ids = {c.case_id for c in find_cases(out / "train")}
-    assert val_ids <= train_ids
     sel = saved["thresholds"]["SegFormer"]
+    val_ids = set(sel["validation_cases"])
+    assert val_ids and not val_ids & set(summary["test_cases"])
+    assert val_ids <= {c.case_id for c in find_cases(out / "train")}
     assert sel["threshold"] in DEFAULT_THRESHOLDS and sel["default"] == 0.5 and sel["objective"] == "lesion_f1"
     assert sel["num_progression"] + sel["num_stable"] == len(val_ids)
-    assert sel["score"] >= sel["default_score"] and set(sel["test_at_default"]) == {"lesion_f1/P", "dice/P", "dice/NP"}
-    assert set(summary["learned"]) == {"SegFormer"}
+    assert sel["score"] >= sel["default_score"]
     assert {m["model"] for m in summary["models"]} == {"SegFormer", "SegFormer (untrained)"}
-    assert set(summary["timings_s"]) >= {"cohort", "train_SegFormer", "validate_SegFormer", "predict_SegFormer"}
-    # The cohort follows the demo's lesion settings.
-    assert saved["config"]["tune_threshold"] is True
+    assert set(summary["timings_s"]) >= {"cohort", "train_SegFormer", "tune_SegFormer", "predict_SegFormer"}
     cohort_cfg = json.loads((out / "cohort" / "demo_cohort.json").read_text())["config"]
     assert cohort_cfg["num_patients"] == 8
     assert all(tuple(cohort_cfg[k]) == tuple(v) for k, v in DEMO_COHORT_LESIONS.items())
-
-    # The test masks are the probability maps post-processed at the chosen threshold; re-thresholding rewrites them.
+    # The test masks are the probability maps post-processed at the tuned threshold.
     pred = out / "predictions" / "SegFormer"
     case = summary["test_cases"][0]
     prob = np.asarray(nib.load(pred / case / "progression_t1_prob.nii.gz").dataobj, dtype=np.float32)
@@ -171,12 +163,34 @@ def test_demo_end_to_end_tiny_with_validation_threshold(tmp_path: Path) -> None:
     expected = postprocess(prob, threshold=sel["threshold"], min_volume_mm3=27.0, spacing=(4.0, 4.0, 4.0),
                            brain_mask=brain)
     assert np.array_equal(mask, expected)
-    base_before = nib.load(pred / case / "baseline_mask.nii.gz").get_fdata()
-    from longiseg.workflows.config import InferenceConfig
 
-    low = float(np.quantile(prob[brain], 0.5))
-    low = min(max(low, 0.01), 0.99)
-    _apply_threshold(pred, out / "test", low, InferenceConfig(min_lesion_mm3=0.0))
-    mask_low = np.asarray(nib.load(pred / case / "progression_t1.nii.gz").dataobj) > 0
-    assert np.array_equal(mask_low, (prob >= low) & brain)
-    assert np.array_equal(nib.load(pred / case / "baseline_mask.nii.gz").get_fdata(), base_before)
+    # The same stages by hand, through the command line.
+    hand = tmp_path / "hand"
+    run = hand / "runs" / "SegFormer"
+    steps = [
+        ["cohort", str(hand), "--num-patients", "8", "--num-test", "2", "--spacing", "4", "--no-progress"],
+        ["train", str(out / "configs" / "SegFormer.yaml"), "--data", str(hand / "train"), "--output", str(run)],
+        ["tune", str(run), "--checkpoint", "last.pt", "--device", "cpu", "--no-progress"],
+        ["predict", "--checkpoint", str(run / "last.pt"), "--input", str(hand / "test"), "--output",
+         str(hand / "predictions" / "SegFormer"), "--device", "cpu"],
+        ["evaluate", str(hand / "predictions" / "SegFormer"), str(hand / "test"), "--out", str(hand / "report"),
+         "--no-progress"],
+    ]
+    for argv in steps:
+        assert main(["--threads", "1", *argv]) == 0, (argv, capsys.readouterr().err)
+    assert "tuned by longiseg tune" in capsys.readouterr().out
+
+    def rows(report: Path) -> list[dict[str, str]]:
+        with open(report / "per_case.csv") as fh:
+            return [r for r in csv.DictReader(fh) if r["model"] == "SegFormer"]
+
+    assert rows(hand / "report") == rows(out / "report")
+
+    # predict needs nothing but the checkpoint: without experiment.yaml the output is bit for bit the same.
+    (run / "experiment.yaml").unlink()
+    again = hand / "again"
+    assert main(["--threads", "1", "predict", "--checkpoint", str(run / "last.pt"), "--input", str(hand / "test"),
+                 "--output", str(again), "--device", "cpu"]) == 0
+    for f in sorted((hand / "predictions" / "SegFormer").rglob("*.nii.gz")):
+        other = again / f.relative_to(hand / "predictions" / "SegFormer")
+        assert np.array_equal(np.asarray(nib.load(f).dataobj), np.asarray(nib.load(other).dataobj)), f

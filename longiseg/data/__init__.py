@@ -3,6 +3,7 @@
 from longiseg.data.adapters import msseg2_cases, ucsf_altpd_cases
 from longiseg.data.case import PLANES, LongitudinalCase, plane_axes
 from longiseg.data.dataset import CaseCache, SliceDataset, VolumePatchDataset
+from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case, generate_demo_cohort
 from longiseg.data.loading import (
     CaseSource,
     Manifest,
@@ -29,6 +30,7 @@ from longiseg.data.preprocessing import (
     zscore_normalize,
 )
 from longiseg.data.sampling import CrossViewSampler, VolumePatchSampler, build_sampling_index, sample_center
+from longiseg.data.split import split_by_patient, write_test_split
 from longiseg.data.transforms import LongitudinalAugment
 
 __all__ = [
@@ -69,16 +71,6 @@ __all__ = [
     "DemoCohortConfig",
     "generate_demo_case",
     "generate_demo_cohort",
-    "plot_case",
+    "split_by_patient",
+    "write_test_split",
 ]
-
-# The demo cohort is imported on first use, so ``python -m longiseg.data.demo_cohort`` runs cleanly.
-_DEMO_NAMES = ("DemoCohortConfig", "generate_demo_case", "generate_demo_cohort", "plot_case")
-
-
-def __getattr__(name: str) -> object:
-    if name in _DEMO_NAMES:
-        from longiseg.data import demo_cohort
-
-        return getattr(demo_cohort, name)
-    raise AttributeError(f"module 'longiseg.data' has no attribute {name!r}")

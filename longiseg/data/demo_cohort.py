@@ -22,15 +22,12 @@ Per patient (all seeded by ``(seed, patient index)``):
    carries a residual rigid misregistration (below one voxel and one degree by default); every scan gets
    its own smooth multiplicative bias field, scanner gain and Rician noise, and is skull-stripped.
 
-Command line::
-
-    python -m longiseg.data.demo_cohort OUT [--patients 12] [--spacing 2] [--timepoints 2]
-        [--progression-fraction 0.5] [--seed 0] [--figure fig.png] [--overwrite]
+Command line: ``longiseg cohort OUT`` (the demo's cohort and its train/test split); a figure of a patient:
+:func:`longiseg.workflows.figures.plot_case`.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib.util
 import logging
@@ -46,7 +43,7 @@ from scipy import ndimage
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.loading import Manifest, ManifestEntry, save_case, write_manifest
-from longiseg.utils.io import atomic_directory, atomic_path, atomic_write_json
+from longiseg.utils.io import atomic_directory, atomic_write_json
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import check_positive_int, check_probability, check_timepoints
 
@@ -57,8 +54,6 @@ __all__ = [
     "generate_demo_case",
     "iter_demo_cases",
     "generate_demo_cohort",
-    "plot_case",
-    "main",
 ]
 
 _LOG = get_logger("longiseg.data.demo")
@@ -644,146 +639,3 @@ def generate_demo_cohort(
     _LOG.info("wrote demo cohort of %d patients (%d progressing) to %s", cfg.num_patients,
               sum(s["progressing"] for s in stats), out)
     return out
-
-
-# ============================================================================ figure
-def _best_slices(case: LongitudinalCase, followup: int) -> tuple[int, int, int]:
-    """Centre voxel of the largest progression component (else of the baseline lesions, else the brain)."""
-    assert case.baseline_mask is not None and case.progression_masks is not None
-    for mask in (case.progression_masks[followup - 1], case.baseline_mask, case.foreground_mask()):
-        if mask.any():
-            labels, n = ndimage.label(mask)
-            biggest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-            com = ndimage.center_of_mass(labels == biggest)
-            return tuple(int(round(c)) for c in com)  # type: ignore[return-value]
-    return tuple(s // 2 for s in case.shape)  # type: ignore[return-value]
-
-
-def plot_case(case: LongitudinalCase | PathLike, out_png: PathLike, *, followup: int = 1,
-              modality: str | None = None, center: Sequence[int] | None = None) -> Path:
-    """Figure of one patient: baseline and follow-up slices in all three planes with their masks.
-
-    Rows are the axial, coronal and sagittal planes through ``center`` (default: the largest new/enlarging
-    lesion). Columns: baseline image, baseline with its lesion mask (green), follow-up image, follow-up
-    with baseline lesions (green outline) and the progression mask (red), and the follow-up minus baseline
-    difference.
-
-    Args:
-        case: a labelled case or its folder in the library layout.
-        out_png: destination PNG (written atomically).
-        followup: which follow-up (1-based) to show.
-        modality: channel to show (default: ``"flair"`` if present, else the first).
-        center: voxel ``(d, h, w)`` the slices pass through.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from longiseg.data.case import PLANES
-    from longiseg.data.loading import load_case
-
-    if not isinstance(case, LongitudinalCase):
-        case = load_case(case)
-    if not case.has_labels:
-        raise ValueError(f"case {case.case_id!r} has no masks to plot")
-    if not 1 <= followup < case.num_timepoints:
-        raise ValueError(f"followup must be in [1, {case.num_timepoints - 1}], got {followup}")
-    mod = modality or ("flair" if "flair" in case.modalities else case.modalities[0])
-    if mod not in case.modalities:
-        raise ValueError(f"modality must be one of {list(case.modalities)}, got {mod!r}")
-    c = case.modalities.index(mod)
-    ctr = tuple(int(v) for v in center) if center is not None else _best_slices(case, followup)
-    assert case.baseline_mask is not None and case.progression_masks is not None
-
-    from matplotlib.colors import ListedColormap
-
-    def norm(img: np.ndarray) -> np.ndarray:
-        fg = img[img != 0]
-        lo, hi = (float(v) for v in np.percentile(fg, [0.5, 99.0])) if fg.size else (0.0, 1.0)
-        return np.where(img != 0, np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1), 0.0)
-
-    base_img, fu_img = norm(case.images[0, c]), norm(case.images[followup, c])
-    brain = case.foreground_mask()
-    diff = np.ma.masked_where(~brain, fu_img - base_img)
-    green, red = ListedColormap(["#00e060"]), ListedColormap(["#ff2020"])
-    axes = case.plane_axes
-    cols = ["baseline", "baseline + lesions", f"follow-up {followup}", "follow-up + new/enlarging", "difference"]
-    fig, grid = plt.subplots(3, 5, figsize=(15, 9.5), facecolor="black")
-    for r, plane in enumerate(PLANES):
-        ax_n = axes[plane]
-        idx = [slice(None)] * 3
-        idx[ax_n] = ctr[ax_n]
-        sl = tuple(idx)
-        in_plane = [a for a in range(3) if a != ax_n]
-        sp = [case.spacing[a] for a in in_plane]
-
-        def show(ax, img, cmap="gray", vmin=0.0, vmax=1.0, sl=sl, sp=sp):
-            ax.set_facecolor("black")
-            ax.imshow(img[sl].T, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower",
-                      aspect=sp[1] / sp[0], interpolation="nearest")
-
-        bmask = case.baseline_mask[sl].T.astype(float)
-        pmask = case.progression_masks[followup - 1][sl].T.astype(float)
-        show(grid[r, 0], base_img)
-        show(grid[r, 1], base_img)
-        grid[r, 1].imshow(np.ma.masked_where(bmask == 0, bmask), cmap=green, alpha=0.7, origin="lower",
-                          aspect=sp[1] / sp[0], interpolation="nearest")
-        show(grid[r, 2], fu_img)
-        show(grid[r, 3], fu_img)
-        if bmask.any():
-            grid[r, 3].contour(bmask, levels=[0.5], colors="#00e060", linewidths=0.9)
-        grid[r, 3].imshow(np.ma.masked_where(pmask == 0, pmask), cmap=red, alpha=0.8, origin="lower",
-                          aspect=sp[1] / sp[0], interpolation="nearest")
-        show(grid[r, 4], diff, cmap="RdBu_r", vmin=-0.6, vmax=0.6)
-        grid[r, 0].set_ylabel(f"{plane} ({ctr[ax_n]})", color="white", fontsize=11)
-        for j in range(5):
-            grid[r, j].set_xticks([])
-            grid[r, j].set_yticks([])
-            if r == 0:
-                grid[r, j].set_title(cols[j], color="white", fontsize=11)
-    status = "progressing" if case.progression_masks[followup - 1].any() else "stable"
-    fig.suptitle(f"{case.case_id} ({mod}, {status}): baseline lesions (green) {int(case.baseline_mask.sum())} "
-                 f"voxels, new/enlarging (red) {int(case.progression_masks[followup - 1].sum())} voxels",
-                 color="white", fontsize=13)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    out = Path(out_png)
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, facecolor=fig.get_facecolor(), format="png")
-    plt.close(fig)
-    return out
-
-
-# ============================================================================ CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m longiseg.data.demo_cohort",
-                                     description="Write the embedded longitudinal MS-like demo cohort.")
-    parser.add_argument("out", help="output folder (library layout)")
-    parser.add_argument("--patients", type=int, default=12, help="number of patients (default 12)")
-    parser.add_argument("--spacing", type=int, default=2, help="isotropic voxel size in mm, 1-4 (default 2)")
-    parser.add_argument("--timepoints", type=int, default=2, help="timepoints per patient (default 2)")
-    parser.add_argument("--progression-fraction", type=float, default=0.5,
-                        help="fraction of patients with new/enlarging lesions (default 0.5)")
-    parser.add_argument("--anatomy", choices=("auto", "mni152", "phantom"), default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--figure", help="also write a PNG of one progressing patient")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing cohort folder")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = DemoCohortConfig(num_patients=args.patients, spacing=args.spacing, num_timepoints=args.timepoints,
-                           progression_fraction=args.progression_fraction, anatomy=args.anatomy, seed=args.seed)
-    out = generate_demo_cohort(args.out, cfg, overwrite=args.overwrite)
-    if args.figure:
-        import json
-
-        patients = json.loads((out / "demo_cohort.json").read_text())["patients"]
-        chosen = next((p["case_id"] for p in patients if p["progressing"]), patients[0]["case_id"])
-        plot_case(out / chosen, args.figure)
-        print(f"figure of {chosen}: {args.figure}")
-    print(f"demo cohort: {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,6 +10,7 @@ key                        content
 ``model``                  ``state_dict`` of the unwrapped model (no ``module.`` prefix from DDP)
 ``model_name``             registry name (or ``None``), used by :func:`build_model_from_checkpoint`
 ``model_kwargs``           keyword arguments given to the registry factory
+``spec``                   the model's :class:`~longiseg.spec.ModelSpec` as a dict (how to rebuild and use it)
 ``optimizer``              optimizer ``state_dict``
 ``scheduler``              LR scheduler ``state_dict``
 ``grad_scaler``            ``torch.amp.GradScaler`` ``state_dict`` (or ``None``)
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from longiseg.spec import ModelSpec
 from longiseg.utils.io import atomic_torch_save
 
 __all__ = [
@@ -50,7 +52,9 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "build_model_from_checkpoint",
+    "load_model",
     "load_model_weights",
+    "update_spec",
 ]
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -179,11 +183,16 @@ def save_checkpoint(
     """
     if epoch < 0 or global_step < 0:
         raise ValueError(f"epoch and global_step must be >= 0, got {epoch} and {global_step}")
+    spec = getattr(unwrap_model(model), "spec", None)
+    if spec is not None:  # the model describes itself: name and arguments come from its spec
+        model_name = model_name or spec.name
+        model_kwargs = spec.kwargs if model_kwargs is None else model_kwargs
     payload = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
         "model_name": model_name,
         "model_kwargs": dict(model_kwargs) if model_kwargs is not None else {},
+        "spec": spec.to_dict() if spec is not None else None,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "grad_scaler": _state_or_none(grad_scaler),
@@ -304,7 +313,48 @@ def build_model_from_checkpoint(path: str | Path, *, map_location: Any = "cpu",
         raise ValueError(f"checkpoint {path} has no model_name; build the model yourself and use load_checkpoint")
     model = build_model(name, **{**ckpt.get("model_kwargs", {}), **override_kwargs})
     load_model_weights(model, ckpt["model"], source=str(path))
+    if ckpt.get("spec") and not override_kwargs:
+        model.spec = ModelSpec.from_dict(ckpt["spec"])
     return model.eval()
+
+
+def load_model(path: str | Path, *, map_location: Any = "cpu") -> nn.Module:
+    """A ready model from a checkpoint alone: architecture, weights and how to use it (``model.spec``).
+
+    Args:
+        path: a checkpoint written by ``longiseg train`` (``best.pt``/``last.pt``) or :func:`save_checkpoint`.
+        map_location: passed to :func:`torch.load`.
+
+    Returns:
+        The model in eval mode; ``model.spec`` (:class:`~longiseg.spec.ModelSpec`) holds its modality order,
+        crop size, preprocessing, inference and (tuned) post-processing settings.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: for an unreadable file, weights that do not fit, or a checkpoint written before checkpoints
+            described themselves (the message says how to supply the settings).
+    """
+    ckpt = _read(Path(path), map_location, True)
+    if not ckpt.get("spec"):
+        raise ValueError(
+            f"checkpoint {path} was written by an older longiseg and does not record how to use the model "
+            "(modality order, window size, post-processing): pass the run's experiment file "
+            "(longiseg predict --config RUN/experiment.yaml), or rebuild it with build_model_from_checkpoint() "
+            "and set the settings yourself")
+    return build_model_from_checkpoint(path, map_location=map_location)
+
+
+def update_spec(path: str | Path, spec: ModelSpec) -> Path:
+    """Rewrite the checkpoint ``path`` with ``spec`` (atomically; weights and training state unchanged).
+
+    Raises:
+        ValueError: if ``spec`` names another model than the checkpoint.
+    """
+    ckpt = _read(Path(path), "cpu", True)
+    if ckpt.get("model_name") not in (None, spec.name):
+        raise ValueError(f"checkpoint {path} holds {ckpt.get('model_name')!r}, not {spec.name!r}")
+    ckpt["spec"] = spec.to_dict()
+    return atomic_torch_save(ckpt, path)
 
 
 def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "state_dict",

@@ -362,8 +362,9 @@ class Trainer:
         self.ctx = dist_context if dist_context is not None else init_distributed(device=config.device)
         self.device = self.ctx.device
         self.is_main = self.ctx.is_main
-        self.model_name = model_name
-        self.model_kwargs = dict(model_kwargs or {})
+        spec = getattr(model, "spec", None)  # models from build_model describe themselves
+        self.model_name = model_name if model_name is not None else getattr(spec, "name", None)
+        self.model_kwargs = dict(model_kwargs if model_kwargs is not None else getattr(spec, "kwargs", {}))
         self.validate_fn = validate_fn
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)

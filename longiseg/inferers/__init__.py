@@ -19,13 +19,6 @@ from longiseg.inferers.sliding_window import (
     predict_probabilities,
     window_starts,
 )
-from longiseg.inferers.thresholds import (
-    DEFAULT_THRESHOLDS,
-    OBJECTIVES,
-    ThresholdSelection,
-    progression_score,
-    select_threshold,
-)
 from longiseg.inferers.triplanar import PLANE_AXES, TriplanarInferer, brain_window_starts, plane_axis
 from longiseg.inferers.uncertainty import MAX_BINARY_ENTROPY, binary_entropy
 
@@ -42,11 +35,6 @@ __all__ = [
     "remove_small_components",
     "restrict_to_mask",
     "postprocess",
-    "select_threshold",
-    "progression_score",
-    "ThresholdSelection",
-    "DEFAULT_THRESHOLDS",
-    "OBJECTIVES",
     "binary_entropy",
     "MAX_BINARY_ENTROPY",
     "Inferer",

@@ -23,7 +23,7 @@ from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import check_case_id, prediction_filenames
 from longiseg.data.loading import CaseSource, find_cases, load_case, save_prediction
 from longiseg.inferers.postprocessing import postprocess
-from longiseg.inferers.sliding_window import prepare_case
+from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
 from longiseg.utils.logging import get_logger
@@ -147,8 +147,8 @@ def predict_case(
             "predict_case writes binary maps and needs one output channel per head (K = 1); the inferer "
             f"returned baseline {base_prob.shape} and progression {prog_prob.shape}"
         )
-    if restrict_to_brain != "none" and brain is None:
-        brain = (imgs != 0).any(dim=1).any(dim=0)
+    if restrict_to_brain != "none":
+        brain = brain_or_foreground(imgs, brain)
     brain_np = None if brain is None else brain.numpy()
     pp = {"threshold": threshold, "min_volume_mm3": min_volume_mm3, "spacing": spacing}
     base_mask = postprocess(base_prob, brain_mask=brain_np if restrict_to_brain == "both" else None, **pp)

@@ -42,6 +42,7 @@ __all__ = [
     "predict_probabilities",
     "prepare_case",
     "split_probabilities",
+    "brain_or_foreground",
     "resolve_device",
     "SlidingWindowInferer3D",
 ]
@@ -219,6 +220,14 @@ def prepare_case(
         check_binary("brain_mask", brain_mask)
         mask = brain_mask.detach().to("cpu").bool()
     return images, mask
+
+
+def brain_or_foreground(images: torch.Tensor, brain_mask: torch.Tensor | None) -> torch.Tensor:
+    """The brain mask inference and post-processing use: ``brain_mask`` when given, else the voxels that are
+    non-zero in any timepoint or channel of ``images`` ``(T, C, D, H, W)``. Returns a bool ``(D, H, W)`` tensor."""
+    if brain_mask is not None:
+        return brain_mask.bool()
+    return (images != 0).any(dim=1).any(dim=0)
 
 
 def split_probabilities(prob: torch.Tensor, num_timepoints: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,7 @@ from longiseg.inferers.sliding_window import (
     _check_overlap,
     _normalise_window,
     blend_weights,
+    brain_or_foreground,
     flip_combinations,
     predict_probabilities,
     prepare_case,
@@ -189,8 +190,8 @@ class TriplanarInferer:
             ValueError / TypeError: for invalid inputs or a model whose output does not match its input.
         """
         imgs, mask = prepare_case(images, brain_mask)
-        if (self.skip_empty or self.crop_to_brain) and mask is None:
-            mask = (imgs != 0).any(dim=1).any(dim=0)
+        if self.skip_empty or self.crop_to_brain:
+            mask = brain_or_foreground(imgs, mask)
         dev = resolve_device(model, self.device)
         t = imgs.shape[0]
         spatial = tuple(imgs.shape[2:])

@@ -18,58 +18,28 @@ import torch
 import torch.nn as nn
 
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
-from longiseg.data.loading import CaseSource, find_cases
+from longiseg.data.loading import find_cases
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler
+from longiseg.data.split import split_by_patient
 from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
 from longiseg.engine.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, FitResult, Trainer, seed_everything
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.losses.imbalance import ImbalanceAwareLoss
+from longiseg.metrics.voxel import dice
 from longiseg.registry import build_model, model_info
+from longiseg.utils.io import atomic_write_json
 from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import ExperimentConfig
 
-__all__ = ["split_by_patient", "build_loss", "build_datasets", "make_validate_fn", "hard_dice", "run_training",
-           "check_monitor", "VALIDATION_METRICS"]
+__all__ = ["build_loss", "build_datasets", "make_validate_fn", "run_training",
+           "check_monitor", "VALIDATION_METRICS", "SPLIT_FILE"]
 
 logger = get_logger(__name__)
 
-
-def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int = 0
-                     ) -> tuple[list[CaseSource], list[CaseSource]]:
-    """Split cases into train and validation sets by patient, stratified by progression.
-
-    Args:
-        cases: case sources (their ``patient_id`` groups cases of one patient).
-        val_fraction: share of patients in the validation set (at least one per stratum when > 0).
-        seed: seed of the shuffle.
-
-    Returns:
-        ``(train_cases, val_cases)``; every patient's cases land on one side.
-
-    Raises:
-        ValueError: if ``val_fraction`` is outside ``[0, 1)`` or the split leaves no training case.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    patients: dict[str, list[CaseSource]] = {}
-    for c in cases:
-        patients.setdefault(c.patient_id or c.case_id, []).append(c)
-    rng = np.random.default_rng(seed)
-    val_ids: set[str] = set()
-    for flag in (True, False):
-        group = sorted(p for p, cs in patients.items() if any(c.progression_flag() for c in cs) == flag)
-        rng.shuffle(group)
-        n = int(round(val_fraction * len(group)))
-        if val_fraction > 0 and n == 0 and len(group) > 1:
-            n = 1
-        val_ids.update(group[:n])
-    train = [c for p, cs in patients.items() if p not in val_ids for c in cs]
-    val = [c for p, cs in patients.items() if p in val_ids for c in cs]
-    if not train:
-        raise ValueError("the validation split leaves no training case; lower data.val_fraction")
-    return train, val
+#: The run folder's record of which cases trained and which validated the model (``longiseg tune`` reads it).
+SPLIT_FILE = "split.json"
 
 
 def build_loss(cfg: ExperimentConfig) -> ImbalanceAwareLoss:
@@ -104,12 +74,10 @@ def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_c
     return train, val
 
 
-def hard_dice(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample Dice of binary masks ``(N, *S)``; 1 where both are empty. Returns ``(N,)``."""
-    p, t = pred.flatten(1).float(), target.flatten(1).float()
-    inter = (p * t).sum(1)
-    denom = p.sum(1) + t.sum(1)
-    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-8), torch.ones_like(denom))
+def _dice_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`longiseg.metrics.voxel.dice` of each sample of binary masks ``(N, ...)``; ``(N,)`` float64."""
+    flat = [(p.reshape(1, -1).numpy(), t.reshape(1, -1).numpy()) for p, t in zip(pred.bool(), target.bool())]
+    return torch.tensor([dice(p, t) for p, t in flat], dtype=torch.float64)
 
 
 def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: int = 16
@@ -137,10 +105,10 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
             base_pred = (out.baseline[:, :1] > 0).cpu()
             prog_pred = (out.progression[:, :, :1] > 0).cpu().flatten(0, 1)
             prog_true = b["progression"].flatten(0, 1)
-            base_d.append(hard_dice(base_pred, b["baseline"]))
+            base_d.append(_dice_per_sample(base_pred, b["baseline"]))
             has = prog_true.flatten(1).any(1)
             if has.any():
-                prog_d.append(hard_dice(prog_pred[has], prog_true[has]))
+                prog_d.append(_dice_per_sample(prog_pred[has], prog_true[has]))
             if (~has).any():
                 np_ok.append((~prog_pred[~has].flatten(1).any(1)).float())
         base = torch.cat(base_d).mean().item()
@@ -220,6 +188,11 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
         model = build_model(cfg.model.name, **kwargs)
     except TypeError as err:
         raise ValueError(f"model.kwargs {kwargs} do not fit {cfg.model.name!r}: {err}") from None
+    # What using the model needs travels with it (and with every checkpoint): see longiseg.spec.ModelSpec.
+    model.spec = model.spec.replace(
+        modalities=tuple(cases[0].modalities), crop_size=cfg.data.crop_size,
+        preprocessing={"normalization": "zscore", "crop_to_foreground": cfg.data.crop_to_foreground},
+        inference=cfg.inference.to_dict())
     logger.info("training %s (%s, %.2fM parameters) on %d cases, validating on %d", cfg.model.name, info.dim,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_cases), len(val_cases))
 
@@ -238,4 +211,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
                       dist_context=ctx)
     if ctx.is_main:
         save_config(cfg, Path(tcfg.output_dir) / "experiment.yaml")
+        atomic_write_json(Path(tcfg.output_dir) / SPLIT_FILE, {
+            "data_root": str(root), "val_root": cfg.data.val_root, "seed": cfg.data.seed,
+            "train": [c.case_id for c in train_cases], "validation": [c.case_id for c in val_cases]})
     return trainer.fit(resume=resume, overwrite=overwrite)

@@ -12,6 +12,16 @@ Both map layer-normalised channel-last tokens ``(B, T, H, W, C)`` to the same sh
   (optionally with the same key/value reduction), the attention counterpart of the MaST mixer's scans: the
   default mixer of the SegFormer baseline (with MiT's reductions) and, without reduction, the quadratic-cost
   comparison of the Mamba-vs-attention benchmark.
+
+**Small grids.** A grid is reduced only when its reduced grid ``(H // R) x (W // R)`` keeps at least two
+tokens; otherwise its own ``H*W`` tokens are the keys (in the SegFormer/SegMaST encoders, which pad inputs to
+a multiple of 32, such a grid is smaller than ``2R x 2R``, so full attention stays cheap). A single key would
+give every query the attention weight 1: the output would be the same value vector for all tokens of the
+timepoint and the query projection would have no effect and no gradient, in exact arithmetic (a 32x32 input
+reduced the first three stages of the per-timepoint SegFormer to one key each). A timepoint
+whose grid is a single token (``1 x 1``, the deepest stage at a 32x32 input) still has only itself to attend
+to: there :class:`EfficientSelfAttention` is the value projection of the token (the query has no effect),
+while :class:`GlobalSelfAttention` attends over the ``T >= 2`` tokens of all timepoints.
 """
 
 from __future__ import annotations
@@ -35,7 +45,8 @@ class SpatialReductionAttention(nn.Module):
     Args:
         dim: token channels ``C``.
         num_heads: attention heads; must divide ``dim``.
-        sr_ratio: key/value reduction ratio ``R`` (1: no reduction).
+        sr_ratio: key/value reduction ratio ``R`` (1: no reduction); a grid is reduced only when the reduced
+            grid keeps at least two tokens (:meth:`reduces`), so any grid size works.
         qkv_bias: biases in the query and key/value projections.
         attn_dropout: dropout on the attention weights (training only).
         proj_dropout: dropout after the output projection.
@@ -75,16 +86,17 @@ class SpatialReductionAttention(nn.Module):
         check_ndim("x", x, 5, "(B, T, H, W, C)")
         if x.shape[-1] != self.dim:
             raise ValueError(f"x must have {self.dim} channels in its last dim (B, T, H, W, C), got {tuple(x.shape)}")
-        h, w = x.shape[2:4]
-        if self.sr_ratio > 1 and (h < self.sr_ratio or w < self.sr_ratio):
-            raise ValueError(
-                f"the token grid {h}x{w} is smaller than sr_ratio={self.sr_ratio}; use larger inputs "
-                f"or a smaller reduction ratio"
-            )
+
+    def reduces(self, h: int, w: int) -> bool:
+        """Whether an ``h x w`` grid's keys/values are reduced: ``R > 1`` and ``(h // R) * (w // R) >= 2``."""
+        r = self.sr_ratio
+        return r > 1 and (h // r) * (w // r) >= 2
 
     def reduce(self, grid: torch.Tensor) -> torch.Tensor:
-        """Key/value tokens of a grid: ``(N, H, W, C) -> (N, (H // R) * (W // R), C)``."""
-        if self.sr_ratio == 1:
+        """Key/value tokens of a grid ``(N, H, W, C)``: ``(N, (H // R) * (W // R), C)`` when :meth:`reduces`
+        (trailing rows/columns beyond a multiple of ``R`` are dropped, as by the strided convolution), else the
+        grid's own tokens ``(N, H * W, C)``."""
+        if not self.reduces(grid.shape[1], grid.shape[2]):
             return grid.flatten(1, 2)
         reduced = self.sr(grid.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
         return self.norm(reduced)

@@ -19,13 +19,8 @@ import torch
 import torch.nn as nn
 
 from longiseg.networks.blocks.patch_embed import OverlapPatchEmbed
-from longiseg.utils.validation import (
-    check_finite,
-    check_ndim,
-    check_positive_int,
-    check_probability,
-    check_tensor,
-)
+from longiseg.networks.inputs import check_model_input
+from longiseg.utils.validation import check_positive_int, check_probability
 
 __all__ = ["BlockFactory", "EncoderStage", "HierarchicalEncoder"]
 
@@ -118,14 +113,8 @@ class HierarchicalEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encode ``(B, T, C, H, W)`` into four ``(B*T, C_i, h_i, w_i)`` feature maps."""
-        check_tensor("x", x)
-        check_ndim("x", x, 5, "(B, T, C, H, W)")
-        check_finite("x", x)
+        check_model_input(x, 2, self.in_channels, min_timepoints=1)
         b, t, c, h, w = x.shape
-        if c != self.in_channels:
-            raise ValueError(
-                f"x must have {self.in_channels} channels (dim 2 of (B, T, C, H, W)), got {tuple(x.shape)}"
-            )
         feats, y = [], x.reshape(b * t, c, h, w)
         for stage in self.stages:
             y = stage(y, t)

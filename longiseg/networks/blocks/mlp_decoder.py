@@ -6,6 +6,10 @@ concatenated (``4E`` channels) and fused back to ``E`` channels by a 1x1 convolu
 All timepoints are decoded by the same weights (folded into the batch); the result is reshaped to
 ``(B, T, E, H/4, W/4)`` so the heads can pick timepoints.
 
+In training mode BatchNorm subtracts each channel's batch mean, so the projection biases (and whatever adds the
+same vector to every token of a stage, such as the last encoder stage's LayerNorm bias) have zero gradient
+there; they are kept for SegFormer's layout and only shift BatchNorm's running mean.
+
 **Computation.** Projection, upsampling and the fusing convolution are all linear, and a 1x1 convolution commutes
 with bilinear upsampling (which mixes pixels, not channels, with weights summing to one). So the forward pass
 folds each stage's projection into its block of the fusing weights (``M_i = W_fuse,i P_i``, an ``E x C_i``

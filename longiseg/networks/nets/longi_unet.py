@@ -38,15 +38,10 @@ from einops import rearrange
 
 from longiseg.networks.blocks.difference_weighting import DifferenceWeighting
 from longiseg.networks.blocks.heads import FusedDualHead, TimepointHeads
+from longiseg.networks.inputs import check_model_input
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.registry import register_model
-from longiseg.utils.validation import (
-    check_finite,
-    check_ndim,
-    check_positive_int,
-    check_tensor,
-    check_timepoints,
-)
+from longiseg.utils.validation import check_positive_int, check_timepoints
 
 __all__ = [
     "ConvStage",
@@ -55,7 +50,6 @@ __all__ = [
     "LongiUNetDW",
     "LongiUNetConcat",
     "LONGI_UNET_CONFIGS",
-    "check_longitudinal_input",
 ]
 
 #: Feature widths per resolution stage of the named configurations (``"3d"``/``"2d"`` x ``"ms"``/``"glioma"``).
@@ -87,7 +81,9 @@ def _check_features(features: Sequence[int]) -> tuple[int, ...]:
 class ConvStage(nn.Module):
     """Two ``3^d`` convolutions, each followed by affine InstanceNorm and LeakyReLU(0.01) (nnU-Net style).
 
-    The first convolution has stride ``stride`` (2 downsamples, 1 keeps the resolution).
+    The first convolution has stride ``stride`` (2 downsamples, 1 keeps the resolution). The convolutions'
+    biases are cancelled by the instance norms that follow (zero gradient; kept, as in nnU-Net), and each
+    instance norm needs at least 2 voxels per map.
 
     Args:
         in_channels: input channels.
@@ -195,37 +191,6 @@ class UNetDecoder(nn.Module):
         return x
 
 
-def check_longitudinal_input(
-    x: torch.Tensor, spatial_dims: int, in_channels: int, divisor: int | Sequence[int] = 1
-) -> None:
-    """Validate a model input ``(B, T, C, *S)``: tensor, rank, ``T >= 2``, ``C``, divisible sizes, finite.
-
-    Args:
-        x: images ``(B, T, C, H, W)`` (``spatial_dims=2``) or ``(B, T, C, D, H, W)`` (``spatial_dims=3``).
-        spatial_dims: 2 or 3.
-        in_channels: expected ``C``.
-        divisor: every spatial size must be a multiple of it (one int, or one per spatial dim).
-
-    Raises:
-        TypeError: if ``x`` is not a tensor.
-        ValueError: naming the expected layout on any other mismatch, or on NaN/inf values.
-    """
-    check_tensor("x", x)
-    layout = "(B, T, C, D, H, W)" if spatial_dims == 3 else "(B, T, C, H, W)"
-    check_ndim("x", x, spatial_dims + 3, layout)
-    check_timepoints("x.shape[1] (T)", x.shape[1])
-    if x.shape[2] != in_channels:
-        raise ValueError(f"x must have C={in_channels} channels (dim 2 of {layout}), got shape {tuple(x.shape)}")
-    divs = (divisor,) * spatial_dims if isinstance(divisor, int) else tuple(divisor)
-    if any(s % d for s, d in zip(x.shape[3:], divs)):
-        shown = divisor if isinstance(divisor, int) else divs
-        raise ValueError(
-            f"every spatial size of x must be divisible by {shown} (the network's total downsampling), "
-            f"got shape {tuple(x.shape)}"
-        )
-    check_finite("x", x)
-
-
 class LongiUNetDW(nn.Module):
     """U-Net with a shared encoder per timepoint and Difference Weighting on every skip and the bottleneck.
 
@@ -238,10 +203,15 @@ class LongiUNetDW(nn.Module):
             The baseline always uses timepoint 1 as its prior.
 
     Shapes:
-        input ``(B, T, C, *S)`` with ``T >= 2`` and every spatial size divisible by
-        ``2 ** (len(features) - 1)``; output :class:`LongitudinalOutput` with baseline logits ``(B, K, *S)``
-        and progression logits ``(B, T-1, K, *S)``.
+        input ``(B, T, C, *S)`` with ``B >= 1``, ``T >= 2`` and every spatial size divisible by
+        ``d = 2 ** (len(features) - 1)``, one of them at least ``2 d`` (the bottleneck is instance-normalised
+        and needs 2 voxels: e.g. 64x32 for the 2.5D configurations, ``d = 32``); output
+        :class:`LongitudinalOutput` with baseline logits ``(B, K, *S)`` and progression logits ``(B, T-1, K, *S)``.
+        Inputs are checked by :func:`~longiseg.networks.inputs.check_model_input`.
     """
+
+    #: Its ConvStages instance-normalise the bottleneck: inputs must leave it at least 2 voxels.
+    instance_norm_bottleneck = True
 
     def __init__(
         self,
@@ -274,7 +244,8 @@ class LongiUNetDW(nn.Module):
 
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
-        check_longitudinal_input(x, self.spatial_dims, self.in_channels, self.encoder.divisor)
+        check_model_input(x, self.spatial_dims, self.in_channels, downsampling=self.encoder.divisor,
+                          instance_norm_bottleneck=self.instance_norm_bottleneck)
         b, t = x.shape[:2]
         feats = self.encoder(x.flatten(0, 1))
         fused = []
@@ -298,11 +269,15 @@ class LongiUNetConcat(nn.Module):
         spatial_dims: 3 for ``(B, T, C, D, H, W)``, 2 for ``(B, T, C, H, W)``.
 
     Shapes:
-        input ``(B, T, C, *S)``; output baseline ``(B, K, *S)``, progression ``(B, T-1, K, *S)``.
+        input ``(B, T, C, *S)``, sizes as for :class:`LongiUNetDW`; output baseline ``(B, K, *S)``, progression
+        ``(B, T-1, K, *S)``.
 
     Raises:
         ValueError: at forward, if the input has a different number of timepoints than ``num_timepoints``.
     """
+
+    #: Its ConvStages instance-normalise the bottleneck: inputs must leave it at least 2 voxels.
+    instance_norm_bottleneck = True
 
     def __init__(
         self,
@@ -328,12 +303,8 @@ class LongiUNetConcat(nn.Module):
 
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
-        check_longitudinal_input(x, self.spatial_dims, self.in_channels, self.encoder.divisor)
-        if x.shape[1] != self.num_timepoints:
-            raise ValueError(
-                f"{type(self).__name__} was built for num_timepoints={self.num_timepoints} (timepoints are "
-                f"concatenated as channels), got x with T={x.shape[1]}; build a new model for this T"
-            )
+        check_model_input(x, self.spatial_dims, self.in_channels, num_timepoints=self.num_timepoints,
+                          downsampling=self.encoder.divisor, instance_norm_bottleneck=self.instance_norm_bottleneck)
         fused = rearrange(x, "b t c ... -> b (t c) ...")
         return self.heads(self.decoder(self.encoder(fused)))
 

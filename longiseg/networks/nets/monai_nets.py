@@ -31,7 +31,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from longiseg.networks.blocks.heads import FusedDualHead
-from longiseg.networks.nets.longi_unet import check_longitudinal_input
+from longiseg.networks.inputs import check_model_input, normalises_per_instance
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.registry import register_model
 from longiseg.utils.validation import (
@@ -138,10 +138,14 @@ class ChannelStackedNet(nn.Module):
         num_timepoints: ``T``, fixed at construction.
         out_channels: logits per head ``K``.
         spatial_dims: 2 (``(B, T, C, H, W)``) or 3 (``(B, T, C, D, H, W)``).
-        divisor: every spatial size must be a multiple of it (int or one per dim).
+        divisor: the backbone's total downsampling; every spatial size must be a multiple of it (int or one
+            per dim).
 
     Shapes:
-        input ``(B, T, C, *S)``; output baseline ``(B, K, *S)``, progression ``(B, T-1, K, *S)``.
+        input ``(B, T, C, *S)`` with ``B >= 1``; if the backbone has instance norms (MONAI's default), one
+        spatial size at least twice its divisor (2 voxels at the bottleneck, e.g. 64x32 for ``dynunet_2d``);
+        output baseline ``(B, K, *S)``, progression ``(B, T-1, K, *S)``. Inputs are checked by
+        :func:`~longiseg.networks.inputs.check_model_input`.
 
     Raises:
         ValueError: at forward, if ``T`` differs from ``num_timepoints``.
@@ -163,17 +167,14 @@ class ChannelStackedNet(nn.Module):
         self.spatial_dims = spatial_dims
         self.divisor = divisor
         self.backbone = backbone
+        self.instance_norm_bottleneck = normalises_per_instance(backbone)
         self.heads = FusedDualHead(feature_channels, num_timepoints=num_timepoints, out_channels=out_channels,
                                    spatial_dims=spatial_dims)
 
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
-        check_longitudinal_input(x, self.spatial_dims, self.in_channels, self.divisor)
-        if x.shape[1] != self.num_timepoints:
-            raise ValueError(
-                f"this model was built for num_timepoints={self.num_timepoints} (timepoints are stacked as "
-                f"channels), got x with T={x.shape[1]}; build a new model for this T"
-            )
+        check_model_input(x, self.spatial_dims, self.in_channels, num_timepoints=self.num_timepoints,
+                          downsampling=self.divisor, instance_norm_bottleneck=self.instance_norm_bottleneck)
         return self.heads(self.backbone(rearrange(x, "b t c ... -> b (t c) ...")))
 
 
@@ -208,11 +209,11 @@ class CrossSectionalNet(nn.Module):
         backbone: network ``(N, C, *S) -> (N, K, *S)`` giving full-lesion logits of one timepoint.
         in_channels: image channels per timepoint ``C``.
         spatial_dims: 2 or 3.
-        divisor: every spatial size must be a multiple of it.
+        divisor: the backbone's total downsampling; every spatial size must be a multiple of it.
         eps: probabilities are clamped to ``[eps, 1 - eps]`` before ``torch.logit``.
 
     Shapes:
-        input ``(B, T, C, *S)`` with any ``T >= 2``; output baseline logits ``(B, K, *S)`` (timepoint 0) and
+        input ``(B, T, C, *S)`` with any ``T >= 2``, sizes as for :class:`ChannelStackedNet`; output baseline logits ``(B, K, *S)`` (timepoint 0) and
         progression logits ``(B, T-1, K, *S)`` of ``clamp(p_t - p_{t-1}, 0, 1)``.
     """
 
@@ -232,10 +233,12 @@ class CrossSectionalNet(nn.Module):
         self.divisor = divisor
         self.eps = eps
         self.backbone = backbone
+        self.instance_norm_bottleneck = normalises_per_instance(backbone)
 
     def timepoint_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Full-lesion logits of every timepoint: ``(B, T, C, *S) -> (B, T, K, *S)`` (the training output)."""
-        check_longitudinal_input(x, self.spatial_dims, self.in_channels, self.divisor)
+        check_model_input(x, self.spatial_dims, self.in_channels, downsampling=self.divisor,
+                          instance_norm_bottleneck=self.instance_norm_bottleneck)
         b, t = x.shape[:2]
         return self.backbone(x.flatten(0, 1)).unflatten(0, (b, t))
 

@@ -57,7 +57,9 @@ class SegFormer(LongitudinalSegFormerLike):
         widths: channels of the four stages.
         depths: blocks per stage.
         num_heads: attention heads per stage (each must divide its width).
-        sr_ratios: key/value spatial-reduction ratios per stage (MiT: 8, 4, 2, 1).
+        sr_ratios: key/value spatial-reduction ratios per stage (MiT: 8, 4, 2, 1); a stage whose reduced grid
+            would hold a single token attends to its unreduced tokens instead (see
+            :class:`~longiseg.networks.blocks.efficient_attention.SpatialReductionAttention`).
         mlp_ratio: Mix-FFN expansion.
         qkv_bias: biases in the attention projections.
         attention: ``"global"`` (default: spatial-reduction attention over all ``T*H*W`` tokens) or

@@ -32,17 +32,11 @@ from longiseg.networks.blocks.heads import TimepointHeads
 from longiseg.networks.blocks.mast import FUSIONS, MaSTMixer
 from longiseg.networks.blocks.mlp_decoder import AllMLPDecoder
 from longiseg.networks.blocks.st_block import STBlock
+from longiseg.networks.inputs import check_model_input
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.registry import register_model
 from longiseg.ssm import Mamba
-from longiseg.utils.validation import (
-    check_finite,
-    check_ndim,
-    check_positive_int,
-    check_probability,
-    check_tensor,
-    check_timepoints,
-)
+from longiseg.utils.validation import check_positive_int, check_probability, check_timepoints
 
 __all__ = [
     "LongitudinalSegFormerLike",
@@ -106,9 +100,12 @@ class LongitudinalSegFormerLike(nn.Module):
         num_timepoints: if given, inputs must have exactly this ``T``; ``None`` accepts any ``T >= 2``.
         pad_multiple: inputs whose ``H``/``W`` are not multiples of this are zero-padded at the bottom/right
             and the logits cropped back, so any size works.
+        instance_norm_bottleneck: the encoder instance-normalises its deepest stage (SegMaST with Difference
+            Weighting), which then needs 2 tokens per timepoint: ``H`` or ``W`` above ``pad_multiple``.
 
     Shapes:
-        input ``(B, T, C, H, W)``; output ``LongitudinalOutput(baseline (B, K, H, W),
+        input ``(B, T, C, H, W)`` with ``B >= 1``, checked by
+        :func:`~longiseg.networks.inputs.check_model_input`; output ``LongitudinalOutput(baseline (B, K, H, W),
         progression (B, T-1, K, H, W))`` (logits).
     """
 
@@ -120,6 +117,7 @@ class LongitudinalSegFormerLike(nn.Module):
         in_channels: int,
         num_timepoints: int | None = None,
         pad_multiple: int = 32,
+        instance_norm_bottleneck: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -130,29 +128,12 @@ class LongitudinalSegFormerLike(nn.Module):
             None if num_timepoints is None else check_timepoints("num_timepoints", num_timepoints)
         )
         self.pad_multiple = check_positive_int("pad_multiple", pad_multiple)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise a clear ``TypeError``/``ValueError`` unless ``x`` is a finite ``(B, T, C, H, W)`` tensor."""
-        check_tensor("x", x)
-        check_ndim("x", x, 5, "(B, T, C, H, W)")
-        t, c = x.shape[1], x.shape[2]
-        check_timepoints("x.shape[1] (timepoints T)", t)
-        if self.num_timepoints is not None and t != self.num_timepoints:
-            raise ValueError(
-                f"x has T={t} timepoints (dim 1 of (B, T, C, H, W)) but the model was built with "
-                f"num_timepoints={self.num_timepoints}"
-            )
-        if c != self.in_channels:
-            raise ValueError(
-                f"x has C={c} channels (dim 2 of (B, T, C, H, W)) but the model expects in_channels={self.in_channels}"
-            )
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-        check_finite("x", x)
+        self.instance_norm_bottleneck = bool(instance_norm_bottleneck)
 
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment a longitudinal stack ``(B, T, C, H, W)``; returns baseline and progression logits."""
-        self.check_input(x)
+        check_model_input(x, 2, self.in_channels, num_timepoints=self.num_timepoints, downsampling=self.pad_multiple,
+                          pads=True, instance_norm_bottleneck=self.instance_norm_bottleneck)
         h, w = x.shape[-2:]
         m = self.pad_multiple
         pad_h, pad_w = (-h) % m, (-w) % m
@@ -323,7 +304,8 @@ class SegMaST(LongitudinalSegFormerLike):
             shared_progression=config.shared_progression_head,
             num_followups=None if config.num_timepoints is None else config.num_timepoints - 1,
         )
-        super().__init__(encoder, decoder, heads, config.in_channels, config.num_timepoints, pad_multiple=32)
+        super().__init__(encoder, decoder, heads, config.in_channels, config.num_timepoints, pad_multiple=32,
+                         instance_norm_bottleneck=config.difference_weighting)
         self.config = config
         init_segformer_weights(self, skip=(Mamba,))
 

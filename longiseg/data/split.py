@@ -1,0 +1,100 @@
+"""Splitting a cohort by patient: the validation split of training and the held-out test split.
+
+Both keep every patient's cases on one side and stratify by progression, so each side has progressing and
+stable patients.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from longiseg.data.layout import MANIFEST_JSON
+from longiseg.data.loading import CaseSource, Manifest, read_manifest, write_manifest
+from longiseg.utils.io import atomic_directory
+
+__all__ = ["split_by_patient", "write_test_split"]
+
+
+def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int = 0
+                     ) -> tuple[list[CaseSource], list[CaseSource]]:
+    """Split cases into train and validation sets by patient, stratified by progression.
+
+    Args:
+        cases: case sources (their ``patient_id`` groups cases of one patient).
+        val_fraction: share of patients in the validation set (at least one per stratum when > 0).
+        seed: seed of the shuffle.
+
+    Returns:
+        ``(train_cases, val_cases)``; every patient's cases land on one side.
+
+    Raises:
+        ValueError: if ``val_fraction`` is outside ``[0, 1)`` or the split leaves no training case.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    patients: dict[str, list[CaseSource]] = {}
+    for c in cases:
+        patients.setdefault(c.patient_id or c.case_id, []).append(c)
+    rng = np.random.default_rng(seed)
+    val_ids: set[str] = set()
+    for flag in (True, False):
+        group = sorted(p for p, cs in patients.items() if any(c.progression_flag() for c in cs) == flag)
+        rng.shuffle(group)
+        n = int(round(val_fraction * len(group)))
+        if val_fraction > 0 and n == 0 and len(group) > 1:
+            n = 1
+        val_ids.update(group[:n])
+    train = [c for p, cs in patients.items() if p not in val_ids for c in cs]
+    val = [c for p, cs in patients.items() if p in val_ids for c in cs]
+    if not train:
+        raise ValueError("the validation split leaves no training case; lower data.val_fraction")
+    return train, val
+
+
+def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
+                     overwrite: bool = False) -> dict[str, list[str]]:
+    """Hold out ``num_test`` patients of a cohort: copy its cases into ``OUT/train`` and ``OUT/test``.
+
+    The test set takes the first ``num_test // 2`` progressing cases and the first remaining stable cases in
+    manifest order (so the split is the same on every machine); each side gets its own manifest.
+
+    Args:
+        cohort: cohort folder with a ``manifest.json``.
+        out_dir: where ``train/`` and ``test/`` are written (each folder as a whole).
+        num_test: held-out cases, at least 2 (one progressing, one stable).
+        overwrite: replace existing ``train/`` and ``test/`` folders.
+
+    Returns:
+        ``{"train": [...case ids], "test": [...case ids]}``.
+
+    Raises:
+        FileNotFoundError: no manifest in ``cohort``.
+        FileExistsError: ``train/`` or ``test/`` exists and ``overwrite`` is off.
+        ValueError: ``num_test`` < 2, or too few progressing/stable cases for it and a training set.
+    """
+    cohort, out = Path(cohort), Path(out_dir)
+    manifest = read_manifest(cohort / MANIFEST_JSON)
+    prog = [e for e in manifest.cases if e.progression]
+    stable = [e for e in manifest.cases if not e.progression]
+    n_prog = num_test // 2
+    if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 2:
+        raise ValueError(f"num_test must be an int >= 2, got {num_test!r}")
+    if len(prog) <= n_prog or len(stable) <= num_test - n_prog:
+        raise ValueError(f"num_test={num_test} needs more than {n_prog} progressing and {num_test - n_prog} stable "
+                         f"cases (to keep some for training); {cohort} has {len(prog)} and {len(stable)}")
+    test = prog[:n_prog] + stable[: num_test - n_prog]
+    test_ids = {e.case_id for e in test}
+    sides = {"test": test, "train": [e for e in manifest.cases if e.case_id not in test_ids]}
+    for name in sides:
+        if (out / name).exists() and not overwrite:
+            raise FileExistsError(f"{out / name} already exists; pass overwrite=True to replace it")
+    for name, entries in sides.items():
+        with atomic_directory(out / name, overwrite=overwrite) as tmp:
+            for e in entries:
+                shutil.copytree(cohort / e.case_id, tmp / e.case_id)
+            write_manifest(tmp / MANIFEST_JSON, Manifest(manifest.modalities, tuple(entries)))
+    return {name: sorted(e.case_id for e in entries) for name, entries in sides.items()}

@@ -1,0 +1,106 @@
+"""What a model accepts: the one input check that every registered model runs first.
+
+:func:`check_model_input` validates a longitudinal stack before any work, so a bad input fails with a
+``TypeError``/``ValueError`` naming ``x``, its layout and what was expected rather than an error from deep
+inside a layer. The rules, in order:
+
+* a floating-point tensor ``(B, T, C, H, W)`` (2D/2.5D) or ``(B, T, C, D, H, W)`` (3D);
+* at least one sample and one voxel: an empty batch (``B = 0``) or a zero spatial size is refused;
+* ``T >= 2`` (or ``T == num_timepoints`` for models built for a fixed ``T``) and ``C == in_channels``;
+* spatial sizes that are multiples of the network's total ``downsampling`` (unless the model ``pads``
+  them up to one itself);
+* for a model that instance-normalises its coarsest feature map, at least 2 voxels there,
+  ``prod(ceil(S_i / downsampling_i)) >= 2``: the mean and variance of a single voxel say nothing (PyTorch
+  refuses with "Expected more than 1 spatial element"). So one spatial size must be at least twice its
+  downsampling, e.g. ``64 x 32`` for a 2D U-Net that downsamples 32 times; the message names the smallest sizes;
+* finite values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from longiseg.utils.validation import check_finite, check_ndim, check_tensor, check_timepoints
+
+__all__ = ["check_model_input", "layout", "normalises_per_instance"]
+
+
+def layout(spatial_dims: int) -> str:
+    """The input layout of a model: ``"(B, T, C, H, W)"`` for 2D/2.5D, ``"(B, T, C, D, H, W)"`` for 3D."""
+    return "(B, T, C, D, H, W)" if spatial_dims == 3 else "(B, T, C, H, W)"
+
+
+def normalises_per_instance(module: nn.Module) -> bool:
+    """Whether ``module`` contains an instance norm (which needs at least 2 voxels per channel and sample)."""
+    return any(isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)) for m in module.modules())
+
+
+def check_model_input(
+    x: torch.Tensor,
+    spatial_dims: int,
+    in_channels: int,
+    *,
+    num_timepoints: int | None = None,
+    min_timepoints: int = 2,
+    downsampling: int | Sequence[int] = 1,
+    pads: bool = False,
+    instance_norm_bottleneck: bool = False,
+) -> None:
+    """Validate a model input ``x`` of shape ``(B, T, C, *S)`` (rules: see the module docstring).
+
+    Args:
+        x: images ``(B, T, C, H, W)`` (``spatial_dims=2``) or ``(B, T, C, D, H, W)`` (``spatial_dims=3``).
+        spatial_dims: 2 or 3.
+        in_channels: expected ``C``.
+        num_timepoints: expected ``T`` for a model built for a fixed number of timepoints, else ``None``.
+        min_timepoints: smallest accepted ``T`` (2 for the models; 1 for per-timepoint blocks).
+        downsampling: the network's total downsampling, one int or one per spatial dim.
+        pads: the model pads sizes up to a multiple of ``downsampling`` itself (else they must be multiples).
+        instance_norm_bottleneck: the model instance-normalises its coarsest feature map (needs >= 2 voxels).
+
+    Raises:
+        TypeError: if ``x`` is not a floating-point tensor.
+        ValueError: on any other mismatch (naming ``x``, the layout and what was expected), or NaN/inf values.
+    """
+    check_tensor("x", x)
+    lay = layout(spatial_dims)
+    check_ndim("x", x, spatial_dims + 3, lay)
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    shape = tuple(x.shape)
+    if shape[0] == 0:
+        raise ValueError(f"x has batch size B=0 (dim 0 of {lay}), got shape {shape}; pass at least one sample")
+    if 0 in shape[3:]:
+        raise ValueError(f"x has an empty spatial dim (the dims after C in {lay}), got shape {shape}")
+    t, c = shape[1], shape[2]
+    check_timepoints("x.shape[1] (timepoints T)", t, minimum=min_timepoints)
+    if num_timepoints is not None and t != num_timepoints:
+        raise ValueError(
+            f"x has T={t} timepoints (dim 1 of {lay}) but the model was built with num_timepoints={num_timepoints}; "
+            f"build a new model for this T"
+        )
+    if c != in_channels:
+        raise ValueError(
+            f"x must have C={in_channels} channels (dim 2 of {lay}: the model's in_channels={in_channels}), got C={c} in shape {shape}"
+        )
+    down = (downsampling,) * spatial_dims if isinstance(downsampling, int) else tuple(downsampling)
+    sizes = shape[3:]
+    if not pads and any(s % d for s, d in zip(sizes, down)):
+        shown = downsampling if isinstance(downsampling, int) else down
+        raise ValueError(
+            f"every spatial size of x must be divisible by {shown} (the network's total downsampling), "
+            f"got shape {shape}"
+        )
+    if instance_norm_bottleneck and math.prod(-(-s // d) for s, d in zip(sizes, down)) < 2:
+        smallest = [tuple(2 * d if i == j else d for j, d in enumerate(down)) for i in range(spatial_dims)]
+        raise ValueError(
+            f"x's spatial size {sizes} leaves a single voxel in the network's coarsest feature map (total "
+            f"downsampling {down}), which the model instance-normalises and so needs at least 2 voxels: make one "
+            f"spatial size at least twice its downsampling; the smallest inputs are "
+            f"{' or '.join(str(s) for s in smallest)}"
+        )
+    check_finite("x", x)

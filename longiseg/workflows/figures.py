@@ -1,0 +1,202 @@
+"""Figures of the demo and of a case: a patient in three planes, training curves, predictions over references.
+
+Plotting is tooling: matplotlib is imported inside each function, so importing longiseg never imports it.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from longiseg.data.case import LongitudinalCase
+from longiseg.utils.io import atomic_path
+
+__all__ = ["plot_case", "plot_training_curves", "plot_prediction_overlay"]
+
+PathLike = str | Path
+
+
+def _best_slices(case: LongitudinalCase, followup: int) -> tuple[int, int, int]:
+    """Centre voxel of the largest progression component (else of the baseline lesions, else the brain)."""
+    assert case.baseline_mask is not None and case.progression_masks is not None
+    for mask in (case.progression_masks[followup - 1], case.baseline_mask, case.foreground_mask()):
+        if mask.any():
+            labels, n = ndimage.label(mask)
+            biggest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+            com = ndimage.center_of_mass(labels == biggest)
+            return tuple(int(round(c)) for c in com)  # type: ignore[return-value]
+    return tuple(s // 2 for s in case.shape)  # type: ignore[return-value]
+
+
+def plot_case(case: LongitudinalCase | PathLike, out_png: PathLike, *, followup: int = 1,
+              modality: str | None = None, center: Sequence[int] | None = None) -> Path:
+    """Figure of one patient: baseline and follow-up slices in all three planes with their masks.
+
+    Rows are the axial, coronal and sagittal planes through ``center`` (default: the largest new/enlarging
+    lesion). Columns: baseline image, baseline with its lesion mask (green), follow-up image, follow-up
+    with baseline lesions (green outline) and the progression mask (red), and the follow-up minus baseline
+    difference.
+
+    Args:
+        case: a labelled case or its folder in the library layout.
+        out_png: destination PNG (written atomically).
+        followup: which follow-up (1-based) to show.
+        modality: channel to show (default: ``"flair"`` if present, else the first).
+        center: voxel ``(d, h, w)`` the slices pass through.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from longiseg.data.case import PLANES
+    from longiseg.data.loading import load_case
+
+    if not isinstance(case, LongitudinalCase):
+        case = load_case(case)
+    if not case.has_labels:
+        raise ValueError(f"case {case.case_id!r} has no masks to plot")
+    if not 1 <= followup < case.num_timepoints:
+        raise ValueError(f"followup must be in [1, {case.num_timepoints - 1}], got {followup}")
+    mod = modality or ("flair" if "flair" in case.modalities else case.modalities[0])
+    if mod not in case.modalities:
+        raise ValueError(f"modality must be one of {list(case.modalities)}, got {mod!r}")
+    c = case.modalities.index(mod)
+    ctr = tuple(int(v) for v in center) if center is not None else _best_slices(case, followup)
+    assert case.baseline_mask is not None and case.progression_masks is not None
+
+    from matplotlib.colors import ListedColormap
+
+    def norm(img: np.ndarray) -> np.ndarray:
+        fg = img[img != 0]
+        lo, hi = (float(v) for v in np.percentile(fg, [0.5, 99.0])) if fg.size else (0.0, 1.0)
+        return np.where(img != 0, np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1), 0.0)
+
+    base_img, fu_img = norm(case.images[0, c]), norm(case.images[followup, c])
+    brain = case.foreground_mask()
+    diff = np.ma.masked_where(~brain, fu_img - base_img)
+    green, red = ListedColormap(["#00e060"]), ListedColormap(["#ff2020"])
+    axes = case.plane_axes
+    cols = ["baseline", "baseline + lesions", f"follow-up {followup}", "follow-up + new/enlarging", "difference"]
+    fig, grid = plt.subplots(3, 5, figsize=(15, 9.5), facecolor="black")
+    for r, plane in enumerate(PLANES):
+        ax_n = axes[plane]
+        idx = [slice(None)] * 3
+        idx[ax_n] = ctr[ax_n]
+        sl = tuple(idx)
+        in_plane = [a for a in range(3) if a != ax_n]
+        sp = [case.spacing[a] for a in in_plane]
+
+        def show(ax, img, cmap="gray", vmin=0.0, vmax=1.0, sl=sl, sp=sp):
+            ax.set_facecolor("black")
+            ax.imshow(img[sl].T, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower",
+                      aspect=sp[1] / sp[0], interpolation="nearest")
+
+        bmask = case.baseline_mask[sl].T.astype(float)
+        pmask = case.progression_masks[followup - 1][sl].T.astype(float)
+        show(grid[r, 0], base_img)
+        show(grid[r, 1], base_img)
+        grid[r, 1].imshow(np.ma.masked_where(bmask == 0, bmask), cmap=green, alpha=0.7, origin="lower",
+                          aspect=sp[1] / sp[0], interpolation="nearest")
+        show(grid[r, 2], fu_img)
+        show(grid[r, 3], fu_img)
+        if bmask.any():
+            grid[r, 3].contour(bmask, levels=[0.5], colors="#00e060", linewidths=0.9)
+        grid[r, 3].imshow(np.ma.masked_where(pmask == 0, pmask), cmap=red, alpha=0.8, origin="lower",
+                          aspect=sp[1] / sp[0], interpolation="nearest")
+        show(grid[r, 4], diff, cmap="RdBu_r", vmin=-0.6, vmax=0.6)
+        grid[r, 0].set_ylabel(f"{plane} ({ctr[ax_n]})", color="white", fontsize=11)
+        for j in range(5):
+            grid[r, j].set_xticks([])
+            grid[r, j].set_yticks([])
+            if r == 0:
+                grid[r, j].set_title(cols[j], color="white", fontsize=11)
+    status = "progressing" if case.progression_masks[followup - 1].any() else "stable"
+    fig.suptitle(f"{case.case_id} ({mod}, {status}): baseline lesions (green) {int(case.baseline_mask.sum())} "
+                 f"voxels, new/enlarging (red) {int(case.progression_masks[followup - 1].sum())} voxels",
+                 color="white", fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    out = Path(out_png)
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90, facecolor=fig.get_facecolor(), format="png")
+    plt.close(fig)
+    return out
+
+
+def plot_training_curves(runs: Mapping[str, Path], path: PathLike) -> Path:
+    """Training loss and validation Dice per epoch of each run folder (its ``metrics.csv``), one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for label, run in runs.items():
+        with open(run / "metrics.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        ep = [int(r["epoch"]) for r in rows]
+        axes[0].plot(ep, [float(r["train_loss"]) for r in rows], marker="o", label=label)
+        if rows and "val_dice" in rows[0]:
+            axes[1].plot(ep, [float(r["val_dice"]) for r in rows], marker="o", label=label)
+    axes[0].set(title="training loss", xlabel="epoch")
+    axes[1].set(title="validation Dice (mean of B and P heads)", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path], path: PathLike) -> Path:
+    """Axial slice through the largest new lesion of ``case``: images with true (green) and predicted (red)
+    masks of each model (``pred_dirs``: label -> prediction folder) and the progression entropy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    case_id = case.case_id
+    prog = case.progression_masks[0]
+    z = int(np.argmax(prog.sum(axis=(0, 1)))) if prog.any() else case.shape[2] // 2
+    rot = lambda a: np.rot90(a[:, :, z])  # noqa: E731 - display in radiological orientation
+    t0, t1 = case.images[0, 0], case.images[1, 0]
+    n = len(pred_dirs)
+    fig, axes = plt.subplots(n, 3, figsize=(10, 3.4 * n), squeeze=False)
+    for row, (label, pdir) in enumerate(pred_dirs.items()):
+        pred = {name: np.asarray(nib.load(pdir / case_id / name).dataobj)
+                for name in ("baseline_mask.nii.gz", "progression_t1.nii.gz", "progression_t1_entropy.nii.gz")}
+        panels = [
+            (t0, case.baseline_mask, pred["baseline_mask.nii.gz"], f"{label}: baseline (t0)"),
+            (t1, prog, pred["progression_t1.nii.gz"], f"{label}: new/enlarging (t1)"),
+        ]
+        for col, (img, gt, pr, title) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(rot(img), cmap="gray")
+            if gt.any():
+                ax.contour(rot(gt), levels=[0.5], colors="lime", linewidths=1.0)
+            if pr.any():
+                ax.contour(rot(pr), levels=[0.5], colors="red", linewidths=1.0)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        ent = pred["progression_t1_entropy.nii.gz"]
+        ax = axes[row, 2]
+        im = ax.imshow(rot(ent), cmap="magma", vmin=0, vmax=float(np.log(2)))
+        if prog.any():
+            ax.contour(rot(prog), levels=[0.5], colors="lime", linewidths=0.8)
+        ax.set_title(f"{label}: progression entropy (nats)", fontsize=9)
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"{case_id}, axial slice {z}: ground truth green, prediction red", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return Path(path)

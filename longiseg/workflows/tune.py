@@ -1,0 +1,147 @@
+"""``longiseg tune``: choose the post-processing of a trained run on the validation patients it held out.
+
+The way nnU-Net determines its post-processing: the trainer's validation patients (recorded in the run
+folder's ``split.json``, never test data) are predicted with the checkpoint, and the progression threshold
+that maximises their progression lesion F1 (:func:`~longiseg.tuning.select_threshold`) is written into the
+checkpoint's spec (``spec.inference["threshold"]``, with ``spec.tuning`` saying how it was chosen) and into
+``RUN/tuning.json``. ``longiseg predict`` then uses it without being told.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from longiseg.data.loading import find_cases, load_case
+from longiseg.data.preprocessing import preprocess_case
+from longiseg.engine.checkpoint import load_model, update_spec
+from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
+from longiseg.tuning import DEFAULT_THRESHOLDS, OBJECTIVES, ThresholdSelection, select_threshold
+from longiseg.utils.device import resolve_device
+from longiseg.utils.io import atomic_write_json
+from longiseg.utils.logging import get_logger
+from longiseg.workflows.config import InferenceConfig
+from longiseg.workflows.predict import make_inferer
+from longiseg.workflows.train import SPLIT_FILE
+
+__all__ = ["TUNING_FILE", "run_tuning", "validation_probabilities"]
+
+logger = get_logger(__name__)
+
+#: The run folder's record of the last tuning (the selection and the objective of every candidate).
+TUNING_FILE = "tuning.json"
+
+
+def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids: Sequence[str], *,
+                             device: str | torch.device | None = None, progress: bool = True
+                             ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None],
+                                        tuple[float, ...]]:
+    """Progression probabilities of the cases ``case_ids`` of ``root``, with what selecting a threshold needs.
+
+    Cases are read, checked and normalised exactly as ``longiseg predict`` does and run through the inferer of
+    the model's spec, in memory.
+
+    Returns:
+        ``(probabilities, references, brain_masks, spacing)``: one ``(D, H, W)`` float32 map, binary reference
+        and brain mask (``None`` when the spec does not restrict progression masks to the brain) per follow-up,
+        and the voxel size in mm shared by the cases.
+
+    Raises:
+        FileNotFoundError: a case is missing from ``root``.
+        ValueError: cases without progression masks or with different voxel sizes.
+    """
+    spec = model.spec
+    cfg = InferenceConfig.from_dict(spec.inference)
+    sources = {s.case_id: s for s in find_cases(root, modalities=list(spec.modalities or []) or None)}
+    missing = [c for c in case_ids if c not in sources]
+    if missing:
+        raise FileNotFoundError(f"validation case(s) {missing} not found in {root}")
+    inferer = make_inferer(spec, cfg, device=resolve_device(device), progress=False)
+    probs: list[np.ndarray] = []
+    refs: list[np.ndarray] = []
+    brains: list[np.ndarray | None] = []
+    spacing: tuple[float, ...] | None = None
+    model.eval()
+    for cid in tqdm(case_ids, desc="tune: validation cases", unit="case", disable=not progress):
+        case = preprocess_case(load_case(sources[cid]))
+        if case.progression_masks is None:
+            raise ValueError(f"validation case {cid!r} has no progression masks")
+        if spacing is not None and not np.allclose(case.spacing, spacing, rtol=1e-3):
+            raise ValueError(f"validation cases have different voxel sizes ({spacing} and {case.spacing} of "
+                             f"{cid!r}); resample them onto one spacing")
+        spacing = tuple(float(s) for s in case.spacing)
+        images, brain = prepare_case(case.images, case.brain_mask)
+        _, prog = inferer(model, images, brain)
+        restrict = brain_or_foreground(images, brain).numpy() if cfg.restrict != "none" else None
+        probs += list(prog)
+        refs += [np.asarray(m, dtype=bool) for m in case.progression_masks]
+        brains += [restrict] * len(prog)
+    return probs, refs, brains, spacing or (1.0, 1.0, 1.0)
+
+
+def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: str | Path | None = None,
+               objective: str = "lesion_f1", thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+               device: str | torch.device | None = None, progress: bool = True) -> ThresholdSelection | None:
+    """Choose the progression threshold of ``run_dir/checkpoint`` on the run's validation patients.
+
+    Args:
+        run_dir: a folder written by ``longiseg train`` (checkpoints and ``split.json``).
+        checkpoint: which checkpoint of the run to tune (and update): ``"best.pt"`` or ``"last.pt"``.
+        data_root: where the validation cases are (default: the training data root recorded in the run).
+        objective: ``"lesion_f1"`` or ``"balanced"`` (see :mod:`longiseg.tuning`).
+        thresholds: candidate thresholds.
+        device: run the model there (default: CUDA if available).
+        progress: progress bar.
+
+    Returns:
+        The selection, or ``None`` when no validation patient has new or enlarging lesions (the threshold is
+        kept; ``spec.tuning`` and ``tuning.json`` say so).
+
+    Raises:
+        FileNotFoundError: no such checkpoint, no ``split.json`` or missing validation cases.
+        ValueError: a run without validation patients (``data.val_fraction=0``), an unknown objective.
+    """
+    run = Path(run_dir)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    ckpt = run / checkpoint
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist (a run folder of longiseg train holds "
+                                "best.pt and last.pt)")
+    split_file = run / SPLIT_FILE
+    if not split_file.is_file():
+        raise FileNotFoundError(f"{split_file} does not exist: tune needs the validation patients that "
+                                "longiseg train recorded there")
+    split = json.loads(split_file.read_text())
+    val_ids = list(split.get("validation") or [])
+    if not val_ids:
+        raise ValueError(f"the run {run} has no validation patients (data.val_fraction=0): nothing to tune on")
+    root = Path(data_root or split.get("val_root") or split["data_root"])
+    model = load_model(ckpt)
+    spec = model.spec
+    default = float(spec.inference.get("threshold", 0.5))
+    probs, refs, brains, spacing = validation_probabilities(model, root, val_ids, device=device, progress=progress)
+    num_p = sum(bool(r.any()) for r in refs)
+    selection: ThresholdSelection | None = None
+    if objective == "lesion_f1" and num_p == 0:
+        logger.warning("no validation patient of %s has new lesions: keeping the progression threshold %.2f",
+                       run, default)
+        record = {"objective": objective, "threshold": default, "kept": "no validation follow-up with progression"}
+    else:
+        selection = select_threshold(probs, refs, spacing, thresholds=thresholds,
+                                     min_volume_mm3=float(spec.inference.get("min_lesion_mm3", 0.0)),
+                                     brain_masks=brains, protocol="segmast", default=default, objective=objective)
+        record = selection.to_dict()
+        logger.info("%s: progression threshold %.2f chosen on %d validation follow-ups (%s %.3f; %.3f at %.2f)",
+                    ckpt, selection.threshold, len(refs), objective, selection.score, selection.default_score,
+                    default)
+    record = {**record, "checkpoint": checkpoint, "validation_cases": val_ids, "data_root": str(root)}
+    tuned = spec.replace(inference={**spec.inference, "threshold": record["threshold"]}, tuning=record)
+    update_spec(ckpt, tuned)
+    atomic_write_json(run / TUNING_FILE, record)
+    return selection

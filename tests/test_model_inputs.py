@@ -1,0 +1,82 @@
+"""The shared model input check, and every registered model's answer to an empty batch or a too-small input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_checks import assert_output_shapes
+
+from longiseg import build_model, list_models, model_info
+from longiseg.networks.inputs import check_model_input
+
+SEGFORMER_LIKE = {"widths": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "decoder_dim": 16}
+
+
+def _tiny(name: str) -> tuple[dict, int, bool]:
+    """Tiny build kwargs of a registered model, its total downsampling and whether it pads inputs itself."""
+    if name.startswith("segmast"):
+        return {**SEGFORMER_LIKE, "d_state": 4}, 32, True
+    if name.startswith("segformer"):
+        return {**SEGFORMER_LIKE, "num_heads": (1, 2, 2, 4)}, 32, True
+    if name.startswith("longi_unet"):
+        return {"features": (4, 8, 16)}, 4, False
+    if name.startswith("dynunet"):
+        return {"filters": (4, 8, 16)}, 4, False
+    if name.startswith("swin_unetr"):
+        return {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}, 32, False
+    raise AssertionError(f"add a tiny configuration of the new model {name!r} to this test")
+
+
+def _model(name: str) -> tuple[torch.nn.Module, int, int, bool]:
+    if model_info(name).tags and "monai" in model_info(name).tags:
+        pytest.importorskip("monai", reason="MONAI is an optional extra (pip install longiseg[baselines])")
+    kwargs, down, pads = _tiny(name)
+    dims = 3 if model_info(name).dim == "3D" else 2
+    return build_model(name, in_channels=1, **kwargs).eval(), dims, down, pads
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_refuses_an_empty_batch(name: str) -> None:
+    model, dims, down, _ = _model(name)
+    with pytest.raises(ValueError, match=r"x has batch size B=0 \(dim 0 of \(B, T, C,"):
+        model(torch.zeros(0, 2, 1, *(2 * down,) * dims))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_states_its_smallest_input(name: str) -> None:
+    """Too small an input fails before any work, naming x and the smallest sizes; the smallest one runs."""
+    model, dims, down, pads = _model(name)
+    if getattr(model, "instance_norm_bottleneck", False):
+        smallest = (2 * down,) + (down,) * (dims - 1)
+        with pytest.raises(ValueError, match=rf"x's spatial size .* smallest inputs are \({2 * down}, {down}"):
+            model(torch.randn(1, 2, 1, *(down,) * dims))
+    else:  # no minimum beyond one voxel: a model that pads takes any size, the others any multiple
+        smallest = (1,) * dims if pads else (down,) * dims
+    with torch.no_grad():
+        assert_output_shapes(model(torch.randn(1, 2, 1, *smallest)), 1, 2, 1, smallest)
+
+
+def test_check_model_input_rules() -> None:
+    ok = torch.zeros(1, 2, 1, 8, 4)
+    check_model_input(ok, 2, 1, downsampling=4, instance_norm_bottleneck=True)  # 2x1 bottleneck voxels
+    check_model_input(torch.zeros(1, 2, 1, 33, 1), 2, 1, downsampling=32, pads=True, instance_norm_bottleneck=True)
+    with pytest.raises(ValueError, match=r"smallest inputs are \(64, 32\) or \(32, 64\)"):
+        check_model_input(torch.zeros(1, 2, 1, 32, 17), 2, 1, downsampling=32, pads=True,
+                          instance_norm_bottleneck=True)
+    with pytest.raises(ValueError, match=r"\(8, 4, 4\) or \(4, 8, 4\) or \(4, 4, 8\)"):
+        check_model_input(torch.zeros(1, 2, 1, 4, 4, 4), 3, 1, downsampling=4, instance_norm_bottleneck=True)
+    with pytest.raises(ValueError, match="empty spatial dim"):
+        check_model_input(torch.zeros(1, 2, 1, 0, 4), 2, 1)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        check_model_input(torch.zeros(1, 2, 1, 6, 4), 2, 1, downsampling=4)
+    with pytest.raises(ValueError, match="T=3 timepoints .* num_timepoints=2"):
+        check_model_input(torch.zeros(1, 3, 1, 4, 4), 2, 1, num_timepoints=2)
+    with pytest.raises(ValueError, match=r"C=2 channels .* got C=1"):
+        check_model_input(ok, 2, 2)
+    with pytest.raises(ValueError, match="timepoints T"):
+        check_model_input(torch.zeros(1, 1, 1, 4, 4), 2, 1)
+    check_model_input(torch.zeros(1, 1, 1, 4, 4), 2, 1, min_timepoints=1)
+    with pytest.raises(TypeError, match="floating-point"):
+        check_model_input(ok.long(), 2, 1)
+    with pytest.raises(ValueError, match="NaN"):
+        check_model_input(torch.full_like(ok, float("inf")), 2, 1)
