@@ -29,9 +29,9 @@ import numpy as np
 from scipy import ndimage
 
 from longiseg.metrics.inputs import MaskLike, as_mask, as_spacing
-from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
+from longiseg.metrics.lesion import LesionLabels, _check_connectivity, _check_min_volume, label_lesions
 
-__all__ = ["PersistingLesions", "persisting_lesions", "pooled_false_progression_rate"]
+__all__ = ["PersistingLesions", "label_persisting_lesions", "persisting_lesions", "pooled_false_progression_rate"]
 
 _STRUCTURES = {6: 1, 18: 2, 26: 3, 4: 1, 8: 2}
 
@@ -56,6 +56,42 @@ class PersistingLesions:
     def rate(self) -> float:
         """``num_flagged / num_persisting``; ``nan`` when no lesion persists."""
         return self.num_flagged / self.num_persisting if self.num_persisting else float("nan")
+
+
+def label_persisting_lesions(
+    gt_baseline: MaskLike,
+    gt_progression: MaskLike,
+    spacing: float | Sequence[float] | np.ndarray | None = None,
+    *,
+    min_volume_mm3: float = 0.0,
+    connectivity: int | None = None,
+) -> tuple[LesionLabels, np.ndarray]:
+    """Label the baseline lesions and find those that persist unchanged (do not touch the progression mask).
+
+    Args:
+        gt_baseline: reference binary baseline mask ``(D, H, W)``.
+        gt_progression: reference binary progression mask ``(D, H, W)`` of the follow-up.
+        spacing: voxel size in mm per axis (``None``: 1 mm).
+        min_volume_mm3: baseline lesions below this volume are not counted.
+        connectivity: 6, 18 or 26 (``None``: 26), for the lesions and for "touching".
+
+    Returns:
+        The baseline lesion labels (:class:`~longiseg.metrics.lesion.LesionLabels`) and the sorted ``int`` array
+        of the labels that persist.
+    """
+    base = as_mask("gt_baseline", gt_baseline, 3)
+    prog = as_mask("gt_progression", gt_progression, 3)
+    if prog.shape != base.shape:
+        raise ValueError(f"gt_progression has shape {prog.shape}, gt_baseline {base.shape}")
+    conn = _check_connectivity(connectivity, 3)
+    lesions = label_lesions(base, as_spacing(spacing, 3), connectivity=conn,
+                            min_volume_mm3=_check_min_volume(min_volume_mm3))
+    if lesions.n == 0:
+        return lesions, np.zeros(0, dtype=np.int64)
+    # Lesions touching progression: labels found in the progression mask grown by one voxel.
+    grown = ndimage.binary_dilation(prog, structure=ndimage.generate_binary_structure(3, _STRUCTURES[conn]))
+    touching = np.unique(lesions.labels[grown & (lesions.labels > 0)])
+    return lesions, np.setdiff1d(np.arange(1, lesions.n + 1), touching)
 
 
 def persisting_lesions(
@@ -88,22 +124,12 @@ def persisting_lesions(
     """
     pred = as_mask("pred_progression", pred_progression, 3)
     base = as_mask("gt_baseline", gt_baseline, 3)
-    prog = as_mask("gt_progression", gt_progression, 3)
-    for name, arr in (("gt_baseline", base), ("gt_progression", prog)):
-        if arr.shape != pred.shape:
-            raise ValueError(f"{name} has shape {arr.shape}, pred_progression {pred.shape}")
+    if base.shape != pred.shape:
+        raise ValueError(f"gt_baseline has shape {base.shape}, pred_progression {pred.shape}")
     if not 0.0 < float(min_coverage) <= 1.0:
         raise ValueError(f"min_coverage must lie in (0, 1], got {min_coverage}")
-    conn = _check_connectivity(connectivity, 3)
-    vmin = _check_min_volume(min_volume_mm3)
-    sp = as_spacing(spacing, 3)
-    lesions = label_lesions(base, sp, connectivity=conn, min_volume_mm3=vmin)
-    if lesions.n == 0:
-        return PersistingLesions(0, 0, np.zeros(0), np.zeros(0))
-    # Lesions touching progression: labels found in the progression mask grown by one voxel.
-    grown = ndimage.binary_dilation(prog, structure=ndimage.generate_binary_structure(3, _STRUCTURES[conn]))
-    touching = np.unique(lesions.labels[grown & (lesions.labels > 0)])
-    persisting = np.setdiff1d(np.arange(1, lesions.n + 1), touching)
+    lesions, persisting = label_persisting_lesions(base, gt_progression, spacing, min_volume_mm3=min_volume_mm3,
+                                                   connectivity=connectivity)
     if persisting.size == 0:
         return PersistingLesions(0, 0, np.zeros(0), np.zeros(0))
     covered = np.bincount(lesions.labels[pred & (lesions.labels > 0)], minlength=lesions.n + 1)
