@@ -13,7 +13,8 @@ import pytest
 from longiseg.data.layout import BASELINE_MASK, MANIFEST_JSON, progression_filename
 from longiseg.data.loading import find_mask_cases
 from longiseg.metrics.aggregate import ResultsTable
-from longiseg.metrics.evaluate import evaluate_folder, main, write_report
+from longiseg.cli import main as cli_main
+from longiseg.metrics.evaluate import evaluate_folder, write_report
 from longiseg.metrics.report import box_plot, format_paper_table, paper_table_rows, write_csv, write_json
 from longiseg.utils.io import atomic_save_nifti
 
@@ -194,8 +195,9 @@ def test_command_line(
     gt, good, bad = folders
     out = tmp_path / "cli"
     assert (
-        main(
+        cli_main(
             [
+                "evaluate",
                 str(good),
                 str(bad),
                 str(gt),
@@ -214,5 +216,5 @@ def test_command_line(
     assert "good" in printed and "bad" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"]["name"] == "tdw" and summary["protocol"]["matching"] == "overlap"
-    assert main([str(gt)]) == 2  # one folder only: a one-line error, exit code 2
+    assert cli_main(["evaluate", str(gt)]) == 2  # one folder only: a one-line error, exit code 2
     assert "give at least one prediction folder" in capsys.readouterr().err

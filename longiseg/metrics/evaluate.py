@@ -6,15 +6,12 @@ reference cases (:func:`~longiseg.data.loading.find_mask_cases`: the reference m
 training reads it, gives cases, patient ids and timepoints; without one every case is its own patient) and
 reads every mask (:func:`~longiseg.data.loading.read_mask`). Voxel spacing comes from the reference header.
 
-Command line (wired as ``longiseg evaluate`` by the CLI)::
-
-    python -m longiseg.metrics.evaluate PRED_DIR GT_DIR --out REPORT_DIR [--protocol segmast|tdw]
+Command line: ``longiseg evaluate PRED_DIR [PRED_DIR ...] GT_DIR --out REPORT_DIR [--protocol segmast|tdw]``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +36,6 @@ __all__ = [
     "EvaluationResult",
     "evaluate_folder",
     "write_report",
-    "main",
 ]
 
 PathLike = str | os.PathLike
@@ -229,14 +225,3 @@ def write_report(
     atomic_write(out / "table.txt", lambda fh: fh.write(text + "\n"))
     box_plot(tables, out / "boxplot.png")
     return text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m longiseg.metrics.evaluate ...``: the same as ``longiseg evaluate ...``."""
-    from longiseg.cli import main as cli_main
-
-    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
