@@ -1,0 +1,412 @@
+"""The one configuration mechanism of longiseg: dataclasses deriving :class:`ConfigBase`, built from
+mappings, files and command-line overrides with type conversion and clear errors.
+
+Every configuration class (trainer, experiment, model, demo, demo cohort, evaluation protocol) derives
+from :class:`ConfigBase`, so all of them load, save, validate and override the same way:
+
+* :func:`config_from_dict` builds a dataclass from a plain mapping, converting values to the annotated
+  field types and raising :class:`ConfigError` for a key that does not exist (naming the key, the closest
+  valid key and all valid keys).
+* :func:`load_config` / :func:`save_config` read and write ``.yaml``/``.yml`` or ``.json`` files
+  (written atomically).
+* :func:`apply_overrides` applies dotted ``key=value`` strings as given on a command line, e.g.
+  ``["lr=3e-4", "grad_clip_norm=null"]`` or ``["trainer.max_epochs=10"]`` on a nested config.
+
+Example:
+    >>> @dataclasses.dataclass
+    ... class Schedule(ConfigBase):
+    ...     lr: float = 1e-4
+    ...     betas: tuple[float, float] = (0.9, 0.999)
+    >>> Schedule().with_overrides(["lr=3e-4", "betas=[0.8, 0.9]"])
+    Schedule(lr=0.0003, betas=(0.8, 0.9))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from longiseg.utils.io import atomic_write
+
+__all__ = [
+    "ConfigError",
+    "ConfigBase",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "read_config_file",
+    "save_config",
+    "apply_overrides",
+    "parse_override",
+]
+
+C = TypeVar("C")
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+_JSON_SUFFIXES = (".json",)
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid (unknown key, wrong type, out-of-range value)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generic dataclass <-> dict conversion with type coercion
+# ----------------------------------------------------------------------------------------------------
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+def _unknown_key_error(key: str, cls: type, prefix: str) -> ConfigError:
+    valid = _field_names(cls)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean {prefix + close[0]!r}?" if close else ""
+    return ConfigError(
+        f"Unknown config key {prefix + key!r} for {cls.__name__}.{hint} "
+        f"Valid keys: {', '.join(prefix + v for v in valid)}."
+    )
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` or raise :class:`ConfigError` naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"config key {key!r}: cannot interpret {value!r} as {_type_name(tp)}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"config key {key!r}: expected one of {list(args)}, got {value!r}")
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, Mapping):
+            return config_from_dict(tp, value, _prefix=f"{key}.")
+        raise ConfigError(f"config key {key!r}: expected a mapping for {tp.__name__}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"config key {key!r}: expected a bool, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected an int, got bool {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key {key!r}: expected an int, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected a float, got bool {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key {key!r}: expected a float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, Path):
+            return str(value)
+        raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a sequence, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"config key {key!r}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def config_from_dict(cls: type[C], data: Mapping[str, Any], *, _prefix: str = "") -> C:
+    """Build the dataclass ``cls`` from a mapping, converting values to the annotated field types.
+
+    Args:
+        cls: a dataclass type (e.g. :class:`TrainerConfig`).
+        data: field values; missing fields keep their defaults. Nested dataclass fields take mappings.
+
+    Returns:
+        The dataclass instance (its ``__post_init__`` validation runs).
+
+    Raises:
+        ConfigError: naming an unknown key (with the valid keys) or a value of the wrong type.
+        TypeError: if ``cls`` is not a dataclass or ``data`` is not a mapping.
+    """
+    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+        raise TypeError(f"config_from_dict: cls must be a dataclass type, got {cls!r}")
+    if not isinstance(data, Mapping):
+        raise TypeError(f"config_from_dict: data must be a mapping, got {type(data).__name__}")
+    hints = _type_hints(cls)
+    names = set(_field_names(cls))
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key_error(str(key), cls, _prefix)
+        kwargs[key] = _coerce(value, hints[key], _prefix + key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{cls.__name__}: {err}") from err
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain ``dict`` of a config dataclass (tuples become lists, nested dataclasses dicts).
+
+    Raises:
+        TypeError: if ``config`` is not a dataclass instance.
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"config_to_dict: expected a dataclass instance, got {type(config).__name__}")
+    return _plain(config)
+
+
+def _suffix_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in _YAML_SUFFIXES:
+        return "yaml"
+    if suffix in _JSON_SUFFIXES:
+        return "json"
+    raise ConfigError(f"config file {str(path)!r}: unsupported suffix {suffix!r}; use .yaml, .yml or .json")
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise _DuplicateKey(f"key {key!r} is given twice (second time on line {line}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dup = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+    if dup is not None:
+        raise _DuplicateKey(f"key {dup!r} is given twice; keep one")
+    return dict(pairs)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a ``dict`` (an empty file gives ``{}``).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ConfigError: for an unsupported suffix, malformed YAML/JSON, a key given twice or a file whose top
+            level is not a mapping.
+    """
+    path = Path(path)
+    kind = _suffix_kind(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({err.reason})") from None
+    try:
+        if kind == "yaml":
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        else:
+            data = json.loads(text, object_pairs_hook=_unique_json_object) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid JSON: {err}") from None
+    except _DuplicateKey as err:
+        raise ConfigError(f"config file {str(path)!r}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[C], path: str | Path, overrides: Iterable[str] = ()) -> C:
+    """Load a ``.yaml``/``.yml``/``.json`` file into the dataclass ``cls``, then apply ``overrides``.
+
+    Args:
+        cls: the dataclass type.
+        path: config file.
+        overrides: dotted ``key=value`` strings (see :func:`apply_overrides`).
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ConfigError: unknown keys, wrong types or an unsupported suffix.
+    """
+    cfg = config_from_dict(cls, read_config_file(path))
+    return apply_overrides(cfg, overrides)
+
+
+def save_config(config: Any, path: str | Path) -> Path:
+    """Write a config dataclass to ``.yaml``/``.yml`` or ``.json`` (atomically).
+
+    Raises:
+        ConfigError: for an unsupported suffix.
+    """
+    path = Path(path)
+    kind = _suffix_kind(path)
+    data = config_to_dict(config)
+    if kind == "yaml":
+        return atomic_write(path, lambda fh: yaml.safe_dump(data, fh, sort_keys=False))
+    return atomic_write(path, lambda fh: json.dump(data, fh, indent=2))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b=value"`` into ``(["a", "b"], value)``; the value is parsed as YAML (numbers, bools,
+    ``null``, lists such as ``[0.9, 0.99]``), anything else stays a string.
+
+    Raises:
+        ConfigError: if ``text`` has no ``=`` or an empty key.
+    """
+    if not isinstance(text, str) or "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. lr=1e-4 or trainer.max_epochs=10)")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r}: empty key component in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(config: C, overrides: Iterable[str]) -> C:
+    """Return a copy of ``config`` with dotted ``key=value`` overrides applied (nested dataclasses too).
+
+    Values are converted to the annotated field type (``"1e-4"`` becomes a float for a float field,
+    ``"null"`` becomes ``None`` for an optional field).
+
+    Raises:
+        ConfigError: naming an unknown key (and the valid ones) or a value of the wrong type.
+    """
+    if isinstance(overrides, str):
+        raise TypeError("apply_overrides: overrides must be a sequence of 'key=value' strings, not one string")
+    data = config_to_dict(config)
+    cls = type(config)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node, node_cls, prefix = data, cls, ""
+        for i, part in enumerate(parts):
+            if not (dataclasses.is_dataclass(node_cls) and isinstance(node_cls, type)):
+                raise ConfigError(f"override {text!r}: {prefix[:-1]!r} is not a nested config section")
+            if part not in _field_names(node_cls):
+                raise _unknown_key_error(part, node_cls, prefix)
+            if i == len(parts) - 1:
+                node[part] = value
+            else:
+                node_cls = _type_hints(node_cls)[part]
+                node = node[part]
+                prefix += part + "."
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {text!r}: {prefix[:-1]!r} is not a nested config section")
+    return config_from_dict(cls, data)
+
+
+class ConfigBase:
+    """Mixin for config dataclasses: ``from_dict``, ``to_dict``, ``from_file``, ``save``, ``with_overrides``."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):  # noqa: ANN206
+        """Build from a mapping (see :func:`config_from_dict`)."""
+        return config_from_dict(cls, data)
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: Iterable[str] = ()):  # noqa: ANN206
+        """Load from YAML/JSON and apply ``overrides`` (see :func:`load_config`)."""
+        return load_config(cls, path, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (see :func:`config_to_dict`)."""
+        return config_to_dict(self)
+
+    def save(self, path: str | Path) -> Path:
+        """Write to YAML/JSON atomically (see :func:`save_config`)."""
+        return save_config(self, path)
+
+    def with_overrides(self, overrides: Iterable[str] = (), **changes: Any):  # noqa: ANN201
+        """Copy with dotted ``key=value`` strings (see :func:`apply_overrides`) and then keyword ``changes``
+        applied, both converted and validated as in :meth:`from_dict`, e.g.
+        ``cfg.with_overrides(["trainer.lr=3e-4"])`` or ``protocol.with_overrides(iou_threshold=0.3)``.
+        """
+        config = apply_overrides(self, overrides)
+        return config_from_dict(type(config), {**config_to_dict(config), **changes}) if changes else config
