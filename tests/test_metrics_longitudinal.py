@@ -19,6 +19,7 @@ from longiseg.metrics.longitudinal import (
 )
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.metrics.stratified import SizeBins, stratified_lesion_metrics, tertile_bins
+from longiseg.utils.config import ConfigError
 
 
 def box(shape: tuple[int, int, int], *boxes: tuple[int, int, int, int, int, int]) -> np.ndarray:
@@ -92,7 +93,7 @@ def test_protocol_validation() -> None:
         get_protocol("brats")
     with pytest.raises(ValueError, match="matching must be one of"):
         EvaluationProtocol(matching="hungarian")
-    with pytest.raises(ValueError, match="unknown EvaluationProtocol fields"):
+    with pytest.raises(ConfigError, match=r"'threshold' for EvaluationProtocol\. Did you mean 'iou_threshold'"):
         get_protocol("tdw").with_overrides(threshold=0.2)
     with pytest.raises(ValueError, match="kind must be one of"):
         evaluate_mask_pair(np.zeros(S, bool), np.zeros(S, bool), kind="FU")

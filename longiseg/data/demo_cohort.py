@@ -34,7 +34,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from scipy import ndimage
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.loading import Manifest, ManifestEntry, save_case, write_manifest
+from longiseg.utils.config import ConfigBase, ConfigError
 from longiseg.utils.io import atomic_directory, atomic_write_json
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import check_positive_int, check_probability, check_timepoints
@@ -75,8 +76,9 @@ CONTRASTS: dict[str, tuple[float, float, float, float]] = {
 
 
 @dataclass(frozen=True)
-class DemoCohortConfig:
-    """Parameters of the demo cohort (lengths in mm, counts per patient).
+class DemoCohortConfig(ConfigBase):
+    """Parameters of the demo cohort (lengths in mm, counts per patient); a
+    :class:`~longiseg.utils.config.ConfigBase` (``from_dict``, ``to_dict``, ``with_overrides``, files).
 
     Attributes:
         num_patients: number of patients (one case each).
@@ -124,29 +126,29 @@ class DemoCohortConfig:
         check_timepoints("num_timepoints", self.num_timepoints)
         check_positive_int("spacing", self.spacing)
         if self.spacing > 4:
-            raise ValueError(f"spacing must be an integer number of mm from 1 to 4, got {self.spacing}")
+            raise ConfigError(f"spacing must be an integer number of mm from 1 to 4, got {self.spacing}")
         check_probability("progression_fraction", self.progression_fraction)
         mods = tuple(m.lower() for m in self.modalities)
         if not mods or any(m not in CONTRASTS for m in mods):
-            raise ValueError(f"modalities must be a non-empty subset of {tuple(CONTRASTS)}, got {self.modalities}")
+            raise ConfigError(f"modalities must be a non-empty subset of {tuple(CONTRASTS)}, got {self.modalities}")
         object.__setattr__(self, "modalities", mods)
         for name in ("baseline_lesions", "new_lesions", "enlarging_lesions"):
             lo, hi = getattr(self, name)
             if not (0 <= lo <= hi):
-                raise ValueError(f"{name} must be a range (low, high) with 0 <= low <= high, got {(lo, hi)}")
+                raise ConfigError(f"{name} must be a range (low, high) with 0 <= low <= high, got {(lo, hi)}")
         if self.new_lesions[1] < 1 and self.enlarging_lesions[1] < 1:
-            raise ValueError("new_lesions or enlarging_lesions must allow at least one lesion per active follow-up")
+            raise ConfigError("new_lesions or enlarging_lesions must allow at least one lesion per active follow-up")
         for name in ("lesion_radius_mm", "new_lesion_radius_mm", "enlarge_factor"):
             lo, hi = getattr(self, name)
             if not (0 < lo <= hi):
-                raise ValueError(f"{name} must be a range (low, high) with 0 < low <= high, got {(lo, hi)}")
+                raise ConfigError(f"{name} must be a range (low, high) with 0 < low <= high, got {(lo, hi)}")
         if self.enlarge_factor[0] <= 1.0:
-            raise ValueError(f"enlarge_factor must be > 1 (lesions grow), got {self.enlarge_factor}")
+            raise ConfigError(f"enlarge_factor must be > 1 (lesions grow), got {self.enlarge_factor}")
         for name in ("max_translation", "max_rotation", "bias_strength", "noise_level"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.anatomy not in ("auto", "mni152", "phantom"):
-            raise ValueError(f"anatomy must be 'auto', 'mni152' or 'phantom', got {self.anatomy!r}")
+            raise ConfigError(f"anatomy must be 'auto', 'mni152' or 'phantom', got {self.anatomy!r}")
 
     @property
     def num_progressing(self) -> int:
@@ -618,7 +620,7 @@ def generate_demo_cohort(
 
     cfg = config or DemoCohortConfig()
     if overrides:
-        cfg = replace(cfg, **overrides)  # type: ignore[arg-type]
+        cfg = cfg.with_overrides(**overrides)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -634,7 +636,7 @@ def generate_demo_cohort(
             stats.append(st)
         write_manifest(tmp / layout.MANIFEST_JSON, Manifest(cfg.modalities, tuple(entries)))
         atomic_write_json(tmp / "demo_cohort.json", {
-            "config": asdict(cfg), "anatomy": load_anatomy(cfg.spacing, cfg.anatomy).source, "patients": stats,
+            "config": cfg.to_dict(), "anatomy": load_anatomy(cfg.spacing, cfg.anatomy).source, "patients": stats,
         })
     _LOG.info("wrote demo cohort of %d patients (%d progressing) to %s", cfg.num_patients,
               sum(s["progressing"] for s in stats), out)

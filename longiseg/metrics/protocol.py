@@ -10,17 +10,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 from longiseg.metrics.lesion import MATCHING_RULES
+from longiseg.utils.config import ConfigBase, ConfigError
 
 __all__ = ["EvaluationProtocol", "PROTOCOLS", "get_protocol"]
 
 
 @dataclass(frozen=True)
-class EvaluationProtocol:
-    """Settings of an evaluation.
+class EvaluationProtocol(ConfigBase):
+    """Settings of an evaluation (a :class:`~longiseg.utils.config.ConfigBase`: ``from_dict``, ``to_dict``,
+    ``with_overrides``, files).
 
     Attributes:
         name: protocol name used in reports.
@@ -45,25 +46,15 @@ class EvaluationProtocol:
     hd_one_empty: float = float("nan")
 
     def __post_init__(self) -> None:
-        if self.matching not in MATCHING_RULES:
-            raise ValueError(f"matching must be one of {MATCHING_RULES}, got {self.matching!r}")
-        if not (math.isfinite(self.min_lesion_volume_mm3) and self.min_lesion_volume_mm3 >= 0):
-            raise ValueError(f"min_lesion_volume_mm3 must be >= 0, got {self.min_lesion_volume_mm3}")
-        if not 0.0 <= self.iou_threshold < 1.0:
-            raise ValueError(f"iou_threshold must lie in [0, 1), got {self.iou_threshold}")
-        if not 0.0 <= self.hd_percentile <= 100.0:
-            raise ValueError(f"hd_percentile must lie in [0, 100], got {self.hd_percentile}")
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"EvaluationProtocol: {msg}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (for JSON reports)."""
-        return asdict(self)
-
-    def with_overrides(self, **changes: Any) -> EvaluationProtocol:
-        """Copy with some fields changed (validated again)."""
-        unknown = set(changes) - set(asdict(self))
-        if unknown:
-            raise ValueError(f"unknown EvaluationProtocol fields {sorted(unknown)}")
-        return replace(self, **changes)
+        need(self.matching in MATCHING_RULES, f"matching must be one of {MATCHING_RULES}, got {self.matching!r}")
+        need(math.isfinite(self.min_lesion_volume_mm3) and self.min_lesion_volume_mm3 >= 0,
+             f"min_lesion_volume_mm3 must be >= 0, got {self.min_lesion_volume_mm3}")
+        need(0.0 <= self.iou_threshold < 1.0, f"iou_threshold must lie in [0, 1), got {self.iou_threshold}")
+        need(0.0 <= self.hd_percentile <= 100.0, f"hd_percentile must lie in [0, 100], got {self.hd_percentile}")
 
 
 PROTOCOLS: dict[str, EvaluationProtocol] = {

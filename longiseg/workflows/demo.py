@@ -39,6 +39,7 @@ from longiseg.engine.checkpoint import load_model
 from longiseg.engine.config import TrainerConfig, save_config
 from longiseg.metrics.evaluate import evaluate_folder, write_report
 from longiseg.registry import build_model
+from longiseg.utils.config import ConfigBase, ConfigError
 from longiseg.utils.io import atomic_write_json
 from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
@@ -74,8 +75,9 @@ DEMO_COHORT_LESIONS: dict[str, Any] = {
 
 
 @dataclasses.dataclass
-class DemoConfig:
-    """Settings of :func:`run_demo` (defaults: eight to ten minutes on a 2-core CPU).
+class DemoConfig(ConfigBase):
+    """Settings of :func:`run_demo` (defaults: eight to ten minutes on a 2-core CPU); a
+    :class:`~longiseg.utils.config.ConfigBase` (``from_dict``, ``to_dict``, ``with_overrides``, files).
 
     Attributes:
         output_dir: everything is written here (cohort, runs, predictions, report, figures).
@@ -126,22 +128,22 @@ class DemoConfig:
         # Checked before anything is written: the cohort alone takes a minute to make.
         unknown = [m for m in self.models if m not in DEMO_MODELS]
         if unknown or not self.models:
-            raise ValueError(f"models must be a non-empty subset of {list(DEMO_MODELS)}, got {list(self.models)}")
+            raise ConfigError(f"models must be a non-empty subset of {list(DEMO_MODELS)}, got {list(self.models)}")
         for name, low in (("num_patients", 6), ("epochs", 1), ("steps_per_epoch", 1), ("batch_size", 2),
                           ("crop_size", 32), ("threads", 1), ("num_workers", 0), ("spacing", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
         if self.crop_size % 32:
-            raise ValueError(f"crop_size must be a multiple of 32 (the models downsample 32x), got {self.crop_size}")
+            raise ConfigError(f"crop_size must be a multiple of 32 (the models downsample 32x), got {self.crop_size}")
         if not 2 <= self.num_test < self.num_patients - 2:
-            raise ValueError(f"num_test must be in [2, num_patients - 3] = [2, {self.num_patients - 3}], "
+            raise ConfigError(f"num_test must be in [2, num_patients - 3] = [2, {self.num_patients - 3}], "
                              f"got {self.num_test}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         for name in ("lesion_weight", "progression_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 def demo_cohort_config(cfg: DemoConfig) -> DemoCohortConfig:
@@ -271,7 +273,7 @@ def _run(cfg: DemoConfig, out: Path) -> dict[str, Any]:
             "cohort_patient": str(out / "cohort_patient.png"),
             "configs": str(out / "configs"),
         },
-        "config": dataclasses.asdict(cfg),
+        "config": cfg.to_dict(),
     }
     atomic_write_json(out / "results.json", summary)
     return summary
