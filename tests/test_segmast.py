@@ -157,8 +157,10 @@ def test_config_round_trip_and_rebuild() -> None:
 
 
 def test_config_errors() -> None:
-    with pytest.raises(ValueError, match="unknown SegMaSTConfig field"):
+    with pytest.raises(ValueError, match=r"'width' for SegMaSTConfig\. Did you mean 'widths'"):
         SegMaSTConfig.from_dict({"width": [1, 2, 3, 4]})
+    with pytest.raises(ValueError, match="'drop_path_rate': expected a float"):
+        SegMaSTConfig.from_dict({"drop_path_rate": "high"})
     with pytest.raises(ValueError, match="fusion must be one of"):
         SegMaSTConfig(fusion="concat")
     with pytest.raises(ValueError, match="4 entries"):

@@ -6,9 +6,10 @@ A 2.5D SegFormer-like network whose encoder blocks are ST blocks with the MaST m
       -> AllMLPDecoder -> (B, T, E, H/4, W/4) -> TimepointHeads -> crop
       -> LongitudinalOutput(baseline (B, K, H, W), progression (B, T-1, K, H, W))
 
-The configuration is a plain dataclass, :class:`SegMaSTConfig`, printable and serialisable with
-:meth:`SegMaSTConfig.to_dict` / :meth:`SegMaSTConfig.from_dict` so it can be stored next to a checkpoint
-and the model rebuilt from it (:meth:`SegMaST.from_config`).
+The configuration is a plain dataclass, :class:`SegMaSTConfig`, a :class:`~longiseg.utils.config.ConfigBase`
+like every config of the library: printable and serialisable with :meth:`SegMaSTConfig.to_dict` /
+:meth:`SegMaSTConfig.from_dict` so it can be stored next to a checkpoint and the model rebuilt from it
+(:meth:`SegMaST.from_config`).
 
 Registered models: ``segmast`` (the generic factory, keyword arguments are config fields), ``segmast_ms``
 (~9M parameters, FLAIR + T2 input) and ``segmast_glioma`` (~16M parameters, 4 modalities).
@@ -36,6 +37,7 @@ from longiseg.networks.inputs import check_model_input
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.registry import register_model
 from longiseg.ssm import Mamba
+from longiseg.utils.config import ConfigBase
 from longiseg.utils.validation import check_positive_int, check_probability, check_timepoints
 
 __all__ = [
@@ -148,7 +150,7 @@ class LongitudinalSegFormerLike(nn.Module):
 
 
 @dataclass(frozen=True)
-class SegMaSTConfig:
+class SegMaSTConfig(ConfigBase):
     """Hyper-parameters of :class:`SegMaST` (frozen plain data: print it, save it, rebuild from it).
 
     Attributes:
@@ -221,26 +223,10 @@ class SegMaSTConfig:
         if not self.shared_progression_head and self.num_timepoints is None:
             raise ValueError("num_timepoints is required when shared_progression_head=False")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (tuples become lists)."""
-        out = dataclasses.asdict(self)
-        out["widths"], out["depths"] = list(self.widths), list(self.depths)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SegMaSTConfig:
-        """Rebuild a config from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"data must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown SegMaSTConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**dict(data))
-
     def replace(self, **changes: Any) -> SegMaSTConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (converted and validated again, see
+        :meth:`~longiseg.utils.config.ConfigBase.with_overrides`)."""
+        return self.with_overrides(**changes)
 
 
 SEGMAST_PRESETS: dict[str, SegMaSTConfig] = {
