@@ -121,3 +121,48 @@ def test_bad_values_and_files(tmp_path) -> None:
 def test_empty_file_gives_defaults(tmp_path) -> None:
     (tmp_path / "empty.yaml").write_text("")
     assert load_config(TrainerConfig, tmp_path / "empty.yaml") == TrainerConfig()
+
+
+def _all_config_classes() -> list[type]:
+    from longiseg.data.demo_cohort import DemoCohortConfig
+    from longiseg.metrics.protocol import EvaluationProtocol
+    from longiseg.networks.nets.segmast import SegMaSTConfig
+    from longiseg.workflows.config import (
+        DataConfig,
+        ExperimentConfig,
+        InferenceConfig,
+        LossConfig,
+        ModelConfig,
+    )
+    from longiseg.workflows.demo import DemoConfig
+
+    return [TrainerConfig, ModelConfig, DataConfig, LossConfig, InferenceConfig, ExperimentConfig, SegMaSTConfig,
+            DemoConfig, DemoCohortConfig, EvaluationProtocol]
+
+
+def test_every_config_class_uses_the_one_mechanism(tmp_path) -> None:
+    for cls in _all_config_classes():
+        assert issubclass(cls, ConfigBase), cls
+        cfg = cls()
+        assert repr(cls.from_dict(json.loads(json.dumps(cfg.to_dict())))) == repr(cfg)  # NaN-safe comparison
+        assert repr(cls.from_file(cfg.save(tmp_path / f"{cls.__name__}.yaml"))) == repr(cfg)
+        with pytest.raises(ConfigError, match=rf"Unknown config key 'bogus_key' for {cls.__name__}\."):
+            cls.from_dict({"bogus_key": 1})
+        numeric = next((f.name for f in dataclasses.fields(cls) if f.type in ("int", "float", int, float)), None)
+        if numeric is not None:
+            with pytest.raises(ConfigError, match=rf"config key '{numeric}': expected an? (int|float)"):
+                cls.from_dict({numeric: "many"})
+
+
+def test_keyword_overrides_are_converted_and_validated() -> None:
+    from longiseg.data.demo_cohort import DemoCohortConfig
+    from longiseg.metrics.protocol import EvaluationProtocol
+    from longiseg.networks.nets.segmast import SegMaSTConfig
+
+    assert EvaluationProtocol().with_overrides(iou_threshold="0.3").iou_threshold == 0.3
+    assert SegMaSTConfig().replace(widths=[8, 16, 16, 32]).widths == (8, 16, 16, 32)
+    assert DemoCohortConfig().with_overrides(["num_patients=4"], seed=3).num_patients == 4
+    with pytest.raises(ConfigError, match=r"EvaluationProtocol: iou_threshold must lie in \[0, 1\)"):
+        EvaluationProtocol().with_overrides(iou_threshold=1.5)
+    with pytest.raises(ConfigError, match="Did you mean 'num_patients'"):
+        DemoCohortConfig().with_overrides(num_patient=4)
