@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from longiseg.data import LongitudinalCase, load_case
+from longiseg.data import CaseSource, LongitudinalCase, load_case
 from longiseg.data.layout import BRAIN_MASK, MANIFEST_JSON, image_filename, prediction_filenames
 from longiseg.inferers import (
     TriplanarInferer,
@@ -223,9 +223,9 @@ def test_predict_folder_reads_cases_as_training_does(tmp_path: Path) -> None:
 
     seen: list[tuple[str, object]] = []
 
-    def brighter(case_dir: Path, modalities: object) -> LongitudinalCase:
-        seen.append((case_dir.name, modalities))
-        case = load_case(case_dir)
+    def brighter(source: CaseSource) -> LongitudinalCase:  # receives the listed source: one listing
+        seen.append((source.case_id, list(source.modalities)))
+        case = load_case(source)
         return case.with_arrays(images=case.images * 0.5)
 
     predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "custom", reader=brighter,

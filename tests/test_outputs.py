@@ -14,7 +14,8 @@ import pytest
 import torch
 from test_inferers_predict import Voxelwise, _affine, _images, _inferer, _write_case
 
-from longiseg.inferers.predict import case_outputs_complete, predict_folder
+from longiseg.data.loading import prediction_complete
+from longiseg.inferers.predict import predict_folder
 from longiseg.utils.io import (
     atomic_directory,
     atomic_path,
@@ -113,7 +114,8 @@ def test_interrupted_case_is_predicted_again(tmp_path: Path, umask_022: None) ->
     for f in list((out / "p2").iterdir())[1:]:
         f.unlink()
     (out / f".p2.{_dead_pid()}.q1w2e3.tmp").mkdir()
-    assert not case_outputs_complete(out, "p2", 2)
+    assert not prediction_complete(out, "p2", 2)
+    assert prediction_complete(out, "p1", 2) and prediction_complete(out, "p1", 2, kinds=["mask"])
     redone = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False,
                             skip_existing=True)
     assert sorted(redone) == ["p2"] and sorted(first) == ["p1", "p2"]

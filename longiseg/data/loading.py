@@ -47,6 +47,7 @@ __all__ = [
     "manifest_from_cases",
     "save_case",
     "read_mask",
+    "prediction_complete",
     "read_prediction",
     "save_prediction",
 ]
@@ -339,6 +340,22 @@ def save_prediction(
             for arr, name in zip(vols, names[kind], strict=True):
                 atomic_save_nifti(arr, affine, tmp / name, overwrite=True, dtype=dtype)
     return {kind: [folder / name for name in names[kind]] for kind in volumes}
+
+
+def prediction_complete(root: PathLike, case_id: str, num_timepoints: int,
+                        kinds: Sequence[str] = ("mask", "prob", "entropy")) -> bool:
+    """Whether ``root/case_id`` holds every file of ``kinds`` that :func:`save_prediction` writes for a case of
+    ``num_timepoints`` (a folder an interrupted run of an older version left half written is not complete).
+
+    Raises:
+        ValueError: a bad case id or an unknown kind.
+    """
+    names = layout.prediction_filenames(num_timepoints)
+    unknown = sorted(set(kinds) - set(names))
+    if unknown:
+        raise ValueError(f"kinds must be among {sorted(names)}, got {unknown}")
+    folder = Path(root) / layout.check_case_id(case_id)
+    return all((folder / name).is_file() for kind in kinds for name in names[kind])
 
 
 def _unambiguous(path: Path) -> bool:

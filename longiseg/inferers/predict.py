@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import check_case_id, prediction_filenames
-from longiseg.data.loading import CaseSource, find_cases, load_case, save_prediction
+from longiseg.data.loading import CaseSource, find_cases, load_case, prediction_complete, save_prediction
 from longiseg.inferers.postprocessing import postprocess
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
@@ -35,7 +35,6 @@ __all__ = [
     "spacing_from_affine",
     "predict_case",
     "predict_folder",
-    "case_outputs_complete",
 ]
 
 logger = get_logger(__name__)
@@ -54,9 +53,9 @@ class Inferer(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-#: Reads one case for :func:`predict_folder`: ``(case_dir, modalities) -> LongitudinalCase`` (images only
-#: or with masks); ``modalities`` is the channel order given to :func:`predict_folder` (``None``: default).
-CaseReader = Callable[[Path, Sequence[str] | None], LongitudinalCase]
+#: Reads one case for :func:`predict_folder` from the :class:`~longiseg.data.loading.CaseSource` that
+#: :func:`~longiseg.data.loading.find_cases` listed (files and channel order), e.g. load and normalise it.
+CaseReader = Callable[[CaseSource], LongitudinalCase]
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
@@ -165,15 +164,6 @@ def predict_case(
     return targets
 
 
-def case_outputs_complete(out_dir: str | Path, case_id: str, num_timepoints: int, *,
-                          save_probabilities: bool = True, save_entropy: bool = True) -> bool:
-    """Whether ``out_dir/case_id`` holds every file :func:`predict_case` writes for ``num_timepoints``."""
-    names = prediction_filenames(num_timepoints)
-    kinds = ["mask"] + (["prob"] if save_probabilities else []) + (["entropy"] if save_entropy else [])
-    case_out = Path(out_dir) / case_id
-    return all((case_out / n).is_file() for k in kinds for n in names[k])
-
-
 def predict_folder(
     model: nn.Module,
     in_dir: str | Path,
@@ -205,9 +195,10 @@ def predict_folder(
             folder left incomplete by an interrupted run is predicted again.
         overwrite: replace existing outputs.
         progress: tqdm bar over cases.
-        reader: a :data:`CaseReader` ``(case_dir, modalities) -> LongitudinalCase`` used instead of
+        reader: a :data:`CaseReader` ``(CaseSource) -> LongitudinalCase`` used instead of
             :func:`~longiseg.data.loading.load_case`, e.g. to normalise each case as in training
-            (``longiseg.workflows.predict.run_prediction`` does).
+            (``longiseg.workflows.predict.run_prediction`` does); it receives the listed source, so the
+            folder is listed once.
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
             ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask.
 
@@ -246,16 +237,14 @@ def predict_folder(
                                   f"{[str(out_dir / c) for c in clash[:3]]}; pass overwrite=True (--overwrite) to "
                                   "replace them or skip_existing=True (--skip-existing) to keep them")
 
-    def read(source: CaseSource) -> LongitudinalCase:
-        return load_case(source) if reader is None else reader(in_dir / source.case_id, modalities)
-
+    read: CaseReader = load_case if reader is None else reader
+    kinds = ["mask"] + [kind for kind, flag in (("prob", "save_probabilities"), ("entropy", "save_entropy"))
+                        if predict_kwargs.get(flag, True)]
     results: dict[str, dict[str, list[Path]]] = {}
-    saves = {k: bool(predict_kwargs.get(f"save_{k}", True)) for k in ("probabilities", "entropy")}
     for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
         case_overwrite = overwrite
         if skip_existing and not overwrite and (out_dir / cid).exists():
-            if case_outputs_complete(out_dir, cid, sources[cid].num_timepoints, save_entropy=saves["entropy"],
-                                     save_probabilities=saves["probabilities"]):
+            if prediction_complete(out_dir, cid, sources[cid].num_timepoints, kinds):
                 logger.info("skipping case %s: outputs exist", cid)
                 continue
             logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid,

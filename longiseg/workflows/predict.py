@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from longiseg.data.case import LongitudinalCase
-from longiseg.data.loading import find_cases, load_case
+from longiseg.data.loading import CaseSource, load_case
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.inferers.predict import predict_folder
 from longiseg.inferers.sliding_window import SlidingWindowInferer3D
@@ -109,27 +109,20 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
         raise ValueError("crop_to_foreground prediction is not supported: predict on the full grid "
                          "(normalisation is per case, so models trained on cropped cases apply unchanged)")
     device = resolve_device(device)
-    sources = {s.case_id: s for s in find_cases(input_dir, modalities=modalities, require_masks=False)}
-    if case_ids is not None:
-        missing = set(case_ids) - set(sources)
-        if missing:
-            raise FileNotFoundError(f"cases not found in {input_dir}: {sorted(missing)}")
-    if spec.in_channels is not None and sources:
-        found = len(next(iter(sources.values())).modalities)
-        if found != spec.in_channels:
-            raise ValueError(f"the model takes {spec.in_channels} modalities per timepoint {spec.modalities or ''}, "
-                             f"the cases of {input_dir} have {found}")
     logger.info("predicting with %s (%s): modalities %s, window %d, threshold %.3g%s", spec.name, spec.dim,
                 modalities, cfg.patch_size, cfg.threshold,
                 " (tuned on validation patients)" if spec.tuning else "")
 
-    def read_preprocessed(case_dir: Path, _modalities: Sequence[str] | None) -> LongitudinalCase:
-        return preprocess_case(load_case(sources[case_dir.name]))
+    def read_preprocessed(source: CaseSource) -> LongitudinalCase:
+        if spec.in_channels is not None and len(source.modalities) != spec.in_channels:
+            raise ValueError(f"the model takes {spec.in_channels} modalities per timepoint {spec.modalities or ''}, "
+                             f"case {source.case_id!r} of {input_dir} has {len(source.modalities)}")
+        return preprocess_case(load_case(source))
 
     model.eval()
     return predict_folder(
-        model, input_dir, output_dir, case_ids=list(case_ids) if case_ids is not None else list(sources),
-        skip_existing=skip_existing, overwrite=overwrite, progress=progress, reader=read_preprocessed,
+        model, input_dir, output_dir, modalities=modalities, case_ids=case_ids, skip_existing=skip_existing,
+        overwrite=overwrite, progress=progress, reader=read_preprocessed,
         inferer=make_inferer(spec, cfg, device=device, progress=False), threshold=cfg.threshold,
         min_volume_mm3=cfg.min_lesion_mm3, restrict_to_brain=cfg.restrict,
     )
