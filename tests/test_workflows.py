@@ -79,8 +79,8 @@ def test_clear_errors_for_missing_data_unknown_model_and_bad_key(tmp_path: Path,
     assert "Unknown config key" in capsys.readouterr().err
 
 
-def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
     overrides = TINY_SEGMAST + [
         "trainer.max_epochs=2", "trainer.batch_size=4", "trainer.warmup_epochs=1", "trainer.device=cpu",
@@ -94,7 +94,13 @@ def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path,
     assert len(rows) == 3 and "val_dice" in rows[0]
 
     pred = tmp_path / "pred"
+    import longiseg.inferers.predict as predict_module
+
+    listings: list[Path] = []
+    find_cases = predict_module.find_cases
+    monkeypatch.setattr(predict_module, "find_cases", lambda root, **kw: listings.append(root) or find_cases(root, **kw))
     assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(cohort), "--output", str(pred)]) == 0
+    assert listings == [cohort]  # the input folder is listed once
     case = sorted(p.name for p in cohort.iterdir() if p.is_dir())[0]
     written = {p.name for p in (pred / case).iterdir()}
     assert {"baseline_mask.nii.gz", "progression_t1.nii.gz", "baseline_prob.nii.gz",
