@@ -6,7 +6,7 @@ count ``T*S*S`` grows, the token counts where the curves cross, and a PNG plot o
 
 Usage::
 
-    python benchmarks/bench_mixers.py --quick                    # S = 16, 32, 64 (about a minute on 2 idle cores)
+    python benchmarks/bench_mixers.py --quick                    # S = 16, 32, 64 (a minute or two on 2 idle cores)
     python benchmarks/bench_mixers.py --plot docs/img/mixer_scaling.png   # S = 32, 64, 128, 256
     python benchmarks/bench_mixers.py --device cuda --plot docs/img/mixer_scaling_gpu.png
 
@@ -138,7 +138,7 @@ def run_mixer_benchmark(
     in :data:`MIXERS`) exceeds ``max_call_seconds`` is skipped and reported as such.
 
     Args:
-        quick: sizes 16/32/64 (about a minute on 2 idle cores); else 32/64/128/256.
+        quick: sizes 16/32/64 (a minute or two on 2 idle cores); else 32/64/128/256.
         out_png: write the time/memory vs tokens plot here (PNG).
         sizes: feature map sides, overriding the mode's default.
         dim: width ``C`` of every mixer (32: SegMaST's first stage, where the token count is largest).
