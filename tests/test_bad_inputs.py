@@ -296,6 +296,18 @@ ROWS = [
         (t / "out").mkdir(), (t / "out" / "summary.json").write_text("{}"), _evaluate(ws, t))[-1],
         r"already holds a report.*--overwrite"),
     Row("evaluate-one-folder", lambda ws, t: ["evaluate", str(ws / "cohort")], "give at least one prediction folder"),
+    # --- tune
+    Row("tune-missing-run", lambda ws, t: ["tune", str(t / "norun")], r"run folder .*norun does not exist"),
+    Row("tune-missing-checkpoint", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "best.pt"],
+        r"checkpoint .*best\.pt does not exist"),
+    Row("tune-without-split", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "last.pt"],
+        r"split\.json does not exist"),
+    Row("tune-device-bogus", lambda ws, t: ["tune", str(ws / "run"), "--device", "gpu"], r"--device 'gpu'"),
+    # --- cohort
+    Row("cohort-too-few-patients", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "3"], "num_patients"),
+    Row("cohort-num-test", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "8", "--num-test", "1"],
+        "num_test"),
+    Row("cohort-output-is-file", lambda ws, t: ["cohort", str(_file(t))], "OUT"),
     # --- demo (all refused before the cohort is written)
     Row("demo-negative-epochs", lambda ws, t: ["demo", "--output", str(t / "out"), "--epochs", "-1"], "epochs"),
     Row("demo-zero-steps", lambda ws, t: ["demo", "--output", str(t / "out"), "--steps-per-epoch", "0"],
