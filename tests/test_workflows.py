@@ -13,8 +13,10 @@ from longiseg.cli import build_parser, main
 from longiseg.data.demo_cohort import generate_demo_cohort
 from longiseg.data.loading import find_cases
 from longiseg.data.split import split_by_patient
+from longiseg.data.transforms import TimepointVariation
 from longiseg.engine.config import ConfigError
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig
+from longiseg.workflows.train import build_datasets
 
 TINY_SEGMAST = ["model.name=segmast", "model.kwargs={widths: [8, 16, 16, 32], depths: [1, 1, 1, 1], decoder_dim: 16}"]
 
@@ -39,6 +41,23 @@ def test_experiment_config_round_trip_and_overrides(tmp_path: Path) -> None:
         DataConfig(planes=["oblique"])
     with pytest.raises(ConfigError, match="threshold"):
         InferenceConfig(threshold=1.5)
+
+
+def test_training_levers_are_off_by_default_and_reach_the_datasets(cohort: Path) -> None:
+    cases = find_cases(cohort)
+    default = ExperimentConfig()
+    train, val = build_datasets(default, "2.5D", cases[:4], cases[4:])
+    assert train.sampler.persisting_share == 0.0 and train.transform.timepoint_variation is None
+    cfg = default.with_overrides(["data.persisting_share=0.5", "data.augment_independent_timepoints=true"])
+    for dim in ("2.5D", "3D"):
+        train, val = build_datasets(cfg, dim, cases[:4], cases[4:])
+        assert train.sampler.persisting_share == 0.5
+        assert isinstance(train.transform.timepoint_variation, TimepointVariation)
+        assert val.sampler.persisting_share == 0.0 and val.transform is None  # validation stays comparable
+    with pytest.raises(ConfigError, match="persisting_share must be in"):
+        DataConfig(persisting_share=1.5)
+    with pytest.raises(ConfigError, match="augment_independent_timepoints needs augment=true"):
+        DataConfig(augment=False, augment_independent_timepoints=True)
 
 
 def test_split_by_patient_is_stratified_and_disjoint(cohort: Path) -> None:

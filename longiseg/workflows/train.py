@@ -22,6 +22,7 @@ from longiseg.data.loading import find_cases
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler
 from longiseg.data.split import split_by_patient
+from longiseg.data.transforms import LongitudinalAugment
 from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
 from longiseg.engine.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, FitResult, Trainer, seed_everything
@@ -54,7 +55,8 @@ def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_c
                    ) -> tuple[SliceDataset | VolumePatchDataset, SliceDataset | VolumePatchDataset | None]:
     """Training and validation datasets for a 2.5D (slices) or 3D (patches) model.
 
-    Validation samples use no augmentation and a fixed seed, so the same samples are scored every epoch.
+    Validation samples use no augmentation, no hard-negative share (``data.persisting_share`` applies to the
+    training samples only) and a fixed seed, so the same samples are scored every epoch and in every run.
     """
     dc = cfg.data
 
@@ -68,8 +70,9 @@ def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_c
     else:
         def make(cases, **kw):  # noqa: ANN001, ANN202
             return SliceDataset(cases, crop_size=dc.crop_size, planes=dc.planes, **common, **kw)
-    train = make(train_cases, samples_per_epoch=dc.samples_per_epoch,
-                 transform="default" if dc.augment else None, seed=dc.seed)
+    augment = LongitudinalAugment(independent_timepoints=dc.augment_independent_timepoints) if dc.augment else None
+    train = make(train_cases, samples_per_epoch=dc.samples_per_epoch, transform=augment,
+                 persisting_share=dc.persisting_share, seed=dc.seed)
     val = make(val_cases, samples_per_epoch=dc.val_samples, transform=None, seed=dc.seed + 1) if val_cases else None
     return train, val
 
