@@ -123,6 +123,11 @@ class LossConfig(ConfigBase):
         lambda_focal: weight of the focal term.
         gamma: focal exponent.
         seed: seed of the random subset of stable samples.
+        keep_hard_negatives: keep every empty-progression sample the sampler flags ``hard_negative`` (crops
+            centred on persisting baseline lesions, ``data.persisting_share``) instead of letting the
+            ``partial`` strategy drop it with the other stable samples (default off, the paper's loss).
+
+    Samples without a baseline annotation (MSSEG-2) never enter the baseline term, whatever these settings.
     """
 
     strategy: str = "partial"
@@ -132,6 +137,7 @@ class LossConfig(ConfigBase):
     lambda_focal: float = 1.0
     gamma: float = 2.0
     seed: int = 0
+    keep_hard_negatives: bool = False
 
     def __post_init__(self) -> None:
         _need(self.strategy in STRATEGIES, "LossConfig", f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")

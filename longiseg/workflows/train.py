@@ -48,7 +48,7 @@ def build_loss(cfg: ExperimentConfig) -> ImbalanceAwareLoss:
     lc = cfg.loss
     per_sample = PerSampleDiceFocalLoss(lambda_dice=lc.lambda_dice, lambda_focal=lc.lambda_focal, gamma=lc.gamma)
     return ImbalanceAwareLoss(per_sample, strategy=lc.strategy, empty_ratio=lc.empty_ratio,
-                              min_empty=lc.min_empty, seed=lc.seed)
+                              min_empty=lc.min_empty, seed=lc.seed, keep_hard_negatives=lc.keep_hard_negatives)
 
 
 def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_cases: Sequence
@@ -87,10 +87,11 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
                      ) -> Callable[[nn.Module], dict[str, float]]:
     """A ``validate_fn(model) -> metrics`` over a fixed set of validation samples.
 
-    Metrics: ``dice_baseline`` (mean Dice of the baseline head), ``dice_progression`` (mean Dice of the
-    progression head on samples whose progression mask is non-empty), ``np_accuracy`` (share of samples with
-    an empty progression mask whose prediction is empty too) and ``dice``, the mean of the first two
-    (the default early-stopping metric).
+    Metrics: ``dice_baseline`` (mean Dice of the baseline head on samples with a baseline annotation; ``nan``
+    without any, e.g. MSSEG-2), ``dice_progression`` (mean Dice of the progression head on samples whose
+    progression mask is non-empty), ``np_accuracy`` (share of samples with an empty progression mask whose
+    prediction is empty too) and ``dice``, the mean of the first two where both exist (the default
+    early-stopping metric).
     """
     samples = [val_data[i] for i in range(len(val_data))]
     if not samples:
@@ -98,6 +99,9 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
     keys = ("images", "baseline", "progression")
     batches = [{k: torch.stack([s[k] for s in samples[i:i + batch_size]]) for k in keys}
                for i in range(0, len(samples), batch_size)]
+    for i, b in enumerate(batches):
+        b["baseline_annotated"] = torch.tensor([bool(s.get("baseline_annotated", True))
+                                                for s in samples[i * batch_size:(i + 1) * batch_size]])
 
     @torch.no_grad()
     def validate(model: nn.Module) -> dict[str, float]:
@@ -108,16 +112,18 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
             base_pred = (out.baseline[:, :1] > 0).cpu()
             prog_pred = (out.progression[:, :, :1] > 0).cpu().flatten(0, 1)
             prog_true = b["progression"].flatten(0, 1)
-            base_d.append(_dice_per_sample(base_pred, b["baseline"]))
+            annotated = b["baseline_annotated"]
+            if annotated.any():
+                base_d.append(_dice_per_sample(base_pred[annotated], b["baseline"][annotated]))
             has = prog_true.flatten(1).any(1)
             if has.any():
                 prog_d.append(_dice_per_sample(prog_pred[has], prog_true[has]))
             if (~has).any():
                 np_ok.append((~prog_pred[~has].flatten(1).any(1)).float())
-        base = torch.cat(base_d).mean().item()
+        base = torch.cat(base_d).mean().item() if base_d else float("nan")
         prog = torch.cat(prog_d).mean().item() if prog_d else float("nan")
         npa = torch.cat(np_ok).mean().item() if np_ok else float("nan")
-        score = base if np.isnan(prog) else 0.5 * (base + prog)
+        score = float(np.nanmean([base, prog])) if not (np.isnan(base) and np.isnan(prog)) else float("nan")
         return {"dice": score, "dice_baseline": base, "dice_progression": prog, "np_accuracy": npa}
 
     validate.metric_names = VALIDATION_METRICS  # type: ignore[attr-defined]
