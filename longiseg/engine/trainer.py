@@ -316,6 +316,8 @@ class Trainer:
 
     Batches are dicts with ``images`` ``(B, T, C, *S)``, ``baseline`` ``(B, 1, *S)``, ``progression``
     ``(B, T-1, 1, *S)`` and optionally ``has_progression`` ``(B,)`` (``S`` = ``(H, W)`` or ``(D, H, W)``).
+    Batch entries named in :data:`SAMPLE_FLAG_KEYS` (``(B,)`` bool) are also passed to ``loss_fn`` by keyword
+    when its signature (read once) has a parameter of that name.
 
     Args:
         model: module mapping ``images`` to a :class:`LongitudinalOutput` of logits. It is moved to the
@@ -326,8 +328,6 @@ class Trainer:
         config: :class:`TrainerConfig` (defaults follow the paper).
         loss_fn: callable ``(output, baseline_target, progression_target) -> result`` where ``result`` is a
             scalar tensor or has a scalar ``.loss`` (other scalar fields are logged as ``train_<name>``);
-            batch entries named in :data:`SAMPLE_FLAG_KEYS` are also passed by keyword when the loss's
-            signature (read once) has a parameter of that name;
             default :class:`longiseg.losses.ImbalanceAwareLoss`.
         validate_fn: callable ``(model) -> {name: float}`` run every ``config.val_every`` epochs with the
             unwrapped model in eval mode under ``torch.no_grad()`` on every rank; results are averaged over
