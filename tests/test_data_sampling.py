@@ -19,6 +19,7 @@ from longiseg.data import (
     sample_center,
 )
 from longiseg.data.sampling import crop_window
+from longiseg.metrics.consistency import label_persisting_lesions
 
 
 def test_crop_window_pads_at_borders() -> None:
@@ -147,6 +148,18 @@ def test_sampling_index_lists_the_persisting_lesions() -> None:
     np.testing.assert_array_equal(index.persisting, np.flatnonzero(central))  # the enlarging lesion is left out
     assert index.is_persisting((14, 14, 14)) and not index.is_persisting((16, 10, 16))
     assert not index.is_persisting((0, 0, 0))
+    # the same voxels as labelling the whole volume, also for lesions at the border and progression next to them
+    rng = np.random.default_rng(0)
+    base = rng.random((12, 14, 10)) < 0.08
+    base[0, :2, :2] = base[-1, -2:, -2:] = True
+    prog = (rng.random((12, 14, 10)) < 0.02) & ~base
+    prog[1, 0, 0] = True
+    edge = case.with_arrays(images=np.ones((2, 2, 12, 14, 10), np.float32), brain_mask=None,
+                            baseline_mask=base.astype(np.uint8), progression_masks=prog[None].astype(np.uint8))
+    labels, persisting = label_persisting_lesions(base, prog)
+    np.testing.assert_array_equal(build_sampling_index(edge).persisting,
+                                  np.flatnonzero(np.isin(labels.labels, persisting)))
+    assert 0 < persisting.size < labels.n
     stable = build_sampling_index(make_case(progression=False))
     assert stable.persisting.size == stable.baseline.size == 27  # without progression every lesion persists
 

@@ -106,11 +106,7 @@ def build_sampling_index(case: LongitudinalCase) -> SamplingIndex:
     fg = case.foreground_mask()
     if not fg.any():
         fg = np.ones(case.shape, dtype=bool)
-    # Imported here: longiseg.metrics reads the data layout, so a module-level import would be circular.
-    from longiseg.metrics.consistency import label_persisting_lesions
-
     prog = case.progression_masks.any(axis=0)
-    lesions, persisting = label_persisting_lesions(case.baseline_mask, prog, case.spacing)
     return SamplingIndex(
         shape=case.shape,
         foreground=_flat(fg),
@@ -118,8 +114,27 @@ def build_sampling_index(case: LongitudinalCase) -> SamplingIndex:
         progression=_flat(prog),
         lesion=_flat(prog | case.baseline_mask.astype(bool)),
         plane_axes=case.plane_axes,
-        persisting=_flat(np.isin(lesions.labels, persisting)),
+        persisting=_flat(_persisting_mask(case.baseline_mask.astype(bool), prog, case.spacing)),
     )
+
+
+def _persisting_mask(baseline: np.ndarray, progression: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """``(D, H, W)`` bool: voxels of the baseline lesions that touch no progression voxel.
+
+    Labelled inside the baseline's bounding box grown by one voxel, which holds every lesion and every
+    progression voxel that can touch one, so a full-size volume costs little more than its lesions.
+    """
+    # Imported here: longiseg.metrics reads the data layout, so a module-level import would be circular.
+    from longiseg.metrics.consistency import label_persisting_lesions
+
+    out = np.zeros(baseline.shape, dtype=bool)
+    if not baseline.any():
+        return out
+    nz = np.nonzero(baseline)
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in nz)
+    lesions, persisting = label_persisting_lesions(baseline[box], progression[box], spacing)
+    out[box] = np.isin(lesions.labels, persisting)
+    return out
 
 
 def sample_center(
