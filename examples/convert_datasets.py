@@ -76,7 +76,8 @@ def write_split(sources: Sequence[CaseSource], out_dir: Path, *, overwrite: bool
     for src in tqdm(sources, desc=f"writing {out_dir.name}", unit="case"):
         case = load_case(src)
         save_case(case, out_dir, overwrite=overwrite)
-        entries.append(ManifestEntry(case.case_id, case.patient_id, case.num_timepoints, case.has_progression))
+        entries.append(ManifestEntry(case.case_id, case.patient_id, case.num_timepoints, case.has_progression,
+                                     case.baseline_annotated))
     manifest = Manifest(tuple(sources[0].modalities), tuple(entries))
     write_manifest(out_dir / MANIFEST_JSON, manifest)
     return manifest

@@ -124,6 +124,26 @@ def test_manifest_write_read_and_use(tmp_path: Path, suffix: str) -> None:
     assert sources[0].modalities == ("flair", "t2")
 
 
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_manifest_keeps_the_missing_baseline_annotation(tmp_path: Path, suffix: str) -> None:
+    cases = _write_cohort(tmp_path, 2)
+    plain = tmp_path / f"plain{suffix}"
+    write_manifest(plain, manifest_from_cases(cases))
+    assert "baseline_annotated" not in plain.read_text()  # manifests of annotated cohorts are unchanged
+    cases[1] = cases[1].with_arrays(baseline_mask=np.zeros_like(cases[1].baseline_mask))
+    cases[1].baseline_annotated = False  # an MSSEG-2 case
+    manifest = manifest_from_cases(cases)
+    assert [e.baseline_annotated for e in manifest.cases] == [True, False]
+    write_manifest(tmp_path / f"manifest{suffix}", manifest)
+    assert read_manifest(tmp_path / f"manifest{suffix}") == manifest
+    sources = find_cases(tmp_path)
+    assert [s.baseline_annotated for s in sources] == [True, False]
+    assert [load_case(s).baseline_annotated for s in sources] == [True, False]
+    with pytest.raises(ValueError, match="baseline_annotated must be true/false"):
+        (tmp_path / "bad.json").write_text(json.dumps({"cases": [{"case_id": "p0", "baseline_annotated": "?"}]}))
+        read_manifest(tmp_path / "bad.json")
+
+
 def test_loading_never_modifies_files(tmp_path: Path) -> None:
     _write_cohort(tmp_path, 2)
     write_manifest(tmp_path / layout.MANIFEST_JSON, manifest_from_cases(find_cases(tmp_path)))

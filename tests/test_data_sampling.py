@@ -6,10 +6,20 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from test_data_fixtures import make_case
 
-from longiseg.data import PLANES, CrossViewSampler, VolumePatchSampler, build_sampling_index, sample_center
+from longiseg.data import (
+    PLANES,
+    CrossViewSampler,
+    SliceDataset,
+    VolumePatchDataset,
+    VolumePatchSampler,
+    build_sampling_index,
+    sample_center,
+)
 from longiseg.data.sampling import crop_window
+from longiseg.metrics.consistency import label_persisting_lesions
 
 
 def test_crop_window_pads_at_borders() -> None:
@@ -121,7 +131,89 @@ def test_volume_patches_and_border_padding() -> None:
         assert 0 < int(filled_cols) <= 10  # W=10 < 20: the rest is zero padding
 
 
+def _case_with_an_enlarging_lesion() -> tuple:
+    """make_case's centred baseline lesion persists; a second baseline lesion touches the new lesion (enlarges)."""
+    case = make_case(shape=(30, 30, 30))
+    base = case.baseline_mask.copy()
+    base[16:18, 10:12, 16:18] = 1  # next to the progression voxels [18:20, 10:12, 16:18]
+    case = case.with_arrays(baseline_mask=base)
+    central = np.zeros(case.shape, bool)
+    central[13:16, 13:16, 13:16] = True
+    return case, central
+
+
+def test_sampling_index_lists_the_persisting_lesions() -> None:
+    case, central = _case_with_an_enlarging_lesion()
+    index = build_sampling_index(case)
+    np.testing.assert_array_equal(index.persisting, np.flatnonzero(central))  # the enlarging lesion is left out
+    assert index.is_persisting((14, 14, 14)) and not index.is_persisting((16, 10, 16))
+    assert not index.is_persisting((0, 0, 0))
+    # the same voxels as labelling the whole volume, also for lesions at the border and progression next to them
+    rng = np.random.default_rng(0)
+    base = rng.random((12, 14, 10)) < 0.08
+    base[0, :2, :2] = base[-1, -2:, -2:] = True
+    prog = (rng.random((12, 14, 10)) < 0.02) & ~base
+    prog[1, 0, 0] = True
+    edge = case.with_arrays(images=np.ones((2, 2, 12, 14, 10), np.float32), brain_mask=None,
+                            baseline_mask=base.astype(np.uint8), progression_masks=prog[None].astype(np.uint8))
+    labels, persisting = label_persisting_lesions(base, prog)
+    np.testing.assert_array_equal(build_sampling_index(edge).persisting,
+                                  np.flatnonzero(np.isin(labels.labels, persisting)))
+    assert 0 < persisting.size < labels.n
+    stable = build_sampling_index(make_case(progression=False))
+    assert stable.persisting.size == stable.baseline.size == 27  # without progression every lesion persists
+
+
+def test_persisting_share_centres_hard_negatives() -> None:
+    case, central = _case_with_an_enlarging_lesion()
+    index = build_sampling_index(case)
+    for share, lo, hi in ((1.0, 1.0, 1.0), (0.5, 0.4, 0.6)):  # the other draws go to the new lesion
+        rng = np.random.default_rng(0)
+        hits = sum(bool(central[sample_center(index, rng, 1.0, 1.0, persisting_share=share)[0]])
+                   for _ in range(400))
+        assert lo <= hits / 400 <= hi
+    # share 0 draws exactly the centres of the paper's sampling (no extra random number)
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(50):
+        assert sample_center(index, a, 0.7, 0.5, persisting_share=0.0) == sample_center(index, b, 0.7, 0.5)
+    # hard_negative: centred on a persisting lesion and no progression voxel in the crop
+    for sampler in (CrossViewSampler(crop_size=6, lesion_weight=1.0, persisting_share=1.0),
+                    VolumePatchSampler(patch_size=6, lesion_weight=1.0, persisting_share=1.0)):
+        rng = np.random.default_rng(1)
+        flags = []
+        for _ in range(60):
+            s = sampler.sample(case, index, rng)
+            assert central[tuple(s["center"].tolist())]
+            assert bool(s["hard_negative"]) == (not s["progression"].any())
+            flags.append(bool(s["hard_negative"]))
+        assert any(flags)
+    # crops centred on new lesions or on the brain are never hard negatives
+    rng = np.random.default_rng(2)
+    sampler = CrossViewSampler(crop_size=6, lesion_weight=0.5, progression_share=1.0)
+    for _ in range(60):
+        s = sampler.sample(case, index, rng)
+        assert bool(s["hard_negative"]) == (central[tuple(s["center"].tolist())] and not s["progression"].any())
+
+
+def test_persisting_share_in_the_datasets_is_deterministic() -> None:
+    case, central = _case_with_an_enlarging_lesion()
+    for make in (lambda: SliceDataset([case], crop_size=6, lesion_weight=1.0, persisting_share=1.0,
+                                      samples_per_epoch=6, seed=5),
+                 lambda: VolumePatchDataset([case], patch_size=6, lesion_weight=1.0, persisting_share=1.0,
+                                            samples_per_epoch=6, seed=5)):
+        first, second = make(), make()
+        second.set_epoch(0)
+        for i in (4, 0, 5):  # any order
+            a, b = first[i], second[i]
+            assert all(torch.equal(a[k], b[k]) for k in ("images", "baseline", "progression", "hard_negative"))
+            assert torch.equal(a["center"], b["center"])
+            # preprocessing only z-scores, so the centre is the persisting lesion of the original case
+            assert central[tuple(a["center"].tolist())]
+
+
 def test_sampler_argument_errors() -> None:
+    with pytest.raises(ValueError, match="persisting_share must lie in"):
+        VolumePatchSampler(persisting_share=-0.1)
     with pytest.raises(ValueError, match="lesion_weight must lie in"):
         CrossViewSampler(lesion_weight=1.5)
     with pytest.raises(ValueError, match="planes must be a non-empty subset"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from longiseg.data import LongitudinalAugment
-from longiseg.data.transforms import rotation_matrix
+from longiseg.data.transforms import TimepointVariation, rotation_matrix
 
 
 def _mask_sample(spatial: tuple[int, ...], t: int = 3, c: int = 2, seed: int = 0) -> dict:
@@ -93,6 +93,95 @@ def test_determinism_under_a_seed() -> None:
         torch.testing.assert_close(a[key], b[key])
     outs = [aug(sample, np.random.default_rng(s))["images"] for s in range(6)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
+
+
+def _brain_sample(spatial: tuple[int, ...], t: int = 3) -> dict:
+    """A sample whose images are a positive 'brain' ball with zero background, identical at every timepoint."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in spatial], indexing="ij"))
+    centre = torch.tensor([(n - 1) / 2 for n in spatial]).view(-1, *([1] * len(spatial)))
+    r2 = ((grid - centre) ** 2).sum(0)
+    brain = (r2 <= (0.4 * min(spatial)) ** 2).float() * (1.0 + torch.exp(-r2 / 8.0))
+    sample = _mask_sample(spatial, t=t)
+    sample["images"] = brain.expand(t, 2, *spatial).clone()
+    return sample
+
+
+@pytest.mark.parametrize("spatial", [(24, 20), (12, 14, 10)])
+def test_independent_timepoints_change_intensities_not_anatomy(spatial: tuple[int, ...]) -> None:
+    sample = _brain_sample(spatial)
+    variation = TimepointVariation(gain_range=(0.5, 1.5), bias_field_std=0.3, noise_std=0.0, max_shift=0.0,
+                                   max_angle=0.0)
+    aug = LongitudinalAugment(flip_prob=0.0, rot90_prob=0.0, rotate_prob=0.0, independent_timepoints=variation)
+    for seed in range(4):
+        out = aug(sample, np.random.default_rng(seed))
+        assert torch.equal(out["baseline"], sample["baseline"])
+        assert torch.equal(out["progression"], sample["progression"])
+        # positive factors only: the brain keeps its voxels and the background stays zero
+        assert torch.equal(out["images"] > 0, sample["images"] > 0) and (out["images"] >= 0).all()
+        # drawn per timepoint: the timepoints no longer agree
+        assert not torch.allclose(out["images"][0], out["images"][1])
+    # noise is added inside the brain only
+    noisy = LongitudinalAugment(flip_prob=0.0, rot90_prob=0.0, rotate_prob=0.0,
+                                independent_timepoints=TimepointVariation(noise_std=0.1, max_shift=0.0,
+                                                                          max_angle=0.0))
+    out = noisy(sample, np.random.default_rng(0))
+    assert (out["images"][sample["images"] == 0] == 0).all()
+    assert torch.equal(out["baseline"], sample["baseline"])
+
+
+@pytest.mark.parametrize("spatial", [(33, 33), (17, 17, 17)])
+def test_misregistration_moves_only_the_follow_up_and_stays_sub_voxel(spatial: tuple[int, ...]) -> None:
+    k = len(spatial)
+    sample = _brain_sample(spatial)
+    blob = sample["images"][0, 0] - (sample["images"][0, 0] > 0).float()  # the Gaussian at the centre
+    sample["images"] = blob.expand(3, 2, *spatial).clone()
+    variation = TimepointVariation(gain_range=(1.0, 1.0), bias_field_std=0.0, noise_std=0.0, max_shift=0.5,
+                                   max_angle=2.0)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in spatial], indexing="ij"))
+
+    def centroid(img: torch.Tensor) -> torch.Tensor:
+        w = img.double()
+        return (coords * w).flatten(1).sum(1) / w.sum()
+
+    moves = []
+    for seed in range(8):
+        out = variation(sample["images"], np.random.default_rng(seed))
+        assert torch.equal(out[0], sample["images"][0])  # the baseline is the reference
+        for j in (1, 2):
+            shift = (centroid(out[j, 0]) - centroid(blob)).norm().item()
+            # the blob sits at the rotation centre: only the shift moves it (+ interpolation/border slack)
+            assert shift <= 0.5 * k ** 0.5 + 0.05, (seed, j, shift)
+            moves.append(shift)
+            # both modalities of a follow-up move together
+            torch.testing.assert_close(out[j, 0], out[j, 1])
+    assert max(moves) > 0.1  # it does move
+    assert not torch.equal(variation(sample["images"], np.random.default_rng(0))[1],
+                           variation(sample["images"], np.random.default_rng(0))[2])
+
+
+def test_independent_timepoints_are_seeded_and_off_by_default() -> None:
+    sample = _brain_sample((10, 10, 10))
+    aug = LongitudinalAugment(intensity_prob=0.5, independent_timepoints=True)
+    assert isinstance(aug.timepoint_variation, TimepointVariation)
+    a = aug(sample, np.random.default_rng(42))
+    b = aug(sample, np.random.default_rng(42))
+    for key in ("images", "baseline", "progression"):
+        assert torch.equal(a[key], b[key])
+    assert not torch.equal(a["images"], aug(sample, np.random.default_rng(43))["images"])
+    # off (the default): the same draws as before the option existed, timepoints stay identical
+    assert LongitudinalAugment().timepoint_variation is None
+    plain = LongitudinalAugment(rotate_prob=0.0)(sample, np.random.default_rng(1))["images"]
+    assert torch.equal(plain[0], plain[1])
+    with pytest.raises(TypeError, match="independent_timepoints must be a bool or a TimepointVariation"):
+        LongitudinalAugment(independent_timepoints="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_shift must lie in"):
+        TimepointVariation(max_shift=2.0)
+    with pytest.raises(ValueError, match="noise_std must be a finite float"):
+        TimepointVariation(noise_std=-1.0)
+    with pytest.raises(ValueError, match="gain_range"):
+        TimepointVariation(gain_range=(1.2, 1.1))
+    with pytest.raises(ValueError, match="images must be a"):
+        TimepointVariation()(torch.zeros(8, 8), np.random.default_rng(0))
 
 
 def test_rotation_matrix_and_errors() -> None:

@@ -340,3 +340,37 @@ def test_tensorboard_logging_when_installed(tmp_path) -> None:
     Trainer(TinyLongiNet(), SyntheticLongiData(n=4), _config(tmp_path, max_epochs=1, tensorboard=True)).fit()
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
+
+
+def test_sample_flags_reach_only_losses_that_name_them(tmp_path) -> None:
+    class Flagged(SyntheticLongiData):
+        def __getitem__(self, i):
+            return {**super().__getitem__(i), "baseline_annotated": torch.tensor(i % 4 != 1),
+                    "hard_negative": torch.tensor(i % 4 == 3)}
+
+    seen: list[torch.Tensor] = []
+
+    def annotated_only(output: LongitudinalOutput, baseline: torch.Tensor, progression: torch.Tensor, *,
+                       baseline_annotated: torch.Tensor) -> torch.Tensor:
+        seen.append(baseline_annotated.cpu())
+        f = nn.functional.binary_cross_entropy_with_logits
+        return f(output.baseline[baseline_annotated], baseline[baseline_annotated]) + \
+            f(output.progression, progression)
+
+    def plain(output: LongitudinalOutput, baseline: torch.Tensor, progression: torch.Tensor,
+              **kwargs) -> torch.Tensor:  # no flag named: called with the three tensors only
+        assert not kwargs
+        return nn.functional.binary_cross_entropy_with_logits(output.progression, progression)
+
+    seed_everything(0)
+    trainer = Trainer(TinyLongiNet(), DataLoader(Flagged(n=8), batch_size=4), _config(tmp_path / "a", max_epochs=1),
+                      loss_fn=annotated_only)
+    assert trainer.loss_flag_keys == ("baseline_annotated",)
+    trainer.fit()
+    assert torch.equal(torch.cat(seen), torch.tensor([i % 4 != 1 for i in range(8)]))
+    trainer = Trainer(TinyLongiNet(), Flagged(n=8), _config(tmp_path / "b", max_epochs=1), loss_fn=plain)
+    assert trainer.loss_flag_keys == ()
+    trainer.fit()
+    loss = ImbalanceAwareLoss(keep_hard_negatives=True)
+    assert Trainer(TinyLongiNet(), Flagged(n=8), _config(tmp_path / "c"), loss_fn=loss).loss_flag_keys == (
+        "baseline_annotated", "hard_negative")

@@ -503,3 +503,91 @@ def test_imbalance_loss_bad_input():
         ImbalanceAwareLoss(per_sample_loss="dicefocal")
     with pytest.raises(ValueError, match="strategy must be one of"):
         ImbalanceAwareLoss(strategy="some")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# hard negatives and samples without baseline labels
+
+
+@pytest.mark.parametrize("strategy", ["whole", "none", "partial"])
+def test_select_always_keeps_forced_pairs_and_draws_the_rest_as_before(strategy):
+    non_empty = torch.tensor([[1, 0], [0, 0], [0, 0], [0, 1], [0, 0], [0, 0], [0, 0], [0, 0]], dtype=torch.bool)
+    hard = torch.tensor([0, 1, 0, 1, 0, 0, 1, 0], dtype=torch.bool)
+    g_plain, g_hard = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    plain = select_progression_samples(non_empty, strategy, generator=g_plain)
+    kept = select_progression_samples(non_empty, strategy, generator=g_hard, always_keep=hard)
+    assert torch.equal(g_plain.get_state(), g_hard.get_state())  # the same draws from the generator
+    assert kept[non_empty].all() and kept[hard].all()  # progression and every hard-negative pair
+    for j in range(2):  # the strategy's count of other empty pairs is unchanged
+        free = ~non_empty[:, j] & ~hard
+        assert int((kept[:, j] & free).sum()) == num_empty_to_keep(1, int(free.sum()), strategy)
+    assert torch.equal(select_progression_samples(non_empty, strategy, generator=torch.Generator().manual_seed(3),
+                                                  always_keep=torch.zeros(8, dtype=torch.bool)), plain)
+    with pytest.raises(ValueError, match="always_keep must have shape"):
+        select_progression_samples(non_empty, strategy, always_keep=torch.zeros(3, dtype=torch.bool))
+
+
+def test_loss_keeps_hard_negatives_only_when_asked():
+    flags = [[1], [0], [0], [0], [0], [0]]
+    hard = torch.tensor([False, True, True, False, False, False])
+    out, y1, yp = _output(6, 1), torch.zeros(6, 1, 4, 4), _progression_target(flags)
+    paper = ImbalanceAwareLoss(seed=0)(out, y1, yp, hard_negative=hard)
+    assert torch.equal(paper.kept, ImbalanceAwareLoss(seed=0)(out, y1, yp).kept)  # flags ignored by default
+    assert paper.num_kept == 2
+    res = ImbalanceAwareLoss(seed=0, keep_hard_negatives=True)(out, y1, yp, hard_negative=hard)
+    assert res.kept[hard].all() and res.num_kept == 4 and res.num_empty_kept == 3
+    res.loss.backward()
+    per_sample = out.progression.grad.flatten(1).abs().sum(-1)
+    assert (per_sample[hard] > 0).all() and int((per_sample == 0).sum()) == 2  # exact: dropped pairs
+    assert "keep_hard_negatives=True" in repr(ImbalanceAwareLoss(keep_hard_negatives=True))
+    with pytest.raises(TypeError, match="keep_hard_negatives must be a bool"):
+        ImbalanceAwareLoss(keep_hard_negatives=1)
+    with pytest.raises(ValueError, match=r"hard_negative must have shape \(6,\)"):
+        ImbalanceAwareLoss(keep_hard_negatives=True)(out, y1, yp, hard_negative=torch.zeros(6, 1))
+
+
+class _TwoHeads(torch.nn.Module):
+    """A shared 1x1 conv, then a baseline head on timepoint 0 and a progression head on timepoint 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = torch.nn.Conv2d(1, 4, 1).double()
+        self.baseline_head = torch.nn.Conv2d(4, 1, 1).double()
+        self.progression_head = torch.nn.Conv2d(4, 1, 1).double()
+
+    def forward(self, images: torch.Tensor) -> LongitudinalOutput:  # (B, 2, 1, H, W)
+        return LongitudinalOutput(self.baseline_head(self.trunk(images[:, 0])),
+                                  self.progression_head(self.trunk(images[:, 1]))[:, None])
+
+
+def _baseline_head_grad(model, images, y1, yp, annotated):
+    model.zero_grad()
+    out = model(images)
+    out.baseline.retain_grad()
+    res = ImbalanceAwareLoss(strategy="whole")(out, y1, yp, baseline_annotated=annotated)
+    res.loss.backward()
+    return model.baseline_head.weight.grad.clone(), out.baseline.grad, res
+
+
+def test_unannotated_samples_give_the_baseline_head_no_gradient():
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 2, 1, 6, 6, generator=g, dtype=torch.float64)
+    y1 = (torch.rand(2, 1, 6, 6, generator=g) < 0.3).float()
+    y1[1] = 0.0  # an MSSEG-2 case: the baseline is not annotated, its mask is empty
+    yp = (torch.rand(2, 1, 1, 6, 6, generator=g) < 0.2).float()
+    model = _TwoHeads()
+    with_x, grad_logits, res = _baseline_head_grad(model, images, y1, yp, torch.tensor([True, False]))
+    alone, _, alone_res = _baseline_head_grad(model, images[:1], y1[:1], yp[:1], None)
+    assert (grad_logits[1] == 0).all()  # exact by construction: sample 1 is not in the baseline term
+    assert res.num_baseline == 1 and alone_res.num_baseline == 1 and res.num_kept == 2
+    torch.testing.assert_close(res.baseline_loss, alone_res.baseline_loss)
+    torch.testing.assert_close(with_x, alone)  # the baseline head learns only from the annotated sample
+    unflagged, _, _ = _baseline_head_grad(model, images, y1, yp, None)  # the old behaviour: "no lesions"
+    assert not torch.allclose(unflagged, alone)
+    # no annotated sample: a connected zero baseline term, the progression term still trains
+    grad, grad_logits, res = _baseline_head_grad(model, images, y1, yp, torch.tensor([False, False]))
+    assert res.baseline_loss.item() == 0.0 and (grad == 0).all() and res.num_baseline == 0
+    assert model.progression_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="baseline_annotated must be a binary mask"):
+        ImbalanceAwareLoss()(model(images), y1, yp, baseline_annotated=torch.tensor([2, 0]))

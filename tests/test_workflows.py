@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from longiseg.cli import build_parser, main
 from longiseg.data.demo_cohort import generate_demo_cohort
 from longiseg.data.loading import find_cases
 from longiseg.data.split import split_by_patient
+from longiseg.data.transforms import TimepointVariation
 from longiseg.engine.config import ConfigError
+from longiseg.networks.output import LongitudinalOutput
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig
+from longiseg.workflows.train import build_datasets, build_loss, make_validate_fn
 
 TINY_SEGMAST = ["model.name=segmast", "model.kwargs={widths: [8, 16, 16, 32], depths: [1, 1, 1, 1], decoder_dim: 16}"]
 
@@ -39,6 +45,50 @@ def test_experiment_config_round_trip_and_overrides(tmp_path: Path) -> None:
         DataConfig(planes=["oblique"])
     with pytest.raises(ConfigError, match="threshold"):
         InferenceConfig(threshold=1.5)
+
+
+def test_training_levers_are_off_by_default_and_reach_the_datasets(cohort: Path) -> None:
+    cases = find_cases(cohort)
+    default = ExperimentConfig()
+    train, val = build_datasets(default, "2.5D", cases[:4], cases[4:])
+    assert train.sampler.persisting_share == 0.0 and train.transform.timepoint_variation is None
+    cfg = default.with_overrides(["data.persisting_share=0.5", "data.augment_independent_timepoints=true"])
+    for dim in ("2.5D", "3D"):
+        train, val = build_datasets(cfg, dim, cases[:4], cases[4:])
+        assert train.sampler.persisting_share == 0.5
+        assert isinstance(train.transform.timepoint_variation, TimepointVariation)
+        assert val.sampler.persisting_share == 0.0 and val.transform is None  # validation stays comparable
+    assert build_loss(default).keep_hard_negatives is False
+    assert build_loss(default.with_overrides(["loss.keep_hard_negatives=true"])).keep_hard_negatives is True
+    with pytest.raises(ConfigError, match="persisting_share must be in"):
+        DataConfig(persisting_share=1.5)
+    with pytest.raises(ConfigError, match="augment_independent_timepoints needs augment=true"):
+        DataConfig(augment=False, augment_independent_timepoints=True)
+
+
+class _Silent(nn.Module):
+    """Predicts no lesion anywhere: every logit -1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor(-1.0))
+
+    def forward(self, images: torch.Tensor) -> LongitudinalOutput:  # (B, T, C, h, w)
+        b, t, _, *spatial = images.shape
+        return LongitudinalOutput(self.bias.expand(b, 1, *spatial), self.bias.expand(b, t - 1, 1, *spatial))
+
+
+def test_validation_scores_the_baseline_only_where_it_is_annotated(cohort: Path) -> None:
+    every = find_cases(cohort)
+    cases = [next(c for c in every if c.progression_flag()), next(c for c in every if not c.progression_flag())]
+    annotated = build_datasets(ExperimentConfig(), "2.5D", cases, cases)[1]
+    scores = make_validate_fn(annotated)(_Silent())
+    # the silent model scores 1 where the crop holds no baseline lesion, 0 elsewhere
+    empty = [not annotated[i]["baseline"].any() for i in range(len(annotated))]
+    assert scores["dice_baseline"] == pytest.approx(np.mean(empty)) and not all(empty)
+    msseg2 = [dataclasses.replace(c, baseline_annotated=False) for c in cases]
+    scores = make_validate_fn(build_datasets(ExperimentConfig(), "2.5D", msseg2, msseg2)[1])(_Silent())
+    assert np.isnan(scores["dice_baseline"]) and scores["dice"] == scores["dice_progression"] == 0.0
 
 
 def test_split_by_patient_is_stratified_and_disjoint(cohort: Path) -> None:

@@ -32,7 +32,7 @@ from longiseg.data.preprocessing import (
 )
 from longiseg.data.sampling import CrossViewSampler, VolumePatchSampler, build_sampling_index, sample_center
 from longiseg.data.split import split_by_patient, write_test_split
-from longiseg.data.transforms import LongitudinalAugment
+from longiseg.data.transforms import LongitudinalAugment, TimepointVariation
 
 __all__ = [
     "PLANES",
@@ -67,6 +67,7 @@ __all__ = [
     "build_sampling_index",
     "sample_center",
     "LongitudinalAugment",
+    "TimepointVariation",
     "SliceDataset",
     "VolumePatchDataset",
     "CaseCache",

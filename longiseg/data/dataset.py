@@ -184,6 +184,8 @@ class SliceDataset(_LongitudinalDataset):
         planes: planes to sample (default all three).
         lesion_weight: probability that a crop is centred on a lesion voxel.
         progression_share: share of lesion-centred crops drawn from progression voxels.
+        persisting_share: share of lesion-centred crops centred on persisting baseline lesions (hard
+            negatives, flagged ``hard_negative`` when their progression target is empty; default 0).
         samples_per_epoch: dataset length (default ``32 * num_cases``).
         transform: augmentation ``(sample, rng) -> sample``; ``"default"`` uses
             :class:`~longiseg.data.transforms.LongitudinalAugment` with its defaults, ``None`` none.
@@ -192,8 +194,8 @@ class SliceDataset(_LongitudinalDataset):
         seed: base seed of all sampling.
 
     Each item is a dict with ``images (T, C, h, w)``, ``baseline (1, h, w)``, ``progression (T-1, 1, h, w)``,
-    ``has_progression``, ``progression_visible``, ``baseline_annotated``, ``case_index``, ``plane`` and
-    ``center`` (see :mod:`longiseg.data.sampling`).
+    ``has_progression``, ``progression_visible``, ``hard_negative``, ``baseline_annotated``, ``case_index``,
+    ``plane`` and ``center`` (see :mod:`longiseg.data.sampling`).
     """
 
     def __init__(
@@ -204,6 +206,7 @@ class SliceDataset(_LongitudinalDataset):
         planes: Sequence[str] = PLANES,
         lesion_weight: float = 0.5,
         progression_share: float | None = 0.5,
+        persisting_share: float = 0.0,
         samples_per_epoch: int | None = None,
         transform: Callable[[dict, np.random.Generator], dict] | str | None = "default",
         preprocess: Callable[[LongitudinalCase], LongitudinalCase] | None = preprocess_case,
@@ -211,7 +214,7 @@ class SliceDataset(_LongitudinalDataset):
         seed: int = 0,
     ) -> None:
         sampler = CrossViewSampler(crop_size=crop_size, planes=planes, lesion_weight=lesion_weight,
-                                   progression_share=progression_share)
+                                   progression_share=progression_share, persisting_share=persisting_share)
         super().__init__(cases, sampler, samples_per_epoch=samples_per_epoch, transform=_transform(transform),
                          preprocess=preprocess, cache_size=cache_size, seed=seed)
 
@@ -231,6 +234,7 @@ class VolumePatchDataset(_LongitudinalDataset):
         patch_size: int | Sequence[int] = 64,
         lesion_weight: float = 0.5,
         progression_share: float | None = 0.5,
+        persisting_share: float = 0.0,
         samples_per_epoch: int | None = None,
         transform: Callable[[dict, np.random.Generator], dict] | str | None = "default",
         preprocess: Callable[[LongitudinalCase], LongitudinalCase] | None = preprocess_case,
@@ -238,7 +242,7 @@ class VolumePatchDataset(_LongitudinalDataset):
         seed: int = 0,
     ) -> None:
         sampler = VolumePatchSampler(patch_size=patch_size, lesion_weight=lesion_weight,
-                                     progression_share=progression_share)
+                                     progression_share=progression_share, persisting_share=persisting_share)
         super().__init__(cases, sampler, samples_per_epoch=samples_per_epoch, transform=_transform(transform),
                          preprocess=preprocess, cache_size=cache_size, seed=seed)
 

@@ -636,6 +636,7 @@ def _source_from_folder(
     num_timepoints: int | None = None,
     patient_id: str = "",
     has_progression: bool | None = None,
+    baseline_annotated: bool = True,
 ) -> CaseSource:
     case_id = layout.check_case_id(folder.name, where=f"case folder {folder}")
     if not folder.is_dir():
@@ -687,6 +688,7 @@ def _source_from_folder(
         progression_masks=prog_specs,
         brain_mask=layout.find_nifti(folder, layout.BRAIN_MASK),
         has_progression=has_progression if baseline_spec is not None else None,
+        baseline_annotated=baseline_annotated,
     )
 
 
@@ -718,6 +720,7 @@ def _scan_cohort(
                 found.append((entry.case_id, _source_from_folder(
                     root / entry.case_id, mods, require_masks, num_timepoints=entry.num_timepoints,
                     patient_id=entry.patient_id, has_progression=entry.progression,
+                    baseline_annotated=entry.baseline_annotated,
                 )))
             except (OSError, ValueError) as exc:
                 found.append((entry.case_id, exc))
@@ -829,16 +832,19 @@ def _mask_case(root: Path, row: ManifestEntry) -> ManifestEntry:
 # --------------------------------------------------------------------------- manifest
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One manifest row: ``case_id``, ``patient_id``, ``num_timepoints`` and the ``progression`` flag.
+    """One manifest row: ``case_id``, ``patient_id``, ``num_timepoints``, the ``progression`` flag and
+    ``baseline_annotated``.
 
     ``num_timepoints`` and ``progression`` are ``None`` where the manifest leaves them out; the number of
-    timepoints is then counted from the case's files.
+    timepoints is then counted from the case's files. ``baseline_annotated`` is ``False`` for cases without a
+    baseline annotation (MSSEG-2), so the flag survives conversion to the library layout; absent: ``True``.
     """
 
     case_id: str
     patient_id: str
     num_timepoints: int | None
     progression: bool | None
+    baseline_annotated: bool = True
 
 
 @dataclass(frozen=True)
@@ -854,7 +860,7 @@ class Manifest:
         return [c.progression for c in self.cases]
 
 
-def _parse_flag(value: object, where: str) -> bool | None:
+def _parse_flag(value: object, where: str, name: str = "progression") -> bool | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -866,7 +872,7 @@ def _parse_flag(value: object, where: str) -> bool | None:
         return True
     if text in ("0", "false", "no"):
         return False
-    raise ValueError(f"{where}: progression must be true/false/1/0 or empty, got {value!r}")
+    raise ValueError(f"{where}: {name} must be true/false/1/0 or empty, got {value!r}")
 
 
 def _entry(row: dict, where: str) -> ManifestEntry:
@@ -891,6 +897,7 @@ def _entry(row: dict, where: str) -> ManifestEntry:
         patient_id=str(row.get("patient_id") or case_id),
         num_timepoints=t,
         progression=_parse_flag(row.get("progression"), where),
+        baseline_annotated=_parse_flag(row.get("baseline_annotated"), where, "baseline_annotated") is not False,
     )
 
 
@@ -901,6 +908,7 @@ def read_manifest(path: PathLike) -> Manifest:
     CSV: columns ``case_id, patient_id, num_timepoints, progression`` and optionally ``modalities``
     (``;``-separated, same on every row). Only ``case_id`` is required: ``patient_id`` defaults to the case
     id, an absent ``num_timepoints`` is counted from the files, an absent ``progression`` from the masks.
+    An optional ``baseline_annotated`` (``false`` for cases without baseline labels) defaults to true.
 
     Raises:
         FileNotFoundError: the file is missing.
@@ -948,7 +956,7 @@ def manifest_from_cases(cases: Sequence[CaseSource | LongitudinalCase]) -> Manif
             flag = c.has_progression if c.has_labels else None
         else:
             flag = c.progression_flag() if c.has_labels else None
-        entries.append(ManifestEntry(c.case_id, c.patient_id, c.num_timepoints, flag))
+        entries.append(ManifestEntry(c.case_id, c.patient_id, c.num_timepoints, flag, c.baseline_annotated))
     return Manifest(modalities=mods, cases=tuple(entries))
 
 
@@ -960,7 +968,7 @@ def write_manifest(path: PathLike, manifest: Manifest, *, overwrite: bool = True
             "modalities": list(manifest.modalities),
             "cases": [
                 {"case_id": e.case_id, "patient_id": e.patient_id, "num_timepoints": e.num_timepoints,
-                 "progression": e.progression}
+                 "progression": e.progression, **({} if e.baseline_annotated else {"baseline_annotated": False})}
                 for e in manifest.cases
             ],
         }
@@ -968,11 +976,14 @@ def write_manifest(path: PathLike, manifest: Manifest, *, overwrite: bool = True
     if path.suffix == ".csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["case_id", "patient_id", "num_timepoints", "progression", "modalities"])
+        annotated_column = not all(e.baseline_annotated for e in manifest.cases)  # only where it says something
+        w.writerow(["case_id", "patient_id", "num_timepoints", "progression", "modalities"]
+                   + ["baseline_annotated"] * annotated_column)
         for e in manifest.cases:
             flag = "" if e.progression is None else int(e.progression)
             num_t = "" if e.num_timepoints is None else e.num_timepoints
-            w.writerow([e.case_id, e.patient_id, num_t, flag, ";".join(manifest.modalities)])
+            w.writerow([e.case_id, e.patient_id, num_t, flag, ";".join(manifest.modalities)]
+                       + [int(e.baseline_annotated)] * annotated_column)
         text = buf.getvalue()
         return atomic_write(path, lambda fh: fh.write(text), overwrite=overwrite)
     raise ValueError(f"manifest path must end in .json or .csv, got {path.name}")

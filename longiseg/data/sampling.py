@@ -4,7 +4,11 @@ Crop centres follow the weighted patch sampling of Zhang et al. (2022, QSMRim-Ne
 training: with probability ``lesion_weight`` the centre is a voxel drawn uniformly from the lesions
 (baseline or progression; with probability ``progression_share`` from the progression voxels when a case
 has any, so rare new lesions are not drowned by the baseline lesion load), otherwise a voxel drawn
-uniformly from the brain (foreground). Lesion-centred crops are shifted by a random offset of at most
+uniformly from the brain (foreground). With ``persisting_share > 0`` that share of the lesion-centred crops is
+centred on a *persisting* baseline lesion instead (one that does not touch the progression mask of any
+follow-up, :func:`longiseg.metrics.consistency.label_persisting_lesions`): such a crop shows an old lesion in
+both timepoints and, unless a new lesion lies nearby, an empty progression target, the hard negative a model
+needs to learn "lesion that was not there before" rather than "lesion in the follow-up". Lesion-centred crops are shifted by a random offset of at most
 ``jitter * size // 2`` in-plane, so lesions do not always sit in the middle but always stay inside the
 crop. Crops reaching past the volume border are zero padded (images are z-scored with zero background).
 
@@ -16,6 +20,7 @@ through the centre voxel in that plane; the in-plane axes keep the array's index
     progression  (T-1, 1, h, w)    float32 binary
     has_progression  bool tensor   the case's progression flag (any follow-up active)
     progression_visible bool tensor  whether this crop holds any progression voxel
+    hard_negative bool tensor     centred on a persisting baseline lesion with an empty progression target
     baseline_annotated bool tensor   False for datasets without baseline labels (MSSEG-2)
     case_index   int64 tensor      position of the case in the dataset
     plane        str               "axial" | "coronal" | "sagittal" ("volume" for 3D patches)
@@ -56,6 +61,8 @@ class SamplingIndex:
         progression: indices of progression voxels (union over follow-ups).
         lesion: indices of all lesion voxels (baseline or progression).
         plane_axes: array axis normal to each plane.
+        persisting: sorted indices of the voxels of persisting baseline lesions (26-connected baseline lesions
+            that touch the progression mask of no follow-up).
     """
 
     shape: tuple[int, int, int]
@@ -64,11 +71,19 @@ class SamplingIndex:
     progression: np.ndarray
     lesion: np.ndarray
     plane_axes: dict[str, int]
+    persisting: np.ndarray
 
     @property
     def nbytes(self) -> int:
         """Memory held by the index arrays."""
-        return int(sum(a.nbytes for a in (self.foreground, self.baseline, self.progression, self.lesion)))
+        arrays = (self.foreground, self.baseline, self.progression, self.lesion, self.persisting)
+        return int(sum(a.nbytes for a in arrays))
+
+    def is_persisting(self, center: Sequence[int]) -> bool:
+        """Whether voxel ``center`` ``(d, h, w)`` lies in a persisting baseline lesion."""
+        flat = int(np.ravel_multi_index(tuple(int(c) for c in center), self.shape))
+        pos = int(np.searchsorted(self.persisting, flat))
+        return pos < self.persisting.size and int(self.persisting[pos]) == flat
 
 
 def _flat(mask: np.ndarray) -> np.ndarray:
@@ -78,6 +93,9 @@ def _flat(mask: np.ndarray) -> np.ndarray:
 
 def build_sampling_index(case: LongitudinalCase) -> SamplingIndex:
     """Precompute the voxel lists of ``case`` (labelled) for :func:`sample_center`.
+
+    Called once per case and cached with it (:class:`~longiseg.data.dataset.CaseCache`): one connected-component
+    labelling of the baseline mask finds the persisting lesions.
 
     Raises:
         ValueError: the case has no masks.
@@ -96,7 +114,27 @@ def build_sampling_index(case: LongitudinalCase) -> SamplingIndex:
         progression=_flat(prog),
         lesion=_flat(prog | case.baseline_mask.astype(bool)),
         plane_axes=case.plane_axes,
+        persisting=_flat(_persisting_mask(case.baseline_mask.astype(bool), prog, case.spacing)),
     )
+
+
+def _persisting_mask(baseline: np.ndarray, progression: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """``(D, H, W)`` bool: voxels of the baseline lesions that touch no progression voxel.
+
+    Labelled inside the baseline's bounding box grown by one voxel, which holds every lesion and every
+    progression voxel that can touch one, so a full-size volume costs little more than its lesions.
+    """
+    # Imported here: longiseg.metrics reads the data layout, so a module-level import would be circular.
+    from longiseg.metrics.consistency import label_persisting_lesions
+
+    out = np.zeros(baseline.shape, dtype=bool)
+    if not baseline.any():
+        return out
+    nz = np.nonzero(baseline)
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in nz)
+    lesions, persisting = label_persisting_lesions(baseline[box], progression[box], spacing)
+    out[box] = np.isin(lesions.labels, persisting)
+    return out
 
 
 def sample_center(
@@ -104,6 +142,7 @@ def sample_center(
     rng: np.random.Generator,
     lesion_weight: float,
     progression_share: float | None = 0.5,
+    persisting_share: float = 0.0,
 ) -> tuple[tuple[int, int, int], bool]:
     """Draw one crop centre.
 
@@ -113,6 +152,9 @@ def sample_center(
         lesion_weight: probability of centring on a lesion voxel (ignored for lesion-free cases).
         progression_share: probability that a lesion-centred draw uses the progression voxels (when the
             case has both kinds); ``None`` draws uniformly from the union of all lesion voxels.
+        persisting_share: probability that a lesion-centred draw uses the persisting baseline lesion voxels
+            (when the case has any) before ``progression_share`` is applied; ``0`` (default) draws no extra
+            random number, so the centres are those of earlier versions.
 
     Returns:
         ``((d, h, w), on_lesion)``: the centre voxel and whether it was drawn from the lesions.
@@ -121,7 +163,9 @@ def sample_center(
     on_lesion = bool(index.lesion.size) and rng.random() < lesion_weight
     if on_lesion:
         pool = index.lesion
-        if progression_share is not None and index.baseline.size and index.progression.size:
+        if persisting_share > 0 and index.persisting.size and rng.random() < persisting_share:
+            pool = index.persisting
+        elif progression_share is not None and index.baseline.size and index.progression.size:
             pool = index.progression if rng.random() < progression_share else index.baseline
         flat = int(pool[rng.integers(pool.size)])
     else:
@@ -170,7 +214,7 @@ def _jittered_start(center: Sequence[int], size: Sequence[int], jitter: float, r
 
 
 def _to_sample(case: LongitudinalCase, case_index: int, window: tuple, plane: str,
-               center: Sequence[int], squeeze_axis: int | None) -> dict[str, object]:
+               center: Sequence[int], squeeze_axis: int | None, on_persisting: bool) -> dict[str, object]:
     """Crop images and masks with ``window = (start, size)`` over (D, H, W) and build the sample dict."""
     assert case.baseline_mask is not None and case.progression_masks is not None
     start, size = window
@@ -189,6 +233,7 @@ def _to_sample(case: LongitudinalCase, case_index: int, window: tuple, plane: st
         "has_progression": torch.tensor(bool(case.progression_masks.any())),
         "baseline_annotated": torch.tensor(bool(case.baseline_annotated)),
         "progression_visible": torch.tensor(bool(prog.any())),
+        "hard_negative": torch.tensor(on_persisting and not prog.any()),
         "case_index": torch.tensor(case_index, dtype=torch.int64),
         "plane": plane,
         "center": torch.tensor(list(center), dtype=torch.int64),
@@ -205,15 +250,17 @@ def _check_size(name: str, size: int | Sequence[int], ndim: int) -> tuple[int, .
 class _CenterSampling:
     """Shared parameters of lesion-weighted centre sampling."""
 
-    def __init__(self, lesion_weight: float, progression_share: float | None, jitter: float) -> None:
+    def __init__(self, lesion_weight: float, progression_share: float | None, jitter: float,
+                 persisting_share: float) -> None:
         self.lesion_weight = check_probability("lesion_weight", lesion_weight)
         self.progression_share = (
             None if progression_share is None else check_probability("progression_share", progression_share)
         )
         self.jitter = check_probability("jitter", jitter)
+        self.persisting_share = check_probability("persisting_share", persisting_share)
 
     def _center(self, index: SamplingIndex, rng: np.random.Generator) -> tuple[tuple[int, int, int], bool]:
-        return sample_center(index, rng, self.lesion_weight, self.progression_share)
+        return sample_center(index, rng, self.lesion_weight, self.progression_share, self.persisting_share)
 
 
 class CrossViewSampler(_CenterSampling):
@@ -228,6 +275,8 @@ class CrossViewSampler(_CenterSampling):
         progression_share: share of lesion-centred crops drawn from progression voxels (see
             :func:`sample_center`).
         jitter: in-plane shift of lesion-centred crops, as a fraction of half the crop size.
+        persisting_share: share of lesion-centred crops centred on persisting baseline lesions (hard
+            negatives; default 0, the paper's sampling).
 
     Example:
         >>> sampler = CrossViewSampler(crop_size=64, lesion_weight=0.5)
@@ -243,8 +292,9 @@ class CrossViewSampler(_CenterSampling):
         lesion_weight: float = 0.5,
         progression_share: float | None = 0.5,
         jitter: float = 0.25,
+        persisting_share: float = 0.0,
     ) -> None:
-        super().__init__(lesion_weight, progression_share, jitter)
+        super().__init__(lesion_weight, progression_share, jitter, persisting_share)
         self.crop_size = _check_size("crop_size", crop_size, 2)
         planes = tuple(planes)
         unknown = [p for p in planes if p not in PLANES]
@@ -274,7 +324,8 @@ class CrossViewSampler(_CenterSampling):
             size[a] = s
         start = _jittered_start(center, size, self.jitter if on_lesion else 0.0, rng, in_plane)
         start[axis] = center[axis]
-        return _to_sample(case, case_index, (start, size), plane, center, squeeze_axis=axis)
+        return _to_sample(case, case_index, (start, size), plane, center, squeeze_axis=axis,
+                          on_persisting=index.is_persisting(center))
 
 
 class VolumePatchSampler(_CenterSampling):
@@ -285,6 +336,7 @@ class VolumePatchSampler(_CenterSampling):
         lesion_weight: probability that a patch is centred on a lesion voxel.
         progression_share: share of lesion-centred patches drawn from progression voxels.
         jitter: shift of lesion-centred patches along every axis, as a fraction of half the patch size.
+        persisting_share: share of lesion-centred patches centred on persisting baseline lesions.
     """
 
     def __init__(
@@ -293,8 +345,9 @@ class VolumePatchSampler(_CenterSampling):
         lesion_weight: float = 0.5,
         progression_share: float | None = 0.5,
         jitter: float = 0.25,
+        persisting_share: float = 0.0,
     ) -> None:
-        super().__init__(lesion_weight, progression_share, jitter)
+        super().__init__(lesion_weight, progression_share, jitter, persisting_share)
         self.patch_size = _check_size("patch_size", patch_size, 3)
 
     def sample(self, case: LongitudinalCase, index: SamplingIndex, rng: np.random.Generator,
@@ -302,4 +355,5 @@ class VolumePatchSampler(_CenterSampling):
         """Draw one 3D patch of ``case`` (keys as for 2.5D samples, ``plane == "volume"``)."""
         center, on_lesion = self._center(index, rng)
         start = _jittered_start(center, self.patch_size, self.jitter if on_lesion else 0.0, rng, (0, 1, 2))
-        return _to_sample(case, case_index, (start, list(self.patch_size)), "volume", center, squeeze_axis=None)
+        return _to_sample(case, case_index, (start, list(self.patch_size)), "volume", center, squeeze_axis=None,
+                          on_persisting=index.is_persisting(center))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import inspect
 import io
 import math
 import os
@@ -56,6 +57,7 @@ __all__ = [
     "ValidateFn",
     "Callback",
     "BATCH_KEYS",
+    "SAMPLE_FLAG_KEYS",
     "param_groups_weight_decay",
     "build_optimizer",
     "seed_everything",
@@ -69,6 +71,8 @@ ValidateFn = Callable[[nn.Module], Mapping[str, float]]
 Callback = Callable[["Trainer", dict[str, Any]], None]
 
 BATCH_KEYS = ("images", "baseline", "progression")
+#: Optional per-sample flags of a batch, passed by keyword to a loss whose signature names them.
+SAMPLE_FLAG_KEYS = ("baseline_annotated", "hard_negative")
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 METRICS_CSV = "metrics.csv"
@@ -215,6 +219,17 @@ def _unpack_loss(result: Any) -> tuple[torch.Tensor, dict[str, Any]]:
     return loss.reshape(()), logs
 
 
+def _loss_flag_keys(loss_fn: Callable) -> tuple[str, ...]:
+    """The :data:`SAMPLE_FLAG_KEYS` that ``loss_fn`` (its ``forward`` for modules) names as keyword parameters."""
+    target = loss_fn.forward if isinstance(loss_fn, nn.Module) else loss_fn
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a callable without a readable signature gets the three tensors only
+        return ()
+    by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(k for k in SAMPLE_FLAG_KEYS if k in params and params[k].kind in by_name)
+
+
 def _find_with(loader: DataLoader, *methods: str) -> Any:
     candidates = [loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None), loader.sampler]
     for c in candidates:
@@ -301,6 +316,8 @@ class Trainer:
 
     Batches are dicts with ``images`` ``(B, T, C, *S)``, ``baseline`` ``(B, 1, *S)``, ``progression``
     ``(B, T-1, 1, *S)`` and optionally ``has_progression`` ``(B,)`` (``S`` = ``(H, W)`` or ``(D, H, W)``).
+    Batch entries named in :data:`SAMPLE_FLAG_KEYS` (``(B,)`` bool) are also passed to ``loss_fn`` by keyword
+    when its signature (read once) has a parameter of that name.
 
     Args:
         model: module mapping ``images`` to a :class:`LongitudinalOutput` of logits. It is moved to the
@@ -378,6 +395,8 @@ class Trainer:
         if isinstance(loss_fn, nn.Module):
             loss_fn = loss_fn.to(self.device)
         self.loss_fn = loss_fn
+        # Read once: the batch flags this loss takes (custom losses without them get the three tensors).
+        self.loss_flag_keys = _loss_flag_keys(loss_fn)
 
         self.train_loader = self._make_loader(train_data, batch_sampler, collate_fn)
         self.epoch_sampler = _find_with(self.train_loader, "set_epoch")
@@ -509,7 +528,8 @@ class Trainer:
             raise TypeError(f"the model must return a LongitudinalOutput, got {type(output).__name__}")
         if self.amp_dtype is not None:
             output = output.map(lambda t: t.float())
-        loss, logs = _unpack_loss(self.loss_fn(output, batch["baseline"], batch["progression"]))
+        flags = {k: batch[k] for k in self.loss_flag_keys if k in batch}
+        loss, logs = _unpack_loss(self.loss_fn(output, batch["baseline"], batch["progression"], **flags))
         if not self.grad_scaler.is_enabled() and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {self.epoch + 1}, "
                                      f"step {self.global_step + 1}; lower the lr or check the data")

@@ -3,9 +3,10 @@
 Follow-up data are dominated by stable cases whose progression masks are empty. The progression head's
 per-sample losses are therefore filtered before averaging:
 
-``L = mean_{i in batch} L_1(i) + mean_{(i, j) kept} L_p(i, j)``
+``L = mean_{i annotated} L_1(i) + mean_{(i, j) kept} L_p(i, j)``
 
-where ``L_1`` is the baseline-head loss of sample ``i`` and ``L_p(i, j)`` the progression-head loss of
+where ``L_1`` is the baseline-head loss of sample ``i`` (samples of datasets without baseline labels,
+``baseline_annotated=False`` such as MSSEG-2, are left out) and ``L_p(i, j)`` the progression-head loss of
 sample ``i`` at follow-up ``j``. Which ``(i, j)`` pairs are kept depends on the strategy:
 
 * ``"whole"``: every pair.
@@ -13,6 +14,10 @@ sample ``i`` at follow-up ``j``. Which ``(i, j)`` pairs are kept depends on the 
 * ``"partial"`` (the paper's): every non-empty pair plus a random subset of the empty ones, chosen
   independently for each follow-up head ``j``; the subset has ``min(#empty, round(empty_ratio * #non-empty))``
   members (``round`` is half-up), or ``min(#empty, min_empty)`` when the head has no non-empty sample.
+
+With ``keep_hard_negatives`` every empty pair of a sample flagged ``hard_negative`` (a crop centred on a
+persisting baseline lesion, see :mod:`longiseg.data.sampling`) is kept as well, whatever the strategy, and
+the random subset is drawn from the other empty pairs.
 
 See ``docs/losses.md`` for the rationale and the edge cases.
 """
@@ -138,6 +143,7 @@ def select_progression_samples(
     empty_ratio: float = 1.0,
     min_empty: int = 1,
     generator: torch.Generator | None = None,
+    always_keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Choose which (sample, follow-up) progression losses enter the progression term.
 
@@ -152,6 +158,9 @@ def select_progression_samples(
         min_empty: ``partial``: empty samples kept by a head without any non-empty sample.
         generator: CPU generator for the random subset (global RNG when ``None``). The draw consumes the
             generator identically for a given ``(B, T-1)`` regardless of the data, one ``randperm`` per head.
+        always_keep: ``(B,)`` or ``(B, T-1)`` bool (or 0/1) flags of pairs kept whatever the strategy (hard
+            negatives); the strategy's subset of empty pairs is then drawn from the unflagged ones, with the
+            same count as without flags. ``None`` (default): no pair is forced.
 
     Returns:
         bool tensor shaped like ``non_empty`` on its device, ``True`` for kept pairs.
@@ -169,13 +178,25 @@ def select_progression_samples(
     squeeze = flags.ndim == 1
     if squeeze:
         flags = flags[:, None]
-    kept = flags.clone()
+    forced = torch.zeros_like(flags)
+    if always_keep is not None:
+        check_tensor("always_keep", always_keep)
+        check_binary("always_keep", always_keep)
+        forced = always_keep.detach().to("cpu", torch.bool)
+        forced = forced[:, None] if forced.ndim == 1 else forced
+        if forced.shape[0] != flags.shape[0] or forced.shape[1] not in (1, flags.shape[1]):
+            raise ValueError(f"always_keep must have shape ({flags.shape[0]},) or {tuple(flags.shape)}, "
+                             f"got {tuple(always_keep.shape)}")
+        forced = forced.expand_as(flags)
+    kept = flags | forced
     for j in range(flags.shape[1]):
         empty_idx = torch.nonzero(~flags[:, j]).flatten()
-        n_keep = num_empty_to_keep(int(flags[:, j].sum()), len(empty_idx), strategy, empty_ratio, min_empty)
+        free = ~forced[empty_idx, j]  # the empty pairs the strategy chooses among
+        n_keep = num_empty_to_keep(int(flags[:, j].sum()), int(free.sum()), strategy, empty_ratio, min_empty)
         if strategy == "partial":
             order = torch.randperm(len(empty_idx), generator=generator)
-            kept[empty_idx[order[:n_keep]], j] = True
+            candidates = empty_idx[order][free[order]]
+            kept[candidates[:n_keep], j] = True
         elif n_keep:
             kept[empty_idx, j] = True
     if squeeze:
@@ -197,7 +218,8 @@ class ImbalanceLossOutput:
         num_kept: number of kept pairs ``B'``.
         num_positive: number of non-empty pairs (all of them are kept).
         num_empty: number of empty pairs.
-        num_empty_kept: number of empty pairs kept.
+        num_empty_kept: number of empty pairs kept (hard negatives included).
+        num_baseline: number of samples in ``baseline_loss`` (those with a baseline annotation).
     """
 
     loss: torch.Tensor
@@ -209,6 +231,7 @@ class ImbalanceLossOutput:
     num_positive: int
     num_empty: int
     num_empty_kept: int
+    num_baseline: int
 
     def as_log_dict(self, prefix: str = "loss") -> dict[str, float]:
         """Plain floats for a logger, e.g. ``{"loss": .., "loss/baseline": .., "loss/kept": ..}``."""
@@ -220,14 +243,28 @@ class ImbalanceLossOutput:
             f"{prefix}/positive": float(self.num_positive),
             f"{prefix}/empty": float(self.num_empty),
             f"{prefix}/empty_kept": float(self.num_empty_kept),
+            f"{prefix}/baseline_samples": float(self.num_baseline),
         }
+
+
+def _sample_flags(name: str, flags: torch.Tensor | None, batch: int, default: bool) -> torch.Tensor:
+    """``(B,)`` bool CPU flags from ``flags`` (``(B,)`` bool or 0/1), or ``default`` for every sample."""
+    if flags is None:
+        return torch.full((batch,), default, dtype=torch.bool)
+    check_tensor(name, flags)
+    if tuple(flags.shape) != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), one flag per sample, got {tuple(flags.shape)}")
+    check_binary(name, flags)
+    return flags.detach().to("cpu", torch.bool)
 
 
 class ImbalanceAwareLoss(nn.Module):
     """Baseline loss + filtered progression loss for any model returning :class:`LongitudinalOutput`.
 
-    ``total = mean_i L(baseline_i, y1_i) + mean_{(i, j) kept} L(progression_ij, yp_ij)`` where ``L`` is a
-    per-sample loss and the kept pairs are chosen by :func:`select_progression_samples`. For ``T > 2``
+    ``total = mean_{i annotated} L(baseline_i, y1_i) + mean_{(i, j) kept} L(progression_ij, yp_ij)`` where
+    ``L`` is a per-sample loss and the kept pairs are chosen by :func:`select_progression_samples`. Samples
+    passed with ``baseline_annotated=False`` are left out of the baseline term (their baseline logits get no
+    gradient); when no sample of the batch is annotated the baseline term is a connected ``0``. For ``T > 2``
     every follow-up head ``j`` is filtered on its own, and the progression term averages over all kept
     ``(sample, follow-up)`` pairs, so every kept pair weighs the same. When no pair is kept the progression
     term is ``0`` (connected to the graph, so DDP sees the head as used).
@@ -243,6 +280,8 @@ class ImbalanceAwareLoss(nn.Module):
         generator: CPU ``torch.Generator`` for the random subsets; the caller keeps ownership.
         seed: alternative to ``generator``: the loss owns a generator seeded with it, whose state is part
             of ``state_dict()`` so a resumed run draws the same subsets. Neither given: global RNG.
+        keep_hard_negatives: keep every empty sample flagged ``hard_negative`` in the call (default ``False``,
+            the paper's loss: flags are ignored).
 
     Example:
         >>> loss_fn = ImbalanceAwareLoss(seed=0)
@@ -260,6 +299,7 @@ class ImbalanceAwareLoss(nn.Module):
         min_empty: int = 1,
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        keep_hard_negatives: bool = False,
     ) -> None:
         super().__init__()
         if per_sample_loss is None:
@@ -278,6 +318,9 @@ class ImbalanceAwareLoss(nn.Module):
                 raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
             generator = torch.Generator().manual_seed(seed)
         self.generator = _check_generator(generator)
+        if not isinstance(keep_hard_negatives, bool):
+            raise TypeError(f"keep_hard_negatives must be a bool, got {type(keep_hard_negatives).__name__}")
+        self.keep_hard_negatives = keep_hard_negatives
 
     def _per_sample(self, logits: torch.Tensor, target: torch.Tensor, what: str) -> torch.Tensor:
         values = self.per_sample_loss(logits, target)
@@ -294,6 +337,9 @@ class ImbalanceAwareLoss(nn.Module):
         output: LongitudinalOutput,
         baseline_target: torch.Tensor,
         progression_target: torch.Tensor,
+        *,
+        baseline_annotated: torch.Tensor | None = None,
+        hard_negative: torch.Tensor | None = None,
     ) -> ImbalanceLossOutput:
         """Compute the imbalance-aware loss.
 
@@ -302,6 +348,10 @@ class ImbalanceAwareLoss(nn.Module):
                 logits.
             baseline_target: ``(B, K, *S)`` binary baseline mask (bool, int or float).
             progression_target: ``(B, T-1, K, *S)`` binary new/enlarging-lesion masks.
+            baseline_annotated: ``(B,)`` bool; ``False`` leaves the sample out of the baseline term (datasets
+                without baseline labels). ``None``: every sample is annotated.
+            hard_negative: ``(B,)`` bool flags of hard-negative samples, kept when ``keep_hard_negatives``
+                (ignored otherwise). ``None``: no flag.
 
         Returns:
             :class:`ImbalanceLossOutput` with the total and its components.
@@ -328,11 +378,23 @@ class ImbalanceAwareLoss(nn.Module):
         check_binary("baseline_target", baseline_target)
         check_binary("progression_target", progression_target)
 
-        baseline_loss = self._per_sample(output.baseline, baseline_target, "baseline").mean()
+        batch = output.baseline.shape[0]
+        annotated = _sample_flags("baseline_annotated", baseline_annotated, batch, default=True)
+        if bool(annotated.all()):
+            baseline_loss = self._per_sample(output.baseline, baseline_target, "baseline").mean()
+        elif bool(annotated.any()):
+            rows = torch.nonzero(annotated).flatten()
+            baseline_loss = self._per_sample(output.baseline[rows.to(output.baseline.device)],
+                                             baseline_target[rows.to(baseline_target.device)], "baseline").mean()
+        else:
+            baseline_loss = output.baseline.sum() * 0.0
 
         non_empty = progression_presence(progression_target).cpu()
+        forced = None
+        if self.keep_hard_negatives and hard_negative is not None:
+            forced = _sample_flags("hard_negative", hard_negative, batch, default=False)
         kept = select_progression_samples(
-            non_empty, self.strategy, self.empty_ratio, self.min_empty, self.generator
+            non_empty, self.strategy, self.empty_ratio, self.min_empty, self.generator, always_keep=forced
         )
         num_kept = int(kept.sum())
         if num_kept:
@@ -356,6 +418,7 @@ class ImbalanceAwareLoss(nn.Module):
             num_positive=num_positive,
             num_empty=num_empty,
             num_empty_kept=num_kept - num_positive,
+            num_baseline=int(annotated.sum()),
         )
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -376,4 +439,5 @@ class ImbalanceAwareLoss(nn.Module):
             self.generator.set_state(state["generator_state"])
 
     def extra_repr(self) -> str:
-        return f"strategy={self.strategy!r}, empty_ratio={self.empty_ratio}, min_empty={self.min_empty}"
+        return (f"strategy={self.strategy!r}, empty_ratio={self.empty_ratio}, min_empty={self.min_empty}, "
+                f"keep_hard_negatives={self.keep_hard_negatives}")

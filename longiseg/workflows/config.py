@@ -61,10 +61,16 @@ class DataConfig(ConfigBase):
         lesion_weight: probability that a crop is centred on a lesion voxel (weighted patch sampling).
         progression_share: share of the lesion-centred crops of a progressing case that are centred on its
             new/enlarging lesions rather than its baseline lesions.
+        persisting_share: share of the lesion-centred training crops centred on persisting baseline lesions
+            (lesions that touch no new/enlarging voxel), hard negatives whose progression target is usually
+            empty (default 0, the paper's sampling; validation samples never use it, so runs stay comparable).
         samples_per_epoch: samples per epoch (default ``32 * number of training cases``).
         positive_fraction: share of progressing cases in every batch (balanced batch sampler).
         val_samples: fixed validation samples drawn once from the validation cases.
         augment: random flips, rotations and intensity scaling.
+        augment_independent_timepoints: with ``augment``, add scan-to-scan differences drawn per timepoint
+            (gain, bias field, noise, sub-voxel misregistration of the follow-up;
+            :class:`~longiseg.data.transforms.TimepointVariation`); default off (the paper's augmentation).
         crop_to_foreground: crop every case to the joint non-zero box before sampling.
         cache_size: cases kept in memory per process.
         seed: seed of the split and of all sampling.
@@ -78,10 +84,12 @@ class DataConfig(ConfigBase):
     planes: list[str] = dataclasses.field(default_factory=lambda: list(_PLANES))
     lesion_weight: float = 0.5
     progression_share: float = 0.5
+    persisting_share: float = 0.0
     samples_per_epoch: int | None = None
     positive_fraction: float = 0.5
     val_samples: int = 64
     augment: bool = True
+    augment_independent_timepoints: bool = False
     crop_to_foreground: bool = False
     cache_size: int = 8
     seed: int = 0
@@ -94,6 +102,10 @@ class DataConfig(ConfigBase):
         _need(0.0 <= self.lesion_weight <= 1.0, "DataConfig", f"lesion_weight must be in [0, 1], got {self.lesion_weight}")
         _need(0.0 <= self.progression_share <= 1.0, "DataConfig",
               f"progression_share must be in [0, 1], got {self.progression_share}")
+        _need(0.0 <= self.persisting_share <= 1.0, "DataConfig",
+              f"persisting_share must be in [0, 1], got {self.persisting_share}")
+        _need(self.augment or not self.augment_independent_timepoints, "DataConfig",
+              "augment_independent_timepoints needs augment=true")
         _need(0.0 < self.positive_fraction < 1.0, "DataConfig",
               f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         _need(self.val_samples >= 1, "DataConfig", f"val_samples must be >= 1, got {self.val_samples}")
@@ -111,6 +123,11 @@ class LossConfig(ConfigBase):
         lambda_focal: weight of the focal term.
         gamma: focal exponent.
         seed: seed of the random subset of stable samples.
+        keep_hard_negatives: keep every empty-progression sample the sampler flags ``hard_negative`` (crops
+            centred on persisting baseline lesions, ``data.persisting_share``) instead of letting the
+            ``partial`` strategy drop it with the other stable samples (default off, the paper's loss).
+
+    Samples without a baseline annotation (MSSEG-2) never enter the baseline term, whatever these settings.
     """
 
     strategy: str = "partial"
@@ -120,6 +137,7 @@ class LossConfig(ConfigBase):
     lambda_focal: float = 1.0
     gamma: float = 2.0
     seed: int = 0
+    keep_hard_negatives: bool = False
 
     def __post_init__(self) -> None:
         _need(self.strategy in STRATEGIES, "LossConfig", f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")

@@ -22,6 +22,7 @@ from longiseg.data.loading import find_cases
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler
 from longiseg.data.split import split_by_patient
+from longiseg.data.transforms import LongitudinalAugment
 from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
 from longiseg.engine.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, FitResult, Trainer, seed_everything
@@ -47,14 +48,15 @@ def build_loss(cfg: ExperimentConfig) -> ImbalanceAwareLoss:
     lc = cfg.loss
     per_sample = PerSampleDiceFocalLoss(lambda_dice=lc.lambda_dice, lambda_focal=lc.lambda_focal, gamma=lc.gamma)
     return ImbalanceAwareLoss(per_sample, strategy=lc.strategy, empty_ratio=lc.empty_ratio,
-                              min_empty=lc.min_empty, seed=lc.seed)
+                              min_empty=lc.min_empty, seed=lc.seed, keep_hard_negatives=lc.keep_hard_negatives)
 
 
 def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_cases: Sequence
                    ) -> tuple[SliceDataset | VolumePatchDataset, SliceDataset | VolumePatchDataset | None]:
     """Training and validation datasets for a 2.5D (slices) or 3D (patches) model.
 
-    Validation samples use no augmentation and a fixed seed, so the same samples are scored every epoch.
+    Validation samples use no augmentation, no hard-negative share (``data.persisting_share`` applies to the
+    training samples only) and a fixed seed, so the same samples are scored every epoch and in every run.
     """
     dc = cfg.data
 
@@ -68,8 +70,9 @@ def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_c
     else:
         def make(cases, **kw):  # noqa: ANN001, ANN202
             return SliceDataset(cases, crop_size=dc.crop_size, planes=dc.planes, **common, **kw)
-    train = make(train_cases, samples_per_epoch=dc.samples_per_epoch,
-                 transform="default" if dc.augment else None, seed=dc.seed)
+    augment = LongitudinalAugment(independent_timepoints=dc.augment_independent_timepoints) if dc.augment else None
+    train = make(train_cases, samples_per_epoch=dc.samples_per_epoch, transform=augment,
+                 persisting_share=dc.persisting_share, seed=dc.seed)
     val = make(val_cases, samples_per_epoch=dc.val_samples, transform=None, seed=dc.seed + 1) if val_cases else None
     return train, val
 
@@ -84,10 +87,11 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
                      ) -> Callable[[nn.Module], dict[str, float]]:
     """A ``validate_fn(model) -> metrics`` over a fixed set of validation samples.
 
-    Metrics: ``dice_baseline`` (mean Dice of the baseline head), ``dice_progression`` (mean Dice of the
-    progression head on samples whose progression mask is non-empty), ``np_accuracy`` (share of samples with
-    an empty progression mask whose prediction is empty too) and ``dice``, the mean of the first two
-    (the default early-stopping metric).
+    Metrics: ``dice_baseline`` (mean Dice of the baseline head on samples with a baseline annotation; ``nan``
+    without any, e.g. MSSEG-2), ``dice_progression`` (mean Dice of the progression head on samples whose
+    progression mask is non-empty), ``np_accuracy`` (share of samples with an empty progression mask whose
+    prediction is empty too) and ``dice``, the mean of the first two where both exist (the default
+    early-stopping metric).
     """
     samples = [val_data[i] for i in range(len(val_data))]
     if not samples:
@@ -95,6 +99,9 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
     keys = ("images", "baseline", "progression")
     batches = [{k: torch.stack([s[k] for s in samples[i:i + batch_size]]) for k in keys}
                for i in range(0, len(samples), batch_size)]
+    for i, b in enumerate(batches):
+        b["baseline_annotated"] = torch.tensor([bool(s.get("baseline_annotated", True))
+                                                for s in samples[i * batch_size:(i + 1) * batch_size]])
 
     @torch.no_grad()
     def validate(model: nn.Module) -> dict[str, float]:
@@ -105,16 +112,18 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
             base_pred = (out.baseline[:, :1] > 0).cpu()
             prog_pred = (out.progression[:, :, :1] > 0).cpu().flatten(0, 1)
             prog_true = b["progression"].flatten(0, 1)
-            base_d.append(_dice_per_sample(base_pred, b["baseline"]))
+            annotated = b["baseline_annotated"]
+            if annotated.any():
+                base_d.append(_dice_per_sample(base_pred[annotated], b["baseline"][annotated]))
             has = prog_true.flatten(1).any(1)
             if has.any():
                 prog_d.append(_dice_per_sample(prog_pred[has], prog_true[has]))
             if (~has).any():
                 np_ok.append((~prog_pred[~has].flatten(1).any(1)).float())
-        base = torch.cat(base_d).mean().item()
+        base = torch.cat(base_d).mean().item() if base_d else float("nan")
         prog = torch.cat(prog_d).mean().item() if prog_d else float("nan")
         npa = torch.cat(np_ok).mean().item() if np_ok else float("nan")
-        score = base if np.isnan(prog) else 0.5 * (base + prog)
+        score = float(np.nanmean([base, prog])) if not (np.isnan(base) and np.isnan(prog)) else float("nan")
         return {"dice": score, "dice_baseline": base, "dice_progression": prog, "np_accuracy": npa}
 
     validate.metric_names = VALIDATION_METRICS  # type: ignore[attr-defined]
