@@ -179,7 +179,8 @@ def test_lesions_command_without_images_says_so(demo_refs, tmp_path: Path) -> No
     assert "No montages" in files["html"].read_text()
 
 
-def test_import_longiseg_does_not_import_matplotlib() -> None:
-    code = ("import sys, longiseg, longiseg.metrics.evolution, longiseg.workflows.lesions, longiseg.cli; "
-            "longiseg.cli.build_parser(); assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
+def test_import_longiseg_does_not_import_matplotlib_or_simpleitk() -> None:
+    code = ("import sys, longiseg, longiseg.metrics.evolution, longiseg.workflows.lesions, longiseg.cli, "
+            "longiseg.registration.cohort, longiseg.registration.native; longiseg.cli.build_parser(); "
+            "bad = {'matplotlib', 'SimpleITK'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
