@@ -211,3 +211,41 @@ def test_implausible_motion_is_flagged(tmp_path: Path) -> None:
     assert "mm > 5.0 mm" in reasons and "deg > 3.0 deg" in reasons
     with pytest.raises(ValueError, match="mask_interpolation"):
         RegistrationOptions(mask_interpolation="cubic")
+
+
+def test_affine_isotropic_and_modalities_registered_on_their_own(tmp_path: Path) -> None:
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+    from longiseg.data.loading import find_cases, load_case
+    from longiseg.registration.cohort import RegistrationOptions, register_folder
+    from longiseg.registration.pairwise import PairOptions
+
+    cfg = DemoCohortConfig(num_patients=1, spacing=4, max_translation=0.0, max_rotation=0.0)
+    a, _ = generate_demo_case(0, cfg)
+    _write_raw_case(tmp_path / "raw" / "c", a, a, rigid_motion((1, 0, 1), 5.0, (4.0, -3.0, 2.0)),
+                    (3.0, 3.0, 5.0), (2, 0, 1), (-1, 1, 1))
+    opts = RegistrationOptions(pair=PairOptions(transform="affine"), spacing=3.0,
+                               register_modalities=True, interpolation="bspline", qc_figures=False)
+    (res,) = register_folder(tmp_path / "raw", tmp_path / "out", opts, progress=False)
+    assert res.ok and res.written, res.followups
+    reg = tmp_path / "out" / "c" / "registration"
+    assert (reg / "t1.tfm").is_file() and (reg / "t1_t2.tfm").is_file() and (reg / "t0_t2.tfm").is_file()
+    assert sitk.ReadTransform(str(reg / "t1.tfm")).GetName() == "AffineTransform"
+    case = load_case(find_cases(tmp_path / "out")[0])
+    np.testing.assert_allclose(case.spacing, 3.0)
+    assert case.images.min() >= 0.0  # B-spline clamped to the input range
+
+
+def test_n4_flattens_a_bias_field() -> None:
+    from longiseg.registration.grid import from_sitk, to_sitk
+    from longiseg.registration.pairwise import n4_correct
+
+    x = np.indices((40, 40, 40), dtype=np.float32)
+    head = ((x - 19.5) ** 2).sum(axis=0) < 18.0**2
+    bias = np.exp(0.3 * (x[0] - 19.5) / 19.5)  # +-35 % across the head
+    img = np.where(head, 100.0 * bias, 0.0).astype(np.float32)
+    out = from_sitk(n4_correct(to_sitk(img, np.eye(4))))[0]
+
+    def cv(a: np.ndarray) -> float:
+        return float(a[head].std() / a[head].mean())
+
+    assert cv(out) < 0.5 * cv(img)

@@ -303,7 +303,7 @@ def register_case(raw_case: PathLike, out_root: PathLike, options: RegistrationO
         return res
     ref_img = out_grid.reference()
     for (t, m), tx in transforms.items():
-        if t == 0 and m == ref and out_grid == base_grid and not opts.n4:
+        if t == 0 and m == ref and opts.spacing is None and not opts.n4:  # already on the output grid
             arr = base_arr
         else:
             arr = from_sitk(resample(sitk_images[(t, m)], ref_img, tx, interpolation=opts.interpolation))[0]

@@ -56,7 +56,7 @@ class PairOptions:
 
     transform: str = "rigid"
     histogram_bins: int = 32
-    sampling: float = 0.1
+    sampling: float = 0.05
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
     iterations: int = 100
@@ -89,13 +89,15 @@ def n4_correct(image: Any, mask: Any | None = None, *, shrink: int = 4) -> Any:
     Args:
         image: SimpleITK image with positive intensities in the head.
         mask: where to fit the field (default: :func:`foreground_mask`).
-        shrink: downsampling factor of the fit (the field is evaluated at full resolution).
+        shrink: downsampling factor of the fit, at most down to 32 voxels per axis (the field is evaluated
+            at full resolution).
     """
     sitk = require_simpleitk()
     img = sitk.Cast(image, sitk.sitkFloat32)
     mask = foreground_mask(img) if mask is None else sitk.Cast(mask, sitk.sitkUInt8)
     f = sitk.N4BiasFieldCorrectionImageFilter()
     f.SetMaximumNumberOfIterations([50, 50, 30])
+    shrink = max(1, min(shrink, min(img.GetSize()) // 32))  # keep at least 32 voxels per axis for the fit
     f.Execute(sitk.Shrink(img, [shrink] * 3), sitk.Shrink(mask, [shrink] * 3))
     return sitk.Cast(img / sitk.Exp(f.GetLogBiasFieldAsImage(img)), sitk.sitkFloat32)
 
