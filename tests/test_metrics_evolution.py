@@ -40,6 +40,17 @@ def test_new_enlarging_and_stable_lesions() -> None:
     assert ev.active
 
 
+def test_predicted_progression_overlapping_the_baseline_counts_only_new_tissue() -> None:
+    base = _box(SHAPE, (2, 2, 2), (6, 6, 6))
+    prog = _box(SHAPE, (4, 2, 2), (8, 6, 6))  # a prediction that repeats half the baseline lesion and grows it
+    ev = lesion_evolution(base, prog[None], np.eye(4), min_volume_mm3=0)
+    (change,) = ev.followups[0].changes
+    assert change.kind == "enlarging" and change.added_volume_mm3 == 2 * 16
+    assert ev.followups[0].lesion_volume_mm3 == 64 + 32
+    inside = lesion_evolution(base, base[None], np.eye(4), min_volume_mm3=0)
+    assert not inside.followups[0].active  # progression entirely inside the baseline lesion: no change
+
+
 def test_connectivity_decides_contact() -> None:
     base = _box(SHAPE, (2, 2, 2), (5, 5, 5))
     corner = _box(SHAPE, (5, 5, 5), (7, 7, 7))  # touches the lesion only at a corner
