@@ -285,7 +285,8 @@ def lesion_evolution(
         affine: ``(4, 4)`` voxel-to-world matrix shared by the masks (spacing and scanner coordinates).
         min_volume_mm3: smallest lesion (and smallest new tissue of a changed lesion), mm^3.
         connectivity: 6, 18 or 26.
-        case_id, patient_id: names (``patient_id`` defaults to ``case_id``).
+        case_id: name of the case.
+        patient_id: name of the patient (defaults to ``case_id``).
 
     Returns:
         A :class:`CaseEvolution`.

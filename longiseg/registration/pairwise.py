@@ -188,7 +188,8 @@ def similarity(a: np.ndarray, b: np.ndarray, mask: np.ndarray, *, bins: int = 64
     """Normalised mutual information and Pearson correlation of two images on one grid inside ``mask``.
 
     Args:
-        a, b: images ``(D, H, W)`` on the same grid.
+        a: image ``(D, H, W)``.
+        b: image ``(D, H, W)`` on the same grid.
         mask: ``(D, H, W)`` bool, the voxels compared (the brain).
         bins: histogram bins per image (intensities clipped to their 0.5-99.5 percentiles).
 

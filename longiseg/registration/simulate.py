@@ -43,8 +43,8 @@ def simulate_acquisition(array: np.ndarray, affine: np.ndarray, motion: np.ndarr
         affine: its ``(4, 4)`` RAS+ voxel-to-world matrix.
         motion: ``(4, 4)`` rigid motion of the patient in world coordinates (:func:`rigid_motion`).
         spacing: voxel size of the new grid along its three axes.
-        axes, flips: new axis ``i`` runs along old axis ``axes[i]`` in direction ``flips[i]`` (+-1):
-            another slice orientation.
+        axes: new axis ``i`` runs along old axis ``axes[i]`` (another slice orientation).
+        flips: direction ``flips[i]`` (+1 or -1) of new axis ``i`` along that old axis.
         order: spline order of the sampling (1: linear; use 1 and threshold at 0.5 for masks).
 
     Returns:

@@ -86,7 +86,8 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
 
     Args:
         change: the new or enlarging lesion.
-        before, after: images ``(D, H, W)`` of timepoints ``k-1`` and ``k`` (one modality).
+        before: image ``(D, H, W)`` of timepoint ``k-1`` (one modality).
+        after: image ``(D, H, W)`` of timepoint ``k``.
         earlier: lesion mask ``L_{k-1}`` ``(D, H, W)`` (green outline).
         new_tissue: new tissue ``N_k`` ``(D, H, W)`` (red outline on the follow-up).
         affine: ``(4, 4)`` voxel-to-world matrix (plane orientation and spacing).

@@ -38,7 +38,9 @@ def run_lesion_report(
         out_dir: report folder (created; must be empty unless ``overwrite``).
         images: cohort folder with the images for the montages (default: ``mask_dir``).
         modality: image shown in the montages (default ``flair``).
-        min_volume_mm3, connectivity: thresholds of :func:`~longiseg.metrics.evolution.lesion_evolution`.
+        min_volume_mm3: smallest lesion and smallest growth counted (see
+            :func:`~longiseg.metrics.evolution.lesion_evolution`).
+        connectivity: 6, 18 or 26.
         figures: also write the figures and ``report.html`` (needs matplotlib).
         overwrite: replace existing report files.
         progress: tqdm progress bars.
