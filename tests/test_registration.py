@@ -142,9 +142,15 @@ def _round_trip(tmp_path: Path, spacing_mm: int, raw_spacing, modalities) -> Non
     tfm = sitk.ReadTransform(str(out / "p0" / "registration" / "t1.tfm"))
     lesions = stats["lesion_masks"][1]
     raw_les, raw_aff = simulate_acquisition(lesions, case.affine, motion, raw_spacing, axes, flips)
-    back = from_sitk(resample(to_sitk((raw_les >= 0.5).astype(np.float32), raw_aff), Grid(case.shape, case.affine),
-                              tfm))[0] >= 0.5
-    assert _dice(back, lesions) >= 0.9
+    raw_img = to_sitk((raw_les >= 0.5).astype(np.float32), raw_aff)
+    back = from_sitk(resample(raw_img, Grid(case.shape, case.affine), tfm))[0] >= 0.5
+    true = sitk.AffineTransform(3)
+    true.SetMatrix([float(v) for v in (LPS @ motion @ LPS)[:3, :3].ravel()])
+    true.SetTranslation([float(v) for v in (LPS @ motion @ LPS)[:3, 3]])
+    ideal = from_sitk(resample(raw_img, Grid(case.shape, case.affine), true))[0] >= 0.5
+    # Dice >= 0.9, or (where the thick slices of the rescan alone lose more) within 0.03 of the true transform
+    dice, dice_true = _dice(back, lesions), _dice(ideal, lesions)
+    assert dice >= min(0.9, dice_true - 0.03), (dice, dice_true)
     assert _dice(loaded.progression_masks[0], case.progression_masks[0]) >= 0.75
 
     # predictions back in native space: the registered progression mask lands on the raw follow-up grid
