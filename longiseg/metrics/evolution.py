@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 
-from longiseg.data.layout import BASELINE_MASK, progression_filename
 from longiseg.metrics.inputs import as_mask
 from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
 from longiseg.utils.io import atomic_write, atomic_write_json
@@ -58,7 +57,6 @@ __all__ = [
     "FollowupEvolution",
     "CaseEvolution",
     "lesion_evolution",
-    "read_case_masks",
     "evolution_folder",
     "write_evolution_tables",
 ]
@@ -320,38 +318,6 @@ def lesion_evolution(
                          affine=aff, min_volume_mm3=vmin, connectivity=conn)
 
 
-def read_case_masks(folder: PathLike, num_followups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read ``baseline_mask.nii.gz`` and ``progression_t{k}.nii.gz`` of one case folder.
-
-    Returns:
-        ``(baseline (D, H, W) bool, progression (T-1, D, H, W) bool, affine (4, 4))``.
-
-    Raises:
-        FileNotFoundError: a mask is missing.
-        ValueError: masks not binary, or of different shapes/affines.
-    """
-    import nibabel as nib
-
-    from longiseg.metrics.evaluate import load_mask
-
-    folder = Path(folder)
-    paths = [folder / BASELINE_MASK] + [folder / progression_filename(k) for k in range(1, num_followups + 1)]
-    arrays, affine = [], None
-    for p in paths:
-        if not p.is_file():
-            raise FileNotFoundError(f"case {folder.name!r}: missing mask {p}")
-        data, _ = load_mask(p)
-        aff = np.asarray(nib.load(str(p)).affine, dtype=np.float64)
-        if affine is None:
-            affine = aff
-        elif data.shape != arrays[0].shape or not np.allclose(aff, affine, atol=1e-4):
-            raise ValueError(f"case {folder.name!r}: {p.name} is not on the grid of {BASELINE_MASK} "
-                             f"(shape {data.shape} vs {arrays[0].shape} or another affine)")
-        arrays.append(as_mask(p.name, data, ndim=3))
-    assert affine is not None
-    return arrays[0], np.stack(arrays[1:]), affine
-
-
 def evolution_folder(
     root: PathLike,
     *,
@@ -361,25 +327,21 @@ def evolution_folder(
 ) -> list[CaseEvolution]:
     """:func:`lesion_evolution` of every case folder of ``root`` (predictions or references).
 
-    Cases are the sub-folders holding ``baseline_mask.nii.gz``, with ``progression_t1..n.nii.gz``; patient
-    ids come from ``root``'s manifest when present.
+    Cases are listed by :func:`~longiseg.data.loading.find_mask_cases` (sub-folders holding
+    ``baseline_mask.nii.gz`` and ``progression_t1..n.nii.gz``; patient ids from ``root``'s manifest when
+    present) and read by :func:`~longiseg.data.loading.read_prediction`.
     """
     from tqdm.auto import tqdm
 
-    from longiseg.metrics.evaluate import list_cases, read_patient_ids
+    from longiseg.data.loading import find_mask_cases, read_prediction
 
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"mask folder {root} does not exist")
-    cases = list_cases(root)
-    patients = read_patient_ids(root)
     out = []
-    for case_id, fus in tqdm(cases.items(), desc="lesion evolution", unit="case", disable=not progress):
-        if not fus:
-            raise ValueError(f"case {case_id!r}: no progression_t1.nii.gz (needs a follow-up)")
-        base, prog, affine = read_case_masks(root / case_id, len(fus))
-        out.append(lesion_evolution(base, prog, affine, min_volume_mm3=min_volume_mm3, connectivity=connectivity,
-                                    case_id=case_id, patient_id=patients.get(case_id)))
+    for entry in tqdm(find_mask_cases(root), desc="lesion evolution", unit="case", disable=not progress):
+        masks, affine, _ = read_prediction(root, entry.case_id, int(entry.num_timepoints or 0), "mask")
+        out.append(lesion_evolution(masks[0], masks[1:], affine, min_volume_mm3=min_volume_mm3,
+                                    connectivity=connectivity, case_id=entry.case_id,
+                                    patient_id=entry.patient_id or None))
     return out
 
 

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from longiseg.data import layout
-from longiseg.data.loading import Manifest, ManifestEntry, write_manifest
+from longiseg.data.loading import Manifest, ManifestEntry, read_manifest, read_mask, write_manifest
 from longiseg.registration.grid import Grid, from_sitk, isotropic_grid, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import (
     PairOptions,
@@ -58,7 +58,7 @@ from longiseg.registration.pairwise import (
     similarity,
     transform_motion,
 )
-from longiseg.utils.io import atomic_path, atomic_save_nifti, atomic_write, atomic_write_json
+from longiseg.utils.io import atomic_path, atomic_save_nifti, atomic_write, atomic_write_json, load_nifti
 from longiseg.utils.logging import get_logger
 
 __all__ = ["RegistrationOptions", "CaseRegistration", "register_case", "register_folder", "transform_filename"]
@@ -153,25 +153,20 @@ class CaseRegistration:
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-
-    img = nib.load(str(path))
+    """``(array (D, H, W) float32, affine (4, 4))`` of one raw volume."""
+    img = load_nifti(path, what="raw volume", dtype=np.float32)
     arr = np.asarray(img.dataobj, dtype=np.float32)
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
     if arr.ndim != 3:
-        raise ValueError(f"{path} must be a 3D volume, got shape {arr.shape}")
+        raise ValueError(f"raw volume {path} must be a 3D volume, got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{path} contains NaN or infinite values")
+        raise ValueError(f"raw volume {path} contains NaN or infinite values")
     return arr, np.asarray(img.affine, dtype=np.float64)
 
 
 def _raw_files(folder: Path) -> dict[int, dict[str, Path]]:
-    found: dict[int, dict[str, Path]] = {}
-    for p in folder.iterdir():
-        parsed = layout.parse_image_filename(p.name)
-        if parsed is not None:
-            found.setdefault(parsed[0], {})[parsed[1]] = p
+    found = layout.scan_images(folder)
     if 0 not in found or len(found) < 2 or sorted(found) != list(range(len(found))):
         raise ValueError(f"case {folder.name!r}: needs images t0_*, t1_*, ... without gaps, found timepoints "
                          f"{sorted(found)}")
@@ -230,8 +225,9 @@ def register_case(raw_case: PathLike, out_root: PathLike, options: RegistrationO
         images = {(t, m): _read(p) for t, fm in files.items() for m, p in fm.items()}
         masks = {}
         for name in [layout.BASELINE_MASK, layout.BRAIN_MASK] + [layout.progression_filename(k) for k in files if k]:
-            if (folder / name).is_file():
-                masks[name] = _read(folder / name)
+            path = layout.find_nifti(folder, name)
+            if path is not None:
+                masks[name] = _read(path)
     except (OSError, ValueError) as err:
         res.error = str(err)
         return res
@@ -357,15 +353,13 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     """
     from tqdm.auto import tqdm
 
-    from longiseg.metrics.evaluate import read_patient_ids
-
     require_simpleitk()
     opts = options or RegistrationOptions()
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise FileNotFoundError(f"raw folder {raw} does not exist")
     cases = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and any(p.glob("t0_*.nii*")))
+                   and layout.scan_images(p).get(0))
     if not cases:
         raise FileNotFoundError(f"no case folders with t0_*.nii.gz images in {raw}")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -382,7 +376,11 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     atomic_write_json(out / "registration.json", {"options": opts.to_dict(), "cases": [
         {"case_id": r.case_id, "ok": r.ok, "written": r.written, "error": r.error, "followups": r.followups}
         for r in results]}, overwrite=True)
-    patients = read_patient_ids(raw)
+    patients: dict[str, str] = {}
+    for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):  # patient ids of a raw manifest, if any
+        if (raw / name).is_file():
+            patients = {e.case_id: e.patient_id for e in read_manifest(raw / name).cases}
+            break
     entries = []
     for r in results:
         if not r.written:
@@ -392,9 +390,7 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
         prog = [folder / layout.progression_filename(k) for k in range(1, t_count)]
         flag = None
         if all(p.is_file() for p in prog) and (folder / layout.BASELINE_MASK).is_file():
-            import nibabel as nib
-
-            flag = any(bool(np.asarray(nib.load(str(p)).dataobj).any()) for p in prog)
+            flag = any(bool(read_mask(p)[0].any()) for p in prog)
         entries.append(ManifestEntry(r.case_id, patients.get(r.case_id, r.case_id), t_count, flag))
     if entries:
         mods = sorted(p.name[3:].split(".")[0] for p in (out / entries[0].case_id).glob("t0_*.nii.gz"))

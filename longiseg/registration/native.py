@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from longiseg.data import layout
+from longiseg.data.loading import read_mask
 from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import resample
 from longiseg.utils.io import atomic_save_nifti
@@ -102,16 +103,12 @@ def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir:
         reg_dir = reg / case.name / "registration"
         if not reg_dir.is_dir():
             raise FileNotFoundError(f"case {case.name!r}: no {reg_dir} (was {reg} written by 'longiseg register'?)")
-        for f in sorted(case.glob("*.nii.gz")):
-            if f.name == layout.BASELINE_MASK:
-                t = 0
-            elif f.name.startswith("progression_t") and f.name[len("progression_t"):-7].isdigit():
-                t = int(f.name[len("progression_t"):-7])
-            else:
+        for f in sorted(case.iterdir()):
+            t = 0 if layout.nifti_stem(f.name) == layout.nifti_stem(layout.BASELINE_MASK) \
+                else layout.parse_progression_filename(f.name)
+            if t is None:
                 continue  # probabilities, entropy: only masks are mapped
-            import nibabel as nib
-
-            img = nib.load(str(f))
-            arr, aff = mask_to_native(np.asarray(img.dataobj), img.affine, reg_dir, t, interpolation=interpolation)
+            arr, aff, _ = read_mask(f, what=f"case {case.name!r}: predicted mask")
+            arr, aff = mask_to_native(arr, aff, reg_dir, t, interpolation=interpolation)
             written.append(atomic_save_nifti(arr, aff, out / case.name / f.name, overwrite=overwrite, dtype=np.uint8))
     return written

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from longiseg.data import layout
 from longiseg.data.case import PLANES, plane_axes
-from longiseg.data.layout import image_filename
-from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange, read_case_masks
-from longiseg.utils.io import atomic_write
+from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
+from longiseg.utils.io import atomic_write, load_nifti
 
 __all__ = ["volume_figure", "change_montage", "write_lesion_report"]
 
@@ -133,19 +133,17 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
 def _load_images(folder: Path, timepoints: int, modality: str | None, shape: tuple, affine: np.ndarray
                  ) -> tuple[list[np.ndarray] | None, str]:
     """Images of one modality for every timepoint, or ``None`` with the reason."""
-    import nibabel as nib
-
+    found = layout.scan_images(folder) if folder.is_dir() else {}
+    if not found.get(0):
+        return None, f"no images (t0_*.nii.gz) in {folder}"
     if modality is None:
-        found = sorted(p.name[3:].split(".")[0] for p in folder.glob("t0_*.nii*"))
-        if not found:
-            return None, f"no images (t0_*.nii.gz) in {folder}"
-        modality = "flair" if "flair" in found else found[0]
+        modality = "flair" if "flair" in found[0] else sorted(found[0])[0]
     out = []
     for t in range(timepoints):
-        p = folder / image_filename(t, modality)
-        if not p.is_file():
-            return None, f"missing image {p}"
-        img = nib.load(str(p))
+        p = found.get(t, {}).get(modality.lower())
+        if p is None:
+            return None, f"missing image {folder / layout.image_filename(t, modality)}"
+        img = load_nifti(p, what="image", dtype=np.float32)
         if tuple(img.shape[:3]) != shape or not np.allclose(img.affine, affine, atol=1e-4):
             raise ValueError(f"image {p} is not on the grid of the masks (shape {tuple(img.shape[:3])} vs {shape});"
                              " montages need the images the masks were computed on")
@@ -201,6 +199,8 @@ def write_lesion_report(
     """
     from tqdm.auto import tqdm
 
+    from longiseg.data.loading import read_prediction
+
     if not evolutions:
         raise ValueError("evolutions must not be empty")
     out, masks_dir = Path(out_dir), Path(mask_root)
@@ -244,7 +244,8 @@ def write_lesion_report(
         else:
             sec.append("<p>No new or enlarging lesions.</p>")
         if changes and montages:
-            base, prog, affine = read_case_masks(masks_dir / ev.case_id, len(ev.followups))
+            masks, affine, _ = read_prediction(masks_dir, ev.case_id, len(ev.followups) + 1, "mask")
+            base, prog = masks[0].astype(bool), masks[1:].astype(bool)
             images, why = _load_images(img_dir / ev.case_id, len(ev.followups) + 1, modality, base.shape, affine)
             if images is None:
                 sec.append(f"<p class='note'>No montages: {html.escape(why)} (give the image folder).</p>")

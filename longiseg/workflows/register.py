@@ -49,17 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from longiseg.registration.cohort import RegistrationOptions, register_folder
     from longiseg.registration.pairwise import PairOptions
 
-    try:
-        opts = RegistrationOptions(
-            reference_modality=args.reference_modality, pair=PairOptions(transform=args.transform),
-            register_modalities=args.register_modalities, n4=args.n4, spacing=args.spacing,
-            interpolation=args.interpolation, mask_interpolation=args.mask_interpolation,
-            min_correlation=args.min_correlation, max_translation_mm=args.max_translation,
-            max_rotation_deg=args.max_rotation, qc_figures=not args.no_qc_figures, keep_failed=args.keep_failed)
-        results = register_folder(args.raw, args.out, opts, overwrite=args.overwrite)
-    except ImportError as err:
-        print(f"longiseg register: error: {err}", file=sys.stderr)
-        return 2
+    opts = RegistrationOptions(
+        reference_modality=args.reference_modality, pair=PairOptions(transform=args.transform),
+        register_modalities=args.register_modalities, n4=args.n4, spacing=args.spacing,
+        interpolation=args.interpolation, mask_interpolation=args.mask_interpolation,
+        min_correlation=args.min_correlation, max_translation_mm=args.max_translation,
+        max_rotation_deg=args.max_rotation, qc_figures=not args.no_qc_figures, keep_failed=args.keep_failed)
+    results = register_folder(args.raw, args.out, opts, overwrite=args.overwrite)
     failed = 0
     for r in results:
         if r.error:
