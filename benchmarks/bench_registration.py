@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import nibabel as nib
     import SimpleITK as sitk
+    from longiseg_bench import format_table, print_header
 
-    from longiseg.benchmarking import format_table, print_header
     from longiseg.registration.cohort import RegistrationOptions, register_case
     from longiseg.registration.grid import to_sitk
     from longiseg.registration.pairwise import PairOptions, register_pair
