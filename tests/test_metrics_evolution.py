@@ -195,3 +195,20 @@ def test_import_longiseg_does_not_import_matplotlib_or_simpleitk() -> None:
             "longiseg.registration.cohort, longiseg.registration.native; longiseg.cli.build_parser(); "
             "bad = {'matplotlib', 'SimpleITK'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["{t}/nope", "--out", "{t}/out"], r"nope does not exist"),
+    (["{root}", "--out", "{t}/out", "--min-volume", "-1"], r"min_volume_mm3 must be a finite number >= 0"),
+])
+def test_lesions_command_rejects_bad_arguments(args: list[str], match: str, demo_refs, tmp_path: Path,  # noqa: ANN001
+                                               capsys: pytest.CaptureFixture) -> None:
+    import re
+
+    from longiseg.cli import main
+
+    root, _ = demo_refs
+    assert main(["lesions"] + [a.format(t=tmp_path, root=root) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("longiseg lesions: error: ") and re.search(match, err[0]), err
+    assert not (tmp_path / "out").exists()

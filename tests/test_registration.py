@@ -256,3 +256,42 @@ def test_n4_flattens_a_bias_field() -> None:
         return float(a[head].std() / a[head].mean())
 
     assert cv(out) < 0.5 * cv(img)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["{t}/nope", "{t}/out"], r"raw folder .*nope does not exist"),
+    (["{t}/raw", "{t}/out", "--spacing", "-1"], r"spacing must be > 0"),
+    (["{t}/raw", "{t}/out", "--min-correlation", "2"], r"min_correlation must lie in \[-1, 1\]"),
+    (["{t}/raw", "{t}/busy"], r"busy exists and is not empty"),
+])
+def test_register_command_rejects_bad_arguments(args: list[str], match: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    import re
+
+    from longiseg.cli import main
+
+    (tmp_path / "raw" / "c").mkdir(parents=True)
+    _save(np.ones((4, 4, 4), np.float32), np.eye(4), tmp_path / "raw" / "c" / "t0_flair.nii.gz")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("x")
+    assert main(["register"] + [a.format(t=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("longiseg register: error: ") and re.search(match, err[0]), err
+    assert not (tmp_path / "out").exists() and (tmp_path / "busy" / "keep.txt").read_text() == "x"
+
+
+def test_unreadable_case_is_reported_and_the_others_go_on(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from longiseg.cli import main
+
+    raw = tmp_path / "raw"
+    (raw / "only-baseline").mkdir(parents=True)
+    _save(np.ones((4, 4, 4), np.float32), np.eye(4), raw / "only-baseline" / "t0_flair.nii.gz")
+    (raw / "nan").mkdir()
+    for t in (0, 1):
+        _save(np.full((4, 4, 4), np.nan, np.float32), np.eye(4), raw / "nan" / f"t{t}_flair.nii.gz")
+    assert main(["register", str(raw), str(tmp_path / "out"), "--no-qc-figures"]) == 1
+    err = capsys.readouterr().err
+    assert "case only-baseline failed: case 'only-baseline': needs images t0_*, t1_*" in err
+    assert "case nan failed:" in err and "NaN" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert "failed" in (tmp_path / "out" / "registration.csv").read_text()

@@ -335,6 +335,8 @@ def evolution_folder(
 
     from longiseg.data.loading import find_mask_cases, read_prediction
 
+    _check_min_volume(min_volume_mm3)  # bad options fail before any case is read
+    _check_connectivity(connectivity, 3)
     root = Path(root)
     out = []
     for entry in tqdm(find_mask_cases(root), desc="lesion evolution", unit="case", disable=not progress):
