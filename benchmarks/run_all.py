@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, bool, list[str], list[str]]] = {
     "selective_scan": ("bench_selective_scan.py", True, ["--quick"], []),
     "triplanar": ("bench_triplanar.py", True, ["--quick", "--skip", "on"], []),
     "metrics": ("bench_metrics.py", False, ["--repeats", "1"], []),
+    "registration": ("bench_registration.py", False, ["--quick"], []),
 }
 
 

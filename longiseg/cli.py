@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes only (a few minutes on a 2-core CPU)")
     p.add_argument("--plot", default=None, help="write the time/memory plot (PNG) here")
     p.set_defaults(func=_cmd_bench)
+    from longiseg.workflows import lesions, register  # sub-commands that own their parser and handler
+    lesions.add_parser(sub)
+    register.add_parser(sub)
     return parser
 
 

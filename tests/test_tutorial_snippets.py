@@ -87,3 +87,15 @@ def test_evaluate(tmp_path: Path) -> None:
     assert {"table.txt", "summary.csv", "per_case.csv", "boxplot.png"} <= set(
         p.name for p in (tmp_path / "reports" / "ab").iterdir())
     assert "model_a" in ns["text"] and "model_b" in ns["text"]
+
+
+def test_raw_to_report(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    _, printed = run_page("raw-to-report.md", tmp_path)
+    assert printed.count("follow-up rescanned on a grid of (232, 188, 66)") == 2
+    for case in ("demo-000", "demo-001"):
+        follow = nib.load(str(tmp_path / "raw" / case / "t1_flair.nii.gz"))
+        base = nib.load(str(tmp_path / "raw" / case / "t0_flair.nii.gz"))
+        assert np.allclose(follow.header.get_zooms(), (1.0, 1.0, 3.0)) and base.shape == (98, 116, 94)

@@ -103,7 +103,7 @@ def test_split_by_patient_is_stratified_and_disjoint(cohort: Path) -> None:
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
-    for cmd in ("models", "train", "predict", "demo", "bench"):
+    for cmd in ("models", "train", "predict", "demo", "bench", "lesions", "register"):
         with pytest.raises(SystemExit) as exc:
             parser.parse_args([cmd, "--help"])
         assert exc.value.code == 0
@@ -167,6 +167,9 @@ def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path, ca
     assert main(["evaluate", str(pred), str(cohort), "--out", str(report), "--no-progress"]) == 0
     summary = json.loads((report / "summary.json").read_text())
     assert summary["models"] and (report / "boxplot.png").stat().st_size > 0
+    lesions = tmp_path / "lesions"  # the clinical read-out runs on every predicted patient
+    assert main(["lesions", str(pred), "--images", str(cohort), "--out", str(lesions), "--no-figures"]) == 0
+    assert len(json.loads((lesions / "lesions.json").read_text())["cases"]) == len(find_cases(cohort))
 
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:

@@ -1,0 +1,122 @@
+"""Voxel grids and the bridge between nibabel arrays (RAS+ affines) and SimpleITK images (LPS).
+
+The library reads and writes NIfTI with nibabel: an array in the file's index order and a voxel-to-world
+``affine`` in RAS+ millimetres. SimpleITK describes the same grid by origin, spacing and direction in LPS
+millimetres. :func:`to_sitk` and :func:`from_sitk` convert between the two without resampling, so a
+volume read by nibabel, passed through SimpleITK and written back keeps its exact voxels and affine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["EXTRA_HINT", "require_simpleitk", "Grid", "to_sitk", "from_sitk", "isotropic_grid"]
+
+#: How to install the optional dependency; named in every error about it.
+EXTRA_HINT = "registration needs SimpleITK: pip install 'longiseg[register]'"
+_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def require_simpleitk() -> Any:
+    """Import SimpleITK, or raise ``ImportError`` naming the ``register`` extra."""
+    try:
+        import SimpleITK as sitk
+    except ImportError as err:
+        raise ImportError(EXTRA_HINT) from err
+    return sitk
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid: ``shape`` ``(D, H, W)`` and the ``(4, 4)`` RAS+ voxel-to-world ``affine`` (nibabel's)."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(s) for s in self.shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"shape must be three positive sizes (D, H, W), got {self.shape}")
+        aff = np.asarray(self.affine, dtype=np.float64)
+        if aff.shape != (4, 4) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+            raise ValueError(f"affine must be a non-singular (4, 4) matrix, got shape {aff.shape}")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "affine", aff)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """``(3,)`` voxel size in mm along each array axis."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    def reference(self) -> Any:
+        """An empty SimpleITK image on this grid (the target of a resampling)."""
+        sitk = require_simpleitk()
+        img = sitk.Image([int(s) for s in self.shape], sitk.sitkUInt8)
+        _set_geometry(img, self.affine)
+        return img
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record."""
+        return {"shape": list(self.shape), "affine": self.affine.round(6).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Grid:
+        """Inverse of :meth:`to_dict`."""
+        return cls(tuple(d["shape"]), np.asarray(d["affine"], dtype=np.float64))  # type: ignore[arg-type]
+
+
+def _set_geometry(img: Any, affine: np.ndarray) -> None:
+    m = affine[:3, :3]
+    spacing = np.linalg.norm(m, axis=0)
+    direction = _LPS @ (m / spacing)
+    u, _, vt = np.linalg.svd(direction)
+    if np.abs(direction - u @ vt).max() > 1e-4:
+        raise ValueError("affine has a shear (voxel axes not orthogonal); SimpleITK grids must be orthogonal")
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetDirection([float(v) for v in (u @ vt).ravel()])
+    img.SetOrigin([float(v) for v in _LPS @ affine[:3, 3]])
+
+
+def to_sitk(array: np.ndarray, affine: np.ndarray) -> Any:
+    """SimpleITK image of a nibabel array ``(D, H, W)`` and its RAS+ ``affine`` (no resampling).
+
+    Image index ``(i, j, k)`` holds ``array[i, j, k]``.
+    """
+    sitk = require_simpleitk()
+    arr = np.asarray(array)
+    if arr.ndim != 3:
+        raise ValueError(f"array must be a 3D volume (D, H, W), got shape {arr.shape}")
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))
+    _set_geometry(img, np.asarray(affine, dtype=np.float64))
+    return img
+
+
+def from_sitk(image: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(array (D, H, W), RAS+ affine (4, 4))`` of a SimpleITK image; inverse of :func:`to_sitk`."""
+    sitk = require_simpleitk()
+    arr = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = _LPS @ np.asarray(image.GetOrigin(), dtype=np.float64)
+    return np.ascontiguousarray(arr), affine
+
+
+def isotropic_grid(grid: Grid, spacing: float) -> Grid:
+    """A grid with the orientation and field of view of ``grid`` and voxels of ``spacing`` mm.
+
+    The outer voxel corners stay where they were; the shape is rounded up to cover the field of view.
+    """
+    if not spacing > 0:
+        raise ValueError(f"spacing must be > 0 mm, got {spacing}")
+    old = grid.spacing
+    shape = tuple(max(1, int(np.ceil(n * s / spacing - 1e-6))) for n, s in zip(grid.shape, old))
+    rot = grid.affine[:3, :3] / old
+    corner = grid.affine[:3, 3] - 0.5 * grid.affine[:3, :3] @ np.ones(3)
+    affine = np.eye(4)
+    affine[:3, :3] = rot * spacing
+    affine[:3, 3] = corner + 0.5 * affine[:3, :3] @ np.ones(3)
+    return Grid(shape, affine)  # type: ignore[arg-type]

@@ -1,0 +1,114 @@
+"""Masks in baseline (registered) space back onto a session's original grid, with the saved transforms.
+
+``longiseg register`` saves, per case, ``registration/t{k}.tfm`` (baseline space -> follow-up ``k``'s native
+space) and ``registration/registration.json`` (the native grid of every file). A prediction on the
+registered grid (``longiseg predict``) is mapped onto the scan the radiologist reads by sampling it at the
+inverse transform of every native voxel: each native voxel takes the value of the baseline-space point it
+shows. Masks use nearest neighbour (default here: exact labels, the native grid is usually at least as
+coarse) or linear interpolation kept where >= 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from longiseg.data import layout
+from longiseg.data.loading import read_mask
+from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_sitk
+from longiseg.registration.pairwise import resample
+from longiseg.utils.io import atomic_save_nifti
+
+__all__ = ["native_grid", "mask_to_native", "predictions_to_native"]
+
+PathLike = str | os.PathLike
+
+
+def _record(registration_dir: Path) -> dict:
+    path = registration_dir / "registration.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: map back needs the output of 'longiseg register'")
+    return json.loads(path.read_text())
+
+
+def native_grid(registration_dir: PathLike, timepoint: int, modality: str | None = None) -> Grid:
+    """Original grid of timepoint ``timepoint`` (its reference modality unless ``modality`` is given)."""
+    rec = _record(Path(registration_dir))
+    mod = (modality or rec["options"]["reference_modality"]).lower()
+    key = f"t{timepoint}_{mod}"
+    if key not in rec["native_grids"]:
+        raise ValueError(f"no native grid {key!r} in {registration_dir}; known: {sorted(rec['native_grids'])}")
+    return Grid.from_dict(rec["native_grids"][key])
+
+
+def mask_to_native(mask: np.ndarray, affine: np.ndarray, registration_dir: PathLike, timepoint: int, *,
+                   interpolation: str = "nearest") -> tuple[np.ndarray, np.ndarray]:
+    """Map a binary mask ``(D, H, W)`` on the registered grid onto timepoint ``timepoint``'s original grid.
+
+    Args:
+        mask: binary mask on the registered (output) grid.
+        affine: its ``(4, 4)`` RAS+ affine.
+        registration_dir: the case's ``registration/`` folder written by ``longiseg register``.
+        timepoint: 0 for the baseline (no transform: same session), ``k >= 1`` for follow-up ``k``.
+        interpolation: ``"nearest"`` or ``"linear"`` (interpolate the 0/1 mask, keep >= 0.5).
+
+    Returns:
+        ``(mask (D', H', W') uint8, native affine (4, 4))``.
+    """
+    sitk = require_simpleitk()
+    if interpolation not in ("nearest", "linear"):
+        raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
+    reg = Path(registration_dir)
+    grid = native_grid(reg, timepoint)
+    transform = None
+    if timepoint > 0:
+        tfm = reg / f"t{timepoint}.tfm"
+        if not tfm.is_file():
+            raise FileNotFoundError(f"transform {tfm} not found (follow-up {timepoint} not registered?)")
+        transform = sitk.ReadTransform(str(tfm))
+        if transform.GetName() == "CompositeTransform":
+            transform = sitk.CompositeTransform(transform).GetNthTransform(0)
+        transform = transform.GetInverse()
+    src = to_sitk((np.asarray(mask) > 0).astype(np.float32), affine)
+    if interpolation == "nearest":
+        out = from_sitk(resample(src, grid, transform, interpolation="nearest"))[0]
+    else:
+        out = (from_sitk(resample(src, grid, transform, interpolation="linear"))[0] >= 0.5).astype(np.uint8)
+    return out, grid.affine
+
+
+def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir: PathLike, *,
+                          interpolation: str = "nearest", overwrite: bool = False) -> list[Path]:
+    """Write every case's ``baseline_mask`` and ``progression_t{k}`` predictions on their original grids.
+
+    Args:
+        pred_dir: predictions on the registered grid (``longiseg predict`` of ``registered_dir``).
+        registered_dir: the output of ``longiseg register`` (holds ``CASE/registration/``).
+        out_dir: destination; ``out_dir/CASE/progression_t1.nii.gz`` lies on follow-up 1's original grid,
+            ``baseline_mask.nii.gz`` on the baseline's.
+        interpolation: see :func:`mask_to_native`.
+        overwrite: replace existing files.
+
+    Returns:
+        The files written.
+    """
+    pred, reg, out = Path(pred_dir), Path(registered_dir), Path(out_dir)
+    if not pred.is_dir():
+        raise FileNotFoundError(f"prediction folder {pred} does not exist")
+    written = []
+    for case in sorted(p for p in pred.iterdir() if p.is_dir()):
+        reg_dir = reg / case.name / "registration"
+        if not reg_dir.is_dir():
+            raise FileNotFoundError(f"case {case.name!r}: no {reg_dir} (was {reg} written by 'longiseg register'?)")
+        for f in sorted(case.iterdir()):
+            t = 0 if layout.nifti_stem(f.name) == layout.nifti_stem(layout.BASELINE_MASK) \
+                else layout.parse_progression_filename(f.name)
+            if t is None:
+                continue  # probabilities, entropy: only masks are mapped
+            arr, aff, _ = read_mask(f, what=f"case {case.name!r}: predicted mask")
+            arr, aff = mask_to_native(arr, aff, reg_dir, t, interpolation=interpolation)
+            written.append(atomic_save_nifti(arr, aff, out / case.name / f.name, overwrite=overwrite, dtype=np.uint8))
+    return written

@@ -1,0 +1,267 @@
+"""The lesion-evolution report: figures (PNG) and one self-contained ``report.html`` (figures embedded).
+
+Per case: the lesion volume over time and, for every new and enlarging lesion, a small montage of the
+previous timepoint and the follow-up around it in the three planes (earlier lesions outlined in green,
+new tissue in red). The HTML file embeds every figure as base64, so it opens in any browser and can be
+sent on its own. The numbers come from :mod:`longiseg.metrics.evolution`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from longiseg.data import layout
+from longiseg.data.case import PLANES, plane_axes
+from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
+from longiseg.utils.io import atomic_write, load_nifti
+
+__all__ = ["volume_figure", "change_montage", "write_lesion_report"]
+
+PathLike = str | os.PathLike
+
+
+def _pyplot():  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:  # noqa: ANN001
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, facecolor=fig.get_facecolor())
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def volume_figure(evolution: CaseEvolution) -> bytes:
+    """PNG of the total lesion volume per timepoint with the new/enlarging counts of each follow-up."""
+    plt = _pyplot()
+    vols = np.asarray(evolution.volumes_mm3) / 1000.0
+    t = np.arange(vols.size)
+    fig, ax = plt.subplots(figsize=(4.2, 2.8))
+    ax.plot(t, vols, "o-", color="#3050c0")
+    for f in evolution.followups:
+        label = f"+{f.new} new, {f.enlarging} enl." if f.active else "no activity"
+        ax.annotate(label, (f.followup, vols[f.followup]), textcoords="offset points", xytext=(0, 8),
+                    ha="center", fontsize=8, color="#c02020" if f.active else "#606060")
+    ax.set_xticks(t, ["baseline"] + [f"FU {k}" for k in t[1:]])
+    ax.set_ylabel("lesion volume (mL)")
+    top = float(vols.max()) if vols.size else 0.0
+    ax.set_ylim(0, top * 1.25 + 0.05)
+    ax.set_xlim(-0.4, vols.size - 0.6)
+    ax.set_title(evolution.case_id, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _crop_slice(vol: np.ndarray, axis: int, centre: Sequence[int], half: Sequence[int]) -> np.ndarray:
+    """The plane through ``centre`` normal to ``axis``, cropped to ``centre +- half`` (zero padded)."""
+    idx: list[slice | int] = []
+    pads = []
+    for a in range(3):
+        if a == axis:
+            idx.append(int(np.clip(centre[a], 0, vol.shape[a] - 1)))
+            continue
+        lo, hi = centre[a] - half[a], centre[a] + half[a] + 1
+        idx.append(slice(max(lo, 0), min(hi, vol.shape[a])))
+        pads.append((max(0, -lo), max(0, hi - vol.shape[a])))
+    return np.pad(vol[tuple(idx)], pads)
+
+
+def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, earlier: np.ndarray,
+                   new_tissue: np.ndarray, affine: np.ndarray, *, field_mm: float = 40.0,
+                   title: str = "") -> bytes:
+    """PNG montage around one change: rows previous timepoint / follow-up, columns the three planes.
+
+    Args:
+        change: the new or enlarging lesion.
+        before: image ``(D, H, W)`` of timepoint ``k-1`` (one modality).
+        after: image ``(D, H, W)`` of timepoint ``k``.
+        earlier: lesion mask ``L_{k-1}`` ``(D, H, W)`` (green outline).
+        new_tissue: new tissue ``N_k`` ``(D, H, W)`` (red outline on the follow-up).
+        affine: ``(4, 4)`` voxel-to-world matrix (plane orientation and spacing).
+        field_mm: side of the field of view in mm.
+        title: figure title.
+    """
+    plt = _pyplot()
+    sp = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    half = [max(2, int(round(field_mm / 2 / s))) for s in sp]
+    axes_of = plane_axes(affine)
+    c = change.centre_voxel
+    windows = []
+    for img in (before, after):  # one window per scan: sessions differ in scanner gain
+        fg = img[img != 0]
+        windows.append(np.percentile(fg, [1.0, 99.5]) if fg.size else (0.0, 1.0))
+    fig, grid = plt.subplots(2, 3, figsize=(6.0, 4.2), facecolor="black")
+    for col, plane in enumerate(PLANES):
+        ax_n = axes_of[plane]
+        ip = [a for a in range(3) if a != ax_n]
+        aspect = sp[ip[1]] / sp[ip[0]]
+        for row, img in enumerate((before, after)):
+            ax = grid[row, col]
+            ax.imshow(_crop_slice(img, ax_n, c, half).T, cmap="gray", vmin=windows[row][0], vmax=windows[row][1],
+                      origin="lower",
+                      aspect=aspect, interpolation="nearest")
+            e = _crop_slice(earlier.astype(np.float32), ax_n, c, half).T
+            if e.any():
+                ax.contour(e, levels=[0.5], colors="#00e060", linewidths=0.8)
+            n = _crop_slice(new_tissue.astype(np.float32), ax_n, c, half).T
+            if row == 1 and n.any():
+                ax.contour(n, levels=[0.5], colors="#ff3030", linewidths=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(plane, color="white", fontsize=9)
+        grid[0, 0].set_ylabel(f"timepoint {change.followup - 1}", color="white", fontsize=9)
+        grid[1, 0].set_ylabel(f"follow-up {change.followup}", color="white", fontsize=9)
+    fig.suptitle(title, color="white", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return _png(fig)
+
+
+def _load_images(folder: Path, timepoints: int, modality: str | None, shape: tuple, affine: np.ndarray
+                 ) -> tuple[list[np.ndarray] | None, str]:
+    """Images of one modality for every timepoint, or ``None`` with the reason."""
+    found = layout.scan_images(folder) if folder.is_dir() else {}
+    if not found.get(0):
+        return None, f"no images (t0_*.nii.gz) in {folder}"
+    if modality is None:
+        modality = "flair" if "flair" in found[0] else sorted(found[0])[0]
+    out = []
+    for t in range(timepoints):
+        p = found.get(t, {}).get(modality.lower())
+        if p is None:
+            return None, f"missing image {folder / layout.image_filename(t, modality)}"
+        img = load_nifti(p, what="image", dtype=np.float32)
+        if tuple(img.shape[:3]) != shape or not np.allclose(img.affine, affine, atol=1e-4):
+            raise ValueError(f"image {p} is not on the grid of the masks (shape {tuple(img.shape[:3])} vs {shape});"
+                             " montages need the images the masks were computed on")
+        out.append(np.asarray(img.dataobj, dtype=np.float32).reshape(shape))
+    return out, modality
+
+
+_CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:0.6em 0}td,th{border:1px solid #bbb;padding:3px 7px;font-size:13px}
+th{background:#eef}.yes{color:#b00000;font-weight:bold}.note{color:#a05000}
+.case{border-top:2px solid #889;margin-top:1.5em}img{margin:4px;vertical-align:top}
+.small{font-size:12px;color:#555}"""
+
+
+def _img_tag(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _activity(active: bool) -> str:
+    return '<span class="yes">yes</span>' if active else "no"
+
+
+def write_lesion_report(
+    evolutions: Sequence[CaseEvolution],
+    mask_root: PathLike,
+    out_dir: PathLike,
+    *,
+    images_root: PathLike | None = None,
+    modality: str | None = None,
+    montages: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``figures/*.png`` and ``report.html`` (figures embedded) for ``evolutions``.
+
+    Args:
+        evolutions: results of :func:`~longiseg.metrics.evolution.evolution_folder` on ``mask_root``.
+        mask_root: the mask folder they were computed from (read again for the montages).
+        out_dir: report folder.
+        images_root: cohort folder with the images (``CASE/t{k}_{modality}.nii.gz``) on the masks' grid;
+            default ``mask_root`` itself. Without images the report says so and has no montages.
+        modality: image shown in the montages (default ``flair`` if present, else the first).
+        montages: draw a montage per new/enlarging lesion.
+        overwrite: replace existing files.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    from tqdm.auto import tqdm
+
+    from longiseg.data.loading import read_prediction
+
+    if not evolutions:
+        raise ValueError("evolutions must not be empty")
+    out, masks_dir = Path(out_dir), Path(mask_root)
+    img_dir = Path(images_root) if images_root is not None else masks_dir
+    figs = out / "figures"
+
+    def save(name: str, png: bytes) -> None:
+        atomic_write(figs / name, lambda fh: fh.write(png), mode="wb", overwrite=overwrite)
+
+    first = evolutions[0]
+    rows = []
+    for ev in evolutions:
+        for f in ev.followups:
+            rows.append([html.escape(ev.case_id), html.escape(ev.patient_id), str(f.followup), str(f.new),
+                         str(f.enlarging), str(f.merged), _activity(f.active), f"{f.previous_volume_mm3:.0f}",
+                         f"{f.lesion_volume_mm3:.0f}", f"{f.volume_change_mm3:+.0f}"])
+    parts = [
+        f"<h1>Lesion evolution report</h1><p class='small'>{len(evolutions)} case(s) from "
+        f"<code>{html.escape(masks_dir.name)}</code>, written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
+        "by longiseg.</p>",
+        f"<p><b>Rules.</b> {html.escape(RULES)}</p><p><b>Options.</b> minimum lesion volume "
+        f"{first.min_volume_mm3:g} mm&sup3;, connectivity {first.connectivity}.</p>",
+        f"<p>Active patients: {sum(ev.active for ev in evolutions)} of {len(evolutions)}.</p>",
+        _table(["case", "patient", "follow-up", "new", "enlarging", "of which merges", "MRI activity",
+                "volume before (mm³)", "volume after (mm³)", "change (mm³)"], rows),
+    ]
+    for ev in tqdm(evolutions, desc="lesion report", unit="case"):
+        png = volume_figure(ev)
+        save(f"{ev.case_id}_volume.png", png)
+        sec = [f"<div class='case'><h2>{html.escape(ev.case_id)} (patient {html.escape(ev.patient_id)}): "
+               f"MRI activity {_activity(ev.active)}</h2>",
+               f"<p>Baseline: {ev.baseline_lesions} lesions, {ev.baseline_volume_mm3:.0f} mm³.</p>",
+               _img_tag(png, f"lesion volume of {ev.case_id}")]
+        changes = ev.changes
+        if changes:
+            sec.append(_table(
+                ["follow-up", "#", "kind", "new tissue (mm³)", "lesion (mm³)", "centre x, y, z (mm)", "note"],
+                [[str(c.followup), str(c.index), c.kind, f"{c.added_volume_mm3:.0f}", f"{c.lesion_volume_mm3:.0f}",
+                  ", ".join(f"{v:.1f}" for v in c.centre_mm),
+                  f"<span class='note'>{html.escape(c.note)}</span>"] for c in changes]))
+        else:
+            sec.append("<p>No new or enlarging lesions.</p>")
+        if changes and montages:
+            masks, affine, _ = read_prediction(masks_dir, ev.case_id, len(ev.followups) + 1, "mask")
+            base, prog = masks[0].astype(bool), masks[1:].astype(bool)
+            images, why = _load_images(img_dir / ev.case_id, len(ev.followups) + 1, modality, base.shape, affine)
+            if images is None:
+                sec.append(f"<p class='note'>No montages: {html.escape(why)} (give the image folder).</p>")
+            else:
+                lesion = [base]
+                for p in prog:
+                    lesion.append(lesion[-1] | p)
+                for c in changes:
+                    k = c.followup
+                    title = f"{ev.case_id} FU {k} #{c.index}: {c.kind}, {c.added_volume_mm3:.0f} mm³ ({why})"
+                    png = change_montage(c, images[k - 1], images[k], lesion[k - 1], lesion[k] & ~lesion[k - 1],
+                                         affine, title=title)
+                    save(f"{ev.case_id}_fu{k}_lesion{c.index}_{c.kind}.png", png)
+                    sec.append(_img_tag(png, title))
+        sec.append("</div>")
+        parts.extend(sec)
+    doc = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Lesion evolution report</title>"
+           f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    return atomic_write(out / "report.html", lambda fh: fh.write(doc), overwrite=overwrite)

@@ -1,0 +1,95 @@
+"""``longiseg lesions DIR --out REPORT``: the lesion-evolution read-out of a folder of masks.
+
+``DIR`` holds predictions (``longiseg predict``) or references in the library layout. Writes
+``lesions.csv`` (one row per new/enlarging lesion), ``followups.csv`` (counts, volumes, MRI activity per
+follow-up), ``lesions.json``, ``figures/`` and a self-contained ``report.html``. Rules:
+:mod:`longiseg.metrics.evolution`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from longiseg.metrics.evolution import CaseEvolution, evolution_folder, write_evolution_tables
+
+__all__ = ["run_lesion_report", "add_parser", "run"]
+
+PathLike = str | os.PathLike
+
+
+def run_lesion_report(
+    mask_dir: PathLike,
+    out_dir: PathLike,
+    *,
+    images: PathLike | None = None,
+    modality: str | None = None,
+    min_volume_mm3: float = 3.0,
+    connectivity: int = 26,
+    figures: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[list[CaseEvolution], dict[str, Path]]:
+    """Compute the lesion evolution of every case of ``mask_dir`` and write tables, figures and the report.
+
+    Args:
+        mask_dir: predictions or references in the library layout.
+        out_dir: report folder (created; must be empty unless ``overwrite``).
+        images: cohort folder with the images for the montages (default: ``mask_dir``).
+        modality: image shown in the montages (default ``flair``).
+        min_volume_mm3: smallest lesion and smallest growth counted (see
+            :func:`~longiseg.metrics.evolution.lesion_evolution`).
+        connectivity: 6, 18 or 26.
+        figures: also write the figures and ``report.html`` (needs matplotlib).
+        overwrite: replace existing report files.
+        progress: tqdm progress bars.
+
+    Returns:
+        ``(evolutions, files)`` with the paths written.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    evolutions = evolution_folder(mask_dir, min_volume_mm3=min_volume_mm3, connectivity=connectivity,
+                                  progress=progress)
+    files = write_evolution_tables(evolutions, out, overwrite=overwrite)
+    if figures:
+        from longiseg.reports.lesion_report import write_lesion_report
+
+        files["html"] = write_lesion_report(evolutions, mask_dir, out, images_root=images, modality=modality,
+                                            overwrite=overwrite)
+    return evolutions, files
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``lesions`` sub-command to the ``longiseg`` parser."""
+    p = sub.add_parser("lesions", help="new/enlarging lesions, lesion volumes and MRI activity per follow-up "
+                                       "(CSV, JSON, figures, report.html)")
+    p.add_argument("masks", help="folder of predictions or references (library layout)")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--images", default=None, help="cohort folder with the images for the montages (default: MASKS)")
+    p.add_argument("--modality", default=None, help="image shown in the montages (default: flair)")
+    p.add_argument("--min-volume", dest="min_volume", type=float, default=3.0,
+                   help="smallest lesion and smallest growth counted, mm^3 (default 3)")
+    p.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26, help="default 26")
+    p.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``longiseg lesions``: prints one line per follow-up and the files written."""
+    evolutions, files = run_lesion_report(
+        args.masks, args.out, images=args.images, modality=args.modality, min_volume_mm3=args.min_volume,
+        connectivity=args.connectivity, figures=not args.no_figures, overwrite=args.overwrite)
+    for ev in evolutions:
+        for f in ev.followups:
+            merged = f" ({f.merged} merge{'s' if f.merged != 1 else ''})" if f.merged else ""
+            print(f"{ev.case_id} FU{f.followup}: {f.new} new, {f.enlarging} enlarging{merged}, "
+                  f"volume {f.previous_volume_mm3:.0f} -> {f.lesion_volume_mm3:.0f} mm3, "
+                  f"MRI activity: {'yes' if f.active else 'no'}")
+    for name, path in files.items():
+        print(f"{name}: {path}")
+    return 0

@@ -1,0 +1,75 @@
+"""``longiseg register RAW OUT``: raw longitudinal scans into the library layout (SimpleITK).
+
+See :mod:`longiseg.registration.cohort` for what is registered, written and checked. Exit status 0 when
+every case passed, 1 when a case or follow-up failed (listed on stderr and in ``OUT/registration.csv``),
+2 for unusable arguments or a missing SimpleITK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``register`` sub-command to the ``longiseg`` parser."""
+    p = sub.add_parser("register", help="register follow-ups to the baseline and resample raw scans into the "
+                                        "library layout (SimpleITK; pip install 'longiseg[register]')")
+    p.add_argument("raw", help="folder of raw cases (CASE/t{k}_{modality}.nii.gz, any grid per file)")
+    p.add_argument("out", help="output folder (library layout, transforms and QC)")
+    p.add_argument("--transform", choices=("rigid", "affine"), default="rigid", help="default rigid")
+    p.add_argument("--reference-modality", dest="reference_modality", default="flair",
+                   help="modality registered between sessions (default flair)")
+    p.add_argument("--register-modalities", dest="register_modalities", action="store_true",
+                   help="register the other modalities to their session's reference instead of following it")
+    p.add_argument("--spacing", type=float, default=None, help="isotropic output voxel size in mm "
+                                                               "(default: the baseline's grid)")
+    p.add_argument("--interpolation", choices=("linear", "bspline"), default="linear", help="images (default linear)")
+    p.add_argument("--mask-interpolation", dest="mask_interpolation", choices=("linear", "nearest"),
+                   default="linear", help="masks: linear then >= 0.5 (default) or nearest neighbour")
+    p.add_argument("--n4", action="store_true", help="N4 bias-field correction first")
+    p.add_argument("--min-correlation", dest="min_correlation", type=float, default=0.7,
+                   help="QC: fail a follow-up below this correlation with the baseline (default 0.7)")
+    p.add_argument("--max-translation", dest="max_translation", type=float, default=50.0,
+                   help="QC: largest plausible motion of the brain centre, mm (default 50)")
+    p.add_argument("--max-rotation", dest="max_rotation", type=float, default=30.0,
+                   help="QC: largest plausible rotation, degrees (default 30)")
+    p.add_argument("--keep-failed", dest="keep_failed", action="store_true",
+                   help="also write the images of failed cases (still reported)")
+    p.add_argument("--no-qc-figures", dest="no_qc_figures", action="store_true", help="no checkerboard PNGs")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``longiseg register``."""
+    from longiseg.registration.cohort import RegistrationOptions, register_folder
+    from longiseg.registration.pairwise import PairOptions
+
+    opts = RegistrationOptions(
+        reference_modality=args.reference_modality, pair=PairOptions(transform=args.transform),
+        register_modalities=args.register_modalities, n4=args.n4, spacing=args.spacing,
+        interpolation=args.interpolation, mask_interpolation=args.mask_interpolation,
+        min_correlation=args.min_correlation, max_translation_mm=args.max_translation,
+        max_rotation_deg=args.max_rotation, qc_figures=not args.no_qc_figures, keep_failed=args.keep_failed)
+    results = register_folder(args.raw, args.out, opts, overwrite=args.overwrite)
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"longiseg register: case {r.case_id} failed: {r.error}", file=sys.stderr)
+        for q in r.followups:
+            if q["status"] != "ok":
+                failed += 1
+                print(f"longiseg register: case {r.case_id} follow-up {q['followup']} failed: "
+                      f"{'; '.join(q['reasons'])}", file=sys.stderr)
+            else:
+                print(f"{r.case_id} t{q['followup']}: correlation {q['before']['correlation']:.3f} -> "
+                      f"{q['after']['correlation']:.3f}, moved {q['motion']['translation_mm']:.1f} mm / "
+                      f"{q['motion']['rotation_deg']:.1f} deg ({q['seconds']} s)")
+    print(f"registered {sum(r.written for r in results)} of {len(results)} case(s) into {args.out}"
+          + (f"; {failed} failure(s), see {args.out}/registration.csv" if failed else ""))
+    return 1 if failed else 0

@@ -1,0 +1,214 @@
+"""Lesion evolution (new/enlarging lesions, merges, volumes, MRI activity) and the ``longiseg lesions`` report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longiseg.metrics.evolution import evolution_folder, lesion_evolution
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _box(shape, lo, hi) -> np.ndarray:  # noqa: ANN001
+    m = np.zeros(shape, dtype=np.uint8)
+    m[tuple(slice(a, b) for a, b in zip(lo, hi))] = 1
+    return m
+
+
+SHAPE = (20, 20, 20)
+
+
+def test_new_enlarging_and_stable_lesions() -> None:
+    base = _box(SHAPE, (2, 2, 2), (5, 5, 5)) | _box(SHAPE, (12, 12, 12), (14, 14, 14))
+    grow = _box(SHAPE, (5, 2, 2), (6, 5, 5))  # a slab on the first lesion
+    new = _box(SHAPE, (2, 12, 2), (4, 14, 4))  # far from everything
+    ev = lesion_evolution(base, (grow | new)[None], np.eye(4), min_volume_mm3=0)
+    fu = ev.followups[0]
+    assert (fu.new, fu.enlarging, fu.merged, fu.active) == (1, 1, 0, True)
+    by_kind = {c.kind: c for c in fu.changes}
+    assert by_kind["new"].added_volume_mm3 == 8 and by_kind["new"].earlier_lesions == ()
+    assert by_kind["enlarging"].added_volume_mm3 == 9
+    assert by_kind["enlarging"].lesion_volume_mm3 == 27 + 9
+    assert ev.baseline_lesions == 2 and ev.baseline_volume_mm3 == 27 + 8
+    assert ev.volumes_mm3 == [35, 35 + 17] and fu.volume_change_mm3 == 17
+    assert ev.active
+
+
+def test_predicted_progression_overlapping_the_baseline_counts_only_new_tissue() -> None:
+    base = _box(SHAPE, (2, 2, 2), (6, 6, 6))
+    prog = _box(SHAPE, (4, 2, 2), (8, 6, 6))  # a prediction that repeats half the baseline lesion and grows it
+    ev = lesion_evolution(base, prog[None], np.eye(4), min_volume_mm3=0)
+    (change,) = ev.followups[0].changes
+    assert change.kind == "enlarging" and change.added_volume_mm3 == 2 * 16
+    assert ev.followups[0].lesion_volume_mm3 == 64 + 32
+    inside = lesion_evolution(base, base[None], np.eye(4), min_volume_mm3=0)
+    assert not inside.followups[0].active  # progression entirely inside the baseline lesion: no change
+
+
+def test_connectivity_decides_contact() -> None:
+    base = _box(SHAPE, (2, 2, 2), (5, 5, 5))
+    corner = _box(SHAPE, (5, 5, 5), (7, 7, 7))  # touches the lesion only at a corner
+    full = lesion_evolution(base, corner[None], np.eye(4), min_volume_mm3=0, connectivity=26)
+    face = lesion_evolution(base, corner[None], np.eye(4), min_volume_mm3=0, connectivity=6)
+    assert full.followups[0].changes[0].kind == "enlarging"
+    assert face.followups[0].changes[0].kind == "new"
+
+
+def test_merge_is_reported_and_counted_once() -> None:
+    base = _box(SHAPE, (2, 2, 2), (5, 5, 5)) | _box(SHAPE, (8, 2, 2), (11, 5, 5))
+    bridge = _box(SHAPE, (5, 3, 3), (8, 4, 4))
+    ev = lesion_evolution(base, bridge[None], np.eye(4), min_volume_mm3=0)
+    fu = ev.followups[0]
+    assert (fu.new, fu.enlarging, fu.merged) == (0, 1, 1)
+    change = fu.changes[0]
+    assert change.merged and change.earlier_lesions == (1, 2)
+    assert "merge" in change.note and "#1, #2" in change.note
+    assert fu.lesion_count == 1
+
+
+def test_growth_in_pieces_is_one_enlarging_lesion() -> None:
+    base = _box(SHAPE, (5, 5, 5), (8, 8, 8))
+    rim = _box(SHAPE, (4, 5, 5), (5, 8, 8)) | _box(SHAPE, (8, 5, 5), (9, 8, 8))  # two caps, not touching
+    ev = lesion_evolution(base, rim[None], np.eye(4), min_volume_mm3=0, connectivity=6)
+    (change,) = ev.followups[0].changes
+    assert change.kind == "enlarging" and change.components == 2 and "2 separate pieces" in change.note
+
+
+def test_min_volume_filters_small_lesions_and_growth() -> None:
+    base = _box(SHAPE, (2, 2, 2), (5, 5, 5)) | _box(SHAPE, (15, 15, 15), (16, 16, 16))  # 27 + 1 voxel
+    prog = _box(SHAPE, (5, 2, 2), (6, 3, 3)) | _box(SHAPE, (10, 10, 10), (11, 11, 12))  # growth 1, speck 2
+    ev = lesion_evolution(base, prog[None], np.eye(4), min_volume_mm3=3)
+    assert ev.baseline_lesions == 1 and not ev.active
+    low = lesion_evolution(base, prog[None], np.eye(4), min_volume_mm3=1)
+    assert (low.followups[0].new, low.followups[0].enlarging) == (1, 1)
+
+
+def test_three_timepoints_use_earlier_followups() -> None:
+    base = _box(SHAPE, (2, 2, 2), (4, 4, 4))
+    fu1 = _box(SHAPE, (10, 10, 10), (12, 12, 12))  # new at follow-up 1
+    fu2 = _box(SHAPE, (12, 10, 10), (13, 12, 12))  # grows from it at follow-up 2
+    ev = lesion_evolution(base, np.stack([fu1, fu2]), np.eye(4), min_volume_mm3=0)
+    assert [(f.new, f.enlarging) for f in ev.followups] == [(1, 0), (0, 1)]
+    assert ev.followups[1].changes[0].earlier_lesions == (2,)  # raster order at timepoint 1
+
+
+def test_centre_in_scanner_coordinates() -> None:
+    affine = np.array([[0, 0, 2.0, -30], [-1.5, 0, 0, 40], [0, 3.0, 0, -10], [0, 0, 0, 1]])
+    prog = _box(SHAPE, (10, 4, 6), (12, 6, 8))
+    ev = lesion_evolution(np.zeros(SHAPE, np.uint8), prog[None], affine, min_volume_mm3=0)
+    (change,) = ev.followups[0].changes
+    centre_vox = np.array([10.5, 4.5, 6.5])
+    np.testing.assert_allclose(change.centre_mm, affine[:3, :3] @ centre_vox + affine[:3, 3], atol=0.01)
+    assert change.added_volume_mm3 == pytest.approx(8 * 2.0 * 1.5 * 3.0)
+
+
+def test_input_errors_name_the_argument() -> None:
+    base = np.zeros(SHAPE, np.uint8)
+    with pytest.raises(ValueError, match="progression\\[0\\]"):
+        lesion_evolution(base, np.zeros((1, 5, 5, 5)), np.eye(4))
+    with pytest.raises(ValueError, match="connectivity"):
+        lesion_evolution(base, base[None], np.eye(4), connectivity=8)
+    with pytest.raises(ValueError, match="binary"):
+        lesion_evolution(base + 2, base[None], np.eye(4))
+    with pytest.raises(ValueError, match="affine"):
+        lesion_evolution(base, base[None], np.zeros((4, 4)))
+
+
+@pytest.fixture(scope="module")
+def demo_refs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """Two demo patients with three timepoints (one progressing with growth in two pieces, one stable)."""
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+    from longiseg.data.loading import manifest_from_cases, save_case, write_manifest
+
+    root = tmp_path_factory.mktemp("refs")
+    cfg = DemoCohortConfig(num_patients=12, num_timepoints=3, spacing=2)
+    cases, stats = [], []
+    for i in (6, 0):
+        case, st = generate_demo_case(i, cfg)
+        save_case(case, root, image_dtype=np.int16)
+        cases.append(case)
+        stats.append(st)
+    write_manifest(root / "manifest.json", manifest_from_cases(cases))
+    return root, stats
+
+
+def test_demo_references_report_the_placed_lesions(demo_refs) -> None:  # noqa: ANN001
+    root, stats = demo_refs
+    evs = evolution_folder(root, progress=False)
+    assert [e.case_id for e in evs] == ["demo-006", "demo-000"]  # manifest order
+    for ev in evs:
+        st = next(s for s in stats if s["case_id"] == ev.case_id)
+        got = [(f.new, f.enlarging, f.merged) for f in ev.followups]
+        assert got == [(fu["new_lesions"], fu["enlarged_lesions"], 0) for fu in st["followups"]]
+        assert ev.baseline_lesions == st["baseline_lesions"]
+        for f, fu in zip(ev.followups, st["followups"]):
+            assert sum(c.added_volume_mm3 for c in f.changes) == pytest.approx(fu["progression_volume_mm3"])
+            assert f.lesion_volume_mm3 == pytest.approx(fu["lesion_volume_ml"] * 1000)
+    active = next(e for e in evs if e.case_id == "demo-006")
+    assert any(c.components > 1 for c in active.changes)  # a rim of growth stays one enlarging lesion
+
+
+def test_lesions_command_writes_tables_figures_and_html(demo_refs, tmp_path: Path) -> None:  # noqa: ANN001
+    from longiseg.cli import main
+
+    root, stats = demo_refs
+    out = tmp_path / "report"
+    assert main(["lesions", str(root), "--out", str(out), "--min-volume", "3"]) == 0
+    doc = json.loads((out / "lesions.json").read_text())
+    assert doc["options"] == {"min_volume_mm3": 3.0, "connectivity": 26}
+    n_changes = sum(fu["new_lesions"] + fu["enlarged_lesions"] for s in stats for fu in s["followups"])
+    rows = (out / "lesions.csv").read_text().splitlines()
+    assert len(rows) == 1 + n_changes
+    assert len((out / "followups.csv").read_text().splitlines()) == 1 + 2 * 2
+    montages = sorted((out / "figures").glob("demo-006_fu*_lesion*.png"))
+    assert len(montages) == n_changes
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == n_changes + 2  # montages and two volume plots
+    assert "MRI activity" in html and "src=\"http" not in html
+    assert main(["lesions", str(root), "--out", str(out)]) == 2  # exists: refused without --overwrite
+
+
+def test_lesions_command_without_images_says_so(demo_refs, tmp_path: Path) -> None:  # noqa: ANN001
+    import shutil
+
+    from longiseg.workflows.lesions import run_lesion_report
+
+    root, _ = demo_refs
+    masks = tmp_path / "masks" / "demo-006"
+    masks.mkdir(parents=True)
+    for f in (root / "demo-006").glob("*_mask.nii.gz"):
+        shutil.copy(f, masks / f.name)
+    for f in (root / "demo-006").glob("progression_t*.nii.gz"):
+        shutil.copy(f, masks / f.name)
+    _, files = run_lesion_report(tmp_path / "masks", tmp_path / "rep", progress=False)
+    assert "No montages" in files["html"].read_text()
+
+
+def test_import_longiseg_does_not_import_matplotlib_or_simpleitk() -> None:
+    code = ("import sys, longiseg, longiseg.metrics.evolution, longiseg.workflows.lesions, longiseg.cli, "
+            "longiseg.registration.cohort, longiseg.registration.native; longiseg.cli.build_parser(); "
+            "bad = {'matplotlib', 'SimpleITK'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["{t}/nope", "--out", "{t}/out"], r"nope does not exist"),
+    (["{root}", "--out", "{t}/out", "--min-volume", "-1"], r"min_volume_mm3 must be a finite number >= 0"),
+])
+def test_lesions_command_rejects_bad_arguments(args: list[str], match: str, demo_refs, tmp_path: Path,  # noqa: ANN001
+                                               capsys: pytest.CaptureFixture) -> None:
+    import re
+
+    from longiseg.cli import main
+
+    root, _ = demo_refs
+    assert main(["lesions"] + [a.format(t=tmp_path, root=root) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("longiseg lesions: error: ") and re.search(match, err[0]), err
+    assert not (tmp_path / "out").exists()

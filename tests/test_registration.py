@@ -1,0 +1,297 @@
+"""Registration with SimpleITK: grid bridge, round trip on a moved and resliced demo follow-up, QC failures,
+predictions back in native space, and the error without the extra."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longiseg.data import layout
+from longiseg.registration.grid import EXTRA_HINT, Grid, isotropic_grid, require_simpleitk
+from longiseg.registration.simulate import rigid_motion, simulate_acquisition
+from longiseg.utils.io import atomic_save_nifti
+
+sitk = pytest.importorskip("SimpleITK")
+
+LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def test_sitk_bridge_keeps_voxels_and_affine(rng: np.random.Generator) -> None:
+    from longiseg.registration.grid import from_sitk, to_sitk
+
+    rot = rigid_motion((1.0, 2.0, -0.5), 23.0, (0, 0, 0))[:3, :3]
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.9, 1.2, 3.0])
+    affine[:3, 3] = (-80.0, 12.0, 40.0)
+    arr = rng.standard_normal((7, 5, 4)).astype(np.float32)
+    img = to_sitk(arr, affine)
+    back, back_aff = from_sitk(img)
+    np.testing.assert_array_equal(back, arr)
+    np.testing.assert_allclose(back_aff, affine, atol=1e-9)
+    # voxel (i, j, k) sits at the same scanner point (LPS in SimpleITK, RAS in nibabel)
+    p = np.asarray(img.TransformIndexToPhysicalPoint((3, 2, 1)))
+    np.testing.assert_allclose(LPS[:3, :3] @ p, affine[:3, :3] @ (3, 2, 1) + affine[:3, 3], atol=1e-9)
+
+
+def test_isotropic_grid_keeps_the_field_of_view() -> None:
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    g = isotropic_grid(Grid((10, 12, 5), affine), 2.0)
+    assert g.shape == (5, 6, 8)
+    np.testing.assert_allclose(g.spacing, 2.0)
+    corner_old = affine[:3, 3] - 0.5 * np.diag(affine)[:3]
+    np.testing.assert_allclose(g.affine[:3, 3] - 1.0, corner_old)
+    with pytest.raises(ValueError, match="spacing"):
+        isotropic_grid(g, 0.0)
+
+
+def test_missing_simpleitk_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    from longiseg.cli import main
+
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)
+    with pytest.raises(ImportError, match=r"longiseg\[register\]"):
+        require_simpleitk()
+    assert "longiseg[register]" in EXTRA_HINT
+    (tmp_path / "raw").mkdir()
+    assert main(["register", str(tmp_path / "raw"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("longiseg register: error:") and "longiseg[register]" in err[0]
+
+
+def _save(arr: np.ndarray, affine: np.ndarray, path: Path, dtype: type = np.float32) -> None:
+    atomic_save_nifti(arr, affine, path, dtype=dtype)
+
+
+def _write_raw_case(folder: Path, baseline, followup, motion: np.ndarray, spacing, axes, flips) -> dict:  # noqa: ANN001
+    """Baseline as is; follow-up moved by ``motion`` and rescanned on another grid (images and progression)."""
+    info = {}
+    for c, m in enumerate(baseline.modalities):
+        _save(baseline.images[0, c], baseline.affine, folder / layout.image_filename(0, m))
+        arr, aff = simulate_acquisition(followup.images[1, c], followup.affine, motion, spacing, axes, flips)
+        _save(arr, aff, folder / layout.image_filename(1, m))
+        info[m] = (arr.shape, aff)
+    _save(baseline.baseline_mask, baseline.affine, folder / layout.BASELINE_MASK, np.uint8)
+    _save(baseline.brain_mask, baseline.affine, folder / layout.BRAIN_MASK, np.uint8)
+    prog, aff = simulate_acquisition(followup.progression_masks[0], followup.affine, motion, spacing, axes, flips)
+    _save(prog >= 0.5, aff, folder / layout.progression_filename(1), np.uint8)
+    return info
+
+
+def _transform_errors(tfm: Path, motion: np.ndarray, affine: np.ndarray, brain: np.ndarray) -> tuple[float, float]:
+    """Largest distance (mm) between estimated and true transform over the brain's bounding-box corners,
+    and the angle (deg) of the residual rotation."""
+    est = sitk.ReadTransform(str(tfm))
+    true = LPS @ motion @ LPS  # the motion in SimpleITK's LPS coordinates
+    idx = np.argwhere(brain)
+    lo, hi = idx.min(axis=0), idx.max(axis=0)
+    corners = [affine @ (i, j, k, 1.0) for i in (lo[0], hi[0]) for j in (lo[1], hi[1]) for k in (lo[2], hi[2])]
+    dist = max(float(np.linalg.norm(np.asarray(est.TransformPoint([float(v) for v in (LPS @ p)[:3]]))
+                                    - (true @ LPS @ p)[:3])) for p in corners)
+    rot = np.asarray(sitk.Euler3DTransform(est).GetMatrix()).reshape(3, 3) @ true[:3, :3].T
+    angle = math.degrees(math.acos(float(np.clip((np.trace(rot) - 1) / 2, -1, 1))))
+    return dist, angle
+
+
+def _round_trip(tmp_path: Path, spacing_mm: int, raw_spacing, modalities) -> None:  # noqa: ANN001
+    import nibabel as nib
+
+    from longiseg.cli import main
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+    from longiseg.data.loading import find_cases, load_case
+    from longiseg.registration.grid import from_sitk, to_sitk
+    from longiseg.registration.native import mask_to_native, predictions_to_native
+    from longiseg.registration.pairwise import resample
+
+    cfg = DemoCohortConfig(num_patients=2, spacing=spacing_mm, modalities=modalities, max_translation=0.0,
+                           max_rotation=0.0)  # the demo follow-up is exactly aligned: the truth is `motion`
+    case, stats = generate_demo_case(0, cfg, progressing=True, with_lesion_masks=True)
+    brain = case.brain_mask.astype(bool)
+    centre = case.affine[:3, :3] @ np.argwhere(brain).mean(axis=0) + case.affine[:3, 3]
+    motion = rigid_motion((0.3, -0.5, 0.8), 9.0, (11.0, -8.0, 6.0), centre)  # 9 deg, 14.9 mm
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    axes, flips = (1, 2, 0), (1, -1, 1)  # thick slices along the old first axis, another axis order
+    _write_raw_case(raw / "p0", case, case, motion, raw_spacing, axes, flips)
+    # N4: the demo's independent +-15 % bias fields bias mutual information by about 0.4 mm without it
+    assert main(["register", str(raw), str(out), "--n4"]) == 0
+
+    dist, angle = _transform_errors(out / "p0" / "registration" / "t1.tfm", motion, case.affine, brain)
+    assert dist < 0.5 and angle < 0.5, (dist, angle)
+    record = json.loads((out / "p0" / "registration" / "registration.json").read_text())
+    (q,) = record["followups"]
+    assert q["status"] == "ok" and q["after"]["correlation"] > q["before"]["correlation"]
+    assert abs(q["motion"]["rotation_deg"] - 9.0) < 0.5
+    assert (out / "p0" / "registration" / "t1_qc.png").stat().st_size > 1000
+
+    # the registered case is in the library layout on the baseline grid and loads
+    (src,) = find_cases(out)
+    loaded = load_case(src)
+    np.testing.assert_allclose(loaded.affine, case.affine, atol=1e-5)
+    np.testing.assert_array_equal(loaded.baseline_mask, case.baseline_mask)
+    # the follow-up's lesions are recovered: all its lesions (mapped with the saved transform) and the
+    # progression mask written by the command
+    tfm = sitk.ReadTransform(str(out / "p0" / "registration" / "t1.tfm"))
+    lesions = stats["lesion_masks"][1]
+    raw_les, raw_aff = simulate_acquisition(lesions, case.affine, motion, raw_spacing, axes, flips)
+    raw_img = to_sitk((raw_les >= 0.5).astype(np.float32), raw_aff)
+    back = from_sitk(resample(raw_img, Grid(case.shape, case.affine), tfm))[0] >= 0.5
+    true = sitk.AffineTransform(3)
+    true.SetMatrix([float(v) for v in (LPS @ motion @ LPS)[:3, :3].ravel()])
+    true.SetTranslation([float(v) for v in (LPS @ motion @ LPS)[:3, 3]])
+    ideal = from_sitk(resample(raw_img, Grid(case.shape, case.affine), true))[0] >= 0.5
+    # Dice >= 0.9, or (where the thick slices of the rescan alone lose more) within 0.03 of the true transform
+    dice, dice_true = _dice(back, lesions), _dice(ideal, lesions)
+    assert dice >= min(0.9, dice_true - 0.03), (dice, dice_true)
+    assert _dice(loaded.progression_masks[0], case.progression_masks[0]) >= 0.75
+
+    # predictions back in native space: the registered progression mask lands on the raw follow-up grid
+    raw_prog = nib.load(str(raw / "p0" / layout.progression_filename(1)))
+    native, native_aff = mask_to_native(loaded.progression_masks[0], case.affine, out / "p0" / "registration", 1)
+    np.testing.assert_allclose(native_aff, raw_prog.affine, atol=1e-5)
+    assert native.shape == raw_prog.shape
+    assert _dice(native, np.asarray(raw_prog.dataobj)) >= 0.7
+    pred = tmp_path / "pred" / "p0"
+    pred.mkdir(parents=True)
+    for name in (layout.BASELINE_MASK, layout.progression_filename(1)):
+        (pred / name).write_bytes((out / "p0" / name).read_bytes())
+    files = predictions_to_native(tmp_path / "pred", out, tmp_path / "native")
+    assert sorted(f.name for f in files) == [layout.BASELINE_MASK, layout.progression_filename(1)]
+    base_native = nib.load(str(tmp_path / "native" / "p0" / layout.BASELINE_MASK))
+    np.testing.assert_array_equal(np.asarray(base_native.dataobj), case.baseline_mask)
+
+
+def test_round_trip_recovers_a_known_rigid_motion(tmp_path: Path) -> None:
+    """2 mm demo follow-up moved by 9 deg / 15 mm, rescanned at 1x1x3 mm in another orientation."""
+    _round_trip(tmp_path, 2, (1.0, 1.0, 3.0), ("flair",))
+
+
+@pytest.mark.slow
+def test_round_trip_full_size(tmp_path: Path) -> None:
+    """The same at 1 mm (197x233x189 baseline) with two modalities following the FLAIR transform."""
+    _round_trip(tmp_path, 1, (1.0, 1.0, 3.0), ("flair", "t2"))
+
+
+def test_another_patient_as_followup_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from longiseg.cli import main
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+
+    cfg = DemoCohortConfig(num_patients=2, spacing=4, modalities=("flair",), max_translation=0.0, max_rotation=0.0)
+    a, _ = generate_demo_case(0, cfg)
+    b, _ = generate_demo_case(1, cfg)
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    still = np.eye(4)
+    _write_raw_case(raw / "mixed", a, b, still, (4.0, 4.0, 4.0), (0, 1, 2), (1, 1, 1))
+    _write_raw_case(raw / "same", a, a, rigid_motion((0, 0, 1), 4.0, (3.0, 2.0, 0.0)), (4.0, 4.0, 4.0),
+                    (0, 1, 2), (1, 1, 1))
+    assert main(["register", str(raw), str(out), "--no-qc-figures"]) == 1
+    err = capsys.readouterr().err
+    assert "case mixed follow-up 1 failed: correlation after registration" in err and "same" not in err
+    assert not (out / "mixed" / layout.image_filename(0, "flair")).exists()  # never silently passed on
+    assert (out / "same" / layout.image_filename(1, "flair")).is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [c["case_id"] for c in manifest["cases"]] == ["same"]
+    rows = (out / "registration.csv").read_text().splitlines()
+    assert any(r.startswith("mixed,1,failed") for r in rows) and any(r.startswith("same,1,ok") for r in rows)
+
+
+def test_implausible_motion_is_flagged(tmp_path: Path) -> None:
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+    from longiseg.registration.cohort import RegistrationOptions, register_case
+
+    cfg = DemoCohortConfig(num_patients=1, spacing=4, modalities=("flair",), max_translation=0.0, max_rotation=0.0)
+    a, _ = generate_demo_case(0, cfg)
+    _write_raw_case(tmp_path / "raw" / "c", a, a, rigid_motion((0, 0, 1), 6.0, (12.0, 0.0, 0.0)),
+                    (4.0, 4.0, 4.0), (0, 1, 2), (1, 1, 1))
+    res = register_case(tmp_path / "raw" / "c", tmp_path / "out",
+                        RegistrationOptions(max_translation_mm=5.0, max_rotation_deg=3.0, qc_figures=False))
+    assert not res.ok and not res.written
+    reasons = " ".join(res.followups[0]["reasons"])
+    assert "mm > 5.0 mm" in reasons and "deg > 3.0 deg" in reasons
+    with pytest.raises(ValueError, match="mask_interpolation"):
+        RegistrationOptions(mask_interpolation="cubic")
+
+
+def test_affine_isotropic_and_modalities_registered_on_their_own(tmp_path: Path) -> None:
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+    from longiseg.data.loading import find_cases, load_case
+    from longiseg.registration.cohort import RegistrationOptions, register_folder
+    from longiseg.registration.pairwise import PairOptions
+
+    cfg = DemoCohortConfig(num_patients=1, spacing=4, max_translation=0.0, max_rotation=0.0)
+    a, _ = generate_demo_case(0, cfg)
+    _write_raw_case(tmp_path / "raw" / "c", a, a, rigid_motion((1, 0, 1), 5.0, (4.0, -3.0, 2.0)),
+                    (3.0, 3.0, 5.0), (2, 0, 1), (-1, 1, 1))
+    opts = RegistrationOptions(pair=PairOptions(transform="affine"), spacing=3.0,
+                               register_modalities=True, interpolation="bspline", qc_figures=False)
+    (res,) = register_folder(tmp_path / "raw", tmp_path / "out", opts, progress=False)
+    assert res.ok and res.written, res.followups
+    reg = tmp_path / "out" / "c" / "registration"
+    assert (reg / "t1.tfm").is_file() and (reg / "t1_t2.tfm").is_file() and (reg / "t0_t2.tfm").is_file()
+    assert sitk.ReadTransform(str(reg / "t1.tfm")).GetName() == "AffineTransform"
+    case = load_case(find_cases(tmp_path / "out")[0])
+    np.testing.assert_allclose(case.spacing, 3.0)
+    assert case.images.min() >= 0.0  # B-spline clamped to the input range
+
+
+def test_n4_flattens_a_bias_field() -> None:
+    from longiseg.registration.grid import from_sitk, to_sitk
+    from longiseg.registration.pairwise import n4_correct
+
+    x = np.indices((40, 40, 40), dtype=np.float32)
+    head = ((x - 19.5) ** 2).sum(axis=0) < 18.0**2
+    bias = np.exp(0.3 * (x[0] - 19.5) / 19.5)  # +-35 % across the head
+    img = np.where(head, 100.0 * bias, 0.0).astype(np.float32)
+    out = from_sitk(n4_correct(to_sitk(img, np.eye(4))))[0]
+
+    def cv(a: np.ndarray) -> float:
+        return float(a[head].std() / a[head].mean())
+
+    assert cv(out) < 0.5 * cv(img)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["{t}/nope", "{t}/out"], r"raw folder .*nope does not exist"),
+    (["{t}/raw", "{t}/out", "--spacing", "-1"], r"spacing must be > 0"),
+    (["{t}/raw", "{t}/out", "--min-correlation", "2"], r"min_correlation must lie in \[-1, 1\]"),
+    (["{t}/raw", "{t}/busy"], r"busy exists and is not empty"),
+])
+def test_register_command_rejects_bad_arguments(args: list[str], match: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    import re
+
+    from longiseg.cli import main
+
+    (tmp_path / "raw" / "c").mkdir(parents=True)
+    _save(np.ones((4, 4, 4), np.float32), np.eye(4), tmp_path / "raw" / "c" / "t0_flair.nii.gz")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("x")
+    assert main(["register"] + [a.format(t=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("longiseg register: error: ") and re.search(match, err[0]), err
+    assert not (tmp_path / "out").exists() and (tmp_path / "busy" / "keep.txt").read_text() == "x"
+
+
+def test_unreadable_case_is_reported_and_the_others_go_on(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from longiseg.cli import main
+
+    raw = tmp_path / "raw"
+    (raw / "only-baseline").mkdir(parents=True)
+    _save(np.ones((4, 4, 4), np.float32), np.eye(4), raw / "only-baseline" / "t0_flair.nii.gz")
+    (raw / "nan").mkdir()
+    for t in (0, 1):
+        _save(np.full((4, 4, 4), np.nan, np.float32), np.eye(4), raw / "nan" / f"t{t}_flair.nii.gz")
+    assert main(["register", str(raw), str(tmp_path / "out"), "--no-qc-figures"]) == 1
+    err = capsys.readouterr().err
+    assert "case only-baseline failed: case 'only-baseline': needs images t0_*, t1_*" in err
+    assert "case nan failed:" in err and "NaN" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert "failed" in (tmp_path / "out" / "registration.csv").read_text()
