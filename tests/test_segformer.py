@@ -26,9 +26,9 @@ from longiseg.networks.blocks.efficient_attention import (
 from longiseg.networks.blocks.encoder import HierarchicalEncoder
 from longiseg.networks.blocks.heads import TimepointHeads
 from longiseg.networks.blocks.mlp_decoder import AllMLPDecoder
+from longiseg.networks.blocks.segformer_like import LongitudinalSegFormerLike
 from longiseg.networks.blocks.st_block import STBlock
 from longiseg.networks.nets.segformer import SegFormer
-from longiseg.networks.nets.segmast import LongitudinalSegFormerLike
 
 TINY = {"widths": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4), "decoder_dim": 16,
         "drop_path_rate": 0.0, "decoder_dropout": 0.0}

@@ -9,12 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longiseg.networks.nets.segmast import (
-    SEGMAST_PRESETS,
-    SegMaST,
-    SegMaSTConfig,
-    init_segformer_weights,
-)
+from longiseg.networks.blocks.segformer_like import init_segformer_weights
+from longiseg.networks.nets.segmast import SEGMAST_PRESETS, SegMaST, SegMaSTConfig
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.registry import build_model, list_models, model_info
 from longiseg.ssm import Mamba

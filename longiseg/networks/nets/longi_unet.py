@@ -40,6 +40,7 @@ from longiseg.networks.blocks.difference_weighting import DifferenceWeighting
 from longiseg.networks.blocks.heads import FusedDualHead, TimepointHeads
 from longiseg.networks.inputs import check_model_input
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.networks.presets import UNET_WIDTHS
 from longiseg.registry import register_model
 from longiseg.utils.validation import check_positive_int, check_timepoints
 
@@ -49,14 +50,7 @@ __all__ = [
     "UNetDecoder",
     "LongiUNetDW",
     "LongiUNetConcat",
-    "LONGI_UNET_CONFIGS",
 ]
-
-#: Feature widths per resolution stage of the named configurations (``"3d"``/``"2d"`` x ``"ms"``/``"glioma"``).
-LONGI_UNET_CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
-    "3d": {"ms": (32, 64, 128, 256, 256), "glioma": (40, 80, 160, 320, 400)},
-    "2d": {"ms": (32, 64, 128, 256, 288, 288), "glioma": (32, 64, 128, 256, 448, 448)},
-}
 
 
 def _conv_cls(spatial_dims: int) -> type[nn.Module]:
@@ -217,7 +211,7 @@ class LongiUNetDW(nn.Module):
         self,
         in_channels: int,
         out_channels: int = 1,
-        features: Sequence[int] = LONGI_UNET_CONFIGS["3d"]["ms"],
+        features: Sequence[int] = UNET_WIDTHS["3d"]["ms"],
         spatial_dims: int = 3,
         prior: str = "previous",
     ) -> None:
@@ -284,7 +278,7 @@ class LongiUNetConcat(nn.Module):
         in_channels: int,
         num_timepoints: int = 2,
         out_channels: int = 1,
-        features: Sequence[int] = LONGI_UNET_CONFIGS["3d"]["ms"],
+        features: Sequence[int] = UNET_WIDTHS["3d"]["ms"],
         spatial_dims: int = 3,
     ) -> None:
         super().__init__()
@@ -313,7 +307,7 @@ class LongiUNetConcat(nn.Module):
 
 
 def _features(spatial_dims: int, size: str, kwargs: dict[str, Any]) -> tuple[int, ...]:
-    return tuple(kwargs.pop("features", LONGI_UNET_CONFIGS[f"{spatial_dims}d"][size]))
+    return tuple(kwargs.pop("features", UNET_WIDTHS[f"{spatial_dims}d"][size]))
 
 
 def _build_dw(spatial_dims: int, size: str, default_in: int, **kwargs: Any) -> LongiUNetDW:
