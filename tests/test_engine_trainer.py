@@ -16,6 +16,7 @@ import torch.nn as nn
 from test_engine_toys import SyntheticLongiData, TinyLongiNet
 from torch.utils.data import DataLoader
 
+from longiseg import build_model
 from longiseg.engine import (
     Trainer,
     TrainerConfig,
@@ -26,6 +27,7 @@ from longiseg.engine import (
 )
 from longiseg.losses import ImbalanceAwareLoss
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.utils.validation import debug_checks
 
 TOYS = Path(__file__).with_name("test_engine_toys.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,11 +267,33 @@ def test_registry_model_trains_one_epoch(tmp_path) -> None:
                             depths=(1, 1, 1, 1), decoder_dim=16)
     except (TypeError, ValueError) as err:
         pytest.skip(f"segmast does not take these tiny widths: {err}")
-    trainer = Trainer(model, SyntheticLongiData(n=4, size=32), _config(tmp_path, max_epochs=1, batch_size=2), loss_fn=ImbalanceAwareLoss(),
-                      model_name="segmast", model_kwargs={"in_channels": 1})
+    trainer = Trainer(model, SyntheticLongiData(n=4, size=32), _config(tmp_path, max_epochs=1, batch_size=2),
+                      loss_fn=ImbalanceAwareLoss(), model_name="segmast", model_kwargs={"in_channels": 1})
     result = trainer.fit()
     assert result.global_step == 2 and torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
     assert load_checkpoint(tmp_path / "last.pt")["model_name"] == "segmast"
+
+
+def test_one_finiteness_check_per_step_unless_debugging(tmp_path, monkeypatch) -> None:
+    """A training step reads values back once (the loss); model, loss and targets check values in debug mode."""
+    model = build_model("segmast", in_channels=1, widths=(8, 8, 8, 8), depths=(1, 1, 1, 1), decoder_dim=8)
+    trainer = Trainer(model, SyntheticLongiData(n=4, size=32), _config(tmp_path, batch_size=2),
+                      loss_fn=ImbalanceAwareLoss(seed=0))
+    batch = next(iter(trainer.train_loader))
+    calls: list[tuple[int, ...]] = []
+    isfinite = torch.isfinite
+
+    def counting(x):
+        calls.append(tuple(x.shape))
+        return isfinite(x)
+
+    monkeypatch.setattr(torch, "isfinite", counting)
+    trainer.train_step(batch)
+    assert calls == [()]  # the scalar loss only
+    calls.clear()
+    with debug_checks():
+        trainer.train_step(batch)
+    assert len(calls) > 1 and () in calls  # model input and logits too
 
 
 def test_input_errors(tmp_path) -> None:

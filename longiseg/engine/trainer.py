@@ -48,6 +48,7 @@ from longiseg.engine.schedulers import build_warmup_cosine_scheduler
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.io import atomic_write
 from longiseg.utils.logging import get_logger, log_once
+from longiseg.utils.validation import DEBUG_CHECKS_ENV
 
 __all__ = [
     "Trainer",
@@ -506,9 +507,11 @@ class Trainer:
         if self.amp_dtype is not None:
             output = output.map(lambda t: t.float())
         loss, logs = _unpack_loss(self.loss_fn(output, batch["baseline"], batch["progression"]))
+        # The one value check of a step (a device-to-host sync); the others run in debug mode only.
         if not self.grad_scaler.is_enabled() and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {self.epoch + 1}, "
-                                     f"step {self.global_step + 1}; lower the lr or check the data")
+                                     f"step {self.global_step + 1}; lower the lr or check the data "
+                                     f"({DEBUG_CHECKS_ENV}=1 also checks the model input, logits and targets)")
         self.optimizer.zero_grad(set_to_none=True)
         self.grad_scaler.scale(loss).backward()
         grad_norm = torch.zeros((), device=self.device)

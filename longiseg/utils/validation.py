@@ -1,17 +1,30 @@
-"""Input checks shared by the whole library.
+"""Input checks shared by the whole library, and the switch for the costly ones.
 
 Each helper raises a ``TypeError`` or ``ValueError`` that names the argument and what was expected, so
 public functions can validate their inputs in one line.
+
+Validate once: configurations are checked when they are built and shapes at every public entry point
+(cheap: no data is read). Checks that read every value (:func:`check_finite`, :func:`check_binary`) cost a
+device-to-host synchronisation on a GPU, so inside a training step they run only in debug mode; the
+trainer keeps one cheap check per step (the loss is finite), and data are checked once when loaded and
+when inference starts. Debug mode is on inside :func:`debug_checks` or with the environment variable
+``LONGISEG_DEBUG_CHECKS=1``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 __all__ = [
+    "DEBUG_CHECKS_ENV",
+    "debug_checks",
+    "debug_checks_enabled",
     "check_tensor",
     "check_ndim",
     "check_finite",
@@ -23,6 +36,36 @@ __all__ = [
 ]
 
 ArrayLike = torch.Tensor | np.ndarray
+
+#: Environment variable that turns debug mode on (``1``, ``true``, ``yes`` or ``on``).
+DEBUG_CHECKS_ENV = "LONGISEG_DEBUG_CHECKS"
+_DEBUG_OVERRIDE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("longiseg_debug_checks", default=None)
+
+
+def debug_checks_enabled() -> bool:
+    """Whether the value checks inside a training step run (NaN/inf model inputs and logits, binary targets).
+
+    ``True`` inside ``with debug_checks():``, else when ``LONGISEG_DEBUG_CHECKS`` is ``1``/``true``/``yes``/``on``.
+    """
+    override = _DEBUG_OVERRIDE.get()
+    if override is not None:
+        return override
+    return os.environ.get(DEBUG_CHECKS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def debug_checks(enabled: bool = True) -> Iterator[None]:
+    """Turn the value checks of the hot paths on (or off) for the ``with`` block, in this thread/context.
+
+    Example:
+        >>> with debug_checks():                  # doctest: +SKIP
+        ...     trainer.train_step(batch)         # model inputs, logits and targets checked too
+    """
+    token = _DEBUG_OVERRIDE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _DEBUG_OVERRIDE.reset(token)
 
 
 def check_tensor(name: str, x: object) -> torch.Tensor:
