@@ -10,6 +10,7 @@ as in import-linter; importing a submodule is not counted as importing its paren
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,16 @@ def test_import_longiseg_is_light_and_fills_the_registry() -> None:
     imported, registered = run.stdout.strip().splitlines()
     assert imported == "[]", f"import longiseg imported {imported}; import them where they are used"
     assert registered == "True True", "import longiseg must register the built-in models"
+
+
+def test_docs_table_states_the_layers() -> None:
+    """The table in docs/architecture.md ("How the package is layered") is the rule enforced here."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## How the package is layered", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].isdigit():
+            for name in re.findall(r"`([^`]+)`", cells[1]):
+                documented["" if name == "longiseg" else name] = int(cells[0])
+    assert documented == LAYERS
