@@ -33,6 +33,8 @@ __all__ = [
     "check_positive_int",
     "check_probability",
     "check_timepoints",
+    "check_spatial_dims",
+    "check_widths",
 ]
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -158,3 +160,20 @@ def check_timepoints(name: str, num_timepoints: int, minimum: int = 2) -> int:
             f"{name} must be >= {minimum} (a baseline and at least one follow-up), got {num_timepoints}"
         )
     return int(num_timepoints)
+
+
+def check_spatial_dims(name: str, value: object) -> int:
+    """Return ``value`` if it is 2 (slices, 2D/2.5D) or 3 (volumes), else raise ``TypeError``/``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value not in (2, 3):
+        raise ValueError(f"{name} must be 2 or 3, got {value!r}")
+    return int(value)
+
+
+def check_widths(name: str, widths: Sequence[int], minimum_len: int = 2) -> tuple[int, ...]:
+    """Return ``widths`` as a tuple of positive ints (channels per network stage), at least ``minimum_len`` long."""
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints (channels per stage), got {type(widths).__name__}")
+    out = tuple(check_positive_int(f"{name}[{i}]", w) for i, w in enumerate(widths))
+    if len(out) < minimum_len:
+        raise ValueError(f"{name} must list at least {minimum_len} stage widths, got {out}")
+    return out

@@ -42,7 +42,7 @@ from longiseg.networks.inputs import check_model_input
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.presets import UNET_WIDTHS
 from longiseg.registry import register_model
-from longiseg.utils.validation import check_positive_int, check_timepoints
+from longiseg.utils.validation import check_positive_int, check_spatial_dims, check_timepoints, check_widths
 
 __all__ = [
     "ConvStage",
@@ -55,21 +55,6 @@ __all__ = [
 
 def _conv_cls(spatial_dims: int) -> type[nn.Module]:
     return nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-
-
-def _check_spatial_dims(spatial_dims: int) -> int:
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    return spatial_dims
-
-
-def _check_features(features: Sequence[int]) -> tuple[int, ...]:
-    feats = tuple(features)
-    if len(feats) < 2:
-        raise ValueError(f"features must list at least 2 stage widths, got {feats}")
-    for f in feats:
-        check_positive_int("features[i]", f)
-    return feats
 
 
 class ConvStage(nn.Module):
@@ -94,7 +79,7 @@ class ConvStage(nn.Module):
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
         check_positive_int("stride", stride)
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims("spatial_dims", spatial_dims)
         conv = _conv_cls(spatial_dims)
         norm = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
         self.block = nn.Sequential(
@@ -128,8 +113,8 @@ class UNetEncoder(nn.Module):
     def __init__(self, in_channels: int, features: Sequence[int], spatial_dims: int) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
-        self.features = _check_features(features)
-        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.features = check_widths("features", features)
+        self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
         self.in_channels = in_channels
         widths = (in_channels,) + self.features
         self.stages = nn.ModuleList(
@@ -164,8 +149,8 @@ class UNetDecoder(nn.Module):
 
     def __init__(self, features: Sequence[int], spatial_dims: int) -> None:
         super().__init__()
-        self.features = _check_features(features)
-        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.features = check_widths("features", features)
+        self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
         up = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
         levels = range(len(self.features) - 1, 0, -1)  # from the bottleneck up
         self.upsamples = nn.ModuleList(
@@ -221,7 +206,7 @@ class LongiUNetDW(nn.Module):
             raise ValueError(f"prior must be 'previous' or 'baseline', got {prior!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
         self.prior = prior
         self.encoder = UNetEncoder(in_channels, features, spatial_dims)
         feats = self.encoder.features
@@ -287,7 +272,7 @@ class LongiUNetConcat(nn.Module):
         self.num_timepoints = check_timepoints("num_timepoints", num_timepoints)
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
         self.encoder = UNetEncoder(in_channels * num_timepoints, features, spatial_dims)
         self.decoder = UNetDecoder(self.encoder.features, spatial_dims)
         self.heads = FusedDualHead(

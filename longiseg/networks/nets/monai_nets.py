@@ -39,8 +39,10 @@ from longiseg.utils.validation import (
     check_binary,
     check_ndim,
     check_positive_int,
+    check_spatial_dims,
     check_tensor,
     check_timepoints,
+    check_widths,
 )
 
 __all__ = [
@@ -102,9 +104,8 @@ def make_dynunet(
         dim, the multiple every input size must be.
     """
     nets = _monai_nets()
-    filters = tuple(check_positive_int("filters[i]", f) for f in filters)
-    if len(filters) < 2:
-        raise ValueError(f"filters must list at least 2 levels, got {filters}")
+    check_spatial_dims("spatial_dims", spatial_dims)
+    filters = check_widths("filters", filters)
     n = len(filters)
     kernel_size = kwargs.pop("kernel_size", [3] * n)
     strides = kwargs.pop("strides", [1] + [2] * (n - 1))
