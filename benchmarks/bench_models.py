@@ -26,6 +26,18 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from longiseg_bench import format_bytes, format_table, peak_memory, print_header, time_interleaved
+from tqdm.auto import tqdm
+
+from longiseg.utils.validation import check_positive_int
 
 MODELS_2D = ("segmast_ms", "segformer_ms", "dynunet_2d_ms")
 MODELS_3D = ("dynunet_3d_ms", "swin_unetr_3d_ms", "longi_unet_dw_ms")
@@ -36,6 +48,277 @@ PRESETS = {
     "cpu": (128, 4, 64, 1, 2, 128, 64),
     "paper": (128, 32, 128, 8, 1, 128, 128),
 }
+
+
+@dataclass
+class ModelRecord:
+    """Training-step measurement of one model.
+
+    Attributes:
+        model: registry name.
+        dim: ``"2.5D"`` or ``"3D"``.
+        input_shape: ``(B, T, C, *S)`` of one step.
+        params: parameter count.
+        times: seconds per training step (timed blocks of all rounds).
+        peak_bytes: peak memory of one step (``None``: not measured).
+        error: set when the model failed to build or run.
+    """
+
+    model: str
+    dim: str
+    input_shape: tuple[int, ...]
+    params: int = 0
+    times: list[float] = field(default_factory=list)
+    peak_bytes: int | None = None
+    error: str = ""
+
+    @property
+    def median(self) -> float | None:
+        """Median step time in seconds, ``None`` when not measured."""
+        return statistics.median(self.times) if self.times else None
+
+    @property
+    def samples_per_second(self) -> float | None:
+        """Batch size / median step time."""
+        return self.input_shape[0] / self.median if self.times else None
+
+    @property
+    def voxels_per_second(self) -> float | None:
+        """Input voxels per second (batch * prod(S) * T / median step time), comparable across 2.5D and 3D."""
+        if not self.times:
+            return None
+        return math.prod(self.input_shape[:2]) * math.prod(self.input_shape[3:]) / self.median
+
+
+def model_batch(
+    model: nn.Module, batch: int, patch: Sequence[int], timepoints: int = 2, device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random training batch for ``model``: images ``(B, T, C, *S)`` and binary targets.
+
+    ``C`` is ``model.in_channels`` (1 if absent); the baseline target is ``(B, 1, *S)`` and the progression
+    target ``(B, T-1, 1, *S)``, about 5 % foreground each; the first half of the batch has empty progression
+    targets, as in the balanced sampling of the paper.
+
+    Raises:
+        ValueError: for a bad batch, patch or timepoint count.
+    """
+    check_positive_int("batch", batch)
+    check_positive_int("timepoints", timepoints, minimum=2)
+    if len(patch) not in (2, 3):
+        raise ValueError(f"patch must be (H, W) or (D, H, W), got {tuple(patch)}")
+    for p in patch:
+        check_positive_int("patch[i]", p)
+    channels = int(getattr(model, "in_channels", 1))
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, timepoints, channels, *patch, generator=gen)
+    base = (torch.rand(batch, 1, *patch, generator=gen) < 0.05).float()
+    prog = (torch.rand(batch, timepoints - 1, 1, *patch, generator=gen) < 0.05).float()
+    prog[: batch // 2] = 0
+    return images.to(device), base.to(device), prog.to(device)
+
+
+def _training_step(model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device) -> Callable[[], None]:
+    from longiseg.losses import ImbalanceAwareLoss
+
+    loss_fn = ImbalanceAwareLoss(seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    images, base, prog = batch
+    use_amp = device.type == "cuda"
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = model(images)
+        loss = loss_fn(out.map(lambda t: t.float()), base, prog).loss
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _check_model_names(models: Sequence[str]) -> None:
+    from longiseg.registry import list_models
+
+    if not models:
+        raise ValueError("models must name at least one registry model")
+    known = set(list_models())
+    for name in models:
+        if name not in known:
+            raise ValueError(f"unknown model {name!r}; see longiseg.list_models()")
+
+
+def run_model_benchmark(
+    models: Sequence[str],
+    patch_2d: int,
+    batch_2d: int,
+    patch_3d: int,
+    batch_3d: int,
+    *,
+    timepoints: int = 2,
+    rounds: int = 3,
+    min_run_time: float = 0.2,
+    reference: str = "segmast_ms",
+    device: torch.device | str = "cpu",
+    measure_memory: bool = True,
+    progress: bool = True,
+) -> list[ModelRecord]:
+    """Training-step throughput and peak memory of registry models, interleaved; prints the table.
+
+    One step = forward, ``ImbalanceAwareLoss`` (the paper's loss), backward, AdamW (lr 1e-4, weight decay 0.05).
+    2.5D models get ``(batch_2d, T, C, patch_2d, patch_2d)``, 3D models ``(batch_3d, T, C, patch_3d, patch_3d,
+    patch_3d)``. CUDA steps run under bfloat16 autocast. Every model first takes one untimed step (it creates
+    the optimizer state, and a model that fails at this size is reported instead of stopping the run); then
+    the steps are timed in interleaved rounds (``longiseg_bench.timing``).
+
+    Args:
+        models: registry names.
+        patch_2d: slice patch side of the 2.5D models.
+        batch_2d: batch of the 2.5D models.
+        patch_3d: cube side of the 3D models.
+        batch_3d: batch of the 3D models.
+        timepoints: ``T``.
+        rounds: interleaved timing rounds.
+        min_run_time: seconds of timed steps per model and round.
+        reference: model the ratio column is normalised to (time per sample of model / of reference, the
+            paper's "training ratio" at the step level); must be in ``models``.
+        device: ``"cpu"`` or a CUDA device.
+        measure_memory: also measure the peak memory of one step.
+        progress: tqdm bars.
+
+    Returns:
+        One :class:`ModelRecord` per model, in the order given.
+
+    Raises:
+        ValueError: empty ``models``, ``reference`` not among them, or unknown names.
+    """
+    from longiseg.registry import build_model, model_info
+
+    _check_model_names(models)
+    if reference not in models:
+        raise ValueError(f"reference {reference!r} must be one of the benchmarked models {list(models)}")
+    device = torch.device(device)
+    print_header(
+        device,
+        {
+            "benchmark": "training step = forward + ImbalanceAwareLoss + backward + AdamW",
+            "config": f"2.5D: batch {batch_2d} x {patch_2d}^2 | 3D: batch {batch_3d} x {patch_3d}^3 | "
+            f"T={timepoints} | {rounds} interleaved rounds of >= {min_run_time} s",
+        },
+    )
+    records: list[ModelRecord] = []
+    steps: dict[str, Callable[[], None]] = {}
+    for name in tqdm(models, desc="build + first step", unit="model", disable=not progress):
+        dim = model_info(name).dim
+        patch = (patch_3d,) * 3 if dim == "3D" else (patch_2d,) * 2
+        bsz = batch_3d if dim == "3D" else batch_2d
+        rec = ModelRecord(name, dim, ())
+        try:
+            model = build_model(name).to(device).train()
+            channels = int(getattr(model, "in_channels", 1))
+            rec.params = sum(p.numel() for p in model.parameters())
+            rec.input_shape = (bsz, timepoints, channels, *patch)
+            step = _training_step(model, model_batch(model, bsz, patch, timepoints, device), device)
+            step()
+            steps[name] = step
+        except Exception as err:  # report and go on: one broken model must not hide the others
+            rec.error = f"{type(err).__name__}: {err}"
+        records.append(rec)
+    measured = time_interleaved(steps, rounds, min_run_time, label="training step", progress=progress) if steps else {}
+    by_name = {r.model: r for r in records}
+    for name, m in measured.items():
+        by_name[name].times = m.times
+        if measure_memory:
+            by_name[name].peak_bytes = peak_memory(steps[name], device)
+    _print_model_table(records, reference)
+    return records
+
+
+def _print_model_table(records: Sequence[ModelRecord], reference: str) -> None:
+    ref = next(r for r in records if r.model == reference)
+    ref_per_sample = ref.median / ref.input_shape[0] if ref.times else None
+    rows = []
+    for r in records:
+        if r.error:
+            rows.append([r.model, r.dim, "-", "-", "error", "-", "-", "-", "-"])
+            continue
+        per_sample = r.median / r.input_shape[0]
+        rows.append([
+            r.model, r.dim, "x".join(map(str, r.input_shape)), f"{r.params / 1e6:.2f}", r.median,
+            r.samples_per_second, r.voxels_per_second / 1e6 if r.voxels_per_second else None,
+            per_sample / ref_per_sample if ref_per_sample else None, format_bytes(r.peak_bytes),
+        ])
+    columns = ["model", "dim", "input (B,T,C,*S)", "params M", "step s", "samples/s", "Mvox/s",
+               f"time/sample vs {reference}", "peak MiB"]
+    print("\ntraining step (median of the timed steps)")
+    print(format_table(columns, rows))
+    for r in records:
+        if r.error:
+            print(f"error: {r.model}: {r.error}")
+
+
+def run_inference_benchmark(
+    models: Sequence[str],
+    spacing: int,
+    patch_2d: int,
+    patch_3d: int,
+    *,
+    batch_2d: int = 32,
+    rounds: int = 1,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Inference time of one synthetic demo case per model; prints the table.
+
+    The case is ``generate_demo_case(0)`` at ``spacing`` mm (2: 98x116x94 voxels, 4: 49x58x47; T=2, FLAIR + T2).
+    2.5D models run ``TriplanarInferer`` (all three planes, 50 % overlap, empty patches skipped, ``batch_2d``
+    patches per pass); 3D models ``SlidingWindowInferer3D`` (50 % overlap, one window per pass). Models are
+    untrained; only time matters. Each round is one untimed and one timed inference (``longiseg_bench.timing``
+    with ``min_run_time=0``), so lazy initialisation and compilation are not counted.
+
+    Returns:
+        One dict per model: ``model``, ``dim``, ``patch``, ``times`` (seconds), ``patches`` (tri-planar patches
+        computed), ``shape`` of the case.
+
+    Raises:
+        ValueError: unknown model names or bad sizes.
+    """
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+    from longiseg.inferers import SlidingWindowInferer3D, TriplanarInferer
+    from longiseg.registry import build_model, model_info
+
+    check_positive_int("spacing", spacing)
+    check_positive_int("patch_2d", patch_2d)
+    check_positive_int("patch_3d", patch_3d)
+    check_positive_int("rounds", rounds)
+    _check_model_names(models)
+    device = torch.device(device)
+    case, _ = generate_demo_case(0, DemoCohortConfig(spacing=spacing))
+    images = torch.as_tensor(case.images)
+    shape = tuple(images.shape)
+    print(f"\ninference of one case {'x'.join(map(str, shape))} (T, C, D, H, W) at {spacing} mm, overlap 0.5")
+    results = []
+    for name in tqdm(models, desc="inference", unit="model", disable=not progress):
+        dim = model_info(name).dim
+        model = build_model(name).to(device).eval()
+        if dim == "3D":
+            inferer: Any = SlidingWindowInferer3D(roi_size=patch_3d, overlap=0.5, batch_size=1, device=device,
+                                                  progress=False)
+            patch = f"{patch_3d}^3"
+        else:
+            inferer = TriplanarInferer(patch_size=patch_2d, overlap=0.5, batch_size=batch_2d, device=device,
+                                       progress=False)
+            patch = f"{patch_2d}^2"
+        def infer(inferer: Any = inferer, model: nn.Module = model) -> None:
+            inferer(model, images, case.brain_mask)
+
+        measured = time_interleaved({name: infer}, rounds, min_run_time=0.0, label="inference")
+        patches = sum(s["computed"] for s in getattr(inferer, "last_stats", {}).values()) or None
+        results.append({"model": name, "dim": dim, "patch": patch, "times": measured[name].times,
+                        "patches": patches, "shape": shape})
+    rows = [[r["model"], r["dim"], r["patch"], r["patches"], statistics.median(r["times"])] for r in results]
+    print(format_table(["model", "dim", "patch", "2.5D patches run", "case s (median)"], rows))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-2d", type=int, default=None)
     parser.add_argument("--patch-3d", type=int, default=None)
     parser.add_argument("--batch-3d", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per model")
+    parser.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=3,
+                        help="interleaved timing rounds (default 3)")
+    parser.add_argument("--min-run-time", type=float, default=0.2,
+                        help="seconds of timed steps per model and round (default 0.2)")
     parser.add_argument("--spacing", type=int, default=None, help="voxel size (mm) of the inference case")
     parser.add_argument("--inference-patch-2d", type=int, default=None, help="tri-planar patch side")
     parser.add_argument("--inference-window-3d", type=int, default=None, help="3D sliding-window side")
@@ -60,10 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference-models", nargs="+", default=None,
                         help="models for the inference timing (default: quick: segmast_ms; else all benchmarked)")
     args = parser.parse_args(argv)
-
-    import torch
-
-    from longiseg.benchmarking import run_inference_benchmark, run_model_benchmark
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -76,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_2d=args.batch_2d or b2,
         patch_3d=args.patch_3d or p3,
         batch_3d=args.batch_3d or b3,
-        repeats=args.repeats,
+        rounds=args.rounds,
+        min_run_time=args.min_run_time,
         reference="segmast_ms" if "segmast_ms" in models else models[0],
         device=args.device,
         measure_memory=not args.no_memory,

@@ -5,6 +5,8 @@ Usage::
     python benchmarks/bench_selective_scan.py            # full table (L = 1k, 4k, 16k; memory at L=16k, D=256)
     python benchmarks/bench_selective_scan.py --quick    # < 60 s: L = 1k, 4k, 1 rep; memory at L=4k, D=256
     python benchmarks/bench_selective_scan.py --quick --forward   # forward only, no autograd (inference)
+    python benchmarks/bench_selective_scan.py --device cuda --lengths 1024,4096,16384,65536 \
+        --methods triton,cuda,chunked                              # GPU: Triton vs mamba-ssm vs chunked
 
 Every configuration runs in its own subprocess so that peak memory is measured cleanly: on CPU as the rise of
 the process's peak resident set size (``ru_maxrss``) over its resident size just before the first timed call,
@@ -14,6 +16,8 @@ of the process is shown too because it is less sensitive to other load on a shar
 Methods (all compute the same selective scan: softplus(delta + bias), D skip, z gate; B=2, N=16):
   chunked    longiseg's chunked scan with the recomputing backward
   numba      longiseg's compiled CPU kernel (forward; backward = chunked's), when numba is installed
+  triton     longiseg's Triton kernels (forward and backward), CUDA only
+  cuda       mamba-ssm's CUDA kernel (selective_scan_fn), CUDA only, when mamba-ssm is installed
   reference  longiseg's sequential reference (autograd); at long L it is extrapolated linearly from a shorter run
   mambapy    mambapy's parallel scan (pscan) on (B, L, D, N) tensors built as mambapy's selective_scan does
   sdpa       torch scaled_dot_product_attention, one head of width D, causal, as a width-matched attention cost
@@ -34,7 +38,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-METHODS = ("chunked", "numba", "reference", "mambapy", "sdpa")
+METHODS = ("chunked", "numba", "triton", "cuda", "reference", "mambapy", "sdpa")
+CPU_ONLY, CUDA_ONLY = ("numba",), ("triton", "cuda")
 _FORWARD_ENV = "LONGISEG_BENCH_FORWARD_ONLY"
 
 
@@ -156,6 +161,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration")
     ap.add_argument("--forward", action="store_true", help="time the forward pass only, without autograd")
+    ap.add_argument("--lengths", default=None, help="comma-separated sequence lengths (default: 1k,4k,16k)")
+    ap.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument(
         "--worker", nargs=6, metavar=("METHOD", "L", "D", "REPS", "DEVICE", "THREADS"), help=argparse.SUPPRESS
     )
@@ -168,6 +175,8 @@ def main() -> None:
     if args.forward:
         os.environ[_FORWARD_ENV] = "1"  # inherited by the worker subprocesses
     lengths = (1024, 4096) if args.quick else (1024, 4096, 16384)
+    if args.lengths:
+        lengths = tuple(int(v) for v in args.lengths.split(","))
     reps = args.reps or (1 if args.quick else 3)
     ref_max = 256 if args.quick else 4096  # longest L the sequential reference really runs
     dim = 128
@@ -180,7 +189,14 @@ def main() -> None:
         f"{platform.processor() or ''}  cpus={os.cpu_count()}  {time.strftime('%Y-%m-%d %H:%M')}"
     )
     print(f"{'L':>6} {'method':>10} {'wall s':>9} {'cpu s':>9} {'peak MiB':>9} {'chunked speedup':>16}")
-    methods = [m for m in METHODS if m != "numba" or args.device == "cpu"]  # the numba kernel is CPU-only
+    methods = [m for m in METHODS if m not in (CUDA_ONLY if args.device == "cpu" else CPU_ONLY)]
+    if args.methods:
+        unknown = set(args.methods.split(",")) - set(METHODS)
+        if unknown:
+            ap.error(f"--methods: unknown {sorted(unknown)}; expected a subset of {','.join(METHODS)}")
+        methods = [m for m in METHODS if m in args.methods.split(",")]
+    if "chunked" not in methods:
+        methods.insert(0, "chunked")  # the speedup column's baseline
     for seqlen in lengths:
         rows: dict[str, dict] = {}
         for method in methods:
@@ -207,9 +223,12 @@ def main() -> None:
             print(
                 f"{seqlen:>6} {method:>10} {tag}{r['wall']:8.3f} {r['cpu']:9.3f} {_fmt_mem(r['peak'])} {speed:>16}"
             )
+        tri, cu = rows.get("triton", {}), rows.get("cuda", {})
+        if "wall" in tri and "wall" in cu:
+            print(f"{seqlen:>6} triton / mamba-ssm cuda: {tri['wall'] / cu['wall']:.2f}x")
     mem_len = 4096 if args.quick else 16384
     print(f"# peak memory, L={mem_len}, D=256 ({'forward' if args.forward else 'fwd+bwd'}, one call)")
-    for method in ("chunked",) if args.quick else ("chunked", "mambapy"):
+    for method in [m for m in ("chunked", "triton", "cuda", "mambapy") if m in methods][: 1 if args.quick else None]:
         r = _run(method, mem_len, 256, 1, args.device, args.threads)
         print(
             f"{mem_len:>6} {method:>10} "

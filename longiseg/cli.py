@@ -246,11 +246,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from longiseg.benchmarking import run_mixer_benchmark
+def _benchmark_folders() -> list[Path]:
+    """Where ``longiseg bench`` looks for the ``benchmarks/`` folder of a source checkout, in order.
 
-    run_mixer_benchmark(quick=args.quick, out_png=args.plot)
-    return 0
+    The checkout this package was imported from (an editable install), then ``./benchmarks``. A wheel does not
+    ship the benchmarks.
+    """
+    return [Path(__file__).resolve().parents[1] / "benchmarks", Path.cwd() / "benchmarks"]
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    searched = _benchmark_folders()
+    script = next((d / "bench_mixers.py" for d in searched if (d / "bench_mixers.py").is_file()), None)
+    if script is None:
+        raise FileNotFoundError(
+            "the benchmarks are not part of the installed package; in a source checkout of longiseg run "
+            "'make bench' or 'python benchmarks/bench_mixers.py --quick' (looked in "
+            + ", ".join(str(d) for d in searched) + ")")
+    cmd = [sys.executable, str(script), *(["--quick"] if args.quick else []),
+           *(["--plot", args.plot] if args.plot else [])]
+    return subprocess.call(cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("bench", help="Mamba (MaST) vs attention mixer benchmark: time and memory vs tokens")
+    p = sub.add_parser("bench", help="Mamba (MaST) vs attention mixer benchmark: time and memory vs tokens",
+                       description="Run benchmarks/bench_mixers.py of a source checkout of longiseg (the benchmarks "
+                                   "are not installed with the package; 'make bench' runs all of them).")
     p.add_argument("--quick", action="store_true", help="small sizes only (a few minutes on a 2-core CPU)")
     p.add_argument("--plot", default=None, help="write the time/memory plot (PNG) here")
     p.set_defaults(func=_cmd_bench)

@@ -94,38 +94,35 @@ def _write_yaml(path: Path, text: str) -> Path:
     return path
 
 
-def _shift_affine(ws: Path, dest: Path) -> Path:
+def _edit_first_prediction(ws: Path, dest: Path, edit: Callable[[np.ndarray, np.ndarray], tuple]) -> Path:
+    """A copy of the predictions whose first case's baseline mask is replaced by ``edit(voxels, affine)``."""
     shutil.copytree(ws / "preds", dest)
-    case = sorted(p for p in dest.iterdir())[0]
-    f = case / "baseline_mask.nii.gz"
+    f = sorted(p for p in dest.iterdir())[0] / "baseline_mask.nii.gz"
     img = nib.load(f)
-    aff = img.affine.copy()
-    aff[0, 3] += 10.0  # 10 mm shift
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), aff, img.header), f)
+    data, aff = edit(np.asarray(img.dataobj), img.affine.copy())
+    nib.save(nib.Nifti1Image(data, aff), f)
     return dest
+
+
+def _shift_affine(ws: Path, dest: Path) -> Path:
+    def shift(data: np.ndarray, aff: np.ndarray) -> tuple:
+        aff[0, 3] += 10.0  # 10 mm
+        return data, aff
+
+    return _edit_first_prediction(ws, dest, shift)
 
 
 def _non_binary(ws: Path, dest: Path) -> Path:
-    shutil.copytree(ws / "preds", dest)
-    case = sorted(p for p in dest.iterdir())[0]
-    f = case / "baseline_mask.nii.gz"
-    img = nib.load(f)
-    data = np.asarray(img.dataobj).astype(np.float32) * 0.5 + 0.25
-    nib.save(nib.Nifti1Image(data, img.affine), f)
-    return dest
+    return _edit_first_prediction(ws, dest, lambda d, a: (d.astype(np.float32) * 0.5 + 0.25, a))
+
+
+def _wrong_shape(ws: Path, dest: Path) -> Path:
+    return _edit_first_prediction(ws, dest, lambda d, a: (np.zeros((5, 5, 5), np.uint8), a))
 
 
 def _missing_case(ws: Path, dest: Path) -> Path:
     shutil.copytree(ws / "preds", dest)
     shutil.rmtree(sorted(p for p in dest.iterdir())[0])
-    return dest
-
-
-def _wrong_shape(ws: Path, dest: Path) -> Path:
-    shutil.copytree(ws / "preds", dest)
-    case = sorted(p for p in dest.iterdir())[0]
-    img = nib.load(case / "baseline_mask.nii.gz")
-    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), img.affine), case / "baseline_mask.nii.gz")
     return dest
 
 
@@ -299,6 +296,18 @@ ROWS = [
         (t / "out").mkdir(), (t / "out" / "summary.json").write_text("{}"), _evaluate(ws, t))[-1],
         r"already holds a report.*--overwrite"),
     Row("evaluate-one-folder", lambda ws, t: ["evaluate", str(ws / "cohort")], "give at least one prediction folder"),
+    # --- tune
+    Row("tune-missing-run", lambda ws, t: ["tune", str(t / "norun")], r"run folder .*norun does not exist"),
+    Row("tune-missing-checkpoint", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "best.pt"],
+        r"checkpoint .*best\.pt does not exist"),
+    Row("tune-without-split", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "last.pt"],
+        r"split\.json does not exist"),
+    Row("tune-device-bogus", lambda ws, t: ["tune", str(ws / "run"), "--device", "gpu"], r"--device 'gpu'"),
+    # --- cohort
+    Row("cohort-too-few-patients", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "3"], "num_patients"),
+    Row("cohort-num-test", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "8", "--num-test", "1"],
+        "num_test"),
+    Row("cohort-output-is-file", lambda ws, t: ["cohort", str(_file(t))], "OUT"),
     # --- demo (all refused before the cohort is written)
     Row("demo-negative-epochs", lambda ws, t: ["demo", "--output", str(t / "out"), "--epochs", "-1"], "epochs"),
     Row("demo-zero-steps", lambda ws, t: ["demo", "--output", str(t / "out"), "--steps-per-epoch", "0"],
@@ -383,15 +392,27 @@ def test_api_rejects_bad_input(row: tuple, tmp_path: Path) -> None:
         call(tmp_path)
 
 
+class _Overflowing(torch.nn.Module):
+    """A 2.5D model whose float32 logits overflow to inf - inf = NaN for inputs beyond about 1e19, as a
+    network's normalisation layers do when fed intensities it was never trained on."""
+
+    def forward(self, x: torch.Tensor):  # noqa: ANN201
+        from longiseg.networks.output import LongitudinalOutput
+
+        square = x[:, :, :1] * x[:, :, :1]
+        logits = square - square
+        return LongitudinalOutput(logits[:, 0], logits[:, 1:])
+
+
 def test_inferer_reports_non_finite_outputs() -> None:
     """Intensities of 1e20 overflow a model trained on z-scored input: a clear error, not NaN maps."""
     from longiseg.inferers.triplanar import TriplanarInferer
 
-    torch.manual_seed(0)
-    model = build_model("segmast", in_channels=1, num_timepoints=2, **TINY).eval()
-    images = torch.full((2, 1, 8, 32, 32), 1e20)
+    inferer = TriplanarInferer(patch_size=8, planes=("axial",), progress=False)
+    ok = inferer(_Overflowing(), torch.full((2, 1, 4, 8, 8), 3.0))
+    assert all(np.isfinite(a).all() for a in ok)
     with pytest.raises(ValueError, match="NaN/inf probabilities.*normalise"):
-        TriplanarInferer(patch_size=32, planes=("axial",), progress=False)(model, images)
+        inferer(_Overflowing(), torch.full((2, 1, 4, 8, 8), 1e20))
 
 
 def test_trainer_refuses_to_replace_a_run(tmp_path: Path) -> None:

@@ -1,58 +1,76 @@
-"""Smoke tests of the benchmark helpers (no timing assertions: the machine may be loaded)."""
+"""Smoke tests of the benchmark tooling in ``benchmarks/`` and of ``longiseg bench`` (no timing assertions: the
+machine may be loaded)."""
 
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from longiseg import benchmarking as bm
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # what ``python benchmarks/bench_x.py`` does for the scripts
+
+import bench_mixers  # noqa: E402
+import bench_models  # noqa: E402
+import longiseg_bench as lb  # noqa: E402
+
+from longiseg import cli  # noqa: E402
 
 
-def test_time_interleaved_runs_round_robin_and_returns_repeats() -> None:
+def test_time_interleaved_runs_round_robin_and_returns_measurements() -> None:
     order: list[str] = []
-    times = bm.time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
-                                repeats=3, warmup=1)
-    assert order == ["a", "b"] * 4  # warm-up round + 3 timed rounds, interleaved
-    assert set(times) == {"a", "b"} and all(len(v) == 3 and min(v) >= 0 for v in times.values())
+    measured = lb.time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                                   rounds=3, min_run_time=0.001)
+    runs = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    assert runs == ["a", "b"] * 3  # one block of calls per callable and round, interleaved
+    assert list(measured) == ["a", "b"]
+    assert all(m.times and m.median > 0 for m in measured.values())
 
 
-def test_median_is_the_median() -> None:
-    assert bm.median([5.0, 1.0, 3.0]) == 3.0
-    assert bm.median([4.0, 1.0, 3.0, 2.0]) == 2.5
-    with pytest.raises(ValueError, match="empty"):
-        bm.median([])
+def test_time_interleaved_keeps_the_thread_count() -> None:
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        lb.time_interleaved({"x": lambda: seen.append(torch.get_num_threads())}, rounds=1, min_run_time=0.0)
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {2}  # torch's Timer defaults to one thread; the benchmarks must not
 
 
 def test_time_interleaved_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="at least one"):
-        bm.time_interleaved({})
+        lb.time_interleaved({})
     with pytest.raises(TypeError, match="callable"):
-        bm.time_interleaved({"x": 3})  # type: ignore[dict-item]
-    with pytest.raises(ValueError, match="repeats"):
-        bm.time_interleaved({"x": lambda: None}, repeats=0)
+        lb.time_interleaved({"x": 3})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="rounds"):
+        lb.time_interleaved({"x": lambda: None}, rounds=0)
+    with pytest.raises(ValueError, match="min_run_time"):
+        lb.time_interleaved({"x": lambda: None}, min_run_time=-1.0)
 
 
 def test_header_prints_machine_torch_backend_threads(capsys: pytest.CaptureFixture[str]) -> None:
-    info = bm.print_header("cpu", {"benchmark": "smoke"})
+    info = lb.print_header("cpu", {"benchmark": "smoke"})
     out = capsys.readouterr().out
     for key in ("date", "cpu", "nproc", "load_average", "torch", "threads", "scan_backend", "benchmark"):
         assert f"{key}: " in out and key in info
     assert torch.__version__ in out
-    assert any(k in info["scan_backend"] for k in ("PyTorch", "mamba-ssm", "compiled CPU kernel"))
+    assert any(k in info["scan_backend"] for k in ("PyTorch", "mamba-ssm", "compiled CPU kernel", "Triton"))
 
 
 def test_format_table_and_row_length_check() -> None:
-    table = bm.format_table(["a", "b"], [[1, 0.123456], ["x", None]])
+    table = lb.format_table(["a", "b"], [[1, 0.123456], ["x", None]])
     lines = table.splitlines()
     assert lines[0].startswith("| a") and "0.123" in table and "-" in lines[-1]
     with pytest.raises(ValueError, match="rows\\[0\\]"):
-        bm.format_table(["a", "b"], [[1]])
+        lb.format_table(["a", "b"], [[1]])
 
 
 def test_peak_memory_sees_a_large_temporary_buffer() -> None:
-    if not bm.enable_cpu_memory_tracking():
+    if not lb.enable_cpu_memory_tracking():
         pytest.skip("CPU peak memory needs Linux + glibc")
     nbytes = 64 * 2**20
 
@@ -60,48 +78,49 @@ def test_peak_memory_sees_a_large_temporary_buffer() -> None:
         x = torch.ones(nbytes // 4)  # written, so resident
         del x
 
-    peak = bm.peak_memory(alloc)
+    peak = lb.peak_memory(alloc)
     assert peak is not None and 0.9 * nbytes <= peak <= 1.5 * nbytes
     with pytest.raises(TypeError, match="callable"):
-        bm.peak_memory(42)  # type: ignore[arg-type]
+        lb.peak_memory(42)  # type: ignore[arg-type]
 
 
 def test_find_crossing_interpolates_in_log_log() -> None:
     tokens = [100, 400, 1600]
     linear = [1.0, 4.0, 16.0]
     quadratic = [0.1, 1.6, 25.6]  # equals linear at 100 * 10**(1/1) = 1000 tokens
-    assert math.isclose(bm.find_crossing(tokens, quadratic, linear), 1000.0, rel_tol=1e-9)
-    assert bm.find_crossing(tokens, linear, [0.5, 2.0, 8.0]) is None
-    assert bm.find_crossing(tokens, [None, 1.6, 25.6], linear) is not None
+    assert math.isclose(bench_mixers.find_crossing(tokens, quadratic, linear), 1000.0, rel_tol=1e-9)
+    assert bench_mixers.find_crossing(tokens, linear, [0.5, 2.0, 8.0]) is None
+    assert bench_mixers.find_crossing(tokens, [None, 1.6, 25.6], linear) is not None
     with pytest.raises(ValueError, match="same length"):
-        bm.find_crossing(tokens, linear, [1.0])
+        bench_mixers.find_crossing(tokens, linear, [1.0])
 
 
 def test_build_mixer_shapes_and_unknown_name() -> None:
     x = torch.randn(1, 2, 8, 8, 16)
-    for name in bm.MIXERS:
-        assert bm.build_mixer(name, 16)(x).shape == x.shape
+    for name in bench_mixers.MIXERS:
+        assert bench_mixers.build_mixer(name, 16)(x).shape == x.shape
     with pytest.raises(ValueError, match="unknown mixer"):
-        bm.build_mixer("conv", 16)
+        bench_mixers.build_mixer("conv", 16)
 
 
-def test_run_mixer_benchmark_tiny(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_mixer_benchmark_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     png = tmp_path / "mixers.png"
-    records = bm.run_mixer_benchmark(quick=True, out_png=png, sizes=(8, 16), dim=8, repeats=1, progress=False,
-                                     json_path=tmp_path / "mixers.json")
+    records = bench_mixers.run_mixer_benchmark(sizes=(8, 16), dim=8, rounds=1, min_run_time=0.0, progress=False,
+                                               out_png=png, json_path=tmp_path / "mixers.json")
     out = capsys.readouterr().out
-    assert len(records) == 2 * 2 * len(bm.MIXERS)
+    assert len(records) == 2 * 2 * len(bench_mixers.MIXERS)
     assert all(r.times and r.median > 0 for r in records)
     assert "scan_backend" in out and "forward+backward" in out and "tokens" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "mixers.json").exists()
     with pytest.raises(ValueError, match="unknown mixer"):
-        bm.run_mixer_benchmark(mixers=("nope",))
+        bench_mixers.run_mixer_benchmark(mixers=("nope",))
 
 
 def test_run_mixer_benchmark_skips_hopeless_sizes(capsys: pytest.CaptureFixture[str]) -> None:
-    records = bm.run_mixer_benchmark(sizes=(4, 8), dim=8, repeats=1, mixers=("global_attn",),
-                                     max_call_seconds=0.0, measure_memory=False, progress=False)
+    records = bench_mixers.run_mixer_benchmark(sizes=(4, 8), dim=8, rounds=1, min_run_time=0.0,
+                                               mixers=("global_attn",), max_call_seconds=0.0, measure_memory=False,
+                                               progress=False)
     big = [r for r in records if r.size == 8]
     assert all(r.skipped and not r.times for r in big)
     assert "skipped" in capsys.readouterr().out
@@ -110,17 +129,42 @@ def test_run_mixer_benchmark_skips_hopeless_sizes(capsys: pytest.CaptureFixture[
 def test_model_batch_shapes_and_errors() -> None:
     model = torch.nn.Conv2d(2, 2, 1)
     model.in_channels = 2
-    images, base, prog = bm.model_batch(model, batch=4, patch=(8, 8), timepoints=3)
+    images, base, prog = bench_models.model_batch(model, batch=4, patch=(8, 8), timepoints=3)
     assert images.shape == (4, 3, 2, 8, 8) and base.shape == (4, 1, 8, 8) and prog.shape == (4, 2, 1, 8, 8)
     assert prog[:2].sum() == 0 and set(base.unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(ValueError, match="patch"):
-        bm.model_batch(model, batch=1, patch=(8,))
+        bench_models.model_batch(model, batch=1, patch=(8,))
     with pytest.raises(ValueError, match="timepoints"):
-        bm.model_batch(model, batch=1, patch=(8, 8), timepoints=1)
+        bench_models.model_batch(model, batch=1, patch=(8, 8), timepoints=1)
 
 
 def test_run_model_benchmark_validates_names() -> None:
     with pytest.raises(ValueError, match="unknown model"):
-        bm.run_model_benchmark(["no_such_model"], 32, 1, 32, 1, reference="no_such_model")
+        bench_models.run_model_benchmark(["no_such_model"], 32, 1, 32, 1, reference="no_such_model")
     with pytest.raises(ValueError, match="reference"):
-        bm.run_model_benchmark(["segmast_ms"], 32, 1, 32, 1, reference="segformer_ms")
+        bench_models.run_model_benchmark(["segmast_ms"], 32, 1, 32, 1, reference="segformer_ms")
+
+
+def test_longiseg_bench_runs_the_checkout_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    argv_file = tmp_path / "argv.txt"
+    (folder / "bench_mixers.py").write_text(
+        f"import sys\nopen({str(argv_file)!r}, 'w').write(' '.join(sys.argv[1:]))\nraise SystemExit(3)\n")
+    monkeypatch.setattr(cli, "_benchmark_folders", lambda: [tmp_path / "absent", folder])
+    assert cli.main(["bench", "--quick", "--plot", "x.png"]) == 3  # the script's exit code
+    assert argv_file.read_text() == "--quick --plot x.png"
+
+
+def test_longiseg_bench_without_a_checkout_says_where_the_benchmarks_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "_benchmark_folders", lambda: [tmp_path / "benchmarks"])
+    assert cli.main(["bench", "--quick"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("longiseg bench: error:") and "\n" not in err
+    assert "not part of the installed package" in err and "make bench" in err
+
+
+def test_the_checkout_has_the_benchmark_longiseg_bench_runs() -> None:
+    assert (cli._benchmark_folders()[0] / "bench_mixers.py").is_file()

@@ -18,12 +18,16 @@ from longiseg.data import (
     ManifestEntry,
     MaskSpec,
     find_cases,
+    find_mask_cases,
     layout,
     load_case,
     manifest_from_cases,
     plane_axes,
     read_manifest,
+    read_mask,
+    read_prediction,
     save_case,
+    save_prediction,
     validate_cases,
     write_manifest,
 )
@@ -248,6 +252,87 @@ def test_manifest_disagreeing_with_files(tmp_path: Path) -> None:
         find_cases(tmp_path)
 
 
+def test_manifest_timepoints_left_out_or_too_few(tmp_path: Path) -> None:
+    _write_cohort(tmp_path, 1, num_timepoints=3)
+    (tmp_path / "manifest.json").write_text(json.dumps({"cases": [{"case_id": "p0"}]}))
+    (entry,) = read_manifest(tmp_path / "manifest.json").cases
+    assert entry.num_timepoints is None and entry.patient_id == "p0"
+    assert find_cases(tmp_path)[0].num_timepoints == 3  # counted from the files, not a default of 2
+    write_manifest(tmp_path / "m.csv", read_manifest(tmp_path / "manifest.json"))
+    assert read_manifest(tmp_path / "m.csv").cases == (entry,)
+    # a manifest giving fewer timepoints than the folder holds is refused, never silently truncated
+    (tmp_path / "manifest.json").write_text(json.dumps({"cases": [{"case_id": "p0", "num_timepoints": 2}]}))
+    for call in (find_cases, find_mask_cases):
+        with pytest.raises(ValueError, match="manifest gives 2 timepoints.*timepoint 2"):
+            call(tmp_path)
+
+
+def test_find_mask_cases(tmp_path: Path) -> None:
+    """A reference folder: full cohort folders or masks only, with or without a manifest."""
+    _write_cohort(tmp_path / "full", 2, num_timepoints=3)
+    assert [(e.case_id, e.num_timepoints) for e in find_mask_cases(tmp_path / "full")] == [("p0", 3), ("p1", 3)]
+    masks = tmp_path / "masks"
+    for cid, t in (("a", 2), ("b", 3)):
+        (masks / cid).mkdir(parents=True)
+        for name in layout.prediction_filenames(t)["mask"]:
+            nib.save(nib.Nifti1Image(np.zeros((3, 3, 3), np.uint8), np.eye(4)), masks / cid / name)
+    (masks / "not_a_case").mkdir()
+    found = find_mask_cases(masks)
+    assert [(e.case_id, e.patient_id, e.num_timepoints, e.progression) for e in found] == [
+        ("a", "a", 2, None), ("b", "b", 3, None)]
+    (masks / "manifest.json").write_text(json.dumps({"cases": [{"case_id": "b", "patient_id": "P"}]}))
+    assert [(e.case_id, e.patient_id, e.num_timepoints) for e in find_mask_cases(masks)] == [("b", "P", 3)]
+    # the manifest parser is train's: a bad id or a duplicate is refused
+    (masks / "manifest.json").write_text(json.dumps({"cases": [{"case_id": "../b"}]}))
+    with pytest.raises(ValueError, match="path separator"):
+        find_mask_cases(masks)
+    (masks / "manifest.json").unlink()
+    (masks / "b" / layout.progression_filename(1)).unlink()
+    with pytest.raises(FileNotFoundError, match=r"case 'b': missing file\(s\): .*progression_t1"):
+        find_mask_cases(masks)
+    with pytest.raises(FileNotFoundError, match="no case folders"):
+        find_mask_cases(masks / "not_a_case")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_mask_cases(tmp_path / "absent")
+
+
+def test_read_mask_and_prediction(tmp_path: Path) -> None:
+    aff = np.diag([0.5, 1.0, 2.0, 1.0])
+    case = tmp_path / "c1"
+    case.mkdir()
+    mask = np.zeros((4, 5, 6), np.uint8)
+    mask[1, 2, 3] = 1
+    for i, name in enumerate(layout.prediction_filenames(3)["mask"]):
+        nib.save(nib.Nifti1Image(np.roll(mask, i, axis=0), aff), case / name)
+    for i, name in enumerate(layout.prediction_filenames(3)["prob"]):
+        nib.save(nib.Nifti1Image(np.full((4, 5, 6), 0.25 * i, np.float32), aff), case / name)
+    arr, affine, spacing = read_mask(case / layout.BASELINE_MASK)
+    assert arr.dtype == np.uint8 and np.array_equal(arr, mask) and spacing == (0.5, 1.0, 2.0)
+    np.testing.assert_array_equal(affine, aff)
+    vols, affine, spacing = read_prediction(tmp_path, "c1", 3)
+    assert vols.shape == (3, 4, 5, 6) and vols.dtype == np.uint8 and np.array_equal(vols[2], np.roll(mask, 2, 0))
+    probs, _, _ = read_prediction(tmp_path, "c1", 3, "prob")
+    assert probs.dtype == np.float32 and probs[:, 0, 0, 0].tolist() == [0.0, 0.25, 0.5]
+    with pytest.raises(FileNotFoundError, match="entropy"):
+        read_prediction(tmp_path, "c1", 3, "entropy")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        read_prediction(tmp_path, "c1", 3, "logits")
+    with pytest.raises(ValueError, match="case id"):
+        read_prediction(tmp_path, "..", 3)
+    nib.save(nib.Nifti1Image(np.full((4, 5, 6), 1.5, np.float32), aff), case / "progression_t2_prob.nii.gz")
+    with pytest.raises(ValueError, match=r"progression_t2_prob.nii.gz must hold probabilities in \[0, 1\]"):
+        read_prediction(tmp_path, "c1", 3, "prob")
+    nib.save(nib.Nifti1Image(mask * 2, aff), case / layout.BASELINE_MASK)
+    with pytest.raises(ValueError, match=r"baseline_mask.nii.gz must be binary .*\[2\]"):
+        read_prediction(tmp_path, "c1", 3)
+    nib.save(nib.Nifti1Image(mask[:3], aff), case / layout.BASELINE_MASK)
+    with pytest.raises(ValueError, match="progression_t1.nii.gz lies on another grid than baseline_mask"):
+        read_prediction(tmp_path, "c1", 3)
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 2), np.uint8), aff), case / layout.BASELINE_MASK)
+    with pytest.raises(ValueError, match="3D volume"):
+        read_mask(case / layout.BASELINE_MASK)
+
+
 def test_mask_spec_rules(tmp_path: Path) -> None:
     a = np.zeros((4, 4, 4), dtype=np.int16)
     b = np.zeros((4, 4, 4), dtype=np.int16)
@@ -273,3 +358,31 @@ def test_mask_spec_rules(tmp_path: Path) -> None:
         MaskSpec((pa,), "union")
     with pytest.raises(ValueError, match="needs 2 file"):
         MaskSpec((pa,), "growth")
+
+
+def test_save_prediction_round_trip(tmp_path: Path) -> None:
+    aff = np.diag([0.5, 1.0, 2.0, 1.0])
+    rng = np.random.default_rng(0)
+    masks = [rng.random((4, 5, 6)) > 0.5 for _ in range(3)]
+    probs = [rng.random((4, 5, 6)) for _ in range(3)]
+    written = save_prediction(tmp_path, "c1", aff, {"mask": masks, "prob": probs})
+    assert [p.name for p in written["prob"]] == layout.prediction_filenames(3)["prob"]
+    assert sorted(p.name for p in (tmp_path / "c1").iterdir()) == sorted(
+        layout.prediction_filenames(3)["mask"] + layout.prediction_filenames(3)["prob"])
+    vols, affine, spacing = read_prediction(tmp_path, "c1", 3)
+    assert np.array_equal(vols, np.stack(masks)) and spacing == (0.5, 1.0, 2.0)
+    np.testing.assert_array_equal(affine, aff)
+    got, _, _ = read_prediction(tmp_path, "c1", 3, "prob")
+    np.testing.assert_array_equal(got, np.stack(probs).astype(np.float32))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_prediction(tmp_path, "c1", aff, {"mask": masks})
+    save_prediction(tmp_path, "c1", aff, {"mask": masks[:2]}, overwrite=True)  # replaces the folder as a whole
+    assert sorted(p.name for p in (tmp_path / "c1").iterdir()) == sorted(layout.prediction_filenames(2)["mask"])
+    for bad, match in (({"mask": masks[:1]}, ">= 2"), ({"prob": probs}, "must hold 'mask'"),
+                       ({"mask": masks, "prob": probs[:2]}, r"volumes\['prob'\] must be 3 volumes"),
+                       ({"mask": [m * 2 for m in masks]}, "binary")):
+        with pytest.raises(ValueError, match=match):
+            save_prediction(tmp_path, "c2", aff, bad)
+    assert not (tmp_path / "c2").exists()
+    with pytest.raises(ValueError, match="case id"):
+        save_prediction(tmp_path, "../c3", aff, {"mask": masks})

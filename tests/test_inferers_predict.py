@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -10,14 +11,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from longiseg.data.layout import BRAIN_MASK, image_filename, prediction_filenames
+from longiseg.data import LongitudinalCase, load_case
+from longiseg.data.layout import BRAIN_MASK, MANIFEST_JSON, image_filename, prediction_filenames
 from longiseg.inferers import (
     TriplanarInferer,
     binary_entropy,
     postprocess,
     predict_case,
     predict_folder,
-    read_case_images,
     spacing_from_affine,
 )
 from longiseg.networks.output import LongitudinalOutput
@@ -168,6 +169,10 @@ def _write_case(
         nib.save(nib.Nifti1Image(brain.astype(np.uint8), aff), d / BRAIN_MASK)
 
 
+def _probabilities(folder: Path) -> list[np.ndarray]:
+    return [nib.load(folder / n).get_fdata() for n in prediction_filenames(2)["prob"]]
+
+
 def test_predict_folder_round_trip(tmp_path: Path) -> None:
     img, aff = _images(t=2, c=2), _affine()
     brain = np.zeros(SHAPE, bool)
@@ -175,15 +180,6 @@ def test_predict_folder_round_trip(tmp_path: Path) -> None:
     _write_case(tmp_path / "in", "p1", img, aff, brain=brain)
     _write_case(tmp_path / "in", "p2", img[:, ::-1].copy(), aff)
     (tmp_path / "in" / "not_a_case").mkdir()
-
-    case = read_case_images(tmp_path / "in" / "p1")
-    assert case.modalities == ("flair", "t2") and case.images.shape == (2, 2, *SHAPE)
-    np.testing.assert_array_equal(case.images, img)
-    np.testing.assert_allclose(case.spacing, (0.8, 1.0, 2.5), rtol=1e-6)
-    np.testing.assert_array_equal(case.brain_mask, brain)
-    assert (
-        read_case_images(tmp_path / "in" / "p1", ["t2", "flair"]).images[0, 0].tolist() == img[0, 1].tolist()
-    )
 
     out = tmp_path / "out"
     res = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False)
@@ -207,17 +203,56 @@ def test_predict_folder_round_trip(tmp_path: Path) -> None:
         predict_folder(Voxelwise(), tmp_path / "in", out, case_ids=["nope"], progress=False)
 
 
-def test_read_case_errors(tmp_path: Path) -> None:
+def test_predict_folder_reads_cases_as_training_does(tmp_path: Path) -> None:
+    """The data layer lists and reads the cases: the manifest's modality order, a custom reader's case."""
     img, aff = _images(t=2, c=2), _affine()
-    _write_case(tmp_path, "a", img, aff)
-    (tmp_path / "a" / image_filename(1, "t2")).unlink()
-    with pytest.raises(FileNotFoundError, match="t1_t2"):
-        read_case_images(tmp_path / "a")
+    _write_case(tmp_path / "in", "p1", img, aff)
+    _write_case(tmp_path / "in", "p2", img[:, ::-1].copy(), aff)  # channels swapped: "flair" holds t2
+    predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "sorted", case_ids=["p1"], inferer=_inferer(),
+                   progress=False)
+    predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "given", modalities=["t2", "flair"],
+                   case_ids=["p2"], inferer=_inferer(), progress=False)
+    manifest = '{"modalities": ["t2", "flair"], "cases": [{"case_id": "p2"}]}'
+    (tmp_path / "in" / MANIFEST_JSON).write_text(manifest)
+    res = predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "manifest", inferer=_inferer(),
+                         progress=False)
+    assert list(res) == ["p2"]  # the manifest's cases only
+    for folder in ("given", "manifest"):
+        for a, b in zip(_probabilities(tmp_path / "sorted" / "p1"), _probabilities(tmp_path / folder / "p2")):
+            np.testing.assert_array_equal(a, b)
+
+    seen: list[tuple[str, object]] = []
+
+    def brighter(case_dir: Path, modalities: object) -> LongitudinalCase:
+        seen.append((case_dir.name, modalities))
+        case = load_case(case_dir)
+        return case.with_arrays(images=case.images * 0.5)
+
+    predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "custom", reader=brighter,
+                   modalities=["flair", "t2"], inferer=_inferer(), progress=False)
+    assert seen == [("p2", ["flair", "t2"])]
+    predict_case(Voxelwise(), img[:, ::-1] * 0.5, aff, None, tmp_path / "direct", "p2", inferer=_inferer())
+    for a, b in zip(_probabilities(tmp_path / "custom" / "p2"), _probabilities(tmp_path / "direct" / "p2")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_predict_folder_errors_before_any_case(tmp_path: Path) -> None:
+    img, aff = _images(t=2, c=2), _affine()
+    _write_case(tmp_path / "in", "a", img, aff)
+    _write_case(tmp_path / "in", "b", img, aff)
+    (tmp_path / "in" / "b" / image_filename(1, "t2")).unlink()
+    with pytest.raises(FileNotFoundError, match="case 'b': missing image .*t1_t2"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", inferer=_inferer(), progress=False)
+    assert not (tmp_path / "out").exists()  # case "a" was not predicted either
+    shutil.rmtree(tmp_path / "in" / "b")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no image files"):
-        read_case_images(tmp_path / "empty")
-    _write_case(tmp_path, "gap", img, aff, mods=("flair", "t2"))
-    (tmp_path / "gap" / image_filename(0, "flair")).rename(tmp_path / "gap" / image_filename(2, "flair"))
-    (tmp_path / "gap" / image_filename(0, "t2")).rename(tmp_path / "gap" / image_filename(2, "t2"))
-    with pytest.raises(ValueError, match="0..T-1"):
-        read_case_images(tmp_path / "gap")
+    with pytest.raises(FileNotFoundError, match="no case folders"):
+        predict_folder(Voxelwise(), tmp_path / "empty", tmp_path / "out", progress=False)
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        predict_folder(Voxelwise(), tmp_path / "absent", tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="case id"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", case_ids=[".."], progress=False)
+    nib.save(nib.Nifti1Image(np.full(SHAPE, 2, np.uint8), aff), tmp_path / "in" / "a" / BRAIN_MASK)
+    with pytest.raises(ValueError, match="brain_mask.nii.gz must be binary"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", case_ids=["a"], inferer=_inferer(),
+                       progress=False)

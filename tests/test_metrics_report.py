@@ -6,12 +6,15 @@ import csv
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
+from longiseg.cli import main as cli_main
 from longiseg.data.layout import BASELINE_MASK, MANIFEST_JSON, progression_filename
+from longiseg.data.loading import find_mask_cases
 from longiseg.metrics.aggregate import ResultsTable
-from longiseg.metrics.evaluate import evaluate_folder, list_cases, main, read_patient_ids, write_report
+from longiseg.metrics.evaluate import evaluate_folder, write_report
 from longiseg.metrics.report import box_plot, format_paper_table, paper_table_rows, write_csv, write_json
 from longiseg.utils.io import atomic_save_nifti
 
@@ -64,8 +67,9 @@ def folders(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def test_evaluate_folder_rows_and_patients(folders: tuple[Path, Path, Path]) -> None:
     gt, good, bad = folders
-    assert list_cases(gt) == {"c1": [1], "c2": [1], "c3": [1, 2]}
-    assert read_patient_ids(gt) == {"c1": "P1", "c2": "P1", "c3": "P2"}
+    # the manifest gives patient ids and leaves out num_timepoints: c3's three are counted from its files
+    assert [(e.case_id, e.patient_id, e.num_timepoints) for e in find_mask_cases(gt)] == [
+        ("c1", "P1", 2), ("c2", "P1", 2), ("c3", "P2", 3)]
     res = evaluate_folder(good, gt, progress=False)
     t = res.table
     assert len(t) == 7 and t.model == "good"
@@ -155,15 +159,34 @@ def test_evaluate_errors(folders: tuple[Path, Path, Path], tmp_path: Path) -> No
         evaluate_folder(good, gt, progress=False)
     with pytest.raises(ValueError, match="is not a folder"):
         evaluate_folder(tmp_path / "nope", gt, progress=False)
-    with pytest.raises(ValueError, match="holds no case folder"):
-        list_cases(tmp_path / "gt" / "c1")
+    with pytest.raises(FileNotFoundError, match="no case folders with a baseline_mask"):
+        evaluate_folder(good, tmp_path / "gt" / "c1", progress=False)
     shape_bad = tmp_path / "shape_bad"
-    for c, fus in list_cases(gt).items():
-        save(shape_bad / c / BASELINE_MASK, np.zeros((4, 4, 4), np.uint8))
-        for i in fus:
-            save(shape_bad / c / progression_filename(i), np.zeros((4, 4, 4), np.uint8))
+    for e in find_mask_cases(gt):
+        save(shape_bad / e.case_id / BASELINE_MASK, np.zeros((4, 4, 4), np.uint8))
+        for i in range(1, e.num_timepoints):
+            save(shape_bad / e.case_id / progression_filename(i), np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(ValueError, match=r"case c1: prediction .* has shape \(4, 4, 4\)"):
         evaluate_folder(shape_bad, gt, progress=False)
+
+
+def test_reference_manifest_is_read_as_training_reads_it(folders: tuple[Path, Path, Path]) -> None:
+    """One manifest parser: what train refuses, evaluate refuses; listed cases only; .nii files accepted."""
+    gt, good, _ = folders
+    manifest = json.loads((gt / MANIFEST_JSON).read_text())
+    (gt / MANIFEST_JSON).write_text(json.dumps({"cases": [{"case_id": "c3", "patient_id": "P2"}]}))
+    res = evaluate_folder(good, gt, progress=False)
+    assert {r["case_id"] for r in res.table.rows} == {"c3"}
+    for bad_rows, match in (([{"case_id": "../c1"}], "path separator"), ([{"case_id": "c1"}] * 2, "duplicate"),
+                            ([{"case_id": "c1", "progression": "maybe"}], "progression must be")):
+        (gt / MANIFEST_JSON).write_text(json.dumps({"cases": bad_rows}))
+        with pytest.raises(ValueError, match=match):
+            evaluate_folder(good, gt, progress=False)
+    (gt / MANIFEST_JSON).write_text(json.dumps(manifest))
+    src = good / "c1" / BASELINE_MASK
+    nib.save(nib.load(src), good / "c1" / "baseline_mask.nii")
+    src.unlink()
+    assert len(evaluate_folder(good, gt, progress=False).table) == 7
 
 
 def test_command_line(
@@ -172,8 +195,9 @@ def test_command_line(
     gt, good, bad = folders
     out = tmp_path / "cli"
     assert (
-        main(
+        cli_main(
             [
+                "evaluate",
                 str(good),
                 str(bad),
                 str(gt),
@@ -192,5 +216,5 @@ def test_command_line(
     assert "good" in printed and "bad" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["protocol"]["name"] == "tdw" and summary["protocol"]["matching"] == "overlap"
-    assert main([str(gt)]) == 2  # one folder only: a one-line error, exit code 2
+    assert cli_main(["evaluate", str(gt)]) == 2  # one folder only: a one-line error, exit code 2
     assert "give at least one prediction folder" in capsys.readouterr().err

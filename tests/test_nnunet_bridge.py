@@ -206,6 +206,13 @@ def test_convert_longiseg_dataset_and_import_predictions(tmp_path: Path, rng: np
     out = tmp_path / "pred" / "p1"
     assert np.array_equal(np.asarray(nib.load(out / BASELINE_MASK).dataobj).astype(bool), masks[0])
     assert np.array_equal(np.asarray(nib.load(out / progression_filename(2)).dataobj).astype(bool), masks[2])
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred")
+    assert len(import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred", overwrite=True)) == 5
+    (folder / "labelsTr" / "p1_fu1.nii.gz").unlink()  # p1 now starts at its second pair
+    with pytest.raises(ValueError, match=r"case 'p1' must be the pairs p1_fu1 .*found follow-ups \[2\]"):
+        import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred2")
+    assert not (tmp_path / "pred2").exists()  # refused before anything is written
 
 
 def test_convert_errors(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -216,5 +223,26 @@ def test_convert_errors(tmp_path: Path, rng: np.random.Generator) -> None:
     (tmp_path / "p1").mkdir()
     _write_longiseg_case(tmp_path, "p1", [rng.random(SHAPE) > 0.5, rng.random(SHAPE) > 0.5], rng)
     (tmp_path / "p1" / image_filename(1, "t2")).unlink()
-    with pytest.raises(FileNotFoundError, match="lacks modalities"):
+    with pytest.raises(FileNotFoundError, match="case .p1.: missing image .*t1_t2"):
         convert_longiseg_dataset(tmp_path, tmp_path / "raw", 1, "A", modalities=["flair", "t2"])
+
+
+def test_convert_reads_cases_as_training_does(tmp_path: Path, rng: np.random.Generator) -> None:
+    """The data layer lists and reads the cases: the manifest's cases and channel order, binary masks only."""
+    root = tmp_path / "data"
+    masks = [rng.random(SHAPE) > 0.7, rng.random(SHAPE) > 0.9]
+    for case in ("p1", "p2"):
+        (root / case).mkdir(parents=True)
+        _write_longiseg_case(root, case, masks, rng)
+    manifest = {"modalities": ["t2", "flair"], "cases": [{"case_id": "p2"}]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    folder = convert_longiseg_dataset(root, tmp_path / "raw", 503, "Manifest")
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert check_nnunet_raw_dataset(folder)["cases"] == ["p2_fu1"]
+    assert list(meta["channel_names"].values()) == ["prior_t2", "prior_flair", "current_t2", "current_flair"]
+    src = nib.load(root / "p2" / image_filename(0, "t2")).get_fdata()
+    assert np.allclose(nib.load(folder / "imagesTr" / "p2_fu1_0000.nii.gz").get_fdata(), src)
+    # a label value 2 in a binary mask is an error naming the file, not silently read as lesion
+    nib.save(nib.Nifti1Image(masks[0].astype(np.uint8) * 2, np.eye(4)), root / "p2" / BASELINE_MASK)
+    with pytest.raises(ValueError, match=r"p2/baseline_mask.nii.gz must be binary"):
+        convert_longiseg_dataset(root, tmp_path / "raw", 504, "Bad")

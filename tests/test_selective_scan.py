@@ -312,8 +312,8 @@ def test_backend_by_argument_and_env(monkeypatch, no_mamba):
     monkeypatch.setenv("LONGISEG_SCAN_BACKEND", "fastest")
     with pytest.raises(ValueError, match="environment variable LONGISEG_SCAN_BACKEND"):
         resolve_backend(None, cpu)
-    with pytest.raises(ValueError, match="unknown selective-scan backend 'triton'"):
-        resolve_backend("triton", cpu)
+    with pytest.raises(ValueError, match="unknown selective-scan backend 'tpu'"):
+        resolve_backend("tpu", cpu)
 
 
 def test_backend_choice_changes_the_implementation(monkeypatch):

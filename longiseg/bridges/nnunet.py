@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from longiseg.data.layout import BASELINE_MASK, check_case_id, find_nifti, progression_filename, scan_images
+from longiseg.data.layout import check_case_id
+from longiseg.data.loading import find_cases, load_case, save_prediction
 from longiseg.utils.io import atomic_save_nifti, atomic_write_json, load_nifti
 from longiseg.utils.validation import check_binary, check_finite, check_same_shape
 
@@ -273,18 +274,22 @@ def convert_longiseg_dataset(
 ) -> Path:
     """Write a longiseg-layout dataset as an nnU-Net raw dataset with the 4-class labels.
 
-    Each case folder ``root/CASE`` with ``T`` timepoints gives ``T - 1`` nnU-Net cases ``CASE_fu{t}``, one
-    per successive pair ``(t-1, t)``: channels are the prior's modalities then the current's
-    (``prior_flair, prior_t2, current_flair, current_t2``), the prior mask is the lesion mask at ``t-1``
-    (``baseline_mask`` united with ``progression_t1 .. progression_t{t-1}``) and the progression mask is
-    ``progression_t{t}``. For two-timepoint data this is exactly the paper's baseline/follow-up pair.
+    Cases are listed and read by the data layer exactly as for training
+    (:func:`~longiseg.data.loading.find_cases` with masks required, :func:`~longiseg.data.loading.load_case`):
+    the manifest's cases and modalities when there is one, every file checked. Each case ``CASE`` with ``T``
+    timepoints gives ``T - 1`` nnU-Net cases ``CASE_fu{t}``, one per successive pair ``(t-1, t)``: channels
+    are the prior's modalities then the current's (``prior_flair, prior_t2, current_flair, current_t2``), the
+    prior mask is the lesion mask at ``t-1`` (``baseline_mask`` united with ``progression_t1 ..
+    progression_t{t-1}``) and the progression mask is ``progression_t{t}``. For two-timepoint data this is
+    exactly the paper's baseline/follow-up pair.
 
     Args:
-        root: dataset in longiseg's layout (see :mod:`longiseg.data.layout`).
+        root: cohort folder in longiseg's layout (see :mod:`longiseg.data.layout`), masks required.
         out_root: the ``nnUNet_raw`` folder.
         dataset_id: three-digit nnU-Net dataset id.
         name: nnU-Net dataset name.
-        modalities: modalities to use, in order; default: those of the first case, sorted.
+        modalities: modalities to use, in order; default: the manifest's, else each case's baseline
+            modalities sorted (all cases must then have the same).
         overwrite: replace existing files.
 
     Returns:
@@ -292,35 +297,26 @@ def convert_longiseg_dataset(
 
     Raises:
         FileNotFoundError: if ``root`` holds no case folder, or a case lacks an image or mask.
-        ValueError: on inconsistent modalities or shapes, ambiguous (``.nii`` and ``.nii.gz``) or unreadable
-            files.
+        ValueError: on inconsistent modalities or shapes, non-binary masks, ambiguous (``.nii`` and
+            ``.nii.gz``) or unreadable files, or a case id that nnU-Net does not accept.
     """
-    root = Path(root)
-    case_dirs = sorted(p for p in root.iterdir() if p.is_dir() and scan_images(p)) if root.is_dir() else []
-    if not case_dirs:
-        raise FileNotFoundError(f"no case folders with images like t0_flair.nii.gz found under {root}")
-    if modalities is None:
-        modalities = sorted(scan_images(case_dirs[0]).get(0, {}))
-    modalities = [m.lower() for m in modalities]
+    sources = find_cases(root, modalities=modalities, require_masks=True)  # every file name checked first
+    modalities = list(sources[0].modalities)
+    for source in sources:
+        if list(source.modalities) != modalities:
+            raise ValueError(f"case {source.case_id!r} has modalities {list(source.modalities)} but case "
+                             f"{sources[0].case_id!r} has {modalities}; pass modalities=[...] to choose")
 
     def cases() -> Iterable[NnUNetCase]:
-        for case_dir in case_dirs:
-            images = scan_images(case_dir)
-            num_t = max(images) + 1
-            if num_t < 2:
-                raise ValueError(f"case {case_dir.name} has a single timepoint; a pair needs at least two")
-            for t in range(num_t):
-                missing = [m for m in modalities if m not in images.get(t, {})]
-                if missing:
-                    raise FileNotFoundError(f"case {case_dir.name}: timepoint {t} lacks modalities {missing}")
-            prior_mask, affine = _load(find_nifti(case_dir, BASELINE_MASK) or case_dir / BASELINE_MASK)
-            prior_mask = prior_mask > 0
-            for t in range(1, num_t):
-                prog_name = progression_filename(t)
-                prog, _ = _load(find_nifti(case_dir, prog_name) or case_dir / prog_name)
-                prog = prog > 0
-                vols = [_load(images[tp][m])[0] for tp in (t - 1, t) for m in modalities]
-                yield NnUNetCase(f"{case_dir.name}_fu{t}", vols, masks_to_four_class(prior_mask, prog), affine)
+        for source in sources:
+            case = load_case(source)
+            assert case.baseline_mask is not None and case.progression_masks is not None  # require_masks
+            prior_mask = case.baseline_mask.astype(bool)
+            for t in range(1, case.num_timepoints):
+                prog = case.progression_masks[t - 1].astype(bool)
+                vols = [case.images[tp, c] for tp in (t - 1, t) for c in range(case.num_channels)]
+                labels = masks_to_four_class(prior_mask, prog)
+                yield NnUNetCase(f"{case.case_id}_fu{t}", vols, labels, case.affine)
                 prior_mask = prior_mask | prog
 
     channel_names = [f"prior_{m}" for m in modalities] + [f"current_{m}" for m in modalities]
@@ -334,20 +330,23 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
     """Turn nnU-Net's predicted 4-class maps ``CASE_fu{t}.nii.gz`` into longiseg's prediction layout.
 
     Writes ``out_root/CASE/baseline_mask.nii.gz`` (from the pair ``CASE_fu1``) and
-    ``out_root/CASE/progression_t{t}.nii.gz`` for every predicted pair, so ``longiseg evaluate`` can score
-    nnU-Net like any other model.
+    ``out_root/CASE/progression_t{t}.nii.gz`` for every predicted pair with
+    :func:`~longiseg.data.loading.save_prediction` (each case folder as a whole), so ``longiseg evaluate`` can
+    score nnU-Net like any other model.
 
     Args:
         pred_dir: folder with nnU-Net's predicted label maps.
         out_root: destination folder.
-        overwrite: replace existing files.
+        overwrite: replace existing case folders as a whole.
 
     Returns:
         The written files.
 
     Raises:
         FileNotFoundError: if ``pred_dir`` holds no ``*_fu{t}.nii.gz`` file.
-        ValueError: a ``CASE`` is not a single folder name (e.g. ``..``), or a prediction is unreadable.
+        FileExistsError: a case folder exists and ``overwrite`` is ``False``.
+        ValueError: a ``CASE`` is not a single folder name (e.g. ``..``), its pairs are not ``fu1 .. fu<n>``
+            without gaps, or a prediction is unreadable.
     """
     pred_dir, out_root = Path(pred_dir), Path(out_root)
     pattern = re.compile(r"^(.+)_fu(\d+)" + re.escape(FILE_ENDING) + "$")
@@ -355,17 +354,26 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
                    if (m := pattern.match(p.name)))
     if not found:
         raise FileNotFoundError(f"no predictions named CASE_fu<t>{FILE_ENDING} in {pred_dir}")
-    written = []
-    for case, _, path in found:
+    pairs: dict[str, list[tuple[int, Path]]] = {}
+    for case, t, path in found:
         check_case_id(case, where=f"nnU-Net prediction {path}")
-    for case, t, path in tqdm(found, desc="importing nnU-Net predictions", unit="pair"):
-        labels, affine = _load(path)
-        baseline, progression = four_class_to_masks(labels.astype(np.int16))
-        if t == 1:
-            written.append(atomic_save_nifti(baseline.astype(np.uint8), affine, out_root / case / BASELINE_MASK,
-                                             overwrite=overwrite))
-        written.append(atomic_save_nifti(progression.astype(np.uint8), affine,
-                                         out_root / case / progression_filename(t), overwrite=overwrite))
+        pairs.setdefault(case, []).append((t, path))
+    for case, case_pairs in pairs.items():
+        followups = [t for t, _ in case_pairs]
+        if followups != list(range(1, len(followups) + 1)):
+            raise ValueError(f"nnU-Net predictions of case {case!r} must be the pairs {case}_fu1 .. "
+                             f"{case}_fu<n> without gaps, found follow-ups {followups} in {pred_dir}")
+    written: list[Path] = []
+    for case, case_pairs in tqdm(pairs.items(), desc="importing nnU-Net predictions", unit="case"):
+        masks, affine = [], np.eye(4)
+        for t, path in case_pairs:
+            labels, pair_affine = _load(path)
+            baseline, progression = four_class_to_masks(labels.astype(np.int16))
+            if t == 1:
+                masks.append(baseline)
+                affine = pair_affine
+            masks.append(progression)
+        written += save_prediction(out_root, case, affine, {"mask": masks}, overwrite=overwrite)["mask"]
     return written
 
 

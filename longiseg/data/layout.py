@@ -43,6 +43,7 @@ __all__ = [
     "progression_filename",
     "prediction_filenames",
     "parse_image_filename",
+    "parse_progression_filename",
     "check_case_id",
     "nifti_stem",
     "find_nifti",
@@ -55,6 +56,7 @@ BASELINE_MASK = "baseline_mask.nii.gz"
 BRAIN_MASK = "brain_mask.nii.gz"
 
 _IMAGE_RE = re.compile(r"^t(\d+)_([A-Za-z0-9\-]+)\.nii(\.gz)?$")
+_PROGRESSION_RE = re.compile(r"^progression_t(\d+)\.nii(\.gz)?$")
 
 
 def image_filename(timepoint: int, modality: str) -> str:
@@ -92,6 +94,12 @@ def parse_image_filename(name: str | Path) -> tuple[int, str] | None:
     if m is None:
         return None
     return int(m.group(1)), m.group(2).lower()
+
+
+def parse_progression_filename(name: str | Path) -> int | None:
+    """``"progression_t2.nii.gz" -> 2`` (the follow-up); ``None`` for other files (``*_prob``, ...)."""
+    m = _PROGRESSION_RE.match(Path(name).name)
+    return None if m is None else int(m.group(1))
 
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")

@@ -18,7 +18,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
-from longiseg.utils.io import atomic_save_nifti, atomic_write, atomic_write_json, load_nifti
+from longiseg.utils.io import atomic_directory, atomic_save_nifti, atomic_write, atomic_write_json, load_nifti
 from longiseg.utils.logging import get_logger
+from longiseg.utils.validation import check_binary, check_timepoints
 
 __all__ = [
     "MaskSpec",
@@ -37,6 +38,7 @@ __all__ = [
     "ManifestEntry",
     "Manifest",
     "find_cases",
+    "find_mask_cases",
     "load_case",
     "load_cases",
     "validate_cases",
@@ -44,6 +46,9 @@ __all__ = [
     "write_manifest",
     "manifest_from_cases",
     "save_case",
+    "read_mask",
+    "read_prediction",
+    "save_prediction",
 ]
 
 _LOG = get_logger("longiseg.data")
@@ -170,12 +175,9 @@ class CaseSource:
 
 # --------------------------------------------------------------------------- loading
 def _read_label_map(path: Path, case_id: str) -> np.ndarray:
-    arr = np.asanyarray(load_nifti(path, what=f"case {case_id!r}: mask").dataobj)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise ValueError(f"case {case_id!r}: mask {path} contains NaN or infinite values")
-        if not np.array_equal(arr, np.round(arr)):
-            raise ValueError(f"case {case_id!r}: label map {path} holds non-integer values")
+    arr = _read_volume(path, f"case {case_id!r}: mask")[0]
+    if np.issubdtype(arr.dtype, np.floating) and not np.array_equal(arr, np.round(arr)):
+        raise ValueError(f"case {case_id!r}: label map {path} holds non-integer values")
     return arr
 
 
@@ -188,17 +190,9 @@ def _build_mask(spec: MaskSpec, case_id: str) -> np.ndarray:
     if spec.rule == "empty":
         shape = load_nifti(spec.files[0], what=f"case {case_id!r}: image", header_only=True).shape
         return np.zeros(shape[:3], dtype=np.uint8)
-    arrays = [_read_label_map(f, case_id) for f in spec.files]
     if spec.rule == "binary":
-        arr = arrays[0]
-        is_one = arr == 1
-        bad = ~(is_one | (arr == 0))
-        if bad.any():
-            raise ValueError(
-                f"case {case_id!r}: mask {spec.files[0]} must be binary (values 0/1), "
-                f"found values such as {np.unique(arr[bad])[:5].tolist()}"
-            )
-        return is_one.astype(np.uint8)
+        return read_mask(spec.files[0], what=f"case {case_id!r}: mask")[0]
+    arrays = [_read_label_map(f, case_id) for f in spec.files]
     if spec.rule == "labels":
         return _labelled(arrays[0], spec.labels).astype(np.uint8)
     a, b = (_labelled(x, spec.labels) for x in arrays)
@@ -209,10 +203,142 @@ def _build_mask(spec: MaskSpec, case_id: str) -> np.ndarray:
 
 def _read_image(path: Path, case_id: str) -> np.ndarray:
     """Read one image volume as float32, refusing NaN/inf intensities."""
-    arr = np.asanyarray(load_nifti(path, what=f"case {case_id!r}: image", dtype=np.float32).dataobj)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"case {case_id!r}: image {path} contains NaN or infinite values")
-    return arr
+    return _read_volume(path, f"case {case_id!r}: image", np.float32)[0]
+
+
+def _read_volume(path: PathLike, what: str, dtype: Any = None
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """``(voxels (D, H, W), affine (4, 4), spacing)`` of a single 3D volume with finite values."""
+    img = load_nifti(path, what=what, dtype=dtype)
+    arr = np.asanyarray(img.dataobj)
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise ValueError(f"{what} {path} must be a 3D volume (D, H, W), got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise ValueError(f"{what} {path} contains NaN or infinite values")
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return arr, np.asarray(img.affine, dtype=np.float64), spacing  # type: ignore[return-value]
+
+
+def read_mask(path: PathLike, *, what: str = "mask"
+              ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read one binary mask volume: a mask of a case, a reference mask or a predicted mask.
+
+    Args:
+        path: the NIfTI file.
+        what: what the file is, for messages (e.g. ``"case 'p0': mask"``).
+
+    Returns:
+        ``(mask, affine, spacing)``: the ``(D, H, W)`` uint8 mask in the file's index order, its ``(4, 4)``
+        voxel-to-world matrix and its voxel size in mm (the header's zooms).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: naming the file: unreadable, not one 3D volume, NaN/inf values, values other than 0 and 1.
+    """
+    arr, affine, spacing = _read_volume(path, what)
+    is_one = arr == 1
+    bad = ~(is_one | (arr == 0))
+    if bad.any():
+        values = np.unique(arr[bad])[:5].tolist()
+        raise ValueError(f"{what} {path} must be binary (values 0/1), found values such as {values}")
+    return is_one.astype(np.uint8), affine, spacing
+
+
+def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str = "mask", *,
+                    affine_atol: float = 1e-4) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read one kind of volume of a predicted case ``root/case_id/`` (as written by ``longiseg predict``).
+
+    Args:
+        root: prediction folder.
+        case_id: the case (a single folder name).
+        num_timepoints: the case's ``T``.
+        kind: ``"mask"`` (binary masks), ``"prob"`` (probabilities) or ``"entropy"`` (entropy maps); the
+            file names are :func:`~longiseg.data.layout.prediction_filenames` (``.nii.gz`` or ``.nii``).
+        affine_atol: absolute tolerance when comparing the files' affines.
+
+    Returns:
+        ``(volumes, affine, spacing)``: ``(T, D, H, W)`` volumes, the baseline first and then follow-ups
+        ``1 .. T-1`` (uint8 masks, float32 maps), the shared ``(4, 4)`` affine and voxel size in mm.
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: naming the file: unreadable, not 3D, a mask that is not binary, a probability outside
+            ``[0, 1]``, NaN/inf values, files of different shape or affine, a bad ``kind`` or case id.
+    """
+    names = layout.prediction_filenames(num_timepoints)
+    if kind not in names:
+        raise ValueError(f"kind must be one of {tuple(names)}, got {kind!r}")
+    folder = Path(root) / layout.check_case_id(case_id)
+    what = f"case {case_id!r}: predicted {kind}"
+    volumes: list[np.ndarray] = []
+    first: tuple[Path, np.ndarray, tuple[float, float, float]] | None = None
+    for name in names[kind]:
+        path = layout.find_nifti(folder, name) or folder / name
+        if kind == "mask":
+            arr, affine, spacing = read_mask(path, what=what)
+        else:
+            arr, affine, spacing = _read_volume(path, what, np.float32)
+            if kind == "prob" and (arr.min() < 0 or arr.max() > 1):
+                raise ValueError(f"{what} {path} must hold probabilities in [0, 1], found "
+                                 f"[{float(arr.min()):.3g}, {float(arr.max()):.3g}]")
+        if first is None:
+            first = (path, affine, spacing)
+        elif arr.shape != volumes[0].shape or not np.allclose(affine, first[1], rtol=0.0, atol=affine_atol):
+            raise ValueError(f"{what}: {path.name} lies on another grid than {first[0].name} (shape "
+                             f"{arr.shape} vs {volumes[0].shape}, or affines over {affine_atol} apart)")
+        volumes.append(arr)
+    assert first is not None
+    return np.stack(volumes), first[1], first[2]
+
+
+def save_prediction(
+    root: PathLike, case_id: str, affine: np.ndarray, volumes: Mapping[str, Sequence[np.ndarray]], *,
+    overwrite: bool = False,
+) -> dict[str, list[Path]]:
+    """Write one predicted case to ``root/case_id/`` in the layout (what :func:`read_prediction` reads).
+
+    The case folder is written as a whole, into a temporary folder that replaces ``root/case_id`` at the
+    end: readers (and ``longiseg predict --skip-existing``) see the complete case or none, never half of it.
+
+    Args:
+        root: prediction folder.
+        case_id: the case (a single folder name).
+        affine: ``(4, 4)`` voxel-to-world matrix of the input images; every file is written with it.
+        volumes: ``{"mask": [...], "prob": [...], "entropy": [...]}``: for each kind to write, ``T`` volumes
+            ``(D, H, W)``, the baseline first; ``"mask"`` is required. Masks (binary) are stored as uint8,
+            probability and entropy maps as float32, under :func:`~longiseg.data.layout.prediction_filenames`.
+        overwrite: replace an existing case folder as a whole; otherwise only a missing or empty one is
+            written.
+
+    Returns:
+        ``{kind: written paths}``, baseline first.
+
+    Raises:
+        FileExistsError: ``root/case_id`` exists, is not empty and ``overwrite`` is ``False``.
+        ValueError: a bad case id, unknown kinds, fewer than two volumes, volumes of different shapes or
+            counts, or a mask that is not binary.
+    """
+    folder = Path(root) / layout.check_case_id(case_id)
+    if "mask" not in volumes or set(volumes) - {"mask", "prob", "entropy"}:
+        raise ValueError(f"volumes must hold 'mask' and optionally 'prob', 'entropy'; got {sorted(volumes)}")
+    t = check_timepoints("len(volumes['mask']) (number of timepoints T)", len(volumes["mask"]))
+    shape = np.shape(volumes["mask"][0])
+    for kind, vols in volumes.items():
+        shapes = [np.shape(v) for v in vols]
+        if len(vols) != t or len(shape) != 3 or any(sh != shape for sh in shapes):
+            raise ValueError(f"volumes[{kind!r}] must be {t} volumes (D, H, W) shaped {shape}, got {shapes}")
+    for i, mask in enumerate(volumes["mask"]):
+        check_binary(f"volumes['mask'][{i}]", mask)
+    names = layout.prediction_filenames(t)
+    empty = folder.is_dir() and not any(folder.iterdir())
+    with atomic_directory(folder, overwrite=overwrite or empty) as tmp:
+        for kind, vols in volumes.items():
+            dtype = np.uint8 if kind == "mask" else np.float32
+            for arr, name in zip(vols, names[kind], strict=True):
+                atomic_save_nifti(arr, affine, tmp / name, overwrite=True, dtype=dtype)
+    return {kind: [folder / name for name in names[kind]] for kind in volumes}
 
 
 def _unambiguous(path: Path) -> bool:
@@ -508,6 +634,11 @@ def _source_from_folder(
             raise FileNotFoundError(f"case {case_id!r}: no baseline images (t0_*.nii.gz) in {folder}")
     mods = tuple(m.lower() for m in modalities)
     t_count = num_timepoints if num_timepoints is not None else max(found) + 1
+    if max(found) >= t_count:
+        raise ValueError(
+            f"case {case_id!r}: the manifest gives {t_count} timepoints but {folder} holds images of "
+            f"timepoint {max(found)}; correct num_timepoints or remove the extra files"
+        )
     if t_count < 2:
         raise ValueError(
             f"case {case_id!r}: needs at least 2 timepoints (a baseline and a follow-up), found {t_count} in {folder}"
@@ -542,6 +673,14 @@ def _source_from_folder(
     )
 
 
+def _cohort_manifest(root: Path) -> Manifest | None:
+    """The manifest of a cohort folder (``manifest.json``, else ``manifest.csv``), ``None`` without one."""
+    for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):
+        if (root / name).is_file():
+            return read_manifest(root / name)
+    return None
+
+
 def _scan_cohort(
     root: Path, modalities: Sequence[str] | None, require_masks: bool
 ) -> list[tuple[str, CaseSource | OSError | ValueError]]:
@@ -553,11 +692,7 @@ def _scan_cohort(
     """
     if not root.is_dir():
         raise FileNotFoundError(f"cohort folder {root} does not exist")
-    manifest = None
-    for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):
-        if (root / name).is_file():
-            manifest = read_manifest(root / name)
-            break
+    manifest = _cohort_manifest(root)
     found: list[tuple[str, CaseSource | OSError | ValueError]] = []
     if manifest is not None:
         mods = modalities if modalities is not None else (manifest.modalities or None)
@@ -616,14 +751,76 @@ def find_cases(
     return sources
 
 
+def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
+    """List the cases of a reference folder (masks in the library layout, images optional); no voxels read.
+
+    A case is a sub-folder holding ``baseline_mask.nii.gz`` and ``progression_t1 .. progression_t{T-1}``
+    (``.nii`` or ``.nii.gz``). With a manifest (read by :func:`read_manifest`, so exactly the manifests
+    :func:`find_cases` accepts) its cases, order and patient ids are used; otherwise every sub-folder
+    holding a baseline mask is a case of its own patient. ``T`` is the manifest's ``num_timepoints`` or,
+    where it is left out, counted from the files (the highest follow-up of the progression masks and images).
+
+    Args:
+        root: reference folder, e.g. a test cohort.
+
+    Returns:
+        One :class:`ManifestEntry` per case, ``num_timepoints`` always set.
+
+    Raises:
+        FileNotFoundError: ``root`` or a case folder is missing, ``root`` holds no case, or a case lacks a
+            mask (naming the files).
+        ValueError: a malformed manifest, an invalid case id, files of more timepoints than the manifest
+            gives, fewer than two timepoints, or a ``.nii`` and a ``.nii.gz`` of one mask.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"reference folder {root} does not exist")
+    manifest = _cohort_manifest(root)
+    if manifest is not None:
+        rows = list(manifest.cases)
+    else:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        rows = [ManifestEntry(p.name, "", None, None)
+                for p in folders if layout.find_nifti(p, layout.BASELINE_MASK)]
+        if not rows:
+            raise FileNotFoundError(f"no case folders with a {layout.BASELINE_MASK} found in {root}")
+    return [_mask_case(root, row) for row in rows]
+
+
+def _mask_case(root: Path, row: ManifestEntry) -> ManifestEntry:
+    """``row`` with its number of timepoints resolved, after checking that every mask of the case exists."""
+    folder = root / layout.check_case_id(row.case_id, where=f"case folder {root / row.case_id}")
+    cid = row.case_id
+    if not folder.is_dir():
+        raise FileNotFoundError(f"case {cid!r}: case folder {folder} does not exist")
+    followups = [layout.parse_progression_filename(f.name) for f in folder.iterdir()]
+    on_disk = max([0, *(i for i in followups if i is not None), *layout.scan_images(folder)]) + 1
+    t = row.num_timepoints if row.num_timepoints is not None else on_disk
+    if on_disk > t:
+        raise ValueError(f"case {cid!r}: the manifest gives {t} timepoints but {folder} holds files of "
+                         f"timepoint {on_disk - 1}; correct num_timepoints or remove the extra files")
+    if t < 2:
+        raise ValueError(f"case {cid!r}: needs at least 2 timepoints (a baseline and a follow-up), but "
+                         f"{folder} holds no {layout.progression_filename(1)}")
+    names = [layout.BASELINE_MASK] + [layout.progression_filename(i) for i in range(1, t)]
+    missing = [str(folder / n) for n in names if layout.find_nifti(folder, n) is None]
+    if missing:
+        raise FileNotFoundError(f"case {cid!r}: missing file(s): {', '.join(missing)}")
+    return ManifestEntry(cid, row.patient_id or cid, t, row.progression)
+
+
 # --------------------------------------------------------------------------- manifest
 @dataclass(frozen=True)
 class ManifestEntry:
-    """One manifest row: ``case_id``, ``patient_id``, ``num_timepoints`` and the ``progression`` flag."""
+    """One manifest row: ``case_id``, ``patient_id``, ``num_timepoints`` and the ``progression`` flag.
+
+    ``num_timepoints`` and ``progression`` are ``None`` where the manifest leaves them out; the number of
+    timepoints is then counted from the case's files.
+    """
 
     case_id: str
     patient_id: str
-    num_timepoints: int
+    num_timepoints: int | None
     progression: bool | None
 
 
@@ -661,12 +858,17 @@ def _entry(row: dict, where: str) -> ManifestEntry:
     if not isinstance(row["case_id"], (str, int)) or isinstance(row["case_id"], bool):
         raise ValueError(f"{where}: case_id must be a string, got {row['case_id']!r}")
     case_id = layout.check_case_id(str(row["case_id"]), where=where)
-    try:
-        t = int(row.get("num_timepoints", 2) or 2)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: num_timepoints must be an integer, got {row.get('num_timepoints')!r}") from exc
-    if t < 2:
-        raise ValueError(f"{where}: num_timepoints must be >= 2 (a baseline and a follow-up), got {t}")
+    raw_t = row.get("num_timepoints")
+    t = None
+    if raw_t is not None and raw_t != "":
+        try:
+            if isinstance(raw_t, bool) or (isinstance(raw_t, float) and not raw_t.is_integer()):
+                raise TypeError
+            t = int(raw_t)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: num_timepoints must be an integer, got {raw_t!r}") from exc
+        if t < 2:
+            raise ValueError(f"{where}: num_timepoints must be >= 2 (a baseline and a follow-up), got {t}")
     return ManifestEntry(
         case_id=case_id,
         patient_id=str(row.get("patient_id") or case_id),
@@ -680,7 +882,8 @@ def read_manifest(path: PathLike) -> Manifest:
 
     JSON: ``{"modalities": [...], "cases": [{"case_id", "patient_id", "num_timepoints", "progression"}]}``.
     CSV: columns ``case_id, patient_id, num_timepoints, progression`` and optionally ``modalities``
-    (``;``-separated, same on every row).
+    (``;``-separated, same on every row). Only ``case_id`` is required: ``patient_id`` defaults to the case
+    id, an absent ``num_timepoints`` is counted from the files, an absent ``progression`` from the masks.
 
     Raises:
         FileNotFoundError: the file is missing.
@@ -751,7 +954,8 @@ def write_manifest(path: PathLike, manifest: Manifest, *, overwrite: bool = True
         w.writerow(["case_id", "patient_id", "num_timepoints", "progression", "modalities"])
         for e in manifest.cases:
             flag = "" if e.progression is None else int(e.progression)
-            w.writerow([e.case_id, e.patient_id, e.num_timepoints, flag, ";".join(manifest.modalities)])
+            num_t = "" if e.num_timepoints is None else e.num_timepoints
+            w.writerow([e.case_id, e.patient_id, num_t, flag, ";".join(manifest.modalities)])
         text = buf.getvalue()
         return atomic_write(path, lambda fh: fh.write(text), overwrite=overwrite)
     raise ValueError(f"manifest path must end in .json or .csv, got {path.name}")

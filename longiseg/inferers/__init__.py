@@ -7,11 +7,10 @@ from longiseg.inferers.postprocessing import (
     threshold_probabilities,
 )
 from longiseg.inferers.predict import (
-    CaseImages,
+    CaseReader,
     Inferer,
     predict_case,
     predict_folder,
-    read_case_images,
     spacing_from_affine,
 )
 from longiseg.inferers.sliding_window import (
@@ -39,8 +38,7 @@ __all__ = [
     "binary_entropy",
     "MAX_BINARY_ENTROPY",
     "Inferer",
-    "CaseImages",
-    "read_case_images",
+    "CaseReader",
     "spacing_from_affine",
     "predict_case",
     "predict_folder",

@@ -3,40 +3,36 @@
 For a case ``CASE_ID`` with ``T`` timepoints the files of
 :func:`longiseg.data.layout.prediction_filenames` are written to ``OUT/CASE_ID/``: post-processed binary
 masks (uint8), averaged probabilities (float32) and binary entropy maps in nats (float32), each with the input
-affine, atomically, and never over an existing file unless ``overwrite=True``.
+affine, atomically, and never over an existing file unless ``overwrite=True``. Cases are found and read by
+the data layer (:func:`~longiseg.data.loading.find_cases`, :func:`~longiseg.data.loading.load_case`), as in
+training, and written by :func:`~longiseg.data.loading.save_prediction`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from longiseg.data.layout import (
-    BRAIN_MASK,
-    check_case_id,
-    image_filename,
-    parse_image_filename,
-    prediction_filenames,
-)
+from longiseg.data.case import LongitudinalCase
+from longiseg.data.layout import check_case_id, prediction_filenames
+from longiseg.data.loading import CaseSource, find_cases, load_case, save_prediction
 from longiseg.inferers.postprocessing import postprocess
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
-from longiseg.utils.io import atomic_directory, atomic_save_nifti
 from longiseg.utils.logging import get_logger
 
 __all__ = [
     "Inferer",
-    "CaseImages",
+    "CaseReader",
     "RESTRICT_OPTIONS",
     "spacing_from_affine",
-    "read_case_images",
     "predict_case",
     "predict_folder",
     "case_outputs_complete",
@@ -58,15 +54,9 @@ class Inferer(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-class CaseImages(NamedTuple):
-    """One case read from disk: ``images (T, C, D, H, W)`` float32, ``affine (4, 4)``, ``spacing`` in mm,
-    the optional binary ``brain_mask (D, H, W)`` and the modality order of the channel axis."""
-
-    images: np.ndarray
-    affine: np.ndarray
-    spacing: tuple[float, float, float]
-    brain_mask: np.ndarray | None
-    modalities: tuple[str, ...]
+#: Reads one case for :func:`predict_folder`: ``(case_dir, modalities) -> LongitudinalCase`` (images only
+#: or with masks); ``modalities`` is the channel order given to :func:`predict_folder` (``None``: default).
+CaseReader = Callable[[Path, Sequence[str] | None], LongitudinalCase]
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
@@ -82,54 +72,6 @@ def _check_affine(affine: np.ndarray | torch.Tensor) -> np.ndarray:
     if a.shape != (4, 4) or not np.isfinite(a).all():
         raise ValueError(f"affine must be a finite (4, 4) matrix, got shape {a.shape}")
     return a
-
-
-def read_case_images(case_dir: str | Path, modalities: Sequence[str] | None = None) -> CaseImages:
-    """Read one case folder of the library layout (``t{i}_{modality}.nii.gz``, optional brain mask).
-
-    Args:
-        case_dir: the case folder.
-        modalities: channel order; default: the modalities of timepoint 0, sorted by name.
-
-    Raises:
-        FileNotFoundError: no image files, or a timepoint lacks a modality.
-        ValueError: timepoints not numbered ``0..T-1``, or files whose shapes/affines disagree.
-    """
-    import nibabel as nib
-
-    case_dir = Path(case_dir)
-    found: dict[tuple[int, str], Path] = {}
-    for f in sorted(case_dir.iterdir()):
-        parsed = parse_image_filename(f.name)
-        if parsed is not None:
-            found[parsed] = f
-    if not found:
-        raise FileNotFoundError(f"no image files t<i>_<modality>.nii.gz in {case_dir}")
-    timepoints = sorted({tp for tp, _ in found})
-    if timepoints != list(range(len(timepoints))):
-        raise ValueError(f"{case_dir}: timepoints must be numbered 0..T-1, found {timepoints}")
-    mods = (
-        tuple(m.lower() for m in modalities) if modalities else tuple(sorted(m for tp, m in found if tp == 0))
-    )
-    volumes, affine, shape = [], None, None
-    for tp in timepoints:
-        for m in mods:
-            path = found.get((tp, m))
-            if path is None:
-                raise FileNotFoundError(f"{case_dir}: missing {image_filename(tp, m)}")
-            img = nib.load(path)
-            if shape is None:
-                affine, shape = img.affine, img.shape
-            elif img.shape != shape or not np.allclose(img.affine, affine, atol=1e-4):
-                raise ValueError(f"{path} does not share the shape/affine of the case's first image")
-            volumes.append(np.asarray(img.dataobj, dtype=np.float32))
-    images = np.stack(volumes).reshape(len(timepoints), len(mods), *shape)
-    brain = None
-    if (case_dir / BRAIN_MASK).exists():
-        bimg = nib.load(case_dir / BRAIN_MASK)
-        brain = np.asarray(bimg.dataobj) > 0
-    spacing = tuple(float(z) for z in nib.load(found[(0, mods[0])]).header.get_zooms()[:3])
-    return CaseImages(images, np.asarray(affine), spacing, brain, mods)  # type: ignore[arg-type]
 
 
 def predict_case(
@@ -212,18 +154,13 @@ def predict_case(
     base_mask = postprocess(base_prob, brain_mask=brain_np if restrict_to_brain == "both" else None, **pp)
     prog_mask = postprocess(prog_prob, brain_mask=brain_np if restrict_to_brain != "none" else None, **pp)
 
-    arrays = {
-        "mask": [base_mask.astype(np.uint8)] + [m.astype(np.uint8) for m in prog_mask],
-        "prob": [base_prob] + list(prog_prob),
-    }
+    volumes = {"mask": [base_mask] + list(prog_mask)}
+    if save_probabilities:
+        volumes["prob"] = [base_prob] + list(prog_prob)
     if save_entropy:
-        arrays["entropy"] = [binary_entropy(base_prob)] + [binary_entropy(p) for p in prog_prob]
+        volumes["entropy"] = [binary_entropy(base_prob)] + [binary_entropy(p) for p in prog_prob]
     # The case folder appears complete or not at all: an interrupted case leaves only a temporary folder.
-    empty_folder = case_out.is_dir() and not any(case_out.iterdir())
-    with atomic_directory(case_out, overwrite=overwrite or empty_folder) as tmp:
-        for kind, paths in targets.items():
-            for arr, path in zip(arrays[kind], paths, strict=True):
-                atomic_save_nifti(arr, aff, tmp / path.name, overwrite=True)
+    targets = save_prediction(out_dir, case_id, aff, volumes, overwrite=overwrite)
     logger.info("wrote %d files for case %s to %s", sum(len(p) for p in targets.values()), case_id, case_out)
     return targets
 
@@ -247,23 +184,30 @@ def predict_folder(
     skip_existing: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    reader: Callable[[Path, Sequence[str] | None], CaseImages] = read_case_images,
+    reader: CaseReader | None = None,
     **predict_kwargs: object,
 ) -> dict[str, dict[str, list[Path]]]:
-    """Predict every case folder of ``in_dir`` (library layout) into ``out_dir``.
+    """Predict every case of the cohort folder ``in_dir`` (library layout, masks optional) into ``out_dir``.
+
+    Cases are listed as training lists them (:func:`~longiseg.data.loading.find_cases` with
+    ``require_masks=False``: the manifest's cases, order and modalities when there is one, else every
+    sub-folder holding ``t0_*`` images) and read with :func:`~longiseg.data.loading.load_case`, which checks
+    every file first (shape, affine, finite intensities, a binary non-empty brain mask).
 
     Args:
         model: the model passed to :func:`predict_case`.
-        in_dir: dataset root with one folder per case.
+        in_dir: cohort folder with one folder per case.
         out_dir: prediction root.
-        modalities: channel order (default: each case's timepoint-0 modalities sorted by name).
-        case_ids: only these cases (default: every sub-folder holding image files, sorted).
+        modalities: channel order (default: the manifest's, else each case's timepoint-0 modalities sorted by
+            name).
+        case_ids: only these cases (default: every case of ``in_dir``).
         skip_existing: skip cases whose outputs are complete instead of raising ``FileExistsError``; a case
             folder left incomplete by an interrupted run is predicted again.
         overwrite: replace existing outputs.
         progress: tqdm bar over cases.
-        reader: ``(case_dir, modalities) -> CaseImages``; the default reads the files as they are, a custom reader
-            can validate and normalise them as in training (``longiseg.workflows.predict.run_prediction`` does).
+        reader: a :data:`CaseReader` ``(case_dir, modalities) -> LongitudinalCase`` used instead of
+            :func:`~longiseg.data.loading.load_case`, e.g. to normalise each case as in training
+            (``longiseg.workflows.predict.run_prediction`` does).
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
             ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask.
 
@@ -271,29 +215,27 @@ def predict_folder(
         ``{case_id: paths}`` of the predicted (not skipped) cases.
 
     Raises:
-        FileNotFoundError: ``in_dir`` or a requested case does not exist.
+        FileNotFoundError: ``in_dir`` is missing or holds no case, a requested case does not exist, or a
+            case lacks an image (checked for every case before any is predicted).
         FileExistsError: a case folder exists and neither ``overwrite`` nor ``skip_existing`` is set (checked
             for every case before any is predicted).
-        ValueError: a case id that is not a single folder name (see :func:`~longiseg.data.layout.check_case_id`).
+        ValueError: a case id that is not a single folder name (see
+            :func:`~longiseg.data.layout.check_case_id`), a malformed manifest, or a case that
+            :func:`~longiseg.data.loading.load_case` refuses.
     """
     in_dir = Path(in_dir)
     if not in_dir.is_dir():
         raise FileNotFoundError(f"in_dir {in_dir} is not a folder")
     if "brain_mask" in predict_kwargs:
         raise TypeError("predict_folder reads each case's brain mask from its folder; do not pass brain_mask")
+    sources = {s.case_id: s for s in find_cases(in_dir, modalities=modalities, require_masks=False)}
     if case_ids is None:
-        ids = [
-            d.name
-            for d in sorted(in_dir.iterdir())
-            if d.is_dir() and any(parse_image_filename(f.name) for f in d.iterdir())
-        ]
+        ids = list(sources)
     else:
-        ids = list(case_ids)
-        missing = [c for c in ids if not (in_dir / c).is_dir()]
+        ids = [check_case_id(c) for c in case_ids]
+        missing = [c for c in ids if c not in sources]
         if missing:
             raise FileNotFoundError(f"case folders not found in {in_dir}: {missing}")
-    for cid in ids:
-        check_case_id(cid)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"out_dir {out_dir} exists and is not a folder")
@@ -303,32 +245,25 @@ def predict_folder(
             raise FileExistsError(f"{len(clash)} case folder(s) already exist in {out_dir}, e.g. "
                                   f"{[str(out_dir / c) for c in clash[:3]]}; pass overwrite=True (--overwrite) to "
                                   "replace them or skip_existing=True (--skip-existing) to keep them")
+
+    def read(source: CaseSource) -> LongitudinalCase:
+        return load_case(source) if reader is None else reader(in_dir / source.case_id, modalities)
+
     results: dict[str, dict[str, list[Path]]] = {}
     saves = {k: bool(predict_kwargs.get(f"save_{k}", True)) for k in ("probabilities", "entropy")}
     for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
-        case = None
+        case_overwrite = overwrite
         if skip_existing and not overwrite and (out_dir / cid).exists():
-            case = reader(in_dir / cid, modalities)
-            t = int(np.shape(case.images)[0])
-            if case_outputs_complete(out_dir, cid, t, save_probabilities=saves["probabilities"],
-                                     save_entropy=saves["entropy"]):
+            if case_outputs_complete(out_dir, cid, sources[cid].num_timepoints, save_entropy=saves["entropy"],
+                                     save_probabilities=saves["probabilities"]):
                 logger.info("skipping case %s: outputs exist", cid)
                 continue
             logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid,
                            out_dir / cid)
-            predict_kwargs_case = {**predict_kwargs, "overwrite": True}
-        else:
-            predict_kwargs_case = {**predict_kwargs, "overwrite": overwrite}
-        if case is None:
-            case = reader(in_dir / cid, modalities)
+            case_overwrite = True
+        case = read(sources[cid])
         results[cid] = predict_case(
-            model,
-            case.images,
-            case.affine,
-            case.spacing,
-            out_dir,
-            cid,
-            brain_mask=case.brain_mask,
-            **predict_kwargs_case,
-        )  # type: ignore[arg-type]
+            model, case.images, case.affine, case.spacing, out_dir, cid, brain_mask=case.brain_mask,
+            **{**predict_kwargs, "overwrite": case_overwrite},  # type: ignore[arg-type]
+        )
     return results

@@ -19,6 +19,7 @@ from scipy import stats
 
 __all__ = [
     "PAPER_COLUMNS",
+    "POOLED_COLUMNS",
     "MetricSummary",
     "TTestResult",
     "ResultsTable",
@@ -26,7 +27,9 @@ __all__ = [
     "significance_stars",
 ]
 
-# (metric, kind) pairs of SegMaST Table 1, in order; "daa" is the DAA percentage.
+# (metric, kind) pairs of SegMaST Table 1, in order; "daa" is the DAA percentage. The last column is ours:
+# "persisting_fp" is the share of persisting (unchanged) baseline lesions that the progression masks flag as
+# new, pooled over all follow-ups (longiseg.metrics.consistency), in percent.
 PAPER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("dice", "B"),
     ("dice", "P"),
@@ -36,7 +39,10 @@ PAPER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("lesion_ppv", "B"),
     ("lesion_ppv", "P"),
     ("daa", "all"),
+    ("persisting_fp", "all"),
 )
+#: Columns summarised as one pooled percentage over follow-ups rather than mean (SD) over patients.
+POOLED_COLUMNS = ("daa", "persisting_fp")
 
 
 class MetricSummary(NamedTuple):
@@ -147,17 +153,26 @@ class ResultsTable:
         flags = [bool(r["daa_correct"]) for r in self.rows if r.get("daa_correct") is not None]
         return float(100.0 * np.mean(flags)) if flags else float("nan")
 
+    def persisting_false_progression(self) -> float:
+        """Persisting baseline lesions flagged as progression, in percent of all persisting lesions of all
+        follow-up rows (pooled; NaN when no lesion persists or the rows lack the columns)."""
+        fu = [r for r in self.rows if r.get("persisting_lesions") is not None]
+        total = sum(int(r["persisting_lesions"]) for r in fu)
+        return 100.0 * sum(int(r["persisting_flagged"]) for r in fu) / total if total else float("nan")
+
     def paper_summary(self, columns: Sequence[tuple[str, str]] = PAPER_COLUMNS) -> dict[str, MetricSummary]:
-        """Summaries keyed ``"metric/kind"`` for the paper table columns (DAA as mean with SD NaN).
+        """Summaries keyed ``"metric/kind"`` for the paper table columns (DAA and the persisting-lesion
+        false-progression rate as pooled percentages with SD NaN).
 
         Columns absent from the rows give NaN summaries (shown as ``-`` in reports).
         """
         out: dict[str, MetricSummary] = {}
         for metric, kind in columns:
-            if metric == "daa":
+            if metric in POOLED_COLUMNS:
                 fu = self.select(kind=("P", "NP"))
+                value = self.daa() if metric == "daa" else self.persisting_false_progression()
                 out[f"{metric}/{kind}"] = MetricSummary(
-                    self.daa(), float("nan"), len({r["patient_id"] for r in fu.rows}), len(fu), 0
+                    value, float("nan"), len({r["patient_id"] for r in fu.rows}), len(fu), 0
                 )
             elif self.rows and metric not in self.columns:
                 out[f"{metric}/{kind}"] = MetricSummary(float("nan"), float("nan"), 0, 0, 0)

@@ -1,22 +1,17 @@
 """Evaluate a folder of predicted cases against a reference folder in the library layout.
 
 Both folders hold one sub-folder per case (see :mod:`longiseg.data.layout`); ``CASE/baseline_mask.nii.gz``
-and ``CASE/progression_t{i}.nii.gz`` are paired by case folder and file name. Voxel spacing comes from the
-reference NIfTI header. Patient ids come from the reference ``manifest.json`` (or ``manifest.csv``) when
-present, else each case is its own patient.
+and ``CASE/progression_t{i}.nii.gz`` are paired by case folder and file name. The data layer lists the
+reference cases (:func:`~longiseg.data.loading.find_mask_cases`: the reference manifest, read exactly as
+training reads it, gives cases, patient ids and timepoints; without one every case is its own patient) and
+reads every mask (:func:`~longiseg.data.loading.read_mask`). Voxel spacing comes from the reference header.
 
-Command line (wired as ``longiseg evaluate`` by the CLI)::
-
-    python -m longiseg.metrics.evaluate PRED_DIR GT_DIR --out REPORT_DIR [--protocol segmast|tdw]
+Command line: ``longiseg evaluate PRED_DIR [PRED_DIR ...] GT_DIR --out REPORT_DIR [--protocol segmast|tdw]``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,26 +19,23 @@ from typing import Any
 
 import numpy as np
 
-from longiseg.data.layout import BASELINE_MASK, MANIFEST_CSV, MANIFEST_JSON, progression_filename
+from longiseg.data.layout import find_nifti, prediction_filenames
+from longiseg.data.loading import find_mask_cases, read_mask
 from longiseg.metrics.aggregate import PAPER_COLUMNS, ResultsTable
 from longiseg.metrics.lesion import LesionDetection
 from longiseg.metrics.longitudinal import evaluate_longitudinal_case
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.metrics.report import box_plot, format_paper_table, paper_table_rows, write_csv, write_json
 from longiseg.metrics.stratified import SizeBins, stratified_lesion_metrics
-from longiseg.utils.io import atomic_write, load_nifti
+from longiseg.utils.io import atomic_write
 from longiseg.utils.logging import get_logger
 
 __all__ = [
     "REPORT_FILES",
     "AFFINE_ATOL_MM",
     "EvaluationResult",
-    "load_mask",
-    "read_patient_ids",
-    "list_cases",
     "evaluate_folder",
     "write_report",
-    "main",
 ]
 
 PathLike = str | os.PathLike
@@ -53,7 +45,6 @@ REPORT_FILES = ("per_case.csv", "summary.csv", "stratified.csv", "summary.json",
 #: Largest difference (mm, per affine entry) between a prediction's and its reference's voxel-to-world
 #: matrix that still counts as the same grid (NIfTI stores affines in float32).
 AFFINE_ATOL_MM = 1e-3
-_PROG_RE = re.compile(r"^progression_t(\d+)\.nii(\.gz)?$")
 _log = get_logger("longiseg.metrics")
 
 
@@ -86,60 +77,6 @@ class EvaluationResult:
         return stratified_lesion_metrics(dets, bins)
 
 
-def load_mask(path: PathLike) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
-    """Load a 3D NIfTI mask.
-
-    Returns:
-        The array ``(D, H, W)`` (index order of the file), its spacing in mm and its ``(4, 4)`` affine.
-
-    Raises:
-        ValueError: naming the file when it is unreadable or not a single 3D volume.
-    """
-    img = load_nifti(path, what="mask")
-    data = np.asanyarray(img.dataobj)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{path} must hold a 3D mask (D, H, W), got shape {data.shape}")
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return data, spacing, np.asarray(img.affine, dtype=np.float64)
-
-
-def read_patient_ids(root: PathLike) -> dict[str, str]:
-    """``case_id -> patient_id`` from ``ROOT/manifest.json`` or ``ROOT/manifest.csv`` (empty if neither)."""
-    root = Path(root)
-    pairs: list[tuple[Any, Any]] = []
-    if (root / MANIFEST_JSON).is_file():
-        with open(root / MANIFEST_JSON) as fh:
-            manifest = json.load(fh)
-        cases = manifest.get("cases", []) if isinstance(manifest, dict) else []
-        pairs = [(c.get("case_id"), c.get("patient_id")) for c in cases if isinstance(c, dict)]
-    elif (root / MANIFEST_CSV).is_file():
-        with open(root / MANIFEST_CSV, newline="") as fh:
-            pairs = [(r.get("case_id"), r.get("patient_id")) for r in csv.DictReader(fh)]
-    return {str(c): str(p) for c, p in pairs if c is not None and p not in (None, "")}
-
-
-def list_cases(gt_dir: PathLike) -> dict[str, list[int]]:
-    """Cases of a reference folder (sub-folders with a baseline mask) and their follow-up indices."""
-    gt_dir = Path(gt_dir)
-    if not gt_dir.is_dir():
-        raise ValueError(f"gt_dir {gt_dir} is not a folder")
-    cases: dict[str, list[int]] = {}
-    for d in sorted(p for p in gt_dir.iterdir() if p.is_dir()):
-        if not (d / BASELINE_MASK).is_file():
-            continue
-        fus = sorted(int(m.group(1)) for f in d.iterdir() if (m := _PROG_RE.match(f.name)))
-        if fus != list(range(1, len(fus) + 1)):
-            raise ValueError(
-                f"case {d.name}: progression masks must be numbered 1..n without gaps, got {fus}"
-            )
-        cases[d.name] = fus
-    if not cases:
-        raise ValueError(f"gt_dir {gt_dir} holds no case folder with a {BASELINE_MASK}")
-    return cases
-
-
 def evaluate_folder(
     pred_dir: PathLike,
     gt_dir: PathLike,
@@ -154,7 +91,8 @@ def evaluate_folder(
 
     Args:
         pred_dir: prediction folder (``CASE/baseline_mask.nii.gz``, ``CASE/progression_t{i}.nii.gz``).
-        gt_dir: reference folder in the same layout, optionally with ``manifest.json`` for patient ids.
+        gt_dir: reference folder: a cohort folder with masks (images optional), optionally with a manifest
+            for patient ids (see :func:`~longiseg.data.loading.find_mask_cases`).
         protocol: ``"segmast"``, ``"tdw"`` or an :class:`EvaluationProtocol`.
         model: model name for reports (default: the name of ``pred_dir``).
         output_dir: if given, write the report there (see :func:`write_report`).
@@ -165,8 +103,9 @@ def evaluate_folder(
         :class:`EvaluationResult` with one row per baseline and follow-up mask.
 
     Raises:
-        ValueError: a missing folder or prediction, an unreadable file, or a prediction whose shape or affine
-            differs from its reference (naming the case and file).
+        ValueError: a missing folder or prediction, an unreadable or non-binary mask, a malformed reference
+            manifest, or a prediction whose shape or affine differs from its reference (naming case and file).
+        FileNotFoundError: the reference folder holds no case, or a reference case lacks a mask.
     """
     from tqdm.auto import tqdm
 
@@ -174,31 +113,33 @@ def evaluate_folder(
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if not pred_dir.is_dir():
         raise ValueError(f"pred_dir {pred_dir} is not a folder")
-    cases = list_cases(gt_dir)
-    patients = read_patient_ids(gt_dir)
-    missing = [
-        f"{c}/{f}"
-        for c, fus in cases.items()
-        for f in [BASELINE_MASK] + [progression_filename(i) for i in fus]
-        if not (pred_dir / c / f).is_file()
-    ]
+    if not gt_dir.is_dir():
+        raise ValueError(f"gt_dir {gt_dir} is not a folder")
+    cases = find_mask_cases(gt_dir)
+    names: dict[str, list[str]] = {}
+    for e in cases:
+        assert e.num_timepoints is not None  # find_mask_cases counts it where the manifest leaves it out
+        names[e.case_id] = prediction_filenames(e.num_timepoints)["mask"]
+    missing = [f"{c}/{n}" for c, ns in names.items() for n in ns if find_nifti(pred_dir / c, n) is None]
     if missing:
         raise ValueError(f"pred_dir {pred_dir} lacks {len(missing)} prediction file(s), e.g. {missing[:5]}")
     rows: list[dict[str, Any]] = []
     dets: dict[tuple[str, str], LesionDetection] = {}
-    for case_id, fus in tqdm(cases.items(), desc="evaluate", disable=not progress):
-        names = [BASELINE_MASK] + [progression_filename(i) for i in fus]
+    for entry in tqdm(cases, desc="evaluate", disable=not progress):
+        case_id = entry.case_id
         gts, preds, spacing = [], [], None
-        for name in names:
-            g, sp, gaff = load_mask(gt_dir / case_id / name)
-            p, psp, paff = load_mask(pred_dir / case_id / name)
+        for name in names[case_id]:
+            ref_path = find_nifti(gt_dir / case_id, name) or gt_dir / case_id / name
+            pred_path = find_nifti(pred_dir / case_id, name) or pred_dir / case_id / name
+            g, gaff, sp = read_mask(ref_path, what=f"case {case_id}: reference")
+            p, paff, psp = read_mask(pred_path, what=f"case {case_id}: prediction")
             if p.shape != g.shape:
-                raise ValueError(f"case {case_id}: prediction {pred_dir / case_id / name} has shape {p.shape}, "
+                raise ValueError(f"case {case_id}: prediction {pred_path} has shape {p.shape}, "
                                  f"the reference {g.shape}")
             shift = float(np.abs(paff - gaff).max())
             if shift > affine_atol:
                 raise ValueError(
-                    f"case {case_id}: prediction {pred_dir / case_id / name} lies on another grid than its "
+                    f"case {case_id}: prediction {pred_path} lies on another grid than its "
                     f"reference (affines differ by up to {shift:.3g} mm, tolerance {affine_atol:g}); predict on "
                     "the reference images or resample the prediction onto the reference grid")
             if not np.allclose(psp, sp, rtol=1e-3):
@@ -220,7 +161,7 @@ def evaluate_folder(
             spacing,
             prot,
             case_id=case_id,
-            patient_id=patients.get(case_id, case_id),
+            patient_id=entry.patient_id,
         )
         rows.extend(case_rows)
         dets.update({(case_id, r["target"]): d for r, d in zip(case_rows, case_dets)})
@@ -284,14 +225,3 @@ def write_report(
     atomic_write(out / "table.txt", lambda fh: fh.write(text + "\n"))
     box_plot(tables, out / "boxplot.png")
     return text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m longiseg.metrics.evaluate ...``: the same as ``longiseg evaluate ...``."""
-    from longiseg.cli import main as cli_main
-
-    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

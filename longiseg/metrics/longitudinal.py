@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from longiseg.metrics.consistency import persisting_lesions
 from longiseg.metrics.inputs import MaskLike, as_mask, as_mask_pair, as_spacing, foreground_slices
 from longiseg.metrics.lesion import LesionDetection, _check_connectivity, _label, detect_lesions
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
@@ -169,7 +170,10 @@ def evaluate_longitudinal_case(
     Returns:
         ``(rows, detections)``: one row per target (baseline first, then ``progression_t1`` ...) with keys
         ``case_id``, ``patient_id``, ``target``, ``timepoint``, ``kind`` (B/P/NP), ``daa_correct`` (None for
-        the baseline) and the metrics of :func:`evaluate_mask_pair`; and the matching lesion detections.
+        the baseline) and the metrics of :func:`evaluate_mask_pair`; follow-up rows also hold
+        ``persisting_lesions``, ``persisting_flagged`` and ``persisting_fp`` (their ratio; NaN without persisting
+        lesions) of :func:`~longiseg.metrics.consistency.persisting_lesions`, with the protocol's minimum lesion
+        volume; and the matching lesion detections.
     """
     if len(pred_progression) != len(gt_progression):
         raise ValueError(
@@ -192,9 +196,11 @@ def evaluate_longitudinal_case(
         }
     )
     dets.append(d)
+    prot = get_protocol(protocol)
     for i, (pp, gp) in enumerate(zip(pred_progression, gt_progression), start=1):
         kind = progression_kind(gp)
-        m, d = evaluate_mask_pair(pp, gp, spacing, protocol, kind=kind)
+        m, d = evaluate_mask_pair(pp, gp, spacing, prot, kind=kind)
+        persisting = persisting_lesions(pp, gt_baseline, gp, spacing, min_volume_mm3=prot.min_lesion_volume_mm3)
         rows.append(
             {
                 "case_id": case_id,
@@ -204,6 +210,9 @@ def evaluate_longitudinal_case(
                 "kind": kind,
                 "daa_correct": disease_activity_correct(pp, gp),
                 **m,
+                "persisting_lesions": persisting.num_persisting,
+                "persisting_flagged": persisting.num_flagged,
+                "persisting_fp": persisting.rate,
             }
         )
         dets.append(d)

@@ -14,6 +14,7 @@ import numpy as np
 
 from longiseg.metrics.aggregate import (
     PAPER_COLUMNS,
+    POOLED_COLUMNS,
     MetricSummary,
     ResultsTable,
     paired_ttest,
@@ -36,6 +37,7 @@ _HEADERS = {
     "lesion_f1": "Lesion-F1",
     "lesion_ppv": "PPV",
     "daa": "DAA (%)",
+    "persisting_fp": "Old-as-new (%)",
     "hd95": "HD95",
     "voxel_ppv": "Voxel PPV",
     "lesion_recall": "Lesion recall",
@@ -62,10 +64,11 @@ def _as_tables(
 
 
 def format_summary(s: MetricSummary, metric: str, stars: str = "", digits: int = 3) -> str:
-    """``"0.617** (0.148)"`` for a metric, ``"64.4%"`` for DAA, ``"-"`` when undefined."""
+    """``"0.617** (0.148)"`` for a metric, ``"64.4%"`` for the pooled percentages (DAA, old-as-new), ``"-"``
+    when undefined."""
     if math.isnan(s.mean):
         return "-"
-    if metric == "daa":
+    if metric in POOLED_COLUMNS:
         return f"{s.mean:.1f}%"
     sd = "" if math.isnan(s.sd) else f" ({s.sd:.{digits}f})"
     return f"{s.mean:.{digits}f}{stars}{sd}"
@@ -93,7 +96,7 @@ def paper_table_rows(
         for metric, kind in columns:
             key = f"{metric}/{kind}"
             p = float("nan")
-            if ref is not None and t is not ref and metric != "daa":
+            if ref is not None and t is not ref and metric not in POOLED_COLUMNS:
                 p = paired_ttest(t, ref, metric, kind=kind).pvalue
             s = summ[key]
             row.update(
@@ -116,7 +119,7 @@ def format_paper_table(
     ``reference`` (when given).
     """
     rows = paper_table_rows(tables, reference=reference, columns=columns)
-    header = ["Model"] + [f"{_HEADERS.get(m, m)} {k}" if m != "daa" else _HEADERS["daa"] for m, k in columns]
+    header = ["Model"] + [_HEADERS[m] if m in POOLED_COLUMNS else f"{_HEADERS.get(m, m)} {k}" for m, k in columns]
     body = []
     for r in rows:
         cells = [str(r["model"])]

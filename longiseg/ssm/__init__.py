@@ -1,4 +1,4 @@
-"""Selective state-space models: the selective-scan op (reference, chunked, CUDA) and the Mamba module."""
+"""Selective state-space models: the selective-scan op (reference, chunked, numba, Triton, CUDA), Mamba."""
 
 from __future__ import annotations
 

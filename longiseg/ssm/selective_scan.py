@@ -12,7 +12,7 @@ from longiseg.utils.logging import get_logger, log_once
 __all__ = ["selective_scan", "resolve_backend", "log_backend", "BACKENDS", "ENV_VAR"]
 
 ENV_VAR = "LONGISEG_SCAN_BACKEND"
-BACKENDS = ("auto", "reference", "chunked", "numba", "cuda")
+BACKENDS = ("auto", "reference", "chunked", "numba", "triton", "cuda")
 _LOGGER = get_logger("longiseg.ssm")
 
 
@@ -29,6 +29,10 @@ def _backend_fn(name: str) -> Callable[..., torch.Tensor | tuple[torch.Tensor, t
         from longiseg.ssm.cpu_kernel import selective_scan_cpu
 
         return selective_scan_cpu
+    if name == "triton":
+        from longiseg.ssm.triton_kernel import selective_scan_triton
+
+        return selective_scan_triton
     from longiseg.ssm.cuda import selective_scan_cuda
 
     return selective_scan_cuda
@@ -38,19 +42,22 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     """Pick the backend name for tensors on ``device``.
 
     Args:
-        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"numba"``, ``"cuda"`` or ``None`` (read the
-            ``LONGISEG_SCAN_BACKEND`` environment variable, default ``"auto"``).
+        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"numba"``, ``"triton"``, ``"cuda"`` or ``None``
+            (read the ``LONGISEG_SCAN_BACKEND`` environment variable, default ``"auto"``).
         device: device of the scan inputs.
 
     Returns:
         The concrete backend: ``auto`` becomes ``cuda`` when mamba-ssm's kernels are importable and the tensors are
-        on CUDA, ``numba`` (the compiled CPU kernel) when numba is importable and the tensors are on the CPU,
-        else ``chunked``. All backends compute the same function (tested against ``reference`` in float64).
+        on CUDA, else ``triton`` (our Triton kernels) when Triton is importable and the tensors are on CUDA,
+        ``numba`` (the compiled CPU kernel) when numba is importable and the tensors are on the CPU, else
+        ``chunked`` (logged once with the reason on CUDA). All backends compute the same function (tested against
+        ``reference`` in float64).
 
     Raises:
         ValueError: unknown backend name.
         RuntimeError: ``cuda`` forced but mamba-ssm is not importable or the tensors are not on CUDA; ``numba``
-            forced but numba is not importable or the tensors are not on the CPU.
+            forced but numba is not importable or the tensors are not on the CPU; ``triton`` forced but Triton is
+            not importable or the tensors are on the CPU without ``TRITON_INTERPRET=1``.
     """
     from longiseg.ssm import cpu_kernel
     from longiseg.ssm import cuda as cuda_bridge
@@ -66,11 +73,26 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     if backend == "auto":
         if device.type == "cuda" and cuda_bridge.cuda_scan_available():
             return "cuda"
+        if device.type == "cuda":
+            from longiseg.ssm import triton_kernel
+
+            if triton_kernel.triton_scan_available():
+                return "triton"
+            log_once(
+                _LOGGER,
+                "scan-auto-no-triton",
+                "selective scan: neither mamba-ssm nor Triton is importable "
+                f"({triton_kernel.triton_unavailable_reason()}); CUDA tensors use the chunked PyTorch scan",
+            )
         if device.type == "cpu" and cpu_kernel.cpu_kernel_available():
             return "numba"
         return "chunked"
     if backend == "cuda":
         cuda_bridge.require_cuda_scan(device, source)
+    if backend == "triton":
+        from longiseg.ssm import triton_kernel
+
+        triton_kernel.require_triton_scan(device, source)
     if backend == "numba":
         cpu_kernel.require_cpu_kernel(source)
         if device.type != "cpu":
@@ -122,8 +144,8 @@ def selective_scan(
         delta_bias: ``(D,)`` added to ``delta`` or ``None``.
         delta_softplus: apply softplus to the biased ``delta``.
         return_last_state: also return the final state ``(B, D, N)``.
-        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"numba"``, ``"cuda"`` or ``None`` (environment
-            variable ``LONGISEG_SCAN_BACKEND``, default ``auto``).
+        backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"numba"``, ``"triton"``, ``"cuda"`` or ``None``
+            (environment variable ``LONGISEG_SCAN_BACKEND``, default ``auto``).
 
     Returns:
         ``out`` ``(B, D, L)``, or ``(out, last_state)`` when ``return_last_state``.

@@ -161,7 +161,8 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import nibabel as nib
+
+    from longiseg.data.loading import read_prediction
 
     case_id = case.case_id
     prog = case.progression_masks[0]
@@ -171,11 +172,11 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
     n = len(pred_dirs)
     fig, axes = plt.subplots(n, 3, figsize=(10, 3.4 * n), squeeze=False)
     for row, (label, pdir) in enumerate(pred_dirs.items()):
-        pred = {name: np.asarray(nib.load(pdir / case_id / name).dataobj)
-                for name in ("baseline_mask.nii.gz", "progression_t1.nii.gz", "progression_t1_entropy.nii.gz")}
+        masks, _, _ = read_prediction(pdir, case_id, case.num_timepoints, "mask")
+        entropy, _, _ = read_prediction(pdir, case_id, case.num_timepoints, "entropy")
         panels = [
-            (t0, case.baseline_mask, pred["baseline_mask.nii.gz"], f"{label}: baseline (t0)"),
-            (t1, prog, pred["progression_t1.nii.gz"], f"{label}: new/enlarging (t1)"),
+            (t0, case.baseline_mask, masks[0], f"{label}: baseline (t0)"),
+            (t1, prog, masks[1], f"{label}: new/enlarging (t1)"),
         ]
         for col, (img, gt, pr, title) in enumerate(panels):
             ax = axes[row, col]
@@ -186,7 +187,7 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
                 ax.contour(rot(pr), levels=[0.5], colors="red", linewidths=1.0)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
-        ent = pred["progression_t1_entropy.nii.gz"]
+        ent = entropy[1]
         ax = axes[row, 2]
         im = ax.imshow(rot(ent), cmap="magma", vmin=0, vmax=float(np.log(2)))
         if prog.any():

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from longiseg.data.case import LongitudinalCase
 from longiseg.data.loading import find_cases, load_case
 from longiseg.data.preprocessing import preprocess_case
-from longiseg.inferers.predict import CaseImages, predict_folder
+from longiseg.inferers.predict import predict_folder
 from longiseg.inferers.sliding_window import SlidingWindowInferer3D
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.spec import ModelSpec
@@ -122,9 +123,8 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
                 modalities, cfg.patch_size, cfg.threshold,
                 " (tuned on validation patients)" if spec.tuning else "")
 
-    def read_preprocessed(case_dir: Path, _modalities: Sequence[str] | None) -> CaseImages:
-        case = preprocess_case(load_case(sources[case_dir.name]))
-        return CaseImages(case.images, case.affine, case.spacing, case.brain_mask, case.modalities)
+    def read_preprocessed(case_dir: Path, _modalities: Sequence[str] | None) -> LongitudinalCase:
+        return preprocess_case(load_case(sources[case_dir.name]))
 
     model.eval()
     return predict_folder(

@@ -1,0 +1,26 @@
+"""Tooling shared by the benchmark scripts of ``benchmarks/`` (not part of the installed ``longiseg`` package).
+
+The scripts put this folder on ``sys.path`` simply by being run (``python benchmarks/bench_mixers.py``), so they
+import ``longiseg_bench`` like any package. One concept per module:
+
+* :mod:`longiseg_bench.environment`: the header every benchmark prints (machine, CPU, threads, scan backend).
+* :mod:`longiseg_bench.timing`: interleaved medians with :class:`torch.utils.benchmark.Timer`.
+* :mod:`longiseg_bench.memory`: peak memory of one call (CUDA allocator; on CPU the resident-set rise).
+* :mod:`longiseg_bench.tables`: markdown tables for ``docs/benchmarks.md``.
+"""
+
+from longiseg_bench.environment import environment_info, format_header, print_header
+from longiseg_bench.memory import enable_cpu_memory_tracking, peak_memory
+from longiseg_bench.tables import format_bytes, format_table
+from longiseg_bench.timing import time_interleaved
+
+__all__ = [
+    "environment_info",
+    "format_header",
+    "print_header",
+    "enable_cpu_memory_tracking",
+    "peak_memory",
+    "format_bytes",
+    "format_table",
+    "time_interleaved",
+]

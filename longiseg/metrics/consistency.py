@@ -1,0 +1,146 @@
+"""Longitudinal consistency: does a prediction leave unchanged old lesions alone?
+
+A model that has learned "lesion in the follow-up" instead of "lesion that was not there before" outlines
+old lesions as new. Lesion F1 of the progression mask hides this when such false lesions are few; this module
+counts them directly.
+
+Definitions (all on the *reference* masks, so every model is measured on the same lesions):
+
+* a **baseline lesion** is a connected component (``connectivity``, default 26) of the reference baseline mask
+  with a volume of at least ``min_volume_mm3``;
+* it **persists unchanged** at follow-up ``k`` when it does not touch the reference progression mask of ``k``:
+  no progression voxel lies in the lesion or in its one-voxel neighbourhood (the same connectivity). A lesion
+  that enlarges at ``k`` grows new voxels next to itself, so it touches them and is excluded;
+* a persisting lesion is **flagged** when the predicted progression mask of ``k`` covers at least
+  ``min_coverage`` (default 10 %) of its voxels.
+
+The **persisting-lesion false-progression rate** is flagged / persisting, per follow-up and pooled over all
+follow-ups of a set of patients (pooled: the sum of flagged lesions over the sum of persisting lesions, so a
+patient with many lesions counts more, as in lesion-wise detection metrics). It is ``nan`` where no lesion
+persists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from longiseg.metrics.inputs import MaskLike, as_mask, as_spacing
+from longiseg.metrics.lesion import LesionLabels, _check_connectivity, _check_min_volume, label_lesions
+
+__all__ = ["PersistingLesions", "label_persisting_lesions", "persisting_lesions", "pooled_false_progression_rate"]
+
+_STRUCTURES = {6: 1, 18: 2, 26: 3, 4: 1, 8: 2}
+
+
+@dataclass(frozen=True)
+class PersistingLesions:
+    """The persisting baseline lesions of one follow-up and whether a prediction flags them as progression.
+
+    Attributes:
+        num_persisting: baseline lesions that do not touch the reference progression mask.
+        num_flagged: those covered by the predicted progression mask for at least ``min_coverage``.
+        coverage: ``(num_persisting,)`` share of each persisting lesion's voxels inside the predicted mask.
+        volumes_mm3: ``(num_persisting,)`` volume of each persisting lesion.
+    """
+
+    num_persisting: int
+    num_flagged: int
+    coverage: np.ndarray
+    volumes_mm3: np.ndarray
+
+    @property
+    def rate(self) -> float:
+        """``num_flagged / num_persisting``; ``nan`` when no lesion persists."""
+        return self.num_flagged / self.num_persisting if self.num_persisting else float("nan")
+
+
+def label_persisting_lesions(
+    gt_baseline: MaskLike,
+    gt_progression: MaskLike,
+    spacing: float | Sequence[float] | np.ndarray | None = None,
+    *,
+    min_volume_mm3: float = 0.0,
+    connectivity: int | None = None,
+) -> tuple[LesionLabels, np.ndarray]:
+    """Label the baseline lesions and find those that persist unchanged (do not touch the progression mask).
+
+    Args:
+        gt_baseline: reference binary baseline mask ``(D, H, W)``.
+        gt_progression: reference binary progression mask ``(D, H, W)`` of the follow-up.
+        spacing: voxel size in mm per axis (``None``: 1 mm).
+        min_volume_mm3: baseline lesions below this volume are not counted.
+        connectivity: 6, 18 or 26 (``None``: 26), for the lesions and for "touching".
+
+    Returns:
+        The baseline lesion labels (:class:`~longiseg.metrics.lesion.LesionLabels`) and the sorted ``int`` array
+        of the labels that persist.
+    """
+    base = as_mask("gt_baseline", gt_baseline, 3)
+    prog = as_mask("gt_progression", gt_progression, 3)
+    if prog.shape != base.shape:
+        raise ValueError(f"gt_progression has shape {prog.shape}, gt_baseline {base.shape}")
+    conn = _check_connectivity(connectivity, 3)
+    lesions = label_lesions(base, as_spacing(spacing, 3), connectivity=conn,
+                            min_volume_mm3=_check_min_volume(min_volume_mm3))
+    if lesions.n == 0:
+        return lesions, np.zeros(0, dtype=np.int64)
+    # Lesions touching progression: labels found in the progression mask grown by one voxel.
+    grown = ndimage.binary_dilation(prog, structure=ndimage.generate_binary_structure(3, _STRUCTURES[conn]))
+    touching = np.unique(lesions.labels[grown & (lesions.labels > 0)])
+    return lesions, np.setdiff1d(np.arange(1, lesions.n + 1), touching)
+
+
+def persisting_lesions(
+    pred_progression: MaskLike,
+    gt_baseline: MaskLike,
+    gt_progression: MaskLike,
+    spacing: float | Sequence[float] | np.ndarray | None = None,
+    *,
+    min_coverage: float = 0.1,
+    min_volume_mm3: float = 0.0,
+    connectivity: int | None = None,
+) -> PersistingLesions:
+    """Find the baseline lesions that persist unchanged at a follow-up and those a prediction flags as new.
+
+    Args:
+        pred_progression: predicted binary progression mask ``(D, H, W)`` of the follow-up.
+        gt_baseline: reference binary baseline mask ``(D, H, W)`` (same grid, registered).
+        gt_progression: reference binary progression mask ``(D, H, W)`` of the follow-up.
+        spacing: voxel size in mm per axis (``None``: 1 mm).
+        min_coverage: share of a lesion's voxels the prediction must cover to flag it, in ``(0, 1]``.
+        min_volume_mm3: baseline lesions below this volume are not counted.
+        connectivity: 6, 18 or 26 (``None``: 26), for the lesions and for "touching".
+
+    Returns:
+        :class:`PersistingLesions`.
+
+    Raises:
+        ValueError: masks of different shapes or not binary, ``min_coverage`` outside ``(0, 1]``, a negative
+            ``min_volume_mm3`` or an unknown connectivity.
+    """
+    pred = as_mask("pred_progression", pred_progression, 3)
+    base = as_mask("gt_baseline", gt_baseline, 3)
+    if base.shape != pred.shape:
+        raise ValueError(f"gt_baseline has shape {base.shape}, pred_progression {pred.shape}")
+    if not 0.0 < float(min_coverage) <= 1.0:
+        raise ValueError(f"min_coverage must lie in (0, 1], got {min_coverage}")
+    lesions, persisting = label_persisting_lesions(base, gt_progression, spacing, min_volume_mm3=min_volume_mm3,
+                                                   connectivity=connectivity)
+    if persisting.size == 0:
+        return PersistingLesions(0, 0, np.zeros(0), np.zeros(0))
+    covered = np.bincount(lesions.labels[pred & (lesions.labels > 0)], minlength=lesions.n + 1)
+    voxels = lesions.voxels[persisting - 1]
+    coverage = covered[persisting] / voxels
+    flagged = int(np.count_nonzero(covered[persisting] >= min_coverage * voxels))  # integer voxel counts
+    return PersistingLesions(int(persisting.size), flagged, coverage.astype(np.float64),
+                             voxels * lesions.voxel_volume_mm3)
+
+
+def pooled_false_progression_rate(results: Sequence[PersistingLesions]) -> float:
+    """Flagged over persisting lesions, summed over follow-ups (``nan`` when none persists)."""
+    persisting = sum(r.num_persisting for r in results)
+    return sum(r.num_flagged for r in results) / persisting if persisting else float("nan")
