@@ -4,7 +4,9 @@ The graph is built from the source with ``ast``: one node per module of ``longis
 ``import``/``from ... import`` executed when the module is imported (module level, including ``try``/``if``
 bodies and class bodies, excluding ``if TYPE_CHECKING:`` blocks and imports inside functions, which run
 later). ``from package import name`` points at ``package.name`` when that is a module, else at ``package``,
-as in import-linter; importing a submodule is not counted as importing its parent package.
+as in import-linter; importing a submodule is not counted as importing its parent package. That graph must
+be acyclic; the layering rule (imports only go down the table of docs/architecture.md) holds for every import,
+including those inside functions.
 """
 
 from __future__ import annotations
