@@ -11,6 +11,8 @@ Top-level API::
     model = load_model("runs/segmast/best.pt")   # a trained model and how to use it, from the file alone
 """
 
+# Importing the model files registers the built-in models (the registry itself imports no model).
+import longiseg.networks.nets  # noqa: F401
 from longiseg._version import __version__
 from longiseg.engine.checkpoint import load_model
 from longiseg.networks.output import LongitudinalOutput

@@ -4,6 +4,9 @@ Models are registered with :func:`register_model` on a factory function that tak
 returns an ``nn.Module``. :func:`build_model` looks a name up and calls the factory; :func:`list_models`
 lists names with optional shell-style wildcards.
 
+The registry knows nothing about the models: as in timm, importing the model files fills it, and
+``import longiseg`` imports them (:mod:`longiseg.networks.nets`), so the built-in models are always listed.
+
 Example:
     >>> from longiseg import build_model, list_models
     >>> list_models("segmast*")            # doctest: +SKIP
@@ -107,15 +110,9 @@ def register_model(
 
 def unregister_model(name: str) -> None:
     """Remove ``name`` from the registry (mainly for tests and plugins)."""
-    _ensure_builtin_models()
     if name not in _REGISTRY:
         raise KeyError(_unknown_message(name))
     del _REGISTRY[name]
-
-
-def _ensure_builtin_models() -> None:
-    # Importing the nets package registers every built-in model exactly once.
-    import longiseg.networks.nets  # noqa: F401
 
 
 def _unknown_message(name: str) -> str:
@@ -126,7 +123,6 @@ def _unknown_message(name: str) -> str:
 
 def is_model(name: str) -> bool:
     """Whether ``name`` is a registered model."""
-    _ensure_builtin_models()
     return name in _REGISTRY
 
 
@@ -138,7 +134,6 @@ def model_info(name: str) -> ModelInfo:
     """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a str, got {type(name).__name__}")
-    _ensure_builtin_models()
     if name not in _REGISTRY:
         raise ValueError(_unknown_message(name))
     return _REGISTRY[name]
@@ -155,7 +150,6 @@ def list_models(pattern: str | Iterable[str] = "", *, dim: str | None = None, ta
     Returns:
         Sorted list of names.
     """
-    _ensure_builtin_models()
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     names = sorted(_REGISTRY)
     if any(patterns):

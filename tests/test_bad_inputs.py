@@ -420,10 +420,11 @@ def test_trainer_refuses_to_replace_a_run(tmp_path: Path) -> None:
 
     from longiseg.engine.config import TrainerConfig
     from longiseg.engine.trainer import Trainer
+    from longiseg.losses import ImbalanceAwareLoss
 
     (tmp_path / "last.pt").write_bytes(b"old")
     cfg = TrainerConfig(max_epochs=1, output_dir=str(tmp_path), device="cpu", progress_bar=False,
                         tensorboard=False, batch_size=2, warmup_epochs=0)
     with pytest.raises(FileExistsError, match="already holds a run.*resume=True.*overwrite=True"):
-        Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg).fit()
+        Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg, loss_fn=ImbalanceAwareLoss()).fit()
     assert (tmp_path / "last.pt").read_bytes() == b"old"

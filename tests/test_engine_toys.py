@@ -122,6 +122,7 @@ def test_synthetic_data_is_deterministic_per_index() -> None:
 
 def _main() -> None:
     from longiseg.engine import Trainer, TrainerConfig, seed_everything
+    from longiseg.losses import ImbalanceAwareLoss
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -165,7 +166,7 @@ def _main() -> None:
         trainer_module._CsvLog.append = counting(trainer_module._CsvLog.append, "csv-row")
         TrainerConfig.save = counting(TrainerConfig.save, "config")
 
-    trainer = Trainer(model, data, cfg, model_name=None, callbacks=[record_epoch, kill])
+    trainer = Trainer(model, data, cfg, loss_fn=ImbalanceAwareLoss(), model_name=None, callbacks=[record_epoch, kill])
     trainer.fit(resume=args.resume)
     if args.record:
         rank = trainer.ctx.rank

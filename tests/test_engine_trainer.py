@@ -16,6 +16,7 @@ import torch.nn as nn
 from test_engine_toys import SyntheticLongiData, TinyLongiNet
 from torch.utils.data import DataLoader
 
+from longiseg import build_model
 from longiseg.engine import (
     Trainer,
     TrainerConfig,
@@ -26,6 +27,7 @@ from longiseg.engine import (
 )
 from longiseg.losses import ImbalanceAwareLoss
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.utils.validation import debug_checks
 
 TOYS = Path(__file__).with_name("test_engine_toys.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +43,7 @@ def _config(tmp_path: Path, **kw) -> TrainerConfig:
 def _fit(tmp_path: Path, resume=False, init_seed: int = 0, **kw):
     seed_everything(init_seed)
     model = TinyLongiNet()
-    trainer = Trainer(model, SyntheticLongiData(n=16), _config(tmp_path, **kw))
+    trainer = Trainer(model, SyntheticLongiData(n=16), _config(tmp_path, **kw), loss_fn=ImbalanceAwareLoss())
     return model, trainer, trainer.fit(resume=resume)
 
 
@@ -53,7 +55,7 @@ def test_loss_decreases_and_logs(tmp_path) -> None:
     _, trainer, result = _fit(tmp_path, max_epochs=5)
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < losses[0] * 0.95
-    assert isinstance(trainer.loss_fn, ImbalanceAwareLoss)  # the default loss
+    assert isinstance(trainer.loss_fn, ImbalanceAwareLoss)  # the loss it was given
     assert result.epochs_completed == 5 and result.global_step == 5 * 4
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
@@ -76,7 +78,7 @@ def test_in_process_resume_matches_uninterrupted(tmp_path) -> None:
     # interrupt a 4-epoch run after epoch 2 (a callback ends it), then resume it in a fresh Trainer
     seed_everything(0)
     model = TinyLongiNet()
-    trainer = Trainer(model, SyntheticLongiData(n=16), _config(tmp_path / "stop", max_epochs=4),
+    trainer = Trainer(model, SyntheticLongiData(n=16), _config(tmp_path / "stop", max_epochs=4), loss_fn=ImbalanceAwareLoss(),
                       callbacks=[lambda t, row: setattr(t, "stopped_early", row["epoch"] == 2)])
     trainer.fit()
     assert load_checkpoint(tmp_path / "stop" / "last.pt")["epoch"] == 2
@@ -123,7 +125,7 @@ def test_early_stopping_and_best_checkpoint(tmp_path) -> None:
     assert result.best_metric is None  # no validate_fn: nothing to monitor
     seed_everything(0)
     trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=8),
-                      _config(tmp_path / "es", max_epochs=7, monitor="val_dice", monitor_mode="max", patience=3),
+                      _config(tmp_path / "es", max_epochs=7, monitor="val_dice", monitor_mode="max", patience=3), loss_fn=ImbalanceAwareLoss(),
                       validate_fn=lambda model: {"dice": next(scores)})
     result = trainer.fit()
     assert result.stopped_early and result.epochs_completed == 5
@@ -134,7 +136,7 @@ def test_early_stopping_and_best_checkpoint(tmp_path) -> None:
     assert last["epoch"] == 5 and last["early_stopping_counter"] == 3
     # resuming an early-stopped run does not train further
     again = Trainer(TinyLongiNet(), SyntheticLongiData(n=8),
-                    _config(tmp_path / "es", max_epochs=7, monitor="val_dice", monitor_mode="max", patience=3),
+                    _config(tmp_path / "es", max_epochs=7, monitor="val_dice", monitor_mode="max", patience=3), loss_fn=ImbalanceAwareLoss(),
                     validate_fn=lambda model: {"dice": 1.0}).fit(resume=True)
     assert again.epochs_completed == 5 and again.stopped_early
 
@@ -149,14 +151,14 @@ def test_validate_every_and_monitor_errors(tmp_path) -> None:
 
     seed_everything(0)
     t = Trainer(TinyLongiNet(), SyntheticLongiData(n=8),
-                _config(tmp_path, max_epochs=5, val_every=2, monitor="val_loss", monitor_mode="min"),
+                _config(tmp_path, max_epochs=5, val_every=2, monitor="val_loss", monitor_mode="min"), loss_fn=ImbalanceAwareLoss(),
                 validate_fn=validate)
     result = t.fit()
     assert len(calls) == 3  # epochs 2, 4 and the last one
     assert [("val_loss" in r) for r in result.history] == [False, True, False, True, True]
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert rows[0]["val_loss"] == "" and float(rows[1]["val_loss"]) == 1.0
-    bad = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path / "bad", monitor="val_dice"),
+    bad = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path / "bad", monitor="val_dice"), loss_fn=ImbalanceAwareLoss(),
                   validate_fn=lambda m: {"f1": 0.3})
     with pytest.raises(ValueError, match=r"monitor metric 'val_dice'.*val_f1"):
         bad.fit()
@@ -215,15 +217,15 @@ class _EpochData(SyntheticLongiData):
 def test_sampler_set_epoch_and_state_in_checkpoint(tmp_path) -> None:
     sampler = _RecordingBatchSampler(16, 4, seed=5)
     data = _EpochData(n=16)
-    trainer = Trainer(TinyLongiNet(), data, _config(tmp_path, max_epochs=3), batch_sampler=sampler)
+    trainer = Trainer(TinyLongiNet(), data, _config(tmp_path, max_epochs=3), loss_fn=ImbalanceAwareLoss(), batch_sampler=sampler)
     trainer.fit()
     assert sampler.epochs_seen == [0, 1, 2] and data.epochs_seen == [0, 1, 2]
     with pytest.raises(ValueError, match="persistent_workers"):
-        Trainer(TinyLongiNet(), DataLoader(data, num_workers=1, persistent_workers=True), _config(tmp_path))
+        Trainer(TinyLongiNet(), DataLoader(data, num_workers=1, persistent_workers=True), _config(tmp_path), loss_fn=ImbalanceAwareLoss())
     assert load_checkpoint(tmp_path / "last.pt")["sampler"] == {"seed": 5, "epoch": 2}
     sampler2 = _RecordingBatchSampler(16, 4, seed=5)
     loader = DataLoader(SyntheticLongiData(n=16), batch_sampler=sampler2)
-    Trainer(TinyLongiNet(), loader, _config(tmp_path, max_epochs=4)).fit(resume=True)
+    Trainer(TinyLongiNet(), loader, _config(tmp_path, max_epochs=4), loss_fn=ImbalanceAwareLoss()).fit(resume=True)
     assert sampler2.loaded == {"seed": 5, "epoch": 2} and sampler2.epochs_seen == [3]
 
 
@@ -231,7 +233,7 @@ def test_balanced_batch_sampler_if_available(tmp_path) -> None:
     samplers = pytest.importorskip("longiseg.data.samplers")
     data = SyntheticLongiData(n=16)
     sampler = samplers.BalancedBatchSampler(data.labels(), batch_size=4, num_replicas=1, rank=0, seed=0)
-    trainer = Trainer(TinyLongiNet(), data, _config(tmp_path, max_epochs=2), batch_sampler=sampler)
+    trainer = Trainer(TinyLongiNet(), data, _config(tmp_path, max_epochs=2), loss_fn=ImbalanceAwareLoss(), batch_sampler=sampler)
     assert trainer.epoch_sampler is sampler
     result = trainer.fit()
     assert result.epochs_completed == 2
@@ -266,24 +268,46 @@ def test_registry_model_trains_one_epoch(tmp_path) -> None:
     except (TypeError, ValueError) as err:
         pytest.skip(f"segmast does not take these tiny widths: {err}")
     trainer = Trainer(model, SyntheticLongiData(n=4, size=32), _config(tmp_path, max_epochs=1, batch_size=2),
-                      model_name="segmast", model_kwargs={"in_channels": 1})
+                      loss_fn=ImbalanceAwareLoss(), model_name="segmast", model_kwargs={"in_channels": 1})
     result = trainer.fit()
     assert result.global_step == 2 and torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
     assert load_checkpoint(tmp_path / "last.pt")["model_name"] == "segmast"
 
 
+def test_one_finiteness_check_per_step_unless_debugging(tmp_path, monkeypatch) -> None:
+    """A training step reads values back once (the loss); model, loss and targets check values in debug mode."""
+    model = build_model("segmast", in_channels=1, widths=(8, 8, 8, 8), depths=(1, 1, 1, 1), decoder_dim=8)
+    trainer = Trainer(model, SyntheticLongiData(n=4, size=32), _config(tmp_path, batch_size=2),
+                      loss_fn=ImbalanceAwareLoss(seed=0))
+    batch = next(iter(trainer.train_loader))
+    calls: list[tuple[int, ...]] = []
+    isfinite = torch.isfinite
+
+    def counting(x):
+        calls.append(tuple(x.shape))
+        return isfinite(x)
+
+    monkeypatch.setattr(torch, "isfinite", counting)
+    trainer.train_step(batch)
+    assert calls == [()]  # the scalar loss only
+    calls.clear()
+    with debug_checks():
+        trainer.train_step(batch)
+    assert len(calls) > 1 and () in calls  # model input and logits too
+
+
 def test_input_errors(tmp_path) -> None:
     cfg = _config(tmp_path, max_epochs=1)
     with pytest.raises(TypeError, match="nn.Module"):
-        Trainer("model", SyntheticLongiData(), cfg)  # type: ignore[arg-type]
+        Trainer("model", SyntheticLongiData(), cfg, loss_fn=ImbalanceAwareLoss())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="DataLoader or Dataset"):
-        Trainer(TinyLongiNet(), [1, 2, 3], cfg)  # type: ignore[arg-type]
+        Trainer(TinyLongiNet(), [1, 2, 3], cfg, loss_fn=ImbalanceAwareLoss())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="yields no batch"):
-        Trainer(TinyLongiNet(), SyntheticLongiData(n=2), cfg)
+        Trainer(TinyLongiNet(), SyntheticLongiData(n=2), cfg, loss_fn=ImbalanceAwareLoss())
     with pytest.raises(ValueError, match="only used when train_data is a Dataset"):
-        Trainer(TinyLongiNet(), DataLoader(SyntheticLongiData()), cfg, batch_sampler=[[0]])
+        Trainer(TinyLongiNet(), DataLoader(SyntheticLongiData()), cfg, loss_fn=ImbalanceAwareLoss(), batch_sampler=[[0]])
     with pytest.raises(FileNotFoundError, match="resume checkpoint not found"):
-        Trainer(TinyLongiNet(), SyntheticLongiData(), cfg).fit(resume=tmp_path / "nope.pt")
+        Trainer(TinyLongiNet(), SyntheticLongiData(), cfg, loss_fn=ImbalanceAwareLoss()).fit(resume=tmp_path / "nope.pt")
 
     class NoDict(nn.Module):
         def __init__(self):
@@ -294,8 +318,8 @@ def test_input_errors(tmp_path) -> None:
             return x * self.w
 
     with pytest.raises(TypeError, match="must return a LongitudinalOutput"):
-        Trainer(NoDict(), SyntheticLongiData(n=4), cfg).fit()
-    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg)
+        Trainer(NoDict(), SyntheticLongiData(n=4), cfg, loss_fn=ImbalanceAwareLoss()).fit()
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg, loss_fn=ImbalanceAwareLoss())
     with pytest.raises(ValueError, match=r"batch lacks \['progression'\]"):
         trainer.train_step({"images": torch.zeros(1, 2, 1, 8, 8), "baseline": torch.zeros(1, 1, 8, 8)})
     nan_loss = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg,
@@ -313,7 +337,7 @@ def test_epoch_seed() -> None:
 
 
 def test_amp_is_ignored_on_cpu(tmp_path) -> None:
-    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), _config(tmp_path, max_epochs=1, amp="bf16"),
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), _config(tmp_path, max_epochs=1, amp="bf16"), loss_fn=ImbalanceAwareLoss(),
                       dist_context=None)
     assert trainer.amp_dtype is None and not trainer.grad_scaler.is_enabled()
 
@@ -324,20 +348,20 @@ def test_amp_is_ignored_on_cpu(tmp_path) -> None:
 def test_amp_on_cuda(tmp_path, amp) -> None:
     seed_everything(0)
     trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, max_epochs=2, amp=amp,
-                                                                         device="cuda"))
+                                                                         device="cuda"), loss_fn=ImbalanceAwareLoss())
     assert trainer.amp_dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)
     result = trainer.fit()
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert (ckpt["grad_scaler"] is not None) == (amp == "fp16")
     resumed = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, max_epochs=3, amp=amp,
-                                                                         device="cuda")).fit(resume=True)
+                                                                         device="cuda"), loss_fn=ImbalanceAwareLoss()).fit(resume=True)
     assert resumed.epochs_completed == 3
 
 
 def test_tensorboard_logging_when_installed(tmp_path) -> None:
     pytest.importorskip("torch.utils.tensorboard")
-    Trainer(TinyLongiNet(), SyntheticLongiData(n=4), _config(tmp_path, max_epochs=1, tensorboard=True)).fit()
+    Trainer(TinyLongiNet(), SyntheticLongiData(n=4), _config(tmp_path, max_epochs=1, tensorboard=True), loss_fn=ImbalanceAwareLoss()).fit()
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
 

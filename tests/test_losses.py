@@ -18,6 +18,7 @@ from longiseg.losses import (
     sigmoid_focal_loss_per_sample,
 )
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.utils.validation import debug_checks
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
@@ -146,8 +147,15 @@ def test_dice_focal_accepts_bool_int_float_targets():
     ],
 )
 def test_dice_focal_bad_input(call, match, exc):
-    with pytest.raises(exc, match=match):
+    with debug_checks(), pytest.raises(exc, match=match):  # debug mode: values (NaN, binary) checked too
         call()
+
+
+def test_dice_focal_checks_values_only_in_debug_mode():
+    logits, target = torch.tensor([[[float("nan"), 0.0]]]), torch.full((1, 1, 2), 0.5)
+    assert torch.isnan(dice_focal_per_sample(logits, target)).all()  # no sync in the training step
+    with debug_checks(), pytest.raises(ValueError, match="NaN"):
+        dice_focal_per_sample(logits, target)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -487,13 +495,13 @@ def test_imbalance_loss_bad_input():
         loss(out, y1, torch.zeros(2, 1, 4, 4))
     with pytest.raises(ValueError, match="progression_target and output.progression"):
         loss(out, y1, torch.zeros(2, 2, 1, 4, 3))
-    with pytest.raises(ValueError, match="progression_target must be a binary mask"):
+    with debug_checks(), pytest.raises(ValueError, match="progression_target must be a binary mask"):
         loss(out, y1, torch.full((2, 2, 1, 4, 4), 0.5))
-    with pytest.raises(ValueError, match="baseline_target must be a binary mask"):
+    with debug_checks(), pytest.raises(ValueError, match="baseline_target must be a binary mask"):
         loss(out, torch.full((2, 1, 4, 4), 2.0), yp)
     bad = LongitudinalOutput(out.baseline.detach(), out.progression.detach().clone())
     bad.progression[1, 1, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="output.progression contains NaN"):
+    with debug_checks(), pytest.raises(ValueError, match="output.progression contains NaN"):
         loss(bad, y1, yp)
     with pytest.raises(ValueError, match="one value per sample"):
         ImbalanceAwareLoss(lambda a, b: (a - b).pow(2).mean())(out, y1, yp)

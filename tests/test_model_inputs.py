@@ -8,6 +8,7 @@ from model_checks import assert_output_shapes
 
 from longiseg import build_model, list_models, model_info
 from longiseg.networks.inputs import check_model_input
+from longiseg.utils.validation import DEBUG_CHECKS_ENV, debug_checks, debug_checks_enabled
 
 SEGFORMER_LIKE = {"widths": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "decoder_dim": 16}
 
@@ -78,5 +79,26 @@ def test_check_model_input_rules() -> None:
     check_model_input(torch.zeros(1, 1, 1, 4, 4), 2, 1, min_timepoints=1)
     with pytest.raises(TypeError, match="floating-point"):
         check_model_input(ok.long(), 2, 1)
-    with pytest.raises(ValueError, match="NaN"):
+    with debug_checks(), pytest.raises(ValueError, match="NaN"):
         check_model_input(torch.full_like(ok, float("inf")), 2, 1)
+
+
+def test_value_checks_only_in_debug_mode(monkeypatch) -> None:
+    """Finiteness costs a device-to-host sync: off by default, on with debug_checks() or LONGISEG_DEBUG_CHECKS=1."""
+    monkeypatch.delenv(DEBUG_CHECKS_ENV, raising=False)
+    nan = torch.full((1, 2, 1, 4, 4), float("nan"))
+    assert not debug_checks_enabled()
+    check_model_input(nan, 2, 1)  # shapes only
+    with debug_checks():
+        assert debug_checks_enabled()
+        with debug_checks(False):
+            check_model_input(nan, 2, 1)
+        with pytest.raises(ValueError, match="x contains NaN"):
+            check_model_input(nan, 2, 1)
+    assert not debug_checks_enabled()
+    monkeypatch.setenv(DEBUG_CHECKS_ENV, "1")
+    assert debug_checks_enabled()
+    with pytest.raises(ValueError, match="x contains NaN"):
+        check_model_input(nan, 2, 1)
+    with debug_checks(False):
+        assert not debug_checks_enabled()

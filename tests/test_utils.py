@@ -107,3 +107,19 @@ def test_layout_names():
     assert names["mask"] == ["baseline_mask.nii.gz", "progression_t1.nii.gz", "progression_t2.nii.gz"]
     with pytest.raises(ValueError):
         layout.progression_filename(0)
+
+
+def test_check_spatial_dims_and_widths() -> None:
+    from longiseg.utils.validation import check_spatial_dims, check_widths
+
+    assert check_spatial_dims("spatial_dims", 3) == 3
+    for bad in (1, 4, True, "3", 2.0):
+        with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+            check_spatial_dims("spatial_dims", bad)
+    assert check_widths("features", [8, 16]) == (8, 16)
+    with pytest.raises(ValueError, match="features must list at least 2 stage widths"):
+        check_widths("features", (8,))
+    with pytest.raises(ValueError, match=r"filters\[1\] must be >= 1"):
+        check_widths("filters", (8, 0))
+    with pytest.raises(TypeError, match="features must be a sequence"):
+        check_widths("features", 8)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@
   ``_no_weight_decay``, such as Mamba's ``A_log`` and ``D``),
 * a per-step linear warm-up then cosine decay (:mod:`longiseg.engine.schedulers`),
 * gradient clipping, AMP on CUDA (bf16, or fp16 with a ``GradScaler``),
-* the imbalance-aware loss (:class:`longiseg.losses.ImbalanceAwareLoss`) by default,
+* any loss the caller passes (the workflows pass :class:`longiseg.losses.ImbalanceAwareLoss`),
 * early stopping and ``best.pt`` on a validation metric,
 * atomic ``last.pt``/``best.pt`` checkpoints with an exact resume (:mod:`longiseg.engine.checkpoint`),
 * a per-epoch CSV log, optional TensorBoard and a tqdm progress bar,
@@ -49,6 +49,7 @@ from longiseg.engine.schedulers import build_warmup_cosine_scheduler
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.io import atomic_write
 from longiseg.utils.logging import get_logger, log_once
+from longiseg.utils.validation import DEBUG_CHECKS_ENV
 
 __all__ = [
     "Trainer",
@@ -327,8 +328,8 @@ class Trainer:
             data over ranks, with ``config.batch_size`` and ``config.num_workers``).
         config: :class:`TrainerConfig` (defaults follow the paper).
         loss_fn: callable ``(output, baseline_target, progression_target) -> result`` where ``result`` is a
-            scalar tensor or has a scalar ``.loss`` (other scalar fields are logged as ``train_<name>``);
-            default :class:`longiseg.losses.ImbalanceAwareLoss`.
+            scalar tensor or has a scalar ``.loss`` (other scalar fields are logged as ``train_<name>``),
+            e.g. :class:`longiseg.losses.ImbalanceAwareLoss` (required: the engine chooses no loss).
         validate_fn: callable ``(model) -> {name: float}`` run every ``config.val_every`` epochs with the
             unwrapped model in eval mode under ``torch.no_grad()`` on every rank; results are averaged over
             ranks and logged as ``val_<name>``.
@@ -346,7 +347,7 @@ class Trainer:
 
     Example:
         >>> trainer = Trainer(model, loader, TrainerConfig(max_epochs=100, output_dir="runs/segmast"),
-        ...                   validate_fn=my_validation)          # doctest: +SKIP
+        ...                   loss_fn=ImbalanceAwareLoss(), validate_fn=my_validation)  # doctest: +SKIP
         >>> result = trainer.fit(resume=True)                      # doctest: +SKIP
     """
 
@@ -356,7 +357,7 @@ class Trainer:
         train_data: DataLoader | Dataset,
         config: TrainerConfig | None = None,
         *,
-        loss_fn: LossFn | None = None,
+        loss_fn: LossFn,
         validate_fn: ValidateFn | None = None,
         batch_sampler: Any = None,
         collate_fn: Callable | None = None,
@@ -386,10 +387,6 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)
 
-        if loss_fn is None:
-            from longiseg.losses.imbalance import ImbalanceAwareLoss
-
-            loss_fn = ImbalanceAwareLoss()
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         if isinstance(loss_fn, nn.Module):
@@ -530,9 +527,11 @@ class Trainer:
             output = output.map(lambda t: t.float())
         flags = {k: batch[k] for k in self.loss_flag_keys if k in batch}
         loss, logs = _unpack_loss(self.loss_fn(output, batch["baseline"], batch["progression"], **flags))
+        # The one value check of a step (a device-to-host sync); the others run in debug mode only.
         if not self.grad_scaler.is_enabled() and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {self.epoch + 1}, "
-                                     f"step {self.global_step + 1}; lower the lr or check the data")
+                                     f"step {self.global_step + 1}; lower the lr or check the data "
+                                     f"({DEBUG_CHECKS_ENV}=1 also checks the model input, logits and targets)")
         self.optimizer.zero_grad(set_to_none=True)
         self.grad_scaler.scale(loss).backward()
         grad_norm = torch.zeros((), device=self.device)

@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longiseg.utils.validation import check_binary, check_finite, check_same_shape, check_tensor
+from longiseg.utils.validation import (
+    check_binary,
+    check_finite,
+    check_same_shape,
+    check_tensor,
+    debug_checks_enabled,
+)
 
 __all__ = [
     "PerSampleDiceFocalLoss",
@@ -39,10 +45,13 @@ def check_logits_and_target(
 ) -> None:
     """Validate a logits/target pair of shape ``(B, K, *S)``.
 
+    Types and shapes are always checked; the values (finite logits, binary target) only in debug mode
+    (:func:`~longiseg.utils.validation.debug_checks`), as they cost a device-to-host sync on a GPU.
+
     Raises:
         TypeError: if either is not a tensor or ``logits`` is not floating point.
-        ValueError: if ``logits`` has fewer than 3 dims, the shapes differ, ``logits`` holds NaN/inf or
-            ``target`` is not a binary mask (bool, int or float with values in ``{0, 1}``).
+        ValueError: if ``logits`` has fewer than 3 dims or the shapes differ; in debug mode also if ``logits``
+            holds NaN/inf or ``target`` is not a binary mask (bool, int or float with values in ``{0, 1}``).
     """
     check_tensor(logits_name, logits)
     check_tensor(target_name, target)
@@ -53,8 +62,9 @@ def check_logits_and_target(
             f"{logits_name} must have at least 3 dims (B, K, *spatial), got shape {tuple(logits.shape)}"
         )
     check_same_shape(logits_name, logits, target_name, target)
-    check_finite(logits_name, logits)
-    check_binary(target_name, target)
+    if debug_checks_enabled():
+        check_finite(logits_name, logits)
+        check_binary(target_name, target)
 
 
 def _check_hyperparameters(alpha: float | None = None, **nonnegative: float) -> None:

@@ -34,7 +34,13 @@ from torch import nn
 
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.networks.output import LongitudinalOutput
-from longiseg.utils.validation import check_binary, check_finite, check_same_shape, check_tensor
+from longiseg.utils.validation import (
+    check_binary,
+    check_finite,
+    check_same_shape,
+    check_tensor,
+    debug_checks_enabled,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -355,6 +361,9 @@ class ImbalanceAwareLoss(nn.Module):
 
         Returns:
             :class:`ImbalanceLossOutput` with the total and its components.
+
+        Types and shapes are always checked; finite logits and binary targets only in debug mode
+        (:func:`~longiseg.utils.validation.debug_checks`, ``LONGISEG_DEBUG_CHECKS=1``).
         """
         if not isinstance(output, LongitudinalOutput):
             raise TypeError(f"output must be a LongitudinalOutput, got {type(output).__name__}")
@@ -373,10 +382,11 @@ class ImbalanceAwareLoss(nn.Module):
                 f"{tuple(progression_target.shape)} vs {tuple(output.progression.shape)}"
             )
         check_same_shape("progression_target", progression_target, "output.progression", output.progression)
-        check_finite("output.baseline", output.baseline)
-        check_finite("output.progression", output.progression)
-        check_binary("baseline_target", baseline_target)
-        check_binary("progression_target", progression_target)
+        if debug_checks_enabled():  # value checks read every voxel: a device-to-host sync each
+            check_finite("output.baseline", output.baseline)
+            check_finite("output.progression", output.progression)
+            check_binary("baseline_target", baseline_target)
+            check_binary("progression_target", progression_target)
 
         batch = output.baseline.shape[0]
         annotated = _sample_flags("baseline_annotated", baseline_annotated, batch, default=True)

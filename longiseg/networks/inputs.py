@@ -13,7 +13,9 @@ inside a layer. The rules, in order:
   ``prod(ceil(S_i / downsampling_i)) >= 2``: the mean and variance of a single voxel say nothing (PyTorch
   refuses with "Expected more than 1 spatial element"). So one spatial size must be at least twice its
   downsampling, e.g. ``64 x 32`` for a 2D U-Net that downsamples 32 times; the message names the smallest sizes;
-* finite values.
+* finite values, in debug mode only (:func:`~longiseg.utils.validation.debug_checks`): reading every value
+  is a device-to-host synchronisation on a GPU, and a NaN input already shows as a non-finite loss, which
+  the trainer checks every step.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from longiseg.utils.validation import check_finite, check_ndim, check_tensor, check_timepoints
+from longiseg.utils.validation import (
+    check_finite,
+    check_ndim,
+    check_tensor,
+    check_timepoints,
+    debug_checks_enabled,
+)
 
 __all__ = ["check_model_input", "layout", "normalises_per_instance"]
 
@@ -64,7 +72,8 @@ def check_model_input(
 
     Raises:
         TypeError: if ``x`` is not a floating-point tensor.
-        ValueError: on any other mismatch (naming ``x``, the layout and what was expected), or NaN/inf values.
+        ValueError: on any other mismatch (naming ``x``, the layout and what was expected), or NaN/inf values
+            (in debug mode).
     """
     check_tensor("x", x)
     lay = layout(spatial_dims)
@@ -103,4 +112,5 @@ def check_model_input(
             f"spatial size at least twice its downsampling; the smallest inputs are "
             f"{' or '.join(str(s) for s in smallest)}"
         )
-    check_finite("x", x)
+    if debug_checks_enabled():
+        check_finite("x", x)

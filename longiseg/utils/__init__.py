@@ -18,6 +18,8 @@ from longiseg.utils.validation import (
     check_same_shape,
     check_tensor,
     check_timepoints,
+    debug_checks,
+    debug_checks_enabled,
 )
 
 __all__ = [
@@ -37,4 +39,6 @@ __all__ = [
     "check_same_shape",
     "check_tensor",
     "check_timepoints",
+    "debug_checks",
+    "debug_checks_enabled",
 ]

@@ -1,17 +1,30 @@
-"""Input checks shared by the whole library.
+"""Input checks shared by the whole library, and the switch for the costly ones.
 
 Each helper raises a ``TypeError`` or ``ValueError`` that names the argument and what was expected, so
 public functions can validate their inputs in one line.
+
+Validate once: configurations are checked when they are built and shapes at every public entry point
+(cheap: no data is read). Checks that read every value (:func:`check_finite`, :func:`check_binary`) cost a
+device-to-host synchronisation on a GPU, so inside a training step they run only in debug mode; the
+trainer keeps one cheap check per step (the loss is finite), and data are checked once when loaded and
+when inference starts. Debug mode is on inside :func:`debug_checks` or with the environment variable
+``LONGISEG_DEBUG_CHECKS=1``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 __all__ = [
+    "DEBUG_CHECKS_ENV",
+    "debug_checks",
+    "debug_checks_enabled",
     "check_tensor",
     "check_ndim",
     "check_finite",
@@ -20,9 +33,41 @@ __all__ = [
     "check_positive_int",
     "check_probability",
     "check_timepoints",
+    "check_spatial_dims",
+    "check_widths",
 ]
 
 ArrayLike = torch.Tensor | np.ndarray
+
+#: Environment variable that turns debug mode on (``1``, ``true``, ``yes`` or ``on``).
+DEBUG_CHECKS_ENV = "LONGISEG_DEBUG_CHECKS"
+_DEBUG_OVERRIDE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("longiseg_debug_checks", default=None)
+
+
+def debug_checks_enabled() -> bool:
+    """Whether the value checks inside a training step run (NaN/inf model inputs and logits, binary targets).
+
+    ``True`` inside ``with debug_checks():``, else when ``LONGISEG_DEBUG_CHECKS`` is ``1``/``true``/``yes``/``on``.
+    """
+    override = _DEBUG_OVERRIDE.get()
+    if override is not None:
+        return override
+    return os.environ.get(DEBUG_CHECKS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def debug_checks(enabled: bool = True) -> Iterator[None]:
+    """Turn the value checks of the hot paths on (or off) for the ``with`` block, in this thread/context.
+
+    Example:
+        >>> with debug_checks():                  # doctest: +SKIP
+        ...     trainer.train_step(batch)         # model inputs, logits and targets checked too
+    """
+    token = _DEBUG_OVERRIDE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _DEBUG_OVERRIDE.reset(token)
 
 
 def check_tensor(name: str, x: object) -> torch.Tensor:
@@ -115,3 +160,20 @@ def check_timepoints(name: str, num_timepoints: int, minimum: int = 2) -> int:
             f"{name} must be >= {minimum} (a baseline and at least one follow-up), got {num_timepoints}"
         )
     return int(num_timepoints)
+
+
+def check_spatial_dims(name: str, value: object) -> int:
+    """Return ``value`` if it is 2 (slices, 2D/2.5D) or 3 (volumes), else raise ``TypeError``/``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value not in (2, 3):
+        raise ValueError(f"{name} must be 2 or 3, got {value!r}")
+    return int(value)
+
+
+def check_widths(name: str, widths: Sequence[int], minimum_len: int = 2) -> tuple[int, ...]:
+    """Return ``widths`` as a tuple of positive ints (channels per network stage), at least ``minimum_len`` long."""
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints (channels per stage), got {type(widths).__name__}")
+    out = tuple(check_positive_int(f"{name}[{i}]", w) for i, w in enumerate(widths))
+    if len(out) < minimum_len:
+        raise ValueError(f"{name} must list at least {minimum_len} stage widths, got {out}")
+    return out

@@ -39,3 +39,8 @@ from longiseg.networks.blocks.efficient_attention import (  # noqa: E402
 )
 
 __all__ += ["DifferenceWeighting", "EfficientSelfAttention", "GlobalSelfAttention", "SpatialReductionAttention"]
+
+# The pipeline SegMaST and the SegFormer baseline share (base class and initialisation).
+from longiseg.networks.blocks.segformer_like import LongitudinalSegFormerLike, init_segformer_weights  # noqa: E402
+
+__all__ += ["LongitudinalSegFormerLike", "init_segformer_weights"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from longiseg.utils.validation import check_same_shape, check_tensor
+from longiseg.utils.validation import check_same_shape, check_spatial_dims, check_tensor
 
 __all__ = ["DifferenceWeighting"]
 
@@ -35,8 +35,7 @@ class DifferenceWeighting(nn.Module):
 
     def __init__(self, channels: int, spatial_dims: int = 3, affine: bool = True, eps: float = 1e-5) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        check_spatial_dims("spatial_dims", spatial_dims)
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.channels = channels

@@ -19,14 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longiseg.networks.output import LongitudinalOutput
-from longiseg.utils.validation import check_positive_int, check_tensor, check_timepoints
+from longiseg.utils.validation import check_positive_int, check_spatial_dims, check_tensor, check_timepoints
 
 __all__ = ["FusedDualHead", "TimepointHeads"]
 
 
 def _conv1x1(in_channels: int, out_channels: int, spatial_dims: int) -> nn.Module:
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    check_spatial_dims("spatial_dims", spatial_dims)
     conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
     return conv(in_channels, out_channels, kernel_size=1)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath
 
 from longiseg.networks.blocks.mix_ffn import MixFFN
 from longiseg.utils.validation import check_ndim, check_positive_int, check_probability, check_tensor
@@ -58,7 +57,13 @@ class STBlock(nn.Module):
         self.mixer = mixer
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = MixFFN(dim, hidden_dim=max(1, round(dim * mlp_ratio)), dropout=ffn_dropout)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if drop_path > 0:
+            # timm imports torchvision (seconds): imported when a model is built, not with the package.
+            from timm.layers import DropPath
+
+            self.drop_path: nn.Module = DropPath(drop_path)
+        else:
+            self.drop_path = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, T, H, W, C)`` to ``(B, T, H, W, C)``."""

@@ -40,8 +40,9 @@ from longiseg.networks.blocks.difference_weighting import DifferenceWeighting
 from longiseg.networks.blocks.heads import FusedDualHead, TimepointHeads
 from longiseg.networks.inputs import check_model_input
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.networks.presets import UNET_WIDTHS
 from longiseg.registry import register_model
-from longiseg.utils.validation import check_positive_int, check_timepoints
+from longiseg.utils.validation import check_positive_int, check_spatial_dims, check_timepoints, check_widths
 
 __all__ = [
     "ConvStage",
@@ -49,33 +50,11 @@ __all__ = [
     "UNetDecoder",
     "LongiUNetDW",
     "LongiUNetConcat",
-    "LONGI_UNET_CONFIGS",
 ]
-
-#: Feature widths per resolution stage of the named configurations (``"3d"``/``"2d"`` x ``"ms"``/``"glioma"``).
-LONGI_UNET_CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
-    "3d": {"ms": (32, 64, 128, 256, 256), "glioma": (40, 80, 160, 320, 400)},
-    "2d": {"ms": (32, 64, 128, 256, 288, 288), "glioma": (32, 64, 128, 256, 448, 448)},
-}
 
 
 def _conv_cls(spatial_dims: int) -> type[nn.Module]:
     return nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-
-
-def _check_spatial_dims(spatial_dims: int) -> int:
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    return spatial_dims
-
-
-def _check_features(features: Sequence[int]) -> tuple[int, ...]:
-    feats = tuple(features)
-    if len(feats) < 2:
-        raise ValueError(f"features must list at least 2 stage widths, got {feats}")
-    for f in feats:
-        check_positive_int("features[i]", f)
-    return feats
 
 
 class ConvStage(nn.Module):
@@ -100,7 +79,7 @@ class ConvStage(nn.Module):
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
         check_positive_int("stride", stride)
-        _check_spatial_dims(spatial_dims)
+        check_spatial_dims("spatial_dims", spatial_dims)
         conv = _conv_cls(spatial_dims)
         norm = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
         self.block = nn.Sequential(
@@ -134,8 +113,8 @@ class UNetEncoder(nn.Module):
     def __init__(self, in_channels: int, features: Sequence[int], spatial_dims: int) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
-        self.features = _check_features(features)
-        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.features = check_widths("features", features)
+        self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
         self.in_channels = in_channels
         widths = (in_channels,) + self.features
         self.stages = nn.ModuleList(
@@ -170,8 +149,8 @@ class UNetDecoder(nn.Module):
 
     def __init__(self, features: Sequence[int], spatial_dims: int) -> None:
         super().__init__()
-        self.features = _check_features(features)
-        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.features = check_widths("features", features)
+        self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
         up = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
         levels = range(len(self.features) - 1, 0, -1)  # from the bottleneck up
         self.upsamples = nn.ModuleList(
@@ -217,7 +196,7 @@ class LongiUNetDW(nn.Module):
         self,
         in_channels: int,
         out_channels: int = 1,
-        features: Sequence[int] = LONGI_UNET_CONFIGS["3d"]["ms"],
+        features: Sequence[int] = UNET_WIDTHS["3d"]["ms"],
         spatial_dims: int = 3,
         prior: str = "previous",
     ) -> None:
@@ -227,7 +206,7 @@ class LongiUNetDW(nn.Module):
             raise ValueError(f"prior must be 'previous' or 'baseline', got {prior!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
         self.prior = prior
         self.encoder = UNetEncoder(in_channels, features, spatial_dims)
         feats = self.encoder.features
@@ -284,7 +263,7 @@ class LongiUNetConcat(nn.Module):
         in_channels: int,
         num_timepoints: int = 2,
         out_channels: int = 1,
-        features: Sequence[int] = LONGI_UNET_CONFIGS["3d"]["ms"],
+        features: Sequence[int] = UNET_WIDTHS["3d"]["ms"],
         spatial_dims: int = 3,
     ) -> None:
         super().__init__()
@@ -293,7 +272,7 @@ class LongiUNetConcat(nn.Module):
         self.num_timepoints = check_timepoints("num_timepoints", num_timepoints)
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.spatial_dims = _check_spatial_dims(spatial_dims)
+        self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
         self.encoder = UNetEncoder(in_channels * num_timepoints, features, spatial_dims)
         self.decoder = UNetDecoder(self.encoder.features, spatial_dims)
         self.heads = FusedDualHead(
@@ -313,7 +292,7 @@ class LongiUNetConcat(nn.Module):
 
 
 def _features(spatial_dims: int, size: str, kwargs: dict[str, Any]) -> tuple[int, ...]:
-    return tuple(kwargs.pop("features", LONGI_UNET_CONFIGS[f"{spatial_dims}d"][size]))
+    return tuple(kwargs.pop("features", UNET_WIDTHS[f"{spatial_dims}d"][size]))
 
 
 def _build_dw(spatial_dims: int, size: str, default_in: int, **kwargs: Any) -> LongiUNetDW:

@@ -33,13 +33,16 @@ from einops import rearrange
 from longiseg.networks.blocks.heads import FusedDualHead
 from longiseg.networks.inputs import check_model_input, normalises_per_instance
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.networks.presets import UNET_WIDTHS
 from longiseg.registry import register_model
 from longiseg.utils.validation import (
     check_binary,
     check_ndim,
     check_positive_int,
+    check_spatial_dims,
     check_tensor,
     check_timepoints,
+    check_widths,
 )
 
 __all__ = [
@@ -48,17 +51,10 @@ __all__ = [
     "cross_sectional_targets",
     "make_dynunet",
     "make_swin_unetr",
-    "DYNUNET_CONFIGS",
     "SWIN_UNETR_CONFIGS",
 ]
 
 _INSTALL_HINT = "pip install longiseg[baselines]"
-
-#: DynUNet filters per level of the named configurations (``"2d"``/``"3d"`` x ``"ms"``/``"glioma"``).
-DYNUNET_CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
-    "2d": {"ms": (32, 64, 128, 256, 288, 288), "glioma": (32, 64, 128, 256, 448, 448)},
-    "3d": {"ms": (32, 64, 128, 256, 256), "glioma": (40, 80, 160, 320, 400)},
-}
 
 #: SwinUNETR settings of the named configurations. ``feature_size`` must be a multiple of 12 and the
 #: convolutional decoder dominates the size (24 -> ~15.7M, 36 -> ~35M parameters), so the glioma size keeps
@@ -108,9 +104,8 @@ def make_dynunet(
         dim, the multiple every input size must be.
     """
     nets = _monai_nets()
-    filters = tuple(check_positive_int("filters[i]", f) for f in filters)
-    if len(filters) < 2:
-        raise ValueError(f"filters must list at least 2 levels, got {filters}")
+    check_spatial_dims("spatial_dims", spatial_dims)
+    filters = check_widths("filters", filters)
     n = len(filters)
     kernel_size = kwargs.pop("kernel_size", [3] * n)
     strides = kwargs.pop("strides", [1] + [2] * (n - 1))
@@ -262,7 +257,7 @@ def _pop_common(kwargs: dict[str, Any], default_in: int) -> tuple[int, int, int]
 
 def _build_dynunet(spatial_dims: int, size: str, default_in: int, **kwargs: Any) -> ChannelStackedNet:
     in_channels, num_timepoints, out_channels = _pop_common(kwargs, default_in)
-    filters = tuple(kwargs.pop("filters", DYNUNET_CONFIGS[f"{spatial_dims}d"][size]))
+    filters = tuple(kwargs.pop("filters", UNET_WIDTHS[f"{spatial_dims}d"][size]))
     net, divisor = make_dynunet(spatial_dims, in_channels * num_timepoints, 1, filters, **kwargs)
     return ChannelStackedNet(_strip_output_block(net, "output_block"), filters[0], in_channels, num_timepoints,
                              out_channels, spatial_dims, divisor)
@@ -271,7 +266,7 @@ def _build_dynunet(spatial_dims: int, size: str, default_in: int, **kwargs: Any)
 def _build_dynunet_cs(size: str, default_in: int, **kwargs: Any) -> CrossSectionalNet:
     in_channels, _, out_channels = _pop_common(kwargs, default_in)  # any T works
     eps = kwargs.pop("eps", 1e-6)
-    filters = tuple(kwargs.pop("filters", DYNUNET_CONFIGS["3d"][size]))
+    filters = tuple(kwargs.pop("filters", UNET_WIDTHS["3d"][size]))
     net, divisor = make_dynunet(3, in_channels, out_channels, filters, **kwargs)
     return CrossSectionalNet(net, in_channels, spatial_dims=3, divisor=divisor, eps=eps)
 

@@ -27,8 +27,8 @@ from longiseg.networks.blocks.efficient_attention import EfficientSelfAttention,
 from longiseg.networks.blocks.encoder import HierarchicalEncoder
 from longiseg.networks.blocks.heads import TimepointHeads
 from longiseg.networks.blocks.mlp_decoder import AllMLPDecoder
+from longiseg.networks.blocks.segformer_like import LongitudinalSegFormerLike, init_segformer_weights
 from longiseg.networks.blocks.st_block import STBlock
-from longiseg.networks.nets.segmast import LongitudinalSegFormerLike, init_segformer_weights
 from longiseg.registry import register_model
 from longiseg.utils.validation import check_positive_int
 
