@@ -272,7 +272,7 @@ def register_case(raw_case: PathLike, out_root: PathLike, options: RegistrationO
                 transforms[(t, ref)] = tx
                 _write_tfm(tx, qc_dir / transform_filename(t))
                 if opts.qc_figures:
-                    from longiseg.reports.registration_qc import checkerboard_figure
+                    from longiseg.registration.qc_figure import checkerboard_figure
 
                     checkerboard_figure(fixed_np, moved, base_aff, qc_dir / f"t{t}_qc.png",
                                         title=f"{folder.name}: baseline / follow-up {t} registered")

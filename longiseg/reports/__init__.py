@@ -1,7 +1,6 @@
 """Figures and self-contained HTML reports (matplotlib), imported only by the commands that draw them.
 
 * :mod:`longiseg.reports.lesion_report`: the lesion-evolution report of ``longiseg lesions``.
-* :mod:`longiseg.reports.registration_qc`: the checkerboard figure of ``longiseg register``.
 
 ``import longiseg`` never imports this package or matplotlib.
 """
