@@ -115,8 +115,8 @@ def test_matches_reference_float64_with_gradients(bc_b, bc_c, dim, seqlen, featu
 
 
 def test_backward_keeps_no_per_position_states():
-    """Between forward and backward the kernel keeps the inputs, the time steps and one state per 32 positions:
-    nothing of the size of the full ``(B, D, L, N)`` state sequence."""
+    """Between forward and backward the kernel keeps the inputs, a few ``(B, L, D)`` tensors and one state per 32
+    positions: nothing of the size of the full ``(B, D, L, N)`` state sequence."""
     batch, dim, seqlen, dstate = 2, 20, 640, 16
     xs = _fresh_inputs(dim, seqlen, "shared", "shared", "softplus D z bias", dtype=torch.float32, dstate=dstate)
     out = cpu_kernel.selective_scan_cpu_channels_last(
@@ -124,8 +124,9 @@ def test_backward_keeps_no_per_position_states():
     )
     extra = sum(t.numel() for t in out.grad_fn.saved_tensors if t is not None)
     extra -= sum(v.numel() for v in xs.values() if v is not None)  # the inputs themselves
-    assert extra == batch * dim * seqlen + batch * dim * dstate * seqlen // 32  # time steps, checkpoints
-    assert extra < batch * dim * seqlen * dstate / 4
+    # at most: contiguous copies of u, the time steps, sigmoid(z), silu(z); one state per 32 positions
+    assert extra <= 4 * batch * dim * seqlen + batch * dim * dstate * seqlen // 32
+    assert extra < batch * dim * seqlen * dstate / 3
 
 
 @pytest.mark.parametrize("features", ["softplus D z bias", "", "softplus z"])

@@ -44,7 +44,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from longiseg.ssm.chunked import _process_delta
 from longiseg.ssm.inputs import compute_dtype, prepare_scan_inputs
 
 __all__ = [
@@ -286,7 +285,7 @@ def _define_kernels(numba: Any) -> None:
 
     @njit(fastmath=True, boundscheck=False, cache=True)
     def _nb_backward_job(  # pragma: no cover - compiled
-        u, dt, a_exp, a, bk, ck, dskip, z, zsig, dsp, gout, glast, ckpt,
+        u, dt, a_exp, a, bk, ck, dskip, gate, zsig, dsp, gout, glast, ckpt,
         gu, gdt, gz, ga, gb, gc, gd, gbias, b, d0, nd,
     ):
         # Adjoint recurrence g_t = C_t gy_t + exp(dt_{t+1} a) g_{t+1} (g_{L-1} also gets glast) for one job:
@@ -329,15 +328,15 @@ def _define_kernels(numba: Any) -> None:
                 _nb_advance(hbuf[k], hbuf[k + 1], abuf[k], av, stepv, xv, btile)
                 gy = gyb[k]
                 go = gout[b, t, d0 : d0 + nd]
-                if z.shape[0] > 0:
+                if gate.shape[0] > 0:
                     _nb_fill_tile(ck, hc, b, t, d0, ctile)
                     _nb_output(hbuf[k + 1], ctile, u, dskip, b, t, d0, acc)
                     zs = zsig[b, t, d0 : d0 + nd]
-                    zb = z[b, t, d0 : d0 + nd]
+                    sz = gate[b, t, d0 : d0 + nd]
                     gzb = gz[b, t, d0 : d0 + nd]
-                    for j in range(nd):
-                        gzb[j] = go[j] * acc[j] * zs[j] * (1 + zb[j] * (1 - zs[j]))
-                        gy[j] = go[j] * zb[j] * zs[j]
+                    for j in range(nd):  # silu'(z) = sigmoid(z) + silu(z) (1 - sigmoid(z))
+                        gzb[j] = go[j] * acc[j] * (zs[j] + sz[j] * (1 - zs[j]))
+                        gy[j] = go[j] * sz[j]
                 else:
                     for j in range(nd):
                         gy[j] = go[j]
@@ -383,19 +382,20 @@ def _define_kernels(numba: Any) -> None:
 
     @njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
     def _nb_backward(  # pragma: no cover - compiled
-        u, dt, a_exp, a, bk, ck, dskip, z, zsig, dsp, gout, glast, ckpt, nparts,
+        u, dt, a_exp, a, bk, ck, dskip, gate, zsig, dsp, gout, glast, ckpt, nparts,
         gu, gdt, gz, ga_p, gb_p, gc_p, gd_p, gbias_p,
     ):
         # Work item p of nparts runs jobs p, p + nparts, ... and accumulates gA, gB, gC, gD, g(delta_bias) into
         # its own slice [p] of the *_p buffers (zeroed by the caller, summed afterwards): no element is written
-        # by two threads. z, zsig (= sigmoid(z)), dsp (= softplus' derivative), glast: empty when absent.
+        # by two threads. gate (= silu(z)), zsig (= sigmoid(z)), dsp (= softplus' derivative), glast: empty
+        # when absent.
         dim = u.shape[2]
         nblk = (dim + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
         for p in prange(nparts):
             for job in range(p, u.shape[0] * nblk, nparts):
                 d0 = (job % nblk) * _CHANNEL_BLOCK
                 _nb_backward_job(
-                    u, dt, a_exp, a, bk, ck, dskip, z, zsig, dsp, gout, glast, ckpt,
+                    u, dt, a_exp, a, bk, ck, dskip, gate, zsig, dsp, gout, glast, ckpt,
                     gu, gdt, gz, ga_p[p], gb_p[p], gc_p[p], gd_p[p], gbias_p[p], job // nblk, d0,
                     min(dim, d0 + _CHANNEL_BLOCK) - d0,
                 )
@@ -470,74 +470,83 @@ def _scan_forward(
     z: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
     softplus: bool,
-    keep_checkpoints: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    keep_for_backward: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...] | None]:
     """The whole scan (steps, recurrence, skip, gate) without autograd on channel-last CPU tensors.
 
     Args:
-        u, delta, z: ``(B, L, D)``.
+        u, delta, z: ``(B, L, D)`` (any strides).
         A: ``(D, N)``.
         bk, ck: ``B``/``C`` as ``(B or 1, G, L or 1, N)`` (see :func:`_kernel_layout`).
         D, delta_bias: ``(D,)`` or ``None``.
         softplus: apply softplus to ``delta + delta_bias``.
-        keep_checkpoints: also return the states the backward pass starts its recomputations from.
+        keep_for_backward: also return what :func:`_scan_backward` needs besides the inputs.
 
     Returns:
-        ``out`` ``(B, L, D)``, the last state ``(B, D, N)``, the processed time steps ``(B, L, D)`` and the
-        checkpoints ``(B, ceil(L / _CHECKPOINT_EVERY), N, D)`` (or ``None``), all in the compute dtype.
+        ``out`` ``(B, L, D)`` and the last state ``(B, D, N)`` in the compute dtype, and (or ``None``) the
+        contiguous compute-dtype ``u``, time steps, ``sigmoid(z)``, ``silu(z)`` (``(B, L, D)``, ``None`` without
+        ``z``) and the checkpoints ``(B, ceil(L / _CHECKPOINT_EVERY), N, D)``.
     """
     ct = compute_dtype(u, delta, A, bk, ck)
+    batch, seqlen, dim = u.shape
     with torch.no_grad():
-        _, dt = _process_delta(delta, delta_bias, softplus, ct, channels_last=True)
-        gate = None if z is None else F.silu(z.to(ct))
-        u_np = _np(u, ct)
-        out = np.empty_like(u_np)
-        last = np.empty((u_np.shape[0], u_np.shape[2], A.shape[1]), dtype=u_np.dtype)
-        dt = dt.contiguous()
-        args = (dt.numpy(), _exponent_factors(A, ct), _np(bk, ct), _np(ck, ct), _skip(D, u.shape[2], ct))
-        batch, seqlen, dim = u.shape
-        ckpt = np.empty((batch, -(-seqlen // _CHECKPOINT_EVERY), A.shape[1], dim) if keep_checkpoints else (0,) * 4, dtype=u_np.dtype)
+        u_c = u.detach().to(ct).contiguous()
+        dt = torch.empty(u.shape, dtype=ct)  # bias and softplus into a contiguous buffer, transposing on the way
+        if delta_bias is None:
+            dt.copy_(delta)
+        else:
+            torch.add(delta.detach(), delta_bias.detach(), out=dt)
+        if softplus:
+            dt = F.softplus(dt)
+        zsig = gate = None
+        if z is not None:
+            zsig = torch.sigmoid(z.detach().to(ct), out=torch.empty(u.shape, dtype=ct))
+            gate = torch.mul(zsig, z.detach(), out=torch.empty(u.shape, dtype=ct))  # silu(z) = z sigmoid(z)
+        out = torch.empty(u.shape, dtype=ct)
+        last = torch.empty(batch, dim, A.shape[1], dtype=ct)
+        ckpt = torch.empty(
+            (batch, -(-seqlen // _CHECKPOINT_EVERY), A.shape[1], dim) if keep_for_backward else (0,) * 4, dtype=ct
+        )
+        args = (_exponent_factors(A, ct), _np(bk, ct), _np(ck, ct), _skip(D, dim, ct), _np(gate, ct))
         _kernels()
         with _KERNEL_LOCK:
             _set_threads()
-            _nb_forward(u_np, *args, _np(gate, ct), out, last, ckpt)
-    return torch.from_numpy(out), torch.from_numpy(last), dt, torch.from_numpy(ckpt) if keep_checkpoints else None
+            _nb_forward(u_c.numpy(), dt.numpy(), *args, out.numpy(), last.numpy(), ckpt.numpy())
+    return out, last, (u_c, dt, zsig, gate, ckpt) if keep_for_backward else None
 
 
 def _scan_backward(
     inputs: tuple[torch.Tensor | None, ...],
-    dt: torch.Tensor,
-    ckpt: torch.Tensor,
+    kept: tuple[torch.Tensor | None, ...],
     gout: torch.Tensor | None,
     glast: torch.Tensor | None,
     softplus: bool,
 ) -> tuple[torch.Tensor | None, ...]:
     """Gradients w.r.t. ``inputs = (u, delta, A, bk, ck, D, z, delta_bias)`` (the layouts of
-    :func:`_scan_forward`, whose time steps ``dt`` and checkpoints ``ckpt`` are given) of a loss whose gradients
-    w.r.t. ``out`` and the last state are ``gout`` ``(B, L, D)`` and ``glast`` ``(B, D, N)`` (``None`` = zero),
-    by the compiled adjoint recurrence."""
+    :func:`_scan_forward`, whose ``kept`` tensors are given) of a loss whose gradients w.r.t. ``out`` and the
+    last state are ``gout`` ``(B, L, D)`` and ``glast`` ``(B, D, N)`` (``None`` = zero), by the compiled
+    adjoint recurrence."""
     u, delta, A, bk, ck, D, z, delta_bias = inputs
+    u_c, dt, zsig, gate, ckpt = kept
     ct = dt.dtype
     numba, _ = _load_numba()
     with torch.no_grad():
-        raw = delta.to(ct) if delta_bias is None else delta.to(ct) + delta_bias.to(ct)
-        u_np = _np(u, ct)
-        if gout is None:
-            gout = torch.zeros(u.shape, dtype=ct)
         dim, n_state = A.shape
+        # softplus'(raw) = sigmoid(raw) = 1 - exp(-softplus(raw))
+        dsp = torch.expm1(dt.neg()).neg_() if softplus else None
         kernel_inputs = (
-            u_np, dt.numpy(), _exponent_factors(A, ct), _np(A, ct), _np(bk, ct), _np(ck, ct), _skip(D, dim, ct),
-            _np(z, ct), _np(None if z is None else torch.sigmoid(z.to(ct)), ct),
-            _np(torch.sigmoid(raw) if softplus else None, ct), _np(gout, ct), _np(glast, ct),
+            u_c.numpy(), dt.numpy(), _exponent_factors(A, ct), _np(A, ct), _np(bk, ct), _np(ck, ct),
+            _skip(D, dim, ct), _np(gate, ct), _np(zsig, ct), _np(dsp, ct),
+            _np(torch.zeros(u.shape, dtype=ct) if gout is None else gout, ct), _np(glast, ct),
         )
-        gu, gdt = np.empty_like(u_np), np.empty_like(u_np)
-        gz = np.empty_like(u_np) if z is not None else _np(None, ct)
+        gu, gdt = np.empty(u.shape, dtype=kernel_inputs[0].dtype), np.empty(u.shape, dtype=kernel_inputs[0].dtype)
+        gz = np.empty_like(gu) if z is not None else _np(None, ct)
         _kernels()
         with _KERNEL_LOCK:
             _set_threads()
             parts = max(1, min(numba.get_num_threads(), u.shape[0] * -(-dim // _CHANNEL_BLOCK)))  # type: ignore[attr-defined]
             partial = [
-                np.zeros((parts, *shape), dtype=u_np.dtype)
+                np.zeros((parts, *shape), dtype=gu.dtype)
                 for shape in ((dim, n_state), tuple(bk.shape), tuple(ck.shape), (dim,), (dim,))
             ]
             _nb_backward(*kernel_inputs, ckpt.numpy(), parts, gu, gdt, gz, *partial)
@@ -589,8 +598,8 @@ class _CompiledScanFn(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.set_materialize_grads(False)
         keep = any(ctx.needs_input_grad)
-        out, last, dt, ckpt = _scan_forward(u, delta, A, bk, ck, D, z, delta_bias, softplus, keep)
-        ctx.save_for_backward(u, delta, A, bk, ck, D, z, delta_bias, dt if keep else None, ckpt)
+        out, last, kept = _scan_forward(u, delta, A, bk, ck, D, z, delta_bias, softplus, keep)
+        ctx.save_for_backward(u, delta, A, bk, ck, D, z, delta_bias, *(kept or (None,) * 5))
         ctx.softplus = softplus
         return out.to(u.dtype), last
 
@@ -598,8 +607,8 @@ class _CompiledScanFn(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, gout: torch.Tensor | None, glast: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        *inputs, dt, ckpt = ctx.saved_tensors
-        return (*_scan_backward(tuple(inputs), dt, ckpt, gout, glast, ctx.softplus), None)
+        saved = ctx.saved_tensors
+        return (*_scan_backward(saved[:8], saved[8:], gout, glast, ctx.softplus), None)
 
 
 def selective_scan_cpu(
