@@ -121,7 +121,8 @@ def _define_kernels(numba: Any) -> None:
     channels. Their indices are range variables starting at 0 (never sums such as ``n * nd + j``): LLVM then
     sees they are non-negative, drops numba's negative-index wrap-around and vectorises the loops.
     """
-    global _nb_exp2_array, _nb_copy_states, _nb_fill_tile, _nb_add_group_sums, _nb_load_steps, _nb_advance, _nb_output, _nb_transposed, _nb_forward_job, _nb_forward, _nb_backward_job, _nb_backward
+    global _nb_exp2_array, _nb_copy_states, _nb_fill_tile, _nb_add_group_sums, _nb_load_steps, _nb_advance
+    global _nb_output, _nb_transposed, _nb_forward_job, _nb_forward, _nb_backward_job, _nb_backward
     njit, prange = numba.njit, numba.prange
     c0, c1, c2, c3, c4, c5, c6 = (np.float32(c) for c in _EXP2_COEF)
 
@@ -290,8 +291,8 @@ def _define_kernels(numba: Any) -> None:
     ):
         # Adjoint recurrence g_t = C_t gy_t + exp(dt_{t+1} a) g_{t+1} (g_{L-1} also gets glast) for one job:
         # chunk by chunk (of _CHECKPOINT_EVERY positions) from the end, the chunk's states and decays are
-        # recomputed from the forward pass's checkpoint into (chunk + 1, N, nd) buffers and swept in reverse. ga, gb, gc, gd,
-        # gbias are this work item's partial sums (accumulated into).
+        # recomputed from the forward pass's checkpoint into (chunk + 1, N, nd) buffers and swept in reverse.
+        # ga, gb, gc, gd, gbias are this work item's partial sums (accumulated into).
         seqlen = u.shape[1]
         n_state = a.shape[1]
         nck = (seqlen + _CHECKPOINT_EVERY - 1) // _CHECKPOINT_EVERY
