@@ -15,7 +15,7 @@ of the process is shown too because it is less sensitive to other load on a shar
 
 Methods (all compute the same selective scan: softplus(delta + bias), D skip, z gate; B=2, N=16):
   chunked    longiseg's chunked scan with the recomputing backward
-  numba      longiseg's compiled CPU kernel (forward; backward = chunked's), when numba is installed
+  numba      longiseg's compiled CPU kernels (forward and backward), when numba is installed
   triton     longiseg's Triton kernels (forward and backward), CUDA only
   cuda       mamba-ssm's CUDA kernel (selective_scan_fn), CUDA only, when mamba-ssm is installed
   reference  longiseg's sequential reference (autograd); at long L it is extrapolated linearly from a shorter run
@@ -223,12 +223,19 @@ def main() -> None:
             print(
                 f"{seqlen:>6} {method:>10} {tag}{r['wall']:8.3f} {r['cpu']:9.3f} {_fmt_mem(r['peak'])} {speed:>16}"
             )
+        if "numba" in rows and "error" not in rows["numba"] and "error" not in rows["chunked"]:
+            nb, ch = rows["numba"], rows["chunked"]
+            print(
+                f"{seqlen:>6} numba is {ch['wall'] / nb['wall']:.1f}x faster than chunked "
+                f"(cpu time {ch['cpu'] / nb['cpu']:.1f}x)"
+            )
         tri, cu = rows.get("triton", {}), rows.get("cuda", {})
         if "wall" in tri and "wall" in cu:
             print(f"{seqlen:>6} triton / mamba-ssm cuda: {tri['wall'] / cu['wall']:.2f}x")
     mem_len = 4096 if args.quick else 16384
     print(f"# peak memory, L={mem_len}, D=256 ({'forward' if args.forward else 'fwd+bwd'}, one call)")
-    for method in [m for m in ("chunked", "triton", "cuda", "mambapy") if m in methods][: 1 if args.quick else None]:
+    mem_methods = ("chunked", "numba") if args.quick else ("chunked", "numba", "triton", "cuda", "mambapy")
+    for method in [m for m in mem_methods if m in methods]:
         r = _run(method, mem_len, 256, 1, args.device, args.threads)
         print(
             f"{mem_len:>6} {method:>10} "

@@ -1,28 +1,35 @@
-"""Fused CPU selective scan compiled with numba (optional: ``pip install longiseg[cpu]``).
+"""Fused CPU selective scan, forward and backward, compiled with numba (optional: ``pip install longiseg[cpu]``).
 
 The chunked PyTorch scan materialises ``(B, D, L, N)`` tensors and is bound by memory traffic and per-operation
-overhead on a CPU. This backend runs the recurrence in one compiled loop per ``(batch, block of channels)``,
-parallel over those blocks, keeping the ``(block, N)`` state in registers/L1:
+overhead on a CPU. This backend runs the recurrence in compiled loops per job = ``(batch, block of 64
+channels)``, parallel over the jobs, keeping the job's ``(N, 64)`` state in L1:
 
     for t in 0..L-1:   h[d, n] = exp(delta[d, t] A[d, n]) h[d, n] + delta[d, t] u[d, t] B[g(d), n, t]
-                       y[d, t] = sum_n C[g(d), n, t] h[d, n]
+                       y[d, t] = sum_n C[g(d), n, t] h[d, n] + D[d] u[d, t],   out = y silu(z)
 
-The skip term ``D u``, the gate ``silu(z)``, the bias and the softplus of ``delta`` are applied with PyTorch
-around the kernel, exactly as in the other backends.
+The bias and softplus of ``delta``, ``silu(z)`` and the sigmoids of the backward pass are vectorised PyTorch
+operations around the kernels (transcendental functions are not vectorised inside numba); everything else (the
+skip, the gate, the reductions over channels and time) is fused into the kernels.
 
-**The exponential.** In float32 the kernel evaluates ``exp(x) = 2^(x log2 e)`` like mamba-ssm's CUDA kernel
+**The exponential.** In float32 the kernels evaluate ``exp(x) = 2^(x log2 e)`` like mamba-ssm's CUDA kernel
 (``exp2f``), with a degree-6 polynomial for ``2^f`` on ``(0, 1]`` and the integer power of two built from its
 exponent bits (:func:`exp2_nonpositive`, relative error < 2e-7, tested against ``torch.exp``); this lets the
-compiler vectorise the state update, which makes it about three times faster than scalar ``exp`` calls.
-Arguments below ``-125`` (``2^-125 = 2.4e-38``) are clamped there: a decay factor that small is zero for every
-purpose. Float64 inputs use the exact ``math.exp`` (the path the float64 tests compare with the reference).
+compiler vectorise the state update. Arguments below ``-125`` (``2^-125 = 2.4e-38``) are clamped there: a decay
+factor that small is zero for every purpose. Float64 inputs use the exact ``math.exp`` (the path the float64
+tests compare with the reference).
 
-**Gradients.** Only the forward pass is compiled. :class:`~torch.autograd.Function` ``_CompiledScanFn`` reuses the
-chunked scan's backward (which recomputes the states from the saved inputs), so training gets the faster forward
-pass and the same gradients as ``backend="chunked"``.
+**Gradients.** The backward kernel runs the adjoint recurrence ``g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}``
+(``g_{L-1}`` also receives the last state's gradient). The forward pass keeps the state before every 32nd
+position (``1/32`` of the state sequence); the backward pass recomputes one such chunk of a job at a time (its
+states and decays, in L2) and sweeps it in reverse, forming every gradient on the way. ``dA``, ``dD`` and
+``d(delta_bias)`` and, for shared or grouped ``B``/``C``, ``dB``/``dC`` are sums over jobs: each parallel work
+item accumulates into its own partial buffer, summed afterwards, so no element is written by two threads.
+Nothing of size ``(B, D, L, N)`` is stored: memory is linear in ``L``.
 
-**Threads.** The kernel uses ``torch.get_num_threads()`` numba threads (capped by numba's own limit) on numba's
+**Threads.** The kernels use ``torch.get_num_threads()`` numba threads (capped by numba's own limit) on numba's
 work-queue threading layer (unless ``NUMBA_THREADING_LAYER`` is set), and launches are serialised by a lock.
+The first call in a fresh environment compiles the kernels (tens of seconds, per dtype); numba caches the machine
+code next to the module, later processes load it in about a second.
 """
 
 from __future__ import annotations
@@ -31,21 +38,13 @@ import functools
 import math
 import os
 import threading
-from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from longiseg.ssm.chunked import (
-    DEFAULT_BLOCK_ELEMS,
-    _chunked_backward,
-    _ChunkedScanFn,
-    _process_delta,
-    _save_inputs,
-    default_chunk_size,
-)
-from longiseg.ssm.inputs import bc_grouped, compute_dtype, prepare_scan_inputs
+from longiseg.ssm.inputs import compute_dtype, prepare_scan_inputs
 
 __all__ = [
     "cpu_kernel_available",
@@ -56,8 +55,11 @@ __all__ = [
 ]
 
 _LOG2E = 1.4426950408889634
-#: Channels per work item of the kernel (the state of one item, 16 x N floats, stays in L1).
-_CHANNEL_BLOCK = 16
+#: Channels per job (the state of one job, N x 64 floats, stays in L1; loops over 64 channels vectorise well).
+_CHANNEL_BLOCK = 64
+#: The forward pass keeps the state before every this many positions for the backward pass, which recomputes
+#: one such chunk at a time into (chunk + 1, N, block) buffers that stay in L2.
+_CHECKPOINT_EVERY = 32
 
 
 def _exp2_coefficients() -> tuple[float, ...]:
@@ -101,99 +103,315 @@ def require_cpu_kernel(source: str = "backend argument") -> None:
         )
 
 
+def _nb_decay(x: float) -> float:
+    """``exp`` of a decay exponent inside the kernels: for float32 ``2^x`` with ``x = delta A log2(e)`` (the
+    polynomial ``exp2``), for float64 ``math.exp(x)`` with ``x = delta A``. Compiled only (an ``overload``)."""
+    raise NotImplementedError("only callable from numba-compiled code")
+
+
+def _define_kernels(numba: Any) -> None:
+    """Define the compiled functions as module globals (not closures, so that numba's disk cache can key them).
+
+    Layouts (channel-last, C-contiguous): ``u, dt, out`` and every ``(B, L, D)`` argument; ``a_exp`` = the
+    exponent factors ``(D, N)`` (``A log2 e`` for float32, ``A`` for float64, see :func:`_nb_decay`); ``bk, ck``
+    = ``B``/``C`` as ``(B or 1, G, L or 1, N)`` (size 1 where the input does not vary, e.g. ``(1, D, 1, N)`` for
+    the input-independent form; channel ``d`` uses group ``d // (D // G)``). Optional ``(B, L, D)`` inputs are
+    passed as empty ``(0, 0, 0)`` arrays when absent. A job is one batch ``b`` and channels ``d0 .. d0 + nd``
+    (``nd <= _CHANNEL_BLOCK``); inside it a state is an ``(N, nd)`` array, so the inner loops run over contiguous
+    channels. Their indices are range variables starting at 0 (never sums such as ``n * nd + j``): LLVM then
+    sees they are non-negative, drops numba's negative-index wrap-around and vectorises the loops.
+    """
+    global _nb_exp2_array, _nb_copy_states, _nb_fill_tile, _nb_add_group_sums, _nb_load_steps, _nb_advance
+    global _nb_output, _nb_transposed, _nb_forward_job, _nb_forward, _nb_backward_job, _nb_backward
+    njit, prange = numba.njit, numba.prange
+    c0, c1, c2, c3, c4, c5, c6 = (np.float32(c) for c in _EXP2_COEF)
+
+    @numba.extending.overload(_nb_decay, inline="always", jit_options={"fastmath": True})
+    def _decay_impl(x):  # pragma: no cover - compiled
+        if x == numba.types.float32:
+
+            def exp2(x):
+                # 2^x for x <= 0: polynomial in the fraction times the power of two built from exponent bits
+                x = max(x, np.float32(-125.0))
+                k = np.int32(-x)  # truncation: k = ceil(-x) - (x integral), x + k in (-1, 0]
+                f = x + np.float32(k) + np.float32(1.0)  # in (0, 1]
+                mantissa = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
+                return mantissa * np.int32((np.int32(126) - k) << 23).view(np.float32)  # times 2^(-k-1)
+
+            return exp2
+        return lambda x: math.exp(x)
+
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def _nb_exp2_array(v, out):  # pragma: no cover - compiled
+        for i in range(v.size):
+            out[i] = _nb_decay(v[i])
+
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def _nb_fill_tile(x, heads, b, t, d0, tile):  # pragma: no cover - compiled
+        # tile[n, j] = x[b, group(d0 + j), t, n] (b, t ignored where x does not vary over them)
+        n_state, nd = tile.shape
+        bx = b if x.shape[0] > 1 else 0
+        tx = t if x.shape[2] > 1 else 0
+        j = 0
+        while j < nd:
+            g = (d0 + j) // heads
+            je = min(nd, (g + 1) * heads - d0)
+            for n in range(n_state):
+                v = x[bx, g, tx, n]
+                seg = tile[n, j:je]
+                for jj in range(je - j):
+                    seg[jj] = v
+            j = je
+
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def _nb_add_group_sums(tile, heads, b, t, d0, acc):  # pragma: no cover - compiled
+        # acc[b, g, t, n] += sum of tile[n, j] over the block's channels j of group g (acc laid out as B/C)
+        n_state, nd = tile.shape
+        bx = b if acc.shape[0] > 1 else 0
+        tx = t if acc.shape[2] > 1 else 0
+        j = 0
+        while j < nd:
+            g = (d0 + j) // heads
+            je = min(nd, (g + 1) * heads - d0)
+            for n in range(n_state):
+                seg = tile[n, j:je]
+                s = seg[0]
+                for jj in range(1, je - j):
+                    s += seg[jj]
+                acc[bx, g, tx, n] += s
+            j = je
+
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def _nb_load_steps(u, dt, b, t, d0, stepv, xv):  # pragma: no cover - compiled
+        ub = u[b, t, d0 : d0 + stepv.size]
+        db = dt[b, t, d0 : d0 + stepv.size]
+        for j in range(stepv.size):
+            stepv[j] = db[j]
+            xv[j] = db[j] * ub[j]
+
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def _nb_advance(h_prev, h_next, dec, av, stepv, xv, btile):  # pragma: no cover - compiled
+        # h_next = exp(step a) h_prev + step u B for one position; dec keeps the decays exp(step a). h_prev and
+        # h_next must be different arrays: LLVM's overlap check would send an in-place update to a scalar loop.
+        n_state, nd = av.shape
+        for n in range(n_state):
+            for j in range(nd):
+                a = _nb_decay(stepv[j] * av[n, j])
+                dec[n, j] = a
+                h_next[n, j] = a * h_prev[n, j] + xv[j] * btile[n, j]
+
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def _nb_output(h, ctile, u, dskip, b, t, d0, acc):  # pragma: no cover - compiled
+        # acc[j] = sum_n C h + D u (the scan output before the gate)
+        n_state, nd = h.shape
+        ub = u[b, t, d0 : d0 + nd]
+        db = dskip[d0 : d0 + nd]
+        for j in range(nd):
+            acc[j] = db[j] * ub[j]
+        for n in range(n_state):
+            for j in range(nd):
+                acc[j] += h[n, j] * ctile[n, j]
+
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def _nb_copy_states(h, rows, d0, to_rows):  # pragma: no cover - compiled
+        # between a job's states h (N, nd) and the channels d0 .. d0 + nd of rows (N, D); explicit loops, as
+        # numba's array assignment would compile its string-formatting error path (seconds of compile time)
+        n_state, nd = h.shape
+        for n in range(n_state):
+            r = rows[n, d0 : d0 + nd]
+            if to_rows:
+                for j in range(nd):
+                    r[j] = h[n, j]
+            else:
+                for j in range(nd):
+                    h[n, j] = r[j]
+
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def _nb_transposed(x, d0, nd):  # pragma: no cover - compiled
+        # x[d0 : d0 + nd] of a (D, N) array as a contiguous (N, nd) array
+        out = np.empty((x.shape[1], nd), dtype=x.dtype)
+        for n in range(x.shape[1]):
+            for j in range(nd):
+                out[n, j] = x[d0 + j, n]
+        return out
+
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def _nb_forward_job(u, dt, a_exp, bk, ck, dskip, gate, out, last, ckpt, b, d0, nd):  # pragma: no cover - compiled
+        n_state = a_exp.shape[1]
+        hb = u.shape[2] // bk.shape[1]
+        hc = u.shape[2] // ck.shape[1]
+        av = _nb_transposed(a_exp, d0, nd)
+        hh = np.zeros((2, n_state, nd), dtype=u.dtype)  # states of even and odd positions (see advance)
+        dec = np.empty((n_state, nd), dtype=u.dtype)
+        btile = np.empty((n_state, nd), dtype=u.dtype)
+        ctile = np.empty((n_state, nd), dtype=u.dtype)
+        stepv = np.empty(nd, dtype=u.dtype)
+        xv = np.empty(nd, dtype=u.dtype)
+        acc = np.empty(nd, dtype=u.dtype)
+        for t in range(u.shape[1]):
+            if ckpt.shape[0] > 0 and t % _CHECKPOINT_EVERY == 0:
+                _nb_copy_states(hh[t % 2], ckpt[b, t // _CHECKPOINT_EVERY], d0, True)
+            _nb_load_steps(u, dt, b, t, d0, stepv, xv)
+            if t == 0 or bk.shape[2] > 1:
+                _nb_fill_tile(bk, hb, b, t, d0, btile)
+            if t == 0 or ck.shape[2] > 1:
+                _nb_fill_tile(ck, hc, b, t, d0, ctile)
+            h = hh[(t + 1) % 2]
+            _nb_advance(hh[t % 2], h, dec, av, stepv, xv, btile)
+            _nb_output(h, ctile, u, dskip, b, t, d0, acc)
+            ob = out[b, t, d0 : d0 + nd]
+            if gate.shape[0] > 0:
+                gb = gate[b, t, d0 : d0 + nd]
+                for j in range(nd):
+                    ob[j] = acc[j] * gb[j]
+            else:
+                for j in range(nd):
+                    ob[j] = acc[j]
+        h = hh[u.shape[1] % 2]
+        for j in range(nd):
+            for n in range(n_state):
+                last[b, d0 + j, n] = h[n, j]
+
+    @njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
+    def _nb_forward(u, dt, a_exp, bk, ck, dskip, gate, out, last, ckpt):  # pragma: no cover - compiled
+        # out = (sum_n C h + dskip u) * gate, gate = silu(z) or empty; last: (B, D, N); ckpt: empty, or
+        # (B, ceil(L / _CHECKPOINT_EVERY), N, D) receiving the state before every _CHECKPOINT_EVERY-th position
+        dim = u.shape[2]
+        nblk = (dim + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
+        for job in prange(u.shape[0] * nblk):
+            d0 = (job % nblk) * _CHANNEL_BLOCK
+            _nb_forward_job(
+                u, dt, a_exp, bk, ck, dskip, gate, out, last, ckpt, job // nblk, d0, min(dim, d0 + _CHANNEL_BLOCK) - d0
+            )
+
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def _nb_backward_job(  # pragma: no cover - compiled
+        u, dt, a_exp, a, bk, ck, dskip, gate, zsig, dsp, gout, glast, ckpt,
+        gu, gdt, gz, ga, gb, gc, gd, gbias, b, d0, nd,
+    ):
+        # Adjoint recurrence g_t = C_t gy_t + exp(dt_{t+1} a) g_{t+1} (g_{L-1} also gets glast) for one job:
+        # chunk by chunk (of _CHECKPOINT_EVERY positions) from the end, the chunk's states and decays are
+        # recomputed from the forward pass's checkpoint into (chunk + 1, N, nd) buffers and swept in reverse.
+        # ga, gb, gc, gd, gbias are this work item's partial sums (accumulated into).
+        seqlen = u.shape[1]
+        n_state = a.shape[1]
+        nck = (seqlen + _CHECKPOINT_EVERY - 1) // _CHECKPOINT_EVERY
+        hb = u.shape[2] // bk.shape[1]
+        hc = u.shape[2] // ck.shape[1]
+        av = _nb_transposed(a_exp, d0, nd)
+        aa = _nb_transposed(a, d0, nd)
+        hbuf = np.zeros((_CHECKPOINT_EVERY + 1, n_state, nd), dtype=u.dtype)
+        abuf = np.empty((_CHECKPOINT_EVERY, n_state, nd), dtype=u.dtype)
+        gyb = np.empty((_CHECKPOINT_EVERY, nd), dtype=u.dtype)
+        btile = np.empty((n_state, nd), dtype=u.dtype)
+        ctile = np.empty((n_state, nd), dtype=u.dtype)
+        gbt = np.empty((n_state, nd), dtype=u.dtype)
+        gct = np.empty((n_state, nd), dtype=u.dtype)
+        carry = np.zeros((n_state, nd), dtype=u.dtype)
+        acca = np.zeros((n_state, nd), dtype=u.dtype)
+        stepv = np.empty(nd, dtype=u.dtype)
+        xv = np.empty(nd, dtype=u.dtype)
+        acc = np.empty(nd, dtype=u.dtype)
+        sgb = np.empty(nd, dtype=u.dtype)
+        sdt = np.empty(nd, dtype=u.dtype)
+        if glast.shape[0] > 0:
+            for n in range(n_state):
+                for j in range(nd):
+                    carry[n, j] = glast[b, d0 + j, n]
+        for c in range(nck - 1, -1, -1):
+            t0 = c * _CHECKPOINT_EVERY
+            steps = min(seqlen, t0 + _CHECKPOINT_EVERY) - t0
+            _nb_copy_states(hbuf[0], ckpt[b, c], d0, False)
+            for k in range(steps):  # recompute the chunk; gradient of the scan output before the gate
+                t = t0 + k
+                _nb_load_steps(u, dt, b, t, d0, stepv, xv)
+                _nb_fill_tile(bk, hb, b, t, d0, btile)
+                _nb_advance(hbuf[k], hbuf[k + 1], abuf[k], av, stepv, xv, btile)
+                gy = gyb[k]
+                go = gout[b, t, d0 : d0 + nd]
+                if gate.shape[0] > 0:
+                    _nb_fill_tile(ck, hc, b, t, d0, ctile)
+                    _nb_output(hbuf[k + 1], ctile, u, dskip, b, t, d0, acc)
+                    zs = zsig[b, t, d0 : d0 + nd]
+                    sz = gate[b, t, d0 : d0 + nd]
+                    gzb = gz[b, t, d0 : d0 + nd]
+                    for j in range(nd):  # silu'(z) = sigmoid(z) + silu(z) (1 - sigmoid(z))
+                        gzb[j] = go[j] * acc[j] * (zs[j] + sz[j] * (1 - zs[j]))
+                        gy[j] = go[j] * sz[j]
+                else:
+                    for j in range(nd):
+                        gy[j] = go[j]
+            for k in range(steps - 1, -1, -1):
+                t = t0 + k
+                h0 = hbuf[k]
+                h1 = hbuf[k + 1]
+                dk = abuf[k]
+                gy = gyb[k]
+                _nb_load_steps(u, dt, b, t, d0, stepv, xv)
+                _nb_fill_tile(bk, hb, b, t, d0, btile)
+                _nb_fill_tile(ck, hc, b, t, d0, ctile)
+                sgb[:] = 0
+                sdt[:] = 0
+                for n in range(n_state):
+                    for j in range(nd):
+                        gi = ctile[n, j] * gy[j] + carry[n, j]
+                        mi = gi * dk[n, j] * h0[n, j]
+                        acca[n, j] += mi * stepv[j]
+                        sdt[j] += mi * aa[n, j]
+                        sgb[j] += gi * btile[n, j]
+                        gbt[n, j] = gi * xv[j]
+                        gct[n, j] = h1[n, j] * gy[j]
+                        carry[n, j] = dk[n, j] * gi
+                _nb_add_group_sums(gbt, hb, b, t, d0, gb)
+                _nb_add_group_sums(gct, hc, b, t, d0, gc)
+                ub = u[b, t, d0 : d0 + nd]
+                gub = gu[b, t, d0 : d0 + nd]
+                gdb = gdt[b, t, d0 : d0 + nd]
+                for j in range(nd):
+                    gub[j] = stepv[j] * sgb[j] + dskip[d0 + j] * gy[j]
+                    gdb[j] = ub[j] * sgb[j] + sdt[j]
+                if dsp.shape[0] > 0:
+                    sp = dsp[b, t, d0 : d0 + nd]
+                    for j in range(nd):
+                        gdb[j] *= sp[j]
+                for j in range(nd):
+                    gbias[d0 + j] += gdb[j]
+                    gd[d0 + j] += gy[j] * ub[j]
+        for n in range(n_state):
+            for j in range(nd):
+                ga[d0 + j, n] += acca[n, j]
+
+    @njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
+    def _nb_backward(  # pragma: no cover - compiled
+        u, dt, a_exp, a, bk, ck, dskip, gate, zsig, dsp, gout, glast, ckpt, nparts,
+        gu, gdt, gz, ga_p, gb_p, gc_p, gd_p, gbias_p,
+    ):
+        # Work item p of nparts runs jobs p, p + nparts, ... and accumulates gA, gB, gC, gD, g(delta_bias) into
+        # its own slice [p] of the *_p buffers (zeroed by the caller, summed afterwards): no element is written
+        # by two threads. gate (= silu(z)), zsig (= sigmoid(z)), dsp (= softplus' derivative), glast: empty
+        # when absent.
+        dim = u.shape[2]
+        nblk = (dim + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
+        for p in prange(nparts):
+            for job in range(p, u.shape[0] * nblk, nparts):
+                d0 = (job % nblk) * _CHANNEL_BLOCK
+                _nb_backward_job(
+                    u, dt, a_exp, a, bk, ck, dskip, gate, zsig, dsp, gout, glast, ckpt,
+                    gu, gdt, gz, ga_p[p], gb_p[p], gc_p[p], gd_p[p], gbias_p[p], job // nblk, d0,
+                    min(dim, d0 + _CHANNEL_BLOCK) - d0,
+                )
+
+
 @functools.cache
-def _kernels() -> tuple[Callable[..., None], Callable[..., None], Callable[..., None]]:
-    """Compile (once per process; numba caches the machine code on disk when it can) the three kernels."""
+def _kernels() -> None:
+    """Define the compiled kernels once per process (numba compiles them on first use, or loads them from its
+    disk cache)."""
     numba, why = _load_numba()
     if numba is None:
         raise RuntimeError(why)
-    njit, prange = numba.njit, numba.prange
-    c0, c1, c2, c3, c4, c5, c6 = (np.float32(c) for c in _EXP2_COEF)
-    block = _CHANNEL_BLOCK
+    import numba.extending  # noqa: F401 - for the overload decorator
 
-    @njit(fastmath=True, boundscheck=False, cache=True)
-    def exp2_parts(v, mantissa, bits):  # pragma: no cover - compiled
-        # 2^v = mantissa * bits.view(float32) for float32 v <= 0, as two vectorisable element-wise loops' worth
-        for i in range(v.size):
-            x = max(v[i], np.float32(-125.0))
-            k = np.int32(-x)  # truncation: k = ceil(-x) - (x integral), x + k in (-1, 0]
-            f = x + np.float32(k) + np.float32(1.0)  # in (0, 1]
-            mantissa[i] = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
-            bits[i] = (np.int32(126) - k) << 23  # the float32 bits of 2^(-k-1)
-
-    @njit(fastmath=True, boundscheck=False, cache=True)
-    def exp2_np(v: np.ndarray, out: np.ndarray, bits: np.ndarray) -> None:  # pragma: no cover - compiled
-        exp2_parts(v, out, bits)
-        scale = bits.view(np.float32)
-        for i in range(v.size):
-            out[i] *= scale[i]
-
-    @njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
-    def scan_f32(u, dt, a2, bt, ct, heads, out, last):  # pragma: no cover - compiled
-        # u, dt, out: (B, L, D); a2 = A log2(e): (D, N); bt, ct: (B, G, L, N); last: (B, D, N)
-        nb, seqlen, dim = u.shape
-        n_state = a2.shape[1]
-        nblk = (dim + block - 1) // block
-        for job in prange(nb * nblk):
-            b = job // nblk
-            d0 = (job % nblk) * block
-            nd = min(dim, d0 + block) - d0
-            size = nd * n_state
-            h = np.zeros(size, dtype=np.float32)
-            decay = np.empty(size, dtype=np.float32)
-            bits = np.empty(size, dtype=np.int32)
-            scale = bits.view(np.float32)
-            drive = np.empty(size, dtype=np.float32)
-            expo = np.empty(size, dtype=np.float32)
-            av = np.empty(size, dtype=np.float32)
-            for j in range(nd):
-                for n in range(n_state):
-                    av[j * n_state + n] = a2[d0 + j, n]
-            for t in range(seqlen):
-                for j in range(nd):
-                    d = d0 + j
-                    g = d // heads
-                    step = dt[b, t, d]
-                    x = step * u[b, t, d]
-                    for n in range(n_state):
-                        expo[j * n_state + n] = step * av[j * n_state + n]
-                        drive[j * n_state + n] = x * bt[b, g, t, n]
-                exp2_parts(expo, decay, bits)
-                for i in range(size):
-                    h[i] = decay[i] * scale[i] * h[i] + drive[i]
-                for j in range(nd):
-                    g = (d0 + j) // heads
-                    acc = np.float32(0.0)
-                    for n in range(n_state):
-                        acc += h[j * n_state + n] * ct[b, g, t, n]
-                    out[b, t, d0 + j] = acc
-            for j in range(nd):
-                for n in range(n_state):
-                    last[b, d0 + j, n] = h[j * n_state + n]
-
-    @njit(parallel=True, boundscheck=False, cache=True)
-    def scan_exact(u, dt, a, bt, ct, heads, out, last):  # pragma: no cover - compiled
-        # Same layout as scan_f32 with the exact exponential (any float dtype; used for float64).
-        nb, seqlen, dim = u.shape
-        n_state = a.shape[1]
-        for job in prange(nb * dim):
-            b = job // dim
-            d = job % dim
-            g = d // heads
-            h = np.zeros(n_state, dtype=u.dtype)
-            for t in range(seqlen):
-                step = dt[b, t, d]
-                x = step * u[b, t, d]
-                acc = 0.0
-                for n in range(n_state):
-                    hn = math.exp(step * a[d, n]) * h[n] + x * bt[b, g, t, n]
-                    h[n] = hn
-                    acc += hn * ct[b, g, t, n]
-                out[b, t, d] = acc
-            for n in range(n_state):
-                last[b, d, n] = h[n]
-
-    return exp2_np, scan_f32, scan_exact
+    _define_kernels(numba)
 
 
 def exp2_nonpositive(x: torch.Tensor) -> torch.Tensor:
@@ -215,7 +433,8 @@ def exp2_nonpositive(x: torch.Tensor) -> torch.Tensor:
         raise ValueError("x must be <= 0 everywhere (the kernel only exponentiates non-positive numbers)")
     v = x.detach().cpu().contiguous().reshape(-1).numpy()
     out = np.empty_like(v)
-    _kernels()[0](v, out, np.empty(v.shape, dtype=np.int32))
+    _kernels()
+    _nb_exp2_array(v, out)
     return torch.from_numpy(out).reshape(x.shape)
 
 
@@ -224,68 +443,125 @@ def _set_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
 
 
-def _run_kernel(
-    u: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    bt: torch.Tensor,
-    c_t: torch.Tensor,
-    ct: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bare recurrence on channel-last CPU tensors.
-
-    Args:
-        u, dt: ``(B, L, D)`` input and processed (biased, softplus-ed) time steps.
-        A: ``(D, N)``.
-        bt, c_t: ``(B, G, L, N)``.
-        ct: compute dtype (float32 or float64).
-
-    Returns:
-        ``y = sum_n C h`` ``(B, L, D)`` and the last state ``(B, D, N)``, both in ``ct``.
-    """
-    u_np = u.to(ct).contiguous().numpy()
-    dt_np = dt.to(ct).contiguous().numpy()
-    b_np = bt.to(ct).contiguous().numpy()
-    c_np = c_t.to(ct).contiguous().numpy()
-    out = np.empty_like(u_np)
-    last = np.empty((u_np.shape[0], u_np.shape[2], A.shape[1]), dtype=u_np.dtype)
-    heads = u_np.shape[2] // b_np.shape[1]
-    _, scan_f32, scan_exact = _kernels()
-    with _KERNEL_LOCK:
-        _set_threads()
-        if ct == torch.float32:
-            a2 = (A.detach().to(torch.float64) * _LOG2E).to(torch.float32).contiguous().numpy()
-            scan_f32(u_np, dt_np, a2, b_np, c_np, heads, out, last)
-        else:
-            scan_exact(u_np, dt_np, A.detach().to(ct).contiguous().numpy(), b_np, c_np, heads, out, last)
-    return torch.from_numpy(out), torch.from_numpy(last)
+def _np(x: torch.Tensor | None, ct: torch.dtype) -> np.ndarray:
+    """Contiguous ``ct`` numpy view/copy of ``x``; an empty ``(0, 0, 0)`` array stands for ``None``."""
+    if x is None:
+        return np.empty((0, 0, 0), dtype=np.float32 if ct == torch.float32 else np.float64)
+    return x.detach().to(ct).contiguous().numpy()
 
 
-def _forward_channels_last(
+def _exponent_factors(A: torch.Tensor, ct: torch.dtype) -> np.ndarray:
+    """What the kernel multiplies ``delta`` by before exponentiating: ``A log2(e)`` (float32 ``exp2``) or ``A``."""
+    if ct == torch.float32:
+        return (A.detach().to(torch.float64) * _LOG2E).to(torch.float32).contiguous().numpy()
+    return _np(A, ct)
+
+
+def _skip(D: torch.Tensor | None, dim: int, ct: torch.dtype) -> np.ndarray:
+    return _np(D if D is not None else torch.zeros(dim), ct)
+
+
+def _scan_forward(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,
-    Bg: torch.Tensor,
-    Cg: torch.Tensor,
+    bk: torch.Tensor,
+    ck: torch.Tensor,
     D: torch.Tensor | None,
     z: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
     softplus: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole scan (steps, kernel, skip, gate) without autograd on channel-last CPU tensors.
+    keep_for_backward: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...] | None]:
+    """The whole scan (steps, recurrence, skip, gate) without autograd on channel-last CPU tensors.
 
-    ``u``, ``delta``, ``z``: ``(B, L, D)``; ``Bg``, ``Cg``: ``(B, G, L, N)``. Returns ``out (B, L, D)`` in the
-    compute dtype and the last state ``(B, D, N)``.
+    Args:
+        u, delta, z: ``(B, L, D)`` (any strides).
+        A: ``(D, N)``.
+        bk, ck: ``B``/``C`` as ``(B or 1, G, L or 1, N)`` (see :func:`_kernel_layout`).
+        D, delta_bias: ``(D,)`` or ``None``.
+        softplus: apply softplus to ``delta + delta_bias``.
+        keep_for_backward: also return what :func:`_scan_backward` needs besides the inputs.
+
+    Returns:
+        ``out`` ``(B, L, D)`` and the last state ``(B, D, N)`` in the compute dtype, and (or ``None``) the
+        contiguous compute-dtype ``u``, time steps, ``sigmoid(z)``, ``silu(z)`` (``(B, L, D)``, ``None`` without
+        ``z``) and the checkpoints ``(B, ceil(L / _CHECKPOINT_EVERY), N, D)``.
     """
-    ct = compute_dtype(u, delta, A, Bg, Cg)
+    ct = compute_dtype(u, delta, A, bk, ck)
+    batch, seqlen, dim = u.shape
     with torch.no_grad():
-        _, dt = _process_delta(delta, delta_bias, softplus, ct, channels_last=True)
-        y, last = _run_kernel(u, dt, A, Bg, Cg, ct)
-        if D is not None:
-            y = y + u.to(ct) * D.to(ct)
+        u_c = u.detach().to(ct).contiguous()
+        dt = torch.empty(u.shape, dtype=ct)  # bias and softplus into a contiguous buffer, transposing on the way
+        if delta_bias is None:
+            dt.copy_(delta)
+        else:
+            torch.add(delta.detach(), delta_bias.detach(), out=dt)
+        if softplus:
+            dt = F.softplus(dt)
+        zsig = gate = None
         if z is not None:
-            y = y * F.silu(z.to(ct))
-    return y, last
+            zsig = torch.sigmoid(z.detach().to(ct), out=torch.empty(u.shape, dtype=ct))
+            gate = torch.mul(zsig, z.detach(), out=torch.empty(u.shape, dtype=ct))  # silu(z) = z sigmoid(z)
+        out = torch.empty(u.shape, dtype=ct)
+        last = torch.empty(batch, dim, A.shape[1], dtype=ct)
+        ckpt = torch.empty(
+            (batch, -(-seqlen // _CHECKPOINT_EVERY), A.shape[1], dim) if keep_for_backward else (0,) * 4, dtype=ct
+        )
+        args = (_exponent_factors(A, ct), _np(bk, ct), _np(ck, ct), _skip(D, dim, ct), _np(gate, ct))
+        _kernels()
+        with _KERNEL_LOCK:
+            _set_threads()
+            _nb_forward(u_c.numpy(), dt.numpy(), *args, out.numpy(), last.numpy(), ckpt.numpy())
+    return out, last, (u_c, dt, zsig, gate, ckpt) if keep_for_backward else None
+
+
+def _scan_backward(
+    inputs: tuple[torch.Tensor | None, ...],
+    kept: tuple[torch.Tensor | None, ...],
+    gout: torch.Tensor | None,
+    glast: torch.Tensor | None,
+    softplus: bool,
+) -> tuple[torch.Tensor | None, ...]:
+    """Gradients w.r.t. ``inputs = (u, delta, A, bk, ck, D, z, delta_bias)`` (the layouts of
+    :func:`_scan_forward`, whose ``kept`` tensors are given) of a loss whose gradients w.r.t. ``out`` and the
+    last state are ``gout`` ``(B, L, D)`` and ``glast`` ``(B, D, N)`` (``None`` = zero), by the compiled
+    adjoint recurrence."""
+    u, delta, A, bk, ck, D, z, delta_bias = inputs
+    u_c, dt, zsig, gate, ckpt = kept
+    ct = dt.dtype
+    numba, _ = _load_numba()
+    with torch.no_grad():
+        dim, n_state = A.shape
+        # softplus'(raw) = sigmoid(raw) = 1 - exp(-softplus(raw))
+        dsp = torch.expm1(dt.neg()).neg_() if softplus else None
+        kernel_inputs = (
+            u_c.numpy(), dt.numpy(), _exponent_factors(A, ct), _np(A, ct), _np(bk, ct), _np(ck, ct),
+            _skip(D, dim, ct), _np(gate, ct), _np(zsig, ct), _np(dsp, ct),
+            _np(torch.zeros(u.shape, dtype=ct) if gout is None else gout, ct), _np(glast, ct),
+        )
+        gu, gdt = np.empty(u.shape, dtype=kernel_inputs[0].dtype), np.empty(u.shape, dtype=kernel_inputs[0].dtype)
+        gz = np.empty_like(gu) if z is not None else _np(None, ct)
+        _kernels()
+        with _KERNEL_LOCK:
+            _set_threads()
+            parts = max(1, min(numba.get_num_threads(), u.shape[0] * -(-dim // _CHANNEL_BLOCK)))  # type: ignore[attr-defined]
+            partial = [
+                np.zeros((parts, *shape), dtype=gu.dtype)
+                for shape in ((dim, n_state), tuple(bk.shape), tuple(ck.shape), (dim,), (dim,))
+            ]
+            _nb_backward(*kernel_inputs, ckpt.numpy(), parts, gu, gdt, gz, *partial)
+    ga, gb, gc, gd, gbias = (torch.from_numpy(x.sum(0)) for x in partial)
+    return (
+        torch.from_numpy(gu).to(u.dtype),
+        torch.from_numpy(gdt).to(delta.dtype),
+        ga.to(A.dtype),
+        gb.to(bk.dtype),
+        gc.to(ck.dtype),
+        None if D is None else gd.to(D.dtype),
+        None if z is None else torch.from_numpy(gz).to(z.dtype),
+        None if delta_bias is None else gbias.to(delta_bias.dtype),
+    )
 
 
 def _require_cpu(named: dict[str, torch.Tensor | None]) -> None:
@@ -294,8 +570,19 @@ def _require_cpu(named: dict[str, torch.Tensor | None]) -> None:
             raise ValueError(f"{name} must be on the CPU for the 'numba' scan backend, got device {t.device}")
 
 
-class _CompiledScanFn(_ChunkedScanFn):
-    """Compiled forward pass; backward inherited from the chunked scan (recomputes the states)."""
+def _kernel_layout(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """``B``/``C`` as the kernel's ``(B or 1, G, L or 1, N)`` view: ``(B, N, L)`` -> ``(B, 1, L, N)``,
+    ``(B, G, N, L)`` -> ``(B, G, L, N)``, ``(D, N)`` -> ``(1, D, 1, N)``; channel-last ``(B, L, N)`` ->
+    ``(B, 1, L, N)``."""
+    if x.ndim == 2:
+        return x[None, :, None, :]
+    if channels_last:
+        return x.unsqueeze(1)
+    return x.mT.unsqueeze(1) if x.ndim == 3 else x.mT
+
+
+class _CompiledScanFn(torch.autograd.Function):
+    """Compiled forward and backward passes on channel-last tensors (layouts of :func:`_scan_forward`)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -303,20 +590,26 @@ class _CompiledScanFn(_ChunkedScanFn):
         u: torch.Tensor,
         delta: torch.Tensor,
         A: torch.Tensor,
-        Bg: torch.Tensor,
-        Cg: torch.Tensor,
+        bk: torch.Tensor,
+        ck: torch.Tensor,
         D: torch.Tensor | None,
         z: torch.Tensor | None,
         delta_bias: torch.Tensor | None,
         softplus: bool,
-        chunk_size: int,
-        block_elems: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        y, last = _forward_channels_last(
-            u.mT, delta.mT, A, Bg.mT, Cg.mT, D, None if z is None else z.mT, delta_bias, softplus
-        )
-        _save_inputs(ctx, (u, delta, A, Bg, Cg, D, z, delta_bias), softplus, chunk_size, block_elems)
-        return y.mT.to(u.dtype), last
+        ctx.set_materialize_grads(False)
+        keep = any(ctx.needs_input_grad)
+        out, last, kept = _scan_forward(u, delta, A, bk, ck, D, z, delta_bias, softplus, keep)
+        ctx.save_for_backward(u, delta, A, bk, ck, D, z, delta_bias, *(kept or (None,) * 5))
+        ctx.softplus = softplus
+        return out.to(u.dtype), last
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, gout: torch.Tensor | None, glast: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        return (*_scan_backward(saved[:8], saved[8:], gout, glast, ctx.softplus), None)
 
 
 def selective_scan_cpu(
@@ -346,66 +639,20 @@ def selective_scan_cpu(
         return_last_state: also return the final state ``(B, D, N)``.
 
     Returns:
-        ``out`` ``(B, D, L)`` in ``u.dtype``, or ``(out, last_state)``. Differentiable (backward of the chunked
-        scan).
+        ``out`` ``(B, D, L)`` in ``u.dtype``, or ``(out, last_state)``. Differentiable (compiled backward).
 
     Raises:
         RuntimeError: numba is not installed.
         ValueError: tensors not on the CPU, or invalid shapes (see :func:`longiseg.ssm.selective_scan`).
     """
     require_cpu_kernel()
-    s = prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     _require_cpu({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
-    Bg = bc_grouped(B, s.batch, s.dim, s.seqlen)
-    Cg = bc_grouped(C, s.batch, s.dim, s.seqlen)
     out, last = _CompiledScanFn.apply(
-        u, delta, A, Bg, Cg, D, z, delta_bias, bool(delta_softplus), default_chunk_size(s.seqlen),
-        DEFAULT_BLOCK_ELEMS,
+        u.mT, delta.mT, A, _kernel_layout(B), _kernel_layout(C), D, None if z is None else z.mT, delta_bias,
+        bool(delta_softplus),
     )
-    return (out, last) if return_last_state else out
-
-
-class _ChannelsLastScanFn(torch.autograd.Function):
-    """Channel-last compiled forward; backward = the chunked scan's backward on transposed views."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        u: torch.Tensor,
-        delta: torch.Tensor,
-        A: torch.Tensor,
-        B: torch.Tensor,
-        C: torch.Tensor,
-        D: torch.Tensor | None,
-        z: torch.Tensor | None,
-        delta_bias: torch.Tensor | None,
-        softplus: bool,
-    ) -> torch.Tensor:
-        y, _ = _forward_channels_last(u, delta, A, B.unsqueeze(1), C.unsqueeze(1), D, z, delta_bias, softplus)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
-        ctx.softplus = softplus
-        return y.to(u.dtype)
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, gout: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
-        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        canonical = (u.mT, delta.mT, A, B.mT.unsqueeze(1), C.mT.unsqueeze(1), D, None if z is None else z.mT, delta_bias)
-        gu, gdelta, gA, gB, gC, gD, gz, gbias = _chunked_backward(
-            canonical, gout.mT, None, ctx.softplus, default_chunk_size(u.shape[1]), DEFAULT_BLOCK_ELEMS
-        )
-        return (
-            gu.mT,
-            gdelta.mT,
-            gA,
-            gB.squeeze(1).mT,
-            gC.squeeze(1).mT,
-            gD,
-            None if gz is None else gz.mT,
-            gbias,
-            None,
-        )
+    return (out.mT, last) if return_last_state else out.mT
 
 
 def selective_scan_cpu_channels_last(
@@ -450,4 +697,8 @@ def selective_scan_cpu_channels_last(
         None if z is None else z.transpose(1, 2), delta_bias,
     )
     _require_cpu({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
-    return _ChannelsLastScanFn.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
+    out, _ = _CompiledScanFn.apply(
+        u, delta, A, _kernel_layout(B, channels_last=True), _kernel_layout(C, channels_last=True), D, z,
+        delta_bias, bool(delta_softplus),
+    )
+    return out
