@@ -84,8 +84,10 @@ def test_mamba_ssm_state_dict_loads_and_gives_same_outputs():
 
 def test_init_matches_mamba_ssm():
     m = Mamba(32, d_state=6, dt_min=0.01, dt_max=0.05)
-    assert torch.equal(m.A_log, torch.log(torch.arange(1, 7, dtype=torch.float32)).repeat(64, 1))
-    assert torch.equal(m.D, torch.ones(64))
+    # log of one value may round differently in vectorised and scalar code paths: compare to float32 precision
+    torch.testing.assert_close(m.A_log, torch.log(torch.arange(1, 7, dtype=torch.float32)).repeat(64, 1),
+                               rtol=1e-6, atol=0.0)
+    assert torch.equal(m.D, torch.ones(64))  # exact: filled with ones
     assert m.A_log.dtype == torch.float32 and m.D.dtype == torch.float32
     dt = F.softplus(m.dt_proj.bias)
     assert (dt >= 0.01 - 1e-6).all() and (dt <= 0.05 + 1e-6).all()
