@@ -158,6 +158,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.config is not None and not Path(args.config).is_file():
         raise FileNotFoundError(f"--config {args.config} does not exist")
     _check_output_folder(args.output, "--output")
+    registered = None if args.native is None else Path(args.native or args.input)
+    if registered is not None:  # before the model loads: SimpleITK and the register output
+        from longiseg.registration.grid import require_simpleitk
+
+        require_simpleitk()
+        if not registered.is_dir():
+            raise FileNotFoundError(f"--native {registered} is not a folder (give the output of longiseg register)")
     if args.config is not None:  # explicit settings win over the checkpoint's own
         cfg = _load_experiment(args.config, args.overrides)
         model = build_model_from_checkpoint(ckpt)
@@ -177,8 +184,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"settings from the checkpoint: modalities {list(model.spec.modalities or [])}, window "
               f"{inference.patch_size}, progression threshold {inference.threshold:.3g}{tuned}")
     run_prediction(model, args.input, args.output, inference, modalities=modalities, overwrite=args.overwrite,
-                   skip_existing=args.skip_existing, device=device)
-    print(f"predictions written to {args.output}")
+                   skip_existing=args.skip_existing, device=device, registered_dir=registered)
+    native = "" if registered is None else " (masks on the original grids in CASE/native/)"
+    print(f"predictions written to {args.output}{native}")
     return 0
 
 
@@ -326,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--skip-existing", action="store_true", help="skip cases that already have outputs")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--native", nargs="?", const="", default=None, metavar="REGISTERED",
+                   help="also write each case's masks on the original grids of its raw scans into OUT/CASE/native/, "
+                        "with the transforms 'longiseg register' saved in REGISTERED/CASE/registration/ (default: "
+                        "the --input folder); needs longiseg[register]")
     _add_overrides(p)
     p.set_defaults(func=_cmd_predict)
 

@@ -10,11 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn as nn
 
 from longiseg.data import layout
+from longiseg.networks.output import LongitudinalOutput
 from longiseg.registration.grid import EXTRA_HINT, Grid, isotropic_grid, require_simpleitk
 from longiseg.registration.simulate import rigid_motion, simulate_acquisition
+from longiseg.spec import ModelSpec
 from longiseg.utils.io import atomic_save_nifti
+from longiseg.workflows.config import InferenceConfig
 
 sitk = pytest.importorskip("SimpleITK")
 
@@ -295,3 +300,106 @@ def test_unreadable_case_is_reported_and_the_others_go_on(tmp_path: Path, capsys
     assert "case nan failed:" in err and "NaN" in err
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert "failed" in (tmp_path / "out" / "registration.csv").read_text()
+
+
+class _Voxelwise(nn.Module):
+    """A model without weights for ``run_prediction``: baseline logit ``8 * t0 - 4``, progression ``8 * t1 - 4``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = ModelSpec(name="voxelwise", dim="2.5D", in_channels=1, inference=InferenceConfig(
+            patch_size=16, planes=["axial"], min_lesion_mm3=0.0, restrict="none").to_dict())
+
+    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+        return LongitudinalOutput(8 * x[:, 0, :1] - 4, (8 * x[:, 1:, 0] - 4)[:, :, None])
+
+
+def _registered_case(root: Path) -> dict:
+    """A registered 12^3 case on a 2 mm grid with a hand-made ``registration/`` record: the baseline's native
+    grid is the registered one, follow-up 1 was scanned on a 2 x 2 x 4 mm grid of 12 x 12 x 6 voxels with the
+    head 4 mm further along x (so native voxel ``v`` shows registered voxel ``(v0 - 2, v1, 2 v2)``: exact)."""
+    case = root / "c"
+    reg_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    native_affine = np.diag([2.0, 2.0, 4.0, 1.0])
+    img = np.zeros((12, 12, 12), np.float32)
+    img[2:10, 2:10, 2:10] = 1.0  # brain
+    img[5:8, 4:7, 4:9] = 4.0     # a bright lesion in both scans: both masks find it
+    for t in (0, 1):
+        _save(img, reg_affine, case / layout.image_filename(t, "flair"))
+    grids = {"t0_flair": Grid((12, 12, 12), reg_affine).to_dict(),
+             "t1_flair": Grid((12, 12, 6), native_affine).to_dict()}
+    record = {"options": {"reference_modality": "flair"}, "native_grids": grids, "followups": []}
+    (case / "registration").mkdir()
+    (case / "registration" / "registration.json").write_text(json.dumps(record))
+    shift = sitk.Euler3DTransform()
+    shift.SetTranslation((-4.0, 0.0, 0.0))  # baseline -> follow-up scanner space in LPS: +4 mm along RAS x
+    sitk.WriteTransform(shift, str(case / "registration" / "t1.tfm"))
+    return {"shape": (12, 12, 6), "affine": native_affine}
+
+
+def test_predict_writes_masks_on_the_original_grids(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from longiseg.workflows.predict import run_prediction
+
+    native = _registered_case(tmp_path / "registered")
+    pred = tmp_path / "pred"
+    run_prediction(_Voxelwise(), tmp_path / "registered", pred, device="cpu", progress=False,
+                   registered_dir=tmp_path / "registered")
+    prog = np.asarray(nib.load(pred / "c" / layout.progression_filename(1)).dataobj)
+    assert prog.sum() > 0
+    out = nib.load(pred / "c" / "native" / layout.progression_filename(1))
+    assert out.shape == native["shape"]
+    np.testing.assert_allclose(out.affine, native["affine"], atol=1e-6)
+    v = np.indices(native["shape"]).reshape(3, -1)
+    src = np.stack([v[0] - 2, v[1], 2 * v[2]])
+    inside = (src >= 0).all(axis=0) & (src < 12).all(axis=0)
+    expected = np.zeros(v.shape[1], np.uint8)
+    expected[inside] = prog[tuple(src[:, inside])]
+    np.testing.assert_array_equal(np.asarray(out.dataobj).reshape(-1), expected)
+    base = nib.load(pred / "c" / "native" / layout.BASELINE_MASK)  # the baseline: same session, same grid
+    np.testing.assert_array_equal(np.asarray(base.dataobj),
+                                  np.asarray(nib.load(pred / "c" / layout.BASELINE_MASK).dataobj))
+    # --skip-existing fills in a native folder that a run without it did not write
+    for f in (pred / "c" / "native").iterdir():
+        f.unlink()
+    (pred / "c" / "native").rmdir()
+    assert run_prediction(_Voxelwise(), tmp_path / "registered", pred, device="cpu", progress=False,
+                          skip_existing=True, registered_dir=tmp_path / "registered") == {}
+    assert (pred / "c" / "native" / layout.progression_filename(1)).is_file()
+
+
+def test_predict_native_refuses_a_case_without_its_transform(tmp_path: Path) -> None:
+    from longiseg.workflows.predict import run_prediction
+
+    _registered_case(tmp_path / "registered")
+    (tmp_path / "registered" / "c" / "registration" / "t1.tfm").unlink()
+    with pytest.raises(FileNotFoundError, match=r"t1\.tfm not found \(follow-up 1 was not registered"):
+        run_prediction(_Voxelwise(), tmp_path / "registered", tmp_path / "pred", device="cpu", progress=False,
+                       registered_dir=tmp_path / "registered")
+    assert not (tmp_path / "pred").exists()  # checked before any case is predicted
+    with pytest.raises(FileNotFoundError, match="no .*registration with the transforms of longiseg register"):
+        run_prediction(_Voxelwise(), tmp_path / "registered", tmp_path / "pred", device="cpu", progress=False,
+                       registered_dir=tmp_path)
+    assert not (tmp_path / "pred").exists()
+
+
+@pytest.mark.parametrize("hide_simpleitk, match", [
+    (False, r"--native .*nope is not a folder"),
+    (True, r"longiseg\[register\]"),
+])
+def test_predict_native_command_errors(hide_simpleitk: bool, match: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import re
+
+    from longiseg.cli import main
+
+    if hide_simpleitk:
+        monkeypatch.setitem(sys.modules, "SimpleITK", None)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "best.pt").write_bytes(b"")  # never read: the --native checks come first
+    assert main(["predict", "--checkpoint", str(tmp_path / "best.pt"), "--input", str(tmp_path / "in"),
+                 "--output", str(tmp_path / "out"), "--native", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("longiseg predict: error: ") and re.search(match, err[0]), err
+    assert not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@ training: with probability ``lesion_weight`` the centre is a voxel drawn uniform
 has any, so rare new lesions are not drowned by the baseline lesion load), otherwise a voxel drawn
 uniformly from the brain (foreground). With ``persisting_share > 0`` that share of the lesion-centred crops is
 centred on a *persisting* baseline lesion instead (one that does not touch the progression mask of any
-follow-up, :func:`longiseg.metrics.consistency.label_persisting_lesions`): such a crop shows an old lesion in
+follow-up, :func:`longiseg.data.lesions.label_persisting_lesions`): such a crop shows an old lesion in
 both timepoints and, unless a new lesion lies nearby, an empty progression target, the hard negative a model
 needs to learn "lesion that was not there before" rather than "lesion in the follow-up". Lesion-centred crops are shifted by a random offset of at most
 ``jitter * size // 2`` in-plane, so lesions do not always sit in the middle but always stay inside the
@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from longiseg.data.case import PLANES, LongitudinalCase
+from longiseg.data.lesions import label_persisting_lesions
 from longiseg.utils.validation import check_positive_int, check_probability
 
 __all__ = [
@@ -124,9 +125,6 @@ def _persisting_mask(baseline: np.ndarray, progression: np.ndarray, spacing: Seq
     Labelled inside the baseline's bounding box grown by one voxel, which holds every lesion and every
     progression voxel that can touch one, so a full-size volume costs little more than its lesions.
     """
-    # Imported here: longiseg.metrics reads the data layout, so a module-level import would be circular.
-    from longiseg.metrics.consistency import label_persisting_lesions
-
     out = np.zeros(baseline.shape, dtype=bool)
     if not baseline.any():
         return out

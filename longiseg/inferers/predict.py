@@ -175,6 +175,8 @@ def predict_folder(
     overwrite: bool = False,
     progress: bool = True,
     reader: CaseReader | None = None,
+    check_case: Callable[[CaseSource], None] | None = None,
+    after_case: Callable[[CaseSource, Path], None] | None = None,
     **predict_kwargs: object,
 ) -> dict[str, dict[str, list[Path]]]:
     """Predict every case of the cohort folder ``in_dir`` (library layout, masks optional) into ``out_dir``.
@@ -199,6 +201,11 @@ def predict_folder(
             :func:`~longiseg.data.loading.load_case`, e.g. to normalise each case as in training
             (``longiseg.workflows.predict.run_prediction`` does); it receives the listed source, so the
             folder is listed once.
+        check_case: called with every listed case's source before any case is predicted; it raises to refuse
+            the run (e.g. a case that lacks what ``after_case`` needs).
+        after_case: called with a case's source and its complete prediction folder ``out_dir/CASE_ID`` after
+            the case is predicted, or skipped as complete by ``skip_existing`` (e.g. to write more outputs
+            derived from the saved masks).
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
             ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask.
 
@@ -236,6 +243,9 @@ def predict_folder(
             raise FileExistsError(f"{len(clash)} case folder(s) already exist in {out_dir}, e.g. "
                                   f"{[str(out_dir / c) for c in clash[:3]]}; pass overwrite=True (--overwrite) to "
                                   "replace them or skip_existing=True (--skip-existing) to keep them")
+    if check_case is not None:
+        for cid in ids:
+            check_case(sources[cid])
 
     read: CaseReader = load_case if reader is None else reader
     kinds = ["mask"] + [kind for kind, flag in (("prob", "save_probabilities"), ("entropy", "save_entropy"))
@@ -246,6 +256,8 @@ def predict_folder(
         if skip_existing and not overwrite and (out_dir / cid).exists():
             if prediction_complete(out_dir, cid, sources[cid].num_timepoints, kinds):
                 logger.info("skipping case %s: outputs exist", cid)
+                if after_case is not None:
+                    after_case(sources[cid], out_dir / cid)
                 continue
             logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid,
                            out_dir / cid)
@@ -255,4 +267,6 @@ def predict_folder(
             model, case.images, case.affine, case.spacing, out_dir, cid, brain_mask=case.brain_mask,
             **{**predict_kwargs, "overwrite": case_overwrite},  # type: ignore[arg-type]
         )
+        if after_case is not None:
+            after_case(sources[cid], out_dir / cid)
     return results

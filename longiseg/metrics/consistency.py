@@ -10,7 +10,8 @@ Definitions (all on the *reference* masks, so every model is measured on the sam
   with a volume of at least ``min_volume_mm3``;
 * it **persists unchanged** at follow-up ``k`` when it does not touch the reference progression mask of ``k``:
   no progression voxel lies in the lesion or in its one-voxel neighbourhood (the same connectivity). A lesion
-  that enlarges at ``k`` grows new voxels next to itself, so it touches them and is excluded;
+  that enlarges at ``k`` grows new voxels next to itself, so it touches them and is excluded
+  (:func:`longiseg.data.lesions.label_persisting_lesions`, the rule's one owner);
 * a persisting lesion is **flagged** when the predicted progression mask of ``k`` covers at least
   ``min_coverage`` (default 10 %) of its voxels.
 
@@ -26,14 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
-from longiseg.metrics.inputs import MaskLike, as_mask, as_spacing
-from longiseg.metrics.lesion import LesionLabels, _check_connectivity, _check_min_volume, label_lesions
+from longiseg.data.lesions import label_persisting_lesions  # the rule's owner; the name stays public here
+from longiseg.metrics.inputs import MaskLike, as_mask
 
 __all__ = ["PersistingLesions", "label_persisting_lesions", "persisting_lesions", "pooled_false_progression_rate"]
-
-_STRUCTURES = {6: 1, 18: 2, 26: 3, 4: 1, 8: 2}
 
 
 @dataclass(frozen=True)
@@ -56,42 +54,6 @@ class PersistingLesions:
     def rate(self) -> float:
         """``num_flagged / num_persisting``; ``nan`` when no lesion persists."""
         return self.num_flagged / self.num_persisting if self.num_persisting else float("nan")
-
-
-def label_persisting_lesions(
-    gt_baseline: MaskLike,
-    gt_progression: MaskLike,
-    spacing: float | Sequence[float] | np.ndarray | None = None,
-    *,
-    min_volume_mm3: float = 0.0,
-    connectivity: int | None = None,
-) -> tuple[LesionLabels, np.ndarray]:
-    """Label the baseline lesions and find those that persist unchanged (do not touch the progression mask).
-
-    Args:
-        gt_baseline: reference binary baseline mask ``(D, H, W)``.
-        gt_progression: reference binary progression mask ``(D, H, W)`` of the follow-up.
-        spacing: voxel size in mm per axis (``None``: 1 mm).
-        min_volume_mm3: baseline lesions below this volume are not counted.
-        connectivity: 6, 18 or 26 (``None``: 26), for the lesions and for "touching".
-
-    Returns:
-        The baseline lesion labels (:class:`~longiseg.metrics.lesion.LesionLabels`) and the sorted ``int`` array
-        of the labels that persist.
-    """
-    base = as_mask("gt_baseline", gt_baseline, 3)
-    prog = as_mask("gt_progression", gt_progression, 3)
-    if prog.shape != base.shape:
-        raise ValueError(f"gt_progression has shape {prog.shape}, gt_baseline {base.shape}")
-    conn = _check_connectivity(connectivity, 3)
-    lesions = label_lesions(base, as_spacing(spacing, 3), connectivity=conn,
-                            min_volume_mm3=_check_min_volume(min_volume_mm3))
-    if lesions.n == 0:
-        return lesions, np.zeros(0, dtype=np.int64)
-    # Lesions touching progression: labels found in the progression mask grown by one voxel.
-    grown = ndimage.binary_dilation(prog, structure=ndimage.generate_binary_structure(3, _STRUCTURES[conn]))
-    touching = np.unique(lesions.labels[grown & (lesions.labels > 0)])
-    return lesions, np.setdiff1d(np.arange(1, lesions.n + 1), touching)
 
 
 def persisting_lesions(

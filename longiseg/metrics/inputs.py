@@ -1,115 +1,11 @@
 """Input conversion shared by all metrics: binary masks and voxel spacings.
 
-Every metric accepts NumPy arrays or torch tensors holding a binary mask of shape ``(D, H, W)`` (or
-``(H, W)`` where a 2D version makes sense) and a spacing in millimetres, one value per axis. These helpers
-turn them into ``bool`` arrays and a ``float64`` spacing vector, raising a clear ``TypeError``/``ValueError``
-that names the offending argument.
+Owned by :mod:`longiseg.utils.masks` (the lesion labelling of the data layer uses it too); the names stay
+importable from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
-import torch
-
-from longiseg.utils.validation import check_binary, check_finite, check_ndim, check_same_shape
+from longiseg.utils.masks import MaskLike, as_mask, as_mask_pair, as_spacing, foreground_slices
 
 __all__ = ["MaskLike", "as_mask", "as_mask_pair", "as_spacing", "foreground_slices"]
-
-MaskLike = np.ndarray | torch.Tensor
-
-
-def as_mask(name: str, x: MaskLike, ndim: int | Sequence[int] = (2, 3)) -> np.ndarray:
-    """Return ``x`` as a ``bool`` NumPy array after checking type, rank, finiteness and binarity.
-
-    Args:
-        name: argument name used in error messages.
-        x: binary mask, shape ``(D, H, W)`` or ``(H, W)``; dtype bool, integer or float with values in {0, 1}.
-        ndim: accepted rank(s).
-
-    Returns:
-        ``bool`` array of the same shape (a view where possible, never a copy of a bool array).
-    """
-    if isinstance(x, torch.Tensor):
-        arr = x.detach().cpu().numpy()
-    elif isinstance(x, np.ndarray):
-        arr = x
-    else:
-        raise TypeError(f"{name} must be a numpy.ndarray or torch.Tensor binary mask, got {type(x).__name__}")
-    if arr.dtype == object or not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
-        raise TypeError(f"{name} must have a boolean or numeric dtype, got {arr.dtype}")
-    layout = "(D, H, W)" if ndim == 3 else "(D, H, W) or (H, W)"
-    check_ndim(name, arr, ndim, layout)
-    if arr.dtype == bool:
-        return arr
-    if arr.size and not _is_binary(arr):
-        check_finite(name, arr)
-        check_binary(name, arr)  # raises with a message that shows offending values
-    return arr != 0
-
-
-def _is_binary(arr: np.ndarray) -> bool:
-    """Fast {0, 1} check: min/max for integers, equality tests for floats (NaN fails both)."""
-    if np.issubdtype(arr.dtype, np.integer):
-        return bool(arr.max() <= 1) and (np.issubdtype(arr.dtype, np.unsignedinteger) or bool(arr.min() >= 0))
-    return bool(np.all((arr == 0) | (arr == 1)))
-
-
-def as_mask_pair(
-    pred: MaskLike, gt: MaskLike, ndim: int | Sequence[int] = (2, 3), names: tuple[str, str] = ("pred", "gt")
-) -> tuple[np.ndarray, np.ndarray]:
-    """Convert a prediction and a reference mask with :func:`as_mask` and check they share a shape."""
-    p = as_mask(names[0], pred, ndim)
-    g = as_mask(names[1], gt, ndim)
-    check_same_shape(names[0], p, names[1], g)
-    return p, g
-
-
-def as_spacing(
-    spacing: float | Sequence[float] | np.ndarray | None, ndim: int, name: str = "spacing"
-) -> np.ndarray:
-    """Return the voxel spacing in mm as a ``(ndim,)`` float64 array.
-
-    Args:
-        spacing: one positive finite value per axis (same order as the array axes), a single value for
-            isotropic voxels, or ``None`` for 1 mm isotropic.
-        ndim: number of spatial axes of the masks.
-        name: argument name used in error messages.
-    """
-    if spacing is None:
-        return np.ones(ndim, dtype=np.float64)
-    if isinstance(spacing, torch.Tensor):
-        spacing = spacing.detach().cpu().numpy()
-    if isinstance(spacing, (str, bytes)):
-        raise TypeError(f"{name} must be a number or a sequence of numbers, got {type(spacing).__name__}")
-    try:
-        sp = np.asarray(spacing, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a number or a sequence of {ndim} numbers, got {spacing!r}") from err
-    if sp.ndim == 0:
-        sp = np.full(ndim, float(sp))
-    if sp.shape != (ndim,):
-        raise ValueError(
-            f"{name} must have {ndim} values (one per axis), got {tuple(np.atleast_1d(sp).tolist())}"
-        )
-    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise ValueError(f"{name} must hold positive finite millimetre values, got {tuple(sp.tolist())}")
-    return sp
-
-
-def foreground_slices(*masks: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
-    """Bounding box of the union of same-shape ``bool`` masks, grown by ``margin`` and clipped to the array.
-
-    Returns ``None`` when all masks are empty. Cropping to it is exact for connected components (``margin=0``)
-    and for surface distances (``margin=1`` keeps the background around every surface voxel).
-    """
-    union = masks[0] if len(masks) == 1 else np.logical_or.reduce(masks)
-    flat = np.flatnonzero(union)
-    if flat.size == 0:
-        return None
-    shape = union.shape
-    coords = np.unravel_index(flat, shape)
-    lo = [int(c.min()) for c in coords]
-    hi = [int(c.max()) + 1 for c in coords]
-    return tuple(slice(max(a - margin, 0), min(b + margin, n)) for a, b, n in zip(lo, hi, shape))

@@ -1,7 +1,7 @@
 """Lesion-level detection: connected components, size filtering, lesion matching, lesion F1/PPV/recall.
 
 Lesions are connected components (``cc3d``; 26-connectivity by default in 3D, 8 in 2D) of a binary mask
-``(D, H, W)`` (or ``(H, W)``). Components smaller than ``min_volume_mm3`` are removed from both the reference
+``(D, H, W)`` (or ``(H, W)``), labelled by :mod:`longiseg.data.lesions` (``label_lesions``, ``LesionLabels``). Components smaller than ``min_volume_mm3`` are removed from both the reference
 and the prediction before matching (SegMaST: 11 mm^3, TDW: 3 mm^3). Matching rules (``rule=``):
 
 ``"iou"`` (default; TDW / LongiSeg ``detection_metrics.py`` convention)
@@ -24,14 +24,21 @@ reference lesions recall is ``zero_division`` (1.0), with no predicted lesions p
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cc3d
 import numpy as np
 
-from longiseg.metrics.inputs import MaskLike, as_mask, as_mask_pair, as_spacing, foreground_slices
+from longiseg.data.lesions import (  # the labelling's owner; its names stay public here
+    LesionLabels,
+    SpacingLike,
+    default_connectivity,
+    label_lesions,
+    remove_small_lesions,
+)
+from longiseg.data.lesions import check_connectivity as _check_connectivity
+from longiseg.data.lesions import check_min_volume as _check_min_volume
+from longiseg.data.lesions import label_mask as _label
+from longiseg.metrics.inputs import MaskLike, as_mask_pair, as_spacing, foreground_slices
 
 __all__ = [
     "MATCHING_RULES",
@@ -53,118 +60,6 @@ __all__ = [
 ]
 
 MATCHING_RULES: tuple[str, ...] = ("iou", "iou_global", "overlap")
-_CONNECTIVITY = {2: (4, 8), 3: (6, 18, 26)}
-
-SpacingLike = float | Sequence[float] | np.ndarray | None
-
-
-def default_connectivity(ndim: int) -> int:
-    """Full connectivity of a ``ndim``-D grid: 26 in 3D, 8 in 2D."""
-    return 26 if ndim == 3 else 8
-
-
-def _check_connectivity(connectivity: int | None, ndim: int) -> int:
-    if connectivity is None:
-        return default_connectivity(ndim)
-    if isinstance(connectivity, bool) or connectivity not in _CONNECTIVITY[ndim]:
-        raise ValueError(
-            f"connectivity must be one of {_CONNECTIVITY[ndim]} for {ndim}D masks, got {connectivity!r}"
-        )
-    return int(connectivity)
-
-
-def _check_min_volume(min_volume_mm3: float) -> float:
-    if isinstance(min_volume_mm3, bool) or not isinstance(
-        min_volume_mm3, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"min_volume_mm3 must be a number, got {type(min_volume_mm3).__name__}")
-    v = float(min_volume_mm3)
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"min_volume_mm3 must be a finite number >= 0, got {min_volume_mm3}")
-    return v
-
-
-@dataclass(frozen=True)
-class LesionLabels:
-    """Connected-component labelling of a mask after size filtering.
-
-    Attributes:
-        labels: ``int32`` array of the mask's shape; 0 is background, lesions are ``1..n`` in raster order
-            of their first voxel (cc3d order, kept by the size filter).
-        voxels: ``(n,)`` voxel count of each lesion (index ``i`` is label ``i + 1``).
-        voxel_volume_mm3: volume of one voxel in mm^3 (area in mm^2 for 2D masks).
-    """
-
-    labels: np.ndarray
-    voxels: np.ndarray
-    voxel_volume_mm3: float
-
-    @property
-    def n(self) -> int:
-        """Number of lesions."""
-        return int(self.voxels.shape[0])
-
-    @property
-    def volumes_mm3(self) -> np.ndarray:
-        """``(n,)`` lesion volumes in mm^3."""
-        return self.voxels * self.voxel_volume_mm3
-
-
-def _label(mask: np.ndarray, sp: np.ndarray, connectivity: int, min_volume_mm3: float) -> LesionLabels:
-    voxel_volume = float(np.prod(sp))
-    # cc3d (4.1) labels non-contiguous views wrongly (e.g. a cropped slice): always pass a C-contiguous array.
-    labels, n = cc3d.connected_components(
-        np.ascontiguousarray(mask).view(np.uint8),
-        connectivity=connectivity,
-        return_N=True,
-        out_dtype=np.uint32,
-    )
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
-    if min_volume_mm3 > 0 and n > 0:
-        # Keep lesions with volume >= min_volume_mm3 (compare voxel counts to avoid float round-off).
-        min_voxels = math.ceil(min_volume_mm3 / voxel_volume - 1e-9)
-        keep = counts >= min_voxels
-        if not keep.all():
-            lut = np.zeros(n + 1, dtype=np.int32)
-            lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-            labels = lut[labels]
-            counts = counts[keep]
-    return LesionLabels(labels.astype(np.int32, copy=False), counts, voxel_volume)
-
-
-def label_lesions(
-    mask: MaskLike,
-    spacing: SpacingLike = None,
-    *,
-    connectivity: int | None = None,
-    min_volume_mm3: float = 0.0,
-) -> LesionLabels:
-    """Label the lesions of a binary mask ``(D, H, W)`` or ``(H, W)`` and drop those below a volume.
-
-    Args:
-        mask: binary mask.
-        spacing: voxel size in mm per axis (``None``: 1 mm isotropic).
-        connectivity: 6, 18 or 26 in 3D; 4 or 8 in 2D; ``None`` = 26 (3D) / 8 (2D).
-        min_volume_mm3: lesions with volume ``< min_volume_mm3`` are removed (0 keeps all).
-    """
-    m = as_mask("mask", mask)
-    sp = as_spacing(spacing, m.ndim)
-    conn, vmin = _check_connectivity(connectivity, m.ndim), _check_min_volume(min_volume_mm3)
-    sl = foreground_slices(m)
-    if sl is None:
-        return LesionLabels(np.zeros(m.shape, np.int32), np.zeros(0, np.int64), float(np.prod(sp)))
-    crop = _label(m[sl], sp, conn, vmin)  # labelling the bounding box keeps the raster order of lesions
-    labels = np.zeros(m.shape, np.int32)
-    labels[sl] = crop.labels
-    return LesionLabels(labels, crop.voxels, crop.voxel_volume_mm3)
-
-
-def remove_small_lesions(
-    mask: MaskLike, spacing: SpacingLike = None, *, min_volume_mm3: float, connectivity: int | None = None
-) -> np.ndarray:
-    """Binary mask ``(D, H, W)`` or ``(H, W)`` without lesions of volume ``< min_volume_mm3`` (``bool``)."""
-    lab = label_lesions(mask, spacing, connectivity=connectivity, min_volume_mm3=min_volume_mm3)
-    return lab.labels > 0
 
 
 @dataclass(frozen=True)

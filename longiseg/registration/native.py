@@ -6,6 +6,10 @@ registered grid (``longiseg predict``) is mapped onto the scan the radiologist r
 inverse transform of every native voxel: each native voxel takes the value of the baseline-space point it
 shows. Masks use nearest neighbour (default here: exact labels, the native grid is usually at least as
 coarse) or linear interpolation kept where >= 0.5.
+
+``longiseg predict --native`` writes every predicted case's masks this way into ``OUT/CASE/native/``
+(:func:`case_to_native`, after checking each case with :func:`check_native_ready` before any is predicted);
+:func:`predictions_to_native` does it for a finished prediction folder into another folder.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ from longiseg.data import layout
 from longiseg.data.loading import read_mask
 from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import resample
-from longiseg.utils.io import atomic_save_nifti
+from longiseg.utils.io import atomic_directory, atomic_save_nifti
 
-__all__ = ["native_grid", "mask_to_native", "predictions_to_native"]
+__all__ = ["NATIVE_DIR", "native_grid", "mask_to_native", "check_native_ready", "case_to_native",
+           "predictions_to_native"]
 
 PathLike = str | os.PathLike
+
+#: Sub-folder of a predicted case (``OUT/CASE/native/``) holding its masks on the original grids.
+NATIVE_DIR = "native"
 
 
 def _record(registration_dir: Path) -> dict:
@@ -80,6 +88,83 @@ def mask_to_native(mask: np.ndarray, affine: np.ndarray, registration_dir: PathL
     return out, grid.affine
 
 
+def check_native_ready(registration_dir: PathLike, num_timepoints: int) -> None:
+    """Raise unless ``registration_dir`` holds what mapping a ``num_timepoints`` case's masks back needs.
+
+    Needs SimpleITK, ``registration.json`` with the native grid of every timepoint's reference modality,
+    and the transform ``t{k}.tfm`` of every follow-up ``k``.
+
+    Raises:
+        ImportError: SimpleITK is missing (names the ``register`` extra).
+        FileNotFoundError: no ``registration.json`` or a missing transform.
+        ValueError: a timepoint without a recorded native grid, or ``num_timepoints < 2``.
+    """
+    require_simpleitk()
+    if not isinstance(num_timepoints, int) or num_timepoints < 2:
+        raise ValueError(f"num_timepoints must be an int >= 2, got {num_timepoints!r}")
+    reg = Path(registration_dir)
+    for t in range(num_timepoints):
+        native_grid(reg, t)
+        if t > 0 and not (reg / f"t{t}.tfm").is_file():
+            raise FileNotFoundError(f"transform {reg / f't{t}.tfm'} not found (follow-up {t} was not registered "
+                                    "by 'longiseg register', or its registration failed)")
+
+
+def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_timepoints: int | None,
+                  interpolation: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(file name, native mask, native affine)`` of every mask of a predicted case folder.
+
+    ``num_timepoints`` given: exactly the masks of :func:`~longiseg.data.layout.prediction_filenames`;
+    ``None``: the mask files the folder holds.
+    """
+    if num_timepoints is None:
+        files = sorted(f for f in case_dir.iterdir() if f.is_file())
+    else:
+        files = [layout.find_nifti(case_dir, n) or case_dir / n
+                 for n in layout.prediction_filenames(num_timepoints)["mask"]]
+    out = []
+    for f in files:
+        t = 0 if layout.nifti_stem(f.name) == layout.nifti_stem(layout.BASELINE_MASK) \
+            else layout.parse_progression_filename(f.name)
+        if t is None:
+            continue  # probabilities, entropy: only masks are mapped
+        arr, aff, _ = read_mask(f, what=f"case {case_id!r}: predicted mask")
+        out.append((f.name, *mask_to_native(arr, aff, registration_dir, t, interpolation=interpolation)))
+    return out
+
+
+def case_to_native(case_dir: PathLike, registration_dir: PathLike, num_timepoints: int, *,
+                   interpolation: str = "nearest", overwrite: bool = False) -> list[Path]:
+    """Write one predicted case's masks on their original grids into ``case_dir/native/``.
+
+    ``native/baseline_mask.nii.gz`` lies on the baseline's original grid, ``native/progression_t{k}.nii.gz`` on
+    follow-up ``k``'s (so the files of ``native/`` do not share one grid). The folder is written as a whole
+    (a temporary folder renamed at the end), like the case folder itself.
+
+    Args:
+        case_dir: a case folder written by ``longiseg predict`` (masks ``(D, H, W)`` on the registered grid).
+        registration_dir: the case's ``registration/`` folder written by ``longiseg register``.
+        num_timepoints: the case's ``T``: the baseline mask and ``T - 1`` progression masks are mapped.
+        interpolation: see :func:`mask_to_native`.
+        overwrite: replace an existing ``native/`` folder.
+
+    Returns:
+        The files written, baseline first.
+
+    Raises:
+        FileExistsError: ``native/`` exists and ``overwrite`` is ``False``.
+        FileNotFoundError, ValueError, ImportError: see :func:`check_native_ready`; a missing or malformed mask.
+    """
+    case_dir, reg = Path(case_dir), Path(registration_dir)
+    check_native_ready(reg, num_timepoints)
+    masks = _native_masks(case_dir, reg, case_dir.name, num_timepoints, interpolation)
+    target = case_dir / NATIVE_DIR
+    with atomic_directory(target, overwrite=overwrite) as tmp:
+        for name, arr, aff in masks:
+            atomic_save_nifti(arr, aff, tmp / name, overwrite=True, dtype=np.uint8)
+    return [target / name for name, _, _ in masks]
+
+
 def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir: PathLike, *,
                           interpolation: str = "nearest", overwrite: bool = False) -> list[Path]:
     """Write every case's ``baseline_mask`` and ``progression_t{k}`` predictions on their original grids.
@@ -103,12 +188,6 @@ def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir:
         reg_dir = reg / case.name / "registration"
         if not reg_dir.is_dir():
             raise FileNotFoundError(f"case {case.name!r}: no {reg_dir} (was {reg} written by 'longiseg register'?)")
-        for f in sorted(case.iterdir()):
-            t = 0 if layout.nifti_stem(f.name) == layout.nifti_stem(layout.BASELINE_MASK) \
-                else layout.parse_progression_filename(f.name)
-            if t is None:
-                continue  # probabilities, entropy: only masks are mapped
-            arr, aff, _ = read_mask(f, what=f"case {case.name!r}: predicted mask")
-            arr, aff = mask_to_native(arr, aff, reg_dir, t, interpolation=interpolation)
-            written.append(atomic_save_nifti(arr, aff, out / case.name / f.name, overwrite=overwrite, dtype=np.uint8))
+        for name, arr, aff in _native_masks(case, reg_dir, case.name, None, interpolation):
+            written.append(atomic_save_nifti(arr, aff, out / case.name / name, overwrite=overwrite, dtype=np.uint8))
     return written

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from longiseg.data.case import LongitudinalCase
+from longiseg.data.layout import prediction_filenames
 from longiseg.data.loading import CaseSource, load_case
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.inferers.predict import predict_folder
@@ -71,8 +72,8 @@ def model_spec(model: nn.Module) -> ModelSpec:
 def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Path,
                    cfg: InferenceConfig | None = None, *, modalities: Sequence[str] | None = None,
                    case_ids: Sequence[str] | None = None, overwrite: bool = False, skip_existing: bool = False,
-                   device: str | torch.device | None = None, progress: bool = True
-                   ) -> dict[str, dict[str, list[Path]]]:
+                   device: str | torch.device | None = None, progress: bool = True,
+                   registered_dir: str | Path | None = None) -> dict[str, dict[str, list[Path]]]:
     """Predict every case of ``input_dir`` (library layout, masks optional) into ``output_dir``.
 
     :func:`~longiseg.inferers.predict.predict_folder` does the work (masks, probabilities and entropy maps with the
@@ -93,14 +94,21 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
         skip_existing: skip cases whose outputs are complete (incomplete ones are predicted again).
         device: run the model there (default: CUDA if available).
         progress: progress bars.
+        registered_dir: also write each case's masks on the original grids of its raw scans, into
+            ``output_dir/CASE_ID/native/`` (:func:`~longiseg.registration.native.case_to_native`), with the
+            transforms ``longiseg register`` saved in ``registered_dir/CASE_ID/registration/``; usually
+            ``input_dir`` itself. Every case is checked for them before any is predicted; cases skipped by
+            ``skip_existing`` get the folder too when they lack it. Needs SimpleITK (``longiseg[register]``).
 
     Returns:
-        ``{case_id: written paths}``.
+        ``{case_id: written paths}`` (the predicted cases' files; ``native/`` files not included).
 
     Raises:
         TypeError: a model without a spec.
         ValueError: no inference settings, a spec that crops to the foreground, or invalid cases.
-        FileNotFoundError: missing input folder or requested cases.
+        FileNotFoundError: missing input folder or requested cases; with ``registered_dir``, a case without
+            its registration record or a follow-up's transform.
+        ImportError: ``registered_dir`` given without SimpleITK.
     """
     spec = model_spec(model)
     cfg = inference_settings(model, cfg)
@@ -119,10 +127,46 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
                              f"case {source.case_id!r} of {input_dir} has {len(source.modalities)}")
         return preprocess_case(load_case(source))
 
+    check_case = after_case = None
+    if registered_dir is not None:
+        check_case, after_case = _native_hooks(Path(registered_dir), overwrite)
+
     model.eval()
     return predict_folder(
         model, input_dir, output_dir, modalities=modalities, case_ids=case_ids, skip_existing=skip_existing,
-        overwrite=overwrite, progress=progress, reader=read_preprocessed,
+        overwrite=overwrite, progress=progress, reader=read_preprocessed, check_case=check_case, after_case=after_case,
         inferer=make_inferer(spec, cfg, device=device, progress=False), threshold=cfg.threshold,
         min_volume_mm3=cfg.min_lesion_mm3, restrict_to_brain=cfg.restrict,
     )
+
+
+def _native_hooks(registered_dir: Path, overwrite: bool
+                  ) -> tuple[Callable[[CaseSource], None], Callable[[CaseSource, Path], None]]:
+    """``predict_folder`` hooks that check every case's saved transforms first and then write ``CASE/native/``."""
+    from longiseg.registration.grid import require_simpleitk
+    from longiseg.registration.native import NATIVE_DIR, case_to_native, check_native_ready
+
+    require_simpleitk()  # before any case is read
+    if not registered_dir.is_dir():
+        raise FileNotFoundError(f"registered_dir {registered_dir} is not a folder (the output of longiseg register)")
+
+    def registration(source: CaseSource) -> Path:
+        return registered_dir / source.case_id / "registration"
+
+    def check(source: CaseSource) -> None:
+        reg = registration(source)
+        if not reg.is_dir():
+            raise FileNotFoundError(f"case {source.case_id!r}: no {reg} with the transforms of longiseg register; "
+                                    f"was {registered_dir} written by longiseg register?")
+        check_native_ready(reg, source.num_timepoints)
+
+    def write(source: CaseSource, case_out: Path) -> None:
+        native = case_out / NATIVE_DIR
+        names = prediction_filenames(source.num_timepoints)["mask"]
+        if not overwrite and all((native / n).is_file() for n in names):
+            logger.info("case %s: %s exists", source.case_id, native)
+            return
+        case_to_native(case_out, registration(source), source.num_timepoints, overwrite=True)
+        logger.info("case %s: masks on the original grids written to %s", source.case_id, native)
+
+    return check, write
