@@ -7,9 +7,10 @@ channels)``, parallel over the jobs, keeping the job's ``(N, 64)`` state in L1:
     for t in 0..L-1:   h[d, n] = exp(delta[d, t] A[d, n]) h[d, n] + delta[d, t] u[d, t] B[g(d), n, t]
                        y[d, t] = sum_n C[g(d), n, t] h[d, n] + D[d] u[d, t],   out = y silu(z)
 
-The bias and softplus of ``delta``, ``silu(z)`` and the sigmoids of the backward pass are vectorised PyTorch
-operations around the kernels (transcendental functions are not vectorised inside numba); everything else (the
-skip, the gate, the reductions over channels and time) is fused into the kernels.
+The bias and softplus of ``delta`` and softplus' derivative in the backward pass are vectorised PyTorch
+operations around the kernels (numba does not vectorise ``log1p``); everything else (``sigmoid(z)`` and
+``silu(z)`` with the exponential below, the skip, the gate, the reductions over channels and time) is fused into
+the kernels.
 
 **The exponential.** In float32 the kernels evaluate ``exp(x) = 2^(x log2 e)`` like mamba-ssm's CUDA kernel
 (``exp2f``), with a degree-6 polynomial for ``2^f`` on ``(0, 1]`` and the integer power of two built from its
@@ -109,6 +110,12 @@ def _nb_decay(x: float) -> float:
     raise NotImplementedError("only callable from numba-compiled code")
 
 
+def _nb_sigmoid(x: float) -> float:
+    """``sigmoid(x)`` inside the kernels, from ``exp(-|x|)`` (polynomial ``exp2`` in float32, ``math.exp`` in
+    float64). Compiled only (an ``overload``)."""
+    raise NotImplementedError("only callable from numba-compiled code")
+
+
 def _define_kernels(numba: Any) -> None:
     """Define the compiled functions as module globals (not closures, so that numba's disk cache can key them).
 
@@ -140,6 +147,25 @@ def _define_kernels(numba: Any) -> None:
 
             return exp2
         return lambda x: math.exp(x)
+
+    @numba.extending.overload(_nb_sigmoid, inline="always", jit_options={"fastmath": True})
+    def _sigmoid_impl(x):  # pragma: no cover - compiled
+        # e = exp(-|x|) in (0, 1]; sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) otherwise (no overflow)
+        if x == numba.types.float32:
+
+            def sigmoid32(x):
+                e = _nb_decay(-abs(x) * np.float32(_LOG2E))
+                s = np.float32(1.0) / (np.float32(1.0) + e)
+                return s if x >= 0 else e * s
+
+            return sigmoid32
+
+        def sigmoid64(x):
+            e = math.exp(-abs(x))
+            s = 1.0 / (1.0 + e)
+            return s if x >= 0 else e * s
+
+        return sigmoid64
 
     @njit(fastmath=True, boundscheck=False, cache=True)
     def _nb_exp2_array(v, out):  # pragma: no cover - compiled
@@ -236,7 +262,7 @@ def _define_kernels(numba: Any) -> None:
         return out
 
     @njit(fastmath=True, boundscheck=False, cache=True)
-    def _nb_forward_job(u, dt, a_exp, bk, ck, dskip, gate, out, last, ckpt, b, d0, nd):  # pragma: no cover - compiled
+    def _nb_forward_job(u, dt, a_exp, bk, ck, dskip, z, out, last, ckpt, b, d0, nd):  # pragma: no cover - compiled
         n_state = a_exp.shape[1]
         hb = u.shape[2] // bk.shape[1]
         hc = u.shape[2] // ck.shape[1]
@@ -260,10 +286,10 @@ def _define_kernels(numba: Any) -> None:
             _nb_advance(hh[t % 2], h, dec, av, stepv, xv, btile)
             _nb_output(h, ctile, u, dskip, b, t, d0, acc)
             ob = out[b, t, d0 : d0 + nd]
-            if gate.shape[0] > 0:
-                gb = gate[b, t, d0 : d0 + nd]
-                for j in range(nd):
-                    ob[j] = acc[j] * gb[j]
+            if z.shape[0] > 0:
+                zb = z[b, t, d0 : d0 + nd]
+                for j in range(nd):  # silu(z) = z sigmoid(z)
+                    ob[j] = acc[j] * zb[j] * _nb_sigmoid(zb[j])
             else:
                 for j in range(nd):
                     ob[j] = acc[j]
@@ -273,20 +299,20 @@ def _define_kernels(numba: Any) -> None:
                 last[b, d0 + j, n] = h[n, j]
 
     @njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
-    def _nb_forward(u, dt, a_exp, bk, ck, dskip, gate, out, last, ckpt):  # pragma: no cover - compiled
-        # out = (sum_n C h + dskip u) * gate, gate = silu(z) or empty; last: (B, D, N); ckpt: empty, or
+    def _nb_forward(u, dt, a_exp, bk, ck, dskip, z, out, last, ckpt):  # pragma: no cover - compiled
+        # out = (sum_n C h + dskip u) * silu(z) (z empty: no gate); last: (B, D, N); ckpt: empty, or
         # (B, ceil(L / _CHECKPOINT_EVERY), N, D) receiving the state before every _CHECKPOINT_EVERY-th position
         dim = u.shape[2]
         nblk = (dim + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
         for job in prange(u.shape[0] * nblk):
             d0 = (job % nblk) * _CHANNEL_BLOCK
             _nb_forward_job(
-                u, dt, a_exp, bk, ck, dskip, gate, out, last, ckpt, job // nblk, d0, min(dim, d0 + _CHANNEL_BLOCK) - d0
+                u, dt, a_exp, bk, ck, dskip, z, out, last, ckpt, job // nblk, d0, min(dim, d0 + _CHANNEL_BLOCK) - d0
             )
 
     @njit(fastmath=True, boundscheck=False, cache=True)
     def _nb_backward_job(  # pragma: no cover - compiled
-        u, dt, a_exp, a, bk, ck, dskip, gate, zsig, dsp, gout, glast, ckpt,
+        u, dt, a_exp, a, bk, ck, dskip, z, dsp, gout, glast, ckpt,
         gu, gdt, gz, ga, gb, gc, gd, gbias, b, d0, nd,
     ):
         # Adjoint recurrence g_t = C_t gy_t + exp(dt_{t+1} a) g_{t+1} (g_{L-1} also gets glast) for one job:
@@ -329,15 +355,16 @@ def _define_kernels(numba: Any) -> None:
                 _nb_advance(hbuf[k], hbuf[k + 1], abuf[k], av, stepv, xv, btile)
                 gy = gyb[k]
                 go = gout[b, t, d0 : d0 + nd]
-                if gate.shape[0] > 0:
+                if z.shape[0] > 0:
                     _nb_fill_tile(ck, hc, b, t, d0, ctile)
                     _nb_output(hbuf[k + 1], ctile, u, dskip, b, t, d0, acc)
-                    zs = zsig[b, t, d0 : d0 + nd]
-                    sz = gate[b, t, d0 : d0 + nd]
+                    zb = z[b, t, d0 : d0 + nd]
                     gzb = gz[b, t, d0 : d0 + nd]
                     for j in range(nd):  # silu'(z) = sigmoid(z) + silu(z) (1 - sigmoid(z))
-                        gzb[j] = go[j] * acc[j] * (zs[j] + sz[j] * (1 - zs[j]))
-                        gy[j] = go[j] * sz[j]
+                        zs = _nb_sigmoid(zb[j])
+                        sz = zb[j] * zs
+                        gzb[j] = go[j] * acc[j] * (zs + sz * (1 - zs))
+                        gy[j] = go[j] * sz
                 else:
                     for j in range(nd):
                         gy[j] = go[j]
@@ -383,20 +410,19 @@ def _define_kernels(numba: Any) -> None:
 
     @njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
     def _nb_backward(  # pragma: no cover - compiled
-        u, dt, a_exp, a, bk, ck, dskip, gate, zsig, dsp, gout, glast, ckpt, nparts,
+        u, dt, a_exp, a, bk, ck, dskip, z, dsp, gout, glast, ckpt, nparts,
         gu, gdt, gz, ga_p, gb_p, gc_p, gd_p, gbias_p,
     ):
         # Work item p of nparts runs jobs p, p + nparts, ... and accumulates gA, gB, gC, gD, g(delta_bias) into
         # its own slice [p] of the *_p buffers (zeroed by the caller, summed afterwards): no element is written
-        # by two threads. gate (= silu(z)), zsig (= sigmoid(z)), dsp (= softplus' derivative), glast: empty
-        # when absent.
+        # by two threads. z, dsp (= softplus' derivative), glast: empty when absent.
         dim = u.shape[2]
         nblk = (dim + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
         for p in prange(nparts):
             for job in range(p, u.shape[0] * nblk, nparts):
                 d0 = (job % nblk) * _CHANNEL_BLOCK
                 _nb_backward_job(
-                    u, dt, a_exp, a, bk, ck, dskip, gate, zsig, dsp, gout, glast, ckpt,
+                    u, dt, a_exp, a, bk, ck, dskip, z, dsp, gout, glast, ckpt,
                     gu, gdt, gz, ga_p[p], gb_p[p], gc_p[p], gd_p[p], gbias_p[p], job // nblk, d0,
                     min(dim, d0 + _CHANNEL_BLOCK) - d0,
                 )
@@ -485,8 +511,8 @@ def _scan_forward(
 
     Returns:
         ``out`` ``(B, L, D)`` and the last state ``(B, D, N)`` in the compute dtype, and (or ``None``) the
-        contiguous compute-dtype ``u``, time steps, ``sigmoid(z)``, ``silu(z)`` (``(B, L, D)``, ``None`` without
-        ``z``) and the checkpoints ``(B, ceil(L / _CHECKPOINT_EVERY), N, D)``.
+        contiguous compute-dtype ``u``, time steps and ``z`` (``(B, L, D)``, ``z`` ``None`` when absent) and the
+        checkpoints ``(B, ceil(L / _CHECKPOINT_EVERY), N, D)``.
     """
     ct = compute_dtype(u, delta, A, bk, ck)
     batch, seqlen, dim = u.shape
@@ -499,21 +525,18 @@ def _scan_forward(
             torch.add(delta.detach(), delta_bias.detach(), out=dt)
         if softplus:
             dt = F.softplus(dt)
-        zsig = gate = None
-        if z is not None:
-            zsig = torch.sigmoid(z.detach().to(ct), out=torch.empty(u.shape, dtype=ct))
-            gate = torch.mul(zsig, z.detach(), out=torch.empty(u.shape, dtype=ct))  # silu(z) = z sigmoid(z)
+        z_c = None if z is None else z.detach().to(ct).contiguous()
         out = torch.empty(u.shape, dtype=ct)
         last = torch.empty(batch, dim, A.shape[1], dtype=ct)
         ckpt = torch.empty(
             (batch, -(-seqlen // _CHECKPOINT_EVERY), A.shape[1], dim) if keep_for_backward else (0,) * 4, dtype=ct
         )
-        args = (_exponent_factors(A, ct), _np(bk, ct), _np(ck, ct), _skip(D, dim, ct), _np(gate, ct))
+        args = (_exponent_factors(A, ct), _np(bk, ct), _np(ck, ct), _skip(D, dim, ct), _np(z_c, ct))
         _kernels()
         with _KERNEL_LOCK:
             _set_threads()
             _nb_forward(u_c.numpy(), dt.numpy(), *args, out.numpy(), last.numpy(), ckpt.numpy())
-    return out, last, (u_c, dt, zsig, gate, ckpt) if keep_for_backward else None
+    return out, last, (u_c, dt, z_c, ckpt) if keep_for_backward else None
 
 
 def _scan_backward(
@@ -528,7 +551,7 @@ def _scan_backward(
     last state are ``gout`` ``(B, L, D)`` and ``glast`` ``(B, D, N)`` (``None`` = zero), by the compiled
     adjoint recurrence."""
     u, delta, A, bk, ck, D, z, delta_bias = inputs
-    u_c, dt, zsig, gate, ckpt = kept
+    u_c, dt, z_c, ckpt = kept
     ct = dt.dtype
     numba, _ = _load_numba()
     with torch.no_grad():
@@ -537,7 +560,7 @@ def _scan_backward(
         dsp = torch.expm1(dt.neg()).neg_() if softplus else None
         kernel_inputs = (
             u_c.numpy(), dt.numpy(), _exponent_factors(A, ct), _np(A, ct), _np(bk, ct), _np(ck, ct),
-            _skip(D, dim, ct), _np(gate, ct), _np(zsig, ct), _np(dsp, ct),
+            _skip(D, dim, ct), _np(z_c, ct), _np(dsp, ct),
             _np(torch.zeros(u.shape, dtype=ct) if gout is None else gout, ct), _np(glast, ct),
         )
         gu, gdt = np.empty(u.shape, dtype=kernel_inputs[0].dtype), np.empty(u.shape, dtype=kernel_inputs[0].dtype)
@@ -600,7 +623,7 @@ class _CompiledScanFn(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         keep = any(ctx.needs_input_grad)
         out, last, kept = _scan_forward(u, delta, A, bk, ck, D, z, delta_bias, softplus, keep)
-        ctx.save_for_backward(u, delta, A, bk, ck, D, z, delta_bias, *(kept or (None,) * 5))
+        ctx.save_for_backward(u, delta, A, bk, ck, D, z, delta_bias, *(kept or (None,) * 4))
         ctx.softplus = softplus
         return out.to(u.dtype), last
 
