@@ -360,7 +360,7 @@ def plot_mixer_scaling(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from longiseg.utils.io import atomic_path
+    from longiseg.utils.io import atomic_save_figure
 
     mixers = list(dict.fromkeys(r.mixer for r in records))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -385,9 +385,7 @@ def plot_mixer_scaling(
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(out_png)
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    atomic_save_figure(fig, out, dpi=120)
     return out
 
 

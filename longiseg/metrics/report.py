@@ -20,7 +20,7 @@ from longiseg.metrics.aggregate import (
     paired_ttest,
     significance_stars,
 )
-from longiseg.utils.io import atomic_path, atomic_write, atomic_write_json
+from longiseg.utils.io import atomic_save_figure, atomic_write, atomic_write_json
 
 __all__ = [
     "format_summary",
@@ -213,7 +213,5 @@ def box_plot(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    atomic_save_figure(fig, path, dpi=120)
     return Path(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from longiseg.data.case import PLANES, plane_axes
-from longiseg.utils.io import atomic_path
+from longiseg.utils.io import atomic_save_figure
 
 __all__ = ["checkerboard", "checkerboard_figure"]
 
@@ -78,7 +78,5 @@ def checkerboard_figure(fixed: np.ndarray, moved: np.ndarray, affine: np.ndarray
     fig.suptitle(title, color="white", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     out = Path(out_png)
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, facecolor=fig.get_facecolor(), format="png")
-    plt.close(fig)
+    atomic_save_figure(fig, out, dpi=80, facecolor=fig.get_facecolor())
     return out

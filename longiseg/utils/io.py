@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti",
+__all__ = ["atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
            "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti"]
 
 PathLike = str | os.PathLike
@@ -198,6 +198,27 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"Object of type {type(o).__name__} is not JSON serialisable")
+
+
+def atomic_save_figure(fig: Any, path: PathLike, *, dpi: int = 100, overwrite: bool = True, **savefig_kwargs: Any
+                       ) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it (figures are never half-written or left open).
+
+    Args:
+        fig: the ``matplotlib.figure.Figure``.
+        path: destination ``.png``.
+        dpi: resolution.
+        overwrite: replace an existing file.
+        **savefig_kwargs: passed to ``fig.savefig`` (e.g. ``facecolor``).
+    """
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path, overwrite=overwrite, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png", **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def atomic_torch_save(obj: Any, path: PathLike, *, overwrite: bool = True) -> Path:

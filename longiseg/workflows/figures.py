@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from longiseg.data.case import LongitudinalCase
-from longiseg.utils.io import atomic_path
+from longiseg.utils.io import atomic_save_figure
 
 __all__ = ["plot_case", "plot_training_curves", "plot_prediction_overlay"]
 
@@ -121,9 +121,7 @@ def plot_case(case: LongitudinalCase | PathLike, out_png: PathLike, *, followup:
                  color="white", fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     out = Path(out_png)
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, facecolor=fig.get_facecolor(), format="png")
-    plt.close(fig)
+    atomic_save_figure(fig, out, dpi=90, facecolor=fig.get_facecolor())
     return out
 
 
@@ -148,9 +146,7 @@ def plot_training_curves(runs: Mapping[str, Path], path: PathLike) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    atomic_save_figure(fig, path, dpi=120)
     return Path(path)
 
 
@@ -197,7 +193,5 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"{case_id}, axial slice {z}: ground truth green, prediction red", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    atomic_save_figure(fig, path, dpi=110)
     return Path(path)
