@@ -64,6 +64,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 RESULT_FILE = "ablation.json"
+#: The tuning record of every run (``longiseg tune``): the table shows each seed's chosen threshold.
+TUNING_FILE = "tuning.json"
 
 
 def make_cohort(out: Path, num_patients: int, num_test: int) -> None:
@@ -132,16 +134,20 @@ def _cell(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 
 
 def ablation_table(out: Path) -> str:
-    """Markdown table of mean (SD over seeds, ``ddof=1``) of every variant with finished runs."""
-    header = "| variant | seeds | " + " | ".join(h for _, h in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
+    """Markdown table of mean (SD over seeds, ``ddof=1``) of every variant with finished runs, with the
+    progression threshold each seed's run chose on its validation patients."""
+    header = "| variant | seeds | threshold | " + " | ".join(h for _, h in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
     for variant in VARIANTS:
-        records = [json.loads(p.read_text()) for p in sorted((out / "runs" / variant).glob(f"seed*/{RESULT_FILE}"))]
-        if not records:
+        paths = sorted((out / "runs" / variant).glob(f"seed*/{RESULT_FILE}"))
+        if not paths:
             continue
+        records = [json.loads(p.read_text()) for p in paths]
         seeds = ",".join(str(r["seed"]) for r in records)
+        tuned = [p.parent / TUNING_FILE for p in paths]
+        thresholds = "/".join(f"{json.loads(t.read_text())['threshold']:.2f}" if t.is_file() else "-" for t in tuned)
         cells = [_cell([r[k] for r in records], digits=1 if k.endswith("all") else 3) for k, _ in COLUMNS]
-        lines.append(f"| {variant} | {seeds} | " + " | ".join(cells) + " |")
+        lines.append(f"| {variant} | {seeds} | {thresholds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

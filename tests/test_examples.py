@@ -220,5 +220,5 @@ def test_new_vs_old_ablation_variants_and_table(tmp_path: Path) -> None:
         (tmp_path / "runs" / "hardneg" / f"seed{seed}").mkdir(parents=True)
         (tmp_path / "runs" / "hardneg" / f"seed{seed}" / ablation.RESULT_FILE).write_text(json.dumps(record))
     lines = ablation.ablation_table(tmp_path).splitlines()
-    assert len(lines) == 3 and lines[2].startswith("| hardneg | 0,1 | ")
+    assert len(lines) == 3 and lines[2].startswith("| hardneg | 0,1 | -/- | ")
     assert "0.600 (0.141)" in lines[2]  # mean (SD, ddof=1) of 0.5 and 0.7
