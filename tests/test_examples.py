@@ -4,6 +4,7 @@ the shell helpers pick the right config, and the Python helpers convert and summ
 from __future__ import annotations
 
 import importlib.util
+import json
 import py_compile
 import re
 import shutil
@@ -203,3 +204,21 @@ def test_convert_parser_options() -> None:
     assert args.drop_stable_test and args.test_ids == ["013", "016"]
     with pytest.raises(SystemExit):
         parser.parse_args(["ucsf", "src", "out", "--difference", "bogus"])
+
+
+def test_new_vs_old_ablation_variants_and_table(tmp_path: Path) -> None:
+    from longiseg.workflows.demo import DemoConfig, demo_experiment
+
+    ablation = _load_module("ablation_new_vs_old")
+    base = demo_experiment(DemoConfig(output_dir=str(tmp_path)), "SegMaST", tmp_path / "train", tmp_path / "run")
+    both = base.with_overrides(ablation.VARIANTS["both"])
+    assert base.with_overrides(ablation.VARIANTS["paper"]) == base
+    assert (both.data.persisting_share, both.loss.keep_hard_negatives, both.data.augment_independent_timepoints) \
+        == (0.3, True, True)
+    for seed, f1 in ((0, 0.5), (1, 0.7)):
+        record = {key: 0.25 for key, _ in ablation.COLUMNS} | {"lesion_f1/P": f1, "seed": seed}
+        (tmp_path / "runs" / "hardneg" / f"seed{seed}").mkdir(parents=True)
+        (tmp_path / "runs" / "hardneg" / f"seed{seed}" / ablation.RESULT_FILE).write_text(json.dumps(record))
+    lines = ablation.ablation_table(tmp_path).splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| hardneg | 0,1 | -/- | ")
+    assert "0.600 (0.141)" in lines[2]  # mean (SD, ddof=1) of 0.5 and 0.7
