@@ -76,7 +76,7 @@ DEMO_COHORT_LESIONS: dict[str, Any] = {
 
 @dataclasses.dataclass
 class DemoConfig(ConfigBase):
-    """Settings of :func:`run_demo` (defaults: eight to ten minutes on a 2-core CPU); a
+    """Settings of :func:`run_demo` (defaults: about seven minutes on an idle 2-core CPU); a
     :class:`~longiseg.utils.config.ConfigBase` (``from_dict``, ``to_dict``, ``with_overrides``, files).
 
     Attributes:
