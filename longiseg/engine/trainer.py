@@ -62,6 +62,7 @@ __all__ = [
     "param_groups_weight_decay",
     "build_optimizer",
     "seed_everything",
+    "check_fresh_start",
     "epoch_seed",
 ]
 
@@ -120,6 +121,20 @@ def _no_weight_decay_names(model: nn.Module) -> set[str]:
             for n in fn():
                 names.add(f"{prefix}.{n}" if prefix else str(n))
     return names
+
+
+def check_fresh_start(output_dir: str | Path) -> None:
+    """Refuse a fresh run in ``output_dir`` when it already holds one (``last.pt`` or ``best.pt``).
+
+    Raises:
+        FileExistsError: naming the checkpoints and how to continue (``resume``) or replace (``overwrite``) them.
+    """
+    out = Path(output_dir)
+    existing = [str(out / n) for n in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (out / n).exists()]
+    if existing:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(existing)}): continue it with resume=True "
+            "(longiseg train --resume) or replace it with overwrite=True (longiseg train --overwrite)")
 
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -734,12 +749,7 @@ class Trainer:
             if not ckpt_path.is_file():
                 raise FileNotFoundError(f"resume checkpoint not found: {ckpt_path}")
         if resume in (False, None) and not overwrite:
-            existing = [str(p) for p in (last_path, best_path) if p.exists()]
-            if existing:
-                raise FileExistsError(
-                    f"{self.output_dir} already holds a run ({', '.join(existing)}): continue it with "
-                    "resume=True (longiseg train --resume) or replace it with overwrite=True "
-                    "(longiseg train --overwrite)")
+            check_fresh_start(self.output_dir)
         if ckpt_path is not None:
             self.load_checkpoint(ckpt_path)
             if self.is_main:

@@ -25,7 +25,7 @@ from longiseg.data.split import split_by_patient
 from longiseg.data.transforms import LongitudinalAugment
 from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
-from longiseg.engine.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, FitResult, Trainer, seed_everything
+from longiseg.engine.trainer import FitResult, Trainer, check_fresh_start, seed_everything
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.losses.imbalance import ImbalanceAwareLoss
 from longiseg.metrics.voxel import dice
@@ -175,12 +175,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     if not root.is_dir():
         raise FileNotFoundError(f"data.root {root} does not exist")
     info = model_info(cfg.model.name)
-    out_dir = Path(cfg.trainer.output_dir)
     if not resume and not overwrite:
-        existing = [str(out_dir / n) for n in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (out_dir / n).exists()]
-        if existing:
-            raise FileExistsError(f"{out_dir} already holds a run ({', '.join(existing)}): continue it with "
-                                  "--resume or start afresh with --overwrite")
+        check_fresh_start(cfg.trainer.output_dir)  # before any work; fit checks again for direct users
     if progress is not None:
         cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, progress_bar=progress))
     cases = find_cases(root, modalities=cfg.data.modalities)
