@@ -305,14 +305,18 @@ def build_model_from_checkpoint(path: str | Path, *, map_location: Any = "cpu",
     Raises:
         ValueError: if the checkpoint has no ``model_name`` (train with ``Trainer(model_name=...)``).
     """
+    return _model_from(_read(Path(path), map_location, True), str(path), override_kwargs)
+
+
+def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[str, Any]) -> nn.Module:
+    """The registry model of a read checkpoint with its weights (and spec unless arguments were overridden)."""
     from longiseg.registry import build_model
 
-    ckpt = _read(Path(path), map_location, True)
     name = ckpt.get("model_name")
     if not name:
-        raise ValueError(f"checkpoint {path} has no model_name; build the model yourself and use load_checkpoint")
+        raise ValueError(f"checkpoint {source} has no model_name; build the model yourself and use load_checkpoint")
     model = build_model(name, **{**ckpt.get("model_kwargs", {}), **override_kwargs})
-    load_model_weights(model, ckpt["model"], source=str(path))
+    load_model_weights(model, ckpt["model"], source=source)
     if ckpt.get("spec") and not override_kwargs:
         model.spec = ModelSpec.from_dict(ckpt["spec"])
     return model.eval()
@@ -341,7 +345,7 @@ def load_model(path: str | Path, *, map_location: Any = "cpu") -> nn.Module:
             "(modality order, window size, post-processing): pass the run's experiment file "
             "(longiseg predict --config RUN/experiment.yaml), or rebuild it with build_model_from_checkpoint() "
             "and set the settings yourself")
-    return build_model_from_checkpoint(path, map_location=map_location)
+    return _model_from(ckpt, str(path), {})  # the file is read once
 
 
 def update_spec(path: str | Path, spec: ModelSpec) -> Path:
