@@ -1,30 +1,42 @@
-"""Ablation: which training lever makes SegMaST tell new lesions from old ones (issue 17, item 2).
+"""Ablation: what makes SegMaST tell new lesions from old ones (issue 17, item 2).
 
-One demo cohort (``--num-patients`` patients, ``--num-test`` held out, half progressing), then for every variant
-and training seed the public stages, exactly as ``longiseg train/tune/predict/evaluate`` run them:
+One demo cohort (``--num-patients`` patients, ``--num-test`` held out, half progressing; ``--cohort-set`` changes
+the generator's settings for an independent cohort), then for every variant and training seed the public stages,
+exactly as ``longiseg train/tune/predict/evaluate`` run them:
 
-1. train SegMaST with the demo's configuration (:func:`~longiseg.workflows.demo.demo_experiment`) plus the
-   variant's overrides;
-2. tune the progression threshold on the run's validation patients (``last.pt``);
+1. train the variant's model with the demo's configuration (:func:`~longiseg.workflows.demo.demo_experiment`)
+   plus the variant's overrides (skipped when the run folder holds ``trained.json``);
+2. tune the progression threshold on the run's validation patients (``last.pt``) under each post-processing
+   rule, the default (``outside``: progression cut to the outside of the predicted baseline lesions,
+   ``inference.progression_outside_baseline=true``) last, so the checkpoint ends with it;
 3. predict the held-out test patients;
-4. evaluate them (the paper table's columns, with the pooled persisting-lesion false-progression rate) and
+4. evaluate them (the paper table's columns with the pooled persisting-lesion false-progression rate) under
+   each rule at the tuned threshold and at a fixed 0.5 (masks of the other rows re-made from the saved
+   probabilities with :func:`~longiseg.inferers.postprocessing.postprocess_heads`, as predict makes them), and
    measure baseline reliance (:func:`~longiseg.workflows.diagnostics.baseline_reliance`) on the same patients.
 
 Variants (the paper's recipe is the default; every lever is an optional setting of the library):
 
-* ``paper``: the demo's recipe as it is;
+* ``paper``: the demo's SegMaST recipe as it is;
 * ``hardneg``: ``data.persisting_share`` of the lesion-centred crops centred on persisting baseline lesions,
   kept by the loss (``loss.keep_hard_negatives``) instead of being dropped with the other empty samples;
 * ``indep``: augmentation drawn independently per timepoint (``data.augment_independent_timepoints``);
-* ``both``: the two together.
+* ``both``: the two together;
+* ``dw``: SegMaST with Difference Weighting before every MaST mixer (``difference_weighting=True``);
+* ``segformer``: the demo's SegFormer, the paper's strongest 2.5D baseline, with the paper recipe.
 
-Every run writes ``OUT/runs/VARIANT/seedS/ablation.json``; a run with that file is skipped, so the script can be
-stopped and started again. The table (mean (SD) over the seeds that finished) goes to ``OUT/ablation.md`` and
-stdout. Runs use one torch thread and no DataLoader worker each, ``--jobs`` of them at a time.
+Post-processing rules: ``head`` (the progression head's mask as it is, longiseg 0.2) and ``outside`` (the
+default since 0.3). Every run writes ``OUT/runs/VARIANT/seedS/result.json``; a run with that file is skipped,
+so the script can be stopped and started again. The tables (mean (SD) over the seeds that finished) go to
+``OUT/ablation.md`` and stdout. Runs use one torch thread and no DataLoader worker each, ``--jobs`` at a time.
 
-Example (the table in docs/reproducing.md)::
+Examples (the tables in docs/reproducing.md)::
 
     python examples/ablation_new_vs_old.py ablation_out --seeds 0 1 2 --jobs 2
+    python examples/ablation_new_vs_old.py ablation_cohort2 --variants paper segformer --cohort-seed 7 \
+        --cohort-set baseline_lesions=[3,12] new_lesions=[1,3] enlarging_lesions=[1,3] shrinking_lesions=[0,2] \
+        lesion_radius_mm=[2.0,7.0] new_lesion_radius_mm=[2.5,5.0] enlarge_factor=[1.3,1.7] \
+        max_translation=1.0 max_rotation=1.0 bias_strength=0.25 noise_level=0.04
 """
 
 from __future__ import annotations
@@ -35,22 +47,32 @@ import math
 import multiprocessing
 import shutil
 import sys
+import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-#: Variant name -> dotted overrides of the demo's SegMaST experiment config (applied per run).
-VARIANTS: dict[str, list[str]] = {
-    "paper": [],
-    "hardneg": ["data.persisting_share=0.3", "loss.keep_hard_negatives=true"],
-    "indep": ["data.augment_independent_timepoints=true"],
-    "both": ["data.persisting_share=0.3", "loss.keep_hard_negatives=true",
-             "data.augment_independent_timepoints=true"],
+#: Variant name -> (demo model label, dotted overrides of the demo's experiment config).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "paper": ("SegMaST", []),
+    "hardneg": ("SegMaST", ["data.persisting_share=0.3", "loss.keep_hard_negatives=true"]),
+    "indep": ("SegMaST", ["data.augment_independent_timepoints=true"]),
+    "both": ("SegMaST", ["data.persisting_share=0.3", "loss.keep_hard_negatives=true",
+                         "data.augment_independent_timepoints=true"]),
+    "dw": ("SegMaST", ["model.kwargs.difference_weighting=true"]),
+    "segformer": ("SegFormer", []),
 }
 
-#: (key in ablation.json, column header) of the table, in order.
+#: Post-processing rule -> ``inference.progression_outside_baseline``; the default rule last.
+RULES: dict[str, bool] = {"head": False, "outside": True}
+#: Thresholds each rule is evaluated at: the one tuned on the run's validation patients, and 0.5.
+THRESHOLDS: tuple[str, ...] = ("tuned", "fixed")
+FIXED_THRESHOLD = 0.5
+
+#: (key in result.json below RULE/THRESHOLD/, column header) of the tables, in order.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("dice/B", "Dice B"),
     ("dice/P", "Dice P"),
@@ -59,59 +81,104 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("lesion_ppv/P", "PPV P"),
     ("daa/all", "DAA (%)"),
     ("persisting_fp/all", "Old-as-new (%)"),
+)
+#: Columns of the baseline-reliance diagnostic (the probabilities, independent of the rule).
+RELIANCE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reliance/new/drop", "new: drop"),
     ("reliance/persisting/p_real", "persisting: p_real"),
 )
 
-RESULT_FILE = "ablation.json"
-#: The tuning record of every run (``longiseg tune``): the table shows each seed's chosen threshold.
-TUNING_FILE = "tuning.json"
+RESULT_FILE = "result.json"
+TRAINED_FILE = "trained.json"
 
 
-def make_cohort(out: Path, num_patients: int, num_test: int) -> None:
-    """``longiseg cohort OUT --num-patients N --num-test K`` (skipped when ``OUT/test`` exists)."""
+def make_cohort(out: Path, num_patients: int, num_test: int, seed: int = 0, overrides: Sequence[str] = ()) -> None:
+    """``longiseg cohort OUT --num-patients N --num-test K --seed S --set ...`` (skipped when ``OUT/test`` exists)."""
     from longiseg.data.demo_cohort import generate_demo_cohort
     from longiseg.data.split import write_test_split
     from longiseg.workflows.demo import DemoConfig, demo_cohort_config
 
     if (out / "test").is_dir() and (out / "train").is_dir():
         return
-    cfg = DemoConfig(output_dir=str(out), num_patients=num_patients, num_test=num_test)
-    cohort = generate_demo_cohort(out / "cohort", demo_cohort_config(cfg), overwrite=True)
+    cfg = DemoConfig(output_dir=str(out), num_patients=num_patients, num_test=num_test, seed=seed)
+    cohort = generate_demo_cohort(out / "cohort", demo_cohort_config(cfg).with_overrides(overrides), overwrite=True)
     write_test_split(cohort, out, cfg.num_test, overwrite=True)
 
 
+def _train(root: Path, run_dir: Path, variant: str, seed: int, epochs: int, steps: int) -> None:
+    """``longiseg train`` of one (variant, seed) unless ``run_dir`` holds a finished run."""
+    from longiseg.utils.io import atomic_write_json
+    from longiseg.workflows.demo import DemoConfig, demo_experiment
+    from longiseg.workflows.train import run_training
+
+    marker = run_dir / TRAINED_FILE
+    if marker.is_file() and json.loads(marker.read_text()) == {"epochs": epochs, "steps_per_epoch": steps}:
+        return
+    if run_dir.exists():  # an unfinished run: start it again from scratch
+        shutil.rmtree(run_dir)
+    label, overrides = VARIANTS[variant]
+    cfg = DemoConfig(output_dir=str(root), seed=seed, epochs=epochs, steps_per_epoch=steps, num_workers=0,
+                     progress=False)
+    run_training(demo_experiment(cfg, label, root / "train", run_dir).with_overrides(overrides))
+    atomic_write_json(marker, {"epochs": epochs, "steps_per_epoch": steps})
+
+
+def _remake_masks(pred_dir: Path, test_dir: Path, out_dir: Path, threshold: float, outside: bool,
+                  inference: dict[str, Any]) -> None:
+    """Masks of every predicted case at ``threshold`` under a rule, from the saved probabilities (as predict)."""
+    from longiseg.data.loading import find_cases, load_case, read_prediction, save_prediction
+    from longiseg.inferers.postprocessing import postprocess_heads
+
+    for source in find_cases(test_dir):
+        case = load_case(source)
+        probs, affine, spacing = read_prediction(pred_dir, source.case_id, case.num_timepoints, kind="prob")
+        restrict = inference.get("restrict", "progression")
+        base, prog = postprocess_heads(
+            probs[0], probs[1:], threshold=threshold, min_volume_mm3=float(inference.get("min_lesion_mm3", 0.0)),
+            spacing=spacing, brain_mask=None if restrict == "none" else case.brain_mask.astype(bool),
+            restrict=restrict, progression_outside_baseline=outside)
+        save_prediction(out_dir, source.case_id, affine, {"mask": [base, *prog]}, overwrite=True)
+
+
 def run_one(out: str, variant: str, seed: int, epochs: int, steps: int) -> dict[str, Any]:
-    """Train, tune, predict, evaluate and measure baseline reliance of one (variant, seed); returns the record
-    also written to ``OUT/runs/VARIANT/seedS/ablation.json``."""
+    """Train (unless trained), tune, predict, evaluate and measure baseline reliance of one (variant, seed);
+    returns the record also written to ``OUT/runs/VARIANT/seedS/result.json``."""
     import torch
 
     torch.set_num_threads(1)
     from longiseg.data.loading import find_cases, load_case
     from longiseg.data.preprocessing import preprocess_case
-    from longiseg.engine.checkpoint import load_model
+    from longiseg.engine.checkpoint import load_model, update_spec
     from longiseg.metrics.evaluate import evaluate_folder
     from longiseg.utils.io import atomic_write_json
-    from longiseg.workflows.demo import DemoConfig, demo_experiment
     from longiseg.workflows.diagnostics import baseline_reliance
     from longiseg.workflows.predict import run_prediction
-    from longiseg.workflows.train import run_training
-    from longiseg.workflows.tune import run_tuning
+    from longiseg.workflows.tune import TUNING_FILE, run_tuning
 
     root = Path(out)
     run_dir = root / "runs" / variant / f"seed{seed}"
-    if run_dir.exists():  # an unfinished run (no ablation.json): start it again from scratch
-        shutil.rmtree(run_dir)
-    cfg = DemoConfig(output_dir=str(root), seed=seed, epochs=epochs, steps_per_epoch=steps, num_workers=0,
-                     progress=False)
-    exp = demo_experiment(cfg, "SegMaST", root / "train", run_dir).with_overrides(VARIANTS[variant])
-    run_training(exp)  # longiseg train
-    run_tuning(run_dir, checkpoint="last.pt", device="cpu", progress=False)  # longiseg tune
-    model = load_model(run_dir / "last.pt")
+    _train(root, run_dir, variant, seed, epochs, steps)  # longiseg train
+    ckpt = run_dir / "last.pt"
+    record: dict[str, Any] = {}
+    for rule, outside in RULES.items():  # longiseg tune, under each rule (the default last)
+        spec = load_model(ckpt).spec
+        update_spec(ckpt, spec.replace(inference={**spec.inference, "progression_outside_baseline": outside}))
+        run_tuning(run_dir, checkpoint="last.pt", device="cpu", progress=False)
+        shutil.copyfile(run_dir / TUNING_FILE, run_dir / f"tuning_{rule}.json")
+        record[f"{rule}/threshold"] = json.loads((run_dir / TUNING_FILE).read_text())["threshold"]
+    model = load_model(ckpt)
     pred_dir = run_dir / "predictions"
     run_prediction(model, root / "test", pred_dir, device="cpu", overwrite=True, progress=False)  # longiseg predict
-    result = evaluate_folder(pred_dir, root / "test", model=f"{variant}/seed{seed}", progress=False)  # evaluate
-    record: dict[str, Any] = {k: s.mean for k, s in result.table.paper_summary().items()}
+    with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
+        for rule, outside in RULES.items():
+            for kind in THRESHOLDS:
+                threshold = record[f"{rule}/threshold"] if kind == "tuned" else FIXED_THRESHOLD
+                masks = pred_dir  # the default rule at the tuned threshold: what longiseg predict wrote
+                if not (outside and kind == "tuned"):
+                    masks = Path(tmp) / f"{rule}_{kind}"
+                    _remake_masks(pred_dir, root / "test", masks, threshold, outside, model.spec.inference)
+                result = evaluate_folder(masks, root / "test", model=f"{variant}/seed{seed}", progress=False)
+                record.update({f"{rule}/{kind}/{k}": s.mean for k, s in result.table.paper_summary().items()})
     lesions = [les for source in find_cases(root / "test")
                for les in baseline_reliance(model, preprocess_case(load_case(source)), device="cpu").lesions]
     for kind in ("new", "persisting"):
@@ -119,7 +186,8 @@ def run_one(out: str, variant: str, seed: int, epochs: int, steps: int) -> dict[
         record[f"reliance/{kind}/count"] = len(rows)
         record[f"reliance/{kind}/p_real"] = float(np.mean([r.p_real for r in rows])) if rows else math.nan
         record[f"reliance/{kind}/drop"] = float(np.mean([r.drop for r in rows])) if rows else math.nan
-    record.update(variant=variant, seed=seed, overrides=VARIANTS[variant], epochs=epochs, steps_per_epoch=steps)
+    label, overrides = VARIANTS[variant]
+    record.update(variant=variant, model=label, seed=seed, overrides=overrides, epochs=epochs, steps_per_epoch=steps)
     atomic_write_json(run_dir / RESULT_FILE, record)
     return record
 
@@ -133,21 +201,27 @@ def _cell(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{np.mean(vals):.{digits}f} ({np.std(vals, ddof=1):.{digits}f})"
 
 
-def ablation_table(out: Path) -> str:
-    """Markdown table of mean (SD over seeds, ``ddof=1``) of every variant with finished runs, with the
-    progression threshold each seed's run chose on its validation patients."""
-    header = "| variant | seeds | threshold | " + " | ".join(h for _, h in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 3)]
+def ablation_table(out: Path, threshold: str = "tuned") -> str:
+    """Markdown table: per variant with finished runs and per rule, the mean (SD over seeds, ``ddof=1``) of the
+    columns at ``threshold`` (``"tuned"``: each run's validation-tuned threshold, listed; ``"fixed"``: 0.5),
+    with the baseline-reliance columns."""
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
+    header = ("| variant | rule | seeds | threshold | " + " | ".join(h for _, h in COLUMNS) + " | "
+              + " | ".join(h for _, h in RELIANCE_COLUMNS) + " |")
+    lines = [header, "|" + "---|" * (len(COLUMNS) + len(RELIANCE_COLUMNS) + 4)]
     for variant in VARIANTS:
-        paths = sorted((out / "runs" / variant).glob(f"seed*/{RESULT_FILE}"))
-        if not paths:
+        records = [json.loads(p.read_text()) for p in sorted((out / "runs" / variant).glob(f"seed*/{RESULT_FILE}"))]
+        if not records:
             continue
-        records = [json.loads(p.read_text()) for p in paths]
         seeds = ",".join(str(r["seed"]) for r in records)
-        tuned = [p.parent / TUNING_FILE for p in paths]
-        thresholds = "/".join(f"{json.loads(t.read_text())['threshold']:.2f}" if t.is_file() else "-" for t in tuned)
-        cells = [_cell([r[k] for r in records], digits=1 if k.endswith("all") else 3) for k, _ in COLUMNS]
-        lines.append(f"| {variant} | {seeds} | {thresholds} | " + " | ".join(cells) + " |")
+        for rule in reversed(RULES):  # the default rule first
+            thresholds = ("/".join(f"{r[f'{rule}/threshold']:.2f}" for r in records) if threshold == "tuned"
+                          else f"{FIXED_THRESHOLD:.2f}")
+            cells = [_cell([r[f"{rule}/{threshold}/{k}"] for r in records], digits=1 if k.endswith("all") else 3)
+                     for k, _ in COLUMNS]
+            cells += [_cell([r[k] for r in records]) for k, _ in RELIANCE_COLUMNS]
+            lines.append(f"| {variant} | {rule} | {seeds} | {thresholds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -159,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--num-patients", type=int, default=32)
     p.add_argument("--num-test", type=int, default=10)
+    p.add_argument("--cohort-seed", type=int, default=0, help="seed of the generated cohort")
+    p.add_argument("--cohort-set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="generator settings other than the demo's (as longiseg cohort --set)")
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--steps", type=int, default=25, help="optimizer steps per epoch")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU core each)")
@@ -166,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     out = Path(args.output)
-    make_cohort(out, args.num_patients, args.num_test)
+    make_cohort(out, args.num_patients, args.num_test, args.cohort_seed, args.cohort_set)
     todo = [(v, s) for s in args.seeds for v in args.variants
             if not (out / "runs" / v / f"seed{s}" / RESULT_FILE).is_file()]
     with tqdm(total=len(todo), desc="ablation runs", unit="run") as bar, ProcessPoolExecutor(
@@ -175,12 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         for fut in as_completed(futures):
             v, s = futures[fut]
             rec = fut.result()
-            bar.write(f"{v} seed {s}: F1 P {rec['lesion_f1/P']:.3f}, NP {rec['dice/NP']:.3f}, "
-                      f"DAA {rec['daa/all']:.1f} %, old-as-new {rec['persisting_fp/all']:.1f} %")
+            bar.write(f"{v} seed {s} (outside, tuned): F1 P {rec['outside/tuned/lesion_f1/P']:.3f}, "
+                      f"NP {rec['outside/tuned/dice/NP']:.3f}, DAA {rec['outside/tuned/daa/all']:.1f} %, "
+                      f"old-as-new {rec['outside/tuned/persisting_fp/all']:.1f} %")
             bar.update()
-    table = ablation_table(out)
-    (out / "ablation.md").write_text(table + "\n")
-    print(table)
+    text = "\n\n".join(f"Thresholds: {kind}\n\n{ablation_table(out, kind)}" for kind in THRESHOLDS)
+    (out / "ablation.md").write_text(text + "\n")
+    print(text)
     return 0
 
 

@@ -132,7 +132,10 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace the cohort, train and "
                               "test folders in it")
-    cohort = generate_demo_cohort(out / "cohort", demo_cohort_config(cfg), overwrite=args.overwrite,
+    if any(o.split("=", 1)[0].strip() in ("num_patients", "spacing", "seed") for o in args.overrides):
+        raise ValueError("--set cannot change num_patients, spacing or seed: use --num-patients, --spacing, --seed")
+    cohort_cfg = demo_cohort_config(cfg).with_overrides(args.overrides)  # checked before anything is written
+    cohort = generate_demo_cohort(out / "cohort", cohort_cfg, overwrite=args.overwrite,
                                   progress=not args.no_progress)
     split = write_test_split(cohort, out, cfg.num_test, overwrite=args.overwrite)
     print(f"cohort {cohort} ({cfg.num_patients} patients); training patients in {out / 'train'}, "
@@ -322,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="generator settings other than the demo's (DemoCohortConfig fields), e.g. "
+                        "shrinking_lesions=[0,2] max_translation=1.0 new_lesions=[1,3]")
     p.set_defaults(func=_cmd_cohort)
 
     p = sub.add_parser("predict", help="predict a folder of cases with a checkpoint (NIfTI masks, probabilities, entropy)")

@@ -16,8 +16,9 @@ Objectives (``objective=``):
   use it with enough NP validation follow-ups.
 
 With only one kind of follow-up both objectives are that kind's mean (``lesion_f1`` without any P follow-up
-raises). Masks are post-processed exactly as in prediction (threshold, optional brain restriction,
-removal of components below ``min_volume_mm3``) and lesions are counted under the evaluation protocol
+raises). Masks are post-processed exactly as in prediction (threshold, optional brain restriction, with
+``baseline_probabilities`` the baseline lesion mask at the same threshold cut out, removal of components below
+``min_volume_mm3``; :func:`~longiseg.inferers.postprocessing.postprocess_heads`) and lesions are counted under the evaluation protocol
 (e.g. ``segmast``: lesions below 11 mm^3 ignored).
 
 Example:
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from longiseg.inferers.postprocessing import postprocess
+from longiseg.inferers.postprocessing import postprocess, postprocess_heads
 from longiseg.metrics.longitudinal import evaluate_mask_pair
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 
@@ -158,6 +159,18 @@ def progression_score(
     return float(metrics["lesion_f1"])
 
 
+def _progression_mask(prob: np.ndarray, baseline: np.ndarray | None, brain: np.ndarray | None, threshold: float,
+                      min_volume_mm3: float, spacing: Sequence[float]) -> np.ndarray:
+    """One follow-up's progression mask as prediction writes it (``postprocess_heads`` owns the rule)."""
+    if baseline is None:
+        return postprocess(prob, threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing,
+                           brain_mask=brain)
+    _, prog = postprocess_heads(baseline, prob[None], threshold=threshold, min_volume_mm3=min_volume_mm3,
+                                spacing=spacing, brain_mask=brain,
+                                restrict="none" if brain is None else "progression")
+    return prog[0]
+
+
 def select_threshold(
     probabilities: Sequence[np.ndarray | torch.Tensor],
     references: Sequence[np.ndarray | torch.Tensor],
@@ -169,6 +182,7 @@ def select_threshold(
     protocol: str | EvaluationProtocol = "segmast",
     default: float = 0.5,
     objective: str = "lesion_f1",
+    baseline_probabilities: Sequence[np.ndarray | torch.Tensor] | None = None,
 ) -> ThresholdSelection:
     """Pick the progression probability threshold that maximises the validation objective.
 
@@ -186,6 +200,9 @@ def select_threshold(
         default: reference threshold, always evaluated; ties are broken towards it.
         objective: ``"lesion_f1"`` (mean lesion F1 of the P follow-ups) or ``"balanced"`` (mean of that and
             of the strict NP score of the NP follow-ups); see the module docstring.
+        baseline_probabilities: optional ``(D, H, W)`` baseline probability map per progression map (its
+            case's, repeated for each follow-up of the case): the progression masks then exclude the baseline
+            mask at the same threshold, as prediction does with ``progression_outside_baseline``.
 
     Returns:
         :class:`ThresholdSelection` with the chosen threshold, its objective and the objective of every
@@ -207,6 +224,9 @@ def select_threshold(
         raise ValueError(
             f"references must have one mask per probability map: {len(references)} vs {len(probabilities)}"
         )
+    if baseline_probabilities is not None and len(baseline_probabilities) != len(probabilities):
+        raise ValueError(f"baseline_probabilities must have one map per probability map: "
+                         f"{len(baseline_probabilities)} vs {len(probabilities)}")
     if brain_masks is not None and len(brain_masks) != len(probabilities):
         raise ValueError(
             f"brain_masks must have one entry per probability map: {len(brain_masks)} vs {len(probabilities)}"
@@ -231,6 +251,13 @@ def select_threshold(
             None if b is None else _check_mask(f"brain_masks[{i}]", b, p.shape)
             for i, (b, p) in enumerate(zip(brain_masks, probs))
         ]
+    bases: list[np.ndarray | None] = [None] * len(probs)
+    if baseline_probabilities is not None:
+        bases = [_check_probability_map(f"baseline_probabilities[{i}]", b) for i, b in enumerate(baseline_probabilities)]
+        for i, (b, p) in enumerate(zip(bases, probs)):
+            if b.shape != p.shape:
+                raise ValueError(f"baseline_probabilities[{i}] must have the shape {p.shape} of probabilities[{i}], "
+                                 f"got {b.shape}")
     is_p = [bool(r.any()) for r in refs]
     if objective == "lesion_f1" and not any(is_p):
         raise ValueError("objective='lesion_f1' needs at least one reference with new/enlarging lesions")
@@ -240,18 +267,8 @@ def select_threshold(
     scores: dict[float, float] = {}
     for t in candidates:
         per_case = {
-            i: progression_score(
-                postprocess(
-                    probs[i],
-                    threshold=t,
-                    min_volume_mm3=min_volume_mm3,
-                    spacing=spacing,
-                    brain_mask=brains[i],
-                ),
-                refs[i],
-                spacing,
-                prot,
-            )
+            i: progression_score(_progression_mask(probs[i], bases[i], brains[i], t, min_volume_mm3, spacing),
+                                 refs[i], spacing, prot)
             for i in used
         }
         groups = [[v for i, v in per_case.items() if is_p[i] == flag] for flag in flags]

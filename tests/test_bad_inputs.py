@@ -308,6 +308,10 @@ ROWS = [
     Row("cohort-num-test", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "8", "--num-test", "1"],
         "num_test"),
     Row("cohort-output-is-file", lambda ws, t: ["cohort", str(_file(t))], "OUT"),
+    Row("cohort-set-unknown-key", lambda ws, t: ["cohort", str(t / "out"), "--set", "lesion_count=3"], "lesion_count"),
+    Row("cohort-set-seed", lambda ws, t: ["cohort", str(t / "out"), "--set", "seed=3"], "use --num-patients, --spacing, --seed"),
+    Row("cohort-set-bad-shrink", lambda ws, t: ["cohort", str(t / "out"), "--set", "shrink_factor=[0.8,1.2]"],
+        "shrink_factor must be < 1"),
     # --- demo (all refused before the cohort is written)
     Row("demo-negative-epochs", lambda ws, t: ["demo", "--output", str(t / "out"), "--epochs", "-1"], "epochs"),
     Row("demo-zero-steps", lambda ws, t: ["demo", "--output", str(t / "out"), "--steps-per-epoch", "0"],

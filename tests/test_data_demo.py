@@ -143,6 +143,37 @@ def test_cohort_command_writes_cohort_and_split(tmp_path: Path) -> None:
     assert main(["cohort", str(tmp_path / "c"), "--num-patients", "6", "--num-test", "2", "--spacing", "4"]) == 2
 
 
+def test_shrinking_lesions_add_no_progression_and_default_cohorts_are_unchanged() -> None:
+    cfg = dc.DemoCohortConfig(spacing=4, num_timepoints=3, shrinking_lesions=(2, 2), seed=5)
+    for progressing in (False, True):
+        case, st = dc.generate_demo_case(0, cfg, progressing=progressing, with_lesion_masks=True)
+        lesions = st["lesion_masks"].astype(bool)
+        assert [fu["shrunk_lesions"] for fu in st["followups"]] == [2, 2]
+        for k in (1, 2):  # the progression reference stays "lesion at k, not at k-1"
+            np.testing.assert_array_equal(case.progression_masks[k - 1], lesions[k] & ~lesions[k - 1])
+        assert (lesions[0] & ~lesions[2]).any()  # shrunk voxels are lesion before, not after
+        if not progressing:
+            assert not case.progression_masks.any() and lesions[2].sum() < lesions[0].sum()
+    # switched off (the default), the generator draws exactly what it drew before the option existed
+    plain = dc.DemoCohortConfig(spacing=4, seed=5)
+    a, sa = dc.generate_demo_case(0, plain)
+    b, sb = dc.generate_demo_case(0, plain.with_overrides(["shrinking_lesions=[0,0]", "shrink_factor=[0.5,0.7]"]))
+    np.testing.assert_array_equal(a.images, b.images)
+    assert sa["followups"][0]["shrunk_lesions"] == 0
+
+
+def test_cohort_command_takes_generator_settings(tmp_path: Path) -> None:
+    import json
+
+    from longiseg.cli import main
+
+    rc = main(["cohort", str(tmp_path / "c"), "--num-patients", "6", "--num-test", "2", "--spacing", "4",
+               "--no-progress", "--set", "shrinking_lesions=[1,1]", "max_translation=1.0"])
+    record = json.loads((tmp_path / "c" / "cohort" / "demo_cohort.json").read_text())
+    assert rc == 0 and record["config"]["shrinking_lesions"] == [1, 1] and record["config"]["max_translation"] == 1.0
+    assert all(fu["shrunk_lesions"] == 1 for pt in record["patients"] for fu in pt["followups"])
+
+
 def test_phantom_fallback_without_nilearn(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(dc, "_nilearn_data_dir", lambda: None)
     dc.load_anatomy.cache_clear()

@@ -70,6 +70,19 @@ def test_overrides_convert_types() -> None:
     assert TrainerConfig().max_epochs == 500  # the original is untouched
 
 
+def test_overrides_reach_into_free_form_mappings() -> None:
+    from longiseg.workflows.config import ExperimentConfig, ModelConfig
+
+    cfg = ExperimentConfig(model=ModelConfig(name="segmast", kwargs={"widths": [8, 16]}))
+    new = cfg.with_overrides(["model.kwargs.difference_weighting=true", "model.kwargs.extra.depth=2"])
+    assert new.model.kwargs == {"widths": [8, 16], "difference_weighting": True, "extra": {"depth": 2}}
+    assert cfg.model.kwargs == {"widths": [8, 16]}  # the original is untouched
+    with pytest.raises(ValueError, match="'widths' of 'model.kwargs' is not a mapping"):
+        cfg.with_overrides(["model.kwargs.widths.x=1"])
+    with pytest.raises(ValueError, match="'trainer.lr' is not a nested config section"):
+        cfg.with_overrides(["trainer.lr.x=1"])
+
+
 def test_load_with_overrides(tmp_path) -> None:
     path = tmp_path / "t.yaml"
     path.write_text("max_epochs: 10\nlr: 2.0e-4\n")

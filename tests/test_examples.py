@@ -210,15 +210,25 @@ def test_new_vs_old_ablation_variants_and_table(tmp_path: Path) -> None:
     from longiseg.workflows.demo import DemoConfig, demo_experiment
 
     ablation = _load_module("ablation_new_vs_old")
-    base = demo_experiment(DemoConfig(output_dir=str(tmp_path)), "SegMaST", tmp_path / "train", tmp_path / "run")
-    both = base.with_overrides(ablation.VARIANTS["both"])
-    assert base.with_overrides(ablation.VARIANTS["paper"]) == base
+    cfg = DemoConfig(output_dir=str(tmp_path))
+    base = demo_experiment(cfg, "SegMaST", tmp_path / "train", tmp_path / "run")
+    label, overrides = ablation.VARIANTS["both"]
+    both = base.with_overrides(overrides)
+    assert label == "SegMaST" and base.with_overrides(ablation.VARIANTS["paper"][1]) == base
     assert (both.data.persisting_share, both.loss.keep_hard_negatives, both.data.augment_independent_timepoints) \
         == (0.3, True, True)
+    assert base.with_overrides(ablation.VARIANTS["dw"][1]).model.kwargs["difference_weighting"] is True
+    assert ablation.VARIANTS["segformer"][0] == "SegFormer"
+    assert list(ablation.RULES) == ["head", "outside"] and ablation.RULES["outside"]  # the default rule last
     for seed, f1 in ((0, 0.5), (1, 0.7)):
-        record = {key: 0.25 for key, _ in ablation.COLUMNS} | {"lesion_f1/P": f1, "seed": seed}
+        record = {f"{rule}/{kind}/{key}": 0.25 for rule in ablation.RULES for kind in ablation.THRESHOLDS
+                  for key, _ in ablation.COLUMNS}
+        record |= {key: 0.1 for key, _ in ablation.RELIANCE_COLUMNS}
+        record |= {"outside/tuned/lesion_f1/P": f1, "seed": seed, "outside/threshold": 0.4, "head/threshold": 0.6}
         (tmp_path / "runs" / "hardneg" / f"seed{seed}").mkdir(parents=True)
         (tmp_path / "runs" / "hardneg" / f"seed{seed}" / ablation.RESULT_FILE).write_text(json.dumps(record))
     lines = ablation.ablation_table(tmp_path).splitlines()
-    assert len(lines) == 3 and lines[2].startswith("| hardneg | 0,1 | -/- | ")
-    assert "0.600 (0.141)" in lines[2]  # mean (SD, ddof=1) of 0.5 and 0.7
+    assert len(lines) == 4 and lines[2].startswith("| hardneg | outside | 0,1 | 0.40/0.40 | ")
+    assert "0.600 (0.141)" in lines[2] and "0.600" not in lines[3]  # mean (SD, ddof=1) of 0.5 and 0.7
+    assert lines[3].startswith("| hardneg | head | 0,1 | 0.60/0.60 | ")
+    assert ablation.ablation_table(tmp_path, "fixed").splitlines()[2].startswith("| hardneg | outside | 0,1 | 0.50 | ")

@@ -12,6 +12,7 @@ from longiseg.inferers import (
     MAX_BINARY_ENTROPY,
     binary_entropy,
     postprocess,
+    postprocess_heads,
     remove_small_components,
     restrict_to_mask,
     threshold_probabilities,
@@ -116,3 +117,62 @@ def test_entropy_errors() -> None:
         binary_entropy(np.array([np.nan]))
     with pytest.raises(TypeError, match="prob"):
         binary_entropy("0.5")
+
+
+def test_exclude_before_component_removal_drops_rims() -> None:
+    """A predicted old lesion slightly larger than the baseline mask leaves a rim: cut out first, it is too small."""
+    prob = np.zeros((12, 12, 12), np.float32)
+    prob[2:9, 2:9, 2:9] = 0.9  # 343 voxels predicted as progression
+    base = np.zeros((12, 12, 12), bool)
+    base[3:8, 3:8, 3:8] = True  # the baseline head's lesion: 125 voxels inside it
+    prob[10, 10, 0:4] = 0.8  # a small new lesion elsewhere: 4 voxels
+    kept = postprocess(prob, min_volume_mm3=3.0, exclude=base)
+    assert not (kept & base).any()
+    np.testing.assert_array_equal(kept, (prob >= 0.5) & ~base)  # every part >= 3 voxels survives
+    rims = postprocess(prob, min_volume_mm3=220.0, exclude=base)  # the 218-voxel rim falls under 220
+    assert not rims.any()
+    assert postprocess(prob, min_volume_mm3=220.0)[2:9, 2:9, 2:9].all()  # without exclusion: the whole lesion
+
+
+def test_postprocess_heads_progression_never_overlaps_the_baseline_mask() -> None:
+    rng = np.random.default_rng(3)
+    base_prob = rng.uniform(0, 1, (10, 11, 12)).astype(np.float32)
+    prog_prob = rng.uniform(0, 1, (2, 10, 11, 12)).astype(np.float32)
+    brain = np.ones((10, 11, 12), bool)
+    brain[0] = False
+    base, prog = postprocess_heads(base_prob, prog_prob, threshold=0.6, min_volume_mm3=2.0, brain_mask=brain)
+    np.testing.assert_array_equal(base, postprocess(base_prob, threshold=0.6, min_volume_mm3=2.0))
+    assert prog.shape == (2, 10, 11, 12) and not (prog & base[None]).any() and not prog[:, 0].any()
+    for k in range(2):
+        np.testing.assert_array_equal(
+            prog[k], postprocess(prog_prob[k], threshold=0.6, min_volume_mm3=2.0, brain_mask=brain, exclude=base))
+    _, off = postprocess_heads(base_prob, prog_prob, threshold=0.6, restrict="none", progression_outside_baseline=False)
+    np.testing.assert_array_equal(off, prog_prob >= 0.6)
+    both, _ = postprocess_heads(base_prob, prog_prob, threshold=0.6, brain_mask=brain, restrict="both")
+    assert not both[0].any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"restrict": "all"}, ValueError, "restrict must be one of"),
+        ({"brain_mask": None}, ValueError, "needs a brain_mask"),
+        ({"progression_outside_baseline": 1}, TypeError, "progression_outside_baseline must be a bool"),
+        ({"baseline_prob": np.zeros((4, 4, 5), np.float32)}, ValueError, "baseline_prob"),
+        ({"progression_prob": np.zeros((4, 4, 4), np.float32)}, ValueError, r"\(T-1, D, H, W\)"),
+    ],
+)
+def test_postprocess_heads_errors(kwargs: dict, error: type, match: str) -> None:
+    args = {"baseline_prob": np.zeros((4, 4, 4), np.float32), "progression_prob": np.zeros((1, 4, 4, 4), np.float32),
+            "brain_mask": np.ones((4, 4, 4), bool)}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        postprocess_heads(**args)
+
+
+def test_exclude_errors() -> None:
+    prob = np.zeros((4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="exclude"):
+        postprocess(prob, exclude=np.zeros((4, 4, 3), bool))
+    with pytest.raises(ValueError, match="exclude"):
+        postprocess(prob, exclude=np.full((4, 4, 4), 2))

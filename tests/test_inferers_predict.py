@@ -82,15 +82,37 @@ def test_predict_case_writes_all_files_with_affine(tmp_path: Path) -> None:
         np.testing.assert_array_equal(
             nii.get_fdata(dtype=np.float32), base_prob if i == 0 else prog_prob[i - 1]
         )
+    base_mask = postprocess(base_prob, threshold=0.5, min_volume_mm3=4.0, spacing=spacing)
     for i, path in enumerate(paths["mask"]):
         nii = nib.load(path)
         assert nii.get_data_dtype() == np.uint8
         np.testing.assert_allclose(nii.header.get_zooms(), spacing, rtol=1e-5)
         prob = base_prob if i == 0 else prog_prob[i - 1]
-        expected = postprocess(prob, threshold=0.5, min_volume_mm3=4.0, spacing=spacing)
+        # progression: the baseline mask is cut out before small components are removed (the default)
+        expected = postprocess(prob, threshold=0.5, min_volume_mm3=4.0, spacing=spacing,
+                               exclude=None if i == 0 else base_mask)
         np.testing.assert_array_equal(np.asarray(nii.dataobj), expected.astype(np.uint8))
+        if i:
+            assert not (np.asarray(nii.dataobj).astype(bool) & base_mask).any()
     ent = nib.load(paths["entropy"][1]).get_fdata(dtype=np.float32)
     np.testing.assert_allclose(ent, binary_entropy(prog_prob[0]), atol=1e-7)
+
+
+def test_predict_case_progression_outside_baseline_off_keeps_the_head_mask(tmp_path: Path) -> None:
+    img = _images()
+    img[1, 0] = np.maximum(img[1, 0], img[0, 0])  # follow-up at least as bright: progression where t0 is lesion too
+    img[1, 0, 2:5, 2:6, 1:5] = 1.0
+    img[0, 0, 2:5, 2:6, 1:5] = 0.9  # an old lesion that got brighter: both heads fire on it
+    on = predict_case(Voxelwise(), img, _affine(), None, tmp_path / "on", "c", inferer=_inferer())
+    off = predict_case(Voxelwise(), img, _affine(), None, tmp_path / "off", "c", inferer=_inferer(),
+                       progression_outside_baseline=False)
+    base_prob, prog_prob = _inferer()(Voxelwise(), img)
+    base = np.asarray(nib.load(on["mask"][0]).dataobj).astype(bool)
+    prog_on = np.asarray(nib.load(on["mask"][1]).dataobj).astype(bool)
+    prog_off = np.asarray(nib.load(off["mask"][1]).dataobj).astype(bool)
+    np.testing.assert_array_equal(prog_off, prog_prob[0] >= 0.5)
+    np.testing.assert_array_equal(prog_on, prog_off & ~base)
+    assert (prog_off & base).any() and not (prog_on & base).any()
 
 
 def test_no_overwrite_unless_asked(tmp_path: Path) -> None:
@@ -115,6 +137,7 @@ def test_no_overwrite_unless_asked(tmp_path: Path) -> None:
 def test_optional_outputs_and_restriction(tmp_path: Path) -> None:
     img = _images(t=2, c=1)
     img[1, 0, 5:] = 5.0  # strong "new lesion" signal
+    img[0, 0, 5:] = 0.1  # where the baseline has no lesion
     brain = np.ones(SHAPE, bool)
     brain[6] = False
     paths = predict_case(

@@ -104,6 +104,22 @@ def test_min_volume_and_brain_mask_as_in_prediction() -> None:
     assert sel_brain.scores[0.25] == 1.0
 
 
+def test_baseline_probabilities_exclude_old_lesions_as_prediction_does() -> None:
+    prob, gt = _progressing_case(0.3)
+    old = _blob(gt.shape, (10, 3, 15))  # an old lesion the progression head also fires on (0.4)
+    prob[old] = 0.4
+    base = np.where(old, 0.9, 0.01).astype(np.float32)
+    without = select_threshold([prob], [gt], SP, thresholds=(0.25,))
+    with_base = select_threshold([prob], [gt], SP, thresholds=(0.25,), baseline_probabilities=[base])
+    assert without.scores[0.25] < 1.0 and with_base.scores[0.25] == 1.0
+    # the baseline mask is taken at the candidate threshold: at 0.95 a 0.9 baseline lesion is not one
+    prob = np.where(gt, 0.97, prob).astype(np.float32)
+    prob[old] = 0.97
+    hi = np.where(old, 0.99, 0.01).astype(np.float32)
+    assert select_threshold([prob], [gt], SP, thresholds=(0.95,), baseline_probabilities=[base]).scores[0.95] < 1.0
+    assert select_threshold([prob], [gt], SP, thresholds=(0.95,), baseline_probabilities=[hi]).scores[0.95] == 1.0
+
+
 def test_protocol_lesion_cut_off() -> None:
     # The reference holds a 5 mm^3 fragment that the segmast protocol (11 mm^3) ignores and tdw (3 mm^3) counts.
     prob, gt = _progressing_case(0.9)
@@ -144,6 +160,9 @@ def test_accepts_tensors_and_to_dict() -> None:
         ({"objective": "dice"}, ValueError, "objective must be one of"),
         ({"objective": "lesion_f1"}, ValueError, "at least one reference"),
         ({"brain_masks": [np.ones((4, 4, 3), bool)]}, ValueError, "brain_masks"),
+        ({"baseline_probabilities": []}, ValueError, "baseline_probabilities must have one map"),
+        ({"baseline_probabilities": [np.zeros((4, 4, 3), np.float32)]}, ValueError, "baseline_probabilities"),
+        ({"baseline_probabilities": [np.full((4, 4, 4), 2.0, np.float32)]}, ValueError, r"\[0, 1\]"),
     ],
 )
 def test_input_validation(kwargs: dict, error: type, match: str) -> None:

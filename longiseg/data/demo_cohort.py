@@ -15,8 +15,9 @@ Per patient (all seeded by ``(seed, patient index)``):
    outline), placed preferentially in periventricular white matter, never touching each other;
 3. follow-ups: for "progressing" patients (``progression_fraction`` of the cohort) each follow-up gets new
    lesions and enlarges some existing ones (at least one follow-up is active); stable patients keep their
-   lesions unchanged. The progression mask of follow-up ``k`` is exactly the voxels that are lesion at ``k``
-   but not at ``k-1`` (new or enlarged voxels);
+   lesions unchanged, except that ``shrinking_lesions`` (off by default) lets existing lesions shrink in any
+   patient. The progression mask of follow-up ``k`` is exactly the voxels that are lesion at ``k`` but not
+   at ``k-1`` (new or enlarged voxels);
 4. images: FLAIR-like (lesions bright, grey matter brighter than white matter, CSF dark) and T2-like
    (CSF brightest, lesions bright) contrasts with partial-volume edges and tissue texture; each follow-up
    carries a residual rigid misregistration (below one voxel and one degree by default); every scan gets
@@ -93,6 +94,10 @@ class DemoCohortConfig(ConfigBase):
         lesion_radius_mm: range of the largest semi-axis of baseline lesions (log-uniform).
         new_lesion_radius_mm: range of the largest semi-axis of new lesions.
         enlarge_factor: range of the semi-axis growth factor of enlarging lesions.
+        shrinking_lesions: inclusive range of existing lesions that shrink at each follow-up, in every patient
+            (stable ones too; shrinking is not progression, so it adds no progression voxels). ``(0, 0)``
+            (default) keeps every lesion's size unless it enlarges.
+        shrink_factor: range of the semi-axis factor of shrinking lesions (``< 1``).
         min_lesion_voxels: lesions smaller than this (at ``spacing``) are redrawn.
         max_translation: largest residual misregistration of a follow-up per axis, in voxels.
         max_rotation: largest residual misregistration rotation, in degrees.
@@ -113,6 +118,8 @@ class DemoCohortConfig(ConfigBase):
     lesion_radius_mm: tuple[float, float] = (2.5, 8.0)
     new_lesion_radius_mm: tuple[float, float] = (2.5, 5.0)
     enlarge_factor: tuple[float, float] = (1.25, 1.5)
+    shrinking_lesions: tuple[int, int] = (0, 0)
+    shrink_factor: tuple[float, float] = (0.6, 0.85)
     min_lesion_voxels: int = 3
     max_translation: float = 0.5
     max_rotation: float = 0.5
@@ -132,18 +139,20 @@ class DemoCohortConfig(ConfigBase):
         if not mods or any(m not in CONTRASTS for m in mods):
             raise ConfigError(f"modalities must be a non-empty subset of {tuple(CONTRASTS)}, got {self.modalities}")
         object.__setattr__(self, "modalities", mods)
-        for name in ("baseline_lesions", "new_lesions", "enlarging_lesions"):
+        for name in ("baseline_lesions", "new_lesions", "enlarging_lesions", "shrinking_lesions"):
             lo, hi = getattr(self, name)
             if not (0 <= lo <= hi):
                 raise ConfigError(f"{name} must be a range (low, high) with 0 <= low <= high, got {(lo, hi)}")
         if self.new_lesions[1] < 1 and self.enlarging_lesions[1] < 1:
             raise ConfigError("new_lesions or enlarging_lesions must allow at least one lesion per active follow-up")
-        for name in ("lesion_radius_mm", "new_lesion_radius_mm", "enlarge_factor"):
+        for name in ("lesion_radius_mm", "new_lesion_radius_mm", "enlarge_factor", "shrink_factor"):
             lo, hi = getattr(self, name)
             if not (0 < lo <= hi):
                 raise ConfigError(f"{name} must be a range (low, high) with 0 < low <= high, got {(lo, hi)}")
         if self.enlarge_factor[0] <= 1.0:
             raise ConfigError(f"enlarge_factor must be > 1 (lesions grow), got {self.enlarge_factor}")
+        if self.shrink_factor[1] >= 1.0:
+            raise ConfigError(f"shrink_factor must be < 1 (lesions shrink), got {self.shrink_factor}")
         for name in ("max_translation", "max_rotation", "bias_strength", "noise_level"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -374,9 +383,9 @@ class _Lesion:
     rotation: np.ndarray  # (3, 3)
     wobble: tuple  # (amplitudes, wave vectors, phases) of the outline irregularity
     contrast: float
-    scale: float = 1.0  # current growth factor
+    scale: float = 1.0  # size factor from ``changed_at`` on (> 1 enlarged, < 1 shrunk)
     appears_at: int = 0
-    enlarged_at: int | None = None
+    changed_at: int | None = None  # follow-up at which the lesion enlarged or shrank (once at most)
 
     def box_and_rho(self, shape: Sequence[int], spacing: float, scale: float) -> tuple[tuple[slice, ...], np.ndarray]:
         """Bounding box (slices) and normalised star radius ``rho`` (lesion where ``rho <= 1``)."""
@@ -443,7 +452,7 @@ def _render_lesions(lesions: Sequence[_Lesion], timepoint: int, shape: Sequence[
     for les in lesions:
         if les.appears_at > timepoint:
             continue
-        scale = les.scale if (les.enlarged_at is not None and les.enlarged_at <= timepoint) else 1.0
+        scale = les.scale if (les.changed_at is not None and les.changed_at <= timepoint) else 1.0
         sl, rho = les.box_and_rho(shape, spacing, scale)
         width = 0.5 * spacing / float(les.axes_mm.mean() * scale)
         s = _soft_inside(rho, width)
@@ -512,19 +521,27 @@ def generate_demo_case(index: int, config: DemoCohortConfig | None = None, *, pr
         n_new = n_enl = 0
         if active[k - 1]:
             n_new = int(rng.integers(cfg.new_lesions[0], cfg.new_lesions[1] + 1))
-            candidates = [les for les in lesions if les.enlarged_at is None and les.appears_at < k]
+            candidates = [les for les in lesions if les.changed_at is None and les.appears_at < k]
             n_enl = min(int(rng.integers(cfg.enlarging_lesions[0], cfg.enlarging_lesions[1] + 1)), len(candidates))
             if n_new == 0 and n_enl == 0:
                 n_new = 1
             for j in rng.choice(len(candidates), size=n_enl, replace=False) if n_enl else []:
-                candidates[int(j)].enlarged_at = k
+                candidates[int(j)].changed_at = k
                 candidates[int(j)].scale = float(rng.uniform(*cfg.enlarge_factor))
             new = _place_lesions(rng, anat, cdf, n_new, cfg.new_lesion_radius_mm, reserved, cfg, sp, k)
             for les in new:
                 les.contrast = float(rng.uniform(1.0, 1.15))  # active lesions are brighter
             lesions.extend(new)
             n_new = len(new)
-        per_fu.append({"new_lesions": n_new, "enlarged_lesions": n_enl})
+        n_shrunk = 0
+        if cfg.shrinking_lesions[1] > 0:  # drawn only when enabled: default cohorts keep their random stream
+            unchanged = [les for les in lesions if les.changed_at is None and les.appears_at < k]
+            n_shrunk = min(int(rng.integers(cfg.shrinking_lesions[0], cfg.shrinking_lesions[1] + 1)),
+                           len(unchanged))
+            for j in rng.choice(len(unchanged), size=n_shrunk, replace=False) if n_shrunk else []:
+                unchanged[int(j)].changed_at = k
+                unchanged[int(j)].scale = float(rng.uniform(*cfg.shrink_factor))
+        per_fu.append({"new_lesions": n_new, "enlarged_lesions": n_enl, "shrunk_lesions": n_shrunk})
     texture = 1.0 + 0.03 * _smooth_field(rng, shape, coarse=12)
     masks, images = [], np.empty((t_count, len(cfg.modalities), *shape), dtype=np.float32)
     misreg = []

@@ -2,6 +2,7 @@
 
 from longiseg.inferers.postprocessing import (
     postprocess,
+    postprocess_heads,
     remove_small_components,
     restrict_to_mask,
     threshold_probabilities,
@@ -35,6 +36,7 @@ __all__ = [
     "remove_small_components",
     "restrict_to_mask",
     "postprocess",
+    "postprocess_heads",
     "binary_entropy",
     "MAX_BINARY_ENTROPY",
     "Inferer",

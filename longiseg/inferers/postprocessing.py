@@ -1,7 +1,16 @@
-"""Post-processing of probability maps: threshold, drop small connected components, restrict to the brain.
+"""Post-processing of probability maps: threshold, drop small connected components, restrict to the brain,
+and keep progression outside the baseline lesions.
 
 The paper removes predicted components smaller than 27 mm3 (MS) or 50 mm3 (glioma). Volumes are given in
 mm3 and converted with the voxel spacing, so the same threshold works for anisotropic volumes.
+
+Progression is "lesion now that was not lesion before": a voxel of the predicted baseline lesion mask is not
+new. :func:`postprocess_heads` turns the two heads' probabilities into masks under that rule (what
+``longiseg predict`` writes and ``longiseg tune`` scores): the progression masks are cut to the outside of the
+baseline mask *before* small components are removed, so the thin rims left where the two heads disagree
+about an old lesion's border fall under the minimum volume instead of being reported as new lesions. The
+rule is exact for the first follow-up (its reference is "lesion at t1, not at t0"); for a later follow-up
+``k`` it also excludes a baseline-lesion voxel that healed before ``k - 1`` and came back at ``k``.
 """
 
 from __future__ import annotations
@@ -13,7 +22,11 @@ import torch
 
 from longiseg.utils.validation import check_binary, check_finite, check_ndim, check_same_shape
 
-__all__ = ["threshold_probabilities", "remove_small_components", "restrict_to_mask", "postprocess"]
+__all__ = ["threshold_probabilities", "remove_small_components", "restrict_to_mask", "postprocess",
+           "postprocess_heads", "RESTRICT_OPTIONS"]
+
+#: Which masks ``restrict`` cuts to the brain: none, the progression masks, or both heads'.
+RESTRICT_OPTIONS = ("none", "progression", "both")
 
 _CONNECTIVITIES = (6, 18, 26)
 
@@ -117,11 +130,14 @@ def postprocess(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     brain_mask: np.ndarray | torch.Tensor | None = None,
     connectivity: int = 26,
+    exclude: np.ndarray | torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Threshold, optionally restrict to ``brain_mask``, and drop components below ``min_volume_mm3``.
+    """Threshold, optionally restrict to ``brain_mask`` and cut out ``exclude``, and drop components below
+    ``min_volume_mm3``.
 
-    Restriction happens before component removal, so a lesion cut by the brain boundary is measured by its
-    in-brain part.
+    Restriction and exclusion happen before component removal, so a lesion cut by the brain boundary is
+    measured by its in-brain part, and what is left of a component after ``exclude`` is removed must itself
+    reach ``min_volume_mm3``.
 
     Args:
         prob: probabilities ``(D, H, W)`` or a stack ``(N, D, H, W)`` (e.g. ``(T-1, D, H, W)``); each volume
@@ -131,6 +147,8 @@ def postprocess(
         spacing: voxel size in mm along ``(D, H, W)``.
         brain_mask: optional binary ``(D, H, W)`` mask; foreground outside it is removed.
         connectivity: 6, 18 or 26.
+        exclude: optional binary ``(D, H, W)`` mask of voxels that cannot be foreground (for progression maps:
+            the baseline lesion mask, see :func:`postprocess_heads`).
 
     Returns:
         Bool mask with the shape of ``prob``.
@@ -140,6 +158,65 @@ def postprocess(
     mask = threshold_probabilities(p, threshold)
     if brain_mask is not None:
         mask = restrict_to_mask(mask, brain_mask)
+    if exclude is not None:
+        ex = _as_numpy("exclude", exclude)
+        check_ndim("exclude", ex, 3, "(D, H, W)")
+        check_same_shape("prob spatial shape", p[(0,) * (p.ndim - 3)], "exclude", ex)
+        check_binary("exclude", ex)
+        mask = mask & ~ex.astype(bool)
     if mask.ndim == 3:
         return remove_small_components(mask, min_volume_mm3, spacing, connectivity)
     return np.stack([remove_small_components(m, min_volume_mm3, spacing, connectivity) for m in mask])
+
+
+def postprocess_heads(
+    baseline_prob: np.ndarray | torch.Tensor,
+    progression_prob: np.ndarray | torch.Tensor,
+    *,
+    threshold: float = 0.5,
+    min_volume_mm3: float = 0.0,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    brain_mask: np.ndarray | torch.Tensor | None = None,
+    restrict: str = "progression",
+    progression_outside_baseline: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline and progression masks of one case from the dual head's probabilities.
+
+    Both heads are thresholded at ``threshold``; ``restrict`` says which are cut to ``brain_mask``; with
+    ``progression_outside_baseline`` the progression masks are then cut to the outside of the (finished)
+    baseline mask; last, components below ``min_volume_mm3`` are removed from every mask. So with the rule on,
+    no written progression voxel is a baseline lesion voxel (see the module docstring).
+
+    Args:
+        baseline_prob: ``(D, H, W)`` baseline lesion probabilities.
+        progression_prob: ``(T-1, D, H, W)`` progression probabilities, one map per follow-up.
+        threshold: probability threshold of both heads.
+        min_volume_mm3: see :func:`remove_small_components`.
+        spacing: voxel size in mm along ``(D, H, W)``.
+        brain_mask: binary ``(D, H, W)`` mask used by ``restrict`` (required unless ``restrict="none"``).
+        restrict: ``"none"``, ``"progression"`` or ``"both"``: which masks are cut to ``brain_mask``.
+        progression_outside_baseline: cut progression to the outside of the baseline mask.
+
+    Returns:
+        ``(baseline_mask, progression_masks)``: bool ``(D, H, W)`` and ``(T-1, D, H, W)``.
+
+    Raises:
+        ValueError: a bad ``restrict``, ``brain_mask`` missing while ``restrict`` needs it, or shapes that do
+            not match.
+    """
+    if restrict not in RESTRICT_OPTIONS:
+        raise ValueError(f"restrict must be one of {RESTRICT_OPTIONS}, got {restrict!r}")
+    if restrict != "none" and brain_mask is None:
+        raise ValueError(f"restrict={restrict!r} needs a brain_mask")
+    if not isinstance(progression_outside_baseline, bool):
+        raise TypeError(f"progression_outside_baseline must be a bool, got {type(progression_outside_baseline).__name__}")
+    base = _as_numpy("baseline_prob", baseline_prob)
+    prog = _as_numpy("progression_prob", progression_prob)
+    check_ndim("baseline_prob", base, 3, "(D, H, W)")
+    check_ndim("progression_prob", prog, 4, "(T-1, D, H, W)")
+    check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
+    pp = {"threshold": threshold, "min_volume_mm3": min_volume_mm3, "spacing": spacing}
+    base_mask = postprocess(base, brain_mask=brain_mask if restrict == "both" else None, **pp)
+    prog_mask = postprocess(prog, brain_mask=brain_mask if restrict != "none" else None,
+                            exclude=base_mask if progression_outside_baseline else None, **pp)
+    return base_mask, prog_mask

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import check_case_id, prediction_filenames
 from longiseg.data.loading import CaseSource, find_cases, load_case, prediction_complete, save_prediction
-from longiseg.inferers.postprocessing import postprocess
+from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, postprocess_heads
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
@@ -38,8 +38,6 @@ __all__ = [
 ]
 
 logger = get_logger(__name__)
-
-RESTRICT_OPTIONS = ("none", "progression", "both")
 
 
 class Inferer(Protocol):
@@ -86,6 +84,7 @@ def predict_case(
     threshold: float = 0.5,
     min_volume_mm3: float = 0.0,
     restrict_to_brain: str = "none",
+    progression_outside_baseline: bool = True,
     save_probabilities: bool = True,
     save_entropy: bool = True,
     overwrite: bool = False,
@@ -107,6 +106,10 @@ def predict_case(
         restrict_to_brain: ``"none"``, ``"progression"`` or ``"both"``: which masks are cut to the brain mask
             (the given one, else the voxels that are nonzero in any timepoint/channel). Probability and
             entropy maps are saved unrestricted.
+        progression_outside_baseline: cut the progression masks to the outside of the baseline mask before
+            small components are removed (a baseline lesion voxel is not new; see
+            :func:`~longiseg.inferers.postprocessing.postprocess_heads`). Probability maps are saved as the
+            model gave them.
         save_probabilities: also write the probability maps.
         save_entropy: also write the entropy maps.
         overwrite: replace an existing case folder as a whole; otherwise an existing output (or a non-empty
@@ -148,10 +151,10 @@ def predict_case(
         )
     if restrict_to_brain != "none":
         brain = brain_or_foreground(imgs, brain)
-    brain_np = None if brain is None else brain.numpy()
-    pp = {"threshold": threshold, "min_volume_mm3": min_volume_mm3, "spacing": spacing}
-    base_mask = postprocess(base_prob, brain_mask=brain_np if restrict_to_brain == "both" else None, **pp)
-    prog_mask = postprocess(prog_prob, brain_mask=brain_np if restrict_to_brain != "none" else None, **pp)
+    base_mask, prog_mask = postprocess_heads(
+        base_prob, prog_prob, threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing,
+        brain_mask=None if brain is None else brain.numpy(), restrict=restrict_to_brain,
+        progression_outside_baseline=progression_outside_baseline)
 
     volumes = {"mask": [base_mask] + list(prog_mask)}
     if save_probabilities:

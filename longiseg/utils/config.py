@@ -354,7 +354,9 @@ def apply_overrides(config: C, overrides: Iterable[str]) -> C:
     """Return a copy of ``config`` with dotted ``key=value`` overrides applied (nested dataclasses too).
 
     Values are converted to the annotated field type (``"1e-4"`` becomes a float for a float field,
-    ``"null"`` becomes ``None`` for an optional field).
+    ``"null"`` becomes ``None`` for an optional field). Below a free-form mapping field (``dict[str, Any]``,
+    e.g. ``model.kwargs``) the dotted rest is a key path into the mapping
+    (``model.kwargs.difference_weighting=true``), created where missing.
 
     Raises:
         ConfigError: naming an unknown key (and the valid ones) or a value of the wrong type.
@@ -367,6 +369,13 @@ def apply_overrides(config: C, overrides: Iterable[str]) -> C:
         parts, value = parse_override(text)
         node, node_cls, prefix = data, cls, ""
         for i, part in enumerate(parts):
+            if isinstance(node, dict) and typing.get_origin(node_cls) in (dict, Mapping):  # free-form mapping
+                for key in parts[i:-1]:
+                    node = node.setdefault(key, {})
+                    if not isinstance(node, dict):
+                        raise ConfigError(f"override {text!r}: {key!r} of {prefix[:-1]!r} is not a mapping")
+                node[parts[-1]] = value
+                break
             if not (dataclasses.is_dataclass(node_cls) and isinstance(node_cls, type)):
                 raise ConfigError(f"override {text!r}: {prefix[:-1]!r} is not a nested config section")
             if part not in _field_names(node_cls):

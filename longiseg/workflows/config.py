@@ -159,6 +159,10 @@ class InferenceConfig(ConfigBase):
         threshold: probability threshold.
         min_lesion_mm3: connected components below this volume are removed (paper: 27 MS, 50 glioma).
         restrict: ``"none"``, ``"progression"`` or ``"both"``: masks restricted to the brain mask.
+        progression_outside_baseline: progression masks exclude the predicted baseline lesion mask before
+            small components are removed (a voxel that is lesion at baseline is not new; see
+            :func:`~longiseg.inferers.postprocessing.postprocess_heads`). ``False``: the progression head's
+            mask as it is (longiseg 0.2).
     """
 
     patch_size: int = 128
@@ -171,6 +175,7 @@ class InferenceConfig(ConfigBase):
     threshold: float = 0.5
     min_lesion_mm3: float = 27.0
     restrict: str = "progression"
+    progression_outside_baseline: bool = True
 
     def __post_init__(self) -> None:
         _need(0.0 <= self.overlap < 1.0, "InferenceConfig", f"overlap must be in [0, 1), got {self.overlap}")

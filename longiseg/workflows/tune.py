@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from longiseg.workflows.config import InferenceConfig
 from longiseg.workflows.predict import make_inferer
 from longiseg.workflows.train import SPLIT_FILE
 
-__all__ = ["TUNING_FILE", "run_tuning", "validation_probabilities"]
+__all__ = ["TUNING_FILE", "ValidationMaps", "run_tuning", "validation_probabilities"]
 
 logger = get_logger(__name__)
 
@@ -37,19 +38,29 @@ logger = get_logger(__name__)
 TUNING_FILE = "tuning.json"
 
 
+class ValidationMaps(NamedTuple):
+    """What selecting a threshold needs, one entry per validation follow-up (see :func:`validation_probabilities`)."""
+
+    probabilities: list[np.ndarray]
+    references: list[np.ndarray]
+    brain_masks: list[np.ndarray | None]
+    spacing: tuple[float, ...]
+    baseline_probabilities: list[np.ndarray]
+
+
 def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids: Sequence[str], *,
-                             device: str | torch.device | None = None, progress: bool = True
-                             ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None],
-                                        tuple[float, ...]]:
+                             device: str | torch.device | None = None, progress: bool = True) -> ValidationMaps:
     """Progression probabilities of the cases ``case_ids`` of ``root``, with what selecting a threshold needs.
 
     Cases are read, checked and normalised exactly as ``longiseg predict`` does and run through the inferer of
     the model's spec, in memory.
 
     Returns:
-        ``(probabilities, references, brain_masks, spacing)``: one ``(D, H, W)`` float32 map, binary reference
-        and brain mask (``None`` when the spec does not restrict progression masks to the brain) per follow-up,
-        and the voxel size in mm shared by the cases.
+        :class:`ValidationMaps` ``(probabilities, references, brain_masks, spacing, baseline_probabilities)``:
+        one ``(D, H, W)`` float32 progression map, binary reference and brain mask (``None`` when the spec does
+        not restrict progression masks to the brain) per follow-up, the voxel size in mm shared by the cases,
+        and per follow-up its case's ``(D, H, W)`` baseline probability map (the same array for every
+        follow-up of a case).
 
     Raises:
         FileNotFoundError: a case is missing from ``root``.
@@ -65,6 +76,7 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     probs: list[np.ndarray] = []
     refs: list[np.ndarray] = []
     brains: list[np.ndarray | None] = []
+    baselines: list[np.ndarray] = []
     spacing: tuple[float, ...] | None = None
     model.eval()
     for cid in tqdm(case_ids, desc="tune: validation cases", unit="case", disable=not progress):
@@ -76,12 +88,13 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
                              f"{cid!r}); resample them onto one spacing")
         spacing = tuple(float(s) for s in case.spacing)
         images, brain = prepare_case(case.images, case.brain_mask)
-        _, prog = inferer(model, images, brain)
+        base, prog = inferer(model, images, brain)
         restrict = brain_or_foreground(images, brain).numpy() if cfg.restrict != "none" else None
         probs += list(prog)
         refs += [np.asarray(m, dtype=bool) for m in case.progression_masks]
         brains += [restrict] * len(prog)
-    return probs, refs, brains, spacing or (1.0, 1.0, 1.0)
+        baselines += [np.asarray(base)] * len(prog)
+    return ValidationMaps(probs, refs, brains, spacing or (1.0, 1.0, 1.0), baselines)
 
 
 def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: str | Path | None = None,
@@ -125,22 +138,26 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     model = load_model(ckpt)
     spec = model.spec
     default = float(spec.inference.get("threshold", 0.5))
-    probs, refs, brains, spacing = validation_probabilities(model, root, val_ids, device=device, progress=progress)
-    num_p = sum(bool(r.any()) for r in refs)
+    maps = validation_probabilities(model, root, val_ids, device=device, progress=progress)
+    outside_baseline = InferenceConfig.from_dict(spec.inference).progression_outside_baseline  # as predict does
+    num_p = sum(bool(r.any()) for r in maps.references)
     selection: ThresholdSelection | None = None
     if objective == "lesion_f1" and num_p == 0:
         logger.warning("no validation patient of %s has new lesions: keeping the progression threshold %.2f",
                        run, default)
         record = {"objective": objective, "threshold": default, "kept": "no validation follow-up with progression"}
     else:
-        selection = select_threshold(probs, refs, spacing, thresholds=thresholds,
+        selection = select_threshold(maps.probabilities, maps.references, maps.spacing, thresholds=thresholds,
                                      min_volume_mm3=float(spec.inference.get("min_lesion_mm3", 0.0)),
-                                     brain_masks=brains, protocol="segmast", default=default, objective=objective)
+                                     brain_masks=maps.brain_masks, protocol="segmast", default=default,
+                                     objective=objective,
+                                     baseline_probabilities=maps.baseline_probabilities if outside_baseline else None)
         record = selection.to_dict()
         logger.info("%s: progression threshold %.2f chosen on %d validation follow-ups (%s %.3f; %.3f at %.2f)",
-                    ckpt, selection.threshold, len(refs), objective, selection.score, selection.default_score,
+                    ckpt, selection.threshold, len(maps.references), objective, selection.score, selection.default_score,
                     default)
-    record = {**record, "checkpoint": checkpoint, "validation_cases": val_ids, "data_root": str(root)}
+    record = {**record, "progression_outside_baseline": outside_baseline, "checkpoint": checkpoint,
+              "validation_cases": val_ids, "data_root": str(root)}
     tuned = spec.replace(inference={**spec.inference, "threshold": record["threshold"]}, tuning=record)
     update_spec(ckpt, tuned)
     atomic_write_json(run / TUNING_FILE, record)
