@@ -127,7 +127,8 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
     from longiseg.data.split import write_test_split
     from longiseg.workflows.demo import DemoConfig, demo_cohort_config
 
-    cfg = DemoConfig(num_patients=args.num_patients, num_test=args.num_test, spacing=args.spacing, seed=args.seed)
+    sizes = {k: v for k, v in (("num_patients", args.num_patients), ("num_test", args.num_test)) if v is not None}
+    cfg = DemoConfig(spacing=args.spacing, seed=args.seed, **sizes)  # the demo's sizes unless given
     out = _check_output_folder(args.output, "OUT")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace the cohort, train and "
@@ -238,7 +239,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     kw = {"output_dir": args.output, "overwrite": args.overwrite, "progress": not args.no_progress}
     if args.quick:
         kw.update(num_patients=8, num_test=2, epochs=2, steps_per_epoch=5)
-    for key in ("num_patients", "epochs", "steps_per_epoch", "seed"):
+    for key in ("num_patients", "num_test", "epochs", "steps_per_epoch", "seed"):
         val = getattr(args, key)
         if val is not None:
             kw[key] = val
@@ -319,8 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cohort", help="write the demo cohort and its train/test split (the demo's first stage)")
     p.add_argument("output", metavar="OUT", help="folder for cohort/, train/ and test/")
-    p.add_argument("--num-patients", dest="num_patients", type=int, default=28)
-    p.add_argument("--num-test", dest="num_test", type=int, default=6, help="held-out test patients (half progressing)")
+    p.add_argument("--num-patients", dest="num_patients", type=int, default=None,
+                   help="number of patients (default: the demo's, 32)")
+    p.add_argument("--num-test", dest="num_test", type=int, default=None,
+                   help="held-out test patients, half progressing (default: the demo's, 10)")
     p.add_argument("--spacing", type=int, default=2, help="isotropic voxel size in mm (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
@@ -366,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quick", action="store_true", help="a tiny run (smoke test, about two minutes)")
-    p.add_argument("--num-patients", dest="num_patients", type=int, default=None)
+    p.add_argument("--num-patients", dest="num_patients", type=int, default=None, help="default 32")
+    p.add_argument("--num-test", dest="num_test", type=int, default=None,
+                   help="held-out test patients, half progressing (default 10)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)

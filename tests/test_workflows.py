@@ -213,15 +213,19 @@ def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.
     cohort_cfg = json.loads((out / "cohort" / "demo_cohort.json").read_text())["config"]
     assert cohort_cfg["num_patients"] == 8
     assert all(tuple(cohort_cfg[k]) == tuple(v) for k, v in DEMO_COHORT_LESIONS.items())
-    # The test masks are the probability maps post-processed at the tuned threshold.
+    # The test masks are the probability maps post-processed at the tuned threshold, progression outside the
+    # baseline mask.
+    assert sel["progression_outside_baseline"] is True
     pred = out / "predictions" / "SegFormer"
     case = summary["test_cases"][0]
     prob = np.asarray(nib.load(pred / case / "progression_t1_prob.nii.gz").dataobj, dtype=np.float32)
+    base_prob = np.asarray(nib.load(pred / case / "baseline_prob.nii.gz").dataobj, dtype=np.float32)
     brain = np.asarray(nib.load(out / "test" / case / "brain_mask.nii.gz").dataobj) > 0
+    base = np.asarray(nib.load(pred / case / "baseline_mask.nii.gz").dataobj) > 0
     mask = np.asarray(nib.load(pred / case / "progression_t1.nii.gz").dataobj) > 0
-    expected = postprocess(prob, threshold=sel["threshold"], min_volume_mm3=27.0, spacing=(4.0, 4.0, 4.0),
-                           brain_mask=brain)
-    assert np.array_equal(mask, expected)
+    pp = {"threshold": sel["threshold"], "min_volume_mm3": 27.0, "spacing": (4.0, 4.0, 4.0)}
+    assert np.array_equal(base, postprocess(base_prob, **pp))
+    assert np.array_equal(mask, postprocess(prob, brain_mask=brain, exclude=base, **pp))
 
     # The same stages by hand, through the command line.
     hand = tmp_path / "hand"

@@ -106,8 +106,8 @@ class DemoConfig(ConfigBase):
     """
 
     output_dir: str = "demo_output"
-    num_patients: int = 28
-    num_test: int = 6
+    num_patients: int = 32
+    num_test: int = 10
     spacing: int = 2
     models: tuple[str, ...] = ("SegMaST", "SegFormer")
     epochs: int = 24

@@ -151,18 +151,29 @@ def plot_training_curves(runs: Mapping[str, Path], path: PathLike) -> Path:
 
 
 def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path], path: PathLike) -> Path:
-    """Axial slice through the largest new lesion of ``case``: images with true (green) and predicted (red)
-    masks of each model (``pred_dirs``: label -> prediction folder) and the progression entropy."""
+    """Axial slice of ``case`` through new lesions and unchanged old ones: images with true (green) and
+    predicted (red) masks of each model (``pred_dirs``: label -> prediction folder) and the progression
+    entropy. On the follow-up panel the baseline lesions that persist unchanged are outlined in cyan: a model
+    that tells new from old leaves them without red.
+
+    The slice is the one with the most new/enlarging voxels among the slices that also cut a persisting
+    lesion (else the one with the most new/enlarging voxels).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from longiseg.data.lesions import label_persisting_lesions
     from longiseg.data.loading import read_prediction
 
     case_id = case.case_id
     prog = case.progression_masks[0]
-    z = int(np.argmax(prog.sum(axis=(0, 1)))) if prog.any() else case.shape[2] // 2
+    lesions, keep = label_persisting_lesions(case.baseline_mask, prog, case.spacing)
+    persisting = np.isin(lesions.labels, keep) if keep.size else np.zeros(prog.shape, bool)
+    new_area = prog.sum(axis=(0, 1)).astype(np.int64)
+    both = np.where(persisting.any(axis=(0, 1)), new_area, -1)
+    z = int(np.argmax(both)) if both.max() > 0 else int(np.argmax(new_area)) if prog.any() else case.shape[2] // 2
     rot = lambda a: np.rot90(a[:, :, z])  # noqa: E731 - display in radiological orientation
     t0, t1 = case.images[0, 0], case.images[1, 0]
     n = len(pred_dirs)
@@ -179,6 +190,8 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
             ax.imshow(rot(img), cmap="gray")
             if gt.any():
                 ax.contour(rot(gt), levels=[0.5], colors="lime", linewidths=1.0)
+            if col == 1 and persisting[:, :, z].any():
+                ax.contour(rot(persisting), levels=[0.5], colors="cyan", linewidths=0.8, linestyles="dashed")
             if pr.any():
                 ax.contour(rot(pr), levels=[0.5], colors="red", linewidths=1.0)
             ax.set_title(title, fontsize=9)
@@ -191,7 +204,8 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
         ax.set_title(f"{label}: progression entropy (nats)", fontsize=9)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(f"{case_id}, axial slice {z}: ground truth green, prediction red", fontsize=10)
+    fig.suptitle(f"{case_id}, axial slice {z}: ground truth green, prediction red, unchanged old lesions cyan "
+                 "(dashed; should stay free of red on the t1 panel)", fontsize=9)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=110)
     return Path(path)
