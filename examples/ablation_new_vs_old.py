@@ -9,11 +9,12 @@ exactly as ``longiseg train/tune/predict/evaluate`` run them:
 2. tune the progression threshold on the run's validation patients (``last.pt``) under each post-processing
    rule, the default (``outside``: progression cut to the outside of the predicted baseline lesions,
    ``inference.progression_outside_baseline=true``) last, so the checkpoint ends with it;
-3. predict the held-out test patients;
+3. predict the held-out test patients under each rule (the default into ``predictions/``, the other into
+   ``predictions_head/``);
 4. evaluate them (the paper table's columns with the pooled persisting-lesion false-progression rate) under
-   each rule at the tuned threshold and at a fixed 0.5 (masks of the other rows re-made from the saved
-   probabilities with :func:`~longiseg.inferers.postprocessing.postprocess_heads`, as predict makes them), and
-   measure baseline reliance (:func:`~longiseg.workflows.diagnostics.baseline_reliance`) on the same patients.
+   each rule at its tuned threshold and at a fixed 0.5 (the fixed-threshold masks re-made from the saved
+   probability maps as predict makes them), and measure baseline reliance
+   (:func:`~longiseg.workflows.diagnostics.baseline_reliance`) on the same patients.
 
 Variants (the paper's recipe is the default; every lever is an optional setting of the library):
 
@@ -125,18 +126,20 @@ def _train(root: Path, run_dir: Path, variant: str, seed: int, epochs: int, step
 
 def _remake_masks(pred_dir: Path, test_dir: Path, out_dir: Path, threshold: float, outside: bool,
                   inference: dict[str, Any]) -> None:
-    """Masks of every predicted case at ``threshold`` under a rule, from the saved probabilities (as predict)."""
+    """Masks of every case of ``pred_dir`` at ``threshold``, from its saved probability maps, as predict makes
+    them (under the ``outside`` rule the saved progression maps already are ``p_prog (1 - p_base)``)."""
     from longiseg.data.loading import find_cases, load_case, read_prediction, save_prediction
-    from longiseg.inferers.postprocessing import postprocess_heads
+    from longiseg.inferers.postprocessing import postprocess
 
+    restrict = inference.get("restrict", "progression")
+    pp = {"threshold": threshold, "min_volume_mm3": float(inference.get("min_lesion_mm3", 0.0))}
     for source in find_cases(test_dir):
         case = load_case(source)
         probs, affine, spacing = read_prediction(pred_dir, source.case_id, case.num_timepoints, kind="prob")
-        restrict = inference.get("restrict", "progression")
-        base, prog = postprocess_heads(
-            probs[0], probs[1:], threshold=threshold, min_volume_mm3=float(inference.get("min_lesion_mm3", 0.0)),
-            spacing=spacing, brain_mask=None if restrict == "none" else case.brain_mask.astype(bool),
-            restrict=restrict, progression_outside_baseline=outside)
+        brain = case.brain_mask.astype(bool)
+        base = postprocess(probs[0], spacing=spacing, brain_mask=brain if restrict == "both" else None, **pp)
+        prog = postprocess(probs[1:], spacing=spacing, brain_mask=None if restrict == "none" else brain,
+                           exclude=base if outside else None, **pp)
         save_prediction(out_dir, source.case_id, affine, {"mask": [base, *prog]}, overwrite=True)
 
 
@@ -151,6 +154,7 @@ def run_one(out: str, variant: str, seed: int, epochs: int, steps: int) -> dict[
     from longiseg.engine.checkpoint import load_model, update_spec
     from longiseg.metrics.evaluate import evaluate_folder
     from longiseg.utils.io import atomic_write_json
+    from longiseg.workflows.config import InferenceConfig
     from longiseg.workflows.diagnostics import baseline_reliance
     from longiseg.workflows.predict import run_prediction
     from longiseg.workflows.tune import TUNING_FILE, run_tuning
@@ -167,16 +171,19 @@ def run_one(out: str, variant: str, seed: int, epochs: int, steps: int) -> dict[
         shutil.copyfile(run_dir / TUNING_FILE, run_dir / f"tuning_{rule}.json")
         record[f"{rule}/threshold"] = json.loads((run_dir / TUNING_FILE).read_text())["threshold"]
     model = load_model(ckpt)
-    pred_dir = run_dir / "predictions"
-    run_prediction(model, root / "test", pred_dir, device="cpu", overwrite=True, progress=False)  # longiseg predict
+    pred_dirs = {rule: run_dir / ("predictions" if outside else f"predictions_{rule}") for rule, outside in RULES.items()}
+    for rule, outside in RULES.items():  # longiseg predict (with --set inference.threshold=... for the other rule)
+        cfg = InferenceConfig.from_dict({**model.spec.inference, "progression_outside_baseline": outside,
+                                         "threshold": record[f"{rule}/threshold"]})
+        run_prediction(model, root / "test", pred_dirs[rule], cfg, device="cpu", overwrite=True, progress=False)
     with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
         for rule, outside in RULES.items():
             for kind in THRESHOLDS:
-                threshold = record[f"{rule}/threshold"] if kind == "tuned" else FIXED_THRESHOLD
-                masks = pred_dir  # the default rule at the tuned threshold: what longiseg predict wrote
-                if not (outside and kind == "tuned"):
+                masks = pred_dirs[rule]  # at the tuned threshold: what longiseg predict wrote
+                if kind == "fixed":
                     masks = Path(tmp) / f"{rule}_{kind}"
-                    _remake_masks(pred_dir, root / "test", masks, threshold, outside, model.spec.inference)
+                    _remake_masks(pred_dirs[rule], root / "test", masks, FIXED_THRESHOLD, outside,
+                                  model.spec.inference)
                 result = evaluate_folder(masks, root / "test", model=f"{variant}/seed{seed}", progress=False)
                 record.update({f"{rule}/{kind}/{k}": s.mean for k, s in result.table.paper_summary().items()})
     lesions = [les for source in find_cases(root / "test")

@@ -11,6 +11,7 @@ import torch
 from longiseg.inferers import (
     MAX_BINARY_ENTROPY,
     binary_entropy,
+    new_lesion_probability,
     postprocess,
     postprocess_heads,
     remove_small_components,
@@ -143,9 +144,11 @@ def test_postprocess_heads_progression_never_overlaps_the_baseline_mask() -> Non
     base, prog = postprocess_heads(base_prob, prog_prob, threshold=0.6, min_volume_mm3=2.0, brain_mask=brain)
     np.testing.assert_array_equal(base, postprocess(base_prob, threshold=0.6, min_volume_mm3=2.0))
     assert prog.shape == (2, 10, 11, 12) and not (prog & base[None]).any() and not prog[:, 0].any()
+    p_new = new_lesion_probability(base_prob, prog_prob)
+    np.testing.assert_allclose(p_new, prog_prob * (1 - base_prob), rtol=1e-6)
     for k in range(2):
         np.testing.assert_array_equal(
-            prog[k], postprocess(prog_prob[k], threshold=0.6, min_volume_mm3=2.0, brain_mask=brain, exclude=base))
+            prog[k], postprocess(p_new[k], threshold=0.6, min_volume_mm3=2.0, brain_mask=brain, exclude=base))
     _, off = postprocess_heads(base_prob, prog_prob, threshold=0.6, restrict="none", progression_outside_baseline=False)
     np.testing.assert_array_equal(off, prog_prob >= 0.6)
     both, _ = postprocess_heads(base_prob, prog_prob, threshold=0.6, brain_mask=brain, restrict="both")
@@ -176,3 +179,19 @@ def test_exclude_errors() -> None:
         postprocess(prob, exclude=np.zeros((4, 4, 3), bool))
     with pytest.raises(ValueError, match="exclude"):
         postprocess(prob, exclude=np.full((4, 4, 4), 2))
+
+
+def test_new_lesion_probability_damps_where_the_baseline_head_sees_a_lesion() -> None:
+    base = np.zeros((6, 6, 6), np.float32)
+    base[1:3, 1:3, 1:3] = 0.4  # an old lesion's faint border: below a 0.5 threshold
+    prog = np.full((1, 6, 6, 6), 0.7, np.float32)
+    p_new = new_lesion_probability(torch.from_numpy(base), prog)
+    assert p_new.dtype == np.float32 and p_new.shape == (1, 6, 6, 6)
+    np.testing.assert_allclose(p_new[0, 1:3, 1:3, 1:3], 0.7 * 0.6, rtol=1e-6)
+    np.testing.assert_array_equal(p_new[0, 4:, 4:, 4:], np.float32(0.7))  # no baseline lesion: exact (x * 1)
+    _, mask = postprocess_heads(base, prog, threshold=0.5, restrict="none")
+    assert not mask[0, 1:3, 1:3, 1:3].any() and mask[0, 4:, 4:, 4:].all()
+    with pytest.raises(ValueError, match=r"progression_prob must hold probabilities in \[0, 1\]"):
+        new_lesion_probability(base, prog * 2)
+    with pytest.raises(ValueError, match="progression_prob spatial shape"):
+        new_lesion_probability(base, prog[:, :5])

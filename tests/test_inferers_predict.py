@@ -16,6 +16,7 @@ from longiseg.data.layout import BRAIN_MASK, MANIFEST_JSON, image_filename, pred
 from longiseg.inferers import (
     TriplanarInferer,
     binary_entropy,
+    new_lesion_probability,
     postprocess,
     predict_case,
     predict_folder,
@@ -73,6 +74,7 @@ def test_predict_case_writes_all_files_with_affine(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "case01").iterdir() if p.name.startswith(".")]  # no temp files left
 
     base_prob, prog_prob = _inferer()(Voxelwise(), img)  # the same computation as predict_case's: exact below
+    prog_prob = new_lesion_probability(base_prob, prog_prob)  # what is saved and thresholded
     spacing = spacing_from_affine(aff)
     np.testing.assert_allclose(spacing, (0.8, 1.0, 2.5))
     for i, path in enumerate(paths["prob"]):
@@ -110,8 +112,11 @@ def test_predict_case_progression_outside_baseline_off_keeps_the_head_mask(tmp_p
     base = np.asarray(nib.load(on["mask"][0]).dataobj).astype(bool)
     prog_on = np.asarray(nib.load(on["mask"][1]).dataobj).astype(bool)
     prog_off = np.asarray(nib.load(off["mask"][1]).dataobj).astype(bool)
-    np.testing.assert_array_equal(prog_off, prog_prob[0] >= 0.5)
-    np.testing.assert_array_equal(prog_on, prog_off & ~base)
+    np.testing.assert_array_equal(prog_off, prog_prob[0] >= 0.5)  # the head's map, saved as it is
+    np.testing.assert_array_equal(nib.load(off["prob"][1]).get_fdata(dtype=np.float32), prog_prob[0])
+    p_new = new_lesion_probability(base_prob, prog_prob)[0]
+    np.testing.assert_array_equal(nib.load(on["prob"][1]).get_fdata(dtype=np.float32), p_new)
+    np.testing.assert_array_equal(prog_on, (p_new >= 0.5) & ~base)
     assert (prog_off & base).any() and not (prog_on & base).any()
 
 

@@ -112,12 +112,13 @@ def test_baseline_probabilities_exclude_old_lesions_as_prediction_does() -> None
     without = select_threshold([prob], [gt], SP, thresholds=(0.25,))
     with_base = select_threshold([prob], [gt], SP, thresholds=(0.25,), baseline_probabilities=[base])
     assert without.scores[0.25] < 1.0 and with_base.scores[0.25] == 1.0
-    # the baseline mask is taken at the candidate threshold: at 0.95 a 0.9 baseline lesion is not one
-    prob = np.where(gt, 0.97, prob).astype(np.float32)
-    prob[old] = 0.97
-    hi = np.where(old, 0.99, 0.01).astype(np.float32)
-    assert select_threshold([prob], [gt], SP, thresholds=(0.95,), baseline_probabilities=[base]).scores[0.95] < 1.0
-    assert select_threshold([prob], [gt], SP, thresholds=(0.95,), baseline_probabilities=[hi]).scores[0.95] == 1.0
+    # below the threshold the baseline head still damps: p_new = p_prog (1 - p_base)
+    faint = np.where(old, 0.45, 0.01).astype(np.float32)
+    prob[old] = 0.6  # 0.6 * 0.55 = 0.33 < 0.5
+    assert select_threshold([prob], [gt], SP, thresholds=(0.5,)).scores[0.5] == 0.0  # real lesions at 0.3 < 0.5
+    prob = np.where(gt, 0.9, prob).astype(np.float32)
+    assert select_threshold([prob], [gt], SP, thresholds=(0.5,)).scores[0.5] < 1.0
+    assert select_threshold([prob], [gt], SP, thresholds=(0.5,), baseline_probabilities=[faint]).scores[0.5] == 1.0
 
 
 def test_protocol_lesion_cut_off() -> None:

@@ -1,6 +1,7 @@
 """Inference: tri-planar 2.5D and 3D sliding windows, post-processing, uncertainty, NIfTI prediction."""
 
 from longiseg.inferers.postprocessing import (
+    new_lesion_probability,
     postprocess,
     postprocess_heads,
     remove_small_components,
@@ -37,6 +38,7 @@ __all__ = [
     "restrict_to_mask",
     "postprocess",
     "postprocess_heads",
+    "new_lesion_probability",
     "binary_entropy",
     "MAX_BINARY_ENTROPY",
     "Inferer",

@@ -4,13 +4,20 @@ and keep progression outside the baseline lesions.
 The paper removes predicted components smaller than 27 mm3 (MS) or 50 mm3 (glioma). Volumes are given in
 mm3 and converted with the voxel spacing, so the same threshold works for anisotropic volumes.
 
-Progression is "lesion now that was not lesion before": a voxel of the predicted baseline lesion mask is not
-new. :func:`postprocess_heads` turns the two heads' probabilities into masks under that rule (what
-``longiseg predict`` writes and ``longiseg tune`` scores): the progression masks are cut to the outside of the
-baseline mask *before* small components are removed, so the thin rims left where the two heads disagree
-about an old lesion's border fall under the minimum volume instead of being reported as new lesions. The
-rule is exact for the first follow-up (its reference is "lesion at t1, not at t0"); for a later follow-up
-``k`` it also excludes a baseline-lesion voxel that healed before ``k - 1`` and came back at ``k``.
+Progression is "lesion now that was not lesion before". :func:`postprocess_heads` turns the two heads'
+probabilities into masks under that rule (what ``longiseg predict`` writes and ``longiseg tune`` scores):
+
+1. the probability of a new lesion voxel is the progression head's times the probability that the voxel was
+   not lesion at baseline, ``p_new = p_prog (1 - p_base)`` (:func:`new_lesion_probability`): where the baseline
+   head sees a lesion, even below the threshold (an old lesion's faint border), the progression output is damped;
+2. ``p_new`` is thresholded and the voxels of the baseline mask are cut out, so no progression voxel is ever a
+   baseline lesion voxel;
+3. components below the minimum volume are removed only then, so the thin rims left where the heads disagree
+   about an old lesion's border are dropped instead of being reported as new lesions.
+
+The rule is exact for the first follow-up (its reference is "lesion at t1, not at t0"); for a later follow-up
+``k`` it also damps a baseline-lesion voxel that healed before ``k - 1`` and came back at ``k``. It relies on
+the baseline head: an old lesion the baseline head misses entirely is not excluded.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 from longiseg.utils.validation import check_binary, check_finite, check_ndim, check_same_shape
 
 __all__ = ["threshold_probabilities", "remove_small_components", "restrict_to_mask", "postprocess",
-           "postprocess_heads", "RESTRICT_OPTIONS"]
+           "new_lesion_probability", "postprocess_heads", "RESTRICT_OPTIONS"]
 
 #: Which masks ``restrict`` cuts to the brain: none, the progression masks, or both heads'.
 RESTRICT_OPTIONS = ("none", "progression", "both")
@@ -169,6 +176,33 @@ def postprocess(
     return np.stack([remove_small_components(m, min_volume_mm3, spacing, connectivity) for m in mask])
 
 
+def new_lesion_probability(baseline_prob: np.ndarray | torch.Tensor,
+                           progression_prob: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``p_prog (1 - p_base)``: the progression probability where the voxel was not lesion at baseline.
+
+    Args:
+        baseline_prob: ``(D, H, W)`` baseline lesion probabilities in ``[0, 1]``.
+        progression_prob: ``(T-1, D, H, W)`` progression probabilities in ``[0, 1]``.
+
+    Returns:
+        ``(T-1, D, H, W)`` array in ``[0, 1]`` (the dtype of ``progression_prob``).
+
+    Raises:
+        ValueError: wrong dims, shapes that do not match, or values outside ``[0, 1]``.
+    """
+    base = _as_numpy("baseline_prob", baseline_prob)
+    prog = _as_numpy("progression_prob", progression_prob)
+    check_ndim("baseline_prob", base, 3, "(D, H, W)")
+    check_ndim("progression_prob", prog, 4, "(T-1, D, H, W)")
+    check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
+    for name, x in (("baseline_prob", base), ("progression_prob", prog)):
+        check_finite(name, x)
+        if x.size and (x.min() < 0 or x.max() > 1):
+            raise ValueError(f"{name} must hold probabilities in [0, 1], got values in [{float(x.min()):.4g}, "
+                             f"{float(x.max()):.4g}]")
+    return (prog * (1 - base[None])).astype(prog.dtype, copy=False)
+
+
 def postprocess_heads(
     baseline_prob: np.ndarray | torch.Tensor,
     progression_prob: np.ndarray | torch.Tensor,
@@ -182,10 +216,12 @@ def postprocess_heads(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The baseline and progression masks of one case from the dual head's probabilities.
 
-    Both heads are thresholded at ``threshold``; ``restrict`` says which are cut to ``brain_mask``; with
-    ``progression_outside_baseline`` the progression masks are then cut to the outside of the (finished)
-    baseline mask; last, components below ``min_volume_mm3`` are removed from every mask. So with the rule on,
-    no written progression voxel is a baseline lesion voxel (see the module docstring).
+    The baseline head is thresholded at ``threshold`` (cut to ``brain_mask`` with ``restrict="both"``, small
+    components removed). With ``progression_outside_baseline`` the progression maps become
+    :func:`new_lesion_probability`, are thresholded at ``threshold``, cut to the brain (``restrict`` not
+    ``"none"``) and to the outside of the finished baseline mask, and then lose their components below
+    ``min_volume_mm3``; so no progression voxel is a baseline lesion voxel (see the module docstring).
+    Without it, the progression head's maps are post-processed alone.
 
     Args:
         baseline_prob: ``(D, H, W)`` baseline lesion probabilities.
@@ -217,6 +253,8 @@ def postprocess_heads(
     check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
     pp = {"threshold": threshold, "min_volume_mm3": min_volume_mm3, "spacing": spacing}
     base_mask = postprocess(base, brain_mask=brain_mask if restrict == "both" else None, **pp)
+    if progression_outside_baseline:
+        prog = new_lesion_probability(base, prog)
     prog_mask = postprocess(prog, brain_mask=brain_mask if restrict != "none" else None,
                             exclude=base_mask if progression_outside_baseline else None, **pp)
     return base_mask, prog_mask

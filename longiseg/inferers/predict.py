@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import check_case_id, prediction_filenames
 from longiseg.data.loading import CaseSource, find_cases, load_case, prediction_complete, save_prediction
-from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, postprocess_heads
+from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, new_lesion_probability, postprocess_heads
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
@@ -106,10 +106,12 @@ def predict_case(
         restrict_to_brain: ``"none"``, ``"progression"`` or ``"both"``: which masks are cut to the brain mask
             (the given one, else the voxels that are nonzero in any timepoint/channel). Probability and
             entropy maps are saved unrestricted.
-        progression_outside_baseline: cut the progression masks to the outside of the baseline mask before
-            small components are removed (a baseline lesion voxel is not new; see
-            :func:`~longiseg.inferers.postprocessing.postprocess_heads`). Probability maps are saved as the
-            model gave them.
+        progression_outside_baseline: progression where the voxel was not lesion at baseline: the progression
+            probability becomes ``p_prog (1 - p_base)`` and the masks are cut to the outside of the baseline
+            mask before small components are removed (see
+            :func:`~longiseg.inferers.postprocessing.postprocess_heads`). The saved progression probability and
+            entropy maps are those of ``p_prog (1 - p_base)`` then, so that every mask is its probability map
+            post-processed.
         save_probabilities: also write the probability maps.
         save_entropy: also write the entropy maps.
         overwrite: replace an existing case folder as a whole; otherwise an existing output (or a non-empty
@@ -155,6 +157,8 @@ def predict_case(
         base_prob, prog_prob, threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing,
         brain_mask=None if brain is None else brain.numpy(), restrict=restrict_to_brain,
         progression_outside_baseline=progression_outside_baseline)
+    if progression_outside_baseline:
+        prog_prob = new_lesion_probability(base_prob, prog_prob)
 
     volumes = {"mask": [base_mask] + list(prog_mask)}
     if save_probabilities:
