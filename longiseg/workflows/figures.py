@@ -156,8 +156,8 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
     entropy. On the follow-up panel the baseline lesions that persist unchanged are outlined in cyan: a model
     that tells new from old leaves them without red.
 
-    The slice is the one with the most new/enlarging voxels among the slices that also cut a persisting
-    lesion (else the one with the most new/enlarging voxels).
+    The slice is the one with the most new/enlarging plus persisting-lesion voxels among the slices that cut
+    both (else the one with the most new/enlarging voxels).
     """
     import matplotlib
 
@@ -172,7 +172,8 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
     lesions, keep = label_persisting_lesions(case.baseline_mask, prog, case.spacing)
     persisting = np.isin(lesions.labels, keep) if keep.size else np.zeros(prog.shape, bool)
     new_area = prog.sum(axis=(0, 1)).astype(np.int64)
-    both = np.where(persisting.any(axis=(0, 1)), new_area, -1)
+    old_area = persisting.sum(axis=(0, 1)).astype(np.int64)
+    both = np.where((new_area > 0) & (old_area > 0), new_area + old_area, -1)
     z = int(np.argmax(both)) if both.max() > 0 else int(np.argmax(new_area)) if prog.any() else case.shape[2] // 2
     rot = lambda a: np.rot90(a[:, :, z])  # noqa: E731 - display in radiological orientation
     t0, t1 = case.images[0, 0], case.images[1, 0]
