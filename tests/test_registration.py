@@ -307,8 +307,10 @@ class _Voxelwise(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        # the lesion is in both scans: keep the progression head's mask (not cut by the baseline) to map it
         self.spec = ModelSpec(name="voxelwise", dim="2.5D", in_channels=1, inference=InferenceConfig(
-            patch_size=16, planes=["axial"], min_lesion_mm3=0.0, restrict="none").to_dict())
+            patch_size=16, planes=["axial"], min_lesion_mm3=0.0, restrict="none",
+            progression_outside_baseline=False).to_dict())
 
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         return LongitudinalOutput(8 * x[:, 0, :1] - 4, (8 * x[:, 1:, 0] - 4)[:, :, None])
