@@ -117,9 +117,10 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
         raise ValueError("crop_to_foreground prediction is not supported: predict on the full grid "
                          "(normalisation is per case, so models trained on cropped cases apply unchanged)")
     device = resolve_device(device)
-    logger.info("predicting with %s (%s): modalities %s, window %d, threshold %.3g%s", spec.name, spec.dim,
-                modalities, cfg.patch_size, cfg.threshold,
-                " (tuned on validation patients)" if spec.tuning else "")
+    logger.info("predicting with %s (%s): modalities %s, window %d, threshold %.3g%s, progression %s", spec.name,
+                spec.dim, modalities, cfg.patch_size, cfg.threshold,
+                " (tuned on validation patients)" if spec.tuning else "",
+                "outside the baseline lesions" if cfg.progression_outside_baseline else "as the head gives it")
 
     def read_preprocessed(source: CaseSource) -> LongitudinalCase:
         if spec.in_channels is not None and len(source.modalities) != spec.in_channels:
