@@ -24,6 +24,8 @@ Variants (the paper's recipe is the default; every lever is an optional setting 
 * ``indep``: augmentation drawn independently per timepoint (``data.augment_independent_timepoints``);
 * ``both``: the two together;
 * ``dw``: SegMaST with Difference Weighting before every MaST mixer (``difference_weighting=True``);
+* ``joint``: the progression loss on ``p_prog (1 - p_base)``, what inference thresholds
+  (``loss.progression_outside_baseline``);
 * ``segformer``: the demo's SegFormer, the paper's strongest 2.5D baseline, with the paper recipe.
 
 Post-processing rules: ``head`` (the progression head's mask as it is, longiseg 0.2) and ``outside`` (the
@@ -64,6 +66,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "both": ("SegMaST", ["data.persisting_share=0.3", "loss.keep_hard_negatives=true",
                          "data.augment_independent_timepoints=true"]),
     "dw": ("SegMaST", ["model.kwargs.difference_weighting=true"]),
+    "joint": ("SegMaST", ["loss.progression_outside_baseline=true"]),
     "segformer": ("SegFormer", []),
 }
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
@@ -46,6 +47,7 @@ __all__ = [
     "STRATEGIES",
     "ImbalanceAwareLoss",
     "ImbalanceLossOutput",
+    "new_lesion_logits",
     "num_empty_to_keep",
     "progression_presence",
     "select_progression_samples",
@@ -253,6 +255,29 @@ class ImbalanceLossOutput:
         }
 
 
+def new_lesion_logits(baseline_logits: torch.Tensor, progression_logits: torch.Tensor) -> torch.Tensor:
+    """Logit of ``sigmoid(progression) * (1 - sigmoid(baseline))``, computed in log space.
+
+    With ``log p = logsigmoid(a) + logsigmoid(-b)`` the logit is ``log p - log(1 - p)``, and ``log(1 - p)`` is
+    ``log(-expm1(log p))``; ``log p`` is kept below ``-1e-7`` (``p < 1``) so that the logit stays finite.
+
+    Args:
+        baseline_logits: ``(B, K, *S)``.
+        progression_logits: ``(B, T-1, K, *S)``.
+
+    Returns:
+        ``(B, T-1, K, *S)`` logits in the dtype of ``progression_logits``.
+    """
+    if baseline_logits.ndim + 1 != progression_logits.ndim or \
+            baseline_logits.shape[0] != progression_logits.shape[0] or \
+            baseline_logits.shape[1:] != progression_logits.shape[2:]:
+        raise ValueError(f"baseline_logits (B, K, *S) {tuple(baseline_logits.shape)} does not match "
+                         f"progression_logits (B, T-1, K, *S) {tuple(progression_logits.shape)}")
+    log_p = F.logsigmoid(progression_logits) + F.logsigmoid(-baseline_logits).unsqueeze(1)
+    log_p = log_p.clamp(max=-1e-7)
+    return log_p - torch.log(-torch.expm1(log_p))
+
+
 def _sample_flags(name: str, flags: torch.Tensor | None, batch: int, default: bool) -> torch.Tensor:
     """``(B,)`` bool CPU flags from ``flags`` (``(B,)`` bool or 0/1), or ``default`` for every sample."""
     if flags is None:
@@ -288,6 +313,9 @@ class ImbalanceAwareLoss(nn.Module):
             of ``state_dict()`` so a resumed run draws the same subsets. Neither given: global RNG.
         keep_hard_negatives: keep every empty sample flagged ``hard_negative`` in the call (default ``False``,
             the paper's loss: flags are ignored).
+        progression_outside_baseline: score the progression head through :func:`new_lesion_logits`, the logit
+            of ``p_prog (1 - p_base)`` that inference thresholds (``inference.progression_outside_baseline``),
+            so the progression term also reaches the baseline head (default ``False``, the paper's loss).
 
     Example:
         >>> loss_fn = ImbalanceAwareLoss(seed=0)
@@ -306,6 +334,7 @@ class ImbalanceAwareLoss(nn.Module):
         generator: torch.Generator | None = None,
         seed: int | None = None,
         keep_hard_negatives: bool = False,
+        progression_outside_baseline: bool = False,
     ) -> None:
         super().__init__()
         if per_sample_loss is None:
@@ -327,6 +356,10 @@ class ImbalanceAwareLoss(nn.Module):
         if not isinstance(keep_hard_negatives, bool):
             raise TypeError(f"keep_hard_negatives must be a bool, got {type(keep_hard_negatives).__name__}")
         self.keep_hard_negatives = keep_hard_negatives
+        if not isinstance(progression_outside_baseline, bool):
+            raise TypeError("progression_outside_baseline must be a bool, got "
+                            f"{type(progression_outside_baseline).__name__}")
+        self.progression_outside_baseline = progression_outside_baseline
 
     def _per_sample(self, logits: torch.Tensor, target: torch.Tensor, what: str) -> torch.Tensor:
         values = self.per_sample_loss(logits, target)
@@ -407,9 +440,12 @@ class ImbalanceAwareLoss(nn.Module):
             non_empty, self.strategy, self.empty_ratio, self.min_empty, self.generator, always_keep=forced
         )
         num_kept = int(kept.sum())
+        progression = output.progression
+        if self.progression_outside_baseline:
+            progression = new_lesion_logits(output.baseline, progression)
         if num_kept:
             pairs = torch.nonzero(kept, as_tuple=True)
-            logits = output.progression[tuple(i.to(output.progression.device) for i in pairs)]
+            logits = progression[tuple(i.to(progression.device) for i in pairs)]
             target = progression_target[tuple(i.to(progression_target.device) for i in pairs)]
             progression_loss = self._per_sample(logits, target, "progression").mean()
         else:

@@ -126,6 +126,9 @@ class LossConfig(ConfigBase):
         keep_hard_negatives: keep every empty-progression sample the sampler flags ``hard_negative`` (crops
             centred on persisting baseline lesions, ``data.persisting_share``) instead of letting the
             ``partial`` strategy drop it with the other stable samples (default off, the paper's loss).
+        progression_outside_baseline: train the progression head through the logit of
+            ``p_prog (1 - p_base)``, the probability that inference thresholds, so its loss also reaches the
+            baseline head (default off, the paper's loss; an ablation candidate).
 
     Samples without a baseline annotation (MSSEG-2) never enter the baseline term, whatever these settings.
     """
@@ -138,6 +141,7 @@ class LossConfig(ConfigBase):
     gamma: float = 2.0
     seed: int = 0
     keep_hard_negatives: bool = False
+    progression_outside_baseline: bool = False
 
     def __post_init__(self) -> None:
         _need(self.strategy in STRATEGIES, "LossConfig", f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")

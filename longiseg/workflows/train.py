@@ -48,7 +48,8 @@ def build_loss(cfg: ExperimentConfig) -> ImbalanceAwareLoss:
     lc = cfg.loss
     per_sample = PerSampleDiceFocalLoss(lambda_dice=lc.lambda_dice, lambda_focal=lc.lambda_focal, gamma=lc.gamma)
     return ImbalanceAwareLoss(per_sample, strategy=lc.strategy, empty_ratio=lc.empty_ratio,
-                              min_empty=lc.min_empty, seed=lc.seed, keep_hard_negatives=lc.keep_hard_negatives)
+                              min_empty=lc.min_empty, seed=lc.seed, keep_hard_negatives=lc.keep_hard_negatives,
+                              progression_outside_baseline=lc.progression_outside_baseline)
 
 
 def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_cases: Sequence
