@@ -12,6 +12,7 @@ from longiseg.losses import (
     PerSampleDiceFocalLoss,
     dice_focal_per_sample,
     dice_loss_per_sample,
+    new_lesion_logits,
     num_empty_to_keep,
     progression_presence,
     select_progression_samples,
@@ -599,3 +600,45 @@ def test_unannotated_samples_give_the_baseline_head_no_gradient():
     assert model.progression_head.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="baseline_annotated must be a binary mask"):
         ImbalanceAwareLoss()(model(images), y1, yp, baseline_annotated=torch.tensor([2, 0]))
+
+
+def test_new_lesion_logits_match_the_float64_product_with_gradients() -> None:
+    gen = torch.Generator().manual_seed(5)
+    base = (torch.randn(3, 1, 6, 5, generator=gen, dtype=torch.float64) * 5).requires_grad_()
+    prog = (torch.randn(3, 2, 1, 6, 5, generator=gen, dtype=torch.float64) * 5).requires_grad_()
+    p_new = torch.sigmoid(new_lesion_logits(base, prog))
+    ref = torch.sigmoid(prog) * (1 - torch.sigmoid(base))[:, None]
+    assert ((p_new - ref).abs() / ref).max() < 1e-10
+    weights = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    g_new = torch.autograd.grad((p_new * weights).sum(), (base, prog))
+    g_ref = torch.autograd.grad((ref * weights).sum(), (base, prog))
+    for a, b in zip(g_new, g_ref):
+        assert ((a - b).norm() / b.norm()) < 1e-10
+    # saturated logits stay finite (log p clamped below 0) in float32
+    big = new_lesion_logits(torch.full((1, 1, 2, 2), -40.0), torch.full((1, 1, 1, 2, 2), 40.0))
+    assert torch.isfinite(big).all() and (big > 10).all()
+    with pytest.raises(ValueError, match="does not match"):
+        new_lesion_logits(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 1, 4, 5))
+
+
+def test_progression_outside_baseline_loss_reaches_the_baseline_head_only_when_asked() -> None:
+    torch.manual_seed(0)
+    base_t, prog_t = torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 1, 8, 8)
+    prog_t[:2, :, :, 2:5, 2:5] = 1
+    for joint in (False, True):
+        out = LongitudinalOutput(torch.randn(4, 1, 8, 8, requires_grad=True), torch.randn(4, 1, 1, 8, 8, requires_grad=True))
+        res = ImbalanceAwareLoss(seed=0, progression_outside_baseline=joint)(out, base_t, prog_t)
+        res.progression_loss.backward()
+        assert (out.baseline.grad is not None and out.baseline.grad.abs().sum() > 0) == joint
+        assert out.progression.grad.abs().sum() > 0
+    with pytest.raises(TypeError, match="progression_outside_baseline must be a bool"):
+        ImbalanceAwareLoss(progression_outside_baseline=1)
+
+
+def test_loss_config_builds_the_joint_loss() -> None:
+    from longiseg.workflows.config import ExperimentConfig
+    from longiseg.workflows.train import build_loss
+
+    assert not build_loss(ExperimentConfig()).progression_outside_baseline  # the paper's loss by default
+    cfg = ExperimentConfig().with_overrides(["loss.progression_outside_baseline=true"])
+    assert build_loss(cfg).progression_outside_baseline
