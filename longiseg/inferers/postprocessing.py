@@ -53,6 +53,13 @@ def _check_spacing(spacing: Sequence[float]) -> np.ndarray:
     return sp
 
 
+def _check_probabilities(name: str, p: np.ndarray) -> None:
+    check_finite(name, p)
+    if p.size and (p.min() < 0 or p.max() > 1):
+        raise ValueError(f"{name} must hold probabilities in [0, 1], got values in [{float(p.min()):.4g}, "
+                         f"{float(p.max()):.4g}]; apply a sigmoid to logits first")
+
+
 def threshold_probabilities(prob: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.ndarray:
     """Binary mask ``prob >= threshold`` (any shape) as a bool numpy array.
 
@@ -63,10 +70,7 @@ def threshold_probabilities(prob: np.ndarray | torch.Tensor, threshold: float = 
     p = _as_numpy("prob", prob)
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-    check_finite("prob", p)
-    if p.size and (p.min() < 0 or p.max() > 1):
-        raise ValueError(f"prob must hold probabilities in [0, 1], got values in [{float(p.min()):.4g}, "
-                         f"{float(p.max()):.4g}]; apply a sigmoid to logits first")
+    _check_probabilities("prob", p)
     return p >= threshold
 
 
@@ -195,11 +199,8 @@ def new_lesion_probability(baseline_prob: np.ndarray | torch.Tensor,
     check_ndim("baseline_prob", base, 3, "(D, H, W)")
     check_ndim("progression_prob", prog, 4, "(T-1, D, H, W)")
     check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
-    for name, x in (("baseline_prob", base), ("progression_prob", prog)):
-        check_finite(name, x)
-        if x.size and (x.min() < 0 or x.max() > 1):
-            raise ValueError(f"{name} must hold probabilities in [0, 1], got values in [{float(x.min()):.4g}, "
-                             f"{float(x.max()):.4g}]")
+    _check_probabilities("baseline_prob", base)
+    _check_probabilities("progression_prob", prog)
     return (prog * (1 - base[None])).astype(prog.dtype, copy=False)
 
 
