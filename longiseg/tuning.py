@@ -165,9 +165,9 @@ def _progression_mask(prob: np.ndarray, baseline: np.ndarray | None, brain: np.n
     if baseline is None:
         return postprocess(prob, threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing,
                            brain_mask=brain)
-    _, prog = postprocess_heads(baseline, prob[None], threshold=threshold, min_volume_mm3=min_volume_mm3,
+    prog = postprocess_heads(baseline, prob[None], threshold=threshold, min_volume_mm3=min_volume_mm3,
                                 spacing=spacing, brain_mask=brain,
-                                restrict="none" if brain is None else "progression")
+                                restrict="none" if brain is None else "progression").progression
     return prog[0]
 
 

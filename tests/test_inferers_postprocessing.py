@@ -141,17 +141,20 @@ def test_postprocess_heads_progression_never_overlaps_the_baseline_mask() -> Non
     prog_prob = rng.uniform(0, 1, (2, 10, 11, 12)).astype(np.float32)
     brain = np.ones((10, 11, 12), bool)
     brain[0] = False
-    base, prog = postprocess_heads(base_prob, prog_prob, threshold=0.6, min_volume_mm3=2.0, brain_mask=brain)
+    base, prog, used = postprocess_heads(base_prob, prog_prob, threshold=0.6, min_volume_mm3=2.0, brain_mask=brain)
     np.testing.assert_array_equal(base, postprocess(base_prob, threshold=0.6, min_volume_mm3=2.0))
     assert prog.shape == (2, 10, 11, 12) and not (prog & base[None]).any() and not prog[:, 0].any()
     p_new = new_lesion_probability(base_prob, prog_prob)
     np.testing.assert_allclose(p_new, prog_prob * (1 - base_prob), rtol=1e-6)
+    np.testing.assert_array_equal(used, p_new)  # the maps the masks were thresholded from
     for k in range(2):
         np.testing.assert_array_equal(
             prog[k], postprocess(p_new[k], threshold=0.6, min_volume_mm3=2.0, brain_mask=brain, exclude=base))
-    _, off = postprocess_heads(base_prob, prog_prob, threshold=0.6, restrict="none", progression_outside_baseline=False)
+    _, off, raw = postprocess_heads(base_prob, prog_prob, threshold=0.6, restrict="none",
+                                   progression_outside_baseline=False)
     np.testing.assert_array_equal(off, prog_prob >= 0.6)
-    both, _ = postprocess_heads(base_prob, prog_prob, threshold=0.6, brain_mask=brain, restrict="both")
+    np.testing.assert_array_equal(raw, prog_prob)
+    both = postprocess_heads(base_prob, prog_prob, threshold=0.6, brain_mask=brain, restrict="both").baseline
     assert not both[0].any()
 
 
@@ -189,7 +192,7 @@ def test_new_lesion_probability_damps_where_the_baseline_head_sees_a_lesion() ->
     assert p_new.dtype == np.float32 and p_new.shape == (1, 6, 6, 6)
     np.testing.assert_allclose(p_new[0, 1:3, 1:3, 1:3], 0.7 * 0.6, rtol=1e-6)
     np.testing.assert_array_equal(p_new[0, 4:, 4:, 4:], np.float32(0.7))  # no baseline lesion: exact (x * 1)
-    _, mask = postprocess_heads(base, prog, threshold=0.5, restrict="none")
+    mask = postprocess_heads(base, prog, threshold=0.5, restrict="none").progression
     assert not mask[0, 1:3, 1:3, 1:3].any() and mask[0, 4:, 4:, 4:].all()
     with pytest.raises(ValueError, match=r"progression_prob must hold probabilities in \[0, 1\]"):
         new_lesion_probability(base, prog * 2)

@@ -23,6 +23,7 @@ the baseline head: an old lesion the baseline head misses entirely is not exclud
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ import torch
 from longiseg.utils.validation import check_binary, check_finite, check_ndim, check_same_shape
 
 __all__ = ["threshold_probabilities", "remove_small_components", "restrict_to_mask", "postprocess",
-           "new_lesion_probability", "postprocess_heads", "RESTRICT_OPTIONS"]
+           "new_lesion_probability", "HeadMasks", "postprocess_heads", "RESTRICT_OPTIONS"]
 
 #: Which masks ``restrict`` cuts to the brain: none, the progression masks, or both heads'.
 RESTRICT_OPTIONS = ("none", "progression", "both")
@@ -204,6 +205,21 @@ def new_lesion_probability(baseline_prob: np.ndarray | torch.Tensor,
     return (prog * (1 - base[None])).astype(prog.dtype, copy=False)
 
 
+class HeadMasks(NamedTuple):
+    """What :func:`postprocess_heads` returns: the masks and the progression maps they were thresholded from.
+
+    Attributes:
+        baseline: bool ``(D, H, W)`` baseline mask.
+        progression: bool ``(T-1, D, H, W)`` progression masks.
+        progression_prob: ``(T-1, D, H, W)`` the progression probabilities thresholded (``p_prog (1 - p_base)``
+            with ``progression_outside_baseline``, else the head's maps as given).
+    """
+
+    baseline: np.ndarray
+    progression: np.ndarray
+    progression_prob: np.ndarray
+
+
 def postprocess_heads(
     baseline_prob: np.ndarray | torch.Tensor,
     progression_prob: np.ndarray | torch.Tensor,
@@ -214,7 +230,7 @@ def postprocess_heads(
     brain_mask: np.ndarray | torch.Tensor | None = None,
     restrict: str = "progression",
     progression_outside_baseline: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> HeadMasks:
     """The baseline and progression masks of one case from the dual head's probabilities.
 
     The baseline head is thresholded at ``threshold`` (cut to ``brain_mask`` with ``restrict="both"``, small
@@ -235,7 +251,8 @@ def postprocess_heads(
         progression_outside_baseline: cut progression to the outside of the baseline mask.
 
     Returns:
-        ``(baseline_mask, progression_masks)``: bool ``(D, H, W)`` and ``(T-1, D, H, W)``.
+        :class:`HeadMasks` ``(baseline, progression, progression_prob)``: bool ``(D, H, W)`` and
+        ``(T-1, D, H, W)`` masks, and the ``(T-1, D, H, W)`` progression maps the masks come from.
 
     Raises:
         ValueError: a bad ``restrict``, ``brain_mask`` missing while ``restrict`` needs it, or shapes that do
@@ -258,4 +275,4 @@ def postprocess_heads(
         prog = new_lesion_probability(base, prog)
     prog_mask = postprocess(prog, brain_mask=brain_mask if restrict != "none" else None,
                             exclude=base_mask if progression_outside_baseline else None, **pp)
-    return base_mask, prog_mask
+    return HeadMasks(base_mask, prog_mask, prog)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import check_case_id, prediction_filenames
 from longiseg.data.loading import CaseSource, find_cases, load_case, prediction_complete, save_prediction
-from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, new_lesion_probability, postprocess_heads
+from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, postprocess_heads
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
@@ -153,12 +153,10 @@ def predict_case(
         )
     if restrict_to_brain != "none":
         brain = brain_or_foreground(imgs, brain)
-    base_mask, prog_mask = postprocess_heads(
+    base_mask, prog_mask, prog_prob = postprocess_heads(
         base_prob, prog_prob, threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing,
         brain_mask=None if brain is None else brain.numpy(), restrict=restrict_to_brain,
-        progression_outside_baseline=progression_outside_baseline)
-    if progression_outside_baseline:
-        prog_prob = new_lesion_probability(base_prob, prog_prob)
+        progression_outside_baseline=progression_outside_baseline)  # prog_prob: the maps the masks come from
 
     volumes = {"mask": [base_mask] + list(prog_mask)}
     if save_probabilities:
