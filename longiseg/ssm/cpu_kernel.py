@@ -72,6 +72,16 @@ def _exp2_coefficients() -> tuple[float, ...]:
 _EXP2_COEF = _exp2_coefficients()
 
 
+def _log1p_coefficients() -> tuple[float, ...]:
+    """Least-squares degree-8 fit of ``log1p(e) / e`` on ``[0, 1]`` at Chebyshev nodes (max. error 3e-8), so
+    that ``log1p(e) = e P(e)`` keeps its relative accuracy for small ``e``."""
+    nodes = 0.5 - 0.5 * np.cos(np.pi * (np.arange(400) + 0.5) / 400)
+    return tuple(float(c) for c in np.polyfit(nodes, np.log1p(nodes) / nodes, 8)[::-1])
+
+
+_LOG1P_COEF = _log1p_coefficients()
+
+
 @functools.cache
 def _load_numba() -> tuple[object | None, str]:
     try:
@@ -116,24 +126,40 @@ def _nb_sigmoid(x: float) -> float:
     raise NotImplementedError("only callable from numba-compiled code")
 
 
+def _nb_softplus(x: float) -> tuple[float, float]:
+    """``(softplus(x), sigmoid(x))`` inside the kernels, from ``e = exp(-|x|)``: ``max(x, 0) + log1p(e)`` (in
+    float32 ``log1p(e) = e P(e)`` with a polynomial ``P``, relative error < 2e-7) and ``1 / (1 + e)`` or
+    ``e / (1 + e)``. Compiled only (an ``overload``)."""
+    raise NotImplementedError("only callable from numba-compiled code")
+
+
 def _define_kernels(numba: Any) -> None:
     """Define the compiled functions as module globals (not closures, so that numba's disk cache can key them).
 
-    Layouts (channel-last, C-contiguous): ``u, dt, out`` and every ``(B, L, D)`` argument; ``a_exp`` = the
-    exponent factors ``(D, N)`` (``A log2 e`` for float32, ``A`` for float64, see :func:`_nb_decay`); ``bk, ck``
-    = ``B``/``C`` as ``(B or 1, G, L or 1, N)`` (size 1 where the input does not vary, e.g. ``(1, D, 1, N)`` for
-    the input-independent form; channel ``d`` uses group ``d // (D // G)``). Optional ``(B, L, D)`` inputs are
-    passed as empty ``(0, 0, 0)`` arrays when absent. A job is one batch ``b`` and channels ``d0 .. d0 + nd``
-    (``nd <= _CHANNEL_BLOCK``); inside it a state is an ``(N, nd)`` array, so the inner loops run over contiguous
-    channels. Their indices are range variables starting at 0 (never sums such as ``n * nd + j``): LLVM then
-    sees they are non-negative, drops numba's negative-index wrap-around and vectorises the loops.
+    Layouts: ``u, draw, z, out, gout, gu, gdt, gz`` are ``(B, L, D)`` arrays with *any* strides (the canonical
+    ``(B, D, L)`` tensors are passed as transposed views, ``Mamba``'s channel-last ones as they are): the kernels
+    read and write them one tile of ``_CHECKPOINT_EVERY`` positions x (at most) 64 channels at a time, along
+    whichever axis is contiguous, and compute on contiguous ``(positions, channels)`` tiles. ``draw`` holds the
+    raw time steps (before the bias and the optional softplus, which the kernels apply). ``a_exp`` = the exponent
+    factors ``(D, N)`` (``A log2 e`` for float32, ``A`` for float64, see :func:`_nb_decay`); ``bk, ck`` =
+    ``B``/``C`` as ``(B or 1, G, L or 1, N)`` (size 1 where the input does not vary, e.g. ``(1, D, 1, N)`` for
+    the input-independent form; channel ``d`` uses group ``d // (D // G)``). An absent ``z`` / ``glast`` is an
+    empty ``(0, 0, 0)`` array. A job is one batch ``b`` and channels ``d0 .. d0 + nd`` (``nd <= 64``); inside it a
+    state is an ``(N, nd)`` array, so the inner loops run over contiguous channels. Their indices are range
+    variables starting at 0 (never sums such as ``n * nd + j``): LLVM then sees they are non-negative, drops
+    numba's negative-index wrap-around and vectorises the loops.
     """
-    global _nb_exp2_array, _nb_copy_states, _nb_fill_tile, _nb_add_group_sums, _nb_load_steps, _nb_advance
-    global _nb_output, _nb_transposed, _nb_forward_job, _nb_forward, _nb_backward_job, _nb_backward
+    global _nb_exp2_array, _nb_copy_states, _nb_load_tile, _nb_store_tile, _nb_time_steps, _nb_advance
+    global _nb_transposed, _nb_forward_job, _nb_forward_py, _nb_prefetch, _nb_prefetch_rows
+    global _nb_backward_job, _nb_backward_py
+    from llvmlite import ir
+    from numba.core import cgutils
+
     njit, prange = numba.njit, numba.prange
     c0, c1, c2, c3, c4, c5, c6 = (np.float32(c) for c in _EXP2_COEF)
+    l0, l1, l2, l3, l4, l5, l6, l7, l8 = (np.float32(c) for c in _LOG1P_COEF)
 
-    @numba.extending.overload(_nb_decay, inline="always", jit_options={"fastmath": True})
+    @numba.extending.overload(_nb_decay, inline="always", jit_options={"fastmath": True, "error_model": "numpy"})
     def _decay_impl(x):  # pragma: no cover - compiled
         if x == numba.types.float32:
 
@@ -148,7 +174,7 @@ def _define_kernels(numba: Any) -> None:
             return exp2
         return lambda x: math.exp(x)
 
-    @numba.extending.overload(_nb_sigmoid, inline="always", jit_options={"fastmath": True})
+    @numba.extending.overload(_nb_sigmoid, inline="always", jit_options={"fastmath": True, "error_model": "numpy"})
     def _sigmoid_impl(x):  # pragma: no cover - compiled
         # e = exp(-|x|) in (0, 1]; sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) otherwise (no overflow)
         if x == numba.types.float32:
@@ -167,92 +193,130 @@ def _define_kernels(numba: Any) -> None:
 
         return sigmoid64
 
-    @njit(fastmath=True, boundscheck=False, cache=True)
+    @numba.extending.overload(_nb_softplus, inline="always", jit_options={"fastmath": True, "error_model": "numpy"})
+    def _softplus_impl(x):  # pragma: no cover - compiled
+        if x == numba.types.float32:
+
+            def softplus32(x):
+                e = _nb_decay(-abs(x) * np.float32(_LOG2E))
+                log1p_e = e * (l0 + e * (l1 + e * (l2 + e * (l3 + e * (l4 + e * (l5 + e * (l6 + e * (l7 + e * l8))))))))
+                s = np.float32(1.0) / (np.float32(1.0) + e)
+                return max(x, np.float32(0.0)) + log1p_e, (s if x >= 0 else e * s)
+
+            return softplus32
+
+        def softplus64(x):
+            e = math.exp(-abs(x))
+            s = 1.0 / (1.0 + e)
+            return max(x, 0.0) + math.log1p(e), (s if x >= 0 else e * s)
+
+        return softplus64
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_exp2_array(v, out):  # pragma: no cover - compiled
         for i in range(v.size):
             out[i] = _nb_decay(v[i])
 
-    @njit(fastmath=True, boundscheck=False, cache=True)
-    def _nb_fill_tile(x, heads, b, t, d0, tile):  # pragma: no cover - compiled
-        # tile[n, j] = x[b, group(d0 + j), t, n] (b, t ignored where x does not vary over them)
-        n_state, nd = tile.shape
-        bx = b if x.shape[0] > 1 else 0
-        tx = t if x.shape[2] > 1 else 0
-        j = 0
-        while j < nd:
-            g = (d0 + j) // heads
-            je = min(nd, (g + 1) * heads - d0)
-            for n in range(n_state):
-                v = x[bx, g, tx, n]
-                seg = tile[n, j:je]
-                for jj in range(je - j):
-                    seg[jj] = v
-            j = je
+    @numba.extending.intrinsic
+    def _nb_prefetch(typingctx, address):  # pragma: no cover - compiled
+        # hint the CPU to fetch the cache line at an address (llvm.prefetch: read, high locality, data cache)
+        def codegen(context, builder, signature, args):
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+            )
+            builder.call(fn, [builder.inttoptr(args[0], i8p), *(ir.Constant(i32, v) for v in (0, 3, 1))])
+            return context.get_dummy_value()
 
-    @njit(fastmath=True, boundscheck=False, cache=True)
-    def _nb_add_group_sums(tile, heads, b, t, d0, acc):  # pragma: no cover - compiled
-        # acc[b, g, t, n] += sum of tile[n, j] over the block's channels j of group g (acc laid out as B/C)
-        n_state, nd = tile.shape
-        bx = b if acc.shape[0] > 1 else 0
-        tx = t if acc.shape[2] > 1 else 0
-        j = 0
-        while j < nd:
-            g = (d0 + j) // heads
-            je = min(nd, (g + 1) * heads - d0)
-            for n in range(n_state):
-                seg = tile[n, j:je]
-                s = seg[0]
-                for jj in range(1, je - j):
-                    s += seg[jj]
-                acc[bx, g, tx, n] += s
-            j = je
+        return numba.types.void(numba.types.intp), codegen
 
-    @njit(fastmath=True, boundscheck=False, cache=True)
-    def _nb_load_steps(u, dt, b, t, d0, stepv, xv):  # pragma: no cover - compiled
-        ub = u[b, t, d0 : d0 + stepv.size]
-        db = dt[b, t, d0 : d0 + stepv.size]
-        for j in range(stepv.size):
-            stepv[j] = db[j]
-            xv[j] = db[j] * ub[j]
-
-    @njit(fastmath=True, boundscheck=False, cache=True)
-    def _nb_advance(h_prev, h_next, dec, av, stepv, xv, btile):  # pragma: no cover - compiled
-        # h_next = exp(step a) h_prev + step u B for one position; dec keeps the decays exp(step a). h_prev and
-        # h_next must be different arrays: LLVM's overlap check would send an in-place update to a scalar loop.
-        n_state, nd = av.shape
-        for n in range(n_state):
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_prefetch_rows(x, b, tn, d0, nd):  # pragma: no cover - compiled
+        # when time is x's contiguous axis: prefetch positions tn .. tn + _CHECKPOINT_EVERY of channels d0 .. d0 + nd
+        # (the next tile a job reads or writes; 64 rows of one 128-byte run each, which the hardware prefetchers
+        # do not follow). Nothing when tn is outside x or channels are the contiguous axis.
+        if x.strides[1] < x.strides[2] and 0 <= tn < x.shape[1]:
+            base = x.ctypes.data + b * x.strides[0] + tn * x.strides[1]
+            span = (min(x.shape[1], tn + _CHECKPOINT_EVERY) - tn - 1) * x.strides[1]
             for j in range(nd):
-                a = _nb_decay(stepv[j] * av[n, j])
-                dec[n, j] = a
-                h_next[n, j] = a * h_prev[n, j] + xv[j] * btile[n, j]
+                row = base + (d0 + j) * x.strides[2]
+                for off in range(0, span + 64, 64):
+                    _nb_prefetch(row + min(off, span))
 
-    @njit(fastmath=True, boundscheck=False, cache=True)
-    def _nb_output(h, ctile, u, dskip, b, t, d0, acc):  # pragma: no cover - compiled
-        # acc[j] = sum_n C h + D u (the scan output before the gate)
-        n_state, nd = h.shape
-        ub = u[b, t, d0 : d0 + nd]
-        db = dskip[d0 : d0 + nd]
-        for j in range(nd):
-            acc[j] = db[j] * ub[j]
-        for n in range(n_state):
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_load_tile(x, b, t0, d0, steps, tile, tn):  # pragma: no cover - compiled
+        # tile[k, j] = x[b, t0 + k, d0 + j] for k < steps, reading along x's contiguous axis; prefetches the tile
+        # starting at tn
+        nd = tile.shape[1]
+        _nb_prefetch_rows(x, b, tn, d0, nd)
+        if x.strides[1] < x.strides[2]:
             for j in range(nd):
-                acc[j] += h[n, j] * ctile[n, j]
+                col = x[b, t0 : t0 + steps, d0 + j]
+                for k in range(steps):
+                    tile[k, j] = col[k]
+        else:
+            for k in range(steps):
+                row = x[b, t0 + k, d0 : d0 + nd]
+                tr = tile[k]
+                for j in range(nd):
+                    tr[j] = row[j]
 
-    @njit(fastmath=True, boundscheck=False, cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_store_tile(tile, x, b, t0, d0, steps, tn):  # pragma: no cover - compiled
+        # x[b, t0 + k, d0 + j] = tile[k, j] for k < steps, writing along x's contiguous axis; prefetches the tile
+        # starting at tn
+        nd = tile.shape[1]
+        _nb_prefetch_rows(x, b, tn, d0, nd)
+        if x.strides[1] < x.strides[2]:
+            for j in range(nd):
+                col = x[b, t0 : t0 + steps, d0 + j]
+                for k in range(steps):
+                    col[k] = tile[k, j]
+        else:
+            for k in range(steps):
+                row = x[b, t0 + k, d0 : d0 + nd]
+                tr = tile[k]
+                for j in range(nd):
+                    row[j] = tr[j]
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_time_steps(tdt, tsg, txu, tu, bias, softplus, steps):  # pragma: no cover - compiled
+        # tdt holds the raw steps of a tile and becomes delta' = softplus(raw + bias) (or raw + bias); tsg =
+        # d delta' / d raw (sigmoid(raw + bias), or 1); txu = delta' u
+        nd = tdt.shape[1]
+        for k in range(steps):
+            dk = tdt[k]
+            sk = tsg[k]
+            xk = txu[k]
+            uk = tu[k]
+            if softplus:
+                for j in range(nd):
+                    sp, sg = _nb_softplus(dk[j] + bias[j])
+                    dk[j] = sp
+                    sk[j] = sg
+            else:
+                for j in range(nd):
+                    dk[j] = dk[j] + bias[j]
+                    sk[j] = 1.0
+            for j in range(nd):
+                xk[j] = dk[j] * uk[j]
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_copy_states(h, rows, d0, to_rows):  # pragma: no cover - compiled
         # between a job's states h (N, nd) and the channels d0 .. d0 + nd of rows (N, D); explicit loops, as
         # numba's array assignment would compile its string-formatting error path (seconds of compile time)
         n_state, nd = h.shape
         for n in range(n_state):
             r = rows[n, d0 : d0 + nd]
+            hn = h[n]
             if to_rows:
                 for j in range(nd):
-                    r[j] = h[n, j]
+                    r[j] = hn[j]
             else:
                 for j in range(nd):
-                    h[n, j] = r[j]
+                    hn[j] = r[j]
 
-    @njit(fastmath=True, boundscheck=False, cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_transposed(x, d0, nd):  # pragma: no cover - compiled
         # x[d0 : d0 + nd] of a (D, N) array as a contiguous (N, nd) array
         out = np.empty((x.shape[1], nd), dtype=x.dtype)
@@ -261,170 +325,232 @@ def _define_kernels(numba: Any) -> None:
                 out[n, j] = x[d0 + j, n]
         return out
 
-    @njit(fastmath=True, boundscheck=False, cache=True)
-    def _nb_forward_job(u, dt, a_exp, bk, ck, dskip, z, out, last, ckpt, b, d0, nd):  # pragma: no cover - compiled
-        n_state = a_exp.shape[1]
-        hb = u.shape[2] // bk.shape[1]
-        hc = u.shape[2] // ck.shape[1]
-        av = _nb_transposed(a_exp, d0, nd)
-        hh = np.zeros((2, n_state, nd), dtype=u.dtype)  # states of even and odd positions (see advance)
-        dec = np.empty((n_state, nd), dtype=u.dtype)
-        btile = np.empty((n_state, nd), dtype=u.dtype)
-        ctile = np.empty((n_state, nd), dtype=u.dtype)
-        stepv = np.empty(nd, dtype=u.dtype)
-        xv = np.empty(nd, dtype=u.dtype)
-        acc = np.empty(nd, dtype=u.dtype)
-        for t in range(u.shape[1]):
-            if ckpt.shape[0] > 0 and t % _CHECKPOINT_EVERY == 0:
-                _nb_copy_states(hh[t % 2], ckpt[b, t // _CHECKPOINT_EVERY], d0, True)
-            _nb_load_steps(u, dt, b, t, d0, stepv, xv)
-            if t == 0 or bk.shape[2] > 1:
-                _nb_fill_tile(bk, hb, b, t, d0, btile)
-            if t == 0 or ck.shape[2] > 1:
-                _nb_fill_tile(ck, hc, b, t, d0, ctile)
-            h = hh[(t + 1) % 2]
-            _nb_advance(hh[t % 2], h, dec, av, stepv, xv, btile)
-            _nb_output(h, ctile, u, dskip, b, t, d0, acc)
-            ob = out[b, t, d0 : d0 + nd]
-            if z.shape[0] > 0:
-                zb = z[b, t, d0 : d0 + nd]
-                for j in range(nd):  # silu(z) = z sigmoid(z)
-                    ob[j] = acc[j] * zb[j] * _nb_sigmoid(zb[j])
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_advance(h_prev, h_next, dec, av, stepv, xv, bv, cv, acc):  # pragma: no cover - compiled
+        # One position: h_next = exp(step a) h_prev + step u B, acc += sum_n C h_next; dec (when not empty)
+        # keeps the decays exp(step a). h_prev and h_next must be different arrays: with one array passed twice
+        # LLVM's run-time overlap check sends the loop to its scalar version.
+        n_state, nd = av.shape
+        keep = dec.shape[0] > 0
+        for n in range(n_state):
+            bn = bv[n]
+            cn = cv[n]
+            hp = h_prev[n]
+            hn = h_next[n]
+            an = av[n]
+            if keep:
+                dn = dec[n]
+                for j in range(nd):
+                    a = _nb_decay(stepv[j] * an[j])
+                    dn[j] = a
+                    v = a * hp[j] + xv[j] * bn
+                    hn[j] = v
+                    acc[j] += v * cn
             else:
                 for j in range(nd):
-                    ob[j] = acc[j]
-        h = hh[u.shape[1] % 2]
+                    v = _nb_decay(stepv[j] * an[j]) * hp[j] + xv[j] * bn
+                    hn[j] = v
+                    acc[j] += v * cn
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_forward_job(  # pragma: no cover - compiled
+        u, draw, bias, softplus, a_exp, bk, ck, dskip, z, out, last, ckpt, b, d0, nd
+    ):
+        # One job: batch b, channels d0 .. d0 + nd, all in one group of B and one of C (see _job_blocks).
+        seqlen = u.shape[1]
+        n_state = a_exp.shape[1]
+        gb = d0 // (u.shape[2] // bk.shape[1])
+        gc = d0 // (u.shape[2] // ck.shape[1])
+        bb = b if bk.shape[0] > 1 else 0
+        cb = b if ck.shape[0] > 1 else 0
+        gated = z.shape[0] > 0
+        av = _nb_transposed(a_exp, d0, nd)
+        bias_j = bias[d0 : d0 + nd]
+        dskip_j = dskip[d0 : d0 + nd]
+        hh = np.zeros((2, n_state, nd), dtype=out.dtype)  # states after even and odd positions (see advance)
+        nodec = np.empty((0, 0), dtype=out.dtype)
+        tu = np.empty((_CHECKPOINT_EVERY, nd), dtype=out.dtype)
+        tdt = np.empty_like(tu)
+        tsg = np.empty_like(tu)
+        txu = np.empty_like(tu)
+        tz = np.empty_like(tu)
+        tout = np.empty_like(tu)
+        for c in range((seqlen + _CHECKPOINT_EVERY - 1) // _CHECKPOINT_EVERY):
+            t0 = c * _CHECKPOINT_EVERY
+            steps = min(seqlen, t0 + _CHECKPOINT_EVERY) - t0
+            if ckpt.shape[0] > 0:
+                _nb_copy_states(hh[t0 % 2], ckpt[b, c], d0, True)
+            _nb_load_tile(u, b, t0, d0, steps, tu, t0 + _CHECKPOINT_EVERY)
+            _nb_load_tile(draw, b, t0, d0, steps, tdt, t0 + _CHECKPOINT_EVERY)
+            _nb_time_steps(tdt, tsg, txu, tu, bias_j, softplus, steps)
+            if gated:
+                _nb_load_tile(z, b, t0, d0, steps, tz, t0 + _CHECKPOINT_EVERY)
+            for k in range(steps):
+                t = t0 + k
+                ok = tout[k]
+                uk = tu[k]
+                for j in range(nd):
+                    ok[j] = dskip_j[j] * uk[j]
+                bv = bk[bb, gb, t if bk.shape[2] > 1 else 0]
+                cv = ck[cb, gc, t if ck.shape[2] > 1 else 0]
+                _nb_advance(hh[t % 2], hh[(t + 1) % 2], nodec, av, tdt[k], txu[k], bv, cv, ok)
+                if gated:
+                    zk = tz[k]
+                    for j in range(nd):  # silu(z) = z sigmoid(z)
+                        ok[j] *= zk[j] * _nb_sigmoid(zk[j])
+            _nb_store_tile(tout, out, b, t0, d0, steps, t0 + _CHECKPOINT_EVERY)
+        h = hh[seqlen % 2]
         for j in range(nd):
             for n in range(n_state):
                 last[b, d0 + j, n] = h[n, j]
 
-    @njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
-    def _nb_forward(u, dt, a_exp, bk, ck, dskip, z, out, last, ckpt):  # pragma: no cover - compiled
+    def _nb_forward_py(u, draw, bias, softplus, a_exp, bk, ck, dskip, z, out, last, ckpt, blocks):  # pragma: no cover
         # out = (sum_n C h + dskip u) * silu(z) (z empty: no gate); last: (B, D, N); ckpt: empty, or
-        # (B, ceil(L / _CHECKPOINT_EVERY), N, D) receiving the state before every _CHECKPOINT_EVERY-th position
-        dim = u.shape[2]
-        nblk = (dim + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
+        # (B, ceil(L / _CHECKPOINT_EVERY), N, D) receiving the state before every _CHECKPOINT_EVERY-th position;
+        # blocks: (nblk, 2) channel ranges [start, stop) of the jobs
+        nblk = blocks.shape[0]
         for job in prange(u.shape[0] * nblk):
-            d0 = (job % nblk) * _CHANNEL_BLOCK
+            blk = job % nblk
             _nb_forward_job(
-                u, dt, a_exp, bk, ck, dskip, z, out, last, ckpt, job // nblk, d0, min(dim, d0 + _CHANNEL_BLOCK) - d0
+                u, draw, bias, softplus, a_exp, bk, ck, dskip, z, out, last, ckpt, job // nblk, blocks[blk, 0],
+                blocks[blk, 1] - blocks[blk, 0],
             )
 
-    @njit(fastmath=True, boundscheck=False, cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_backward_job(  # pragma: no cover - compiled
-        u, dt, a_exp, a, bk, ck, dskip, z, dsp, gout, glast, ckpt,
-        gu, gdt, gz, ga, gb, gc, gd, gbias, b, d0, nd,
+        u, draw, bias, softplus, a_exp, a, bk, ck, dskip, z, gout, glast, ckpt,
+        gu, gdt, gz, ga, gbk, gck, gd, gbias, b, d0, nd,
     ):
         # Adjoint recurrence g_t = C_t gy_t + exp(dt_{t+1} a) g_{t+1} (g_{L-1} also gets glast) for one job:
         # chunk by chunk (of _CHECKPOINT_EVERY positions) from the end, the chunk's states and decays are
         # recomputed from the forward pass's checkpoint into (chunk + 1, N, nd) buffers and swept in reverse.
-        # ga, gb, gc, gd, gbias are this work item's partial sums (accumulated into).
+        # ga, gbk, gck, gd, gbias are this work item's partial sums (accumulated into).
         seqlen = u.shape[1]
         n_state = a.shape[1]
-        nck = (seqlen + _CHECKPOINT_EVERY - 1) // _CHECKPOINT_EVERY
-        hb = u.shape[2] // bk.shape[1]
-        hc = u.shape[2] // ck.shape[1]
+        gb = d0 // (u.shape[2] // bk.shape[1])
+        gc = d0 // (u.shape[2] // ck.shape[1])
+        bb = b if bk.shape[0] > 1 else 0
+        cb = b if ck.shape[0] > 1 else 0
+        gated = z.shape[0] > 0
         av = _nb_transposed(a_exp, d0, nd)
         aa = _nb_transposed(a, d0, nd)
-        hbuf = np.zeros((_CHECKPOINT_EVERY + 1, n_state, nd), dtype=u.dtype)
-        abuf = np.empty((_CHECKPOINT_EVERY, n_state, nd), dtype=u.dtype)
-        gyb = np.empty((_CHECKPOINT_EVERY, nd), dtype=u.dtype)
-        btile = np.empty((n_state, nd), dtype=u.dtype)
-        ctile = np.empty((n_state, nd), dtype=u.dtype)
-        gbt = np.empty((n_state, nd), dtype=u.dtype)
-        gct = np.empty((n_state, nd), dtype=u.dtype)
-        carry = np.zeros((n_state, nd), dtype=u.dtype)
-        acca = np.zeros((n_state, nd), dtype=u.dtype)
-        stepv = np.empty(nd, dtype=u.dtype)
-        xv = np.empty(nd, dtype=u.dtype)
-        acc = np.empty(nd, dtype=u.dtype)
-        sgb = np.empty(nd, dtype=u.dtype)
-        sdt = np.empty(nd, dtype=u.dtype)
+        bias_j = bias[d0 : d0 + nd]
+        dskip_j = dskip[d0 : d0 + nd]
+        gd_j = gd[d0 : d0 + nd]
+        gbias_j = gbias[d0 : d0 + nd]
+        hbuf = np.zeros((_CHECKPOINT_EVERY + 1, n_state, nd), dtype=gu.dtype)
+        abuf = np.empty((_CHECKPOINT_EVERY, n_state, nd), dtype=gu.dtype)
+        carry = np.zeros((n_state, nd), dtype=gu.dtype)
+        acca = np.zeros((n_state, nd), dtype=gu.dtype)
+        tu = np.empty((_CHECKPOINT_EVERY, nd), dtype=gu.dtype)
+        tdt = np.empty_like(tu)
+        tsg = np.empty_like(tu)
+        txu = np.empty_like(tu)
+        tz = np.empty_like(tu)
+        tgy = np.empty_like(tu)
+        tgz = np.empty_like(tu)
+        tgu = np.empty_like(tu)
+        tgd = np.empty_like(tu)
+        acc = np.empty(nd, dtype=gu.dtype)
+        sgb = np.empty(nd, dtype=gu.dtype)
+        sdt = np.empty(nd, dtype=gu.dtype)
         if glast.shape[0] > 0:
             for n in range(n_state):
                 for j in range(nd):
                     carry[n, j] = glast[b, d0 + j, n]
-        for c in range(nck - 1, -1, -1):
+        for c in range((seqlen + _CHECKPOINT_EVERY - 1) // _CHECKPOINT_EVERY - 1, -1, -1):
             t0 = c * _CHECKPOINT_EVERY
             steps = min(seqlen, t0 + _CHECKPOINT_EVERY) - t0
             _nb_copy_states(hbuf[0], ckpt[b, c], d0, False)
+            _nb_load_tile(u, b, t0, d0, steps, tu, t0 - _CHECKPOINT_EVERY)
+            _nb_load_tile(draw, b, t0, d0, steps, tdt, t0 - _CHECKPOINT_EVERY)
+            _nb_time_steps(tdt, tsg, txu, tu, bias_j, softplus, steps)
+            _nb_load_tile(gout, b, t0, d0, steps, tgy, t0 - _CHECKPOINT_EVERY)
+            if gated:
+                _nb_load_tile(z, b, t0, d0, steps, tz, t0 - _CHECKPOINT_EVERY)
             for k in range(steps):  # recompute the chunk; gradient of the scan output before the gate
                 t = t0 + k
-                _nb_load_steps(u, dt, b, t, d0, stepv, xv)
-                _nb_fill_tile(bk, hb, b, t, d0, btile)
-                _nb_advance(hbuf[k], hbuf[k + 1], abuf[k], av, stepv, xv, btile)
-                gy = gyb[k]
-                go = gout[b, t, d0 : d0 + nd]
-                if z.shape[0] > 0:
-                    _nb_fill_tile(ck, hc, b, t, d0, ctile)
-                    _nb_output(hbuf[k + 1], ctile, u, dskip, b, t, d0, acc)
-                    zb = z[b, t, d0 : d0 + nd]
-                    gzb = gz[b, t, d0 : d0 + nd]
+                uk = tu[k]
+                for j in range(nd):
+                    acc[j] = dskip_j[j] * uk[j]
+                bv = bk[bb, gb, t if bk.shape[2] > 1 else 0]
+                cv = ck[cb, gc, t if ck.shape[2] > 1 else 0]
+                _nb_advance(hbuf[k], hbuf[k + 1], abuf[k], av, tdt[k], txu[k], bv, cv, acc)
+                if gated:
+                    zk = tz[k]
+                    gy = tgy[k]
+                    gzk = tgz[k]
                     for j in range(nd):  # silu'(z) = sigmoid(z) + silu(z) (1 - sigmoid(z))
-                        zs = _nb_sigmoid(zb[j])
-                        sz = zb[j] * zs
-                        gzb[j] = go[j] * acc[j] * (zs + sz * (1 - zs))
-                        gy[j] = go[j] * sz
-                else:
-                    for j in range(nd):
-                        gy[j] = go[j]
+                        zs = _nb_sigmoid(zk[j])
+                        sz = zk[j] * zs
+                        gzk[j] = gy[j] * acc[j] * (zs + sz * (1 - zs))
+                        gy[j] = gy[j] * sz
             for k in range(steps - 1, -1, -1):
                 t = t0 + k
-                h0 = hbuf[k]
-                h1 = hbuf[k + 1]
-                dk = abuf[k]
-                gy = gyb[k]
-                _nb_load_steps(u, dt, b, t, d0, stepv, xv)
-                _nb_fill_tile(bk, hb, b, t, d0, btile)
-                _nb_fill_tile(ck, hc, b, t, d0, ctile)
-                sgb[:] = 0
-                sdt[:] = 0
+                tb = t if bk.shape[2] > 1 else 0
+                tc = t if ck.shape[2] > 1 else 0
+                bv = bk[bb, gb, tb]
+                cv = ck[cb, gc, tc]
+                gy = tgy[k]
+                stepv = tdt[k]
+                xv = txu[k]
+                for j in range(nd):
+                    sgb[j] = 0
+                    sdt[j] = 0
                 for n in range(n_state):
+                    bn = bv[n]
+                    cn = cv[n]
+                    h0 = hbuf[k, n]
+                    h1 = hbuf[k + 1, n]
+                    dn = abuf[k, n]
+                    gn = carry[n]
+                    an = acca[n]
+                    aan = aa[n]
+                    sum_b = gy[0] * 0
+                    sum_c = gy[0] * 0
                     for j in range(nd):
-                        gi = ctile[n, j] * gy[j] + carry[n, j]
-                        mi = gi * dk[n, j] * h0[n, j]
-                        acca[n, j] += mi * stepv[j]
-                        sdt[j] += mi * aa[n, j]
-                        sgb[j] += gi * btile[n, j]
-                        gbt[n, j] = gi * xv[j]
-                        gct[n, j] = h1[n, j] * gy[j]
-                        carry[n, j] = dk[n, j] * gi
-                _nb_add_group_sums(gbt, hb, b, t, d0, gb)
-                _nb_add_group_sums(gct, hc, b, t, d0, gc)
-                ub = u[b, t, d0 : d0 + nd]
-                gub = gu[b, t, d0 : d0 + nd]
-                gdb = gdt[b, t, d0 : d0 + nd]
+                        gi = cn * gy[j] + gn[j]
+                        mi = gi * dn[j] * h0[j]
+                        an[j] += mi * stepv[j]
+                        sdt[j] += mi * aan[j]
+                        sgb[j] += gi * bn
+                        sum_b += gi * xv[j]
+                        sum_c += h1[j] * gy[j]
+                        gn[j] = dn[j] * gi
+                    gbk[bb, gb, tb, n] += sum_b
+                    gck[cb, gc, tc, n] += sum_c
+                uk = tu[k]
+                sk = tsg[k]
+                guk = tgu[k]
+                gdk = tgd[k]
                 for j in range(nd):
-                    gub[j] = stepv[j] * sgb[j] + dskip[d0 + j] * gy[j]
-                    gdb[j] = ub[j] * sgb[j] + sdt[j]
-                if dsp.shape[0] > 0:
-                    sp = dsp[b, t, d0 : d0 + nd]
-                    for j in range(nd):
-                        gdb[j] *= sp[j]
-                for j in range(nd):
-                    gbias[d0 + j] += gdb[j]
-                    gd[d0 + j] += gy[j] * ub[j]
+                    guk[j] = stepv[j] * sgb[j] + dskip_j[j] * gy[j]
+                    gdk[j] = (uk[j] * sgb[j] + sdt[j]) * sk[j]
+                    gbias_j[j] += gdk[j]
+                    gd_j[j] += gy[j] * uk[j]
+            _nb_store_tile(tgu, gu, b, t0, d0, steps, t0 - _CHECKPOINT_EVERY)
+            _nb_store_tile(tgd, gdt, b, t0, d0, steps, t0 - _CHECKPOINT_EVERY)
+            if gated:
+                _nb_store_tile(tgz, gz, b, t0, d0, steps, t0 - _CHECKPOINT_EVERY)
         for n in range(n_state):
             for j in range(nd):
                 ga[d0 + j, n] += acca[n, j]
 
-    @njit(parallel=True, fastmath=True, boundscheck=False, cache=True)
-    def _nb_backward(  # pragma: no cover - compiled
-        u, dt, a_exp, a, bk, ck, dskip, z, dsp, gout, glast, ckpt, nparts,
+    def _nb_backward_py(  # pragma: no cover - compiled
+        u, draw, bias, softplus, a_exp, a, bk, ck, dskip, z, gout, glast, ckpt, blocks, nparts,
         gu, gdt, gz, ga_p, gb_p, gc_p, gd_p, gbias_p,
     ):
         # Work item p of nparts runs jobs p, p + nparts, ... and accumulates gA, gB, gC, gD, g(delta_bias) into
         # its own slice [p] of the *_p buffers (zeroed by the caller, summed afterwards): no element is written
-        # by two threads. z, dsp (= softplus' derivative), glast: empty when absent.
-        dim = u.shape[2]
-        nblk = (dim + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
+        # by two threads. z, glast: empty when absent; gdt is the gradient w.r.t. the raw time steps.
+        nblk = blocks.shape[0]
         for p in prange(nparts):
             for job in range(p, u.shape[0] * nblk, nparts):
-                d0 = (job % nblk) * _CHANNEL_BLOCK
+                blk = job % nblk
                 _nb_backward_job(
-                    u, dt, a_exp, a, bk, ck, dskip, z, dsp, gout, glast, ckpt,
-                    gu, gdt, gz, ga_p[p], gb_p[p], gc_p[p], gd_p[p], gbias_p[p], job // nblk, d0,
-                    min(dim, d0 + _CHANNEL_BLOCK) - d0,
+                    u, draw, bias, softplus, a_exp, a, bk, ck, dskip, z, gout, glast, ckpt,
+                    gu, gdt, gz, ga_p[p], gb_p[p], gc_p[p], gd_p[p], gbias_p[p], job // nblk, blocks[blk, 0],
+                    blocks[blk, 1] - blocks[blk, 0],
                 )
 
 
@@ -435,9 +561,35 @@ def _kernels() -> None:
     numba, why = _load_numba()
     if numba is None:
         raise RuntimeError(why)
-    import numba.extending  # noqa: F401 - for the overload decorator
+    import numba.extending  # noqa: F401 - for the overload and intrinsic decorators
 
     _define_kernels(numba)
+
+
+@functools.cache
+def _entry(name: str, dtype: torch.dtype) -> Any:
+    """The parallel entry point ``forward`` or ``backward`` compiled for one dtype (float32 or float64).
+
+    The signature is explicit, with every ``(B, L, D)`` argument of any layout (``'A'``) and the small ones
+    C-contiguous, so that one machine-code version serves channel-first, channel-last and sliced inputs alike
+    (a lazily typed function would compile a new version for every combination of layouts it meets)."""
+    numba, _ = _load_numba()
+    _kernels()
+    f = numba.float32 if dtype == torch.float32 else numba.float64  # type: ignore[attr-defined]
+    arr = numba.types.Array  # type: ignore[attr-defined]
+    any3, c1, c2, c3, c4 = arr(f, 3, "A"), arr(f, 1, "C"), arr(f, 2, "C"), arr(f, 3, "C"), arr(f, 4, "C")
+    flag, count = numba.types.boolean, numba.types.intp  # type: ignore[attr-defined]
+    blocks = arr(count, 2, "C")
+    if name == "forward":
+        sig = numba.void(any3, any3, c1, flag, c2, c4, c4, c1, any3, any3, c3, c4, blocks)  # type: ignore[attr-defined]
+        fn = _nb_forward_py
+    else:
+        sig = numba.void(  # type: ignore[attr-defined]
+            any3, any3, c1, flag, c2, c2, c4, c4, c1, any3, any3, c3, c4, blocks, count,
+            any3, any3, any3, c3, arr(f, 5, "C"), arr(f, 5, "C"), c2, c2,
+        )
+        fn = _nb_backward_py
+    return numba.njit([sig], parallel=True, fastmath=True, boundscheck=False, error_model="numpy", cache=True)(fn)  # type: ignore[attr-defined]
 
 
 def exp2_nonpositive(x: torch.Tensor) -> torch.Tensor:
@@ -483,8 +635,24 @@ def _exponent_factors(A: torch.Tensor, ct: torch.dtype) -> np.ndarray:
     return _np(A, ct)
 
 
-def _skip(D: torch.Tensor | None, dim: int, ct: torch.dtype) -> np.ndarray:
-    return _np(D if D is not None else torch.zeros(dim), ct)
+def _job_blocks(dim: int, groups_b: int, groups_c: int) -> np.ndarray:
+    """The channel ranges ``[start, stop)`` of the kernels' jobs, ``(nblk, 2)``: blocks of at most 64 channels,
+    cut where the group of ``B`` or of ``C`` changes, so that a job reads one value of ``B`` and one of ``C`` per
+    position and state (a scalar in its inner loops over channels). Shared ``B``/``C`` (one group) give blocks
+    of 64; input-independent ones (one group per channel) single channels."""
+    cuts = set(range(0, dim, _CHANNEL_BLOCK)) | set(range(0, dim, dim // groups_b)) | set(range(0, dim, dim // groups_c))
+    starts = sorted(cuts)
+    return np.array([starts, starts[1:] + [dim]], dtype=np.intp).T.copy()
+
+
+def _view(x: torch.Tensor, ct: torch.dtype) -> np.ndarray:
+    """``x`` as a ``ct`` numpy array sharing its strides (a copy only when the dtype differs)."""
+    return x.detach().to(ct).numpy()
+
+
+def _zeros_or(x: torch.Tensor | None, dim: int, ct: torch.dtype) -> np.ndarray:
+    """``x`` as a contiguous ``ct`` array, zeros of length ``dim`` where it is ``None``."""
+    return _np(x if x is not None else torch.zeros(dim), ct)
 
 
 def _scan_forward(
@@ -498,91 +666,82 @@ def _scan_forward(
     delta_bias: torch.Tensor | None,
     softplus: bool,
     keep_for_backward: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...] | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The whole scan (steps, recurrence, skip, gate) without autograd on channel-last CPU tensors.
 
     Args:
-        u, delta, z: ``(B, L, D)`` (any strides).
+        u, delta, z: ``(B, L, D)``, any strides (read in place; copied only to change the dtype).
         A: ``(D, N)``.
         bk, ck: ``B``/``C`` as ``(B or 1, G, L or 1, N)`` (see :func:`_kernel_layout`).
         D, delta_bias: ``(D,)`` or ``None``.
-        softplus: apply softplus to ``delta + delta_bias``.
-        keep_for_backward: also return what :func:`_scan_backward` needs besides the inputs.
+        softplus: apply softplus to ``delta + delta_bias`` (inside the kernel).
+        keep_for_backward: also return the checkpoints the backward pass needs.
 
     Returns:
-        ``out`` ``(B, L, D)`` and the last state ``(B, D, N)`` in the compute dtype, and (or ``None``) the
-        contiguous compute-dtype ``u``, time steps and ``z`` (``(B, L, D)``, ``z`` ``None`` when absent) and the
-        checkpoints ``(B, ceil(L / _CHECKPOINT_EVERY), N, D)``.
+        ``out`` ``(B, L, D)`` (laid out like ``u`` where ``u`` is dense) and the last state ``(B, D, N)`` in the
+        compute dtype, and the checkpoints ``(B, ceil(L / _CHECKPOINT_EVERY), N, D)`` or ``None``.
     """
     ct = compute_dtype(u, delta, A, bk, ck)
     batch, seqlen, dim = u.shape
     with torch.no_grad():
-        u_c = u.detach().to(ct).contiguous()
-        dt = torch.empty(u.shape, dtype=ct)  # bias and softplus into a contiguous buffer, transposing on the way
-        if delta_bias is None:
-            dt.copy_(delta)
-        else:
-            torch.add(delta.detach(), delta_bias.detach(), out=dt)
-        if softplus:
-            dt = F.softplus(dt)
-        z_c = None if z is None else z.detach().to(ct).contiguous()
-        out = torch.empty(u.shape, dtype=ct)
+        out = torch.empty_like(u, dtype=ct)
         last = torch.empty(batch, dim, A.shape[1], dtype=ct)
         ckpt = torch.empty(
             (batch, -(-seqlen // _CHECKPOINT_EVERY), A.shape[1], dim) if keep_for_backward else (0,) * 4, dtype=ct
         )
-        args = (_exponent_factors(A, ct), _np(bk, ct), _np(ck, ct), _skip(D, dim, ct), _np(z_c, ct))
-        _kernels()
+        kernel = _entry("forward", ct)
         with _KERNEL_LOCK:
             _set_threads()
-            _nb_forward(u_c.numpy(), dt.numpy(), *args, out.numpy(), last.numpy(), ckpt.numpy())
-    return out, last, (u_c, dt, z_c, ckpt) if keep_for_backward else None
+            kernel(
+                _view(u, ct), _view(delta, ct), _zeros_or(delta_bias, dim, ct), softplus, _exponent_factors(A, ct),
+                _np(bk, ct), _np(ck, ct), _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct),
+                out.numpy(), last.numpy(), ckpt.numpy(), _job_blocks(dim, bk.shape[1], ck.shape[1]),
+            )
+    return out, last, ckpt if keep_for_backward else None
 
 
 def _scan_backward(
     inputs: tuple[torch.Tensor | None, ...],
-    kept: tuple[torch.Tensor | None, ...],
+    ckpt: torch.Tensor,
     gout: torch.Tensor | None,
     glast: torch.Tensor | None,
     softplus: bool,
 ) -> tuple[torch.Tensor | None, ...]:
     """Gradients w.r.t. ``inputs = (u, delta, A, bk, ck, D, z, delta_bias)`` (the layouts of
-    :func:`_scan_forward`, whose ``kept`` tensors are given) of a loss whose gradients w.r.t. ``out`` and the
+    :func:`_scan_forward`, whose checkpoints ``ckpt`` are given) of a loss whose gradients w.r.t. ``out`` and the
     last state are ``gout`` ``(B, L, D)`` and ``glast`` ``(B, D, N)`` (``None`` = zero), by the compiled
-    adjoint recurrence."""
+    adjoint recurrence. The gradients of ``u``, ``delta`` and ``z`` are laid out like those tensors."""
     u, delta, A, bk, ck, D, z, delta_bias = inputs
-    u_c, dt, z_c, ckpt = kept
-    ct = dt.dtype
+    ct = ckpt.dtype
     numba, _ = _load_numba()
     with torch.no_grad():
         dim, n_state = A.shape
-        # softplus'(raw) = sigmoid(raw) = 1 - exp(-softplus(raw))
-        dsp = torch.expm1(dt.neg()).neg_() if softplus else None
-        kernel_inputs = (
-            u_c.numpy(), dt.numpy(), _exponent_factors(A, ct), _np(A, ct), _np(bk, ct), _np(ck, ct),
-            _skip(D, dim, ct), _np(z_c, ct), _np(dsp, ct),
-            _np(torch.zeros(u.shape, dtype=ct) if gout is None else gout, ct), _np(glast, ct),
-        )
-        gu, gdt = np.empty(u.shape, dtype=kernel_inputs[0].dtype), np.empty(u.shape, dtype=kernel_inputs[0].dtype)
-        gz = np.empty_like(gu) if z is not None else _np(None, ct)
-        _kernels()
+        gu, gdt = torch.empty_like(u, dtype=ct), torch.empty_like(delta, dtype=ct)
+        gz = torch.empty_like(z, dtype=ct) if z is not None else None
+        kernel = _entry("backward", ct)
         with _KERNEL_LOCK:
             _set_threads()
-            parts = max(1, min(numba.get_num_threads(), u.shape[0] * -(-dim // _CHANNEL_BLOCK)))  # type: ignore[attr-defined]
+            blocks = _job_blocks(dim, bk.shape[1], ck.shape[1])
+            parts = max(1, min(numba.get_num_threads(), u.shape[0] * blocks.shape[0]))  # type: ignore[attr-defined]
             partial = [
-                np.zeros((parts, *shape), dtype=gu.dtype)
+                np.zeros((parts, *shape), dtype=_np(None, ct).dtype)
                 for shape in ((dim, n_state), tuple(bk.shape), tuple(ck.shape), (dim,), (dim,))
             ]
-            _nb_backward(*kernel_inputs, ckpt.numpy(), parts, gu, gdt, gz, *partial)
+            kernel(
+                _view(u, ct), _view(delta, ct), _zeros_or(delta_bias, dim, ct), softplus, _exponent_factors(A, ct),
+                _np(A, ct), _np(bk, ct), _np(ck, ct), _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct),
+                _view(torch.zeros(u.shape, dtype=ct) if gout is None else gout, ct), _np(glast, ct), ckpt.numpy(),
+                blocks, parts, gu.numpy(), gdt.numpy(), _np(None, ct) if gz is None else gz.numpy(), *partial,
+            )
     ga, gb, gc, gd, gbias = (torch.from_numpy(x.sum(0)) for x in partial)
     return (
-        torch.from_numpy(gu).to(u.dtype),
-        torch.from_numpy(gdt).to(delta.dtype),
+        gu.to(u.dtype),
+        gdt.to(delta.dtype),
         ga.to(A.dtype),
         gb.to(bk.dtype),
         gc.to(ck.dtype),
         None if D is None else gd.to(D.dtype),
-        None if z is None else torch.from_numpy(gz).to(z.dtype),
+        None if z is None else gz.to(z.dtype),
         None if delta_bias is None else gbias.to(delta_bias.dtype),
     )
 
@@ -622,8 +781,8 @@ class _CompiledScanFn(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.set_materialize_grads(False)
         keep = any(ctx.needs_input_grad)
-        out, last, kept = _scan_forward(u, delta, A, bk, ck, D, z, delta_bias, softplus, keep)
-        ctx.save_for_backward(u, delta, A, bk, ck, D, z, delta_bias, *(kept or (None,) * 4))
+        out, last, ckpt = _scan_forward(u, delta, A, bk, ck, D, z, delta_bias, softplus, keep)
+        ctx.save_for_backward(u, delta, A, bk, ck, D, z, delta_bias, ckpt)
         ctx.softplus = softplus
         return out.to(u.dtype), last
 
@@ -632,7 +791,7 @@ class _CompiledScanFn(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, gout: torch.Tensor | None, glast: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
-        return (*_scan_backward(saved[:8], saved[8:], gout, glast, ctx.softplus), None)
+        return (*_scan_backward(saved[:8], saved[8], gout, glast, ctx.softplus), None)
 
 
 def selective_scan_cpu(
