@@ -192,6 +192,26 @@ def test_float32_kernels_close_to_float64_reference(features):
         assert_rel(grads[name], g, 2e-5, f"grad {name}")
 
 
+@pytest.mark.parametrize("bc", ["shared", "g4"])
+def test_parallel_kernels_match_reference(bc, monkeypatch):
+    """The parallel entry points (two numba threads, each work item with its own partial sums) at a small size,
+    forced by lowering the work threshold below which the serial kernels run."""
+    monkeypatch.setattr(cpu_kernel, "_PARALLEL_MIN_WORK", 0)
+    torch.manual_seed(13)
+    xs = _fresh_inputs(136, 50, bc, bc, "softplus D z bias", batch=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out, last, grads = _scan_and_grads(_numba, xs, True, "both")
+    finally:
+        torch.set_num_threads(threads)
+    out_r, last_r, grads_r = _scan_and_grads(selective_scan_reference, xs, True, "both")
+    assert_rel(out, out_r, 1e-10, "out")
+    assert_rel(last, last_r, 1e-10, "last_state")
+    for name, g in grads_r.items():
+        assert_rel(grads[name], g, 1e-10, f"grad {name}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_long_sequence_many_blocks_matches_reference(dtype):

@@ -68,6 +68,8 @@ _CHANNEL_BLOCK = 64
 #: Measured at L = 4096 (B = 2, D = 128, N = 16, one thread): 16 is 1.2x faster forward+backward than 32, 8 is
 #: not faster than 16.
 _CHECKPOINT_EVERY = 16
+#: Calls with fewer state updates (B * L * D * N) run the serial kernels: a parallel region costs more to start.
+_PARALLEL_MIN_WORK = 1 << 18
 
 
 def _exp2_coefficients() -> tuple[float, ...]:
@@ -574,8 +576,9 @@ def _kernels() -> None:
 
 
 @functools.cache
-def _entry(name: str, dtype: torch.dtype) -> Any:
-    """The parallel entry point ``forward`` or ``backward`` compiled for one dtype (float32 or float64).
+def _entry(name: str, dtype: torch.dtype, parallel: bool) -> Any:
+    """The entry point ``forward`` or ``backward`` compiled for one dtype (float32 or float64), parallel over the
+    jobs or serial (one call to a parallel region costs about 65 us on our 2-core machine, more than a small scan).
 
     The signature is explicit, with every ``(B, L, D)`` argument of any layout (``'A'``) and the small ones
     C-contiguous, so that one machine-code version serves channel-first, channel-last and sliced inputs alike
@@ -596,7 +599,19 @@ def _entry(name: str, dtype: torch.dtype) -> Any:
             any3, any3, any3, c3, arr(f, 5, "C"), arr(f, 5, "C"), c2, c2,
         )
         fn = _nb_backward_py
-    return numba.njit([sig], parallel=True, fastmath=True, boundscheck=False, error_model="numpy", cache=True)(fn)  # type: ignore[attr-defined]
+    return numba.njit([sig], parallel=parallel, fastmath=True, boundscheck=False, error_model="numpy", cache=True)(fn)  # type: ignore[attr-defined]
+
+
+def _use_threads(jobs: int, work: int) -> int:
+    """How many numba threads a call with ``jobs`` jobs and ``work`` = ``B * L * D * N`` state updates gets: one
+    (the serial entry point) below ``_PARALLEL_MIN_WORK`` or with a single job, else ``torch.get_num_threads()``
+    capped by numba's limit and the job count."""
+    numba, _ = _load_numba()
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, jobs)  # type: ignore[attr-defined]
+    if threads < 2 or work < _PARALLEL_MIN_WORK:
+        return 1
+    numba.set_num_threads(threads)  # type: ignore[attr-defined]
+    return threads
 
 
 def exp2_nonpositive(x: torch.Tensor) -> torch.Tensor:
@@ -623,16 +638,12 @@ def exp2_nonpositive(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).reshape(x.shape)
 
 
-def _set_threads() -> None:
-    numba, _ = _load_numba()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
-
-
 def _np(x: torch.Tensor | None, ct: torch.dtype) -> np.ndarray:
     """Contiguous ``ct`` numpy view/copy of ``x``; an empty ``(0, 0, 0)`` array stands for ``None``."""
     if x is None:
         return np.empty((0, 0, 0), dtype=np.float32 if ct == torch.float32 else np.float64)
-    return x.detach().to(ct).contiguous().numpy()
+    x = x.detach()
+    return (x if x.dtype == ct else x.to(ct)).contiguous().numpy()
 
 
 def _exponent_factors(A: torch.Tensor, ct: torch.dtype) -> np.ndarray:
@@ -642,11 +653,12 @@ def _exponent_factors(A: torch.Tensor, ct: torch.dtype) -> np.ndarray:
     return _np(A, ct)
 
 
+@functools.lru_cache(maxsize=256)
 def _job_blocks(dim: int, groups_b: int, groups_c: int) -> np.ndarray:
     """The channel ranges ``[start, stop)`` of the kernels' jobs, ``(nblk, 2)``: blocks of at most 64 channels,
     cut where the group of ``B`` or of ``C`` changes, so that a job reads one value of ``B`` and one of ``C`` per
     position and state (a scalar in its inner loops over channels). Shared ``B``/``C`` (one group) give blocks
-    of 64; input-independent ones (one group per channel) single channels."""
+    of 64; input-independent ones (one group per channel) single channels. Cached: callers must not write it."""
     cuts = set(range(0, dim, _CHANNEL_BLOCK)) | set(range(0, dim, dim // groups_b)) | set(range(0, dim, dim // groups_c))
     starts = sorted(cuts)
     return np.array([starts, starts[1:] + [dim]], dtype=np.intp).T.copy()
@@ -654,7 +666,8 @@ def _job_blocks(dim: int, groups_b: int, groups_c: int) -> np.ndarray:
 
 def _view(x: torch.Tensor, ct: torch.dtype) -> np.ndarray:
     """``x`` as a ``ct`` numpy array sharing its strides (a copy only when the dtype differs)."""
-    return x.detach().to(ct).numpy()
+    x = x.detach()
+    return (x if x.dtype == ct else x.to(ct)).numpy()
 
 
 def _zeros_or(x: torch.Tensor | None, dim: int, ct: torch.dtype) -> np.ndarray:
@@ -696,13 +709,13 @@ def _scan_forward(
         ckpt = torch.empty(
             (batch, -(-seqlen // _CHECKPOINT_EVERY), A.shape[1], dim) if keep_for_backward else (0,) * 4, dtype=ct
         )
-        kernel = _entry("forward", ct)
+        blocks = _job_blocks(dim, bk.shape[1], ck.shape[1])
         with _KERNEL_LOCK:
-            _set_threads()
-            kernel(
+            threads = _use_threads(batch * blocks.shape[0], u.numel() * A.shape[1])
+            _entry("forward", ct, threads > 1)(
                 _view(u, ct), _view(delta, ct), _zeros_or(delta_bias, dim, ct), softplus, _exponent_factors(A, ct),
                 _np(bk, ct), _np(ck, ct), _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct),
-                out.numpy(), last.numpy(), ckpt.numpy(), _job_blocks(dim, bk.shape[1], ck.shape[1]),
+                out.numpy(), last.numpy(), ckpt.numpy(), blocks,
             )
     return out, last, ckpt if keep_for_backward else None
 
@@ -720,21 +733,18 @@ def _scan_backward(
     adjoint recurrence. The gradients of ``u``, ``delta`` and ``z`` are laid out like those tensors."""
     u, delta, A, bk, ck, D, z, delta_bias = inputs
     ct = ckpt.dtype
-    numba, _ = _load_numba()
     with torch.no_grad():
         dim, n_state = A.shape
         gu, gdt = torch.empty_like(u, dtype=ct), torch.empty_like(delta, dtype=ct)
         gz = torch.empty_like(z, dtype=ct) if z is not None else None
-        kernel = _entry("backward", ct)
+        blocks = _job_blocks(dim, bk.shape[1], ck.shape[1])
         with _KERNEL_LOCK:
-            _set_threads()
-            blocks = _job_blocks(dim, bk.shape[1], ck.shape[1])
-            parts = max(1, min(numba.get_num_threads(), u.shape[0] * blocks.shape[0]))  # type: ignore[attr-defined]
+            parts = _use_threads(u.shape[0] * blocks.shape[0], u.numel() * n_state)
             partial = [
                 np.zeros((parts, *shape), dtype=_np(None, ct).dtype)
                 for shape in ((dim, n_state), tuple(bk.shape), tuple(ck.shape), (dim,), (dim,))
             ]
-            kernel(
+            _entry("backward", ct, parts > 1)(
                 _view(u, ct), _view(delta, ct), _zeros_or(delta_bias, dim, ct), softplus, _exponent_factors(A, ct),
                 _np(A, ct), _np(bk, ct), _np(ck, ct), _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct),
                 _view(torch.zeros(u.shape, dtype=ct) if gout is None else gout, ct), _np(glast, ct), ckpt.numpy(),
