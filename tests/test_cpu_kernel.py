@@ -154,6 +154,14 @@ def test_strided_inputs_read_in_place_and_gradients_keep_their_layout():
     gu, gd = torch.autograd.grad(out.sum(), [plain["u"], plain["d"]])
     assert gu.stride() == plain["u"].stride() and gd.stride() == plain["d"].stride()
     assert out.stride() == plain["u"].stride()
+    # no unit-stride axis among the last two (a permuted dense tensor, every other element): read through copies
+    perm = torch.randn(dim, seqlen, batch, dtype=torch.float64).permute(2, 0, 1).requires_grad_()
+    sparse = torch.randn(batch, dim, 2 * seqlen, dtype=torch.float64)[..., ::2].requires_grad_()
+    for odd in (perm, sparse):
+        args = (odd, delta.detach(), A, B, C, D, odd.detach() * 0.5, bias)
+        got = torch.autograd.grad((_numba(*args, delta_softplus=True) * w).sum(), [odd])[0]
+        ref = torch.autograd.grad((selective_scan_reference(*args, delta_softplus=True) * w).sum(), [odd])[0]
+        assert_rel(got, ref, 1e-10, f"grad of a tensor with strides {odd.stride()}")
 
 
 def test_softplus_in_the_float32_kernel_over_its_range():

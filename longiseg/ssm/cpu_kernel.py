@@ -239,12 +239,29 @@ def _define_kernels(numba: Any) -> None:
 
         return numba.types.void(numba.types.intp), codegen
 
+    @numba.extending.intrinsic
+    def _nb_pointer(typingctx, arr, byte_offset):  # pragma: no cover - compiled
+        # pointer to the element byte_offset bytes after arr's data, for numba.carray: a view of unit stride that
+        # LLVM can vectorise (an 'A'-layout slice has a run-time stride, so copies through it stay scalar)
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            address = builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [args[1]])
+            return builder.bitcast(address, context.get_value_type(signature.return_type))
+
+        return numba.types.CPointer(arr.dtype)(arr, numba.types.intp), codegen
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_line(x, b, t, d, count):  # pragma: no cover - compiled
+        # x[b, t : t + count, d] where time is x's unit-stride axis, else x[b, t, d : d + count], as a C array
+        offset = b * x.strides[0] + t * x.strides[1] + d * x.strides[2]
+        return numba.carray(_nb_pointer(x, offset), count)
+
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_prefetch_rows(x, b, tn, d0, nd):  # pragma: no cover - compiled
         # when time is x's contiguous axis: prefetch positions tn .. tn + _CHECKPOINT_EVERY of channels d0 .. d0 + nd
-        # (the next tile a job reads or writes; 64 rows of one 128-byte run each, which the hardware prefetchers
+        # (the next tile a job reads or writes; 64 rows of one short run each, which the hardware prefetchers
         # do not follow). Nothing when tn is outside x or channels are the contiguous axis.
-        if x.strides[1] < x.strides[2] and 0 <= tn < x.shape[1]:
+        if x.strides[2] != x.itemsize and 0 <= tn < x.shape[1]:
             base = x.ctypes.data + b * x.strides[0] + tn * x.strides[1]
             span = (min(x.shape[1], tn + _CHECKPOINT_EVERY) - tn - 1) * x.strides[1]
             for j in range(nd):
@@ -254,36 +271,36 @@ def _define_kernels(numba: Any) -> None:
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_load_tile(x, b, t0, d0, steps, tile, tn):  # pragma: no cover - compiled
-        # tile[k, j] = x[b, t0 + k, d0 + j] for k < steps, reading along x's contiguous axis; prefetches the tile
-        # starting at tn
+        # tile[k, j] = x[b, t0 + k, d0 + j] for k < steps, reading along x's unit-stride axis (channels when
+        # strides[2] is one element, else time: see _kernel_view); prefetches the tile starting at tn
         nd = tile.shape[1]
         _nb_prefetch_rows(x, b, tn, d0, nd)
-        if x.strides[1] < x.strides[2]:
+        if x.strides[2] != x.itemsize:
             for j in range(nd):
-                col = x[b, t0 : t0 + steps, d0 + j]
+                col = _nb_line(x, b, t0, d0 + j, steps)
                 for k in range(steps):
                     tile[k, j] = col[k]
         else:
             for k in range(steps):
-                row = x[b, t0 + k, d0 : d0 + nd]
+                row = _nb_line(x, b, t0 + k, d0, nd)
                 tr = tile[k]
                 for j in range(nd):
                     tr[j] = row[j]
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_store_tile(tile, x, b, t0, d0, steps, tn):  # pragma: no cover - compiled
-        # x[b, t0 + k, d0 + j] = tile[k, j] for k < steps, writing along x's contiguous axis; prefetches the tile
+        # x[b, t0 + k, d0 + j] = tile[k, j] for k < steps, writing along x's unit-stride axis; prefetches the tile
         # starting at tn
         nd = tile.shape[1]
         _nb_prefetch_rows(x, b, tn, d0, nd)
-        if x.strides[1] < x.strides[2]:
+        if x.strides[2] != x.itemsize:
             for j in range(nd):
-                col = x[b, t0 : t0 + steps, d0 + j]
+                col = _nb_line(x, b, t0, d0 + j, steps)
                 for k in range(steps):
                     col[k] = tile[k, j]
         else:
             for k in range(steps):
-                row = x[b, t0 + k, d0 : d0 + nd]
+                row = _nb_line(x, b, t0 + k, d0, nd)
                 tr = tile[k]
                 for j in range(nd):
                     row[j] = tr[j]
@@ -461,6 +478,7 @@ def _define_kernels(numba: Any) -> None:
         tgu = np.empty_like(tu)
         tgd = np.empty_like(tu)
         acc = np.empty(nd, dtype=gu.dtype)
+        zero = np.zeros(1, dtype=gu.dtype)[0]  # typed like the data (a literal 0 would make float32 sums float64)
         sgb = np.empty(nd, dtype=gu.dtype)
         sdt = np.empty(nd, dtype=gu.dtype)
         if glast.shape[0] > 0:
@@ -492,7 +510,7 @@ def _define_kernels(numba: Any) -> None:
                     for j in range(nd):  # silu'(z) = sigmoid(z) + silu(z) (1 - sigmoid(z))
                         zs = _nb_sigmoid(zk[j])
                         sz = zk[j] * zs
-                        gzk[j] = gy[j] * acc[j] * (zs + sz * (1 - zs))
+                        gzk[j] = gy[j] * acc[j] * (zs + sz - sz * zs)  # no literal: 1 - x would be float64
                         gy[j] = gy[j] * sz
             for k in range(steps - 1, -1, -1):
                 t = t0 + k
@@ -515,8 +533,8 @@ def _define_kernels(numba: Any) -> None:
                     gn = carry[n]
                     an = acca[n]
                     aan = aa[n]
-                    sum_b = gy[0] * 0
-                    sum_c = gy[0] * 0
+                    sum_b = zero
+                    sum_c = zero
                     for j in range(nd):
                         gi = cn * gy[j] + gn[j]
                         mi = gi * dn[j] * h0[j]
@@ -665,14 +683,29 @@ def _job_blocks(dim: int, groups_b: int, groups_c: int) -> np.ndarray:
 
 
 def _view(x: torch.Tensor, ct: torch.dtype) -> np.ndarray:
-    """``x`` as a ``ct`` numpy array sharing its strides (a copy only when the dtype differs)."""
+    """A ``(B, L, D)`` tensor as the kernels read and write it: a ``ct`` numpy array sharing ``x``'s memory when
+    one of its last two axes has unit stride (a contiguous copy otherwise, or to change the dtype).
+
+    The kernels walk channels where ``strides[2]`` is one element and time otherwise, so where channels do not
+    have unit stride time must."""
     x = x.detach()
-    return (x if x.dtype == ct else x.to(ct)).numpy()
+    x = x if x.dtype == ct else x.to(ct)
+    if x.stride(2) != 1 and x.stride(1) != 1:
+        x = x.contiguous()
+    return x.numpy()
 
 
 def _zeros_or(x: torch.Tensor | None, dim: int, ct: torch.dtype) -> np.ndarray:
     """``x`` as a contiguous ``ct`` array, zeros of length ``dim`` where it is ``None``."""
     return _np(x if x is not None else torch.zeros(dim), ct)
+
+
+def _empty_like(x: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
+    """An uninitialised ``ct`` tensor of ``x``'s shape laid out like ``x`` where ``x`` is dense with a unit-stride
+    last or middle axis (so autograd need not copy a gradient to ``x``'s layout), else contiguous; either way as
+    the kernels require (see :func:`_view`)."""
+    out = torch.empty_like(x, dtype=ct)
+    return out if out.stride(2) == 1 or out.stride(1) == 1 else torch.empty(x.shape, dtype=ct)
 
 
 def _scan_forward(
@@ -704,7 +737,7 @@ def _scan_forward(
     ct = compute_dtype(u, delta, A, bk, ck)
     batch, seqlen, dim = u.shape
     with torch.no_grad():
-        out = torch.empty_like(u, dtype=ct)
+        out = _empty_like(u, ct)
         last = torch.empty(batch, dim, A.shape[1], dtype=ct)
         ckpt = torch.empty(
             (batch, -(-seqlen // _CHECKPOINT_EVERY), A.shape[1], dim) if keep_for_backward else (0,) * 4, dtype=ct
@@ -735,8 +768,8 @@ def _scan_backward(
     ct = ckpt.dtype
     with torch.no_grad():
         dim, n_state = A.shape
-        gu, gdt = torch.empty_like(u, dtype=ct), torch.empty_like(delta, dtype=ct)
-        gz = torch.empty_like(z, dtype=ct) if z is not None else None
+        gu, gdt = _empty_like(u, ct), _empty_like(delta, ct)
+        gz = _empty_like(z, ct) if z is not None else None
         blocks = _job_blocks(dim, bk.shape[1], ck.shape[1])
         with _KERNEL_LOCK:
             parts = _use_threads(u.shape[0] * blocks.shape[0], u.numel() * n_state)
