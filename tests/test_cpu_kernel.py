@@ -80,6 +80,26 @@ def _fresh_inputs(dim, seqlen, bc_b, bc_c, features, dtype=torch.float64, batch=
     return xs
 
 
+def _compare_with_float64_reference(xs: dict, softplus: bool, tol_values: float, tol_grads: float, threads=None):
+    """Run the numba scan on ``xs`` (with ``threads`` torch/numba threads if given) and the reference on float64
+    copies; the output and last state agree to ``tol_values``, every gradient to ``tol_grads`` (relative).
+    Returns the numba output."""
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        out, last, grads = _scan_and_grads(_numba, xs, softplus, "both")
+    finally:
+        torch.set_num_threads(saved)
+    xs64 = {k: None if v is None else v.detach().double().requires_grad_() for k, v in xs.items()}
+    out_r, last_r, grads_r = _scan_and_grads(selective_scan_reference, xs64, softplus, "both")
+    assert_rel(out, out_r, tol_values, "out")
+    assert_rel(last, last_r, tol_values, "last_state")
+    for name, g in grads_r.items():
+        assert_rel(grads[name], g, tol_grads, f"grad {name}")
+    return out
+
+
 # (B layout, C layout, dim, seqlen, features, loss terms). dim 70 = a full 64-channel block and a partial one;
 # 4 groups of 18 channels straddle the block boundary; seqlen > 32 spans several checkpoints of the backward.
 _CASES = [
@@ -173,13 +193,7 @@ def test_softplus_in_the_float32_kernel_over_its_range():
     with torch.no_grad():
         xs["delta"].copy_(torch.linspace(-40, 40, dim * seqlen).reshape(1, dim, seqlen).expand_as(xs["delta"]))
         xs["delta_bias"].zero_()
-    out, last, grads = _scan_and_grads(_numba, xs, True, "both")
-    xs64 = {k: None if v is None else v.detach().double().requires_grad_() for k, v in xs.items()}
-    out_r, last_r, grads_r = _scan_and_grads(selective_scan_reference, xs64, True, "both")
-    assert_rel(out, out_r, 2e-6, "out")
-    assert_rel(last, last_r, 2e-6, "last_state")
-    for name, g in grads_r.items():
-        assert_rel(grads[name], g, 2e-5, f"grad {name}")
+    _compare_with_float64_reference(xs, True, 2e-6, 2e-5)
 
 
 @pytest.mark.parametrize("features", ["softplus D z bias", "", "softplus z"])
@@ -190,14 +204,8 @@ def test_float32_kernels_close_to_float64_reference(features):
     xs = _fresh_inputs(72, 300, "shared", "g4" if "D" in features else "shared", features, torch.float32, dstate=16)
     with torch.no_grad():
         xs["delta"].mul_(4.0)  # steps over a wide range: decays from about 1 down to far below 2^-125
-    out, last, grads = _scan_and_grads(_numba, xs, "softplus" in features, "both")
-    xs64 = {k: None if v is None else v.detach().double().requires_grad_() for k, v in xs.items()}
-    out_r, last_r, grads_r = _scan_and_grads(selective_scan_reference, xs64, "softplus" in features, "both")
+    out = _compare_with_float64_reference(xs, "softplus" in features, 2e-6, 2e-5)
     assert out.dtype == torch.float32
-    assert_rel(out, out_r, 2e-6, "out")
-    assert_rel(last, last_r, 2e-6, "last_state")
-    for name, g in grads_r.items():
-        assert_rel(grads[name], g, 2e-5, f"grad {name}")
 
 
 @pytest.mark.parametrize("bc", ["shared", "g4"])
@@ -207,17 +215,7 @@ def test_parallel_kernels_match_reference(bc, monkeypatch):
     monkeypatch.setattr(cpu_kernel, "_PARALLEL_MIN_WORK", 0)
     torch.manual_seed(13)
     xs = _fresh_inputs(136, 50, bc, bc, "softplus D z bias", batch=3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        out, last, grads = _scan_and_grads(_numba, xs, True, "both")
-    finally:
-        torch.set_num_threads(threads)
-    out_r, last_r, grads_r = _scan_and_grads(selective_scan_reference, xs, True, "both")
-    assert_rel(out, out_r, 1e-10, "out")
-    assert_rel(last, last_r, 1e-10, "last_state")
-    for name, g in grads_r.items():
-        assert_rel(grads[name], g, 1e-10, f"grad {name}")
+    _compare_with_float64_reference(xs, True, 1e-10, 1e-10, threads=2)
 
 
 @pytest.mark.slow
@@ -226,19 +224,8 @@ def test_long_sequence_many_blocks_matches_reference(dtype):
     """Longer sequences (many checkpoints), several blocks and batches, two numba threads."""
     torch.manual_seed(11)
     xs = _fresh_inputs(150, 2000, "shared", "shared", "softplus D z bias", dtype=dtype, batch=3, dstate=16)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        out, last, grads = _scan_and_grads(_numba, xs, True, "both")
-    finally:
-        torch.set_num_threads(threads)
-    xs64 = {k: None if v is None else v.detach().double().requires_grad_() for k, v in xs.items()}
-    out_r, last_r, grads_r = _scan_and_grads(selective_scan_reference, xs64, True, "both")
     tol = 1e-10 if dtype == torch.float64 else 5e-5
-    assert_rel(out, out_r, tol, "out")
-    assert_rel(last, last_r, tol, "last_state")
-    for name, g in grads_r.items():
-        assert_rel(grads[name], g, tol, f"grad {name}")
+    _compare_with_float64_reference(xs, True, tol, tol, threads=2)
 
 
 def test_exp2_polynomial_accuracy():

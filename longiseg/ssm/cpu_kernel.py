@@ -158,7 +158,7 @@ def _define_kernels(numba: Any) -> None:
     variables starting at 0 (never sums such as ``n * nd + j``): LLVM then sees they are non-negative, drops
     numba's negative-index wrap-around and vectorises the loops.
     """
-    global _nb_exp2_array, _nb_copy_states, _nb_load_tile, _nb_store_tile, _nb_time_steps, _nb_advance
+    global _nb_exp2_array, _nb_copy_states, _nb_copy, _nb_tile, _nb_chunk_inputs, _nb_time_steps, _nb_advance
     global _nb_transposed, _nb_forward_job, _nb_forward_py, _nb_prefetch, _nb_prefetch_rows
     global _nb_backward_job, _nb_backward_py
     from llvmlite import ir
@@ -270,40 +270,27 @@ def _define_kernels(numba: Any) -> None:
                     _nb_prefetch(row + min(off, span))
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_load_tile(x, b, t0, d0, steps, tile, tn):  # pragma: no cover - compiled
-        # tile[k, j] = x[b, t0 + k, d0 + j] for k < steps, reading along x's unit-stride axis (channels when
-        # strides[2] is one element, else time: see _kernel_view); prefetches the tile starting at tn
+    def _nb_tile(x, b, t0, d0, steps, tile, tn, to_x):  # pragma: no cover - compiled
+        # between tile[k, j] and x[b, t0 + k, d0 + j] for k < steps (tile -> x when to_x), along x's unit-stride
+        # axis (channels when strides[2] is one element, else time: see _view); prefetches the tile starting at tn
         nd = tile.shape[1]
         _nb_prefetch_rows(x, b, tn, d0, nd)
         if x.strides[2] != x.itemsize:
             for j in range(nd):
                 col = _nb_line(x, b, t0, d0 + j, steps)
-                for k in range(steps):
-                    tile[k, j] = col[k]
+                if to_x:
+                    for k in range(steps):
+                        col[k] = tile[k, j]
+                else:
+                    for k in range(steps):
+                        tile[k, j] = col[k]
         else:
             for k in range(steps):
                 row = _nb_line(x, b, t0 + k, d0, nd)
-                tr = tile[k]
-                for j in range(nd):
-                    tr[j] = row[j]
-
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_store_tile(tile, x, b, t0, d0, steps, tn):  # pragma: no cover - compiled
-        # x[b, t0 + k, d0 + j] = tile[k, j] for k < steps, writing along x's unit-stride axis; prefetches the tile
-        # starting at tn
-        nd = tile.shape[1]
-        _nb_prefetch_rows(x, b, tn, d0, nd)
-        if x.strides[2] != x.itemsize:
-            for j in range(nd):
-                col = _nb_line(x, b, t0, d0 + j, steps)
-                for k in range(steps):
-                    col[k] = tile[k, j]
-        else:
-            for k in range(steps):
-                row = _nb_line(x, b, t0 + k, d0, nd)
-                tr = tile[k]
-                for j in range(nd):
-                    row[j] = tr[j]
+                if to_x:
+                    _nb_copy(tile[k], row)
+                else:
+                    _nb_copy(row, tile[k])
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_time_steps(tdt, tsg, txu, tu, bias, softplus, steps):  # pragma: no cover - compiled
@@ -328,19 +315,31 @@ def _define_kernels(numba: Any) -> None:
                 xk[j] = dk[j] * uk[j]
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, tn, tiles):  # pragma: no cover - compiled
+        # a job's inputs at positions t0 .. t0 + steps into tiles (5, _CHECKPOINT_EVERY, nd): u, the time steps
+        # delta', their derivative w.r.t. the raw steps, delta' u, and z (when given); prefetches the chunk at tn
+        _nb_tile(u, b, t0, d0, steps, tiles[0], tn, False)
+        _nb_tile(draw, b, t0, d0, steps, tiles[1], tn, False)
+        _nb_time_steps(tiles[1], tiles[2], tiles[3], tiles[0], bias_j, softplus, steps)
+        if z.shape[0] > 0:
+            _nb_tile(z, b, t0, d0, steps, tiles[4], tn, False)
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_copy_states(h, rows, d0, to_rows):  # pragma: no cover - compiled
         # between a job's states h (N, nd) and the channels d0 .. d0 + nd of rows (N, D); explicit loops, as
         # numba's array assignment would compile its string-formatting error path (seconds of compile time)
         n_state, nd = h.shape
         for n in range(n_state):
-            r = rows[n, d0 : d0 + nd]
-            hn = h[n]
             if to_rows:
-                for j in range(nd):
-                    r[j] = hn[j]
+                _nb_copy(h[n], rows[n, d0 : d0 + nd])
             else:
-                for j in range(nd):
-                    hn[j] = r[j]
+                _nb_copy(rows[n, d0 : d0 + nd], h[n])
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_copy(src, dst):  # pragma: no cover - compiled
+        # dst[:] = src for 1D arrays of equal length (an explicit loop: see _nb_copy_states)
+        for j in range(src.shape[0]):
+            dst[j] = src[j]
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_transposed(x, d0, nd):  # pragma: no cover - compiled
@@ -395,22 +394,15 @@ def _define_kernels(numba: Any) -> None:
         dskip_j = dskip[d0 : d0 + nd]
         hh = np.zeros((2, n_state, nd), dtype=out.dtype)  # states after even and odd positions (see advance)
         nodec = np.empty((0, 0), dtype=out.dtype)
-        tu = np.empty((_CHECKPOINT_EVERY, nd), dtype=out.dtype)
-        tdt = np.empty_like(tu)
-        tsg = np.empty_like(tu)
-        txu = np.empty_like(tu)
-        tz = np.empty_like(tu)
+        tiles = np.empty((5, _CHECKPOINT_EVERY, nd), dtype=out.dtype)
+        tu, tdt, txu, tz = tiles[0], tiles[1], tiles[3], tiles[4]
         tout = np.empty_like(tu)
         for c in range((seqlen + _CHECKPOINT_EVERY - 1) // _CHECKPOINT_EVERY):
             t0 = c * _CHECKPOINT_EVERY
             steps = min(seqlen, t0 + _CHECKPOINT_EVERY) - t0
             if ckpt.shape[0] > 0:
                 _nb_copy_states(hh[t0 % 2], ckpt[b, c], d0, True)
-            _nb_load_tile(u, b, t0, d0, steps, tu, t0 + _CHECKPOINT_EVERY)
-            _nb_load_tile(draw, b, t0, d0, steps, tdt, t0 + _CHECKPOINT_EVERY)
-            _nb_time_steps(tdt, tsg, txu, tu, bias_j, softplus, steps)
-            if gated:
-                _nb_load_tile(z, b, t0, d0, steps, tz, t0 + _CHECKPOINT_EVERY)
+            _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, t0 + _CHECKPOINT_EVERY, tiles)
             for k in range(steps):
                 t = t0 + k
                 ok = tout[k]
@@ -424,7 +416,7 @@ def _define_kernels(numba: Any) -> None:
                     zk = tz[k]
                     for j in range(nd):  # silu(z) = z sigmoid(z)
                         ok[j] *= zk[j] * _nb_sigmoid(zk[j])
-            _nb_store_tile(tout, out, b, t0, d0, steps, t0 + _CHECKPOINT_EVERY)
+            _nb_tile(out, b, t0, d0, steps, tout, t0 + _CHECKPOINT_EVERY, True)
         h = hh[seqlen % 2]
         for j in range(nd):
             for n in range(n_state):
@@ -468,11 +460,8 @@ def _define_kernels(numba: Any) -> None:
         abuf = np.empty((_CHECKPOINT_EVERY, n_state, nd), dtype=gu.dtype)
         carry = np.zeros((n_state, nd), dtype=gu.dtype)
         acca = np.zeros((n_state, nd), dtype=gu.dtype)
-        tu = np.empty((_CHECKPOINT_EVERY, nd), dtype=gu.dtype)
-        tdt = np.empty_like(tu)
-        tsg = np.empty_like(tu)
-        txu = np.empty_like(tu)
-        tz = np.empty_like(tu)
+        tiles = np.empty((5, _CHECKPOINT_EVERY, nd), dtype=gu.dtype)
+        tu, tdt, tsg, txu, tz = tiles[0], tiles[1], tiles[2], tiles[3], tiles[4]
         tgy = np.empty_like(tu)
         tgz = np.empty_like(tu)
         tgu = np.empty_like(tu)
@@ -489,12 +478,8 @@ def _define_kernels(numba: Any) -> None:
             t0 = c * _CHECKPOINT_EVERY
             steps = min(seqlen, t0 + _CHECKPOINT_EVERY) - t0
             _nb_copy_states(hbuf[0], ckpt[b, c], d0, False)
-            _nb_load_tile(u, b, t0, d0, steps, tu, t0 - _CHECKPOINT_EVERY)
-            _nb_load_tile(draw, b, t0, d0, steps, tdt, t0 - _CHECKPOINT_EVERY)
-            _nb_time_steps(tdt, tsg, txu, tu, bias_j, softplus, steps)
-            _nb_load_tile(gout, b, t0, d0, steps, tgy, t0 - _CHECKPOINT_EVERY)
-            if gated:
-                _nb_load_tile(z, b, t0, d0, steps, tz, t0 - _CHECKPOINT_EVERY)
+            _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, t0 - _CHECKPOINT_EVERY, tiles)
+            _nb_tile(gout, b, t0, d0, steps, tgy, t0 - _CHECKPOINT_EVERY, False)
             for k in range(steps):  # recompute the chunk; gradient of the scan output before the gate
                 t = t0 + k
                 uk = tu[k]
@@ -555,10 +540,10 @@ def _define_kernels(numba: Any) -> None:
                     gdk[j] = (uk[j] * sgb[j] + sdt[j]) * sk[j]
                     gbias_j[j] += gdk[j]
                     gd_j[j] += gy[j] * uk[j]
-            _nb_store_tile(tgu, gu, b, t0, d0, steps, t0 - _CHECKPOINT_EVERY)
-            _nb_store_tile(tgd, gdt, b, t0, d0, steps, t0 - _CHECKPOINT_EVERY)
+            _nb_tile(gu, b, t0, d0, steps, tgu, t0 - _CHECKPOINT_EVERY, True)
+            _nb_tile(gdt, b, t0, d0, steps, tgd, t0 - _CHECKPOINT_EVERY, True)
             if gated:
-                _nb_store_tile(tgz, gz, b, t0, d0, steps, t0 - _CHECKPOINT_EVERY)
+                _nb_tile(gz, b, t0, d0, steps, tgz, t0 - _CHECKPOINT_EVERY, True)
         for n in range(n_state):
             for j in range(nd):
                 ga[d0 + j, n] += acca[n, j]
