@@ -169,15 +169,16 @@ def run_one(out: str, variant: str, seed: int, epochs: int, steps: int) -> dict[
     record: dict[str, Any] = {}
     for rule, outside in RULES.items():  # longiseg tune, under each rule (the default last)
         spec = load_model(ckpt).spec
-        update_spec(ckpt, spec.replace(inference={**spec.inference, "progression_outside_baseline": outside}))
+        update_spec(ckpt, spec.replace(inference={**spec.inference, "progression_outside_baseline": outside,
+                                                  "progression_threshold": None}))  # every tuning starts at 0.5
         run_tuning(run_dir, checkpoint="last.pt", device="cpu", progress=False)
         shutil.copyfile(run_dir / TUNING_FILE, run_dir / f"tuning_{rule}.json")
         record[f"{rule}/threshold"] = json.loads((run_dir / TUNING_FILE).read_text())["threshold"]
     model = load_model(ckpt)
     pred_dirs = {rule: run_dir / ("predictions" if outside else f"predictions_{rule}") for rule, outside in RULES.items()}
-    for rule, outside in RULES.items():  # longiseg predict (with --set inference.threshold=... for the other rule)
+    for rule, outside in RULES.items():  # longiseg predict (--set inference.progression_threshold=... for the other rule)
         cfg = InferenceConfig.from_dict({**model.spec.inference, "progression_outside_baseline": outside,
-                                         "threshold": record[f"{rule}/threshold"]})
+                                         "progression_threshold": record[f"{rule}/threshold"]})
         run_prediction(model, root / "test", pred_dirs[rule], cfg, device="cpu", overwrite=True, progress=False)
     with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
         for rule, outside in RULES.items():

@@ -180,13 +180,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise ValueError(f"checkpoint {ckpt} does not record how to use the model (modality order, window, "
                              "post-processing): it was not written by longiseg train; pass --config with the "
                              "experiment file of its training")
-        # --set inference.threshold=0.4 (or threshold=0.4) adjusts the recorded settings
+        # --set inference.progression_threshold=0.4 (or threshold=..., the baseline's) adjusts the recorded settings
         inference = apply_overrides(InferenceConfig.from_dict(model.spec.inference),
                                     [o.removeprefix("inference.") for o in args.overrides])
         modalities = None
         tuned = " (tuned by longiseg tune)" if model.spec.tuning else ""
         print(f"settings from the checkpoint: modalities {list(model.spec.modalities or [])}, window "
-              f"{inference.patch_size}, progression threshold {inference.threshold:.3g}{tuned}")
+              f"{inference.patch_size}, thresholds baseline {inference.threshold:.3g} / progression "
+              f"{inference.progression_cut:.3g}{tuned}")
     run_prediction(model, args.input, args.output, inference, modalities=modalities, overwrite=args.overwrite,
                    skip_existing=args.skip_existing, device=device, registered_dir=registered)
     native = "" if registered is None else " (masks on the original grids in CASE/native/)"

@@ -17,7 +17,7 @@ Objectives (``objective=``):
 
 With only one kind of follow-up both objectives are that kind's mean (``lesion_f1`` without any P follow-up
 raises). Masks are post-processed exactly as in prediction (threshold, optional brain restriction, with
-``baseline_probabilities`` the baseline lesion mask at the same threshold cut out, removal of components below
+``baseline_probabilities`` the baseline lesion mask (at ``baseline_threshold``) cut out, removal of components below
 ``min_volume_mm3``; :func:`~longiseg.inferers.postprocessing.postprocess_heads`) and lesions are counted under the evaluation protocol
 (e.g. ``segmast``: lesions below 11 mm^3 ignored).
 
@@ -160,14 +160,14 @@ def progression_score(
 
 
 def _progression_mask(prob: np.ndarray, baseline: np.ndarray | None, brain: np.ndarray | None, threshold: float,
-                      min_volume_mm3: float, spacing: Sequence[float]) -> np.ndarray:
+                      min_volume_mm3: float, spacing: Sequence[float], baseline_threshold: float) -> np.ndarray:
     """One follow-up's progression mask as prediction writes it (``postprocess_heads`` owns the rule)."""
     if baseline is None:
         return postprocess(prob, threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing,
                            brain_mask=brain)
-    prog = postprocess_heads(baseline, prob[None], threshold=threshold, min_volume_mm3=min_volume_mm3,
-                                spacing=spacing, brain_mask=brain,
-                                restrict="none" if brain is None else "progression").progression
+    prog = postprocess_heads(baseline, prob[None], threshold=baseline_threshold, progression_threshold=threshold,
+                             min_volume_mm3=min_volume_mm3, spacing=spacing, brain_mask=brain,
+                             restrict="none" if brain is None else "progression").progression
     return prog[0]
 
 
@@ -183,6 +183,7 @@ def select_threshold(
     default: float = 0.5,
     objective: str = "lesion_f1",
     baseline_probabilities: Sequence[np.ndarray | torch.Tensor] | None = None,
+    baseline_threshold: float = 0.5,
 ) -> ThresholdSelection:
     """Pick the progression probability threshold that maximises the validation objective.
 
@@ -202,7 +203,9 @@ def select_threshold(
             of the strict NP score of the NP follow-ups); see the module docstring.
         baseline_probabilities: optional ``(D, H, W)`` baseline probability map per progression map (its
             case's, repeated for each follow-up of the case): the progression masks then exclude the baseline
-            mask at the same threshold, as prediction does with ``progression_outside_baseline``.
+            mask, as prediction does with ``progression_outside_baseline``.
+        baseline_threshold: the baseline head's threshold (``inference.threshold``; not searched: the selected
+            threshold is the progression masks' alone).
 
     Returns:
         :class:`ThresholdSelection` with the chosen threshold, its objective and the objective of every
@@ -238,6 +241,7 @@ def select_threshold(
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     (default,) = _check_thresholds([default])
+    (baseline_threshold,) = _check_thresholds([baseline_threshold])
     candidates = _check_thresholds(thresholds)
     if default not in candidates:
         candidates = (*candidates, default)
@@ -267,8 +271,8 @@ def select_threshold(
     scores: dict[float, float] = {}
     for t in candidates:
         per_case = {
-            i: progression_score(_progression_mask(probs[i], bases[i], brains[i], t, min_volume_mm3, spacing),
-                                 refs[i], spacing, prot)
+            i: progression_score(_progression_mask(probs[i], bases[i], brains[i], t, min_volume_mm3, spacing,
+                                                   baseline_threshold), refs[i], spacing, prot)
             for i in used
         }
         groups = [[v for i, v in per_case.items() if is_p[i] == flag] for flag in flags]

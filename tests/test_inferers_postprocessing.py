@@ -156,6 +156,13 @@ def test_postprocess_heads_progression_never_overlaps_the_baseline_mask() -> Non
     np.testing.assert_array_equal(raw, prog_prob)
     both = postprocess_heads(base_prob, prog_prob, threshold=0.6, brain_mask=brain, restrict="both").baseline
     assert not both[0].any()
+    # A progression threshold of its own leaves the baseline mask as it was.
+    sep = postprocess_heads(base_prob, prog_prob, threshold=0.6, progression_threshold=0.3, min_volume_mm3=2.0,
+                            brain_mask=brain)
+    np.testing.assert_array_equal(sep.baseline, base)
+    for k in range(2):
+        np.testing.assert_array_equal(
+            sep.progression[k], postprocess(p_new[k], threshold=0.3, min_volume_mm3=2.0, brain_mask=brain, exclude=base))
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,18 @@ def test_objective_balances_p_and_np() -> None:
     assert f1.threshold == 0.25 and f1.scores == {0.25: 1.0, 0.5: 0.0}
 
 
+def test_baseline_threshold_is_not_searched() -> None:
+    """The candidates threshold the progression maps only; the baseline mask cut out under the rule is the baseline
+    head's at ``baseline_threshold``: a new lesion where the baseline head says 0.4 survives at 0.5, not at 0.3."""
+    prob, gt = _progressing_case(0.9)
+    base = np.where(gt, 0.4, 0.0).astype(np.float32)  # p_new = 0.9 * 0.6 = 0.54 inside the lesions
+    kept = select_threshold([prob], [gt], SP, thresholds=(0.5,), baseline_probabilities=[base])
+    cut = select_threshold([prob], [gt], SP, thresholds=(0.5,), baseline_probabilities=[base], baseline_threshold=0.3)
+    assert kept.scores[0.5] == 1.0 and cut.scores[0.5] == 0.0
+    with pytest.raises(ValueError, match="thresholds must lie in"):
+        select_threshold([prob], [gt], SP, baseline_probabilities=[base], baseline_threshold=1.0)
+
+
 def test_min_volume_and_brain_mask_as_in_prediction() -> None:
     prob, gt = _progressing_case(0.3)
     # A false alarm of 12 voxels (counted by the 11 mm^3 protocol cut-off): removed by a 20 mm^3 minimum volume.

@@ -17,6 +17,7 @@ from longiseg.data.demo_cohort import generate_demo_cohort
 from longiseg.data.loading import find_cases
 from longiseg.data.split import split_by_patient
 from longiseg.data.transforms import TimepointVariation
+from longiseg.engine.checkpoint import load_model
 from longiseg.engine.config import ConfigError
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig
@@ -223,9 +224,13 @@ def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.
     brain = np.asarray(nib.load(out / "test" / case / "brain_mask.nii.gz").dataobj) > 0
     base = np.asarray(nib.load(pred / case / "baseline_mask.nii.gz").dataobj) > 0
     mask = np.asarray(nib.load(pred / case / "progression_t1.nii.gz").dataobj) > 0
-    pp = {"threshold": sel["threshold"], "min_volume_mm3": 27.0, "spacing": (4.0, 4.0, 4.0)}
-    assert np.array_equal(base, postprocess(base_prob, **pp))
-    assert np.array_equal(mask, postprocess(prob, brain_mask=brain, exclude=base, **pp))
+    # The baseline head keeps its threshold (0.5); the tuned one is the progression masks' alone.
+    assert sel["baseline_threshold"] == 0.5
+    spec = load_model(out / "runs" / "SegFormer" / "last.pt").spec
+    assert spec.inference["threshold"] == 0.5 and spec.inference["progression_threshold"] == sel["threshold"]
+    pp = {"min_volume_mm3": 27.0, "spacing": (4.0, 4.0, 4.0)}
+    assert np.array_equal(base, postprocess(base_prob, threshold=0.5, **pp))
+    assert np.array_equal(mask, postprocess(prob, brain_mask=brain, exclude=base, threshold=sel["threshold"], **pp))
 
     # The same stages by hand, through the command line.
     hand = tmp_path / "hand"

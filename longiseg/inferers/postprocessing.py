@@ -230,12 +230,13 @@ def postprocess_heads(
     brain_mask: np.ndarray | torch.Tensor | None = None,
     restrict: str = "progression",
     progression_outside_baseline: bool = True,
+    progression_threshold: float | None = None,
 ) -> HeadMasks:
     """The baseline and progression masks of one case from the dual head's probabilities.
 
     The baseline head is thresholded at ``threshold`` (cut to ``brain_mask`` with ``restrict="both"``, small
     components removed). With ``progression_outside_baseline`` the progression maps become
-    :func:`new_lesion_probability`, are thresholded at ``threshold``, cut to the brain (``restrict`` not
+    :func:`new_lesion_probability`, are thresholded at ``progression_threshold``, cut to the brain (``restrict`` not
     ``"none"``) and to the outside of the finished baseline mask, and then lose their components below
     ``min_volume_mm3``; so no progression voxel is a baseline lesion voxel (see the module docstring).
     Without it, the progression head's maps are post-processed alone.
@@ -243,12 +244,15 @@ def postprocess_heads(
     Args:
         baseline_prob: ``(D, H, W)`` baseline lesion probabilities.
         progression_prob: ``(T-1, D, H, W)`` progression probabilities, one map per follow-up.
-        threshold: probability threshold of both heads.
+        threshold: probability threshold of the baseline head (and of the progression maps when
+            ``progression_threshold`` is ``None``).
         min_volume_mm3: see :func:`remove_small_components`.
         spacing: voxel size in mm along ``(D, H, W)``.
         brain_mask: binary ``(D, H, W)`` mask used by ``restrict`` (required unless ``restrict="none"``).
         restrict: ``"none"``, ``"progression"`` or ``"both"``: which masks are cut to ``brain_mask``.
         progression_outside_baseline: cut progression to the outside of the baseline mask.
+        progression_threshold: probability threshold of the progression maps (what ``longiseg tune`` chooses);
+            ``None``: ``threshold``.
 
     Returns:
         :class:`HeadMasks` ``(baseline, progression, progression_prob)``: bool ``(D, H, W)`` and
@@ -273,6 +277,8 @@ def postprocess_heads(
     base_mask = postprocess(base, brain_mask=brain_mask if restrict == "both" else None, **pp)
     if progression_outside_baseline:
         prog = new_lesion_probability(base, prog)
+    if progression_threshold is not None:
+        pp["threshold"] = progression_threshold
     prog_mask = postprocess(prog, brain_mask=brain_mask if restrict != "none" else None,
                             exclude=base_mask if progression_outside_baseline else None, **pp)
     return HeadMasks(base_mask, prog_mask, prog)

@@ -88,6 +88,7 @@ def predict_case(
     save_probabilities: bool = True,
     save_entropy: bool = True,
     overwrite: bool = False,
+    progression_threshold: float | None = None,
 ) -> dict[str, list[Path]]:
     """Predict one case and write its NIfTI outputs to ``out_dir/case_id/``.
 
@@ -101,7 +102,8 @@ def predict_case(
         inferer: a :class:`TriplanarInferer` (default, with its defaults), a
             :class:`~longiseg.inferers.sliding_window.SlidingWindowInferer3D` or any :class:`Inferer`.
         brain_mask: optional binary ``(D, H, W)`` mask (skipping in the inferer, and restriction).
-        threshold: probability threshold of the masks.
+        threshold: probability threshold of the baseline mask (and of the progression masks when
+            ``progression_threshold`` is ``None``).
         min_volume_mm3: components below this volume are removed from every mask.
         restrict_to_brain: ``"none"``, ``"progression"`` or ``"both"``: which masks are cut to the brain mask
             (the given one, else the voxels that are nonzero in any timepoint/channel). Probability and
@@ -116,6 +118,8 @@ def predict_case(
         save_entropy: also write the entropy maps.
         overwrite: replace an existing case folder as a whole; otherwise an existing output (or a non-empty
             case folder) raises before anything is computed.
+        progression_threshold: probability threshold of the progression masks (``longiseg tune`` chooses it);
+            ``None``: ``threshold``.
 
     Returns:
         ``{"mask": [...], "prob": [...], "entropy": [...]}`` -- the written paths, baseline first.
@@ -156,7 +160,8 @@ def predict_case(
     base_mask, prog_mask, prog_prob = postprocess_heads(
         base_prob, prog_prob, threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing,
         brain_mask=None if brain is None else brain.numpy(), restrict=restrict_to_brain,
-        progression_outside_baseline=progression_outside_baseline)  # prog_prob: the maps the masks come from
+        progression_outside_baseline=progression_outside_baseline,
+        progression_threshold=progression_threshold)  # prog_prob: the maps the masks come from
 
     volumes = {"mask": [base_mask] + list(prog_mask)}
     if save_probabilities:

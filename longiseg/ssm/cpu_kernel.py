@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from longiseg.ssm.inputs import compute_dtype, prepare_scan_inputs
 

@@ -160,7 +160,10 @@ class InferenceConfig(ConfigBase):
         flip_tta: flip test-time augmentation.
         crop_to_brain: lay each slice's windows over its brain bounding box (tri-planar; default) instead of
             the whole slice.
-        threshold: probability threshold.
+        threshold: probability threshold of the baseline mask (and of the progression masks unless
+            ``progression_threshold`` is set).
+        progression_threshold: probability threshold of the progression masks; ``None``: ``threshold``.
+            ``longiseg tune`` sets it (0.3.1; before, it set ``threshold``, which thresholds both heads).
         min_lesion_mm3: connected components below this volume are removed (paper: 27 MS, 50 glioma).
         restrict: ``"none"``, ``"progression"`` or ``"both"``: masks restricted to the brain mask.
         progression_outside_baseline: progression masks exclude the predicted baseline lesion mask before
@@ -177,13 +180,21 @@ class InferenceConfig(ConfigBase):
     flip_tta: bool = False
     crop_to_brain: bool = True
     threshold: float = 0.5
+    progression_threshold: float | None = None
     min_lesion_mm3: float = 27.0
     restrict: str = "progression"
     progression_outside_baseline: bool = True
 
+    @property
+    def progression_cut(self) -> float:
+        """The threshold the progression masks are made with: ``progression_threshold``, else ``threshold``."""
+        return self.threshold if self.progression_threshold is None else self.progression_threshold
+
     def __post_init__(self) -> None:
         _need(0.0 <= self.overlap < 1.0, "InferenceConfig", f"overlap must be in [0, 1), got {self.overlap}")
         _need(0.0 < self.threshold < 1.0, "InferenceConfig", f"threshold must be in (0, 1), got {self.threshold}")
+        _need(self.progression_threshold is None or 0.0 < self.progression_threshold < 1.0, "InferenceConfig",
+              f"progression_threshold must be None or in (0, 1), got {self.progression_threshold}")
         _need(self.min_lesion_mm3 >= 0, "InferenceConfig", f"min_lesion_mm3 must be >= 0, got {self.min_lesion_mm3}")
         _need(bool(self.planes) and all(p in _PLANES for p in self.planes), "InferenceConfig",
               f"planes must be a non-empty subset of {_PLANES}, got {self.planes}")

@@ -117,9 +117,9 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
         raise ValueError("crop_to_foreground prediction is not supported: predict on the full grid "
                          "(normalisation is per case, so models trained on cropped cases apply unchanged)")
     device = resolve_device(device)
-    logger.info("predicting with %s (%s): modalities %s, window %d, threshold %.3g%s, progression %s", spec.name,
-                spec.dim, modalities, cfg.patch_size, cfg.threshold,
-                " (tuned on validation patients)" if spec.tuning else "",
+    logger.info("predicting with %s (%s): modalities %s, window %d, baseline threshold %.3g, progression threshold "
+                "%.3g%s, progression %s", spec.name, spec.dim, modalities, cfg.patch_size, cfg.threshold,
+                cfg.progression_cut, " (tuned on validation patients)" if spec.tuning else "",
                 "outside the baseline lesions" if cfg.progression_outside_baseline else "as the head gives it")
 
     def read_preprocessed(source: CaseSource) -> LongitudinalCase:
@@ -137,8 +137,8 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
         model, input_dir, output_dir, modalities=modalities, case_ids=case_ids, skip_existing=skip_existing,
         overwrite=overwrite, progress=progress, reader=read_preprocessed, check_case=check_case, after_case=after_case,
         inferer=make_inferer(spec, cfg, device=device, progress=False), threshold=cfg.threshold,
-        min_volume_mm3=cfg.min_lesion_mm3, restrict_to_brain=cfg.restrict,
-        progression_outside_baseline=cfg.progression_outside_baseline,
+        progression_threshold=cfg.progression_cut, min_volume_mm3=cfg.min_lesion_mm3,
+        restrict_to_brain=cfg.restrict, progression_outside_baseline=cfg.progression_outside_baseline,
     )
 
 

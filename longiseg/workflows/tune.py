@@ -3,7 +3,8 @@
 The way nnU-Net determines its post-processing: the trainer's validation patients (recorded in the run
 folder's ``split.json``, never test data) are predicted with the checkpoint, and the progression threshold
 that maximises their progression lesion F1 (:func:`~longiseg.tuning.select_threshold`) is written into the
-checkpoint's spec (``spec.inference["threshold"]``, with ``spec.tuning`` saying how it was chosen) and into
+checkpoint's spec (``spec.inference["progression_threshold"]``, with ``spec.tuning`` saying how it was chosen;
+the baseline head keeps ``spec.inference["threshold"]``) and into
 ``RUN/tuning.json``. ``longiseg predict`` then uses it without being told.
 """
 
@@ -137,9 +138,9 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     root = Path(data_root or split.get("val_root") or split["data_root"])
     model = load_model(ckpt)
     spec = model.spec
-    default = float(spec.inference.get("threshold", 0.5))
+    settings = InferenceConfig.from_dict(spec.inference)  # as predict reads them
+    default, outside_baseline = settings.progression_cut, settings.progression_outside_baseline
     maps = validation_probabilities(model, root, val_ids, device=device, progress=progress)
-    outside_baseline = InferenceConfig.from_dict(spec.inference).progression_outside_baseline  # as predict does
     num_p = sum(bool(r.any()) for r in maps.references)
     selection: ThresholdSelection | None = None
     if objective == "lesion_f1" and num_p == 0:
@@ -151,14 +152,16 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
                                      min_volume_mm3=float(spec.inference.get("min_lesion_mm3", 0.0)),
                                      brain_masks=maps.brain_masks, protocol="segmast", default=default,
                                      objective=objective,
-                                     baseline_probabilities=maps.baseline_probabilities if outside_baseline else None)
+                                     baseline_probabilities=maps.baseline_probabilities if outside_baseline else None,
+                                     baseline_threshold=settings.threshold)
         record = selection.to_dict()
         logger.info("%s: progression threshold %.2f chosen on %d validation follow-ups (%s %.3f; %.3f at %.2f)",
                     ckpt, selection.threshold, len(maps.references), objective, selection.score, selection.default_score,
                     default)
-    record = {**record, "progression_outside_baseline": outside_baseline, "checkpoint": checkpoint,
+    record = {**record, "baseline_threshold": settings.threshold,
+              "progression_outside_baseline": outside_baseline, "checkpoint": checkpoint,
               "validation_cases": val_ids, "data_root": str(root)}
-    tuned = spec.replace(inference={**spec.inference, "threshold": record["threshold"]}, tuning=record)
+    tuned = spec.replace(inference={**spec.inference, "progression_threshold": record["threshold"]}, tuning=record)
     update_spec(ckpt, tuned)
     atomic_write_json(run / TUNING_FILE, record)
     return selection
