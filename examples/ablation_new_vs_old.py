@@ -169,8 +169,9 @@ def run_one(out: str, variant: str, seed: int, epochs: int, steps: int) -> dict[
     record: dict[str, Any] = {}
     for rule, outside in RULES.items():  # longiseg tune, under each rule (the default last)
         spec = load_model(ckpt).spec
-        update_spec(ckpt, spec.replace(inference={**spec.inference, "progression_outside_baseline": outside,
-                                                  "progression_threshold": None}))  # every tuning starts at 0.5
+        update_spec(ckpt, spec.replace(inference={  # every tuning starts from 0.5 for both heads
+            **spec.inference, "progression_outside_baseline": outside, "threshold": FIXED_THRESHOLD,
+            "progression_threshold": None}))
         run_tuning(run_dir, checkpoint="last.pt", device="cpu", progress=False)
         shutil.copyfile(run_dir / TUNING_FILE, run_dir / f"tuning_{rule}.json")
         record[f"{rule}/threshold"] = json.loads((run_dir / TUNING_FILE).read_text())["threshold"]

@@ -17,7 +17,7 @@ from longiseg.data.demo_cohort import generate_demo_cohort
 from longiseg.data.loading import find_cases
 from longiseg.data.split import split_by_patient
 from longiseg.data.transforms import TimepointVariation
-from longiseg.engine.checkpoint import load_model
+from longiseg.engine.checkpoint import load_model, update_spec
 from longiseg.engine.config import ConfigError
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig
@@ -247,6 +247,15 @@ def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.
     for argv in steps:
         assert main(["--threads", "1", *argv]) == 0, (argv, capsys.readouterr().err)
     assert "tuned by longiseg tune" in capsys.readouterr().out
+    # A checkpoint tuned by longiseg < 0.3.1 has its tuned value in `threshold` (both heads): tuning it again gives
+    # the baseline head back its threshold from before that tuning (the record's `default`).
+    ckpt = run / "last.pt"
+    spec = load_model(ckpt).spec
+    old_inference = {k: v for k, v in spec.inference.items() if k != "progression_threshold"}
+    update_spec(ckpt, spec.replace(inference={**old_inference, "threshold": 0.7}, tuning={**spec.tuning, "default": 0.5}))
+    assert main(["--threads", "1", "tune", str(run), "--checkpoint", "last.pt", "--device", "cpu", "--no-progress"]) == 0
+    retuned = load_model(ckpt).spec.inference
+    assert retuned["threshold"] == 0.5 and retuned["progression_threshold"] in DEFAULT_THRESHOLDS
 
     def rows(report: Path) -> list[dict[str, str]]:
         with open(report / "per_case.csv") as fh:

@@ -138,7 +138,12 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     root = Path(data_root or split.get("val_root") or split["data_root"])
     model = load_model(ckpt)
     spec = model.spec
-    settings = InferenceConfig.from_dict(spec.inference)  # as predict reads them
+    inference = dict(spec.inference)
+    if spec.tuning and "progression_threshold" not in inference and "default" in spec.tuning:
+        # tuned by longiseg < 0.3.1, which wrote its choice into `threshold` (both heads): the baseline head gets
+        # back the threshold it had before that tuning
+        inference["threshold"] = float(spec.tuning["default"])
+    settings = InferenceConfig.from_dict(inference)  # as predict reads them
     default, outside_baseline = settings.progression_cut, settings.progression_outside_baseline
     maps = validation_probabilities(model, root, val_ids, device=device, progress=progress)
     num_p = sum(bool(r.any()) for r in maps.references)
@@ -161,7 +166,7 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     record = {**record, "baseline_threshold": settings.threshold,
               "progression_outside_baseline": outside_baseline, "checkpoint": checkpoint,
               "validation_cases": val_ids, "data_root": str(root)}
-    tuned = spec.replace(inference={**spec.inference, "progression_threshold": record["threshold"]}, tuning=record)
+    tuned = spec.replace(inference={**inference, "progression_threshold": record["threshold"]}, tuning=record)
     update_spec(ckpt, tuned)
     atomic_write_json(run / TUNING_FILE, record)
     return selection
