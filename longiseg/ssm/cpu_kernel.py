@@ -619,7 +619,7 @@ def _use_threads(jobs: int, work: int) -> int:
 def exp2_nonpositive(x: torch.Tensor) -> torch.Tensor:
     """``2 ** x`` for float32 ``x <= 0`` with the kernel's polynomial (arguments below -125 give ``2^-125``).
 
-    Exposed so that its accuracy is tested; the kernel calls the same compiled ``exp2_parts``.
+    Exposed so that its accuracy is tested; the kernels call the same compiled ``_nb_decay``.
 
     Args:
         x: float32 tensor of any shape with non-positive entries.
@@ -666,17 +666,18 @@ def _job_blocks(dim: int, groups_b: int, groups_c: int) -> np.ndarray:
     return np.array([starts, starts[1:] + [dim]], dtype=np.intp).T.copy()
 
 
-def _view(x: torch.Tensor, ct: torch.dtype) -> np.ndarray:
-    """A ``(B, L, D)`` tensor as the kernels read and write it: a ``ct`` numpy array sharing ``x``'s memory when
-    one of its last two axes has unit stride (a contiguous copy otherwise, or to change the dtype).
+def _walkable(x: torch.Tensor) -> bool:
+    """Whether the kernels can read or write the ``(B, L, D)`` tensor ``x`` in place: they walk channels where
+    ``strides[2]`` is one element and time otherwise, so where channels do not have unit stride time must."""
+    return x.stride(2) == 1 or x.stride(1) == 1
 
-    The kernels walk channels where ``strides[2]`` is one element and time otherwise, so where channels do not
-    have unit stride time must."""
+
+def _view(x: torch.Tensor, ct: torch.dtype) -> np.ndarray:
+    """A ``(B, L, D)`` tensor as the kernels read it: a ``ct`` numpy array sharing ``x``'s memory when
+    :func:`_walkable` (a contiguous copy otherwise, or to change the dtype)."""
     x = x.detach()
     x = x if x.dtype == ct else x.to(ct)
-    if x.stride(2) != 1 and x.stride(1) != 1:
-        x = x.contiguous()
-    return x.numpy()
+    return (x if _walkable(x) else x.contiguous()).numpy()
 
 
 def _zeros_or(x: torch.Tensor | None, dim: int, ct: torch.dtype) -> np.ndarray:
@@ -685,11 +686,10 @@ def _zeros_or(x: torch.Tensor | None, dim: int, ct: torch.dtype) -> np.ndarray:
 
 
 def _empty_like(x: torch.Tensor, ct: torch.dtype) -> torch.Tensor:
-    """An uninitialised ``ct`` tensor of ``x``'s shape laid out like ``x`` where ``x`` is dense with a unit-stride
-    last or middle axis (so autograd need not copy a gradient to ``x``'s layout), else contiguous; either way as
-    the kernels require (see :func:`_view`)."""
+    """An uninitialised ``ct`` tensor of ``x``'s shape laid out like ``x`` where that layout is dense and
+    :func:`_walkable` (so autograd need not copy a gradient to ``x``'s layout), else contiguous."""
     out = torch.empty_like(x, dtype=ct)
-    return out if out.stride(2) == 1 or out.stride(1) == 1 else torch.empty(x.shape, dtype=ct)
+    return out if _walkable(out) else torch.empty(x.shape, dtype=ct)
 
 
 def _scan_forward(
@@ -758,7 +758,7 @@ def _scan_backward(
         with _KERNEL_LOCK:
             parts = _use_threads(u.shape[0] * blocks.shape[0], u.numel() * n_state)
             partial = [
-                np.zeros((parts, *shape), dtype=_np(None, ct).dtype)
+                np.zeros((parts, *shape), dtype=gu.numpy().dtype)
                 for shape in ((dim, n_state), tuple(bk.shape), tuple(ck.shape), (dim,), (dim,))
             ]
             _entry("backward", ct, parts > 1)(
