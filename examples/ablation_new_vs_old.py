@@ -96,8 +96,11 @@ RESULT_FILE = "result.json"
 TRAINED_FILE = "trained.json"
 
 
-def make_cohort(out: Path, num_patients: int, num_test: int, seed: int = 0, overrides: Sequence[str] = ()) -> None:
-    """``longiseg cohort OUT --num-patients N --num-test K --seed S --set ...`` (skipped when ``OUT/test`` exists)."""
+def make_cohort(out: Path, num_patients: int, num_test: int, seed: int = 0, overrides: Sequence[str] = (),
+                register: bool = False) -> None:
+    """``longiseg cohort OUT --num-patients N --num-test K --seed S --set ...`` (skipped when ``OUT/test`` exists);
+    with ``register``, ``longiseg register OUT/cohort OUT/cohort_registered --progression-space baseline`` in
+    between (the generator's progression masks lie in baseline space), and the split is made from its output."""
     from longiseg.data.demo_cohort import generate_demo_cohort
     from longiseg.data.split import write_test_split
     from longiseg.workflows.demo import DemoConfig, demo_cohort_config
@@ -106,6 +109,15 @@ def make_cohort(out: Path, num_patients: int, num_test: int, seed: int = 0, over
         return
     cfg = DemoConfig(output_dir=str(out), num_patients=num_patients, num_test=num_test, seed=seed)
     cohort = generate_demo_cohort(out / "cohort", demo_cohort_config(cfg).with_overrides(overrides), overwrite=True)
+    if register:
+        from longiseg.registration.cohort import RegistrationOptions, register_folder
+
+        results = register_folder(cohort, out / "cohort_registered", RegistrationOptions(
+            progression_space="baseline", qc_figures=False), overwrite=True)
+        failed = [r.case_id for r in results if not r.ok]
+        if failed:
+            raise RuntimeError(f"registration failed for {failed}; see {out / 'cohort_registered' / 'registration.csv'}")
+        cohort = out / "cohort_registered"
     write_test_split(cohort, out, cfg.num_test, overwrite=True)
 
 
@@ -248,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cohort-seed", type=int, default=0, help="seed of the generated cohort")
     p.add_argument("--cohort-set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="generator settings other than the demo's (as longiseg cohort --set)")
+    p.add_argument("--register", action="store_true", help="register every follow-up to its baseline "
+                                                           "(longiseg register) before the split")
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--steps", type=int, default=25, help="optimizer steps per epoch")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU core each)")
@@ -255,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     out = Path(args.output)
-    make_cohort(out, args.num_patients, args.num_test, args.cohort_seed, args.cohort_set)
+    make_cohort(out, args.num_patients, args.num_test, args.cohort_seed, args.cohort_set, args.register)
     todo = [(v, s) for s in args.seeds for v in args.variants
             if not (out / "runs" / v / f"seed{s}" / RESULT_FILE).is_file()]
     with tqdm(total=len(todo), desc="ablation runs", unit="run") as bar, ProcessPoolExecutor(

@@ -225,6 +225,34 @@ def test_implausible_motion_is_flagged(tmp_path: Path) -> None:
         RegistrationOptions(mask_interpolation="cubic")
 
 
+def test_progression_masks_in_baseline_space_are_not_moved(tmp_path: Path) -> None:
+    """``--progression-space baseline``: the follow-up images move, its progression mask (drawn in baseline
+    space) is written unchanged on the baseline grid; by default the same mask follows the follow-up."""
+    from longiseg.cli import main
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+    from longiseg.data.loading import find_cases, load_case
+
+    cfg = DemoCohortConfig(num_patients=2, spacing=4, modalities=("flair",), max_translation=0.0, max_rotation=0.0)
+    a, _ = generate_demo_case(0, cfg, progressing=True)
+    assert a.progression_masks.any()
+    raw = tmp_path / "raw"
+    _write_raw_case(raw / "c", a, a, rigid_motion((0, 0, 1), 4.0, (6.0, -4.0, 0.0)), (4.0, 4.0, 4.0),
+                    (0, 1, 2), (1, 1, 1))
+    atomic_save_nifti(a.progression_masks[0], a.affine, raw / "c" / layout.progression_filename(1),  # baseline space
+                      dtype=np.uint8, overwrite=True)
+    for space, out in (("baseline", tmp_path / "base"), ("followup", tmp_path / "fu")):
+        assert main(["register", str(raw), str(out), "--no-qc-figures", "--progression-space", space]) == 0
+    kept = load_case(find_cases(tmp_path / "base")[0])
+    np.testing.assert_array_equal(kept.progression_masks[0], a.progression_masks[0])
+    np.testing.assert_array_equal(kept.baseline_mask, a.baseline_mask)
+    moved = load_case(find_cases(tmp_path / "fu")[0])
+    assert _dice(moved.progression_masks[0], a.progression_masks[0]) < 0.9  # the 4 degree / 7 mm motion applied
+    with pytest.raises(ValueError, match="progression_space must be 'followup' or 'baseline'"):
+        from longiseg.registration.cohort import RegistrationOptions
+
+        RegistrationOptions(progression_space="native")
+
+
 def test_affine_isotropic_and_modalities_registered_on_their_own(tmp_path: Path) -> None:
     from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
     from longiseg.data.loading import find_cases, load_case

@@ -1,7 +1,8 @@
 """Register raw longitudinal scans into the library layout: ``longiseg register RAW OUT``.
 
 ``RAW`` uses the library's file names (``CASE/t{k}_{modality}.nii.gz``; optional ``baseline_mask.nii.gz``
-and ``brain_mask.nii.gz`` in baseline space, ``progression_t{k}.nii.gz`` in follow-up ``k``'s space), but
+and ``brain_mask.nii.gz`` in baseline space, ``progression_t{k}.nii.gz`` in follow-up ``k``'s space, or in
+baseline space with ``progression_space="baseline"`` for annotations drawn after an earlier alignment), but
 every file may have its own grid: voxel size, shape and orientation. Per case:
 
 1. optional N4 bias-field correction of every image;
@@ -94,6 +95,9 @@ class RegistrationOptions:
         max_scale_change: largest plausible scaling of an affine transform (0.15: scales 0.85-1.15).
         qc_figures: write the checkerboard PNGs (needs matplotlib).
         keep_failed: also write the images of failed cases (still reported as failed).
+        progression_space: where the raw ``progression_t{k}`` masks lie: ``"followup"`` (default; they
+            follow their follow-up's transform) or ``"baseline"`` (already in baseline space, e.g. drawn on
+            a follow-up aligned before; resampled like the baseline mask, without a transform).
     """
 
     reference_modality: str = "flair"
@@ -109,11 +113,14 @@ class RegistrationOptions:
     max_scale_change: float = 0.15
     qc_figures: bool = True
     keep_failed: bool = False
+    progression_space: str = "followup"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reference_modality", self.reference_modality.lower())
         if self.interpolation not in ("linear", "bspline"):
             raise ValueError(f"interpolation must be 'linear' or 'bspline', got {self.interpolation!r}")
+        if self.progression_space not in ("followup", "baseline"):
+            raise ValueError(f"progression_space must be 'followup' or 'baseline', got {self.progression_space!r}")
         if self.mask_interpolation not in ("linear", "nearest"):
             raise ValueError(f"mask_interpolation must be 'linear' or 'nearest', got {self.mask_interpolation!r}")
         if self.spacing is not None and not self.spacing > 0:
@@ -307,13 +314,14 @@ def register_case(raw_case: PathLike, out_root: PathLike, options: RegistrationO
                           dtype=np.float32)
     for name, (arr, aff) in masks.items():
         t = int(name[len("progression_t"):].split(".")[0]) if name.startswith("progression_t") else 0
-        if (t, ref) not in transforms:
+        if (t, ref) not in transforms:  # its follow-up failed (and keep_failed is off for it)
             continue
+        tx = transforms[(0 if opts.progression_space == "baseline" else t, ref)]
         src = to_sitk((arr > 0).astype(np.float32), aff)
         if opts.mask_interpolation == "nearest":
-            out = from_sitk(resample(src, ref_img, transforms[(t, ref)], interpolation="nearest"))[0]
+            out = from_sitk(resample(src, ref_img, tx, interpolation="nearest"))[0]
         else:
-            out = from_sitk(resample(src, ref_img, transforms[(t, ref)], interpolation="linear"))[0] >= 0.5
+            out = from_sitk(resample(src, ref_img, tx, interpolation="linear"))[0] >= 0.5
         atomic_save_nifti(out, out_grid.affine, case_dir / name, overwrite=overwrite, dtype=np.uint8)
     res.written = True
     return res

@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--interpolation", choices=("linear", "bspline"), default="linear", help="images (default linear)")
     p.add_argument("--mask-interpolation", dest="mask_interpolation", choices=("linear", "nearest"),
                    default="linear", help="masks: linear then >= 0.5 (default) or nearest neighbour")
+    p.add_argument("--progression-space", dest="progression_space", choices=("followup", "baseline"),
+                   default="followup", help="space of the raw progression_t{k} masks: their follow-up's "
+                                            "(default; moved with it) or the baseline's (already aligned)")
     p.add_argument("--n4", action="store_true", help="N4 bias-field correction first")
     p.add_argument("--min-correlation", dest="min_correlation", type=float, default=0.7,
                    help="QC: fail a follow-up below this correlation with the baseline (default 0.7)")
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         register_modalities=args.register_modalities, n4=args.n4, spacing=args.spacing,
         interpolation=args.interpolation, mask_interpolation=args.mask_interpolation,
         min_correlation=args.min_correlation, max_translation_mm=args.max_translation,
-        max_rotation_deg=args.max_rotation, qc_figures=not args.no_qc_figures, keep_failed=args.keep_failed)
+        max_rotation_deg=args.max_rotation, qc_figures=not args.no_qc_figures, keep_failed=args.keep_failed,
+        progression_space=args.progression_space)
     results = register_folder(args.raw, args.out, opts, overwrite=args.overwrite)
     failed = 0
     for r in results:
