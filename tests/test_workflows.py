@@ -186,7 +186,8 @@ def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
     assert (precious / "data.txt").read_text() == "user data"
 
 
-def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo composes cohort -> train -> tune -> predict -> evaluate; typing them gives the same table, and
     predict needs nothing but the checkpoint."""
     import csv
@@ -271,3 +272,20 @@ def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.
     for f in sorted((hand / "predictions" / "SegFormer").rglob("*.nii.gz")):
         other = again / f.relative_to(hand / "predictions" / "SegFormer")
         assert np.array_equal(np.asarray(nib.load(f).dataobj), np.asarray(nib.load(other).dataobj)), f
+
+    # Tuning post-processes as predict will: a spec without min_lesion_mm3 gets predict's default in both.
+    import longiseg.workflows.tune as tune_module
+    from longiseg.workflows.config import InferenceConfig
+
+    seen: list[float] = []
+
+    def recording(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs["min_volume_mm3"])  # type: ignore[arg-type]
+        return select_threshold(*args, **kwargs)
+
+    select_threshold = tune_module.select_threshold
+    spec = load_model(ckpt).spec
+    update_spec(ckpt, spec.replace(inference={k: v for k, v in spec.inference.items() if k != "min_lesion_mm3"}))
+    monkeypatch.setattr(tune_module, "select_threshold", recording)
+    tune_module.run_tuning(run, checkpoint="last.pt", device="cpu", progress=False)
+    assert seen == [InferenceConfig().min_lesion_mm3]

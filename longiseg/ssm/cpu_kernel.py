@@ -158,7 +158,7 @@ def _define_kernels(numba: Any) -> None:
     numba's negative-index wrap-around and vectorises the loops.
     """
     global _nb_exp2_array, _nb_copy_states, _nb_copy, _nb_tile, _nb_chunk_inputs, _nb_time_steps, _nb_advance
-    global _nb_transposed, _nb_forward_job, _nb_forward_py, _nb_prefetch, _nb_prefetch_rows
+    global _nb_transposed, _nb_job_constants, _nb_row, _nb_forward_job, _nb_forward_py, _nb_prefetch, _nb_prefetch_rows
     global _nb_backward_job, _nb_backward_py
     from llvmlite import ir
     from numba.core import cgutils
@@ -350,6 +350,20 @@ def _define_kernels(numba: Any) -> None:
         return out
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_job_constants(a_exp, bk, ck, bias, dskip, dim, d0, nd):  # pragma: no cover - compiled
+        # what a job of channels d0 .. d0 + nd needs besides its tiles: its group of B and of C (of dim // G
+        # channels each), its exponent factors as a contiguous (N, nd) array and its slices of bias and skip
+        gb = d0 // (dim // bk.shape[1])
+        gc = d0 // (dim // ck.shape[1])
+        return gb, gc, _nb_transposed(a_exp, d0, nd), bias[d0 : d0 + nd], dskip[d0 : d0 + nd]
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_row(x, b, g, t):  # pragma: no cover - compiled
+        # the (N,) row of B or C (or of their gradient buffers) for batch b, group g, position t; the batch
+        # and position indices collapse to 0 where x does not vary along them
+        return x[b if x.shape[0] > 1 else 0, g, t if x.shape[2] > 1 else 0]
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_advance(h_prev, h_next, dec, av, stepv, xv, bv, cv, acc):  # pragma: no cover - compiled
         # One position: h_next = exp(step a) h_prev + step u B, acc += sum_n C h_next; dec (when not empty)
         # keeps the decays exp(step a). h_prev and h_next must be different arrays: with one array passed twice
@@ -383,14 +397,8 @@ def _define_kernels(numba: Any) -> None:
         # One job: batch b, channels d0 .. d0 + nd, all in one group of B and one of C (see _job_blocks).
         seqlen = u.shape[1]
         n_state = a_exp.shape[1]
-        gb = d0 // (u.shape[2] // bk.shape[1])
-        gc = d0 // (u.shape[2] // ck.shape[1])
-        bb = b if bk.shape[0] > 1 else 0
-        cb = b if ck.shape[0] > 1 else 0
         gated = z.shape[0] > 0
-        av = _nb_transposed(a_exp, d0, nd)
-        bias_j = bias[d0 : d0 + nd]
-        dskip_j = dskip[d0 : d0 + nd]
+        gb, gc, av, bias_j, dskip_j = _nb_job_constants(a_exp, bk, ck, bias, dskip, u.shape[2], d0, nd)
         hh = np.zeros((2, n_state, nd), dtype=out.dtype)  # states after even and odd positions (see advance)
         nodec = np.empty((0, 0), dtype=out.dtype)
         tiles = np.empty((5, _CHECKPOINT_EVERY, nd), dtype=out.dtype)
@@ -408,8 +416,8 @@ def _define_kernels(numba: Any) -> None:
                 uk = tu[k]
                 for j in range(nd):
                     ok[j] = dskip_j[j] * uk[j]
-                bv = bk[bb, gb, t if bk.shape[2] > 1 else 0]
-                cv = ck[cb, gc, t if ck.shape[2] > 1 else 0]
+                bv = _nb_row(bk, b, gb, t)
+                cv = _nb_row(ck, b, gc, t)
                 _nb_advance(hh[t % 2], hh[(t + 1) % 2], nodec, av, tdt[k], txu[k], bv, cv, ok)
                 if gated:
                     zk = tz[k]
@@ -444,15 +452,9 @@ def _define_kernels(numba: Any) -> None:
         # ga, gbk, gck, gd, gbias are this work item's partial sums (accumulated into).
         seqlen = u.shape[1]
         n_state = a.shape[1]
-        gb = d0 // (u.shape[2] // bk.shape[1])
-        gc = d0 // (u.shape[2] // ck.shape[1])
-        bb = b if bk.shape[0] > 1 else 0
-        cb = b if ck.shape[0] > 1 else 0
         gated = z.shape[0] > 0
-        av = _nb_transposed(a_exp, d0, nd)
+        gb, gc, av, bias_j, dskip_j = _nb_job_constants(a_exp, bk, ck, bias, dskip, u.shape[2], d0, nd)
         aa = _nb_transposed(a, d0, nd)
-        bias_j = bias[d0 : d0 + nd]
-        dskip_j = dskip[d0 : d0 + nd]
         gd_j = gd[d0 : d0 + nd]
         gbias_j = gbias[d0 : d0 + nd]
         hbuf = np.zeros((_CHECKPOINT_EVERY + 1, n_state, nd), dtype=gu.dtype)
@@ -484,8 +486,8 @@ def _define_kernels(numba: Any) -> None:
                 uk = tu[k]
                 for j in range(nd):
                     acc[j] = dskip_j[j] * uk[j]
-                bv = bk[bb, gb, t if bk.shape[2] > 1 else 0]
-                cv = ck[cb, gc, t if ck.shape[2] > 1 else 0]
+                bv = _nb_row(bk, b, gb, t)
+                cv = _nb_row(ck, b, gc, t)
                 _nb_advance(hbuf[k], hbuf[k + 1], abuf[k], av, tdt[k], txu[k], bv, cv, acc)
                 if gated:
                     zk = tz[k]
@@ -498,10 +500,10 @@ def _define_kernels(numba: Any) -> None:
                         gy[j] = gy[j] * sz
             for k in range(steps - 1, -1, -1):
                 t = t0 + k
-                tb = t if bk.shape[2] > 1 else 0
-                tc = t if ck.shape[2] > 1 else 0
-                bv = bk[bb, gb, tb]
-                cv = ck[cb, gc, tc]
+                bv = _nb_row(bk, b, gb, t)
+                cv = _nb_row(ck, b, gc, t)
+                gbv = _nb_row(gbk, b, gb, t)
+                gcv = _nb_row(gck, b, gc, t)
                 gy = tgy[k]
                 stepv = tdt[k]
                 xv = txu[k]
@@ -528,8 +530,8 @@ def _define_kernels(numba: Any) -> None:
                         sum_b += gi * xv[j]
                         sum_c += h1[j] * gy[j]
                         gn[j] = dn[j] * gi
-                    gbk[bb, gb, tb, n] += sum_b
-                    gck[cb, gc, tc, n] += sum_c
+                    gbv[n] += sum_b
+                    gcv[n] += sum_c
                 uk = tu[k]
                 sk = tsg[k]
                 guk = tgu[k]

@@ -154,7 +154,7 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
         record = {"objective": objective, "threshold": default, "kept": "no validation follow-up with progression"}
     else:
         selection = select_threshold(maps.probabilities, maps.references, maps.spacing, thresholds=thresholds,
-                                     min_volume_mm3=float(spec.inference.get("min_lesion_mm3", 0.0)),
+                                     min_volume_mm3=settings.min_lesion_mm3,
                                      brain_masks=maps.brain_masks, protocol="segmast", default=default,
                                      objective=objective,
                                      baseline_probabilities=maps.baseline_probabilities if outside_baseline else None,
