@@ -159,6 +159,7 @@ def _define_kernels(numba: Any) -> None:
     """
     global _nb_exp2_array, _nb_copy_states, _nb_copy, _nb_tile, _nb_chunk_inputs, _nb_time_steps, _nb_advance
     global _nb_transposed, _nb_job_constants, _nb_row, _nb_forward_job, _nb_forward_py, _nb_prefetch, _nb_prefetch_rows
+    global _nb_pointer, _nb_line
     global _nb_backward_job, _nb_backward_py
     from llvmlite import ir
     from numba.core import cgutils
