@@ -225,6 +225,61 @@ def _inputs(device: str = "cpu", dtype: torch.dtype = torch.float32, **kw) -> li
 
 
 @needs_triton
+def _compile_for_gpu(kernel, constexprs: dict, num_warps: int) -> dict:
+    """Compile one of the scan kernels for an sm_90 GPU without one (Triton's bundled ptxas): pointers as float32,
+    sizes and strides as int32, ``constexprs`` as given. Returns the compiled kernel's assembly by stage."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    params = list(inspect.signature(kernel.fn).parameters)
+    signature = {p: "constexpr" if p in constexprs else "*fp32" if p.endswith("_ptr") else "i32" for p in params}
+    folded = {(params.index(p),): v for p, v in constexprs.items()}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=folded),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    return compiled.asm
+
+
+#: What ``_Layout`` launches on a GPU for N = 16: one channel per program, 64 positions per tile, 8 warps.
+GPU_TILES = {"BLOCK_D": 1, "BLOCK_N": 16, "BLOCK_T": 64}
+FEATURES = {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "B_CONST": False, "C_CONST": False}
+
+
+def _can_compile_for_gpu() -> bool:
+    if not triton_kernel.triton_scan_available():
+        return False
+    import triton
+
+    return (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").is_file()
+
+
+needs_ptxas = pytest.mark.skipif(not _can_compile_for_gpu(), reason="needs triton with its CUDA backend (ptxas)")
+
+
+@needs_ptxas
+def test_forward_kernel_compiles_for_a_gpu(tmp_path, monkeypatch):
+    """The compiled (not interpreted) forward kernel goes through Triton's whole pipeline to an sm_90 binary,
+    so code that only the GPU compiler rejects is caught without a GPU (in a fresh cache: really compiled)."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    fwd, _ = triton_kernel._kernels(False)
+    asm = _compile_for_gpu(fwd, {**FEATURES, "STORE_CKPT": True, **GPU_TILES}, num_warps=8)
+    assert len(asm["cubin"]) > 1000 and ".entry _scan_fwd_kernel" in asm["ptx"]
+
+
+@pytest.mark.slow
+@needs_ptxas
+@pytest.mark.parametrize("const", [False, True])
+def test_backward_kernel_compiles_for_a_gpu(const, tmp_path, monkeypatch):
+    """The backward kernel (about 30 s to compile), time-varying and input-independent B/C."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    _, bwd = triton_kernel._kernels(False)
+    flags = {**FEATURES, "B_CONST": const, "C_CONST": const, "HAS_GLAST": True, **GPU_TILES}
+    asm = _compile_for_gpu(bwd, flags, num_warps=8)
+    assert len(asm["cubin"]) > 1000 and ".entry _scan_bwd_kernel" in asm["ptx"]
+
+
 def test_backend_resolution(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.delenv("LONGISEG_SCAN_BACKEND", raising=False)

@@ -108,6 +108,28 @@ def _affine_combine_fn(a1, b1, a2, b2):  # type: ignore[no-untyped-def]
 _affine_combine = triton.JITFunction(_affine_combine_fn) if triton is not None else None
 
 
+#: Set by :func:`_kernels` (decorated there, like the kernels that call them).
+_program_channels: Any = None
+_softplus: Any = None
+
+
+def _program_channels_fn(dim, dstate, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):  # type: ignore[no-untyped-def]
+    # This program's channels (a block of BLOCK_D from program_id(0) * BLOCK_D) and states, with their masks.
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    return offs_d, offs_n, mask_d, mask_n, mask_d[:, None] & mask_n[None, :]
+
+
+def _softplus_fn(x):  # type: ignore[no-untyped-def]
+    # log1p(exp(x)) as log(w) * e / (w - 1), w = 1 + e (exact to a few ulp; no log1p in tl); x itself above 20
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    return tl.where(x > 20.0, x, tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0)))
+
+
+
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, last_ptr, ckpt_ptr,
@@ -120,12 +142,8 @@ def _scan_fwd_kernel(
 ):  # fmt: skip
     pid_d = tl.program_id(0)
     b = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_d, offs_n, mask_d, mask_n, mask_dn = _program_channels(dim, dstate, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, BLOCK_T)
-    mask_d = offs_d < dim
-    mask_n = offs_n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     d3 = offs_d[:, None, None]
     n3 = offs_n[None, :, None]
     first3 = offs_t[None, None, :] == 0
@@ -155,10 +173,8 @@ def _scan_fwd_kernel(
         dt = dt.to(a.dtype)
         if HAS_BIAS:
             dt = dt + bias[:, None]
-        if SOFTPLUS:  # log1p(e) as log(w) * e / (w - 1), w = 1 + e (exact to a few ulp; no log1p in tl)
-            e = tl.exp(tl.minimum(dt, 20.0))
-            w = 1.0 + e
-            dt = tl.where(dt > 20.0, dt, tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0)))
+        if SOFTPLUS:
+            dt = _softplus(dt)
         dt = tl.where(m2, dt, 0.0)  # padding: exp(0 A) = 1 and no input, the state passes unchanged
         if STORE_CKPT:
             ck = ckpt_ptr + ((b * dim + offs_d[:, None]) * n_tiles + k) * dstate + offs_n[None, :]
@@ -207,12 +223,8 @@ def _scan_bwd_kernel(
     # grouped gB/gC: (B, G, N, L) accumulators with N and L contiguous.
     pid_d = tl.program_id(0)
     b = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_d, offs_n, mask_d, mask_n, mask_dn = _program_channels(dim, dstate, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, BLOCK_T)
-    mask_d = offs_d < dim
-    mask_n = offs_n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     d3 = offs_d[:, None, None]
     n3 = offs_n[None, :, None]
     first3 = offs_t[None, None, :] == 0
@@ -256,9 +268,7 @@ def _scan_bwd_kernel(
             raw = raw + bias[:, None, None]
         dt2 = raw
         if SOFTPLUS:
-            e = tl.exp(tl.minimum(raw, 20.0))
-            w = 1.0 + e
-            dt2 = tl.where(raw > 20.0, raw, tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0)))
+            dt2 = _softplus(raw)
         dt2 = tl.where(m3, dt2, 0.0)
         dt = tl.sum(tl.where(row_cur, dt2, 0.0), axis=1)
         dt_next = tl.sum(tl.where(row_cur, 0.0, dt2), axis=1)
@@ -343,6 +353,10 @@ def _scan_bwd_kernel(
 def _kernels(interpret: bool) -> tuple[Any, Any]:
     """The forward and backward kernels, compiled for the GPU or wrapped for the interpreter (``interpret``)."""
     del interpret  # the cache key; ``triton.jit`` reads the same environment variable now
+    global _program_channels, _softplus
+    # The helpers the kernels call are decorated here too: an interpreted kernel can only call interpreted helpers
+    # (a JITFunction made at import time raises there), and the compiler resolves these globals when it compiles.
+    _program_channels, _softplus = triton.jit(_program_channels_fn), triton.jit(_softplus_fn)
     return triton.jit(_scan_fwd_kernel), triton.jit(_scan_bwd_kernel)
 
 
