@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -161,6 +163,12 @@ def test_paired_ttest_matches_scipy() -> None:
     assert res.n == 8 and res.mean_difference == pytest.approx(np.mean(a_vals - b_vals))
     assert paired_ttest(a, b, "dice", level="case").pvalue == pytest.approx(ref.pvalue)
     assert np.isnan(paired_ttest(a, a, "dice").pvalue)
+    # a constant shift (differences equal up to rounding): undefined, NaN without scipy's precision warning
+    shifted = make_table({(f"p{i}", f"c{i}", "B"): float(v) + 0.1 for i, v in enumerate(a_vals)}, "S")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = paired_ttest(shifted, a, "dice")
+    assert np.isnan(res.pvalue) and np.isnan(res.statistic) and res.mean_difference == pytest.approx(0.1)
     c = make_table({("q0", "c0", "B"): 0.5}, "C")
     with pytest.raises(ValueError, match="same patients"):
         paired_ttest(a, c, "dice")

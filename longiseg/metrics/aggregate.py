@@ -207,7 +207,8 @@ def paired_ttest(
 
     Returns:
         :class:`TTestResult`; ``mean_difference`` is mean(A - B). Units where either value is NaN are
-        dropped; statistic and p are NaN with fewer than two pairs or identical values.
+        dropped; statistic and p are NaN with fewer than two pairs or when the differences A - B do not vary
+        (identical values, or a constant shift: the test is undefined there).
     """
     if level not in ("patient", "case"):
         raise ValueError(f"level must be 'patient' or 'case', got {level!r}")
@@ -227,8 +228,11 @@ def paired_ttest(
     ok = ~(np.isnan(xa) | np.isnan(xb))
     xa, xb = xa[ok], xb[ok]
     n = int(xa.size)
-    mean_diff = float(np.mean(xa - xb)) if n else float("nan")
-    if n < 2 or np.all(xa == xb):
+    diff = xa - xb
+    mean_diff = float(np.mean(diff)) if n else float("nan")
+    if n < 2 or float(np.ptp(diff)) <= 1e-12 * max(1.0, float(np.max(np.abs(diff)))):
+        # the differences do not vary (up to rounding): the t statistic is undefined (scipy would return
+        # +-inf or a rounding artefact with a precision-loss warning), so no test result
         return TTestResult(float("nan"), float("nan"), n, mean_diff)
     res = stats.ttest_rel(xa, xb)
     return TTestResult(float(res.statistic), float(res.pvalue), n, mean_diff)
