@@ -12,7 +12,8 @@ Everything is fused into the kernels: the bias and softplus of ``delta`` (and so
 backward pass), ``sigmoid(z)`` and ``silu(z)``, the skip, the gate and the reductions over channels and time.
 The kernels read ``u``, ``delta``, ``z`` and the output gradient and write the output and its gradients in the
 caller's layout (channel-first ``(B, D, L)`` or channel-last ``(B, L, D)``, also strided views), one tile of 16
-positions x 64 channels at a time along the contiguous axis, prefetching the next tile where that axis is time:
+positions (64 in the forward pass where time is the contiguous axis) x 64 channels at a time along the
+contiguous axis, prefetching the next tile where that axis is time:
 no transposed or converted copy of a ``(B, L, D)`` tensor is made (except to change the dtype). The kernels are
 compiled with NumPy's error model (a division by zero gives ``inf``, not an exception), without which LLVM does
 not vectorise loops that divide.
@@ -67,6 +68,13 @@ _CHANNEL_BLOCK = 64
 #: Measured at L = 4096 (B = 2, D = 128, N = 16, one thread): 16 is 1.2x faster forward+backward than 32, 8 is
 #: not faster than 16.
 _CHECKPOINT_EVERY = 16
+#: Positions a forward job reads or writes at once where time is the contiguous axis of ``u`` (the canonical
+#: ``(B, D, L)`` layout): a tile of 64 channels then is 64 rows of one run each, and four cache lines per row
+#: instead of one make the transposed reads cheaper (forward 0.82-0.99x the time with 16, interleaved runs at
+#: L = 1k and 4k). A multiple of _CHECKPOINT_EVERY. Channel-contiguous layouts keep tiles of _CHECKPOINT_EVERY
+#: positions (their rows are contiguous already), and so does the backward pass, which recomputes and sweeps one
+#: chunk at a time: tiles of 32-128 positions made it 1.10-1.13x slower (its buffers no longer stay in L1/L2).
+_TIME_TILE = 64
 #: Calls with fewer state updates (B * L * D * N) run the serial kernels: a parallel region costs more to start.
 _PARALLEL_MIN_WORK = 1 << 18
 
@@ -146,10 +154,10 @@ def _define_kernels(numba: Any) -> None:
 
     Layouts: ``u, draw, z, out, gout, gu, gdt, gz`` are ``(B, L, D)`` arrays with *any* strides (the canonical
     ``(B, D, L)`` tensors are passed as transposed views, ``Mamba``'s channel-last ones as they are): the kernels
-    read and write them one tile of ``_CHECKPOINT_EVERY`` positions x (at most) 64 channels at a time, along
-    whichever axis is contiguous, and compute on contiguous ``(positions, channels)`` tiles. ``draw`` holds the
-    raw time steps (before the bias and the optional softplus, which the kernels apply). ``a_exp`` = the exponent
-    factors ``(D, N)`` (``A log2 e`` for float32, ``A`` for float64, see :func:`_nb_decay`); ``bk, ck`` =
+    read and write them one tile of ``_CHECKPOINT_EVERY`` positions (``_TIME_TILE`` in the forward pass where
+    time is contiguous) x (at most) 64 channels at a time, along whichever axis is contiguous, and compute on
+    contiguous ``(positions, channels)`` tiles. ``draw`` holds the raw time steps (before the bias and the
+    optional softplus, which the kernels apply). ``a_exp`` = the exponent factors ``(D, N)`` (``A log2 e`` for float32, ``A`` for float64, see :func:`_nb_decay`); ``bk, ck`` =
     ``B``/``C`` as ``(B or 1, G, L or 1, N)`` (size 1 where the input does not vary, e.g. ``(1, D, 1, N)`` for
     the input-independent form; channel ``d`` uses group ``d // (D // G)``). An absent ``z`` / ``glast`` is an
     empty ``(0, 0, 0)`` array. A job is one batch ``b`` and channels ``d0 .. d0 + nd`` (``nd <= 64``); inside it a
@@ -159,7 +167,7 @@ def _define_kernels(numba: Any) -> None:
     """
     global _nb_exp2_array, _nb_copy_states, _nb_copy, _nb_tile, _nb_chunk_inputs, _nb_time_steps, _nb_advance
     global _nb_transposed, _nb_job_constants, _nb_row, _nb_forward_job, _nb_forward_py, _nb_prefetch, _nb_prefetch_rows
-    global _nb_pointer, _nb_line
+    global _nb_pointer, _nb_line, _nb_span
     global _nb_backward_job, _nb_backward_py
     from llvmlite import ir
     from numba.core import cgutils
@@ -257,24 +265,24 @@ def _define_kernels(numba: Any) -> None:
         return numba.carray(_nb_pointer(x, offset), count)
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_prefetch_rows(x, b, tn, d0, nd):  # pragma: no cover - compiled
-        # when time is x's contiguous axis: prefetch positions tn .. tn + _CHECKPOINT_EVERY of channels d0 .. d0 + nd
+    def _nb_prefetch_rows(x, b, tn, d0, nd, span):  # pragma: no cover - compiled
+        # when time is x's contiguous axis: prefetch positions tn .. tn + span of channels d0 .. d0 + nd
         # (the next tile a job reads or writes; 64 rows of one short run each, which the hardware prefetchers
         # do not follow). Nothing when tn is outside x or channels are the contiguous axis.
         if x.strides[2] != x.itemsize and 0 <= tn < x.shape[1]:
             base = x.ctypes.data + b * x.strides[0] + tn * x.strides[1]
-            span = (min(x.shape[1], tn + _CHECKPOINT_EVERY) - tn - 1) * x.strides[1]
+            reach = (min(x.shape[1], tn + span) - tn - 1) * x.strides[1]
             for j in range(nd):
                 row = base + (d0 + j) * x.strides[2]
-                for off in range(0, span + 64, 64):
-                    _nb_prefetch(row + min(off, span))
+                for off in range(0, reach + 64, 64):
+                    _nb_prefetch(row + min(off, reach))
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_tile(x, b, t0, d0, steps, tile, tn, to_x):  # pragma: no cover - compiled
         # between tile[k, j] and x[b, t0 + k, d0 + j] for k < steps (tile -> x when to_x), along x's unit-stride
         # axis (channels when strides[2] is one element, else time: see _view); prefetches the tile starting at tn
         nd = tile.shape[1]
-        _nb_prefetch_rows(x, b, tn, d0, nd)
+        _nb_prefetch_rows(x, b, tn, d0, nd, tile.shape[0])
         if x.strides[2] != x.itemsize:
             for j in range(nd):
                 col = _nb_line(x, b, t0, d0 + j, steps)
@@ -316,7 +324,7 @@ def _define_kernels(numba: Any) -> None:
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, tn, tiles):  # pragma: no cover - compiled
-        # a job's inputs at positions t0 .. t0 + steps into tiles (5, _CHECKPOINT_EVERY, nd): u, the time steps
+        # a job's inputs at positions t0 .. t0 + steps into tiles (5, >= steps, nd): u, the time steps
         # delta', their derivative w.r.t. the raw steps, delta' u, and z (when given); prefetches the chunk at tn
         _nb_tile(u, b, t0, d0, steps, tiles[0], tn, False)
         _nb_tile(draw, b, t0, d0, steps, tiles[1], tn, False)
@@ -365,6 +373,12 @@ def _define_kernels(numba: Any) -> None:
         return x[b if x.shape[0] > 1 else 0, g, t if x.shape[2] > 1 else 0]
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_span(u):  # pragma: no cover - compiled
+        # positions per input/output tile of a forward job: _TIME_TILE where time is u's contiguous axis, else
+        # _CHECKPOINT_EVERY
+        return _TIME_TILE if u.strides[2] != u.itemsize else _CHECKPOINT_EVERY
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_advance(h_prev, h_next, dec, av, stepv, xv, bv, cv, acc):  # pragma: no cover - compiled
         # One position: h_next = exp(step a) h_prev + step u B, acc += sum_n C h_next; dec (when not empty)
         # keeps the decays exp(step a). h_prev and h_next must be different arrays: with one array passed twice
@@ -402,17 +416,17 @@ def _define_kernels(numba: Any) -> None:
         gb, gc, av, bias_j, dskip_j = _nb_job_constants(a_exp, bk, ck, bias, dskip, u.shape[2], d0, nd)
         hh = np.zeros((2, n_state, nd), dtype=out.dtype)  # states after even and odd positions (see advance)
         nodec = np.empty((0, 0), dtype=out.dtype)
-        tiles = np.empty((5, _CHECKPOINT_EVERY, nd), dtype=out.dtype)
+        span = _nb_span(u)
+        tiles = np.empty((5, span, nd), dtype=out.dtype)
         tu, tdt, txu, tz = tiles[0], tiles[1], tiles[3], tiles[4]
         tout = np.empty_like(tu)
-        for c in range((seqlen + _CHECKPOINT_EVERY - 1) // _CHECKPOINT_EVERY):
-            t0 = c * _CHECKPOINT_EVERY
-            steps = min(seqlen, t0 + _CHECKPOINT_EVERY) - t0
-            if ckpt.shape[0] > 0:
-                _nb_copy_states(hh[t0 % 2], ckpt[b, c], d0, True)
-            _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, t0 + _CHECKPOINT_EVERY, tiles)
+        for t0 in range(0, seqlen, span):
+            steps = min(seqlen, t0 + span) - t0
+            _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, t0 + span, tiles)
             for k in range(steps):
                 t = t0 + k
+                if ckpt.shape[0] > 0 and t % _CHECKPOINT_EVERY == 0:
+                    _nb_copy_states(hh[t % 2], ckpt[b, t // _CHECKPOINT_EVERY], d0, True)
                 ok = tout[k]
                 uk = tu[k]
                 for j in range(nd):
@@ -424,7 +438,7 @@ def _define_kernels(numba: Any) -> None:
                     zk = tz[k]
                     for j in range(nd):  # silu(z) = z sigmoid(z)
                         ok[j] *= zk[j] * _nb_sigmoid(zk[j])
-            _nb_tile(out, b, t0, d0, steps, tout, t0 + _CHECKPOINT_EVERY, True)
+            _nb_tile(out, b, t0, d0, steps, tout, t0 + span, True)
         h = hh[seqlen % 2]
         for j in range(nd):
             for n in range(n_state):
