@@ -158,8 +158,8 @@ def _define_kernels(numba: Any) -> None:
     time is contiguous) x (at most) 64 channels at a time, along whichever axis is contiguous, and compute on
     contiguous ``(positions, channels)`` tiles. ``draw`` holds the raw time steps (before the bias and the
     optional softplus, which the kernels apply). ``a_exp`` = the exponent factors ``(D, N)`` (``A log2 e`` for
-    float32, ``A`` for float64, see :func:`_nb_decay`); ``bk, ck`` = ``B``/``C`` as ``(B or 1, G, L or 1, N)`` (size 1 where the input does not vary, e.g. ``(1, D, 1, N)`` for
-    the input-independent form; channel ``d`` uses group ``d // (D // G)``). An absent ``z`` / ``glast`` is an
+    float32, ``A`` for float64, see :func:`_nb_decay`); ``bk, ck`` = ``B``/``C`` as ``(B or 1, G, L or 1, N)``
+    (size 1 where the input does not vary, e.g. ``(1, D, 1, N)`` for the input-independent form; channel ``d`` uses group ``d // (D // G)``). An absent ``z`` / ``glast`` is an
     empty ``(0, 0, 0)`` array. A job is one batch ``b`` and channels ``d0 .. d0 + nd`` (``nd <= 64``); inside it a
     state is an ``(N, nd)`` array, so the inner loops run over contiguous channels. Their indices are range
     variables starting at 0 (never sums such as ``n * nd + j``): LLVM then sees they are non-negative, drops
