@@ -6,14 +6,14 @@ For ``x`` ``(B, L, D)``, weights ``w`` ``(D, K)`` and an optional bias ``(D,)``:
 
 which is ``silu(conv1d(x.mT, w[:, None], bias, padding=K - 1, groups=D)[..., :L]).mT``, the convolution of
 :class:`~longiseg.ssm.Mamba` (:func:`causal_conv1d_silu_reference`). In PyTorch that is a padded copy, ``K``
-multiply-adds and the SiLU, each a pass over ``(B, L, D)`` in both directions of autograd, with zero-filled
-gradient buffers for the slices of the padded copy: a quarter of a Mamba block's time on a CPU. The compiled
-version reads ``x`` where it lies (any layout whose channels have unit stride, such as the half of Mamba's input
-projection), writes ``y`` in one pass and keeps nothing but ``x`` for the backward pass, which recomputes the
-pre-activation and forms the gradients in two sweeps over time (the pre-activation gradient is kept in the
-rows of ``dx``, which the second sweep turns into ``dx`` in place). Jobs are ``(batch, block of at most 64 channels)``, parallel when
-the call is large enough (as in :mod:`longiseg.ssm.cpu_kernel`, whose compiled ``sigmoid`` it uses; float32
-sums in the order ``bias, k = 0 .. K - 1``, float64 tested against the reference at 1e-12).
+multiply-adds and the SiLU, each a pass over ``(B, L, D)`` in both directions of autograd, with zero-filled gradient
+buffers for the slices of the padded copy: a quarter of a Mamba block's time on a CPU. The compiled version reads
+``x`` where it lies (any layout whose channels have unit stride, such as the half of Mamba's input projection),
+writes ``y`` in one pass and keeps nothing but ``x`` for the backward pass, which recomputes the pre-activation and
+forms the gradients in two sweeps over time (the pre-activation gradient is kept in the rows of ``dx``, which the
+second sweep turns into ``dx`` in place). Jobs are ``(batch, block of at most 64 channels)``, parallel when the call
+is large enough (as in :mod:`longiseg.ssm.cpu_kernel`, whose compiled ``sigmoid`` it uses; float32 sums in the order
+``bias, k = 0 .. K - 1``, float64 tested against the reference at 1e-12).
 """
 
 from __future__ import annotations

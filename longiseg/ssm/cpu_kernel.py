@@ -154,16 +154,16 @@ def _define_kernels(numba: Any) -> None:
 
     Layouts: ``u, draw, z, out, gout, gu, gdt, gz`` are ``(B, L, D)`` arrays with *any* strides (the canonical
     ``(B, D, L)`` tensors are passed as transposed views, ``Mamba``'s channel-last ones as they are): the kernels
-    read and write them one tile of ``_CHECKPOINT_EVERY`` positions (``_TIME_TILE`` in the forward pass where
-    time is contiguous) x (at most) 64 channels at a time, along whichever axis is contiguous, and compute on
-    contiguous ``(positions, channels)`` tiles. ``draw`` holds the raw time steps (before the bias and the
-    optional softplus, which the kernels apply). ``a_exp`` = the exponent factors ``(D, N)`` (``A log2 e`` for
-    float32, ``A`` for float64, see :func:`_nb_decay`); ``bk, ck`` = ``B``/``C`` as ``(B or 1, G, L or 1, N)``
-    (size 1 where the input does not vary, e.g. ``(1, D, 1, N)`` for the input-independent form; channel ``d`` uses group ``d // (D // G)``). An absent ``z`` / ``glast`` is an
-    empty ``(0, 0, 0)`` array. A job is one batch ``b`` and channels ``d0 .. d0 + nd`` (``nd <= 64``); inside it a
-    state is an ``(N, nd)`` array, so the inner loops run over contiguous channels. Their indices are range
-    variables starting at 0 (never sums such as ``n * nd + j``): LLVM then sees they are non-negative, drops
-    numba's negative-index wrap-around and vectorises the loops.
+    read and write them one tile of ``_CHECKPOINT_EVERY`` positions (``_TIME_TILE`` in the forward pass where time
+    is contiguous) x (at most) 64 channels at a time, along whichever axis is contiguous, and compute on contiguous
+    ``(positions, channels)`` tiles. ``draw`` holds the raw time steps (before the bias and the optional softplus,
+    which the kernels apply). ``a_exp`` = the exponent factors ``(D, N)`` (``A log2 e`` for float32, ``A`` for
+    float64, see :func:`_nb_decay`); ``bk, ck`` = ``B``/``C`` as ``(B or 1, G, L or 1, N)`` (size 1 where the
+    input does not vary, e.g. ``(1, D, 1, N)`` for the input-independent form; channel ``d`` uses group
+    ``d // (D // G)``). An absent ``z`` / ``glast`` is an empty ``(0, 0, 0)`` array. A job is one batch ``b`` and
+    channels ``d0 .. d0 + nd`` (``nd <= 64``); inside it a state is an ``(N, nd)`` array, so the inner loops run
+    over contiguous channels. Their indices are range variables starting at 0 (never sums such as ``n * nd + j``):
+    LLVM then sees they are non-negative, drops numba's negative-index wrap-around and vectorises the loops.
     """
     global _nb_exp2_array, _nb_copy_states, _nb_copy, _nb_tile, _nb_chunk_inputs, _nb_time_steps, _nb_advance
     global _nb_transposed, _nb_job_constants, _nb_row, _nb_forward_job, _nb_forward_py, _nb_prefetch, _nb_prefetch_rows
