@@ -53,24 +53,35 @@ def causal_conv1d_silu_reference(x: torch.Tensor, weight: torch.Tensor, bias: to
 def _define_kernels(numba: Any) -> None:
     """Define the compiled functions as module globals (so that numba's disk cache can key them)."""
     global _nb_conv_forward_job, _nb_conv_forward_py, _nb_conv_backward_job, _nb_conv_backward_py
-    cpu_kernel._kernels()  # the sigmoid overload and the unit-stride row views
+    # defined by cpu_kernel._kernels(), which _kernels() below runs first
     from longiseg.ssm.cpu_kernel import _nb_line, _nb_sigmoid, _nb_transposed
 
     njit, prange = numba.njit, numba.prange
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_preactivation(x, wt, bias_j, b, t, d0, acc):  # pragma: no cover - compiled
-        # acc = bias + sum_k w[:, k] x[b, t + k - (K - 1)] for channels d0 .. d0 + nd
-        taps, nd = wt.shape
-        for j in range(nd):
-            acc[j] = bias_j[j]
+    def _nb_taps(x, b, t, d0, per_tap, vec, into_taps):  # pragma: no cover - compiled
+        # over the taps k whose input row s = t + k - (K - 1) exists (channels d0 .. d0 + nd of x[b, s]):
+        # vec += per_tap[k] x[b, s] (the pre-activation, per_tap = the weights) or, with into_taps,
+        # per_tap[k] += vec x[b, s] (the weight gradient, vec = the pre-activation gradient)
+        taps, nd = per_tap.shape
         for k in range(taps):
             s = t + k - (taps - 1)
             if s >= 0:
                 row = _nb_line(x, b, s, d0, nd)
-                wk = wt[k]
-                for j in range(nd):
-                    acc[j] += wk[j] * row[j]
+                pk = per_tap[k]
+                if into_taps:
+                    for j in range(nd):
+                        pk[j] += vec[j] * row[j]
+                else:
+                    for j in range(nd):
+                        vec[j] += pk[j] * row[j]
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_preactivation(x, wt, bias_j, b, t, d0, acc):  # pragma: no cover - compiled
+        # acc = bias + sum_k w[:, k] x[b, t + k - (K - 1)] for channels d0 .. d0 + nd
+        for j in range(acc.shape[0]):
+            acc[j] = bias_j[j]
+        _nb_taps(x, b, t, d0, wt, acc, False)
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_conv_forward_job(x, w, bias, y, b, d0, nd):  # pragma: no cover - compiled
@@ -114,13 +125,7 @@ def _define_kernels(numba: Any) -> None:
                 ga[j] = acc[j]
             for j in range(nd):
                 gb[j] += acc[j]
-            for k in range(taps):
-                s = t + k - (taps - 1)
-                if s >= 0:
-                    row = _nb_line(x, b, s, d0, nd)
-                    gk = gwt[k]
-                    for j in range(nd):
-                        gk[j] += acc[j] * row[j]
+            _nb_taps(x, b, t, d0, gwt, acc, True)
         for t in range(seqlen):
             out = _nb_line(gx, b, t, d0, nd)
             wl = wt[taps - 1]
@@ -151,10 +156,10 @@ def _define_kernels(numba: Any) -> None:
 
 @functools.cache
 def _kernels() -> None:
-    numba, why = _load_numba()
-    if numba is None:
-        raise RuntimeError(why)
-    _define_kernels(numba)
+    """Define the convolution kernels once per process, after the scan's (whose helpers they call; that step
+    also raises when numba is missing)."""
+    cpu_kernel._kernels()
+    _define_kernels(_load_numba()[0])
 
 
 @functools.cache
