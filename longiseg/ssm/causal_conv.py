@@ -59,29 +59,19 @@ def _define_kernels(numba: Any) -> None:
     njit, prange = numba.njit, numba.prange
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_taps(x, b, t, d0, per_tap, vec, into_taps):  # pragma: no cover - compiled
-        # over the taps k whose input row s = t + k - (K - 1) exists (channels d0 .. d0 + nd of x[b, s]):
-        # vec += per_tap[k] x[b, s] (the pre-activation, per_tap = the weights) or, with into_taps,
-        # per_tap[k] += vec x[b, s] (the weight gradient, vec = the pre-activation gradient)
-        taps, nd = per_tap.shape
+    def _nb_preactivation(x, wt, bias_j, b, t, d0, acc):  # pragma: no cover - compiled
+        # acc = bias + sum_k w[:, k] x[b, t + k - (K - 1)] for channels d0 .. d0 + nd. (The weight gradient's
+        # loop in the backward job walks the same taps; one helper with a flag for both measured 7-15% slower.)
+        taps, nd = wt.shape
+        for j in range(nd):
+            acc[j] = bias_j[j]
         for k in range(taps):
             s = t + k - (taps - 1)
             if s >= 0:
                 row = _nb_line(x, b, s, d0, nd)
-                pk = per_tap[k]
-                if into_taps:
-                    for j in range(nd):
-                        pk[j] += vec[j] * row[j]
-                else:
-                    for j in range(nd):
-                        vec[j] += pk[j] * row[j]
-
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_preactivation(x, wt, bias_j, b, t, d0, acc):  # pragma: no cover - compiled
-        # acc = bias + sum_k w[:, k] x[b, t + k - (K - 1)] for channels d0 .. d0 + nd
-        for j in range(acc.shape[0]):
-            acc[j] = bias_j[j]
-        _nb_taps(x, b, t, d0, wt, acc, False)
+                wk = wt[k]
+                for j in range(nd):
+                    acc[j] += wk[j] * row[j]
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_conv_forward_job(x, w, bias, y, b, d0, nd):  # pragma: no cover - compiled
@@ -125,7 +115,13 @@ def _define_kernels(numba: Any) -> None:
                 ga[j] = acc[j]
             for j in range(nd):
                 gb[j] += acc[j]
-            _nb_taps(x, b, t, d0, gwt, acc, True)
+            for k in range(taps):
+                s = t + k - (taps - 1)
+                if s >= 0:
+                    row = _nb_line(x, b, s, d0, nd)
+                    gk = gwt[k]
+                    for j in range(nd):
+                        gk[j] += acc[j] * row[j]
         for t in range(seqlen):
             out = _nb_line(gx, b, t, d0, nd)
             wl = wt[taps - 1]
