@@ -111,7 +111,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"run folder {run} does not exist")
     if not os.access(run, os.W_OK):
         raise PermissionError(f"run folder {run} is not writable (tune records its choice there)")
-    sel = run_tuning(run, checkpoint=args.checkpoint, data_root=args.data, objective=args.objective, device=device,
+    sel = run_tuning(run, checkpoint=args.checkpoint, data_root=args.data, device=device,
+                     **({} if args.objective is None else {"objective": args.objective}),
                      progress=not args.no_progress)
     if sel is None:
         print(f"no validation patient has new lesions: threshold kept; see {run / TUNING_FILE}")
@@ -314,7 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by 'longiseg train'")
     p.add_argument("--checkpoint", default="best.pt", help="checkpoint of the run to tune (default best.pt)")
     p.add_argument("--data", default=None, help="folder of the validation cases (default: the run's data root)")
-    p.add_argument("--objective", default="lesion_f1", choices=["lesion_f1", "balanced"])
+    p.add_argument("--objective", default=None, choices=["balanced", "lesion_f1"],
+                   help="what the threshold maximises on the validation patients: balanced (the default: "
+                        "progression lesion F1 and stable patients left clear, equally weighted) or lesion_f1 "
+                        "(progression lesion F1 alone, the default up to 0.3.1)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_tune)

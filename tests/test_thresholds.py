@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
 
-from longiseg.tuning import DEFAULT_THRESHOLDS, ThresholdSelection, progression_score, select_threshold
+from longiseg.tuning import (
+    DEFAULT_OBJECTIVE,
+    DEFAULT_THRESHOLDS,
+    OBJECTIVES,
+    ThresholdSelection,
+    progression_score,
+    select_threshold,
+)
 
 SP = (1.0, 1.0, 1.0)
 
@@ -63,10 +72,11 @@ def test_under_confident_model_gets_a_lower_threshold() -> None:
     assert sel.scores[sel.threshold] == sel.score and set(DEFAULT_THRESHOLDS) <= set(sel.scores)
     assert sel.objective == "balanced"
     # lesion F1 alone ignores the stable case: any threshold up to 0.35 finds both lesions; ties go towards 0.5.
-    f1 = select_threshold(list(probs), list(refs), SP)
+    f1 = select_threshold(list(probs), list(refs), SP, objective="lesion_f1")
     assert (
         f1.objective == "lesion_f1" and f1.threshold == 0.35 and f1.score == 1.0 and f1.default_score == 0.0
     )
+    assert select_threshold(list(probs), list(refs), SP).objective == DEFAULT_OBJECTIVE == "balanced"
 
 
 def test_ties_keep_the_default() -> None:
@@ -87,7 +97,7 @@ def test_objective_balances_p_and_np() -> None:
     assert sel.scores[0.25] == pytest.approx(0.5) and sel.scores[0.5] == pytest.approx(0.5)
     assert sel.threshold == 0.5
     # Lesion F1 alone lowers the threshold to find the lesion, whatever the stable cases show.
-    f1 = select_threshold(list(probs), list(refs), SP, thresholds=(0.25, 0.5))
+    f1 = select_threshold(list(probs), list(refs), SP, thresholds=(0.25, 0.5), objective="lesion_f1")
     assert f1.threshold == 0.25 and f1.scores == {0.25: 1.0, 0.5: 0.0}
 
 
@@ -146,7 +156,7 @@ def test_accepts_tensors_and_to_dict() -> None:
     sel = select_threshold([torch.from_numpy(prob)], [torch.from_numpy(gt.astype(np.uint8))], SP)
     d = sel.to_dict()
     assert d["threshold"] == sel.threshold and d["scores"]["0.5"] == sel.scores[0.5]
-    assert d["objective"] == "lesion_f1"
+    assert d["objective"] == "balanced"
     assert d["num_progression"] == 1 and d["num_stable"] == 0
 
 
@@ -187,3 +197,12 @@ def test_input_validation(kwargs: dict, error: type, match: str) -> None:
     args.update(kwargs)
     with pytest.raises(error, match=match):
         select_threshold(**args)
+
+
+def test_tune_command_offers_the_library_objectives() -> None:
+    """The CLI lists the objectives itself (it does not import the tuning module to start); they must match."""
+    from longiseg.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    action = next(a for a in sub.choices["tune"]._actions if a.dest == "objective")
+    assert sorted(action.choices) == sorted(OBJECTIVES) and action.default is None  # None: the library default

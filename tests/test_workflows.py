@@ -207,7 +207,7 @@ def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.
     val_ids = set(sel["validation_cases"])
     assert val_ids and not val_ids & set(summary["test_cases"])
     assert val_ids <= {c.case_id for c in find_cases(out / "train")}
-    assert sel["threshold"] in DEFAULT_THRESHOLDS and sel["default"] == 0.5 and sel["objective"] == "lesion_f1"
+    assert sel["threshold"] in DEFAULT_THRESHOLDS and sel["default"] == 0.5 and sel["objective"] == "balanced"
     assert sel["num_progression"] + sel["num_stable"] == len(val_ids)
     assert sel["score"] >= sel["default_score"]
     assert {m["model"] for m in summary["models"]} == {"SegFormer", "SegFormer (untrained)"}

@@ -23,7 +23,13 @@ from longiseg.data.loading import find_cases, load_case
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.engine.checkpoint import load_model, update_spec
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
-from longiseg.tuning import DEFAULT_THRESHOLDS, OBJECTIVES, ThresholdSelection, select_threshold
+from longiseg.tuning import (
+    DEFAULT_OBJECTIVE,
+    DEFAULT_THRESHOLDS,
+    OBJECTIVES,
+    ThresholdSelection,
+    select_threshold,
+)
 from longiseg.utils.device import resolve_device
 from longiseg.utils.io import atomic_write_json
 from longiseg.utils.logging import get_logger
@@ -99,7 +105,7 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
 
 
 def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: str | Path | None = None,
-               objective: str = "lesion_f1", thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+               objective: str = DEFAULT_OBJECTIVE, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                device: str | torch.device | None = None, progress: bool = True) -> ThresholdSelection | None:
     """Choose the progression threshold of ``run_dir/checkpoint`` on the run's validation patients.
 
@@ -107,7 +113,7 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
         run_dir: a folder written by ``longiseg train`` (checkpoints and ``split.json``).
         checkpoint: which checkpoint of the run to tune (and update): ``"best.pt"`` or ``"last.pt"``.
         data_root: where the validation cases are (default: the training data root recorded in the run).
-        objective: ``"lesion_f1"`` or ``"balanced"`` (see :mod:`longiseg.tuning`).
+        objective: ``"balanced"`` (default) or ``"lesion_f1"`` (see :mod:`longiseg.tuning`).
         thresholds: candidate thresholds.
         device: run the model there (default: CUDA if available).
         progress: progress bar.
