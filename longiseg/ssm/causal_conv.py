@@ -26,12 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from longiseg.ssm import cpu_kernel
-from longiseg.ssm.cpu_kernel import _KERNEL_LOCK, _load_numba, _use_threads, require_cpu_kernel
+from longiseg.ssm.cpu_kernel import _KERNEL_LOCK, _job_blocks, _load_numba, _use_threads, require_cpu_kernel
 
 __all__ = ["causal_conv1d_silu_cpu", "causal_conv1d_silu_reference"]
-
-#: Channels per job (one tile row of the kernels).
-_CHANNEL_BLOCK = 64
 
 
 def causal_conv1d_silu_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -177,12 +174,6 @@ def _entry(name: str, dtype: torch.dtype, parallel: bool) -> Any:
     return numba.njit([sig], parallel=parallel, fastmath=True, boundscheck=False, error_model="numpy", cache=True)(fn)  # type: ignore[attr-defined]
 
 
-@functools.lru_cache(maxsize=64)
-def _blocks(dim: int) -> np.ndarray:
-    starts = list(range(0, dim, _CHANNEL_BLOCK))
-    return np.array([starts, starts[1:] + [dim]], dtype=np.intp).T.copy()
-
-
 def _channel_rows(x: torch.Tensor, ct: torch.dtype) -> np.ndarray:
     """``x`` ``(B, L, D)`` as a ``ct`` array whose channels have unit stride (shared memory where they do)."""
     x = x.detach()
@@ -198,7 +189,7 @@ class _CausalConvSiluFn(torch.autograd.Function):
         ct = x.dtype
         batch, _, dim = x.shape
         y = torch.empty(x.shape, dtype=ct)
-        blocks = _blocks(dim)
+        blocks = _job_blocks(dim, 1, 1)  # the scan's jobs: blocks of 64 channels
         with torch.no_grad(), _KERNEL_LOCK:
             threads = _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1])  # work: multiply-adds
             _entry("forward", ct, threads > 1)(
@@ -217,7 +208,7 @@ class _CausalConvSiluFn(torch.autograd.Function):
         ct = x.dtype
         batch, _, dim = x.shape
         gx = torch.empty(x.shape, dtype=ct)
-        blocks = _blocks(dim)
+        blocks = _job_blocks(dim, 1, 1)  # the scan's jobs: blocks of 64 channels
         with torch.no_grad(), _KERNEL_LOCK:
             parts = _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1])
             gw = np.zeros((parts, *weight.shape), dtype=gx.numpy().dtype)
