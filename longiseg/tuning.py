@@ -44,7 +44,7 @@ from longiseg.inferers.postprocessing import postprocess, postprocess_heads
 from longiseg.metrics.longitudinal import evaluate_mask_pair
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 
-__all__ = ["DEFAULT_THRESHOLDS", "OBJECTIVES", "ThresholdSelection", "progression_score", "select_threshold"]
+__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_THRESHOLDS", "OBJECTIVES", "ThresholdSelection", "progression_score", "select_threshold"]
 
 #: Objectives of :func:`select_threshold`.
 OBJECTIVES: tuple[str, ...] = ("lesion_f1", "balanced")

@@ -25,8 +25,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from longiseg.ssm import cpu_kernel
-from longiseg.ssm.cpu_kernel import _KERNEL_LOCK, _job_blocks, _load_numba, _use_threads, require_cpu_kernel
+from longiseg.ssm.cpu_kernel import (
+    _KERNEL_LOCK,
+    _job_blocks,
+    _load_numba,
+    _np,
+    _use_threads,
+    _zeros_or,
+    require_cpu_kernel,
+)
+from longiseg.ssm.cpu_kernel import _kernels as _scan_kernels
 
 __all__ = ["causal_conv1d_silu_cpu", "causal_conv1d_silu_reference"]
 
@@ -50,7 +58,7 @@ def causal_conv1d_silu_reference(x: torch.Tensor, weight: torch.Tensor, bias: to
 def _define_kernels(numba: Any) -> None:
     """Define the compiled functions as module globals (so that numba's disk cache can key them)."""
     global _nb_conv_forward_job, _nb_conv_forward_py, _nb_conv_backward_job, _nb_conv_backward_py
-    # defined by cpu_kernel._kernels(), which _kernels() below runs first
+    # defined by the scan's _kernels(), which _kernels() below runs first
     from longiseg.ssm.cpu_kernel import _nb_line, _nb_sigmoid, _nb_transposed
 
     njit, prange = numba.njit, numba.prange
@@ -151,7 +159,7 @@ def _define_kernels(numba: Any) -> None:
 def _kernels() -> None:
     """Define the convolution kernels once per process, after the scan's (whose helpers they call; that step
     also raises when numba is missing)."""
-    cpu_kernel._kernels()
+    _scan_kernels()
     _define_kernels(_load_numba()[0])
 
 
@@ -193,9 +201,7 @@ class _CausalConvSiluFn(torch.autograd.Function):
         with torch.no_grad(), _KERNEL_LOCK:
             threads = _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1])  # work: multiply-adds
             _entry("forward", ct, threads > 1)(
-                _channel_rows(x, ct), weight.detach().to(ct).contiguous().numpy(),
-                (torch.zeros(dim, dtype=ct) if bias is None else bias.detach().to(ct)).contiguous().numpy(),
-                y.numpy(), blocks,
+                _channel_rows(x, ct), _np(weight, ct), _zeros_or(bias, dim, ct), y.numpy(), blocks,
             )
         ctx.save_for_backward(x, weight, bias)
         return y
@@ -214,9 +220,8 @@ class _CausalConvSiluFn(torch.autograd.Function):
             gw = np.zeros((parts, *weight.shape), dtype=gx.numpy().dtype)
             gb = np.zeros((parts, dim), dtype=gx.numpy().dtype)
             _entry("backward", ct, parts > 1)(
-                _channel_rows(x, ct), weight.detach().to(ct).contiguous().numpy(),
-                (torch.zeros(dim, dtype=ct) if bias is None else bias.detach().to(ct)).contiguous().numpy(),
-                _channel_rows(gy, ct), gx.numpy(), gw, gb, blocks, parts,
+                _channel_rows(x, ct), _np(weight, ct), _zeros_or(bias, dim, ct), _channel_rows(gy, ct), gx.numpy(),
+                gw, gb, blocks, parts,
             )
         gweight = torch.from_numpy(gw.sum(0)).to(weight.dtype)
         gbias = None if bias is None else torch.from_numpy(gb.sum(0)).to(bias.dtype)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longiseg.ssm.causal_conv import causal_conv1d_silu_reference
 from longiseg.ssm.cuda import load_causal_conv1d
 from longiseg.ssm.selective_scan import BACKENDS, log_backend, resolve_backend, selective_scan
 
@@ -100,7 +101,7 @@ class Mamba(nn.Module):
             bias=conv_bias,
             **factory,
         )
-        self.act = nn.SiLU()
+        self.act = nn.SiLU()  # mamba-ssm's module layout; the convolution helpers apply the SiLU
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
 
@@ -128,12 +129,12 @@ class Mamba(nn.Module):
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         """Causal depthwise conv + SiLU on ``(B, d_inner, L)``."""
+        w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
         if x.is_cuda:
             conv_fn = load_causal_conv1d()
             if conv_fn is not None:
-                w = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
                 return conv_fn(x, w, self.conv1d.bias, activation="silu")
-        return self.act(self.conv1d(x)[..., : x.shape[-1]])
+        return causal_conv1d_silu_reference(x.transpose(1, 2), w, self.conv1d.bias).transpose(1, 2)
 
     def _time_steps(self, dt: torch.Tensor) -> torch.Tensor:
         """Raw time steps ``(B, L, dt_rank) -> (B, L, d_inner)`` (``dt_proj`` without its bias, which the scan adds).
@@ -199,7 +200,7 @@ class Mamba(nn.Module):
 
     def _forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The block with the numba scan, channel-last throughout: ``(B, L, d_model) -> (B, L, d_model)``."""
-        from longiseg.ssm.causal_conv import causal_conv1d_silu_cpu, causal_conv1d_silu_reference
+        from longiseg.ssm.causal_conv import causal_conv1d_silu_cpu
         from longiseg.ssm.cpu_kernel import selective_scan_cpu_channels_last
 
         log_backend("numba", hidden_states.device)

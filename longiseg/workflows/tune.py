@@ -2,7 +2,8 @@
 
 The way nnU-Net determines its post-processing: the trainer's validation patients (recorded in the run
 folder's ``split.json``, never test data) are predicted with the checkpoint, and the progression threshold
-that maximises their progression lesion F1 (:func:`~longiseg.tuning.select_threshold`) is written into the
+that maximises the objective on them (by default their progression lesion F1 together with stable patients
+left clear; :func:`~longiseg.tuning.select_threshold`) is written into the
 checkpoint's spec (``spec.inference["progression_threshold"]``, with ``spec.tuning`` saying how it was chosen;
 the baseline head keeps ``spec.inference["threshold"]``) and into
 ``RUN/tuning.json``. ``longiseg predict`` then uses it without being told.
