@@ -19,7 +19,7 @@ from longiseg.data import (
     save_case,
     write_manifest,
 )
-from longiseg.data.samplers import BalancedBatchSampler
+from longiseg.data.samplers import BalancedBatchSampler, EpochIndex, EpochTaggedBatchSampler
 
 
 @pytest.fixture
@@ -94,6 +94,27 @@ def test_dataloader_with_two_workers_matches_single_process(cohort: Path) -> Non
             ref = ds[4 * b + j]
             torch.testing.assert_close(batch["images"][j], ref["images"])
             torch.testing.assert_close(batch["progression"][j], ref["progression"])
+
+
+def test_persistent_worker_serves_each_epoch_through_tagged_indices(cohort: Path) -> None:
+    """One persistent worker (its copy of the dataset never sees set_epoch) gives exactly the samples of
+    ``set_epoch(e); ds[i]`` for every epoch, because the epoch travels with the index."""
+    ds = SliceDataset(cohort, crop_size=8, samples_per_epoch=8, seed=0, cache_size=2)
+    tagged = EpochTaggedBatchSampler([[0, 1, 2, 3], [4, 5, 6, 7]])
+    loader = DataLoader(ds, batch_sampler=tagged, num_workers=1, persistent_workers=True)
+    for epoch in range(3):
+        tagged.set_epoch(epoch)
+        batches = list(loader)
+        ds.set_epoch(epoch)
+        for b, batch in enumerate(batches):
+            for j in range(4):
+                torch.testing.assert_close(batch["images"][j], ds[4 * b + j]["images"], rtol=0, atol=0)
+    ds.set_epoch(0)
+    torch.testing.assert_close(ds[EpochIndex(2, 5)]["images"], batches[1]["images"][1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="index.epoch"):
+        ds[EpochIndex(-1, 0)]
+    with pytest.raises(IndexError):
+        ds[EpochIndex(0, 8)]
 
 
 def test_works_with_the_balanced_batch_sampler(cohort: Path) -> None:

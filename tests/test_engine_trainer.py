@@ -17,6 +17,7 @@ from test_engine_toys import SyntheticLongiData, TinyLongiNet
 from torch.utils.data import DataLoader
 
 from longiseg import build_model
+from longiseg.data.samplers import EpochIndex, EpochTaggedBatchSampler
 from longiseg.engine import (
     Trainer,
     TrainerConfig,
@@ -87,6 +88,54 @@ def test_in_process_resume_matches_uninterrupted(tmp_path) -> None:
     assert _states_equal(full.state_dict(), resumed.state_dict())
     rows = list(csv.DictReader(open(tmp_path / "stop" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+
+
+class _EpochIndexedData(SyntheticLongiData):
+    """Samples seeded by (epoch, index), like SliceDataset: the flip is drawn from the pair, not from torch's
+    global RNG (a persistent worker's global RNG is not reseeded per epoch)."""
+
+    accepts_epoch_index = True
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, augment=False, **kw)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204
+        epoch, i = (i.epoch, i.index) if isinstance(i, EpochIndex) else (self.epoch, int(i))
+        item = super().__getitem__(i)
+        if torch.randint(2, (), generator=torch.Generator().manual_seed(1000 * epoch + i)):
+            item = {**item, **{k: item[k].flip(-1) for k in ("images", "baseline", "progression")}}
+        return item
+
+
+def _fit_epoch_indexed(out: Path, workers: int, stop_after: int | None = None, resume: bool = False):
+    seed_everything(0)
+    model = TinyLongiNet()
+    callbacks = [] if stop_after is None else [lambda t, row: setattr(t, "stopped_early", row["epoch"] == stop_after)]
+    trainer = Trainer(model, _EpochIndexedData(n=16), _config(out, max_epochs=3, num_workers=workers),
+                      loss_fn=ImbalanceAwareLoss(), callbacks=callbacks)
+    trainer.fit(resume=resume)
+    return model, trainer
+
+
+def test_workers_persist_for_epoch_indexed_data_and_change_nothing(tmp_path) -> None:
+    """A dataset seeded by (epoch, index) keeps its worker across epochs (tagged indices tell it the epoch):
+    the weights equal those of the single-process run, and an interrupted run resumes to the same weights."""
+    single, _ = _fit_epoch_indexed(tmp_path / "single", workers=0)
+    kept, trainer = _fit_epoch_indexed(tmp_path / "kept", workers=1)
+    assert trainer.train_loader.persistent_workers
+    assert isinstance(trainer.train_loader.batch_sampler, EpochTaggedBatchSampler)
+    assert _states_equal(single.state_dict(), kept.state_dict())
+    _fit_epoch_indexed(tmp_path / "stop", workers=1, stop_after=2)
+    resumed, _ = _fit_epoch_indexed(tmp_path / "stop", workers=1, resume=True)
+    assert _states_equal(single.state_dict(), resumed.state_dict())
+    # a dataset without epoch-tagged indices keeps the per-epoch workers
+    plain = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path / "plain", num_workers=1),
+                    loss_fn=ImbalanceAwareLoss())
+    assert not plain.train_loader.persistent_workers
 
 
 def _run_toy(out: Path, *args: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from longiseg.data.samplers import BalancedBatchSampler
+from longiseg.data.samplers import BalancedBatchSampler, EpochIndex, EpochTaggedBatchSampler
 
 
 def _labels(num_pos: int, num_neg: int, seed: int = 0) -> list[bool]:
@@ -169,3 +169,23 @@ def test_with_dataloader_and_tensor_labels():
 def test_bad_arguments(labels, kwargs, match, exc):
     with pytest.raises(exc, match=match):
         BalancedBatchSampler(labels, **kwargs)
+
+
+def test_epoch_tagged_batches_carry_the_epoch_and_forward_it() -> None:
+    inner = BalancedBatchSampler([1, 0, 1, 0, 1, 0], batch_size=2, seed=3)
+    tagged = EpochTaggedBatchSampler(inner)
+    tagged.set_epoch(4)
+    assert inner.epoch == 4 and len(tagged) == len(inner)
+    batches = list(tagged)
+    assert batches == [[EpochIndex(4, i) for i in b] for b in inner.epoch_batches(4)]
+    # torch's BatchSampler has no set_epoch: the epoch reaches its index sampler (e.g. a DistributedSampler)
+    dist_sampler = torch.utils.data.DistributedSampler(TensorDataset(torch.zeros(6)), num_replicas=1, rank=0)
+    tagged = EpochTaggedBatchSampler(torch.utils.data.BatchSampler(dist_sampler, 3, drop_last=True))
+    tagged.set_epoch(2)
+    assert dist_sampler.epoch == 2 and all(ix.epoch == 2 for b in tagged for ix in b)
+    with pytest.raises(TypeError, match="epoch"):
+        tagged.set_epoch(1.5)
+    with pytest.raises(ValueError, match="epoch"):
+        tagged.set_epoch(-1)
+    with pytest.raises(TypeError, match="batch_sampler"):
+        EpochTaggedBatchSampler(3)

@@ -3,8 +3,9 @@
 Both datasets have a fixed length (``samples_per_epoch``); sample ``i`` comes from case ``i % num_cases``
 and its randomness (centre, plane, augmentation) from a generator seeded with ``(seed, epoch, i)``, so an
 epoch is reproducible whatever the number of DataLoader workers or the order indices are requested in.
-Call :meth:`set_epoch` before each epoch (with ``persistent_workers=True`` the workers keep the epoch they
-were started with; recreate the DataLoader iterator or leave persistence off).
+Call :meth:`set_epoch` before each epoch, or index with :class:`~longiseg.data.samplers.EpochIndex` pairs
+``(epoch, index)`` (what :class:`~longiseg.data.samplers.EpochTaggedBatchSampler` yields): a worker's copy of
+the dataset keeps the epoch it was started with, so persistent DataLoader workers need the tagged indices.
 
 Cases are loaded lazily, preprocessed (z-score, optional crop) on first use and kept in a per-process LRU
 cache of ``cache_size`` cases, so memory stays bounded at about ``(num_workers + 1) * cache_size`` cases.
@@ -26,6 +27,7 @@ from torch.utils.data import Dataset
 from longiseg.data.case import PLANES, LongitudinalCase
 from longiseg.data.loading import CaseSource, find_cases, load_case
 from longiseg.data.preprocessing import preprocess_case
+from longiseg.data.samplers import EpochIndex
 from longiseg.data.sampling import CrossViewSampler, SamplingIndex, VolumePatchSampler, build_sampling_index
 from longiseg.data.transforms import LongitudinalAugment
 from longiseg.utils.validation import check_positive_int
@@ -73,6 +75,9 @@ class CaseCache:
 
 class _LongitudinalDataset(Dataset):
     """Shared machinery: case list, lazy loading + LRU cache, flags, seeding, augmentation."""
+
+    #: ``__getitem__`` takes :class:`~longiseg.data.samplers.EpochIndex` items (the trainer then keeps workers).
+    accepts_epoch_index = True
 
     def __init__(
         self,
@@ -151,17 +156,22 @@ class _LongitudinalDataset(Dataset):
         """The prepared (loaded and preprocessed) case at ``position``, through the cache."""
         return self.cache.get(position, lambda: self._prepare(position))[0]
 
-    def rng_for(self, index: int) -> np.random.Generator:
-        """The generator of sample ``index`` in the current epoch (seeded by ``(seed, epoch, index)``)."""
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
+    def rng_for(self, index: int, epoch: int | None = None) -> np.random.Generator:
+        """The generator of sample ``index`` of ``epoch`` (default: the current one), seeded by
+        ``(seed, epoch, index)``."""
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), int(index)])
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | EpochIndex) -> dict:
+        """Sample ``index`` of the current epoch, or of ``index.epoch`` for an :class:`EpochIndex`."""
+        epoch = None
+        if isinstance(index, EpochIndex):
+            epoch, index = check_positive_int("index.epoch", index.epoch, minimum=0), index.index
         index = int(index)
         if not 0 <= index < self.samples_per_epoch:
             raise IndexError(f"index {index} out of range for a dataset of {self.samples_per_epoch} samples")
         position = self.case_of(index)
         case, sidx = self.cache.get(position, lambda: self._prepare(position))
-        rng = self.rng_for(index)
+        rng = self.rng_for(index, epoch)
         sample = self.sampler.sample(case, sidx, rng, case_index=position)
         if self.transform is not None:
             sample = self.transform(sample, rng)

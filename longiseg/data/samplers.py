@@ -1,4 +1,5 @@
-"""Batch sampler that keeps a fixed progression / no-progression mix in every batch (SegMaST, section 2).
+"""Batch samplers: a fixed progression / no-progression mix in every batch (SegMaST, section 2), and epoch-tagged
+indices for persistent DataLoader workers.
 
 Each batch holds exactly ``num_positive`` indices of cases with progression and ``batch_size - num_positive``
 of stable cases. Every class is drawn from its own stream of reshuffled permutations: without replacement
@@ -9,20 +10,25 @@ its class.
 Under DistributedDataParallel every epoch first splits each class into ``num_replicas`` disjoint shares
 (identically on every rank, from ``seed`` and the epoch); rank ``r`` draws only from share ``r``, so the
 ranks never see the same case in the same epoch. All ranks yield the same number of batches.
+
+:class:`EpochTaggedBatchSampler` wraps any batch sampler and hands out :class:`EpochIndex` pairs instead of
+plain indices. Datasets whose samples are seeded by ``(seed, epoch, index)`` (``longiseg.data.SliceDataset``,
+``VolumePatchDataset``) read the epoch from the index, so their DataLoader workers can persist across epochs
+(keeping their cache of loaded cases) and still draw each epoch's own samples.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["BalancedBatchSampler"]
+__all__ = ["BalancedBatchSampler", "EpochIndex", "EpochTaggedBatchSampler"]
 
 
 def _as_flags(labels: Sequence[bool | int] | np.ndarray | torch.Tensor) -> np.ndarray:
@@ -234,3 +240,54 @@ class BalancedBatchSampler(Sampler[list[int]]):
         self.epoch = _int_arg("epoch", state["epoch"], 0)
         self.seed = _int_arg("seed", state["seed"], 0)
         self._position = position
+
+
+class EpochIndex(NamedTuple):
+    """A dataset index together with the epoch whose sample it names.
+
+    Attributes:
+        epoch: 0-based epoch.
+        index: dataset index in ``[0, len(dataset))``.
+    """
+
+    epoch: int
+    index: int
+
+
+class EpochTaggedBatchSampler(Sampler[list[EpochIndex]]):
+    """Yield the batches of ``batch_sampler`` with every index tagged by the current epoch.
+
+    A dataset seeded by ``(seed, epoch, index)`` that accepts :class:`EpochIndex` items draws the sample of the
+    tagged epoch whatever epoch its own copy was told last, so DataLoader workers may persist
+    (``persistent_workers=True``) and keep their loaded cases between epochs. Samples are exactly those of
+    ``dataset.set_epoch(epoch); dataset[index]``.
+
+    Args:
+        batch_sampler: any iterable of index lists (e.g. :class:`BalancedBatchSampler` or torch's
+            ``BatchSampler``).
+
+    :meth:`set_epoch` stores the epoch and forwards it to ``batch_sampler`` (or to its ``sampler``, e.g. a
+    ``DistributedSampler``) when that has a ``set_epoch``.
+    """
+
+    def __init__(self, batch_sampler: Sampler[list[int]] | Sequence[Sequence[int]]) -> None:
+        if not hasattr(batch_sampler, "__iter__"):
+            raise TypeError(f"batch_sampler must be an iterable of index lists, got {type(batch_sampler).__name__}")
+        self.batch_sampler = batch_sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tag the following batches with ``epoch`` and forward it to the wrapped sampler."""
+        self.epoch = _int_arg("epoch", epoch, 0)
+        for target in (self.batch_sampler, getattr(self.batch_sampler, "sampler", None)):
+            if callable(getattr(target, "set_epoch", None)):
+                target.set_epoch(self.epoch)
+                break
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[EpochIndex]]:
+        epoch = self.epoch
+        for batch in self.batch_sampler:
+            yield [EpochIndex(epoch, int(i)) for i in batch]

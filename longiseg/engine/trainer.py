@@ -42,6 +42,7 @@ import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from longiseg.data.samplers import EpochTaggedBatchSampler
 from longiseg.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
 from longiseg.engine.config import TrainerConfig
 from longiseg.engine.distributed import DistributedContext, all_reduce_mean, barrier, init_distributed
@@ -247,7 +248,9 @@ def _loss_flag_keys(loss_fn: Callable) -> tuple[str, ...]:
 
 
 def _find_with(loader: DataLoader, *methods: str) -> Any:
-    candidates = [loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None), loader.sampler]
+    outer = loader.batch_sampler
+    inner = outer.batch_sampler if isinstance(outer, EpochTaggedBatchSampler) else None
+    candidates = [outer, inner, getattr(inner if inner is not None else outer, "sampler", None), loader.sampler]
     for c in candidates:
         if c is not None and all(callable(getattr(c, m, None)) for m in methods):
             return c
@@ -411,12 +414,16 @@ class Trainer:
         self.loss_flag_keys = _loss_flag_keys(loss_fn)
 
         self.train_loader = self._make_loader(train_data, batch_sampler, collate_fn)
+        self._loader_started = False
         self.epoch_sampler = _find_with(self.train_loader, "set_epoch")
         dataset = self.train_loader.dataset
         self.epoch_dataset = dataset if callable(getattr(dataset, "set_epoch", None)) else None
-        if self.epoch_dataset is not None and getattr(self.train_loader, "persistent_workers", False):
+        if (self.epoch_dataset is not None and getattr(self.train_loader, "persistent_workers", False)
+                and not isinstance(self.train_loader.batch_sampler, EpochTaggedBatchSampler)):
             raise ValueError("the dataset has set_epoch() but the DataLoader uses persistent_workers=True: "
-                             "workers would keep the first epoch's copy; use persistent_workers=False")
+                             "workers would keep the first epoch's copy; use persistent_workers=False, or "
+                             "wrap the batch sampler in longiseg.data.samplers.EpochTaggedBatchSampler if the "
+                             "dataset accepts EpochIndex items")
         self.stateful_sampler = _find_with(self.train_loader, "state_dict", "load_state_dict")
         self._check_sharding()
         self.steps_per_epoch = self._resolve_steps_per_epoch()
@@ -462,9 +469,14 @@ class Trainer:
             sampler = DistributedSampler(data, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
                                          shuffle=True, seed=self.config.seed, drop_last=True)
             batch_sampler = BatchSampler(sampler, self.config.batch_size, drop_last=True)
+        # Datasets seeded by (seed, epoch, index) take epoch-tagged indices: their workers then persist across
+        # epochs and keep their loaded cases (re-creating them cost 1-2 s per epoch).
+        persistent = self.config.num_workers > 0 and bool(getattr(data, "accepts_epoch_index", False))
+        if persistent:
+            batch_sampler = EpochTaggedBatchSampler(batch_sampler)
         return DataLoader(data, batch_sampler=batch_sampler, num_workers=self.config.num_workers,
                           collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+                          persistent_workers=persistent)
 
     def _check_sharding(self) -> None:
         if not self.ctx.is_distributed:
@@ -582,7 +594,13 @@ class Trainer:
         steps = 0
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.max_epochs}",
                    disable=not (self.is_main and self.config.progress_bar), leave=False, dynamic_ncols=True)
+        if self._loader_started and self.train_loader.persistent_workers and self.train_loader.num_workers > 0:
+            # A fresh loader iterator draws its workers' base seed from torch's global RNG; a persistent one
+            # only the first time. Draw it anyway, so that every epoch consumes the global RNG alike and the
+            # numbers do not depend on the number of workers or on where a run was resumed.
+            torch.empty((), dtype=torch.int64).random_()
         iterator = iter(self.train_loader)
+        self._loader_started = True
         with bar:
             for _ in range(self.steps_per_epoch):
                 try:
