@@ -213,6 +213,27 @@ def test_validate_every_and_monitor_errors(tmp_path) -> None:
         bad.fit()
 
 
+def test_optimizer_is_the_multi_tensor_adamw_with_the_loop_s_result(tmp_path) -> None:
+    from longiseg.engine.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    models = [build_model("segmast", widths=[8, 16, 16, 32], depths=[1, 1, 1, 1], decoder_dim=16) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fast = build_optimizer(models[0], _config(tmp_path))
+    assert fast.defaults["foreach"] is True
+    groups = param_groups_weight_decay(models[1], 0.05)
+    for g in groups:
+        g.pop("param_names")
+    loop = torch.optim.AdamW(groups, lr=1e-2, foreach=False)
+    for _ in range(3):
+        for m, opt in zip(models, (fast, loop)):
+            for i, p in enumerate(m.parameters()):
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(i))
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_weight_decay_groups() -> None:
     model = TinyLongiNet()
     groups = param_groups_weight_decay(model, 0.05)
