@@ -2,10 +2,10 @@
 
 Models: the 2.5D ``segmast_ms``, ``segformer_ms`` (~9M, like the paper's SegFormer), ``dynunet_2d_ms`` and the 3D
 ``dynunet_3d_ms``, ``swin_unetr_3d_ms``, ``longi_unet_dw_ms``. One training step = forward, the imbalance-aware
-Dice-Focal loss, backward and AdamW; steps of all models are timed interleaved (medians). The ratio column is the
-time per training sample divided by SegMaST's, the step-level counterpart of the paper's "training ratio" (which is
-wall-clock time per fold and therefore also reflects epochs and early stopping). 2.5D and 3D samples differ in size,
-so the Mvox/s column (input voxels per second) is the fairer cross-dimension comparison.
+Dice-Focal loss, backward and the trainer's AdamW (``build_optimizer``); steps of all models are timed interleaved
+(medians). The ratio column is the time per training sample divided by SegMaST's, the step-level counterpart of the
+paper's "training ratio" (which is wall-clock time per fold and therefore also reflects epochs and early stopping).
+2.5D and 3D samples differ in size, so the Mvox/s column (input voxels per second) is the fairer cross-dimension comparison.
 
 Sizes (the paper: 2.5D 128x128 slices, batch 32; 3D 128^3 patches, batch 8):
 
@@ -119,10 +119,11 @@ def model_batch(
 
 
 def _training_step(model: nn.Module, batch: tuple[torch.Tensor, ...], device: torch.device) -> Callable[[], None]:
+    from longiseg.engine import TrainerConfig, build_optimizer
     from longiseg.losses import ImbalanceAwareLoss
 
     loss_fn = ImbalanceAwareLoss(seed=0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    optimizer = build_optimizer(model, TrainerConfig(lr=1e-4, weight_decay=0.05))  # the trainer's AdamW
     images, base, prog = batch
     use_amp = device.type == "cuda"
 
