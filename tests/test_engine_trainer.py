@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 from test_engine_toys import SyntheticLongiData, TinyLongiNet
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from longiseg import build_model
 from longiseg.data.samplers import EpochIndex, EpochTaggedBatchSampler
@@ -26,6 +26,7 @@ from longiseg.engine import (
     param_groups_weight_decay,
     seed_everything,
 )
+from longiseg.engine.trainer import _samplers
 from longiseg.losses import ImbalanceAwareLoss
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.validation import debug_checks
@@ -128,6 +129,8 @@ def test_workers_persist_for_epoch_indexed_data_and_change_nothing(tmp_path) -> 
     kept, trainer = _fit_epoch_indexed(tmp_path / "kept", workers=1)
     assert trainer.train_loader.persistent_workers
     assert isinstance(trainer.train_loader.batch_sampler, EpochTaggedBatchSampler)
+    # the wrapped DistributedSampler is still found (set_epoch, and the DDP sharding check)
+    assert isinstance(_samplers(trainer.train_loader)[2], DistributedSampler)
     assert _states_equal(single.state_dict(), kept.state_dict())
     _fit_epoch_indexed(tmp_path / "stop", workers=1, stop_after=2)
     resumed, _ = _fit_epoch_indexed(tmp_path / "stop", workers=1, resume=True)
