@@ -601,10 +601,11 @@ class Trainer:
         steps = 0
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.max_epochs}",
                    disable=not (self.is_main and self.config.progress_bar), leave=False, dynamic_ncols=True)
-        if self._loader_started and self.train_loader.persistent_workers and self.train_loader.num_workers > 0:
+        if self._loader_started and self.train_loader.persistent_workers:
             # A fresh loader iterator draws its workers' base seed from torch's global RNG; a persistent one
-            # only the first time. Draw it anyway, so that every epoch consumes the global RNG alike and the
-            # numbers do not depend on the number of workers or on where a run was resumed.
+            # (torch allows it only with workers) only the first time. Draw it anyway, so that every epoch
+            # consumes the global RNG alike and the numbers do not depend on the number of workers or on where
+            # a run was resumed.
             torch.empty((), dtype=torch.int64).random_()
         iterator = iter(self.train_loader)
         self._loader_started = True
