@@ -262,11 +262,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="generator settings other than the demo's (as longiseg cohort --set)")
     p.add_argument("--register", action="store_true", help="register every follow-up to its baseline "
                                                            "(longiseg register) before the split")
-    p.add_argument("--epochs", type=int, default=24)
-    p.add_argument("--steps", type=int, default=25, help="optimizer steps per epoch")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per epoch (default: the demo's)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU core each)")
     args = p.parse_args(argv)
     from tqdm import tqdm
+
+    from longiseg.workflows.demo import DemoConfig
+
+    args.epochs = DemoConfig.epochs if args.epochs is None else args.epochs
+    args.steps = DemoConfig.steps_per_epoch if args.steps is None else args.steps
 
     out = Path(args.output)
     make_cohort(out, args.num_patients, args.num_test, args.cohort_seed, args.cohort_set, args.register)

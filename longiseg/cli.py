@@ -241,7 +241,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     kw = {"output_dir": args.output, "overwrite": args.overwrite, "progress": not args.no_progress}
     if args.quick:
         kw.update(num_patients=8, num_test=2, epochs=2, steps_per_epoch=5)
-    for key in ("num_patients", "num_test", "epochs", "steps_per_epoch", "seed"):
+    for key in ("num_patients", "num_test", "epochs", "steps_per_epoch", "seed", "jobs"):
         val = getattr(args, key)
         if val is not None:
             kw[key] = val
@@ -380,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=None,
+                   help="models trained at the same time, one process each (default: one per model where the "
+                        "machine has a core for each); the results do not depend on it")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
@@ -419,8 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints one line and exits with 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from longiseg.utils.logging import LOG_FORMAT
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
     prefix = f"longiseg {args.command}: error:"
     try:
         if args.threads is not None:

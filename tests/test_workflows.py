@@ -186,6 +186,32 @@ def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
     assert (precious / "data.txt").read_text() == "user data"
 
 
+def test_demo_trains_its_models_in_parallel_with_the_results_of_one_after_another(tmp_path: Path) -> None:
+    """jobs=2 trains both models (and predicts the untrained reference) in two processes: the same weights,
+    probability maps and table as jobs=1."""
+    from longiseg.workflows.demo import DemoConfig, demo_jobs, run_demo
+
+    small = dict(num_patients=8, num_test=2, spacing=4, epochs=1, steps_per_epoch=2, batch_size=4, crop_size=32,
+                 num_workers=0, progress=False)
+    summaries = {jobs: run_demo(DemoConfig(output_dir=str(tmp_path / str(jobs)), jobs=jobs, **small)) for jobs in (1, 2)}
+    assert summaries[1]["models"] == summaries[2]["models"]
+    for label, record in summaries[1]["thresholds"].items():  # the same choice, recorded with each run's data root
+        assert {**record, "data_root": None} == {**summaries[2]["thresholds"][label], "data_root": None}
+    assert set(summaries[2]["timings_s"]) >= {"train_SegMaST", "predict_SegFormer", "predict_untrained", "total"}
+    for label in ("SegMaST", "SegFormer"):
+        weights = [load_model(tmp_path / str(jobs) / "runs" / label / "last.pt").state_dict() for jobs in (1, 2)]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    for label in ("SegMaST", "SegFormer", "untrained"):
+        case = summaries[1]["test_cases"][0]
+        maps = [np.asarray(nib.load(tmp_path / str(jobs) / "predictions" / label / case / "progression_t1_prob.nii.gz")
+                           .dataobj) for jobs in (1, 2)]
+        assert np.array_equal(maps[0], maps[1])
+    assert demo_jobs(DemoConfig(jobs=5)) == 2 and demo_jobs(DemoConfig(jobs=1)) == 1
+    assert demo_jobs(DemoConfig(models=("SegFormer",))) == 1
+    with pytest.raises(ConfigError, match="jobs must be None"):
+        DemoConfig(jobs=0)
+
+
 def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo composes cohort -> train -> tune -> predict -> evaluate; typing them gives the same table, and

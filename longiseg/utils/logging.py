@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["get_logger", "log_once"]
+__all__ = ["LOG_FORMAT", "get_logger", "log_once", "logging_setup", "apply_logging_setup"]
+
+#: Format of the command line's log records (``INFO longiseg.module: message``).
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 _SEEN: set[tuple[str, str]] = set()
 
@@ -28,3 +31,19 @@ def log_once(logger: logging.Logger, key: str, message: str, level: int = loggin
     _SEEN.add(token)
     logger.log(level, message)
     return True
+
+
+def logging_setup() -> int | None:
+    """The level of the library logger where this process shows log records (its root logger has a handler, as
+    the command line sets up), else ``None``: what :func:`apply_logging_setup` repeats in a worker process."""
+    if not logging.getLogger().handlers:
+        return None
+    return get_logger().getEffectiveLevel()
+
+
+def apply_logging_setup(level: int | None) -> None:
+    """In a worker process started by ``spawn``: show log records at ``level`` (from :func:`logging_setup` of the
+    parent) with :data:`LOG_FORMAT`, as the parent does; nothing when ``level`` is ``None`` or records are shown
+    already."""
+    if level is not None and not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format=LOG_FORMAT)
