@@ -111,7 +111,8 @@ class DemoConfig(ConfigBase):
             first process to finish). Every process seeds itself as a run of ``longiseg train`` does, so the
             results are those of one model after another, bit for bit. ``None``: one process per model where
             the machine has ``threads`` usable cores for each, else ``1`` (one model after another, in this
-            process).
+            process). The processes are started with ``spawn``: as with DataLoader workers, a script that calls
+            :func:`run_demo` needs the ``if __name__ == "__main__":`` guard.
         overwrite: replace an existing demo output folder (only one the demo wrote, recognised by its marker
             file; any other non-empty folder is never deleted).
         progress: progress bars.
@@ -187,7 +188,15 @@ def demo_experiment(cfg: DemoConfig, label: str, train_dir: str | Path, run_dir:
 
 
 def demo_jobs(cfg: DemoConfig) -> int:
-    """How many processes :func:`run_demo` trains the models in (see :attr:`DemoConfig.jobs`)."""
+    """How many processes :func:`run_demo` trains the models in.
+
+    Args:
+        cfg: the demo's settings; ``cfg.jobs`` if set (capped at the number of models), else one process per model
+            where the usable cores (``os.sched_getaffinity``) give each ``cfg.threads`` of them, else 1.
+
+    Returns:
+        The number of processes, ``1 <= n <= len(cfg.models)``; 1 means in this process, one model after another.
+    """
     if cfg.jobs is not None:
         return min(cfg.jobs, len(cfg.models))
     try:
@@ -237,8 +246,8 @@ def _untrained_stage(cfg: DemoConfig, out: Path, progress: bool, log_level: int 
 
 def _run_model_stages(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
     """Every model's stages and the untrained reference, one after another or in :func:`demo_jobs` processes
-    (the longest, the first model, first; one progress bar, the first model's). Keys: the model labels and
-    ``"<first label> (untrained)"``."""
+    (submitted in the order of ``cfg.models``, the untrained reference last; only the first model shows progress
+    bars). Keys: the model labels and ``"<first label> (untrained)"``."""
     untrained = f"{cfg.models[0]} (untrained)"
     jobs = demo_jobs(cfg)
     if jobs == 1:
