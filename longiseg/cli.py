@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: the whole pipeline on the embedded demo cohort")
     p.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--quick", action="store_true", help="a tiny run (smoke test, about two minutes)")
+    p.add_argument("--quick", action="store_true", help="a tiny run (smoke test, about a minute)")
     p.add_argument("--num-patients", dest="num_patients", type=int, default=None, help="default 32")
     p.add_argument("--num-test", dest="num_test", type=int, default=None,
                    help="held-out test patients, half progressing (default 10)")
