@@ -123,3 +123,28 @@ def test_check_spatial_dims_and_widths() -> None:
         check_widths("filters", (8, 0))
     with pytest.raises(TypeError, match="features must be a sequence"):
         check_widths("features", 8)  # type: ignore[arg-type]
+
+
+def test_logging_setup_is_repeated_in_a_worker_process(monkeypatch) -> None:
+    """A spawned worker shows log records like its parent: the parent's level where the parent shows them (the
+    command line's set-up), nothing where it does not."""
+    import logging
+
+    from longiseg.utils.logging import LOG_FORMAT, apply_logging_setup, get_logger, logging_setup
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # restored afterwards, with the level basicConfig sets
+    monkeypatch.setattr(root, "level", root.level)
+    assert logging_setup() is None
+    apply_logging_setup(None)
+    assert root.handlers == []
+    monkeypatch.setattr(get_logger(), "level", logging.WARNING)
+    apply_logging_setup(logging.DEBUG)  # what a worker does with its parent's level
+    try:
+        assert len(root.handlers) == 1 and root.handlers[0].formatter._fmt == LOG_FORMAT
+        assert root.level == logging.DEBUG and logging_setup() == logging.WARNING
+        apply_logging_setup(logging.ERROR)  # records are shown already: unchanged
+        assert len(root.handlers) == 1 and root.level == logging.DEBUG
+    finally:
+        for handler in root.handlers:
+            handler.close()
