@@ -206,12 +206,22 @@ def demo_jobs(cfg: DemoConfig) -> int:
     return max(1, min(len(cfg.models), cores // cfg.threads))
 
 
+def _run_dir(out: Path, label: str) -> Path:
+    """The run folder of demo model ``label`` (``longiseg train --output``)."""
+    return out / "runs" / label
+
+
+def _prediction_dir(out: Path, label: str | None) -> Path:
+    """Where the test predictions of demo model ``label`` go; ``None``: those of the untrained reference."""
+    return out / "predictions" / ("untrained" if label is None else label)
+
+
 def _model_stages(cfg: DemoConfig, label: str, out: Path, progress: bool, log_level: int | None) -> dict[str, Any]:
     """``longiseg train``, ``tune`` and ``predict`` of one demo model (in this process or a worker); returns
     ``{"timings": {...}, "threshold": tuning record or None}``."""
     apply_logging_setup(log_level)
     torch.set_num_threads(cfg.threads)
-    run_dir = out / "runs" / label
+    run_dir = _run_dir(out, label)
     exp = demo_experiment(dataclasses.replace(cfg, progress=progress), label, out / "train", run_dir)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -224,7 +234,7 @@ def _model_stages(cfg: DemoConfig, label: str, out: Path, progress: bool, log_le
         threshold = json.loads((run_dir / TUNING_FILE).read_text())
         timings[f"tune_{label}"] = time.perf_counter() - t
     t = time.perf_counter()
-    run_prediction(load_model(run_dir / "last.pt"), out / "test", out / "predictions" / label, device="cpu",
+    run_prediction(load_model(run_dir / "last.pt"), out / "test", _prediction_dir(out, label), device="cpu",
                    progress=progress)  # longiseg predict
     timings[f"predict_{label}"] = time.perf_counter() - t
     return {"timings": timings, "threshold": threshold}
@@ -235,11 +245,11 @@ def _untrained_stage(cfg: DemoConfig, out: Path, progress: bool, log_level: int 
     apply_logging_setup(log_level)
     torch.set_num_threads(cfg.threads)
     label0 = cfg.models[0]
-    exp0 = demo_experiment(cfg, label0, out / "train", out / "runs" / label0)
+    exp0 = demo_experiment(cfg, label0, out / "train", _run_dir(out, label0))
     torch.manual_seed(cfg.seed)
     model = build_model(exp0.model.name, in_channels=2, num_timepoints=2, **exp0.model.kwargs)
     t = time.perf_counter()
-    run_prediction(model, out / "test", out / "predictions" / "untrained", exp0.inference, device="cpu",
+    run_prediction(model, out / "test", _prediction_dir(out, None), exp0.inference, device="cpu",
                    progress=progress)
     return {"timings": {"predict_untrained": time.perf_counter() - t}, "threshold": None}
 
@@ -309,9 +319,9 @@ def _run(cfg: DemoConfig, out: Path) -> dict[str, Any]:
 
     label0 = cfg.models[0]
     untrained = f"{label0} (untrained)"
-    runs = {label: out / "runs" / label for label in cfg.models}
-    pred_dirs = {label: out / "predictions" / label for label in cfg.models}
-    pred_dirs[untrained] = out / "predictions" / "untrained"
+    runs = {label: _run_dir(out, label) for label in cfg.models}
+    pred_dirs = {label: _prediction_dir(out, label) for label in cfg.models}
+    pred_dirs[untrained] = _prediction_dir(out, None)
     for label in cfg.models:
         save_config(demo_experiment(cfg, label, out / "train", runs[label]), out / "configs" / f"{label}.yaml")
     stages = _run_model_stages(cfg, out)
