@@ -30,6 +30,7 @@ from longiseg.ssm.cpu_kernel import (
     _job_blocks,
     _load_numba,
     _np,
+    _polynomials,
     _use_threads,
     _zeros_or,
     require_cpu_kernel,
@@ -59,7 +60,7 @@ def _define_kernels(numba: Any) -> None:
     """Define the compiled functions as module globals (so that numba's disk cache can key them)."""
     global _nb_conv_forward_job, _nb_conv_forward_py, _nb_conv_backward_job, _nb_conv_backward_py
     # defined by the scan's _kernels(), which _kernels() below runs first
-    from longiseg.ssm.cpu_kernel import _nb_line, _nb_sigmoid, _nb_transposed
+    from longiseg.ssm.cpu_kernel import _nb_coefficients, _nb_line, _nb_sigmoid, _nb_transposed
 
     njit, prange = numba.njit, numba.prange
 
@@ -79,7 +80,8 @@ def _define_kernels(numba: Any) -> None:
                     acc[j] += wk[j] * row[j]
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_conv_forward_job(x, w, bias, y, b, d0, nd):  # pragma: no cover - compiled
+    def _nb_conv_forward_job(x, w, bias, poly, y, b, d0, nd):  # pragma: no cover - compiled
+        q = _nb_coefficients(poly)
         wt = _nb_transposed(w, d0, nd)  # (K, nd)
         bias_j = bias[d0 : d0 + nd]
         acc = np.empty(nd, dtype=y.dtype)
@@ -87,20 +89,21 @@ def _define_kernels(numba: Any) -> None:
             _nb_preactivation(x, wt, bias_j, b, t, d0, acc)
             out = _nb_line(y, b, t, d0, nd)
             for j in range(nd):
-                out[j] = acc[j] * _nb_sigmoid(acc[j])
+                out[j] = acc[j] * _nb_sigmoid(acc[j], q)
 
-    def _nb_conv_forward_py(x, w, bias, y, blocks):  # pragma: no cover - compiled
+    def _nb_conv_forward_py(x, w, bias, poly, y, blocks):  # pragma: no cover - compiled
         nblk = blocks.shape[0]
         for job in prange(x.shape[0] * nblk):
             blk = job % nblk
-            _nb_conv_forward_job(x, w, bias, y, job // nblk, blocks[blk, 0], blocks[blk, 1] - blocks[blk, 0])
+            _nb_conv_forward_job(x, w, bias, poly, y, job // nblk, blocks[blk, 0], blocks[blk, 1] - blocks[blk, 0])
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_conv_backward_job(x, w, bias, gy, gx, gw, gbias, b, d0, nd):  # pragma: no cover - compiled
+    def _nb_conv_backward_job(x, w, bias, poly, gy, gx, gw, gbias, b, d0, nd):  # pragma: no cover - compiled
         # Two sweeps over time. First the pre-activation gradient ga[t] = gy[t] silu'(acc[t]) (acc recomputed)
         # goes into gx's row t, with the sums of gbias and gw; then, in place and ascending,
         # gx[t] = sum_k w[:, k] ga[t + K - 1 - k]: row t still holds ga[t] and the rows after it are untouched.
         # gw (D, K) and gbias (D,) are this work item's partial sums (accumulated into).
+        q = _nb_coefficients(poly)
         seqlen = x.shape[1]
         taps = w.shape[1]
         wt = _nb_transposed(w, d0, nd)
@@ -112,7 +115,7 @@ def _define_kernels(numba: Any) -> None:
             _nb_preactivation(x, wt, bias_j, b, t, d0, acc)
             g = _nb_line(gy, b, t, d0, nd)
             for j in range(nd):  # silu'(a) = sigmoid(a) + silu(a) (1 - sigmoid(a)), into acc
-                sg = _nb_sigmoid(acc[j])
+                sg = _nb_sigmoid(acc[j], q)
                 sa = acc[j] * sg
                 acc[j] = g[j] * (sg + sa - sa * sg)
             ga = _nb_line(gx, b, t, d0, nd)
@@ -146,12 +149,12 @@ def _define_kernels(numba: Any) -> None:
             for k in range(taps):
                 gw[d0 + j, k] += gwt[k, j]
 
-    def _nb_conv_backward_py(x, w, bias, gy, gx, gw_p, gbias_p, blocks, nparts):  # pragma: no cover - compiled
+    def _nb_conv_backward_py(x, w, bias, poly, gy, gx, gw_p, gbias_p, blocks, nparts):  # pragma: no cover - compiled
         nblk = blocks.shape[0]
         for p in prange(nparts):
             for job in range(p, x.shape[0] * nblk, nparts):
                 blk = job % nblk
-                _nb_conv_backward_job(x, w, bias, gy, gx, gw_p[p], gbias_p[p], job // nblk, blocks[blk, 0],
+                _nb_conv_backward_job(x, w, bias, poly, gy, gx, gw_p[p], gbias_p[p], job // nblk, blocks[blk, 0],
                                       blocks[blk, 1] - blocks[blk, 0])
 
 
@@ -174,10 +177,10 @@ def _entry(name: str, dtype: torch.dtype, parallel: bool) -> Any:
     any3, c1, c2 = arr(f, 3, "A"), arr(f, 1, "C"), arr(f, 2, "C")
     blocks = arr(numba.types.intp, 2, "C")  # type: ignore[attr-defined]
     if name == "forward":
-        sig = numba.void(any3, c2, c1, any3, blocks)  # type: ignore[attr-defined]
+        sig = numba.void(any3, c2, c1, c1, any3, blocks)  # type: ignore[attr-defined]
         fn = _nb_conv_forward_py
     else:
-        sig = numba.void(any3, c2, c1, any3, any3, arr(f, 3, "C"), c2, blocks, numba.types.intp)  # type: ignore[attr-defined]
+        sig = numba.void(any3, c2, c1, c1, any3, any3, arr(f, 3, "C"), c2, blocks, numba.types.intp)  # type: ignore[attr-defined]
         fn = _nb_conv_backward_py
     return numba.njit([sig], parallel=parallel, fastmath=True, boundscheck=False, error_model="numpy", cache=True)(fn)  # type: ignore[attr-defined]
 
@@ -201,7 +204,7 @@ class _CausalConvSiluFn(torch.autograd.Function):
         with torch.no_grad(), _KERNEL_LOCK:
             threads = _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1])  # work: multiply-adds
             _entry("forward", ct, threads > 1)(
-                _channel_rows(x, ct), _np(weight, ct), _zeros_or(bias, dim, ct), y.numpy(), blocks,
+                _channel_rows(x, ct), _np(weight, ct), _zeros_or(bias, dim, ct), _polynomials(ct), y.numpy(), blocks,
             )
         ctx.save_for_backward(x, weight, bias)
         return y
@@ -220,8 +223,8 @@ class _CausalConvSiluFn(torch.autograd.Function):
             gw = np.zeros((parts, *weight.shape), dtype=gx.numpy().dtype)
             gb = np.zeros((parts, dim), dtype=gx.numpy().dtype)
             _entry("backward", ct, parts > 1)(
-                _channel_rows(x, ct), _np(weight, ct), _zeros_or(bias, dim, ct), _channel_rows(gy, ct), gx.numpy(),
-                gw, gb, blocks, parts,
+                _channel_rows(x, ct), _np(weight, ct), _zeros_or(bias, dim, ct), _polynomials(ct), _channel_rows(gy, ct),
+                gx.numpy(), gw, gb, blocks, parts,
             )
         gweight = torch.from_numpy(gw.sum(0)).to(weight.dtype)
         gbias = None if bias is None else torch.from_numpy(gb.sum(0)).to(bias.dtype)

@@ -19,11 +19,14 @@ compiled with NumPy's error model (a division by zero gives ``inf``, not an exce
 not vectorise loops that divide.
 
 **The exponential.** In float32 the kernels evaluate ``exp(x) = 2^(x log2 e)`` like mamba-ssm's CUDA kernel
-(``exp2f``), with a degree-6 polynomial for ``2^f`` on ``(0, 1]`` and the integer power of two built from its
-exponent bits (:func:`exp2_nonpositive`, relative error < 2e-7, tested against ``torch.exp``); this lets the
-compiler vectorise the state update. Arguments below ``-125`` (``2^-125 = 2.4e-38``) are clamped there: a decay
-factor that small is zero for every purpose. Float64 inputs use the exact ``math.exp`` (the path the float64
-tests compare with the reference).
+(``exp2f``): ``2^x = 2^r 2^f`` with ``r = rint(x)`` and ``f = x - r`` in ``[-1/2, 1/2]``, a degree-6 polynomial for
+``2^f`` (Estrin's scheme: three dependent steps instead of Horner's six) and ``r`` added to its exponent bits
+(:func:`exp2_nonpositive`, relative error < 2e-7, tested against ``torch.exp2``); this lets the compiler vectorise
+the state update. Arguments below ``-125`` (``2^-125 = 2.4e-38``) are clamped there: a decay factor that small is
+zero for every purpose. The coefficients reach the kernels as an argument (``poly``, :data:`_POLY`), not as
+constants in the code: LLVM rematerialises constants from memory in every iteration of a vectorised loop, but keeps
+values it cannot know in registers (the state update took 1.2-1.3x less time). Float64 inputs use the exact
+``math.exp`` (the path the float64 tests compare with the reference).
 
 **Gradients.** The backward kernel runs the adjoint recurrence ``g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}``
 (``g_{L-1}`` also receives the last state's gradient). The forward pass keeps the state before every 16th
@@ -80,9 +83,12 @@ _PARALLEL_MIN_WORK = 1 << 18
 
 
 def _exp2_coefficients() -> tuple[float, ...]:
-    """Least-squares degree-6 fit of ``2^f`` on ``[0, 1]`` at Chebyshev nodes (max. relative error ~3e-9)."""
-    nodes = 0.5 - 0.5 * np.cos(np.pi * (np.arange(400) + 0.5) / 400)
-    return tuple(float(c) for c in np.polyfit(nodes, 2.0**nodes, 6)[::-1])
+    """Degree-6 fit of ``2^f`` on ``[-1/2, 1/2]``, least squares of the relative error at Chebyshev nodes (max.
+    relative error ~2e-9)."""
+    nodes = 0.5 * np.cos(np.pi * (np.arange(400) + 0.5) / 400)
+    weight = 2.0**-nodes
+    powers = np.vander(nodes, 7, increasing=True) * weight[:, None]
+    return tuple(float(c) for c in np.linalg.lstsq(powers, 2.0**nodes * weight, rcond=None)[0])
 
 
 _EXP2_COEF = _exp2_coefficients()
@@ -96,6 +102,9 @@ def _log1p_coefficients() -> tuple[float, ...]:
 
 
 _LOG1P_COEF = _log1p_coefficients()
+#: The kernels' ``poly`` argument: the ``2^f`` coefficients, the lowest exponent (``-125``) and the ``log1p``
+#: coefficients (see "The exponential" above for why they are an argument, not constants in the code).
+_POLY = np.array([*_EXP2_COEF, -125.0, *_LOG1P_COEF])
 
 
 @functools.cache
@@ -130,19 +139,20 @@ def require_cpu_kernel(source: str = "backend argument") -> None:
         )
 
 
-def _nb_decay(x: float) -> float:
+def _nb_decay(x: float, q: tuple[float, ...]) -> float:
     """``exp`` of a decay exponent inside the kernels: for float32 ``2^x`` with ``x = delta A log2(e)`` (the
-    polynomial ``exp2``), for float64 ``math.exp(x)`` with ``x = delta A``. Compiled only (an ``overload``)."""
+    polynomial ``exp2`` with the coefficients ``q``, see :func:`_nb_coefficients`), for float64 ``math.exp(x)``
+    with ``x = delta A``. Compiled only (an ``overload``)."""
     raise NotImplementedError("only callable from numba-compiled code")
 
 
-def _nb_sigmoid(x: float) -> float:
+def _nb_sigmoid(x: float, q: tuple[float, ...]) -> float:
     """``sigmoid(x)`` inside the kernels, from ``exp(-|x|)`` (polynomial ``exp2`` in float32, ``math.exp`` in
     float64). Compiled only (an ``overload``)."""
     raise NotImplementedError("only callable from numba-compiled code")
 
 
-def _nb_softplus(x: float) -> tuple[float, float]:
+def _nb_softplus(x: float, q: tuple[float, ...]) -> tuple[float, float]:
     """``(softplus(x), sigmoid(x))`` inside the kernels, from ``e = exp(-|x|)``: ``max(x, 0) + log1p(e)`` (in
     float32 ``log1p(e) = e P(e)`` with a polynomial ``P``, relative error < 2e-7) and ``1 / (1 + e)`` or
     ``e / (1 + e)``. Compiled only (an ``overload``)."""
@@ -165,7 +175,8 @@ def _define_kernels(numba: Any) -> None:
     over contiguous channels. Their indices are range variables starting at 0 (never sums such as ``n * nd + j``):
     LLVM then sees they are non-negative, drops numba's negative-index wrap-around and vectorises the loops.
     """
-    global _nb_exp2_array, _nb_copy_states, _nb_copy, _nb_tile, _nb_chunk_inputs, _nb_time_steps, _nb_advance
+    global _nb_coefficients, _nb_exp2_array, _nb_copy_states, _nb_copy, _nb_tile, _nb_chunk_inputs, _nb_time_steps
+    global _nb_advance
     global _nb_transposed, _nb_job_constants, _nb_row, _nb_forward_job, _nb_forward_py, _nb_prefetch, _nb_prefetch_rows
     global _nb_pointer, _nb_line, _nb_span
     global _nb_backward_job, _nb_backward_py
@@ -173,37 +184,45 @@ def _define_kernels(numba: Any) -> None:
     from numba.core import cgutils
 
     njit, prange = numba.njit, numba.prange
-    c0, c1, c2, c3, c4, c5, c6 = (np.float32(c) for c in _EXP2_COEF)
-    l0, l1, l2, l3, l4, l5, l6, l7, l8 = (np.float32(c) for c in _LOG1P_COEF)
+
+    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    def _nb_coefficients(poly):  # pragma: no cover - compiled
+        # the polynomial coefficients (_POLY, as poly) as a tuple of scalars that a job reads once and passes down
+        return (
+            poly[0], poly[1], poly[2], poly[3], poly[4], poly[5], poly[6], poly[7], poly[8], poly[9], poly[10],
+            poly[11], poly[12], poly[13], poly[14], poly[15], poly[16],
+        )
 
     @numba.extending.overload(_nb_decay, inline="always", jit_options={"fastmath": True, "error_model": "numpy"})
-    def _decay_impl(x):  # pragma: no cover - compiled
+    def _decay_impl(x, q):  # pragma: no cover - compiled
         if x == numba.types.float32:
 
-            def exp2(x):
-                # 2^x for x <= 0: polynomial in the fraction times the power of two built from exponent bits
-                x = max(x, np.float32(-125.0))
-                k = np.int32(-x)  # truncation: k = ceil(-x) - (x integral), x + k in (-1, 0]
-                f = x + np.float32(k) + np.float32(1.0)  # in (0, 1]
-                mantissa = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
-                return mantissa * np.int32((np.int32(126) - k) << 23).view(np.float32)  # times 2^(-k-1)
+            def exp2(x, q):
+                # 2^x = 2^r 2^f with r = rint(x), f = x - r in [-1/2, 1/2]: a polynomial in f (Estrin's scheme,
+                # half the dependent steps of Horner's) whose exponent bits get r added
+                x = max(x, q[7])
+                r = np.rint(x)
+                f = x - r
+                f2 = f * f
+                p = ((q[0] + q[1] * f) + f2 * (q[2] + q[3] * f)) + (f2 * f2) * ((q[4] + q[5] * f) + f2 * q[6])
+                return np.int32(np.float32(p).view(np.int32) + np.int32(np.int32(r) << np.int32(23))).view(np.float32)
 
             return exp2
-        return lambda x: math.exp(x)
+        return lambda x, q: math.exp(x)
 
     @numba.extending.overload(_nb_sigmoid, inline="always", jit_options={"fastmath": True, "error_model": "numpy"})
-    def _sigmoid_impl(x):  # pragma: no cover - compiled
+    def _sigmoid_impl(x, q):  # pragma: no cover - compiled
         # e = exp(-|x|) in (0, 1]; sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) otherwise (no overflow)
         if x == numba.types.float32:
 
-            def sigmoid32(x):
-                e = _nb_decay(-abs(x) * np.float32(_LOG2E))
+            def sigmoid32(x, q):
+                e = _nb_decay(-abs(x) * np.float32(_LOG2E), q)
                 s = np.float32(1.0) / (np.float32(1.0) + e)
                 return s if x >= 0 else e * s
 
             return sigmoid32
 
-        def sigmoid64(x):
+        def sigmoid64(x, q):
             e = math.exp(-abs(x))
             s = 1.0 / (1.0 + e)
             return s if x >= 0 else e * s
@@ -211,18 +230,18 @@ def _define_kernels(numba: Any) -> None:
         return sigmoid64
 
     @numba.extending.overload(_nb_softplus, inline="always", jit_options={"fastmath": True, "error_model": "numpy"})
-    def _softplus_impl(x):  # pragma: no cover - compiled
+    def _softplus_impl(x, q):  # pragma: no cover - compiled
         if x == numba.types.float32:
 
-            def softplus32(x):
-                e = _nb_decay(-abs(x) * np.float32(_LOG2E))
-                log1p_e = e * (l0 + e * (l1 + e * (l2 + e * (l3 + e * (l4 + e * (l5 + e * (l6 + e * (l7 + e * l8))))))))
+            def softplus32(x, q):
+                e = _nb_decay(-abs(x) * np.float32(_LOG2E), q)
+                log1p_e = e * (q[8] + e * (q[9] + e * (q[10] + e * (q[11] + e * (q[12] + e * (q[13] + e * (q[14] + e * (q[15] + e * q[16]))))))))
                 s = np.float32(1.0) / (np.float32(1.0) + e)
                 return max(x, np.float32(0.0)) + log1p_e, (s if x >= 0 else e * s)
 
             return softplus32
 
-        def softplus64(x):
+        def softplus64(x, q):
             e = math.exp(-abs(x))
             s = 1.0 / (1.0 + e)
             return max(x, 0.0) + math.log1p(e), (s if x >= 0 else e * s)
@@ -230,9 +249,10 @@ def _define_kernels(numba: Any) -> None:
         return softplus64
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_exp2_array(v, out):  # pragma: no cover - compiled
+    def _nb_exp2_array(v, poly, out):  # pragma: no cover - compiled
+        q = _nb_coefficients(poly)
         for i in range(v.size):
-            out[i] = _nb_decay(v[i])
+            out[i] = _nb_decay(v[i], q)
 
     @numba.extending.intrinsic
     def _nb_prefetch(typingctx, address):  # pragma: no cover - compiled
@@ -301,7 +321,7 @@ def _define_kernels(numba: Any) -> None:
                     _nb_copy(row, tile[k])
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_time_steps(tdt, tsg, txu, tu, bias, softplus, steps):  # pragma: no cover - compiled
+    def _nb_time_steps(tdt, tsg, txu, tu, bias, softplus, steps, q):  # pragma: no cover - compiled
         # tdt holds the raw steps of a tile and becomes delta' = softplus(raw + bias) (or raw + bias); tsg =
         # d delta' / d raw (sigmoid(raw + bias), or 1); txu = delta' u
         nd = tdt.shape[1]
@@ -312,7 +332,7 @@ def _define_kernels(numba: Any) -> None:
             uk = tu[k]
             if softplus:
                 for j in range(nd):
-                    sp, sg = _nb_softplus(dk[j] + bias[j])
+                    sp, sg = _nb_softplus(dk[j] + bias[j], q)
                     dk[j] = sp
                     sk[j] = sg
             else:
@@ -323,12 +343,12 @@ def _define_kernels(numba: Any) -> None:
                 xk[j] = dk[j] * uk[j]
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, tn, tiles):  # pragma: no cover - compiled
+    def _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, tn, tiles, q):  # pragma: no cover - compiled
         # a job's inputs at positions t0 .. t0 + steps into tiles (5, >= steps, nd): u, the time steps
         # delta', their derivative w.r.t. the raw steps, delta' u, and z (when given); prefetches the chunk at tn
         _nb_tile(u, b, t0, d0, steps, tiles[0], tn, False)
         _nb_tile(draw, b, t0, d0, steps, tiles[1], tn, False)
-        _nb_time_steps(tiles[1], tiles[2], tiles[3], tiles[0], bias_j, softplus, steps)
+        _nb_time_steps(tiles[1], tiles[2], tiles[3], tiles[0], bias_j, softplus, steps, q)
         if z.shape[0] > 0:
             _nb_tile(z, b, t0, d0, steps, tiles[4], tn, False)
 
@@ -379,7 +399,7 @@ def _define_kernels(numba: Any) -> None:
         return _TIME_TILE if u.strides[2] != u.itemsize else _CHECKPOINT_EVERY
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
-    def _nb_advance(h_prev, h_next, dec, av, stepv, xv, bv, cv, acc):  # pragma: no cover - compiled
+    def _nb_advance(h_prev, h_next, dec, av, stepv, xv, bv, cv, acc, q):  # pragma: no cover - compiled
         # One position: h_next = exp(step a) h_prev + step u B, acc += sum_n C h_next; dec (when not empty)
         # keeps the decays exp(step a). h_prev and h_next must be different arrays: with one array passed twice
         # LLVM's run-time overlap check sends the loop to its scalar version.
@@ -394,22 +414,23 @@ def _define_kernels(numba: Any) -> None:
             if keep:
                 dn = dec[n]
                 for j in range(nd):
-                    a = _nb_decay(stepv[j] * an[j])
+                    a = _nb_decay(stepv[j] * an[j], q)
                     dn[j] = a
                     v = a * hp[j] + xv[j] * bn
                     hn[j] = v
                     acc[j] += v * cn
             else:
                 for j in range(nd):
-                    v = _nb_decay(stepv[j] * an[j]) * hp[j] + xv[j] * bn
+                    v = _nb_decay(stepv[j] * an[j], q) * hp[j] + xv[j] * bn
                     hn[j] = v
                     acc[j] += v * cn
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_forward_job(  # pragma: no cover - compiled
-        u, draw, bias, softplus, a_exp, bk, ck, dskip, z, out, last, ckpt, b, d0, nd
+        u, draw, bias, softplus, a_exp, poly, bk, ck, dskip, z, out, last, ckpt, b, d0, nd
     ):
         # One job: batch b, channels d0 .. d0 + nd, all in one group of B and one of C (see _job_blocks).
+        q = _nb_coefficients(poly)
         seqlen = u.shape[1]
         n_state = a_exp.shape[1]
         gated = z.shape[0] > 0
@@ -422,7 +443,7 @@ def _define_kernels(numba: Any) -> None:
         tout = np.empty_like(tu)
         for t0 in range(0, seqlen, span):
             steps = min(seqlen, t0 + span) - t0
-            _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, t0 + span, tiles)
+            _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, t0 + span, tiles, q)
             for k in range(steps):
                 t = t0 + k
                 if ckpt.shape[0] > 0 and t % _CHECKPOINT_EVERY == 0:
@@ -433,18 +454,18 @@ def _define_kernels(numba: Any) -> None:
                     ok[j] = dskip_j[j] * uk[j]
                 bv = _nb_row(bk, b, gb, t)
                 cv = _nb_row(ck, b, gc, t)
-                _nb_advance(hh[t % 2], hh[(t + 1) % 2], nodec, av, tdt[k], txu[k], bv, cv, ok)
+                _nb_advance(hh[t % 2], hh[(t + 1) % 2], nodec, av, tdt[k], txu[k], bv, cv, ok, q)
                 if gated:
                     zk = tz[k]
                     for j in range(nd):  # silu(z) = z sigmoid(z)
-                        ok[j] *= zk[j] * _nb_sigmoid(zk[j])
+                        ok[j] *= zk[j] * _nb_sigmoid(zk[j], q)
             _nb_tile(out, b, t0, d0, steps, tout, t0 + span, True)
         h = hh[seqlen % 2]
         for j in range(nd):
             for n in range(n_state):
                 last[b, d0 + j, n] = h[n, j]
 
-    def _nb_forward_py(u, draw, bias, softplus, a_exp, bk, ck, dskip, z, out, last, ckpt, blocks):  # pragma: no cover
+    def _nb_forward_py(u, draw, bias, softplus, a_exp, poly, bk, ck, dskip, z, out, last, ckpt, blocks):  # pragma: no cover
         # out = (sum_n C h + dskip u) * silu(z) (z empty: no gate); last: (B, D, N); ckpt: empty, or
         # (B, ceil(L / _CHECKPOINT_EVERY), N, D) receiving the state before every _CHECKPOINT_EVERY-th position;
         # blocks: (nblk, 2) channel ranges [start, stop) of the jobs
@@ -452,19 +473,20 @@ def _define_kernels(numba: Any) -> None:
         for job in prange(u.shape[0] * nblk):
             blk = job % nblk
             _nb_forward_job(
-                u, draw, bias, softplus, a_exp, bk, ck, dskip, z, out, last, ckpt, job // nblk, blocks[blk, 0],
+                u, draw, bias, softplus, a_exp, poly, bk, ck, dskip, z, out, last, ckpt, job // nblk, blocks[blk, 0],
                 blocks[blk, 1] - blocks[blk, 0],
             )
 
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_backward_job(  # pragma: no cover - compiled
-        u, draw, bias, softplus, a_exp, a, bk, ck, dskip, z, gout, glast, ckpt,
+        u, draw, bias, softplus, a_exp, poly, a, bk, ck, dskip, z, gout, glast, ckpt,
         gu, gdt, gz, ga, gbk, gck, gd, gbias, b, d0, nd,
     ):
         # Adjoint recurrence g_t = C_t gy_t + exp(dt_{t+1} a) g_{t+1} (g_{L-1} also gets glast) for one job:
         # chunk by chunk (of _CHECKPOINT_EVERY positions) from the end, the chunk's states and decays are
         # recomputed from the forward pass's checkpoint into (chunk + 1, N, nd) buffers and swept in reverse.
         # ga, gbk, gck, gd, gbias are this work item's partial sums (accumulated into).
+        q = _nb_coefficients(poly)
         seqlen = u.shape[1]
         n_state = a.shape[1]
         gated = z.shape[0] > 0
@@ -494,7 +516,7 @@ def _define_kernels(numba: Any) -> None:
             t0 = c * _CHECKPOINT_EVERY
             steps = min(seqlen, t0 + _CHECKPOINT_EVERY) - t0
             _nb_copy_states(hbuf[0], ckpt[b, c], d0, False)
-            _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, t0 - _CHECKPOINT_EVERY, tiles)
+            _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, t0 - _CHECKPOINT_EVERY, tiles, q)
             _nb_tile(gout, b, t0, d0, steps, tgy, t0 - _CHECKPOINT_EVERY, False)
             for k in range(steps):  # recompute the chunk; gradient of the scan output before the gate
                 t = t0 + k
@@ -503,13 +525,13 @@ def _define_kernels(numba: Any) -> None:
                     acc[j] = dskip_j[j] * uk[j]
                 bv = _nb_row(bk, b, gb, t)
                 cv = _nb_row(ck, b, gc, t)
-                _nb_advance(hbuf[k], hbuf[k + 1], abuf[k], av, tdt[k], txu[k], bv, cv, acc)
+                _nb_advance(hbuf[k], hbuf[k + 1], abuf[k], av, tdt[k], txu[k], bv, cv, acc, q)
                 if gated:
                     zk = tz[k]
                     gy = tgy[k]
                     gzk = tgz[k]
                     for j in range(nd):  # silu'(z) = sigmoid(z) + silu(z) (1 - sigmoid(z))
-                        zs = _nb_sigmoid(zk[j])
+                        zs = _nb_sigmoid(zk[j], q)
                         sz = zk[j] * zs
                         gzk[j] = gy[j] * acc[j] * (zs + sz - sz * zs)  # no literal: 1 - x would be float64
                         gy[j] = gy[j] * sz
@@ -565,7 +587,7 @@ def _define_kernels(numba: Any) -> None:
                 ga[d0 + j, n] += acca[n, j]
 
     def _nb_backward_py(  # pragma: no cover - compiled
-        u, draw, bias, softplus, a_exp, a, bk, ck, dskip, z, gout, glast, ckpt, blocks, nparts,
+        u, draw, bias, softplus, a_exp, poly, a, bk, ck, dskip, z, gout, glast, ckpt, blocks, nparts,
         gu, gdt, gz, ga_p, gb_p, gc_p, gd_p, gbias_p,
     ):
         # Work item p of nparts runs jobs p, p + nparts, ... and accumulates gA, gB, gC, gD, g(delta_bias) into
@@ -576,7 +598,7 @@ def _define_kernels(numba: Any) -> None:
             for job in range(p, u.shape[0] * nblk, nparts):
                 blk = job % nblk
                 _nb_backward_job(
-                    u, draw, bias, softplus, a_exp, a, bk, ck, dskip, z, gout, glast, ckpt,
+                    u, draw, bias, softplus, a_exp, poly, a, bk, ck, dskip, z, gout, glast, ckpt,
                     gu, gdt, gz, ga_p[p], gb_p[p], gc_p[p], gd_p[p], gbias_p[p], job // nblk, blocks[blk, 0],
                     blocks[blk, 1] - blocks[blk, 0],
                 )
@@ -610,11 +632,11 @@ def _entry(name: str, dtype: torch.dtype, parallel: bool) -> Any:
     flag, count = numba.types.boolean, numba.types.intp  # type: ignore[attr-defined]
     blocks = arr(count, 2, "C")
     if name == "forward":
-        sig = numba.void(any3, any3, c1, flag, c2, c4, c4, c1, any3, any3, c3, c4, blocks)  # type: ignore[attr-defined]
+        sig = numba.void(any3, any3, c1, flag, c2, c1, c4, c4, c1, any3, any3, c3, c4, blocks)  # type: ignore[attr-defined]
         fn = _nb_forward_py
     else:
         sig = numba.void(  # type: ignore[attr-defined]
-            any3, any3, c1, flag, c2, c2, c4, c4, c1, any3, any3, c3, c4, blocks, count,
+            any3, any3, c1, flag, c2, c1, c2, c4, c4, c1, any3, any3, c3, c4, blocks, count,
             any3, any3, any3, c3, arr(f, 5, "C"), arr(f, 5, "C"), c2, c2,
         )
         fn = _nb_backward_py
@@ -653,7 +675,7 @@ def exp2_nonpositive(x: torch.Tensor) -> torch.Tensor:
     v = x.detach().cpu().contiguous().reshape(-1).numpy()
     out = np.empty_like(v)
     _kernels()
-    _nb_exp2_array(v, out)
+    _nb_exp2_array(v, _polynomials(torch.float32), out)
     return torch.from_numpy(out).reshape(x.shape)
 
 
@@ -670,6 +692,13 @@ def _exponent_factors(A: torch.Tensor, ct: torch.dtype) -> np.ndarray:
     if ct == torch.float32:
         return (A.detach().to(torch.float64) * _LOG2E).to(torch.float32).contiguous().numpy()
     return _np(A, ct)
+
+
+@functools.cache
+def _polynomials(ct: torch.dtype) -> np.ndarray:
+    """The kernels' ``poly`` argument (:data:`_POLY`) in the compute dtype (the float64 kernels do not use it).
+    Cached: callers must not write it."""
+    return _POLY.astype(np.float32 if ct == torch.float32 else np.float64)
 
 
 @functools.lru_cache(maxsize=256)
@@ -748,7 +777,7 @@ def _scan_forward(
             threads = _use_threads(batch * blocks.shape[0], u.numel() * A.shape[1])
             _entry("forward", ct, threads > 1)(
                 _view(u, ct), _view(delta, ct), _zeros_or(delta_bias, dim, ct), softplus, _exponent_factors(A, ct),
-                _np(bk, ct), _np(ck, ct), _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct),
+                _polynomials(ct), _np(bk, ct), _np(ck, ct), _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct),
                 out.numpy(), last.numpy(), ckpt.numpy(), blocks,
             )
     return out, last, ckpt if keep_for_backward else None
@@ -780,7 +809,7 @@ def _scan_backward(
             ]
             _entry("backward", ct, parts > 1)(
                 _view(u, ct), _view(delta, ct), _zeros_or(delta_bias, dim, ct), softplus, _exponent_factors(A, ct),
-                _np(A, ct), _np(bk, ct), _np(ck, ct), _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct),
+                _polynomials(ct), _np(A, ct), _np(bk, ct), _np(ck, ct), _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct),
                 _view(torch.zeros(u.shape, dtype=ct) if gout is None else gout, ct), _np(glast, ct), ckpt.numpy(),
                 blocks, parts, gu.numpy(), gdt.numpy(), _np(None, ct) if gz is None else gz.numpy(), *partial,
             )
