@@ -176,7 +176,7 @@ def _define_kernels(numba: Any) -> None:
     LLVM then sees they are non-negative, drops numba's negative-index wrap-around and vectorises the loops.
     """
     global _nb_coefficients, _nb_exp2_array, _nb_copy_states, _nb_copy, _nb_tile, _nb_chunk_inputs, _nb_time_steps
-    global _nb_advance
+    global _nb_advance, _nb_advance_inlined
     global _nb_transposed, _nb_job_constants, _nb_row, _nb_forward_job, _nb_forward_py, _nb_prefetch, _nb_prefetch_rows
     global _nb_pointer, _nb_line, _nb_span
     global _nb_backward_job, _nb_backward_py
@@ -425,6 +425,12 @@ def _define_kernels(numba: Any) -> None:
                     hn[j] = v
                     acc[j] += v * cn
 
+    # The forward job's copy of _nb_advance, inlined into it (numba IR): 1.1x faster forward pass. Inlined into
+    # the backward job (or a per-chunk helper) the same loops took 1.2-1.4x longer, so that one calls it.
+    _nb_advance_inlined = njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True, inline="always")(
+        _nb_advance.py_func
+    )
+
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_forward_job(  # pragma: no cover - compiled
         u, draw, bias, softplus, a_exp, poly, bk, ck, dskip, z, out, last, ckpt, b, d0, nd
@@ -454,7 +460,7 @@ def _define_kernels(numba: Any) -> None:
                     ok[j] = dskip_j[j] * uk[j]
                 bv = _nb_row(bk, b, gb, t)
                 cv = _nb_row(ck, b, gc, t)
-                _nb_advance(hh[t % 2], hh[(t + 1) % 2], nodec, av, tdt[k], txu[k], bv, cv, ok, q)
+                _nb_advance_inlined(hh[t % 2], hh[(t + 1) % 2], nodec, av, tdt[k], txu[k], bv, cv, ok, q)
                 if gated:
                     zk = tz[k]
                     for j in range(nd):  # silu(z) = z sigmoid(z)
