@@ -7,11 +7,16 @@ Usage::
     python benchmarks/bench_selective_scan.py --quick --forward   # forward only, no autograd (inference)
     python benchmarks/bench_selective_scan.py --device cuda --lengths 1024,4096,16384,65536 \
         --methods triton,cuda,chunked                              # GPU: Triton vs mamba-ssm vs chunked
+    python benchmarks/bench_selective_scan.py --interleaved 15 --threads 1 --lengths 4096 \
+        --methods chunked,numba,numba_cl                           # ratios from one process, round-robin
 
 Every configuration runs in its own subprocess so that peak memory is measured cleanly: on CPU as the rise of
 the process's peak resident set size (``ru_maxrss``) over its resident size just before the first timed call,
 on CUDA with ``torch.cuda.max_memory_allocated``. Times are medians of wall-clock forward+backward; the CPU time
-of the process is shown too because it is less sensitive to other load on a shared machine.
+of the process is shown too because it is less sensitive to other load on a shared machine. On a machine whose
+speed drifts between runs (a shared VM), ``--interleaved ROUNDS`` times the methods in one process instead, one call
+of each in turn for ROUNDS rounds (medians; no memory column), so that every method meets the same load and the
+ratios to the chunked scan stay comparable.
 
 Methods (all compute the same selective scan: softplus(delta + bias), D skip, z gate; B=2, N=16):
   chunked    longiseg's chunked scan with the recomputing backward
@@ -37,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -99,17 +105,22 @@ def _step(method: str, xs: list[torch.Tensor]) -> None:
         out.sum().backward()
 
 
-def worker(method: str, seqlen: int, dim: int, reps: int, device: str, threads: int) -> dict:
-    """Run one configuration in this process and return times (s) and the peak memory rise (bytes)."""
-    torch.set_num_threads(threads)
+def _method_inputs(method: str, seqlen: int, dim: int, device: str) -> list[torch.Tensor]:
+    """The inputs of one method's call (B = 2, N = 16), leaf tensors that require gradients."""
     batch, dstate = 2, 16
     if method == "sdpa":
         g = torch.Generator().manual_seed(0)
-        xs = [torch.randn(batch, 1, seqlen, dim, generator=g).to(device).requires_grad_() for _ in range(3)]
-    else:
-        xs = _inputs(batch, dim, seqlen, dstate, device)
-        if method == "numba_cl":  # the same values channel-last: u, delta, z (B, L, D); B, C (B, L, N)
-            xs = [x.detach().mT.contiguous().requires_grad_() if i in (0, 1, 3, 4, 6) else x for i, x in enumerate(xs)]
+        return [torch.randn(batch, 1, seqlen, dim, generator=g).to(device).requires_grad_() for _ in range(3)]
+    xs = _inputs(batch, dim, seqlen, dstate, device)
+    if method == "numba_cl":  # the same values channel-last: u, delta, z (B, L, D); B, C (B, L, N)
+        xs = [x.detach().mT.contiguous().requires_grad_() if i in (0, 1, 3, 4, 6) else x for i, x in enumerate(xs)]
+    return xs
+
+
+def worker(method: str, seqlen: int, dim: int, reps: int, device: str, threads: int) -> dict:
+    """Run one configuration in this process and return times (s) and the peak memory rise (bytes)."""
+    torch.set_num_threads(threads)
+    xs = _method_inputs(method, seqlen, dim, device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -159,6 +170,27 @@ def _run(method: str, seqlen: int, dim: int, reps: int, device: str, threads: in
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def interleaved(methods: list[str], seqlen: int, dim: int, rounds: int, device: str) -> dict[str, float]:
+    """Median seconds per call of every method, timed round-robin in this process (``rounds`` rounds)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from longiseg_bench.timing import time_interleaved
+
+    def call(method: str) -> Callable[[], None]:
+        xs = _method_inputs(method, seqlen, dim, device)
+
+        def run() -> None:
+            for x in xs:
+                x.grad = None
+            _step(method, xs)
+
+        return run
+
+    fns = {m: call(m) for m in methods}
+    for fn in fns.values():  # warm-up: compilation, allocator, lazy imports
+        fn()
+    return {m: r.median for m, r in time_interleaved(fns, rounds=rounds, min_run_time=0.0, progress=True).items()}
+
+
 def _fmt_mem(b: float) -> str:
     return f"{b / 2**20:8.0f}"
 
@@ -175,6 +207,10 @@ def main() -> None:
     ap.add_argument("--lengths", default=None, help="comma-separated sequence lengths (default: 1k,4k,16k)")
     ap.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument(
+        "--interleaved", type=int, default=0, metavar="ROUNDS",
+        help="time the methods round-robin in one process for ROUNDS rounds (ratios on a noisy machine; no memory)",
+    )
+    ap.add_argument(
         "--worker", nargs=6, metavar=("METHOD", "L", "D", "REPS", "DEVICE", "THREADS"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
@@ -188,7 +224,7 @@ def main() -> None:
     lengths = (1024, 4096) if args.quick else (1024, 4096, 16384)
     if args.lengths:
         lengths = tuple(int(v) for v in args.lengths.split(","))
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.interleaved or args.reps or (1 if args.quick else 3)
     ref_max = 256 if args.quick else 4096  # longest L the sequential reference really runs
     dim = 128
     print(
@@ -199,7 +235,6 @@ def main() -> None:
         f"# torch {torch.__version__}  python {platform.python_version()}  {platform.machine()} "
         f"{platform.processor() or ''}  cpus={os.cpu_count()}  {time.strftime('%Y-%m-%d %H:%M')}"
     )
-    print(f"{'L':>6} {'method':>10} {'wall s':>9} {'cpu s':>9} {'peak MiB':>9} {'chunked speedup':>16}")
     methods = [m for m in METHODS if m not in (CUDA_ONLY if args.device == "cpu" else CPU_ONLY)]
     if args.methods:
         unknown = set(args.methods.split(",")) - set(METHODS)
@@ -208,6 +243,20 @@ def main() -> None:
         methods = [m for m in METHODS if m in args.methods.split(",")]
     if "chunked" not in methods:
         methods.insert(0, "chunked")  # the speedup column's baseline
+    if args.interleaved:
+        if args.interleaved < 1:
+            ap.error(f"--interleaved: expected a number of rounds >= 1, got {args.interleaved}")
+        torch.set_num_threads(args.threads)
+        timed = [m for m in methods if m not in ("reference", "mambapy")]  # too slow / optional: not interleaved
+        print(f"{'L':>6} {'method':>10}  {'wall s':>8}")
+        for seqlen in lengths:
+            medians = interleaved(timed, seqlen, dim, args.interleaved, args.device)
+            for method in timed:
+                ratio = "" if method == "chunked" else f"{medians['chunked'] / medians[method]:.1f}x faster"
+                print(f"{seqlen:>6} {method:>10}  {medians[method]:8.4f} s (median of {args.interleaved}, interleaved)  "
+                      f"{ratio}")
+        return
+    print(f"{'L':>6} {'method':>10} {'wall s':>9} {'cpu s':>9} {'peak MiB':>9} {'chunked speedup':>16}")
     for seqlen in lengths:
         rows: dict[str, dict] = {}
         for method in methods:

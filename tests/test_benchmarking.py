@@ -15,6 +15,7 @@ sys.path.insert(0, str(BENCHMARKS))  # what ``python benchmarks/bench_x.py`` doe
 
 import bench_mixers  # noqa: E402
 import bench_models  # noqa: E402
+import bench_selective_scan  # noqa: E402
 import longiseg_bench as lb  # noqa: E402
 
 from longiseg import cli  # noqa: E402
@@ -124,6 +125,13 @@ def test_run_mixer_benchmark_skips_hopeless_sizes(capsys: pytest.CaptureFixture[
     big = [r for r in records if r.size == 8]
     assert all(r.skipped and not r.times for r in big)
     assert "skipped" in capsys.readouterr().out
+
+
+def test_scan_benchmark_interleaved_times_every_method_in_one_process() -> None:
+    methods = ["chunked", "reference", "sdpa"]
+    medians = bench_selective_scan.interleaved(methods, seqlen=32, dim=8, rounds=2, device="cpu")
+    assert list(medians) == methods
+    assert all(math.isfinite(t) and t > 0 for t in medians.values())
 
 
 def test_model_batch_shapes_and_errors() -> None:
