@@ -216,14 +216,14 @@ def test_validate_every_and_monitor_errors(tmp_path) -> None:
         bad.fit()
 
 
-def test_optimizer_is_the_multi_tensor_adamw_with_the_loop_s_result(tmp_path) -> None:
+def test_optimizer_is_the_fused_adamw_with_the_loop_s_result(tmp_path) -> None:
     from longiseg.engine.trainer import build_optimizer
 
     torch.manual_seed(0)
     models = [build_model("segmast", widths=[8, 16, 16, 32], depths=[1, 1, 1, 1], decoder_dim=16) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     fast = build_optimizer(models[0], _config(tmp_path))
-    assert fast.defaults["foreach"] is True
+    assert fast.defaults["fused"] is True
     groups = param_groups_weight_decay(models[1], 0.05)
     for g in groups:
         g.pop("param_names")

@@ -187,13 +187,17 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
 def build_optimizer(model: nn.Module, config: TrainerConfig) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups_weight_decay` with ``config.lr``, ``betas``, ``eps``, ``weight_decay``.
 
-    The multi-tensor (``foreach``) implementation on every device (PyTorch picks it by default on CUDA only): on
-    the CPU it took two thirds of the per-parameter loop's time and gave the same weights in our runs.
+    PyTorch's fused implementation (one pass over each parameter, its gradient and both moments) where the
+    parameters are on the CPU or a CUDA device, else the multi-tensor (``foreach``) one; PyTorch's default is the
+    per-parameter loop on the CPU. All three compute the same update (they differ in rounding only). On the CPU the
+    fused step took 16 ms for ``segmast_ms``'s 9.3 M parameters, the multi-tensor one 52 ms and the loop about 80 ms.
     """
     groups = param_groups_weight_decay(model, config.weight_decay)
     for g in groups:
         g.pop("param_names")
-    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, foreach=True)
+    devices = {p.device.type for g in groups for p in g["params"]}
+    kind = {"fused": True} if devices and devices <= {"cpu", "cuda"} else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, **kind)
 
 
 # ----------------------------------------------------------------------------------------------------
