@@ -251,6 +251,15 @@ def test_extreme_steps_stay_finite():
     assert_close(out.double(), ref, RTOL32, ATOL32, "extreme")
 
 
+def test_positive_a_grows_like_the_reference():
+    # A > 0 is legal input (a growing state): the float32 exponential must follow exp for positive arguments too
+    xs = [x.detach() for x in make_inputs(dim=8, seqlen=40, dtype=torch.float32)]
+    xs[2] = 0.5 * torch.rand_like(xs[2])  # A in [0, 0.5)
+    out = _numba(*xs, delta_softplus=True)
+    ref = selective_scan_reference(*[x.double() for x in xs], delta_softplus=True)
+    assert_close(out.double(), ref, RTOL32, ATOL32, "positive A")
+
+
 def test_channels_last_entry_equals_canonical_layout():
     torch.manual_seed(5)
     u, delta, A, B, C, D, z, bias = make_inputs(dim=20, seqlen=29, dstate=6)

@@ -23,7 +23,8 @@ not vectorise loops that divide.
 ``2^f`` (Estrin's scheme: three dependent steps instead of Horner's six) and ``r`` added to its exponent bits
 (:func:`exp2_nonpositive`, relative error < 2e-7, tested against ``torch.exp2``); this lets the compiler vectorise
 the state update. Arguments below ``-125`` (``2^-125 = 2.4e-38``) are clamped there: a decay factor that small is
-zero for every purpose. The coefficients reach the kernels as an argument (``poly``, :data:`_POLY`), not as
+zero for every purpose; positive arguments (a positive ``A``) are evaluated the same way and clamped at 128, where
+``2^128`` is ``inf``. The coefficients reach the kernels as an argument (``poly``, :data:`_POLY`), not as
 constants in the code: LLVM rematerialises constants from memory in every iteration of a vectorised loop, but keeps
 values it cannot know in registers (the state update took 1.2-1.3x less time). Float64 inputs use the exact
 ``math.exp`` (the path the float64 tests compare with the reference).
@@ -200,7 +201,7 @@ def _define_kernels(numba: Any) -> None:
             def exp2(x, q):
                 # 2^x = 2^r 2^f with r = rint(x), f = x - r in [-1/2, 1/2]: a polynomial in f (Estrin's scheme,
                 # half the dependent steps of Horner's) whose exponent bits get r added
-                x = max(x, q[7])
+                x = min(max(x, q[7]), np.float32(128.0))  # 2^128 = inf: an overflowing growth factor is inf
                 r = np.rint(x)
                 f = x - r
                 f2 = f * f
