@@ -103,9 +103,10 @@ def _log1p_coefficients() -> tuple[float, ...]:
 
 
 _LOG1P_COEF = _log1p_coefficients()
-#: The kernels' ``poly`` argument: the ``2^f`` coefficients, the lowest exponent (``-125``) and the ``log1p``
-#: coefficients (see "The exponential" above for why they are an argument, not constants in the code).
-_POLY = np.array([*_EXP2_COEF, -125.0, *_LOG1P_COEF])
+#: The kernels' ``poly`` argument: the ``2^f`` coefficients, the lowest exponent (``-125``), the ``log1p``
+#: coefficients and the highest exponent (``128``; see "The exponential" above for why they are an argument, not
+#: constants in the code).
+_POLY = np.array([*_EXP2_COEF, -125.0, *_LOG1P_COEF, 128.0])
 
 
 @functools.cache
@@ -191,7 +192,7 @@ def _define_kernels(numba: Any) -> None:
         # the polynomial coefficients (_POLY, as poly) as a tuple of scalars that a job reads once and passes down
         return (
             poly[0], poly[1], poly[2], poly[3], poly[4], poly[5], poly[6], poly[7], poly[8], poly[9], poly[10],
-            poly[11], poly[12], poly[13], poly[14], poly[15], poly[16],
+            poly[11], poly[12], poly[13], poly[14], poly[15], poly[16], poly[17],
         )
 
     @numba.extending.overload(_nb_decay, inline="always", jit_options={"fastmath": True, "error_model": "numpy"})
@@ -201,7 +202,7 @@ def _define_kernels(numba: Any) -> None:
             def exp2(x, q):
                 # 2^x = 2^r 2^f with r = rint(x), f = x - r in [-1/2, 1/2]: a polynomial in f (Estrin's scheme,
                 # half the dependent steps of Horner's) whose exponent bits get r added
-                x = min(max(x, q[7]), np.float32(128.0))  # 2^128 = inf: an overflowing growth factor is inf
+                x = min(max(x, q[7]), q[17])  # 2^128 = inf: an overflowing growth factor is inf
                 r = np.rint(x)
                 f = x - r
                 f2 = f * f
