@@ -180,7 +180,7 @@ def _define_kernels(numba: Any) -> None:
     global _nb_coefficients, _nb_exp2_array, _nb_copy_states, _nb_copy, _nb_tile, _nb_chunk_inputs, _nb_time_steps
     global _nb_advance, _nb_advance_inlined
     global _nb_transposed, _nb_job_constants, _nb_row, _nb_forward_job, _nb_forward_py, _nb_prefetch, _nb_prefetch_rows
-    global _nb_pointer, _nb_line, _nb_span
+    global _nb_pointer, _nb_line, _nb_span, _nb_transpose8
     global _nb_backward_job, _nb_backward_py
     from llvmlite import ir
     from numba.core import cgutils
@@ -280,6 +280,39 @@ def _define_kernels(numba: Any) -> None:
 
         return numba.types.CPointer(arr.dtype)(arr, numba.types.intp), codegen
 
+    @numba.extending.intrinsic
+    def _nb_transpose8(typingctx, src, src_stride, dst, dst_stride):  # pragma: no cover - compiled
+        # 8 x 8 float32 block: row i of dst (at dst + i dst_stride bytes) = column i of src (8 rows of 8 at
+        # src + i src_stride). Eight vector loads, 24 shuffles (within 128-bit lanes, between pairs of rows, then
+        # across the lanes) and eight vector stores instead of 64 scalar loads and stores.
+        def codegen(context, builder, signature, args):
+            row_type = ir.VectorType(ir.FloatType(), 8)
+            intp = args[1].type
+
+            def at(base, stride, i):
+                address = builder.add(base, builder.mul(stride, ir.Constant(intp, i)))
+                return builder.inttoptr(address, row_type.as_pointer())
+
+            def shuffle(a, c, mask):
+                return builder.shuffle_vector(a, c, ir.Constant(ir.VectorType(ir.IntType(32), 8), mask))
+
+            r = [builder.load(at(args[0], args[1], i), align=4) for i in range(8)]
+            # 1. interleave the rows of each pair within 128-bit lanes: t[2i], t[2i + 1] from rows 2i, 2i + 1
+            lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+            t = [shuffle(r[i], r[i + 1], mask) for i in (0, 2, 4, 6) for mask in (lo, hi)]
+            # 2. combine pairs of pairs: s[0..3] hold columns (0, 4), (1, 5), (2, 6), (3, 7) of rows 0-3, s[4..7] of 4-7
+            first, second = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+            s = [shuffle(t[i + j], t[i + j + 2], mask) for i in (0, 4) for j in (0, 1) for mask in (first, second)]
+            # 3. across the lanes: column i = low (i < 4) or high halves of s[i % 4] and s[i % 4 + 4]
+            low_lanes, high_lanes = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+            for i in range(8):
+                column = shuffle(s[i % 4], s[i % 4 + 4], high_lanes if i >= 4 else low_lanes)
+                builder.store(column, at(args[2], args[3], i), align=4)
+            return context.get_dummy_value()
+
+        intp = numba.types.intp
+        return numba.types.void(intp, intp, intp, intp), codegen
+
     @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
     def _nb_line(x, b, t, d, count):  # pragma: no cover - compiled
         # x[b, t : t + count, d] where time is x's unit-stride axis, else x[b, t, d : d + count], as a C array
@@ -306,13 +339,25 @@ def _define_kernels(numba: Any) -> None:
         nd = tile.shape[1]
         _nb_prefetch_rows(x, b, tn, d0, nd, tile.shape[0])
         if x.strides[2] != x.itemsize:
+            # float32: 8 x 8 blocks transposed in vector registers; the rest (and float64) element by element
+            blocked = x.itemsize == 4
+            nd8 = nd - nd % 8 if blocked else 0
+            steps8 = steps - steps % 8 if blocked else 0
+            for j0 in range(0, nd8, 8):
+                for k0 in range(0, steps8, 8):
+                    at_x = x.ctypes.data + b * x.strides[0] + (t0 + k0) * x.strides[1] + (d0 + j0) * x.strides[2]
+                    at_tile = tile.ctypes.data + k0 * tile.strides[0] + j0 * tile.itemsize
+                    if to_x:
+                        _nb_transpose8(at_tile, tile.strides[0], at_x, x.strides[2])
+                    else:
+                        _nb_transpose8(at_x, x.strides[2], at_tile, tile.strides[0])
             for j in range(nd):
                 col = _nb_line(x, b, t0, d0 + j, steps)
                 if to_x:
-                    for k in range(steps):
+                    for k in range(steps8 if j < nd8 else 0, steps):
                         col[k] = tile[k, j]
                 else:
-                    for k in range(steps):
+                    for k in range(steps8 if j < nd8 else 0, steps):
                         tile[k, j] = col[k]
         else:
             for k in range(steps):
