@@ -13,8 +13,8 @@ backward pass), ``sigmoid(z)`` and ``silu(z)``, the skip, the gate and the reduc
 The kernels read ``u``, ``delta``, ``z`` and the output gradient and write the output and its gradients in the
 caller's layout (channel-first ``(B, D, L)`` or channel-last ``(B, L, D)``, also strided views), one tile of 16
 positions (64 in the forward pass where time is the contiguous axis) x 64 channels at a time along the
-contiguous axis, prefetching the next tile where that axis is time:
-no transposed or converted copy of a ``(B, L, D)`` tensor is made (except to change the dtype). The kernels are
+contiguous axis, prefetching the next tile where that axis is time and then transposing float32 tiles in 8 x 8
+blocks in vector registers: no transposed or converted copy of a ``(B, L, D)`` tensor is made (except to change the dtype). The kernels are
 compiled with NumPy's error model (a division by zero gives ``inf``, not an exception), without which LLVM does
 not vectorise loops that divide.
 
