@@ -46,6 +46,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from longiseg_bench import time_interleaved
 
 METHODS = ("chunked", "numba", "numba_cl", "triton", "cuda", "reference", "mambapy", "sdpa")
 CPU_ONLY, CUDA_ONLY = ("numba", "numba_cl"), ("triton", "cuda")
@@ -172,9 +173,6 @@ def _run(method: str, seqlen: int, dim: int, reps: int, device: str, threads: in
 
 def interleaved(methods: list[str], seqlen: int, dim: int, rounds: int, device: str) -> dict[str, float]:
     """Median seconds per call of every method, timed round-robin in this process (``rounds`` rounds)."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from longiseg_bench.timing import time_interleaved
-
     def call(method: str) -> Callable[[], None]:
         xs = _method_inputs(method, seqlen, dim, device)
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 
 import torch
 
+from longiseg.utils.device import usable_cpu_count
+
 __all__ = ["cpu_model_name", "environment_info", "format_header", "print_header"]
 
 _SCAN_BACKEND_LABELS = {
@@ -49,10 +51,7 @@ def environment_info(device: torch.device | str = "cpu") -> dict[str, str]:
     ``device``, honouring ``LONGISEG_SCAN_BACKEND``).
     """
     device = torch.device(device)
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 0
+    usable = usable_cpu_count() or 0
     try:
         load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:

@@ -1,10 +1,22 @@
-"""One check of a user-given device string: known type, and present on this machine."""
+"""The machine's compute resources: one check of a user-given device string (known type, present on this
+machine), and the CPU cores this process may use."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "usable_cpu_count"]
+
+
+def usable_cpu_count() -> int | None:
+    """CPU cores this process may run on: its affinity mask where the OS has one (Linux), else the machine's CPU
+    count (``None`` where the OS does not say)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count()
 
 _KNOWN = ("cpu", "cuda", "mps")
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
-import os
 import shutil
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -43,6 +42,7 @@ from longiseg.engine.config import TrainerConfig, save_config
 from longiseg.metrics.evaluate import evaluate_folder, write_report
 from longiseg.registry import build_model
 from longiseg.utils.config import ConfigBase, ConfigError
+from longiseg.utils.device import usable_cpu_count
 from longiseg.utils.io import atomic_write_json
 from longiseg.utils.logging import apply_logging_setup, get_logger, logging_setup
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
@@ -192,23 +192,26 @@ def demo_jobs(cfg: DemoConfig) -> int:
 
     Args:
         cfg: the demo's settings; ``cfg.jobs`` if set (capped at the number of models), else one process per model
-            where the usable cores (``os.sched_getaffinity``) give each ``cfg.threads`` of them, else 1.
+            where the usable cores (:func:`~longiseg.utils.device.usable_cpu_count`) give each ``cfg.threads``
+            of them, else 1.
 
     Returns:
         The number of processes, ``1 <= n <= len(cfg.models)``; 1 means in this process, one model after another.
     """
     if cfg.jobs is not None:
         return min(cfg.jobs, len(cfg.models))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cpu_count() or 1
     return max(1, min(len(cfg.models), cores // cfg.threads))
 
 
 def _run_dir(out: Path, label: str) -> Path:
     """The run folder of demo model ``label`` (``longiseg train --output``)."""
     return out / "runs" / label
+
+
+def _untrained_label(cfg: DemoConfig) -> str:
+    """The untrained reference's label in the demo's table, timings and stage results."""
+    return f"{cfg.models[0]} (untrained)"
 
 
 def _prediction_dir(out: Path, label: str | None) -> Path:
@@ -258,7 +261,7 @@ def _run_model_stages(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
     """Every model's stages and the untrained reference, one after another or in :func:`demo_jobs` processes
     (submitted in the order of ``cfg.models``, the untrained reference last; only the first model shows progress
     bars). Keys: the model labels and ``"<first label> (untrained)"``."""
-    untrained = f"{cfg.models[0]} (untrained)"
+    untrained = _untrained_label(cfg)
     jobs = demo_jobs(cfg)
     if jobs == 1:
         stages = {label: _model_stages(cfg, label, out, cfg.progress, None) for label in cfg.models}
@@ -317,8 +320,7 @@ def _run(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     plot_case(test_dir / shown, out / "cohort_patient.png")
     timings["cohort"] = time.perf_counter() - t
 
-    label0 = cfg.models[0]
-    untrained = f"{label0} (untrained)"
+    untrained = _untrained_label(cfg)
     runs = {label: _run_dir(out, label) for label in cfg.models}
     pred_dirs = {label: _prediction_dir(out, label) for label in cfg.models}
     pred_dirs[untrained] = _prediction_dir(out, None)
@@ -331,7 +333,7 @@ def _run(cfg: DemoConfig, out: Path) -> dict[str, Any]:
 
     # longiseg evaluate
     results = [evaluate_folder(pred_dirs[label], test_dir, model=label, progress=False) for label in pred_dirs]
-    table = write_report(results, out / "report", reference=label0)
+    table = write_report(results, out / "report", reference=cfg.models[0])
     plot_training_curves(runs, out / "training_curves.png")
     prog_case = next(e.case_id for e in read_manifest(test_dir / MANIFEST_JSON).cases if e.progression)
     case = load_case(next(s for s in find_cases(test_dir) if s.case_id == prog_case))
