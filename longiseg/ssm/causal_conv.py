@@ -192,43 +192,64 @@ def _channel_rows(x: torch.Tensor, ct: torch.dtype) -> np.ndarray:
     return (x if x.stride(2) == 1 else x.contiguous()).numpy()
 
 
+def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The compiled forward pass without autograd: ``(B, L, D)`` (channels of unit stride, not copied) -> a new
+    contiguous ``(B, L, D)`` in ``x.dtype`` (float32 or float64, like ``weight`` and ``bias``; not checked)."""
+    ct = x.dtype
+    batch, _, dim = x.shape
+    y = torch.empty(x.shape, dtype=ct)
+    blocks = _job_blocks(dim, 1, 1)  # the scan's jobs: blocks of 64 channels
+    with torch.no_grad(), _KERNEL_LOCK:
+        threads = _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1])  # work: multiply-adds
+        _entry("forward", ct, threads > 1)(
+            _channel_rows(x, ct), _np(weight, ct), _zeros_or(bias, dim, ct), _polynomials(ct), y.numpy(), blocks,
+        )
+    return y
+
+
+def conv_backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    gy: torch.Tensor,
+    gx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The compiled backward pass without autograd: the gradients w.r.t. ``x`` ``(B, L, D)``, ``weight`` ``(D, K)``
+    and ``bias`` ``(D,)`` (``None`` without bias) of a loss whose gradient w.r.t. the output is ``gy``
+    ``(B, L, D)``. ``gx``: where to write the input gradient (a ``(B, L, D)`` tensor whose channels have unit
+    stride, e.g. a channel slice of a larger gradient), else a new contiguous one."""
+    ct = x.dtype
+    batch, _, dim = x.shape
+    gx = torch.empty(x.shape, dtype=ct) if gx is None else gx
+    blocks = _job_blocks(dim, 1, 1)  # the scan's jobs: blocks of 64 channels
+    with torch.no_grad(), _KERNEL_LOCK:
+        parts = _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1])
+        gx_np = gx.detach().numpy()
+        gw = np.zeros((parts, *weight.shape), dtype=gx_np.dtype)
+        gb = np.zeros((parts, dim), dtype=gx_np.dtype)
+        _entry("backward", ct, parts > 1)(
+            _channel_rows(x, ct), _np(weight, ct), _zeros_or(bias, dim, ct), _polynomials(ct), _channel_rows(gy, ct),
+            gx_np, gw, gb, blocks, parts,
+        )
+    gweight = torch.from_numpy(gw[0] if parts == 1 else gw.sum(0)).to(weight.dtype)
+    gbias = None if bias is None else torch.from_numpy(gb[0] if parts == 1 else gb.sum(0)).to(bias.dtype)
+    return gx, gweight, gbias
+
+
 class _CausalConvSiluFn(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        ct = x.dtype
-        batch, _, dim = x.shape
-        y = torch.empty(x.shape, dtype=ct)
-        blocks = _job_blocks(dim, 1, 1)  # the scan's jobs: blocks of 64 channels
-        with torch.no_grad(), _KERNEL_LOCK:
-            threads = _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1])  # work: multiply-adds
-            _entry("forward", ct, threads > 1)(
-                _channel_rows(x, ct), _np(weight, ct), _zeros_or(bias, dim, ct), _polynomials(ct), y.numpy(), blocks,
-            )
         ctx.save_for_backward(x, weight, bias)
-        return y
+        return conv_forward(x, weight, bias)
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias = ctx.saved_tensors
-        ct = x.dtype
-        batch, _, dim = x.shape
-        gx = torch.empty(x.shape, dtype=ct)
-        blocks = _job_blocks(dim, 1, 1)  # the scan's jobs: blocks of 64 channels
-        with torch.no_grad(), _KERNEL_LOCK:
-            parts = _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1])
-            gw = np.zeros((parts, *weight.shape), dtype=gx.numpy().dtype)
-            gb = np.zeros((parts, dim), dtype=gx.numpy().dtype)
-            _entry("backward", ct, parts > 1)(
-                _channel_rows(x, ct), _np(weight, ct), _zeros_or(bias, dim, ct), _polynomials(ct), _channel_rows(gy, ct),
-                gx.numpy(), gw, gb, blocks, parts,
-            )
-        gweight = torch.from_numpy(gw.sum(0)).to(weight.dtype)
-        gbias = None if bias is None else torch.from_numpy(gb.sum(0)).to(bias.dtype)
-        return gx, gweight, gbias
+        return conv_backward(x, weight, bias, gy)
 
 
 def causal_conv1d_silu_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -813,6 +813,7 @@ def _scan_forward(
     delta_bias: torch.Tensor | None,
     softplus: bool,
     keep_for_backward: bool = False,
+    a_exp: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The whole scan (steps, recurrence, skip, gate) without autograd on channel-last CPU tensors.
 
@@ -823,6 +824,7 @@ def _scan_forward(
         D, delta_bias: ``(D,)`` or ``None``.
         softplus: apply softplus to ``delta + delta_bias`` (inside the kernel).
         keep_for_backward: also return the checkpoints the backward pass needs.
+        a_exp: ``_exponent_factors(A, compute dtype)`` when the caller already has them (else computed).
 
     Returns:
         ``out`` ``(B, L, D)`` (laid out like ``u`` where ``u`` is dense) and the last state ``(B, D, N)`` in the
@@ -840,9 +842,10 @@ def _scan_forward(
         with _KERNEL_LOCK:
             threads = _use_threads(batch * blocks.shape[0], u.numel() * A.shape[1])
             _entry("forward", ct, threads > 1)(
-                _view(u, ct), _view(delta, ct), _zeros_or(delta_bias, dim, ct), softplus, _exponent_factors(A, ct),
-                _polynomials(ct), _np(bk, ct), _np(ck, ct), _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct),
-                out.numpy(), last.numpy(), ckpt.numpy(), blocks,
+                _view(u, ct), _view(delta, ct), _zeros_or(delta_bias, dim, ct), softplus,
+                _exponent_factors(A, ct) if a_exp is None else a_exp, _polynomials(ct), _np(bk, ct), _np(ck, ct),
+                _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct), out.numpy(), last.numpy(), ckpt.numpy(),
+                blocks,
             )
     return out, last, ckpt if keep_for_backward else None
 
@@ -853,17 +856,24 @@ def _scan_backward(
     gout: torch.Tensor | None,
     glast: torch.Tensor | None,
     softplus: bool,
+    a_exp: np.ndarray | None = None,
+    gz: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """Gradients w.r.t. ``inputs = (u, delta, A, bk, ck, D, z, delta_bias)`` (the layouts of
     :func:`_scan_forward`, whose checkpoints ``ckpt`` are given) of a loss whose gradients w.r.t. ``out`` and the
     last state are ``gout`` ``(B, L, D)`` and ``glast`` ``(B, D, N)`` (``None`` = zero), by the compiled
-    adjoint recurrence. The gradients of ``u``, ``delta`` and ``z`` are laid out like those tensors."""
+    adjoint recurrence. The gradients of ``u``, ``delta`` and ``z`` are laid out like those tensors; ``gz``: where
+    to write the gradient of ``z`` (a ``(B, L, D)`` compute-dtype tensor the kernels can walk, e.g. a channel
+    slice of a larger gradient), else a new tensor. ``a_exp``: as in :func:`_scan_forward`."""
     u, delta, A, bk, ck, D, z, delta_bias = inputs
     ct = ckpt.dtype
     with torch.no_grad():
         dim, n_state = A.shape
         gu, gdt = _empty_like(u, ct), _empty_like(delta, ct)
-        gz = _empty_like(z, ct) if z is not None else None
+        if z is None:
+            gz = None
+        elif gz is None:
+            gz = _empty_like(z, ct)
         blocks = _job_blocks(dim, bk.shape[1], ck.shape[1])
         with _KERNEL_LOCK:
             parts = _use_threads(u.shape[0] * blocks.shape[0], u.numel() * n_state)
@@ -872,12 +882,13 @@ def _scan_backward(
                 for shape in ((dim, n_state), tuple(bk.shape), tuple(ck.shape), (dim,), (dim,))
             ]
             _entry("backward", ct, parts > 1)(
-                _view(u, ct), _view(delta, ct), _zeros_or(delta_bias, dim, ct), softplus, _exponent_factors(A, ct),
-                _polynomials(ct), _np(A, ct), _np(bk, ct), _np(ck, ct), _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct),
+                _view(u, ct), _view(delta, ct), _zeros_or(delta_bias, dim, ct), softplus,
+                _exponent_factors(A, ct) if a_exp is None else a_exp, _polynomials(ct), _np(A, ct), _np(bk, ct),
+                _np(ck, ct), _zeros_or(D, dim, ct), _np(z, ct) if z is None else _view(z, ct),
                 _gradient_view(gout, u, ct), _np(glast, ct), ckpt.numpy(),
-                blocks, parts, gu.numpy(), gdt.numpy(), _np(None, ct) if gz is None else gz.numpy(), *partial,
+                blocks, parts, gu.numpy(), gdt.numpy(), _np(None, ct) if gz is None else gz.detach().numpy(), *partial,
             )
-    ga, gb, gc, gd, gbias = (torch.from_numpy(x.sum(0)) for x in partial)
+    ga, gb, gc, gd, gbias = (torch.from_numpy(x[0] if parts == 1 else x.sum(0)) for x in partial)
     return (
         gu.to(u.dtype),
         gdt.to(delta.dtype),

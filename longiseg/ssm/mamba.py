@@ -25,6 +25,12 @@ from longiseg.ssm.selective_scan import BACKENDS, log_backend, resolve_backend, 
 __all__ = ["Mamba"]
 
 
+def _scan_precision(p: torch.Tensor) -> torch.Tensor:
+    """``A_log``, ``D`` and the time-step bias as the scan takes them: float32 as in mamba-ssm (which upcasts them
+    in half-precision blocks), float64 kept (a float32 round trip would cost a float64 block 8 of its digits)."""
+    return p if p.dtype == torch.float64 else p.float()
+
+
 class Mamba(nn.Module):
     """Selective state-space block (Mamba-1) mapping ``(B, L, d_model) -> (B, L, d_model)``.
 
@@ -179,16 +185,16 @@ class Mamba(nn.Module):
         x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2N)
         dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = self._time_steps(dt).transpose(1, 2)  # (B, d_inner, L); bias goes in the scan
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(_scan_precision(self.A_log))
         y = selective_scan(
             x,
             delta.contiguous(),
             A,
             Bm.transpose(1, 2).contiguous(),
             Cm.transpose(1, 2).contiguous(),
-            self.D.float(),
+            _scan_precision(self.D),
             z=z.contiguous(),
-            delta_bias=self.dt_proj.bias.float(),
+            delta_bias=_scan_precision(self.dt_proj.bias),
             delta_softplus=True,
             backend=backend,
         )
@@ -199,30 +205,34 @@ class Mamba(nn.Module):
         return out
 
     def _forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The block with the numba scan, channel-last throughout: ``(B, L, d_model) -> (B, L, d_model)``."""
-        from longiseg.ssm.causal_conv import causal_conv1d_silu_cpu
+        """The block with the numba scan, channel-last throughout: ``(B, L, d_model) -> (B, L, d_model)``.
+
+        Float32 and float64 blocks run their inside (convolution, ``x_proj``, ``dt_proj``, scan) as one autograd
+        node (:func:`~longiseg.ssm.mamba_inner.mamba_inner_cpu`); other dtypes (e.g. bfloat16 under autocast) as
+        separate operations with the same function."""
         from longiseg.ssm.cpu_kernel import selective_scan_cpu_channels_last
+        from longiseg.ssm.mamba_inner import mamba_inner_cpu
 
         log_backend("numba", hidden_states.device)
         xz = F.linear(hidden_states, self.in_proj.weight, self.in_proj.bias)  # (B, L, 2*d_inner)
-        x, z = xz.chunk(2, dim=-1)
         w = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
-        if x.dtype in (torch.float32, torch.float64) and w.dtype == x.dtype:
-            x = causal_conv1d_silu_cpu(x, w, self.conv1d.bias)  # fused, reads the slice of xz in place
-        else:  # e.g. bfloat16 under autocast: the same function in PyTorch
-            x = causal_conv1d_silu_reference(x, w, self.conv1d.bias)
+        inner = (w, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)
+        if xz.dtype in (torch.float32, torch.float64) and all(p is None or p.dtype == xz.dtype for p in inner):
+            return self.out_proj(mamba_inner_cpu(xz, *inner))
+        x, z = xz.chunk(2, dim=-1)
+        x = causal_conv1d_silu_reference(x, w, self.conv1d.bias)
         x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2N)
         dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = self._time_steps(dt)  # (B, L, d_inner); bias goes in the scan
         y = selective_scan_cpu_channels_last(
             x,
             delta,
-            -torch.exp(self.A_log.float()),
+            -torch.exp(_scan_precision(self.A_log)),
             Bm,
             Cm,
-            self.D.float(),
+            _scan_precision(self.D),
             z=z,
-            delta_bias=self.dt_proj.bias.float(),
+            delta_bias=_scan_precision(self.dt_proj.bias),
             delta_softplus=True,
         )
         return self.out_proj(y)
