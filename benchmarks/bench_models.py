@@ -6,6 +6,8 @@ Dice-Focal loss, backward and the trainer's AdamW (``build_optimizer``); steps o
 (medians). The ratio column is the time per training sample divided by SegMaST's, the step-level counterpart of the
 paper's "training ratio" (which is wall-clock time per fold and therefore also reflects epochs and early stopping).
 2.5D and 3D samples differ in size, so the Mvox/s column (input voxels per second) is the fairer cross-dimension comparison.
+The matmul columns count the dense matrix-product FLOPs of one step (``longiseg_bench.flops``, one extra step per model;
+``--no-flops`` skips it): where products run near the processor's peak, their ratio is a floor for the time ratio.
 
 Sizes (the paper: 2.5D 128x128 slices, batch 32; 3D 128^3 patches, batch 8):
 
@@ -15,12 +17,15 @@ Sizes (the paper: 2.5D 128x128 slices, batch 32; 3D 128^3 patches, batch 8):
 * ``--quick`` (CI): the three 2.5D models only (a 3D training step at 64^3, the smallest size all 3D models accept,
   takes 10-40 s on 2 CPU cores), 64x64 slices, batch 2; inference of ``segmast_ms`` on the case at 4 mm
   (49x58x47) with patch 64. Pass ``--models`` to add 3D models (trained at 64^3 in this mode).
+* ``--models demo:SegMaST demo:SegFormer --batch-2d 8``: the demo's two models (the same widths and depths) at the
+  demo's batch; with ``--quick`` at its 64x64 crops.
 
 Usage::
 
     python benchmarks/bench_models.py --quick
     python benchmarks/bench_models.py
     python benchmarks/bench_models.py --paper --device cuda
+    python benchmarks/bench_models.py --quick --models demo:SegMaST demo:SegFormer --batch-2d 8 --no-inference
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from longiseg_bench import format_bytes, format_table, peak_memory, print_header, time_interleaved
+from longiseg_bench import (
+    format_bytes,
+    format_table,
+    matrix_product_flops,
+    peak_memory,
+    print_header,
+    time_interleaved,
+)
 from tqdm.auto import tqdm
 
 from longiseg.utils.validation import check_positive_int
@@ -61,6 +73,7 @@ class ModelRecord:
         params: parameter count.
         times: seconds per training step (timed blocks of all rounds).
         peak_bytes: peak memory of one step (``None``: not measured).
+        matmul_flops: FLOPs of the dense matrix products of one step (``longiseg_bench.flops``).
         error: set when the model failed to build or run.
     """
 
@@ -70,6 +83,7 @@ class ModelRecord:
     params: int = 0
     times: list[float] = field(default_factory=list)
     peak_bytes: int | None = None
+    matmul_flops: float | None = None
     error: str = ""
 
     @property
@@ -138,15 +152,36 @@ def _training_step(model: nn.Module, batch: tuple[torch.Tensor, ...], device: to
     return step
 
 
+DEMO_PREFIX = "demo:"
+"""Model names ``demo:SegMaST`` and ``demo:SegFormer`` are the demo's small configurations
+(:data:`longiseg.workflows.demo.DEMO_MODELS`: the same widths and depths for both)."""
+
+
 def _check_model_names(models: Sequence[str]) -> None:
     from longiseg.registry import list_models
+    from longiseg.workflows.demo import DEMO_MODELS
 
     if not models:
         raise ValueError("models must name at least one registry model")
-    known = set(list_models())
+    known = set(list_models()) | {DEMO_PREFIX + label for label in DEMO_MODELS}
     for name in models:
         if name not in known:
-            raise ValueError(f"unknown model {name!r}; see longiseg.list_models()")
+            raise ValueError(
+                f"unknown model {name!r}; see longiseg.list_models(), or one of "
+                f"{[DEMO_PREFIX + label for label in DEMO_MODELS]}"
+            )
+
+
+def build_benchmark_model(name: str) -> tuple[nn.Module, str]:
+    """A registry model, or a demo configuration (``demo:<label>``), and its ``"2.5D"``/``"3D"`` kind."""
+    from longiseg.registry import build_model, model_info
+    from longiseg.workflows.demo import DEMO_MODELS
+
+    _check_model_names([name])
+    if name.startswith(DEMO_PREFIX):
+        registry_name, kwargs = DEMO_MODELS[name[len(DEMO_PREFIX):]]
+        return build_model(registry_name, **kwargs), model_info(registry_name).dim
+    return build_model(name), model_info(name).dim
 
 
 def run_model_benchmark(
@@ -162,6 +197,7 @@ def run_model_benchmark(
     reference: str = "segmast_ms",
     device: torch.device | str = "cpu",
     measure_memory: bool = True,
+    count_flops: bool = True,
     progress: bool = True,
 ) -> list[ModelRecord]:
     """Training-step throughput and peak memory of registry models, interleaved; prints the table.
@@ -185,6 +221,7 @@ def run_model_benchmark(
             paper's "training ratio" at the step level); must be in ``models``.
         device: ``"cpu"`` or a CUDA device.
         measure_memory: also measure the peak memory of one step.
+        count_flops: also count the matrix-product FLOPs of one step (one extra step per model).
         progress: tqdm bars.
 
     Returns:
@@ -193,8 +230,6 @@ def run_model_benchmark(
     Raises:
         ValueError: empty ``models``, ``reference`` not among them, or unknown names.
     """
-    from longiseg.registry import build_model, model_info
-
     _check_model_names(models)
     if reference not in models:
         raise ValueError(f"reference {reference!r} must be one of the benchmarked models {list(models)}")
@@ -210,17 +245,20 @@ def run_model_benchmark(
     records: list[ModelRecord] = []
     steps: dict[str, Callable[[], None]] = {}
     for name in tqdm(models, desc="build + first step", unit="model", disable=not progress):
-        dim = model_info(name).dim
-        patch = (patch_3d,) * 3 if dim == "3D" else (patch_2d,) * 2
-        bsz = batch_3d if dim == "3D" else batch_2d
-        rec = ModelRecord(name, dim, ())
+        rec = ModelRecord(name, "-", ())
         try:
-            model = build_model(name).to(device).train()
+            model, dim = build_benchmark_model(name)
+            rec.dim = dim
+            patch = (patch_3d,) * 3 if dim == "3D" else (patch_2d,) * 2
+            bsz = batch_3d if dim == "3D" else batch_2d
+            model = model.to(device).train()
             channels = int(getattr(model, "in_channels", 1))
             rec.params = sum(p.numel() for p in model.parameters())
             rec.input_shape = (bsz, timepoints, channels, *patch)
             step = _training_step(model, model_batch(model, bsz, patch, timepoints, device), device)
             step()
+            if count_flops:
+                rec.matmul_flops = matrix_product_flops(step)
             steps[name] = step
         except Exception as err:  # report and go on: one broken model must not hide the others
             rec.error = f"{type(err).__name__}: {err}"
@@ -238,19 +276,24 @@ def run_model_benchmark(
 def _print_model_table(records: Sequence[ModelRecord], reference: str) -> None:
     ref = next(r for r in records if r.model == reference)
     ref_per_sample = ref.median / ref.input_shape[0] if ref.times else None
+    ref_flops_per_sample = ref.matmul_flops / ref.input_shape[0] if ref.matmul_flops else None
     rows = []
     for r in records:
         if r.error:
-            rows.append([r.model, r.dim, "-", "-", "error", "-", "-", "-", "-"])
+            rows.append([r.model, r.dim, "-", "-", "-", "error", "-", "-", "-", "-", "-"])
             continue
         per_sample = r.median / r.input_shape[0]
+        flops_per_sample = r.matmul_flops / r.input_shape[0] if r.matmul_flops is not None else None
         rows.append([
-            r.model, r.dim, "x".join(map(str, r.input_shape)), f"{r.params / 1e6:.2f}", r.median,
+            r.model, r.dim, "x".join(map(str, r.input_shape)), f"{r.params / 1e6:.2f}",
+            None if r.matmul_flops is None else r.matmul_flops / 1e9, r.median,
             r.samples_per_second, r.voxels_per_second / 1e6 if r.voxels_per_second else None,
-            per_sample / ref_per_sample if ref_per_sample else None, format_bytes(r.peak_bytes),
+            per_sample / ref_per_sample if ref_per_sample else None,
+            flops_per_sample / ref_flops_per_sample if ref_flops_per_sample and flops_per_sample is not None else None,
+            format_bytes(r.peak_bytes),
         ])
-    columns = ["model", "dim", "input (B,T,C,*S)", "params M", "step s", "samples/s", "Mvox/s",
-               f"time/sample vs {reference}", "peak MiB"]
+    columns = ["model", "dim", "input (B,T,C,*S)", "params M", "matmul GFLOP", "step s", "samples/s", "Mvox/s",
+               f"time/sample vs {reference}", f"matmul FLOP/sample vs {reference}", "peak MiB"]
     print("\ntraining step (median of the timed steps)")
     print(format_table(columns, rows))
     for r in records:
@@ -286,7 +329,6 @@ def run_inference_benchmark(
     """
     from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
     from longiseg.inferers import SlidingWindowInferer3D, TriplanarInferer
-    from longiseg.registry import build_model, model_info
 
     check_positive_int("spacing", spacing)
     check_positive_int("patch_2d", patch_2d)
@@ -300,8 +342,8 @@ def run_inference_benchmark(
     print(f"\ninference of one case {'x'.join(map(str, shape))} (T, C, D, H, W) at {spacing} mm, overlap 0.5")
     results = []
     for name in tqdm(models, desc="inference", unit="model", disable=not progress):
-        dim = model_info(name).dim
-        model = build_model(name).to(device).eval()
+        model, dim = build_benchmark_model(name)
+        model = model.to(device).eval()
         if dim == "3D":
             inferer: Any = SlidingWindowInferer3D(roi_size=patch_3d, overlap=0.5, batch_size=1, device=device,
                                                   progress=False)
@@ -328,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--quick", action="store_true", help="small patches, for CI")
     mode.add_argument("--paper", action="store_true", help="the paper's patch sizes and batches (GPU)")
     parser.add_argument("--models", nargs="+", default=None,
-                        help="registry names (default: all six; quick: the 2.5D ones)")
+                        help="registry names, or demo:SegMaST / demo:SegFormer (the demo's configurations; "
+                        "default: all six registry models; quick: the 2.5D ones)")
     parser.add_argument("--patch-2d", type=int, default=None)
     parser.add_argument("--batch-2d", type=int, default=None)
     parser.add_argument("--patch-3d", type=int, default=None)
@@ -343,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-flops", action="store_true", help="skip counting the matrix-product FLOPs")
     parser.add_argument("--no-inference", action="store_true", help="skip the full-case inference timing")
     parser.add_argument("--inference-models", nargs="+", default=None,
                         help="models for the inference timing (default: quick: segmast_ms; else all benchmarked)")
@@ -364,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         reference="segmast_ms" if "segmast_ms" in models else models[0],
         device=args.device,
         measure_memory=not args.no_memory,
+        count_flops=not args.no_flops,
     )
     if not args.no_inference:
         inference_models = args.inference_models or (["segmast_ms"] if args.quick else models)

@@ -153,6 +153,32 @@ def test_run_model_benchmark_validates_names() -> None:
         bench_models.run_model_benchmark(["segmast_ms"], 32, 1, 32, 1, reference="segformer_ms")
 
 
+def test_matrix_product_flops_counts_products_only() -> None:
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    layer = torch.nn.Linear(16, 4)
+    x = torch.randn(8, 16, requires_grad=True)
+    assert lb.matrix_product_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+    assert lb.matrix_product_flops(lambda: torch.relu(a).sum()) == 0
+    # a linear layer forward (addmm) and backward (input and weight gradients: two mm)
+    assert lb.matrix_product_flops(lambda: layer(x).sum().backward()) == 3 * 2 * 8 * 16 * 4
+    with pytest.raises(TypeError, match="fn must be callable"):
+        lb.matrix_product_flops(3)
+
+
+def test_run_model_benchmark_demo_configurations(capsys: pytest.CaptureFixture[str]) -> None:
+    records = bench_models.run_model_benchmark(
+        ["demo:SegMaST", "demo:SegFormer"], 32, 1, 32, 1, rounds=1, min_run_time=0.0, reference="demo:SegMaST",
+        measure_memory=False, progress=False,
+    )
+    assert [r.model for r in records] == ["demo:SegMaST", "demo:SegFormer"]
+    assert all(not r.error and r.dim == "2.5D" and r.times and r.matmul_flops > 0 for r in records)
+    assert records[0].input_shape == (1, 2, 2, 32, 32)
+    out = capsys.readouterr().out
+    assert "matmul GFLOP" in out and "matmul FLOP/sample vs demo:SegMaST" in out
+    with pytest.raises(ValueError, match="demo:SegMaST"):
+        bench_models.build_benchmark_model("demo:Nothing")
+
+
 def test_longiseg_bench_runs_the_checkout_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "benchmarks"
     folder.mkdir()

@@ -7,9 +7,11 @@ import ``longiseg_bench`` like any package. One concept per module:
 * :mod:`longiseg_bench.timing`: interleaved medians with :class:`torch.utils.benchmark.Timer`.
 * :mod:`longiseg_bench.memory`: peak memory of one call (CUDA allocator; on CPU the resident-set rise).
 * :mod:`longiseg_bench.tables`: markdown tables for ``docs/benchmarks.md``.
+* :mod:`longiseg_bench.flops`: the matrix-product FLOPs of one call (a floor for step-time ratios).
 """
 
 from longiseg_bench.environment import environment_info, format_header, print_header
+from longiseg_bench.flops import matrix_product_flops
 from longiseg_bench.memory import enable_cpu_memory_tracking, peak_memory
 from longiseg_bench.tables import format_bytes, format_table
 from longiseg_bench.timing import time_interleaved
@@ -22,5 +24,6 @@ __all__ = [
     "peak_memory",
     "format_bytes",
     "format_table",
+    "matrix_product_flops",
     "time_interleaved",
 ]
