@@ -936,9 +936,11 @@ class _CompiledScanFn(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.set_materialize_grads(False)
         keep = any(ctx.needs_input_grad)
-        out, last, ckpt = _scan_forward(u, delta, A, bk, ck, D, z, delta_bias, softplus, keep)
+        a_exp = _exponent_factors(A, compute_dtype(u, delta, A, bk, ck))  # once for both passes
+        out, last, ckpt = _scan_forward(u, delta, A, bk, ck, D, z, delta_bias, softplus, keep, a_exp)
         ctx.save_for_backward(u, delta, A, bk, ck, D, z, delta_bias, ckpt)
         ctx.softplus = softplus
+        ctx.a_exp = a_exp
         return out.to(u.dtype), last
 
     @staticmethod
@@ -946,7 +948,7 @@ class _CompiledScanFn(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, gout: torch.Tensor | None, glast: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
-        return (*_scan_backward(saved[:8], saved[8], gout, glast, ctx.softplus), None)
+        return (*_scan_backward(saved[:8], saved[8], gout, glast, ctx.softplus, ctx.a_exp), None)
 
 
 def selective_scan_cpu(
