@@ -6,8 +6,9 @@ with mamba-ssm loads unchanged. The selective scan goes through :func:`longiseg.
 (mamba-ssm's kernel on CUDA when installed, the compiled numba kernel on the CPU when installed, the chunked
 PyTorch scan elsewhere); the causal depthwise convolution uses ``causal-conv1d`` on CUDA when installed, else
 ``F.conv1d``. With the numba backend the whole block runs channel-last ``(B, L, d_inner)`` (the layout of its
-linear layers), which saves five transposing copies per call, and the causal convolution with its SiLU is the
-compiled kernel of :mod:`longiseg.ssm.causal_conv`; the function is the same (tested).
+linear layers), which saves five transposing copies per call, and everything between the two projections
+(the causal convolution with its SiLU, :mod:`longiseg.ssm.causal_conv`; ``x_proj``, ``dt_proj`` and the scan) is
+one autograd node, :func:`~longiseg.ssm.mamba_inner.mamba_inner_cpu`; the function is the same (tested).
 """
 
 from __future__ import annotations
