@@ -91,6 +91,15 @@ def _graph_nodes(t: torch.Tensor) -> set[str]:
     return names
 
 
+def test_empty_batch():
+    args = [a.requires_grad_() for a in _inputs(0, 7, 8, 1, 4, 4, torch.float64)]
+    y = mamba_inner_cpu(*args)
+    assert y.shape == (0, 7, 8)
+    y.sum().backward()
+    assert args[0].grad.shape == (0, 7, 16)
+    assert all(a.grad.abs().max() == 0 for a in args[1:])  # nothing to sum over: exactly zero
+
+
 def test_float32_close_to_float64():
     args = _inputs(2, 45, 40, 3, 16, 4, torch.float32)
     gy = torch.randn(2, 45, 40)

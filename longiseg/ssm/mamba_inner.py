@@ -72,7 +72,7 @@ class _MambaInnerFn(torch.autograd.Function):
         xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, D, A, u, dt, delta, bk, ck, ckpt = (
             ctx.saved_tensors
         )
-        d_inner, rank = conv_weight.shape[0], dt_proj_weight.shape[1]
+        d_inner, rank, n_state = conv_weight.shape[0], dt_proj_weight.shape[1], A.shape[1]
         tokens = u.shape[0] * u.shape[1]
         gxz = torch.empty(xz.shape, dtype=xz.dtype)
         gu, gdelta, gA, gbk, gck, gD, _, gbias = _scan_backward(
@@ -80,7 +80,7 @@ class _MambaInnerFn(torch.autograd.Function):
             gz=gxz[..., d_inner:],
         )
         gdelta2 = gdelta.reshape(tokens, d_inner)
-        g_dbl = torch.cat([gdelta2 @ dt_proj_weight, gbk.reshape(tokens, -1), gck.reshape(tokens, -1)], dim=1)
+        g_dbl = torch.cat([gdelta2 @ dt_proj_weight, gbk.reshape(tokens, n_state), gck.reshape(tokens, n_state)], dim=1)
         g_dt_proj = gdelta2.t() @ dt.reshape(tokens, rank)
         g_x_proj = g_dbl.t() @ u.reshape(tokens, d_inner)
         gu.reshape(tokens, d_inner).addmm_(g_dbl, x_proj_weight)  # + the gradient through x_proj
