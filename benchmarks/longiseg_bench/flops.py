@@ -4,7 +4,9 @@ On a machine where matrix products run near the processor's peak, their FLOP cou
 time: two models whose steps do ``F1`` and ``F2`` matrix FLOPs cannot run at a time ratio much below ``F1 / F2``
 whatever their other kernels cost. Only the dense products are counted (``mm``, ``addmm``, ``bmm``, ``baddbmm``):
 torch's counter has no formula for CPU flash attention or for selective scans, and its count for the backward pass
-of grouped (depthwise) convolutions ignores the groups, so the sum over all operators would mislead.
+of grouped (depthwise) convolutions ignores the groups, so the sum over all operators would mislead. Operators
+built *of* matrix products are counted with them: with the ``chunked`` scan backend SegMaST's count includes the
+scan's small batched products (``numba``, ``triton`` and ``cuda`` scans are kernels the counter does not see).
 """
 
 from __future__ import annotations
