@@ -37,16 +37,10 @@ class _MambaInnerFn(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        xz: torch.Tensor,
-        conv_weight: torch.Tensor,
-        conv_bias: torch.Tensor | None,
-        x_proj_weight: torch.Tensor,
-        dt_proj_weight: torch.Tensor,
-        dt_proj_bias: torch.Tensor | None,
-        A_log: torch.Tensor,
-        D: torch.Tensor | None,
+        ctx: torch.autograd.function.FunctionCtx, *inputs: torch.Tensor | None
     ) -> torch.Tensor:
+        # the arguments of mamba_inner_cpu, in its order
+        xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D = inputs
         d_inner, rank, n_state = conv_weight.shape[0], dt_proj_weight.shape[1], A_log.shape[1]
         x, z = xz[..., :d_inner], xz[..., d_inner:]
         u = conv_forward(x, conv_weight, conv_bias)
