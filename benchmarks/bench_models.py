@@ -163,13 +163,11 @@ def _check_model_names(models: Sequence[str]) -> None:
 
     if not models:
         raise ValueError("models must name at least one registry model")
-    known = set(list_models()) | {DEMO_PREFIX + label for label in DEMO_MODELS}
+    demo_names = [DEMO_PREFIX + label for label in DEMO_MODELS]
+    known = set(list_models()) | set(demo_names)
     for name in models:
         if name not in known:
-            raise ValueError(
-                f"unknown model {name!r}; see longiseg.list_models(), or one of "
-                f"{[DEMO_PREFIX + label for label in DEMO_MODELS]}"
-            )
+            raise ValueError(f"unknown model {name!r}; see longiseg.list_models(), or one of {demo_names}")
 
 
 def build_benchmark_model(name: str) -> tuple[nn.Module, str]:

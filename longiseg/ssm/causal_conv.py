@@ -192,6 +192,26 @@ def _channel_rows(x: torch.Tensor, ct: torch.dtype) -> np.ndarray:
     return (x if x.stride(2) == 1 else x.contiguous()).numpy()
 
 
+def check_kernel_tensors(named: dict[str, Any], optional: tuple[str, ...] = ()) -> None:
+    """The argument check of the compiled CPU operations: every entry of ``named`` (those in ``optional`` may be
+    ``None``) is a CPU tensor of the first entry's dtype, float32 or float64.
+
+    Raises:
+        TypeError: not a tensor, or another dtype (the message names the argument and the first one).
+        ValueError: a tensor off the CPU.
+    """
+    first, like = next(iter(named.items()))
+    for name, t in named.items():
+        if t is None and name in optional:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{name} must be on the CPU, got device {t.device}")
+        if t.dtype != like.dtype or t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} must be float32 or float64 like {first}, got {t.dtype} ({first}: {like.dtype})")
+
+
 def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The compiled forward pass without autograd: ``(B, L, D)`` (channels of unit stride, not copied) -> a new
     contiguous ``(B, L, D)`` in ``x.dtype`` (float32 or float64, like ``weight`` and ``bias``; not checked)."""
@@ -272,15 +292,7 @@ def causal_conv1d_silu_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         ValueError: tensors off the CPU or shapes that do not fit together.
     """
     require_cpu_kernel()
-    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-        if t is None and name == "bias":
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device.type != "cpu":
-            raise ValueError(f"{name} must be on the CPU, got device {t.device}")
-        if t.dtype != x.dtype or t.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"{name} must be float32 or float64 like x, got {t.dtype} (x: {x.dtype})")
+    check_kernel_tensors({"x": x, "weight": weight, "bias": bias}, optional=("bias",))
     if x.ndim != 3:
         raise ValueError(f"x must be (B, L, D), got shape {tuple(x.shape)}")
     if weight.ndim != 2 or weight.shape[0] != x.shape[2] or weight.shape[1] < 1:

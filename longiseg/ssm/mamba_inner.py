@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from longiseg.ssm.causal_conv import conv_backward, conv_forward
+from longiseg.ssm.causal_conv import check_kernel_tensors, conv_backward, conv_forward
 from longiseg.ssm.cpu_kernel import _exponent_factors, _scan_backward, _scan_forward, require_cpu_kernel
 
 __all__ = ["mamba_inner_cpu"]
@@ -123,15 +123,7 @@ def mamba_inner_cpu(
         "xz": xz, "conv_weight": conv_weight, "conv_bias": conv_bias, "x_proj_weight": x_proj_weight,
         "dt_proj_weight": dt_proj_weight, "dt_proj_bias": dt_proj_bias, "A_log": A_log, "D": D,
     }
-    for name, t in named.items():
-        if t is None and name in ("conv_bias", "dt_proj_bias", "D"):
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device.type != "cpu":
-            raise ValueError(f"{name} must be on the CPU, got device {t.device}")
-        if t.dtype not in (torch.float32, torch.float64) or t.dtype != xz.dtype:
-            raise TypeError(f"{name} must be float32 or float64 like xz, got {t.dtype} (xz: {xz.dtype})")
+    check_kernel_tensors(named, optional=("conv_bias", "dt_proj_bias", "D"))
     if xz.ndim != 3 or xz.shape[1] < 1 or xz.shape[2] % 2:
         raise ValueError(f"xz must be (B, L >= 1, 2 d_inner), got shape {tuple(xz.shape)}")
     d_inner = xz.shape[2] // 2
