@@ -368,13 +368,32 @@ def test_usage_errors_and_debug_flag_through_a_real_process(tmp_path: Path) -> N
 # ---------------------------------------------------------------------------------------------- API rows
 
 def _api_rows() -> list[tuple[str, Callable[[Path], object], type[BaseException], str]]:
+    from longiseg.data import CrossViewSampler, LongitudinalCase, VolumePatchSampler
+    from longiseg.data.preprocessing import zscore_normalize
     from longiseg.engine.config import read_config_file
+    from longiseg.inferers import remove_small_components, threshold_probabilities
     from longiseg.inferers.postprocessing import postprocess
+    from longiseg.losses import ImbalanceAwareLoss, PerSampleDiceFocalLoss, new_lesion_logits
+    from longiseg.metrics import has_progression
+    from longiseg.metrics.consistency import persisting_lesions
+    from longiseg.networks.output import LongitudinalOutput
     from longiseg.utils.device import resolve_device
 
     def dup_yaml(tmp: Path) -> object:
         return read_config_file(_write_yaml(tmp / "d.yaml", "a: 1\nb: 2\na: 3\n"))
 
+    def case(spacing: object = (1.0, 1.0, 1.0), affine: object = None, value: float = 1.0) -> LongitudinalCase:
+        return LongitudinalCase(
+            images=np.full((2, 1, 4, 4, 4), value, np.float32), baseline_mask=np.zeros((4, 4, 4)),
+            progression_masks=np.zeros((1, 4, 4, 4)), affine=np.eye(4) if affine is None else affine,
+            spacing=spacing, modalities=("m",), case_id="c1")
+
+    def float64_input(tmp: Path) -> object:
+        return build_model("segmast", **TINY)(torch.zeros(1, 2, 2, 32, 32, dtype=torch.float64))
+
+    mask = np.zeros((4, 4, 4), bool)
+    mask[1, 1, 1] = True
+    empty_out = LongitudinalOutput(torch.zeros(0, 1, 4, 4), torch.zeros(0, 1, 1, 4, 4))
     return [
         ("postprocess-probability-above-1", lambda t: postprocess(np.full((2, 2, 2), 1.5, np.float32)), ValueError,
          r"probabilities in \[0, 1\].*1\.5"),
@@ -383,6 +402,38 @@ def _api_rows() -> list[tuple[str, Callable[[Path], object], type[BaseException]
         ("config-duplicate-key", dup_yaml, ValueError, "'a' is given twice"),
         ("device-unknown", lambda t: resolve_device("gpu"), ValueError, "'gpu' is not a device"),
         ("device-type", lambda t: resolve_device(3), TypeError, "device must be a string"),
+        ("sampler-crop-size-string", lambda t: CrossViewSampler(crop_size="64"), TypeError, "crop_size must be an int"),
+        ("sampler-crop-size-fraction", lambda t: CrossViewSampler(crop_size=(64.7, 64)), TypeError,
+         r"crop_size\[0\] must be an int"),
+        ("sampler-patch-size-float", lambda t: VolumePatchSampler(patch_size=32.0), TypeError,
+         "patch_size must be an int"),
+        ("model-input-float64", float64_input, TypeError, "x has dtype torch.float64 but the model's parameters"),
+        ("model-segformer-timepoints-str", lambda t: build_model("segformer", num_timepoints="3"), TypeError,
+         "num_timepoints must be an int"),
+        ("model-longi-unet-dw-one-timepoint", lambda t: build_model("longi_unet_dw", num_timepoints=1), ValueError,
+         "num_timepoints must be >= 2"),
+        ("case-spacing-nan", lambda t: case(spacing=(1.0, 1.0, float("nan"))), ValueError, "spacing must hold positive"),
+        ("case-affine-inf", lambda t: case(affine=np.diag([1.0, 1.0, np.inf, 1.0])), ValueError, "affine"),
+        ("zscore-eps-zero", lambda t: zscore_normalize(case(), eps=0), ValueError, "eps must be a positive"),
+        ("loss-empty-batch", lambda t: ImbalanceAwareLoss(seed=0)(empty_out, torch.zeros(0, 1, 4, 4),
+                                                                  torch.zeros(0, 1, 1, 4, 4)),
+         ValueError, "at least one sample and one voxel"),
+        ("loss-empty-voxels", lambda t: PerSampleDiceFocalLoss()(torch.ones(1, 1, 0, 8), torch.ones(1, 1, 0, 8)),
+         ValueError, "logits must hold at least one sample"),
+        ("loss-infinite-gamma", lambda t: PerSampleDiceFocalLoss(gamma=float("inf")), ValueError,
+         "gamma must be a finite float"),
+        ("new-lesion-logits-list", lambda t: new_lesion_logits([[0.0]], torch.zeros(1, 1, 1)), TypeError,
+         "baseline_logits must be a torch.Tensor"),
+        ("has-progression-nan-volume", lambda t: has_progression(mask, min_volume_mm3=float("nan")), ValueError,
+         "min_volume_mm3 must be a finite number"),
+        ("remove-components-none-volume", lambda t: remove_small_components(mask, None), TypeError,
+         "min_volume_mm3 must be a number"),
+        ("remove-components-string-volume", lambda t: remove_small_components(mask, "27"), TypeError,
+         "min_volume_mm3 must be a number"),
+        ("threshold-string", lambda t: threshold_probabilities(np.zeros((2, 2, 2)), "a"), TypeError,
+         "threshold must be a float"),
+        ("persisting-coverage-string", lambda t: persisting_lesions(mask, mask, mask, min_coverage="a"), TypeError,
+         "min_coverage must be a number"),
     ]
 
 

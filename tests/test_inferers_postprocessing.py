@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from longiseg.data.lesions import label_lesions
 from longiseg.inferers import (
     MAX_BINARY_ENTROPY,
     binary_entropy,
@@ -44,6 +45,19 @@ def test_component_removal_anisotropic_exact_threshold() -> None:
     # the same voxels on an isotropic 1 mm grid: 27 voxels needed -> only the 30-voxel blob stays
     assert remove_small_components(mask, 27.0, (1, 1, 1)).sum() == 30
     assert remove_small_components(mask, 0.0, spacing).sum() == mask.sum()
+
+
+@pytest.mark.parametrize("voxels", [1, 2, 3, 5, 10, 27, 50])
+def test_component_of_exactly_the_minimum_volume_is_kept_like_a_lesion(voxels: int) -> None:
+    """0.7 mm voxels: ``voxels * 0.343`` mm3 is not a float that ``n * 0.343 >= it`` reproduces for every n;
+    the filter counts voxels, as lesion labelling does, so both keep the component."""
+    mask = np.zeros((4, 4, 60), bool)
+    mask[1, 1, :voxels] = True
+    spacing = (0.7, 0.7, 0.7)
+    min_volume = voxels * 0.7 * 0.7 * 0.7
+    assert remove_small_components(mask, min_volume, spacing).sum() == voxels
+    assert label_lesions(mask, spacing, min_volume_mm3=min_volume).n == 1
+    assert remove_small_components(mask, min_volume * 1.01, spacing).sum() == 0
 
 
 def test_connectivity() -> None:

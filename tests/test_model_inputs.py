@@ -81,6 +81,25 @@ def test_check_model_input_rules() -> None:
         check_model_input(ok.long(), 2, 1)
     with debug_checks(), pytest.raises(ValueError, match="NaN"):
         check_model_input(torch.full_like(ok, float("inf")), 2, 1)
+    with pytest.raises(TypeError, match=r"x has dtype torch.float64 .* torch.float32: convert"):
+        check_model_input(ok.double(), 2, 1, dtype=torch.float32)
+    check_model_input(ok.double(), 2, 1, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts per operation: any floating dtype
+        check_model_input(ok.bfloat16(), 2, 1, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("name", ["segmast", "segformer", "dynunet_2d", "longi_unet_dw_2d"])
+def test_models_name_a_dtype_mismatch_and_accept_their_own_dtype(name: str) -> None:
+    """A float64 array from numpy fed to a float32 model: a TypeError naming the fix, not a failure inside
+    the first convolution; the same input to the model in float64 runs."""
+    kwargs = {"widths": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "decoder_dim": 16} if name == "segmast" else {}
+    model = build_model(name, **kwargs)
+    x = torch.randn(1, 2, 2, 64, 64, dtype=torch.float64)
+    with pytest.raises(TypeError, match="x has dtype torch.float64 but the model's parameters are torch.float32"):
+        model(x)
+    with torch.no_grad():
+        out = model.double()(x)
+    assert out.baseline.dtype == torch.float64
 
 
 def test_value_checks_only_in_debug_mode(monkeypatch) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from longiseg.data.layout import check_case_id
+from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import check_binary, check_finite, check_timepoints
 
 __all__ = ["PLANES", "LongitudinalCase", "plane_axes"]
@@ -115,11 +116,9 @@ class LongitudinalCase:
         aff = np.asarray(self.affine, dtype=np.float64)
         if aff.shape != (4, 4):
             raise ValueError(f"affine must be a (4, 4) matrix, got shape {aff.shape}")
+        check_finite("affine", aff)
         self.affine = aff
-        sp = tuple(float(s) for s in self.spacing)
-        if len(sp) != 3 or min(sp) <= 0:
-            raise ValueError(f"spacing must be three positive voxel sizes in mm, got {self.spacing}")
-        self.spacing = sp  # type: ignore[assignment]
+        self.spacing = tuple(as_spacing(self.spacing, 3).tolist())  # type: ignore[assignment]
         self.case_id = check_case_id(str(self.case_id))
         self.patient_id = str(self.patient_id) if self.patient_id else self.case_id
 

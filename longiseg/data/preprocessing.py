@@ -9,6 +9,7 @@ A common isotropic spacing (e.g. 1 mm) across cases helps the 2D models but is n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,8 +81,17 @@ def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: fl
         A new case with normalised float32 images (masks shared, not copied).
 
     Raises:
-        ValueError: an image has no voxel inside the region.
+        TypeError: ``background`` or ``eps`` is not a number.
+        ValueError: ``eps`` not a positive finite number, ``background`` not finite, or an image has no voxel
+            inside the region.
     """
+    for name, value in (("background", background), ("eps", eps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(background):
+        raise ValueError(f"background must be finite, got {background}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a positive finite floor of the standard deviation, got {eps}")
     out = np.empty_like(case.images)
     brain = case.brain_mask.astype(bool) if case.brain_mask is not None else None
     for t in range(case.num_timepoints):

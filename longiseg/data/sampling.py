@@ -239,10 +239,15 @@ def _to_sample(case: LongitudinalCase, case_index: int, window: tuple, plane: st
 
 
 def _check_size(name: str, size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-    sizes = (size,) * ndim if isinstance(size, (int, np.integer)) else tuple(size)
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        sizes: tuple[object, ...] = (size,) * ndim
+    elif isinstance(size, (Sequence, np.ndarray)) and not isinstance(size, (str, bytes)):
+        sizes = tuple(size)
+    else:
+        raise TypeError(f"{name} must be an int or a sequence of {ndim} ints, got {type(size).__name__} {size!r}")
     if len(sizes) != ndim:
         raise ValueError(f"{name} must be an int or {ndim} ints, got {size}")
-    return tuple(check_positive_int(f"{name}[{i}]", int(s)) for i, s in enumerate(sizes))
+    return tuple(check_positive_int(f"{name}[{i}]", s) for i, s in enumerate(sizes))
 
 
 class _CenterSampling:

@@ -28,7 +28,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from longiseg.utils.validation import check_binary, check_finite, check_ndim, check_same_shape
+from longiseg.data.lesions import check_connectivity, check_min_volume, remove_small_lesions
+from longiseg.utils.masks import as_spacing
+from longiseg.utils.validation import (
+    check_binary,
+    check_finite,
+    check_ndim,
+    check_probability,
+    check_same_shape,
+)
 
 __all__ = ["threshold_probabilities", "remove_small_components", "restrict_to_mask", "postprocess",
            "new_lesion_probability", "HeadMasks", "postprocess_heads", "RESTRICT_OPTIONS"]
@@ -36,22 +44,12 @@ __all__ = ["threshold_probabilities", "remove_small_components", "restrict_to_ma
 #: Which masks ``restrict`` cuts to the brain: none, the progression masks, or both heads'.
 RESTRICT_OPTIONS = ("none", "progression", "both")
 
-_CONNECTIVITIES = (6, 18, 26)
-
-
 def _as_numpy(name: str, x: object) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     if isinstance(x, np.ndarray):
         return x
     raise TypeError(f"{name} must be a numpy array or torch.Tensor, got {type(x).__name__}")
-
-
-def _check_spacing(spacing: Sequence[float]) -> np.ndarray:
-    sp = np.asarray(spacing, dtype=np.float64)
-    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or not np.all(sp > 0):
-        raise ValueError(f"spacing must be three positive voxel sizes in mm (x, y, z), got {spacing!r}")
-    return sp
 
 
 def _check_probabilities(name: str, p: np.ndarray) -> None:
@@ -65,12 +63,12 @@ def threshold_probabilities(prob: np.ndarray | torch.Tensor, threshold: float = 
     """Binary mask ``prob >= threshold`` (any shape) as a bool numpy array.
 
     Raises:
+        TypeError: ``threshold`` is not a number, or ``prob`` not an array/tensor.
         ValueError: if ``threshold`` is outside ``[0, 1]`` or ``prob`` holds NaN/inf or values outside
             ``[0, 1]`` (logits instead of probabilities?).
     """
     p = _as_numpy("prob", prob)
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    threshold = check_probability("threshold", threshold)
     _check_probabilities("prob", p)
     return p >= threshold
 
@@ -95,26 +93,20 @@ def remove_small_components(
         Bool ``(D, H, W)`` mask without the small components.
 
     Raises:
-        ValueError: wrong rank, non-binary mask, negative volume, bad spacing or connectivity.
+        TypeError: ``min_volume_mm3`` is not a number, or ``mask`` not an array/tensor.
+        ValueError: wrong rank, non-binary mask, negative or non-finite volume, bad spacing or connectivity.
     """
-    import cc3d
-
     m = _as_numpy("mask", mask)
     check_ndim("mask", m, 3, "(D, H, W)")
     check_binary("mask", m)
-    if not float(min_volume_mm3) >= 0:
-        raise ValueError(f"min_volume_mm3 must be >= 0, got {min_volume_mm3}")
-    if connectivity not in _CONNECTIVITIES:
-        raise ValueError(f"connectivity must be one of {_CONNECTIVITIES}, got {connectivity}")
-    voxel_volume = float(np.prod(_check_spacing(spacing)))
+    vmin = check_min_volume(min_volume_mm3)
+    conn = check_connectivity(connectivity, 3)
+    sp = as_spacing(spacing, 3)
     m = m.astype(bool)
-    if min_volume_mm3 == 0 or not m.any():
+    if vmin == 0 or not m.any():
         return m
-    labels = cc3d.connected_components(m.astype(np.uint8), connectivity=connectivity)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes * voxel_volume >= float(min_volume_mm3)
-    keep[0] = False
-    return keep[labels]
+    # the lesion layer compares voxel counts, so a component of exactly min_volume_mm3 is kept
+    return remove_small_lesions(m, sp, min_volume_mm3=vmin, connectivity=conn)
 
 
 def restrict_to_mask(mask: np.ndarray | torch.Tensor, brain_mask: np.ndarray | torch.Tensor) -> np.ndarray:

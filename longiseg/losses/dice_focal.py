@@ -16,6 +16,8 @@ MONAI is not required; ``tests/test_losses.py`` checks the agreement when it is 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,7 +52,7 @@ def check_logits_and_target(
 
     Raises:
         TypeError: if either is not a tensor or ``logits`` is not floating point.
-        ValueError: if ``logits`` has fewer than 3 dims or the shapes differ; in debug mode also if ``logits``
+        ValueError: if ``logits`` has fewer than 3 dims, no element, or the shapes differ; in debug mode also if ``logits``
             holds NaN/inf or ``target`` is not a binary mask (bool, int or float with values in ``{0, 1}``).
     """
     check_tensor(logits_name, logits)
@@ -62,18 +64,23 @@ def check_logits_and_target(
             f"{logits_name} must have at least 3 dims (B, K, *spatial), got shape {tuple(logits.shape)}"
         )
     check_same_shape(logits_name, logits, target_name, target)
+    if logits.numel() == 0:
+        raise ValueError(
+            f"{logits_name} must hold at least one sample and one voxel (B, K, *spatial), got shape "
+            f"{tuple(logits.shape)}"
+        )
     if debug_checks_enabled():
         check_finite(logits_name, logits)
         check_binary(target_name, target)
 
 
 def _check_hyperparameters(alpha: float | None = None, **nonnegative: float) -> None:
-    """Raise unless every keyword value is a float ``>= 0`` and ``alpha`` is ``None`` or in ``[0, 1]``."""
+    """Raise unless every keyword value is a finite float ``>= 0`` and ``alpha`` is ``None`` or in ``[0, 1]``."""
     for name, value in nonnegative.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-        if not value >= 0.0:  # also rejects NaN
-            raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0.0 <= value < math.inf:  # also rejects NaN
+            raise ValueError(f"{name} must be a finite float >= 0, got {value}")
     if alpha is not None:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
             raise TypeError(f"alpha must be a float in [0, 1] or None, got {type(alpha).__name__}")

@@ -267,7 +267,13 @@ def new_lesion_logits(baseline_logits: torch.Tensor, progression_logits: torch.T
 
     Returns:
         ``(B, T-1, K, *S)`` logits in the dtype of ``progression_logits``.
+
+    Raises:
+        TypeError: an argument is not a tensor.
+        ValueError: the shapes do not match.
     """
+    check_tensor("baseline_logits", baseline_logits)
+    check_tensor("progression_logits", progression_logits)
     if baseline_logits.ndim + 1 != progression_logits.ndim or \
             baseline_logits.shape[0] != progression_logits.shape[0] or \
             baseline_logits.shape[1:] != progression_logits.shape[2:]:
@@ -415,6 +421,11 @@ class ImbalanceAwareLoss(nn.Module):
                 f"{tuple(progression_target.shape)} vs {tuple(output.progression.shape)}"
             )
         check_same_shape("progression_target", progression_target, "output.progression", output.progression)
+        if output.baseline.numel() == 0 or output.progression.numel() == 0:
+            raise ValueError(
+                "output must hold at least one sample and one voxel, got output.baseline "
+                f"{tuple(output.baseline.shape)} and output.progression {tuple(output.progression.shape)}"
+            )
         if debug_checks_enabled():  # value checks read every voxel: a device-to-host sync each
             check_finite("output.baseline", output.baseline)
             check_finite("output.progression", output.progression)

@@ -81,6 +81,7 @@ def persisting_lesions(
         :class:`PersistingLesions`.
 
     Raises:
+        TypeError: ``min_coverage`` is not a number.
         ValueError: masks of different shapes or not binary, ``min_coverage`` outside ``(0, 1]``, a negative
             ``min_volume_mm3`` or an unknown connectivity.
     """
@@ -88,6 +89,8 @@ def persisting_lesions(
     base = as_mask("gt_baseline", gt_baseline, 3)
     if base.shape != pred.shape:
         raise ValueError(f"gt_baseline has shape {base.shape}, pred_progression {pred.shape}")
+    if isinstance(min_coverage, bool) or not isinstance(min_coverage, (int, float, np.integer, np.floating)):
+        raise TypeError(f"min_coverage must be a number in (0, 1], got {type(min_coverage).__name__}")
     if not 0.0 < float(min_coverage) <= 1.0:
         raise ValueError(f"min_coverage must lie in (0, 1], got {min_coverage}")
     lesions, persisting = label_persisting_lesions(base, gt_progression, spacing, min_volume_mm3=min_volume_mm3,

@@ -16,7 +16,13 @@ import numpy as np
 
 from longiseg.metrics.consistency import persisting_lesions
 from longiseg.metrics.inputs import MaskLike, as_mask, as_mask_pair, as_spacing, foreground_slices
-from longiseg.metrics.lesion import LesionDetection, _check_connectivity, _label, detect_lesions
+from longiseg.metrics.lesion import (
+    LesionDetection,
+    _check_connectivity,
+    _check_min_volume,
+    _label,
+    detect_lesions,
+)
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.metrics.voxel import _counts, _ratio, hausdorff_distance
 
@@ -47,12 +53,19 @@ def has_progression(
     min_volume_mm3: float = 0.0,
     connectivity: int | None = None,
 ) -> bool:
-    """Whether a mask ``(D, H, W)`` holds a lesion of volume ``>= min_volume_mm3`` (any voxel if 0)."""
+    """Whether a mask ``(D, H, W)`` holds a lesion of volume ``>= min_volume_mm3`` (any voxel if 0).
+
+    Raises:
+        TypeError: ``min_volume_mm3`` is not a number.
+        ValueError: a non-binary mask, a negative or non-finite ``min_volume_mm3``, bad spacing or connectivity.
+    """
     m = as_mask("mask", mask)
-    if min_volume_mm3 <= 0:
-        return bool(m.any())
+    vmin = _check_min_volume(min_volume_mm3)
     sp = as_spacing(spacing, m.ndim)
-    return _label(m, sp, _check_connectivity(connectivity, m.ndim), float(min_volume_mm3)).n > 0
+    conn = _check_connectivity(connectivity, m.ndim)
+    if vmin == 0:
+        return bool(m.any())
+    return _label(m, sp, conn, vmin).n > 0
 
 
 def progression_kind(gt_progression: MaskLike) -> str:

@@ -4,7 +4,9 @@
 ``TypeError``/``ValueError`` naming ``x``, its layout and what was expected rather than an error from deep
 inside a layer. The rules, in order:
 
-* a floating-point tensor ``(B, T, C, H, W)`` (2D/2.5D) or ``(B, T, C, D, H, W)`` (3D);
+* a floating-point tensor ``(B, T, C, H, W)`` (2D/2.5D) or ``(B, T, C, D, H, W)`` (3D) of the model's
+  parameter dtype (any floating dtype under autocast, which casts per operation): a float64 array from numpy
+  fed to a float32 model is refused with the fix named, not left to fail inside the first convolution;
 * at least one sample and one voxel: an empty batch (``B = 0``) or a zero spatial size is refused;
 * ``T >= 2`` (or ``T == num_timepoints`` for models built for a fixed ``T``) and ``C == in_channels``;
 * spatial sizes that are multiples of the network's total ``downsampling`` (unless the model ``pads``
@@ -34,7 +36,7 @@ from longiseg.utils.validation import (
     debug_checks_enabled,
 )
 
-__all__ = ["check_model_input", "layout", "normalises_per_instance"]
+__all__ = ["check_model_input", "layout", "normalises_per_instance", "parameter_dtype"]
 
 
 def layout(spatial_dims: int) -> str:
@@ -47,6 +49,11 @@ def normalises_per_instance(module: nn.Module) -> bool:
     return any(isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)) for m in module.modules())
 
 
+def parameter_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of ``module``'s first floating-point parameter (``None`` if it has none)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
 def check_model_input(
     x: torch.Tensor,
     spatial_dims: int,
@@ -57,6 +64,7 @@ def check_model_input(
     downsampling: int | Sequence[int] = 1,
     pads: bool = False,
     instance_norm_bottleneck: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Validate a model input ``x`` of shape ``(B, T, C, *S)`` (rules: see the module docstring).
 
@@ -69,9 +77,11 @@ def check_model_input(
         downsampling: the network's total downsampling, one int or one per spatial dim.
         pads: the model pads sizes up to a multiple of ``downsampling`` itself (else they must be multiples).
         instance_norm_bottleneck: the model instance-normalises its coarsest feature map (needs >= 2 voxels).
+        dtype: the model's parameter dtype (:func:`parameter_dtype`); ``x`` must have it unless autocast is on
+            for ``x``'s device. ``None``: any floating dtype.
 
     Raises:
-        TypeError: if ``x`` is not a floating-point tensor.
+        TypeError: if ``x`` is not a floating-point tensor, or not of ``dtype`` outside autocast.
         ValueError: on any other mismatch (naming ``x``, the layout and what was expected), or NaN/inf values
             (in debug mode).
     """
@@ -80,6 +90,11 @@ def check_model_input(
     check_ndim("x", x, spatial_dims + 3, lay)
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"x has dtype {x.dtype} but the model's parameters are {dtype}: convert the input "
+            f"(x.to({dtype})) or the model (model.to({x.dtype})), or run under torch.autocast"
+        )
     shape = tuple(x.shape)
     if shape[0] == 0:
         raise ValueError(f"x has batch size B=0 (dim 0 of {lay}), got shape {shape}; pass at least one sample")

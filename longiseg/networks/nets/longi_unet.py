@@ -38,7 +38,7 @@ from einops import rearrange
 
 from longiseg.networks.blocks.difference_weighting import DifferenceWeighting
 from longiseg.networks.blocks.heads import FusedDualHead, TimepointHeads
-from longiseg.networks.inputs import check_model_input
+from longiseg.networks.inputs import check_model_input, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.presets import UNET_WIDTHS
 from longiseg.registry import register_model
@@ -224,7 +224,7 @@ class LongiUNetDW(nn.Module):
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
         check_model_input(x, self.spatial_dims, self.in_channels, downsampling=self.encoder.divisor,
-                          instance_norm_bottleneck=self.instance_norm_bottleneck)
+                          instance_norm_bottleneck=self.instance_norm_bottleneck, dtype=parameter_dtype(self))
         b, t = x.shape[:2]
         feats = self.encoder(x.flatten(0, 1))
         fused = []
@@ -283,7 +283,7 @@ class LongiUNetConcat(nn.Module):
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
         check_model_input(x, self.spatial_dims, self.in_channels, num_timepoints=self.num_timepoints,
-                          downsampling=self.encoder.divisor, instance_norm_bottleneck=self.instance_norm_bottleneck)
+                          downsampling=self.encoder.divisor, instance_norm_bottleneck=self.instance_norm_bottleneck, dtype=parameter_dtype(self))
         fused = rearrange(x, "b t c ... -> b (t c) ...")
         return self.heads(self.decoder(self.encoder(fused)))
 
@@ -296,7 +296,9 @@ def _features(spatial_dims: int, size: str, kwargs: dict[str, Any]) -> tuple[int
 
 
 def _build_dw(spatial_dims: int, size: str, default_in: int, **kwargs: Any) -> LongiUNetDW:
-    kwargs.pop("num_timepoints", None)  # any T >= 2 works with the same weights
+    num_timepoints = kwargs.pop("num_timepoints", None)  # any T >= 2 works with the same weights
+    if num_timepoints is not None:  # still checked: the registry records it in the model's spec
+        check_timepoints("num_timepoints", num_timepoints)
     features = _features(spatial_dims, size, kwargs)
     in_channels = kwargs.pop("in_channels", default_in)
     return LongiUNetDW(in_channels, features=features, spatial_dims=spatial_dims, **kwargs)

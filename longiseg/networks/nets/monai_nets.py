@@ -31,7 +31,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from longiseg.networks.blocks.heads import FusedDualHead
-from longiseg.networks.inputs import check_model_input, normalises_per_instance
+from longiseg.networks.inputs import check_model_input, normalises_per_instance, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.presets import UNET_WIDTHS
 from longiseg.registry import register_model
@@ -169,7 +169,7 @@ class ChannelStackedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
         check_model_input(x, self.spatial_dims, self.in_channels, num_timepoints=self.num_timepoints,
-                          downsampling=self.divisor, instance_norm_bottleneck=self.instance_norm_bottleneck)
+                          downsampling=self.divisor, instance_norm_bottleneck=self.instance_norm_bottleneck, dtype=parameter_dtype(self))
         return self.heads(self.backbone(rearrange(x, "b t c ... -> b (t c) ...")))
 
 
@@ -233,7 +233,7 @@ class CrossSectionalNet(nn.Module):
     def timepoint_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Full-lesion logits of every timepoint: ``(B, T, C, *S) -> (B, T, K, *S)`` (the training output)."""
         check_model_input(x, self.spatial_dims, self.in_channels, downsampling=self.divisor,
-                          instance_norm_bottleneck=self.instance_norm_bottleneck)
+                          instance_norm_bottleneck=self.instance_norm_bottleneck, dtype=parameter_dtype(self))
         b, t = x.shape[:2]
         return self.backbone(x.flatten(0, 1)).unflatten(0, (b, t))
 

@@ -30,7 +30,7 @@ from longiseg.networks.blocks.mlp_decoder import AllMLPDecoder
 from longiseg.networks.blocks.segformer_like import LongitudinalSegFormerLike, init_segformer_weights
 from longiseg.networks.blocks.st_block import STBlock
 from longiseg.registry import register_model
-from longiseg.utils.validation import check_positive_int
+from longiseg.utils.validation import check_positive_int, check_timepoints
 
 __all__ = ["SegFormer", "SEGFORMER_PRESETS", "ATTENTIONS"]
 
@@ -94,6 +94,8 @@ class SegFormer(LongitudinalSegFormerLike):
         drop_path_rate: float = 0.1,
         shared_progression_head: bool = True,
     ) -> None:
+        if num_timepoints is not None:
+            num_timepoints = check_timepoints("num_timepoints", num_timepoints)
         widths, num_heads, sr_ratios = tuple(widths), tuple(num_heads), tuple(sr_ratios)
         if len(num_heads) != len(widths) or len(sr_ratios) != len(widths):
             raise ValueError(
