@@ -33,8 +33,10 @@ def make_inputs(
     groups: int = 1,
     dtype: torch.dtype = torch.float64,
     delta_scale: float = 0.5,
+    delta_offset: float = 0.0,
 ) -> list[torch.Tensor]:
-    """Fresh random inputs ``[u, delta, A, B, C, D, z, delta_bias]`` with ``requires_grad``."""
+    """Fresh random inputs ``[u, delta, A, B, C, D, z, delta_bias]`` with ``requires_grad``; raw time steps
+    ``delta_offset + delta_scale * N(0, 1)``."""
     shape = {
         "shared": (batch, dstate, seqlen),
         "grouped": (batch, groups, dstate, seqlen),
@@ -42,7 +44,7 @@ def make_inputs(
     }[bc]
     xs = [
         torch.randn(batch, dim, seqlen, dtype=dtype),
-        delta_scale * torch.randn(batch, dim, seqlen, dtype=dtype),
+        delta_offset + delta_scale * torch.randn(batch, dim, seqlen, dtype=dtype),
         -(0.1 + torch.rand(dim, dstate, dtype=dtype)),
         torch.randn(*shape, dtype=dtype),
         torch.randn(*shape, dtype=dtype),
@@ -69,9 +71,9 @@ def run_with_grads(fn, xs, softplus=True, use_z=True, use_d=True, with_last=True
         return_last_state=True,
         **kw,
     )
-    gen = torch.Generator().manual_seed(1)
-    w = torch.randn(out.shape, generator=gen, dtype=out.dtype)
-    wl = torch.randn(last.shape, generator=gen, dtype=last.dtype)
+    gen = torch.Generator().manual_seed(1)  # float64 weights: the same for float32 and float64 runs
+    w = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+    wl = torch.randn(last.shape, generator=gen, dtype=torch.float64).to(last.dtype)
     used = [x for x, name in zip(xs, NAMES) if (use_z or name != "z") and (use_d or name != "D")]
     loss = (out * w).sum() + ((last * wl).sum() if with_last else 0)
     grads = torch.autograd.grad(loss, used)
@@ -109,6 +111,44 @@ def test_chunked_matches_reference_float64(bc, groups, chunk_size, block_elems):
     assert grads.keys() == grads_r.keys()
     for name in grads:
         assert_close(grads[name], grads_r[name], 1e-10, 1e-11, f"grad {name}")
+
+
+@pytest.mark.parametrize(("bc_b", "bc_c"), [("shared", "grouped"), ("grouped", "shared"), ("const", "shared"),
+                                             ("shared", "const"), ("grouped", "const"), ("const", "grouped")])
+@pytest.mark.parametrize("block_elems", [1 << 22, 16])
+def test_chunked_matches_reference_with_b_and_c_in_different_layouts(bc_b, bc_c, block_elems):
+    """B and C are separate arguments: one may be shared, one grouped, one input-independent (the channel blocks
+    must not slice C by B's groups)."""
+    xs = make_inputs(dim=12, seqlen=19, dstate=3, bc="grouped", groups=3)
+    layouts = {name: make_inputs(dim=12, seqlen=19, dstate=3, bc=name, groups=3)[3] for name in ("shared", "grouped",
+                                                                                                   "const")}
+    xs[3], xs[4] = layouts[bc_b], layouts[bc_c].detach().clone().requires_grad_()
+    out, last, grads = run_with_grads(selective_scan_chunked, xs, chunk_size=4, block_elems=block_elems)
+    out_r, last_r, grads_r = run_with_grads(selective_scan_reference, xs)
+    assert_close(out, out_r, 1e-10, 1e-12, "out")
+    assert_close(last, last_r, 1e-10, 1e-12, "last_state")
+    for name in grads:
+        assert_close(grads[name], grads_r[name], 1e-10, 1e-11, f"grad {name}")
+
+
+@pytest.mark.parametrize("backend", ["chunked", "numba"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_strong_decay_and_steps_above_the_softplus_threshold(backend, dtype):
+    """Raw steps around 22: softplus is the identity above 20 (torch, mamba-ssm), so its derivative is exactly 1
+    there, and ``exp(delta A)`` reaches e^-24, where the gradient of ``A`` must not come from a difference of two
+    nearly equal states."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    torch.manual_seed(22)
+    xs = make_inputs(dim=6, seqlen=40, dstate=4, dtype=dtype, delta_offset=22.0, delta_scale=2.0)
+    out, last, grads = run_with_grads(lambda *a, **k: selective_scan(*a, backend=backend, **k), xs)
+    xs64 = [x.detach().double().requires_grad_() for x in xs]
+    out_r, last_r, grads_r = run_with_grads(selective_scan_reference, xs64)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for name, got, want in [("out", out, out_r), ("last", last, last_r),
+                            *((f"grad {k}", grads[k], grads_r[k]) for k in grads_r)]:
+        err = ((got.double() - want).norm() / want.norm()).item()
+        assert err < tol, f"{name}: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize(
@@ -228,6 +268,8 @@ def _valid():
     ("index", "bad", "exc", "match"),
     [
         (0, torch.randn(2, 4), ValueError, "u must have 3 dims"),
+        (0, torch.randn(2, 0, 5), ValueError, "u must have dim >= 1"),
+        (2, torch.randn(4, 0), ValueError, "A must have dstate >= 1"),
         (1, torch.randn(2, 4, 6), ValueError, "delta must have the shape of u"),
         (2, torch.randn(4, 3, dtype=torch.complex64), TypeError, "A is complex"),
         (2, torch.randn(5, 3), ValueError, "A must have shape"),

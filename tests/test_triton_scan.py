@@ -64,6 +64,13 @@ CASES: dict[str, dict] = {
         "options": {"block_t": 8},
         "flags": {"softplus": False, "use_z": False, "use_d": False},
     },
+    # raw steps around 22: softplus is the identity above 20 (derivative exactly 1) and exp(delta A) reaches e^-24,
+    # where the gradient of A must not come from h_t - delta_t B_t u_t (cancellation)
+    "strong_decay_float64": {"inputs": {"dim": 4, "seqlen": 20, "dstate": 4, "delta_offset": 22.0}, "public": True},
+    "strong_decay_float32": {
+        "inputs": {"dim": 4, "seqlen": 20, "dstate": 4, "dtype": "float32", "delta_offset": 22.0},
+        "options": {"block_t": 8},
+    },
     # autocast's dtypes: bfloat16 activations (u, delta, B, C, z), float32 parameters; accumulation in float32
     "bfloat16_activations": {
         "inputs": {"dim": 4, "seqlen": 20, "dstate": 4},

@@ -85,6 +85,13 @@ def _scale_bc(s: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tens
     return out
 
 
+def _regroup(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(B, g, N, L)`` -> ``(B, groups, N, L)`` for a multiple ``groups`` of ``g``: each group repeated for the
+    ``groups // g`` finer groups it covers (differentiable: the gradient sums over the repeats)."""
+    b, g, n, length = x.shape
+    return x[:, :, None].expand(b, g, groups // g, n, length).reshape(b, groups, n, length)
+
+
 class _Workspace:
     """Named flat buffers reused across channel blocks.
 
@@ -361,8 +368,8 @@ def _chunked_backward(
             gu_b = gu_b + gy * D[d0:d1].to(ct)[:, None]
         gu[:, d0:d1] = gu_b
         gdt_b = _from_chunks(gdt, p.L)
-        if softplus:
-            gdt_b = gdt_b * torch.sigmoid(raw)
+        if softplus:  # softplus' derivative; 1 above 20, where F.softplus (the forward) is the identity
+            gdt_b = gdt_b * torch.sigmoid(raw).masked_fill_(raw > 20.0, 1.0)
         gdelta[:, d0:d1] = gdt_b
     gbias = None if delta_bias is None else gdelta.sum((0, 2)).to(delta_bias.dtype)
     return (
@@ -420,6 +427,9 @@ def selective_scan_chunked(
         raise ValueError(f"block_elems must be a positive int, got {block_elems!r}")
     Bg = bc_grouped(B, s.batch, s.dim, s.seqlen)
     Cg = bc_grouped(C, s.batch, s.dim, s.seqlen)
+    if Bg.shape[1] != Cg.shape[1]:  # the blocks below slice B and C by one group range
+        groups = math.lcm(Bg.shape[1], Cg.shape[1])  # divides dim, as both counts do
+        Bg, Cg = _regroup(Bg, groups), _regroup(Cg, groups)
     out, last = _ChunkedScanFn.apply(
         u, delta, A, Bg, Cg, D, z, delta_bias, bool(delta_softplus), chunk_size, block_elems
     )

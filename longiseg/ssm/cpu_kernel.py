@@ -157,7 +157,8 @@ def _nb_sigmoid(x: float, q: tuple[float, ...]) -> float:
 def _nb_softplus(x: float, q: tuple[float, ...]) -> tuple[float, float]:
     """``(softplus(x), sigmoid(x))`` inside the kernels, from ``e = exp(-|x|)``: ``max(x, 0) + log1p(e)`` (in
     float32 ``log1p(e) = e P(e)`` with a polynomial ``P``, relative error < 2e-7) and ``1 / (1 + e)`` or
-    ``e / (1 + e)``. Compiled only (an ``overload``)."""
+    ``e / (1 + e)``; above ``x = 20`` exactly ``(x, 1)``, as ``torch.nn.functional.softplus`` (the reference) and
+    mamba-ssm. Compiled only (an ``overload``)."""
     raise NotImplementedError("only callable from numba-compiled code")
 
 
@@ -244,9 +245,11 @@ def _define_kernels(numba: Any) -> None:
             return softplus32
 
         def softplus64(x, q):
+            # the identity above 20, as torch's softplus and mamba-ssm's kernels (float32 rounds to it anyway)
             e = math.exp(-abs(x))
             s = 1.0 / (1.0 + e)
-            return max(x, 0.0) + math.log1p(e), (s if x >= 0 else e * s)
+            big = x > 20.0
+            return (x if big else max(x, 0.0) + math.log1p(e)), (1.0 if big else (s if x >= 0 else e * s))
 
         return softplus64
 

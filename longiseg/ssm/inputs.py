@@ -99,8 +99,8 @@ def prepare_scan_inputs(
     if u.ndim != 3:
         raise ValueError(f"u must have 3 dims (batch, dim, seqlen), got shape {tuple(u.shape)}")
     batch, dim, seqlen = u.shape
-    if seqlen < 1:
-        raise ValueError(f"u must have seqlen >= 1, got shape {tuple(u.shape)}")
+    if seqlen < 1 or dim < 1:
+        raise ValueError(f"u must have dim >= 1 channels and seqlen >= 1, got shape {tuple(u.shape)}")
     if delta.shape != u.shape:
         raise ValueError(
             f"delta must have the shape of u {tuple(u.shape)} (batch, dim, seqlen), got {tuple(delta.shape)}"
@@ -108,6 +108,8 @@ def prepare_scan_inputs(
     if A.ndim != 2 or A.shape[0] != dim:
         raise ValueError(f"A must have shape (dim={dim}, dstate), got {tuple(A.shape)}")
     dstate = A.shape[1]
+    if dstate < 1:
+        raise ValueError(f"A must have dstate >= 1 columns (dim, dstate), got {tuple(A.shape)}")
     for name, x in (("B", B), ("C", C)):
         if x.ndim == 2:
             if tuple(x.shape) != (dim, dstate):

@@ -13,8 +13,9 @@ is computed in parallel; the tiles follow each other sequentially. Bias, softplu
 ``(B, D, L / BLOCK_T, N)`` checkpoint, ``N / BLOCK_T`` of the size of ``u`` (never ``(B, D, L, N)``).
 
 **Backward.** The same programs walk the tiles in reverse. Per tile they recompute the states ``h_t`` from the
-tile's checkpoint (one scan), take ``exp(delta_t A) h_{t-1} = h_t - delta_t B_t u_t`` (as mamba-ssm's backward
-does), run the adjoint recurrence
+tile's checkpoint together with the states before each position ``h_{t-1}`` (one scan of pairs of maps; mamba-ssm's
+backward takes ``exp(delta_t A) h_{t-1} = h_t - delta_t B_t u_t`` instead, which loses the gradient of ``A`` to
+cancellation once ``exp(delta_t A)`` is small), run the adjoint recurrence
 ``g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}`` as a reverse associative scan seeded with the adjoint leaving
 the tile (the gradient of the returned last state enters at the end), and form every gradient from ``g``, the
 states and ``exp(delta_t A) h_{t-1}``. ``dA``, ``dD`` and ``d(delta_bias)`` are summed in registers and added
@@ -104,8 +105,17 @@ def _affine_combine_fn(a1, b1, a2, b2):  # type: ignore[no-untyped-def]
     return a1 * a2, a2 * b1 + b2
 
 
+def _affine_prev_combine_fn(a1, b1, p1, q1, a2, b2, p2, q2):  # type: ignore[no-untyped-def]
+    # As _affine_combine_fn, with a second map (p, q): the segment's map without its last element (the identity
+    # (1, 0) for one element). Composing keeps "all but the last" = the later part's (p2, q2) after the earlier
+    # segment's whole map, so an inclusive scan gives h_t in b and h_{t-1} in q at once: exclusive states with no
+    # shift of registers, and no h_t - delta_t B_t u_t, which cancels to noise once exp(delta_t A) is small.
+    return a1 * a2, a2 * b1 + b2, a1 * p2, p2 * b1 + q2
+
+
 # A compiled-mode function object: the compiler calls it, the interpreter calls its ``.fn``; so it serves both.
 _affine_combine = triton.JITFunction(_affine_combine_fn) if triton is not None else None
+_affine_prev_combine = triton.JITFunction(_affine_prev_combine_fn) if triton is not None else None
 
 
 #: Set by :func:`_kernels` (decorated there, like the kernels that call them).
@@ -281,15 +291,19 @@ def _scan_bwd_kernel(
         if not C_CONST:
             c_ptrs = C_ptr + b * s_Cb + g_c * s_Cg + n3 * s_Cn + t[None, None, :] * s_Cl
             c_out = tl.load(c_ptrs, mask=tile3, other=0.0).to(a.dtype)
-        # States h_t, from the checkpointed state entering the tile; dA_t h_{t-1} = h_t - delta_t B_t u_t (as in
-        # mamba-ssm's backward: no second scan for the shifted states).
+        # States h_t and h_{t-1} from the checkpointed state entering the tile, in one scan (h_in is folded into
+        # the first map, so h_prev there is 0 and the first position takes h_in itself).
         ck = ckpt_ptr + (row * n_tiles + k) * dstate + offs_n[None, :]
         h_in = tl.load(ck, mask=mask_dn, other=0.0)
         dA = tl.exp(dt[:, None, :] * a3)
         dtu = dt * u
         x = dtu[:, None, :] * b_in
-        _, h = tl.associative_scan((dA, x + tl.where(first3, dA * h_in[:, :, None], 0.0)), 2, _affine_combine)
-        decayed = h - x  # dA_t h_{t-1}
+        first_in = tl.where(first3, dA * h_in[:, :, None], 0.0)
+        _, h, _, h_prev = tl.associative_scan(
+            (dA, x + first_in, tl.full(dA.shape, 1.0, dA.dtype), tl.zeros(dA.shape, dA.dtype)), 2,
+            _affine_prev_combine,
+        )
+        decayed = dA * h_prev + first_in  # dA_t h_{t-1}
         # Gate and skip.
         gy = tl.load(gout_ptr + row * seqlen + t[None, :], mask=m2, other=0.0).to(a.dtype)
         if HAS_Z:
@@ -315,8 +329,8 @@ def _scan_bwd_kernel(
             gu = gu + gy * skip[:, None]
             gD_acc += tl.sum(gy * u, axis=1)
         gA_acc += tl.sum(m * dt[:, None, :], axis=2)
-        if SOFTPLUS:
-            gdt = gdt * tl.sigmoid(raw_cur)
+        if SOFTPLUS:  # softplus' derivative; 1 above 20, where _softplus is the identity
+            gdt = gdt * tl.where(raw_cur > 20.0, 1.0, tl.sigmoid(raw_cur))
         gdt = tl.where(m2, gdt, 0.0)
         if HAS_BIAS:
             gbias_acc += tl.sum(gdt, axis=1)
@@ -397,8 +411,8 @@ class _Layout:
         if block_t < 1 or block_t & (block_t - 1):
             raise ValueError(f"block_t must be a power of two, got {block_t}")
         self.block_t = block_t
-        # About 4 tile elements per thread: ptxas gives the backward kernel 125 registers and no spills at
-        # N = 16, BLOCK_T = 64, 8 warps (sm_90); 4 warps need 185.
+        # About 4 tile elements per thread: ptxas gives the backward kernel 128 registers (two 256-thread
+        # programs per SM) and no spills at N = 16, BLOCK_T = 64, 8 warps (sm_90, float32); 4 warps need 185.
         self.num_warps = max(1, min(8, block_d * self.block_n * block_t // 128))
         self.n_tiles = -(-self.seqlen // block_t)
         self.grid = (-(-self.dim // block_d), self.batch)
