@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 __all__ = ["main", "build_parser", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED"]
 
@@ -30,6 +31,13 @@ _INPUT_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
     PermissionError, ImportError,
 )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with the one-line usage error of every other error (its subparsers are of this class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -200,6 +208,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from longiseg.metrics.evaluate import REPORT_FILES, evaluate_folder, write_report
     from longiseg.metrics.protocol import get_protocol
     from longiseg.metrics.report import format_paper_table
+    from longiseg.utils.io import check_separate_folders
 
     if len(args.folders) < 2:
         raise ValueError("give at least one prediction folder and then the reference folder")
@@ -214,6 +223,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{folder} is not a folder")
     if args.out:
         out = _check_output_folder(args.out, "--out")
+        for i, folder in enumerate(args.folders):
+            check_separate_folders(out, "--out", {"reference" if i == len(preds) else "prediction": folder})
         clash = [str(out / f) for f in REPORT_FILES if (out / f).exists()]
         if clash and not args.overwrite:
             raise FileExistsError(f"--out {out} already holds a report ({', '.join(clash[:3])}); "
@@ -286,7 +297,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``longiseg`` command."""
-    parser = argparse.ArgumentParser(prog="longiseg", description="Longitudinal lesion segmentation (SegMaST and baselines).")
+    parser = _Parser(prog="longiseg", description="Longitudinal lesion segmentation (SegMaST and baselines).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (results on the CPU are bit-identical for one thread count)")
@@ -421,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = _debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)  # usage errors: argparse prints one line and exits with 2
+    args = parser.parse_args(argv)  # usage errors: _Parser prints one line and exits with 2
     from longiseg.utils.logging import LOG_FORMAT
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)

@@ -243,6 +243,14 @@ ROWS = [
         r"last\.pt do not fit the model.*size mismatch"),
     Row("train-resume-and-overwrite", lambda ws, t: _train(ws, t, "--resume", "--overwrite"), "--resume and --overwrite"),
     Row("train-device-bogus", lambda ws, t: _train(ws, t, "--set", "trainer.device=gpu7"), r"trainer\.device 'gpu7'"),
+    Row("train-output-is-data", lambda ws, t: _train(ws, t, "--overwrite", output=str(ws / "cohort")),
+        r"trainer\.output_dir .*cohort is the data\.root folder"),
+    Row("train-output-inside-data", lambda ws, t: _train(ws, t, output=str(ws / "cohort" / "run")),
+        r"trainer\.output_dir .*lies inside the data\.root folder"),
+    Row("train-inference-patch-size", lambda ws, t: _train(ws, t, "--set", "inference.patch_size=-5"),
+        r"patch_size must be >= 1, got -5"),
+    Row("train-inference-batch-size", lambda ws, t: _train(ws, t, "--set", "inference.batch_size=0"),
+        r"batch_size must be >= 1, got 0"),
     # --- predict
     Row("predict-missing-checkpoint", lambda ws, t: _predict(ws, t, ckpt=str(t / "none.pt")), "none.pt"),
     Row("predict-empty-checkpoint", lambda ws, t: _predict(ws, t, ckpt=str(_checkpoint(ws, t / "c", "empty"))),
@@ -281,6 +289,15 @@ ROWS = [
         _predict(ws, t))[-1], r"already exist.*--overwrite"),
     Row("predict-overwrite-and-skip", lambda ws, t: _predict(ws, t, "--overwrite", "--skip-existing"),
         "--overwrite and --skip-existing"),
+    # predictions written over the input cases would replace their scans and reference masks
+    Row("predict-output-is-input", lambda ws, t: _predict(ws, t, "--skip-existing", "--output", str(ws / "cohort")),
+        r"output folder .*cohort is the input folder"),
+    Row("predict-output-is-input-overwrite", lambda ws, t: _predict(ws, t, "--overwrite", "--output",
+                                                                    str(ws / "cohort")), r"is the input folder"),
+    Row("predict-output-inside-input", lambda ws, t: _predict(ws, t, "--output", str(ws / "cohort" / "preds")),
+        r"lies inside the input folder"),
+    Row("predict-output-holds-input", lambda ws, t: _predict(ws, t, "--overwrite", "--output", str(ws)),
+        r"holds the input folder"),
     # --- evaluate
     Row("evaluate-missing-case", lambda ws, t: _evaluate(ws, t, _missing_case(ws, t / "p")), r"lacks 2 prediction file.*demo-000"),
     Row("evaluate-non-binary", lambda ws, t: _evaluate(ws, t, _non_binary(ws, t / "p")), r"binary"),
@@ -295,6 +312,10 @@ ROWS = [
     Row("evaluate-existing-report", lambda ws, t: (
         (t / "out").mkdir(), (t / "out" / "summary.json").write_text("{}"), _evaluate(ws, t))[-1],
         r"already holds a report.*--overwrite"),
+    Row("evaluate-out-is-prediction", lambda ws, t: _evaluate(ws, t, None, "--overwrite", "--out", str(ws / "preds")),
+        r"--out .*preds is the prediction folder"),
+    Row("evaluate-out-is-reference", lambda ws, t: _evaluate(ws, t, None, "--out", str(ws / "cohort")),
+        r"--out .*cohort is the reference folder"),
     Row("evaluate-one-folder", lambda ws, t: ["evaluate", str(ws / "cohort")], "give at least one prediction folder"),
     # --- tune
     Row("tune-missing-run", lambda ws, t: ["tune", str(t / "norun")], r"run folder .*norun does not exist"),
@@ -302,11 +323,23 @@ ROWS = [
         r"checkpoint .*best\.pt does not exist"),
     Row("tune-without-split", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "last.pt"],
         r"split\.json does not exist"),
+    Row("tune-checkpoint-outside-run", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "../run/last.pt"],
+        r"checkpoint must be the file name of one of the run's checkpoints"),
+    Row("tune-malformed-split", lambda ws, t: (
+        (t / "run").mkdir(), (t / "run" / "best.pt").write_bytes(b"x"), (t / "run" / "split.json").write_text("{"),
+        ["tune", str(t / "run")])[-1], r"split\.json is not valid JSON", out="run"),
+    Row("tune-split-not-an-object", lambda ws, t: (
+        (t / "run").mkdir(), (t / "run" / "best.pt").write_bytes(b"x"),
+        (t / "run" / "split.json").write_text("[1, 2]"), ["tune", str(t / "run")])[-1],
+        r"split\.json must be an object with data_root", out="run"),
     Row("tune-device-bogus", lambda ws, t: ["tune", str(ws / "run"), "--device", "gpu"], r"--device 'gpu'"),
     # --- cohort
     Row("cohort-too-few-patients", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "3"], "num_patients"),
     Row("cohort-num-test", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "8", "--num-test", "1"],
         "num_test"),
+    Row("cohort-negative-seed", lambda ws, t: ["cohort", str(t / "out"), "--seed", "-1"], "seed must be an int >= 0"),
+    Row("cohort-noise-nan", lambda ws, t: ["cohort", str(t / "out"), "--set", "noise_level=nan"],
+        "noise_level must be a finite number"),
     Row("cohort-output-is-file", lambda ws, t: ["cohort", str(_file(t))], "OUT"),
     Row("cohort-set-unknown-key", lambda ws, t: ["cohort", str(t / "out"), "--set", "lesion_count=3"], "lesion_count"),
     Row("cohort-set-seed", lambda ws, t: ["cohort", str(t / "out"), "--set", "seed=3"], "use --num-patients, --spacing, --seed"),
@@ -363,6 +396,12 @@ def test_usage_errors_and_debug_flag_through_a_real_process(tmp_path: Path) -> N
     assert "Traceback" not in done.stderr
     debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, env=env, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+    usage = subprocess.run([sys.executable, "-m", "longiseg", "predict", "--input", str(tmp_path)],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert usage.returncode == 2
+    assert usage.stderr.strip().splitlines() == [
+        "longiseg predict: error: the following arguments are required: --checkpoint, --output "
+        "(see longiseg predict --help)"]
 
 
 # ---------------------------------------------------------------------------------------------- API rows

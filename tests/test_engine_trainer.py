@@ -193,6 +193,25 @@ def test_early_stopping_and_best_checkpoint(tmp_path) -> None:
     assert again.epochs_completed == 5 and again.stopped_early
 
 
+def test_a_fresh_start_over_a_run_leaves_nothing_of_it_to_pass_for_its_own(tmp_path) -> None:
+    """overwrite=True over a run with best.pt: when the new run's monitor never improves (a validation metric
+    that is always NaN, as with no progressing validation patient) it has no best.pt, rather than the earlier
+    run's; resume=True without last.pt next to an earlier best.pt is refused like a fresh start."""
+    seed_everything(0)
+    kw = dict(max_epochs=2, monitor="val_dice", monitor_mode="max", warmup_epochs=0)
+    Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, **kw), loss_fn=ImbalanceAwareLoss(),
+            validate_fn=lambda model: {"dice": 0.5}).fit()
+    assert (tmp_path / "best.pt").is_file()
+    (tmp_path / "last.pt").unlink()
+    with pytest.raises(FileExistsError, match="best.pt"):
+        Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, **kw),
+                loss_fn=ImbalanceAwareLoss()).fit(resume=True)
+    result = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, **kw), loss_fn=ImbalanceAwareLoss(),
+                     validate_fn=lambda model: {"dice": float("nan")}).fit(overwrite=True)
+    assert result.best_checkpoint is None and result.best_metric is None
+    assert not (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").is_file()
+
+
 def test_validate_every_and_monitor_errors(tmp_path) -> None:
     calls = []
 

@@ -148,3 +148,21 @@ def test_logging_setup_is_repeated_in_a_worker_process(monkeypatch) -> None:
     finally:
         for handler in root.handlers:
             handler.close()
+
+
+def test_check_separate_folders(tmp_path) -> None:
+    """Same, inside, holding: refused, naming both; siblings with a common prefix and absent paths are fine;
+    ``..`` and symbolic links are resolved."""
+    from longiseg.utils.io import check_separate_folders
+
+    data = tmp_path / "data"
+    (data / "case").mkdir(parents=True)
+    check_separate_folders(tmp_path / "data2", "--output", {"--input": data, "--other": None})
+    check_separate_folders(tmp_path / "new" / "out", "--output", {"--input": data})
+    for out, how in ((data, "is"), (data / "case" / "pred", "lies inside"), (tmp_path, "holds"),
+                     (tmp_path / "x" / ".." / "data", "is")):
+        with pytest.raises(ValueError, match=f"--output .* {how} the --input folder .*data"):
+            check_separate_folders(out, "--output", {"--input": data})
+    (tmp_path / "link").symlink_to(data)
+    with pytest.raises(ValueError, match="is the --input folder"):
+        check_separate_folders(tmp_path / "link", "--output", {"--input": data})

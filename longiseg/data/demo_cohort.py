@@ -154,8 +154,10 @@ class DemoCohortConfig(ConfigBase):
         if self.shrink_factor[1] >= 1.0:
             raise ConfigError(f"shrink_factor must be < 1 (lesions shrink), got {self.shrink_factor}")
         for name in ("max_translation", "max_rotation", "bias_strength", "noise_level"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:  # also NaN
+                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
         if self.anatomy not in ("auto", "mni152", "phantom"):
             raise ConfigError(f"anatomy must be 'auto', 'mni152' or 'phantom', got {self.anatomy!r}")
 

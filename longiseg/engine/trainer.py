@@ -31,6 +31,7 @@ import io
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -754,16 +755,17 @@ class Trainer:
         Args:
             resume: ``False`` starts fresh; ``True`` continues from ``output_dir/last.pt`` when it exists (and
                 starts fresh otherwise); a path continues from that checkpoint.
-            overwrite: allow a fresh start in an ``output_dir`` that already holds a run's checkpoints
-                (they are replaced as training proceeds).
+            overwrite: allow a fresh start in an ``output_dir`` that already holds a run's checkpoints: the
+                earlier ``last.pt``, ``best.pt`` and TensorBoard logs are removed first, so a ``best.pt`` of the
+                earlier run never passes for this run's (when this run's monitor never improves, it has none).
 
         Returns:
             :class:`FitResult`.
 
         Raises:
             FileNotFoundError: if ``resume`` is a path that does not exist.
-            FileExistsError: a fresh start (``resume=False``) in an ``output_dir`` holding ``last.pt`` or
-                ``best.pt`` without ``overwrite=True``, before any work.
+            FileExistsError: a fresh start (``resume=False``, or ``True`` without ``last.pt``) in an
+                ``output_dir`` holding ``last.pt`` or ``best.pt`` without ``overwrite=True``, before any work.
         """
         cfg = self.config
         last_path = self.output_dir / LAST_CHECKPOINT
@@ -778,7 +780,7 @@ class Trainer:
             ckpt_path = Path(resume)
             if not ckpt_path.is_file():
                 raise FileNotFoundError(f"resume checkpoint not found: {ckpt_path}")
-        if resume in (False, None) and not overwrite:
+        if ckpt_path is None and not overwrite:  # also resume=True without last.pt next to an old best.pt
             check_fresh_start(self.output_dir)
         if ckpt_path is not None:
             self.load_checkpoint(ckpt_path)
@@ -786,9 +788,14 @@ class Trainer:
                 logger.info("resumed from %s at epoch %d (step %d)", ckpt_path, self.epoch, self.global_step)
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            if ckpt_path is None and last_path.exists():
-                logger.warning("starting a fresh run in %s: its existing checkpoints will be replaced",
-                               self.output_dir)
+            if ckpt_path is None:  # a fresh start: nothing of an earlier run may pass for this one's
+                stale = [p for p in (last_path, best_path) if p.exists()]
+                if stale:
+                    logger.warning("starting a fresh run in %s: removing the earlier run's %s", self.output_dir,
+                                   ", ".join(p.name for p in stale))
+                for p in stale:
+                    p.unlink()
+                shutil.rmtree(self.output_dir / "tensorboard", ignore_errors=True)
             cfg.save(self.output_dir / CONFIG_FILE)
             csv_log.rewrite(self.history)
         barrier()

@@ -24,7 +24,7 @@ from typing import IO, Any
 import numpy as np
 
 __all__ = ["atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
-           "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti"]
+           "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti", "check_separate_folders"]
 
 PathLike = str | os.PathLike
 
@@ -34,6 +34,38 @@ _UMASK_LOCK = threading.Lock()
 def _check_target(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+
+
+def check_separate_folders(output: PathLike, output_name: str, inputs: dict[str, PathLike | None]) -> None:
+    """Refuse an output folder that is an input folder, lies inside one or holds one.
+
+    Outputs replaced with ``overwrite`` would otherwise delete the inputs (a case folder of predictions replaces
+    the case folder of scans of the same name), and outputs inside an input folder would be read back as input
+    the next time. Paths are compared after resolving ``..`` and symbolic links; they need not exist yet.
+
+    Args:
+        output: the output folder.
+        output_name: how the user gave it (``"--output"``), for the message.
+        inputs: input folders by how the user gave them (``{"--input": path}``); ``None`` values are skipped.
+
+    Raises:
+        ValueError: naming both folders and how they overlap.
+    """
+    out = Path(output).resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        inp = Path(path).resolve()
+        if out == inp:
+            how = "is"
+        elif inp in out.parents:
+            how = "lies inside"
+        elif out in inp.parents:
+            how = "holds"
+        else:
+            continue
+        raise ValueError(f"{output_name} {output} {how} the {name} folder {path}: outputs would replace or mix "
+                         "with the inputs; choose a separate folder")
 
 
 def _current_umask() -> int:

@@ -18,6 +18,8 @@ import dataclasses
 from typing import Any
 
 from longiseg.engine.config import ConfigBase, ConfigError, TrainerConfig
+from longiseg.inferers.postprocessing import RESTRICT_OPTIONS
+from longiseg.inferers.sliding_window import BLEND_MODES
 from longiseg.losses.imbalance import STRATEGIES
 
 __all__ = ["ModelConfig", "DataConfig", "LossConfig", "InferenceConfig", "ExperimentConfig"]
@@ -191,6 +193,12 @@ class InferenceConfig(ConfigBase):
         return self.threshold if self.progression_threshold is None else self.progression_threshold
 
     def __post_init__(self) -> None:
+        # checked when the experiment is read, so a run never records settings its checkpoint cannot predict with
+        _need(self.patch_size >= 1, "InferenceConfig", f"patch_size must be >= 1, got {self.patch_size}")
+        _need(self.batch_size >= 1, "InferenceConfig", f"batch_size must be >= 1, got {self.batch_size}")
+        _need(self.blend in BLEND_MODES, "InferenceConfig", f"blend must be one of {BLEND_MODES}, got {self.blend!r}")
+        _need(self.restrict in RESTRICT_OPTIONS, "InferenceConfig",
+              f"restrict must be one of {RESTRICT_OPTIONS}, got {self.restrict!r}")
         _need(0.0 <= self.overlap < 1.0, "InferenceConfig", f"overlap must be in [0, 1), got {self.overlap}")
         _need(0.0 < self.threshold < 1.0, "InferenceConfig", f"threshold must be in (0, 1), got {self.threshold}")
         _need(self.progression_threshold is None or 0.0 < self.progression_threshold < 1.0, "InferenceConfig",

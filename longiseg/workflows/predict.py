@@ -17,6 +17,7 @@ from longiseg.inferers.sliding_window import SlidingWindowInferer3D
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.spec import ModelSpec
 from longiseg.utils.device import resolve_device
+from longiseg.utils.io import check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import InferenceConfig
 
@@ -105,11 +106,13 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
 
     Raises:
         TypeError: a model without a spec.
-        ValueError: no inference settings, a spec that crops to the foreground, or invalid cases.
+        ValueError: no inference settings, a spec that crops to the foreground, invalid cases, or an
+            ``output_dir`` that is, lies inside or holds ``input_dir`` or ``registered_dir``.
         FileNotFoundError: missing input folder or requested cases; with ``registered_dir``, a case without
             its registration record or a follow-up's transform.
         ImportError: ``registered_dir`` given without SimpleITK.
     """
+    check_separate_folders(output_dir, "output folder", {"input": input_dir, "registered": registered_dir})
     spec = model_spec(model)
     cfg = inference_settings(model, cfg)
     modalities = list(modalities) if modalities is not None else (list(spec.modalities) if spec.modalities else None)

@@ -30,7 +30,7 @@ from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.losses.imbalance import ImbalanceAwareLoss
 from longiseg.metrics.voxel import dice
 from longiseg.registry import build_model, model_info
-from longiseg.utils.io import atomic_write_json
+from longiseg.utils.io import atomic_write_json, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import ExperimentConfig
 
@@ -41,6 +41,8 @@ logger = get_logger(__name__)
 
 #: The run folder's record of which cases trained and which validated the model (``longiseg tune`` reads it).
 SPLIT_FILE = "split.json"
+#: What `longiseg tune` writes into the run folder (a fresh start removes an earlier run's).
+TUNING_FILE = "tuning.json"
 
 
 def build_loss(cfg: ExperimentConfig) -> ImbalanceAwareLoss:
@@ -175,6 +177,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     root = Path(cfg.data.root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root {root} does not exist")
+    check_separate_folders(cfg.trainer.output_dir, "trainer.output_dir",
+                           {"data.root": root, "data.val_root": cfg.data.val_root or None})
     info = model_info(cfg.model.name)
     if not resume and not overwrite:
         check_fresh_start(cfg.trainer.output_dir)  # before any work; fit checks again for direct users
@@ -218,6 +222,11 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     if ctx.is_main:
         save_config(cfg, Path(tcfg.output_dir) / "experiment.yaml")
         atomic_write_json(Path(tcfg.output_dir) / SPLIT_FILE, {
-            "data_root": str(root), "val_root": cfg.data.val_root, "seed": cfg.data.seed,
+            # absolute: tune and predict may run from another working directory
+            "data_root": str(root.resolve()),
+            "val_root": str(Path(cfg.data.val_root).resolve()) if cfg.data.val_root else cfg.data.val_root,
+            "seed": cfg.data.seed,
             "train": [c.case_id for c in train_cases], "validation": [c.case_id for c in val_cases]})
+        if not resume:  # a fresh start: the earlier run's threshold choice is not this run's
+            (Path(tcfg.output_dir) / TUNING_FILE).unlink(missing_ok=True)
     return trainer.fit(resume=resume, overwrite=overwrite)

@@ -36,14 +36,14 @@ from longiseg.utils.io import atomic_write_json
 from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import InferenceConfig
 from longiseg.workflows.predict import make_inferer
-from longiseg.workflows.train import SPLIT_FILE
+from longiseg.workflows.train import SPLIT_FILE, TUNING_FILE
 
 __all__ = ["TUNING_FILE", "ValidationMaps", "run_tuning", "validation_probabilities"]
 
 logger = get_logger(__name__)
 
-#: The run folder's record of the last tuning (the selection and the objective of every candidate).
-TUNING_FILE = "tuning.json"
+# TUNING_FILE (defined with the run folder's other names in longiseg.workflows.train): the run folder's record of
+# the last tuning (the selection and the objective of every candidate).
 
 
 class ValidationMaps(NamedTuple):
@@ -105,6 +105,23 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     return ValidationMaps(probs, refs, brains, spacing or (1.0, 1.0, 1.0), baselines)
 
 
+def _read_split(path: Path) -> dict:
+    """The run's ``split.json``: ``data_root`` (str), ``validation`` (case ids), optional ``val_root``."""
+    try:
+        split = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); longiseg train writes it, train again") from None
+    ok = (isinstance(split, dict) and isinstance(split.get("data_root"), str)
+          and isinstance(split.get("validation", []), list)
+          and all(isinstance(c, str) for c in split.get("validation", []))
+          and isinstance(split.get("val_root") or "", str))
+    if not ok:
+        raise ValueError(f"{path} must be an object with data_root (a folder) and validation (case ids), as "
+                         "longiseg train writes it")
+    split.setdefault("validation", [])
+    return split
+
+
 def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: str | Path | None = None,
                objective: str = DEFAULT_OBJECTIVE, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                device: str | torch.device | None = None, progress: bool = True) -> ThresholdSelection | None:
@@ -125,11 +142,16 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
 
     Raises:
         FileNotFoundError: no such checkpoint, no ``split.json`` or missing validation cases.
-        ValueError: a run without validation patients (``data.val_fraction=0``), an unknown objective.
+        ValueError: a run without validation patients (``data.val_fraction=0``), an unknown objective, a
+            ``checkpoint`` that is not a file name inside ``run_dir``, a malformed ``split.json``.
     """
     run = Path(run_dir)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if not isinstance(checkpoint, str) or not checkpoint or Path(checkpoint).name != checkpoint \
+            or checkpoint in (".", ".."):
+        raise ValueError(f"checkpoint must be the file name of one of the run's checkpoints (best.pt, last.pt): "
+                         f"tune rewrites it inside {run}, got {checkpoint!r}")
     ckpt = run / checkpoint
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (a run folder of longiseg train holds "
@@ -138,8 +160,8 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     if not split_file.is_file():
         raise FileNotFoundError(f"{split_file} does not exist: tune needs the validation patients that "
                                 "longiseg train recorded there")
-    split = json.loads(split_file.read_text())
-    val_ids = list(split.get("validation") or [])
+    split = _read_split(split_file)
+    val_ids = split["validation"]
     if not val_ids:
         raise ValueError(f"the run {run} has no validation patients (data.val_fraction=0): nothing to tune on")
     root = Path(data_root or split.get("val_root") or split["data_root"])
