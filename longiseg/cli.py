@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from longiseg.utils.io import check_output_folder, check_separate_folders
+
 __all__ = ["main", "build_parser", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED"]
 
 EXIT_FAILURE = 1
@@ -78,21 +80,6 @@ def _load_experiment(path: str | None, overrides: Sequence[str]):  # noqa: ANN20
     return ExperimentConfig.from_file(path, overrides)
 
 
-def _check_output_folder(path: str | Path, option: str) -> Path:
-    """Fail before any work when ``path`` cannot become a writable folder (a file, read-only parent)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{option} {path} exists and is not a folder")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise NotADirectoryError(f"{option} {path}: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(f"{option} {path}: {probe} is not writable")
-    return path
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from longiseg.workflows.train import run_training
 
@@ -103,7 +90,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.data.root = args.data
     if args.output:
         cfg.trainer.output_dir = args.output
-    _check_output_folder(cfg.trainer.output_dir, "--output")
+    check_output_folder(cfg.trainer.output_dir, "--output")
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"finished: {result}")
     return 0
@@ -138,7 +125,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
 
     sizes = {k: v for k, v in (("num_patients", args.num_patients), ("num_test", args.num_test)) if v is not None}
     cfg = DemoConfig(spacing=args.spacing, seed=args.seed, **sizes)  # the demo's sizes unless given
-    out = _check_output_folder(args.output, "OUT")
+    out = check_output_folder(args.output, "OUT")
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace the cohort, train and "
                               "test folders in it")
@@ -170,7 +157,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--input {args.input} is not a folder")
     if args.config is not None and not Path(args.config).is_file():
         raise FileNotFoundError(f"--config {args.config} does not exist")
-    _check_output_folder(args.output, "--output")
+    check_output_folder(args.output, "--output")
     registered = None if args.native is None else Path(args.native or args.input)
     if registered is not None:  # before the model loads: SimpleITK and the register output
         from longiseg.registration.grid import require_simpleitk
@@ -208,7 +195,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from longiseg.metrics.evaluate import REPORT_FILES, evaluate_folder, write_report
     from longiseg.metrics.protocol import get_protocol
     from longiseg.metrics.report import format_paper_table
-    from longiseg.utils.io import check_separate_folders
 
     if len(args.folders) < 2:
         raise ValueError("give at least one prediction folder and then the reference folder")
@@ -222,7 +208,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder} is not a folder")
     if args.out:
-        out = _check_output_folder(args.out, "--out")
+        out = check_output_folder(args.out, "--out")
         for i, folder in enumerate(args.folders):
             check_separate_folders(out, "--out", {"reference" if i == len(preds) else "prediction": folder})
         clash = [str(out / f) for f in REPORT_FILES if (out / f).exists()]
@@ -257,7 +243,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if val is not None:
             kw[key] = val
     cfg = DemoConfig(**kw)  # every setting is checked here, before the cohort is written
-    _check_output_folder(cfg.output_dir, "--output")
+    check_output_folder(cfg.output_dir, "--output")
     summary = run_demo(cfg)
     print(summary["table"])
     print("\nheld-out test patients, trained vs untrained (mean over patients):")

@@ -317,6 +317,12 @@ ROWS = [
     Row("evaluate-out-is-reference", lambda ws, t: _evaluate(ws, t, None, "--out", str(ws / "cohort")),
         r"--out .*cohort is the reference folder"),
     Row("evaluate-one-folder", lambda ws, t: ["evaluate", str(ws / "cohort")], "give at least one prediction folder"),
+    # --- lesions
+    Row("lesions-out-is-masks", lambda ws, t: ["lesions", str(ws / "preds"), "--out", str(ws / "preds"), "--overwrite",
+                                               "--no-figures", "--no-progress"], r"out .*preds is the mask folder"),
+    Row("lesions-out-inside-images", lambda ws, t: ["lesions", str(ws / "preds"), "--images", str(ws / "cohort"),
+                                                    "--out", str(ws / "cohort" / "report")],
+        r"out .*report lies inside the images folder"),
     # --- tune
     Row("tune-missing-run", lambda ws, t: ["tune", str(t / "norun")], r"run folder .*norun does not exist"),
     Row("tune-missing-checkpoint", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "best.pt"],

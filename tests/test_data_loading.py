@@ -67,7 +67,7 @@ def test_case_model_shapes_and_flags() -> None:
         ({"progression_masks": np.zeros((2, 4, 4, 4))}, r"progression_masks must have shape \(T-1"),
         ({"modalities": ("a", "b")}, r"modalities must name the 1 image channels"),
         ({"affine": np.eye(3)}, r"affine must be a \(4, 4\)"),
-        ({"spacing": (1.0, 0.0, 1.0)}, r"spacing must be three positive"),
+        ({"spacing": (1.0, 0.0, 1.0)}, r"spacing must hold positive finite"),
         ({"progression_masks": None}, r"both be given or both be None"),
     ],
 )
@@ -406,3 +406,79 @@ def test_save_prediction_round_trip(tmp_path: Path) -> None:
     assert not (tmp_path / "c2").exists()
     with pytest.raises(ValueError, match="case id"):
         save_prediction(tmp_path, "../c3", aff, {"mask": masks})
+
+
+# --------------------------------------------------------------------------- voxel spacing: one owner
+def _save_two_geometries(path: Path, array: np.ndarray, sform: np.ndarray, zooms: tuple[float, ...]) -> None:
+    """A file whose sform (``img.affine``) says one voxel size and whose qform/pixdim (the header zooms)
+    another, as some converters write them."""
+    img = nib.Nifti1Image(array, sform)
+    img.header.set_qform(np.diag([*zooms, 1.0]), code=1)  # sets pixdim to ``zooms``; the sform stays
+    nib.save(img, str(path))
+    back = nib.load(str(path))
+    assert np.allclose(back.affine, sform) and np.allclose(back.header.get_zooms()[:3], zooms)
+
+
+def test_nifti_spacing_is_the_affine_and_refuses_a_disagreeing_header(tmp_path: Path) -> None:
+    from longiseg.data.case import affine_spacing
+    from longiseg.data.loading import nifti_spacing
+    from longiseg.utils.io import load_nifti
+
+    mask = np.zeros((4, 5, 6), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1
+    # an oblique, anisotropic grid: the voxel size is the column norms of the affine, not its diagonal
+    rot = np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]])
+    oblique = np.eye(4)
+    oblique[:3, :3] = rot @ np.diag([0.5, 1.0, 3.0])
+    nib.save(nib.Nifti1Image(mask, oblique), str(tmp_path / "ok.nii.gz"))
+    assert read_mask(tmp_path / "ok.nii.gz")[2] == pytest.approx((0.5, 1.0, 3.0))
+    assert affine_spacing(oblique) == pytest.approx((0.5, 1.0, 3.0))
+    img = load_nifti(tmp_path / "ok.nii.gz", header_only=True)
+    assert nifti_spacing(img, tmp_path / "ok.nii.gz") == pytest.approx((0.5, 1.0, 3.0))
+    # float32 round-off between pixdim and sform is not a disagreement
+    _save_two_geometries(tmp_path / "close.nii.gz", mask, np.diag([2.0, 2.0, 2.0, 1.0]), (2.0, 2.0, 2.0001))
+    assert read_mask(tmp_path / "close.nii.gz")[2] == (2.0, 2.0, 2.0)
+    # sform 2 mm, qform/pixdim 1 mm: ambiguous, refused naming the file and both sizes
+    bad = tmp_path / "two.nii.gz"
+    _save_two_geometries(bad, mask, np.diag([2.0, 2.0, 2.0, 1.0]), (1.0, 1.0, 1.0))
+    msg = r"two.nii.gz: the voxel size of its affine \(sform\) 2x2x2 mm disagrees with its header voxel size .*1x1x1 mm"
+    with pytest.raises(ValueError, match=msg):
+        read_mask(bad, what="reference")
+    with pytest.raises(ValueError, match=msg):
+        nifti_spacing(load_nifti(bad, header_only=True), bad)
+    with pytest.raises(ValueError, match="finite"):
+        affine_spacing(np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match="length > 0"):
+        affine_spacing(np.diag([1.0, 0.0, 1.0, 1.0]))
+
+
+def test_loader_refuses_a_file_whose_header_and_affine_disagree(tmp_path: Path) -> None:
+    """load_case (train, predict, tune), validate_cases and read_prediction (lesions, evaluate) all refuse it."""
+    cases = _write_cohort(tmp_path, 1)
+    case = cases[0]
+    assert load_case(find_cases(tmp_path)[0]).spacing == (1.0, 1.0, 1.0)
+    # the whole case on a 2 mm sform, but one file's qform/pixdim says 1 mm
+    two = np.diag([2.0, 2.0, 2.0, 1.0])
+    save_case(case.with_arrays(affine=two, spacing=(2.0, 2.0, 2.0)), tmp_path, overwrite=True)
+    assert load_case(find_cases(tmp_path)[0]).spacing == (2.0, 2.0, 2.0)
+    assert read_prediction(tmp_path, "p0", 2)[2] == (2.0, 2.0, 2.0)
+    bad = tmp_path / "p0" / "progression_t1.nii.gz"
+    assert case.progression_masks is not None
+    _save_two_geometries(bad, case.progression_masks[0], two, (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match=r"progression_t1.nii.gz: the voxel size of its affine .*2x2x2 mm.*1x1x1 mm"):
+        load_case(find_cases(tmp_path)[0])
+    (message,) = validate_cases(tmp_path, progress=False)["p0"]
+    assert "progression_t1.nii.gz" in message and "disagrees with its header voxel size" in message
+    with pytest.raises(ValueError, match=r"progression_t1.nii.gz: the voxel size of its affine"):
+        read_prediction(tmp_path, "p0", 2)
+
+
+def test_read_prediction_names_the_file_on_another_grid(tmp_path: Path) -> None:
+    mask = np.zeros((6, 6, 6), np.uint8)
+    case = tmp_path / "c1"
+    case.mkdir()
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), str(case / layout.BASELINE_MASK))
+    nib.save(nib.Nifti1Image(mask, np.diag([3.0, 3.0, 3.0, 1.0])), str(case / "progression_t1.nii.gz"))
+    with pytest.raises(ValueError, match=r"case 'c1': reference mask .*c1/progression_t1.nii.gz lies on another "
+                                         r"grid than baseline_mask.nii.gz .*voxel size 3x3x3 mm vs 1x1x1 mm"):
+        read_prediction(tmp_path, "c1", 2, what="case 'c1': reference mask")

@@ -212,3 +212,62 @@ def test_lesions_command_rejects_bad_arguments(args: list[str], match: str, demo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("longiseg lesions: error: ") and re.search(match, err[0]), err
     assert not (tmp_path / "out").exists()
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_overwritten_lesion_report_holds_only_this_runs_files(demo_refs, tmp_path: Path) -> None:  # noqa: ANN001
+    from longiseg.cli import main
+
+    root, _ = demo_refs
+    out = tmp_path / "L1"
+    assert main(["lesions", str(root), "--out", str(out)]) == 0
+    assert (out / "report.html").is_file() and list((out / "figures").glob("*.png"))
+    assert main(["lesions", str(root), "--out", str(out), "--overwrite", "--no-figures"]) == 0
+    # no report.html or figures of the earlier run next to the new tables
+    assert _listing(out) == ["followups.csv", "lesions.csv", "lesions.json"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_lesion_report_in_a_folder_with_other_content_touches_only_report_files(
+        demo_refs, tmp_path: Path) -> None:  # noqa: ANN001
+    from longiseg.workflows.lesions import run_lesion_report
+
+    root, _ = demo_refs
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        run_lesion_report(root, out, progress=False)
+    _, files = run_lesion_report(root, out, overwrite=True, progress=False)
+    assert files["html"] == out / "report.html" and files["html"].is_file()
+    figures = [p.relative_to(out).as_posix() for p in (out / "figures").iterdir()]
+    (out / "figures" / "mine.png").write_text("mine")
+    _, files = run_lesion_report(root, out, overwrite=True, figures=False, progress=False)
+    assert set(files) == {"lesions_csv", "followups_csv", "json"} and all(p.parent == out for p in files.values())
+    assert _listing(out) == ["figures", "figures/mine.png", "followups.csv", "lesions.csv", "lesions.json",
+                             "notes.txt"]
+    assert figures and not any((out / f).exists() for f in figures)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_failed_lesion_report_leaves_the_earlier_one(demo_refs, tmp_path: Path,  # noqa: ANN001
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import longiseg.reports.lesion_report as lr
+    from longiseg.workflows.lesions import run_lesion_report
+
+    root, _ = demo_refs
+    out = tmp_path / "rep"
+    run_lesion_report(root, out, figures=False, progress=False)
+    before = {p: (out / p).read_bytes() for p in _listing(out)}
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("montage failed")
+
+    monkeypatch.setattr(lr, "write_lesion_report", broken)
+    with pytest.raises(ValueError, match="montage failed"):
+        run_lesion_report(root, out, min_volume_mm3=100.0, overwrite=True, progress=False)
+    assert {p: (out / p).read_bytes() for p in _listing(out)} == before  # no new tables beside the old ones
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

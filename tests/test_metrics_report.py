@@ -218,3 +218,174 @@ def test_command_line(
     assert summary["protocol"]["name"] == "tdw" and summary["protocol"]["matching"] == "overlap"
     assert cli_main(["evaluate", str(gt)]) == 2  # one folder only: a one-line error, exit code 2
     assert "give at least one prediction folder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- report folders, grids, spacing
+def _rich(tmp_path: Path) -> tuple[Path, Path]:
+    """A reference (and a perfect prediction) with baseline lesions of three sizes: enough for tertiles."""
+    ref, pred = tmp_path / "ref0", tmp_path / "pred0"
+    base = blob((0, 2, 0, 2, 0, 2), (4, 7, 4, 7, 4, 7), (8, 12, 8, 12, 0, 4))
+    for c, new in (("r1", blob((0, 3, 8, 12, 8, 12))), ("r2", blob((9, 12, 0, 3, 8, 12)))):
+        write_case(ref, c, base, [new])
+        write_case(pred, c, base, [new])
+    return ref, pred
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_overwritten_report_holds_only_this_runs_files(
+    folders: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gt, good, _ = folders
+    ref0, pred0 = _rich(tmp_path)
+    rep = tmp_path / "rep1"
+    assert cli_main(["evaluate", str(pred0), str(ref0), "--out", str(rep), "--no-progress"]) == 0
+    assert (rep / "stratified.csv").is_file()
+    assert cli_main(["evaluate", str(good), str(gt), "--out", str(rep), "--no-progress"]) == 2  # no --overwrite
+    assert "already holds a report" in capsys.readouterr().err
+    assert cli_main(["evaluate", str(good), str(gt), "--out", str(rep), "--overwrite", "--no-progress"]) == 0
+    # the second data set is too small for tertiles: no stratified.csv, and none left from the first run
+    assert json.loads((rep / "summary.json").read_text())["stratified"] == []
+    assert _listing(rep) == ["boxplot.png", "per_case.csv", "summary.csv", "summary.json", "table.txt"]
+    with open(rep / "per_case.csv") as fh:
+        assert {r["case_id"] for r in csv.DictReader(fh)} == {"c1", "c2", "c3"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_report_in_a_folder_with_other_content_touches_only_report_files(
+    folders: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    gt, good, _ = folders
+    ref0, pred0 = _rich(tmp_path)
+    out = tmp_path / "mine"
+    write_report(evaluate_folder(pred0, ref0, progress=False), out)
+    assert (out / "stratified.csv").is_file()
+    (out / "notes.txt").write_text("mine")
+    (out / "sub").mkdir()
+    (out / "sub" / "stratified.csv").write_text("mine too")  # same name, not a report file of ours
+    write_report(evaluate_folder(good, gt, progress=False), out)
+    assert _listing(out) == ["boxplot.png", "notes.txt", "per_case.csv", "sub", "sub/stratified.csv",
+                             "summary.csv", "summary.json", "table.txt"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "sub" / "stratified.csv").read_text() == "mine too"
+
+
+def test_a_failed_report_leaves_the_earlier_one(
+    folders: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import longiseg.metrics.evaluate as ev
+
+    gt, good, bad = folders
+    out = tmp_path / "rep"
+    write_report(evaluate_folder(good, gt, progress=False), out)
+    before = {p: (out / p).read_bytes() for p in _listing(out)}
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(ev, "box_plot", broken)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        write_report(evaluate_folder(bad, gt, progress=False), out)
+    assert {p: (out / p).read_bytes() for p in _listing(out)} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_report_folder_rules(tmp_path: Path) -> None:
+    from longiseg.metrics.report import report_folder
+
+    pats = ("a.csv", "b.json", "figures/*_x.png")
+    out = tmp_path / "r"
+    with report_folder(out, pats) as stage:
+        (stage / "a.csv").write_text("1")
+        (stage / "figures").mkdir()
+        (stage / "figures" / "c1_x.png").write_text("png")
+    assert _listing(out) == ["a.csv", "figures", "figures/c1_x.png"]
+    with report_folder(out, pats) as stage:  # only report files: replaced as a whole
+        (stage / "b.json").write_text("{}")
+    assert _listing(out) == ["b.json"]
+    (out / "figures").mkdir()
+    (out / "figures" / "c1_x.png").write_text("old")
+    (out / "figures" / "keep.png").write_text("mine")
+    (out / "a.csv.lnk").symlink_to(out / "b.json")
+    with report_folder(out, pats) as stage:  # other content: only report files replaced or removed
+        (stage / "a.csv").write_text("2")
+    assert _listing(out) == ["a.csv", "a.csv.lnk", "figures", "figures/keep.png"]
+    with pytest.raises(ValueError, match=r"not among the report's files"), report_folder(out, pats) as stage:
+        (stage / "other.txt").write_text("x")
+    assert _listing(out) == ["a.csv", "a.csv.lnk", "figures", "figures/keep.png"]
+    assert (out / "a.csv").read_text() == "2"
+    (tmp_path / "f").write_text("")
+    with pytest.raises(NotADirectoryError), report_folder(tmp_path / "f", pats):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "r"]  # no staging folder left
+
+
+def test_evaluate_refuses_a_reference_case_on_two_grids(
+    folders: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reference masks of a case must share one grid, as longiseg lesions and longiseg predict require."""
+    gt, good, _ = folders
+    prog = gt / "c1" / progression_filename(1)
+    new = np.asarray(nib.load(prog).dataobj)
+    atomic_save_nifti(new, np.diag([3.0, 3.0, 3.0, 1.0]), prog, overwrite=True)  # 3 mm next to (1, 1, 2) mm
+    match = r"case 'c1': reference mask .*c1/progression_t1.nii.gz lies on another grid than baseline_mask"
+    with pytest.raises(ValueError, match=match):
+        evaluate_folder(good, gt, progress=False, output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert cli_main(["evaluate", str(good), str(gt), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("longiseg evaluate: error: ") and "lies on another grid" in err[0]
+    assert not (tmp_path / "out").exists()
+    # a predicted mask off its reference's grid is refused, naming it
+    atomic_save_nifti(new, np.diag([*SPACING, 1.0]), prog, overwrite=True)
+    atomic_save_nifti(new, np.diag([3.0, 3.0, 3.0, 1.0]), good / "c1" / progression_filename(1), overwrite=True)
+    with pytest.raises(ValueError, match=r"case c1: prediction .*progression_t1.nii.gz lies on another grid than "
+                                         r"its reference"):
+        evaluate_folder(good, gt, progress=False)
+
+
+def test_evaluate_and_lesions_agree_on_voxel_volume(folders: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """One spacing rule: the affine's column norms, for evaluate and lesions alike; a file whose header
+    voxel sizes disagree with its affine is refused by both, naming it."""
+    from longiseg.metrics.evolution import evolution_folder
+
+    gt, good, _ = folders
+    # an oblique grid of 1 x 1 x 2 mm voxels: the affine's diagonal is not the voxel size
+    rot = np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+    oblique = np.eye(4)
+    oblique[:3, :3] = rot @ np.diag(SPACING)
+    for folder in (gt, good):
+        for f in folder.glob("*/*.nii.gz"):
+            atomic_save_nifti(np.asarray(nib.load(f).dataobj), oblique, f, overwrite=True)
+    rows = {(r["case_id"], r["target"]): r for r in evaluate_folder(good, gt, progress=False).table.rows}
+    evs = {e.case_id: e for e in evolution_folder(gt, progress=False)}
+    assert rows[("c1", "baseline")]["gt_volume_mm3"] == pytest.approx(64 * 2.0) == evs["c1"].baseline_volume_mm3
+    assert rows[("c1", "progression_t1")]["gt_volume_mm3"] == pytest.approx(27 * 2.0)
+    assert sum(c.added_volume_mm3 for c in evs["c1"].changes) == pytest.approx(27 * 2.0)
+    # sform 1 x 1 x 2 mm but qform/pixdim 3 mm: ambiguous, refused by both
+    bad = gt / "c2" / BASELINE_MASK
+    img = nib.Nifti1Image(np.asarray(nib.load(bad).dataobj), oblique)
+    img.header.set_qform(np.diag([3.0, 3.0, 3.0, 1.0]), code=1)
+    nib.save(img, str(bad))
+    match = r"c2/baseline_mask.nii.gz: the voxel size of its affine \(sform\) 1x1x2 mm disagrees .* 3x3x3 mm"
+    with pytest.raises(ValueError, match=match):
+        evaluate_folder(good, gt, progress=False)
+    with pytest.raises(ValueError, match=match):
+        evolution_folder(gt, progress=False)
+
+
+def test_report_folder_stages_inside_when_the_parent_is_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import longiseg.metrics.report as rep
+
+    pats = ("a.csv", "b.json")
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "a.csv").write_text("old")
+    monkeypatch.setattr(rep, "_writable", lambda folder: False)  # e.g. a shared, read-only parent folder
+    with rep.report_folder(out, pats) as stage:
+        assert stage.parent == out
+        (stage / "b.json").write_text("{}")
+    assert _listing(out) == ["b.json"] and sorted(p.name for p in tmp_path.iterdir()) == ["r"]

@@ -206,6 +206,13 @@ def test_another_patient_as_followup_is_flagged(tmp_path: Path, capsys: pytest.C
     assert [c["case_id"] for c in manifest["cases"]] == ["same"]
     rows = (out / "registration.csv").read_text().splitlines()
     assert any(r.startswith("mixed,1,failed") for r in rows) and any(r.startswith("same,1,ok") for r in rows)
+    assert sorted(p.name for p in (out / "mixed").rglob("*")) == ["registration", "registration.json", "t1.tfm"]
+    # --keep-failed: the failed case's images too, still reported (case folders written whole either way)
+    assert main(["register", str(raw), str(tmp_path / "kept"), "--no-qc-figures", "--keep-failed"]) == 1
+    assert "case mixed follow-up 1 failed" in capsys.readouterr().err
+    assert (tmp_path / "kept" / "mixed" / layout.image_filename(1, "flair")).is_file()
+    kept = json.loads((tmp_path / "kept" / "manifest.json").read_text())
+    assert [c["case_id"] for c in kept["cases"]] == ["mixed", "same"]
 
 
 def test_implausible_motion_is_flagged(tmp_path: Path) -> None:
@@ -294,11 +301,22 @@ def test_n4_flattens_a_bias_field() -> None:
 @pytest.mark.parametrize("args, match", [
     (["{t}/nope", "{t}/out"], r"raw folder .*nope does not exist"),
     (["{t}/raw", "{t}/out", "--spacing", "-1"], r"spacing must be > 0"),
+    (["{t}/raw", "{t}/out", "--spacing", "inf"], r"spacing must be > 0 mm and finite, or None, got inf"),
+    (["{t}/raw", "{t}/out", "--spacing", "nan"], r"spacing must be > 0 mm and finite, or None, got nan"),
+    # 4 mm field of view at 0.001 mm: 4000^3 voxels, refused from the header before any case is registered
+    (["{t}/raw", "{t}/out", "--spacing", "0.001"], r"case 'c': baseline \S+t0_flair.nii.gz: spacing 0.001 mm gives "
+                                                    r"an output grid of 4000 x 4000 x 4000 = 6.4e\+10 voxels .* "
+                                                    r"more than the limit of 268435456"),
     (["{t}/raw", "{t}/out", "--min-correlation", "2"], r"min_correlation must lie in \[-1, 1\]"),
     (["{t}/raw", "{t}/busy"], r"busy exists and is not empty"),
+    (["{t}/raw", "{t}/file/out"], r"out \S+file/out: \S+file is not a folder"),
+    (["{t}/raw", "{t}/file"], r"out \S+file exists and is not a folder"),
+    (["{t}/raw", "{t}/raw/out", "--overwrite"], r"out \S+raw/out lies inside the raw folder"),
+    (["{t}/raw", "{t}/raw", "--overwrite"], r"out \S+raw is the raw folder"),
 ])
 def test_register_command_rejects_bad_arguments(args: list[str], match: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
+    """Bad options and output locations: one line, exit 2, before any work, nothing written."""
     import re
 
     from longiseg.cli import main
@@ -307,10 +325,43 @@ def test_register_command_rejects_bad_arguments(args: list[str], match: str, tmp
     _save(np.ones((4, 4, 4), np.float32), np.eye(4), tmp_path / "raw" / "c" / "t0_flair.nii.gz")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("x")
+    (tmp_path / "file").write_text("x")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert main(["register"] + [a.format(t=tmp_path) for a in args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("longiseg register: error: ") and re.search(match, err[0]), err
-    assert not (tmp_path / "out").exists() and (tmp_path / "busy" / "keep.txt").read_text() == "x"
+    assert not (tmp_path / "out").exists()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written or lost
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_dir()) == ["busy", "c", "raw"]
+
+
+def test_register_folder_checks_the_output_location_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library function too: an output under a file, a read-only one, or QC figures without matplotlib are
+    refused before any case is read (``register_case`` is never called)."""
+    import os
+
+    from longiseg.registration import cohort
+
+    (tmp_path / "raw" / "c").mkdir(parents=True)
+    _save(np.ones((4, 4, 4), np.float32), np.eye(4), tmp_path / "raw" / "c" / "t0_flair.nii.gz")
+    (tmp_path / "file").write_text("x")
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a case was registered before the output location was checked")
+
+    monkeypatch.setattr(cohort, "register_case", never)
+    with pytest.raises(NotADirectoryError, match=r"out \S+file/out: \S+file is not a folder"):
+        cohort.register_folder(tmp_path / "raw", tmp_path / "file" / "out", progress=False)
+    with pytest.raises(ValueError, match=r"out \S+raw/c/out lies inside the raw folder"):
+        cohort.register_folder(tmp_path / "raw", tmp_path / "raw" / "c" / "out", progress=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"QC figures need matplotlib.*--no-qc-figures"):
+        cohort.register_folder(tmp_path / "raw", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "raw" / "c" / "out").exists()
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "locked").mkdir(mode=0o555)
+        with pytest.raises(PermissionError, match=r"out \S+locked/out: \S+locked is not writable"):
+            cohort.register_folder(tmp_path / "raw", tmp_path / "locked" / "out", progress=False)
 
 
 def test_unreadable_case_is_reported_and_the_others_go_on(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -328,6 +379,139 @@ def test_unreadable_case_is_reported_and_the_others_go_on(tmp_path: Path, capsys
     assert "case nan failed:" in err and "NaN" in err
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert "failed" in (tmp_path / "out" / "registration.csv").read_text()
+
+
+def _demo_pair(spacing_mm: int = 4):  # noqa: ANN202
+    """A 4 mm demo case (49 x 58 x 47, FLAIR only) and its follow-up moved by 5 degrees / 5 mm and rescanned on
+    a 3 x 3 x 5 mm grid in another orientation (the setting of the affine test)."""
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+
+    cfg = DemoCohortConfig(num_patients=1, spacing=spacing_mm, modalities=("flair",), max_translation=0.0,
+                           max_rotation=0.0)
+    case, _ = generate_demo_case(0, cfg)
+    return case, rigid_motion((1, 0, 1), 5.0, (4.0, -3.0, 2.0)), ((3.0, 3.0, 5.0), (2, 0, 1), (-1, 1, 1))
+
+
+def test_registration_is_reproducible(tmp_path: Path) -> None:
+    """Same pair, same seed: the same transform bit for bit, also with 1 or 4 ITK threads (the default seed 0
+    reaches SimpleITK as 1, whose 0 would seed from the clock; the metric is summed in one work unit);
+    ``register_case`` twice: the same files. (Without the fix, every run differed: clock seeds.)"""
+    import nibabel as nib
+
+    from longiseg.registration.cohort import RegistrationOptions, register_case
+    from longiseg.registration.grid import to_sitk
+    from longiseg.registration.pairwise import MAX_SEED, PairOptions, register_pair
+
+    case, motion, rescan = _demo_pair()
+    fixed = to_sitk(case.images[0, 0], case.affine)
+    moving = to_sitk(*simulate_acquisition(case.images[1, 0], case.affine, motion, *rescan))
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    params = []
+    try:
+        for n in (threads, threads, 1, 4):
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+            tx, _ = register_pair(fixed, moving)
+            params.append(np.asarray(tx.GetParameters() + tx.GetFixedParameters(), dtype=np.float64))
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    for p in params[1:]:
+        assert p.tobytes() == params[0].tobytes(), np.abs(p - params[0]).max()
+    other, _ = register_pair(fixed, moving, options=PairOptions(seed=1))
+    assert np.asarray(other.GetParameters()).tobytes() != params[0][:6].tobytes()  # the seed is used
+
+    # the public per-case function: identical transforms, QC numbers and images
+    raw = tmp_path / "raw" / "c"
+    _write_raw_case(raw, case, case, motion, *rescan)
+    atomic_save_nifti(case.baseline_mask, case.affine, raw / layout.BASELINE_MASK, dtype=np.float32,
+                      overwrite=True)  # a float 0/1 mask is binary too
+    opts = RegistrationOptions(qc_figures=False)
+    runs = [register_case(raw, tmp_path / out, opts) for out in ("out1", "out2")]
+    assert all(r.ok and r.written for r in runs), [r.followups for r in runs]
+    reg1, reg2 = (tmp_path / out / "c" for out in ("out1", "out2"))
+    assert (reg1 / "registration" / "t1.tfm").read_bytes() == (reg2 / "registration" / "t1.tfm").read_bytes()
+    records = [json.loads((d / "registration" / "registration.json").read_text()) for d in (reg1, reg2)]
+    for rec in records:
+        for q in rec["followups"]:
+            q.pop("seconds")
+    assert records[0] == records[1]
+    names = sorted(f.name for f in reg1.glob("*.nii.gz"))
+    assert names == sorted(f.name for f in reg2.glob("*.nii.gz")) and layout.BASELINE_MASK in names
+    for name in names:
+        a, b = (np.asarray(nib.load(d / name).dataobj) for d in (reg1, reg2))
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
+    np.testing.assert_array_equal(np.asarray(nib.load(reg1 / layout.BASELINE_MASK).dataobj), case.baseline_mask)
+
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        PairOptions(seed=-1)
+    with pytest.raises(ValueError, match=f"seed must be <= {MAX_SEED}"):
+        PairOptions(seed=2**32 - 1)
+    with pytest.raises(TypeError, match="seed must be an int, got float"):
+        PairOptions(seed=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_samples must be >= 0"):
+        PairOptions(min_samples=-1)
+    with pytest.raises(TypeError, match="spacing must be a number of mm or None, got str"):
+        RegistrationOptions(spacing="2")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name, values, dtype, match", [
+    # a soft mask is refused, not binarised with > 0 (which turned 123 lesion voxels into 1575)
+    (layout.BASELINE_MASK, (0.0, 0.25, 0.75, 1.0), np.float32, r"found values such as \[0.25, 0.75\]"),
+    # a label map of changes (-1 gone, 2 new) is not a progression mask
+    (layout.progression_filename(1), (-1, 0, 2), np.int16, r"found values such as \[-1, 2\]"),
+    (layout.BRAIN_MASK, (0,), np.uint8, r"the brain mask \S+brain_mask.nii.gz covers fewer than 2 voxels"),
+])
+def test_masks_that_are_not_binary_fail_the_case_before_anything_is_written(
+        name: str, values: tuple, dtype: type, match: str, tmp_path: Path, rng: np.random.Generator,
+        capsys: pytest.CaptureFixture) -> None:
+    import re
+
+    from longiseg.cli import main
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for t in (0, 1):
+        _save(rng.random((16, 16, 16), dtype=np.float32), np.eye(4), raw / "c" / layout.image_filename(t, "flair"))
+    mask = np.asarray(values, dtype=dtype)[rng.integers(0, len(values), (16, 16, 16))]
+    _save(mask, np.eye(4), raw / "c" / name, dtype)
+    assert main(["register", str(raw), str(out), "--no-qc-figures"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("longiseg")]  # no tqdm
+    assert len(err) == 1 and err[0].startswith("longiseg register: case c failed: case 'c': "), err
+    if name != layout.BRAIN_MASK:
+        assert f"mask {raw / 'c' / name} must be binary (values 0/1)" in err[0], err
+    assert re.search(match, err[0]), err
+    assert not (out / "c").exists() and not list(out.glob(".c.*"))  # nothing of the case was written
+    assert (out / "registration.csv").read_text().splitlines()[1].startswith("c,,failed,")
+
+
+def test_an_unexpected_error_fails_its_case_without_a_partial_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """An error outside the checked ones (here memory, while case a's images are written after its transform
+    and QC record): case a is reported as failed and leaves no folder, not even its temporary; case b goes on."""
+    from longiseg.cli import main
+    from longiseg.registration import cohort
+
+    case, motion, rescan = _demo_pair()
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for c in ("a", "b"):
+        _write_raw_case(raw / c, case, case, motion, *rescan)
+    save = cohort.atomic_save_nifti
+
+    def out_of_memory(array: np.ndarray, affine: np.ndarray, path: Path, **kwargs: object) -> Path:
+        if Path(path).parent.name.startswith(".a.") and Path(path).name == layout.image_filename(1, "flair"):
+            assert (Path(path).parent / "registration" / "t1.tfm").is_file()  # half of the case is there
+            raise MemoryError("Unable to allocate 1.23 TiB for an array")
+        return save(array, affine, path, **kwargs)
+
+    monkeypatch.setattr(cohort, "atomic_save_nifti", out_of_memory)
+    assert main(["register", str(raw), str(out), "--no-qc-figures"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("longiseg")]  # no tqdm
+    assert err == ["longiseg register: case a failed: error while registering (MemoryError: Unable to allocate "
+                   "1.23 TiB for an array); nothing written for this case"], err
+    assert sorted(p.name for p in out.iterdir()) == ["b", "manifest.json", "registration.csv", "registration.json"]
+    assert (out / "b" / layout.image_filename(1, "flair")).is_file()
+    assert [c["case_id"] for c in json.loads((out / "manifest.json").read_text())["cases"]] == ["b"]
+    rows = (out / "registration.csv").read_text().splitlines()
+    assert any(r.startswith("a,,failed,error while registering (MemoryError") for r in rows)
+    assert any(r.startswith("b,1,ok") for r in rows)
 
 
 class _Voxelwise(nn.Module):
@@ -408,9 +592,10 @@ def test_predict_native_refuses_a_case_without_its_transform(tmp_path: Path) -> 
         run_prediction(_Voxelwise(), tmp_path / "registered", tmp_path / "pred", device="cpu", progress=False,
                        registered_dir=tmp_path / "registered")
     assert not (tmp_path / "pred").exists()  # checked before any case is predicted
+    (tmp_path / "not-registered").mkdir()  # a folder without the case's registration/ (and apart from pred)
     with pytest.raises(FileNotFoundError, match="no .*registration with the transforms of longiseg register"):
         run_prediction(_Voxelwise(), tmp_path / "registered", tmp_path / "pred", device="cpu", progress=False,
-                       registered_dir=tmp_path)
+                       registered_dir=tmp_path / "not-registered")
     assert not (tmp_path / "pred").exists()
 
 

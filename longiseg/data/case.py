@@ -17,7 +17,7 @@ from longiseg.data.layout import check_case_id
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import check_binary, check_finite, check_timepoints
 
-__all__ = ["PLANES", "LongitudinalCase", "plane_axes"]
+__all__ = ["PLANES", "LongitudinalCase", "plane_axes", "affine_spacing"]
 
 #: The three orthogonal anatomical planes, in the order used everywhere in the library.
 PLANES: tuple[str, str, str] = ("axial", "coronal", "sagittal")
@@ -50,6 +50,29 @@ def plane_axes(affine: np.ndarray) -> dict[str, int]:
     ornt = nib.orientations.io_orientation(aff)  # row i: world axis of array axis i
     world_of_array = [int(w) for w in ornt[:, 0]]
     return {plane: world_of_array.index(world) for plane, world in _PLANE_WORLD_AXIS.items()}
+
+
+def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along the three array axes of a volume: the column norms of ``affine[:3, :3]``.
+
+    The one rule for the voxel size of a grid: files are read with their affine (nibabel's ``img.affine``,
+    the sform when its code is set, else the qform) and every output is written with it, so volumes in mm^3
+    use the same matrix. :func:`longiseg.data.loading.nifti_spacing` applies it to a NIfTI file and refuses a
+    file whose header voxel sizes (``pixdim``) disagree with it.
+
+    Args:
+        affine: ``(4, 4)`` voxel-to-world matrix.
+
+    Raises:
+        ValueError: ``affine`` is not a finite ``(4, 4)`` matrix, or an axis has zero length.
+    """
+    aff = np.asarray(affine, dtype=np.float64)
+    if aff.shape != (4, 4) or not np.isfinite(aff).all():
+        raise ValueError(f"affine must be a finite (4, 4) matrix, got shape {aff.shape}")
+    sp = np.linalg.norm(aff[:3, :3], axis=0)
+    if not (sp > 0).all():
+        raise ValueError(f"affine must give every voxel axis a length > 0 mm, got column norms {sp.tolist()}")
+    return tuple(float(v) for v in sp)  # type: ignore[return-value]
 
 
 @dataclass

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from longiseg.data import layout
-from longiseg.data.case import LongitudinalCase
+from longiseg.data.case import LongitudinalCase, affine_spacing
 from longiseg.utils.io import atomic_directory, atomic_save_nifti, atomic_write, atomic_write_json, load_nifti
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_binary, check_timepoints
@@ -47,6 +47,8 @@ __all__ = [
     "manifest_from_cases",
     "save_case",
     "read_mask",
+    "nifti_spacing",
+    "SPACING_RTOL",
     "prediction_complete",
     "read_prediction",
     "save_prediction",
@@ -56,6 +58,9 @@ _LOG = get_logger("longiseg.data")
 PathLike = str | os.PathLike
 
 _T = TypeVar("_T")
+#: Largest relative difference between a file's header voxel sizes (``pixdim``, nibabel's ``get_zooms``) and
+#: its affine's column norms that still counts as agreement (both are stored as float32).
+SPACING_RTOL = 1e-3
 _MASK_RULES = ("binary", "labels", "growth", "symmetric_difference", "empty")
 
 
@@ -218,8 +223,49 @@ def _read_volume(path: PathLike, what: str, dtype: Any = None
         raise ValueError(f"{what} {path} must be a 3D volume (D, H, W), got shape {arr.shape}")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise ValueError(f"{what} {path} contains NaN or infinite values")
-    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return arr, np.asarray(img.affine, dtype=np.float64), spacing  # type: ignore[return-value]
+    return arr, np.asarray(img.affine, dtype=np.float64), nifti_spacing(img, path, what=what)
+
+
+def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: float = SPACING_RTOL
+                  ) -> tuple[float, float, float]:
+    """Voxel size in mm of a NIfTI image read by :func:`~longiseg.utils.io.load_nifti`: the one owner of it.
+
+    The size is that of the image's affine (:func:`~longiseg.data.case.affine_spacing`, the column norms of
+    nibabel's ``img.affine``: the sform when ``sform_code > 0``, else the qform), the matrix every reader
+    compares and every output is written with. A file whose header voxel sizes (``pixdim``, which the qform
+    uses) disagree with that affine describes two grids; it is refused rather than one of them chosen.
+
+    Args:
+        img: the nibabel image (a header-only read is enough).
+        path: its file, for messages.
+        what: what the file is, for messages (e.g. ``"case 'p0': mask"``).
+        rtol: largest relative difference of header voxel sizes and affine column norms.
+
+    Returns:
+        ``(sx, sy, sz)`` in mm along the array axes.
+
+    Raises:
+        ValueError: naming the file and both voxel sizes: header and affine disagree (beyond ``rtol``), or
+            the affine is not finite or has an axis of zero length.
+    """
+    try:
+        spacing = affine_spacing(img.affine)
+    except ValueError as exc:
+        raise ValueError(f"{what} {path}: {exc}") from exc
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+    if zooms.shape != (3,) or not np.allclose(zooms, spacing, rtol=rtol, atol=0.0):
+        form = "sform" if int(img.header["sform_code"]) > 0 else "qform"
+        raise ValueError(
+            f"{what} {path}: the voxel size of its affine ({form}) {_mm(spacing)} disagrees with its header "
+            f"voxel size (pixdim, which the qform uses) {_mm(zooms)}; the file describes two grids, so its "
+            "volumes would be ambiguous: rewrite it with one geometry (e.g. copy the sform into the qform, or "
+            "resample it)"
+        )
+    return spacing
+
+
+def _mm(values: Any) -> str:
+    return "x".join(f"{float(v):.4g}" for v in values) + " mm"
 
 
 def read_mask(path: PathLike, *, what: str = "mask"
@@ -232,11 +278,12 @@ def read_mask(path: PathLike, *, what: str = "mask"
 
     Returns:
         ``(mask, affine, spacing)``: the ``(D, H, W)`` uint8 mask in the file's index order, its ``(4, 4)``
-        voxel-to-world matrix and its voxel size in mm (the header's zooms).
+        voxel-to-world matrix and its voxel size in mm (:func:`nifti_spacing`).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: naming the file: unreadable, not one 3D volume, NaN/inf values, values other than 0 and 1.
+        ValueError: naming the file: unreadable, not one 3D volume, NaN/inf values, values other than 0 and 1,
+            header voxel sizes that disagree with the affine (:func:`nifti_spacing`).
     """
     arr, affine, spacing = _read_volume(path, what)
     is_one = arr == 1
@@ -248,8 +295,12 @@ def read_mask(path: PathLike, *, what: str = "mask"
 
 
 def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str = "mask", *,
-                    affine_atol: float = 1e-4) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+                    affine_atol: float = 1e-4, what: str | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read one kind of volume of a predicted case ``root/case_id/`` (as written by ``longiseg predict``).
+
+    Reference masks in the library layout (``baseline_mask``, ``progression_t{i}``) have the same names, so
+    ``kind="mask"`` also reads a reference case's masks (``longiseg lesions``, ``longiseg evaluate``).
 
     Args:
         root: prediction folder.
@@ -258,21 +309,24 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
         kind: ``"mask"`` (binary masks), ``"prob"`` (probabilities) or ``"entropy"`` (entropy maps); the
             file names are :func:`~longiseg.data.layout.prediction_filenames` (``.nii.gz`` or ``.nii``).
         affine_atol: absolute tolerance when comparing the files' affines.
+        what: what the files are, for messages (default ``"case 'ID': predicted KIND"``).
 
     Returns:
         ``(volumes, affine, spacing)``: ``(T, D, H, W)`` volumes, the baseline first and then follow-ups
-        ``1 .. T-1`` (uint8 masks, float32 maps), the shared ``(4, 4)`` affine and voxel size in mm.
+        ``1 .. T-1`` (uint8 masks, float32 maps), the shared ``(4, 4)`` affine and voxel size in mm
+        (:func:`nifti_spacing`).
 
     Raises:
         FileNotFoundError: a file is missing.
         ValueError: naming the file: unreadable, not 3D, a mask that is not binary, a probability outside
-            ``[0, 1]``, NaN/inf values, files of different shape or affine, a bad ``kind`` or case id.
+            ``[0, 1]``, NaN/inf values, header voxel sizes that disagree with the affine, files of different
+            shape or affine ("lies on another grid"), a bad ``kind`` or case id.
     """
     names = layout.prediction_filenames(num_timepoints)
     if kind not in names:
         raise ValueError(f"kind must be one of {tuple(names)}, got {kind!r}")
     folder = Path(root) / layout.check_case_id(case_id)
-    what = f"case {case_id!r}: predicted {kind}"
+    what = what or f"case {case_id!r}: predicted {kind}"
     volumes: list[np.ndarray] = []
     first: tuple[Path, np.ndarray, tuple[float, float, float]] | None = None
     for name in names[kind]:
@@ -286,9 +340,14 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
                                  f"[{float(arr.min()):.3g}, {float(arr.max()):.3g}]")
         if first is None:
             first = (path, affine, spacing)
-        elif arr.shape != volumes[0].shape or not np.allclose(affine, first[1], rtol=0.0, atol=affine_atol):
-            raise ValueError(f"{what}: {path.name} lies on another grid than {first[0].name} (shape "
-                             f"{arr.shape} vs {volumes[0].shape}, or affines over {affine_atol} apart)")
+        elif arr.shape != volumes[0].shape:
+            raise ValueError(f"{what} {path} lies on another grid than {first[0].name} (shape {arr.shape} vs "
+                             f"{volumes[0].shape}); all volumes of a case must share one grid")
+        elif not np.allclose(affine, first[1], rtol=0.0, atol=affine_atol):
+            raise ValueError(
+                f"{what} {path} lies on another grid than {first[0].name} (affines differ by up to "
+                f"{float(np.abs(affine - first[1]).max()):.3g}, tolerance {affine_atol:g}; voxel size "
+                f"{_mm(spacing)} vs {_mm(first[2])}); all volumes of a case must share one grid")
         volumes.append(arr)
     assert first is not None
     return np.stack(volumes), first[1], first[2]
@@ -389,7 +448,8 @@ class _Problems:
 
 def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
                    ) -> tuple[set[Path], tuple[int, ...], np.ndarray, tuple[float, ...]]:
-    """Read every header; check that each file is a 3D volume with the first file's shape and affine.
+    """Read every header; check that each file is a 3D volume whose header voxel sizes agree with its affine
+    (:func:`nifti_spacing`), with the first file's shape and affine.
 
     Returns:
         The files that passed, and the reference shape, affine and voxel sizes (of the first readable file).
@@ -406,7 +466,7 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
     ref_path: Path | None = None
     ref_shape: tuple[int, ...] = ()
     ref_affine = np.eye(4)
-    zooms: tuple[float, ...] = ()
+    spacing: tuple[float, ...] = ()
     for path in files:
         if path in missing or problems.attempt(_unambiguous, path) is None:
             continue
@@ -421,9 +481,11 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
         if len(shape) != 3:
             problems.add(ValueError(f"case {source.case_id!r}: {path} must be a 3D volume, got {shape}"))
             continue
+        file_spacing = problems.attempt(nifti_spacing, img, path, what=what)  # header and affine agree
+        if file_spacing is None:
+            continue
         if ref_path is None:
-            ref_path, ref_shape, ref_affine = path, shape, affine
-            zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+            ref_path, ref_shape, ref_affine, spacing = path, shape, affine, file_spacing
         elif shape != ref_shape:
             problems.add(ValueError(
                 f"case {source.case_id!r}: all volumes must share one shape (registered and resampled "
@@ -438,7 +500,7 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
             ))
             continue
         good.add(path)
-    return good, ref_shape, ref_affine, zooms
+    return good, ref_shape, ref_affine, spacing
 
 
 def _check_progression_flag(source: CaseSource, progression: np.ndarray, problems: _Problems) -> None:
@@ -461,7 +523,7 @@ def _check_progression_flag(source: CaseSource, progression: np.ndarray, problem
 def _read_case(source: CaseSource, affine_atol: float, problems: _Problems) -> LongitudinalCase | None:
     """Read and check every file of ``source``; ``None`` when a problem was collected."""
     cid = source.case_id
-    good, shape, affine, zooms = _check_headers(source, affine_atol, problems)
+    good, shape, affine, spacing = _check_headers(source, affine_atol, problems)
     images = np.zeros((source.num_timepoints, len(source.modalities), *shape), dtype=np.float32)
     for t, tp in enumerate(source.image_files):
         for c, path in enumerate(tp):
@@ -498,7 +560,7 @@ def _read_case(source: CaseSource, affine_atol: float, problems: _Problems) -> L
         baseline_mask=baseline,
         progression_masks=progression,
         affine=affine,
-        spacing=zooms,
+        spacing=spacing,
         modalities=source.modalities,
         case_id=cid,
         patient_id=source.patient_id,

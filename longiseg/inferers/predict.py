@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from longiseg.data.case import LongitudinalCase
+from longiseg.data.case import LongitudinalCase, affine_spacing
 from longiseg.data.layout import check_case_id, prediction_filenames
 from longiseg.data.loading import CaseSource, find_cases, load_case, prediction_complete, save_prediction
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, postprocess_heads
@@ -59,7 +59,7 @@ CaseReader = Callable[[CaseSource], LongitudinalCase]
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along the three array axes: the column norms of ``affine[:3, :3]``."""
     a = _check_affine(affine)
-    return tuple(float(v) for v in np.linalg.norm(a[:3, :3], axis=0))  # type: ignore[return-value]
+    return affine_spacing(a)
 
 
 def _check_affine(affine: np.ndarray | torch.Tensor) -> np.ndarray:

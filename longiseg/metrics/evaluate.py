@@ -4,7 +4,11 @@ Both folders hold one sub-folder per case (see :mod:`longiseg.data.layout`); ``C
 and ``CASE/progression_t{i}.nii.gz`` are paired by case folder and file name. The data layer lists the
 reference cases (:func:`~longiseg.data.loading.find_mask_cases`: the reference manifest, read exactly as
 training reads it, gives cases, patient ids and timepoints; without one every case is its own patient) and
-reads every mask (:func:`~longiseg.data.loading.read_mask`). Voxel spacing comes from the reference header.
+reads the masks of a reference case as ``longiseg lesions`` reads them
+(:func:`~longiseg.data.loading.read_prediction`: all on one grid), then every predicted mask
+(:func:`~longiseg.data.loading.read_mask`), which must lie on its reference's grid. The voxel size is the
+reference affine's (:func:`~longiseg.data.loading.nifti_spacing`, which refuses a file whose header voxel
+sizes disagree with its affine).
 
 Command line: ``longiseg evaluate PRED_DIR [PRED_DIR ...] GT_DIR --out REPORT_DIR [--protocol segmast|tdw]``.
 """
@@ -20,12 +24,19 @@ from typing import Any
 import numpy as np
 
 from longiseg.data.layout import find_nifti, prediction_filenames
-from longiseg.data.loading import find_mask_cases, read_mask
+from longiseg.data.loading import find_mask_cases, read_mask, read_prediction
 from longiseg.metrics.aggregate import PAPER_COLUMNS, ResultsTable
 from longiseg.metrics.lesion import LesionDetection
 from longiseg.metrics.longitudinal import evaluate_longitudinal_case
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
-from longiseg.metrics.report import box_plot, format_paper_table, paper_table_rows, write_csv, write_json
+from longiseg.metrics.report import (
+    box_plot,
+    format_paper_table,
+    paper_table_rows,
+    report_folder,
+    write_csv,
+    write_json,
+)
 from longiseg.metrics.stratified import SizeBins, stratified_lesion_metrics
 from longiseg.utils.io import atomic_write
 from longiseg.utils.logging import get_logger
@@ -40,7 +51,8 @@ __all__ = [
 
 PathLike = str | os.PathLike
 
-#: Files :func:`write_report` writes (``stratified.csv`` only when there are enough lesions).
+#: Files :func:`write_report` writes (``stratified.csv`` only when there are enough lesions): the only
+#: files of a report folder it replaces or removes.
 REPORT_FILES = ("per_case.csv", "summary.csv", "stratified.csv", "summary.json", "table.txt", "boxplot.png")
 #: Largest difference (mm, per affine entry) between a prediction's and its reference's voxel-to-world
 #: matrix that still counts as the same grid (NIfTI stores affines in float32).
@@ -104,7 +116,9 @@ def evaluate_folder(
 
     Raises:
         ValueError: a missing folder or prediction, an unreadable or non-binary mask, a malformed reference
-            manifest, or a prediction whose shape or affine differs from its reference (naming case and file).
+            manifest, masks of one case on different grids ("lies on another grid"), a file whose header voxel
+            sizes disagree with its affine, or a prediction whose shape or affine differs from its reference
+            (naming case and file).
         FileNotFoundError: the reference folder holds no case, or a reference case lacks a mask.
     """
     from tqdm.auto import tqdm
@@ -126,32 +140,24 @@ def evaluate_folder(
     rows: list[dict[str, Any]] = []
     dets: dict[tuple[str, str], LesionDetection] = {}
     for entry in tqdm(cases, desc="evaluate", disable=not progress):
-        case_id = entry.case_id
-        gts, preds, spacing = [], [], None
+        case_id, num_t = entry.case_id, int(entry.num_timepoints or 0)
+        # the reference case is read as longiseg lesions reads a case (all its masks on one grid, header and
+        # affine agreeing on the voxel size); each prediction must then lie on that grid
+        gt_masks, gaff, spacing = read_prediction(gt_dir, case_id, num_t, "mask",
+                                                  what=f"case {case_id!r}: reference mask")
+        gts, preds = list(gt_masks), []
         for name in names[case_id]:
-            ref_path = find_nifti(gt_dir / case_id, name) or gt_dir / case_id / name
             pred_path = find_nifti(pred_dir / case_id, name) or pred_dir / case_id / name
-            g, gaff, sp = read_mask(ref_path, what=f"case {case_id}: reference")
-            p, paff, psp = read_mask(pred_path, what=f"case {case_id}: prediction")
-            if p.shape != g.shape:
+            p, paff, _ = read_mask(pred_path, what=f"case {case_id}: prediction")
+            if p.shape != gt_masks.shape[1:]:
                 raise ValueError(f"case {case_id}: prediction {pred_path} has shape {p.shape}, "
-                                 f"the reference {g.shape}")
+                                 f"the reference {gt_masks.shape[1:]}")
             shift = float(np.abs(paff - gaff).max())
             if shift > affine_atol:
                 raise ValueError(
                     f"case {case_id}: prediction {pred_path} lies on another grid than its "
                     f"reference (affines differ by up to {shift:.3g} mm, tolerance {affine_atol:g}); predict on "
                     "the reference images or resample the prediction onto the reference grid")
-            if not np.allclose(psp, sp, rtol=1e-3):
-                _log.warning(
-                    "%s/%s: prediction spacing %s differs from reference %s; using the reference",
-                    case_id,
-                    name,
-                    psp,
-                    sp,
-                )
-            spacing = sp if spacing is None else spacing
-            gts.append(g)
             preds.append(p)
         case_rows, case_dets = evaluate_longitudinal_case(
             preds[0],
@@ -182,9 +188,14 @@ def write_report(
     """Write ``per_case.csv``, ``summary.csv``, ``summary.json``, ``table.txt``, ``boxplot.png`` and the
     size-stratified ``stratified.csv`` for one or several models; return the printed table text.
 
+    The folder is written as a whole (:func:`~longiseg.metrics.report.report_folder`): afterwards it holds
+    this report's files and none of an earlier report's (``REPORT_FILES``; ``stratified.csv`` is absent
+    when there are too few lesions for it), and files that are not report files are left alone. An
+    interruption leaves the earlier report as it was.
+
     Args:
         results: one or several :class:`EvaluationResult` (distinct model names).
-        output_dir: destination folder (created).
+        output_dir: destination folder (created; an earlier report in it is replaced).
         reference: model the others are t-tested against (default: the first when several).
         progression_bins: size bins of follow-up lesions (SegMaST Table 4 right uses ``(43, 113)``).
         baseline_bins: size bins of baseline lesions (tertiles, as SegMaST Table 4 left).
@@ -195,12 +206,8 @@ def write_report(
     tables = [r.table for r in res]
     if reference is None and len(res) > 1:
         reference = res[0].model
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     text = format_paper_table(tables, reference=reference)
-    write_csv(out / "per_case.csv", [{"model": t.model, **r} for t in tables for r in t.rows])
     summary_rows = paper_table_rows(tables, reference=reference)
-    write_csv(out / "summary.csv", summary_rows)
     strat_rows: list[dict[str, Any]] = []
     for r in res:
         for target, bins in (("baseline", baseline_bins), ("progression", progression_bins)):
@@ -210,18 +217,23 @@ def write_report(
                 ]
             except ValueError as err:  # too few lesions for tertiles
                 _log.info("no size-stratified %s analysis for %s: %s", target, r.model, err)
-    if strat_rows:
-        write_csv(out / "stratified.csv", strat_rows)
-    write_json(
-        out / "summary.json",
-        {
-            "protocol": res[0].protocol.to_dict(),
-            "reference": reference,
-            "columns": [f"{m}/{k}" for m, k in PAPER_COLUMNS],
-            "models": summary_rows,
-            "stratified": strat_rows,
-        },
-    )
-    atomic_write(out / "table.txt", lambda fh: fh.write(text + "\n"))
-    box_plot(tables, out / "boxplot.png")
+    # the report is written as a whole: an earlier report's files (e.g. a stratified.csv this run has no
+    # data for) never stay beside this one's
+    with report_folder(output_dir, REPORT_FILES) as out:
+        write_csv(out / "per_case.csv", [{"model": t.model, **r} for t in tables for r in t.rows])
+        write_csv(out / "summary.csv", summary_rows)
+        if strat_rows:
+            write_csv(out / "stratified.csv", strat_rows)
+        write_json(
+            out / "summary.json",
+            {
+                "protocol": res[0].protocol.to_dict(),
+                "reference": reference,
+                "columns": [f"{m}/{k}" for m, k in PAPER_COLUMNS],
+                "models": summary_rows,
+                "stratified": strat_rows,
+            },
+        )
+        atomic_write(out / "table.txt", lambda fh: fh.write(text + "\n"))
+        box_plot(tables, out / "boxplot.png")
     return text

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from longiseg.data.case import affine_spacing
 from longiseg.metrics.inputs import as_mask
 from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
 from longiseg.utils.io import atomic_write, atomic_write_json
@@ -304,7 +305,7 @@ def lesion_evolution(
         raise ValueError(f"affine must be a non-singular (4, 4) matrix, got shape {aff.shape}")
     conn = _check_connectivity(connectivity, 3)
     vmin = _check_min_volume(min_volume_mm3)
-    sp = np.linalg.norm(aff[:3, :3], axis=0)
+    sp = np.asarray(affine_spacing(aff))
     first = label_lesions(base, sp, connectivity=conn, min_volume_mm3=vmin)
     followups = []
     prev = base
@@ -340,7 +341,8 @@ def evolution_folder(
     root = Path(root)
     out = []
     for entry in tqdm(find_mask_cases(root), desc="lesion evolution", unit="case", disable=not progress):
-        masks, affine, _ = read_prediction(root, entry.case_id, int(entry.num_timepoints or 0), "mask")
+        masks, affine, _ = read_prediction(root, entry.case_id, int(entry.num_timepoints or 0), "mask",
+                                           what=f"case {entry.case_id!r}: mask")  # predicted or reference
         out.append(lesion_evolution(masks[0], masks[1:], affine, min_volume_mm3=min_volume_mm3,
                                     connectivity=connectivity, case_id=entry.case_id,
                                     patient_id=entry.patient_id or None))

@@ -1,12 +1,17 @@
-"""Reports: the paper-style comparison table, CSV/JSON files (written atomically) and a box-plot figure."""
+"""Reports: the paper-style comparison table, CSV/JSON files (written atomically), a box-plot figure and
+:func:`report_folder`, which writes a report folder as a whole."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fnmatch
 import io
 import math
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,13 @@ from longiseg.metrics.aggregate import (
     paired_ttest,
     significance_stars,
 )
-from longiseg.utils.io import atomic_save_figure, atomic_write, atomic_write_json
+from longiseg.utils.io import (
+    atomic_directory,
+    atomic_save_figure,
+    atomic_write,
+    atomic_write_json,
+    remove_stale_temporaries,
+)
 
 __all__ = [
     "format_summary",
@@ -29,6 +40,7 @@ __all__ = [
     "write_csv",
     "write_json",
     "box_plot",
+    "report_folder",
 ]
 
 PathLike = str | os.PathLike
@@ -215,3 +227,129 @@ def box_plot(
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=120)
     return Path(path)
+
+
+# --------------------------------------------------------------------------- report folders
+_STAGE = ".longiseg-report"  # name of a staging folder made inside the report folder (see report_folder)
+
+
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    """Whether the ``/``-separated relative path ``rel`` matches a pattern, component by component."""
+    parts = rel.split("/")
+    for pat in patterns:
+        pat_parts = pat.split("/")
+        if len(pat_parts) == len(parts) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pat_parts)):
+            return True
+    return False
+
+
+def _entries(root: Path) -> tuple[list[str], list[str], list[str]]:
+    """``(files, folders, others)`` under ``root`` as ``/``-separated relative paths; symbolic links (never
+    followed) and special files are ``others``."""
+    files: list[str] = []
+    folders: list[str] = []
+    others: list[str] = []
+    stack = [("", root)]
+    while stack:
+        prefix, folder = stack.pop()
+        with os.scandir(folder) as it:
+            for e in it:
+                rel = prefix + e.name
+                if e.is_symlink():
+                    others.append(rel)
+                elif e.is_dir():
+                    folders.append(rel)
+                    stack.append((rel + "/", Path(e.path)))
+                elif e.is_file():
+                    files.append(rel)
+                else:
+                    others.append(rel)
+    return sorted(files), sorted(folders), sorted(others)
+
+
+def _only_report(out: Path, patterns: Sequence[str]) -> bool:
+    """Whether ``out`` holds nothing but files matching ``patterns`` and the folders those name."""
+    files, folders, others = _entries(out)
+    report_dirs = {"/".join(p.split("/")[:i]) for p in patterns for i in range(1, p.count("/") + 1)}
+    return not others and set(folders) <= report_dirs and all(_matches(f, patterns) for f in files)
+
+
+def _writable(folder: Path) -> bool:
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
+@contextlib.contextmanager
+def report_folder(out: PathLike, patterns: Sequence[str]) -> Iterator[Path]:
+    """Write a report folder as a whole: yield an empty staging folder to write every file of the report
+    into; on success ``out`` holds this report's files and no file of an earlier report.
+
+    ``patterns`` are the relative paths (``fnmatch`` patterns per ``/``-separated component, e.g.
+    ``"summary.json"``, ``"figures/*_volume.png"``) of every file a report of this kind may hold: they decide
+    what is "ours" in ``out``.
+
+    * ``out`` missing, or holding nothing but files matching ``patterns`` (an earlier report): it is replaced
+      as a whole (:func:`~longiseg.utils.io.atomic_directory`), so readers see the old report or the new one,
+      never a mix.
+    * ``out`` also holding anything else (the user pointed the report at a folder with other content), or
+      being a symbolic link or the working directory (or above it): nothing but report files is touched. The new files are moved in (each
+      by one rename), then the files matching ``patterns`` that this report did not write are removed, and
+      report sub-folders left empty.
+
+    Deciding whether ``out`` may be written at all (refusing an existing report without ``overwrite``) is
+    the caller's. On an exception ``out`` is left as it was and the staging folder is removed.
+
+    Raises:
+        NotADirectoryError: ``out`` exists and is not a folder.
+        ValueError: the report wrote a file no pattern names (nothing is moved into ``out``).
+    """
+    out = Path(os.path.abspath(out))
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    inside = out.is_dir() and not _writable(out.parent)  # may write into out but not beside it: stage inside
+    if inside:
+        remove_stale_temporaries(out / _STAGE)
+        stage = Path(tempfile.mkdtemp(prefix=f".{_STAGE}.{os.getpid()}.", suffix=".tmp", dir=out))
+    else:
+        remove_stale_temporaries(out)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield stage
+        new, _, odd = _entries(stage)
+        unknown = odd + [f for f in new if not _matches(f, patterns)]
+        if unknown:
+            raise ValueError(f"report files {unknown} are not among the report's files {list(patterns)}")
+        cwd = Path(os.path.abspath(Path.cwd()))
+        whole = not inside and not out.is_symlink() and not cwd.is_relative_to(out) and (
+            not out.exists() or _only_report(out, patterns))
+        if whole:
+            with atomic_directory(out, overwrite=True) as tmp:
+                for child in stage.iterdir():
+                    os.replace(child, tmp / child.name)
+        else:
+            _merge_report(stage, out, new, patterns)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _merge_report(stage: Path, out: Path, new: Sequence[str], patterns: Sequence[str]) -> None:
+    """Move the staged files ``new`` into ``out``, then remove the report files there that ``new`` lacks."""
+    for rel in new:
+        dest = out / rel
+        if dest.is_dir() and not dest.is_symlink():
+            raise IsADirectoryError(f"{dest} is a folder; the report would write a file there")
+    for rel in new:
+        dest = out / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(dest)  # leftovers of a killed writer of an earlier version
+        os.replace(stage / rel, dest)
+    kept = set(new)
+    emptied: set[Path] = set()
+    old, _, _ = _entries(out)
+    for rel in old:
+        if rel not in kept and _matches(rel, patterns):
+            (out / rel).unlink()
+            emptied.update(p for p in (out / rel).parents if p != out and out in p.parents)
+    for folder in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # left in place when it holds anything else
+            folder.rmdir()

@@ -24,7 +24,20 @@ A follow-up **fails** when registration raises, its correlation after registrati
 failed follow-up is reported (``registration.csv``/``.json`` and the command's exit status) and its images
 are not written, unless ``keep_failed``; it is never silently passed on.
 
-Written (every file atomically)::
+A case whose input is unusable fails as a whole before anything of it is written: a missing or unreadable
+file, NaN/inf intensities, a mask with values other than 0 and 1 (soft or label masks are refused, not
+binarised: the message names the file and the values found), an affine with a shear, an empty brain mask.
+Any other error while a case is registered or written (a SimpleITK error outside the follow-ups' pair
+registration, memory) is recorded as that case's failure too; the case folder is built in a temporary
+folder and renamed when complete, so a failed case never leaves a partial folder, and the other cases go on.
+Arguments are checked before any case is read: the options, the output folder (not a file, writable, apart
+from ``RAW``), and the output grid that ``spacing`` gives every case (at most :data:`MAX_OUTPUT_VOXELS`
+voxels).
+
+Reproducible: the same raw scans and options give the same transforms, QC numbers and images, bit for bit
+(see :class:`~longiseg.registration.pairwise.PairOptions`; with ``n4``, for the same number of ITK threads).
+
+Written (every file atomically, every case folder as a whole)::
 
     OUT/manifest.json                       # the cases that passed (and kept failed ones)
     OUT/registration.csv, registration.json # one row per follow-up: status, reasons, QC numbers
@@ -38,6 +51,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -59,15 +73,28 @@ from longiseg.registration.pairwise import (
     similarity,
     transform_motion,
 )
-from longiseg.utils.io import atomic_path, atomic_save_nifti, atomic_write, atomic_write_json, load_nifti
+from longiseg.utils.io import (
+    atomic_directory,
+    atomic_path,
+    atomic_save_nifti,
+    atomic_write,
+    atomic_write_json,
+    check_output_folder,
+    check_separate_folders,
+    load_nifti,
+)
 from longiseg.utils.logging import get_logger
 
-__all__ = ["RegistrationOptions", "CaseRegistration", "register_case", "register_folder", "transform_filename"]
+__all__ = ["MAX_OUTPUT_VOXELS", "RegistrationOptions", "CaseRegistration", "register_case", "register_folder",
+           "transform_filename"]
 
 _LOG = get_logger("longiseg.registration")
 PathLike = str | os.PathLike
 CASE_RECORD = "registration.json"
 QC_DIR = "registration"
+#: Most voxels of an output grid chosen with ``spacing``: 2**28 (268 million; 1 GiB per float32 volume, a
+#: 256 mm field of view at 0.4 mm). A finer spacing is refused before anything is written.
+MAX_OUTPUT_VOXELS = 2**28
 
 
 def transform_filename(followup: int, modality: str | None = None) -> str:
@@ -87,7 +114,10 @@ class RegistrationOptions:
         register_modalities: register the other modalities to their session's reference (rigid) instead
             of letting them follow its transform.
         n4: N4 bias-field correction before registration (the corrected images are written).
-        spacing: isotropic output voxel size in mm (``None``: the baseline reference's grid).
+        spacing: isotropic output voxel size in mm (``None``: the baseline reference's grid); a finite
+            number > 0 whose grid over the baseline's field of view has at most :data:`MAX_OUTPUT_VOXELS`
+            voxels (checked per case before anything is written; by :func:`register_folder` for every case
+            before the first one is registered).
         interpolation: ``"linear"`` or ``"bspline"`` for images.
         mask_interpolation: ``"linear"`` (0/1 mask interpolated, kept where >= 0.5) or ``"nearest"``.
         min_correlation: a follow-up whose correlation with the baseline in the brain is lower fails.
@@ -123,8 +153,12 @@ class RegistrationOptions:
             raise ValueError(f"progression_space must be 'followup' or 'baseline', got {self.progression_space!r}")
         if self.mask_interpolation not in ("linear", "nearest"):
             raise ValueError(f"mask_interpolation must be 'linear' or 'nearest', got {self.mask_interpolation!r}")
-        if self.spacing is not None and not self.spacing > 0:
-            raise ValueError(f"spacing must be > 0 mm or None, got {self.spacing}")
+        if self.spacing is not None:
+            if isinstance(self.spacing, bool) or not isinstance(self.spacing, (int, float, np.integer, np.floating)):
+                raise TypeError(f"spacing must be a number of mm or None, got {type(self.spacing).__name__}")
+            if not (math.isfinite(self.spacing) and self.spacing > 0):
+                raise ValueError(f"spacing must be > 0 mm and finite, or None, got {self.spacing}")
+            object.__setattr__(self, "spacing", float(self.spacing))
         for name in ("max_translation_mm", "max_rotation_deg", "max_scale_change"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -203,62 +237,181 @@ def _write_tfm(transform: Any, path: Path) -> None:
         sitk.WriteTransform(transform, str(tmp))
 
 
+def _error_text(err: BaseException) -> str:
+    """One line for a recorded failure: the last line of a SimpleITK error (the first ones name C++ sources),
+    else the message, after the exception's type."""
+    lines = str(err).strip().splitlines()
+    text = lines[-1].strip() if isinstance(err, RuntimeError) and lines else " ".join(str(err).split())
+    name = type(err).__name__.lstrip("_")  # numpy's _ArrayMemoryError
+    return f"{name}: {text}" if text else name
+
+
+def _check_qc_backend(opts: RegistrationOptions) -> None:
+    """Refuse ``qc_figures`` without matplotlib before any case is read (not one failure per case)."""
+    if not opts.qc_figures:
+        return
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        raise ImportError("the registration QC figures need matplotlib: pip install matplotlib, or pass "
+                          "qc_figures=False (--no-qc-figures)") from err
+
+
+def _output_grid(base: Grid, spacing: float | None, where: str) -> Grid:
+    """The output grid of a case whose baseline reference lies on ``base`` (``where`` names it in messages).
+
+    Raises:
+        ValueError: ``spacing`` gives more than :data:`MAX_OUTPUT_VOXELS` voxels over the baseline's field of
+            view (checked before the grid is built).
+    """
+    if spacing is None:
+        return base
+    extent = np.asarray(base.shape, dtype=np.float64) * base.spacing
+    sizes = np.maximum(np.ceil(extent / spacing - 1e-6), 1.0)  # the shape isotropic_grid builds
+    count = float(np.prod(sizes))
+    if count > MAX_OUTPUT_VOXELS:
+        raise ValueError(f"{where}: spacing {spacing:g} mm gives an output grid of "
+                         f"{' x '.join(f'{s:.0f}' for s in sizes)} = {count:.3g} voxels over its "
+                         f"{' x '.join(f'{e:.0f}' for e in extent)} mm field of view, more than the limit of "
+                         f"{MAX_OUTPUT_VOXELS} (2**28, 1 GiB per float32 volume); choose a larger spacing")
+    return isotropic_grid(base, spacing)
+
+
+@dataclass
+class _CaseInput:
+    """A raw case read and checked, nothing written yet: the images and masks (masks binary, uint8) as
+    ``(array (D, H, W), RAS+ affine (4, 4))``, the same images as SimpleITK images, the brain mask of the
+    metric on the baseline reference's grid and the output grid."""
+
+    name: str
+    files: dict[int, dict[str, Path]]
+    mods: list[str]
+    images: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]
+    masks: dict[str, tuple[np.ndarray, np.ndarray]]
+    sitk_images: dict[tuple[int, str], Any]
+    brain: Any
+    out_grid: Grid
+
+
+def _read_case(folder: Path, opts: RegistrationOptions) -> _CaseInput:
+    """Read and check one raw case (file names, modalities, volumes, binary masks, output grid, brain mask).
+
+    Raises:
+        OSError, ValueError: naming the case and the file.
+    """
+    files = _raw_files(folder)
+    mods = sorted(files[0])
+    ref = opts.reference_modality
+    label = f"case {folder.name!r}"
+    if ref not in mods:
+        raise ValueError(f"{label}: reference modality {ref!r} not among {mods}")
+    for t, fm in files.items():
+        if sorted(fm) != mods:
+            raise ValueError(f"{label}: timepoint {t} has modalities {sorted(fm)}, baseline {mods}")
+    images = {(t, m): _read(p) for t, fm in files.items() for m, p in fm.items()}
+    base_arr, base_aff = images[(0, ref)]
+    out_grid = _output_grid(Grid(base_arr.shape, base_aff), opts.spacing,  # type: ignore[arg-type]
+                            f"{label}: baseline {files[0][ref]}")
+    masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    mask_paths: dict[str, Path] = {}
+    for name in [layout.BASELINE_MASK, layout.BRAIN_MASK] + [layout.progression_filename(k) for k in files if k]:
+        path = layout.find_nifti(folder, name)
+        if path is not None:  # binary (values 0/1) or refused, naming the file and the values found
+            masks[name] = read_mask(path, what=f"{label}: mask")[:2]
+            mask_paths[name] = path
+    sitk_images = {key: to_sitk(a, aff) for key, (a, aff) in images.items()}
+    fixed = sitk_images[(0, ref)]
+    if layout.BRAIN_MASK in masks:
+        brain = resample(to_sitk(*masks[layout.BRAIN_MASK]), fixed, interpolation="nearest")
+        source = f"brain mask {mask_paths[layout.BRAIN_MASK]}"
+    else:
+        brain = foreground_mask(fixed)
+        source = f"foreground (Otsu) of {files[0][ref]}"
+    if int(from_sitk(brain)[0].astype(bool).sum()) < 2:
+        raise ValueError(f"{label}: the {source} covers fewer than 2 voxels of the baseline {ref!r} image; "
+                         "nothing to register")
+    return _CaseInput(folder.name, files, mods, images, masks, sitk_images, brain, out_grid)
+
+
 def register_case(raw_case: PathLike, out_root: PathLike, options: RegistrationOptions | None = None, *,
                   overwrite: bool = False) -> CaseRegistration:
     """Register one raw case folder and write it into ``out_root/<case>`` (see the module docstring).
 
+    The case is read and checked first (nothing written), then its folder is built in a temporary folder
+    next to ``out_root/<case>`` and renamed into place when complete: a case that fails on the way, for
+    whatever reason, leaves no partial folder (and an older folder of the case stays as it was). A case
+    whose follow-up fails the quality check is complete too: its folder holds the QC record (``registration/``)
+    and, only with ``keep_failed``, the images.
+
+    Args:
+        raw_case: the raw case folder; its name is the case id.
+        out_root: output root.
+        options: :class:`RegistrationOptions` (default: the defaults).
+        overwrite: replace an existing ``out_root/<case>`` folder, as a whole.
+
     Returns:
-        A :class:`CaseRegistration`; problems of the input or of a follow-up are recorded in it, not raised
-        (a folder keeps going when one case fails).
+        A :class:`CaseRegistration`. Problems of the input (``error``, nothing written), of a follow-up
+        (its ``reasons``; the QC record is written, the images only with ``keep_failed``) and any other
+        error while the case is registered or written (``error``, nothing written) are recorded in it, not
+        raised: a folder keeps going when one case fails.
 
     Raises:
-        ImportError: SimpleITK is missing (``pip install 'longiseg[register]'``).
+        ImportError: SimpleITK is missing (``pip install 'longiseg[register]'``), or matplotlib with
+            ``qc_figures``.
+        FileExistsError: ``out_root/<case>`` exists and ``overwrite`` is off.
+        NotADirectoryError: ``out_root/<case>`` exists and is not a folder.
     """
-    sitk = require_simpleitk()
+    require_simpleitk()
     opts = options or RegistrationOptions()
+    _check_qc_backend(opts)
     folder = Path(raw_case)
     case_dir = Path(out_root) / folder.name
-    qc_dir = case_dir / QC_DIR
+    if case_dir.exists() and not case_dir.is_dir():
+        raise NotADirectoryError(f"{case_dir} exists and is not a folder")
+    if case_dir.exists() and not overwrite:
+        raise FileExistsError(f"{case_dir} already exists; pass overwrite=True (--overwrite) to replace it")
     res = CaseRegistration(folder.name)
     try:
-        files = _raw_files(folder)
-        mods = sorted(files[0])
-        ref = opts.reference_modality
-        if ref not in mods:
-            raise ValueError(f"case {folder.name!r}: reference modality {ref!r} not among {mods}")
-        for t, fm in files.items():
-            if sorted(fm) != mods:
-                raise ValueError(f"case {folder.name!r}: timepoint {t} has modalities {sorted(fm)}, baseline {mods}")
-        images = {(t, m): _read(p) for t, fm in files.items() for m, p in fm.items()}
-        masks = {}
-        for name in [layout.BASELINE_MASK, layout.BRAIN_MASK] + [layout.progression_filename(k) for k in files if k]:
-            path = layout.find_nifti(folder, name)
-            if path is not None:
-                masks[name] = _read(path)
+        inp = _read_case(folder, opts)
     except (OSError, ValueError) as err:
         res.error = str(err)
         return res
+    try:
+        with atomic_directory(case_dir, overwrite=overwrite) as tmp:
+            written = _register_into(inp, tmp, opts, res)
+        res.written = written
+    except Exception as err:  # noqa: BLE001 - recorded as this case's failure; its folder was not written
+        _LOG.debug("case %s failed", folder.name, exc_info=True)
+        res.error = f"error while registering ({_error_text(err)}); nothing written for this case"
+        res.written = False
+    return res
 
-    sitk_images = {key: to_sitk(a, aff) for key, (a, aff) in images.items()}
+
+def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, res: CaseRegistration) -> bool:
+    """Register the follow-ups of ``inp``, record their QC in ``res`` and write the case into the (empty,
+    temporary) ``case_dir``: QC always, images and masks when every follow-up passed or ``keep_failed``.
+
+    Returns:
+        Whether the images were written.
+    """
+    sitk = require_simpleitk()
+    name, files, mods, images, masks = inp.name, inp.files, inp.mods, inp.images, inp.masks
+    ref = opts.reference_modality
+    qc_dir = case_dir / QC_DIR
+    sitk_images = inp.sitk_images
     base_arr, base_aff = images[(0, ref)]
-    base_grid = Grid(base_arr.shape, base_aff)  # type: ignore[arg-type]
-    out_grid = isotropic_grid(base_grid, opts.spacing) if opts.spacing else base_grid
-    fixed = sitk_images[(0, ref)]
-    if layout.BRAIN_MASK in masks:
-        brain = resample(to_sitk(*masks[layout.BRAIN_MASK]), fixed, interpolation="nearest")
-    else:
-        brain = foreground_mask(fixed)
+    out_grid, brain = inp.out_grid, inp.brain
     if opts.n4:
         sitk_images = {key: n4_correct(img) for key, img in sitk_images.items()}
-        fixed = sitk_images[(0, ref)]
+    fixed = sitk_images[(0, ref)]
     brain_np = from_sitk(brain)[0].astype(bool)
     fixed_np = from_sitk(fixed)[0]
     centre_lps = np.asarray(brain.TransformContinuousIndexToPhysicalPoint(
         [float(v) for v in np.argwhere(brain_np).mean(axis=0)]))
     identity = sitk.Transform(3, sitk.sitkIdentity)
     transforms: dict[tuple[int, str], Any] = {}
-    record: dict[str, Any] = {"case_id": folder.name, "options": opts.to_dict(), "output_grid": out_grid.to_dict(),
-                              "native_grids": {f"t{t}_{m}": Grid(a.shape, aff).to_dict()
+    record: dict[str, Any] = {"case_id": name, "options": opts.to_dict(), "output_grid": out_grid.to_dict(),
+                              "native_grids": {f"t{t}_{m}": Grid(a.shape, aff).to_dict()  # type: ignore[arg-type]
                                                for (t, m), (a, aff) in images.items()},
                               "followups": []}
     for t in sorted(files):
@@ -282,14 +435,14 @@ def register_case(raw_case: PathLike, out_root: PathLike, options: RegistrationO
                     from longiseg.registration.qc_figure import checkerboard_figure
 
                     checkerboard_figure(fixed_np, moved, base_aff, qc_dir / f"t{t}_qc.png",
-                                        title=f"{folder.name}: baseline / follow-up {t} registered")
+                                        title=f"{name}: baseline / follow-up {t} registered")
             except RuntimeError as err:  # SimpleITK errors (e.g. no overlap left)
                 q["reasons"] = [f"registration error: {str(err).strip().splitlines()[-1]}"]
             q["status"] = "failed" if q["reasons"] else "ok"
             q["seconds"] = round(time.perf_counter() - start, 2)
             res.followups.append(q)
             if q["status"] == "failed":
-                _LOG.warning("case %s follow-up %d failed registration: %s", folder.name, t, "; ".join(q["reasons"]))
+                _LOG.warning("case %s follow-up %d failed registration: %s", name, t, "; ".join(q["reasons"]))
         for m in mods:
             if m == ref or (t, ref) not in transforms:
                 continue
@@ -303,28 +456,43 @@ def register_case(raw_case: PathLike, out_root: PathLike, options: RegistrationO
     record["followups"] = res.followups
     atomic_write_json(qc_dir / CASE_RECORD, record, overwrite=True)
     if not res.ok and not opts.keep_failed:
-        return res
+        return False
     ref_img = out_grid.reference()
     for (t, m), tx in transforms.items():
         if t == 0 and m == ref and opts.spacing is None and not opts.n4:  # already on the output grid
             arr = base_arr
         else:
             arr = from_sitk(resample(sitk_images[(t, m)], ref_img, tx, interpolation=opts.interpolation))[0]
-        atomic_save_nifti(arr, out_grid.affine, case_dir / layout.image_filename(t, m), overwrite=overwrite,
-                          dtype=np.float32)
-    for name, (arr, aff) in masks.items():
-        t = int(name[len("progression_t"):].split(".")[0]) if name.startswith("progression_t") else 0
+        atomic_save_nifti(arr, out_grid.affine, case_dir / layout.image_filename(t, m), dtype=np.float32)
+    for mask_name, (arr, aff) in masks.items():
+        t = int(mask_name[len("progression_t"):].split(".")[0]) if mask_name.startswith("progression_t") else 0
         if (t, ref) not in transforms:  # its follow-up failed (and keep_failed is off for it)
             continue
         tx = transforms[(0 if opts.progression_space == "baseline" else t, ref)]
-        src = to_sitk((arr > 0).astype(np.float32), aff)
+        src = to_sitk(arr.astype(np.float32), aff)  # 0/1: read_mask refused anything else
         if opts.mask_interpolation == "nearest":
             out = from_sitk(resample(src, ref_img, tx, interpolation="nearest"))[0]
         else:
             out = from_sitk(resample(src, ref_img, tx, interpolation="linear"))[0] >= 0.5
-        atomic_save_nifti(out, out_grid.affine, case_dir / name, overwrite=overwrite, dtype=np.uint8)
-    res.written = True
-    return res
+        atomic_save_nifti(out, out_grid.affine, case_dir / mask_name, dtype=np.uint8)
+    return True
+
+
+def _check_output_grids(cases: Sequence[Path], opts: RegistrationOptions) -> None:
+    """Refuse a ``spacing`` that gives any case too large an output grid (headers only, nothing written).
+
+    A baseline reference that is missing or unreadable is skipped here: that case fails on its own later.
+    """
+    for case in cases:
+        path = layout.scan_images(case).get(0, {}).get(opts.reference_modality)
+        if path is None:
+            continue
+        try:
+            img = load_nifti(path, what="raw volume", header_only=True)
+            base = Grid(tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64))  # type: ignore[arg-type]
+        except (OSError, ValueError):
+            continue
+        _output_grid(base, opts.spacing, f"case {case.name!r}: baseline {path}")
 
 
 def _summary_rows(results: Sequence[CaseRegistration]) -> list[dict[str, Any]]:
@@ -351,13 +519,23 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
                     overwrite: bool = False, progress: bool = True) -> list[CaseRegistration]:
     """Register every case folder of ``raw`` into ``out`` (library layout) with a summary and a manifest.
 
+    Everything that concerns the whole folder is checked before the first case is read, so a bad argument
+    writes nothing: the output location, and the output grid of every case (from the baseline reference's
+    header) when ``spacing`` is given. Each case folder is then written as a whole or not at all (see
+    :func:`register_case`).
+
     Returns:
         One :class:`CaseRegistration` per case; failed cases are listed in ``out/registration.csv``.
 
     Raises:
         FileNotFoundError: ``raw`` is missing or holds no case.
+        NotADirectoryError: ``out`` or one of its parents is a file.
+        PermissionError: ``out`` cannot be created or written.
         FileExistsError: ``out`` is not empty and ``overwrite`` is off.
-        ImportError: SimpleITK is missing (``pip install 'longiseg[register]'``).
+        ValueError: ``out`` is ``raw``, lies inside it or holds it; ``spacing`` gives a case an output grid
+            of more than :data:`MAX_OUTPUT_VOXELS` voxels; a raw manifest is malformed.
+        ImportError: SimpleITK is missing (``pip install 'longiseg[register]'``), or matplotlib with
+            ``qc_figures``.
     """
     from tqdm.auto import tqdm
 
@@ -370,8 +548,18 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
                    and layout.scan_images(p).get(0))
     if not cases:
         raise FileNotFoundError(f"no case folders with t0_*.nii.gz images in {raw}")
+    check_output_folder(out, "out")
+    check_separate_folders(out, "out", {"raw": raw})  # --overwrite would replace the raw case folders
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    _check_qc_backend(opts)
+    if opts.spacing is not None:
+        _check_output_grids(cases, opts)
+    patients: dict[str, str] = {}
+    for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):  # patient ids of a raw manifest, if any
+        if (raw / name).is_file():
+            patients = {e.case_id: e.patient_id for e in read_manifest(raw / name).cases}
+            break
     results = [register_case(c, out, opts, overwrite=overwrite)
                for c in tqdm(cases, desc="register", unit="case", disable=not progress)]
     rows = _summary_rows(results)
@@ -384,11 +572,6 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     atomic_write_json(out / "registration.json", {"options": opts.to_dict(), "cases": [
         {"case_id": r.case_id, "ok": r.ok, "written": r.written, "error": r.error, "followups": r.followups}
         for r in results]}, overwrite=True)
-    patients: dict[str, str] = {}
-    for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):  # patient ids of a raw manifest, if any
-        if (raw / name).is_file():
-            patients = {e.case_id: e.patient_id for e in read_manifest(raw / name).cases}
-            break
     entries = []
     for r in results:
         if not r.written:

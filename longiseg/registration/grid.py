@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from longiseg.data.case import affine_spacing
+
 __all__ = ["EXTRA_HINT", "require_simpleitk", "Grid", "to_sitk", "from_sitk", "isotropic_grid"]
 
 #: How to install the optional dependency; named in every error about it.
@@ -49,7 +51,7 @@ class Grid:
     @property
     def spacing(self) -> np.ndarray:
         """``(3,)`` voxel size in mm along each array axis."""
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
+        return np.asarray(affine_spacing(self.affine))
 
     def reference(self) -> Any:
         """An empty SimpleITK image on this grid (the target of a resampling)."""
@@ -70,7 +72,7 @@ class Grid:
 
 def _set_geometry(img: Any, affine: np.ndarray) -> None:
     m = affine[:3, :3]
-    spacing = np.linalg.norm(m, axis=0)
+    spacing = np.asarray(affine_spacing(affine))
     direction = _LPS @ (m / spacing)
     u, _, vt = np.linalg.svd(direction)
     if np.abs(direction - u @ vt).max() > 1e-4:
@@ -110,8 +112,8 @@ def isotropic_grid(grid: Grid, spacing: float) -> Grid:
 
     The outer voxel corners stay where they were; the shape is rounded up to cover the field of view.
     """
-    if not spacing > 0:
-        raise ValueError(f"spacing must be > 0 mm, got {spacing}")
+    if not (np.isfinite(spacing) and spacing > 0):
+        raise ValueError(f"spacing must be a finite number > 0 mm, got {spacing}")
     old = grid.spacing
     shape = tuple(max(1, int(np.ceil(n * s / spacing - 1e-6))) for n, s in zip(grid.shape, old))
     rot = grid.affine[:3, :3] / old

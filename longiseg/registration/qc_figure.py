@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longiseg.data.case import PLANES, plane_axes
+from longiseg.data.case import PLANES, affine_spacing, plane_axes
 from longiseg.utils.io import atomic_save_figure
 
 __all__ = ["checkerboard", "checkerboard_figure"]
@@ -56,7 +56,7 @@ def checkerboard_figure(fixed: np.ndarray, moved: np.ndarray, affine: np.ndarray
     a, b = _normalise(fixed), _normalise(moved)
     fg = np.argwhere(fixed > 0)
     centre = fg.mean(axis=0).round().astype(int) if fg.size else np.array(fixed.shape) // 2
-    sp = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    sp = affine_spacing(affine)
     axes_of = plane_axes(affine)
     fig, grid = plt.subplots(3, 3, figsize=(9, 9), facecolor="black")
     for r, plane in enumerate(PLANES):

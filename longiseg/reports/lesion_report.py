@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from longiseg.data import layout
-from longiseg.data.case import PLANES, plane_axes
+from longiseg.data.case import PLANES, affine_spacing, plane_axes
 from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
 from longiseg.utils.io import atomic_write, load_nifti
 
@@ -95,7 +95,7 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
         title: figure title.
     """
     plt = _pyplot()
-    sp = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    sp = affine_spacing(affine)
     half = [max(2, int(round(field_mm / 2 / s))) for s in sp]
     axes_of = plane_axes(affine)
     c = change.centre_voxel

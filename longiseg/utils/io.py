@@ -24,7 +24,8 @@ from typing import IO, Any
 import numpy as np
 
 __all__ = ["atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
-           "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti", "check_separate_folders"]
+           "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti", "check_separate_folders",
+           "check_output_folder"]
 
 PathLike = str | os.PathLike
 
@@ -34,6 +35,34 @@ _UMASK_LOCK = threading.Lock()
 def _check_target(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+
+
+def check_output_folder(path: PathLike, name: str) -> Path:
+    """Fail before any work when ``path`` cannot become a writable folder: a file, a path under a file, a
+    folder whose nearest existing ancestor is not writable.
+
+    Args:
+        path: the output folder (it need not exist).
+        name: how the user gave it (``"--output"``), for the message.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        NotADirectoryError: ``path`` or one of its ancestors is a file.
+        PermissionError: the nearest existing ancestor is not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{name} {path} exists and is not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"{name} {path}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name} {path}: {probe} is not writable")
+    return path
 
 
 def check_separate_folders(output: PathLike, output_name: str, inputs: dict[str, PathLike | None]) -> None:

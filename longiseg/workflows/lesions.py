@@ -3,7 +3,8 @@
 ``DIR`` holds predictions (``longiseg predict``) or references in the library layout. Writes
 ``lesions.csv`` (one row per new/enlarging lesion), ``followups.csv`` (counts, volumes, MRI activity per
 follow-up), ``lesions.json``, ``figures/`` and a self-contained ``report.html``. Rules:
-:mod:`longiseg.metrics.evolution`.
+:mod:`longiseg.metrics.evolution`. The report folder is written as a whole: with ``--overwrite`` it ends
+up holding this run's files and none of an earlier report's (:data:`REPORT_FILES`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ import os
 from pathlib import Path
 
 from longiseg.metrics.evolution import CaseEvolution, evolution_folder, write_evolution_tables
+from longiseg.metrics.report import report_folder
+from longiseg.utils.io import check_output_folder, check_separate_folders
 
-__all__ = ["run_lesion_report", "add_parser", "run"]
+__all__ = ["REPORT_FILES", "run_lesion_report", "add_parser", "run"]
 
 PathLike = str | os.PathLike
+
+#: The files of a lesion report (relative paths, ``fnmatch`` patterns): the only files of a report folder
+#: that writing a report replaces or removes (figures: ``CASE_volume.png``, ``CASE_fu{k}_lesion{i}_{kind}.png``).
+REPORT_FILES = ("lesions.csv", "followups.csv", "lesions.json", "report.html", "figures/*_volume.png",
+                "figures/*_fu*_lesion*_*.png")
 
 
 def run_lesion_report(
@@ -33,6 +41,11 @@ def run_lesion_report(
 ) -> tuple[list[CaseEvolution], dict[str, Path]]:
     """Compute the lesion evolution of every case of ``mask_dir`` and write tables, figures and the report.
 
+    The report is written as a whole (:func:`~longiseg.metrics.report.report_folder`): with ``overwrite``
+    the folder afterwards holds this run's files and none of an earlier report's (:data:`REPORT_FILES`;
+    ``report.html`` and ``figures/`` only with ``figures``), while files that are not report files are left
+    alone. On an error nothing in ``out_dir`` changes.
+
     Args:
         mask_dir: predictions or references in the library layout.
         out_dir: report folder (created; must be empty unless ``overwrite``).
@@ -47,18 +60,26 @@ def run_lesion_report(
 
     Returns:
         ``(evolutions, files)`` with the paths written.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists, is not empty and ``overwrite`` is ``False``.
+        NotADirectoryError: ``out_dir`` is or lies under a file.
+        ValueError: ``out_dir`` is, lies inside or holds ``mask_dir`` or ``images``.
     """
-    out = Path(out_dir)
+    out = check_output_folder(out_dir, "out")
+    check_separate_folders(out, "out", {"mask": mask_dir, "images": images})
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     evolutions = evolution_folder(mask_dir, min_volume_mm3=min_volume_mm3, connectivity=connectivity,
                                   progress=progress)
-    files = write_evolution_tables(evolutions, out, overwrite=overwrite)
-    if figures:
-        from longiseg.reports.lesion_report import write_lesion_report
+    with report_folder(out, REPORT_FILES) as stage:
+        staged = write_evolution_tables(evolutions, stage, overwrite=True)
+        if figures:
+            from longiseg.reports.lesion_report import write_lesion_report
 
-        files["html"] = write_lesion_report(evolutions, mask_dir, out, images_root=images, modality=modality,
-                                            overwrite=overwrite)
+            staged["html"] = write_lesion_report(evolutions, mask_dir, stage, images_root=images,
+                                                 modality=modality, overwrite=True)
+        files = {name: out / Path(path).relative_to(stage) for name, path in staged.items()}
     return evolutions, files
 
 
@@ -75,6 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26, help="default 26")
     p.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true")
     p.set_defaults(func=run)
     return p
 
@@ -83,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``longiseg lesions``: prints one line per follow-up and the files written."""
     evolutions, files = run_lesion_report(
         args.masks, args.out, images=args.images, modality=args.modality, min_volume_mm3=args.min_volume,
-        connectivity=args.connectivity, figures=not args.no_figures, overwrite=args.overwrite)
+        connectivity=args.connectivity, figures=not args.no_figures, overwrite=args.overwrite,
+        progress=not args.no_progress)
     for ev in evolutions:
         for f in ev.followups:
             merged = f" ({f.merged} merge{'s' if f.merged != 1 else ''})" if f.merged else ""

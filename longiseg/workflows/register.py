@@ -43,12 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="also write the images of failed cases (still reported)")
     p.add_argument("--no-qc-figures", dest="no_qc_figures", action="store_true", help="no checkerboard PNGs")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``longiseg register``."""
+    """Handler of ``longiseg register``: the options, the output folder and the output grids are checked (by
+    :func:`~longiseg.registration.cohort.register_folder`) before any case is read."""
     from longiseg.registration.cohort import RegistrationOptions, register_folder
     from longiseg.registration.pairwise import PairOptions
 
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         min_correlation=args.min_correlation, max_translation_mm=args.max_translation,
         max_rotation_deg=args.max_rotation, qc_figures=not args.no_qc_figures, keep_failed=args.keep_failed,
         progression_space=args.progression_space)
-    results = register_folder(args.raw, args.out, opts, overwrite=args.overwrite)
+    results = register_folder(args.raw, args.out, opts, overwrite=args.overwrite, progress=not args.no_progress)
     failed = 0
     for r in results:
         if r.error:
