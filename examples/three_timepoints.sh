@@ -7,8 +7,8 @@
 # Usage:  examples/three_timepoints.sh [DATASET]            (default ms_inhouse_3tp)
 # Needs:  $DATA_ROOT/DATASET/train and $DATA_ROOT/DATASET/test whose cases have three timepoints
 #         (t0_*, t1_*, t2_* images, baseline_mask, progression_t1, progression_t2; examples/README.md).
-#         To try it without data:  python -m longiseg.data.demo_cohort cohort3 --timepoints 3 and split
-#         it with examples/convert_datasets.py layout cohort3 $DATA_ROOT/ms_inhouse_3tp.
+#         To try it without data:  longiseg cohort demo3 --set num_timepoints=3 and split demo3/cohort
+#         with examples/convert_datasets.py layout demo3/cohort $DATA_ROOT/ms_inhouse_3tp.
 # Writes: $RUNS/DATASET/segmast/, $RUNS/DATASET/predictions/segmast/, $RUNS/DATASET/report/ with
 #         followups.csv and entropy.png
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -660,3 +660,8 @@ def generate_demo_cohort(
     _LOG.info("wrote demo cohort of %d patients (%d progressing) to %s", cfg.num_patients,
               sum(s["progressing"] for s in stats), out)
     return out
+
+
+if __name__ == "__main__":  # the command of longiseg < 0.2: say where it went instead of doing nothing
+    raise SystemExit("python -m longiseg.data.demo_cohort was replaced by 'longiseg cohort OUT' "
+                     "(see longiseg cohort --help)")

@@ -48,6 +48,7 @@ __all__ = [
     "save_case",
     "read_mask",
     "nifti_spacing",
+    "MANIFEST_FIELDS",
     "SPACING_RTOL",
     "prediction_complete",
     "read_prediction",
@@ -937,9 +938,19 @@ def _parse_flag(value: object, where: str, name: str = "progression") -> bool | 
     raise ValueError(f"{where}: {name} must be true/false/1/0 or empty, got {value!r}")
 
 
-def _entry(row: dict, where: str) -> ManifestEntry:
+#: The fields of a manifest's case row (a CSV manifest may add the ``modalities`` column).
+MANIFEST_FIELDS = ("case_id", "patient_id", "num_timepoints", "progression", "baseline_annotated")
+
+
+def _entry(row: dict, where: str, extra: tuple[str, ...] = ()) -> ManifestEntry:
     if not isinstance(row, dict) or not row.get("case_id"):
         raise ValueError(f"{where}: every case needs a non-empty 'case_id'")
+    unknown = sorted(str(k) for k in row if k not in MANIFEST_FIELDS + extra)
+    if unknown:  # a misspelt patient_id would otherwise make every case its own patient
+        raise ValueError(f"{where}: unknown field(s) {unknown}; a case has {list(MANIFEST_FIELDS + extra)}")
+    patient = row.get("patient_id")
+    if isinstance(patient, bool) or not isinstance(patient, (str, int, type(None))):
+        raise ValueError(f"{where}: patient_id must be a string or an integer, got {patient!r}")
     if not isinstance(row["case_id"], (str, int)) or isinstance(row["case_id"], bool):
         raise ValueError(f"{where}: case_id must be a string, got {row['case_id']!r}")
     case_id = layout.check_case_id(str(row["case_id"]), where=where)
@@ -956,7 +967,7 @@ def _entry(row: dict, where: str) -> ManifestEntry:
             raise ValueError(f"{where}: num_timepoints must be >= 2 (a baseline and a follow-up), got {t}")
     return ManifestEntry(
         case_id=case_id,
-        patient_id=str(row.get("patient_id") or case_id),
+        patient_id=case_id if patient is None or str(patient).strip() == "" else str(patient).strip(),
         num_timepoints=t,
         progression=_parse_flag(row.get("progression"), where),
         baseline_annotated=_parse_flag(row.get("baseline_annotated"), where, "baseline_annotated") is not False,
@@ -974,30 +985,42 @@ def read_manifest(path: PathLike) -> Manifest:
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: malformed content (unknown suffix, missing ``case_id``, duplicate ids, bad flags).
+        ValueError: malformed content (unknown suffix, not UTF-8, missing ``case_id``, unknown fields, duplicate
+            ids, bad flags or patient ids).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
+    if path.suffix not in (".json", ".csv"):
+        raise ValueError(f"manifest must end in .json or .csv, got {path.name}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheet exports) is not content
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"manifest {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") \
+            from None
+    extra: tuple[str, ...] = ()
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"manifest {path} is not valid JSON: {exc}") from exc
         if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
             raise ValueError(f"manifest {path} must be an object with a 'cases' list")
-        mods = tuple(str(m).lower() for m in data.get("modalities", []))
+        raw_mods = data.get("modalities")
+        if raw_mods is not None and (not isinstance(raw_mods, list) or not all(isinstance(m, str) for m in raw_mods)):
+            raise ValueError(f"manifest {path}: modalities must be a list of names, got {raw_mods!r}")
+        mods = tuple(m.lower() for m in raw_mods or [])
         rows = data["cases"]
-    elif path.suffix == ".csv":
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        # "case_id, patient_id" (a space after the comma) names the column "patient_id", not " patient_id"
+        rows = [{(k or "").strip(): v.strip() if isinstance(v, str) else v for k, v in r.items()} for r in reader]
+        extra = ("modalities",)
         mod_sets = {r.get("modalities") or "" for r in rows}
         if len(mod_sets) > 1:
             raise ValueError(f"manifest {path}: the 'modalities' column must be the same on every row")
-        mods = tuple(m.lower() for m in (mod_sets.pop() if mod_sets else "").split(";") if m)
-    else:
-        raise ValueError(f"manifest must end in .json or .csv, got {path.name}")
-    entries = tuple(_entry(r, f"manifest {path} row {i}") for i, r in enumerate(rows))
+        mods = tuple(m.strip().lower() for m in (mod_sets.pop() if mod_sets else "").split(";") if m.strip())
+    entries = tuple(_entry(r, f"manifest {path} row {i}", extra) for i, r in enumerate(rows))
     ids = [e.case_id for e in entries]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:

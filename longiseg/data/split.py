@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from longiseg.data.layout import MANIFEST_JSON
-from longiseg.data.loading import CaseSource, Manifest, read_manifest, write_manifest
-from longiseg.utils.io import atomic_directory
+from longiseg.data.loading import CaseSource, Manifest, find_cases, read_manifest, write_manifest
+from longiseg.utils.io import atomic_directory, check_separate_folders
 
 __all__ = ["split_by_patient", "write_test_split"]
 
@@ -59,13 +59,15 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
                      overwrite: bool = False) -> dict[str, list[str]]:
     """Hold out ``num_test`` patients of a cohort: copy its cases into ``OUT/train`` and ``OUT/test``.
 
-    The test set takes the first ``num_test // 2`` progressing cases and the first remaining stable cases in
-    manifest order (so the split is the same on every machine); each side gets its own manifest.
+    The test set takes the first ``num_test // 2`` progressing patients and the first remaining stable
+    patients in manifest order (so the split is the same on every machine), with all of each patient's cases;
+    each side gets its own manifest. A patient progresses when one of its cases does (the manifest's flag, or
+    its progression masks where the manifest has none).
 
     Args:
         cohort: cohort folder with a ``manifest.json``.
         out_dir: where ``train/`` and ``test/`` are written (each folder as a whole).
-        num_test: held-out cases, at least 2 (one progressing, one stable).
+        num_test: held-out patients, at least 2 (one progressing, one stable).
         overwrite: replace existing ``train/`` and ``test/`` folders.
 
     Returns:
@@ -74,21 +76,29 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
     Raises:
         FileNotFoundError: no manifest in ``cohort``.
         FileExistsError: ``train/`` or ``test/`` exists and ``overwrite`` is off.
-        ValueError: ``num_test`` < 2, or too few progressing/stable cases for it and a training set.
+        ValueError: ``num_test`` < 2, too few progressing/stable patients for it and a training set, or an
+            output folder over the cohort.
     """
     cohort, out = Path(cohort), Path(out_dir)
-    manifest = read_manifest(cohort / MANIFEST_JSON)
-    prog = [e for e in manifest.cases if e.progression]
-    stable = [e for e in manifest.cases if not e.progression]
-    n_prog = num_test // 2
     if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 2:
         raise ValueError(f"num_test must be an int >= 2, got {num_test!r}")
+    for name in ("train", "test"):
+        check_separate_folders(out / name, f"{name} folder", {"cohort": cohort})
+    manifest = read_manifest(cohort / MANIFEST_JSON)
+    sources = {c.case_id: c for c in find_cases(cohort)}
+    patients: dict[str, list] = {}  # manifest order of first appearance
+    for e in manifest.cases:
+        patients.setdefault(e.patient_id, []).append(e)
+    progressing = {p: any(sources[e.case_id].progression_flag() for e in entries) for p, entries in patients.items()}
+    prog = [p for p in patients if progressing[p]]
+    stable = [p for p in patients if not progressing[p]]
+    n_prog = num_test // 2
     if len(prog) <= n_prog or len(stable) <= num_test - n_prog:
         raise ValueError(f"num_test={num_test} needs more than {n_prog} progressing and {num_test - n_prog} stable "
-                         f"cases (to keep some for training); {cohort} has {len(prog)} and {len(stable)}")
-    test = prog[:n_prog] + stable[: num_test - n_prog]
-    test_ids = {e.case_id for e in test}
-    sides = {"test": test, "train": [e for e in manifest.cases if e.case_id not in test_ids]}
+                         f"patients (to keep some for training); {cohort} has {len(prog)} and {len(stable)}")
+    held_out = set(prog[:n_prog] + stable[: num_test - n_prog])
+    sides = {"test": [e for e in manifest.cases if e.patient_id in held_out],
+             "train": [e for e in manifest.cases if e.patient_id not in held_out]}
     for name in sides:
         if (out / name).exists() and not overwrite:
             raise FileExistsError(f"{out / name} already exists; pass overwrite=True to replace it")

@@ -1,0 +1,97 @@
+"""Patient-level splits and the manifest fields they rest on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from longiseg.data.demo_cohort import generate_demo_cohort
+from longiseg.data.loading import find_cases, read_manifest
+from longiseg.data.split import split_by_patient, write_test_split
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo_cohort(tmp_path_factory.mktemp("c") / "cohort", num_patients=8, spacing=4, progress=False)
+
+
+def _regroup(cohort: Path, dest: Path, drop_flags: bool) -> dict[str, str]:
+    """A copy of the cohort in which two progressing or two stable cases form one patient (two visits each)."""
+    import shutil
+
+    shutil.copytree(cohort, dest)
+    data = json.loads((dest / "manifest.json").read_text())
+    patient_of, seen = {}, {True: 0, False: 0}
+    for case in data["cases"]:
+        flag = bool(case["progression"])
+        case["patient_id"] = patient_of[case["case_id"]] = f"{'P' if flag else 'S'}{seen[flag] // 2}"
+        seen[flag] += 1
+        if drop_flags:
+            case.pop("progression")
+    (dest / "manifest.json").write_text(json.dumps(data))
+    return patient_of
+
+
+@pytest.mark.parametrize("drop_flags", [False, True])
+def test_write_test_split_holds_out_whole_patients(cohort: Path, tmp_path: Path, drop_flags: bool) -> None:
+    """Every patient's cases land on one side; without flags in the manifest progression is read from the
+    masks (it was counted as none)."""
+    patient_of = _regroup(cohort, tmp_path / "cohort", drop_flags)
+    split = write_test_split(tmp_path / "cohort", tmp_path / "out", 2)
+    test_patients = {patient_of[c] for c in split["test"]}
+    train_patients = {patient_of[c] for c in split["train"]}
+    assert len(test_patients) == 2 and not test_patients & train_patients
+    assert sorted(split["test"] + split["train"]) == sorted(patient_of)
+    for side in ("train", "test"):
+        assert [e.case_id for e in read_manifest(tmp_path / "out" / side / "manifest.json").cases] == sorted(
+            split[side], key=list(patient_of).index)
+    flags = {c.case_id: c.progression_flag() for c in find_cases(tmp_path / "cohort")}
+    assert any(flags[c] for c in split["test"]) and not all(flags[c] for c in split["test"])
+
+
+def test_write_test_split_refuses_an_output_over_the_cohort(cohort: Path) -> None:
+    with pytest.raises(ValueError, match="train folder .* lies inside the cohort folder"):
+        write_test_split(cohort, cohort, 2, overwrite=True)
+
+
+def _csv_cohort(cohort: Path, dest: Path, text: str, encoding: str = "utf-8") -> Path:
+    import shutil
+
+    shutil.copytree(cohort, dest)
+    (dest / "manifest.json").unlink()
+    (dest / "manifest.csv").write_bytes(text.encode(encoding))
+    return dest
+
+
+def test_csv_manifest_with_spaces_and_a_byte_order_mark(cohort: Path, tmp_path: Path) -> None:
+    """A spreadsheet export ("case_id, patient_id", UTF-8 with BOM) keeps its patient ids."""
+    ids = [e.case_id for e in read_manifest(cohort / "manifest.json").cases]
+    rows = "".join(f"{cid}, P{i // 2}, 2\n" for i, cid in enumerate(ids))
+    dest = _csv_cohort(cohort, tmp_path / "c", "case_id, patient_id, num_timepoints\n" + rows, "utf-8-sig")
+    cases = find_cases(dest)
+    assert [c.patient_id for c in cases] == [f"P{i // 2}" for i in range(len(ids))]
+    train, val = split_by_patient(cases, 0.3, seed=1)
+    assert not {c.patient_id for c in train} & {c.patient_id for c in val}
+
+
+@pytest.mark.parametrize(("cases", "match"), [
+    ([{"case_id": "a", "patientid": "P1"}], r"unknown field\(s\) \['patientid'\]"),
+    ([{"case_id": "a", "patient_id": [1]}], "patient_id must be a string or an integer"),
+])
+def test_manifest_rows_are_checked(tmp_path: Path, cases: list, match: str) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({"cases": cases}))
+    with pytest.raises(ValueError, match=match):
+        read_manifest(tmp_path / "manifest.json")
+
+
+def test_manifest_values_read_as_written(tmp_path: Path) -> None:
+    """A numeric patient id 0 is patient "0" (it became the case id); absent modalities may be null."""
+    (tmp_path / "manifest.json").write_text(json.dumps({"modalities": None, "cases": [
+        {"case_id": "a", "patient_id": 0}, {"case_id": "b", "patient_id": 0}, {"case_id": "c"}]}))
+    m = read_manifest(tmp_path / "manifest.json")
+    assert [e.patient_id for e in m.cases] == ["0", "0", "c"] and m.modalities == ()
+    (tmp_path / "manifest.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match="manifest .* is not UTF-8 text"):
+        read_manifest(tmp_path / "manifest.json")
