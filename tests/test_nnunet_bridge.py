@@ -216,15 +216,18 @@ def test_convert_longiseg_dataset_and_import_predictions(tmp_path: Path, rng: np
 
 
 def test_convert_errors(tmp_path: Path, rng: np.random.Generator) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
     with pytest.raises(FileNotFoundError, match="no case folders"):
-        convert_longiseg_dataset(tmp_path, tmp_path / "raw", 1, "A")
+        convert_longiseg_dataset(root, tmp_path / "raw", 1, "A")
     with pytest.raises(FileNotFoundError, match="no predictions"):
-        import_nnunet_predictions(tmp_path, tmp_path / "pred")
-    (tmp_path / "p1").mkdir()
-    _write_longiseg_case(tmp_path, "p1", [rng.random(SHAPE) > 0.5, rng.random(SHAPE) > 0.5], rng)
-    (tmp_path / "p1" / image_filename(1, "t2")).unlink()
+        import_nnunet_predictions(root, tmp_path / "pred")
+    (root / "p1").mkdir()
+    _write_longiseg_case(root, "p1", [rng.random(SHAPE) > 0.5, rng.random(SHAPE) > 0.5], rng)
+    (root / "p1" / image_filename(1, "t2")).unlink()
     with pytest.raises(FileNotFoundError, match="case .p1.: missing image .*t1_t2"):
-        convert_longiseg_dataset(tmp_path, tmp_path / "raw", 1, "A", modalities=["flair", "t2"])
+        convert_longiseg_dataset(root, tmp_path / "raw", 1, "A", modalities=["flair", "t2"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing written
 
 
 def test_convert_reads_cases_as_training_does(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -246,3 +249,215 @@ def test_convert_reads_cases_as_training_does(tmp_path: Path, rng: np.random.Gen
     nib.save(nib.Nifti1Image(masks[0].astype(np.uint8) * 2, np.eye(4)), root / "p2" / BASELINE_MASK)
     with pytest.raises(ValueError, match=r"p2/baseline_mask.nii.gz must be binary"):
         convert_longiseg_dataset(root, tmp_path / "raw", 504, "Bad")
+
+
+# ------------------------------------------------------------------ nothing half-written, nothing misread
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes), to show that a folder was left as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _save(arr: np.ndarray, path: Path, affine: np.ndarray | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(arr, np.eye(4) if affine is None else affine), str(path))
+
+
+def _four_class(rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 4, size=SHAPE).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("dtype", "bad_values", "shown"), [
+    (np.float32, (2.7, 0.6), r"\[0\.6, 2\.7\]"),  # was rounded down to 2 and 0
+    (np.int32, (65537,), r"\[65537\]"),  # was wrapped to 1 by an int16 cast
+    (np.uint8, (4, 9), r"\[4, 9\]"),
+    (np.int16, (-1,), r"\[-1\]"),
+])
+def test_import_refuses_bad_label_values_naming_the_file(tmp_path: Path, rng: np.random.Generator, dtype: type,
+                                                         bad_values: tuple[float, ...], shown: str) -> None:
+    labels = _four_class(rng).astype(dtype)
+    labels.flat[: len(bad_values)] = bad_values
+    pred, out = tmp_path / "nnunet", tmp_path / "out"
+    _save(_four_class(rng), pred / "a_fu1.nii.gz")
+    _save(labels, pred / "b_fu1.nii.gz")
+    with pytest.raises(ValueError, match=r"nnU-Net prediction .*b_fu1\.nii\.gz must hold the integer labels "
+                                         r"\{0, 1, 2, 3\}.*found values such as " + shown):
+        import_nnunet_predictions(pred, out)
+    assert not out.exists()  # case 'a' (valid, checked first) was not written either
+
+
+def test_import_accepts_integer_valued_floats_and_a_trailing_channel(tmp_path: Path, rng: np.random.Generator
+                                                                      ) -> None:
+    labels = _four_class(rng)
+    _save(labels.astype(np.float32)[..., None], tmp_path / "pred" / "a_fu1.nii.gz")  # (D, H, W, 1), 0.0 .. 3.0
+    import_nnunet_predictions(tmp_path / "pred", tmp_path / "out")
+    baseline, progression = four_class_to_masks(labels)
+    out = tmp_path / "out" / "a"
+    assert np.array_equal(np.asarray(nib.load(out / BASELINE_MASK).dataobj), baseline)
+    assert np.array_equal(np.asarray(nib.load(out / progression_filename(1)).dataobj), progression)
+
+
+def test_import_refuses_pairs_on_different_grids_naming_both_files(tmp_path: Path, rng: np.random.Generator
+                                                                   ) -> None:
+    pred, out = tmp_path / "nnunet", tmp_path / "out"
+    shifted = np.eye(4)
+    shifted[0, 3] = 5.0
+    _save(_four_class(rng), pred / "a_fu1.nii.gz")
+    _save(_four_class(rng), pred / "x_fu1.nii.gz")
+    _save(_four_class(rng), pred / "x_fu2.nii.gz", shifted)  # was written with x_fu1's affine, silently
+    with pytest.raises(ValueError, match=r"x_fu2\.nii\.gz lies on another grid than .*x_fu1\.nii\.gz "
+                                         r"\(affines differ by up to 5"):
+        import_nnunet_predictions(pred, out)
+    assert not out.exists()
+    _save(np.zeros((4, 5, 7), np.uint8), pred / "x_fu2.nii.gz")
+    with pytest.raises(ValueError, match=r"x_fu2\.nii\.gz has shape \(4, 5, 7\) but .*x_fu1\.nii\.gz has "
+                                         r"\(4, 5, 3\)"):
+        import_nnunet_predictions(pred, out)
+    _save(np.zeros((*SHAPE, 2), np.uint8), pred / "x_fu2.nii.gz")
+    with pytest.raises(ValueError, match=r"x_fu2\.nii\.gz must be one 3D label map"):
+        import_nnunet_predictions(pred, out)
+    assert not out.exists()
+
+
+def test_import_checks_every_case_before_writing_any(tmp_path: Path, rng: np.random.Generator) -> None:
+    pred, out = tmp_path / "nnunet", tmp_path / "out"
+    for case in "abc":
+        _save(_four_class(rng), pred / f"{case}_fu1.nii.gz")
+    bad = _four_class(rng)
+    bad[0, 0, 0] = 9
+    _save(bad, pred / "c_fu1.nii.gz")
+    out.mkdir()
+    _save(np.ones(SHAPE, np.uint8), out / "keep" / BASELINE_MASK)  # another case already in out_root
+    before = _tree(out)
+    with pytest.raises(ValueError, match=r"c_fu1\.nii\.gz must hold .*\[9\]"):
+        import_nnunet_predictions(pred, out)
+    assert _tree(out) == before  # 'a' and 'b' were not written before 'c' failed
+    _save(_four_class(rng), pred / "c_fu1.nii.gz")
+    _save(np.ones(SHAPE, np.uint8), out / "b" / "notes.nii.gz")  # an existing case folder: refused up front
+    before = _tree(out)
+    with pytest.raises(FileExistsError, match=r"out/b \(output folder of case 'b'\) already exists"):
+        import_nnunet_predictions(pred, out)
+    assert _tree(out) == before
+    written = import_nnunet_predictions(pred, out, overwrite=True)  # b replaced as a whole, 'keep' untouched
+    assert len(written) == 6 and sorted(p.name for p in (out / "b").iterdir()) == [BASELINE_MASK,
+                                                                                   progression_filename(1)]
+    assert (out / "keep" / BASELINE_MASK).read_bytes() == before[f"keep/{BASELINE_MASK}"]
+
+
+def test_import_refuses_an_out_root_overlapping_pred_dir(tmp_path: Path, rng: np.random.Generator) -> None:
+    pred = tmp_path / "nnunet"
+    _save(_four_class(rng), pred / "a_fu1.nii.gz")
+    for out, how in ((pred, "is"), (pred / "sub", "lies inside"), (tmp_path, "holds")):
+        with pytest.raises(ValueError, match=f"out_root .* {how} the pred_dir folder"):
+            import_nnunet_predictions(pred, out)
+    assert sorted(p.name for p in pred.iterdir()) == ["a_fu1.nii.gz"]
+    with pytest.raises(FileNotFoundError, match="pred_dir .*missing does not exist"):
+        import_nnunet_predictions(tmp_path / "missing", tmp_path / "out")
+
+
+def test_write_overwrite_replaces_the_whole_dataset(tmp_path: Path, rng: np.random.Generator) -> None:
+    folder = write_nnunet_dataset(tmp_path, 11, "Re", [_case("a", rng), _case("b", rng), _case("c", rng)],
+                                  ["x", "y"])
+    (folder / "notes.txt").write_text("stale")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_nnunet_dataset(tmp_path, 11, "Re", [_case("a", rng)], ["x", "y"])
+    one = _case("z", rng)
+    write_nnunet_dataset(tmp_path, 11, "Re", [one], ["x", "y"], overwrite=True)
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == ["z.nii.gz"]
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == ["z_0000.nii.gz", "z_0001.nii.gz"]
+    assert not (folder / "notes.txt").exists()
+    assert check_nnunet_raw_dataset(folder)["cases"] == ["z"]
+    assert np.array_equal(np.asarray(nib.load(folder / "labelsTr" / "z.nii.gz").dataobj), one.labels)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]  # no temporary left behind
+    empty = tmp_path / "Dataset012_Empty"
+    empty.mkdir()  # an existing empty folder is written without overwrite
+    assert check_nnunet_raw_dataset(write_nnunet_dataset(tmp_path, 12, "Empty", [_case("a", rng)], ["x", "y"]))
+
+
+def test_write_failure_leaves_the_destination_as_it_was(tmp_path: Path, rng: np.random.Generator) -> None:
+    folder = write_nnunet_dataset(tmp_path / "raw", 13, "Keep", [_case("a", rng), _case("b", rng)], ["x", "y"])
+    before = _tree(folder)
+
+    def cases():  # an iterator: checked as they come, the bad one after a good one was written
+        yield _case("p", rng)
+        yield _case("p", rng)
+
+    with pytest.raises(ValueError, match="duplicate case_id 'p'"):
+        write_nnunet_dataset(tmp_path / "raw", 13, "Keep", cases(), ["x", "y"], overwrite=True)
+    assert _tree(folder) == before
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [folder.name]
+    with pytest.raises(ValueError, match="case .b. has 3 images"):  # a list: every case checked before writing
+        write_nnunet_dataset(tmp_path / "new" / "raw", 14, "New", [_case("a", rng), _case("b", rng, 3)],
+                             ["x", "y"])
+    with pytest.raises(ValueError, match="duplicate"):
+        write_nnunet_dataset(tmp_path / "new" / "raw", 14, "New", cases(), ["x", "y"])
+    assert not (tmp_path / "new").exists()  # not even out_root is left behind
+    with pytest.raises(ValueError, match=r"extra_json must not set \['numTraining'\]"):
+        write_nnunet_dataset(tmp_path / "raw", 15, "J", [_case("a", rng)], ["x", "y"], extra_json={"numTraining": 9})
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="out_root"):
+        write_nnunet_dataset(tmp_path / "file", 16, "F", [_case("a", rng)], ["x", "y"])
+
+
+def test_write_many_labels_are_not_wrapped(tmp_path: Path, rng: np.random.Generator) -> None:
+    labels = {"background": 0, **{f"l{i}": i for i in range(1, 300)}}
+    lab = np.zeros(SHAPE, np.int64)
+    lab[0, 0, 0] = 299
+    folder = write_nnunet_dataset(tmp_path, 17, "Many", [NnUNetCase("a", [np.zeros(SHAPE)], lab)], ["x"], labels)
+    assert np.asarray(nib.load(folder / "labelsTr" / "a.nii.gz").dataobj)[0, 0, 0] == 299
+    assert check_nnunet_raw_dataset(folder)["num_cases"] == 1
+
+
+def _cohort(root: Path, cases: dict[str, int], rng: np.random.Generator) -> dict[str, list[np.ndarray]]:
+    masks = {}
+    for case, n in cases.items():
+        (root / case).mkdir(parents=True)
+        masks[case] = [rng.random(SHAPE) > 0.7 for _ in range(n)]
+        _write_longiseg_case(root, case, masks[case], rng)
+    return masks
+
+
+def test_convert_overwrite_leaves_no_stale_cases_and_round_trips(tmp_path: Path, rng: np.random.Generator) -> None:
+    raw = tmp_path / "raw"
+    _cohort(tmp_path / "two", {"p1": 2, "p2": 2}, rng)
+    folder = convert_longiseg_dataset(tmp_path / "two", raw, 520, "Re")
+    masks = _cohort(tmp_path / "one", {"q1": 3}, rng)
+    assert convert_longiseg_dataset(tmp_path / "one", raw, 520, "Re", overwrite=True) == folder
+    summary = check_nnunet_raw_dataset(folder)  # was: numTraining 1 but labelsTr holds 3 cases
+    assert summary["cases"] == ["q1_fu1", "q1_fu2"]
+    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
+    import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred")
+    out = tmp_path / "pred" / "q1"
+    assert np.array_equal(np.asarray(nib.load(out / BASELINE_MASK).dataobj).astype(bool), masks["q1"][0])
+    for t in (1, 2):
+        got = np.asarray(nib.load(out / progression_filename(t)).dataobj).astype(bool)
+        assert np.array_equal(got, masks["q1"][t])
+
+
+def test_convert_refuses_an_nnunet_case_id_before_writing(tmp_path: Path, rng: np.random.Generator) -> None:
+    root, raw = tmp_path / "data", tmp_path / "raw"
+    _cohort(root, {"a1": 2, "b.1": 2}, rng)  # a valid longiseg id that nnU-Net refuses
+    with pytest.raises(ValueError, match=r"case 'b\.1' of .*data cannot be named in nnU-Net .*'b\.1_fu1'"):
+        convert_longiseg_dataset(root, raw, 521, "Ids")
+    assert not raw.exists()
+    (root / "b.1").rename(root / "b1")
+    folder = convert_longiseg_dataset(root, raw, 521, "Ids")  # the rerun is not blocked by leftovers
+    assert check_nnunet_raw_dataset(folder)["cases"] == ["a1_fu1", "b1_fu1"]
+
+
+def test_convert_failure_keeps_the_old_dataset(tmp_path: Path, rng: np.random.Generator) -> None:
+    root, raw = tmp_path / "data", tmp_path / "raw"
+    masks = _cohort(root, {"p1": 2, "p2": 2}, rng)
+    folder = convert_longiseg_dataset(root, raw, 522, "Keep")
+    before = _tree(folder)
+    nib.save(nib.Nifti1Image(masks["p2"][0].astype(np.uint8) * 2, np.eye(4)), root / "p2" / BASELINE_MASK)
+    with pytest.raises(ValueError, match=r"p2/baseline_mask\.nii\.gz must be binary"):
+        convert_longiseg_dataset(root, raw, 522, "Keep", overwrite=True)  # fails after p1 was converted
+    assert _tree(folder) == before
+    assert sorted(p.name for p in raw.iterdir()) == [folder.name]
+    inside = tmp_path / "raw" / "Dataset523_In" / "cohort"
+    _cohort(inside, {"p1": 2}, rng)
+    with pytest.raises(ValueError, match="dataset folder .* holds the root folder"):
+        convert_longiseg_dataset(inside, raw, 523, "In", overwrite=True)  # would delete its own input
+    assert (inside / "p1" / BASELINE_MASK).is_file()

@@ -19,13 +19,18 @@ per input channel), ``labelsTr/{case}.nii.gz`` and ``dataset.json`` (``channel_n
 :func:`convert_longiseg_dataset` builds it from a dataset in longiseg's folder layout (one nnU-Net case
 per successive timepoint pair), :func:`import_nnunet_predictions` turns nnU-Net's predicted label maps
 back into longiseg's prediction layout, and :func:`check_nnunet_raw_dataset` checks the structure.
+
+Nothing is half-written: the dataset folder is built in a temporary folder and renamed into place as a
+whole (``overwrite=True`` replaces the old one entirely, a failure leaves it as it was), and predictions are
+all checked (names, grids, label values) before the first case folder is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +40,15 @@ import torch
 from tqdm import tqdm
 
 from longiseg.data.layout import check_case_id
-from longiseg.data.loading import find_cases, load_case, save_prediction
-from longiseg.utils.io import atomic_save_nifti, atomic_write_json, load_nifti
+from longiseg.data.loading import find_cases, load_case, nifti_spacing, save_prediction
+from longiseg.utils.io import (
+    atomic_directory,
+    atomic_save_nifti,
+    atomic_write_json,
+    check_output_folder,
+    check_separate_folders,
+    load_nifti,
+)
 from longiseg.utils.validation import check_binary, check_finite, check_same_shape
 
 __all__ = [
@@ -55,6 +67,10 @@ __all__ = [
 FOUR_CLASS_LABELS: dict[str, int] = {"background": 0, "baseline_only": 1, "followup_only": 2, "overlap": 3}
 
 FILE_ENDING = ".nii.gz"
+#: ``dataset.json`` keys that the writer sets itself (``extra_json`` may not replace them).
+_REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+_AFFINE_ATOL = 1e-4
+_PREDICTION = "nnU-Net prediction"
 _CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _DATASET_DIR_RE = re.compile(r"^Dataset(\d{3})_(\S+)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
@@ -140,11 +156,7 @@ class NnUNetCase:
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
 
     def __post_init__(self) -> None:
-        if not isinstance(self.case_id, str) or not _CASE_ID_RE.match(self.case_id):
-            raise ValueError(
-                f"case_id must start with a letter or digit and hold only letters, digits, '_' and '-', "
-                f"got {self.case_id!r}"
-            )
+        _check_nnunet_case_id(self.case_id)
         if len(self.images) == 0:
             raise ValueError(f"case {self.case_id!r}: images must hold at least one channel")
         labels = np.asarray(self.labels)
@@ -156,6 +168,18 @@ class NnUNetCase:
             check_finite(f"case {self.case_id!r} images[{i}]", img)
         if np.asarray(self.affine).shape != (4, 4):
             raise ValueError(f"case {self.case_id!r}: affine must be (4, 4), got {np.asarray(self.affine).shape}")
+        check_finite(f"case {self.case_id!r} affine", np.asarray(self.affine, dtype=np.float64))
+
+
+def _check_nnunet_case_id(case_id: object, where: str = "") -> str:
+    """``case_id`` if nnU-Net accepts it as a case identifier (file names ``{case}_{XXXX}.nii.gz``)."""
+    if not isinstance(case_id, str) or not _CASE_ID_RE.match(case_id):
+        prefix = f"{where}: " if where else ""
+        raise ValueError(
+            f"{prefix}case_id must start with a letter or digit and hold only letters, digits, '_' and '-' "
+            f"(nnU-Net's case identifiers), got {case_id!r}"
+        )
+    return case_id
 
 
 def nnunet_dataset_name(dataset_id: int, name: str) -> str:
@@ -178,7 +202,14 @@ def write_nnunet_dataset(
     overwrite: bool = False,
     extra_json: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an nnU-Net v2 raw dataset ``out_root/DatasetXXX_Name``.
+    """Write an nnU-Net v2 raw dataset ``out_root/DatasetXXX_Name`` as a whole.
+
+    The folder is built in a temporary folder next to it and renamed into place at the end, so readers see
+    the complete dataset or none: ``overwrite=True`` replaces an existing dataset folder entirely (no stale
+    cases of an earlier export remain), and on any error the destination is left as it was. The arguments,
+    the destination and, when ``cases`` is a sequence (list, tuple), every case are checked before anything
+    is written; cases from an iterator (e.g. a generator loading them one at a time) are checked as they
+    come, and an error in one still leaves nothing behind.
 
     Args:
         out_root: the ``nnUNet_raw`` folder (created if missing).
@@ -188,26 +219,67 @@ def write_nnunet_dataset(
         channel_names: name of each input channel (``dataset.json`` "channel_names"; names other than
             ``"CT"`` make nnU-Net z-score each channel).
         labels: ``dataset.json`` "labels" (name -> consecutive int from 0); default :data:`FOUR_CLASS_LABELS`.
-        overwrite: replace existing files (otherwise an existing file raises ``FileExistsError``).
-        extra_json: further ``dataset.json`` entries (e.g. ``{"description": ...}``).
+        overwrite: replace an existing dataset folder as a whole (otherwise only a missing or empty one is
+            written).
+        extra_json: further ``dataset.json`` entries (e.g. ``{"description": ...}``); it may not replace
+            ``channel_names``, ``labels``, ``numTraining`` or ``file_ending``.
 
     Returns:
-        The dataset folder. Every file is written atomically; ``dataset.json`` last.
+        The dataset folder.
 
     Raises:
-        ValueError: on a bad id/name, duplicate case ids, a wrong number of images, no cases, or labels
-            outside the declared ones.
+        FileExistsError: the dataset folder exists, is not empty and ``overwrite`` is ``False``.
+        NotADirectoryError: ``out_root`` or the dataset folder is a file.
+        TypeError: ``cases`` holds something other than :class:`NnUNetCase`.
+        ValueError: on a bad id/name, duplicate case ids, a wrong number of images, no cases, labels
+            outside the declared ones, or ``extra_json`` replacing a required key.
     """
     labels = dict(FOUR_CLASS_LABELS if labels is None else labels)
     _check_label_dict(labels)
     channel_names = list(channel_names)
     if not channel_names or not all(isinstance(c, str) and c for c in channel_names):
         raise ValueError(f"channel_names must be a non-empty list of non-empty strings, got {channel_names!r}")
+    if extra_json is not None and not isinstance(extra_json, dict):
+        raise TypeError(f"extra_json must be a dict or None, got {type(extra_json).__name__}")
+    clash = sorted(set(extra_json or {}) & set(_REQUIRED_KEYS))
+    if clash:
+        raise ValueError(f"extra_json must not set {clash}: the writer sets them from the cases and arguments")
     folder = Path(out_root) / nnunet_dataset_name(dataset_id, name)
-    images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
+    replace = _check_destination(folder, overwrite)
+    checked: Iterable[NnUNetCase] = _checked_cases(cases, channel_names, labels)
+    if isinstance(cases, Sequence):  # already in memory: check every case before creating anything
+        checked = list(checked)
+    label_dtype = np.min_scalar_type(len(labels) - 1)  # uint8 for up to 256 labels: never wraps
+    with _remove_created_folders(folder.parent), atomic_directory(folder, overwrite=replace) as tmp:
+        images_dir, labels_dir = tmp / "imagesTr", tmp / "labelsTr"
+        images_dir.mkdir()
+        labels_dir.mkdir()
+        num_cases = 0
+        for case in tqdm(checked, desc=f"writing {folder.name}", unit="case"):
+            for ch, img in enumerate(case.images):
+                atomic_save_nifti(np.asarray(img, dtype=np.float32), case.affine,
+                                  images_dir / f"{case.case_id}_{ch:04d}{FILE_ENDING}")
+            atomic_save_nifti(np.asarray(case.labels).astype(label_dtype), case.affine,
+                              labels_dir / f"{case.case_id}{FILE_ENDING}")
+            num_cases += 1
+        meta: dict[str, Any] = {
+            "channel_names": {str(i): c for i, c in enumerate(channel_names)},
+            "labels": labels,
+            "numTraining": num_cases,
+            "file_ending": FILE_ENDING,
+            "name": name,
+        }
+        meta.update(extra_json or {})
+        atomic_write_json(tmp / "dataset.json", meta)
+    return folder
+
+
+def _checked_cases(cases: Iterable[NnUNetCase], channel_names: list[str], labels: dict[str, int]
+                   ) -> Iterator[NnUNetCase]:
+    """Yield ``cases`` one by one after checking each (type, unique id, channels, declared label values)."""
     seen: set[str] = set()
     allowed = np.array(sorted(labels.values()))
-    for case in tqdm(cases, desc=f"writing {folder.name}", unit="case"):
+    for case in cases:
         if not isinstance(case, NnUNetCase):
             raise TypeError(f"cases must hold NnUNetCase objects, got {type(case).__name__}")
         if case.case_id in seen:
@@ -217,29 +289,46 @@ def write_nnunet_dataset(
                 f"case {case.case_id!r} has {len(case.images)} images but channel_names has {len(channel_names)}"
             )
         lab = np.asarray(case.labels)
+        if not np.issubdtype(lab.dtype, np.integer):
+            raise TypeError(f"case {case.case_id!r}: labels must be an integer array, got dtype {lab.dtype}")
         if not np.isin(lab, allowed).all():
             raise ValueError(
                 f"case {case.case_id!r}: labels hold values {np.setdiff1d(np.unique(lab), allowed)[:5].tolist()} "
                 f"not declared in labels {labels}"
             )
         seen.add(case.case_id)
-        for ch, img in enumerate(case.images):
-            atomic_save_nifti(np.asarray(img, dtype=np.float32), case.affine,
-                              images_dir / f"{case.case_id}_{ch:04d}{FILE_ENDING}", overwrite=overwrite)
-        atomic_save_nifti(lab.astype(np.uint8), case.affine, labels_dir / f"{case.case_id}{FILE_ENDING}",
-                          overwrite=overwrite)
+        yield case
     if not seen:
         raise ValueError("cases is empty: an nnU-Net dataset needs at least one training case")
-    meta: dict[str, Any] = {
-        "channel_names": {str(i): c for i, c in enumerate(channel_names)},
-        "labels": labels,
-        "numTraining": len(seen),
-        "file_ending": FILE_ENDING,
-        "name": name,
-    }
-    meta.update(extra_json or {})
-    atomic_write_json(folder / "dataset.json", meta, overwrite=overwrite)
-    return folder
+
+
+def _check_destination(folder: Path, overwrite: bool) -> bool:
+    """Refuse ``folder`` as an output before any work; ``True`` when it may be replaced (``overwrite`` or empty)."""
+    check_output_folder(folder.parent, "out_root")
+    check_output_folder(folder, "dataset folder")
+    empty = folder.is_dir() and not any(folder.iterdir())
+    if folder.exists() and not (overwrite or empty):
+        raise FileExistsError(f"{folder} already exists; pass overwrite=True to replace it as a whole")
+    return overwrite or empty
+
+
+@contextlib.contextmanager
+def _remove_created_folders(path: Path) -> Iterator[None]:
+    """On an error, remove the (still empty) folders up to ``path`` that did not exist before."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        yield
+    except BaseException:
+        for created in missing:  # deepest first; stop at the first one that is not empty
+            try:
+                created.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _check_label_dict(labels: dict[str, Any]) -> None:
@@ -290,22 +379,30 @@ def convert_longiseg_dataset(
         name: nnU-Net dataset name.
         modalities: modalities to use, in order; default: the manifest's, else each case's baseline
             modalities sorted (all cases must then have the same).
-        overwrite: replace existing files.
+        overwrite: replace an existing dataset folder as a whole.
 
     Returns:
-        The written ``DatasetXXX_Name`` folder.
+        The written ``DatasetXXX_Name`` folder (written as a whole by :func:`write_nnunet_dataset`: on an
+        error nothing is written and an existing folder is left as it was).
 
     Raises:
         FileNotFoundError: if ``root`` holds no case folder, or a case lacks an image or mask.
+        FileExistsError: the dataset folder exists, is not empty and ``overwrite`` is ``False``.
         ValueError: on inconsistent modalities or shapes, non-binary masks, ambiguous (``.nii`` and
-            ``.nii.gz``) or unreadable files, or a case id that nnU-Net does not accept.
+            ``.nii.gz``) or unreadable files, a case id that nnU-Net does not accept (e.g. ``b.1``: checked
+            for every case before any is read), or a dataset folder that is, lies inside or holds ``root``.
     """
+    folder = Path(out_root) / nnunet_dataset_name(dataset_id, name)
+    check_separate_folders(folder, "dataset folder", {"root": root})
     sources = find_cases(root, modalities=modalities, require_masks=True)  # every file name checked first
     modalities = list(sources[0].modalities)
     for source in sources:
         if list(source.modalities) != modalities:
             raise ValueError(f"case {source.case_id!r} has modalities {list(source.modalities)} but case "
                              f"{sources[0].case_id!r} has {modalities}; pass modalities=[...] to choose")
+        for t in range(1, source.num_timepoints):  # every nnU-Net name checked before any case is read
+            _check_nnunet_case_id(f"{source.case_id}_fu{t}", where=f"case {source.case_id!r} of {root} "
+                                  "cannot be named in nnU-Net (rename the case)")
 
     def cases() -> Iterable[NnUNetCase]:
         for source in sources:
@@ -331,24 +428,41 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
 
     Writes ``out_root/CASE/baseline_mask.nii.gz`` (from the pair ``CASE_fu1``) and
     ``out_root/CASE/progression_t{t}.nii.gz`` for every predicted pair with
-    :func:`~longiseg.data.loading.save_prediction` (each case folder as a whole), so ``longiseg evaluate`` can
-    score nnU-Net like any other model.
+    :func:`~longiseg.data.loading.save_prediction`, so ``longiseg evaluate`` can score nnU-Net like any other
+    model.
+
+    Everything is checked before the first file is written: the names (``CASE`` a single folder name, pairs
+    ``fu1 .. fu<n>`` without gaps), the destination (no existing case folder unless ``overwrite``), every
+    file's grid (one 3D volume; all pairs of a case on the grid of ``CASE_fu1``: same shape and affine) and
+    every label value (integers in ``{0, 1, 2, 3}``; a float map holding ``2.7`` or an ``int32`` holding
+    ``65537`` is refused, never rounded or wrapped). Then each case folder is written as a whole (readers
+    see the complete case or none); other folders in ``out_root`` are left alone.
 
     Args:
         pred_dir: folder with nnU-Net's predicted label maps.
-        out_root: destination folder.
+        out_root: destination folder (not ``pred_dir``, not inside it, not holding it).
         overwrite: replace existing case folders as a whole.
 
     Returns:
         The written files.
 
     Raises:
-        FileNotFoundError: if ``pred_dir`` holds no ``*_fu{t}.nii.gz`` file.
-        FileExistsError: a case folder exists and ``overwrite`` is ``False``.
-        ValueError: a ``CASE`` is not a single folder name (e.g. ``..``), its pairs are not ``fu1 .. fu<n>``
-            without gaps, or a prediction is unreadable.
+        FileNotFoundError: if ``pred_dir`` does not exist or holds no ``*_fu{t}.nii.gz`` file.
+        FileExistsError: a case folder exists, is not empty and ``overwrite`` is ``False``.
+        NotADirectoryError: ``pred_dir``, ``out_root`` or a case folder's path is a file.
+        ValueError: naming the file(s): a ``CASE`` is not a single folder name (e.g. ``..``), its pairs are
+            not ``fu1 .. fu<n>`` without gaps, a prediction is unreadable or not one 3D volume, has header
+            voxel sizes that disagree with its affine (:func:`~longiseg.data.loading.nifti_spacing`), holds
+            values other than the integer labels 0..3, or lies on another grid than its case's ``CASE_fu1``;
+            or ``out_root`` overlaps ``pred_dir``.
     """
     pred_dir, out_root = Path(pred_dir), Path(out_root)
+    if not pred_dir.exists():
+        raise FileNotFoundError(f"pred_dir {pred_dir} does not exist")
+    if not pred_dir.is_dir():
+        raise NotADirectoryError(f"pred_dir {pred_dir} is not a folder")
+    check_output_folder(out_root, "out_root")
+    check_separate_folders(out_root, "out_root", {"pred_dir": pred_dir})
     pattern = re.compile(r"^(.+)_fu(\d+)" + re.escape(FILE_ENDING) + "$")
     found = sorted((m.group(1), int(m.group(2)), p) for p in pred_dir.glob(f"*{FILE_ENDING}")
                    if (m := pattern.match(p.name)))
@@ -356,25 +470,81 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
         raise FileNotFoundError(f"no predictions named CASE_fu<t>{FILE_ENDING} in {pred_dir}")
     pairs: dict[str, list[tuple[int, Path]]] = {}
     for case, t, path in found:
-        check_case_id(case, where=f"nnU-Net prediction {path}")
+        check_case_id(case, where=f"{_PREDICTION} {path}")
         pairs.setdefault(case, []).append((t, path))
     for case, case_pairs in pairs.items():
         followups = [t for t, _ in case_pairs]
         if followups != list(range(1, len(followups) + 1)):
             raise ValueError(f"nnU-Net predictions of case {case!r} must be the pairs {case}_fu1 .. "
                              f"{case}_fu<n> without gaps, found follow-ups {followups} in {pred_dir}")
+    for case in pairs:  # the destination: refuse an existing case folder before reading any voxel
+        dest = out_root / case
+        if dest.exists() and not dest.is_dir():
+            raise NotADirectoryError(f"{dest} (output folder of case {case!r}) exists and is not a folder")
+        if not overwrite and dest.is_dir() and any(dest.iterdir()):
+            raise FileExistsError(f"{dest} (output folder of case {case!r}) already exists; pass overwrite=True "
+                                  "to replace it as a whole")
+    for case_pairs in pairs.values():  # every header: one 3D volume per file, one grid per case
+        first: tuple[Path, tuple[int, ...], np.ndarray] | None = None
+        for _, path in case_pairs:
+            img = load_nifti(path, what=_PREDICTION, header_only=True)
+            shape = _volume_shape(img.shape, path)
+            nifti_spacing(img, path, what=_PREDICTION)
+            affine = np.asarray(img.affine, dtype=np.float64)
+            if first is None:
+                first = (path, shape, affine)
+            else:
+                _check_same_grid(path, shape, affine, *first)
+    for case_pairs in tqdm(list(pairs.values()), desc="checking nnU-Net predictions", unit="case"):
+        for _, path in case_pairs:  # every label value, before anything is written
+            _read_four_class(path)
     written: list[Path] = []
     for case, case_pairs in tqdm(pairs.items(), desc="importing nnU-Net predictions", unit="case"):
         masks, affine = [], np.eye(4)
         for t, path in case_pairs:
-            labels, pair_affine = _load(path)
-            baseline, progression = four_class_to_masks(labels.astype(np.int16))
+            labels, pair_affine = _read_four_class(path)
+            baseline, progression = four_class_to_masks(labels)
             if t == 1:
                 masks.append(baseline)
                 affine = pair_affine
             masks.append(progression)
         written += save_prediction(out_root, case, affine, {"mask": masks}, overwrite=overwrite)["mask"]
     return written
+
+
+def _volume_shape(shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
+    """The ``(D, H, W)`` shape of a stored label map (``(D, H, W, 1)`` counts as 3D), else ``ValueError``."""
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ValueError(f"{_PREDICTION} {path} must be one 3D label map (D, H, W), got shape {tuple(shape)}")
+    return tuple(shape)
+
+
+def _check_same_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray,
+                     first_path: Path, first_shape: tuple[int, ...], first_affine: np.ndarray) -> None:
+    """Refuse a pair that does not lie on the grid of its case's first pair, naming both files."""
+    if shape != first_shape:
+        raise ValueError(f"{_PREDICTION} {path} has shape {shape} but {first_path} has {first_shape}: all pairs "
+                         "of a case must lie on one grid")
+    if not np.allclose(affine, first_affine, rtol=0.0, atol=_AFFINE_ATOL):
+        raise ValueError(
+            f"{_PREDICTION} {path} lies on another grid than {first_path} (affines differ by up to "
+            f"{float(np.abs(affine - first_affine).max()):.3g}, tolerance {_AFFINE_ATOL:g}): all pairs of a case "
+            "must lie on one grid, the one its masks are written with")
+
+
+def _read_four_class(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 labels (D, H, W), affine)`` of a predicted 4-class map, its values checked before any cast."""
+    img = load_nifti(path, what=_PREDICTION)
+    arr = np.asanyarray(img.dataobj)
+    arr = arr.reshape(_volume_shape(arr.shape, path))
+    bad = ~np.isin(arr, list(FOUR_CLASS_LABELS.values()))
+    if bad.any():
+        values = [float(f"{v:.6g}") if isinstance(v, float) else v for v in np.unique(arr[bad])[:5].tolist()]
+        raise ValueError(f"{_PREDICTION} {path} must hold the integer labels {{0, 1, 2, 3}} "
+                         f"({', '.join(FOUR_CLASS_LABELS)}), found values such as {values}")
+    return arr.astype(np.uint8), np.asarray(img.affine, dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------------- structural check
