@@ -1,9 +1,14 @@
 """Convert MSSEG-2, UCSF-ALTPD or any cohort in the library layout into ``OUT/train`` and ``OUT/test``.
 
-The public datasets are read with the adapters of :mod:`longiseg.data.adapters`, every case is loaded and
-checked (:func:`longiseg.data.load_case`: shapes, affines, binary masks, finite intensities) and written in
-the library layout (:func:`longiseg.data.save_case`) with a ``manifest.json`` per split. Patients are split
-into training and test sets stratified by progression (seeded), or by an explicit list of test ids.
+The public datasets are read with the adapters of :mod:`longiseg.data.adapters`. Every case is checked
+first (:func:`longiseg.data.validate_cases`: shapes, affines, binary masks, finite intensities; and the
+adapters' label maps, :func:`longiseg.data.adapters.check_label_maps`), all problems are reported together
+and nothing is written while any case is invalid. Then the cases are written in the library layout
+(:func:`longiseg.data.save_case`) with a ``manifest.json`` per split, into a temporary folder beside OUT that
+replaces OUT as a whole at the end: OUT holds the complete conversion or stays as it was (``--overwrite``
+replaces an earlier conversion entirely, so no stale case or file survives). OUT must not be, lie inside or
+hold the source folder. Patients are split into training and test sets stratified by progression (seeded),
+or by an explicit list of test case ids (with all other cases of their patients).
 
 Usage::
 
@@ -23,7 +28,11 @@ Nothing is downloaded: get the datasets from their providers first (see examples
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
+import os
 from collections.abc import Sequence
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -32,88 +41,233 @@ from tqdm.auto import tqdm
 from longiseg.data import (
     CaseSource,
     Manifest,
-    ManifestEntry,
     find_cases,
     load_case,
+    manifest_from_cases,
     msseg2_cases,
     save_case,
     ucsf_altpd_cases,
+    validate_cases,
     write_manifest,
 )
+from longiseg.data.adapters import LABEL_MAPS_KEY, check_label_maps
 from longiseg.data.layout import MANIFEST_JSON
 from longiseg.data.split import split_by_patient
+from longiseg.utils.io import atomic_directory, check_output_folder, check_separate_folders
+
+#: The entries a conversion writes into OUT; ``--overwrite`` replaces only a folder holding nothing else.
+SPLITS = ("train", "test")
 
 
 def select_cases(sources: Sequence[CaseSource], max_cases: int | None, seed: int) -> list[CaseSource]:
     """A seeded random subset of ``max_cases`` cases (all of them when ``None``), in the original order."""
+    if max_cases is not None and (isinstance(max_cases, bool) or not isinstance(max_cases, Integral) or max_cases < 1):
+        raise ValueError(f"max_cases (--max-cases) must be an integer >= 1, got {max_cases!r}")
     if max_cases is None or max_cases >= len(sources):
         return list(sources)
-    if max_cases < 1:
-        raise ValueError(f"max_cases must be >= 1, got {max_cases}")
     keep = set(np.random.default_rng(seed).choice(len(sources), size=max_cases, replace=False).tolist())
     return [s for i, s in enumerate(sources) if i in keep]
 
 
+def _check_test_fraction(test_fraction: float) -> float:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, Real):
+        raise TypeError(f"test_fraction (--test-fraction) must be a number, got {type(test_fraction).__name__}")
+    if not (math.isfinite(test_fraction) and 0.0 <= test_fraction < 1.0):
+        raise ValueError(f"test_fraction (--test-fraction) must be in [0, 1) (a share of the patients; some must "
+                         f"stay for training), got {test_fraction}")
+    return float(test_fraction)
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise ValueError(f"seed (--seed) must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+def _split_by_ids(sources: Sequence[CaseSource], test_ids: Sequence[str]
+                  ) -> tuple[list[CaseSource], list[CaseSource]]:
+    if isinstance(test_ids, (str, bytes)):
+        raise TypeError(f"test_ids (--test-ids) must be a list of case ids, got the string {test_ids!r}")
+    wanted = [str(i) for i in test_ids]
+    if not wanted:
+        raise ValueError("test_ids (--test-ids) must name at least one case")
+    unknown = sorted(set(wanted) - {s.case_id for s in sources})
+    if unknown:
+        raise ValueError(f"test_ids (--test-ids): case(s) {unknown} not found among the {len(sources)} cases")
+    patients = {s.patient_id for s in sources if s.case_id in wanted}
+    train = [s for s in sources if s.patient_id not in patients]
+    test = [s for s in sources if s.patient_id in patients]
+    if not train:
+        raise ValueError(f"test_ids (--test-ids) {wanted} hold every patient of the {len(sources)} cases "
+                         f"({len(patients)} patients); leave at least one patient for training")
+    added = sorted(s.case_id for s in test if s.case_id not in wanted)
+    if added:
+        print(f"--test-ids: also testing case(s) {added}, of the same patients as the named cases "
+              "(a patient's cases stay on one side of the split)")
+    return train, test
+
+
 def split_cases(sources: Sequence[CaseSource], *, test_fraction: float, seed: int,
                 test_ids: Sequence[str] | None = None) -> tuple[list[CaseSource], list[CaseSource]]:
-    """``(train, test)``: by patient and stratified by progression, or with the given test case ids.
+    """``(train, test)`` by patient: stratified by progression (seeded), or around the given test case ids.
+
+    With ``test_ids`` every case of a named case's patient is tested too, so no patient lies on both sides.
+    Without, :func:`~longiseg.data.split.split_by_patient` draws ``test_fraction`` of the patients per
+    progression stratum (the progression flags are read from the masks where not known).
 
     Raises:
-        ValueError: a test id is not among the cases, or the split leaves no training case.
+        TypeError: ``test_ids`` is a single string, or ``test_fraction`` not a number.
+        ValueError: naming the option: a test id is not among the cases; the test ids or ``test_fraction``
+            leave no patient for training; ``test_fraction`` is outside ``[0, 1)``.
     """
-    if test_ids:
-        wanted = set(test_ids)
-        unknown = wanted - {s.case_id for s in sources}
-        if unknown:
-            raise ValueError(f"test ids not found among the cases: {sorted(unknown)}")
-        return [s for s in sources if s.case_id not in wanted], [s for s in sources if s.case_id in wanted]
-    return split_by_patient(sources, test_fraction, seed)
+    if test_ids is not None:
+        return _split_by_ids(sources, test_ids)
+    fraction = _check_test_fraction(test_fraction)
+    _check_seed(seed)
+    # flags first, so that a mask that cannot be read is reported as such and not as a bad fraction
+    flagged = [s if s.has_progression is not None else dataclasses.replace(s, has_progression=s.progression_flag())
+               for s in sources]
+    try:
+        return split_by_patient(flagged, fraction, seed)
+    except ValueError as exc:
+        n_patients = len({s.patient_id for s in flagged})
+        n_prog = len({s.patient_id for s in flagged if s.has_progression})
+        raise ValueError(
+            f"test_fraction (--test-fraction) {fraction} puts all {n_patients} patients ({n_prog} with progression, "
+            f"{n_patients - n_prog} without) into the test split, leaving none for training; lower --test-fraction"
+        ) from exc
 
 
-def write_split(sources: Sequence[CaseSource], out_dir: Path, *, overwrite: bool = False) -> Manifest:
-    """Load, check and write every case into ``out_dir`` (library layout) with its ``manifest.json``."""
+def write_split(sources: Sequence[CaseSource], out_dir: Path) -> Manifest:
+    """Load, check and write every case into the new folder ``out_dir`` (library layout) with its ``manifest.json``.
+
+    Raises:
+        ValueError: ``sources`` is empty.
+        FileExistsError: a case's files exist already in ``out_dir``.
+    """
+    if not sources:
+        raise ValueError(f"no cases to write into {out_dir}")
     entries = []
+    modalities = tuple(sources[0].modalities)
     for src in tqdm(sources, desc=f"writing {out_dir.name}", unit="case"):
         case = load_case(src)
-        save_case(case, out_dir, overwrite=overwrite)
-        entries.append(ManifestEntry(case.case_id, case.patient_id, case.num_timepoints, case.has_progression,
-                                     case.baseline_annotated))
-    manifest = Manifest(tuple(sources[0].modalities), tuple(entries))
+        save_case(case, out_dir)
+        entries.extend(manifest_from_cases([case]).cases)
+    manifest = Manifest(modalities, tuple(entries))
     write_manifest(out_dir / MANIFEST_JSON, manifest)
     return manifest
+
+
+def _case_folders(sources: Sequence[CaseSource]) -> dict[str, Path]:
+    """The folders every case reads from, named for messages."""
+    folders: dict[Path, str] = {}
+    for s in sources:
+        for f in s.all_files():
+            folders.setdefault(Path(f).parent, f"case {s.case_id!r}")
+    return {f"{name} folder": folder for folder, name in folders.items()}
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """OUT must be new, empty, or (with ``overwrite``) an earlier conversion holding only ``train/``, ``test/``."""
+    if not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        raise FileExistsError(f"OUT {out} already exists and is not empty; pass --overwrite (overwrite=True) to "
+                              "replace it as a whole")
+    foreign = [name for name in entries if name not in SPLITS]
+    if foreign:
+        raise ValueError(f"OUT {out} holds {foreign}, which a conversion does not write (only {list(SPLITS)}); "
+                         "--overwrite replaces OUT as a whole, so move them away or choose another OUT")
+
+
+def _validate(sources: Sequence[CaseSource]) -> None:
+    """Check every case (files, grids, values, the adapters' label maps) and raise one error listing all."""
+    problems = validate_cases(sources)
+    modalities = tuple(sources[0].modalities)
+    for s in sources:
+        if tuple(s.modalities) != modalities:
+            problems.setdefault(s.case_id, []).append(
+                f"ValueError: case {s.case_id!r} has modalities {list(s.modalities)} but case "
+                f"{sources[0].case_id!r} has {list(modalities)}; all cases of a cohort need the same channels")
+    labelled = [s for s in sources if s.case_id not in problems and s.metadata.get(LABEL_MAPS_KEY)]
+    for s in tqdm(labelled, desc="checking label maps", unit="case", disable=not labelled):
+        try:
+            check_label_maps(s)
+        except (OSError, ValueError) as exc:
+            problems.setdefault(s.case_id, []).append(f"{type(exc).__name__}: {exc}")
+    if problems:
+        lines = "\n".join(f"  {cid}: {msg}" for cid, msgs in problems.items() for msg in msgs)
+        raise ValueError(f"{len(problems)} of {len(sources)} cases are invalid; nothing was written. Fix or "
+                         f"remove them:\n{lines}")
 
 
 def convert(sources: Sequence[CaseSource], out: Path, *, test_fraction: float = 0.2, seed: int = 0,
             max_cases: int | None = None, test_ids: Sequence[str] | None = None,
             drop_stable_test: bool = False, overwrite: bool = False) -> dict[str, Manifest]:
-    """Select, split and write ``sources`` into ``out/train`` and ``out/test``.
+    """Select, check, split and write ``sources`` into ``out/train`` and ``out/test``.
+
+    Everything is checked before anything is written; ``out`` is then built in a temporary folder beside it
+    and renamed into place, so it holds the whole conversion or stays as it was.
 
     Args:
         sources: cases from an adapter or :func:`~longiseg.data.find_cases`.
         out: destination folder.
-        test_fraction: share of patients in the test split (stratified by progression).
+        test_fraction: share of patients in the test split (stratified by progression), in ``[0, 1)``.
         seed: seed of the subset and the split.
         max_cases: keep a random subset of this many cases first.
-        test_ids: explicit test case ids (overrides ``test_fraction``).
+        test_ids: explicit test case ids (overrides ``test_fraction``); their patients' other cases are
+            tested too.
         drop_stable_test: leave test cases without progression out (MSSEG-2 challenge protocol).
-        overwrite: replace existing files.
+        overwrite: replace an existing ``out`` (an earlier conversion: only ``train/`` and ``test/``) as a whole.
 
     Returns:
         ``{"train": manifest, "test": manifest}`` (``"test"`` absent when the test split is empty).
+
+    Raises:
+        FileExistsError: ``out`` exists, is not empty and ``overwrite`` is off.
+        NotADirectoryError, PermissionError: ``out`` cannot become a writable folder.
+        ValueError: no cases; ``out`` is, lies inside or holds a case folder, or holds entries other than
+            ``train/`` and ``test/``; a bad option (named); or invalid cases (all listed; nothing written).
     """
     if not sources:
         raise ValueError("no cases to convert")
+    out = check_output_folder(out, "OUT")
+    if out.exists() and not os.access(out.absolute().parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"OUT {out}: its folder {out.absolute().parent} is not writable, but OUT is built "
+                              "beside itself and renamed into place")
+    for name, folder in _case_folders(sources).items():
+        check_separate_folders(out, "OUT", {name: folder})
+    _check_replaceable(out, overwrite)
+    _check_seed(seed)
+    if test_ids is None:
+        _check_test_fraction(test_fraction)
     chosen = select_cases(sources, max_cases, seed)
-    train, test = split_cases(chosen, test_fraction=test_fraction, seed=seed, test_ids=test_ids)
+    if test_ids is not None:  # split by the ids before any voxel is read: it needs none
+        if max_cases is not None and not isinstance(test_ids, (str, bytes)):
+            dropped = sorted({str(i) for i in test_ids} & {s.case_id for s in sources} - {s.case_id for s in chosen})
+            if dropped:
+                raise ValueError(f"test_ids (--test-ids): case(s) {dropped} are not among the {len(chosen)} cases "
+                                 "drawn by --max-cases; leave --max-cases out or name drawn cases")
+        train, test = split_cases(chosen, test_fraction=test_fraction, seed=seed, test_ids=test_ids)
+    _validate(chosen)
+    if test_ids is None:  # stratified by progression: read from the (now checked) masks
+        train, test = split_cases(chosen, test_fraction=test_fraction, seed=seed)
     if drop_stable_test:
         test = [s for s in test if s.progression_flag()]
-    written = {"train": write_split(train, out / "train", overwrite=overwrite)}
-    if test:
-        written["test"] = write_split(test, out / "test", overwrite=overwrite)
+    written: dict[str, Manifest] = {}
+    with atomic_directory(out, overwrite=out.exists()) as tmp:
+        written["train"] = write_split(train, tmp / "train")
+        if test:
+            written["test"] = write_split(test, tmp / "test")
     for name, manifest in written.items():
         n_prog = sum(bool(e.progression) for e in manifest.cases)
         print(f"{out / name}: {len(manifest.cases)} cases ({n_prog} with progression, "
               f"{len(manifest.cases) - n_prog} without), modalities {list(manifest.modalities)}")
+    if "test" not in written:
+        print(f"{out / 'test'}: no test cases (the test split is empty), not written")
     return written
 
 
@@ -126,21 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
                             ("layout", "a cohort already in the library layout (split only)")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("source", help="dataset folder")
-        p.add_argument("out", help="destination; OUT/train and OUT/test are written")
-        p.add_argument("--test-fraction", type=float, default=0.2, help="share of patients for testing (0.2)")
-        p.add_argument("--test-ids", nargs="+", default=None, help="explicit test case ids")
+        p.add_argument("out", help="destination, apart from the source; OUT/train and OUT/test are written")
+        p.add_argument("--test-fraction", type=float, default=0.2,
+                       help="share of patients for testing, in [0, 1) (0.2)")
+        p.add_argument("--test-ids", nargs="+", default=None,
+                       help="explicit test case ids (their patients' other cases are tested too)")
         p.add_argument("--max-cases", type=int, default=None, help="random subset of this many cases first")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--overwrite", action="store_true", help="replace existing files")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace an existing OUT (an earlier conversion) as a whole")
         if name == "msseg2":
             p.add_argument("--annotation", default="ground_truth",
                            help="ground_truth (consensus, default) or ground_truth_expert1..4")
             p.add_argument("--drop-stable-test", action="store_true",
                            help="leave test patients without new lesions out (challenge protocol)")
         if name == "ucsf":
-            p.add_argument("--modalities", nargs="+", default=["flair", "t1", "t1ce", "t2"])
+            p.add_argument("--modalities", nargs="+", default=["flair", "t1", "t1ce", "t2"],
+                           help="image channels, any of flair t1 t1ce t2 t1ce-t1 (default: flair t1 t1ce t2)")
             p.add_argument("--tumour-labels", type=int, nargs="+", default=None,
-                           help="labels of the whole tumour (default: all, i.e. 1 2 3 4 incl. cavity)")
+                           help="labels of the whole tumour, any of 1 NETC, 2 SNFH, 3 ET, 4 resection cavity "
+                                "(default: all four)")
             p.add_argument("--difference", default="symmetric",
                            choices=["symmetric", "growth", "flair_subtraction", "t1ce_subtraction"],
                            help="how the binary progression (difference) mask is built")
@@ -150,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    check_separate_folders(out, "OUT", {"SOURCE": args.source})  # --overwrite would replace the input
+    check_output_folder(out, "OUT")
     if args.dataset == "msseg2":
         sources = msseg2_cases(args.source, annotation=args.annotation)
     elif args.dataset == "ucsf":
@@ -157,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    difference=args.difference)
     else:
         sources = find_cases(args.source)
-    convert(sources, Path(args.out), test_fraction=args.test_fraction, seed=args.seed,
+    convert(sources, out, test_fraction=args.test_fraction, seed=args.seed,
             max_cases=args.max_cases, test_ids=args.test_ids,
             drop_stable_test=getattr(args, "drop_stable_test", False), overwrite=args.overwrite)
     return 0

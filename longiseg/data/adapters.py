@@ -24,18 +24,27 @@ release folder ``UCSF_POSTOP_GLIOMA_DATASET_FINAL_v1.0``)::
 
 The baseline target is the binary whole-tumour mask of ``time1`` (union of ``tumour_labels``), the
 progression target a binary difference mask between the two timepoints (see :func:`ucsf_altpd_cases`).
+Labels the release does not define (``UCSF_SEG_LABELS``, ``UCSF_CHANGE_LABELS``) are never counted as
+tumour or change; :func:`check_label_maps` refuses label maps that hold any (the conversion script runs it
+on every case before writing).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
+from numbers import Integral
 from pathlib import Path
+
+import numpy as np
 
 from longiseg.data.layout import find_nifti
 from longiseg.data.loading import CaseSource, MaskSpec
+from longiseg.utils.io import load_nifti
 
-__all__ = ["MSSEG2_FILES", "UCSF_MODALITIES", "msseg2_cases", "ucsf_altpd_cases"]
+__all__ = ["MSSEG2_FILES", "UCSF_MODALITIES", "UCSF_SEG_LABELS", "UCSF_CHANGE_LABELS", "LABEL_MAPS_KEY", "msseg2_cases",
+           "ucsf_altpd_cases", "check_label_maps"]
 
 PathLike = str | os.PathLike
 
@@ -46,10 +55,18 @@ MSSEG2_FILES = {
     "annotation": "ground_truth",
     "brain_mask": "brain_mask",
 }
+_MSSEG2_ANNOTATION = re.compile(r"ground_truth(_expert[1-4])?")
 
 #: Modalities of UCSF-ALPTDG, in the channel order used by default.
 UCSF_MODALITIES = ("flair", "t1", "t1ce", "t2")
+_UCSF_IMAGES = (*UCSF_MODALITIES, "t1ce-t1")  # the release's T1-ce minus T1 image is an image too
+#: Labels of UCSF-ALPTDG's tumour label maps (``*_time{1,2}_seg``); 0 is the background.
+UCSF_SEG_LABELS = {1: "NETC", 2: "SNFH", 3: "ET", 4: "resection cavity"}
+#: Labels of UCSF-ALPTDG's longitudinal change masks (``*_{flair,t1ce}_subtraction_seg``); 0 is no change.
+UCSF_CHANGE_LABELS = {1: "increase", 2: "decrease"}
 _UCSF_DIFFERENCES = ("symmetric", "growth", "flair_subtraction", "t1ce_subtraction")
+#: ``CaseSource.metadata`` key of the label maps an adapter's case reads and the labels each may hold.
+LABEL_MAPS_KEY = "label_maps"
 
 
 def _nifti(folder: Path, stem: str) -> Path:
@@ -62,7 +79,11 @@ def _nifti(folder: Path, stem: str) -> Path:
 
 
 def _case_folders(root: PathLike, marker: str) -> list[Path]:
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be the dataset folder (a path), got {type(root).__name__} {root!r}")
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"dataset folder {root} is not a folder")
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist")
     folders = sorted(
@@ -70,8 +91,20 @@ def _case_folders(root: PathLike, marker: str) -> list[Path]:
         if p.is_dir() and any(f.name.startswith(marker.replace("{id}", p.name)) for f in p.iterdir())
     )
     if not folders:
-        raise FileNotFoundError(f"no case folders with files named like {marker!r} found in {root}")
+        example = marker.replace("{id}", "ID")
+        raise FileNotFoundError(f"no case folders with files named like {example!r}... found in {root}")
     return folders
+
+
+def _describe(labels: dict[int, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in labels.items())
+
+
+def _names(name: str, values: object) -> list:
+    """``values`` as a list, refusing a string or a non-iterable (a single name or label)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a list or tuple, got {type(values).__name__} {values!r}")
+    return list(values)
 
 
 def msseg2_cases(
@@ -91,10 +124,18 @@ def msseg2_cases(
 
     Raises:
         FileNotFoundError: ``root`` has no MSSEG-2 case folders.
-        ValueError: ``annotation`` is not a ground-truth file stem.
+        NotADirectoryError: ``root`` is a file.
+        TypeError: ``root`` is not a path, ``annotation`` is not a string or ``use_brain_mask`` not a bool.
+        ValueError: ``annotation`` is not one of the ground-truth file stems.
     """
-    if not annotation.startswith("ground_truth"):
-        raise ValueError(f"annotation must be 'ground_truth' or 'ground_truth_expertN', got {annotation!r}")
+    if not isinstance(annotation, str):
+        raise TypeError(f"annotation must be a string ('ground_truth' or 'ground_truth_expert1' .. "
+                        f"'ground_truth_expert4'), got {type(annotation).__name__} {annotation!r}")
+    if not _MSSEG2_ANNOTATION.fullmatch(annotation):
+        raise ValueError(f"annotation must be 'ground_truth' or 'ground_truth_expert1' .. 'ground_truth_expert4' "
+                         f"(a file stem of the case folder), got {annotation!r}")
+    if not isinstance(use_brain_mask, (bool, np.bool_)):
+        raise TypeError(f"use_brain_mask must be a bool, got {type(use_brain_mask).__name__} {use_brain_mask!r}")
     sources = []
     for folder in _case_folders(root, MSSEG2_FILES["baseline"]):
         gt = _nifti(folder, annotation)
@@ -114,6 +155,45 @@ def msseg2_cases(
     return sources
 
 
+def _ucsf_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
+    items = _names("modalities", modalities)
+    for i, m in enumerate(items):
+        if not isinstance(m, str):
+            raise TypeError(f"modalities[{i}] must be a string, got {type(m).__name__} {m!r}")
+    mods = tuple(m.lower() for m in items)
+    if not mods:
+        raise ValueError(f"modalities must name at least one of {_UCSF_IMAGES}")
+    unknown = [m for m in mods if m not in _UCSF_IMAGES]
+    if unknown:
+        hint = " (the *_seg files are label maps, read as the masks, not images)" if "seg" in unknown else ""
+        raise ValueError(f"modalities {unknown} are not images of UCSF-ALPTDG{hint}; choose from {_UCSF_IMAGES}")
+    dup = sorted({m for m in mods if mods.count(m) > 1})
+    if dup:
+        raise ValueError(f"modalities name {dup} more than once; each channel must be a different image")
+    return mods
+
+
+def _ucsf_tumour_labels(tumour_labels: Sequence[int] | None) -> tuple[int, ...]:
+    if tumour_labels is None:
+        return tuple(UCSF_SEG_LABELS)
+    items = _names("tumour_labels", tumour_labels)
+    for i, x in enumerate(items):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, Integral):
+            raise TypeError(f"tumour_labels[{i}] must be an integer label, got {type(x).__name__} {x!r}")
+    labels = tuple(sorted({int(x) for x in items}))
+    if not labels:
+        raise ValueError(f"tumour_labels must name at least one label ({_describe(UCSF_SEG_LABELS)}), or be None "
+                         "for all of them; an empty list would give all-zero masks")
+    if 0 in labels:
+        raise ValueError(f"tumour_labels must not hold 0: it is the background, not a tumour label "
+                         f"({_describe(UCSF_SEG_LABELS)})")
+    undefined = [x for x in labels if x not in UCSF_SEG_LABELS]
+    if undefined:
+        raise ValueError(f"tumour_labels {undefined} are not labels of UCSF-ALPTDG, whose label maps hold "
+                         f"{_describe(UCSF_SEG_LABELS)}")
+    return labels
+
+
 def ucsf_altpd_cases(
     root: PathLike,
     *,
@@ -125,41 +205,49 @@ def ucsf_altpd_cases(
 
     Args:
         root: release folder holding one sub-folder per patient id.
-        modalities: channels to load, any of ``("flair", "t1", "t1ce", "t2")`` (``"t1ce-t1"`` also works).
-        tumour_labels: labels that form the whole-tumour mask; ``None`` (default) takes the union of all
-            labels (NETC, SNFH, ET and resection cavity); pass ``(1, 2, 3)`` for the dataset's own WT
+        modalities: channels to load, any of ``("flair", "t1", "t1ce", "t2")`` (``"t1ce-t1"`` also works),
+            each at most once; a list or tuple, not a single string.
+        tumour_labels: labels that form the whole-tumour mask, any of 1 (NETC), 2 (SNFH), 3 (ET) and 4
+            (resection cavity); ``None`` (default) takes all four; pass ``(1, 2, 3)`` for the dataset's own WT
             definition without the cavity.
         difference: how the binary progression (difference) mask is built:
             ``"symmetric"`` (default): whole tumour at exactly one of the two timepoints
             (``WT1 xor WT2``: growth and shrinkage);
             ``"growth"``: whole tumour at ``time2`` but not at ``time1``;
-            ``"flair_subtraction"`` / ``"t1ce_subtraction"``: any labelled change (increase or decrease)
+            ``"flair_subtraction"`` / ``"t1ce_subtraction"``: any labelled change (1 increase or 2 decrease)
             in the dataset's own longitudinal change mask.
 
     Returns:
-        One :class:`CaseSource` per patient with ``T = 2``.
+        One :class:`CaseSource` per patient with ``T = 2``. Only the labels named above count; whether the
+        label maps hold other values is checked when the voxels are read by :func:`check_label_maps` (its
+        ``metadata["label_maps"]`` lists each label map and the labels it may hold).
 
     Raises:
         FileNotFoundError: ``root`` has no UCSF-ALPTDG case folders.
-        ValueError: unknown ``difference`` or empty ``modalities``.
+        NotADirectoryError: ``root`` is a file.
+        TypeError: ``root`` is not a path; ``modalities`` or ``tumour_labels`` is a single value (a string, a
+            number) instead of a list, or holds something other than names / integer labels.
+        ValueError: unknown ``difference``; empty, unknown (e.g. ``"seg"``) or repeated ``modalities``; empty
+            ``tumour_labels`` or labels the dataset does not define (0 is the background).
     """
-    if difference not in _UCSF_DIFFERENCES:
+    if not isinstance(difference, str) or difference not in _UCSF_DIFFERENCES:
         raise ValueError(f"difference must be one of {_UCSF_DIFFERENCES}, got {difference!r}")
-    mods = tuple(m.lower() for m in modalities)
-    if not mods:
-        raise ValueError("modalities must name at least one of ('flair', 't1', 't1ce', 't2')")
-    labels = None if tumour_labels is None else tuple(int(x) for x in tumour_labels)
+    mods = _ucsf_modalities(modalities)
+    labels = _ucsf_tumour_labels(tumour_labels)
     sources = []
     for folder in _case_folders(root, "{id}_time1_"):
         pid = folder.name
         images = tuple(tuple(_nifti(folder, f"{pid}_time{t}_{m}") for m in mods) for t in (1, 2))
         seg1, seg2 = _nifti(folder, f"{pid}_time1_seg"), _nifti(folder, f"{pid}_time2_seg")
-        if difference == "symmetric":
-            prog = MaskSpec((seg1, seg2), "symmetric_difference", labels)
-        elif difference == "growth":
-            prog = MaskSpec((seg1, seg2), "growth", labels)
+        label_maps = [(str(seg1), "tumour label map", UCSF_SEG_LABELS)]
+        if difference in ("symmetric", "growth"):
+            rule = "symmetric_difference" if difference == "symmetric" else "growth"
+            prog = MaskSpec((seg1, seg2), rule, labels)
+            label_maps.append((str(seg2), "tumour label map", UCSF_SEG_LABELS))
         else:
-            prog = MaskSpec((_nifti(folder, f"{pid}_{difference}_seg"),), "labels", None)
+            change = _nifti(folder, f"{pid}_{difference}_seg")
+            prog = MaskSpec((change,), "labels", tuple(UCSF_CHANGE_LABELS))
+            label_maps.append((str(change), "change mask", UCSF_CHANGE_LABELS))
         sources.append(
             CaseSource(
                 case_id=pid,
@@ -167,7 +255,43 @@ def ucsf_altpd_cases(
                 image_files=images,
                 baseline_mask=MaskSpec((seg1,), "labels", labels),
                 progression_masks=(prog,),
-                metadata={"dataset": "UCSF-ALPTDG", "difference": difference},
+                metadata={"dataset": "UCSF-ALPTDG", "difference": difference, "tumour_labels": labels,
+                          LABEL_MAPS_KEY: tuple(label_maps)},
             )
         )
     return sources
+
+
+def _format_values(values: np.ndarray) -> list:
+    return [int(v) if float(v).is_integer() else float(v) for v in values.tolist()]
+
+
+def check_label_maps(source: CaseSource) -> None:
+    """Refuse label maps of an adapter's case that hold labels their dataset does not define.
+
+    A case from :func:`ucsf_altpd_cases` lists in ``metadata["label_maps"]`` each label map it reads as
+    ``(path, kind, {label: name})``: the labels that map may hold besides 0 (:data:`UCSF_SEG_LABELS` for
+    tumour label maps, :data:`UCSF_CHANGE_LABELS` for change masks). Other values (``9``, ``255``, ``1.5``) mean the file is not
+    what the adapter expects; they are never counted as tumour or change, but a mask built while ignoring
+    them would be silently wrong, so they are refused. Cases without that list (the library layout, MSSEG-2,
+    whose masks :func:`~longiseg.data.load_case` checks to be binary) pass unchanged.
+
+    Args:
+        source: the case (no voxels read before).
+
+    Raises:
+        FileNotFoundError: a label map is missing.
+        ValueError: naming the case, the file, the undefined labels found and the labels it may hold; or a
+            file that is not a readable NIfTI volume.
+    """
+    for path, kind, labels in source.metadata.get(LABEL_MAPS_KEY, ()):
+        img = load_nifti(path, what=f"case {source.case_id!r}: {kind}")
+        arr = np.asanyarray(img.dataobj)
+        bad = ~np.isin(arr, np.asarray([0, *labels]))
+        if bad.any():
+            found = _format_values(np.unique(arr[bad])[:10])
+            raise ValueError(
+                f"case {source.case_id!r}: {kind} {path} holds label(s) {found} ({int(bad.sum())} voxels) that "
+                f"{source.metadata.get('dataset', 'the dataset')} does not define; it may hold only 0 and "
+                f"{_describe(labels)}: fix the file or leave the case out"
+            )
