@@ -241,6 +241,13 @@ ROWS = [
     Row("train-existing-run", lambda ws, t: _train(ws, t, output=str(ws / "run")), r"already holds a run.*--resume"),
     Row("train-resume-changed-model", lambda ws, t: _train(ws, t, "--resume", output=str(_other_run(ws, t / "out"))),
         r"last\.pt do not fit the model.*size mismatch"),
+    # a resume on other patients would validate on the checkpoint's training patients (and tune on them)
+    Row("train-resume-other-split", lambda ws, t: (
+        (t / "run").mkdir(), shutil.copy(ws / "run" / "last.pt", t / "run" / "last.pt"),
+        (t / "run" / "split.json").write_text(json.dumps({"data_root": str(ws / "cohort"), "train": ["demo-000"],
+                                                          "validation": ["demo-001"]})),
+        _train(ws, t, "--resume", output=str(t / "run")))[-1], r"on another split than it was trained on",
+        out="none"),
     Row("train-resume-and-overwrite", lambda ws, t: _train(ws, t, "--resume", "--overwrite"), "--resume and --overwrite"),
     Row("train-device-bogus", lambda ws, t: _train(ws, t, "--set", "trainer.device=gpu7"), r"trainer\.device 'gpu7'"),
     Row("train-output-is-data", lambda ws, t: _train(ws, t, "--overwrite", output=str(ws / "cohort")),
@@ -249,6 +256,8 @@ ROWS = [
         r"trainer\.output_dir .*lies inside the data\.root folder"),
     Row("train-inference-patch-size", lambda ws, t: _train(ws, t, "--set", "inference.patch_size=-5"),
         r"patch_size must be >= 1, got -5"),
+    Row("train-inference-min-volume-inf", lambda ws, t: _train(ws, t, "--set", "inference.min_lesion_mm3=inf"),
+        r"min_lesion_mm3 must be a finite volume"),
     Row("train-inference-batch-size", lambda ws, t: _train(ws, t, "--set", "inference.batch_size=0"),
         r"batch_size must be >= 1, got 0"),
     # --- predict
@@ -287,6 +296,9 @@ ROWS = [
     Row("predict-existing-outputs", lambda ws, t: (
         (t / "out" / "demo-000").mkdir(parents=True), (t / "out" / "demo-000" / "keep.txt").write_text("x"),
         _predict(ws, t))[-1], r"already exist.*--overwrite"),
+    Row("predict-skip-existing-foreign-file", lambda ws, t: (
+        (t / "out" / "demo-000").mkdir(parents=True), (t / "out" / "demo-000" / "notes.txt").write_text("x"),
+        _predict(ws, t, "--skip-existing"))[-1], r"holds files that are not predictions .*notes\.txt", out="none"),
     Row("predict-overwrite-and-skip", lambda ws, t: _predict(ws, t, "--overwrite", "--skip-existing"),
         "--overwrite and --skip-existing"),
     # predictions written over the input cases would replace their scans and reference masks

@@ -264,6 +264,26 @@ def test_predict_folder_reads_cases_as_training_does(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_predict_folder_keeps_what_it_did_not_write_and_checks_timepoints_first(tmp_path: Path) -> None:
+    """A case folder holding a user's file is not replaced (by --skip-existing, which re-predicts incomplete
+    folders, nor by --overwrite); a case of another T than a model built for one T is refused before any case."""
+    img, aff = _images(t=2, c=2), _affine()
+    _write_case(tmp_path / "in", "a", img, aff)
+    _write_case(tmp_path / "in", "b", img, aff)
+    out = tmp_path / "out"
+    (out / "b").mkdir(parents=True)
+    (out / "b" / "my_correction.txt").write_text("keep me")
+    for flags in ({"skip_existing": True}, {"overwrite": True}):
+        with pytest.raises(FileExistsError, match=r"out/b holds files that are not predictions .*my_correction"):
+            predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, **flags)
+    assert sorted(p.name for p in out.iterdir()) == ["b"] and (out / "b" / "my_correction.txt").is_file()
+    fixed = Voxelwise()
+    fixed.num_timepoints = 3
+    with pytest.raises(ValueError, match="case 'a' has 2 timepoints but the model was built for 3"):
+        predict_folder(fixed, tmp_path / "in", tmp_path / "out3", inferer=_inferer(), progress=False)
+    assert not (tmp_path / "out3").exists()
+
+
 def test_predict_folder_errors_before_any_case(tmp_path: Path) -> None:
     img, aff = _images(t=2, c=2), _affine()
     _write_case(tmp_path / "in", "a", img, aff)

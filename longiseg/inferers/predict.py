@@ -56,6 +56,14 @@ class Inferer(Protocol):
 CaseReader = Callable[[CaseSource], LongitudinalCase]
 
 
+def _foreign_entries(folder: Path, num_timepoints: int) -> list[str]:
+    """Names in a case's prediction folder that a prediction does not write (``native/`` and the hidden
+    temporaries of an interrupted writer are a prediction's)."""
+    ours = {n for names in prediction_filenames(num_timepoints).values() for n in names}
+    ours |= {n.removesuffix(".gz") for n in ours} | {"native"}
+    return sorted(e.name for e in folder.iterdir() if e.name not in ours and not e.name.startswith("."))
+
+
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along the three array axes: the column norms of ``affine[:3, :3]``."""
     a = _check_affine(affine)
@@ -225,9 +233,10 @@ def predict_folder(
     Raises:
         FileNotFoundError: ``in_dir`` is missing or holds no case, a requested case does not exist, or a
             case lacks an image (checked for every case before any is predicted).
-        FileExistsError: a case folder exists and neither ``overwrite`` nor ``skip_existing`` is set (checked
-            for every case before any is predicted).
-        ValueError: a case id that is not a single folder name (see
+        FileExistsError: a case folder exists and neither ``overwrite`` nor ``skip_existing`` is set, or it holds
+            files a prediction does not write (checked for every case before any is predicted).
+        ValueError: a case of another number of timepoints than a model built for one, a case id that is not
+            a single folder name (see
             :func:`~longiseg.data.layout.check_case_id`), a malformed manifest, or a case that
             :func:`~longiseg.data.loading.load_case` refuses.
     """
@@ -253,6 +262,17 @@ def predict_folder(
             raise FileExistsError(f"{len(clash)} case folder(s) already exist in {out_dir}, e.g. "
                                   f"{[str(out_dir / c) for c in clash[:3]]}; pass overwrite=True (--overwrite) to "
                                   "replace them or skip_existing=True (--skip-existing) to keep them")
+    fixed_t = getattr(model, "num_timepoints", None)  # models built for one T say so; others take any T >= 2
+    for cid in ids:  # every case before any is predicted
+        if isinstance(fixed_t, int) and sources[cid].num_timepoints != fixed_t:
+            raise ValueError(f"case {cid!r} has {sources[cid].num_timepoints} timepoints but the model was built "
+                             f"for {fixed_t}; predict it with a model of its number of timepoints")
+        if (overwrite or skip_existing) and (out_dir / cid).is_dir():
+            foreign = _foreign_entries(out_dir / cid, sources[cid].num_timepoints)
+            if foreign:
+                raise FileExistsError(f"{out_dir / cid} holds files that are not predictions of case {cid!r} "
+                                      f"({', '.join(foreign[:3])}): not replacing it; move them or choose another "
+                                      "output folder")
     if check_case is not None:
         for cid in ids:
             check_case(sources[cid])

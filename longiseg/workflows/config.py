@@ -203,7 +203,8 @@ class InferenceConfig(ConfigBase):
         _need(0.0 < self.threshold < 1.0, "InferenceConfig", f"threshold must be in (0, 1), got {self.threshold}")
         _need(self.progression_threshold is None or 0.0 < self.progression_threshold < 1.0, "InferenceConfig",
               f"progression_threshold must be None or in (0, 1), got {self.progression_threshold}")
-        _need(self.min_lesion_mm3 >= 0, "InferenceConfig", f"min_lesion_mm3 must be >= 0, got {self.min_lesion_mm3}")
+        _need(0 <= self.min_lesion_mm3 < float("inf"), "InferenceConfig",
+              f"min_lesion_mm3 must be a finite volume >= 0, got {self.min_lesion_mm3}")
         _need(bool(self.planes) and all(p in _PLANES for p in self.planes), "InferenceConfig",
               f"planes must be a non-empty subset of {_PLANES}, got {self.planes}")
 

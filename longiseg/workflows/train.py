@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from longiseg.data.split import split_by_patient
 from longiseg.data.transforms import LongitudinalAugment
 from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
-from longiseg.engine.trainer import FitResult, Trainer, check_fresh_start, seed_everything
+from longiseg.engine.trainer import LAST_CHECKPOINT, FitResult, Trainer, check_fresh_start, seed_everything
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.losses.imbalance import ImbalanceAwareLoss
 from longiseg.metrics.voxel import dice
@@ -149,6 +150,23 @@ def check_monitor(monitor: str) -> None:
         raise ValueError(f"trainer.monitor={monitor!r} is not a metric this run logs; use one of {known}")
 
 
+def _check_resumed_split(split_file: Path, train_cases: Sequence, val_cases: Sequence) -> None:
+    """Refuse to resume a run on other training or validation patients than it recorded."""
+    if not split_file.is_file():
+        return
+    try:
+        recorded = json.loads(split_file.read_text())
+        before = (sorted(recorded["train"]), sorted(recorded["validation"]))
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{split_file} is not the split longiseg train writes; cannot check the resumed run's "
+                         "patients (start afresh with --overwrite)") from None
+    now = (sorted(c.case_id for c in train_cases), sorted(c.case_id for c in val_cases))
+    if now != before:
+        raise ValueError(f"resuming {split_file.parent} on another split than it was trained on ({split_file}: "
+                         f"validation {before[1]}, now {now[1]}): resume with the run's data settings (data.root, "
+                         "data.seed, data.val_fraction) or start afresh with --overwrite")
+
+
 def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False,
                  progress: bool | None = None) -> FitResult:
     """Train ``cfg.model`` on ``cfg.data`` and write checkpoints, logs and the config to ``cfg.trainer.output_dir``.
@@ -219,6 +237,10 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     trainer = Trainer(model, train_ds, tcfg, loss_fn=build_loss(cfg), validate_fn=validate_fn,
                       batch_sampler=sampler, model_name=cfg.model.name, model_kwargs=kwargs,
                       dist_context=ctx)
+    last = Path(tcfg.output_dir) / LAST_CHECKPOINT
+    if resume and last.is_file():  # checked before the run's records are rewritten
+        _check_resumed_split(Path(tcfg.output_dir) / SPLIT_FILE, train_cases, val_cases)
+        trainer.load_checkpoint(last)  # weights that do not fit the configured model are refused here
     if ctx.is_main:
         save_config(cfg, Path(tcfg.output_dir) / "experiment.yaml")
         atomic_write_json(Path(tcfg.output_dir) / SPLIT_FILE, {

@@ -137,8 +137,9 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
         progress: progress bar.
 
     Returns:
-        The selection, or ``None`` when no validation patient has new or enlarging lesions (the threshold is
-        kept; ``spec.tuning`` and ``tuning.json`` say so).
+        The selection, or ``None`` when the objective cannot be computed on the validation patients: with
+        ``"lesion_f1"``, none has new or enlarging lesions (the threshold is kept; ``spec.tuning`` and
+        ``tuning.json`` say so). ``"balanced"`` then selects on the stable patients' NP score alone.
 
     Raises:
         FileNotFoundError: no such checkpoint, no ``split.json`` or missing validation cases.
