@@ -172,6 +172,14 @@ def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path, ca
     assert main(["lesions", str(pred), "--images", str(cohort), "--out", str(lesions), "--no-figures"]) == 0
     assert len(json.loads((lesions / "lesions.json").read_text())["cases"]) == len(find_cases(cohort))
 
+    # tuning.json describes the run's checkpoints: a resume with nothing left to train keeps it, one that trains
+    # further (and so replaces last.pt with an untuned checkpoint) removes it
+    (run / "tuning.json").write_text("{}")
+    train = ["train", "--data", str(cohort), "--output", str(run), "--resume", "--set", *overrides]
+    assert main(train) == 0 and (run / "tuning.json").is_file()
+    assert main([*train, "trainer.max_epochs=3"]) == 0 and not (run / "tuning.json").exists()
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4
+
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
     from longiseg.workflows.demo import DemoConfig, run_demo

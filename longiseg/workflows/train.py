@@ -238,9 +238,11 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
                       batch_sampler=sampler, model_name=cfg.model.name, model_kwargs=kwargs,
                       dist_context=ctx)
     last = Path(tcfg.output_dir) / LAST_CHECKPOINT
-    if resume and last.is_file():  # checked before the run's records are rewritten
+    resuming = resume and last.is_file()
+    if resuming:  # checked before the run's records are rewritten
         _check_resumed_split(Path(tcfg.output_dir) / SPLIT_FILE, train_cases, val_cases)
         trainer.load_checkpoint(last)  # weights that do not fit the configured model are refused here
+    trains = not resuming or (trainer.epoch < trainer.config.max_epochs and not trainer.stopped_early)
     if ctx.is_main:
         save_config(cfg, Path(tcfg.output_dir) / "experiment.yaml")
         atomic_write_json(Path(tcfg.output_dir) / SPLIT_FILE, {
@@ -249,6 +251,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
             "val_root": str(Path(cfg.data.val_root).resolve()) if cfg.data.val_root else cfg.data.val_root,
             "seed": cfg.data.seed,
             "train": [c.case_id for c in train_cases], "validation": [c.case_id for c in val_cases]})
-        if not resume:  # a fresh start: the earlier run's threshold choice is not this run's
-            (Path(tcfg.output_dir) / TUNING_FILE).unlink(missing_ok=True)
+        tuning = Path(tcfg.output_dir) / TUNING_FILE
+        if trains and tuning.exists():  # the checkpoints it describes are about to be replaced
+            logger.info("removing %s: it describes checkpoints this run replaces (run longiseg tune again)", tuning)
+            tuning.unlink()
     return trainer.fit(resume=resume, overwrite=overwrite)
