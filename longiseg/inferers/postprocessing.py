@@ -44,6 +44,7 @@ __all__ = ["threshold_probabilities", "remove_small_components", "restrict_to_ma
 #: Which masks ``restrict`` cuts to the brain: none, the progression masks, or both heads'.
 RESTRICT_OPTIONS = ("none", "progression", "both")
 
+
 def _as_numpy(name: str, x: object) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()

@@ -273,8 +273,7 @@ def predict_folder(
                 raise FileExistsError(f"{out_dir / cid} holds files that are not predictions of case {cid!r} "
                                       f"({', '.join(foreign[:3])}): not replacing it; move them or choose another "
                                       "output folder")
-    if check_case is not None:
-        for cid in ids:
+        if check_case is not None:
             check_case(sources[cid])
 
     read: CaseReader = load_case if reader is None else reader

@@ -262,19 +262,19 @@ def _output_grid(base: Grid, spacing: float | None, where: str) -> Grid:
 
     Raises:
         ValueError: ``spacing`` gives more than :data:`MAX_OUTPUT_VOXELS` voxels over the baseline's field of
-            view (checked before the grid is built).
+            view (checked before any volume of that grid is made).
     """
     if spacing is None:
         return base
-    extent = np.asarray(base.shape, dtype=np.float64) * base.spacing
-    sizes = np.maximum(np.ceil(extent / spacing - 1e-6), 1.0)  # the shape isotropic_grid builds
-    count = float(np.prod(sizes))
+    grid = isotropic_grid(base, spacing)  # shape and affine only: nothing of that size is allocated here
+    count = float(np.prod(grid.shape))
     if count > MAX_OUTPUT_VOXELS:
+        extent = np.asarray(base.shape, dtype=np.float64) * base.spacing
         raise ValueError(f"{where}: spacing {spacing:g} mm gives an output grid of "
-                         f"{' x '.join(f'{s:.0f}' for s in sizes)} = {count:.3g} voxels over its "
+                         f"{' x '.join(str(s) for s in grid.shape)} = {count:.3g} voxels over its "
                          f"{' x '.join(f'{e:.0f}' for e in extent)} mm field of view, more than the limit of "
                          f"{MAX_OUTPUT_VOXELS} (2**28, 1 GiB per float32 volume); choose a larger spacing")
-    return isotropic_grid(base, spacing)
+    return grid
 
 
 @dataclass

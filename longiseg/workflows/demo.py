@@ -144,12 +144,10 @@ class DemoConfig(ConfigBase):
         if unknown or not self.models:
             raise ConfigError(f"models must be a non-empty subset of {list(DEMO_MODELS)}, got {list(self.models)}")
         for name, low in (("num_patients", 6), ("epochs", 1), ("steps_per_epoch", 1), ("batch_size", 2),
-                          ("crop_size", 32), ("threads", 1), ("num_workers", 0), ("spacing", 1)):
+                          ("crop_size", 32), ("threads", 1), ("num_workers", 0), ("spacing", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}")
         if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
             raise ConfigError(f"jobs must be None (automatic) or an int >= 1, got {self.jobs!r}")
         if self.crop_size % 32:

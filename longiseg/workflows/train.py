@@ -35,7 +35,7 @@ from longiseg.utils.io import atomic_write_json, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import ExperimentConfig
 
-__all__ = ["build_loss", "build_datasets", "make_validate_fn", "run_training",
+__all__ = ["build_loss", "build_datasets", "make_validate_fn", "read_split", "run_training",
            "check_monitor", "VALIDATION_METRICS", "SPLIT_FILE"]
 
 logger = get_logger(__name__)
@@ -150,16 +150,35 @@ def check_monitor(monitor: str) -> None:
         raise ValueError(f"trainer.monitor={monitor!r} is not a metric this run logs; use one of {known}")
 
 
+def read_split(path: Path) -> dict:
+    """A run's ``split.json`` (:data:`SPLIT_FILE`): ``data_root`` (a folder), ``train`` and ``validation`` (case
+    ids, ``[]`` when absent) and an optional ``val_root``; read by ``longiseg tune`` and by a resume.
+
+    Raises:
+        ValueError: naming the file: not JSON, or not an object of those fields.
+    """
+    try:
+        split = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); longiseg train writes it, train again") from None
+    ok = (isinstance(split, dict) and isinstance(split.get("data_root"), str)
+          and all(isinstance(split.get(k, []), list) and all(isinstance(c, str) for c in split.get(k, []))
+                  for k in ("train", "validation"))
+          and isinstance(split.get("val_root") or "", str))
+    if not ok:
+        raise ValueError(f"{path} must be an object with data_root (a folder) and validation (case ids), as "
+                         "longiseg train writes it")
+    split.setdefault("train", [])
+    split.setdefault("validation", [])
+    return split
+
+
 def _check_resumed_split(split_file: Path, train_cases: Sequence, val_cases: Sequence) -> None:
     """Refuse to resume a run on other training or validation patients than it recorded."""
     if not split_file.is_file():
         return
-    try:
-        recorded = json.loads(split_file.read_text())
-        before = (sorted(recorded["train"]), sorted(recorded["validation"]))
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{split_file} is not the split longiseg train writes; cannot check the resumed run's "
-                         "patients (start afresh with --overwrite)") from None
+    recorded = read_split(split_file)
+    before = (sorted(recorded["train"]), sorted(recorded["validation"]))
     now = (sorted(c.case_id for c in train_cases), sorted(c.case_id for c in val_cases))
     if now != before:
         raise ValueError(f"resuming {split_file.parent} on another split than it was trained on ({split_file}: "

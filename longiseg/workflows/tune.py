@@ -11,7 +11,6 @@ the baseline head keeps ``spec.inference["threshold"]``) and into
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -36,7 +35,7 @@ from longiseg.utils.io import atomic_write_json
 from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import InferenceConfig
 from longiseg.workflows.predict import make_inferer
-from longiseg.workflows.train import SPLIT_FILE, TUNING_FILE
+from longiseg.workflows.train import SPLIT_FILE, TUNING_FILE, read_split
 
 __all__ = ["TUNING_FILE", "ValidationMaps", "run_tuning", "validation_probabilities"]
 
@@ -105,23 +104,6 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     return ValidationMaps(probs, refs, brains, spacing or (1.0, 1.0, 1.0), baselines)
 
 
-def _read_split(path: Path) -> dict:
-    """The run's ``split.json``: ``data_root`` (str), ``validation`` (case ids), optional ``val_root``."""
-    try:
-        split = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); longiseg train writes it, train again") from None
-    ok = (isinstance(split, dict) and isinstance(split.get("data_root"), str)
-          and isinstance(split.get("validation", []), list)
-          and all(isinstance(c, str) for c in split.get("validation", []))
-          and isinstance(split.get("val_root") or "", str))
-    if not ok:
-        raise ValueError(f"{path} must be an object with data_root (a folder) and validation (case ids), as "
-                         "longiseg train writes it")
-    split.setdefault("validation", [])
-    return split
-
-
 def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: str | Path | None = None,
                objective: str = DEFAULT_OBJECTIVE, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                device: str | torch.device | None = None, progress: bool = True) -> ThresholdSelection | None:
@@ -161,7 +143,7 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     if not split_file.is_file():
         raise FileNotFoundError(f"{split_file} does not exist: tune needs the validation patients that "
                                 "longiseg train recorded there")
-    split = _read_split(split_file)
+    split = read_split(split_file)
     val_ids = split["validation"]
     if not val_ids:
         raise ValueError(f"the run {run} has no validation patients (data.val_fraction=0): nothing to tune on")
