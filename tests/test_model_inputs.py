@@ -7,7 +7,7 @@ import torch
 from model_checks import assert_output_shapes
 
 from longiseg import build_model, list_models, model_info
-from longiseg.networks.inputs import check_model_input
+from longiseg.networks.inputs import SpatialSizeRule, check_model_input, check_spatial_size
 from longiseg.utils.validation import DEBUG_CHECKS_ENV, debug_checks, debug_checks_enabled
 
 SEGFORMER_LIKE = {"widths": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "decoder_dim": 16}
@@ -47,7 +47,7 @@ def test_every_model_refuses_an_empty_batch(name: str) -> None:
 def test_every_model_states_its_smallest_input(name: str) -> None:
     """Too small an input fails before any work, naming x and the smallest sizes; the smallest one runs."""
     model, dims, down, pads = _model(name)
-    if getattr(model, "instance_norm_bottleneck", False):
+    if model.spatial_size_rule.instance_norm_bottleneck:
         smallest = (2 * down,) + (down,) * (dims - 1)
         with pytest.raises(ValueError, match=rf"x's spatial size .* smallest inputs are \({2 * down}, {down}"):
             model(torch.randn(1, 2, 1, *(down,) * dims))
@@ -59,17 +59,17 @@ def test_every_model_states_its_smallest_input(name: str) -> None:
 
 def test_check_model_input_rules() -> None:
     ok = torch.zeros(1, 2, 1, 8, 4)
-    check_model_input(ok, 2, 1, downsampling=4, instance_norm_bottleneck=True)  # 2x1 bottleneck voxels
-    check_model_input(torch.zeros(1, 2, 1, 33, 1), 2, 1, downsampling=32, pads=True, instance_norm_bottleneck=True)
+    check_model_input(ok, 2, 1, size_rule=SpatialSizeRule.of(2, 4, instance_norm_bottleneck=True))  # 2x1 bottleneck voxels
+    check_model_input(torch.zeros(1, 2, 1, 33, 1), 2, 1, size_rule=SpatialSizeRule.of(2, 32, pads=True, instance_norm_bottleneck=True))
     with pytest.raises(ValueError, match=r"smallest inputs are \(64, 32\) or \(32, 64\)"):
-        check_model_input(torch.zeros(1, 2, 1, 32, 17), 2, 1, downsampling=32, pads=True,
-                          instance_norm_bottleneck=True)
+        check_model_input(torch.zeros(1, 2, 1, 32, 17), 2, 1,
+                          size_rule=SpatialSizeRule.of(2, 32, pads=True, instance_norm_bottleneck=True))
     with pytest.raises(ValueError, match=r"\(8, 4, 4\) or \(4, 8, 4\) or \(4, 4, 8\)"):
-        check_model_input(torch.zeros(1, 2, 1, 4, 4, 4), 3, 1, downsampling=4, instance_norm_bottleneck=True)
+        check_model_input(torch.zeros(1, 2, 1, 4, 4, 4), 3, 1, size_rule=SpatialSizeRule.of(3, 4, instance_norm_bottleneck=True))
     with pytest.raises(ValueError, match="empty spatial dim"):
         check_model_input(torch.zeros(1, 2, 1, 0, 4), 2, 1)
     with pytest.raises(ValueError, match="divisible by 4"):
-        check_model_input(torch.zeros(1, 2, 1, 6, 4), 2, 1, downsampling=4)
+        check_model_input(torch.zeros(1, 2, 1, 6, 4), 2, 1, size_rule=SpatialSizeRule.of(2, 4))
     with pytest.raises(ValueError, match="T=3 timepoints .* num_timepoints=2"):
         check_model_input(torch.zeros(1, 3, 1, 4, 4), 2, 1, num_timepoints=2)
     with pytest.raises(ValueError, match=r"C=2 channels .* got C=1"):
@@ -121,3 +121,22 @@ def test_value_checks_only_in_debug_mode(monkeypatch) -> None:
         check_model_input(nan, 2, 1)
     with debug_checks(False):
         assert not debug_checks_enabled()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_states_the_crop_sizes_it_takes(name: str) -> None:
+    """``check_spatial_size`` applies a model's own rule to a setting, naming the setting."""
+    model, dims, down, pads = _model(name)
+    rule = model.spatial_size_rule
+    assert len(rule.downsampling) == dims and rule.pads == pads
+    check_spatial_size(model, 2 * down, "data.crop_size")
+    if pads:
+        check_spatial_size(model, 2 * down + 1, "data.crop_size")
+    else:
+        with pytest.raises(ValueError, match=rf"every spatial size of data.crop_size must be divisible by {down} "):
+            check_spatial_size(model, 2 * down + 1, "data.crop_size")
+    if rule.instance_norm_bottleneck:
+        with pytest.raises(ValueError, match=r"inference.patch_size's spatial size .* smallest inputs"):
+            check_spatial_size(model, down, "inference.patch_size")
+    with pytest.raises(ValueError, match=f"must have {dims} spatial sizes"):
+        check_spatial_size(model, (2 * down,) * (dims + 1), "inference.patch_size")

@@ -130,6 +130,21 @@ def test_clear_errors_for_missing_data_unknown_model_and_bad_key(tmp_path: Path,
     assert "Unknown config key" in capsys.readouterr().err
 
 
+def test_sizes_a_model_cannot_take_fail_before_the_run_is_recorded(cohort: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A crop or window the network's downsampling does not divide is named before any file is written."""
+    unet = ["model.name=longi_unet_dw_2d", "model.kwargs={features: [4, 8, 16]}", "trainer.max_epochs=1"]
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(cohort), "--output", str(run), "--set", *unet, "data.crop_size=18"]) == 2
+    err = capsys.readouterr().err
+    assert "data.crop_size must be divisible by 4" in err and err.count("\n") == 1
+    assert not run.exists()
+    assert main(["train", "--data", str(cohort), "--output", str(run), "--set", *unet, "data.crop_size=16",
+                 "inference.patch_size=30"]) == 2
+    assert "inference.patch_size must be divisible by 4" in capsys.readouterr().err
+    assert not run.exists()
+
+
 def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"

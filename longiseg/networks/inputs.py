@@ -22,6 +22,7 @@ inside a layer. The rules, in order:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -36,7 +37,8 @@ from longiseg.utils.validation import (
     debug_checks_enabled,
 )
 
-__all__ = ["check_model_input", "layout", "normalises_per_instance", "parameter_dtype"]
+__all__ = ["SpatialSizeRule", "check_model_input", "check_spatial_size", "layout", "normalises_per_instance",
+           "parameter_dtype"]
 
 
 def layout(spatial_dims: int) -> str:
@@ -54,6 +56,78 @@ def parameter_dtype(module: nn.Module) -> torch.dtype | None:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
 
 
+@dataclasses.dataclass(frozen=True)
+class SpatialSizeRule:
+    """The spatial sizes a model accepts (``model.spatial_size_rule`` of every registered model).
+
+    Attributes:
+        downsampling: the network's total downsampling per spatial dim (``(32, 32)``, ``(16, 16, 16)``, ...).
+        pads: the model pads sizes up to a multiple of ``downsampling`` itself, so any size is accepted.
+        instance_norm_bottleneck: the model instance-normalises its coarsest feature map, which needs
+            ``prod(ceil(S_i / downsampling_i)) >= 2``.
+    """
+
+    downsampling: tuple[int, ...]
+    pads: bool = False
+    instance_norm_bottleneck: bool = False
+
+    @classmethod
+    def of(cls, spatial_dims: int, downsampling: int | Sequence[int], *, pads: bool = False,
+           instance_norm_bottleneck: bool = False) -> SpatialSizeRule:
+        """The rule of a ``spatial_dims``-D model whose downsampling is one int or one per spatial dim."""
+        down = (int(downsampling),) * spatial_dims if isinstance(downsampling, int) else tuple(downsampling)
+        if len(down) != spatial_dims:
+            raise ValueError(f"downsampling must be one int or {spatial_dims} ints, got {downsampling!r}")
+        return cls(down, bool(pads), bool(instance_norm_bottleneck))
+
+    def check(self, sizes: Sequence[int], name: str, *, shown: str | None = None) -> None:
+        """Refuse spatial ``sizes`` (one per spatial dim) the model cannot take.
+
+        Args:
+            sizes: the spatial sizes, e.g. ``(H, W)`` or ``(D, H, W)``.
+            name: what the sizes are, in the message (``"x"``, ``"inference.patch_size"``, ...).
+            shown: how to show the offending value (default: ``sizes``).
+
+        Raises:
+            ValueError: naming ``name``: a size not divisible by the downsampling (when the model does not
+                pad), or a single voxel left at an instance-normalised bottleneck (naming the smallest sizes).
+        """
+        down, sizes = self.downsampling, tuple(int(s) for s in sizes)
+        shown = shown or f"{sizes}"
+        if len(sizes) != len(down):
+            raise ValueError(f"{name} must have {len(down)} spatial sizes, got {shown}")
+        if not self.pads and any(s % d for s, d in zip(sizes, down)):
+            multiple = down[0] if len(set(down)) == 1 else down
+            raise ValueError(f"every spatial size of {name} must be divisible by {multiple} (the network's total "
+                             f"downsampling), got {shown}")
+        if self.instance_norm_bottleneck and math.prod(-(-s // d) for s, d in zip(sizes, down)) < 2:
+            smallest = [tuple(2 * d if i == j else d for j, d in enumerate(down)) for i in range(len(down))]
+            raise ValueError(
+                f"{name}'s spatial size {sizes} leaves a single voxel in the network's coarsest feature map (total "
+                f"downsampling {down}), which the model instance-normalises and so needs at least 2 voxels: make "
+                f"one spatial size at least twice its downsampling; the smallest inputs are "
+                f"{' or '.join(str(s) for s in smallest)}"
+            )
+
+
+def check_spatial_size(model: nn.Module, size: int | Sequence[int], name: str) -> None:
+    """Refuse a crop or window ``size`` that ``model`` cannot take, before any work (training, inference).
+
+    Args:
+        model: a registered model (it carries ``spatial_size_rule``; a model without one accepts any size).
+        size: one edge for every spatial dim (a square/cubic crop) or one per spatial dim.
+        name: the setting, named in the message (e.g. ``"data.crop_size"``).
+
+    Raises:
+        ValueError: naming ``name`` and the rule it breaks (see :class:`SpatialSizeRule`).
+    """
+    rule = getattr(model, "spatial_size_rule", None)
+    if rule is None:
+        return
+    sizes = (size,) * len(rule.downsampling) if isinstance(size, int) else tuple(size)
+    rule.check(sizes, name, shown=f"{size}")
+
+
 def check_model_input(
     x: torch.Tensor,
     spatial_dims: int,
@@ -61,9 +135,7 @@ def check_model_input(
     *,
     num_timepoints: int | None = None,
     min_timepoints: int = 2,
-    downsampling: int | Sequence[int] = 1,
-    pads: bool = False,
-    instance_norm_bottleneck: bool = False,
+    size_rule: SpatialSizeRule | None = None,
     dtype: torch.dtype | None = None,
 ) -> None:
     """Validate a model input ``x`` of shape ``(B, T, C, *S)`` (rules: see the module docstring).
@@ -74,9 +146,7 @@ def check_model_input(
         in_channels: expected ``C``.
         num_timepoints: expected ``T`` for a model built for a fixed number of timepoints, else ``None``.
         min_timepoints: smallest accepted ``T`` (2 for the models; 1 for per-timepoint blocks).
-        downsampling: the network's total downsampling, one int or one per spatial dim.
-        pads: the model pads sizes up to a multiple of ``downsampling`` itself (else they must be multiples).
-        instance_norm_bottleneck: the model instance-normalises its coarsest feature map (needs >= 2 voxels).
+        size_rule: the spatial sizes the model accepts (its ``spatial_size_rule``); ``None``: any size.
         dtype: the model's parameter dtype (:func:`parameter_dtype`); ``x`` must have it unless autocast is on
             for ``x``'s device. ``None``: any floating dtype.
 
@@ -111,21 +181,7 @@ def check_model_input(
         raise ValueError(
             f"x must have C={in_channels} channels (dim 2 of {lay}: the model's in_channels={in_channels}), got C={c} in shape {shape}"
         )
-    down = (downsampling,) * spatial_dims if isinstance(downsampling, int) else tuple(downsampling)
-    sizes = shape[3:]
-    if not pads and any(s % d for s, d in zip(sizes, down)):
-        shown = downsampling if isinstance(downsampling, int) else down
-        raise ValueError(
-            f"every spatial size of x must be divisible by {shown} (the network's total downsampling), "
-            f"got shape {shape}"
-        )
-    if instance_norm_bottleneck and math.prod(-(-s // d) for s, d in zip(sizes, down)) < 2:
-        smallest = [tuple(2 * d if i == j else d for j, d in enumerate(down)) for i in range(spatial_dims)]
-        raise ValueError(
-            f"x's spatial size {sizes} leaves a single voxel in the network's coarsest feature map (total "
-            f"downsampling {down}), which the model instance-normalises and so needs at least 2 voxels: make one "
-            f"spatial size at least twice its downsampling; the smallest inputs are "
-            f"{' or '.join(str(s) for s in smallest)}"
-        )
+    if size_rule is not None:
+        size_rule.check(shape[3:], "x", shown=f"shape {shape}")
     if debug_checks_enabled():
         check_finite("x", x)

@@ -15,6 +15,7 @@ from longiseg.data.preprocessing import preprocess_case
 from longiseg.inferers.predict import predict_folder
 from longiseg.inferers.sliding_window import SlidingWindowInferer3D
 from longiseg.inferers.triplanar import TriplanarInferer
+from longiseg.networks.inputs import check_spatial_size
 from longiseg.spec import ModelSpec
 from longiseg.utils.device import resolve_device
 from longiseg.utils.io import check_separate_folders
@@ -46,15 +47,17 @@ def inference_settings(model: nn.Module, cfg: InferenceConfig | None = None) -> 
 
     Raises:
         ValueError: if ``cfg`` is ``None`` and the model's spec records none (a model that was never trained
-            with ``longiseg train``: pass ``cfg``).
+            with ``longiseg train``: pass ``cfg``), or if the model cannot take windows of ``patch_size``
+            (:func:`~longiseg.networks.inputs.check_spatial_size`, naming ``inference.patch_size``).
     """
-    if cfg is not None:
-        return cfg
-    spec = model_spec(model)
-    if not spec.inference:
-        raise ValueError(f"model {spec.name!r} records no inference settings (it was not trained with longiseg "
-                         "train); pass an InferenceConfig")
-    return InferenceConfig.from_dict(spec.inference)
+    if cfg is None:
+        spec = model_spec(model)
+        if not spec.inference:
+            raise ValueError(f"model {spec.name!r} records no inference settings (it was not trained with longiseg "
+                             "train); pass an InferenceConfig")
+        cfg = InferenceConfig.from_dict(spec.inference)
+    check_spatial_size(model, cfg.patch_size, "inference.patch_size")
+    return cfg
 
 
 def model_spec(model: nn.Module) -> ModelSpec:

@@ -30,6 +30,7 @@ from longiseg.engine.trainer import LAST_CHECKPOINT, FitResult, Trainer, check_f
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.losses.imbalance import ImbalanceAwareLoss
 from longiseg.metrics.voxel import dice
+from longiseg.networks.inputs import check_spatial_size
 from longiseg.registry import build_model, model_info
 from longiseg.utils.io import atomic_write_json, check_separate_folders
 from longiseg.utils.logging import get_logger
@@ -235,6 +236,9 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
         model = build_model(cfg.model.name, **kwargs)
     except TypeError as err:
         raise ValueError(f"model.kwargs {kwargs} do not fit {cfg.model.name!r}: {err}") from None
+    # Sizes the model cannot take fail here, before the run's records are written, not at the first step.
+    check_spatial_size(model, cfg.data.crop_size, "data.crop_size")
+    check_spatial_size(model, cfg.inference.patch_size, "inference.patch_size")
     # What using the model needs travels with it (and with every checkpoint): see longiseg.spec.ModelSpec.
     model.spec = model.spec.replace(
         modalities=tuple(cases[0].modalities), crop_size=cfg.data.crop_size,

@@ -34,7 +34,7 @@ from longiseg.utils.device import resolve_device
 from longiseg.utils.io import atomic_write_json
 from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import InferenceConfig
-from longiseg.workflows.predict import make_inferer
+from longiseg.workflows.predict import inference_settings, make_inferer
 from longiseg.workflows.train import SPLIT_FILE, TUNING_FILE, read_split
 
 __all__ = ["TUNING_FILE", "ValidationMaps", "run_tuning", "validation_probabilities"]
@@ -74,7 +74,7 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
         ValueError: cases without progression masks or with different voxel sizes.
     """
     spec = model.spec
-    cfg = InferenceConfig.from_dict(spec.inference)
+    cfg = inference_settings(model)
     sources = {s.case_id: s for s in find_cases(root, modalities=list(spec.modalities or []) or None)}
     missing = [c for c in case_ids if c not in sources]
     if missing:

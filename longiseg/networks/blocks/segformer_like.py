@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from longiseg.networks.inputs import check_model_input, parameter_dtype
+from longiseg.networks.inputs import SpatialSizeRule, check_model_input, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.validation import check_positive_int, check_timepoints
 
@@ -105,12 +105,13 @@ class LongitudinalSegFormerLike(nn.Module):
             None if num_timepoints is None else check_timepoints("num_timepoints", num_timepoints)
         )
         self.pad_multiple = check_positive_int("pad_multiple", pad_multiple)
-        self.instance_norm_bottleneck = bool(instance_norm_bottleneck)
+        self.spatial_size_rule = SpatialSizeRule.of(2, self.pad_multiple, pads=True,
+                                                    instance_norm_bottleneck=instance_norm_bottleneck)
 
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment a longitudinal stack ``(B, T, C, H, W)``; returns baseline and progression logits."""
-        check_model_input(x, 2, self.in_channels, num_timepoints=self.num_timepoints, downsampling=self.pad_multiple,
-                          pads=True, instance_norm_bottleneck=self.instance_norm_bottleneck, dtype=parameter_dtype(self))
+        check_model_input(x, 2, self.in_channels, num_timepoints=self.num_timepoints,
+                          size_rule=self.spatial_size_rule, dtype=parameter_dtype(self))
         h, w = x.shape[-2:]
         m = self.pad_multiple
         pad_h, pad_w = (-h) % m, (-w) % m

@@ -38,7 +38,7 @@ from einops import rearrange
 
 from longiseg.networks.blocks.difference_weighting import DifferenceWeighting
 from longiseg.networks.blocks.heads import FusedDualHead, TimepointHeads
-from longiseg.networks.inputs import check_model_input, parameter_dtype
+from longiseg.networks.inputs import SpatialSizeRule, check_model_input, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.presets import UNET_WIDTHS
 from longiseg.registry import register_model
@@ -189,8 +189,11 @@ class LongiUNetDW(nn.Module):
         Inputs are checked by :func:`~longiseg.networks.inputs.check_model_input`.
     """
 
-    #: Its ConvStages instance-normalise the bottleneck: inputs must leave it at least 2 voxels.
-    instance_norm_bottleneck = True
+    @property
+    def spatial_size_rule(self) -> SpatialSizeRule:
+        """Sizes divisible by the encoder's downsampling; its ConvStages instance-normalise the bottleneck,
+        which must keep at least 2 voxels."""
+        return SpatialSizeRule.of(self.spatial_dims, self.encoder.divisor, instance_norm_bottleneck=True)
 
     def __init__(
         self,
@@ -223,8 +226,8 @@ class LongiUNetDW(nn.Module):
 
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
-        check_model_input(x, self.spatial_dims, self.in_channels, downsampling=self.encoder.divisor,
-                          instance_norm_bottleneck=self.instance_norm_bottleneck, dtype=parameter_dtype(self))
+        check_model_input(x, self.spatial_dims, self.in_channels, size_rule=self.spatial_size_rule,
+                          dtype=parameter_dtype(self))
         b, t = x.shape[:2]
         feats = self.encoder(x.flatten(0, 1))
         fused = []
@@ -255,8 +258,11 @@ class LongiUNetConcat(nn.Module):
         ValueError: at forward, if the input has a different number of timepoints than ``num_timepoints``.
     """
 
-    #: Its ConvStages instance-normalise the bottleneck: inputs must leave it at least 2 voxels.
-    instance_norm_bottleneck = True
+    @property
+    def spatial_size_rule(self) -> SpatialSizeRule:
+        """Sizes divisible by the encoder's downsampling; its ConvStages instance-normalise the bottleneck,
+        which must keep at least 2 voxels."""
+        return SpatialSizeRule.of(self.spatial_dims, self.encoder.divisor, instance_norm_bottleneck=True)
 
     def __init__(
         self,
@@ -283,7 +289,7 @@ class LongiUNetConcat(nn.Module):
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
         check_model_input(x, self.spatial_dims, self.in_channels, num_timepoints=self.num_timepoints,
-                          downsampling=self.encoder.divisor, instance_norm_bottleneck=self.instance_norm_bottleneck, dtype=parameter_dtype(self))
+                          size_rule=self.spatial_size_rule, dtype=parameter_dtype(self))
         fused = rearrange(x, "b t c ... -> b (t c) ...")
         return self.heads(self.decoder(self.encoder(fused)))
 

@@ -31,7 +31,12 @@ import torch.nn as nn
 from einops import rearrange
 
 from longiseg.networks.blocks.heads import FusedDualHead
-from longiseg.networks.inputs import check_model_input, normalises_per_instance, parameter_dtype
+from longiseg.networks.inputs import (
+    SpatialSizeRule,
+    check_model_input,
+    normalises_per_instance,
+    parameter_dtype,
+)
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.presets import UNET_WIDTHS
 from longiseg.registry import register_model
@@ -160,16 +165,16 @@ class ChannelStackedNet(nn.Module):
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.num_timepoints = check_timepoints("num_timepoints", num_timepoints)
         self.spatial_dims = spatial_dims
-        self.divisor = divisor
         self.backbone = backbone
-        self.instance_norm_bottleneck = normalises_per_instance(backbone)
+        self.spatial_size_rule = SpatialSizeRule.of(spatial_dims, divisor,
+                                                    instance_norm_bottleneck=normalises_per_instance(backbone))
         self.heads = FusedDualHead(feature_channels, num_timepoints=num_timepoints, out_channels=out_channels,
                                    spatial_dims=spatial_dims)
 
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
         check_model_input(x, self.spatial_dims, self.in_channels, num_timepoints=self.num_timepoints,
-                          downsampling=self.divisor, instance_norm_bottleneck=self.instance_norm_bottleneck, dtype=parameter_dtype(self))
+                          size_rule=self.spatial_size_rule, dtype=parameter_dtype(self))
         return self.heads(self.backbone(rearrange(x, "b t c ... -> b (t c) ...")))
 
 
@@ -225,15 +230,15 @@ class CrossSectionalNet(nn.Module):
         if not 0.0 < eps < 0.5:
             raise ValueError(f"eps must lie in (0, 0.5), got {eps}")
         self.spatial_dims = spatial_dims
-        self.divisor = divisor
         self.eps = eps
         self.backbone = backbone
-        self.instance_norm_bottleneck = normalises_per_instance(backbone)
+        self.spatial_size_rule = SpatialSizeRule.of(spatial_dims, divisor,
+                                                    instance_norm_bottleneck=normalises_per_instance(backbone))
 
     def timepoint_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Full-lesion logits of every timepoint: ``(B, T, C, *S) -> (B, T, K, *S)`` (the training output)."""
-        check_model_input(x, self.spatial_dims, self.in_channels, downsampling=self.divisor,
-                          instance_norm_bottleneck=self.instance_norm_bottleneck, dtype=parameter_dtype(self))
+        check_model_input(x, self.spatial_dims, self.in_channels, size_rule=self.spatial_size_rule,
+                          dtype=parameter_dtype(self))
         b, t = x.shape[:2]
         return self.backbone(x.flatten(0, 1)).unflatten(0, (b, t))
 
