@@ -1,8 +1,8 @@
 """Convert MSSEG-2, UCSF-ALTPD or any cohort in the library layout into ``OUT/train`` and ``OUT/test``.
 
 The public datasets are read with the adapters of :mod:`longiseg.data.adapters`. Every case is checked
-first (:func:`longiseg.data.validate_cases`: shapes, affines, binary masks, finite intensities; and the
-adapters' label maps, :func:`longiseg.data.adapters.check_label_maps`), all problems are reported together
+first (:func:`longiseg.data.validate_cases`: shapes, affines, binary masks, finite intensities, and label
+maps holding only the labels their dataset defines), all problems are reported together
 and nothing is written while any case is invalid. Then the cases are written in the library layout
 (:func:`longiseg.data.save_case`) with a ``manifest.json`` per split, into a temporary folder beside OUT that
 replaces OUT as a whole at the end: OUT holds the complete conversion or stays as it was (``--overwrite``
@@ -50,7 +50,6 @@ from longiseg.data import (
     validate_cases,
     write_manifest,
 )
-from longiseg.data.adapters import LABEL_MAPS_KEY, check_label_maps
 from longiseg.data.layout import MANIFEST_JSON
 from longiseg.data.split import split_by_patient
 from longiseg.utils.io import atomic_directory, check_output_folder, check_separate_folders
@@ -184,7 +183,7 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
 
 
 def _validate(sources: Sequence[CaseSource]) -> None:
-    """Check every case (files, grids, values, the adapters' label maps) and raise one error listing all."""
+    """Check every case (files, grids, values, label maps) and raise one error listing all."""
     problems = validate_cases(sources)
     modalities = tuple(sources[0].modalities)
     for s in sources:
@@ -192,12 +191,6 @@ def _validate(sources: Sequence[CaseSource]) -> None:
             problems.setdefault(s.case_id, []).append(
                 f"ValueError: case {s.case_id!r} has modalities {list(s.modalities)} but case "
                 f"{sources[0].case_id!r} has {list(modalities)}; all cases of a cohort need the same channels")
-    labelled = [s for s in sources if s.case_id not in problems and s.metadata.get(LABEL_MAPS_KEY)]
-    for s in tqdm(labelled, desc="checking label maps", unit="case", disable=not labelled):
-        try:
-            check_label_maps(s)
-        except (OSError, ValueError) as exc:
-            problems.setdefault(s.case_id, []).append(f"{type(exc).__name__}: {exc}")
     if problems:
         lines = "\n".join(f"  {cid}: {msg}" for cid, msgs in problems.items() for msg in msgs)
         raise ValueError(f"{len(problems)} of {len(sources)} cases are invalid; nothing was written. Fix or "

@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from longiseg.data import load_case, msseg2_cases, ucsf_altpd_cases
+from longiseg.data import load_case, msseg2_cases, ucsf_altpd_cases, validate_cases
+from longiseg.data.loading import MaskSpec
 
 SHAPE = (12, 14, 10)
 
@@ -114,7 +115,8 @@ def test_ucsf_errors(tmp_path: Path) -> None:
     seg = np.zeros(SHAPE, dtype=np.float32)
     seg[1, 1, 1] = 1.5
     _save(tmp_path / "100002" / "100002_time2_seg.nii.gz", seg)
-    with pytest.raises(ValueError, match="non-integer"):
+    with pytest.raises(ValueError, match=r"100002_time2_seg.nii.gz holds value\(s\) \[1.5\] \(1 voxel\); it may "
+                                         "hold only 0 and 1, 2, 3, 4"):
         load_case(ucsf_altpd_cases(tmp_path)[0])
 
 
@@ -174,10 +176,9 @@ def test_ucsf_label_arguments_accepted(tmp_path: Path) -> None:
 
 
 def test_ucsf_undefined_labels_never_counted_and_refused(tmp_path: Path) -> None:
-    from longiseg.data.adapters import check_label_maps
-
+    """A label the release does not define is refused when the map is read, wherever it is read."""
     seg1, seg2 = _write_ucsf(tmp_path, "100001")
-    check_label_maps(ucsf_altpd_cases(tmp_path)[0])  # the release's labels pass
+    load_case(ucsf_altpd_cases(tmp_path)[0])  # the release's labels pass
     bad = seg1.copy()
     bad[0, 0, 0], bad[0, 0, 1] = 9, 255
     _save(tmp_path / "100001" / "100001_time1_seg.nii.gz", bad)
@@ -186,18 +187,23 @@ def test_ucsf_undefined_labels_never_counted_and_refused(tmp_path: Path) -> None
     change[0, 1, 0] = 7
     _save(tmp_path / "100001" / "100001_flair_subtraction_seg.nii.gz", change)
     (src,) = ucsf_altpd_cases(tmp_path)
-    case = load_case(src)  # loading alone does not look for undefined labels, but never counts them as tumour
-    np.testing.assert_array_equal(case.baseline_mask, (seg1 > 0).astype(np.uint8))
-    with pytest.raises(ValueError, match=r"100001_time1_seg.nii.gz holds label\(s\) \[9, 255\] \(2 voxels\) that "
-                                         "UCSF-ALPTDG does not define; it may hold only 0 and 1 NETC"):
-        check_label_maps(src)
-    (sub,) = ucsf_altpd_cases(tmp_path, difference="flair_subtraction")
-    assert load_case(sub).progression_masks.sum() == 4  # the 7 is no change
+    with pytest.raises(ValueError, match=r"100001_time1_seg.nii.gz holds value\(s\) \[9, 255\] \(2 voxels\); it "
+                                         "may hold only 0 and 1, 2, 3, 4: fix the file or leave the case out"):
+        load_case(src)
+    (problems,) = validate_cases([src], progress=False).values()  # seg1 feeds two masks: reported once
+    assert len(problems) == 1 and "[9, 255]" in problems[0]
     _save(tmp_path / "100001" / "100001_time1_seg.nii.gz", seg1)
-    with pytest.raises(ValueError, match=r"change mask .*100001_flair_subtraction_seg.nii.gz holds label\(s\) \[7\]"
-                                         r".* 1 increase, 2 decrease"):
-        check_label_maps(sub)
-    check_label_maps(msseg2_cases(_msseg2_raw(tmp_path / "ms"))[0])  # no label maps: nothing to check
+    (sub,) = ucsf_altpd_cases(tmp_path, difference="flair_subtraction")
+    with pytest.raises(ValueError, match=r"100001_flair_subtraction_seg.nii.gz holds value\(s\) \[7\] .* only 0 and "
+                                         "1, 2"):
+        load_case(sub)
+    change[0, 1, 0] = 2  # "decrease": defined, and a labelled change like "increase" (as documented)
+    _save(tmp_path / "100001" / "100001_flair_subtraction_seg.nii.gz", change)
+    assert load_case(sub).progression_masks.sum() == 5
+    with pytest.raises(ValueError, match=r"labels \[5\] are not among the allowed labels \(1, 2\)"):
+        MaskSpec((tmp_path / "m.nii.gz",), "labels", (5,), allowed=(1, 2))
+    with pytest.raises(ValueError, match="not to rule 'binary'"):
+        MaskSpec((tmp_path / "m.nii.gz",), "binary", allowed=(1,))
 
 
 # --------------------------------------------------------------------------- examples/convert_datasets.py
@@ -385,7 +391,8 @@ def test_convert_ucsf_refuses_bad_labels_and_modalities(tmp_path: Path) -> None:
     _save(raw / "100002" / "100002_time1_seg.nii.gz", bad)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"1 of 3 cases are invalid; nothing was written(.|\n)*100002: ValueError: "
-                                         r"case '100002': tumour label map .* holds label\(s\) \[9\]"):
+                                         r"case '100002': label map .*100002_time1_seg.nii.gz holds value\(s\) \[9\] "
+                                         r"\(1 voxel\); it may hold only 0 and 1, 2, 3, 4: fix the file or leave the case out$"):
         convert.main(["ucsf", str(raw), str(out)])
     for args, exc, match in ((["--tumour-labels", "0"], ValueError, "tumour_labels must not hold 0"),
                              (["--tumour-labels", "7"], ValueError, r"tumour_labels \[7\]"),

@@ -25,8 +25,9 @@ release folder ``UCSF_POSTOP_GLIOMA_DATASET_FINAL_v1.0``)::
 The baseline target is the binary whole-tumour mask of ``time1`` (union of ``tumour_labels``), the
 progression target a binary difference mask between the two timepoints (see :func:`ucsf_altpd_cases`).
 Labels the release does not define (``UCSF_SEG_LABELS``, ``UCSF_CHANGE_LABELS``) are never counted as
-tumour or change; :func:`check_label_maps` refuses label maps that hold any (the conversion script runs it
-on every case before writing).
+tumour or change: each case's :class:`~longiseg.data.loading.MaskSpec` lists the labels its file may hold
+(``allowed``), so :func:`~longiseg.data.load_case` and :func:`~longiseg.data.validate_cases` refuse a label map
+holding any other value, naming the file and the values.
 """
 
 from __future__ import annotations
@@ -41,10 +42,9 @@ import numpy as np
 
 from longiseg.data.layout import find_nifti
 from longiseg.data.loading import CaseSource, MaskSpec
-from longiseg.utils.io import load_nifti
 
-__all__ = ["MSSEG2_FILES", "UCSF_MODALITIES", "UCSF_SEG_LABELS", "UCSF_CHANGE_LABELS", "LABEL_MAPS_KEY", "msseg2_cases",
-           "ucsf_altpd_cases", "check_label_maps"]
+__all__ = ["MSSEG2_FILES", "UCSF_MODALITIES", "UCSF_SEG_LABELS", "UCSF_CHANGE_LABELS", "msseg2_cases",
+           "ucsf_altpd_cases"]
 
 PathLike = str | os.PathLike
 
@@ -65,8 +65,6 @@ UCSF_SEG_LABELS = {1: "NETC", 2: "SNFH", 3: "ET", 4: "resection cavity"}
 #: Labels of UCSF-ALPTDG's longitudinal change masks (``*_{flair,t1ce}_subtraction_seg``); 0 is no change.
 UCSF_CHANGE_LABELS = {1: "increase", 2: "decrease"}
 _UCSF_DIFFERENCES = ("symmetric", "growth", "flair_subtraction", "t1ce_subtraction")
-#: ``CaseSource.metadata`` key of the label maps an adapter's case reads and the labels each may hold.
-LABEL_MAPS_KEY = "label_maps"
 
 
 def _nifti(folder: Path, stem: str) -> Path:
@@ -218,9 +216,8 @@ def ucsf_altpd_cases(
             in the dataset's own longitudinal change mask.
 
     Returns:
-        One :class:`CaseSource` per patient with ``T = 2``. Only the labels named above count; whether the
-        label maps hold other values is checked when the voxels are read by :func:`check_label_maps` (its
-        ``metadata["label_maps"]`` lists each label map and the labels it may hold).
+        One :class:`CaseSource` per patient with ``T = 2``. Only the labels named above count; a label map holding a value the
+        release does not define is refused when its voxels are read (``MaskSpec.allowed``).
 
     Raises:
         FileNotFoundError: ``root`` has no UCSF-ALPTDG case folders.
@@ -239,59 +236,20 @@ def ucsf_altpd_cases(
         pid = folder.name
         images = tuple(tuple(_nifti(folder, f"{pid}_time{t}_{m}") for m in mods) for t in (1, 2))
         seg1, seg2 = _nifti(folder, f"{pid}_time1_seg"), _nifti(folder, f"{pid}_time2_seg")
-        label_maps = [(str(seg1), "tumour label map", UCSF_SEG_LABELS)]
         if difference in ("symmetric", "growth"):
             rule = "symmetric_difference" if difference == "symmetric" else "growth"
-            prog = MaskSpec((seg1, seg2), rule, labels)
-            label_maps.append((str(seg2), "tumour label map", UCSF_SEG_LABELS))
+            prog = MaskSpec((seg1, seg2), rule, labels, allowed=tuple(UCSF_SEG_LABELS))
         else:
             change = _nifti(folder, f"{pid}_{difference}_seg")
-            prog = MaskSpec((change,), "labels", tuple(UCSF_CHANGE_LABELS))
-            label_maps.append((str(change), "change mask", UCSF_CHANGE_LABELS))
+            prog = MaskSpec((change,), "labels", tuple(UCSF_CHANGE_LABELS), allowed=tuple(UCSF_CHANGE_LABELS))
         sources.append(
             CaseSource(
                 case_id=pid,
                 modalities=mods,
                 image_files=images,
-                baseline_mask=MaskSpec((seg1,), "labels", labels),
+                baseline_mask=MaskSpec((seg1,), "labels", labels, allowed=tuple(UCSF_SEG_LABELS)),
                 progression_masks=(prog,),
-                metadata={"dataset": "UCSF-ALPTDG", "difference": difference, "tumour_labels": labels,
-                          LABEL_MAPS_KEY: tuple(label_maps)},
+                metadata={"dataset": "UCSF-ALPTDG", "difference": difference, "tumour_labels": labels},
             )
         )
     return sources
-
-
-def _format_values(values: np.ndarray) -> list:
-    return [int(v) if float(v).is_integer() else float(v) for v in values.tolist()]
-
-
-def check_label_maps(source: CaseSource) -> None:
-    """Refuse label maps of an adapter's case that hold labels their dataset does not define.
-
-    A case from :func:`ucsf_altpd_cases` lists in ``metadata["label_maps"]`` each label map it reads as
-    ``(path, kind, {label: name})``: the labels that map may hold besides 0 (:data:`UCSF_SEG_LABELS` for
-    tumour label maps, :data:`UCSF_CHANGE_LABELS` for change masks). Other values (``9``, ``255``, ``1.5``) mean the file is not
-    what the adapter expects; they are never counted as tumour or change, but a mask built while ignoring
-    them would be silently wrong, so they are refused. Cases without that list (the library layout, MSSEG-2,
-    whose masks :func:`~longiseg.data.load_case` checks to be binary) pass unchanged.
-
-    Args:
-        source: the case (no voxels read before).
-
-    Raises:
-        FileNotFoundError: a label map is missing.
-        ValueError: naming the case, the file, the undefined labels found and the labels it may hold; or a
-            file that is not a readable NIfTI volume.
-    """
-    for path, kind, labels in source.metadata.get(LABEL_MAPS_KEY, ()):
-        img = load_nifti(path, what=f"case {source.case_id!r}: {kind}")
-        arr = np.asanyarray(img.dataobj)
-        bad = ~np.isin(arr, np.asarray([0, *labels]))
-        if bad.any():
-            found = _format_values(np.unique(arr[bad])[:10])
-            raise ValueError(
-                f"case {source.case_id!r}: {kind} {path} holds label(s) {found} ({int(bad.sum())} voxels) that "
-                f"{source.metadata.get('dataset', 'the dataset')} does not define; it may hold only 0 and "
-                f"{_describe(labels)}: fix the file or leave the case out"
-            )

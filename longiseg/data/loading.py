@@ -77,11 +77,16 @@ class MaskSpec:
             file (for datasets without that annotation); ``"growth"``: labelled in the second file but
             not in the first; ``"symmetric_difference"``: labelled in exactly one of the two files.
         labels: label values that count as foreground for the label rules (``None``: all non-zero).
+        allowed: for the label rules, the values the label map(s) may hold besides 0 (a dataset's defined
+            labels); a file holding any other value (``9``, ``255``) is not what the reader expects and is
+            refused when read, naming the file and the values, rather than built into a mask that silently
+            ignores them. ``None``: any integer.
     """
 
     files: tuple[Path, ...]
     rule: str = "binary"
     labels: tuple[int, ...] | None = None
+    allowed: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.rule not in _MASK_RULES:
@@ -90,6 +95,13 @@ class MaskSpec:
         if len(self.files) != want:
             raise ValueError(f"mask rule {self.rule!r} needs {want} file(s), got {len(self.files)}")
         object.__setattr__(self, "files", tuple(Path(f) for f in self.files))
+        if self.allowed is not None:
+            if self.rule in ("binary", "empty"):
+                raise ValueError(f"allowed labels apply to the label rules, not to rule {self.rule!r}")
+            object.__setattr__(self, "allowed", tuple(int(v) for v in self.allowed))
+            outside = sorted(set(self.labels or ()) - set(self.allowed))
+            if outside:
+                raise ValueError(f"labels {outside} are not among the allowed labels {self.allowed}")
 
 
 @dataclass(frozen=True)
@@ -181,10 +193,18 @@ class CaseSource:
 
 
 # --------------------------------------------------------------------------- loading
-def _read_label_map(path: Path, case_id: str) -> np.ndarray:
+def _read_label_map(path: Path, case_id: str, allowed: tuple[int, ...] | None) -> np.ndarray:
+    """An integer-valued label map, refusing values outside ``0`` and ``allowed`` (see :class:`MaskSpec`)."""
     arr = _read_volume(path, f"case {case_id!r}: mask")[0]
-    if np.issubdtype(arr.dtype, np.floating) and not np.array_equal(arr, np.round(arr)):
-        raise ValueError(f"case {case_id!r}: label map {path} holds non-integer values")
+    bad = None if allowed is None else ~np.isin(arr, np.asarray((0, *allowed)))
+    if bad is None and np.issubdtype(arr.dtype, np.floating):
+        bad = arr != np.round(arr)
+    if bad is not None and bad.any():
+        found = [int(v) if float(v).is_integer() else float(v) for v in np.unique(arr[bad])[:10].tolist()]
+        may = "only integers" if allowed is None else f"only 0 and {', '.join(map(str, allowed))}"
+        n = int(bad.sum())
+        raise ValueError(f"case {case_id!r}: label map {path} holds value(s) {found} ({n} voxel{'s' * (n != 1)}); it "
+                         f"may hold {may}: fix the file or leave the case out")
     return arr
 
 
@@ -199,7 +219,7 @@ def _build_mask(spec: MaskSpec, case_id: str) -> np.ndarray:
         return np.zeros(shape[:3], dtype=np.uint8)
     if spec.rule == "binary":
         return read_mask(spec.files[0], what=f"case {case_id!r}: mask")[0]
-    arrays = [_read_label_map(f, case_id) for f in spec.files]
+    arrays = [_read_label_map(f, case_id, spec.allowed) for f in spec.files]
     if spec.rule == "labels":
         return _labelled(arrays[0], spec.labels).astype(np.uint8)
     a, b = (_labelled(x, spec.labels) for x in arrays)
@@ -434,7 +454,9 @@ class _Problems:
     def add(self, exc: OSError | ValueError) -> None:
         if not self.collect:
             raise exc
-        self.messages.append(f"{type(exc).__name__}: {exc}")
+        message = f"{type(exc).__name__}: {exc}"
+        if message not in self.messages:  # one file read for two masks (a growth rule) is reported once
+            self.messages.append(message)
 
     def attempt(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T | None:
         """``fn(*args, **kwargs)``; when collecting, an ``OSError``/``ValueError`` is recorded as ``None``."""
