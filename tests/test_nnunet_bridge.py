@@ -167,6 +167,11 @@ def test_writer_errors(tmp_path: Path, rng: np.random.Generator) -> None:
         write_nnunet_dataset(tmp_path, 3, "C", [_case("a", rng)], ["x", "y"], labels={"background": 0, "les": 1})
     with pytest.raises(ValueError, match="empty"):
         write_nnunet_dataset(tmp_path, 4, "D", [], ["x"])
+    write_nnunet_dataset(tmp_path, 5, "E", [_case("a", rng)], ["x", "y"])
+    with pytest.raises(ValueError, match=r"already holds Dataset005_E with the id of Dataset005_F; nnU-Net finds"):
+        write_nnunet_dataset(tmp_path, 5, "F", [_case("a", rng)], ["x", "y"])
+    assert not (tmp_path / "Dataset005_F").exists()
+    write_nnunet_dataset(tmp_path, 5, "E", [_case("b", rng)], ["x", "y"], overwrite=True)  # its own id: fine
 
 
 def _write_longiseg_case(root: Path, case: str, masks: list[np.ndarray], rng: np.random.Generator) -> None:

@@ -306,6 +306,13 @@ def _check_destination(folder: Path, overwrite: bool) -> bool:
     """Refuse ``folder`` as an output before any work; ``True`` when it may be replaced (``overwrite`` or empty)."""
     check_output_folder(folder.parent, "out_root")
     check_output_folder(folder, "dataset folder")
+    prefix = folder.name.split("_", 1)[0] + "_"  # "Dataset001_": nnU-Net finds a dataset by its id alone
+    if folder.parent.is_dir():
+        clash = sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(prefix) and p.name != folder.name
+                       and p.is_dir())
+        if clash:
+            raise ValueError(f"{folder.parent} already holds {clash[0]} with the id of {folder.name}; nnU-Net finds "
+                             "a dataset by its id and refuses two: choose another dataset_id or remove it")
     empty = folder.is_dir() and not any(folder.iterdir())
     if folder.exists() and not (overwrite or empty):
         raise FileExistsError(f"{folder} already exists; pass overwrite=True to replace it as a whole")
