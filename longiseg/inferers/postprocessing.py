@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from longiseg.data.lesions import check_connectivity, check_min_volume, remove_small_lesions
-from longiseg.utils.masks import as_spacing
+from longiseg.utils.masks import as_mask, as_spacing
 from longiseg.utils.validation import (
     check_binary,
     check_finite,
@@ -97,15 +97,12 @@ def remove_small_components(
         TypeError: ``min_volume_mm3`` is not a number, or ``mask`` not an array/tensor.
         ValueError: wrong rank, non-binary mask, negative or non-finite volume, bad spacing or connectivity.
     """
-    m = _as_numpy("mask", mask)
-    check_ndim("mask", m, 3, "(D, H, W)")
-    check_binary("mask", m)
+    m = as_mask("mask", mask, 3)  # a bool array: the lesion layer's own check of it is free
     vmin = check_min_volume(min_volume_mm3)
     conn = check_connectivity(connectivity, 3)
     sp = as_spacing(spacing, 3)
-    m = m.astype(bool)
     if vmin == 0 or not m.any():
-        return m
+        return m.copy()  # never a view of the caller's mask or tensor
     # the lesion layer compares voxel counts, so a component of exactly min_volume_mm3 is kept
     return remove_small_lesions(m, sp, min_volume_mm3=vmin, connectivity=conn)
 
