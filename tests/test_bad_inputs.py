@@ -331,10 +331,15 @@ ROWS = [
     Row("evaluate-one-folder", lambda ws, t: ["evaluate", str(ws / "cohort")], "give at least one prediction folder"),
     # --- lesions
     Row("lesions-out-is-masks", lambda ws, t: ["lesions", str(ws / "preds"), "--out", str(ws / "preds"), "--overwrite",
-                                               "--no-figures", "--no-progress"], r"out .*preds is the mask folder"),
+                                               "--no-figures", "--no-progress"], r"--out .*preds is the MASKS folder"),
+    Row("lesions-bad-min-volume", lambda ws, t: ["lesions", str(ws / "preds"), "--out", str(t / "r"), "--min-volume",
+                                                 "-1"], r"--min-volume must be a volume in mm\^3 >= 0, got -1"),
+    Row("lesions-masks-is-a-file", lambda ws, t: ((t / "f").write_text("x"), ["lesions", str(t / "f"), "--out",
+                                                                           str(t / "r")])[-1],
+        r"MASKS .*f is not a folder"),
     Row("lesions-out-inside-images", lambda ws, t: ["lesions", str(ws / "preds"), "--images", str(ws / "cohort"),
                                                     "--out", str(ws / "cohort" / "report")],
-        r"out .*report lies inside the images folder"),
+        r"--out .*report lies inside the --images folder"),
     # --- tune
     Row("tune-missing-run", lambda ws, t: ["tune", str(t / "norun")], r"run folder .*norun does not exist"),
     Row("tune-missing-checkpoint", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "best.pt"],

@@ -78,3 +78,25 @@ def test_bad_input() -> None:
         persisting_lesions(prog, base[:5], prog)
     with pytest.raises(ValueError, match="connectivity"):
         persisting_lesions(prog, base, prog, connectivity=5)
+
+
+def test_coverage_of_exactly_min_coverage_flags_the_lesion() -> None:
+    """3 of 30 voxels is 10 %, although 0.1 * 30 is 3.0000000000000004 in floating point."""
+    base = np.zeros((4, 10, 10), bool)
+    base[1, 1:4, 1:9] = True  # 24 voxels
+    base[2, 1:4, 1:3] = True  # + 6 = 30
+    pred = np.zeros_like(base)
+    pred[1, 1, 1:4] = True    # 3 voxels of the lesion
+    res = persisting_lesions(pred, base, np.zeros_like(base), min_coverage=0.1)
+    assert (res.num_persisting, res.num_flagged) == (1, 1)
+    pred[1, 1, 3] = False     # 2 of 30: below 10 %
+    assert persisting_lesions(pred, base, np.zeros_like(base), min_coverage=0.1).num_flagged == 0
+
+
+def test_two_dimensional_masks() -> None:
+    base = np.zeros((8, 8), bool)
+    base[1:3, 1:3] = True
+    prog = np.zeros_like(base)
+    prog[3, 3] = True  # diagonal neighbour of the lesion: touching under 8-, not under 4-connectivity
+    assert persisting_lesions(base, base, prog).num_persisting == 0
+    assert persisting_lesions(base, base, prog, connectivity=4).num_flagged == 1

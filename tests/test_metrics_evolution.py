@@ -154,7 +154,8 @@ def test_demo_references_report_the_placed_lesions(demo_refs) -> None:  # noqa: 
     assert any(c.components > 1 for c in active.changes)  # a rim of growth stays one enlarging lesion
 
 
-def test_lesions_command_writes_tables_figures_and_html(demo_refs, tmp_path: Path) -> None:  # noqa: ANN001
+def test_lesions_command_writes_tables_figures_and_html(demo_refs, tmp_path: Path,  # noqa: ANN001
+                                                         capsys: pytest.CaptureFixture) -> None:
     from longiseg.cli import main
 
     root, stats = demo_refs
@@ -172,6 +173,9 @@ def test_lesions_command_writes_tables_figures_and_html(demo_refs, tmp_path: Pat
     assert html.count("data:image/png;base64,") == n_changes + 2  # montages and two volume plots
     assert "MRI activity" in html and "src=\"http" not in html
     assert main(["lesions", str(root), "--out", str(out)]) == 2  # exists: refused without --overwrite
+    capsys.readouterr()
+    assert main(["lesions", str(root), "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert "%|" not in capsys.readouterr().err  # no progress bar, the report's own included
 
 
 def test_lesions_command_without_images_says_so(demo_refs, tmp_path: Path) -> None:  # noqa: ANN001
@@ -198,8 +202,8 @@ def test_import_longiseg_does_not_import_matplotlib_or_simpleitk() -> None:
 
 
 @pytest.mark.parametrize("args, match", [
-    (["{t}/nope", "--out", "{t}/out"], r"nope does not exist"),
-    (["{root}", "--out", "{t}/out", "--min-volume", "-1"], r"min_volume_mm3 must be a finite number >= 0"),
+    (["{t}/nope", "--out", "{t}/out"], r"MASKS .*nope is not a folder"),
+    (["{root}", "--out", "{t}/out", "--min-volume", "-1"], r"--min-volume must be a volume in mm\^3 >= 0"),
 ])
 def test_lesions_command_rejects_bad_arguments(args: list[str], match: str, demo_refs, tmp_path: Path,  # noqa: ANN001
                                                capsys: pytest.CaptureFixture) -> None:

@@ -221,3 +221,63 @@ def test_tertile_bins() -> None:
         SizeBins((5.0, 1.0))
     with pytest.raises(ValueError, match="'tertiles'"):
         stratified_lesion_metrics([], "quartiles")
+
+
+# --- protocol settings reach every metric (probe findings of 0.3.8) ------------------------------------
+
+
+def test_protocol_connectivity_reaches_the_persisting_lesion_count() -> None:
+    gb = box((12, 12, 12), (1, 4, 1, 4, 1, 4))
+    gp = box((12, 12, 12), (4, 7, 4, 7, 4, 7))  # touches the baseline lesion at one corner only
+    c6 = EvaluationProtocol(name="c6", connectivity=6, min_lesion_volume_mm3=0)
+    rows, _ = evaluate_longitudinal_case(gb, gb, [gb], [gp], 1.0, c6)
+    assert (rows[1]["persisting_lesions"], rows[1]["persisting_flagged"]) == (1, 1)  # face-apart: not touching
+    rows26, _ = evaluate_longitudinal_case(gb, gb, [gb], [gp], 1.0, c6.with_overrides(connectivity=26))
+    assert rows26[1]["persisting_lesions"] == 0  # corner neighbours touch under 26-connectivity
+
+
+def test_tdw_classes_a_followup_by_its_filtered_reference() -> None:
+    gb = box(S, (1, 4, 1, 4, 1, 4))
+    gp = box(S, (7, 8, 7, 8, 7, 9))  # a 2 mm^3 new lesion, below tdw's 3 mm^3
+    empty = np.zeros(S, bool)
+    rows, _ = evaluate_longitudinal_case(gb, gb, [empty], [gp], 1.0, "tdw")
+    assert rows[1]["kind"] == "NP" and rows[1]["daa_correct"] is True
+    rows, _ = evaluate_longitudinal_case(gb, gb, [empty], [gp], 1.0, "segmast")
+    assert rows[1]["kind"] == "P" and rows[1]["daa_correct"] is False and rows[1]["dice"] == 0.0
+    with pytest.raises(ValueError, match=r"kind='P' but the reference progression mask is empty after the protocol"):
+        evaluate_mask_pair(empty, gp, 1.0, "tdw", kind="P")
+    with pytest.raises(ValueError, match=r"kind='NP' but the reference progression mask is not empty"):
+        evaluate_mask_pair(gp, gp, 1.0, "segmast", kind="NP")
+
+
+def test_protocol_connectivity_in_2d_and_protocol_field_types() -> None:
+    a = np.zeros((5, 5), bool)
+    a[1, 1] = a[2, 2] = True  # diagonal neighbours: one lesion with 8-, two with 4-connectivity
+    for conn, n in ((4, 2), (8, 1), (6, 2), (26, 1), (None, 1)):
+        prot = EvaluationProtocol(name="x", connectivity=conn, min_lesion_volume_mm3=0)
+        assert evaluate_mask_pair(a, a, None, prot)[0]["n_gt_lesions"] == n
+    rows, _ = evaluate_longitudinal_case(a, a, [a], [a], 1.0, EvaluationProtocol(min_lesion_volume_mm3=0))
+    assert rows[1]["kind"] == "P" and rows[1]["dice"] == 1.0  # 2D cases evaluate end to end
+    with pytest.raises(ValueError, match="connectivity must be one of"):
+        evaluate_mask_pair(box(S), box(S), None, EvaluationProtocol(connectivity=8))
+    with pytest.raises(ConfigError, match="connectivity must be None, 6, 18 or 26"):
+        EvaluationProtocol(connectivity=5)
+    assert EvaluationProtocol(strict_np="no").strict_np is False
+    assert EvaluationProtocol(iou_threshold="0.3").iou_threshold == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="'hd_percentile': expected a float, got None"):
+        EvaluationProtocol(hd_percentile=None)
+
+
+def test_size_bins_include_their_upper_edge_despite_round_off() -> None:
+    g = np.ones((1, 25, 13), bool)  # 325 voxels of 0.64 mm^3 = 208 mm^3 (208.00000000000003 in floating point)
+    rows = stratified_lesion_metrics([lesion_detection(g, g, (1.0, 0.8, 0.8))], SizeBins((84, 208)))
+    assert [r["n_gt"] for r in rows] == [0, 1, 0]
+
+
+def test_kinds_are_checked_when_selecting_rows() -> None:
+    table = make_table({("p1", "c1", "NP"): 1.0})
+    assert table.summary("dice", kind="NP").n_cases == 1
+    with pytest.raises(ValueError, match=r"kind must be among \('B', 'P', 'NP'\), got \['np'\]"):
+        table.summary("dice", kind="np")
+    with pytest.raises(ValueError, match="kind must be among"):
+        paired_ttest(table, table, "dice", kind="np")

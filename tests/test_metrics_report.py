@@ -105,6 +105,10 @@ def test_write_report_files(folders: tuple[Path, Path, Path], tmp_path: Path) ->
         per_case = list(csv.DictReader(fh))
     assert len(per_case) == 14 and per_case[0]["model"] == "good"
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporary files
+    tdw = evaluate_folder(bad, gt, protocol="tdw", model="bad_tdw", progress=False)
+    with pytest.raises(ValueError, match=r"different protocols \('good': 'segmast', 'bad_tdw': 'tdw'\)"):
+        write_report([results[0], tdw], tmp_path / "mixed")
+    assert not (tmp_path / "mixed").exists()
 
 
 def test_paper_table_format_and_stars() -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from longiseg.metrics.inputs import as_mask, as_spacing
+from longiseg.metrics.lesion import lesion_detection
 from longiseg.metrics.voxel import (
     confusion_counts,
     dice,
@@ -194,6 +195,17 @@ def test_spacing_and_mask_helpers() -> None:
     np.testing.assert_array_equal(as_spacing(None, 3), [1.0, 1.0, 1.0])
     np.testing.assert_array_equal(as_spacing(0.5, 2), [0.5, 0.5])
     assert as_mask("m", np.array([[0.0, 1.0]])).dtype == bool
+    for flag in (True, [1.0, True, 1.0], np.ones(3, bool), torch.ones(3, dtype=torch.bool)):
+        with pytest.raises(TypeError, match="spacing must hold millimetre values, got a boolean"):
+            as_spacing(flag, 3)
+    # a thresholded output under autocast (bfloat16: no NumPy dtype) is a mask like any other
+    half = torch.zeros(4, 4, 4, dtype=torch.bfloat16)
+    half[1:3, 1:3, 1:3] = 1
+    assert dice(half, half.float()) == 1.0
+    # bool arrays viewed from other bytes hold values > 1 that NumPy reads as True: one lesion, not three
+    run = np.array([0, 1, 255, 255, 1, 0], np.uint8).view(bool)[None, None]
+    np.testing.assert_array_equal(as_mask("m", run).view(np.uint8), [[[0, 1, 1, 1, 1, 0]]])
+    assert lesion_detection(run, run.copy()).n_pred == 1
 
 
 # --- properties ------------------------------------------------------------------------------------------

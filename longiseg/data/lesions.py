@@ -165,26 +165,26 @@ def label_persisting_lesions(
     """Label the baseline lesions and find those that persist unchanged (do not touch the progression mask).
 
     Args:
-        gt_baseline: reference binary baseline mask ``(D, H, W)``.
-        gt_progression: reference binary progression mask ``(D, H, W)`` of the follow-up.
+        gt_baseline: reference binary baseline mask ``(D, H, W)`` (or ``(H, W)``).
+        gt_progression: reference binary progression mask of the follow-up, the same shape.
         spacing: voxel size in mm per axis (``None``: 1 mm).
         min_volume_mm3: baseline lesions below this volume are not counted.
-        connectivity: 6, 18 or 26 (``None``: 26), for the lesions and for "touching".
+        connectivity: 6, 18 or 26 in 3D, 4 or 8 in 2D (``None``: full), for the lesions and for "touching".
 
     Returns:
         The baseline lesion labels (:class:`LesionLabels`) and the sorted ``int`` array
         of the labels that persist.
     """
-    base = as_mask("gt_baseline", gt_baseline, 3)
-    prog = as_mask("gt_progression", gt_progression, 3)
+    base = as_mask("gt_baseline", gt_baseline)
+    prog = as_mask("gt_progression", gt_progression)
     if prog.shape != base.shape:
         raise ValueError(f"gt_progression has shape {prog.shape}, gt_baseline {base.shape}")
-    conn = check_connectivity(connectivity, 3)
-    lesions = label_lesions(base, as_spacing(spacing, 3), connectivity=conn,
+    conn = check_connectivity(connectivity, base.ndim)
+    lesions = label_lesions(base, as_spacing(spacing, base.ndim), connectivity=conn,
                             min_volume_mm3=check_min_volume(min_volume_mm3))
     if lesions.n == 0:
         return lesions, np.zeros(0, dtype=np.int64)
     # Lesions touching progression: labels found in the progression mask grown by one voxel.
-    grown = ndimage.binary_dilation(prog, structure=ndimage.generate_binary_structure(3, _STRUCTURES[conn]))
+    grown = ndimage.binary_dilation(prog, structure=ndimage.generate_binary_structure(base.ndim, _STRUCTURES[conn]))
     touching = np.unique(lesions.labels[grown & (lesions.labels > 0)])
     return lesions, np.setdiff1d(np.arange(1, lesions.n + 1), touching)

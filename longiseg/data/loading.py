@@ -878,8 +878,10 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
             gives, fewer than two timepoints, or a ``.nii`` and a ``.nii.gz`` of one mask.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"mask folder {root} is a file, not a folder")
     if not root.is_dir():
-        raise FileNotFoundError(f"reference folder {root} does not exist")
+        raise FileNotFoundError(f"mask folder {root} does not exist")
     manifest = _cohort_manifest(root)
     if manifest is not None:
         rows = list(manifest.cases)

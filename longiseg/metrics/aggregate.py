@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import stats
 
+from longiseg.metrics.longitudinal import CASE_KINDS
+
 __all__ = [
     "PAPER_COLUMNS",
     "POOLED_COLUMNS",
@@ -109,8 +111,15 @@ class ResultsTable:
         target: str | None = None,
         timepoint: int | None = None,
     ) -> ResultsTable:
-        """Rows of the given kind(s) (``"B"``, ``"P"``, ``"NP"``), target and/or timepoint."""
+        """Rows of the given kind(s) (``"B"``, ``"P"``, ``"NP"``), target and/or timepoint.
+
+        Raises:
+            ValueError: a kind other than ``"B"``, ``"P"``, ``"NP"`` (a misspelt ``"np"`` would select nothing).
+        """
         kinds = None if kind is None else ({kind} if isinstance(kind, str) else set(kind))
+        unknown = sorted(map(str, (kinds or set()) - set(CASE_KINDS)))
+        if unknown:
+            raise ValueError(f"kind must be among {CASE_KINDS}, got {unknown}")
         out = [
             r
             for r in self.rows

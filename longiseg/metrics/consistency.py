@@ -69,13 +69,13 @@ def persisting_lesions(
     """Find the baseline lesions that persist unchanged at a follow-up and those a prediction flags as new.
 
     Args:
-        pred_progression: predicted binary progression mask ``(D, H, W)`` of the follow-up.
-        gt_baseline: reference binary baseline mask ``(D, H, W)`` (same grid, registered).
-        gt_progression: reference binary progression mask ``(D, H, W)`` of the follow-up.
+        pred_progression: predicted binary progression mask ``(D, H, W)`` (or ``(H, W)``) of the follow-up.
+        gt_baseline: reference binary baseline mask, the same shape (same grid, registered).
+        gt_progression: reference binary progression mask of the follow-up, the same shape.
         spacing: voxel size in mm per axis (``None``: 1 mm).
         min_coverage: share of a lesion's voxels the prediction must cover to flag it, in ``(0, 1]``.
         min_volume_mm3: baseline lesions below this volume are not counted.
-        connectivity: 6, 18 or 26 (``None``: 26), for the lesions and for "touching".
+        connectivity: 6, 18 or 26 in 3D, 4 or 8 in 2D (``None``: full), for the lesions and for "touching".
 
     Returns:
         :class:`PersistingLesions`.
@@ -85,8 +85,8 @@ def persisting_lesions(
         ValueError: masks of different shapes or not binary, ``min_coverage`` outside ``(0, 1]``, a negative
             ``min_volume_mm3`` or an unknown connectivity.
     """
-    pred = as_mask("pred_progression", pred_progression, 3)
-    base = as_mask("gt_baseline", gt_baseline, 3)
+    pred = as_mask("pred_progression", pred_progression)
+    base = as_mask("gt_baseline", gt_baseline)
     if base.shape != pred.shape:
         raise ValueError(f"gt_baseline has shape {base.shape}, pred_progression {pred.shape}")
     if isinstance(min_coverage, bool) or not isinstance(min_coverage, (int, float, np.integer, np.floating)):
@@ -100,7 +100,8 @@ def persisting_lesions(
     covered = np.bincount(lesions.labels[pred & (lesions.labels > 0)], minlength=lesions.n + 1)
     voxels = lesions.voxels[persisting - 1]
     coverage = covered[persisting] / voxels
-    flagged = int(np.count_nonzero(covered[persisting] >= min_coverage * voxels))  # integer voxel counts
+    # compare voxel counts: 3 of 30 voxels is 10 % although 0.1 * 30 is 3.0000000000000004 in floating point
+    flagged = int(np.count_nonzero(covered[persisting] >= np.ceil(float(min_coverage) * voxels - 1e-9)))
     return PersistingLesions(int(persisting.size), flagged, coverage.astype(np.float64),
                              voxels * lesions.voxel_volume_mm3)
 

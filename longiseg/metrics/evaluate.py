@@ -194,15 +194,23 @@ def write_report(
     interruption leaves the earlier report as it was.
 
     Args:
-        results: one or several :class:`EvaluationResult` (distinct model names).
+        results: one or several :class:`EvaluationResult` (distinct model names), of one protocol.
         output_dir: destination folder (created; an earlier report in it is replaced).
         reference: model the others are t-tested against (default: the first when several).
         progression_bins: size bins of follow-up lesions (SegMaST Table 4 right uses ``(43, 113)``).
         baseline_bins: size bins of baseline lesions (tertiles, as SegMaST Table 4 left).
+
+    Raises:
+        ValueError: no results, or results computed under different protocols.
     """
     res = [results] if isinstance(results, EvaluationResult) else list(results)
     if not res:
         raise ValueError("write_report needs at least one EvaluationResult")
+    other = next((r for r in res if r.protocol != res[0].protocol), None)
+    if other is not None:  # one table, t-tests and summary.json's "protocol" describe one protocol
+        raise ValueError(f"results were computed under different protocols ({res[0].model!r}: "
+                         f"{res[0].protocol.name!r}, {other.model!r}: {other.protocol.name!r}); evaluate every "
+                         "model under one protocol to compare them")
     tables = [r.table for r in res]
     if reference is None and len(res) > 1:
         reference = res[0].model

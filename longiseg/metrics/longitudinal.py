@@ -31,6 +31,7 @@ __all__ = [
     "np_score",
     "has_progression",
     "progression_kind",
+    "followup_kind",
     "disease_activity_correct",
     "disease_activity_assessment",
     "evaluate_mask_pair",
@@ -95,6 +96,24 @@ def disease_activity_assessment(correct: Sequence[bool] | np.ndarray) -> float:
     return float(100.0 * arr.mean())
 
 
+def _active(mask: MaskLike, name: str, spacing: SpacingLike, prot: EvaluationProtocol) -> bool:
+    """Whether a progression mask shows activity under ``prot``: any voxel, or with a protocol that filters
+    voxel metrics (``tdw``), any lesion that survives its size filter."""
+    m = as_mask(name, mask)
+    if not prot.filter_voxel_metrics:
+        return bool(m.any())
+    return has_progression(m, spacing, min_volume_mm3=prot.min_lesion_volume_mm3,
+                           connectivity=prot.connectivity_for(m.ndim))
+
+
+def followup_kind(gt_progression: MaskLike, spacing: SpacingLike = None,
+                  protocol: str | EvaluationProtocol = "segmast") -> str:
+    """``"P"`` or ``"NP"`` of a follow-up under ``protocol``: :func:`progression_kind` of the reference
+    ``(D, H, W)`` as the protocol's metrics see it (after its size filter when it filters voxel metrics, so
+    a ``tdw`` follow-up whose only new lesion is below 3 mm^3 is NP)."""
+    return "P" if _active(gt_progression, "gt_progression", spacing, get_protocol(protocol)) else "NP"
+
+
 def evaluate_mask_pair(
     pred: MaskLike,
     gt: MaskLike,
@@ -111,19 +130,23 @@ def evaluate_mask_pair(
         spacing: voxel size in mm per axis.
         protocol: protocol name or :class:`EvaluationProtocol`.
         kind: ``"B"``, ``"P"`` or ``"NP"``; for ``"NP"`` with ``protocol.strict_np``, Dice is the
-            strict NP score.
+            strict NP score. ``"P"`` needs a non-empty and ``"NP"`` an empty reference (after the protocol's
+            size filter when it filters voxel metrics; see :func:`followup_kind`).
 
     Returns:
         ``(metrics, detection)``: a flat dict (``dice``, ``hd95``, ``voxel_ppv``, ``voxel_sensitivity``,
         ``lesion_f1``, ``lesion_ppv``, ``lesion_recall``, lesion counts, volumes) and the
         :class:`~longiseg.metrics.lesion.LesionDetection` with per-lesion records.
+
+    Raises:
+        ValueError: an unknown ``kind``, or one the reference contradicts.
     """
     if kind not in CASE_KINDS:
         raise ValueError(f"kind must be one of {CASE_KINDS}, got {kind!r}")
     prot = get_protocol(protocol)
     p, g = as_mask_pair(pred, gt)
     sp = as_spacing(spacing, p.ndim)
-    conn = _check_connectivity(prot.connectivity if p.ndim == 3 else None, p.ndim)
+    conn = prot.connectivity_for(p.ndim)
     sl = foreground_slices(p, g)
     if sl is not None:  # every metric here is invariant to cropping away common background
         p, g = p[sl], g[sl]
@@ -131,8 +154,12 @@ def evaluate_mask_pair(
         p, g, sp, conn, prot.min_lesion_volume_mm3, prot.matching, prot.iou_threshold
     )
     vp, vg = (pl.labels > 0, gl.labels > 0) if prot.filter_voxel_metrics else (p, g)
+    if kind != "B" and (kind == "P") != bool(vg.any()):
+        raise ValueError(f"kind={kind!r} but the reference progression mask is "
+                         f"{'not ' * bool(vg.any())}empty{' after the protocol size filter' * prot.filter_voxel_metrics}"
+                         f"; use kind={'P' if vg.any() else 'NP'!r} (followup_kind gives it)")
     c = _counts(vp, vg)
-    if kind == "NP" and prot.strict_np:
+    if kind == "NP" and prot.strict_np:  # the raw prediction, as documented: any voxel is "progression"
         dice_value = 0.0 if p.any() else 1.0
     else:
         dice_value = _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn, 1.0)
@@ -182,8 +209,9 @@ def evaluate_longitudinal_case(
 
     Returns:
         ``(rows, detections)``: one row per target (baseline first, then ``progression_t1`` ...) with keys
-        ``case_id``, ``patient_id``, ``target``, ``timepoint``, ``kind`` (B/P/NP), ``daa_correct`` (None for
-        the baseline) and the metrics of :func:`evaluate_mask_pair`; follow-up rows also hold
+        ``case_id``, ``patient_id``, ``target``, ``timepoint``, ``kind`` (B/P/NP, :func:`followup_kind`),
+        ``daa_correct`` (None for the baseline; activity as the protocol sees it, so under ``tdw`` only lesions
+        that survive its size filter count) and the metrics of :func:`evaluate_mask_pair`; follow-up rows also hold
         ``persisting_lesions``, ``persisting_flagged`` and ``persisting_fp`` (their ratio; NaN without persisting
         lesions) of :func:`~longiseg.metrics.consistency.persisting_lesions`, with the protocol's minimum lesion
         volume; and the matching lesion detections.
@@ -211,9 +239,11 @@ def evaluate_longitudinal_case(
     dets.append(d)
     prot = get_protocol(protocol)
     for i, (pp, gp) in enumerate(zip(pred_progression, gt_progression), start=1):
-        kind = progression_kind(gp)
+        kind = followup_kind(gp, spacing, prot)
         m, d = evaluate_mask_pair(pp, gp, spacing, prot, kind=kind)
-        persisting = persisting_lesions(pp, gt_baseline, gp, spacing, min_volume_mm3=prot.min_lesion_volume_mm3)
+        conn = prot.connectivity_for(as_mask("gt_progression", gp).ndim)
+        persisting = persisting_lesions(pp, gt_baseline, gp, spacing, min_volume_mm3=prot.min_lesion_volume_mm3,
+                                        connectivity=conn)
         rows.append(
             {
                 "case_id": case_id,
@@ -221,7 +251,7 @@ def evaluate_longitudinal_case(
                 "target": f"progression_t{i}",
                 "timepoint": i,
                 "kind": kind,
-                "daa_correct": disease_activity_correct(pp, gp),
+                "daa_correct": _active(pp, "pred_progression", spacing, prot) == (kind == "P"),
                 **m,
                 "persisting_lesions": persisting.num_persisting,
                 "persisting_flagged": persisting.num_flagged,

@@ -12,10 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from longiseg.data.lesions import check_connectivity, default_connectivity
 from longiseg.metrics.lesion import MATCHING_RULES
 from longiseg.utils.config import ConfigBase, ConfigError
 
 __all__ = ["EvaluationProtocol", "PROTOCOLS", "get_protocol"]
+
+_FROM_3D = {6: 4, 18: 8, 26: 8}  # a 3D connectivity's 2D counterpart (face neighbours / all neighbours)
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class EvaluationProtocol(ConfigBase):
         filter_voxel_metrics: also remove them before voxel metrics (Dice, HD95, PPV).
         matching: lesion matching rule (``"iou"``, ``"iou_global"`` or ``"overlap"``).
         iou_threshold: IoU must exceed this for a lesion match.
-        connectivity: lesion connectivity (``None``: 26 in 3D, 8 in 2D).
+        connectivity: lesion connectivity: 6, 18 or 26 (read as 4, 8, 8 on 2D masks), 4 or 8 for 2D masks only;
+            ``None``: 26 in 3D, 8 in 2D. Used for the lesions and for a lesion "touching" progression.
         strict_np: score no-progression follow-ups 1 if the predicted progression mask is empty else 0.
         hd_percentile: percentile of the Hausdorff distance (95).
         hd_one_empty: Hausdorff distance when exactly one mask is empty (NaN: left out of means).
@@ -50,11 +54,29 @@ class EvaluationProtocol(ConfigBase):
             if not cond:
                 raise ConfigError(f"EvaluationProtocol: {msg}")
 
+        self.coerce_fields()  # "no" is False and None no float, as when read from a file
         need(self.matching in MATCHING_RULES, f"matching must be one of {MATCHING_RULES}, got {self.matching!r}")
         need(math.isfinite(self.min_lesion_volume_mm3) and self.min_lesion_volume_mm3 >= 0,
              f"min_lesion_volume_mm3 must be >= 0, got {self.min_lesion_volume_mm3}")
         need(0.0 <= self.iou_threshold < 1.0, f"iou_threshold must lie in [0, 1), got {self.iou_threshold}")
         need(0.0 <= self.hd_percentile <= 100.0, f"hd_percentile must lie in [0, 100], got {self.hd_percentile}")
+        need(self.connectivity in (None, *_FROM_3D, *_FROM_3D.values()),
+             f"connectivity must be None, 6, 18 or 26 (3D; used as 4, 8, 8 on 2D masks) or 4, 8 (2D only), "
+             f"got {self.connectivity!r}")
+
+    def connectivity_for(self, ndim: int) -> int:
+        """The lesion connectivity for ``ndim``-D masks: the protocol's, with a 3D value read as its 2D
+        counterpart on 2D masks (6 -> 4 face neighbours; 18 and 26 -> 8, all neighbours); ``None``: full.
+
+        Raises:
+            ValueError: a 2D value (4, 8) for 3D masks.
+        """
+        conn = self.connectivity
+        if conn is None:
+            return default_connectivity(ndim)
+        if ndim == 2 and conn in _FROM_3D:
+            return _FROM_3D[conn]
+        return check_connectivity(conn, ndim)
 
 
 PROTOCOLS: dict[str, EvaluationProtocol] = {

@@ -67,8 +67,14 @@ class SizeBins:
         return len(self.names)
 
     def assign(self, volumes_mm3: np.ndarray) -> np.ndarray:
-        """Bin index ``(N,)`` of each volume ``(N,)``."""
-        return np.digitize(np.asarray(volumes_mm3, dtype=np.float64), self.thresholds, right=True)
+        """Bin index ``(N,)`` of each volume ``(N,)``.
+
+        A volume within a relative ``1e-9`` of a threshold counts as equal to it (bins include their upper
+        edge): 325 voxels of 0.64 mm^3 are 208 mm^3, computed as 208.00000000000003, and belong below 208, as
+        in the size filter, which compares voxel counts.
+        """
+        edges = np.asarray(self.thresholds, dtype=np.float64) * (1.0 + 1e-9)
+        return np.digitize(np.asarray(volumes_mm3, dtype=np.float64), edges, right=True)
 
     def ranges(self) -> list[str]:
         """Human-readable range of each bin, e.g. ``"<= 84"``, ``"84-208"``, ``"> 208"``."""

@@ -181,6 +181,7 @@ def write_lesion_report(
     modality: str | None = None,
     montages: bool = True,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Write ``figures/*.png`` and ``report.html`` (figures embedded) for ``evolutions``.
 
@@ -193,6 +194,7 @@ def write_lesion_report(
         modality: image shown in the montages (default ``flair`` if present, else the first).
         montages: draw a montage per new/enlarging lesion.
         overwrite: replace existing files.
+        progress: show a progress bar over the cases.
 
     Returns:
         The path of ``report.html``.
@@ -227,7 +229,7 @@ def write_lesion_report(
         _table(["case", "patient", "follow-up", "new", "enlarging", "of which merges", "MRI activity",
                 "volume before (mm³)", "volume after (mm³)", "change (mm³)"], rows),
     ]
-    for ev in tqdm(evolutions, desc="lesion report", unit="case"):
+    for ev in tqdm(evolutions, desc="lesion report", unit="case", disable=not progress):
         png = volume_figure(ev)
         save(f"{ev.case_id}_volume.png", png)
         sec = [f"<div class='case'><h2>{html.escape(ev.case_id)} (patient {html.escape(ev.patient_id)}): "

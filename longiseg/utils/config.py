@@ -408,6 +408,18 @@ class ConfigBase:
         """Plain dict (see :func:`config_to_dict`)."""
         return config_to_dict(self)
 
+    def coerce_fields(self) -> None:
+        """Convert every field to its annotated type in place, as :meth:`from_dict` does (``"false"`` ->
+        ``False``, ``"0.1"`` -> ``0.1``), so a config built directly is checked like one read from a file.
+        Call it first in ``__post_init__`` (it works on frozen dataclasses too).
+
+        Raises:
+            ConfigError: naming the field whose value cannot be read as its type (e.g. ``None`` for a float).
+        """
+        hints = _type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            object.__setattr__(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
+
     def save(self, path: str | Path) -> Path:
         """Write to YAML/JSON atomically (see :func:`save_config`)."""
         return save_config(self, path)

@@ -32,7 +32,10 @@ def as_mask(name: str, x: MaskLike, ndim: int | Sequence[int] = (2, 3)) -> np.nd
         ``bool`` array of the same shape (a view where possible, never a copy of a bool array).
     """
     if isinstance(x, torch.Tensor):
-        arr = x.detach().cpu().numpy()
+        t = x.detach().cpu()
+        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.float()  # bfloat16/float8 (a thresholded output under autocast): no NumPy dtype, exact in float32
+        arr = t.numpy()
     elif isinstance(x, np.ndarray):
         arr = x
     else:
@@ -42,7 +45,9 @@ def as_mask(name: str, x: MaskLike, ndim: int | Sequence[int] = (2, 3)) -> np.nd
     layout = "(D, H, W)" if ndim == 3 else "(D, H, W) or (H, W)"
     check_ndim(name, arr, ndim, layout)
     if arr.dtype == bool:
-        return arr
+        # a bool array viewed from other bytes (u8.view(bool)) may hold bytes > 1, which NumPy reads as True
+        # but byte-level code (cc3d) as distinct labels: normalise those (one pass; no copy when clean)
+        return arr if not arr.size or arr.view(np.uint8).max() <= 1 else arr.view(np.uint8) != 0
     if arr.size and not _is_binary(arr):
         check_finite(name, arr)
         check_binary(name, arr)  # raises with a message that shows offending values
@@ -84,9 +89,12 @@ def as_spacing(
     if isinstance(spacing, (str, bytes)):
         raise TypeError(f"{name} must be a number or a sequence of numbers, got {type(spacing).__name__}")
     try:
+        values = np.asarray(spacing, dtype=object).ravel()
         sp = np.asarray(spacing, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be a number or a sequence of {ndim} numbers, got {spacing!r}") from err
+    if any(isinstance(v, (bool, np.bool_)) for v in values):  # True is not "1 mm"
+        raise TypeError(f"{name} must hold millimetre values, got a boolean in {spacing!r}")
     if sp.ndim == 0:
         sp = np.full(ndim, float(sp))
     if sp.shape != (ndim,):

@@ -10,6 +10,7 @@ up holding this run's files and none of an earlier report's (:data:`REPORT_FILES
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def run_lesion_report(
             from longiseg.reports.lesion_report import write_lesion_report
 
             staged["html"] = write_lesion_report(evolutions, mask_dir, stage, images_root=images,
-                                                 modality=modality, overwrite=True)
+                                                 modality=modality, overwrite=True, progress=progress)
         files = {name: out / Path(path).relative_to(stage) for name, path in staged.items()}
     return evolutions, files
 
@@ -103,6 +104,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``longiseg lesions``: prints one line per follow-up and the files written."""
+    # the options' own names in the messages (run_lesion_report checks the same with its argument names)
+    if not Path(args.masks).is_dir():
+        raise FileNotFoundError(f"MASKS {args.masks} is not a folder")
+    if not (math.isfinite(args.min_volume) and args.min_volume >= 0):
+        raise ValueError(f"--min-volume must be a volume in mm^3 >= 0, got {args.min_volume}")
+    check_separate_folders(check_output_folder(args.out, "--out"), "--out", {"MASKS": args.masks,
+                                                                               "--images": args.images})
     evolutions, files = run_lesion_report(
         args.masks, args.out, images=args.images, modality=args.modality, min_volume_mm3=args.min_volume,
         connectivity=args.connectivity, figures=not args.no_figures, overwrite=args.overwrite,
