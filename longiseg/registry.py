@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch.nn as nn
 
-from longiseg.spec import INPUT_LAYOUTS, ModelSpec
+from longiseg.spec import INPUT_LAYOUTS, ModelSpec, plain_data
 
 __all__ = [
     "ModelInfo",
@@ -75,31 +76,39 @@ def register_model(
 
     Args:
         fn: the factory ``(**kwargs) -> nn.Module``; its ``__name__`` is the registry name unless
-            ``name`` is given.
+            ``name`` is given (required for callables without one, such as a ``functools.partial``).
         name: registry name overriding ``fn.__name__``.
         dim: ``"2.5D"``, ``"3D"`` or ``"2D"``.
-        description: one-line description; defaults to the first line of the factory's docstring.
+        description: one-line description; defaults to the first non-empty line of the factory's docstring
+            (``""`` without one).
         tags: free-form tags.
 
     Returns:
         The factory unchanged (so the decorated function stays callable).
 
     Raises:
-        ValueError: if the name is already registered or ``dim`` is unknown.
-        TypeError: if ``fn`` is not callable.
+        ValueError: if the name is already registered or empty, or ``dim`` is unknown.
+        TypeError: if ``fn`` is not callable, or has no ``__name__`` and no ``name`` is given.
     """
     if dim not in _VALID_DIMS:
         raise ValueError(f"register_model: dim must be one of {_VALID_DIMS}, got {dim!r}")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValueError(f"register_model: name must be a non-empty str, got {name!r}")
 
     def decorator(f: F) -> F:
         if not callable(f):
             raise TypeError(f"register_model: expected a callable factory, got {type(f).__name__}")
-        key = name or f.__name__
+        key = name if name is not None else getattr(f, "__name__", None)
+        if not isinstance(key, str):
+            raise TypeError(f"register_model: {type(f).__name__} {f!r} has no __name__ to register it under; "
+                            "pass name=..., e.g. register_model(factory, name='my_model')")
         if key in _REGISTRY:
             raise ValueError(f"register_model: a model named {key!r} is already registered")
         doc = description
-        if doc is None:
-            doc = (f.__doc__ or "").strip().splitlines()[0] if f.__doc__ else ""
+        if doc is None:  # a partial describes itself by the function it wraps
+            source = f.func if isinstance(f, functools.partial) else f
+            lines = (getattr(source, "__doc__", None) or "").strip().splitlines()
+            doc = lines[0].strip() if lines else ""
         _REGISTRY[key] = ModelInfo(name=key, factory=f, dim=dim, description=doc, tags=tuple(tags))
         return f
 
@@ -122,8 +131,8 @@ def _unknown_message(name: str) -> str:
 
 
 def is_model(name: str) -> bool:
-    """Whether ``name`` is a registered model."""
-    return name in _REGISTRY
+    """Whether ``name`` is a registered model (``False`` for anything but a registered name)."""
+    return isinstance(name, str) and name in _REGISTRY
 
 
 def model_info(name: str) -> ModelInfo:
@@ -166,7 +175,9 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
     Args:
         name: registry name (see :func:`list_models`).
-        **kwargs: forwarded to the model's factory (e.g. ``in_channels``, ``num_timepoints``).
+        **kwargs: forwarded to the model's factory (e.g. ``in_channels``, ``num_timepoints``) as plain Python data:
+            NumPy numbers and arrays are converted to ``int``/``float``/``bool`` and lists first (see
+            :func:`~longiseg.spec.plain_data`), so that the arguments stored in the spec load back.
 
     Returns:
         The model. Every registered model maps images ``(B, T, C, H, W)`` (2.5D) or
@@ -174,16 +185,20 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
     The model carries a :class:`~longiseg.spec.ModelSpec` as ``model.spec`` (name, arguments,
     dimensionality, input layout), which checkpoints store so that :func:`longiseg.load_model` can rebuild it.
+    ``spec.in_channels`` and ``spec.num_timepoints`` are the model's own attributes: ``num_timepoints`` is
+    ``None`` for a model that takes any ``T`` (or has no such attribute), whatever ``num_timepoints`` was passed.
 
     Raises:
         ValueError: if ``name`` is unknown (the message names the closest known models).
-        TypeError: for keyword arguments the model does not take.
+        TypeError: for keyword arguments the model does not take, or values that are not plain data (a tensor,
+            a class, a function: they could not be stored in a checkpoint).
     """
     info = model_info(name)
+    kwargs = {key: plain_data(value, f"build_model argument {key!r}") for key, value in kwargs.items()}
     model = info.factory(**kwargs)
     model.spec = ModelSpec(
-        name=name, kwargs=dict(kwargs), dim=info.dim, input_layout=INPUT_LAYOUTS[info.dim],
+        name=name, kwargs=kwargs, dim=info.dim, input_layout=INPUT_LAYOUTS[info.dim],
         in_channels=getattr(model, "in_channels", kwargs.get("in_channels")),
-        num_timepoints=kwargs.get("num_timepoints", getattr(model, "num_timepoints", None)),
+        num_timepoints=getattr(model, "num_timepoints", None),
     )
     return model

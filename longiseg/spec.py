@@ -20,13 +20,48 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from longiseg._version import __version__
 
-__all__ = ["ModelSpec", "INPUT_LAYOUTS", "SPEC_FORMAT_VERSION"]
+__all__ = ["ModelSpec", "INPUT_LAYOUTS", "SPEC_FORMAT_VERSION", "plain_data"]
 
 #: Input layout of each dimensionality: batch, timepoints, channels (modalities), then space.
 INPUT_LAYOUTS = {"2.5D": "B T C H W", "2D": "B T C H W", "3D": "B T C D H W"}
 SPEC_FORMAT_VERSION = 1
+
+
+def plain_data(value: Any, name: str) -> Any:
+    """``value`` as built-in Python data that checkpoints store and ``torch.load(weights_only=True)`` reads.
+
+    NumPy scalars become ``bool``/``int``/``float``, 1-D or n-D NumPy arrays (nested) lists; lists, tuples and
+    mappings are converted item by item (tuples stay tuples, mappings become ``dict``).
+
+    Args:
+        value: e.g. a factory's keyword arguments.
+        name: what ``value`` is, for the message (e.g. ``"build_model argument 'features'"``).
+
+    Raises:
+        TypeError: naming ``name`` and the offending item, for anything else (a tensor, a class, a function...).
+    """
+    if value is None:
+        return None
+    if isinstance(value, (np.generic, np.ndarray)):  # NumPy scalars and arrays: .item() / .tolist() give built-ins
+        return plain_data(value.item() if isinstance(value, np.generic) else value.tolist(), name)
+    if isinstance(value, str):
+        return str.__str__(value)  # a str subclass (an enum member) becomes its plain text
+    for kind in (bool, int, float):  # subclasses (IntEnum) become the built-in
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, (list, tuple)):
+        items = [plain_data(v, f"{name}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if isinstance(value, tuple) else items
+    if isinstance(value, Mapping):
+        return {plain_data(k, f"a key of {name}"): plain_data(v, f"{name}[{k!r}]") for k, v in value.items()}
+    raise TypeError(
+        f"{name} must be plain data (None, bool, int, float, str, NumPy numbers or lists/tuples/dicts of them) so "
+        f"that it can be stored in checkpoints, got {type(value).__name__}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +105,11 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.name must be a registry name, got {self.name!r}")
         if self.dim not in INPUT_LAYOUTS:
             raise ValueError(f"ModelSpec.dim must be one of {tuple(INPUT_LAYOUTS)}, got {self.dim!r}")
+        if not isinstance(self.kwargs, Mapping):
+            raise TypeError(f"ModelSpec.kwargs must be a mapping, got {type(self.kwargs).__name__}")
+        object.__setattr__(self, "kwargs", plain_data(dict(self.kwargs), "ModelSpec.kwargs"))
+        for key in ("in_channels", "num_timepoints"):  # model attributes may be NumPy ints
+            object.__setattr__(self, key, plain_data(getattr(self, key), f"ModelSpec.{key}"))
         if self.modalities is not None:
             object.__setattr__(self, "modalities", tuple(str(m) for m in self.modalities))
 

@@ -13,12 +13,13 @@ from longiseg.engine.checkpoint import (
     build_model_from_checkpoint,
     capture_rng_state,
     load_checkpoint,
+    load_model,
     restore_rng_state,
     save_checkpoint,
     unwrap_model,
 )
 from longiseg.engine.schedulers import build_warmup_cosine_scheduler
-from longiseg.registry import register_model, unregister_model
+from longiseg.registry import build_model, register_model, unregister_model
 
 
 class _StatefulSampler:
@@ -141,3 +142,34 @@ def test_load_errors(tmp_path) -> None:
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="epoch and global_step"):
         save_checkpoint(tmp_path / "x.pt", model=TinyLongiNet(), epoch=-1)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("longi_unet_dw_2d", {"features": np.array([4, 8, 8]), "in_channels": np.int64(2)}),
+    ("segmast", {"in_channels": np.int64(1), "widths": np.array([8, 8, 8, 8]), "depths": (np.int64(1),) * 4,
+                 "decoder_dim": np.int64(8), "mlp_ratio": np.float64(2.0), "bidirectional": np.bool_(True)}),
+    ("segformer", {"in_channels": np.int64(2), "widths": np.array([8, 8, 8, 8]), "depths": [1, 1, 1, 1],
+                   "num_heads": [1, 1, 1, 1], "decoder_dim": 8, "num_timepoints": np.int64(2)}),
+])
+def test_models_built_with_numpy_arguments_save_and_load(tmp_path, name, kwargs) -> None:
+    """NumPy values are stored as plain Python data: load_model (weights_only=True) reads the file back."""
+    model = build_model(name, **kwargs)
+    for i, model_kwargs in enumerate((None, kwargs)):  # from the spec, or the caller's NumPy values
+        path = save_checkpoint(tmp_path / f"m{i}.pt", model=model, model_kwargs=model_kwargs)
+        loaded = load_model(path)
+        assert loaded.spec == model.spec
+        assert torch.load(path, weights_only=True)["model_kwargs"] == model.spec.kwargs
+        for (key, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+            assert torch.equal(a, b), key
+
+
+def test_refused_objects_message_names_a_reader_that_takes_weights_only(tmp_path) -> None:
+    model = TinyLongiNet()
+    save_checkpoint(tmp_path / "ok.pt", model=model)
+    payload = torch.load(tmp_path / "ok.pt", weights_only=True)
+    payload["extra"] = {"seed": np.int64(3)}  # written by hand, not by save_checkpoint
+    torch.save(payload, tmp_path / "numpy.pt")
+    with pytest.raises(ValueError, match=r"refuses.*load_checkpoint\(path, weights_only=False\)") as err:
+        load_model(tmp_path / "numpy.pt")
+    assert "load it with weights_only=False" not in str(err.value)
+    assert load_checkpoint(tmp_path / "numpy.pt", weights_only=False)["extra"]["seed"] == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from model_checks import (
@@ -152,3 +153,30 @@ def test_constructor_errors() -> None:
         LongiUNetConcat(1, num_timepoints=1, features=TINY)
     with pytest.raises(TypeError, match="out_channels"):
         LongiUNetConcat(1, out_channels=1.5, features=TINY)
+
+
+def test_builder_argument_errors_name_the_argument() -> None:
+    with pytest.raises(TypeError, match=r"features must be a sequence of ints \(channels per stage\), got int 4"):
+        build_model("longi_unet_dw_2d", features=4)
+    with pytest.raises(TypeError, match=r"spatial_dims is fixed to 2 .*got spatial_dims=3; for 3D inputs use "
+                                        r"longi_unet_dw, longi_unet_dw_glioma, longi_unet_dw_ms"):
+        build_model("longi_unet_dw_2d", spatial_dims=3)
+    with pytest.raises(TypeError, match=r"spatial_dims is fixed to 3 .*use longi_unet_concat_2d"):
+        build_model("longi_unet_concat", spatial_dims=2, features=TINY)
+    assert build_model("longi_unet_dw_2d", spatial_dims=2, features=TINY).spatial_dims == 2  # the preset's value
+
+
+def test_dw_spec_records_any_t_whatever_num_timepoints_says() -> None:
+    """LongiUNet-DW takes any T: num_timepoints is checked and accepted (train passes it), not recorded."""
+    model = build_model("longi_unet_dw", features=TINY, num_timepoints=3)
+    assert model.num_timepoints is None and model.spec.num_timepoints is None
+    assert_output_shapes(model(torch.randn(1, 2, 2, 8, 8, 8)), 1, 2, 1, (8, 8, 8))
+    assert_output_shapes(model(torch.randn(1, 4, 2, 8, 8, 8)), 1, 4, 1, (8, 8, 8))
+    assert build_model("longi_unet_concat", features=TINY, num_timepoints=3).spec.num_timepoints == 3
+    assert build_model("longi_unet_concat", features=TINY).spec.num_timepoints == 2  # the model's default
+
+
+def test_numpy_arguments_become_python_ints() -> None:
+    model = LongiUNetDW(np.int64(2), features=np.array([4, 8, 16]), spatial_dims=np.int64(3))
+    assert type(model.in_channels) is int and type(model.spatial_dims) is int
+    assert model.encoder.features == TINY and all(type(f) is int for f in model.encoder.features)

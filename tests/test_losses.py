@@ -642,3 +642,64 @@ def test_loss_config_builds_the_joint_loss() -> None:
     assert not build_loss(ExperimentConfig()).progression_outside_baseline  # the paper's loss by default
     cfg = ExperimentConfig().with_overrides(["loss.progression_outside_baseline=true"])
     assert build_loss(cfg).progression_outside_baseline
+
+
+# ----------------------------------------------------------------------------------------------------------
+# half precision, generator consumption, unannotated samples with progression_outside_baseline
+
+
+def test_half_precision_logits_give_a_finite_float32_loss_and_connected_zeros() -> None:
+    """float16 logits whose float16 sum overflows: the connected zeros stay 0 and the loss is float32."""
+    gen = torch.Generator().manual_seed(0)
+    # 4 * 128 * 128 logits near -12: their float16 sum (about -8e5) is beyond float16's 65504
+    base = (torch.randn(4, 1, 128, 128, generator=gen) - 12).half().requires_grad_()
+    prog = (torch.randn(4, 1, 1, 128, 128, generator=gen) - 12).half().requires_grad_()
+    assert torch.isinf(base.sum()) and torch.isinf(prog.sum())  # the case of the fix
+    out = LongitudinalOutput(base, prog)
+    y1, yp = torch.zeros(4, 1, 128, 128), torch.zeros(4, 1, 1, 128, 128)
+    yp[0, 0, 0, :8, :8] = 1
+    unannotated = ImbalanceAwareLoss(seed=0)(out, y1, yp, baseline_annotated=torch.zeros(4, dtype=torch.bool))
+    nothing_kept = ImbalanceAwareLoss(strategy="none")(out, y1, torch.zeros_like(yp))
+    for res, zero in ((unannotated, unannotated.baseline_loss), (nothing_kept, nothing_kept.progression_loss)):
+        assert zero.item() == 0.0 and zero.requires_grad  # exact: a sum of finite * 0
+        for value in (res.loss, res.baseline_loss, res.progression_loss):
+            assert value.dtype == torch.float32 and torch.isfinite(value)
+    (unannotated.loss + nothing_kept.loss).backward()
+    assert torch.isfinite(base.grad).all() and torch.isfinite(prog.grad).all()
+    assert prog.grad.abs().sum() > 0
+
+
+def test_partial_selection_consumes_the_generator_by_shape_only() -> None:
+    """The same generator state after the call for every flag pattern of one (B, T-1), hard negatives too."""
+    patterns = [torch.zeros(6, 2), torch.ones(6, 2), torch.eye(6)[:, :2], 1 - torch.eye(6)[:, :2]]
+    states, draws = [], []
+    for flags in patterns:
+        for hard in (None, torch.tensor([1, 0, 0, 1, 1, 0])):
+            gen = torch.Generator().manual_seed(11)
+            kept = select_progression_samples(flags.bool(), "partial", generator=gen, always_keep=hard)
+            states.append(gen.get_state())
+            draws.append(torch.rand(1, generator=gen))
+            for j in range(2):  # the documented selection: every non-empty pair and the strategy's count
+                non_empty = flags[:, j].bool()
+                forced = torch.zeros(6, dtype=torch.bool) if hard is None else hard.bool()
+                free = ~non_empty & ~forced
+                assert kept[non_empty | forced, j].all()
+                assert int((kept[:, j] & free).sum()) == num_empty_to_keep(int(non_empty.sum()), int(free.sum()))
+    assert all(torch.equal(s, states[0]) for s in states)
+    assert all(torch.equal(d, draws[0]) for d in draws)
+
+
+def test_progression_outside_baseline_gives_unannotated_baselines_no_gradient() -> None:
+    torch.manual_seed(0)
+    base = torch.randn(3, 1, 8, 8, requires_grad=True)
+    prog = torch.randn(3, 1, 1, 8, 8, requires_grad=True)
+    y1, yp = torch.zeros(3, 1, 8, 8), torch.zeros(3, 1, 1, 8, 8)
+    yp[..., :2, :2] = 1  # every pair non-empty: all kept, all in the progression term
+    annotated = torch.tensor([True, False, True])
+    res = ImbalanceAwareLoss(seed=0, progression_outside_baseline=True)(
+        LongitudinalOutput(base, prog), y1, yp, baseline_annotated=annotated)
+    res.progression_loss.backward()  # the progression term alone: the baseline term cannot explain a gradient
+    per_sample = base.grad.flatten(1).abs().sum(-1)
+    assert per_sample[1] == 0  # exact by construction: detached in the progression term
+    assert (per_sample[annotated] > 0).all()
+    assert (prog.grad.flatten(1).abs().sum(-1) > 0).all()  # the unannotated sample's progression still trains

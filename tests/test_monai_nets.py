@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
@@ -175,3 +176,46 @@ def test_input_errors() -> None:
         build_model("dynunet_3d", filters=(8,))
     with pytest.raises(ValueError, match="eps"):
         build_model("dynunet_cs", eps=0.7, **TINY_DYN)
+
+
+def test_cross_sectional_progression_is_finite_under_bf16_autocast() -> None:
+    """Confident timepoint logits: in bfloat16 ``1 - eps`` is 1 and the logit of a clamped 1 was infinite."""
+    torch.manual_seed(0)
+    model = build_model("dynunet_cs", in_channels=2, filters=(4, 8, 8)).eval()
+    with torch.no_grad():
+        for p in model.backbone.output_block.parameters():
+            p.mul_(200.0)  # saturated probabilities, as after confident training
+        x = torch.randn(1, 3, 2, 8, 8, 8)
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    assert out.progression.dtype == out.baseline.dtype  # the backbone's dtype under autocast
+    bound = math.log((1 - model.eps) / model.eps)
+    assert torch.isfinite(out.progression).all() and out.progression.abs().max() <= bound * 1.01
+    saturated = torch.sigmoid(ref.progression) > 0.99  # the voxels where the clamp acts
+    assert saturated.any() and (out.progression[saturated] > 0).all()
+
+
+def test_builder_argument_errors_name_the_argument() -> None:
+    with pytest.raises(TypeError, match=r"filters must be a sequence of ints .*got int 4"):
+        build_model("dynunet_2d", filters=4)
+    with pytest.raises(ValueError, match=r"filters must list at least 3 stage widths .*got 2"):
+        build_model("dynunet_2d", filters=(4, 8))
+    with pytest.raises(TypeError, match="eps must be a number > 0, got str"):
+        build_model("dynunet_cs", eps="1e-6", **TINY_DYN)
+    with pytest.raises(TypeError, match=r"spatial_dims is fixed to 3 .*got spatial_dims=2.*no 2D/2.5D model"):
+        build_model("swin_unetr_3d", spatial_dims=2, **TINY_SWIN)
+    with pytest.raises(TypeError, match=r"spatial_dims is fixed to 2 .*for 3D inputs use dynunet_3d, "):
+        build_model("dynunet_2d", spatial_dims=3, **TINY_DYN)
+    model = build_model("dynunet_3d", spatial_dims=3, **TINY_DYN)  # the preset's own value is accepted
+    assert model.spatial_dims == 3
+
+
+def test_cross_sectional_spec_records_any_t() -> None:
+    """dynunet_cs takes any T: num_timepoints is checked and accepted (train passes it) but not recorded."""
+    model = build_model("dynunet_cs", in_channels=1, num_timepoints=3, **TINY_DYN)
+    assert model.num_timepoints is None and model.spec.num_timepoints is None
+    assert_output_shapes(model(torch.randn(1, 2, 1, 8, 8, 8)), 1, 2, 1, (8, 8, 8))
+    assert build_model("dynunet_3d", num_timepoints=3, **TINY_DYN).spec.num_timepoints == 3
+    with pytest.raises(ValueError, match="num_timepoints"):
+        build_model("dynunet_cs", num_timepoints=1, **TINY_DYN)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import pytest
 import torch.nn as nn
 
 import longiseg
 from longiseg import build_model, list_models, register_model
-from longiseg.registry import model_info, unregister_model
+from longiseg.registry import is_model, model_info, unregister_model
 
 
 @pytest.fixture
@@ -77,3 +80,68 @@ def test_duplicate_and_bad_registration(tmp_models):
         register_model(name="zz_bad_dim", dim="4D")
     with pytest.raises(TypeError, match="model name must be a str"):
         build_model(3)  # type: ignore[arg-type]
+
+
+def test_registration_descriptions_and_names():
+    def zz_blank_doc(**kwargs):
+        """   """
+        return nn.Identity()
+
+    def zz_second_line(**kwargs):
+        """
+        Described on the second line.
+        """
+        return nn.Identity()
+
+    try:
+        register_model(zz_blank_doc)
+        register_model(zz_second_line)
+        assert model_info("zz_blank_doc").description == ""
+        assert model_info("zz_second_line").description == "Described on the second line."
+        with pytest.raises(TypeError, match=r"has no __name__ .*pass name="):
+            register_model(functools.partial(zz_blank_doc))
+        register_model(functools.partial(zz_second_line), name="zz_partial")
+        assert model_info("zz_partial").description == "Described on the second line."  # the wrapped function's
+        with pytest.raises(ValueError, match="name must be a non-empty str"):
+            register_model(name="")
+    finally:
+        for n in ("zz_blank_doc", "zz_second_line", "zz_partial"):
+            if is_model(n):
+                unregister_model(n)
+    assert not is_model(["segmast"])  # not a name: False rather than "unhashable type"
+
+
+class _Fixed(nn.Module):
+    def __init__(self, num_timepoints=None, **kwargs):
+        super().__init__()
+        self.num_timepoints, self.kwargs = num_timepoints, kwargs
+
+
+def test_spec_holds_plain_kwargs_and_the_models_own_timepoints():
+    @register_model(name="zz_fixed")
+    def zz_fixed(**kwargs):
+        """Takes a fixed T when given one."""
+        return _Fixed(**kwargs)
+
+    @register_model(name="zz_any_t")
+    def zz_any_t(**kwargs):
+        """Has no num_timepoints attribute: any T."""
+        return nn.Identity()
+
+    try:
+        model = build_model("zz_fixed", num_timepoints=np.int64(3), sizes=np.array([4, 8]),
+                            nested={"ratio": np.float32(0.5), "flags": (np.bool_(True), 2)})
+        assert model.spec.kwargs == {"num_timepoints": 3, "sizes": [4, 8], "nested": {"ratio": 0.5, "flags": (True, 2)}}
+        assert type(model.spec.kwargs["num_timepoints"]) is int and type(model.spec.num_timepoints) is int
+        assert type(model.kwargs["nested"]["ratio"]) is float  # the factory got the plain values too
+        assert build_model("zz_any_t", num_timepoints=3).spec.num_timepoints is None  # the model's, not the kwarg
+        assert build_model("zz_fixed").spec.num_timepoints is None
+        with pytest.raises(TypeError, match=r"build_model argument 'act'\[1\] must be plain data .*got type"):
+            build_model("zz_fixed", act=("relu", nn.ReLU))
+    finally:
+        unregister_model("zz_fixed")
+        unregister_model("zz_any_t")
+    seg = build_model("segmast", num_timepoints=2.0, widths=(8, 8, 8, 8), depths=(1, 1, 1, 1), decoder_dim=8,
+                      in_channels=np.int64(1))
+    assert seg.spec.num_timepoints == 2 and type(seg.spec.num_timepoints) is int
+    assert seg.config.in_channels == 1 and seg.spec.in_channels == 1

@@ -225,7 +225,7 @@ def test_named_config_parameter_counts(name: str, target_m: float) -> None:
 def test_segformer_errors() -> None:
     with pytest.raises(ValueError, match="attention"):
         SegFormer(attention="linear")
-    with pytest.raises(ValueError, match="one entry per stage"):
+    with pytest.raises(ValueError, match=r"num_heads must have 4 entries \(attention heads of the 4 stages\)"):
         SegFormer(num_heads=(1, 2, 5))
     with pytest.raises(ValueError, match="divisible by num_heads"):
         SegFormer(widths=(32, 64, 160, 250))
@@ -248,3 +248,17 @@ def test_sdpa_matches_manual_softmax_in_float32_too() -> None:
     out = mod.float()(x)
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
     assert F.mse_loss(out.double(), ref).item() < 1e-10
+
+
+def test_segformer_argument_types_are_checked() -> None:
+    """Strings for bools are refused (``"false"`` would enable the bias), a bare int for a sequence too."""
+    with pytest.raises(TypeError, match="qkv_bias must be a bool, got str 'false'"):
+        SegFormer(qkv_bias="false")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="shared_progression_head must be a bool, got str 'no'"):
+        SegFormer(shared_progression_head="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"widths must be a sequence of ints \(channels of the 4 stages\), got int 8"):
+        build_model("segformer", widths=8)
+    with pytest.raises(ValueError, match="mlp_ratio must be a finite number > 0, got inf"):
+        build_model("segformer", mlp_ratio=float("inf"), **TINY)
+    model = SegFormer(qkv_bias=False, **TINY)
+    assert all(m.q.bias is None for m in model.modules() if hasattr(m, "q"))

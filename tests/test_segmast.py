@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from longiseg.networks.nets.segmast import SEGMAST_PRESETS, SegMaST, SegMaSTConf
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.registry import build_model, list_models, model_info
 from longiseg.ssm import Mamba
+from longiseg.utils.config import ConfigError
 from longiseg.utils.validation import debug_checks
 from tests.model_checks import (
     PAPER_PARAM_TARGETS_M,
@@ -162,7 +164,7 @@ def test_config_errors() -> None:
         SegMaSTConfig(fusion="concat")
     with pytest.raises(ValueError, match="4 entries"):
         SegMaSTConfig(widths=(8, 16, 32))
-    with pytest.raises(TypeError, match="widths must be a tuple/list"):
+    with pytest.raises(ConfigError, match="'widths': expected a sequence"):  # built directly: converted as from_dict
         SegMaSTConfig(widths=8)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_timepoints must be >= 2"):
         SegMaSTConfig(num_timepoints=1)
@@ -254,3 +256,40 @@ def test_registry_entries() -> None:
     assert glioma_t3.widths == (64, 128, 224, 320) and glioma_t3.in_channels == 4
     out = tiny().eval()(torch.randn(1, 2, 2, 32, 32))
     assert isinstance(out, LongitudinalOutput)
+
+
+def test_set_scan_backend_refuses_what_the_constructor_refuses() -> None:
+    model = tiny(mamba_backend="reference")
+    with pytest.raises(ValueError, match=r"mamba_backend must be None or one of \(") as built:
+        tiny(mamba_backend="bogus")
+    with pytest.raises(ValueError, match=r"mamba_backend must be None or one of \(") as switched:
+        model.set_scan_backend("bogus")
+    assert str(switched.value) == str(built.value)  # one check for both
+    assert model.config.mamba_backend == "reference"  # nothing changed
+    assert all(m.backend == "reference" for m in model.modules() if isinstance(m, Mamba))
+    model.set_scan_backend(None)
+    assert model.config.mamba_backend is None and all(m.backend is None for m in model.modules()
+                                                       if isinstance(m, Mamba))
+
+
+def test_config_built_directly_converts_like_from_dict() -> None:
+    """Strings for bool fields are read as from_dict reads them, not counted as True."""
+    fields = {"bidirectional": "false", "difference_weighting": "no", "share_mamba": "0",
+              "shared_progression_head": "true"}
+    direct = SegMaSTConfig(widths=(8, 16, 16, 32), depths=(1, 1, 1, 1), decoder_dim=16, **fields)
+    assert direct == SegMaSTConfig.from_dict({"widths": [8, 16, 16, 32], "depths": [1, 1, 1, 1],
+                                              "decoder_dim": 16, **fields})
+    assert (direct.bidirectional, direct.difference_weighting, direct.share_mamba) == (False, False, False)
+    mixer = SegMaST(direct).encoder.stages[0].blocks[0].mixer
+    assert not mixer.bidirectional and mixer.difference_weighting is None and mixer.mamba_spatial is not None
+    with pytest.raises(ConfigError, match="'bidirectional': expected a bool, got 'maybe'"):
+        SegMaSTConfig(bidirectional="maybe")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mlp_ratio must be a finite number > 0, got inf"):
+        build_model("segmast", mlp_ratio=float("inf"))
+
+
+def test_factory_accepts_numpy_numbers_like_the_other_models() -> None:
+    model = build_model("segmast", in_channels=np.int64(1), num_timepoints=np.int64(2), widths=np.array([8, 8, 8, 8]),
+                        depths=(1, 1, 1, 1), decoder_dim=8, mlp_ratio=np.float32(2.0))
+    assert model.config.in_channels == 1 and model.config.widths == (8, 8, 8, 8) and model.num_timepoints == 2
+    assert model.spec.kwargs["widths"] == [8, 8, 8, 8] and type(model.spec.kwargs["in_channels"]) is int

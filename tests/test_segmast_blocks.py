@@ -421,3 +421,14 @@ def test_fused_dual_head(spatial: tuple[int, ...]) -> None:
         head(torch.randn(2, 4, *spatial))
     with pytest.raises(ValueError, match="num_timepoints must be >= 2"):
         FusedDualHead(5, num_timepoints=1)
+
+
+def test_mast_mixer_and_st_block_argument_types() -> None:
+    with pytest.raises(TypeError, match="bidirectional must be a bool, got str 'false'"):
+        MaSTMixer(8, bidirectional="false")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="difference_weighting must be a bool"):
+        MaSTMixer(8, difference_weighting="no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mlp_ratio must be a finite number > 0, got inf"):
+        STBlock(8, _ZeroMixer(), mlp_ratio=float("inf"))
+    with pytest.raises(TypeError, match="mlp_ratio must be a number > 0, got str"):
+        STBlock(8, _ZeroMixer(), mlp_ratio="4")  # type: ignore[arg-type]

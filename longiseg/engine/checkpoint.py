@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from longiseg.spec import ModelSpec
+from longiseg.spec import ModelSpec, plain_data
 from longiseg.utils.io import atomic_torch_save
 
 __all__ = [
@@ -168,7 +169,7 @@ def save_checkpoint(
         best_metric: best monitored value so far.
         early_stopping_counter: validations since the last improvement.
         model_name: registry name of the model.
-        model_kwargs: factory keyword arguments of the model.
+        model_kwargs: factory keyword arguments of the model (plain data; NumPy numbers and arrays are converted).
         trainer_config: trainer configuration as a plain dict.
         history: per-epoch log rows.
         extra: any further picklable plain data.
@@ -178,7 +179,7 @@ def save_checkpoint(
         ``path``.
 
     Raises:
-        TypeError: if ``model`` is not an ``nn.Module``.
+        TypeError: if ``model`` is not an ``nn.Module``, or ``model_kwargs`` holds something else than plain data.
         ValueError: for a negative ``epoch`` or ``global_step``.
     """
     if epoch < 0 or global_step < 0:
@@ -191,7 +192,7 @@ def save_checkpoint(
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
         "model_name": model_name,
-        "model_kwargs": dict(model_kwargs) if model_kwargs is not None else {},
+        "model_kwargs": plain_data(dict(model_kwargs), "model_kwargs") if model_kwargs is not None else {},
         "spec": spec.to_dict() if spec is not None else None,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -219,9 +220,12 @@ def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
         ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
         if "Unsupported global" in str(err):
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            what = f" ({found.group(1)})" if found else ""
             raise ValueError(
-                f"checkpoint {path} holds objects that weights_only=True refuses; if you trust the file, "
-                "load it with weights_only=False"
+                f"checkpoint {path} holds objects{what} that torch.load(weights_only=True) refuses: it was not "
+                "written from plain data by save_checkpoint. If you trust the file, read it with "
+                "load_checkpoint(path, weights_only=False) and build the model yourself"
             ) from err
         raise ValueError(f"{path} is not a readable checkpoint (corrupt or not written by torch.save)") from err
     except (RuntimeError, EOFError, OSError, UnicodeDecodeError, ValueError, KeyError) as err:

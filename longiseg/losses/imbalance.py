@@ -164,8 +164,9 @@ def select_progression_samples(
         strategy: ``"whole"``, ``"none"`` or ``"partial"``.
         empty_ratio: ``partial``: empty samples kept per non-empty one (default 1:1).
         min_empty: ``partial``: empty samples kept by a head without any non-empty sample.
-        generator: CPU generator for the random subset (global RNG when ``None``). The draw consumes the
-            generator identically for a given ``(B, T-1)`` regardless of the data, one ``randperm`` per head.
+        generator: CPU generator for the random subset (global RNG when ``None``). ``partial`` draws one
+            ``randperm(B)`` per head and keeps the first ``n`` empty samples in its order, so the generator is
+            consumed identically for a given ``(B, T-1)`` regardless of the data (``whole``/``none`` draw nothing).
         always_keep: ``(B,)`` or ``(B, T-1)`` bool (or 0/1) flags of pairs kept whatever the strategy (hard
             negatives); the strategy's subset of empty pairs is then drawn from the unflagged ones, with the
             same count as without flags. ``None`` (default): no pair is forced.
@@ -198,15 +199,13 @@ def select_progression_samples(
         forced = forced.expand_as(flags)
     kept = flags | forced
     for j in range(flags.shape[1]):
-        empty_idx = torch.nonzero(~flags[:, j]).flatten()
-        free = ~forced[empty_idx, j]  # the empty pairs the strategy chooses among
+        free = ~flags[:, j] & ~forced[:, j]  # the empty pairs the strategy chooses among
         n_keep = num_empty_to_keep(int(flags[:, j].sum()), int(free.sum()), strategy, empty_ratio, min_empty)
-        if strategy == "partial":
-            order = torch.randperm(len(empty_idx), generator=generator)
-            candidates = empty_idx[order][free[order]]
-            kept[candidates[:n_keep], j] = True
+        if strategy == "partial":  # a permutation of all B samples: the draw does not depend on the flags
+            order = torch.randperm(flags.shape[0], generator=generator)
+            kept[order[free[order]][:n_keep], j] = True
         elif n_keep:
-            kept[empty_idx, j] = True
+            kept[free, j] = True
     if squeeze:
         kept = kept[:, 0]
     return kept.to(non_empty.device)
@@ -295,6 +294,31 @@ def _sample_flags(name: str, flags: torch.Tensor | None, batch: int, default: bo
     return flags.detach().to("cpu", torch.bool)
 
 
+def _loss_dtype(output: LongitudinalOutput) -> torch.dtype:
+    """``float32`` for half-precision (or float32) logits, ``float64`` for float64 ones."""
+    return torch.promote_types(torch.promote_types(output.baseline.dtype, output.progression.dtype), torch.float32)
+
+
+def _connected_zero(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A scalar ``0`` of ``dtype`` connected to ``logits`` (zero gradient), finite for any finite half logits.
+
+    ``logits.sum() * 0`` is NaN when the half-precision sum overflows to ``inf``; the product comes first here.
+    """
+    return (logits * 0).sum(dtype=dtype)
+
+
+def _without_gradient_from(baseline_logits: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """``(B, K, *S)`` baseline logits, detached in the rows of samples without a baseline annotation.
+
+    ``annotated``: ``(B,)`` bool (CPU). The progression term scored through :func:`new_lesion_logits` then sends
+    no gradient into the baseline logits of unannotated samples, as the baseline term does not.
+    """
+    if bool(annotated.all()):
+        return baseline_logits
+    rows = annotated.to(baseline_logits.device).view(-1, *([1] * (baseline_logits.ndim - 1)))
+    return torch.where(rows, baseline_logits, baseline_logits.detach())
+
+
 class ImbalanceAwareLoss(nn.Module):
     """Baseline loss + filtered progression loss for any model returning :class:`LongitudinalOutput`.
 
@@ -321,7 +345,11 @@ class ImbalanceAwareLoss(nn.Module):
             the paper's loss: flags are ignored).
         progression_outside_baseline: score the progression head through :func:`new_lesion_logits`, the logit
             of ``p_prog (1 - p_base)`` that inference thresholds (``inference.progression_outside_baseline``),
-            so the progression term also reaches the baseline head (default ``False``, the paper's loss).
+            so the progression term also reaches the baseline head (default ``False``, the paper's loss);
+            not for samples with ``baseline_annotated=False``, whose baseline logits enter it detached.
+
+    The terms are computed in ``float32`` (``float64`` for ``float64`` logits): half-precision logits are
+    upcast, and the returned losses are ``float32`` (``float64``) scalars, finite under autocast.
 
     Example:
         >>> loss_fn = ImbalanceAwareLoss(seed=0)
@@ -433,6 +461,7 @@ class ImbalanceAwareLoss(nn.Module):
             check_binary("progression_target", progression_target)
 
         batch = output.baseline.shape[0]
+        dtype = _loss_dtype(output)
         annotated = _sample_flags("baseline_annotated", baseline_annotated, batch, default=True)
         if bool(annotated.all()):
             baseline_loss = self._per_sample(output.baseline, baseline_target, "baseline").mean()
@@ -441,7 +470,7 @@ class ImbalanceAwareLoss(nn.Module):
             baseline_loss = self._per_sample(output.baseline[rows.to(output.baseline.device)],
                                              baseline_target[rows.to(baseline_target.device)], "baseline").mean()
         else:
-            baseline_loss = output.baseline.sum() * 0.0
+            baseline_loss = _connected_zero(output.baseline, dtype)
 
         non_empty = progression_presence(progression_target).cpu()
         forced = None
@@ -453,15 +482,16 @@ class ImbalanceAwareLoss(nn.Module):
         num_kept = int(kept.sum())
         progression = output.progression
         if self.progression_outside_baseline:
-            progression = new_lesion_logits(output.baseline, progression)
+            progression = new_lesion_logits(_without_gradient_from(output.baseline.to(dtype), annotated),
+                                            progression.to(dtype))
         if num_kept:
             pairs = torch.nonzero(kept, as_tuple=True)
             logits = progression[tuple(i.to(progression.device) for i in pairs)]
             target = progression_target[tuple(i.to(progression_target.device) for i in pairs)]
             progression_loss = self._per_sample(logits, target, "progression").mean()
         else:
-            progression_loss = output.progression.sum() * 0.0
-        progression_loss = progression_loss.to(baseline_loss.dtype)
+            progression_loss = _connected_zero(output.progression, dtype)
+        baseline_loss, progression_loss = baseline_loss.to(dtype), progression_loss.to(dtype)
 
         num_positive = int(non_empty.sum())
         num_empty = non_empty.numel() - num_positive

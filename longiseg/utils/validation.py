@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
 from collections.abc import Iterator, Sequence
 
@@ -30,10 +31,13 @@ __all__ = [
     "check_finite",
     "check_binary",
     "check_same_shape",
+    "check_bool",
     "check_positive_int",
+    "check_positive_float",
     "check_probability",
     "check_timepoints",
     "check_spatial_dims",
+    "check_int_sequence",
     "check_widths",
 ]
 
@@ -139,6 +143,27 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` as a ``bool`` if it is one (``numpy.bool_`` too), else raise ``TypeError`` naming ``name``.
+
+    Strings such as ``"false"`` are refused: they would count as ``True``. Configuration files convert them
+    before (:func:`~longiseg.utils.config.config_from_dict`).
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_positive_float(name: str, value: object) -> float:
+    """Return ``value`` as a ``float`` if it is a finite number ``> 0``; raise ``TypeError``/``ValueError`` otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number > 0, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not (0.0 < v < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, got {v}")
+    return v
+
+
 def check_probability(name: str, value: float, *, inclusive: bool = True) -> float:
     """Return ``value`` if it lies in ``[0, 1]`` (or ``(0, 1)`` when ``inclusive=False``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
@@ -169,11 +194,36 @@ def check_spatial_dims(name: str, value: object) -> int:
     return int(value)
 
 
+def check_int_sequence(
+    name: str, values: Sequence[int], *, minimum: int = 1, length: int | None = None, what: str = "one per stage"
+) -> tuple[int, ...]:
+    """Return ``values`` (a list, tuple or 1-D array of ints ``>= minimum``) as a tuple of ``int``.
+
+    Args:
+        name: argument name used in the messages.
+        values: the sequence.
+        minimum: smallest allowed entry.
+        length: required number of entries, or ``None`` for any.
+        what: what the entries are, for the messages (e.g. ``"channels per stage"``).
+
+    Raises:
+        TypeError: ``values`` is not a sequence (e.g. a single int) or an entry is not an int.
+        ValueError: an entry is below ``minimum`` or the length differs from ``length``.
+    """
+    if isinstance(values, np.ndarray) and values.ndim == 1:
+        values = values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints ({what}), got {type(values).__name__} {values!r}")
+    out = tuple(check_positive_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(values))
+    if length is not None and len(out) != length:
+        raise ValueError(f"{name} must have {length} entries ({what}), got {len(out)}: {out}")
+    return out
+
+
 def check_widths(name: str, widths: Sequence[int], minimum_len: int = 2) -> tuple[int, ...]:
     """Return ``widths`` as a tuple of positive ints (channels per network stage), at least ``minimum_len`` long."""
-    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
-        raise TypeError(f"{name} must be a sequence of ints (channels per stage), got {type(widths).__name__}")
-    out = tuple(check_positive_int(f"{name}[{i}]", w) for i, w in enumerate(widths))
+    out = check_int_sequence(name, widths, what="channels per stage")
     if len(out) < minimum_len:
-        raise ValueError(f"{name} must list at least {minimum_len} stage widths, got {out}")
+        raise ValueError(f"{name} must list at least {minimum_len} stage widths (one per resolution level), "
+                         f"got {len(out)}: {out}")
     return out

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from longiseg.networks.blocks.patch_embed import OverlapPatchEmbed
 from longiseg.networks.inputs import check_model_input, parameter_dtype
-from longiseg.utils.validation import check_positive_int, check_probability
+from longiseg.utils.validation import check_int_sequence, check_positive_int, check_probability
 
 __all__ = ["BlockFactory", "EncoderStage", "HierarchicalEncoder"]
 
@@ -87,14 +87,8 @@ class HierarchicalEncoder(nn.Module):
     ) -> None:
         super().__init__()
         check_positive_int("in_channels", in_channels)
-        widths, depths = tuple(widths), tuple(depths)
-        if len(widths) != 4 or len(depths) != 4:
-            raise ValueError(
-                f"widths and depths must have 4 entries (one per stage), got {widths} and {depths}"
-            )
-        for i, (w, d) in enumerate(zip(widths, depths)):
-            check_positive_int(f"widths[{i}]", w)
-            check_positive_int(f"depths[{i}]", d, minimum=0)
+        widths = check_int_sequence("widths", widths, length=4, what="channels of the 4 stages")
+        depths = check_int_sequence("depths", depths, minimum=0, length=4, what="blocks of the 4 stages")
         if not callable(block_factory):
             raise TypeError(f"block_factory must be callable, got {type(block_factory).__name__}")
         check_probability("drop_path_rate", drop_path_rate)

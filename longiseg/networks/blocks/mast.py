@@ -37,7 +37,13 @@ import torch.nn as nn
 
 from longiseg.networks.blocks.difference_weighting import DifferenceWeighting
 from longiseg.ssm import Mamba
-from longiseg.utils.validation import check_ndim, check_positive_int, check_tensor, check_timepoints
+from longiseg.utils.validation import (
+    check_bool,
+    check_ndim,
+    check_positive_int,
+    check_tensor,
+    check_timepoints,
+)
 
 __all__ = [
     "FUSIONS",
@@ -139,8 +145,9 @@ class MaSTMixer(nn.Module):
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.dim = dim
-        self.share_mamba = bool(share_mamba)
-        self.bidirectional = bool(bidirectional)
+        self.share_mamba = check_bool("share_mamba", share_mamba)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
+        difference_weighting = check_bool("difference_weighting", difference_weighting)
         self.fusion = fusion
         kwargs = dict(mamba_kwargs or {})
         self.mamba_temporal = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, **kwargs)

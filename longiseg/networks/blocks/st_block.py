@@ -17,7 +17,13 @@ import torch
 import torch.nn as nn
 
 from longiseg.networks.blocks.mix_ffn import MixFFN
-from longiseg.utils.validation import check_ndim, check_positive_int, check_probability, check_tensor
+from longiseg.utils.validation import (
+    check_ndim,
+    check_positive_float,
+    check_positive_int,
+    check_probability,
+    check_tensor,
+)
 
 __all__ = ["STBlock"]
 
@@ -28,7 +34,7 @@ class STBlock(nn.Module):
     Args:
         dim: token channels ``C``.
         mixer: module mapping normalised ``(B, T, H, W, C)`` tokens to ``(B, T, H, W, C)``.
-        mlp_ratio: Mix-FFN hidden width as a multiple of ``dim``.
+        mlp_ratio: Mix-FFN hidden width as a multiple of ``dim`` (a finite number > 0).
         drop_path: stochastic-depth probability of both residual branches (timm ``DropPath``; a whole
             sample, all timepoints together, is dropped).
         ffn_dropout: dropout inside the Mix-FFN.
@@ -49,8 +55,7 @@ class STBlock(nn.Module):
         check_positive_int("dim", dim)
         if not isinstance(mixer, nn.Module):
             raise TypeError(f"mixer must be an nn.Module, got {type(mixer).__name__}")
-        if not mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
+        mlp_ratio = check_positive_float("mlp_ratio", mlp_ratio)
         check_probability("drop_path", drop_path)
         self.dim = dim
         self.norm1 = nn.LayerNorm(dim)

@@ -17,7 +17,9 @@ Pairing of current and prior timepoints (``T >= 2``):
 Baseline and follow-ups use separate Difference Weighting blocks (their affine instance-norm parameters
 differ); the decoder is shared and decodes every timepoint's fused features, and the dual heads map the
 decoded features of timepoint 0 to baseline logits and of timepoints ``1..T-1`` to progression logits.
-Any ``T >= 2`` works with the same weights.
+Any ``T >= 2`` works with the same weights: the ``longi_unet_dw*`` factories accept ``num_timepoints`` (as every
+factory does; the training workflow passes it) and check it, but do not enforce it, and the model's spec
+records ``num_timepoints=None``.
 
 ``LongiUNetConcat`` is the "Longitudinal nnU-Net" early-fusion ablation of the same paper: the
 timepoints' images are concatenated as channels, so ``T`` is fixed at construction.
@@ -40,7 +42,7 @@ from longiseg.networks.blocks.difference_weighting import DifferenceWeighting
 from longiseg.networks.blocks.heads import FusedDualHead, TimepointHeads
 from longiseg.networks.inputs import SpatialSizeRule, check_model_input, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
-from longiseg.networks.presets import UNET_WIDTHS
+from longiseg.networks.presets import UNET_WIDTHS, pop_fixed_spatial_dims
 from longiseg.registry import register_model
 from longiseg.utils.validation import check_positive_int, check_spatial_dims, check_timepoints, check_widths
 
@@ -204,14 +206,14 @@ class LongiUNetDW(nn.Module):
         prior: str = "previous",
     ) -> None:
         super().__init__()
-        check_positive_int("out_channels", out_channels)
         if prior not in ("previous", "baseline"):
             raise ValueError(f"prior must be 'previous' or 'baseline', got {prior!r}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        self.num_timepoints = None  # shared weights across timepoints: any T >= 2
         self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
         self.prior = prior
-        self.encoder = UNetEncoder(in_channels, features, spatial_dims)
+        self.encoder = UNetEncoder(self.in_channels, features, self.spatial_dims)
         feats = self.encoder.features
         self.dw_baseline = nn.ModuleList(DifferenceWeighting(f, spatial_dims) for f in feats)
         self.dw_followup = nn.ModuleList(DifferenceWeighting(f, spatial_dims) for f in feats)
@@ -273,16 +275,14 @@ class LongiUNetConcat(nn.Module):
         spatial_dims: int = 3,
     ) -> None:
         super().__init__()
-        check_positive_int("in_channels", in_channels)
-        check_positive_int("out_channels", out_channels)
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
         self.num_timepoints = check_timepoints("num_timepoints", num_timepoints)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
         self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
-        self.encoder = UNetEncoder(in_channels * num_timepoints, features, spatial_dims)
+        self.encoder = UNetEncoder(self.in_channels * self.num_timepoints, features, spatial_dims)
         self.decoder = UNetDecoder(self.encoder.features, spatial_dims)
         self.heads = FusedDualHead(
-            self.encoder.features[0], num_timepoints=num_timepoints, out_channels=out_channels,
+            self.encoder.features[0], num_timepoints=self.num_timepoints, out_channels=self.out_channels,
             spatial_dims=spatial_dims,
         )
 
@@ -297,21 +297,25 @@ class LongiUNetConcat(nn.Module):
 # ----------------------------------------------------------------------------------------- registry
 
 
-def _features(spatial_dims: int, size: str, kwargs: dict[str, Any]) -> tuple[int, ...]:
-    return tuple(kwargs.pop("features", UNET_WIDTHS[f"{spatial_dims}d"][size]))
+def _features(spatial_dims: int, size: str, kwargs: dict[str, Any], family: str) -> tuple[int, ...]:
+    """Pop ``features`` (default: the named size) and a ``spatial_dims`` equal to the one the preset fixes."""
+    pop_fixed_spatial_dims(kwargs, spatial_dims, family)
+    return check_widths("features", kwargs.pop("features", UNET_WIDTHS[f"{spatial_dims}d"][size]))
 
 
-def _build_dw(spatial_dims: int, size: str, default_in: int, **kwargs: Any) -> LongiUNetDW:
-    num_timepoints = kwargs.pop("num_timepoints", None)  # any T >= 2 works with the same weights
-    if num_timepoints is not None:  # still checked: the registry records it in the model's spec
+def _build_dw(spatial_dims: int, size: str, default_in: int, /, **kwargs: Any) -> LongiUNetDW:
+    # Any T >= 2 works with the same weights. num_timepoints is accepted, as by every factory (the training
+    # workflow passes it), and checked, but not enforced: the model's spec records num_timepoints=None.
+    num_timepoints = kwargs.pop("num_timepoints", None)
+    if num_timepoints is not None:
         check_timepoints("num_timepoints", num_timepoints)
-    features = _features(spatial_dims, size, kwargs)
+    features = _features(spatial_dims, size, kwargs, "longi_unet_dw*")
     in_channels = kwargs.pop("in_channels", default_in)
     return LongiUNetDW(in_channels, features=features, spatial_dims=spatial_dims, **kwargs)
 
 
-def _build_concat(spatial_dims: int, size: str, default_in: int, **kwargs: Any) -> LongiUNetConcat:
-    features = _features(spatial_dims, size, kwargs)
+def _build_concat(spatial_dims: int, size: str, default_in: int, /, **kwargs: Any) -> LongiUNetConcat:
+    features = _features(spatial_dims, size, kwargs, "longi_unet_concat*")
     in_channels = kwargs.pop("in_channels", default_in)
     return LongiUNetConcat(in_channels, features=features, spatial_dims=spatial_dims, **kwargs)
 

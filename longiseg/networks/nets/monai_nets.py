@@ -14,7 +14,8 @@ models is built, so the rest of the library works without it.
   (``torch.logit`` with ``eps``), so the output has the same structure as every other model. Train it
   per timepoint with :meth:`CrossSectionalNet.timepoint_logits` against
   :func:`cross_sectional_targets` (full mask of timepoint ``t`` = baseline mask united with the
-  progression masks of follow-ups ``1..t``); any ``T`` works.
+  progression masks of follow-ups ``1..t``); any ``T`` works (``num_timepoints`` is accepted, as by every
+  factory, and checked, but not enforced: the spec records ``None``).
 
 Named configurations follow the paper's sizes: 2.5D about 9M (``_ms``) / 16M (``_glioma``) parameters,
 3D about 15M / 25M.
@@ -22,6 +23,7 @@ Named configurations follow the paper's sizes: 2.5D about 9M (``_ms``) / 16M (``
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -38,11 +40,12 @@ from longiseg.networks.inputs import (
     parameter_dtype,
 )
 from longiseg.networks.output import LongitudinalOutput
-from longiseg.networks.presets import UNET_WIDTHS
+from longiseg.networks.presets import UNET_WIDTHS, pop_fixed_spatial_dims
 from longiseg.registry import register_model
 from longiseg.utils.validation import (
     check_binary,
     check_ndim,
+    check_positive_float,
     check_positive_int,
     check_spatial_dims,
     check_tensor,
@@ -54,12 +57,15 @@ __all__ = [
     "ChannelStackedNet",
     "CrossSectionalNet",
     "cross_sectional_targets",
+    "DYNUNET_MIN_LEVELS",
     "make_dynunet",
     "make_swin_unetr",
     "SWIN_UNETR_CONFIGS",
 ]
 
 _INSTALL_HINT = "pip install longiseg[baselines]"
+#: DynUNet needs at least 3 levels (MONAI: "length of kernel_size and strides ... no less than 3").
+DYNUNET_MIN_LEVELS = 3
 
 #: SwinUNETR settings of the named configurations. ``feature_size`` must be a multiple of 12 and the
 #: convolutional decoder dominates the size (24 -> ~15.7M, 36 -> ~35M parameters), so the glioma size keeps
@@ -101,16 +107,20 @@ def make_dynunet(
         spatial_dims: 2 or 3.
         in_channels: input channels.
         out_channels: output channels of DynUNet's 1x1 output block.
-        filters: channels per level, full resolution first.
+        filters: channels per level, full resolution first; at least :data:`DYNUNET_MIN_LEVELS` levels.
         **kwargs: further DynUNet arguments (``kernel_size``, ``strides``, ``res_block``, ``dropout``...).
 
     Returns:
         ``(net, divisor)``: the network ``(N, in_channels, *S) -> (N, out_channels, *S)`` and, per spatial
         dim, the multiple every input size must be.
+
+    Raises:
+        TypeError, ValueError: ``filters`` is not a sequence of at least 3 positive ints, or ``spatial_dims``
+            is not 2 or 3.
     """
     nets = _monai_nets()
     check_spatial_dims("spatial_dims", spatial_dims)
-    filters = check_widths("filters", filters)
+    filters = check_widths("filters", filters, minimum_len=DYNUNET_MIN_LEVELS)
     n = len(filters)
     kernel_size = kwargs.pop("kernel_size", [3] * n)
     strides = kwargs.pop("strides", [1] + [2] * (n - 1))
@@ -202,6 +212,12 @@ def cross_sectional_targets(baseline: torch.Tensor, progression: torch.Tensor) -
     return torch.cummax(masks, dim=1).values
 
 
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """A context with autocast disabled on ``device`` (a no-op where autocast does not exist, e.g. ``meta``)."""
+    available = getattr(torch.amp, "is_autocast_available", lambda kind: kind in ("cpu", "cuda"))
+    return torch.autocast(device.type, enabled=False) if available(device.type) else contextlib.nullcontext()
+
+
 class CrossSectionalNet(nn.Module):
     """One shared single-timepoint network; progression by subtracting consecutive probabilities.
 
@@ -210,11 +226,14 @@ class CrossSectionalNet(nn.Module):
         in_channels: image channels per timepoint ``C``.
         spatial_dims: 2 or 3.
         divisor: the backbone's total downsampling; every spatial size must be a multiple of it.
-        eps: probabilities are clamped to ``[eps, 1 - eps]`` before ``torch.logit``.
+        eps: probabilities are clamped to ``[eps, 1 - eps]`` before ``torch.logit``; a float in ``(0, 0.5)``.
 
     Shapes:
-        input ``(B, T, C, *S)`` with any ``T >= 2``, sizes as for :class:`ChannelStackedNet`; output baseline logits ``(B, K, *S)`` (timepoint 0) and
-        progression logits ``(B, T-1, K, *S)`` of ``clamp(p_t - p_{t-1}, 0, 1)``.
+        input ``(B, T, C, *S)`` with any ``T >= 2`` (``num_timepoints`` is ``None``), sizes as for
+        :class:`ChannelStackedNet`; output baseline logits ``(B, K, *S)`` (timepoint 0) and progression logits
+        ``(B, T-1, K, *S)`` of ``clamp(p_t - p_{t-1}, 0, 1)``. The subtraction, clamp and logit run in
+        ``float32`` (autocast off; ``1 - eps`` is ``1`` in half precision), and the progression logits are
+        returned in the backbone's dtype, finite (``|logit| <= log((1 - eps) / eps)``).
     """
 
     def __init__(
@@ -227,7 +246,9 @@ class CrossSectionalNet(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
-        if not 0.0 < eps < 0.5:
+        self.num_timepoints = None  # one backbone per timepoint: any T >= 2
+        eps = check_positive_float("eps", eps)
+        if not eps < 0.5:
             raise ValueError(f"eps must lie in (0, 0.5), got {eps}")
         self.spatial_dims = spatial_dims
         self.eps = eps
@@ -245,9 +266,10 @@ class CrossSectionalNet(nn.Module):
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
         logits = self.timepoint_logits(x)
-        probs = torch.sigmoid(logits)
-        progression = (probs[:, 1:] - probs[:, :-1]).clamp(0.0, 1.0)
-        return LongitudinalOutput(baseline=logits[:, 0], progression=torch.logit(progression, eps=self.eps))
+        with _autocast_off(logits.device):  # in half precision 1 - eps rounds to 1: infinite logits
+            probs = torch.sigmoid(logits.to(torch.promote_types(logits.dtype, torch.float32)))
+            progression = torch.logit((probs[:, 1:] - probs[:, :-1]).clamp(0.0, 1.0), eps=self.eps)
+        return LongitudinalOutput(baseline=logits[:, 0], progression=progression.to(logits.dtype))
 
 
 # ----------------------------------------------------------------------------------------- registry
@@ -260,23 +282,33 @@ def _pop_common(kwargs: dict[str, Any], default_in: int) -> tuple[int, int, int]
     return in_channels, num_timepoints, out_channels
 
 
-def _build_dynunet(spatial_dims: int, size: str, default_in: int, **kwargs: Any) -> ChannelStackedNet:
+def _pop_filters(kwargs: dict[str, Any], spatial_dims: int, size: str) -> tuple[int, ...]:
+    return check_widths("filters", kwargs.pop("filters", UNET_WIDTHS[f"{spatial_dims}d"][size]),
+                        minimum_len=DYNUNET_MIN_LEVELS)
+
+
+def _build_dynunet(spatial_dims: int, size: str, default_in: int, /, **kwargs: Any) -> ChannelStackedNet:
+    pop_fixed_spatial_dims(kwargs, spatial_dims, "dynunet_[23]d*")
     in_channels, num_timepoints, out_channels = _pop_common(kwargs, default_in)
-    filters = tuple(kwargs.pop("filters", UNET_WIDTHS[f"{spatial_dims}d"][size]))
+    filters = _pop_filters(kwargs, spatial_dims, size)
     net, divisor = make_dynunet(spatial_dims, in_channels * num_timepoints, 1, filters, **kwargs)
     return ChannelStackedNet(_strip_output_block(net, "output_block"), filters[0], in_channels, num_timepoints,
                              out_channels, spatial_dims, divisor)
 
 
-def _build_dynunet_cs(size: str, default_in: int, **kwargs: Any) -> CrossSectionalNet:
-    in_channels, _, out_channels = _pop_common(kwargs, default_in)  # any T works
+def _build_dynunet_cs(size: str, default_in: int, /, **kwargs: Any) -> CrossSectionalNet:
+    pop_fixed_spatial_dims(kwargs, 3, "dynunet_cs*")
+    # num_timepoints is checked and accepted (the training workflow passes it to every model) but has no
+    # effect: any T works, and the model's spec records num_timepoints=None.
+    in_channels, _, out_channels = _pop_common(kwargs, default_in)
     eps = kwargs.pop("eps", 1e-6)
-    filters = tuple(kwargs.pop("filters", UNET_WIDTHS["3d"][size]))
+    filters = _pop_filters(kwargs, 3, size)
     net, divisor = make_dynunet(3, in_channels, out_channels, filters, **kwargs)
     return CrossSectionalNet(net, in_channels, spatial_dims=3, divisor=divisor, eps=eps)
 
 
-def _build_swin(size: str, default_in: int, **kwargs: Any) -> ChannelStackedNet:
+def _build_swin(size: str, default_in: int, /, **kwargs: Any) -> ChannelStackedNet:
+    pop_fixed_spatial_dims(kwargs, 3, "swin_unetr*")
     in_channels, num_timepoints, out_channels = _pop_common(kwargs, default_in)
     settings = {**SWIN_UNETR_CONFIGS[size], **kwargs}
     net = make_swin_unetr(in_channels * num_timepoints, 1, spatial_dims=3, **settings)

@@ -30,7 +30,7 @@ from longiseg.networks.blocks.mlp_decoder import AllMLPDecoder
 from longiseg.networks.blocks.segformer_like import LongitudinalSegFormerLike, init_segformer_weights
 from longiseg.networks.blocks.st_block import STBlock
 from longiseg.registry import register_model
-from longiseg.utils.validation import check_positive_int, check_timepoints
+from longiseg.utils.validation import check_bool, check_int_sequence, check_timepoints
 
 __all__ = ["SegFormer", "SEGFORMER_PRESETS", "ATTENTIONS"]
 
@@ -60,8 +60,8 @@ class SegFormer(LongitudinalSegFormerLike):
         sr_ratios: key/value spatial-reduction ratios per stage (MiT: 8, 4, 2, 1); a stage whose reduced grid
             would hold a single token attends to its unreduced tokens instead (see
             :class:`~longiseg.networks.blocks.efficient_attention.SpatialReductionAttention`).
-        mlp_ratio: Mix-FFN expansion.
-        qkv_bias: biases in the attention projections.
+        mlp_ratio: Mix-FFN expansion (a finite number > 0).
+        qkv_bias: biases in the attention projections (a ``bool``: ``"false"`` is refused, not taken as true).
         attention: ``"global"`` (default: spatial-reduction attention over all ``T*H*W`` tokens) or
             ``"efficient"`` (per-timepoint MiT attention; the timepoints never meet, a cross-sectional ablation).
         attn_dropout: dropout on attention weights.
@@ -96,13 +96,12 @@ class SegFormer(LongitudinalSegFormerLike):
     ) -> None:
         if num_timepoints is not None:
             num_timepoints = check_timepoints("num_timepoints", num_timepoints)
-        widths, num_heads, sr_ratios = tuple(widths), tuple(num_heads), tuple(sr_ratios)
-        if len(num_heads) != len(widths) or len(sr_ratios) != len(widths):
-            raise ValueError(
-                f"num_heads and sr_ratios need one entry per stage ({len(widths)}), got {num_heads} and {sr_ratios}"
-            )
+        widths = check_int_sequence("widths", widths, length=4, what="channels of the 4 stages")
+        num_heads = check_int_sequence("num_heads", num_heads, length=4, what="attention heads of the 4 stages")
+        sr_ratios = check_int_sequence("sr_ratios", sr_ratios, length=4, what="reduction ratios of the 4 stages")
+        qkv_bias = check_bool("qkv_bias", qkv_bias)
+        shared_progression_head = check_bool("shared_progression_head", shared_progression_head)
         for i, (w, nh) in enumerate(zip(widths, num_heads)):
-            check_positive_int(f"num_heads[{i}]", nh)
             if w % nh:
                 raise ValueError(f"widths[{i}]={w} must be divisible by num_heads[{i}]={nh}")
         if attention not in ATTENTIONS:

@@ -31,9 +31,15 @@ from longiseg.networks.blocks.mlp_decoder import AllMLPDecoder
 from longiseg.networks.blocks.segformer_like import LongitudinalSegFormerLike, init_segformer_weights
 from longiseg.networks.blocks.st_block import STBlock
 from longiseg.registry import register_model
-from longiseg.ssm import Mamba
+from longiseg.ssm import BACKENDS, Mamba
 from longiseg.utils.config import ConfigBase
-from longiseg.utils.validation import check_positive_int, check_probability, check_timepoints
+from longiseg.utils.validation import (
+    check_int_sequence,
+    check_positive_float,
+    check_positive_int,
+    check_probability,
+    check_timepoints,
+)
 
 __all__ = [
     "SEGMAST_PRESETS",
@@ -43,6 +49,17 @@ __all__ = [
     "segmast_glioma",
     "segmast_ms",
 ]
+
+
+def _check_scan_backend(name: str, backend: object) -> str | None:
+    """Return ``backend`` if it is ``None`` or a selective-scan backend of :data:`longiseg.ssm.BACKENDS`.
+
+    Raises:
+        ValueError: naming ``name`` and the valid backends otherwise.
+    """
+    if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):
+        raise ValueError(f"{name} must be None or one of {BACKENDS}, got {backend!r}")
+    return backend
 
 
 @dataclass(frozen=True)
@@ -66,9 +83,13 @@ class SegMaSTConfig(ConfigBase):
         fusion: how the two scans are fused: ``"sum"`` (default), ``"mean"`` or ``"linear"``.
         difference_weighting: Difference Weighting of follow-ups before every MaST mixer (ablation, off).
         shared_progression_head: one progression 1x1 conv for all follow-ups (default) or one each.
-        mamba_backend: selective-scan backend of every Mamba (``None``: environment variable / auto;
-            ``"reference"``, ``"chunked"``, ``"cuda"``). Not part of the weights: a state_dict loads across
-            backends.
+        mamba_backend: selective-scan backend of every Mamba (``None``: environment variable / auto; one of
+            :data:`longiseg.ssm.BACKENDS`, e.g. ``"reference"``, ``"chunked"``, ``"cuda"``). Not part of the
+            weights: a state_dict loads across backends.
+
+    Built directly or with :meth:`from_dict`, values are converted to the field types the same way
+    (``bidirectional="false"`` is ``False``); a value that cannot be raises
+    :class:`~longiseg.utils.config.ConfigError` naming the field, an out-of-range one ``ValueError``.
     """
 
     in_channels: int = 2
@@ -91,29 +112,19 @@ class SegMaSTConfig(ConfigBase):
     mamba_backend: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("widths", "depths"):
-            if not isinstance(getattr(self, name), (tuple, list)):
-                raise TypeError(f"{name} must be a tuple/list of 4 ints, got {getattr(self, name)!r}")
-        # frozen dataclass: normalise list inputs (e.g. from JSON) to tuples
-        object.__setattr__(self, "widths", tuple(self.widths))
-        object.__setattr__(self, "depths", tuple(self.depths))
-        check_positive_int("in_channels", self.in_channels)
-        check_positive_int("out_channels", self.out_channels)
+        # A config built directly is converted as from_dict converts (the string "false" becomes False, a list a
+        # tuple; a value that is not of its field's type raises ConfigError naming the field), then checked.
+        self.coerce_fields()
+        check_int_sequence("widths", self.widths, length=4, what="channels of the 4 stages")
+        check_int_sequence("depths", self.depths, minimum=0, length=4, what="blocks of the 4 stages")
+        for name in ("in_channels", "out_channels", "decoder_dim", "d_state", "d_conv", "expand"):
+            check_positive_int(name, getattr(self, name))
         if self.num_timepoints is not None:
             check_timepoints("num_timepoints", self.num_timepoints)
-        if len(self.widths) != 4 or len(self.depths) != 4:
-            raise ValueError(f"widths and depths need 4 entries each, got {self.widths} and {self.depths}")
-        for i, (w, d) in enumerate(zip(self.widths, self.depths)):
-            check_positive_int(f"widths[{i}]", w)
-            check_positive_int(f"depths[{i}]", d, minimum=0)
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        check_positive_int("decoder_dim", self.decoder_dim)
+        check_positive_float("mlp_ratio", self.mlp_ratio)
         check_probability("decoder_dropout", self.decoder_dropout)
         check_probability("drop_path_rate", self.drop_path_rate)
-        check_positive_int("d_state", self.d_state)
-        check_positive_int("d_conv", self.d_conv)
-        check_positive_int("expand", self.expand)
+        _check_scan_backend("mamba_backend", self.mamba_backend)
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if not self.shared_progression_head and self.num_timepoints is None:
@@ -199,11 +210,17 @@ class SegMaST(LongitudinalSegFormerLike):
         return cls(config)
 
     def set_scan_backend(self, backend: str | None) -> None:
-        """Switch the selective-scan backend of every Mamba (weights unchanged)."""
+        """Switch the selective-scan backend of every Mamba (weights unchanged).
+
+        Raises:
+            ValueError: ``backend`` is not ``None`` or one of :data:`longiseg.ssm.BACKENDS` (checked as
+                ``SegMaSTConfig(mamba_backend=...)`` checks it, before anything changes).
+        """
+        config = self.config.replace(mamba_backend=backend)
         for mod in self.modules():
             if isinstance(mod, Mamba):
-                mod.backend = backend
-        self.config = self.config.replace(mamba_backend=backend)
+                mod.backend = config.mamba_backend
+        self.config = config
 
 
 def _build(base: SegMaSTConfig, kwargs: dict[str, Any]) -> SegMaST:
