@@ -180,6 +180,38 @@ def test_predict_case_errors(tmp_path: Path) -> None:
         predict_case(Voxelwise(), img[0], aff, None, tmp_path, "x")
 
 
+class _Counting(Voxelwise):
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+        self.calls += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(("kwargs", "err", "match"), [
+    ({"threshold": 1.5}, ValueError, r"threshold must lie in \[0, 1\]"),
+    ({"progression_threshold": 2.0}, ValueError, r"progression_threshold must lie in \[0, 1\]"),
+    ({"min_volume_mm3": -1}, ValueError, "min_volume_mm3 must be a finite number >= 0"),
+    ({"progression_outside_baseline": "yes"}, TypeError, "progression_outside_baseline must be a bool"),
+    ({"overwrite": "False"}, TypeError, "overwrite must be a bool"),
+    ({"save_entropy": "no"}, TypeError, "save_entropy must be a bool"),
+])
+def test_predict_case_refuses_bad_settings_before_inference(tmp_path: Path, kwargs: dict, err: type,
+                                                            match: str) -> None:
+    model = _Counting()
+    with pytest.raises(err, match=match):
+        predict_case(model, _images(t=2, c=1), _affine(), None, tmp_path, "x", inferer=_inferer(), **kwargs)
+    assert model.calls == 0 and not (tmp_path / "x").exists()
+
+
+def test_predict_case_spacing_one_value_means_isotropic(tmp_path: Path) -> None:
+    paths = predict_case(Voxelwise(), _images(t=2, c=1), _affine(), 1.0, tmp_path, "x", inferer=_inferer(),
+                         min_volume_mm3=2.0)
+    assert len(paths["mask"]) == 2
+    with pytest.raises(ValueError, match=r"spacing must have 3 values"):
+        predict_case(Voxelwise(), _images(t=2, c=1), _affine(), (1.0, 1.0), tmp_path, "y", inferer=_inferer())
+
+
 def _write_case(
     root: Path,
     cid: str,
@@ -300,6 +332,15 @@ def test_predict_folder_errors_before_any_case(tmp_path: Path) -> None:
         predict_folder(Voxelwise(), tmp_path / "absent", tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="case id"):
         predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", case_ids=[".."], progress=False)
+    with pytest.raises(ValueError, match=r"case_ids name case\(s\) \['a'\] more than once"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", case_ids=["a", "a"], progress=False)
+    with pytest.raises(ValueError, match="progression_threshold must lie in"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", progression_threshold=3.0, progress=False)
+    with pytest.raises(TypeError, match="skip_existing must be a bool"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", skip_existing="no", progress=False)
+    with pytest.raises(TypeError, match="predict_folder passes predict_case's settings only"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", treshold=0.3, progress=False)
+    assert not (tmp_path / "out").exists()
     nib.save(nib.Nifti1Image(np.full(SHAPE, 2, np.uint8), aff), tmp_path / "in" / "a" / BRAIN_MASK)
     with pytest.raises(ValueError, match="brain_mask.nii.gz must be binary"):
         predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", case_ids=["a"], inferer=_inferer(),

@@ -260,7 +260,37 @@ def test_all_empty_case_returns_zeros() -> None:
     img = np.zeros((2, 1, 4, 5, 6), np.float32)
     model = PatchBiasModel()
     base, prog = TriplanarInferer(patch_size=4, progress=False)(model, img)
-    assert model.calls == 0 and not base.any() and not prog.any() and prog.shape == (1, 4, 5, 6)
+    # one all-zero patch, only to learn the model's output channels
+    assert model.calls == 1 and not base.any() and not prog.any() and prog.shape == (1, 4, 5, 6)
+    base, prog = TriplanarInferer(patch_size=4, progress=False)(PatchBiasModel(k=2), img)
+    assert base.shape == (2, 4, 5, 6) and prog.shape == (1, 2, 4, 5, 6)  # K kept, as for a non-empty case
+
+
+def test_window_grid_follows_the_documented_step_despite_round_off() -> None:
+    """step = floor(p (1 - overlap)): 10 * (1 - 0.8) is 1.9999999999999996 in floating point, yet step 2."""
+    assert window_starts(20, 10, 0.8) == [0, 2, 4, 6, 8, 10]
+    assert len(window_starts(100, 20, 0.9)) == 41 and len(window_starts(416, 160, 0.8)) == 9
+
+
+def test_flags_and_planes_are_checked() -> None:
+    for flag in ("flip_tta", "skip_empty", "crop_to_brain", "amp", "progress"):
+        with pytest.raises(TypeError, match=f"{flag} must be a bool, got str 'no'"):
+            TriplanarInferer(**{flag: "no"})
+    with pytest.raises(TypeError, match="planes must be a plane name or a sequence"):
+        TriplanarInferer(planes=None)  # type: ignore[arg-type]
+
+
+def test_model_dtype_and_big_endian_inputs() -> None:
+    """A float64 model gets float64 windows; big-endian arrays (as nibabel may return) are accepted."""
+    img = np.random.default_rng(0).normal(size=(2, 1, 5, 6, 7))
+    ref = TriplanarInferer(patch_size=4, progress=False, crop_to_brain=False)(PatchBiasModel(), img)
+    model64 = PatchBiasModel().double()
+    seen: list[torch.dtype] = []
+    model64.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+    out = TriplanarInferer(patch_size=4, progress=False, crop_to_brain=False)(model64, img.astype(">f8"))
+    assert set(seen) == {torch.float64}
+    for a, b in zip(ref, out):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from longiseg.data.lesions import check_connectivity, check_min_volume, remove_s
 from longiseg.utils.masks import as_mask, as_spacing
 from longiseg.utils.validation import (
     check_binary,
+    check_bool,
     check_finite,
     check_ndim,
     check_probability,
@@ -39,7 +40,7 @@ from longiseg.utils.validation import (
 )
 
 __all__ = ["threshold_probabilities", "remove_small_components", "restrict_to_mask", "postprocess",
-           "new_lesion_probability", "HeadMasks", "postprocess_heads", "RESTRICT_OPTIONS"]
+           "new_lesion_probability", "HeadMasks", "check_postprocessing", "postprocess_heads", "RESTRICT_OPTIONS"]
 
 #: Which masks ``restrict`` cuts to the brain: none, the progression masks, or both heads'.
 RESTRICT_OPTIONS = ("none", "progression", "both")
@@ -210,6 +211,32 @@ class HeadMasks(NamedTuple):
     progression_prob: np.ndarray
 
 
+def check_postprocessing(
+    *,
+    threshold: float = 0.5,
+    min_volume_mm3: float = 0.0,
+    spacing: Sequence[float] | float = (1.0, 1.0, 1.0),
+    restrict: str = "progression",
+    progression_outside_baseline: bool = True,
+    progression_threshold: float | None = None,
+) -> None:
+    """Refuse bad :func:`postprocess_heads` settings, naming each, before any inference is spent on them.
+
+    Raises:
+        TypeError: a setting of the wrong type (a string for a bool, a number expected).
+        ValueError: a threshold outside ``[0, 1]``, a negative or non-finite volume, a bad spacing or an
+            unknown ``restrict``.
+    """
+    if restrict not in RESTRICT_OPTIONS:
+        raise ValueError(f"restrict must be one of {RESTRICT_OPTIONS}, got {restrict!r}")
+    check_bool("progression_outside_baseline", progression_outside_baseline)
+    check_probability("threshold", threshold)
+    if progression_threshold is not None:
+        check_probability("progression_threshold", progression_threshold)
+    check_min_volume(min_volume_mm3)
+    as_spacing(spacing, 3)
+
+
 def postprocess_heads(
     baseline_prob: np.ndarray | torch.Tensor,
     progression_prob: np.ndarray | torch.Tensor,
@@ -249,15 +276,14 @@ def postprocess_heads(
         ``(T-1, D, H, W)`` masks, and the ``(T-1, D, H, W)`` progression maps the masks come from.
 
     Raises:
-        ValueError: a bad ``restrict``, ``brain_mask`` missing while ``restrict`` needs it, or shapes that do
-            not match.
+        TypeError / ValueError: a bad setting (:func:`check_postprocessing`), ``brain_mask`` missing while
+            ``restrict`` needs it, or shapes that do not match.
     """
-    if restrict not in RESTRICT_OPTIONS:
-        raise ValueError(f"restrict must be one of {RESTRICT_OPTIONS}, got {restrict!r}")
+    check_postprocessing(threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing, restrict=restrict,
+                         progression_outside_baseline=progression_outside_baseline,
+                         progression_threshold=progression_threshold)
     if restrict != "none" and brain_mask is None:
         raise ValueError(f"restrict={restrict!r} needs a brain_mask")
-    if not isinstance(progression_outside_baseline, bool):
-        raise TypeError(f"progression_outside_baseline must be a bool, got {type(progression_outside_baseline).__name__}")
     base = _as_numpy("baseline_prob", baseline_prob)
     prog = _as_numpy("progression_prob", progression_prob)
     check_ndim("baseline_prob", base, 3, "(D, H, W)")

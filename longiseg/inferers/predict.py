@@ -10,6 +10,7 @@ training, and written by :func:`~longiseg.data.loading.save_prediction`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -22,11 +23,13 @@ from tqdm.auto import tqdm
 from longiseg.data.case import LongitudinalCase, affine_spacing
 from longiseg.data.layout import check_case_id, prediction_filenames
 from longiseg.data.loading import CaseSource, find_cases, load_case, prediction_complete, save_prediction
-from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, postprocess_heads
+from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
 from longiseg.utils.logging import get_logger
+from longiseg.utils.masks import as_spacing
+from longiseg.utils.validation import check_bool
 
 __all__ = [
     "Inferer",
@@ -77,6 +80,22 @@ def _check_affine(affine: np.ndarray | torch.Tensor) -> np.ndarray:
     if a.shape != (4, 4) or not np.isfinite(a).all():
         raise ValueError(f"affine must be a finite (4, 4) matrix, got shape {a.shape}")
     return a
+
+
+#: The settings of :func:`predict_case` that :func:`_check_options` checks (before any inference).
+_OPTIONS = ("threshold", "min_volume_mm3", "restrict_to_brain", "progression_outside_baseline", "save_probabilities",
+            "save_entropy", "overwrite", "progression_threshold")
+
+
+def _check_options(options: dict[str, object]) -> None:
+    """Refuse bad :func:`predict_case` settings (``options``: every name of :data:`_OPTIONS`), naming them."""
+    if options["restrict_to_brain"] not in RESTRICT_OPTIONS:
+        raise ValueError(f"restrict_to_brain must be one of {RESTRICT_OPTIONS}, got {options['restrict_to_brain']!r}")
+    for flag in ("save_probabilities", "save_entropy", "overwrite"):
+        check_bool(flag, options[flag])
+    check_postprocessing(threshold=options["threshold"], min_volume_mm3=options["min_volume_mm3"],  # type: ignore[arg-type]
+                         progression_outside_baseline=options["progression_outside_baseline"],  # type: ignore[arg-type]
+                         progression_threshold=options["progression_threshold"])  # type: ignore[arg-type]
 
 
 def predict_case(
@@ -137,11 +156,13 @@ def predict_case(
         ValueError: invalid inputs, a bad ``restrict_to_brain``, or a model with more than one output channel
             per head (the file layout stores binary maps).
     """
-    if restrict_to_brain not in RESTRICT_OPTIONS:
-        raise ValueError(f"restrict_to_brain must be one of {RESTRICT_OPTIONS}, got {restrict_to_brain!r}")
+    _check_options({"threshold": threshold, "min_volume_mm3": min_volume_mm3, "restrict_to_brain": restrict_to_brain,
+                    "progression_outside_baseline": progression_outside_baseline,
+                    "save_probabilities": save_probabilities, "save_entropy": save_entropy, "overwrite": overwrite,
+                    "progression_threshold": progression_threshold})
     check_case_id(case_id)
     aff = _check_affine(affine)
-    spacing = spacing_from_affine(aff) if spacing is None else tuple(float(s) for s in spacing)
+    spacing = spacing_from_affine(aff) if spacing is None else tuple(as_spacing(spacing, 3).tolist())
     imgs, brain = prepare_case(images, brain_mask)
     t = imgs.shape[0]
     names = prediction_filenames(t)
@@ -245,11 +266,21 @@ def predict_folder(
         raise FileNotFoundError(f"in_dir {in_dir} is not a folder")
     if "brain_mask" in predict_kwargs:
         raise TypeError("predict_folder reads each case's brain mask from its folder; do not pass brain_mask")
+    params = inspect.signature(predict_case).parameters
+    unknown = sorted(set(predict_kwargs) - set(params) - {"overwrite"})
+    if unknown or {"model", "images", "affine", "spacing", "out_dir", "case_id"} & set(predict_kwargs):
+        raise TypeError(f"predict_folder passes predict_case's settings only; got {sorted(predict_kwargs)}")
+    for flag, value in (("skip_existing", skip_existing), ("overwrite", overwrite), ("progress", progress)):
+        check_bool(flag, value)
+    _check_options({**{n: params[n].default for n in _OPTIONS}, **predict_kwargs, "overwrite": overwrite})
     sources = {s.case_id: s for s in find_cases(in_dir, modalities=modalities, require_masks=False)}
     if case_ids is None:
         ids = list(sources)
     else:
         ids = [check_case_id(c) for c in case_ids]
+        repeated = sorted({c for c in ids if ids.count(c) > 1})
+        if repeated:
+            raise ValueError(f"case_ids name case(s) {repeated} more than once")
         missing = [c for c in ids if c not in sources]
         if missing:
             raise FileNotFoundError(f"case folders not found in {in_dir}: {missing}")

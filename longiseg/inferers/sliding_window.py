@@ -24,9 +24,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from longiseg.networks.inputs import parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.validation import (
     check_binary,
+    check_bool,
     check_finite,
     check_ndim,
     check_positive_int,
@@ -78,7 +80,8 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
     span = size - window
     if span <= 0:
         return [0]
-    step = max(1, int(math.floor(window * (1.0 - overlap))))
+    # 10 * (1 - 0.8) is 1.9999999999999996 in floating point: floor it as the exact product it stands for
+    step = max(1, int(math.floor(window * (1.0 - overlap) + 1e-9)))
     n = math.ceil(span / step) + 1
     # round(i * span / (n - 1)) in exact integer arithmetic (halves round up)
     return [(2 * i * span + (n - 1)) // (2 * (n - 1)) for i in range(n)]
@@ -168,6 +171,9 @@ def predict_probabilities(
     batch, t = x.shape[:2]
     spatial = tuple(x.shape[3:])
     use_amp = bool(amp) and x.device.type == "cuda"
+    dtype = parameter_dtype(model)
+    if not use_amp and dtype is not None and dtype.is_floating_point and x.dtype != dtype:
+        x = x.to(dtype)  # cases arrive as float32; a float64 (or half) model is fed its own dtype
     total: torch.Tensor | None = None
     for dims in flips:
         xi = torch.flip(x, dims) if dims else x
@@ -181,6 +187,11 @@ def predict_probabilities(
     if len(flips) > 1:
         total = total.div_(len(flips))
     return total
+
+
+def _native(arr: np.ndarray) -> np.ndarray:
+    """``arr`` C-contiguous in native byte order (NIfTI files may be big-endian; torch refuses those)."""
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
 
 
 def prepare_case(
@@ -198,7 +209,7 @@ def prepare_case(
             or does not match the spatial shape.
     """
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        images = torch.from_numpy(_native(images))
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a numpy array or torch.Tensor, got {type(images).__name__}")
     check_ndim("images", images, 5, "(T, C, D, H, W)")
@@ -210,7 +221,7 @@ def prepare_case(
     mask = None
     if brain_mask is not None:
         if isinstance(brain_mask, np.ndarray):
-            brain_mask = torch.from_numpy(np.ascontiguousarray(brain_mask))
+            brain_mask = torch.from_numpy(_native(brain_mask))
         if not isinstance(brain_mask, torch.Tensor):
             raise TypeError(
                 f"brain_mask must be a numpy array or torch.Tensor, got {type(brain_mask).__name__}"
@@ -313,10 +324,10 @@ class SlidingWindowInferer3D:
         self.overlap = _check_overlap(overlap)
         self.blend = _check_blend(blend)
         self.batch_size = check_positive_int("batch_size", batch_size)
-        self.flip_tta = bool(flip_tta)
+        self.flip_tta = check_bool("flip_tta", flip_tta)
         self.device = device
-        self.amp = bool(amp)
-        self.progress = bool(progress)
+        self.amp = check_bool("amp", amp)
+        self.progress = check_bool("progress", progress)
 
     def __call__(
         self,

@@ -54,7 +54,7 @@ from longiseg.inferers.sliding_window import (
     window_starts,
 )
 from longiseg.utils.logging import get_logger
-from longiseg.utils.validation import check_positive_int
+from longiseg.utils.validation import check_bool, check_positive_int
 
 __all__ = ["PLANE_AXES", "plane_axis", "brain_window_starts", "TriplanarInferer"]
 
@@ -122,6 +122,8 @@ class TriplanarInferer:
         flip_tta: also predict the three in-plane flips (rows, cols, both) of every patch and average the
             four probability maps.
         skip_empty: do not compute patches without brain voxels (see the module docstring for the exact rule).
+            ``False`` computes every window of the grid ``crop_to_brain`` chooses: with ``crop_to_brain=True``
+            voxels outside every slice's brain box stay uncomputed (probability 0) either way.
         crop_to_brain: lay each slice's windows over the bounding box of its brain voxels instead of the whole
             slice (default; the module docstring gives the rule). On a 193x229x193 case at patch 128 this cuts
             the windows from 3,288 to 1,211 (MNI152 brain mask); ``False`` gives the plain whole-slice grid.
@@ -152,6 +154,8 @@ class TriplanarInferer:
         self.blend = _check_blend(blend)
         if isinstance(planes, str):
             planes = (planes,)
+        if not isinstance(planes, Sequence):
+            raise TypeError(f"planes must be a plane name or a sequence of them, got {type(planes).__name__}")
         planes = tuple(planes)
         if not planes:
             raise ValueError("planes must name at least one of ('axial', 'coronal', 'sagittal')")
@@ -161,12 +165,12 @@ class TriplanarInferer:
             raise ValueError(f"planes must not repeat a plane, got {planes}")
         self.planes = planes
         self.batch_size = check_positive_int("batch_size", batch_size)
-        self.flip_tta = bool(flip_tta)
-        self.skip_empty = bool(skip_empty)
-        self.crop_to_brain = bool(crop_to_brain)
+        self.flip_tta = check_bool("flip_tta", flip_tta)
+        self.skip_empty = check_bool("skip_empty", skip_empty)
+        self.crop_to_brain = check_bool("crop_to_brain", crop_to_brain)
         self.device = device
-        self.amp = bool(amp)
-        self.progress = bool(progress)
+        self.amp = check_bool("amp", amp)
+        self.progress = check_bool("progress", progress)
         self.last_stats: dict[str, dict[str, int]] = {}
 
     def __call__(
@@ -210,13 +214,14 @@ class TriplanarInferer:
                 for plane, plan in plans.items():
                     bar.set_postfix_str(plane)
                     total = self._run_plane(model, imgs, plane_axis(plane), plan[0], dev, total, count, bar)
+                if total is None:  # nothing computed: one all-zero patch tells the model's channels (K * T)
+                    logger.warning("tri-planar inference: no patch holds a brain voxel; returning all-zero maps")
+                    probe = torch.zeros((1, *imgs.shape[:2], *self.patch_size), device=dev)
+                    total = torch.zeros((predict_probabilities(model, probe).shape[1], *spatial))
         finally:
             bar.close()
             model.train(was_training)
 
-        if total is None:  # nothing computed anywhere: the output channel count is unknown; assume K = 1
-            logger.warning("tri-planar inference: no patch holds a brain voxel; returning all-zero maps")
-            total = torch.zeros((t, *spatial), dtype=torch.float32)
         total.div_(count.clamp_min(1).to(torch.float32))
         return split_probabilities(total, t)
 
