@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -275,3 +276,24 @@ def test_a_failed_lesion_report_leaves_the_earlier_one(demo_refs, tmp_path: Path
         run_lesion_report(root, out, min_volume_mm3=100.0, overwrite=True, progress=False)
     assert {p: (out / p).read_bytes() for p in _listing(out)} == before  # no new tables beside the old ones
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_lesions_command_names_an_image_that_is_not_a_volume(demo_refs, tmp_path: Path,  # noqa: ANN001
+                                                             capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    import nibabel as nib
+
+    from longiseg.cli import main
+
+    root, _ = demo_refs
+    copy = tmp_path / "refs"
+    shutil.copytree(root, copy)
+    path = copy / "demo-006" / "t0_flair.nii.gz"
+    img = nib.load(path)
+    data = np.asarray(img.dataobj)
+    path.unlink()
+    nib.save(nib.Nifti1Image(np.stack([data, data], axis=-1), img.affine), path)  # (X, Y, Z, 2)
+    assert main(["lesions", str(copy), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"image .*demo-006/t0_flair.nii.gz must be a 3D volume, got shape \(\d+, \d+, \d+, 2\)", err)

@@ -618,3 +618,100 @@ def test_predict_native_command_errors(hide_simpleitk: bool, match: str, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("longiseg predict: error: ") and re.search(match, err[0]), err
     assert not (tmp_path / "out").exists()
+
+
+def test_failed_followup_kept_in_scanner_alignment_and_cohort_checks(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """--keep-failed keeps every timepoint of a case whose registration raised (so the cohort loads); one
+    stderr line per failure without ITK's object addresses; raw cases of different modality sets are refused
+    before anything is written; a folder without t0 images fails as a case instead of vanishing."""
+    from longiseg.cli import main
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+    from longiseg.data.loading import find_cases, load_case
+
+    cfg = DemoCohortConfig(num_patients=1, spacing=4, modalities=("flair",), max_translation=0.0, max_rotation=0.0)
+    a, _ = generate_demo_case(0, cfg)
+    raw = tmp_path / "raw"
+    _write_raw_case(raw / "zero", a, a, np.eye(4), (4.0, 4.0, 4.0), (0, 1, 2), (1, 1, 1))
+    follow = raw / "zero" / layout.image_filename(1, "flair")
+    follow.unlink()
+    _save(np.zeros(a.images.shape[2:], np.float32), a.affine, follow)  # registration raises on an empty image
+    assert main(["register", str(raw), str(tmp_path / "kept"), "--no-qc-figures", "--keep-failed",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "case zero follow-up 1 failed: registration error" in err[0] and "(0x" not in err[0]
+    (source,) = find_cases(tmp_path / "kept")
+    assert load_case(source).num_timepoints == 2  # every timepoint written: the kept cohort loads
+    assert (tmp_path / "kept" / "zero" / "registration" / "t1.tfm").is_file()
+
+    (raw / "t2case").mkdir()
+    for t in (0, 1):
+        for m in ("flair", "t2"):
+            _save(a.images[0, 0], a.affine, raw / "t2case" / layout.image_filename(t, m))
+    assert main(["register", str(raw), str(tmp_path / "mixed"), "--no-qc-figures"]) == 2
+    assert "hold different modalities" in capsys.readouterr().err and not (tmp_path / "mixed").exists()
+
+    (raw / "t2case").rename(tmp_path / "t2case")
+    (raw / "nobaseline").mkdir()
+    _save(a.images[0, 0], a.affine, raw / "nobaseline" / layout.image_filename(1, "flair"))
+    assert main(["register", str(raw), str(tmp_path / "out"), "--no-qc-figures"]) == 1
+    assert "case nobaseline failed: case 'nobaseline': needs images t0_*" in capsys.readouterr().err
+
+
+def test_an_already_aligned_followup_passes_the_quality_check(tmp_path: Path) -> None:
+    """Without motion on one grid, the similarity before registration has no interpolation and the registered
+    one has: a sub-voxel registration that scores a little lower is not "made it worse"."""
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+    from longiseg.registration.cohort import RegistrationOptions, register_case
+
+    cfg = DemoCohortConfig(num_patients=3, spacing=4, modalities=("flair",), max_translation=0.0, max_rotation=0.0)
+    for index in range(3):
+        case, _ = generate_demo_case(index, cfg)
+        _write_raw_case(tmp_path / "raw" / f"c{index}", case, case, np.eye(4), (4.0, 4.0, 4.0), (0, 1, 2), (1, 1, 1))
+        res = register_case(tmp_path / "raw" / f"c{index}", tmp_path / "out", RegistrationOptions(qc_figures=False))
+        (q,) = res.followups
+        assert res.ok, q["reasons"]
+        assert q["motion"]["max_displacement_mm"] <= 4.0  # within a voxel of the identity
+
+
+def test_sheared_affines_are_refused_naming_the_file(tmp_path: Path) -> None:
+    from longiseg.data.case import affine_spacing
+    from longiseg.data.loading import read_mask
+
+    shear = np.eye(4)
+    shear[0, 1] = 0.5
+    with pytest.raises(ValueError, match=r"affine has a shear: .*26.57 degrees off"):
+        affine_spacing(shear)
+    rot = np.eye(4)
+    c, s = math.cos(0.3), math.sin(0.3)
+    rot[:3, :3] = (np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([1.0, 2.0, 3.0])).astype(np.float32)
+    assert affine_spacing(rot) == pytest.approx((1.0, 2.0, 3.0), rel=1e-6)  # oblique but orthogonal: fine
+    _save(np.zeros((4, 4, 4), np.float32), shear, tmp_path / "m.nii.gz", np.uint8)
+    with pytest.raises(ValueError, match=r"m\.nii\.gz: affine has a shear"):
+        read_mask(tmp_path / "m.nii.gz")
+
+
+def test_figures_show_one_orientation_whatever_the_storage_order() -> None:
+    """The same anatomy stored RAS, LPS or transposed gives the same displayed slice."""
+    from longiseg.data.case import display_slice, plane_axes
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(5, 6, 7))
+    ras = np.diag([1.0, 2.0, 3.0, 1.0])
+    lps = ras.copy()
+    lps[:2, :2] *= -1  # x and y axes stored reversed
+    zyx = np.zeros((4, 4))
+    zyx[:3, :3] = np.array([[0, 0, 1.0], [0, 2.0, 0], [3.0, 0, 0]])
+    zyx[3, 3] = 1.0
+    stored = {"ras": (vol, ras), "lps": (vol[::-1, ::-1], lps), "zyx": (vol.transpose(2, 1, 0), zyx)}
+    for plane, index in (("axial", 3), ("coronal", 2), ("sagittal", 1)):
+        shown = []
+        for arr, aff in stored.values():
+            axis = plane_axes(aff)[plane]
+            world_index = index if aff is not lps or plane == "axial" else arr.shape[axis] - 1 - index
+            idx: list = [slice(None)] * 3
+            idx[axis] = world_index
+            shown.append(display_slice(arr[tuple(idx)], aff, axis))
+        for img, aspect in shown[1:]:
+            np.testing.assert_array_equal(img, shown[0][0])
+            assert aspect == shown[0][1]

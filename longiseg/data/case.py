@@ -8,6 +8,7 @@ reoriented to be sampled in the right planes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -17,7 +18,7 @@ from longiseg.data.layout import check_case_id
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import check_binary, check_finite, check_timepoints
 
-__all__ = ["PLANES", "LongitudinalCase", "plane_axes", "affine_spacing"]
+__all__ = ["PLANES", "LongitudinalCase", "plane_axes", "display_slice", "affine_spacing"]
 
 #: The three orthogonal anatomical planes, in the order used everywhere in the library.
 PLANES: tuple[str, str, str] = ("axial", "coronal", "sagittal")
@@ -52,6 +53,43 @@ def plane_axes(affine: np.ndarray) -> dict[str, int]:
     return {plane: world_of_array.index(world) for plane, world in _PLANE_WORLD_AXIS.items()}
 
 
+def display_slice(plane_image: np.ndarray, affine: np.ndarray, normal_axis: int) -> tuple[np.ndarray, float]:
+    """Turn a 2D slice so that every volume is shown the same way, whatever its storage order.
+
+    Args:
+        plane_image: ``(n_a, n_b)`` slice of a volume at a fixed index along array axis ``normal_axis``
+            (its axes are the two other array axes, in order).
+        affine: ``(4, 4)`` voxel-to-world (RAS+) matrix of the volume.
+        normal_axis: the array axis normal to the slice (e.g. ``plane_axes(affine)["axial"]``).
+
+    Returns:
+        ``(image, aspect)``: the slice with its first axis along the lower-numbered world axis (x for axial
+        and coronal slices, y for sagittal ones) and its second along the other, both increasing (towards
+        right, anterior, superior), for ``imshow(image.T, origin="lower", aspect=aspect)``; ``aspect`` is the
+        vertical over the horizontal voxel size. So anterior and superior are up and the patient's right
+        is on the right (neurological convention) for LPS, RAS or transposed storage alike.
+    """
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
+    ip = [a for a in range(3) if a != normal_axis]
+    img = np.asarray(plane_image)
+    if img.shape != img.shape[:2] or img.ndim != 2:
+        raise ValueError(f"plane_image must be a 2D slice, got shape {img.shape}")
+    if ornt[ip[0], 0] > ornt[ip[1], 0]:
+        img, ip = img.T, ip[::-1]
+    for k, a in enumerate(ip):
+        if ornt[a, 1] < 0:
+            img = np.flip(img, axis=k)
+    sp = affine_spacing(affine)
+    return img, sp[ip[1]] / sp[ip[0]]
+
+
+#: Largest cosine between two voxel axes of an affine that still counts as orthogonal (float32 affines of
+#: rotated grids reach about 1e-7).
+MAX_AXIS_COSINE = 1e-4
+
+
 def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along the three array axes of a volume: the column norms of ``affine[:3, :3]``.
 
@@ -63,8 +101,13 @@ def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     Args:
         affine: ``(4, 4)`` voxel-to-world matrix.
 
+    The voxel axes must be orthogonal (any rotation, any orientation): with a shear a voxel is a
+    parallelepiped whose volume is not the product of its edge lengths, so lesion volumes, distances and
+    resampling would all be off (a 26 degree shear: volumes 12 % too large). Such files are refused.
+
     Raises:
-        ValueError: ``affine`` is not a finite ``(4, 4)`` matrix, or an axis has zero length.
+        ValueError: ``affine`` is not a finite ``(4, 4)`` matrix, an axis has zero length, or the axes are
+            not orthogonal (a cosine above :data:`MAX_AXIS_COSINE` between two of them).
     """
     aff = np.asarray(affine, dtype=np.float64)
     if aff.shape != (4, 4) or not np.isfinite(aff).all():
@@ -72,6 +115,12 @@ def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     sp = np.linalg.norm(aff[:3, :3], axis=0)
     if not (sp > 0).all():
         raise ValueError(f"affine must give every voxel axis a length > 0 mm, got column norms {sp.tolist()}")
+    unit = aff[:3, :3] / sp
+    cosine = float(np.abs(unit.T @ unit - np.eye(3)).max())
+    if cosine > MAX_AXIS_COSINE:
+        raise ValueError(f"affine has a shear: its voxel axes are not orthogonal (cosine {cosine:.3g} between two "
+                         f"of them, {math.degrees(math.asin(min(cosine, 1.0))):.2f} degrees off), so voxel sizes "
+                         "and volumes are undefined: resample the file onto an orthogonal grid")
     return tuple(float(v) for v in sp)  # type: ignore[return-value]
 
 

@@ -19,10 +19,13 @@ every file may have its own grid: voxel size, shape and orientation. Per case:
    centre and rotates it (and scales, for affine), and a checkerboard PNG in three planes.
 
 A follow-up **fails** when registration raises, its correlation after registration is below
-``min_correlation``, registration made it worse, or the transform moves the brain more than
+``min_correlation``, registration made it worse (a lower similarity while moving some brain voxel by more than
+a voxel), or the transform moves the brain more than
 ``max_translation_mm``/``max_rotation_deg`` (or scales it by more than ``max_scale_change``). A case with a
 failed follow-up is reported (``registration.csv``/``.json`` and the command's exit status) and its images
-are not written, unless ``keep_failed``; it is never silently passed on.
+are not written, unless ``keep_failed`` (a follow-up whose registration raised is then written as the scanner
+placed it, with an identity transform); it is never silently passed on. The raw cases must share one
+modality set (checked from file names before any case is read).
 
 A case whose input is unusable fails as a whole before anything of it is written: a missing or unreadable
 file, NaN/inf intensities, a mask with values other than 0 and 1 (soft or label masks are refused, not
@@ -53,6 +56,7 @@ import csv
 import io
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -62,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from longiseg.data import layout
+from longiseg.data.case import affine_spacing
 from longiseg.data.loading import Manifest, ManifestEntry, read_manifest, read_mask, write_manifest
 from longiseg.registration.grid import Grid, from_sitk, isotropic_grid, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import (
@@ -203,6 +208,10 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"raw volume {path} must be a 3D volume, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"raw volume {path} contains NaN or infinite values")
+    try:
+        affine_spacing(img.affine)  # a finite affine with orthogonal axes (a shear is refused, naming the file)
+    except ValueError as err:
+        raise ValueError(f"raw volume {path}: {err}") from None
     return arr, np.asarray(img.affine, dtype=np.float64)
 
 
@@ -214,14 +223,24 @@ def _raw_files(folder: Path) -> dict[int, dict[str, Path]]:
     return found
 
 
-def _check_motion(q: dict[str, Any], opts: RegistrationOptions) -> list[str]:
+def _check_motion(q: dict[str, Any], opts: RegistrationOptions, voxel_mm: float) -> list[str]:
+    """Why a registered follow-up fails the quality check (``[]``: it passes); ``voxel_mm`` is the
+    smallest voxel edge of the baseline grid.
+
+    "Registration made it worse" needs more than a lower similarity: when scanner coordinates already align
+    the follow-up on the baseline's grid, the similarity before registration is computed without
+    interpolation and the registered one with it, so a registration that stays within a voxel of the start
+    scores a little lower without being wrong. It fails only when it also moved some brain voxel by more
+    than a voxel.
+    """
     reasons = []
     mo, after, before = q["motion"], q["after"], q["before"]
     if after["correlation"] < opts.min_correlation:
         reasons.append(f"correlation after registration {after['correlation']:.3f} < {opts.min_correlation} "
                        "(another patient, wrong modality or failed registration?)")
-    if after["nmi"] < before["nmi"] - 1e-3:
-        reasons.append(f"registration lowered the similarity (NMI {before['nmi']:.3f} -> {after['nmi']:.3f})")
+    if after["nmi"] < before["nmi"] - 1e-3 and mo["max_displacement_mm"] > voxel_mm:
+        reasons.append(f"registration lowered the similarity (NMI {before['nmi']:.3f} -> {after['nmi']:.3f}) "
+                       f"while moving the brain by up to {mo['max_displacement_mm']:.1f} mm")
     if mo["translation_mm"] > opts.max_translation_mm:
         reasons.append(f"brain centre moved {mo['translation_mm']:.1f} mm > {opts.max_translation_mm} mm")
     if mo["rotation_deg"] > opts.max_rotation_deg:
@@ -237,11 +256,17 @@ def _write_tfm(transform: Any, path: Path) -> None:
         sitk.WriteTransform(transform, str(tmp))
 
 
+def _itk_message(err: BaseException) -> str:
+    """The last line of a SimpleITK error without the object addresses ITK prints
+    (``ImageMomentsCalculator(0x555d5a0264c0): ...`` -> ``ImageMomentsCalculator: ...``)."""
+    lines = str(err).strip().splitlines()
+    return re.sub(r"\(0x[0-9a-fA-F]+\)", "", lines[-1].strip() if lines else str(err))
+
+
 def _error_text(err: BaseException) -> str:
     """One line for a recorded failure: the last line of a SimpleITK error (the first ones name C++ sources),
     else the message, after the exception's type."""
-    lines = str(err).strip().splitlines()
-    text = lines[-1].strip() if isinstance(err, RuntimeError) and lines else " ".join(str(err).split())
+    text = _itk_message(err) if isinstance(err, RuntimeError) else " ".join(str(err).split())
     name = type(err).__name__.lstrip("_")  # numpy's _ArrayMemoryError
     return f"{name}: {text}" if text else name
 
@@ -406,8 +431,13 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
     fixed = sitk_images[(0, ref)]
     brain_np = from_sitk(brain)[0].astype(bool)
     fixed_np = from_sitk(fixed)[0]
-    centre_lps = np.asarray(brain.TransformContinuousIndexToPhysicalPoint(
-        [float(v) for v in np.argwhere(brain_np).mean(axis=0)]))
+    voxels = np.argwhere(brain_np)
+    centre_lps = np.asarray(brain.TransformContinuousIndexToPhysicalPoint([float(v) for v in voxels.mean(axis=0)]))
+    # the corners of the brain's bounding box: an affine map moves no brain voxel further than one of them
+    lo, hi = voxels.min(axis=0), voxels.max(axis=0)
+    corners_lps = [np.asarray(brain.TransformContinuousIndexToPhysicalPoint([float(v) for v in c]))
+                   for c in np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3)]
+    voxel_mm = float(min(fixed.GetSpacing()))
     identity = sitk.Transform(3, sitk.sitkIdentity)
     transforms: dict[tuple[int, str], Any] = {}
     record: dict[str, Any] = {"case_id": name, "options": opts.to_dict(), "output_grid": out_grid.to_dict(),
@@ -427,8 +457,10 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
                 moved = from_sitk(resample(moving, fixed, tx))[0]
                 q["after"] = similarity(fixed_np, moved, brain_np)
                 q["motion"] = transform_motion(tx, centre_lps)
+                q["motion"]["max_displacement_mm"] = max(
+                    float(np.linalg.norm(np.asarray(tx.TransformPoint([float(v) for v in c])) - c)) for c in corners_lps)
                 q["optimiser"] = info
-                q["reasons"] = _check_motion(q, opts)
+                q["reasons"] = _check_motion(q, opts, voxel_mm)
                 transforms[(t, ref)] = tx
                 _write_tfm(tx, qc_dir / transform_filename(t))
                 if opts.qc_figures:
@@ -437,12 +469,14 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
                     checkerboard_figure(fixed_np, moved, base_aff, qc_dir / f"t{t}_qc.png",
                                         title=f"{name}: baseline / follow-up {t} registered")
             except RuntimeError as err:  # SimpleITK errors (e.g. no overlap left)
-                q["reasons"] = [f"registration error: {str(err).strip().splitlines()[-1]}"]
+                q["reasons"] = [f"registration error: {_itk_message(err)}"]
+                if opts.keep_failed:  # kept as the scanner placed it, so the kept case has every timepoint
+                    transforms[(t, ref)] = identity
+                    q["transform"] = "identity (scanner coordinates; registration failed)"
+                    _write_tfm(identity, qc_dir / transform_filename(t))
             q["status"] = "failed" if q["reasons"] else "ok"
             q["seconds"] = round(time.perf_counter() - start, 2)
-            res.followups.append(q)
-            if q["status"] == "failed":
-                _LOG.warning("case %s follow-up %d failed registration: %s", name, t, "; ".join(q["reasons"]))
+            res.followups.append(q)  # failures are reported once, by the caller (the command: one line each)
         for m in mods:
             if m == ref or (t, ref) not in transforms:
                 continue
@@ -495,6 +529,19 @@ def _check_output_grids(cases: Sequence[Path], opts: RegistrationOptions) -> Non
         _output_grid(base, opts.spacing, f"case {case.name!r}: baseline {path}")
 
 
+def _check_modalities(cases: Sequence[Path]) -> None:
+    """Refuse raw cases whose baselines hold different modalities (file names only): the output is one cohort,
+    whose manifest lists one modality order. A case folder without ``t0_*`` images is not skipped: it fails as
+    a case (reported in ``registration.csv``)."""
+    found = {p.name: tuple(sorted(layout.scan_images(p).get(0, {}))) for p in cases}
+    sets = {m for m in found.values() if m}
+    if len(sets) > 1:
+        groups = {m: [c for c, cm in found.items() if cm == m] for m in sorted(sets)}
+        shown = "; ".join(f"{list(m)}: {ids[:3]}{' ...' if len(ids) > 3 else ''}" for m, ids in groups.items())
+        raise ValueError(f"the raw cases hold different modalities ({shown}); one output cohort needs one set: "
+                         "register each set into its own folder")
+
+
 def _summary_rows(results: Sequence[CaseRegistration]) -> list[dict[str, Any]]:
     rows = []
     for r in results:
@@ -544,10 +591,10 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise FileNotFoundError(f"raw folder {raw} does not exist")
-    cases = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith(".")
-                   and layout.scan_images(p).get(0))
-    if not cases:
+    cases = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not any(layout.scan_images(p).get(0) for p in cases):
         raise FileNotFoundError(f"no case folders with t0_*.nii.gz images in {raw}")
+    _check_modalities(cases)
     check_output_folder(out, "out")
     check_separate_folders(out, "out", {"raw": raw})  # --overwrite would replace the raw case folders
     if out.exists() and any(out.iterdir()) and not overwrite:

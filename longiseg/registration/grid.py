@@ -72,11 +72,8 @@ class Grid:
 
 def _set_geometry(img: Any, affine: np.ndarray) -> None:
     m = affine[:3, :3]
-    spacing = np.asarray(affine_spacing(affine))
-    direction = _LPS @ (m / spacing)
-    u, _, vt = np.linalg.svd(direction)
-    if np.abs(direction - u @ vt).max() > 1e-4:
-        raise ValueError("affine has a shear (voxel axes not orthogonal); SimpleITK grids must be orthogonal")
+    spacing = np.asarray(affine_spacing(affine))  # refuses a shear: SimpleITK grids are orthogonal too
+    u, _, vt = np.linalg.svd(_LPS @ (m / spacing))  # the nearest rotation: float32 affines are off by ~1e-7
     img.SetSpacing([float(s) for s in spacing])
     img.SetDirection([float(v) for v in (u @ vt).ravel()])
     img.SetOrigin([float(v) for v in _LPS @ affine[:3, 3]])

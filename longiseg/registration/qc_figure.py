@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longiseg.data.case import PLANES, affine_spacing, plane_axes
+from longiseg.data.case import PLANES, display_slice, plane_axes
 from longiseg.utils.io import atomic_save_figure
 
 __all__ = ["checkerboard", "checkerboard_figure"]
@@ -41,7 +41,9 @@ def checkerboard_figure(fixed: np.ndarray, moved: np.ndarray, affine: np.ndarray
     Args:
         fixed: baseline image ``(D, H, W)``.
         moved: follow-up resampled onto the baseline grid ``(D, H, W)``.
-        affine: ``(4, 4)`` voxel-to-world matrix of that grid (plane orientation and aspect).
+        affine: ``(4, 4)`` voxel-to-world matrix of that grid (plane orientation and aspect; the panels are
+            shown in one anatomical orientation whatever the storage order, see
+            :func:`~longiseg.data.case.display_slice`).
         out_png: destination (written atomically).
         title: figure title.
         squares: squares per side of the checkerboard.
@@ -56,20 +58,17 @@ def checkerboard_figure(fixed: np.ndarray, moved: np.ndarray, affine: np.ndarray
     a, b = _normalise(fixed), _normalise(moved)
     fg = np.argwhere(fixed > 0)
     centre = fg.mean(axis=0).round().astype(int) if fg.size else np.array(fixed.shape) // 2
-    sp = affine_spacing(affine)
     axes_of = plane_axes(affine)
     fig, grid = plt.subplots(3, 3, figsize=(9, 9), facecolor="black")
     for r, plane in enumerate(PLANES):
         ax_n = axes_of[plane]
         idx: list[slice | int] = [slice(None)] * 3
         idx[ax_n] = int(centre[ax_n])
-        ip = [i for i in range(3) if i != ax_n]
-        sa, sb = a[tuple(idx)], b[tuple(idx)]
+        (sa, aspect), (sb, _) = (display_slice(v[tuple(idx)], affine, ax_n) for v in (a, b))
         for c, (img, name) in enumerate(((sa, "baseline"), (sb, "follow-up (registered)"),
                                          (checkerboard(sa, sb, squares), "checkerboard"))):
             ax = grid[r, c]
-            ax.imshow(img.T, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=sp[ip[1]] / sp[ip[0]],
-                      interpolation="nearest")
+            ax.imshow(img.T, cmap="gray", vmin=0, vmax=1, origin="lower", aspect=aspect, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from longiseg.data import layout
-from longiseg.data.case import PLANES, affine_spacing, plane_axes
+from longiseg.data.case import PLANES, affine_spacing, display_slice, plane_axes
 from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
 from longiseg.utils.io import atomic_write, load_nifti
 
@@ -79,6 +79,12 @@ def _crop_slice(vol: np.ndarray, axis: int, centre: Sequence[int], half: Sequenc
     return np.pad(vol[tuple(idx)], pads)
 
 
+def _view(vol: np.ndarray, axis: int, centre: Sequence[int], half: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    """:func:`_crop_slice` in one anatomical orientation whatever the storage order, ready for
+    ``imshow(..., origin="lower")`` (see :func:`~longiseg.data.case.display_slice`)."""
+    return display_slice(_crop_slice(vol, axis, centre, half), affine, axis)[0].T
+
+
 def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, earlier: np.ndarray,
                    new_tissue: np.ndarray, affine: np.ndarray, *, field_mm: float = 40.0,
                    title: str = "") -> bytes:
@@ -106,17 +112,16 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
     fig, grid = plt.subplots(2, 3, figsize=(6.0, 4.2), facecolor="black")
     for col, plane in enumerate(PLANES):
         ax_n = axes_of[plane]
-        ip = [a for a in range(3) if a != ax_n]
-        aspect = sp[ip[1]] / sp[ip[0]]
+
+        aspect = display_slice(_crop_slice(before, ax_n, c, half), affine, ax_n)[1]
         for row, img in enumerate((before, after)):
             ax = grid[row, col]
-            ax.imshow(_crop_slice(img, ax_n, c, half).T, cmap="gray", vmin=windows[row][0], vmax=windows[row][1],
-                      origin="lower",
-                      aspect=aspect, interpolation="nearest")
-            e = _crop_slice(earlier.astype(np.float32), ax_n, c, half).T
+            ax.imshow(_view(img, ax_n, c, half, affine), cmap="gray", vmin=windows[row][0], vmax=windows[row][1],
+                      origin="lower", aspect=aspect, interpolation="nearest")
+            e = _view(earlier.astype(np.float32), ax_n, c, half, affine)
             if e.any():
                 ax.contour(e, levels=[0.5], colors="#00e060", linewidths=0.8)
-            n = _crop_slice(new_tissue.astype(np.float32), ax_n, c, half).T
+            n = _view(new_tissue.astype(np.float32), ax_n, c, half, affine)
             if row == 1 and n.any():
                 ax.contour(n, levels=[0.5], colors="#ff3030", linewidths=1.0)
             ax.set_xticks([])
@@ -144,6 +149,8 @@ def _load_images(folder: Path, timepoints: int, modality: str | None, shape: tup
         if p is None:
             return None, f"missing image {folder / layout.image_filename(t, modality)}"
         img = load_nifti(p, what="image", dtype=np.float32)
+        if len(img.shape) < 3 or any(n != 1 for n in img.shape[3:]):
+            raise ValueError(f"image {p} must be a 3D volume, got shape {tuple(img.shape)}")
         if tuple(img.shape[:3]) != shape or not np.allclose(img.affine, affine, atol=1e-4):
             raise ValueError(f"image {p} is not on the grid of the masks (shape {tuple(img.shape[:3])} vs {shape});"
                              " montages need the images the masks were computed on")
