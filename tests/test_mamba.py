@@ -138,17 +138,40 @@ def test_forward_backward_shapes_and_length_one():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"d_model": 0}, "d_model must be a positive int"),
-        ({"d_model": 8, "d_state": 2.5}, "d_state must be a positive int"),
-        ({"d_model": 8, "dt_rank": 0}, "dt_rank must be 'auto' or a positive int"),
+        ({"d_model": 0}, "d_model must be >= 1"),
+        ({"d_model": 8, "d_state": 2.5}, "d_state must be an int"),
+        ({"d_model": 8, "dt_rank": 0}, r"dt_rank \(or 'auto'\) must be >= 1"),
         ({"d_model": 8, "dt_init": "xavier"}, "dt_init must be"),
         ({"d_model": 8, "dt_min": 0.2, "dt_max": 0.1}, "dt_min <= dt_max"),
-        ({"d_model": 8, "expand": 0}, "expand must be positive"),
+        ({"d_model": 8, "expand": 0}, "expand must be a finite number > 0"),
+        ({"d_model": 8, "expand": 0.1}, r"expand \* d_model must be at least 1 inner channel"),
+        ({"d_model": 8, "expand": "2"}, "expand must be a number > 0"),
+        ({"d_model": 8, "expand": True}, "expand must be a number > 0"),
+        ({"d_model": 8, "dt_max": math.inf}, "dt_max must be a finite number > 0"),  # every output was NaN
+        ({"d_model": 8, "dt_scale": -1.0}, "dt_scale must be a finite number > 0"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         Mamba(**kwargs)
+
+
+def test_numpy_sizes_are_ints_and_forward_flags_are_checked():
+    import numpy as np
+
+    from longiseg.networks.blocks import MaSTMixer
+
+    assert Mamba(np.int64(8), dt_rank=np.int64(2)).dt_rank == 2
+    assert MaSTMixer(np.int64(8), d_state=np.int64(4)).mamba_temporal.d_model == 8
+    m = Mamba(8)
+    with pytest.raises(TypeError, match="reverse must be a bool, got str 'false'"):
+        m(torch.randn(1, 5, 8), reverse="false")  # a string would have scanned right-to-left
+    with pytest.raises(TypeError, match="hidden_states has dtype torch.float64 but the block's parameters are"):
+        m(torch.randn(1, 5, 8, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m(torch.randn(1, 5, 8)).dtype == torch.bfloat16  # autocast casts per operation
+    with pytest.raises(ValueError, match=r"x \(B, T, H, W, C\) must have no empty dim"):
+        MaSTMixer(8)(torch.randn(1, 2, 0, 3, 8))
 
 
 def test_bad_forward_inputs():

@@ -293,8 +293,8 @@ def causal_conv1d_silu_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     """
     require_cpu_kernel()
     check_kernel_tensors({"x": x, "weight": weight, "bias": bias}, optional=("bias",))
-    if x.ndim != 3:
-        raise ValueError(f"x must be (B, L, D), got shape {tuple(x.shape)}")
+    if x.ndim != 3 or 0 in x.shape:
+        raise ValueError(f"x must be (B, L, D) with B, L, D >= 1, got shape {tuple(x.shape)}")
     if weight.ndim != 2 or weight.shape[0] != x.shape[2] or weight.shape[1] < 1:
         raise ValueError(f"weight must be (D={x.shape[2]}, K >= 1), got shape {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (x.shape[2],):

@@ -22,6 +22,7 @@ from torch import nn
 from longiseg.ssm.causal_conv import causal_conv1d_silu_reference
 from longiseg.ssm.cuda import load_causal_conv1d
 from longiseg.ssm.selective_scan import BACKENDS, log_backend, resolve_backend, selective_scan
+from longiseg.utils.validation import check_bool, check_positive_float, check_positive_int
 
 __all__ = ["Mamba"]
 
@@ -75,17 +76,22 @@ class Mamba(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        for name, val in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
-        if not expand > 0:
-            raise ValueError(f"expand must be positive, got {expand!r}")
-        if dt_rank != "auto" and (isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1):
-            raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+        d_model, d_state, d_conv = (check_positive_int(n, v) for n, v in (
+            ("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)))
+        expand = check_positive_float("expand", expand)
+        if int(expand * d_model) < 1:
+            raise ValueError(f"expand * d_model must be at least 1 inner channel, got {expand} * {d_model}")
+        if dt_rank != "auto":
+            dt_rank = check_positive_int("dt_rank (or 'auto')", dt_rank)
         if dt_init not in ("random", "constant"):
             raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        dt_min, dt_max = check_positive_float("dt_min", dt_min), check_positive_float("dt_max", dt_max)
+        if dt_min > dt_max:
+            raise ValueError(f"need dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        dt_scale = check_positive_float("dt_scale", dt_scale)
+        if isinstance(dt_init_floor, bool) or not isinstance(dt_init_floor, (int, float)) or not (
+                0 <= dt_init_floor < math.inf):
+            raise ValueError(f"dt_init_floor must be a finite number >= 0, got {dt_init_floor!r}")
         if backend is not None and backend not in BACKENDS:
             raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
         factory = {"device": device, "dtype": dtype}
@@ -172,6 +178,11 @@ class Mamba(nn.Module):
             )
         if hidden_states.shape[1] < 1:
             raise ValueError(f"hidden_states must have seqlen >= 1, got shape {tuple(hidden_states.shape)}")
+        check_bool("reverse", reverse)
+        weight = self.in_proj.weight
+        if hidden_states.dtype != weight.dtype and not torch.is_autocast_enabled(hidden_states.device.type):
+            raise TypeError(f"hidden_states has dtype {hidden_states.dtype} but the block's parameters are "
+                            f"{weight.dtype}: convert one of them, or run under torch.autocast")
         if reverse:
             hidden_states = hidden_states.flip(1)
         backend = resolve_backend(self.backend, hidden_states.device)  # once per call, passed on below

@@ -60,6 +60,8 @@ FUSIONS = ("sum", "mean", "linear")
 def _check_grid(x: torch.Tensor) -> None:
     check_tensor("x", x)
     check_ndim("x", x, 5, "(B, T, H, W, C)")
+    if 0 in x.shape:
+        raise ValueError(f"x (B, T, H, W, C) must have no empty dim, got shape {tuple(x.shape)}")
 
 
 def _check_sequence(seq: torch.Tensor, num_timepoints: int, height: int, width: int) -> None:
@@ -141,7 +143,8 @@ class MaSTMixer(nn.Module):
         mamba_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        check_positive_int("dim", dim)
+        dim = check_positive_int("dim", dim)  # numpy integers become ints, as Mamba takes them
+        d_state, d_conv = check_positive_int("d_state", d_state), check_positive_int("d_conv", d_conv)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.dim = dim
