@@ -14,6 +14,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -399,7 +400,34 @@ def _debug_requested(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get("LONGISEG_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+#: How torch re-raises an exception of a DataLoader worker (or pin-memory thread): its type with the worker's
+#: formatted traceback as the message.
+_WORKER_ERROR = re.compile(r"Caught \w+ in [^\n]*\nOriginal Traceback \(most recent call last\):\n")
+_EXCEPTION_LINE = re.compile(r"([A-Za-z_][\w.]*)(?:: (.*))?\Z", re.S)
+
+
+def _worker_message(text: str) -> str | None:
+    """The original exception's message inside torch's re-raised DataLoader worker error (``None`` for other
+    messages): the last exception of the traceback text, with its type name only where the message alone is bare
+    (a ``KeyError``'s key, no message)."""
+    if not _WORKER_ERROR.match(text):
+        return None
+    lines = text.rsplit("Traceback (most recent call last):\n", 1)[-1].split("\n")
+    start = next((i for i, line in enumerate(lines) if line and not line[0].isspace()), None)
+    if start is None:
+        return None
+    exc = "\n".join(lines[start:]).strip()
+    found = _EXCEPTION_LINE.match(exc)
+    if found is None:
+        return exc
+    name, message = found.groups()
+    return message if message and name.rsplit(".", 1)[-1] != "KeyError" else exc
+
+
 def _one_line(err: BaseException) -> str:
+    original = _worker_message(str(err))
+    if original is not None:  # an error in a DataLoader worker: its own message, not the worker's traceback
+        return " ".join(original.split())
     text = " ".join(str(err).split())
     if isinstance(err, KeyError) or not text:
         text = f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -89,6 +89,59 @@ def _copy_cohort(ws: Path, dest: Path, cases: int = 2) -> Path:
     return dest
 
 
+def _flags(ws: Path) -> dict[str, bool]:
+    return {c["case_id"]: c["progression"] for c in json.loads((ws / "cohort" / "manifest.json").read_text())["cases"]}
+
+
+def _cohort_of(ws: Path, dest: Path, ids: list[str], manifest: bool = True) -> Path:
+    """A copy of the cohort's cases ``ids`` (with their manifest rows, or without a manifest)."""
+    for cid in ids:
+        shutil.copytree(ws / "cohort" / cid, dest / cid)
+    if manifest:
+        data = json.loads((ws / "cohort" / "manifest.json").read_text())
+        data["cases"] = [c for c in data["cases"] if c["case_id"] in ids]
+        (dest / "manifest.json").write_text(json.dumps(data))
+    return dest
+
+
+def _only_stable(ws: Path, dest: Path) -> Path:
+    return _cohort_of(ws, dest, [c for c, f in _flags(ws).items() if not f])
+
+
+def _two_progressing(ws: Path, dest: Path) -> Path:
+    """Two progressing and three stable patients: data.val_fraction=0.75 validates on both progressing ones."""
+    flags = _flags(ws)
+    return _cohort_of(ws, dest, [c for c, f in flags.items() if f][:2] + [c for c, f in flags.items() if not f])
+
+
+def _mixed_modalities(ws: Path, dest: Path) -> Path:
+    """No manifest; the last case has T1 images where the others have T2."""
+    cohort = _cohort_of(ws, dest, sorted(_flags(ws))[:4], manifest=False)
+    for f in (cohort / "demo-003").glob("t*_t2.nii.gz"):
+        f.rename(f.with_name(f.name.replace("_t2.", "_t1.")))
+    return cohort
+
+
+def _mixed_timepoints(ws: Path, dest: Path) -> Path:
+    """No manifest; one case has a second follow-up (T=3), the others T=2."""
+    cohort = _cohort_of(ws, dest, sorted(_flags(ws))[:4], manifest=False)
+    case = cohort / "demo-001"
+    for name in ("flair", "t2"):
+        shutil.copy(case / f"t1_{name}.nii.gz", case / f"t2_{name}.nii.gz")
+    shutil.copy(case / "progression_t1.nii.gz", case / "progression_t2.nii.gz")
+    return cohort
+
+
+def _resumable_without_last(ws: Path, dest: Path) -> Path:
+    """A run folder that stopped between its first best.pt and its first last.pt, with records and a tuning."""
+    dest.mkdir()
+    shutil.copy(ws / "run" / "last.pt", dest / "best.pt")
+    shutil.copy(ws / "run" / "experiment.yaml", dest / "experiment.yaml")
+    (dest / "split.json").write_text(json.dumps({"data_root": str(ws / "cohort"), "train": [], "validation": []}))
+    (dest / "tuning.json").write_text("{}")
+    return dest
+
+
 def _write_yaml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -254,6 +307,33 @@ ROWS = [
         r"trainer\.output_dir .*cohort is the data\.root folder"),
     Row("train-output-inside-data", lambda ws, t: _train(ws, t, output=str(ws / "cohort" / "run")),
         r"trainer\.output_dir .*lies inside the data\.root folder"),
+    Row("train-negative-data-seed", lambda ws, t: _train(ws, t, "--set", "data.seed=-1"),
+        r"data\.seed.* must be an int >= 0, got -1"),
+    Row("train-negative-trainer-seed", lambda ws, t: _train(ws, t, "--set", "trainer.seed=-1"),
+        r"trainer\.seed.* must be an int >= 0, got -1"),
+    # channels are stacked in each case's own modality order: a case with T1 where the others have T2 is refused
+    Row("train-mixed-modalities", lambda ws, t: _train(ws, t, data=str(_mixed_modalities(ws, t / "in"))),
+        r"case 'demo-003' has the modalities \['flair', 't1'\] but 'demo-000', 'demo-001', 'demo-002' have "
+        r"\['flair', 't2'\]"),
+    Row("train-mixed-timepoints", lambda ws, t: _train(ws, t, data=str(_mixed_timepoints(ws, t / "in"))),
+        r"same number of timepoints \(T=2 for 'demo-000', 'demo-002', 'demo-003'; T=3 for 'demo-001'\)"),
+    Row("train-model-timepoints", lambda ws, t: _train(
+        ws, t, "--set", "model.kwargs={widths: [8, 16, 16, 32], depths: [1, 1, 1, 1], decoder_dim: 16, "
+        "num_timepoints: 3}"), r"model\.kwargs\.num_timepoints=3 but the cases have 2 timepoints"),
+    Row("train-model-channels", lambda ws, t: _train(
+        ws, t, "--set", "model.kwargs={widths: [8, 16, 16, 32], depths: [1, 1, 1, 1], decoder_dim: 16, "
+        "in_channels: 3}"), r"model\.kwargs\.in_channels=3 but the cases have 2 modalities \['flair', 't2'\]"),
+    # a balanced batch needs both classes: said in the cohort's terms, naming the split and the setting
+    Row("train-no-progressing-case", lambda ws, t: _train(ws, t, "--set", "data.val_fraction=0",
+                                                          data=str(_only_stable(ws, t / "in"))),
+        r"data\.root .*in has no progressing case \(3 training, 0 validation cases\).*data\.positive_fraction"),
+    Row("train-progressing-all-in-validation", lambda ws, t: _train(ws, t, "--set", "data.val_fraction=0.75",
+                                                                    data=str(_two_progressing(ws, t / "in"))),
+        r"training split has no progressing patient \(1 training case; 2 progressing case\(s\) in the validation "
+        r"split \(data\.val_fraction=0\.75\)\).*lower data\.val_fraction"),
+    # --resume of a run without last.pt (stopped before it first wrote it) changes nothing and says what to do
+    Row("train-resume-without-last", lambda ws, t: _train(ws, t, "--resume", output=str(_resumable_without_last(
+        ws, t / "run"))), r"best\.pt but no last\.pt to resume from.*nothing was changed.*--overwrite", out="none"),
     Row("train-inference-patch-size", lambda ws, t: _train(ws, t, "--set", "inference.patch_size=-5"),
         r"patch_size must be >= 1, got -5"),
     Row("train-inference-min-volume-inf", lambda ws, t: _train(ws, t, "--set", "inference.min_lesion_mm3=inf"),

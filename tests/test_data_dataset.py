@@ -52,7 +52,7 @@ def test_items_shapes_and_case_assignment(cohort: Path) -> None:
     assert int(s["case_index"]) == 1 and not bool(s["has_progression"])
     assert bool(ds[3]["has_progression"])
     with pytest.raises(IndexError, match="out of range"):
-        ds[8]
+        ds[-1]
 
 
 def test_cache_is_bounded_and_lru(cohort: Path) -> None:
@@ -114,7 +114,7 @@ def test_persistent_worker_serves_each_epoch_through_tagged_indices(cohort: Path
     with pytest.raises(ValueError, match="index.epoch"):
         ds[EpochIndex(-1, 0)]
     with pytest.raises(IndexError):
-        ds[EpochIndex(0, 8)]
+        ds[EpochIndex(0, -1)]
 
 
 def test_works_with_the_balanced_batch_sampler(cohort: Path) -> None:
@@ -124,6 +124,42 @@ def test_works_with_the_balanced_batch_sampler(cohort: Path) -> None:
     flags = [ds.progression_flags[i] for i in batch]
     assert 0 < sum(flags) < len(flags)
     assert all(bool(ds[i]["has_progression"]) == f for i, f in zip(batch, flags))
+
+
+def test_every_case_is_drawn_when_samples_per_epoch_is_not_a_multiple(cohort: Path) -> None:
+    """Fewer samples than cases (or a remainder): each class's samples go round its cases from epoch to epoch,
+    so no case is left out and none is favoured, while every sample keeps its class."""
+    ds = SliceDataset(cohort, crop_size=8, samples_per_epoch=3, transform=None)  # classes [T, F, F, T]
+    assert ds.progression_flags == [True, False, False]  # cases 0, 1, 2 in epoch 0, as before
+    drawn = [[ds.case_of(i, epoch) for i in range(3)] for epoch in range(4)]
+    assert drawn == [[0, 1, 2], [3, 1, 2], [0, 1, 2], [3, 1, 2]]  # case 3 (never drawn before) every other epoch
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        assert [int(ds[i]["case_index"]) for i in range(3)] == drawn[epoch]
+        assert [bool(ds[i]["has_progression"]) for i in range(3)] == ds.progression_flags
+    # a remainder favoured the first cases in every epoch; over epochs the counts now differ by one at most
+    ds = SliceDataset(cohort, crop_size=8, samples_per_epoch=6, transform=None)
+    counts = np.bincount([ds.case_of(i, e) for e in range(10) for i in range(6)], minlength=4)
+    assert counts.tolist() == [15, 15, 15, 15]  # before: 20, 20, 10, 10
+    # a multiple of the number of cases: sample i is case i % 4 in every epoch, as it always was
+    ds = SliceDataset(cohort, crop_size=8, samples_per_epoch=8, transform=None)
+    assert all(ds.case_of(i, e) == i % 4 for e in range(3) for i in range(8))
+
+
+def test_a_repeat_index_is_a_fresh_draw_from_the_same_case(cohort: Path) -> None:
+    """The balanced sampler's virtual index i + r * len draws case_of(i) again with its own randomness."""
+    ds = SliceDataset(cohort, crop_size=8, samples_per_epoch=8, seed=0)
+    for i in range(8):
+        first, again = ds[i], ds[i + 8]
+        assert int(again["case_index"]) == int(first["case_index"]) == ds.case_of(i + 16)
+        assert not _equal(first, again)
+        assert _equal(again, ds[i + 8])  # seeded by (seed, epoch, index): deterministic
+    assert _equal(ds[EpochIndex(0, 13)], ds[13])
+    # 4 batches of 2 + 2 from 4 progressing and 4 stable samples: every sample twice, as i and i + 8
+    sampler = BalancedBatchSampler(ds.progression_flags, batch_size=4, seed=0, num_batches=4, distinct_repeats=True)
+    draws = sorted(i for b in sampler for i in b)
+    assert draws == list(range(16))
+    assert all(bool(ds[i]["has_progression"]) == ds.progression_flags[i % 8] for i in draws)
 
 
 def test_volume_patch_dataset(cohort: Path) -> None:

@@ -31,6 +31,7 @@ from longiseg.data import (
     validate_cases,
     write_manifest,
 )
+from longiseg.data.loading import check_same_modalities
 
 
 def _write_cohort(root: Path, n: int = 2, num_timepoints: int = 2) -> list[LongitudinalCase]:
@@ -243,6 +244,41 @@ def test_validate_cases_collects_problems(tmp_path: Path) -> None:
     assert list(problems) == ["p1"]
     (message,) = problems["p1"]
     assert message.startswith("FileNotFoundError: case 'p1'") and "t0_flair.nii.gz" in message
+
+
+@pytest.mark.parametrize(("t2_becomes", "theirs"), [
+    ("t1", r"\['flair', 't1'\]"),  # T1 where the others have T2: it would be fed as T2
+    (None, r"\['flair'\]"),  # one modality where the others have two
+])
+def test_cases_with_other_modalities_are_refused_and_reported(tmp_path: Path, t2_becomes: str | None,
+                                                              theirs: str) -> None:
+    """Without a manifest every case's channels are its own baseline files: cases must agree on them."""
+    _write_cohort(tmp_path, 4)
+    for f in (tmp_path / "p2").glob("t*_t2.nii.gz"):
+        if t2_becomes is None:
+            f.unlink()
+        else:
+            f.rename(f.with_name(f.name.replace("_t2.", f"_{t2_becomes}.")))
+    expected = rf"case 'p2' has the modalities {theirs} but 'p0', 'p1', 'p3' have \['flair', 't2'\]"
+    with pytest.raises(ValueError, match=expected):
+        find_cases(tmp_path)
+    problems = validate_cases(tmp_path, progress=False)
+    assert list(problems) == ["p2"]
+    (message,) = problems["p2"]
+    assert message.startswith("ValueError: case 'p2' has the modalities")
+    # naming the channels reads them by name: the case lacking T2 is a missing file, the others load
+    with pytest.raises(FileNotFoundError, match=r"case 'p2': missing image .*p2/t0_t2\.nii\.gz"):
+        find_cases(tmp_path, modalities=["flair", "t2"])
+
+
+def test_check_same_modalities_names_the_order(tmp_path: Path) -> None:
+    _write_cohort(tmp_path, 2)
+    a = find_cases(tmp_path, modalities=["flair", "t2"])
+    b = find_cases(tmp_path, modalities=["t2", "flair"])
+    assert check_same_modalities(a) == ("flair", "t2")
+    with pytest.raises(ValueError, match=r"case 'p0' has the modalities \['t2', 'flair'\] but 'p0', 'p1' have "
+                                         r"\['flair', 't2'\].*same channel order"):
+        check_same_modalities([*a, b[0]])
 
 
 def test_manifest_errors(tmp_path: Path) -> None:

@@ -203,13 +203,53 @@ def test_a_fresh_start_over_a_run_leaves_nothing_of_it_to_pass_for_its_own(tmp_p
             validate_fn=lambda model: {"dice": 0.5}).fit()
     assert (tmp_path / "best.pt").is_file()
     (tmp_path / "last.pt").unlink()
-    with pytest.raises(FileExistsError, match="best.pt"):
+    with pytest.raises(FileExistsError, match=r"best\.pt but no last\.pt to resume from.*overwrite=True"):
         Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, **kw),
                 loss_fn=ImbalanceAwareLoss()).fit(resume=True)
     result = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, **kw), loss_fn=ImbalanceAwareLoss(),
                      validate_fn=lambda model: {"dice": float("nan")}).fit(overwrite=True)
     assert result.best_checkpoint is None and result.best_metric is None
     assert not (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").is_file()
+
+
+def test_a_resume_follows_the_current_optimizer_settings_and_keeps_the_moments(tmp_path, caplog) -> None:
+    """trainer.lr / weight_decay / betas / eps changed on resume apply (the schedule follows the current
+    configuration); the Adam moments and step counts are the checkpoint's."""
+    _fit(tmp_path, max_epochs=1, warmup_epochs=0)
+    saved = load_checkpoint(tmp_path / "last.pt")
+    torch.save(saved, tmp_path / "epoch1.pt")
+    new = dict(max_epochs=3, warmup_epochs=0, lr=5e-2, min_lr=1e-3, weight_decay=0.0, betas=(0.8, 0.99), eps=1e-6)
+
+    def trainer() -> Trainer:
+        return Trainer(TinyLongiNet(), SyntheticLongiData(n=16), _config(tmp_path, **new), loss_fn=ImbalanceAwareLoss())
+
+    fresh = trainer()
+    resumed = trainer()
+    resumed.load_checkpoint(tmp_path / "epoch1.pt")
+    for group, expected in zip(resumed.optimizer.param_groups, fresh.optimizer.param_groups, strict=True):
+        assert group["initial_lr"] == 5e-2 and group["betas"] == (0.8, 0.99) and group["eps"] == 1e-6
+        assert group["weight_decay"] == expected["weight_decay"] == 0.0  # the checkpoint's decayed group had 0.05
+    assert resumed.scheduler.base_lrs == [5e-2] * len(fresh.optimizer.param_groups)
+    step = resumed.scheduler.last_epoch
+    assert step == saved["global_step"] == 4
+    fn = fresh.scheduler.lr_lambdas[0]  # the current schedule, at the restored step
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [5e-2 * fn(step)] * len(fresh.optimizer.param_groups)
+    assert resumed.scheduler.get_last_lr() == [g["lr"] for g in resumed.optimizer.param_groups]
+    moments = saved["optimizer"]["state"]
+    for i, state in resumed.optimizer.state_dict()["state"].items():
+        assert torch.equal(state["exp_avg"], moments[i]["exp_avg"]) and torch.equal(state["step"], moments[i]["step"])
+
+    # load_checkpoint then fit(resume=True) from that file (as longiseg train does) restores it once: one warning each
+    resumed = trainer()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="longiseg.engine"):
+        resumed.load_checkpoint(tmp_path / "last.pt")
+        result = resumed.fit(resume=True)
+    for key in ("lr", "weight_decay", "betas", "eps", "max_epochs", "min_lr"):
+        assert sum(f" with {key}=" in r.getMessage() for r in caplog.records) == 1, key
+    assert result.history[-1]["lr"] == pytest.approx(1e-3)  # the cosine ends at the current min_lr (was 1e-4 * 1e-3/5e-2)
+    assert result.history[1]["lr"] > 1e-2  # the current peak: from the checkpoint's 1e-2 it would stay below
+    assert load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"][0]["weight_decay"] == 0.0
 
 
 def test_validate_every_and_monitor_errors(tmp_path) -> None:

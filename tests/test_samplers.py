@@ -127,6 +127,42 @@ def test_state_dict_rejects_other_layout():
         BalancedBatchSampler(labels, batch_size=4).state_dict(num_consumed=99)
 
 
+def test_distinct_repeats_name_each_reuse_of_an_index_by_a_virtual_index():
+    """The minority class is used up several times an epoch: its r-th pass is shifted by r * N, so a dataset
+    seeded by (seed, epoch, index) draws new crops; the batches are otherwise those of distinct_repeats=False."""
+    labels = _labels(5, 95)
+    plain = BalancedBatchSampler(labels, batch_size=10, seed=0)
+    distinct = BalancedBatchSampler(labels, batch_size=10, seed=0, distinct_repeats=True)
+    for epoch in (0, 3):
+        batches = distinct.epoch_batches(epoch)
+        assert [[i % 100 for i in b] for b in batches] == plain.epoch_batches(epoch)
+        positives = [i for b in batches for i in b if labels[i % 100]]
+        assert len(positives) == len(set(positives)) == 50  # was: 5 indices, each 10 times
+        assert sorted({i // 100 for i in positives}) == list(range(10))  # passes 0..9 over the 5 cases
+        negatives = [i for b in batches for i in b if not labels[i % 100]]
+        assert max(negatives) < 100  # the majority is used up at most once: plain indices
+    # resumable: the flag is part of the layout a state must match
+    distinct.set_epoch(2)
+    it = iter(distinct)
+    next(it)
+    state = distinct.state_dict()
+    again = BalancedBatchSampler(labels, batch_size=10, seed=0, distinct_repeats=True)
+    again.load_state_dict(state)
+    assert list(again) == distinct.epoch_batches(2)[1:]
+    with pytest.raises(ValueError, match="distinct_repeats=True but this sampler has False"):
+        BalancedBatchSampler(labels, batch_size=10, seed=0).load_state_dict(state)
+
+
+def test_every_rank_loads_the_state_rank_0_saved():
+    """Under DDP rank 0 writes the checkpoint and every rank resumes from it (all share the position)."""
+    labels = _labels(16, 16)
+    ranks = [BalancedBatchSampler(labels, batch_size=4, num_replicas=2, rank=r, seed=1) for r in range(2)]
+    ranks[0].set_epoch(1)
+    next(iter(ranks[0]))
+    ranks[1].load_state_dict(ranks[0].state_dict())
+    assert list(ranks[1]) == ranks[1].epoch_batches(1)[1:]
+
+
 def test_num_batches_and_drop_last():
     labels = _labels(10, 31)
     assert len(BalancedBatchSampler(labels, batch_size=4)) == 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -194,6 +195,119 @@ def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path, ca
     assert main(train) == 0 and (run / "tuning.json").is_file()
     assert main([*train, "trainer.max_epochs=3"]) == 0 and not (run / "tuning.json").exists()
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4
+
+
+RESUMABLE = TINY_SEGMAST + [
+    "trainer.max_epochs=1", "trainer.batch_size=2", "trainer.warmup_epochs=0", "trainer.device=cpu",
+    "trainer.progress_bar=false", "trainer.tensorboard=false", "data.crop_size=32", "data.samples_per_epoch=4",
+    "data.val_samples=2", "data.val_fraction=0.34", "inference.patch_size=32",
+]
+
+
+def _records(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def _reorder_manifest(cohort: Path, modalities: list[str]) -> None:
+    manifest = json.loads((cohort / "manifest.json").read_text())
+    (cohort / "manifest.json").write_text(json.dumps({**manifest, "modalities": modalities}))
+
+
+def test_a_resume_reads_the_channels_its_checkpoint_was_trained_on(cohort: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the manifest's channel order changed, a resume loads the checkpoint's order (spec.modalities);
+    other data.modalities, batch settings or a run without last.pt are refused before the records change."""
+    import shutil
+
+    import longiseg.workflows.train as train_module
+
+    data = tmp_path / "cohort"
+    shutil.copytree(cohort, data)
+    run = tmp_path / "run"
+    train = ["train", "--data", str(data), "--output", str(run), "--set", *RESUMABLE]
+    assert main(train) == 0
+    _reorder_manifest(data, ["t2", "flair"])
+    (run / "tuning.json").write_text("{}")
+    before = _records(run)
+    refusals = [
+        (["data.modalities=[t2, flair]"], r"trained on the modalities \['flair', 't2'\].*data\.modalities=\['t2', "
+                                          r"'flair'\]: resume with data\.modalities=\['flair', 't2'\]"),
+        (["trainer.batch_size=4"], r"other batch settings than it was trained with \(trainer\.batch_size 2 then, 4 "
+                                   r"now\).*or start afresh with --overwrite"),
+        (["data.samples_per_epoch=8"], r"data\.samples_per_epoch 4 then, 8 now"),
+    ]
+    for extra, match in refusals:
+        assert main([*train, *extra, "--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("longiseg train: error: resuming ") and re.search(match, err), err
+        assert _records(run) == before  # experiment.yaml, split.json, tuning.json, checkpoints: untouched
+
+    listed: list[object] = []
+    find_cases = train_module.find_cases
+    monkeypatch.setattr(train_module, "find_cases", lambda root, **kw: listed.append(kw["modalities"]) or find_cases(root, **kw))
+    assert main([*train, "trainer.max_epochs=2", "--resume"]) == 0
+    assert listed == [["flair", "t2"]]  # not the manifest's ['t2', 'flair']
+    assert load_model(run / "last.pt").spec.modalities == ("flair", "t2")
+    assert ExperimentConfig.from_file(run / "experiment.yaml").data.modalities == ["flair", "t2"]
+    assert not (run / "tuning.json").exists()  # trained further: its tuning described older checkpoints
+
+
+def test_validation_cases_are_read_in_the_training_channel_order(cohort: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.val_root without a manifest (alphabetical [flair, t2]) next to a training manifest ordering
+    [t2, flair]: the validation channels follow the training order."""
+    import shutil
+
+    import longiseg.workflows.train as train_module
+
+    shutil.copytree(cohort, tmp_path / "train")
+    shutil.copytree(cohort, tmp_path / "val")
+    (tmp_path / "val" / "manifest.json").unlink()
+    _reorder_manifest(tmp_path / "train", ["t2", "flair"])
+    seen: dict[str, list] = {}
+
+    def stop(cfg: ExperimentConfig, dim: str, train_cases: list, val_cases: list) -> None:
+        seen.update(train=train_cases, val=val_cases)
+        raise KeyboardInterrupt  # enough: the datasets are what training and validation would read
+
+    monkeypatch.setattr(train_module, "build_datasets", stop)
+    cfg = ExperimentConfig().with_overrides([*RESUMABLE, f"data.root={tmp_path / 'train'}",
+                                             f"data.val_root={tmp_path / 'val'}", f"trainer.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(KeyboardInterrupt):
+        train_module.run_training(cfg)
+    assert {c.modalities for c in seen["train"] + seen["val"]} == {("t2", "flair")}
+    assert all(c.image_files[0][0].name == "t0_t2.nii.gz" for c in seen["val"])
+
+
+def test_an_error_in_a_data_loader_worker_is_its_own_message() -> None:
+    """torch re-raises a worker's exception with the worker's whole traceback as message; the command line
+    shows the original message (the traceback stays available with --debug)."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from longiseg.cli import _one_line
+
+    class Broken(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int) -> dict:
+            try:
+                return {}["images"]
+            except KeyError as err:
+                raise ValueError("case 'p3': image p3/t0_flair.nii.gz contains NaN\nor infinite values") from err
+
+    class Keyless(Broken):
+        def __getitem__(self, i: int) -> dict:
+            return {}["images"]
+
+    for data, expected in ((Broken(), "case 'p3': image p3/t0_flair.nii.gz contains NaN or infinite values"),
+                           (Keyless(), "KeyError: 'images'")):
+        with pytest.raises(Exception) as info:
+            next(iter(DataLoader(data, num_workers=1)))
+        assert "Original Traceback" in str(info.value)
+        assert _one_line(info.value) == expected
+    assert _one_line(ValueError("a\n b")) == "a b"
 
 
 def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:

@@ -1,8 +1,13 @@
 """PyTorch datasets drawing lesion-weighted 2.5D slices or 3D patches from longitudinal cases.
 
 Both datasets have a fixed length (``samples_per_epoch``); sample ``i`` comes from case ``i % num_cases``
-and its randomness (centre, plane, augmentation) from a generator seeded with ``(seed, epoch, i)``, so an
-epoch is reproducible whatever the number of DataLoader workers or the order indices are requested in.
+(when ``samples_per_epoch`` is not a multiple of the number of cases, from the case the round robin over the
+cases of its class reaches in that epoch, see :meth:`~SliceDataset.case_of`, so every case is drawn) and its
+randomness (centre, plane, augmentation) from a generator seeded with ``(seed, epoch, i)``, so an epoch is
+reproducible whatever the number of DataLoader workers or the order indices are requested in. An index
+``i + r * samples_per_epoch`` (``r >= 1``, a *virtual index* that
+:class:`~longiseg.data.samplers.BalancedBatchSampler` emits with ``distinct_repeats=True`` for the ``r``-th
+repeat of ``i`` within one epoch) is another draw from the case of sample ``i`` with its own randomness.
 Call :meth:`set_epoch` before each epoch, or index with :class:`~longiseg.data.samplers.EpochIndex` pairs
 ``(epoch, index)`` (what :class:`~longiseg.data.samplers.EpochTaggedBatchSampler` yields): a worker's copy of
 the dataset keeps the epoch it was started with, so persistent DataLoader workers need the tagged indices.
@@ -111,6 +116,7 @@ class _LongitudinalDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self._case_flags: list[bool] | None = None
+        self._cycle: tuple[dict[bool, list[int]], list[int], dict[bool, int]] | None = None
 
     # ------------------------------------------------------------------ flags and indexing
     @property
@@ -118,9 +124,42 @@ class _LongitudinalDataset(Dataset):
         """Number of cases."""
         return len(self.cases)
 
-    def case_of(self, index: int) -> int:
-        """Position of the case that sample ``index`` is drawn from (``index % num_cases``)."""
-        return int(index) % self.num_cases
+    def case_of(self, index: int, epoch: int | None = None) -> int:
+        """Position of the case that sample ``index`` of ``epoch`` (default: the current one) is drawn from.
+
+        Sample ``i`` (a virtual index counts as ``i % samples_per_epoch``) has the class of case ``c = i % N``
+        (``N`` cases). When ``samples_per_epoch`` is a multiple of ``N`` it comes from ``c`` itself. Otherwise
+        the samples of each class continue, epoch after epoch, a round robin over that class's cases in case
+        order: in epoch ``e`` it comes from the class's case ``(k + e * m) % n``, where ``k`` is the place of
+        ``c`` among the ``n`` cases of its class and ``m`` the number of samples of that class per epoch. So
+        every case is drawn (also when ``samples_per_epoch < N``) and over epochs as often as any other case
+        of its class (counts differ by at most one), while each sample keeps its class (``progression_flags``).
+        """
+        i = int(index) % self.samples_per_epoch
+        c = i % self.num_cases
+        epoch = self.epoch if epoch is None else int(epoch)
+        if self.samples_per_epoch % self.num_cases == 0 or epoch == 0:
+            return c
+        members, place, per_epoch = self._class_cycle()
+        flag = self.case_progression_flags[c]
+        cycle = members[flag]
+        return cycle[(place[c] + epoch * per_epoch[flag]) % len(cycle)]
+
+    def _class_cycle(self) -> tuple[dict[bool, list[int]], list[int], dict[bool, int]]:
+        """``(cases of each class in case order, place of each case in its class, samples of each class per
+        epoch)`` for :meth:`case_of`."""
+        if self._cycle is None:
+            flags = self.case_progression_flags
+            members: dict[bool, list[int]] = {True: [], False: []}
+            place = []
+            for c, f in enumerate(flags):
+                place.append(len(members[f]))
+                members[f].append(c)
+            full, rest = divmod(self.samples_per_epoch, self.num_cases)
+            per_epoch = {f: full * len(members[f]) + sum(1 for c in range(rest) if flags[c] == f)
+                         for f in (True, False)}
+            self._cycle = (members, place, per_epoch)
+        return self._cycle
 
     @property
     def case_progression_flags(self) -> list[bool]:
@@ -133,9 +172,10 @@ class _LongitudinalDataset(Dataset):
 
     @property
     def progression_flags(self) -> list[bool]:
-        """Per-sample progression flags (the flag of each sample's case), length ``samples_per_epoch``."""
+        """Per-sample progression flags (the flag of case ``i % num_cases``, the class of sample ``i`` in every
+        epoch), length ``samples_per_epoch``."""
         flags = self.case_progression_flags
-        return [flags[self.case_of(i)] for i in range(self.samples_per_epoch)]
+        return [flags[i % self.num_cases] for i in range(self.samples_per_epoch)]
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose samples ``__getitem__`` returns (part of every sample's seed)."""
@@ -162,14 +202,19 @@ class _LongitudinalDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), int(index)])
 
     def __getitem__(self, index: int | EpochIndex) -> dict:
-        """Sample ``index`` of the current epoch, or of ``index.epoch`` for an :class:`EpochIndex`."""
+        """Sample ``index`` of the current epoch, or of ``index.epoch`` for an :class:`EpochIndex`.
+
+        ``index >= len(self)`` is a virtual index: another draw from the case of sample
+        ``index % len(self)``, seeded by the index itself.
+        """
         epoch = None
         if isinstance(index, EpochIndex):
             epoch, index = check_positive_int("index.epoch", index.epoch, minimum=0), index.index
         index = int(index)
-        if not 0 <= index < self.samples_per_epoch:
-            raise IndexError(f"index {index} out of range for a dataset of {self.samples_per_epoch} samples")
-        position = self.case_of(index)
+        if index < 0:
+            raise IndexError(f"index {index} out of range: samples are numbered from 0 (a dataset of "
+                             f"{self.samples_per_epoch} samples; larger indices are repeat draws)")
+        position = self.case_of(index, epoch)
         case, sidx = self.cache.get(position, lambda: self._prepare(position))
         rng = self.rng_for(index, epoch)
         sample = self.sampler.sample(case, sidx, rng, case_index=position)

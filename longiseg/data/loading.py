@@ -42,6 +42,8 @@ __all__ = [
     "load_case",
     "load_cases",
     "validate_cases",
+    "check_same_modalities",
+    "modality_mismatches",
     "read_manifest",
     "write_manifest",
     "manifest_from_cases",
@@ -642,7 +644,8 @@ def validate_cases(
     empty (0-byte), truncated, corrupt or non-NIfTI files, volumes of different shape or affine, NaN/inf
     intensities, non-binary masks, an all-zero brain mask, and a progression flag (from the manifest) that
     contradicts the progression masks. Given a cohort folder it also reports per case what
-    :func:`find_cases` would stop at (a case folder lacking images, an invalid case id).
+    :func:`find_cases` would stop at (a case folder lacking images, an invalid case id, a case whose modalities
+    differ from the other cases').
 
     Args:
         cases: case sources (e.g. from :func:`find_cases`), or a cohort folder in the library layout.
@@ -777,6 +780,57 @@ def _source_from_folder(
     )
 
 
+def _names(ids: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def modality_mismatches(cases: Sequence[CaseSource | LongitudinalCase]
+                        ) -> tuple[tuple[str, ...], list[str], dict[str, str]]:
+    """Which cases load other modalities (names or channel order) than most.
+
+    Args:
+        cases: case sources or loaded cases.
+
+    Returns:
+        ``(common, cases_with_common, {case_id: message})``: the modalities most cases have (ties: those of the
+        first case), the ids of the cases that have them, and one message per case that has others, naming its
+        modalities, the common ones and the cases with them. Empty messages when all agree.
+    """
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for c in cases:
+        groups.setdefault(tuple(c.modalities), []).append(c.case_id)
+    if not groups:
+        return (), [], {}
+    common = max(groups, key=lambda mods: len(groups[mods]))  # max keeps the first of equal counts
+    odd = {cid: (f"case {cid!r} has the modalities {list(mods)} but {_names(groups[common])} "
+                 f"{'has' if len(groups[common]) == 1 else 'have'} {list(common)}: all cases must have the same "
+                 "modalities in the same channel order (give the channel order as modalities= / data.modalities or "
+                 "in a manifest, and give every case those images)")
+           for mods, ids in groups.items() if mods != common for cid in ids}
+    return common, groups[common], odd
+
+
+def check_same_modalities(cases: Sequence[CaseSource | LongitudinalCase]) -> tuple[str, ...]:
+    """Refuse cases that do not all have the same modalities in the same order (one model input layout).
+
+    Args:
+        cases: case sources or loaded cases (e.g. the training and validation cases together).
+
+    Returns:
+        The common modalities (``()`` for no case).
+
+    Raises:
+        ValueError: naming the cases with other modalities, theirs and the common ones.
+    """
+    common, _, odd = modality_mismatches(cases)
+    if odd:
+        first = next(iter(odd.values()))
+        more = f" (also {_names(list(odd)[1:])})" if len(odd) > 1 else ""
+        raise ValueError(first + more)
+    return common
+
+
 def _cohort_manifest(root: Path) -> Manifest | None:
     """The manifest of a cohort folder (``manifest.json``, else ``manifest.csv``), ``None`` without one."""
     for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):
@@ -809,7 +863,7 @@ def _scan_cohort(
                 )))
             except (OSError, ValueError) as exc:
                 found.append((entry.case_id, exc))
-        return found
+        return _mark_odd_modalities(found)
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if any((layout.parse_image_filename(f.name) or (-1, ""))[0] == 0 for f in folder.iterdir()):
             try:
@@ -818,7 +872,15 @@ def _scan_cohort(
                 found.append((folder.name, exc))
     if not found:
         raise FileNotFoundError(f"no case folders with t0_*.nii.gz images found in {root}")
-    return found
+    return _mark_odd_modalities(found)
+
+
+def _mark_odd_modalities(found: list[tuple[str, CaseSource | OSError | ValueError]]
+                         ) -> list[tuple[str, CaseSource | OSError | ValueError]]:
+    """``found`` with every case whose modalities differ from most cases' replaced by a ``ValueError`` saying so
+    (without a manifest or given modalities each case's channels are its own baseline files, sorted by name)."""
+    _, _, odd = modality_mismatches([s for _, s in found if isinstance(s, CaseSource)])
+    return [(cid, ValueError(odd[cid]) if isinstance(s, CaseSource) and cid in odd else s) for cid, s in found]
 
 
 def find_cases(
@@ -832,7 +894,8 @@ def find_cases(
     With a manifest (``manifest.json`` or ``manifest.csv``) its case order, modalities, timepoint counts and
     progression flags are used; otherwise every sub-folder holding ``t0_*.nii.gz`` files is a case, the
     number of timepoints is the highest ``t<i>`` found plus one and modalities default to the baseline's
-    modalities in alphabetical order. Files may end in ``.nii.gz`` or ``.nii``, not both for one name.
+    modalities in alphabetical order, which must be the same for every case. Files may end in ``.nii.gz`` or
+    ``.nii``, not both for one name.
 
     Args:
         root: cohort folder.
@@ -844,7 +907,8 @@ def find_cases(
 
     Raises:
         FileNotFoundError: ``root`` or a required file is missing.
-        ValueError: a case has fewer than two timepoints, the manifest disagrees with the files, a case id
+        ValueError: a case has fewer than two timepoints, the manifest disagrees with the files, cases have
+            different modalities (names or order; :func:`check_same_modalities`), a case id
             is not a single folder name (:func:`~longiseg.data.layout.check_case_id`), or a ``.nii`` and a
             ``.nii.gz`` of one name both exist. :func:`validate_cases` reports these per case instead.
     """

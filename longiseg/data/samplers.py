@@ -7,6 +7,14 @@ until the class is used up, then reshuffled and drawn again, so the minority cla
 epoch (and, if the epoch is long enough, the majority class too) while no index repeats inside one pass over
 its class.
 
+A dataset index repeated inside one epoch names the same sample (datasets seeded by ``(seed, epoch, index)`` give
+the same crop and augmentation), so with ``distinct_repeats=True`` the ``r``-th reuse of index ``i`` within an
+epoch (``r >= 1``, the ``r``-th reshuffled pass over its class) is emitted as the *virtual index* ``i + r * N``
+(``N`` = the number of labels): :class:`~longiseg.data.SliceDataset` and
+:class:`~longiseg.data.VolumePatchDataset` read it as another draw from the case of sample ``i`` with its own
+randomness. The class of a virtual index is the class of ``i``; no randomness is added, so batches stay a
+function of ``(seed, epoch, num_replicas, rank)``.
+
 Under DistributedDataParallel every epoch first splits each class into ``num_replicas`` disjoint shares
 (identically on every rank, from ``seed`` and the epoch); rank ``r`` draws only from share ``r``, so the
 ranks never see the same case in the same epoch. All ranks yield the same number of batches.
@@ -79,6 +87,9 @@ class BalancedBatchSampler(Sampler[list[int]]):
         drop_last: when ``num_batches`` is not given, an epoch has ``floor(N / (batch_size * num_replicas))``
             batches per rank (``True``) or ``ceil(...)`` (``False``). Every batch is full either way.
         num_batches: batches per epoch on each rank; overrides the size derived from ``N``.
+        distinct_repeats: emit the ``r``-th reuse of an index within one epoch as ``index + r * N`` (for datasets
+            that read such virtual indices as fresh draws, e.g. ``SliceDataset``); ``False`` (default) repeats
+            the index itself, for any dataset of length ``N``.
 
     Raises:
         ValueError: if ``labels`` is not binary, has no case of one of the classes, a class has fewer cases
@@ -96,6 +107,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         drop_last: bool = True,
         num_batches: int | None = None,
+        distinct_repeats: bool = False,
     ) -> None:
         flags = _as_flags(labels)
         self.batch_size = _int_arg("batch_size", batch_size, 2)
@@ -152,8 +164,15 @@ class BalancedBatchSampler(Sampler[list[int]]):
                     "drop_last=True; pass drop_last=False or num_batches"
                 )
         self.num_batches = _int_arg("num_batches", num_batches, 1)
+        if not isinstance(distinct_repeats, (bool, np.bool_)):
+            raise TypeError(f"distinct_repeats must be a bool, got {type(distinct_repeats).__name__}")
+        self.distinct_repeats = bool(distinct_repeats)
         self.epoch = 0
         self._position = 0
+
+    #: The settings a saved state must share with the sampler that loads it (:meth:`load_state_dict`). Not the
+    #: rank: under DDP rank 0 saves the state and every rank loads it (all ranks are at the same position).
+    LAYOUT_KEYS = ("num_batches", "batch_size", "num_positive", "num_replicas", "num_cases", "distinct_repeats")
 
     @property
     def num_cases(self) -> int:
@@ -172,12 +191,18 @@ class BalancedBatchSampler(Sampler[list[int]]):
         return self.num_batches
 
     def _stream(self, pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-        """``count`` indices from ``pool``: successive independent permutations, concatenated."""
+        """``count`` indices from ``pool``: successive independent permutations, concatenated; with
+        ``distinct_repeats`` the ``r``-th permutation is shifted by ``r * N`` (virtual indices)."""
         reps = -(-count // len(pool))
-        return np.concatenate([rng.permutation(pool) for _ in range(reps)])[:count]
+        stride = self.num_cases if self.distinct_repeats else 0
+        return np.concatenate([rng.permutation(pool) + r * stride for r in range(reps)])[:count]
 
     def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
-        """All batches of ``epoch`` (default: the current one) for this rank, ignoring the position."""
+        """All batches of ``epoch`` (default: the current one) for this rank, ignoring the position.
+
+        Indices lie in ``[0, N)``, or in ``[0, N * passes)`` with ``distinct_repeats`` (``passes``: how often the
+        rank's share of a class is used up in the epoch).
+        """
         epoch = self.epoch if epoch is None else _int_arg("epoch", epoch, 0)
         split_rng = np.random.default_rng([self.seed, epoch, 0])
         pos_share = split_rng.permutation(self._positives)[self.rank :: self.num_replicas]
@@ -216,23 +241,27 @@ class BalancedBatchSampler(Sampler[list[int]]):
             "num_replicas": self.num_replicas,
             "rank": self.rank,
             "num_cases": self.num_cases,
+            "distinct_repeats": self.distinct_repeats,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the next iteration continues with batch ``position`` of ``epoch``.
 
         Raises:
-            ValueError: if a key is missing or the batch layout (sizes, replicas, number of cases) differs.
+            ValueError: if a key is missing or the batch layout (sizes, replicas, number of cases,
+                ``distinct_repeats``) differs; the state of another rank is accepted (ranks share the position).
         """
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
         missing = {"epoch", "seed", "position"} - set(state)
         if missing:
             raise ValueError(f"sampler state is missing keys {sorted(missing)}")
-        for key in ("num_batches", "batch_size", "num_positive", "num_replicas", "rank", "num_cases"):
+        for key in self.LAYOUT_KEYS:
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(
-                    f"sampler state was saved with {key}={state[key]} but this sampler has {getattr(self, key)}"
+                    f"sampler state was saved with {key}={state[key]} but this sampler has {getattr(self, key)}: "
+                    "resume with the batch size, number of samples per epoch (labels), positive fraction and "
+                    "number of processes it was saved with"
                 )
         position = _int_arg("position", state["position"], 0)
         if position > self.num_batches:

@@ -123,6 +123,7 @@ class TrainerConfig(ConfigBase):
         need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         need(self.grad_clip_norm is None or self.grad_clip_norm > 0,
              f"grad_clip_norm must be > 0 or None, got {self.grad_clip_norm}")
+        need(self.seed >= 0, f"seed (trainer.seed) must be an int >= 0, got {self.seed}")
         need(self.amp in AMP_CHOICES, f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
         need(self.monitor_mode in ("max", "min"), f"monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
         need(bool(self.monitor), "monitor must be a non-empty metric name")

@@ -44,7 +44,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from tqdm.auto import tqdm
 
 from longiseg.data.samplers import EpochTaggedBatchSampler
-from longiseg.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
+from longiseg.engine.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint, unwrap_model
 from longiseg.engine.config import TrainerConfig
 from longiseg.engine.distributed import DistributedContext, all_reduce_mean, barrier, init_distributed
 from longiseg.engine.schedulers import build_warmup_cosine_scheduler
@@ -125,18 +125,30 @@ def _no_weight_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def check_fresh_start(output_dir: str | Path) -> None:
+def check_fresh_start(output_dir: str | Path, *, resume: bool = False) -> None:
     """Refuse a fresh run in ``output_dir`` when it already holds one (``last.pt`` or ``best.pt``).
+
+    Args:
+        output_dir: the run folder.
+        resume: the caller asked to resume (``fit(resume=True)``, ``longiseg train --resume``) and found no
+            ``last.pt``: a ``best.pt`` alone (a run stopped between its first ``best.pt`` and its first
+            ``last.pt``) cannot be continued, and the message says so instead of suggesting ``resume``.
 
     Raises:
         FileExistsError: naming the checkpoints and how to continue (``resume``) or replace (``overwrite``) them.
     """
     out = Path(output_dir)
     existing = [str(out / n) for n in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (out / n).exists()]
-    if existing:
+    if not existing:
+        return
+    if resume and not (out / LAST_CHECKPOINT).exists():
         raise FileExistsError(
-            f"{out} already holds a run ({', '.join(existing)}): continue it with resume=True "
-            "(longiseg train --resume) or replace it with overwrite=True (longiseg train --overwrite)")
+            f"{out} holds {', '.join(existing)} but no {LAST_CHECKPOINT} to resume from (the run stopped before it "
+            f"first wrote {LAST_CHECKPOINT}); nothing was changed: start it afresh with overwrite=True "
+            "(longiseg train --overwrite), which replaces that run's checkpoints")
+    raise FileExistsError(
+        f"{out} already holds a run ({', '.join(existing)}): continue it with resume=True "
+        "(longiseg train --resume) or replace it with overwrite=True (longiseg train --overwrite)")
 
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -468,6 +480,8 @@ class Trainer:
         self.early_stopping_counter = 0
         self.stopped_early = False
         self.history: list[dict[str, Any]] = []
+        #: The checkpoint :meth:`load_checkpoint` restored last, until :meth:`fit` starts from it (loaded once).
+        self._loaded_from: tuple[Path, Any] | None = None
 
     # -- setup ----------------------------------------------------------------------------------------
 
@@ -708,21 +722,36 @@ class Trainer:
         return save_checkpoint(path, **self._checkpoint_kwargs())
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
-        """Restore the full training state from ``path`` (weights, optimizer, scheduler, scaler, sampler, RNG,
-        counters and history).
+        """Restore the full training state from ``path`` (weights, optimizer state, scheduler position, scaler,
+        sampler, RNG, counters and history).
 
-        The LR schedule keeps the current config's lengths, so ``max_epochs`` may be raised on resume.
+        The optimizer keeps its moments and step counts, but its hyper-parameters (``lr``, ``weight_decay``,
+        ``betas``, ``eps``) and the LR schedule (peak ``lr``, ``min_lr``, warm-up and total lengths) follow the
+        current config, so ``max_epochs`` may be raised or ``lr`` changed on resume (a warning names what
+        differs from the checkpoint's config). A following :meth:`fit` from the same file does not load it again.
 
         Raises:
             FileNotFoundError: if ``path`` does not exist.
             ValueError: if ``path`` is not a longiseg checkpoint.
         """
         fresh = [dict(fn.__dict__) for fn in self.scheduler.lr_lambdas]
+        fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        fresh_base_lrs = list(self.scheduler.base_lrs)
         ckpt = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                grad_scaler=self.grad_scaler, sampler=self.stateful_sampler, loss_fn=self.loss_fn,
                                restore_rng=True, map_location=self.device)
         for fn, state in zip(self.scheduler.lr_lambdas, fresh):
             fn.__dict__.update(state)
+        # optimizer/scheduler.load_state_dict bring back the checkpoint's hyper-parameters: the current config's
+        # apply, at the restored position of the schedule (the moments and step counts stay the checkpoint's).
+        self.scheduler.base_lrs = fresh_base_lrs
+        step = self.scheduler.last_epoch
+        for group, hyper, base, fn in zip(self.optimizer.param_groups, fresh_groups, fresh_base_lrs,
+                                          self.scheduler.lr_lambdas):
+            group.update(hyper)
+            group["lr"] = base * fn(step)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self._loaded_from = (Path(path).resolve(), ckpt.get("rng"))
         self.epoch = int(ckpt["epoch"])
         self.global_step = int(ckpt["global_step"])
         self.best_metric = ckpt.get("best_metric")
@@ -732,10 +761,12 @@ class Trainer:
         self.best_epoch = extra.get("best_epoch")
         self.stopped_early = bool(extra.get("stopped_early", False))
         old = ckpt.get("trainer_config") or {}
-        for key in ("steps_per_epoch", "max_epochs", "seed", "lr"):
-            if key in old and old[key] != getattr(self.config, key):
+        now = self.config.to_dict()  # plain data, as the checkpoint stores it (betas a list)
+        for key in ("steps_per_epoch", "max_epochs", "seed", "lr", "min_lr", "warmup_epochs", "weight_decay",
+                    "betas", "eps"):
+            if key in old and old[key] != now[key]:
                 logger.warning("resuming %s with %s=%r (checkpoint had %r): the run will differ from an "
-                               "uninterrupted one", path, key, getattr(self.config, key), old[key])
+                               "uninterrupted one", path, key, now[key], old[key])
         return ckpt
 
     def _setup_determinism(self) -> None:
@@ -781,11 +812,18 @@ class Trainer:
             if not ckpt_path.is_file():
                 raise FileNotFoundError(f"resume checkpoint not found: {ckpt_path}")
         if ckpt_path is None and not overwrite:  # also resume=True without last.pt next to an old best.pt
-            check_fresh_start(self.output_dir)
+            check_fresh_start(self.output_dir, resume=resume is True)
         if ckpt_path is not None:
-            self.load_checkpoint(ckpt_path)
+            if self._loaded_from is not None and self._loaded_from[0] == ckpt_path.resolve():
+                # load_checkpoint restored it already (longiseg train checks it before writing its records):
+                # only the RNG states again, in case anything drew from them since
+                if self._loaded_from[1] is not None:
+                    restore_rng_state(self._loaded_from[1])
+            else:
+                self.load_checkpoint(ckpt_path)
             if self.is_main:
                 logger.info("resumed from %s at epoch %d (step %d)", ckpt_path, self.epoch, self.global_step)
+        self._loaded_from = None
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if ckpt_path is None:  # a fresh start: nothing of an earlier run may pass for this one's

@@ -66,8 +66,12 @@ class DataConfig(ConfigBase):
         persisting_share: share of the lesion-centred training crops centred on persisting baseline lesions
             (lesions that touch no new/enlarging voxel), hard negatives whose progression target is usually
             empty (default 0, the paper's sampling; validation samples never use it, so runs stay comparable).
-        samples_per_epoch: samples per epoch (default ``32 * number of training cases``).
-        positive_fraction: share of progressing cases in every batch (balanced batch sampler).
+        samples_per_epoch: samples per epoch (default ``32 * number of training cases``). Sample ``i`` has the
+            class of case ``i % number of cases``; when this is not a multiple of the number of cases (or is
+            smaller), each class's samples go round its cases over the epochs, so every case is drawn
+            (:meth:`~longiseg.data.SliceDataset.case_of`).
+        positive_fraction: share of progressing cases in every batch (balanced batch sampler); the training
+            split needs progressing and stable patients.
         val_samples: fixed validation samples drawn once from the validation cases.
         augment: random flips, rotations and intensity scaling.
         augment_independent_timepoints: with ``augment``, add scan-to-scan differences drawn per timepoint
@@ -111,6 +115,10 @@ class DataConfig(ConfigBase):
         _need(0.0 < self.positive_fraction < 1.0, "DataConfig",
               f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         _need(self.val_samples >= 1, "DataConfig", f"val_samples must be >= 1, got {self.val_samples}")
+        _need(self.samples_per_epoch is None or self.samples_per_epoch >= 1, "DataConfig",
+              f"samples_per_epoch (data.samples_per_epoch) must be >= 1 or null, got {self.samples_per_epoch}")
+        _need(self.cache_size >= 1, "DataConfig", f"cache_size (data.cache_size) must be >= 1, got {self.cache_size}")
+        _need(self.seed >= 0, "DataConfig", f"seed (data.seed) must be an int >= 0, got {self.seed}")
 
 
 @dataclasses.dataclass
@@ -147,6 +155,7 @@ class LossConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         _need(self.strategy in STRATEGIES, "LossConfig", f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        _need(self.seed >= 0, "LossConfig", f"seed (loss.seed) must be an int >= 0, got {self.seed}")
 
 
 @dataclasses.dataclass

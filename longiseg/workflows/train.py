@@ -19,11 +19,13 @@ import torch
 import torch.nn as nn
 
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
-from longiseg.data.loading import find_cases
+from longiseg.data.loading import _names as _case_names
+from longiseg.data.loading import check_same_modalities, find_cases
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler
 from longiseg.data.split import split_by_patient
 from longiseg.data.transforms import LongitudinalAugment
+from longiseg.engine.checkpoint import load_checkpoint
 from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
 from longiseg.engine.trainer import LAST_CHECKPOINT, FitResult, Trainer, check_fresh_start, seed_everything
@@ -187,6 +189,117 @@ def _check_resumed_split(split_file: Path, train_cases: Sequence, val_cases: Seq
                          "data.seed, data.val_fraction) or start afresh with --overwrite")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _check_cases_fit_together(train_cases: Sequence, val_cases: Sequence) -> None:
+    """Refuse training and validation cases that batches cannot stack: other modalities (names or channel order)
+    or another number of timepoints than the others, naming the cases."""
+    cases = [*train_cases, *val_cases]
+    check_same_modalities(cases)
+    by_t: dict[int, list[str]] = {}
+    for c in cases:
+        by_t.setdefault(c.num_timepoints, []).append(c.case_id)
+    if len(by_t) > 1:
+        counts = "; ".join(f"T={t} for {_case_names(sorted(ids))}" for t, ids in sorted(by_t.items()))
+        raise ValueError(f"the training and validation cases do not all have the same number of timepoints ({counts}): "
+                         "a batch stacks samples of one T; train on cases with one number of timepoints "
+                         "(e.g. a cohort folder or a manifest per T)")
+
+
+def _check_model_fits_cases(model: nn.Module, kwargs: dict, cases: Sequence) -> None:
+    """Refuse a model built for another number of modalities ``C`` or timepoints ``T`` than the cases have."""
+    spec = model.spec
+    c, t = len(cases[0].modalities), cases[0].num_timepoints
+    if spec.in_channels is not None and spec.in_channels != c:
+        raise ValueError(f"model.kwargs.in_channels={kwargs.get('in_channels')} but the cases have {c} modalities "
+                         f"{list(cases[0].modalities)}: leave model.kwargs.in_channels out (it defaults to the "
+                         f"number of modalities) or set it to {c}")
+    if spec.num_timepoints is not None and spec.num_timepoints != t:
+        raise ValueError(f"model.kwargs.num_timepoints={kwargs.get('num_timepoints')} but the cases have {t} "
+                         "timepoints: leave model.kwargs.num_timepoints out (it defaults to the cases' number of "
+                         f"timepoints) or set it to {t}")
+
+
+def _check_both_classes(cfg: ExperimentConfig, train_ds: SliceDataset | VolumePatchDataset,
+                        val_ds: SliceDataset | VolumePatchDataset | None) -> None:
+    """Refuse a training split without progressing or without stable patients (every balanced batch holds both),
+    or samples (``data.samples_per_epoch``) that reach no case of a class, in the cohort's terms."""
+    flags = train_ds.case_progression_flags
+    val_flags = val_ds.case_progression_flags if val_ds is not None else []
+    n_prog, n_val_prog = sum(flags), sum(val_flags)
+    counts = {"progressing": (n_prog, n_val_prog), "stable": (len(flags) - n_prog, len(val_flags) - n_val_prog)}
+    need = (f"every training batch holds progressing and stable samples (data.positive_fraction="
+            f"{cfg.data.positive_fraction} of batch size {cfg.trainer.batch_size} progressing)")
+    for kind, (n_train, n_val) in counts.items():
+        if n_train:
+            continue
+        if n_val:
+            where = "data.val_root" if cfg.data.val_root else f"the validation split (data.val_fraction={cfg.data.val_fraction})"
+            fix = ("move some into data.root" if cfg.data.val_root else
+                   "lower data.val_fraction (0 trains on every patient), or change data.seed for another split")
+            raise ValueError(f"the training split has no {kind} patient ({_count(len(flags), 'training case')}; {n_val} "
+                             f"{kind} case(s) in {where}): {need}; {fix}")
+        raise ValueError(f"data.root {cfg.data.root} has no {kind} case ({len(flags)} training, {len(val_flags)} "
+                         f"validation cases): {need}; add {kind} patients to the cohort")
+    sample_flags = train_ds.progression_flags
+    for kind, value in (("progressing", True), ("stable", False)):
+        if value not in sample_flags:
+            raise ValueError(f"data.samples_per_epoch={train_ds.samples_per_epoch} samples reach no {kind} case "
+                             f"(sample i has the class of training case i % {train_ds.num_cases}, and the first "
+                             f"{train_ds.samples_per_epoch} are all {'stable' if value else 'progressing'}): {need}; "
+                             f"raise data.samples_per_epoch to at least {train_ds.num_cases}")
+
+
+#: The experiment settings behind the sampler layout a checkpoint records (for resume messages).
+_SAMPLER_SETTINGS = {"batch_size": "trainer.batch_size", "num_cases": "data.samples_per_epoch",
+                     "num_replicas": "processes (torchrun --nproc_per_node)",
+                     "num_positive": "progressing samples per batch (data.positive_fraction)",
+                     "num_batches": "batches per epoch", "distinct_repeats": "the sampler's distinct_repeats"}
+
+
+def _check_resumed_sampler(last: Path, saved: dict | None, sampler: BalancedBatchSampler) -> None:
+    """Refuse, naming the settings, to resume with another batch layout than the checkpoint's sampler state."""
+    if not isinstance(saved, dict):
+        return
+    now = sampler.state_dict()
+    differ = [k for k in BalancedBatchSampler.LAYOUT_KEYS if k in saved and saved[k] != now[k]]
+    if {"batch_size", "num_cases", "num_replicas"} & set(differ):  # the others follow from these
+        differ = [k for k in differ if k not in ("num_batches", "num_positive")]
+    if differ:
+        changes = "; ".join(f"{_SAMPLER_SETTINGS.get(k, k)} {saved[k]} then, {now[k]} now" for k in differ)
+        raise ValueError(f"resuming {last.parent} with other batch settings than it was trained with ({changes}): "
+                         "resume with the run's trainer.batch_size, data.samples_per_epoch and "
+                         "data.positive_fraction, or start afresh with --overwrite")
+
+
+def _check_resumed_model(last: Path, saved_kwargs: dict | None, kwargs: dict) -> None:
+    """Refuse to resume a model built for other data (``in_channels``/``num_timepoints``) than the cases have."""
+    saved_kwargs = saved_kwargs or {}
+    for key, what in (("in_channels", "modalities"), ("num_timepoints", "timepoints")):
+        if key in saved_kwargs and key in kwargs and saved_kwargs[key] != kwargs[key]:
+            raise ValueError(f"resuming {last.parent}, whose model was built for {saved_kwargs[key]} {what} "
+                             f"(model.kwargs.{key}), with cases of {kwargs[key]}: resume with the run's data "
+                             "(data.root, data.modalities) or start afresh with --overwrite")
+
+
+def _resume_modalities(last: Path, spec: dict | None, configured: list[str] | None) -> list[str] | None:
+    """The channel order a resumed run loads: the one its checkpoint was trained on (``spec.modalities``).
+
+    Raises:
+        ValueError: ``data.modalities`` is set to another order.
+    """
+    trained = list((spec or {}).get("modalities") or [])
+    if not trained:
+        return configured
+    if configured is not None and [m.lower() for m in configured] != trained:
+        raise ValueError(f"resuming {last.parent}, trained on the modalities {trained} (in this channel order), with "
+                         f"data.modalities={list(configured)}: resume with data.modalities={trained} (or leave it "
+                         "out) or start afresh with --overwrite")
+    return trained
+
+
 def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False,
                  progress: bool | None = None) -> FitResult:
     """Train ``cfg.model`` on ``cfg.data`` and write checkpoints, logs and the config to ``cfg.trainer.output_dir``.
@@ -194,6 +307,11 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     Works unchanged under ``torchrun`` (each rank draws a disjoint share of every epoch's batches; rank 0
     writes files). Python, NumPy and torch are seeded from ``cfg.trainer.seed`` before the model is built,
     so two runs of one config give bit-identical checkpoints on the CPU.
+
+    Every case (training and validation) must have the same modalities in the same channel order and the same
+    number of timepoints. The validation cases of ``data.val_root`` are read in the training cases' channel
+    order, and a resumed run reads its cases in the order its checkpoint was trained on (``spec.modalities``),
+    whatever a manifest says now.
 
     Args:
         cfg: the experiment configuration.
@@ -206,9 +324,14 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
 
     Raises:
         FileNotFoundError: if ``cfg.data.root`` is missing or holds no case.
-        FileExistsError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
+        FileExistsError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set, or
+            ``resume`` is set but the run has ``best.pt`` and no ``last.pt``.
         ValueError: for an unknown model name (naming the closest ones), unknown model keyword arguments, a
-            ``trainer.monitor`` no epoch logs, or an invalid split; all before any training.
+            ``trainer.monitor`` no epoch logs, cases with other modalities or timepoints than the others, a model
+            built for other ``C``/``T``, a training split without progressing or stable patients, an invalid
+            split, or a resume with other data, modalities or batch settings than the run's. All of these before
+            any training and before the run folder's records (``experiment.yaml``, ``split.json``,
+            ``tuning.json``) are touched.
     """
     if not cfg.data.root:
         raise FileNotFoundError("data.root is empty: set it to a cohort folder in the longiseg layout")
@@ -218,24 +341,42 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     check_separate_folders(cfg.trainer.output_dir, "trainer.output_dir",
                            {"data.root": root, "data.val_root": cfg.data.val_root or None})
     info = model_info(cfg.model.name)
-    if not resume and not overwrite:
-        check_fresh_start(cfg.trainer.output_dir)  # before any work; fit checks again for direct users
+    out = Path(cfg.trainer.output_dir)
+    last = out / LAST_CHECKPOINT
+    resuming = resume and last.is_file()
+    if not resuming and not overwrite:  # before any work; fit checks again for direct users
+        check_fresh_start(out, resume=resume)
+    check_monitor(cfg.trainer.monitor)
     if progress is not None:
         cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, progress_bar=progress))
-    cases = find_cases(root, modalities=cfg.data.modalities)
-    if cfg.data.val_root:
-        train_cases, val_cases = cases, find_cases(Path(cfg.data.val_root), modalities=cfg.data.modalities)
+    saved = load_checkpoint(last) if resuming else {}  # read only: the trainer restores it below, once
+    modalities = _resume_modalities(last, saved.get("spec"), cfg.data.modalities) if resuming else cfg.data.modalities
+    if modalities != cfg.data.modalities:  # recorded in experiment.yaml as the channel order the run uses
+        logger.info("resuming with the modalities %s the checkpoint was trained on", modalities)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, modalities=modalities))
+    cases = find_cases(root, modalities=modalities)
+    if cfg.data.val_root:  # read in the training cases' channel order, whatever its own manifest says
+        val_modalities = modalities if modalities is not None else list(cases[0].modalities)
+        train_cases, val_cases = cases, find_cases(Path(cfg.data.val_root), modalities=val_modalities)
     else:
         train_cases, val_cases = split_by_patient(cases, cfg.data.val_fraction, cfg.data.seed)
-    check_monitor(cfg.trainer.monitor)
+    if resuming:
+        _check_resumed_split(out / SPLIT_FILE, train_cases, val_cases)
+    _check_cases_fit_together(train_cases, val_cases)
+    if 0 < len(val_cases) and cfg.data.val_samples < len(val_cases):
+        logger.warning("data.val_samples=%d is smaller than the %d validation cases: %d of them are never scored",
+                       cfg.data.val_samples, len(val_cases), len(val_cases) - cfg.data.val_samples)
     kwargs = dict(cfg.model.kwargs)
     kwargs.setdefault("in_channels", len(cases[0].modalities))
     kwargs.setdefault("num_timepoints", len(cases[0].image_files))
+    if resuming:
+        _check_resumed_model(last, saved.get("model_kwargs"), kwargs)
     seed_everything(cfg.trainer.seed)  # the model's initial weights come from this seed
     try:
         model = build_model(cfg.model.name, **kwargs)
     except TypeError as err:
         raise ValueError(f"model.kwargs {kwargs} do not fit {cfg.model.name!r}: {err}") from None
+    _check_model_fits_cases(model, kwargs, cases)
     # Sizes the model cannot take fail here, before the run's records are written, not at the first step.
     check_spatial_size(model, cfg.data.crop_size, "data.crop_size")
     check_spatial_size(model, cfg.inference.patch_size, "inference.patch_size")
@@ -248,10 +389,14 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_cases), len(val_cases))
 
     train_ds, val_ds = build_datasets(cfg, info.dim, train_cases, val_cases)
+    _check_both_classes(cfg, train_ds, val_ds)
     ctx = init_distributed(device=cfg.trainer.device)
+    # Repeats of an index within an epoch (the minority class) are drawn as virtual indices: fresh crops.
     sampler = BalancedBatchSampler(train_ds.progression_flags, cfg.trainer.batch_size,
                                    positive_fraction=cfg.data.positive_fraction, num_replicas=ctx.world_size,
-                                   rank=ctx.rank, seed=cfg.trainer.seed)
+                                   rank=ctx.rank, seed=cfg.trainer.seed, distinct_repeats=True)
+    if resuming:
+        _check_resumed_sampler(last, saved.get("sampler"), sampler)
     validate_fn = make_validate_fn(val_ds) if val_ds is not None else None
     tcfg = cfg.trainer
     if validate_fn is None and tcfg.monitor != "train_loss":
@@ -260,21 +405,19 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     trainer = Trainer(model, train_ds, tcfg, loss_fn=build_loss(cfg), validate_fn=validate_fn,
                       batch_sampler=sampler, model_name=cfg.model.name, model_kwargs=kwargs,
                       dist_context=ctx)
-    last = Path(tcfg.output_dir) / LAST_CHECKPOINT
-    resuming = resume and last.is_file()
-    if resuming:  # checked before the run's records are rewritten
-        _check_resumed_split(Path(tcfg.output_dir) / SPLIT_FILE, train_cases, val_cases)
+    del saved
+    if resuming:  # restored once, before the run's records are rewritten; fit continues from it
         trainer.load_checkpoint(last)  # weights that do not fit the configured model are refused here
     trains = not resuming or (trainer.epoch < trainer.config.max_epochs and not trainer.stopped_early)
     if ctx.is_main:
-        save_config(cfg, Path(tcfg.output_dir) / "experiment.yaml")
-        atomic_write_json(Path(tcfg.output_dir) / SPLIT_FILE, {
+        save_config(cfg, out / "experiment.yaml")
+        atomic_write_json(out / SPLIT_FILE, {
             # absolute: tune and predict may run from another working directory
             "data_root": str(root.resolve()),
             "val_root": str(Path(cfg.data.val_root).resolve()) if cfg.data.val_root else cfg.data.val_root,
             "seed": cfg.data.seed,
             "train": [c.case_id for c in train_cases], "validation": [c.case_id for c in val_cases]})
-        tuning = Path(tcfg.output_dir) / TUNING_FILE
+        tuning = out / TUNING_FILE
         if trains and tuning.exists():  # the checkpoints it describes are about to be replaced
             logger.info("removing %s: it describes checkpoints this run replaces (run longiseg tune again)", tuning)
             tuning.unlink()
