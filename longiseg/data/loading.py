@@ -39,6 +39,7 @@ __all__ = [
     "Manifest",
     "find_cases",
     "find_mask_cases",
+    "format_case_ids",
     "load_case",
     "load_cases",
     "validate_cases",
@@ -780,7 +781,8 @@ def _source_from_folder(
     )
 
 
-def _names(ids: Sequence[str], limit: int = 5) -> str:
+def format_case_ids(ids: Sequence[str], limit: int = 5) -> str:
+    """``'a', 'b', 'c' and 4 more``: case ids for a message, at most ``limit`` of them named."""
     shown = ", ".join(repr(i) for i in ids[:limit])
     return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
@@ -803,7 +805,7 @@ def modality_mismatches(cases: Sequence[CaseSource | LongitudinalCase]
     if not groups:
         return (), [], {}
     common = max(groups, key=lambda mods: len(groups[mods]))  # max keeps the first of equal counts
-    odd = {cid: (f"case {cid!r} has the modalities {list(mods)} but {_names(groups[common])} "
+    odd = {cid: (f"case {cid!r} has the modalities {list(mods)} but {format_case_ids(groups[common])} "
                  f"{'has' if len(groups[common]) == 1 else 'have'} {list(common)}: all cases must have the same "
                  "modalities in the same channel order (give the channel order as modalities= / data.modalities or "
                  "in a manifest, and give every case those images)")
@@ -826,7 +828,7 @@ def check_same_modalities(cases: Sequence[CaseSource | LongitudinalCase]) -> tup
     common, _, odd = modality_mismatches(cases)
     if odd:
         first = next(iter(odd.values()))
-        more = f" (also {_names(list(odd)[1:])})" if len(odd) > 1 else ""
+        more = f" (also {format_case_ids(list(odd)[1:])})" if len(odd) > 1 else ""
         raise ValueError(first + more)
     return common
 

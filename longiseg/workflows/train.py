@@ -19,8 +19,7 @@ import torch
 import torch.nn as nn
 
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
-from longiseg.data.loading import _names as _case_names
-from longiseg.data.loading import check_same_modalities, find_cases
+from longiseg.data.loading import check_same_modalities, find_cases, format_case_ids
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler
 from longiseg.data.split import split_by_patient
@@ -202,7 +201,7 @@ def _check_cases_fit_together(train_cases: Sequence, val_cases: Sequence) -> Non
     for c in cases:
         by_t.setdefault(c.num_timepoints, []).append(c.case_id)
     if len(by_t) > 1:
-        counts = "; ".join(f"T={t} for {_case_names(sorted(ids))}" for t, ids in sorted(by_t.items()))
+        counts = "; ".join(f"T={t} for {format_case_ids(sorted(ids))}" for t, ids in sorted(by_t.items()))
         raise ValueError(f"the training and validation cases do not all have the same number of timepoints ({counts}): "
                          "a batch stacks samples of one T; train on cases with one number of timepoints "
                          "(e.g. a cohort folder or a manifest per T)")
