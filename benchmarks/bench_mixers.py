@@ -26,7 +26,14 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from longiseg_bench import format_bytes, format_table, peak_memory, print_header, time_interleaved
+from longiseg_bench import (
+    format_bytes,
+    format_table,
+    peak_memory,
+    positive_int,
+    print_header,
+    time_interleaved,
+)
 from tqdm.auto import tqdm
 
 from longiseg.utils.validation import check_positive_int
@@ -392,17 +399,17 @@ def plot_mixer_scaling(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="S = 16, 32, 64")
-    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="feature map sides S (override)")
-    parser.add_argument("--dim", type=int, default=32, help="mixer width C (default 32, SegMaST's first stage)")
-    parser.add_argument("--timepoints", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=3,
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=None, help="feature map sides S (override)")
+    parser.add_argument("--dim", type=positive_int, default=32, help="mixer width C (default 32, SegMaST's first stage)")
+    parser.add_argument("--timepoints", type=positive_int, default=2)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--rounds", "--repeats", dest="rounds", type=positive_int, default=3,
                         help="interleaved timing rounds (default 3)")
     parser.add_argument("--min-run-time", type=float, default=0.2,
                         help="seconds of timed calls per configuration and round (default 0.2)")
     parser.add_argument("--mixers", nargs="+", default=list(MIXERS), choices=list(MIXERS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--max-call-seconds", type=float, default=None,
                         help="skip configurations predicted slower than this (default 5 quick, 60 full; 0 = never)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")

@@ -44,6 +44,7 @@ from longiseg_bench import (
     format_table,
     matrix_product_flops,
     peak_memory,
+    positive_int,
     print_header,
     time_interleaved,
 )
@@ -370,19 +371,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=None,
                         help="registry names, or demo:SegMaST / demo:SegFormer (the demo's configurations; "
                         "default: all six registry models; quick: the 2.5D ones)")
-    parser.add_argument("--patch-2d", type=int, default=None)
-    parser.add_argument("--batch-2d", type=int, default=None)
-    parser.add_argument("--patch-3d", type=int, default=None)
-    parser.add_argument("--batch-3d", type=int, default=None)
-    parser.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=3,
+    parser.add_argument("--patch-2d", type=positive_int, default=None)
+    parser.add_argument("--batch-2d", type=positive_int, default=None)
+    parser.add_argument("--patch-3d", type=positive_int, default=None)
+    parser.add_argument("--batch-3d", type=positive_int, default=None)
+    parser.add_argument("--rounds", "--repeats", dest="rounds", type=positive_int, default=3,
                         help="interleaved timing rounds (default 3)")
     parser.add_argument("--min-run-time", type=float, default=0.2,
                         help="seconds of timed steps per model and round (default 0.2)")
-    parser.add_argument("--spacing", type=int, default=None, help="voxel size (mm) of the inference case")
-    parser.add_argument("--inference-patch-2d", type=int, default=None, help="tri-planar patch side")
-    parser.add_argument("--inference-window-3d", type=int, default=None, help="3D sliding-window side")
+    parser.add_argument("--spacing", type=positive_int, default=None, help="voxel size (mm) of the inference case")
+    parser.add_argument("--inference-patch-2d", type=positive_int, default=None, help="tri-planar patch side")
+    parser.add_argument("--inference-window-3d", type=positive_int, default=None, help="3D sliding-window side")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-flops", action="store_true", help="skip counting the matrix-product FLOPs")
     parser.add_argument("--no-inference", action="store_true", help="skip the full-case inference timing")
@@ -397,10 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     p2, b2, p3, b3, spacing, ip2, ip3 = preset
     run_model_benchmark(
         models,
-        patch_2d=args.patch_2d or p2,
-        batch_2d=args.batch_2d or b2,
-        patch_3d=args.patch_3d or p3,
-        batch_3d=args.batch_3d or b3,
+        patch_2d=p2 if args.patch_2d is None else args.patch_2d,  # not `or`: a bad 0 is refused, not replaced
+        batch_2d=b2 if args.batch_2d is None else args.batch_2d,
+        patch_3d=p3 if args.patch_3d is None else args.patch_3d,
+        batch_3d=b3 if args.batch_3d is None else args.batch_3d,
         rounds=args.rounds,
         min_run_time=args.min_run_time,
         reference="segmast_ms" if "segmast_ms" in models else models[0],

@@ -46,10 +46,13 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from longiseg_bench import time_interleaved
+from longiseg_bench import int_list, nonnegative_int, positive_int, time_interleaved
 
 METHODS = ("chunked", "numba", "numba_cl", "triton", "cuda", "reference", "mambapy", "sdpa")
 CPU_ONLY, CUDA_ONLY = ("numba", "numba_cl"), ("triton", "cuda")
+#: Optional backends (numba, triton, mamba-ssm, mambapy): when not named in --methods, their failure (not
+#: installed) is reported but does not fail the run; every other failed measurement does (exit status 1).
+OPTIONAL = ("numba", "numba_cl", "triton", "cuda", "mambapy")
 _FORWARD_ENV = "LONGISEG_BENCH_FORWARD_ONLY"
 
 
@@ -193,35 +196,47 @@ def _fmt_mem(b: float) -> str:
     return f"{b / 2**20:8.0f}"
 
 
-def main() -> None:
+def failed_measurements(results: list[tuple[str, int, dict]], required: set[str]) -> list[str]:
+    """``"METHOD at L=N: ERROR"`` of every failed measurement that fails the run: one of a ``required`` method,
+    or every failure when nothing was measured at all."""
+    failed = [(m, n, r["error"]) for m, n, r in results if "error" in r]
+    if len(failed) < len(results):
+        failed = [f for f in failed if f[0] in required]
+    return [f"{m} at L={n}: {err}" for m, n, err in failed]
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--quick", action="store_true", help="short run (< 60 s idle): L = 1k, 4k, one repetition"
     )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--reps", type=int, default=None, help="timed repetitions per configuration")
+    ap.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
+    ap.add_argument("--reps", type=positive_int, default=None, help="timed repetitions per configuration")
     ap.add_argument("--forward", action="store_true", help="time the forward pass only, without autograd")
-    ap.add_argument("--lengths", default=None, help="comma-separated sequence lengths (default: 1k,4k,16k)")
+    ap.add_argument("--lengths", type=int_list, default=None,
+                    help="comma-separated sequence lengths (default: 1024,4096,16384)")
     ap.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument(
-        "--interleaved", type=int, default=0, metavar="ROUNDS",
+        "--interleaved", type=nonnegative_int, default=0, metavar="ROUNDS",
         help="time the methods round-robin in one process for ROUNDS rounds (ratios on a noisy machine; no memory)",
     )
     ap.add_argument(
         "--worker", nargs=6, metavar=("METHOD", "L", "D", "REPS", "DEVICE", "THREADS"), help=argparse.SUPPRESS
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.worker:
         m, seqlen, dim, reps, device, threads = args.worker
         print(json.dumps(worker(m, int(seqlen), int(dim), int(reps), device, int(threads))))
-        return
+        return 0
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"argument --device: {args.device} is not available on this machine (no CUDA device)")
 
     if args.forward:
         os.environ[_FORWARD_ENV] = "1"  # inherited by the worker subprocesses
     lengths = (1024, 4096) if args.quick else (1024, 4096, 16384)
     if args.lengths:
-        lengths = tuple(int(v) for v in args.lengths.split(","))
+        lengths = args.lengths
     reps = args.interleaved or args.reps or (1 if args.quick else 3)
     ref_max = 256 if args.quick else 4096  # longest L the sequential reference really runs
     dim = 128
@@ -239,33 +254,40 @@ def main() -> None:
         if unknown:
             ap.error(f"--methods: unknown {sorted(unknown)}; expected a subset of {','.join(METHODS)}")
         methods = [m for m in METHODS if m in args.methods.split(",")]
+    required = set(args.methods.split(",")) if args.methods else {m for m in methods if m not in OPTIONAL}
     if "chunked" not in methods:
         methods.insert(0, "chunked")  # the speedup column's baseline
     if args.interleaved:
-        if args.interleaved < 1:
-            ap.error(f"--interleaved: expected a number of rounds >= 1, got {args.interleaved}")
         torch.set_num_threads(args.threads)
         timed = [m for m in methods if m not in ("reference", "mambapy")]  # too slow / optional: not interleaved
         print(f"{'L':>6} {'method':>10}  {'wall s':>8}")
         for seqlen in lengths:
-            medians = interleaved(timed, seqlen, dim, args.interleaved, args.device)
+            try:
+                medians = interleaved(timed, seqlen, dim, args.interleaved, args.device)
+            except Exception as err:  # noqa: BLE001 - one failed measurement: say which, exit 1
+                print(f"{ap.prog}: error: interleaved timing of {','.join(timed)} at L={seqlen} failed: "
+                      f"{' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
+                return 1
             for method in timed:
                 ratio = "" if method == "chunked" else f"{medians['chunked'] / medians[method]:.1f}x faster"
                 print(f"{seqlen:>6} {method:>10}  {medians[method]:8.4f} s (median of {args.interleaved}, interleaved)  "
                       f"{ratio}")
-        return
+        return 0
+    results: list[tuple[str, int, dict]] = []  # (method, L, measurement or {"error": ...}) of every call
     print(f"{'L':>6} {'method':>10} {'wall s':>9} {'cpu s':>9} {'peak MiB':>9} {'chunked speedup':>16}")
     for seqlen in lengths:
         rows: dict[str, dict] = {}
         for method in methods:
             if method == "reference" and seqlen > ref_max:
                 r = _run(method, ref_max, dim, 1, args.device, args.threads)
+                results.append((method, ref_max, r))
                 scale = seqlen / ref_max
-                rows[method] = {k: v * scale for k, v in r.items()} | {"extrapolated": True}
+                rows[method] = r if "error" in r else {k: v * scale for k, v in r.items()} | {"extrapolated": True}
                 continue
             rows[method] = _run(
                 method, seqlen, dim, 1 if method == "reference" else reps, args.device, args.threads
             )
+            results.append((method, seqlen, rows[method]))
         for method in methods:
             r = rows[method]
             if "error" in r:
@@ -296,6 +318,7 @@ def main() -> None:
     mem_methods = ("chunked", "numba") if args.quick else ("chunked", "numba", "triton", "cuda", "mambapy")
     for method in [m for m in mem_methods if m in methods]:
         r = _run(method, mem_len, 256, 1, args.device, args.threads)
+        results.append((method, mem_len, r))
         print(
             f"{mem_len:>6} {method:>10} "
             + (
@@ -305,7 +328,12 @@ def main() -> None:
             )
         )
     print(f"# '~' = extrapolated linearly from the reference at L={ref_max}")
+    failed = failed_measurements(results, required)
+    if failed:
+        print(f"{ap.prog}: error: {len(failed)} measurement(s) failed: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

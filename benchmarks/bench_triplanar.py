@@ -28,6 +28,8 @@ import sys
 import time
 from typing import Any
 
+from longiseg_bench import nonnegative_int, positive_int
+
 
 def _rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux reports KiB, macOS bytes)."""
@@ -190,19 +192,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="small 20x24x20 volume, patch 32 (about a minute with segmast_ms)",
     )
-    parser.add_argument("--shape", type=int, nargs=3, default=None, help="volume D H W (default 193 229 193)")
-    parser.add_argument("--patch-size", type=int, default=None, help="in-plane patch (default 128; quick 32)")
-    parser.add_argument("--timepoints", type=int, default=2)
+    parser.add_argument("--shape", type=positive_int, nargs=3, default=None, help="volume D H W (default 193 229 193)")
+    parser.add_argument("--patch-size", type=positive_int, default=None, help="in-plane patch (default 128; quick 32)")
+    parser.add_argument("--timepoints", type=positive_int, default=2)
     parser.add_argument(
         "--anatomy",
         choices=("ellipsoid", "mni152"),
         default="ellipsoid",
         help="brain region of the synthetic case (mni152 needs nilearn: the template's 1 mm brain mask)",
     )
-    parser.add_argument("--channels", type=int, default=0, help="image channels (default: model.in_channels)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per configuration (median shown)")
+    parser.add_argument("--channels", type=nonnegative_int, default=0, help="image channels (default: model.in_channels)")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=1, help="timed runs per configuration (median shown)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--scan-backends",

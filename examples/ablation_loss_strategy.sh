@@ -6,7 +6,8 @@
 #
 # Usage:  examples/ablation_loss_strategy.sh [DATASET]      (default ms_inhouse, the paper's dataset)
 # Needs:  $DATA_ROOT/DATASET/train and $DATA_ROOT/DATASET/test (examples/README.md).
-# Writes: $RUNS/DATASET/loss_STRATEGY/, $RUNS/DATASET/predictions/loss_STRATEGY/, $RUNS/DATASET/report_loss/
+# Writes: $RUNS/DATASET/MODEL_loss_STRATEGY/, $RUNS/DATASET/predictions/MODEL_loss_STRATEGY/,
+#         $RUNS/DATASET/report_loss/ (replaced by a rerun)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 dataset="${1:-ms_inhouse}"
@@ -16,13 +17,14 @@ test_dir="$DATA_ROOT/$dataset/test"
 require_dir "$train_dir" "training"
 require_dir "$test_dir" "test"
 
+config="$(config_for "$dataset" "$model")"
 pred_dirs=()
 for strategy in partial whole none; do
-    train_and_predict "$(config_for "$dataset" "$model")" "$train_dir" "$test_dir" \
-        "$RUNS/$dataset/loss_$strategy" "$RUNS/$dataset/predictions/loss_$strategy" \
+    name="${model}_loss_$strategy"  # the model in the name: another MODEL gets runs of its own
+    train_and_predict "$config" "$train_dir" "$test_dir" "$RUNS/$dataset/$name" "$RUNS/$dataset/predictions/$name" \
         "model.name=$model" "loss.strategy=$strategy"
-    pred_dirs+=("$RUNS/$dataset/predictions/loss_$strategy")
+    pred_dirs+=("$RUNS/$dataset/predictions/$name")
 done
 
-$LONGISEG evaluate "${pred_dirs[@]}" "$test_dir" --out "$RUNS/$dataset/report_loss"
-echo "report: $RUNS/$dataset/report_loss/table.txt (box plots: boxplot.png)"
+evaluate_report "$RUNS/$dataset/report_loss" "$test_dir" "${pred_dirs[@]}"
+echo "box plots: $RUNS/$dataset/report_loss/boxplot.png"

@@ -30,7 +30,10 @@ Variants (the paper's recipe is the default; every lever is an optional setting 
 
 Post-processing rules: ``head`` (the progression head's mask as it is, longiseg 0.2) and ``outside`` (the
 default since 0.3). Every run writes ``OUT/runs/VARIANT/seedS/result.json``; a run with that file is skipped,
-so the script can be stopped and started again. The tables (mean (SD) over the seeds that finished) go to
+so the script can be stopped and started again. ``OUT/settings.json`` records the settings that made the cohort
+and the runs (``--num-patients``, ``--num-test``, ``--cohort-seed``, ``--cohort-set``, ``--register``,
+``--epochs``, ``--steps``); a rerun with other settings is refused (naming them) before anything is written:
+use another OUT (or delete it) to start afresh. More ``--seeds`` or ``--variants`` are fine. The tables (mean (SD) over the seeds that finished) go to
 ``OUT/ablation.md`` and stdout. Runs use one torch thread and no DataLoader worker each, ``--jobs`` at a time.
 
 Examples (the tables in docs/reproducing.md)::
@@ -94,6 +97,37 @@ RELIANCE_COLUMNS: tuple[tuple[str, str], ...] = (
 
 RESULT_FILE = "result.json"
 TRAINED_FILE = "trained.json"
+SETTINGS_FILE = "settings.json"
+#: settings.json key -> the option that sets it
+SETTING_FLAGS: dict[str, str] = {
+    "num_patients": "--num-patients", "num_test": "--num-test", "cohort_seed": "--cohort-seed",
+    "cohort_set": "--cohort-set", "register": "--register", "epochs": "--epochs", "steps_per_epoch": "--steps",
+}
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``OUT/settings.json`` records: the options that made the cohort and the runs' training."""
+    return {"num_patients": args.num_patients, "num_test": args.num_test, "cohort_seed": args.cohort_seed,
+            "cohort_set": list(args.cohort_set), "register": args.register, "epochs": args.epochs,
+            "steps_per_epoch": args.steps}
+
+
+def settings_conflict(out: Path, settings: dict[str, Any]) -> str | None:
+    """Why ``out`` cannot be continued with ``settings`` (``None`` when it can): it was made with other settings,
+    or holds a cohort or runs of unknown settings (no ``settings.json``)."""
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        if any((out / name).exists() for name in ("train", "test", "runs")):
+            return (f"{out} holds a cohort or runs but no {SETTINGS_FILE} (the settings that made them are unknown); "
+                    "choose another OUT, or delete it to start afresh")
+        return None
+    old = json.loads(path.read_text())
+    changed = [f"{SETTING_FLAGS.get(k, k)} {old.get(k)!r} -> {settings.get(k)!r}"
+               for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    if not changed:
+        return None
+    return (f"{out} was made with other settings ({', '.join(changed)}); rerun with its settings, or choose "
+            "another OUT (or delete it) to start afresh")
 
 
 def make_cohort(out: Path, num_patients: int, num_test: int, seed: int = 0, overrides: Sequence[str] = (),
@@ -212,6 +246,8 @@ def run_one(out: str, variant: str, seed: int, epochs: int, steps: int) -> dict[
         record[f"reliance/{kind}/drop"] = float(np.mean([r.drop for r in rows])) if rows else math.nan
     label, overrides = VARIANTS[variant]
     record.update(variant=variant, model=label, seed=seed, overrides=overrides, epochs=epochs, steps_per_epoch=steps)
+    if (root / SETTINGS_FILE).is_file():  # the cohort's settings too
+        record["settings"] = json.loads((root / SETTINGS_FILE).read_text())
     atomic_write_json(run_dir / RESULT_FILE, record)
     return record
 
@@ -268,13 +304,38 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from tqdm import tqdm
 
-    from longiseg.workflows.demo import DemoConfig
+    from longiseg.utils.io import atomic_write_json
+    from longiseg.workflows.demo import DemoConfig, demo_cohort_config
 
     args.epochs = DemoConfig.epochs if args.epochs is None else args.epochs
     args.steps = DemoConfig.steps_per_epoch if args.steps is None else args.steps
-
+    # Every argument is checked before anything is written (the cohort alone takes a minute).
+    for flag, value in (("--jobs", args.jobs), ("--epochs", args.epochs), ("--steps", args.steps)):
+        if value < 1:
+            p.error(f"argument {flag}: must be >= 1, got {value}")
+    if min(args.seeds) < 0 or args.cohort_seed < 0:
+        p.error(f"argument --seeds/--cohort-seed: seeds must be >= 0, got {args.seeds} and {args.cohort_seed}")
     out = Path(args.output)
-    make_cohort(out, args.num_patients, args.num_test, args.cohort_seed, args.cohort_set, args.register)
+    try:
+        cfg = DemoConfig(output_dir=str(out), num_patients=args.num_patients, num_test=args.num_test)
+    except ValueError as err:
+        p.error(f"argument --num-patients/--num-test: {err}")
+    try:
+        demo_cohort_config(cfg).with_overrides(args.cohort_set)
+    except ValueError as err:
+        p.error(f"argument --cohort-set: {err}")
+    if out.exists() and not out.is_dir():
+        p.error(f"OUT {out} exists and is not a folder")
+    settings = settings_of(args)
+    conflict = settings_conflict(out, settings)
+    if conflict:
+        p.error(conflict)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / SETTINGS_FILE, settings)
+    try:
+        make_cohort(out, args.num_patients, args.num_test, args.cohort_seed, args.cohort_set, args.register)
+    except (ValueError, RuntimeError) as err:  # e.g. too few progressing or stable patients for --num-test
+        p.exit(2, f"{p.prog}: error: {err}\n")
     todo = [(v, s) for s in args.seeds for v in args.variants
             if not (out / "runs" / v / f"seed{s}" / RESULT_FILE).is_file()]
     with tqdm(total=len(todo), desc="ablation runs", unit="run") as bar, ProcessPoolExecutor(

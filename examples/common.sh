@@ -7,9 +7,11 @@
 #   EXTRA      extra config overrides appended to every training run, e.g. for a smoke test:
 #              EXTRA="trainer.max_epochs=1 trainer.steps_per_epoch=2 trainer.batch_size=4"
 #
-# Runs resume from RUN/last.pt when interrupted; predictions that already exist are kept.
+# Runs resume from RUN/last.pt when interrupted; predictions that already exist are kept. Every script stops
+# at the first failing step (also one inside "$(...)": inherit_errexit), with its exit status.
 
 set -euo pipefail
+shopt -s inherit_errexit
 
 EXAMPLES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CONFIGS="$EXAMPLES_DIR/configs"
@@ -19,15 +21,33 @@ LONGISEG="${LONGISEG:-longiseg}"
 PYTHON="${PYTHON:-python}"
 EXTRA="${EXTRA:-}"
 
-# model_dim NAME -> "2.5D" or "3D" (from the registry; fails with the closest names for an unknown model)
+# model_dim NAME -> "2.5D" or "3D" (from the registry). Fails with one line on stderr when $PYTHON cannot
+# import longiseg or the model is unknown (with the closest names).
 model_dim() {
-    "$PYTHON" -c "import sys, longiseg; print(longiseg.model_info(sys.argv[1]).dim)" "$1"
+    "$PYTHON" -c '
+import sys
+try:
+    import longiseg
+except ImportError as err:
+    sys.exit(f"error: {sys.argv[2]} cannot import longiseg ({err}); set PYTHON to the interpreter with longiseg")
+try:
+    print(longiseg.model_info(sys.argv[1]).dim)
+except (ValueError, TypeError) as err:
+    sys.exit(f"error: model {sys.argv[1]!r}: {err}")
+' "$1" "$PYTHON" || {
+        local rc=$?
+        # exit 1: the one-line message above; anything else (127: no such command) is explained here
+        ((rc == 1)) || echo "error: cannot look up the dimension of model '$1' with PYTHON=$PYTHON (exit $rc)" >&2
+        return "$rc"
+    }
 }
 
 # config_for DATASET MODEL -> the example config of the model's family, e.g. configs/msseg2_3d.yaml
+#   Call it as  config="$(config_for ...)"  on a line of its own: a failure inside an argument's "$(...)"
+#   would not stop the script.
 config_for() {
     local dim
-    dim="$(model_dim "$2")"
+    dim="$(model_dim "$2")" || return
     if [[ "$dim" == "3D" ]]; then
         echo "$CONFIGS/$1_3d.yaml"
     else
@@ -67,6 +87,16 @@ train_and_predict() {
     echo ">>> predicting $test_dir -> $pred_dir"
     $LONGISEG predict --checkpoint "$(best_checkpoint "$run_dir")" --input "$test_dir" --output "$pred_dir" \
         --skip-existing
+}
+
+# evaluate_report REPORT_DIR TEST_DIR PRED_DIR...: one report of the prediction folders (the first is the t-test
+#   reference) against TEST_DIR. The report is the script's own, so a rerun (or more EXTRA_PREDICTIONS)
+#   replaces it (--overwrite replaces only report files).
+evaluate_report() {
+    local report="$1" test_dir="$2"
+    shift 2
+    $LONGISEG evaluate "$@" "$test_dir" --out "$report" --overwrite
+    echo "report: $report/table.txt"
 }
 
 # require_dir DIR WHAT: fail with a pointer to examples/README.md when a dataset folder is missing

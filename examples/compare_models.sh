@@ -5,7 +5,8 @@
 # Usage:  examples/compare_models.sh ms_inhouse|msseg2|ucsf_altpd
 # Needs:  $DATA_ROOT/DATASET/train and $DATA_ROOT/DATASET/test in the library layout (examples/README.md).
 # Writes: $RUNS/DATASET/MODEL/ (checkpoints, metrics.csv), $RUNS/DATASET/predictions/MODEL/ and the report
-#         $RUNS/DATASET/report/ (table.txt, summary.csv/json, per_case.csv, stratified.csv, boxplot.png).
+#         $RUNS/DATASET/report/ (table.txt, summary.csv/json, per_case.csv, stratified.csv, boxplot.png;
+#         replaced by a rerun).
 # Options (environment): MODELS="segmast_ms segformer_ms" to train a subset (SegMaST first: it is the
 #         t-test reference); EXTRA_PREDICTIONS="DIR ..." adds prediction folders made elsewhere (e.g. nnU-Net
 #         predictions imported with longiseg.bridges.import_nnunet_predictions); see common.sh for the rest.
@@ -40,5 +41,4 @@ for model in "${models[@]}"; do
     pred_dirs+=("$RUNS/$dataset/predictions/$model")
 done
 
-$LONGISEG evaluate "${pred_dirs[@]}" "${extra_predictions[@]}" "$test_dir" --out "$RUNS/$dataset/report"
-echo "report: $RUNS/$dataset/report/table.txt"
+evaluate_report "$RUNS/$dataset/report" "$test_dir" "${pred_dirs[@]}" "${extra_predictions[@]}"

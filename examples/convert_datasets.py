@@ -301,8 +301,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.test_fraction < 1:
+        parser.error(f"argument --test-fraction: must lie in [0, 1), got {args.test_fraction}")
+    if args.max_cases is not None and args.max_cases < 1:
+        parser.error(f"argument --max-cases: must be >= 1, got {args.max_cases}")
+    try:
+        return _convert(args)
+    except (ValueError, OSError) as err:  # what was given is wrong (a missing SOURCE, an unknown id, OUT exists)
+        parser.error(" ".join(str(err).split()))
+
+
+def _convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if not Path(args.source).is_dir():
+        raise FileNotFoundError(f"SOURCE {args.source} is not a folder")
     check_separate_folders(out, "OUT", {"SOURCE": args.source})  # --overwrite would replace the input
     check_output_folder(out, "OUT")
     if args.dataset == "msseg2":

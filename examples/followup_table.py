@@ -116,10 +116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("pred_dir", help="prediction folder written by 'longiseg predict'")
     ap.add_argument("gt_dir", help="reference folder in the library layout")
     ap.add_argument("--out", required=True, help="report folder")
-    ap.add_argument("--protocol", default="segmast", help="evaluation protocol (segmast or tdw)")
+    ap.add_argument("--protocol", default="segmast", choices=["segmast", "tdw"], help="evaluation protocol")
     args = ap.parse_args(argv)
     pred_dir, gt_dir, out = Path(args.pred_dir), Path(args.gt_dir), Path(args.out)
-    result = evaluate_folder(pred_dir, gt_dir, protocol=args.protocol, model=pred_dir.name)
+    for name, folder in (("pred_dir", pred_dir), ("gt_dir", gt_dir)):
+        if not folder.is_dir():
+            ap.error(f"argument {name}: {folder} is not a folder")
+    try:
+        result = evaluate_folder(pred_dir, gt_dir, protocol=args.protocol, model=pred_dir.name)
+    except (ValueError, OSError) as err:  # e.g. a case without predictions
+        ap.error(" ".join(str(err).split()))
     write_report(result, out)
     summaries = followup_summaries(result)
     write_csv(out / "followups.csv", [{"metric": m, "column": c, **s._asdict()} for m, c, s in summaries])

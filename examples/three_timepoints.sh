@@ -9,7 +9,7 @@
 #         (t0_*, t1_*, t2_* images, baseline_mask, progression_t1, progression_t2; examples/README.md).
 #         To try it without data:  longiseg cohort demo3 --set num_timepoints=3 and split demo3/cohort
 #         with examples/convert_datasets.py layout demo3/cohort $DATA_ROOT/ms_inhouse_3tp.
-# Writes: $RUNS/DATASET/segmast/, $RUNS/DATASET/predictions/segmast/, $RUNS/DATASET/report/ with
+# Writes: $RUNS/DATASET/MODEL/, $RUNS/DATASET/predictions/MODEL/, $RUNS/DATASET/report/ with
 #         followups.csv and entropy.png
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -20,7 +20,8 @@ test_dir="$DATA_ROOT/$dataset/test"
 require_dir "$train_dir" "training"
 require_dir "$test_dir" "test"
 
-train_and_predict "$CONFIGS/ms_inhouse_2.5d.yaml" "$train_dir" "$test_dir" "$RUNS/$dataset/segmast" \
-    "$RUNS/$dataset/predictions/segmast" "model.name=$model"
-"$PYTHON" "$EXAMPLES_DIR/followup_table.py" "$RUNS/$dataset/predictions/segmast" "$test_dir" \
+# the model in the folder names: another MODEL gets a run of its own
+train_and_predict "$CONFIGS/ms_inhouse_2.5d.yaml" "$train_dir" "$test_dir" "$RUNS/$dataset/$model" \
+    "$RUNS/$dataset/predictions/$model" "model.name=$model"
+"$PYTHON" "$EXAMPLES_DIR/followup_table.py" "$RUNS/$dataset/predictions/$model" "$test_dir" \
     --out "$RUNS/$dataset/report"

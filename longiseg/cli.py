@@ -42,6 +42,21 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
+    def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                   ) -> argparse.Namespace:
+        """As argparse's, but arguments no parser knows are the error of the sub-command they were given to
+        (``longiseg demo: error: unrecognized arguments: --bogus (see longiseg demo --help)``)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        parsed, extras = self.parse_known_args(argv, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+            target = next((a.choices[command] for a in subs if command in a.choices), self)
+            if command in argv and set(extras) & set(argv[:argv.index(command)]):  # given before the command
+                target = self
+            target.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
@@ -53,7 +68,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     names = list_models(args.pattern or "", dim=args.dim)
     if not names:
-        print(f"no model matches {args.pattern!r}")
+        if args.dim is not None and not list_models(dim=args.dim):
+            dims = sorted({model_info(n).dim for n in list_models()})
+            print(f"no {args.dim} model is registered (--dim); dims with models: {', '.join(dims)}")
+        elif args.dim is not None:
+            print(f"no {args.dim} model matches {args.pattern!r} (--dim {args.dim}; without --dim: "
+                  f"{len(list_models(args.pattern or ''))} models)")
+        else:
+            print(f"no model matches {args.pattern!r}")
         return 1
     width = max(len(n) for n in names)
     print(f"{'model':<{width}}  {'dim':<4}  {'params':>8}  description")
@@ -277,9 +299,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             "the benchmarks are not part of the installed package; in a source checkout of longiseg run "
             "'make bench' or 'python benchmarks/bench_mixers.py --quick' (looked in "
             + ", ".join(str(d) for d in searched) + ")")
+    if args.plot:
+        _check_writable_file(args.plot, "--plot")  # before the benchmark's minutes, not after them
     cmd = [sys.executable, str(script), *(["--quick"] if args.quick else []),
-           *(["--plot", args.plot] if args.plot else [])]
+           *(["--plot", args.plot] if args.plot else []),
+           *(["--threads", str(args.threads)] if args.threads is not None else [])]  # longiseg --threads N bench
     return subprocess.call(cmd)
+
+
+def _check_writable_file(path: str, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless a file can be written at ``path`` (its folder is created)."""
+    import tempfile
+
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{name} {path} is a folder; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as err:
+        raise ValueError(f"{name} {path} cannot be written ({err.strerror or err})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -455,6 +455,10 @@ ROWS = [
     Row("demo-zero-patients", lambda ws, t: ["demo", "--output", str(t / "out"), "--num-patients", "0"],
         "num_patients"),
     Row("demo-output-is-file", lambda ws, t: ["demo", "--output", str(_file(t))], "--output"),
+    # --- bench (refused before the benchmark's minutes, not with a traceback after them)
+    Row("bench-plot-unwritable", lambda ws, t: ["bench", "--quick", "--plot", str(_file(t) / "mix.png")],
+        r"^longiseg bench: error: --plot .*mix\.png cannot be written"),
+    Row("bench-plot-is-folder", lambda ws, t: ["bench", "--quick", "--plot", str(t)], "--plot .* is a folder"),
 ]
 if not torch.cuda.is_available():
     ROWS += [
@@ -486,6 +490,18 @@ def test_command_line_rejects_bad_input(row: Row, ws: Path, tmp_path: Path,
     removed = [p for p in before if p not in after]
     assert not created, f"files created outside the output folder: {created}"
     assert not changed and not removed, (changed, removed)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["demo", "--bogus"], "longiseg demo: error: unrecognized arguments: --bogus (see longiseg demo --help)"),
+    (["models", "a", "b"], "longiseg models: error: unrecognized arguments: b (see longiseg models --help)"),
+    (["--bogus", "models"], "longiseg: error: unrecognized arguments: --bogus (see longiseg --help)"),
+])
+def test_unknown_arguments_name_the_command_they_were_given_to(argv: list[str], message: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and capsys.readouterr().err.strip() == message
 
 
 def test_usage_errors_and_debug_flag_through_a_real_process(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ machine may be loaded)."""
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ sys.path.insert(0, str(BENCHMARKS))  # what ``python benchmarks/bench_x.py`` doe
 import bench_mixers  # noqa: E402
 import bench_models  # noqa: E402
 import bench_selective_scan  # noqa: E402
+import bench_triplanar  # noqa: E402, F401 - found in sys.modules by the tests
 import longiseg_bench as lb  # noqa: E402
 
 from longiseg import cli  # noqa: E402
@@ -186,8 +189,11 @@ def test_longiseg_bench_runs_the_checkout_script(tmp_path: Path, monkeypatch: py
     (folder / "bench_mixers.py").write_text(
         f"import sys\nopen({str(argv_file)!r}, 'w').write(' '.join(sys.argv[1:]))\nraise SystemExit(3)\n")
     monkeypatch.setattr(cli, "_benchmark_folders", lambda: [tmp_path / "absent", folder])
+    monkeypatch.chdir(tmp_path)
     assert cli.main(["bench", "--quick", "--plot", "x.png"]) == 3  # the script's exit code
     assert argv_file.read_text() == "--quick --plot x.png"
+    assert cli.main(["--threads", "1", "bench", "--quick"]) == 3  # longiseg --threads reaches the benchmark
+    assert argv_file.read_text() == "--quick --threads 1"
 
 
 def test_longiseg_bench_without_a_checkout_says_where_the_benchmarks_are(
@@ -202,3 +208,68 @@ def test_longiseg_bench_without_a_checkout_says_where_the_benchmarks_are(
 
 def test_the_checkout_has_the_benchmark_longiseg_bench_runs() -> None:
     assert (cli._benchmark_folders()[0] / "bench_mixers.py").is_file()
+
+
+def _fake_scan_runs(monkeypatch: pytest.MonkeyPatch, failing: set[str]) -> None:
+    def run(method: str, seqlen: int, *args: object) -> dict:
+        return {"error": f"{method} broke"} if method in failing else {"wall": 0.01, "cpu": 0.02, "peak": 1024.0}
+
+    monkeypatch.setattr(bench_selective_scan, "_run", run)
+
+
+def test_scan_benchmark_exit_status_names_failed_measurements(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # a failed reference crashed the extrapolation with TypeError; all-failed runs exited 0
+    _fake_scan_runs(monkeypatch, {"reference"})
+    assert bench_selective_scan.main(["--quick", "--device", "cpu", "--lengths", "512",
+                                      "--methods", "chunked,reference"]) == 1
+    captured = capsys.readouterr()
+    assert "reference  error: reference broke" in captured.out
+    assert captured.err.strip().endswith("1 measurement(s) failed: reference at L=256: reference broke")
+    _fake_scan_runs(monkeypatch, {"mambapy"})  # an optional backend that is not installed: reported, not failed
+    assert bench_selective_scan.main(["--quick", "--device", "cpu", "--lengths", "64"]) == 0
+    assert "mambapy  error: mambapy broke" in capsys.readouterr().out
+    _fake_scan_runs(monkeypatch, set(bench_selective_scan.METHODS))  # nothing measured at all
+    assert bench_selective_scan.main(["--quick", "--device", "cpu", "--lengths", "64"]) == 1
+    assert "chunked at L=64: chunked broke" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("script", "args", "message"), [
+    ("bench_selective_scan", ["--lengths", "abc"], "argument --lengths: expected comma-separated ints >= 1"),
+    ("bench_selective_scan", ["--lengths", "0"], "argument --lengths: expected comma-separated ints >= 1"),
+    ("bench_selective_scan", ["--threads", "0"], "argument --threads: expected an int >= 1, got '0'"),
+    ("bench_mixers", ["--sizes", "0"], "argument --sizes: expected an int >= 1, got '0'"),
+    ("bench_mixers", ["--threads", "0"], "argument --threads: expected an int >= 1, got '0'"),
+    ("bench_triplanar", ["--repeats", "0"], "argument --repeats: expected an int >= 1, got '0'"),
+    ("bench_models", ["--patch-2d", "0"], "argument --patch-2d: expected an int >= 1, got '0'"),
+    ("bench_models", ["--threads", "x"], "argument --threads: expected an int >= 1, got 'x'"),
+])
+def test_benchmark_scripts_reject_bad_arguments(script: str, args: list[str], message: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        sys.modules[script].main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert f": error: {message}" in err.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash, timeout")
+def test_gpu_checks_records_and_reports_a_failed_step(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls"
+    # a fake interpreter: every step passes but the scan benchmark (all of its measurements failed); no mamba-ssm
+    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\necho "$*" >> "{log}"\n'
+                                    '[[ "$*" == *cuda_scan_available* ]] && exit 1\n'
+                                    '[[ "$1" == benchmarks/bench_selective_scan.py ]] && exit 1\nexit 0\n')
+    (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\necho fake gpu\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    res = subprocess.run(["bash", str(BENCHMARKS / "gpu_checks.sh"), str(tmp_path / "out")], capture_output=True,
+                         text=True, timeout=120, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": "python"})
+    summary = {line.split()[0]: line.split()[1] for line in (tmp_path / "out" / "summary.txt").read_text()
+               .splitlines()[1:]}
+    assert summary["scan_fwd_bwd"] == "1" and summary["scan_forward"] == "1" and summary["gpu"] == "0"
+    assert res.returncode == 1 and "2 step(s) failed (exit code): scan_fwd_bwd(1) scan_forward(1)" in res.stderr
+    assert "--methods triton,chunked,sdpa" in log.read_text()  # mamba-ssm only requested where installed
+    assert "models_paper_cuda" not in summary

@@ -3,6 +3,7 @@ the shell helpers pick the right config, and the Python helpers convert and summ
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import py_compile
@@ -232,3 +233,148 @@ def test_new_vs_old_ablation_variants_and_table(tmp_path: Path) -> None:
     assert "0.600 (0.141)" in lines[2] and "0.600" not in lines[3]  # mean (SD, ddof=1) of 0.5 and 0.7
     assert lines[3].startswith("| hardneg | head | 0,1 | 0.60/0.60 | ")
     assert ablation.ablation_table(tmp_path, "fixed").splitlines()[2].startswith("| hardneg | outside | 0,1 | 0.50 | ")
+
+
+def _usage_error(err: str) -> str:
+    """The one error line of argparse's usage error (after the usage lines), checked to be the only one."""
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and err.strip().endswith(errors[0]), err
+    return errors[0]
+
+
+def _fake_tools(tmp_path: Path, dataset: str = "ds", python_fails: bool = False) -> dict[str, str]:
+    """Environment running the example scripts with a fake ``longiseg`` and ``python`` that log their arguments
+    to ``tmp_path/log`` (the fake python answers model_dim from the name, or fails like one without longiseg)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "log"
+    (bin_dir / "longiseg").write_text(f'#!/usr/bin/env bash\necho "longiseg $*" >> "{log}"\n')
+    dim = ('echo "error: python cannot import longiseg" >&2; exit 1' if python_fails
+           else '[[ "$3" == *3d* ]] && echo 3D || echo 2.5D')
+    (bin_dir / "python").write_text(
+        f'#!/usr/bin/env bash\nif [[ "$1" == -c ]]; then {dim}; exit; fi\necho "python $*" >> "{log}"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    for split in ("train", "test"):
+        (tmp_path / "data" / dataset / split).mkdir(parents=True)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "DATA_ROOT": str(tmp_path / "data"), "RUNS": str(tmp_path / "runs")}
+
+
+def _run_example(script: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(EXAMPLES / script), *args], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+@pytest.mark.parametrize("script", ["compare_models.sh", "ablation_loss_strategy.sh", "ablation_patch_size.sh"])
+def test_scripts_stop_when_the_model_lookup_fails(tmp_path: Path, script: str) -> None:
+    # a failure inside $(config_for ...) stopped nothing: the script trained with the wrong config and exited 0
+    env = _fake_tools(tmp_path, "ms_inhouse", python_fails=True)
+    res = _run_example(script, env, "ms_inhouse")
+    assert res.returncode != 0
+    assert res.stderr.count("error:") == 1 and "cannot import longiseg" in res.stderr
+    assert not (tmp_path / "log").exists() or "train" not in (tmp_path / "log").read_text()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_scripts_name_runs_by_model_and_rewrite_their_reports(tmp_path: Path) -> None:
+    env = _fake_tools(tmp_path)
+    runs = tmp_path / "runs" / "ds"
+    for script, extra in (("ablation_loss_strategy.sh", {}), ("ablation_patch_size.sh", {"SIZES": "64 128 96"}),
+                          ("three_timepoints.sh", {"MODEL": "segformer_ms"})):
+        res = _run_example(script, {**env, **extra}, "ds")
+        assert res.returncode == 0, res.stderr
+    log = (tmp_path / "log").read_text().splitlines()
+    evaluates = [line for line in log if line.startswith("longiseg evaluate")]
+    assert len(evaluates) == 2 and all(line.endswith("--overwrite") for line in evaluates)
+    loss = [f"{runs}/predictions/segmast_ms_loss_{s}" for s in ("partial", "whole", "none")]
+    assert evaluates[0].split()[2:5] == loss
+    patch = [f"{runs}/predictions/segmast_ms_patch_{s}" for s in (128, 96, 64)]  # largest first: the reference
+    assert evaluates[1].split()[2:5] == patch
+    assert f"--output {runs}/segformer_ms " in next(line for line in log if "train" in line and "segformer" in line)
+    assert any(line.startswith(f"python {EXAMPLES}/followup_table.py {runs}/predictions/segformer_ms ")
+               for line in log)
+    res = _run_example("ablation_patch_size.sh", {**env, "SIZES": "64 0"}, "ds")
+    assert res.returncode == 2 and "SIZES must be positive whole numbers" in res.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_compare_models_rerun_with_extra_predictions(tmp_path: Path) -> None:
+    env = _fake_tools(tmp_path, "msseg2")
+    res = _run_example("compare_models.sh", {**env, "MODELS": "segmast_ms dynunet_3d_ms",
+                                             "EXTRA_PREDICTIONS": "nnunet_preds"}, "msseg2")
+    assert res.returncode == 0, res.stderr
+    evaluate = (tmp_path / "log").read_text().splitlines()[-1].split()
+    runs = tmp_path / "runs" / "msseg2"
+    assert evaluate[2:] == [f"{runs}/predictions/segmast_ms", f"{runs}/predictions/dynunet_3d_ms", "nnunet_preds",
+                            f"{tmp_path}/data/msseg2/test", "--out", f"{runs}/report", "--overwrite"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--jobs", "0"], "argument --jobs: must be >= 1"),
+    (["--epochs", "0"], "argument --epochs"),
+    (["--num-patients", "4"], "argument --num-patients/--num-test: num_patients must be an int >= 6"),
+    (["--num-patients", "8", "--num-test", "6"], "num_test must be in"),
+    (["--cohort-set", "bogus=1"], "argument --cohort-set: Unknown config key 'bogus'"),
+    (["--seeds", "-1"], "seeds must be >= 0"),
+])
+def test_new_vs_old_ablation_refuses_bad_arguments_before_writing(tmp_path: Path, capsys, args, message) -> None:
+    ablation = _load_module("ablation_new_vs_old")
+    with pytest.raises(SystemExit) as exc:
+        ablation.main([str(tmp_path / "out"), *args])
+    assert exc.value.code == 2
+    assert message in _usage_error(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_new_vs_old_ablation_refuses_other_settings_on_rerun(tmp_path: Path, capsys) -> None:
+    # a rerun with other settings printed the old results and exited 0
+    ablation = _load_module("ablation_new_vs_old")
+    out = tmp_path / "out"
+    out.mkdir()
+    defaults = ablation.settings_of(argparse.Namespace(num_patients=32, num_test=10, cohort_seed=0, cohort_set=[],
+                                                       register=False, epochs=4, steps=8))
+    (out / ablation.SETTINGS_FILE).write_text(json.dumps(defaults))
+    assert ablation.settings_conflict(out, defaults) is None
+    for args, named in ((["--epochs", "5", "--steps", "8"], "--epochs 4 -> 5"),
+                        (["--epochs", "4", "--steps", "8", "--num-patients", "20"], "--num-patients 32 -> 20"),
+                        (["--epochs", "4", "--steps", "9"], "--steps 8 -> 9")):
+        with pytest.raises(SystemExit) as exc:
+            ablation.main([str(out), *args])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and named in err and "start afresh" in err
+    assert json.loads((out / ablation.SETTINGS_FILE).read_text()) == defaults  # left as it was
+    legacy = tmp_path / "legacy"  # made before settings.json: the settings are unknown
+    (legacy / "test").mkdir(parents=True)
+    assert "no settings.json" in ablation.settings_conflict(legacy, defaults)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["layout", "{tmp}/missing", "{tmp}/out"], "SOURCE .*missing is not a folder"),
+    (["layout", "{tmp}/src", "{tmp}/out", "--test-fraction", "1.5"], "argument --test-fraction: must lie in"),
+    (["layout", "{tmp}/src", "{tmp}/out", "--test-ids", "nope"], r"\['nope'\] not found"),
+    (["layout", "{tmp}/src", "{tmp}/out", "--max-cases", "0"], "argument --max-cases: must be >= 1"),
+    (["layout", "{tmp}/src", "{tmp}/src2"], "already exists and is not empty; pass --overwrite"),
+])
+def test_convert_refuses_bad_arguments_in_one_line(tmp_path: Path, capsys, args, message) -> None:
+    convert = _load_module("convert_datasets")
+    _tiny_cohort(tmp_path / "src", n=4)
+    (tmp_path / "src2").mkdir()
+    (tmp_path / "src2" / "keep.txt").write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        convert.main([a.format(tmp=tmp_path) for a in args])
+    assert exc.value.code == 2 and re.search(message, _usage_error(capsys.readouterr().err))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["{tmp}", "{tmp}", "--out", "{tmp}/r", "--protocol", "foo"], "argument --protocol: invalid choice: 'foo'"),
+    (["{tmp}/nope", "{tmp}", "--out", "{tmp}/r"], "argument pred_dir: .*nope is not a folder"),
+    (["{tmp}", "{tmp}/nope", "--out", "{tmp}/r"], "argument gt_dir: .*nope is not a folder"),
+])
+def test_followup_table_refuses_bad_arguments_in_one_line(tmp_path: Path, capsys, args, message) -> None:
+    followup = _load_module("followup_table")
+    with pytest.raises(SystemExit) as exc:
+        followup.main([a.format(tmp=tmp_path) for a in args])
+    assert exc.value.code == 2 and re.search(message, _usage_error(capsys.readouterr().err))

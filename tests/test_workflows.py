@@ -121,6 +121,13 @@ def test_models_command_lists_the_registry(capsys: pytest.CaptureFixture[str]) -
     assert "segmast_ms" in out and "9.32M" in out and "2.5D" in out
 
 
+def test_models_command_names_the_dim_filter_when_nothing_matches(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--dim", "2D", "--no-params"]) == 1
+    assert capsys.readouterr().out.strip() == "no 2D model is registered (--dim); dims with models: 2.5D, 3D"
+    assert main(["models", "segformer*", "--dim", "3D", "--no-params"]) == 1
+    assert "no 3D model matches 'segformer*' (--dim 3D" in capsys.readouterr().out
+
+
 def test_clear_errors_for_missing_data_unknown_model_and_bad_key(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--data", str(tmp_path / "nope"), "--set", "trainer.max_epochs=1"]) == 2
@@ -452,3 +459,26 @@ def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.
     monkeypatch.setattr(tune_module, "select_threshold", recording)
     tune_module.run_tuning(run, checkpoint="last.pt", device="cpu", progress=False)
     assert seen == [InferenceConfig().min_lesion_mm3]
+
+
+def test_documented_cohort_command_lines_parse() -> None:
+    # docs/reproducing.md documented `longiseg cohort demo3 --timepoints 3`, which does not exist
+    import re
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [(root / f).read_text() for f in ("docs/reproducing.md", "examples/README.md", "examples/three_timepoints.sh")]
+    commands = {m.group(1).split("#")[0].strip() for t in texts for m in re.finditer(r"(longiseg cohort [^`\n]*)", t)}
+    assert any("num_timepoints=3" in c for c in commands)
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # an unknown option exits with a usage error
+        assert args.command == "cohort", command
+    # an option quoted on its own in the guide is one of longiseg's or of an example script
+    known = {o for a in parser._actions for sub in getattr(a, "choices", None) or {} if isinstance(sub, str)
+             for b in a.choices[sub]._actions for o in b.option_strings} | {o for a in parser._actions
+                                                                            for o in a.option_strings}
+    sources = "".join(p.read_text() for p in (root / "examples").glob("*.[ps][yh]"))
+    quoted = set(re.findall(r"`(--[a-z][a-z-]*)", (root / "docs/reproducing.md").read_text()))
+    unknown = sorted(o for o in quoted if o not in known and f'"{o}"' not in sources)
+    assert not unknown, f"docs/reproducing.md quotes options that do not exist: {unknown}"

@@ -1,0 +1,51 @@
+"""argparse types of the benchmark scripts: a bad value is a one-line usage error naming the option
+(``bench_x.py: error: argument --sizes: expected an int >= 1, got '0'``), not a traceback later."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+__all__ = ["positive_int", "nonnegative_int", "positive_float", "int_list"]
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+#: An int >= 1 (sizes, repeats, threads).
+positive_int = _int_at_least(1)
+#: An int >= 0 (seeds; 0 = off).
+nonnegative_int = _int_at_least(0)
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0 (seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated ints >= 1, e.g. ``1024,4096``."""
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints >= 1, got {text!r}")
+    try:
+        return tuple(positive_int(t) for t in items)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints >= 1, got {text!r}") from None
