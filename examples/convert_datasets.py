@@ -300,20 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not 0 <= args.test_fraction < 1:
-        parser.error(f"argument --test-fraction: must lie in [0, 1), got {args.test_fraction}")
-    if args.max_cases is not None and args.max_cases < 1:
-        parser.error(f"argument --max-cases: must be >= 1, got {args.max_cases}")
-    try:
-        return _convert(args)
-    except (ValueError, OSError) as err:  # what was given is wrong (a missing SOURCE, an unknown id, OUT exists)
-        parser.error(" ".join(str(err).split()))
-
-
-def _convert(args: argparse.Namespace) -> int:
+    """Convert as the command line says; what was given wrong (a missing SOURCE, an unknown id, an existing OUT,
+    ``--test-fraction`` outside ``[0, 1)``) raises ``ValueError``/``OSError`` naming the option."""
+    args = build_parser().parse_args(argv)
     out = Path(args.out)
     if not Path(args.source).is_dir():
         raise FileNotFoundError(f"SOURCE {args.source} is not a folder")
@@ -332,5 +321,13 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python examples/convert_datasets.py ...``: :func:`main` with its errors as one usage line (exit 2)."""
+    try:
+        return main(argv)
+    except (ValueError, OSError) as err:
+        build_parser().error(" ".join(str(err).split()))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

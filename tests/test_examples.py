@@ -352,9 +352,9 @@ def test_new_vs_old_ablation_refuses_other_settings_on_rerun(tmp_path: Path, cap
 
 @pytest.mark.parametrize(("args", "message"), [
     (["layout", "{tmp}/missing", "{tmp}/out"], "SOURCE .*missing is not a folder"),
-    (["layout", "{tmp}/src", "{tmp}/out", "--test-fraction", "1.5"], "argument --test-fraction: must lie in"),
+    (["layout", "{tmp}/src", "{tmp}/out", "--test-fraction", "1.5"], r"test_fraction \(--test-fraction\) must be in"),
     (["layout", "{tmp}/src", "{tmp}/out", "--test-ids", "nope"], r"\['nope'\] not found"),
-    (["layout", "{tmp}/src", "{tmp}/out", "--max-cases", "0"], "argument --max-cases: must be >= 1"),
+    (["layout", "{tmp}/src", "{tmp}/out", "--max-cases", "0"], r"max_cases \(--max-cases\) must be an integer >= 1"),
     (["layout", "{tmp}/src", "{tmp}/src2"], "already exists and is not empty; pass --overwrite"),
 ])
 def test_convert_refuses_bad_arguments_in_one_line(tmp_path: Path, capsys, args, message) -> None:
@@ -363,7 +363,7 @@ def test_convert_refuses_bad_arguments_in_one_line(tmp_path: Path, capsys, args,
     (tmp_path / "src2").mkdir()
     (tmp_path / "src2" / "keep.txt").write_text("x")
     with pytest.raises(SystemExit) as exc:
-        convert.main([a.format(tmp=tmp_path) for a in args])
+        convert.cli([a.format(tmp=tmp_path) for a in args])  # the script's entry: main's errors as one line
     assert exc.value.code == 2 and re.search(message, _usage_error(capsys.readouterr().err))
     assert not (tmp_path / "out").exists()
 
