@@ -51,6 +51,7 @@ from longiseg.data import (
     write_manifest,
 )
 from longiseg.data.layout import MANIFEST_JSON
+from longiseg.data.loading import modality_mismatches
 from longiseg.data.split import split_by_patient
 from longiseg.utils.io import atomic_directory, check_output_folder, check_separate_folders
 
@@ -185,12 +186,8 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
 def _validate(sources: Sequence[CaseSource]) -> None:
     """Check every case (files, grids, values, label maps) and raise one error listing all."""
     problems = validate_cases(sources)
-    modalities = tuple(sources[0].modalities)
-    for s in sources:
-        if tuple(s.modalities) != modalities:
-            problems.setdefault(s.case_id, []).append(
-                f"ValueError: case {s.case_id!r} has modalities {list(s.modalities)} but case "
-                f"{sources[0].case_id!r} has {list(modalities)}; all cases of a cohort need the same channels")
+    for cid, message in modality_mismatches(sources)[2].items():  # one cohort, one channel order
+        problems.setdefault(cid, []).append(f"ValueError: {message}")
     if problems:
         lines = "\n".join(f"  {cid}: {msg}" for cid, msgs in problems.items() for msg in msgs)
         raise ValueError(f"{len(problems)} of {len(sources)} cases are invalid; nothing was written. Fix or "
