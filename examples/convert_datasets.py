@@ -228,8 +228,7 @@ def convert(sources: Sequence[CaseSource], out: Path, *, test_fraction: float = 
     if out.exists() and not os.access(out.absolute().parent, os.W_OK | os.X_OK):
         raise PermissionError(f"OUT {out}: its folder {out.absolute().parent} is not writable, but OUT is built "
                               "beside itself and renamed into place")
-    for name, folder in _case_folders(sources).items():
-        check_separate_folders(out, "OUT", {name: folder})
+    check_separate_folders(out, "OUT", _case_folders(sources))
     _check_replaceable(out, overwrite)
     _check_seed(seed)
     if test_ids is None:

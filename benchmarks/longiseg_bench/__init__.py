@@ -11,7 +11,7 @@ import ``longiseg_bench`` like any package. One concept per module:
 * :mod:`longiseg_bench.arguments`: argparse types (positive ints, lists of them) for one-line usage errors.
 """
 
-from longiseg_bench.arguments import int_list, nonnegative_int, positive_float, positive_int
+from longiseg_bench.arguments import int_list, nonnegative_int, positive_int
 from longiseg_bench.environment import environment_info, format_header, print_header
 from longiseg_bench.flops import matrix_product_flops
 from longiseg_bench.memory import enable_cpu_memory_tracking, peak_memory
@@ -21,7 +21,6 @@ from longiseg_bench.timing import time_interleaved
 __all__ = [
     "int_list",
     "nonnegative_int",
-    "positive_float",
     "positive_int",
     "environment_info",
     "format_header",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["positive_int", "nonnegative_int", "positive_float", "int_list"]
+__all__ = ["positive_int", "nonnegative_int", "int_list"]
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -27,17 +27,6 @@ def _int_at_least(low: int) -> Callable[[str], int]:
 positive_int = _int_at_least(1)
 #: An int >= 0 (seeds; 0 = off).
 nonnegative_int = _int_at_least(0)
-
-
-def positive_float(text: str) -> float:
-    """A finite float > 0 (seconds)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
 
 
 def int_list(text: str) -> tuple[int, ...]:

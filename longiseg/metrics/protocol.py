@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from longiseg.data.lesions import check_connectivity, default_connectivity
+from longiseg.data.lesions import check_connectivity
 from longiseg.metrics.lesion import MATCHING_RULES
 from longiseg.utils.config import ConfigBase, ConfigError
 
@@ -71,12 +71,8 @@ class EvaluationProtocol(ConfigBase):
         Raises:
             ValueError: a 2D value (4, 8) for 3D masks.
         """
-        conn = self.connectivity
-        if conn is None:
-            return default_connectivity(ndim)
-        if ndim == 2 and conn in _FROM_3D:
-            return _FROM_3D[conn]
-        return check_connectivity(conn, ndim)
+        conn = _FROM_3D.get(self.connectivity, self.connectivity) if ndim == 2 else self.connectivity
+        return check_connectivity(conn, ndim)  # None: the full connectivity
 
 
 PROTOCOLS: dict[str, EvaluationProtocol] = {

@@ -21,7 +21,7 @@ from torch import nn
 
 from longiseg.ssm.causal_conv import causal_conv1d_silu_reference
 from longiseg.ssm.cuda import load_causal_conv1d
-from longiseg.ssm.selective_scan import BACKENDS, log_backend, resolve_backend, selective_scan
+from longiseg.ssm.selective_scan import check_backend, log_backend, resolve_backend, selective_scan
 from longiseg.utils.validation import check_bool, check_positive_float, check_positive_int
 
 __all__ = ["Mamba"]
@@ -92,8 +92,7 @@ class Mamba(nn.Module):
         if isinstance(dt_init_floor, bool) or not isinstance(dt_init_floor, (int, float)) or not (
                 0 <= dt_init_floor < math.inf):
             raise ValueError(f"dt_init_floor must be a finite number >= 0, got {dt_init_floor!r}")
-        if backend is not None and backend not in BACKENDS:
-            raise ValueError(f"backend must be None or one of {BACKENDS}, got {backend!r}")
+        check_backend("backend", backend)
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model
         self.d_state = d_state

@@ -9,11 +9,22 @@ import torch
 
 from longiseg.utils.logging import get_logger, log_once
 
-__all__ = ["selective_scan", "resolve_backend", "log_backend", "BACKENDS", "ENV_VAR"]
+__all__ = ["selective_scan", "resolve_backend", "log_backend", "check_backend", "BACKENDS", "ENV_VAR"]
 
 ENV_VAR = "LONGISEG_SCAN_BACKEND"
 BACKENDS = ("auto", "reference", "chunked", "numba", "triton", "cuda")
 _LOGGER = get_logger("longiseg.ssm")
+
+
+def check_backend(name: str, backend: object) -> str | None:
+    """Return ``backend`` if it is ``None`` (resolved at run time) or one of :data:`BACKENDS`.
+
+    Raises:
+        ValueError: naming ``name`` and the valid backends otherwise.
+    """
+    if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):
+        raise ValueError(f"{name} must be None or one of {BACKENDS}, got {backend!r}")
+    return backend
 
 
 def _backend_fn(name: str) -> Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:

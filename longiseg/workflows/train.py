@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
-from longiseg.data.loading import check_same_modalities, find_cases, format_case_ids
+from longiseg.data.loading import find_cases, format_case_ids
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler
 from longiseg.data.split import split_by_patient
@@ -193,10 +193,10 @@ def _count(n: int, noun: str) -> str:
 
 
 def _check_cases_fit_together(train_cases: Sequence, val_cases: Sequence) -> None:
-    """Refuse training and validation cases that batches cannot stack: other modalities (names or channel order)
-    or another number of timepoints than the others, naming the cases."""
+    """Refuse training and validation cases that batches cannot stack: another number of timepoints than the
+    others, naming the cases. (Their modalities agree already: ``find_cases`` refuses a cohort whose cases
+    differ, and the validation cases are read in the training cases' channel order.)"""
     cases = [*train_cases, *val_cases]
-    check_same_modalities(cases)
     by_t: dict[int, list[str]] = {}
     for c in cases:
         by_t.setdefault(c.num_timepoints, []).append(c.case_id)

@@ -143,8 +143,7 @@ class MaSTMixer(nn.Module):
         mamba_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        dim = check_positive_int("dim", dim)  # numpy integers become ints, as Mamba takes them
-        d_state, d_conv = check_positive_int("d_state", d_state), check_positive_int("d_conv", d_conv)
+        dim = check_positive_int("dim", dim)  # numpy integers become ints (Mamba checks d_state and d_conv)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.dim = dim

@@ -191,12 +191,6 @@ class LongiUNetDW(nn.Module):
         Inputs are checked by :func:`~longiseg.networks.inputs.check_model_input`.
     """
 
-    @property
-    def spatial_size_rule(self) -> SpatialSizeRule:
-        """Sizes divisible by the encoder's downsampling; its ConvStages instance-normalise the bottleneck,
-        which must keep at least 2 voxels."""
-        return SpatialSizeRule.of(self.spatial_dims, self.encoder.divisor, instance_norm_bottleneck=True)
-
     def __init__(
         self,
         in_channels: int,
@@ -214,6 +208,9 @@ class LongiUNetDW(nn.Module):
         self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
         self.prior = prior
         self.encoder = UNetEncoder(self.in_channels, features, self.spatial_dims)
+        # sizes divisible by the encoder's downsampling; its ConvStages instance-normalise the bottleneck
+        self.spatial_size_rule = SpatialSizeRule.of(self.spatial_dims, self.encoder.divisor,
+                                                    instance_norm_bottleneck=True)
         feats = self.encoder.features
         self.dw_baseline = nn.ModuleList(DifferenceWeighting(f, spatial_dims) for f in feats)
         self.dw_followup = nn.ModuleList(DifferenceWeighting(f, spatial_dims) for f in feats)
@@ -260,12 +257,6 @@ class LongiUNetConcat(nn.Module):
         ValueError: at forward, if the input has a different number of timepoints than ``num_timepoints``.
     """
 
-    @property
-    def spatial_size_rule(self) -> SpatialSizeRule:
-        """Sizes divisible by the encoder's downsampling; its ConvStages instance-normalise the bottleneck,
-        which must keep at least 2 voxels."""
-        return SpatialSizeRule.of(self.spatial_dims, self.encoder.divisor, instance_norm_bottleneck=True)
-
     def __init__(
         self,
         in_channels: int,
@@ -280,6 +271,9 @@ class LongiUNetConcat(nn.Module):
         self.num_timepoints = check_timepoints("num_timepoints", num_timepoints)
         self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
         self.encoder = UNetEncoder(self.in_channels * self.num_timepoints, features, spatial_dims)
+        # sizes divisible by the encoder's downsampling; its ConvStages instance-normalise the bottleneck
+        self.spatial_size_rule = SpatialSizeRule.of(self.spatial_dims, self.encoder.divisor,
+                                                    instance_norm_bottleneck=True)
         self.decoder = UNetDecoder(self.encoder.features, spatial_dims)
         self.heads = FusedDualHead(
             self.encoder.features[0], num_timepoints=self.num_timepoints, out_channels=self.out_channels,

@@ -31,7 +31,8 @@ from longiseg.networks.blocks.mlp_decoder import AllMLPDecoder
 from longiseg.networks.blocks.segformer_like import LongitudinalSegFormerLike, init_segformer_weights
 from longiseg.networks.blocks.st_block import STBlock
 from longiseg.registry import register_model
-from longiseg.ssm import BACKENDS, Mamba
+from longiseg.ssm import Mamba
+from longiseg.ssm.selective_scan import check_backend
 from longiseg.utils.config import ConfigBase
 from longiseg.utils.validation import (
     check_int_sequence,
@@ -49,17 +50,6 @@ __all__ = [
     "segmast_glioma",
     "segmast_ms",
 ]
-
-
-def _check_scan_backend(name: str, backend: object) -> str | None:
-    """Return ``backend`` if it is ``None`` or a selective-scan backend of :data:`longiseg.ssm.BACKENDS`.
-
-    Raises:
-        ValueError: naming ``name`` and the valid backends otherwise.
-    """
-    if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):
-        raise ValueError(f"{name} must be None or one of {BACKENDS}, got {backend!r}")
-    return backend
 
 
 @dataclass(frozen=True)
@@ -124,7 +114,7 @@ class SegMaSTConfig(ConfigBase):
         check_positive_float("mlp_ratio", self.mlp_ratio)
         check_probability("decoder_dropout", self.decoder_dropout)
         check_probability("drop_path_rate", self.drop_path_rate)
-        _check_scan_backend("mamba_backend", self.mamba_backend)
+        check_backend("mamba_backend", self.mamba_backend)
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if not self.shared_progression_head and self.num_timepoints is None:
