@@ -241,9 +241,11 @@ def evaluate_longitudinal_case(
     for i, (pp, gp) in enumerate(zip(pred_progression, gt_progression), start=1):
         kind = followup_kind(gp, spacing, prot)
         m, d = evaluate_mask_pair(pp, gp, spacing, prot, kind=kind)
-        conn = prot.connectivity_for(as_mask("gt_progression", gp).ndim)
+        conn = prot.connectivity_for(np.ndim(gp))  # gp was checked by followup_kind
         persisting = persisting_lesions(pp, gt_baseline, gp, spacing, min_volume_mm3=prot.min_lesion_volume_mm3,
                                         connectivity=conn)
+        # predicted activity as the protocol sees it (_active), read from the mask pair's metrics
+        predicted = m["n_pred_lesions"] > 0 if prot.filter_voxel_metrics else m["pred_volume_mm3"] > 0
         rows.append(
             {
                 "case_id": case_id,
@@ -251,7 +253,7 @@ def evaluate_longitudinal_case(
                 "target": f"progression_t{i}",
                 "timepoint": i,
                 "kind": kind,
-                "daa_correct": _active(pp, "pred_progression", spacing, prot) == (kind == "P"),
+                "daa_correct": predicted == (kind == "P"),
                 **m,
                 "persisting_lesions": persisting.num_persisting,
                 "persisting_flagged": persisting.num_flagged,

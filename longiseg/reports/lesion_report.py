@@ -79,10 +79,13 @@ def _crop_slice(vol: np.ndarray, axis: int, centre: Sequence[int], half: Sequenc
     return np.pad(vol[tuple(idx)], pads)
 
 
-def _view(vol: np.ndarray, axis: int, centre: Sequence[int], half: Sequence[int], affine: np.ndarray) -> np.ndarray:
+def _view(vol: np.ndarray, axis: int, centre: Sequence[int], half: Sequence[int], affine: np.ndarray
+          ) -> tuple[np.ndarray, float]:
     """:func:`_crop_slice` in one anatomical orientation whatever the storage order, ready for
-    ``imshow(..., origin="lower")`` (see :func:`~longiseg.data.case.display_slice`)."""
-    return display_slice(_crop_slice(vol, axis, centre, half), affine, axis)[0].T
+    ``imshow(..., origin="lower", aspect=aspect)``: ``(image, aspect)`` (see
+    :func:`~longiseg.data.case.display_slice`)."""
+    img, aspect = display_slice(_crop_slice(vol, axis, centre, half), affine, axis)
+    return img.T, aspect
 
 
 def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, earlier: np.ndarray,
@@ -112,16 +115,15 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
     fig, grid = plt.subplots(2, 3, figsize=(6.0, 4.2), facecolor="black")
     for col, plane in enumerate(PLANES):
         ax_n = axes_of[plane]
-
-        aspect = display_slice(_crop_slice(before, ax_n, c, half), affine, ax_n)[1]
-        for row, img in enumerate((before, after)):
+        scans = [_view(img, ax_n, c, half, affine) for img in (before, after)]
+        e = _view(earlier, ax_n, c, half, affine)[0].astype(np.float32)  # the outlines: the same on both rows
+        n = _view(new_tissue, ax_n, c, half, affine)[0].astype(np.float32)
+        for row, (img, aspect) in enumerate(scans):
             ax = grid[row, col]
-            ax.imshow(_view(img, ax_n, c, half, affine), cmap="gray", vmin=windows[row][0], vmax=windows[row][1],
+            ax.imshow(img, cmap="gray", vmin=windows[row][0], vmax=windows[row][1],
                       origin="lower", aspect=aspect, interpolation="nearest")
-            e = _view(earlier.astype(np.float32), ax_n, c, half, affine)
             if e.any():
                 ax.contour(e, levels=[0.5], colors="#00e060", linewidths=0.8)
-            n = _view(new_tissue.astype(np.float32), ax_n, c, half, affine)
             if row == 1 and n.any():
                 ax.contour(n, levels=[0.5], colors="#ff3030", linewidths=1.0)
             ax.set_xticks([])
