@@ -67,6 +67,24 @@ def test_round_trip_restores_everything(tmp_path) -> None:
     assert ckpt["history"] == [{"epoch": 1}] and ckpt["extra"] == {"note": "x"}
 
 
+def test_a_checkpoint_read_once_loads_without_reading_the_file_again(tmp_path) -> None:
+    model, opt, sched = _trained_objects()
+    path = save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=opt, scheduler=sched, epoch=1, global_step=2)
+    ckpt = load_checkpoint(path)  # read only, as longiseg train does for its checks
+    path.unlink()  # the states come from the dict: the file is not needed any more
+    model2 = TinyLongiNet()
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
+    again = load_checkpoint(path, model=model2, optimizer=opt2, checkpoint=ckpt)
+    assert again is ckpt
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], opt2.state_dict()["state"][0]["exp_avg"])
+    with pytest.raises(ValueError, match="not a longiseg checkpoint"):
+        load_checkpoint(path, model=model2, checkpoint={"model": {}})
+    with pytest.raises(TypeError, match="checkpoint must be the dict"):
+        load_checkpoint(path, model=model2, checkpoint=[ckpt])
+
+
 def test_ddp_prefix_is_stripped(tmp_path) -> None:
     model = TinyLongiNet()
     wrapped = torch.nn.DataParallel(model)

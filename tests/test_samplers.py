@@ -119,12 +119,25 @@ def test_resume_from_state_dict_mid_epoch():
 def test_state_dict_rejects_other_layout():
     labels = _labels(10, 30)
     state = BalancedBatchSampler(labels, batch_size=4).state_dict()
-    with pytest.raises(ValueError, match="batch_size=4 but this sampler has 8"):
+    with pytest.raises(ValueError, match=r"batch_size=4 \(now 8\)"):
         BalancedBatchSampler(labels, batch_size=8, num_batches=10).load_state_dict(state)
     with pytest.raises(ValueError, match="missing keys"):
         BalancedBatchSampler(labels, batch_size=4).load_state_dict({"epoch": 0})
     with pytest.raises(ValueError, match="num_consumed"):
         BalancedBatchSampler(labels, batch_size=4).state_dict(num_consumed=99)
+
+
+def test_layout_changes_name_the_settings_and_leave_out_what_follows_from_them():
+    labels = _labels(10, 30)
+    state = BalancedBatchSampler(labels, batch_size=4).state_dict()
+    assert BalancedBatchSampler(labels, batch_size=4).layout_changes(state) == {}
+    # the batch size changes num_batches and num_positive too: only the setting itself is named
+    assert BalancedBatchSampler(labels, batch_size=8).layout_changes(state) == {"batch_size": (4, 8)}
+    # a derived setting alone is named
+    changed = BalancedBatchSampler(labels, batch_size=4, num_batches=3).layout_changes(state)
+    assert set(changed) == {"num_batches"} and changed["num_batches"][1] == 3
+    with pytest.raises(TypeError, match="state must be a dict"):
+        BalancedBatchSampler(labels, batch_size=4).layout_changes([1])
 
 
 def test_distinct_repeats_name_each_reuse_of_an_index_by_a_virtual_index():
@@ -149,7 +162,7 @@ def test_distinct_repeats_name_each_reuse_of_an_index_by_a_virtual_index():
     again = BalancedBatchSampler(labels, batch_size=10, seed=0, distinct_repeats=True)
     again.load_state_dict(state)
     assert list(again) == distinct.epoch_batches(2)[1:]
-    with pytest.raises(ValueError, match="distinct_repeats=True but this sampler has False"):
+    with pytest.raises(ValueError, match=r"distinct_repeats=True \(now False\)"):
         BalancedBatchSampler(labels, batch_size=10, seed=0).load_state_dict(state)
 
 

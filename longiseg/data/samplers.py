@@ -244,6 +244,26 @@ class BalancedBatchSampler(Sampler[list[int]]):
             "distinct_repeats": self.distinct_repeats,
         }
 
+    def layout_changes(self, state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The batch-layout settings (:attr:`LAYOUT_KEYS`) in which ``state`` differs from this sampler.
+
+        ``num_batches`` and ``num_positive`` follow from ``batch_size``, ``num_cases`` and ``num_replicas``: they
+        are named only when none of those differs.
+
+        Args:
+            state: a :meth:`state_dict` (keys it lacks are not compared).
+
+        Returns:
+            ``{key: (value in state, value now)}``, in the order of :attr:`LAYOUT_KEYS`; empty when the layouts agree.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        changes = {k: (state[k], getattr(self, k)) for k in self.LAYOUT_KEYS
+                   if k in state and state[k] != getattr(self, k)}
+        if {"batch_size", "num_cases", "num_replicas"} & set(changes):
+            changes = {k: v for k, v in changes.items() if k not in ("num_batches", "num_positive")}
+        return changes
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; the next iteration continues with batch ``position`` of ``epoch``.
 
@@ -256,13 +276,13 @@ class BalancedBatchSampler(Sampler[list[int]]):
         missing = {"epoch", "seed", "position"} - set(state)
         if missing:
             raise ValueError(f"sampler state is missing keys {sorted(missing)}")
-        for key in self.LAYOUT_KEYS:
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(
-                    f"sampler state was saved with {key}={state[key]} but this sampler has {getattr(self, key)}: "
-                    "resume with the batch size, number of samples per epoch (labels), positive fraction and "
-                    "number of processes it was saved with"
-                )
+        changes = self.layout_changes(state)
+        if changes:
+            saved = ", ".join(f"{key}={then} (now {now})" for key, (then, now) in changes.items())
+            raise ValueError(
+                f"sampler state was saved with {saved}: resume with the batch size, number of samples per "
+                "epoch (labels), positive fraction and number of processes it was saved with"
+            )
         position = _int_arg("position", state["position"], 0)
         if position > self.num_batches:
             raise ValueError(f"position must be <= num_batches={self.num_batches}, got {position}")

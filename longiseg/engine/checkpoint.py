@@ -233,6 +233,11 @@ def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
         reason = " ".join(str(err).split())[:200]
         raise ValueError(f"{path} is not a readable checkpoint (truncated, corrupt or not written by "
                          f"torch.save): {reason}") from err
+    return _checked(ckpt, path)
+
+
+def _checked(ckpt: Any, path: Path) -> dict[str, Any]:
+    """``ckpt`` if it is a checkpoint this version reads."""
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED_KEYS):
         raise ValueError(f"{path} is not a longiseg checkpoint (expected a dict with keys {_REQUIRED_KEYS})")
     if ckpt["format_version"] > CHECKPOINT_FORMAT_VERSION:
@@ -254,6 +259,7 @@ def load_checkpoint(
     map_location: Any = "cpu",
     strict: bool = True,
     weights_only: bool = True,
+    checkpoint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Read a checkpoint and load its states into the objects given.
 
@@ -269,6 +275,8 @@ def load_checkpoint(
         map_location: passed to :func:`torch.load`.
         strict: passed to ``model.load_state_dict``.
         weights_only: passed to :func:`torch.load` (checkpoints of this module load with ``True``).
+        checkpoint: the dict an earlier call returned for ``path``: its states are loaded without reading the
+            file again (``path`` then only names it in messages).
 
     Returns:
         The checkpoint dict.
@@ -276,8 +284,14 @@ def load_checkpoint(
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: if the file is not a longiseg checkpoint or is newer than supported.
+        TypeError: if ``checkpoint`` is not a dict.
     """
-    ckpt = _read(Path(path), map_location, weights_only)
+    if checkpoint is None:
+        ckpt = _read(Path(path), map_location, weights_only)
+    elif isinstance(checkpoint, dict):
+        ckpt = _checked(checkpoint, Path(path))
+    else:
+        raise TypeError(f"checkpoint must be the dict load_checkpoint returned, got {type(checkpoint).__name__}")
     if model is not None:
         load_model_weights(unwrap_model(model), ckpt["model"], source=str(path), strict=strict)
     if optimizer is not None and ckpt.get("optimizer") is not None:

@@ -721,9 +721,12 @@ class Trainer:
         """Write the full training state to ``path`` atomically (call it on rank 0 only under DDP)."""
         return save_checkpoint(path, **self._checkpoint_kwargs())
 
-    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+    def load_checkpoint(self, path: str | Path, *, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
         """Restore the full training state from ``path`` (weights, optimizer state, scheduler position, scaler,
         sampler, RNG, counters and history).
+
+        ``checkpoint``, the dict :func:`~longiseg.engine.checkpoint.load_checkpoint` returned for ``path``, is
+        restored without reading the file again.
 
         The optimizer keeps its moments and step counts, but its hyper-parameters (``lr``, ``weight_decay``,
         ``betas``, ``eps``) and the LR schedule (peak ``lr``, ``min_lr``, warm-up and total lengths) follow the
@@ -739,7 +742,7 @@ class Trainer:
         fresh_base_lrs = list(self.scheduler.base_lrs)
         ckpt = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                grad_scaler=self.grad_scaler, sampler=self.stateful_sampler, loss_fn=self.loss_fn,
-                               restore_rng=True, map_location=self.device)
+                               restore_rng=True, map_location=self.device, checkpoint=checkpoint)
         for fn, state in zip(self.scheduler.lr_lambdas, fresh):
             fn.__dict__.update(state)
         # optimizer/scheduler.load_state_dict bring back the checkpoint's hyper-parameters: the current config's

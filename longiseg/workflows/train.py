@@ -262,12 +262,9 @@ def _check_resumed_sampler(last: Path, saved: dict | None, sampler: BalancedBatc
     """Refuse, naming the settings, to resume with another batch layout than the checkpoint's sampler state."""
     if not isinstance(saved, dict):
         return
-    now = sampler.state_dict()
-    differ = [k for k in BalancedBatchSampler.LAYOUT_KEYS if k in saved and saved[k] != now[k]]
-    if {"batch_size", "num_cases", "num_replicas"} & set(differ):  # the others follow from these
-        differ = [k for k in differ if k not in ("num_batches", "num_positive")]
+    differ = sampler.layout_changes(saved)
     if differ:
-        changes = "; ".join(f"{_SAMPLER_SETTINGS.get(k, k)} {saved[k]} then, {now[k]} now" for k in differ)
+        changes = "; ".join(f"{_SAMPLER_SETTINGS.get(k, k)} {then} then, {now} now" for k, (then, now) in differ.items())
         raise ValueError(f"resuming {last.parent} with other batch settings than it was trained with ({changes}): "
                          "resume with the run's trainer.batch_size, data.samples_per_epoch and "
                          "data.positive_fraction, or start afresh with --overwrite")
@@ -348,7 +345,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     check_monitor(cfg.trainer.monitor)
     if progress is not None:
         cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, progress_bar=progress))
-    saved = load_checkpoint(last) if resuming else {}  # read only: the trainer restores it below, once
+    saved = load_checkpoint(last) if resuming else {}  # read once: checked here, restored by the trainer below
     modalities = _resume_modalities(last, saved.get("spec"), cfg.data.modalities) if resuming else cfg.data.modalities
     if modalities != cfg.data.modalities:  # recorded in experiment.yaml as the channel order the run uses
         logger.info("resuming with the modalities %s the checkpoint was trained on", modalities)
@@ -404,9 +401,9 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     trainer = Trainer(model, train_ds, tcfg, loss_fn=build_loss(cfg), validate_fn=validate_fn,
                       batch_sampler=sampler, model_name=cfg.model.name, model_kwargs=kwargs,
                       dist_context=ctx)
+    if resuming:  # restored from the dict read above, before the run's records are rewritten; fit continues
+        trainer.load_checkpoint(last, checkpoint=saved)  # weights that do not fit the model are refused here
     del saved
-    if resuming:  # restored once, before the run's records are rewritten; fit continues from it
-        trainer.load_checkpoint(last)  # weights that do not fit the configured model are refused here
     trains = not resuming or (trainer.epoch < trainer.config.max_epochs and not trainer.stopped_early)
     if ctx.is_main:
         save_config(cfg, out / "experiment.yaml")
