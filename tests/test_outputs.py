@@ -91,6 +91,19 @@ def test_failed_writes_leave_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_atomic_directory_removes_the_parents_it_created(tmp_path: Path) -> None:
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(KeyboardInterrupt), atomic_directory(tmp_path / "kept" / "a" / "b" / "out") as tmp:
+        (tmp / "x").write_text("half")
+        raise KeyboardInterrupt
+    assert list((tmp_path / "kept").iterdir()) == []  # a and b were created for it: gone; kept existed: kept
+    # a parent that received other content meanwhile stays, and so do the ones above it
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "kept" / "a" / "b" / "out") as tmp:
+        (tmp_path / "kept" / "a" / "note.txt").write_text("the user's")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in (tmp_path / "kept" / "a").iterdir()) == ["note.txt"]
+
+
 def test_atomic_directory_replaces_only_when_asked(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "old.txt").write_text("old")

@@ -27,7 +27,6 @@ all checked (names, grids, label values) before the first case folder is written
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -250,7 +249,7 @@ def write_nnunet_dataset(
     if isinstance(cases, Sequence):  # already in memory: check every case before creating anything
         checked = list(checked)
     label_dtype = np.min_scalar_type(len(labels) - 1)  # uint8 for up to 256 labels: never wraps
-    with _remove_created_folders(folder.parent), atomic_directory(folder, overwrite=replace) as tmp:
+    with atomic_directory(folder, overwrite=replace) as tmp:
         images_dir, labels_dir = tmp / "imagesTr", tmp / "labelsTr"
         images_dir.mkdir()
         labels_dir.mkdir()
@@ -317,25 +316,6 @@ def _check_destination(folder: Path, overwrite: bool) -> bool:
     if folder.exists() and not (overwrite or empty):
         raise FileExistsError(f"{folder} already exists; pass overwrite=True to replace it as a whole")
     return overwrite or empty
-
-
-@contextlib.contextmanager
-def _remove_created_folders(path: Path) -> Iterator[None]:
-    """On an error, remove the (still empty) folders up to ``path`` that did not exist before."""
-    missing: list[Path] = []
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        missing.append(probe)
-        probe = probe.parent
-    try:
-        yield
-    except BaseException:
-        for created in missing:  # deepest first; stop at the first one that is not empty
-            try:
-                created.rmdir()
-            except OSError:
-                break
-        raise
 
 
 def _check_label_dict(labels: dict[str, Any]) -> None:

@@ -305,8 +305,14 @@ def report_folder(out: PathLike, patterns: Sequence[str]) -> Iterator[Path]:
     out = Path(os.path.abspath(out))
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
     inside = out.is_dir() and not _writable(out.parent)  # may write into out but not beside it: stage inside
+    cwd = Path(os.path.abspath(Path.cwd()))
+    if not inside and not out.is_symlink() and not cwd.is_relative_to(out) and (
+            not out.exists() or _only_report(out, patterns)):
+        with atomic_directory(out, overwrite=True) as stage:  # replaced as a whole
+            yield stage
+            _check_report_files(stage, patterns)
+        return
     if inside:
         remove_stale_temporaries(out / _STAGE)
         stage = Path(tempfile.mkdtemp(prefix=f".{_STAGE}.{os.getpid()}.", suffix=".tmp", dir=out))
@@ -315,21 +321,18 @@ def report_folder(out: PathLike, patterns: Sequence[str]) -> Iterator[Path]:
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         yield stage
-        new, _, odd = _entries(stage)
-        unknown = odd + [f for f in new if not _matches(f, patterns)]
-        if unknown:
-            raise ValueError(f"report files {unknown} are not among the report's files {list(patterns)}")
-        cwd = Path(os.path.abspath(Path.cwd()))
-        whole = not inside and not out.is_symlink() and not cwd.is_relative_to(out) and (
-            not out.exists() or _only_report(out, patterns))
-        if whole:
-            with atomic_directory(out, overwrite=True) as tmp:
-                for child in stage.iterdir():
-                    os.replace(child, tmp / child.name)
-        else:
-            _merge_report(stage, out, new, patterns)
+        _merge_report(stage, out, _check_report_files(stage, patterns), patterns)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _check_report_files(stage: Path, patterns: Sequence[str]) -> list[str]:
+    """The files written into ``stage`` (relative paths), each named by one of ``patterns``."""
+    new, _, odd = _entries(stage)
+    unknown = odd + [f for f in new if not _matches(f, patterns)]
+    if unknown:
+        raise ValueError(f"report files {unknown} are not among the report's files {list(patterns)}")
+    return new
 
 
 def _merge_report(stage: Path, out: Path, new: Sequence[str], patterns: Sequence[str]) -> None:

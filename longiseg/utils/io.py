@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import shutil
@@ -203,15 +204,42 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
         path: final folder.
         overwrite: replace an existing ``path``; if ``False`` an existing one raises ``FileExistsError``.
 
-    On an exception the temporary folder is removed and ``path`` is untouched.
+    On an exception the temporary folder is removed, ``path`` is untouched, and the parent folders this call
+    created for it are removed again (while empty).
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} exists and is not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    with _removed_on_error(_missing_parents(path)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        with _replaced_as_a_whole(path, overwrite) as tmp:
+            yield tmp
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The ancestors of ``path`` that do not exist, deepest first."""
+    return [p for p in itertools.takewhile(lambda p: not p.exists(), path.parents) if p.parent != p]
+
+
+@contextlib.contextmanager
+def _removed_on_error(folders: list[Path]) -> Iterator[None]:
+    """On an exception, remove ``folders`` (deepest first) while they are empty."""
+    try:
+        yield
+    except BaseException:
+        for folder in folders:
+            try:
+                folder.rmdir()
+            except OSError:  # holds something (or is gone): the ones above it stay too
+                break
+        raise
+
+
+@contextlib.contextmanager
+def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     old: Path | None = None
     try:
