@@ -296,4 +296,4 @@ def test_lesions_command_names_an_image_that_is_not_a_volume(demo_refs, tmp_path
     nib.save(nib.Nifti1Image(np.stack([data, data], axis=-1), img.affine), path)  # (X, Y, Z, 2)
     assert main(["lesions", str(copy), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert re.search(r"image .*demo-006/t0_flair.nii.gz must be a 3D volume, got shape \(\d+, \d+, \d+, 2\)", err)
+    assert re.search(r"image .*demo-006/t0_flair.nii.gz must be a 3D volume \(D, H, W\), got shape \(\d+, \d+, \d+, 2\)", err)

@@ -39,7 +39,14 @@ import torch
 from tqdm import tqdm
 
 from longiseg.data.layout import check_case_id
-from longiseg.data.loading import find_cases, load_case, nifti_spacing, save_prediction
+from longiseg.data.loading import (
+    check_same_grid,
+    find_cases,
+    load_case,
+    nifti_spacing,
+    read_volume,
+    save_prediction,
+)
 from longiseg.utils.io import (
     atomic_directory,
     atomic_save_nifti,
@@ -477,11 +484,11 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
             img = load_nifti(path, what=_PREDICTION, header_only=True)
             shape = _volume_shape(img.shape, path)
             nifti_spacing(img, path, what=_PREDICTION)
-            affine = np.asarray(img.affine, dtype=np.float64)
+            grid = (path, shape, np.asarray(img.affine, dtype=np.float64))
             if first is None:
-                first = (path, shape, affine)
+                first = grid
             else:
-                _check_same_grid(path, shape, affine, *first)
+                check_same_grid(grid, first, what=_PREDICTION, atol=_AFFINE_ATOL)
     for case_pairs in tqdm(list(pairs.values()), desc="checking nnU-Net predictions", unit="case"):
         for _, path in case_pairs:  # every label value, before anything is written
             _read_four_class(path)
@@ -508,30 +515,15 @@ def _volume_shape(shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _check_same_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray,
-                     first_path: Path, first_shape: tuple[int, ...], first_affine: np.ndarray) -> None:
-    """Refuse a pair that does not lie on the grid of its case's first pair, naming both files."""
-    if shape != first_shape:
-        raise ValueError(f"{_PREDICTION} {path} has shape {shape} but {first_path} has {first_shape}: all pairs "
-                         "of a case must lie on one grid")
-    if not np.allclose(affine, first_affine, rtol=0.0, atol=_AFFINE_ATOL):
-        raise ValueError(
-            f"{_PREDICTION} {path} lies on another grid than {first_path} (affines differ by up to "
-            f"{float(np.abs(affine - first_affine).max()):.3g}, tolerance {_AFFINE_ATOL:g}): all pairs of a case "
-            "must lie on one grid, the one its masks are written with")
-
-
 def _read_four_class(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(uint8 labels (D, H, W), affine)`` of a predicted 4-class map, its values checked before any cast."""
-    img = load_nifti(path, what=_PREDICTION)
-    arr = np.asanyarray(img.dataobj)
-    arr = arr.reshape(_volume_shape(arr.shape, path))
+    arr, affine, _ = read_volume(path, what=_PREDICTION)
     bad = ~np.isin(arr, list(FOUR_CLASS_LABELS.values()))
     if bad.any():
         values = [float(f"{v:.6g}") if isinstance(v, float) else v for v in np.unique(arr[bad])[:5].tolist()]
         raise ValueError(f"{_PREDICTION} {path} must hold the integer labels {{0, 1, 2, 3}} "
                          f"({', '.join(FOUR_CLASS_LABELS)}), found values such as {values}")
-    return arr.astype(np.uint8), np.asarray(img.affine, dtype=np.float64)
+    return arr.astype(np.uint8), affine
 
 
 # ----------------------------------------------------------------------------------- structural check

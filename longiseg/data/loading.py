@@ -50,6 +50,8 @@ __all__ = [
     "manifest_from_cases",
     "save_case",
     "read_mask",
+    "read_volume",
+    "check_same_grid",
     "nifti_spacing",
     "MANIFEST_FIELDS",
     "SPACING_RTOL",
@@ -198,7 +200,7 @@ class CaseSource:
 # --------------------------------------------------------------------------- loading
 def _read_label_map(path: Path, case_id: str, allowed: tuple[int, ...] | None) -> np.ndarray:
     """An integer-valued label map, refusing values outside ``0`` and ``allowed`` (see :class:`MaskSpec`)."""
-    arr = _read_volume(path, f"case {case_id!r}: mask")[0]
+    arr = read_volume(path, what=f"case {case_id!r}: mask")[0]
     bad = None if allowed is None else ~np.isin(arr, np.asarray((0, *allowed)))
     if bad is None and np.issubdtype(arr.dtype, np.floating):
         bad = arr != np.round(arr)
@@ -233,12 +235,27 @@ def _build_mask(spec: MaskSpec, case_id: str) -> np.ndarray:
 
 def _read_image(path: Path, case_id: str) -> np.ndarray:
     """Read one image volume as float32, refusing NaN/inf intensities."""
-    return _read_volume(path, f"case {case_id!r}: image", np.float32)[0]
+    return read_volume(path, what=f"case {case_id!r}: image", dtype=np.float32)[0]
 
 
-def _read_volume(path: PathLike, what: str, dtype: Any = None
-                 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """``(voxels (D, H, W), affine (4, 4), spacing)`` of a single 3D volume with finite values."""
+def read_volume(path: PathLike, *, what: str = "volume", dtype: Any = None
+                ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read one 3D volume: the one reader of a single NIfTI volume (images, masks, predicted maps).
+
+    Args:
+        path: the NIfTI file (``(D, H, W)`` or ``(D, H, W, 1)``).
+        what: what the file is, for messages (e.g. ``"case 'p0': image"``).
+        dtype: the array's dtype (``None``: the stored one, scaling applied by nibabel where the header has it).
+
+    Returns:
+        ``(voxels, affine, spacing)``: the ``(D, H, W)`` array in the file's index order, its ``(4, 4)``
+        voxel-to-world matrix and its voxel size in mm (:func:`nifti_spacing`).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: naming the file: unreadable, not one 3D volume, NaN/inf values, header voxel sizes that
+            disagree with the affine.
+    """
     img = load_nifti(path, what=what, dtype=dtype)
     arr = np.asanyarray(img.dataobj)
     if arr.ndim == 4 and arr.shape[3] == 1:
@@ -309,13 +326,16 @@ def read_mask(path: PathLike, *, what: str = "mask"
         ValueError: naming the file: unreadable, not one 3D volume, NaN/inf values, values other than 0 and 1,
             header voxel sizes that disagree with the affine (:func:`nifti_spacing`).
     """
-    arr, affine, spacing = _read_volume(path, what)
+    arr, affine, spacing = read_volume(path, what=what)
     is_one = arr == 1
     bad = ~(is_one | (arr == 0))
     if bad.any():
         values = np.unique(arr[bad])[:5].tolist()
         raise ValueError(f"{what} {path} must be binary (values 0/1), found values such as {values}")
     return is_one.astype(np.uint8), affine, spacing
+
+
+Grid = tuple[PathLike, tuple[int, ...], np.ndarray]  # (file, (D, H, W), (4, 4) affine) of one volume
 
 
 def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str = "mask", *,
@@ -352,29 +372,48 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
     folder = Path(root) / layout.check_case_id(case_id)
     what = what or f"case {case_id!r}: predicted {kind}"
     volumes: list[np.ndarray] = []
-    first: tuple[Path, np.ndarray, tuple[float, float, float]] | None = None
+    first: Grid | None = None
+    first_spacing = (1.0, 1.0, 1.0)
     for name in names[kind]:
         path = layout.find_nifti(folder, name) or folder / name
         if kind == "mask":
             arr, affine, spacing = read_mask(path, what=what)
         else:
-            arr, affine, spacing = _read_volume(path, what, np.float32)
+            arr, affine, spacing = read_volume(path, what=what, dtype=np.float32)
             if kind == "prob" and (arr.min() < 0 or arr.max() > 1):
                 raise ValueError(f"{what} {path} must hold probabilities in [0, 1], found "
                                  f"[{float(arr.min()):.3g}, {float(arr.max()):.3g}]")
         if first is None:
-            first = (path, affine, spacing)
-        elif arr.shape != volumes[0].shape:
-            raise ValueError(f"{what} {path} lies on another grid than {first[0].name} (shape {arr.shape} vs "
-                             f"{volumes[0].shape}); all volumes of a case must share one grid")
-        elif not np.allclose(affine, first[1], rtol=0.0, atol=affine_atol):
-            raise ValueError(
-                f"{what} {path} lies on another grid than {first[0].name} (affines differ by up to "
-                f"{float(np.abs(affine - first[1]).max()):.3g}, tolerance {affine_atol:g}; voxel size "
-                f"{_mm(spacing)} vs {_mm(first[2])}); all volumes of a case must share one grid")
+            first, first_spacing = (path, arr.shape, affine), spacing
+        else:
+            check_same_grid((path, arr.shape, affine), first, what=what, atol=affine_atol)
         volumes.append(arr)
     assert first is not None
-    return np.stack(volumes), first[1], first[2]
+    return np.stack(volumes), first[2], first_spacing
+
+
+def check_same_grid(grid: Grid, reference: Grid, *, what: str = "volume", atol: float = 1e-4) -> None:
+    """Refuse a volume that does not lie on the grid of another (same shape, affines equal within ``atol``).
+
+    Args:
+        grid: ``(path, shape, affine)`` of the volume checked: its file, ``(D, H, W)`` and ``(4, 4)`` affine.
+        reference: ``(path, shape, affine)`` of the volume it must share a grid with.
+        what: what the files are, for messages.
+        atol: absolute tolerance on the affines' entries (mm).
+
+    Raises:
+        ValueError: naming both files, the shapes or the largest affine difference and both voxel sizes.
+    """
+    (path, shape, affine), (ref_path, ref_shape, ref_affine) = grid, reference
+    where = f"{what} {path} lies on another grid than {Path(ref_path).name}"
+    if tuple(shape) != tuple(ref_shape):
+        raise ValueError(f"{where} (shape {tuple(shape)} vs {tuple(ref_shape)}); all volumes of a case must share "
+                         "one grid")
+    if not np.allclose(affine, ref_affine, rtol=0.0, atol=atol):
+        raise ValueError(
+            f"{where} (affines differ by up to {float(np.abs(affine - ref_affine).max()):.3g}, tolerance {atol:g}; "
+            f"voxel size {_mm(affine_spacing(affine))} vs {_mm(affine_spacing(ref_affine))}); all volumes of a "
+            "case must share one grid")
 
 
 def save_prediction(

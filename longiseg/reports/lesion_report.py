@@ -20,8 +20,9 @@ import numpy as np
 
 from longiseg.data import layout
 from longiseg.data.case import PLANES, affine_spacing, display_slice, plane_axes
+from longiseg.data.loading import read_prediction, read_volume
 from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
-from longiseg.utils.io import atomic_write, load_nifti
+from longiseg.utils.io import atomic_write
 
 __all__ = ["volume_figure", "change_montage", "write_lesion_report"]
 
@@ -150,13 +151,11 @@ def _load_images(folder: Path, timepoints: int, modality: str | None, shape: tup
         p = found.get(t, {}).get(modality.lower())
         if p is None:
             return None, f"missing image {folder / layout.image_filename(t, modality)}"
-        img = load_nifti(p, what="image", dtype=np.float32)
-        if len(img.shape) < 3 or any(n != 1 for n in img.shape[3:]):
-            raise ValueError(f"image {p} must be a 3D volume, got shape {tuple(img.shape)}")
-        if tuple(img.shape[:3]) != shape or not np.allclose(img.affine, affine, atol=1e-4):
-            raise ValueError(f"image {p} is not on the grid of the masks (shape {tuple(img.shape[:3])} vs {shape});"
-                             " montages need the images the masks were computed on")
-        out.append(np.asarray(img.dataobj, dtype=np.float32).reshape(shape))
+        arr, img_affine, _ = read_volume(p, what="image", dtype=np.float32)
+        if arr.shape != shape or not np.allclose(img_affine, affine, rtol=0.0, atol=1e-4):
+            raise ValueError(f"image {p} is not on the grid of the masks (shape {arr.shape} vs {shape}); montages "
+                             "need the images the masks were computed on")
+        out.append(arr)
     return out, modality
 
 
@@ -209,8 +208,6 @@ def write_lesion_report(
         The path of ``report.html``.
     """
     from tqdm.auto import tqdm
-
-    from longiseg.data.loading import read_prediction
 
     if not evolutions:
         raise ValueError("evolutions must not be empty")
