@@ -142,6 +142,6 @@ def test_spec_holds_plain_kwargs_and_the_models_own_timepoints():
         unregister_model("zz_fixed")
         unregister_model("zz_any_t")
     seg = build_model("segmast", num_timepoints=2.0, widths=(8, 8, 8, 8), depths=(1, 1, 1, 1), decoder_dim=8,
-                      in_channels=np.int64(1))
+                      in_channels=np.int64(1), shared_progression_head=False)  # one head per follow-up: fixed T
     assert seg.spec.num_timepoints == 2 and type(seg.spec.num_timepoints) is int
     assert seg.config.in_channels == 1 and seg.spec.in_channels == 1

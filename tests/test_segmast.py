@@ -133,6 +133,23 @@ def test_loss_decreases_on_a_tiny_synthetic_batch() -> None:
     assert last < first
 
 
+@pytest.mark.parametrize("name, extra", [("segmast", {}), ("segformer", {"num_heads": (1, 1, 1, 1)})])
+def test_registered_shared_head_models_take_any_t_after_being_built_for_one(name: str, extra: dict) -> None:
+    """``longiseg train`` passes the cohort's T to every factory: a model with one progression head for all
+    follow-ups must still take another T afterwards (docs/baselines.md: "any")."""
+    model = build_model(name, in_channels=1, num_timepoints=2, widths=(8, 8, 8, 8), depths=(1, 1, 1, 1),
+                        decoder_dim=8, **extra).eval()
+    assert model.spec.num_timepoints is None
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 1, 32, 32)).progression.shape == (1, 2, 1, 32, 32)
+    with pytest.raises(ValueError, match="num_timepoints"):
+        build_model(name, in_channels=1, num_timepoints=1, widths=(8, 8, 8, 8), depths=(1, 1, 1, 1),
+                    decoder_dim=8, **extra)
+    fixed = build_model(name, in_channels=1, num_timepoints=2, shared_progression_head=False, widths=(8, 8, 8, 8),
+                        depths=(1, 1, 1, 1), decoder_dim=8, **extra)
+    assert fixed.spec.num_timepoints == 2  # one head per follow-up: the T it was built for
+
+
 # ---------------------------------------------------------------------------------- config and backends
 def test_config_round_trip_and_rebuild() -> None:
     cfg = TINY.replace(fusion="linear", bidirectional=True, num_timepoints=2)
@@ -147,8 +164,12 @@ def test_config_round_trip_and_rebuild() -> None:
     assert list(sd) == list(sd2)
     assert all(sd[k].shape == sd2[k].shape for k in sd)
     rebuilt.load_state_dict(sd)
-    # the dict doubles as registry kwargs (what a checkpoint's model_kwargs holds)
-    assert build_model("segmast", **cfg.to_dict()).config == cfg
+    # the dict doubles as registry kwargs (what a checkpoint's model_kwargs holds); the registry's SegMaST with
+    # one shared progression head takes any T (its num_timepoints is checked, not enforced), one head per
+    # follow-up keeps the T it was built for
+    assert build_model("segmast", **cfg.to_dict()).config == cfg.replace(num_timepoints=None)
+    per_followup = cfg.replace(shared_progression_head=False)
+    assert build_model("segmast", **per_followup.to_dict()).config == per_followup
     x = torch.randn(1, 2, 2, 32, 32)
     model.eval(), rebuilt.eval()
     with torch.no_grad():
@@ -291,5 +312,5 @@ def test_config_built_directly_converts_like_from_dict() -> None:
 def test_factory_accepts_numpy_numbers_like_the_other_models() -> None:
     model = build_model("segmast", in_channels=np.int64(1), num_timepoints=np.int64(2), widths=np.array([8, 8, 8, 8]),
                         depths=(1, 1, 1, 1), decoder_dim=8, mlp_ratio=np.float32(2.0))
-    assert model.config.in_channels == 1 and model.config.widths == (8, 8, 8, 8) and model.num_timepoints == 2
+    assert model.config.in_channels == 1 and model.config.widths == (8, 8, 8, 8) and model.num_timepoints is None
     assert model.spec.kwargs["widths"] == [8, 8, 8, 8] and type(model.spec.kwargs["in_channels"]) is int

@@ -1,4 +1,5 @@
-"""Named sizes of the paper's convolutional baselines, shared by the LongiUNet and DynUNet families.
+"""Named sizes of the paper's convolutional baselines, shared by the LongiUNet and DynUNet families, and the
+argument rules every registered factory shares.
 
 Both families are U-Nets sized alike (2.5D about 9M (``"ms"``) / 16M (``"glioma"``) parameters, 3D about
 15M / 25M), so their stage widths live here once, with the checks their registered factories share.
@@ -9,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from longiseg.registry import list_models, model_info
+from longiseg.utils.validation import check_timepoints
 
-__all__ = ["UNET_WIDTHS", "pop_fixed_spatial_dims"]
+__all__ = ["UNET_WIDTHS", "pop_fixed_spatial_dims", "pop_any_timepoints"]
 
 #: Feature widths per resolution stage, full resolution first (``"2d"``/``"3d"`` x ``"ms"``/``"glioma"``).
 UNET_WIDTHS: dict[str, dict[str, tuple[int, ...]]] = {
@@ -41,3 +43,21 @@ def pop_fixed_spatial_dims(kwargs: dict[str, Any], spatial_dims: int, family: st
     hint = f"use {', '.join(names)}" if names else f"no {other} model of this family is registered"
     raise TypeError(f"spatial_dims is fixed to {spatial_dims} by this registered model, got spatial_dims={value!r}; "
                     f"for {other} inputs {hint}")
+
+
+def pop_any_timepoints(kwargs: dict[str, Any]) -> None:
+    """Check and remove ``num_timepoints`` from the ``kwargs`` of a factory whose model takes any ``T >= 2``.
+
+    Every registered factory accepts ``num_timepoints`` (the training workflow passes the cohort's ``T`` to all
+    of them). A model that shares its weights across timepoints does not depend on it: the value is checked,
+    not enforced, so the model (and its ``spec.num_timepoints``, ``None``) takes any ``T`` after training too.
+
+    Args:
+        kwargs: the factory's keyword arguments (changed in place).
+
+    Raises:
+        TypeError, ValueError: ``num_timepoints`` is given and not an int ``>= 2``.
+    """
+    value = kwargs.pop("num_timepoints", None)
+    if value is not None:
+        check_timepoints("num_timepoints", value)

@@ -42,7 +42,7 @@ from longiseg.networks.blocks.difference_weighting import DifferenceWeighting
 from longiseg.networks.blocks.heads import FusedDualHead, TimepointHeads
 from longiseg.networks.inputs import SpatialSizeRule, check_model_input, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
-from longiseg.networks.presets import UNET_WIDTHS, pop_fixed_spatial_dims
+from longiseg.networks.presets import UNET_WIDTHS, pop_any_timepoints, pop_fixed_spatial_dims
 from longiseg.registry import register_model
 from longiseg.utils.validation import check_positive_int, check_spatial_dims, check_timepoints, check_widths
 
@@ -298,11 +298,7 @@ def _features(spatial_dims: int, size: str, kwargs: dict[str, Any], family: str)
 
 
 def _build_dw(spatial_dims: int, size: str, default_in: int, /, **kwargs: Any) -> LongiUNetDW:
-    # Any T >= 2 works with the same weights. num_timepoints is accepted, as by every factory (the training
-    # workflow passes it), and checked, but not enforced: the model's spec records num_timepoints=None.
-    num_timepoints = kwargs.pop("num_timepoints", None)
-    if num_timepoints is not None:
-        check_timepoints("num_timepoints", num_timepoints)
+    pop_any_timepoints(kwargs)  # any T >= 2 works with the same weights
     features = _features(spatial_dims, size, kwargs, "longi_unet_dw*")
     in_channels = kwargs.pop("in_channels", default_in)
     return LongiUNetDW(in_channels, features=features, spatial_dims=spatial_dims, **kwargs)

@@ -29,6 +29,7 @@ from longiseg.networks.blocks.heads import TimepointHeads
 from longiseg.networks.blocks.mlp_decoder import AllMLPDecoder
 from longiseg.networks.blocks.segformer_like import LongitudinalSegFormerLike, init_segformer_weights
 from longiseg.networks.blocks.st_block import STBlock
+from longiseg.networks.presets import pop_any_timepoints
 from longiseg.registry import register_model
 from longiseg.utils.validation import check_bool, check_int_sequence, check_timepoints
 
@@ -129,6 +130,8 @@ class SegFormer(LongitudinalSegFormerLike):
 def _build(preset: str | None, kwargs: dict[str, Any]) -> SegFormer:
     settings = dict(SEGFORMER_PRESETS[preset]) if preset else {}
     settings.update(kwargs)
+    if check_bool("shared_progression_head", settings.get("shared_progression_head", True)):
+        pop_any_timepoints(settings)  # one head for every follow-up: any T >= 2 (the class may still fix it)
     return SegFormer(**settings)
 
 

@@ -218,7 +218,10 @@ def _build(base: SegMaSTConfig, kwargs: dict[str, Any]) -> SegMaST:
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise TypeError(f"unknown SegMaST argument(s) {unknown}; valid arguments: {sorted(known)}")
-    return SegMaST(base.replace(**kwargs))
+    config = base.replace(**kwargs)  # checks num_timepoints too
+    if config.shared_progression_head:  # one head for every follow-up: any T >= 2, as for the other shared models
+        config = config.replace(num_timepoints=None)  # (see presets.pop_any_timepoints; SegMaSTConfig may fix T)
+    return SegMaST(config)
 
 
 @register_model(dim="2.5D", tags=("mamba",))
