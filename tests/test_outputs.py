@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -137,3 +138,19 @@ def test_interrupted_case_is_predicted_again(tmp_path: Path, umask_022: None) ->
     for name, voxels in reference.items():
         np.testing.assert_array_equal(again[name], voxels)  # same computation, same input: exact
     assert sorted(p.name for p in out.iterdir()) == ["p1", "p2"]
+
+
+def test_text_outputs_are_utf8_on_any_locale(tmp_path: Path) -> None:
+    """A report declares UTF-8 and holds "mm³": on a machine whose locale encoding is ASCII (LC_ALL=C without
+    UTF-8 mode) the text writers still write UTF-8 instead of failing (or writing the locale's bytes)."""
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; from longiseg.utils.io import atomic_write, atomic_write_json; "
+            "atomic_write(sys.argv[1], lambda fh: fh.write('volume 3 mm\\u00b3')); "
+            "atomic_write_json(sys.argv[2], {'case': 'Gen\\u00e8ve'})")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "PYTHONUTF8": "0",
+           "PYTHONIOENCODING": "ascii", "PYTHONPATH": str(root)}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r.html"), str(tmp_path / "s.json")],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "r.html").read_bytes() == "volume 3 mm\u00b3".encode()
+    assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8")) == {"case": "Gen\u00e8ve"}

@@ -555,7 +555,7 @@ def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True)
         problems.append(f"folder name {folder.name!r} does not match DatasetXXX_Name (three-digit id)")
     meta_path = folder / "dataset.json"
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"{folder}: dataset.json is missing") from None
     except json.JSONDecodeError as err:

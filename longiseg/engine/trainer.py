@@ -311,7 +311,7 @@ class _CsvLog:
         if not self.columns or any(k not in self.columns for k in row) or not self.path.exists():
             self.rewrite(history)
             return
-        with open(self.path, "a") as fh:
+        with open(self.path, "a", encoding="utf-8") as fh:  # as atomic_write writes it
             fh.write(self._format(self.columns, [row], header=False))
             fh.flush()
             os.fsync(fh.fileno())

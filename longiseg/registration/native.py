@@ -39,7 +39,7 @@ def _record(registration_dir: Path) -> dict:
     path = registration_dir / "registration.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: map back needs the output of 'longiseg register'")
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def native_grid(registration_dir: PathLike, timepoint: int, modality: str | None = None) -> Grid:

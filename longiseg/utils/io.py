@@ -264,9 +264,12 @@ def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
 
 def atomic_write(path: PathLike, writer: Callable[[IO[Any]], None], *, mode: str = "w",
                  overwrite: bool = True) -> Path:
-    """Call ``writer(fileobj)`` on a temporary file and rename it onto ``path`` (fsynced)."""
+    """Call ``writer(fileobj)`` on a temporary file and rename it onto ``path`` (fsynced).
+
+    Text modes write UTF-8 whatever the machine's locale (reports declare it; CSV/JSON/YAML are read back as it).
+    """
     with atomic_path(path, overwrite=overwrite) as tmp:
-        with open(tmp, mode) as fh:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as fh:
             writer(fh)
             fh.flush()
             os.fsync(fh.fileno())

@@ -234,7 +234,7 @@ def _model_stages(cfg: DemoConfig, label: str, out: Path, progress: bool, log_le
     if cfg.tune_threshold:
         t = time.perf_counter()
         run_tuning(run_dir, checkpoint="last.pt", device="cpu", progress=progress)  # longiseg tune
-        threshold = json.loads((run_dir / TUNING_FILE).read_text())
+        threshold = json.loads((run_dir / TUNING_FILE).read_text(encoding="utf-8"))
         timings[f"tune_{label}"] = time.perf_counter() - t
     t = time.perf_counter()
     run_prediction(load_model(run_dir / "last.pt"), out / "test", _prediction_dir(out, label), device="cpu",
@@ -298,7 +298,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
             raise FileExistsError(f"{out} is not a folder written by the demo (no {_MARKER}); not replacing it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / _MARKER).write_text("written by longiseg demo; --overwrite may replace this folder\n")
+    (out / _MARKER).write_text("written by longiseg demo; --overwrite may replace this folder\n", encoding="utf-8")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -339,7 +339,7 @@ def _run(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     case = load_case(next(s for s in find_cases(test_dir) if s.case_id == prog_case))
     plot_prediction_overlay(case, pred_dirs, out / "overlay.png")
 
-    rows = {r["model"]: r for r in json.loads((out / "report" / "summary.json").read_text())["models"]}
+    rows = {r["model"]: r for r in json.loads((out / "report" / "summary.json").read_text(encoding="utf-8"))["models"]}
     learned = {
         label: {key: {"trained": rows[label][f"{key}/mean"], "untrained": rows[untrained][f"{key}/mean"]}
                 for key in ("dice/B", "lesion_f1/P")}

@@ -134,7 +134,7 @@ def plot_training_curves(runs: Mapping[str, Path], path: PathLike) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for label, run in runs.items():
-        with open(run / "metrics.csv") as fh:
+        with open(run / "metrics.csv", encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
         ep = [int(r["epoch"]) for r in rows]
         axes[0].plot(ep, [float(r["train_loss"]) for r in rows], marker="o", label=label)

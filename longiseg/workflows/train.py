@@ -160,7 +160,7 @@ def read_split(path: Path) -> dict:
         ValueError: naming the file: not JSON, or not an object of those fields.
     """
     try:
-        split = json.loads(path.read_text())
+        split = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); longiseg train writes it, train again") from None
     ok = (isinstance(split, dict) and isinstance(split.get("data_root"), str)
