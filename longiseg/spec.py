@@ -17,18 +17,20 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from longiseg._version import __version__
+from longiseg.utils.validation import check_int_sequence, check_positive_int, check_timepoints
 
 __all__ = ["ModelSpec", "INPUT_LAYOUTS", "SPEC_FORMAT_VERSION", "plain_data"]
 
 #: Input layout of each dimensionality: batch, timepoints, channels (modalities), then space.
 INPUT_LAYOUTS = {"2.5D": "B T C H W", "2D": "B T C H W", "3D": "B T C D H W"}
 SPEC_FORMAT_VERSION = 1
+_OLD_DEFAULT_LAYOUT = INPUT_LAYOUTS["2.5D"]  # what earlier versions stored when input_layout was left out
 
 
 def plain_data(value: Any, name: str) -> Any:
@@ -72,11 +74,14 @@ class ModelSpec:
         name: registry name.
         kwargs: factory keyword arguments (``build_model(name, **kwargs)`` rebuilds the architecture).
         dim: ``"2.5D"`` (slices; tri-planar inference), ``"3D"`` (volumes; sliding window) or ``"2D"``.
-        input_layout: the input tensor layout, e.g. ``"B T C H W"``.
-        in_channels: modalities per timepoint ``C``.
-        num_timepoints: timepoints ``T`` the model was built for; ``None`` when it takes any ``T >= 2``.
-        modalities: channel order of the training data (e.g. ``("flair", "t2")``); ``None`` until trained.
-        crop_size: training crop (2.5D) or patch edge (3D) in voxels; ``None`` until trained.
+        input_layout: the input tensor layout of ``dim`` (:data:`INPUT_LAYOUTS`, e.g. ``"B T C H W"``); left
+            out (``None``) it is filled in from ``dim``, and another layout than ``dim``'s is refused.
+        in_channels: modalities per timepoint ``C`` (an int ``>= 1``), or ``None`` when unknown.
+        num_timepoints: timepoints ``T`` the model was built for (``>= 2``); ``None`` when it takes any ``T >= 2``.
+        modalities: channel order of the training data (a sequence of names such as ``("flair", "t2")``, not a
+            single string); ``None`` until trained.
+        crop_size: training crop (2.5D) or patch edge (3D) in voxels, an int ``>= 1`` or one per spatial axis
+            (``(h, w)`` or ``(d, h, w)``); ``None`` until trained.
         preprocessing: how a case is prepared before inference (e.g. ``{"normalization": "zscore"}``).
         inference: inference and post-processing settings (the fields of
             :class:`~longiseg.workflows.config.InferenceConfig`); ``{}`` until trained.
@@ -89,11 +94,11 @@ class ModelSpec:
     name: str
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     dim: str = "2.5D"
-    input_layout: str = INPUT_LAYOUTS["2.5D"]
+    input_layout: str | None = None
     in_channels: int | None = None
     num_timepoints: int | None = None
     modalities: tuple[str, ...] | None = None
-    crop_size: int | None = None
+    crop_size: int | tuple[int, ...] | None = None
     preprocessing: dict[str, Any] = dataclasses.field(default_factory=dict)
     inference: dict[str, Any] = dataclasses.field(default_factory=dict)
     tuning: dict[str, Any] | None = None
@@ -108,9 +113,28 @@ class ModelSpec:
         if not isinstance(self.kwargs, Mapping):
             raise TypeError(f"ModelSpec.kwargs must be a mapping, got {type(self.kwargs).__name__}")
         object.__setattr__(self, "kwargs", plain_data(dict(self.kwargs), "ModelSpec.kwargs"))
-        for key in ("in_channels", "num_timepoints"):  # model attributes may be NumPy ints
-            object.__setattr__(self, key, plain_data(getattr(self, key), f"ModelSpec.{key}"))
+        layout = INPUT_LAYOUTS[self.dim]
+        if self.input_layout is None:
+            object.__setattr__(self, "input_layout", layout)
+        elif self.input_layout != layout:
+            raise ValueError(f"ModelSpec.input_layout must be the layout of dim {self.dim!r}, {layout!r} (or left "
+                             f"out), got {self.input_layout!r}")
+        # model attributes may be NumPy ints: the checks return built-in ints
+        if self.in_channels is not None:
+            object.__setattr__(self, "in_channels", check_positive_int("ModelSpec.in_channels", self.in_channels))
+        if self.num_timepoints is not None:
+            object.__setattr__(self, "num_timepoints",
+                               check_timepoints("ModelSpec.num_timepoints", self.num_timepoints))
+        if isinstance(self.crop_size, (Sequence, np.ndarray)) and not isinstance(self.crop_size, (str, bytes)):
+            object.__setattr__(self, "crop_size", check_int_sequence(
+                "ModelSpec.crop_size", self.crop_size, length=3 if self.dim == "3D" else 2,
+                what=f"voxels per spatial axis of a {self.dim} crop"))
+        elif self.crop_size is not None:
+            object.__setattr__(self, "crop_size", check_positive_int("ModelSpec.crop_size", self.crop_size))
         if self.modalities is not None:
+            if isinstance(self.modalities, (str, bytes)):
+                raise TypeError(f"ModelSpec.modalities must be a sequence of channel names such as ('flair', 't2'), "
+                                f"not a single string, got {self.modalities!r}")
             object.__setattr__(self, "modalities", tuple(str(m) for m in self.modalities))
 
     @property
@@ -119,7 +143,9 @@ class ModelSpec:
         return self.modalities is not None and bool(self.inference)
 
     def replace(self, **changes: Any) -> ModelSpec:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again); a new ``dim`` brings its own ``input_layout``."""
+        if "dim" in changes and "input_layout" not in changes:
+            changes["input_layout"] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,4 +174,9 @@ class ModelSpec:
             raise ValueError(f"unknown model spec field(s) {unknown}")
         if "name" not in data:
             raise ValueError("a model spec needs a 'name'")
-        return cls(**dict(data))
+        data = dict(data)
+        if data.get("input_layout") == _OLD_DEFAULT_LAYOUT:
+            # earlier versions stored this default whatever the dim (ModelSpec(name, dim="3D") had the 2.5D
+            # layout): the layout follows from dim, so such a checkpoint loads with its dim's layout
+            del data["input_layout"]
+        return cls(**data)

@@ -188,3 +188,21 @@ def test_in_memory_cases_and_errors() -> None:
         SliceDataset(cases, transform="flips")
     with pytest.raises(ValueError, match="epoch must be >= 0"):
         ds.set_epoch(-1)
+
+
+def test_cases_a_batch_cannot_stack_are_refused_when_built() -> None:
+    """Other C or T than the other cases would fail later, inside the DataLoader's collate."""
+    case = make_case(seed=1, case_id="c0")
+    one_channel = make_case(seed=2, channels=1, case_id="c1")
+    with pytest.raises(ValueError, match=r"case 'c1' has the modalities \['flair'\] but 'c0' has \['flair', 't2'\]"):
+        SliceDataset([case, one_channel], crop_size=8)
+    with pytest.raises(ValueError, match=r"same number of timepoints \(T=2 for 'c0'; T=3 for 'c2'\)"):
+        VolumePatchDataset([case, make_case(seed=3, num_timepoints=3, case_id="c2")], patch_size=8)
+
+
+def test_indices_must_be_integers(cohort: Path) -> None:
+    ds = SliceDataset(cohort, crop_size=8, samples_per_epoch=4, transform=None)
+    assert _equal(ds[np.int64(1)], ds[1]) and _equal(ds[EpochIndex(0, np.int32(1))], ds[1])
+    for bad in (1.5, 1.0, "1", None):
+        with pytest.raises(TypeError, match="index must be an int or an EpochIndex"):
+            ds[bad]  # type: ignore[index]

@@ -32,6 +32,7 @@ from longiseg.data import (
     write_manifest,
 )
 from longiseg.data.loading import check_same_modalities
+from longiseg.utils.io import atomic_save_nifti
 
 
 def _write_cohort(root: Path, n: int = 2, num_timepoints: int = 2) -> list[LongitudinalCase]:
@@ -57,6 +58,11 @@ def test_case_model_shapes_and_flags() -> None:
     assert case.summary()["progression"] is True
 
 
+_CASE_KWARGS = dict(images=np.ones((2, 1, 4, 4, 4)), baseline_mask=np.zeros((4, 4, 4)),
+                    progression_masks=np.zeros((1, 4, 4, 4)), affine=np.eye(4), spacing=(1, 1, 1),
+                    modalities=("flair",), case_id="x")
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -70,15 +76,32 @@ def test_case_model_shapes_and_flags() -> None:
         ({"affine": np.eye(3)}, r"affine must be a \(4, 4\)"),
         ({"spacing": (1.0, 0.0, 1.0)}, r"spacing must hold positive finite"),
         ({"progression_masks": None}, r"both be given or both be None"),
+        ({"images": np.ones((2, 2, 4, 4, 4)), "modalities": ("flair", "flair")}, r"must name each channel once"),
+        ({"images": np.ones((2, 2, 4, 4, 4)), "modalities": ("FLAIR", "flair")}, r"compared case-insensitively"),
+        ({"modalities": ("t1_ce",)}, r"modalities\[0\]: modality must be alphanumeric"),
+        ({"modalities": ("",)}, r"modalities\[0\]: modality must be alphanumeric"),
+        ({"modalities": ("a/b",)}, r"modalities\[0\]: modality must be alphanumeric"),
+        ({"images": np.ones((2, 1, 4, 0, 4))}, r"images.shape\[3\] \(H\) must be >= 1, got 0"),
+        ({"images": np.ones((2, 0, 4, 4, 4)), "modalities": ()}, r"images.shape\[1\] \(number of channels C\) must"),
     ],
 )
 def test_case_model_errors(change: dict, match: str) -> None:
-    kwargs = dict(images=np.ones((2, 1, 4, 4, 4)), baseline_mask=np.zeros((4, 4, 4)),
-                  progression_masks=np.zeros((1, 4, 4, 4)), affine=np.eye(4), spacing=(1, 1, 1),
-                  modalities=("flair",), case_id="x")
-    kwargs.update(change)
     with pytest.raises(ValueError, match=match):
-        LongitudinalCase(**kwargs)
+        LongitudinalCase(**{**_CASE_KWARGS, **change})
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"case_id": None}, r"case id must be a string, got NoneType"),
+        ({"images": np.ones((2, 1, 4, 4, 4), dtype=np.complex64)}, r"images must hold real numbers .* complex64"),
+        ({"modalities": "flair"}, r"modalities must be a sequence of channel names"),
+        ({"modalities": (1,)}, r"modalities\[0\] must be a str"),
+    ],
+)
+def test_case_model_type_errors(change: dict, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        LongitudinalCase(**{**_CASE_KWARGS, **change})
 
 
 def test_plane_axes_follow_the_affine() -> None:
@@ -110,6 +133,45 @@ def test_layout_round_trip_without_manifest(tmp_path: Path, num_timepoints: int)
         assert src.progression_flag() == ref.has_progression
     # a case folder path loads directly too; modalities default to alphabetical order
     assert load_case(tmp_path / "p1").modalities == ("flair", "t2")
+
+
+def test_save_case_checks_the_case_before_writing(tmp_path: Path) -> None:
+    """Modalities changed after the case was built (two channels, one file name) are refused, nothing written."""
+    case = make_case(case_id="p0")
+    case.modalities = ("flair", "FLAIR")
+    with pytest.raises(ValueError, match=r"case.modalities must name each channel once"):
+        save_case(case, tmp_path / "out")
+    case.modalities = ("flair", "t1_ce")
+    with pytest.raises(ValueError, match=r"case.modalities\[1\]: modality must be alphanumeric"):
+        save_case(case, tmp_path / "out")
+    with pytest.raises(TypeError, match="case must be a LongitudinalCase, got NoneType"):
+        save_case(None, tmp_path / "out")  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_case_writes_the_case_folder_as_a_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_case(make_case(num_timepoints=3, case_id="p0"), tmp_path)
+    before = _digest(tmp_path)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_case(make_case(case_id="p0", seed=1), tmp_path)
+    calls: list[Path] = []
+
+    def fail_third(array: np.ndarray, affine: np.ndarray, path: Path, **kwargs: object) -> Path:
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return atomic_save_nifti(array, affine, path, **kwargs)
+
+    monkeypatch.setattr("longiseg.data.loading.atomic_save_nifti", fail_third)
+    for case_id, overwrite in (("p0", True), ("p1", False)):  # replacing a case, writing a new one
+        calls.clear()
+        with pytest.raises(OSError, match="disk full"):
+            save_case(make_case(case_id=case_id, seed=1), tmp_path, overwrite=overwrite)
+    assert _digest(tmp_path) == before and [p.name for p in tmp_path.iterdir()] == ["p0"]  # no half case
+    monkeypatch.undo()
+    # overwrite replaces the folder as a whole: no file of the 3-timepoint case stays behind
+    save_case(make_case(case_id="p0", seed=1), tmp_path, overwrite=True)
+    assert load_case(tmp_path / "p0").num_timepoints == 2
 
 
 @pytest.mark.parametrize("suffix", [".json", ".csv"])

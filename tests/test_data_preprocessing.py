@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from test_data_fixtures import make_case
@@ -84,3 +86,16 @@ def test_preprocess_case_crops_then_normalises() -> None:
     assert out.shape != case.shape and "crop_box" in out.metadata
     brain = out.brain_mask.astype(bool)
     assert abs(float(out.images[0, 0][brain].mean())) < 1e-4
+
+
+@pytest.mark.parametrize("fn", [preprocess_case, zscore_normalize, joint_foreground_bbox, crop_to_foreground])
+def test_preprocessing_refuses_what_is_not_a_case(fn: Callable[..., object]) -> None:
+    with pytest.raises(TypeError, match="case must be a LongitudinalCase, got NoneType"):
+        fn(None)
+
+
+def test_preprocess_case_refuses_non_bool_switches() -> None:
+    with pytest.raises(TypeError, match="crop must be a bool, got str 'no'"):
+        preprocess_case(make_case(), crop="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="normalize must be a bool"):
+        preprocess_case(make_case(), normalize=None)  # type: ignore[arg-type]

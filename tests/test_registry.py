@@ -11,6 +11,7 @@ import torch.nn as nn
 import longiseg
 from longiseg import build_model, list_models, register_model
 from longiseg.registry import is_model, model_info, unregister_model
+from longiseg.spec import INPUT_LAYOUTS, ModelSpec
 
 
 @pytest.fixture
@@ -145,3 +146,47 @@ def test_spec_holds_plain_kwargs_and_the_models_own_timepoints():
                       in_channels=np.int64(1), shared_progression_head=False)  # one head per follow-up: fixed T
     assert seg.spec.num_timepoints == 2 and type(seg.spec.num_timepoints) is int
     assert seg.config.in_channels == 1 and seg.spec.in_channels == 1
+
+
+def test_spec_layout_follows_dim_and_old_specs_still_load():
+    assert ModelSpec(name="x", dim="3D").input_layout == INPUT_LAYOUTS["3D"] == "B T C D H W"
+    assert ModelSpec(name="x").input_layout == "B T C H W"
+    assert ModelSpec(name="x").replace(dim="3D").input_layout == "B T C D H W"
+    with pytest.raises(ValueError, match=r"input_layout must be the layout of dim '2.5D', 'B T C H W'.*got 'B C H W'"):
+        ModelSpec(name="x", input_layout="B C H W")
+    with pytest.raises(ValueError, match=r"input_layout must be the layout of dim '3D'"):
+        ModelSpec(name="x", dim="3D", input_layout="B T C H W")
+    spec = build_model("dynunet_3d", filters=(4, 8, 8)).spec
+    assert spec.input_layout == "B T C D H W" and ModelSpec.from_dict(spec.to_dict()) == spec
+    # earlier versions stored the 2.5D layout for ModelSpec(name, dim="3D"): such a checkpoint still loads
+    old = {**spec.to_dict(), "input_layout": "B T C H W"}
+    assert ModelSpec.from_dict(old) == spec
+    del old["input_layout"]
+    assert ModelSpec.from_dict(old) == spec
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"modalities": "flair"}, TypeError, r"modalities must be a sequence of channel names .*not a single string"),
+        ({"in_channels": -1}, ValueError, r"ModelSpec.in_channels must be >= 1, got -1"),
+        ({"in_channels": 2.0}, TypeError, r"ModelSpec.in_channels must be an int"),
+        ({"num_timepoints": 1}, ValueError, r"ModelSpec.num_timepoints must be >= 2"),
+        ({"crop_size": -1}, ValueError, r"ModelSpec.crop_size must be >= 1, got -1"),
+        ({"crop_size": (64, 0)}, ValueError, r"ModelSpec.crop_size\[1\] must be >= 1"),
+        ({"crop_size": (64, 64, 64)}, ValueError, r"ModelSpec.crop_size must have 2 entries"),
+        ({"crop_size": "64"}, TypeError, r"ModelSpec.crop_size must be an int"),
+    ],
+)
+def test_spec_refuses_nonsense_fields(change, error, match):
+    with pytest.raises(error, match=match):
+        ModelSpec(name="x", **change)
+
+
+def test_spec_keeps_valid_fields_as_plain_data():
+    spec = ModelSpec(name="x", dim="3D", in_channels=np.int64(2), num_timepoints=np.int32(3),
+                     crop_size=np.array([32, 32, 16]), modalities=["flair", "t2"])
+    assert (spec.in_channels, spec.num_timepoints, spec.crop_size) == (2, 3, (32, 32, 16))
+    assert type(spec.in_channels) is int and type(spec.crop_size[0]) is int and spec.modalities == ("flair", "t2")
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert ModelSpec(name="x", crop_size=np.int64(64)).crop_size == 64

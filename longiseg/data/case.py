@@ -9,16 +9,17 @@ reoriented to be sampled in the right planes.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from longiseg.data.layout import check_case_id
+from longiseg.data.layout import check_case_id, image_filename
 from longiseg.utils.masks import as_spacing
-from longiseg.utils.validation import check_binary, check_finite, check_timepoints
+from longiseg.utils.validation import check_binary, check_finite, check_positive_int, check_timepoints
 
-__all__ = ["PLANES", "LongitudinalCase", "plane_axes", "display_slice", "affine_spacing"]
+__all__ = ["PLANES", "LongitudinalCase", "plane_axes", "display_slice", "affine_spacing", "check_modalities",
+           "check_case"]
 
 #: The three orthogonal anatomical planes, in the order used everywhere in the library.
 PLANES: tuple[str, str, str] = ("axial", "coronal", "sagittal")
@@ -124,6 +125,48 @@ def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in sp)  # type: ignore[return-value]
 
 
+def check_modalities(modalities: Iterable[str], name: str = "modalities") -> tuple[str, ...]:
+    """Return ``modalities`` as a tuple of channel names that the library layout can store, else raise.
+
+    Each name becomes part of a file name (``t0_flair.nii.gz``, :func:`~longiseg.data.layout.image_filename`),
+    so it must follow that rule (letters, digits and dashes), and the names must differ from one another
+    compared case-insensitively (file names are lower case: ``"FLAIR"`` and ``"flair"`` are one file).
+
+    Args:
+        modalities: channel names, e.g. ``("flair", "t2")``.
+        name: the argument, named in the messages.
+
+    Raises:
+        TypeError: ``modalities`` is a single string or not iterable, or a name is not a string.
+        ValueError: a name the layout cannot store, or a name given twice.
+    """
+    if isinstance(modalities, (str, bytes)) or not isinstance(modalities, Iterable):
+        raise TypeError(f"{name} must be a sequence of channel names such as ('flair', 't2'), "
+                        f"got {type(modalities).__name__} {modalities!r}")
+    mods = tuple(modalities)
+    for i, m in enumerate(mods):
+        if not isinstance(m, str):
+            raise TypeError(f"{name}[{i}] must be a str channel name, got {type(m).__name__} {m!r}")
+        try:
+            image_filename(0, m)
+        except ValueError as err:
+            raise ValueError(f"{name}[{i}]: {err}; channel names become file names such as "
+                             f"{image_filename(0, 'flair')}") from None
+    lower = [m.lower() for m in mods]
+    repeated = sorted({m for m, low in zip(mods, lower) if lower.count(low) > 1})
+    if repeated:
+        raise ValueError(f"{name} must name each channel once (compared case-insensitively: the files are named in "
+                         f"lower case), got {list(mods)} repeating {repeated}")
+    return tuple(str(m) for m in mods)
+
+
+def check_case(name: str, case: object) -> LongitudinalCase:
+    """Return ``case`` if it is a :class:`LongitudinalCase`, else raise ``TypeError`` naming ``name``."""
+    if not isinstance(case, LongitudinalCase):
+        raise TypeError(f"{name} must be a LongitudinalCase, got {type(case).__name__}")
+    return case
+
+
 @dataclass
 class LongitudinalCase:
     """One patient's registered series of ``T >= 2`` timepoints with its lesion masks.
@@ -137,7 +180,8 @@ class LongitudinalCase:
             (all zero for a stable follow-up), or ``None`` for unlabelled cases.
         affine: ``(4, 4)`` voxel-to-world matrix shared by all volumes.
         spacing: voxel size in mm along ``(D, H, W)``.
-        modalities: channel names, e.g. ``("flair", "t2")``.
+        modalities: channel names, e.g. ``("flair", "t2")``: one per channel, each a valid file-name part, no
+            name twice (compared case-insensitively; see :func:`check_modalities`).
         case_id: unique case identifier, a single folder name
             (see :func:`~longiseg.data.layout.check_case_id`).
         patient_id: patient identifier (several cases may share one).
@@ -163,12 +207,16 @@ class LongitudinalCase:
         imgs = np.asarray(self.images)
         if imgs.ndim != 5:
             raise ValueError(f"images must have 5 dims (T, C, D, H, W), got shape {tuple(imgs.shape)}")
+        if imgs.dtype != bool and not (np.issubdtype(imgs.dtype, np.integer) or np.issubdtype(imgs.dtype, np.floating)):
+            raise TypeError(f"images must hold real numbers (bool, int or float), got dtype {imgs.dtype}")
         check_timepoints("images.shape[0] (number of timepoints T)", int(imgs.shape[0]))
+        for axis, what in enumerate(("number of channels C", "D", "H", "W"), start=1):
+            check_positive_int(f"images.shape[{axis}] ({what})", int(imgs.shape[axis]))
         check_finite("images", imgs)
         self.images = np.ascontiguousarray(imgs, dtype=np.float32)
         t, c, *spatial = self.images.shape
         spatial_t = tuple(spatial)
-        self.modalities = tuple(str(m) for m in self.modalities)
+        self.modalities = check_modalities(self.modalities)
         if len(self.modalities) != c:
             raise ValueError(f"modalities must name the {c} image channels, got {list(self.modalities)}")
         self.baseline_mask = _as_mask("baseline_mask", self.baseline_mask, spatial_t)
@@ -191,7 +239,7 @@ class LongitudinalCase:
         check_finite("affine", aff)
         self.affine = aff
         self.spacing = tuple(as_spacing(self.spacing, 3).tolist())  # type: ignore[assignment]
-        self.case_id = check_case_id(str(self.case_id))
+        self.case_id = str(check_case_id(self.case_id))
         self.patient_id = str(self.patient_id) if self.patient_id else self.case_id
 
     # ------------------------------------------------------------------ properties

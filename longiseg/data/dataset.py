@@ -21,6 +21,7 @@ the flags.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -30,7 +31,13 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from longiseg.data.case import PLANES, LongitudinalCase
-from longiseg.data.loading import CaseSource, find_cases, load_case
+from longiseg.data.loading import (
+    CaseSource,
+    check_same_modalities,
+    check_same_timepoints,
+    find_cases,
+    load_case,
+)
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import EpochIndex
 from longiseg.data.sampling import CrossViewSampler, SamplingIndex, VolumePatchSampler, build_sampling_index
@@ -105,6 +112,7 @@ class _LongitudinalDataset(Dataset):
                 raise TypeError(f"cases must be CaseSource or LongitudinalCase objects, got {type(c).__name__}")
             if not c.has_labels:
                 raise ValueError(f"case {c.case_id!r} has no baseline/progression masks; training needs labels")
+        _check_stackable(self.cases)
         self.sampler = sampler
         default_len = 32 * len(self.cases)
         self.samples_per_epoch = check_positive_int(
@@ -206,11 +214,18 @@ class _LongitudinalDataset(Dataset):
 
         ``index >= len(self)`` is a virtual index: another draw from the case of sample
         ``index % len(self)``, seeded by the index itself.
+
+        Raises:
+            TypeError: ``index`` is not an integer (``1.5`` is not rounded to a sample).
+            IndexError: ``index`` is negative.
         """
         epoch = None
         if isinstance(index, EpochIndex):
             epoch, index = check_positive_int("index.epoch", index.epoch, minimum=0), index.index
-        index = int(index)
+        try:
+            index = operator.index(index)  # ints, NumPy ints; not 1.5 (no rounding to another sample)
+        except TypeError:
+            raise TypeError(f"index must be an int or an EpochIndex, got {type(index).__name__} {index!r}") from None
         if index < 0:
             raise IndexError(f"index {index} out of range: samples are numbered from 0 (a dataset of "
                              f"{self.samples_per_epoch} samples; larger indices are repeat draws)")
@@ -251,6 +266,11 @@ class SliceDataset(_LongitudinalDataset):
     Each item is a dict with ``images (T, C, h, w)``, ``baseline (1, h, w)``, ``progression (T-1, 1, h, w)``,
     ``has_progression``, ``progression_visible``, ``hard_negative``, ``baseline_annotated``, ``case_index``,
     ``plane`` and ``center`` (see :mod:`longiseg.data.sampling`).
+
+    Raises:
+        TypeError: a case is neither a :class:`CaseSource` nor a :class:`LongitudinalCase`.
+        ValueError: no cases, a case without masks, or cases that a batch cannot stack: other modalities
+            (names, order or number ``C``) or another number of timepoints ``T`` than the others, naming them.
     """
 
     def __init__(
@@ -300,6 +320,13 @@ class VolumePatchDataset(_LongitudinalDataset):
                                      progression_share=progression_share, persisting_share=persisting_share)
         super().__init__(cases, sampler, samples_per_epoch=samples_per_epoch, transform=_transform(transform),
                          preprocess=preprocess, cache_size=cache_size, seed=seed)
+
+
+def _check_stackable(cases: Sequence[CaseLike]) -> None:
+    """Refuse cases whose samples a batch cannot stack: other modalities (so another ``C``) or another number of
+    timepoints ``T`` than the others, naming the cases (read from the sources: no voxels loaded)."""
+    check_same_modalities(cases)
+    check_same_timepoints(cases)
 
 
 def _transform(transform: Callable | str | None) -> Callable | None:

@@ -27,8 +27,15 @@ import numpy as np
 from tqdm import tqdm
 
 from longiseg.data import layout
-from longiseg.data.case import LongitudinalCase, affine_spacing
-from longiseg.utils.io import atomic_directory, atomic_save_nifti, atomic_write, atomic_write_json, load_nifti
+from longiseg.data.case import LongitudinalCase, affine_spacing, check_case, check_modalities
+from longiseg.utils.io import (
+    atomic_directory,
+    atomic_save_nifti,
+    atomic_write,
+    atomic_write_json,
+    check_output_folder,
+    load_nifti,
+)
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_binary, check_timepoints
 
@@ -44,6 +51,7 @@ __all__ = [
     "load_cases",
     "validate_cases",
     "check_same_modalities",
+    "check_same_timepoints",
     "modality_mismatches",
     "read_manifest",
     "write_manifest",
@@ -724,35 +732,51 @@ def validate_cases(
 
 def save_case(case: LongitudinalCase, root: PathLike, *, overwrite: bool = False,
               image_dtype: np.dtype | type = np.float32) -> Path:
-    """Write ``case`` into ``root/<case_id>/`` in the library layout (every file atomically).
+    """Write ``case`` into ``root/<case_id>/`` in the library layout, the case folder as a whole.
 
-    Images are stored as ``image_dtype`` (float32 by default; integer types round), masks as uint8; the
-    case's affine is kept.
+    Images ``(T, C, D, H, W)`` are stored as ``image_dtype`` (float32 by default; integer types round), one
+    file per timepoint and modality, masks ``(D, H, W)`` as uint8; the case's affine is kept. Every file is
+    first written into a temporary folder that replaces ``root/<case_id>`` at the end (as
+    :func:`save_prediction` does), so a failure at any point leaves no half-written case folder, and an
+    existing one is either kept as it was or replaced as a whole (files of an earlier save that the case no
+    longer has, such as a third timepoint, do not stay behind).
+
+    Args:
+        case: the case to write.
+        root: cohort folder.
+        overwrite: replace an existing case folder (and everything in it); otherwise only a missing or
+            empty one is written.
+        image_dtype: on-disk dtype of the images.
 
     Returns:
         The case folder.
 
     Raises:
-        FileExistsError: a file exists and ``overwrite`` is ``False``.
+        TypeError: ``case`` is not a :class:`LongitudinalCase`.
+        ValueError: a bad case id, or modalities that the layout cannot store as distinct file names
+            (:func:`~longiseg.data.case.check_modalities`), both checked before anything is written.
+        FileExistsError: ``root/<case_id>`` exists, is not empty and ``overwrite`` is ``False``.
+        NotADirectoryError: ``root/<case_id>`` (or a folder above it) is a file.
     """
+    check_case("case", case)
     folder = Path(root) / layout.check_case_id(case.case_id)
-    for t in range(case.num_timepoints):
-        for c, mod in enumerate(case.modalities):
-            img = case.images[t, c]
-            if np.issubdtype(np.dtype(image_dtype), np.integer):
-                info = np.iinfo(image_dtype)
-                img = np.clip(np.round(img), info.min, info.max)
-            atomic_save_nifti(img, case.affine, folder / layout.image_filename(t, mod),
-                              overwrite=overwrite, dtype=image_dtype)
-    if case.baseline_mask is not None and case.progression_masks is not None:
-        atomic_save_nifti(case.baseline_mask, case.affine, folder / layout.BASELINE_MASK,
-                          overwrite=overwrite, dtype=np.uint8)
-        for i, m in enumerate(case.progression_masks, start=1):
-            atomic_save_nifti(m, case.affine, folder / layout.progression_filename(i),
-                              overwrite=overwrite, dtype=np.uint8)
-    if case.brain_mask is not None:
-        atomic_save_nifti(case.brain_mask, case.affine, folder / layout.BRAIN_MASK,
-                          overwrite=overwrite, dtype=np.uint8)
+    modalities = check_modalities(case.modalities, "case.modalities")
+    check_output_folder(folder, "case folder")
+    empty = folder.is_dir() and not any(folder.iterdir())
+    with atomic_directory(folder, overwrite=overwrite or empty) as tmp:
+        for t in range(case.num_timepoints):
+            for c, mod in enumerate(modalities):
+                img = case.images[t, c]
+                if np.issubdtype(np.dtype(image_dtype), np.integer):
+                    info = np.iinfo(image_dtype)
+                    img = np.clip(np.round(img), info.min, info.max)
+                atomic_save_nifti(img, case.affine, tmp / layout.image_filename(t, mod), dtype=image_dtype)
+        if case.baseline_mask is not None and case.progression_masks is not None:
+            atomic_save_nifti(case.baseline_mask, case.affine, tmp / layout.BASELINE_MASK, dtype=np.uint8)
+            for i, m in enumerate(case.progression_masks, start=1):
+                atomic_save_nifti(m, case.affine, tmp / layout.progression_filename(i), dtype=np.uint8)
+        if case.brain_mask is not None:
+            atomic_save_nifti(case.brain_mask, case.affine, tmp / layout.BRAIN_MASK, dtype=np.uint8)
     return folder
 
 
@@ -870,6 +894,30 @@ def check_same_modalities(cases: Sequence[CaseSource | LongitudinalCase]) -> tup
         more = f" (also {format_case_ids(list(odd)[1:])})" if len(odd) > 1 else ""
         raise ValueError(first + more)
     return common
+
+
+def check_same_timepoints(cases: Sequence[CaseSource | LongitudinalCase], remedy: str = "make one dataset per T"
+                          ) -> int:
+    """Refuse cases that do not all have the same number of timepoints ``T`` (a batch stacks samples of one ``T``).
+
+    Args:
+        cases: case sources or loaded cases (e.g. the training and validation cases together).
+        remedy: what to do instead, ending the message.
+
+    Returns:
+        The common ``T`` (``0`` for no case).
+
+    Raises:
+        ValueError: naming the cases of each ``T``.
+    """
+    by_t: dict[int, list[str]] = {}
+    for c in cases:
+        by_t.setdefault(c.num_timepoints, []).append(c.case_id)
+    if len(by_t) > 1:
+        counts = "; ".join(f"T={t} for {format_case_ids(sorted(ids))}" for t, ids in sorted(by_t.items()))
+        raise ValueError(f"cases must all have the same number of timepoints ({counts}): a batch stacks samples "
+                         f"of one T; {remedy}")
+    return next(iter(by_t), 0)
 
 
 def _cohort_manifest(root: Path) -> Manifest | None:

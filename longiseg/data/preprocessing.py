@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from longiseg.data.case import LongitudinalCase
-from longiseg.utils.validation import check_positive_int
+from longiseg.data.case import LongitudinalCase, check_case
+from longiseg.utils.validation import check_bool, check_positive_int
 
 __all__ = ["CropBox", "zscore_normalize", "joint_foreground_bbox", "crop_to_foreground", "preprocess_case"]
 
@@ -81,10 +81,11 @@ def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: fl
         A new case with normalised float32 images (masks shared, not copied).
 
     Raises:
-        TypeError: ``background`` or ``eps`` is not a number.
+        TypeError: ``case`` is not a :class:`LongitudinalCase`, or ``background`` or ``eps`` is not a number.
         ValueError: ``eps`` not a positive finite number, ``background`` not finite, or an image has no voxel
             inside the region.
     """
+    check_case("case", case)
     for name, value in (("background", background), ("eps", eps)):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise TypeError(f"{name} must be a number, got {type(value).__name__}")
@@ -119,8 +120,10 @@ def joint_foreground_bbox(case: LongitudinalCase, margin: int = 0) -> CropBox:
         margin: voxels added on every side (clipped at the volume border).
 
     Raises:
+        TypeError: ``case`` is not a :class:`LongitudinalCase`.
         ValueError: every image is zero.
     """
+    check_case("case", case)
     margin = check_positive_int("margin", margin, minimum=0)
     fg = np.any(case.images != 0, axis=(0, 1))
     if case.brain_mask is not None:
@@ -165,8 +168,21 @@ def preprocess_case(
 ) -> LongitudinalCase:
     """The default preprocessing: optional crop to the joint foreground box, then per-image z-score.
 
-    The crop box (if any) is kept in ``case.metadata["crop_box"]``.
+    Args:
+        case: case with ``images (T, C, D, H, W)``.
+        normalize: z-score each image (:func:`zscore_normalize`).
+        crop: crop every volume to the joint foreground box (:func:`crop_to_foreground`).
+        margin: voxels kept around the foreground box when cropping.
+
+    Returns:
+        The prepared case (``(T, C, d, h, w)`` when cropped); the crop box (if any) is kept in
+        ``case.metadata["crop_box"]``.
+
+    Raises:
+        TypeError: ``case`` is not a :class:`LongitudinalCase`, or ``normalize``/``crop`` is not a bool.
     """
+    check_case("case", case)
+    normalize, crop = check_bool("normalize", normalize), check_bool("crop", crop)
     if crop:
         case, _ = crop_to_foreground(case, margin)
     if normalize:

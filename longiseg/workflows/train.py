@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
-from longiseg.data.loading import find_cases, format_case_ids
+from longiseg.data.loading import check_same_timepoints, find_cases
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler
 from longiseg.data.split import split_by_patient
@@ -192,21 +192,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _check_cases_fit_together(train_cases: Sequence, val_cases: Sequence) -> None:
-    """Refuse training and validation cases that batches cannot stack: another number of timepoints than the
-    others, naming the cases. (Their modalities agree already: ``find_cases`` refuses a cohort whose cases
-    differ, and the validation cases are read in the training cases' channel order.)"""
-    cases = [*train_cases, *val_cases]
-    by_t: dict[int, list[str]] = {}
-    for c in cases:
-        by_t.setdefault(c.num_timepoints, []).append(c.case_id)
-    if len(by_t) > 1:
-        counts = "; ".join(f"T={t} for {format_case_ids(sorted(ids))}" for t, ids in sorted(by_t.items()))
-        raise ValueError(f"the training and validation cases do not all have the same number of timepoints ({counts}): "
-                         "a batch stacks samples of one T; train on cases with one number of timepoints "
-                         "(e.g. a cohort folder or a manifest per T)")
-
-
 def _check_model_fits_cases(model: nn.Module, kwargs: dict, cases: Sequence) -> None:
     """Refuse a model built for another number of modalities ``C`` or timepoints ``T`` than the cases have."""
     spec = model.spec
@@ -215,7 +200,8 @@ def _check_model_fits_cases(model: nn.Module, kwargs: dict, cases: Sequence) -> 
         raise ValueError(f"model.kwargs.in_channels={kwargs.get('in_channels')} but the cases have {c} modalities "
                          f"{list(cases[0].modalities)}: leave model.kwargs.in_channels out (it defaults to the "
                          f"number of modalities) or set it to {c}")
-    if spec.num_timepoints is not None and spec.num_timepoints != t:
+    if (spec.num_timepoints is not None and spec.num_timepoints != t) or kwargs.get("num_timepoints", t) != t:
+        # also for a model that takes any T: the setting contradicts the data
         raise ValueError(f"model.kwargs.num_timepoints={kwargs.get('num_timepoints')} but the cases have {t} "
                          "timepoints: leave model.kwargs.num_timepoints out (it defaults to the cases' number of "
                          f"timepoints) or set it to {t}")
@@ -358,7 +344,10 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
         train_cases, val_cases = split_by_patient(cases, cfg.data.val_fraction, cfg.data.seed)
     if resuming:
         _check_resumed_split(out / SPLIT_FILE, train_cases, val_cases)
-    _check_cases_fit_together(train_cases, val_cases)
+    # a batch stacks samples of one T (modalities agree already: find_cases refuses a cohort whose cases differ,
+    # and the validation cases are read in the training cases' channel order)
+    check_same_timepoints([*train_cases, *val_cases], remedy="train on cases with one number of timepoints (e.g. a "
+                          "cohort folder or a manifest per T)")
     if 0 < len(val_cases) and cfg.data.val_samples < len(val_cases):
         logger.warning("data.val_samples=%d is smaller than the %d validation cases: %d of them are never scored",
                        cfg.data.val_samples, len(val_cases), len(val_cases) - cfg.data.val_samples)
