@@ -386,3 +386,41 @@ def test_input_checks():
         selective_scan(xs[0], xs[1][:, :, :-1], *xs[2:5], backend="numba")
     with pytest.raises(TypeError, match="complex"):
         selective_scan(xs[0], xs[1], xs[2].to(torch.complex128), *xs[3:5], backend="numba")
+
+
+def test_kernels_compile_without_a_writable_disk_cache(tmp_path) -> None:
+    """A read-only installation without a writable user cache: numba refuses ``cache=True`` when a function is
+    decorated ("cannot cache function ..."). The kernels then compile in memory (same results), with one warning.
+    Simulated in a fresh process by a numba.njit that refuses to cache, as numba does there."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = """
+import logging, numba, torch
+real = numba.njit
+def refusing(*args, **kw):
+    if kw.get("cache"):
+        def deco(fn):
+            raise RuntimeError("cannot cache function %r: no locator available for file 'x.py'" % fn.__name__)
+        return deco
+    return real(*args, **kw)
+numba.njit = refusing
+logging.basicConfig(level=logging.WARNING)
+from longiseg.ssm import selective_scan, selective_scan_reference
+from longiseg.ssm.causal_conv import causal_conv1d_silu_cpu, causal_conv1d_silu_reference
+g = torch.Generator().manual_seed(0)
+u, dt = torch.randn(1, 8, 40, generator=g, dtype=torch.float64), torch.randn(1, 8, 40, generator=g, dtype=torch.float64)
+A, B, C = -torch.rand(8, 4, generator=g, dtype=torch.float64), torch.randn(1, 4, 40, generator=g, dtype=torch.float64), torch.randn(1, 4, 40, generator=g, dtype=torch.float64)
+out = selective_scan(u, dt, A, B, C, delta_softplus=True, backend="numba")
+ref = selective_scan_reference(u, dt, A, B, C, delta_softplus=True)
+x, w, b = torch.randn(2, 30, 8, generator=g, dtype=torch.float64), torch.randn(8, 4, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+conv_err = (causal_conv1d_silu_cpu(x, w, b) - causal_conv1d_silu_reference(x, w, b)).abs().max().item()
+print("scan", ((out - ref).norm() / ref.norm()).item(), "conv", conv_err)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    scan_err, conv_err = (float(v) for v in result.stdout.split()[1::2])
+    assert scan_err < 1e-10 and conv_err < 1e-10
+    assert result.stderr.count("numba cannot cache the compiled CPU kernels on disk") == 1, result.stderr[-2000:]

@@ -46,6 +46,7 @@ code next to the module, later processes load it in about a second.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import threading
@@ -55,6 +56,9 @@ import numpy as np
 import torch
 
 from longiseg.ssm.inputs import compute_dtype, prepare_scan_inputs
+from longiseg.utils.logging import get_logger, log_once
+
+_LOGGER = get_logger("longiseg.ssm")
 
 __all__ = [
     "cpu_kernel_available",
@@ -122,6 +126,26 @@ def _load_numba() -> tuple[object | None, str]:
     return numba, ""
 
 
+def jit(numba: Any, *args: Any, **options: Any) -> Any:
+    """``numba.njit(*args, **options)`` with numba's disk cache where numba can write one.
+
+    A read-only installation without a writable user cache folder (``NUMBA_CACHE_DIR``) makes numba's disk
+    cache raise when a function is decorated; the kernels are then compiled in memory in each process (the same
+    machine code, compiled again), and a warning says so once.
+    """
+    def decorate(fn: Any) -> Any:
+        try:
+            return numba.njit(*args, cache=True, **options)(fn)
+        except RuntimeError as err:
+            if "cannot cache" not in str(err):
+                raise
+            log_once(_LOGGER, "numba-disk-cache", "numba cannot cache the compiled CPU kernels on disk ("
+                     f"{' '.join(str(err).split())[:160]}): they are compiled in every process; set NUMBA_CACHE_DIR "
+                     "to a writable folder to keep them", logging.WARNING)
+            return numba.njit(*args, **options)(fn)
+    return decorate
+
+
 #: Serialises kernel launches: numba's work-queue threading layer must not be entered by two threads at once.
 _KERNEL_LOCK = threading.Lock()
 
@@ -186,9 +210,9 @@ def _define_kernels(numba: Any) -> None:
     from llvmlite import ir
     from numba.core import cgutils
 
-    njit, prange = numba.njit, numba.prange
+    njit, prange = functools.partial(jit, numba), numba.prange
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_coefficients(poly):  # pragma: no cover - compiled
         # the polynomial coefficients (_POLY, as poly) as a tuple of scalars that a job reads once and passes down
         return (
@@ -253,7 +277,7 @@ def _define_kernels(numba: Any) -> None:
 
         return softplus64
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_exp2_array(v, poly, out):  # pragma: no cover - compiled
         q = _nb_coefficients(poly)
         for i in range(v.size):
@@ -316,13 +340,13 @@ def _define_kernels(numba: Any) -> None:
         intp = numba.types.intp
         return numba.types.void(intp, intp, intp, intp), codegen
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_line(x, b, t, d, count):  # pragma: no cover - compiled
         # x[b, t : t + count, d] where time is x's unit-stride axis, else x[b, t, d : d + count], as a C array
         offset = b * x.strides[0] + t * x.strides[1] + d * x.strides[2]
         return numba.carray(_nb_pointer(x, offset), count)
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_prefetch_rows(x, b, tn, d0, nd, span):  # pragma: no cover - compiled
         # when time is x's contiguous axis: prefetch positions tn .. tn + span of channels d0 .. d0 + nd
         # (the next tile a job reads or writes; 64 rows of one short run each, which the hardware prefetchers
@@ -335,7 +359,7 @@ def _define_kernels(numba: Any) -> None:
                 for off in range(0, reach + 64, 64):
                     _nb_prefetch(row + min(off, reach))
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_tile(x, b, t0, d0, steps, tile, tn, to_x):  # pragma: no cover - compiled
         # between tile[k, j] and x[b, t0 + k, d0 + j] for k < steps (tile -> x when to_x), along x's unit-stride
         # axis (channels when strides[2] is one element, else time: see _view); prefetches the tile starting at tn
@@ -370,7 +394,7 @@ def _define_kernels(numba: Any) -> None:
                 else:
                     _nb_copy(row, tile[k])
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_time_steps(tdt, tsg, txu, tu, bias, softplus, steps, q):  # pragma: no cover - compiled
         # tdt holds the raw steps of a tile and becomes delta' = softplus(raw + bias) (or raw + bias); tsg =
         # d delta' / d raw (sigmoid(raw + bias), or 1); txu = delta' u
@@ -392,7 +416,7 @@ def _define_kernels(numba: Any) -> None:
             for j in range(nd):
                 xk[j] = dk[j] * uk[j]
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, tn, tiles, q):  # pragma: no cover - compiled
         # a job's inputs at positions t0 .. t0 + steps into tiles (5, >= steps, nd): u, the time steps
         # delta', their derivative w.r.t. the raw steps, delta' u, and z (when given); prefetches the chunk at tn
@@ -402,7 +426,7 @@ def _define_kernels(numba: Any) -> None:
         if z.shape[0] > 0:
             _nb_tile(z, b, t0, d0, steps, tiles[4], tn, False)
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_copy_states(h, rows, d0, to_rows):  # pragma: no cover - compiled
         # between a job's states h (N, nd) and the channels d0 .. d0 + nd of rows (N, D); explicit loops, as
         # numba's array assignment would compile its string-formatting error path (seconds of compile time)
@@ -413,13 +437,13 @@ def _define_kernels(numba: Any) -> None:
             else:
                 _nb_copy(rows[n, d0 : d0 + nd], h[n])
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_copy(src, dst):  # pragma: no cover - compiled
         # dst[:] = src for 1D arrays of equal length (an explicit loop: see _nb_copy_states)
         for j in range(src.shape[0]):
             dst[j] = src[j]
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_transposed(x, d0, nd):  # pragma: no cover - compiled
         # x[d0 : d0 + nd] of a (D, N) array as a contiguous (N, nd) array
         out = np.empty((x.shape[1], nd), dtype=x.dtype)
@@ -428,7 +452,7 @@ def _define_kernels(numba: Any) -> None:
                 out[n, j] = x[d0 + j, n]
         return out
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_job_constants(a_exp, bk, ck, bias, dskip, dim, d0, nd):  # pragma: no cover - compiled
         # what a job of channels d0 .. d0 + nd needs besides its tiles: its group of B and of C (of dim // G
         # channels each), its exponent factors as a contiguous (N, nd) array and its slices of bias and skip
@@ -436,19 +460,19 @@ def _define_kernels(numba: Any) -> None:
         gc = d0 // (dim // ck.shape[1])
         return gb, gc, _nb_transposed(a_exp, d0, nd), bias[d0 : d0 + nd], dskip[d0 : d0 + nd]
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_row(x, b, g, t):  # pragma: no cover - compiled
         # the (N,) row of B or C (or of their gradient buffers) for batch b, group g, position t; the batch
         # and position indices collapse to 0 where x does not vary along them
         return x[b if x.shape[0] > 1 else 0, g, t if x.shape[2] > 1 else 0]
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_span(u):  # pragma: no cover - compiled
         # positions per input/output tile of a forward job: _TIME_TILE where time is u's contiguous axis, else
         # _CHECKPOINT_EVERY
         return _TIME_TILE if u.strides[2] != u.itemsize else _CHECKPOINT_EVERY
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_advance(h_prev, h_next, dec, av, stepv, xv, bv, cv, acc, q):  # pragma: no cover - compiled
         # One position: h_next = exp(step a) h_prev + step u B, acc += sum_n C h_next; dec (when not empty)
         # keeps the decays exp(step a). h_prev and h_next must be different arrays: with one array passed twice
@@ -477,11 +501,11 @@ def _define_kernels(numba: Any) -> None:
 
     # The forward job's copy of _nb_advance, inlined into it (numba IR): forward pass 4-12 % faster. Inlined into
     # the backward job (or a per-chunk helper) the same loops took 1.2-1.4x longer, so that one calls it.
-    _nb_advance_inlined = njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True, inline="always")(
+    _nb_advance_inlined = njit(fastmath=True, boundscheck=False, error_model="numpy", inline="always")(
         _nb_advance.py_func
     )
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_forward_job(  # pragma: no cover - compiled
         u, draw, bias, softplus, a_exp, poly, bk, ck, dskip, z, out, last, ckpt, b, d0, nd
     ):
@@ -533,7 +557,7 @@ def _define_kernels(numba: Any) -> None:
                 blocks[blk, 1] - blocks[blk, 0],
             )
 
-    @njit(fastmath=True, boundscheck=False, error_model="numpy", cache=True)
+    @njit(fastmath=True, boundscheck=False, error_model="numpy")
     def _nb_backward_job(  # pragma: no cover - compiled
         u, draw, bias, softplus, a_exp, poly, a, bk, ck, dskip, z, gout, glast, ckpt,
         gu, gdt, gz, ga, gbk, gck, gd, gbias, b, d0, nd,
@@ -696,7 +720,7 @@ def _entry(name: str, dtype: torch.dtype, parallel: bool) -> Any:
             any3, any3, any3, c3, arr(f, 5, "C"), arr(f, 5, "C"), c2, c2,
         )
         fn = _nb_backward_py
-    return numba.njit([sig], parallel=parallel, fastmath=True, boundscheck=False, error_model="numpy", cache=True)(fn)  # type: ignore[attr-defined]
+    return jit(numba, [sig], parallel=parallel, fastmath=True, boundscheck=False, error_model="numpy")(fn)
 
 
 def _use_threads(jobs: int, work: int) -> int:
