@@ -81,6 +81,42 @@ def test_bad_arguments() -> None:
         SlidingWindowInferer3D(roi_size=4, progress=False)(VoxelwiseModel3D(), np.zeros((2, 4, 4, 4)))
 
 
+@pytest.mark.parametrize(
+    ("device", "err", "match"),
+    [
+        ("gpu", ValueError, "device 'gpu' is not a device"),
+        (5, TypeError, "device must be a string such as 'cpu' or 'cuda:0', got int"),
+        pytest.param("cuda", ValueError, "device 'cuda': CUDA is not available",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    ],
+)
+def test_device_is_checked_at_construction(device, err, match) -> None:
+    with pytest.raises(err, match=match):
+        SlidingWindowInferer3D(roi_size=4, progress=False, device=device)
+    assert SlidingWindowInferer3D(device="cpu").device == torch.device("cpu")
+    assert SlidingWindowInferer3D().device is None  # the model's own device
+
+
+@pytest.mark.parametrize(
+    ("model", "x", "flips", "err", "match"),
+    [
+        (None, np.zeros((1, 2, 1, 4, 4), np.float32), ((),), TypeError, "x must be a torch.Tensor, got ndarray"),
+        (None, torch.zeros(2, 1, 4, 4), ((),), ValueError, r"x must have 5 or 6 dims \(B, T, C, \*S\)"),
+        (lambda x: x, torch.zeros(1, 2, 1, 4, 4), ((),), TypeError, "model must be a torch.nn.Module"),
+        (None, torch.zeros(1, 2, 1, 4, 4), [], ValueError, "flips must be a non-empty sequence"),
+        (None, torch.zeros(1, 2, 1, 4, 4), (-1,), TypeError, "flips must hold tuples .*got int -1"),
+        (None, torch.zeros(1, 2, 1, 4, 4), ((5,),), ValueError, r"each one of \(-2, -1\) .*got \(5,\)"),
+        (None, torch.zeros(1, 2, 1, 4, 4), ((2,),), ValueError, r"would flip B, T or C\), got \(2,\)"),
+        (None, torch.zeros(1, 2, 1, 4, 4, 4), ((-4,),), ValueError, r"each one of \(-3, -2, -1\)"),
+        (None, torch.zeros(1, 2, 1, 4, 4), ((-1, -1),), ValueError, "distinct"),
+    ],
+)
+def test_predict_probabilities_checks_its_arguments(model, x, flips, err, match) -> None:
+    """Flips of B, T or C (non-negative or out-of-range dims) would silently mix channels: refused by name."""
+    with pytest.raises(err, match=match):
+        predict_probabilities(VoxelwiseModel3D() if model is None else model, x, flips=flips)
+
+
 def test_predict_probabilities_flip_average_reference() -> None:
     """Flip TTA of a position-dependent 2.5D model equals the float64 average over the four flips."""
 

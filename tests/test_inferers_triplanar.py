@@ -336,6 +336,29 @@ def test_errors(kwargs, call, err, match) -> None:
         inf(PatchBiasModel(), img, mask)
 
 
+@pytest.mark.parametrize(
+    ("device", "err", "match"),
+    [
+        ("gpu", ValueError, "device 'gpu' is not a device"),
+        (5, TypeError, "device must be a string such as 'cpu' or 'cuda:0', got int"),
+        pytest.param("cuda", ValueError, "device 'cuda': CUDA is not available",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    ],
+)
+def test_device_is_checked_at_construction(device, err, match) -> None:
+    """An unknown or absent device is refused when the inferer is built, not by torch in the first patch."""
+    with pytest.raises(err, match=match):
+        TriplanarInferer(patch_size=4, progress=False, device=device)
+
+
+def test_device_is_resolved_and_a_non_module_model_refused() -> None:
+    assert TriplanarInferer(device="cpu").device == torch.device("cpu")
+    assert TriplanarInferer(device=None).device is None  # the model's own device
+    inf = TriplanarInferer(patch_size=4, progress=False)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module .*got function"):
+        inf(lambda x: x, _case(shape=(5, 5, 5)))
+
+
 def test_bad_model_output() -> None:
     class Tensors(nn.Module):
         def forward(self, x):

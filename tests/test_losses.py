@@ -621,6 +621,14 @@ def test_new_lesion_logits_match_the_float64_product_with_gradients() -> None:
         new_lesion_logits(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 1, 4, 5))
 
 
+def test_new_lesion_logits_refuse_integer_tensors() -> None:
+    base, prog = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 1, 4, 4)
+    with pytest.raises(TypeError, match="baseline_logits must be a floating-point tensor .*got dtype torch.int64"):
+        new_lesion_logits(base.long(), prog.long())
+    with pytest.raises(TypeError, match="progression_logits must be a floating-point tensor .*got dtype torch.bool"):
+        new_lesion_logits(base, prog.bool())
+
+
 def test_progression_outside_baseline_loss_reaches_the_baseline_head_only_when_asked() -> None:
     torch.manual_seed(0)
     base_t, prog_t = torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 1, 8, 8)

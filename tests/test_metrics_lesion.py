@@ -223,6 +223,22 @@ def test_empty_conventions() -> None:
     assert lesion_detection(z, one, zero_division=0.0).precision == 0.0
 
 
+def test_detection_scores_refuse_impossible_counts() -> None:
+    assert detection_scores(np.int64(1), 2, 2, 2)[:2] == (0.5, 1.0)
+    with pytest.raises(ValueError, match="tp_gt must be at most n_gt .*got tp_gt=3 and n_gt=2"):
+        detection_scores(3, 2, 1, 2)
+    with pytest.raises(ValueError, match="tp_pred must be at most n_pred .*got tp_pred=3 and n_pred=2"):
+        detection_scores(1, 2, 3, 2)
+    with pytest.raises(ValueError, match="tp_gt must be >= 0, got -1"):
+        detection_scores(-1, 2, 1, 2)
+    with pytest.raises(ValueError, match="n_pred must be >= 0, got -2"):
+        detection_scores(0, 0, 0, -2)
+    with pytest.raises(TypeError, match="n_gt must be an int, got float"):
+        detection_scores(1, 2.0, 1, 2)
+    with pytest.raises(TypeError, match="tp_pred must be an int, got bool"):
+        detection_scores(1, 2, True, 2)
+
+
 def test_errors() -> None:
     m = np.zeros((4, 4, 4), bool)
     with pytest.raises(ValueError, match="rule must be one of"):

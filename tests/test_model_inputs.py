@@ -7,7 +7,7 @@ import torch
 from model_checks import assert_output_shapes
 
 from longiseg import build_model, list_models, model_info
-from longiseg.networks.inputs import SpatialSizeRule, check_model_input, check_spatial_size
+from longiseg.networks.inputs import SpatialSizeRule, check_model_input, check_spatial_size, parameter_device
 from longiseg.utils.validation import DEBUG_CHECKS_ENV, debug_checks, debug_checks_enabled
 
 SEGFORMER_LIKE = {"widths": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "decoder_dim": 16}
@@ -88,10 +88,36 @@ def test_check_model_input_rules() -> None:
         check_model_input(ok.bfloat16(), 2, 1, dtype=torch.float32)
 
 
+def test_check_model_input_refuses_an_input_on_another_device() -> None:
+    """A meta tensor stands in for a CUDA input to a CPU model (and the reverse): both devices are named."""
+    ok = torch.zeros(1, 2, 1, 8, 4)
+    check_model_input(ok, 2, 1, device=torch.device("cpu"))
+    check_model_input(ok.to("meta"), 2, 1)  # device=None: any device
+    with pytest.raises(ValueError, match=r"x is on device meta but the model's parameters are on device cpu"):
+        check_model_input(ok.to("meta"), 2, 1, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"x is on device cpu but the model's parameters are on device meta"):
+        check_model_input(ok, 2, 1, device=torch.device("meta"))
+    assert parameter_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert parameter_device(torch.nn.ReLU()) is None
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_models_name_a_device_mismatch(name: str) -> None:
+    """An input on another device than the model fails in the input check, not inside the first convolution."""
+    model, dims, down, _ = _model(name)
+    x = torch.zeros(1, 2, 1, *(2 * down,) * dims)
+    with pytest.raises(ValueError, match=r"x is on device meta but the model's parameters are on device cpu"):
+        model(x.to("meta"))
+    with pytest.raises(ValueError, match=r"x is on device cpu but the model's parameters are on device meta"):
+        model.to("meta")(x)
+
+
 @pytest.mark.parametrize("name", ["segmast", "segformer", "dynunet_2d", "longi_unet_dw_2d"])
 def test_models_name_a_dtype_mismatch_and_accept_their_own_dtype(name: str) -> None:
     """A float64 array from numpy fed to a float32 model: a TypeError naming the fix, not a failure inside
     the first convolution; the same input to the model in float64 runs."""
+    if "monai" in (model_info(name).tags or ()):
+        pytest.importorskip("monai", reason="MONAI is an optional extra (pip install longiseg[baselines])")
     kwargs = {"widths": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "decoder_dim": 16} if name == "segmast" else {}
     model = build_model(name, **kwargs)
     x = torch.randn(1, 2, 2, 64, 64, dtype=torch.float64)

@@ -211,6 +211,48 @@ def test_builder_argument_errors_name_the_argument() -> None:
     assert model.spatial_dims == 3
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs", "err", "match"),
+    [
+        ("dynunet_2d", {"strides": [2, 2, 2]}, ValueError, r"strides\[0\] must be 1 .*input's size\), got 2"),
+        ("dynunet_cs", {"strides": [(1, 2, 1), 2, 2]}, ValueError, r"strides\[0\] must be 1"),
+        ("dynunet_2d", {"deep_supervision": True}, ValueError, "deep_supervision=True is not supported"),
+        ("dynunet_3d", {"deep_supervision": "no"}, TypeError, "deep_supervision must be a bool, got str"),
+        ("dynunet_2d", {"strides": [1, 2]}, ValueError, r"strides must have 3 entries \(one per level of filters\)"),
+        ("dynunet_2d", {"kernel_size": [3, 3, 3, 3]}, ValueError, "kernel_size must have 3 entries"),
+        ("dynunet_2d", {"kernel_size": 3}, TypeError, "kernel_size must be a sequence"),
+        ("dynunet_2d", {"strides": [1, 2, 0]}, ValueError, r"strides\[2\] must be >= 1, got 0"),
+        ("dynunet_2d", {"strides": [1, (2, 2, 2), 2]}, ValueError, r"strides\[1\] must have 2 entries"),
+        ("dynunet_2d", {"kernel_size": [3, 2, 3]}, ValueError, r"kernel_size\[1\] must be odd"),
+        ("dynunet_2d", {"kernel_size": [1, 1, 1], "strides": [1, 3, 3]}, ValueError,
+         r"kernel_size\[1\] must be odd and at least strides\[1\] - 1"),
+        ("dynunet_2d", {"upsample_kernel_size": [3, 3]}, ValueError, r"upsample_kernel_size must equal strides\[1:\]"),
+        ("swin_unetr_3d", {**TINY_SWIN, "depths": (1, 1, 1)}, ValueError, r"depths must have 4 entries"),
+        ("swin_unetr_3d", {**TINY_SWIN, "num_heads": (0, 1, 1, 1)}, ValueError, r"num_heads\[0\] must be >= 1"),
+        ("swin_unetr_3d", {**TINY_SWIN, "num_heads": (5, 1, 1, 1)}, ValueError,
+         r"num_heads\[0\]=5 must divide the 12 channels of Swin stage 0"),
+        ("swin_unetr_3d", {**TINY_SWIN, "depths": 2}, TypeError, "depths must be a sequence of ints"),
+        ("swin_unetr_3d", {**TINY_SWIN, "feature_size": 18}, ValueError, "feature_size must be a multiple of 12"),
+        ("swin_unetr_3d", {**TINY_SWIN, "feature_size": 12.0}, TypeError, "feature_size must be an int"),
+    ],
+)
+def test_forwarded_monai_arguments_are_checked_at_build(name: str, kwargs: dict, err: type, match: str) -> None:
+    """MONAI arguments that would give logits below the input resolution, or fail only at forward (or in
+    training mode) inside MONAI/torch, are refused when the model is built, naming the argument."""
+    kwargs = {**TINY_DYN, **kwargs} if name.startswith("dynunet") else kwargs
+    with pytest.raises(err, match=match):
+        build_model(name, **kwargs)
+
+
+def test_valid_forwarded_strides_keep_the_input_resolution() -> None:
+    """Anisotropic and non-power-of-two strides build and give logits at the input size in both modes."""
+    model = build_model("dynunet_2d", filters=(4, 8, 8), strides=[1, (2, 1), 3], kernel_size=[3, (3, 1), 3])
+    assert model.spatial_size_rule.downsampling == (6, 3)
+    for train in (False, True):
+        model.train(train)
+        assert_output_shapes(model(torch.randn(2, 2, 2, 12, 6)), 2, 2, 1, (12, 6))
+
+
 def test_cross_sectional_spec_records_any_t() -> None:
     """dynunet_cs takes any T: num_timepoints is checked and accepted (train passes it) but not recorded."""
     model = build_model("dynunet_cs", in_channels=1, num_timepoints=3, **TINY_DYN)

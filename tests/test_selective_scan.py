@@ -358,6 +358,16 @@ def test_backend_by_argument_and_env(monkeypatch, no_mamba):
         resolve_backend("tpu", cpu)
 
 
+def test_resolve_backend_takes_a_device_string(monkeypatch) -> None:
+    monkeypatch.delenv("LONGISEG_SCAN_BACKEND", raising=False)
+    assert resolve_backend("auto", "cpu") == resolve_backend("auto", torch.device("cpu"))
+    assert resolve_backend("reference", "cpu") == "reference"
+    with pytest.raises(ValueError, match="device must be a torch.device or a device string .*got 'gpu'"):
+        resolve_backend("auto", "gpu")
+    with pytest.raises(TypeError, match="device must be a torch.device or a device string .*got int"):
+        resolve_backend("auto", 0)
+
+
 def test_backend_choice_changes_the_implementation(monkeypatch):
     """The env var really routes the call (the reference path has no custom autograd node)."""
     xs = make_inputs()

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from longiseg.networks.inputs import parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.utils.device import resolve_device as _resolve_torch_device
 from longiseg.utils.validation import (
     check_binary,
     check_bool,
@@ -33,6 +34,7 @@ from longiseg.utils.validation import (
     check_ndim,
     check_positive_int,
     check_same_shape,
+    check_tensor,
     check_timepoints,
 )
 
@@ -153,6 +155,41 @@ def _stack_output(out: object, batch: int, num_timepoints: int, spatial: tuple[i
     return torch.cat([out.baseline, prog], dim=1)
 
 
+def _check_model(model: object) -> nn.Module:
+    """Return ``model`` if it is an ``nn.Module``, else raise ``TypeError`` naming ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a registry model), got {type(model).__name__}")
+    return model
+
+
+def _check_flips(flips: object, spatial_dims: int) -> list[tuple[int, ...]]:
+    """``flips`` as a list of tuples after checking that it is a non-empty sequence of tuples of distinct
+    negative spatial dims (``-spatial_dims .. -1``); ``()`` is the identity."""
+    if isinstance(flips, (str, bytes)) or not isinstance(flips, Sequence) or not flips:
+        raise ValueError(
+            f"flips must be a non-empty sequence of tuples of negative spatial dims (((),) for no "
+            f"flip), got {flips!r}"
+        )
+    allowed = tuple(range(-spatial_dims, 0))
+    out = []
+    for dims in flips:
+        if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence):
+            raise TypeError(
+                f"flips must hold tuples of negative spatial dims, got {type(dims).__name__} {dims!r}"
+            )
+        bad = [
+            d for d in dims if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d not in allowed
+        ]
+        if bad or len(set(dims)) != len(dims):
+            raise ValueError(
+                f"flips must hold tuples of distinct negative spatial dims, each one of {allowed} "
+                f"for {spatial_dims} spatial dims (a non-negative dim would flip B, T or C), got "
+                f"{tuple(dims)!r}"
+            )
+        out.append(tuple(int(d) for d in dims))
+    return out
+
+
 def predict_probabilities(
     model: nn.Module, x: torch.Tensor, *, flips: Sequence[tuple[int, ...]] = ((),), amp: bool = False
 ) -> torch.Tensor:
@@ -160,14 +197,24 @@ def predict_probabilities(
 
     Args:
         model: a registry model mapping ``(B, T, C, *S)`` to a ``LongitudinalOutput`` of logits.
-        x: input batch ``(B, T, C, *S)`` on the model's device.
-        flips: tuples of negative spatial dims to flip (``()`` = no flip). The input is flipped, the model
-            run, the output flipped back; the probabilities of all flips are averaged.
+        x: input batch ``(B, T, C, *S)`` (``S`` of 2 or 3 sizes) on the model's device.
+        flips: a non-empty sequence of tuples of distinct negative spatial dims to flip (``-len(S) .. -1``;
+            ``()`` = no flip). The input is flipped, the model run, the output flipped back; the probabilities
+            of all flips are averaged.
         amp: run the model under ``torch.autocast`` (float16) -- only used when ``x`` is on CUDA.
 
     Returns:
         Probabilities ``(B, K * T, *S)`` float32 (baseline channels first, then follow-ups in order).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``x`` not a tensor.
+        ValueError: ``x`` is not ``(B, T, C, *S)`` with 2 or 3 spatial dims, or ``flips`` is empty or names a dim
+            that is not a negative spatial dim.
     """
+    _check_model(model)
+    check_tensor("x", x)
+    check_ndim("x", x, (5, 6), "(B, T, C, *S)")
+    flips = _check_flips(flips, x.ndim - 3)
     batch, t = x.shape[:2]
     spatial = tuple(x.shape[3:])
     use_amp = bool(amp) and x.device.type == "cuda"
@@ -271,10 +318,27 @@ def split_probabilities(prob: torch.Tensor, num_timepoints: int) -> tuple[np.nda
     return base, prog
 
 
+def _check_device(device: torch.device | str | None) -> torch.device | None:
+    """An inferer's ``device`` argument: ``None`` (the model's device) or the device checked by
+    :func:`longiseg.utils.device.resolve_device` (``"auto"``, ``"cpu"``, ``"cuda:N"``, ``"mps"``...).
+
+    Raises:
+        TypeError, ValueError: naming ``device``, for a device that is not a string or ``torch.device``, is
+            unknown, or that this machine does not have.
+    """
+    return None if device is None else _resolve_torch_device(device)
+
+
 def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    """``device`` if given (the model is moved there), else the device of the model's first parameter."""
-    if device is not None:
-        dev = torch.device(device)
+    """``device`` if given (checked by :func:`_check_device`; the model is moved there), else the device
+    of the model's first parameter.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``; TypeError/ValueError naming ``device`` for a bad device.
+    """
+    _check_model(model)
+    dev = _check_device(device)
+    if dev is not None:
         model.to(dev)
         return dev
     for t in itertools.chain(model.parameters(), model.buffers()):
@@ -304,9 +368,15 @@ class SlidingWindowInferer3D:
         blend: ``"constant"`` or ``"gaussian"`` (MONAI's blend modes).
         batch_size: windows per forward pass.
         flip_tta: average the probabilities of all 8 flips of the three spatial axes.
-        device: device of the model (``None``: the model's current device). Outputs are assembled on the CPU.
+        device: device of the model (``None``: the model's current device; else ``"auto"``, ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``, checked here to exist on this machine).
+            Outputs are assembled on the CPU.
         amp: float16 autocast, CUDA only.
         progress: show MONAI's tqdm progress bar.
+
+    Raises:
+        TypeError, ValueError: naming the argument, for an invalid setting (a ``device`` that is unknown or
+            that this machine does not have included).
     """
 
     def __init__(
@@ -325,7 +395,7 @@ class SlidingWindowInferer3D:
         self.blend = _check_blend(blend)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.flip_tta = check_bool("flip_tta", flip_tta)
-        self.device = device
+        self.device = _check_device(device)
         self.amp = check_bool("amp", amp)
         self.progress = check_bool("progress", progress)
 

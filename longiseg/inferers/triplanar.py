@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from longiseg.inferers.sliding_window import (
     _check_blend,
+    _check_device,
     _check_overlap,
     _normalise_window,
     blend_weights,
@@ -127,9 +128,15 @@ class TriplanarInferer:
         crop_to_brain: lay each slice's windows over the bounding box of its brain voxels instead of the whole
             slice (default; the module docstring gives the rule). On a 193x229x193 case at patch 128 this cuts
             the windows from 3,288 to 1,211 (MNI152 brain mask); ``False`` gives the plain whole-slice grid.
-        device: device to run the model on (the model is moved there); ``None`` keeps the model's device.
+        device: device to run the model on (the model is moved there): ``"auto"``, ``"cpu"``, ``"cuda"``,
+            ``"cuda:N"``, ``"mps"`` or a ``torch.device``, checked here to exist on this machine; ``None`` keeps
+            the model's device.
         amp: float16 autocast when running on CUDA (ignored on CPU).
         progress: show a tqdm bar over patches.
+
+    Raises:
+        TypeError, ValueError: naming the argument, for an invalid setting (a ``device`` that is unknown or
+            that this machine does not have included).
 
     After a call, :attr:`last_stats` holds per plane the computed patch count and the ``skipped`` count: the
     windows of the plain whole-slice grid of every slice minus the computed ones (the work avoided).
@@ -168,7 +175,7 @@ class TriplanarInferer:
         self.flip_tta = check_bool("flip_tta", flip_tta)
         self.skip_empty = check_bool("skip_empty", skip_empty)
         self.crop_to_brain = check_bool("crop_to_brain", crop_to_brain)
-        self.device = device
+        self.device = _check_device(device)
         self.amp = check_bool("amp", amp)
         self.progress = check_bool("progress", progress)
         self.last_stats: dict[str, dict[str, int]] = {}

@@ -268,11 +268,13 @@ def new_lesion_logits(baseline_logits: torch.Tensor, progression_logits: torch.T
         ``(B, T-1, K, *S)`` logits in the dtype of ``progression_logits``.
 
     Raises:
-        TypeError: an argument is not a tensor.
+        TypeError: an argument is not a floating-point tensor.
         ValueError: the shapes do not match.
     """
-    check_tensor("baseline_logits", baseline_logits)
-    check_tensor("progression_logits", progression_logits)
+    for name, logits in (("baseline_logits", baseline_logits), ("progression_logits", progression_logits)):
+        check_tensor(name, logits)
+        if not logits.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor of logits, got dtype {logits.dtype}")
     if baseline_logits.ndim + 1 != progression_logits.ndim or \
             baseline_logits.shape[0] != progression_logits.shape[0] or \
             baseline_logits.shape[1:] != progression_logits.shape[2:]:

@@ -39,6 +39,7 @@ from longiseg.data.lesions import check_connectivity as _check_connectivity
 from longiseg.data.lesions import check_min_volume as _check_min_volume
 from longiseg.data.lesions import label_mask as _label
 from longiseg.metrics.inputs import MaskLike, as_mask_pair, as_spacing, foreground_slices
+from longiseg.utils.validation import check_positive_int
 
 __all__ = [
     "MATCHING_RULES",
@@ -260,7 +261,29 @@ class LesionDetection:
 def detection_scores(
     tp_gt: int, n_gt: int, tp_pred: int, n_pred: int, zero_division: float = 1.0
 ) -> tuple[float, float, float]:
-    """``(recall, precision, f1)`` from lesion counts with the empty conventions of this module."""
+    """``(recall, precision, f1)`` from lesion counts with the empty conventions of this module.
+
+    Args:
+        tp_gt: reference lesions that are detected, ``0 <= tp_gt <= n_gt``.
+        n_gt: reference lesions.
+        tp_pred: predicted lesions that are true positives, ``0 <= tp_pred <= n_pred``.
+        n_pred: predicted lesions.
+        zero_division: recall without reference lesions / precision without predicted lesions.
+
+    Raises:
+        TypeError: a count is not an int.
+        ValueError: a count is negative, or a true-positive count exceeds the count it is a part of.
+    """
+    tp_gt, n_gt, tp_pred, n_pred = (
+        check_positive_int(name, v, minimum=0)
+        for name, v in (("tp_gt", tp_gt), ("n_gt", n_gt), ("tp_pred", tp_pred), ("n_pred", n_pred))
+    )
+    for tp_name, tp, n_name, n in (("tp_gt", tp_gt, "n_gt", n_gt), ("tp_pred", tp_pred, "n_pred", n_pred)):
+        if tp > n:
+            raise ValueError(
+                f"{tp_name} must be at most {n_name} (it counts a part of those lesions), got "
+                f"{tp_name}={tp} and {n_name}={n}"
+            )
     recall = tp_gt / n_gt if n_gt > 0 else float(zero_division)
     precision = tp_pred / n_pred if n_pred > 0 else float(zero_division)
     f1 = 2 * recall * precision / (recall + precision) if recall + precision > 0 else 0.0

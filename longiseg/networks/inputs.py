@@ -4,8 +4,10 @@
 ``TypeError``/``ValueError`` naming ``x``, its layout and what was expected rather than an error from deep
 inside a layer. The rules, in order:
 
-* a floating-point tensor ``(B, T, C, H, W)`` (2D/2.5D) or ``(B, T, C, D, H, W)`` (3D) of the model's
-  parameter dtype (any floating dtype under autocast, which casts per operation): a float64 array from numpy
+* a floating-point tensor ``(B, T, C, H, W)`` (2D/2.5D) or ``(B, T, C, D, H, W)`` (3D) on the device of the
+  model's parameters, for a model that passes it (:func:`parameter_device`; a CUDA input to a CPU model is
+  refused naming both devices: a comparison of metadata, no synchronisation), and of the model's parameter
+  dtype (any floating dtype under autocast, which casts per operation): a float64 array from numpy
   fed to a float32 model is refused with the fix named, not left to fail inside the first convolution;
 * at least one sample and one voxel: an empty batch (``B = 0``) or a zero spatial size is refused;
 * ``T >= 2`` (or ``T == num_timepoints`` for models built for a fixed ``T``) and ``C == in_channels``;
@@ -38,7 +40,7 @@ from longiseg.utils.validation import (
 )
 
 __all__ = ["SpatialSizeRule", "check_model_input", "check_spatial_size", "layout", "normalises_per_instance",
-           "parameter_dtype"]
+           "parameter_device", "parameter_dtype"]
 
 
 def layout(spatial_dims: int) -> str:
@@ -49,6 +51,11 @@ def layout(spatial_dims: int) -> str:
 def normalises_per_instance(module: nn.Module) -> bool:
     """Whether ``module`` contains an instance norm (which needs at least 2 voxels per channel and sample)."""
     return any(isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)) for m in module.modules())
+
+
+def parameter_device(module: nn.Module) -> torch.device | None:
+    """The device of ``module``'s first parameter (``None`` if it has none)."""
+    return next((p.device for p in module.parameters()), None)
 
 
 def parameter_dtype(module: nn.Module) -> torch.dtype | None:
@@ -137,6 +144,7 @@ def check_model_input(
     min_timepoints: int = 2,
     size_rule: SpatialSizeRule | None = None,
     dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
 ) -> None:
     """Validate a model input ``x`` of shape ``(B, T, C, *S)`` (rules: see the module docstring).
 
@@ -149,17 +157,22 @@ def check_model_input(
         size_rule: the spatial sizes the model accepts (its ``spatial_size_rule``); ``None``: any size.
         dtype: the model's parameter dtype (:func:`parameter_dtype`); ``x`` must have it unless autocast is on
             for ``x``'s device. ``None``: any floating dtype.
+        device: the device of the model's parameters (:func:`parameter_device`); ``x`` must be on it. ``None``:
+            any device.
 
     Raises:
         TypeError: if ``x`` is not a floating-point tensor, or not of ``dtype`` outside autocast.
-        ValueError: on any other mismatch (naming ``x``, the layout and what was expected), or NaN/inf values
-            (in debug mode).
+        ValueError: if ``x`` is not on ``device`` (naming both devices); on any other mismatch (naming ``x``,
+            the layout and what was expected), or NaN/inf values (in debug mode).
     """
     check_tensor("x", x)
     lay = layout(spatial_dims)
     check_ndim("x", x, spatial_dims + 3, lay)
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if device is not None and x.device != device:
+        raise ValueError(f"x is on device {x.device} but the model's parameters are on device {device}: move the "
+                         f"input (x.to('{device}')) or the model (model.to('{x.device}'))")
     if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(
             f"x has dtype {x.dtype} but the model's parameters are {dtype}: convert the input "

@@ -49,13 +49,14 @@ def _backend_fn(name: str) -> Callable[..., torch.Tensor | tuple[torch.Tensor, t
     return selective_scan_cuda
 
 
-def resolve_backend(backend: str | None, device: torch.device) -> str:
+def resolve_backend(backend: str | None, device: torch.device | str) -> str:
     """Pick the backend name for tensors on ``device``.
 
     Args:
         backend: ``"auto"``, ``"reference"``, ``"chunked"``, ``"numba"``, ``"triton"``, ``"cuda"`` or ``None``
             (read the ``LONGISEG_SCAN_BACKEND`` environment variable, default ``"auto"``).
-        device: device of the scan inputs.
+        device: device of the scan inputs: a ``torch.device`` or a device string such as ``"cpu"`` or
+            ``"cuda:0"``.
 
     Returns:
         The concrete backend: ``auto`` becomes ``cuda`` when mamba-ssm's kernels are importable and the tensors are
@@ -65,7 +66,8 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
         ``reference`` in float64).
 
     Raises:
-        ValueError: unknown backend name.
+        ValueError: unknown backend name or device string.
+        TypeError: ``device`` is neither a ``torch.device`` nor a string.
         RuntimeError: ``cuda`` forced but mamba-ssm is not importable or the tensors are not on CUDA; ``numba``
             forced but numba is not importable or the tensors are not on the CPU; ``triton`` forced but Triton is
             not importable or the tensors are on the CPU without ``TRITON_INTERPRET=1``.
@@ -73,6 +75,18 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     from longiseg.ssm import cpu_kernel
     from longiseg.ssm import cuda as cuda_bridge
 
+    if isinstance(device, str):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"device must be a torch.device or a device string such as 'cpu' or 'cuda:0', got {device!r}"
+            ) from None
+    if not isinstance(device, torch.device):
+        raise TypeError(
+            f"device must be a torch.device or a device string such as 'cpu' or 'cuda:0', "
+            f"got {type(device).__name__}"
+        )
     source = "backend argument"
     if backend is None:
         backend = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"

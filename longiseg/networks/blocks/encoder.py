@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from longiseg.networks.blocks.patch_embed import OverlapPatchEmbed
-from longiseg.networks.inputs import check_model_input, parameter_dtype
+from longiseg.networks.inputs import check_model_input, parameter_device, parameter_dtype
 from longiseg.utils.validation import check_int_sequence, check_positive_int, check_probability
 
 __all__ = ["BlockFactory", "EncoderStage", "HierarchicalEncoder"]
@@ -107,7 +107,8 @@ class HierarchicalEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encode ``(B, T, C, H, W)`` into four ``(B*T, C_i, h_i, w_i)`` feature maps."""
-        check_model_input(x, 2, self.in_channels, min_timepoints=1, dtype=parameter_dtype(self))
+        check_model_input(x, 2, self.in_channels, min_timepoints=1, dtype=parameter_dtype(self),
+                          device=parameter_device(self))
         b, t, c, h, w = x.shape
         feats, y = [], x.reshape(b * t, c, h, w)
         for stage in self.stages:

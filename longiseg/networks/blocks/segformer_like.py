@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from longiseg.networks.inputs import SpatialSizeRule, check_model_input, parameter_dtype
+from longiseg.networks.inputs import SpatialSizeRule, check_model_input, parameter_device, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.validation import check_positive_int, check_timepoints
 
@@ -111,7 +111,8 @@ class LongitudinalSegFormerLike(nn.Module):
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment a longitudinal stack ``(B, T, C, H, W)``; returns baseline and progression logits."""
         check_model_input(x, 2, self.in_channels, num_timepoints=self.num_timepoints,
-                          size_rule=self.spatial_size_rule, dtype=parameter_dtype(self))
+                          size_rule=self.spatial_size_rule, dtype=parameter_dtype(self),
+                          device=parameter_device(self))
         h, w = x.shape[-2:]
         m = self.pad_multiple
         pad_h, pad_w = (-h) % m, (-w) % m

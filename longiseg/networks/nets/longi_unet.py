@@ -40,7 +40,7 @@ from einops import rearrange
 
 from longiseg.networks.blocks.difference_weighting import DifferenceWeighting
 from longiseg.networks.blocks.heads import FusedDualHead, TimepointHeads
-from longiseg.networks.inputs import SpatialSizeRule, check_model_input, parameter_dtype
+from longiseg.networks.inputs import SpatialSizeRule, check_model_input, parameter_device, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.presets import UNET_WIDTHS, pop_any_timepoints, pop_fixed_spatial_dims
 from longiseg.registry import register_model
@@ -226,7 +226,8 @@ class LongiUNetDW(nn.Module):
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
         check_model_input(x, self.spatial_dims, self.in_channels, size_rule=self.spatial_size_rule,
-                          dtype=parameter_dtype(self))
+                          dtype=parameter_dtype(self),
+                          device=parameter_device(self))
         b, t = x.shape[:2]
         feats = self.encoder(x.flatten(0, 1))
         fused = []
@@ -283,7 +284,8 @@ class LongiUNetConcat(nn.Module):
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
         check_model_input(x, self.spatial_dims, self.in_channels, num_timepoints=self.num_timepoints,
-                          size_rule=self.spatial_size_rule, dtype=parameter_dtype(self))
+                          size_rule=self.spatial_size_rule, dtype=parameter_dtype(self),
+                          device=parameter_device(self))
         fused = rearrange(x, "b t c ... -> b (t c) ...")
         return self.heads(self.decoder(self.encoder(fused)))
 

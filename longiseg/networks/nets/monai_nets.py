@@ -37,6 +37,7 @@ from longiseg.networks.inputs import (
     SpatialSizeRule,
     check_model_input,
     normalises_per_instance,
+    parameter_device,
     parameter_dtype,
 )
 from longiseg.networks.output import LongitudinalOutput
@@ -44,6 +45,8 @@ from longiseg.networks.presets import UNET_WIDTHS, pop_fixed_spatial_dims
 from longiseg.registry import register_model
 from longiseg.utils.validation import (
     check_binary,
+    check_bool,
+    check_int_sequence,
     check_ndim,
     check_positive_float,
     check_positive_int,
@@ -66,6 +69,8 @@ __all__ = [
 _INSTALL_HINT = "pip install longiseg[baselines]"
 #: DynUNet needs at least 3 levels (MONAI: "length of kernel_size and strides ... no less than 3").
 DYNUNET_MIN_LEVELS = 3
+#: SwinUNETR has 4 Swin stages: ``depths`` and ``num_heads`` have one entry per stage.
+_SWIN_STAGES = 4
 
 #: SwinUNETR settings of the named configurations. ``feature_size`` must be a multiple of 12 and the
 #: convolutional decoder dominates the size (24 -> ~15.7M, 36 -> ~35M parameters), so the glioma size keeps
@@ -98,6 +103,40 @@ def _strip_output_block(net: nn.Module, attr: str) -> nn.Module:
     return net
 
 
+def _per_level(
+    name: str, values: object, levels: int, spatial_dims: int, what: str = "one per level of filters"
+) -> list[tuple[int, ...]]:
+    """Check a DynUNet per-level setting (``kernel_size``, ``strides``...) and give one tuple per level.
+
+    Args:
+        name: the argument, named in the messages.
+        values: one entry per level, each a positive int or a sequence of ``spatial_dims`` positive ints.
+        levels: the required number of entries.
+        spatial_dims: 2 or 3.
+        what: what the entries are, for the messages.
+
+    Returns:
+        ``levels`` tuples of ``spatial_dims`` ints.
+
+    Raises:
+        TypeError: ``values`` is not a sequence, or an entry is neither an int nor a sequence of ints.
+        ValueError: an entry is below 1 or has another length than ``spatial_dims``, or ``values`` does not have
+            ``levels`` entries.
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence with one int or {spatial_dims} ints per level, "
+                        f"got {type(values).__name__} {values!r}")
+    if len(values) != levels:
+        raise ValueError(f"{name} must have {levels} entries ({what}), got {len(values)}: "
+                         f"{list(values)}")
+    return [
+        check_int_sequence(f"{name}[{i}]", v, length=spatial_dims, what="one per spatial dim")
+        if isinstance(v, Sequence) and not isinstance(v, (str, bytes))
+        else (check_positive_int(f"{name}[{i}]", v),) * spatial_dims
+        for i, v in enumerate(values)
+    ]
+
+
 def make_dynunet(
     spatial_dims: int, in_channels: int, out_channels: int, filters: Sequence[int], **kwargs: Any
 ) -> tuple[nn.Module, tuple[int, ...]]:
@@ -109,31 +148,77 @@ def make_dynunet(
         out_channels: output channels of DynUNet's 1x1 output block.
         filters: channels per level, full resolution first; at least :data:`DYNUNET_MIN_LEVELS` levels.
         **kwargs: further DynUNet arguments (``kernel_size``, ``strides``, ``res_block``, ``dropout``...).
+            ``kernel_size`` and ``strides`` have one entry per level of ``filters`` (an int or one int per
+            spatial dim); the first stride is 1, so the output has the input's size; kernel sizes are odd and at
+            least the level's stride minus 1 (MONAI pads ``(kernel - stride + 1) // 2``);
+            ``upsample_kernel_size``, if given, equals ``strides[1:]``. ``deep_supervision`` is refused: the
+            dual heads read the last decoder features only.
 
     Returns:
         ``(net, divisor)``: the network ``(N, in_channels, *S) -> (N, out_channels, *S)`` and, per spatial
         dim, the multiple every input size must be.
 
     Raises:
-        TypeError, ValueError: ``filters`` is not a sequence of at least 3 positive ints, or ``spatial_dims``
-            is not 2 or 3.
+        TypeError, ValueError: ``filters`` is not a sequence of at least 3 positive ints, ``spatial_dims``
+            is not 2 or 3, or ``kernel_size``, ``strides``, ``upsample_kernel_size`` or ``deep_supervision``
+            breaks the rules above (naming the argument).
     """
     nets = _monai_nets()
     check_spatial_dims("spatial_dims", spatial_dims)
     filters = check_widths("filters", filters, minimum_len=DYNUNET_MIN_LEVELS)
     n = len(filters)
+    if check_bool("deep_supervision", kwargs.pop("deep_supervision", False)):
+        raise ValueError("deep_supervision=True is not supported: in training MONAI's DynUNet then returns the "
+                         "stacked outputs of several decoder levels, but the dual heads read the last decoder "
+                         "features only; leave deep_supervision False")
     kernel_size = kwargs.pop("kernel_size", [3] * n)
     strides = kwargs.pop("strides", [1] + [2] * (n - 1))
+    kernels = _per_level("kernel_size", kernel_size, n, spatial_dims)
+    per_dim = _per_level("strides", strides, n, spatial_dims)
+    if any(s != 1 for s in per_dim[0]):
+        raise ValueError(f"strides[0] must be 1 (the first level runs at full resolution, so the logits have the "
+                         f"input's size), got {strides[0]!r}")
+    for i, (kernel, stride) in enumerate(zip(kernels, per_dim)):
+        if any(k % 2 == 0 or k < s - 1 for k, s in zip(kernel, stride)):
+            raise ValueError(f"kernel_size[{i}] must be odd and at least strides[{i}] - 1 in every dim (else the "
+                             f"convolutions change the feature size), got kernel_size[{i}]={kernel_size[i]!r} "
+                             f"and strides[{i}]={strides[i]!r}")
     upsample = kwargs.pop("upsample_kernel_size", strides[1:])
+    if _per_level("upsample_kernel_size", upsample, n - 1, spatial_dims, "one per upsampling") != per_dim[1:]:
+        raise ValueError(f"upsample_kernel_size must equal strides[1:] (each transposed convolution undoes one "
+                         f"downsampling), got {upsample!r} for strides {strides!r}")
     net = nets.DynUNet(spatial_dims, in_channels, out_channels, kernel_size=kernel_size, strides=strides,
                        upsample_kernel_size=upsample, filters=list(filters), **kwargs)
-    per_dim = [[s] * spatial_dims if isinstance(s, int) else list(s) for s in strides]
     divisor = tuple(math.prod(level[d] for level in per_dim) for d in range(spatial_dims))
     return net, divisor
 
 
 def make_swin_unetr(in_channels: int, out_channels: int, spatial_dims: int = 3, **kwargs: Any) -> nn.Module:
-    """Build MONAI's SwinUNETR ``(N, in_channels, *S) -> (N, out_channels, *S)``; sizes divisible by 32."""
+    """Build MONAI's SwinUNETR ``(N, in_channels, *S) -> (N, out_channels, *S)``; sizes divisible by 32.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels of SwinUNETR's 1x1 output block.
+        spatial_dims: 2 or 3.
+        **kwargs: further SwinUNETR arguments. ``feature_size`` (default 24) is a positive multiple of 12;
+            ``depths`` and ``num_heads`` (if given) have 4 positive ints, one per Swin stage, and stage ``i``'s
+            ``feature_size * 2**i`` channels are divisible by ``num_heads[i]``.
+
+    Raises:
+        TypeError, ValueError: ``feature_size``, ``depths`` or ``num_heads`` breaks the rules above (naming
+            the argument).
+    """
+    feature_size = check_positive_int("feature_size", kwargs.get("feature_size", 24))
+    if feature_size % 12:
+        raise ValueError(f"feature_size must be a multiple of 12, got {feature_size}")
+    for name in ("depths", "num_heads"):
+        if name in kwargs:
+            kwargs[name] = check_int_sequence(name, kwargs[name], length=_SWIN_STAGES, what="one per Swin stage")
+    heads = kwargs.get("num_heads", ())
+    for i, h in enumerate(heads):
+        if (feature_size * 2**i) % h:
+            raise ValueError(f"num_heads[{i}]={h} must divide the {feature_size * 2**i} channels of Swin stage {i} "
+                             f"(feature_size * 2**{i}), got num_heads={heads}")
     return _monai_nets().SwinUNETR(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims,
                                    **kwargs)
 
@@ -184,7 +269,8 @@ class ChannelStackedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
         check_model_input(x, self.spatial_dims, self.in_channels, num_timepoints=self.num_timepoints,
-                          size_rule=self.spatial_size_rule, dtype=parameter_dtype(self))
+                          size_rule=self.spatial_size_rule, dtype=parameter_dtype(self),
+                          device=parameter_device(self))
         return self.heads(self.backbone(rearrange(x, "b t c ... -> b (t c) ...")))
 
 
@@ -259,7 +345,7 @@ class CrossSectionalNet(nn.Module):
     def timepoint_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Full-lesion logits of every timepoint: ``(B, T, C, *S) -> (B, T, K, *S)`` (the training output)."""
         check_model_input(x, self.spatial_dims, self.in_channels, size_rule=self.spatial_size_rule,
-                          dtype=parameter_dtype(self))
+                          dtype=parameter_dtype(self), device=parameter_device(self))
         b, t = x.shape[:2]
         return self.backbone(x.flatten(0, 1)).unflatten(0, (b, t))
 
