@@ -83,14 +83,14 @@ def _copy_cohort(ws: Path, dest: Path, cases: int = 2) -> Path:
     ids = sorted(p.name for p in src.iterdir() if p.is_dir())[:cases]
     for cid in ids:
         shutil.copytree(src / cid, dest / cid)
-    manifest = json.loads((src / "manifest.json").read_text())
+    manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
     manifest["cases"] = [c for c in manifest["cases"] if c["case_id"] in ids]
     (dest / "manifest.json").write_text(json.dumps(manifest))
     return dest
 
 
 def _flags(ws: Path) -> dict[str, bool]:
-    return {c["case_id"]: c["progression"] for c in json.loads((ws / "cohort" / "manifest.json").read_text())["cases"]}
+    return {c["case_id"]: c["progression"] for c in json.loads((ws / "cohort" / "manifest.json").read_text(encoding="utf-8"))["cases"]}
 
 
 def _cohort_of(ws: Path, dest: Path, ids: list[str], manifest: bool = True) -> Path:
@@ -98,7 +98,7 @@ def _cohort_of(ws: Path, dest: Path, ids: list[str], manifest: bool = True) -> P
     for cid in ids:
         shutil.copytree(ws / "cohort" / cid, dest / cid)
     if manifest:
-        data = json.loads((ws / "cohort" / "manifest.json").read_text())
+        data = json.loads((ws / "cohort" / "manifest.json").read_text(encoding="utf-8"))
         data["cases"] = [c for c in data["cases"] if c["case_id"] in ids]
         (dest / "manifest.json").write_text(json.dumps(data))
     return dest
@@ -202,7 +202,7 @@ def _ambiguous(ws: Path, dest: Path) -> Path:
 
 def _bad_case_id(ws: Path, dest: Path, case_id: str) -> Path:
     cohort = _copy_cohort(ws, dest)
-    manifest = json.loads((cohort / "manifest.json").read_text())
+    manifest = json.loads((cohort / "manifest.json").read_text(encoding="utf-8"))
     manifest["cases"][0]["case_id"] = case_id
     (cohort / "manifest.json").write_text(json.dumps(manifest))
     return cohort

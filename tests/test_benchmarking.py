@@ -191,9 +191,9 @@ def test_longiseg_bench_runs_the_checkout_script(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(cli, "_benchmark_folders", lambda: [tmp_path / "absent", folder])
     monkeypatch.chdir(tmp_path)
     assert cli.main(["bench", "--quick", "--plot", "x.png"]) == 3  # the script's exit code
-    assert argv_file.read_text() == "--quick --plot x.png"
+    assert argv_file.read_text(encoding="utf-8") == "--quick --plot x.png"
     assert cli.main(["--threads", "1", "bench", "--quick"]) == 3  # longiseg --threads reaches the benchmark
-    assert argv_file.read_text() == "--quick --threads 1"
+    assert argv_file.read_text(encoding="utf-8") == "--quick --threads 1"
 
 
 def test_longiseg_bench_without_a_checkout_says_where_the_benchmarks_are(
@@ -267,9 +267,9 @@ def test_gpu_checks_records_and_reports_a_failed_step(tmp_path: Path) -> None:
         tool.chmod(0o755)
     res = subprocess.run(["bash", str(BENCHMARKS / "gpu_checks.sh"), str(tmp_path / "out")], capture_output=True,
                          text=True, timeout=120, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": "python"})
-    summary = {line.split()[0]: line.split()[1] for line in (tmp_path / "out" / "summary.txt").read_text()
+    summary = {line.split()[0]: line.split()[1] for line in (tmp_path / "out" / "summary.txt").read_text(encoding="utf-8")
                .splitlines()[1:]}
     assert summary["scan_fwd_bwd"] == "1" and summary["scan_forward"] == "1" and summary["gpu"] == "0"
     assert res.returncode == 1 and "2 step(s) failed (exit code): scan_fwd_bwd(1) scan_forward(1)" in res.stderr
-    assert "--methods triton,chunked,sdpa" in log.read_text()  # mamba-ssm only requested where installed
+    assert "--methods triton,chunked,sdpa" in log.read_text(encoding="utf-8")  # mamba-ssm only requested where installed
     assert "models_paper_cuda" not in summary

@@ -325,7 +325,7 @@ def test_convert_overwrite_replaces_the_whole_output(tmp_path: Path) -> None:
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"holds \['notes.txt'\], which a conversion does not write"):
         convert.main(["msseg2", str(raw), str(out), "--overwrite"])
-    assert (out / "notes.txt").read_text() == "mine" and (out / "train" / "manifest.json").is_file()
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine" and (out / "train" / "manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw"]
 
 

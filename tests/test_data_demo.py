@@ -22,6 +22,7 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def test_mni_anatomy_is_read_from_the_installed_package() -> None:
+    pytest.importorskip("nilearn", reason="the MNI152 anatomy comes with the optional demo extra (nilearn)")
     anat = dc.load_anatomy(4, "mni152")
     assert anat.source == "mni152"
     assert anat.gm.shape == (197 // 4, 233 // 4, 189 // 4)
@@ -110,7 +111,7 @@ def test_write_cohort_layout_manifest_and_figure(tmp_path: Path) -> None:
     manifest = read_manifest(out / "manifest.json")
     assert [e.case_id for e in manifest.cases] == ["demo-000", "demo-001"]
     assert sorted(manifest.progression_flags) == [False, True] and manifest.modalities == ("flair", "t2")
-    stats = json.loads((out / "demo_cohort.json").read_text())
+    stats = json.loads((out / "demo_cohort.json").read_text(encoding="utf-8"))
     assert stats["config"]["num_patients"] == 2 and len(stats["patients"]) == 2
     sources = find_cases(out)
     case = load_case(sources[0])
@@ -169,7 +170,7 @@ def test_cohort_command_takes_generator_settings(tmp_path: Path) -> None:
 
     rc = main(["cohort", str(tmp_path / "c"), "--num-patients", "6", "--num-test", "2", "--spacing", "4",
                "--no-progress", "--set", "shrinking_lesions=[1,1]", "max_translation=1.0"])
-    record = json.loads((tmp_path / "c" / "cohort" / "demo_cohort.json").read_text())
+    record = json.loads((tmp_path / "c" / "cohort" / "demo_cohort.json").read_text(encoding="utf-8"))
     assert rc == 0 and record["config"]["shrinking_lesions"] == [1, 1] and record["config"]["max_translation"] == 1.0
     assert all(fu["shrunk_lesions"] == 1 for pt in record["patients"] for fu in pt["followups"])
 

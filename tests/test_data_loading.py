@@ -192,7 +192,7 @@ def test_manifest_keeps_the_missing_baseline_annotation(tmp_path: Path, suffix: 
     cases = _write_cohort(tmp_path, 2)
     plain = tmp_path / f"plain{suffix}"
     write_manifest(plain, manifest_from_cases(cases))
-    assert "baseline_annotated" not in plain.read_text()  # manifests of annotated cohorts are unchanged
+    assert "baseline_annotated" not in plain.read_text(encoding="utf-8")  # manifests of annotated cohorts are unchanged
     cases[1] = cases[1].with_arrays(baseline_mask=np.zeros_like(cases[1].baseline_mask))
     cases[1].baseline_annotated = False  # an MSSEG-2 case
     manifest = manifest_from_cases(cases)

@@ -22,7 +22,7 @@ def _regroup(cohort: Path, dest: Path, drop_flags: bool) -> dict[str, str]:
     import shutil
 
     shutil.copytree(cohort, dest)
-    data = json.loads((dest / "manifest.json").read_text())
+    data = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
     patient_of, seen = {}, {True: 0, False: 0}
     for case in data["cases"]:
         flag = bool(case["progression"])

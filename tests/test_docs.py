@@ -33,7 +33,7 @@ def test_every_docs_page_is_in_the_nav() -> None:
         pass
 
     _Loader.add_multi_constructor("tag:yaml.org,2002:python/name:", lambda loader, suffix, node: None)
-    nav = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=_Loader)["nav"]
+    nav = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_Loader)["nav"]
 
     def pages(node):  # noqa: ANN001, ANN202
         if isinstance(node, str):

@@ -48,7 +48,7 @@ def test_round_trip_file(tmp_path, suffix) -> None:
     assert load_config(TrainerConfig, path) == cfg
     assert TrainerConfig.from_file(path) == cfg
     if suffix == ".json":
-        assert json.loads(path.read_text())["betas"] == [0.8, 0.95]
+        assert json.loads(path.read_text(encoding="utf-8"))["betas"] == [0.8, 0.95]
 
 
 def test_round_trip_nested(tmp_path) -> None:

@@ -70,7 +70,7 @@ def test_ddp_two_gloo_processes(tmp_path) -> None:
            str(TOYS), "--out", str(out), "--record", str(rec), "--epochs", "2", "--num-samples", "16", "--batch-size", "2"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    info = [json.loads((rec / f"rank{r}.json").read_text()) for r in (0, 1)]
+    info = [json.loads((rec / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
     assert [i["world_size"] for i in info] == [2, 2] and info[0]["backend"] == "gloo"
     for epoch in range(2):
         seen0, seen1 = set(info[0]["indices"][epoch]), set(info[1]["indices"][epoch])

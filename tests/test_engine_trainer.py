@@ -153,12 +153,12 @@ def test_resume_after_sigkill_reproduces_uninterrupted_weights(tmp_path) -> None
     # The uninterrupted run and the run that kills itself after epoch 2's checkpoint run in parallel.
     full = _run_toy(tmp_path / "full", "--epochs", "4")
     killed = _run_toy(tmp_path / "killed", "--epochs", "4", "--kill-after", "2")
-    out_killed, _ = killed.communicate(timeout=120)
+    out_killed, _ = killed.communicate(timeout=600)
     assert killed.returncode == -signal.SIGKILL, out_killed
     assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 2
     resumed = _run_toy(tmp_path / "killed", "--epochs", "4", "--resume")
-    out_resumed, _ = resumed.communicate(timeout=120)
-    out_full, _ = full.communicate(timeout=120)
+    out_resumed, _ = resumed.communicate(timeout=600)
+    out_full, _ = full.communicate(timeout=600)
     assert resumed.returncode == 0, out_resumed
     assert full.returncode == 0, out_full
     a = load_checkpoint(tmp_path / "full" / "last.pt")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import py_compile
 import re
 import shutil
 import subprocess
@@ -81,7 +80,7 @@ def _model_names(text: str) -> set[str]:
 
 
 def test_every_model_named_in_examples_is_registered() -> None:
-    texts = [p.read_text() for p in [*SHELL, *CONFIGS, EXAMPLES / "README.md"]]
+    texts = [p.read_text(encoding="utf-8") for p in [*SHELL, *CONFIGS, EXAMPLES / "README.md"]]
     names = set().union(*(_model_names(t) for t in texts))
     names.discard("name")  # the placeholder in "model.name=NAME"
     assert {"segmast_ms", "segformer_ms", "dynunet_2d_ms", "swin_unetr_3d_glioma", "dynunet_cs_ms"} <= names
@@ -98,7 +97,7 @@ def test_shell_script_parses(path: Path) -> None:
 
 @pytest.mark.parametrize("path", PYTHON, ids=lambda p: p.name)
 def test_python_script_compiles(path: Path) -> None:
-    py_compile.compile(str(path), doraise=True)
+    compile(path.read_text(encoding="utf-8"), str(path), "exec")  # SyntaxError otherwise; writes no .pyc
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
@@ -274,7 +273,7 @@ def test_scripts_stop_when_the_model_lookup_fails(tmp_path: Path, script: str) -
     res = _run_example(script, env, "ms_inhouse")
     assert res.returncode != 0
     assert res.stderr.count("error:") == 1 and "cannot import longiseg" in res.stderr
-    assert not (tmp_path / "log").exists() or "train" not in (tmp_path / "log").read_text()
+    assert not (tmp_path / "log").exists() or "train" not in (tmp_path / "log").read_text(encoding="utf-8")
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
@@ -285,7 +284,7 @@ def test_scripts_name_runs_by_model_and_rewrite_their_reports(tmp_path: Path) ->
                           ("three_timepoints.sh", {"MODEL": "segformer_ms"})):
         res = _run_example(script, {**env, **extra}, "ds")
         assert res.returncode == 0, res.stderr
-    log = (tmp_path / "log").read_text().splitlines()
+    log = (tmp_path / "log").read_text(encoding="utf-8").splitlines()
     evaluates = [line for line in log if line.startswith("longiseg evaluate")]
     assert len(evaluates) == 2 and all(line.endswith("--overwrite") for line in evaluates)
     loss = [f"{runs}/predictions/segmast_ms_loss_{s}" for s in ("partial", "whole", "none")]
@@ -305,7 +304,7 @@ def test_compare_models_rerun_with_extra_predictions(tmp_path: Path) -> None:
     res = _run_example("compare_models.sh", {**env, "MODELS": "segmast_ms dynunet_3d_ms",
                                              "EXTRA_PREDICTIONS": "nnunet_preds"}, "msseg2")
     assert res.returncode == 0, res.stderr
-    evaluate = (tmp_path / "log").read_text().splitlines()[-1].split()
+    evaluate = (tmp_path / "log").read_text(encoding="utf-8").splitlines()[-1].split()
     runs = tmp_path / "runs" / "msseg2"
     assert evaluate[2:] == [f"{runs}/predictions/segmast_ms", f"{runs}/predictions/dynunet_3d_ms", "nnunet_preds",
                             f"{tmp_path}/data/msseg2/test", "--out", f"{runs}/report", "--overwrite"]
@@ -344,7 +343,7 @@ def test_new_vs_old_ablation_refuses_other_settings_on_rerun(tmp_path: Path, cap
             ablation.main([str(out), *args])
         err = capsys.readouterr().err
         assert exc.value.code == 2 and named in err and "start afresh" in err
-    assert json.loads((out / ablation.SETTINGS_FILE).read_text()) == defaults  # left as it was
+    assert json.loads((out / ablation.SETTINGS_FILE).read_text(encoding="utf-8")) == defaults  # left as it was
     legacy = tmp_path / "legacy"  # made before settings.json: the settings are unknown
     (legacy / "test").mkdir(parents=True)
     assert "no settings.json" in ablation.settings_conflict(legacy, defaults)

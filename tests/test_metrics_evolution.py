@@ -162,15 +162,15 @@ def test_lesions_command_writes_tables_figures_and_html(demo_refs, tmp_path: Pat
     root, stats = demo_refs
     out = tmp_path / "report"
     assert main(["lesions", str(root), "--out", str(out), "--min-volume", "3"]) == 0
-    doc = json.loads((out / "lesions.json").read_text())
+    doc = json.loads((out / "lesions.json").read_text(encoding="utf-8"))
     assert doc["options"] == {"min_volume_mm3": 3.0, "connectivity": 26}
     n_changes = sum(fu["new_lesions"] + fu["enlarged_lesions"] for s in stats for fu in s["followups"])
-    rows = (out / "lesions.csv").read_text().splitlines()
+    rows = (out / "lesions.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + n_changes
-    assert len((out / "followups.csv").read_text().splitlines()) == 1 + 2 * 2
+    assert len((out / "followups.csv").read_text(encoding="utf-8").splitlines()) == 1 + 2 * 2
     montages = sorted((out / "figures").glob("demo-006_fu*_lesion*.png"))
     assert len(montages) == n_changes
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == n_changes + 2  # montages and two volume plots
     assert "MRI activity" in html and "src=\"http" not in html
     assert main(["lesions", str(root), "--out", str(out)]) == 2  # exists: refused without --overwrite
@@ -192,7 +192,7 @@ def test_lesions_command_without_images_says_so(demo_refs, tmp_path: Path) -> No
     for f in (root / "demo-006").glob("progression_t*.nii.gz"):
         shutil.copy(f, masks / f.name)
     _, files = run_lesion_report(tmp_path / "masks", tmp_path / "rep", progress=False)
-    assert "No montages" in files["html"].read_text()
+    assert "No montages" in files["html"].read_text(encoding="utf-8")
 
 
 def test_import_longiseg_does_not_import_matplotlib_or_simpleitk() -> None:
@@ -255,7 +255,7 @@ def test_lesion_report_in_a_folder_with_other_content_touches_only_report_files(
     assert _listing(out) == ["figures", "figures/mine.png", "followups.csv", "lesions.csv", "lesions.json",
                              "notes.txt"]
     assert figures and not any((out / f).exists() for f in figures)
-    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_a_failed_lesion_report_leaves_the_earlier_one(demo_refs, tmp_path: Path,  # noqa: ANN001

@@ -98,7 +98,7 @@ def test_write_report_files(folders: tuple[Path, Path, Path], tmp_path: Path) ->
         assert (out / name).is_file(), name
     assert (out / "boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "good" in text and "bad" in text and "Dice B" in text and "DAA" in text
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["protocol"]["min_lesion_volume_mm3"] == 11.0 and summary["reference"] == "good"
     assert [m["model"] for m in summary["models"]] == ["good", "bad"]
     with open(out / "per_case.csv") as fh:
@@ -144,7 +144,7 @@ def test_paper_table_format_and_stars() -> None:
 
 def test_writers(tmp_path: Path) -> None:
     p = write_json(tmp_path / "x.json", {"a": float("nan"), "b": np.float32(1.5), "c": [np.int64(2)]})
-    assert json.loads(p.read_text()) == {"a": None, "b": 1.5, "c": [2]}
+    assert json.loads(p.read_text(encoding="utf-8")) == {"a": None, "b": 1.5, "c": [2]}
     write_csv(tmp_path / "x.csv", [{"a": 1, "b": float("nan")}, {"a": 2, "c": "x"}])
     with open(tmp_path / "x.csv") as fh:
         assert list(csv.DictReader(fh)) == [{"a": "1", "b": "", "c": ""}, {"a": "2", "b": "", "c": "x"}]
@@ -177,7 +177,7 @@ def test_evaluate_errors(folders: tuple[Path, Path, Path], tmp_path: Path) -> No
 def test_reference_manifest_is_read_as_training_reads_it(folders: tuple[Path, Path, Path]) -> None:
     """One manifest parser: what train refuses, evaluate refuses; listed cases only; .nii files accepted."""
     gt, good, _ = folders
-    manifest = json.loads((gt / MANIFEST_JSON).read_text())
+    manifest = json.loads((gt / MANIFEST_JSON).read_text(encoding="utf-8"))
     (gt / MANIFEST_JSON).write_text(json.dumps({"cases": [{"case_id": "c3", "patient_id": "P2"}]}))
     res = evaluate_folder(good, gt, progress=False)
     assert {r["case_id"] for r in res.table.rows} == {"c3"}
@@ -218,7 +218,7 @@ def test_command_line(
     )
     printed = capsys.readouterr().out
     assert "good" in printed and "bad" in printed
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["protocol"]["name"] == "tdw" and summary["protocol"]["matching"] == "overlap"
     assert cli_main(["evaluate", str(gt)]) == 2  # one folder only: a one-line error, exit code 2
     assert "give at least one prediction folder" in capsys.readouterr().err
@@ -251,7 +251,7 @@ def test_overwritten_report_holds_only_this_runs_files(
     assert "already holds a report" in capsys.readouterr().err
     assert cli_main(["evaluate", str(good), str(gt), "--out", str(rep), "--overwrite", "--no-progress"]) == 0
     # the second data set is too small for tertiles: no stratified.csv, and none left from the first run
-    assert json.loads((rep / "summary.json").read_text())["stratified"] == []
+    assert json.loads((rep / "summary.json").read_text(encoding="utf-8"))["stratified"] == []
     assert _listing(rep) == ["boxplot.png", "per_case.csv", "summary.csv", "summary.json", "table.txt"]
     with open(rep / "per_case.csv") as fh:
         assert {r["case_id"] for r in csv.DictReader(fh)} == {"c1", "c2", "c3"}
@@ -272,7 +272,7 @@ def test_report_in_a_folder_with_other_content_touches_only_report_files(
     write_report(evaluate_folder(good, gt, progress=False), out)
     assert _listing(out) == ["boxplot.png", "notes.txt", "per_case.csv", "sub", "sub/stratified.csv",
                              "summary.csv", "summary.json", "table.txt"]
-    assert (out / "notes.txt").read_text() == "mine" and (out / "sub" / "stratified.csv").read_text() == "mine too"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine" and (out / "sub" / "stratified.csv").read_text(encoding="utf-8") == "mine too"
 
 
 def test_a_failed_report_leaves_the_earlier_one(
@@ -318,7 +318,7 @@ def test_report_folder_rules(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"not among the report's files"), report_folder(out, pats) as stage:
         (stage / "other.txt").write_text("x")
     assert _listing(out) == ["a.csv", "a.csv.lnk", "figures", "figures/keep.png"]
-    assert (out / "a.csv").read_text() == "2"
+    assert (out / "a.csv").read_text(encoding="utf-8") == "2"
     (tmp_path / "f").write_text("")
     with pytest.raises(NotADirectoryError), report_folder(tmp_path / "f", pats):
         pass

@@ -93,7 +93,7 @@ def test_write_dataset_passes_structural_check(tmp_path: Path, rng: np.random.Ge
     cases = [_case("p1_fu1", rng), _case("p2_fu1", rng)]
     folder = write_nnunet_dataset(tmp_path, 501, "LongiMS", cases, ["prior_flair", "current_flair"])
     assert folder.name == "Dataset501_LongiMS"
-    meta = json.loads((folder / "dataset.json").read_text())
+    meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "prior_flair", "1": "current_flair"}
     assert meta["labels"] == FOUR_CLASS_LABELS
     assert meta["numTraining"] == 2 and meta["file_ending"] == ".nii.gz"
@@ -116,7 +116,7 @@ def test_structural_check_finds_problems(tmp_path: Path, rng: np.random.Generato
     folder = write_nnunet_dataset(tmp_path, 7, "X", [_case("a", rng), _case("b", rng)], ["c0", "c1"])
     (folder / "imagesTr" / "b_0001.nii.gz").unlink()
     (folder / "imagesTr" / "stray_0000.nii.gz").write_bytes(b"")
-    meta = json.loads((folder / "dataset.json").read_text())
+    meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     meta["numTraining"] = 5
     (folder / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError) as err:
@@ -127,7 +127,7 @@ def test_structural_check_finds_problems(tmp_path: Path, rng: np.random.Generato
 
 def test_structural_check_json_and_geometry(tmp_path: Path, rng: np.random.Generator) -> None:
     folder = write_nnunet_dataset(tmp_path, 8, "Y", [_case("a", rng)], ["c0", "c1"])
-    meta = json.loads((folder / "dataset.json").read_text())
+    meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     bad = dict(meta, labels={"background": 0, "x": 2})
     (folder / "dataset.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="consecutive"):
@@ -195,7 +195,7 @@ def test_convert_longiseg_dataset_and_import_predictions(tmp_path: Path, rng: np
     folder = convert_longiseg_dataset(root, tmp_path / "raw", 502, "Longi")
     summary = check_nnunet_raw_dataset(folder)
     assert summary["cases"] == ["p1_fu1", "p1_fu2", "p2_fu1"]
-    meta = json.loads((folder / "dataset.json").read_text())
+    meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     assert meta["channel_names"] == {"0": "prior_flair", "1": "prior_t2", "2": "current_flair", "3": "current_t2"}
     # pair (1, 2): the prior mask is baseline | progression_t1, the progression is progression_t2
     lab = np.asarray(nib.load(folder / "labelsTr" / "p1_fu2.nii.gz").dataobj).astype(np.int64)
@@ -245,7 +245,7 @@ def test_convert_reads_cases_as_training_does(tmp_path: Path, rng: np.random.Gen
     manifest = {"modalities": ["t2", "flair"], "cases": [{"case_id": "p2"}]}
     (root / "manifest.json").write_text(json.dumps(manifest))
     folder = convert_longiseg_dataset(root, tmp_path / "raw", 503, "Manifest")
-    meta = json.loads((folder / "dataset.json").read_text())
+    meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     assert check_nnunet_raw_dataset(folder)["cases"] == ["p2_fu1"]
     assert list(meta["channel_names"].values()) == ["prior_t2", "prior_flair", "current_t2", "current_flair"]
     src = nib.load(root / "p2" / image_filename(0, "t2")).get_fdata()
@@ -431,7 +431,7 @@ def test_convert_overwrite_leaves_no_stale_cases_and_round_trips(tmp_path: Path,
     assert convert_longiseg_dataset(tmp_path / "one", raw, 520, "Re", overwrite=True) == folder
     summary = check_nnunet_raw_dataset(folder)  # was: numTraining 1 but labelsTr holds 3 cases
     assert summary["cases"] == ["q1_fu1", "q1_fu2"]
-    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
+    assert json.loads((folder / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 2
     import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred")
     out = tmp_path / "pred" / "q1"
     assert np.array_equal(np.asarray(nib.load(out / BASELINE_MASK).dataobj).astype(bool), masks["q1"][0])

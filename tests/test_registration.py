@@ -131,7 +131,7 @@ def _round_trip(tmp_path: Path, spacing_mm: int, raw_spacing, modalities) -> Non
 
     dist, angle = _transform_errors(out / "p0" / "registration" / "t1.tfm", motion, case.affine, brain)
     assert dist < 0.5 and angle < 0.5, (dist, angle)
-    record = json.loads((out / "p0" / "registration" / "registration.json").read_text())
+    record = json.loads((out / "p0" / "registration" / "registration.json").read_text(encoding="utf-8"))
     (q,) = record["followups"]
     assert q["status"] == "ok" and q["after"]["correlation"] > q["before"]["correlation"]
     assert abs(q["motion"]["rotation_deg"] - 9.0) < 0.5
@@ -202,16 +202,16 @@ def test_another_patient_as_followup_is_flagged(tmp_path: Path, capsys: pytest.C
     assert "case mixed follow-up 1 failed: correlation after registration" in err and "same" not in err
     assert not (out / "mixed" / layout.image_filename(0, "flair")).exists()  # never silently passed on
     assert (out / "same" / layout.image_filename(1, "flair")).is_file()
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert [c["case_id"] for c in manifest["cases"]] == ["same"]
-    rows = (out / "registration.csv").read_text().splitlines()
+    rows = (out / "registration.csv").read_text(encoding="utf-8").splitlines()
     assert any(r.startswith("mixed,1,failed") for r in rows) and any(r.startswith("same,1,ok") for r in rows)
     assert sorted(p.name for p in (out / "mixed").rglob("*")) == ["registration", "registration.json", "t1.tfm"]
     # --keep-failed: the failed case's images too, still reported (case folders written whole either way)
     assert main(["register", str(raw), str(tmp_path / "kept"), "--no-qc-figures", "--keep-failed"]) == 1
     assert "case mixed follow-up 1 failed" in capsys.readouterr().err
     assert (tmp_path / "kept" / "mixed" / layout.image_filename(1, "flair")).is_file()
-    kept = json.loads((tmp_path / "kept" / "manifest.json").read_text())
+    kept = json.loads((tmp_path / "kept" / "manifest.json").read_text(encoding="utf-8"))
     assert [c["case_id"] for c in kept["cases"]] == ["mixed", "same"]
 
 
@@ -378,7 +378,7 @@ def test_unreadable_case_is_reported_and_the_others_go_on(tmp_path: Path, capsys
     assert "case only-baseline failed: case 'only-baseline': needs images t0_*, t1_*" in err
     assert "case nan failed:" in err and "NaN" in err
     assert not (tmp_path / "out" / "manifest.json").exists()
-    assert "failed" in (tmp_path / "out" / "registration.csv").read_text()
+    assert "failed" in (tmp_path / "out" / "registration.csv").read_text(encoding="utf-8")
 
 
 def _demo_pair(spacing_mm: int = 4):  # noqa: ANN202
@@ -429,7 +429,7 @@ def test_registration_is_reproducible(tmp_path: Path) -> None:
     assert all(r.ok and r.written for r in runs), [r.followups for r in runs]
     reg1, reg2 = (tmp_path / out / "c" for out in ("out1", "out2"))
     assert (reg1 / "registration" / "t1.tfm").read_bytes() == (reg2 / "registration" / "t1.tfm").read_bytes()
-    records = [json.loads((d / "registration" / "registration.json").read_text()) for d in (reg1, reg2)]
+    records = [json.loads((d / "registration" / "registration.json").read_text(encoding="utf-8")) for d in (reg1, reg2)]
     for rec in records:
         for q in rec["followups"]:
             q.pop("seconds")
@@ -479,7 +479,7 @@ def test_masks_that_are_not_binary_fail_the_case_before_anything_is_written(
         assert f"mask {raw / 'c' / name} must be binary (values 0/1)" in err[0], err
     assert re.search(match, err[0]), err
     assert not (out / "c").exists() and not list(out.glob(".c.*"))  # nothing of the case was written
-    assert (out / "registration.csv").read_text().splitlines()[1].startswith("c,,failed,")
+    assert (out / "registration.csv").read_text(encoding="utf-8").splitlines()[1].startswith("c,,failed,")
 
 
 def test_an_unexpected_error_fails_its_case_without_a_partial_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -508,8 +508,8 @@ def test_an_unexpected_error_fails_its_case_without_a_partial_folder(tmp_path: P
                    "1.23 TiB for an array); nothing written for this case"], err
     assert sorted(p.name for p in out.iterdir()) == ["b", "manifest.json", "registration.csv", "registration.json"]
     assert (out / "b" / layout.image_filename(1, "flair")).is_file()
-    assert [c["case_id"] for c in json.loads((out / "manifest.json").read_text())["cases"]] == ["b"]
-    rows = (out / "registration.csv").read_text().splitlines()
+    assert [c["case_id"] for c in json.loads((out / "manifest.json").read_text(encoding="utf-8"))["cases"]] == ["b"]
+    rows = (out / "registration.csv").read_text(encoding="utf-8").splitlines()
     assert any(r.startswith("a,,failed,error while registering (MemoryError") for r in rows)
     assert any(r.startswith("b,1,ok") for r in rows)
 

@@ -20,7 +20,7 @@ _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 def python_blocks(page: str) -> list[str]:
     """The ```python blocks of a tutorial page, in order."""
-    blocks = _BLOCK.findall((TUTORIALS / page).read_text())
+    blocks = _BLOCK.findall((TUTORIALS / page).read_text(encoding="utf-8"))
     assert blocks, f"{page} has no python snippet"
     return blocks
 

@@ -82,7 +82,7 @@ def test_atomic_writes_never_leave_partial_files(tmp_path):
     with pytest.raises(FileExistsError):
         atomic_torch_save({}, target, overwrite=False)
     atomic_write_json(tmp_path / "r.json", {"x": np.float32(1.5), "a": np.arange(2)})
-    assert json.loads((tmp_path / "r.json").read_text()) == {"x": 1.5, "a": [0, 1]}
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8")) == {"x": 1.5, "a": [0, 1]}
 
 
 def test_atomic_nifti_roundtrip(tmp_path):
