@@ -156,6 +156,30 @@ def test_writers(tmp_path: Path) -> None:
         box_plot(t, tmp_path / "c.png", metrics=[])
 
 
+def test_figures_leave_the_callers_matplotlib_backend_alone(tmp_path: Path) -> None:
+    """A notebook's backend stays what it was after the library draws a figure (it used to be switched to Agg
+    for the rest of the session); checked in a fresh process whose backend is svg."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, matplotlib
+matplotlib.use("svg")
+import matplotlib.pyplot as plt
+from longiseg.metrics.aggregate import ResultsTable
+from longiseg.metrics.report import box_plot
+t = ResultsTable([{"case_id": "c", "patient_id": "p", "kind": "B", "dice": 0.5, "lesion_f1": 1.0}], "m")
+box_plot(t, sys.argv[1], metrics=[("dice", "B")])
+print(matplotlib.get_backend(), len(plt.get_fignums()))
+"""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b.png")], capture_output=True, text=True,
+                            timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["svg", "0"]  # the caller's backend, and no figure left open in pyplot
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_evaluate_errors(folders: tuple[Path, Path, Path], tmp_path: Path) -> None:
     gt, good, _ = folders
     (good / "c3" / progression_filename(2)).unlink()

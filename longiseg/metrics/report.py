@@ -203,15 +203,12 @@ def box_plot(
     title: str | None = None,
 ) -> Path:
     """Box plots (PNG) of per-patient values: one panel per ``(metric, kind)``, one box per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from longiseg.utils.plotting import subplots
 
     tabs = _as_tables(tables)
     if not metrics:
         raise ValueError("metrics must name at least one (metric, kind) pair")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 0.6, 3.8), squeeze=False)
+    fig, axes = subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 0.6, 3.8), squeeze=False)
     for ax, (metric, kind) in zip(axes[0], metrics):
         data = []
         for t in tabs:

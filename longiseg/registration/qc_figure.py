@@ -48,10 +48,7 @@ def checkerboard_figure(fixed: np.ndarray, moved: np.ndarray, affine: np.ndarray
         title: figure title.
         squares: squares per side of the checkerboard.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from longiseg.utils.plotting import subplots
 
     if fixed.shape != moved.shape or fixed.ndim != 3:
         raise ValueError(f"fixed and moved must be 3D volumes of one shape, got {fixed.shape} and {moved.shape}")
@@ -59,7 +56,7 @@ def checkerboard_figure(fixed: np.ndarray, moved: np.ndarray, affine: np.ndarray
     fg = np.argwhere(fixed > 0)
     centre = fg.mean(axis=0).round().astype(int) if fg.size else np.array(fixed.shape) // 2
     axes_of = plane_axes(affine)
-    fig, grid = plt.subplots(3, 3, figsize=(9, 9), facecolor="black")
+    fig, grid = subplots(3, 3, figsize=(9, 9), facecolor="black")
     for r, plane in enumerate(PLANES):
         ax_n = axes_of[plane]
         idx: list[slice | int] = [slice(None)] * 3

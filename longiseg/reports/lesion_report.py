@@ -23,34 +23,24 @@ from longiseg.data.case import PLANES, affine_spacing, display_slice, plane_axes
 from longiseg.data.loading import read_prediction, read_volume
 from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
 from longiseg.utils.io import atomic_write
+from longiseg.utils.plotting import subplots
 
 __all__ = ["volume_figure", "change_montage", "write_lesion_report"]
 
 PathLike = str | os.PathLike
 
 
-def _pyplot():  # noqa: ANN202
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _png(fig) -> bytes:  # noqa: ANN001
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, facecolor=fig.get_facecolor())
-    _pyplot().close(fig)
     return buf.getvalue()
 
 
 def volume_figure(evolution: CaseEvolution) -> bytes:
     """PNG of the total lesion volume per timepoint with the new/enlarging counts of each follow-up."""
-    plt = _pyplot()
     vols = np.asarray(evolution.volumes_mm3) / 1000.0
     t = np.arange(vols.size)
-    fig, ax = plt.subplots(figsize=(4.2, 2.8))
+    fig, ax = subplots(figsize=(4.2, 2.8))
     ax.plot(t, vols, "o-", color="#3050c0")
     for f in evolution.followups:
         label = f"+{f.new} new, {f.enlarging} enl." if f.active else "no activity"
@@ -104,7 +94,6 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
         field_mm: side of the field of view in mm.
         title: figure title.
     """
-    plt = _pyplot()
     sp = affine_spacing(affine)
     half = [max(2, int(round(field_mm / 2 / s))) for s in sp]
     axes_of = plane_axes(affine)
@@ -113,7 +102,7 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
     for img in (before, after):  # one window per scan: sessions differ in scanner gain
         fg = img[img != 0]
         windows.append(np.percentile(fg, [1.0, 99.5]) if fg.size else (0.0, 1.0))
-    fig, grid = plt.subplots(2, 3, figsize=(6.0, 4.2), facecolor="black")
+    fig, grid = subplots(2, 3, figsize=(6.0, 4.2), facecolor="black")
     for col, plane in enumerate(PLANES):
         ax_n = axes_of[plane]
         scans = [_view(img, ax_n, c, half, affine) for img in (before, after)]

@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -294,7 +295,8 @@ def _json_default(o: Any) -> Any:
 
 def atomic_save_figure(fig: Any, path: PathLike, *, dpi: int = 100, overwrite: bool = True, **savefig_kwargs: Any
                        ) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it (figures are never half-written or left open).
+    """Save a matplotlib figure as PNG atomically and close it (figures are never half-written or left open;
+    a figure pyplot manages is closed there, one built without pyplot needs no closing).
 
     Args:
         fig: the ``matplotlib.figure.Figure``.
@@ -303,13 +305,13 @@ def atomic_save_figure(fig: Any, path: PathLike, *, dpi: int = 100, overwrite: b
         overwrite: replace an existing file.
         **savefig_kwargs: passed to ``fig.savefig`` (e.g. ``facecolor``).
     """
-    import matplotlib.pyplot as plt
-
     try:
         with atomic_path(path, overwrite=overwrite, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=dpi, format="png", **savefig_kwargs)
     finally:
-        plt.close(fig)
+        pyplot = sys.modules.get("matplotlib.pyplot")  # never imported here: that could pick a backend
+        if pyplot is not None:
+            pyplot.close(fig)
     return Path(path)
 
 

@@ -48,13 +48,9 @@ def plot_case(case: LongitudinalCase | PathLike, out_png: PathLike, *, followup:
         modality: channel to show (default: ``"flair"`` if present, else the first).
         center: voxel ``(d, h, w)`` the slices pass through.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from longiseg.data.case import PLANES
     from longiseg.data.loading import load_case
+    from longiseg.utils.plotting import subplots
 
     if not isinstance(case, LongitudinalCase):
         case = load_case(case)
@@ -82,7 +78,7 @@ def plot_case(case: LongitudinalCase | PathLike, out_png: PathLike, *, followup:
     green, red = ListedColormap(["#00e060"]), ListedColormap(["#ff2020"])
     axes = case.plane_axes
     cols = ["baseline", "baseline + lesions", f"follow-up {followup}", "follow-up + new/enlarging", "difference"]
-    fig, grid = plt.subplots(3, 5, figsize=(15, 9.5), facecolor="black")
+    fig, grid = subplots(3, 5, figsize=(15, 9.5), facecolor="black")
     for r, plane in enumerate(PLANES):
         ax_n = axes[plane]
         idx = [slice(None)] * 3
@@ -127,12 +123,9 @@ def plot_case(case: LongitudinalCase | PathLike, out_png: PathLike, *, followup:
 
 def plot_training_curves(runs: Mapping[str, Path], path: PathLike) -> Path:
     """Training loss and validation Dice per epoch of each run folder (its ``metrics.csv``), one line per run."""
-    import matplotlib
+    from longiseg.utils.plotting import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = subplots(1, 2, figsize=(9, 3.6))
     for label, run in runs.items():
         with open(run / "metrics.csv", encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -159,13 +152,9 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
     The slice is the one with the most new/enlarging plus persisting-lesion voxels among the slices that cut
     both (else the one with the most new/enlarging voxels).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from longiseg.data.lesions import label_persisting_lesions
     from longiseg.data.loading import read_prediction
+    from longiseg.utils.plotting import subplots
 
     case_id = case.case_id
     prog = case.progression_masks[0]
@@ -178,7 +167,7 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
     rot = lambda a: np.rot90(a[:, :, z])  # noqa: E731 - display in radiological orientation
     t0, t1 = case.images[0, 0], case.images[1, 0]
     n = len(pred_dirs)
-    fig, axes = plt.subplots(n, 3, figsize=(10, 3.4 * n), squeeze=False)
+    fig, axes = subplots(n, 3, figsize=(10, 3.4 * n), squeeze=False)
     for row, (label, pdir) in enumerate(pred_dirs.items()):
         masks, _, _ = read_prediction(pdir, case_id, case.num_timepoints, "mask")
         entropy, _, _ = read_prediction(pdir, case_id, case.num_timepoints, "entropy")

@@ -1,0 +1,33 @@
+"""Figures drawn off-screen without pyplot, so that drawing one leaves the caller's matplotlib as it was.
+
+``matplotlib.use("Agg")`` plus ``pyplot`` would switch the backend of the whole process: in a notebook, the
+inline plots of the rest of the session. A :class:`matplotlib.figure.Figure` built directly belongs to no
+backend's window manager; ``savefig`` renders it with Agg and nothing needs closing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["subplots"]
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None,
+             facecolor: Any = None, squeeze: bool = True) -> tuple[Any, Any]:
+    """A figure and a grid of axes, as ``matplotlib.pyplot.subplots`` returns them, without pyplot.
+
+    Args:
+        nrows: rows of axes.
+        ncols: columns of axes.
+        figsize: ``(width, height)`` in inches (matplotlib's default when ``None``).
+        facecolor: figure background (matplotlib's default when ``None``).
+        squeeze: drop the grid's dimensions of size one (``pyplot.subplots``' rule).
+
+    Returns:
+        ``(figure, axes)``: a :class:`matplotlib.figure.Figure` and one ``Axes``, a 1D or a ``(nrows, ncols)``
+        array of them.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, facecolor=facecolor)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
