@@ -474,3 +474,34 @@ def test_brain_window_starts() -> None:
 def test_crop_to_brain_is_the_default() -> None:
     assert TriplanarInferer().crop_to_brain is True
     assert TriplanarInferer(crop_to_brain=False).crop_to_brain is False
+
+
+class _SliceRecorder(nn.Module):
+    """Zero logits; remembers the slices it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+        self.seen.append(x.detach().clone())
+        b, t, _, h, w = x.shape
+        return LongitudinalOutput(baseline=torch.zeros(b, 1, h, w) + self.anchor,
+                                  progression=torch.zeros(b, t - 1, 1, h, w) + self.anchor)
+
+
+def test_planes_are_the_anatomical_ones_the_affine_names() -> None:
+    """Training samples "axial" slices normal to world z whatever the storage order (data.case.plane_axes); with
+    the case's affine, inference does too. Stored as PIR (array axes: y, z, x), "axial" is array axis 1."""
+    shape = (6, 5, 7)  # PIR: i runs posterior (world y), j inferior (world z), k right (world x)
+    affine = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=float)
+    world_z = np.broadcast_to((-np.arange(shape[1], dtype=np.float32))[None, :, None], shape)
+    img = np.stack([np.stack([world_z + 10])] * 2)  # (T=2, C=1, D, H, W): each axial slice holds one value
+    model = _SliceRecorder()
+    TriplanarInferer(patch_size=4, progress=False, planes="axial", skip_empty=False, crop_to_brain=False)(
+        model, img, affine=affine)
+    assert model.seen and all(torch.unique(x[i, 0, 0]).numel() == 1 for x in model.seen for i in range(len(x)))
+    model.seen.clear()  # without the affine, "axial" is array axis 2: its slices cut across world z
+    TriplanarInferer(patch_size=4, progress=False, planes="axial", skip_empty=False, crop_to_brain=False)(model, img)
+    assert any(torch.unique(x[i, 0, 0]).numel() > 1 for x in model.seen for i in range(len(x)))

@@ -11,6 +11,7 @@ from longiseg.inferers.postprocessing import (
 from longiseg.inferers.predict import (
     CaseReader,
     Inferer,
+    infer_case,
     predict_case,
     predict_folder,
     spacing_from_affine,
@@ -44,6 +45,7 @@ __all__ = [
     "Inferer",
     "CaseReader",
     "spacing_from_affine",
+    "infer_case",
     "predict_case",
     "predict_folder",
 ]

@@ -34,6 +34,7 @@ from longiseg.utils.validation import check_bool
 __all__ = [
     "Inferer",
     "CaseReader",
+    "infer_case",
     "RESTRICT_OPTIONS",
     "spacing_from_affine",
     "predict_case",
@@ -52,6 +53,27 @@ class Inferer(Protocol):
         images: torch.Tensor | np.ndarray,
         brain_mask: torch.Tensor | np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def infer_case(inferer: Inferer, model: nn.Module, images: torch.Tensor | np.ndarray,
+               brain_mask: torch.Tensor | np.ndarray | None, affine: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``inferer`` on one case: a :class:`TriplanarInferer` slices the anatomical planes the ``affine`` names
+    (as training samples them), any other inferer is called as the :class:`Inferer` protocol says.
+
+    Args:
+        inferer: the inferer.
+        model: the model.
+        images: ``(T, C, D, H, W)``.
+        brain_mask: optional binary ``(D, H, W)``.
+        affine: ``(4, 4)`` voxel-to-world matrix of the volumes.
+
+    Returns:
+        ``baseline_prob (D, H, W)`` and ``progression_prob (T-1, D, H, W)``.
+    """
+    if isinstance(inferer, TriplanarInferer):
+        return inferer(model, images, brain_mask, affine=affine)
+    return inferer(model, images, brain_mask)
 
 
 #: Reads one case for :func:`predict_folder` from the :class:`~longiseg.data.loading.CaseSource` that
@@ -178,7 +200,7 @@ def predict_case(
         raise FileExistsError(f"{case_out} exists and is not an empty folder; pass overwrite=True to replace it")
 
     inferer = TriplanarInferer() if inferer is None else inferer
-    base_prob, prog_prob = inferer(model, imgs, brain)
+    base_prob, prog_prob = infer_case(inferer, model, imgs, brain, aff)
     if base_prob.shape != tuple(imgs.shape[2:]) or prog_prob.shape != (t - 1, *imgs.shape[2:]):
         raise ValueError(
             "predict_case writes binary maps and needs one output channel per head (K = 1); the inferer "

@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from longiseg.data.case import plane_axes
 from longiseg.inferers.sliding_window import (
     _check_blend,
     _check_device,
@@ -61,7 +62,8 @@ __all__ = ["PLANE_AXES", "plane_axis", "brain_window_starts", "TriplanarInferer"
 
 logger = get_logger(__name__)
 
-#: Array axis (of ``(D, H, W)``) along which each plane's slices are taken.
+#: Array axis (of ``(D, H, W)``) along which each plane's slices are taken when no affine says which axis is
+#: which (RAS/LAS-like storage); with the case's affine the planes are read from it (``data.case.plane_axes``).
 PLANE_AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
@@ -185,6 +187,8 @@ class TriplanarInferer:
         model: nn.Module,
         images: torch.Tensor | np.ndarray,
         brain_mask: torch.Tensor | np.ndarray | None = None,
+        *,
+        affine: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Predict one case.
 
@@ -192,6 +196,9 @@ class TriplanarInferer:
             model: 2.5D model ``(B, T, C, rows, cols) -> LongitudinalOutput`` of logits.
             images: ``(T, C, D, H, W)`` with ``T >= 2``.
             brain_mask: optional binary ``(D, H, W)`` mask used for skipping (default: nonzero voxels).
+            affine: ``(4, 4)`` voxel-to-world matrix of the volumes: each plane is then the anatomical one
+                (:func:`~longiseg.data.case.plane_axes`), as training samples it, whatever the storage order.
+                ``None``: the array axes of :data:`PLANE_AXES` (right for RAS/LAS-like storage only).
 
         Returns:
             ``baseline_prob (D, H, W)`` and ``progression_prob (T-1, D, H, W)``, float32 numpy arrays (with a
@@ -207,7 +214,8 @@ class TriplanarInferer:
         t = imgs.shape[0]
         spatial = tuple(imgs.shape[2:])
 
-        plans = {p: self._plan(plane_axis(p), imgs.shape, mask) for p in self.planes}
+        axes = PLANE_AXES if affine is None else plane_axes(affine)
+        plans = {p: self._plan(axes[p], imgs.shape, mask) for p in self.planes}
         self.last_stats = {p: {"computed": len(jobs), "skipped": grid - len(jobs)} for p, (jobs, grid) in plans.items()}
         total_patches = sum(s["computed"] for s in self.last_stats.values())
 
@@ -220,7 +228,7 @@ class TriplanarInferer:
             with torch.no_grad():
                 for plane, plan in plans.items():
                     bar.set_postfix_str(plane)
-                    total = self._run_plane(model, imgs, plane_axis(plane), plan[0], dev, total, count, bar)
+                    total = self._run_plane(model, imgs, axes[plane], plan[0], dev, total, count, bar)
                 if total is None:  # nothing computed: one all-zero patch tells the model's channels (K * T)
                     logger.warning("tri-planar inference: no patch holds a brain voxel; returning all-zero maps")
                     probe = torch.zeros((1, *imgs.shape[:2], *self.patch_size), device=dev)

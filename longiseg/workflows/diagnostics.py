@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from longiseg.data.case import LongitudinalCase
+from longiseg.inferers.predict import infer_case
 from longiseg.inferers.sliding_window import prepare_case
 from longiseg.metrics.consistency import label_persisting_lesions
 from longiseg.metrics.lesion import label_lesions
@@ -104,13 +105,13 @@ def baseline_reliance(model: nn.Module, case: LongitudinalCase, *, cfg: Inferenc
     spec = model_spec(model)
     inferer = make_inferer(spec, inference_settings(model, cfg), device=device, progress=False)
     images, brain = prepare_case(case.images, case.brain_mask)
-    _, real = inferer(model, images, brain)
+    _, real = infer_case(inferer, model, images, brain, case.affine)
     assert case.baseline_mask is not None and case.progression_masks is not None
     rows: list[LesionReliance] = []
     for k in range(1, images.shape[0]):
         swapped_images = images.clone()
         swapped_images[0] = images[k]
-        _, swapped = inferer(model, swapped_images, brain)
+        _, swapped = infer_case(inferer, model, swapped_images, brain, case.affine)
         p_real, p_swap = real[k - 1], swapped[k - 1]
         prog = np.asarray(case.progression_masks[k - 1], dtype=bool)
         new = label_lesions(prog, case.spacing)
