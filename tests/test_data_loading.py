@@ -580,3 +580,42 @@ def test_read_prediction_names_the_file_on_another_grid(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"case 'c1': reference mask .*c1/progression_t1.nii.gz lies on another "
                                          r"grid than baseline_mask.nii.gz .*voxel size 3x3x3 mm vs 1x1x1 mm"):
         read_prediction(tmp_path, "c1", 2, what="case 'c1': reference mask")
+
+
+def test_headers_that_leave_the_geometry_or_the_values_ambiguous_are_refused(tmp_path: Path) -> None:
+    """Files other tools would place or read differently from nibabel are refused naming the file: neither qform
+    nor sform (nibabel's fallback flips left-right), qform and sform that disagree beyond round-off (ITK-based
+    tools read the qform), space in other units than mm (volumes), voxels that are not real numbers."""
+    mask = np.zeros((4, 5, 6), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+
+    def saved(name: str, change) -> Path:  # noqa: ANN001
+        img = nib.Nifti1Image(mask, aff)
+        img.set_qform(aff, code=1)
+        change(img)
+        nib.save(img, str(tmp_path / name))
+        return tmp_path / name
+
+    ok = saved("ok.nii.gz", lambda img: None)
+    assert read_mask(ok)[2] == (2.0, 2.0, 2.0)
+
+    def no_forms(img) -> None:  # noqa: ANN001
+        img.set_qform(None, code=0)
+        img.set_sform(None, code=0)
+
+    with pytest.raises(ValueError, match=r"none.nii.gz has neither a qform nor an sform"):
+        read_mask(saved("none.nii.gz", no_forms))
+    shifted = aff.copy()
+    shifted[:3, 3] = 7.0
+    with pytest.raises(ValueError, match=r"shift.nii.gz: its qform and sform place the voxels differently \(by up to 7"):
+        read_mask(saved("shift.nii.gz", lambda img: img.set_sform(shifted, code=1)))
+    with pytest.raises(ValueError, match=r"micron.nii.gz measures space in micron"):
+        read_mask(saved("micron.nii.gz", lambda img: img.header.set_xyzt_units("micron")))
+    nib.save(nib.Nifti1Image(mask.astype(np.complex64), aff), str(tmp_path / "complex.nii.gz"))
+    with pytest.raises(ValueError, match=r"complex.nii.gz stores voxels of type complex64 \(complex\)"):
+        read_mask(tmp_path / "complex.nii.gz")
+    rgb = np.zeros((4, 5, 6), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, aff), str(tmp_path / "rgb.nii.gz"))
+    with pytest.raises(ValueError, match=r"rgb.nii.gz stores voxels of type .*not numbers"):
+        read_mask(tmp_path / "rgb.nii.gz")

@@ -345,3 +345,17 @@ def test_predict_folder_errors_before_any_case(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="brain_mask.nii.gz must be binary"):
         predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", case_ids=["a"], inferer=_inferer(),
                        progress=False)
+
+
+def test_a_case_whose_files_lie_on_two_grids_is_refused_before_any_case_is_predicted(tmp_path: Path) -> None:
+    """The headers of every case are checked first: a follow-up of the last case on another grid no longer
+    fails after the cases before it were predicted (hours, on a large cohort)."""
+    img, aff = _images(t=2, c=2), _affine()
+    _write_case(tmp_path / "in", "a", img, aff)
+    _write_case(tmp_path / "in", "b", img, aff)
+    shifted = aff.copy()
+    shifted[:3, 3] += 0.5
+    nib.save(nib.Nifti1Image(img[1, 1], shifted), tmp_path / "in" / "b" / image_filename(1, "t2"))
+    with pytest.raises(ValueError, match=r"case 'b': all volumes must share one affine"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", inferer=_inferer(), progress=False)
+    assert not (tmp_path / "out").exists()  # case "a" was not predicted either

@@ -52,6 +52,7 @@ __all__ = [
     "validate_cases",
     "check_same_modalities",
     "check_same_timepoints",
+    "check_case_headers",
     "modality_mismatches",
     "read_manifest",
     "write_manifest",
@@ -282,7 +283,9 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
     The size is that of the image's affine (:func:`~longiseg.data.case.affine_spacing`, the column norms of
     nibabel's ``img.affine``: the sform when ``sform_code > 0``, else the qform), the matrix every reader
     compares and every output is written with. A file whose header voxel sizes (``pixdim``, which the qform
-    uses) disagree with that affine describes two grids; it is refused rather than one of them chosen.
+    uses) disagree with that affine describes two grids; it is refused rather than one of them chosen, and so
+    is a file whose qform and sform (both set) differ by more than :data:`QFORM_SFORM_ATOL`, a file with
+    neither (orientation unknown: tools disagree on which side is left) and one measured in other units than mm.
 
     Args:
         img: the nibabel image (a header-only read is enough).
@@ -295,8 +298,18 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
 
     Raises:
         ValueError: naming the file and both voxel sizes: header and affine disagree (beyond ``rtol``), or
-            the affine is not finite or has an axis of zero length.
+            the affine is not finite or has an axis of zero length; naming the file: qform and sform
+            disagree, neither is set, or the spatial unit is not mm (or unknown).
     """
+    hdr = img.header
+    qcode, scode = int(hdr["qform_code"]), int(hdr["sform_code"])
+    if qcode == 0 and scode == 0:
+        raise ValueError(f"{what} {path} has neither a qform nor an sform (both codes 0): its orientation is unknown "
+                         "(tools differ on which side is left); rewrite it with the scanner geometry")
+    unit = hdr.get_xyzt_units()[0]
+    if unit not in ("mm", "unknown"):
+        raise ValueError(f"{what} {path} measures space in {unit}; volumes are computed in mm: rewrite its "
+                         "header in mm")
     try:
         spacing = affine_spacing(img.affine)
     except ValueError as exc:
@@ -310,7 +323,19 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
             "volumes would be ambiguous: rewrite it with one geometry (e.g. copy the sform into the qform, or "
             "resample it)"
         )
+    if qcode > 0 and scode > 0:
+        gap = float(np.abs(hdr.get_qform() - hdr.get_sform()).max())
+        if gap > QFORM_SFORM_ATOL:
+            raise ValueError(
+                f"{what} {path}: its qform and sform place the voxels differently (by up to {gap:.3g} mm or "
+                "direction units); the file describes two grids, and tools that read the qform would not "
+                "overlay its outputs: rewrite it with one geometry (e.g. copy the sform into the qform)")
     return spacing
+
+
+#: Largest difference (mm, or direction units) between the qform and the sform of one file: the qform stores
+#: its rotation as a float32 quaternion, so matching forms differ by round-off, not by millimetres.
+QFORM_SFORM_ATOL = 1e-3
 
 
 def _mm(values: Any) -> str:
@@ -517,6 +542,22 @@ class _Problems:
         except (OSError, ValueError) as exc:
             self.add(exc)
             return None
+
+
+def check_case_headers(source: CaseSource, *, affine_atol: float = 1e-4) -> None:
+    """Check a case's files from their headers alone, decoding no voxel: what :func:`load_case` checks first
+    (every file present, unambiguous, one readable 3D NIfTI volume with an unambiguous geometry, all on one grid),
+    cheap enough to run on a whole cohort before any case is read.
+
+    Args:
+        source: the case (from :func:`find_cases`).
+        affine_atol: absolute tolerance when comparing the files' affines.
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: naming the case and the file, at the first problem.
+    """
+    _check_headers(source, affine_atol, _Problems(collect=False))
 
 
 def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems

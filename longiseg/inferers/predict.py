@@ -22,7 +22,14 @@ from tqdm.auto import tqdm
 
 from longiseg.data.case import LongitudinalCase, affine_spacing
 from longiseg.data.layout import check_case_id, prediction_filenames
-from longiseg.data.loading import CaseSource, find_cases, load_case, prediction_complete, save_prediction
+from longiseg.data.loading import (
+    CaseSource,
+    check_case_headers,
+    find_cases,
+    load_case,
+    prediction_complete,
+    save_prediction,
+)
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
@@ -317,6 +324,7 @@ def predict_folder(
                                   "replace them or skip_existing=True (--skip-existing) to keep them")
     fixed_t = getattr(model, "num_timepoints", None)  # models built for one T say so; others take any T >= 2
     for cid in ids:  # every case before any is predicted
+        check_case_headers(sources[cid])  # files and grids from the headers: no case fails after hours of others
         if isinstance(fixed_t, int) and sources[cid].num_timepoints != fixed_t:
             raise ValueError(f"case {cid!r} has {sources[cid].num_timepoints} timepoints but the model was built "
                              f"for {fixed_t}; predict it with a model of its number of timepoints")

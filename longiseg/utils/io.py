@@ -382,7 +382,8 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         PermissionError: ``path`` is not readable.
-        ValueError: ``path`` is a folder, empty, truncated, corrupt or not a NIfTI file.
+        ValueError: ``path`` is a folder, empty, truncated, corrupt or not a NIfTI file, or its voxels are not
+            real numbers (RGB, complex).
     """
     import gzip
     import struct
@@ -417,6 +418,10 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
         raise ValueError(f"{label} is truncated, corrupt or not a NIfTI file ({kind}: {reason})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ValueError(f"{label} is not a NIfTI file (nibabel reads it as {type(img).__name__})")
+    stored = img.get_data_dtype()
+    if stored.kind not in "biuf":  # RGB (structured), complex: not one real number per voxel
+        raise ValueError(f"{label} stores voxels of type {stored} ({'complex' if stored.kind == 'c' else 'not numbers'}"
+                         "); expected one real number per voxel (an integer or floating-point type)")
     if data is None:
         return img
     return type(img)(data, img.affine, img.header)
