@@ -132,6 +132,19 @@ def _mixed_timepoints(ws: Path, dest: Path) -> Path:
     return cohort
 
 
+def _shifted_followup(ws: Path, dest: Path) -> Path:
+    """One case's follow-up lies 0.5 mm off its baseline's grid (found from the headers, before any training)."""
+    import nibabel as nib
+
+    cohort = _cohort_of(ws, dest, sorted(_flags(ws))[:4], manifest=False)
+    path = cohort / "demo-003" / "t1_t2.nii.gz"
+    img = nib.load(path)
+    affine = img.affine.copy()
+    affine[:3, 3] += 0.5
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), path)
+    return cohort
+
+
 def _resumable_without_last(ws: Path, dest: Path) -> Path:
     """A run folder that stopped between its first best.pt and its first last.pt, with records and a tuning."""
     dest.mkdir()
@@ -317,6 +330,8 @@ ROWS = [
         r"\['flair', 't2'\]"),
     Row("train-mixed-timepoints", lambda ws, t: _train(ws, t, data=str(_mixed_timepoints(ws, t / "in"))),
         r"same number of timepoints \(T=2 for 'demo-000', 'demo-002', 'demo-003'; T=3 for 'demo-001'\)"),
+    Row("train-case-on-two-grids", lambda ws, t: _train(ws, t, data=str(_shifted_followup(ws, t / "in"))),
+        r"case 'demo-003': all volumes must share one affine"),
     Row("train-model-timepoints", lambda ws, t: _train(
         ws, t, "--set", "model.kwargs={widths: [8, 16, 16, 32], depths: [1, 1, 1, 1], decoder_dim: 16, "
         "num_timepoints: 3}"), r"model\.kwargs\.num_timepoints=3 but the cases have 2 timepoints"),

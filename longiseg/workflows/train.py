@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
-from longiseg.data.loading import check_same_timepoints, find_cases
+from longiseg.data.loading import check_case_headers, check_same_timepoints, find_cases
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler
 from longiseg.data.split import split_by_patient
@@ -344,6 +344,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
         train_cases, val_cases = split_by_patient(cases, cfg.data.val_fraction, cfg.data.seed)
     if resuming:
         _check_resumed_split(out / SPLIT_FILE, train_cases, val_cases)
+    for case in [*train_cases, *val_cases]:  # every file and grid from its header: before the run's records
+        check_case_headers(case)
     # a batch stacks samples of one T (modalities agree already: find_cases refuses a cohort whose cases differ,
     # and the validation cases are read in the training cases' channel order)
     check_same_timepoints([*train_cases, *val_cases], remedy="train on cases with one number of timepoints (e.g. a "
