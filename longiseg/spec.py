@@ -89,6 +89,9 @@ class ModelSpec:
             ``None`` when untuned.
         version: longiseg version that wrote the spec.
         format_version: :data:`SPEC_FORMAT_VERSION`.
+
+    Specs are frozen and compare by value (``==``), but hold dicts (``kwargs``, ``inference``...) and so are
+    unhashable, like a dict: ``hash(spec)`` raises ``TypeError`` (not a set member or dict key).
     """
 
     name: str
@@ -104,6 +107,8 @@ class ModelSpec:
     tuning: dict[str, Any] | None = None
     version: str = __version__
     format_version: int = SPEC_FORMAT_VERSION
+
+    __hash__ = None  # type: ignore[assignment]  # unhashable like the dicts it holds (see the class docstring)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

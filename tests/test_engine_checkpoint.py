@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -14,12 +17,15 @@ from longiseg.engine.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     load_model,
+    load_model_weights,
     restore_rng_state,
     save_checkpoint,
     unwrap_model,
+    update_spec,
 )
 from longiseg.engine.schedulers import build_warmup_cosine_scheduler
 from longiseg.registry import build_model, register_model, unregister_model
+from longiseg.ssm import ENV_VAR, Mamba
 
 
 class _StatefulSampler:
@@ -191,3 +197,86 @@ def test_refused_objects_message_names_a_reader_that_takes_weights_only(tmp_path
         load_model(tmp_path / "numpy.pt")
     assert "load it with weights_only=False" not in str(err.value)
     assert load_checkpoint(tmp_path / "numpy.pt", weights_only=False)["extra"]["seed"] == 3
+
+
+TINY_SEGMAST = {"widths": [8, 16, 16, 32], "depths": [1, 1, 1, 1], "decoder_dim": 16, "d_state": 4}
+
+
+def test_the_recorded_scan_backend_is_left_to_the_machine_that_loads(tmp_path, caplog, monkeypatch) -> None:
+    """A model trained with mamba-ssm's kernel records mamba_backend='cuda'; rebuilt, it runs anywhere."""
+    trained = build_model("segmast", **TINY_SEGMAST, mamba_backend="cuda")
+    path = save_checkpoint(tmp_path / "gpu.pt", model=trained)
+    assert torch.load(path, weights_only=True)["model_kwargs"]["mamba_backend"] == "cuda"
+    monkeypatch.setenv(ENV_VAR, "chunked")
+    with caplog.at_level(logging.INFO, logger="longiseg.engine.checkpoint"):
+        for model in (load_model(path), build_model_from_checkpoint(path)):
+            assert all(m.backend is None for m in model.modules() if isinstance(m, Mamba))  # run-time selection
+            assert "mamba_backend" not in model.spec.kwargs
+            with torch.no_grad():
+                model(torch.zeros(1, 2, 2, 32, 32))  # the environment variable's backend, on the CPU
+            for (key, a), b in zip(trained.state_dict().items(), model.state_dict().values()):
+                assert torch.equal(a, b), key
+    notes = [r.getMessage() for r in caplog.records if "selective-scan backend" in r.getMessage()]
+    assert len(notes) == 2 and all("'cuda'" in n and str(path) in n and ENV_VAR in n for n in notes)
+    chosen = build_model_from_checkpoint(path, mamba_backend="reference")  # an explicit argument still wins
+    assert all(m.backend == "reference" for m in chosen.modules() if isinstance(m, Mamba))
+
+
+def test_plain_state_dicts_are_named_and_wrapped_keys_load(tmp_path) -> None:
+    model = TinyLongiNet()
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    for reader in (load_model, build_model_from_checkpoint, load_checkpoint):
+        with pytest.raises(ValueError, match=r"sd.pt is a plain state_dict .*build_model\(name, \*\*kwargs\).*"
+                                             r"load_model_weights"):
+            reader(tmp_path / "sd.pt")
+    compiled = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
+    for weights in (torch.nn.DataParallel(model).state_dict(), compiled,
+                    {f"module.{k}": v for k, v in compiled.items()}):
+        fresh = TinyLongiNet()
+        load_model_weights(fresh, weights)
+        for (key, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+            assert torch.equal(a, b), key
+    other = {**torch.nn.DataParallel(model).state_dict(), "module.extra.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match="unexpected key"):  # not all of them the model's own: no guessing
+        load_model_weights(TinyLongiNet(), other)
+    payload = torch.load(save_checkpoint(tmp_path / "ck.pt", model=model), weights_only=True)
+    payload["model"] = torch.nn.DataParallel(model).state_dict()  # a checkpoint saved from the wrapper
+    fresh = TinyLongiNet()
+    load_checkpoint(tmp_path / "ck.pt", model=fresh, checkpoint=payload)
+    assert torch.equal(fresh.conv1.weight, model.conv1.weight)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    ({"format_version": "1"}, r"'format_version' must be an int, got '1' \(str\)"),
+    ({"model": None}, r"'model' must be a state_dict"),
+    ({"model_kwargs": None}, r"'model_kwargs' must be a mapping"),
+    ({"spec": ["x"]}, r"'spec' must be a model spec \(a mapping\) or None, got \['x'\] \(list\)"),
+    ({"model_name": 3}, r"'model_name' must be a registry name or None"),
+    ({"model_name": "segformer"}, r"holds model 'segformer' but its spec names 'segmast'"),
+])
+def test_hand_edited_checkpoints_are_named(tmp_path, edit, match) -> None:
+    path = save_checkpoint(tmp_path / "ck.pt", model=build_model("segmast", **TINY_SEGMAST))
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, **edit}, tmp_path / "edited.pt")
+    for reader in (load_model, load_checkpoint):
+        with pytest.raises(ValueError, match=f"edited.pt: .*{match}"):
+            reader(tmp_path / "edited.pt")
+
+
+def test_update_spec_keeps_the_file_mode_and_refuses_write_protected_files(tmp_path) -> None:
+    model = build_model("segmast", **TINY_SEGMAST)
+    path = save_checkpoint(tmp_path / "ck.pt", model=model)
+    tuned = model.spec.replace(inference={"threshold": 0.4})
+    old_umask = os.umask(0o022)  # a new file would be 0644
+    try:
+        path.chmod(0o600)  # a private checkpoint stays private
+        update_spec(path, tuned)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert load_model(path).spec == tuned
+        path.chmod(0o444)
+        before = path.read_bytes()
+        with pytest.raises(ValueError, match=r"ck.pt is write-protected .*copy .*chmod u\+w"):
+            update_spec(path, model.spec)
+        assert path.read_bytes() == before and stat.S_IMODE(path.stat().st_mode) == 0o444
+    finally:
+        os.umask(old_umask)

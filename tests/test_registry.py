@@ -190,3 +190,11 @@ def test_spec_keeps_valid_fields_as_plain_data():
     assert type(spec.in_channels) is int and type(spec.crop_size[0]) is int and spec.modalities == ("flair", "t2")
     assert ModelSpec.from_dict(spec.to_dict()) == spec
     assert ModelSpec(name="x", crop_size=np.int64(64)).crop_size == 64
+
+
+def test_spec_compares_by_value_and_is_unhashable_like_a_dict():
+    spec = ModelSpec(name="x", kwargs={"widths": [8, 16]}, inference={"threshold": 0.5})
+    assert spec == ModelSpec(name="x", kwargs={"widths": [8, 16]}, inference={"threshold": 0.5})
+    assert spec != spec.replace(kwargs={"widths": [8, 32]})
+    with pytest.raises(TypeError, match="unhashable type: 'ModelSpec'"):
+        hash(spec)

@@ -293,6 +293,16 @@ def test_set_scan_backend_refuses_what_the_constructor_refuses() -> None:
                                                        if isinstance(m, Mamba))
 
 
+def test_set_scan_backend_is_what_the_spec_records() -> None:
+    model = build_model("segmast", widths=(8, 16, 16, 32), depths=(1, 1, 1, 1), decoder_dim=16, d_state=4)
+    model.set_scan_backend("reference")
+    assert model.spec.kwargs["mamba_backend"] == "reference"
+    assert build_model(model.spec.name, **model.spec.kwargs).config == model.config  # the spec rebuilds it as it runs
+    model.set_scan_backend(None)
+    assert model.spec.kwargs["mamba_backend"] is None
+    assert build_model(model.spec.name, **model.spec.kwargs).config == model.config
+
+
 def test_config_built_directly_converts_like_from_dict() -> None:
     """Strings for bool fields are read as from_dict reads them, not counted as True."""
     fields = {"bidirectional": "false", "difference_weighting": "no", "share_mamba": "0",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import stat
 from pathlib import Path
 
 import nibabel as nib
@@ -18,10 +19,12 @@ from longiseg.data.demo_cohort import generate_demo_cohort
 from longiseg.data.loading import find_cases
 from longiseg.data.split import split_by_patient
 from longiseg.data.transforms import TimepointVariation
-from longiseg.engine.checkpoint import load_model, update_spec
+from longiseg.engine.checkpoint import load_model, save_checkpoint, update_spec
 from longiseg.engine.config import ConfigError
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.registry import build_model
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig
+from longiseg.workflows.predict import inference_settings, model_spec, run_prediction
 from longiseg.workflows.train import build_datasets, build_loss, make_validate_fn
 
 TINY_SEGMAST = ["model.name=segmast", "model.kwargs={widths: [8, 16, 16, 32], depths: [1, 1, 1, 1], decoder_dim: 16}"]
@@ -202,6 +205,31 @@ def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path, ca
     assert main(train) == 0 and (run / "tuning.json").is_file()
     assert main([*train, "trainer.max_epochs=3"]) == 0 and not (run / "tuning.json").exists()
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4
+
+
+def test_a_wrapped_model_predicts_with_the_spec_of_the_model_inside(cohort: Path, tmp_path: Path) -> None:
+    model = build_model("segmast", widths=[8, 16, 16, 32], depths=[1, 1, 1, 1], decoder_dim=16, d_state=4)
+    cfg = InferenceConfig(patch_size=32, planes=["axial"], batch_size=32)
+    model.spec = model.spec.replace(modalities=("flair", "t2"), inference=cfg.to_dict())
+    for wrapped in (nn.DataParallel(model), torch.compile(model)):  # compile wraps lazily: nothing is compiled
+        assert model_spec(wrapped) is model.spec
+        assert inference_settings(wrapped) == cfg
+    case = find_cases(cohort)[0].case_id
+    written = run_prediction(nn.DataParallel(model), cohort, tmp_path / "pred", case_ids=[case], device="cpu",
+                             progress=False)
+    assert list(written) == [case] and (tmp_path / "pred" / case / "baseline_mask.nii.gz").is_file()
+
+
+def test_tune_refuses_a_write_protected_checkpoint_before_any_work(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    best = save_checkpoint(run / "best.pt", model=nn.Linear(1, 1))  # refused before it is read or split.json is
+    best.chmod(0o444)
+    assert main(["tune", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert re.fullmatch(r"longiseg tune: error: checkpoint \S*best.pt is write-protected .*chmod u\+w", err), err
+    assert stat.S_IMODE(best.stat().st_mode) == 0o444
 
 
 RESUMABLE = TINY_SEGMAST + [

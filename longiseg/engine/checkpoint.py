@@ -27,13 +27,21 @@ key                        content
 =========================  ==========================================================================
 
 Only tensors and plain Python containers are stored, so checkpoints load with ``weights_only=True``.
+
+A model rebuilt from a checkpoint (:func:`load_model`, :func:`build_model_from_checkpoint`) leaves out the
+selective-scan backend the training recorded (``mamba_backend`` in ``model_kwargs`` and the spec): every backend
+computes the same function with the same weights, so the machine that runs the model picks its own
+(``LONGISEG_SCAN_BACKEND`` or ``auto`` by device, see :mod:`longiseg.ssm`). A model trained with mamba-ssm's
+``cuda`` kernel thus runs on a CPU-only machine.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +51,9 @@ import torch
 import torch.nn as nn
 
 from longiseg.spec import ModelSpec, plain_data
+from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
 from longiseg.utils.io import atomic_torch_save
+from longiseg.utils.logging import get_logger
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -56,10 +66,25 @@ __all__ = [
     "load_model",
     "load_model_weights",
     "update_spec",
+    "check_writable",
 ]
+
+logger = get_logger(__name__)
 
 CHECKPOINT_FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("format_version", "model", "epoch", "global_step")
+#: Entries whose type is checked when a checkpoint is read: key, accepted types, what they should be.
+_ENTRY_TYPES = (
+    ("format_version", int, "an int"),
+    ("model", Mapping, "a state_dict (a mapping of parameter names to tensors)"),
+    ("model_name", (str, type(None)), "a registry name or None"),
+    ("model_kwargs", Mapping, "a mapping of the model's factory arguments"),
+    ("spec", (Mapping, type(None)), "a model spec (a mapping) or None"),
+)
+#: Factory argument recorded with a model that chooses how it runs, not what it computes (see the module docstring).
+_SCAN_BACKEND_KWARG = "mamba_backend"
+#: Key prefixes of the wrappers :func:`unwrap_model` removes (DataParallel/DDP, ``torch.compile``).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -237,12 +262,27 @@ def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
 
 
 def _checked(ckpt: Any, path: Path) -> dict[str, Any]:
-    """``ckpt`` if it is a checkpoint this version reads."""
+    """``ckpt`` if it is a checkpoint this version reads (entries of the right types, one model name)."""
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED_KEYS):
+        if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise ValueError(
+                f"{path} is a plain state_dict (weights alone, as torch.save(model.state_dict()) writes), not a "
+                "longiseg checkpoint: it does not say which model the weights belong to. Build the model with "
+                "longiseg.build_model(name, **kwargs) and load them with longiseg.engine.checkpoint."
+                "load_model_weights(model, torch.load(path)) or model.load_state_dict(torch.load(path)); "
+                "save_checkpoint(path, model=model) writes a file that load_model reads")
         raise ValueError(f"{path} is not a longiseg checkpoint (expected a dict with keys {_REQUIRED_KEYS})")
+    for key, kinds, what in _ENTRY_TYPES:
+        if key in ckpt and not isinstance(ckpt[key], kinds):
+            raise ValueError(f"{path}: the checkpoint entry {key!r} must be {what}, got {ckpt[key]!r:.80} "
+                             f"({type(ckpt[key]).__name__}): the file was edited or not written by save_checkpoint")
     if ckpt["format_version"] > CHECKPOINT_FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this longiseg "
                          f"supports ({CHECKPOINT_FORMAT_VERSION})")
+    name, spec = ckpt.get("model_name"), ckpt.get("spec")
+    if name and spec and spec.get("name") != name:
+        raise ValueError(f"{path}: the checkpoint holds model {name!r} but its spec names {spec.get('name')!r}: "
+                         "the file was edited; make model_name and spec['name'] agree")
     return ckpt
 
 
@@ -333,11 +373,21 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
     name = ckpt.get("model_name")
     if not name:
         raise ValueError(f"checkpoint {source} has no model_name; build the model yourself and use load_checkpoint")
-    model = build_model(name, **{**ckpt.get("model_kwargs", {}), **override_kwargs})
+    recorded = ckpt.get("model_kwargs", {})
+    if recorded.get(_SCAN_BACKEND_KWARG) is not None and _SCAN_BACKEND_KWARG not in override_kwargs:
+        logger.info("checkpoint %s records the selective-scan backend %r of its training; this machine chooses its "
+                    "own (%s, default auto by device)", source, recorded[_SCAN_BACKEND_KWARG], SCAN_BACKEND_ENV_VAR)
+    model = build_model(name, **{**_without_scan_backend(recorded), **override_kwargs})
     load_model_weights(model, ckpt["model"], source=source)
     if ckpt.get("spec") and not override_kwargs:
-        model.spec = ModelSpec.from_dict(ckpt["spec"])
+        spec = ModelSpec.from_dict(ckpt["spec"])
+        model.spec = spec.replace(kwargs=_without_scan_backend(spec.kwargs))
     return model.eval()
+
+
+def _without_scan_backend(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Recorded factory arguments without the selective-scan backend (a run-time choice of the machine)."""
+    return {k: v for k, v in kwargs.items() if k != _SCAN_BACKEND_KWARG}
 
 
 def load_model(path: str | Path, *, map_location: Any = "cpu") -> nn.Module:
@@ -366,17 +416,42 @@ def load_model(path: str | Path, *, map_location: Any = "cpu") -> nn.Module:
     return _model_from(ckpt, str(path), {})  # the file is read once
 
 
-def update_spec(path: str | Path, spec: ModelSpec) -> Path:
-    """Rewrite the checkpoint ``path`` with ``spec`` (atomically; weights and training state unchanged).
+def check_writable(path: str | Path) -> Path:
+    """``path`` if its mode lets its owner write it, as :func:`update_spec` (``longiseg tune``) requires.
+
+    The new file is renamed onto the old one, which a write-protected file (``chmod a-w``) would not prevent,
+    so the protection is read from the mode bits (``os.access`` says yes to root whatever they are).
 
     Raises:
-        ValueError: if ``spec`` names another model than the checkpoint.
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: naming the file, when it is write-protected.
     """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    mode = path.stat().st_mode
+    if not mode & stat.S_IWUSR:
+        raise ValueError(f"checkpoint {path} is write-protected (mode {stat.filemode(mode)}) and would be rewritten: "
+                         "work on a copy of it, or allow writing with chmod u+w")
+    return path
+
+
+def update_spec(path: str | Path, spec: ModelSpec) -> Path:
+    """Rewrite the checkpoint ``path`` with ``spec`` (atomically; weights, training state and file mode unchanged).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if ``path`` is write-protected (:func:`check_writable`) or ``spec`` names another model than
+            the checkpoint.
+    """
+    mode = stat.S_IMODE(check_writable(path).stat().st_mode)
     ckpt = _read(Path(path), "cpu", True)
     if ckpt.get("model_name") not in (None, spec.name):
         raise ValueError(f"checkpoint {path} holds {ckpt.get('model_name')!r}, not {spec.name!r}")
     ckpt["spec"] = spec.to_dict()
-    return atomic_torch_save(ckpt, path)
+    written = atomic_torch_save(ckpt, path)
+    os.chmod(written, mode)  # the new file gets the umask's mode: keep the one the checkpoint had (e.g. private)
+    return written
 
 
 def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "state_dict",
@@ -389,10 +464,15 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         source: where the weights come from, for the message (a file name).
         strict: refuse missing and unexpected keys too (sizes are always checked).
 
+    Keys under the prefixes of the wrappers :func:`unwrap_model` removes (``module.`` of DataParallel/DDP,
+    ``_orig_mod.`` of ``torch.compile``), as a wrapped model's ``state_dict()`` has them, load into the unwrapped
+    model: when every key the model lacks is one of its own under such prefixes, the prefixes are dropped.
+
     Raises:
         ValueError: naming ``source``, the first mismatching parameters and their shapes, when the weights
             were saved from a model of another architecture or size (e.g. a changed ``model.kwargs``).
     """
+    state_dict = _unprefixed(state_dict, model.state_dict())
     try:
         model.load_state_dict(state_dict, strict=strict)
     except RuntimeError as err:
@@ -407,3 +487,20 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         detail = ", ".join(parts) or " ".join(str(err).split())[:300]
         raise ValueError(f"the weights in {source} do not fit the model (another architecture or model.kwargs "
                          f"than the one they were trained with): {detail}") from None
+
+
+def _unprefixed(state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+                ) -> Mapping[str, torch.Tensor]:
+    """``state_dict`` with wrapper prefixes dropped from its keys when every key ``own`` lacks is then one of
+    ``own``'s that ``state_dict`` lacks (a wrapped model's weights); else ``state_dict`` unchanged."""
+
+    def bare(key: str) -> str:
+        while key not in own and key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        return key
+
+    extra = [k for k in state_dict if k not in own]
+    found = {bare(k) for k in extra}
+    if not extra or len(found) < len(extra) or any(k not in own or k in state_dict for k in found):
+        return state_dict
+    return {bare(k): v for k, v in state_dict.items()}

@@ -12,6 +12,7 @@ from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import prediction_filenames
 from longiseg.data.loading import CaseSource, load_case
 from longiseg.data.preprocessing import preprocess_case
+from longiseg.engine.checkpoint import unwrap_model
 from longiseg.inferers.predict import predict_folder
 from longiseg.inferers.sliding_window import SlidingWindowInferer3D
 from longiseg.inferers.triplanar import TriplanarInferer
@@ -45,6 +46,9 @@ def make_inferer(spec: ModelSpec, cfg: InferenceConfig, *, device: str | torch.d
 def inference_settings(model: nn.Module, cfg: InferenceConfig | None = None) -> InferenceConfig:
     """The inference settings to use for ``model``: ``cfg`` if given, else those its spec records.
 
+    ``model`` may be wrapped (DataParallel, DistributedDataParallel, ``torch.compile``): the settings and sizes
+    are those of the model inside.
+
     Raises:
         ValueError: if ``cfg`` is ``None`` and the model's spec records none (a model that was never trained
             with ``longiseg train``: pass ``cfg``), or if the model cannot take windows of ``patch_size``
@@ -56,19 +60,20 @@ def inference_settings(model: nn.Module, cfg: InferenceConfig | None = None) -> 
             raise ValueError(f"model {spec.name!r} records no inference settings (it was not trained with longiseg "
                              "train); pass an InferenceConfig")
         cfg = InferenceConfig.from_dict(spec.inference)
-    check_spatial_size(model, cfg.patch_size, "inference.patch_size")
+    check_spatial_size(unwrap_model(model), cfg.patch_size, "inference.patch_size")
     return cfg
 
 
 def model_spec(model: nn.Module) -> ModelSpec:
-    """``model.spec`` (every registry model has one).
+    """``model.spec`` (every registry model has one), of the model inside DataParallel/DDP/``torch.compile``.
 
     Raises:
         TypeError: for a model built without :func:`longiseg.build_model` (give it a ``ModelSpec``).
     """
-    spec = getattr(model, "spec", None)
+    inner = unwrap_model(model) if isinstance(model, nn.Module) else model
+    spec = getattr(inner, "spec", None)
     if not isinstance(spec, ModelSpec):
-        raise TypeError(f"model ({type(model).__name__}) has no spec: build it with longiseg.build_model or load it "
+        raise TypeError(f"model ({type(inner).__name__}) has no spec: build it with longiseg.build_model or load it "
                         "with longiseg.load_model, or set model.spec = ModelSpec(name=..., dim=...)")
     return spec
 
@@ -88,7 +93,8 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     the channels, and its inference settings (with the post-processing ``longiseg tune`` chose) the rest.
 
     Args:
-        model: a registry model (``longiseg.load_model`` gives a trained one).
+        model: a registry model (``longiseg.load_model`` gives a trained one), possibly wrapped in DataParallel,
+            DistributedDataParallel or ``torch.compile`` (the wrapper runs it).
         input_dir: cohort folder.
         output_dir: prediction root (``OUT/CASE_ID/...``).
         cfg: inference settings replacing the spec's (required for a model whose spec records none).

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from longiseg.data.loading import find_cases, load_case
 from longiseg.data.preprocessing import preprocess_case
-from longiseg.engine.checkpoint import load_model, update_spec
+from longiseg.engine.checkpoint import check_writable, load_model, update_spec
+from longiseg.inferers.predict import infer_case
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.tuning import (
     DEFAULT_OBJECTIVE,
@@ -34,7 +35,7 @@ from longiseg.utils.device import resolve_device
 from longiseg.utils.io import atomic_write_json
 from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import InferenceConfig
-from longiseg.workflows.predict import inference_settings, make_inferer
+from longiseg.workflows.predict import inference_settings, make_inferer, model_spec
 from longiseg.workflows.train import SPLIT_FILE, TUNING_FILE, read_split
 
 __all__ = ["TUNING_FILE", "ValidationMaps", "run_tuning", "validation_probabilities"]
@@ -73,7 +74,7 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
         FileNotFoundError: a case is missing from ``root``.
         ValueError: cases without progression masks or with different voxel sizes.
     """
-    spec = model.spec
+    spec = model_spec(model)
     cfg = inference_settings(model)
     sources = {s.case_id: s for s in find_cases(root, modalities=list(spec.modalities or []) or None)}
     missing = [c for c in case_ids if c not in sources]
@@ -95,7 +96,7 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
                              f"{cid!r}); resample them onto one spacing")
         spacing = tuple(float(s) for s in case.spacing)
         images, brain = prepare_case(case.images, case.brain_mask)
-        base, prog = inferer(model, images, brain)
+        base, prog = infer_case(inferer, model, images, brain, case.affine)  # the planes predict slices
         restrict = brain_or_foreground(images, brain).numpy() if cfg.restrict != "none" else None
         probs += list(prog)
         refs += [np.asarray(m, dtype=bool) for m in case.progression_masks]
@@ -126,7 +127,8 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     Raises:
         FileNotFoundError: no such checkpoint, no ``split.json`` or missing validation cases.
         ValueError: a run without validation patients (``data.val_fraction=0``), an unknown objective, a
-            ``checkpoint`` that is not a file name inside ``run_dir``, a malformed ``split.json``.
+            ``checkpoint`` that is not a file name inside ``run_dir`` or is write-protected (tune rewrites it,
+            keeping its file mode), a malformed ``split.json``.
     """
     run = Path(run_dir)
     if objective not in OBJECTIVES:
@@ -139,6 +141,7 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (a run folder of longiseg train holds "
                                 "best.pt and last.pt)")
+    check_writable(ckpt)  # before any inference: tune rewrites it
     split_file = run / SPLIT_FILE
     if not split_file.is_file():
         raise FileNotFoundError(f"{split_file} does not exist: tune needs the validation patients that "

@@ -31,6 +31,7 @@ from longiseg.networks.blocks.mlp_decoder import AllMLPDecoder
 from longiseg.networks.blocks.segformer_like import LongitudinalSegFormerLike, init_segformer_weights
 from longiseg.networks.blocks.st_block import STBlock
 from longiseg.registry import register_model
+from longiseg.spec import ModelSpec
 from longiseg.ssm import Mamba
 from longiseg.ssm.selective_scan import check_backend
 from longiseg.utils.config import ConfigBase
@@ -202,6 +203,11 @@ class SegMaST(LongitudinalSegFormerLike):
     def set_scan_backend(self, backend: str | None) -> None:
         """Switch the selective-scan backend of every Mamba (weights unchanged).
 
+        The model's spec, when it has one (:func:`longiseg.build_model`), records it too
+        (``model.spec.kwargs["mamba_backend"]``), so that ``build_model(spec.name, **spec.kwargs)`` builds the
+        model as it now runs. A checkpoint keeps the entry but :func:`longiseg.load_model` leaves it out: the
+        machine that loads the model chooses its own backend.
+
         Raises:
             ValueError: ``backend`` is not ``None`` or one of :data:`longiseg.ssm.BACKENDS` (checked as
                 ``SegMaSTConfig(mamba_backend=...)`` checks it, before anything changes).
@@ -211,6 +217,9 @@ class SegMaST(LongitudinalSegFormerLike):
             if isinstance(mod, Mamba):
                 mod.backend = config.mamba_backend
         self.config = config
+        spec = getattr(self, "spec", None)
+        if isinstance(spec, ModelSpec):
+            self.spec = spec.replace(kwargs={**spec.kwargs, "mamba_backend": backend})
 
 
 def _build(base: SegMaSTConfig, kwargs: dict[str, Any]) -> SegMaST:
