@@ -369,6 +369,9 @@ ROWS = [
         ws, t, ckpt=str(_checkpoint(ws, t / "c", "old-format"))), r"older longiseg.*--config .*experiment\.yaml"),
     Row("predict-config-missing", lambda ws, t: _predict(ws, t, "--config", str(t / "nope.yaml")),
         r"--config .*nope\.yaml"),
+    Row("predict-config-model-setting", lambda ws, t: _predict(
+        ws, t, "--config", str(ws / "run" / "experiment.yaml"), "--set", "model.kwargs.mamba_backend=chunked"),
+        r"--set model\.kwargs\.mamba_backend=chunked: predict builds the model from --checkpoint"),
     Row("predict-weights-mismatch", lambda ws, t: _predict(ws, t, ckpt=str(_checkpoint(ws, t / "c", "mismatch"))),
         r"do not fit the model"),
     Row("predict-device-bogus", lambda ws, t: _predict(ws, t, "--device", "tpu"), r"--device 'tpu'"),
