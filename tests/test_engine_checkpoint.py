@@ -125,17 +125,18 @@ def test_failed_save_leaves_old_checkpoint_intact(tmp_path, monkeypatch) -> None
     model, opt, sched = _trained_objects()
     path = save_checkpoint(tmp_path / "last.pt", model=model, epoch=1)
     before = path.read_bytes()
-    real_save = torch.save
+    import errno
 
-    def crashing_save(obj, f, *args, **kwargs):  # writes half a file, then dies
-        real_save(obj, f, *args, **kwargs)
-        with open(f, "r+b") as fh:
-            fh.truncate(100)
-        raise OSError("disk full")
+    import longiseg.utils.io as io_module
 
-    monkeypatch.setattr(torch, "save", crashing_save)
-    with pytest.raises(OSError, match="disk full"):
+    def disk_full(fd: int) -> None:  # the temporary file holds the bytes written so far, then the disk is full
+        os.ftruncate(fd, 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_module.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left on device") as err:
         save_checkpoint(path, model=model, epoch=2)
+    assert err.value.errno == errno.ENOSPC  # an OSError the command line reports in one line
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert load_checkpoint(path)["epoch"] == 1

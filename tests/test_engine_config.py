@@ -179,3 +179,15 @@ def test_keyword_overrides_are_converted_and_validated() -> None:
         EvaluationProtocol().with_overrides(iou_threshold=1.5)
     with pytest.raises(ConfigError, match="Did you mean 'num_patients'"):
         DemoCohortConfig().with_overrides(num_patient=4)
+
+
+def test_paths_starting_with_a_tilde_name_the_home_folder(tmp_path, monkeypatch) -> None:
+    """``output_dir: ~/runs/exp1`` in a YAML file is the user's folder, not a folder named "~" in the working
+    directory (a later ``rm -rf ~`` there would be a disaster)."""
+    from longiseg.workflows.config import DataConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert TrainerConfig(output_dir="~/runs/exp1").output_dir == str(tmp_path / "runs" / "exp1")
+    data = DataConfig(root="~/cohort", val_root="~/val")
+    assert (data.root, data.val_root) == (str(tmp_path / "cohort"), str(tmp_path / "val"))
+    assert DataConfig(root="cohort/~x").root == "cohort/~x" and DataConfig(root="c").val_root is None

@@ -53,6 +53,7 @@ from longiseg.utils.io import (
     atomic_write_json,
     check_output_folder,
     check_separate_folders,
+    folder_is_empty,
     load_nifti,
 )
 from longiseg.utils.validation import check_binary, check_finite, check_same_shape
@@ -319,7 +320,7 @@ def _check_destination(folder: Path, overwrite: bool) -> bool:
         if clash:
             raise ValueError(f"{folder.parent} already holds {clash[0]} with the id of {folder.name}; nnU-Net finds "
                              "a dataset by its id and refuses two: choose another dataset_id or remove it")
-    empty = folder.is_dir() and not any(folder.iterdir())
+    empty = folder.is_dir() and folder_is_empty(folder)
     if folder.exists() and not (overwrite or empty):
         raise FileExistsError(f"{folder} already exists; pass overwrite=True to replace it as a whole")
     return overwrite or empty
@@ -475,7 +476,7 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
         dest = out_root / case
         if dest.exists() and not dest.is_dir():
             raise NotADirectoryError(f"{dest} (output folder of case {case!r}) exists and is not a folder")
-        if not overwrite and dest.is_dir() and any(dest.iterdir()):
+        if not overwrite and dest.is_dir() and not folder_is_empty(dest):
             raise FileExistsError(f"{dest} (output folder of case {case!r}) already exists; pass overwrite=True "
                                   "to replace it as a whole")
     for case_pairs in pairs.values():  # every header: one 3D volume per file, one grid per case

@@ -45,7 +45,7 @@ from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.loading import Manifest, ManifestEntry, save_case, write_manifest
 from longiseg.utils.config import ConfigBase, ConfigError
-from longiseg.utils.io import atomic_directory, atomic_write_json
+from longiseg.utils.io import atomic_directory, atomic_write_json, folder_is_empty
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import check_positive_int, check_probability, check_timepoints
 
@@ -641,7 +641,7 @@ def generate_demo_cohort(
     if overrides:
         cfg = cfg.with_overrides(**overrides)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not folder_is_empty(out):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
         if not (out / layout.MANIFEST_JSON).is_file():

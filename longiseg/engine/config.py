@@ -25,6 +25,7 @@ from longiseg.utils.config import (
     read_config_file,
     save_config,
 )
+from longiseg.utils.io import expand_home
 
 __all__ = [
     "ConfigError",
@@ -109,6 +110,8 @@ class TrainerConfig(ConfigBase):
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise ConfigError(f"TrainerConfig: {msg}")
+
+        self.output_dir = expand_home(self.output_dir)  # "~/runs" is the user's folder, not a folder named "~"
 
         need(self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")

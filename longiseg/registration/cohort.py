@@ -86,6 +86,7 @@ from longiseg.utils.io import (
     atomic_write_json,
     check_output_folder,
     check_separate_folders,
+    folder_is_empty,
     load_nifti,
 )
 from longiseg.utils.logging import get_logger
@@ -597,7 +598,7 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     _check_modalities(cases)
     check_output_folder(out, "out")
     check_separate_folders(out, "out", {"raw": raw})  # --overwrite would replace the raw case folders
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and not folder_is_empty(out) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     _check_qc_backend(opts)
     if opts.spacing is not None:

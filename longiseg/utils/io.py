@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import itertools
 import json
 import os
+import re
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -25,7 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
+__all__ = ["expand_home", "folder_is_empty", "atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
            "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti", "check_separate_folders",
            "check_output_folder"]
 
@@ -99,6 +102,19 @@ def check_separate_folders(output: PathLike, output_name: str, inputs: dict[str,
                          "with the inputs; choose a separate folder")
 
 
+def expand_home(path: PathLike | None) -> Any:
+    """``path`` with a leading ``~`` or ``~user`` expanded (as a shell does), else unchanged (``None`` too).
+
+    Paths from configuration files and ``--opt=~/x`` reach the library unexpanded: without this they would name
+    a folder called ``~`` in the working directory (which a later ``rm -rf ~`` would confuse with the home).
+    """
+    if isinstance(path, str) and path.startswith("~"):
+        return os.path.expanduser(path)
+    if isinstance(path, Path) and str(path).startswith("~"):
+        return path.expanduser()
+    return path
+
+
 def _current_umask() -> int:
     with _UMASK_LOCK:  # os.umask can only be read by setting it
         mask = os.umask(0o022)
@@ -108,10 +124,13 @@ def _current_umask() -> int:
 
 def apply_umask(path: PathLike) -> None:
     """Give ``path`` the mode a plain ``open``/``mkdir`` would have: ``0666`` (files) or ``0777`` (folders)
-    minus the process umask. Temporary files from :mod:`tempfile` are ``0600``/``0700`` instead."""
+    minus the process umask. Temporary files from :mod:`tempfile` are ``0600``/``0700`` instead. A folder keeps
+    its setgid bit (set by ``mkdir`` in a shared setgid project folder: files added later get the group)."""
     path = Path(path)
-    base = 0o777 if path.is_dir() else 0o666
-    os.chmod(path, base & ~_current_umask())
+    if path.is_dir():
+        os.chmod(path, (0o777 & ~_current_umask()) | (path.stat().st_mode & stat.S_ISGID))
+    else:
+        os.chmod(path, 0o666 & ~_current_umask())
 
 
 def _pid_alive(pid: int) -> bool:
@@ -128,6 +147,32 @@ def _pid_alive(pid: int) -> bool:
 
 def _temp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
+
+
+#: A temporary's name: ``.NAME.PID.RANDOM.tmp...`` (``RANDOM``: :mod:`tempfile`'s 8 characters).
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[a-z0-9_]{8}\.tmp")
+
+
+def _stale(entry: Path) -> bool:
+    """Whether ``entry`` is a temporary of this module whose writer process no longer exists."""
+    found = _TEMPORARY.match(entry.name)
+    return found is not None and not _pid_alive(int(found.group(1)))
+
+
+def folder_is_empty(path: PathLike) -> bool:
+    """Whether the folder ``path`` holds nothing but temporaries that killed writers left (which the next writer
+    removes): a run killed while writing into a new output folder does not make the folder look used.
+
+    Args:
+        path: an existing folder.
+
+    Raises:
+        NotADirectoryError: ``path`` is not a folder.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is not a folder")
+    return all(_stale(entry) for entry in path.iterdir())
 
 
 def remove_stale_temporaries(path: PathLike) -> list[Path]:
@@ -316,11 +361,19 @@ def atomic_save_figure(fig: Any, path: PathLike, *, dpi: int = 100, overwrite: b
 
 
 def atomic_torch_save(obj: Any, path: PathLike, *, overwrite: bool = True) -> Path:
-    """``torch.save`` to ``path`` atomically (checkpoints are never half-written)."""
+    """``torch.save`` to ``path`` atomically (checkpoints are never half-written).
+
+    The object is serialised in memory and written by Python, so a full disk is an ``OSError`` (ENOSPC) that
+    the command line reports in one line, not torch's C++ "unexpected pos" error.
+    """
     import torch
 
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
+        fh.flush()
+        os.fsync(fh.fileno())
     return Path(path)
 
 

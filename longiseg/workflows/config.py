@@ -21,6 +21,7 @@ from longiseg.engine.config import ConfigBase, ConfigError, TrainerConfig
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS
 from longiseg.inferers.sliding_window import BLEND_MODES
 from longiseg.losses.imbalance import STRATEGIES
+from longiseg.utils.io import expand_home
 
 __all__ = ["ModelConfig", "DataConfig", "LossConfig", "InferenceConfig", "ExperimentConfig"]
 
@@ -101,6 +102,8 @@ class DataConfig(ConfigBase):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.root = expand_home(self.root)  # "~/data" is the user's folder, not a folder named "~"
+        self.val_root = expand_home(self.val_root)
         _need(0.0 <= self.val_fraction < 1.0, "DataConfig", f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _need(self.crop_size >= 8, "DataConfig", f"crop_size must be >= 8, got {self.crop_size}")
         _need(bool(self.planes) and all(p in _PLANES for p in self.planes), "DataConfig",

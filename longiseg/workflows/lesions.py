@@ -16,7 +16,7 @@ from pathlib import Path
 
 from longiseg.metrics.evolution import CaseEvolution, evolution_folder, write_evolution_tables
 from longiseg.metrics.report import report_folder
-from longiseg.utils.io import check_output_folder, check_separate_folders
+from longiseg.utils.io import check_output_folder, check_separate_folders, folder_is_empty
 
 __all__ = ["REPORT_FILES", "run_lesion_report", "add_parser", "run"]
 
@@ -69,7 +69,7 @@ def run_lesion_report(
     """
     out = check_output_folder(out_dir, "out")
     check_separate_folders(out, "out", {"mask": mask_dir, "images": images})
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and not folder_is_empty(out) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     evolutions = evolution_folder(mask_dir, min_volume_mm3=min_volume_mm3, connectivity=connectivity,
                                   progress=progress)
