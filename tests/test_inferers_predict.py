@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch.nn as nn
 
 from longiseg.data import CaseSource, LongitudinalCase, load_case
 from longiseg.data.layout import BRAIN_MASK, MANIFEST_JSON, image_filename, prediction_filenames
+from longiseg.data.loading import PREDICTION_RECORD
 from longiseg.inferers import (
     TriplanarInferer,
     binary_entropy,
@@ -159,7 +161,8 @@ def test_optional_outputs_and_restriction(tmp_path: Path) -> None:
         save_entropy=False,
     )
     assert set(paths) == {"mask"}
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(prediction_filenames(2)["mask"])
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted([*prediction_filenames(2)["mask"],
+                                                                        PREDICTION_RECORD])
     prog = np.asarray(nib.load(paths["mask"][1]).dataobj)
     assert prog[5].all() and not prog[6].any()
 
@@ -359,3 +362,95 @@ def test_a_case_whose_files_lie_on_two_grids_is_refused_before_any_case_is_predi
     with pytest.raises(ValueError, match=r"case 'b': all volumes must share one affine"):
         predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", inferer=_inferer(), progress=False)
     assert not (tmp_path / "out").exists()  # case "a" was not predicted either
+
+
+class _Scaled(Voxelwise):
+    """:class:`Voxelwise` with one weight: the logits times ``scale`` (another value: another model)."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([scale]))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+        self.calls += 1
+        out = super().forward(x)
+        return LongitudinalOutput(out.baseline * self.scale, out.progression * self.scale)
+
+
+def _record(folder: Path) -> dict:
+    return json.loads((folder / PREDICTION_RECORD).read_text(encoding="utf-8"))
+
+
+def _three_cases(root: Path) -> None:
+    img, aff = _images(t=2, c=2), _affine()
+    for i, cid in enumerate(("a", "b", "c")):
+        _write_case(root, cid, img * (0.5 + 0.2 * i), aff)
+
+
+def test_skip_existing_keeps_only_cases_of_the_same_model_and_settings(tmp_path: Path) -> None:
+    """An interrupted --overwrite with model B, resumed with --skip-existing, must not keep model A's cases: each
+    case folder records its model and settings, and a case of others is refused before any case is predicted."""
+    _three_cases(tmp_path / "in")
+    out = tmp_path / "out"
+    predict_folder(_Scaled(1.0), tmp_path / "in", out, inferer=_inferer(), progress=False)
+    record = _record(out / "a")
+    assert record["model"]["class"].endswith("_Scaled") and record["model"]["name"] is None
+    assert record["inferer"]["patch_size"] == [4, 4] and "device" not in record["inferer"]
+    assert record["settings"]["threshold"] == 0.5 and record["modalities"] == ["flair", "t2"]
+    assert record["reader"] == "longiseg.data.loading.load_case" and record["longiseg_version"]
+    # the same weights in another instance, wrapped, run elsewhere in other batches: the same model, kept
+    same = nn.DataParallel(_Scaled(1.0))
+    assert predict_folder(same, tmp_path / "in", out, inferer=TriplanarInferer(patch_size=4, batch_size=3,
+                                                                              progress=True),
+                          progress=False, skip_existing=True) == {}
+    assert same.module.calls == 0
+    # model B replaced case "a" only (an --overwrite run interrupted after one case)
+    predict_folder(_Scaled(2.0), tmp_path / "in", out, case_ids=["a"], inferer=_inferer(), progress=False,
+                   overwrite=True)
+    before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    other = _Scaled(2.0)
+    with pytest.raises(FileExistsError, match=r"case 'b' was predicted by another model or other settings "
+                                              r"\(model\.weights_sha256 .* recorded, .* now\); pass overwrite=True "
+                                              r"\(--overwrite\) to replace it"):
+        predict_folder(other, tmp_path / "in", out, inferer=_inferer(), progress=False, skip_existing=True)
+    assert other.calls == 0 and {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
+    # other settings of the outputs: refused, naming the setting; the case of model B itself is kept
+    for kwargs, changed in (({"threshold": 0.4}, "settings.threshold 0.5 recorded, 0.4 now"),
+                            ({"inferer": TriplanarInferer(patch_size=4, flip_tta=True, progress=False)},
+                             "inferer.flip_tta false recorded, true now"),
+                            ({"modalities": ["t2", "flair"]}, "modalities")):
+        kwargs = {"inferer": _inferer(), **kwargs}
+        with pytest.raises(FileExistsError, match=rf"case 'a' was predicted by another model or other settings "
+                                                  rf"\({changed}"):
+            predict_folder(_Scaled(2.0), tmp_path / "in", out, case_ids=["a"], progress=False, skip_existing=True,
+                           **kwargs)
+    assert predict_folder(_Scaled(2.0), tmp_path / "in", out, case_ids=["a"], inferer=_inferer(), progress=False,
+                          skip_existing=True) == {}
+    # --overwrite replaces the others' cases; then --skip-existing keeps all of them
+    assert sorted(predict_folder(_Scaled(2.0), tmp_path / "in", out, inferer=_inferer(), progress=False,
+                                 overwrite=True)) == ["a", "b", "c"]
+    assert len({_record(out / c)["model"]["weights_sha256"] for c in "abc"}) == 1
+    assert _record(out / "a")["model"]["weights_sha256"] != record["model"]["weights_sha256"]
+    assert predict_folder(_Scaled(2.0), tmp_path / "in", out, inferer=_inferer(), progress=False,
+                          skip_existing=True) == {}
+
+
+def test_skip_existing_refuses_a_complete_case_without_a_record(tmp_path: Path) -> None:
+    """A complete case folder of an earlier version (no record) or with an unreadable record is not kept blindly."""
+    _three_cases(tmp_path / "in")
+    out = tmp_path / "out"
+    predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False)
+    (out / "b" / PREDICTION_RECORD).unlink()
+    (out / "c" / PREDICTION_RECORD).write_text("{not json")
+    for cid in ("b", "c"):
+        with pytest.raises(FileExistsError, match=rf"case '{cid}' was predicted without a readable record of its "
+                                                  r"model and settings .*; pass overwrite=True \(--overwrite\)"):
+            predict_folder(Voxelwise(), tmp_path / "in", out, case_ids=["a", cid], inferer=_inferer(),
+                           progress=False, skip_existing=True)
+    shutil.rmtree(out / "b")  # a missing case is predicted, with its record
+    assert list(predict_folder(Voxelwise(), tmp_path / "in", out, case_ids=["a", "b"], inferer=_inferer(),
+                               progress=False, skip_existing=True)) == ["b"]
+    assert _record(out / "b") == _record(out / "a")
+    with pytest.raises(TypeError, match="predict_case's settings only"):
+        predict_folder(Voxelwise(), tmp_path / "in", out, record={}, progress=False, skip_existing=True)

@@ -15,7 +15,13 @@ import pytest
 import torch
 from test_inferers_predict import Voxelwise, _affine, _images, _inferer, _write_case
 
-from longiseg.data.loading import prediction_complete
+from longiseg.data.loading import (
+    PREDICTION_RECORD,
+    find_mask_cases,
+    prediction_complete,
+    read_prediction,
+    save_prediction,
+)
 from longiseg.inferers.predict import predict_folder
 from longiseg.utils.io import (
     atomic_directory,
@@ -82,6 +88,39 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path, umask_022
     assert remove_stale_temporaries(tmp_path / "case") == [stale_dir]
 
 
+def test_a_folder_holding_only_a_killed_writers_temporaries_counts_as_empty(tmp_path: Path) -> None:
+    """A run killed while writing into a new output folder leaves a hidden temporary there: the rerun must not be
+    refused as "exists and is not empty" (ls shows nothing). A live writer's temporary and any other file count."""
+    from longiseg.utils.io import folder_is_empty
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert folder_is_empty(out)
+    (out / f".cohort.{_dead_pid()}.a1zin0kb.tmp").mkdir()
+    assert folder_is_empty(out)
+    (out / f".cohort.{os.getpid()}.q2w3e4r5.tmp").mkdir()
+    assert not folder_is_empty(out)
+    os.rmdir(out / f".cohort.{os.getpid()}.q2w3e4r5.tmp")
+    (out / ".notes").write_text("mine")
+    assert not folder_is_empty(out)
+    with pytest.raises(NotADirectoryError):
+        folder_is_empty(out / ".notes")
+
+
+def test_folders_keep_the_setgid_bit_of_a_shared_project_folder(tmp_path: Path, umask_022: None) -> None:
+    shared = tmp_path / "project"
+    shared.mkdir()
+    os.chmod(shared, 0o2775)
+    if not shared.stat().st_mode & stat.S_ISGID:
+        pytest.skip("this file system does not keep the setgid bit")
+    with atomic_directory(shared / "results") as tmp:
+        atomic_write_json(tmp / "summary.json", {})
+    plain = shared / "by_hand"
+    plain.mkdir()
+    assert (shared / "results").stat().st_mode & stat.S_ISGID == plain.stat().st_mode & stat.S_ISGID
+    assert _mode(shared / "results") & 0o777 == 0o755  # the umask still applies
+
+
 def test_failed_writes_leave_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_path(tmp_path / "f.txt") as tmp:
         tmp.write_text("half")
@@ -123,7 +162,7 @@ def test_interrupted_case_is_predicted_again(tmp_path: Path, umask_022: None) ->
     out = tmp_path / "out"
     first = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False)
     assert _mode(out / "p1") == 0o755 and _mode(out / "p1" / "baseline_mask.nii.gz") == 0o644
-    reference = {p.name: _voxels(p) for p in (out / "p2").iterdir()}
+    reference = {p.name: _voxels(p) for p in (out / "p2").glob("*.nii.gz")}
     # a run killed while writing p2 (older versions wrote file by file) and a killed temporary folder
     for f in list((out / "p2").iterdir())[1:]:
         f.unlink()
@@ -133,11 +172,49 @@ def test_interrupted_case_is_predicted_again(tmp_path: Path, umask_022: None) ->
     redone = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False,
                             skip_existing=True)
     assert sorted(redone) == ["p2"] and sorted(first) == ["p1", "p2"]
-    again = {p.name: _voxels(p) for p in (out / "p2").iterdir()}
+    again = {p.name: _voxels(p) for p in (out / "p2").glob("*.nii.gz")}
     assert again.keys() == reference.keys()
     for name, voxels in reference.items():
         np.testing.assert_array_equal(again[name], voxels)  # same computation, same input: exact
     assert sorted(p.name for p in out.iterdir()) == ["p1", "p2"]
+
+
+def test_the_prediction_record_is_written_with_the_case_folder(tmp_path: Path) -> None:
+    """The record is part of the case folder's one atomic write: a record that cannot be written leaves no case
+    folder (nor a new one over the old), and a written one holds exactly the record."""
+    masks = [np.zeros((2, 2, 2), np.uint8)] * 2
+    with pytest.raises(TypeError, match="not JSON serialisable"):
+        save_prediction(tmp_path, "c", np.eye(4), {"mask": masks}, record={"model": object()})
+    assert list(tmp_path.iterdir()) == []
+    save_prediction(tmp_path, "c", np.eye(4), {"mask": masks}, record={"model": "A"})
+    before = {f.name: f.read_bytes() for f in (tmp_path / "c").iterdir()}
+    with pytest.raises(TypeError):
+        save_prediction(tmp_path, "c", np.eye(4), {"mask": [m + 1 for m in masks]}, overwrite=True,
+                        record={"model": object()})
+    assert {f.name: f.read_bytes() for f in (tmp_path / "c").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no temporary left behind
+    assert json.loads(before[PREDICTION_RECORD]) == {"model": "A"}
+
+
+def test_readers_of_prediction_folders_ignore_the_record(tmp_path: Path) -> None:
+    """evaluate, lesions, find_mask_cases, read_prediction, prediction_complete and predict's own check for files it
+    did not write all take the record's case folder as a plain prediction."""
+    from longiseg.metrics.evaluate import evaluate_folder
+    from longiseg.metrics.evolution import evolution_folder
+
+    img, aff = _images(t=3, c=2), _affine()
+    _write_case(tmp_path / "in", "p1", img, aff)
+    out = tmp_path / "out"
+    predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False)
+    assert (out / "p1" / PREDICTION_RECORD).is_file()
+    assert [(e.case_id, e.num_timepoints) for e in find_mask_cases(out)] == [("p1", 3)]
+    for kind in ("mask", "prob", "entropy"):
+        assert read_prediction(out, "p1", 3, kind)[0].shape == (3, *img.shape[2:])
+    assert prediction_complete(out, "p1", 3)
+    assert len(evaluate_folder(out, out, progress=False).table.rows) > 0  # the prediction against itself
+    assert [e.case_id for e in evolution_folder(out, progress=False)] == ["p1"]
+    assert list(predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False,
+                               overwrite=True)) == ["p1"]
 
 
 def test_text_outputs_are_utf8_on_any_locale(tmp_path: Path) -> None:

@@ -64,6 +64,7 @@ __all__ = [
     "nifti_spacing",
     "MANIFEST_FIELDS",
     "SPACING_RTOL",
+    "PREDICTION_RECORD",
     "prediction_complete",
     "read_prediction",
     "save_prediction",
@@ -77,6 +78,9 @@ _T = TypeVar("_T")
 #: its affine's column norms that still counts as agreement (both are stored as float32).
 SPACING_RTOL = 1e-3
 _MASK_RULES = ("binary", "labels", "growth", "symmetric_difference", "empty")
+#: File in a predicted case folder that records what produced the prediction (see :func:`save_prediction`);
+#: no reader of masks or maps reads it.
+PREDICTION_RECORD = "prediction.json"
 
 
 @dataclass(frozen=True)
@@ -451,7 +455,7 @@ def check_same_grid(grid: Grid, reference: Grid, *, what: str = "volume", atol: 
 
 def save_prediction(
     root: PathLike, case_id: str, affine: np.ndarray, volumes: Mapping[str, Sequence[np.ndarray]], *,
-    overwrite: bool = False,
+    overwrite: bool = False, record: Mapping[str, Any] | None = None,
 ) -> dict[str, list[Path]]:
     """Write one predicted case to ``root/case_id/`` in the layout (what :func:`read_prediction` reads).
 
@@ -467,14 +471,18 @@ def save_prediction(
             probability and entropy maps as float32, under :func:`~longiseg.data.layout.prediction_filenames`.
         overwrite: replace an existing case folder as a whole; otherwise only a missing or empty one is
             written.
+        record: what produced the prediction (JSON data), written as :data:`PREDICTION_RECORD` into the case
+            folder with the volumes (``longiseg predict`` records its model and settings there, so that
+            ``--skip-existing`` keeps only cases of the same model and settings); ``None``: no record.
 
     Returns:
-        ``{kind: written paths}``, baseline first.
+        ``{kind: written paths}``, baseline first (the record is not listed).
 
     Raises:
         FileExistsError: ``root/case_id`` exists, is not empty and ``overwrite`` is ``False``.
         ValueError: a bad case id, unknown kinds, fewer than two volumes, volumes of different shapes or
             counts, or a mask that is not binary.
+        TypeError: a ``record`` that is not JSON data (nothing is written).
     """
     folder = Path(root) / layout.check_case_id(case_id)
     if "mask" not in volumes or set(volumes) - {"mask", "prob", "entropy"}:
@@ -490,6 +498,8 @@ def save_prediction(
     names = layout.prediction_filenames(t)
     empty = folder.is_dir() and not any(folder.iterdir())
     with atomic_directory(folder, overwrite=overwrite or empty) as tmp:
+        if record is not None:  # first: a record that is not JSON data fails before any volume is written
+            atomic_write_json(tmp / PREDICTION_RECORD, record)
         for kind, vols in volumes.items():
             dtype = np.uint8 if kind == "mask" else np.float32
             for arr, name in zip(vols, names[kind], strict=True):

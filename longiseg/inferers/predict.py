@@ -5,24 +5,30 @@ For a case ``CASE_ID`` with ``T`` timepoints the files of
 masks (uint8), averaged probabilities (float32) and binary entropy maps in nats (float32), each with the input
 affine, atomically, and never over an existing file unless ``overwrite=True``. Cases are found and read by
 the data layer (:func:`~longiseg.data.loading.find_cases`, :func:`~longiseg.data.loading.load_case`), as in
-training, and written by :func:`~longiseg.data.loading.save_prediction`.
+training, and written by :func:`~longiseg.data.loading.save_prediction`, with a record of what produced them
+(:data:`~longiseg.data.loading.PREDICTION_RECORD`: the model's weights and the settings that change the outputs)
+that ``skip_existing`` compares.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from longiseg._version import __version__
 from longiseg.data.case import LongitudinalCase, affine_spacing
 from longiseg.data.layout import check_case_id, prediction_filenames
 from longiseg.data.loading import (
+    PREDICTION_RECORD,
     CaseSource,
     check_case_headers,
     find_cases,
@@ -30,10 +36,12 @@ from longiseg.data.loading import (
     prediction_complete,
     save_prediction,
 )
+from longiseg.engine.checkpoint import unwrap_model
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
+from longiseg.spec import ModelSpec, plain_data
 from longiseg.utils.logging import get_logger
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import check_bool
@@ -89,10 +97,10 @@ CaseReader = Callable[[CaseSource], LongitudinalCase]
 
 
 def _foreign_entries(folder: Path, num_timepoints: int) -> list[str]:
-    """Names in a case's prediction folder that a prediction does not write (``native/`` and the hidden
-    temporaries of an interrupted writer are a prediction's)."""
+    """Names in a case's prediction folder that a prediction does not write (``native/``, the record and the
+    hidden temporaries of an interrupted writer are a prediction's)."""
     ours = {n for names in prediction_filenames(num_timepoints).values() for n in names}
-    ours |= {n.removesuffix(".gz") for n in ours} | {"native"}
+    ours |= {n.removesuffix(".gz") for n in ours} | {"native", PREDICTION_RECORD}
     return sorted(e.name for e in folder.iterdir() if e.name not in ours and not e.name.startswith("."))
 
 
@@ -127,6 +135,115 @@ def _check_options(options: dict[str, object]) -> None:
                          progression_threshold=options["progression_threshold"])  # type: ignore[arg-type]
 
 
+#: The settings of :data:`_OPTIONS` that change the written masks and maps (the others say which files to write
+#: and whether to replace them); recorded, with the inferer's, in :data:`~longiseg.data.loading.PREDICTION_RECORD`.
+_OUTPUT_OPTIONS = tuple(n for n in _OPTIONS if n not in ("save_probabilities", "save_entropy", "overwrite"))
+#: Inferer settings that do not change its probabilities (where it runs, in which batches, progress bars).
+_RUN_ONLY = ("device", "batch_size", "progress")
+#: Record fields that describe a prediction without deciding whether it may be kept (not compared).
+_INFORMATION_ONLY = ("longiseg_version",)
+
+
+def _default_inferer(inferer: Inferer | None) -> Inferer:
+    """``inferer``, or the default :class:`TriplanarInferer` for ``None``."""
+    return TriplanarInferer() if inferer is None else inferer
+
+
+def _qualified_name(obj: object) -> str:
+    """``module.QualifiedName`` of a function, or of the class of any other object."""
+    named = obj if inspect.isroutine(obj) else type(obj)
+    return f"{getattr(named, '__module__', None)}.{getattr(named, '__qualname__', type(obj).__qualname__)}"
+
+
+def _weights_sha256(model: nn.Module) -> str:
+    """sha256 over the state dict of the model inside any wrapper: each entry's name, dtype, shape and bytes, in
+    the state dict's order (the same weights give the same digest on any device)."""
+    digest = hashlib.sha256()
+    for key, value in unwrap_model(model).state_dict().items():
+        digest.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        else:  # a module's extra state
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
+def _inferer_settings(inferer: Inferer) -> dict[str, Any]:
+    """The inferer's class and settings: the arguments of its constructor that it keeps as attributes of the same
+    name and that are plain data, except :data:`_RUN_ONLY` (a function inferer: its name alone)."""
+    settings: dict[str, Any] = {"class": _qualified_name(inferer)}
+    names = () if inspect.isroutine(inferer) else inspect.signature(type(inferer)).parameters
+    for name in names:
+        if name in _RUN_ONLY or not hasattr(inferer, name):
+            continue
+        try:
+            settings[name] = plain_data(getattr(inferer, name), name)
+        except TypeError:  # not plain data: its text may hold a memory address, so it is left out
+            continue
+    return settings
+
+
+def _prediction_record(model: nn.Module, inferer: Inferer, options: Mapping[str, object]) -> dict[str, Any]:
+    """What produced a prediction, as JSON data: the model (class, registry name and kwargs where
+    ``model.spec`` gives them, a digest of its weights), the inferer and its settings, the settings of
+    :data:`_OUTPUT_OPTIONS` (``options``: every name of :data:`_OPTIONS`) and the longiseg version."""
+    inner = unwrap_model(model)
+    spec = getattr(inner, "spec", None)
+    spec = spec if isinstance(spec, ModelSpec) else None
+    return {
+        "model": {"class": _qualified_name(inner), "name": None if spec is None else spec.name,
+                  "kwargs": None if spec is None else plain_data(spec.kwargs, "model.spec.kwargs"),
+                  "weights_sha256": _weights_sha256(inner)},
+        "inferer": _inferer_settings(inferer),
+        "settings": {name: plain_data(options[name], name) for name in _OUTPUT_OPTIONS},
+        "longiseg_version": __version__,
+    }
+
+
+def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (empty mappings and other values are leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _brief(value: object) -> str:
+    """``value`` as JSON text for a message, a long text (a digest) or list cut short."""
+    if isinstance(value, str) and len(value) > 16:
+        value = f"{value[:12]}..."
+    text = json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:36]}..."
+
+
+def _check_same_producer(folder: Path, case_id: str, record: Mapping[str, Any]) -> None:
+    """Refuse to keep the complete prediction ``folder`` of ``case_id`` unless its
+    :data:`~longiseg.data.loading.PREDICTION_RECORD` equals ``record`` (the version aside)."""
+    try:
+        stored = json.loads((folder / PREDICTION_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = None
+    if not isinstance(stored, dict):
+        raise FileExistsError(
+            f"case {case_id!r} was predicted without a readable record of its model and settings ({folder} holds no "
+            f"valid {PREDICTION_RECORD}: an earlier version of longiseg or an import wrote it), so it cannot be "
+            "kept; pass overwrite=True (--overwrite) to replace it")
+    now = _flat(json.loads(json.dumps(record)))  # as stored: tuples become lists
+    before = _flat(stored)
+    differ = [f"{key} {_brief(before.get(key))} recorded, {_brief(now.get(key))} now"
+              for key in [*now, *(k for k in before if k not in now)]
+              if key.split(".")[0] not in _INFORMATION_ONLY and before.get(key) != now.get(key)]
+    if differ:
+        raise FileExistsError(f"case {case_id!r} was predicted by another model or other settings "
+                              f"({'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}); pass "
+                              "overwrite=True (--overwrite) to replace it")
+
+
 def predict_case(
     model: nn.Module,
     images: np.ndarray | torch.Tensor,
@@ -145,6 +262,7 @@ def predict_case(
     save_entropy: bool = True,
     overwrite: bool = False,
     progression_threshold: float | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> dict[str, list[Path]]:
     """Predict one case and write its NIfTI outputs to ``out_dir/case_id/``.
 
@@ -176,6 +294,10 @@ def predict_case(
             case folder) raises before anything is computed.
         progression_threshold: probability threshold of the progression masks (``longiseg tune`` chooses it);
             ``None``: ``threshold``.
+        record: what produced the prediction, written as :data:`~longiseg.data.loading.PREDICTION_RECORD` into
+            the case folder (:func:`predict_folder` passes the record of its model, settings, reader and the
+            case's modalities); ``None``: the record of ``model``, ``inferer`` and the settings above (a digest
+            of the weights, computed here).
 
     Returns:
         ``{"mask": [...], "prob": [...], "entropy": [...]}`` -- the written paths, baseline first.
@@ -185,10 +307,10 @@ def predict_case(
         ValueError: invalid inputs, a bad ``restrict_to_brain``, or a model with more than one output channel
             per head (the file layout stores binary maps).
     """
-    _check_options({"threshold": threshold, "min_volume_mm3": min_volume_mm3, "restrict_to_brain": restrict_to_brain,
-                    "progression_outside_baseline": progression_outside_baseline,
-                    "save_probabilities": save_probabilities, "save_entropy": save_entropy, "overwrite": overwrite,
-                    "progression_threshold": progression_threshold})
+    options = {"threshold": threshold, "min_volume_mm3": min_volume_mm3, "restrict_to_brain": restrict_to_brain,
+               "progression_outside_baseline": progression_outside_baseline, "save_probabilities": save_probabilities,
+               "save_entropy": save_entropy, "overwrite": overwrite, "progression_threshold": progression_threshold}
+    _check_options(options)
     check_case_id(case_id)
     aff = _check_affine(affine)
     spacing = spacing_from_affine(aff) if spacing is None else tuple(as_spacing(spacing, 3).tolist())
@@ -206,7 +328,9 @@ def predict_case(
     if not overwrite and case_out.exists() and (not case_out.is_dir() or any(case_out.iterdir())):
         raise FileExistsError(f"{case_out} exists and is not an empty folder; pass overwrite=True to replace it")
 
-    inferer = TriplanarInferer() if inferer is None else inferer
+    inferer = _default_inferer(inferer)
+    if record is None:
+        record = _prediction_record(model, inferer, options)
     base_prob, prog_prob = infer_case(inferer, model, imgs, brain, aff)
     if base_prob.shape != tuple(imgs.shape[2:]) or prog_prob.shape != (t - 1, *imgs.shape[2:]):
         raise ValueError(
@@ -227,7 +351,7 @@ def predict_case(
     if save_entropy:
         volumes["entropy"] = [binary_entropy(base_prob)] + [binary_entropy(p) for p in prog_prob]
     # The case folder appears complete or not at all: an interrupted case leaves only a temporary folder.
-    targets = save_prediction(out_dir, case_id, aff, volumes, overwrite=overwrite)
+    targets = save_prediction(out_dir, case_id, aff, volumes, overwrite=overwrite, record=record)
     logger.info("wrote %d files for case %s to %s", sum(len(p) for p in targets.values()), case_id, case_out)
     return targets
 
@@ -261,8 +385,11 @@ def predict_folder(
         modalities: channel order (default: the manifest's, else each case's timepoint-0 modalities sorted by
             name).
         case_ids: only these cases (default: every case of ``in_dir``).
-        skip_existing: skip cases whose outputs are complete instead of raising ``FileExistsError``; a case
-            folder left incomplete by an interrupted run is predicted again.
+        skip_existing: skip cases whose outputs are complete instead of raising ``FileExistsError``, when their
+            :data:`~longiseg.data.loading.PREDICTION_RECORD` shows the same model (weights, registry name and
+            kwargs), inferer settings, ``predict_case`` settings, reader and modality order; a complete case
+            of another model or settings, or without a record, is refused before any case is predicted. A
+            case folder left incomplete by an interrupted run is predicted again.
         overwrite: replace existing outputs.
         progress: tqdm bar over cases.
         reader: a :data:`CaseReader` ``(CaseSource) -> LongitudinalCase`` used instead of
@@ -275,7 +402,8 @@ def predict_folder(
             the case is predicted, or skipped as complete by ``skip_existing`` (e.g. to write more outputs
             derived from the saved masks).
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
-            ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask.
+            ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask, and each case
+            folder gets the record of this call (the weights' digest is computed once).
 
     Returns:
         ``{case_id: paths}`` of the predicted (not skipped) cases.
@@ -283,8 +411,9 @@ def predict_folder(
     Raises:
         FileNotFoundError: ``in_dir`` is missing or holds no case, a requested case does not exist, or a
             case lacks an image (checked for every case before any is predicted).
-        FileExistsError: a case folder exists and neither ``overwrite`` nor ``skip_existing`` is set, or it holds
-            files a prediction does not write (checked for every case before any is predicted).
+        FileExistsError: a case folder exists and neither ``overwrite`` nor ``skip_existing`` is set, it holds
+            files a prediction does not write, or ``skip_existing`` would keep a case that another model or
+            other settings predicted (checked for every case before any is predicted).
         ValueError: a case of another number of timepoints than a model built for one, a case id that is not
             a single folder name (see
             :func:`~longiseg.data.layout.check_case_id`), a malformed manifest, or a case that
@@ -297,11 +426,12 @@ def predict_folder(
         raise TypeError("predict_folder reads each case's brain mask from its folder; do not pass brain_mask")
     params = inspect.signature(predict_case).parameters
     unknown = sorted(set(predict_kwargs) - set(params) - {"overwrite"})
-    if unknown or {"model", "images", "affine", "spacing", "out_dir", "case_id"} & set(predict_kwargs):
+    if unknown or {"model", "images", "affine", "spacing", "out_dir", "case_id", "record"} & set(predict_kwargs):
         raise TypeError(f"predict_folder passes predict_case's settings only; got {sorted(predict_kwargs)}")
     for flag, value in (("skip_existing", skip_existing), ("overwrite", overwrite), ("progress", progress)):
         check_bool(flag, value)
-    _check_options({**{n: params[n].default for n in _OPTIONS}, **predict_kwargs, "overwrite": overwrite})
+    options = {**{n: params[n].default for n in _OPTIONS}, **predict_kwargs, "overwrite": overwrite}
+    _check_options(options)
     sources = {s.case_id: s for s in find_cases(in_dir, modalities=modalities, require_masks=False)}
     if case_ids is None:
         ids = list(sources)
@@ -321,7 +451,15 @@ def predict_folder(
         if clash:
             raise FileExistsError(f"{len(clash)} case folder(s) already exist in {out_dir}, e.g. "
                                   f"{[str(out_dir / c) for c in clash[:3]]}; pass overwrite=True (--overwrite) to "
-                                  "replace them or skip_existing=True (--skip-existing) to keep them")
+                                  "replace them or skip_existing=True (--skip-existing) to keep those of this "
+                                  "model and settings")
+    read: CaseReader = load_case if reader is None else reader
+    kinds = ["mask"] + [kind for kind, flag in (("prob", "save_probabilities"), ("entropy", "save_entropy"))
+                        if predict_kwargs.get(flag, True)]
+    inferer = _default_inferer(predict_kwargs.get("inferer"))  # type: ignore[arg-type]
+    predict_kwargs = {**predict_kwargs, "inferer": inferer}  # one inferer for every case, the one recorded
+    produced_by = {**_prediction_record(model, inferer, options), "reader": _qualified_name(read)}
+    records = {cid: {**produced_by, "modalities": list(sources[cid].modalities)} for cid in ids}
     fixed_t = getattr(model, "num_timepoints", None)  # models built for one T say so; others take any T >= 2
     for cid in ids:  # every case before any is predicted
         check_case_headers(sources[cid])  # files and grids from the headers: no case fails after hours of others
@@ -334,12 +472,11 @@ def predict_folder(
                 raise FileExistsError(f"{out_dir / cid} holds files that are not predictions of case {cid!r} "
                                       f"({', '.join(foreign[:3])}): not replacing it; move them or choose another "
                                       "output folder")
+        if skip_existing and not overwrite and prediction_complete(out_dir, cid, sources[cid].num_timepoints, kinds):
+            _check_same_producer(out_dir / cid, cid, records[cid])  # kept only if this model, these settings
         if check_case is not None:
             check_case(sources[cid])
 
-    read: CaseReader = load_case if reader is None else reader
-    kinds = ["mask"] + [kind for kind, flag in (("prob", "save_probabilities"), ("entropy", "save_entropy"))
-                        if predict_kwargs.get(flag, True)]
     results: dict[str, dict[str, list[Path]]] = {}
     for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
         case_overwrite = overwrite
@@ -355,7 +492,7 @@ def predict_folder(
         case = read(sources[cid])
         results[cid] = predict_case(
             model, case.images, case.affine, case.spacing, out_dir, cid, brain_mask=case.brain_mask,
-            **{**predict_kwargs, "overwrite": case_overwrite},  # type: ignore[arg-type]
+            **{**predict_kwargs, "overwrite": case_overwrite, "record": records[cid]},  # type: ignore[arg-type]
         )
         if after_case is not None:
             after_case(sources[cid], out_dir / cid)

@@ -86,9 +86,10 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     """Predict every case of ``input_dir`` (library layout, masks optional) into ``output_dir``.
 
     :func:`~longiseg.inferers.predict.predict_folder` does the work (masks, probabilities and entropy maps with the
-    input affine, each case folder written as a whole, never over existing outputs unless ``overwrite``) with a
-    reader that loads and checks each case (:func:`~longiseg.data.loading.load_case`) and z-score normalises it
-    exactly as in training (:func:`~longiseg.data.preprocessing.preprocess_case`). How to run the model comes from
+    input affine and a record of the model and settings, each case folder written as a whole, never over existing
+    outputs unless ``overwrite``) with a reader that loads and checks each case
+    (:func:`~longiseg.data.loading.load_case`) and z-score normalises it exactly as in training
+    (:func:`~longiseg.data.preprocessing.preprocess_case`). How to run the model comes from
     ``model.spec`` (:class:`~longiseg.spec.ModelSpec`): its dimensionality picks the inferer, its modality order
     the channels, and its inference settings (with the post-processing ``longiseg tune`` chose) the rest.
 
@@ -101,7 +102,10 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
         modalities: channel order replacing the spec's.
         case_ids: only these cases.
         overwrite: replace existing case folders.
-        skip_existing: skip cases whose outputs are complete (incomplete ones are predicted again).
+        skip_existing: skip cases whose outputs are complete and were predicted by this model (the same weights)
+            with the same settings, as their record says; a complete case of another checkpoint or other settings
+            (or of an earlier version, without a record) is refused before any case is predicted, incomplete
+            ones are predicted again.
         device: run the model there (default: CUDA if available).
         progress: progress bars.
         registered_dir: also write each case's masks on the original grids of its raw scans, into
