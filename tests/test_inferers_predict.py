@@ -454,3 +454,29 @@ def test_skip_existing_refuses_a_complete_case_without_a_record(tmp_path: Path) 
     assert _record(out / "b") == _record(out / "a")
     with pytest.raises(TypeError, match="predict_case's settings only"):
         predict_folder(Voxelwise(), tmp_path / "in", out, record={}, progress=False, skip_existing=True)
+
+
+def test_predict_folder_prepares_cases_as_the_models_training_did(tmp_path: Path) -> None:
+    """A model of longiseg train records z-score preprocessing in its spec: predict_folder without a reader
+    reads each case that way (the Python call and longiseg predict give the same masks); a model without such a
+    record gets the images as stored."""
+    from longiseg.inferers.predict import read_zscored, spec_reader
+    from longiseg.spec import ModelSpec
+
+    img, aff = _images(t=2, c=2), _affine()
+    _write_case(tmp_path / "in", "a", 50.0 + 400.0 * img, aff)  # raw scanner-like intensities
+    model = Voxelwise()
+    assert spec_reader(model) is load_case
+    model.spec = ModelSpec(name="voxelwise", preprocessing={"normalization": "zscore"})
+    assert spec_reader(model) is read_zscored
+    predict_folder(model, tmp_path / "in", tmp_path / "default", inferer=_inferer(), progress=False)
+    predict_folder(model, tmp_path / "in", tmp_path / "zscored", inferer=_inferer(), progress=False,
+                   reader=read_zscored)
+    predict_folder(model, tmp_path / "in", tmp_path / "raw", inferer=_inferer(), progress=False, reader=load_case)
+    name = "baseline_prob.nii.gz"
+    default, zscored, raw = (np.asarray(nib.load(tmp_path / d / "a" / name).dataobj)
+                             for d in ("default", "zscored", "raw"))
+    assert np.array_equal(default, zscored) and not np.array_equal(default, raw)
+    model.spec = ModelSpec(name="voxelwise", preprocessing={"normalization": "minmax"})
+    with pytest.raises(ValueError, match="normalization 'minmax' is not one this version applies"):
+        predict_folder(model, tmp_path / "in", tmp_path / "other", inferer=_inferer(), progress=False)

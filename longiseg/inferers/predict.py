@@ -36,6 +36,7 @@ from longiseg.data.loading import (
     prediction_complete,
     save_prediction,
 )
+from longiseg.data.preprocessing import preprocess_case
 from longiseg.engine.checkpoint import unwrap_model
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
@@ -49,6 +50,7 @@ from longiseg.utils.validation import check_bool
 __all__ = [
     "Inferer",
     "CaseReader",
+    "spec_reader",
     "infer_case",
     "RESTRICT_OPTIONS",
     "spacing_from_affine",
@@ -94,6 +96,30 @@ def infer_case(inferer: Inferer, model: nn.Module, images: torch.Tensor | np.nda
 #: Reads one case for :func:`predict_folder` from the :class:`~longiseg.data.loading.CaseSource` that
 #: :func:`~longiseg.data.loading.find_cases` listed (files and channel order), e.g. load and normalise it.
 CaseReader = Callable[[CaseSource], LongitudinalCase]
+
+
+def spec_reader(model: nn.Module) -> CaseReader:
+    """How to read a case for ``model``: :func:`~longiseg.data.loading.load_case`, then the preprocessing its
+    spec records (``model.spec.preprocessing["normalization"] == "zscore"``: per-image z-scores, as
+    ``longiseg train`` prepared the training cases); a model without such a record gets the images as stored.
+
+    Raises:
+        ValueError: the spec records a normalisation this version does not know.
+    """
+    spec = getattr(unwrap_model(model), "spec", None)
+    normalization = (spec.preprocessing or {}).get("normalization") if isinstance(spec, ModelSpec) else None
+    if normalization is None:
+        return load_case
+    if normalization != "zscore":
+        raise ValueError(f"model.spec.preprocessing normalization {normalization!r} is not one this version applies "
+                         "('zscore'); pass reader= to prepare the cases yourself")
+    return read_zscored
+
+
+def read_zscored(source: CaseSource) -> LongitudinalCase:
+    """:func:`~longiseg.data.loading.load_case`, then per-image z-scores (the preprocessing ``longiseg train``
+    records for its models)."""
+    return preprocess_case(load_case(source))
 
 
 def _foreign_entries(folder: Path, num_timepoints: int) -> list[str]:
@@ -392,10 +418,10 @@ def predict_folder(
             case folder left incomplete by an interrupted run is predicted again.
         overwrite: replace existing outputs.
         progress: tqdm bar over cases.
-        reader: a :data:`CaseReader` ``(CaseSource) -> LongitudinalCase`` used instead of
-            :func:`~longiseg.data.loading.load_case`, e.g. to normalise each case as in training
-            (``longiseg.workflows.predict.run_prediction`` does); it receives the listed source, so the
-            folder is listed once.
+        reader: a :data:`CaseReader` ``(CaseSource) -> LongitudinalCase``; it receives the listed source, so
+            the folder is listed once. ``None``: :func:`spec_reader` of the model, which prepares each case as
+            its training did (z-scored when ``model.spec.preprocessing`` says so, as ``longiseg train`` records),
+            so the Python call and ``longiseg predict`` give the same masks.
         check_case: called with every listed case's source before any case is predicted; it raises to refuse
             the run (e.g. a case that lacks what ``after_case`` needs).
         after_case: called with a case's source and its complete prediction folder ``out_dir/CASE_ID`` after
@@ -453,7 +479,7 @@ def predict_folder(
                                   f"{[str(out_dir / c) for c in clash[:3]]}; pass overwrite=True (--overwrite) to "
                                   "replace them or skip_existing=True (--skip-existing) to keep those of this "
                                   "model and settings")
-    read: CaseReader = load_case if reader is None else reader
+    read: CaseReader = spec_reader(model) if reader is None else reader
     kinds = ["mask"] + [kind for kind, flag in (("prob", "save_probabilities"), ("entropy", "save_entropy"))
                         if predict_kwargs.get(flag, True)]
     inferer = _default_inferer(predict_kwargs.get("inferer"))  # type: ignore[arg-type]
