@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import time
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -231,3 +233,43 @@ def test_text_outputs_are_utf8_on_any_locale(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "r.html").read_bytes() == "volume 3 mm\u00b3".encode()
     assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8")) == {"case": "Gen\u00e8ve"}
+
+
+def test_live_temporaries_of_other_names_and_machines_are_kept(tmp_path: Path, umask_022: None) -> None:
+    """The writer of case ``p1`` must not take the live temporary of case ``p1.12`` (whose name continues with
+    ``.12.``) for a dead writer's, nor remove a temporary that a process of another machine sharing the folder
+    is writing (its pid means nothing here) until it is a day old."""
+    from longiseg.utils import io as io_module
+
+    dead = _dead_pid()
+    other_host = "0" * 8 if io_module._HOST != "0" * 8 else "1" * 8
+    dotted = tmp_path / f".p1.12.{os.getpid()}-{io_module._HOST}.x5sqtv2c.tmp"  # live writer of case p1.12
+    dotted_old = tmp_path / f".p1.{dead}.12.x5sqtv2c.tmp"  # another shape that must not pass for one of p1
+    remote = tmp_path / f".p1.{dead}-{other_host}.r5feoilg.tmp"  # a live writer on another node
+    for folder in (dotted, dotted_old, remote):
+        folder.mkdir()
+    assert remove_stale_temporaries(tmp_path / "p1") == []
+    day_old = time.time() - io_module.OTHER_HOST_STALE_S - 60
+    os.utime(remote, (day_old, day_old))
+    assert remove_stale_temporaries(tmp_path / "p1") == [remote]
+    assert dotted.is_dir() and dotted_old.is_dir()
+    mine = tmp_path / f".p1.{dead}-{io_module._HOST}.a1b2c3d4.tmp"  # a killed writer of this machine
+    mine.mkdir()
+    assert remove_stale_temporaries(tmp_path / "p1") == [mine]
+
+
+def test_a_folder_removed_or_written_by_another_process_is_not_published(tmp_path: Path) -> None:
+    """A staging folder another process removed (and a writer re-created) would publish part of a case; a
+    destination another process wrote meanwhile is a FileExistsError, not a bare 'Directory not empty'."""
+    with pytest.raises(FileNotFoundError, match="removed by another process"), \
+            atomic_directory(tmp_path / "case") as tmp:
+        (tmp / "a.txt").write_text("half")
+        shutil.rmtree(tmp)
+        tmp.mkdir()  # as atomic_path's parent.mkdir would re-create it
+        (tmp / "b.txt").write_text("the rest")
+    assert not (tmp_path / "case").exists()
+    with pytest.raises(FileExistsError, match="another process"), atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "mine.txt").write_text("mine")
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "theirs.txt").write_text("theirs")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["theirs.txt"]

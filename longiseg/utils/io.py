@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import itertools
 import json
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -145,18 +148,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: This machine, as temporaries name it: processes of other machines writing to a shared file system (cluster
+#: nodes, containers) cannot be asked whether they still run.
+_HOST = hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:8]
+#: A temporary of another machine (or of a pid namespace we cannot see) is stale after this long unchanged.
+OTHER_HOST_STALE_S = 24 * 3600.0
+#: The writer field of a temporary's name: ``PID-HOST`` (``PID`` alone in names of earlier versions).
+_WRITER = r"(\d+)(?:-([0-9a-f]{8}))?"
+_RANDOM_TMP = r"\.[a-z0-9_]+\.tmp"  # tempfile's random letters (never a dot), then ".tmp..."
+
+
 def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.{os.getpid()}."
+    """Prefix of a temporary of ``path``: ``.NAME.PID-HOST.`` (:mod:`tempfile` adds ``RANDOM`` and ``.tmp...``)."""
+    return f".{path.name}.{os.getpid()}-{_HOST}."
 
 
-#: A temporary's name: ``.NAME.PID.RANDOM.tmp...`` (``RANDOM``: :mod:`tempfile`'s 8 characters).
-_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[a-z0-9_]{8}\.tmp")
+#: Any temporary's name: ``.NAME.PID-HOST.RANDOM.tmp...``.
+_TEMPORARY = re.compile(r"^\..+\." + _WRITER + _RANDOM_TMP)
+
+
+def _writer_gone(entry: Path, found: re.Match) -> bool:
+    """Whether the writer of the temporary ``entry`` (its name matched as ``found``) has ended: on this machine
+    its process no longer exists; on another one the temporary is older than :data:`OTHER_HOST_STALE_S`."""
+    host = found.group(2)
+    if host is None or host == _HOST:
+        return not _pid_alive(int(found.group(1)))
+    try:
+        return time.time() - entry.lstat().st_mtime > OTHER_HOST_STALE_S
+    except OSError:  # gone meanwhile
+        return False
 
 
 def _stale(entry: Path) -> bool:
-    """Whether ``entry`` is a temporary of this module whose writer process no longer exists."""
+    """Whether ``entry`` is a temporary of this module whose writer has ended."""
     found = _TEMPORARY.match(entry.name)
-    return found is not None and not _pid_alive(int(found.group(1)))
+    return found is not None and _writer_gone(entry, found)
 
 
 def folder_is_empty(path: PathLike) -> bool:
@@ -178,8 +204,10 @@ def folder_is_empty(path: PathLike) -> bool:
 def remove_stale_temporaries(path: PathLike) -> list[Path]:
     """Remove the temporaries that a killed writer of ``path`` left beside it.
 
-    A temporary of ``path`` is named ``.NAME.PID.RANDOM.tmp...``; it is stale when process ``PID`` no longer
-    exists. Temporaries of live writers (this process included) are kept.
+    A temporary of ``path`` is named ``.NAME.PID-HOST.RANDOM.tmp...`` for exactly ``path``'s name (a temporary of
+    case ``p1.12`` is never taken for one of ``p1``); it is stale when process ``PID`` of this machine no longer
+    exists, or, written by another machine sharing the folder, when it is older than :data:`OTHER_HOST_STALE_S`.
+    Temporaries of live writers (this process included) are kept.
 
     Returns:
         The removed paths.
@@ -188,13 +216,10 @@ def remove_stale_temporaries(path: PathLike) -> list[Path]:
     removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
-    head = f".{path.name}."
+    own = re.compile(r"^\." + re.escape(path.name) + r"\." + _WRITER + _RANDOM_TMP)
     for cand in path.parent.iterdir():
-        name = cand.name
-        if not name.startswith(head) or ".tmp" not in name:
-            continue
-        pid_text = name[len(head):].split(".", 1)[0]
-        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+        found = own.match(cand.name)
+        if found is None or not _writer_gone(cand, found):
             continue
         with contextlib.suppress(OSError):
             if cand.is_dir() and not cand.is_symlink():
@@ -287,25 +312,48 @@ def _removed_on_error(folders: list[Path]) -> Iterator[None]:
 @contextlib.contextmanager
 def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    # held open, the folder's inode cannot be reused: a folder another process removed (and a writer re-created)
+    # is told apart from this one
+    try:
+        handle: int | None = os.open(tmp, os.O_RDONLY)
+    except OSError:  # folders cannot be opened on every platform (Windows): no check there
+        handle = None
     old: Path | None = None
     try:
         yield tmp
+        if handle is not None and not _same_folder(handle, tmp):
+            raise FileNotFoundError(f"the temporary folder {tmp} of {path} was removed by another process while it "
+                                    "was written: nothing was published; run again")
         apply_umask(tmp)
         if path.exists():
             if not overwrite:
-                raise FileExistsError(f"{path} appeared while writing; not overwritten")
+                raise FileExistsError(f"{path} appeared while writing (another process wrote it); not overwritten")
             old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
             os.replace(path, old / path.name)
         try:
             os.replace(tmp, path)
         except OSError as err:  # put the old folder back before reporting
-            if old is not None and err.errno != errno.EXDEV:
+            if old is not None and err.errno != errno.EXDEV and not path.exists():
                 os.replace(old / path.name, path)
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(f"{path} was written by another process meanwhile; not replaced") from err
             raise
     finally:
+        if handle is not None:
+            os.close(handle)
         for leftover in (tmp, old):
             if leftover is not None and leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _same_folder(handle: int, path: Path) -> bool:
+    """Whether ``path`` is still the folder opened as ``handle`` (not removed, not replaced)."""
+    try:
+        here = path.stat()
+    except OSError:
+        return False
+    held = os.fstat(handle)
+    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (here.st_dev, here.st_ino)
 
 
 def atomic_write(path: PathLike, writer: Callable[[IO[Any]], None], *, mode: str = "w",
