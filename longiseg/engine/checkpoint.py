@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec, plain_data
 from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
 from longiseg.utils.io import atomic_torch_save
@@ -85,19 +86,6 @@ _ENTRY_TYPES = (
 _SCAN_BACKEND_KWARG = "mamba_backend"
 #: Key prefixes of the wrappers :func:`unwrap_model` removes (DataParallel/DDP, ``torch.compile``).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Return the module inside ``DistributedDataParallel``/``DataParallel``/``torch.compile`` wrappers."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"unwrap_model: expected an nn.Module, got {type(model).__name__}")
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -71,7 +71,7 @@ class TrainerConfig(ConfigBase):
         patience: validations without improvement before stopping; ``None`` disables early stopping.
         min_delta: minimum change that counts as an improvement.
         val_every: validate every this many epochs.
-        output_dir: folder for ``last.pt``, ``best.pt``, ``metrics.csv``, ``config.yaml`` and TensorBoard.
+        output_dir: folder for ``last.pt``, ``best.pt``, ``metrics.csv``, ``trainer_config.yaml`` and TensorBoard.
         num_workers: DataLoader workers, used only when the trainer builds the DataLoader itself.
         progress_bar: show a tqdm progress bar (main process only).
         tensorboard: also log to TensorBoard when ``torch.utils.tensorboard`` can be imported.

@@ -1,15 +1,15 @@
 """The experiment configuration: one YAML/JSON file that maps onto model, data, loss, trainer and inference
 dataclasses, overridable from the command line with dotted ``key=value`` strings.
 
-Example (``examples/configs/segmast_ms.yaml``)::
+Example (the gist of ``examples/configs/ms_inhouse_2.5d.yaml``)::
 
     model: {name: segmast_ms}
-    data: {root: data/inhouse_ms, modalities: [flair, t2], crop_size: 128}
+    data: {root: data/ms_inhouse/train, modalities: [flair, t2], crop_size: 128}
     loss: {strategy: partial}
-    trainer: {max_epochs: 500, output_dir: runs/segmast_ms}
+    trainer: {max_epochs: 500, output_dir: runs/ms_inhouse/segmast_ms}
     inference: {patch_size: 128, min_lesion_mm3: 27}
 
-and ``longiseg train examples/configs/segmast_ms.yaml --set trainer.max_epochs=10 loss.strategy=whole``.
+and ``longiseg train examples/configs/ms_inhouse_2.5d.yaml --set trainer.max_epochs=10 loss.strategy=whole``.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ class DataConfig(ConfigBase):
         positive_fraction: share of progressing cases in every batch (balanced batch sampler); the training
             split needs progressing and stable patients.
         val_samples: fixed validation samples drawn once from the validation cases.
-        augment: random flips, rotations and intensity scaling.
+        augment: random flips and rotations (:class:`~longiseg.data.transforms.LongitudinalAugment`, the same
+            for every timepoint of a sample).
         augment_independent_timepoints: with ``augment``, add scan-to-scan differences drawn per timepoint
             (gain, bias field, noise, sub-voxel misregistration of the follow-up;
             :class:`~longiseg.data.transforms.TimepointVariation`); default off (the paper's augmentation).

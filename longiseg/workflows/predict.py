@@ -12,11 +12,11 @@ from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import prediction_filenames
 from longiseg.data.loading import CaseSource, load_case
 from longiseg.data.preprocessing import preprocess_case
-from longiseg.engine.checkpoint import unwrap_model
 from longiseg.inferers.predict import predict_folder
 from longiseg.inferers.sliding_window import SlidingWindowInferer3D
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.networks.inputs import check_spatial_size
+from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec
 from longiseg.utils.device import resolve_device
 from longiseg.utils.io import check_separate_folders
