@@ -416,22 +416,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", default=None, help="PNG of time and memory vs tokens")
     parser.add_argument("--json", default=None, help="also write the records as JSON")
     args = parser.parse_args(argv)
-    run_mixer_benchmark(
-        quick=args.quick,
-        out_png=args.plot,
-        sizes=args.sizes,
-        dim=args.dim,
-        timepoints=args.timepoints,
-        batch=args.batch,
-        rounds=args.rounds,
-        min_run_time=args.min_run_time,
-        mixers=args.mixers,
-        device=args.device,
-        threads=args.threads,
-        max_call_seconds=math.inf if args.max_call_seconds == 0 else args.max_call_seconds,
-        measure_memory=not args.no_memory,
-        json_path=args.json,
-    )
+    try:
+        run_mixer_benchmark(
+            quick=args.quick,
+            out_png=args.plot,
+            sizes=args.sizes,
+            dim=args.dim,
+            timepoints=args.timepoints,
+            batch=args.batch,
+            rounds=args.rounds,
+            min_run_time=args.min_run_time,
+            mixers=args.mixers,
+            device=args.device,
+            threads=args.threads,
+            max_call_seconds=math.inf if args.max_call_seconds == 0 else args.max_call_seconds,
+            measure_memory=not args.no_memory,
+            json_path=args.json,
+        )
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; the exit status says it (longiseg bench prints the line)
+        return 130
     return 0
 
 

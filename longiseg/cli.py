@@ -5,28 +5,46 @@ Run ``longiseg COMMAND --help`` for the options of each command.
 
 Every command fails the same way: one line ``longiseg COMMAND: error: WHAT`` on stderr and exit code 2 for
 usage and input errors (a missing or malformed file, a bad option value, an output that exists), 1 for
-anything else, 130 when interrupted; the Python traceback only with ``--debug`` or ``LONGISEG_DEBUG=1``.
+anything else, 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM, e.g. from a scheduler at its
+time limit; the same clean-up runs as for Ctrl-C); the Python traceback only with ``--debug`` or
+``LONGISEG_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from longiseg.utils.io import check_output_folder, check_separate_folders
+from longiseg.utils.io import check_output_folder, check_separate_folders, folder_is_empty
 
-__all__ = ["main", "build_parser", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED"]
+__all__ = ["main", "build_parser", "Terminated", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED",
+           "EXIT_TERMINATED"]
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + 15  # SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM (``kill PID``, a scheduler's time limit) while
+    :func:`main` runs: a ``KeyboardInterrupt``, so that what Ctrl-C cleans up (temporaries, worker and child
+    processes) is cleaned up the same way."""
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated(f"terminated by signal {signum}")
 
 # Exceptions that mean "what the user gave is wrong" (exit code 2); the library raises these with messages
 # that name the file or argument. ``ConfigError`` and ``yaml`` errors are ``ValueError`` subclasses here.
@@ -142,23 +160,55 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_cohort(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     from longiseg.data.demo_cohort import generate_demo_cohort
+    from longiseg.data.layout import MANIFEST_JSON
     from longiseg.data.split import write_test_split
+    from longiseg.utils.io import atomic_directory
     from longiseg.workflows.demo import DemoConfig, demo_cohort_config
 
     sizes = {k: v for k, v in (("num_patients", args.num_patients), ("num_test", args.num_test)) if v is not None}
     cfg = DemoConfig(spacing=args.spacing, seed=args.seed, **sizes)  # the demo's sizes unless given
     out = check_output_folder(args.output, "OUT")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
+    if out.exists() and not folder_is_empty(out) and not args.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace the cohort, train and "
                               "test folders in it")
     if any(o.split("=", 1)[0].strip() in ("num_patients", "spacing", "seed") for o in args.overrides):
         raise ValueError("--set cannot change num_patients, spacing or seed: use --num-patients, --spacing, --seed")
     cohort_cfg = demo_cohort_config(cfg).with_overrides(args.overrides)  # checked before anything is written
-    cohort = generate_demo_cohort(out / "cohort", cohort_cfg, overwrite=args.overwrite,
-                                  progress=not args.no_progress)
-    split = write_test_split(cohort, out, cfg.num_test, overwrite=args.overwrite)
-    print(f"cohort {cohort} ({cfg.num_patients} patients); training patients in {out / 'train'}, "
+    existing = out / "cohort"
+    if existing.is_dir() and any(existing.iterdir()) and not (existing / MANIFEST_JSON).is_file():
+        raise FileExistsError(f"{existing} does not look like a cohort folder (no {MANIFEST_JSON}); not "
+                              "replacing it")
+    names = ("cohort", "train", "test")
+    with contextlib.ExitStack() as stack:
+        # The three folders are written into temporaries and replace their namesakes only when all three are
+        # complete: a failure (a split that the new cohort cannot give) or an interruption leaves OUT as it was,
+        # and cohort/, train/ and test/ always come from one run.
+        final = {name: stack.enter_context(atomic_directory(out / name, overwrite=args.overwrite))
+                 for name in names}
+        stage = Path(tempfile.mkdtemp(dir=final["test"]))  # goes with that temporary if anything fails
+        cohort = stage / "cohort"
+        log = logging.getLogger("longiseg.data.demo")
+
+        def unstaged(record: logging.LogRecord) -> bool:  # "wrote demo cohort ... to a temporary folder in OUT"
+            record.msg, record.args = record.getMessage().replace(str(cohort), f"a temporary folder in {out}"), ()
+            return True
+
+        log.addFilter(unstaged)
+        stack.callback(log.removeFilter, unstaged)
+        generate_demo_cohort(cohort, cohort_cfg, progress=not args.no_progress)
+        try:
+            split = write_test_split(cohort, stage, cfg.num_test)
+        except ValueError as err:  # a split this cohort cannot give, e.g. too few progressing patients
+            raise ValueError(f"{str(err).replace(str(cohort), 'the new cohort')}; {out} is unchanged") from None
+        for name in names:
+            for entry in (stage / name).iterdir():
+                os.replace(entry, final[name] / entry.name)
+        shutil.rmtree(stage)
+    print(f"cohort {out / 'cohort'} ({cfg.num_patients} patients); training patients in {out / 'train'}, "
           f"{len(split['test'])} held-out test patients in {out / 'test'}")
     return 0
 
@@ -252,7 +302,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     results = [evaluate_folder(p, gt, protocol=prot, model=n, progress=not args.no_progress)
                for p, n in zip(preds, names)]
     if args.out:
-        text = write_report(results, args.out)
+        text = write_report(results, args.out, overwrite=args.overwrite)
     else:
         text = format_paper_table([r.table for r in results], reference=names[0] if len(names) > 1 else None)
     print(text)
@@ -294,8 +344,6 @@ def _benchmark_folders() -> list[Path]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import subprocess
-
     searched = _benchmark_folders()
     script = next((d / "bench_mixers.py" for d in searched if (d / "bench_mixers.py").is_file()), None)
     if script is None:
@@ -308,7 +356,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     cmd = [sys.executable, str(script), *(["--quick"] if args.quick else []),
            *(["--plot", args.plot] if args.plot else []),
            *(["--threads", str(args.threads)] if args.threads is not None else [])]  # longiseg --threads N bench
-    return subprocess.call(cmd)
+    child = subprocess.Popen(cmd)
+    try:
+        return child.wait()
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated): the benchmark ends with this process
+        _stop_child(child, forward=isinstance(err, Terminated))
+        raise
+
+
+def _stop_child(child: subprocess.Popen, *, forward: bool, grace_s: float = 5.0) -> None:
+    """End ``child`` when this process is interrupted or terminated: wait up to ``grace_s`` for it to end on the
+    Ctrl-C it received too (not when ``forward``: it has received nothing), then terminate it, then kill it."""
+    if not forward:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=grace_s)
+    for stop in (child.terminate, child.kill):
+        if child.poll() is not None:
+            return
+        stop()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=grace_s)
 
 
 def _check_writable_file(path: str, name: str) -> None:
@@ -484,18 +551,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``longiseg`` console script.
 
     Returns:
-        The exit code: 0 on success, 2 for usage and input errors, 1 for other failures, 130 on Ctrl-C.
+        The exit code: 0 on success, 2 for usage and input errors, 1 for other failures, 130 on Ctrl-C, 143 on
+        SIGTERM.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
-    parser = build_parser()
-    args = parser.parse_args(argv)  # usage errors: _Parser prints one line and exits with 2
-    from longiseg.utils.logging import LOG_FORMAT
-
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
-    prefix = f"longiseg {args.command}: error:"
+    name = "longiseg"  # "longiseg COMMAND" once the arguments are parsed
+    # SIGTERM raises Terminated (a KeyboardInterrupt) while main runs, unless someone else chose what it does
+    on_term = (signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread()
+               else None)
+    if on_term == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        parser = build_parser()  # imports workflow modules: seconds, in which Ctrl-C is handled like later on
+        args = parser.parse_args(argv)  # usage errors: _Parser prints one line and exits with 2
+        name = f"longiseg {args.command}"
+        from longiseg.utils.logging import LOG_FORMAT
+
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -503,21 +577,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if debug:
             raise
-        print(f"longiseg {args.command}: interrupted", file=sys.stderr)
+        if isinstance(err, Terminated):
+            print(f"{name}: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
+        print(f"{name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except _INPUT_ERRORS as err:
         if debug:
             raise
-        print(f"{prefix} {_one_line(err)}", file=sys.stderr)
+        print(f"{name}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # noqa: BLE001 - the one place that turns any failure into a message
         if debug:
             raise
-        print(f"{prefix} {_one_line(err)} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"{name}: error: {_one_line(err)} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        if on_term == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":  # pragma: no cover

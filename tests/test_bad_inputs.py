@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from longiseg import cli
 from longiseg.cli import main
 from longiseg.data.demo_cohort import generate_demo_cohort
 from longiseg.engine.checkpoint import save_checkpoint
@@ -539,6 +540,49 @@ def test_usage_errors_and_debug_flag_through_a_real_process(tmp_path: Path) -> N
     assert usage.stderr.strip().splitlines() == [
         "longiseg predict: error: the following arguments are required: --checkpoint, --output "
         "(see longiseg predict --help)"]
+
+
+@pytest.mark.parametrize(("stop", "code", "line"), [
+    ("KeyboardInterrupt", 130, "interrupted"),  # Ctrl-C
+    ("Terminated", 143, "terminated"),  # what SIGTERM raises
+])
+def test_ctrl_c_or_sigterm_while_the_parser_is_built_is_one_line(stop: str, code: int, line: str,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """build_parser imports the workflow modules (seconds on a busy machine): Ctrl-C or SIGTERM then is the one
+    line of every other moment, not a traceback."""
+    def interrupted() -> None:
+        raise getattr(cli, stop, KeyboardInterrupt)
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    try:
+        rc = main(["models"])
+    except KeyboardInterrupt:  # (left to itself it would end the test session)
+        pytest.fail("the interruption escaped main as a traceback")
+    assert rc == code
+    assert capsys.readouterr().err == f"longiseg: {line}\n"
+
+
+def test_sigterm_is_a_keyboard_interrupt_only_while_main_runs(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """While a command runs, SIGTERM raises cli.Terminated (so Ctrl-C's clean-up runs): exit 143, one line;
+    afterwards SIGTERM is what it was."""
+    import signal
+
+    seen = []
+
+    def command(args: object) -> int:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        if callable(seen[0]):  # (without a handler SIGTERM would end pytest)
+            signal.raise_signal(signal.SIGTERM)  # handled in this thread before raise_signal returns
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_models", command)
+    before = signal.getsignal(signal.SIGTERM)
+    assert before == signal.SIG_DFL  # otherwise main leaves SIGTERM alone
+    assert main(["models"]) == cli.EXIT_TERMINATED == 143
+    assert capsys.readouterr().err == "longiseg models: terminated\n"
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 # ---------------------------------------------------------------------------------------------- API rows

@@ -4,9 +4,13 @@ machine may be loaded)."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -208,6 +212,69 @@ def test_longiseg_bench_without_a_checkout_says_where_the_benchmarks_are(
 
 def test_the_checkout_has_the_benchmark_longiseg_bench_runs() -> None:
     assert (cli._benchmark_folders()[0] / "bench_mixers.py").is_file()
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (Linux; a zombie has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _wait_for(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout_s} s")
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize(("signum", "code", "line"), [
+    (signal.SIGTERM, 143, "terminated"),  # kill PID, a scheduler's time limit
+    (signal.SIGINT, 130, "interrupted"),  # to longiseg alone, so the benchmark does not see it
+])
+def test_longiseg_bench_ends_its_benchmark_when_it_is_stopped(tmp_path: Path, signum: int, code: int,
+                                                              line: str) -> None:
+    """The benchmark process ends with longiseg bench (it ran on on its own): exit 128 + signal, one line."""
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    pid_file = tmp_path / "bench.pid"
+    (folder / "bench_mixers.py").write_text(  # a benchmark that runs until it is stopped
+        f"import os, time\nopen({str(pid_file)!r} + '.tmp', 'w').write(str(os.getpid()))\n"
+        f"os.replace({str(pid_file)!r} + '.tmp', {str(pid_file)!r})\nwhile True:\n    time.sleep(0.05)\n")
+    script = ("import sys; from pathlib import Path; from longiseg import cli; "
+              "cli._benchmark_folders = lambda: [Path(sys.argv[1])]; sys.exit(cli.main(['bench']))")
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdout=subprocess.DEVNULL, stderr=err)
+    child = None
+    try:
+        _wait_for(pid_file.exists, 300, "benchmark process")
+        child = int(pid_file.read_text())
+        os.kill(proc.pid, signum)
+        assert proc.wait(timeout=120) == code
+        assert (tmp_path / "stderr.txt").read_text() == f"longiseg bench: {line}\n"
+        _wait_for(lambda: not _running(child), 60, "end of the benchmark process")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if child is not None and _running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_bench_mixers_ctrl_c_is_exit_130_without_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupted(**kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_mixers, "run_mixer_benchmark", interrupted)
+    try:
+        rc = bench_mixers.main(["--quick"])
+    except KeyboardInterrupt:  # (left to itself it would end the test session)
+        pytest.fail("Ctrl-C escaped bench_mixers.main as a traceback")
+    assert rc == 130 and capsys.readouterr().err == ""
 
 
 def _fake_scan_runs(monkeypatch: pytest.MonkeyPatch, failing: set[str]) -> None:

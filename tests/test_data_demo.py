@@ -144,6 +144,41 @@ def test_cohort_command_writes_cohort_and_split(tmp_path: Path) -> None:
     assert main(["cohort", str(tmp_path / "c"), "--num-patients", "6", "--num-test", "2", "--spacing", "4"]) == 2
 
 
+def _contents(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` (hidden ones too) with the bytes of the files."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_cohort_overwrite_replaces_cohort_train_and_test_together(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A failing longiseg cohort --overwrite (here: the split needs more progressing patients than the new cohort
+    has) changes nothing (it had replaced cohort/ and kept the train/ and test/ of the old one); a successful one
+    writes all three from its cohort."""
+    from longiseg.cli import main
+
+    out = tmp_path / "c"
+    argv = ["cohort", str(out), "--num-patients", "6", "--num-test", "2", "--spacing", "4", "--no-progress"]
+    assert main(argv) == 0
+    before = _contents(out)
+    capsys.readouterr()
+    assert main([*argv, "--overwrite", "--set", "progression_fraction=0.1"]) == 2
+    assert _contents(out) == before
+    assert capsys.readouterr().err.strip().endswith(f"the new cohort has 1 and 5; {out} is unchanged")
+    assert main(["cohort", str(tmp_path / "new" / "c"), *argv[2:], "--set", "progression_fraction=0.1"]) == 2
+    assert not (tmp_path / "new").exists()
+
+    assert main([*argv, "--overwrite", "--seed", "3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cohort", "test", "train"]
+    record = json.loads((out / "cohort" / "demo_cohort.json").read_text(encoding="utf-8"))
+    assert record["config"]["seed"] == 3
+    cases = {p.name for side in ("train", "test") for p in (out / side).iterdir() if p.is_dir()}
+    assert cases == {e.case_id for e in read_manifest(out / "cohort" / "manifest.json").cases}
+    for side in ("train", "test"):
+        for case in (out / side).iterdir():
+            if case.is_dir():
+                assert _contents(case) == _contents(out / "cohort" / case.name)
+
+
 def test_shrinking_lesions_add_no_progression_and_default_cohorts_are_unchanged() -> None:
     cfg = dc.DemoCohortConfig(spacing=4, num_timepoints=3, shrinking_lesions=(2, 2), seed=5)
     for progressing in (False, True):

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import signal
 import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -356,6 +362,142 @@ def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="not a folder written by the demo"):
         run_demo(DemoConfig(output_dir=str(precious), num_patients=6, num_test=2, overwrite=True))
     assert (precious / "data.txt").read_text() == "user data"
+
+
+def _permissions_enforced(tmp: Path) -> bool:
+    """Whether this process is refused a folder without write permission (root is not)."""
+    probe = tmp / "probe"
+    probe.mkdir()
+    probe.chmod(0o555)
+    try:
+        return not os.access(probe, os.W_OK)
+    finally:
+        probe.chmod(0o755)
+        probe.rmdir()
+
+
+def test_demo_overwrite_empties_its_folder_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--overwrite deletes what the demo folder holds, not the folder: a symbolic link to it stays one (rmtree
+    refused it), its parent need not be writable (the old demo was deleted, then the folder could not be), and a
+    folder in it that cannot be emptied is reported before anything is deleted."""
+    from longiseg.workflows import demo
+
+    monkeypatch.setattr(demo, "_run", lambda cfg, out: {"holds": sorted(p.name for p in out.iterdir())})
+
+    def old_demo(folder: Path) -> Path:
+        (folder / "runs").mkdir(parents=True)
+        (folder / "runs" / "old.txt").write_text("old")
+        (folder / ".longiseg-demo").write_text("written by longiseg demo")
+        return folder
+
+    def run(folder: Path) -> dict:
+        return demo.run_demo(demo.DemoConfig(output_dir=str(folder), num_patients=6, num_test=2, overwrite=True))
+
+    out = old_demo(tmp_path / "demo")
+    handle = os.open(out, os.O_RDONLY)
+    try:
+        assert run(out) == {"holds": [".longiseg-demo"]}
+        assert os.fstat(handle).st_nlink > 0  # the folder itself was kept (a deleted one has no links)
+    finally:
+        os.close(handle)
+    link = tmp_path / "link"
+    link.symlink_to(old_demo(tmp_path / "target"))
+    assert run(link) == {"holds": [".longiseg-demo"]}
+    assert link.is_symlink() and not (tmp_path / "target" / "runs").exists()
+    with pytest.raises(FileNotFoundError, match="symbolic link to .*missing, which does not exist"):
+        (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+        run(tmp_path / "dangling")
+    if not _permissions_enforced(tmp_path):
+        return
+    parent = tmp_path / "read-only"
+    out = old_demo(parent / "demo")
+    parent.chmod(0o555)
+    try:
+        assert run(out) == {"holds": [".longiseg-demo"]}
+    finally:
+        parent.chmod(0o755)
+    (out / "results.json").write_text("{}")
+    (out / "runs").mkdir()
+    (out / "runs" / "old.txt").write_text("old")
+    (out / "runs").chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match="runs is not writable; nothing was deleted"):
+            run(out)
+        assert sorted(p.name for p in out.iterdir()) == [".longiseg-demo", "results.json", "runs"]
+        assert (out / "runs" / "old.txt").is_file()
+    finally:
+        (out / "runs").chmod(0o755)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (Linux; a zombie has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _wait_for(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout_s} s")
+        time.sleep(0.05)
+
+
+_ENDLESS_STAGES = """
+import os
+import time
+from pathlib import Path
+
+
+def stages(cfg, *args):
+    \"\"\"Stages of a demo model that run until they are stopped; the worker's pid in OUT/LABEL.pid.\"\"\"
+    out = next(a for a in args if isinstance(a, Path))
+    label = args[0] if isinstance(args[0], str) else "untrained"
+    (out / f"{label}.tmp").write_text(str(os.getpid()))
+    os.replace(out / f"{label}.tmp", out / f"{label}.pid")
+    while True:
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the workers use PR_SET_PDEATHSIG")
+@pytest.mark.parametrize(("signum", "code", "line"), [
+    (signal.SIGTERM, 143, "longiseg demo: terminated"),  # kill PID, a scheduler's time limit
+    (signal.SIGINT, 130, "longiseg demo: interrupted"),  # Ctrl-C: the whole process group
+    (signal.SIGKILL, -signal.SIGKILL, None),  # no clean-up at all
+])
+def test_demo_worker_processes_end_with_the_demo(tmp_path: Path, signum: int, code: int, line: str | None) -> None:
+    """Stopped while its workers train, longiseg demo --jobs 2 ends them: SIGTERM left them writing into the
+    output for minutes, Ctrl-C waited for them (and printed their tracebacks), and they outlive a killed demo."""
+    (tmp_path / "endless.py").write_text(_ENDLESS_STAGES)
+    out = tmp_path / "demo"
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import endless; from longiseg import cli; "
+              "from longiseg.workflows import demo; demo._model_stages = demo._untrained_stage = endless.stages; "
+              "demo._run = demo._run_model_stages; sys.exit(cli.main(['demo', '--output', sys.argv[2], '--jobs', "
+              "'2', '--num-patients', '6', '--num-test', '2', '--no-progress']))")
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(out)], stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+    workers: list[int] = []
+    try:
+        pid_files = [out / "SegMaST.pid", out / "SegFormer.pid"]
+        _wait_for(lambda: all(p.exists() for p in pid_files), 300, "two running workers")
+        workers = [int(p.read_text()) for p in pid_files]
+        (os.killpg if signum == signal.SIGINT else os.kill)(proc.pid, signum)
+        assert proc.wait(timeout=120) == code
+        text = (tmp_path / "stderr.txt").read_text()
+        assert "Traceback" not in text
+        assert line is None or text.splitlines()[-1] == line
+        _wait_for(lambda: not any(_running(w) for w in workers), 60, "end of the worker processes")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_demo_trains_its_models_in_parallel_with_the_results_of_one_after_another(tmp_path: Path) -> None:

@@ -22,11 +22,16 @@ Typing those commands with ``longiseg --threads 1`` gives the same table (``docs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
+import os
 import shutil
+import signal
+import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,7 @@ from longiseg.metrics.evaluate import evaluate_folder, write_report
 from longiseg.registry import build_model
 from longiseg.utils.config import ConfigBase, ConfigError
 from longiseg.utils.device import usable_cpu_count
-from longiseg.utils.io import atomic_write_json
+from longiseg.utils.io import atomic_write_json, folder_is_empty
 from longiseg.utils.logging import apply_logging_setup, get_logger, logging_setup
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
 from longiseg.workflows.predict import run_prediction
@@ -270,13 +275,69 @@ def _run_model_stages(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
     logger.info("training %d models in %d processes of %d thread(s) each", len(cfg.models), jobs, cfg.threads)
     level = logging_setup()
     # spawn: a forked child of a process whose OpenMP threads have run can hang
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures: dict[str, Future[dict[str, Any]]] = {
-            label: pool.submit(_model_stages, cfg, label, out, cfg.progress and i == 0, level)
-            for i, label in enumerate(cfg.models)
-        }
-        futures[untrained] = pool.submit(_untrained_stage, cfg, out, False, level)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(os.getpid(),))
+    try:
+        with _sigint_blocked():  # the workers start with SIGINT blocked: Ctrl-C is this process's to handle
+            futures: dict[str, Future[dict[str, Any]]] = {
+                label: pool.submit(_model_stages, cfg, label, out, cfg.progress and i == 0, level)
+                for i, label in enumerate(cfg.models)
+            }
+            futures[untrained] = pool.submit(_untrained_stage, cfg, out, False, level)
         return {label: future.result() for label, future in futures.items()}
+    except BaseException:  # an error, Ctrl-C or SIGTERM: stop the other models' work now, not when it is done
+        _stop_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _init_worker(parent: int) -> None:
+    """Start of a :func:`_run_model_stages` worker process: Ctrl-C is left to the parent (which stops the workers),
+    and the worker ends when the parent does, also when the parent is killed (Linux; elsewhere the parent's
+    clean-up stops them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() != parent:  # the parent ended before the signal was asked for
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread (processes started meanwhile inherit the mask); a Ctrl-C arriving meanwhile is
+    raised when it is unblocked, not lost."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    # the resource tracker, started with the first process, unblocks SIGINT after starting itself: start it first
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _stop_workers(pool: ProcessPoolExecutor, timeout_s: float = 30.0) -> None:
+    """Cancel what ``pool`` has not started and terminate its worker processes (running tasks included)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(timeout_s)
 
 
 def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
@@ -291,12 +352,14 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     """
     cfg = cfg or DemoConfig()
     out = Path(cfg.output_dir)
-    if out.exists() and any(out.iterdir()):
+    if out.is_symlink() and not out.exists():
+        raise FileNotFoundError(f"{out} is a symbolic link to {os.readlink(out)}, which does not exist")
+    if out.exists() and not folder_is_empty(out):
         if not cfg.overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
         if not (out / _MARKER).is_file():
             raise FileExistsError(f"{out} is not a folder written by the demo (no {_MARKER}); not replacing it")
-        shutil.rmtree(out)
+        _empty_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / _MARKER).write_text("written by longiseg demo; --overwrite may replace this folder\n", encoding="utf-8")
     threads_before = torch.get_num_threads()
@@ -305,6 +368,24 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         return _run(cfg, out)
     finally:
         torch.set_num_threads(threads_before)
+
+
+def _empty_folder(out: Path) -> None:
+    """Delete what the demo folder ``out`` holds but not ``out`` itself, so that neither its parent folder needs to
+    be writable nor a symbolic link ``out`` is replaced (its target is emptied). Nothing is deleted unless every
+    folder in it can be emptied; the marker goes last, so an interrupted deletion can be repeated."""
+    def unreadable(err: OSError) -> None:
+        raise PermissionError(f"cannot replace {out}: {err.filename} cannot be read ({err.strerror}); nothing "
+                              "was deleted")
+
+    for folder, _, _ in os.walk(out, onerror=unreadable):  # symbolic links in it are removed, not followed
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot replace {out}: {folder} is not writable; nothing was deleted")
+    for entry in sorted(out.iterdir(), key=lambda p: p.name == _MARKER):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _run(cfg: DemoConfig, out: Path) -> dict[str, Any]:
