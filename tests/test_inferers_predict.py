@@ -480,3 +480,106 @@ def test_predict_folder_prepares_cases_as_the_models_training_did(tmp_path: Path
     model.spec = ModelSpec(name="voxelwise", preprocessing={"normalization": "minmax"})
     with pytest.raises(ValueError, match="normalization 'minmax' is not one this version applies"):
         predict_folder(model, tmp_path / "in", tmp_path / "other", inferer=_inferer(), progress=False)
+
+
+def _claims(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+
+
+def test_skip_existing_workers_split_the_cases_by_claims(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Several --skip-existing workers on one output folder: a case claimed by a live process (here: this test's
+    parent, on this host; or a recent claim of another host) is left to it, an abandoned claim (a process that no
+    longer runs; another host's claim older than a day) is taken over; a worker holds the claim of the case it
+    predicts and removes it afterwards."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    _three_cases(tmp_path / "in")
+    for cid in ("d", "e"):
+        _write_case(tmp_path / "in", cid, _images(t=2, c=2), _affine())
+    out = tmp_path / "out"
+    out.mkdir()
+    host = socket.gethostname()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(gone.stdout)  # a process that ran on this host and no longer runs
+    claims = {"b": {"host": host, "pid": os.getppid()}, "c": {"host": host, "pid": dead_pid},
+              "d": {"host": "another-node", "pid": 1}, "e": {"host": "another-node", "pid": 1}}
+    for cid, claim in claims.items():
+        (out / f".{cid}.claim").write_text(json.dumps(claim))
+    day_ago = time.time() - 25 * 3600
+    os.utime(out / ".e.claim", (day_ago, day_ago))
+    held: list[tuple[str, dict | None]] = []
+    broken: list[str] = []
+
+    def reader(source: CaseSource) -> LongitudinalCase:
+        claim = out / f".{source.case_id}.claim"
+        held.append((source.case_id, json.loads(claim.read_text()) if claim.exists() else None))
+        if broken:
+            raise RuntimeError(broken[0])
+        return load_case(source)
+
+    with caplog.at_level("INFO", logger="longiseg.inferers.predict"):
+        res = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
+                             skip_existing=True)
+    assert sorted(res) == ["a", "c", "e"]
+    assert [cid for cid, _ in held] == ["a", "c", "e"]
+    assert all(c is not None and c["host"] == host and c["pid"] == os.getpid() for _, c in held)
+    assert _claims(out) == [".b.claim", ".d.claim"]  # the live holders' claims stay, this run's are removed
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a", "c", "e"]
+    assert f"skipping case b: another process (pid {os.getppid()} on {host}) is predicting it" in caplog.text
+    assert "skipping case d: another process (pid 1 on another-node) is predicting it" in caplog.text
+    # the holders finished (their claims gone, their cases complete): a later run keeps them, claims nothing
+    for cid in ("b", "d"):
+        (out / f".{cid}.claim").unlink()
+    predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "ref", case_ids=["b", "d"], inferer=_inferer(),
+                   progress=False, reader=reader)
+    for cid in ("b", "d"):
+        shutil.copytree(tmp_path / "ref" / cid, out / cid)
+    assert predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
+                          skip_existing=True) == {}
+    assert _claims(out) == []
+    # a failing case releases its claim too
+    shutil.rmtree(out / "a")
+    broken.append("unreadable")
+    with pytest.raises(RuntimeError, match="unreadable"):
+        predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
+                       skip_existing=True)
+    assert held[-1][0] == "a" and held[-1][1] is not None and _claims(out) == []
+
+
+def test_skip_existing_keeps_a_case_another_process_completed_meanwhile(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A case that another process (one that does not claim cases) completes while this worker predicts it:
+    kept, with an INFO line, when its record is this run's; refused when another model wrote it."""
+    _three_cases(tmp_path / "in")
+    out = tmp_path / "out"
+    meanwhile: dict[str, str | None] = {"ref": None}
+
+    def reader(source: CaseSource) -> LongitudinalCase:
+        if source.case_id == "b" and meanwhile["ref"]:  # the other process saves "b" while this one predicts it
+            shutil.copytree(tmp_path / meanwhile["ref"] / "b", out / "b")
+        return load_case(source)
+
+    for model, ref in ((Voxelwise(), "same"), (_Scaled(2.0), "other")):
+        predict_folder(model, tmp_path / "in", tmp_path / ref, case_ids=["b"], inferer=_inferer(), progress=False,
+                       reader=reader)
+    meanwhile["ref"] = "same"
+
+    with caplog.at_level("INFO", logger="longiseg.inferers.predict"):
+        res = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
+                             skip_existing=True)
+    assert sorted(res) == ["a", "c"]
+    assert "skipping case b: another process predicted it meanwhile" in caplog.text
+    assert _record(out / "b") == _record(out / "a") and _claims(out) == []
+    shutil.rmtree(out)
+    meanwhile["ref"] = "other"
+    with pytest.raises(FileExistsError, match=r"case 'b' was predicted by another model or other settings"):
+        predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
+                       skip_existing=True)
+    assert _claims(out) == [] and (out / "b" / PREDICTION_RECORD).read_bytes() == (
+        tmp_path / "other" / "b" / PREDICTION_RECORD).read_bytes()

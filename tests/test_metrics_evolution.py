@@ -297,3 +297,34 @@ def test_lesions_command_names_an_image_that_is_not_a_volume(demo_refs, tmp_path
     assert main(["lesions", str(copy), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert re.search(r"image .*demo-006/t0_flair.nii.gz must be a 3D volume \(D, H, W\), got shape \(\d+, \d+, \d+, 2\)", err)
+
+
+def test_two_lesion_reports_into_one_new_folder_do_not_replace_each_other(
+        demo_refs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
+    """Two ``longiseg lesions`` runs into the same new --out, neither with --overwrite: the one that finishes
+    second fails, naming the folder and --overwrite, and leaves the other's report as it is."""
+    import longiseg.workflows.lesions as wl
+    from longiseg.cli import main
+
+    root, _ = demo_refs
+    out = tmp_path / "shared"
+    tables = wl.write_evolution_tables
+    others: list[dict] = []
+
+    def other_finishes_first(*args: object, **kwargs: object) -> dict:
+        if not others:  # the other run, started at the same time, writes its whole report while this one writes
+            others.append({})
+            wl.run_lesion_report(root, out, min_volume_mm3=100.0, figures=False, progress=False)
+            others[0] = {p: (out / p).read_bytes() for p in _listing(out)}
+        return tables(*args, **kwargs)
+
+    monkeypatch.setattr(wl, "write_evolution_tables", other_finishes_first)
+    assert main(["lesions", str(root), "--out", str(out), "--no-figures", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("longiseg lesions: error: ") and "--overwrite" in err[0]
+    assert f"{out} was written by another process" in err[0]
+    assert {p: (out / p).read_bytes() for p in _listing(out)} == others[0]  # the other's report, untouched
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()  # with --overwrite a later run replaces the other's report
+    assert main(["lesions", str(root), "--out", str(out), "--no-figures", "--no-progress", "--overwrite"]) == 0
+    assert {p: (out / p).read_bytes() for p in _listing(out)} != others[0]

@@ -417,3 +417,64 @@ def test_report_folder_stages_inside_when_the_parent_is_read_only(
         assert stage.parent == out
         (stage / "b.json").write_text("{}")
     assert _listing(out) == ["b.json"] and sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+@pytest.mark.parametrize("start", ["missing", "empty", "other content"])
+def test_report_folder_without_overwrite_leaves_a_report_written_meanwhile(tmp_path: Path, start: str) -> None:
+    """Two reports into the same folder, neither allowed to replace a report (two runs started together without
+    --overwrite): the one that finishes second fails, naming the folder and --overwrite, and the other's report
+    stays as it was (before, it was silently replaced)."""
+    from longiseg.metrics.report import report_folder
+
+    pats = ("a.csv", "b.json")
+    out = tmp_path / "r"
+    if start != "missing":
+        out.mkdir()
+    if start == "other content":
+        (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=rf"{out} was written by another process while this report was being "
+                                              r"written.*pass overwrite=True \(--overwrite\)"):
+        with report_folder(out, pats, overwrite=False) as stage:
+            (stage / "a.csv").write_text("second")
+            with report_folder(out, pats, overwrite=False) as other:  # the other run finishes first
+                (other / "b.json").write_text("first")
+    theirs = ["b.json"] + (["notes.txt"] if start == "other content" else [])
+    assert _listing(out) == theirs and (out / "b.json").read_text(encoding="utf-8") == "first"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    with pytest.raises(FileExistsError, match=r"already holds a report \(b\.json\).*\(--overwrite\)"):
+        with report_folder(out, pats, overwrite=False) as stage:
+            raise AssertionError("refused before anything is written")
+    with report_folder(out, pats) as stage:  # overwrite (the default): replaced
+        (stage / "a.csv").write_text("third")
+    assert [f for f in _listing(out) if f != "notes.txt"] == ["a.csv"]
+
+
+def test_two_evaluations_into_one_new_folder_do_not_replace_each_other(
+    folders: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write_report(overwrite=False), as ``longiseg evaluate`` without --overwrite: a report that another run
+    writes into the same new folder meanwhile is not replaced."""
+    import longiseg.metrics.evaluate as ev
+
+    gt, good, bad = folders
+    out = tmp_path / "rep"
+    plot = ev.box_plot
+    theirs: dict[str, bytes] = {}
+
+    def other_finishes_first(*args: object, **kwargs: object) -> object:
+        if not theirs:
+            theirs["writing"] = b""
+            write_report(evaluate_folder(bad, gt, model="theirs", progress=False), out, overwrite=False)
+            theirs.update({p: (out / p).read_bytes() for p in _listing(out)})
+            del theirs["writing"]
+        return plot(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "box_plot", other_finishes_first)
+    with pytest.raises(FileExistsError, match=rf"{out} was written by another process.*\(--overwrite\)"):
+        write_report(evaluate_folder(good, gt, model="ours", progress=False), out, overwrite=False)
+    assert {p: (out / p).read_bytes() for p in _listing(out)} == theirs and b"\ntheirs," in theirs["summary.csv"]
+    with pytest.raises(FileExistsError, match=r"already holds a report .*\(--overwrite\)"):
+        write_report(evaluate_folder(good, gt, model="ours", progress=False), out, overwrite=False)
+    monkeypatch.undo()
+    write_report(evaluate_folder(good, gt, model="ours", progress=False), out)  # overwrite (the default): replaced
+    assert b"\ntheirs," not in (out / "summary.csv").read_bytes()

@@ -34,6 +34,7 @@ from longiseg.utils.io import (
     atomic_write,
     atomic_write_json,
     check_output_folder,
+    folder_is_empty,
     load_nifti,
 )
 from longiseg.utils.logging import get_logger
@@ -496,7 +497,7 @@ def save_prediction(
     for i, mask in enumerate(volumes["mask"]):
         check_binary(f"volumes['mask'][{i}]", mask)
     names = layout.prediction_filenames(t)
-    empty = folder.is_dir() and not any(folder.iterdir())
+    empty = folder.is_dir() and folder_is_empty(folder)
     with atomic_directory(folder, overwrite=overwrite or empty) as tmp:
         if record is not None:  # first: a record that is not JSON data fails before any volume is written
             atomic_write_json(tmp / PREDICTION_RECORD, record)
@@ -813,7 +814,7 @@ def save_case(case: LongitudinalCase, root: PathLike, *, overwrite: bool = False
     folder = Path(root) / layout.check_case_id(case.case_id)
     modalities = check_modalities(case.modalities, "case.modalities")
     check_output_folder(folder, "case folder")
-    empty = folder.is_dir() and not any(folder.iterdir())
+    empty = folder.is_dir() and folder_is_empty(folder)
     with atomic_directory(folder, overwrite=overwrite or empty) as tmp:
         for t in range(case.num_timepoints):
             for c, mod in enumerate(modalities):

@@ -12,9 +12,13 @@ that ``skip_existing`` compares.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
+import os
+import socket
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,12 +41,13 @@ from longiseg.data.loading import (
     save_prediction,
 )
 from longiseg.data.preprocessing import preprocess_case
-from longiseg.engine.checkpoint import unwrap_model
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
+from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec, plain_data
+from longiseg.utils.io import folder_is_empty, host_tag, writer_ended
 from longiseg.utils.logging import get_logger
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import check_bool
@@ -270,6 +275,93 @@ def _check_same_producer(folder: Path, case_id: str, record: Mapping[str, Any]) 
                               "overwrite=True (--overwrite) to replace it")
 
 
+def _claim_path(out_dir: Path, case_id: str) -> Path:
+    """The claim file of a case: hidden and beside the case folders, so readers of the predictions (and
+    :func:`_foreign_entries`) never see it."""
+    return out_dir / f".{case_id}.claim"
+
+
+def _read_claim(path: Path) -> dict[str, Any] | None:
+    """The claim in ``path`` (``{"host", "pid", "token"}``), ``None`` when unreadable (being written, or not
+    ours); ``FileNotFoundError`` when gone."""
+    try:
+        claim = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError):
+        return None
+    return claim if isinstance(claim, dict) else None
+
+
+def _claim_alive(path: Path, claim: dict[str, Any] | None) -> bool:
+    """Whether ``claim`` (read from ``path``) is held by a live process (:func:`~longiseg.utils.io.writer_ended`:
+    on this host when its process exists; of another host, or unreadable, until a day after it was made)."""
+    pid = None if claim is None else claim.get("pid")
+    if claim is None or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return not writer_ended(path, 0, "unreadable")
+    host = host_tag() if claim.get("host") == socket.gethostname() else f"host {claim.get('host')}"
+    return not writer_ended(path, pid, host)
+
+
+def _holder(claim: Mapping[str, Any] | None) -> str:
+    """``pid PID on HOST`` of a claim, for messages."""
+    return f"pid {claim.get('pid')} on {claim.get('host')}" if claim else "unknown"
+
+
+def _claim_case(out_dir: Path, case_id: str) -> tuple[Path | None, dict[str, Any]]:
+    """Claim ``case_id`` for this process: create its claim file (:func:`_claim_path`) atomically, holding this
+    host, pid and a token. A claim whose process is gone (:func:`_claim_alive`) is taken over.
+
+    Returns:
+        ``(path, claim)`` when claimed; ``(None, holder's claim or {})`` when a live process holds the case.
+    """
+    path = _claim_path(out_dir, case_id)
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+    for _ in range(5):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # out_dir removed meanwhile (a failed run that created it): again
+            continue
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(mine, fh)
+            return path, mine
+        try:
+            held = _read_claim(path)
+        except FileNotFoundError:  # released meanwhile: again
+            continue
+        if _claim_alive(path, held):
+            return None, held or {}
+        # abandoned: take it aside under a name of our own, so that of several processes taking it over at once
+        # only one removes it (and none another's new claim)
+        aside = path.with_name(f"{path.name}.{mine['token']}.abandoned")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            continue
+        try:
+            taken = _read_claim(aside)
+            if taken != held:  # a new claim made after the abandoned one was removed: give it back
+                with contextlib.suppress(OSError):
+                    os.link(aside, path)
+                return None, taken or {}
+        finally:
+            with contextlib.suppress(OSError):
+                aside.unlink()
+        logger.info("case %s: taking over the abandoned claim of %s", case_id, _holder(held))
+    return None, {}
+
+
+def _release_claim(path: Path, claim: Mapping[str, Any]) -> None:
+    """Remove the claim file ``path`` if it still holds ``claim`` (not one that another process took over)."""
+    with contextlib.suppress(OSError):
+        if _read_claim(path) == claim:
+            path.unlink()
+
+
 def predict_case(
     model: nn.Module,
     images: np.ndarray | torch.Tensor,
@@ -351,7 +443,7 @@ def predict_case(
         raise FileExistsError(
             f"outputs already exist (pass overwrite=True to replace): {', '.join(existing)}"
         )
-    if not overwrite and case_out.exists() and (not case_out.is_dir() or any(case_out.iterdir())):
+    if not overwrite and case_out.exists() and (not case_out.is_dir() or not folder_is_empty(case_out)):
         raise FileExistsError(f"{case_out} exists and is not an empty folder; pass overwrite=True to replace it")
 
     inferer = _default_inferer(inferer)
@@ -415,7 +507,11 @@ def predict_folder(
             :data:`~longiseg.data.loading.PREDICTION_RECORD` shows the same model (weights, registry name and
             kwargs), inferer settings, ``predict_case`` settings, reader and modality order; a complete case
             of another model or settings, or without a record, is refused before any case is predicted. A
-            case folder left incomplete by an interrupted run is predicted again.
+            case folder left incomplete by an interrupted run is predicted again. Several processes may
+            share one ``out_dir`` this way: each claims a case before reading it (a hidden ``OUT/.CASE_ID.claim``
+            file, created atomically and removed afterwards; see :func:`_claim_case`) and leaves the cases that
+            a live process has claimed to it; a case that another process completed meanwhile is skipped when
+            its record is this run's, refused otherwise.
         overwrite: replace existing outputs.
         progress: tqdm bar over cases.
         reader: a :data:`CaseReader` ``(CaseSource) -> LongitudinalCase``; it receives the listed source, so
@@ -426,7 +522,7 @@ def predict_folder(
             the run (e.g. a case that lacks what ``after_case`` needs).
         after_case: called with a case's source and its complete prediction folder ``out_dir/CASE_ID`` after
             the case is predicted, or skipped as complete by ``skip_existing`` (e.g. to write more outputs
-            derived from the saved masks).
+            derived from the saved masks); not for a case left to another process (which calls its own).
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
             ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask, and each case
             folder gets the record of this call (the weights' digest is computed once).
@@ -504,22 +600,58 @@ def predict_folder(
             check_case(sources[cid])
 
     results: dict[str, dict[str, list[Path]]] = {}
-    for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
-        case_overwrite = overwrite
-        if skip_existing and not overwrite and (out_dir / cid).exists():
-            if prediction_complete(out_dir, cid, sources[cid].num_timepoints, kinds):
-                logger.info("skipping case %s: outputs exist", cid)
-                if after_case is not None:
-                    after_case(sources[cid], out_dir / cid)
-                continue
-            logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid,
-                           out_dir / cid)
-            case_overwrite = True
-        case = read(sources[cid])
-        results[cid] = predict_case(
-            model, case.images, case.affine, case.spacing, out_dir, cid, brain_mask=case.brain_mask,
-            **{**predict_kwargs, "overwrite": case_overwrite, "record": records[cid]},  # type: ignore[arg-type]
-        )
-        if after_case is not None:
-            after_case(sources[cid], out_dir / cid)
+    made_out = not out_dir.exists()
+    try:
+        for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
+            claimed: Path | None = None
+            if skip_existing:  # several workers may share the cohort: each case is predicted by one of them
+                claimed, claim = _claim_case(out_dir, cid)
+                if claimed is None:
+                    logger.info("skipping case %s: another process (%s) is predicting it", cid, _holder(claim))
+                    continue
+            try:
+                done = _predict_listed_case(model, read, out_dir, sources[cid], kinds, records[cid], skip_existing,
+                                            overwrite, predict_kwargs)
+                if done is not None:
+                    if isinstance(done, dict):
+                        results[cid] = done
+                    if after_case is not None:
+                        after_case(sources[cid], out_dir / cid)
+            finally:
+                if claimed is not None:
+                    _release_claim(claimed, claim)
+    except BaseException:
+        if made_out:  # a run that wrote nothing leaves no output folder
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
     return results
+
+
+def _predict_listed_case(
+    model: nn.Module, read: CaseReader, out_dir: Path, source: CaseSource, kinds: Sequence[str],
+    record: Mapping[str, Any], skip_existing: bool, overwrite: bool, predict_kwargs: Mapping[str, object],
+) -> dict[str, list[Path]] | bool | None:
+    """Predict one case of :func:`predict_folder`: its written paths; ``True`` when ``skip_existing`` keeps its
+    complete outputs; ``None`` when another process completed it meanwhile (with the same ``record``)."""
+    cid = source.case_id
+    case_overwrite = overwrite
+    if skip_existing and not overwrite and (out_dir / cid).exists():
+        if prediction_complete(out_dir, cid, source.num_timepoints, kinds):
+            _check_same_producer(out_dir / cid, cid, record)  # another process may have written it meanwhile
+            logger.info("skipping case %s: outputs exist", cid)
+            return True
+        logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid, out_dir / cid)
+        case_overwrite = True
+    case = read(source)
+    try:
+        return predict_case(
+            model, case.images, case.affine, case.spacing, out_dir, cid, brain_mask=case.brain_mask,
+            **{**predict_kwargs, "overwrite": case_overwrite, "record": record},  # type: ignore[arg-type]
+        )
+    except FileExistsError:  # another process (one that does not claim cases) wrote it meanwhile
+        if not (skip_existing and prediction_complete(out_dir, cid, source.num_timepoints, kinds)):
+            raise
+        _check_same_producer(out_dir / cid, cid, record)  # kept only if this model, these settings
+        logger.info("skipping case %s: another process predicted it meanwhile", cid)
+        return None

@@ -184,6 +184,7 @@ def write_report(
     reference: str | None = None,
     progression_bins: SizeBins | Sequence[float] | str = "tertiles",
     baseline_bins: SizeBins | Sequence[float] | str = "tertiles",
+    overwrite: bool = True,
 ) -> str:
     """Write ``per_case.csv``, ``summary.csv``, ``summary.json``, ``table.txt``, ``boxplot.png`` and the
     size-stratified ``stratified.csv`` for one or several models; return the printed table text.
@@ -199,8 +200,12 @@ def write_report(
         reference: model the others are t-tested against (default: the first when several).
         progression_bins: size bins of follow-up lesions (SegMaST Table 4 right uses ``(43, 113)``).
         baseline_bins: size bins of baseline lesions (tertiles, as SegMaST Table 4 left).
+        overwrite: replace a report that ``output_dir`` holds (default); ``False`` (``longiseg evaluate``
+            without ``--overwrite``): refuse it, also one that another process writes there meanwhile.
 
     Raises:
+        FileExistsError: ``overwrite`` is ``False`` and ``output_dir`` holds a report, or another process wrote
+            one there while this one was being written.
         ValueError: no results, or results computed under different protocols.
     """
     res = [results] if isinstance(results, EvaluationResult) else list(results)
@@ -227,7 +232,7 @@ def write_report(
                 _log.info("no size-stratified %s analysis for %s: %s", target, r.model, err)
     # the report is written as a whole: an earlier report's files (e.g. a stratified.csv this run has no
     # data for) never stay beside this one's
-    with report_folder(output_dir, REPORT_FILES) as out:
+    with report_folder(output_dir, REPORT_FILES, overwrite=overwrite) as out:
         write_csv(out / "per_case.csv", [{"model": t.model, **r} for t in tables for r in t.rows])
         write_csv(out / "summary.csv", summary_rows)
         if strat_rows:

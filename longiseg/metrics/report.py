@@ -276,7 +276,7 @@ def _writable(folder: Path) -> bool:
 
 
 @contextlib.contextmanager
-def report_folder(out: PathLike, patterns: Sequence[str]) -> Iterator[Path]:
+def report_folder(out: PathLike, patterns: Sequence[str], *, overwrite: bool = True) -> Iterator[Path]:
     """Write a report folder as a whole: yield an empty staging folder to write every file of the report
     into; on success ``out`` holds this report's files and no file of an earlier report.
 
@@ -292,23 +292,45 @@ def report_folder(out: PathLike, patterns: Sequence[str]) -> Iterator[Path]:
       by one rename), then the files matching ``patterns`` that this report did not write are removed, and
       report sub-folders left empty.
 
-    Deciding whether ``out`` may be written at all (refusing an existing report without ``overwrite``) is
-    the caller's. On an exception ``out`` is left as it was and the staging folder is removed.
+    Deciding whether an existing report may be replaced is the caller's: ``overwrite`` (default) replaces it.
+    With ``overwrite=False`` a report file in ``out`` raises ``FileExistsError`` before anything is written,
+    and so does a report that another process writes into ``out`` while this one is being written (two runs
+    started into the same new folder): the other's report stays, it is not silently replaced. On an
+    exception ``out`` is left as it was and the staging folder is removed.
 
     Raises:
         NotADirectoryError: ``out`` exists and is not a folder.
+        FileExistsError: ``overwrite`` is ``False`` and ``out`` holds a report file, or another process wrote
+            into ``out`` meanwhile.
         ValueError: the report wrote a file no pattern names (nothing is moved into ``out``).
     """
     out = Path(os.path.abspath(out))
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is not a folder")
+    if not overwrite:
+        _refuse_report(out, patterns, f"{out} already holds a report")
+    fresh = not out.exists()  # a new folder: created without replacing anything
+    meanwhile = f"{out} was written by another process while this report was being written"
     inside = out.is_dir() and not _writable(out.parent)  # may write into out but not beside it: stage inside
     cwd = Path(os.path.abspath(Path.cwd()))
     if not inside and not out.is_symlink() and not cwd.is_relative_to(out) and (
-            not out.exists() or _only_report(out, patterns)):
-        with atomic_directory(out, overwrite=True) as stage:  # replaced as a whole
-            yield stage
-            _check_report_files(stage, patterns)
+            fresh or _only_report(out, patterns)):
+        as_is = False  # an exception of the caller's writing or of the check below: passed on as it is
+        try:
+            with atomic_directory(out, overwrite=overwrite or not fresh) as stage:  # replaced as a whole
+                as_is = True
+                yield stage
+                as_is = False
+                _check_report_files(stage, patterns)
+                if not overwrite:  # no report may have appeared meanwhile (atomic_directory checks again)
+                    as_is = True
+                    _refuse_report(out, patterns, meanwhile)
+                    as_is = False
+        except FileExistsError as err:  # a new folder that another process created meanwhile
+            if as_is or overwrite:
+                raise
+            raise FileExistsError(f"{meanwhile}; not replacing it: pass overwrite=True (--overwrite) to replace "
+                                  "it") from err
         return
     if inside:
         remove_stale_temporaries(out / _STAGE)
@@ -318,9 +340,23 @@ def report_folder(out: PathLike, patterns: Sequence[str]) -> Iterator[Path]:
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         yield stage
-        _merge_report(stage, out, _check_report_files(stage, patterns), patterns)
+        new = _check_report_files(stage, patterns)
+        if not overwrite:
+            _refuse_report(out, patterns, meanwhile)
+        _merge_report(stage, out, new, patterns)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _refuse_report(out: Path, patterns: Sequence[str], what: str) -> None:
+    """Raise ``FileExistsError`` (``what``, the files, ``--overwrite``) when the folder ``out`` holds report
+    files."""
+    if not out.is_dir():
+        return
+    found = [f for f in _entries(out)[0] if _matches(f, patterns)]
+    if found:
+        raise FileExistsError(f"{what} ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}); not replacing "
+                              "it: pass overwrite=True (--overwrite) to replace it")
 
 
 def _check_report_files(stage: Path, patterns: Sequence[str]) -> list[str]:

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["expand_home", "folder_is_empty", "atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
+__all__ = ["expand_home", "folder_is_empty", "host_tag", "writer_ended", "atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
            "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti", "check_separate_folders",
            "check_output_folder"]
 
@@ -167,16 +167,27 @@ def _temp_prefix(path: Path) -> str:
 _TEMPORARY = re.compile(r"^\..+\." + _WRITER + _RANDOM_TMP)
 
 
-def _writer_gone(entry: Path, found: re.Match) -> bool:
-    """Whether the writer of the temporary ``entry`` (its name matched as ``found``) has ended: on this machine
-    its process no longer exists; on another one the temporary is older than :data:`OTHER_HOST_STALE_S`."""
-    host = found.group(2)
-    if host is None or host == _HOST:
-        return not _pid_alive(int(found.group(1)))
+def host_tag() -> str:
+    """This machine as temporaries and claims name it (8 hex digits of its host name)."""
+    return _HOST
+
+
+def writer_ended(mark: PathLike, pid: int, host: str | None) -> bool:
+    """Whether the process that left ``mark`` (a temporary, a claim) has ended: on this machine (``host`` is
+    :func:`host_tag` or ``None``, as in names of earlier versions) when process ``pid`` no longer exists; on
+    another machine sharing the folder, whose processes cannot be asked, when ``mark`` is older than
+    :data:`OTHER_HOST_STALE_S`. A mark that is gone meanwhile has not ended (its writer just finished)."""
+    if (host is None or host == _HOST) and os.name != "nt":
+        return not _pid_alive(pid)
     try:
-        return time.time() - entry.lstat().st_mtime > OTHER_HOST_STALE_S
-    except OSError:  # gone meanwhile
+        return time.time() - Path(mark).lstat().st_mtime > OTHER_HOST_STALE_S
+    except OSError:
         return False
+
+
+def _writer_gone(entry: Path, found: re.Match) -> bool:
+    """Whether the writer of the temporary ``entry`` (its name matched as ``found``) has ended."""
+    return writer_ended(entry, int(found.group(1)), found.group(2))
 
 
 def _stale(entry: Path) -> bool:

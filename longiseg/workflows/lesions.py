@@ -63,7 +63,8 @@ def run_lesion_report(
         ``(evolutions, files)`` with the paths written.
 
     Raises:
-        FileExistsError: ``out_dir`` exists, is not empty and ``overwrite`` is ``False``.
+        FileExistsError: ``out_dir`` exists, is not empty and ``overwrite`` is ``False``, or (without
+            ``overwrite``) another process wrote a report there while this one was being written.
         NotADirectoryError: ``out_dir`` is or lies under a file.
         ValueError: ``out_dir`` is, lies inside or holds ``mask_dir`` or ``images``.
     """
@@ -73,7 +74,7 @@ def run_lesion_report(
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     evolutions = evolution_folder(mask_dir, min_volume_mm3=min_volume_mm3, connectivity=connectivity,
                                   progress=progress)
-    with report_folder(out, REPORT_FILES) as stage:
+    with report_folder(out, REPORT_FILES, overwrite=overwrite) as stage:  # refuses one written meanwhile
         staged = write_evolution_tables(evolutions, stage, overwrite=True)
         if figures:
             from longiseg.reports.lesion_report import write_lesion_report
