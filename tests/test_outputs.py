@@ -6,9 +6,9 @@ import json
 import os
 import shutil
 import stat
-import time
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
