@@ -9,12 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from process_helpers import running, wait_for
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # what ``python benchmarks/bench_x.py`` does for the scripts
@@ -214,20 +213,6 @@ def test_the_checkout_has_the_benchmark_longiseg_bench_runs() -> None:
     assert (cli._benchmark_folders()[0] / "bench_mixers.py").is_file()
 
 
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not ended (Linux; a zombie has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def _wait_for(done: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} after {timeout_s} s")
-        time.sleep(0.05)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -250,17 +235,17 @@ def test_longiseg_bench_ends_its_benchmark_when_it_is_stopped(tmp_path: Path, si
         proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdout=subprocess.DEVNULL, stderr=err)
     child = None
     try:
-        _wait_for(pid_file.exists, 300, "benchmark process")
+        wait_for(pid_file.exists, 300, "benchmark process")
         child = int(pid_file.read_text())
         os.kill(proc.pid, signum)
         assert proc.wait(timeout=120) == code
         assert (tmp_path / "stderr.txt").read_text() == f"longiseg bench: {line}\n"
-        _wait_for(lambda: not _running(child), 60, "end of the benchmark process")
+        wait_for(lambda: not running(child), 60, "end of the benchmark process")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if child is not None and _running(child):
+        if child is not None and running(child):
             os.kill(child, signal.SIGKILL)
 
 

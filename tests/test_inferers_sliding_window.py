@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from test_inferers_triplanar import BAD_DEVICES
 
 from longiseg.inferers import SlidingWindowInferer3D, predict_probabilities
 from longiseg.inferers.sliding_window import flip_combinations, split_probabilities
@@ -81,15 +82,7 @@ def test_bad_arguments() -> None:
         SlidingWindowInferer3D(roi_size=4, progress=False)(VoxelwiseModel3D(), np.zeros((2, 4, 4, 4)))
 
 
-@pytest.mark.parametrize(
-    ("device", "err", "match"),
-    [
-        ("gpu", ValueError, "device 'gpu' is not a device"),
-        (5, TypeError, "device must be a string such as 'cpu' or 'cuda:0', got int"),
-        pytest.param("cuda", ValueError, "device 'cuda': CUDA is not available",
-                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
-    ],
-)
+@pytest.mark.parametrize(("device", "err", "match"), BAD_DEVICES)
 def test_device_is_checked_at_construction(device, err, match) -> None:
     with pytest.raises(err, match=match):
         SlidingWindowInferer3D(roi_size=4, progress=False, device=device)

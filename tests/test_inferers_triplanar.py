@@ -336,15 +336,16 @@ def test_errors(kwargs, call, err, match) -> None:
         inf(PatchBiasModel(), img, mask)
 
 
-@pytest.mark.parametrize(
-    ("device", "err", "match"),
-    [
-        ("gpu", ValueError, "device 'gpu' is not a device"),
-        (5, TypeError, "device must be a string such as 'cpu' or 'cuda:0', got int"),
-        pytest.param("cuda", ValueError, "device 'cuda': CUDA is not available",
-                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
-    ],
-)
+#: Devices an inferer must refuse when it is built (shared with the 3D inferer's tests): (device, error, message).
+BAD_DEVICES = [
+    ("gpu", ValueError, "device 'gpu' is not a device"),
+    (5, TypeError, "device must be a string such as 'cpu' or 'cuda:0', got int"),
+    pytest.param("cuda", ValueError, "device 'cuda': CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+]
+
+
+@pytest.mark.parametrize(("device", "err", "match"), BAD_DEVICES)
 def test_device_is_checked_at_construction(device, err, match) -> None:
     """An unknown or absent device is refused when the inferer is built, not by torch in the first patch."""
     with pytest.raises(err, match=match):

@@ -10,14 +10,13 @@ import signal
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from process_helpers import running, wait_for
 from torch import nn
 
 from longiseg.cli import build_parser, main
@@ -429,20 +428,6 @@ def test_demo_overwrite_empties_its_folder_in_place(tmp_path: Path, monkeypatch:
         (out / "runs").chmod(0o755)
 
 
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not ended (Linux; a zombie has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def _wait_for(done: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            pytest.fail(f"no {what} after {timeout_s} s")
-        time.sleep(0.05)
 
 
 _ENDLESS_STAGES = """
@@ -483,20 +468,20 @@ def test_demo_worker_processes_end_with_the_demo(tmp_path: Path, signum: int, co
     workers: list[int] = []
     try:
         pid_files = [out / "SegMaST.pid", out / "SegFormer.pid"]
-        _wait_for(lambda: all(p.exists() for p in pid_files), 300, "two running workers")
+        wait_for(lambda: all(p.exists() for p in pid_files), 300, "two running workers")
         workers = [int(p.read_text()) for p in pid_files]
         (os.killpg if signum == signal.SIGINT else os.kill)(proc.pid, signum)
         assert proc.wait(timeout=120) == code
         text = (tmp_path / "stderr.txt").read_text()
         assert "Traceback" not in text
         assert line is None or text.splitlines()[-1] == line
-        _wait_for(lambda: not any(_running(w) for w in workers), 60, "end of the worker processes")
+        wait_for(lambda: not any(running(w) for w in workers), 60, "end of the worker processes")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         for pid in workers:
-            if _running(pid):
+            if running(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
