@@ -160,14 +160,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_cohort(args: argparse.Namespace) -> int:
-    import shutil
-    import tempfile
-
-    from longiseg.data.demo_cohort import generate_demo_cohort
-    from longiseg.data.layout import MANIFEST_JSON
-    from longiseg.data.split import write_test_split
-    from longiseg.utils.io import atomic_directory
-    from longiseg.workflows.demo import DemoConfig, demo_cohort_config
+    from longiseg.workflows.demo import DemoConfig, demo_cohort_config, write_cohort
 
     sizes = {k: v for k, v in (("num_patients", args.num_patients), ("num_test", args.num_test)) if v is not None}
     cfg = DemoConfig(spacing=args.spacing, seed=args.seed, **sizes)  # the demo's sizes unless given
@@ -178,36 +171,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
     if any(o.split("=", 1)[0].strip() in ("num_patients", "spacing", "seed") for o in args.overrides):
         raise ValueError("--set cannot change num_patients, spacing or seed: use --num-patients, --spacing, --seed")
     cohort_cfg = demo_cohort_config(cfg).with_overrides(args.overrides)  # checked before anything is written
-    existing = out / "cohort"
-    if existing.is_dir() and any(existing.iterdir()) and not (existing / MANIFEST_JSON).is_file():
-        raise FileExistsError(f"{existing} does not look like a cohort folder (no {MANIFEST_JSON}); not "
-                              "replacing it")
-    names = ("cohort", "train", "test")
-    with contextlib.ExitStack() as stack:
-        # The three folders are written into temporaries and replace their namesakes only when all three are
-        # complete: a failure (a split that the new cohort cannot give) or an interruption leaves OUT as it was,
-        # and cohort/, train/ and test/ always come from one run.
-        final = {name: stack.enter_context(atomic_directory(out / name, overwrite=args.overwrite))
-                 for name in names}
-        stage = Path(tempfile.mkdtemp(dir=final["test"]))  # goes with that temporary if anything fails
-        cohort = stage / "cohort"
-        log = logging.getLogger("longiseg.data.demo")
-
-        def unstaged(record: logging.LogRecord) -> bool:  # "wrote demo cohort ... to a temporary folder in OUT"
-            record.msg, record.args = record.getMessage().replace(str(cohort), f"a temporary folder in {out}"), ()
-            return True
-
-        log.addFilter(unstaged)
-        stack.callback(log.removeFilter, unstaged)
-        generate_demo_cohort(cohort, cohort_cfg, progress=not args.no_progress)
-        try:
-            split = write_test_split(cohort, stage, cfg.num_test)
-        except ValueError as err:  # a split this cohort cannot give, e.g. too few progressing patients
-            raise ValueError(f"{str(err).replace(str(cohort), 'the new cohort')}; {out} is unchanged") from None
-        for name in names:
-            for entry in (stage / name).iterdir():
-                os.replace(entry, final[name] / entry.name)
-        shutil.rmtree(stage)
+    split = write_cohort(out, cohort_cfg, cfg.num_test, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"cohort {out / 'cohort'} ({cfg.num_patients} patients); training patients in {out / 'train'}, "
           f"{len(split['test'])} held-out test patients in {out / 'test'}")
     return 0

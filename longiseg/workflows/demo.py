@@ -25,11 +25,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import multiprocessing
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -48,7 +50,7 @@ from longiseg.metrics.evaluate import evaluate_folder, write_report
 from longiseg.registry import build_model
 from longiseg.utils.config import ConfigBase, ConfigError
 from longiseg.utils.device import usable_cpu_count
-from longiseg.utils.io import atomic_write_json, folder_is_empty
+from longiseg.utils.io import atomic_directory, atomic_write_json, folder_is_empty
 from longiseg.utils.logging import apply_logging_setup, get_logger, logging_setup
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
 from longiseg.workflows.predict import run_prediction
@@ -56,7 +58,8 @@ from longiseg.workflows.train import run_training
 from longiseg.workflows.tune import TUNING_FILE, run_tuning
 
 __all__ = [
-    "DemoConfig", "DEMO_MODELS", "DEMO_COHORT_LESIONS", "demo_cohort_config", "demo_experiment", "demo_jobs", "run_demo",
+    "DemoConfig", "DEMO_MODELS", "DEMO_COHORT_LESIONS", "demo_cohort_config", "write_cohort", "demo_experiment",
+    "demo_jobs", "run_demo",
 ]
 
 # Only folders holding this marker are ever deleted by ``overwrite=True``.
@@ -170,6 +173,60 @@ class DemoConfig(ConfigBase):
 def demo_cohort_config(cfg: DemoConfig) -> DemoCohortConfig:
     """The cohort of the demo (also what ``longiseg cohort`` writes with the same settings)."""
     return DemoCohortConfig(num_patients=cfg.num_patients, spacing=cfg.spacing, seed=cfg.seed, **DEMO_COHORT_LESIONS)
+
+
+def write_cohort(out: str | Path, cohort_cfg: DemoCohortConfig, num_test: int, *, overwrite: bool = False,
+                 progress: bool = True) -> dict[str, list[str]]:
+    """Write a synthetic cohort and its held-out split as ``out/cohort``, ``out/train`` and ``out/test``
+    (what ``longiseg cohort`` writes, and the demo's first stage).
+
+    The three folders are written into temporaries and replace their namesakes only when all three are complete:
+    a failure (a split the new cohort cannot give, e.g. too few progressing patients) or an interruption leaves
+    ``out`` as it was, and ``cohort/``, ``train/`` and ``test/`` always come from one run.
+
+    Args:
+        out: the folder to write into (created if missing).
+        cohort_cfg: the cohort (:func:`demo_cohort_config` for the demo's).
+        num_test: held-out test patients (:func:`~longiseg.data.split.write_test_split`).
+        overwrite: replace existing ``cohort/``, ``train/`` and ``test/`` folders (as a whole).
+        progress: show a progress bar while the cohort is generated.
+
+    Returns:
+        The split, ``{"train": [...], "test": [...]}`` case ids.
+
+    Raises:
+        FileExistsError: one of the three folders exists and ``overwrite`` is off, or ``out/cohort`` exists but is
+            not a cohort folder (no manifest).
+        ValueError: the split cannot be drawn from the new cohort (``out`` unchanged).
+    """
+    out = Path(out)
+    existing = out / "cohort"
+    if existing.is_dir() and any(existing.iterdir()) and not (existing / MANIFEST_JSON).is_file():
+        raise FileExistsError(f"{existing} does not look like a cohort folder (no {MANIFEST_JSON}); not "
+                              "replacing it")
+    names = ("cohort", "train", "test")
+    with contextlib.ExitStack() as stack:
+        final = {name: stack.enter_context(atomic_directory(out / name, overwrite=overwrite)) for name in names}
+        stage = Path(tempfile.mkdtemp(dir=final["test"]))  # goes with that temporary if anything fails
+        cohort = stage / "cohort"
+        log = logging.getLogger("longiseg.data.demo")
+
+        def unstaged(record: logging.LogRecord) -> bool:  # "wrote demo cohort ... to a temporary folder in OUT"
+            record.msg, record.args = record.getMessage().replace(str(cohort), f"a temporary folder in {out}"), ()
+            return True
+
+        log.addFilter(unstaged)
+        stack.callback(log.removeFilter, unstaged)
+        generate_demo_cohort(cohort, cohort_cfg, progress=progress)
+        try:
+            split = write_test_split(cohort, stage, num_test)
+        except ValueError as err:
+            raise ValueError(f"{str(err).replace(str(cohort), 'the new cohort')}; {out} is unchanged") from None
+        for name in names:
+            for entry in (stage / name).iterdir():
+                os.replace(entry, final[name] / entry.name)
+        shutil.rmtree(stage)
+    return split
 
 
 def demo_experiment(cfg: DemoConfig, label: str, train_dir: str | Path, run_dir: str | Path) -> ExperimentConfig:
@@ -393,8 +450,7 @@ def _run(cfg: DemoConfig, out: Path) -> dict[str, Any]:
 
     timings: dict[str, float] = {}
     t = start = time.perf_counter()
-    cohort = generate_demo_cohort(out / "cohort", demo_cohort_config(cfg), progress=cfg.progress)  # longiseg cohort
-    test_ids = write_test_split(cohort, out, cfg.num_test)["test"]
+    test_ids = write_cohort(out, demo_cohort_config(cfg), cfg.num_test, progress=cfg.progress)["test"]  # longiseg cohort
     test_dir = out / "test"
     # a progressing test patient, so that the figures show new lesions
     shown = next((e.case_id for e in read_manifest(test_dir / MANIFEST_JSON).cases if e.progression), test_ids[0])
