@@ -47,7 +47,7 @@ from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec, plain_data
-from longiseg.utils.io import folder_is_empty, host_tag, writer_ended
+from longiseg.utils.io import folder_is_empty, host_tag, removed_if_created, writer_ended
 from longiseg.utils.logging import get_logger
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import check_bool
@@ -600,8 +600,7 @@ def predict_folder(
             check_case(sources[cid])
 
     results: dict[str, dict[str, list[Path]]] = {}
-    made_out = not out_dir.exists()
-    try:
+    with removed_if_created(out_dir):  # a run that wrote nothing leaves no output folder
         for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
             claimed: Path | None = None
             if skip_existing:  # several workers may share the cohort: each case is predicted by one of them
@@ -620,11 +619,6 @@ def predict_folder(
             finally:
                 if claimed is not None:
                     _release_claim(claimed, claim)
-    except BaseException:
-        if made_out:  # a run that wrote nothing leaves no output folder
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
-        raise
     return results
 
 

@@ -26,11 +26,13 @@ from longiseg.metrics.aggregate import (
     significance_stars,
 )
 from longiseg.utils.io import (
+    WrittenMeanwhile,
     atomic_directory,
     atomic_save_figure,
     atomic_write,
     atomic_write_json,
     remove_stale_temporaries,
+    temporary_prefix,
 )
 
 __all__ = [
@@ -315,29 +317,21 @@ def report_folder(out: PathLike, patterns: Sequence[str], *, overwrite: bool = T
     cwd = Path(os.path.abspath(Path.cwd()))
     if not inside and not out.is_symlink() and not cwd.is_relative_to(out) and (
             fresh or _only_report(out, patterns)):
-        as_is = False  # an exception of the caller's writing or of the check below: passed on as it is
         try:
             with atomic_directory(out, overwrite=overwrite or not fresh) as stage:  # replaced as a whole
-                as_is = True
                 yield stage
-                as_is = False
                 _check_report_files(stage, patterns)
                 if not overwrite:  # no report may have appeared meanwhile (atomic_directory checks again)
-                    as_is = True
                     _refuse_report(out, patterns, meanwhile)
-                    as_is = False
-        except FileExistsError as err:  # a new folder that another process created meanwhile
-            if as_is or overwrite:
+        except WrittenMeanwhile as err:  # a new folder that another process created meanwhile
+            if overwrite:
                 raise
             raise FileExistsError(f"{meanwhile}; not replacing it: pass overwrite=True (--overwrite) to replace "
                                   "it") from err
         return
-    if inside:
-        remove_stale_temporaries(out / _STAGE)
-        stage = Path(tempfile.mkdtemp(prefix=f".{_STAGE}.{os.getpid()}.", suffix=".tmp", dir=out))
-    else:
-        remove_stale_temporaries(out)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+    staged = out / _STAGE if inside else out  # staged inside out when only out is writable, else beside it
+    remove_stale_temporaries(staged)
+    stage = Path(tempfile.mkdtemp(prefix=temporary_prefix(staged), suffix=".tmp", dir=staged.parent))
     try:
         yield stage
         new = _check_report_files(stage, patterns)

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["expand_home", "folder_is_empty", "host_tag", "writer_ended", "atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
+__all__ = ["expand_home", "folder_is_empty", "host_tag", "writer_ended", "WrittenMeanwhile", "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
            "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti", "check_separate_folders",
            "check_output_folder"]
 
@@ -158,8 +158,14 @@ _WRITER = r"(\d+)(?:-([0-9a-f]{8}))?"
 _RANDOM_TMP = r"\.[a-z0-9_]+\.tmp"  # tempfile's random letters (never a dot), then ".tmp..."
 
 
-def _temp_prefix(path: Path) -> str:
-    """Prefix of a temporary of ``path``: ``.NAME.PID-HOST.`` (:mod:`tempfile` adds ``RANDOM`` and ``.tmp...``)."""
+class WrittenMeanwhile(FileExistsError):
+    """The destination of an atomic write was written by another process while this one wrote its temporary."""
+
+
+def temporary_prefix(path: PathLike) -> str:
+    """Prefix of a temporary of ``path``: ``.NAME.PID-HOST.`` (:mod:`tempfile` adds ``RANDOM`` and ``.tmp...``);
+    :func:`remove_stale_temporaries` recognises such temporaries when their writer has ended."""
+    path = Path(path)
     return f".{path.name}.{os.getpid()}-{_HOST}."
 
 
@@ -261,13 +267,13 @@ def atomic_path(path: PathLike, *, overwrite: bool = True, suffix: str | None = 
     remove_stale_temporaries(path)
     if suffix is None:
         suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         if not overwrite and path.exists():
-            raise FileExistsError(f"{path} appeared while writing; not overwritten")
+            raise WrittenMeanwhile(f"{path} appeared while writing; not overwritten")
         apply_umask(tmp_path)
         os.replace(tmp_path, path)
     finally:
@@ -294,27 +300,29 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} exists and is not a folder")
-    with _removed_on_error(_missing_parents(path)):
+    with removed_if_created(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
         with _replaced_as_a_whole(path, overwrite) as tmp:
             yield tmp
 
 
-def _missing_parents(path: Path) -> list[Path]:
-    """The ancestors of ``path`` that do not exist, deepest first."""
-    return [p for p in itertools.takewhile(lambda p: not p.exists(), path.parents) if p.parent != p]
-
-
 @contextlib.contextmanager
-def _removed_on_error(folders: list[Path]) -> Iterator[None]:
-    """On an exception, remove ``folders`` (deepest first) while they are empty."""
+def removed_if_created(folder: PathLike) -> Iterator[None]:
+    """On an exception, remove ``folder`` and the ancestors of it that did not exist on entry (deepest first,
+    while they are empty): a failed writer leaves no empty output folders behind.
+
+    Args:
+        folder: the folder the block may create (with its parents).
+    """
+    folder = Path(folder)
+    created = [p for p in itertools.takewhile(lambda p: not p.exists(), (folder, *folder.parents)) if p.parent != p]
     try:
         yield
     except BaseException:
-        for folder in folders:
+        for path in created:
             try:
-                folder.rmdir()
+                path.rmdir()
             except OSError:  # holds something (or is gone): the ones above it stay too
                 break
         raise
@@ -322,7 +330,7 @@ def _removed_on_error(folders: list[Path]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
     # held open, the folder's inode cannot be reused: a folder another process removed (and a writer re-created)
     # is told apart from this one
     try:
@@ -338,8 +346,8 @@ def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
         apply_umask(tmp)
         if path.exists():
             if not overwrite:
-                raise FileExistsError(f"{path} appeared while writing (another process wrote it); not overwritten")
-            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+                raise WrittenMeanwhile(f"{path} appeared while writing (another process wrote it); not overwritten")
+            old = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
             os.replace(path, old / path.name)
         try:
             os.replace(tmp, path)
@@ -347,7 +355,7 @@ def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
             if old is not None and err.errno != errno.EXDEV and not path.exists():
                 os.replace(old / path.name, path)
             if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise FileExistsError(f"{path} was written by another process meanwhile; not replaced") from err
+                raise WrittenMeanwhile(f"{path} was written by another process meanwhile; not replaced") from err
             raise
     finally:
         if handle is not None:

@@ -10,9 +10,8 @@ import torch.nn as nn
 
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import prediction_filenames
-from longiseg.data.loading import CaseSource, load_case
-from longiseg.data.preprocessing import preprocess_case
-from longiseg.inferers.predict import predict_folder
+from longiseg.data.loading import CaseSource
+from longiseg.inferers.predict import predict_folder, read_zscored
 from longiseg.inferers.sliding_window import SlidingWindowInferer3D
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.networks.inputs import check_spatial_size
@@ -142,7 +141,7 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
         if spec.in_channels is not None and len(source.modalities) != spec.in_channels:
             raise ValueError(f"the model takes {spec.in_channels} modalities per timepoint {spec.modalities or ''}, "
                              f"case {source.case_id!r} of {input_dir} has {len(source.modalities)}")
-        return preprocess_case(load_case(source))
+        return read_zscored(source)
 
     check_case = after_case = None
     if registered_dir is not None:

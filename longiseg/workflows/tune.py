@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from longiseg.data.loading import find_cases, load_case
-from longiseg.data.preprocessing import preprocess_case
+from longiseg.data.loading import find_cases
 from longiseg.engine.checkpoint import check_writable, load_model, update_spec
-from longiseg.inferers.predict import infer_case
+from longiseg.inferers.predict import infer_case, read_zscored
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.tuning import (
     DEFAULT_OBJECTIVE,
@@ -88,7 +87,7 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     spacing: tuple[float, ...] | None = None
     model.eval()
     for cid in tqdm(case_ids, desc="tune: validation cases", unit="case", disable=not progress):
-        case = preprocess_case(load_case(sources[cid]))
+        case = read_zscored(sources[cid])
         if case.progression_masks is None:
             raise ValueError(f"validation case {cid!r} has no progression masks")
         if spacing is not None and not np.allclose(case.spacing, spacing, rtol=1e-3):
