@@ -273,3 +273,21 @@ def test_a_folder_removed_or_written_by_another_process_is_not_published(tmp_pat
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "theirs.txt").write_text("theirs")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["theirs.txt"]
+
+
+@pytest.mark.parametrize("shear", [0.0, 0.3])
+def test_nifti_outputs_carry_both_forms_where_possible_and_mm_units(tmp_path: Path, shear: float) -> None:
+    import nibabel as nib
+
+    from longiseg.data.loading import nifti_spacing
+
+    affine = np.array([[0.0, -1.0, shear, 90.0], [0.9, 0.0, 0.0, -126.0], [0.0, 0.0, 2.0, -72.0], [0, 0, 0, 1]])
+    path = atomic_save_nifti(np.zeros((4, 5, 6), np.uint8), affine, tmp_path / "m.nii.gz")
+    img = nib.load(path)
+    assert img.header.get_xyzt_units()[0] == "mm"
+    assert int(img.header["sform_code"]) > 0
+    # an affine a qform can hold is in both forms; a sheared one only in the sform (no disagreeing qform)
+    assert (int(img.header["qform_code"]) > 0) == (shear == 0.0)
+    np.testing.assert_allclose(img.affine, affine, rtol=0, atol=1e-4)
+    if shear == 0.0:  # our own reader accepts what we write (units, forms, pixdim); it refuses sheared grids
+        nifti_spacing(img, path)

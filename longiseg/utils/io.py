@@ -454,7 +454,12 @@ def atomic_save_nifti(array: np.ndarray, affine: np.ndarray, path: PathLike, *, 
         path: destination ending in ``.nii`` or ``.nii.gz``.
         overwrite: replace an existing file (default ``False``: never lose what is there).
         dtype: on-disk dtype (defaults to ``array.dtype``).
-        header: optional nibabel header to copy (spacing, units).
+        header: optional nibabel header to copy (spacing, units, form codes).
+
+    Without ``header`` the file says what every reader needs to place it: the sform holds ``affine``
+    (code 2, "aligned", nibabel's default), the qform holds it too (same code) unless ``affine`` has a shear
+    a qform cannot represent (then the qform code is 0, so that no reader sees two disagreeing forms), and
+    the spatial unit is mm.
     """
     import nibabel as nib
 
@@ -468,11 +473,23 @@ def atomic_save_nifti(array: np.ndarray, affine: np.ndarray, path: PathLike, *, 
         arr = arr.astype(np.uint8)
     img = nib.Nifti1Image(arr, affine, header=header)
     img.set_data_dtype(arr.dtype)
+    if header is None:
+        _set_qform_and_units(img.header, affine)
     name = str(path)
     suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
     with atomic_path(path, overwrite=overwrite, suffix=suffix) as tmp:
         nib.save(img, tmp)
     return Path(path)
+
+
+def _set_qform_and_units(header: Any, affine: np.ndarray) -> None:
+    """Mirror the sform into the qform where a qform can hold ``affine`` exactly; mm as the spatial unit."""
+    code = int(header["sform_code"])
+    header.set_qform(affine, code=code)
+    scale = max(float(np.abs(affine[:3, :4]).max()), 1.0)
+    if not np.allclose(header.get_qform(), affine, rtol=0.0, atol=1e-6 * scale):
+        header.set_qform(None, code=0)  # a shear: the sform alone carries the affine
+    header.set_xyzt_units(xyz="mm")
 
 
 # --------------------------------------------------------------------------- reading
