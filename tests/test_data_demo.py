@@ -131,12 +131,16 @@ def test_write_cohort_layout_manifest_and_figure(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_cohort_command_writes_cohort_and_split(tmp_path: Path) -> None:
+def test_cohort_command_writes_cohort_and_split(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from longiseg.cli import main
 
-    rc = main(["cohort", str(tmp_path / "c"), "--num-patients", "6", "--num-test", "2", "--spacing", "4",
-               "--no-progress"])
+    with caplog.at_level("INFO", logger="longiseg"):
+        rc = main(["cohort", str(tmp_path / "c"), "--num-patients", "6", "--num-test", "2", "--spacing", "4",
+                   "--no-progress"])
     assert rc == 0 and (tmp_path / "c" / "cohort" / "manifest.json").is_file()
+    # the message names the folder the user asked for, not the staging folder it was written into
+    wrote = [r.getMessage() for r in caplog.records if r.getMessage().startswith("wrote demo cohort")]
+    assert len(wrote) == 1 and wrote[0].endswith(f"to {tmp_path / 'c' / 'cohort'}"), wrote
     test = read_manifest(tmp_path / "c" / "test" / "manifest.json")
     train = read_manifest(tmp_path / "c" / "train" / "manifest.json")
     assert sorted(test.progression_flags) == [False, True] and len(train.cases) == 4

@@ -614,6 +614,7 @@ def generate_demo_cohort(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    shown_as: str | None = None,
     **overrides: object,
 ) -> Path:
     """Write the demo cohort in the library layout (images, masks, brain masks, ``manifest.json``).
@@ -628,6 +629,8 @@ def generate_demo_cohort(
             (e.g. ``num_patients=4``).
         overwrite: replace an existing cohort folder (only one holding a ``manifest.json``).
         progress: show a tqdm progress bar.
+        shown_as: how the log message names the destination (default: ``out_dir``); a caller that writes into
+            a staging folder names the folder the user asked for.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -658,7 +661,7 @@ def generate_demo_cohort(
             "config": cfg.to_dict(), "anatomy": load_anatomy(cfg.spacing, cfg.anatomy).source, "patients": stats,
         })
     _LOG.info("wrote demo cohort of %d patients (%d progressing) to %s", cfg.num_patients,
-              sum(s["progressing"] for s in stats), out)
+              sum(s["progressing"] for s in stats), out if shown_as is None else shown_as)
     return out
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import multiprocessing
 import os
 import shutil
@@ -209,15 +208,7 @@ def write_cohort(out: str | Path, cohort_cfg: DemoCohortConfig, num_test: int, *
         final = {name: stack.enter_context(atomic_directory(out / name, overwrite=overwrite)) for name in names}
         stage = Path(tempfile.mkdtemp(dir=final["test"]))  # goes with that temporary if anything fails
         cohort = stage / "cohort"
-        log = logging.getLogger("longiseg.data.demo")
-
-        def unstaged(record: logging.LogRecord) -> bool:  # "wrote demo cohort ... to a temporary folder in OUT"
-            record.msg, record.args = record.getMessage().replace(str(cohort), f"a temporary folder in {out}"), ()
-            return True
-
-        log.addFilter(unstaged)
-        stack.callback(log.removeFilter, unstaged)
-        generate_demo_cohort(cohort, cohort_cfg, progress=progress)
+        generate_demo_cohort(cohort, cohort_cfg, progress=progress, shown_as=str(out / "cohort"))
         try:
             split = write_test_split(cohort, stage, num_test)
         except ValueError as err:
