@@ -25,6 +25,8 @@ from longiseg.utils.masks import MaskLike, as_mask, as_spacing, foreground_slice
 
 __all__ = [
     "LesionLabels",
+    "VOLUME_RTOL",
+    "min_voxel_count",
     "default_connectivity",
     "check_connectivity",
     "check_min_volume",
@@ -33,6 +35,12 @@ __all__ = [
     "remove_small_lesions",
     "label_persisting_lesions",
 ]
+
+#: Relative tolerance of a volume against a volume threshold (size filter, size bins). Voxel sizes come from
+#: NIfTI affines stored in float32 (relative precision about 6e-8 per axis, about 2e-7 for a voxel volume):
+#: 100 voxels of 0.5 x 0.5 x 0.44 mm read from a file are 10.99999994 mm^3, not 11; within 1e-6 they count as
+#: 11. Two volumes on one grid differ by at least a voxel, far more than 1e-6 below a million voxels.
+VOLUME_RTOL = 1e-6
 
 _STRUCTURES = {6: 1, 18: 2, 26: 3, 4: 1, 8: 2}  # connectivity -> rank of scipy's binary structure
 _CONNECTIVITY = {2: (4, 8), 3: (6, 18, 26)}
@@ -95,6 +103,15 @@ class LesionLabels:
         return self.voxels * self.voxel_volume_mm3
 
 
+def min_voxel_count(min_volume_mm3: float, voxel_volume_mm3: float) -> int:
+    """The fewest voxels of ``voxel_volume_mm3`` that make at least ``min_volume_mm3`` (within :data:`VOLUME_RTOL`).
+
+    Size filters compare voxel counts with this number, so a lesion exactly at the threshold is kept whatever
+    float32 round-off its file's voxel size carries (11 mm^3 as 100 voxels of 0.11 mm^3 is 100, not 101).
+    """
+    return math.ceil(min_volume_mm3 / voxel_volume_mm3 * (1.0 - VOLUME_RTOL))
+
+
 def label_mask(mask: np.ndarray, sp: np.ndarray, connectivity: int, min_volume_mm3: float) -> LesionLabels:
     """:func:`label_lesions` of an already checked ``bool`` mask, spacing array, connectivity and volume."""
     voxel_volume = float(np.prod(sp))
@@ -108,7 +125,7 @@ def label_mask(mask: np.ndarray, sp: np.ndarray, connectivity: int, min_volume_m
     counts = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
     if min_volume_mm3 > 0 and n > 0:
         # Keep lesions with volume >= min_volume_mm3 (compare voxel counts to avoid float round-off).
-        min_voxels = math.ceil(min_volume_mm3 / voxel_volume - 1e-9)
+        min_voxels = min_voxel_count(min_volume_mm3, voxel_volume)
         keep = counts >= min_voxels
         if not keep.all():
             lut = np.zeros(n + 1, dtype=np.int32)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from longiseg.data.case import affine_spacing
+from longiseg.data.lesions import min_voxel_count
 from longiseg.metrics.inputs import as_mask
 from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
 from longiseg.utils.io import atomic_write, atomic_write_json
@@ -240,7 +240,7 @@ def _changes(prev: np.ndarray, cur: np.ndarray, prog: np.ndarray, sp: np.ndarray
     lab = after_all.labels
     added_vox = np.bincount(lab[added], minlength=after_all.n + 1)
     pieces = label_lesions(added, sp, connectivity=conn)
-    min_voxels = max(1, math.ceil(vmin / vox - 1e-9))  # compare voxel counts: no float round-off
+    min_voxels = max(1, min_voxel_count(vmin, vox))  # compare voxel counts: no float round-off
     changes: list[LesionChange] = []
     for f in np.flatnonzero(added_vox[1:] >= min_voxels).tolist():
         f += 1

@@ -17,6 +17,9 @@ and the prediction before matching (SegMaST: 11 mm^3, TDW: 3 mm^3). Matching rul
     A reference lesion is detected if any predicted voxel touches it; a predicted lesion is a TP if it
     touches any reference voxel (many-to-many: split and merged lesions are all TPs).
 
+Ties (equal IoU) go to the lower label: lesions are labelled in raster order of their first voxel; ``"iou"``
+takes the candidate of lower label, ``"iou_global"`` takes pairs in order of reference, then predicted label.
+
 Scores: recall ``TP_gt / #gt``, precision (lesion PPV) ``TP_pred / #pred``, F1 their harmonic mean; with no
 reference lesions recall is ``zero_division`` (1.0), with no predicted lesions precision is ``zero_division``
 (1.0); F1 is 0 when precision + recall is 0.

@@ -135,7 +135,8 @@ def evaluate_mask_pair(
 
     Returns:
         ``(metrics, detection)``: a flat dict (``dice``, ``hd95``, ``voxel_ppv``, ``voxel_sensitivity``,
-        ``lesion_f1``, ``lesion_ppv``, ``lesion_recall``, lesion counts, volumes) and the
+        ``lesion_f1``, ``lesion_ppv``, ``lesion_recall``, lesion counts, ``gt_volume_mm3`` and
+        ``pred_volume_mm3`` of the masks as given, before any size filter) and the
         :class:`~longiseg.metrics.lesion.LesionDetection` with per-lesion records.
 
     Raises:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from longiseg.data.lesions import VOLUME_RTOL
 from longiseg.metrics.lesion import LesionDetection, detection_scores
 
 __all__ = [
@@ -69,11 +70,11 @@ class SizeBins:
     def assign(self, volumes_mm3: np.ndarray) -> np.ndarray:
         """Bin index ``(N,)`` of each volume ``(N,)``.
 
-        A volume within a relative ``1e-9`` of a threshold counts as equal to it (bins include their upper
-        edge): 325 voxels of 0.64 mm^3 are 208 mm^3, computed as 208.00000000000003, and belong below 208, as
-        in the size filter, which compares voxel counts.
+        A volume within a relative :data:`~longiseg.data.lesions.VOLUME_RTOL` (``1e-6``) of a threshold counts as equal to it (bins
+        include their upper edge): 325 voxels of 0.64 mm^3 are 208 mm^3, computed as 208.00000000000003, or
+        as 208.0000062 with the float32 voxel size ``0.800000011920929`` of a NIfTI file, and belong below 208.
         """
-        edges = np.asarray(self.thresholds, dtype=np.float64) * (1.0 + 1e-9)
+        edges = np.asarray(self.thresholds, dtype=np.float64) * (1.0 + VOLUME_RTOL)
         return np.digitize(np.asarray(volumes_mm3, dtype=np.float64), edges, right=True)
 
     def ranges(self) -> list[str]:
