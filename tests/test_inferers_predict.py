@@ -551,6 +551,30 @@ def test_skip_existing_workers_split_the_cases_by_claims(tmp_path: Path, caplog:
     assert held[-1][0] == "a" and held[-1][1] is not None and _claims(out) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (process start times)")
+def test_a_claim_whose_pid_now_names_another_process_is_taken_over(tmp_path: Path) -> None:
+    """A claim records its process' start time: the same pid with another start time is another process (the
+    system gave the pid again), so the claim is abandoned; with its own start time the holder is live."""
+    import os
+    import socket
+
+    from longiseg.utils.io import process_start_time
+
+    _three_cases(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    host, parent = socket.gethostname(), os.getppid()
+    started = process_start_time(parent)
+    assert started is not None
+    claims = {"a": {"host": host, "pid": parent, "started": started},
+              "b": {"host": host, "pid": parent, "started": started + 1}}
+    for cid, claim in claims.items():
+        (out / f".{cid}.claim").write_text(json.dumps(claim))
+    res = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, skip_existing=True)
+    assert sorted(res) == ["b", "c"]
+    assert _claims(out) == [".a.claim"]
+
+
 def test_skip_existing_keeps_a_case_another_process_completed_meanwhile(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -47,7 +47,7 @@ from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec, plain_data
-from longiseg.utils.io import folder_is_empty, host_tag, removed_if_created, writer_ended
+from longiseg.utils.io import folder_is_empty, host_tag, process_start_time, removed_if_created, writer_ended
 from longiseg.utils.logging import get_logger
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import check_bool
@@ -300,7 +300,8 @@ def _claim_alive(path: Path, claim: dict[str, Any] | None) -> bool:
     if claim is None or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return not writer_ended(path, 0, "unreadable")
     host = host_tag() if claim.get("host") == socket.gethostname() else f"host {claim.get('host')}"
-    return not writer_ended(path, pid, host)
+    started = claim.get("started")
+    return not writer_ended(path, pid, host, started if isinstance(started, int) else None)
 
 
 def _holder(claim: Mapping[str, Any] | None) -> str:
@@ -310,13 +311,14 @@ def _holder(claim: Mapping[str, Any] | None) -> str:
 
 def _claim_case(out_dir: Path, case_id: str) -> tuple[Path | None, dict[str, Any]]:
     """Claim ``case_id`` for this process: create its claim file (:func:`_claim_path`) atomically, holding this
-    host, pid and a token. A claim whose process is gone (:func:`_claim_alive`) is taken over.
+    host, pid, the process' start time (a reused pid is another process) and a token. A claim whose process is gone (:func:`_claim_alive`) is taken over.
 
     Returns:
         ``(path, claim)`` when claimed; ``(None, holder's claim or {})`` when a live process holds the case.
     """
     path = _claim_path(out_dir, case_id)
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start_time(os.getpid()),
+            "token": uuid.uuid4().hex}
     for _ in range(5):
         out_dir.mkdir(parents=True, exist_ok=True)
         try:

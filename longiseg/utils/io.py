@@ -148,6 +148,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start_time(pid: int) -> int | None:
+    """When process ``pid`` of this machine started (clock ticks since boot, Linux ``/proc``); ``None`` where it
+    cannot be read (no such process, or no ``/proc``). A pid and its start time name one process: a pid the
+    system gave again to another process has another start time."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+        return int(stat[stat.rindex(")") + 2:].split()[19])  # field 22; the name in (...) may hold spaces
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 #: This machine, as temporaries name it: processes of other machines writing to a shared file system (cluster
 #: nodes, containers) cannot be asked whether they still run.
 _HOST = hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:8]
@@ -178,13 +190,18 @@ def host_tag() -> str:
     return _HOST
 
 
-def writer_ended(mark: PathLike, pid: int, host: str | None) -> bool:
+def writer_ended(mark: PathLike, pid: int, host: str | None, started: int | None = None) -> bool:
     """Whether the process that left ``mark`` (a temporary, a claim) has ended: on this machine (``host`` is
-    :func:`host_tag` or ``None``, as in names of earlier versions) when process ``pid`` no longer exists; on
-    another machine sharing the folder, whose processes cannot be asked, when ``mark`` is older than
-    :data:`OTHER_HOST_STALE_S`. A mark that is gone meanwhile has not ended (its writer just finished)."""
+    :func:`host_tag` or ``None``, as in names of earlier versions) when process ``pid`` no longer exists, or
+    exists with another start time than ``started`` (:func:`process_start_time` of the writer, where the mark
+    records it: the pid was given again to another process); on another machine sharing the folder, whose
+    processes cannot be asked, when ``mark`` is older than :data:`OTHER_HOST_STALE_S`. A mark that is gone
+    meanwhile has not ended (its writer just finished)."""
     if (host is None or host == _HOST) and os.name != "nt":
-        return not _pid_alive(pid)
+        if not _pid_alive(pid):
+            return True
+        now = process_start_time(pid) if started is not None else None
+        return now is not None and now != started
     try:
         return time.time() - Path(mark).lstat().st_mtime > OTHER_HOST_STALE_S
     except OSError:
