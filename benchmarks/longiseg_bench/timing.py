@@ -14,13 +14,18 @@ timed; shorter calls are repeated in blocks until ``min_run_time`` has passed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
 import torch
-from torch.utils.benchmark import Measurement, Timer
 from tqdm.auto import tqdm
 
 from longiseg.utils.validation import check_positive_int
+
+# torch.utils.benchmark imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on every CPU
+# machine at import; these benchmarks compile no extension, so the warning says nothing here.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils.benchmark import Measurement, Timer  # noqa: E402
 
 __all__ = ["time_interleaved"]
 
