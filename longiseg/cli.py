@@ -133,7 +133,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.trainer.output_dir = args.output
     check_output_folder(cfg.trainer.output_dir, "--output")
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"finished: {result}")
+    print(f"finished: {result.summary()}")
     return 0
 
 

@@ -182,6 +182,8 @@ def test_early_stopping_and_best_checkpoint(tmp_path) -> None:
     result = trainer.fit()
     assert result.stopped_early and result.epochs_completed == 5
     assert result.best_metric == 0.7 and result.best_epoch == 2
+    assert result.summary() == (f"5 epochs ({result.global_step} steps); stopped early; best val_dice 0.7 at epoch 2; "
+                                f"checkpoints: {tmp_path / 'es' / 'last.pt'}, {tmp_path / 'es' / 'best.pt'}")
     best = load_checkpoint(tmp_path / "es" / "best.pt")
     assert best["epoch"] == 2 and best["best_metric"] == 0.7
     last = load_checkpoint(tmp_path / "es" / "last.pt")

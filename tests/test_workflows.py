@@ -572,7 +572,12 @@ def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.
     ]
     for argv in steps:
         assert main(["--threads", "1", *argv]) == 0, (argv, capsys.readouterr().err)
-    assert "tuned by longiseg tune" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tuned by longiseg tune" in printed
+    # train ends with one line (not every epoch's metrics)
+    finished = [line for line in printed.splitlines() if line.startswith("finished: ")]
+    assert len(finished) == 1 and "history" not in finished[0], finished
+    assert " epochs (" in finished[0] and "; best val_dice " in finished[0] and str(run / "last.pt") in finished[0]
     # A checkpoint tuned by longiseg < 0.3.1 has its tuned value in `threshold` (both heads): tuning it again gives
     # the baseline head back its threshold from before that tuning (the record's `default`).
     ckpt = run / "last.pt"

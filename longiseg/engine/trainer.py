@@ -339,6 +339,7 @@ class FitResult:
         stopped_early: whether early stopping ended the run.
         last_checkpoint: path of ``last.pt``.
         best_checkpoint: path of ``best.pt`` if one was written.
+        monitor: the name of ``best_metric`` (``config.monitor``).
     """
 
     history: list[dict[str, Any]]
@@ -349,6 +350,17 @@ class FitResult:
     stopped_early: bool
     last_checkpoint: Path
     best_checkpoint: Path | None
+    monitor: str = "metric"
+
+    def summary(self) -> str:
+        """One line for people: epochs, steps, the best monitored value and where the checkpoints are
+        (``repr`` holds every epoch's metrics)."""
+        best = ("never computed" if self.best_metric is None
+                else f"{self.best_metric:.4g} at epoch {self.best_epoch}")
+        files = ", ".join(str(p) for p in (self.last_checkpoint, self.best_checkpoint) if p is not None)
+        early = "; stopped early" if self.stopped_early else ""
+        return (f"{self.epochs_completed} epochs ({self.global_step} steps){early}; best {self.monitor} {best}; "
+                f"checkpoints: {files}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -887,4 +899,5 @@ class Trainer:
         return FitResult(history=list(self.history), epochs_completed=self.epoch, global_step=self.global_step,
                          best_metric=self.best_metric, best_epoch=self.best_epoch,
                          stopped_early=self.stopped_early, last_checkpoint=last_path,
-                         best_checkpoint=best_path if best_path.exists() else None)
+                         best_checkpoint=best_path if best_path.exists() else None,
+                         monitor=self.config.monitor)
