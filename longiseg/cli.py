@@ -531,9 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()  # imports workflow modules: seconds, in which Ctrl-C is handled like later on
         args = parser.parse_args(argv)  # usage errors: _Parser prints one line and exits with 2
         name = f"longiseg {args.command}"
-        from longiseg.utils.logging import LOG_FORMAT
+        from longiseg.utils.logging import show_log_records
 
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
+        show_log_records(logging.DEBUG if args.verbose else logging.INFO)
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -166,3 +166,33 @@ def test_check_separate_folders(tmp_path) -> None:
     (tmp_path / "link").symlink_to(data)
     with pytest.raises(ValueError, match="is the --input folder"):
         check_separate_folders(tmp_path / "link", "--output", {"--input": data})
+
+
+def test_log_records_are_written_above_a_running_progress_bar() -> None:
+    """The command line's handler clears the bar before a record and draws it again below (a plain stream
+    handler appends the record to the bar's line)."""
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    from longiseg.utils.logging import ProgressAwareHandler
+
+    stream = io.StringIO()
+    bar = tqdm(total=3, file=stream, mininterval=0, desc="cases")
+    bar.update(1)
+    logger = logging.getLogger("longiseg.test_progress_aware")
+    logger.propagate = False
+    handler = ProgressAwareHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    try:
+        logger.warning("wrote case p1")
+    finally:
+        logger.removeHandler(handler)
+    bar.update(1)
+    bar.close()
+    text = stream.getvalue()
+    before, after = text.split("wrote case p1\n")
+    assert before.endswith("\r") and before.split("\r")[-2].strip() == ""  # the bar's line was cleared first
+    assert "2/3" in after  # the bar goes on below the record

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["LOG_FORMAT", "get_logger", "log_once", "logging_setup", "apply_logging_setup"]
+__all__ = ["LOG_FORMAT", "ProgressAwareHandler", "get_logger", "log_once", "show_log_records", "logging_setup",
+           "apply_logging_setup"]
 
 #: Format of the command line's log records (``INFO longiseg.module: message``).
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -33,6 +34,36 @@ def log_once(logger: logging.Logger, key: str, message: str, level: int = loggin
     return True
 
 
+class ProgressAwareHandler(logging.StreamHandler):
+    """A stream handler (stderr by default) that writes each record above the progress bars being shown
+    (``tqdm.write``): a record logged while a bar runs gets a line of its own instead of being appended to the
+    bar's line, and the bar is drawn again below it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+def show_log_records(level: int) -> None:
+    """Show this process's log records at ``level`` and above on stderr in :data:`LOG_FORMAT`, above any progress
+    bar (:class:`ProgressAwareHandler`); nothing when the root logger has a handler already (as
+    ``logging.basicConfig`` does)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = ProgressAwareHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
 def logging_setup() -> int | None:
     """The level of the library logger where this process shows log records (its root logger has a handler, as
     the command line sets up), else ``None``: what :func:`apply_logging_setup` repeats in a worker process."""
@@ -45,5 +76,5 @@ def apply_logging_setup(level: int | None) -> None:
     """In a worker process started by ``spawn``: show log records at ``level`` (from :func:`logging_setup` of the
     parent) with :data:`LOG_FORMAT`, as the parent does; nothing when ``level`` is ``None`` or records are shown
     already."""
-    if level is not None and not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format=LOG_FORMAT)
+    if level is not None:
+        show_log_records(level)
