@@ -635,7 +635,8 @@ def test_failed_followup_kept_in_scanner_alignment_and_cohort_checks(tmp_path: P
     _write_raw_case(raw / "zero", a, a, np.eye(4), (4.0, 4.0, 4.0), (0, 1, 2), (1, 1, 1))
     follow = raw / "zero" / layout.image_filename(1, "flair")
     follow.unlink()
-    _save(np.zeros(a.images.shape[2:], np.float32), a.affine, follow)  # registration raises on an empty image
+    # registration raises on a follow-up 3 voxels wide (ITK's smoothing needs 4; a blank image is refused earlier)
+    _save(np.random.default_rng(0).random((3, 3, 3)).astype(np.float32) + 1.0, a.affine, follow)
     assert main(["register", str(raw), str(tmp_path / "kept"), "--no-qc-figures", "--keep-failed",
                  "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -28,8 +28,10 @@ placed it, with an identity transform); it is never silently passed on. The raw 
 modality set (checked from file names before any case is read).
 
 A case whose input is unusable fails as a whole before anything of it is written: a missing or unreadable
-file, NaN/inf intensities, a mask with values other than 0 and 1 (soft or label masks are refused, not
-binarised: the message names the file and the values found), an affine with a shear, an empty brain mask.
+file, NaN/inf intensities, an image whose voxels are all equal (a blank, e.g. all-zero, export: registration
+cannot use it, and a modality that follows its session's transform would be written as a blank image), a
+mask with values other than 0 and 1 (soft or label masks are refused, not binarised: the message names the
+file and the values found), an affine with a shear, an empty brain mask.
 Any other error while a case is registered or written (a SimpleITK error outside the follow-ups' pair
 registration, memory) is recorded as that case's failure too; the case folder is built in a temporary
 folder and renamed when complete, so a failed case never leaves a partial folder, and the other cases go on.
@@ -42,7 +44,7 @@ Reproducible: the same raw scans and options give the same transforms, QC number
 
 Written (every file atomically, every case folder as a whole)::
 
-    OUT/manifest.json                       # the cases that passed (and kept failed ones)
+    OUT/manifest.json                       # the cases written by this run: passed (and kept failed) ones
     OUT/registration.csv, registration.json # one row per follow-up: status, reasons, QC numbers
     OUT/CASE/t0_flair.nii.gz ...            # library layout on one grid
     OUT/CASE/registration/t1.tfm            # follow-up 1: baseline (output) space -> native space (ITK, LPS)
@@ -200,7 +202,11 @@ class CaseRegistration:
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(array (D, H, W) float32, affine (4, 4))`` of one raw volume."""
+    """``(array (D, H, W) float32, affine (4, 4))`` of one raw volume.
+
+    Raises:
+        ValueError: naming ``path``: not 3D, NaN/inf voxels, all voxels equal (blank), a sheared affine.
+    """
     img = load_nifti(path, what="raw volume", dtype=np.float32)
     arr = np.asarray(img.dataobj, dtype=np.float32)
     if arr.ndim == 4 and arr.shape[3] == 1:
@@ -209,6 +215,9 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"raw volume {path} must be a 3D volume, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"raw volume {path} contains NaN or infinite values")
+    if arr.size and float(arr.min()) == float(arr.max()):  # exact: a scan's voxels are never all equal
+        raise ValueError(f"raw volume {path} is blank: every voxel is {float(arr.flat[0]):g} (an empty or failed "
+                         "export); a constant image can be neither registered nor segmented")
     try:
         affine_spacing(img.affine)  # a finite affine with orthogonal axes (a shear is refused, naming the file)
     except ValueError as err:
@@ -243,7 +252,9 @@ def _check_motion(q: dict[str, Any], opts: RegistrationOptions, voxel_mm: float)
         reasons.append(f"registration lowered the similarity (NMI {before['nmi']:.3f} -> {after['nmi']:.3f}) "
                        f"while moving the brain by up to {mo['max_displacement_mm']:.1f} mm")
     if mo["translation_mm"] > opts.max_translation_mm:
-        reasons.append(f"brain centre moved {mo['translation_mm']:.1f} mm > {opts.max_translation_mm} mm")
+        reasons.append(f"brain centre moved {mo['translation_mm']:.1f} mm > {opts.max_translation_mm} mm (if the "
+                       "sessions' scanner coordinates differ this much and the QC checkerboard is aligned, raise "
+                       "--max-translation)")
     if mo["rotation_deg"] > opts.max_rotation_deg:
         reasons.append(f"rotation {mo['rotation_deg']:.1f} deg > {opts.max_rotation_deg} deg")
     if max(abs(s - 1.0) for s in mo["scales"]) > opts.max_scale_change:
@@ -530,10 +541,10 @@ def _check_output_grids(cases: Sequence[Path], opts: RegistrationOptions) -> Non
         _output_grid(base, opts.spacing, f"case {case.name!r}: baseline {path}")
 
 
-def _check_modalities(cases: Sequence[Path]) -> None:
-    """Refuse raw cases whose baselines hold different modalities (file names only): the output is one cohort,
-    whose manifest lists one modality order. A case folder without ``t0_*`` images is not skipped: it fails as
-    a case (reported in ``registration.csv``)."""
+def _check_modalities(cases: Sequence[Path]) -> tuple[str, ...]:
+    """The modalities (sorted) that the baselines of the raw cases share (file names only); refuse raw cases
+    whose baselines hold different ones: the output is one cohort, whose manifest lists one modality order. A
+    case folder without ``t0_*`` images is not skipped: it fails as a case (reported in ``registration.csv``)."""
     found = {p.name: tuple(sorted(layout.scan_images(p).get(0, {}))) for p in cases}
     sets = {m for m in found.values() if m}
     if len(sets) > 1:
@@ -541,6 +552,7 @@ def _check_modalities(cases: Sequence[Path]) -> None:
         shown = "; ".join(f"{list(m)}: {ids[:3]}{' ...' if len(ids) > 3 else ''}" for m, ids in groups.items())
         raise ValueError(f"the raw cases hold different modalities ({shown}); one output cohort needs one set: "
                          "register each set into its own folder")
+    return next(iter(sets), ())
 
 
 def _summary_rows(results: Sequence[CaseRegistration]) -> list[dict[str, Any]]:
@@ -572,6 +584,12 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     header) when ``spacing`` is given. Each case folder is then written as a whole or not at all (see
     :func:`register_case`).
 
+    ``overwrite`` writes into a non-empty ``out``: the folder of every case that is registered (passed or
+    failed the quality check) is replaced as a whole, ``registration.csv``/``.json`` and ``manifest.json`` are
+    replaced, and anything else is kept (the folder of a case whose input is unusable this time stays as it
+    was). ``manifest.json`` lists only the cases written by this run (an earlier one is removed when no case
+    was written), so ``longiseg predict``/``train`` do not read a case of an earlier run that failed this time.
+
     Returns:
         One :class:`CaseRegistration` per case; failed cases are listed in ``out/registration.csv``.
 
@@ -595,7 +613,7 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     cases = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not any(layout.scan_images(p).get(0) for p in cases):
         raise FileNotFoundError(f"no case folders with t0_*.nii.gz images in {raw}")
-    _check_modalities(cases)
+    modalities = _check_modalities(cases)
     check_output_folder(out, "out")
     check_separate_folders(out, "out", {"raw": raw})  # --overwrite would replace the raw case folders
     if out.exists() and not folder_is_empty(out) and not overwrite:
@@ -631,8 +649,11 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
         if all(p.is_file() for p in prog) and (folder / layout.BASELINE_MASK).is_file():
             flag = any(bool(read_mask(p)[0].any()) for p in prog)
         entries.append(ManifestEntry(r.case_id, patients.get(r.case_id, r.case_id), t_count, flag))
+    # the manifest lists this run's cases: one of an earlier run (--overwrite) must not stay when no case was
+    # written, listing cases that failed this time (their folders now hold only the QC record)
     if entries:
-        mods = sorted(p.name[3:].split(".")[0] for p in (out / entries[0].case_id).glob("t0_*.nii.gz"))
-        write_manifest(out / layout.MANIFEST_JSON, Manifest(tuple(mods), tuple(entries)), overwrite=True)
+        write_manifest(out / layout.MANIFEST_JSON, Manifest(modalities, tuple(entries)), overwrite=True)
+    else:
+        (out / layout.MANIFEST_JSON).unlink(missing_ok=True)
     return results
 

@@ -1,11 +1,11 @@
 """Register one image to another with SimpleITK, resample, and measure the result.
 
-* :func:`register_pair`: rigid (Euler, 6 parameters) or affine (rigid first, then 12 parameters)
-  registration maximising Mattes mutual information, multi-resolution (shrink 4-2-1 with smoothing; 5 % of
-  the mask sampled per level, at least 1000 samples), regular-step gradient descent with scales from
-  physical shifts, initialised by the images' centres of mass. Random metric sampling is seeded and the
-  metric is summed in one work unit, so the same images and options give the same transform, bit for bit,
-  with any number of threads (see :class:`PairOptions`).
+* :func:`register_pair`: rigid (Euler, 6 parameters) or affine (rigid first, then 12 parameters on the
+  fixed mask widened by a margin) registration maximising Mattes mutual information, multi-resolution
+  (shrink 4-2-1 with smoothing; 5 % of the mask sampled per level, at least 1000 samples), regular-step
+  gradient descent with scales from physical shifts, initialised by the images' centres of mass. Random
+  metric sampling is seeded and the metric is summed in one work unit, so the same images and options give the
+  same transform, bit for bit, with any number of threads (see :class:`PairOptions`).
 * :func:`resample`: an image onto a grid through a transform (linear or B-spline for images, nearest
   neighbour for masks).
 * :func:`similarity`: normalised mutual information and correlation of two images inside a mask (the QC
@@ -64,6 +64,11 @@ class PairOptions:
         iterations: most optimiser iterations per level.
         seed: seed of the metric sampling, an int in ``[0, 2**32 - 2]``. SimpleITK receives ``seed + 1``:
             its seed 0 (``sitkWallClock``) means "seed from the clock", which would make every run differ.
+        mask_margin_mm: the affine stage samples the fixed mask dilated by this margin (at least one voxel
+            per axis; ``0``: the mask as given). Mutual information restricted to a mask that ends at the
+            head's edge rewards scaling: a rigid motion of a synthetic head (2.5 mm voxels) was recovered
+            with 5-8 % too large scales and 4.6-7.4 mm errors at the brain's corners; with the 5 mm margin the
+            scales are within 1-4 % (0.9-2.5 mm). The rigid stage (and ``"rigid"``) uses the mask as given.
 
     Reproducibility: the same images and options give the same transform, bit for bit. Besides the seed,
     the Mattes metric is summed in a single work unit (``SetNumberOfWorkUnits(1)``): with several, the
@@ -84,6 +89,7 @@ class PairOptions:
     smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
     iterations: int = 100
     seed: int = 0
+    mask_margin_mm: float = 5.0
 
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
@@ -97,6 +103,10 @@ class PairOptions:
         object.__setattr__(self, "min_samples", check_positive_int("min_samples", self.min_samples, minimum=0))
         if self.seed > MAX_SEED:
             raise ValueError(f"seed must be <= {MAX_SEED} (SimpleITK's seeds are 32-bit), got {self.seed}")
+        if isinstance(self.mask_margin_mm, bool) or not isinstance(self.mask_margin_mm, (int, float)):
+            raise TypeError(f"mask_margin_mm must be a number of mm, got {type(self.mask_margin_mm).__name__}")
+        if not (math.isfinite(self.mask_margin_mm) and self.mask_margin_mm >= 0):
+            raise ValueError(f"mask_margin_mm must be a finite number >= 0 mm, got {self.mask_margin_mm}")
         if self.histogram_bins < 4 or self.iterations < 1:
             raise ValueError(f"histogram_bins must be >= 4 and iterations >= 1, got {self.histogram_bins}, "
                              f"{self.iterations}")
@@ -134,6 +144,14 @@ def _sampling_per_level(opts: PairOptions, count: int) -> list[float]:
     return [min(1.0, max(opts.sampling, opts.min_samples / max(count / s**3, 1.0))) for s in opts.shrink_factors]
 
 
+def _mask_count(fixed: Any, fixed_mask: Any | None) -> int:
+    """Voxels the metric may sample at full resolution: the mask's, or all of ``fixed``'s without one."""
+    sitk = require_simpleitk()
+    if fixed_mask is None:
+        return int(np.prod(fixed.GetSize()))
+    return int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask)))
+
+
 def _method(opts: PairOptions, fixed_mask: Any | None, count: int) -> Any:
     """The registration method of ``opts``; ``count``: voxels of the fixed mask (or image) at full resolution."""
     sitk = require_simpleitk()
@@ -162,7 +180,8 @@ def register_pair(fixed: Any, moving: Any, *, fixed_mask: Any | None = None,
     Args:
         fixed: the reference image (baseline).
         moving: the image to align (follow-up).
-        fixed_mask: uint8 mask of the fixed voxels the metric samples (the brain); ``None`` uses all.
+        fixed_mask: uint8 mask of the fixed voxels the metric samples (the brain; the affine stage widens it by
+            ``options.mask_margin_mm``); ``None`` uses all.
         options: :class:`PairOptions`.
         initial: starting transform (default: centres of mass aligned).
 
@@ -180,10 +199,7 @@ def register_pair(fixed: Any, moving: Any, *, fixed_mask: Any | None = None,
     rigid = sitk.Euler3DTransform(initial) if initial.GetName() == "Euler3DTransform" else initial
     if fixed_mask is not None:
         fixed_mask = sitk.Cast(fixed_mask, sitk.sitkUInt8)
-        count = int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask)))
-    else:
-        count = int(np.prod(fixed.GetSize()))
-    r = _method(opts, fixed_mask, count)
+    r = _method(opts, fixed_mask, _mask_count(fixed, fixed_mask))
     r.SetInitialTransform(rigid, inPlace=True)
     r.Execute(fixed, moving)
     result = rigid
@@ -192,7 +208,10 @@ def register_pair(fixed: Any, moving: Any, *, fixed_mask: Any | None = None,
         affine.SetCenter(rigid.GetCenter())
         affine.SetMatrix(rigid.GetMatrix())
         affine.SetTranslation(rigid.GetTranslation())
-        r = _method(opts, fixed_mask, count)
+        if fixed_mask is not None and opts.mask_margin_mm > 0:  # see PairOptions.mask_margin_mm
+            radius = [max(1, round(opts.mask_margin_mm / s)) for s in fixed_mask.GetSpacing()]
+            fixed_mask = sitk.BinaryDilate(fixed_mask, radius, sitk.sitkBall, 0.0, 1.0)
+        r = _method(opts, fixed_mask, _mask_count(fixed, fixed_mask))
         r.SetInitialTransform(affine, inPlace=True)
         r.Execute(fixed, moving)
         result = affine

@@ -17,7 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``register`` sub-command to the ``longiseg`` parser."""
     p = sub.add_parser("register", help="register follow-ups to the baseline and resample raw scans into the "
                                         "library layout (SimpleITK; pip install 'longiseg[register]')")
-    p.add_argument("raw", help="folder of raw cases (CASE/t{k}_{modality}.nii.gz, any grid per file)")
+    p.add_argument("raw", help="folder of raw cases: CASE/t{k}_{modality}.nii.gz (k = 0 the baseline), optional "
+                               "CASE/baseline_mask, brain_mask (baseline space) and progression_t{k} (follow-up "
+                               "k's space) .nii.gz; any grid per file")
     p.add_argument("out", help="output folder (library layout, transforms and QC)")
     p.add_argument("--transform", choices=("rigid", "affine"), default="rigid", help="default rigid")
     p.add_argument("--reference-modality", dest="reference_modality", default="flair",
@@ -36,14 +38,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--min-correlation", dest="min_correlation", type=float, default=0.7,
                    help="QC: fail a follow-up below this correlation with the baseline (default 0.7)")
     p.add_argument("--max-translation", dest="max_translation", type=float, default=50.0,
-                   help="QC: largest plausible motion of the brain centre, mm (default 50)")
+                   help="QC: largest plausible motion of the brain centre in scanner coordinates, mm (default "
+                        "50; raise it for sessions whose scanner coordinates differ more)")
     p.add_argument("--max-rotation", dest="max_rotation", type=float, default=30.0,
                    help="QC: largest plausible rotation, degrees (default 30)")
     p.add_argument("--keep-failed", dest="keep_failed", action="store_true",
                    help="also write the images of failed cases (still reported)")
     p.add_argument("--no-qc-figures", dest="no_qc_figures", action="store_true", help="no checkerboard PNGs")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
-    p.add_argument("--no-progress", dest="no_progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty output folder: the registered cases' folders, the summaries and "
+                        "manifest.json are replaced, other files kept")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
