@@ -363,6 +363,17 @@ def test_manifest_errors(tmp_path: Path) -> None:
         read_manifest(tmp_path / "absent.json")
 
 
+def test_a_manifest_of_no_case_is_refused_like_a_folder_of_no_case(tmp_path: Path) -> None:
+    """predict would write nothing and say it had, train would blame the validation split."""
+    from longiseg.data.loading import find_mask_cases
+
+    _write_cohort(tmp_path, 1)
+    (tmp_path / "manifest.json").write_text(json.dumps({"modalities": ["flair", "t2"], "cases": []}))
+    for lister in (find_cases, find_mask_cases):
+        with pytest.raises(FileNotFoundError, match="manifest.json lists no case"):
+            lister(tmp_path)
+
+
 def test_manifest_disagreeing_with_files(tmp_path: Path) -> None:
     _write_cohort(tmp_path, 1)
     write_manifest(tmp_path / "manifest.json", Manifest(("flair", "t2"), (ManifestEntry("p0", "p0", 3, True),)))

@@ -973,10 +973,17 @@ def check_same_timepoints(cases: Sequence[CaseSource | LongitudinalCase], remedy
 
 
 def _cohort_manifest(root: Path) -> Manifest | None:
-    """The manifest of a cohort folder (``manifest.json``, else ``manifest.csv``), ``None`` without one."""
+    """The manifest of a cohort folder (``manifest.json``, else ``manifest.csv``), ``None`` without one.
+
+    Raises:
+        FileNotFoundError: the manifest lists no case (a folder of no cases is an error, as without a manifest).
+    """
     for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):
         if (root / name).is_file():
-            return read_manifest(root / name)
+            manifest = read_manifest(root / name)
+            if not manifest.cases:
+                raise FileNotFoundError(f"{root / name} lists no case")
+            return manifest
     return None
 
 
@@ -986,7 +993,7 @@ def _scan_cohort(
     """Every case of a cohort folder as ``(case_id, source)``, or ``(case_id, error)`` if it cannot be listed.
 
     Raises:
-        FileNotFoundError: ``root`` is missing or holds no case folder.
+        FileNotFoundError: ``root`` is missing or holds no case folder (or its manifest lists none).
         ValueError: the manifest is malformed.
     """
     if not root.is_dir():
