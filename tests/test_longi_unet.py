@@ -114,6 +114,27 @@ def test_prior_pairing_previous_vs_baseline() -> None:
         assert not torch.allclose(prev(x).baseline, prev(x_fu).baseline)
 
 
+@pytest.mark.parametrize("prior", ["previous", "baseline"])
+def test_followups_weighted_in_one_batch_pair_as_prior_index(prior: str) -> None:
+    """The forward pass weights all follow-ups in one batch (so a trace follows T); each follow-up ``t`` against
+    timepoint ``prior_index(t)``, as one call per follow-up does (float64)."""
+    model = LongiUNetDW(1, features=TINY, spatial_dims=2, prior=prior).double().eval()
+    x = torch.randn(2, 4, 1, 8, 8, dtype=torch.float64)
+    b, t = x.shape[:2]
+    with torch.no_grad():
+        for p in [*model.dw_baseline.parameters(), *model.dw_followup.parameters()]:
+            p.add_(0.5 * torch.randn_like(p))  # baseline and follow-up blocks differ
+        fused = []
+        for level, f in enumerate(model.encoder(x.flatten(0, 1))):
+            f = f.unflatten(0, (b, t))
+            merged = [model.dw_baseline[level](f[:, 0], f[:, 1])]
+            merged += [model.dw_followup[level](f[:, i], f[:, model.prior_index(i)]) for i in range(1, t)]
+            fused.append(torch.stack(merged, dim=1).flatten(0, 1))
+        want, got = model.heads(model.decoder(fused).unflatten(0, (b, t))), model(x)
+    torch.testing.assert_close(got.baseline, want.baseline, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.progression, want.progression, rtol=1e-12, atol=1e-12)
+
+
 def test_unet_encoder_decoder_shapes() -> None:
     enc, dec = UNetEncoder(3, (4, 8, 16, 32), spatial_dims=3), UNetDecoder((4, 8, 16, 32), spatial_dims=3)
     feats = enc(torch.randn(2, 3, 16, 8, 8))

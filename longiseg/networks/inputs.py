@@ -20,6 +20,9 @@ inside a layer. The rules, in order:
 * finite values, in debug mode only (:func:`~longiseg.utils.validation.debug_checks`): reading every value
   is a device-to-host synchronisation on a GPU, and a NaN input already shows as a non-finite loss, which
   the trainer checks every step.
+
+While ``torch.jit.trace`` records a call, only the type, rank, dtype and device are checked: the sizes are traced
+tensors there (:func:`~longiseg.utils.validation.checks_sizes`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from longiseg.utils.validation import (
     check_ndim,
     check_tensor,
     check_timepoints,
+    checks_sizes,
     debug_checks_enabled,
 )
 
@@ -178,6 +182,8 @@ def check_model_input(
             f"x has dtype {x.dtype} but the model's parameters are {dtype}: convert the input "
             f"(x.to({dtype})) or the model (model.to({x.dtype})), or run under torch.autocast"
         )
+    if not checks_sizes():  # torch.jit.trace records: the sizes are traced tensors (see checks_sizes)
+        return
     shape = tuple(x.shape)
     if shape[0] == 0:
         raise ValueError(f"x has batch size B=0 (dim 0 of {lay}), got shape {shape}; pass at least one sample")

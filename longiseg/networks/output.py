@@ -1,12 +1,30 @@
-"""The output structure that every longitudinal model in the registry returns."""
+"""The output structure that every longitudinal model in the registry returns.
+
+:class:`LongitudinalOutput` is a registered pytree node, so ``torch.export`` and ``torch.compile`` flatten it into
+its two tensors and build it back. ``torch.jit.trace`` records tensors and tuples only: while it records, the
+models return the :class:`TracedOutput` pair instead (:meth:`LongitudinalOutput.traceable`), the pair that
+unpacking a :class:`LongitudinalOutput` gives, and the recorded module returns it as the tuple
+``(baseline, progression)``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
+import torch.utils._pytree as pytree
 
-__all__ = ["LongitudinalOutput"]
+from longiseg.utils.validation import checks_sizes
+
+__all__ = ["LongitudinalOutput", "TracedOutput"]
+
+
+class TracedOutput(NamedTuple):
+    """``(baseline, progression)`` logits, what a model returns while ``torch.jit.trace`` records it."""
+
+    baseline: torch.Tensor
+    progression: torch.Tensor
 
 
 @dataclass
@@ -35,7 +53,7 @@ class LongitudinalOutput:
             )
         b, k, *sp = self.baseline.shape
         pb, _, pk, *psp = self.progression.shape
-        if (pb, pk, psp) != (b, k, sp):
+        if checks_sizes() and (pb, pk, psp) != (b, k, sp):
             raise ValueError(
                 "LongitudinalOutput: baseline (B, K, *S) and progression (B, T-1, K, *S) disagree: "
                 f"{tuple(self.baseline.shape)} vs {tuple(self.progression.shape)}"
@@ -57,3 +75,26 @@ class LongitudinalOutput:
     def __iter__(self):
         yield self.baseline
         yield self.progression
+
+    def traceable(self) -> LongitudinalOutput | TracedOutput:
+        """``self``, or while ``torch.jit.trace`` records, the pair :class:`TracedOutput` (the tracer cannot record
+        a dataclass; ``baseline, progression = model(x)`` and attribute access work with both)."""
+        return TracedOutput(self.baseline, self.progression) if torch.jit.is_tracing() else self
+
+
+def _unflatten(tensors: Any, context: Any) -> LongitudinalOutput:
+    # Built back from the leaves of a flattened output: not checked again (torch may pass placeholders).
+    out = object.__new__(LongitudinalOutput)
+    out.baseline, out.progression = tensors
+    return out
+
+
+# public since torch 2.2; on older releases (no torch.export either) the output stays a leaf
+_register = getattr(pytree, "register_pytree_node", None)
+if _register is not None:
+    _register(
+        LongitudinalOutput,
+        lambda out: ([out.baseline, out.progression], None),
+        _unflatten,
+        serialized_type_name=f"{__name__}.LongitudinalOutput",
+    )

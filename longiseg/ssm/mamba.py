@@ -22,7 +22,7 @@ from torch import nn
 from longiseg.ssm.causal_conv import causal_conv1d_silu_reference
 from longiseg.ssm.cuda import load_causal_conv1d
 from longiseg.ssm.selective_scan import check_backend, log_backend, resolve_backend, selective_scan
-from longiseg.utils.validation import check_bool, check_positive_float, check_positive_int
+from longiseg.utils.validation import check_bool, check_positive_float, check_positive_int, checks_sizes
 
 __all__ = ["Mamba"]
 
@@ -170,12 +170,13 @@ class Mamba(nn.Module):
         """
         if not isinstance(hidden_states, torch.Tensor):
             raise TypeError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
-        if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.d_model:
+        sizes = checks_sizes()  # False while torch.jit.trace records: the sizes are traced tensors
+        if hidden_states.ndim != 3 or (sizes and hidden_states.shape[-1] != self.d_model):
             raise ValueError(
                 f"hidden_states must have shape (batch, seqlen, d_model={self.d_model}), "
                 f"got {tuple(hidden_states.shape)}"
             )
-        if hidden_states.shape[1] < 1:
+        if sizes and hidden_states.shape[1] < 1:
             raise ValueError(f"hidden_states must have seqlen >= 1, got shape {tuple(hidden_states.shape)}")
         check_bool("reverse", reverse)
         weight = self.in_proj.weight

@@ -49,6 +49,11 @@ def _backend_fn(name: str) -> Callable[..., torch.Tensor | tuple[torch.Tensor, t
     return selective_scan_cuda
 
 
+def _exporting() -> bool:
+    """Whether ``torch.export`` traces the call (on fake tensors, which the numba kernels cannot read)."""
+    return getattr(torch.compiler, "is_exporting", lambda: False)()
+
+
 def resolve_backend(backend: str | None, device: torch.device | str) -> str:
     """Pick the backend name for tensors on ``device``.
 
@@ -59,18 +64,20 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
             ``"cuda:0"``.
 
     Returns:
-        The concrete backend: ``auto`` becomes ``cuda`` when mamba-ssm's kernels are importable and the tensors are
-        on CUDA, else ``triton`` (our Triton kernels) when Triton is importable and the tensors are on CUDA,
-        ``numba`` (the compiled CPU kernel) when numba is importable and the tensors are on the CPU, else
-        ``chunked`` (logged once with the reason on CUDA). All backends compute the same function (tested against
-        ``reference`` in float64).
+        The concrete backend: ``auto`` becomes ``chunked`` while ``torch.export`` traces the call (the other fast
+        backends run kernels outside PyTorch, which it cannot record), else ``cuda`` when mamba-ssm's kernels are
+        importable and the tensors are on CUDA, else ``triton`` (our Triton kernels) when Triton is importable and
+        the tensors are on CUDA, ``numba`` (the compiled CPU kernel) when numba is importable and the tensors are on
+        the CPU, else ``chunked`` (logged once with the reason on CUDA). All backends compute the same function
+        (tested against ``reference`` in float64).
 
     Raises:
         ValueError: unknown backend name or device string.
         TypeError: ``device`` is neither a ``torch.device`` nor a string.
         RuntimeError: ``cuda`` forced but mamba-ssm is not importable or the tensors are not on CUDA; ``numba``
-            forced but numba is not importable or the tensors are not on the CPU; ``triton`` forced but Triton is
-            not importable or the tensors are on the CPU without ``TRITON_INTERPRET=1``.
+            forced but numba is not importable, the tensors are not on the CPU or ``torch.export`` traces the
+            call; ``triton`` forced but Triton is not importable or the tensors are on the CPU without
+            ``TRITON_INTERPRET=1``.
     """
     from longiseg.ssm import cpu_kernel
     from longiseg.ssm import cuda as cuda_bridge
@@ -96,6 +103,8 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
             f"unknown selective-scan backend {backend!r} from the {source}; expected one of {BACKENDS}"
         )
     if backend == "auto":
+        if _exporting():
+            return "chunked"
         if device.type == "cuda" and cuda_bridge.cuda_scan_available():
             return "cuda"
         if device.type == "cuda":
@@ -125,11 +134,19 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
                 f"selective-scan backend 'numba' requested by the {source} runs on the CPU only, "
                 f"but the tensors are on {device}"
             )
+        if _exporting():
+            raise RuntimeError(
+                f"selective-scan backend 'numba' requested by the {source} cannot be exported (its compiled "
+                "kernels run outside PyTorch): export with the 'chunked' or 'reference' backend"
+            )
     return backend
 
 
 def log_backend(name: str, device: torch.device) -> None:
-    """Log (once per backend and device type, at INFO) which selective-scan backend runs."""
+    """Log (once per backend and device type, at INFO) which selective-scan backend runs; not while
+    ``torch.compile`` traces the call (logging there would split its graph)."""
+    if getattr(torch.compiler, "is_compiling", lambda: False)():
+        return
     log_once(_LOGGER, f"scan-backend-{name}-{device.type}", f"selective scan backend: {name} ({device.type})")
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "check_spatial_dims",
     "check_int_sequence",
     "check_widths",
+    "checks_sizes",
 ]
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -72,6 +73,18 @@ def debug_checks(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _DEBUG_OVERRIDE.reset(token)
+
+
+def checks_sizes() -> bool:
+    """Whether shape checks compare tensor sizes: always, except while ``torch.jit.trace`` records a call.
+
+    While it records, the entries of ``x.shape`` are traced 0-dim tensors, so that the graph follows the sizes of
+    the input it is run on; comparing them in Python would freeze the example's sizes into the graph (with a
+    ``TracerWarning``), and the recorded graph runs no Python check anyway. The checks of sizes are skipped
+    there (those of types, ranks, dtypes and devices still run); the eager call runs them all. ``torch.compile``
+    and ``torch.export`` give sizes as ints or ``torch.SymInt``, which the checks compare (recorded as guards).
+    """
+    return not torch.jit.is_tracing()
 
 
 def check_tensor(name: str, x: object) -> torch.Tensor:
@@ -127,20 +140,33 @@ def check_binary(name: str, x: ArrayLike) -> None:
 
 
 def check_same_shape(name_a: str, a: ArrayLike, name_b: str, b: ArrayLike) -> None:
-    """Raise ``ValueError`` unless ``a`` and ``b`` have the same shape."""
-    if tuple(a.shape) != tuple(b.shape):
+    """Raise ``ValueError`` unless ``a`` and ``b`` have the same shape (not checked while ``torch.jit.trace``
+    records, see :func:`checks_sizes`)."""
+    if checks_sizes() and tuple(a.shape) != tuple(b.shape):
         raise ValueError(
             f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
 
 
+#: What the int checks accept: Python and numpy ints, and the symbolic sizes of ``torch.export`` (``torch.SymInt``).
+_INTS = (int, np.integer, torch.SymInt)
+
+
+def _as_int(value: int | np.integer | torch.SymInt) -> int:
+    """``int(value)``; a ``torch.SymInt`` as is (``int()`` would fix an exported dynamic size to its example)."""
+    return value if isinstance(value, torch.SymInt) else int(value)
+
+
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    """Return ``value`` if it is an ``int`` ``>= minimum``; raise ``TypeError``/``ValueError`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    """Return ``value`` if it is an ``int`` ``>= minimum``; raise ``TypeError``/``ValueError`` otherwise.
+
+    A symbolic size (``torch.SymInt``, from ``torch.export`` with a dynamic dim) is checked and returned as is.
+    """
+    if isinstance(value, bool) or not isinstance(value, _INTS):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return _as_int(value)
 
 
 def check_bool(name: str, value: object) -> bool:
@@ -177,14 +203,17 @@ def check_probability(name: str, value: float, *, inclusive: bool = True) -> flo
 
 
 def check_timepoints(name: str, num_timepoints: int, minimum: int = 2) -> int:
-    """Validate a number of timepoints ``T`` (at least ``minimum``, default 2)."""
-    if isinstance(num_timepoints, bool) or not isinstance(num_timepoints, (int, np.integer)):
+    """Validate a number of timepoints ``T`` (at least ``minimum``, default 2).
+
+    A symbolic size (``torch.SymInt``, from ``torch.export`` with a dynamic ``T``) is checked and returned as is.
+    """
+    if isinstance(num_timepoints, bool) or not isinstance(num_timepoints, _INTS):
         raise TypeError(f"{name} must be an int number of timepoints, got {type(num_timepoints).__name__}")
     if num_timepoints < minimum:
         raise ValueError(
             f"{name} must be >= {minimum} (a baseline and at least one follow-up), got {num_timepoints}"
         )
-    return int(num_timepoints)
+    return _as_int(num_timepoints)
 
 
 def check_spatial_dims(name: str, value: object) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from longiseg.utils.validation import check_same_shape, check_spatial_dims, check_tensor
+from longiseg.utils.validation import check_same_shape, check_spatial_dims, check_tensor, checks_sizes
 
 __all__ = ["DifferenceWeighting"]
 
@@ -56,7 +56,7 @@ class DifferenceWeighting(nn.Module):
         check_tensor("current", current)
         check_tensor("prior", prior)
         check_same_shape("current", current, "prior", prior)
-        if current.ndim != self.spatial_dims + 2 or current.shape[1] != self.channels:
+        if current.ndim != self.spatial_dims + 2 or (checks_sizes() and current.shape[1] != self.channels):
             raise ValueError(
                 f"current must be (B, {self.channels}, *S) with {self.spatial_dims} spatial dims, "
                 f"got shape {tuple(current.shape)}"

@@ -30,7 +30,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from longiseg.utils.validation import check_ndim, check_positive_int, check_probability, check_tensor
+from longiseg.utils.validation import (
+    check_ndim,
+    check_positive_int,
+    check_probability,
+    check_tensor,
+    checks_sizes,
+)
 
 __all__ = ["SpatialReductionAttention", "EfficientSelfAttention", "GlobalSelfAttention"]
 
@@ -84,7 +90,7 @@ class SpatialReductionAttention(nn.Module):
     def _check(self, x: torch.Tensor) -> None:
         check_tensor("x", x)
         check_ndim("x", x, 5, "(B, T, H, W, C)")
-        if x.shape[-1] != self.dim:
+        if checks_sizes() and x.shape[-1] != self.dim:
             raise ValueError(f"x must have {self.dim} channels in its last dim (B, T, H, W, C), got {tuple(x.shape)}")
 
     def reduces(self, h: int, w: int) -> bool:
@@ -106,7 +112,7 @@ class SpatialReductionAttention(nn.Module):
         n, length, c = queries.shape
         heads, head_dim = self.num_heads, c // self.num_heads
         q = self.q(queries).reshape(n, length, heads, head_dim).transpose(1, 2)
-        k, v = self.kv(keys_values).reshape(n, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        k, v = self.kv(keys_values).reshape(n, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(n, length, c)))
 

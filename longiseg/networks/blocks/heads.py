@@ -19,7 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longiseg.networks.output import LongitudinalOutput
-from longiseg.utils.validation import check_positive_int, check_spatial_dims, check_tensor, check_timepoints
+from longiseg.utils.validation import (
+    check_positive_int,
+    check_spatial_dims,
+    check_tensor,
+    check_timepoints,
+    checks_sizes,
+)
 
 __all__ = ["FusedDualHead", "TimepointHeads"]
 
@@ -31,8 +37,10 @@ def _conv1x1(in_channels: int, out_channels: int, spatial_dims: int) -> nn.Modul
 
 
 def _resize(x: torch.Tensor, size: Sequence[int] | None) -> torch.Tensor:
-    """Interpolate ``(N, K, *S)`` to ``size`` (bilinear in 2D, trilinear in 3D); no-op when it matches."""
-    if size is None or tuple(x.shape[2:]) == tuple(size):
+    """Interpolate ``(N, K, *S)`` to ``size`` (bilinear in 2D, trilinear in 3D); no-op when it matches (checked
+    unless ``torch.jit.trace`` records, where the sizes are traced tensors: interpolating to the same size is the
+    identity)."""
+    if size is None or (checks_sizes() and tuple(x.shape[2:]) == tuple(size)):
         return x
     mode = "bilinear" if x.ndim == 4 else "trilinear"
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
@@ -86,15 +94,16 @@ class TimepointHeads(nn.Module):
     def forward(self, features: torch.Tensor, output_size: Sequence[int] | None = None) -> LongitudinalOutput:
         """Predict baseline and progression logits from ``(B, T, C, *S)`` features."""
         check_tensor("features", features)
-        want = self.spatial_dims + 3
-        if features.ndim != want or features.shape[2] != self.in_channels:
+        want, sizes = self.spatial_dims + 3, checks_sizes()  # sizes: False while torch.jit.trace records
+        if features.ndim != want or (sizes and features.shape[2] != self.in_channels):
             layout = "(B, T, C, H, W)" if self.spatial_dims == 2 else "(B, T, C, D, H, W)"
             raise ValueError(
                 f"features must be {layout} with C={self.in_channels}, got shape {tuple(features.shape)}"
             )
         b, t = features.shape[:2]
-        check_timepoints("features.shape[1] (timepoints T)", t)
-        if not self.shared_progression and t - 1 != self.num_followups:
+        if sizes:
+            check_timepoints("features.shape[1] (timepoints T)", t)
+        if sizes and not self.shared_progression and t - 1 != self.num_followups:
             raise ValueError(
                 f"features have {t - 1} follow-ups but these heads were built for num_followups={self.num_followups}"
             )
@@ -144,7 +153,7 @@ class FusedDualHead(nn.Module):
     def forward(self, features: torch.Tensor) -> LongitudinalOutput:
         """Predict baseline and progression logits from fused ``(B, C, *S)`` features."""
         check_tensor("features", features)
-        if features.ndim != self.spatial_dims + 2 or features.shape[1] != self.in_channels:
+        if features.ndim != self.spatial_dims + 2 or (checks_sizes() and features.shape[1] != self.in_channels):
             layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
             raise ValueError(
                 f"features must be {layout} with C={self.in_channels}, got shape {tuple(features.shape)}"

@@ -43,6 +43,7 @@ from longiseg.utils.validation import (
     check_positive_int,
     check_tensor,
     check_timepoints,
+    checks_sizes,
 )
 
 __all__ = [
@@ -60,13 +61,15 @@ FUSIONS = ("sum", "mean", "linear")
 def _check_grid(x: torch.Tensor) -> None:
     check_tensor("x", x)
     check_ndim("x", x, 5, "(B, T, H, W, C)")
-    if 0 in x.shape:
+    if checks_sizes() and 0 in x.shape:
         raise ValueError(f"x (B, T, H, W, C) must have no empty dim, got shape {tuple(x.shape)}")
 
 
 def _check_sequence(seq: torch.Tensor, num_timepoints: int, height: int, width: int) -> None:
     check_tensor("seq", seq)
     check_ndim("seq", seq, 3, "(B, L, C)")
+    if not checks_sizes():  # torch.jit.trace records: the sizes are traced tensors
+        return
     check_positive_int("num_timepoints", num_timepoints)
     check_positive_int("height", height)
     check_positive_int("width", width)
@@ -168,7 +171,7 @@ class MaSTMixer(nn.Module):
     def _weight_followups(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, T, H, W, C). Every follow-up is weighted against the baseline t0 by one shared DW block.
         b, t, h, w, c = x.shape
-        if h * w == 1:
+        if checks_sizes() and h * w == 1:
             raise ValueError(
                 "difference_weighting needs more than one token per timepoint (its instance norm normalises "
                 f"over H*W), got H=W=1 in x {tuple(x.shape)}; with the 4-stage encoder the input must have "
@@ -184,11 +187,12 @@ class MaSTMixer(nn.Module):
         """Mix ``(B, T, H, W, C)`` features across space and time; returns ``(B, T, H, W, C)``."""
         _check_grid(x)
         b, t, h, w, c = x.shape
-        check_timepoints("x.shape[1] (timepoints T)", t)
-        if c != self.dim:
-            raise ValueError(
-                f"x must have {self.dim} channels in its last dim (B, T, H, W, C), got {tuple(x.shape)}"
-            )
+        if checks_sizes():
+            check_timepoints("x.shape[1] (timepoints T)", t)
+            if c != self.dim:
+                raise ValueError(
+                    f"x must have {self.dim} channels in its last dim (B, T, H, W, C), got {tuple(x.shape)}"
+                )
         if self.difference_weighting is not None:
             x = self._weight_followups(x)
         mamba_spatial = self.mamba_temporal if self.mamba_spatial is None else self.mamba_spatial

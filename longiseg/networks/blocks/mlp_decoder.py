@@ -30,7 +30,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from longiseg.utils.validation import check_positive_int, check_probability, check_tensor, check_timepoints
+from longiseg.utils.validation import (
+    check_positive_int,
+    check_probability,
+    check_tensor,
+    check_timepoints,
+    checks_sizes,
+)
 
 __all__ = ["AllMLPDecoder"]
 
@@ -69,17 +75,19 @@ class AllMLPDecoder(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor], num_timepoints: int) -> torch.Tensor:
         """Decode ``[(B*T, C_i, h_i, w_i), ...]`` into ``(B, T, E, h_1, w_1)``."""
-        check_timepoints("num_timepoints", num_timepoints, minimum=1)
+        sizes = checks_sizes()  # False while torch.jit.trace records: sizes are traced tensors
+        if sizes:
+            check_timepoints("num_timepoints", num_timepoints, minimum=1)
         if len(features) != len(self.in_dims):
             raise ValueError(
                 f"features must hold {len(self.in_dims)} maps (one per stage), got {len(features)}"
             )
         for i, (f, d) in enumerate(zip(features, self.in_dims)):
             check_tensor(f"features[{i}]", f)
-            if f.ndim != 4 or f.shape[1] != d:
+            if f.ndim != 4 or (sizes and f.shape[1] != d):
                 raise ValueError(f"features[{i}] must be (B*T, {d}, h, w), got shape {tuple(f.shape)}")
         n, _, h, w = features[0].shape
-        if n % num_timepoints:
+        if sizes and n % num_timepoints:
             raise ValueError(f"features batch {n} is not a multiple of num_timepoints={num_timepoints}")
         e = self.embed_dim
         fuse_w = self.fuse[0].weight[:, :, 0, 0]  # (E, n*E); block j multiplies the (n-1-j)-th stage (cat is reversed)
@@ -92,7 +100,7 @@ class AllMLPDecoder(nn.Module):
             # channels-last throughout (the encoder's tokens already are): PyTorch's CPU bilinear upsampling is
             # about ten times faster in that layout, and mixing layouts costs a conversion per addition
             y = F.conv2d(f.contiguous(memory_format=torch.channels_last), weight, bias)
-            if y.shape[-2:] != (h, w):
+            if i and (not sizes or y.shape[-2:] != (h, w)):  # (traced sizes: resized, the identity if equal)
                 y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
             total = y if total is None else total + y
         fused = self.drop(self.fuse[2](self.fuse[1](total)))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from longiseg.networks.inputs import SpatialSizeRule, check_model_input, parameter_device, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
-from longiseg.utils.validation import check_positive_int, check_timepoints
+from longiseg.utils.validation import check_positive_int, check_timepoints, checks_sizes
 
 __all__ = ["LongitudinalSegFormerLike", "init_segformer_weights"]
 
@@ -116,11 +116,12 @@ class LongitudinalSegFormerLike(nn.Module):
         h, w = x.shape[-2:]
         m = self.pad_multiple
         pad_h, pad_w = (-h) % m, (-w) % m
-        if pad_h or pad_w:
+        padded = not checks_sizes() or pad_h or pad_w  # traced sizes (torch.jit.trace): pad and crop, maybe by 0
+        if padded:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         feats = self.encoder(x)
         decoded = self.decoder(feats, x.shape[1])
         out = self.heads(decoded, output_size=x.shape[-2:])
-        if pad_h or pad_w:
+        if padded:
             out = out.map(lambda y: y[..., :h, :w])
-        return out
+        return out.traceable()

@@ -23,6 +23,7 @@ from longiseg.utils.validation import (
     check_positive_int,
     check_probability,
     check_tensor,
+    checks_sizes,
 )
 
 __all__ = ["STBlock"]
@@ -74,7 +75,7 @@ class STBlock(nn.Module):
         """Map ``(B, T, H, W, C)`` to ``(B, T, H, W, C)``."""
         check_tensor("x", x)
         check_ndim("x", x, 5, "(B, T, H, W, C)")
-        if x.shape[-1] != self.dim:
+        if checks_sizes() and x.shape[-1] != self.dim:
             raise ValueError(
                 f"x must have {self.dim} channels in its last dim (B, T, H, W, C), got {tuple(x.shape)}"
             )

@@ -232,12 +232,14 @@ class LongiUNetDW(nn.Module):
         feats = self.encoder(x.flatten(0, 1))
         fused = []
         for level, f in enumerate(feats):
-            f = f.unflatten(0, (b, t))
-            merged = [self.dw_baseline[level](f[:, 0], f[:, 1])]
-            merged += [self.dw_followup[level](f[:, i], f[:, self.prior_index(i)]) for i in range(1, t)]
-            fused.append(torch.stack(merged, dim=1).flatten(0, 1))
+            f = f.unflatten(0, (b, t))  # (B, T, C, *S)
+            current = f[:, 1:]  # all follow-ups in one batch (the instance norm is per sample): any T traces
+            prior = f[:, :-1] if self.prior == "previous" else f[:, :1].expand_as(current)  # see prior_index
+            follow = self.dw_followup[level](current.flatten(0, 1), prior.flatten(0, 1)).unflatten(0, (b, t - 1))
+            base = self.dw_baseline[level](f[:, 0], f[:, 1])
+            fused.append(torch.cat([base[:, None], follow], dim=1).flatten(0, 1))
         decoded = self.decoder(fused).unflatten(0, (b, t))
-        return self.heads(decoded)
+        return self.heads(decoded).traceable()
 
 
 class LongiUNetConcat(nn.Module):
@@ -287,7 +289,7 @@ class LongiUNetConcat(nn.Module):
                           size_rule=self.spatial_size_rule, dtype=parameter_dtype(self),
                           device=parameter_device(self))
         fused = rearrange(x, "b t c ... -> b (t c) ...")
-        return self.heads(self.decoder(self.encoder(fused)))
+        return self.heads(self.decoder(self.encoder(fused))).traceable()
 
 
 # ----------------------------------------------------------------------------------------- registry

@@ -271,7 +271,7 @@ class ChannelStackedNet(nn.Module):
         check_model_input(x, self.spatial_dims, self.in_channels, num_timepoints=self.num_timepoints,
                           size_rule=self.spatial_size_rule, dtype=parameter_dtype(self),
                           device=parameter_device(self))
-        return self.heads(self.backbone(rearrange(x, "b t c ... -> b (t c) ...")))
+        return self.heads(self.backbone(rearrange(x, "b t c ... -> b (t c) ..."))).traceable()
 
 
 def cross_sectional_targets(baseline: torch.Tensor, progression: torch.Tensor) -> torch.Tensor:
@@ -355,7 +355,7 @@ class CrossSectionalNet(nn.Module):
         with _autocast_off(logits.device):  # in half precision 1 - eps rounds to 1: infinite logits
             probs = torch.sigmoid(logits.to(torch.promote_types(logits.dtype, torch.float32)))
             progression = torch.logit((probs[:, 1:] - probs[:, :-1]).clamp(0.0, 1.0), eps=self.eps)
-        return LongitudinalOutput(baseline=logits[:, 0], progression=progression.to(logits.dtype))
+        return LongitudinalOutput(baseline=logits[:, 0], progression=progression.to(logits.dtype)).traceable()
 
 
 # ----------------------------------------------------------------------------------------- registry
