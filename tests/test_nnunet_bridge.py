@@ -102,7 +102,7 @@ def test_write_dataset_passes_structural_check(tmp_path: Path, rng: np.random.Ge
     ]
     summary = check_nnunet_raw_dataset(folder)
     assert summary == {"dataset_id": 501, "name": "LongiMS", "num_cases": 2, "num_channels": 2,
-                       "cases": ["p1_fu1", "p2_fu1"]}
+                       "cases": ["p1_fu1", "p2_fu1"], "test_cases": []}
     # the label file holds exactly the 4-class map, the images their arrays
     lab = np.asarray(nib.load(folder / "labelsTr" / "p1_fu1.nii.gz").dataobj)
     assert np.array_equal(lab, cases[0].labels)

@@ -15,10 +15,12 @@ masks (``baseline = label in {1, 3}``, ``progression = label in {2, 3}``).
 
 :func:`write_nnunet_dataset` writes ``DatasetXXX_Name/`` with ``imagesTr/{case}_{XXXX}.nii.gz`` (one file
 per input channel), ``labelsTr/{case}.nii.gz`` and ``dataset.json`` (``channel_names``, ``labels``,
-``numTraining``, ``file_ending``), the raw format that ``nnUNetv2_plan_and_preprocess`` reads.
+``numTraining``, ``file_ending``), the raw format that ``nnUNetv2_plan_and_preprocess`` reads, and optionally
+``imagesTs/{case}_{XXXX}.nii.gz`` (test cases, images only: the input folder of ``nnUNetv2_predict``).
 :func:`convert_longiseg_dataset` builds it from a dataset in longiseg's folder layout (one nnU-Net case
-per successive timepoint pair), :func:`import_nnunet_predictions` turns nnU-Net's predicted label maps
-back into longiseg's prediction layout, and :func:`check_nnunet_raw_dataset` checks the structure.
+per successive timepoint pair; ``test_root`` adds a test cohort as ``imagesTs``),
+:func:`import_nnunet_predictions` turns nnU-Net's predicted label maps back into longiseg's prediction
+layout, and :func:`check_nnunet_raw_dataset` checks the structure.
 
 Nothing is half-written: the dataset folder is built in a temporary folder and renamed into place as a
 whole (``overwrite=True`` replaces the old one entirely, a failure leaves it as it was), and predictions are
@@ -81,6 +83,8 @@ _PREDICTION = "nnU-Net prediction"
 _CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _DATASET_DIR_RE = re.compile(r"^Dataset(\d{3})_(\S+)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+#: Image files an nnU-Net prediction folder may hold (NIfTI in any capitalisation, and nnU-Net's other formats).
+_IMAGE_RE = re.compile(r"\.(nii|nii\.gz|nrrd|mha|mhd|png|bmp|tif|tiff)$", re.IGNORECASE)
 
 Mask = np.ndarray | torch.Tensor
 
@@ -148,30 +152,34 @@ def four_class_to_masks(labels: Mask) -> tuple[Mask, Mask]:
 
 @dataclass
 class NnUNetCase:
-    """One nnU-Net training case.
+    """One nnU-Net case: a training case (with labels) or a test case (``labels=None``, images only).
 
     Attributes:
         case_id: identifier (letters, digits, ``_`` and ``-``), unique in the dataset.
         images: one ``(D, H, W)`` (or ``(H, W)``) array per input channel, in ``channel_names`` order.
-        labels: integer label map of the same shape (e.g. from :func:`masks_to_four_class`).
+        labels: integer label map of the same shape (e.g. from :func:`masks_to_four_class`); ``None`` for a
+            test case (written to ``imagesTs`` by :func:`write_nnunet_dataset`'s ``test_cases``).
         affine: ``(4, 4)`` voxel-to-world matrix shared by images and labels.
     """
 
     case_id: str
     images: Sequence[np.ndarray]
-    labels: np.ndarray
+    labels: np.ndarray | None
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
 
     def __post_init__(self) -> None:
         _check_nnunet_case_id(self.case_id)
         if len(self.images) == 0:
             raise ValueError(f"case {self.case_id!r}: images must hold at least one channel")
-        labels = np.asarray(self.labels)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"case {self.case_id!r}: labels must be an integer array, got dtype {labels.dtype}")
+        if self.labels is None:
+            reference, reference_name = np.asarray(self.images[0]), "images[0]"
+        else:
+            reference, reference_name = np.asarray(self.labels), "labels"
+            if not np.issubdtype(reference.dtype, np.integer):
+                raise TypeError(f"case {self.case_id!r}: labels must be an integer array, got dtype {reference.dtype}")
         for i, img in enumerate(self.images):
             img = np.asarray(img)
-            check_same_shape(f"case {self.case_id!r} images[{i}]", img, "labels", labels)
+            check_same_shape(f"case {self.case_id!r} images[{i}]", img, reference_name, reference)
             check_finite(f"case {self.case_id!r} images[{i}]", img)
         if np.asarray(self.affine).shape != (4, 4):
             raise ValueError(f"case {self.case_id!r}: affine must be (4, 4), got {np.asarray(self.affine).shape}")
@@ -208,6 +216,7 @@ def write_nnunet_dataset(
     *,
     overwrite: bool = False,
     extra_json: dict[str, Any] | None = None,
+    test_cases: Iterable[NnUNetCase] | None = None,
 ) -> Path:
     """Write an nnU-Net v2 raw dataset ``out_root/DatasetXXX_Name`` as a whole.
 
@@ -230,6 +239,9 @@ def write_nnunet_dataset(
             written).
         extra_json: further ``dataset.json`` entries (e.g. ``{"description": ...}``); it may not replace
             ``channel_names``, ``labels``, ``numTraining`` or ``file_ending``.
+        test_cases: optional test cases (``labels=None``; labels given are not written), written as
+            ``imagesTs/{case}_{XXXX}.nii.gz``: the folder to pass to ``nnUNetv2_predict -i``. Their ids must
+            differ from the training cases'.
 
     Returns:
         The dataset folder.
@@ -237,8 +249,9 @@ def write_nnunet_dataset(
     Raises:
         FileExistsError: the dataset folder exists, is not empty and ``overwrite`` is ``False``.
         NotADirectoryError: ``out_root`` or the dataset folder is a file.
-        TypeError: ``cases`` holds something other than :class:`NnUNetCase`.
-        ValueError: on a bad id/name, duplicate case ids, a wrong number of images, no cases, labels
+        TypeError: ``cases`` or ``test_cases`` holds something other than :class:`NnUNetCase`.
+        ValueError: on a bad id/name, duplicate case ids (also between training and test cases), a wrong
+            number of images, no cases (or an empty ``test_cases``), a training case without labels, labels
             outside the declared ones, or ``extra_json`` replacing a required key.
     """
     labels = dict(FOUR_CLASS_LABELS if labels is None else labels)
@@ -253,9 +266,15 @@ def write_nnunet_dataset(
         raise ValueError(f"extra_json must not set {clash}: the writer sets them from the cases and arguments")
     folder = Path(out_root) / nnunet_dataset_name(dataset_id, name)
     replace = _check_destination(folder, overwrite)
-    checked: Iterable[NnUNetCase] = _checked_cases(cases, channel_names, labels)
+    seen: set[str] = set()  # case ids of training and test cases together
+    checked: Iterable[NnUNetCase] = _checked_cases(cases, channel_names, labels, seen)
     if isinstance(cases, Sequence):  # already in memory: check every case before creating anything
         checked = list(checked)
+    checked_test: Iterable[NnUNetCase] = ()
+    if test_cases is not None:
+        checked_test = _checked_cases(test_cases, channel_names, labels, seen, test=True)
+        if isinstance(cases, Sequence) and isinstance(test_cases, Sequence):
+            checked_test = list(checked_test)
     label_dtype = np.min_scalar_type(len(labels) - 1)  # uint8 for up to 256 labels: never wraps
     with atomic_directory(folder, overwrite=replace) as tmp:
         images_dir, labels_dir = tmp / "imagesTr", tmp / "labelsTr"
@@ -263,12 +282,15 @@ def write_nnunet_dataset(
         labels_dir.mkdir()
         num_cases = 0
         for case in tqdm(checked, desc=f"writing {folder.name}", unit="case"):
-            for ch, img in enumerate(case.images):
-                atomic_save_nifti(np.asarray(img, dtype=np.float32), case.affine,
-                                  images_dir / f"{case.case_id}_{ch:04d}{FILE_ENDING}")
+            _write_images(case, images_dir)
             atomic_save_nifti(np.asarray(case.labels).astype(label_dtype), case.affine,
                               labels_dir / f"{case.case_id}{FILE_ENDING}")
             num_cases += 1
+        if test_cases is not None:
+            test_dir = tmp / "imagesTs"
+            test_dir.mkdir()
+            for case in tqdm(checked_test, desc=f"writing {folder.name} test images", unit="case"):
+                _write_images(case, test_dir)
         meta: dict[str, Any] = {
             "channel_names": {str(i): c for i, c in enumerate(channel_names)},
             "labels": labels,
@@ -281,20 +303,39 @@ def write_nnunet_dataset(
     return folder
 
 
-def _checked_cases(cases: Iterable[NnUNetCase], channel_names: list[str], labels: dict[str, int]
-                   ) -> Iterator[NnUNetCase]:
-    """Yield ``cases`` one by one after checking each (type, unique id, channels, declared label values)."""
-    seen: set[str] = set()
+def _write_images(case: NnUNetCase, folder: Path) -> None:
+    """Write ``case``'s channels as ``folder/{case}_{XXXX}.nii.gz`` (float32, the case's affine)."""
+    for ch, img in enumerate(case.images):
+        atomic_save_nifti(np.asarray(img, dtype=np.float32), case.affine, folder / f"{case.case_id}_{ch:04d}{FILE_ENDING}")
+
+
+def _checked_cases(cases: Iterable[NnUNetCase], channel_names: list[str], labels: dict[str, int], seen: set[str],
+                   *, test: bool = False) -> Iterator[NnUNetCase]:
+    """Yield ``cases`` one by one after checking each (type, id unique in ``seen``, channels, label values).
+
+    ``seen`` collects the ids (shared by the training and test cases of one dataset); test cases
+    (``test=True``) need no labels and their labels are not checked (they are not written).
+    """
+    what = "test_cases" if test else "cases"
     allowed = np.array(sorted(labels.values()))
+    count = 0
     for case in cases:
         if not isinstance(case, NnUNetCase):
-            raise TypeError(f"cases must hold NnUNetCase objects, got {type(case).__name__}")
+            raise TypeError(f"{what} must hold NnUNetCase objects, got {type(case).__name__}")
         if case.case_id in seen:
-            raise ValueError(f"duplicate case_id {case.case_id!r}")
+            raise ValueError(f"duplicate case_id {case.case_id!r}" + (" (a test case named like a training case "
+                             "or another test case)" if test else ""))
         if len(case.images) != len(channel_names):
             raise ValueError(
                 f"case {case.case_id!r} has {len(case.images)} images but channel_names has {len(channel_names)}"
             )
+        seen.add(case.case_id)
+        count += 1
+        if test:
+            yield case
+            continue
+        if case.labels is None:
+            raise ValueError(f"training case {case.case_id!r} has labels=None; only test_cases may lack labels")
         lab = np.asarray(case.labels)
         if not np.issubdtype(lab.dtype, np.integer):
             raise TypeError(f"case {case.case_id!r}: labels must be an integer array, got dtype {lab.dtype}")
@@ -303,10 +344,10 @@ def _checked_cases(cases: Iterable[NnUNetCase], channel_names: list[str], labels
                 f"case {case.case_id!r}: labels hold values {np.setdiff1d(np.unique(lab), allowed)[:5].tolist()} "
                 f"not declared in labels {labels}"
             )
-        seen.add(case.case_id)
         yield case
-    if not seen:
-        raise ValueError("cases is empty: an nnU-Net dataset needs at least one training case")
+    if not count:
+        raise ValueError("test_cases is empty: pass None for no imagesTs" if test else
+                         "cases is empty: an nnU-Net dataset needs at least one training case")
 
 
 def _check_destination(folder: Path, overwrite: bool) -> bool:
@@ -355,6 +396,7 @@ def convert_longiseg_dataset(
     modalities: Sequence[str] | None = None,
     *,
     overwrite: bool = False,
+    test_root: str | Path | None = None,
 ) -> Path:
     """Write a longiseg-layout dataset as an nnU-Net raw dataset with the 4-class labels.
 
@@ -367,6 +409,10 @@ def convert_longiseg_dataset(
     progression_t{t-1}``) and the progression mask is ``progression_t{t}``. For two-timepoint data this is
     exactly the paper's baseline/follow-up pair.
 
+    With ``test_root`` the test cohort's pairs are written the same way (same names, same channel order, masks
+    not needed) to ``imagesTs/``, the input folder of ``nnUNetv2_predict``; its predictions
+    ``CASE_fu{t}.nii.gz`` are what :func:`import_nnunet_predictions` reads back.
+
     Args:
         root: cohort folder in longiseg's layout (see :mod:`longiseg.data.layout`), masks required.
         out_root: the ``nnUNet_raw`` folder.
@@ -375,6 +421,8 @@ def convert_longiseg_dataset(
         modalities: modalities to use, in order; default: the manifest's, else each case's baseline
             modalities sorted (all cases must then have the same).
         overwrite: replace an existing dataset folder as a whole.
+        test_root: optional test cohort folder in longiseg's layout (masks not read), written to ``imagesTs``
+            with the training cohort's modalities; its case ids must differ from the training cases'.
 
     Returns:
         The written ``DatasetXXX_Name`` folder (written as a whole by :func:`write_nnunet_dataset`: on an
@@ -385,19 +433,26 @@ def convert_longiseg_dataset(
         FileExistsError: the dataset folder exists, is not empty and ``overwrite`` is ``False``.
         ValueError: on inconsistent modalities or shapes, non-binary masks, ambiguous (``.nii`` and
             ``.nii.gz``) or unreadable files, a case id that nnU-Net does not accept (e.g. ``b.1``: checked
-            for every case before any is read), or a dataset folder that is, lies inside or holds ``root``.
+            for every case before any is read), a test case id that is also a training case id, or a dataset
+            folder that is, lies inside or holds ``root`` or ``test_root``.
     """
     folder = Path(out_root) / nnunet_dataset_name(dataset_id, name)
-    check_separate_folders(folder, "dataset folder", {"root": root})
+    check_separate_folders(folder, "dataset folder", {"root": root, "test_root": test_root})
     sources = find_cases(root, modalities=modalities, require_masks=True)  # every file name checked first
     modalities = list(sources[0].modalities)
-    for source in sources:
+    test_sources = ([] if test_root is None else
+                    find_cases(test_root, modalities=modalities, require_masks=False))
+    for where, source in [(root, s) for s in sources] + [(test_root, s) for s in test_sources]:
         if list(source.modalities) != modalities:
-            raise ValueError(f"case {source.case_id!r} has modalities {list(source.modalities)} but case "
-                             f"{sources[0].case_id!r} has {modalities}; pass modalities=[...] to choose")
+            raise ValueError(f"case {source.case_id!r} of {where} has modalities {list(source.modalities)} but "
+                             f"case {sources[0].case_id!r} has {modalities}; pass modalities=[...] to choose")
         for t in range(1, source.num_timepoints):  # every nnU-Net name checked before any case is read
-            _check_nnunet_case_id(f"{source.case_id}_fu{t}", where=f"case {source.case_id!r} of {root} "
+            _check_nnunet_case_id(f"{source.case_id}_fu{t}", where=f"case {source.case_id!r} of {where} "
                                   "cannot be named in nnU-Net (rename the case)")
+    shared = sorted({s.case_id for s in sources} & {s.case_id for s in test_sources})
+    if shared:
+        raise ValueError(f"test_root {test_root} holds case(s) {shared[:5]} of root {root} too: a test case must "
+                         "not be a training case (nnU-Net's imagesTs and imagesTr would share names)")
 
     def cases() -> Iterable[NnUNetCase]:
         for source in sources:
@@ -411,10 +466,18 @@ def convert_longiseg_dataset(
                 yield NnUNetCase(f"{case.case_id}_fu{t}", vols, labels, case.affine)
                 prior_mask = prior_mask | prog
 
+    def test_cases() -> Iterable[NnUNetCase]:
+        for source in test_sources:
+            case = load_case(source)
+            for t in range(1, case.num_timepoints):
+                vols = [case.images[tp, c] for tp in (t - 1, t) for c in range(case.num_channels)]
+                yield NnUNetCase(f"{case.case_id}_fu{t}", vols, None, case.affine)
+
     channel_names = [f"prior_{m}" for m in modalities] + [f"current_{m}" for m in modalities]
     return write_nnunet_dataset(
         out_root, dataset_id, name, cases(), channel_names, overwrite=overwrite,
         extra_json={"description": "longiseg successive timepoint pairs, 4-class baseline/progression labels"},
+        test_cases=None if test_root is None else test_cases(),
     )
 
 
@@ -426,9 +489,10 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
     :func:`~longiseg.data.loading.save_prediction`, so ``longiseg evaluate`` can score nnU-Net like any other
     model.
 
-    Everything is checked before the first file is written: the names (``CASE`` a single folder name, pairs
-    ``fu1 .. fu<n>`` without gaps), the destination (no existing case folder unless ``overwrite``), every
-    file's grid (one 3D volume; all pairs of a case on the grid of ``CASE_fu1``: same shape and affine) and
+    Everything is checked before the first file is written: the names (every image file named
+    ``CASE_fu{t}.nii.gz``, ``CASE`` a single folder name, pairs ``fu1 .. fu<n>`` without gaps; nnU-Net's other
+    files such as ``plans.json`` or ``.npz`` probabilities are ignored), the destination (no existing case
+    folder unless ``overwrite``), every file's grid (one 3D volume; all pairs of a case on the grid of ``CASE_fu1``: same shape and affine) and
     every label value (integers in ``{0, 1, 2, 3}``; a float map holding ``2.7`` or an ``int32`` holding
     ``65537`` is refused, never rounded or wrapped). Then each case folder is written as a whole (readers
     see the complete case or none); other folders in ``out_root`` are left alone.
@@ -445,7 +509,9 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
         FileNotFoundError: if ``pred_dir`` does not exist or holds no ``*_fu{t}.nii.gz`` file.
         FileExistsError: a case folder exists, is not empty and ``overwrite`` is ``False``.
         NotADirectoryError: ``pred_dir``, ``out_root`` or a case folder's path is a file.
-        ValueError: naming the file(s): a ``CASE`` is not a single folder name (e.g. ``..``), its pairs are
+        ValueError: naming the file(s): an image file is not named ``CASE_fu{t}.nii.gz`` (a prediction of
+            another dataset, nnU-Net's input channel files ``CASE_XXXX``, ``.nii``), a ``CASE`` is not a
+            single folder name (e.g. ``..``), its pairs are
             not ``fu1 .. fu<n>`` without gaps, a prediction is unreadable or not one 3D volume, has header
             voxel sizes that disagree with its affine (:func:`~longiseg.data.loading.nifti_spacing`), holds
             values other than the integer labels 0..3, or lies on another grid than its case's ``CASE_fu1``;
@@ -461,6 +527,15 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
     pattern = re.compile(r"^(.+)_fu(\d+)" + re.escape(FILE_ENDING) + "$")
     found = sorted((m.group(1), int(m.group(2)), p) for p in pred_dir.glob(f"*{FILE_ENDING}")
                    if (m := pattern.match(p.name)))
+    # nnUNetv2_predict writes one CASE{file_ending} per input case (and .json/.npz/.pkl files): any other image
+    # is a prediction this export did not ask for (another dataset's, an input channel file, another format)
+    foreign = sorted(p.name for p in pred_dir.iterdir() if _IMAGE_RE.search(p.name) and not pattern.match(p.name))
+    if foreign:
+        hint = (" (these are nnU-Net input channel files CASE_XXXX: pass the folder nnUNetv2_predict wrote with -o)"
+                if all(re.search(r"_\d{4}\.nii(\.gz)?$", n, re.IGNORECASE) for n in foreign) else "")
+        raise ValueError(f"{pred_dir} holds {len(foreign)} image file(s) not named CASE_fu<t>{FILE_ENDING} as the "
+                         f"exported pairs are, e.g. {foreign[:5]}{hint}; they are not predictions of a dataset "
+                         "written by convert_longiseg_dataset: move them away")
     if not found:
         raise FileNotFoundError(f"no predictions named CASE_fu<t>{FILE_ENDING} in {pred_dir}")
     pairs: dict[str, list[tuple[int, Path]]] = {}
@@ -536,15 +611,18 @@ def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True)
     Checks the folder name ``DatasetXXX_Name``; ``dataset.json`` with ``channel_names`` (keys ``"0".."n-1"``),
     ``labels`` (``background`` 0, consecutive ints or region lists), ``numTraining`` and ``file_ending``;
     ``imagesTr/`` and ``labelsTr/``; one label per case and ``{case}_{XXXX}{file_ending}`` for every channel
-    of every case, nothing else; ``numTraining`` equal to the number of cases. With ``check_geometry``
-    (NIfTI only) every image has its label's shape and affine and label values are declared.
+    of every case, nothing else; ``numTraining`` equal to the number of cases; the optional ``imagesTs/``
+    (test images) likewise: every file ``{case}_{XXXX}{file_ending}``, every channel of every test case, no
+    test case named like a training case. With ``check_geometry`` (NIfTI only) every image has its label's
+    (a test image: its case's first channel's) shape and affine and label values are declared.
 
     Args:
         folder: the ``DatasetXXX_Name`` folder.
         check_geometry: also load the volumes and compare shapes, affines and label values.
 
     Returns:
-        ``{"dataset_id", "name", "num_cases", "num_channels", "cases"}``.
+        ``{"dataset_id", "name", "num_cases", "num_channels", "cases", "test_cases"}`` (``test_cases``: the
+        case ids in ``imagesTs``, ``[]`` without it).
 
     Raises:
         ValueError: listing every problem found.
@@ -616,6 +694,8 @@ def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True)
                     img, img_affine = _load(images_dir / f"{c}_{ch:04d}{ending}")
                     if img.shape != lab.shape or not np.allclose(img_affine, affine, atol=1e-4):
                         problems.append(f"imagesTr/{c}_{ch:04d}{ending}: shape/affine differ from its label")
+    test_cases = _check_test_images(folder / "imagesTs", ending, n_channels, set(cases), problems,
+                                    check_geometry and ending in (".nii.gz", ".nii"))
     if problems:
         raise ValueError(f"{folder} is not a valid nnU-Net raw dataset:\n- " + "\n- ".join(problems))
     return {
@@ -624,4 +704,37 @@ def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True)
         "num_cases": len(cases),
         "num_channels": n_channels,
         "cases": cases,
+        "test_cases": test_cases,
     }
+
+
+def _check_test_images(test_dir: Path, ending: str, n_channels: int, training: set[str], problems: list[str],
+                       check_geometry: bool) -> list[str]:
+    """The case ids of the optional ``imagesTs/``; its naming and geometry problems are appended to ``problems``."""
+    if not test_dir.exists():
+        return []
+    if not test_dir.is_dir():
+        problems.append("imagesTs is not a folder")
+        return []
+    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
+    channels: dict[str, set[int]] = {}
+    for name in sorted(p.name for p in test_dir.iterdir() if not p.name.startswith(".")):
+        m = pattern.match(name)
+        if m is None:
+            problems.append(f"imagesTs/{name} is not named CASE_XXXX{ending}")
+        else:
+            channels.setdefault(m.group(1), set()).add(int(m.group(2)))
+    for case, found in channels.items():
+        for ch in sorted(set(range(n_channels)) - found):
+            problems.append(f"imagesTs/{case}_{ch:04d}{ending} is missing")
+        for ch in sorted(found - set(range(n_channels))):
+            problems.append(f"imagesTs/{case}_{ch:04d}{ending} is a channel that channel_names does not declare")
+        if case in training:
+            problems.append(f"imagesTs case {case!r} is also a training case")
+        if check_geometry and found == set(range(n_channels)):
+            first, first_affine = _load(test_dir / f"{case}_0000{ending}")
+            for ch in range(1, n_channels):
+                img, img_affine = _load(test_dir / f"{case}_{ch:04d}{ending}")
+                if img.shape != first.shape or not np.allclose(img_affine, first_affine, atol=1e-4):
+                    problems.append(f"imagesTs/{case}_{ch:04d}{ending}: shape/affine differ from channel 0000")
+    return sorted(channels)
