@@ -254,6 +254,26 @@ def test_a_resume_follows_the_current_optimizer_settings_and_keeps_the_moments(t
     assert load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"][0]["weight_decay"] == 0.0
 
 
+def test_a_resume_with_another_monitor_starts_best_and_early_stopping_afresh(tmp_path, caplog) -> None:
+    """The checkpoint's best value belongs to its monitor: a train_loss of ~1 (mode min) compared with a best
+    train_grad_norm or with a best loss taken the other way round would keep best.pt and early stopping on a
+    number of another kind (before: best_metric stayed the old monitor's, and best.pt never followed the new one)."""
+    _fit(tmp_path, max_epochs=2, warmup_epochs=0)  # monitor train_loss, mode min
+    for change in ({"monitor": "train_grad_norm"}, {"monitor_mode": "max"}):
+        trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=16),
+                          _config(tmp_path, max_epochs=3, warmup_epochs=0, **change), loss_fn=ImbalanceAwareLoss())
+        with caplog.at_level("WARNING", logger="longiseg.engine"):
+            trainer.load_checkpoint(tmp_path / "last.pt")
+        assert trainer.best_metric is None and trainer.best_epoch is None and trainer.early_stopping_counter == 0
+        assert "best.pt and early stopping start afresh" in caplog.text
+    unchanged = Trainer(TinyLongiNet(), SyntheticLongiData(n=16), _config(tmp_path, max_epochs=3, warmup_epochs=0),
+                        loss_fn=ImbalanceAwareLoss())
+    unchanged.load_checkpoint(tmp_path / "last.pt")
+    assert unchanged.best_metric == load_checkpoint(tmp_path / "last.pt")["best_metric"] is not None
+    result = trainer.fit(resume=True)  # monitor_mode=max: the first resumed epoch is the new best
+    assert result.best_epoch == 3 and load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
+
+
 def test_validate_every_and_monitor_errors(tmp_path) -> None:
     calls = []
 

@@ -711,3 +711,22 @@ def test_progression_outside_baseline_gives_unannotated_baselines_no_gradient() 
     assert per_sample[1] == 0  # exact by construction: detached in the progression term
     assert (per_sample[annotated] > 0).all()
     assert (prog.grad.flatten(1).abs().sum(-1) > 0).all()  # the unannotated sample's progression still trains
+
+
+def test_a_restored_loss_state_keeps_its_seed_and_warns_of_a_new_one(caplog: pytest.LogCaptureFixture) -> None:
+    """A resume restores the generator of the loss's saved seed: a changed ``seed`` (``loss.seed`` in the
+    experiment) cannot apply and is named in a warning (before: accepted and recorded, silently unused)."""
+    from longiseg.losses import ImbalanceAwareLoss
+
+    saved = ImbalanceAwareLoss(seed=0).state_dict()
+    same = ImbalanceAwareLoss(seed=0)
+    with caplog.at_level("WARNING", logger="longiseg.losses"):
+        same.load_state_dict(saved)
+    assert "continues the random stream" not in caplog.text
+    other = ImbalanceAwareLoss(seed=5)
+    with caplog.at_level("WARNING", logger="longiseg.losses"):
+        other.load_state_dict(saved)
+    assert "ImbalanceAwareLoss(seed=5) continues the random stream of the state it restores, drawn with seed=0" \
+        in caplog.text
+    assert torch.equal(other.generator.get_state(), ImbalanceAwareLoss(seed=0).generator.get_state())
+    assert other.get_extra_state()["seed"] == 0  # the checkpoint it writes next records the stream's seed

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["BalancedBatchSampler", "EpochIndex", "EpochTaggedBatchSampler"]
+__all__ = ["BalancedBatchSampler", "EpochIndex", "EpochTaggedBatchSampler", "positive_slots"]
 
 
 def _as_flags(labels: Sequence[bool | int] | np.ndarray | torch.Tensor) -> np.ndarray:
@@ -65,6 +65,12 @@ def _int_arg(name: str, value: object, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def positive_slots(batch_size: int, positive_fraction: float) -> int:
+    """Progression samples in a balanced batch: ``floor(batch_size * positive_fraction + 0.5)`` (the rest are
+    stable); :class:`BalancedBatchSampler` needs it in ``[1, batch_size - 1]``."""
+    return math.floor(batch_size * positive_fraction + 0.5)
 
 
 class BalancedBatchSampler(Sampler[list[int]]):
@@ -118,7 +124,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
         if not 0.0 < positive_fraction < 1.0:
             raise ValueError(f"positive_fraction must lie in (0, 1), got {positive_fraction}")
         self.positive_fraction = float(positive_fraction)
-        self.num_positive = math.floor(self.batch_size * self.positive_fraction + 0.5)
+        self.num_positive = positive_slots(self.batch_size, self.positive_fraction)
         if not 1 <= self.num_positive <= self.batch_size - 1:
             raise ValueError(
                 f"positive_fraction={positive_fraction} with batch_size={batch_size} gives "

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from longiseg.utils.config import (
     ConfigBase,
@@ -117,21 +118,22 @@ class TrainerConfig(ConfigBase):
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.steps_per_epoch is None or self.steps_per_epoch >= 1,
              f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        # finite: an inf lr, weight decay or eps would only show as a non-finite loss after the run started
+        need(0 < self.lr < math.inf, f"lr must be > 0 and finite, got {self.lr}")
         need(0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(0 <= self.weight_decay < math.inf, f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
              f"betas must be two values in [0, 1), got {self.betas}")
-        need(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        need(0 < self.eps < math.inf, f"eps must be > 0 and finite, got {self.eps}")
         need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        need(self.grad_clip_norm is None or self.grad_clip_norm > 0,
-             f"grad_clip_norm must be > 0 or None, got {self.grad_clip_norm}")
+        need(self.grad_clip_norm is None or 0 < self.grad_clip_norm < math.inf,
+             f"grad_clip_norm must be > 0 and finite, or None (no clipping), got {self.grad_clip_norm}")
         need(self.seed >= 0, f"seed (trainer.seed) must be an int >= 0, got {self.seed}")
         need(self.amp in AMP_CHOICES, f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
         need(self.monitor_mode in ("max", "min"), f"monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
         need(bool(self.monitor), "monitor must be a non-empty metric name")
         need(self.patience is None or self.patience >= 1, f"patience must be >= 1 or None, got {self.patience}")
-        need(self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}")
+        need(0 <= self.min_delta < math.inf, f"min_delta must be >= 0 and finite, got {self.min_delta}")
         need(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         need(self.log_every_n_steps >= 1, f"log_every_n_steps must be >= 1, got {self.log_every_n_steps}")

@@ -542,6 +542,10 @@ class Trainer:
         if n is None and cfg is None:
             raise ValueError("the train loader has no len(); set TrainerConfig.steps_per_epoch")
         steps = min(n, cfg) if (n is not None and cfg is not None) else (cfg if cfg is not None else n)
+        if n is not None and cfg is not None and cfg > n:
+            logger.warning("steps_per_epoch=%d but the train loader yields %d batches per epoch: each epoch runs "
+                           "%d steps (the LR schedule counts them); give the loader more batches for more steps",
+                           cfg, n, n)
         if steps < 1:
             raise ValueError("the train loader yields no batch (dataset smaller than the batch size with "
                              "drop_last, or an empty dataset)")
@@ -782,6 +786,14 @@ class Trainer:
             if key in old and old[key] != now[key]:
                 logger.warning("resuming %s with %s=%r (checkpoint had %r): the run will differ from an "
                                "uninterrupted one", path, key, now[key], old[key])
+        changed = [k for k in ("monitor", "monitor_mode") if k in old and old[k] != now[k]]
+        if changed:
+            # the restored best value was measured on another metric (or is better the other way round): comparing
+            # the new monitor with it would keep best.pt and early stopping on a number of another kind
+            self.best_metric, self.best_epoch, self.early_stopping_counter = None, None, 0
+            logger.warning("resuming %s with %s (checkpoint had %s): best.pt and early stopping start afresh "
+                           "(the next epoch that logs %s becomes best.pt)", path,
+                           ", ".join(f"{k}={now[k]!r}" for k in changed), ", ".join(f"{k}={old[k]!r}" for k in changed), now["monitor"])
         return ckpt
 
     def _setup_determinism(self) -> None:

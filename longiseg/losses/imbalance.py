@@ -35,6 +35,7 @@ from torch import nn
 
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import (
     check_binary,
     check_finite,
@@ -52,6 +53,8 @@ __all__ = [
     "progression_presence",
     "select_progression_samples",
 ]
+
+logger = get_logger(__name__)
 
 STRATEGIES: tuple[str, ...] = ("whole", "none", "partial")
 
@@ -384,6 +387,7 @@ class ImbalanceAwareLoss(nn.Module):
         if generator is not None and seed is not None:
             raise ValueError("pass either generator or seed, not both")
         self._owns_generator = seed is not None
+        self._seed = seed  # recorded with the generator state, so a resume can tell a changed seed
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, int):
                 raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
@@ -513,7 +517,7 @@ class ImbalanceAwareLoss(nn.Module):
     def get_extra_state(self) -> dict[str, Any]:
         """The state of the generator the loss owns (``seed=...``), so resumed runs draw identically."""
         if self._owns_generator and self.generator is not None:
-            return {"generator_state": self.generator.get_state()}
+            return {"generator_state": self.generator.get_state(), "seed": self._seed}
         return {}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -526,6 +530,12 @@ class ImbalanceAwareLoss(nn.Module):
                     "state has a generator state but this ImbalanceAwareLoss was built without seed="
                 )
             self.generator.set_state(state["generator_state"])
+            saved_seed = state.get("seed")  # absent in older checkpoints
+            if saved_seed is not None and saved_seed != self._seed:
+                # the restored stream is the saved seed's: the new one would otherwise be recorded but never used
+                logger.warning("ImbalanceAwareLoss(seed=%s) continues the random stream of the state it restores, "
+                               "drawn with seed=%s: the new seed applies to a fresh run only", self._seed, saved_seed)
+                self._seed = saved_seed
 
     def extra_repr(self) -> str:
         return (f"strategy={self.strategy!r}, empty_ratio={self.empty_ratio}, min_empty={self.min_empty}, "

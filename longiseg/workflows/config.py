@@ -15,6 +15,7 @@ and ``longiseg train examples/configs/ms_inhouse_2.5d.yaml --set trainer.max_epo
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from longiseg.engine.config import ConfigBase, ConfigError, TrainerConfig
@@ -160,6 +161,14 @@ class LossConfig(ConfigBase):
     def __post_init__(self) -> None:
         _need(self.strategy in STRATEGIES, "LossConfig", f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         _need(self.seed >= 0, "LossConfig", f"seed (loss.seed) must be an int >= 0, got {self.seed}")
+        # checked when the experiment is read (not when the loss is built, after the model and the data)
+        for key in ("empty_ratio", "lambda_dice", "lambda_focal", "gamma"):
+            value = getattr(self, key)
+            _need(0.0 <= value < math.inf, "LossConfig", f"{key} (loss.{key}) must be a finite float >= 0, got {value}")
+        _need(self.min_empty >= 0, "LossConfig", f"min_empty (loss.min_empty) must be an int >= 0, got {self.min_empty}")
+        _need(self.lambda_dice > 0 or self.lambda_focal > 0, "LossConfig",
+              "lambda_dice and lambda_focal are both 0: the loss would be 0 and nothing would be trained; "
+              "give at least one of them a weight > 0")
 
 
 @dataclasses.dataclass

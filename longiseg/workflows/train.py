@@ -21,7 +21,7 @@ import torch.nn as nn
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
 from longiseg.data.loading import check_case_headers, check_same_timepoints, find_cases
 from longiseg.data.preprocessing import preprocess_case
-from longiseg.data.samplers import BalancedBatchSampler
+from longiseg.data.samplers import BalancedBatchSampler, positive_slots
 from longiseg.data.split import split_by_patient
 from longiseg.data.transforms import LongitudinalAugment
 from longiseg.engine.checkpoint import load_checkpoint
@@ -237,6 +237,44 @@ def _check_both_classes(cfg: ExperimentConfig, train_ds: SliceDataset | VolumePa
                              f"raise data.samples_per_epoch to at least {train_ds.num_cases}")
 
 
+def _check_batch_settings(cfg: ExperimentConfig, samples_per_epoch: int | None = None, world_size: int = 1) -> None:
+    """Refuse, in the experiment's terms, a batch layout the balanced sampler cannot draw or that would silently
+    shorten ``trainer.steps_per_epoch``.
+
+    Args:
+        cfg: the experiment.
+        samples_per_epoch: the training samples per epoch (``data.samples_per_epoch`` or its default); ``None``
+            checks the batch size and positive fraction only (before the data are read).
+        world_size: processes; each draws ``trainer.batch_size`` samples per step.
+
+    Raises:
+        ValueError: a batch without a progressing or a stable slot (``trainer.batch_size < 2``), fewer samples
+            per epoch than one batch per process, or ``trainer.steps_per_epoch`` above the batches per epoch.
+    """
+    tc, dc = cfg.trainer, cfg.data
+    num_positive = positive_slots(tc.batch_size, dc.positive_fraction)
+    if not 1 <= num_positive <= tc.batch_size - 1:
+        raise ValueError(f"trainer.batch_size={tc.batch_size} with data.positive_fraction={dc.positive_fraction} "
+                         f"gives {num_positive} progressing and {tc.batch_size - num_positive} stable samples per "
+                         "batch: every training batch holds both (the balanced sampler); use trainer.batch_size >= 2 "
+                         "and a data.positive_fraction that leaves each class a slot")
+    if samples_per_epoch is None:
+        return
+    per_step = tc.batch_size * world_size
+    batches = samples_per_epoch // per_step
+    procs = f" x {world_size} processes" if world_size > 1 else ""
+    if batches < 1:
+        raise ValueError(f"data.samples_per_epoch={samples_per_epoch} is smaller than one batch "
+                         f"(trainer.batch_size={tc.batch_size}{procs}): an epoch would hold no batch; raise "
+                         f"data.samples_per_epoch to at least {per_step} or lower trainer.batch_size")
+    if tc.steps_per_epoch is not None and tc.steps_per_epoch > batches:
+        raise ValueError(f"trainer.steps_per_epoch={tc.steps_per_epoch} but an epoch holds {batches} batches "
+                         f"(data.samples_per_epoch={samples_per_epoch} // trainer.batch_size={tc.batch_size}{procs}): "
+                         f"it would run {batches} steps, not {tc.steps_per_epoch}; for more steps per epoch raise "
+                         f"data.samples_per_epoch to {tc.steps_per_epoch * per_step}, or leave trainer.steps_per_epoch "
+                         "out (null)")
+
+
 #: The experiment settings behind the sampler layout a checkpoint records (for resume messages).
 _SAMPLER_SETTINGS = {"batch_size": "trainer.batch_size", "num_cases": "data.samples_per_epoch",
                      "num_replicas": "processes (torchrun --nproc_per_node)",
@@ -329,6 +367,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     if not resuming and not overwrite:  # before any work; fit checks again for direct users
         check_fresh_start(out, resume=resume)
     check_monitor(cfg.trainer.monitor)
+    _check_batch_settings(cfg)
     if progress is not None:
         cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, progress_bar=progress))
     saved = load_checkpoint(last) if resuming else {}  # read once: checked here, restored by the trainer below
@@ -378,6 +417,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     train_ds, val_ds = build_datasets(cfg, info.dim, train_cases, val_cases)
     _check_both_classes(cfg, train_ds, val_ds)
     ctx = init_distributed(device=cfg.trainer.device)
+    _check_batch_settings(cfg, train_ds.samples_per_epoch, ctx.world_size)
     # Repeats of an index within an epoch (the minority class) are drawn as virtual indices: fresh crops.
     sampler = BalancedBatchSampler(train_ds.progression_flags, cfg.trainer.batch_size,
                                    positive_fraction=cfg.data.positive_fraction, num_replicas=ctx.world_size,
