@@ -42,7 +42,7 @@ from longiseg.data.loading import (
 )
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
-from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
+from longiseg.inferers.sliding_window import _check_affine, brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
 from longiseg.networks.wrappers import unwrap_model
@@ -139,15 +139,6 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along the three array axes: the column norms of ``affine[:3, :3]``."""
     a = _check_affine(affine)
     return affine_spacing(a)
-
-
-def _check_affine(affine: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(affine, torch.Tensor):
-        affine = affine.detach().cpu().numpy()
-    a = np.asarray(affine, dtype=np.float64)
-    if a.shape != (4, 4) or not np.isfinite(a).all():
-        raise ValueError(f"affine must be a finite (4, 4) matrix, got shape {a.shape}")
-    return a
 
 
 #: The settings of :func:`predict_case` that :func:`_check_options` checks (before any inference).

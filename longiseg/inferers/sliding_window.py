@@ -16,9 +16,10 @@ channels of follow-up 1, follow-up 2, ... (``K`` outputs per head, 1 for binary 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ __all__ = [
     "split_probabilities",
     "brain_or_foreground",
     "resolve_device",
+    "eval_mode",
     "SlidingWindowInferer3D",
 ]
 
@@ -251,14 +253,18 @@ def prepare_case(
         brain_mask: optional binary ``(D, H, W)`` mask.
 
     Raises:
-        TypeError: if ``images`` is neither an ndarray nor a tensor.
+        TypeError: if ``images`` is neither an ndarray nor a tensor, or holds complex (or non-numeric) values.
         ValueError: wrong rank, fewer than 2 timepoints, NaN/inf values, or a brain mask that is not binary
             or does not match the spatial shape.
     """
     if isinstance(images, np.ndarray):
+        if images.dtype.kind not in "biuf":
+            raise TypeError(f"images must hold real numbers (bool, integer or float dtype), got dtype {images.dtype}")
         images = torch.from_numpy(_native(images))
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a numpy array or torch.Tensor, got {type(images).__name__}")
+    if images.is_complex():
+        raise TypeError(f"images must hold real numbers (bool, integer or float dtype), got dtype {images.dtype}")
     check_ndim("images", images, 5, "(T, C, D, H, W)")
     check_timepoints("images.shape[0] (timepoints)", int(images.shape[0]))
     if images.shape[1] < 1 or min(images.shape[2:]) < 1:
@@ -278,6 +284,25 @@ def prepare_case(
         check_binary("brain_mask", brain_mask)
         mask = brain_mask.detach().to("cpu").bool()
     return images, mask
+
+
+def _check_affine(affine: np.ndarray | torch.Tensor | Sequence[Sequence[float]]) -> np.ndarray:
+    """``affine`` as a float64 ``(4, 4)`` numpy array, after checking that it is one with finite entries.
+
+    Raises:
+        ValueError: naming ``affine``, for another shape, non-numeric or NaN/inf entries.
+    """
+    if isinstance(affine, torch.Tensor):
+        affine = affine.detach().cpu().numpy()
+    try:
+        a = np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"affine must be a finite (4, 4) matrix, got {type(affine).__name__}: {err}") from None
+    if a.shape != (4, 4):
+        raise ValueError(f"affine must be a finite (4, 4) matrix, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError("affine must be a finite (4, 4) matrix, got NaN or infinite entries")
+    return a
 
 
 def brain_or_foreground(images: torch.Tensor, brain_mask: torch.Tensor | None) -> torch.Tensor:
@@ -344,6 +369,33 @@ def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch
     for t in itertools.chain(model.parameters(), model.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``model`` in eval mode and give every submodule its own mode back afterwards.
+
+    ``model.train(was_training)`` would not do: it sets one mode on every submodule, so a model fine-tuned with
+    frozen (eval-mode) BatchNorm or dropout layers would come back with them in train mode. Each module's
+    ``training`` flag is recorded and restored, also when the block raises.
+
+    Args:
+        model: the module.
+
+    Yields:
+        ``model``, in eval mode.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+    """
+    _check_model(model)
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _normalise_window(name: str, size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
@@ -433,22 +485,17 @@ class SlidingWindowInferer3D:
             x = x.reshape(x.shape[0], t, c, *x.shape[2:])
             return predict_probabilities(model, x, flips=flips, amp=self.amp)
 
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                prob = sliding_window_inference(
-                    imgs.reshape(1, t * c, *imgs.shape[2:]),
-                    roi_size=self.roi_size,
-                    sw_batch_size=self.batch_size,
-                    predictor=predictor,
-                    overlap=self.overlap,
-                    mode=self.blend,
-                    sw_device=dev,
-                    device=torch.device("cpu"),
-                    progress=self.progress,
-                )
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            prob = sliding_window_inference(
+                imgs.reshape(1, t * c, *imgs.shape[2:]),
+                roi_size=self.roi_size,
+                sw_batch_size=self.batch_size,
+                predictor=predictor,
+                overlap=self.overlap,
+                mode=self.blend,
+                sw_device=dev,
+                device=torch.device("cpu"),
+                progress=self.progress,
+            )
         prob = torch.as_tensor(prob)[0].float()
         return split_probabilities(prob, t)

@@ -42,12 +42,14 @@ from tqdm.auto import tqdm
 
 from longiseg.data.case import plane_axes
 from longiseg.inferers.sliding_window import (
+    _check_affine,
     _check_blend,
     _check_device,
     _check_overlap,
     _normalise_window,
     blend_weights,
     brain_or_foreground,
+    eval_mode,
     flip_combinations,
     predict_probabilities,
     prepare_case,
@@ -205,7 +207,8 @@ class TriplanarInferer:
             ``K`` axis after the timepoint axis when the model has ``K > 1`` outputs per head).
 
         Raises:
-            ValueError / TypeError: for invalid inputs or a model whose output does not match its input.
+            ValueError / TypeError: for invalid inputs (an ``affine`` that is not a finite, non-singular ``(4, 4)``
+                matrix included) or a model whose output does not match its input.
         """
         imgs, mask = prepare_case(images, brain_mask)
         if self.skip_empty or self.crop_to_brain:
@@ -214,18 +217,16 @@ class TriplanarInferer:
         t = imgs.shape[0]
         spatial = tuple(imgs.shape[2:])
 
-        axes = PLANE_AXES if affine is None else plane_axes(affine)
+        axes = PLANE_AXES if affine is None else plane_axes(_check_affine(affine))
         plans = {p: self._plan(axes[p], imgs.shape, mask) for p in self.planes}
         self.last_stats = {p: {"computed": len(jobs), "skipped": grid - len(jobs)} for p, (jobs, grid) in plans.items()}
         total_patches = sum(s["computed"] for s in self.last_stats.values())
 
         total: torch.Tensor | None = None  # (K*T, D, H, W) float32, sum over planes
         count = torch.zeros(spatial, dtype=torch.uint8)  # planes covering each voxel
-        was_training = model.training
-        model.eval()
         bar = tqdm(total=total_patches, desc="tri-planar", unit="patch", disable=not self.progress)
         try:
-            with torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 for plane, plan in plans.items():
                     bar.set_postfix_str(plane)
                     total = self._run_plane(model, imgs, axes[plane], plan[0], dev, total, count, bar)
@@ -235,7 +236,6 @@ class TriplanarInferer:
                     total = torch.zeros((predict_probabilities(model, probe).shape[1], *spatial))
         finally:
             bar.close()
-            model.train(was_training)
 
         total.div_(count.clamp_min(1).to(torch.float32))
         return split_probabilities(total, t)

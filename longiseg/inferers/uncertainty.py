@@ -37,7 +37,8 @@ def binary_entropy(prob: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor
         check_finite("prob", p)
         if p.numel() and (p.min() < 0 or p.max() > 1):
             raise ValueError(f"prob must lie in [0, 1], got range [{p.min().item()}, {p.max().item()}]")
-        return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
+        # ``+ 0.0`` turns the -0.0 of p = 0 and p = 1 into 0.0 (a sign bit that viewers print as -0)
+        return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)) + 0.0
     if isinstance(prob, (np.ndarray, float, int, np.floating)) and not isinstance(prob, bool):
         p = np.asarray(prob)
         p = p if p.dtype == np.float64 else p.astype(np.float32)
@@ -46,5 +47,5 @@ def binary_entropy(prob: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor
             raise ValueError(f"prob must lie in [0, 1], got range [{p.min()}, {p.max()}]")
         from scipy.special import xlogy
 
-        return (-(xlogy(p, p) + xlogy(1 - p, 1 - p))).astype(p.dtype, copy=False)
+        return (-(xlogy(p, p) + xlogy(1 - p, 1 - p)) + 0.0).astype(p.dtype, copy=False)
     raise TypeError(f"prob must be a numpy array or torch.Tensor, got {type(prob).__name__}")
