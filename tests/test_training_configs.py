@@ -40,6 +40,14 @@ def test_loss_settings_are_checked_when_the_experiment_is_read(override: str, ke
         ExperimentConfig().with_overrides([override])
 
 
+@pytest.mark.parametrize("section", ["data", "inference"])
+def test_a_plane_named_twice_is_refused_naming_the_section(section: str) -> None:
+    # the tri-planar inferer refused it later without naming inference.planes
+    with pytest.raises(ConfigError, match="each plane once"):
+        ExperimentConfig().with_overrides([f"{section}.planes=[axial,axial]"])
+    assert ExperimentConfig().with_overrides([f"{section}.planes=[sagittal,axial]"])
+
+
 def test_a_loss_with_both_weights_zero_is_refused() -> None:
     # lambda_dice=0 and lambda_focal=0 used to train a whole run on a loss of 0 (only weight decay moved weights)
     with pytest.raises(ConfigError, match="lambda_dice and lambda_focal are both 0"):

@@ -108,8 +108,9 @@ class DataConfig(ConfigBase):
         self.val_root = expand_home(self.val_root)
         _need(0.0 <= self.val_fraction < 1.0, "DataConfig", f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _need(self.crop_size >= 8, "DataConfig", f"crop_size must be >= 8, got {self.crop_size}")
-        _need(bool(self.planes) and all(p in _PLANES for p in self.planes), "DataConfig",
-              f"planes must be a non-empty subset of {_PLANES}, got {self.planes}")
+        _need(bool(self.planes) and all(p in _PLANES for p in self.planes)
+              and len(set(self.planes)) == len(self.planes), "DataConfig",
+              f"planes must be a non-empty subset of {_PLANES}, each plane once, got {self.planes}")
         _need(0.0 <= self.lesion_weight <= 1.0, "DataConfig", f"lesion_weight must be in [0, 1], got {self.lesion_weight}")
         _need(0.0 <= self.progression_share <= 1.0, "DataConfig",
               f"progression_share must be in [0, 1], got {self.progression_share}")
@@ -227,8 +228,9 @@ class InferenceConfig(ConfigBase):
               f"progression_threshold must be None or in (0, 1), got {self.progression_threshold}")
         _need(0 <= self.min_lesion_mm3 < float("inf"), "InferenceConfig",
               f"min_lesion_mm3 must be a finite volume >= 0, got {self.min_lesion_mm3}")
-        _need(bool(self.planes) and all(p in _PLANES for p in self.planes), "InferenceConfig",
-              f"planes must be a non-empty subset of {_PLANES}, got {self.planes}")
+        _need(bool(self.planes) and all(p in _PLANES for p in self.planes)
+              and len(set(self.planes)) == len(self.planes), "InferenceConfig",
+              f"planes must be a non-empty subset of {_PLANES}, each plane once, got {self.planes}")
 
 
 @dataclasses.dataclass
