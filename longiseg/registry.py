@@ -19,6 +19,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import inspect
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -40,6 +42,9 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 _VALID_DIMS = ("2.5D", "3D", "2D")
+#: What a registry name may hold: letters, digits, ``_``, ``.`` and ``-`` (no wildcard characters, so that
+#: ``list_models(name)`` finds it, and no spaces or slashes, so that ``--set model.name=NAME`` can give it).
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 
 @dataclass(frozen=True)
@@ -81,19 +86,29 @@ def register_model(
         dim: ``"2.5D"``, ``"3D"`` or ``"2D"``.
         description: one-line description; defaults to the first non-empty line of the factory's docstring
             (``""`` without one).
-        tags: free-form tags.
+        tags: free-form tags (a single string is one tag).
 
     Returns:
         The factory unchanged (so the decorated function stays callable).
 
     Raises:
-        ValueError: if the name is already registered or empty, or ``dim`` is unknown.
-        TypeError: if ``fn`` is not callable, or has no ``__name__`` and no ``name`` is given.
+        ValueError: if the name is already registered (the message names the module that registered it; call
+            :func:`unregister_model` first to replace it, e.g. when a notebook cell runs again), empty, or holds
+            other characters than letters, digits, ``_``, ``.`` and ``-``; or if ``dim`` is unknown.
+        TypeError: if ``fn`` is not callable, has no ``__name__`` and no ``name`` is given, or ``description``
+            or a tag is not a str.
     """
     if dim not in _VALID_DIMS:
         raise ValueError(f"register_model: dim must be one of {_VALID_DIMS}, got {dim!r}")
-    if name is not None and (not isinstance(name, str) or not name.strip()):
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"register_model: name must be a str, got {type(name).__name__}")
+    if name is not None and not name.strip():
         raise ValueError(f"register_model: name must be a non-empty str, got {name!r}")
+    if description is not None and not isinstance(description, str):
+        raise TypeError(f"register_model: description must be a str, got {type(description).__name__}")
+    tags = (tags,) if isinstance(tags, str) else tuple(tags)
+    if not all(isinstance(t, str) for t in tags):
+        raise TypeError(f"register_model: tags must be strings, got {tags!r}")
 
     def decorator(f: F) -> F:
         if not callable(f):
@@ -102,14 +117,19 @@ def register_model(
         if not isinstance(key, str):
             raise TypeError(f"register_model: {type(f).__name__} {f!r} has no __name__ to register it under; "
                             "pass name=..., e.g. register_model(factory, name='my_model')")
+        if not _NAME_PATTERN.fullmatch(key):
+            raise ValueError(f"register_model: model name {key!r} may hold only letters, digits, '_', '.' and '-' "
+                             "(no spaces, slashes or wildcards *?[]); pass name=..., e.g. name='my_model'")
         if key in _REGISTRY:
-            raise ValueError(f"register_model: a model named {key!r} is already registered")
+            raise ValueError(f"register_model: a model named {key!r} is already registered (by "
+                             f"{_origin(_REGISTRY[key].factory)}); pick another name, or call "
+                             f"unregister_model({key!r}) first to replace it (e.g. when a notebook cell runs again)")
         doc = description
         if doc is None:  # a partial describes itself by the function it wraps
             source = f.func if isinstance(f, functools.partial) else f
             lines = (getattr(source, "__doc__", None) or "").strip().splitlines()
             doc = lines[0].strip() if lines else ""
-        _REGISTRY[key] = ModelInfo(name=key, factory=f, dim=dim, description=doc, tags=tuple(tags))
+        _REGISTRY[key] = ModelInfo(name=key, factory=f, dim=dim, description=doc, tags=tags)
         return f
 
     if fn is not None:
@@ -120,13 +140,23 @@ def register_model(
 def unregister_model(name: str) -> None:
     """Remove ``name`` from the registry (mainly for tests and plugins)."""
     if name not in _REGISTRY:
-        raise KeyError(_unknown_message(name))
+        raise KeyError(_unknown_message(name, how_to_register=False))
     del _REGISTRY[name]
 
 
-def _unknown_message(name: str) -> str:
+def _origin(factory: Callable[..., Any]) -> str:
+    """Where ``factory`` was defined, ``module.qualname``, for messages."""
+    source = factory.func if isinstance(factory, functools.partial) else factory
+    module = getattr(source, "__module__", None) or "?"
+    return f"{module}.{getattr(source, '__qualname__', type(source).__name__)}"
+
+
+def _unknown_message(name: str, how_to_register: bool = True) -> str:
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    if how_to_register:
+        hint += (" A model defined in your own module is registered when that module is imported: import it first "
+                 "(for the command line, with a launcher script; see docs/tutorials/add-model.md).")
     return f"Unknown model name {name!r}.{hint} Known models: {', '.join(sorted(_REGISTRY))}."
 
 
@@ -158,8 +188,16 @@ def list_models(pattern: str | Iterable[str] = "", *, dim: str | None = None, ta
 
     Returns:
         Sorted list of names.
+
+    Raises:
+        TypeError: if ``pattern`` is not a str or an iterable of str.
+        ValueError: if ``dim`` is not one of ``"2.5D"``, ``"3D"``, ``"2D"``.
     """
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern) if isinstance(pattern, Iterable) else None
+    if patterns is None or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"list_models: pattern must be a str or strings such as 'segmast*', got {pattern!r}")
+    if dim is not None and dim not in _VALID_DIMS:
+        raise ValueError(f"list_models: dim must be one of {_VALID_DIMS}, got {dim!r}")
     names = sorted(_REGISTRY)
     if any(patterns):
         names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns if p)]
@@ -170,11 +208,26 @@ def list_models(pattern: str | Iterable[str] = "", *, dim: str | None = None, ta
     return names
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
+def _check_arguments(info: ModelInfo, kwargs: dict[str, Any]) -> None:
+    """Refuse ``kwargs`` that ``info.factory``'s signature cannot take (nothing to check with ``**kwargs``)."""
+    try:
+        signature = inspect.signature(info.factory)
+    except (TypeError, ValueError):  # builtins and some callables have none
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    try:
+        signature.bind(**kwargs)
+    except TypeError as err:
+        raise TypeError(f"build_model({info.name!r}): {err} (the factory {_origin(info.factory)} takes "
+                        f"{list(signature.parameters)})") from None
+
+
+def build_model(name: str, /, **kwargs: Any) -> nn.Module:
     """Build a registered model.
 
     Args:
-        name: registry name (see :func:`list_models`).
+        name: registry name (see :func:`list_models`); positional, so that a factory may take a ``name`` argument.
         **kwargs: forwarded to the model's factory (e.g. ``in_channels``, ``num_timepoints``) as plain Python data:
             NumPy numbers and arrays are converted to ``int``/``float``/``bool`` and lists first (see
             :func:`~longiseg.spec.plain_data`), so that the arguments stored in the spec load back.
@@ -190,12 +243,24 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
     Raises:
         ValueError: if ``name`` is unknown (the message names the closest known models).
-        TypeError: for keyword arguments the model does not take, or values that are not plain data (a tensor,
-            a class, a function: they could not be stored in a checkpoint).
+        TypeError: for keyword arguments the factory does not take or required ones left out (naming the model
+            and the factory's arguments), values that are not plain data (a tensor, a class, a function: they
+            could not be stored in a checkpoint), or a factory that returns something else than an ``nn.Module``.
+
+    An error the factory raises itself propagates unchanged, with a note naming the model (Python >= 3.11).
     """
     info = model_info(name)
     kwargs = {key: plain_data(value, f"build_model argument {key!r}") for key, value in kwargs.items()}
-    model = info.factory(**kwargs)
+    _check_arguments(info, kwargs)
+    try:
+        model = info.factory(**kwargs)
+    except Exception as err:
+        if hasattr(err, "add_note"):  # Python >= 3.11
+            err.add_note(f"(raised by the factory {_origin(info.factory)} of model {name!r}, arguments {kwargs})")
+        raise
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"build_model: the factory {_origin(info.factory)} of model {name!r} returned "
+                        f"{type(model).__name__}, not an nn.Module; a factory returns the network")
     model.spec = ModelSpec(
         name=name, kwargs=kwargs, dim=info.dim, input_layout=INPUT_LAYOUTS[info.dim],
         in_channels=getattr(model, "in_channels", kwargs.get("in_channels")),

@@ -17,10 +17,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from longiseg._version import __version__
 from longiseg.utils.validation import check_int_sequence, check_positive_int, check_timepoints
@@ -33,7 +35,7 @@ SPEC_FORMAT_VERSION = 1
 _OLD_DEFAULT_LAYOUT = INPUT_LAYOUTS["2.5D"]  # what earlier versions stored when input_layout was left out
 
 
-def plain_data(value: Any, name: str) -> Any:
+def plain_data(value: Any, name: str, *, tensors: bool = False) -> Any:
     """``value`` as built-in Python data that checkpoints store and ``torch.load(weights_only=True)`` reads.
 
     NumPy scalars become ``bool``/``int``/``float``, 1-D or n-D NumPy arrays (nested) lists; lists, tuples and
@@ -42,12 +44,15 @@ def plain_data(value: Any, name: str) -> Any:
     Args:
         value: e.g. a factory's keyword arguments.
         name: what ``value`` is, for the message (e.g. ``"build_model argument 'features'"``).
+        tensors: keep ``torch.Tensor`` items as they are (a checkpoint's free-form entries may hold tensors; a
+            factory argument may not).
 
     Raises:
-        TypeError: naming ``name`` and the offending item, for anything else (a tensor, a class, a function...).
+        TypeError: naming ``name`` and the offending item, for anything else (a tensor unless ``tensors``, a
+            class, a function, a path...).
     """
-    if value is None:
-        return None
+    if value is None or (tensors and isinstance(value, torch.Tensor)):
+        return value
     if isinstance(value, (np.generic, np.ndarray)):  # NumPy scalars and arrays: .item() / .tolist() give built-ins
         return plain_data(value.item() if isinstance(value, np.generic) else value.tolist(), name)
     if isinstance(value, str):
@@ -56,13 +61,15 @@ def plain_data(value: Any, name: str) -> Any:
         if isinstance(value, kind):
             return kind(value)
     if isinstance(value, (list, tuple)):
-        items = [plain_data(v, f"{name}[{i}]") for i, v in enumerate(value)]
+        items = [plain_data(v, f"{name}[{i}]", tensors=tensors) for i, v in enumerate(value)]
         return tuple(items) if isinstance(value, tuple) else items
     if isinstance(value, Mapping):
-        return {plain_data(k, f"a key of {name}"): plain_data(v, f"{name}[{k!r}]") for k, v in value.items()}
+        return {plain_data(k, f"a key of {name}"): plain_data(v, f"{name}[{k!r}]", tensors=tensors)
+                for k, v in value.items()}
+    hint = " (give a path as a str)" if isinstance(value, os.PathLike) else ""
     raise TypeError(
-        f"{name} must be plain data (None, bool, int, float, str, NumPy numbers or lists/tuples/dicts of them) so "
-        f"that it can be stored in checkpoints, got {type(value).__name__}"
+        f"{name} must be plain data (None, bool, int, float, str, NumPy numbers or lists/tuples/dicts of them"
+        f"{', tensors' if tensors else ''}) so that it can be stored in checkpoints, got {type(value).__name__}{hint}"
     )
 
 
@@ -89,6 +96,9 @@ class ModelSpec:
             ``None`` when untuned.
         version: longiseg version that wrote the spec.
         format_version: :data:`SPEC_FORMAT_VERSION`.
+
+    ``kwargs``, ``preprocessing``, ``inference`` and ``tuning`` hold plain data (:func:`plain_data`: NumPy numbers
+    and arrays are converted, anything else that a checkpoint could not store is refused with a ``TypeError``).
 
     Specs are frozen and compare by value (``==``), but hold dicts (``kwargs``, ``inference``...) and so are
     unhashable, like a dict: ``hash(spec)`` raises ``TypeError`` (not a set member or dict key).
@@ -118,6 +128,13 @@ class ModelSpec:
         if not isinstance(self.kwargs, Mapping):
             raise TypeError(f"ModelSpec.kwargs must be a mapping, got {type(self.kwargs).__name__}")
         object.__setattr__(self, "kwargs", plain_data(dict(self.kwargs), "ModelSpec.kwargs"))
+        for key in ("preprocessing", "inference", "tuning"):  # stored in checkpoints: plain data like kwargs
+            value = getattr(self, key)
+            if value is None and key == "tuning":
+                continue
+            if not isinstance(value, Mapping):
+                raise TypeError(f"ModelSpec.{key} must be a mapping, got {type(value).__name__}")
+            object.__setattr__(self, key, plain_data(dict(value), f"ModelSpec.{key}"))
         layout = INPUT_LAYOUTS[self.dim]
         if self.input_layout is None:
             object.__setattr__(self, "input_layout", layout)

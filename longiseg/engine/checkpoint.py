@@ -9,6 +9,7 @@ key                        content
 ``format_version``         :data:`CHECKPOINT_FORMAT_VERSION`
 ``model``                  ``state_dict`` of the unwrapped model (no ``module.`` prefix from DDP)
 ``model_name``             registry name (or ``None``), used by :func:`build_model_from_checkpoint`
+``model_module``           module of the model's registered factory (or ``None``): what to import before loading
 ``model_kwargs``           keyword arguments given to the registry factory
 ``spec``                   the model's :class:`~longiseg.spec.ModelSpec` as a dict (how to rebuild and use it)
 ``optimizer``              optimizer ``state_dict``
@@ -26,7 +27,13 @@ key                        content
 ``extra``                  free-form dict supplied by the caller
 =========================  ==========================================================================
 
-Only tensors and plain Python containers are stored, so checkpoints load with ``weights_only=True``.
+Only tensors and plain Python containers are stored, so checkpoints load with ``weights_only=True``: NumPy
+numbers and arrays in the free-form entries (``trainer_config``, ``history``, ``extra``) are converted to built-in
+numbers and lists (:func:`~longiseg.spec.plain_data`), and anything else is refused when the file is written.
+
+A model registered in one's own module (see the tutorial docs/tutorials/add-model.md) is rebuilt only where that
+module is imported: :func:`load_model` of such a checkpoint in a process that did not import it names the model and
+the module to import.
 
 A model rebuilt from a checkpoint (:func:`load_model`, :func:`build_model_from_checkpoint`) leaves out the
 selective-scan backend the training recorded (``mamba_backend`` in ``model_kwargs`` and the spec): every backend
@@ -79,6 +86,7 @@ _ENTRY_TYPES = (
     ("format_version", int, "an int"),
     ("model", Mapping, "a state_dict (a mapping of parameter names to tensors)"),
     ("model_name", (str, type(None)), "a registry name or None"),
+    ("model_module", (str, type(None)), "a module name or None"),
     ("model_kwargs", Mapping, "a mapping of the model's factory arguments"),
     ("spec", (Mapping, type(None)), "a model spec (a mapping) or None"),
 )
@@ -192,21 +200,30 @@ def save_checkpoint(
         ``path``.
 
     Raises:
-        TypeError: if ``model`` is not an ``nn.Module``, or ``model_kwargs`` holds something else than plain data.
-        ValueError: for a negative ``epoch`` or ``global_step``.
+        TypeError: if ``model`` is not an ``nn.Module``, its ``spec`` is not a :class:`~longiseg.spec.ModelSpec`,
+            or ``model_kwargs``, ``trainer_config``, ``history`` or ``extra`` hold something else than plain data
+            (and tensors, outside ``model_kwargs``).
+        ValueError: for a negative ``epoch`` or ``global_step``, a ``model_name`` that is not the name in the
+            model's spec, or a spec with fields that :class:`~longiseg.spec.ModelSpec` does not have (a subclass
+            with extra fields: :func:`load_model` could not read it back; put such data into ``extra``).
     """
     if epoch < 0 or global_step < 0:
         raise ValueError(f"epoch and global_step must be >= 0, got {epoch} and {global_step}")
     spec = getattr(unwrap_model(model), "spec", None)
     if spec is not None:  # the model describes itself: name and arguments come from its spec
-        model_name = model_name or spec.name
+        spec_dict = _storable_spec(spec)
+        if model_name is not None and model_name != spec.name:
+            raise ValueError(f"save_checkpoint: model_name {model_name!r} is not the name in the model's spec, "
+                             f"{spec.name!r}; leave model_name out (the spec names the model)")
+        model_name = spec.name
         model_kwargs = spec.kwargs if model_kwargs is None else model_kwargs
     payload = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
         "model_name": model_name,
+        "model_module": _factory_module(model_name),
         "model_kwargs": plain_data(dict(model_kwargs), "model_kwargs") if model_kwargs is not None else {},
-        "spec": spec.to_dict() if spec is not None else None,
+        "spec": spec_dict if spec is not None else None,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "grad_scaler": _state_or_none(grad_scaler),
@@ -217,11 +234,42 @@ def save_checkpoint(
         "global_step": int(global_step),
         "best_metric": None if best_metric is None else float(best_metric),
         "early_stopping_counter": int(early_stopping_counter),
-        "trainer_config": dict(trainer_config) if trainer_config is not None else None,
-        "history": list(history) if history is not None else [],
-        "extra": dict(extra) if extra is not None else {},
+        "trainer_config": _free_form(dict(trainer_config), "trainer_config") if trainer_config is not None else None,
+        "history": _free_form(list(history), "history") if history is not None else [],
+        "extra": _free_form(dict(extra), "extra") if extra is not None else {},
     }
     return atomic_torch_save(payload, path)
+
+
+def _free_form(value: Any, key: str) -> Any:
+    """A free-form checkpoint entry as data ``torch.load(weights_only=True)`` reads back (tensors kept)."""
+    return plain_data(value, f"save_checkpoint {key}", tensors=True)
+
+
+def _storable_spec(spec: Any) -> dict[str, Any]:
+    """``spec.to_dict()`` once it is known to load back as a :class:`ModelSpec` (what :func:`load_model` builds)."""
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"save_checkpoint: model.spec must be a ModelSpec (as build_model attaches), got "
+                        f"{type(spec).__name__}")
+    data = spec.to_dict()
+    try:
+        ModelSpec.from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"save_checkpoint: the model's spec ({type(spec).__name__}) would not load back as a "
+                         f"ModelSpec: {err}. Checkpoints store ModelSpec fields only; put other data into "
+                         "save_checkpoint(extra=...)") from None
+    return data
+
+
+def _factory_module(name: str | None) -> str | None:
+    """The module that registered model ``name`` (``None`` for an unregistered name or a built-in-less factory)."""
+    from longiseg.registry import is_model, model_info
+
+    if name is None or not is_model(name):
+        return None
+    factory = model_info(name).factory
+    module = getattr(getattr(factory, "func", factory), "__module__", None)
+    return module if isinstance(module, str) else None
 
 
 def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
@@ -356,16 +404,33 @@ def build_model_from_checkpoint(path: str | Path, *, map_location: Any = "cpu",
 
 def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[str, Any]) -> nn.Module:
     """The registry model of a read checkpoint with its weights (and spec unless arguments were overridden)."""
-    from longiseg.registry import build_model
+    from longiseg.registry import build_model, is_model
 
     name = ckpt.get("model_name")
     if not name:
         raise ValueError(f"checkpoint {source} has no model_name; build the model yourself and use load_checkpoint")
+    if not is_model(name):
+        module = ckpt.get("model_module")
+        where = (f"it was registered by the module {module!r}: `import {module}` first" if module and
+                 module != "__main__" else "import the module that registers it first" + (
+                     " (it was registered in a script run as __main__: move the model into a module you can import)"
+                     if module == "__main__" else ""))
+        raise ValueError(
+            f"checkpoint {source} holds the model {name!r}, which is not registered in this process: {where}. On the "
+            "command line, run longiseg through a launcher script that imports it (see docs/tutorials/add-model.md)")
     recorded = ckpt.get("model_kwargs", {})
     if recorded.get(_SCAN_BACKEND_KWARG) is not None and _SCAN_BACKEND_KWARG not in override_kwargs:
         logger.info("checkpoint %s records the selective-scan backend %r of its training; this machine chooses its "
                     "own (%s, default auto by device)", source, recorded[_SCAN_BACKEND_KWARG], SCAN_BACKEND_ENV_VAR)
-    model = build_model(name, **{**_without_scan_backend(recorded), **override_kwargs})
+    arguments = {**_without_scan_backend(recorded), **override_kwargs}
+    try:
+        model = build_model(name, **arguments)
+    except TypeError as err:  # the factory's signature changed since the checkpoint was written
+        raise ValueError(
+            f"checkpoint {source}: model {name!r} cannot be rebuilt with its recorded arguments {arguments}: {err}. "
+            "Did its factory's arguments change since the checkpoint was written? Give a new argument a default, "
+            "keep accepting a removed one, or pass replacements with build_model_from_checkpoint(path, **kwargs)"
+        ) from err
     load_model_weights(model, ckpt["model"], source=source)
     if ckpt.get("spec") and not override_kwargs:
         spec = ModelSpec.from_dict(ckpt["spec"])

@@ -1,0 +1,188 @@
+"""Extending longiseg with one's own model: registry edge cases, the model contract, checkpoints of registered
+models loaded where their module is not imported or their factory changed, and spec round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from longiseg import ModelSpec, build_model, list_models, load_model, model_info, register_model
+from longiseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from longiseg.registry import is_model, unregister_model
+
+
+class _Net(nn.Module):
+    """A tiny network recording its arguments."""
+
+    def __init__(self, in_channels: int = 1, num_timepoints: int = 2, width: int = 2, **extra) -> None:
+        super().__init__()
+        self.in_channels, self.num_timepoints, self.extra = in_channels, num_timepoints, extra
+        self.conv = nn.Conv2d(in_channels * num_timepoints, width, 1)
+
+
+@pytest.fixture
+def registered():
+    """``registered(factory, name=...)`` registers a model for the test and unregisters it afterwards."""
+    names: list[str] = []
+
+    def add(factory, **kwargs):
+        register_model(factory, **kwargs)
+        names.append(kwargs.get("name", getattr(factory, "__name__", None)))
+        return factory
+
+    yield add
+    for name in names:
+        if is_model(name):
+            unregister_model(name)
+
+
+def test_load_model_names_the_module_to_import_when_the_model_is_not_registered(registered, tmp_path: Path):
+    def zz_ext_net(in_channels=1, num_timepoints=2, width=2):
+        return _Net(in_channels, num_timepoints, width)
+
+    registered(zz_ext_net)
+    save_checkpoint(tmp_path / "a.pt", model=build_model("zz_ext_net", width=3))
+    assert load_checkpoint(tmp_path / "a.pt")["model_module"] == __name__
+    assert load_model(tmp_path / "a.pt").conv.out_channels == 3
+    unregister_model("zz_ext_net")  # as in a fresh process that did not import the module
+    with pytest.raises(ValueError, match=rf"holds the model 'zz_ext_net', which is not registered in this process: "
+                                         rf"it was registered by the module '{__name__}': `import {__name__}` first"):
+        load_model(tmp_path / "a.pt")
+    zz_ext_net.__module__ = "__main__"  # registered by a script: nothing to import
+    registered(zz_ext_net)
+    save_checkpoint(tmp_path / "b.pt", model=build_model("zz_ext_net"))
+    unregister_model("zz_ext_net")
+    with pytest.raises(ValueError, match=r"registered in a script run as __main__: move the model into a module"):
+        load_model(tmp_path / "b.pt")
+
+
+def test_checkpoint_of_a_factory_whose_signature_changed(registered, tmp_path: Path):
+    def zz_sig_net(in_channels=1, num_timepoints=2, width=2):
+        return _Net(in_channels, num_timepoints, width)
+
+    def with_required(in_channels=1, num_timepoints=2, width=2, *, depth):
+        return _Net(in_channels, num_timepoints, width)
+
+    def without_width(in_channels=1, num_timepoints=2):
+        return _Net(in_channels, num_timepoints)
+
+    registered(zz_sig_net)
+    save_checkpoint(tmp_path / "a.pt", model=build_model("zz_sig_net", width=2))
+    for changed, match in ((with_required, r"missing a required argument: 'depth'"),
+                           (without_width, r"unexpected keyword argument 'width'")):
+        unregister_model("zz_sig_net")
+        registered(changed, name="zz_sig_net")
+        with pytest.raises(ValueError, match=r"model 'zz_sig_net' cannot be rebuilt with its recorded arguments "
+                                             r"\{'width': 2\}: .*" + match + r".*factory's arguments change"):
+            load_model(tmp_path / "a.pt")
+
+
+def test_build_model_checks_the_factory_arguments_and_result(registered):
+    def zz_args(in_channels=1, num_timepoints=2, name="x"):
+        return _Net(in_channels, num_timepoints, extra_name=name)
+
+    registered(zz_args)
+    with pytest.raises(TypeError, match=r"build_model\('zz_args'\): got an unexpected keyword argument 'widht' "
+                                        r"\(the factory .*zz_args takes \['in_channels', 'num_timepoints', 'name'\]"):
+        build_model("zz_args", widht=3)
+    assert build_model("zz_args", name="y").extra == {"extra_name": "y"}  # a factory may take a `name` argument
+    registered(lambda **kw: "not a module", name="zz_str")
+    with pytest.raises(TypeError, match=r"factory .* of model 'zz_str' returned str, not an nn.Module"):
+        build_model("zz_str")
+
+    def zz_boom(**kwargs):
+        raise RuntimeError("boom")
+
+    registered(zz_boom)
+    with pytest.raises(RuntimeError, match="boom") as info:
+        build_model("zz_boom", width=2)
+    if sys.version_info >= (3, 11):
+        assert "of model 'zz_boom', arguments {'width': 2}" in "".join(info.value.__notes__)
+
+
+def test_registration_refuses_odd_names_and_says_how_to_replace(registered):
+    def zz_fine(**kwargs):
+        return nn.Identity()
+
+    for bad in ("with space", "a*b", "seg?", "[ab]", "x/y", " lead"):
+        with pytest.raises(ValueError, match=r"may hold only letters, digits, '_', '.' and '-'"):
+            register_model(zz_fine, name=bad)
+    with pytest.raises(ValueError, match=r"model name '<lambda>' may hold only .* pass name="):
+        register_model(lambda **kw: nn.Identity())
+    with pytest.raises(TypeError, match="register_model: name must be a str, got int"):
+        register_model(zz_fine, name=3)
+    with pytest.raises(TypeError, match="description must be a str"):
+        register_model(zz_fine, description=3)
+    registered(zz_fine, name="zz_Fine-1.0", tags="cnn")
+    assert model_info("zz_Fine-1.0").tags == ("cnn",) and list_models("zz_Fine-1.0") == ["zz_Fine-1.0"]
+    with pytest.raises(ValueError, match=rf"already registered \(by {__name__}\..*zz_fine\).*"
+                                         r"unregister_model\('zz_Fine-1.0'\) first to replace it"):
+        register_model(zz_fine, name="zz_Fine-1.0")
+
+
+def test_list_models_and_unknown_names_messages():
+    with pytest.raises(TypeError, match="list_models: pattern must be a str or strings"):
+        list_models(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="list_models: dim must be one of"):
+        list_models(dim="4D")
+    with pytest.raises(ValueError, match=r"Unknown model name 'zz_mine'.*registered when that module is imported"):
+        build_model("zz_mine")
+
+
+def test_spec_settings_are_plain_data_and_checkpoints_load_back(registered, tmp_path: Path):
+    def zz_rt(**kwargs):
+        return _Net(**kwargs)
+
+    registered(zz_rt)
+    model = build_model("zz_rt", in_channels=np.int64(1), width=2,
+                        sizes=(8, np.int64(16)), nested={"a": (1, 2), "b": [np.int16(3)]})
+    spec = model.spec.replace(inference={"patch_size": (32, np.int64(32)), "threshold": np.float32(0.25)},
+                              preprocessing={"clip": np.float64(1.5)}, tuning={"cases": np.array([1, 2])})
+    assert spec.inference == {"patch_size": (32, 32), "threshold": 0.25} and type(spec.inference["threshold"]) is float
+    assert spec.tuning == {"cases": [1, 2]}
+    model.spec = spec
+    save_checkpoint(tmp_path / "a.pt", model=model, extra={"n": np.int64(2), "t": torch.ones(2)},
+                    history=[{"loss": np.float64(0.5)}], trainer_config={"lr": np.float32(0.5)})
+    loaded = load_model(tmp_path / "a.pt")
+    assert loaded.spec == spec and loaded.spec.kwargs["sizes"] == (8, 16) and loaded.extra == {
+        "sizes": (8, 16), "nested": {"a": (1, 2), "b": [3]}}
+    ckpt = load_checkpoint(tmp_path / "a.pt")
+    assert ckpt["extra"]["n"] == 2 and torch.equal(ckpt["extra"]["t"], torch.ones(2))
+    assert ckpt["history"] == [{"loss": 0.5}] and ckpt["trainer_config"] == {"lr": 0.5}
+    with pytest.raises(TypeError, match=r"ModelSpec.inference\['root'\] must be plain data .*PosixPath "
+                                        r"\(give a path as a str\)"):
+        spec.replace(inference={"root": Path("/tmp")})
+    with pytest.raises(TypeError, match="ModelSpec.tuning must be a mapping"):
+        spec.replace(tuning=0.5)
+
+
+def test_save_checkpoint_refuses_what_load_model_could_not_read(registered, tmp_path: Path):
+    def zz_save(**kwargs):
+        return _Net(**kwargs)
+
+    registered(zz_save)
+    model = build_model("zz_save")
+    with pytest.raises(ValueError, match=r"model_name 'other' is not the name in the model's spec, 'zz_save'"):
+        save_checkpoint(tmp_path / "a.pt", model=model, model_name="other")
+    with pytest.raises(TypeError, match=r"save_checkpoint extra\['f'\] must be plain data"):
+        save_checkpoint(tmp_path / "a.pt", model=model, extra={"f": print})
+
+    @dataclasses.dataclass(frozen=True)
+    class AuthoredSpec(ModelSpec):
+        author: str = "me"
+        __hash__ = None  # type: ignore[assignment]
+
+    model.spec = AuthoredSpec(name="zz_save")
+    with pytest.raises(ValueError, match=r"spec \(AuthoredSpec\) would not load back as a ModelSpec: unknown "
+                                         r"model spec field\(s\) \['author'\].*extra="):
+        save_checkpoint(tmp_path / "a.pt", model=model)
+    model.spec = {"name": "zz_save"}
+    with pytest.raises(TypeError, match="model.spec must be a ModelSpec"):
+        save_checkpoint(tmp_path / "a.pt", model=model)
+    assert not (tmp_path / "a.pt").exists()
