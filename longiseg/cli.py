@@ -357,6 +357,29 @@ def _check_writable_file(path: str, name: str) -> None:
         raise ValueError(f"{name} {path} cannot be written ({err.strerror or err})") from None
 
 
+def import_user_modules(modules: Sequence[str]) -> None:
+    """Import the modules of ``--import`` (e.g. ones that register models), looked up as ``python -m`` would:
+    the current folder, then installed packages and ``PYTHONPATH``.
+
+    Raises:
+        ValueError: a module that cannot be found (naming it and where it was looked for), or one that imports a
+            missing module.
+    """
+    import importlib
+
+    cwd = os.getcwd()
+    if modules and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name is None or not (err.name == module or module.startswith(err.name + ".")):
+                raise ValueError(f"--import {module}: {err} (a module it imports is missing)") from err
+            raise ValueError(f"--import {module}: no module named {err.name!r} in the current folder ({cwd}), the "
+                             "installed packages or PYTHONPATH") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``longiseg`` command."""
     parser = _Parser(prog="longiseg", description="Longitudinal lesion segmentation (SegMaST and baselines).")
@@ -365,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch CPU threads (results on the CPU are bit-identical for one thread count)")
     parser.add_argument("--debug", action="store_true",
                         help="show the Python traceback of an error (also LONGISEG_DEBUG=1)")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable): a module of yours that registers models with "
+                             "register_model, found in the current folder, an installed package or PYTHONPATH")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list the registered models with their parameter counts")
@@ -540,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+        import_user_modules(args.imports)
         return args.func(args)
     except KeyboardInterrupt as err:
         if debug:

@@ -156,7 +156,7 @@ def _unknown_message(name: str, how_to_register: bool = True) -> str:
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     if how_to_register:
         hint += (" A model defined in your own module is registered when that module is imported: import it first "
-                 "(for the command line, with a launcher script; see docs/tutorials/add-model.md).")
+                 "(for the command line, with `longiseg --import MODULE ...`; see docs/tutorials/add-model.md).")
     return f"Unknown model name {name!r}.{hint} Known models: {', '.join(sorted(_REGISTRY))}."
 
 

@@ -186,3 +186,36 @@ def test_save_checkpoint_refuses_what_load_model_could_not_read(registered, tmp_
     with pytest.raises(TypeError, match="model.spec must be a ModelSpec"):
         save_checkpoint(tmp_path / "a.pt", model=model)
     assert not (tmp_path / "a.pt").exists()
+
+
+def test_the_command_line_imports_a_users_module_that_registers_models(tmp_path: Path, monkeypatch,
+                                                                      capsys) -> None:
+    """``longiseg --import MODULE`` registers a user's models without a launcher script; the module is looked up in
+    the current folder first; a missing module (or one it imports) is one error line."""
+    from longiseg.cli import main
+
+    name = "cli_imported_tiny_net"
+    (tmp_path / "cli_user_models.py").write_text(
+        "from longiseg import register_model\n"
+        "from longiseg.networks.blocks.heads import TimepointHeads\n"
+        f"@register_model(name={name!r}, dim='2.5D')\n"
+        "def factory(in_channels: int = 2):\n"
+        "    '''A user's model.'''\n"
+        "    return TimepointHeads(in_channels, 1, spatial_dims=2)\n"
+    )
+    (tmp_path / "cli_broken_models.py").write_text("import cli_missing_dependency\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    try:
+        assert main(["--import", "cli_user_models", "models", "cli_imported*", "--no-params"]) == 0
+        assert name in capsys.readouterr().out
+        assert main(["--import", "cli_no_such_module", "models"]) == 2
+        assert "--import cli_no_such_module: no module named 'cli_no_such_module'" in capsys.readouterr().err
+        assert main(["--import", "cli_broken_models", "models"]) == 2
+        err = capsys.readouterr().err
+        assert "--import cli_broken_models" in err and "cli_missing_dependency" in err
+    finally:
+        if is_model(name):
+            unregister_model(name)
+        for module in ("cli_user_models", "cli_broken_models"):
+            sys.modules.pop(module, None)

@@ -417,7 +417,8 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
                      if module == "__main__" else ""))
         raise ValueError(
             f"checkpoint {source} holds the model {name!r}, which is not registered in this process: {where}. On the "
-            "command line, run longiseg through a launcher script that imports it (see docs/tutorials/add-model.md)")
+            f"command line: longiseg --import {module if module and module != '__main__' else 'MODULE'} ... (see "
+            "docs/tutorials/add-model.md)")
     recorded = ckpt.get("model_kwargs", {})
     if recorded.get(_SCAN_BACKEND_KWARG) is not None and _SCAN_BACKEND_KWARG not in override_kwargs:
         logger.info("checkpoint %s records the selective-scan backend %r of its training; this machine chooses its "
