@@ -16,7 +16,7 @@ Command line: ``longiseg evaluate PRED_DIR [PRED_DIR ...] GT_DIR --out REPORT_DI
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,7 @@ def evaluate_folder(
     missing = [f"{c}/{n}" for c, ns in names.items() for n in ns if find_nifti(pred_dir / c, n) is None]
     if missing:
         raise ValueError(f"pred_dir {pred_dir} lacks {len(missing)} prediction file(s), e.g. {missing[:5]}")
+    _note_unscored(pred_dir, gt_dir, names)
     rows: list[dict[str, Any]] = []
     dets: dict[tuple[str, str], LesionDetection] = {}
     for entry in tqdm(cases, desc="evaluate", disable=not progress):
@@ -175,6 +176,26 @@ def evaluate_folder(
     if output_dir is not None:
         write_report(result, output_dir)
     return result
+
+
+def _note_unscored(pred_dir: Path, gt_dir: Path, cases: Mapping[str, Sequence[str]]) -> None:
+    """Warn about what a score of ``pred_dir`` silently leaves out or takes for granted: predicted cases that
+    the reference lacks (not evaluated), predicted follow-ups beyond the reference's, and ``pred_dir`` being
+    ``gt_dir`` (every score perfect by construction)."""
+    if pred_dir.resolve() == gt_dir.resolve():
+        _log.warning("the prediction folder %s is the reference folder itself: every score is perfect by "
+                     "construction", pred_dir)
+    baseline = prediction_filenames(1)["mask"][0]
+    extra = sorted(d.name for d in pred_dir.iterdir()
+                   if d.is_dir() and d.name not in cases and find_nifti(d, baseline) is not None)
+    if extra:
+        _log.warning("%d case(s) of %s are not in the reference %s and are not evaluated: %s%s", len(extra),
+                     pred_dir, gt_dir, ", ".join(extra[:5]), ", ..." if len(extra) > 5 else "")
+    longer = [c for c, ns in cases.items()
+              if find_nifti(pred_dir / c, prediction_filenames(len(ns) + 1)["mask"][-1]) is not None]
+    if longer:
+        _log.warning("%d case(s) of %s have more follow-ups than the reference, which are not evaluated: %s%s",
+                     len(longer), pred_dir, ", ".join(longer[:5]), ", ..." if len(longer) > 5 else "")
 
 
 def write_report(

@@ -135,15 +135,22 @@ def _load_images(folder: Path, timepoints: int, modality: str | None, shape: tup
         return None, f"no images (t0_*.nii.gz) in {folder}"
     if modality is None:
         modality = "flair" if "flair" in found[0] else sorted(found[0])[0]
+    elif modality.lower() not in found[0]:  # asked for explicitly: a typo is an error, not a report without montages
+        raise ValueError(f"modality {modality!r} (--modality): {folder} has no {layout.image_filename(0, modality)}; "
+                         f"its images are of {', '.join(sorted(found[0]))}")
     out = []
     for t in range(timepoints):
         p = found.get(t, {}).get(modality.lower())
         if p is None:
             return None, f"missing image {folder / layout.image_filename(t, modality)}"
         arr, img_affine, _ = read_volume(p, what="image", dtype=np.float32)
-        if arr.shape != shape or not np.allclose(img_affine, affine, rtol=0.0, atol=1e-4):
-            raise ValueError(f"image {p} is not on the grid of the masks (shape {arr.shape} vs {shape}); montages "
-                             "need the images the masks were computed on")
+        if arr.shape != shape:
+            raise ValueError(f"image {p} is not on the grid of the masks (shape {arr.shape}, the masks' {shape}); "
+                             "montages need the images the masks were computed on")
+        shift = float(np.abs(img_affine - affine).max())
+        if shift > 1e-4:
+            raise ValueError(f"image {p} is not on the grid of the masks (affines differ by up to {shift:.3g} mm); "
+                             "montages need the images the masks were computed on")
         out.append(arr)
     return out, modality
 
@@ -195,6 +202,10 @@ def write_lesion_report(
 
     Returns:
         The path of ``report.html``.
+
+    Raises:
+        ValueError: no evolutions; ``modality`` given and missing from a case's baseline images; an image on
+            another grid than its case's masks.
     """
     from tqdm.auto import tqdm
 

@@ -66,9 +66,12 @@ def run_lesion_report(
         FileExistsError: ``out_dir`` exists, is not empty and ``overwrite`` is ``False``, or (without
             ``overwrite``) another process wrote a report there while this one was being written.
         NotADirectoryError: ``out_dir`` is or lies under a file.
+        FileNotFoundError: ``images`` is given and is not a folder.
         ValueError: ``out_dir`` is, lies inside or holds ``mask_dir`` or ``images``.
     """
     out = check_output_folder(out_dir, "out")
+    if images is not None and not Path(images).is_dir():  # not a report without the montages asked for
+        raise FileNotFoundError(f"images {images} is not a folder (give the cohort folder with the images)")
     check_separate_folders(out, "out", {"mask": mask_dir, "images": images})
     if out.exists() and not folder_is_empty(out) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
@@ -108,10 +111,15 @@ def run(args: argparse.Namespace) -> int:
     # the options' own names in the messages (run_lesion_report checks the same with its argument names)
     if not Path(args.masks).is_dir():
         raise FileNotFoundError(f"MASKS {args.masks} is not a folder")
+    if args.images is not None and not Path(args.images).is_dir():
+        raise FileNotFoundError(f"--images {args.images} is not a folder (give the cohort folder with the images)")
     if not (math.isfinite(args.min_volume) and args.min_volume >= 0):
         raise ValueError(f"--min-volume must be a volume in mm^3 >= 0, got {args.min_volume}")
-    check_separate_folders(check_output_folder(args.out, "--out"), "--out", {"MASKS": args.masks,
-                                                                               "--images": args.images})
+    out = check_output_folder(args.out, "--out")
+    check_separate_folders(out, "--out", {"MASKS": args.masks, "--images": args.images})
+    if out.exists() and not folder_is_empty(out) and not args.overwrite:
+        raise FileExistsError(f"--out {args.out} exists and is not empty; pass --overwrite to replace the report "
+                              "in it (other files stay)")
     evolutions, files = run_lesion_report(
         args.masks, args.out, images=args.images, modality=args.modality, min_volume_mm3=args.min_volume,
         connectivity=args.connectivity, figures=not args.no_figures, overwrite=args.overwrite,

@@ -37,9 +37,14 @@ from longiseg.workflows.config import InferenceConfig
 from longiseg.workflows.predict import inference_settings, make_inferer, model_spec
 from longiseg.workflows.train import SPLIT_FILE, TUNING_FILE, read_split
 
-__all__ = ["TUNING_FILE", "ValidationMaps", "run_tuning", "validation_probabilities"]
+__all__ = ["TUNING_FILE", "UNTUNED_KEY", "ValidationMaps", "run_tuning", "validation_probabilities"]
 
 logger = get_logger(__name__)
+
+#: Key of the tuning record (``spec.tuning``, ``tuning.json``) holding the checkpoint's
+#: ``inference["progression_threshold"]`` from before any tuning (``None``: the baseline ``threshold``), the
+#: starting point of a later tuning.
+UNTUNED_KEY = "untuned_progression_threshold"
 
 # TUNING_FILE (defined with the run folder's other names in longiseg.workflows.train): the run folder's record of
 # the last tuning (the selection and the objective of every candidate).
@@ -109,6 +114,9 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
                device: str | torch.device | None = None, progress: bool = True) -> ThresholdSelection | None:
     """Choose the progression threshold of ``run_dir/checkpoint`` on the run's validation patients.
 
+    Tuning a tuned checkpoint again starts from its threshold before the first tuning (recorded as
+    ``untuned_progression_threshold``), so repeating it records the same choice and the same ``default``.
+
     Args:
         run_dir: a folder written by ``longiseg train`` (checkpoints and ``split.json``).
         checkpoint: which checkpoint of the run to tune (and update): ``"best.pt"`` or ``"last.pt"``.
@@ -153,10 +161,17 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     model = load_model(ckpt)
     spec = model.spec
     inference = dict(spec.inference)
-    if spec.tuning and "progression_threshold" not in inference and "default" in spec.tuning:
+    earlier = dict(spec.tuning or {})
+    if earlier and "progression_threshold" not in inference and "default" in earlier:
         # tuned by longiseg < 0.3.1, which wrote its choice into `threshold` (both heads): the baseline head gets
         # back the threshold it had before that tuning
-        inference["threshold"] = float(spec.tuning["default"])
+        inference["threshold"] = float(earlier["default"])
+    elif earlier and "progression_threshold" in inference:
+        # tuned before: start again from the threshold of the training run, so that tuning again chooses (and
+        # records, as `default`) what the first tuning did, not a choice relative to the last one
+        inference["progression_threshold"] = earlier.get(
+            UNTUNED_KEY, earlier.get("default", earlier.get("threshold", inference["progression_threshold"])))
+    untuned = inference.get("progression_threshold")
     settings = InferenceConfig.from_dict(inference)  # as predict reads them
     default, outside_baseline = settings.progression_cut, settings.progression_outside_baseline
     maps = validation_probabilities(model, root, val_ids, device=device, progress=progress)
@@ -177,7 +192,7 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
         logger.info("%s: progression threshold %.2f chosen on %d validation follow-ups (%s %.3f; %.3f at %.2f)",
                     ckpt, selection.threshold, len(maps.references), objective, selection.score, selection.default_score,
                     default)
-    record = {**record, "baseline_threshold": settings.threshold,
+    record = {**record, UNTUNED_KEY: untuned, "baseline_threshold": settings.threshold,
               "progression_outside_baseline": outside_baseline, "checkpoint": checkpoint,
               "validation_cases": val_ids, "data_root": str(root)}
     tuned = spec.replace(inference={**inference, "progression_threshold": record["threshold"]}, tuning=record)

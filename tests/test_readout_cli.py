@@ -1,0 +1,132 @@
+"""The read-out commands used as a clinician or researcher would: ``longiseg evaluate``, ``lesions`` and ``tune``
+on inputs written by other tools, reruns and bad options (one line ``longiseg CMD: error: ...``, exit 2)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from longiseg.cli import main
+from longiseg.data import save_prediction
+from longiseg.engine.checkpoint import load_model, save_checkpoint
+from longiseg.registry import build_model
+from longiseg.workflows import tune as tune_module
+from longiseg.workflows.config import InferenceConfig
+
+AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
+
+
+def _blob(shape: tuple[int, int, int], corner: tuple[int, int, int], size: int = 4) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    m[tuple(slice(c, c + size) for c in corner)] = 1
+    return m
+
+
+# --------------------------------------------------------------------------- tune
+def _tiny_run(run: Path) -> Path:
+    """A run folder with a tiny trained-looking checkpoint and one validation patient."""
+    kwargs = {"widths": [8, 8, 8, 8], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "decoder_dim": 8}
+    model = build_model("segformer", **kwargs)
+    model.spec = model.spec.replace(modalities=["flair"], crop_size=32, inference=InferenceConfig().to_dict())
+    run.mkdir()
+    save_checkpoint(run / "best.pt", model=model, model_name="segformer", model_kwargs=kwargs)
+    (run / "split.json").write_text(json.dumps({"data_root": str(run), "val_root": None, "seed": 0,
+                                                "train": ["a"], "validation": ["v"]}))
+    return run / "best.pt"
+
+
+def _fake_maps(*args: object, **kwargs: object) -> tune_module.ValidationMaps:
+    """One progressing follow-up: its lesion has probability 0.35, a false alarm 0.2 (best: 0.25..0.35)."""
+    shape = (16, 16, 16)
+    ref = _blob(shape, (2, 2, 2)).astype(bool)
+    prob = np.where(ref, 0.35, 0.0) + 0.2 * _blob(shape, (10, 10, 10))
+    return tune_module.ValidationMaps([prob.astype(np.float32)], [ref], [None], (1.0, 1.0, 1.0),
+                                      [np.zeros(shape, np.float32)])
+
+
+def test_tune_again_is_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # tuning a tuned checkpoint again started from the tuned threshold: the record's `default` (and the
+    # tie-break towards it) became the earlier choice instead of the run's own threshold
+    ckpt = _tiny_run(tmp_path / "run")
+    monkeypatch.setattr(tune_module, "validation_probabilities", _fake_maps)
+    argv = ["--threads", "1", "tune", str(ckpt.parent), "--device", "cpu", "--no-progress", "--objective",
+            "lesion_f1"]
+    assert main(argv) == 0
+    first = load_model(ckpt).spec
+    record = json.loads((ckpt.parent / tune_module.TUNING_FILE).read_text())
+    assert first.inference["progression_threshold"] == 0.35 and record["default"] == 0.5
+    assert main(argv) == 0
+    second = load_model(ckpt).spec
+    assert second.tuning == first.tuning and second.inference == first.inference
+    assert json.loads((ckpt.parent / tune_module.TUNING_FILE).read_text()) == record
+    assert record["untuned_progression_threshold"] is None  # the checkpoint followed `threshold`
+
+
+# --------------------------------------------------------------------------- evaluate
+def _folders(root: Path) -> tuple[Path, Path]:
+    """A reference of two cases (T = 2 and 3, one id with a space and a non-ASCII letter) and a perfect
+    prediction folder, with a case and a follow-up the reference lacks."""
+    shape = (12, 12, 12)
+    cases = {"pätient 1": 2, "b": 3}
+    for cid, t in cases.items():
+        masks = [_blob(shape, (1, 1, 1))] + [_blob(shape, (6, 6, 6)) for _ in range(t - 1)]
+        save_prediction(root / "ref", cid, AFFINE, {"mask": masks})
+        save_prediction(root / "pred", cid, AFFINE, {"mask": masks + ([masks[-1]] if cid == "b" else [])})
+    save_prediction(root / "pred", "only-in-pred", AFFINE, {"mask": [_blob(shape, (1, 1, 1))] * 2})
+    return root / "pred", root / "ref"
+
+
+def test_evaluate_warns_about_what_it_leaves_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # predicted cases (and follow-ups) that the reference lacks were skipped without a word, and a
+    # prediction folder that is the reference itself scored 1.0 everywhere without a word
+    from longiseg.metrics.evaluate import evaluate_folder
+
+    pred, ref = _folders(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="longiseg"):
+        result = evaluate_folder(pred, ref, progress=False)
+    assert sorted({r["case_id"] for r in result.table.rows}) == ["b", "pätient 1"]
+    text = caplog.text
+    assert "only-in-pred" in text and "not evaluated" in text and "more follow-ups" in text and "b" in text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longiseg"):
+        evaluate_folder(ref, ref, progress=False)
+    assert "is the reference folder itself" in caplog.text
+
+
+# --------------------------------------------------------------------------- lesions
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["--threads", "1", *argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["images", "modality", "grid", "out"])
+def test_lesions_refuses_what_it_cannot_honour(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               case: str) -> None:
+    # --images naming no folder and a --modality that the images lack gave a report without montages (exit 0);
+    # an --out with files said "pass overwrite=True", the API's argument, not the option; images on a shifted grid
+    # were reported as "shape (12, 12, 12) vs (12, 12, 12)"
+    pred, _ = _folders(tmp_path)
+    images = tmp_path / "images"
+    for cid in ("pätient 1", "b", "only-in-pred"):  # flair images on the masks' grid
+        (images / cid).mkdir(parents=True)
+        for k in range(3 if cid == "b" else 2):
+            affine = AFFINE + np.eye(4, k=3) * (case == "grid" and k == 1)  # 1 mm off along x
+            nib.save(nib.Nifti1Image(np.ones((12, 12, 12), np.float32), affine), images / cid / f"t{k}_flair.nii.gz")
+    out = tmp_path / "report"
+    options = {"images": ["--images", str(tmp_path / "nope")],
+               "modality": ["--images", str(images), "--modality", "pd"], "grid": ["--images", str(images)],
+               "out": []}[case]
+    if case == "out":
+        out.mkdir()
+        (out / "mine.txt").write_text("x")
+    code, err = _cli(["lesions", str(pred), "--out", str(out), "--no-progress", *options], capsys)
+    assert code == 2 and err.startswith("longiseg lesions: error: ") and err.count("\n") == 1, err
+    assert {"images": "--images", "modality": "--modality", "grid": "affines differ by up to 1 mm",
+            "out": "pass --overwrite"}[case] in err
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"] if case == "out" else not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries beside --out
