@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -145,7 +146,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if not run.is_dir():
         raise FileNotFoundError(f"run folder {run} does not exist")
-    if not os.access(run, os.W_OK):
+    # the mode bits too: os.access says yes to root whatever they are, and tune would write into a chmod a-w run
+    if not os.access(run, os.W_OK) or not run.stat().st_mode & stat.S_IWUSR:
         raise PermissionError(f"run folder {run} is not writable (tune records its choice there)")
     sel = run_tuning(run, checkpoint=args.checkpoint, data_root=args.data, device=device,
                      **({} if args.objective is None else {"objective": args.objective}),
@@ -465,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lesion-volume", type=float, default=None, help="override the minimum lesion volume (mm^3)")
     p.add_argument("--matching", default=None, choices=["iou", "iou_global", "overlap"])
     p.add_argument("--iou-threshold", type=float, default=None)
-    p.add_argument("--names", nargs="*", default=None, help="model names (default: prediction folder names)")
+    p.add_argument("--names", nargs="+", default=None, help="model names (default: prediction folder names)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 

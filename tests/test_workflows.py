@@ -235,6 +235,22 @@ def test_tune_refuses_a_write_protected_checkpoint_before_any_work(tmp_path: Pat
     assert len(err.splitlines()) == 1
     assert re.fullmatch(r"longiseg tune: error: checkpoint \S*best.pt is write-protected .*chmod u\+w", err), err
     assert stat.S_IMODE(best.stat().st_mode) == 0o444
+    # a write-protected run folder too, also for root (whom os.access lets write anywhere)
+    best.chmod(0o644)
+    run.chmod(0o555)
+    try:
+        assert main(["tune", str(run), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert f"run folder {run} is not writable" in err, err
+    finally:
+        run.chmod(0o755)
+
+
+def test_evaluate_names_needs_a_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # nargs="*" let `--names` without a value fall back to the folder names silently
+    with pytest.raises(SystemExit) as exit_info:  # a usage error: argparse exits with 2
+        main(["evaluate", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "r"), "--names"])
+    assert exit_info.value.code == 2 and "--names" in capsys.readouterr().err
 
 
 RESUMABLE = TINY_SEGMAST + [
