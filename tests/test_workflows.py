@@ -302,10 +302,13 @@ def test_a_resume_reads_the_channels_its_checkpoint_was_trained_on(cohort: Path,
     listed: list[object] = []
     find_cases = train_module.find_cases
     monkeypatch.setattr(train_module, "find_cases", lambda root, **kw: listed.append(kw["modalities"]) or find_cases(root, **kw))
-    assert main([*train, "trainer.max_epochs=2", "--resume"]) == 0
+    seed = ExperimentConfig.from_file(run / "experiment.yaml").loss.seed
+    assert main([*train, "trainer.max_epochs=2", f"loss.seed={seed + 5}", "--resume"]) == 0
     assert listed == [["flair", "t2"]]  # not the manifest's ['t2', 'flair']
     assert load_model(run / "last.pt").spec.modalities == ("flair", "t2")
-    assert ExperimentConfig.from_file(run / "experiment.yaml").data.modalities == ["flair", "t2"]
+    record = ExperimentConfig.from_file(run / "experiment.yaml")
+    assert record.data.modalities == ["flair", "t2"]
+    assert record.loss.seed == seed  # the resumed loss goes on with its restored stream (warned), as recorded
     assert not (run / "tuning.json").exists()  # trained further: its tuning described older checkpoints
 
 

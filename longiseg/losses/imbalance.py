@@ -514,6 +514,12 @@ class ImbalanceAwareLoss(nn.Module):
             num_baseline=int(annotated.sum()),
         )
 
+    @property
+    def seed(self) -> int | None:
+        """The seed of the random stream the loss draws from (``None``: a caller's generator or the global one);
+        after a resume, the seed of the stream restored from the checkpoint."""
+        return self._seed
+
     def get_extra_state(self) -> dict[str, Any]:
         """The state of the generator the loss owns (``seed=...``), so resumed runs draw identically."""
         if self._owns_generator and self.generator is not None:

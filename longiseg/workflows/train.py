@@ -434,6 +434,9 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
                       dist_context=ctx)
     if resuming:  # restored from the dict read above, before the run's records are rewritten; fit continues
         trainer.load_checkpoint(last, checkpoint=saved)  # weights that do not fit the model are refused here
+        restored = getattr(trainer.loss_fn, "seed", cfg.loss.seed)
+        if restored is not None and restored != cfg.loss.seed:  # the run goes on with the stream it had (warned)
+            cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, seed=restored))
     del saved
     trains = not resuming or (trainer.epoch < trainer.config.max_epochs and not trainer.stopped_early)
     if ctx.is_main:
