@@ -12,8 +12,8 @@ import torch.nn as nn
 
 from longiseg.data.layout import image_filename
 from longiseg.inferers import SlidingWindowInferer3D, TriplanarInferer, binary_entropy, predict_case
-from longiseg.inferers.sliding_window import eval_mode
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.networks.wrappers import eval_mode
 
 
 class Pointwise(nn.Module):

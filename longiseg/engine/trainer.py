@@ -49,6 +49,7 @@ from longiseg.engine.config import TrainerConfig
 from longiseg.engine.distributed import DistributedContext, all_reduce_mean, barrier, init_distributed
 from longiseg.engine.schedulers import build_warmup_cosine_scheduler
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.networks.wrappers import eval_mode
 from longiseg.utils.io import atomic_write
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import DEBUG_CHECKS_ENV
@@ -676,13 +677,8 @@ class Trainer:
         if self.validate_fn is None:
             return {}
         model = unwrap_model(self.model)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                metrics = self.validate_fn(model)
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            metrics = self.validate_fn(model)
         if not isinstance(metrics, Mapping):
             raise TypeError(f"validate_fn must return a dict of floats, got {type(metrics).__name__}")
         named = {(k if str(k).startswith("val_") else f"val_{k}"): v for k, v in metrics.items()}

@@ -16,10 +16,9 @@ channels of follow-up 1, follow-up 2, ... (``K`` outputs per head, 1 for binary 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ import torch.nn as nn
 
 from longiseg.networks.inputs import parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.networks.wrappers import eval_mode
 from longiseg.utils.device import resolve_device as _resolve_torch_device
 from longiseg.utils.validation import (
     check_binary,
@@ -49,7 +49,6 @@ __all__ = [
     "split_probabilities",
     "brain_or_foreground",
     "resolve_device",
-    "eval_mode",
     "SlidingWindowInferer3D",
 ]
 
@@ -369,33 +368,6 @@ def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch
     for t in itertools.chain(model.parameters(), model.buffers()):
         return t.device
     return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run a block with ``model`` in eval mode and give every submodule its own mode back afterwards.
-
-    ``model.train(was_training)`` would not do: it sets one mode on every submodule, so a model fine-tuned with
-    frozen (eval-mode) BatchNorm or dropout layers would come back with them in train mode. Each module's
-    ``training`` flag is recorded and restored, also when the block raises.
-
-    Args:
-        model: the module.
-
-    Yields:
-        ``model``, in eval mode.
-
-    Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
-    """
-    _check_model(model)
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _normalise_window(name: str, size: int | Sequence[int], ndim: int) -> tuple[int, ...]:

@@ -49,7 +49,6 @@ from longiseg.inferers.sliding_window import (
     _normalise_window,
     blend_weights,
     brain_or_foreground,
-    eval_mode,
     flip_combinations,
     predict_probabilities,
     prepare_case,
@@ -57,6 +56,7 @@ from longiseg.inferers.sliding_window import (
     split_probabilities,
     window_starts,
 )
+from longiseg.networks.wrappers import eval_mode
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_bool, check_positive_int
 
