@@ -273,7 +273,7 @@ def _claim_path(out_dir: Path, case_id: str) -> Path:
 
 
 def _read_claim(path: Path) -> dict[str, Any] | None:
-    """The claim in ``path`` (``{"host", "pid", "token"}``), ``None`` when unreadable (being written, or not
+    """The claim in ``path`` (``{"host", "pid", "started", "token"}``), ``None`` when unreadable (being written, or not
     ours); ``FileNotFoundError`` when gone."""
     try:
         claim = json.loads(path.read_text(encoding="utf-8"))
@@ -302,7 +302,8 @@ def _holder(claim: Mapping[str, Any] | None) -> str:
 
 def _claim_case(out_dir: Path, case_id: str) -> tuple[Path | None, dict[str, Any]]:
     """Claim ``case_id`` for this process: create its claim file (:func:`_claim_path`) atomically, holding this
-    host, pid, the process' start time (a reused pid is another process) and a token. A claim whose process is gone (:func:`_claim_alive`) is taken over.
+    host, pid, the process' start time (a reused pid is another process) and a token. A claim whose process is
+    gone (:func:`_claim_alive`) is taken over.
 
     Returns:
         ``(path, claim)`` when claimed; ``(None, holder's claim or {})`` when a live process holds the case.

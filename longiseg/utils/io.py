@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["expand_home", "folder_is_empty", "host_tag", "writer_ended", "WrittenMeanwhile", "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
+__all__ = ["expand_home", "folder_is_empty", "host_tag", "process_start_time", "writer_ended", "WrittenMeanwhile", "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
            "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti", "check_separate_folders",
            "check_output_folder"]
 
@@ -154,8 +154,8 @@ def process_start_time(pid: int) -> int | None:
     system gave again to another process has another start time."""
     try:
         with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as fh:
-            stat = fh.read()
-        return int(stat[stat.rindex(")") + 2:].split()[19])  # field 22; the name in (...) may hold spaces
+            fields = fh.read()
+        return int(fields[fields.rindex(")") + 2:].split()[19])  # field 22; the name in (...) may hold spaces
     except (OSError, ValueError, IndexError):
         return None
 
