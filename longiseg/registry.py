@@ -65,6 +65,24 @@ class ModelInfo:
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def module(self) -> str | None:
+        """The module that defines the factory (of the function a ``functools.partial`` wraps): what to import
+        to register the model again; ``None`` where the factory names none."""
+        module = getattr(_unpartial(self.factory), "__module__", None)
+        return module if isinstance(module, str) else None
+
+    @property
+    def origin(self) -> str:
+        """``module.qualname`` of the factory, for messages."""
+        source = _unpartial(self.factory)
+        return f"{self.module or '?'}.{getattr(source, '__qualname__', type(source).__name__)}"
+
+
+def _unpartial(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """The function a ``functools.partial`` wraps, else ``factory``."""
+    return factory.func if isinstance(factory, functools.partial) else factory
+
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
@@ -122,12 +140,11 @@ def register_model(
                              "(no spaces, slashes or wildcards *?[]); pass name=..., e.g. name='my_model'")
         if key in _REGISTRY:
             raise ValueError(f"register_model: a model named {key!r} is already registered (by "
-                             f"{_origin(_REGISTRY[key].factory)}); pick another name, or call "
+                             f"{_REGISTRY[key].origin}); pick another name, or call "
                              f"unregister_model({key!r}) first to replace it (e.g. when a notebook cell runs again)")
         doc = description
         if doc is None:  # a partial describes itself by the function it wraps
-            source = f.func if isinstance(f, functools.partial) else f
-            lines = (getattr(source, "__doc__", None) or "").strip().splitlines()
+            lines = (getattr(_unpartial(f), "__doc__", None) or "").strip().splitlines()
             doc = lines[0].strip() if lines else ""
         _REGISTRY[key] = ModelInfo(name=key, factory=f, dim=dim, description=doc, tags=tags)
         return f
@@ -142,13 +159,6 @@ def unregister_model(name: str) -> None:
     if name not in _REGISTRY:
         raise KeyError(_unknown_message(name, how_to_register=False))
     del _REGISTRY[name]
-
-
-def _origin(factory: Callable[..., Any]) -> str:
-    """Where ``factory`` was defined, ``module.qualname``, for messages."""
-    source = factory.func if isinstance(factory, functools.partial) else factory
-    module = getattr(source, "__module__", None) or "?"
-    return f"{module}.{getattr(source, '__qualname__', type(source).__name__)}"
 
 
 def _unknown_message(name: str, how_to_register: bool = True) -> str:
@@ -219,7 +229,7 @@ def _check_arguments(info: ModelInfo, kwargs: dict[str, Any]) -> None:
     try:
         signature.bind(**kwargs)
     except TypeError as err:
-        raise TypeError(f"build_model({info.name!r}): {err} (the factory {_origin(info.factory)} takes "
+        raise TypeError(f"build_model({info.name!r}): {err} (the factory {info.origin} takes "
                         f"{list(signature.parameters)})") from None
 
 
@@ -256,10 +266,10 @@ def build_model(name: str, /, **kwargs: Any) -> nn.Module:
         model = info.factory(**kwargs)
     except Exception as err:
         if hasattr(err, "add_note"):  # Python >= 3.11
-            err.add_note(f"(raised by the factory {_origin(info.factory)} of model {name!r}, arguments {kwargs})")
+            err.add_note(f"(raised by the factory {info.origin} of model {name!r}, arguments {kwargs})")
         raise
     if not isinstance(model, nn.Module):
-        raise TypeError(f"build_model: the factory {_origin(info.factory)} of model {name!r} returned "
+        raise TypeError(f"build_model: the factory {info.origin} of model {name!r} returned "
                         f"{type(model).__name__}, not an nn.Module; a factory returns the network")
     model.spec = ModelSpec(
         name=name, kwargs=kwargs, dim=info.dim, input_layout=INPUT_LAYOUTS[info.dim],

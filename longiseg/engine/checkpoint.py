@@ -221,7 +221,7 @@ def save_checkpoint(
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
         "model_name": model_name,
-        "model_module": _factory_module(model_name),
+        "model_module": _registered_module(model_name),
         "model_kwargs": plain_data(dict(model_kwargs), "model_kwargs") if model_kwargs is not None else {},
         "spec": spec_dict if spec is not None else None,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -261,15 +261,11 @@ def _storable_spec(spec: Any) -> dict[str, Any]:
     return data
 
 
-def _factory_module(name: str | None) -> str | None:
-    """The module that registered model ``name`` (``None`` for an unregistered name or a built-in-less factory)."""
+def _registered_module(name: str | None) -> str | None:
+    """The module that registered model ``name`` (``None`` for a name the registry does not hold)."""
     from longiseg.registry import is_model, model_info
 
-    if name is None or not is_model(name):
-        return None
-    factory = model_info(name).factory
-    module = getattr(getattr(factory, "func", factory), "__module__", None)
-    return module if isinstance(module, str) else None
+    return model_info(name).module if name is not None and is_model(name) else None
 
 
 def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
