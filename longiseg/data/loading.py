@@ -449,7 +449,7 @@ def check_same_grid(grid: Grid, reference: Grid, *, what: str = "volume", atol: 
                          "one grid")
     if not np.allclose(affine, ref_affine, rtol=0.0, atol=atol):
         raise ValueError(
-            f"{where} (affines differ by up to {float(np.abs(affine - ref_affine).max()):.3g}, tolerance {atol:g}; "
+            f"{where} (affines differ by up to {float(np.abs(affine - ref_affine).max()):.3g} mm, tolerance {atol:g} mm; "
             f"voxel size {_mm(affine_spacing(affine))} vs {_mm(affine_spacing(ref_affine))}); all volumes of a "
             "case must share one grid")
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from longiseg.data import layout
 from longiseg.data.case import PLANES, affine_spacing, display_slice, plane_axes
-from longiseg.data.loading import read_prediction, read_volume
+from longiseg.data.loading import Grid, check_same_grid, read_prediction, read_volume
 from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
 from longiseg.utils.io import atomic_write
 from longiseg.utils.plotting import subplots
@@ -127,9 +127,10 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
     return _png(fig)
 
 
-def _load_images(folder: Path, timepoints: int, modality: str | None, shape: tuple, affine: np.ndarray
+def _load_images(folder: Path, timepoints: int, modality: str | None, masks: Grid
                  ) -> tuple[list[np.ndarray] | None, str]:
-    """Images of one modality for every timepoint, or ``None`` with the reason."""
+    """Images of one modality for every timepoint, or ``None`` with the reason; each must lie on the grid of the
+    case's masks (``masks``: the baseline mask's ``(path, shape, affine)``)."""
     found = layout.scan_images(folder) if folder.is_dir() else {}
     if not found.get(0):
         return None, f"no images (t0_*.nii.gz) in {folder}"
@@ -144,13 +145,7 @@ def _load_images(folder: Path, timepoints: int, modality: str | None, shape: tup
         if p is None:
             return None, f"missing image {folder / layout.image_filename(t, modality)}"
         arr, img_affine, _ = read_volume(p, what="image", dtype=np.float32)
-        if arr.shape != shape:
-            raise ValueError(f"image {p} is not on the grid of the masks (shape {arr.shape}, the masks' {shape}); "
-                             "montages need the images the masks were computed on")
-        shift = float(np.abs(img_affine - affine).max())
-        if shift > 1e-4:
-            raise ValueError(f"image {p} is not on the grid of the masks (affines differ by up to {shift:.3g} mm); "
-                             "montages need the images the masks were computed on")
+        check_same_grid((p, arr.shape, img_affine), masks, what="image")  # montages need the masks' images
         out.append(arr)
     return out, modality
 
@@ -254,7 +249,8 @@ def write_lesion_report(
         if changes and montages:
             masks, affine, _ = read_prediction(masks_dir, ev.case_id, len(ev.followups) + 1, "mask")
             base, prog = masks[0].astype(bool), masks[1:].astype(bool)
-            images, why = _load_images(img_dir / ev.case_id, len(ev.followups) + 1, modality, base.shape, affine)
+            images, why = _load_images(img_dir / ev.case_id, len(ev.followups) + 1, modality,
+                                       (masks_dir / ev.case_id / layout.BASELINE_MASK, base.shape, affine))
             if images is None:
                 sec.append(f"<p class='note'>No montages: {html.escape(why)} (give the image folder).</p>")
             else:
