@@ -147,7 +147,7 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     if registered_dir is not None:
         check_case, after_case = _native_hooks(Path(registered_dir), overwrite)
 
-    # the inferers run the model in eval mode and give every module its own mode back (inferers.eval_mode)
+    # the inferers run the model in eval mode and give every module its own mode back (networks.wrappers.eval_mode)
     return predict_folder(
         model, input_dir, output_dir, modalities=modalities, case_ids=case_ids, skip_existing=skip_existing,
         overwrite=overwrite, progress=progress, reader=read_preprocessed, check_case=check_case, after_case=after_case,
