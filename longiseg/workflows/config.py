@@ -34,6 +34,12 @@ def _need(cond: bool, cls: str, msg: str) -> None:
         raise ConfigError(f"{cls}: {msg}")
 
 
+def _check_planes(planes: list[str], cls: str) -> None:
+    """Refuse ``planes`` unless it names each of :data:`_PLANES` at most once, and at least one."""
+    _need(bool(planes) and all(p in _PLANES for p in planes) and len(set(planes)) == len(planes), cls,
+          f"planes must be a non-empty subset of {_PLANES}, each plane once, got {planes}")
+
+
 @dataclasses.dataclass
 class ModelConfig(ConfigBase):
     """Which registry model to build and with which factory keyword arguments.
@@ -108,9 +114,7 @@ class DataConfig(ConfigBase):
         self.val_root = expand_home(self.val_root)
         _need(0.0 <= self.val_fraction < 1.0, "DataConfig", f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _need(self.crop_size >= 8, "DataConfig", f"crop_size must be >= 8, got {self.crop_size}")
-        _need(bool(self.planes) and all(p in _PLANES for p in self.planes)
-              and len(set(self.planes)) == len(self.planes), "DataConfig",
-              f"planes must be a non-empty subset of {_PLANES}, each plane once, got {self.planes}")
+        _check_planes(self.planes, "DataConfig")
         _need(0.0 <= self.lesion_weight <= 1.0, "DataConfig", f"lesion_weight must be in [0, 1], got {self.lesion_weight}")
         _need(0.0 <= self.progression_share <= 1.0, "DataConfig",
               f"progression_share must be in [0, 1], got {self.progression_share}")
@@ -228,9 +232,7 @@ class InferenceConfig(ConfigBase):
               f"progression_threshold must be None or in (0, 1), got {self.progression_threshold}")
         _need(0 <= self.min_lesion_mm3 < float("inf"), "InferenceConfig",
               f"min_lesion_mm3 must be a finite volume >= 0, got {self.min_lesion_mm3}")
-        _need(bool(self.planes) and all(p in _PLANES for p in self.planes)
-              and len(set(self.planes)) == len(self.planes), "InferenceConfig",
-              f"planes must be a non-empty subset of {_PLANES}, each plane once, got {self.planes}")
+        _check_planes(self.planes, "InferenceConfig")
 
 
 @dataclasses.dataclass
