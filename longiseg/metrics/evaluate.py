@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from longiseg.data.layout import find_nifti, prediction_filenames
+from longiseg.data.layout import BASELINE_MASK, find_nifti, prediction_filenames
 from longiseg.data.loading import find_mask_cases, read_mask, read_prediction
 from longiseg.metrics.aggregate import PAPER_COLUMNS, ResultsTable
 from longiseg.metrics.lesion import LesionDetection
@@ -185,9 +185,8 @@ def _note_unscored(pred_dir: Path, gt_dir: Path, cases: Mapping[str, Sequence[st
     if pred_dir.resolve() == gt_dir.resolve():
         _log.warning("the prediction folder %s is the reference folder itself: every score is perfect by "
                      "construction", pred_dir)
-    baseline = prediction_filenames(1)["mask"][0]
     extra = sorted(d.name for d in pred_dir.iterdir()
-                   if d.is_dir() and d.name not in cases and find_nifti(d, baseline) is not None)
+                   if d.is_dir() and d.name not in cases and find_nifti(d, BASELINE_MASK) is not None)
     if extra:
         _log.warning("%d case(s) of %s are not in the reference %s and are not evaluated: %s%s", len(extra),
                      pred_dir, gt_dir, ", ".join(extra[:5]), ", ..." if len(extra) > 5 else "")
