@@ -114,7 +114,7 @@ def test_attention_errors() -> None:
     mod = EfficientSelfAttention(8, sr_ratio=4)
     with pytest.raises(ValueError, match=r"\(B, T, H, W, C\)"):
         mod(torch.randn(2, 8, 8, 8))
-    with pytest.raises(ValueError, match="8 channels"):
+    with pytest.raises(ValueError, match="C=8"):
         mod(torch.randn(1, 2, 8, 8, 4))
     with pytest.raises(TypeError, match="torch.Tensor"):
         mod("tokens")

@@ -178,7 +178,7 @@ def test_mast_errors() -> None:
     mixer = MaSTMixer(8, d_state=4)
     with pytest.raises(ValueError, match="timepoints T"):
         mixer(torch.randn(1, 1, 2, 2, 8))
-    with pytest.raises(ValueError, match="8 channels"):
+    with pytest.raises(ValueError, match="C=8"):
         mixer(torch.randn(1, 2, 2, 2, 4))
     with pytest.raises(ValueError, match=r"\(B, T, H, W, C\)"):
         mixer(torch.randn(2, 2, 2, 8))
@@ -209,7 +209,7 @@ def test_mix_ffn_shapes_and_per_timepoint_locality() -> None:
 
 
 def test_mix_ffn_errors() -> None:
-    with pytest.raises(ValueError, match=r"\(\*, H, W, 8\)"):
+    with pytest.raises(ValueError, match=r"\(\*, H, W, C\) with C=8"):
         MixFFN(8)(torch.randn(2, 4, 4, 6))
     with pytest.raises(ValueError, match="dropout"):
         MixFFN(8, dropout=1.5)
@@ -264,7 +264,7 @@ def test_overlap_patch_embed_shapes(size: int, k: int, s: int, out: int) -> None
 def test_overlap_patch_embed_errors() -> None:
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         OverlapPatchEmbed(3, 16, kernel_size=4, stride=2)
-    with pytest.raises(ValueError, match="3 channels"):
+    with pytest.raises(ValueError, match="C_in=3"):
         OverlapPatchEmbed(3, 16)(torch.randn(1, 2, 16, 16))
     with pytest.raises(ValueError, match=r"\(N, C_in, H, W\)"):
         OverlapPatchEmbed(3, 16)(torch.randn(1, 3, 16))

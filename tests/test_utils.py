@@ -125,6 +125,39 @@ def test_check_spatial_dims_and_widths() -> None:
         check_widths("features", 8)  # type: ignore[arg-type]
 
 
+def test_check_shape_names_the_layout_and_sizes() -> None:
+    from longiseg.utils.validation import check_shape
+
+    x = torch.zeros(2, 3, 4, 5, 6)
+    assert check_shape("x", x, "(B, T, H, W, C)", C=6) is x
+    assert check_shape("x", x, "(*, H, W, C)", C=6) is x  # any number of leading dims
+    check_shape("x", torch.zeros(4, 5, 6), "(*, H, W, C)", C=6)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got ndarray"):
+        check_shape("x", np.zeros((2, 3, 4, 5, 6)), "(B, T, H, W, C)")
+    with pytest.raises(ValueError, match=r"^x must be \(B, T, H, W, C\) with C=6, got shape \(2, 3\)$"):
+        check_shape("x", torch.zeros(2, 3), "(B, T, H, W, C)", C=6)
+    with pytest.raises(ValueError, match=r"feats must be \(N, C, H, W\) with C=3, H=5, got shape \(1, 3, 4, 4\)"):
+        check_shape("feats", torch.zeros(1, 3, 4, 4), "(N, C, H, W)", C=3, H=5)
+    with pytest.raises(ValueError, match=r"\(\*, H, W, C\) with C=6, got shape \(5, 6\)"):
+        check_shape("x", torch.zeros(5, 6), "(*, H, W, C)", C=6)
+    with pytest.raises(ValueError, match=r"sizes \['K'\] are not dims"):
+        check_shape("x", x, "(B, T, H, W, C)", K=6)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_check_shape_skips_sizes_while_tracing() -> None:
+    """Traced sizes are tensors: the size is not compared (the graph follows the input), the rank still is."""
+    from longiseg.utils.validation import check_shape
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return check_shape("x", x, "(N, C)", C=3) * 2
+
+    traced = torch.jit.trace(f, torch.zeros(2, 3))
+    assert traced(torch.ones(4, 3)).shape == (4, 3)
+    with pytest.raises(ValueError, match="x must be"):
+        torch.jit.trace(f, torch.zeros(2, 3, 1))
+
+
 def test_logging_setup_is_repeated_in_a_worker_process(monkeypatch) -> None:
     """A spawned worker shows log records like its parent: the parent's level where the parent shows them (the
     command line's set-up), nothing where it does not."""

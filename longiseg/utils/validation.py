@@ -31,6 +31,7 @@ __all__ = [
     "check_finite",
     "check_binary",
     "check_same_shape",
+    "check_shape",
     "check_bool",
     "check_positive_int",
     "check_positive_float",
@@ -146,6 +147,41 @@ def check_same_shape(name_a: str, a: ArrayLike, name_b: str, b: ArrayLike) -> No
         raise ValueError(
             f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
+
+
+def check_shape(name: str, x: object, layout: str, **sizes: int) -> torch.Tensor:
+    """Return ``x`` if it is a tensor with the dims of ``layout`` and the given ``sizes``; raise otherwise.
+
+    Example: ``check_shape("x", x, "(B, T, H, W, C)", C=64)`` accepts any 5-D tensor whose last dim is 64.
+
+    Args:
+        name: argument name used in the messages.
+        x: the value to check.
+        layout: the dims, such as ``"(B, T, H, W, C)"``; a leading ``*`` stands for any number (zero or more)
+            of leading dims, as in ``"(*, H, W, C)"``.
+        **sizes: the sizes some dims must have, by their name in ``layout`` (``C=64``). They are not compared
+            while ``torch.jit.trace`` records (:func:`checks_sizes`); the type and the number of dims always are.
+
+    Raises:
+        TypeError: ``x`` is not a ``torch.Tensor``.
+        ValueError: ``x`` has another number of dims or another size where ``sizes`` names one.
+    """
+    dims = [d.strip() for d in layout.strip().strip("()").split(",")]
+    unknown = sorted(set(sizes) - set(dims))
+    if unknown:  # a mistake of the caller, not of the user: name it plainly
+        raise ValueError(f"check_shape: sizes {unknown} are not dims of layout {layout!r}")
+    check_tensor(name, x)
+    starred = dims[0] == "*"
+    rank_ok = x.ndim >= len(dims) - 1 if starred else x.ndim == len(dims)
+    size_ok = rank_ok and (
+        not checks_sizes()
+        or all(x.shape[dims.index(k) - len(dims)] == v for k, v in sizes.items())  # indexed from the end
+    )
+    if not size_ok:
+        given = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        with_sizes = f" with {given}" if given else ""
+        raise ValueError(f"{name} must be {layout}{with_sizes}, got shape {tuple(x.shape)}")
+    return x
 
 
 #: What the int checks accept: Python and numpy ints, and the symbolic sizes of ``torch.export`` (``torch.SymInt``).

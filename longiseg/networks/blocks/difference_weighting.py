@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from longiseg.utils.validation import check_same_shape, check_spatial_dims, check_tensor, checks_sizes
+from longiseg.utils.validation import check_same_shape, check_shape, check_spatial_dims, check_tensor
 
 __all__ = ["DifferenceWeighting"]
 
@@ -53,14 +53,10 @@ class DifferenceWeighting(nn.Module):
         Returns:
             ``(B, C, *S)`` temporally informed features ``x'_c``.
         """
-        check_tensor("current", current)
+        check_shape("current", current, "(B, C, D, H, W)" if self.spatial_dims == 3 else "(B, C, H, W)",
+                    C=self.channels)
         check_tensor("prior", prior)
         check_same_shape("current", current, "prior", prior)
-        if current.ndim != self.spatial_dims + 2 or (checks_sizes() and current.shape[1] != self.channels):
-            raise ValueError(
-                f"current must be (B, {self.channels}, *S) with {self.spatial_dims} spatial dims, "
-                f"got shape {tuple(current.shape)}"
-            )
         return current * self.norm(current - prior) + current
 
     def extra_repr(self) -> str:

@@ -31,11 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longiseg.utils.validation import (
-    check_ndim,
     check_positive_int,
     check_probability,
-    check_tensor,
-    checks_sizes,
+    check_shape,
 )
 
 __all__ = ["SpatialReductionAttention", "EfficientSelfAttention", "GlobalSelfAttention"]
@@ -88,10 +86,7 @@ class SpatialReductionAttention(nn.Module):
             self.norm = nn.LayerNorm(dim)
 
     def _check(self, x: torch.Tensor) -> None:
-        check_tensor("x", x)
-        check_ndim("x", x, 5, "(B, T, H, W, C)")
-        if checks_sizes() and x.shape[-1] != self.dim:
-            raise ValueError(f"x must have {self.dim} channels in its last dim (B, T, H, W, C), got {tuple(x.shape)}")
+        check_shape("x", x, "(B, T, H, W, C)", C=self.dim)
 
     def reduces(self, h: int, w: int) -> bool:
         """Whether an ``h x w`` grid's keys/values are reduced: ``R > 1`` and ``(h // R) * (w // R) >= 2``."""

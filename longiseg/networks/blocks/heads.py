@@ -18,11 +18,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longiseg.networks.inputs import layout as input_layout
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.validation import (
     check_positive_int,
+    check_shape,
     check_spatial_dims,
-    check_tensor,
     check_timepoints,
     checks_sizes,
 )
@@ -93,13 +94,8 @@ class TimepointHeads(nn.Module):
 
     def forward(self, features: torch.Tensor, output_size: Sequence[int] | None = None) -> LongitudinalOutput:
         """Predict baseline and progression logits from ``(B, T, C, *S)`` features."""
-        check_tensor("features", features)
-        want, sizes = self.spatial_dims + 3, checks_sizes()  # sizes: False while torch.jit.trace records
-        if features.ndim != want or (sizes and features.shape[2] != self.in_channels):
-            layout = "(B, T, C, H, W)" if self.spatial_dims == 2 else "(B, T, C, D, H, W)"
-            raise ValueError(
-                f"features must be {layout} with C={self.in_channels}, got shape {tuple(features.shape)}"
-            )
+        check_shape("features", features, input_layout(self.spatial_dims), C=self.in_channels)
+        sizes = checks_sizes()  # False while torch.jit.trace records: the sizes are traced tensors
         b, t = features.shape[:2]
         if sizes:
             check_timepoints("features.shape[1] (timepoints T)", t)
@@ -152,12 +148,8 @@ class FusedDualHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> LongitudinalOutput:
         """Predict baseline and progression logits from fused ``(B, C, *S)`` features."""
-        check_tensor("features", features)
-        if features.ndim != self.spatial_dims + 2 or (checks_sizes() and features.shape[1] != self.in_channels):
-            layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
-            raise ValueError(
-                f"features must be {layout} with C={self.in_channels}, got shape {tuple(features.shape)}"
-            )
+        check_shape("features", features, "(B, C, D, H, W)" if self.spatial_dims == 3 else "(B, C, H, W)",
+                    C=self.in_channels)
         b, spatial = features.shape[0], features.shape[2:]
         prog = self.progression(features).reshape(b, self.num_timepoints - 1, self.out_channels, *spatial)
         return LongitudinalOutput(baseline=self.baseline(features), progression=prog)

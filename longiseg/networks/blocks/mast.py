@@ -41,6 +41,7 @@ from longiseg.utils.validation import (
     check_bool,
     check_ndim,
     check_positive_int,
+    check_shape,
     check_tensor,
     check_timepoints,
     checks_sizes,
@@ -186,13 +187,10 @@ class MaSTMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mix ``(B, T, H, W, C)`` features across space and time; returns ``(B, T, H, W, C)``."""
         _check_grid(x)
+        check_shape("x", x, "(B, T, H, W, C)", C=self.dim)
         b, t, h, w, c = x.shape
         if checks_sizes():
             check_timepoints("x.shape[1] (timepoints T)", t)
-            if c != self.dim:
-                raise ValueError(
-                    f"x must have {self.dim} channels in its last dim (B, T, H, W, C), got {tuple(x.shape)}"
-                )
         if self.difference_weighting is not None:
             x = self._weight_followups(x)
         mamba_spatial = self.mamba_temporal if self.mamba_spatial is None else self.mamba_spatial

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from longiseg.utils.validation import check_positive_int, check_probability, check_tensor, checks_sizes
+from longiseg.utils.validation import check_positive_int, check_probability, check_shape
 
 __all__ = ["MixFFN"]
 
@@ -42,9 +42,7 @@ class MixFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(*, H, W, C)`` to ``(*, H, W, C)``."""
-        check_tensor("x", x)
-        if x.ndim < 3 or (checks_sizes() and x.shape[-1] != self.dim):
-            raise ValueError(f"x must be channel-last (*, H, W, {self.dim}), got shape {tuple(x.shape)}")
+        check_shape("x", x, "(*, H, W, C)", C=self.dim)
         lead, (h, w) = x.shape[:-3], x.shape[-3:-1]
         y = self.fc1(x).reshape(-1, h, w, self.hidden_dim).permute(0, 3, 1, 2)
         y = self.dwconv(y).permute(0, 2, 3, 1)

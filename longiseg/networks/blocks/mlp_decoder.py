@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from longiseg.utils.validation import (
     check_positive_int,
     check_probability,
-    check_tensor,
+    check_shape,
     check_timepoints,
     checks_sizes,
 )
@@ -83,9 +83,7 @@ class AllMLPDecoder(nn.Module):
                 f"features must hold {len(self.in_dims)} maps (one per stage), got {len(features)}"
             )
         for i, (f, d) in enumerate(zip(features, self.in_dims)):
-            check_tensor(f"features[{i}]", f)
-            if f.ndim != 4 or (sizes and f.shape[1] != d):
-                raise ValueError(f"features[{i}] must be (B*T, {d}, h, w), got shape {tuple(f.shape)}")
+            check_shape(f"features[{i}]", f, "(B*T, C, h, w)", C=d)
         n, _, h, w = features[0].shape
         if sizes and n % num_timepoints:
             raise ValueError(f"features batch {n} is not a multiple of num_timepoints={num_timepoints}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from longiseg.utils.validation import check_ndim, check_positive_int, check_tensor, checks_sizes
+from longiseg.utils.validation import check_positive_int, check_shape
 
 __all__ = ["OverlapPatchEmbed"]
 
@@ -49,10 +49,5 @@ class OverlapPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tokenise ``(N, C_in, H, W)`` into normalised channel-last tokens ``(N, h, w, C)``."""
-        check_tensor("x", x)
-        check_ndim("x", x, 4, "(N, C_in, H, W)")
-        if checks_sizes() and x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"x must have {self.in_channels} channels (dim 1 of (N, C_in, H, W)), got shape {tuple(x.shape)}"
-            )
+        check_shape("x", x, "(N, C_in, H, W)", C_in=self.in_channels)
         return self.norm(self.proj(x).permute(0, 2, 3, 1))

@@ -18,12 +18,10 @@ import torch.nn as nn
 
 from longiseg.networks.blocks.mix_ffn import MixFFN
 from longiseg.utils.validation import (
-    check_ndim,
     check_positive_float,
     check_positive_int,
     check_probability,
-    check_tensor,
-    checks_sizes,
+    check_shape,
 )
 
 __all__ = ["STBlock"]
@@ -73,11 +71,6 @@ class STBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, T, H, W, C)`` to ``(B, T, H, W, C)``."""
-        check_tensor("x", x)
-        check_ndim("x", x, 5, "(B, T, H, W, C)")
-        if checks_sizes() and x.shape[-1] != self.dim:
-            raise ValueError(
-                f"x must have {self.dim} channels in its last dim (B, T, H, W, C), got {tuple(x.shape)}"
-            )
+        check_shape("x", x, "(B, T, H, W, C)", C=self.dim)
         x = x + self.drop_path(self.mixer(self.norm1(x)))
         return x + self.drop_path(self.ffn(self.norm2(x)))
