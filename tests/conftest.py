@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
+
+# The library's switches start unset, whatever the shell that runs the tests has exported (a developer's
+# LONGISEG_SCAN_BACKEND=triton or LONGISEG_DEBUG_CHECKS=1 would change what many tests check); tests that
+# exercise a switch set it themselves. Subprocesses started by tests inherit this cleaned environment.
+for _name in [n for n in os.environ if n.startswith("LONGISEG_")]:
+    del os.environ[_name]
 
 # Tests run on tiny tensors, where one intra-op thread is fastest (and pytest-xdist-free CI has 2 cores).
 torch.set_num_threads(1)
