@@ -430,7 +430,10 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
     return np.stack(volumes), first[2], first_spacing
 
 
-def check_same_grid(grid: Grid, reference: Grid, *, what: str = "volume", atol: float = 1e-4) -> None:
+def check_same_grid(
+    grid: Grid, reference: Grid, *, what: str = "volume", atol: float = 1e-4,
+    hint: str = "all volumes of a case must share one grid",
+) -> None:
     """Refuse a volume that does not lie on the grid of another (same shape, affines equal within ``atol``).
 
     Args:
@@ -438,20 +441,21 @@ def check_same_grid(grid: Grid, reference: Grid, *, what: str = "volume", atol: 
         reference: ``(path, shape, affine)`` of the volume it must share a grid with.
         what: what the files are, for messages.
         atol: absolute tolerance on the affines' entries (mm).
+        hint: what the user should do, the end of the message.
 
     Raises:
-        ValueError: naming both files, the shapes or the largest affine difference and both voxel sizes.
+        ValueError: naming both files (the reference by its name, or by its path where the names are the same),
+            the shapes or the largest affine difference and both voxel sizes.
     """
     (path, shape, affine), (ref_path, ref_shape, ref_affine) = grid, reference
-    where = f"{what} {path} lies on another grid than {Path(ref_path).name}"
+    ref_name = Path(ref_path).name
+    where = f"{what} {path} lies on another grid than {ref_path if ref_name == Path(path).name else ref_name}"
     if tuple(shape) != tuple(ref_shape):
-        raise ValueError(f"{where} (shape {tuple(shape)} vs {tuple(ref_shape)}); all volumes of a case must share "
-                         "one grid")
+        raise ValueError(f"{where} (shape {tuple(shape)} vs {tuple(ref_shape)}); {hint}")
     if not np.allclose(affine, ref_affine, rtol=0.0, atol=atol):
         raise ValueError(
             f"{where} (affines differ by up to {float(np.abs(affine - ref_affine).max()):.3g} mm, tolerance {atol:g} mm; "
-            f"voxel size {_mm(affine_spacing(affine))} vs {_mm(affine_spacing(ref_affine))}); all volumes of a "
-            "case must share one grid")
+            f"voxel size {_mm(affine_spacing(affine))} vs {_mm(affine_spacing(ref_affine))}); {hint}")
 
 
 def save_prediction(

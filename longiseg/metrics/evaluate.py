@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from longiseg.data.layout import BASELINE_MASK, find_nifti, prediction_filenames
-from longiseg.data.loading import find_mask_cases, read_mask, read_prediction
+from longiseg.data.loading import check_same_grid, find_mask_cases, read_mask, read_prediction
 from longiseg.metrics.aggregate import PAPER_COLUMNS, ResultsTable
 from longiseg.metrics.lesion import LesionDetection
 from longiseg.metrics.longitudinal import evaluate_longitudinal_case
@@ -150,15 +148,10 @@ def evaluate_folder(
         for name in names[case_id]:
             pred_path = find_nifti(pred_dir / case_id, name) or pred_dir / case_id / name
             p, paff, _ = read_mask(pred_path, what=f"case {case_id}: prediction")
-            if p.shape != gt_masks.shape[1:]:
-                raise ValueError(f"case {case_id}: prediction {pred_path} has shape {p.shape}, "
-                                 f"the reference {gt_masks.shape[1:]}")
-            shift = float(np.abs(paff - gaff).max())
-            if shift > affine_atol:
-                raise ValueError(
-                    f"case {case_id}: prediction {pred_path} lies on another grid than its "
-                    f"reference (affines differ by up to {shift:.3g} mm, tolerance {affine_atol:g}); predict on "
-                    "the reference images or resample the prediction onto the reference grid")
+            ref_path = find_nifti(gt_dir / case_id, name) or gt_dir / case_id / name
+            check_same_grid((pred_path, p.shape, paff), (ref_path, gt_masks.shape[1:], gaff),
+                            what=f"case {case_id}: prediction", atol=affine_atol,
+                            hint="predict on the reference images or resample the prediction onto the reference grid")
             preds.append(p)
         case_rows, case_dets = evaluate_longitudinal_case(
             preds[0],
