@@ -200,7 +200,7 @@ def write_cohort(out: str | Path, cohort_cfg: DemoCohortConfig, num_test: int, *
     """
     out = Path(out)
     existing = out / "cohort"
-    if existing.is_dir() and any(existing.iterdir()) and not (existing / MANIFEST_JSON).is_file():
+    if existing.is_dir() and not folder_is_empty(existing) and not (existing / MANIFEST_JSON).is_file():
         raise FileExistsError(f"{existing} does not look like a cohort folder (no {MANIFEST_JSON}); not "
                               "replacing it")
     names = ("cohort", "train", "test")
