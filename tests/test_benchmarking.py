@@ -229,7 +229,10 @@ def test_longiseg_bench_ends_its_benchmark_when_it_is_stopped(tmp_path: Path, si
     (folder / "bench_mixers.py").write_text(  # a benchmark that runs until it is stopped
         f"import os, time\nopen({str(pid_file)!r} + '.tmp', 'w').write(str(os.getpid()))\n"
         f"os.replace({str(pid_file)!r} + '.tmp', {str(pid_file)!r})\nwhile True:\n    time.sleep(0.05)\n")
-    script = ("import sys; from pathlib import Path; from longiseg import cli; "
+    # Ctrl-C raises KeyboardInterrupt as in a terminal, also where the test session was started with SIGINT
+    # ignored (a shell's background job inherits SIG_IGN, and Python then leaves SIGINT ignored)
+    script = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from pathlib import Path; from longiseg import cli; "
               "cli._benchmark_folders = lambda: [Path(sys.argv[1])]; sys.exit(cli.main(['bench']))")
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdout=subprocess.DEVNULL, stderr=err)

@@ -477,7 +477,10 @@ def test_demo_worker_processes_end_with_the_demo(tmp_path: Path, signum: int, co
     output for minutes, Ctrl-C waited for them (and printed their tracebacks), and they outlive a killed demo."""
     (tmp_path / "endless.py").write_text(_ENDLESS_STAGES)
     out = tmp_path / "demo"
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); import endless; from longiseg import cli; "
+    # Ctrl-C raises KeyboardInterrupt as in a terminal, also where the test session was started with SIGINT
+    # ignored (a shell's background job inherits SIG_IGN, and Python then leaves SIGINT ignored)
+    script = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "sys.path.insert(0, sys.argv[1]); import endless; from longiseg import cli; "
               "from longiseg.workflows import demo; demo._model_stages = demo._untrained_stage = endless.stages; "
               "demo._run = demo._run_model_stages; sys.exit(cli.main(['demo', '--output', sys.argv[2], '--jobs', "
               "'2', '--num-patients', '6', '--num-test', '2', '--no-progress']))")
