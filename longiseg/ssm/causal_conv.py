@@ -37,6 +37,7 @@ from longiseg.ssm.cpu_kernel import (
     require_cpu_kernel,
 )
 from longiseg.ssm.cpu_kernel import _kernels as _scan_kernels
+from longiseg.ssm.inputs import first_order_gradients
 
 __all__ = ["causal_conv1d_silu_cpu", "causal_conv1d_silu_reference"]
 
@@ -270,7 +271,8 @@ class _CausalConvSiluFn(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias = ctx.saved_tensors
-        return conv_backward(x, weight, bias, gy)
+        grads = conv_backward(x, weight, bias, gy)
+        return first_order_gradients("the numba causal convolution", grads, (x, weight, bias))
 
 
 def causal_conv1d_silu_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from longiseg.ssm.inputs import bc_grouped, compute_dtype, prepare_scan_inputs
+from longiseg.ssm.inputs import bc_grouped, compute_dtype, first_order_gradients, prepare_scan_inputs
 
 __all__ = ["selective_scan_chunked", "default_chunk_size", "DEFAULT_BLOCK_ELEMS"]
 
@@ -285,10 +285,10 @@ class _ChunkedScanFn(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, gout: torch.Tensor | None, glast: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        grads = _chunked_backward(
-            ctx.saved_tensors, gout, glast, ctx.softplus, ctx.chunk_size, ctx.block_elems
-        )
-        return (*grads, None, None, None)
+        saved = ctx.saved_tensors
+        with torch.no_grad():  # in-place and out= operations, also under create_graph=True
+            grads = _chunked_backward(saved, gout, glast, ctx.softplus, ctx.chunk_size, ctx.block_elems)
+        return (*first_order_gradients("the chunked selective scan", grads, saved), None, None, None)
 
 
 def _chunked_backward(
@@ -418,7 +418,7 @@ def selective_scan_chunked(
     Returns:
         ``out`` ``(B, D, L)`` in ``u.dtype``, or ``(out, last_state)``.
     """
-    s = prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    s = prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if chunk_size is None:
         chunk_size = default_chunk_size(s.seqlen)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from longiseg.ssm.inputs import compute_dtype, prepare_scan_inputs
+from longiseg.ssm.inputs import compute_dtype, first_order_gradients, prepare_scan_inputs
 from longiseg.utils.logging import get_logger, log_once
 
 _LOGGER = get_logger("longiseg.ssm")
@@ -975,7 +975,8 @@ class _CompiledScanFn(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, gout: torch.Tensor | None, glast: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
-        return (*_scan_backward(saved[:8], saved[8], gout, glast, ctx.softplus, ctx.a_exp), None)
+        grads = _scan_backward(saved[:8], saved[8], gout, glast, ctx.softplus, ctx.a_exp)
+        return (*first_order_gradients("the numba selective scan", grads, saved[:8]), None)
 
 
 def selective_scan_cpu(
@@ -1012,7 +1013,7 @@ def selective_scan_cpu(
         ValueError: tensors not on the CPU, or invalid shapes (see :func:`longiseg.ssm.selective_scan`).
     """
     require_cpu_kernel()
-    prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     _require_cpu({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
     out, last = _CompiledScanFn.apply(
         u.mT, delta.mT, A, _kernel_layout(B), _kernel_layout(C), D, None if z is None else z.mT, delta_bias,
@@ -1060,7 +1061,7 @@ def selective_scan_cpu_channels_last(
     # Validate every argument once with the canonical checks, on transposed views (no copies).
     prepare_scan_inputs(
         u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D,
-        None if z is None else z.transpose(1, 2), delta_bias,
+        None if z is None else z.transpose(1, 2), delta_bias, delta_softplus,
     )
     _require_cpu({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias})
     out, _ = _CompiledScanFn.apply(

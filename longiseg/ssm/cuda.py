@@ -91,7 +91,7 @@ def selective_scan_cuda(
         RuntimeError: mamba-ssm is not importable or the tensors are not on CUDA.
         TypeError: float64 inputs (the kernel has no float64 path; use the ``chunked`` backend).
     """
-    prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     require_cuda_scan(u.device)
     if u.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(

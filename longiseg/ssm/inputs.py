@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from longiseg.utils.validation import check_tensor
+from longiseg.utils.validation import check_bool, check_tensor
 
-__all__ = ["ScanInputs", "prepare_scan_inputs", "compute_dtype", "bc_grouped"]
+__all__ = ["ScanInputs", "prepare_scan_inputs", "compute_dtype", "bc_grouped", "first_order_gradients"]
 
 
 @dataclass
@@ -63,6 +63,61 @@ def bc_grouped(x: torch.Tensor, batch: int, dim: int, seqlen: int) -> torch.Tens
     return x
 
 
+class _OnceDifferentiable(torch.autograd.Function):
+    """Passes gradients through unchanged; differentiating them raises (see :func:`first_order_gradients`)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, what: str, count: int, *tensors: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        # tensors = the count gradients, then the inputs they depend on (only to connect this node to them)
+        ctx.what = what
+        return tuple(g.view_as(g) for g in tensors[:count])
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, *_: torch.Tensor) -> None:  # type: ignore[override]
+        raise RuntimeError(
+            f"{ctx.what} is differentiable once only: its backward pass computes the gradients without "
+            "autograd, so they cannot be differentiated again (double backward, e.g. a gradient penalty through "
+            "it); use the 'reference' selective-scan backend (backend='reference'), whose backward pass is "
+            "autograd's"
+        )
+
+
+def first_order_gradients(
+    what: str, grads: tuple[torch.Tensor | None, ...], inputs: tuple[torch.Tensor | None, ...]
+) -> tuple[torch.Tensor | None, ...]:
+    """The gradients an ``autograd.Function``'s backward pass computed without autograd, as it returns them.
+
+    Under ``create_graph=True`` (grad mode is on in the backward pass) they come out of one more autograd
+    node whose backward pass raises a ``RuntimeError`` naming ``what``: differentiating them again is refused
+    instead of treating them as constants (silently missing second-order terms). The node takes the forward's
+    ``inputs`` as inputs too, so that autograd reaches it (and raises) whenever a derivative w.r.t. one of them,
+    or anything they depend on, passes through the gradients, however the incoming gradients were made
+    (``torch.autograd.function.once_differentiable`` is skipped by ``torch.autograd.grad(..., inputs)`` and when
+    the incoming gradients are constants). Without grad mode the gradients are returned unchanged.
+
+    Args:
+        what: the operation, for the message (e.g. ``"the numba selective scan"``).
+        grads: the gradients w.r.t. the forward's inputs, ``None`` where there is none.
+        inputs: the forward's differentiable inputs (e.g. the saved tensors; ``None`` entries are skipped).
+
+    Returns:
+        ``grads``, marked where grad mode is on.
+    """
+    if not torch.is_grad_enabled():
+        return grads
+    present = [i for i, g in enumerate(grads) if g is not None]
+    anchors = [t for t in inputs if t is not None and t.requires_grad]
+    if not present or not anchors:
+        return grads
+    marked = _OnceDifferentiable.apply(what, len(present), *(grads[i] for i in present), *anchors)
+    out = list(grads)
+    for i, g in zip(present, marked):
+        out[i] = g
+    return tuple(out)
+
+
 def _check_float(name: str, x: torch.Tensor) -> None:
     if x.is_complex():
         raise TypeError(
@@ -82,14 +137,21 @@ def prepare_scan_inputs(
     D: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
+    delta_softplus: object = False,
+    return_last_state: object = False,
 ) -> ScanInputs:
     """Check every selective-scan argument and return them with the problem sizes.
 
+    ``delta_softplus`` and ``return_last_state`` are the backends' flags, checked to be ``bool`` (a string such
+    as ``"false"`` would count as ``True``).
+
     Raises:
-        TypeError: an argument is not a tensor, not floating, or complex.
+        TypeError: an argument is not a tensor, not floating, or complex; a flag is not a ``bool``.
         ValueError: a rank or shape is inconsistent (the message names the argument and the expected layout),
             or the tensors live on different devices.
     """
+    check_bool("delta_softplus", delta_softplus)
+    check_bool("return_last_state", return_last_state)
     named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
     for name, t in named.items():
         if t is None and name in ("D", "z", "delta_bias"):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from longiseg.ssm.causal_conv import check_kernel_tensors, conv_backward, conv_forward
 from longiseg.ssm.cpu_kernel import _exponent_factors, _scan_backward, _scan_forward, require_cpu_kernel
+from longiseg.ssm.inputs import first_order_gradients
 
 __all__ = ["mamba_inner_cpu"]
 
@@ -54,8 +55,10 @@ class _MambaInnerFn(torch.autograd.Function):
         a_exp = _exponent_factors(A, xz.dtype)
         keep = any(ctx.needs_input_grad)
         y, _, ckpt = _scan_forward(u, delta, A, bk, ck, D, z, dt_proj_bias, True, keep, a_exp)
-        ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, D, A, u, dt,
-                              delta, bk, ck, ckpt)
+        ctx.save_for_backward(
+            xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, A, u, dt, delta, bk, ck,
+            ckpt,
+        )
         ctx.a_exp = a_exp
         return y
 
@@ -63,25 +66,29 @@ class _MambaInnerFn(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, gy: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, D, A, u, dt, delta, bk, ck, ckpt = (
-            ctx.saved_tensors
-        )
-        d_inner, rank, n_state = conv_weight.shape[0], dt_proj_weight.shape[1], A.shape[1]
-        tokens = u.shape[0] * u.shape[1]
-        gxz = torch.empty(xz.shape, dtype=xz.dtype)
-        gu, gdelta, gA, gbk, gck, gD, _, gbias = _scan_backward(
-            (u, delta, A, bk, ck, D, xz[..., d_inner:], dt_proj_bias), ckpt, gy, None, True, ctx.a_exp,
-            gz=gxz[..., d_inner:],
-        )
-        gdelta2 = gdelta.reshape(tokens, d_inner)
-        g_dbl = torch.cat([gdelta2 @ dt_proj_weight, gbk.reshape(tokens, n_state), gck.reshape(tokens, n_state)], dim=1)
-        g_dt_proj = gdelta2.t() @ dt.reshape(tokens, rank)
-        g_x_proj = g_dbl.t() @ u.reshape(tokens, d_inner)
-        gu.reshape(tokens, d_inner).addmm_(g_dbl, x_proj_weight)  # + the gradient through x_proj
-        _, g_conv_weight, g_conv_bias = conv_backward(
-            xz[..., :d_inner], conv_weight, conv_bias, gu, gx=gxz[..., :d_inner]
-        )
-        return gxz, g_conv_weight, g_conv_bias, g_x_proj, g_dt_proj, gbias, gA * A, gD  # dA/dA_log = A
+        saved = ctx.saved_tensors
+        xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias = saved[:6]
+        D, A, u, dt, delta, bk, ck, ckpt = saved[7:]  # saved[6]: A_log, for first_order_gradients
+        with torch.no_grad():  # by hand, also under create_graph=True (see first_order_gradients)
+            d_inner, rank, n_state = conv_weight.shape[0], dt_proj_weight.shape[1], A.shape[1]
+            tokens = u.shape[0] * u.shape[1]
+            gxz = torch.empty(xz.shape, dtype=xz.dtype)
+            gu, gdelta, gA, gbk, gck, gD, _, gbias = _scan_backward(
+                (u, delta, A, bk, ck, D, xz[..., d_inner:], dt_proj_bias), ckpt, gy, None, True, ctx.a_exp,
+                gz=gxz[..., d_inner:],
+            )
+            gdelta2 = gdelta.reshape(tokens, d_inner)
+            g_dbl = torch.cat(
+                [gdelta2 @ dt_proj_weight, gbk.reshape(tokens, n_state), gck.reshape(tokens, n_state)], dim=1
+            )
+            g_dt_proj = gdelta2.t() @ dt.reshape(tokens, rank)
+            g_x_proj = g_dbl.t() @ u.reshape(tokens, d_inner)
+            gu.reshape(tokens, d_inner).addmm_(g_dbl, x_proj_weight)  # + the gradient through x_proj
+            _, g_conv_weight, g_conv_bias = conv_backward(
+                xz[..., :d_inner], conv_weight, conv_bias, gu, gx=gxz[..., :d_inner]
+            )
+            grads = (gxz, g_conv_weight, g_conv_bias, g_x_proj, g_dt_proj, gbias, gA * A, gD)  # dA/dA_log = A
+        return first_order_gradients("the numba Mamba block (mamba_inner_cpu)", grads, saved[:8])
 
 
 def mamba_inner_cpu(

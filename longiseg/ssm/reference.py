@@ -56,7 +56,7 @@ def selective_scan_reference(
     Returns:
         ``out`` of shape ``(B, D, L)`` in ``u.dtype`` (and the last state in the accumulation dtype).
     """
-    s = prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    s = prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     ct = compute_dtype(u, delta, A, B, C)
     dt = delta.to(ct)
     if delta_bias is not None:

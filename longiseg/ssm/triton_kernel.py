@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from longiseg.ssm.inputs import compute_dtype, prepare_scan_inputs
+from longiseg.ssm.inputs import compute_dtype, first_order_gradients, prepare_scan_inputs
 
 try:  # optional: Triton ships with torch's Linux CUDA wheels, not with CPU or macOS builds
     import triton
@@ -456,8 +456,9 @@ class _TritonScanFn(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ct = compute_dtype(u, delta, A, B, C)
         lay = _Layout(u, A, B, C, block_d, block_t)
-        D = D.contiguous() if D is not None else None  # the kernels index (D,) vectors with unit stride
-        delta_bias = delta_bias.contiguous() if delta_bias is not None else None
+        # the kernels index (D,) vectors with unit stride; the inputs themselves are saved (first_order_gradients)
+        skip = D.contiguous() if D is not None else None
+        bias = delta_bias.contiguous() if delta_bias is not None else None
         a = A.to(ct).contiguous()
         out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
         last = torch.empty(lay.batch, lay.dim, lay.dstate, dtype=ct, device=u.device)
@@ -469,7 +470,7 @@ class _TritonScanFn(torch.autograd.Function):
         with _on_device(u):
             fwd[lay.grid](
                 u, delta, a, B, C,
-                D if D is not None else a, zz, delta_bias if delta_bias is not None else a,
+                skip if skip is not None else a, zz, bias if bias is not None else a,
                 out, last, ckpt,
                 lay.dim, lay.seqlen, lay.dstate, lay.n_tiles, lay.b_group, lay.c_group,
                 *u.stride(), *delta.stride(), *zz.stride(), *_Layout.strides(B), *_Layout.strides(C),
@@ -477,7 +478,7 @@ class _TritonScanFn(torch.autograd.Function):
                 B_CONST=lay.b_const, C_CONST=lay.c_const, STORE_CKPT=store_ckpt,
                 BLOCK_D=lay.block_d, BLOCK_N=lay.block_n, BLOCK_T=lay.block_t, num_warps=lay.num_warps,
             )  # fmt: skip
-        ctx.save_for_backward(u, delta, a, B, C, D, z, delta_bias, ckpt)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
         ctx.softplus = softplus
         ctx.layout = lay
         ctx.a_dtype = A.dtype
@@ -487,9 +488,13 @@ class _TritonScanFn(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, gout: torch.Tensor | None, glast: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        u, delta, a, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors  # type: ignore[attr-defined]
+        saved = ctx.saved_tensors  # type: ignore[attr-defined]
+        u, delta, A, B, C, D, z, delta_bias, ckpt = saved
         lay: _Layout = ctx.layout  # type: ignore[attr-defined]
-        ct = a.dtype
+        ct = ckpt.dtype
+        a = A.to(ct).contiguous()
+        skip = D.contiguous() if D is not None else None
+        bias = delta_bias.contiguous() if delta_bias is not None else None
         dev = u.device
         gout = torch.zeros_like(u) if gout is None else gout.contiguous()
         gu = torch.empty(u.shape, dtype=u.dtype, device=dev)
@@ -506,7 +511,7 @@ class _TritonScanFn(torch.autograd.Function):
         with _on_device(u):
             bwd[lay.grid](
                 u, delta, a, B, C,
-                D if D is not None else a, zz, delta_bias if delta_bias is not None else a,
+                skip if skip is not None else a, zz, bias if bias is not None else a,
                 gout, glast.contiguous() if glast is not None else a, ckpt,
                 gu, gdelta, gz if gz is not None else gu, gA, gB, gC,
                 gD if gD is not None else gA, gbias if gbias is not None else gA,
@@ -518,7 +523,7 @@ class _TritonScanFn(torch.autograd.Function):
                 SOFTPLUS=ctx.softplus, B_CONST=lay.b_const, C_CONST=lay.c_const, HAS_GLAST=glast is not None,  # type: ignore[attr-defined]
                 BLOCK_D=lay.block_d, BLOCK_N=lay.block_n, BLOCK_T=lay.block_t, num_warps=lay.num_warps,
             )  # fmt: skip
-        return (
+        grads = (
             gu,
             gdelta,
             gA.to(ctx.a_dtype),  # type: ignore[attr-defined]
@@ -527,10 +532,8 @@ class _TritonScanFn(torch.autograd.Function):
             None if gD is None or D is None else gD.to(D.dtype),
             gz,
             None if gbias is None or delta_bias is None else gbias.to(delta_bias.dtype),
-            None,
-            None,
-            None,
         )
+        return (*first_order_gradients("the triton selective scan", grads, saved[:8]), None, None, None)
 
 
 def selective_scan_triton(
@@ -575,7 +578,7 @@ def selective_scan_triton(
         ValueError: invalid shapes (see :func:`longiseg.ssm.selective_scan`) or ``block_d``/``block_t``, or
             tensors too large for the kernels' 32-bit offsets.
     """
-    prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     require_triton_scan(u.device)
     # offsets are 32-bit: every tensor, and the checkpoints (u's size x N / 16 with the default tiles), < 2^31
     if max(u.numel(), B.numel(), C.numel(), u.numel() // 16 * A.shape[1]) >= 2**31:
