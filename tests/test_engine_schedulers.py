@@ -91,3 +91,19 @@ def test_errors() -> None:
         build_warmup_cosine_scheduler(opt, warmup_epochs=1, max_epochs=2, steps_per_epoch=1, min_lr=1e-3)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         build_warmup_cosine_scheduler(opt, warmup_epochs=1, max_epochs=2, steps_per_epoch=0)
+
+
+def test_schedule_lengths_must_be_ints() -> None:
+    with pytest.raises(TypeError, match="warmup_steps must be an int"):  # 2.5 was truncated to 2
+        WarmupCosineSchedule(2.5, 10)
+    with pytest.raises(TypeError, match="total_steps must be an int"):  # True was 1 step
+        WarmupCosineSchedule(0, True)
+    with pytest.raises(TypeError, match="min_ratio must be a float"):
+        WarmupCosineSchedule(0, 10, "0.5")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(TypeError, match="max_epochs must be an int"):
+        build_warmup_cosine_scheduler(opt, warmup_epochs=0, max_epochs=2.5, steps_per_epoch=1)
+    with pytest.raises(TypeError, match="warmup_epochs must be an int"):
+        build_warmup_cosine_scheduler(opt, warmup_epochs=None, max_epochs=2, steps_per_epoch=1)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        build_warmup_cosine_scheduler(None, warmup_epochs=0, max_epochs=2, steps_per_epoch=1)

@@ -39,7 +39,7 @@ import torch
 
 from longiseg.data.case import PLANES, LongitudinalCase
 from longiseg.data.lesions import label_persisting_lesions
-from longiseg.utils.validation import check_positive_int, check_probability
+from longiseg.utils.validation import check_instance, check_positive_int, check_probability
 
 __all__ = [
     "SamplingIndex",
@@ -157,6 +157,12 @@ def sample_center(
     Returns:
         ``((d, h, w), on_lesion)``: the centre voxel and whether it was drawn from the lesions.
     """
+    check_instance("index", index, SamplingIndex, "a SamplingIndex (from build_sampling_index)")
+    check_instance("rng", rng, np.random.Generator, "a numpy.random.Generator")
+    check_probability("lesion_weight", lesion_weight)  # NaN would silently never centre on a lesion
+    if progression_share is not None:
+        check_probability("progression_share", progression_share)
+    check_probability("persisting_share", persisting_share)
     flat: int
     on_lesion = bool(index.lesion.size) and rng.random() < lesion_weight
     if on_lesion:

@@ -22,6 +22,13 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from longiseg.utils.validation import (
+    check_instance,
+    check_nonnegative_float,
+    check_positive_int,
+    check_probability,
+)
+
 __all__ = ["WarmupCosineSchedule", "build_warmup_cosine_scheduler"]
 
 
@@ -34,19 +41,14 @@ class WarmupCosineSchedule:
         min_ratio: final multiplier ``min_lr / base_lr`` in ``[0, 1]``.
 
     Raises:
+        TypeError: a length is not an int or the ratio not a number.
         ValueError: for negative lengths or a ratio outside ``[0, 1]``.
     """
 
     def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> None:
-        if int(total_steps) < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        if int(warmup_steps) < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        if not 0.0 <= float(min_ratio) <= 1.0:
-            raise ValueError(f"min_ratio must be in [0, 1], got {min_ratio}")
-        self.total_steps = int(total_steps)
-        self.warmup_steps = min(int(warmup_steps), self.total_steps)
-        self.min_ratio = float(min_ratio)
+        self.total_steps = check_positive_int("total_steps", total_steps)
+        self.warmup_steps = min(check_positive_int("warmup_steps", warmup_steps, minimum=0), self.total_steps)
+        self.min_ratio = check_probability("min_ratio", min_ratio)
 
     def __call__(self, step: int) -> float:
         """Multiplier at optimizer step ``step`` (0-based)."""
@@ -84,14 +86,14 @@ def build_warmup_cosine_scheduler(
         min_lr: absolute learning rate reached at the end; the multiplier is ``min_lr / lr`` of each group.
 
     Raises:
+        TypeError: ``optimizer`` is not an optimizer, a length not an int or ``min_lr`` not a number.
         ValueError: for non-positive lengths or ``min_lr`` above a group's peak rate.
     """
-    if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    if max_epochs < 1:
-        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
-    if warmup_epochs < 0:
-        raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    check_instance("optimizer", optimizer, torch.optim.Optimizer, "a torch.optim.Optimizer")
+    steps_per_epoch = check_positive_int("steps_per_epoch", steps_per_epoch)
+    max_epochs = check_positive_int("max_epochs", max_epochs)
+    warmup_epochs = check_positive_int("warmup_epochs", warmup_epochs, minimum=0)
+    min_lr = check_nonnegative_float("min_lr", min_lr)
     lambdas = []
     for i, group in enumerate(optimizer.param_groups):
         peak = float(group.get("initial_lr", group["lr"]))

@@ -52,7 +52,7 @@ from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.wrappers import eval_mode
 from longiseg.utils.io import atomic_write
 from longiseg.utils.logging import get_logger, log_once
-from longiseg.utils.validation import DEBUG_CHECKS_ENV
+from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_nonnegative_float
 
 __all__ = [
     "Trainer",
@@ -171,8 +171,7 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
     Raises:
         ValueError: if the model has no trainable parameter or ``weight_decay < 0``.
     """
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    weight_decay = check_nonnegative_float("weight_decay", weight_decay)
     model = unwrap_model(model)
     skip = _no_weight_decay_names(model)
     decay: list[tuple[str, nn.Parameter]] = []

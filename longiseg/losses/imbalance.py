@@ -39,6 +39,7 @@ from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import (
     check_binary,
     check_finite,
+    check_ndim,
     check_same_shape,
     check_tensor,
     debug_checks_enabled,
@@ -193,6 +194,7 @@ def select_progression_samples(
     forced = torch.zeros_like(flags)
     if always_keep is not None:
         check_tensor("always_keep", always_keep)
+        check_ndim("always_keep", always_keep, (1, 2), "(B,) or (B, T-1)")
         check_binary("always_keep", always_keep)
         forced = always_keep.detach().to("cpu", torch.bool)
         forced = forced[:, None] if forced.ndim == 1 else forced

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import stats
 
 from longiseg.metrics.longitudinal import CASE_KINDS
+from longiseg.utils.validation import check_instance
 
 __all__ = [
     "PAPER_COLUMNS",
@@ -219,6 +220,8 @@ def paired_ttest(
         dropped; statistic and p are NaN with fewer than two pairs or when the differences A - B do not vary
         (identical values, or a constant shift: the test is undefined there).
     """
+    check_instance("a", a, ResultsTable, "a ResultsTable")
+    check_instance("b", b, ResultsTable, "a ResultsTable")
     if level not in ("patient", "case"):
         raise ValueError(f"level must be 'patient' or 'case', got {level!r}")
     sa = a if kind is None else a.select(kind=kind)

@@ -42,7 +42,7 @@ from longiseg.data.lesions import check_connectivity as _check_connectivity
 from longiseg.data.lesions import check_min_volume as _check_min_volume
 from longiseg.data.lesions import label_mask as _label
 from longiseg.metrics.inputs import MaskLike, as_mask_pair, as_spacing, foreground_slices
-from longiseg.utils.validation import check_positive_int
+from longiseg.utils.validation import check_instance, check_positive_int
 
 __all__ = [
     "MATCHING_RULES",
@@ -85,6 +85,8 @@ class LesionOverlaps:
 
 def lesion_overlaps(gt: LesionLabels, pred: LesionLabels) -> LesionOverlaps:
     """Overlapping lesion pairs of two labellings of the same shape (vectorised with ``np.unique``)."""
+    check_instance("gt", gt, LesionLabels, "a LesionLabels (from label_lesions)")
+    check_instance("pred", pred, LesionLabels, "a LesionLabels (from label_lesions)")
     if gt.labels.shape != pred.labels.shape:
         raise ValueError(
             f"gt and pred labellings must have the same shape, got {gt.labels.shape} and {pred.labels.shape}"
@@ -172,6 +174,8 @@ def match_lesions(
         iou_threshold: a pair matches only if IoU ``> iou_threshold`` (IoU rules only), in ``[0, 1)``.
         overlaps: precomputed :func:`lesion_overlaps` (computed if ``None``).
     """
+    check_instance("gt", gt, LesionLabels, "a LesionLabels (from label_lesions)")
+    check_instance("pred", pred, LesionLabels, "a LesionLabels (from label_lesions)")
     if rule not in MATCHING_RULES:
         raise ValueError(f"rule must be one of {MATCHING_RULES}, got {rule!r}")
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float, np.floating)):

@@ -31,6 +31,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from longiseg.utils.validation import check_bool
+
 __all__ = ["expand_home", "folder_is_empty", "host_tag", "process_start_time", "writer_ended", "WrittenMeanwhile", "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
            "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti", "check_separate_folders",
            "check_output_folder"]
@@ -41,7 +43,8 @@ _UMASK_LOCK = threading.Lock()
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
+    # a string such as "false" would count as True and replace the file
+    if not check_bool("overwrite", overwrite) and path.exists():
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
 
 
@@ -313,8 +316,7 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
     created for it are removed again (while empty).
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    _check_target(path, overwrite)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} exists and is not a folder")
     with removed_if_created(path.parent):

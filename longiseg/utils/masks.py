@@ -95,6 +95,8 @@ def as_spacing(
         raise TypeError(f"{name} must be a number or a sequence of {ndim} numbers, got {spacing!r}") from err
     if any(isinstance(v, (bool, np.bool_)) for v in values):  # True is not "1 mm"
         raise TypeError(f"{name} must hold millimetre values, got a boolean in {spacing!r}")
+    if any(isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in values):  # NumPy would parse "1" as 1.0
+        raise TypeError(f"{name} must hold numbers, got a string in {spacing!r}")
     if sp.ndim == 0:
         sp = np.full(ndim, float(sp))
     if sp.shape != (ndim,):

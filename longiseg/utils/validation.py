@@ -18,6 +18,7 @@ import contextvars
 import math
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "debug_checks",
     "debug_checks_enabled",
     "check_tensor",
+    "check_instance",
     "check_ndim",
     "check_finite",
     "check_binary",
@@ -35,6 +37,7 @@ __all__ = [
     "check_bool",
     "check_positive_int",
     "check_positive_float",
+    "check_nonnegative_float",
     "check_probability",
     "check_timepoints",
     "check_spatial_dims",
@@ -92,6 +95,20 @@ def check_tensor(name: str, x: object) -> torch.Tensor:
     """Return ``x`` if it is a ``torch.Tensor``, else raise ``TypeError`` naming ``name``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_instance(name: str, x: object, types: type | tuple[type, ...], what: str) -> Any:
+    """Return ``x`` if it is an instance of ``types``, else raise ``TypeError`` naming ``name``.
+
+    Args:
+        name: argument name used in the message.
+        x: the value to check.
+        types: accepted type(s).
+        what: what was expected, for the message (e.g. ``"an nn.Module"``).
+    """
+    if not isinstance(x, types):
+        raise TypeError(f"{name} must be {what}, got {type(x).__name__}")
     return x
 
 
@@ -218,11 +235,22 @@ def check_bool(name: str, value: object) -> bool:
 
 def check_positive_float(name: str, value: object) -> float:
     """Return ``value`` as a ``float`` if it is a finite number ``> 0``; raise ``TypeError``/``ValueError`` otherwise."""
+    return _finite_number(name, value, strict=True)
+
+
+def check_nonnegative_float(name: str, value: object) -> float:
+    """Return ``value`` as a ``float`` if it is a finite number ``>= 0``; raise ``TypeError``/``ValueError`` otherwise."""
+    return _finite_number(name, value, strict=False)
+
+
+def _finite_number(name: str, value: object, *, strict: bool) -> float:
+    """``value`` as a float if it is a finite number above 0 (``strict``) or at least 0; NaN is refused."""
+    bound = "> 0" if strict else ">= 0"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number > 0, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be a number {bound}, got {type(value).__name__} {value!r}")
     v = float(value)
-    if not (0.0 < v < math.inf):
-        raise ValueError(f"{name} must be a finite number > 0, got {v}")
+    if not ((0.0 < v if strict else 0.0 <= v) and v < math.inf):
+        raise ValueError(f"{name} must be a finite number {bound}, got {v}")
     return v
 
 

@@ -15,7 +15,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from longiseg.utils.validation import check_same_shape, check_shape, check_spatial_dims, check_tensor
+from longiseg.utils.validation import (
+    check_bool,
+    check_nonnegative_float,
+    check_positive_int,
+    check_same_shape,
+    check_shape,
+    check_spatial_dims,
+    check_tensor,
+)
 
 __all__ = ["DifferenceWeighting"]
 
@@ -27,7 +35,7 @@ class DifferenceWeighting(nn.Module):
         channels: number of feature channels ``C``.
         spatial_dims: 2 for ``(B, C, H, W)`` features, 3 for ``(B, C, D, H, W)``.
         affine: learnable per-channel scale and shift of the instance norm (the paper uses ``True``).
-        eps: instance-norm epsilon.
+        eps: instance-norm epsilon, a finite number ``>= 0``.
 
     Shapes:
         ``current`` and ``prior``: ``(B, C, *S)`` with ``len(S) == spatial_dims``; output: same shape.
@@ -36,8 +44,9 @@ class DifferenceWeighting(nn.Module):
     def __init__(self, channels: int, spatial_dims: int = 3, affine: bool = True, eps: float = 1e-5) -> None:
         super().__init__()
         check_spatial_dims("spatial_dims", spatial_dims)
-        if channels < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
+        channels = check_positive_int("channels", channels)
+        affine = check_bool("affine", affine)
+        eps = check_nonnegative_float("eps", eps)
         self.channels = channels
         self.spatial_dims = spatial_dims
         norm_cls = nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longiseg.utils.validation import (
+    check_bool,
     check_positive_int,
     check_probability,
     check_shape,
@@ -71,6 +72,7 @@ class SpatialReductionAttention(nn.Module):
         check_positive_int("sr_ratio", sr_ratio)
         check_probability("attn_dropout", attn_dropout)
         check_probability("proj_dropout", proj_dropout)
+        qkv_bias = check_bool("qkv_bias", qkv_bias)
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         self.dim = dim

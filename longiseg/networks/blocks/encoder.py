@@ -20,7 +20,13 @@ import torch.nn as nn
 
 from longiseg.networks.blocks.patch_embed import OverlapPatchEmbed
 from longiseg.networks.inputs import check_model_input, parameter_device, parameter_dtype
-from longiseg.utils.validation import check_int_sequence, check_positive_int, check_probability, checks_sizes
+from longiseg.utils.validation import (
+    check_int_sequence,
+    check_positive_int,
+    check_probability,
+    check_timepoints,
+    checks_sizes,
+)
 
 __all__ = ["BlockFactory", "EncoderStage", "HierarchicalEncoder"]
 
@@ -52,6 +58,8 @@ class EncoderStage(nn.Module):
 
     def forward(self, x: torch.Tensor, num_timepoints: int) -> torch.Tensor:
         """``(B*T, C_in, H, W) -> (B*T, C_i, h, w)``."""
+        if checks_sizes():  # a traced T (torch.jit.trace) is a tensor: not checked
+            check_timepoints("num_timepoints", num_timepoints, minimum=1)
         tokens = self.patch_embed(x)
         n, h, w, c = tokens.shape
         if checks_sizes() and n % num_timepoints:

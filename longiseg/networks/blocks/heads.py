@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from longiseg.networks.inputs import layout as input_layout
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.validation import (
+    check_bool,
+    check_int_sequence,
     check_positive_int,
     check_shape,
     check_spatial_dims,
@@ -77,7 +79,7 @@ class TimepointHeads(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.spatial_dims = spatial_dims
-        self.shared_progression = bool(shared_progression)
+        self.shared_progression = check_bool("shared_progression", shared_progression)
         self.baseline = _conv1x1(in_channels, out_channels, spatial_dims)
         if self.shared_progression:
             self.num_followups = (
@@ -103,8 +105,9 @@ class TimepointHeads(nn.Module):
             raise ValueError(
                 f"features have {t - 1} follow-ups but these heads were built for num_followups={self.num_followups}"
             )
-        if output_size is not None and len(output_size) != self.spatial_dims:
-            raise ValueError(f"output_size must have {self.spatial_dims} entries, got {tuple(output_size)}")
+        if output_size is not None and sizes:  # traced sizes (torch.jit.trace) are tensors: not checked
+            output_size = check_int_sequence("output_size", output_size, length=self.spatial_dims,
+                                             what="one size per spatial dim")
         spatial = features.shape[3:]
         baseline = _resize(self.baseline(features[:, 0]), output_size)
         followups = features[:, 1:]

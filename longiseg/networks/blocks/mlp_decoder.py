@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longiseg.utils.validation import (
+    check_int_sequence,
     check_positive_int,
     check_probability,
     check_shape,
@@ -56,11 +57,9 @@ class AllMLPDecoder(nn.Module):
 
     def __init__(self, in_dims: Sequence[int], embed_dim: int = 256, dropout: float = 0.1) -> None:
         super().__init__()
-        in_dims = tuple(in_dims)
+        in_dims = check_int_sequence("in_dims", in_dims, what="channels per stage")
         if not in_dims:
             raise ValueError("in_dims must list at least one stage width")
-        for i, d in enumerate(in_dims):
-            check_positive_int(f"in_dims[{i}]", d)
         check_positive_int("embed_dim", embed_dim)
         check_probability("dropout", dropout)
         self.in_dims = in_dims

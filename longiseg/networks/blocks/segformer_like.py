@@ -19,7 +19,13 @@ import torch.nn.functional as F
 
 from longiseg.networks.inputs import SpatialSizeRule, check_model_input, parameter_device, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
-from longiseg.utils.validation import check_positive_int, check_timepoints, checks_sizes
+from longiseg.utils.validation import (
+    check_bool,
+    check_instance,
+    check_positive_int,
+    check_timepoints,
+    checks_sizes,
+)
 
 __all__ = ["LongitudinalSegFormerLike", "init_segformer_weights"]
 
@@ -38,6 +44,7 @@ def init_segformer_weights(module: nn.Module, skip: tuple[type[nn.Module], ...] 
     Submodules that are instances of a type in ``skip`` (e.g. Mamba, which has its own SSM-specific
     init) are left untouched, together with everything inside them.
     """
+    check_instance("module", module, nn.Module, "an nn.Module")
     # timm imports torchvision (seconds): imported when a model is initialised, not with the package.
     from timm.layers import trunc_normal_
 
@@ -97,16 +104,17 @@ class LongitudinalSegFormerLike(nn.Module):
         instance_norm_bottleneck: bool = False,
     ) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-        self.heads = heads
+        self.encoder = check_instance("encoder", encoder, nn.Module, "an nn.Module")
+        self.decoder = check_instance("decoder", decoder, nn.Module, "an nn.Module")
+        self.heads = check_instance("heads", heads, nn.Module, "an nn.Module")
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.num_timepoints = (
             None if num_timepoints is None else check_timepoints("num_timepoints", num_timepoints)
         )
         self.pad_multiple = check_positive_int("pad_multiple", pad_multiple)
         self.spatial_size_rule = SpatialSizeRule.of(2, self.pad_multiple, pads=True,
-                                                    instance_norm_bottleneck=instance_norm_bottleneck)
+                                                    instance_norm_bottleneck=check_bool(
+                                                        "instance_norm_bottleneck", instance_norm_bottleneck))
 
     def forward(self, x: torch.Tensor) -> LongitudinalOutput:
         """Segment a longitudinal stack ``(B, T, C, H, W)``; returns baseline and progression logits."""

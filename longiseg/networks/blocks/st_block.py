@@ -56,6 +56,7 @@ class STBlock(nn.Module):
             raise TypeError(f"mixer must be an nn.Module, got {type(mixer).__name__}")
         mlp_ratio = check_positive_float("mlp_ratio", mlp_ratio)
         check_probability("drop_path", drop_path)
+        check_probability("ffn_dropout", ffn_dropout)
         self.dim = dim
         self.norm1 = nn.LayerNorm(dim)
         self.mixer = mixer
