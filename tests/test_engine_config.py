@@ -165,6 +165,14 @@ def test_every_config_class_uses_the_one_mechanism(tmp_path) -> None:
         if numeric is not None:
             with pytest.raises(ConfigError, match=rf"config key '{numeric}': expected an? (int|float)"):
                 cls.from_dict({numeric: "many"})
+            # built directly, the same check (2.5 epochs were accepted, None reached a comparison)
+            for bad in ("many", None, True):
+                with pytest.raises(ConfigError, match=rf"{cls.__name__}: config key '{numeric}': expected an? "
+                                                      r"(int|float)"):
+                    cls(**{numeric: bad})
+            if type(getattr(cfg, numeric)) is int:
+                with pytest.raises(ConfigError, match=rf"config key '{numeric}': expected an int, got 2\.5"):
+                    cls(**{numeric: 2.5})
 
 
 def test_keyword_overrides_are_converted_and_validated() -> None:

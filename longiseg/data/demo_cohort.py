@@ -129,6 +129,7 @@ class DemoCohortConfig(ConfigBase):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.coerce_fields()  # built directly, checked as when read from a file
         check_positive_int("num_patients", self.num_patients)
         check_timepoints("num_timepoints", self.num_timepoints)
         check_positive_int("spacing", self.spacing)

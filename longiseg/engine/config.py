@@ -112,6 +112,7 @@ class TrainerConfig(ConfigBase):
             if not cond:
                 raise ConfigError(f"TrainerConfig: {msg}")
 
+        self.coerce_fields()  # TrainerConfig(max_epochs=2.5) is refused as the file value 2.5 is
         self.output_dir = expand_home(self.output_dir)  # "~/runs" is the user's folder, not a folder named "~"
 
         need(self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}")

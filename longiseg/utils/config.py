@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 import yaml
 
 from longiseg.utils.io import atomic_write
@@ -114,6 +115,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, Mapping):
             return config_from_dict(tp, value, _prefix=f"{key}.")
         raise ConfigError(f"config key {key!r}: expected a mapping for {tp.__name__}, got {value!r}")
+    if isinstance(value, np.generic) and not isinstance(value, (np.str_, np.bytes_)):
+        value = value.item()  # a numpy scalar is read as the Python number it holds
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -414,11 +417,16 @@ class ConfigBase:
         Call it first in ``__post_init__`` (it works on frozen dataclasses too).
 
         Raises:
-            ConfigError: naming the field whose value cannot be read as its type (e.g. ``None`` for a float).
+            ConfigError: naming the class and the field whose value cannot be read as its type (e.g. ``None``
+                for a float, ``2.5`` for an int).
         """
         hints = _type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            object.__setattr__(self, f.name, _coerce(getattr(self, f.name), hints[f.name], f.name))
+            try:
+                value = _coerce(getattr(self, f.name), hints[f.name], f.name)
+            except ConfigError as err:
+                raise ConfigError(f"{type(self).__name__}: {err}") from None
+            object.__setattr__(self, f.name, value)
 
     def save(self, path: str | Path) -> Path:
         """Write to YAML/JSON atomically (see :func:`save_config`)."""

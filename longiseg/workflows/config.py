@@ -53,6 +53,7 @@ class ModelConfig(ConfigBase):
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.coerce_fields()  # built directly, checked as when read from a file
         _need(bool(self.name), "ModelConfig", "name must be a registry model name")
 
 
@@ -110,6 +111,7 @@ class DataConfig(ConfigBase):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.coerce_fields()  # built directly, checked as when read from a file
         self.root = expand_home(self.root)  # "~/data" is the user's folder, not a folder named "~"
         self.val_root = expand_home(self.val_root)
         _need(0.0 <= self.val_fraction < 1.0, "DataConfig", f"val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -164,6 +166,7 @@ class LossConfig(ConfigBase):
     progression_outside_baseline: bool = False
 
     def __post_init__(self) -> None:
+        self.coerce_fields()  # built directly, checked as when read from a file
         _need(self.strategy in STRATEGIES, "LossConfig", f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         _need(self.seed >= 0, "LossConfig", f"seed (loss.seed) must be an int >= 0, got {self.seed}")
         # checked when the experiment is read (not when the loss is built, after the model and the data)
@@ -220,6 +223,7 @@ class InferenceConfig(ConfigBase):
         return self.threshold if self.progression_threshold is None else self.progression_threshold
 
     def __post_init__(self) -> None:
+        self.coerce_fields()  # built directly, checked as when read from a file
         # checked when the experiment is read, so a run never records settings its checkpoint cannot predict with
         _need(self.patch_size >= 1, "InferenceConfig", f"patch_size must be >= 1, got {self.patch_size}")
         _need(self.batch_size >= 1, "InferenceConfig", f"batch_size must be >= 1, got {self.batch_size}")
@@ -244,3 +248,6 @@ class ExperimentConfig(ConfigBase):
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     inference: InferenceConfig = dataclasses.field(default_factory=InferenceConfig)
+
+    def __post_init__(self) -> None:
+        self.coerce_fields()  # a section given as a mapping is built like one read from a file

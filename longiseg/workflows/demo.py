@@ -147,6 +147,7 @@ class DemoConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         # Checked before anything is written: the cohort alone takes a minute to make.
+        self.coerce_fields()  # built directly, checked as when read from a file
         unknown = [m for m in self.models if m not in DEMO_MODELS]
         if unknown or not self.models:
             raise ConfigError(f"models must be a non-empty subset of {list(DEMO_MODELS)}, got {list(self.models)}")
