@@ -13,15 +13,21 @@ import pytest
 import torch
 import torch.nn as nn
 
+from longiseg.data import LongitudinalAugment, TimepointVariation, build_sampling_index
 from longiseg.engine.trainer import param_groups_weight_decay
 from longiseg.losses import select_progression_samples
 from longiseg.metrics import (
     ResultsTable,
+    SizeBins,
+    evaluate_longitudinal_case,
     hd95,
     label_lesions,
     lesion_overlaps,
     match_lesions,
     paired_ttest,
+    significance_stars,
+    stratified_lesion_metrics,
+    tertile_bins,
     write_csv,
 )
 from longiseg.networks.blocks import (
@@ -29,7 +35,11 @@ from longiseg.networks.blocks import (
     DifferenceWeighting,
     EfficientSelfAttention,
     EncoderStage,
+    FusedDualHead,
+    GlobalSelfAttention,
     LongitudinalSegFormerLike,
+    MixFFN,
+    OverlapPatchEmbed,
     STBlock,
     TimepointHeads,
     init_segformer_weights,
@@ -104,6 +114,37 @@ def test_encoder_stage_checks_num_timepoints() -> None:
     assert stage(x, 2).shape == (2, 8, 4, 4)
 
 
+def test_encoder_stage_names_dim_and_blocks() -> None:
+    for bad, exc in ((0, ValueError), ("8", TypeError)):
+        with pytest.raises(exc, match="^dim must be"):  # was reported as embed_dim (OverlapPatchEmbed's name)
+            EncoderStage(2, bad, [], kernel_size=3, stride=2)
+    with pytest.raises(TypeError, match="blocks must be a sequence"):  # None was taken as no blocks
+        EncoderStage(2, 8, None, kernel_size=3, stride=2)
+    with pytest.raises(TypeError, match=r"blocks\[0\] must be an nn.Module, got int"):
+        EncoderStage(2, 8, [1], kernel_size=3, stride=2)
+    assert len(EncoderStage(2, 8, nn.ModuleList([nn.Identity()]), kernel_size=3, stride=2).blocks) == 1
+
+
+@pytest.mark.parametrize("block,shape,extra", [
+    (OverlapPatchEmbed(2, 8, kernel_size=3, stride=2), (2, 2, 4, 4), ()),
+    (EncoderStage(2, 8, [], kernel_size=3, stride=2), (2, 2, 4, 4), (1,)),
+    (MixFFN(8), (1, 2, 2, 2, 8), ()),
+    (EfficientSelfAttention(8), (1, 2, 2, 2, 8), ()),
+    (GlobalSelfAttention(8), (1, 2, 2, 2, 8), ()),
+    (STBlock(8, nn.Identity()), (1, 2, 2, 2, 8), ()),
+    (TimepointHeads(4, spatial_dims=2), (1, 2, 4, 3, 3), ()),
+    (FusedDualHead(4, 2, spatial_dims=2), (1, 4, 3, 3), ()),
+    (DifferenceWeighting(4, spatial_dims=2), (1, 4, 3, 3), (torch.zeros(1, 4, 3, 3),)),
+], ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else None)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_blocks_refuse_non_float_tensors(block: nn.Module, shape: tuple[int, ...], extra: tuple,
+                                         dtype: torch.dtype) -> None:
+    # was torch's "Input type (long int) and bias type (float) should be the same" from inside the layer
+    with pytest.raises(TypeError, match="must be a floating-point tensor, got dtype"):
+        block(torch.zeros(shape, dtype=dtype), *extra)
+    block(torch.zeros(shape), *extra)  # float tensors pass
+
+
 def test_mlp_decoder_checks_in_dims() -> None:
     for bad in (None, 8):
         with pytest.raises(TypeError, match="in_dims must be a sequence of ints"):
@@ -159,7 +200,82 @@ def test_paired_ttest_checks_tables() -> None:
         paired_ttest(table, None, "dice")
 
 
+def test_evaluate_longitudinal_case_names_its_arguments() -> None:
+    m = np.zeros((4, 4, 4), dtype=np.uint8)
+    with pytest.raises(TypeError, match="pred_baseline must be a numpy.ndarray"):  # was called "pred"
+        evaluate_longitudinal_case(None, m, [m], [m])
+    with pytest.raises(ValueError, match="pred_baseline and gt_baseline must have the same shape"):
+        evaluate_longitudinal_case(m[:3], m, [m], [m])
+    with pytest.raises(TypeError, match=r"pred_progression\[0\] must be"):
+        evaluate_longitudinal_case(m, m, [None], [m])
+    for kwargs in ({"pred_progression": None}, {"gt_progression": 5}):  # len() errors before
+        with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be a sequence of"):
+            evaluate_longitudinal_case(**{"pred_baseline": m, "gt_baseline": m, "pred_progression": [m],
+                                          "gt_progression": [m], **kwargs})
+    rows, _ = evaluate_longitudinal_case(m, m, m[None], [m])
+    assert [r["kind"] for r in rows] == ["B", "NP"]
+
+
+def test_tertile_bins_names_nan() -> None:
+    with pytest.raises(ValueError, match="volumes_mm3 contains NaN"):  # was "too uniform"
+        tertile_bins([1.0, math.nan, 3.0, 4.0])
+    for bad in (None, "abc", ["1", "2", "3"], [True, False, True]):
+        with pytest.raises(TypeError, match="volumes_mm3 must be an array of lesion volumes"):
+            tertile_bins(bad)
+
+
+def test_size_bins_and_stratified_metrics_check_types() -> None:
+    for bad in (None, "12", 5):
+        with pytest.raises(TypeError, match="thresholds must be a sequence"):
+            SizeBins(bad)
+    for bad in (("84", "208"), (True, 2.0)):  # "84" was read as 84 mm^3, True as 1
+        with pytest.raises(TypeError, match=r"thresholds\[0\] must be a number"):
+            SizeBins(bad)
+    for bad in ("abc", (1, 2, 3)):  # "abc" gave the bins names "a", "b", "c"
+        with pytest.raises(TypeError, match="names must be a sequence of strings"):
+            SizeBins((84.0, 208.0), names=bad)
+    assert SizeBins([84, 208], names=["s", "m", "l"]).names == ("s", "m", "l")
+    with pytest.raises(TypeError, match="detections must be a sequence"):
+        stratified_lesion_metrics(None)
+    with pytest.raises(TypeError, match=r"detections\[0\] must be a LesionDetection, got int"):
+        stratified_lesion_metrics([1], (84.0, 208.0))
+    for bad in (None, 5):
+        with pytest.raises(TypeError, match="bins must be SizeBins, a threshold sequence or 'tertiles'"):
+            stratified_lesion_metrics([], bad)
+
+
+def test_results_table_and_stars_check_types() -> None:
+    for bad in (None, "abc"):
+        with pytest.raises(TypeError, match="rows must be a sequence"):
+            ResultsTable(bad)
+    with pytest.raises(TypeError, match=r"rows\[0\] must be a dict"):
+        ResultsTable([1])
+    with pytest.raises(TypeError, match="model must be a str, got NoneType"):
+        ResultsTable([], model=None)
+    assert significance_stars(0.001) == "**" and significance_stars(None) == significance_stars(math.nan) == ""
+    for bad in ("0.01", True):
+        with pytest.raises(TypeError, match="pvalue must be a float"):
+            significance_stars(bad)
+    with pytest.raises(TypeError, match="levels must be a mapping"):
+        significance_stars(0.01, levels="a")
+    with pytest.raises(TypeError, match="levels threshold must be a float, got str"):
+        significance_stars(0.01, levels={"x": "*"})
+    assert significance_stars(0.001, levels={0.001: "***", 0.01: "**"}) == "**"
+
+
 # ------------------------------------------------------------------------------------------------ writers
+def test_write_csv_checks_rows(tmp_path) -> None:  # noqa: ANN001
+    for bad in ("abc", None, {"a": 1}):  # "abc" gave AttributeError 'str' object has no attribute 'items'
+        with pytest.raises(TypeError, match="rows must be a sequence"):
+            write_csv(tmp_path / "x.csv", bad)
+    with pytest.raises(TypeError, match=r"rows\[1\] must be a dict"):
+        write_csv(tmp_path / "x.csv", [{"a": 1}, 1])
+    assert not any(tmp_path.iterdir())
+    write_csv(tmp_path / "x.csv", ({"a": i} for i in range(2)))  # a generator of rows still works
+    assert (tmp_path / "x.csv").read_text() == "a\n0\n1\n"
+
+
+
 def test_overwrite_must_be_a_bool(tmp_path) -> None:  # noqa: ANN001
     path = tmp_path / "rows.csv"
     write_csv(path, [{"a": 1}])
@@ -173,6 +289,18 @@ def test_overwrite_must_be_a_bool(tmp_path) -> None:  # noqa: ANN001
 
 
 # ------------------------------------------------------------------------------------------------ engine
+def test_all_reduce_mean_checks_mapping() -> None:
+    from longiseg.engine.distributed import all_reduce_mean
+
+    for bad in (None, [1.0, 2.0], "ab"):  # were "not iterable", IndexError, "string indices"
+        with pytest.raises(TypeError, match="metrics must be a mapping"):
+            all_reduce_mean(bad)
+    with pytest.raises(TypeError, match="metrics key 1 must be a str"):  # was '<' not supported
+        all_reduce_mean({1: 1.0, "a": 2.0})
+    assert all_reduce_mean({"b": np.float32(0.5), "a": torch.tensor(2)}) == {"a": 2.0, "b": 0.5}
+
+
+
 def test_weight_decay_must_be_finite() -> None:
     for bad in (math.nan, math.inf):
         with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
@@ -181,7 +309,7 @@ def test_weight_decay_must_be_finite() -> None:
 
 # -------------------------------------------------------------------------------------------------- data
 def test_sample_center_checks_its_probabilities() -> None:
-    from longiseg.data import LongitudinalCase, build_sampling_index, sample_center
+    from longiseg.data import LongitudinalCase, sample_center
 
     mask = np.zeros((4, 4, 4), dtype=np.uint8)
     mask[1, 1, 1] = 1
@@ -198,3 +326,73 @@ def test_sample_center_checks_its_probabilities() -> None:
             sample_center(index, rng, **{"lesion_weight": 0.5, **kwargs})
     with pytest.raises(TypeError, match="rng must be a numpy.random.Generator, got int"):
         sample_center(index, 0, 0.5)
+
+
+def test_sampling_index_and_demo_case_check_types() -> None:
+    from longiseg.data import generate_demo_case
+
+    with pytest.raises(TypeError, match="case must be a LongitudinalCase, got NoneType"):
+        build_sampling_index(None)
+    for bad in ("x", {}):  # "x": AttributeError; {} silently meant the defaults
+        with pytest.raises(TypeError, match="config must be a DemoCohortConfig or None"):
+            generate_demo_case(0, config=bad)
+    for name in ("progressing", "with_lesion_masks"):  # "false" counted as True
+        with pytest.raises(TypeError, match=f"{name} must be a bool, got str 'false'"):
+            generate_demo_case(0, **{name: "false"})
+
+
+@pytest.mark.parametrize("build,name,exc", [
+    (lambda: LongitudinalAugment(max_angle="10"), "max_angle must be a number", TypeError),
+    (lambda: LongitudinalAugment(max_angle=True), "max_angle must be a number", TypeError),
+    (lambda: LongitudinalAugment(intensity_range=("0.9", "1.1")), r"intensity_range\[0\] must be a number", TypeError),
+    (lambda: LongitudinalAugment(intensity_range=None), "intensity_range must be a", TypeError),
+    (lambda: LongitudinalAugment(intensity_range=(0.9,)), "intensity_range must be a", ValueError),
+    (lambda: LongitudinalAugment(intensity_range=(0.9, math.inf)), r"intensity_range\[1\] must be a finite", ValueError),
+    (lambda: TimepointVariation(gain_range=(True, True)), r"gain_range\[0\] must be a number", TypeError),
+    (lambda: TimepointVariation(bias_field_std="0.1"), "bias_field_std must be a number", TypeError),
+    (lambda: TimepointVariation(noise_std=False), "noise_std must be a number", TypeError),
+    (lambda: TimepointVariation(max_shift=True), "max_shift must be a number", TypeError),
+    (lambda: TimepointVariation(max_angle=None), "max_angle must be a number", TypeError),
+    (lambda: TimepointVariation(max_angle=math.nan), "max_angle must be a finite number", ValueError),
+])
+def test_augment_refuses_strings_and_bools_for_numbers(build, name: str, exc: type[Exception]) -> None:  # noqa: ANN001
+    # "10" was read as 10 degrees, True as 1, an infinite range accepted
+    with pytest.raises(exc, match=name):
+        build()
+
+
+def test_augment_flags() -> None:
+    assert LongitudinalAugment(independent_timepoints=np.bool_(False)).timepoint_variation is None
+    with pytest.raises(TypeError, match="independent_timepoints must be a bool or a TimepointVariation"):
+        LongitudinalAugment(independent_timepoints="false")
+
+
+# ------------------------------------------------------------------------------------------------ inferers
+def test_blend_weights_checks_window_and_sigma() -> None:
+    from longiseg.inferers import blend_weights
+
+    for bad in (None, 4, "44"):  # "44" gave a (4, 4) window
+        with pytest.raises(TypeError, match="window must be a sequence of ints"):
+            blend_weights(bad)
+    for bad in ((4.5, 4), (True, 4)):  # 4.5 was truncated to 4, True read as 1
+        with pytest.raises(TypeError, match=r"window\[0\] must be an int"):
+            blend_weights(bad)
+    for bad, exc in ((None, TypeError), ("0.1", TypeError), (math.inf, ValueError), (math.nan, ValueError)):
+        with pytest.raises(exc, match="sigma_scale must be a"):
+            blend_weights((4, 4), "gaussian", sigma_scale=bad)
+    assert blend_weights(np.array([2, 3]), "gaussian").shape == (2, 3)
+
+
+# ------------------------------------------------------------------------------------------------ bridges
+def test_nnunet_case_checks_images() -> None:
+    from longiseg.bridges import NnUNetCase
+
+    for bad in (None, "ab"):  # None: len() error; "ab": accepted as two channels
+        with pytest.raises(TypeError, match="case 'c1' images must be a sequence"):
+            NnUNetCase("c1", bad, None)
+    for bad in ([None], ["a"]):  # accepted, failed when written
+        with pytest.raises(TypeError, match=r"case 'c1' images\[0\] must be a numpy array or torch tensor"):
+            NnUNetCase("c1", bad, None)
+    with pytest.raises(TypeError, match=r"images\[0\] must have a numeric dtype"):
+        NnUNetCase("c1", [np.array([["a"]])], None)
+    assert len(NnUNetCase("c1", np.zeros((2, 3, 3, 3), np.float32), None).images) == 2

@@ -176,7 +176,7 @@ def test_independent_timepoints_are_seeded_and_off_by_default() -> None:
         LongitudinalAugment(independent_timepoints="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_shift must lie in"):
         TimepointVariation(max_shift=2.0)
-    with pytest.raises(ValueError, match="noise_std must be a finite float"):
+    with pytest.raises(ValueError, match="noise_std must be a finite number >= 0"):
         TimepointVariation(noise_std=-1.0)
     with pytest.raises(ValueError, match="gain_range"):
         TimepointVariation(gain_range=(1.2, 1.1))
@@ -192,7 +192,7 @@ def test_rotation_matrix_and_errors() -> None:
         rotation_matrix(10, 4)
     with pytest.raises(ValueError, match="flip_prob must lie in"):
         LongitudinalAugment(flip_prob=2.0)
-    with pytest.raises(ValueError, match="max_angle must lie in"):
+    with pytest.raises(ValueError, match="max_angle must be a finite number >= 0"):
         LongitudinalAugment(max_angle=-1)
     with pytest.raises(ValueError, match="intensity_range"):
         LongitudinalAugment(intensity_range=(0.0, 1.0))

@@ -58,7 +58,7 @@ from longiseg.utils.io import (
     folder_is_empty,
     load_nifti,
 )
-from longiseg.utils.validation import check_binary, check_finite, check_same_shape
+from longiseg.utils.validation import check_binary, check_finite, check_same_shape, check_sequence
 
 __all__ = [
     "FOUR_CLASS_LABELS",
@@ -160,6 +160,11 @@ class NnUNetCase:
         labels: integer label map of the same shape (e.g. from :func:`masks_to_four_class`); ``None`` for a
             test case (written to ``imagesTs`` by :func:`write_nnunet_dataset`'s ``test_cases``).
         affine: ``(4, 4)`` voxel-to-world matrix shared by images and labels.
+
+    Raises:
+        TypeError: ``images`` is not a sequence of numeric arrays, or ``labels`` is not an integer array.
+        ValueError: a bad ``case_id``, no images, images of another shape than the labels (or than
+            ``images[0]``), NaN or infinite values, or an ``affine`` that is not a finite ``(4, 4)`` matrix.
     """
 
     case_id: str
@@ -169,6 +174,12 @@ class NnUNetCase:
 
     def __post_init__(self) -> None:
         _check_nnunet_case_id(self.case_id)
+        if not (isinstance(self.images, np.ndarray) and self.images.ndim):  # (C, D, H, W): channels too
+            check_sequence(f"case {self.case_id!r} images", self.images, (np.ndarray, torch.Tensor),
+                           "a numpy array or torch tensor (one channel)")
+        for i, img in enumerate(self.images):  # torch dtypes are all numeric
+            if isinstance(img, np.ndarray) and not (img.dtype == bool or np.issubdtype(img.dtype, np.number)):
+                raise TypeError(f"case {self.case_id!r} images[{i}] must have a numeric dtype, got {img.dtype}")
         if len(self.images) == 0:
             raise ValueError(f"case {self.case_id!r}: images must hold at least one channel")
         if self.labels is None:

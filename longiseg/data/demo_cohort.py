@@ -47,7 +47,13 @@ from longiseg.data.loading import Manifest, ManifestEntry, save_case, write_mani
 from longiseg.utils.config import ConfigBase, ConfigError
 from longiseg.utils.io import atomic_directory, atomic_write_json, folder_is_empty
 from longiseg.utils.logging import get_logger, log_once
-from longiseg.utils.validation import check_positive_int, check_probability, check_timepoints
+from longiseg.utils.validation import (
+    check_bool,
+    check_instance,
+    check_positive_int,
+    check_probability,
+    check_timepoints,
+)
 
 __all__ = [
     "DemoCohortConfig",
@@ -501,11 +507,19 @@ def generate_demo_case(index: int, config: DemoCohortConfig | None = None, *, pr
     Returns:
         ``(case, stats)``: the case (images ``(T, C, D, H, W)`` float32, masks, brain mask, affine) and a
         JSON-able dict of lesion counts/volumes and the misregistration applied.
+
+    Raises:
+        TypeError: ``config`` is not a :class:`DemoCohortConfig` (or ``None``), ``index`` not an int, or
+            ``progressing``/``with_lesion_masks`` not a bool (``"false"`` would count as ``True``).
+        ValueError: a negative ``index``.
     """
-    cfg = config or DemoCohortConfig()
+    cfg = _config(config)
     index = check_positive_int("index", index, minimum=0)
+    with_lesion_masks = check_bool("with_lesion_masks", with_lesion_masks)
     if progressing is None:
         progressing = index in _progressing_set(cfg)
+    else:
+        progressing = check_bool("progressing", progressing)
     base = load_anatomy(cfg.spacing, cfg.anatomy)
     rng = np.random.default_rng([cfg.seed, index])
     anat = _warp_anatomy(base, rng)
@@ -597,6 +611,12 @@ def _component_volumes(mask: np.ndarray, voxel_mm3: float) -> list[float]:
     return list(np.bincount(labels.ravel())[1:] * voxel_mm3)
 
 
+def _config(config: object) -> DemoCohortConfig:
+    """``config``, or the default configuration for ``None``; a ``TypeError`` naming ``config`` otherwise."""
+    return DemoCohortConfig() if config is None else check_instance("config", config, DemoCohortConfig,
+                                                                    "a DemoCohortConfig or None")
+
+
 def _progressing_set(cfg: DemoCohortConfig) -> set[int]:
     rng = np.random.default_rng([cfg.seed, 1_000_003])
     return {int(i) for i in rng.permutation(cfg.num_patients)[: cfg.num_progressing]}
@@ -604,7 +624,7 @@ def _progressing_set(cfg: DemoCohortConfig) -> set[int]:
 
 def iter_demo_cases(config: DemoCohortConfig | None = None) -> Iterator[tuple[LongitudinalCase, dict]]:
     """Yield ``(case, stats)`` for every patient of the cohort, in memory (nothing written)."""
-    cfg = config or DemoCohortConfig()
+    cfg = _config(config)
     for i in range(cfg.num_patients):
         yield generate_demo_case(i, cfg)
 
@@ -641,7 +661,7 @@ def generate_demo_cohort(
     """
     from tqdm.auto import tqdm
 
-    cfg = config or DemoCohortConfig()
+    cfg = _config(config)
     if overrides:
         cfg = cfg.with_overrides(**overrides)
     out = Path(out_dir)

@@ -99,8 +99,10 @@ def build_sampling_index(case: LongitudinalCase) -> SamplingIndex:
     labelling of the baseline mask finds the persisting lesions.
 
     Raises:
+        TypeError: ``case`` is not a :class:`~longiseg.data.case.LongitudinalCase`.
         ValueError: the case has no masks.
     """
+    check_instance("case", case, LongitudinalCase, "a LongitudinalCase")
     if not case.has_labels:
         raise ValueError(f"case {case.case_id!r} has no masks; sampling needs a labelled case")
     assert case.baseline_mask is not None and case.progression_masks is not None

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from longiseg.utils.validation import check_probability
+from longiseg.utils.validation import check_nonnegative_float, check_positive_float, check_probability
 
 __all__ = ["LongitudinalAugment", "TimepointVariation", "rotation_matrix"]
 
@@ -69,6 +69,18 @@ def _grid(rot: np.ndarray, spatial: Sequence[int], shift: Sequence[float] | None
     return F.affine_grid(t, [1, 1, *spatial], align_corners=False)
 
 
+def _check_range(name: str, value: object) -> tuple[float, float]:
+    """``value`` as a ``(low, high)`` pair of finite numbers with ``0 < low <= high``; raise naming ``name``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(f"{name} must be a (low, high) pair of numbers, got {type(value).__name__} {value!r}")
+    if len(value) != 2:
+        raise ValueError(f"{name} must be a (low, high) pair of numbers, got {len(value)} values: {value!r}")
+    lo, hi = (check_positive_float(f"{name}[{i}]", v) for i, v in enumerate(value))
+    if lo > hi:
+        raise ValueError(f"{name} must be (low, high) with 0 < low <= high, got {value}")
+    return lo, hi
+
+
 def _rotation_axes(k: int, rng: np.random.Generator) -> tuple[int, int]:
     """The plane of a random rotation: the only one in 2D, one of the three in 3D."""
     return (0, 1) if k == 2 else [(0, 1), (0, 2), (1, 2)][int(rng.integers(3))]
@@ -101,6 +113,10 @@ class TimepointVariation:
         max_angle: largest follow-up rotation in degrees, in ``[0, 5]``.
 
     Call it as ``variation(images, rng)``; returns a new float tensor of the same shape.
+
+    Raises:
+        TypeError: an argument is not a number (a string or a bool is refused), or ``gain_range`` not a pair.
+        ValueError: a value outside its range, NaN or infinite.
     """
 
     def __init__(
@@ -111,21 +127,15 @@ class TimepointVariation:
         max_shift: float = 0.5,
         max_angle: float = 0.25,
     ) -> None:
-        lo, hi = (float(v) for v in gain_range)
-        if not (0.0 < lo <= hi):
-            raise ValueError(f"gain_range must be (low, high) with 0 < low <= high, got {gain_range}")
-        self.gain_range = (lo, hi)
-        for name, value in (("bias_field_std", bias_field_std), ("noise_std", noise_std)):
-            if not (0.0 <= float(value) < math.inf):
-                raise ValueError(f"{name} must be a finite float >= 0, got {value}")
-        self.bias_field_std = float(bias_field_std)
-        self.noise_std = float(noise_std)
-        if not (0.0 <= float(max_shift) <= 1.0):
+        self.gain_range = _check_range("gain_range", gain_range)
+        self.bias_field_std = check_nonnegative_float("bias_field_std", bias_field_std)
+        self.noise_std = check_nonnegative_float("noise_std", noise_std)
+        self.max_shift = check_nonnegative_float("max_shift", max_shift)
+        if self.max_shift > 1.0:
             raise ValueError(f"max_shift must lie in [0, 1] voxels (sub-voxel misregistration), got {max_shift}")
-        if not (0.0 <= float(max_angle) <= 5.0):
+        self.max_angle = check_nonnegative_float("max_angle", max_angle)
+        if self.max_angle > 5.0:
             raise ValueError(f"max_angle must lie in [0, 5] degrees, got {max_angle}")
-        self.max_shift = float(max_shift)
-        self.max_angle = float(max_angle)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(gain_range={self.gain_range}, bias_field_std={self.bias_field_std}, "
@@ -181,6 +191,11 @@ class LongitudinalAugment:
 
     Call it as ``augment(sample, rng)`` on a sample dict with ``images (T, C, *S)``, ``baseline (1, *S)``
     and ``progression (T-1, 1, *S)``; other keys pass through. Returns a new dict.
+
+    Raises:
+        TypeError: a number argument is not a number (a string or a bool is refused), ``intensity_range`` not
+            a pair, or ``independent_timepoints`` neither a bool nor a :class:`TimepointVariation`.
+        ValueError: a value outside its range, NaN or infinite, or an unknown ``image_interpolation``.
     """
 
     def __init__(
@@ -198,17 +213,14 @@ class LongitudinalAugment:
         self.rot90_prob = check_probability("rot90_prob", rot90_prob)
         self.rotate_prob = check_probability("rotate_prob", rotate_prob)
         self.intensity_prob = check_probability("intensity_prob", intensity_prob)
-        if not (0.0 <= float(max_angle) <= 180.0):
+        self.max_angle = check_nonnegative_float("max_angle", max_angle)
+        if self.max_angle > 180.0:
             raise ValueError(f"max_angle must lie in [0, 180] degrees, got {max_angle}")
-        self.max_angle = float(max_angle)
-        lo, hi = (float(v) for v in intensity_range)
-        if not (0.0 < lo <= hi):
-            raise ValueError(f"intensity_range must be (low, high) with 0 < low <= high, got {intensity_range}")
-        self.intensity_range = (lo, hi)
+        self.intensity_range = _check_range("intensity_range", intensity_range)
         if image_interpolation not in _IMAGE_MODES:
             raise ValueError(f"image_interpolation must be one of {_IMAGE_MODES}, got {image_interpolation!r}")
         self.image_interpolation = image_interpolation
-        if isinstance(independent_timepoints, bool):
+        if isinstance(independent_timepoints, (bool, np.bool_)):
             independent_timepoints = TimepointVariation() if independent_timepoints else None
         elif not isinstance(independent_timepoints, TimepointVariation):
             raise TypeError("independent_timepoints must be a bool or a TimepointVariation, got "

@@ -16,10 +16,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from longiseg.utils.device import resolve_device
+from longiseg.utils.validation import check_instance
 
 __all__ = [
     "DistributedContext",
@@ -165,8 +167,12 @@ def all_reduce_mean(metrics: Mapping[str, float]) -> dict[str, float]:
         ``{name: mean over ranks}`` as Python floats.
 
     Raises:
-        TypeError: if a value is not a number or 0-dim tensor.
+        TypeError: if ``metrics`` is not a mapping, a name is not a string, or a value is not a number or
+            0-dim tensor.
     """
+    check_instance("metrics", metrics, Mapping, "a mapping {name: value}")
+    for k in metrics:
+        check_instance(f"metrics key {k!r}", k, str, "a str")
     keys = sorted(metrics)
     values = []
     for k in keys:
@@ -175,7 +181,7 @@ def all_reduce_mean(metrics: Mapping[str, float]) -> dict[str, float]:
             if v.numel() != 1:
                 raise TypeError(f"all_reduce_mean: metric {k!r} must be a scalar, got shape {tuple(v.shape)}")
             v = v.item()
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
+        if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool):
             raise TypeError(f"all_reduce_mean: metric {k!r} must be a number, got {type(v).__name__}")
         values.append(float(v))
     if not is_distributed() or not keys:

@@ -32,7 +32,9 @@ from longiseg.utils.validation import (
     check_binary,
     check_bool,
     check_finite,
+    check_int_sequence,
     check_ndim,
+    check_positive_float,
     check_positive_int,
     check_same_shape,
     check_tensor,
@@ -118,14 +120,14 @@ def blend_weights(
     clamped below at ``1e-6`` so that every voxel of a window keeps a positive weight.
 
     Raises:
-        ValueError: for an unknown ``blend`` or non-positive ``sigma_scale``.
+        TypeError: ``window`` is not a sequence of ints, or ``sigma_scale`` not a number.
+        ValueError: for an unknown ``blend``, a window size below 1, or a ``sigma_scale`` that is not finite and > 0.
     """
     _check_blend(blend)
-    sizes = [check_positive_int("window", int(w)) for w in window]
+    sizes = check_int_sequence("window", window, what="window size per spatial axis")
     if blend == "constant":
         return torch.ones(sizes, dtype=torch.float32, device=device)
-    if not sigma_scale > 0:
-        raise ValueError(f"sigma_scale must be > 0, got {sigma_scale}")
+    sigma_scale = check_positive_float("sigma_scale", sigma_scale)
     out = torch.ones((), dtype=torch.float64)
     for n in sizes:
         i = torch.arange(n, dtype=torch.float64)

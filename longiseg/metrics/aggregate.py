@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from longiseg.metrics.longitudinal import CASE_KINDS
-from longiseg.utils.validation import check_instance
+from longiseg.utils.validation import check_instance, check_probability, check_sequence
 
 __all__ = [
     "PAPER_COLUMNS",
@@ -83,12 +83,18 @@ class ResultsTable:
     Attributes:
         rows: the row dicts.
         model: model name used in reports.
+
+    Raises:
+        TypeError: ``rows`` is not a sequence of dicts (mappings) or ``model`` is not a string.
+        ValueError: a row lacks ``case_id``, ``patient_id`` or ``kind``.
     """
 
     rows: list[dict[str, Any]]
     model: str = "model"
 
     def __post_init__(self) -> None:
+        check_sequence("rows", self.rows, Mapping, "a dict (one per row)")
+        check_instance("model", self.model, str, "a str")
         for i, r in enumerate(self.rows):
             missing = {"case_id", "patient_id", "kind"} - set(r)
             if missing:
@@ -250,11 +256,27 @@ def paired_ttest(
     return TTestResult(float(res.statistic), float(res.pvalue), n, mean_diff)
 
 
-def significance_stars(pvalue: float, levels: Mapping[float, str] | None = None) -> str:
-    """``"**"`` for p < 0.01, ``"*"`` for p < 0.05, else ``""`` (SegMaST table marks); NaN gives ``""``."""
-    lv = {0.01: "**", 0.05: "*"} if levels is None else dict(levels)
-    if pvalue is None or (isinstance(pvalue, float) and math.isnan(pvalue)):
+def significance_stars(pvalue: float | None, levels: Mapping[float, str] | None = None) -> str:
+    """``"**"`` for p < 0.01, ``"*"`` for p < 0.05, else ``""`` (SegMaST table marks); NaN or None give ``""``.
+
+    Args:
+        pvalue: the p-value, in ``[0, 1]``, NaN or ``None`` (no test).
+        levels: ``{threshold: mark}`` with thresholds in ``[0, 1]``; the mark of the smallest threshold above
+            ``pvalue`` is returned.
+
+    Raises:
+        TypeError: ``pvalue`` is not a number or ``None``, or ``levels`` is not a mapping of numbers to strings.
+        ValueError: ``pvalue`` or a threshold outside ``[0, 1]``.
+    """
+    if levels is None:
+        lv = {0.01: "**", 0.05: "*"}
+    else:
+        check_instance("levels", levels, Mapping, "a mapping {threshold: mark}")
+        lv = {check_probability("levels threshold", k): check_instance(f"levels[{k!r}]", v, str, "a str")
+              for k, v in levels.items()}
+    if pvalue is None or (isinstance(pvalue, (float, np.floating)) and math.isnan(pvalue)):
         return ""
+    pvalue = check_probability("pvalue", pvalue)
     for thr in sorted(lv):
         if pvalue < thr:
             return lv[thr]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from longiseg.metrics.consistency import persisting_lesions
 from longiseg.metrics.inputs import MaskLike, as_mask, as_mask_pair, as_spacing, foreground_slices
@@ -216,7 +217,14 @@ def evaluate_longitudinal_case(
         ``persisting_lesions``, ``persisting_flagged`` and ``persisting_fp`` (their ratio; NaN without persisting
         lesions) of :func:`~longiseg.metrics.consistency.persisting_lesions`, with the protocol's minimum lesion
         volume; and the matching lesion detections.
+
+    Raises:
+        TypeError: a mask is not an array or tensor, or ``pred_progression``/``gt_progression`` is not a
+            sequence of masks or an array.
+        ValueError: a non-binary mask, masks of different shapes, or different numbers of follow-ups.
     """
+    _check_followups("pred_progression", pred_progression)
+    _check_followups("gt_progression", gt_progression)
     if len(pred_progression) != len(gt_progression):
         raise ValueError(
             f"pred_progression and gt_progression must have the same number of follow-ups, got "
@@ -225,6 +233,7 @@ def evaluate_longitudinal_case(
     pid = case_id if patient_id is None else patient_id
     rows: list[dict[str, Any]] = []
     dets: list[LesionDetection] = []
+    pred_baseline, gt_baseline = as_mask_pair(pred_baseline, gt_baseline, names=("pred_baseline", "gt_baseline"))
     m, d = evaluate_mask_pair(pred_baseline, gt_baseline, spacing, protocol, kind="B")
     rows.append(
         {
@@ -240,6 +249,7 @@ def evaluate_longitudinal_case(
     dets.append(d)
     prot = get_protocol(protocol)
     for i, (pp, gp) in enumerate(zip(pred_progression, gt_progression), start=1):
+        pp, gp = as_mask_pair(pp, gp, names=(f"pred_progression[{i - 1}]", f"gt_progression[{i - 1}]"))
         kind = followup_kind(gp, spacing, prot)
         m, d = evaluate_mask_pair(pp, gp, spacing, prot, kind=kind)
         conn = prot.connectivity_for(np.ndim(gp))  # gp was checked by followup_kind
@@ -263,3 +273,13 @@ def evaluate_longitudinal_case(
         )
         dets.append(d)
     return rows, dets
+
+
+def _check_followups(name: str, masks: object) -> None:
+    """Raise unless ``masks`` holds follow-up masks: a sequence of masks or an array/tensor ``(T-1, ...)``."""
+    if isinstance(masks, (np.ndarray, torch.Tensor)):
+        if masks.ndim == 0:
+            raise ValueError(f"{name} must be a (T-1, D, H, W) array or a sequence of masks, got a 0-dim array")
+    elif isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
+        raise TypeError(f"{name} must be a sequence of (D, H, W) masks or a (T-1, D, H, W) array, "
+                        f"got {type(masks).__name__}")

@@ -34,6 +34,7 @@ from longiseg.utils.io import (
     remove_stale_temporaries,
     temporary_prefix,
 )
+from longiseg.utils.validation import check_sequence
 
 __all__ = [
     "format_summary",
@@ -161,8 +162,19 @@ def _cell(v: Any) -> Any:
 def write_csv(
     path: PathLike, rows: Sequence[Mapping[str, Any]] | ResultsTable, *, overwrite: bool = True
 ) -> Path:
-    """Write row dicts (or a :class:`ResultsTable`'s rows) as CSV atomically; NaN becomes an empty cell."""
-    data = rows.rows if isinstance(rows, ResultsTable) else list(rows)
+    """Write row dicts (or a :class:`ResultsTable`'s rows) as CSV atomically; NaN becomes an empty cell.
+
+    Raises:
+        TypeError: ``rows`` is neither a :class:`ResultsTable` nor a sequence of dicts (mappings), or
+            ``overwrite`` is not a bool.
+        FileExistsError: ``path`` exists and ``overwrite`` is ``False``.
+    """
+    if isinstance(rows, Iterator):  # a generator of rows
+        rows = list(rows)
+    if isinstance(rows, ResultsTable):
+        data = rows.rows
+    else:
+        data = check_sequence("rows", rows, Mapping, "a dict (one per row)")
     fields: dict[str, None] = {}
     for r in data:
         fields.update(dict.fromkeys(r))

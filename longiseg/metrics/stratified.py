@@ -22,6 +22,7 @@ import numpy as np
 
 from longiseg.data.lesions import VOLUME_RTOL
 from longiseg.metrics.lesion import LesionDetection, detection_scores
+from longiseg.utils.validation import check_finite, check_sequence
 
 __all__ = [
     "SizeBins",
@@ -39,12 +40,22 @@ class SizeBins:
     Attributes:
         thresholds: ``k`` strictly ascending upper bin edges (inclusive); gives ``k + 1`` bins.
         names: ``k + 1`` bin names (default ``small/medium/large`` for two thresholds, else ``bin0..``).
+
+    Raises:
+        TypeError: ``thresholds`` is not a sequence of numbers or ``names`` not a sequence of strings.
+        ValueError: the thresholds are empty, not finite or not strictly ascending, or ``names`` has not
+            ``k + 1`` entries.
     """
 
     thresholds: tuple[float, ...]
     names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.thresholds, (str, bytes)) or not isinstance(self.thresholds, (Sequence, np.ndarray)):
+            raise TypeError(f"thresholds must be a sequence of volumes in mm^3, got {type(self.thresholds).__name__}")
+        for i, x in enumerate(np.asarray(self.thresholds, dtype=object).ravel()):
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+                raise TypeError(f"thresholds[{i}] must be a number (mm^3), got {type(x).__name__} {x!r}")
         t = np.asarray(self.thresholds, dtype=np.float64)
         if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
             raise ValueError(
@@ -57,6 +68,11 @@ class SizeBins:
                 ("small", "medium", "large") if t.size == 2 else tuple(f"bin{i}" for i in range(t.size + 1))
             )
             object.__setattr__(self, "names", names)
+        if isinstance(self.names, (str, bytes)) or not isinstance(self.names, Sequence) or not all(
+            isinstance(n, str) for n in self.names
+        ):
+            raise TypeError(f"names must be a sequence of strings, got {self.names!r}")
+        object.__setattr__(self, "names", tuple(self.names))
         if len(self.names) != t.size + 1:
             raise ValueError(
                 f"names must have {t.size + 1} entries for {t.size} thresholds, got {self.names!r}"
@@ -91,10 +107,20 @@ def reference_volumes(detections: Sequence[LesionDetection]) -> np.ndarray:
 
 
 def tertile_bins(volumes_mm3: np.ndarray | Sequence[float]) -> SizeBins:
-    """Small/medium/large bins at the 1/3 and 2/3 quantiles of reference lesion volumes ``(N,)``."""
-    v = np.asarray(volumes_mm3, dtype=np.float64)
+    """Small/medium/large bins at the 1/3 and 2/3 quantiles of reference lesion volumes ``(N,)``.
+
+    Raises:
+        TypeError: ``volumes_mm3`` does not hold numbers.
+        ValueError: fewer than 3 volumes, not 1D, NaN or infinite volumes, or volumes too uniform to split.
+    """
+    v = np.asarray(volumes_mm3)
+    if v.dtype == bool or not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating)):
+        raise TypeError(f"volumes_mm3 must be an array of lesion volumes (numbers), got {type(volumes_mm3).__name__} "
+                        f"of dtype {v.dtype}")
+    v = v.astype(np.float64)
     if v.ndim != 1 or v.size < 3:
         raise ValueError(f"tertile_bins needs a 1D array of at least 3 lesion volumes, got shape {v.shape}")
+    check_finite("volumes_mm3", v)
     t1, t2 = np.quantile(v, [1.0 / 3.0, 2.0 / 3.0])
     if not t2 > t1:
         raise ValueError(f"lesion volumes are too uniform for tertile bins (both tertiles are {t1:g} mm^3)")
@@ -130,15 +156,22 @@ def stratified_lesion_metrics(
         One dict per bin: ``bin``, ``range_mm3``, ``n_gt``, ``n_pred``, ``tp_gt``, ``tp_pred``, ``recall``,
         ``precision``, ``lesion_f1``, ``dice`` (NaN where a bin holds neither reference nor predicted
         lesions).
+
+    Raises:
+        TypeError: ``detections`` is not a sequence of ``LesionDetection`` or ``bins`` of none of the kinds above.
+        ValueError: bad thresholds, or too few or too uniform reference lesions for ``"tertiles"``.
     """
+    check_sequence("detections", detections, LesionDetection, "a LesionDetection")
     if isinstance(bins, str):
         if bins != "tertiles":
             raise ValueError(f"bins must be SizeBins, a threshold sequence or 'tertiles', got {bins!r}")
         sb = tertile_bins(reference_volumes(detections))
     elif isinstance(bins, SizeBins):
         sb = bins
-    else:
+    elif isinstance(bins, (Sequence, np.ndarray)):
         sb = SizeBins(tuple(bins))
+    else:
+        raise TypeError(f"bins must be SizeBins, a threshold sequence or 'tertiles', got {type(bins).__name__}")
     k = sb.n_bins
     n_gt = np.zeros(k, np.int64)
     n_pred = np.zeros(k, np.int64)

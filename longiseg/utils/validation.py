@@ -29,6 +29,7 @@ __all__ = [
     "debug_checks_enabled",
     "check_tensor",
     "check_instance",
+    "check_sequence",
     "check_ndim",
     "check_finite",
     "check_binary",
@@ -112,6 +113,26 @@ def check_instance(name: str, x: object, types: type | tuple[type, ...], what: s
     return x
 
 
+def check_sequence(name: str, values: object, types: type | tuple[type, ...], what: str) -> Sequence[Any]:
+    """Return ``values`` if it is a sequence (list, tuple, ...; not a string) of instances of ``types``.
+
+    Args:
+        name: argument name used in the messages (an entry is named ``name[i]``).
+        values: the value to check.
+        types: accepted type(s) of the entries.
+        what: what an entry must be, for the messages (e.g. ``"an nn.Module"``).
+
+    Raises:
+        TypeError: ``values`` is not a sequence, or an entry is not an instance of ``types``.
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence (list or tuple) whose entries are each {what}, "
+                        f"got {type(values).__name__}")
+    for i, v in enumerate(values):
+        check_instance(f"{name}[{i}]", v, types, what)
+    return values
+
+
 def check_ndim(name: str, x: ArrayLike, ndim: int | Sequence[int], layout: str = "") -> None:
     """Raise ``ValueError`` unless ``x.ndim`` is ``ndim`` (or one of them).
 
@@ -166,7 +187,7 @@ def check_same_shape(name_a: str, a: ArrayLike, name_b: str, b: ArrayLike) -> No
         )
 
 
-def check_shape(name: str, x: object, layout: str, **sizes: int) -> torch.Tensor:
+def check_shape(name: str, x: object, layout: str, *, floating: bool = False, **sizes: int) -> torch.Tensor:
     """Return ``x`` if it is a tensor with the dims of ``layout`` and the given ``sizes``; raise otherwise.
 
     Example: ``check_shape("x", x, "(B, T, H, W, C)", C=64)`` accepts any 5-D tensor whose last dim is 64.
@@ -176,11 +197,13 @@ def check_shape(name: str, x: object, layout: str, **sizes: int) -> torch.Tensor
         x: the value to check.
         layout: the dims, such as ``"(B, T, H, W, C)"``; a leading ``*`` stands for any number (zero or more)
             of leading dims, as in ``"(*, H, W, C)"``.
+        floating: also require a floating-point dtype (the input of a layer with float weights; checked from
+            the dtype alone, no value is read).
         **sizes: the sizes some dims must have, by their name in ``layout`` (``C=64``). They are not compared
             while ``torch.jit.trace`` records (:func:`checks_sizes`); the type and the number of dims always are.
 
     Raises:
-        TypeError: ``x`` is not a ``torch.Tensor``.
+        TypeError: ``x`` is not a ``torch.Tensor``, or not floating-point with ``floating=True``.
         ValueError: ``x`` has another number of dims or another size where ``sizes`` names one.
     """
     dims = [d.strip() for d in layout.strip().strip("()").split(",")]
@@ -198,6 +221,8 @@ def check_shape(name: str, x: object, layout: str, **sizes: int) -> torch.Tensor
         given = ", ".join(f"{k}={v}" for k, v in sizes.items())
         with_sizes = f" with {given}" if given else ""
         raise ValueError(f"{name} must be {layout}{with_sizes}, got shape {tuple(x.shape)}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     return x
 
 

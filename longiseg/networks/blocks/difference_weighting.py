@@ -63,7 +63,7 @@ class DifferenceWeighting(nn.Module):
             ``(B, C, *S)`` temporally informed features ``x'_c``.
         """
         check_shape("current", current, "(B, C, D, H, W)" if self.spatial_dims == 3 else "(B, C, H, W)",
-                    C=self.channels)
+                    floating=True, C=self.channels)
         check_tensor("prior", prior)
         check_same_shape("current", current, "prior", prior)
         return current * self.norm(current - prior) + current

@@ -88,7 +88,7 @@ class SpatialReductionAttention(nn.Module):
             self.norm = nn.LayerNorm(dim)
 
     def _check(self, x: torch.Tensor) -> None:
-        check_shape("x", x, "(B, T, H, W, C)", C=self.dim)
+        check_shape("x", x, "(B, T, H, W, C)", floating=True, C=self.dim)
 
     def reduces(self, h: int, w: int) -> bool:
         """Whether an ``h x w`` grid's keys/values are reduced: ``R > 1`` and ``(h // R) * (w // R) >= 2``."""

@@ -24,6 +24,7 @@ from longiseg.utils.validation import (
     check_int_sequence,
     check_positive_int,
     check_probability,
+    check_sequence,
     check_timepoints,
     checks_sizes,
 )
@@ -46,12 +47,19 @@ class EncoderStage(nn.Module):
 
     Shapes:
         input ``(B*T, C_in, H, W)`` plus ``num_timepoints``; output ``(B*T, C_i, ceil(H/s), ceil(W/s))``.
+
+    Raises:
+        TypeError: ``dim`` is not an int or ``blocks`` is not a sequence of ``nn.Module``.
+        ValueError: ``dim`` is below 1 (and see :class:`OverlapPatchEmbed` for the other arguments).
     """
 
     def __init__(
         self, in_channels: int, dim: int, blocks: Sequence[nn.Module], kernel_size: int, stride: int
     ) -> None:
         super().__init__()
+        check_positive_int("dim", dim)  # before OverlapPatchEmbed, which would call it embed_dim
+        check_sequence("blocks", list(blocks) if isinstance(blocks, nn.ModuleList) else blocks, nn.Module,
+                       "an nn.Module")
         self.patch_embed = OverlapPatchEmbed(in_channels, dim, kernel_size=kernel_size, stride=stride)
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(dim)

@@ -96,7 +96,7 @@ class TimepointHeads(nn.Module):
 
     def forward(self, features: torch.Tensor, output_size: Sequence[int] | None = None) -> LongitudinalOutput:
         """Predict baseline and progression logits from ``(B, T, C, *S)`` features."""
-        check_shape("features", features, input_layout(self.spatial_dims), C=self.in_channels)
+        check_shape("features", features, input_layout(self.spatial_dims), floating=True, C=self.in_channels)
         sizes = checks_sizes()  # False while torch.jit.trace records: the sizes are traced tensors
         b, t = features.shape[:2]
         if sizes:
@@ -152,7 +152,7 @@ class FusedDualHead(nn.Module):
     def forward(self, features: torch.Tensor) -> LongitudinalOutput:
         """Predict baseline and progression logits from fused ``(B, C, *S)`` features."""
         check_shape("features", features, "(B, C, D, H, W)" if self.spatial_dims == 3 else "(B, C, H, W)",
-                    C=self.in_channels)
+                    floating=True, C=self.in_channels)
         b, spatial = features.shape[0], features.shape[2:]
         prog = self.progression(features).reshape(b, self.num_timepoints - 1, self.out_channels, *spatial)
         return LongitudinalOutput(baseline=self.baseline(features), progression=prog)

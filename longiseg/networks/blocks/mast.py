@@ -187,7 +187,7 @@ class MaSTMixer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mix ``(B, T, H, W, C)`` features across space and time; returns ``(B, T, H, W, C)``."""
         _check_grid(x)
-        check_shape("x", x, "(B, T, H, W, C)", C=self.dim)
+        check_shape("x", x, "(B, T, H, W, C)", floating=True, C=self.dim)
         b, t, h, w, c = x.shape
         if checks_sizes():
             check_timepoints("x.shape[1] (timepoints T)", t)

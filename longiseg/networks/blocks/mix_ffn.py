@@ -42,7 +42,7 @@ class MixFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(*, H, W, C)`` to ``(*, H, W, C)``."""
-        check_shape("x", x, "(*, H, W, C)", C=self.dim)
+        check_shape("x", x, "(*, H, W, C)", floating=True, C=self.dim)
         lead, (h, w) = x.shape[:-3], x.shape[-3:-1]
         y = self.fc1(x).reshape(-1, h, w, self.hidden_dim).permute(0, 3, 1, 2)
         y = self.dwconv(y).permute(0, 2, 3, 1)

@@ -82,7 +82,7 @@ class AllMLPDecoder(nn.Module):
                 f"features must hold {len(self.in_dims)} maps (one per stage), got {len(features)}"
             )
         for i, (f, d) in enumerate(zip(features, self.in_dims)):
-            check_shape(f"features[{i}]", f, "(B*T, C, h, w)", C=d)
+            check_shape(f"features[{i}]", f, "(B*T, C, h, w)", floating=True, C=d)
         n, _, h, w = features[0].shape
         if sizes and n % num_timepoints:
             raise ValueError(f"features batch {n} is not a multiple of num_timepoints={num_timepoints}")

@@ -49,5 +49,5 @@ class OverlapPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tokenise ``(N, C_in, H, W)`` into normalised channel-last tokens ``(N, h, w, C)``."""
-        check_shape("x", x, "(N, C_in, H, W)", C_in=self.in_channels)
+        check_shape("x", x, "(N, C_in, H, W)", floating=True, C_in=self.in_channels)
         return self.norm(self.proj(x).permute(0, 2, 3, 1))

@@ -72,6 +72,6 @@ class STBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, T, H, W, C)`` to ``(B, T, H, W, C)``."""
-        check_shape("x", x, "(B, T, H, W, C)", C=self.dim)
+        check_shape("x", x, "(B, T, H, W, C)", floating=True, C=self.dim)
         x = x + self.drop_path(self.mixer(self.norm1(x)))
         return x + self.drop_path(self.ffn(self.norm2(x)))
