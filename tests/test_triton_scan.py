@@ -287,6 +287,17 @@ def test_backward_kernel_compiles_for_a_gpu(const, tmp_path, monkeypatch):
     assert len(asm["cubin"]) > 1000 and ".entry _scan_bwd_kernel" in asm["ptx"]
 
 
+@needs_triton
+def test_launch_grid_has_one_axis_for_any_batch():
+    """Programs are (sequence, channel block) pairs on the grid's first axis (limit 2^31 - 1): CUDA caps the second
+    axis at 65535, so a batch of more sequences (e.g. pixel-wise temporal scans) would not launch there."""
+    u, A = torch.zeros(70_000, 3, 2), torch.zeros(3, 2)
+    bc = torch.zeros(70_000, 2, 2)
+    assert triton_kernel._Layout(u, A, bc, bc, block_d=1, block_t=None).grid == (3 * 70_000,)
+    const = torch.zeros(3, 2)  # input-independent B and C allow any channel block: two, the second partial
+    assert triton_kernel._Layout(u, A, const, const, block_d=2, block_t=None).grid == (2 * 70_000,)
+
+
 def test_backend_resolution(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.delenv("LONGISEG_SCAN_BACKEND", raising=False)

@@ -124,12 +124,18 @@ _softplus: Any = None
 
 
 def _program_channels_fn(dim, dstate, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):  # type: ignore[no-untyped-def]
-    # This program's channels (a block of BLOCK_D from program_id(0) * BLOCK_D) and states, with their masks.
-    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    # This program's channel block and sequence, its channels (BLOCK_D from block * BLOCK_D) and states, with
+    # their masks. One program per (sequence, channel block), numbered b * blocks + block on the grid's first
+    # axis: CUDA caps the second axis at 65535 programs, fewer than the sequences a batch can hold.
+    blocks = tl.cdiv(dim, BLOCK_D)
+    pid = tl.program_id(0)
+    pid_d = pid % blocks
+    b = pid // blocks
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d = offs_d < dim
     mask_n = offs_n < dstate
-    return offs_d, offs_n, mask_d, mask_n, mask_d[:, None] & mask_n[None, :]
+    return pid_d, b, offs_d, offs_n, mask_d, mask_n, mask_d[:, None] & mask_n[None, :]
 
 
 def _softplus_fn(x):  # type: ignore[no-untyped-def]
@@ -149,9 +155,7 @@ def _scan_fwd_kernel(
     B_CONST: tl.constexpr, C_CONST: tl.constexpr, STORE_CKPT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1)
-    offs_d, offs_n, mask_d, mask_n, mask_dn = _program_channels(dim, dstate, BLOCK_D, BLOCK_N)
+    pid_d, b, offs_d, offs_n, mask_d, mask_n, mask_dn = _program_channels(dim, dstate, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, BLOCK_T)
     d3 = offs_d[:, None, None]
     n3 = offs_n[None, :, None]
@@ -230,9 +234,7 @@ def _scan_bwd_kernel(
 ):  # fmt: skip
     # gout, gu, gdelta, gz: contiguous (B, D, L); gA, gD, gbias and (D, N) gB/gC: accumulators, added atomically;
     # grouped gB/gC: (B, G, N, L) accumulators with N and L contiguous.
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1)
-    offs_d, offs_n, mask_d, mask_n, mask_dn = _program_channels(dim, dstate, BLOCK_D, BLOCK_N)
+    pid_d, b, offs_d, offs_n, mask_d, mask_n, mask_dn = _program_channels(dim, dstate, BLOCK_D, BLOCK_N)
     offs_t = tl.arange(0, BLOCK_T)
     d3 = offs_d[:, None, None]
     n3 = offs_n[None, :, None]
@@ -415,7 +417,7 @@ class _Layout:
         # programs per SM) and no spills at N = 16, BLOCK_T = 64, 8 warps (sm_90, float32); 4 warps need 185.
         self.num_warps = max(1, min(8, block_d * self.block_n * block_t // 128))
         self.n_tiles = -(-self.seqlen // block_t)
-        self.grid = (-(-self.dim // block_d), self.batch)
+        self.grid = (-(-self.dim // block_d) * self.batch,)  # (sequence, channel block) pairs: _program_channels
 
     def _group_size(self, x: torch.Tensor) -> int:
         """Channels per group of ``B``/``C`` (the input-independent form: every channel is its own group)."""
