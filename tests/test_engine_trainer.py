@@ -214,6 +214,27 @@ def test_a_fresh_start_over_a_run_leaves_nothing_of_it_to_pass_for_its_own(tmp_p
     assert not (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").is_file()
 
 
+def test_a_fresh_start_refuses_an_earlier_runs_events_it_cannot_remove(tmp_path, monkeypatch) -> None:
+    """overwrite=True over a run whose tensorboard/ is read-only: the removal ignored the error and the earlier
+    run's event files stayed in the new run's folder; now refused before anything of the run is touched."""
+    kw = dict(max_epochs=1, warmup_epochs=0)
+    _fit(tmp_path, **kw)
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / "events.out.tfevents.old").write_text("old")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **k: not (
+        mode & os.W_OK and Path(path) == tmp_path / "tensorboard") and real_access(path, mode, **k))  # chmod a-w
+    with pytest.raises(PermissionError, match="tensorboard is not writable; nothing was deleted"):
+        Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, **kw),
+                loss_fn=ImbalanceAwareLoss()).fit(overwrite=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    monkeypatch.setattr(os, "access", real_access)
+    Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, **kw),
+            loss_fn=ImbalanceAwareLoss()).fit(overwrite=True)
+    assert not (tmp_path / "tensorboard").exists()
+
+
 def test_a_resume_follows_the_current_optimizer_settings_and_keeps_the_moments(tmp_path, caplog) -> None:
     """trainer.lr / weight_decay / betas / eps changed on resume apply (the schedule follows the current
     configuration); the Adam moments and step counts are the checkpoint's."""

@@ -157,6 +157,63 @@ def test_atomic_directory_replaces_only_when_asked(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
 
 
+def _not_writable(monkeypatch: pytest.MonkeyPatch, *folders: Path) -> None:
+    """Make ``os.access`` answer that ``folders`` are not writable, as a ``chmod a-w`` does for any user but root."""
+    real = os.access
+    locked = {os.path.abspath(f) for f in folders}
+
+    def access(path: object, mode: int, **kwargs: object) -> bool:
+        if mode & os.W_OK and os.path.abspath(os.fspath(path)) in locked:  # type: ignore[arg-type]
+            return False
+        return real(path, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "access", access)
+
+
+def test_atomic_directory_refuses_an_old_folder_it_could_not_remove_before_the_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only sub-folder of an old output (``chmod -R a-w``, then the top folder made writable again): the old
+    folder was moved aside and its files left in a temporary beside it (``longiseg lesions --overwrite``), or the
+    move failed after the work with a bare ``[Errno 13]`` (``predict``/``register --overwrite``)."""
+    old = tmp_path / "d"
+    (old / "figures").mkdir(parents=True)
+    (old / "figures" / "a.png").write_text("old")
+    worked = []
+    for locked in (old / "figures", old):
+        with monkeypatch.context() as m:
+            _not_writable(m, locked)
+            with pytest.raises(PermissionError, match=f"cannot replace {old}: {locked} is not writable; nothing was "
+                                                      "deleted"), atomic_directory(old, overwrite=True):
+                worked.append(True)
+    assert not worked and [p.name for p in tmp_path.iterdir()] == ["d"]  # no temporary either
+    assert (old / "figures" / "a.png").read_text() == "old"
+    if os.geteuid() != 0:  # the real thing (root may delete anything)
+        (old / "figures").chmod(0o555)
+        try:
+            with pytest.raises(PermissionError, match="figures is not writable"), atomic_directory(old, overwrite=True):
+                worked.append(True)
+        finally:
+            (old / "figures").chmod(0o755)
+        assert not worked and [p.name for p in tmp_path.iterdir()] == ["d"]
+    with atomic_directory(old, overwrite=True) as tmp:  # writable again: replaced
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in old.iterdir()] == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_predict_overwrite_checks_every_case_folder_before_replacing_any(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    img, aff = _images(t=2, c=2), _affine()
+    _write_case(tmp_path / "in", "p1", img, aff)
+    _write_case(tmp_path / "in", "p2", img[:, ::-1].copy(), aff)
+    out = tmp_path / "out"
+    predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False)
+    before = {p: p.stat().st_ino for p in out.rglob("*")}
+    _not_writable(monkeypatch, out / "p2")
+    with pytest.raises(PermissionError, match=f"cannot replace {out / 'p2'}: {out / 'p2'} is not writable"):
+        predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, overwrite=True)
+    assert {p: p.stat().st_ino for p in out.rglob("*")} == before  # p1 was not replaced either
+
+
 def test_interrupted_case_is_predicted_again(tmp_path: Path, umask_022: None) -> None:
     img, aff = _images(t=2, c=2), _affine()
     _write_case(tmp_path / "in", "p1", img, aff)

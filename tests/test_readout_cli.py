@@ -130,3 +130,47 @@ def test_lesions_refuses_what_it_cannot_honour(tmp_path: Path, capsys: pytest.Ca
             "out": "pass --overwrite"}[case] in err
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"] if case == "out" else not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries beside --out
+
+
+def test_lesions_overwrite_refuses_a_read_only_figures_folder_before_writing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # a report whose figures/ was made read-only (chmod) got the new tables, then failed removing the old figures
+    # with a bare "[Errno 13] Permission denied": half a new report, half the old one
+    import os
+
+    pred, _ = _folders(tmp_path)
+    out = tmp_path / "report"
+    assert _cli(["lesions", str(pred), "--out", str(out), "--no-progress", "--no-figures"], capsys)[0] == 0
+    (out / "figures").mkdir()
+    (out / "figures" / "b_volume.png").write_bytes(b"old figure")
+    (out / "mine.txt").write_text("the user's")  # a report merged into a folder with other content
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not (mode & os.W_OK and Path(path) == out / "figures")
+                        and real_access(path, mode, **kw))  # as chmod a-w does for any user but root
+    code, err = _cli(["lesions", str(pred), "--out", str(out), "--no-progress", "--no-figures", "--min-volume", "9",
+                      "--overwrite"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"longiseg lesions: error: cannot write the report into {out}: {out / 'figures'} is not "
+                          "writable"), err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries beside --out
+
+
+def test_lesions_overwrite_leaves_a_read_only_folder_of_other_content_alone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merged into a folder with other content, the report checks only the folders it writes into: a read-only
+    folder of the user's own files does not stop it (and is not touched)."""
+    import os
+
+    pred, _ = _folders(tmp_path)
+    out = tmp_path / "report"
+    (out / "mine").mkdir(parents=True)
+    (out / "mine" / "notes.txt").write_text("the user's")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not (mode & os.W_OK and Path(path) == out / "mine")
+                        and real_access(path, mode, **kw))
+    for _ in range(2):  # a first report into the folder, then one replacing it
+        assert _cli(["lesions", str(pred), "--out", str(out), "--no-progress", "--no-figures", "--overwrite"],
+                    capsys)[0] == 0
+    assert (out / "mine" / "notes.txt").read_text() == "the user's" and (out / "lesions.json").is_file()

@@ -358,6 +358,16 @@ def test_register_folder_checks_the_output_location_first(tmp_path: Path, monkey
     with pytest.raises(ImportError, match=r"QC figures need matplotlib.*--no-qc-figures"):
         cohort.register_folder(tmp_path / "raw", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() and not (tmp_path / "raw" / "c" / "out").exists()
+    # --overwrite over an earlier case folder that cannot be replaced (read-only): every case failed after its
+    # registration with a bare [Errno 13], and the manifest was removed
+    (tmp_path / "out" / "c").mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not (mode & os.W_OK and Path(path) == tmp_path / "out"
+                                                                    / "c") and real_access(path, mode, **kw))
+    with pytest.raises(PermissionError, match=r"cannot replace \S+out/c: \S+out/c is not writable; nothing was deleted"):
+        cohort.register_folder(tmp_path / "raw", tmp_path / "out", overwrite=True, progress=False)
+    monkeypatch.setattr(os, "access", real_access)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["c"]
     if os.geteuid() != 0:  # root writes anywhere
         (tmp_path / "locked").mkdir(mode=0o555)
         with pytest.raises(PermissionError, match=r"out \S+locked/out: \S+locked is not writable"):

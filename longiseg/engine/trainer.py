@@ -50,7 +50,7 @@ from longiseg.engine.distributed import DistributedContext, all_reduce_mean, bar
 from longiseg.engine.schedulers import build_warmup_cosine_scheduler
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.wrappers import eval_mode
-from longiseg.utils.io import atomic_write
+from longiseg.utils.io import atomic_write, check_replaceable
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_nonnegative_float
 
@@ -82,6 +82,8 @@ LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 METRICS_CSV = "metrics.csv"
 CONFIG_FILE = "trainer_config.yaml"
+#: TensorBoard event files of the run (removed with the checkpoints when a run starts afresh).
+TENSORBOARD_DIR = "tensorboard"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -849,18 +851,19 @@ class Trainer:
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if ckpt_path is None:  # a fresh start: nothing of an earlier run may pass for this one's
+                check_replaceable(self.output_dir / TENSORBOARD_DIR)  # read-only events were silently kept
                 stale = [p for p in (last_path, best_path) if p.exists()]
                 if stale:
                     logger.warning("starting a fresh run in %s: removing the earlier run's %s", self.output_dir,
                                    ", ".join(p.name for p in stale))
                 for p in stale:
                     p.unlink()
-                shutil.rmtree(self.output_dir / "tensorboard", ignore_errors=True)
+                shutil.rmtree(self.output_dir / TENSORBOARD_DIR, ignore_errors=True)
             cfg.save(self.output_dir / CONFIG_FILE)
             csv_log.rewrite(self.history)
         barrier()
         self._setup_determinism()
-        writer = _make_tensorboard_writer(self.output_dir / "tensorboard") if (
+        writer = _make_tensorboard_writer(self.output_dir / TENSORBOARD_DIR) if (
             self.is_main and cfg.tensorboard) else None
         start = self.epoch
         try:

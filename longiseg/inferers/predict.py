@@ -47,7 +47,14 @@ from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec, plain_data
-from longiseg.utils.io import folder_is_empty, host_tag, process_start_time, removed_if_created, writer_ended
+from longiseg.utils.io import (
+    check_replaceable,
+    folder_is_empty,
+    host_tag,
+    process_start_time,
+    removed_if_created,
+    writer_ended,
+)
 from longiseg.utils.logging import get_logger
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import check_bool
@@ -588,6 +595,8 @@ def predict_folder(
                 raise FileExistsError(f"{out_dir / cid} holds files that are not predictions of case {cid!r} "
                                       f"({', '.join(foreign[:3])}): not replacing it; move them or choose another "
                                       "output folder")
+            if overwrite:  # a read-only case folder fails here, not after the cases before it were replaced
+                check_replaceable(out_dir / cid)
         if skip_existing and not overwrite and prediction_complete(out_dir, cid, sources[cid].num_timepoints, kinds):
             _check_same_producer(out_dir / cid, cid, records[cid])  # kept only if this model, these settings
         if check_case is not None:

@@ -316,6 +316,9 @@ def report_folder(out: PathLike, patterns: Sequence[str], *, overwrite: bool = T
         NotADirectoryError: ``out`` exists and is not a folder.
         FileExistsError: ``overwrite`` is ``False`` and ``out`` holds a report file, or another process wrote
             into ``out`` meanwhile.
+        PermissionError: (before the block runs) ``out`` cannot be replaced as a whole
+            (:func:`~longiseg.utils.io.check_replaceable`), or, written file by file, a folder of ``out`` that
+            holds report files is not writable.
         ValueError: the report wrote a file no pattern names (nothing is moved into ``out``).
     """
     out = Path(os.path.abspath(out))
@@ -341,6 +344,7 @@ def report_folder(out: PathLike, patterns: Sequence[str], *, overwrite: bool = T
             raise FileExistsError(f"{meanwhile}; not replacing it: pass overwrite=True (--overwrite) to replace "
                                   "it") from err
         return
+    _check_report_folders_writable(out, patterns)  # before the report is written, not when it is moved in
     staged = out / _STAGE if inside else out  # staged inside out when only out is writable, else beside it
     remove_stale_temporaries(staged)
     stage = Path(tempfile.mkdtemp(prefix=temporary_prefix(staged), suffix=".tmp", dir=staged.parent))
@@ -352,6 +356,22 @@ def report_folder(out: PathLike, patterns: Sequence[str], *, overwrite: bool = T
         _merge_report(stage, out, new, patterns)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _check_report_folders_writable(out: Path, patterns: Sequence[str]) -> None:
+    """Raise ``PermissionError`` when a report written into the existing folder ``out`` file by file could not be
+    completed: ``out`` or a folder of it where report files are (a ``figures/`` of an earlier report made
+    read-only) is not writable. Folders of other content are not the report's to check."""
+    if not out.is_dir():
+        return
+    files, folders, _ = _entries(out)
+    parents = [p.rsplit("/", 1)[0] for p in patterns if "/" in p]  # e.g. "figures" of "figures/*.png"
+    ours = {out, *((out / f).parent for f in files if _matches(f, patterns)),
+            *(out / d for d in folders if _matches(d, parents))}
+    for folder in sorted(ours, key=lambda p: len(p.parts)):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot write the report into {out}: {folder} is not writable (report files go "
+                                  "there); nothing was changed")
 
 
 def _refuse_report(out: Path, patterns: Sequence[str], what: str) -> None:

@@ -87,6 +87,7 @@ from longiseg.utils.io import (
     atomic_write,
     atomic_write_json,
     check_output_folder,
+    check_replaceable,
     check_separate_folders,
     folder_is_empty,
     load_nifti,
@@ -596,7 +597,8 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     Raises:
         FileNotFoundError: ``raw`` is missing or holds no case.
         NotADirectoryError: ``out`` or one of its parents is a file.
-        PermissionError: ``out`` cannot be created or written.
+        PermissionError: ``out`` cannot be created or written, or (``overwrite``) a case folder it holds cannot
+            be replaced (a read-only one): before any case is registered.
         FileExistsError: ``out`` is not empty and ``overwrite`` is off.
         ValueError: ``out`` is ``raw``, lies inside it or holds it; ``spacing`` gives a case an output grid
             of more than :data:`MAX_OUTPUT_VOXELS` voxels; a raw manifest is malformed.
@@ -618,6 +620,8 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     check_separate_folders(out, "out", {"raw": raw})  # --overwrite would replace the raw case folders
     if out.exists() and not folder_is_empty(out) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    for case in cases if overwrite else ():  # an earlier case folder that cannot be replaced fails every case here,
+        check_replaceable(out / case.name)  # not each one after its registration (and the manifest with them)
     _check_qc_backend(opts)
     if opts.spacing is not None:
         _check_output_grids(cases, opts)

@@ -35,7 +35,7 @@ from longiseg.utils.validation import check_bool
 
 __all__ = ["expand_home", "folder_is_empty", "host_tag", "process_start_time", "writer_ended", "WrittenMeanwhile", "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
            "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti", "check_separate_folders",
-           "check_output_folder"]
+           "check_output_folder", "check_replaceable"]
 
 PathLike = str | os.PathLike
 
@@ -74,6 +74,36 @@ def check_output_folder(path: PathLike, name: str) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionError(f"{name} {path}: {probe} is not writable")
     return path
+
+
+def check_replaceable(path: PathLike) -> None:
+    """Fail before any work when the existing folder ``path`` cannot be replaced (or emptied) as a whole.
+
+    Replacing a folder moves it aside and deletes it: on Linux moving a folder into another one rewrites its
+    ``..`` entry (``path`` itself must be writable), and deleting it needs every folder in it readable and
+    writable. A read-only case or figure sub-folder of an earlier output (``chmod -R a-w`` to protect results)
+    would otherwise fail the move after hours of work with a bare ``[Errno 13]``, or leave the old files in a
+    temporary beside ``path``. Symbolic links in ``path`` are not followed (they are removed, not their targets).
+    Root passes every check, as it passes the deletion.
+
+    Args:
+        path: the folder to be replaced; a missing path or a symbolic link (replaced as a link) passes.
+
+    Raises:
+        PermissionError: naming ``path`` and the first folder in it that is not writable or cannot be read
+            (nothing was deleted).
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return
+
+    def unreadable(err: OSError) -> None:
+        raise PermissionError(f"cannot replace {path}: {err.filename} cannot be read ({err.strerror}); nothing "
+                              "was deleted")
+
+    for folder, _, _ in os.walk(path, onerror=unreadable):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"cannot replace {path}: {folder} is not writable; nothing was deleted")
 
 
 def check_separate_folders(output: PathLike, output_name: str, inputs: dict[str, PathLike | None]) -> None:
@@ -312,6 +342,10 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
         path: final folder.
         overwrite: replace an existing ``path``; if ``False`` an existing one raises ``FileExistsError``.
 
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is off.
+        PermissionError: ``path`` exists and cannot be replaced (:func:`check_replaceable`), before the block runs.
+
     On an exception the temporary folder is removed, ``path`` is untouched, and the parent folders this call
     created for it are removed again (while empty).
     """
@@ -319,6 +353,7 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
     _check_target(path, overwrite)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} exists and is not a folder")
+    check_replaceable(path)  # before the work: a read-only old folder would fail its move or stay half-deleted
     with removed_if_created(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)

@@ -49,7 +49,7 @@ from longiseg.metrics.evaluate import evaluate_folder, write_report
 from longiseg.registry import build_model
 from longiseg.utils.config import ConfigBase, ConfigError
 from longiseg.utils.device import usable_cpu_count
-from longiseg.utils.io import atomic_directory, atomic_write_json, folder_is_empty
+from longiseg.utils.io import atomic_directory, atomic_write_json, check_replaceable, folder_is_empty
 from longiseg.utils.logging import apply_logging_setup, get_logger, logging_setup
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
 from longiseg.workflows.predict import run_prediction
@@ -423,13 +423,10 @@ def _empty_folder(out: Path) -> None:
     """Delete what the demo folder ``out`` holds but not ``out`` itself, so that neither its parent folder needs to
     be writable nor a symbolic link ``out`` is replaced (its target is emptied). Nothing is deleted unless every
     folder in it can be emptied; the marker goes last, so an interrupted deletion can be repeated."""
-    def unreadable(err: OSError) -> None:
-        raise PermissionError(f"cannot replace {out}: {err.filename} cannot be read ({err.strerror}); nothing "
-                              "was deleted")
-
-    for folder, _, _ in os.walk(out, onerror=unreadable):  # symbolic links in it are removed, not followed
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(f"cannot replace {out}: {folder} is not writable; nothing was deleted")
+    if not out.is_symlink():
+        check_replaceable(out)
+    else:  # its target is emptied: checked as the folder it is
+        check_replaceable(out.resolve())
     for entry in sorted(out.iterdir(), key=lambda p: p.name == _MARKER):
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

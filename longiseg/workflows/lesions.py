@@ -66,6 +66,8 @@ def run_lesion_report(
         FileExistsError: ``out_dir`` exists, is not empty and ``overwrite`` is ``False``, or (without
             ``overwrite``) another process wrote a report there while this one was being written.
         NotADirectoryError: ``out_dir`` is or lies under a file.
+        PermissionError: ``out_dir`` is not writable, or (``overwrite``) a folder of the earlier report in it is
+            not (before anything is written; see :func:`~longiseg.metrics.report.report_folder`).
         FileNotFoundError: ``images`` is given and is not a folder.
         ValueError: ``out_dir`` is, lies inside or holds ``mask_dir`` or ``images``.
     """

@@ -27,13 +27,20 @@ from longiseg.data.transforms import LongitudinalAugment
 from longiseg.engine.checkpoint import load_checkpoint
 from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
-from longiseg.engine.trainer import LAST_CHECKPOINT, FitResult, Trainer, check_fresh_start, seed_everything
+from longiseg.engine.trainer import (
+    LAST_CHECKPOINT,
+    TENSORBOARD_DIR,
+    FitResult,
+    Trainer,
+    check_fresh_start,
+    seed_everything,
+)
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.losses.imbalance import ImbalanceAwareLoss
 from longiseg.metrics.voxel import dice
 from longiseg.networks.inputs import check_spatial_size
 from longiseg.registry import build_model, model_info
-from longiseg.utils.io import atomic_write_json, check_separate_folders
+from longiseg.utils.io import atomic_write_json, check_replaceable, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.workflows.config import ExperimentConfig
 
@@ -346,6 +353,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
         FileNotFoundError: if ``cfg.data.root`` is missing or holds no case.
         FileExistsError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set, or
             ``resume`` is set but the run has ``best.pt`` and no ``last.pt``.
+        PermissionError: a fresh start (not a resume) in an ``output_dir`` whose ``tensorboard/`` of an earlier
+            run cannot be removed (read-only), before any work.
         ValueError: for an unknown model name (naming the closest ones), unknown model keyword arguments, a
             ``trainer.monitor`` no epoch logs, cases with other modalities or timepoints than the others, a model
             built for other ``C``/``T``, a training split without progressing or stable patients, an invalid
@@ -366,6 +375,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     resuming = resume and last.is_file()
     if not resuming and not overwrite:  # before any work; fit checks again for direct users
         check_fresh_start(out, resume=resume)
+    if not resuming:  # an earlier run's events that could not be removed would pass for this run's
+        check_replaceable(out / TENSORBOARD_DIR)
     check_monitor(cfg.trainer.monitor)
     _check_batch_settings(cfg)
     if progress is not None:
