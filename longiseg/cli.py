@@ -384,7 +384,16 @@ def import_user_modules(modules: Sequence[str]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``longiseg`` command."""
+    import platform
+
+    import torch
+
+    from longiseg._version import __version__
+
     parser = _Parser(prog="longiseg", description="Longitudinal lesion segmentation (SegMaST and baselines).")
+    parser.add_argument("--version", action="version", help="show the versions of longiseg, torch and Python",
+                        version=f"longiseg {__version__} (torch {torch.__version__}, Python "
+                                f"{platform.python_version()})")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (results on the CPU are bit-identical for one thread count)")

@@ -542,6 +542,20 @@ def test_usage_errors_and_debug_flag_through_a_real_process(tmp_path: Path) -> N
         "(see longiseg predict --help)"]
 
 
+def test_version_option_prints_the_versions(capsys: pytest.CaptureFixture[str]) -> None:
+    import platform
+
+    import torch
+
+    from longiseg import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == (f"longiseg {__version__} (torch {torch.__version__}, Python "
+                                               f"{platform.python_version()})")
+
+
 @pytest.mark.parametrize(("stop", "code", "line"), [
     ("KeyboardInterrupt", 130, "interrupted"),  # Ctrl-C
     ("Terminated", 143, "terminated"),  # what SIGTERM raises
