@@ -396,3 +396,111 @@ def test_nnunet_case_checks_images() -> None:
     with pytest.raises(TypeError, match=r"images\[0\] must have a numeric dtype"):
         NnUNetCase("c1", [np.array([["a"]])], None)
     assert len(NnUNetCase("c1", np.zeros((2, 3, 3, 3), np.float32), None).images) == 2
+
+
+# ------------------------------------------------------------------------------------- utils, registration, reports
+def test_foreground_slices_checks_margin() -> None:
+    from longiseg.utils.masks import foreground_slices
+
+    mask = np.zeros((4, 4), bool)
+    mask[1, 1] = True
+    # 2.5 and nan gave float/NaN slice bounds, True was read as 1, -1 gave an empty box
+    for bad, exc in ((2.5, TypeError), (math.nan, TypeError), (True, TypeError), ("1", TypeError), (-1, ValueError)):
+        with pytest.raises(exc, match="margin must be"):
+            foreground_slices(mask, margin=bad)
+    assert foreground_slices(mask, margin=np.int64(1)) == (slice(0, 3), slice(0, 3))
+
+
+def test_load_nifti_checks_header_only(tmp_path) -> None:  # noqa: ANN001
+    from longiseg.utils.io import atomic_save_nifti, load_nifti
+
+    path = atomic_save_nifti(np.zeros((2, 2, 2), np.float32), np.eye(4), tmp_path / "a.nii.gz")
+    for bad in ("false", None, 1):  # "false" read the voxels header-only, None read them
+        with pytest.raises(TypeError, match="header_only must be a bool"):
+            load_nifti(path, header_only=bad)
+
+
+def test_checkerboard_checks_squares() -> None:
+    from longiseg.registration.qc_figure import checkerboard
+
+    a, b = np.zeros((4, 4)), np.ones((4, 4))
+    for bad, exc in ((2.5, TypeError), (math.nan, TypeError), (True, TypeError), (0, ValueError), (-1, ValueError)):
+        with pytest.raises(exc, match="squares must be"):  # all gave a board silently (nan: all b)
+            checkerboard(a, b, squares=bad)
+    assert checkerboard(a, b, squares=2)[0, 0] == 0 and checkerboard(a, b, squares=2)[0, 2] == 1
+
+
+@pytest.mark.parametrize("field,bad,exc", [
+    ("histogram_bins", math.nan, TypeError), ("histogram_bins", math.inf, TypeError), ("histogram_bins", "32", TypeError),
+    ("histogram_bins", 3, ValueError), ("iterations", True, TypeError), ("iterations", 2.5, TypeError),
+    ("iterations", 0, ValueError), ("sampling", True, TypeError), ("sampling", "0.1", TypeError),
+])
+def test_pair_options_check_fields(field: str, bad: object, exc: type[Exception]) -> None:
+    from longiseg.registration.pairwise import PairOptions
+
+    with pytest.raises(exc, match=f"{field} must be"):  # nan/inf bins, True/2.5 iterations were accepted
+        PairOptions(**{field: bad})
+
+
+@pytest.mark.parametrize("field,bad,exc", [
+    ("register_modalities", "false", TypeError), ("n4", "false", TypeError), ("n4", None, TypeError),
+    ("qc_figures", 0, TypeError), ("keep_failed", "no", TypeError), ("pair", None, TypeError),
+    ("pair", {}, TypeError), ("reference_modality", None, TypeError),
+])
+def test_registration_options_check_fields(field: str, bad: object, exc: type[Exception]) -> None:
+    from longiseg.registration.cohort import RegistrationOptions
+
+    # "false" counted as True; pair=None failed at registration; reference_modality=None: AttributeError
+    with pytest.raises(exc, match=f"{field} must be"):
+        RegistrationOptions(**{field: bad})
+
+
+def test_transform_filename_checks_followup() -> None:
+    from longiseg.registration.cohort import transform_filename
+
+    for bad, exc in ((True, TypeError), (1.0, TypeError), (math.nan, TypeError), (None, TypeError), (-1, ValueError)):
+        with pytest.raises(exc, match="followup must be"):  # gave 'tTrue.tfm', 't1.0.tfm', 'tnan.tfm'
+            transform_filename(bad)
+    assert transform_filename(np.int64(2), "t2") == "t2_t2.tfm"
+
+
+def test_register_case_checks_options_and_overwrite(tmp_path) -> None:  # noqa: ANN001
+    pytest.importorskip("SimpleITK")
+    from longiseg.registration.cohort import register_case, register_folder
+
+    for kwargs, match in (({"options": "rigid"}, "options must be a RegistrationOptions"),
+                          ({"options": {}}, "options must be a RegistrationOptions"),
+                          ({"overwrite": "false"}, "overwrite must be a bool")):
+        with pytest.raises(TypeError, match=match):  # "rigid": AttributeError; {}: the default options
+            register_case(tmp_path / "raw" / "c1", tmp_path / "out", **kwargs)
+        with pytest.raises(TypeError, match=match):
+            register_folder(tmp_path / "raw", tmp_path / "out", **kwargs)
+    with pytest.raises(TypeError, match="progress must be a bool"):
+        register_folder(tmp_path / "raw", tmp_path / "out", progress="false")
+
+
+def test_n4_correct_checks_shrink() -> None:
+    sitk = pytest.importorskip("SimpleITK")
+    from longiseg.registration.pairwise import n4_correct
+
+    image = sitk.GetImageFromArray(np.ones((4, 4, 4), np.float32))
+    for bad, exc in ((2.5, TypeError), (math.nan, TypeError), (True, TypeError), (0, ValueError)):
+        with pytest.raises(exc, match="shrink must be"):  # all were accepted (clamped to 1)
+            n4_correct(image, shrink=bad)
+
+
+@pytest.mark.parametrize("flag", ["figures", "overwrite", "progress"])
+def test_run_lesion_report_checks_flags(tmp_path, flag: str) -> None:  # noqa: ANN001
+    from longiseg.workflows.lesions import run_lesion_report
+
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(TypeError, match=f"{flag} must be a bool"):  # "false" counted as True (overwrite: replaced)
+        run_lesion_report(tmp_path / "masks", tmp_path / "rep", **{flag: "false"})
+
+
+@pytest.mark.parametrize("flag", ["montages", "overwrite", "progress"])
+def test_write_lesion_report_checks_flags(tmp_path, flag: str) -> None:  # noqa: ANN001
+    from longiseg.reports.lesion_report import write_lesion_report
+
+    with pytest.raises(TypeError, match=f"{flag} must be a bool"):
+        write_lesion_report([], tmp_path, tmp_path / "rep", **{flag: "false"})

@@ -93,6 +93,7 @@ from longiseg.utils.io import (
     load_nifti,
 )
 from longiseg.utils.logging import get_logger
+from longiseg.utils.validation import check_bool, check_instance, check_positive_int
 
 __all__ = ["MAX_OUTPUT_VOXELS", "RegistrationOptions", "CaseRegistration", "register_case", "register_folder",
            "transform_filename"]
@@ -108,8 +109,7 @@ MAX_OUTPUT_VOXELS = 2**28
 
 def transform_filename(followup: int, modality: str | None = None) -> str:
     """``t1.tfm`` (follow-up 1's reference modality) or ``t1_t2.tfm`` (a modality registered on its own)."""
-    if followup < 0:
-        raise ValueError(f"followup must be >= 0, got {followup}")
+    check_positive_int("followup", followup, minimum=0)
     return f"t{followup}.tfm" if modality is None else f"t{followup}_{modality}.tfm"
 
 
@@ -155,7 +155,11 @@ class RegistrationOptions:
     progression_space: str = "followup"
 
     def __post_init__(self) -> None:
+        check_instance("reference_modality", self.reference_modality, str, "a modality name (str)")
         object.__setattr__(self, "reference_modality", self.reference_modality.lower())
+        check_instance("pair", self.pair, PairOptions, "a PairOptions")
+        for name in ("register_modalities", "n4", "qc_figures", "keep_failed"):
+            object.__setattr__(self, name, check_bool(name, getattr(self, name)))
         if self.interpolation not in ("linear", "bspline"):
             raise ValueError(f"interpolation must be 'linear' or 'bspline', got {self.interpolation!r}")
         if self.progression_space not in ("followup", "baseline"):
@@ -284,6 +288,13 @@ def _error_text(err: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+def _check_options(options: RegistrationOptions | None) -> RegistrationOptions:
+    """``options``, or the default :class:`RegistrationOptions` for ``None``."""
+    if options is None:
+        return RegistrationOptions()
+    return check_instance("options", options, RegistrationOptions, "a RegistrationOptions or None")
+
+
 def _check_qc_backend(opts: RegistrationOptions) -> None:
     """Refuse ``qc_figures`` without matplotlib before any case is read (not one failure per case)."""
     if not opts.qc_figures:
@@ -400,7 +411,8 @@ def register_case(raw_case: PathLike, out_root: PathLike, options: RegistrationO
         NotADirectoryError: ``out_root/<case>`` exists and is not a folder.
     """
     require_simpleitk()
-    opts = options or RegistrationOptions()
+    opts = _check_options(options)
+    overwrite = check_bool("overwrite", overwrite)
     _check_qc_backend(opts)
     folder = Path(raw_case)
     case_dir = Path(out_root) / folder.name
@@ -608,7 +620,9 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     from tqdm.auto import tqdm
 
     require_simpleitk()
-    opts = options or RegistrationOptions()
+    opts = _check_options(options)
+    overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise FileNotFoundError(f"raw folder {raw} does not exist")

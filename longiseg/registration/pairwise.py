@@ -94,6 +94,8 @@ class PairOptions:
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
+        if isinstance(self.sampling, bool) or not isinstance(self.sampling, (int, float, np.integer, np.floating)):
+            raise TypeError(f"sampling must be a fraction in (0, 1], got {type(self.sampling).__name__}")
         if not 0.0 < self.sampling <= 1.0:
             raise ValueError(f"sampling must be a fraction in (0, 1], got {self.sampling}")
         if len(self.shrink_factors) != len(self.smoothing_sigmas) or not self.shrink_factors:
@@ -107,9 +109,8 @@ class PairOptions:
             raise TypeError(f"mask_margin_mm must be a number of mm, got {type(self.mask_margin_mm).__name__}")
         if not (math.isfinite(self.mask_margin_mm) and self.mask_margin_mm >= 0):
             raise ValueError(f"mask_margin_mm must be a finite number >= 0 mm, got {self.mask_margin_mm}")
-        if self.histogram_bins < 4 or self.iterations < 1:
-            raise ValueError(f"histogram_bins must be >= 4 and iterations >= 1, got {self.histogram_bins}, "
-                             f"{self.iterations}")
+        object.__setattr__(self, "histogram_bins", check_positive_int("histogram_bins", self.histogram_bins, minimum=4))
+        object.__setattr__(self, "iterations", check_positive_int("iterations", self.iterations))
 
 
 def foreground_mask(image: Any) -> Any:
@@ -130,6 +131,7 @@ def n4_correct(image: Any, mask: Any | None = None, *, shrink: int = 4) -> Any:
             at full resolution).
     """
     sitk = require_simpleitk()
+    shrink = check_positive_int("shrink", shrink)
     img = sitk.Cast(image, sitk.sitkFloat32)
     mask = foreground_mask(img) if mask is None else sitk.Cast(mask, sitk.sitkUInt8)
     f = sitk.N4BiasFieldCorrectionImageFilter()

@@ -13,6 +13,7 @@ import numpy as np
 
 from longiseg.data.case import PLANES, display_slice, plane_axes
 from longiseg.utils.io import atomic_save_figure
+from longiseg.utils.validation import check_positive_int
 
 __all__ = ["checkerboard", "checkerboard_figure"]
 
@@ -27,6 +28,7 @@ def _normalise(img: np.ndarray) -> np.ndarray:
 
 def checkerboard(a: np.ndarray, b: np.ndarray, squares: int = 8) -> np.ndarray:
     """2D checkerboard ``(H, W)`` of two slices of one shape: ``a`` on even squares, ``b`` on odd ones."""
+    squares = check_positive_int("squares", squares)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"a and b must be 2D slices of one shape, got {a.shape} and {b.shape}")
     rows = (np.arange(a.shape[0]) * squares // a.shape[0])[:, None]

@@ -24,6 +24,7 @@ from longiseg.data.loading import Grid, check_same_grid, read_prediction, read_v
 from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
 from longiseg.utils.io import atomic_write
 from longiseg.utils.plotting import subplots
+from longiseg.utils.validation import check_bool
 
 __all__ = ["volume_figure", "change_montage", "write_lesion_report"]
 
@@ -204,6 +205,9 @@ def write_lesion_report(
     """
     from tqdm.auto import tqdm
 
+    montages = check_bool("montages", montages)
+    overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     if not evolutions:
         raise ValueError("evolutions must not be empty")
     out, masks_dir = Path(out_dir), Path(mask_root)

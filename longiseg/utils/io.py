@@ -584,6 +584,8 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
     from nibabel.filebasedimages import ImageFileError
     from nibabel.spatialimages import HeaderDataError
 
+    header_only = check_bool("header_only", header_only)
+
     path = Path(path)
     label = f"{what} {path}"
     if not path.exists():

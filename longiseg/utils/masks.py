@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from longiseg.utils.validation import check_binary, check_finite, check_ndim, check_same_shape
+from longiseg.utils.validation import (
+    check_binary,
+    check_finite,
+    check_ndim,
+    check_positive_int,
+    check_same_shape,
+)
 
 __all__ = ["MaskLike", "as_mask", "as_mask_pair", "as_spacing", "foreground_slices"]
 
@@ -114,6 +120,7 @@ def foreground_slices(*masks: np.ndarray, margin: int = 0) -> tuple[slice, ...] 
     Returns ``None`` when all masks are empty. Cropping to it is exact for connected components (``margin=0``)
     and for surface distances (``margin=1`` keeps the background around every surface voxel).
     """
+    margin = check_positive_int("margin", margin, minimum=0)
     union = masks[0] if len(masks) == 1 else np.logical_or.reduce(masks)
     flat = np.flatnonzero(union)
     if flat.size == 0:

@@ -17,6 +17,7 @@ from pathlib import Path
 from longiseg.metrics.evolution import CaseEvolution, evolution_folder, write_evolution_tables
 from longiseg.metrics.report import report_folder
 from longiseg.utils.io import check_output_folder, check_separate_folders, folder_is_empty
+from longiseg.utils.validation import check_bool
 
 __all__ = ["REPORT_FILES", "run_lesion_report", "add_parser", "run"]
 
@@ -71,6 +72,9 @@ def run_lesion_report(
         FileNotFoundError: ``images`` is given and is not a folder.
         ValueError: ``out_dir`` is, lies inside or holds ``mask_dir`` or ``images``.
     """
+    figures = check_bool("figures", figures)
+    overwrite = check_bool("overwrite", overwrite)
+    progress = check_bool("progress", progress)
     out = check_output_folder(out_dir, "out")
     if images is not None and not Path(images).is_dir():  # not a report without the montages asked for
         raise FileNotFoundError(f"images {images} is not a folder (give the cohort folder with the images)")
