@@ -504,3 +504,23 @@ def test_write_lesion_report_checks_flags(tmp_path, flag: str) -> None:  # noqa:
 
     with pytest.raises(TypeError, match=f"{flag} must be a bool"):
         write_lesion_report([], tmp_path, tmp_path / "rep", **{flag: "false"})
+
+
+def test_grid_shape_and_isotropic_spacing_are_checked() -> None:
+    # Grid((6.5, 6, 6)) was truncated to (6, 6, 6) and (True, 6, 6) became (1, 6, 6); spacing=True was 1 mm
+    from longiseg.registration.grid import Grid, isotropic_grid
+
+    grid = Grid(np.array([6, 6, 6]), np.eye(4))
+    assert grid.shape == (6, 6, 6) and all(type(s) is int for s in grid.shape)
+    for shape in ((6.5, 6, 6), (True, 6, 6)):
+        with pytest.raises(TypeError, match=r"shape\[0\] must be an int"):
+            Grid(shape, np.eye(4))
+    with pytest.raises(ValueError, match="shape must have 3 entries"):
+        Grid((6, 6), np.eye(4))
+    assert isotropic_grid(grid, np.float32(2.0)).shape == (3, 3, 3)
+    with pytest.raises(TypeError, match="spacing must be a number > 0, got bool"):
+        isotropic_grid(grid, True)
+    with pytest.raises(ValueError, match="spacing must be a finite number > 0, got nan"):
+        isotropic_grid(grid, math.nan)
+    with pytest.raises(TypeError, match="grid must be a Grid, got NoneType"):
+        isotropic_grid(None, 2.0)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from longiseg.data.case import affine_spacing
+from longiseg.utils.validation import check_instance, check_int_sequence, check_positive_float
 
 __all__ = ["EXTRA_HINT", "require_simpleitk", "Grid", "to_sitk", "from_sitk", "isotropic_grid"]
 
@@ -39,9 +40,7 @@ class Grid:
     affine: np.ndarray
 
     def __post_init__(self) -> None:
-        shape = tuple(int(s) for s in self.shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"shape must be three positive sizes (D, H, W), got {self.shape}")
+        shape = check_int_sequence("shape", self.shape, length=3, what="the sizes (D, H, W)")  # 6.5 was cut to 6
         aff = np.asarray(self.affine, dtype=np.float64)
         if aff.shape != (4, 4) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
             raise ValueError(f"affine must be a non-singular (4, 4) matrix, got shape {aff.shape}")
@@ -109,8 +108,8 @@ def isotropic_grid(grid: Grid, spacing: float) -> Grid:
 
     The outer voxel corners stay where they were; the shape is rounded up to cover the field of view.
     """
-    if not (np.isfinite(spacing) and spacing > 0):
-        raise ValueError(f"spacing must be a finite number > 0 mm, got {spacing}")
+    check_instance("grid", grid, Grid, "a Grid")
+    spacing = check_positive_float("spacing", spacing)  # True is not 1 mm
     old = grid.spacing
     shape = tuple(max(1, int(np.ceil(n * s / spacing - 1e-6))) for n, s in zip(grid.shape, old))
     rot = grid.affine[:3, :3] / old
