@@ -524,3 +524,16 @@ def test_grid_shape_and_isotropic_spacing_are_checked() -> None:
         isotropic_grid(grid, math.nan)
     with pytest.raises(TypeError, match="grid must be a Grid, got NoneType"):
         isotropic_grid(None, 2.0)  # type: ignore[arg-type]
+
+
+def test_read_split_takes_a_str_path(tmp_path) -> None:  # noqa: ANN001
+    # read_split("RUN/split.json") failed with AttributeError: 'str' object has no attribute 'read_text'
+    import json
+
+    from longiseg.workflows.train import read_split
+
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"data_root": "/data", "validation": ["c1"]}), encoding="utf-8")
+    assert read_split(str(path)) == {"data_root": "/data", "validation": ["c1"], "train": []}
+    with pytest.raises(FileNotFoundError):
+        read_split(str(tmp_path / "missing.json"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -159,13 +160,18 @@ def check_monitor(monitor: str) -> None:
         raise ValueError(f"trainer.monitor={monitor!r} is not a metric this run logs; use one of {known}")
 
 
-def read_split(path: Path) -> dict:
+def read_split(path: str | os.PathLike) -> dict:
     """A run's ``split.json`` (:data:`SPLIT_FILE`): ``data_root`` (a folder), ``train`` and ``validation`` (case
     ids, ``[]`` when absent) and an optional ``val_root``; read by ``longiseg tune`` and by a resume.
 
+    Args:
+        path: the file (a ``str`` or path).
+
     Raises:
+        FileNotFoundError: the file is missing.
         ValueError: naming the file: not JSON, or not an object of those fields.
     """
+    path = Path(path)  # a str path failed with AttributeError
     try:
         split = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
