@@ -68,11 +68,7 @@ class SizeBins:
                 ("small", "medium", "large") if t.size == 2 else tuple(f"bin{i}" for i in range(t.size + 1))
             )
             object.__setattr__(self, "names", names)
-        if isinstance(self.names, (str, bytes)) or not isinstance(self.names, Sequence) or not all(
-            isinstance(n, str) for n in self.names
-        ):
-            raise TypeError(f"names must be a sequence of strings, got {self.names!r}")
-        object.__setattr__(self, "names", tuple(self.names))
+        object.__setattr__(self, "names", tuple(check_sequence("names", self.names, str, "a bin name (str)")))
         if len(self.names) != t.size + 1:
             raise ValueError(
                 f"names must have {t.size + 1} entries for {t.size} thresholds, got {self.names!r}"

@@ -43,13 +43,18 @@ from longiseg.utils.validation import (
     debug_checks_enabled,
 )
 
-__all__ = ["SpatialSizeRule", "check_model_input", "check_spatial_size", "layout", "normalises_per_instance",
+__all__ = ["SpatialSizeRule", "check_model_input", "check_spatial_size", "feature_layout", "layout", "normalises_per_instance",
            "parameter_device", "parameter_dtype"]
 
 
 def layout(spatial_dims: int) -> str:
     """The input layout of a model: ``"(B, T, C, H, W)"`` for 2D/2.5D, ``"(B, T, C, D, H, W)"`` for 3D."""
     return "(B, T, C, D, H, W)" if spatial_dims == 3 else "(B, T, C, H, W)"
+
+
+def feature_layout(spatial_dims: int) -> str:
+    """The layout of one timepoint's feature map: ``"(B, C, H, W)"`` for 2D/2.5D, ``"(B, C, D, H, W)"`` for 3D."""
+    return "(B, C, D, H, W)" if spatial_dims == 3 else "(B, C, H, W)"
 
 
 def normalises_per_instance(module: nn.Module) -> bool:

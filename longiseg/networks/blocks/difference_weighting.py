@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from longiseg.networks.inputs import feature_layout
 from longiseg.utils.validation import (
     check_bool,
     check_nonnegative_float,
@@ -62,7 +63,7 @@ class DifferenceWeighting(nn.Module):
         Returns:
             ``(B, C, *S)`` temporally informed features ``x'_c``.
         """
-        check_shape("current", current, "(B, C, D, H, W)" if self.spatial_dims == 3 else "(B, C, H, W)",
+        check_shape("current", current, feature_layout(self.spatial_dims),
                     floating=True, C=self.channels)
         check_tensor("prior", prior)
         check_same_shape("current", current, "prior", prior)

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longiseg.networks.inputs import feature_layout
 from longiseg.networks.inputs import layout as input_layout
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.validation import (
@@ -151,7 +152,7 @@ class FusedDualHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> LongitudinalOutput:
         """Predict baseline and progression logits from fused ``(B, C, *S)`` features."""
-        check_shape("features", features, "(B, C, D, H, W)" if self.spatial_dims == 3 else "(B, C, H, W)",
+        check_shape("features", features, feature_layout(self.spatial_dims),
                     floating=True, C=self.in_channels)
         b, spatial = features.shape[0], features.shape[2:]
         prog = self.progression(features).reshape(b, self.num_timepoints - 1, self.out_channels, *spatial)
