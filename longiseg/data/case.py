@@ -16,7 +16,14 @@ import numpy as np
 
 from longiseg.data.layout import check_case_id, image_filename
 from longiseg.utils.masks import as_spacing
-from longiseg.utils.validation import check_binary, check_finite, check_positive_int, check_timepoints
+from longiseg.utils.validation import (
+    check_affine,
+    check_array,
+    check_binary,
+    check_finite,
+    check_positive_int,
+    check_timepoints,
+)
 
 __all__ = ["PLANES", "LongitudinalCase", "plane_axes", "display_slice", "affine_spacing", "check_modalities",
            "check_case"]
@@ -44,11 +51,7 @@ def plane_axes(affine: np.ndarray) -> dict[str, int]:
     """
     import nibabel as nib
 
-    aff = np.asarray(affine, dtype=np.float64)
-    if aff.shape != (4, 4):
-        raise ValueError(f"affine must be a (4, 4) matrix, got shape {aff.shape}")
-    if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
-        raise ValueError("affine must have a non-singular 3x3 part (voxel axes map to world axes)")
+    aff = check_affine("affine", affine)
     ornt = nib.orientations.io_orientation(aff)  # row i: world axis of array axis i
     world_of_array = [int(w) for w in ornt[:, 0]]
     return {plane: world_of_array.index(world) for plane, world in _PLANE_WORLD_AXIS.items()}
@@ -110,9 +113,7 @@ def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
         ValueError: ``affine`` is not a finite ``(4, 4)`` matrix, an axis has zero length, or the axes are
             not orthogonal (a cosine above :data:`MAX_AXIS_COSINE` between two of them).
     """
-    aff = np.asarray(affine, dtype=np.float64)
-    if aff.shape != (4, 4) or not np.isfinite(aff).all():
-        raise ValueError(f"affine must be a finite (4, 4) matrix, got shape {aff.shape}")
+    aff = np.asarray(check_array("affine", affine, "(4, 4)"), dtype=np.float64)
     sp = np.linalg.norm(aff[:3, :3], axis=0)
     if not (sp > 0).all():
         raise ValueError(f"affine must give every voxel axis a length > 0 mm, got column norms {sp.tolist()}")
@@ -233,11 +234,7 @@ class LongitudinalCase:
         if (self.baseline_mask is None) != (self.progression_masks is None):
             raise ValueError("baseline_mask and progression_masks must both be given or both be None")
         self.brain_mask = _as_mask("brain_mask", self.brain_mask, spatial_t)
-        aff = np.asarray(self.affine, dtype=np.float64)
-        if aff.shape != (4, 4):
-            raise ValueError(f"affine must be a (4, 4) matrix, got shape {aff.shape}")
-        check_finite("affine", aff)
-        self.affine = aff
+        self.affine = check_affine("affine", self.affine)
         self.spacing = tuple(as_spacing(self.spacing, 3).tolist())  # type: ignore[assignment]
         self.case_id = str(check_case_id(self.case_id))
         self.patient_id = str(self.patient_id) if self.patient_id else self.case_id

@@ -29,6 +29,8 @@ from tqdm import tqdm
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase, affine_spacing, check_case, check_modalities
 from longiseg.utils.io import (
+    QFORM_SFORM_ATOL,
+    SpatialHeader,
     atomic_directory,
     atomic_save_nifti,
     atomic_write,
@@ -36,6 +38,7 @@ from longiseg.utils.io import (
     check_output_folder,
     folder_is_empty,
     load_nifti,
+    spatial_header,
 )
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_binary, check_timepoints
@@ -69,6 +72,7 @@ __all__ = [
     "prediction_complete",
     "read_prediction",
     "save_prediction",
+    "case_spatial_header",
 ]
 
 _LOG = get_logger("longiseg.data")
@@ -289,8 +293,9 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
     nibabel's ``img.affine``: the sform when ``sform_code > 0``, else the qform), the matrix every reader
     compares and every output is written with. A file whose header voxel sizes (``pixdim``, which the qform
     uses) disagree with that affine describes two grids; it is refused rather than one of them chosen, and so
-    is a file whose qform and sform (both set) differ by more than :data:`QFORM_SFORM_ATOL`, a file with
-    neither (orientation unknown: tools disagree on which side is left) and one measured in other units than mm.
+    is a file whose qform and sform (both set) differ by more than :data:`~longiseg.utils.io.QFORM_SFORM_ATOL`,
+    a file with neither (orientation unknown: tools disagree on which side is left) and one measured in other
+    units than mm.
 
     Args:
         img: the nibabel image (a header-only read is enough).
@@ -336,11 +341,6 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
                 "direction units); the file describes two grids, and tools that read the qform would not "
                 "overlay its outputs: rewrite it with one geometry (e.g. copy the sform into the qform)")
     return spacing
-
-
-#: Largest difference (mm, or direction units) between the qform and the sform of one file: the qform stores
-#: its rotation as a float32 quaternion, so matching forms differ by round-off, not by millimetres.
-QFORM_SFORM_ATOL = 1e-3
 
 
 def _mm(values: Any) -> str:
@@ -460,7 +460,7 @@ def check_same_grid(
 
 def save_prediction(
     root: PathLike, case_id: str, affine: np.ndarray, volumes: Mapping[str, Sequence[np.ndarray]], *,
-    overwrite: bool = False, record: Mapping[str, Any] | None = None,
+    overwrite: bool = False, record: Mapping[str, Any] | None = None, header: SpatialHeader | None = None,
 ) -> dict[str, list[Path]]:
     """Write one predicted case to ``root/case_id/`` in the layout (what :func:`read_prediction` reads).
 
@@ -479,6 +479,12 @@ def save_prediction(
         record: what produced the prediction (JSON data), written as :data:`PREDICTION_RECORD` into the case
             folder with the volumes (``longiseg predict`` records its model and settings there, so that
             ``--skip-existing`` keeps only cases of the same model and settings); ``None``: no record.
+        header: the spatial header of the input images (:func:`case_spatial_header`: the baseline image of the
+            first modality, whose grid is ``affine``): every file gets its qform (matrix and code), sform code
+            and units, as the input has them, so that tools which read the qform or compare form codes (ITK,
+            3D Slicer, FSL) overlay the prediction on the input; data type (uint8 masks, float32 maps), scaling
+            and the rest of the header are the written volume's. ``None``: both forms hold ``affine`` with code 2
+            ("aligned"), in mm (see :func:`~longiseg.utils.io.atomic_save_nifti`).
 
     Returns:
         ``{kind: written paths}``, baseline first (the record is not listed).
@@ -486,10 +492,14 @@ def save_prediction(
     Raises:
         FileExistsError: ``root/case_id`` exists, is not empty and ``overwrite`` is ``False``.
         ValueError: a bad case id, unknown kinds, fewer than two volumes, volumes of different shapes or
-            counts, or a mask that is not binary.
-        TypeError: a ``record`` that is not JSON data (nothing is written).
+            counts, a mask that is not binary, or a ``header`` of another grid than ``affine``
+            (:meth:`~longiseg.utils.io.SpatialHeader.check_grid`); all checked before anything is written.
+        TypeError: a ``record`` that is not JSON data (nothing is written), a ``header`` of another type.
     """
     folder = Path(root) / layout.check_case_id(case_id)
+    header = spatial_header(header)
+    if header is not None:
+        header.check_grid(affine, "header")
     if "mask" not in volumes or set(volumes) - {"mask", "prob", "entropy"}:
         raise ValueError(f"volumes must hold 'mask' and optionally 'prob', 'entropy'; got {sorted(volumes)}")
     t = check_timepoints("len(volumes['mask']) (number of timepoints T)", len(volumes["mask"]))
@@ -508,8 +518,32 @@ def save_prediction(
         for kind, vols in volumes.items():
             dtype = np.uint8 if kind == "mask" else np.float32
             for arr, name in zip(vols, names[kind], strict=True):
-                atomic_save_nifti(arr, affine, tmp / name, overwrite=True, dtype=dtype)
+                atomic_save_nifti(arr, affine, tmp / name, overwrite=True, dtype=dtype, header=header)
     return {kind: [folder / name for name in names[kind]] for kind in volumes}
+
+
+def case_spatial_header(source: CaseSource | PathLike) -> SpatialHeader | None:
+    """The spatial header of a case's grid, for its predictions (:func:`save_prediction`'s ``header``).
+
+    The grid of a case is that of its first file, the baseline image of the first modality (every other file
+    lies on it, :func:`check_case_headers`); its qform and sform (matrices and codes) and units are read from
+    its header alone (no voxel is decoded).
+
+    Args:
+        source: a :class:`CaseSource`, or a case folder in the library layout.
+
+    Returns:
+        Its :class:`~longiseg.utils.io.SpatialHeader` (``affine`` equal to the ``affine`` of
+        :func:`load_case`), or ``None`` when the file sets neither form (which :func:`load_case` refuses).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: naming the file: unreadable, truncated or not NIfTI.
+    """
+    source = _as_source(source)
+    path = source.image_files[0][0]
+    img = load_nifti(path, what=f"case {source.case_id!r}: image", header_only=True)
+    return spatial_header(img.header)
 
 
 def prediction_complete(root: PathLike, case_id: str, num_timepoints: int,
@@ -719,14 +753,19 @@ def load_case(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> Lo
             a mask is not binary; the brain mask is all zero; the progression flag contradicts the masks;
             there are fewer than two timepoints.
     """
-    if not isinstance(source, CaseSource):
-        folder = Path(source)
-        if folder.name in ("", ".", ".."):
-            folder = folder.resolve()
-        source = _source_from_folder(folder, modalities=None, require_masks=False)
-    case = _read_case(source, affine_atol, _Problems(collect=False))
+    case = _read_case(_as_source(source), affine_atol, _Problems(collect=False))
     assert case is not None  # problems raise when not collecting
     return case
+
+
+def _as_source(source: CaseSource | PathLike) -> CaseSource:
+    """``source`` itself, or the case of the case folder ``source`` (library layout, masks optional)."""
+    if isinstance(source, CaseSource):
+        return source
+    folder = Path(source)
+    if folder.name in ("", ".", ".."):
+        folder = folder.resolve()
+    return _source_from_folder(folder, modalities=None, require_masks=False)
 
 
 def load_cases(sources: Sequence[CaseSource], **kwargs: object) -> list[LongitudinalCase]:

@@ -3,7 +3,9 @@
 For a case ``CASE_ID`` with ``T`` timepoints the files of
 :func:`longiseg.data.layout.prediction_filenames` are written to ``OUT/CASE_ID/``: post-processed binary
 masks (uint8), averaged probabilities (float32) and binary entropy maps in nats (float32), each with the input
-affine, atomically, and never over an existing file unless ``overwrite=True``. Cases are found and read by
+affine and the spatial header of the case's baseline image (its qform and sform with their codes, and its units:
+:func:`~longiseg.data.loading.case_spatial_header`), atomically, and never over an existing file unless
+``overwrite=True``. Cases are found and read by
 the data layer (:func:`~longiseg.data.loading.find_cases`, :func:`~longiseg.data.loading.load_case`), as in
 training, and written by :func:`~longiseg.data.loading.save_prediction`, with a record of what produced them
 (:data:`~longiseg.data.loading.PREDICTION_RECORD`: the model's weights and the settings that change the outputs)
@@ -34,6 +36,7 @@ from longiseg.data.layout import check_case_id, prediction_filenames
 from longiseg.data.loading import (
     PREDICTION_RECORD,
     CaseSource,
+    case_spatial_header,
     check_case_headers,
     find_cases,
     load_case,
@@ -42,12 +45,13 @@ from longiseg.data.loading import (
 )
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
-from longiseg.inferers.sliding_window import _check_affine, brain_or_foreground, prepare_case
+from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec, plain_data
 from longiseg.utils.io import (
+    SpatialHeader,
     check_replaceable,
     folder_is_empty,
     host_tag,
@@ -57,7 +61,7 @@ from longiseg.utils.io import (
 )
 from longiseg.utils.logging import get_logger
 from longiseg.utils.masks import as_spacing
-from longiseg.utils.validation import check_bool
+from longiseg.utils.validation import check_affine, check_bool, check_instance
 
 __all__ = [
     "Inferer",
@@ -144,8 +148,7 @@ def _foreign_entries(folder: Path, num_timepoints: int) -> list[str]:
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along the three array axes: the column norms of ``affine[:3, :3]``."""
-    a = _check_affine(affine)
-    return affine_spacing(a)
+    return affine_spacing(check_affine("affine", affine))
 
 
 #: The settings of :func:`predict_case` that :func:`_check_options` checks (before any inference).
@@ -382,6 +385,7 @@ def predict_case(
     overwrite: bool = False,
     progression_threshold: float | None = None,
     record: Mapping[str, Any] | None = None,
+    header: SpatialHeader | None = None,
 ) -> dict[str, list[Path]]:
     """Predict one case and write its NIfTI outputs to ``out_dir/case_id/``.
 
@@ -417,21 +421,30 @@ def predict_case(
             the case folder (:func:`predict_folder` passes the record of its model, settings, reader and the
             case's modalities); ``None``: the record of ``model``, ``inferer`` and the settings above (a digest
             of the weights, computed here).
+        header: the spatial header of the input images, whose grid ``affine`` is
+            (:func:`~longiseg.data.loading.case_spatial_header`; :func:`predict_folder` passes it): every output
+            gets its qform and sform (matrices and codes) and units, so that it overlays the input in every tool
+            (see :func:`~longiseg.data.loading.save_prediction`). ``None``: both forms hold ``affine`` with
+            code 2 ("aligned"), in mm.
 
     Returns:
         ``{"mask": [...], "prob": [...], "entropy": [...]}`` -- the written paths, baseline first.
 
     Raises:
         FileExistsError: an output exists and ``overwrite`` is ``False``.
-        ValueError: invalid inputs, a bad ``restrict_to_brain``, or a model with more than one output channel
-            per head (the file layout stores binary maps).
+        ValueError: invalid inputs, a bad ``restrict_to_brain``, a ``header`` of another grid than ``affine``
+            (checked before the model runs), or a model with more than one output channel per head (the file
+            layout stores binary maps).
+        TypeError: a ``header`` that is not a :class:`~longiseg.utils.io.SpatialHeader` or ``None``.
     """
     options = {"threshold": threshold, "min_volume_mm3": min_volume_mm3, "restrict_to_brain": restrict_to_brain,
                "progression_outside_baseline": progression_outside_baseline, "save_probabilities": save_probabilities,
                "save_entropy": save_entropy, "overwrite": overwrite, "progression_threshold": progression_threshold}
     _check_options(options)
     check_case_id(case_id)
-    aff = _check_affine(affine)
+    aff = check_affine("affine", affine)
+    if check_instance("header", header, (SpatialHeader, type(None)), "a SpatialHeader (case_spatial_header) or None"):
+        header.check_grid(aff, "header")
     spacing = spacing_from_affine(aff) if spacing is None else tuple(as_spacing(spacing, 3).tolist())
     imgs, brain = prepare_case(images, brain_mask)
     t = imgs.shape[0]
@@ -470,7 +483,7 @@ def predict_case(
     if save_entropy:
         volumes["entropy"] = [binary_entropy(base_prob)] + [binary_entropy(p) for p in prog_prob]
     # The case folder appears complete or not at all: an interrupted case leaves only a temporary folder.
-    targets = save_prediction(out_dir, case_id, aff, volumes, overwrite=overwrite, record=record)
+    targets = save_prediction(out_dir, case_id, aff, volumes, overwrite=overwrite, record=record, header=header)
     logger.info("wrote %d files for case %s to %s", sum(len(p) for p in targets.values()), case_id, case_out)
     return targets
 
@@ -525,8 +538,11 @@ def predict_folder(
             the case is predicted, or skipped as complete by ``skip_existing`` (e.g. to write more outputs
             derived from the saved masks); not for a case left to another process (which calls its own).
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
-            ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask, and each case
-            folder gets the record of this call (the weights' digest is computed once).
+            ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask, each case
+            folder gets the record of this call (the weights' digest is computed once), and each case's outputs
+            the spatial header of its baseline image (:func:`~longiseg.data.loading.case_spatial_header`: qform,
+            sform and their codes, units) when the case read lies on that image's grid (a ``reader`` that
+            resamples gets the default header of :func:`~longiseg.data.loading.save_prediction`).
 
     Returns:
         ``{case_id: paths}`` of the predicted (not skipped) cases.
@@ -549,7 +565,7 @@ def predict_folder(
         raise TypeError("predict_folder reads each case's brain mask from its folder; do not pass brain_mask")
     params = inspect.signature(predict_case).parameters
     unknown = sorted(set(predict_kwargs) - set(params) - {"overwrite"})
-    if unknown or {"model", "images", "affine", "spacing", "out_dir", "case_id", "record"} & set(predict_kwargs):
+    if unknown or {"model", "images", "affine", "spacing", "out_dir", "case_id", "record", "header"} & set(predict_kwargs):
         raise TypeError(f"predict_folder passes predict_case's settings only; got {sorted(predict_kwargs)}")
     for flag, value in (("skip_existing", skip_existing), ("overwrite", overwrite), ("progress", progress)):
         check_bool(flag, value)
@@ -641,10 +657,15 @@ def _predict_listed_case(
         logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid, out_dir / cid)
         case_overwrite = True
     case = read(source)
+    header = case_spatial_header(source)  # the input's forms, codes and units, for the outputs
+    if header is not None and header.mismatch(case.affine) is not None:  # a reader that changed the grid
+        logger.info("case %s: the case read lies on another grid than %s; its outputs get the default header",
+                    cid, source.image_files[0][0])
+        header = None
     try:
         return predict_case(
             model, case.images, case.affine, case.spacing, out_dir, cid, brain_mask=case.brain_mask,
-            **{**predict_kwargs, "overwrite": case_overwrite, "record": record},  # type: ignore[arg-type]
+            **{**predict_kwargs, "overwrite": case_overwrite, "record": record, "header": header},  # type: ignore[arg-type]
         )
     except FileExistsError:  # another process (one that does not claim cases) wrote it meanwhile
         if not (skip_existing and prediction_complete(out_dir, cid, source.num_timepoints, kinds)):

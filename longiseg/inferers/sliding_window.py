@@ -287,25 +287,6 @@ def prepare_case(
     return images, mask
 
 
-def _check_affine(affine: np.ndarray | torch.Tensor | Sequence[Sequence[float]]) -> np.ndarray:
-    """``affine`` as a float64 ``(4, 4)`` numpy array, after checking that it is one with finite entries.
-
-    Raises:
-        ValueError: naming ``affine``, for another shape, non-numeric or NaN/inf entries.
-    """
-    if isinstance(affine, torch.Tensor):
-        affine = affine.detach().cpu().numpy()
-    try:
-        a = np.asarray(affine, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"affine must be a finite (4, 4) matrix, got {type(affine).__name__}: {err}") from None
-    if a.shape != (4, 4):
-        raise ValueError(f"affine must be a finite (4, 4) matrix, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError("affine must be a finite (4, 4) matrix, got NaN or infinite entries")
-    return a
-
-
 def brain_or_foreground(images: torch.Tensor, brain_mask: torch.Tensor | None) -> torch.Tensor:
     """The brain mask inference and post-processing use: ``brain_mask`` when given, else the voxels that are
     non-zero in any timepoint or channel of ``images`` ``(T, C, D, H, W)``. Returns a bool ``(D, H, W)`` tensor."""

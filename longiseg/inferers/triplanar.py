@@ -42,7 +42,6 @@ from tqdm.auto import tqdm
 
 from longiseg.data.case import plane_axes
 from longiseg.inferers.sliding_window import (
-    _check_affine,
     _check_blend,
     _check_device,
     _check_overlap,
@@ -217,7 +216,7 @@ class TriplanarInferer:
         t = imgs.shape[0]
         spatial = tuple(imgs.shape[2:])
 
-        axes = PLANE_AXES if affine is None else plane_axes(_check_affine(affine))
+        axes = PLANE_AXES if affine is None else plane_axes(affine)
         plans = {p: self._plan(axes[p], imgs.shape, mask) for p in self.planes}
         self.last_stats = {p: {"computed": len(jobs), "skipped": grid - len(jobs)} for p, (jobs, grid) in plans.items()}
         total_patches = sum(s["computed"] for s in self.last_stats.values())

@@ -51,6 +51,7 @@ from longiseg.data.lesions import min_voxel_count
 from longiseg.metrics.inputs import as_mask
 from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
 from longiseg.utils.io import atomic_write, atomic_write_json
+from longiseg.utils.validation import check_affine
 
 __all__ = [
     "CHANGE_KINDS",
@@ -300,9 +301,7 @@ def lesion_evolution(
     for i, p in enumerate(prog):
         if p.shape != base.shape:
             raise ValueError(f"progression[{i}] must have the baseline's shape {base.shape}, got {p.shape}")
-    aff = np.asarray(affine, dtype=np.float64)
-    if aff.shape != (4, 4) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
-        raise ValueError(f"affine must be a non-singular (4, 4) matrix, got shape {aff.shape}")
+    aff = check_affine("affine", affine)
     conn = _check_connectivity(connectivity, 3)
     vmin = _check_min_volume(min_volume_mm3)
     sp = np.asarray(affine_spacing(aff))

@@ -8,13 +8,14 @@ volume read by nibabel, passed through SimpleITK and written back keeps its exac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from longiseg.data.case import affine_spacing
-from longiseg.utils.validation import check_instance, check_int_sequence, check_positive_float
+from longiseg.utils.validation import check_affine, check_instance, check_int_sequence, check_positive_float
 
 __all__ = ["EXTRA_HINT", "require_simpleitk", "Grid", "to_sitk", "from_sitk", "isotropic_grid"]
 
@@ -41,11 +42,8 @@ class Grid:
 
     def __post_init__(self) -> None:
         shape = check_int_sequence("shape", self.shape, length=3, what="the sizes (D, H, W)")  # 6.5 was cut to 6
-        aff = np.asarray(self.affine, dtype=np.float64)
-        if aff.shape != (4, 4) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
-            raise ValueError(f"affine must be a non-singular (4, 4) matrix, got shape {aff.shape}")
         object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "affine", aff)
+        object.__setattr__(self, "affine", check_affine("affine", self.affine))
 
     @property
     def spacing(self) -> np.ndarray:
@@ -66,7 +64,11 @@ class Grid:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Grid:
         """Inverse of :meth:`to_dict`."""
-        return cls(tuple(d["shape"]), np.asarray(d["affine"], dtype=np.float64))  # type: ignore[arg-type]
+        check_instance("d", d, Mapping, "a dict with 'shape' and 'affine' (from Grid.to_dict)")
+        missing = [k for k in ("shape", "affine") if k not in d]
+        if missing:
+            raise ValueError(f"d must hold 'shape' and 'affine' (from Grid.to_dict), missing {missing}")
+        return cls(d["shape"], d["affine"])  # Grid checks and converts both
 
 
 def _set_geometry(img: Any, affine: np.ndarray) -> None:
@@ -88,13 +90,16 @@ def to_sitk(array: np.ndarray, affine: np.ndarray) -> Any:
     if arr.ndim != 3:
         raise ValueError(f"array must be a 3D volume (D, H, W), got shape {arr.shape}")
     img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))
-    _set_geometry(img, np.asarray(affine, dtype=np.float64))
+    _set_geometry(img, check_affine("affine", affine))
     return img
 
 
 def from_sitk(image: Any) -> tuple[np.ndarray, np.ndarray]:
     """``(array (D, H, W), RAS+ affine (4, 4))`` of a SimpleITK image; inverse of :func:`to_sitk`."""
     sitk = require_simpleitk()
+    check_instance("image", image, sitk.Image, "a SimpleITK Image")
+    if image.GetDimension() != 3:
+        raise ValueError(f"image must be a 3D SimpleITK Image, got {image.GetDimension()}D")
     arr = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     affine = np.eye(4)

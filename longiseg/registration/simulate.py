@@ -13,23 +13,34 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from longiseg.utils.masks import as_spacing
+from longiseg.utils.validation import (
+    check_affine,
+    check_array,
+    check_finite_float,
+    check_instance,
+    check_int_sequence,
+    check_positive_int,
+)
+
 __all__ = ["rigid_motion", "simulate_acquisition"]
 
 
 def rigid_motion(axis: Sequence[float], angle_deg: float, shift_mm: Sequence[float],
                  centre_mm: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
     """``(4, 4)`` rigid motion: rotation by ``angle_deg`` about ``axis`` through ``centre_mm``, then ``shift_mm``."""
-    ax = np.asarray(axis, dtype=np.float64)
-    if ax.shape != (3,) or not np.linalg.norm(ax) > 0:
+    ax = np.asarray(check_array("axis", axis, "(3,)"), dtype=np.float64)
+    if not np.linalg.norm(ax) > 0:
         raise ValueError(f"axis must be a non-zero 3-vector, got {axis}")
     ax /= np.linalg.norm(ax)
-    th = math.radians(angle_deg)
+    th = math.radians(check_finite_float("angle_deg", angle_deg))
+    shift = check_array("shift_mm", shift_mm, "(3,)")
     k = np.array([[0, -ax[2], ax[1]], [ax[2], 0, -ax[0]], [-ax[1], ax[0], 0]])
     rot = np.eye(3) + math.sin(th) * k + (1 - math.cos(th)) * (k @ k)
-    c = np.asarray(centre_mm, dtype=np.float64)
+    c = np.asarray(check_array("centre_mm", centre_mm, "(3,)"), dtype=np.float64)
     out = np.eye(4)
     out[:3, :3] = rot
-    out[:3, 3] = c - rot @ c + np.asarray(shift_mm, dtype=np.float64)
+    out[:3, 3] = c - rot @ c + np.asarray(shift, dtype=np.float64)
     return out
 
 
@@ -51,11 +62,17 @@ def simulate_acquisition(array: np.ndarray, affine: np.ndarray, motion: np.ndarr
         ``(new array, new affine)``: the new grid covers the old field of view; a point ``p`` of the original
         scan appears at ``motion @ p`` in the new scanner coordinates.
     """
-    arr = np.asarray(array, dtype=np.float32)
-    aff = np.asarray(affine, dtype=np.float64)
+    arr = np.asarray(check_array("array", array, "(D, H, W)", bools=True), dtype=np.float32)
+    aff = check_affine("affine", affine)
+    motion = check_array("motion", motion, "(4, 4)")
+    axes = check_int_sequence("axes", axes, minimum=0, length=3, what="the old axis of each new axis")
+    flips = check_int_sequence("flips", flips, minimum=-1, length=3, what="+1 or -1 per axis")
     if sorted(axes) != [0, 1, 2] or any(f not in (1, -1) for f in flips):
         raise ValueError(f"axes must be a permutation of (0, 1, 2) and flips +-1, got {axes}, {flips}")
-    sp = np.asarray(spacing, dtype=np.float64)
+    if check_positive_int("order", order, minimum=0) > 5:
+        raise ValueError(f"order must be a spline order from 0 to 5, got {order}")
+    sp = as_spacing(check_instance("spacing", spacing, (int, float, np.number, Sequence, np.ndarray),
+                                   "a number or a sequence of 3 numbers"), 3)
     direction = (aff[:3, :3] / np.linalg.norm(aff[:3, :3], axis=0))[:, list(axes)] * np.asarray(flips)
     corners = np.array([[i, j, k, 1.0] for i in (-0.5, arr.shape[0] - 0.5) for j in (-0.5, arr.shape[1] - 0.5)
                         for k in (-0.5, arr.shape[2] - 0.5)]) @ aff.T

@@ -25,17 +25,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from longiseg.utils.validation import check_bool
+from longiseg.utils.validation import check_affine, check_bool, check_instance, check_path, check_positive_int
 
-__all__ = ["expand_home", "folder_is_empty", "host_tag", "process_start_time", "writer_ended", "WrittenMeanwhile", "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_write", "atomic_torch_save", "atomic_save_nifti", "atomic_save_figure",
-           "atomic_write_json", "apply_umask", "remove_stale_temporaries", "load_nifti", "check_separate_folders",
-           "check_output_folder", "check_replaceable"]
+__all__ = ["expand_home", "folder_is_empty", "host_tag", "process_start_time", "writer_ended", "WrittenMeanwhile",
+           "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_write",
+           "atomic_torch_save", "atomic_save_nifti", "SpatialHeader", "spatial_header", "QFORM_SFORM_ATOL",
+           "HEADER_AFFINE_ATOL", "atomic_save_figure", "atomic_write_json", "apply_umask",
+           "remove_stale_temporaries", "load_nifti", "check_separate_folders", "check_output_folder",
+           "check_replaceable"]
 
 PathLike = str | os.PathLike
 
@@ -63,7 +67,7 @@ def check_output_folder(path: PathLike, name: str) -> Path:
         NotADirectoryError: ``path`` or one of its ancestors is a file.
         PermissionError: the nearest existing ancestor is not writable.
     """
-    path = Path(path)
+    path = check_path("path", path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{name} {path} exists and is not a folder")
     probe = path
@@ -93,7 +97,7 @@ def check_replaceable(path: PathLike) -> None:
         PermissionError: naming ``path`` and the first folder in it that is not writable or cannot be read
             (nothing was deleted).
     """
-    path = Path(path)
+    path = check_path("path", path)
     if path.is_symlink() or not path.is_dir():
         return
 
@@ -121,11 +125,11 @@ def check_separate_folders(output: PathLike, output_name: str, inputs: dict[str,
     Raises:
         ValueError: naming both folders and how they overlap.
     """
-    out = Path(output).resolve()
-    for name, path in inputs.items():
+    out = check_path("output", output).resolve()
+    for name, path in check_instance("inputs", inputs, Mapping, "a dict of input folders by name").items():
         if path is None:
             continue
-        inp = Path(path).resolve()
+        inp = check_path(f"inputs[{name!r}]", path).resolve()
         if out == inp:
             how = "is"
         elif inp in out.parents:
@@ -162,7 +166,7 @@ def apply_umask(path: PathLike) -> None:
     """Give ``path`` the mode a plain ``open``/``mkdir`` would have: ``0666`` (files) or ``0777`` (folders)
     minus the process umask. Temporary files from :mod:`tempfile` are ``0600``/``0700`` instead. A folder keeps
     its setgid bit (set by ``mkdir`` in a shared setgid project folder: files added later get the group)."""
-    path = Path(path)
+    path = check_path("path", path)
     if path.is_dir():
         os.chmod(path, (0o777 & ~_current_umask()) | (path.stat().st_mode & stat.S_ISGID))
     else:
@@ -185,6 +189,7 @@ def process_start_time(pid: int) -> int | None:
     """When process ``pid`` of this machine started (clock ticks since boot, Linux ``/proc``); ``None`` where it
     cannot be read (no such process, or no ``/proc``). A pid and its start time name one process: a pid the
     system gave again to another process has another start time."""
+    pid = check_positive_int("pid", pid, minimum=0)
     try:
         with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as fh:
             fields = fh.read()
@@ -210,7 +215,7 @@ class WrittenMeanwhile(FileExistsError):
 def temporary_prefix(path: PathLike) -> str:
     """Prefix of a temporary of ``path``: ``.NAME.PID-HOST.`` (:mod:`tempfile` adds ``RANDOM`` and ``.tmp...``);
     :func:`remove_stale_temporaries` recognises such temporaries when their writer has ended."""
-    path = Path(path)
+    path = check_path("path", path)
     return f".{path.name}.{os.getpid()}-{_HOST}."
 
 
@@ -230,13 +235,17 @@ def writer_ended(mark: PathLike, pid: int, host: str | None, started: int | None
     records it: the pid was given again to another process); on another machine sharing the folder, whose
     processes cannot be asked, when ``mark`` is older than :data:`OTHER_HOST_STALE_S`. A mark that is gone
     meanwhile has not ended (its writer just finished)."""
+    pid = check_positive_int("pid", pid, minimum=0)
+    mark = check_path("mark", mark)
+    check_instance("host", host, (str, type(None)), "a str (host_tag()) or None")
+    check_instance("started", started, (int, np.integer, type(None)), "an int (process_start_time()) or None")
     if (host is None or host == _HOST) and os.name != "nt":
         if not _pid_alive(pid):
             return True
         now = process_start_time(pid) if started is not None else None
         return now is not None and now != started
     try:
-        return time.time() - Path(mark).lstat().st_mtime > OTHER_HOST_STALE_S
+        return time.time() - mark.lstat().st_mtime > OTHER_HOST_STALE_S
     except OSError:
         return False
 
@@ -262,7 +271,7 @@ def folder_is_empty(path: PathLike) -> bool:
     Raises:
         NotADirectoryError: ``path`` is not a folder.
     """
-    path = Path(path)
+    path = check_path("path", path)
     if not path.is_dir():
         raise NotADirectoryError(f"{path} is not a folder")
     return all(_stale(entry) for entry in path.iterdir())
@@ -279,7 +288,7 @@ def remove_stale_temporaries(path: PathLike) -> list[Path]:
     Returns:
         The removed paths.
     """
-    path = Path(path)
+    path = check_path("path", path)
     removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
@@ -309,7 +318,8 @@ def atomic_path(path: PathLike, *, overwrite: bool = True, suffix: str | None = 
 
     On an exception the temporary file is removed and ``path`` is untouched.
     """
-    path = Path(path)
+    path = check_path("path", path)
+    check_instance("suffix", suffix, (str, type(None)), "a str or None")
     _check_target(path, overwrite)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; expected a file path")
@@ -349,7 +359,7 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
     On an exception the temporary folder is removed, ``path`` is untouched, and the parent folders this call
     created for it are removed again (while empty).
     """
-    path = Path(path)
+    path = check_path("path", path)
     _check_target(path, overwrite)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} exists and is not a folder")
@@ -369,7 +379,7 @@ def removed_if_created(folder: PathLike) -> Iterator[None]:
     Args:
         folder: the folder the block may create (with its parents).
     """
-    folder = Path(folder)
+    folder = check_path("folder", folder)
     created = [p for p in itertools.takewhile(lambda p: not p.exists(), (folder, *folder.parents)) if p.parent != p]
     try:
         yield
@@ -435,6 +445,9 @@ def atomic_write(path: PathLike, writer: Callable[[IO[Any]], None], *, mode: str
 
     Text modes write UTF-8 whatever the machine's locale (reports declare it; CSV/JSON/YAML are read back as it).
     """
+    check_instance("writer", writer, Callable, "a callable taking the open file")
+    if check_instance("mode", mode, str, "a str") not in ("w", "wt", "wb"):
+        raise ValueError(f"mode must be 'w' (text) or 'wb' (binary), got {mode!r}")
     with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as fh:
             writer(fh)
@@ -445,6 +458,8 @@ def atomic_write(path: PathLike, writer: Callable[[IO[Any]], None], *, mode: str
 
 def atomic_write_json(path: PathLike, obj: Any, *, overwrite: bool = True, indent: int = 2) -> Path:
     """Write ``obj`` as JSON atomically."""
+    if indent is not None:
+        check_positive_int("indent", indent, minimum=0)
     return atomic_write(path, lambda fh: json.dump(obj, fh, indent=indent, default=_json_default),
                         overwrite=overwrite)
 
@@ -471,6 +486,10 @@ def atomic_save_figure(fig: Any, path: PathLike, *, dpi: int = 100, overwrite: b
         overwrite: replace an existing file.
         **savefig_kwargs: passed to ``fig.savefig`` (e.g. ``facecolor``).
     """
+    from matplotlib.figure import Figure
+
+    check_instance("fig", fig, Figure, "a matplotlib.figure.Figure")
+    check_positive_int("dpi", dpi)
     try:
         with atomic_path(path, overwrite=overwrite, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=dpi, format="png", **savefig_kwargs)
@@ -498,8 +517,188 @@ def atomic_torch_save(obj: Any, path: PathLike, *, overwrite: bool = True) -> Pa
     return Path(path)
 
 
+#: Largest difference (mm, or direction units) between the qform and the sform of one file: the qform stores
+#: its rotation as a float32 quaternion, so matching forms differ by round-off, not by millimetres. Files read
+#: (:func:`longiseg.data.loading.nifti_spacing`) and written (:func:`atomic_save_nifti` with ``header=``) whose
+#: two forms differ by more describe two grids.
+QFORM_SFORM_ATOL = 1e-3
+#: Largest difference (mm) between the affine a file is written with and the form that places the voxels in
+#: the ``header`` it is given (the library's tolerance for "one grid", as ``affine_atol`` when cases are loaded).
+HEADER_AFFINE_ATOL = 1e-4
+_XFORM_CODES = range(6)  # NIfTI: 0 unknown, 1 scanner, 2 aligned, 3 Talairach, 4 MNI, 5 template
+
+
+def _floats(name: str, value: Any, shape: tuple[int, ...]) -> Any:
+    """``value`` as nested tuples of finite Python floats of ``shape``, else ``ValueError`` naming ``name``."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != shape or not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be {shape} finite numbers, got {value!r}")
+    return tuple(map(tuple, arr.tolist())) if arr.ndim == 2 else tuple(arr.tolist())
+
+
+@dataclass(frozen=True)
+class SpatialHeader:
+    """Where a NIfTI file places its voxels, as its header states it: both forms with their codes, and the units.
+
+    The part of an input image's header that a segmentation of it should carry, so that tools which read the
+    qform (ITK, 3D Slicer) or compare form codes (FSL) treat the image and the mask as one space: what
+    :func:`atomic_save_nifti` (``header=``) copies; :func:`spatial_header` reads it from a header. The values
+    are the header's own (float32 numbers as Python floats), so a copy is exact. The value is picklable, and
+    ``dataclasses.asdict`` gives JSON data that ``SpatialHeader(**data)`` reads back.
+
+    Attributes:
+        qform_code: NIfTI code of the qform (0 unknown: not set, 1 scanner, 2 aligned, 3 Talairach, 4 MNI,
+            5 template).
+        sform_code: NIfTI code of the sform (same codes). At least one of the two codes is set.
+        quatern: the qform's rotation ``(quatern_b, quatern_c, quatern_d)``.
+        qoffset: the qform's translation ``(qoffset_x, qoffset_y, qoffset_z)`` in mm.
+        qfac: ``pixdim[0]``, ``1.0`` or ``-1.0`` (the qform's handedness).
+        zooms: ``pixdim[1:4]``, the voxel size the qform scales by (mm; all > 0 where the qform is set).
+        sform: the sform's rows ``(srow_x, srow_y, srow_z)``, ``(3, 4)``.
+        xyzt_units: the ``xyzt_units`` byte (spatial and temporal units), 0..255.
+
+    Raises:
+        ValueError: naming the field: a code outside 0..5, both codes 0 (no grid is stated: use ``None``), a
+            non-finite or wrongly shaped number, ``qfac`` other than ±1, a set qform with a zoom <= 0 or a
+            ``quatern`` longer than 1, ``xyzt_units`` outside 0..255.
+    """
+
+    qform_code: int
+    sform_code: int
+    quatern: tuple[float, float, float]
+    qoffset: tuple[float, float, float]
+    qfac: float
+    zooms: tuple[float, float, float]
+    sform: tuple[tuple[float, float, float, float], ...]
+    xyzt_units: int
+
+    def __post_init__(self) -> None:
+        for name in ("qform_code", "sform_code", "xyzt_units"):
+            value = getattr(self, name)
+            valid = _XFORM_CODES if name.endswith("code") else range(256)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) not in valid:
+                raise ValueError(f"{name} must be an int in {valid.start}..{valid.stop - 1}, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.qform_code == 0 and self.sform_code == 0:
+            raise ValueError("qform_code and sform_code are both 0: the header states no grid; pass header=None "
+                             "instead (spatial_header returns None for such a header)")
+        for name, shape in (("quatern", (3,)), ("qoffset", (3,)), ("zooms", (3,)), ("sform", (3, 4))):
+            object.__setattr__(self, name, _floats(name, getattr(self, name), shape))
+        if self.qform_code > 0 and min(self.zooms) <= 0:
+            raise ValueError(f"zooms must be voxel sizes > 0 where the qform is set, got {self.zooms}")
+        if self.qform_code > 0 and sum(q * q for q in self.quatern) > 1.0 + 3 * float(np.finfo(np.float32).eps):
+            raise ValueError(f"quatern must be the (b, c, d) of a unit quaternion (b² + c² + d² <= 1), got {self.quatern}")
+        if self.qfac not in (1, -1) or isinstance(self.qfac, bool):
+            raise ValueError(f"qfac must be 1.0 or -1.0, got {self.qfac!r}")
+        object.__setattr__(self, "qfac", float(self.qfac))
+
+    def _write_qform(self, header: Any) -> None:
+        """Store the qform (quaternion, offset, handedness, voxel size) and its code in a nibabel header."""
+        header["quatern_b"], header["quatern_c"], header["quatern_d"] = self.quatern
+        header["qoffset_x"], header["qoffset_y"], header["qoffset_z"] = self.qoffset
+        pixdim = np.array(header["pixdim"])
+        pixdim[0], pixdim[1:4] = self.qfac, self.zooms
+        header["pixdim"] = pixdim
+        header["qform_code"] = self.qform_code
+
+    @property
+    def qform_affine(self) -> np.ndarray:
+        """The ``(4, 4)`` matrix the qform states (whatever its code), as nibabel's ``header.get_qform()``."""
+        import nibabel as nib
+
+        header = nib.Nifti1Header()
+        self._write_qform(header)
+        return np.asarray(header.get_qform(), dtype=np.float64)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """The ``(4, 4)`` voxel-to-world matrix readers use: the sform when its code is set, else the qform
+        (nibabel's ``img.affine``)."""
+        if self.sform_code > 0:
+            return np.vstack([np.asarray(self.sform, dtype=np.float64), [0.0, 0.0, 0.0, 1.0]])
+        return self.qform_affine
+
+    def mismatch(self, affine: np.ndarray) -> str | None:
+        """Why a file written with ``affine`` cannot carry this header; ``None`` when it can.
+
+        It can when the form readers use (:attr:`affine`) equals ``affine`` within :data:`HEADER_AFFINE_ATOL`
+        and, where both forms are set, the qform within :data:`QFORM_SFORM_ATOL` (what loading accepts).
+
+        Args:
+            affine: ``(4, 4)`` voxel-to-world matrix of the volume to write.
+
+        Raises:
+            ValueError: ``affine`` is not a finite, non-singular ``(4, 4)`` matrix.
+            TypeError: ``affine`` does not hold numbers.
+        """
+        affine = check_affine("affine", affine)
+        form = "sform" if self.sform_code > 0 else "qform"
+        gap = float(np.abs(self.affine - affine).max())
+        if gap > HEADER_AFFINE_ATOL:
+            return (f"its {form} (code {getattr(self, form + '_code')}) lies on another grid than affine (they "
+                    f"differ by up to {gap:.3g} mm, tolerance {HEADER_AFFINE_ATOL:g} mm)")
+        if self.qform_code > 0 and self.sform_code > 0:
+            gap = float(np.abs(self.qform_affine - affine).max())
+            if gap > QFORM_SFORM_ATOL:
+                return (f"its qform places the voxels differently from affine (by up to {gap:.3g} mm or direction "
+                        f"units, tolerance {QFORM_SFORM_ATOL:g}): the file would describe two grids")
+        return None
+
+    def check_grid(self, affine: np.ndarray, name: str = "header") -> None:
+        """Raise unless a file written with ``affine`` can carry this header (:meth:`mismatch`).
+
+        Args:
+            affine: ``(4, 4)`` voxel-to-world matrix of the volume to write.
+            name: the argument that holds this header, for the message.
+
+        Raises:
+            ValueError: naming ``name`` and how the grids differ, or a bad ``affine``.
+        """
+        why = self.mismatch(affine)
+        if why is not None:
+            raise ValueError(f"{name} does not describe the grid of affine: {why}; pass the header of the image "
+                             "whose grid the volume lies on, or header=None")
+
+
+def spatial_header(header: Any) -> SpatialHeader | None:
+    """The spatial part of a NIfTI header: both forms with their codes, and the units (:class:`SpatialHeader`).
+
+    Args:
+        header: a nibabel NIfTI-1 or NIfTI-2 header (``img.header`` of :func:`load_nifti`), a
+            :class:`SpatialHeader` (returned as it is) or ``None``.
+
+    Returns:
+        The :class:`SpatialHeader`; ``None`` when ``header`` is ``None`` or sets neither form (both codes 0: it
+        states no grid, and files written with it get :func:`atomic_save_nifti`'s default forms).
+
+    Raises:
+        TypeError: ``header`` is of another type (e.g. an image instead of its ``.header``).
+        ValueError: the header's numbers cannot describe a grid (see :class:`SpatialHeader`).
+    """
+    import nibabel as nib
+
+    if header is None or isinstance(header, SpatialHeader):
+        return header
+    if not isinstance(header, nib.Nifti1Header):  # NIfTI-2 headers are Nifti1Header subclasses
+        raise TypeError(f"header must be a NIfTI header (img.header), a SpatialHeader or None, got "
+                        f"{type(header).__name__}")
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    if qcode == 0 and scode == 0:
+        return None
+    pixdim = np.asarray(header["pixdim"], dtype=np.float64)
+    return SpatialHeader(
+        qform_code=qcode, sform_code=scode,
+        quatern=tuple(float(header[f"quatern_{k}"]) for k in "bcd"),  # type: ignore[arg-type]
+        qoffset=tuple(float(header[f"qoffset_{k}"]) for k in "xyz"),  # type: ignore[arg-type]
+        qfac=-1.0 if pixdim[0] < 0 else 1.0,  # NIfTI: a qfac of 0 counts as 1
+        zooms=tuple(pixdim[1:4].tolist()),  # type: ignore[arg-type]
+        sform=tuple(tuple(float(v) for v in header[f"srow_{k}"]) for k in "xyz"),
+        xyzt_units=int(header["xyzt_units"]),
+    )
+
+
 def atomic_save_nifti(array: np.ndarray, affine: np.ndarray, path: PathLike, *, overwrite: bool = False,
-                      dtype: Any = None, header: Any = None) -> Path:
+                      dtype: Any = None, header: SpatialHeader | Any = None) -> Path:
     """Save ``array`` (``(D, H, W)`` or with trailing channels) as NIfTI with ``affine``, atomically.
 
     Args:
@@ -508,27 +707,41 @@ def atomic_save_nifti(array: np.ndarray, affine: np.ndarray, path: PathLike, *, 
         path: destination ending in ``.nii`` or ``.nii.gz``.
         overwrite: replace an existing file (default ``False``: never lose what is there).
         dtype: on-disk dtype (defaults to ``array.dtype``).
-        header: optional nibabel header to copy (spacing, units, form codes).
+        header: the spatial header of the image whose grid ``array`` lies on (a :class:`SpatialHeader`, or a
+            NIfTI header whose spatial part :func:`spatial_header` takes): the file gets its qform (matrix and
+            code), its sform code and its units (``xyzt_units``), so that it overlays that image in every tool.
+            Nothing else is copied: data type, scaling, ``cal_min/max``, description, intent and dimensions are
+            the written array's. ``None``, or a header with neither form set: the default below.
 
     Without ``header`` the file says what every reader needs to place it: the sform holds ``affine``
     (code 2, "aligned", nibabel's default), the qform holds it too (same code) unless ``affine`` has a shear
     a qform cannot represent (then the qform code is 0, so that no reader sees two disagreeing forms), and
-    the spatial unit is mm.
+    the spatial unit is mm. With ``header`` the sform holds ``affine`` as well (with the header's code); where
+    the header's sform code is 0 its qform places the voxels (``img.affine`` of the file is then that qform,
+    which agrees with ``affine`` within :data:`HEADER_AFFINE_ATOL`).
+
+    Raises:
+        ValueError: ``affine`` is not a finite, non-singular ``(4, 4)`` matrix; ``header`` lies on another grid
+            than ``affine`` (:meth:`SpatialHeader.check_grid`); both checked before anything is written.
+        TypeError: ``affine`` does not hold numbers; ``header`` is not a NIfTI header, a :class:`SpatialHeader`
+            or ``None``.
     """
     import nibabel as nib
 
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise ValueError(f"affine must be a (4, 4) matrix, got shape {affine.shape}")
+    affine = check_affine("affine", affine)
+    spatial = spatial_header(header)
+    if spatial is not None:
+        spatial.check_grid(affine, "header")
     arr = np.asarray(array)
     if dtype is not None:
         arr = arr.astype(dtype)
     elif arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    img = nib.Nifti1Image(arr, affine, header=header)
+    img = nib.Nifti1Image(arr, affine)
+    _set_qform_and_units(img.header, affine, spatial)
+    if spatial is not None:  # the image's affine is the one its forms state, so nibabel keeps them on saving
+        img = nib.Nifti1Image(arr, img.header.get_best_affine(), header=img.header)
     img.set_data_dtype(arr.dtype)
-    if header is None:
-        _set_qform_and_units(img.header, affine)
     name = str(path)
     suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
     with atomic_path(path, overwrite=overwrite, suffix=suffix) as tmp:
@@ -536,8 +749,18 @@ def atomic_save_nifti(array: np.ndarray, affine: np.ndarray, path: PathLike, *, 
     return Path(path)
 
 
-def _set_qform_and_units(header: Any, affine: np.ndarray) -> None:
-    """Mirror the sform into the qform where a qform can hold ``affine`` exactly; mm as the spatial unit."""
+def _set_qform_and_units(header: Any, affine: np.ndarray, spatial: SpatialHeader | None = None) -> None:
+    """Give a header made from ``affine`` (sform code 2) its forms and units: ``spatial``'s form codes, qform and
+    units, the sform keeping ``affine``; without ``spatial``, the sform mirrored into the qform where a qform can
+    hold ``affine`` exactly, and mm as the spatial unit."""
+    if spatial is not None:
+        header.set_sform(affine, code=spatial.sform_code)
+        if spatial.qform_code > 0:
+            spatial._write_qform(header)
+        else:
+            header.set_qform(None, code=0)
+        header["xyzt_units"] = spatial.xyzt_units
+        return
     code = int(header["sform_code"])
     header.set_qform(affine, code=code)
     scale = max(float(np.abs(affine[:3, :4]).max()), 1.0)
@@ -585,8 +808,14 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
     from nibabel.spatialimages import HeaderDataError
 
     header_only = check_bool("header_only", header_only)
+    try:
+        dtype = None if dtype is None else np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"dtype must be a NumPy dtype such as numpy.float32, got {dtype!r}") from err
+    if dtype is not None and dtype.kind not in "biuf":
+        raise TypeError(f"dtype must be a NumPy number dtype such as numpy.float32, got {dtype}")
 
-    path = Path(path)
+    path = check_path("path", path)
     label = f"{what} {path}"
     if not path.exists():
         raise FileNotFoundError(f"{label} does not exist")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from longiseg.utils.validation import check_instance, check_positive_int
+
 __all__ = ["LOG_FORMAT", "ProgressAwareHandler", "get_logger", "log_once", "show_log_records", "logging_setup",
            "apply_logging_setup"]
 
@@ -15,6 +17,7 @@ _SEEN: set[tuple[str, str]] = set()
 
 def get_logger(name: str = "longiseg") -> logging.Logger:
     """Return the library logger (``longiseg`` or a child such as ``longiseg.ssm``)."""
+    check_instance("name", name, str, "a str logger name")
     if not name.startswith("longiseg"):
         name = f"longiseg.{name}"
     return logging.getLogger(name)
@@ -26,6 +29,9 @@ def log_once(logger: logging.Logger, key: str, message: str, level: int = loggin
     Returns:
         Whether the message was emitted.
     """
+    check_instance("logger", logger, (logging.Logger, logging.LoggerAdapter), "a logging.Logger")
+    check_instance("key", key, str, "a str")
+    check_positive_int("level", level, minimum=0)
     token = (logger.name, key)
     if token in _SEEN:
         return False
@@ -55,6 +61,7 @@ def show_log_records(level: int) -> None:
     """Show this process's log records at ``level`` and above on stderr in :data:`LOG_FORMAT`, above any progress
     bar (:class:`ProgressAwareHandler`); nothing when the root logger has a handler already (as
     ``logging.basicConfig`` does)."""
+    check_positive_int("level", level, minimum=0)
     root = logging.getLogger()
     if root.handlers:
         return

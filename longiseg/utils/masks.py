@@ -19,6 +19,8 @@ from longiseg.utils.validation import (
     check_ndim,
     check_positive_int,
     check_same_shape,
+    check_sequence,
+    check_spatial_dims,
 )
 
 __all__ = ["MaskLike", "as_mask", "as_mask_pair", "as_spacing", "foreground_slices"]
@@ -46,9 +48,10 @@ def as_mask(name: str, x: MaskLike, ndim: int | Sequence[int] = (2, 3)) -> np.nd
         arr = x
     else:
         raise TypeError(f"{name} must be a numpy.ndarray or torch.Tensor binary mask, got {type(x).__name__}")
+    ndim = _ranks(ndim)
     if arr.dtype == object or not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
         raise TypeError(f"{name} must have a boolean or numeric dtype, got {arr.dtype}")
-    layout = "(D, H, W)" if ndim == 3 else "(D, H, W) or (H, W)"
+    layout = "(D, H, W)" if ndim == (3,) else "(D, H, W) or (H, W)"
     check_ndim(name, arr, ndim, layout)
     if arr.dtype == bool:
         # a bool array viewed from other bytes (u8.view(bool)) may hold bytes > 1, which NumPy reads as True
@@ -58,6 +61,14 @@ def as_mask(name: str, x: MaskLike, ndim: int | Sequence[int] = (2, 3)) -> np.nd
         check_finite(name, arr)
         check_binary(name, arr)  # raises with a message that shows offending values
     return arr != 0
+
+
+def _ranks(ndim: int | Sequence[int]) -> tuple[int, ...]:
+    """``ndim`` of :func:`as_mask` as a non-empty tuple of ranks, each 2 or 3."""
+    ranks = ndim if isinstance(ndim, Sequence) and not isinstance(ndim, str) else (ndim,)
+    if not ranks:
+        raise ValueError("ndim must be 2, 3 or a sequence of them, got an empty sequence")
+    return tuple(check_spatial_dims("ndim", r) for r in ranks)
 
 
 def _is_binary(arr: np.ndarray) -> bool:
@@ -71,6 +82,8 @@ def as_mask_pair(
     pred: MaskLike, gt: MaskLike, ndim: int | Sequence[int] = (2, 3), names: tuple[str, str] = ("pred", "gt")
 ) -> tuple[np.ndarray, np.ndarray]:
     """Convert a prediction and a reference mask with :func:`as_mask` and check they share a shape."""
+    if len(check_sequence("names", names, str, "a str")) != 2:
+        raise ValueError(f"names must be two argument names (pred, gt), got {names!r}")
     p = as_mask(names[0], pred, ndim)
     g = as_mask(names[1], gt, ndim)
     check_same_shape(names[0], p, names[1], g)
@@ -88,6 +101,7 @@ def as_spacing(
         ndim: number of spatial axes of the masks.
         name: argument name used in error messages.
     """
+    ndim = check_positive_int("ndim", ndim)
     if spacing is None:
         return np.ones(ndim, dtype=np.float64)
     if isinstance(spacing, torch.Tensor):
@@ -121,6 +135,10 @@ def foreground_slices(*masks: np.ndarray, margin: int = 0) -> tuple[slice, ...] 
     and for surface distances (``margin=1`` keeps the background around every surface voxel).
     """
     margin = check_positive_int("margin", margin, minimum=0)
+    if not masks:
+        raise ValueError("masks must hold at least one mask, got none")
+    for i, m in enumerate(check_sequence("masks", masks, np.ndarray, "a numpy.ndarray mask")):
+        check_same_shape("masks[0]", masks[0], f"masks[{i}]", m)
     union = masks[0] if len(masks) == 1 else np.logical_or.reduce(masks)
     flat = np.flatnonzero(union)
     if flat.size == 0:

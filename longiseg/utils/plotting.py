@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from longiseg.utils.validation import check_array, check_bool, check_positive_int
+
 __all__ = ["subplots"]
 
 
@@ -27,7 +29,15 @@ def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | N
         ``(figure, axes)``: a :class:`matplotlib.figure.Figure` and one ``Axes``, a 1D or a ``(nrows, ncols)``
         array of them.
     """
+    from matplotlib.colors import is_color_like
     from matplotlib.figure import Figure
 
+    nrows, ncols = check_positive_int("nrows", nrows), check_positive_int("ncols", ncols)
+    squeeze = check_bool("squeeze", squeeze)
+    if figsize is not None:
+        figsize = tuple(check_array("figsize", figsize, "(2,)", positive=True).tolist())
+    if facecolor is not None and not is_color_like(facecolor):
+        raise ValueError(f"facecolor must be a matplotlib colour (a name, '#rrggbb', an RGB(A) tuple), "
+                         f"got {facecolor!r}")
     fig = Figure(figsize=figsize, facecolor=facecolor)
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze)

@@ -18,6 +18,7 @@ import contextvars
 import math
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,10 +36,14 @@ __all__ = [
     "check_binary",
     "check_same_shape",
     "check_shape",
+    "check_array",
+    "check_affine",
+    "check_path",
     "check_bool",
     "check_positive_int",
     "check_positive_float",
     "check_nonnegative_float",
+    "check_finite_float",
     "check_probability",
     "check_timepoints",
     "check_spatial_dims",
@@ -226,6 +231,64 @@ def check_shape(name: str, x: object, layout: str, *, floating: bool = False, **
     return x
 
 
+def check_array(name: str, value: object, layout: str, *, positive: bool = False, bools: bool = False
+                ) -> np.ndarray:
+    """Return ``np.asarray(value)`` if it holds finite real numbers with the dims of ``layout``; raise otherwise.
+
+    Example: ``check_array("affine", affine, "(4, 4)")``; ``check_array("array", a, "(D, H, W)")`` accepts any
+    3-D array (a dim named by a number must have that size, one named by a letter any size).
+
+    Args:
+        name: argument name used in the messages.
+        value: an array, or a (nested) list or tuple of numbers.
+        layout: the dims, such as ``"(4, 4)"``, ``"(3,)"`` or ``"(D, H, W)"``.
+        positive: also require every entry ``> 0``.
+        bools: accept a boolean array (a mask) too; by default ``True`` is not a number.
+
+    Raises:
+        TypeError: ``value`` does not hold real numbers (``None``, strings, objects; booleans unless ``bools``).
+        ValueError: another number of dims or size, a ragged nesting, NaN or infinite entries, or (with
+            ``positive``) an entry ``<= 0``.
+    """
+    try:
+        arr = np.asarray(value)
+    except ValueError as err:  # a ragged nesting of lists
+        raise ValueError(f"{name} must be an array {layout}, got a ragged sequence {value!r}") from err
+    mixed = (not bools and not isinstance(value, (np.ndarray, torch.Tensor)) and arr.dtype.kind in "iuf"
+             and any(isinstance(v, (bool, np.bool_)) for v in np.asarray(value, dtype=object).ravel()))  # (True, 2)
+    if mixed or arr.dtype.kind not in ("biuf" if bools else "iuf"):
+        raise TypeError(f"{name} must be an array {layout} of {'booleans or ' if bools else ''}real numbers, "
+                        f"got {type(value).__name__} {value!r}"[:300])
+    dims = [d.strip() for d in layout.strip().strip("()").split(",") if d.strip()]
+    if arr.ndim != len(dims) or any(d.isdigit() and n != int(d) for n, d in zip(arr.shape, dims)):
+        raise ValueError(f"{name} must be an array {layout}, got shape {arr.shape}")
+    check_finite(name, arr)
+    if positive and not bool((arr > 0).all()):
+        raise ValueError(f"{name} must hold positive values, got {arr.tolist()}"[:300])
+    return arr
+
+
+def check_affine(name: str, affine: object) -> np.ndarray:
+    """Return a voxel-to-world matrix as a float64 ``(4, 4)`` array: finite real numbers whose ``3x3`` part is
+    non-singular (the voxel axes map to three world axes). The one check of every ``affine`` argument.
+
+    Args:
+        name: argument name used in the messages.
+        affine: a ``(4, 4)`` array, tensor or nested sequence of numbers.
+
+    Raises:
+        TypeError: ``affine`` does not hold real numbers (``None``, strings, booleans).
+        ValueError: another shape, NaN or infinite entries, or a singular ``3x3`` part.
+    """
+    if isinstance(affine, torch.Tensor):
+        affine = affine.detach().cpu().numpy()
+    aff = np.asarray(check_array(name, affine, "(4, 4)"), dtype=np.float64)
+    if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+        raise ValueError(f"{name} must be a non-singular (4, 4) matrix (voxel axes mapping to three world axes), "
+                         f"got {aff.tolist()}")
+    return aff
+
+
 #: What the int checks accept: Python and numpy ints, and the symbolic sizes of ``torch.export`` (``torch.SymInt``).
 _INTS = (int, np.integer, torch.SymInt)
 
@@ -260,22 +323,30 @@ def check_bool(name: str, value: object) -> bool:
 
 def check_positive_float(name: str, value: object) -> float:
     """Return ``value`` as a ``float`` if it is a finite number ``> 0``; raise ``TypeError``/``ValueError`` otherwise."""
-    return _finite_number(name, value, strict=True)
+    return _finite_number(name, value, lower="> 0")
 
 
 def check_nonnegative_float(name: str, value: object) -> float:
     """Return ``value`` as a ``float`` if it is a finite number ``>= 0``; raise ``TypeError``/``ValueError`` otherwise."""
-    return _finite_number(name, value, strict=False)
+    return _finite_number(name, value, lower=">= 0")
 
 
-def _finite_number(name: str, value: object, *, strict: bool) -> float:
-    """``value`` as a float if it is a finite number above 0 (``strict``) or at least 0; NaN is refused."""
-    bound = "> 0" if strict else ">= 0"
+def check_finite_float(name: str, value: object) -> float:
+    """Return ``value`` as a ``float`` if it is a finite number (any sign); raise ``TypeError``/``ValueError`` otherwise."""
+    return _finite_number(name, value, lower=None)
+
+
+def _finite_number(name: str, value: object, *, lower: str | None) -> float:
+    """``value`` as a float if it is a finite number, above 0 (``lower="> 0"``), at least 0 (``">= 0"``) or of
+    any sign (``None``); NaN is refused."""
+    bound = f" {lower}" if lower else ""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number {bound}, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be a {f'number {lower}' if lower else 'finite number'}, got "
+                        f"{type(value).__name__} {value!r}")
     v = float(value)
-    if not ((0.0 < v if strict else 0.0 <= v) and v < math.inf):
-        raise ValueError(f"{name} must be a finite number {bound}, got {v}")
+    above = {None: True, "> 0": 0.0 < v, ">= 0": 0.0 <= v}[lower]
+    if not (above and math.isfinite(v)):
+        raise ValueError(f"{name} must be a finite number{bound}, got {v}")
     return v
 
 
@@ -345,3 +416,16 @@ def check_widths(name: str, widths: Sequence[int], minimum_len: int = 2) -> tupl
         raise ValueError(f"{name} must list at least {minimum_len} stage widths (one per resolution level), "
                          f"got {len(out)}: {out}")
     return out
+
+
+def check_path(name: str, value: object) -> Path:
+    """Return ``value`` as a :class:`~pathlib.Path` if it is a non-empty ``str`` or ``os.PathLike``.
+
+    ``None``, numbers and other objects raise ``TypeError`` naming ``name``; the empty string raises ``ValueError``
+    (``Path("")`` is the working directory, which a writer would replace).
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__} {value!r}")
+    if isinstance(value, str) and not value:
+        raise ValueError(f"{name} must be a non-empty path, got ''")
+    return Path(value)
