@@ -197,6 +197,12 @@ def test_raw_acquisitions_register_resample_and_map_back(tmp_path: Path, capsys:
             arr = np.asarray(back.dataobj)
             assert arr.dtype == np.uint8 and set(np.unique(arr)) <= {0, 1}
             assert _dice(arr, np.asarray(ref.dataobj)) > (0.99 if f == layout.BASELINE_MASK else 0.75), (name, f)
+            # the scan's header where the voxels lie (a qform-only scan stays qform-only, code 1)
+            scan = nib.load(raw / name / ("t0_flair.nii.gz" if f == layout.BASELINE_MASK else "t1_flair.nii.gz"))
+            codes = ("qform_code", "sform_code")
+            assert [int(back.header[c]) for c in codes] == [int(scan.header[c]) for c in codes], (name, f)
+            np.testing.assert_allclose(back.header.get_qform(), scan.header.get_qform(), atol=1e-4)
+            assert back.header.get_xyzt_units() == scan.header.get_xyzt_units()
 
 
 def test_a_large_header_offset_names_the_option_that_accepts_it(tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ from longiseg.utils.io import (
     check_separate_folders,
     folder_is_empty,
     load_nifti,
+    spatial_header,
 )
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_bool, check_instance, check_positive_int
@@ -228,6 +229,14 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except ValueError as err:
         raise ValueError(f"raw volume {path}: {err}") from None
     return arr, np.asarray(img.affine, dtype=np.float64)
+
+
+def _native_grid_record(shape: tuple[int, ...], affine: np.ndarray, path: Path) -> dict[str, Any]:
+    """The record of a raw file's grid in ``registration.json``: :meth:`Grid.to_dict` plus its spatial header
+    (qform, sform, codes, units; ``None`` where it sets neither form), which masks mapped back onto the grid
+    carry (:func:`~longiseg.registration.native.case_to_native`)."""
+    header = spatial_header(load_nifti(path, what="raw volume", header_only=True).header)
+    return {**Grid(shape, affine).to_dict(), "header": None if header is None else asdict(header)}  # type: ignore[arg-type]
 
 
 def _raw_files(folder: Path) -> dict[int, dict[str, Path]]:
@@ -466,7 +475,7 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
     identity = sitk.Transform(3, sitk.sitkIdentity)
     transforms: dict[tuple[int, str], Any] = {}
     record: dict[str, Any] = {"case_id": name, "options": opts.to_dict(), "output_grid": out_grid.to_dict(),
-                              "native_grids": {f"t{t}_{m}": Grid(a.shape, aff).to_dict()  # type: ignore[arg-type]
+                              "native_grids": {f"t{t}_{m}": _native_grid_record(a.shape, aff, files[t][m])
                                                for (t, m), (a, aff) in images.items()},
                               "followups": []}
     for t in sorted(files):

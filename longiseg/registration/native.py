@@ -1,7 +1,7 @@
 """Masks in baseline (registered) space back onto a session's original grid, with the saved transforms.
 
 ``longiseg register`` saves, per case, ``registration/t{k}.tfm`` (baseline space -> follow-up ``k``'s native
-space) and ``registration/registration.json`` (the native grid of every file). A prediction on the
+space) and ``registration/registration.json`` (the native grid and spatial header of every file). A prediction on the
 registered grid (``longiseg predict``) is mapped onto the scan the radiologist reads by sampling it at the
 inverse transform of every native voxel: each native voxel takes the value of the baseline-space point it
 shows. Masks use nearest neighbour (default here: exact labels, the native grid is usually at least as
@@ -9,7 +9,9 @@ coarse) or linear interpolation kept where >= 0.5.
 
 ``longiseg predict --native`` writes every predicted case's masks this way into ``OUT/CASE/native/``
 (:func:`case_to_native`, after checking each case with :func:`check_native_ready` before any is predicted);
-:func:`predictions_to_native` does it for a finished prediction folder into another folder.
+:func:`predictions_to_native` does it for a finished prediction folder into another folder. A mapped mask
+carries the spatial header of the original scan whose grid it lies on (its qform and sform with their codes,
+and its units: :func:`native_header`), so that it overlays that scan in FSL, ITK or 3D Slicer.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from longiseg.data import layout
 from longiseg.data.loading import read_mask
 from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import resample
-from longiseg.utils.io import atomic_directory, atomic_save_nifti
+from longiseg.utils.io import SpatialHeader, atomic_directory, atomic_save_nifti
 
-__all__ = ["NATIVE_DIR", "native_grid", "mask_to_native", "check_native_ready", "case_to_native",
+__all__ = ["NATIVE_DIR", "native_grid", "native_header", "mask_to_native", "check_native_ready", "case_to_native",
            "predictions_to_native"]
 
 PathLike = str | os.PathLike
@@ -42,14 +44,27 @@ def _record(registration_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def native_grid(registration_dir: PathLike, timepoint: int, modality: str | None = None) -> Grid:
-    """Original grid of timepoint ``timepoint`` (its reference modality unless ``modality`` is given)."""
+def _grid_record(registration_dir: PathLike, timepoint: int, modality: str | None = None) -> dict:
+    """The ``registration.json`` record of timepoint ``timepoint``'s original grid (its reference modality
+    unless ``modality`` is given): ``{"shape", "affine", "header"}``."""
     rec = _record(Path(registration_dir))
     mod = (modality or rec["options"]["reference_modality"]).lower()
     key = f"t{timepoint}_{mod}"
     if key not in rec["native_grids"]:
         raise ValueError(f"no native grid {key!r} in {registration_dir}; known: {sorted(rec['native_grids'])}")
-    return Grid.from_dict(rec["native_grids"][key])
+    return rec["native_grids"][key]
+
+
+def native_grid(registration_dir: PathLike, timepoint: int, modality: str | None = None) -> Grid:
+    """Original grid of timepoint ``timepoint`` (its reference modality unless ``modality`` is given)."""
+    return Grid.from_dict(_grid_record(registration_dir, timepoint, modality))
+
+
+def native_header(registration_dir: PathLike, timepoint: int, modality: str | None = None) -> SpatialHeader | None:
+    """Spatial header (qform, sform, codes, units) of the original file whose grid :func:`native_grid` gives;
+    ``None`` where that file set neither form or ``registration.json`` predates the record (longiseg < 0.3.12)."""
+    rec = _grid_record(registration_dir, timepoint, modality).get("header")
+    return None if rec is None else SpatialHeader(**rec)
 
 
 def mask_to_native(mask: np.ndarray, affine: np.ndarray, registration_dir: PathLike, timepoint: int, *,
@@ -111,8 +126,8 @@ def check_native_ready(registration_dir: PathLike, num_timepoints: int) -> None:
 
 
 def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_timepoints: int | None,
-                  interpolation: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(file name, native mask, native affine)`` of every mask of a predicted case folder.
+                  interpolation: str) -> list[tuple[str, np.ndarray, np.ndarray, SpatialHeader | None]]:
+    """``(file name, native mask, native affine, native header)`` of every mask of a predicted case folder.
 
     ``num_timepoints`` given: exactly the masks of :func:`~longiseg.data.layout.prediction_filenames`;
     ``None``: the mask files the folder holds.
@@ -129,7 +144,8 @@ def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_time
         if t is None:
             continue  # probabilities, entropy: only masks are mapped
         arr, aff, _ = read_mask(f, what=f"case {case_id!r}: predicted mask")
-        out.append((f.name, *mask_to_native(arr, aff, registration_dir, t, interpolation=interpolation)))
+        out.append((f.name, *mask_to_native(arr, aff, registration_dir, t, interpolation=interpolation),
+                    native_header(registration_dir, t)))
     return out
 
 
@@ -160,9 +176,9 @@ def case_to_native(case_dir: PathLike, registration_dir: PathLike, num_timepoint
     masks = _native_masks(case_dir, reg, case_dir.name, num_timepoints, interpolation)
     target = case_dir / NATIVE_DIR
     with atomic_directory(target, overwrite=overwrite) as tmp:
-        for name, arr, aff in masks:
-            atomic_save_nifti(arr, aff, tmp / name, overwrite=True, dtype=np.uint8)
-    return [target / name for name, _, _ in masks]
+        for name, arr, aff, header in masks:
+            atomic_save_nifti(arr, aff, tmp / name, overwrite=True, dtype=np.uint8, header=header)
+    return [target / name for name, *_ in masks]
 
 
 def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir: PathLike, *,
@@ -188,6 +204,7 @@ def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir:
         reg_dir = reg / case.name / "registration"
         if not reg_dir.is_dir():
             raise FileNotFoundError(f"case {case.name!r}: no {reg_dir} (was {reg} written by 'longiseg register'?)")
-        for name, arr, aff in _native_masks(case, reg_dir, case.name, None, interpolation):
-            written.append(atomic_save_nifti(arr, aff, out / case.name / name, overwrite=overwrite, dtype=np.uint8))
+        for name, arr, aff, header in _native_masks(case, reg_dir, case.name, None, interpolation):
+            written.append(atomic_save_nifti(arr, aff, out / case.name / name, overwrite=overwrite, dtype=np.uint8,
+                                             header=header))
     return written
