@@ -44,7 +44,7 @@ def make_pair(raw: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from longiseg.data import layout
     from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
     from longiseg.registration.simulate import rigid_motion, simulate_acquisition
-    from longiseg.utils.io import atomic_save_nifti
+    from longiseg.utils.nifti import atomic_save_nifti
 
     cfg = DemoCohortConfig(num_patients=1, spacing=1, max_translation=0.0, max_rotation=0.0)
     case, _ = generate_demo_case(0, cfg, progressing=True)

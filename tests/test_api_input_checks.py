@@ -413,7 +413,7 @@ def test_foreground_slices_checks_margin() -> None:
 
 
 def test_load_nifti_checks_header_only(tmp_path) -> None:  # noqa: ANN001
-    from longiseg.utils.io import atomic_save_nifti, load_nifti
+    from longiseg.utils.nifti import atomic_save_nifti, load_nifti
 
     path = atomic_save_nifti(np.zeros((2, 2, 2), np.float32), np.eye(4), tmp_path / "a.nii.gz")
     for bad in ("false", None, 1):  # "false" read the voxels header-only, None read them

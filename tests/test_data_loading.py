@@ -32,7 +32,7 @@ from longiseg.data import (
     write_manifest,
 )
 from longiseg.data.loading import check_same_modalities
-from longiseg.utils.io import atomic_save_nifti
+from longiseg.utils.nifti import atomic_save_nifti
 
 
 def _write_cohort(root: Path, n: int = 2, num_timepoints: int = 2) -> list[LongitudinalCase]:
@@ -531,7 +531,7 @@ def _save_two_geometries(path: Path, array: np.ndarray, sform: np.ndarray, zooms
 def test_nifti_spacing_is_the_affine_and_refuses_a_disagreeing_header(tmp_path: Path) -> None:
     from longiseg.data.case import affine_spacing
     from longiseg.data.loading import nifti_spacing
-    from longiseg.utils.io import load_nifti
+    from longiseg.utils.nifti import load_nifti
 
     mask = np.zeros((4, 5, 6), np.uint8)
     mask[1:3, 1:3, 1:3] = 1

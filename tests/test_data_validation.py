@@ -31,7 +31,7 @@ from longiseg.data import (
     validate_cases,
     write_manifest,
 )
-from longiseg.utils.io import load_nifti
+from longiseg.utils.nifti import load_nifti
 
 SHAPE = (4, 5, 6)
 

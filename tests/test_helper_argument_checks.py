@@ -20,7 +20,7 @@ import pytest
 
 from longiseg.registration.grid import Grid, from_sitk, isotropic_grid, to_sitk
 from longiseg.registration.simulate import rigid_motion, simulate_acquisition
-from longiseg.utils import io
+from longiseg.utils import io, nifti
 from longiseg.utils.logging import apply_logging_setup, get_logger, log_once, show_log_records
 from longiseg.utils.masks import as_mask, as_mask_pair, as_spacing, foreground_slices
 from longiseg.utils.validation import check_array, check_finite_float, check_path
@@ -188,10 +188,10 @@ IO: list[tuple[Call, type[Exception], str]] = [
     (lambda t: io.writer_ended(None, 1, None), TypeError, "mark must be a path"),
     (lambda t: io.writer_ended(t, 1, 2.5), TypeError, "host must be a str"),
     (lambda t: io.writer_ended(t, 1, None, 2.5), TypeError, "started must be an int"),
-    (lambda t: io.load_nifti(None), TypeError, "path must be a path"),
-    (lambda t: io.load_nifti(t / "a.nii.gz", dtype="false"), TypeError, "dtype must be a NumPy dtype"),
-    (lambda t: io.load_nifti(t / "a.nii.gz", dtype=2.5), TypeError, "dtype must be a NumPy dtype"),
-    (lambda t: io.load_nifti(t / "a.nii.gz", dtype="U5"), TypeError, "dtype must be a NumPy number dtype"),
+    (lambda t: nifti.load_nifti(None), TypeError, "path must be a path"),
+    (lambda t: nifti.load_nifti(t / "a.nii.gz", dtype="false"), TypeError, "dtype must be a NumPy dtype"),
+    (lambda t: nifti.load_nifti(t / "a.nii.gz", dtype=2.5), TypeError, "dtype must be a NumPy dtype"),
+    (lambda t: nifti.load_nifti(t / "a.nii.gz", dtype="U5"), TypeError, "dtype must be a NumPy number dtype"),
 ]
 
 VALIDATION: list[tuple[Call, type[Exception], str]] = [
@@ -295,9 +295,9 @@ def test_valid_arguments_still_work(tmp_path: Path) -> None:
     written = io.atomic_write_json(tmp_path / "a.json", {"a": 1}, indent=np.int64(1))
     assert written.read_text() == '{\n "a": 1\n}'
     assert io.atomic_write(tmp_path / "b.bin", lambda fh: fh.write(b"x"), mode="wb").read_bytes() == b"x"
-    io.atomic_save_nifti(VOL, EYE, tmp_path / "v.nii.gz")
-    assert np.asarray(io.load_nifti(tmp_path / "v.nii.gz", dtype=np.float32).dataobj).dtype == np.float32
-    assert io.load_nifti(str(tmp_path / "v.nii.gz"), dtype="float32").shape == (4, 4, 4)
+    nifti.atomic_save_nifti(VOL, EYE, tmp_path / "v.nii.gz")
+    assert np.asarray(nifti.load_nifti(tmp_path / "v.nii.gz", dtype=np.float32).dataobj).dtype == np.float32
+    assert nifti.load_nifti(str(tmp_path / "v.nii.gz"), dtype="float32").shape == (4, 4, 4)
     io.check_separate_folders(tmp_path / "out", "--output", {"--input": tmp_path / "in", "--masks": None})
 
 

@@ -16,7 +16,7 @@ from longiseg.data.loading import find_mask_cases
 from longiseg.metrics.aggregate import ResultsTable
 from longiseg.metrics.evaluate import evaluate_folder, write_report
 from longiseg.metrics.report import box_plot, format_paper_table, paper_table_rows, write_csv, write_json
-from longiseg.utils.io import atomic_save_nifti
+from longiseg.utils.nifti import atomic_save_nifti
 
 SHAPE = (12, 12, 12)
 SPACING = (1.0, 1.0, 2.0)

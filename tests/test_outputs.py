@@ -28,11 +28,11 @@ from longiseg.inferers.predict import predict_folder
 from longiseg.utils.io import (
     atomic_directory,
     atomic_path,
-    atomic_save_nifti,
     atomic_torch_save,
     atomic_write_json,
     remove_stale_temporaries,
 )
+from longiseg.utils.nifti import atomic_save_nifti
 
 
 @pytest.fixture

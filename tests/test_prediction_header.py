@@ -17,7 +17,7 @@ from longiseg.data.layout import image_filename, prediction_filenames
 from longiseg.data.loading import case_spatial_header, load_case, read_prediction, save_prediction
 from longiseg.inferers import TriplanarInferer, predict_case, predict_folder
 from longiseg.networks.output import LongitudinalOutput
-from longiseg.utils.io import SpatialHeader, atomic_save_nifti, spatial_header
+from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti, spatial_header
 
 SHAPE = (7, 8, 6)
 MODALITIES = ("flair", "t2")

@@ -18,7 +18,7 @@ from longiseg.networks.output import LongitudinalOutput
 from longiseg.registration.grid import EXTRA_HINT, Grid, isotropic_grid, require_simpleitk
 from longiseg.registration.simulate import rigid_motion, simulate_acquisition
 from longiseg.spec import ModelSpec
-from longiseg.utils.io import atomic_save_nifti
+from longiseg.utils.nifti import atomic_save_nifti
 from longiseg.workflows.config import InferenceConfig
 
 sitk = pytest.importorskip("SimpleITK")

@@ -51,13 +51,12 @@ from longiseg.data.loading import (
 )
 from longiseg.utils.io import (
     atomic_directory,
-    atomic_save_nifti,
     atomic_write_json,
     check_output_folder,
     check_separate_folders,
     folder_is_empty,
-    load_nifti,
 )
+from longiseg.utils.nifti import atomic_save_nifti, load_nifti
 from longiseg.utils.validation import check_binary, check_finite, check_same_shape, check_sequence
 
 __all__ = [

@@ -4,7 +4,7 @@ Finding cases (:func:`find_cases`) reads file names and the manifest only; voxel
 loaded (:func:`load_case`), which first checks every header (shape, affine) and then every value (finite
 intensities, binary masks, a non-empty brain mask, progression flags agreeing with the masks).
 :func:`validate_cases` runs the same checks but collects every problem per case instead of raising. Every
-file is read with :func:`~longiseg.utils.io.load_nifti`. Nothing on disk is ever modified by loading.
+file is read with :func:`~longiseg.utils.nifti.load_nifti`. Nothing on disk is ever modified by loading.
 
 A :class:`CaseSource` says where a case's files are and how each mask is derived from them
 (:class:`MaskSpec`): the library layout stores binary masks directly, while dataset adapters
@@ -29,18 +29,20 @@ from tqdm import tqdm
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase, affine_spacing, check_case, check_modalities
 from longiseg.utils.io import (
-    QFORM_SFORM_ATOL,
-    SpatialHeader,
     atomic_directory,
-    atomic_save_nifti,
     atomic_write,
     atomic_write_json,
     check_output_folder,
     folder_is_empty,
+)
+from longiseg.utils.logging import get_logger
+from longiseg.utils.nifti import (
+    QFORM_SFORM_ATOL,
+    SpatialHeader,
+    atomic_save_nifti,
     load_nifti,
     spatial_header,
 )
-from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_binary, check_timepoints
 
 __all__ = [
@@ -287,13 +289,13 @@ def read_volume(path: PathLike, *, what: str = "volume", dtype: Any = None
 
 def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: float = SPACING_RTOL
                   ) -> tuple[float, float, float]:
-    """Voxel size in mm of a NIfTI image read by :func:`~longiseg.utils.io.load_nifti`: the one owner of it.
+    """Voxel size in mm of a NIfTI image read by :func:`~longiseg.utils.nifti.load_nifti`: the one owner of it.
 
     The size is that of the image's affine (:func:`~longiseg.data.case.affine_spacing`, the column norms of
     nibabel's ``img.affine``: the sform when ``sform_code > 0``, else the qform), the matrix every reader
     compares and every output is written with. A file whose header voxel sizes (``pixdim``, which the qform
     uses) disagree with that affine describes two grids; it is refused rather than one of them chosen, and so
-    is a file whose qform and sform (both set) differ by more than :data:`~longiseg.utils.io.QFORM_SFORM_ATOL`,
+    is a file whose qform and sform (both set) differ by more than :data:`~longiseg.utils.nifti.QFORM_SFORM_ATOL`,
     a file with neither (orientation unknown: tools disagree on which side is left) and one measured in other
     units than mm.
 
@@ -484,7 +486,7 @@ def save_prediction(
             and units, as the input has them, so that tools which read the qform or compare form codes (ITK,
             3D Slicer, FSL) overlay the prediction on the input; data type (uint8 masks, float32 maps), scaling
             and the rest of the header are the written volume's. ``None``: both forms hold ``affine`` with code 2
-            ("aligned"), in mm (see :func:`~longiseg.utils.io.atomic_save_nifti`).
+            ("aligned"), in mm (see :func:`~longiseg.utils.nifti.atomic_save_nifti`).
 
     Returns:
         ``{kind: written paths}``, baseline first (the record is not listed).
@@ -493,7 +495,7 @@ def save_prediction(
         FileExistsError: ``root/case_id`` exists, is not empty and ``overwrite`` is ``False``.
         ValueError: a bad case id, unknown kinds, fewer than two volumes, volumes of different shapes or
             counts, a mask that is not binary, or a ``header`` of another grid than ``affine``
-            (:meth:`~longiseg.utils.io.SpatialHeader.check_grid`); all checked before anything is written.
+            (:meth:`~longiseg.utils.nifti.SpatialHeader.check_grid`); all checked before anything is written.
         TypeError: a ``record`` that is not JSON data (nothing is written), a ``header`` of another type.
     """
     folder = Path(root) / layout.check_case_id(case_id)
@@ -533,7 +535,7 @@ def case_spatial_header(source: CaseSource | PathLike) -> SpatialHeader | None:
         source: a :class:`CaseSource`, or a case folder in the library layout.
 
     Returns:
-        Its :class:`~longiseg.utils.io.SpatialHeader` (``affine`` equal to the ``affine`` of
+        Its :class:`~longiseg.utils.nifti.SpatialHeader` (``affine`` equal to the ``affine`` of
         :func:`load_case`), or ``None`` when the file sets neither form (which :func:`load_case` refuses).
 
     Raises:

@@ -51,7 +51,6 @@ from longiseg.inferers.uncertainty import binary_entropy
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec, plain_data
 from longiseg.utils.io import (
-    SpatialHeader,
     check_replaceable,
     folder_is_empty,
     host_tag,
@@ -61,6 +60,7 @@ from longiseg.utils.io import (
 )
 from longiseg.utils.logging import get_logger
 from longiseg.utils.masks import as_spacing
+from longiseg.utils.nifti import SpatialHeader
 from longiseg.utils.validation import check_affine, check_bool, check_instance
 
 __all__ = [
@@ -435,7 +435,7 @@ def predict_case(
         ValueError: invalid inputs, a bad ``restrict_to_brain``, a ``header`` of another grid than ``affine``
             (checked before the model runs), or a model with more than one output channel per head (the file
             layout stores binary maps).
-        TypeError: a ``header`` that is not a :class:`~longiseg.utils.io.SpatialHeader` or ``None``.
+        TypeError: a ``header`` that is not a :class:`~longiseg.utils.nifti.SpatialHeader` or ``None``.
     """
     options = {"threshold": threshold, "min_volume_mm3": min_volume_mm3, "restrict_to_brain": restrict_to_brain,
                "progression_outside_baseline": progression_outside_baseline, "save_probabilities": save_probabilities,

@@ -83,17 +83,15 @@ from longiseg.registration.pairwise import (
 from longiseg.utils.io import (
     atomic_directory,
     atomic_path,
-    atomic_save_nifti,
     atomic_write,
     atomic_write_json,
     check_output_folder,
     check_replaceable,
     check_separate_folders,
     folder_is_empty,
-    load_nifti,
-    spatial_header,
 )
 from longiseg.utils.logging import get_logger
+from longiseg.utils.nifti import atomic_save_nifti, load_nifti, spatial_header
 from longiseg.utils.validation import check_bool, check_instance, check_positive_int
 
 __all__ = ["MAX_OUTPUT_VOXELS", "RegistrationOptions", "CaseRegistration", "register_case", "register_folder",

@@ -26,7 +26,8 @@ from longiseg.data import layout
 from longiseg.data.loading import read_mask
 from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import resample
-from longiseg.utils.io import SpatialHeader, atomic_directory, atomic_save_nifti
+from longiseg.utils.io import atomic_directory
+from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti
 
 __all__ = ["NATIVE_DIR", "native_grid", "native_header", "mask_to_native", "check_native_ready", "case_to_native",
            "predictions_to_native"]

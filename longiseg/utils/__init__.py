@@ -3,12 +3,12 @@
 from longiseg.utils.io import (
     atomic_directory,
     atomic_path,
-    atomic_save_nifti,
     atomic_torch_save,
     atomic_write,
     atomic_write_json,
 )
 from longiseg.utils.logging import get_logger, log_once
+from longiseg.utils.nifti import atomic_save_nifti
 from longiseg.utils.validation import (
     check_binary,
     check_finite,
