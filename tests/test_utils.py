@@ -229,3 +229,14 @@ def test_log_records_are_written_above_a_running_progress_bar() -> None:
     before, after = text.split("wrote case p1\n")
     assert before.endswith("\r") and before.split("\r")[-2].strip() == ""  # the bar's line was cleared first
     assert "2/3" in after  # the bar goes on below the record
+
+
+def test_nifti_functions_moved_from_io_still_import_with_a_warning() -> None:
+    import longiseg.utils.io as io_module
+    from longiseg.utils import nifti
+
+    for name in ("load_nifti", "atomic_save_nifti"):
+        with pytest.warns(DeprecationWarning, match=f"longiseg.utils.nifti.{name}"):
+            assert getattr(io_module, name) is getattr(nifti, name)
+    with pytest.raises(AttributeError, match="no attribute 'SpatialHeader'"):
+        io_module.SpatialHeader  # noqa: B018 - new in utils.nifti, never in utils.io
