@@ -43,6 +43,7 @@ import torch
 from longiseg.inferers.postprocessing import postprocess, postprocess_heads
 from longiseg.metrics.longitudinal import evaluate_mask_pair
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
+from longiseg.utils.masks import as_spacing
 
 __all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_THRESHOLDS", "OBJECTIVES", "ThresholdSelection", "progression_score", "select_threshold"]
 
@@ -177,10 +178,21 @@ def _progression_mask(prob: np.ndarray, baseline: np.ndarray | None, brain: np.n
     return prog[0]
 
 
+def _per_map_spacings(spacing: object, count: int) -> list[np.ndarray]:
+    """``spacing`` of :func:`select_threshold` as ``count`` ``(3,)`` spacings: one shared, or one per map."""
+    if isinstance(spacing, Sequence) and not isinstance(spacing, str) and spacing and all(
+            isinstance(s, (Sequence, np.ndarray)) and not isinstance(s, str) for s in spacing):
+        if len(spacing) != count:
+            raise ValueError(f"spacing must be one (3,) voxel size or one per probability map ({count}), got "
+                             f"{len(spacing)} spacings")
+        return [as_spacing(s, 3, name=f"spacing[{i}]") for i, s in enumerate(spacing)]
+    return [as_spacing(spacing, 3)] * count  # type: ignore[arg-type]
+
+
 def select_threshold(
     probabilities: Sequence[np.ndarray | torch.Tensor],
     references: Sequence[np.ndarray | torch.Tensor],
-    spacing: Sequence[float],
+    spacing: Sequence[float] | Sequence[Sequence[float]],
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     min_volume_mm3: float = 0.0,
@@ -198,7 +210,8 @@ def select_threshold(
             follow-up.
         references: the matching ``(D, H, W)`` binary reference progression masks (empty for stable
             follow-ups).
-        spacing: voxel size in mm along (D, H, W), shared by all cases.
+        spacing: voxel size in mm along (D, H, W): one ``(3,)`` spacing shared by all maps, or one per map
+            (cases of a cohort need not share a voxel size; volumes and distances are each map's own).
         thresholds: candidate thresholds in ``(0, 1)``.
         min_volume_mm3: components below this volume are removed after thresholding, as in prediction.
         brain_masks: optional ``(D, H, W)`` binary masks (or ``None`` entries) the predicted masks are cut
@@ -252,6 +265,7 @@ def select_threshold(
     if default not in candidates:
         candidates = (*candidates, default)
     prot = get_protocol(protocol)
+    spacings = _per_map_spacings(spacing, len(probabilities))
 
     probs = [_check_probability_map(f"probabilities[{i}]", p) for i, p in enumerate(probabilities)]
     refs = [_check_mask(f"references[{i}]", r, p.shape) for i, (r, p) in enumerate(zip(references, probs))]
@@ -277,8 +291,8 @@ def select_threshold(
     scores: dict[float, float] = {}
     for t in candidates:
         per_case = {
-            i: progression_score(_progression_mask(probs[i], bases[i], brains[i], t, min_volume_mm3, spacing,
-                                                   baseline_threshold), refs[i], spacing, prot)
+            i: progression_score(_progression_mask(probs[i], bases[i], brains[i], t, min_volume_mm3, spacings[i],
+                                                   baseline_threshold), refs[i], spacings[i], prot)
             for i in used
         }
         groups = [[v for i, v in per_case.items() if is_p[i] == flag] for flag in flags]

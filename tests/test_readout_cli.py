@@ -45,7 +45,7 @@ def _fake_maps(*args: object, **kwargs: object) -> tune_module.ValidationMaps:
     shape = (16, 16, 16)
     ref = _blob(shape, (2, 2, 2)).astype(bool)
     prob = np.where(ref, 0.35, 0.0) + 0.2 * _blob(shape, (10, 10, 10))
-    return tune_module.ValidationMaps([prob.astype(np.float32)], [ref], [None], (1.0, 1.0, 1.0),
+    return tune_module.ValidationMaps([prob.astype(np.float32)], [ref], [None], [(1.0, 1.0, 1.0)],
                                       [np.zeros(shape, np.float32)])
 
 
@@ -174,3 +174,22 @@ def test_lesions_overwrite_leaves_a_read_only_folder_of_other_content_alone(
         assert _cli(["lesions", str(pred), "--out", str(out), "--no-progress", "--no-figures", "--overwrite"],
                     capsys)[0] == 0
     assert (out / "mine" / "notes.txt").read_text() == "the user's" and (out / "lesions.json").is_file()
+
+
+def test_validation_cases_of_different_voxel_sizes_are_tuned_each_with_its_own(tmp_path: Path) -> None:
+    """tune refused a cohort whose validation cases had different voxel sizes (train and predict take it)."""
+    from longiseg.data import save_case
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+
+    for i, spacing in enumerate((4, 3)):
+        case, _ = generate_demo_case(i, DemoCohortConfig(num_patients=2, spacing=spacing), progressing=True)
+        case.case_id = case.patient_id = f"v{i}"
+        save_case(case, tmp_path / "cohort")
+    kwargs = {"widths": [8, 8, 8, 8], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "decoder_dim": 8,
+              "in_channels": 2}
+    model = build_model("segformer", **kwargs)
+    model.spec = model.spec.replace(modalities=["flair", "t2"], crop_size=32, inference=InferenceConfig().to_dict())
+    maps = tune_module.validation_probabilities(model, tmp_path / "cohort", ["v0", "v1"], device="cpu", progress=False)
+    assert maps.spacings == [(4.0, 4.0, 4.0), (3.0, 3.0, 3.0)]
+    assert [p.shape for p in maps.probabilities] == [r.shape for r in maps.references]
+    assert maps.probabilities[0].shape != maps.probabilities[1].shape

@@ -206,3 +206,21 @@ def test_tune_command_offers_the_library_objectives() -> None:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     action = next(a for a in sub.choices["tune"]._actions if a.dest == "objective")
     assert sorted(action.choices) == sorted(OBJECTIVES) and action.default is None  # None: the library default
+
+
+def test_each_map_may_have_its_own_voxel_size() -> None:
+    """Cases of one cohort need not share a voxel size: a 12-voxel false alarm is 12 mm^3 at 1 mm (removed by a
+    20 mm^3 minimum) but 96 mm^3 at 2 mm (kept), as prediction post-processes each case with its own spacing."""
+    p_prob, p_gt = _progressing_case(0.9)
+    s_prob, s_gt = _stable_case(0.01)
+    s_prob[0, 19, 0:12] = 0.9
+    probs, refs = [p_prob, s_prob], [p_gt, s_gt]
+    shared = select_threshold(probs, refs, SP, thresholds=(0.5,), min_volume_mm3=20.0)
+    same = select_threshold(probs, refs, [SP, SP], thresholds=(0.5,), min_volume_mm3=20.0)
+    coarse = select_threshold(probs, refs, [SP, (2.0, 2.0, 2.0)], thresholds=(0.5,), min_volume_mm3=20.0)
+    assert shared.scores == same.scores and shared.scores[0.5] == 1.0
+    assert coarse.scores[0.5] < 1.0  # the stable case's false alarm survives at 2 mm
+    with pytest.raises(ValueError, match=r"spacing must be one \(3,\) voxel size or one per probability map \(2\)"):
+        select_threshold(probs, refs, [SP], thresholds=(0.5,))
+    with pytest.raises(ValueError, match=r"spacing\[1\] must have 3 values"):
+        select_threshold(probs, refs, [SP, (1.0, 1.0)], thresholds=(0.5,))

@@ -56,7 +56,7 @@ class ValidationMaps(NamedTuple):
     probabilities: list[np.ndarray]
     references: list[np.ndarray]
     brain_masks: list[np.ndarray | None]
-    spacing: tuple[float, ...]
+    spacings: list[tuple[float, ...]]
     baseline_probabilities: list[np.ndarray]
 
 
@@ -68,15 +68,15 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     the model's spec, in memory.
 
     Returns:
-        :class:`ValidationMaps` ``(probabilities, references, brain_masks, spacing, baseline_probabilities)``:
-        one ``(D, H, W)`` float32 progression map, binary reference and brain mask (``None`` when the spec does
-        not restrict progression masks to the brain) per follow-up, the voxel size in mm shared by the cases,
-        and per follow-up its case's ``(D, H, W)`` baseline probability map (the same array for every
-        follow-up of a case).
+        :class:`ValidationMaps` ``(probabilities, references, brain_masks, spacings, baseline_probabilities)``:
+        per follow-up one ``(D, H, W)`` float32 progression map, binary reference and brain mask (``None`` when
+        the spec does not restrict progression masks to the brain), its case's voxel size in mm (cases need not
+        share one) and its case's ``(D, H, W)`` baseline probability map (the same array for every follow-up of
+        a case).
 
     Raises:
         FileNotFoundError: a case is missing from ``root``.
-        ValueError: cases without progression masks or with different voxel sizes.
+        ValueError: cases without progression masks (checked before any case is run through the model).
     """
     spec = model_spec(model)
     cfg = inference_settings(model)
@@ -84,29 +84,27 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     missing = [c for c in case_ids if c not in sources]
     if missing:
         raise FileNotFoundError(f"validation case(s) {missing} not found in {root}")
+    unlabelled = [c for c in case_ids if sources[c].progression_masks is None]
+    if unlabelled:
+        raise ValueError(f"validation case(s) {unlabelled} of {root} have no progression masks")
     inferer = make_inferer(spec, cfg, device=resolve_device(device), progress=False)
     probs: list[np.ndarray] = []
     refs: list[np.ndarray] = []
     brains: list[np.ndarray | None] = []
     baselines: list[np.ndarray] = []
-    spacing: tuple[float, ...] | None = None
+    spacings: list[tuple[float, ...]] = []
     model.eval()
     for cid in tqdm(case_ids, desc="tune: validation cases", unit="case", disable=not progress):
         case = read_zscored(sources[cid])
-        if case.progression_masks is None:
-            raise ValueError(f"validation case {cid!r} has no progression masks")
-        if spacing is not None and not np.allclose(case.spacing, spacing, rtol=1e-3):
-            raise ValueError(f"validation cases have different voxel sizes ({spacing} and {case.spacing} of "
-                             f"{cid!r}); resample them onto one spacing")
-        spacing = tuple(float(s) for s in case.spacing)
         images, brain = prepare_case(case.images, case.brain_mask)
         base, prog = infer_case(inferer, model, images, brain, case.affine)  # the planes predict slices
         restrict = brain_or_foreground(images, brain).numpy() if cfg.restrict != "none" else None
         probs += list(prog)
         refs += [np.asarray(m, dtype=bool) for m in case.progression_masks]
         brains += [restrict] * len(prog)
+        spacings += [tuple(float(s) for s in case.spacing)] * len(prog)
         baselines += [np.asarray(base)] * len(prog)
-    return ValidationMaps(probs, refs, brains, spacing or (1.0, 1.0, 1.0), baselines)
+    return ValidationMaps(probs, refs, brains, spacings, baselines)
 
 
 def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: str | Path | None = None,
@@ -182,7 +180,7 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
                        run, default)
         record = {"objective": objective, "threshold": default, "kept": "no validation follow-up with progression"}
     else:
-        selection = select_threshold(maps.probabilities, maps.references, maps.spacing, thresholds=thresholds,
+        selection = select_threshold(maps.probabilities, maps.references, maps.spacings, thresholds=thresholds,
                                      min_volume_mm3=settings.min_lesion_mm3,
                                      brain_masks=maps.brain_masks, protocol="segmast", default=default,
                                      objective=objective,
