@@ -228,7 +228,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
               f"{inference.patch_size}, thresholds baseline {inference.threshold:.3g} / progression "
               f"{inference.progression_cut:.3g}{tuned}")
     run_prediction(model, args.input, args.output, inference, modalities=modalities, overwrite=args.overwrite,
-                   skip_existing=args.skip_existing, device=device, registered_dir=registered)
+                   skip_existing=args.skip_existing, device=device, registered_dir=registered,
+                   progress=not args.no_progress)
     native = "" if registered is None else " (masks on the original grids in CASE/native/)"
     print(f"predictions written to {args.output}{native}")
     return 0
@@ -462,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each case's masks on the original grids of its raw scans into OUT/CASE/native/, "
                         "with the transforms 'longiseg register' saved in REGISTERED/CASE/registration/ (default: "
                         "the --input folder); needs longiseg[register]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in a batch job's log)")
     _add_overrides(p)
     p.set_defaults(func=_cmd_predict)
 

@@ -664,3 +664,57 @@ def test_documented_cohort_command_lines_parse() -> None:
     quoted = set(re.findall(r"`(--[a-z][a-z-]*)", (root / "docs/reproducing.md").read_text()))
     unknown = sorted(o for o in quoted if o not in known and f'"{o}"' not in sources)
     assert not unknown, f"docs/reproducing.md quotes options that do not exist: {unknown}"
+
+
+def test_bad_voxels_fail_train_and_predict_before_anything_is_written(cohort: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A NaN voxel in the last case failed train in the middle of epoch 1 (the run's records written) and
+    predict after the cases before it were written; a reference mask of 0/255 failed predict, which never
+    reads it."""
+    import shutil
+
+    data = tmp_path / "cohort"
+    shutil.copytree(cohort, data)
+    first, last = sorted(p for p in data.iterdir() if p.is_dir())[0], sorted(p for p in data.iterdir() if p.is_dir())[-1]
+    flair = last / "t1_flair.nii.gz"
+    clean = flair.read_bytes()
+    img = nib.load(flair)
+    arr = np.asarray(img.dataobj, dtype=np.float32)
+    arr[0, 0, 0] = np.nan
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)  # stored as float32: NaN is not cast away
+    header.set_slope_inter(1.0, 0.0)
+    nib.save(nib.Nifti1Image(arr, img.affine, header), flair)
+    mask = nib.load(first / "baseline_mask.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(mask.dataobj, dtype=np.uint8) * 255, mask.affine, mask.header),
+             first / "baseline_mask.nii.gz")
+
+    run = tmp_path / "run"
+    overrides = TINY_SEGMAST + ["trainer.max_epochs=1", "trainer.device=cpu", "trainer.progress_bar=false",
+                                "trainer.batch_size=4", "data.crop_size=32", "data.samples_per_epoch=4"]
+    assert main(["train", "--data", str(data), "--output", str(run), "--set", *overrides]) == 2
+    err = capsys.readouterr().err  # train reads the masks: the first case's fails first
+    assert "baseline_mask.nii.gz must be binary (values 0/1), found values such as [255]" in err
+    assert err.count("\n") == 1 and not run.exists()
+    (first / "baseline_mask.nii.gz").write_bytes((cohort / first.name / "baseline_mask.nii.gz").read_bytes())
+    assert main(["train", "--data", str(data), "--output", str(run), "--set", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert f"{flair} contains NaN or infinite values" in err and err.count("\n") == 1 and not run.exists()
+    nib.save(nib.Nifti1Image(np.asarray(mask.dataobj, dtype=np.uint8) * 255, mask.affine, mask.header),
+             first / "baseline_mask.nii.gz")
+
+    kwargs = {"widths": [8, 8, 8, 8], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "decoder_dim": 8,
+              "in_channels": 2}
+    model = build_model("segformer", **kwargs)
+    model.spec = model.spec.replace(modalities=["flair", "t2"], crop_size=32,
+                                    inference={**InferenceConfig().to_dict(), "planes": ["axial"]})
+    save_checkpoint(tmp_path / "model.pt", model=model, model_name="segformer", model_kwargs=kwargs)
+    pred = tmp_path / "pred"
+    predict = ["predict", "--checkpoint", str(tmp_path / "model.pt"), "--input", str(data), "--output", str(pred),
+               "--device", "cpu", "--no-progress"]
+    assert main(predict) == 2
+    err = capsys.readouterr().err
+    assert f"{flair} contains NaN or infinite values" in err and err.count("\n") == 1 and not pred.exists()
+    flair.write_bytes(clean)
+    assert main(predict) == 0  # the 0/255 reference mask is evaluate's to refuse, not predict's
+    assert (pred / first.name / "baseline_mask.nii.gz").is_file()

@@ -43,7 +43,7 @@ from longiseg.utils.nifti import (
     load_nifti,
     spatial_header,
 )
-from longiseg.utils.validation import check_binary, check_timepoints
+from longiseg.utils.validation import check_binary, check_bool, check_timepoints
 
 __all__ = [
     "MaskSpec",
@@ -75,6 +75,7 @@ __all__ = [
     "read_prediction",
     "save_prediction",
     "case_spatial_header",
+    "check_case_voxels",
 ]
 
 _LOG = get_logger("longiseg.data")
@@ -609,6 +610,25 @@ def check_case_headers(source: CaseSource, *, affine_atol: float = 1e-4) -> None
         ValueError: naming the case and the file, at the first problem.
     """
     _check_headers(source, affine_atol, _Problems(collect=False))
+
+
+def check_case_voxels(sources: Sequence[CaseSource], *, progress: bool = True, desc: str = "checking cases") -> None:
+    """Read every case once with :func:`load_case` and drop it: what only the voxels tell (NaN or infinite
+    intensities, a mask that is not binary, an all-zero brain mask, a progression flag the masks contradict)
+    fails here, naming the case and the file, before a command writes anything or runs a model, instead of
+    after the cases before it. Run :func:`check_case_headers` first: it is cheap and finds most problems.
+
+    Args:
+        sources: the cases (from :func:`find_cases`); masks a command does not use are best left out of them
+            (``dataclasses.replace(source, baseline_mask=None, progression_masks=None)``).
+        progress: show a progress bar (a cohort of large volumes takes a while to decode).
+        desc: the progress bar's label.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_case`, at the first case with a problem.
+    """
+    for source in tqdm(sources, desc=desc, unit="case", disable=not check_bool("progress", progress)):
+        load_case(source)
 
 
 def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems

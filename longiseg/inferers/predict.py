@@ -15,6 +15,7 @@ that ``skip_existing`` compares.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -38,6 +39,7 @@ from longiseg.data.loading import (
     CaseSource,
     case_spatial_header,
     check_case_headers,
+    check_case_voxels,
     find_cases,
     load_case,
     prediction_complete,
@@ -571,7 +573,9 @@ def predict_folder(
         check_bool(flag, value)
     options = {**{n: params[n].default for n in _OPTIONS}, **predict_kwargs, "overwrite": overwrite}
     _check_options(options)
-    sources = {s.case_id: s for s in find_cases(in_dir, modalities=modalities, require_masks=False)}
+    # reference lesion masks are not what prediction reads: a problem of theirs is evaluate's to report
+    sources = {s.case_id: dataclasses.replace(s, baseline_mask=None, progression_masks=None, has_progression=None)
+               for s in find_cases(in_dir, modalities=modalities, require_masks=False)}
     if case_ids is None:
         ids = list(sources)
     else:
@@ -600,6 +604,7 @@ def predict_folder(
     produced_by = {**_prediction_record(model, inferer, options), "reader": _qualified_name(read)}
     records = {cid: {**produced_by, "modalities": list(sources[cid].modalities)} for cid in ids}
     fixed_t = getattr(model, "num_timepoints", None)  # models built for one T say so; others take any T >= 2
+    to_predict = []
     for cid in ids:  # every case before any is predicted
         check_case_headers(sources[cid])  # files and grids from the headers: no case fails after hours of others
         if isinstance(fixed_t, int) and sources[cid].num_timepoints != fixed_t:
@@ -615,8 +620,12 @@ def predict_folder(
                 check_replaceable(out_dir / cid)
         if skip_existing and not overwrite and prediction_complete(out_dir, cid, sources[cid].num_timepoints, kinds):
             _check_same_producer(out_dir / cid, cid, records[cid])  # kept only if this model, these settings
+        else:
+            to_predict.append(sources[cid])
         if check_case is not None:
             check_case(sources[cid])
+    # NaN intensities or a brain mask of 0/255 fail here, not after the cases before them were written
+    check_case_voxels(to_predict, progress=progress)
 
     results: dict[str, dict[str, list[Path]]] = {}
     with removed_if_created(out_dir):  # a run that wrote nothing leaves no output folder

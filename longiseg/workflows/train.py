@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
-from longiseg.data.loading import check_case_headers, check_same_timepoints, find_cases
+from longiseg.data.loading import check_case_headers, check_case_voxels, check_same_timepoints, find_cases
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler, positive_slots
 from longiseg.data.split import split_by_patient
@@ -431,6 +431,10 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     logger.info("training %s (%s, %.2fM parameters) on %d cases, validating on %d", cfg.model.name, info.dim,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_cases), len(val_cases))
 
+    # what only the voxels tell (NaN intensities, a mask of 0/255) fails here, after the cheap checks above and
+    # before the run's records, not in the middle of epoch 1
+    check_case_voxels([*train_cases, *val_cases],  # one progress bar under torchrun: rank 0's
+                      progress=cfg.trainer.progress_bar and os.environ.get("RANK", "0") == "0")
     train_ds, val_ds = build_datasets(cfg, info.dim, train_cases, val_cases)
     _check_both_classes(cfg, train_ds, val_ds)
     ctx = init_distributed(device=cfg.trainer.device)
