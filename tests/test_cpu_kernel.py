@@ -424,3 +424,51 @@ print("scan", ((out - ref).norm() / ref.norm()).item(), "conv", conv_err)
     scan_err, conv_err = (float(v) for v in result.stdout.split()[1::2])
     assert scan_err < 1e-10 and conv_err < 1e-10
     assert result.stderr.count("numba cannot cache the compiled CPU kernels on disk") == 1, result.stderr[-2000:]
+
+
+class _SlowNumba:
+    """Stands for numba in ``cpu_kernel.jit``: an explicitly typed "compilation" that lasts until the compile
+    notice has been logged (or 60 s), so that the test does not depend on how fast this machine is."""
+
+    def __init__(self, logged: threading.Event) -> None:
+        self.logged = logged
+
+    def njit(self, *args, **options):
+        def compile_(fn):
+            if args:
+                self.logged.wait(60)
+            return fn
+        return compile_
+
+
+def test_a_slow_kernel_compilation_is_announced_once(monkeypatch) -> None:
+    """A first run compiles the kernels for about a minute with no output: an info record now says why."""
+    from longiseg.utils import logging as lg
+
+    monkeypatch.setattr(lg, "_SEEN", set())
+    logged = threading.Event()
+    records: list[str] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+            logged.set()
+
+    handler = Handler(logging.INFO)
+    logger = logging.getLogger("longiseg.ssm")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        monkeypatch.setattr(cpu_kernel, "COMPILE_NOTICE_S", 0.01)
+        slow = _SlowNumba(logged)
+        for _ in range(2):  # typed: compiled when decorated, announced once per process
+            assert cpu_kernel.jit(slow, ["sig"])(len) is len
+        monkeypatch.setattr(cpu_kernel, "COMPILE_NOTICE_S", 60.0)
+        monkeypatch.setattr(lg, "_SEEN", set())
+        assert cpu_kernel.jit(slow, ["sig"])(abs) is abs  # "compiled" at once (the event is set): no notice
+        assert cpu_kernel.jit(_SlowNumba(threading.Event()))(min) is min  # lazily typed: nothing compiles yet
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert len(records) == 1 and records[0].startswith("compiling the CPU kernels"), records

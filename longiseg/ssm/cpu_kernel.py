@@ -126,14 +126,27 @@ def _load_numba() -> tuple[object | None, str]:
     return numba, ""
 
 
+#: Seconds an explicitly typed kernel may take to appear before a log record says that it is being compiled.
+COMPILE_NOTICE_S = 2.0
+
+
 def jit(numba: Any, *args: Any, **options: Any) -> Any:
     """``numba.njit(*args, **options)`` with numba's disk cache where numba can write one.
 
     A read-only installation without a writable user cache folder (``NUMBA_CACHE_DIR``) makes numba's disk
     cache raise when a function is decorated; the kernels are then compiled in memory in each process (the same
-    machine code, compiled again), and a warning says so once.
+    machine code, compiled again), and a warning says so once. With explicit signatures (``args``) numba
+    compiles, or loads from its cache, when the function is decorated: where that takes longer than
+    :data:`COMPILE_NOTICE_S` (a first run compiles for about a minute in all), an info record says why the
+    process pauses, once per process.
     """
     def decorate(fn: Any) -> Any:
+        notice = threading.Timer(COMPILE_NOTICE_S, log_once, (
+            _LOGGER, "numba-compiling", "compiling the CPU kernels of the selective scan and the causal convolution "
+            "for this machine (numba; once: up to a minute, later runs load them from numba's cache)"))
+        notice.daemon = True
+        if args:
+            notice.start()
         try:
             return numba.njit(*args, cache=True, **options)(fn)
         except RuntimeError as err:
@@ -143,6 +156,8 @@ def jit(numba: Any, *args: Any, **options: Any) -> Any:
                      f"{' '.join(str(err).split())[:160]}): they are compiled in every process; set NUMBA_CACHE_DIR "
                      "to a writable folder to keep them", logging.WARNING)
             return numba.njit(*args, **options)(fn)
+        finally:
+            notice.cancel()
     return decorate
 
 
