@@ -604,7 +604,6 @@ def predict_folder(
     produced_by = {**_prediction_record(model, inferer, options), "reader": _qualified_name(read)}
     records = {cid: {**produced_by, "modalities": list(sources[cid].modalities)} for cid in ids}
     fixed_t = getattr(model, "num_timepoints", None)  # models built for one T say so; others take any T >= 2
-    to_predict = []
     for cid in ids:  # every case before any is predicted
         check_case_headers(sources[cid])  # files and grids from the headers: no case fails after hours of others
         if isinstance(fixed_t, int) and sources[cid].num_timepoints != fixed_t:
@@ -620,12 +619,13 @@ def predict_folder(
                 check_replaceable(out_dir / cid)
         if skip_existing and not overwrite and prediction_complete(out_dir, cid, sources[cid].num_timepoints, kinds):
             _check_same_producer(out_dir / cid, cid, records[cid])  # kept only if this model, these settings
-        else:
-            to_predict.append(sources[cid])
         if check_case is not None:
             check_case(sources[cid])
-    # NaN intensities or a brain mask of 0/255 fail here, not after the cases before them were written
-    check_case_voxels(to_predict, progress=progress)
+    # NaN intensities or a brain mask of 0/255 fail here, not after the cases before them were written; workers
+    # sharing a cohort (skip_existing) resume by design and would each read all of it first: they read a case
+    # when they predict it
+    if not skip_existing:
+        check_case_voxels([sources[cid] for cid in ids], progress=progress)
 
     results: dict[str, dict[str, list[Path]]] = {}
     with removed_if_created(out_dir):  # a run that wrote nothing leaves no output folder
