@@ -510,7 +510,10 @@ def predict_folder(
     Cases are listed as training lists them (:func:`~longiseg.data.loading.find_cases` with
     ``require_masks=False``: the manifest's cases, order and modalities when there is one, else every
     sub-folder holding ``t0_*`` images) and read with :func:`~longiseg.data.loading.load_case`, which checks
-    every file first (shape, affine, finite intensities, a binary non-empty brain mask).
+    every file first (shape, affine, finite intensities, a binary non-empty brain mask). Every case's headers
+    are checked before any case is predicted, and, unless ``skip_existing``, every case's voxels too
+    (:func:`~longiseg.data.loading.check_case_voxels`), so that a bad file fails the run before anything is
+    written. Reference lesion masks are neither read nor checked (prediction does not use them).
 
     Args:
         model: the model passed to :func:`predict_case`.
