@@ -630,3 +630,22 @@ def test_headers_that_leave_the_geometry_or_the_values_ambiguous_are_refused(tmp
     nib.save(nib.Nifti1Image(rgb, aff), str(tmp_path / "rgb.nii.gz"))
     with pytest.raises(ValueError, match=r"rgb.nii.gz stores voxels of type .*not numbers"):
         read_mask(tmp_path / "rgb.nii.gz")
+
+
+def test_an_image_whose_modality_name_is_not_allowed_is_refused_not_dropped(tmp_path: Path) -> None:
+    """t0_t1_ce.nii.gz (an underscore) was silently left out: a model trained on FLAIR alone, and a case holding
+    only such files reported as 'no case folders with t0_* images'."""
+    _write_cohort(tmp_path / "c", n=2)
+    case = sorted(p for p in (tmp_path / "c").iterdir() if p.is_dir())[0]
+    for t in (0, 1):
+        (case / f"t{t}_t1_ce.nii.gz").write_bytes((case / f"t{t}_flair.nii.gz").read_bytes())
+    msg = r"t0_t1_ce.nii.gz: 't1_ce' is not a modality name \(letters, digits and dashes, e.g. 't1-ce'\)"
+    with pytest.raises(ValueError, match=msg):
+        find_cases(tmp_path / "c")
+    assert any("'t1_ce' is not a modality name" in p for p in validate_cases(tmp_path / "c", progress=False)[case.name])
+    only = tmp_path / "only" / "p0"
+    only.mkdir(parents=True)
+    for t in (0, 1):
+        (only / f"t{t}_t1_ce.nii.gz").write_bytes((case / f"t{t}_flair.nii.gz").read_bytes())
+    with pytest.raises(ValueError, match=msg.replace("t0_t1_ce", "p0/t0_t1_ce")):
+        find_cases(tmp_path / "only", require_masks=False)

@@ -43,6 +43,7 @@ __all__ = [
     "progression_filename",
     "prediction_filenames",
     "parse_image_filename",
+    "image_timepoint",
     "parse_progression_filename",
     "check_case_id",
     "nifti_stem",
@@ -56,6 +57,7 @@ BASELINE_MASK = "baseline_mask.nii.gz"
 BRAIN_MASK = "brain_mask.nii.gz"
 
 _IMAGE_RE = re.compile(r"^t(\d+)_([A-Za-z0-9\-]+)\.nii(\.gz)?$")
+_IMAGE_LIKE_RE = re.compile(r"^t(\d+)_(.+)\.nii(\.gz)?$")  # named like an image, whatever its modality
 _PROGRESSION_RE = re.compile(r"^progression_t(\d+)\.nii(\.gz)?$")
 
 
@@ -94,6 +96,13 @@ def parse_image_filename(name: str | Path) -> tuple[int, str] | None:
     if m is None:
         return None
     return int(m.group(1)), m.group(2).lower()
+
+
+def image_timepoint(name: str | Path) -> int | None:
+    """The timepoint a file named like an image claims (``"t0_t1_ce.nii.gz" -> 0``), whether or not its
+    modality is a valid name (:func:`scan_images` refuses it then); ``None`` for other files."""
+    m = _IMAGE_LIKE_RE.match(Path(name).name)
+    return None if m is None else int(m.group(1))
 
 
 def parse_progression_filename(name: str | Path) -> int | None:
@@ -173,12 +182,18 @@ def scan_images(folder: str | Path) -> dict[int, dict[str, Path]]:
 
     Raises:
         ValueError: two files name the same timepoint and modality (``t1_t2.nii`` and ``t1_t2.nii.gz``,
-            or names differing only in case), naming both.
+            or names differing only in case), naming both; a file named like an image whose modality is not
+            a modality name (``t0_t1_ce.nii.gz``: an underscore), naming it (it was silently left out).
     """
     found: dict[int, dict[str, Path]] = {}
     for p in sorted(Path(folder).iterdir()):
         parsed = parse_image_filename(p.name)
         if parsed is None:
+            like = _IMAGE_LIKE_RE.match(p.name)
+            if like is not None:
+                raise ValueError(f"image file {p}: {like.group(2)!r} is not a modality name (letters, digits and "
+                                 f"dashes, e.g. {like.group(2).replace('_', '-')!r}); rename the file, or move it "
+                                 "out of the case folder")
             continue
         t, modality = parsed
         other = found.setdefault(t, {}).get(modality)

@@ -1078,7 +1078,7 @@ def _scan_cohort(
                 found.append((entry.case_id, exc))
         return _mark_odd_modalities(found)
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if any((layout.parse_image_filename(f.name) or (-1, ""))[0] == 0 for f in folder.iterdir()):
+        if any(layout.image_timepoint(f.name) == 0 for f in folder.iterdir()):  # a bad modality name: refused below
             try:
                 found.append((folder.name, _source_from_folder(folder, modalities, require_masks)))
             except (OSError, ValueError) as exc:
