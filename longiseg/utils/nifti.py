@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from longiseg.utils.io import PathLike, atomic_path
-from longiseg.utils.validation import check_affine, check_bool, check_path
+from longiseg.utils.validation import check_affine, check_array, check_bool, check_path
 
 __all__ = ["QFORM_SFORM_ATOL", "HEADER_AFFINE_ATOL", "SpatialHeader", "spatial_header", "atomic_save_nifti",
            "load_nifti"]
@@ -27,14 +27,6 @@ QFORM_SFORM_ATOL = 1e-3
 #: the ``header`` it is given (the library's tolerance for "one grid", as ``affine_atol`` when cases are loaded).
 HEADER_AFFINE_ATOL = 1e-4
 _XFORM_CODES = range(6)  # NIfTI: 0 unknown, 1 scanner, 2 aligned, 3 Talairach, 4 MNI, 5 template
-
-
-def _floats(name: str, value: Any, shape: tuple[int, ...]) -> Any:
-    """``value`` as nested tuples of finite Python floats of ``shape``, else ``ValueError`` naming ``name``."""
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.shape != shape or not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be {shape} finite numbers, got {value!r}")
-    return tuple(map(tuple, arr.tolist())) if arr.ndim == 2 else tuple(arr.tolist())
 
 
 @dataclass(frozen=True)
@@ -62,6 +54,7 @@ class SpatialHeader:
         ValueError: naming the field: a code outside 0..5, both codes 0 (no grid is stated: use ``None``), a
             non-finite or wrongly shaped number, ``qfac`` other than ±1, a set qform with a zoom <= 0 or a
             ``quatern`` longer than 1, ``xyzt_units`` outside 0..255.
+        TypeError: naming the field: ``quatern``, ``qoffset``, ``zooms`` or ``sform`` not numbers.
     """
 
     qform_code: int
@@ -83,8 +76,9 @@ class SpatialHeader:
         if self.qform_code == 0 and self.sform_code == 0:
             raise ValueError("qform_code and sform_code are both 0: the header states no grid; pass header=None "
                              "instead (spatial_header returns None for such a header)")
-        for name, shape in (("quatern", (3,)), ("qoffset", (3,)), ("zooms", (3,)), ("sform", (3, 4))):
-            object.__setattr__(self, name, _floats(name, getattr(self, name), shape))
+        for name, layout in (("quatern", "(3,)"), ("qoffset", "(3,)"), ("zooms", "(3,)"), ("sform", "(3, 4)")):
+            values = check_array(name, getattr(self, name), layout).astype(np.float64).tolist()
+            object.__setattr__(self, name, tuple(map(tuple, values)) if name == "sform" else tuple(values))
         if self.qform_code > 0 and min(self.zooms) <= 0:
             raise ValueError(f"zooms must be voxel sizes > 0 where the qform is set, got {self.zooms}")
         if self.qform_code > 0 and sum(q * q for q in self.quatern) > 1.0 + 3 * float(np.finfo(np.float32).eps):
