@@ -431,13 +431,12 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     logger.info("training %s (%s, %.2fM parameters) on %d cases, validating on %d", cfg.model.name, info.dim,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_cases), len(val_cases))
 
+    ctx = init_distributed(device=cfg.trainer.device)
     # what only the voxels tell (NaN intensities, a mask of 0/255) fails here, after the cheap checks above and
-    # before the run's records, not in the middle of epoch 1
-    check_case_voxels([*train_cases, *val_cases],  # one progress bar under torchrun: rank 0's
-                      progress=cfg.trainer.progress_bar and os.environ.get("RANK", "0") == "0")
+    # before the run's records, not in the middle of epoch 1 (one progress bar under torchrun: rank 0's)
+    check_case_voxels([*train_cases, *val_cases], progress=cfg.trainer.progress_bar and ctx.is_main)
     train_ds, val_ds = build_datasets(cfg, info.dim, train_cases, val_cases)
     _check_both_classes(cfg, train_ds, val_ds)
-    ctx = init_distributed(device=cfg.trainer.device)
     _check_batch_settings(cfg, train_ds.samples_per_epoch, ctx.world_size)
     # Repeats of an index within an epoch (the minority class) are drawn as virtual indices: fresh crops.
     sampler = BalancedBatchSampler(train_ds.progression_flags, cfg.trainer.batch_size,
