@@ -177,7 +177,9 @@ def _remake_masks(pred_dir: Path, test_dir: Path, out_dir: Path, threshold: floa
                   inference: dict[str, Any]) -> None:
     """Masks of every case of ``pred_dir`` at ``threshold``, from its saved probability maps, as predict makes
     them (under the ``outside`` rule the saved progression maps already are ``p_prog (1 - p_base)``)."""
-    from longiseg.data.loading import find_cases, load_case, read_prediction, save_prediction
+    from longiseg.data.cohort import find_cases
+    from longiseg.data.loading import load_case
+    from longiseg.data.predictions import read_prediction, save_prediction
     from longiseg.inferers.postprocessing import postprocess
 
     restrict = inference.get("restrict", "progression")
@@ -198,7 +200,8 @@ def run_one(out: str, variant: str, seed: int, epochs: int, steps: int) -> dict[
     import torch
 
     torch.set_num_threads(1)
-    from longiseg.data.loading import find_cases, load_case
+    from longiseg.data.cohort import find_cases
+    from longiseg.data.loading import load_case
     from longiseg.data.preprocessing import preprocess_case
     from longiseg.engine.checkpoint import load_model, update_spec
     from longiseg.metrics.evaluate import evaluate_folder

@@ -50,8 +50,8 @@ from longiseg.data import (
     validate_cases,
     write_manifest,
 )
+from longiseg.data.cohort import modality_mismatches
 from longiseg.data.layout import MANIFEST_JSON
-from longiseg.data.loading import modality_mismatches
 from longiseg.data.split import split_by_patient
 from longiseg.utils.io import atomic_directory, check_output_folder, check_separate_folders
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from longiseg.data import load_case, msseg2_cases, ucsf_altpd_cases, validate_cases
-from longiseg.data.loading import MaskSpec
+from longiseg.data.sources import MaskSpec
 
 SHAPE = (12, 14, 10)
 

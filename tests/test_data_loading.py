@@ -31,7 +31,7 @@ from longiseg.data import (
     validate_cases,
     write_manifest,
 )
-from longiseg.data.loading import check_same_modalities
+from longiseg.data.cohort import check_same_modalities
 from longiseg.utils.nifti import atomic_save_nifti
 
 
@@ -365,7 +365,7 @@ def test_manifest_errors(tmp_path: Path) -> None:
 
 def test_a_manifest_of_no_case_is_refused_like_a_folder_of_no_case(tmp_path: Path) -> None:
     """predict would write nothing and say it had, train would blame the validation split."""
-    from longiseg.data.loading import find_mask_cases
+    from longiseg.data.cohort import find_mask_cases
 
     _write_cohort(tmp_path, 1)
     (tmp_path / "manifest.json").write_text(json.dumps({"modalities": ["flair", "t2"], "cases": []}))
@@ -530,7 +530,7 @@ def _save_two_geometries(path: Path, array: np.ndarray, sform: np.ndarray, zooms
 
 def test_nifti_spacing_is_the_affine_and_refuses_a_disagreeing_header(tmp_path: Path) -> None:
     from longiseg.data.case import affine_spacing
-    from longiseg.data.loading import nifti_spacing
+    from longiseg.data.volumes import nifti_spacing
     from longiseg.utils.nifti import load_nifti
 
     mask = np.zeros((4, 5, 6), np.uint8)
@@ -649,3 +649,18 @@ def test_an_image_whose_modality_name_is_not_allowed_is_refused_not_dropped(tmp_
         (only / f"t{t}_t1_ce.nii.gz").write_bytes((case / f"t{t}_flair.nii.gz").read_bytes())
     with pytest.raises(ValueError, match=msg.replace("t0_t1_ce", "p0/t0_t1_ce")):
         find_cases(tmp_path / "only", require_masks=False)
+
+
+def test_names_moved_out_of_loading_still_import_with_a_warning() -> None:
+    """0.3.13 split the old ``loading`` module by concept; code importing the moved names from it keeps working."""
+    import importlib
+
+    from longiseg.data import loading
+
+    for name, module in loading._MOVED.items():
+        owner = importlib.import_module(f"longiseg.data.{module}")
+        assert name in owner.__all__
+        with pytest.warns(DeprecationWarning, match=f"longiseg.data.{module}.{name}"):
+            assert getattr(loading, name) is getattr(owner, name)
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        loading.no_such_name  # noqa: B018

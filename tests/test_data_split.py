@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from longiseg.data.cohort import find_cases
 from longiseg.data.demo_cohort import generate_demo_cohort
-from longiseg.data.loading import find_cases, read_manifest
+from longiseg.data.manifest import read_manifest
 from longiseg.data.split import split_by_patient, write_test_split
 
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from longiseg.data import CaseSource, LongitudinalCase, load_case
 from longiseg.data.layout import BRAIN_MASK, MANIFEST_JSON, image_filename, prediction_filenames
-from longiseg.data.loading import PREDICTION_RECORD
+from longiseg.data.predictions import PREDICTION_RECORD
 from longiseg.inferers import (
     TriplanarInferer,
     binary_entropy,

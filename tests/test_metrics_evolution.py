@@ -125,7 +125,8 @@ def test_input_errors_name_the_argument() -> None:
 def demo_refs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     """Two demo patients with three timepoints (one progressing with growth in two pieces, one stable)."""
     from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
-    from longiseg.data.loading import manifest_from_cases, save_case, write_manifest
+    from longiseg.data.loading import save_case
+    from longiseg.data.manifest import manifest_from_cases, write_manifest
 
     root = tmp_path_factory.mktemp("refs")
     cfg = DemoCohortConfig(num_patients=12, num_timepoints=3, spacing=2)

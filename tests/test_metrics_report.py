@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from longiseg.cli import main as cli_main
+from longiseg.data.cohort import find_mask_cases
 from longiseg.data.layout import BASELINE_MASK, MANIFEST_JSON, progression_filename
-from longiseg.data.loading import find_mask_cases
 from longiseg.metrics.aggregate import ResultsTable
 from longiseg.metrics.evaluate import evaluate_folder, write_report
 from longiseg.metrics.report import box_plot, format_paper_table, paper_table_rows, write_csv, write_json

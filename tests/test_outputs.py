@@ -17,13 +17,8 @@ import pytest
 import torch
 from test_inferers_predict import Voxelwise, _affine, _images, _inferer, _write_case
 
-from longiseg.data.loading import (
-    PREDICTION_RECORD,
-    find_mask_cases,
-    prediction_complete,
-    read_prediction,
-    save_prediction,
-)
+from longiseg.data.cohort import find_mask_cases
+from longiseg.data.predictions import PREDICTION_RECORD, prediction_complete, read_prediction, save_prediction
 from longiseg.inferers.predict import predict_folder
 from longiseg.utils.io import (
     atomic_directory,
@@ -336,7 +331,7 @@ def test_a_folder_removed_or_written_by_another_process_is_not_published(tmp_pat
 def test_nifti_outputs_carry_both_forms_where_possible_and_mm_units(tmp_path: Path, shear: float) -> None:
     import nibabel as nib
 
-    from longiseg.data.loading import nifti_spacing
+    from longiseg.data.volumes import nifti_spacing
 
     affine = np.array([[0.0, -1.0, shear, 90.0], [0.9, 0.0, 0.0, -126.0], [0.0, 0.0, 2.0, -72.0], [0, 0, 0, 1]])
     path = atomic_save_nifti(np.zeros((4, 5, 6), np.uint8), affine, tmp_path / "m.nii.gz")

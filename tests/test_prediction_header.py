@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from longiseg.data.layout import image_filename, prediction_filenames
-from longiseg.data.loading import case_spatial_header, load_case, read_prediction, save_prediction
+from longiseg.data.loading import load_case
+from longiseg.data.predictions import case_spatial_header, read_prediction, save_prediction
 from longiseg.inferers import TriplanarInferer, predict_case, predict_folder
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti, spatial_header

@@ -111,8 +111,9 @@ def _round_trip(tmp_path: Path, spacing_mm: int, raw_spacing, modalities) -> Non
     import nibabel as nib
 
     from longiseg.cli import main
+    from longiseg.data.cohort import find_cases
     from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
-    from longiseg.data.loading import find_cases, load_case
+    from longiseg.data.loading import load_case
     from longiseg.registration.grid import from_sitk, to_sitk
     from longiseg.registration.native import mask_to_native, predictions_to_native
     from longiseg.registration.pairwise import resample
@@ -236,8 +237,9 @@ def test_progression_masks_in_baseline_space_are_not_moved(tmp_path: Path) -> No
     """``--progression-space baseline``: the follow-up images move, its progression mask (drawn in baseline
     space) is written unchanged on the baseline grid; by default the same mask follows the follow-up."""
     from longiseg.cli import main
+    from longiseg.data.cohort import find_cases
     from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
-    from longiseg.data.loading import find_cases, load_case
+    from longiseg.data.loading import load_case
 
     cfg = DemoCohortConfig(num_patients=2, spacing=4, modalities=("flair",), max_translation=0.0, max_rotation=0.0)
     a, _ = generate_demo_case(0, cfg, progressing=True)
@@ -261,8 +263,9 @@ def test_progression_masks_in_baseline_space_are_not_moved(tmp_path: Path) -> No
 
 
 def test_affine_isotropic_and_modalities_registered_on_their_own(tmp_path: Path) -> None:
+    from longiseg.data.cohort import find_cases
     from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
-    from longiseg.data.loading import find_cases, load_case
+    from longiseg.data.loading import load_case
     from longiseg.registration.cohort import RegistrationOptions, register_folder
     from longiseg.registration.pairwise import PairOptions
 
@@ -636,8 +639,9 @@ def test_failed_followup_kept_in_scanner_alignment_and_cohort_checks(tmp_path: P
     stderr line per failure without ITK's object addresses; raw cases of different modality sets are refused
     before anything is written; a folder without t0 images fails as a case instead of vanishing."""
     from longiseg.cli import main
+    from longiseg.data.cohort import find_cases
     from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
-    from longiseg.data.loading import find_cases, load_case
+    from longiseg.data.loading import load_case
 
     cfg = DemoCohortConfig(num_patients=1, spacing=4, modalities=("flair",), max_translation=0.0, max_rotation=0.0)
     a, _ = generate_demo_case(0, cfg)
@@ -687,7 +691,7 @@ def test_an_already_aligned_followup_passes_the_quality_check(tmp_path: Path) ->
 
 def test_sheared_affines_are_refused_naming_the_file(tmp_path: Path) -> None:
     from longiseg.data.case import affine_spacing
-    from longiseg.data.loading import read_mask
+    from longiseg.data.volumes import read_mask
 
     shear = np.eye(4)
     shear[0, 1] = 0.5

@@ -261,7 +261,7 @@ def test_overwrite_where_every_case_now_fails_leaves_no_manifest_of_the_earlier_
     """A rerun with --overwrite in which the only case fails its quality check replaced the case folder by its
     QC record but kept the earlier manifest.json, which still listed the case for predict and train."""
     from longiseg.cli import main
-    from longiseg.data.loading import find_cases
+    from longiseg.data.cohort import find_cases
 
     raw, out = tmp_path / "raw", tmp_path / "out"
     _write_case(raw / "c", ACQUISITIONS["lps-oblique"])

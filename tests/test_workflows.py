@@ -20,8 +20,8 @@ from process_helpers import running, wait_for
 from torch import nn
 
 from longiseg.cli import build_parser, main
+from longiseg.data.cohort import find_cases
 from longiseg.data.demo_cohort import generate_demo_cohort
-from longiseg.data.loading import find_cases
 from longiseg.data.split import split_by_patient
 from longiseg.data.transforms import TimepointVariation
 from longiseg.engine.checkpoint import load_model, save_checkpoint, update_spec

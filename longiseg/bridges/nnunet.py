@@ -40,15 +40,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from longiseg.data.cohort import find_cases
 from longiseg.data.layout import check_case_id
-from longiseg.data.loading import (
-    check_same_grid,
-    find_cases,
-    load_case,
-    nifti_spacing,
-    read_volume,
-    save_prediction,
-)
+from longiseg.data.loading import load_case
+from longiseg.data.predictions import save_prediction
+from longiseg.data.volumes import check_same_grid, nifti_spacing, read_volume
 from longiseg.utils.io import (
     atomic_directory,
     atomic_write_json,
@@ -411,7 +407,7 @@ def convert_longiseg_dataset(
     """Write a longiseg-layout dataset as an nnU-Net raw dataset with the 4-class labels.
 
     Cases are listed and read by the data layer exactly as for training
-    (:func:`~longiseg.data.loading.find_cases` with masks required, :func:`~longiseg.data.loading.load_case`):
+    (:func:`~longiseg.data.cohort.find_cases` with masks required, :func:`~longiseg.data.loading.load_case`):
     the manifest's cases and modalities when there is one, every file checked. Each case ``CASE`` with ``T``
     timepoints gives ``T - 1`` nnU-Net cases ``CASE_fu{t}``, one per successive pair ``(t-1, t)``: channels
     are the prior's modalities then the current's (``prior_flair, prior_t2, current_flair, current_t2``), the
@@ -496,7 +492,7 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
 
     Writes ``out_root/CASE/baseline_mask.nii.gz`` (from the pair ``CASE_fu1``) and
     ``out_root/CASE/progression_t{t}.nii.gz`` for every predicted pair with
-    :func:`~longiseg.data.loading.save_prediction`, so ``longiseg evaluate`` can score nnU-Net like any other
+    :func:`~longiseg.data.predictions.save_prediction`, so ``longiseg evaluate`` can score nnU-Net like any other
     model.
 
     Everything is checked before the first file is written: the names (every image file named
@@ -523,7 +519,7 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
             another dataset, nnU-Net's input channel files ``CASE_XXXX``, ``.nii``), a ``CASE`` is not a
             single folder name (e.g. ``..``), its pairs are
             not ``fu1 .. fu<n>`` without gaps, a prediction is unreadable or not one 3D volume, has header
-            voxel sizes that disagree with its affine (:func:`~longiseg.data.loading.nifti_spacing`), holds
+            voxel sizes that disagree with its affine (:func:`~longiseg.data.volumes.nifti_spacing`), holds
             values other than the integer labels 0..3, or lies on another grid than its case's ``CASE_fu1``;
             or ``out_root`` overlaps ``pred_dir``.
     """

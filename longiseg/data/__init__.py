@@ -2,29 +2,16 @@
 
 from longiseg.data.adapters import msseg2_cases, ucsf_altpd_cases
 from longiseg.data.case import PLANES, LongitudinalCase, plane_axes
+from longiseg.data.cohort import find_cases, find_mask_cases
 from longiseg.data.dataset import CaseCache, SliceDataset, VolumePatchDataset
 from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case, generate_demo_cohort
-from longiseg.data.loading import (
-    CaseSource,
-    Manifest,
-    ManifestEntry,
-    MaskSpec,
+from longiseg.data.loading import load_case, load_cases, save_case, validate_cases
+from longiseg.data.manifest import Manifest, ManifestEntry, manifest_from_cases, read_manifest, write_manifest
+from longiseg.data.predictions import (
     case_spatial_header,
-    check_same_grid,
-    find_cases,
-    find_mask_cases,
-    load_case,
-    load_cases,
-    manifest_from_cases,
     prediction_complete,
-    read_manifest,
-    read_mask,
     read_prediction,
-    read_volume,
-    save_case,
     save_prediction,
-    validate_cases,
-    write_manifest,
 )
 from longiseg.data.preprocessing import (
     CropBox,
@@ -34,8 +21,10 @@ from longiseg.data.preprocessing import (
     zscore_normalize,
 )
 from longiseg.data.sampling import CrossViewSampler, VolumePatchSampler, build_sampling_index, sample_center
+from longiseg.data.sources import CaseSource, MaskSpec
 from longiseg.data.split import split_by_patient, write_test_split
 from longiseg.data.transforms import LongitudinalAugment, TimepointVariation
+from longiseg.data.volumes import check_same_grid, read_mask, read_volume
 
 __all__ = [
     "PLANES",

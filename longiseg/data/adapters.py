@@ -1,4 +1,4 @@
-"""Adapters from public longitudinal datasets' folder layouts to :class:`~longiseg.data.loading.CaseSource`.
+"""Adapters from public longitudinal datasets' folder layouts to :class:`~longiseg.data.sources.CaseSource`.
 
 The file names below are those of the public releases as described in their documentation and in public
 code that reads them; nothing is downloaded. Files may end in ``.nii`` or ``.nii.gz``.
@@ -25,7 +25,7 @@ release folder ``UCSF_POSTOP_GLIOMA_DATASET_FINAL_v1.0``)::
 The baseline target is the binary whole-tumour mask of ``time1`` (union of ``tumour_labels``), the
 progression target a binary difference mask between the two timepoints (see :func:`ucsf_altpd_cases`).
 Labels the release does not define (``UCSF_SEG_LABELS``, ``UCSF_CHANGE_LABELS``) are never counted as
-tumour or change: each case's :class:`~longiseg.data.loading.MaskSpec` lists the labels its file may hold
+tumour or change: each case's :class:`~longiseg.data.sources.MaskSpec` lists the labels its file may hold
 (``allowed``), so :func:`~longiseg.data.load_case` and :func:`~longiseg.data.validate_cases` refuse a label map
 holding any other value, naming the file and the values.
 """
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from longiseg.data.layout import find_nifti
-from longiseg.data.loading import CaseSource, MaskSpec
+from longiseg.data.sources import CaseSource, MaskSpec
 
 __all__ = ["MSSEG2_FILES", "UCSF_MODALITIES", "UCSF_SEG_LABELS", "UCSF_CHANGE_LABELS", "msseg2_cases",
            "ucsf_altpd_cases"]

@@ -99,7 +99,7 @@ def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
 
     The one rule for the voxel size of a grid: files are read with their affine (nibabel's ``img.affine``,
     the sform when its code is set, else the qform) and every output is written with it, so volumes in mm^3
-    use the same matrix. :func:`longiseg.data.loading.nifti_spacing` applies it to a NIfTI file and refuses a
+    use the same matrix. :func:`longiseg.data.volumes.nifti_spacing` applies it to a NIfTI file and refuses a
     file whose header voxel sizes (``pixdim``) disagree with it.
 
     Args:

@@ -31,16 +31,12 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from longiseg.data.case import PLANES, LongitudinalCase
-from longiseg.data.loading import (
-    CaseSource,
-    check_same_modalities,
-    check_same_timepoints,
-    find_cases,
-    load_case,
-)
+from longiseg.data.cohort import check_same_modalities, check_same_timepoints, find_cases
+from longiseg.data.loading import load_case
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import EpochIndex
 from longiseg.data.sampling import CrossViewSampler, SamplingIndex, VolumePatchSampler, build_sampling_index
+from longiseg.data.sources import CaseSource
 from longiseg.data.transforms import LongitudinalAugment
 from longiseg.utils.validation import check_positive_int
 

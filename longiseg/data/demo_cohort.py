@@ -43,7 +43,8 @@ from scipy import ndimage
 
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
-from longiseg.data.loading import Manifest, ManifestEntry, save_case, write_manifest
+from longiseg.data.loading import save_case
+from longiseg.data.manifest import Manifest, ManifestEntry, write_manifest
 from longiseg.utils.config import ConfigBase, ConfigError
 from longiseg.utils.io import atomic_directory, atomic_write_json, folder_is_empty
 from longiseg.utils.logging import get_logger, log_once

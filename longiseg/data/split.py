@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from longiseg.data.cohort import find_cases
 from longiseg.data.layout import MANIFEST_JSON
-from longiseg.data.loading import CaseSource, Manifest, find_cases, read_manifest, write_manifest
+from longiseg.data.manifest import Manifest, read_manifest, write_manifest
+from longiseg.data.sources import CaseSource
 from longiseg.utils.io import atomic_directory, check_separate_folders
 
 __all__ = ["split_by_patient", "write_test_split"]

@@ -4,11 +4,11 @@ For a case ``CASE_ID`` with ``T`` timepoints the files of
 :func:`longiseg.data.layout.prediction_filenames` are written to ``OUT/CASE_ID/``: post-processed binary
 masks (uint8), averaged probabilities (float32) and binary entropy maps in nats (float32), each with the input
 affine and the spatial header of the case's baseline image (its qform and sform with their codes, and its units:
-:func:`~longiseg.data.loading.case_spatial_header`), atomically, and never over an existing file unless
+:func:`~longiseg.data.predictions.case_spatial_header`), atomically, and never over an existing file unless
 ``overwrite=True``. Cases are found and read by
-the data layer (:func:`~longiseg.data.loading.find_cases`, :func:`~longiseg.data.loading.load_case`), as in
-training, and written by :func:`~longiseg.data.loading.save_prediction`, with a record of what produced them
-(:data:`~longiseg.data.loading.PREDICTION_RECORD`: the model's weights and the settings that change the outputs)
+the data layer (:func:`~longiseg.data.cohort.find_cases`, :func:`~longiseg.data.loading.load_case`), as in
+training, and written by :func:`~longiseg.data.predictions.save_prediction`, with a record of what produced them
+(:data:`~longiseg.data.predictions.PREDICTION_RECORD`: the model's weights and the settings that change the outputs)
 that ``skip_existing`` compares.
 """
 
@@ -33,19 +33,17 @@ from tqdm.auto import tqdm
 
 from longiseg._version import __version__
 from longiseg.data.case import LongitudinalCase, affine_spacing
+from longiseg.data.cohort import find_cases
 from longiseg.data.layout import check_case_id, prediction_filenames
-from longiseg.data.loading import (
+from longiseg.data.loading import check_case_headers, check_case_voxels, load_case
+from longiseg.data.predictions import (
     PREDICTION_RECORD,
-    CaseSource,
     case_spatial_header,
-    check_case_headers,
-    check_case_voxels,
-    find_cases,
-    load_case,
     prediction_complete,
     save_prediction,
 )
 from longiseg.data.preprocessing import preprocess_case
+from longiseg.data.sources import CaseSource
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
@@ -111,8 +109,8 @@ def infer_case(inferer: Inferer, model: nn.Module, images: torch.Tensor | np.nda
     return inferer(model, images, brain_mask)
 
 
-#: Reads one case for :func:`predict_folder` from the :class:`~longiseg.data.loading.CaseSource` that
-#: :func:`~longiseg.data.loading.find_cases` listed (files and channel order), e.g. load and normalise it.
+#: Reads one case for :func:`predict_folder` from the :class:`~longiseg.data.sources.CaseSource` that
+#: :func:`~longiseg.data.cohort.find_cases` listed (files and channel order), e.g. load and normalise it.
 CaseReader = Callable[[CaseSource], LongitudinalCase]
 
 
@@ -170,7 +168,7 @@ def _check_options(options: dict[str, object]) -> None:
 
 
 #: The settings of :data:`_OPTIONS` that change the written masks and maps (the others say which files to write
-#: and whether to replace them); recorded, with the inferer's, in :data:`~longiseg.data.loading.PREDICTION_RECORD`.
+#: and whether to replace them); recorded, with the inferer's, in :data:`~longiseg.data.predictions.PREDICTION_RECORD`.
 _OUTPUT_OPTIONS = tuple(n for n in _OPTIONS if n not in ("save_probabilities", "save_entropy", "overwrite"))
 #: Inferer settings that do not change its probabilities (where it runs, in which batches, progress bars).
 _RUN_ONLY = ("device", "batch_size", "progress")
@@ -257,7 +255,7 @@ def _brief(value: object) -> str:
 
 def _check_same_producer(folder: Path, case_id: str, record: Mapping[str, Any]) -> None:
     """Refuse to keep the complete prediction ``folder`` of ``case_id`` unless its
-    :data:`~longiseg.data.loading.PREDICTION_RECORD` equals ``record`` (the version aside)."""
+    :data:`~longiseg.data.predictions.PREDICTION_RECORD` equals ``record`` (the version aside)."""
     try:
         stored = json.loads((folder / PREDICTION_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -419,14 +417,14 @@ def predict_case(
             case folder) raises before anything is computed.
         progression_threshold: probability threshold of the progression masks (``longiseg tune`` chooses it);
             ``None``: ``threshold``.
-        record: what produced the prediction, written as :data:`~longiseg.data.loading.PREDICTION_RECORD` into
+        record: what produced the prediction, written as :data:`~longiseg.data.predictions.PREDICTION_RECORD` into
             the case folder (:func:`predict_folder` passes the record of its model, settings, reader and the
             case's modalities); ``None``: the record of ``model``, ``inferer`` and the settings above (a digest
             of the weights, computed here).
         header: the spatial header of the input images, whose grid ``affine`` is
-            (:func:`~longiseg.data.loading.case_spatial_header`; :func:`predict_folder` passes it): every output
+            (:func:`~longiseg.data.predictions.case_spatial_header`; :func:`predict_folder` passes it): every output
             gets its qform and sform (matrices and codes) and units, so that it overlays the input in every tool
-            (see :func:`~longiseg.data.loading.save_prediction`). ``None``: both forms hold ``affine`` with
+            (see :func:`~longiseg.data.predictions.save_prediction`). ``None``: both forms hold ``affine`` with
             code 2 ("aligned"), in mm.
 
     Returns:
@@ -507,7 +505,7 @@ def predict_folder(
 ) -> dict[str, dict[str, list[Path]]]:
     """Predict every case of the cohort folder ``in_dir`` (library layout, masks optional) into ``out_dir``.
 
-    Cases are listed as training lists them (:func:`~longiseg.data.loading.find_cases` with
+    Cases are listed as training lists them (:func:`~longiseg.data.cohort.find_cases` with
     ``require_masks=False``: the manifest's cases, order and modalities when there is one, else every
     sub-folder holding ``t0_*`` images) and read with :func:`~longiseg.data.loading.load_case`, which checks
     every file first (shape, affine, finite intensities, a binary non-empty brain mask). Every case's headers
@@ -523,7 +521,7 @@ def predict_folder(
             name).
         case_ids: only these cases (default: every case of ``in_dir``).
         skip_existing: skip cases whose outputs are complete instead of raising ``FileExistsError``, when their
-            :data:`~longiseg.data.loading.PREDICTION_RECORD` shows the same model (weights, registry name and
+            :data:`~longiseg.data.predictions.PREDICTION_RECORD` shows the same model (weights, registry name and
             kwargs), inferer settings, ``predict_case`` settings, reader and modality order; a complete case
             of another model or settings, or without a record, is refused before any case is predicted. A
             case folder left incomplete by an interrupted run is predicted again. Several processes may
@@ -545,9 +543,9 @@ def predict_folder(
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
             ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask, each case
             folder gets the record of this call (the weights' digest is computed once), and each case's outputs
-            the spatial header of its baseline image (:func:`~longiseg.data.loading.case_spatial_header`: qform,
+            the spatial header of its baseline image (:func:`~longiseg.data.predictions.case_spatial_header`: qform,
             sform and their codes, units) when the case read lies on that image's grid (a ``reader`` that
-            resamples gets the default header of :func:`~longiseg.data.loading.save_prediction`).
+            resamples gets the default header of :func:`~longiseg.data.predictions.save_prediction`).
 
     Returns:
         ``{case_id: paths}`` of the predicted (not skipped) cases.

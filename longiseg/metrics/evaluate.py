@@ -2,12 +2,12 @@
 
 Both folders hold one sub-folder per case (see :mod:`longiseg.data.layout`); ``CASE/baseline_mask.nii.gz``
 and ``CASE/progression_t{i}.nii.gz`` are paired by case folder and file name. The data layer lists the
-reference cases (:func:`~longiseg.data.loading.find_mask_cases`: the reference manifest, read exactly as
+reference cases (:func:`~longiseg.data.cohort.find_mask_cases`: the reference manifest, read exactly as
 training reads it, gives cases, patient ids and timepoints; without one every case is its own patient) and
 reads the masks of a reference case as ``longiseg lesions`` reads them
-(:func:`~longiseg.data.loading.read_prediction`: all on one grid), then every predicted mask
-(:func:`~longiseg.data.loading.read_mask`), which must lie on its reference's grid. The voxel size is the
-reference affine's (:func:`~longiseg.data.loading.nifti_spacing`, which refuses a file whose header voxel
+(:func:`~longiseg.data.predictions.read_prediction`: all on one grid), then every predicted mask
+(:func:`~longiseg.data.volumes.read_mask`), which must lie on its reference's grid. The voxel size is the
+reference affine's (:func:`~longiseg.data.volumes.nifti_spacing`, which refuses a file whose header voxel
 sizes disagree with its affine).
 
 Command line: ``longiseg evaluate PRED_DIR [PRED_DIR ...] GT_DIR --out REPORT_DIR [--protocol segmast|tdw]``.
@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longiseg.data.cohort import find_mask_cases
 from longiseg.data.layout import BASELINE_MASK, find_nifti, prediction_filenames
-from longiseg.data.loading import check_same_grid, find_mask_cases, read_mask, read_prediction
+from longiseg.data.predictions import read_prediction
+from longiseg.data.volumes import check_same_grid, read_mask
 from longiseg.metrics.aggregate import PAPER_COLUMNS, ResultsTable
 from longiseg.metrics.lesion import LesionDetection
 from longiseg.metrics.longitudinal import evaluate_longitudinal_case
@@ -102,7 +104,7 @@ def evaluate_folder(
     Args:
         pred_dir: prediction folder (``CASE/baseline_mask.nii.gz``, ``CASE/progression_t{i}.nii.gz``).
         gt_dir: reference folder: a cohort folder with masks (images optional), optionally with a manifest
-            for patient ids (see :func:`~longiseg.data.loading.find_mask_cases`).
+            for patient ids (see :func:`~longiseg.data.cohort.find_mask_cases`).
         protocol: ``"segmast"``, ``"tdw"`` or an :class:`EvaluationProtocol`.
         model: model name for reports (default: the name of ``pred_dir``).
         output_dir: if given, write the report there (see :func:`write_report`).

@@ -327,13 +327,14 @@ def evolution_folder(
 ) -> list[CaseEvolution]:
     """:func:`lesion_evolution` of every case folder of ``root`` (predictions or references).
 
-    Cases are listed by :func:`~longiseg.data.loading.find_mask_cases` (sub-folders holding
+    Cases are listed by :func:`~longiseg.data.cohort.find_mask_cases` (sub-folders holding
     ``baseline_mask.nii.gz`` and ``progression_t1..n.nii.gz``; patient ids from ``root``'s manifest when
-    present) and read by :func:`~longiseg.data.loading.read_prediction`.
+    present) and read by :func:`~longiseg.data.predictions.read_prediction`.
     """
     from tqdm.auto import tqdm
 
-    from longiseg.data.loading import find_mask_cases, read_prediction
+    from longiseg.data.cohort import find_mask_cases
+    from longiseg.data.predictions import read_prediction
 
     _check_min_volume(min_volume_mm3)  # bad options fail before any case is read
     _check_connectivity(connectivity, 3)

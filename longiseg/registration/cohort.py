@@ -69,7 +69,8 @@ import numpy as np
 
 from longiseg.data import layout
 from longiseg.data.case import affine_spacing
-from longiseg.data.loading import Manifest, ManifestEntry, read_manifest, read_mask, write_manifest
+from longiseg.data.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
+from longiseg.data.volumes import read_mask
 from longiseg.registration.grid import Grid, from_sitk, isotropic_grid, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import (
     PairOptions,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from longiseg.data import layout
-from longiseg.data.loading import read_mask
+from longiseg.data.volumes import read_mask
 from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import resample
 from longiseg.utils.io import atomic_directory

@@ -20,7 +20,8 @@ import numpy as np
 
 from longiseg.data import layout
 from longiseg.data.case import PLANES, affine_spacing, display_slice, plane_axes
-from longiseg.data.loading import Grid, check_same_grid, read_prediction, read_volume
+from longiseg.data.predictions import read_prediction
+from longiseg.data.volumes import Grid, check_same_grid, read_volume
 from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
 from longiseg.utils.io import atomic_write
 from longiseg.utils.plotting import subplots

@@ -20,7 +20,7 @@ __all__ = ["QFORM_SFORM_ATOL", "HEADER_AFFINE_ATOL", "SpatialHeader", "spatial_h
 
 #: Largest difference (mm, or direction units) between the qform and the sform of one file: the qform stores
 #: its rotation as a float32 quaternion, so matching forms differ by round-off, not by millimetres. Files read
-#: (:func:`longiseg.data.loading.nifti_spacing`) and written (:func:`atomic_save_nifti` with ``header=``) whose
+#: (:func:`longiseg.data.volumes.nifti_spacing`) and written (:func:`atomic_save_nifti` with ``header=``) whose
 #: two forms differ by more describe two grids.
 QFORM_SFORM_ATOL = 1e-3
 #: Largest difference (mm) between the affine a file is written with and the form that places the voxels in

@@ -39,9 +39,11 @@ from typing import Any
 
 import torch
 
+from longiseg.data.cohort import find_cases
 from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_cohort
 from longiseg.data.layout import MANIFEST_JSON
-from longiseg.data.loading import find_cases, load_case, read_manifest
+from longiseg.data.loading import load_case
+from longiseg.data.manifest import read_manifest
 from longiseg.data.split import write_test_split
 from longiseg.engine.checkpoint import load_model
 from longiseg.engine.config import TrainerConfig, save_config

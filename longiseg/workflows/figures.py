@@ -153,7 +153,7 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
     both (else the one with the most new/enlarging voxels).
     """
     from longiseg.data.lesions import label_persisting_lesions
-    from longiseg.data.loading import read_prediction
+    from longiseg.data.predictions import read_prediction
     from longiseg.utils.plotting import subplots
 
     case_id = case.case_id

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import prediction_filenames
-from longiseg.data.loading import CaseSource
+from longiseg.data.sources import CaseSource
 from longiseg.inferers.predict import predict_folder, read_zscored
 from longiseg.inferers.sliding_window import SlidingWindowInferer3D
 from longiseg.inferers.triplanar import TriplanarInferer

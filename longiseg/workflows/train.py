@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from longiseg.data.cohort import check_same_timepoints, find_cases
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
-from longiseg.data.loading import check_case_headers, check_case_voxels, check_same_timepoints, find_cases
+from longiseg.data.loading import check_case_headers, check_case_voxels
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler, positive_slots
 from longiseg.data.split import split_by_patient

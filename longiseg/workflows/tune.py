@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from longiseg.data.loading import find_cases
+from longiseg.data.cohort import find_cases
 from longiseg.engine.checkpoint import check_writable, load_model, update_spec
 from longiseg.inferers.predict import infer_case, read_zscored
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case

@@ -1,0 +1,349 @@
+"""A cohort folder in the library layout: finding its cases (no voxels read) and checking they fit together.
+
+With a manifest (:mod:`longiseg.data.manifest`) its case order, modalities, timepoint counts and progression
+flags are used; otherwise every sub-folder holding ``t0_*`` images is a case. :func:`find_cases` lists image
+cases, :func:`find_mask_cases` reference (mask) cases; :func:`check_same_modalities` and
+:func:`check_same_timepoints` refuse cases that cannot share one model input layout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from longiseg.data import layout
+from longiseg.data.case import LongitudinalCase
+from longiseg.data.manifest import Manifest, ManifestEntry, read_manifest
+from longiseg.data.sources import CaseSource, MaskSpec
+
+__all__ = [
+    "find_cases",
+    "find_mask_cases",
+    "scan_cohort",
+    "case_source",
+    "format_case_ids",
+    "modality_mismatches",
+    "check_same_modalities",
+    "check_same_timepoints",
+]
+
+PathLike = str | os.PathLike
+
+
+def case_source(source: CaseSource | PathLike) -> CaseSource:
+    """The case a command was given: a :class:`~longiseg.data.sources.CaseSource` itself, or the case of one case
+    folder in the library layout (masks optional, channels the baseline's modalities in alphabetical order).
+
+    Raises:
+        FileNotFoundError: the folder does not exist or holds no baseline image.
+        ValueError: the folder name is not a valid case id, or its files are not a case (see :func:`find_cases`).
+    """
+    if isinstance(source, CaseSource):
+        return source
+    folder = Path(source)
+    if folder.name in ("", ".", ".."):
+        folder = folder.resolve()
+    return _source_from_folder(folder, modalities=None, require_masks=False)
+
+
+
+def _source_from_folder(
+    folder: Path,
+    modalities: Sequence[str] | None,
+    require_masks: bool,
+    num_timepoints: int | None = None,
+    patient_id: str = "",
+    has_progression: bool | None = None,
+    baseline_annotated: bool = True,
+) -> CaseSource:
+    case_id = layout.check_case_id(folder.name, where=f"case folder {folder}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"case folder {folder} does not exist")
+    found = layout.scan_images(folder)
+    if not found:
+        raise FileNotFoundError(
+            f"case {case_id!r}: no image files named like {layout.image_filename(0, 'flair')} in {folder}"
+        )
+    if modalities is None:
+        modalities = sorted(found.get(0, {}))
+        if not modalities:
+            raise FileNotFoundError(f"case {case_id!r}: no baseline images (t0_*.nii.gz) in {folder}")
+    mods = tuple(m.lower() for m in modalities)
+    t_count = num_timepoints if num_timepoints is not None else max(found) + 1
+    if max(found) >= t_count:
+        raise ValueError(
+            f"case {case_id!r}: the manifest gives {t_count} timepoints but {folder} holds images of "
+            f"timepoint {max(found)}; correct num_timepoints or remove the extra files"
+        )
+    if t_count < 2:
+        raise ValueError(
+            f"case {case_id!r}: needs at least 2 timepoints (a baseline and a follow-up), found {t_count} in {folder}"
+        )
+    image_files = []
+    for t in range(t_count):
+        row = []
+        for m in mods:
+            p = found.get(t, {}).get(m)
+            if p is None:
+                raise FileNotFoundError(f"case {case_id!r}: missing image {folder / layout.image_filename(t, m)}")
+            row.append(p)
+        image_files.append(tuple(row))
+    mask_names = [layout.BASELINE_MASK] + [layout.progression_filename(i) for i in range(1, t_count)]
+    mask_paths = [layout.find_nifti(folder, name) for name in mask_names]
+    baseline_spec = prog_specs = None
+    if require_masks or any(p is not None for p in mask_paths):
+        missing = [str(folder / name) for name, p in zip(mask_names, mask_paths) if p is None]
+        if missing:
+            raise FileNotFoundError(f"case {case_id!r}: missing file(s): {', '.join(missing)}")
+        baseline_spec = MaskSpec((mask_paths[0],), "binary")  # type: ignore[arg-type]
+        prog_specs = tuple(MaskSpec((p,), "binary") for p in mask_paths[1:])  # type: ignore[arg-type]
+    return CaseSource(
+        case_id=case_id,
+        patient_id=patient_id,
+        modalities=mods,
+        image_files=tuple(image_files),
+        baseline_mask=baseline_spec,
+        progression_masks=prog_specs,
+        brain_mask=layout.find_nifti(folder, layout.BRAIN_MASK),
+        has_progression=has_progression if baseline_spec is not None else None,
+        baseline_annotated=baseline_annotated,
+    )
+
+
+def format_case_ids(ids: Sequence[str], limit: int = 5) -> str:
+    """``'a', 'b', 'c' and 4 more``: case ids for a message, at most ``limit`` of them named."""
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def modality_mismatches(cases: Sequence[CaseSource | LongitudinalCase]
+                        ) -> tuple[tuple[str, ...], list[str], dict[str, str]]:
+    """Which cases load other modalities (names or channel order) than most.
+
+    Args:
+        cases: case sources or loaded cases.
+
+    Returns:
+        ``(common, cases_with_common, {case_id: message})``: the modalities most cases have (ties: those of the
+        first case), the ids of the cases that have them, and one message per case that has others, naming its
+        modalities, the common ones and the cases with them. Empty messages when all agree.
+    """
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for c in cases:
+        groups.setdefault(tuple(c.modalities), []).append(c.case_id)
+    if not groups:
+        return (), [], {}
+    common = max(groups, key=lambda mods: len(groups[mods]))  # max keeps the first of equal counts
+    odd = {cid: (f"case {cid!r} has the modalities {list(mods)} but {format_case_ids(groups[common])} "
+                 f"{'has' if len(groups[common]) == 1 else 'have'} {list(common)}: all cases must have the same "
+                 "modalities in the same channel order (give the channel order as modalities= / data.modalities or "
+                 "in a manifest, and give every case those images)")
+           for mods, ids in groups.items() if mods != common for cid in ids}
+    return common, groups[common], odd
+
+
+def check_same_modalities(cases: Sequence[CaseSource | LongitudinalCase]) -> tuple[str, ...]:
+    """Refuse cases that do not all have the same modalities in the same order (one model input layout).
+
+    Args:
+        cases: case sources or loaded cases (e.g. the training and validation cases together).
+
+    Returns:
+        The common modalities (``()`` for no case).
+
+    Raises:
+        ValueError: naming the cases with other modalities, theirs and the common ones.
+    """
+    common, _, odd = modality_mismatches(cases)
+    if odd:
+        first = next(iter(odd.values()))
+        more = f" (also {format_case_ids(list(odd)[1:])})" if len(odd) > 1 else ""
+        raise ValueError(first + more)
+    return common
+
+
+def check_same_timepoints(cases: Sequence[CaseSource | LongitudinalCase], remedy: str = "make one dataset per T"
+                          ) -> int:
+    """Refuse cases that do not all have the same number of timepoints ``T`` (a batch stacks samples of one ``T``).
+
+    Args:
+        cases: case sources or loaded cases (e.g. the training and validation cases together).
+        remedy: what to do instead, ending the message.
+
+    Returns:
+        The common ``T`` (``0`` for no case).
+
+    Raises:
+        ValueError: naming the cases of each ``T``.
+    """
+    by_t: dict[int, list[str]] = {}
+    for c in cases:
+        by_t.setdefault(c.num_timepoints, []).append(c.case_id)
+    if len(by_t) > 1:
+        counts = "; ".join(f"T={t} for {format_case_ids(sorted(ids))}" for t, ids in sorted(by_t.items()))
+        raise ValueError(f"cases must all have the same number of timepoints ({counts}): a batch stacks samples "
+                         f"of one T; {remedy}")
+    return next(iter(by_t), 0)
+
+
+def _cohort_manifest(root: Path) -> Manifest | None:
+    """The manifest of a cohort folder (``manifest.json``, else ``manifest.csv``), ``None`` without one.
+
+    Raises:
+        FileNotFoundError: the manifest lists no case (a folder of no cases is an error, as without a manifest).
+    """
+    for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):
+        if (root / name).is_file():
+            manifest = read_manifest(root / name)
+            if not manifest.cases:
+                raise FileNotFoundError(f"{root / name} lists no case")
+            return manifest
+    return None
+
+
+def scan_cohort(
+    root: Path, modalities: Sequence[str] | None, require_masks: bool
+) -> list[tuple[str, CaseSource | OSError | ValueError]]:
+    """Every case of a cohort folder as ``(case_id, source)``, or ``(case_id, error)`` if it cannot be listed: what
+    :func:`find_cases` raises at the first problem, kept per case (for :func:`~longiseg.data.loading.validate_cases`).
+
+    Args:
+        root: cohort folder.
+        modalities: channel order (``None``: the manifest's, else each case's baseline modalities).
+        require_masks: a case without masks is an error.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing or holds no case folder (or its manifest lists none).
+        ValueError: the manifest is malformed.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"cohort folder {root} does not exist")
+    manifest = _cohort_manifest(root)
+    found: list[tuple[str, CaseSource | OSError | ValueError]] = []
+    if manifest is not None:
+        mods = modalities if modalities is not None else (manifest.modalities or None)
+        for entry in manifest.cases:
+            try:
+                found.append((entry.case_id, _source_from_folder(
+                    root / entry.case_id, mods, require_masks, num_timepoints=entry.num_timepoints,
+                    patient_id=entry.patient_id, has_progression=entry.progression,
+                    baseline_annotated=entry.baseline_annotated,
+                )))
+            except (OSError, ValueError) as exc:
+                found.append((entry.case_id, exc))
+        return _mark_odd_modalities(found)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if any(layout.image_timepoint(f.name) == 0 for f in folder.iterdir()):  # a bad modality name: refused below
+            try:
+                found.append((folder.name, _source_from_folder(folder, modalities, require_masks)))
+            except (OSError, ValueError) as exc:
+                found.append((folder.name, exc))
+    if not found:
+        raise FileNotFoundError(f"no case folders with t0_*.nii.gz images found in {root}")
+    return _mark_odd_modalities(found)
+
+
+def _mark_odd_modalities(found: list[tuple[str, CaseSource | OSError | ValueError]]
+                         ) -> list[tuple[str, CaseSource | OSError | ValueError]]:
+    """``found`` with every case whose modalities differ from most cases' replaced by a ``ValueError`` saying so
+    (without a manifest or given modalities each case's channels are its own baseline files, sorted by name)."""
+    _, _, odd = modality_mismatches([s for _, s in found if isinstance(s, CaseSource)])
+    return [(cid, ValueError(odd[cid]) if isinstance(s, CaseSource) and cid in odd else s) for cid, s in found]
+
+
+def find_cases(
+    root: PathLike,
+    *,
+    modalities: Sequence[str] | None = None,
+    require_masks: bool = True,
+) -> list[CaseSource]:
+    """List the cases of a folder in the library layout (see :mod:`longiseg.data.layout`) without reading voxels.
+
+    With a manifest (``manifest.json`` or ``manifest.csv``) its case order, modalities, timepoint counts and
+    progression flags are used; otherwise every sub-folder holding ``t0_*.nii.gz`` files is a case, the
+    number of timepoints is the highest ``t<i>`` found plus one and modalities default to the baseline's
+    modalities in alphabetical order, which must be the same for every case. Files may end in ``.nii.gz`` or
+    ``.nii``, not both for one name.
+
+    Args:
+        root: cohort folder.
+        modalities: channel order to load (e.g. ``["flair", "t2"]``); overrides the manifest's.
+        require_masks: raise if a case lacks its baseline/progression masks (set ``False`` for inference).
+
+    Returns:
+        One :class:`~longiseg.data.sources.CaseSource` per case.
+
+    Raises:
+        FileNotFoundError: ``root`` or a required file is missing.
+        ValueError: a case has fewer than two timepoints, the manifest disagrees with the files, cases have
+            different modalities (names or order; :func:`check_same_modalities`), a case id
+            is not a single folder name (:func:`~longiseg.data.layout.check_case_id`), or a ``.nii`` and a
+            ``.nii.gz`` of one name both exist. :func:`~longiseg.data.loading.validate_cases` reports these per case instead.
+    """
+    sources = []
+    for _, src in scan_cohort(Path(root), modalities, require_masks):
+        if not isinstance(src, CaseSource):
+            raise src
+        sources.append(src)
+    return sources
+
+
+def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
+    """List the cases of a reference folder (masks in the library layout, images optional); no voxels read.
+
+    A case is a sub-folder holding ``baseline_mask.nii.gz`` and ``progression_t1 .. progression_t{T-1}``
+    (``.nii`` or ``.nii.gz``). With a manifest (read by :func:`~longiseg.data.manifest.read_manifest`, so exactly the manifests
+    :func:`find_cases` accepts) its cases, order and patient ids are used; otherwise every sub-folder
+    holding a baseline mask is a case of its own patient. ``T`` is the manifest's ``num_timepoints`` or,
+    where it is left out, counted from the files (the highest follow-up of the progression masks and images).
+
+    Args:
+        root: reference folder, e.g. a test cohort.
+
+    Returns:
+        One :class:`~longiseg.data.manifest.ManifestEntry` per case, ``num_timepoints`` always set.
+
+    Raises:
+        FileNotFoundError: ``root`` or a case folder is missing, ``root`` holds no case, or a case lacks a
+            mask (naming the files).
+        ValueError: a malformed manifest, an invalid case id, files of more timepoints than the manifest
+            gives, fewer than two timepoints, or a ``.nii`` and a ``.nii.gz`` of one mask.
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"mask folder {root} is a file, not a folder")
+    if not root.is_dir():
+        raise FileNotFoundError(f"mask folder {root} does not exist")
+    manifest = _cohort_manifest(root)
+    if manifest is not None:
+        rows = list(manifest.cases)
+    else:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        rows = [ManifestEntry(p.name, "", None, None)
+                for p in folders if layout.find_nifti(p, layout.BASELINE_MASK)]
+        if not rows:
+            raise FileNotFoundError(f"no case folders with a {layout.BASELINE_MASK} found in {root}")
+    return [_mask_case(root, row) for row in rows]
+
+
+def _mask_case(root: Path, row: ManifestEntry) -> ManifestEntry:
+    """``row`` with its number of timepoints resolved, after checking that every mask of the case exists."""
+    folder = root / layout.check_case_id(row.case_id, where=f"case folder {root / row.case_id}")
+    cid = row.case_id
+    if not folder.is_dir():
+        raise FileNotFoundError(f"case {cid!r}: case folder {folder} does not exist")
+    followups = [layout.parse_progression_filename(f.name) for f in folder.iterdir()]
+    on_disk = max([0, *(i for i in followups if i is not None), *layout.scan_images(folder)]) + 1
+    t = row.num_timepoints if row.num_timepoints is not None else on_disk
+    if on_disk > t:
+        raise ValueError(f"case {cid!r}: the manifest gives {t} timepoints but {folder} holds files of "
+                         f"timepoint {on_disk - 1}; correct num_timepoints or remove the extra files")
+    if t < 2:
+        raise ValueError(f"case {cid!r}: needs at least 2 timepoints (a baseline and a follow-up), but "
+                         f"{folder} holds no {layout.progression_filename(1)}")
+    names = [layout.BASELINE_MASK] + [layout.progression_filename(i) for i in range(1, t)]
+    missing = [str(folder / n) for n in names if layout.find_nifti(folder, n) is None]
+    if missing:
+        raise FileNotFoundError(f"case {cid!r}: missing file(s): {', '.join(missing)}")
+    return ManifestEntry(cid, row.patient_id or cid, t, row.progression)
