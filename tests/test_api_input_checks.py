@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from longiseg.data import LongitudinalAugment, TimepointVariation, build_sampling_index
-from longiseg.engine.trainer import param_groups_weight_decay
+from longiseg.engine.optim import param_groups_weight_decay
 from longiseg.losses import select_progression_samples
 from longiseg.metrics import (
     ResultsTable,

@@ -319,7 +319,7 @@ def test_validate_every_and_monitor_errors(tmp_path) -> None:
 
 
 def test_optimizer_is_the_fused_adamw_with_the_loop_s_result(tmp_path) -> None:
-    from longiseg.engine.trainer import build_optimizer
+    from longiseg.engine.optim import build_optimizer
 
     torch.manual_seed(0)
     models = [build_model("segmast", widths=[8, 16, 16, 32], depths=[1, 1, 1, 1], decoder_dim=16) for _ in range(2)]

@@ -1,4 +1,4 @@
-"""Training engine: the :class:`Trainer`, its configuration, LR schedule, checkpoints and DDP helpers."""
+"""Training engine: the :class:`Trainer`, its configuration, optimizer, LR schedule, seeding, checkpoints and DDP helpers."""
 
 from __future__ import annotations
 
@@ -30,15 +30,10 @@ from longiseg.engine.distributed import (
     init_distributed,
     is_main_process,
 )
+from longiseg.engine.optim import build_optimizer, param_groups_weight_decay
 from longiseg.engine.schedulers import WarmupCosineSchedule, build_warmup_cosine_scheduler
-from longiseg.engine.trainer import (
-    FitResult,
-    Trainer,
-    build_optimizer,
-    epoch_seed,
-    param_groups_weight_decay,
-    seed_everything,
-)
+from longiseg.engine.seeding import epoch_seed, seed_everything
+from longiseg.engine.trainer import FitResult, Trainer
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",

@@ -29,13 +29,13 @@ from longiseg.data.transforms import LongitudinalAugment
 from longiseg.engine.checkpoint import load_checkpoint
 from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
+from longiseg.engine.seeding import seed_everything
 from longiseg.engine.trainer import (
     LAST_CHECKPOINT,
     TENSORBOARD_DIR,
     FitResult,
     Trainer,
     check_fresh_start,
-    seed_everything,
 )
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.losses.imbalance import ImbalanceAwareLoss
