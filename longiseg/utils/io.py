@@ -517,11 +517,10 @@ def atomic_torch_save(obj: Any, path: PathLike, *, overwrite: bool = True) -> Pa
 def __getattr__(name: str) -> Any:
     """``load_nifti`` and ``atomic_save_nifti`` lived here until 0.3.11; they are :mod:`longiseg.utils.nifti`'s."""
     if name in ("load_nifti", "atomic_save_nifti"):
+        import importlib
         import warnings
 
         warnings.warn(f"longiseg.utils.io.{name} moved to longiseg.utils.nifti.{name} (0.3.12)", DeprecationWarning,
                       stacklevel=2)
-        from longiseg.utils import nifti
-
-        return getattr(nifti, name)
+        return getattr(importlib.import_module("longiseg.utils.nifti"), name)  # utils.nifti imports this module
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
