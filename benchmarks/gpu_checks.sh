@@ -58,6 +58,13 @@ if "$PY" -c "from longiseg.ssm import cuda as b; raise SystemExit(0 if b.cuda_sc
 else
     HAVE_MAMBA_SSM=0 SCAN_CUDA=""
 fi
+# DynUNet is MONAI's (an optional extra): timed where MONAI is installed, left out (and said so) where it is not
+MODELS_2D="segmast_ms segformer_ms"
+if "$PY" -c "import monai" 2>/dev/null; then
+    MODELS_2D="$MODELS_2D dynunet_2d_ms"
+else
+    echo "monai is not installed: dynunet_2d_ms is left out of the model benchmark"
+fi
 
 step gpu 30 nvidia-smi
 step versions 60 "$PY" - <<'EOF'
@@ -70,6 +77,10 @@ except Exception as err:
     print("triton: not importable:", err)
 from longiseg.ssm import cuda as bridge, resolve_backend
 print("mamba-ssm importable:", bridge.cuda_scan_available(), "| auto on cuda:", resolve_backend("auto", torch.device("cuda")))
+import importlib.util
+missing = [m for m in ("nibabel", "cc3d", "monai", "numba", "timm", "einops", "scipy", "yaml", "hypothesis")
+           if importlib.util.find_spec(m) is None]
+print("not installed (the checks below need none of them but monai, for DynUNet):", missing or "none")
 EOF
 
 step pytest_cuda 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_triton_scan.py tests/test_selective_scan.py \
@@ -102,8 +113,9 @@ for backend in ["triton", "chunked"] + (["cuda"] if bridge.cuda_scan_available()
     print(f"{backend:>8}: {t.median * 1e3:8.2f} ms/step  peak {peak:7.0f} MiB  loss finite: {torch.isfinite(block(x)).all().item()}")
 EOF
 
+# $MODELS_2D unquoted: a list of words
 step models_paper_triton 120 env LONGISEG_SCAN_BACKEND=triton "$PY" benchmarks/bench_models.py --paper --device cuda \
-    --models segmast_ms segformer_ms dynunet_2d_ms --no-inference
+    --models $MODELS_2D --no-inference
 step models_paper_chunked 60 env LONGISEG_SCAN_BACKEND=chunked "$PY" benchmarks/bench_models.py --paper --device cuda \
     --models segmast_ms --no-inference
 if [ "$HAVE_MAMBA_SSM" -eq 1 ]; then

@@ -37,7 +37,7 @@ LAYERS: dict[str, int] = {
 }
 
 #: Imported only where used (optional or slow to import): ``import longiseg`` must not import them.
-LAZY_MODULES = ("matplotlib", "monai", "nilearn", "numba", "SimpleITK", "timm", "torchvision")
+LAZY_MODULES = ("cc3d", "matplotlib", "monai", "nibabel", "nilearn", "numba", "SimpleITK", "timm", "torchvision")
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

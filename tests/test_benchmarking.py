@@ -313,9 +313,10 @@ def test_gpu_checks_records_and_reports_a_failed_step(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls"
-    # a fake interpreter: every step passes but the scan benchmark (all of its measurements failed); no mamba-ssm
+    # a fake interpreter: every step passes but the scan benchmark (all of its measurements failed); no mamba-ssm,
+    # no MONAI
     (bin_dir / "python").write_text(f'#!/usr/bin/env bash\necho "$*" >> "{log}"\n'
-                                    '[[ "$*" == *cuda_scan_available* ]] && exit 1\n'
+                                    '[[ "$*" == *cuda_scan_available* || "$*" == *"import monai"* ]] && exit 1\n'
                                     '[[ "$1" == benchmarks/bench_selective_scan.py ]] && exit 1\nexit 0\n')
     (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\necho fake gpu\n")
     for tool in bin_dir.iterdir():
@@ -328,3 +329,6 @@ def test_gpu_checks_records_and_reports_a_failed_step(tmp_path: Path) -> None:
     assert res.returncode == 1 and "2 step(s) failed (exit code): scan_fwd_bwd(1) scan_forward(1)" in res.stderr
     assert "--methods triton,chunked,sdpa" in log.read_text(encoding="utf-8")  # mamba-ssm only requested where installed
     assert "models_paper_cuda" not in summary
+    # without MONAI (an optional extra, absent from some GPU images) DynUNet is left out, not the whole model step
+    assert "--models segmast_ms segformer_ms --no-inference" in log.read_text(encoding="utf-8")
+    assert "dynunet_2d_ms is left out" in res.stdout and summary["models_paper_triton"] == "0"

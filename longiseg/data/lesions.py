@@ -17,7 +17,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cc3d
 import numpy as np
 from scipy import ndimage
 
@@ -114,6 +113,8 @@ def min_voxel_count(min_volume_mm3: float, voxel_volume_mm3: float) -> int:
 
 def label_mask(mask: np.ndarray, sp: np.ndarray, connectivity: int, min_volume_mm3: float) -> LesionLabels:
     """:func:`label_lesions` of an already checked ``bool`` mask, spacing array, connectivity and volume."""
+    import cc3d  # here, not at the top: `import longiseg` (models, scans, training) needs no lesion labelling
+
     voxel_volume = float(np.prod(sp))
     # cc3d (4.1) labels non-contiguous views wrongly (e.g. a cropped slice): always pass a C-contiguous array.
     labels, n = cc3d.connected_components(
