@@ -522,7 +522,7 @@ def test_skip_existing_workers_split_the_cases_by_claims(tmp_path: Path, caplog:
             raise RuntimeError(broken[0])
         return load_case(source)
 
-    with caplog.at_level("INFO", logger="longiseg.inferers.predict"):
+    with caplog.at_level("INFO", logger="longiseg.inferers"):
         res = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
                              skip_existing=True)
     assert sorted(res) == ["a", "c", "e"]
@@ -594,7 +594,7 @@ def test_skip_existing_keeps_a_case_another_process_completed_meanwhile(
                        reader=reader)
     meanwhile["ref"] = "same"
 
-    with caplog.at_level("INFO", logger="longiseg.inferers.predict"):
+    with caplog.at_level("INFO", logger="longiseg.inferers"):
         res = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
                              skip_existing=True)
     assert sorted(res) == ["a", "c"]

@@ -14,14 +14,8 @@ that ``skip_existing`` compares.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import inspect
-import json
-import os
-import socket
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +25,6 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from longiseg._version import __version__
 from longiseg.data.case import LongitudinalCase, affine_spacing
 from longiseg.data.cohort import find_cases
 from longiseg.data.layout import check_case_id, prediction_filenames
@@ -44,19 +37,18 @@ from longiseg.data.predictions import (
 )
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.sources import CaseSource
+from longiseg.inferers.claims import claim_case, claim_holder, release_claim
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
+from longiseg.inferers.provenance import check_same_producer, prediction_record, qualified_name
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
 from longiseg.networks.wrappers import unwrap_model
-from longiseg.spec import ModelSpec, plain_data
+from longiseg.spec import ModelSpec
 from longiseg.utils.io import (
     check_replaceable,
     folder_is_empty,
-    host_tag,
-    process_start_time,
     removed_if_created,
-    writer_ended,
 )
 from longiseg.utils.logging import get_logger
 from longiseg.utils.masks import as_spacing
@@ -170,200 +162,11 @@ def _check_options(options: dict[str, object]) -> None:
 #: The settings of :data:`_OPTIONS` that change the written masks and maps (the others say which files to write
 #: and whether to replace them); recorded, with the inferer's, in :data:`~longiseg.data.predictions.PREDICTION_RECORD`.
 _OUTPUT_OPTIONS = tuple(n for n in _OPTIONS if n not in ("save_probabilities", "save_entropy", "overwrite"))
-#: Inferer settings that do not change its probabilities (where it runs, in which batches, progress bars).
-_RUN_ONLY = ("device", "batch_size", "progress")
-#: Record fields that describe a prediction without deciding whether it may be kept (not compared).
-_INFORMATION_ONLY = ("longiseg_version",)
 
 
 def _default_inferer(inferer: Inferer | None) -> Inferer:
     """``inferer``, or the default :class:`TriplanarInferer` for ``None``."""
     return TriplanarInferer() if inferer is None else inferer
-
-
-def _qualified_name(obj: object) -> str:
-    """``module.QualifiedName`` of a function, or of the class of any other object."""
-    named = obj if inspect.isroutine(obj) else type(obj)
-    return f"{getattr(named, '__module__', None)}.{getattr(named, '__qualname__', type(obj).__qualname__)}"
-
-
-def _weights_sha256(model: nn.Module) -> str:
-    """sha256 over the state dict of the model inside any wrapper: each entry's name, dtype, shape and bytes, in
-    the state dict's order (the same weights give the same digest on any device)."""
-    digest = hashlib.sha256()
-    for key, value in unwrap_model(model).state_dict().items():
-        digest.update(key.encode())
-        if isinstance(value, torch.Tensor):
-            tensor = value.detach().cpu().contiguous()
-            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-        else:  # a module's extra state
-            digest.update(repr(value).encode())
-    return digest.hexdigest()
-
-
-def _inferer_settings(inferer: Inferer) -> dict[str, Any]:
-    """The inferer's class and settings: the arguments of its constructor that it keeps as attributes of the same
-    name and that are plain data, except :data:`_RUN_ONLY` (a function inferer: its name alone)."""
-    settings: dict[str, Any] = {"class": _qualified_name(inferer)}
-    names = () if inspect.isroutine(inferer) else inspect.signature(type(inferer)).parameters
-    for name in names:
-        if name in _RUN_ONLY or not hasattr(inferer, name):
-            continue
-        try:
-            settings[name] = plain_data(getattr(inferer, name), name)
-        except TypeError:  # not plain data: its text may hold a memory address, so it is left out
-            continue
-    return settings
-
-
-def _prediction_record(model: nn.Module, inferer: Inferer, options: Mapping[str, object]) -> dict[str, Any]:
-    """What produced a prediction, as JSON data: the model (class, registry name and kwargs where
-    ``model.spec`` gives them, a digest of its weights), the inferer and its settings, the settings of
-    :data:`_OUTPUT_OPTIONS` (``options``: every name of :data:`_OPTIONS`) and the longiseg version."""
-    inner = unwrap_model(model)
-    spec = getattr(inner, "spec", None)
-    spec = spec if isinstance(spec, ModelSpec) else None
-    return {
-        "model": {"class": _qualified_name(inner), "name": None if spec is None else spec.name,
-                  "kwargs": None if spec is None else plain_data(spec.kwargs, "model.spec.kwargs"),
-                  "weights_sha256": _weights_sha256(inner)},
-        "inferer": _inferer_settings(inferer),
-        "settings": {name: plain_data(options[name], name) for name in _OUTPUT_OPTIONS},
-        "longiseg_version": __version__,
-    }
-
-
-def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}} -> {"a.b": 1}`` (empty mappings and other values are leaves)."""
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _brief(value: object) -> str:
-    """``value`` as JSON text for a message, a long text (a digest) or list cut short."""
-    if isinstance(value, str) and len(value) > 16:
-        value = f"{value[:12]}..."
-    text = json.dumps(value)
-    return text if len(text) <= 40 else f"{text[:36]}..."
-
-
-def _check_same_producer(folder: Path, case_id: str, record: Mapping[str, Any]) -> None:
-    """Refuse to keep the complete prediction ``folder`` of ``case_id`` unless its
-    :data:`~longiseg.data.predictions.PREDICTION_RECORD` equals ``record`` (the version aside)."""
-    try:
-        stored = json.loads((folder / PREDICTION_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        stored = None
-    if not isinstance(stored, dict):
-        raise FileExistsError(
-            f"case {case_id!r} was predicted without a readable record of its model and settings ({folder} holds no "
-            f"valid {PREDICTION_RECORD}: an earlier version of longiseg or an import wrote it), so it cannot be "
-            "kept; pass overwrite=True (--overwrite) to replace it")
-    now = _flat(json.loads(json.dumps(record)))  # as stored: tuples become lists
-    before = _flat(stored)
-    differ = [f"{key} {_brief(before.get(key))} recorded, {_brief(now.get(key))} now"
-              for key in [*now, *(k for k in before if k not in now)]
-              if key.split(".")[0] not in _INFORMATION_ONLY and before.get(key) != now.get(key)]
-    if differ:
-        raise FileExistsError(f"case {case_id!r} was predicted by another model or other settings "
-                              f"({'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}); pass "
-                              "overwrite=True (--overwrite) to replace it")
-
-
-def _claim_path(out_dir: Path, case_id: str) -> Path:
-    """The claim file of a case: hidden and beside the case folders, so readers of the predictions (and
-    :func:`_foreign_entries`) never see it."""
-    return out_dir / f".{case_id}.claim"
-
-
-def _read_claim(path: Path) -> dict[str, Any] | None:
-    """The claim in ``path`` (``{"host", "pid", "started", "token"}``), ``None`` when unreadable (being written, or not
-    ours); ``FileNotFoundError`` when gone."""
-    try:
-        claim = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError):
-        return None
-    return claim if isinstance(claim, dict) else None
-
-
-def _claim_alive(path: Path, claim: dict[str, Any] | None) -> bool:
-    """Whether ``claim`` (read from ``path``) is held by a live process (:func:`~longiseg.utils.io.writer_ended`:
-    on this host when its process exists; of another host, or unreadable, until a day after it was made)."""
-    pid = None if claim is None else claim.get("pid")
-    if claim is None or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        return not writer_ended(path, 0, "unreadable")
-    host = host_tag() if claim.get("host") == socket.gethostname() else f"host {claim.get('host')}"
-    started = claim.get("started")
-    return not writer_ended(path, pid, host, started if isinstance(started, int) else None)
-
-
-def _holder(claim: Mapping[str, Any] | None) -> str:
-    """``pid PID on HOST`` of a claim, for messages."""
-    return f"pid {claim.get('pid')} on {claim.get('host')}" if claim else "unknown"
-
-
-def _claim_case(out_dir: Path, case_id: str) -> tuple[Path | None, dict[str, Any]]:
-    """Claim ``case_id`` for this process: create its claim file (:func:`_claim_path`) atomically, holding this
-    host, pid, the process' start time (a reused pid is another process) and a token. A claim whose process is
-    gone (:func:`_claim_alive`) is taken over.
-
-    Returns:
-        ``(path, claim)`` when claimed; ``(None, holder's claim or {})`` when a live process holds the case.
-    """
-    path = _claim_path(out_dir, case_id)
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start_time(os.getpid()),
-            "token": uuid.uuid4().hex}
-    for _ in range(5):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:  # out_dir removed meanwhile (a failed run that created it): again
-            continue
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(mine, fh)
-            return path, mine
-        try:
-            held = _read_claim(path)
-        except FileNotFoundError:  # released meanwhile: again
-            continue
-        if _claim_alive(path, held):
-            return None, held or {}
-        # abandoned: take it aside under a name of our own, so that of several processes taking it over at once
-        # only one removes it (and none another's new claim)
-        aside = path.with_name(f"{path.name}.{mine['token']}.abandoned")
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            continue
-        try:
-            taken = _read_claim(aside)
-            if taken != held:  # a new claim made after the abandoned one was removed: give it back
-                with contextlib.suppress(OSError):
-                    os.link(aside, path)
-                return None, taken or {}
-        finally:
-            with contextlib.suppress(OSError):
-                aside.unlink()
-        logger.info("case %s: taking over the abandoned claim of %s", case_id, _holder(held))
-    return None, {}
-
-
-def _release_claim(path: Path, claim: Mapping[str, Any]) -> None:
-    """Remove the claim file ``path`` if it still holds ``claim`` (not one that another process took over)."""
-    with contextlib.suppress(OSError):
-        if _read_claim(path) == claim:
-            path.unlink()
 
 
 def predict_case(
@@ -462,7 +265,7 @@ def predict_case(
 
     inferer = _default_inferer(inferer)
     if record is None:
-        record = _prediction_record(model, inferer, options)
+        record = prediction_record(model, inferer, {n: options[n] for n in _OUTPUT_OPTIONS})
     base_prob, prog_prob = infer_case(inferer, model, imgs, brain, aff)
     if base_prob.shape != tuple(imgs.shape[2:]) or prog_prob.shape != (t - 1, *imgs.shape[2:]):
         raise ValueError(
@@ -526,7 +329,7 @@ def predict_folder(
             of another model or settings, or without a record, is refused before any case is predicted. A
             case folder left incomplete by an interrupted run is predicted again. Several processes may
             share one ``out_dir`` this way: each claims a case before reading it (a hidden ``OUT/.CASE_ID.claim``
-            file, created atomically and removed afterwards; see :func:`_claim_case`) and leaves the cases that
+            file, created atomically and removed afterwards; see :func:`claim_case`) and leaves the cases that
             a live process has claimed to it; a case that another process completed meanwhile is skipped when
             its record is this run's, refused otherwise.
         overwrite: replace existing outputs.
@@ -602,7 +405,8 @@ def predict_folder(
                         if predict_kwargs.get(flag, True)]
     inferer = _default_inferer(predict_kwargs.get("inferer"))  # type: ignore[arg-type]
     predict_kwargs = {**predict_kwargs, "inferer": inferer}  # one inferer for every case, the one recorded
-    produced_by = {**_prediction_record(model, inferer, options), "reader": _qualified_name(read)}
+    produced_by = {**prediction_record(model, inferer, {n: options[n] for n in _OUTPUT_OPTIONS}),
+                   "reader": qualified_name(read)}
     records = {cid: {**produced_by, "modalities": list(sources[cid].modalities)} for cid in ids}
     fixed_t = getattr(model, "num_timepoints", None)  # models built for one T say so; others take any T >= 2
     for cid in ids:  # every case before any is predicted
@@ -619,7 +423,7 @@ def predict_folder(
             if overwrite:  # a read-only case folder fails here, not after the cases before it were replaced
                 check_replaceable(out_dir / cid)
         if skip_existing and not overwrite and prediction_complete(out_dir, cid, sources[cid].num_timepoints, kinds):
-            _check_same_producer(out_dir / cid, cid, records[cid])  # kept only if this model, these settings
+            check_same_producer(out_dir / cid, cid, records[cid])  # kept only if this model, these settings
         if check_case is not None:
             check_case(sources[cid])
     # NaN intensities or a brain mask of 0/255 fail here, not after the cases before them were written; workers
@@ -633,9 +437,9 @@ def predict_folder(
         for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
             claimed: Path | None = None
             if skip_existing:  # several workers may share the cohort: each case is predicted by one of them
-                claimed, claim = _claim_case(out_dir, cid)
+                claimed, claim = claim_case(out_dir, cid)
                 if claimed is None:
-                    logger.info("skipping case %s: another process (%s) is predicting it", cid, _holder(claim))
+                    logger.info("skipping case %s: another process (%s) is predicting it", cid, claim_holder(claim))
                     continue
             try:
                 done = _predict_listed_case(model, read, out_dir, sources[cid], kinds, records[cid], skip_existing,
@@ -647,7 +451,7 @@ def predict_folder(
                         after_case(sources[cid], out_dir / cid)
             finally:
                 if claimed is not None:
-                    _release_claim(claimed, claim)
+                    release_claim(claimed, claim)
     return results
 
 
@@ -661,7 +465,7 @@ def _predict_listed_case(
     case_overwrite = overwrite
     if skip_existing and not overwrite and (out_dir / cid).exists():
         if prediction_complete(out_dir, cid, source.num_timepoints, kinds):
-            _check_same_producer(out_dir / cid, cid, record)  # another process may have written it meanwhile
+            check_same_producer(out_dir / cid, cid, record)  # another process may have written it meanwhile
             logger.info("skipping case %s: outputs exist", cid)
             return True
         logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid, out_dir / cid)
@@ -680,6 +484,6 @@ def _predict_listed_case(
     except FileExistsError:  # another process (one that does not claim cases) wrote it meanwhile
         if not (skip_existing and prediction_complete(out_dir, cid, source.num_timepoints, kinds)):
             raise
-        _check_same_producer(out_dir / cid, cid, record)  # kept only if this model, these settings
+        check_same_producer(out_dir / cid, cid, record)  # kept only if this model, these settings
         logger.info("skipping case %s: another process predicted it meanwhile", cid)
         return None

@@ -1,0 +1,120 @@
+"""Claims on cases: several ``longiseg predict`` processes sharing one output folder each predict a case only after
+claiming it, so that no case is predicted twice and none is left out.
+
+A claim is a hidden file beside the case folders (``.CASE.claim``), created atomically and holding the host, pid,
+process start time and a random token; a claim whose process is gone (this host) or older than a day (another host)
+is abandoned and taken over by exactly one of the processes that find it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from longiseg.utils.io import host_tag, process_start_time, writer_ended
+from longiseg.utils.logging import get_logger
+
+__all__ = ["claim_case", "release_claim", "claim_holder"]
+
+logger = get_logger(__name__)
+
+
+def _claim_path(out_dir: Path, case_id: str) -> Path:
+    """The claim file of a case: hidden and beside the case folders, so readers of the predictions (and
+    :func:`~longiseg.inferers.predict.predict_folder`'s check for files it does not write) never see it."""
+    return out_dir / f".{case_id}.claim"
+
+
+def _read_claim(path: Path) -> dict[str, Any] | None:
+    """The claim in ``path`` (``{"host", "pid", "started", "token"}``), ``None`` when unreadable (being written, or not
+    ours); ``FileNotFoundError`` when gone."""
+    try:
+        claim = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError):
+        return None
+    return claim if isinstance(claim, dict) else None
+
+
+def _claim_alive(path: Path, claim: dict[str, Any] | None) -> bool:
+    """Whether ``claim`` (read from ``path``) is held by a live process (:func:`~longiseg.utils.io.writer_ended`:
+    on this host when its process exists; of another host, or unreadable, until a day after it was made)."""
+    pid = None if claim is None else claim.get("pid")
+    if claim is None or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return not writer_ended(path, 0, "unreadable")
+    host = host_tag() if claim.get("host") == socket.gethostname() else f"host {claim.get('host')}"
+    started = claim.get("started")
+    return not writer_ended(path, pid, host, started if isinstance(started, int) else None)
+
+
+def claim_holder(claim: Mapping[str, Any] | None) -> str:
+    """``pid PID on HOST`` of a claim, for messages."""
+    return f"pid {claim.get('pid')} on {claim.get('host')}" if claim else "unknown"
+
+
+def claim_case(out_dir: Path, case_id: str) -> tuple[Path | None, dict[str, Any]]:
+    """Claim ``case_id`` for this process: create its claim file (:func:`_claim_path`) atomically, holding this
+    host, pid, the process' start time (a reused pid is another process) and a token. A claim whose process is
+    gone (:func:`_claim_alive`) is taken over.
+
+    Args:
+        out_dir: the prediction folder (created if missing).
+        case_id: the case (a single folder name, checked by the caller).
+
+    Returns:
+        ``(path, claim)`` when claimed; ``(None, holder's claim or {})`` when a live process holds the case.
+    """
+    path = _claim_path(out_dir, case_id)
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start_time(os.getpid()),
+            "token": uuid.uuid4().hex}
+    for _ in range(5):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # out_dir removed meanwhile (a failed run that created it): again
+            continue
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(mine, fh)
+            return path, mine
+        try:
+            held = _read_claim(path)
+        except FileNotFoundError:  # released meanwhile: again
+            continue
+        if _claim_alive(path, held):
+            return None, held or {}
+        # abandoned: take it aside under a name of our own, so that of several processes taking it over at once
+        # only one removes it (and none another's new claim)
+        aside = path.with_name(f"{path.name}.{mine['token']}.abandoned")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            continue
+        try:
+            taken = _read_claim(aside)
+            if taken != held:  # a new claim made after the abandoned one was removed: give it back
+                with contextlib.suppress(OSError):
+                    os.link(aside, path)
+                return None, taken or {}
+        finally:
+            with contextlib.suppress(OSError):
+                aside.unlink()
+        logger.info("case %s: taking over the abandoned claim of %s", case_id, claim_holder(held))
+    return None, {}
+
+
+def release_claim(path: Path, claim: Mapping[str, Any]) -> None:
+    """Remove the claim file ``path`` (from :func:`claim_case`) if it still holds ``claim`` (not one that another
+    process took over meanwhile); nothing happens when it is gone."""
+    with contextlib.suppress(OSError):
+        if _read_claim(path) == claim:
+            path.unlink()
