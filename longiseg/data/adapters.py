@@ -42,11 +42,11 @@ import numpy as np
 
 from longiseg.data.layout import find_nifti
 from longiseg.data.sources import CaseSource, MaskSpec
+from longiseg.utils.io import PathLike
 
 __all__ = ["MSSEG2_FILES", "UCSF_MODALITIES", "UCSF_SEG_LABELS", "UCSF_CHANGE_LABELS", "msseg2_cases",
            "ucsf_altpd_cases"]
 
-PathLike = str | os.PathLike
 
 #: File stems of one MSSEG-2 training case.
 MSSEG2_FILES = {

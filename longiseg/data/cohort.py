@@ -8,7 +8,6 @@ cases, :func:`find_mask_cases` reference (mask) cases; :func:`check_same_modalit
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.manifest import Manifest, ManifestEntry, read_manifest
 from longiseg.data.sources import CaseSource, MaskSpec
+from longiseg.utils.io import PathLike
 
 __all__ = [
     "find_cases",
@@ -27,8 +27,6 @@ __all__ = [
     "check_same_modalities",
     "check_same_timepoints",
 ]
-
-PathLike = str | os.PathLike
 
 
 def case_source(source: CaseSource | PathLike) -> CaseSource:
@@ -45,7 +43,6 @@ def case_source(source: CaseSource | PathLike) -> CaseSource:
     if folder.name in ("", ".", ".."):
         folder = folder.resolve()
     return _source_from_folder(folder, modalities=None, require_masks=False)
-
 
 
 def _source_from_folder(

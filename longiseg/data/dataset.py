@@ -38,11 +38,11 @@ from longiseg.data.samplers import EpochIndex
 from longiseg.data.sampling import CrossViewSampler, SamplingIndex, VolumePatchSampler, build_sampling_index
 from longiseg.data.sources import CaseSource
 from longiseg.data.transforms import LongitudinalAugment
+from longiseg.utils.io import PathLike
 from longiseg.utils.validation import check_positive_int
 
 __all__ = ["SliceDataset", "VolumePatchDataset", "CaseCache"]
 
-PathLike = str | os.PathLike
 CaseLike = CaseSource | LongitudinalCase
 
 

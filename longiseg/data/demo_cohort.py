@@ -33,7 +33,6 @@ import functools
 import importlib.util
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from longiseg.data.case import LongitudinalCase
 from longiseg.data.loading import save_case
 from longiseg.data.manifest import Manifest, ManifestEntry, write_manifest
 from longiseg.utils.config import ConfigBase, ConfigError
-from longiseg.utils.io import atomic_directory, atomic_write_json, folder_is_empty
+from longiseg.utils.io import PathLike, atomic_directory, atomic_write_json, folder_is_empty
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import (
     check_bool,
@@ -66,7 +65,6 @@ __all__ = [
 ]
 
 _LOG = get_logger("longiseg.data.demo")
-PathLike = str | os.PathLike
 
 _MNI_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",

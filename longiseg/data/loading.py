@@ -24,7 +24,7 @@ from longiseg.data import layout, volumes
 from longiseg.data.case import LongitudinalCase, check_case, check_modalities
 from longiseg.data.cohort import case_source, scan_cohort
 from longiseg.data.sources import CaseSource, MaskSpec, build_mask
-from longiseg.utils.io import atomic_directory, check_output_folder, folder_is_empty
+from longiseg.utils.io import PathLike, atomic_directory, check_output_folder, folder_is_empty
 from longiseg.utils.nifti import atomic_save_nifti, load_nifti
 from longiseg.utils.validation import check_bool
 
@@ -37,17 +37,13 @@ __all__ = [
     "save_case",
 ]
 
-PathLike = str | os.PathLike
-
 
 _T = TypeVar("_T")
-
 
 
 def _read_image(path: Path, case_id: str) -> np.ndarray:
     """Read one image volume as float32, refusing NaN/inf intensities."""
     return volumes.read_volume(path, what=f"case {case_id!r}: image", dtype=np.float32)[0]
-
 
 
 def _unambiguous(path: Path) -> bool:
@@ -263,7 +259,6 @@ def load_case(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> Lo
     case = _read_case(case_source(source), affine_atol, _Problems(collect=False))
     assert case is not None  # problems raise when not collecting
     return case
-
 
 
 def load_cases(sources: Sequence[CaseSource], **kwargs: object) -> list[LongitudinalCase]:

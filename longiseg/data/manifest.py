@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +17,12 @@ from typing import TYPE_CHECKING
 
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
-from longiseg.utils.io import atomic_write, atomic_write_json
+from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
 
 if TYPE_CHECKING:
     from longiseg.data.sources import CaseSource
 
 __all__ = ["MANIFEST_FIELDS", "ManifestEntry", "Manifest", "read_manifest", "write_manifest", "manifest_from_cases"]
-
-PathLike = str | os.PathLike
 
 
 @dataclass(frozen=True)

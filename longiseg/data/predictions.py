@@ -9,7 +9,6 @@ names); :func:`prediction_complete` says whether a folder holds every file. File
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,19 +19,16 @@ from longiseg.data import layout
 from longiseg.data.cohort import case_source
 from longiseg.data.sources import CaseSource
 from longiseg.data.volumes import Grid, check_same_grid, read_mask, read_volume
-from longiseg.utils.io import atomic_directory, atomic_write_json, folder_is_empty
+from longiseg.utils.io import PathLike, atomic_directory, atomic_write_json, folder_is_empty
 from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti, load_nifti, spatial_header
 from longiseg.utils.validation import check_binary, check_timepoints
 
 __all__ = ["PREDICTION_RECORD", "read_prediction", "save_prediction", "case_spatial_header", "prediction_complete"]
 
-PathLike = str | os.PathLike
-
 
 #: File in a predicted case folder that records what produced the prediction (see :func:`save_prediction`);
 #: no reader of masks or maps reads it.
 PREDICTION_RECORD = "prediction.json"
-
 
 
 def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str = "mask", *,
@@ -87,7 +83,6 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
         volumes.append(arr)
     assert first is not None
     return np.stack(volumes), first[2], first_spacing
-
 
 
 def save_prediction(

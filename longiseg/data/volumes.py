@@ -8,24 +8,21 @@ every comparison of two volumes applies. Files are read with :func:`~longiseg.ut
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from longiseg.data.case import affine_spacing
+from longiseg.utils.io import PathLike
 from longiseg.utils.nifti import QFORM_SFORM_ATOL, load_nifti
 
 __all__ = ["SPACING_RTOL", "Grid", "read_volume", "read_mask", "nifti_spacing", "check_same_grid"]
-
-PathLike = str | os.PathLike
 
 
 #: Largest relative difference between a file's header voxel sizes (``pixdim``, nibabel's ``get_zooms``) and
 #: its affine's column norms that still counts as agreement (both are stored as float32).
 SPACING_RTOL = 1e-3
-
 
 
 def read_volume(path: PathLike, *, what: str = "volume", dtype: Any = None
@@ -55,7 +52,6 @@ def read_volume(path: PathLike, *, what: str = "volume", dtype: Any = None
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise ValueError(f"{what} {path} contains NaN or infinite values")
     return arr, np.asarray(img.affine, dtype=np.float64), nifti_spacing(img, path, what=what)
-
 
 
 def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: float = SPACING_RTOL
@@ -116,10 +112,8 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
     return spacing
 
 
-
 def _mm(values: Any) -> str:
     return "x".join(f"{float(v):.4g}" for v in values) + " mm"
-
 
 
 def read_mask(path: PathLike, *, what: str = "mask"
@@ -148,9 +142,7 @@ def read_mask(path: PathLike, *, what: str = "mask"
     return is_one.astype(np.uint8), affine, spacing
 
 
-
 Grid = tuple[PathLike, tuple[int, ...], np.ndarray]  # (file, (D, H, W), (4, 4) affine) of one volume
-
 
 
 def check_same_grid(

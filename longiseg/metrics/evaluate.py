@@ -15,7 +15,6 @@ Command line: ``longiseg evaluate PRED_DIR [PRED_DIR ...] GT_DIR --out REPORT_DI
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from longiseg.metrics.report import (
     write_json,
 )
 from longiseg.metrics.stratified import SizeBins, stratified_lesion_metrics
-from longiseg.utils.io import atomic_write
+from longiseg.utils.io import PathLike, atomic_write
 from longiseg.utils.logging import get_logger
 
 __all__ = [
@@ -49,7 +48,6 @@ __all__ = [
     "write_report",
 ]
 
-PathLike = str | os.PathLike
 
 #: Files :func:`write_report` writes (``stratified.csv`` only when there are enough lesions): the only
 #: files of a report folder it replaces or removes.

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from longiseg.data.case import affine_spacing
 from longiseg.data.lesions import min_voxel_count
 from longiseg.metrics.inputs import as_mask
 from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
-from longiseg.utils.io import atomic_write, atomic_write_json
+from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
 from longiseg.utils.validation import check_affine
 
 __all__ = [
@@ -63,7 +62,6 @@ __all__ = [
     "write_evolution_tables",
 ]
 
-PathLike = str | os.PathLike
 CHANGE_KINDS: tuple[str, str] = ("new", "enlarging")
 RULES = (
     "L_0 = baseline mask, L_k = L_(k-1) | progression_k (lesions do not shrink); lesions are connected "

@@ -26,6 +26,7 @@ from longiseg.metrics.aggregate import (
     significance_stars,
 )
 from longiseg.utils.io import (
+    PathLike,
     WrittenMeanwhile,
     atomic_directory,
     atomic_save_figure,
@@ -46,7 +47,6 @@ __all__ = [
     "report_folder",
 ]
 
-PathLike = str | os.PathLike
 _HEADERS = {
     "dice": "Dice",
     "lesion_f1": "Lesion-F1",

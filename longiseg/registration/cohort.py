@@ -57,7 +57,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -82,6 +81,7 @@ from longiseg.registration.pairwise import (
     transform_motion,
 )
 from longiseg.utils.io import (
+    PathLike,
     atomic_directory,
     atomic_path,
     atomic_write,
@@ -99,7 +99,6 @@ __all__ = ["MAX_OUTPUT_VOXELS", "RegistrationOptions", "CaseRegistration", "regi
            "transform_filename"]
 
 _LOG = get_logger("longiseg.registration")
-PathLike = str | os.PathLike
 CASE_RECORD = "registration.json"
 QC_DIR = "registration"
 #: Most voxels of an output grid chosen with ``spacing``: 2**28 (268 million; 1 GiB per float32 volume, a

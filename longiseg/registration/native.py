@@ -17,7 +17,6 @@ and its units: :func:`native_header`), so that it overlays that scan in FSL, ITK
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,12 @@ from longiseg.data import layout
 from longiseg.data.volumes import read_mask
 from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import resample
-from longiseg.utils.io import atomic_directory
+from longiseg.utils.io import PathLike, atomic_directory
 from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti
 
 __all__ = ["NATIVE_DIR", "native_grid", "native_header", "mask_to_native", "check_native_ready", "case_to_native",
            "predictions_to_native"]
 
-PathLike = str | os.PathLike
 
 #: Sub-folder of a predicted case (``OUT/CASE/native/``) holding its masks on the original grids.
 NATIVE_DIR = "native"

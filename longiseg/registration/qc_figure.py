@@ -6,18 +6,15 @@ coronal and sagittal planes through the centre of the brain.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from longiseg.data.case import PLANES, display_slice, plane_axes
-from longiseg.utils.io import atomic_save_figure
+from longiseg.utils.io import PathLike, atomic_save_figure
 from longiseg.utils.validation import check_positive_int
 
 __all__ = ["checkerboard", "checkerboard_figure"]
-
-PathLike = str | os.PathLike
 
 
 def _normalise(img: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,13 +22,11 @@ from longiseg.data.case import PLANES, affine_spacing, display_slice, plane_axes
 from longiseg.data.predictions import read_prediction
 from longiseg.data.volumes import Grid, check_same_grid, read_volume
 from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
-from longiseg.utils.io import atomic_write
+from longiseg.utils.io import PathLike, atomic_write
 from longiseg.utils.plotting import subplots
 from longiseg.utils.validation import check_bool
 
 __all__ = ["volume_figure", "change_montage", "write_lesion_report"]
-
-PathLike = str | os.PathLike
 
 
 def _png(fig) -> bytes:  # noqa: ANN001

@@ -13,11 +13,9 @@ import numpy as np
 from scipy import ndimage
 
 from longiseg.data.case import LongitudinalCase
-from longiseg.utils.io import atomic_save_figure
+from longiseg.utils.io import PathLike, atomic_save_figure
 
 __all__ = ["plot_case", "plot_training_curves", "plot_prediction_overlay"]
-
-PathLike = str | Path
 
 
 def _best_slices(case: LongitudinalCase, followup: int) -> tuple[int, int, int]:

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 from longiseg.metrics.evolution import CaseEvolution, evolution_folder, write_evolution_tables
 from longiseg.metrics.report import report_folder
-from longiseg.utils.io import check_output_folder, check_separate_folders, folder_is_empty
+from longiseg.utils.io import PathLike, check_output_folder, check_separate_folders, folder_is_empty
 from longiseg.utils.validation import check_bool
 
 __all__ = ["REPORT_FILES", "run_lesion_report", "add_parser", "run"]
 
-PathLike = str | os.PathLike
 
 #: The files of a lesion report (relative paths, ``fnmatch`` patterns): the only files of a report folder
 #: that writing a report replaces or removes (figures: ``CASE_volume.png``, ``CASE_fu{k}_lesion{i}_{kind}.png``).
