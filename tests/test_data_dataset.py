@@ -82,6 +82,8 @@ def test_determinism_per_seed_epoch_index(cohort: Path) -> None:
     assert not all(_equal(c[i], got_b[i]) for i in order)
 
 
+# two workers on purpose, also on a one-core machine (where torch warns about more workers than cores)
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 2 worker processes")
 def test_dataloader_with_two_workers_matches_single_process(cohort: Path) -> None:
     ds = SliceDataset(cohort, crop_size=8, samples_per_epoch=12, seed=0, cache_size=2)
     ds.set_epoch(2)
