@@ -538,3 +538,64 @@ def test_read_split_takes_a_str_path(tmp_path) -> None:  # noqa: ANN001
     assert read_split(str(path)) == {"data_root": "/data", "validation": ["c1"], "train": []}
     with pytest.raises(FileNotFoundError):
         read_split(str(tmp_path / "missing.json"))
+
+
+# ------------------------------------------------------------------------------------------- the data layer on disk
+def _data_layer_calls() -> list:
+    from longiseg.data import (
+        case_spatial_header,
+        find_cases,
+        find_mask_cases,
+        load_case,
+        manifest_from_cases,
+        prediction_complete,
+        read_manifest,
+        read_prediction,
+        validate_cases,
+        write_manifest,
+    )
+    from longiseg.data.cohort import case_source, scan_cohort
+    from longiseg.data.loading import check_case_headers, check_case_voxels, load_cases
+    from longiseg.data.sources import build_mask
+    from longiseg.inferers.claims import claim_case, release_claim
+    from longiseg.inferers.provenance import check_same_producer, prediction_record
+
+    return [
+        (find_cases, (123,), {}, "root must be a path"),
+        (find_cases, (".",), {"modalities": "flair"}, "modalities must be a sequence"),  # not five one-letter names
+        (find_cases, (".",), {"require_masks": "yes"}, "require_masks must be a bool"),
+        (find_mask_cases, (123,), {}, "root must be a path"),
+        (scan_cohort, (None,), {}, "root must be a path"),
+        (load_case, (123,), {}, "source must be a CaseSource or the path of a case folder"),
+        (case_source, (None,), {}, "source must be a CaseSource"),
+        (case_spatial_header, (1.5,), {}, "source must be a CaseSource"),
+        (check_case_headers, (3,), {}, "source must be a CaseSource"),
+        (check_case_voxels, ("p0",), {}, "sources must be a sequence"),
+        (load_cases, (5,), {}, "sources must be a sequence"),
+        (validate_cases, (123,), {}, "cases must be a cohort folder"),
+        (validate_cases, (["p0"],), {}, r"cases\[0\] must be a CaseSource"),
+        (read_manifest, (None,), {}, "path must be a path"),
+        (write_manifest, ("m.json", {}), {}, "manifest must be a Manifest"),
+        (manifest_from_cases, ("abc",), {}, "cases must be a sequence"),
+        (read_prediction, (1, "a", 2), {}, "root must be a path"),
+        (prediction_complete, (1, "a", 2), {}, "root must be a path"),
+        (build_mask, ("x", "p0"), {}, "spec must be a MaskSpec"),
+        (claim_case, (None, "a"), {}, "out_dir must be a path"),
+        (release_claim, (None, {}), {}, "path must be a path"),
+        (prediction_record, ("m", None, {}), {}, "model must be an nn.Module"),
+        (prediction_record, (nn.Identity(), None, [1]), {}, "settings must be a mapping"),
+        (check_same_producer, (None, "a", {}), {}, "folder must be a path"),
+        (check_same_producer, (".", "a", 5), {}, "record must be a mapping"),
+    ]
+
+
+@pytest.mark.parametrize("call", range(len(_data_layer_calls())))
+def test_data_layer_names_arguments_of_the_wrong_type(call: int, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Found by calling each public function of the split data layer with a value of another type: before 0.3.13
+    they failed in pathlib or with an AttributeError, and find_cases(modalities="flair") looked for five
+    one-letter modalities."""
+    monkeypatch.chdir(tmp_path)  # nothing is written anywhere, and relative paths stay in here
+    fn, args, kwargs, message = _data_layer_calls()[call]
+    with pytest.raises(TypeError, match=message):
+        fn(*args, **kwargs)
+    assert list(tmp_path.iterdir()) == []

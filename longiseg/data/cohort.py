@@ -8,6 +8,7 @@ cases, :func:`find_mask_cases` reference (mask) cases; :func:`check_same_modalit
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from longiseg.data.case import LongitudinalCase
 from longiseg.data.manifest import Manifest, ManifestEntry, read_manifest
 from longiseg.data.sources import CaseSource, MaskSpec
 from longiseg.utils.io import PathLike
+from longiseg.utils.validation import check_bool, check_path, check_sequence
 
 __all__ = [
     "find_cases",
@@ -39,7 +41,9 @@ def case_source(source: CaseSource | PathLike) -> CaseSource:
     """
     if isinstance(source, CaseSource):
         return source
-    folder = Path(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a CaseSource or the path of a case folder, got {type(source).__name__}")
+    folder = check_path("source", source)
     if folder.name in ("", ".", ".."):
         folder = folder.resolve()
     return _source_from_folder(folder, modalities=None, require_masks=False)
@@ -200,7 +204,7 @@ def _cohort_manifest(root: Path) -> Manifest | None:
 
 
 def scan_cohort(
-    root: Path, modalities: Sequence[str] | None, require_masks: bool
+    root: PathLike, modalities: Sequence[str] | None = None, require_masks: bool = True
 ) -> list[tuple[str, CaseSource | OSError | ValueError]]:
     """Every case of a cohort folder as ``(case_id, source)``, or ``(case_id, error)`` if it cannot be listed: what
     :func:`find_cases` raises at the first problem, kept per case (for :func:`~longiseg.data.loading.validate_cases`).
@@ -213,7 +217,12 @@ def scan_cohort(
     Raises:
         FileNotFoundError: ``root`` is missing or holds no case folder (or its manifest lists none).
         ValueError: the manifest is malformed.
+        TypeError: ``root`` is not a path, ``modalities`` not a list of names, ``require_masks`` not a bool.
     """
+    root = check_path("root", root)
+    if modalities is not None:
+        check_sequence("modalities", modalities, str, "a modality name (str)")
+    check_bool("require_masks", require_masks)
     if not root.is_dir():
         raise FileNotFoundError(f"cohort folder {root} does not exist")
     manifest = _cohort_manifest(root)
@@ -279,7 +288,7 @@ def find_cases(
             ``.nii.gz`` of one name both exist. :func:`~longiseg.data.loading.validate_cases` reports these per case instead.
     """
     sources = []
-    for _, src in scan_cohort(Path(root), modalities, require_masks):
+    for _, src in scan_cohort(root, modalities, require_masks):
         if not isinstance(src, CaseSource):
             raise src
         sources.append(src)
@@ -307,7 +316,7 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
         ValueError: a malformed manifest, an invalid case id, files of more timepoints than the manifest
             gives, fewer than two timepoints, or a ``.nii`` and a ``.nii.gz`` of one mask.
     """
-    root = Path(root)
+    root = check_path("root", root)
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"mask folder {root} is a file, not a folder")
     if not root.is_dir():

@@ -26,7 +26,7 @@ from longiseg.data.cohort import case_source, scan_cohort
 from longiseg.data.sources import CaseSource, MaskSpec, build_mask
 from longiseg.utils.io import PathLike, atomic_directory, check_output_folder, folder_is_empty
 from longiseg.utils.nifti import atomic_save_nifti, load_nifti
-from longiseg.utils.validation import check_bool
+from longiseg.utils.validation import check_bool, check_path, check_sequence
 
 __all__ = [
     "load_case",
@@ -77,20 +77,20 @@ class _Problems:
             return None
 
 
-def check_case_headers(source: CaseSource, *, affine_atol: float = 1e-4) -> None:
+def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> None:
     """Check a case's files from their headers alone, decoding no voxel: what :func:`load_case` checks first
     (every file present, unambiguous, one readable 3D NIfTI volume with an unambiguous geometry, all on one grid),
     cheap enough to run on a whole cohort before any case is read.
 
     Args:
-        source: the case (from :func:`~longiseg.data.cohort.find_cases`).
+        source: the case (from :func:`~longiseg.data.cohort.find_cases`), or a case folder in the library layout.
         affine_atol: absolute tolerance when comparing the files' affines.
 
     Raises:
         FileNotFoundError: a file is missing.
         ValueError: naming the case and the file, at the first problem.
     """
-    _check_headers(source, affine_atol, _Problems(collect=False))
+    _check_headers(case_source(source), affine_atol, _Problems(collect=False))
 
 
 def check_case_voxels(sources: Sequence[CaseSource], *, progress: bool = True, desc: str = "checking cases") -> None:
@@ -108,6 +108,7 @@ def check_case_voxels(sources: Sequence[CaseSource], *, progress: bool = True, d
     Raises:
         FileNotFoundError, ValueError: as :func:`load_case`, at the first case with a problem.
     """
+    check_sequence("sources", sources, (CaseSource, str, os.PathLike), "a CaseSource or a case folder path")
     for source in tqdm(sources, desc=desc, unit="case", disable=not check_bool("progress", progress)):
         load_case(source)
 
@@ -263,6 +264,7 @@ def load_case(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> Lo
 
 def load_cases(sources: Sequence[CaseSource], **kwargs: object) -> list[LongitudinalCase]:
     """Load several cases (all in memory; prefer :class:`~longiseg.data.dataset.SliceDataset` for training)."""
+    check_sequence("sources", sources, (CaseSource, str, os.PathLike), "a CaseSource or a case folder path")
     return [load_case(s, **kwargs) for s in sources]  # type: ignore[arg-type]
 
 
@@ -299,9 +301,11 @@ def validate_cases(
         ValueError: its manifest is malformed (invalid JSON, a bad case id, duplicate ids).
     """
     if isinstance(cases, (str, os.PathLike)):
-        found = scan_cohort(Path(cases), modalities, require_masks)
+        found = scan_cohort(cases, modalities, require_masks)
     else:
-        found = [(s.case_id, s) for s in cases]
+        if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence):
+            raise TypeError(f"cases must be a cohort folder (a path) or a list of CaseSource, got {type(cases).__name__}")
+        found = [(s.case_id, s) for s in check_sequence("cases", cases, CaseSource, "a CaseSource")]
     problems: dict[str, list[str]] = {}
     seen: set[str] = set()
     for case_id, src in tqdm(found, desc="validating cases", unit="case", disable=not progress):
@@ -347,7 +351,7 @@ def save_case(case: LongitudinalCase, root: PathLike, *, overwrite: bool = False
         NotADirectoryError: ``root/<case_id>`` (or a folder above it) is a file.
     """
     check_case("case", case)
-    folder = Path(root) / layout.check_case_id(case.case_id)
+    folder = check_path("root", root) / layout.check_case_id(case.case_id)
     modalities = check_modalities(case.modalities, "case.modalities")
     check_output_folder(folder, "case folder")
     empty = folder.is_dir() and folder_is_empty(folder)

@@ -13,14 +13,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
+from longiseg.data.sources import CaseSource
 from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
-
-if TYPE_CHECKING:
-    from longiseg.data.sources import CaseSource
+from longiseg.utils.validation import check_instance, check_path, check_sequence
 
 __all__ = ["MANIFEST_FIELDS", "ManifestEntry", "Manifest", "read_manifest", "write_manifest", "manifest_from_cases"]
 
@@ -120,7 +118,7 @@ def read_manifest(path: PathLike) -> Manifest:
         ValueError: malformed content (unknown suffix, not UTF-8, missing ``case_id``, unknown fields, duplicate
             ids, bad flags or patient ids).
     """
-    path = Path(path)
+    path = check_path("path", path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
     if path.suffix not in (".json", ".csv"):
@@ -162,6 +160,7 @@ def read_manifest(path: PathLike) -> Manifest:
 
 def manifest_from_cases(cases: Sequence[CaseSource | LongitudinalCase]) -> Manifest:
     """Build a manifest from sources or loaded cases (progression flags computed where unknown)."""
+    check_sequence("cases", cases, (LongitudinalCase, CaseSource), "a CaseSource or LongitudinalCase")
     if not cases:
         raise ValueError("cases must not be empty")
     mods = tuple(cases[0].modalities)
@@ -178,8 +177,15 @@ def manifest_from_cases(cases: Sequence[CaseSource | LongitudinalCase]) -> Manif
 
 
 def write_manifest(path: PathLike, manifest: Manifest, *, overwrite: bool = True) -> Path:
-    """Write ``manifest`` atomically as JSON or CSV (chosen by the suffix of ``path``)."""
-    path = Path(path)
+    """Write ``manifest`` atomically as JSON or CSV (chosen by the suffix of ``path``).
+
+    Raises:
+        TypeError: ``path`` is not a path or ``manifest`` not a :class:`Manifest`.
+        ValueError: ``path`` ends in neither ``.json`` nor ``.csv``.
+        FileExistsError: ``path`` exists and ``overwrite`` is ``False``.
+    """
+    path = check_path("path", path)
+    check_instance("manifest", manifest, Manifest, "a Manifest")
     if path.suffix == ".json":
         obj = {
             "modalities": list(manifest.modalities),

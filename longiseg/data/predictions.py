@@ -21,7 +21,7 @@ from longiseg.data.sources import CaseSource
 from longiseg.data.volumes import Grid, check_same_grid, read_mask, read_volume
 from longiseg.utils.io import PathLike, atomic_directory, atomic_write_json, folder_is_empty
 from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti, load_nifti, spatial_header
-from longiseg.utils.validation import check_binary, check_timepoints
+from longiseg.utils.validation import check_binary, check_path, check_timepoints
 
 __all__ = ["PREDICTION_RECORD", "read_prediction", "save_prediction", "case_spatial_header", "prediction_complete"]
 
@@ -62,7 +62,7 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
     names = layout.prediction_filenames(num_timepoints)
     if kind not in names:
         raise ValueError(f"kind must be one of {tuple(names)}, got {kind!r}")
-    folder = Path(root) / layout.check_case_id(case_id)
+    folder = check_path("root", root) / layout.check_case_id(case_id)
     what = what or f"case {case_id!r}: predicted {kind}"
     volumes: list[np.ndarray] = []
     first: Grid | None = None
@@ -123,7 +123,7 @@ def save_prediction(
             (:meth:`~longiseg.utils.nifti.SpatialHeader.check_grid`); all checked before anything is written.
         TypeError: a ``record`` that is not JSON data (nothing is written), a ``header`` of another type.
     """
-    folder = Path(root) / layout.check_case_id(case_id)
+    folder = check_path("root", root) / layout.check_case_id(case_id)
     header = spatial_header(header)
     if header is not None:
         header.check_grid(affine, "header")
@@ -185,5 +185,5 @@ def prediction_complete(root: PathLike, case_id: str, num_timepoints: int,
     unknown = sorted(set(kinds) - set(names))
     if unknown:
         raise ValueError(f"kinds must be among {sorted(names)}, got {unknown}")
-    folder = Path(root) / layout.check_case_id(case_id)
+    folder = check_path("root", root) / layout.check_case_id(case_id)
     return all((folder / name).is_file() for kind in kinds for name in names[kind])

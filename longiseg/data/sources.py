@@ -16,6 +16,7 @@ import numpy as np
 from longiseg.data import layout
 from longiseg.data.volumes import read_mask, read_volume
 from longiseg.utils.nifti import load_nifti
+from longiseg.utils.validation import check_instance
 
 __all__ = ["MaskSpec", "CaseSource", "build_mask"]
 
@@ -185,7 +186,9 @@ def build_mask(spec: MaskSpec, case_id: str) -> np.ndarray:
         FileNotFoundError: a file is missing.
         ValueError: naming the file: unreadable, not one 3D volume, a binary mask with other values than 0/1, a
             label map with values outside the spec's ``allowed`` labels (or non-integer values).
+        TypeError: ``spec`` is not a :class:`MaskSpec`.
     """
+    check_instance("spec", spec, MaskSpec, "a MaskSpec")
     if spec.rule == "empty":
         shape = load_nifti(spec.files[0], what=f"case {case_id!r}: image", header_only=True).shape
         return np.zeros(shape[:3], dtype=np.uint8)

@@ -17,8 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from longiseg.utils.io import host_tag, process_start_time, writer_ended
+from longiseg.data.layout import check_case_id
+from longiseg.utils.io import PathLike, host_tag, process_start_time, writer_ended
 from longiseg.utils.logging import get_logger
+from longiseg.utils.validation import check_path
 
 __all__ = ["claim_case", "release_claim", "claim_holder"]
 
@@ -59,19 +61,20 @@ def claim_holder(claim: Mapping[str, Any] | None) -> str:
     return f"pid {claim.get('pid')} on {claim.get('host')}" if claim else "unknown"
 
 
-def claim_case(out_dir: Path, case_id: str) -> tuple[Path | None, dict[str, Any]]:
+def claim_case(out_dir: PathLike, case_id: str) -> tuple[Path | None, dict[str, Any]]:
     """Claim ``case_id`` for this process: create its claim file (:func:`_claim_path`) atomically, holding this
     host, pid, the process' start time (a reused pid is another process) and a token. A claim whose process is
     gone (:func:`_claim_alive`) is taken over.
 
     Args:
         out_dir: the prediction folder (created if missing).
-        case_id: the case (a single folder name, checked by the caller).
+        case_id: the case (a single folder name).
 
     Returns:
         ``(path, claim)`` when claimed; ``(None, holder's claim or {})`` when a live process holds the case.
     """
-    path = _claim_path(out_dir, case_id)
+    out_dir = check_path("out_dir", out_dir)
+    path = _claim_path(out_dir, check_case_id(case_id))
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start_time(os.getpid()),
             "token": uuid.uuid4().hex}
     for _ in range(5):
@@ -112,9 +115,10 @@ def claim_case(out_dir: Path, case_id: str) -> tuple[Path | None, dict[str, Any]
     return None, {}
 
 
-def release_claim(path: Path, claim: Mapping[str, Any]) -> None:
+def release_claim(path: PathLike, claim: Mapping[str, Any]) -> None:
     """Remove the claim file ``path`` (from :func:`claim_case`) if it still holds ``claim`` (not one that another
     process took over meanwhile); nothing happens when it is gone."""
+    path = check_path("path", path)
     with contextlib.suppress(OSError):
         if _read_claim(path) == claim:
             path.unlink()

@@ -12,7 +12,6 @@ import hashlib
 import inspect
 import json
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +21,8 @@ from longiseg._version import __version__
 from longiseg.data.predictions import PREDICTION_RECORD
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec, plain_data
+from longiseg.utils.io import PathLike
+from longiseg.utils.validation import check_instance, check_path
 
 __all__ = ["prediction_record", "check_same_producer", "qualified_name"]
 
@@ -83,8 +84,10 @@ def prediction_record(model: nn.Module, inferer: Callable[..., Any], settings: M
         gives them, a digest of its weights, the inferer's class and the settings that change its probabilities.
 
     Raises:
-        TypeError: a setting that is not plain data (naming it).
+        TypeError: ``model`` is not an ``nn.Module``, ``settings`` not a mapping, a setting not plain data (naming it).
     """
+    check_instance("model", model, nn.Module, "an nn.Module")
+    check_instance("settings", settings, Mapping, "a mapping of setting names to values")
     inner = unwrap_model(model)
     spec = getattr(inner, "spec", None)
     spec = spec if isinstance(spec, ModelSpec) else None
@@ -117,14 +120,17 @@ def _brief(value: object) -> str:
     return text if len(text) <= 40 else f"{text[:36]}..."
 
 
-def check_same_producer(folder: Path, case_id: str, record: Mapping[str, Any]) -> None:
+def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any]) -> None:
     """Refuse to keep the complete prediction ``folder`` of ``case_id`` unless its
     :data:`~longiseg.data.predictions.PREDICTION_RECORD` equals ``record`` (the version aside).
 
     Raises:
         FileExistsError: the folder holds no readable record, or one of another model or other settings (naming up
             to three differences); the message says how to replace it.
+        TypeError: ``folder`` is not a path or ``record`` not a mapping.
     """
+    folder = check_path("folder", folder)
+    check_instance("record", record, Mapping, "a mapping (a prediction record)")
     try:
         stored = json.loads((folder / PREDICTION_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
