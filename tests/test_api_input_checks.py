@@ -599,3 +599,69 @@ def test_data_layer_names_arguments_of_the_wrong_type(call: int, tmp_path, monke
     with pytest.raises(TypeError, match=message):
         fn(*args, **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def _path_argument_calls() -> list:
+    from longiseg.bridges import (
+        check_nnunet_raw_dataset,
+        convert_longiseg_dataset,
+        import_nnunet_predictions,
+        write_nnunet_dataset,
+    )
+    from longiseg.data import generate_demo_cohort, write_test_split
+    from longiseg.data.layout import find_nifti, image_timepoint, parse_image_filename, scan_images
+    from longiseg.engine import build_model_from_checkpoint, load_checkpoint, read_config_file, save_config
+    from longiseg.engine.checkpoint import check_writable, load_model, update_spec
+    from longiseg.engine.trainer import check_fresh_start
+    from longiseg.inferers import predict_folder
+    from longiseg.metrics import evaluate_folder
+    from longiseg.metrics.evolution import evolution_folder
+    from longiseg.registration.native import case_to_native, native_grid, predictions_to_native
+    from longiseg.workflows.demo import DemoConfig, demo_experiment, write_cohort
+    from longiseg.workflows.figures import plot_training_curves
+    from longiseg.workflows.train import read_split
+    from longiseg.workflows.tune import run_tuning
+
+    return [
+        (check_nnunet_raw_dataset, (1,), {}, "folder must be a path"),
+        (convert_longiseg_dataset, (".", 2.5, 1, "Demo"), {}, "out_root must be a path"),
+        (import_nnunet_predictions, (1, "out"), {}, "pred_dir must be a path"),
+        (write_nnunet_dataset, (1, 1, "Demo", [], ["flair"]), {}, "out_root must be a path"),
+        (generate_demo_cohort, (1,), {}, "out_dir must be a path"),
+        (write_test_split, (1, "out", 1), {}, "cohort must be a path"),
+        (parse_image_filename, (1,), {}, "name must be a path"),
+        (image_timepoint, (1,), {}, "name must be a path"),
+        (find_nifti, (1, "baseline_mask.nii.gz"), {}, "folder must be a path"),
+        (find_nifti, (".", None), {}, "name must be a file name"),
+        (scan_images, (1,), {}, "folder must be a path"),
+        (load_checkpoint, (1,), {}, "path must be a path"),
+        (build_model_from_checkpoint, (1,), {}, "path must be a path"),
+        (load_model, (1,), {}, "path must be a path"),
+        (update_spec, (1, None), {}, "path must be a path"),
+        (check_writable, (1,), {}, "path must be a path"),
+        (read_config_file, (1,), {}, "path must be a path"),
+        (save_config, ({}, 1), {}, "path must be a path"),
+        (check_fresh_start, (1,), {}, "output_dir must be a path"),
+        (predict_folder, (nn.Identity(), 1, "out"), {}, "in_dir must be a path"),
+        (evaluate_folder, (1, "."), {}, "pred_dir must be a path"),
+        (evolution_folder, (1,), {}, "root must be a path"),
+        (native_grid, (1, 0), {}, "registration_dir must be a path"),
+        (case_to_native, (1, ".", "out"), {}, "case_dir must be a path"),
+        (predictions_to_native, (1, ".", "out"), {}, "pred_dir must be a path"),
+        (write_cohort, (1, None, 1), {}, "out must be a path"),
+        (read_split, (1,), {}, "path must be a path"),
+        (run_tuning, (1,), {}, "run_dir must be a path"),
+        (demo_experiment, (None, "SegMaST", "train", "run"), {}, "cfg must be a DemoConfig"),
+        (demo_experiment, (DemoConfig(), "nope", "train", "run"), {}, "label must be one of"),
+        (plot_training_curves, (1, "curves.png"), {}, "runs must be a mapping"),
+    ]
+
+
+@pytest.mark.parametrize("call", range(len(_path_argument_calls())))
+def test_path_arguments_of_the_wrong_type_are_named(call: int, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A number where a path goes failed in pathlib ("expected str, bytes or os.PathLike object") before 0.3.13."""
+    monkeypatch.chdir(tmp_path)
+    fn, args, kwargs, message = _path_argument_calls()[call]
+    with pytest.raises((TypeError, ValueError), match=message):
+        fn(*args, **kwargs)
+    assert list(tmp_path.iterdir()) == []

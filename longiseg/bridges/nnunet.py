@@ -53,7 +53,7 @@ from longiseg.utils.io import (
     folder_is_empty,
 )
 from longiseg.utils.nifti import atomic_save_nifti, load_nifti
-from longiseg.utils.validation import check_binary, check_finite, check_same_shape, check_sequence
+from longiseg.utils.validation import check_binary, check_finite, check_path, check_same_shape, check_sequence
 
 __all__ = [
     "FOUR_CLASS_LABELS",
@@ -270,7 +270,7 @@ def write_nnunet_dataset(
     clash = sorted(set(extra_json or {}) & set(_REQUIRED_KEYS))
     if clash:
         raise ValueError(f"extra_json must not set {clash}: the writer sets them from the cases and arguments")
-    folder = Path(out_root) / nnunet_dataset_name(dataset_id, name)
+    folder = check_path("out_root", out_root) / nnunet_dataset_name(dataset_id, name)
     replace = _check_destination(folder, overwrite)
     seen: set[str] = set()  # case ids of training and test cases together
     checked: Iterable[NnUNetCase] = _checked_cases(cases, channel_names, labels, seen)
@@ -442,7 +442,7 @@ def convert_longiseg_dataset(
             for every case before any is read), a test case id that is also a training case id, or a dataset
             folder that is, lies inside or holds ``root`` or ``test_root``.
     """
-    folder = Path(out_root) / nnunet_dataset_name(dataset_id, name)
+    folder = check_path("out_root", out_root) / nnunet_dataset_name(dataset_id, name)
     check_separate_folders(folder, "dataset folder", {"root": root, "test_root": test_root})
     sources = find_cases(root, modalities=modalities, require_masks=True)  # every file name checked first
     modalities = list(sources[0].modalities)
@@ -523,7 +523,7 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
             values other than the integer labels 0..3, or lies on another grid than its case's ``CASE_fu1``;
             or ``out_root`` overlaps ``pred_dir``.
     """
-    pred_dir, out_root = Path(pred_dir), Path(out_root)
+    pred_dir, out_root = check_path("pred_dir", pred_dir), check_path("out_root", out_root)
     if not pred_dir.exists():
         raise FileNotFoundError(f"pred_dir {pred_dir} does not exist")
     if not pred_dir.is_dir():
@@ -633,7 +633,7 @@ def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True)
     Raises:
         ValueError: listing every problem found.
     """
-    folder = Path(folder)
+    folder = check_path("folder", folder)
     problems: list[str] = []
     m = _DATASET_DIR_RE.match(folder.name)
     if m is None:

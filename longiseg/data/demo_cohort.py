@@ -50,6 +50,7 @@ from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import (
     check_bool,
     check_instance,
+    check_path,
     check_positive_int,
     check_probability,
     check_timepoints,
@@ -663,7 +664,7 @@ def generate_demo_cohort(
     cfg = _config(config)
     if overrides:
         cfg = cfg.with_overrides(**overrides)
-    out = Path(out_dir)
+    out = check_path("out_dir", out_dir)
     if out.exists() and not folder_is_empty(out):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")

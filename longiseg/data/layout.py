@@ -34,6 +34,8 @@ from __future__ import annotations
 import re
 from pathlib import Path, PureWindowsPath
 
+from longiseg.utils.validation import check_path
+
 __all__ = [
     "MANIFEST_JSON",
     "MANIFEST_CSV",
@@ -92,7 +94,7 @@ def prediction_filenames(num_timepoints: int) -> dict[str, list[str]]:
 
 def parse_image_filename(name: str | Path) -> tuple[int, str] | None:
     """``"t1_flair.nii.gz" -> (1, "flair")``; ``None`` for files that are not images."""
-    m = _IMAGE_RE.match(Path(name).name)
+    m = _IMAGE_RE.match(check_path("name", name).name)
     if m is None:
         return None
     return int(m.group(1)), m.group(2).lower()
@@ -101,13 +103,13 @@ def parse_image_filename(name: str | Path) -> tuple[int, str] | None:
 def image_timepoint(name: str | Path) -> int | None:
     """The timepoint a file named like an image claims (``"t0_t1_ce.nii.gz" -> 0``), whether or not its
     modality is a valid name (:func:`scan_images` refuses it then); ``None`` for other files."""
-    m = _IMAGE_LIKE_RE.match(Path(name).name)
+    m = _IMAGE_LIKE_RE.match(check_path("name", name).name)
     return None if m is None else int(m.group(1))
 
 
 def parse_progression_filename(name: str | Path) -> int | None:
     """``"progression_t2.nii.gz" -> 2`` (the follow-up); ``None`` for other files (``*_prob``, ...)."""
-    m = _PROGRESSION_RE.match(Path(name).name)
+    m = _PROGRESSION_RE.match(check_path("name", name).name)
     return None if m is None else int(m.group(1))
 
 
@@ -154,6 +156,8 @@ def check_case_id(case_id: str, *, where: str = "") -> str:
 
 def nifti_stem(name: str) -> str:
     """``"t0_flair.nii.gz" -> "t0_flair"``, ``"brain_mask.nii" -> "brain_mask"``; other names unchanged."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a file name (str), got {type(name).__name__}")
     for ext in (".nii.gz", ".nii"):
         if name.endswith(ext):
             return name[: -len(ext)]
@@ -171,7 +175,8 @@ def find_nifti(folder: str | Path, name: str) -> Path | None:
         ValueError: both ``STEM.nii.gz`` and ``STEM.nii`` exist (naming both; which one is meant is unknown).
     """
     stem = nifti_stem(name)
-    found = [p for p in (Path(folder) / f"{stem}.nii", Path(folder) / f"{stem}.nii.gz") if p.exists()]
+    folder = check_path("folder", folder)
+    found = [p for p in (folder / f"{stem}.nii", folder / f"{stem}.nii.gz") if p.exists()]
     if len(found) > 1:
         raise ValueError(f"ambiguous files {found[0]} and {found[1]}: keep only one of them")
     return found[0] if found else None
@@ -186,7 +191,7 @@ def scan_images(folder: str | Path) -> dict[int, dict[str, Path]]:
             a modality name (``t0_t1_ce.nii.gz``: an underscore), naming it (it was silently left out).
     """
     found: dict[int, dict[str, Path]] = {}
-    for p in sorted(Path(folder).iterdir()):
+    for p in sorted(check_path("folder", folder).iterdir()):
         parsed = parse_image_filename(p.name)
         if parsed is None:
             like = _IMAGE_LIKE_RE.match(p.name)

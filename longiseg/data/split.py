@@ -17,6 +17,7 @@ from longiseg.data.layout import MANIFEST_JSON
 from longiseg.data.manifest import Manifest, read_manifest, write_manifest
 from longiseg.data.sources import CaseSource
 from longiseg.utils.io import atomic_directory, check_separate_folders
+from longiseg.utils.validation import check_path
 
 __all__ = ["split_by_patient", "write_test_split"]
 
@@ -81,7 +82,7 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
         ValueError: ``num_test`` < 2, too few progressing/stable patients for it and a training set, or an
             output folder over the cohort.
     """
-    cohort, out = Path(cohort), Path(out_dir)
+    cohort, out = check_path("cohort", cohort), check_path("out_dir", out_dir)
     if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 2:
         raise ValueError(f"num_test must be an int >= 2, got {num_test!r}")
     for name in ("train", "test"):

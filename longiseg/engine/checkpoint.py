@@ -62,6 +62,7 @@ from longiseg.spec import ModelSpec, plain_data
 from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
 from longiseg.utils.io import atomic_torch_save
 from longiseg.utils.logging import get_logger
+from longiseg.utils.validation import check_path
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -359,7 +360,7 @@ def load_checkpoint(
         TypeError: if ``checkpoint`` is not a dict.
     """
     if checkpoint is None:
-        ckpt = _read(Path(path), map_location, weights_only)
+        ckpt = _read(check_path("path", path), map_location, weights_only)
     elif isinstance(checkpoint, dict):
         ckpt = _checked(checkpoint, Path(path))
     else:
@@ -395,7 +396,7 @@ def build_model_from_checkpoint(path: str | Path, *, map_location: Any = "cpu",
     Raises:
         ValueError: if the checkpoint has no ``model_name`` (train with ``Trainer(model_name=...)``).
     """
-    return _model_from(_read(Path(path), map_location, True), str(path), override_kwargs)
+    return _model_from(_read(check_path("path", path), map_location, True), str(path), override_kwargs)
 
 
 def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[str, Any]) -> nn.Module:
@@ -456,7 +457,7 @@ def load_model(path: str | Path, *, map_location: Any = "cpu") -> nn.Module:
         ValueError: for an unreadable file, weights that do not fit, or a checkpoint written before checkpoints
             described themselves (the message says how to supply the settings).
     """
-    ckpt = _read(Path(path), map_location, True)
+    ckpt = _read(check_path("path", path), map_location, True)
     if not ckpt.get("spec"):
         raise ValueError(
             f"checkpoint {path} was written by an older longiseg and does not record how to use the model "
@@ -476,7 +477,7 @@ def check_writable(path: str | Path) -> Path:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: naming the file, when it is write-protected.
     """
-    path = Path(path)
+    path = check_path("path", path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     mode = path.stat().st_mode
@@ -495,7 +496,7 @@ def update_spec(path: str | Path, spec: ModelSpec) -> Path:
             the checkpoint.
     """
     mode = stat.S_IMODE(check_writable(path).stat().st_mode)
-    ckpt = _read(Path(path), "cpu", True)
+    ckpt = _read(check_path("path", path), "cpu", True)
     if ckpt.get("model_name") not in (None, spec.name):
         raise ValueError(f"checkpoint {path} holds {ckpt.get('model_name')!r}, not {spec.name!r}")
     ckpt["spec"] = spec.to_dict()

@@ -52,7 +52,7 @@ from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.wrappers import eval_mode
 from longiseg.utils.io import atomic_write, check_replaceable
 from longiseg.utils.logging import get_logger, log_once
-from longiseg.utils.validation import DEBUG_CHECKS_ENV
+from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_path
 
 __all__ = [
     "Trainer",
@@ -99,7 +99,7 @@ def check_fresh_start(output_dir: str | Path, *, resume: bool = False) -> None:
     Raises:
         FileExistsError: naming the checkpoints and how to continue (``resume``) or replace (``overwrite``) them.
     """
-    out = Path(output_dir)
+    out = check_path("output_dir", output_dir)
     existing = [str(out / n) for n in (LAST_CHECKPOINT, BEST_CHECKPOINT) if (out / n).exists()]
     if not existing:
         return

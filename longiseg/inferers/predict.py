@@ -53,7 +53,7 @@ from longiseg.utils.io import (
 from longiseg.utils.logging import get_logger
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.nifti import SpatialHeader
-from longiseg.utils.validation import check_affine, check_bool, check_instance
+from longiseg.utils.validation import check_affine, check_bool, check_instance, check_path
 
 __all__ = [
     "Inferer",
@@ -364,7 +364,7 @@ def predict_folder(
             :func:`~longiseg.data.layout.check_case_id`), a malformed manifest, or a case that
             :func:`~longiseg.data.loading.load_case` refuses.
     """
-    in_dir = Path(in_dir)
+    in_dir = check_path("in_dir", in_dir)
     if not in_dir.is_dir():
         raise FileNotFoundError(f"in_dir {in_dir} is not a folder")
     if "brain_mask" in predict_kwargs:

@@ -39,6 +39,7 @@ from longiseg.metrics.report import (
 from longiseg.metrics.stratified import SizeBins, stratified_lesion_metrics
 from longiseg.utils.io import PathLike, atomic_write
 from longiseg.utils.logging import get_logger
+from longiseg.utils.validation import check_path
 
 __all__ = [
     "REPORT_FILES",
@@ -122,7 +123,7 @@ def evaluate_folder(
     from tqdm.auto import tqdm
 
     prot = get_protocol(protocol)
-    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    pred_dir, gt_dir = check_path("pred_dir", pred_dir), check_path("gt_dir", gt_dir)
     if not pred_dir.is_dir():
         raise ValueError(f"pred_dir {pred_dir} is not a folder")
     if not gt_dir.is_dir():

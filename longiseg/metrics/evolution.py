@@ -50,7 +50,7 @@ from longiseg.data.lesions import min_voxel_count
 from longiseg.metrics.inputs import as_mask
 from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
 from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
-from longiseg.utils.validation import check_affine
+from longiseg.utils.validation import check_affine, check_path
 
 __all__ = [
     "CHANGE_KINDS",
@@ -336,7 +336,7 @@ def evolution_folder(
 
     _check_min_volume(min_volume_mm3)  # bad options fail before any case is read
     _check_connectivity(connectivity, 3)
-    root = Path(root)
+    root = check_path("root", root)
     out = []
     for entry in tqdm(find_mask_cases(root), desc="lesion evolution", unit="case", disable=not progress):
         masks, affine, _ = read_prediction(root, entry.case_id, int(entry.num_timepoints or 0), "mask",

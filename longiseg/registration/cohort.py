@@ -93,7 +93,7 @@ from longiseg.utils.io import (
 )
 from longiseg.utils.logging import get_logger
 from longiseg.utils.nifti import atomic_save_nifti, load_nifti, spatial_header
-from longiseg.utils.validation import check_bool, check_instance, check_positive_int
+from longiseg.utils.validation import check_bool, check_instance, check_path, check_positive_int
 
 __all__ = ["MAX_OUTPUT_VOXELS", "RegistrationOptions", "CaseRegistration", "register_case", "register_folder",
            "transform_filename"]
@@ -421,8 +421,8 @@ def register_case(raw_case: PathLike, out_root: PathLike, options: RegistrationO
     opts = _check_options(options)
     overwrite = check_bool("overwrite", overwrite)
     _check_qc_backend(opts)
-    folder = Path(raw_case)
-    case_dir = Path(out_root) / folder.name
+    folder = check_path("raw_case", raw_case)
+    case_dir = check_path("out_root", out_root) / folder.name
     if case_dir.exists() and not case_dir.is_dir():
         raise NotADirectoryError(f"{case_dir} exists and is not a folder")
     if case_dir.exists() and not overwrite:
@@ -630,7 +630,7 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     opts = _check_options(options)
     overwrite = check_bool("overwrite", overwrite)
     progress = check_bool("progress", progress)
-    raw, out = Path(raw), Path(out)
+    raw, out = check_path("raw", raw), check_path("out", out)
     if not raw.is_dir():
         raise FileNotFoundError(f"raw folder {raw} does not exist")
     cases = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -27,6 +27,7 @@ from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_si
 from longiseg.registration.pairwise import resample
 from longiseg.utils.io import PathLike, atomic_directory
 from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti
+from longiseg.utils.validation import check_path
 
 __all__ = ["NATIVE_DIR", "native_grid", "native_header", "mask_to_native", "check_native_ready", "case_to_native",
            "predictions_to_native"]
@@ -46,7 +47,7 @@ def _record(registration_dir: Path) -> dict:
 def _grid_record(registration_dir: PathLike, timepoint: int, modality: str | None = None) -> dict:
     """The ``registration.json`` record of timepoint ``timepoint``'s original grid (its reference modality
     unless ``modality`` is given): ``{"shape", "affine", "header"}``."""
-    rec = _record(Path(registration_dir))
+    rec = _record(check_path("registration_dir", registration_dir))
     mod = (modality or rec["options"]["reference_modality"]).lower()
     key = f"t{timepoint}_{mod}"
     if key not in rec["native_grids"]:
@@ -83,7 +84,7 @@ def mask_to_native(mask: np.ndarray, affine: np.ndarray, registration_dir: PathL
     sitk = require_simpleitk()
     if interpolation not in ("nearest", "linear"):
         raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
-    reg = Path(registration_dir)
+    reg = check_path("registration_dir", registration_dir)
     grid = native_grid(reg, timepoint)
     transform = None
     if timepoint > 0:
@@ -170,7 +171,7 @@ def case_to_native(case_dir: PathLike, registration_dir: PathLike, num_timepoint
         FileExistsError: ``native/`` exists and ``overwrite`` is ``False``.
         FileNotFoundError, ValueError, ImportError: see :func:`check_native_ready`; a missing or malformed mask.
     """
-    case_dir, reg = Path(case_dir), Path(registration_dir)
+    case_dir, reg = check_path("case_dir", case_dir), check_path("registration_dir", registration_dir)
     check_native_ready(reg, num_timepoints)
     masks = _native_masks(case_dir, reg, case_dir.name, num_timepoints, interpolation)
     target = case_dir / NATIVE_DIR
@@ -195,7 +196,7 @@ def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir:
     Returns:
         The files written.
     """
-    pred, reg, out = Path(pred_dir), Path(registered_dir), Path(out_dir)
+    pred, reg, out = check_path("pred_dir", pred_dir), check_path("registered_dir", registered_dir), check_path("out_dir", out_dir)
     if not pred.is_dir():
         raise FileNotFoundError(f"prediction folder {pred} does not exist")
     written = []

@@ -36,6 +36,7 @@ import numpy as np
 import yaml
 
 from longiseg.utils.io import atomic_write
+from longiseg.utils.validation import check_path
 
 __all__ = [
     "ConfigError",
@@ -277,7 +278,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         ConfigError: for an unsupported suffix, malformed YAML/JSON, a key given twice or a file whose top
             level is not a mapping.
     """
-    path = Path(path)
+    path = check_path("path", path)
     kind = _suffix_kind(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -325,7 +326,7 @@ def save_config(config: Any, path: str | Path) -> Path:
     Raises:
         ConfigError: for an unsupported suffix.
     """
-    path = Path(path)
+    path = check_path("path", path)
     kind = _suffix_kind(path)
     data = config_to_dict(config)
     if kind == "yaml":

@@ -64,7 +64,7 @@ def check_output_folder(path: PathLike, name: str) -> Path:
         NotADirectoryError: ``path`` or one of its ancestors is a file.
         PermissionError: the nearest existing ancestor is not writable.
     """
-    path = check_path("path", path)
+    path = check_path(name, path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{name} {path} exists and is not a folder")
     probe = path
@@ -122,11 +122,11 @@ def check_separate_folders(output: PathLike, output_name: str, inputs: dict[str,
     Raises:
         ValueError: naming both folders and how they overlap.
     """
-    out = check_path("output", output).resolve()
+    out = check_path(output_name, output).resolve()
     for name, path in check_instance("inputs", inputs, Mapping, "a dict of input folders by name").items():
         if path is None:
             continue
-        inp = check_path(f"inputs[{name!r}]", path).resolve()
+        inp = check_path(name, path).resolve()
         if out == inp:
             how = "is"
         elif inp in out.parents:

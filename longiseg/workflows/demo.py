@@ -53,6 +53,7 @@ from longiseg.utils.config import ConfigBase, ConfigError
 from longiseg.utils.device import usable_cpu_count
 from longiseg.utils.io import atomic_directory, atomic_write_json, check_replaceable, folder_is_empty
 from longiseg.utils.logging import apply_logging_setup, get_logger, logging_setup
+from longiseg.utils.validation import check_instance, check_path
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
 from longiseg.workflows.predict import run_prediction
 from longiseg.workflows.train import run_training
@@ -201,7 +202,7 @@ def write_cohort(out: str | Path, cohort_cfg: DemoCohortConfig, num_test: int, *
             not a cohort folder (no manifest).
         ValueError: the split cannot be drawn from the new cohort (``out`` unchanged).
     """
-    out = Path(out)
+    out = check_path("out", out)
     existing = out / "cohort"
     if existing.is_dir() and not folder_is_empty(existing) and not (existing / MANIFEST_JSON).is_file():
         raise FileExistsError(f"{existing} does not look like a cohort folder (no {MANIFEST_JSON}); not "
@@ -224,7 +225,15 @@ def write_cohort(out: str | Path, cohort_cfg: DemoCohortConfig, num_test: int, *
 
 
 def demo_experiment(cfg: DemoConfig, label: str, train_dir: str | Path, run_dir: str | Path) -> ExperimentConfig:
-    """The training configuration of one demo model (``label`` in :data:`DEMO_MODELS`)."""
+    """The training configuration of one demo model (``label`` in :data:`DEMO_MODELS`).
+
+    Raises:
+        TypeError: ``cfg`` is not a :class:`DemoConfig`.
+        ValueError: ``label`` is not a demo model.
+    """
+    check_instance("cfg", cfg, DemoConfig, "a DemoConfig")
+    if label not in DEMO_MODELS:
+        raise ValueError(f"label must be one of {sorted(DEMO_MODELS)}, got {label!r}")
     name, kwargs = DEMO_MODELS[label]
     return ExperimentConfig(
         model=ModelConfig(name=name, kwargs=dict(kwargs)),

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from longiseg.data.case import LongitudinalCase
+from longiseg.data.case import LongitudinalCase, check_case
 from longiseg.utils.io import PathLike, atomic_save_figure
+from longiseg.utils.validation import check_instance
 
 __all__ = ["plot_case", "plot_training_curves", "plot_prediction_overlay"]
 
@@ -124,7 +125,7 @@ def plot_training_curves(runs: Mapping[str, Path], path: PathLike) -> Path:
     from longiseg.utils.plotting import subplots
 
     fig, axes = subplots(1, 2, figsize=(9, 3.6))
-    for label, run in runs.items():
+    for label, run in check_instance("runs", runs, Mapping, "a mapping of labels to run folders").items():
         with open(run / "metrics.csv", encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
         ep = [int(r["epoch"]) for r in rows]
@@ -154,6 +155,8 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
     from longiseg.data.predictions import read_prediction
     from longiseg.utils.plotting import subplots
 
+    check_case("case", case)
+    check_instance("pred_dirs", pred_dirs, Mapping, "a mapping of labels to prediction folders")
     case_id = case.case_id
     prog = case.progression_masks[0]
     lesions, keep = label_persisting_lesions(case.baseline_mask, prog, case.spacing)

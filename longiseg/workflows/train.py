@@ -44,6 +44,7 @@ from longiseg.networks.inputs import check_spatial_size
 from longiseg.registry import build_model, model_info
 from longiseg.utils.io import atomic_write_json, check_replaceable, check_separate_folders
 from longiseg.utils.logging import get_logger
+from longiseg.utils.validation import check_path
 from longiseg.workflows.config import ExperimentConfig
 
 __all__ = ["build_loss", "build_datasets", "make_validate_fn", "read_split", "run_training",
@@ -172,7 +173,7 @@ def read_split(path: str | os.PathLike) -> dict:
         FileNotFoundError: the file is missing.
         ValueError: naming the file: not JSON, or not an object of those fields.
     """
-    path = Path(path)  # a str path failed with AttributeError
+    path = check_path("path", path)  # a str path failed with AttributeError
     try:
         split = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -33,6 +33,7 @@ from longiseg.tuning import (
 from longiseg.utils.device import resolve_device
 from longiseg.utils.io import atomic_write_json
 from longiseg.utils.logging import get_logger
+from longiseg.utils.validation import check_path
 from longiseg.workflows.config import InferenceConfig
 from longiseg.workflows.predict import inference_settings, make_inferer, model_spec
 from longiseg.workflows.train import SPLIT_FILE, TUNING_FILE, read_split
@@ -135,7 +136,7 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
             ``checkpoint`` that is not a file name inside ``run_dir`` or is write-protected (tune rewrites it,
             keeping its file mode), a malformed ``split.json``.
     """
-    run = Path(run_dir)
+    run = check_path("run_dir", run_dir)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if not isinstance(checkpoint, str) or not checkpoint or Path(checkpoint).name != checkpoint \
