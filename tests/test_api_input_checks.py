@@ -541,11 +541,19 @@ def test_read_split_takes_a_str_path(tmp_path) -> None:  # noqa: ANN001
 
 
 # ------------------------------------------------------------------------------------------- the data layer on disk
-def _data_layer_calls() -> list:
+def _wrong_type_calls() -> list:
+    """(function, args, kwargs, message) rows: the data layer, then every other function that takes a path."""
+    from longiseg.bridges import (
+        check_nnunet_raw_dataset,
+        convert_longiseg_dataset,
+        import_nnunet_predictions,
+        write_nnunet_dataset,
+    )
     from longiseg.data import (
         case_spatial_header,
         find_cases,
         find_mask_cases,
+        generate_demo_cohort,
         load_case,
         manifest_from_cases,
         prediction_complete,
@@ -553,12 +561,25 @@ def _data_layer_calls() -> list:
         read_prediction,
         validate_cases,
         write_manifest,
+        write_test_split,
     )
     from longiseg.data.cohort import case_source, scan_cohort
+    from longiseg.data.layout import find_nifti, image_timepoint, parse_image_filename, scan_images
     from longiseg.data.loading import check_case_headers, check_case_voxels, load_cases
     from longiseg.data.sources import build_mask
+    from longiseg.engine import build_model_from_checkpoint, load_checkpoint, read_config_file, save_config
+    from longiseg.engine.checkpoint import check_writable, load_model, update_spec
+    from longiseg.engine.trainer import check_fresh_start
+    from longiseg.inferers import predict_folder
     from longiseg.inferers.claims import claim_case, release_claim
     from longiseg.inferers.provenance import check_same_producer, prediction_record
+    from longiseg.metrics import evaluate_folder
+    from longiseg.metrics.evolution import evolution_folder
+    from longiseg.registration.native import case_to_native, native_grid, predictions_to_native
+    from longiseg.workflows.demo import DemoConfig, demo_experiment, write_cohort
+    from longiseg.workflows.figures import plot_training_curves
+    from longiseg.workflows.train import read_split
+    from longiseg.workflows.tune import run_tuning
 
     return [
         (find_cases, (123,), {}, "root must be a path"),
@@ -586,43 +607,6 @@ def _data_layer_calls() -> list:
         (prediction_record, (nn.Identity(), None, [1]), {}, "settings must be a mapping"),
         (check_same_producer, (None, "a", {}), {}, "folder must be a path"),
         (check_same_producer, (".", "a", 5), {}, "record must be a mapping"),
-    ]
-
-
-@pytest.mark.parametrize("call", range(len(_data_layer_calls())))
-def test_data_layer_names_arguments_of_the_wrong_type(call: int, tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    """Found by calling each public function of the split data layer with a value of another type: before 0.3.13
-    they failed in pathlib or with an AttributeError, and find_cases(modalities="flair") looked for five
-    one-letter modalities."""
-    monkeypatch.chdir(tmp_path)  # nothing is written anywhere, and relative paths stay in here
-    fn, args, kwargs, message = _data_layer_calls()[call]
-    with pytest.raises(TypeError, match=message):
-        fn(*args, **kwargs)
-    assert list(tmp_path.iterdir()) == []
-
-
-def _path_argument_calls() -> list:
-    from longiseg.bridges import (
-        check_nnunet_raw_dataset,
-        convert_longiseg_dataset,
-        import_nnunet_predictions,
-        write_nnunet_dataset,
-    )
-    from longiseg.data import generate_demo_cohort, write_test_split
-    from longiseg.data.layout import find_nifti, image_timepoint, parse_image_filename, scan_images
-    from longiseg.engine import build_model_from_checkpoint, load_checkpoint, read_config_file, save_config
-    from longiseg.engine.checkpoint import check_writable, load_model, update_spec
-    from longiseg.engine.trainer import check_fresh_start
-    from longiseg.inferers import predict_folder
-    from longiseg.metrics import evaluate_folder
-    from longiseg.metrics.evolution import evolution_folder
-    from longiseg.registration.native import case_to_native, native_grid, predictions_to_native
-    from longiseg.workflows.demo import DemoConfig, demo_experiment, write_cohort
-    from longiseg.workflows.figures import plot_training_curves
-    from longiseg.workflows.train import read_split
-    from longiseg.workflows.tune import run_tuning
-
-    return [
         (check_nnunet_raw_dataset, (1,), {}, "folder must be a path"),
         (convert_longiseg_dataset, (".", 2.5, 1, "Demo"), {}, "out_root must be a path"),
         (import_nnunet_predictions, (1, "out"), {}, "pred_dir must be a path"),
@@ -657,11 +641,13 @@ def _path_argument_calls() -> list:
     ]
 
 
-@pytest.mark.parametrize("call", range(len(_path_argument_calls())))
-def test_path_arguments_of_the_wrong_type_are_named(call: int, tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    """A number where a path goes failed in pathlib ("expected str, bytes or os.PathLike object") before 0.3.13."""
-    monkeypatch.chdir(tmp_path)
-    fn, args, kwargs, message = _path_argument_calls()[call]
+@pytest.mark.parametrize("call", range(len(_wrong_type_calls())))
+def test_arguments_of_the_wrong_type_are_named(call: int, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Found by calling each public function of the data layer, and each that takes a path, with a value of another
+    type: before 0.3.13 they failed in pathlib ("expected str, bytes or os.PathLike object") or with an
+    AttributeError, and find_cases(modalities="flair") looked for five one-letter modalities."""
+    monkeypatch.chdir(tmp_path)  # nothing is written anywhere, and relative paths stay in here
+    fn, args, kwargs, message = _wrong_type_calls()[call]
     with pytest.raises((TypeError, ValueError), match=message):
         fn(*args, **kwargs)
     assert list(tmp_path.iterdir()) == []
