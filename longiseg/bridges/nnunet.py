@@ -53,7 +53,14 @@ from longiseg.utils.io import (
     folder_is_empty,
 )
 from longiseg.utils.nifti import atomic_save_nifti, load_nifti
-from longiseg.utils.validation import check_binary, check_finite, check_path, check_same_shape, check_sequence
+from longiseg.utils.validation import (
+    check_binary,
+    check_bool,
+    check_finite,
+    check_path,
+    check_same_shape,
+    check_sequence,
+)
 
 __all__ = [
     "FOUR_CLASS_LABELS",
@@ -634,6 +641,7 @@ def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True)
         ValueError: listing every problem found.
     """
     folder = check_path("folder", folder)
+    check_geometry = check_bool("check_geometry", check_geometry)
     problems: list[str] = []
     m = _DATASET_DIR_RE.match(folder.name)
     if m is None:

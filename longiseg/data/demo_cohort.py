@@ -665,6 +665,7 @@ def generate_demo_cohort(
     if overrides:
         cfg = cfg.with_overrides(**overrides)
     out = check_path("out_dir", out_dir)
+    overwrite = check_bool("overwrite", overwrite)
     if out.exists() and not folder_is_empty(out):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")

@@ -62,7 +62,7 @@ from longiseg.spec import ModelSpec, plain_data
 from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
 from longiseg.utils.io import atomic_torch_save
 from longiseg.utils.logging import get_logger
-from longiseg.utils.validation import check_path
+from longiseg.utils.validation import check_bool, check_path
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -359,10 +359,11 @@ def load_checkpoint(
         ValueError: if the file is not a longiseg checkpoint or is newer than supported.
         TypeError: if ``checkpoint`` is not a dict.
     """
+    restore_rng = check_bool("restore_rng", restore_rng)
     if checkpoint is None:
-        ckpt = _read(check_path("path", path), map_location, weights_only)
+        ckpt = _read(check_path("path", path), map_location, check_bool("weights_only", weights_only))
     elif isinstance(checkpoint, dict):
-        ckpt = _checked(checkpoint, Path(path))
+        ckpt = _checked(checkpoint, check_path("path", path))
     else:
         raise TypeError(f"checkpoint must be the dict load_checkpoint returned, got {type(checkpoint).__name__}")
     if model is not None:
