@@ -566,7 +566,8 @@ def _wrong_type_calls() -> list:
     from longiseg.data.cohort import case_source, scan_cohort
     from longiseg.data.layout import find_nifti, image_timepoint, parse_image_filename, scan_images
     from longiseg.data.loading import check_case_headers, check_case_voxels, load_cases
-    from longiseg.data.sources import build_mask
+    from longiseg.data.manifest import ManifestEntry
+    from longiseg.data.sources import CaseSource, build_mask
     from longiseg.engine import build_model_from_checkpoint, load_checkpoint, read_config_file, save_config
     from longiseg.engine.checkpoint import check_writable, load_model, update_spec
     from longiseg.engine.trainer import check_fresh_start
@@ -576,6 +577,7 @@ def _wrong_type_calls() -> list:
     from longiseg.metrics import evaluate_folder
     from longiseg.metrics.evolution import evolution_folder
     from longiseg.registration.native import case_to_native, native_grid, predictions_to_native
+    from longiseg.ssm import Mamba
     from longiseg.workflows.demo import DemoConfig, demo_experiment, write_cohort
     from longiseg.workflows.figures import plot_training_curves
     from longiseg.workflows.train import read_split
@@ -608,6 +610,12 @@ def _wrong_type_calls() -> list:
         (check_same_producer, (None, "a", {}), {}, "folder must be a path"),
         (check_same_producer, (".", "a", 5), {}, "record must be a mapping"),
         (check_nnunet_raw_dataset, (1,), {}, "folder must be a path"),
+        (Mamba, (16,), {"conv_bias": "no"}, "conv_bias must be a bool"),  # "no" built a bias
+        (ManifestEntry, ("a", "a", 2, None), {"baseline_annotated": "no"}, "baseline_annotated must be a bool"),
+        (ManifestEntry, ("a", None, 2, None), {}, "patient_id must be a str"),
+        (ManifestEntry, ("a", "a", None, "yes"), {}, "progression must be a bool"),
+        (CaseSource, ("a", ("flair",), (("t0.nii.gz",), ("t1.nii.gz",))), {"baseline_annotated": 0},
+         "baseline_annotated must be a bool"),
         (check_nnunet_raw_dataset, (".",), {"check_geometry": "no"}, "check_geometry must be a bool"),
         (generate_demo_cohort, ("cohort",), {"overwrite": "no"}, "overwrite must be a bool"),
         (load_checkpoint, ("last.pt",), {"restore_rng": "yes"}, "restore_rng must be a bool"),

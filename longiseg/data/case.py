@@ -20,6 +20,7 @@ from longiseg.utils.validation import (
     check_affine,
     check_array,
     check_binary,
+    check_bool,
     check_finite,
     check_positive_int,
     check_timepoints,
@@ -205,6 +206,7 @@ class LongitudinalCase:
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_bool("baseline_annotated", self.baseline_annotated)
         imgs = np.asarray(self.images)
         if imgs.ndim != 5:
             raise ValueError(f"images must have 5 dims (T, C, D, H, W), got shape {tuple(imgs.shape)}")

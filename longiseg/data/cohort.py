@@ -326,7 +326,7 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
         rows = list(manifest.cases)
     else:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        rows = [ManifestEntry(p.name, "", None, None)
+        rows = [ManifestEntry(layout.check_case_id(p.name, where=f"case folder {p}"), "", None, None)
                 for p in folders if layout.find_nifti(p, layout.BASELINE_MASK)]
         if not rows:
             raise FileNotFoundError(f"no case folders with a {layout.BASELINE_MASK} found in {root}")

@@ -18,7 +18,7 @@ from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.sources import CaseSource
 from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
-from longiseg.utils.validation import check_instance, check_path, check_sequence
+from longiseg.utils.validation import check_bool, check_instance, check_path, check_sequence, check_timepoints
 
 __all__ = ["MANIFEST_FIELDS", "ManifestEntry", "Manifest", "read_manifest", "write_manifest", "manifest_from_cases"]
 
@@ -38,6 +38,16 @@ class ManifestEntry:
     num_timepoints: int | None
     progression: bool | None
     baseline_annotated: bool = True
+
+    def __post_init__(self) -> None:
+        layout.check_case_id(self.case_id)
+        if not isinstance(self.patient_id, str):
+            raise TypeError(f"patient_id must be a str ('' for the case id), got {type(self.patient_id).__name__}")
+        if self.num_timepoints is not None:
+            check_timepoints("num_timepoints", self.num_timepoints)
+        if self.progression is not None:
+            check_bool("progression", self.progression)
+        check_bool("baseline_annotated", self.baseline_annotated)
 
 
 @dataclass(frozen=True)

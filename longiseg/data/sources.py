@@ -16,7 +16,7 @@ import numpy as np
 from longiseg.data import layout
 from longiseg.data.volumes import read_mask, read_volume
 from longiseg.utils.nifti import load_nifti
-from longiseg.utils.validation import check_instance
+from longiseg.utils.validation import check_bool, check_instance
 
 __all__ = ["MaskSpec", "CaseSource", "build_mask"]
 
@@ -95,6 +95,9 @@ class CaseSource:
 
     def __post_init__(self) -> None:
         layout.check_case_id(self.case_id)
+        check_bool("baseline_annotated", self.baseline_annotated)
+        if self.has_progression is not None:
+            check_bool("has_progression", self.has_progression)
         object.__setattr__(self, "modalities", tuple(str(m) for m in self.modalities))
         files = tuple(tuple(Path(p) for p in tp) for tp in self.image_files)
         object.__setattr__(self, "image_files", files)

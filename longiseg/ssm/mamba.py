@@ -79,6 +79,7 @@ class Mamba(nn.Module):
         d_model, d_state, d_conv = (check_positive_int(n, v) for n, v in (
             ("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)))
         expand = check_positive_float("expand", expand)
+        conv_bias, bias = check_bool("conv_bias", conv_bias), check_bool("bias", bias)
         if int(expand * d_model) < 1:
             raise ValueError(f"expand * d_model must be at least 1 inner channel, got {expand} * {d_model}")
         if dt_rank != "auto":
