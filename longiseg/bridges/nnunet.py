@@ -499,8 +499,8 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
 
     Writes ``out_root/CASE/baseline_mask.nii.gz`` (from the pair ``CASE_fu1``) and
     ``out_root/CASE/progression_t{t}.nii.gz`` for every predicted pair with
-    :func:`~longiseg.data.predictions.save_prediction`, so ``longiseg evaluate`` can score nnU-Net like any other
-    model.
+    :func:`~longiseg.data.predictions.save_prediction`, so ``longiseg evaluate`` can score nnU-Net like any
+    other model.
 
     Everything is checked before the first file is written: the names (every image file named
     ``CASE_fu{t}.nii.gz``, ``CASE`` a single folder name, pairs ``fu1 .. fu<n>`` without gaps; nnU-Net's other

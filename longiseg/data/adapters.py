@@ -26,8 +26,8 @@ The baseline target is the binary whole-tumour mask of ``time1`` (union of ``tum
 progression target a binary difference mask between the two timepoints (see :func:`ucsf_altpd_cases`).
 Labels the release does not define (``UCSF_SEG_LABELS``, ``UCSF_CHANGE_LABELS``) are never counted as
 tumour or change: each case's :class:`~longiseg.data.sources.MaskSpec` lists the labels its file may hold
-(``allowed``), so :func:`~longiseg.data.load_case` and :func:`~longiseg.data.validate_cases` refuse a label map
-holding any other value, naming the file and the values.
+(``allowed``), so :func:`~longiseg.data.load_case` and :func:`~longiseg.data.validate_cases` refuse a label
+map holding any other value, naming the file and the values.
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ __all__ = [
 
 
 def case_source(source: CaseSource | PathLike) -> CaseSource:
-    """The case a command was given: a :class:`~longiseg.data.sources.CaseSource` itself, or the case of one case
-    folder in the library layout (masks optional, channels the baseline's modalities in alphabetical order).
+    """The case a command was given: a :class:`~longiseg.data.sources.CaseSource` itself, or the case of one
+    case folder in the library layout (masks optional, channels the baseline's modalities in alphabetical
+    order).
 
     Raises:
         FileNotFoundError: the folder does not exist or holds no baseline image.
@@ -207,7 +208,8 @@ def scan_cohort(
     root: PathLike, modalities: Sequence[str] | None = None, require_masks: bool = True
 ) -> list[tuple[str, CaseSource | OSError | ValueError]]:
     """Every case of a cohort folder as ``(case_id, source)``, or ``(case_id, error)`` if it cannot be listed: what
-    :func:`find_cases` raises at the first problem, kept per case (for :func:`~longiseg.data.loading.validate_cases`).
+    :func:`find_cases` raises at the first problem, kept per case (for
+    :func:`~longiseg.data.loading.validate_cases`).
 
     Args:
         root: cohort folder.
@@ -285,7 +287,8 @@ def find_cases(
         ValueError: a case has fewer than two timepoints, the manifest disagrees with the files, cases have
             different modalities (names or order; :func:`check_same_modalities`), a case id
             is not a single folder name (:func:`~longiseg.data.layout.check_case_id`), or a ``.nii`` and a
-            ``.nii.gz`` of one name both exist. :func:`~longiseg.data.loading.validate_cases` reports these per case instead.
+            ``.nii.gz`` of one name both exist. :func:`~longiseg.data.loading.validate_cases` reports these
+            per case instead.
     """
     sources = []
     for _, src in scan_cohort(root, modalities, require_masks):
@@ -299,10 +302,11 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
     """List the cases of a reference folder (masks in the library layout, images optional); no voxels read.
 
     A case is a sub-folder holding ``baseline_mask.nii.gz`` and ``progression_t1 .. progression_t{T-1}``
-    (``.nii`` or ``.nii.gz``). With a manifest (read by :func:`~longiseg.data.manifest.read_manifest`, so exactly the manifests
-    :func:`find_cases` accepts) its cases, order and patient ids are used; otherwise every sub-folder
-    holding a baseline mask is a case of its own patient. ``T`` is the manifest's ``num_timepoints`` or,
-    where it is left out, counted from the files (the highest follow-up of the progression masks and images).
+    (``.nii`` or ``.nii.gz``). With a manifest (read by :func:`~longiseg.data.manifest.read_manifest`, so
+    exactly the manifests :func:`find_cases` accepts) its cases, order and patient ids are used; otherwise
+    every sub-folder holding a baseline mask is a case of its own patient. ``T`` is the manifest's
+    ``num_timepoints`` or, where it is left out, counted from the files (the highest follow-up of the
+    progression masks and images).
 
     Args:
         root: reference folder, e.g. a test cohort.

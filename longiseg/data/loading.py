@@ -5,8 +5,9 @@ grid) and then every value (finite intensities, binary masks, a non-empty brain 
 with the masks). :func:`validate_cases` runs the same checks but collects every problem per case instead of
 raising; :func:`save_case` writes a case in the library layout. Nothing on disk is ever modified by loading.
 
-Where the files are is a :class:`~longiseg.data.sources.CaseSource` (from :func:`~longiseg.data.cohort.find_cases`
-or a dataset adapter); single volumes are read by :mod:`longiseg.data.volumes`.
+Where the files are is a :class:`~longiseg.data.sources.CaseSource` (from
+:func:`~longiseg.data.cohort.find_cases` or a dataset adapter); single volumes are read by
+:mod:`longiseg.data.volumes`.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e
     cheap enough to run on a whole cohort before any case is read.
 
     Args:
-        source: the case (from :func:`~longiseg.data.cohort.find_cases`), or a case folder in the library layout.
+        source: the case (from :func:`~longiseg.data.cohort.find_cases`), or a case folder in the library
+            layout.
         affine_atol: absolute tolerance when comparing the files' affines.
 
     Raises:
@@ -100,8 +102,9 @@ def check_case_voxels(sources: Sequence[CaseSource], *, progress: bool = True, d
     after the cases before it. Run :func:`check_case_headers` first: it is cheap and finds most problems.
 
     Args:
-        sources: the cases (from :func:`~longiseg.data.cohort.find_cases`); masks a command does not use are best left out of them
-            (``dataclasses.replace(source, baseline_mask=None, progression_masks=None)``).
+        sources: the cases (from :func:`~longiseg.data.cohort.find_cases`); masks a command does not use are
+            best left out of them (``dataclasses.replace(source, baseline_mask=None,
+            progression_masks=None)``).
         progress: show a progress bar (a cohort of large volumes takes a while to decode).
         desc: the progress bar's label.
 
@@ -263,7 +266,8 @@ def load_case(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> Lo
 
 
 def load_cases(sources: Sequence[CaseSource], **kwargs: object) -> list[LongitudinalCase]:
-    """Load several cases (all in memory; prefer :class:`~longiseg.data.dataset.SliceDataset` for training)."""
+    """Load several cases (all in memory; prefer :class:`~longiseg.data.dataset.SliceDataset` for
+    training)."""
     check_sequence("sources", sources, (CaseSource, str, os.PathLike), "a CaseSource or a case folder path")
     return [load_case(s, **kwargs) for s in sources]  # type: ignore[arg-type]
 
@@ -282,12 +286,14 @@ def validate_cases(
     empty (0-byte), truncated, corrupt or non-NIfTI files, volumes of different shape or affine, NaN/inf
     intensities, non-binary masks, an all-zero brain mask, and a progression flag (from the manifest) that
     contradicts the progression masks. Given a cohort folder it also reports per case what
-    :func:`~longiseg.data.cohort.find_cases` would stop at (a case folder lacking images, an invalid case id, a case whose modalities
-    differ from the other cases').
+    :func:`~longiseg.data.cohort.find_cases` would stop at (a case folder lacking images, an invalid case id,
+    a case whose modalities differ from the other cases').
 
     Args:
-        cases: case sources (e.g. from :func:`~longiseg.data.cohort.find_cases`), or a cohort folder in the library layout.
-        modalities: channel order, when ``cases`` is a folder (as in :func:`~longiseg.data.cohort.find_cases`).
+        cases: case sources (e.g. from :func:`~longiseg.data.cohort.find_cases`), or a cohort folder in the
+            library layout.
+        modalities: channel order, when ``cases`` is a folder (as in
+            :func:`~longiseg.data.cohort.find_cases`).
         require_masks: when ``cases`` is a folder, a case without masks is a problem.
         affine_atol: absolute tolerance when comparing affines across files.
         progress: show a progress bar.
@@ -329,9 +335,9 @@ def save_case(case: LongitudinalCase, root: PathLike, *, overwrite: bool = False
     Images ``(T, C, D, H, W)`` are stored as ``image_dtype`` (float32 by default; integer types round), one
     file per timepoint and modality, masks ``(D, H, W)`` as uint8; the case's affine is kept. Every file is
     first written into a temporary folder that replaces ``root/<case_id>`` at the end (as
-    :func:`~longiseg.data.predictions.save_prediction` does), so a failure at any point leaves no half-written case folder, and an
-    existing one is either kept as it was or replaced as a whole (files of an earlier save that the case no
-    longer has, such as a third timepoint, do not stay behind).
+    :func:`~longiseg.data.predictions.save_prediction` does), so a failure at any point leaves no half-written
+    case folder, and an existing one is either kept as it was or replaced as a whole (files of an earlier save
+    that the case no longer has, such as a third timepoint, do not stay behind).
 
     Args:
         case: the case to write.

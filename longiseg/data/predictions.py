@@ -153,15 +153,16 @@ def case_spatial_header(source: CaseSource | PathLike) -> SpatialHeader | None:
     """The spatial header of a case's grid, for its predictions (:func:`save_prediction`'s ``header``).
 
     The grid of a case is that of its first file, the baseline image of the first modality (every other file
-    lies on it, :func:`~longiseg.data.loading.check_case_headers`); its qform and sform (matrices and codes) and units are read from
-    its header alone (no voxel is decoded).
+    lies on it, :func:`~longiseg.data.loading.check_case_headers`); its qform and sform (matrices and codes)
+    and units are read from its header alone (no voxel is decoded).
 
     Args:
         source: a :class:`~longiseg.data.sources.CaseSource`, or a case folder in the library layout.
 
     Returns:
         Its :class:`~longiseg.utils.nifti.SpatialHeader` (``affine`` equal to the ``affine`` of
-        :func:`~longiseg.data.loading.load_case`), or ``None`` when the file sets neither form (which :func:`~longiseg.data.loading.load_case` refuses).
+        :func:`~longiseg.data.loading.load_case`), or ``None`` when the file sets neither form (which
+        :func:`~longiseg.data.loading.load_case` refuses).
 
     Raises:
         FileNotFoundError: the file is missing.

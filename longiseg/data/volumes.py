@@ -56,15 +56,16 @@ def read_volume(path: PathLike, *, what: str = "volume", dtype: Any = None
 
 def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: float = SPACING_RTOL
                   ) -> tuple[float, float, float]:
-    """Voxel size in mm of a NIfTI image read by :func:`~longiseg.utils.nifti.load_nifti`: the one owner of it.
+    """Voxel size in mm of a NIfTI image read by :func:`~longiseg.utils.nifti.load_nifti`: the one owner of
+    it.
 
     The size is that of the image's affine (:func:`~longiseg.data.case.affine_spacing`, the column norms of
     nibabel's ``img.affine``: the sform when ``sform_code > 0``, else the qform), the matrix every reader
     compares and every output is written with. A file whose header voxel sizes (``pixdim``, which the qform
     uses) disagree with that affine describes two grids; it is refused rather than one of them chosen, and so
-    is a file whose qform and sform (both set) differ by more than :data:`~longiseg.utils.nifti.QFORM_SFORM_ATOL`,
-    a file with neither (orientation unknown: tools disagree on which side is left) and one measured in other
-    units than mm.
+    is a file whose qform and sform (both set) differ by more than
+    :data:`~longiseg.utils.nifti.QFORM_SFORM_ATOL`, a file with neither (orientation unknown: tools disagree
+    on which side is left) and one measured in other units than mm.
 
     Args:
         img: the nibabel image (a header-only read is enough).

@@ -201,12 +201,13 @@ def save_checkpoint(
         ``path``.
 
     Raises:
-        TypeError: if ``model`` is not an ``nn.Module``, its ``spec`` is not a :class:`~longiseg.spec.ModelSpec`,
-            or ``model_kwargs``, ``trainer_config``, ``history`` or ``extra`` hold something else than plain data
-            (and tensors, outside ``model_kwargs``).
+        TypeError: if ``model`` is not an ``nn.Module``, its ``spec`` is not a
+            :class:`~longiseg.spec.ModelSpec`, or ``model_kwargs``, ``trainer_config``, ``history`` or
+            ``extra`` hold something else than plain data (and tensors, outside ``model_kwargs``).
         ValueError: for a negative ``epoch`` or ``global_step``, a ``model_name`` that is not the name in the
-            model's spec, or a spec with fields that :class:`~longiseg.spec.ModelSpec` does not have (a subclass
-            with extra fields: :func:`load_model` could not read it back; put such data into ``extra``).
+            model's spec, or a spec with fields that :class:`~longiseg.spec.ModelSpec` does not have (a
+            subclass with extra fields: :func:`load_model` could not read it back; put such data into
+            ``extra``).
     """
     if epoch < 0 or global_step < 0:
         raise ValueError(f"epoch and global_step must be >= 0, got {epoch} and {global_step}")

@@ -46,8 +46,9 @@ def _read_claim(path: Path) -> dict[str, Any] | None:
 
 
 def _claim_alive(path: Path, claim: dict[str, Any] | None) -> bool:
-    """Whether ``claim`` (read from ``path``) is held by a live process (:func:`~longiseg.utils.io.writer_ended`:
-    on this host when its process exists; of another host, or unreadable, until a day after it was made)."""
+    """Whether ``claim`` (read from ``path``) is held by a live process
+    (:func:`~longiseg.utils.io.writer_ended`: on this host when its process exists; of another host, or
+    unreadable, until a day after it was made)."""
     pid = None if claim is None else claim.get("pid")
     if claim is None or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return not writer_ended(path, 0, "unreadable")

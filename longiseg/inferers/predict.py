@@ -7,9 +7,9 @@ affine and the spatial header of the case's baseline image (its qform and sform 
 :func:`~longiseg.data.predictions.case_spatial_header`), atomically, and never over an existing file unless
 ``overwrite=True``. Cases are found and read by
 the data layer (:func:`~longiseg.data.cohort.find_cases`, :func:`~longiseg.data.loading.load_case`), as in
-training, and written by :func:`~longiseg.data.predictions.save_prediction`, with a record of what produced them
-(:data:`~longiseg.data.predictions.PREDICTION_RECORD`: the model's weights and the settings that change the outputs)
-that ``skip_existing`` compares.
+training, and written by :func:`~longiseg.data.predictions.save_prediction`, with a record of what produced
+them (:data:`~longiseg.data.predictions.PREDICTION_RECORD`: the model's weights and the settings that change
+the outputs) that ``skip_existing`` compares.
 """
 
 from __future__ import annotations
@@ -211,24 +211,24 @@ def predict_case(
         progression_outside_baseline: progression where the voxel was not lesion at baseline: the progression
             probability becomes ``p_prog (1 - p_base)`` and the masks are cut to the outside of the baseline
             mask before small components are removed (see
-            :func:`~longiseg.inferers.postprocessing.postprocess_heads`). The saved progression probability and
-            entropy maps are those of ``p_prog (1 - p_base)`` then, so that every mask is its probability map
-            post-processed.
+            :func:`~longiseg.inferers.postprocessing.postprocess_heads`). The saved progression probability
+            and entropy maps are those of ``p_prog (1 - p_base)`` then, so that every mask is its probability
+            map post-processed.
         save_probabilities: also write the probability maps.
         save_entropy: also write the entropy maps.
         overwrite: replace an existing case folder as a whole; otherwise an existing output (or a non-empty
             case folder) raises before anything is computed.
         progression_threshold: probability threshold of the progression masks (``longiseg tune`` chooses it);
             ``None``: ``threshold``.
-        record: what produced the prediction, written as :data:`~longiseg.data.predictions.PREDICTION_RECORD` into
-            the case folder (:func:`predict_folder` passes the record of its model, settings, reader and the
-            case's modalities); ``None``: the record of ``model``, ``inferer`` and the settings above (a digest
-            of the weights, computed here).
+        record: what produced the prediction, written as :data:`~longiseg.data.predictions.PREDICTION_RECORD`
+            into the case folder (:func:`predict_folder` passes the record of its model, settings, reader and
+            the case's modalities); ``None``: the record of ``model``, ``inferer`` and the settings above (a
+            digest of the weights, computed here).
         header: the spatial header of the input images, whose grid ``affine`` is
-            (:func:`~longiseg.data.predictions.case_spatial_header`; :func:`predict_folder` passes it): every output
-            gets its qform and sform (matrices and codes) and units, so that it overlays the input in every tool
-            (see :func:`~longiseg.data.predictions.save_prediction`). ``None``: both forms hold ``affine`` with
-            code 2 ("aligned"), in mm.
+            (:func:`~longiseg.data.predictions.case_spatial_header`; :func:`predict_folder` passes it): every
+            output gets its qform and sform (matrices and codes) and units, so that it overlays the input in
+            every tool (see :func:`~longiseg.data.predictions.save_prediction`). ``None``: both forms hold
+            ``affine`` with code 2 ("aligned"), in mm.
 
     Returns:
         ``{"mask": [...], "prob": [...], "entropy": [...]}`` -- the written paths, baseline first.
@@ -324,11 +324,11 @@ def predict_folder(
             name).
         case_ids: only these cases (default: every case of ``in_dir``).
         skip_existing: skip cases whose outputs are complete instead of raising ``FileExistsError``, when their
-            :data:`~longiseg.data.predictions.PREDICTION_RECORD` shows the same model (weights, registry name and
-            kwargs), inferer settings, ``predict_case`` settings, reader and modality order; a complete case
-            of another model or settings, or without a record, is refused before any case is predicted. A
-            case folder left incomplete by an interrupted run is predicted again. Several processes may
-            share one ``out_dir`` this way: each claims a case before reading it (a hidden ``OUT/.CASE_ID.claim``
+            :data:`~longiseg.data.predictions.PREDICTION_RECORD` shows the same model (weights, registry name
+            and kwargs), inferer settings, ``predict_case`` settings, reader and modality order; a complete
+            case of another model or settings, or without a record, is refused before any case is predicted. A
+            case folder left incomplete by an interrupted run is predicted again. Several processes may share
+            one ``out_dir`` this way: each claims a case before reading it (a hidden ``OUT/.CASE_ID.claim``
             file, created atomically and removed afterwards; see :func:`claim_case`) and leaves the cases that
             a live process has claimed to it; a case that another process completed meanwhile is skipped when
             its record is this run's, refused otherwise.
@@ -346,9 +346,9 @@ def predict_folder(
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
             ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask, each case
             folder gets the record of this call (the weights' digest is computed once), and each case's outputs
-            the spatial header of its baseline image (:func:`~longiseg.data.predictions.case_spatial_header`: qform,
-            sform and their codes, units) when the case read lies on that image's grid (a ``reader`` that
-            resamples gets the default header of :func:`~longiseg.data.predictions.save_prediction`).
+            the spatial header of its baseline image (:func:`~longiseg.data.predictions.case_spatial_header`:
+            qform, sform and their codes, units) when the case read lies on that image's grid (a ``reader``
+            that resamples gets the default header of :func:`~longiseg.data.predictions.save_prediction`).
 
     Returns:
         ``{case_id: paths}`` of the predicted (not skipped) cases.

@@ -1,9 +1,10 @@
 """What produced a prediction: the record written beside each predicted case, and the check that keeps a case only
 when the same model and settings would write it again (``longiseg predict --skip-existing``).
 
-The record (:data:`~longiseg.data.predictions.PREDICTION_RECORD`) holds the model's class, registry name and kwargs,
-a digest of its weights, the inferer's class and the settings that change its probabilities, and the prediction's
-own output settings; where it runs, in which batches and the longiseg version are recorded but never compared.
+The record (:data:`~longiseg.data.predictions.PREDICTION_RECORD`) holds the model's class, registry name and
+kwargs, a digest of its weights, the inferer's class and the settings that change its probabilities, and the
+prediction's own output settings; where it runs, in which batches and the longiseg version are recorded but
+never compared.
 """
 
 from __future__ import annotations

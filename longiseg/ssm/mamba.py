@@ -221,8 +221,8 @@ class Mamba(nn.Module):
         """The block with the numba scan, channel-last throughout: ``(B, L, d_model) -> (B, L, d_model)``.
 
         Float32 and float64 blocks run their inside (convolution, ``x_proj``, ``dt_proj``, scan) as one autograd
-        node (:func:`~longiseg.ssm.mamba_inner.mamba_inner_cpu`); other dtypes (e.g. bfloat16 under autocast) as
-        separate operations with the same function."""
+        node (:func:`~longiseg.ssm.mamba_inner.mamba_inner_cpu`); other dtypes (e.g. bfloat16 under autocast)
+        as separate operations with the same function."""
         from longiseg.ssm.cpu_kernel import selective_scan_cpu_channels_last
         from longiseg.ssm.mamba_inner import mamba_inner_cpu
 

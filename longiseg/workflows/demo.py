@@ -2,11 +2,11 @@
 
 The demo is nothing but the public stages, one per command, in sequence:
 
-1. ``longiseg cohort OUT`` -- :func:`~longiseg.data.demo_cohort.generate_demo_cohort` (MNI152 anatomy with synthetic
-   MS-like lesions, 2 mm) and :func:`~longiseg.data.split.write_test_split` (held-out test patients, half
-   progressing);
-2. ``longiseg train OUT/configs/MODEL.yaml`` -- :func:`~longiseg.workflows.train.run_training` of SegMaST and the
-   SegFormer baseline (the configs are :func:`demo_experiment`, written to ``OUT/configs``);
+1. ``longiseg cohort OUT`` -- :func:`~longiseg.data.demo_cohort.generate_demo_cohort` (MNI152 anatomy with
+   synthetic MS-like lesions, 2 mm) and :func:`~longiseg.data.split.write_test_split` (held-out test patients,
+   half progressing);
+2. ``longiseg train OUT/configs/MODEL.yaml`` -- :func:`~longiseg.workflows.train.run_training` of SegMaST and
+   the SegFormer baseline (the configs are :func:`demo_experiment`, written to ``OUT/configs``);
 3. ``longiseg tune OUT/runs/MODEL --checkpoint last.pt`` -- :func:`~longiseg.workflows.tune.run_tuning`: the
    progression threshold chosen on the trainer's *validation* patients, never the test patients, and recorded in
    the checkpoint;

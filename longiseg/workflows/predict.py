@@ -84,13 +84,13 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
                    registered_dir: str | Path | None = None) -> dict[str, dict[str, list[Path]]]:
     """Predict every case of ``input_dir`` (library layout, masks optional) into ``output_dir``.
 
-    :func:`~longiseg.inferers.predict.predict_folder` does the work (masks, probabilities and entropy maps with the
-    input affine and a record of the model and settings, each case folder written as a whole, never over existing
-    outputs unless ``overwrite``) with a reader that loads and checks each case
+    :func:`~longiseg.inferers.predict.predict_folder` does the work (masks, probabilities and entropy maps
+    with the input affine and a record of the model and settings, each case folder written as a whole, never
+    over existing outputs unless ``overwrite``) with a reader that loads and checks each case
     (:func:`~longiseg.data.loading.load_case`) and z-score normalises it exactly as in training
-    (:func:`~longiseg.data.preprocessing.preprocess_case`). How to run the model comes from
-    ``model.spec`` (:class:`~longiseg.spec.ModelSpec`): its dimensionality picks the inferer, its modality order
-    the channels, and its inference settings (with the post-processing ``longiseg tune`` chose) the rest.
+    (:func:`~longiseg.data.preprocessing.preprocess_case`). How to run the model comes from ``model.spec``
+    (:class:`~longiseg.spec.ModelSpec`): its dimensionality picks the inferer, its modality order the
+    channels, and its inference settings (with the post-processing ``longiseg tune`` chose) the rest.
 
     Args:
         model: a registry model (``longiseg.load_model`` gives a trained one), possibly wrapped in DataParallel,
