@@ -36,7 +36,14 @@ def case_source(source: CaseSource | PathLike) -> CaseSource:
     case folder in the library layout (masks optional, channels the baseline's modalities in alphabetical
     order).
 
+    Args:
+        source: a case source, or a case folder in the library layout.
+
+    Returns:
+        ``source`` itself, or the case of the folder (no voxel read).
+
     Raises:
+        TypeError: ``source`` is neither a :class:`~longiseg.data.sources.CaseSource` nor a path.
         FileNotFoundError: the folder does not exist or holds no baseline image.
         ValueError: the folder name is not a valid case id, or its files are not a case (see :func:`find_cases`).
     """
