@@ -332,3 +332,33 @@ def test_gpu_checks_records_and_reports_a_failed_step(tmp_path: Path) -> None:
     # without MONAI (an optional extra, absent from some GPU images) DynUNet is left out, not the whole model step
     assert "--models segmast_ms segformer_ms --no-inference" in log.read_text(encoding="utf-8")
     assert "dynunet_2d_ms is left out" in res.stdout and summary["models_paper_triton"] == "0"
+
+
+def test_gpu_check_models_need_no_io_or_monai_packages(tmp_path: Path) -> None:
+    """A lent GPU image may lack nibabel, cc3d and MONAI (and cannot install them): the models that
+    gpu_checks.sh times, and the model benchmark's helpers, must import, build and train a step without them
+    (an eager cc3d import once made every GPU step fail)."""
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'nibabel', 'cc3d', 'monai', 'SimpleITK', 'nilearn'}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r} (blocked)')\n"
+        "sys.meta_path.insert(0, _Block())\n", encoding="utf-8")
+    code = (
+        "import torch, longiseg, bench_models\n"
+        "for name in ('segmast_ms', 'segformer_ms'):\n"
+        "    model = longiseg.build_model(name, in_channels=2, num_timepoints=2)\n"
+        "    out = model(torch.randn(1, 2, 2, 32, 32))\n"
+        "    (out.baseline.sum() + out.progression.sum()).backward()\n"
+        "try:\n"
+        "    longiseg.build_model('dynunet_2d_ms', in_channels=2, num_timepoints=2)\n"
+        "except ImportError as err:\n"
+        "    print('monai:', err)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(BENCHMARKS), str(BENCHMARKS.parent)]),
+               LONGISEG_SCAN_BACKEND="chunked")  # the packages matter here, not the scan backend
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "monai: the MONAI baselines" in res.stdout  # refused with the install hint, not a traceback
