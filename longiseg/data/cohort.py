@@ -345,8 +345,9 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
 
 
 def _mask_case(root: Path, row: ManifestEntry) -> ManifestEntry:
-    """``row`` with its number of timepoints resolved, after checking that every mask of the case exists."""
-    folder = root / layout.check_case_id(row.case_id, where=f"case folder {root / row.case_id}")
+    """``row`` with its number of timepoints resolved, after checking that every mask of the case exists
+    (its case id is a single folder name: a :class:`~longiseg.data.manifest.ManifestEntry` holds no other)."""
+    folder = root / row.case_id
     cid = row.case_id
     if not folder.is_dir():
         raise FileNotFoundError(f"case {cid!r}: case folder {folder} does not exist")

@@ -309,7 +309,7 @@ def validate_cases(
     if isinstance(cases, (str, os.PathLike)):
         found = scan_cohort(cases, modalities, require_masks)
     else:
-        if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence):
+        if isinstance(cases, bytes) or not isinstance(cases, Sequence):  # a str is a folder, above
             raise TypeError(f"cases must be a cohort folder (a path) or a list of CaseSource, got {type(cases).__name__}")
         found = [(s.case_id, s) for s in check_sequence("cases", cases, CaseSource, "a CaseSource")]
     problems: dict[str, list[str]] = {}

@@ -164,6 +164,12 @@ def _check_options(options: dict[str, object]) -> None:
 _OUTPUT_OPTIONS = tuple(n for n in _OPTIONS if n not in ("save_probabilities", "save_entropy", "overwrite"))
 
 
+def _record(model: nn.Module, inferer: Inferer, options: Mapping[str, object]) -> dict[str, Any]:
+    """:func:`~longiseg.inferers.provenance.prediction_record` of a prediction with ``options`` (every name of
+    :data:`_OPTIONS`): those of :data:`_OUTPUT_OPTIONS` are recorded."""
+    return prediction_record(model, inferer, {n: options[n] for n in _OUTPUT_OPTIONS})
+
+
 def _default_inferer(inferer: Inferer | None) -> Inferer:
     """``inferer``, or the default :class:`TriplanarInferer` for ``None``."""
     return TriplanarInferer() if inferer is None else inferer
@@ -265,7 +271,7 @@ def predict_case(
 
     inferer = _default_inferer(inferer)
     if record is None:
-        record = prediction_record(model, inferer, {n: options[n] for n in _OUTPUT_OPTIONS})
+        record = _record(model, inferer, options)
     base_prob, prog_prob = infer_case(inferer, model, imgs, brain, aff)
     if base_prob.shape != tuple(imgs.shape[2:]) or prog_prob.shape != (t - 1, *imgs.shape[2:]):
         raise ValueError(
@@ -405,8 +411,7 @@ def predict_folder(
                         if predict_kwargs.get(flag, True)]
     inferer = _default_inferer(predict_kwargs.get("inferer"))  # type: ignore[arg-type]
     predict_kwargs = {**predict_kwargs, "inferer": inferer}  # one inferer for every case, the one recorded
-    produced_by = {**prediction_record(model, inferer, {n: options[n] for n in _OUTPUT_OPTIONS}),
-                   "reader": qualified_name(read)}
+    produced_by = {**_record(model, inferer, options), "reader": qualified_name(read)}
     records = {cid: {**produced_by, "modalities": list(sources[cid].modalities)} for cid in ids}
     fixed_t = getattr(model, "num_timepoints", None)  # models built for one T say so; others take any T >= 2
     for cid in ids:  # every case before any is predicted

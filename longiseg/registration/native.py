@@ -196,7 +196,8 @@ def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir:
     Returns:
         The files written.
     """
-    pred, reg, out = check_path("pred_dir", pred_dir), check_path("registered_dir", registered_dir), check_path("out_dir", out_dir)
+    pred, reg = check_path("pred_dir", pred_dir), check_path("registered_dir", registered_dir)
+    out = check_path("out_dir", out_dir)
     if not pred.is_dir():
         raise FileNotFoundError(f"prediction folder {pred} does not exist")
     written = []
