@@ -277,7 +277,7 @@ def test_convert_invalid_cases_write_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="2 of 5 cases are invalid; nothing was written") as err:
         convert.main(["msseg2", str(raw), str(out)])
-    assert "003: ValueError: case '003': all volumes must share one affine" in str(err.value)
+    assert "003: ValueError: case '003': image" in str(err.value) and "lies on another grid" in str(err.value)
     assert "005: ValueError: case '005': mask" in str(err.value) and "must be binary" in str(err.value)
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no temporaries either
 

@@ -77,6 +77,19 @@ class _Problems:
             self.add(exc)
             return None
 
+    def passes(self, check: Callable[..., object], *args: Any, **kwargs: Any) -> bool:
+        """Whether ``check(*args, **kwargs)`` raised no ``OSError``/``ValueError`` (recorded when collecting)."""
+        try:
+            check(*args, **kwargs)
+        except (OSError, ValueError) as exc:
+            self.add(exc)
+            return False
+        return True
+
+
+_ONE_GRID_HINT = ("all volumes of a case must share one grid: register the follow-ups to the baseline and resample "
+                  "every volume onto its grid beforehand (longiseg register)")
+
 
 def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> None:
     """Check a case's files from their headers alone, decoding no voxel: what :func:`load_case` checks first
@@ -156,18 +169,8 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
             continue
         if ref_path is None:
             ref_path, ref_shape, ref_affine, spacing = path, shape, affine, file_spacing
-        elif shape != ref_shape:
-            problems.add(ValueError(
-                f"case {source.case_id!r}: all volumes must share one shape (registered and resampled "
-                f"beforehand); {ref_path.name} has {ref_shape} but {path.name} has {shape}"
-            ))
-            continue
-        elif not np.allclose(affine, ref_affine, rtol=0.0, atol=affine_atol):
-            problems.add(ValueError(
-                f"case {source.case_id!r}: all volumes must share one affine (same voxel grid); "
-                f"{path.name} differs from {ref_path.name} by up to "
-                f"{float(np.abs(affine - ref_affine).max()):.3g} (tolerance {affine_atol})"
-            ))
+        elif not problems.passes(volumes.check_same_grid, (path, shape, affine), (ref_path, ref_shape, ref_affine),
+                                 what=what, atol=affine_atol, hint=_ONE_GRID_HINT):
             continue
         good.add(path)
     return good, ref_shape, ref_affine, spacing
