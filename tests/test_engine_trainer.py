@@ -29,6 +29,7 @@ from longiseg.engine import (
 from longiseg.engine.trainer import _samplers
 from longiseg.losses import ImbalanceAwareLoss
 from longiseg.networks.output import LongitudinalOutput
+from longiseg.utils.config import ConfigError
 from longiseg.utils.validation import debug_checks
 
 TOYS = Path(__file__).with_name("test_engine_toys.py")
@@ -112,11 +113,13 @@ class _EpochIndexedData(SyntheticLongiData):
         return item
 
 
-def _fit_epoch_indexed(out: Path, workers: int, stop_after: int | None = None, resume: bool = False):
+def _fit_epoch_indexed(out: Path, workers: int, stop_after: int | None = None, resume: bool = False,
+                       start_method: str | None = None):
     seed_everything(0)
     model = TinyLongiNet()
     callbacks = [] if stop_after is None else [lambda t, row: setattr(t, "stopped_early", row["epoch"] == stop_after)]
-    trainer = Trainer(model, _EpochIndexedData(n=16), _config(out, max_epochs=3, num_workers=workers),
+    config = _config(out, max_epochs=3, num_workers=workers, worker_start_method=start_method)
+    trainer = Trainer(model, _EpochIndexedData(n=16), config,
                       loss_fn=ImbalanceAwareLoss(), callbacks=callbacks)
     trainer.fit(resume=resume)
     return model, trainer
@@ -140,6 +143,17 @@ def test_workers_persist_for_epoch_indexed_data_and_change_nothing(tmp_path) -> 
                     loss_fn=ImbalanceAwareLoss())
     assert not plain.train_loader.persistent_workers
 
+
+
+def test_worker_start_method_is_used_and_changes_no_weight(tmp_path) -> None:
+    """``worker_start_method`` reaches the DataLoader (forkserver: no fork of the threaded trainer process) and
+    the weights are those of the single-process run."""
+    single, _ = _fit_epoch_indexed(tmp_path / "single", workers=0, start_method="forkserver")  # unused: no workers
+    served, trainer = _fit_epoch_indexed(tmp_path / "served", workers=1, start_method="forkserver")
+    assert trainer.train_loader.multiprocessing_context.get_start_method() == "forkserver"
+    assert _states_equal(single.state_dict(), served.state_dict())
+    with pytest.raises(ConfigError, match=r"worker_start_method must be None .* or one of .*got 'thread'"):
+        _config(tmp_path, worker_start_method="thread")
 
 def _run_toy(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 
 from longiseg.utils.config import (
     ConfigBase,
@@ -74,6 +75,10 @@ class TrainerConfig(ConfigBase):
         val_every: validate every this many epochs.
         output_dir: folder for ``last.pt``, ``best.pt``, ``metrics.csv``, ``trainer_config.yaml`` and TensorBoard.
         num_workers: DataLoader workers, used only when the trainer builds the DataLoader itself.
+        worker_start_method: how those workers start (``multiprocessing_context``): ``None`` for the platform's
+            default (``fork`` on Linux up to Python 3.13, which Python 3.12+ warns about in a process with
+            threads), ``"fork"``, ``"forkserver"`` or ``"spawn"`` (the dataset must then be picklable). The
+            weights do not depend on it.
         progress_bar: show a tqdm progress bar (main process only).
         tensorboard: also log to TensorBoard when ``torch.utils.tensorboard`` can be imported.
         log_every_n_steps: refresh interval of the progress-bar loss.
@@ -101,6 +106,7 @@ class TrainerConfig(ConfigBase):
     val_every: int = 1
     output_dir: str = "runs/train"
     num_workers: int = 0
+    worker_start_method: str | None = None
     progress_bar: bool = True
     tensorboard: bool = True
     log_every_n_steps: int = 10
@@ -137,6 +143,10 @@ class TrainerConfig(ConfigBase):
         need(0 <= self.min_delta < math.inf, f"min_delta must be >= 0 and finite, got {self.min_delta}")
         need(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        methods = multiprocessing.get_all_start_methods()
+        need(self.worker_start_method is None or self.worker_start_method in methods,
+             f"worker_start_method must be None (the platform's default) or one of {methods} on this platform, "
+             f"got {self.worker_start_method!r}")
         need(self.log_every_n_steps >= 1, f"log_every_n_steps must be >= 1, got {self.log_every_n_steps}")
         need(bool(self.output_dir), "output_dir must be a non-empty path")
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]

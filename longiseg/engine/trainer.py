@@ -414,9 +414,11 @@ class Trainer:
         persistent = self.config.num_workers > 0 and bool(getattr(data, "accepts_epoch_index", False))
         if persistent:
             batch_sampler = EpochTaggedBatchSampler(batch_sampler)
-        return DataLoader(data, batch_sampler=batch_sampler, num_workers=self.config.num_workers,
+        workers = self.config.num_workers
+        return DataLoader(data, batch_sampler=batch_sampler, num_workers=workers,
                           collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
-                          persistent_workers=persistent)
+                          persistent_workers=persistent,
+                          multiprocessing_context=self.config.worker_start_method if workers else None)
 
     def _check_sharding(self) -> None:
         if not self.ctx.is_distributed:
