@@ -161,3 +161,31 @@ def test_entropy_is_never_negative_zero(as_tensor: bool) -> None:
     assert not np.signbit(h).any()
     assert h[0] == 0.0 and h[1] == 0.0
     assert h[2] == pytest.approx(np.log(2.0), rel=1e-6)
+
+
+class ChangingChannels(nn.Module):
+    """A model whose number of outputs per head is 1 on its first call and 2 afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+        self.calls += 1
+        k = 1 if self.calls == 1 else 2
+        b, t, spatial = x.shape[0], x.shape[1], x.shape[3:]
+        return LongitudinalOutput(torch.zeros(b, k, *spatial), torch.zeros(b, t - 1, k, *spatial))
+
+
+@pytest.mark.parametrize("inferer", [
+    TriplanarInferer(4, batch_size=1, progress=False),  # K changes between batches of one slice
+    TriplanarInferer(4, batch_size=100, progress=False),  # ... between planes
+    TriplanarInferer(4, batch_size=100, flip_tta=True, progress=False),  # ... between flips of one batch
+    "sliding-3d",
+], ids=["triplanar-batches", "triplanar-planes", "triplanar-flips", "sliding-3d"])
+def test_a_model_changing_its_number_of_outputs_is_named(inferer) -> None:
+    if inferer == "sliding-3d":
+        pytest.importorskip("monai")
+        inferer = SlidingWindowInferer3D(4, batch_size=1, progress=False)
+    with pytest.raises(ValueError, match=r"returned 6 probability channels for one batch and 3 for another"):
+        inferer(ChangingChannels(), torch.rand(3, 1, 5, 6, 7))

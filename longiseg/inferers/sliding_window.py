@@ -232,11 +232,29 @@ def predict_probabilities(
         prob = torch.sigmoid(_stack_output(out, batch, t, spatial).float())
         if dims:
             prob = torch.flip(prob, dims)
-        total = prob if total is None else total.add_(prob)
+        if total is not None:
+            _same_channels(prob, total.shape[1])
+            prob = total.add_(prob)
+        total = prob
     assert total is not None
     if len(flips) > 1:
         total = total.div_(len(flips))
     return total
+
+
+def _same_channels(prob: torch.Tensor, seen: int | None) -> int:
+    """The channel count of a batch of probabilities ``(B, K * T, *S)``, checked against the count ``seen``
+    before (``None``: the first batch).
+
+    Raises:
+        ValueError: the model returned another number of channels than for an earlier batch (or flip).
+    """
+    if seen is not None and prob.shape[1] != seen:
+        raise ValueError(
+            f"the model returned {prob.shape[1]} probability channels for one batch and {seen} for another; "
+            "it must return the same number of output channels for every input"
+        )
+    return int(prob.shape[1])
 
 
 def _native(arr: np.ndarray) -> np.ndarray:
@@ -436,9 +454,14 @@ class SlidingWindowInferer3D:
         dev = resolve_device(model, self.device)
         flips = flip_combinations((-3, -2, -1)) if self.flip_tta else [()]
 
+        channels: int | None = None  # K * T, of the first window batch
+
         def predictor(x: torch.Tensor) -> torch.Tensor:
+            nonlocal channels
             x = x.reshape(x.shape[0], t, c, *x.shape[2:])
-            return predict_probabilities(model, x, flips=flips, amp=self.amp)
+            prob = predict_probabilities(model, x, flips=flips, amp=self.amp)
+            channels = _same_channels(prob, channels)
+            return prob
 
         with eval_mode(model), torch.no_grad():
             prob = sliding_window_inference(

@@ -46,6 +46,7 @@ from longiseg.inferers.sliding_window import (
     _check_device,
     _check_overlap,
     _normalise_window,
+    _same_channels,
     blend_weights,
     brain_or_foreground,
     flip_combinations,
@@ -301,6 +302,7 @@ class TriplanarInferer:
         weight = blend_weights((ph, pw), self.blend, device=dev)
         flips = flip_combinations((-2, -1)) if self.flip_tta else [()]
         live: dict[int, list[torch.Tensor]] = {}  # slice -> [padded images, prob sum, weight sum]
+        channels = None if total is None else total.shape[0]  # K * T, of the first batch of every plane
 
         def flush(before: int, total: torch.Tensor | None) -> torch.Tensor | None:
             for s in sorted(k for k in live if k < before):
@@ -325,11 +327,7 @@ class TriplanarInferer:
             )
             prob = predict_probabilities(model, patches, flips=flips, amp=self.amp)  # (B, K*T, ph, pw)
             prob.mul_(weight)
-            if total is not None and total.shape[0] != prob.shape[1]:
-                raise ValueError(
-                    f"the model returned {prob.shape[1]} probability channels for one batch and "
-                    f"{total.shape[0]} for another"
-                )
+            channels = _same_channels(prob, channels)
             for j, (s, y, x) in enumerate(batch_jobs):
                 state = live[s]
                 if state[1] is None:
