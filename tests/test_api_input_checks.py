@@ -594,6 +594,7 @@ def _wrong_type_calls() -> list:
         (case_spatial_header, (1.5,), {}, "source must be a CaseSource"),
         (check_case_headers, (3,), {}, "source must be a CaseSource"),
         (check_case_voxels, ("p0",), {}, "sources must be a sequence"),
+        (check_case_voxels, ([],), {"reader": "load_case"}, "reader must be a callable taking a CaseSource"),
         (load_cases, (5,), {}, "sources must be a sequence"),
         (validate_cases, (123,), {}, "cases must be a cohort folder"),
         (validate_cases, (["p0"],), {}, r"cases\[0\] must be a CaseSource"),

@@ -293,7 +293,7 @@ def test_predict_folder_reads_cases_as_training_does(tmp_path: Path) -> None:
 
     predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "custom", reader=brighter,
                    modalities=["flair", "t2"], inferer=_inferer(), progress=False)
-    assert seen == [("p2", ["flair", "t2"])]
+    assert seen == [("p2", ["flair", "t2"])] * 2  # the voxel check before any case, then the prediction
     predict_case(Voxelwise(), img[:, ::-1] * 0.5, aff, None, tmp_path / "direct", "p2", inferer=_inferer())
     for a, b in zip(_probabilities(tmp_path / "custom" / "p2"), _probabilities(tmp_path / "direct" / "p2")):
         np.testing.assert_array_equal(a, b)
@@ -363,6 +363,21 @@ def test_a_case_whose_files_lie_on_two_grids_is_refused_before_any_case_is_predi
         predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", inferer=_inferer(), progress=False)
     assert not (tmp_path / "out").exists()  # case "a" was not predicted either
 
+
+
+def test_an_image_the_reader_cannot_normalise_is_refused_before_any_case_is_predicted(tmp_path: Path) -> None:
+    """The voxel check reads every case as prediction will (here with z-scores): an all-zero follow-up image of
+    the last case, without a brain mask, fails before the first case is written, naming the case and image."""
+    from longiseg.inferers.predict import read_zscored
+
+    img, aff = _images(t=2, c=2), _affine()
+    _write_case(tmp_path / "in", "a", img, aff)
+    _write_case(tmp_path / "in", "b", img, aff)
+    nib.save(nib.Nifti1Image(np.zeros_like(img[1, 1]), aff), tmp_path / "in" / "b" / image_filename(1, "t2"))
+    with pytest.raises(ValueError, match=r"case 'b': image \(t=1, t2\) has no voxel to normalise: it is all zero"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", inferer=_inferer(), progress=False,
+                       reader=read_zscored)
+    assert not (tmp_path / "out").exists()  # case "a" was not predicted either
 
 class _Scaled(Voxelwise):
     """:class:`Voxelwise` with one weight: the logits times ``scale`` (another value: another model)."""

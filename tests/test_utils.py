@@ -240,3 +240,23 @@ def test_nifti_functions_moved_from_io_still_import_with_a_warning() -> None:
             assert getattr(io_module, name) is getattr(nifti, name)
     with pytest.raises(AttributeError, match="no attribute 'SpatialHeader'"):
         io_module.SpatialHeader  # noqa: B018 - new in utils.nifti, never in utils.io
+
+
+def test_a_value_beyond_a_limit_is_printed_with_the_digits_that_show_it() -> None:
+    from longiseg.utils.validation import beyond
+
+    assert beyond(0.5, 1e-4) == "0.5"  # three digits where they suffice
+    assert beyond(0.0123456, 0.01) == "0.0123"
+    assert beyond(1.00002e-4, 1e-4) == "0.000100002"  # not "0.0001", the limit itself
+    text = beyond(1e-4 * (1 + 1e-12), 1e-4)
+    assert float(text) > 1e-4 and float(text) != 1e-4
+
+
+def test_a_grid_refusal_never_prints_the_tolerance_as_the_difference(tmp_path) -> None:
+    from longiseg.data.volumes import check_same_grid
+
+    aff = np.eye(4)
+    moved = aff.copy()
+    moved[0, 3] = 1.00001e-4  # beyond the default tolerance of 1e-4 mm, by a hair
+    with pytest.raises(ValueError, match=r"affines differ by up to 0\.000100001 mm, tolerance 0\.0001 mm"):
+        check_same_grid(("b.nii.gz", (2, 2, 2), moved), ("a.nii.gz", (2, 2, 2), aff))

@@ -108,11 +108,13 @@ def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e
     _check_headers(case_source(source), affine_atol, _Problems(collect=False))
 
 
-def check_case_voxels(sources: Sequence[CaseSource], *, progress: bool = True, desc: str = "checking cases") -> None:
-    """Read every case once with :func:`load_case` and drop it: what only the voxels tell (NaN or infinite
-    intensities, a mask that is not binary, an all-zero brain mask, a progression flag the masks contradict)
-    fails here, naming the case and the file, before a command writes anything or runs a model, instead of
-    after the cases before it. Run :func:`check_case_headers` first: it is cheap and finds most problems.
+def check_case_voxels(sources: Sequence[CaseSource], *, progress: bool = True, desc: str = "checking cases",
+                      reader: Callable[[CaseSource], object] | None = None) -> None:
+    """Read every case once and drop it: what only the voxels tell (NaN or infinite intensities, a mask that is
+    not binary, an all-zero brain mask, a progression flag the masks contradict, and whatever ``reader`` refuses,
+    e.g. an all-zero image it cannot normalise) fails here, naming the case, before a command writes anything or
+    runs a model, instead of after the cases before it. Run :func:`check_case_headers` first: it is cheap and
+    finds most problems.
 
     Args:
         sources: the cases (from :func:`~longiseg.data.cohort.find_cases`); masks a command does not use are
@@ -120,13 +122,18 @@ def check_case_voxels(sources: Sequence[CaseSource], *, progress: bool = True, d
             progression_masks=None)``).
         progress: show a progress bar (a cohort of large volumes takes a while to decode).
         desc: the progress bar's label.
+        reader: how the command reads a case (e.g. :func:`load_case` then its preprocessing); ``None``:
+            :func:`load_case`.
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`load_case`, at the first case with a problem.
+        FileNotFoundError, ValueError: as :func:`load_case` (or ``reader``), at the first case with a problem.
     """
     check_sequence("sources", sources, (CaseSource, str, os.PathLike), "a CaseSource or a case folder path")
+    if reader is not None and not callable(reader):
+        raise TypeError(f"reader must be a callable taking a CaseSource, or None, got {type(reader).__name__}")
+    read = load_case if reader is None else reader
     for source in tqdm(sources, desc=desc, unit="case", disable=not check_bool("progress", progress)):
-        load_case(source)
+        read(case_source(source))
 
 
 def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems

@@ -101,9 +101,10 @@ def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: fl
             region = brain if brain is not None else img != 0
             vals = img[region].astype(np.float64)
             if vals.size == 0:
+                what = ("the brain mask is empty" if brain is not None else
+                        "it is all zero (without a brain mask its non-zero voxels are the region normalised)")
                 raise ValueError(
-                    f"case {case.case_id!r}: image (t={t}, {case.modalities[c]}) has no voxel in the brain "
-                    "region (all zero or empty brain mask)"
+                    f"case {case.case_id!r}: image (t={t}, {case.modalities[c]}) has no voxel to normalise: {what}"
                 )
             mean, std = float(vals.mean()), max(float(vals.std()), eps)
             o = out[t, c]

@@ -16,6 +16,7 @@ import numpy as np
 from longiseg.data.case import affine_spacing
 from longiseg.utils.io import PathLike
 from longiseg.utils.nifti import QFORM_SFORM_ATOL, load_nifti
+from longiseg.utils.validation import beyond
 
 __all__ = ["SPACING_RTOL", "Grid", "read_volume", "read_mask", "nifti_spacing", "check_same_grid"]
 
@@ -107,7 +108,7 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
         gap = float(np.abs(hdr.get_qform() - hdr.get_sform()).max())
         if gap > QFORM_SFORM_ATOL:
             raise ValueError(
-                f"{what} {path}: its qform and sform place the voxels differently (by up to {gap:.3g} mm or "
+                f"{what} {path}: its qform and sform place the voxels differently (by up to {beyond(gap, QFORM_SFORM_ATOL)} mm or "
                 "direction units); the file describes two grids, and tools that read the qform would not "
                 "overlay its outputs: rewrite it with one geometry (e.g. copy the sform into the qform)")
     return spacing
@@ -170,5 +171,6 @@ def check_same_grid(
         raise ValueError(f"{where} (shape {tuple(shape)} vs {tuple(ref_shape)}); {hint}")
     if not np.allclose(affine, ref_affine, rtol=0.0, atol=atol):
         raise ValueError(
-            f"{where} (affines differ by up to {float(np.abs(affine - ref_affine).max()):.3g} mm, tolerance {atol:g} mm; "
-            f"voxel size {_mm(affine_spacing(affine))} vs {_mm(affine_spacing(ref_affine))}); {hint}")
+            f"{where} (affines differ by up to {beyond(float(np.abs(affine - ref_affine).max()), atol)} mm, "
+            f"tolerance {atol:g} mm; voxel size {_mm(affine_spacing(affine))} vs {_mm(affine_spacing(ref_affine))}); "
+            f"{hint}")

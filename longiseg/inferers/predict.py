@@ -316,11 +316,13 @@ def predict_folder(
 
     Cases are listed as training lists them (:func:`~longiseg.data.cohort.find_cases` with
     ``require_masks=False``: the manifest's cases, order and modalities when there is one, else every
-    sub-folder holding ``t0_*`` images) and read with :func:`~longiseg.data.loading.load_case`, which checks
-    every file first (shape, affine, finite intensities, a binary non-empty brain mask). Every case's headers
-    are checked before any case is predicted, and, unless ``skip_existing``, every case's voxels too
-    (:func:`~longiseg.data.loading.check_case_voxels`), so that a bad file fails the run before anything is
-    written. Reference lesion masks are neither read nor checked (prediction does not use them).
+    sub-folder holding ``t0_*`` images) and read with ``reader`` (:func:`~longiseg.data.loading.load_case`,
+    which checks every file first: shape, affine, finite intensities, a binary non-empty brain mask; then the
+    model's preprocessing). Every case's headers are checked before any case is predicted, and, unless
+    ``skip_existing``, every case is read once by ``reader`` too
+    (:func:`~longiseg.data.loading.check_case_voxels`), so that a bad file, or an image the preprocessing
+    cannot normalise, fails the run before anything is written. Reference lesion masks are neither read nor
+    checked (prediction does not use them).
 
     Args:
         model: the model passed to :func:`predict_case`.
@@ -341,7 +343,8 @@ def predict_folder(
         overwrite: replace existing outputs.
         progress: tqdm bar over cases.
         reader: a :data:`CaseReader` ``(CaseSource) -> LongitudinalCase``; it receives the listed source, so
-            the folder is listed once. ``None``: :func:`spec_reader` of the model, which prepares each case as
+            the folder is listed once, and is called twice per case unless ``skip_existing`` (the check, then
+            the prediction). ``None``: :func:`spec_reader` of the model, which prepares each case as
             its training did (z-scored when ``model.spec.preprocessing`` says so, as ``longiseg train`` records),
             so the Python call and ``longiseg predict`` give the same masks.
         check_case: called with every listed case's source before any case is predicted; it raises to refuse
@@ -431,11 +434,11 @@ def predict_folder(
             check_same_producer(out_dir / cid, cid, records[cid])  # kept only if this model, these settings
         if check_case is not None:
             check_case(sources[cid])
-    # NaN intensities or a brain mask of 0/255 fail here, not after the cases before them were written; workers
-    # sharing a cohort (skip_existing) resume by design and would each read all of it first: they read a case
-    # when they predict it
+    # NaN intensities, a brain mask of 0/255 or an image the reader cannot normalise fail here, not after the
+    # cases before them were written; workers sharing a cohort (skip_existing) resume by design and would each
+    # read all of it first: they read a case when they predict it
     if not skip_existing:
-        check_case_voxels([sources[cid] for cid in ids], progress=progress)
+        check_case_voxels([sources[cid] for cid in ids], progress=progress, reader=read)
 
     results: dict[str, dict[str, list[Path]]] = {}
     with removed_if_created(out_dir):  # a run that wrote nothing leaves no output folder

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from longiseg.utils.io import PathLike, atomic_path
-from longiseg.utils.validation import check_affine, check_array, check_bool, check_path
+from longiseg.utils.validation import beyond, check_affine, check_array, check_bool, check_path
 
 __all__ = ["QFORM_SFORM_ATOL", "HEADER_AFFINE_ATOL", "SpatialHeader", "spatial_header", "atomic_save_nifti",
            "load_nifti"]
@@ -131,11 +131,11 @@ class SpatialHeader:
         gap = float(np.abs(self.affine - affine).max())
         if gap > HEADER_AFFINE_ATOL:
             return (f"its {form} (code {getattr(self, form + '_code')}) lies on another grid than affine (they "
-                    f"differ by up to {gap:.3g} mm, tolerance {HEADER_AFFINE_ATOL:g} mm)")
+                    f"differ by up to {beyond(gap, HEADER_AFFINE_ATOL)} mm, tolerance {HEADER_AFFINE_ATOL:g} mm)")
         if self.qform_code > 0 and self.sform_code > 0:
             gap = float(np.abs(self.qform_affine - affine).max())
             if gap > QFORM_SFORM_ATOL:
-                return (f"its qform places the voxels differently from affine (by up to {gap:.3g} mm or direction "
+                return (f"its qform places the voxels differently from affine (by up to {beyond(gap, QFORM_SFORM_ATOL)} mm or direction "
                         f"units, tolerance {QFORM_SFORM_ATOL:g}): the file would describe two grids")
         return None
 

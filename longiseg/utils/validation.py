@@ -418,6 +418,16 @@ def check_widths(name: str, widths: Sequence[int], minimum_len: int = 2) -> tupl
     return out
 
 
+def beyond(value: float, limit: float) -> str:
+    """``value`` for a message that says it exceeds ``limit``: 3 significant digits, more where 3 would print
+    the limit itself (``beyond(1.00002e-4, 1e-4)`` is ``"0.000100002"``, not ``"0.0001"``)."""
+    for digits in (3, 6, 9, 12, 17):
+        text = f"{value:.{digits}g}"
+        if float(text) != limit:
+            break
+    return text
+
+
 def check_path(name: str, value: object) -> Path:
     """Return ``value`` as a :class:`~pathlib.Path` if it is a non-empty ``str`` or ``os.PathLike``.
 
