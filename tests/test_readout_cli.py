@@ -132,6 +132,21 @@ def test_lesions_refuses_what_it_cannot_honour(tmp_path: Path, capsys: pytest.Ca
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries beside --out
 
 
+def test_lesions_refuses_a_missing_modality_also_without_changes_to_draw(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # --modality was checked only where a montage was drawn: a cohort without new or enlarging lesions got its
+    # report (exit 0) although the images lack the modality asked for
+    stable = [_blob((12, 12, 12), (1, 1, 1)), np.zeros((12, 12, 12), np.uint8)]
+    save_prediction(tmp_path / "pred", "stable", AFFINE, {"mask": stable})
+    for k in range(2):
+        nib.save(nib.Nifti1Image(np.ones((12, 12, 12), np.float32), AFFINE),
+                 tmp_path / "pred" / "stable" / f"t{k}_flair.nii.gz")
+    out = tmp_path / "report"
+    code, err = _cli(["lesions", str(tmp_path / "pred"), "--out", str(out), "--no-progress", "--modality", "pd"],
+                     capsys)
+    assert code == 2 and err.startswith("longiseg lesions: error: modality 'pd' (--modality)"), err
+    assert not out.exists()
+
 def test_lesions_overwrite_refuses_a_read_only_figures_folder_before_writing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     # a report whose figures/ was made read-only (chmod) got the new tables, then failed removing the old figures

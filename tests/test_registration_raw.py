@@ -6,6 +6,7 @@ mapped back onto the raw grids, blank images, an affine stage that must not scal
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import math
@@ -239,6 +240,29 @@ def test_affine_registration_does_not_scale_a_rigidly_moved_head() -> None:
         PairOptions(mask_margin_mm="5")  # type: ignore[arg-type]
 
 
+def test_a_follow_up_with_a_smaller_field_of_view_is_scored_where_it_images_the_brain(tmp_path: Path,
+                                                                                     capsys: pytest.CaptureFixture) -> None:
+    """A follow-up covering the top 45 % of the brain failed its quality check whatever its registration: the
+    correlation was computed over the whole baseline brain, half of which the follow-up never imaged (0 after
+    resampling). It is scored where it images the brain, and its coverage is checked on its own. (The smooth
+    phantom constrains a slab's registration poorly, several mm along the slab: accuracy is not what this test
+    measures.)"""
+    from longiseg.cli import main
+
+    raw = tmp_path / "raw"
+    _write_case(raw / "top", ((4.0, 4.0, 4.0), (42, 48, 10), "RAS", 0.0, (0, 0, 24), "", 0.0))
+    args = ["register", str(raw), "--no-qc-figures", "--no-progress"]
+    assert main([*args, str(tmp_path / "narrow"), "--min-coverage", "0.3"]) == 0
+    capsys.readouterr()
+    row = next(csv.DictReader((tmp_path / "narrow" / "registration.csv").open(encoding="utf-8")))
+    assert row["status"] == "ok" and float(row["correlation_after"]) > 0.9, row  # 0.31 over the whole brain
+    assert 0.3 < float(row["brain_coverage"]) < 0.48, row  # measured 0.45
+    assert float(row["correlation_before"]) < 0.5  # where it images the brain, as scanned
+    assert main([*args, str(tmp_path / "default")]) == 1  # --min-coverage 0.5
+    err = capsys.readouterr().err
+    assert "follow-up 1 failed: the registered follow-up images 45% of the baseline's brain (< 50%" in err
+    assert "lower --min-coverage" in err
+
 @pytest.mark.parametrize("modality, value", [("t2", 0.0), ("flair", 7.0)])
 def test_a_blank_image_fails_its_case_naming_the_file(modality: str, value: float, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
@@ -276,3 +300,90 @@ def test_overwrite_where_every_case_now_fails_leaves_no_manifest_of_the_earlier_
     assert not (out / "manifest.json").exists()
     with pytest.raises(FileNotFoundError, match="no case folders"):
         find_cases(out)
+
+
+def test_a_raw_image_whose_header_describes_two_grids_fails_its_case(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """A raw image whose qform (pixdim) voxels are half its sform's was registered (a mask with that header was
+    refused), and `predict --native` failed on its header after writing the case's predictions."""
+    from longiseg.cli import main
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _write_case(raw / "c", ACQUISITIONS["lps-oblique"])
+    path = raw / "c" / "t1_flair.nii.gz"
+    img = nib.load(path)
+    two = nib.Nifti1Image(np.asarray(img.dataobj), img.affine)
+    half = img.affine.copy()
+    half[:3, :3] *= 0.5
+    two.set_qform(half, code=1)
+    two.set_sform(img.affine, code=1)
+    nib.save(two, str(path))
+    assert main(["register", str(raw), str(out), "--no-qc-figures", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "t1_flair.nii.gz: the voxel size of its affine (sform)" in err[0], err
+    assert not (out / "c").exists()
+
+
+def test_a_registration_record_of_a_two_grid_header_is_refused_before_mapping_back(tmp_path: Path) -> None:
+    """A registration.json written before such files were refused records a header that does not describe its
+    grid: mapping predictions back is refused before any file is written, naming the record and the file."""
+    from longiseg.cli import main
+    from longiseg.registration.native import check_native_ready, predictions_to_native
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _write_case(raw / "c", ACQUISITIONS["lps-oblique"])
+    assert main(["register", str(raw), str(out), "--no-qc-figures", "--no-progress"]) == 0
+    record_path = out / "c" / "registration" / "registration.json"
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    header = record["native_grids"]["t1_flair"]["header"]
+    header["qform_code"] = 1  # a qform with half the sform's voxel size, as such files carry
+    header["zooms"] = [z / 2 for z in header["zooms"]]
+    record_path.write_text(json.dumps(record), encoding="utf-8")
+    match = r"registration\.json: the original file t1_flair has a header that describes two grids"
+    with pytest.raises(ValueError, match=match):
+        check_native_ready(out / "c" / "registration", 2)
+    pred = tmp_path / "pred"
+    (pred / "c").mkdir(parents=True)
+    (pred / "c" / layout.BASELINE_MASK).write_bytes((out / "c" / layout.BASELINE_MASK).read_bytes())
+    with pytest.raises(ValueError, match=match):
+        predictions_to_native(pred, out, tmp_path / "native")
+    assert not (tmp_path / "native").exists()
+
+
+def test_options_the_cases_cannot_honour_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from longiseg.registration.cohort import RegistrationOptions, register_folder
+
+    _write_case(tmp_path / "raw" / "c", ACQUISITIONS["lps-oblique"])
+    with pytest.raises(ValueError, match=r"reference_modality 'pd' \(--reference-modality\) is not among the raw "
+                                         r"baselines' modalities \['flair', 't2'\]"):
+        register_folder(tmp_path / "raw", tmp_path / "out", RegistrationOptions(reference_modality="pd"),
+                        progress=False)
+    with pytest.raises(ValueError, match=r"min_coverage must lie in \[0, 1\]"):
+        RegistrationOptions(min_coverage=1.5)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_registration_within_a_session_fails_only_its_follow_up(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--register-modalities registered a follow-up's T2 to its FLAIR outside the follow-up's error handling: an
+    ITK error there failed the whole case, --keep-failed or not. It fails the follow-up, whose T2 then follows
+    its FLAIR (kept with --keep-failed)."""
+    from longiseg.registration import cohort
+    from longiseg.registration.cohort import RegistrationOptions, register_folder
+
+    real = cohort.register_pair
+
+    def within_session_fails(fixed, moving, *, fixed_mask=None, options=None, initial=None):  # noqa: ANN001, ANN202
+        if fixed_mask is None and fixed.GetSize() != moving.GetSize():  # a follow-up's T2 to its FLAIR
+            raise RuntimeError("ITK ERROR: the images do not sufficiently overlap")
+        return real(fixed, moving, fixed_mask=fixed_mask, options=options, initial=initial)
+
+    monkeypatch.setattr(cohort, "register_pair", within_session_fails)
+    _write_case(tmp_path / "raw" / "c", ACQUISITIONS["lps-oblique"])
+    for keep in (False, True):
+        out = tmp_path / f"out-{keep}"
+        opts = RegistrationOptions(register_modalities=True, keep_failed=keep, qc_figures=False)
+        [res] = register_folder(tmp_path / "raw", out, opts, progress=False)
+        assert not res.error and [q["status"] for q in res.followups] == ["failed"]
+        assert "registration of t2 to flair within the session: ITK ERROR" in res.followups[0]["reasons"][0]
+        assert res.written is keep and (out / "c" / "t1_t2.nii.gz").exists() is keep

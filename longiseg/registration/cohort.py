@@ -67,9 +67,8 @@ from typing import Any
 import numpy as np
 
 from longiseg.data import layout
-from longiseg.data.case import affine_spacing
 from longiseg.data.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
-from longiseg.data.volumes import read_mask
+from longiseg.data.volumes import read_mask, read_volume
 from longiseg.registration.grid import Grid, from_sitk, isotropic_grid, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import (
     PairOptions,
@@ -128,7 +127,9 @@ class RegistrationOptions:
             before the first one is registered).
         interpolation: ``"linear"`` or ``"bspline"`` for images.
         mask_interpolation: ``"linear"`` (0/1 mask interpolated, kept where >= 0.5) or ``"nearest"``.
-        min_correlation: a follow-up whose correlation with the baseline in the brain is lower fails.
+        min_correlation: a follow-up whose correlation with the baseline in the brain is lower fails (both
+            compared where the registered follow-up images the brain: a smaller field of view lowers no score).
+        min_coverage: a registered follow-up that images a smaller share of the baseline's brain fails.
         max_translation_mm, max_rotation_deg: largest plausible motion of the brain centre / rotation.
         max_scale_change: largest plausible scaling of an affine transform (0.15: scales 0.85-1.15).
         qc_figures: write the checkerboard PNGs (needs matplotlib).
@@ -146,6 +147,7 @@ class RegistrationOptions:
     interpolation: str = "linear"
     mask_interpolation: str = "linear"
     min_correlation: float = 0.7
+    min_coverage: float = 0.5
     max_translation_mm: float = 50.0
     max_rotation_deg: float = 30.0
     max_scale_change: float = 0.15
@@ -176,6 +178,8 @@ class RegistrationOptions:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not -1.0 <= self.min_correlation <= 1.0:
             raise ValueError(f"min_correlation must lie in [-1, 1], got {self.min_correlation}")
+        if not 0.0 <= self.min_coverage <= 1.0:
+            raise ValueError(f"min_coverage must lie in [0, 1], got {self.min_coverage}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record."""
@@ -206,27 +210,19 @@ class CaseRegistration:
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(array (D, H, W) float32, affine (4, 4))`` of one raw volume.
+    """``(array (D, H, W) float32, affine (4, 4))`` of one raw volume (:func:`~longiseg.data.volumes.read_volume`,
+    which also checks its geometry: header and affine, qform and sform agree).
 
     Raises:
-        ValueError: naming ``path``: not 3D, NaN/inf voxels, all voxels equal (blank), a sheared affine.
+        ValueError: naming ``path``: not 3D, NaN/inf voxels, all voxels equal (blank), a sheared affine, a
+            header that describes two grids.
     """
-    img = load_nifti(path, what="raw volume", dtype=np.float32)
-    arr = np.asarray(img.dataobj, dtype=np.float32)
-    if arr.ndim == 4 and arr.shape[3] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise ValueError(f"raw volume {path} must be a 3D volume, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"raw volume {path} contains NaN or infinite values")
+    arr, affine, _ = read_volume(path, what="raw volume", dtype=np.float32)
+    arr = np.asarray(arr, dtype=np.float32)
     if arr.size and float(arr.min()) == float(arr.max()):  # exact: a scan's voxels are never all equal
         raise ValueError(f"raw volume {path} is blank: every voxel is {float(arr.flat[0]):g} (an empty or failed "
                          "export); a constant image can be neither registered nor segmented")
-    try:
-        affine_spacing(img.affine)  # a finite affine with orthogonal axes (a shear is refused, naming the file)
-    except ValueError as err:
-        raise ValueError(f"raw volume {path}: {err}") from None
-    return arr, np.asarray(img.affine, dtype=np.float64)
+    return arr, affine
 
 
 def _native_grid_record(shape: tuple[int, ...], affine: np.ndarray, path: Path) -> dict[str, Any]:
@@ -245,9 +241,17 @@ def _raw_files(folder: Path) -> dict[int, dict[str, Path]]:
     return found
 
 
+def _field_of_view(moving: Any, fixed: Any, transform: Any) -> np.ndarray:
+    """``(D, H, W)`` bool on ``fixed``'s grid: the voxels that ``moving`` images once mapped through ``transform``."""
+    sitk = require_simpleitk()
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving)
+    return from_sitk(resample(ones, fixed, transform, interpolation="nearest"))[0] > 0
+
+
 def _check_motion(q: dict[str, Any], opts: RegistrationOptions, voxel_mm: float) -> list[str]:
     """Why a registered follow-up fails the quality check (``[]``: it passes); ``voxel_mm`` is the
-    smallest voxel edge of the baseline grid.
+    smallest voxel edge of the baseline grid. Similarities are those of the brain voxels the follow-up images.
 
     "Registration made it worse" needs more than a lower similarity: when scanner coordinates already align
     the follow-up on the baseline's grid, the similarity before registration is computed without
@@ -257,6 +261,10 @@ def _check_motion(q: dict[str, Any], opts: RegistrationOptions, voxel_mm: float)
     """
     reasons = []
     mo, after, before = q["motion"], q["after"], q["before"]
+    if q["brain_coverage"] < opts.min_coverage:
+        reasons.append(f"the registered follow-up images {q['brain_coverage']:.0%} of the baseline's brain "
+                       f"(< {opts.min_coverage:.0%}; a failed registration, or a field of view smaller by design: "
+                       "then lower --min-coverage)")
     if after["correlation"] < opts.min_correlation:
         reasons.append(f"correlation after registration {after['correlation']:.3f} < {opts.min_correlation} "
                        "(another patient, wrong modality or failed registration?)")
@@ -485,9 +493,13 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
             q: dict[str, Any] = {"followup": t, "status": "ok", "reasons": []}
             try:
                 tx, info = register_pair(fixed, moving, fixed_mask=brain, options=opts.pair)
-                q["before"] = similarity(fixed_np, from_sitk(resample(moving, fixed))[0], brain_np)
                 moved = from_sitk(resample(moving, fixed, tx))[0]
-                q["after"] = similarity(fixed_np, moved, brain_np)
+                # compared where the follow-up imaged the brain: a smaller field of view is no misregistration
+                imaged = brain_np & _field_of_view(moving, fixed, tx)
+                q["brain_coverage"] = float(imaged.sum() / brain_np.sum())
+                compared = imaged if imaged.sum() >= 2 else brain_np
+                q["before"] = similarity(fixed_np, from_sitk(resample(moving, fixed))[0], compared)
+                q["after"] = similarity(fixed_np, moved, compared)
                 q["motion"] = transform_motion(tx, centre_lps)
                 q["motion"]["max_displacement_mm"] = max(
                     float(np.linalg.norm(np.asarray(tx.TransformPoint([float(v) for v in c])) - c)) for c in corners_lps)
@@ -512,13 +524,18 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
         for m in mods:
             if m == ref or (t, ref) not in transforms:
                 continue
+            transforms[(t, m)] = transforms[(t, ref)]  # follows its session's reference
             if opts.register_modalities:
                 rigid = PairOptions(**{**asdict(opts.pair), "transform": "rigid"})
-                tm, _ = register_pair(sitk_images[(t, ref)], sitk_images[(t, m)], options=rigid)
-                transforms[(t, m)] = sitk.CompositeTransform([tm, transforms[(t, ref)]])
+                try:
+                    tm, _ = register_pair(sitk_images[(t, ref)], sitk_images[(t, m)], options=rigid)
+                    transforms[(t, m)] = sitk.CompositeTransform([tm, transforms[(t, ref)]])
+                except RuntimeError as err:  # SimpleITK: this follow-up fails; kept, m follows the reference
+                    if t == 0:
+                        raise
+                    q["reasons"].append(f"registration of {m} to {ref} within the session: {_itk_message(err)}")
+                    q["status"] = "failed"
                 _write_tfm(transforms[(t, m)], qc_dir / transform_filename(t, m))
-            else:
-                transforms[(t, m)] = transforms[(t, ref)]
     record["followups"] = res.followups
     atomic_write_json(qc_dir / CASE_RECORD, record, overwrite=True)
     if not res.ok and not opts.keep_failed:
@@ -586,6 +603,8 @@ def _summary_rows(results: Sequence[CaseRegistration]) -> list[dict[str, Any]]:
             for when in ("before", "after"):
                 for k, v in q.get(when, {}).items():
                     row[f"{k}_{when}"] = round(v, 4)
+            if "brain_coverage" in q:
+                row["brain_coverage"] = round(q["brain_coverage"], 4)
             mo = q.get("motion", {})
             if mo:
                 row["translation_mm"] = round(mo["translation_mm"], 3)
@@ -619,8 +638,9 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
         PermissionError: ``out`` cannot be created or written, or (``overwrite``) a case folder it holds cannot
             be replaced (a read-only one): before any case is registered.
         FileExistsError: ``out`` is not empty and ``overwrite`` is off.
-        ValueError: ``out`` is ``raw``, lies inside it or holds it; ``spacing`` gives a case an output grid
-            of more than :data:`MAX_OUTPUT_VOXELS` voxels; a raw manifest is malformed.
+        ValueError: ``out`` is ``raw``, lies inside it or holds it; the baselines hold different modalities,
+            or none named ``reference_modality``; ``spacing`` gives a case an output grid of more than
+            :data:`MAX_OUTPUT_VOXELS` voxels; a raw manifest is malformed.
         ImportError: SimpleITK is missing (``pip install 'longiseg[register]'``), or matplotlib with
             ``qc_figures``.
     """
@@ -637,6 +657,9 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     if not any(layout.scan_images(p).get(0) for p in cases):
         raise FileNotFoundError(f"no case folders with t0_*.nii.gz images in {raw}")
     modalities = _check_modalities(cases)
+    if modalities and opts.reference_modality not in modalities:
+        raise ValueError(f"reference_modality {opts.reference_modality!r} (--reference-modality) is not among the "
+                         f"raw baselines' modalities {list(modalities)}: choose one of them")
     check_output_folder(out, "out")
     check_separate_folders(out, "out", {"raw": raw})  # --overwrite would replace the raw case folders
     if out.exists() and not folder_is_empty(out) and not overwrite:

@@ -112,7 +112,8 @@ def check_native_ready(registration_dir: PathLike, num_timepoints: int) -> None:
     Raises:
         ImportError: SimpleITK is missing (names the ``register`` extra).
         FileNotFoundError: no ``registration.json`` or a missing transform.
-        ValueError: a timepoint without a recorded native grid, or ``num_timepoints < 2``.
+        ValueError: a timepoint without a recorded native grid, a recorded header that does not describe
+            its grid, or ``num_timepoints < 2``.
     """
     require_simpleitk()
     if not isinstance(num_timepoints, int) or num_timepoints < 2:
@@ -123,6 +124,20 @@ def check_native_ready(registration_dir: PathLike, num_timepoints: int) -> None:
         if t > 0 and not (reg / f"t{t}.tfm").is_file():
             raise FileNotFoundError(f"transform {reg / f't{t}.tfm'} not found (follow-up {t} was not registered "
                                     "by 'longiseg register', or its registration failed)")
+    _check_native_headers(reg)
+
+
+def _check_native_headers(registration_dir: Path) -> None:
+    """Refuse a ``registration.json`` that records an original file whose header does not describe its grid
+    (``longiseg register`` < 0.3.14 accepted such files): masks could not be written with it."""
+    for key, rec in _record(registration_dir)["native_grids"].items():
+        if rec.get("header") is None:
+            continue
+        why = SpatialHeader(**rec["header"]).mismatch(Grid.from_dict(rec).affine)
+        if why is not None:
+            raise ValueError(f"{registration_dir / 'registration.json'}: the original file {key} has a header that "
+                             f"describes two grids ({why}); masks cannot be written on its grid with its header: "
+                             "fix the raw file's header and register the case again")
 
 
 def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_timepoints: int | None,
@@ -200,11 +215,15 @@ def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir:
     out = check_path("out_dir", out_dir)
     if not pred.is_dir():
         raise FileNotFoundError(f"prediction folder {pred} does not exist")
-    written = []
-    for case in sorted(p for p in pred.iterdir() if p.is_dir()):
+    cases = sorted(p for p in pred.iterdir() if p.is_dir())
+    for case in cases:  # every case's records before any case is written
         reg_dir = reg / case.name / "registration"
         if not reg_dir.is_dir():
             raise FileNotFoundError(f"case {case.name!r}: no {reg_dir} (was {reg} written by 'longiseg register'?)")
+        _check_native_headers(reg_dir)
+    written = []
+    for case in cases:
+        reg_dir = reg / case.name / "registration"
         for name, arr, aff, header in _native_masks(case, reg_dir, case.name, None, interpolation):
             written.append(atomic_save_nifti(arr, aff, out / case.name / name, overwrite=overwrite, dtype=np.uint8,
                                              header=header))

@@ -126,18 +126,26 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
     return _png(fig)
 
 
+def _check_modality(folder: Path, modality: str | None) -> dict[int, dict[str, Path]]:
+    """The images of a case folder (:func:`~longiseg.data.layout.scan_images`; none without the folder), refusing
+    a ``modality`` asked for explicitly that its baseline images lack: a typo is an error, not a report without
+    montages."""
+    found = layout.scan_images(folder) if folder.is_dir() else {}
+    if modality is not None and found.get(0) and modality.lower() not in found[0]:
+        raise ValueError(f"modality {modality!r} (--modality): {folder} has no {layout.image_filename(0, modality)}; "
+                         f"its images are of {', '.join(sorted(found[0]))}")
+    return found
+
+
 def _load_images(folder: Path, timepoints: int, modality: str | None, masks: Grid
                  ) -> tuple[list[np.ndarray] | None, str]:
     """Images of one modality for every timepoint, or ``None`` with the reason; each must lie on the grid of the
     case's masks (``masks``: the baseline mask's ``(path, shape, affine)``)."""
-    found = layout.scan_images(folder) if folder.is_dir() else {}
+    found = _check_modality(folder, modality)
     if not found.get(0):
         return None, f"no images (t0_*.nii.gz) in {folder}"
     if modality is None:
         modality = "flair" if "flair" in found[0] else sorted(found[0])[0]
-    elif modality.lower() not in found[0]:  # asked for explicitly: a typo is an error, not a report without montages
-        raise ValueError(f"modality {modality!r} (--modality): {folder} has no {layout.image_filename(0, modality)}; "
-                         f"its images are of {', '.join(sorted(found[0]))}")
     out = []
     for t in range(timepoints):
         p = found.get(t, {}).get(modality.lower())
@@ -215,6 +223,9 @@ def write_lesion_report(
     def save(name: str, png: bytes) -> None:
         atomic_write(figs / name, lambda fh: fh.write(png), mode="wb", overwrite=overwrite)
 
+    if montages:  # every case's before any figure is written, also of cases without changes to draw
+        for ev in evolutions:
+            _check_modality(img_dir / ev.case_id, modality)
     first = evolutions[0]
     rows = []
     for ev in evolutions:

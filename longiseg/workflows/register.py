@@ -36,7 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                             "(default; moved with it) or the baseline's (already aligned)")
     p.add_argument("--n4", action="store_true", help="N4 bias-field correction first")
     p.add_argument("--min-correlation", dest="min_correlation", type=float, default=0.7,
-                   help="QC: fail a follow-up below this correlation with the baseline (default 0.7)")
+                   help="QC: fail a follow-up below this correlation with the baseline where it images the "
+                        "brain (default 0.7)")
+    p.add_argument("--min-coverage", dest="min_coverage", type=float, default=0.5,
+                   help="QC: fail a follow-up that, registered, images less of the baseline's brain than this "
+                        "share (default 0.5; lower it for follow-ups with a smaller field of view by design)")
     p.add_argument("--max-translation", dest="max_translation", type=float, default=50.0,
                    help="QC: largest plausible motion of the brain centre in scanner coordinates, mm (default "
                         "50; raise it for sessions whose scanner coordinates differ more)")
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         reference_modality=args.reference_modality, pair=PairOptions(transform=args.transform),
         register_modalities=args.register_modalities, n4=args.n4, spacing=args.spacing,
         interpolation=args.interpolation, mask_interpolation=args.mask_interpolation,
-        min_correlation=args.min_correlation, max_translation_mm=args.max_translation,
+        min_correlation=args.min_correlation, min_coverage=args.min_coverage, max_translation_mm=args.max_translation,
         max_rotation_deg=args.max_rotation, qc_figures=not args.no_qc_figures, keep_failed=args.keep_failed,
         progression_space=args.progression_space)
     results = register_folder(args.raw, args.out, opts, overwrite=args.overwrite, progress=not args.no_progress)
