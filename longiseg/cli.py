@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from longiseg.utils.io import check_output_folder, check_separate_folders, folder_is_empty
+from longiseg.utils.io import check_output_folder, check_separate_folders, expand_home, folder_is_empty
 
 __all__ = ["main", "build_parser", "Terminated", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED",
            "EXIT_TERMINATED"]
@@ -412,9 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("train", help="train a model from an experiment config (YAML/JSON)")
-    p.add_argument("config", nargs="?", default=None, help="experiment config file (see examples/configs)")
-    p.add_argument("--data", default=None, help="cohort folder (overrides data.root)")
-    p.add_argument("--output", default=None, help="run folder (overrides trainer.output_dir)")
+    p.add_argument("config", type=expand_home, nargs="?", default=None, help="experiment config file (see examples/configs)")
+    p.add_argument("--data", type=expand_home, default=None, help="cohort folder (overrides data.root)")
+    p.add_argument("--output", type=expand_home, default=None, help="run folder (overrides trainer.output_dir)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an OUTPUT that already holds a run (its checkpoints are replaced)")
@@ -423,9 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="choose a run's progression threshold on its validation patients "
                                     "(recorded in the checkpoint; predict uses it)")
-    p.add_argument("run", help="run folder written by 'longiseg train'")
-    p.add_argument("--checkpoint", default="best.pt", help="checkpoint of the run to tune (default best.pt)")
-    p.add_argument("--data", default=None, help="folder of the validation cases (default: the run's data root)")
+    p.add_argument("run", type=expand_home, help="run folder written by 'longiseg train'")
+    p.add_argument("--checkpoint", type=expand_home, default="best.pt", help="checkpoint of the run to tune (default best.pt)")
+    p.add_argument("--data", type=expand_home, default=None, help="folder of the validation cases (default: the run's data root)")
     p.add_argument("--objective", default=None, choices=["balanced", "lesion_f1"],
                    help="what the threshold maximises on the validation patients: balanced (the default: "
                         "progression lesion F1 and stable patients left clear, equally weighted) or lesion_f1 "
@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("cohort", help="write the demo cohort and its train/test split (the demo's first stage)")
-    p.add_argument("output", metavar="OUT", help="folder for cohort/, train/ and test/")
+    p.add_argument("output", type=expand_home, metavar="OUT", help="folder for cohort/, train/ and test/")
     p.add_argument("--num-patients", dest="num_patients", type=int, default=None,
                    help="number of patients (default: the demo's, 32)")
     p.add_argument("--num-test", dest="num_test", type=int, default=None,
@@ -450,16 +450,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_cohort)
 
     p = sub.add_parser("predict", help="predict a folder of cases with a checkpoint (NIfTI masks, probabilities, entropy)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by 'longiseg train' (last.pt / best.pt)")
-    p.add_argument("--input", required=True, help="folder of cases in the longiseg layout")
-    p.add_argument("--output", required=True, help="prediction folder")
-    p.add_argument("--config", default=None,
+    p.add_argument("--checkpoint", type=expand_home, required=True, help="checkpoint written by 'longiseg train' (last.pt / best.pt)")
+    p.add_argument("--input", type=expand_home, required=True, help="folder of cases in the longiseg layout")
+    p.add_argument("--output", type=expand_home, required=True, help="prediction folder")
+    p.add_argument("--config", type=expand_home, default=None,
                    help="experiment config whose data/inference settings replace the checkpoint's own (needed only "
                         "for checkpoints of longiseg < 0.2, which do not describe themselves)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--skip-existing", action="store_true", help="skip cases that already have outputs")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--native", nargs="?", const="", default=None, metavar="REGISTERED",
+    p.add_argument("--native", type=expand_home, nargs="?", const="", default=None, metavar="REGISTERED",
                    help="also write each case's masks on the original grids of its raw scans into OUT/CASE/native/, "
                         "with the transforms 'longiseg register' saved in REGISTERED/CASE/registration/ (default: "
                         "the --input folder); needs longiseg[register]")
@@ -470,9 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate prediction folder(s) against a reference folder",
                        description="Evaluate prediction folder(s), one per model, against the reference folder "
                                    "(the last argument): paper-style table, t-tests, box plots.")
-    p.add_argument("folders", nargs="+", metavar="PRED_DIR",
+    p.add_argument("folders", type=expand_home, nargs="+", metavar="PRED_DIR",
                    help="prediction folder(s), one per model, then the reference folder (GT_DIR)")
-    p.add_argument("--out", default=None, help="write per-case/summary CSV+JSON, table and box plot here")
+    p.add_argument("--out", type=expand_home, default=None, help="write per-case/summary CSV+JSON, table and box plot here")
     p.add_argument("--overwrite", action="store_true", help="replace a report that --out already holds")
     p.add_argument("--protocol", default="segmast", choices=["segmast", "tdw"])
     p.add_argument("--min-lesion-volume", type=float, default=None, help="override the minimum lesion volume (mm^3)")
@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="the main job: the whole pipeline on the embedded demo cohort")
-    p.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--output", type=expand_home, default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quick", action="store_true", help="a tiny run (smoke test, about a minute)")
     p.add_argument("--num-patients", dest="num_patients", type=int, default=None, help="default 32")
@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run benchmarks/bench_mixers.py of a source checkout of longiseg (the benchmarks "
                                    "are not installed with the package; 'make bench' runs all of them).")
     p.add_argument("--quick", action="store_true", help="small sizes only (a few minutes on a 2-core CPU)")
-    p.add_argument("--plot", default=None, help="write the time/memory plot (PNG) here")
+    p.add_argument("--plot", type=expand_home, default=None, help="write the time/memory plot (PNG) here")
     p.set_defaults(func=_cmd_bench)
     from longiseg.workflows import lesions, register  # sub-commands that own their parser and handler
     lesions.add_parser(sub)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -199,3 +200,29 @@ def test_paths_starting_with_a_tilde_name_the_home_folder(tmp_path, monkeypatch)
     data = DataConfig(root="~/cohort", val_root="~/val")
     assert (data.root, data.val_root) == (str(tmp_path / "cohort"), str(tmp_path / "val"))
     assert DataConfig(root="cohort/~x").root == "cohort/~x" and DataConfig(root="c").val_root is None
+
+
+def test_command_line_paths_expand_a_leading_tilde(tmp_path, monkeypatch) -> None:
+    """``--output=~/x`` (and a quoted ``'~/x'``) reach the command unexpanded: train and predict wrote into a
+    folder named "~" in the working directory, and inputs given so "did not exist"."""
+    from longiseg.cli import build_parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    parser = build_parser()
+    home = str(tmp_path)
+    commands = {
+        "train": (["train", "~/c.yaml", "--data=~/d", "--output=~/r"], ("config", "data", "output")),
+        "tune": (["tune", "~/r", "--checkpoint=~/r/best.pt", "--data=~/v"], ("run", "checkpoint", "data")),
+        "cohort": (["cohort", "~/c"], ("output",)),
+        "predict": (["predict", "--checkpoint=~/b.pt", "--input=~/i", "--output=~/o", "--config=~/c.yaml",
+                     "--native=~/reg"], ("checkpoint", "input", "output", "config", "native")),
+        "evaluate": (["evaluate", "~/p", "~/g", "--out=~/e"], ("out",)),
+        "demo": (["demo", "--output=~/demo"], ("output",)),
+        "lesions": (["lesions", "~/m", "--out=~/l", "--images=~/i"], ("masks", "out", "images")),
+        "register": (["register", "~/raw", "~/reg"], ("raw", "out")),
+    }
+    for argv, names in commands.values():
+        args = parser.parse_args(argv)
+        for name in names:
+            assert str(getattr(args, name)).startswith(home + os.sep), (argv, name, getattr(args, name))
+    assert all(f.startswith(home + os.sep) for f in parser.parse_args(["evaluate", "~/p", "~/g"]).folders)

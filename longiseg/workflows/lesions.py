@@ -15,7 +15,13 @@ from pathlib import Path
 
 from longiseg.metrics.evolution import CaseEvolution, evolution_folder, write_evolution_tables
 from longiseg.metrics.report import report_folder
-from longiseg.utils.io import PathLike, check_output_folder, check_separate_folders, folder_is_empty
+from longiseg.utils.io import (
+    PathLike,
+    check_output_folder,
+    check_separate_folders,
+    expand_home,
+    folder_is_empty,
+)
 from longiseg.utils.validation import check_bool
 
 __all__ = ["REPORT_FILES", "run_lesion_report", "add_parser", "run"]
@@ -96,9 +102,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``lesions`` sub-command to the ``longiseg`` parser."""
     p = sub.add_parser("lesions", help="new/enlarging lesions, lesion volumes and MRI activity per follow-up "
                                        "(CSV, JSON, figures, report.html)")
-    p.add_argument("masks", help="folder of predictions or references (library layout)")
-    p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--images", default=None, help="cohort folder with the images for the montages (default: MASKS)")
+    p.add_argument("masks", type=expand_home, help="folder of predictions or references (library layout)")
+    p.add_argument("--out", type=expand_home, required=True, help="report folder")
+    p.add_argument("--images", type=expand_home, default=None, help="cohort folder with the images for the montages (default: MASKS)")
     p.add_argument("--modality", default=None, help="image shown in the montages (default: flair)")
     p.add_argument("--min-volume", dest="min_volume", type=float, default=3.0,
                    help="smallest lesion and smallest growth counted, mm^3 (default 3)")
