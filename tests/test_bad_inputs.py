@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +244,14 @@ def _checkpoint(ws: Path, dest: Path, how: str) -> Path:
         ckpt.write_text("not a checkpoint\n")
     elif how == "truncated":
         ckpt.write_bytes(data[: len(data) // 3])
+    elif how == "corrupt":  # bytes of the largest tensor flipped: torch.load does not check the zip CRCs
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            member = max(archive.infolist(), key=lambda i: i.file_size)
+        name_len, extra_len = struct.unpack("<HH", data[member.header_offset + 26: member.header_offset + 30])
+        start = member.header_offset + 30 + name_len + extra_len  # the member's stored bytes
+        damaged = bytearray(data)
+        damaged[start: start + 16] = bytes(b ^ 0xFF for b in damaged[start: start + 16])
+        ckpt.write_bytes(bytes(damaged))
     elif how == "no-config":  # written by build_model + save_checkpoint: a spec without training settings
         ckpt.write_bytes((ws / "untrained.pt").read_bytes())
         (dest / "experiment.yaml").unlink()
@@ -364,6 +375,8 @@ ROWS = [
         r"last\.pt is not a readable checkpoint"),
     Row("predict-truncated-checkpoint", lambda ws, t: _predict(
         ws, t, ckpt=str(_checkpoint(ws, t / "c", "truncated"))), r"last\.pt is not a readable checkpoint"),
+    Row("predict-corrupt-checkpoint", lambda ws, t: _predict(
+        ws, t, ckpt=str(_checkpoint(ws, t / "c", "corrupt"))), r"last\.pt is corrupt: its member .* fails its checksum"),
     Row("predict-untrained-checkpoint", lambda ws, t: _predict(
         ws, t, ckpt=str(_checkpoint(ws, t / "c", "no-config"))), r"does not record how to use the model.*--config"),
     Row("predict-old-checkpoint", lambda ws, t: _predict(

@@ -49,6 +49,7 @@ import pickle
 import random
 import re
 import stat
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,7 @@ def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {path} is empty (0 bytes): an interrupted copy? use another checkpoint")
+    _check_archive(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
@@ -293,6 +295,23 @@ def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
         raise ValueError(f"{path} is not a readable checkpoint (truncated, corrupt or not written by "
                          f"torch.save): {reason}") from err
     return _checked(ckpt, path)
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a zip-format checkpoint (what ``torch.save`` writes) with a damaged member: ``torch.load`` does not
+    check the archive's CRCs, so flipped bytes in a tensor would load as other weights. Files that are not zip
+    archives are left to ``torch.load`` (legacy format, or not a checkpoint)."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:  # truncated: torch.load says more
+        logger.debug("checkpoint %s: zip check skipped (%s)", path, err)
+        return
+    if bad is not None:
+        raise ValueError(f"checkpoint {path} is corrupt: its member {bad!r} fails its checksum (a damaged copy or "
+                         "disk); use another copy of the checkpoint")
 
 
 def _checked(ckpt: Any, path: Path) -> dict[str, Any]:
