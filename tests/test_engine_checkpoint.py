@@ -159,6 +159,25 @@ def test_build_model_from_checkpoint(tmp_path) -> None:
         build_model_from_checkpoint(nameless)
 
 
+def test_a_model_registered_by_another_module_than_the_checkpoints_is_named(tmp_path, caplog) -> None:
+    """A model of the checkpoint's name registered by another module (another package that reuses the name) was
+    loaded without a word; built-in models moving between longiseg's own modules are not warned about."""
+    register_model(lambda **kw: TinyLongiNet(**kw), name="_engine_test_tiny", dim="2.5D")
+    try:
+        path = save_checkpoint(tmp_path / "ck.pt", model=TinyLongiNet(width=4), model_name="_engine_test_tiny",
+                               model_kwargs={"width": 4})
+        payload = torch.load(path, weights_only=True)
+        for recorded, warned in (("their_package.models", True), (payload["model_module"], False), (None, False)):
+            torch.save({**payload, "model_module": recorded}, path)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="longiseg.engine.checkpoint"):
+                build_model_from_checkpoint(path)
+            said = [r.getMessage() for r in caplog.records if "is this the same model" in r.getMessage()]
+            assert bool(said) is warned, (recorded, said)
+            assert not warned or "by the module 'their_package.models' when it was saved" in said[0]
+    finally:
+        unregister_model("_engine_test_tiny")
+
 def test_load_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")

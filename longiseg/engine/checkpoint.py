@@ -437,6 +437,7 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
             f"checkpoint {source} holds the model {name!r}, which is not registered in this process: {where}. On the "
             f"command line: longiseg --import {module if module and module != '__main__' else 'MODULE'} ... (see "
             "docs/tutorials/add-model.md)")
+    _warn_other_module(name, ckpt.get("model_module"), source)
     recorded = ckpt.get("model_kwargs", {})
     if recorded.get(_SCAN_BACKEND_KWARG) is not None and _SCAN_BACKEND_KWARG not in override_kwargs:
         logger.info("checkpoint %s records the selective-scan backend %r of its training; this machine chooses its "
@@ -455,6 +456,18 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
         spec = ModelSpec.from_dict(ckpt["spec"])
         model.spec = spec.replace(kwargs=_without_scan_backend(spec.kwargs))
     return model.eval()
+
+
+def _warn_other_module(name: str, recorded: str | None, source: str) -> None:
+    """Warn when model ``name`` is registered by another module than the one that registered it for the checkpoint
+    (another model of the same name may have been imported; the built-in models may move between modules)."""
+    current = _registered_module(name)
+    if recorded in (None, "__main__") or current is None or current == recorded:
+        return
+    if recorded.startswith("longiseg.") and current.startswith("longiseg."):
+        return
+    logger.warning("checkpoint %s: model %r was registered by the module %r when it was saved, but by %r now: is this "
+                   "the same model? (import %s instead to be sure)", source, name, recorded, current, recorded)
 
 
 def _without_scan_backend(kwargs: Mapping[str, Any]) -> dict[str, Any]:
