@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
@@ -271,7 +272,8 @@ def _reorder_manifest(cohort: Path, modalities: list[str]) -> None:
 
 def test_a_resume_reads_the_channels_its_checkpoint_was_trained_on(cohort: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str],
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """After the manifest's channel order changed, a resume loads the checkpoint's order (spec.modalities);
     other data.modalities, batch settings or a run without last.pt are refused before the records change."""
     import shutil
@@ -303,7 +305,12 @@ def test_a_resume_reads_the_channels_its_checkpoint_was_trained_on(cohort: Path,
     find_cases = train_module.find_cases
     monkeypatch.setattr(train_module, "find_cases", lambda root, **kw: listed.append(kw["modalities"]) or find_cases(root, **kw))
     seed = ExperimentConfig.from_file(run / "experiment.yaml").loss.seed
-    assert main([*train, "trainer.max_epochs=2", f"loss.seed={seed + 5}", "--resume"]) == 0
+    weight = ExperimentConfig.from_file(run / "experiment.yaml").data.lesion_weight
+    with caplog.at_level(logging.WARNING, logger="longiseg"):
+        assert main([*train, "trainer.max_epochs=2", f"loss.seed={seed + 5}", f"data.lesion_weight={weight / 2}",
+                     "--resume"]) == 0
+    # a changed data (or loss) setting was taken without a word, and recorded as if the run had used it throughout
+    assert f"with data.lesion_weight={weight / 2} (the run had {weight}): the run will differ" in caplog.text
     assert listed == [["flair", "t2"]]  # not the manifest's ['t2', 'flair']
     assert load_model(run / "last.pt").spec.modalities == ("flair", "t2")
     record = ExperimentConfig.from_file(run / "experiment.yaml")

@@ -335,6 +335,23 @@ def _resume_modalities(last: Path, spec: dict | None, configured: list[str] | No
     return trained
 
 
+def _warn_changed_settings(recorded: Path, cfg: ExperimentConfig) -> None:
+    """Warn about every data and loss setting that differs from the run's ``experiment.yaml`` (the trainer warns
+    about its own settings; the split, batch, model and modalities are refused when they change). The folders
+    are left out: the split says whether the cases changed."""
+    try:
+        old = ExperimentConfig.from_file(recorded)
+    except (OSError, ValueError) as err:  # an edited or missing record: nothing to compare with
+        logger.debug("resuming: %s not compared (%s)", recorded, err)
+        return
+    for section in ("data", "loss"):
+        before, now = getattr(old, section).to_dict(), getattr(cfg, section).to_dict()
+        for key in sorted(now):
+            if key not in ("root", "val_root") and before.get(key) != now[key]:
+                logger.warning("resuming %s with %s.%s=%r (the run had %r): the run will differ from an "
+                               "uninterrupted one", recorded.parent, section, key, now[key], before.get(key))
+
+
 def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False,
                  progress: bool | None = None) -> FitResult:
     """Train ``cfg.model`` on ``cfg.data`` and write checkpoints, logs and the config to ``cfg.trainer.output_dir``.
@@ -461,6 +478,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
             cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, seed=restored))
     del saved
     trains = not resuming or (trainer.epoch < trainer.config.max_epochs and not trainer.stopped_early)
+    if resuming and trains and ctx.is_main:
+        _warn_changed_settings(out / "experiment.yaml", cfg)
     if ctx.is_main:
         save_config(cfg, out / "experiment.yaml")
         atomic_write_json(out / SPLIT_FILE, {
