@@ -268,6 +268,7 @@ def test_plain_state_dicts_are_named_and_wrapped_keys_load(tmp_path) -> None:
 
 @pytest.mark.parametrize(("edit", "match"), [
     ({"format_version": "1"}, r"'format_version' must be an int, got '1' \(str\)"),
+    ({"format_version": True}, r"'format_version' must be an int, got True \(bool\)"),
     ({"model": None}, r"'model' must be a state_dict"),
     ({"model_kwargs": None}, r"'model_kwargs' must be a mapping"),
     ({"spec": ["x"]}, r"'spec' must be a model spec \(a mapping\) or None, got \['x'\] \(list\)"),

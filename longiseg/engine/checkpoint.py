@@ -326,7 +326,7 @@ def _checked(ckpt: Any, path: Path) -> dict[str, Any]:
                 "save_checkpoint(path, model=model) writes a file that load_model reads")
         raise ValueError(f"{path} is not a longiseg checkpoint (expected a dict with keys {_REQUIRED_KEYS})")
     for key, kinds, what in _ENTRY_TYPES:
-        if key in ckpt and not isinstance(ckpt[key], kinds):
+        if key in ckpt and (not isinstance(ckpt[key], kinds) or isinstance(ckpt[key], bool)):
             raise ValueError(f"{path}: the checkpoint entry {key!r} must be {what}, got {ckpt[key]!r:.80} "
                              f"({type(ckpt[key]).__name__}): the file was edited or not written by save_checkpoint")
     if ckpt["format_version"] > CHECKPOINT_FORMAT_VERSION:
