@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("train", help="train a model from an experiment config (YAML/JSON)")
-    p.add_argument("config", type=expand_home, nargs="?", default=None, help="experiment config file (see examples/configs)")
+    p.add_argument("config", type=expand_home, nargs="?", default=None,
+                   help="experiment config file (see examples/configs)")
     p.add_argument("--data", type=expand_home, default=None, help="cohort folder (overrides data.root)")
     p.add_argument("--output", type=expand_home, default=None, help="run folder (overrides trainer.output_dir)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
@@ -424,8 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="choose a run's progression threshold on its validation patients "
                                     "(recorded in the checkpoint; predict uses it)")
     p.add_argument("run", type=expand_home, help="run folder written by 'longiseg train'")
-    p.add_argument("--checkpoint", type=expand_home, default="best.pt", help="checkpoint of the run to tune (default best.pt)")
-    p.add_argument("--data", type=expand_home, default=None, help="folder of the validation cases (default: the run's data root)")
+    p.add_argument("--checkpoint", type=expand_home, default="best.pt",
+                   help="checkpoint of the run to tune (default best.pt)")
+    p.add_argument("--data", type=expand_home, default=None,
+                   help="folder of the validation cases (default: the run's data root)")
     p.add_argument("--objective", default=None, choices=["balanced", "lesion_f1"],
                    help="what the threshold maximises on the validation patients: balanced (the default: "
                         "progression lesion F1 and stable patients left clear, equally weighted) or lesion_f1 "
@@ -450,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_cohort)
 
     p = sub.add_parser("predict", help="predict a folder of cases with a checkpoint (NIfTI masks, probabilities, entropy)")
-    p.add_argument("--checkpoint", type=expand_home, required=True, help="checkpoint written by 'longiseg train' (last.pt / best.pt)")
+    p.add_argument("--checkpoint", type=expand_home, required=True,
+                   help="checkpoint written by 'longiseg train' (last.pt / best.pt)")
     p.add_argument("--input", type=expand_home, required=True, help="folder of cases in the longiseg layout")
     p.add_argument("--output", type=expand_home, required=True, help="prediction folder")
     p.add_argument("--config", type=expand_home, default=None,
@@ -472,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(the last argument): paper-style table, t-tests, box plots.")
     p.add_argument("folders", type=expand_home, nargs="+", metavar="PRED_DIR",
                    help="prediction folder(s), one per model, then the reference folder (GT_DIR)")
-    p.add_argument("--out", type=expand_home, default=None, help="write per-case/summary CSV+JSON, table and box plot here")
+    p.add_argument("--out", type=expand_home, default=None,
+                   help="write per-case/summary CSV+JSON, table and box plot here")
     p.add_argument("--overwrite", action="store_true", help="replace a report that --out already holds")
     p.add_argument("--protocol", default="segmast", choices=["segmast", "tdw"])
     p.add_argument("--min-lesion-volume", type=float, default=None, help="override the minimum lesion volume (mm^3)")

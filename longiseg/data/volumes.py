@@ -108,9 +108,10 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
         gap = float(np.abs(hdr.get_qform() - hdr.get_sform()).max())
         if gap > QFORM_SFORM_ATOL:
             raise ValueError(
-                f"{what} {path}: its qform and sform place the voxels differently (by up to {beyond(gap, QFORM_SFORM_ATOL)} mm or "
-                "direction units); the file describes two grids, and tools that read the qform would not "
-                "overlay its outputs: rewrite it with one geometry (e.g. copy the sform into the qform)")
+                f"{what} {path}: its qform and sform place the voxels differently (by up to "
+                f"{beyond(gap, QFORM_SFORM_ATOL)} mm or direction units); the file describes two grids, and tools "
+                "that read the qform would not overlay its outputs: rewrite it with one geometry (e.g. copy the sform "
+                "into the qform)")
     return spacing
 
 

@@ -135,8 +135,9 @@ class SpatialHeader:
         if self.qform_code > 0 and self.sform_code > 0:
             gap = float(np.abs(self.qform_affine - affine).max())
             if gap > QFORM_SFORM_ATOL:
-                return (f"its qform places the voxels differently from affine (by up to {beyond(gap, QFORM_SFORM_ATOL)} mm or direction "
-                        f"units, tolerance {QFORM_SFORM_ATOL:g}): the file would describe two grids")
+                return (f"its qform places the voxels differently from affine (by up to "
+                        f"{beyond(gap, QFORM_SFORM_ATOL)} mm or direction units, tolerance {QFORM_SFORM_ATOL:g}): "
+                        "the file would describe two grids")
         return None
 
     def check_grid(self, affine: np.ndarray, name: str = "header") -> None:

@@ -104,7 +104,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                        "(CSV, JSON, figures, report.html)")
     p.add_argument("masks", type=expand_home, help="folder of predictions or references (library layout)")
     p.add_argument("--out", type=expand_home, required=True, help="report folder")
-    p.add_argument("--images", type=expand_home, default=None, help="cohort folder with the images for the montages (default: MASKS)")
+    p.add_argument("--images", type=expand_home, default=None,
+                   help="cohort folder with the images for the montages (default: MASKS)")
     p.add_argument("--modality", default=None, help="image shown in the montages (default: flair)")
     p.add_argument("--min-volume", dest="min_volume", type=float, default=3.0,
                    help="smallest lesion and smallest growth counted, mm^3 (default 3)")

@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``register`` sub-command to the ``longiseg`` parser."""
     p = sub.add_parser("register", help="register follow-ups to the baseline and resample raw scans into the "
                                         "library layout (SimpleITK; pip install 'longiseg[register]')")
-    p.add_argument("raw", type=expand_home, help="folder of raw cases: CASE/t{k}_{modality}.nii.gz (k = 0 the baseline), optional "
+    p.add_argument("raw", type=expand_home,
+                   help="folder of raw cases: CASE/t{k}_{modality}.nii.gz (k = 0 the baseline), optional "
                                "CASE/baseline_mask, brain_mask (baseline space) and progression_t{k} (follow-up "
                                "k's space) .nii.gz; any grid per file")
     p.add_argument("out", type=expand_home, help="output folder (library layout, transforms and QC)")
