@@ -54,6 +54,15 @@ def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_logged_learning_rate_is_the_one_the_epochs_last_step_used(tmp_path) -> None:
+    """metrics.csv logged the rate after the scheduler's last step, i.e. the next epoch's: a run that is all
+    warm-up showed min_lr in its last row although the rate only ever rose."""
+    _, trainer, result = _fit(tmp_path, max_epochs=3, warmup_epochs=3)
+    rates = [row["lr"] for row in result.history]
+    assert rates == sorted(rates) and len(set(rates)) == 3, rates  # rising throughout the warm-up
+    assert all(trainer.config.min_lr < r <= trainer.config.lr for r in rates), rates
+    assert rates[-1] != trainer.optimizer.param_groups[0]["lr"]  # not the rate after the run's last step
+
 def test_loss_decreases_and_logs(tmp_path) -> None:
     _, trainer, result = _fit(tmp_path, max_epochs=5)
     losses = [row["train_loss"] for row in result.history]
@@ -63,7 +72,9 @@ def test_loss_decreases_and_logs(tmp_path) -> None:
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
     assert {"train_loss", "train_baseline_loss", "train_progression_loss", "train_grad_norm", "lr"} <= set(rows[0])
-    assert float(rows[-1]["lr"]) == pytest.approx(1e-4)  # cosine ends at min_lr
+    last_step = trainer.scheduler.lr_lambdas[0](result.global_step - 1)  # the rate of the run's last step
+    assert float(rows[-1]["lr"]) == pytest.approx(1e-2 * last_step) and float(rows[-1]["lr"]) > 1e-4
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)  # cosine ends at min_lr
     assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
     assert (tmp_path / "trainer_config.yaml").is_file()
 
@@ -284,7 +295,9 @@ def test_a_resume_follows_the_current_optimizer_settings_and_keeps_the_moments(t
         result = resumed.fit(resume=True)
     for key in ("lr", "weight_decay", "betas", "eps", "max_epochs", "min_lr"):
         assert sum(f" with {key}=" in r.getMessage() for r in caplog.records) == 1, key
-    assert result.history[-1]["lr"] == pytest.approx(1e-3)  # the cosine ends at the current min_lr (was 1e-4 * 1e-3/5e-2)
+    # the cosine ends at the current min_lr (was 1e-4 * 1e-3/5e-2); the last row logs its last step's rate
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert 1e-3 < result.history[-1]["lr"] < result.history[-2]["lr"]
     assert result.history[1]["lr"] > 1e-2  # the current peak: from the checkpoint's 1e-2 it would stay below
     assert load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"][0]["weight_decay"] == 0.0
 

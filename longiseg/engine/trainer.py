@@ -387,6 +387,7 @@ class Trainer:
 
         self.epoch = 0
         self.global_step = 0
+        self._step_lr: float | None = None  # the learning rate of the last optimizer step
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
         self.early_stopping_counter = 0
@@ -511,6 +512,7 @@ class Trainer:
             grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
+        self._step_lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step used (metrics.csv)
         self.scheduler.step()
         self.global_step += 1
         return {"loss": loss.detach(), "grad_norm": grad_norm.detach().float(), **logs}
@@ -770,8 +772,9 @@ class Trainer:
                 t0 = time.perf_counter()
                 train = self.train_one_epoch(epoch)
                 self.epoch = epoch + 1
-                row: dict[str, Any] = {"epoch": self.epoch, "global_step": self.global_step,
-                                       "lr": self.optimizer.param_groups[0]["lr"]}
+                # the rate of the epoch's last step (the scheduler has moved on to the next step's)
+                lr = self._step_lr if self._step_lr is not None else self.optimizer.param_groups[0]["lr"]
+                row: dict[str, Any] = {"epoch": self.epoch, "global_step": self.global_step, "lr": lr}
                 row.update({f"train_{k}": v for k, v in train.items()})
                 validated = self.validate_fn is not None and (self.epoch % cfg.val_every == 0
                                                               or self.epoch == cfg.max_epochs)
