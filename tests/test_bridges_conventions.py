@@ -115,6 +115,17 @@ def test_import_names_input_channel_files(tmp_path: Path) -> None:
         import_nnunet_predictions(pred, tmp_path / "out")
 
 
+def test_import_names_a_follow_up_given_twice(tmp_path: Path) -> None:
+    """"c_fu1" and "c_fu01" are one follow-up: refused as named twice, not as a gap ("found follow-ups [1, 1]")."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for name in ("c_fu1.nii.gz", "c_fu01.nii.gz"):
+        nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), AFFINE), pred / name)
+    with pytest.raises(ValueError, match=r"case 'c' name follow-up\(s\) \[1\] twice \(\['c_fu01\.nii\.gz', "
+                                         r"'c_fu1\.nii\.gz'\]\)"):
+        import_nnunet_predictions(pred, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
 def test_four_class_labels_of_a_test_export_decode_like_training(tmp_path: Path) -> None:
     """A test case and a training case with the same arrays give the same images (only labels differ)."""
     base = np.zeros(SHAPE, bool)

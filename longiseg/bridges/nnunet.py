@@ -557,6 +557,11 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
         pairs.setdefault(case, []).append((t, path))
     for case, case_pairs in pairs.items():
         followups = [t for t, _ in case_pairs]
+        twice = sorted({t for t in followups if followups.count(t) > 1})
+        if twice:  # "fu1" and "fu01" name one follow-up
+            names = [p.name for t, p in case_pairs if t in twice]
+            raise ValueError(f"nnU-Net predictions of case {case!r} name follow-up(s) {twice} twice ({names}) in "
+                             f"{pred_dir}: keep one file per follow-up")
         if followups != list(range(1, len(followups) + 1)):
             raise ValueError(f"nnU-Net predictions of case {case!r} must be the pairs {case}_fu1 .. "
                              f"{case}_fu<n> without gaps, found follow-ups {followups} in {pred_dir}")
