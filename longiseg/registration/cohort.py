@@ -218,7 +218,6 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
             header that describes two grids.
     """
     arr, affine, _ = read_volume(path, what="raw volume", dtype=np.float32)
-    arr = np.asarray(arr, dtype=np.float32)
     if arr.size and float(arr.min()) == float(arr.max()):  # exact: a scan's voxels are never all equal
         raise ValueError(f"raw volume {path} is blank: every voxel is {float(arr.flat[0]):g} (an empty or failed "
                          "export); a constant image can be neither registered nor segmented")
@@ -496,8 +495,9 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
                 moved = from_sitk(resample(moving, fixed, tx))[0]
                 # compared where the follow-up imaged the brain: a smaller field of view is no misregistration
                 imaged = brain_np & _field_of_view(moving, fixed, tx)
-                q["brain_coverage"] = float(imaged.sum() / brain_np.sum())
-                compared = imaged if imaged.sum() >= 2 else brain_np
+                n_imaged = int(imaged.sum())
+                q["brain_coverage"] = n_imaged / int(brain_np.sum())
+                compared = imaged if n_imaged >= 2 else brain_np
                 q["before"] = similarity(fixed_np, from_sitk(resample(moving, fixed))[0], compared)
                 q["after"] = similarity(fixed_np, moved, compared)
                 q["motion"] = transform_motion(tx, centre_lps)

@@ -215,15 +215,13 @@ def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir:
     out = check_path("out_dir", out_dir)
     if not pred.is_dir():
         raise FileNotFoundError(f"prediction folder {pred} does not exist")
-    cases = sorted(p for p in pred.iterdir() if p.is_dir())
-    for case in cases:  # every case's records before any case is written
-        reg_dir = reg / case.name / "registration"
+    cases = [(case, reg / case.name / "registration") for case in sorted(p for p in pred.iterdir() if p.is_dir())]
+    for case, reg_dir in cases:  # every case's records before any case is written
         if not reg_dir.is_dir():
             raise FileNotFoundError(f"case {case.name!r}: no {reg_dir} (was {reg} written by 'longiseg register'?)")
         _check_native_headers(reg_dir)
     written = []
-    for case in cases:
-        reg_dir = reg / case.name / "registration"
+    for case, reg_dir in cases:
         for name, arr, aff, header in _native_masks(case, reg_dir, case.name, None, interpolation):
             written.append(atomic_save_nifti(arr, aff, out / case.name / name, overwrite=overwrite, dtype=np.uint8,
                                              header=header))
