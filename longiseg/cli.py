@@ -241,6 +241,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from longiseg.metrics.report import format_paper_table
 
     if len(args.folders) < 2:
+        swallowed = [n for n in args.names or [] if Path(n).is_dir()]
+        if swallowed:  # `--names A B PRED GT`: nargs="+" takes everything after it
+            raise ValueError(f"--names took the folders given after it ({', '.join(swallowed)}); give --names "
+                             "after the folders, or end its list with --")
         raise ValueError("give at least one prediction folder and then the reference folder")
     *preds, gt = args.folders
     names = args.names or [Path(p).name for p in preds]
@@ -474,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate prediction folder(s) against a reference folder",
                        description="Evaluate prediction folder(s), one per model, against the reference folder "
                                    "(the last argument): paper-style table, t-tests, box plots.")
-    p.add_argument("folders", type=expand_home, nargs="+", metavar="PRED_DIR",
+    p.add_argument("folders", type=expand_home, nargs="*", metavar="PRED_DIR",
                    help="prediction folder(s), one per model, then the reference folder (GT_DIR)")
     p.add_argument("--out", type=expand_home, default=None,
                    help="write per-case/summary CSV+JSON, table and box plot here")

@@ -254,6 +254,19 @@ def test_evaluate_names_needs_a_value(tmp_path: Path, capsys: pytest.CaptureFixt
     assert exit_info.value.code == 2 and "--names" in capsys.readouterr().err
 
 
+def test_evaluate_names_before_the_folders_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `--names A B PRED GT` lets nargs="+" take the folders: say so instead of "give at least one folder"
+    for name in ("p1", "p2", "gt"):
+        (tmp_path / name).mkdir()
+    folders = [str(tmp_path / n) for n in ("p1", "p2", "gt")]
+    assert main(["evaluate", "--names", "A", "B", *folders]) == 2
+    err = capsys.readouterr().err
+    assert "--names took the folders" in err and folders[0] in err and "Traceback" not in err, err
+    # ending the list with -- gives the folders back (the reference then fails for want of cases, not of folders)
+    assert main(["evaluate", "--names", "A", "B", "--", *folders]) == 2
+    assert "no case folders" in capsys.readouterr().err
+
+
 RESUMABLE = TINY_SEGMAST + [
     "trainer.max_epochs=1", "trainer.batch_size=2", "trainer.warmup_epochs=0", "trainer.device=cpu",
     "trainer.progress_bar=false", "trainer.tensorboard=false", "data.crop_size=32", "data.samples_per_epoch=4",
@@ -317,6 +330,37 @@ def test_a_resume_reads_the_channels_its_checkpoint_was_trained_on(cohort: Path,
     assert record.data.modalities == ["flair", "t2"]
     assert record.loss.seed == seed  # the resumed loss goes on with its restored stream (warned), as recorded
     assert not (run / "tuning.json").exists()  # trained further: its tuning described older checkpoints
+
+
+@pytest.mark.parametrize("outcome", ["best kept", "best replaced", "interrupted after best replaced"])
+def test_a_resume_keeps_the_tuning_of_a_best_checkpoint_it_does_not_replace(
+        cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str) -> None:
+    """tuning.json of best.pt outlives a resume that trains further only while best.pt stays the same file."""
+    import longiseg.workflows.train as train_module
+    from longiseg.engine.trainer import Trainer
+
+    run = tmp_path / "run"
+    train = ["train", "--data", str(cohort), "--output", str(run), "--set", *RESUMABLE]
+    assert main(train) == 0
+    record = {"checkpoint": "best.pt", "threshold": 0.4}
+    (run / "tuning.json").write_text(json.dumps(record))
+    fit = Trainer.fit
+
+    def fit_then(self: Trainer, **kwargs: object) -> object:
+        result = fit(self, **kwargs)
+        if outcome != "best kept":
+            save_checkpoint(run / "best.pt", model=self.model, epoch=99)  # as an improving epoch would (atomically)
+        if outcome.startswith("interrupted"):
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(train_module.Trainer, "fit", fit_then)
+    code = main([*train, "trainer.max_epochs=2", "--resume"])
+    assert code == (130 if outcome.startswith("interrupted") else 0)
+    kept = outcome == "best kept"
+    assert (run / "tuning.json").is_file() == kept
+    if kept:
+        assert json.loads((run / "tuning.json").read_text()) == record
 
 
 def test_validation_cases_are_read_in_the_training_channel_order(cohort: Path, tmp_path: Path,

@@ -31,6 +31,7 @@ from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
 from longiseg.engine.seeding import seed_everything
 from longiseg.engine.trainer import (
+    BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     TENSORBOARD_DIR,
     FitResult,
@@ -488,8 +489,40 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
             "val_root": str(Path(cfg.data.val_root).resolve()) if cfg.data.val_root else cfg.data.val_root,
             "seed": cfg.data.seed,
             "train": [c.case_id for c in train_cases], "validation": [c.case_id for c in val_cases]})
-        tuning = out / TUNING_FILE
-        if trains and tuning.exists():  # the checkpoints it describes are about to be replaced
-            logger.info("removing %s: it describes checkpoints this run replaces (run longiseg tune again)", tuning)
-            tuning.unlink()
-    return trainer.fit(resume=resume, overwrite=overwrite)
+    tuning = out / TUNING_FILE
+    best = out / BEST_CHECKPOINT
+    kept = None  # a resume that trains further replaces best.pt only when validation improves
+    if ctx.is_main and trains and tuning.exists():
+        if resuming and _tuned_checkpoint(tuning) == BEST_CHECKPOINT and best.is_file():
+            kept = _identity(best)
+        else:  # the checkpoint it describes is about to be replaced
+            _remove_tuning(tuning)
+    try:
+        return trainer.fit(resume=resume, overwrite=overwrite)
+    finally:  # also when interrupted: a tuning record never outlives the checkpoint it describes
+        if kept is not None and _identity(best) != kept and tuning.exists():
+            _remove_tuning(tuning)
+
+
+def _tuned_checkpoint(tuning: Path) -> str | None:
+    """The checkpoint file name a ``tuning.json`` describes (``None`` when the record cannot be read)."""
+    try:
+        record = json.loads(tuning.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = record.get("checkpoint") if isinstance(record, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced (checkpoints are written atomically, so the inode changes)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _remove_tuning(tuning: Path) -> None:
+    logger.info("removing %s: it describes a checkpoint this run replaces (run longiseg tune again)", tuning)
+    tuning.unlink(missing_ok=True)
