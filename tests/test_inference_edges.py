@@ -189,3 +189,38 @@ def test_a_model_changing_its_number_of_outputs_is_named(inferer) -> None:
         inferer = SlidingWindowInferer3D(4, batch_size=1, progress=False)
     with pytest.raises(ValueError, match=r"returned 6 probability channels for one batch and 3 for another"):
         inferer(ChangingChannels(), torch.rand(3, 1, 5, 6, 7))
+
+
+def _tiny(name: str) -> nn.Module:
+    from longiseg import build_model
+
+    return build_model(name, features=(4, 8, 16)).eval()
+
+
+_CASE = np.random.default_rng(0).normal(size=(2, 2, 9, 12, 7)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: TriplanarInferer(patch_size=10, progress=False)(_tiny("longi_unet_dw_2d"), _CASE),
+         r"patch_size must be divisible by 4"),
+        (lambda: SlidingWindowInferer3D(roi_size=6, progress=False)(_tiny("longi_unet_dw"), _CASE),
+         r"roi_size must be divisible by 4"),
+        (lambda: TriplanarInferer(patch_size=16, progress=False)(_tiny("longi_unet_dw_2d"), _CASE[:, :1]),
+         r"images must have C=2 channels .*got shape \(2, 1, 9, 12, 7\)"),
+        (lambda: TriplanarInferer(patch_size=16, progress=False)(_tiny("longi_unet_concat_2d"),
+                                                                np.concatenate([_CASE, _CASE[:1]])),
+         r"images must have T=2 timepoints"),
+        (lambda: TriplanarInferer(patch_size=16, progress=False)(_tiny("longi_unet_dw"), _CASE),
+         r"'longi_unet_dw' is a 3D model.*use SlidingWindowInferer3D"),
+        (lambda: SlidingWindowInferer3D(roi_size=16, progress=False)(_tiny("longi_unet_dw_2d"), _CASE),
+         r"'longi_unet_dw_2d' is a 2.5D model.*use TriplanarInferer"),
+    ],
+    ids=["patch", "roi", "channels", "timepoints", "3d-model-tri-planar", "2.5d-model-sliding"],
+)
+def test_a_model_that_cannot_take_the_case_or_window_is_named_up_front(call, match: str) -> None:
+    # these failed inside the first window batch, naming a patch batch's shape the caller never passed
+    # (e.g. "every spatial size of x must be divisible by 4 ..., got shape (14, 2, 2, 10, 10)")
+    with pytest.raises(ValueError, match=match):
+        call()

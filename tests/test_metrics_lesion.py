@@ -316,3 +316,42 @@ def test_non_contiguous_inputs_are_labelled_correctly() -> None:
         assert (
             lesion_detection(v, other).counts() == lesion_detection(np.ascontiguousarray(v), other).counts()
         )
+
+
+# --- argument checks (probe findings) ------------------------------------------------------------------
+
+
+def test_lesion_zero_division_is_checked() -> None:
+    z, a = np.zeros((4, 4, 4)), np.zeros((4, 4, 4))
+    a[1, 1, 1] = 1
+    for bad, err in (("a", TypeError), (None, TypeError), (5, ValueError), (-1, ValueError)):
+        with pytest.raises(err, match="zero_division"):
+            lesion_detection(a, a, zero_division=bad)
+        with pytest.raises(err, match="zero_division"):
+            detection_scores(0, 0, 0, 0, zero_division=bad)
+    with pytest.raises(ValueError, match="zero_division"):
+        detection_scores(0, 0, 0, 0, zero_division=2)
+    # NaN: undefined recall and precision leave F1 undefined, not 0
+    d = lesion_detection(z, z, zero_division=float("nan"))
+    assert np.isnan(d.recall) and np.isnan(d.precision) and np.isnan(d.f1)
+    assert np.isnan(detection_scores(1, 1, 0, 0, zero_division=float("nan"))[2])
+    assert detection_scores(1, 1, 0, 0, zero_division=0.0) == (1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("thr", [0, 0.0, np.int64(0), np.int32(0), np.float32(0.1), np.float64(0.1)])
+def test_iou_threshold_accepts_every_real_number_type(thr: object) -> None:
+    a = np.zeros((4, 4, 4), bool)
+    a[1, 1, 1] = True
+    assert lesion_detection(a, a, iou_threshold=thr).f1 == 1.0
+    assert match_lesions(label_lesions(a), label_lesions(a), iou_threshold=thr).tp_gt == 1
+
+
+def test_iou_threshold_and_rule_are_checked_at_entry() -> None:
+    a = np.zeros((4, 4, 4), bool)
+    a[1, 1, 1] = True
+    for bad, err in ((True, TypeError), (np.bool_(False), TypeError), ("0.1", TypeError), (np.int64(1), ValueError),
+                     (float("nan"), ValueError), (-0.1, ValueError)):
+        with pytest.raises(err, match="iou_threshold"):
+            lesion_detection(a, a, iou_threshold=bad)
+    with pytest.raises(ValueError, match="rule"):
+        lesion_detection(a, a, rule=["iou"])  # type: ignore[arg-type]

@@ -281,3 +281,33 @@ def test_kinds_are_checked_when_selecting_rows() -> None:
         table.summary("dice", kind="np")
     with pytest.raises(ValueError, match="kind must be among"):
         paired_ttest(table, table, "dice", kind="np")
+
+
+# --- size bins and protocol values (probe findings) ----------------------------------------------------
+
+
+def test_tertile_rule_is_the_documented_one() -> None:
+    with pytest.raises(ValueError, match="too uniform"):
+        tertile_bins([1.0, 1.0, 1.0, 5.0])  # two sizes, but both tertiles are 1
+    assert tertile_bins([1.0, 1.0, 5.0, 5.0]).thresholds == (1.0, 5.0)
+    with pytest.raises(ValueError, match="volumes_mm3"):
+        tertile_bins([-1.0, 2.0, 3.0, 5.0])
+
+
+def test_size_bins_refuse_negative_thresholds() -> None:
+    for t in ((-5, -1), (-1, 4)):
+        with pytest.raises(ValueError, match=">= 0"):
+            SizeBins(t)
+    assert SizeBins((0, 4)).thresholds == (0.0, 4.0)
+    with pytest.raises(ValueError, match="bins must be"):
+        stratified_lesion_metrics([], "Tertiles")
+
+
+def test_protocol_hd_one_empty_null_nan_and_checks() -> None:
+    assert np.isnan(EvaluationProtocol(hd_one_empty=None).hd_one_empty)  # JSON null reads as NaN
+    assert np.isnan(EvaluationProtocol.from_dict({"hd_one_empty": None}).hd_one_empty)
+    assert np.isnan(get_protocol("tdw").with_overrides(["hd_one_empty=null"]).hd_one_empty)
+    assert EvaluationProtocol(hd_one_empty=float("inf")).hd_one_empty == float("inf")
+    with pytest.raises(ConfigError, match="hd_one_empty"):
+        EvaluationProtocol(hd_one_empty=-1.0)
+    assert EvaluationProtocol() == get_protocol("segmast") != get_protocol("tdw")

@@ -478,3 +478,65 @@ def test_two_evaluations_into_one_new_folder_do_not_replace_each_other(
     monkeypatch.undo()
     write_report(evaluate_folder(good, gt, model="ours", progress=False), out)  # overwrite (the default): replaced
     assert b"\ntheirs," not in (out / "summary.csv").read_bytes()
+
+
+# --- argument checks and protocol round trip (probe findings) ------------------------------------------
+
+
+@pytest.mark.parametrize("bins", ["x", "Tertiles", (-5, -1), (113, 43), ("a",), None])
+def test_write_report_refuses_bad_bins_before_writing(
+    folders: tuple[Path, Path, Path], tmp_path: Path, bins: object
+) -> None:
+    gt, good, _ = folders
+    res = evaluate_folder(good, gt, progress=False)
+    for arg in ("progression_bins", "baseline_bins"):
+        out = tmp_path / arg
+        with pytest.raises((TypeError, ValueError), match=arg):
+            write_report(res, out, **{arg: bins})
+        assert not out.exists()  # refused up front, not logged as "too few lesions" after a partial report
+
+
+def test_protocol_round_trips_through_summary_json(folders: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from longiseg.metrics.protocol import EvaluationProtocol
+
+    gt, good, _ = folders
+    res = evaluate_folder(good, gt, progress=False)
+    write_report(res, tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "summary.json").read_text(encoding="utf-8"))["protocol"]
+    assert saved["hd_one_empty"] is None  # NaN is written as null
+    back = EvaluationProtocol.from_dict(saved)
+    assert back == res.protocol and hash(back) == hash(res.protocol)
+    assert np.isnan(back.hd_one_empty)
+    # two separately built NaN protocols are one protocol: write_report compares them
+    a = EvaluationProtocol(hd_one_empty=float("nan"))
+    b = EvaluationProtocol(hd_one_empty=float("nan"))
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != EvaluationProtocol(hd_one_empty=100.0)
+    other = evaluate_folder(good, gt, progress=False, model="other", protocol=b)
+    write_report([evaluate_folder(good, gt, progress=False, protocol=a), other], tmp_path / "two")
+
+
+@pytest.mark.parametrize("atol", [float("nan"), -1.0, float("inf")])
+def test_evaluate_folder_refuses_bad_affine_atol(folders: tuple[Path, Path, Path], atol: float) -> None:
+    gt, good, _ = folders
+    with pytest.raises(ValueError, match="affine_atol"):
+        evaluate_folder(good, gt, progress=False, affine_atol=atol)
+    with pytest.raises(TypeError, match="affine_atol"):
+        evaluate_folder(good, gt, progress=False, affine_atol="0.001")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("flag", ["False", float("nan"), 2, None])
+def test_daa_refuses_flags_that_are_not_bools(flag: object) -> None:
+    rows = [{"case_id": "c1", "patient_id": "p", "kind": "P", "daa_correct": True},
+            {"case_id": "c2", "patient_id": "p", "kind": "NP", "daa_correct": flag}]
+    if flag is None:  # a baseline row: left out
+        assert ResultsTable(rows).daa() == 100.0
+        return
+    with pytest.raises(ValueError, match=r"row 1 \(case 'c2'\): column 'daa_correct'"):
+        ResultsTable(rows).daa()
+
+
+def test_daa_accepts_numpy_bools_and_0_1() -> None:
+    rows = [{"case_id": f"c{i}", "patient_id": "p", "kind": "P", "daa_correct": v}
+            for i, v in enumerate([np.bool_(True), 0, 1.0, False])]
+    assert ResultsTable(rows).daa() == 50.0

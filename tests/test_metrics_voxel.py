@@ -246,3 +246,47 @@ def test_hd_symmetric_and_padding_invariant(data: st.DataObject) -> None:
         if pi.any() and gi.any():
             hi = hd95(pi, gi, sp)
             assert hd95(np.pad(pi, 2), np.pad(gi, 2), sp) == pytest.approx(hi)
+
+
+# --- empty-mask convention arguments are checked (probe findings) --------------------------------------
+
+
+@pytest.mark.parametrize("fn,arg", [(dice, "empty_value"), (ppv, "zero_division"), (sensitivity, "zero_division")])
+def test_score_empty_values_are_checked(fn: object, arg: str) -> None:
+    z, a = np.zeros((4, 4, 4)), np.zeros((4, 4, 4))
+    a[1, 1, 1] = 1
+    for bad, err in (("x", TypeError), (None, TypeError), (True, TypeError), (5, ValueError), (-0.5, ValueError)):
+        with pytest.raises(err, match=arg):
+            fn(a, a, **{arg: bad})  # checked also where the value is not needed
+    assert np.isnan(fn(z, z, **{arg: float("nan")}))
+    assert fn(z, z, **{arg: np.float32(0.0)}) == 0.0
+
+
+@pytest.mark.parametrize("arg", ["both_empty", "one_empty"])
+def test_hausdorff_empty_values_are_checked(arg: str) -> None:
+    z, a = np.zeros((4, 4, 4)), np.zeros((4, 4, 4))
+    a[1, 1, 1] = 1
+    for bad, err in (("a", TypeError), (None, TypeError), (np.bool_(True), TypeError), (-1, ValueError)):
+        with pytest.raises(err, match=arg):
+            hd95(a, a, **{arg: bad})
+    masks = (z, z) if arg == "both_empty" else (a, z)
+    assert hd95(*masks, **{arg: float("inf")}) == float("inf")
+    assert np.isnan(hd95(*masks, **{arg: float("nan")}))
+    assert hd95(*masks, **{arg: np.int64(7)}) == 7.0
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 3, 3)), np.zeros((4, 0)), np.zeros((3, 3), dtype=complex)],
+                         ids=["empty-3d", "empty-2d", "complex"])
+def test_the_shared_mask_check_refuses_empty_and_complex_masks(bad: np.ndarray) -> None:
+    # a mask of nothing scored 1.0 (two empty masks); a complex mask passed as its real part
+    error = TypeError if bad.dtype.kind == "c" else ValueError
+    with pytest.raises(error, match="pred"):
+        dice(bad, bad)
+    with pytest.raises(error, match="gt"):
+        lesion_detection(np.zeros((3, 3)), bad)
+
+
+def test_connectivity_must_be_an_int() -> None:
+    with pytest.raises(ValueError, match="connectivity"):
+        lesion_detection(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), connectivity=26.0)
+    assert lesion_detection(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), connectivity=np.int64(26)).f1 == 1.0

@@ -57,7 +57,8 @@ def check_connectivity(connectivity: int | None, ndim: int) -> int:
     """``connectivity`` (6, 18, 26 in 3D; 4, 8 in 2D), or the full one for ``None``; ``ValueError`` otherwise."""
     if connectivity is None:
         return default_connectivity(ndim)
-    if isinstance(connectivity, bool) or connectivity not in _CONNECTIVITY[ndim]:
+    if not isinstance(connectivity, (int, np.integer)) or isinstance(connectivity, bool) \
+            or connectivity not in _CONNECTIVITY[ndim]:  # 26.0 too: a count of neighbours is an int
         raise ValueError(
             f"connectivity must be one of {_CONNECTIVITY[ndim]} for {ndim}D masks, got {connectivity!r}"
         )

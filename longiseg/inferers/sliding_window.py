@@ -24,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from longiseg.networks.inputs import parameter_dtype
+from longiseg.networks.inputs import check_spatial_size, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
-from longiseg.networks.wrappers import eval_mode
+from longiseg.networks.wrappers import eval_mode, unwrap_model
+from longiseg.spec import ModelSpec
 from longiseg.utils.device import resolve_device as _resolve_torch_device
 from longiseg.utils.validation import (
     check_binary,
@@ -48,6 +49,7 @@ __all__ = [
     "flip_combinations",
     "predict_probabilities",
     "prepare_case",
+    "check_model_fits",
     "split_probabilities",
     "brain_or_foreground",
     "resolve_device",
@@ -354,6 +356,39 @@ def _check_device(device: torch.device | str | None) -> torch.device | None:
     return None if device is None else _resolve_torch_device(device)
 
 
+def check_model_fits(model: nn.Module, images: torch.Tensor, window: Sequence[int], window_name: str, *,
+                     dims: Sequence[str], other: str) -> None:
+    """Refuse, before any window runs, a registered model that cannot take this case or window.
+
+    A model that carries a :class:`~longiseg.spec.ModelSpec` (every registry model, also inside DDP or
+    ``torch.compile`` wrappers) is checked against the inferer and the case: its ``dim`` (one of ``dims``,
+    else the message names ``other``, the inferer for it), its ``in_channels`` and ``num_timepoints``
+    against ``images (T, C, D, H, W)``, and ``window`` against its downsampling
+    (:func:`~longiseg.networks.inputs.check_spatial_size`, naming ``window_name``). Without these checks
+    the model's own input check fails inside the first window batch, naming a patch batch's shape that the
+    caller never passed. A model without a spec is left to that check.
+
+    Raises:
+        ValueError: naming the model, ``images`` or ``window_name`` and what was expected.
+    """
+    inner = unwrap_model(model)
+    spec = getattr(inner, "spec", None)
+    if not isinstance(spec, ModelSpec):
+        return
+    if spec.dim not in dims:
+        raise ValueError(f"model {spec.name!r} is a {spec.dim} model; this inferer runs {' or '.join(dims)} "
+                         f"models: use {other}")
+    t, c = int(images.shape[0]), int(images.shape[1])
+    if spec.in_channels is not None and c != spec.in_channels:
+        raise ValueError(f"images must have C={spec.in_channels} channels (dim 1 of (T, C, D, H, W): the model "
+                         f"{spec.name!r} takes in_channels={spec.in_channels}), got shape {tuple(images.shape)}")
+    if spec.num_timepoints is not None and t != spec.num_timepoints:
+        raise ValueError(f"images must have T={spec.num_timepoints} timepoints (dim 0 of (T, C, D, H, W): the "
+                         f"model {spec.name!r} was built for num_timepoints={spec.num_timepoints}), got shape "
+                         f"{tuple(images.shape)}")
+    check_spatial_size(inner, tuple(window), window_name)
+
+
 def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
     """``device`` if given (checked by :func:`_check_device`; the model is moved there), else the device
     of the model's first parameter.
@@ -450,6 +485,7 @@ class SlidingWindowInferer3D:
                 "(or `pip install monai`)"
             ) from err
         imgs, _ = prepare_case(images, brain_mask)
+        check_model_fits(model, imgs, self.roi_size, "roi_size", dims=("3D",), other="TriplanarInferer")
         t, c = imgs.shape[:2]
         dev = resolve_device(model, self.device)
         flips = flip_combinations((-3, -2, -1)) if self.flip_tta else [()]

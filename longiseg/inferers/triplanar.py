@@ -49,6 +49,7 @@ from longiseg.inferers.sliding_window import (
     _same_channels,
     blend_weights,
     brain_or_foreground,
+    check_model_fits,
     flip_combinations,
     predict_probabilities,
     prepare_case,
@@ -211,6 +212,8 @@ class TriplanarInferer:
                 matrix included) or a model whose output does not match its input.
         """
         imgs, mask = prepare_case(images, brain_mask)
+        check_model_fits(model, imgs, self.patch_size, "patch_size", dims=("2.5D", "2D"),
+                         other="SlidingWindowInferer3D")
         if self.skip_empty or self.crop_to_brain:
             mask = brain_or_foreground(imgs, mask)
         dev = resolve_device(model, self.device)

@@ -165,8 +165,24 @@ class ResultsTable:
         return MetricSummary(mean, sd, int(pm.size), len(sub), int(np.isnan(vals).sum()))
 
     def daa(self) -> float:
-        """Disease Activity Assessment in percent over all follow-up rows (NaN if there are none)."""
-        flags = [bool(r["daa_correct"]) for r in self.rows if r.get("daa_correct") is not None]
+        """Disease Activity Assessment in percent over all follow-up rows (NaN if there are none).
+
+        Rows whose ``daa_correct`` is missing or ``None`` (baseline rows) are left out.
+
+        Raises:
+            ValueError: a ``daa_correct`` that is not a bool (``numpy.bool_`` too) or the number 0 or 1, such as
+                the string ``"False"`` or NaN (naming the row).
+        """
+        flags = []
+        for i, r in enumerate(self.rows):
+            v = r.get("daa_correct")
+            if v is None:
+                continue
+            if not isinstance(v, (bool, np.bool_)) and not (
+                    isinstance(v, (int, float, np.integer, np.floating)) and v in (0, 1)):
+                raise ValueError(f"row {i} (case {r['case_id']!r}): column 'daa_correct' must be a bool (or 0/1), "
+                                 f"got {type(v).__name__} {v!r}")
+            flags.append(bool(v))
         return float(100.0 * np.mean(flags)) if flags else float("nan")
 
     def persisting_false_progression(self) -> float:

@@ -36,10 +36,10 @@ from longiseg.metrics.report import (
     write_csv,
     write_json,
 )
-from longiseg.metrics.stratified import SizeBins, stratified_lesion_metrics
+from longiseg.metrics.stratified import SizeBins, check_bins, stratified_lesion_metrics
 from longiseg.utils.io import PathLike, atomic_write
 from longiseg.utils.logging import get_logger
-from longiseg.utils.validation import check_path
+from longiseg.utils.validation import check_nonnegative_float, check_path
 
 __all__ = [
     "REPORT_FILES",
@@ -108,13 +108,15 @@ def evaluate_folder(
         model: model name for reports (default: the name of ``pred_dir``).
         output_dir: if given, write the report there (see :func:`write_report`).
         progress: show a tqdm progress bar.
-        affine_atol: largest per-entry difference of prediction and reference affines (mm).
+        affine_atol: largest per-entry difference of prediction and reference affines (mm), a finite
+            number ``>= 0``.
 
     Returns:
         :class:`EvaluationResult` with one row per baseline and follow-up mask.
 
     Raises:
-        ValueError: a missing folder or prediction, an unreadable or non-binary mask, a malformed reference
+        TypeError: ``affine_atol`` is not a number.
+        ValueError: ``affine_atol`` negative or not finite, a missing folder or prediction, an unreadable or non-binary mask, a malformed reference
             manifest, masks of one case on different grids ("lies on another grid"), a file whose header voxel
             sizes disagree with its affine, or a prediction whose shape or affine differs from its reference
             (naming case and file).
@@ -124,6 +126,7 @@ def evaluate_folder(
 
     prot = get_protocol(protocol)
     pred_dir, gt_dir = check_path("pred_dir", pred_dir), check_path("gt_dir", gt_dir)
+    affine_atol = check_nonnegative_float("affine_atol", affine_atol)
     if not pred_dir.is_dir():
         raise ValueError(f"pred_dir {pred_dir} is not a folder")
     if not gt_dir.is_dir():
@@ -220,8 +223,13 @@ def write_report(
     Raises:
         FileExistsError: ``overwrite`` is ``False`` and ``output_dir`` holds a report, or another process wrote
             one there while this one was being written.
-        ValueError: no results, or results computed under different protocols.
+        TypeError: ``progression_bins`` or ``baseline_bins`` of none of the kinds of
+            :func:`~longiseg.metrics.stratified.check_bins`.
+        ValueError: no results, results computed under different protocols, or bad ``progression_bins`` or
+            ``baseline_bins`` (checked before anything is written).
     """
+    bins_of = {"baseline": check_bins("baseline_bins", baseline_bins),
+               "progression": check_bins("progression_bins", progression_bins)}
     res = [results] if isinstance(results, EvaluationResult) else list(results)
     if not res:
         raise ValueError("write_report needs at least one EvaluationResult")
@@ -237,12 +245,14 @@ def write_report(
     summary_rows = paper_table_rows(tables, reference=reference)
     strat_rows: list[dict[str, Any]] = []
     for r in res:
-        for target, bins in (("baseline", baseline_bins), ("progression", progression_bins)):
+        for target, bins in bins_of.items():
             try:
                 strat_rows += [
                     {"model": r.model, "target": target, **row} for row in r.stratified(target, bins)
                 ]
-            except ValueError as err:  # too few lesions for tertiles
+            except ValueError as err:  # too few or too uniform lesions for tertiles (the bins are checked)
+                if bins != "tertiles":
+                    raise
                 _log.info("no size-stratified %s analysis for %s: %s", target, r.model, err)
     # the report is written as a whole: an earlier report's files (e.g. a stratified.csv this run has no
     # data for) never stay beside this one's

@@ -27,6 +27,7 @@ reference lesions recall is ``zero_division`` (1.0), with no predicted lesions p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ from longiseg.data.lesions import check_connectivity as _check_connectivity
 from longiseg.data.lesions import check_min_volume as _check_min_volume
 from longiseg.data.lesions import label_mask as _label
 from longiseg.metrics.inputs import MaskLike, as_mask_pair, as_spacing, foreground_slices
-from longiseg.utils.validation import check_instance, check_positive_int
+from longiseg.utils.validation import check_instance, check_positive_int, check_probability, check_score
 
 __all__ = [
     "MATCHING_RULES",
@@ -157,6 +158,17 @@ def _greedy_one_side(
     return hit, claimed
 
 
+def _check_matching(rule: str, iou_threshold: float) -> float:
+    """Check a matching ``rule`` (one of :data:`MATCHING_RULES`) and return ``iou_threshold`` as a float in
+    ``[0, 1)`` (any real number type: Python or NumPy int or float, not bool)."""
+    if not isinstance(rule, str) or rule not in MATCHING_RULES:
+        raise ValueError(f"rule must be one of {MATCHING_RULES}, got {rule!r}")
+    thr = check_probability("iou_threshold", iou_threshold)
+    if thr >= 1.0:
+        raise ValueError(f"iou_threshold must lie in [0, 1), got {iou_threshold}")
+    return thr
+
+
 def match_lesions(
     gt: LesionLabels,
     pred: LesionLabels,
@@ -176,14 +188,8 @@ def match_lesions(
     """
     check_instance("gt", gt, LesionLabels, "a LesionLabels (from label_lesions)")
     check_instance("pred", pred, LesionLabels, "a LesionLabels (from label_lesions)")
-    if rule not in MATCHING_RULES:
-        raise ValueError(f"rule must be one of {MATCHING_RULES}, got {rule!r}")
-    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float, np.floating)):
-        raise TypeError(f"iou_threshold must be a float in [0, 1), got {type(iou_threshold).__name__}")
-    if not 0.0 <= float(iou_threshold) < 1.0:
-        raise ValueError(f"iou_threshold must lie in [0, 1), got {iou_threshold}")
+    thr = _check_matching(rule, iou_threshold)
     ov = lesion_overlaps(gt, pred) if overlaps is None else overlaps
-    thr = float(iou_threshold)
     if rule == "overlap":
         det = np.zeros(gt.n, dtype=bool)
         mat = np.zeros(pred.n, dtype=bool)
@@ -275,12 +281,15 @@ def detection_scores(
         n_gt: reference lesions.
         tp_pred: predicted lesions that are true positives, ``0 <= tp_pred <= n_pred``.
         n_pred: predicted lesions.
-        zero_division: recall without reference lesions / precision without predicted lesions.
+        zero_division: recall without reference lesions / precision without predicted lesions, in ``[0, 1]``
+            or NaN.
 
     Raises:
-        TypeError: a count is not an int.
-        ValueError: a count is negative, or a true-positive count exceeds the count it is a part of.
+        TypeError: a count is not an int, or ``zero_division`` not a number.
+        ValueError: a count is negative, a true-positive count exceeds the count it is a part of, or
+            ``zero_division`` lies outside ``[0, 1]``.
     """
+    zero_division = check_score("zero_division", zero_division)
     tp_gt, n_gt, tp_pred, n_pred = (
         check_positive_int(name, v, minimum=0)
         for name, v in (("tp_gt", tp_gt), ("n_gt", n_gt), ("tp_pred", tp_pred), ("n_pred", n_pred))
@@ -293,7 +302,10 @@ def detection_scores(
             )
     recall = tp_gt / n_gt if n_gt > 0 else float(zero_division)
     precision = tp_pred / n_pred if n_pred > 0 else float(zero_division)
-    f1 = 2 * recall * precision / (recall + precision) if recall + precision > 0 else 0.0
+    if math.isnan(recall) or math.isnan(precision):  # zero_division=NaN: an undefined score leaves F1 undefined
+        f1 = float("nan")
+    else:
+        f1 = 2 * recall * precision / (recall + precision) if recall + precision > 0 else 0.0
     return float(recall), float(precision), float(f1)
 
 
@@ -318,12 +330,21 @@ def lesion_detection(
         connectivity: component connectivity (``None``: 26 in 3D, 8 in 2D).
         rule: matching rule, one of :data:`MATCHING_RULES`.
         iou_threshold: IoU must exceed this for a match (IoU rules).
-        zero_division: recall without reference lesions / precision without predicted lesions.
+        zero_division: recall without reference lesions / precision without predicted lesions, in ``[0, 1]``
+            or NaN.
+
+    Raises:
+        TypeError: a mask, the spacing, ``min_volume_mm3``, ``iou_threshold`` or ``zero_division`` of the wrong
+            type.
+        ValueError: bad masks or spacing, an unknown ``rule`` or ``connectivity``, a negative
+            ``min_volume_mm3``, ``iou_threshold`` outside ``[0, 1)`` or ``zero_division`` outside ``[0, 1]``.
     """
     p, g = as_mask_pair(pred, gt)
     sp = as_spacing(spacing, p.ndim)
     conn = _check_connectivity(connectivity, p.ndim)
     vmin = _check_min_volume(min_volume_mm3)
+    iou_threshold = _check_matching(rule, iou_threshold)
+    zero_division = check_score("zero_division", zero_division)
     sl = foreground_slices(p, g)
     if sl is not None:  # lesions are translation invariant: work on the bounding box of both masks
         p, g = p[sl], g[sl]

@@ -9,16 +9,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from longiseg.data.lesions import check_connectivity
 from longiseg.metrics.lesion import MATCHING_RULES
+from longiseg.metrics.voxel import check_distance_value
 from longiseg.utils.config import ConfigBase, ConfigError
 
 __all__ = ["EvaluationProtocol", "PROTOCOLS", "get_protocol"]
 
 _FROM_3D = {6: 4, 18: 8, 26: 8}  # a 3D connectivity's 2D counterpart (face neighbours / all neighbours)
+#: Float fields whose default is NaN: ``None`` (JSON ``null``, which ``summary.json`` holds for NaN) reads as NaN.
+_NAN_FIELDS = ("hd_one_empty",)
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,10 @@ class EvaluationProtocol(ConfigBase):
             ``None``: 26 in 3D, 8 in 2D. Used for the lesions and for a lesion "touching" progression.
         strict_np: score no-progression follow-ups 1 if the predicted progression mask is empty else 0.
         hd_percentile: percentile of the Hausdorff distance (95).
-        hd_one_empty: Hausdorff distance when exactly one mask is empty (NaN: left out of means).
+        hd_one_empty: Hausdorff distance when exactly one mask is empty: a number ``>= 0``, inf, or NaN
+            (default: left out of means); ``None`` (JSON ``null``, as ``summary.json`` writes NaN) is read as NaN.
+
+    Two protocols are equal when their fields are, NaN counting as equal to NaN (the hash agrees).
     """
 
     name: str = "segmast"
@@ -47,7 +55,7 @@ class EvaluationProtocol(ConfigBase):
     connectivity: int | None = 26
     strict_np: bool = True
     hd_percentile: float = 95.0
-    hd_one_empty: float = float("nan")
+    hd_one_empty: float | None = float("nan")  # None is stored as NaN (see __post_init__)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -55,6 +63,13 @@ class EvaluationProtocol(ConfigBase):
                 raise ConfigError(f"EvaluationProtocol: {msg}")
 
         self.coerce_fields()  # "no" is False and None no float, as when read from a file
+        for name in _NAN_FIELDS:  # null <-> NaN: a protocol read back from summary.json is the one written
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, float("nan"))
+        try:
+            check_distance_value("hd_one_empty", self.hd_one_empty)
+        except ValueError as err:
+            raise ConfigError(f"EvaluationProtocol: {err}") from None
         need(self.matching in MATCHING_RULES, f"matching must be one of {MATCHING_RULES}, got {self.matching!r}")
         need(math.isfinite(self.min_lesion_volume_mm3) and self.min_lesion_volume_mm3 >= 0,
              f"min_lesion_volume_mm3 must be >= 0, got {self.min_lesion_volume_mm3}")
@@ -63,6 +78,21 @@ class EvaluationProtocol(ConfigBase):
         need(self.connectivity in (None, *_FROM_3D, *_FROM_3D.values()),
              f"connectivity must be None, 6, 18 or 26 (3D; used as 4, 8, 8 on 2D masks) or 4, 8 (2D only), "
              f"got {self.connectivity!r}")
+
+    def _key(self) -> tuple[Any, ...]:
+        """The field values, NaN replaced by a marker so that NaN fields compare (and hash) equal."""
+        return tuple(
+            "<nan>" if isinstance(v, float) and math.isnan(v) else v
+            for v in (getattr(self, f.name) for f in dataclasses.fields(self))
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def connectivity_for(self, ndim: int) -> int:
         """The lesion connectivity for ``ndim``-D masks: the protocol's, with a 3D value read as its 2D

@@ -26,6 +26,7 @@ from longiseg.utils.validation import check_finite, check_sequence
 
 __all__ = [
     "SizeBins",
+    "check_bins",
     "tertile_bins",
     "reference_volumes",
     "assign_predicted_bins",
@@ -43,8 +44,8 @@ class SizeBins:
 
     Raises:
         TypeError: ``thresholds`` is not a sequence of numbers or ``names`` not a sequence of strings.
-        ValueError: the thresholds are empty, not finite or not strictly ascending, or ``names`` has not
-            ``k + 1`` entries.
+        ValueError: the thresholds are empty, negative, not finite or not strictly ascending, or ``names`` has
+            not ``k + 1`` entries.
     """
 
     thresholds: tuple[float, ...]
@@ -57,9 +58,10 @@ class SizeBins:
             if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
                 raise TypeError(f"thresholds[{i}] must be a number (mm^3), got {type(x).__name__} {x!r}")
         t = np.asarray(self.thresholds, dtype=np.float64)
-        if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+        if (t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0)
+                or np.any(t < 0)):
             raise ValueError(
-                f"thresholds must be a non-empty strictly ascending sequence of finite volumes, "
+                f"thresholds must be a non-empty strictly ascending sequence of finite volumes >= 0 (mm^3), "
                 f"got {self.thresholds!r}"
             )
         object.__setattr__(self, "thresholds", tuple(float(x) for x in t))
@@ -95,6 +97,28 @@ class SizeBins:
         return [f"<= {t[0]}"] + [f"{a}-{b}" for a, b in zip(t[:-1], t[1:])] + [f"> {t[-1]}"]
 
 
+def check_bins(name: str, bins: object) -> SizeBins | str:
+    """Return size bins given as :class:`SizeBins`, a threshold sequence (as :class:`SizeBins`) or
+    ``"tertiles"`` (returned as is: computed from the data later); raise naming ``name`` otherwise.
+
+    Raises:
+        TypeError: ``bins`` is none of these kinds (e.g. ``None``), or a threshold is not a number.
+        ValueError: another string than ``"tertiles"`` (``"Tertiles"`` too), or bad thresholds.
+    """
+    if isinstance(bins, str):
+        if bins != "tertiles":
+            raise ValueError(f"{name} must be SizeBins, a threshold sequence or 'tertiles', got {bins!r}")
+        return bins
+    if isinstance(bins, SizeBins):
+        return bins
+    if isinstance(bins, (Sequence, np.ndarray)):
+        try:
+            return SizeBins(tuple(bins))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{name}: {err}") from None
+    raise TypeError(f"{name} must be SizeBins, a threshold sequence or 'tertiles', got {type(bins).__name__}")
+
+
 def reference_volumes(detections: Sequence[LesionDetection]) -> np.ndarray:
     """All (size-filtered) reference lesion volumes in mm^3 of the given cases, concatenated ``(N,)``."""
     if not detections:
@@ -105,9 +129,14 @@ def reference_volumes(detections: Sequence[LesionDetection]) -> np.ndarray:
 def tertile_bins(volumes_mm3: np.ndarray | Sequence[float]) -> SizeBins:
     """Small/medium/large bins at the 1/3 and 2/3 quantiles of reference lesion volumes ``(N,)``.
 
+    The quantiles are ``numpy.quantile``'s (linear interpolation); they must differ, which needs at least 3
+    volumes and more than one distinct value among the middle ones: ``[1, 1, 1, 5]`` has both tertiles at 1
+    and is refused, ``[1, 1, 5, 5]`` (tertiles 1 and 5) is split.
+
     Raises:
         TypeError: ``volumes_mm3`` does not hold numbers.
-        ValueError: fewer than 3 volumes, not 1D, NaN or infinite volumes, or volumes too uniform to split.
+        ValueError: fewer than 3 volumes, not 1D, NaN, infinite or negative volumes, or volumes too uniform to
+            split (equal 1/3 and 2/3 quantiles).
     """
     v = np.asarray(volumes_mm3)
     if v.dtype == bool or not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating)):
@@ -117,6 +146,8 @@ def tertile_bins(volumes_mm3: np.ndarray | Sequence[float]) -> SizeBins:
     if v.ndim != 1 or v.size < 3:
         raise ValueError(f"tertile_bins needs a 1D array of at least 3 lesion volumes, got shape {v.shape}")
     check_finite("volumes_mm3", v)
+    if np.any(v < 0):
+        raise ValueError(f"volumes_mm3 must hold volumes >= 0 (mm^3), got e.g. {v[v < 0][:3].tolist()}")
     t1, t2 = np.quantile(v, [1.0 / 3.0, 2.0 / 3.0])
     if not t2 > t1:
         raise ValueError(f"lesion volumes are too uniform for tertile bins (both tertiles are {t1:g} mm^3)")
@@ -155,19 +186,12 @@ def stratified_lesion_metrics(
 
     Raises:
         TypeError: ``detections`` is not a sequence of ``LesionDetection`` or ``bins`` of none of the kinds above.
-        ValueError: bad thresholds, or too few or too uniform reference lesions for ``"tertiles"``.
+        ValueError: bad thresholds or another string than ``"tertiles"`` (see :func:`check_bins`), or too few
+            or too uniform reference lesions for ``"tertiles"`` (see :func:`tertile_bins`).
     """
     check_sequence("detections", detections, LesionDetection, "a LesionDetection")
-    if isinstance(bins, str):
-        if bins != "tertiles":
-            raise ValueError(f"bins must be SizeBins, a threshold sequence or 'tertiles', got {bins!r}")
-        sb = tertile_bins(reference_volumes(detections))
-    elif isinstance(bins, SizeBins):
-        sb = bins
-    elif isinstance(bins, (Sequence, np.ndarray)):
-        sb = SizeBins(tuple(bins))
-    else:
-        raise TypeError(f"bins must be SizeBins, a threshold sequence or 'tertiles', got {type(bins).__name__}")
+    checked = check_bins("bins", bins)
+    sb = tertile_bins(reference_volumes(detections)) if isinstance(checked, str) else checked
     k = sb.n_bins
     n_gt = np.zeros(k, np.int64)
     n_pred = np.zeros(k, np.int64)

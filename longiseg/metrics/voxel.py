@@ -21,6 +21,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from longiseg.metrics.inputs import MaskLike, as_mask, as_mask_pair, as_spacing
+from longiseg.utils.validation import check_score
 
 __all__ = [
     "ConfusionCounts",
@@ -32,6 +33,7 @@ __all__ = [
     "surface_distances",
     "hausdorff_distance",
     "hd95",
+    "check_distance_value",
 ]
 
 SpacingLike = float | Sequence[float] | np.ndarray | None
@@ -68,25 +70,53 @@ def dice(pred: MaskLike, gt: MaskLike, *, empty_value: float = 1.0) -> float:
     Args:
         pred: predicted binary mask.
         gt: reference binary mask of the same shape.
-        empty_value: value returned when both masks are empty (default 1.0: a correct "nothing there").
+        empty_value: value returned when both masks are empty (default 1.0: a correct "nothing there"), in
+            ``[0, 1]`` or NaN (undefined).
+
+    Raises:
+        TypeError: ``empty_value`` is not a number.
+        ValueError: ``empty_value`` outside ``[0, 1]``; masks not binary or of different shapes.
     """
+    empty_value = check_score("empty_value", empty_value)
     p, g = as_mask_pair(pred, gt)
     c = _counts(p, g)
     return _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn, empty_value)
 
 
 def ppv(pred: MaskLike, gt: MaskLike, *, zero_division: float = 1.0) -> float:
-    """Voxel PPV (precision) ``TP / (TP + FP)``; ``zero_division`` if nothing is predicted."""
+    """Voxel PPV (precision) ``TP / (TP + FP)``; ``zero_division`` (in ``[0, 1]`` or NaN) if nothing is
+    predicted."""
+    zero_division = check_score("zero_division", zero_division)
     p, g = as_mask_pair(pred, gt)
     c = _counts(p, g)
     return _ratio(c.tp, c.tp + c.fp, zero_division)
 
 
 def sensitivity(pred: MaskLike, gt: MaskLike, *, zero_division: float = 1.0) -> float:
-    """Voxel sensitivity (recall) ``TP / (TP + FN)``; ``zero_division`` if the reference is empty."""
+    """Voxel sensitivity (recall) ``TP / (TP + FN)``; ``zero_division`` (in ``[0, 1]`` or NaN) if the
+    reference is empty."""
+    zero_division = check_score("zero_division", zero_division)
     p, g = as_mask_pair(pred, gt)
     c = _counts(p, g)
     return _ratio(c.tp, c.tp + c.fn, zero_division)
+
+
+def check_distance_value(name: str, value: object) -> float:
+    """Return ``value`` as a ``float`` if it can stand for a distance in mm: a number ``>= 0`` (``inf``
+    included) or NaN (undefined); the check of the empty-mask values of :func:`hausdorff_distance` (and of
+    ``EvaluationProtocol.hd_one_empty``).
+
+    Raises:
+        TypeError: ``value`` is not a real number (``None``, strings, booleans).
+        ValueError: ``value`` is negative.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a distance in mm (a number >= 0, inf or NaN), got {type(value).__name__} "
+                        f"{value!r}")
+    v = float(value)
+    if v < 0:
+        raise ValueError(f"{name} must be a distance in mm (a number >= 0, inf or NaN), got {v}")
+    return v
 
 
 def _surface_coords(mask: np.ndarray) -> np.ndarray:
@@ -172,9 +202,16 @@ def hausdorff_distance(
         gt: reference binary mask of the same shape.
         spacing: voxel size in mm per axis (``None``: 1 mm isotropic).
         percentile: in ``[0, 100]``; ``None`` for the classic (maximum) Hausdorff distance.
-        both_empty: value when both masks are empty (default 0.0: perfect agreement).
-        one_empty: value when exactly one mask is empty (default NaN: undefined).
+        both_empty: value when both masks are empty (default 0.0: perfect agreement); ``>= 0``, inf or NaN.
+        one_empty: value when exactly one mask is empty (default NaN: undefined); ``>= 0``, inf or NaN.
+
+    Raises:
+        TypeError: ``percentile``, ``both_empty`` or ``one_empty`` is not a number.
+        ValueError: ``percentile`` outside ``[0, 100]``, a negative ``both_empty``/``one_empty``, bad masks or
+            spacing.
     """
+    both_empty = check_distance_value("both_empty", both_empty)
+    one_empty = check_distance_value("one_empty", one_empty)
     p, g = as_mask_pair(pred, gt)
     sp = as_spacing(spacing, p.ndim)
     if percentile is not None:

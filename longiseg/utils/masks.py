@@ -38,6 +38,10 @@ def as_mask(name: str, x: MaskLike, ndim: int | Sequence[int] = (2, 3)) -> np.nd
 
     Returns:
         ``bool`` array of the same shape (a view where possible, never a copy of a bool array).
+
+    Raises:
+        TypeError: ``x`` is not an array or tensor, or its dtype is not bool, integer or real floating.
+        ValueError: another rank than ``ndim``, an empty dimension, NaN/inf, or values other than 0 and 1.
     """
     if isinstance(x, torch.Tensor):
         t = x.detach().cpu()
@@ -49,15 +53,18 @@ def as_mask(name: str, x: MaskLike, ndim: int | Sequence[int] = (2, 3)) -> np.nd
     else:
         raise TypeError(f"{name} must be a numpy.ndarray or torch.Tensor binary mask, got {type(x).__name__}")
     ndim = _ranks(ndim)
-    if arr.dtype == object or not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
-        raise TypeError(f"{name} must have a boolean or numeric dtype, got {arr.dtype}")
+    if arr.dtype == object or not (arr.dtype == bool or np.issubdtype(arr.dtype, np.integer)
+                                   or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"{name} must have a boolean, integer or real floating dtype, got {arr.dtype}")
     layout = "(D, H, W)" if ndim == (3,) else "(D, H, W) or (H, W)"
     check_ndim(name, arr, ndim, layout)
+    if not arr.size:  # a mask of nothing: every score of it would be a convention, not a measurement
+        raise ValueError(f"{name} must have no empty dimension, got shape {tuple(arr.shape)}")
     if arr.dtype == bool:
         # a bool array viewed from other bytes (u8.view(bool)) may hold bytes > 1, which NumPy reads as True
         # but byte-level code (cc3d) as distinct labels: normalise those (one pass; no copy when clean)
-        return arr if not arr.size or arr.view(np.uint8).max() <= 1 else arr.view(np.uint8) != 0
-    if arr.size and not _is_binary(arr):
+        return arr if arr.view(np.uint8).max() <= 1 else arr.view(np.uint8) != 0
+    if not _is_binary(arr):
         check_finite(name, arr)
         check_binary(name, arr)  # raises with a message that shows offending values
     return arr != 0

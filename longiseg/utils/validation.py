@@ -45,6 +45,7 @@ __all__ = [
     "check_nonnegative_float",
     "check_finite_float",
     "check_probability",
+    "check_score",
     "check_timepoints",
     "check_spatial_dims",
     "check_int_sequence",
@@ -360,6 +361,19 @@ def check_probability(name: str, value: float, *, inclusive: bool = True) -> flo
         rng = "[0, 1]" if inclusive else "(0, 1)"
         raise ValueError(f"{name} must lie in {rng}, got {v}")
     return v
+
+
+def check_score(name: str, value: object, *, allow_nan: bool = True) -> float:
+    """Return ``value`` as a ``float`` if it is a score in ``[0, 1]``, or NaN (an undefined score) when
+    ``allow_nan``: the value a metric returns where it is undefined (``empty_value``, ``zero_division``).
+
+    Raises:
+        TypeError: ``value`` is not a real number (``None``, strings, booleans).
+        ValueError: ``value`` lies outside ``[0, 1]`` (or is NaN with ``allow_nan=False``).
+    """
+    if allow_nan and isinstance(value, (float, np.floating)) and math.isnan(value):
+        return float("nan")
+    return check_probability(name, value)
 
 
 def check_timepoints(name: str, num_timepoints: int, minimum: int = 2) -> int:
