@@ -251,6 +251,22 @@ def test_extreme_steps_stay_finite():
     assert_close(out.double(), ref, RTOL32, ATOL32, "extreme")
 
 
+def test_the_gate_vanishes_for_very_negative_z():
+    # silu(z) = z sigmoid(z): below the exp2 clamp (z < -86.6) the float32 sigmoid was 2^-125, not 0, so the
+    # gate grew with |z| (z = -3e38 gave -35 instead of 0)
+    xs = [x.detach() for x in make_inputs(dim=8, seqlen=20, dtype=torch.float32)]
+    xs[6] = -torch.logspace(1, 38, 8 * 20, dtype=torch.float64).reshape(1, 8, 20).expand(2, 8, 20).float()
+    xs = [x.clone().requires_grad_(True) for x in xs]
+    out = _numba(*xs, delta_softplus=True)
+    out.sum().backward()
+    ref_xs = [x.detach().double().requires_grad_(True) for x in xs]
+    ref = selective_scan_reference(*ref_xs, delta_softplus=True)
+    ref.sum().backward()
+    scale = ref.detach().abs().max().item() + 1.0
+    assert (out.detach().double() - ref.detach()).abs().max().item() <= 1e-6 * scale
+    assert (xs[6].grad.double() - ref_xs[6].grad).abs().max().item() <= 1e-6 * scale
+
+
 def test_positive_a_grows_like_the_reference():
     # A > 0 is legal input (a growing state): the float32 exponential must follow exp for positive arguments too
     xs = [x.detach() for x in make_inputs(dim=8, seqlen=40, dtype=torch.float32)]

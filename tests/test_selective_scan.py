@@ -356,6 +356,8 @@ def test_backend_by_argument_and_env(monkeypatch, no_mamba):
         resolve_backend(None, cpu)
     with pytest.raises(ValueError, match="unknown selective-scan backend 'tpu'"):
         resolve_backend("tpu", cpu)
+    with pytest.raises(TypeError, match="backend must be a backend name"):
+        resolve_backend(1, cpu)  # type: ignore[arg-type]
 
 
 def test_resolve_backend_takes_a_device_string(monkeypatch) -> None:

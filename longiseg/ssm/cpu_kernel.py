@@ -258,9 +258,12 @@ def _define_kernels(numba: Any) -> None:
         if x == numba.types.float32:
 
             def sigmoid32(x, q):
-                e = _nb_decay(-abs(x) * np.float32(_LOG2E), q)
+                t = -abs(x) * np.float32(_LOG2E)
+                e = _nb_decay(t, q)
                 s = np.float32(1.0) / (np.float32(1.0) + e)
-                return s if x >= 0 else e * s
+                # below the clamp of exp2 (t < -125) e is 2^-125, not exp(x): the sigmoid is 0 there, so that
+                # silu(x) = x sigmoid(x) goes to 0 for x -> -inf instead of growing with |x|
+                return s if x >= 0 else (e * s if t >= q[7] else np.float32(0.0))
 
             return sigmoid32
 

@@ -72,8 +72,9 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
         (tested against ``reference`` in float64).
 
     Raises:
-        ValueError: unknown backend name or device string.
-        TypeError: ``device`` is neither a ``torch.device`` nor a string.
+        ValueError: unknown backend name (the argument is matched exactly; the environment variable after
+            stripping blanks and lower-casing) or device string.
+        TypeError: ``backend`` is not a string or ``None``; ``device`` is neither a ``torch.device`` nor a string.
         RuntimeError: ``cuda`` forced but mamba-ssm is not importable or the tensors are not on CUDA; ``numba``
             forced but numba is not importable, the tensors are not on the CPU or ``torch.export`` traces the
             call; ``triton`` forced but Triton is not importable or the tensors are on the CPU without
@@ -98,7 +99,9 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
     if backend is None:
         backend = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
         source = f"environment variable {ENV_VAR}"
-    if not isinstance(backend, str) or backend not in BACKENDS:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a backend name (one of {BACKENDS}) or None, got {type(backend).__name__}")
+    if backend not in BACKENDS:
         raise ValueError(
             f"unknown selective-scan backend {backend!r} from the {source}; expected one of {BACKENDS}"
         )
