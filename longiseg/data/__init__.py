@@ -20,11 +20,12 @@ from longiseg.data.preprocessing import (
     preprocess_case,
     zscore_normalize,
 )
+from longiseg.data.samplers import BalancedBatchSampler
 from longiseg.data.sampling import CrossViewSampler, VolumePatchSampler, build_sampling_index, sample_center
 from longiseg.data.sources import CaseSource, MaskSpec
 from longiseg.data.split import split_by_patient, write_test_split
 from longiseg.data.transforms import LongitudinalAugment, TimepointVariation
-from longiseg.data.volumes import check_same_grid, read_mask, read_volume
+from longiseg.data.volumes import check_same_grid, nifti_spacing, read_mask, read_volume
 
 __all__ = [
     "PLANES",
@@ -42,6 +43,7 @@ __all__ = [
     "save_case",
     "read_mask",
     "read_volume",
+    "nifti_spacing",
     "check_same_grid",
     "prediction_complete",
     "read_prediction",
@@ -61,6 +63,7 @@ __all__ = [
     "VolumePatchSampler",
     "build_sampling_index",
     "sample_center",
+    "BalancedBatchSampler",
     "LongitudinalAugment",
     "TimepointVariation",
     "SliceDataset",
