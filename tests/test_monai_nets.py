@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 
 import pytest
@@ -261,3 +262,15 @@ def test_cross_sectional_spec_records_any_t() -> None:
     assert build_model("dynunet_3d", num_timepoints=3, **TINY_DYN).spec.num_timepoints == 3
     with pytest.raises(ValueError, match="num_timepoints"):
         build_model("dynunet_cs", num_timepoints=1, **TINY_DYN)
+
+
+@pytest.mark.parametrize("name, kwargs, error, named", [
+    ("dynunet_2d", {"norm_name": "foo"}, ValueError, "norm_name='foo'"),
+    ("dynunet_2d", {"act_name": "foo"}, ValueError, "act_name='foo'"),
+    ("dynunet_3d", {"bogus": 1}, TypeError, "bogus=1"),
+    ("swin_unetr_3d", {"drop_rate": 2.0}, ValueError, "drop_rate=2.0"),
+])
+def test_an_argument_monai_refuses_is_named(name: str, kwargs: dict, error: type, named: str) -> None:
+    # MONAI's own messages name the value ("Unsupported option 'FOO'"), not the argument
+    with pytest.raises(error, match=f"refused its arguments .*{re.escape(named)}"):
+        build_model(name, **kwargs)

@@ -187,8 +187,8 @@ def make_dynunet(
     if _per_level("upsample_kernel_size", upsample, n - 1, spatial_dims, "one per upsampling") != per_dim[1:]:
         raise ValueError(f"upsample_kernel_size must equal strides[1:] (each transposed convolution undoes one "
                          f"downsampling), got {upsample!r} for strides {strides!r}")
-    net = nets.DynUNet(spatial_dims, in_channels, out_channels, kernel_size=kernel_size, strides=strides,
-                       upsample_kernel_size=upsample, filters=list(filters), **kwargs)
+    net = _construct(nets.DynUNet, kwargs, spatial_dims, in_channels, out_channels, kernel_size=kernel_size,
+                     strides=strides, upsample_kernel_size=upsample, filters=list(filters))
     divisor = tuple(math.prod(level[d] for level in per_dim) for d in range(spatial_dims))
     return net, divisor
 
@@ -219,8 +219,23 @@ def make_swin_unetr(in_channels: int, out_channels: int, spatial_dims: int = 3, 
         if (feature_size * 2**i) % h:
             raise ValueError(f"num_heads[{i}]={h} must divide the {feature_size * 2**i} channels of Swin stage {i} "
                              f"(feature_size * 2**{i}), got num_heads={heads}")
-    return _monai_nets().SwinUNETR(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims,
-                                   **kwargs)
+    checked = {k: kwargs.pop(k) for k in ("feature_size", "depths", "num_heads") if k in kwargs}
+    return _construct(_monai_nets().SwinUNETR, kwargs, in_channels=in_channels, out_channels=out_channels,
+                      spatial_dims=spatial_dims, **checked)
+
+
+def _construct(cls: type[nn.Module], passed: dict[str, Any], *args: Any, **fixed: Any) -> nn.Module:
+    """``cls(*args, **fixed, **passed)``, a MONAI network; an argument MONAI refuses (its messages name the value,
+    e.g. "Unsupported option 'FOO'", not the argument) is named among the ``passed`` ones, the arguments the
+    caller gave beyond those checked here."""
+    try:
+        return cls(*args, **fixed, **passed)
+    except (TypeError, ValueError, KeyError) as err:
+        given = ", ".join(f"{k}={v!r}" for k, v in passed.items()) or "none"
+        message = " ".join(str(err).split())
+        error = type(err) if isinstance(err, (TypeError, ValueError)) else ValueError
+        raise error(f"MONAI's {cls.__name__} refused its arguments (given beyond longiseg's checks: {given}): "
+                    f"{message}") from err
 
 
 class ChannelStackedNet(nn.Module):
