@@ -414,3 +414,22 @@ def test_adapter_root_refused(tmp_path: Path) -> None:
             adapter(tmp_path / "file.txt")
         with pytest.raises(FileNotFoundError, match="does not exist"):
             adapter(tmp_path / "missing")
+
+
+def test_msseg2_ambiguous_files_are_reported_per_case(tmp_path: Path) -> None:
+    """A case holding one file as both .nii and .nii.gz stopped the whole listing; validate_cases reports it for
+    that case, as it does a missing file, and the other cases stay listed."""
+    _write_msseg2(tmp_path, ["013", "015"])
+    _save(tmp_path / "015" / "flair_time01_on_middle_space.nii", np.ones(SHAPE, dtype=np.float32))
+    sources = msseg2_cases(tmp_path)
+    assert [s.case_id for s in sources] == ["013", "015"]
+    problems = validate_cases(sources, progress=False)
+    assert list(problems) == ["015"] and "ambiguous files" in problems["015"][0]
+    with pytest.raises(ValueError, match="ambiguous files"):
+        load_case(sources[1])
+
+
+def test_a_case_folder_name_that_is_no_case_id_is_named(tmp_path: Path) -> None:
+    _write_msseg2(tmp_path, ["013", "bad id "])
+    with pytest.raises(ValueError, match=r"case folder .*bad id : case id 'bad id ' must not start or end"):
+        msseg2_cases(tmp_path)

@@ -208,3 +208,16 @@ def test_indices_must_be_integers(cohort: Path) -> None:
     for bad in (1.5, 1.0, "1", None):
         with pytest.raises(TypeError, match="index must be an int or an EpochIndex"):
             ds[bad]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("cls", [SliceDataset, VolumePatchDataset])
+def test_seed_and_preprocess_are_checked_when_built(cls: type) -> None:
+    """A negative, string or float seed and a non-callable preprocess failed only at the first item (a float
+    seed was truncated)."""
+    cases = [make_case(seed=0, progression=True, case_id="a"), make_case(seed=1, case_id="b")]
+    for seed, err in ((-1, ValueError), ("x", TypeError), (1.7, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="seed"):
+            cls(cases, seed=seed)
+    with pytest.raises(TypeError, match="preprocess must be a callable"):
+        cls(cases, preprocess=5)
+    assert cls(cases, seed=np.int64(3), preprocess=None).seed == 3

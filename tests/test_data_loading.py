@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -664,3 +665,32 @@ def test_names_moved_out_of_loading_still_import_with_a_warning() -> None:
             assert getattr(loading, name) is getattr(owner, name)
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         loading.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"affine": np.diag([1.0, 1.0, 5.0, 1.0])}, r"spacing \[1.0, 1.0, 1.0\] contradicts the affine.*\[1.0, 1.0, 5.0\]"),
+    ({"affine": np.array([[1, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])}, "affine has a shear"),
+    ("empty brain", "brain_mask is all zero"),
+], ids=["spacing", "shear", "empty-brain-mask"])
+def test_a_case_that_loading_would_refuse_is_refused_in_memory(tmp_path: Path, change: object, match: str) -> None:
+    # save_case wrote such cases and load_case then refused them; the spacing was kept against the affine
+    # (volumes in mm^3 changed on a round trip)
+    case = make_case()
+    kwargs = {"brain_mask": np.zeros_like(case.brain_mask)} if change == "empty brain" else change
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(case, **kwargs)  # type: ignore[arg-type]
+    anisotropic = dataclasses.replace(case, affine=np.diag([1.0, 1.0, 5.0, 1.0]), spacing=(1.0, 1.0, 5.0))
+    save_case(anisotropic, tmp_path)
+    assert load_case(find_cases(tmp_path)[0]).spacing == anisotropic.spacing
+
+
+def test_a_mask_of_a_follow_up_without_images_is_refused(tmp_path: Path) -> None:
+    # extra images were refused, an extra mask (progression_t3 of a T=3 case) was ignored without a word
+    save_case(make_case(num_timepoints=3), tmp_path)
+    folder = tmp_path / "case-0"
+    (folder / "progression_t2.nii.gz").replace(folder / "progression_t3.nii.gz")
+    (folder / "t2_flair.nii.gz").rename(folder / "spare.nii.gz")
+    (folder / "t2_t2.nii.gz").rename(folder / "spare_t2.nii.gz")
+    for require_masks in (True, False):
+        with pytest.raises(ValueError, match=r"holds progression_t3.nii.gz but the case has 2 timepoints \(its last follow-up is t1\)"):
+            find_cases(tmp_path, require_masks=require_masks)

@@ -99,3 +99,19 @@ def test_preprocess_case_refuses_non_bool_switches() -> None:
         preprocess_case(make_case(), crop="no")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="normalize must be a bool"):
         preprocess_case(make_case(), normalize=None)  # type: ignore[arg-type]
+
+
+def test_the_crop_keeps_every_lesion_voxel() -> None:
+    # the box covered the images' non-zero voxels and the brain mask only: a lesion voxel where the images are
+    # zero was cropped away and a progressing case could turn stable without a word
+    case = make_case(shape=(30, 32, 28)).with_arrays(brain_mask=None)
+    case.images[:] = 0
+    case.images[:, :, 10:14, 10:14, 10:14] = 1.0
+    case.baseline_mask[:] = 0
+    case.progression_masks[:] = 0
+    case.baseline_mask[25, 2, 3] = 1
+    case.progression_masks[0, 1, 30, 26] = 1
+    cropped, box = crop_to_foreground(case)
+    assert cropped.baseline_mask.sum() == 1 and cropped.progression_masks.sum() == 1
+    assert box.start == (1, 2, 3) and box.stop == (26, 31, 27)
+    np.testing.assert_array_equal(box.paste(cropped.progression_masks), case.progression_masks)

@@ -227,3 +227,19 @@ def test_sampler_argument_errors() -> None:
     unlabelled = make_case().with_arrays(baseline_mask=None, progression_masks=None)
     with pytest.raises(ValueError, match="has no masks"):
         build_sampling_index(unlabelled)
+
+
+@pytest.mark.parametrize("weights", [(float("nan"), 1.0, 1.0), (float("inf"), 1.0, 1.0), (0.0, 0.0, 0.0)])
+def test_cross_view_sampler_refuses_non_finite_or_zero_plane_weights(weights: tuple[float, ...]) -> None:
+    """NaN or infinite weights were accepted and failed at the first sample() inside numpy."""
+    with pytest.raises(ValueError, match="plane_weights"):
+        CrossViewSampler(plane_weights=weights)
+    with pytest.raises(TypeError, match="plane_weights"):
+        CrossViewSampler(plane_weights=("1", "1", "1"))
+
+
+def test_cross_view_sampler_refuses_a_single_plane_string() -> None:
+    """``planes="axial"`` was read as its characters; a single plane is passed as a tuple."""
+    with pytest.raises(TypeError, match="planes must be a sequence"):
+        CrossViewSampler(planes="axial")
+    assert CrossViewSampler(planes=["axial"]).planes == ("axial",)

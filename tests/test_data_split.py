@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from longiseg.data.cohort import find_cases
 from longiseg.data.demo_cohort import generate_demo_cohort
 from longiseg.data.manifest import read_manifest
+from longiseg.data.sources import CaseSource, MaskSpec
 from longiseg.data.split import split_by_patient, write_test_split
 
 
@@ -96,3 +98,38 @@ def test_manifest_values_read_as_written(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_bytes(b"\xff\xfe{}")
     with pytest.raises(ValueError, match="manifest .* is not UTF-8 text"):
         read_manifest(tmp_path / "manifest.json")
+
+
+def _source(case_id: str, patient_id: str, progression: bool) -> CaseSource:
+    """A case source whose files need not exist (the split reads only ids and the given flag)."""
+    return CaseSource(case_id, ("flair",), ((Path("a.nii.gz"),), (Path("b.nii.gz"),)), MaskSpec((Path("m.nii.gz"),)),
+                      (MaskSpec((Path("p.nii.gz"),)),), patient_id=patient_id, has_progression=progression)
+
+
+def test_a_stratum_of_one_patient_stays_in_training_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """One progressing and one stable patient gave an empty validation set without a word."""
+    cases = [_source("a", "a", True), _source("b", "b", False)]
+    with caplog.at_level(logging.WARNING, logger="longiseg.data.split"):
+        train, val = split_by_patient(cases, 0.5)
+    assert [c.case_id for c in train] == ["a", "b"] and val == []
+    assert "the validation set is empty" in caplog.text and "progressing patient 'a'" in caplog.text
+    caplog.clear()
+    cases += [_source("c", "c", False), _source("d", "d", False)]  # stable stratum of 3: one to validation
+    with caplog.at_level(logging.WARNING, logger="longiseg.data.split"):
+        train, val = split_by_patient(cases, 0.2)
+    assert len(val) == 1 and not val[0].has_progression and "a" in {c.case_id for c in train}
+    assert "has no patient of that stratum" in caplog.text
+
+
+def test_split_by_patient_arguments_are_checked() -> None:
+    cases = [_source("a", "a", True), _source("b", "b", False), _source("c", "c", False)]
+    with pytest.raises(TypeError, match="val_fraction"):
+        split_by_patient(cases, "0.2")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="seed"):
+        split_by_patient(cases, 0.2, seed="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"cases\[0\] must be a CaseSource"):
+        split_by_patient(["a", "b"], 0.2)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="there are no cases"):
+        split_by_patient([], 0.2)
+    with pytest.raises(ValueError, match="case id 'a' appears more than once"):
+        split_by_patient([_source("a", "p1", True), _source("a", "p2", False), cases[2]], 0.5)

@@ -206,3 +206,12 @@ def test_rotation_matrix_and_errors() -> None:
         aug({**sample, "progression": torch.zeros(1, 1, 8, 8)}, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"sample\['images'\] must be"):
         aug({**sample, "images": torch.zeros(8, 8)}, np.random.default_rng(0))
+
+
+def test_rng_must_be_a_numpy_generator() -> None:
+    """An int seed failed deep inside with "'int' object has no attribute 'random'"."""
+    sample = _mask_sample((8, 8))
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+        LongitudinalAugment()(sample, 0)
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+        TimepointVariation()(sample["images"], 0)

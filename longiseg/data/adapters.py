@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from longiseg.data.layout import find_nifti
+from longiseg.data.layout import check_case_id
 from longiseg.data.sources import CaseSource, MaskSpec
 from longiseg.utils.io import PathLike
 
@@ -68,12 +68,14 @@ _UCSF_DIFFERENCES = ("symmetric", "growth", "flair_subtraction", "t1ce_subtracti
 
 
 def _nifti(folder: Path, stem: str) -> Path:
-    """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists (the former if neither does).
+    """``folder/stem.nii`` if only it exists, else ``folder/stem.nii.gz``.
 
-    Raises:
-        ValueError: both exist (see :func:`~longiseg.data.layout.find_nifti`).
+    When both exist the case is still listed: :func:`~longiseg.data.load_case` refuses it and
+    :func:`~longiseg.data.validate_cases` reports it for that case, naming both files, as for a missing file.
     """
-    return find_nifti(folder, stem) or folder / f"{stem}.nii.gz"
+    nii = folder / f"{stem}.nii"
+    gz = folder / f"{stem}.nii.gz"
+    return nii if nii.exists() and not gz.exists() else gz
 
 
 def _case_folders(root: PathLike, marker: str) -> list[Path]:
@@ -91,6 +93,8 @@ def _case_folders(root: PathLike, marker: str) -> list[Path]:
     if not folders:
         example = marker.replace("{id}", "ID")
         raise FileNotFoundError(f"no case folders with files named like {example!r}... found in {root}")
+    for p in folders:  # the folder name is the case id: rename the folder
+        check_case_id(p.name, where=f"case folder {p}")
     return folders
 
 
@@ -120,11 +124,15 @@ def msseg2_cases(
         One :class:`CaseSource` per patient: modalities ``("flair",)``, ``T = 2``, an empty baseline mask
         (``baseline_annotated=False``) and the annotation as progression mask of follow-up 1.
 
+    A case folder with a missing file, or one file both as ``.nii`` and ``.nii.gz``, is still listed;
+    :func:`~longiseg.data.validate_cases` reports such problems per case (:func:`~longiseg.data.load_case` raises).
+
     Raises:
         FileNotFoundError: ``root`` has no MSSEG-2 case folders.
         NotADirectoryError: ``root`` is a file.
         TypeError: ``root`` is not a path, ``annotation`` is not a string or ``use_brain_mask`` not a bool.
-        ValueError: ``annotation`` is not one of the ground-truth file stems.
+        ValueError: ``annotation`` is not one of the ground-truth file stems; a case folder name that is not a
+            valid case id (e.g. leading or trailing whitespace), naming the folder.
     """
     if not isinstance(annotation, str):
         raise TypeError(f"annotation must be a string ('ground_truth' or 'ground_truth_expert1' .. "
@@ -225,7 +233,9 @@ def ucsf_altpd_cases(
         TypeError: ``root`` is not a path; ``modalities`` or ``tumour_labels`` is a single value (a string, a
             number) instead of a list, or holds something other than names / integer labels.
         ValueError: unknown ``difference``; empty, unknown (e.g. ``"seg"``) or repeated ``modalities``; empty
-            ``tumour_labels`` or labels the dataset does not define (0 is the background).
+            ``tumour_labels`` or labels the dataset does not define (0 is the background); a case folder name
+            that is not a valid case id, naming the folder. Missing or ambiguous (``.nii`` and ``.nii.gz``)
+            files are reported per case by :func:`~longiseg.data.validate_cases`, as for MSSEG-2.
     """
     if not isinstance(difference, str) or difference not in _UCSF_DIFFERENCES:
         raise ValueError(f"difference must be one of {_UCSF_DIFFERENCES}, got {difference!r}")

@@ -94,6 +94,11 @@ def display_slice(plane_image: np.ndarray, affine: np.ndarray, normal_axis: int)
 #: rotated grids reach about 1e-7).
 MAX_AXIS_COSINE = 1e-4
 
+#: Largest relative difference between two descriptions of one voxel size that still counts as agreement: a
+#: file's header voxel sizes (``pixdim``) and its affine's column norms (both stored as float32), or a case's
+#: ``spacing`` and its affine's.
+SPACING_RTOL = 1e-3
+
 
 def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size in mm along the three array axes of a volume: the column norms of ``affine[:3, :3]``.
@@ -191,6 +196,14 @@ class LongitudinalCase:
         baseline_annotated: ``False`` when the dataset has no baseline annotation (MSSEG-2): the
             ``baseline_mask`` is then all zero and must not be used as a training target.
         metadata: free-form extras (dataset name, crop box of a cropped case, demo anatomy source).
+
+    Raises:
+        TypeError: non-numeric images or masks, or a non-bool ``baseline_annotated``.
+        ValueError: shapes that do not fit ``(T, C, D, H, W)``, non-finite images, non-binary masks, an all-zero
+            ``brain_mask``, a singular or sheared ``affine``, a ``spacing`` other than the affine's voxel size
+            (:func:`affine_spacing`, within :data:`SPACING_RTOL`), modalities that do not name the channels or an
+            invalid ``case_id``: what ``load_case`` refuses in a file is refused in memory too, so that
+            ``save_case`` never writes a case that cannot be read back.
     """
 
     images: np.ndarray
@@ -236,8 +249,15 @@ class LongitudinalCase:
         if (self.baseline_mask is None) != (self.progression_masks is None):
             raise ValueError("baseline_mask and progression_masks must both be given or both be None")
         self.brain_mask = _as_mask("brain_mask", self.brain_mask, spatial_t)
+        if self.brain_mask is not None and not self.brain_mask.any():  # as load_case refuses the file
+            raise ValueError("brain_mask is all zero: it leaves no voxel to normalise or sample; pass None to use "
+                             "the images' non-zero voxels")
         self.affine = check_affine("affine", self.affine)
         self.spacing = tuple(as_spacing(self.spacing, 3).tolist())  # type: ignore[assignment]
+        of_affine = np.asarray(affine_spacing(self.affine))  # refuses a sheared affine, as reading a file does
+        if not np.allclose(self.spacing, of_affine, rtol=SPACING_RTOL, atol=0.0):
+            raise ValueError(f"spacing {list(self.spacing)} contradicts the affine, whose voxel size (its column "
+                             f"norms) is {of_affine.tolist()} mm: give spacing=affine_spacing(affine)")
         self.case_id = str(check_case_id(self.case_id))
         self.patient_id = str(self.patient_id) if self.patient_id else self.case_id
 

@@ -98,6 +98,12 @@ def _source_from_folder(
                 raise FileNotFoundError(f"case {case_id!r}: missing image {folder / layout.image_filename(t, m)}")
             row.append(p)
         image_files.append(tuple(row))
+    stray = sorted({i for i in (layout.parse_progression_filename(f.name) for f in folder.iterdir())
+                    if i is not None and not 1 <= i < t_count})
+    if stray:  # a mask of a follow-up without images: as extra images are, not ignored
+        raise ValueError(f"case {case_id!r}: {folder} holds {layout.progression_filename(stray[0])} but the case has "
+                         f"{t_count} timepoints (its last follow-up is t{t_count - 1}); add that follow-up's images or "
+                         "remove the extra mask")
     mask_names = [layout.BASELINE_MASK] + [layout.progression_filename(i) for i in range(1, t_count)]
     mask_paths = [layout.find_nifti(folder, name) for name in mask_names]
     baseline_spec = prog_specs = None

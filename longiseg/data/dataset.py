@@ -115,9 +115,12 @@ class _LongitudinalDataset(Dataset):
             "samples_per_epoch", default_len if samples_per_epoch is None else samples_per_epoch
         )
         self.transform = transform
+        if preprocess is not None and not callable(preprocess):
+            raise TypeError(f"preprocess must be a callable (case -> case) or None, got {type(preprocess).__name__} "
+                            f"{preprocess!r}")
         self.preprocess = preprocess
         self.cache = CaseCache(cache_size)
-        self.seed = int(seed)
+        self.seed = check_positive_int("seed", seed, minimum=0)
         self.epoch = 0
         self._case_flags: list[bool] | None = None
         self._cycle: tuple[dict[bool, list[int]], list[int], dict[bool, int]] | None = None
@@ -257,16 +260,18 @@ class SliceDataset(_LongitudinalDataset):
             :class:`~longiseg.data.transforms.LongitudinalAugment` with its defaults, ``None`` none.
         preprocess: applied once per loaded case (default: z-score, no crop).
         cache_size: cases kept in memory per process.
-        seed: base seed of all sampling.
+        seed: base seed of all sampling, an int >= 0 (NumPy ints too).
 
     Each item is a dict with ``images (T, C, h, w)``, ``baseline (1, h, w)``, ``progression (T-1, 1, h, w)``,
     ``has_progression``, ``progression_visible``, ``hard_negative``, ``baseline_annotated``, ``case_index``,
     ``plane`` and ``center`` (see :mod:`longiseg.data.sampling`).
 
     Raises:
-        TypeError: a case is neither a :class:`CaseSource` nor a :class:`LongitudinalCase`.
+        TypeError: a case is neither a :class:`CaseSource` nor a :class:`LongitudinalCase`; ``seed`` is not an
+            int (a bool or float is refused, not truncated); ``preprocess`` is neither a callable nor ``None``.
         ValueError: no cases, a case without masks, or cases that a batch cannot stack: other modalities
-            (names, order or number ``C``) or another number of timepoints ``T`` than the others, naming them.
+            (names, order or number ``C``) or another number of timepoints ``T`` than the others, naming them;
+            a negative ``seed``.
     """
 
     def __init__(
@@ -295,7 +300,7 @@ class VolumePatchDataset(_LongitudinalDataset):
 
     Arguments as for :class:`SliceDataset`, with ``patch_size`` ``(d, h, w)`` (or an int) instead of
     ``crop_size``/``planes``. Items hold ``images (T, C, d, h, w)``, ``baseline (1, d, h, w)`` and
-    ``progression (T-1, 1, d, h, w)`` plus the same flags.
+    ``progression (T-1, 1, d, h, w)`` plus the same flags. Raises as :class:`SliceDataset`.
     """
 
     def __init__(

@@ -114,7 +114,11 @@ def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: fl
 
 
 def joint_foreground_bbox(case: LongitudinalCase, margin: int = 0) -> CropBox:
-    """Bounding box of the voxels non-zero in any timepoint or channel (or in the brain mask), plus ``margin``.
+    """Bounding box of the voxels non-zero in any timepoint or channel, in the brain mask or in a lesion mask,
+    plus ``margin``.
+
+    The lesion masks count so that a crop never drops an annotated voxel (a lesion drawn where the images are
+    zero, e.g. beyond a skull-stripped image's brain, would otherwise vanish and a progressing case turn stable).
 
     Args:
         case: the case.
@@ -131,6 +135,10 @@ def joint_foreground_bbox(case: LongitudinalCase, margin: int = 0) -> CropBox:
         fg |= case.brain_mask.astype(bool)
     if not fg.any():
         raise ValueError(f"case {case.case_id!r}: all images are zero, there is no foreground to crop to")
+    if case.baseline_mask is not None:
+        fg |= case.baseline_mask.astype(bool)
+    if case.progression_masks is not None:
+        fg |= np.any(case.progression_masks != 0, axis=0)
     start, stop = [], []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)

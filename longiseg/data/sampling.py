@@ -39,7 +39,13 @@ import torch
 
 from longiseg.data.case import PLANES, LongitudinalCase
 from longiseg.data.lesions import label_persisting_lesions
-from longiseg.utils.validation import check_instance, check_positive_int, check_probability
+from longiseg.utils.validation import (
+    check_array,
+    check_instance,
+    check_positive_int,
+    check_probability,
+    check_sequence,
+)
 
 __all__ = [
     "SamplingIndex",
@@ -289,6 +295,12 @@ class CrossViewSampler(_CenterSampling):
         persisting_share: share of lesion-centred crops centred on persisting baseline lesions (hard
             negatives; default 0, the paper's sampling).
 
+    Raises:
+        TypeError: ``planes`` is not a list or tuple of names (a single string such as ``"axial"`` is refused:
+            pass ``("axial",)``), or ``plane_weights`` does not hold real numbers.
+        ValueError: an unknown or no plane; ``plane_weights`` not one finite, non-negative number per plane
+            with a positive sum; a probability outside ``[0, 1]``; a crop size below 1.
+
     Example:
         >>> sampler = CrossViewSampler(crop_size=64, lesion_weight=0.5)
         >>> sample = sampler.sample(case, index, rng, case_index=0)  # doctest: +SKIP
@@ -307,7 +319,7 @@ class CrossViewSampler(_CenterSampling):
     ) -> None:
         super().__init__(lesion_weight, progression_share, jitter, persisting_share)
         self.crop_size = _check_size("crop_size", crop_size, 2)
-        planes = tuple(planes)
+        planes = tuple(check_sequence("planes", planes, str, f"a plane name (one of {PLANES})"))
         unknown = [p for p in planes if p not in PLANES]
         if not planes or unknown:
             raise ValueError(f"planes must be a non-empty subset of {PLANES}, got {list(planes)}")
@@ -315,8 +327,8 @@ class CrossViewSampler(_CenterSampling):
         if plane_weights is None:
             weights = np.ones(len(planes))
         else:
-            weights = np.asarray(plane_weights, dtype=np.float64)
-            if weights.shape != (len(planes),) or (weights < 0).any() or weights.sum() <= 0:
+            weights = np.asarray(check_array("plane_weights", plane_weights, f"({len(planes)},)"), dtype=np.float64)
+            if (weights < 0).any() or weights.sum() <= 0:
                 raise ValueError(
                     f"plane_weights must be {len(planes)} non-negative numbers with a positive sum, "
                     f"got {plane_weights}"

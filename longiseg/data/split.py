@@ -17,44 +17,78 @@ from longiseg.data.layout import MANIFEST_JSON
 from longiseg.data.manifest import Manifest, read_manifest, write_manifest
 from longiseg.data.sources import CaseSource
 from longiseg.utils.io import atomic_directory, check_separate_folders
-from longiseg.utils.validation import check_path
+from longiseg.utils.logging import get_logger
+from longiseg.utils.validation import (
+    check_path,
+    check_positive_int,
+    check_probability,
+    check_sequence,
+)
 
 __all__ = ["split_by_patient", "write_test_split"]
+
+_LOG = get_logger("longiseg.data.split")
 
 
 def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int = 0
                      ) -> tuple[list[CaseSource], list[CaseSource]]:
     """Split cases into train and validation sets by patient, stratified by progression.
 
+    Each stratum (progressing, stable patients) gives ``round(val_fraction * n)`` of its ``n`` patients to
+    validation. When that rounds to none while ``val_fraction > 0``, the stratum gives one patient, unless it
+    has only one: that patient stays in training (which keeps the stratum) and a warning is logged that the
+    validation set has no patient of that stratum (or is empty).
+
     Args:
         cases: case sources (their ``patient_id`` groups cases of one patient).
-        val_fraction: share of patients in the validation set (at least one per stratum when > 0).
-        seed: seed of the shuffle.
+        val_fraction: share of patients in the validation set, in ``[0, 1)``.
+        seed: seed of the shuffle, an int ``>= 0``.
 
     Returns:
         ``(train_cases, val_cases)``; every patient's cases land on one side.
 
     Raises:
-        ValueError: if ``val_fraction`` is outside ``[0, 1)`` or the split leaves no training case.
+        TypeError: ``cases`` is not a list or tuple of :class:`~longiseg.data.sources.CaseSource`,
+            ``val_fraction`` is not a number or ``seed`` not an int.
+        ValueError: no cases, two cases with the same case id, ``val_fraction`` outside ``[0, 1)``, a negative
+            ``seed``, or a split that leaves no training case.
     """
-    if not 0.0 <= val_fraction < 1.0:
+    check_sequence("cases", cases, CaseSource, "a CaseSource")
+    if not cases:
+        raise ValueError("cases is empty: there are no cases to split")
+    if check_probability("val_fraction", val_fraction) >= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    seed = check_positive_int("seed", seed, minimum=0)
+    seen: set[str] = set()
+    for c in cases:
+        if c.case_id in seen:
+            raise ValueError(f"case id {c.case_id!r} appears more than once in cases; case ids must be unique")
+        seen.add(c.case_id)
     patients: dict[str, list[CaseSource]] = {}
     for c in cases:
         patients.setdefault(c.patient_id or c.case_id, []).append(c)
     rng = np.random.default_rng(seed)
     val_ids: set[str] = set()
+    left_out: list[str] = []
     for flag in (True, False):
         group = sorted(p for p, cs in patients.items() if any(c.progression_flag() for c in cs) == flag)
         rng.shuffle(group)
         n = int(round(val_fraction * len(group)))
-        if val_fraction > 0 and n == 0 and len(group) > 1:
-            n = 1
+        if val_fraction > 0 and n == 0:
+            if len(group) == 1:
+                left_out.append(f"{'progressing' if flag else 'stable'} patient {group[0]!r}")
+            else:
+                n = 1
         val_ids.update(group[:n])
     train = [c for p, cs in patients.items() if p not in val_ids for c in cs]
     val = [c for p, cs in patients.items() if p in val_ids for c in cs]
     if not train:
         raise ValueError("the validation split leaves no training case; lower data.val_fraction")
+    if left_out:
+        what = "is empty" if not val else "has no patient of that stratum"
+        _LOG.warning("split_by_patient: val_fraction=%s gives no patient of a stratum of one to validation: the "
+                     "only %s %s in training; the validation set %s", val_fraction, " and the only ".join(left_out),
+                     "stay" if len(left_out) > 1 else "stays", what)
     return train, val
 
 

@@ -34,7 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from longiseg.utils.validation import check_nonnegative_float, check_positive_float, check_probability
+from longiseg.utils.validation import (
+    check_instance,
+    check_nonnegative_float,
+    check_positive_float,
+    check_probability,
+)
 
 __all__ = ["LongitudinalAugment", "TimepointVariation", "rotation_matrix"]
 
@@ -142,7 +147,13 @@ class TimepointVariation:
                 f"noise_std={self.noise_std}, max_shift={self.max_shift}, max_angle={self.max_angle})")
 
     def __call__(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Vary ``images`` ``(T, C, *S)`` with randomness from ``rng`` (see the class docstring)."""
+        """Vary ``images`` ``(T, C, *S)`` with randomness from ``rng`` (see the class docstring).
+
+        Raises:
+            ValueError: ``images`` is not a ``(T, C, h, w)`` or ``(T, C, d, h, w)`` tensor.
+            TypeError: ``rng`` is not a ``numpy.random.Generator`` (e.g. an int seed).
+        """
+        check_instance("rng", rng, np.random.Generator, "a numpy.random.Generator (np.random.default_rng(seed))")
         if not isinstance(images, torch.Tensor) or images.ndim not in (4, 5):
             raise ValueError("images must be a (T, C, h, w) or (T, C, d, h, w) tensor, got "
                              f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
@@ -234,7 +245,14 @@ class LongitudinalAugment:
                 f"independent_timepoints={self.timepoint_variation})")
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
-        """Augment ``sample`` with randomness from ``rng`` (see the class docstring)."""
+        """Augment ``sample`` with randomness from ``rng`` (see the class docstring).
+
+        Raises:
+            TypeError: ``rng`` is not a ``numpy.random.Generator`` (e.g. an int seed), or ``sample`` lacks a
+                tensor ``images``, ``baseline`` or ``progression``.
+            ValueError: the three tensors do not have the shapes above.
+        """
+        check_instance("rng", rng, np.random.Generator, "a numpy.random.Generator (np.random.default_rng(seed))")
         for key in ("images", "baseline", "progression"):
             if key not in sample or not isinstance(sample[key], torch.Tensor):
                 raise TypeError(f"sample[{key!r}] must be a torch.Tensor")

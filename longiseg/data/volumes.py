@@ -13,17 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from longiseg.data.case import affine_spacing
+from longiseg.data.case import SPACING_RTOL, affine_spacing
 from longiseg.utils.io import PathLike
 from longiseg.utils.nifti import QFORM_SFORM_ATOL, load_nifti
 from longiseg.utils.validation import beyond
 
 __all__ = ["SPACING_RTOL", "Grid", "read_volume", "read_mask", "nifti_spacing", "check_same_grid"]
 
-
-#: Largest relative difference between a file's header voxel sizes (``pixdim``, nibabel's ``get_zooms``) and
-#: its affine's column norms that still counts as agreement (both are stored as float32).
-SPACING_RTOL = 1e-3
 
 
 def read_volume(path: PathLike, *, what: str = "volume", dtype: Any = None
