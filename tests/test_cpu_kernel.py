@@ -488,3 +488,23 @@ def test_a_slow_kernel_compilation_is_announced_once(monkeypatch) -> None:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     assert len(records) == 1 and records[0].startswith("compiling the CPU kernels"), records
+
+
+def test_the_parallel_build_of_an_entry_point_has_its_own_disk_cache_entry() -> None:
+    # numba keys its cache by file, qualified name, bytecode and signature, not by compile options: the serial
+    # and parallel builds of one entry point shared an entry, and a parallel call could run serial machine code
+    seen = []
+
+    class FakeNumba:
+        @staticmethod
+        def njit(*args, **options):
+            return lambda fn: seen.append((fn, options.get("parallel"))) or fn
+
+    def entry(x, y=2):
+        return x + y
+
+    serial = cpu_kernel.jit(FakeNumba, parallel=False)(entry)
+    parallel = cpu_kernel.jit(FakeNumba, parallel=True)(entry)
+    assert serial is entry and serial.__qualname__ == entry.__qualname__
+    assert parallel.__qualname__ == entry.__qualname__ + "__parallel" and parallel.__code__ is entry.__code__
+    assert parallel(1) == 3 and [p for _, p in seen] == [False, True]

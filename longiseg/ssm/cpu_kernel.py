@@ -50,6 +50,7 @@ import logging
 import math
 import os
 import threading
+import types
 from typing import Any
 
 import numpy as np
@@ -141,6 +142,8 @@ def jit(numba: Any, *args: Any, **options: Any) -> Any:
     process pauses, once per process.
     """
     def decorate(fn: Any) -> Any:
+        if options.get("parallel"):
+            fn = _parallel_twin(fn)
         notice = threading.Timer(COMPILE_NOTICE_S, log_once, (
             _LOGGER, "numba-compiling", "compiling the CPU kernels of the selective scan and the causal convolution "
             "for this machine (numba; once: up to a minute, later runs load them from numba's cache)"))
@@ -159,6 +162,20 @@ def jit(numba: Any, *args: Any, **options: Any) -> Any:
         finally:
             notice.cancel()
     return decorate
+
+
+def _parallel_twin(fn: Any) -> Any:
+    """``fn`` as another function object whose qualified name ends in ``__parallel``.
+
+    numba keys its disk cache by the function's file, qualified name and line (the cache file) and by its
+    bytecode and signature (the entry), not by compile options: the serial and the ``parallel=True`` build of
+    one entry point would share one entry, and whichever a process wrote last would be loaded for both (a
+    parallel call running the serial machine code). The twin gets its own cache file."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = f"{fn.__qualname__}__parallel"
+    twin.__module__ = fn.__module__
+    twin.__kwdefaults__ = fn.__kwdefaults__
+    return twin
 
 
 #: Serialises kernel launches: numba's work-queue threading layer must not be entered by two threads at once.
