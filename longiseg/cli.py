@@ -78,7 +78,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config values with dotted keys, e.g. trainer.max_epochs=10 loss.strategy=whole")
 
 
@@ -117,9 +117,7 @@ def _load_experiment(path: str | None, overrides: Sequence[str]):  # noqa: ANN20
 
     if path is None:
         return ExperimentConfig().with_overrides(overrides)
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    return ExperimentConfig.from_file(path, overrides)
+    return ExperimentConfig.from_file(path, overrides)  # names a missing file, a folder, a bad suffix
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -451,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="generator settings other than the demo's (DemoCohortConfig fields), e.g. "
                         "shrinking_lesions=[0,2] max_translation=1.0 new_lesions=[1,3]")
     p.set_defaults(func=_cmd_cohort)

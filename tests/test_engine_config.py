@@ -226,3 +226,65 @@ def test_command_line_paths_expand_a_leading_tilde(tmp_path, monkeypatch) -> Non
         for name in names:
             assert str(getattr(args, name)).startswith(home + os.sep), (argv, name, getattr(args, name))
     assert all(f.startswith(home + os.sep) for f in parser.parse_args(["evaluate", "~/p", "~/g"]).folders)
+
+
+def test_repeated_set_flags_accumulate() -> None:
+    # the second --set replaced the first: `--set trainer.max_epochs=0 --set trainer.output_dir=x` trained
+    from longiseg.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["train", "c.yaml"], ["predict", "--checkpoint", "c.pt", "--input", "i", "--output", "o"],
+                 ["cohort", "out"]):
+        args = parser.parse_args([*argv, "--set", "a=1", "b=2", "--set", "c=3"])
+        assert args.overrides == ["a=1", "b=2", "c=3"], argv
+
+
+def test_a_section_given_whole_changes_only_the_keys_it_names(tmp_path) -> None:
+    from longiseg.workflows.config import ExperimentConfig
+
+    base = ExperimentConfig().with_overrides(["trainer.output_dir=out/base", "trainer.max_epochs=7"])
+    for changed in (base.with_overrides(["trainer={lr: 0.5}"]), base.with_overrides(trainer={"lr": 0.5})):
+        assert changed.trainer.lr == 0.5
+        assert changed.trainer.output_dir == "out/base" and changed.trainer.max_epochs == 7  # were reset
+    # a config object still replaces the section; a free-form mapping is replaced, not merged
+    assert base.with_overrides(trainer=TrainerConfig()).trainer.max_epochs == TrainerConfig().max_epochs
+    kw = base.with_overrides(["model.kwargs={a: 1}"]).with_overrides(["model={kwargs: {b: 2}}"]).model.kwargs
+    assert kw == {"b": 2}
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("2024-01-01", "2024-01-01"), ("123", "123"), ("yes", "yes"), ("runs/exp #2", "runs/exp #2"),
+    ("'quoted #1'", "quoted #1"), (" spaced ", "spaced"),
+])
+def test_a_text_field_takes_the_text_as_given(raw: str, expected: str) -> None:
+    from longiseg.workflows.config import ExperimentConfig
+
+    assert ExperimentConfig().with_overrides([f"trainer.output_dir={raw}"]).trainer.output_dir == expected
+
+
+def test_config_values_that_cannot_be_saved_or_built_are_refused_or_converted(tmp_path) -> None:
+    import numpy as np
+
+    from longiseg.workflows.config import DataConfig, ExperimentConfig, ModelConfig
+
+    with pytest.raises(ConfigError, match="data.modalities"):  # escaped as a YAML error (exit 1, "--debug")
+        ExperimentConfig().with_overrides(["data.modalities=[flair, t2"])
+    model = ModelConfig(kwargs={"d_state": np.int64(8), "widths": np.array([1, 2])})
+    assert model.kwargs == {"d_state": 8, "widths": [1, 2]} and type(model.kwargs["d_state"]) is int
+    ExperimentConfig(model=model).save(tmp_path / "e.yaml")  # a RepresenterError before
+    assert ExperimentConfig.from_file(tmp_path / "e.yaml").model == model
+    with pytest.raises(ConfigError, match="samples_per_epoch.*between 1 and"):  # hung building a 1e21-item list
+        DataConfig(samples_per_epoch=10**21)
+
+
+def test_yaml_merge_keys_are_read_and_a_folder_is_named(tmp_path) -> None:
+    # the duplicate-key check constructed the `<<` key and failed: "could not determine a constructor for the tag"
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &b\n  max_epochs: 3\n  lr: 0.1\ntrainer:\n  <<: *b\n  lr: 0.2\n")
+    assert read_config_file(path)["trainer"] == {"max_epochs": 3, "lr": 0.2}
+    path.write_text("trainer:\n  <<: {lr: 0.1}\n  max_epochs: 3\n  max_epochs: 4\n")
+    with pytest.raises(ConfigError, match="'max_epochs' is given twice"):
+        read_config_file(path)
+    (tmp_path / "d.yaml").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        read_config_file(tmp_path / "d.yaml")

@@ -239,6 +239,22 @@ def test_a_fresh_start_over_a_run_leaves_nothing_of_it_to_pass_for_its_own(tmp_p
     assert not (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").is_file()
 
 
+def test_a_nan_monitor_neither_improves_nor_stops_the_run(tmp_path, caplog) -> None:
+    # NaN epochs counted towards patience (a run monitoring a progression Dice without progressing validation
+    # cases stopped after `patience` epochs), and the early-stopping message then crashed the log on best=None
+    scores = iter([float("nan"), float("nan"), 0.4, float("nan"), 0.3, 0.2])
+    seed_everything(0)
+    with caplog.at_level("INFO", logger="longiseg"):
+        result = Trainer(TinyLongiNet(), SyntheticLongiData(n=8),
+                         _config(tmp_path, max_epochs=6, monitor="val_dice", monitor_mode="max", patience=2,
+                                 warmup_epochs=0),
+                         loss_fn=ImbalanceAwareLoss(), validate_fn=lambda model: {"dice": next(scores)}).fit()
+    assert result.stopped_early and result.epochs_completed == 6  # stopped by the two falls after 0.4 only
+    assert result.best_metric == 0.4 and result.best_epoch == 3
+    assert "monitor 'val_dice' is NaN at epoch 1" in caplog.text and "(best 0.4 at epoch 3)" in caplog.text
+    assert "Logging error" not in caplog.text
+
+
 def test_a_fresh_start_refuses_an_earlier_runs_events_it_cannot_remove(tmp_path, monkeypatch) -> None:
     """overwrite=True over a run whose tensorboard/ is read-only: the removal ignored the error and the earlier
     run's event files stayed in the new run's folder; now refused before anything of the run is touched."""

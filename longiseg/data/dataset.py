@@ -81,6 +81,9 @@ class CaseCache:
         self._items.clear()
 
 
+#: Most samples one epoch may have: the balanced cycle of an epoch is a list of this length (8 bytes an item).
+MAX_SAMPLES_PER_EPOCH = 2**27
+
 class _LongitudinalDataset(Dataset):
     """Shared machinery: case list, lazy loading + LRU cache, flags, seeding, augmentation."""
 
@@ -114,6 +117,9 @@ class _LongitudinalDataset(Dataset):
         self.samples_per_epoch = check_positive_int(
             "samples_per_epoch", default_len if samples_per_epoch is None else samples_per_epoch
         )
+        if self.samples_per_epoch > MAX_SAMPLES_PER_EPOCH:  # an epoch's index lists are built in memory
+            raise ValueError(f"samples_per_epoch must be at most {MAX_SAMPLES_PER_EPOCH:,} (an epoch's sample list "
+                             f"is held in memory), got {self.samples_per_epoch:,}")
         self.transform = transform
         if preprocess is not None and not callable(preprocess):
             raise TypeError(f"preprocess must be a callable (case -> case) or None, got {type(preprocess).__name__} "

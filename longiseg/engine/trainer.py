@@ -392,6 +392,7 @@ class Trainer:
         self.best_epoch: int | None = None
         self.early_stopping_counter = 0
         self.stopped_early = False
+        self._nan_monitor_warned = False  # a NaN monitor value is warned about once per run
         self.history: list[dict[str, Any]] = []
         #: The checkpoint :meth:`load_checkpoint` restored last, until :meth:`fit` starts from it (loaded once).
         self._loaded_from: tuple[Path, Any] | None = None
@@ -608,6 +609,13 @@ class Trainer:
                          "so best.pt and early stopping are disabled")
             return False
         value = float(row[name])
+        if math.isnan(value):  # undefined (e.g. a progression Dice without progressing validation cases)
+            if not self._nan_monitor_warned and self.is_main:  # once per run
+                logger.warning("monitor %r is NaN at epoch %s: such an epoch neither improves best.pt nor counts "
+                               "towards early stopping; if it stays NaN, choose another trainer.monitor", name,
+                               row["epoch"])
+            self._nan_monitor_warned = True
+            return False
         if self._is_improvement(value):
             self.best_metric, self.best_epoch = value, int(row["epoch"])
             self.early_stopping_counter = 0
@@ -800,9 +808,9 @@ class Trainer:
                 for cb in self.callbacks:
                     cb(self, row)
                 if self.stopped_early and self.is_main:
-                    logger.info("early stopping after epoch %d: %s did not improve for %d validations "
-                                "(best %.4g at epoch %s)", self.epoch, cfg.monitor,
-                                self.early_stopping_counter, self.best_metric, self.best_epoch)
+                    best = "none" if self.best_metric is None else f"{self.best_metric:.4g} at epoch {self.best_epoch}"
+                    logger.info("early stopping after epoch %d: %s did not improve for %d validations (best %s)",
+                                self.epoch, cfg.monitor, self.early_stopping_counter, best)
         finally:
             if writer is not None:
                 writer.close()

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import json
 import types
@@ -155,10 +156,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, Path):
             return str(value)
+        if isinstance(value, (datetime.date, int)) and not isinstance(value, bool):
+            return value.isoformat() if isinstance(value, datetime.date) else str(value)  # YAML read "2024-01-01"
         raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            try:
+                value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            except yaml.YAMLError as err:
+                raise ConfigError(f"config key {key!r}: {value!r} is not a list such as [a, b] "
+                                  f"({' '.join(str(err).split())[:120]})") from None
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key!r}: expected a sequence, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -254,6 +261,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: merged keys may be given again
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 line = key_node.start_mark.line + 1
@@ -275,11 +284,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
+        IsADirectoryError: if ``path`` is a folder.
         ConfigError: for an unsupported suffix, malformed YAML/JSON, a key given twice or a file whose top
             level is not a mapping.
     """
     path = check_path("path", path)
     kind = _suffix_kind(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"config file {path} is a folder, not a YAML or JSON file")
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
@@ -341,17 +353,63 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     Raises:
         ConfigError: if ``text`` has no ``=`` or an empty key.
     """
+    parts, raw = _split_override(text)
+    return parts, _parse_value(raw)
+
+
+def _split_override(text: str) -> tuple[list[str], str]:
+    """``"a.b=value"`` as ``(["a", "b"], "value")``, the value's text as given."""
     if not isinstance(text, str) or "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value (e.g. lr=1e-4 or trainer.max_epochs=10)")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"override {text!r}: empty key component in {key!r}")
+    return parts, raw
+
+
+def _parse_value(raw: str) -> Any:
+    """An override's value parsed as YAML (numbers, bools, ``null``, lists); text YAML cannot parse stays text."""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        return yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw
-    return parts, value
+        return raw
+
+
+def _text_value(raw: str) -> Any:
+    """The value of an override of a text field: the text as given (``2024-01-01`` is no date, ``yes`` no bool,
+    ``runs/exp #2`` holds no comment), unless quoted (YAML then reads the quotes away) or ``null``."""
+    text = raw.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return _parse_value(text)
+    return None if text.lower() in ("null", "none", "~") else text
+
+
+def _is_text(tp: Any) -> bool:
+    """Whether a field annotated ``tp`` holds text: ``str`` or ``str | None``."""
+    if tp is str:
+        return True
+    args = typing.get_args(tp)
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and str in args and set(args) <= {str, type(None)}
+
+
+def _is_section(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp) and isinstance(tp, type)
+
+
+def _merge_section(cls: type, current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``current`` (a config section of ``cls`` as a dict) with ``changes`` applied key by key: a nested section
+    given as a mapping is merged the same way (``trainer={"lr": 1e-3}`` changes the learning rate and keeps the
+    other trainer settings); anything else, a free-form mapping field included, is replaced."""
+    hints = _type_hints(cls)
+    merged = dict(current)
+    for key, value in changes.items():
+        tp = hints.get(key)
+        if tp is not None and _is_section(tp) and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge_section(tp, merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def apply_overrides(config: C, overrides: Iterable[str]) -> C:
@@ -360,7 +418,10 @@ def apply_overrides(config: C, overrides: Iterable[str]) -> C:
     Values are converted to the annotated field type (``"1e-4"`` becomes a float for a float field,
     ``"null"`` becomes ``None`` for an optional field). Below a free-form mapping field (``dict[str, Any]``,
     e.g. ``model.kwargs``) the dotted rest is a key path into the mapping
-    (``model.kwargs.difference_weighting=true``), created where missing.
+    (``model.kwargs.difference_weighting=true``), created where missing. A whole section given as a mapping
+    (``trainer={max_epochs: 3}``) changes the keys it names and keeps the others. A text field takes the value's
+    text as given (``trainer.output_dir=2024-01-01`` is a folder name, not a date; ``#`` starts no comment),
+    unless it is quoted or ``null``.
 
     Raises:
         ConfigError: naming an unknown key (and the valid ones) or a value of the wrong type.
@@ -370,7 +431,8 @@ def apply_overrides(config: C, overrides: Iterable[str]) -> C:
     data = config_to_dict(config)
     cls = type(config)
     for text in overrides:
-        parts, value = parse_override(text)
+        parts, raw = _split_override(text)
+        value = _parse_value(raw)
         node, node_cls, prefix = data, cls, ""
         for i, part in enumerate(parts):
             if isinstance(node, dict) and typing.get_origin(node_cls) in (dict, Mapping):  # free-form mapping
@@ -385,6 +447,11 @@ def apply_overrides(config: C, overrides: Iterable[str]) -> C:
             if part not in _field_names(node_cls):
                 raise _unknown_key_error(part, node_cls, prefix)
             if i == len(parts) - 1:
+                tp = _type_hints(node_cls)[part]
+                if _is_text(tp):
+                    value = _text_value(raw)
+                elif _is_section(tp) and isinstance(value, Mapping) and isinstance(node.get(part), Mapping):
+                    value = _merge_section(tp, node[part], value)  # a whole section: the keys given change
                 node[part] = value
             else:
                 node_cls = _type_hints(node_cls)[part]
@@ -436,7 +503,11 @@ class ConfigBase:
     def with_overrides(self, overrides: Iterable[str] = (), **changes: Any):  # noqa: ANN201
         """Copy with dotted ``key=value`` strings (see :func:`apply_overrides`) and then keyword ``changes``
         applied, both converted and validated as in :meth:`from_dict`, e.g.
-        ``cfg.with_overrides(["trainer.lr=3e-4"])`` or ``protocol.with_overrides(iou_threshold=0.3)``.
+        ``cfg.with_overrides(["trainer.lr=3e-4"])`` or ``protocol.with_overrides(iou_threshold=0.3)``. A section
+        given as a mapping (``trainer={"lr": 3e-4}``) changes the keys it names and keeps the others; a section
+        given as a config object replaces the section.
         """
         config = apply_overrides(self, overrides)
-        return config_from_dict(type(config), {**config_to_dict(config), **changes}) if changes else config
+        if not changes:
+            return config
+        return config_from_dict(type(config), _merge_section(type(config), config_to_dict(config), changes))

@@ -18,10 +18,12 @@ import dataclasses
 import math
 from typing import Any
 
+from longiseg.data.dataset import MAX_SAMPLES_PER_EPOCH
 from longiseg.engine.config import ConfigBase, ConfigError, TrainerConfig
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS
 from longiseg.inferers.sliding_window import BLEND_MODES
 from longiseg.losses.imbalance import STRATEGIES
+from longiseg.spec import plain_data
 from longiseg.utils.io import expand_home
 
 __all__ = ["ModelConfig", "DataConfig", "LossConfig", "InferenceConfig", "ExperimentConfig"]
@@ -55,6 +57,10 @@ class ModelConfig(ConfigBase):
     def __post_init__(self) -> None:
         self.coerce_fields()  # built directly, checked as when read from a file
         _need(bool(self.name), "ModelConfig", "name must be a registry model name")
+        try:  # NumPy numbers and arrays become the built-ins a config file (and a checkpoint) can hold
+            self.kwargs = plain_data(self.kwargs, "model.kwargs")
+        except TypeError as err:
+            raise ConfigError(f"ModelConfig: {err}") from None
 
 
 @dataclasses.dataclass
@@ -127,8 +133,9 @@ class DataConfig(ConfigBase):
         _need(0.0 < self.positive_fraction < 1.0, "DataConfig",
               f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         _need(self.val_samples >= 1, "DataConfig", f"val_samples must be >= 1, got {self.val_samples}")
-        _need(self.samples_per_epoch is None or self.samples_per_epoch >= 1, "DataConfig",
-              f"samples_per_epoch (data.samples_per_epoch) must be >= 1 or null, got {self.samples_per_epoch}")
+        _need(self.samples_per_epoch is None or 1 <= self.samples_per_epoch <= MAX_SAMPLES_PER_EPOCH, "DataConfig",
+              f"samples_per_epoch (data.samples_per_epoch) must be between 1 and {MAX_SAMPLES_PER_EPOCH:,} or null, "
+              f"got {self.samples_per_epoch}")
         _need(self.cache_size >= 1, "DataConfig", f"cache_size (data.cache_size) must be >= 1, got {self.cache_size}")
         _need(self.seed >= 0, "DataConfig", f"seed (data.seed) must be an int >= 0, got {self.seed}")
 
