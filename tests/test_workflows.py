@@ -363,6 +363,19 @@ def test_a_resume_keeps_the_tuning_of_a_best_checkpoint_it_does_not_replace(
         assert json.loads((run / "tuning.json").read_text()) == record
 
 
+def test_a_resume_of_a_run_without_data_modalities_warns_about_nothing(cohort: Path, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # the run records data.modalities null (the manifest's order); the resume fills in the checkpoint's order and
+    # warned "resuming with data.modalities=['flair', 't2'] (the run had None): the run will differ"
+    run = tmp_path / "run"
+    train = ["train", "--data", str(cohort), "--output", str(run), "--set", *RESUMABLE]
+    assert main(train) == 0
+    assert ExperimentConfig.from_file(run / "experiment.yaml").data.modalities is None
+    with caplog.at_level(logging.WARNING, logger="longiseg"):
+        assert main([*train, "trainer.max_epochs=2", "--resume"]) == 0
+    assert "data." not in caplog.text, caplog.text  # (max_epochs=2 is warned about: it changed)
+
+
 def test_validation_cases_are_read_in_the_training_channel_order(cohort: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """data.val_root without a manifest (alphabetical [flair, t2]) next to a training manifest ordering

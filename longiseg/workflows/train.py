@@ -348,7 +348,9 @@ def _warn_changed_settings(recorded: Path, cfg: ExperimentConfig) -> None:
     for section in ("data", "loss"):
         before, now = getattr(old, section).to_dict(), getattr(cfg, section).to_dict()
         for key in sorted(now):
-            if key not in ("root", "val_root") and before.get(key) != now[key]:
+            # modalities: a resume reads the checkpoint's channel order (a run recorded with none, the manifest's
+            # order, has it filled in) and other modalities are refused before this
+            if key not in ("root", "val_root", "modalities") and before.get(key) != now[key]:
                 logger.warning("resuming %s with %s.%s=%r (the run had %r): the run will differ from an "
                                "uninterrupted one", recorded.parent, section, key, now[key], before.get(key))
 
