@@ -369,9 +369,10 @@ def check_model_fits(model: nn.Module, images: torch.Tensor, window: Sequence[in
     caller never passed. A model without a spec is left to that check.
 
     Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
         ValueError: naming the model, ``images`` or ``window_name`` and what was expected.
     """
-    inner = unwrap_model(model)
+    inner = unwrap_model(_check_model(model))
     spec = getattr(inner, "spec", None)
     if not isinstance(spec, ModelSpec):
         return
