@@ -179,9 +179,8 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from longiseg.engine.checkpoint import build_model_from_checkpoint, load_model
-    from longiseg.engine.config import apply_overrides
     from longiseg.utils.device import resolve_device
-    from longiseg.workflows.config import InferenceConfig
+    from longiseg.workflows.config import ExperimentConfig, InferenceConfig
     from longiseg.workflows.predict import run_prediction
 
     device = resolve_device(args.device, name="--device")
@@ -218,8 +217,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              "post-processing): it was not written by longiseg train; pass --config with the "
                              "experiment file of its training")
         # --set inference.progression_threshold=0.4 (or threshold=..., the baseline's) adjusts the recorded settings
-        inference = apply_overrides(InferenceConfig.from_dict(model.spec.inference),
-                                    [o.removeprefix("inference.") for o in args.overrides])
+        # (keys without the section are read as inference.*; messages name the full key)
+        sets = [o.strip() if o.strip().startswith("inference.") else f"inference.{o.strip()}" for o in args.overrides]
+        inference = ExperimentConfig(inference=InferenceConfig.from_dict(model.spec.inference)).with_overrides(
+            sets).inference
         modalities = None
         tuned = " (tuned by longiseg tune)" if model.spec.tuning else ""
         print(f"settings from the checkpoint: modalities {list(model.spec.modalities or [])}, window "

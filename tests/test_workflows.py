@@ -364,7 +364,8 @@ def test_a_resume_keeps_the_tuning_of_a_best_checkpoint_it_does_not_replace(
 
 
 def test_a_resume_of_a_run_without_data_modalities_warns_about_nothing(cohort: Path, tmp_path: Path,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+                                                                      caplog: pytest.LogCaptureFixture,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     # the run records data.modalities null (the manifest's order); the resume fills in the checkpoint's order and
     # warned "resuming with data.modalities=['flair', 't2'] (the run had None): the run will differ"
     run = tmp_path / "run"
@@ -374,6 +375,12 @@ def test_a_resume_of_a_run_without_data_modalities_warns_about_nothing(cohort: P
     with caplog.at_level(logging.WARNING, logger="longiseg"):
         assert main([*train, "trainer.max_epochs=2", "--resume"]) == 0
     assert "data." not in caplog.text, caplog.text  # (max_epochs=2 is warned about: it changed)
+    # predict's --set adjusts the checkpoint's settings, with or without the section's name
+    for i, setting in enumerate(("inference.progression_threshold=0.35", "progression_threshold=0.35")):
+        out = tmp_path / f"pred{i}"
+        assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(cohort), "--output", str(out),
+                     "--device", "cpu", "--set", setting, "inference.batch_size=4"]) == 0
+        assert "progression 0.35" in capsys.readouterr().out
 
 
 def test_validation_cases_are_read_in_the_training_channel_order(cohort: Path, tmp_path: Path,

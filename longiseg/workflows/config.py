@@ -122,6 +122,9 @@ class DataConfig(ConfigBase):
         self.val_root = expand_home(self.val_root)
         _need(0.0 <= self.val_fraction < 1.0, "DataConfig", f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _need(self.crop_size >= 8, "DataConfig", f"crop_size must be >= 8, got {self.crop_size}")
+        _need(self.modalities is None or len(self.modalities) > 0, "DataConfig",
+              "modalities (data.modalities) must name at least one channel, or be null for the manifest's order; "
+              "got []")
         _check_planes(self.planes, "DataConfig")
         _need(0.0 <= self.lesion_weight <= 1.0, "DataConfig", f"lesion_weight must be in [0, 1], got {self.lesion_weight}")
         _need(0.0 <= self.progression_share <= 1.0, "DataConfig",
