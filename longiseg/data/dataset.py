@@ -84,6 +84,7 @@ class CaseCache:
 #: Most samples one epoch may have: the balanced cycle of an epoch is a list of this length (8 bytes an item).
 MAX_SAMPLES_PER_EPOCH = 2**27
 
+
 class _LongitudinalDataset(Dataset):
     """Shared machinery: case list, lazy loading + LRU cache, flags, seeding, augmentation."""
 

@@ -21,7 +21,6 @@ from longiseg.utils.validation import beyond
 __all__ = ["SPACING_RTOL", "Grid", "read_volume", "read_mask", "nifti_spacing", "check_same_grid"]
 
 
-
 def read_volume(path: PathLike, *, what: str = "volume", dtype: Any = None
                 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read one 3D volume: the one reader of a single NIfTI volume (images, masks, predicted maps).

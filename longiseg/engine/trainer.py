@@ -588,8 +588,7 @@ class Trainer:
     # -- bookkeeping ----------------------------------------------------------------------------------
 
     def _is_improvement(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
+        """Whether ``value`` (a number, never NaN: :meth:`_update_monitor` sets NaN aside) beats the best."""
         if self.best_metric is None:
             return True
         if self.config.monitor_mode == "max":

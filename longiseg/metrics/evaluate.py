@@ -116,10 +116,10 @@ def evaluate_folder(
 
     Raises:
         TypeError: ``affine_atol`` is not a number.
-        ValueError: ``affine_atol`` negative or not finite, a missing folder or prediction, an unreadable or non-binary mask, a malformed reference
-            manifest, masks of one case on different grids ("lies on another grid"), a file whose header voxel
-            sizes disagree with its affine, or a prediction whose shape or affine differs from its reference
-            (naming case and file).
+        ValueError: ``affine_atol`` negative or not finite, a missing folder or prediction, an unreadable or
+            non-binary mask, a malformed reference manifest, masks of one case on different grids ("lies on
+            another grid"), a file whose header voxel sizes disagree with its affine, or a prediction whose shape
+            or affine differs from its reference (naming case and file).
         FileNotFoundError: the reference folder holds no case, or a reference case lacks a mask.
     """
     from tqdm.auto import tqdm

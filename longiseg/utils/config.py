@@ -111,7 +111,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value in args:
             return value
         raise ConfigError(f"config key {key!r}: expected one of {list(args)}, got {value!r}")
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+    if _is_section(tp):
         if isinstance(value, tp):
             return value
         if isinstance(value, Mapping):
@@ -394,6 +394,7 @@ def _is_text(tp: Any) -> bool:
 
 
 def _is_section(tp: Any) -> bool:
+    """Whether ``tp`` is a config section: a dataclass type (not an instance)."""
     return dataclasses.is_dataclass(tp) and isinstance(tp, type)
 
 
@@ -442,17 +443,14 @@ def apply_overrides(config: C, overrides: Iterable[str]) -> C:
                         raise ConfigError(f"override {text!r}: {key!r} of {prefix[:-1]!r} is not a mapping")
                 node[parts[-1]] = value
                 break
-            if not (dataclasses.is_dataclass(node_cls) and isinstance(node_cls, type)):
+            if not _is_section(node_cls):
                 raise ConfigError(f"override {text!r}: {prefix[:-1]!r} is not a nested config section")
             if part not in _field_names(node_cls):
                 raise _unknown_key_error(part, node_cls, prefix)
             if i == len(parts) - 1:
-                tp = _type_hints(node_cls)[part]
-                if _is_text(tp):
+                if _is_text(_type_hints(node_cls)[part]):
                     value = _text_value(raw)
-                elif _is_section(tp) and isinstance(value, Mapping) and isinstance(node.get(part), Mapping):
-                    value = _merge_section(tp, node[part], value)  # a whole section: the keys given change
-                node[part] = value
+                node[part] = _merge_section(node_cls, node, {part: value})[part]  # a whole section: its keys given
             else:
                 node_cls = _type_hints(node_cls)[part]
                 node = node[part]

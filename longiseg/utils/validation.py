@@ -363,15 +363,15 @@ def check_probability(name: str, value: float, *, inclusive: bool = True) -> flo
     return v
 
 
-def check_score(name: str, value: object, *, allow_nan: bool = True) -> float:
-    """Return ``value`` as a ``float`` if it is a score in ``[0, 1]``, or NaN (an undefined score) when
-    ``allow_nan``: the value a metric returns where it is undefined (``empty_value``, ``zero_division``).
+def check_score(name: str, value: object) -> float:
+    """Return ``value`` as a ``float`` if it is a score in ``[0, 1]`` or NaN (an undefined score): the value a
+    metric returns where it is undefined (``empty_value``, ``zero_division``).
 
     Raises:
         TypeError: ``value`` is not a real number (``None``, strings, booleans).
-        ValueError: ``value`` lies outside ``[0, 1]`` (or is NaN with ``allow_nan=False``).
+        ValueError: ``value`` lies outside ``[0, 1]``.
     """
-    if allow_nan and isinstance(value, (float, np.floating)) and math.isnan(value):
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
         return float("nan")
     return check_probability(name, value)
 
