@@ -56,8 +56,7 @@ def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int
     check_sequence("cases", cases, CaseSource, "a CaseSource")
     if not cases:
         raise ValueError("cases is empty: there are no cases to split")
-    if check_probability("val_fraction", val_fraction) >= 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_probability("val_fraction", val_fraction, include_one=False)
     seed = check_positive_int("seed", seed, minimum=0)
     seen: set[str] = set()
     for c in cases:

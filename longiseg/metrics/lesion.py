@@ -163,10 +163,7 @@ def _check_matching(rule: str, iou_threshold: float) -> float:
     ``[0, 1)`` (any real number type: Python or NumPy int or float, not bool)."""
     if not isinstance(rule, str) or rule not in MATCHING_RULES:
         raise ValueError(f"rule must be one of {MATCHING_RULES}, got {rule!r}")
-    thr = check_probability("iou_threshold", iou_threshold)
-    if thr >= 1.0:
-        raise ValueError(f"iou_threshold must lie in [0, 1), got {iou_threshold}")
-    return thr
+    return check_probability("iou_threshold", iou_threshold, include_one=False)
 
 
 def match_lesions(

@@ -351,14 +351,19 @@ def _finite_number(name: str, value: object, *, lower: str | None) -> float:
     return v
 
 
-def check_probability(name: str, value: float, *, inclusive: bool = True) -> float:
-    """Return ``value`` if it lies in ``[0, 1]`` (or ``(0, 1)`` when ``inclusive=False``)."""
+def check_probability(name: str, value: float, *, include_one: bool = True) -> float:
+    """Return ``value`` as a ``float`` if it lies in ``[0, 1]`` (``[0, 1)`` with ``include_one=False``).
+
+    Raises:
+        TypeError: ``value`` is not a real number (``None``, strings, booleans).
+        ValueError: ``value`` lies outside the interval (NaN included).
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     v = float(value)
-    ok = 0.0 <= v <= 1.0 if inclusive else 0.0 < v < 1.0
+    ok = 0.0 <= v <= 1.0 if include_one else 0.0 <= v < 1.0
     if not ok:
-        rng = "[0, 1]" if inclusive else "(0, 1)"
+        rng = "[0, 1]" if include_one else "[0, 1)"
         raise ValueError(f"{name} must lie in {rng}, got {v}")
     return v
 
