@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from longiseg.data import CaseSource, LongitudinalCase, load_case
+from longiseg.data import CaseSource, LongitudinalCase, find_cases, load_case
 from longiseg.data.layout import BRAIN_MASK, MANIFEST_JSON, image_filename, prediction_filenames
 from longiseg.data.predictions import PREDICTION_RECORD
 from longiseg.inferers import (
@@ -264,6 +264,24 @@ def test_predict_folder_round_trip(tmp_path: Path) -> None:
     )
     with pytest.raises(FileNotFoundError, match="nope"):
         predict_folder(Voxelwise(), tmp_path / "in", out, case_ids=["nope"], progress=False)
+
+
+def test_predict_folder_ignores_reference_masks_even_incomplete_ones(tmp_path: Path) -> None:
+    # a case with its baseline mask but not yet its progression mask (or masks as .nii and .nii.gz) stopped
+    # prediction with "missing file(s)", though prediction reads no reference mask
+    img, aff = _images(t=2, c=2), _affine()
+    _write_case(tmp_path / "in", "p1", img, aff)
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), aff), tmp_path / "in" / "p1" / "baseline_mask.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), aff), tmp_path / "in" / "p1" / "baseline_mask.nii")
+    res = predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", inferer=_inferer(), progress=False)
+    assert list(res) == ["p1"]
+    with pytest.raises(ValueError, match="ambiguous files"):
+        find_cases(tmp_path / "in", require_masks=False)  # where masks are read, they are still checked
+    (tmp_path / "in" / "p1" / "baseline_mask.nii").unlink()
+    with pytest.raises(FileNotFoundError, match="missing file.*progression_t1"):
+        find_cases(tmp_path / "in", require_masks=False)
+    (source,) = find_cases(tmp_path / "in", require_masks=None)
+    assert source.baseline_mask is None and source.progression_masks is None and source.has_progression is None
 
 
 def test_predict_folder_reads_cases_as_training_does(tmp_path: Path) -> None:

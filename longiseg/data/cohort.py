@@ -60,7 +60,7 @@ def case_source(source: CaseSource | PathLike) -> CaseSource:
 def _source_from_folder(
     folder: Path,
     modalities: Sequence[str] | None,
-    require_masks: bool,
+    require_masks: bool | None,
     num_timepoints: int | None = None,
     patient_id: str = "",
     has_progression: bool | None = None,
@@ -98,21 +98,8 @@ def _source_from_folder(
                 raise FileNotFoundError(f"case {case_id!r}: missing image {folder / layout.image_filename(t, m)}")
             row.append(p)
         image_files.append(tuple(row))
-    stray = sorted({i for i in (layout.parse_progression_filename(f.name) for f in folder.iterdir())
-                    if i is not None and not 1 <= i < t_count})
-    if stray:  # a mask of a follow-up without images: as extra images are, not ignored
-        raise ValueError(f"case {case_id!r}: {folder} holds {layout.progression_filename(stray[0])} but the case has "
-                         f"{t_count} timepoints (its last follow-up is t{t_count - 1}); add that follow-up's images or "
-                         "remove the extra mask")
-    mask_names = [layout.BASELINE_MASK] + [layout.progression_filename(i) for i in range(1, t_count)]
-    mask_paths = [layout.find_nifti(folder, name) for name in mask_names]
-    baseline_spec = prog_specs = None
-    if require_masks or any(p is not None for p in mask_paths):
-        missing = [str(folder / name) for name, p in zip(mask_names, mask_paths) if p is None]
-        if missing:
-            raise FileNotFoundError(f"case {case_id!r}: missing file(s): {', '.join(missing)}")
-        baseline_spec = MaskSpec((mask_paths[0],), "binary")  # type: ignore[arg-type]
-        prog_specs = tuple(MaskSpec((p,), "binary") for p in mask_paths[1:])  # type: ignore[arg-type]
+    baseline_spec, prog_specs = (None, None) if require_masks is None else _mask_specs(
+        folder, case_id, t_count, require_masks)
     return CaseSource(
         case_id=case_id,
         patient_id=patient_id,
@@ -124,6 +111,32 @@ def _source_from_folder(
         has_progression=has_progression if baseline_spec is not None else None,
         baseline_annotated=baseline_annotated,
     )
+
+
+def _mask_specs(folder: Path, case_id: str, t_count: int, require_masks: bool
+                ) -> tuple[MaskSpec | None, tuple[MaskSpec, ...] | None]:
+    """The baseline and progression masks of a case folder of ``t_count`` timepoints: both ``None`` when the
+    folder holds none of them and they are not required; every one of them otherwise.
+
+    Raises:
+        FileNotFoundError: a mask is missing (masks required, or only some present), naming the files.
+        ValueError: a progression mask of a follow-up without images, or a mask as ``.nii`` and ``.nii.gz``.
+    """
+    stray = sorted({i for i in (layout.parse_progression_filename(f.name) for f in folder.iterdir())
+                    if i is not None and not 1 <= i < t_count})
+    if stray:  # a mask of a follow-up without images: as extra images are, not ignored
+        raise ValueError(f"case {case_id!r}: {folder} holds {layout.progression_filename(stray[0])} but the case has "
+                         f"{t_count} timepoints (its last follow-up is t{t_count - 1}); add that follow-up's images or "
+                         "remove the extra mask")
+    mask_names = [layout.BASELINE_MASK] + [layout.progression_filename(i) for i in range(1, t_count)]
+    mask_paths = [layout.find_nifti(folder, name) for name in mask_names]
+    if require_masks or any(p is not None for p in mask_paths):
+        missing = [str(folder / name) for name, p in zip(mask_names, mask_paths) if p is None]
+        if missing:
+            raise FileNotFoundError(f"case {case_id!r}: missing file(s): {', '.join(missing)}")
+        return (MaskSpec((mask_paths[0],), "binary"),  # type: ignore[arg-type]
+                tuple(MaskSpec((p,), "binary") for p in mask_paths[1:]))  # type: ignore[arg-type]
+    return None, None
 
 
 def format_case_ids(ids: Sequence[str], limit: int = 5) -> str:
@@ -218,7 +231,7 @@ def _cohort_manifest(root: Path) -> Manifest | None:
 
 
 def scan_cohort(
-    root: PathLike, modalities: Sequence[str] | None = None, require_masks: bool = True
+    root: PathLike, modalities: Sequence[str] | None = None, require_masks: bool | None = True
 ) -> list[tuple[str, CaseSource | OSError | ValueError]]:
     """Every case of a cohort folder as ``(case_id, source)``, or ``(case_id, error)`` if it cannot be listed: what
     :func:`find_cases` raises at the first problem, kept per case (for
@@ -227,17 +240,19 @@ def scan_cohort(
     Args:
         root: cohort folder.
         modalities: channel order (``None``: the manifest's, else each case's baseline modalities).
-        require_masks: a case without masks is an error.
+        require_masks: as in :func:`find_cases`.
 
     Raises:
         FileNotFoundError: ``root`` is missing or holds no case folder (or its manifest lists none).
         ValueError: the manifest is malformed.
-        TypeError: ``root`` is not a path, ``modalities`` not a list of names, ``require_masks`` not a bool.
+        TypeError: ``root`` is not a path, ``modalities`` not a list of names, ``require_masks`` not a bool or
+            ``None``.
     """
     root = check_path("root", root)
     if modalities is not None:
         check_sequence("modalities", modalities, str, "a modality name (str)")
-    check_bool("require_masks", require_masks)
+    if require_masks is not None:
+        check_bool("require_masks", require_masks)
     if not root.is_dir():
         raise FileNotFoundError(f"cohort folder {root} does not exist")
     manifest = _cohort_manifest(root)
@@ -277,7 +292,7 @@ def find_cases(
     root: PathLike,
     *,
     modalities: Sequence[str] | None = None,
-    require_masks: bool = True,
+    require_masks: bool | None = True,
 ) -> list[CaseSource]:
     """List the cases of a folder in the library layout (see :mod:`longiseg.data.layout`) without reading voxels.
 
@@ -290,7 +305,9 @@ def find_cases(
     Args:
         root: cohort folder.
         modalities: channel order to load (e.g. ``["flair", "t2"]``); overrides the manifest's.
-        require_masks: raise if a case lacks its baseline/progression masks (set ``False`` for inference).
+        require_masks: ``True``: every case must have its baseline and progression masks. ``False``: masks are
+            optional, but a case with some of them must have all (a missing one is named). ``None``: masks are
+            not looked for, every case is listed without them (prediction, which reads no reference mask).
 
     Returns:
         One :class:`~longiseg.data.sources.CaseSource` per case.

@@ -286,7 +286,7 @@ def validate_cases(
     cases: Sequence[CaseSource] | PathLike,
     *,
     modalities: Sequence[str] | None = None,
-    require_masks: bool = True,
+    require_masks: bool | None = True,
     affine_atol: float = 1e-4,
     progress: bool = True,
 ) -> dict[str, list[str]]:
@@ -304,7 +304,8 @@ def validate_cases(
             library layout.
         modalities: channel order, when ``cases`` is a folder (as in
             :func:`~longiseg.data.cohort.find_cases`).
-        require_masks: when ``cases`` is a folder, a case without masks is a problem.
+        require_masks: when ``cases`` is a folder, whether masks are required (as in
+            :func:`~longiseg.data.cohort.find_cases`).
         affine_atol: absolute tolerance when comparing affines across files.
         progress: show a progress bar.
 

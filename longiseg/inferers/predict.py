@@ -14,7 +14,6 @@ the outputs) that ``skip_existing`` compares.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -315,7 +314,7 @@ def predict_folder(
     """Predict every case of the cohort folder ``in_dir`` (library layout, masks optional) into ``out_dir``.
 
     Cases are listed as training lists them (:func:`~longiseg.data.cohort.find_cases` with
-    ``require_masks=False``: the manifest's cases, order and modalities when there is one, else every
+    ``require_masks=None``: the manifest's cases, order and modalities when there is one, else every
     sub-folder holding ``t0_*`` images) and read with ``reader`` (:func:`~longiseg.data.loading.load_case`,
     which checks every file first: shape, affine, finite intensities, a binary non-empty brain mask; then the
     model's preprocessing). Every case's headers are checked before any case is predicted, and, unless
@@ -387,8 +386,7 @@ def predict_folder(
     options = {**{n: params[n].default for n in _OPTIONS}, **predict_kwargs, "overwrite": overwrite}
     _check_options(options)
     # reference lesion masks are not what prediction reads: a problem of theirs is evaluate's to report
-    sources = {s.case_id: dataclasses.replace(s, baseline_mask=None, progression_masks=None, has_progression=None)
-               for s in find_cases(in_dir, modalities=modalities, require_masks=False)}
+    sources = {s.case_id: s for s in find_cases(in_dir, modalities=modalities, require_masks=None)}
     if case_ids is None:
         ids = list(sources)
     else:
