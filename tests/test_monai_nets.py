@@ -267,7 +267,7 @@ def test_cross_sectional_spec_records_any_t() -> None:
 @pytest.mark.parametrize("name, kwargs, error, named", [
     ("dynunet_2d", {"norm_name": "foo"}, ValueError, "norm_name='foo'"),
     ("dynunet_2d", {"act_name": "foo"}, ValueError, "act_name='foo'"),
-    ("dynunet_3d", {"bogus": 1}, TypeError, "bogus=1"),
+    ("dynunet_3d", {"norm_name": 5}, TypeError, "norm_name=5"),
     ("swin_unetr_3d", {"drop_rate": 2.0}, ValueError, "drop_rate=2.0"),
 ])
 def test_an_argument_monai_refuses_is_named(name: str, kwargs: dict, error: type, named: str) -> None:

@@ -198,3 +198,12 @@ def test_spec_compares_by_value_and_is_unhashable_like_a_dict():
     assert spec != spec.replace(kwargs={"widths": [8, 32]})
     with pytest.raises(TypeError, match="unhashable type: 'ModelSpec'"):
         hash(spec)
+
+
+@pytest.mark.parametrize("name", sorted(list_models()))
+def test_every_registered_model_names_a_misspelt_argument_and_the_valid_ones(name):
+    # SegFormer and the LongiUNets let Python's "__init__() got an unexpected keyword argument" through,
+    # without the arguments they do take; MONAI's nets name theirs through their own signature
+    with pytest.raises(TypeError, match=r"'widhts'") as err:
+        build_model(name, widhts=(8, 16))
+    assert "in_channels" in str(err.value)  # every model takes it: the valid names are listed

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ __all__ = [
     "check_positive_float",
     "check_nonnegative_float",
     "check_finite_float",
+    "check_keywords",
+    "keyword_parameters",
     "check_probability",
     "check_score",
     "check_timepoints",
@@ -349,6 +352,29 @@ def _finite_number(name: str, value: object, *, lower: str | None) -> float:
     if not (above and math.isfinite(v)):
         raise ValueError(f"{name} must be a finite number{bound}, got {v}")
     return v
+
+
+def keyword_parameters(fn: Callable[..., object]) -> list[str]:
+    """The names ``fn`` (a class: its ``__init__``) takes as keyword arguments, in signature order."""
+    params = inspect.signature(fn).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_keywords(owner: str, kwargs: Mapping[str, object], valid: Iterable[str]) -> None:
+    """Refuse keyword arguments that ``owner`` does not take, naming them and every valid one.
+
+    Args:
+        owner: what takes the arguments, for the message (e.g. ``"SegFormer"``).
+        kwargs: the keyword arguments given.
+        valid: the valid names (e.g. :func:`keyword_parameters` of a class).
+
+    Raises:
+        TypeError: ``kwargs`` holds a name outside ``valid``.
+    """
+    known = set(valid)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"unknown {owner} argument(s) {unknown}; valid arguments: {sorted(known)}")
 
 
 def check_probability(name: str, value: float, *, include_one: bool = True) -> float:

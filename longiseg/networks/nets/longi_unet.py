@@ -44,7 +44,14 @@ from longiseg.networks.inputs import SpatialSizeRule, check_model_input, paramet
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.presets import UNET_WIDTHS, pop_any_timepoints, pop_fixed_spatial_dims
 from longiseg.registry import register_model
-from longiseg.utils.validation import check_positive_int, check_spatial_dims, check_timepoints, check_widths
+from longiseg.utils.validation import (
+    check_keywords,
+    check_positive_int,
+    check_spatial_dims,
+    check_timepoints,
+    check_widths,
+    keyword_parameters,
+)
 
 __all__ = [
     "ConvStage",
@@ -302,6 +309,7 @@ def _features(spatial_dims: int, size: str, kwargs: dict[str, Any], family: str)
 
 
 def _build_dw(spatial_dims: int, size: str, default_in: int, /, **kwargs: Any) -> LongiUNetDW:
+    check_keywords("LongiUNetDW", kwargs, [*keyword_parameters(LongiUNetDW), "num_timepoints"])
     pop_any_timepoints(kwargs)  # any T >= 2 works with the same weights
     features = _features(spatial_dims, size, kwargs, "longi_unet_dw*")
     in_channels = kwargs.pop("in_channels", default_in)
@@ -309,6 +317,7 @@ def _build_dw(spatial_dims: int, size: str, default_in: int, /, **kwargs: Any) -
 
 
 def _build_concat(spatial_dims: int, size: str, default_in: int, /, **kwargs: Any) -> LongiUNetConcat:
+    check_keywords("LongiUNetConcat", kwargs, keyword_parameters(LongiUNetConcat))
     features = _features(spatial_dims, size, kwargs, "longi_unet_concat*")
     in_channels = kwargs.pop("in_channels", default_in)
     return LongiUNetConcat(in_channels, features=features, spatial_dims=spatial_dims, **kwargs)

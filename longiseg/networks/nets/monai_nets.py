@@ -47,6 +47,7 @@ from longiseg.utils.validation import (
     check_binary,
     check_bool,
     check_int_sequence,
+    check_keywords,
     check_ndim,
     check_positive_float,
     check_positive_int,
@@ -54,6 +55,7 @@ from longiseg.utils.validation import (
     check_tensor,
     check_timepoints,
     check_widths,
+    keyword_parameters,
 )
 
 __all__ = [
@@ -376,6 +378,14 @@ class CrossSectionalNet(nn.Module):
 # ----------------------------------------------------------------------------------------- registry
 
 
+def _check_names(kwargs: dict[str, Any], net: str, own: tuple[str, ...] = ()) -> None:
+    """Refuse a keyword that neither the factory (``in_channels``, ``num_timepoints``, ``out_channels``,
+    ``spatial_dims`` and ``own``) nor MONAI's network ``net`` takes, listing every valid one."""
+    valid = {"in_channels", "num_timepoints", "out_channels", "spatial_dims", *own,
+             *keyword_parameters(getattr(_monai_nets(), net))}
+    check_keywords(net, kwargs, valid)
+
+
 def _pop_common(kwargs: dict[str, Any], default_in: int) -> tuple[int, int, int]:
     in_channels = check_positive_int("in_channels", kwargs.pop("in_channels", default_in))
     num_timepoints = check_timepoints("num_timepoints", kwargs.pop("num_timepoints", 2))
@@ -389,6 +399,7 @@ def _pop_filters(kwargs: dict[str, Any], spatial_dims: int, size: str) -> tuple[
 
 
 def _build_dynunet(spatial_dims: int, size: str, default_in: int, /, **kwargs: Any) -> ChannelStackedNet:
+    _check_names(kwargs, "DynUNet")
     pop_fixed_spatial_dims(kwargs, spatial_dims, "dynunet_[23]d*")
     in_channels, num_timepoints, out_channels = _pop_common(kwargs, default_in)
     filters = _pop_filters(kwargs, spatial_dims, size)
@@ -398,6 +409,7 @@ def _build_dynunet(spatial_dims: int, size: str, default_in: int, /, **kwargs: A
 
 
 def _build_dynunet_cs(size: str, default_in: int, /, **kwargs: Any) -> CrossSectionalNet:
+    _check_names(kwargs, "DynUNet", own=("eps",))
     pop_fixed_spatial_dims(kwargs, 3, "dynunet_cs*")
     # num_timepoints is checked and accepted (the training workflow passes it to every model) but has no
     # effect: any T works, and the model's spec records num_timepoints=None.
@@ -409,6 +421,7 @@ def _build_dynunet_cs(size: str, default_in: int, /, **kwargs: Any) -> CrossSect
 
 
 def _build_swin(size: str, default_in: int, /, **kwargs: Any) -> ChannelStackedNet:
+    _check_names(kwargs, "SwinUNETR")
     pop_fixed_spatial_dims(kwargs, 3, "swin_unetr*")
     in_channels, num_timepoints, out_channels = _pop_common(kwargs, default_in)
     settings = {**SWIN_UNETR_CONFIGS[size], **kwargs}

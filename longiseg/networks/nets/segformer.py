@@ -31,7 +31,13 @@ from longiseg.networks.blocks.segformer_like import LongitudinalSegFormerLike, i
 from longiseg.networks.blocks.st_block import STBlock
 from longiseg.networks.presets import pop_any_timepoints
 from longiseg.registry import register_model
-from longiseg.utils.validation import check_bool, check_int_sequence, check_timepoints
+from longiseg.utils.validation import (
+    check_bool,
+    check_int_sequence,
+    check_keywords,
+    check_timepoints,
+    keyword_parameters,
+)
 
 __all__ = ["SegFormer", "SEGFORMER_PRESETS", "ATTENTIONS"]
 
@@ -128,6 +134,7 @@ class SegFormer(LongitudinalSegFormerLike):
 
 
 def _build(preset: str | None, kwargs: dict[str, Any]) -> SegFormer:
+    check_keywords("SegFormer", kwargs, keyword_parameters(SegFormer))
     settings = dict(SEGFORMER_PRESETS[preset]) if preset else {}
     settings.update(kwargs)
     if check_bool("shared_progression_head", settings.get("shared_progression_head", True)):

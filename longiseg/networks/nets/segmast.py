@@ -37,6 +37,7 @@ from longiseg.ssm.selective_scan import check_backend
 from longiseg.utils.config import ConfigBase
 from longiseg.utils.validation import (
     check_int_sequence,
+    check_keywords,
     check_positive_float,
     check_positive_int,
     check_probability,
@@ -223,10 +224,7 @@ class SegMaST(LongitudinalSegFormerLike):
 
 
 def _build(base: SegMaSTConfig, kwargs: dict[str, Any]) -> SegMaST:
-    known = {f.name for f in dataclasses.fields(SegMaSTConfig)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise TypeError(f"unknown SegMaST argument(s) {unknown}; valid arguments: {sorted(known)}")
+    check_keywords("SegMaST", kwargs, [f.name for f in dataclasses.fields(SegMaSTConfig)])
     config = base.replace(**kwargs)  # checks num_timepoints too
     if config.shared_progression_head:  # one head for every follow-up: any T >= 2, as for the other shared models
         config = config.replace(num_timepoints=None)  # (see presets.pop_any_timepoints; SegMaSTConfig may fix T)
