@@ -614,9 +614,16 @@ def test_new_lesion_logits_match_the_float64_product_with_gradients() -> None:
     g_ref = torch.autograd.grad((ref * weights).sum(), (base, prog))
     for a, b in zip(g_new, g_ref):
         assert ((a - b).norm() / b.norm()) < 1e-10
-    # saturated logits stay finite (log p clamped below 0) in float32
-    big = new_lesion_logits(torch.full((1, 1, 2, 2), -40.0), torch.full((1, 1, 1, 2, 2), 40.0))
-    assert torch.isfinite(big).all() and (big > 10).all()
+    # saturated logits stay finite in float32 and keep following their inputs (a clamp of log p below 0
+    # gave every p above 1 - 1e-7 the same logit, about 16.1, and no gradient: a confidently wrong new
+    # lesion could not be trained away)
+    for size in (17.0, 40.0, 1e4):
+        base = torch.full((1, 1, 2, 2), -size, requires_grad=True)
+        prog = torch.full((1, 1, 1, 2, 2), size, requires_grad=True)
+        big = new_lesion_logits(base, prog)
+        assert torch.isfinite(big).all() and (big > size - 1).all()
+        g_base, g_prog = torch.autograd.grad(big.sum(), (base, prog))
+        assert (g_prog > 0.25).all() and (g_base < -0.25).all()  # d logit / d a and / d b: +-1/2 in the limit
     with pytest.raises(ValueError, match="does not match"):
         new_lesion_logits(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 1, 4, 5))
 

@@ -260,3 +260,24 @@ def test_a_grid_refusal_never_prints_the_tolerance_as_the_difference(tmp_path) -
     moved[0, 3] = 1.00001e-4  # beyond the default tolerance of 1e-4 mm, by a hair
     with pytest.raises(ValueError, match=r"affines differ by up to 0\.000100001 mm, tolerance 0\.0001 mm"):
         check_same_grid(("b.nii.gz", (2, 2, 2), moved), ("a.nii.gz", (2, 2, 2), aff))
+
+
+def test_a_seed_torch_cannot_take_is_refused_where_it_is_given() -> None:
+    # TrainerConfig(seed=2**70) was accepted, wrote its files, then failed at the first batch inside torch
+    # ("Overflow when unpacking long long"), naming no seed
+    from longiseg.engine import TrainerConfig
+    from longiseg.engine.config import ConfigError
+    from longiseg.engine.seeding import seed_everything
+    from longiseg.losses import ImbalanceAwareLoss
+    from longiseg.utils.validation import MAX_SEED, check_seed
+
+    assert check_seed("seed", np.int64(MAX_SEED)) == MAX_SEED
+    for call in (lambda: seed_everything(2**70), lambda: ImbalanceAwareLoss(seed=2**63),
+                 lambda: check_seed("seed", -1)):
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 9223372036854775807\]"):
+            call()
+    with pytest.raises(ConfigError, match=r"trainer\.seed\) must be an int in \[0, 9223372036854775807\]"):
+        TrainerConfig(seed=2**70)
+    with pytest.raises(TypeError, match="seed must be an int, got float"):
+        seed_everything(1.0)  # type: ignore[arg-type]
+    torch.Generator().manual_seed(MAX_SEED + 1000)  # the largest seed leaves room for the epoch added to it

@@ -39,7 +39,7 @@ from longiseg.data.sampling import CrossViewSampler, SamplingIndex, VolumePatchS
 from longiseg.data.sources import CaseSource
 from longiseg.data.transforms import LongitudinalAugment
 from longiseg.utils.io import PathLike
-from longiseg.utils.validation import check_positive_int
+from longiseg.utils.validation import check_positive_int, check_seed
 
 __all__ = ["SliceDataset", "VolumePatchDataset", "CaseCache"]
 
@@ -127,7 +127,7 @@ class _LongitudinalDataset(Dataset):
                             f"{preprocess!r}")
         self.preprocess = preprocess
         self.cache = CaseCache(cache_size)
-        self.seed = check_positive_int("seed", seed, minimum=0)
+        self.seed = check_seed("seed", seed)
         self.epoch = 0
         self._case_flags: list[bool] | None = None
         self._cycle: tuple[dict[bool, list[int]], list[int], dict[bool, int]] | None = None

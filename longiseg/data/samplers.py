@@ -36,6 +36,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from longiseg.utils.validation import check_seed
+
 __all__ = ["BalancedBatchSampler", "EpochIndex", "EpochTaggedBatchSampler", "positive_slots"]
 
 
@@ -158,7 +160,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
                     "rank needs at least one case of each class"
                 )
 
-        self.seed = _int_arg("seed", seed, 0)
+        self.seed = check_seed("seed", seed)
         self.drop_last = bool(drop_last)
         if num_batches is None:
             per_step = self.batch_size * self.num_replicas
@@ -293,7 +295,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
         if position > self.num_batches:
             raise ValueError(f"position must be <= num_batches={self.num_batches}, got {position}")
         self.epoch = _int_arg("epoch", state["epoch"], 0)
-        self.seed = _int_arg("seed", state["seed"], 0)
+        self.seed = check_seed("seed", state["seed"])
         self._position = position
 
 

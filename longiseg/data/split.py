@@ -20,8 +20,8 @@ from longiseg.utils.io import atomic_directory, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import (
     check_path,
-    check_positive_int,
     check_probability,
+    check_seed,
     check_sequence,
 )
 
@@ -57,7 +57,7 @@ def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int
     if not cases:
         raise ValueError("cases is empty: there are no cases to split")
     check_probability("val_fraction", val_fraction, include_one=False)
-    seed = check_positive_int("seed", seed, minimum=0)
+    seed = check_seed("seed", seed)
     seen: set[str] = set()
     for c in cases:
         if c.case_id in seen:

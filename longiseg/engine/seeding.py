@@ -11,6 +11,8 @@ import random
 import numpy as np
 import torch
 
+from longiseg.utils.validation import check_seed
+
 __all__ = ["epoch_seed", "seed_everything"]
 
 
@@ -39,10 +41,10 @@ def seed_everything(seed: int) -> None:
     """Seed python's ``random``, numpy's global RNG and torch (CPU and all CUDA devices).
 
     Raises:
-        ValueError: if ``seed`` is negative or not an int.
+        TypeError: ``seed`` is not an int.
+        ValueError: ``seed`` lies outside ``[0, 2**63 - 1]``.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    seed = check_seed("seed", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

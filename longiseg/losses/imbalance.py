@@ -41,6 +41,7 @@ from longiseg.utils.validation import (
     check_finite,
     check_ndim,
     check_same_shape,
+    check_seed,
     check_tensor,
     debug_checks_enabled,
 )
@@ -260,17 +261,19 @@ class ImbalanceLossOutput:
 
 
 def new_lesion_logits(baseline_logits: torch.Tensor, progression_logits: torch.Tensor) -> torch.Tensor:
-    """Logit of ``sigmoid(progression) * (1 - sigmoid(baseline))``, computed in log space.
+    """Logit of ``p = sigmoid(progression) * (1 - sigmoid(baseline))``, computed in log space.
 
-    With ``log p = logsigmoid(a) + logsigmoid(-b)`` the logit is ``log p - log(1 - p)``, and ``log(1 - p)`` is
-    ``log(-expm1(log p))``; ``log p`` is kept below ``-1e-7`` (``p < 1``) so that the logit stays finite.
+    With ``a`` the progression and ``b`` the baseline logit, ``log p = logsigmoid(a) + logsigmoid(-b)`` and
+    ``1 - p = sigmoid(-a) + sigmoid(a) sigmoid(b)``, so ``log(1 - p)`` is the ``logaddexp`` of
+    ``logsigmoid(-a)`` and ``logsigmoid(a) + logsigmoid(b)``: finite, with a gradient, for every finite input
+    (a confident ``p`` near 1 included, e.g. ``a = 17, b = -17``: logit about 16.3).
 
     Args:
         baseline_logits: ``(B, K, *S)``.
         progression_logits: ``(B, T-1, K, *S)``.
 
     Returns:
-        ``(B, T-1, K, *S)`` logits in the dtype of ``progression_logits``.
+        ``(B, T-1, K, *S)`` logits in the dtype both inputs promote to (``torch.promote_types``).
 
     Raises:
         TypeError: an argument is not a floating-point tensor.
@@ -285,9 +288,10 @@ def new_lesion_logits(baseline_logits: torch.Tensor, progression_logits: torch.T
             baseline_logits.shape[1:] != progression_logits.shape[2:]:
         raise ValueError(f"baseline_logits (B, K, *S) {tuple(baseline_logits.shape)} does not match "
                          f"progression_logits (B, T-1, K, *S) {tuple(progression_logits.shape)}")
-    log_p = F.logsigmoid(progression_logits) + F.logsigmoid(-baseline_logits).unsqueeze(1)
-    log_p = log_p.clamp(max=-1e-7)
-    return log_p - torch.log(-torch.expm1(log_p))
+    b = baseline_logits.unsqueeze(1)
+    log_p = F.logsigmoid(progression_logits) + F.logsigmoid(-b)
+    log_not_p = torch.logaddexp(F.logsigmoid(-progression_logits), F.logsigmoid(progression_logits) + F.logsigmoid(b))
+    return log_p - log_not_p
 
 
 def _sample_flags(name: str, flags: torch.Tensor | None, batch: int, default: bool) -> torch.Tensor:
@@ -391,8 +395,7 @@ class ImbalanceAwareLoss(nn.Module):
         self._owns_generator = seed is not None
         self._seed = seed  # recorded with the generator state, so a resume can tell a changed seed
         if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+            seed = self._seed = check_seed("seed", seed)
             generator = torch.Generator().manual_seed(seed)
         self.generator = _check_generator(generator)
         if not isinstance(keep_hard_negatives, bool):

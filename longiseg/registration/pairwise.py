@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from longiseg.registration.grid import Grid, require_simpleitk
-from longiseg.utils.validation import check_positive_int
+from longiseg.utils.validation import check_positive_int, check_seed
 
 __all__ = [
     "TRANSFORMS",
@@ -101,10 +101,8 @@ class PairOptions:
         if len(self.shrink_factors) != len(self.smoothing_sigmas) or not self.shrink_factors:
             raise ValueError("shrink_factors and smoothing_sigmas must be non-empty and of equal length, got "
                              f"{self.shrink_factors} and {self.smoothing_sigmas}")
-        object.__setattr__(self, "seed", check_positive_int("seed", self.seed, minimum=0))
+        object.__setattr__(self, "seed", check_seed("seed", self.seed, maximum=MAX_SEED))
         object.__setattr__(self, "min_samples", check_positive_int("min_samples", self.min_samples, minimum=0))
-        if self.seed > MAX_SEED:
-            raise ValueError(f"seed must be <= {MAX_SEED} (SimpleITK's seeds are 32-bit), got {self.seed}")
         if isinstance(self.mask_margin_mm, bool) or not isinstance(self.mask_margin_mm, (int, float)):
             raise TypeError(f"mask_margin_mm must be a number of mm, got {type(self.mask_margin_mm).__name__}")
         if not (math.isfinite(self.mask_margin_mm) and self.mask_margin_mm >= 0):

@@ -49,6 +49,8 @@ __all__ = [
     "keyword_parameters",
     "check_probability",
     "check_score",
+    "check_seed",
+    "MAX_SEED",
     "check_timepoints",
     "check_spatial_dims",
     "check_int_sequence",
@@ -312,6 +314,25 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return _as_int(value)
+
+
+#: The largest seed accepted anywhere: torch's generators take seeds below ``2**64``, and samplers add the epoch.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(name: str, value: object, maximum: int = MAX_SEED) -> int:
+    """Return ``value`` as an ``int`` if it is a seed: an int (NumPy's too, not bool) in ``[0, maximum]``.
+
+    Raises:
+        TypeError: ``value`` is not an int.
+        ValueError: ``value`` lies outside ``[0, maximum]``; without this check a seed of ``2**70`` failed deep
+            inside torch ("Overflow when unpacking long long") at the first batch.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not 0 <= value <= maximum:
+        raise ValueError(f"{name} must be an int in [0, {maximum}], got {value}")
+    return int(value)
 
 
 def check_bool(name: str, value: object) -> bool:

@@ -25,6 +25,7 @@ from longiseg.inferers.sliding_window import BLEND_MODES
 from longiseg.losses.imbalance import STRATEGIES
 from longiseg.spec import plain_data
 from longiseg.utils.io import expand_home
+from longiseg.utils.validation import MAX_SEED
 
 __all__ = ["ModelConfig", "DataConfig", "LossConfig", "InferenceConfig", "ExperimentConfig"]
 
@@ -140,7 +141,8 @@ class DataConfig(ConfigBase):
               f"samples_per_epoch (data.samples_per_epoch) must be between 1 and {MAX_SAMPLES_PER_EPOCH:,} or null, "
               f"got {self.samples_per_epoch}")
         _need(self.cache_size >= 1, "DataConfig", f"cache_size (data.cache_size) must be >= 1, got {self.cache_size}")
-        _need(self.seed >= 0, "DataConfig", f"seed (data.seed) must be an int >= 0, got {self.seed}")
+        _need(0 <= self.seed <= MAX_SEED, "DataConfig", f"seed (data.seed) must be an int in [0, {MAX_SEED}], "
+              f"got {self.seed}")
 
 
 @dataclasses.dataclass
@@ -178,7 +180,8 @@ class LossConfig(ConfigBase):
     def __post_init__(self) -> None:
         self.coerce_fields()  # built directly, checked as when read from a file
         _need(self.strategy in STRATEGIES, "LossConfig", f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        _need(self.seed >= 0, "LossConfig", f"seed (loss.seed) must be an int >= 0, got {self.seed}")
+        _need(0 <= self.seed <= MAX_SEED, "LossConfig", f"seed (loss.seed) must be an int in [0, {MAX_SEED}], "
+              f"got {self.seed}")
         # checked when the experiment is read (not when the loss is built, after the model and the data)
         for key in ("empty_ratio", "lambda_dice", "lambda_focal", "gamma"):
             value = getattr(self, key)

@@ -53,7 +53,7 @@ from longiseg.utils.config import ConfigBase, ConfigError
 from longiseg.utils.device import usable_cpu_count
 from longiseg.utils.io import atomic_directory, atomic_write_json, check_replaceable, folder_is_empty
 from longiseg.utils.logging import apply_logging_setup, get_logger, logging_setup
-from longiseg.utils.validation import check_instance, check_path
+from longiseg.utils.validation import MAX_SEED, check_instance, check_path
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
 from longiseg.workflows.predict import run_prediction
 from longiseg.workflows.train import run_training
@@ -155,10 +155,12 @@ class DemoConfig(ConfigBase):
         if unknown or not self.models:
             raise ConfigError(f"models must be a non-empty subset of {list(DEMO_MODELS)}, got {list(self.models)}")
         for name, low in (("num_patients", 6), ("epochs", 1), ("steps_per_epoch", 1), ("batch_size", 2),
-                          ("crop_size", 32), ("threads", 1), ("num_workers", 0), ("spacing", 1), ("seed", 0)):
+                          ("crop_size", 32), ("threads", 1), ("num_workers", 0), ("spacing", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an int in [0, {MAX_SEED}], got {self.seed!r}")
         if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
             raise ConfigError(f"jobs must be None (automatic) or an int >= 1, got {self.jobs!r}")
         if self.crop_size % 32:
