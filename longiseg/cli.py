@@ -187,6 +187,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.overwrite and args.skip_existing:
         raise ValueError("--overwrite and --skip-existing exclude each other")
     ckpt = Path(args.checkpoint)
+    if ckpt.is_dir():
+        raise IsADirectoryError(f"--checkpoint {ckpt} is a folder; give the checkpoint file (e.g. {ckpt / 'best.pt'})")
     if not ckpt.is_file():
         raise FileNotFoundError(f"--checkpoint {ckpt} does not exist")
     if not Path(args.input).is_dir():

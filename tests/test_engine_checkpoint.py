@@ -181,6 +181,20 @@ def test_a_model_registered_by_another_module_than_the_checkpoints_is_named(tmp_
 def test_load_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "run.pt").mkdir()  # said "not found" of a path that exists
+    with pytest.raises(IsADirectoryError, match="run.pt is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path / "run.pt")
+    (tmp_path / "notes.pt").write_text("epoch 3: best so far\n")
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        load_checkpoint(tmp_path / "notes.pt")
+
+    class Payload:  # a pickle that would run os.getcwd on loading
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    torch.save({"model": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"holds objects \(\S*getcwd\) that torch.load\(weights_only=True\) refuses"):
+        load_checkpoint(tmp_path / "evil.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a longiseg checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
@@ -240,6 +254,14 @@ def test_the_recorded_scan_backend_is_left_to_the_machine_that_loads(tmp_path, c
     assert len(notes) == 2 and all("'cuda'" in n and str(path) in n and ENV_VAR in n for n in notes)
     chosen = build_model_from_checkpoint(path, mamba_backend="reference")  # an explicit argument still wins
     assert all(m.backend == "reference" for m in chosen.modules() if isinstance(m, Mamba))
+    # ... and keeps the trained spec (modalities, inference settings): a backend computes the same function;
+    # the spec was dropped, and longiseg predict then said the model was not trained with longiseg train
+    trained.spec = trained.spec.replace(modalities=("flair", "t2"), inference={"patch_size": 32})
+    path = save_checkpoint(tmp_path / "spec.pt", model=trained)
+    chosen = build_model_from_checkpoint(path, mamba_backend="reference")
+    assert chosen.spec.modalities == ("flair", "t2") and chosen.spec.inference == {"patch_size": 32}
+    assert chosen.spec.kwargs["mamba_backend"] == "reference"
+    assert build_model_from_checkpoint(path, decoder_dropout=0.1).spec.inference == {}  # other arguments: its own spec
 
 
 def test_plain_state_dicts_are_named_and_wrapped_keys_load(tmp_path) -> None:

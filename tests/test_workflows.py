@@ -226,6 +226,37 @@ def test_a_wrapped_model_predicts_with_the_spec_of_the_model_inside(cohort: Path
     assert list(written) == [case] and (tmp_path / "pred" / case / "baseline_mask.nii.gz").is_file()
 
 
+def test_predict_folder_predicts_from_the_model_alone_as_longiseg_predict_does(cohort: Path, tmp_path: Path) -> None:
+    # predict_folder took its own defaults (a 128 window, threshold 0.5, no minimum volume, no brain restriction,
+    # the folder's modality order) instead of what the model records, so its masks were not longiseg predict's
+    from longiseg.inferers import predict_folder
+
+    model = build_model("segmast", widths=[8, 16, 16, 32], depths=[1, 1, 1, 1], decoder_dim=16, d_state=4)
+    cfg = InferenceConfig(patch_size=32, planes=["axial"], batch_size=32, progression_threshold=0.3,
+                          min_lesion_mm3=200.0, restrict="both")
+    model.spec = model.spec.replace(modalities=("t2", "flair"), inference=cfg.to_dict(),
+                                    preprocessing={"normalization": "zscore"})
+    case = find_cases(cohort)[0].case_id
+    run_prediction(model, cohort, tmp_path / "cli", case_ids=[case], device="cpu", progress=False)
+    predict_folder(model, cohort, tmp_path / "api", case_ids=[case], progress=False)
+    names = sorted(p.name for p in (tmp_path / "cli" / case).iterdir() if p.name.endswith(".nii.gz"))
+    assert names == sorted(p.name for p in (tmp_path / "api" / case).iterdir() if p.name.endswith(".nii.gz"))
+    for name in names:
+        np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "cli" / case / name).dataobj),
+                                      np.asarray(nib.load(tmp_path / "api" / case / name).dataobj), err_msg=name)
+    record = json.loads((tmp_path / "api" / case / "prediction.json").read_text())
+    assert record["modalities"] == ["t2", "flair"]  # the model's channel order, not the folder's sorted one
+    assert json.loads((tmp_path / "cli" / case / "prediction.json").read_text())["settings"] == record["settings"]
+
+    # a normalisation this version does not apply is refused by both, not silently replaced by z-scores
+    model.spec = model.spec.replace(preprocessing={"normalization": "minmax"})
+    for predict in (lambda: run_prediction(model, cohort, tmp_path / "cli2", case_ids=[case], device="cpu",
+                                           progress=False),
+                    lambda: predict_folder(model, cohort, tmp_path / "api2", case_ids=[case], progress=False)):
+        with pytest.raises(ValueError, match="normalization 'minmax' is not one this version applies"):
+            predict()
+
+
 def test_tune_refuses_a_write_protected_checkpoint_before_any_work(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"

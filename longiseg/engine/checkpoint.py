@@ -272,6 +272,8 @@ def _registered_module(name: str | None) -> str | None:
 
 
 def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a folder, not a checkpoint file (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
@@ -280,8 +282,8 @@ def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if "Unsupported global" in str(err) or "unsupported GLOBAL" in str(err):
+            found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(err))
             what = f" ({found.group(1)})" if found else ""
             raise ValueError(
                 f"checkpoint {path} holds objects{what} that torch.load(weights_only=True) refuses: it was not "
@@ -289,9 +291,11 @@ def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
                 "load_checkpoint(path, weights_only=False) and build the model yourself"
             ) from err
         raise ValueError(f"{path} is not a readable checkpoint (corrupt or not written by torch.save)") from err
-    except (RuntimeError, EOFError, OSError, UnicodeDecodeError, ValueError, KeyError) as err:
-        # truncated zip archives, text files, wrong map_location devices
+    except Exception as err:  # noqa: BLE001 - whatever torch's readers raise on a file that is no checkpoint
+        # truncated zip archives, text files (KeyError, IndexError from the unpicklers), wrong map_location devices
         reason = " ".join(str(err).split())[:200]
+        if not isinstance(err, (RuntimeError, EOFError, OSError, ValueError)):  # a bare key or index: say what
+            reason = f"unexpected data ({type(err).__name__}: {reason})"
         raise ValueError(f"{path} is not a readable checkpoint (truncated, corrupt or not written by "
                          f"torch.save): {reason}") from err
     return _checked(ckpt, path)
@@ -452,9 +456,9 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
             "keep accepting a removed one, or pass replacements with build_model_from_checkpoint(path, **kwargs)"
         ) from err
     load_model_weights(model, ckpt["model"], source=source)
-    if ckpt.get("spec") and not override_kwargs:
+    if ckpt.get("spec") and not _without_scan_backend(override_kwargs):  # a backend computes the same function
         spec = ModelSpec.from_dict(ckpt["spec"])
-        model.spec = spec.replace(kwargs=_without_scan_backend(spec.kwargs))
+        model.spec = spec.replace(kwargs={**_without_scan_backend(spec.kwargs), **override_kwargs})
     return model.eval()
 
 
@@ -512,6 +516,8 @@ def check_writable(path: str | Path) -> Path:
         ValueError: naming the file, when it is write-protected.
     """
     path = check_path("path", path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a folder, not a checkpoint file (e.g. {path / 'best.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     mode = path.stat().st_mode

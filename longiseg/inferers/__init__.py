@@ -16,6 +16,7 @@ from longiseg.inferers.predict import (
     predict_folder,
     spacing_from_affine,
 )
+from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, prediction_defaults
 from longiseg.inferers.sliding_window import (
     SlidingWindowInferer3D,
     blend_weights,
@@ -26,6 +27,10 @@ from longiseg.inferers.triplanar import PLANE_AXES, TriplanarInferer, brain_wind
 from longiseg.inferers.uncertainty import MAX_BINARY_ENTROPY, binary_entropy
 
 __all__ = [
+    "InferenceConfig",
+    "inference_settings",
+    "make_inferer",
+    "prediction_defaults",
     "TriplanarInferer",
     "SlidingWindowInferer3D",
     "PLANE_AXES",

@@ -39,6 +39,7 @@ from longiseg.data.sources import CaseSource
 from longiseg.inferers.claims import claim_case, claim_holder, release_claim
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
 from longiseg.inferers.provenance import check_same_producer, prediction_record, qualified_name
+from longiseg.inferers.settings import prediction_defaults
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
@@ -105,16 +106,24 @@ def infer_case(inferer: Inferer, model: nn.Module, images: torch.Tensor | np.nda
 CaseReader = Callable[[CaseSource], LongitudinalCase]
 
 
-def spec_reader(model: nn.Module) -> CaseReader:
+def spec_reader(model: nn.Module, unrecorded: CaseReader | None = None) -> CaseReader:
     """How to read a case for ``model``: :func:`~longiseg.data.loading.load_case`, then the preprocessing its
     spec records (``model.spec.preprocessing["normalization"] == "zscore"``: per-image z-scores, as
-    ``longiseg train`` prepared the training cases); a model without such a record gets the images as stored.
+    ``longiseg train`` prepared the training cases).
+
+    Args:
+        model: the model (possibly wrapped).
+        unrecorded: the reader for a model whose spec records no normalisation (default: ``load_case``, the
+            images as stored; ``longiseg predict`` and ``longiseg tune`` pass :func:`read_zscored`).
 
     Raises:
         ValueError: the spec records a normalisation this version does not know.
     """
     spec = getattr(unwrap_model(model), "spec", None)
-    normalization = (spec.preprocessing or {}).get("normalization") if isinstance(spec, ModelSpec) else None
+    preprocessing = (spec.preprocessing or {}) if isinstance(spec, ModelSpec) else {}
+    if "normalization" not in preprocessing:
+        return load_case if unrecorded is None else unrecorded
+    normalization = preprocessing["normalization"]
     if normalization is None:
         return load_case
     if normalization != "zscore":
@@ -169,9 +178,10 @@ def _record(model: nn.Module, inferer: Inferer, options: Mapping[str, object]) -
     return prediction_record(model, inferer, {n: options[n] for n in _OUTPUT_OPTIONS})
 
 
-def _default_inferer(inferer: Inferer | None) -> Inferer:
-    """``inferer``, or the default :class:`TriplanarInferer` for ``None``."""
-    return TriplanarInferer() if inferer is None else inferer
+def _default_inferer(inferer: Inferer | None, progress: bool = True) -> Inferer:
+    """``inferer``, or the default :class:`TriplanarInferer` for ``None`` (with a bar over its windows if
+    ``progress``)."""
+    return TriplanarInferer(progress=progress) if inferer is None else inferer
 
 
 def predict_case(
@@ -327,8 +337,8 @@ def predict_folder(
         model: the model passed to :func:`predict_case`.
         in_dir: cohort folder with one folder per case.
         out_dir: prediction root.
-        modalities: channel order (default: the manifest's, else each case's timepoint-0 modalities sorted by
-            name).
+        modalities: channel order (default: the order the model was trained with, ``model.spec.modalities``;
+            for a model that records none, the manifest's, else each case's timepoint-0 modalities sorted by name).
         case_ids: only these cases (default: every case of ``in_dir``).
         skip_existing: skip cases whose outputs are complete instead of raising ``FileExistsError``, when their
             :data:`~longiseg.data.predictions.PREDICTION_RECORD` shows the same model (weights, registry name
@@ -352,7 +362,10 @@ def predict_folder(
             the case is predicted, or skipped as complete by ``skip_existing`` (e.g. to write more outputs
             derived from the saved masks); not for a case left to another process (which calls its own).
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
-            ``restrict_to_brain``, ...). A case's ``brain_mask.nii.gz`` is used as its brain mask, each case
+            ``restrict_to_brain``, ...). Those not given are the ones the model records
+            (:func:`~longiseg.inferers.settings.prediction_defaults`: the inferer of its dimensionality with its
+            window, and its thresholds and post-processing, those ``longiseg tune`` chose included), as
+            ``longiseg predict`` uses them; for a model that records none, :func:`predict_case`'s defaults. A case's ``brain_mask.nii.gz`` is used as its brain mask, each case
             folder gets the record of this call (the weights' digest is computed once), and each case's outputs
             the spatial header of its baseline image (:func:`~longiseg.data.predictions.case_spatial_header`:
             qform, sform and their codes, units) when the case read lies on that image's grid (a ``reader``
@@ -383,6 +396,11 @@ def predict_folder(
         raise TypeError(f"predict_folder passes predict_case's settings only; got {sorted(predict_kwargs)}")
     for flag, value in (("skip_existing", skip_existing), ("overwrite", overwrite), ("progress", progress)):
         check_bool(flag, value)
+    # what the model records (window, thresholds, post-processing; longiseg tune's too) unless given here
+    predict_kwargs = {**prediction_defaults(model), **predict_kwargs}
+    spec = getattr(unwrap_model(model), "spec", None)
+    if modalities is None and isinstance(spec, ModelSpec) and spec.modalities:
+        modalities = list(spec.modalities)  # the channel order the model was trained with, not the folder's
     options = {**{n: params[n].default for n in _OPTIONS}, **predict_kwargs, "overwrite": overwrite}
     _check_options(options)
     # reference lesion masks are not what prediction reads: a problem of theirs is evaluate's to report
@@ -410,7 +428,7 @@ def predict_folder(
     read: CaseReader = spec_reader(model) if reader is None else reader
     kinds = ["mask"] + [kind for kind, flag in (("prob", "save_probabilities"), ("entropy", "save_entropy"))
                         if predict_kwargs.get(flag, True)]
-    inferer = _default_inferer(predict_kwargs.get("inferer"))  # type: ignore[arg-type]
+    inferer = _default_inferer(predict_kwargs.get("inferer"), progress=False)  # type: ignore[arg-type]  # bar: cases
     predict_kwargs = {**predict_kwargs, "inferer": inferer}  # one inferer for every case, the one recorded
     produced_by = {**_record(model, inferer, options), "reader": qualified_name(read)}
     records = {cid: {**produced_by, "modalities": list(sources[cid].modalities)} for cid in ids}

@@ -42,6 +42,7 @@ from longiseg.utils.validation import check_path
 __all__ = [
     "ConfigError",
     "ConfigBase",
+    "require",
     "config_from_dict",
     "config_to_dict",
     "load_config",
@@ -59,6 +60,12 @@ _JSON_SUFFIXES = (".json",)
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid (unknown key, wrong type, out-of-range value)."""
+
+
+def require(condition: bool, owner: str, message: str) -> None:
+    """Raise :class:`ConfigError` ``"{owner}: {message}"`` unless ``condition`` (a configuration's value checks)."""
+    if not condition:
+        raise ConfigError(f"{owner}: {message}")
 
 
 # ----------------------------------------------------------------------------------------------------

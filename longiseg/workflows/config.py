@@ -18,30 +18,17 @@ import dataclasses
 import math
 from typing import Any
 
+from longiseg.data.case import PLANES
 from longiseg.data.dataset import MAX_SAMPLES_PER_EPOCH
 from longiseg.engine.config import ConfigBase, ConfigError, TrainerConfig
-from longiseg.inferers.postprocessing import RESTRICT_OPTIONS
-from longiseg.inferers.sliding_window import BLEND_MODES
+from longiseg.inferers.settings import InferenceConfig, check_planes
 from longiseg.losses.imbalance import STRATEGIES
 from longiseg.spec import plain_data
+from longiseg.utils.config import require
 from longiseg.utils.io import expand_home
 from longiseg.utils.validation import MAX_SEED
 
 __all__ = ["ModelConfig", "DataConfig", "LossConfig", "InferenceConfig", "ExperimentConfig"]
-
-_PLANES = ("axial", "coronal", "sagittal")
-
-
-def _need(cond: bool, cls: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{cls}: {msg}")
-
-
-def _check_planes(planes: list[str], cls: str) -> None:
-    """Refuse ``planes`` unless it names each of :data:`_PLANES` at most once, and at least one."""
-    _need(bool(planes) and all(p in _PLANES for p in planes) and len(set(planes)) == len(planes), cls,
-          f"planes must be a non-empty subset of {_PLANES}, each plane once, got {planes}")
-
 
 @dataclasses.dataclass
 class ModelConfig(ConfigBase):
@@ -57,7 +44,7 @@ class ModelConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         self.coerce_fields()  # built directly, checked as when read from a file
-        _need(bool(self.name), "ModelConfig", "name must be a registry model name")
+        require(bool(self.name), "ModelConfig", "name must be a registry model name")
         try:  # NumPy numbers and arrays become the built-ins a config file (and a checkpoint) can hold
             self.kwargs = plain_data(self.kwargs, "model.kwargs")
         except TypeError as err:
@@ -104,7 +91,7 @@ class DataConfig(ConfigBase):
     val_fraction: float = 0.2
     modalities: list[str] | None = None
     crop_size: int = 128
-    planes: list[str] = dataclasses.field(default_factory=lambda: list(_PLANES))
+    planes: list[str] = dataclasses.field(default_factory=lambda: list(PLANES))
     lesion_weight: float = 0.5
     progression_share: float = 0.5
     persisting_share: float = 0.0
@@ -121,27 +108,27 @@ class DataConfig(ConfigBase):
         self.coerce_fields()  # built directly, checked as when read from a file
         self.root = expand_home(self.root)  # "~/data" is the user's folder, not a folder named "~"
         self.val_root = expand_home(self.val_root)
-        _need(0.0 <= self.val_fraction < 1.0, "DataConfig", f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        _need(self.crop_size >= 8, "DataConfig", f"crop_size must be >= 8, got {self.crop_size}")
-        _need(self.modalities is None or len(self.modalities) > 0, "DataConfig",
+        require(0.0 <= self.val_fraction < 1.0, "DataConfig", f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        require(self.crop_size >= 8, "DataConfig", f"crop_size must be >= 8, got {self.crop_size}")
+        require(self.modalities is None or len(self.modalities) > 0, "DataConfig",
               "modalities (data.modalities) must name at least one channel, or be null for the manifest's order; "
               "got []")
-        _check_planes(self.planes, "DataConfig")
-        _need(0.0 <= self.lesion_weight <= 1.0, "DataConfig", f"lesion_weight must be in [0, 1], got {self.lesion_weight}")
-        _need(0.0 <= self.progression_share <= 1.0, "DataConfig",
+        check_planes(self.planes, "DataConfig")
+        require(0.0 <= self.lesion_weight <= 1.0, "DataConfig", f"lesion_weight must be in [0, 1], got {self.lesion_weight}")
+        require(0.0 <= self.progression_share <= 1.0, "DataConfig",
               f"progression_share must be in [0, 1], got {self.progression_share}")
-        _need(0.0 <= self.persisting_share <= 1.0, "DataConfig",
+        require(0.0 <= self.persisting_share <= 1.0, "DataConfig",
               f"persisting_share must be in [0, 1], got {self.persisting_share}")
-        _need(self.augment or not self.augment_independent_timepoints, "DataConfig",
+        require(self.augment or not self.augment_independent_timepoints, "DataConfig",
               "augment_independent_timepoints needs augment=true")
-        _need(0.0 < self.positive_fraction < 1.0, "DataConfig",
+        require(0.0 < self.positive_fraction < 1.0, "DataConfig",
               f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
-        _need(self.val_samples >= 1, "DataConfig", f"val_samples must be >= 1, got {self.val_samples}")
-        _need(self.samples_per_epoch is None or 1 <= self.samples_per_epoch <= MAX_SAMPLES_PER_EPOCH, "DataConfig",
+        require(self.val_samples >= 1, "DataConfig", f"val_samples must be >= 1, got {self.val_samples}")
+        require(self.samples_per_epoch is None or 1 <= self.samples_per_epoch <= MAX_SAMPLES_PER_EPOCH, "DataConfig",
               f"samples_per_epoch (data.samples_per_epoch) must be between 1 and {MAX_SAMPLES_PER_EPOCH:,} or null, "
               f"got {self.samples_per_epoch}")
-        _need(self.cache_size >= 1, "DataConfig", f"cache_size (data.cache_size) must be >= 1, got {self.cache_size}")
-        _need(0 <= self.seed <= MAX_SEED, "DataConfig", f"seed (data.seed) must be an int in [0, {MAX_SEED}], "
+        require(self.cache_size >= 1, "DataConfig", f"cache_size (data.cache_size) must be >= 1, got {self.cache_size}")
+        require(0 <= self.seed <= MAX_SEED, "DataConfig", f"seed (data.seed) must be an int in [0, {MAX_SEED}], "
               f"got {self.seed}")
 
 
@@ -179,77 +166,17 @@ class LossConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         self.coerce_fields()  # built directly, checked as when read from a file
-        _need(self.strategy in STRATEGIES, "LossConfig", f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        _need(0 <= self.seed <= MAX_SEED, "LossConfig", f"seed (loss.seed) must be an int in [0, {MAX_SEED}], "
+        require(self.strategy in STRATEGIES, "LossConfig", f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        require(0 <= self.seed <= MAX_SEED, "LossConfig", f"seed (loss.seed) must be an int in [0, {MAX_SEED}], "
               f"got {self.seed}")
         # checked when the experiment is read (not when the loss is built, after the model and the data)
         for key in ("empty_ratio", "lambda_dice", "lambda_focal", "gamma"):
             value = getattr(self, key)
-            _need(0.0 <= value < math.inf, "LossConfig", f"{key} (loss.{key}) must be a finite float >= 0, got {value}")
-        _need(self.min_empty >= 0, "LossConfig", f"min_empty (loss.min_empty) must be an int >= 0, got {self.min_empty}")
-        _need(self.lambda_dice > 0 or self.lambda_focal > 0, "LossConfig",
+            require(0.0 <= value < math.inf, "LossConfig", f"{key} (loss.{key}) must be a finite float >= 0, got {value}")
+        require(self.min_empty >= 0, "LossConfig", f"min_empty (loss.min_empty) must be an int >= 0, got {self.min_empty}")
+        require(self.lambda_dice > 0 or self.lambda_focal > 0, "LossConfig",
               "lambda_dice and lambda_focal are both 0: the loss would be 0 and nothing would be trained; "
               "give at least one of them a weight > 0")
-
-
-@dataclasses.dataclass
-class InferenceConfig(ConfigBase):
-    """Tri-planar (2.5D) or sliding-window (3D) inference and post-processing.
-
-    Attributes:
-        patch_size: window size (paper: the training crop size).
-        overlap: window overlap (paper: 0.5).
-        blend: ``"constant"`` or ``"gaussian"`` window weighting.
-        planes: planes averaged by tri-planar inference.
-        batch_size: windows per forward pass.
-        flip_tta: flip test-time augmentation.
-        crop_to_brain: lay each slice's windows over its brain bounding box (tri-planar; default) instead of
-            the whole slice.
-        threshold: probability threshold of the baseline mask (and of the progression masks unless
-            ``progression_threshold`` is set).
-        progression_threshold: probability threshold of the progression masks; ``None``: ``threshold``.
-            ``longiseg tune`` sets it (0.3.1; before, it set ``threshold``, which thresholds both heads).
-        min_lesion_mm3: connected components below this volume are removed (paper: 27 MS, 50 glioma).
-        restrict: ``"none"``, ``"progression"`` or ``"both"``: masks restricted to the brain mask.
-        progression_outside_baseline: progression masks exclude the predicted baseline lesion mask before
-            small components are removed (a voxel that is lesion at baseline is not new; see
-            :func:`~longiseg.inferers.postprocessing.postprocess_heads`). ``False``: the progression head's
-            mask as it is (longiseg 0.2).
-    """
-
-    patch_size: int = 128
-    overlap: float = 0.5
-    blend: str = "constant"
-    planes: list[str] = dataclasses.field(default_factory=lambda: list(_PLANES))
-    batch_size: int = 16
-    flip_tta: bool = False
-    crop_to_brain: bool = True
-    threshold: float = 0.5
-    progression_threshold: float | None = None
-    min_lesion_mm3: float = 27.0
-    restrict: str = "progression"
-    progression_outside_baseline: bool = True
-
-    @property
-    def progression_cut(self) -> float:
-        """The threshold the progression masks are made with: ``progression_threshold``, else ``threshold``."""
-        return self.threshold if self.progression_threshold is None else self.progression_threshold
-
-    def __post_init__(self) -> None:
-        self.coerce_fields()  # built directly, checked as when read from a file
-        # checked when the experiment is read, so a run never records settings its checkpoint cannot predict with
-        _need(self.patch_size >= 1, "InferenceConfig", f"patch_size must be >= 1, got {self.patch_size}")
-        _need(self.batch_size >= 1, "InferenceConfig", f"batch_size must be >= 1, got {self.batch_size}")
-        _need(self.blend in BLEND_MODES, "InferenceConfig", f"blend must be one of {BLEND_MODES}, got {self.blend!r}")
-        _need(self.restrict in RESTRICT_OPTIONS, "InferenceConfig",
-              f"restrict must be one of {RESTRICT_OPTIONS}, got {self.restrict!r}")
-        _need(0.0 <= self.overlap < 1.0, "InferenceConfig", f"overlap must be in [0, 1), got {self.overlap}")
-        _need(0.0 < self.threshold < 1.0, "InferenceConfig", f"threshold must be in (0, 1), got {self.threshold}")
-        _need(self.progression_threshold is None or 0.0 < self.progression_threshold < 1.0, "InferenceConfig",
-              f"progression_threshold must be None or in (0, 1), got {self.progression_threshold}")
-        _need(0 <= self.min_lesion_mm3 < float("inf"), "InferenceConfig",
-              f"min_lesion_mm3 must be a finite volume >= 0, got {self.min_lesion_mm3}")
-        _check_planes(self.planes, "InferenceConfig")
 
 
 @dataclasses.dataclass

@@ -25,11 +25,10 @@ import torch.nn as nn
 
 from longiseg.data.case import LongitudinalCase
 from longiseg.inferers.predict import infer_case
+from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
 from longiseg.inferers.sliding_window import prepare_case
 from longiseg.metrics.consistency import label_persisting_lesions
 from longiseg.metrics.lesion import label_lesions
-from longiseg.workflows.config import InferenceConfig
-from longiseg.workflows.predict import inference_settings, make_inferer, model_spec
 
 __all__ = ["LesionReliance", "BaselineReliance", "baseline_reliance"]
 

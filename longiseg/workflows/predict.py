@@ -11,70 +11,15 @@ import torch.nn as nn
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import prediction_filenames
 from longiseg.data.sources import CaseSource
-from longiseg.inferers.predict import predict_folder, read_zscored
-from longiseg.inferers.sliding_window import SlidingWindowInferer3D
-from longiseg.inferers.triplanar import TriplanarInferer
-from longiseg.networks.inputs import check_spatial_size
-from longiseg.networks.wrappers import unwrap_model
-from longiseg.spec import ModelSpec
+from longiseg.inferers.predict import predict_folder, read_zscored, spec_reader
+from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
 from longiseg.utils.device import resolve_device
 from longiseg.utils.io import check_separate_folders
 from longiseg.utils.logging import get_logger
-from longiseg.workflows.config import InferenceConfig
 
 __all__ = ["make_inferer", "inference_settings", "model_spec", "run_prediction"]
 
 logger = get_logger(__name__)
-
-
-def make_inferer(spec: ModelSpec, cfg: InferenceConfig, *, device: str | torch.device | None = None,
-                 progress: bool = True) -> TriplanarInferer | SlidingWindowInferer3D:
-    """The inferer of a model's dimensionality (``spec.dim``): tri-planar for 2.5D/2D, a 3D sliding window for 3D.
-
-    The one place where a model's dimensionality picks its inference.
-    """
-    if spec.dim == "3D":
-        return SlidingWindowInferer3D(roi_size=cfg.patch_size, overlap=cfg.overlap, blend=cfg.blend,
-                                      batch_size=max(1, cfg.batch_size // 8), flip_tta=cfg.flip_tta,
-                                      device=device, progress=progress)
-    return TriplanarInferer(patch_size=cfg.patch_size, overlap=cfg.overlap, blend=cfg.blend, planes=cfg.planes,
-                            batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, crop_to_brain=cfg.crop_to_brain,
-                            device=device, progress=progress)
-
-
-def inference_settings(model: nn.Module, cfg: InferenceConfig | None = None) -> InferenceConfig:
-    """The inference settings to use for ``model``: ``cfg`` if given, else those its spec records.
-
-    ``model`` may be wrapped (DataParallel, DistributedDataParallel, ``torch.compile``): the settings and sizes
-    are those of the model inside.
-
-    Raises:
-        ValueError: if ``cfg`` is ``None`` and the model's spec records none (a model that was never trained
-            with ``longiseg train``: pass ``cfg``), or if the model cannot take windows of ``patch_size``
-            (:func:`~longiseg.networks.inputs.check_spatial_size`, naming ``inference.patch_size``).
-    """
-    if cfg is None:
-        spec = model_spec(model)
-        if not spec.inference:
-            raise ValueError(f"model {spec.name!r} records no inference settings (it was not trained with longiseg "
-                             "train); pass an InferenceConfig")
-        cfg = InferenceConfig.from_dict(spec.inference)
-    check_spatial_size(unwrap_model(model), cfg.patch_size, "inference.patch_size")
-    return cfg
-
-
-def model_spec(model: nn.Module) -> ModelSpec:
-    """``model.spec`` (every registry model has one), of the model inside DataParallel/DDP/``torch.compile``.
-
-    Raises:
-        TypeError: for a model built without :func:`longiseg.build_model` (give it a ``ModelSpec``).
-    """
-    inner = unwrap_model(model) if isinstance(model, nn.Module) else model
-    spec = getattr(inner, "spec", None)
-    if not isinstance(spec, ModelSpec):
-        raise TypeError(f"model ({type(inner).__name__}) has no spec: build it with longiseg.build_model or load it "
-                        "with longiseg.load_model, or set model.spec = ModelSpec(name=..., dim=...)")
-    return spec
 
 
 def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Path,
@@ -87,8 +32,8 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     :func:`~longiseg.inferers.predict.predict_folder` does the work (masks, probabilities and entropy maps
     with the input affine and a record of the model and settings, each case folder written as a whole, never
     over existing outputs unless ``overwrite``) with a reader that loads and checks each case
-    (:func:`~longiseg.data.loading.load_case`) and z-score normalises it exactly as in training
-    (:func:`~longiseg.data.preprocessing.preprocess_case`). How to run the model comes from ``model.spec``
+    (:func:`~longiseg.data.loading.load_case`) and prepares it as its training did, as the spec records it
+    (:func:`~longiseg.inferers.predict.spec_reader`: per-image z-scores for the models of ``longiseg train``). How to run the model comes from ``model.spec``
     (:class:`~longiseg.spec.ModelSpec`): its dimensionality picks the inferer, its modality order the
     channels, and its inference settings (with the post-processing ``longiseg tune`` chose) the rest.
 
@@ -137,11 +82,15 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
                 cfg.progression_cut, " (tuned on validation patients)" if spec.tuning else "",
                 "outside the baseline lesions" if cfg.progression_outside_baseline else "as the head gives it")
 
+    # the normalisation the spec records (refused if this version does not know it); z-scores, as longiseg train
+    # prepares its cases, for a model whose spec records none (built with build_model and trained elsewhere)
+    read_prepared = spec_reader(model, unrecorded=read_zscored)
+
     def read_preprocessed(source: CaseSource) -> LongitudinalCase:
         if spec.in_channels is not None and len(source.modalities) != spec.in_channels:
             raise ValueError(f"the model takes {spec.in_channels} modalities per timepoint {spec.modalities or ''}, "
                              f"case {source.case_id!r} of {input_dir} has {len(source.modalities)}")
-        return read_zscored(source)
+        return read_prepared(source)
 
     check_case = after_case = None
     if registered_dir is not None:

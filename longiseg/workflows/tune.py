@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from longiseg.data.cohort import find_cases
 from longiseg.engine.checkpoint import check_writable, load_model, update_spec
-from longiseg.inferers.predict import infer_case, read_zscored
+from longiseg.inferers.predict import infer_case, read_zscored, spec_reader
+from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.tuning import (
     DEFAULT_OBJECTIVE,
@@ -34,8 +35,6 @@ from longiseg.utils.device import resolve_device
 from longiseg.utils.io import atomic_write_json
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_path
-from longiseg.workflows.config import InferenceConfig
-from longiseg.workflows.predict import inference_settings, make_inferer, model_spec
 from longiseg.workflows.train import SPLIT_FILE, TUNING_FILE, read_split
 
 __all__ = ["TUNING_FILE", "UNTUNED_KEY", "ValidationMaps", "run_tuning", "validation_probabilities"]
@@ -89,6 +88,7 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     if unlabelled:
         raise ValueError(f"validation case(s) {unlabelled} of {root} have no progression masks")
     inferer = make_inferer(spec, cfg, device=resolve_device(device), progress=False)
+    read = spec_reader(model, unrecorded=read_zscored)  # the cases prepared as the model's training prepared them
     probs: list[np.ndarray] = []
     refs: list[np.ndarray] = []
     brains: list[np.ndarray | None] = []
@@ -96,7 +96,7 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     spacings: list[tuple[float, ...]] = []
     model.eval()
     for cid in tqdm(case_ids, desc="tune: validation cases", unit="case", disable=not progress):
-        case = read_zscored(sources[cid])
+        case = read(sources[cid])
         images, brain = prepare_case(case.images, case.brain_mask)
         base, prog = infer_case(inferer, model, images, brain, case.affine)  # the planes predict slices
         restrict = brain_or_foreground(images, brain).numpy() if cfg.restrict != "none" else None

@@ -1,0 +1,166 @@
+"""Inference settings and the model's own record of them: which inferer, window, thresholds and post-processing
+run a model, as :class:`InferenceConfig` (the ``inference`` section of an experiment) and as the spec of a trained
+model records it (``model.spec.inference``, with the thresholds ``longiseg tune`` chose).
+
+* :class:`InferenceConfig`: the settings, checked when built.
+* :func:`make_inferer`: the inferer of a model's dimensionality (the one place where ``spec.dim`` picks it).
+* :func:`inference_settings`: the settings a model records (or the ones given), checked against the model.
+* :func:`prediction_defaults`: what :func:`~longiseg.inferers.predict.predict_folder` uses unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from longiseg.data.case import PLANES
+from longiseg.inferers.postprocessing import RESTRICT_OPTIONS
+from longiseg.inferers.sliding_window import BLEND_MODES, SlidingWindowInferer3D
+from longiseg.inferers.triplanar import TriplanarInferer
+from longiseg.networks.inputs import check_spatial_size
+from longiseg.networks.wrappers import unwrap_model
+from longiseg.spec import ModelSpec
+from longiseg.utils.config import ConfigBase, require
+
+__all__ = ["InferenceConfig", "check_planes", "inference_settings", "make_inferer", "model_spec",
+           "prediction_defaults"]
+
+
+def check_planes(planes: list[str], owner: str) -> None:
+    """Refuse ``planes`` unless it names each of :data:`~longiseg.data.case.PLANES` at most once, and at least one
+    (a :class:`~longiseg.utils.config.ConfigError` naming ``owner``)."""
+    require(bool(planes) and all(p in PLANES for p in planes) and len(set(planes)) == len(planes), owner,
+            f"planes must be a non-empty subset of {PLANES}, each plane once, got {planes}")
+
+
+@dataclasses.dataclass
+class InferenceConfig(ConfigBase):
+    """Tri-planar (2.5D) or sliding-window (3D) inference and post-processing.
+
+    Attributes:
+        patch_size: window size (paper: the training crop size).
+        overlap: window overlap (paper: 0.5).
+        blend: ``"constant"`` or ``"gaussian"`` window weighting.
+        planes: planes averaged by tri-planar inference.
+        batch_size: windows per forward pass.
+        flip_tta: flip test-time augmentation.
+        crop_to_brain: lay each slice's windows over its brain bounding box (tri-planar; default) instead of
+            the whole slice.
+        threshold: probability threshold of the baseline mask (and of the progression masks unless
+            ``progression_threshold`` is set).
+        progression_threshold: probability threshold of the progression masks; ``None``: ``threshold``.
+            ``longiseg tune`` sets it (0.3.1; before, it set ``threshold``, which thresholds both heads).
+        min_lesion_mm3: connected components below this volume are removed (paper: 27 MS, 50 glioma).
+        restrict: ``"none"``, ``"progression"`` or ``"both"``: masks restricted to the brain mask.
+        progression_outside_baseline: progression masks exclude the predicted baseline lesion mask before
+            small components are removed (a voxel that is lesion at baseline is not new; see
+            :func:`~longiseg.inferers.postprocessing.postprocess_heads`). ``False``: the progression head's
+            mask as it is (longiseg 0.2).
+    """
+
+    patch_size: int = 128
+    overlap: float = 0.5
+    blend: str = "constant"
+    planes: list[str] = dataclasses.field(default_factory=lambda: list(PLANES))
+    batch_size: int = 16
+    flip_tta: bool = False
+    crop_to_brain: bool = True
+    threshold: float = 0.5
+    progression_threshold: float | None = None
+    min_lesion_mm3: float = 27.0
+    restrict: str = "progression"
+    progression_outside_baseline: bool = True
+
+    @property
+    def progression_cut(self) -> float:
+        """The threshold the progression masks are made with: ``progression_threshold``, else ``threshold``."""
+        return self.threshold if self.progression_threshold is None else self.progression_threshold
+
+    def __post_init__(self) -> None:
+        self.coerce_fields()  # built directly, checked as when read from a file
+        # checked when the experiment is read, so a run never records settings its checkpoint cannot predict with
+        require(self.patch_size >= 1, "InferenceConfig", f"patch_size must be >= 1, got {self.patch_size}")
+        require(self.batch_size >= 1, "InferenceConfig", f"batch_size must be >= 1, got {self.batch_size}")
+        require(self.blend in BLEND_MODES, "InferenceConfig", f"blend must be one of {BLEND_MODES}, got {self.blend!r}")
+        require(self.restrict in RESTRICT_OPTIONS, "InferenceConfig",
+              f"restrict must be one of {RESTRICT_OPTIONS}, got {self.restrict!r}")
+        require(0.0 <= self.overlap < 1.0, "InferenceConfig", f"overlap must be in [0, 1), got {self.overlap}")
+        require(0.0 < self.threshold < 1.0, "InferenceConfig", f"threshold must be in (0, 1), got {self.threshold}")
+        require(self.progression_threshold is None or 0.0 < self.progression_threshold < 1.0, "InferenceConfig",
+              f"progression_threshold must be None or in (0, 1), got {self.progression_threshold}")
+        require(0 <= self.min_lesion_mm3 < float("inf"), "InferenceConfig",
+              f"min_lesion_mm3 must be a finite volume >= 0, got {self.min_lesion_mm3}")
+        check_planes(self.planes, "InferenceConfig")
+
+
+def make_inferer(spec: ModelSpec, cfg: InferenceConfig, *, device: str | torch.device | None = None,
+                 progress: bool = True) -> TriplanarInferer | SlidingWindowInferer3D:
+    """The inferer of a model's dimensionality (``spec.dim``): tri-planar for 2.5D/2D, a 3D sliding window for 3D.
+
+    The one place where a model's dimensionality picks its inference.
+    """
+    if spec.dim == "3D":
+        return SlidingWindowInferer3D(roi_size=cfg.patch_size, overlap=cfg.overlap, blend=cfg.blend,
+                                      batch_size=max(1, cfg.batch_size // 8), flip_tta=cfg.flip_tta,
+                                      device=device, progress=progress)
+    return TriplanarInferer(patch_size=cfg.patch_size, overlap=cfg.overlap, blend=cfg.blend, planes=cfg.planes,
+                            batch_size=cfg.batch_size, flip_tta=cfg.flip_tta, crop_to_brain=cfg.crop_to_brain,
+                            device=device, progress=progress)
+
+
+def inference_settings(model: nn.Module, cfg: InferenceConfig | None = None) -> InferenceConfig:
+    """The inference settings to use for ``model``: ``cfg`` if given, else those its spec records.
+
+    ``model`` may be wrapped (DataParallel, DistributedDataParallel, ``torch.compile``): the settings and sizes
+    are those of the model inside.
+
+    Raises:
+        ValueError: if ``cfg`` is ``None`` and the model's spec records none (a model that was never trained
+            with ``longiseg train``: pass ``cfg``), or if the model cannot take windows of ``patch_size``
+            (:func:`~longiseg.networks.inputs.check_spatial_size`, naming ``inference.patch_size``).
+    """
+    if cfg is None:
+        spec = model_spec(model)
+        if not spec.inference:
+            raise ValueError(f"model {spec.name!r} records no inference settings (it was not trained with longiseg "
+                             "train); pass an InferenceConfig")
+        cfg = InferenceConfig.from_dict(spec.inference)
+    check_spatial_size(unwrap_model(model), cfg.patch_size, "inference.patch_size")
+    return cfg
+
+
+def model_spec(model: nn.Module) -> ModelSpec:
+    """``model.spec`` (every registry model has one), of the model inside DataParallel/DDP/``torch.compile``.
+
+    Raises:
+        TypeError: for a model built without :func:`longiseg.build_model` (give it a ``ModelSpec``).
+    """
+    inner = unwrap_model(model) if isinstance(model, nn.Module) else model
+    spec = getattr(inner, "spec", None)
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"model ({type(inner).__name__}) has no spec: build it with longiseg.build_model or load it "
+                        "with longiseg.load_model, or set model.spec = ModelSpec(name=..., dim=...)")
+    return spec
+
+
+def prediction_defaults(model: nn.Module, *, progress: bool = False) -> dict[str, Any]:
+    """How ``model`` predicts unless told otherwise: the inferer and the post-processing settings of
+    :func:`~longiseg.inferers.predict.predict_case` that its spec records (``inferer``, ``threshold``,
+    ``progression_threshold``, ``min_volume_mm3``, ``restrict_to_brain``, ``progression_outside_baseline``), as
+    ``longiseg predict`` uses them; ``{}`` for a model that records no inference settings (one not trained with
+    ``longiseg train``, or built without :func:`longiseg.build_model`).
+
+    Raises:
+        ValueError: the recorded window does not fit the model (:func:`inference_settings`).
+    """
+    inner = unwrap_model(model) if isinstance(model, nn.Module) else model
+    spec = getattr(inner, "spec", None)
+    if not isinstance(spec, ModelSpec) or not spec.inference:
+        return {}
+    cfg = inference_settings(model)
+    return {"inferer": make_inferer(spec, cfg, progress=progress), "threshold": cfg.threshold,
+            "progression_threshold": cfg.progression_cut, "min_volume_mm3": cfg.min_lesion_mm3,
+            "restrict_to_brain": cfg.restrict, "progression_outside_baseline": cfg.progression_outside_baseline}
