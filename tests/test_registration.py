@@ -304,13 +304,15 @@ def test_n4_flattens_a_bias_field() -> None:
 @pytest.mark.parametrize("args, match", [
     (["{t}/nope", "{t}/out"], r"raw folder .*nope does not exist"),
     (["{t}/raw", "{t}/out", "--spacing", "-1"], r"spacing must be > 0"),
-    (["{t}/raw", "{t}/out", "--spacing", "inf"], r"spacing must be > 0 mm and finite, or None, got inf"),
-    (["{t}/raw", "{t}/out", "--spacing", "nan"], r"spacing must be > 0 mm and finite, or None, got nan"),
+    (["{t}/raw", "{t}/out", "--spacing", "inf"], r"--spacing must be > 0 mm and finite, got inf"),
+    (["{t}/raw", "{t}/out", "--spacing", "nan"], r"--spacing must be > 0 mm and finite, got nan"),
     # 4 mm field of view at 0.001 mm: 4000^3 voxels, refused from the header before any case is registered
     (["{t}/raw", "{t}/out", "--spacing", "0.001"], r"case 'c': baseline \S+t0_flair.nii.gz: spacing 0.001 mm gives "
                                                     r"an output grid of 4000 x 4000 x 4000 = 6.4e\+10 voxels .* "
                                                     r"more than the limit of 268435456"),
-    (["{t}/raw", "{t}/out", "--min-correlation", "2"], r"min_correlation must lie in \[-1, 1\]"),
+    (["{t}/raw", "{t}/out", "--min-correlation", "2"], r"--min-correlation must lie in \[-1, 1\]"),
+    (["{t}/raw", "{t}/out", "--max-translation", "0"], r"--max-translation must be > 0, got 0.0"),  # the option
+    (["{t}/raw", "{t}/out", "--min-coverage", "-1"], r"--min-coverage must lie in \[0, 1\]"),  # named as typed
     (["{t}/raw", "{t}/busy"], r"busy exists and is not empty"),
     (["{t}/raw", "{t}/file/out"], r"out \S+file/out: \S+file is not a folder"),
     (["{t}/raw", "{t}/file"], r"out \S+file exists and is not a folder"),

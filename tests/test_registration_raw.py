@@ -281,6 +281,21 @@ def test_a_blank_image_fails_its_case_naming_the_file(modality: str, value: floa
     assert not (out / "c").exists() and not (out / "manifest.json").exists()
 
 
+def test_a_progression_mask_without_its_follow_up_fails_its_case(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    # register wrote the case without the mask and said nothing; find_cases refuses such a folder
+    from longiseg.cli import main
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _write_case(raw / "c", ACQUISITIONS["lps-oblique"])
+    img = nib.load(raw / "c" / "t1_flair.nii.gz")
+    _save(np.zeros(img.shape, np.uint8), img.affine, raw / "c" / "progression_t3.nii.gz")
+    assert main(["register", str(raw), str(out), "--no-qc-figures", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds progression_t3.nii.gz but the case has 2 timepoints" in err[0], err
+    assert not (out / "c").exists()
+
+
 def test_overwrite_where_every_case_now_fails_leaves_no_manifest_of_the_earlier_run(tmp_path: Path) -> None:
     """A rerun with --overwrite in which the only case fails its quality check replaced the case folder by its
     QC record but kept the earlier manifest.json, which still listed the case for predict and train."""

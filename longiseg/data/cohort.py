@@ -122,12 +122,7 @@ def _mask_specs(folder: Path, case_id: str, t_count: int, require_masks: bool
         FileNotFoundError: a mask is missing (masks required, or only some present), naming the files.
         ValueError: a progression mask of a follow-up without images, or a mask as ``.nii`` and ``.nii.gz``.
     """
-    stray = sorted({i for i in (layout.parse_progression_filename(f.name) for f in folder.iterdir())
-                    if i is not None and not 1 <= i < t_count})
-    if stray:  # a mask of a follow-up without images: as extra images are, not ignored
-        raise ValueError(f"case {case_id!r}: {folder} holds {layout.progression_filename(stray[0])} but the case has "
-                         f"{t_count} timepoints (its last follow-up is t{t_count - 1}); add that follow-up's images or "
-                         "remove the extra mask")
+    layout.check_progression_masks_have_images(folder, t_count, f"case {case_id!r}")
     mask_names = [layout.BASELINE_MASK] + [layout.progression_filename(i) for i in range(1, t_count)]
     mask_paths = [layout.find_nifti(folder, name) for name in mask_names]
     if require_masks or any(p is not None for p in mask_paths):

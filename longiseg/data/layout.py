@@ -47,6 +47,7 @@ __all__ = [
     "parse_image_filename",
     "image_timepoint",
     "parse_progression_filename",
+    "check_progression_masks_have_images",
     "check_case_id",
     "nifti_stem",
     "find_nifti",
@@ -111,6 +112,22 @@ def parse_progression_filename(name: str | Path) -> int | None:
     """``"progression_t2.nii.gz" -> 2`` (the follow-up); ``None`` for other files (``*_prob``, ...)."""
     m = _PROGRESSION_RE.match(check_path("name", name).name)
     return None if m is None else int(m.group(1))
+
+
+def check_progression_masks_have_images(folder: str | Path, num_timepoints: int, case_label: str) -> None:
+    """Refuse a ``progression_t{k}`` mask in ``folder`` for which the case of ``num_timepoints`` timepoints has
+    no follow-up ``k`` (extra images are refused as well, never ignored).
+
+    Raises:
+        ValueError: naming the mask, ``case_label`` (e.g. ``"case 'p1'"``) and the case's last follow-up.
+    """
+    folder = check_path("folder", folder)
+    stray = sorted({i for i in (parse_progression_filename(f.name) for f in folder.iterdir())
+                    if i is not None and not 1 <= i < num_timepoints})
+    if stray:
+        raise ValueError(f"{case_label}: {folder} holds {progression_filename(stray[0])} but the case has "
+                         f"{num_timepoints} timepoints (its last follow-up is t{num_timepoints - 1}); add that "
+                         "follow-up's images or remove the extra mask")
 
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")

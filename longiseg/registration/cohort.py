@@ -375,6 +375,7 @@ def _read_case(folder: Path, opts: RegistrationOptions) -> _CaseInput:
     base_arr, base_aff = images[(0, ref)]
     out_grid = _output_grid(Grid(base_arr.shape, base_aff), opts.spacing,  # type: ignore[arg-type]
                             f"{label}: baseline {files[0][ref]}")
+    layout.check_progression_masks_have_images(folder, max(files) + 1, label)  # not left behind without a word
     masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     mask_paths: dict[str, Path] = {}
     for name in [layout.BASELINE_MASK, layout.BRAIN_MASK] + [layout.progression_filename(k) for k in files if k]:

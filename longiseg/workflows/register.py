@@ -8,6 +8,7 @@ every case passed, 1 when a case or follow-up failed (listed on stderr and in ``
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from longiseg.utils.io import expand_home
@@ -60,19 +61,31 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+#: RegistrationOptions' argument names and the options of ``longiseg register`` that set them.
+_OPTIONS = {"reference_modality": "--reference-modality", "spacing": "--spacing", "min_correlation": "--min-correlation",
+            "min_coverage": "--min-coverage", "max_translation_mm": "--max-translation",
+            "max_rotation_deg": "--max-rotation"}
+
+
 def run(args: argparse.Namespace) -> int:
     """Handler of ``longiseg register``: the options, the output folder and the output grids are checked (by
     :func:`~longiseg.registration.cohort.register_folder`) before any case is read."""
     from longiseg.registration.cohort import RegistrationOptions, register_folder
     from longiseg.registration.pairwise import PairOptions
 
-    opts = RegistrationOptions(
-        reference_modality=args.reference_modality, pair=PairOptions(transform=args.transform),
-        register_modalities=args.register_modalities, n4=args.n4, spacing=args.spacing,
-        interpolation=args.interpolation, mask_interpolation=args.mask_interpolation,
-        min_correlation=args.min_correlation, min_coverage=args.min_coverage, max_translation_mm=args.max_translation,
-        max_rotation_deg=args.max_rotation, qc_figures=not args.no_qc_figures, keep_failed=args.keep_failed,
-        progression_space=args.progression_space)
+    try:
+        opts = RegistrationOptions(
+            reference_modality=args.reference_modality, pair=PairOptions(transform=args.transform),
+            register_modalities=args.register_modalities, n4=args.n4, spacing=args.spacing,
+            interpolation=args.interpolation, mask_interpolation=args.mask_interpolation,
+            min_correlation=args.min_correlation, min_coverage=args.min_coverage,
+            max_translation_mm=args.max_translation, max_rotation_deg=args.max_rotation,
+            qc_figures=not args.no_qc_figures, keep_failed=args.keep_failed, progression_space=args.progression_space)
+    except (TypeError, ValueError) as err:  # the message in the options' names, as the user typed them
+        message = str(err).replace(", or None", "")  # None: the option left out
+        for name, option in _OPTIONS.items():
+            message = re.sub(rf"\b{name}\b", option, message)
+        raise type(err)(message) from None
     results = register_folder(args.raw, args.out, opts, overwrite=args.overwrite, progress=not args.no_progress)
     failed = 0
     for r in results:
@@ -88,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{r.case_id} t{q['followup']}: correlation {q['before']['correlation']:.3f} -> "
                       f"{q['after']['correlation']:.3f}, moved {q['motion']['translation_mm']:.1f} mm / "
                       f"{q['motion']['rotation_deg']:.1f} deg ({q['seconds']} s)")
-    print(f"registered {sum(r.written for r in results)} of {len(results)} case(s) into {args.out}"
-          + (f"; {failed} failure(s), see {args.out}/registration.csv" if failed else ""))
+    kept = " (failed follow-ups written unregistered: --keep-failed)" if failed and args.keep_failed else ""
+    print(f"wrote {sum(r.written for r in results)} of {len(results)} case(s) into {args.out}"
+          + (f"; {failed} failure(s){kept}, see {args.out}/registration.csv" if failed else ""))
     return 1 if failed else 0
