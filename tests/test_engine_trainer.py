@@ -475,6 +475,21 @@ def test_custom_loss_returning_tensor_and_3d_model(tmp_path) -> None:
     assert set(result.history[0]) >= {"train_loss", "train_grad_norm"}
 
 
+def test_the_gradient_norm_is_logged_without_clipping_and_unclipped_training_is_unchanged(tmp_path) -> None:
+    # with grad_clip_norm=None the log said train_grad_norm 0.0 every epoch
+    _, _, result = _fit(tmp_path / "free", max_epochs=2, grad_clip_norm=None)
+    norms = [row["train_grad_norm"] for row in result.history]
+    assert all(n > 0 for n in norms), norms
+    net = TinyLongiNet()  # the norm is taken with an infinite bound: every gradient is kept bit for bit
+    net(torch.randn(2, 2, 1, 8, 8)).baseline.square().sum().backward()
+    before = [p.grad.clone() for p in net.parameters()]
+    nn.utils.clip_grad_norm_(net.parameters(), float("inf"))
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, net.parameters()))
+    with pytest.raises(ValueError, match="loss_fn's loss has no gradient"):  # torch said "element 0 of tensors"
+        Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path / "const", max_epochs=1),
+                loss_fn=lambda output, baseline, progression: torch.tensor(1.0)).fit()
+
+
 def test_registry_model_trains_one_epoch(tmp_path) -> None:
     from longiseg.registry import build_model, list_models
 

@@ -146,6 +146,9 @@ def _unpack_loss(result: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         raise TypeError(f"loss_fn must return a tensor or an object with a .loss tensor, got {type(result).__name__}")
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise TypeError(f"loss_fn's loss must be a scalar tensor, got {loss!r:.80}")
+    if not loss.requires_grad:
+        raise ValueError("loss_fn's loss has no gradient (it does not depend on the model's output, or was detached "
+                         "or computed under torch.no_grad); return the loss computed from the output")
     logs: dict[str, Any] = {}
     for k, v in fields.items():
         if k == "loss":
@@ -507,10 +510,11 @@ class Trainer:
                                      f"({DEBUG_CHECKS_ENV}=1 also checks the model input, logits and targets)")
         self.optimizer.zero_grad(set_to_none=True)
         self.grad_scaler.scale(loss).backward()
-        grad_norm = torch.zeros((), device=self.device)
-        if self.config.grad_clip_norm is not None:
-            self.grad_scaler.unscale_(self.optimizer)
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
+        # the gradients' global norm is logged with clipping off too (it was logged as 0): an infinite bound
+        # scales every gradient by exactly 1
+        self.grad_scaler.unscale_(self.optimizer)
+        clip = self.config.grad_clip_norm
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), math.inf if clip is None else clip)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self._step_lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step used (metrics.csv)

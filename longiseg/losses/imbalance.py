@@ -40,6 +40,7 @@ from longiseg.utils.validation import (
     check_binary,
     check_finite,
     check_ndim,
+    check_positive_int,
     check_same_shape,
     check_seed,
     check_tensor,
@@ -138,9 +139,8 @@ def num_empty_to_keep(
     strategy = _check_strategy(strategy)
     empty_ratio = _check_ratio(empty_ratio)
     min_empty = _check_min_empty(min_empty)
-    for name, value in (("num_non_empty", num_non_empty), ("num_empty", num_empty)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    num_non_empty = check_positive_int("num_non_empty", num_non_empty, minimum=0)  # NumPy ints too
+    num_empty = check_positive_int("num_empty", num_empty, minimum=0)
     if strategy == "whole":
         return num_empty
     if strategy == "none":
