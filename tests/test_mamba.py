@@ -70,6 +70,17 @@ def test_parameter_names_and_shapes_match_mamba_ssm(bias, conv_bias):
     assert m.dt_rank == 3 and m.d_inner == 80
 
 
+def test_mamba_ssm_constructor_calls_run_unchanged():
+    # mamba-ssm's Mamba(d_model, ..., use_fast_path=True, layer_idx=i) was refused for use_fast_path
+    kwargs = dict(d_state=8, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1, dt_init="random",
+                  dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False, layer_idx=0, device="cpu",
+                  dtype=torch.float32)
+    for fast in (True, False):
+        assert Mamba(16, use_fast_path=fast, **kwargs).state_dict().keys() == Mamba(16).state_dict().keys()
+    with pytest.raises(TypeError, match="use_fast_path must be a bool"):
+        Mamba(16, use_fast_path="yes")
+
+
 def test_mamba_ssm_state_dict_loads_and_gives_same_outputs():
     torch.manual_seed(3)
     sd = {k: 0.3 * torch.randn(shape) for k, shape in mamba_ssm_keys(16, 4, 4, 2, True, True).items()}

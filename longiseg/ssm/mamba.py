@@ -49,6 +49,8 @@ class Mamba(nn.Module):
         dt_init_floor: lower clamp of the initial time steps.
         conv_bias: bias in the depthwise convolution.
         bias: bias in ``in_proj`` and ``out_proj``.
+        use_fast_path: accepted for compatibility with mamba-ssm, where ``False`` runs the same function
+            unfused; here the backend decides how the block runs (the same function either way).
         layer_idx: optional layer index (kept for compatibility with mamba-ssm).
         device: factory argument for the parameters.
         dtype: factory argument for the parameters (``A_log`` and ``D`` stay float32 as in mamba-ssm).
@@ -70,6 +72,7 @@ class Mamba(nn.Module):
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
+        use_fast_path: bool = True,
         layer_idx: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -80,6 +83,7 @@ class Mamba(nn.Module):
             ("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)))
         expand = check_positive_float("expand", expand)
         conv_bias, bias = check_bool("conv_bias", conv_bias), check_bool("bias", bias)
+        check_bool("use_fast_path", use_fast_path)
         if int(expand * d_model) < 1:
             raise ValueError(f"expand * d_model must be at least 1 inner channel, got {expand} * {d_model}")
         if dt_rank != "auto":
