@@ -737,3 +737,13 @@ def test_a_restored_loss_state_keeps_its_seed_and_warns_of_a_new_one(caplog: pyt
         in caplog.text
     assert torch.equal(other.generator.get_state(), ImbalanceAwareLoss(seed=0).generator.get_state())
     assert other.get_extra_state()["seed"] == 0  # the checkpoint it writes next records the stream's seed
+
+
+def test_integer_logits_are_named_as_the_output_field() -> None:
+    # the message named "logits", an argument the caller never passed
+    loss = ImbalanceAwareLoss()
+    y1, yp = torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 1, 4, 4)
+    with pytest.raises(TypeError, match="output.baseline must be floating-point logits, got dtype torch.int64"):
+        loss(LongitudinalOutput(torch.zeros(2, 1, 4, 4, dtype=torch.long), torch.zeros(2, 1, 1, 4, 4)), y1, yp)
+    with pytest.raises(TypeError, match="output.progression must be floating-point logits"):
+        loss(LongitudinalOutput(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 1, 4, 4, dtype=torch.bool)), y1, yp)

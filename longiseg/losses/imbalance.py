@@ -445,6 +445,9 @@ class ImbalanceAwareLoss(nn.Module):
         """
         if not isinstance(output, LongitudinalOutput):
             raise TypeError(f"output must be a LongitudinalOutput, got {type(output).__name__}")
+        for name, logits in (("output.baseline", output.baseline), ("output.progression", output.progression)):
+            if not logits.is_floating_point():
+                raise TypeError(f"{name} must be floating-point logits, got dtype {logits.dtype}")
         check_tensor("baseline_target", baseline_target)
         check_tensor("progression_target", progression_target)
         check_same_shape("baseline_target", baseline_target, "output.baseline", output.baseline)
