@@ -429,6 +429,22 @@ def test_msseg2_ambiguous_files_are_reported_per_case(tmp_path: Path) -> None:
         load_case(sources[1])
 
 
+def test_a_case_folder_lacking_the_file_the_listing_looked_for_is_listed_and_reported(tmp_path: Path) -> None:
+    # a case without its baseline FLAIR (MSSEG-2) or time1 files (UCSF) vanished from the listing without a word
+    _write_msseg2(tmp_path / "ms", ["013", "015"])
+    (tmp_path / "ms" / "015" / "flair_time01_on_middle_space.nii.gz").unlink()
+    (tmp_path / "ms" / "notes").mkdir()  # a folder without NIfTI files is no case
+    sources = msseg2_cases(tmp_path / "ms")
+    assert [s.case_id for s in sources] == ["013", "015"]
+    problems = validate_cases(sources, progress=False)
+    assert list(problems) == ["015"] and "flair_time01_on_middle_space" in " ".join(problems["015"])
+    for pid in ("100001", "100002"):
+        _write_ucsf(tmp_path / "uc", pid)
+    for f in (tmp_path / "uc" / "100002").glob("100002_time1_*"):
+        f.rename(f.with_name(f.name.replace("time1", "timeX")))
+    assert [s.case_id for s in ucsf_altpd_cases(tmp_path / "uc")] == ["100001", "100002"]
+
+
 def test_a_case_folder_name_that_is_no_case_id_is_named(tmp_path: Path) -> None:
     _write_msseg2(tmp_path, ["013", "bad id "])
     with pytest.raises(ValueError, match=r"case folder .*bad id : case id 'bad id ' must not start or end"):

@@ -52,6 +52,7 @@ from longiseg.utils.io import (
     check_separate_folders,
     folder_is_empty,
 )
+from longiseg.utils.logging import get_logger
 from longiseg.utils.nifti import atomic_save_nifti, load_nifti
 from longiseg.utils.validation import (
     check_binary,
@@ -89,6 +90,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _IMAGE_RE = re.compile(r"\.(nii|nii\.gz|nrrd|mha|mhd|png|bmp|tif|tiff)$", re.IGNORECASE)
 
 Mask = np.ndarray | torch.Tensor
+
+logger = get_logger(__name__)
 
 
 def masks_to_four_class(baseline: Mask, progression: Mask) -> Mask:
@@ -466,6 +469,13 @@ def convert_longiseg_dataset(
     if shared:
         raise ValueError(f"test_root {test_root} holds case(s) {shared[:5]} of root {root} too: a test case must "
                          "not be a training case (nnU-Net's imagesTs and imagesTr would share names)")
+
+    unannotated = [s.case_id for s in sources if not s.baseline_annotated]
+    if unannotated:  # e.g. MSSEG-2: new lesions annotated, old ones not
+        logger.warning("%d training case(s) have no baseline annotation (e.g. %s): their labels mark no old lesion "
+                       "(class 1 is empty, old lesions are background, as a new-lesion task wants); the baseline "
+                       "masks nnU-Net predicts for such cases mean nothing, as do baseline scores against their empty masks",
+                       len(unannotated), unannotated[0])
 
     def cases() -> Iterable[NnUNetCase]:
         for source in sources:

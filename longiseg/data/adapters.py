@@ -78,6 +78,10 @@ def _nifti(folder: Path, stem: str) -> Path:
     return nii if nii.exists() and not gz.exists() else gz
 
 
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith((".nii", ".nii.gz"))
+
+
 def _case_folders(root: PathLike, marker: str) -> list[Path]:
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be the dataset folder (a path), got {type(root).__name__} {root!r}")
@@ -86,11 +90,13 @@ def _case_folders(root: PathLike, marker: str) -> list[Path]:
         raise NotADirectoryError(f"dataset folder {root} is not a folder")
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist")
+    # every folder holding NIfTI files is a case: one that lacks the marked file (or whose files carry another
+    # id) is listed too, so that loading and validate_cases name what is missing instead of it vanishing
     folders = sorted(
         p for p in root.iterdir()
-        if p.is_dir() and any(f.name.startswith(marker.replace("{id}", p.name)) for f in p.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and any(_is_nifti(f) for f in p.iterdir())
     )
-    if not folders:
+    if not any(f.name.startswith(marker.replace("{id}", p.name)) for p in folders for f in p.iterdir()):
         example = marker.replace("{id}", "ID")
         raise FileNotFoundError(f"no case folders with files named like {example!r}... found in {root}")
     for p in folders:  # the folder name is the case id: rename the folder
