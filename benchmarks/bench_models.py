@@ -395,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     preset = PRESETS["quick" if args.quick else "paper" if args.paper else "cpu"]
     models = args.models or list(MODELS_2D if args.quick else MODELS_2D + MODELS_3D)
+    try:  # before any model is timed
+        _check_model_names([*models, *(args.inference_models or [])])
+    except ValueError as err:
+        parser.error(f"argument --models/--inference-models: {err}")
     p2, b2, p3, b3, spacing, ip2, ip3 = preset
     run_model_benchmark(
         models,

@@ -333,11 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     conflict = settings_conflict(out, settings)
     if conflict:
         p.error(conflict)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        p.error(f"OUT {out} cannot be made: {err.strerror or err}")
     atomic_write_json(out / SETTINGS_FILE, settings)
     try:
         make_cohort(out, args.num_patients, args.num_test, args.cohort_seed, args.cohort_set, args.register)
     except (ValueError, RuntimeError) as err:  # e.g. too few progressing or stable patients for --num-test
+        if not ((out / "train").is_dir() and (out / "test").is_dir()):  # no cohort: other settings may follow
+            (out / SETTINGS_FILE).unlink(missing_ok=True)
         p.exit(2, f"{p.prog}: error: {err}\n")
     todo = [(v, s) for s in args.seeds for v in args.variants
             if not (out / "runs" / v / f"seed{s}" / RESULT_FILE).is_file()]

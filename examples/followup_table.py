@@ -122,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, folder in (("pred_dir", pred_dir), ("gt_dir", gt_dir)):
         if not folder.is_dir():
             ap.error(f"argument {name}: {folder} is not a folder")
+    if out.exists() and not out.is_dir():
+        ap.error(f"argument --out: {out} exists and is not a folder")
     try:
         result = evaluate_folder(pred_dir, gt_dir, protocol=args.protocol, model=pred_dir.name)
     except (ValueError, OSError) as err:  # e.g. a case without predictions

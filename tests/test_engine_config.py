@@ -262,6 +262,16 @@ def test_a_text_field_takes_the_text_as_given(raw: str, expected: str) -> None:
     assert ExperimentConfig().with_overrides([f"trainer.output_dir={raw}"]).trainer.output_dir == expected
 
 
+def test_none_is_text_for_a_field_that_must_hold_text_and_null_for_an_optional_one() -> None:
+    # loss.strategy=none (the "none" strategy, as examples/ablation_loss_strategy.sh passes it) became None and
+    # was refused as "expected a string, got None"
+    from longiseg.workflows.config import ExperimentConfig
+
+    cfg = ExperimentConfig().with_overrides(["loss.strategy=none", "data.val_root=none"])
+    assert cfg.loss.strategy == "none" and cfg.data.val_root is None
+    assert ExperimentConfig().with_overrides(["data.val_root=null"]).data.val_root is None
+
+
 def test_config_values_that_cannot_be_saved_or_built_are_refused_or_converted(tmp_path) -> None:
     import numpy as np
 

@@ -349,6 +349,21 @@ def test_new_vs_old_ablation_refuses_other_settings_on_rerun(tmp_path: Path, cap
     assert "no settings.json" in ablation.settings_conflict(legacy, defaults)
 
 
+def test_new_vs_old_ablation_whose_cohort_cannot_be_split_can_be_rerun_with_other_settings(tmp_path: Path,
+                                                                                          capsys) -> None:
+    # settings.json was written before the cohort: the corrected rerun was refused as "made with other settings"
+    ablation = _load_module("ablation_new_vs_old")
+    out = tmp_path / "out"
+    impossible = ["--num-patients", "8", "--num-test", "2", "--cohort-set", "spacing=4", "progression_fraction=0"]
+    with pytest.raises(SystemExit) as exc:
+        ablation.main([str(out), *impossible, "--epochs", "1", "--steps", "1"])
+    assert exc.value.code == 2 and "progressing" in capsys.readouterr().err
+    assert not (out / ablation.SETTINGS_FILE).exists()
+    fixed = ablation.settings_of(argparse.Namespace(num_patients=8, num_test=2, cohort_seed=0,
+                                                    cohort_set=["spacing=4"], register=False, epochs=1, steps=1))
+    assert ablation.settings_conflict(out, fixed) is None
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["layout", "{tmp}/missing", "{tmp}/out"], "SOURCE .*missing is not a folder"),
     (["layout", "{tmp}/src", "{tmp}/out", "--test-fraction", "1.5"], r"test_fraction \(--test-fraction\) must be in"),

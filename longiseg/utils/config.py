@@ -383,13 +383,15 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def _text_value(raw: str) -> Any:
+def _text_value(raw: str, optional: bool) -> Any:
     """The value of an override of a text field: the text as given (``2024-01-01`` is no date, ``yes`` no bool,
-    ``runs/exp #2`` holds no comment), unless quoted (YAML then reads the quotes away) or ``null``."""
+    ``runs/exp #2`` holds no comment), unless quoted (YAML then reads the quotes away), or ``null`` (also
+    ``none``, ``~``) for an ``optional`` field (``str | None``). A field that must hold text keeps ``none`` as
+    the text it is (``loss.strategy=none`` is the strategy "none")."""
     text = raw.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return _parse_value(text)
-    return None if text.lower() in ("null", "none", "~") else text
+    return None if optional and text.lower() in ("null", "none", "~") else text
 
 
 def _is_text(tp: Any) -> bool:
@@ -455,8 +457,9 @@ def apply_overrides(config: C, overrides: Iterable[str]) -> C:
             if part not in _field_names(node_cls):
                 raise _unknown_key_error(part, node_cls, prefix)
             if i == len(parts) - 1:
-                if _is_text(_type_hints(node_cls)[part]):
-                    value = _text_value(raw)
+                tp = _type_hints(node_cls)[part]
+                if _is_text(tp):
+                    value = _text_value(raw, optional=tp is not str)
                 node[part] = _merge_section(node_cls, node, {part: value})[part]  # a whole section: its keys given
             else:
                 node_cls = _type_hints(node_cls)[part]
