@@ -36,6 +36,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + 15  # SIGTERM
+#: The most torch CPU threads ``--threads`` takes.
+MAX_THREADS = 1024
 
 
 class Terminated(KeyboardInterrupt):
@@ -584,8 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         show_log_records(logging.DEBUG if args.verbose else logging.INFO)
         if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            if not 1 <= args.threads <= MAX_THREADS:  # torch overflows or allocates a pool per thread beyond
+                raise ValueError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
             import torch
 
             torch.set_num_threads(args.threads)

@@ -476,6 +476,8 @@ ROWS = [
     Row("cohort-too-few-patients", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "3"], "num_patients"),
     Row("cohort-num-test", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "8", "--num-test", "1"],
         "num_test"),
+    Row("cohort-huge-num-patients", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "9" * 20],
+        "num_patients must be at most 100,000"),
     Row("cohort-negative-seed", lambda ws, t: ["cohort", str(t / "out"), "--seed", "-1"], "seed must be an int in \\[0, "),
     Row("cohort-noise-nan", lambda ws, t: ["cohort", str(t / "out"), "--set", "noise_level=nan"],
         "noise_level must be a finite number"),
@@ -734,3 +736,13 @@ def test_trainer_refuses_to_replace_a_run(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="already holds a run.*resume=True.*overwrite=True"):
         Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg, loss_fn=ImbalanceAwareLoss()).fit()
     assert (tmp_path / "last.pt").read_bytes() == b"old"
+
+
+def test_a_thread_count_torch_cannot_take_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # 10**20 threads overflowed inside torch ("Overflow when unpacking long long"), 100000 ran out of memory
+    from longiseg.cli import main
+
+    for n in ("0", "100000", "9" * 20):
+        assert main(["--threads", n, "models", "--no-params"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"longiseg models: error: --threads must be between 1 and 1024, got {n}", err

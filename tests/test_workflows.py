@@ -213,6 +213,34 @@ def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path, ca
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 4
 
 
+def test_a_second_train_into_a_folder_being_written_and_a_bad_scan_backend_write_nothing(
+        cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # a second `longiseg train` into the same new folder passed the "already holds a run" check before the first
+    # had a checkpoint and rewrote experiment.yaml and split.json; LONGISEG_SCAN_BACKEND=bogus failed after them
+    import socket
+
+    from longiseg.utils.io import process_start_time
+
+    overrides = [*TINY_SEGMAST, "trainer.max_epochs=1", "trainer.device=cpu", "trainer.progress_bar=false",
+                 "trainer.tensorboard=false", "data.crop_size=32", "data.samples_per_epoch=4", "data.val_fraction=0", "trainer.batch_size=4",
+                 "inference.patch_size=32"]
+    run = tmp_path / "run"
+    run.mkdir()
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start_time(os.getpid()), "token": "t"}
+    (run / ".run.claim").write_text(json.dumps(me))  # a live process writes there
+    assert main(["train", "--data", str(cohort), "--output", str(run), "--set", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "is being written by another longiseg train" in err and f"pid {os.getpid()}" in err
+    assert sorted(p.name for p in run.iterdir()) == [".run.claim"]
+    monkeypatch.setenv("LONGISEG_SCAN_BACKEND", "bogus")
+    assert main(["train", "--data", str(cohort), "--output", str(tmp_path / "bogus"), "--set", *overrides]) == 2
+    assert "unknown selective-scan backend 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "bogus").exists()
+    monkeypatch.setenv("LONGISEG_SCAN_BACKEND", "cuda")  # not on this machine: a setting, exit 2, not 1
+    assert main(["train", "--data", str(cohort), "--output", str(tmp_path / "cuda"), "--set", *overrides]) == 2
+    assert not (tmp_path / "cuda").exists()
+
+
 def test_a_wrapped_model_predicts_with_the_spec_of_the_model_inside(cohort: Path, tmp_path: Path) -> None:
     model = build_model("segmast", widths=[8, 16, 16, 32], depths=[1, 1, 1, 1], decoder_dim=16, d_state=4)
     cfg = InferenceConfig(patch_size=32, planes=["axial"], batch_size=32)

@@ -249,7 +249,8 @@ def scan_cohort(
     if require_masks is not None:
         check_bool("require_masks", require_masks)
     if not root.is_dir():
-        raise FileNotFoundError(f"cohort folder {root} does not exist")
+        raise (NotADirectoryError(f"cohort folder {root} is a file, not a folder") if root.exists() else
+               FileNotFoundError(f"cohort folder {root} does not exist"))
     manifest = _cohort_manifest(root)
     found: list[tuple[str, CaseSource | OSError | ValueError]] = []
     if manifest is not None:

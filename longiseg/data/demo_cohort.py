@@ -66,6 +66,9 @@ __all__ = [
     "generate_demo_cohort",
 ]
 
+#: The most patients a demo cohort holds (each is a full volume on disk).
+MAX_DEMO_PATIENTS = 100_000
+
 _LOG = get_logger("longiseg.data.demo")
 
 _MNI_FILES = {
@@ -138,6 +141,8 @@ class DemoCohortConfig(ConfigBase):
     def __post_init__(self) -> None:
         self.coerce_fields()  # built directly, checked as when read from a file
         check_positive_int("num_patients", self.num_patients)
+        if self.num_patients > MAX_DEMO_PATIENTS:  # a larger number failed deep inside NumPy
+            raise ConfigError(f"num_patients must be at most {MAX_DEMO_PATIENTS:,}, got {self.num_patients}")
         check_timepoints("num_timepoints", self.num_timepoints)
         check_positive_int("spacing", self.spacing)
         if self.spacing > 4:

@@ -652,6 +652,8 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     overwrite = check_bool("overwrite", overwrite)
     progress = check_bool("progress", progress)
     raw, out = check_path("raw", raw), check_path("out", out)
+    if raw.exists() and not raw.is_dir():
+        raise NotADirectoryError(f"raw folder {raw} is a file, not a folder")
     if not raw.is_dir():
         raise FileNotFoundError(f"raw folder {raw} does not exist")
     cases = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from longiseg.data.cohort import find_cases
-from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_cohort
+from longiseg.data.demo_cohort import MAX_DEMO_PATIENTS, DemoCohortConfig, generate_demo_cohort
 from longiseg.data.layout import MANIFEST_JSON
 from longiseg.data.loading import load_case
 from longiseg.data.manifest import read_manifest
@@ -159,6 +159,8 @@ class DemoConfig(ConfigBase):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        if self.num_patients > MAX_DEMO_PATIENTS:
+            raise ConfigError(f"num_patients must be at most {MAX_DEMO_PATIENTS:,}, got {self.num_patients}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be an int in [0, {MAX_SEED}], got {self.seed!r}")
         if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):

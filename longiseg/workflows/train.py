@@ -38,11 +38,15 @@ from longiseg.engine.trainer import (
     Trainer,
     check_fresh_start,
 )
+from longiseg.inferers.claims import claim_case, claim_holder, release_claim
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.losses.imbalance import ImbalanceAwareLoss
 from longiseg.metrics.voxel import dice
 from longiseg.networks.inputs import check_spatial_size
 from longiseg.registry import build_model, model_info
+from longiseg.ssm import Mamba
+from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
+from longiseg.ssm.selective_scan import resolve_backend
 from longiseg.utils.io import atomic_write_json, check_replaceable, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_path
@@ -57,6 +61,8 @@ logger = get_logger(__name__)
 SPLIT_FILE = "split.json"
 #: What `longiseg tune` writes into the run folder (a fresh start removes an earlier run's).
 TUNING_FILE = "tuning.json"
+#: The name of a training run's claim on its folder (the hidden file ``OUTPUT/.run.claim`` while it writes there).
+RUN_CLAIM = "run"
 
 
 def build_loss(cfg: ExperimentConfig) -> ImbalanceAwareLoss:
@@ -393,6 +399,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     if not cfg.data.root:
         raise FileNotFoundError("data.root is empty: set it to a cohort folder in the longiseg layout")
     root = Path(cfg.data.root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"data.root {root} is a file, not a cohort folder")
     if not root.is_dir():
         raise FileNotFoundError(f"data.root {root} does not exist")
     check_separate_folders(cfg.trainer.output_dir, "trainer.output_dir",
@@ -454,6 +462,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_cases), len(val_cases))
 
     ctx = init_distributed(device=cfg.trainer.device)
+    _check_scan_backend(model, ctx.device)
     # what only the voxels tell (NaN intensities, a mask of 0/255) fails here, after the cheap checks above and
     # before the run's records, not in the middle of epoch 1 (one progress bar under torchrun: rank 0's)
     check_case_voxels([*train_cases, *val_cases], progress=cfg.trainer.progress_bar and ctx.is_main)
@@ -483,7 +492,46 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     trains = not resuming or (trainer.epoch < trainer.config.max_epochs and not trainer.stopped_early)
     if resuming and trains and ctx.is_main:
         _warn_changed_settings(out / "experiment.yaml", cfg)
-    if ctx.is_main:
+    claim = _claim_run_folder(out) if ctx.is_main else None  # no second train writes into this run meanwhile
+    try:
+        return _write_records_and_fit(cfg, trainer, ctx.is_main, out, root, train_cases, val_cases, resuming, trains,
+                                      resume, overwrite)
+    finally:
+        if claim is not None:
+            release_claim(*claim)
+
+
+def _check_scan_backend(model: nn.Module, device: torch.device) -> None:
+    """Refuse a selective-scan backend forced by ``LONGISEG_SCAN_BACKEND`` that cannot run the model's Mamba blocks
+    on ``device`` (an unknown name, ``cuda``/``triton`` without their kernels): before the run's records, and as a
+    setting of the user (``ValueError``), not at the first step."""
+    if SCAN_BACKEND_ENV_VAR not in os.environ or not any(isinstance(m, Mamba) for m in model.modules()):
+        return
+    try:
+        resolve_backend(None, device)
+    except (RuntimeError, ImportError) as err:
+        raise ValueError(str(err)) from None
+
+
+def _claim_run_folder(out: Path) -> tuple[Path, dict]:
+    """Claim the run folder ``out`` for this process (a hidden claim file inside it,
+    :func:`~longiseg.inferers.claims.claim_case`); a live process that holds it is refused, naming it.
+
+    Raises:
+        FileExistsError: another ``longiseg train`` is writing into ``out``.
+    """
+    path, claim = claim_case(out, RUN_CLAIM)
+    if path is None:
+        raise FileExistsError(f"{out} is being written by another longiseg train ({claim_holder(claim)}); wait "
+                              "for it to finish, or choose another trainer.output_dir (--output)")
+    return path, claim
+
+
+def _write_records_and_fit(cfg: ExperimentConfig, trainer: Trainer, is_main: bool, out: Path, root: Path,
+                           train_cases: Sequence, val_cases: Sequence, resuming: bool, trains: bool,
+                           resume: bool, overwrite: bool) -> FitResult:
+    """Write the run's records (``experiment.yaml``, ``split.json``; ``tuning.json`` kept or removed) and train."""
+    if is_main:
         save_config(cfg, out / "experiment.yaml")
         atomic_write_json(out / SPLIT_FILE, {
             # absolute: tune and predict may run from another working directory
@@ -494,7 +542,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     tuning = out / TUNING_FILE
     best = out / BEST_CHECKPOINT
     kept = None  # a resume that trains further replaces best.pt only when validation improves
-    if ctx.is_main and trains and tuning.exists():
+    if is_main and trains and tuning.exists():
         if resuming and _tuned_checkpoint(tuning) == BEST_CHECKPOINT and best.is_file():
             kept = _identity(best)
         else:  # the checkpoint it describes is about to be replaced
