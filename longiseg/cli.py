@@ -381,6 +381,8 @@ def import_user_modules(modules: Sequence[str]) -> None:
     if modules and cwd not in sys.path:
         sys.path.insert(0, cwd)
     for module in modules:
+        if not module.strip() or module.startswith(".") or "/" in module or "\\" in module:
+            raise ValueError(f"--import takes a module name such as my_models or pkg.models, got {module!r}")
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:
@@ -423,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiment config file (see examples/configs)")
     p.add_argument("--data", type=expand_home, default=None, help="cohort folder (overrides data.root)")
     p.add_argument("--output", type=expand_home, default=None, help="run folder (overrides trainer.output_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT/last.pt (a fresh start when OUTPUT holds none)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an OUTPUT that already holds a run (its checkpoints are replaced)")
     _add_overrides(p)

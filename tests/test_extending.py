@@ -219,3 +219,13 @@ def test_the_command_line_imports_a_users_module_that_registers_models(tmp_path:
             unregister_model(name)
         for module in ("cli_user_models", "cli_broken_models"):
             sys.modules.pop(module, None)
+
+
+def test_import_names_the_option_for_what_is_no_module_name(capsys) -> None:
+    # --import "" said "Empty module name" and --import ../x "the 'package' argument is required"
+    from longiseg.cli import main
+
+    for bad in ("", "../x", "./x"):
+        assert main(["--import", bad, "models", "--no-params"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("longiseg models: error: --import takes a module name such as my_models"), err

@@ -302,7 +302,8 @@ def predict_case(
         volumes["entropy"] = [binary_entropy(base_prob)] + [binary_entropy(p) for p in prog_prob]
     # The case folder appears complete or not at all: an interrupted case leaves only a temporary folder.
     targets = save_prediction(out_dir, case_id, aff, volumes, overwrite=overwrite, record=record, header=header)
-    logger.info("wrote %d files for case %s to %s", sum(len(p) for p in targets.values()), case_id, case_out)
+    logger.info("wrote %d files for case %s to %s", sum(len(p) for p in targets.values()) + (record is not None),
+                case_id, case_out)  # the record beside the volumes counts
     return targets
 
 

@@ -72,7 +72,7 @@ class EvaluationProtocol(ConfigBase):
             raise ConfigError(f"EvaluationProtocol: {err}") from None
         need(self.matching in MATCHING_RULES, f"matching must be one of {MATCHING_RULES}, got {self.matching!r}")
         need(math.isfinite(self.min_lesion_volume_mm3) and self.min_lesion_volume_mm3 >= 0,
-             f"min_lesion_volume_mm3 must be >= 0, got {self.min_lesion_volume_mm3}")
+             f"min_lesion_volume_mm3 must be a finite volume >= 0, got {self.min_lesion_volume_mm3}")
         need(0.0 <= self.iou_threshold < 1.0, f"iou_threshold must lie in [0, 1), got {self.iou_threshold}")
         need(0.0 <= self.hd_percentile <= 100.0, f"hd_percentile must lie in [0, 100], got {self.hd_percentile}")
         need(self.connectivity in (None, *_FROM_3D, *_FROM_3D.values()),
