@@ -359,6 +359,8 @@ def test_validate_every_and_monitor_errors(tmp_path) -> None:
                   validate_fn=lambda m: {"f1": 0.3})
     with pytest.raises(ValueError, match=r"monitor metric 'val_dice'.*val_f1"):
         bad.fit()
+    # the epoch trained before the monitor was found missing is kept for a resume with another monitor
+    assert torch.load(tmp_path / "bad" / "last.pt", weights_only=True)["epoch"] == 1
 
 
 def test_optimizer_is_the_fused_adamw_with_the_loop_s_result(tmp_path) -> None:

@@ -791,7 +791,12 @@ class Trainer:
                                                               or self.epoch == cfg.max_epochs)
                 if validated:
                     row.update(self.validate())
-                improved = self._update_monitor(row, validated)
+                try:
+                    improved = self._update_monitor(row, validated)
+                except ValueError:  # the monitor is not among the validated metrics: keep the epoch for a resume
+                    if self.is_main:
+                        self.save_checkpoint(last_path)
+                    raise
                 row["time_s"] = round(time.perf_counter() - t0, 3)
                 self.history.append(row)
                 if self.is_main:
