@@ -474,7 +474,8 @@ def convert_longiseg_dataset(
     if unannotated:  # e.g. MSSEG-2: new lesions annotated, old ones not
         logger.warning("%d training case(s) have no baseline annotation (e.g. %s): their labels mark no old lesion "
                        "(class 1 is empty, old lesions are background, as a new-lesion task wants); the baseline "
-                       "masks nnU-Net predicts for such cases mean nothing, as do baseline scores against their empty masks",
+                       "masks nnU-Net predicts for such cases mean nothing, as do baseline scores against their "
+                       "empty masks",
                        len(unannotated), unannotated[0])
 
     def cases() -> Iterable[NnUNetCase]:

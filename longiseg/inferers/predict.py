@@ -366,11 +366,12 @@ def predict_folder(
             ``restrict_to_brain``, ...). Those not given are the ones the model records
             (:func:`~longiseg.inferers.settings.prediction_defaults`: the inferer of its dimensionality with its
             window, and its thresholds and post-processing, those ``longiseg tune`` chose included), as
-            ``longiseg predict`` uses them; for a model that records none, :func:`predict_case`'s defaults. A case's ``brain_mask.nii.gz`` is used as its brain mask, each case
-            folder gets the record of this call (the weights' digest is computed once), and each case's outputs
-            the spatial header of its baseline image (:func:`~longiseg.data.predictions.case_spatial_header`:
-            qform, sform and their codes, units) when the case read lies on that image's grid (a ``reader``
-            that resamples gets the default header of :func:`~longiseg.data.predictions.save_prediction`).
+            ``longiseg predict`` uses them; for a model that records none, :func:`predict_case`'s defaults.
+            A case's ``brain_mask.nii.gz`` is used as its brain mask, each case folder gets the record of this call (the
+            weights' digest is computed once), and each case's outputs the spatial header of its baseline image
+            (:func:`~longiseg.data.predictions.case_spatial_header`: qform, sform and their codes, units) when the
+            case read lies on that image's grid (a ``reader`` that resamples gets the default header of
+            :func:`~longiseg.data.predictions.save_prediction`).
 
     Returns:
         ``{case_id: paths}`` of the predicted (not skipped) cases.

@@ -86,13 +86,13 @@ class InferenceConfig(ConfigBase):
         require(self.batch_size >= 1, "InferenceConfig", f"batch_size must be >= 1, got {self.batch_size}")
         require(self.blend in BLEND_MODES, "InferenceConfig", f"blend must be one of {BLEND_MODES}, got {self.blend!r}")
         require(self.restrict in RESTRICT_OPTIONS, "InferenceConfig",
-              f"restrict must be one of {RESTRICT_OPTIONS}, got {self.restrict!r}")
+                f"restrict must be one of {RESTRICT_OPTIONS}, got {self.restrict!r}")
         require(0.0 <= self.overlap < 1.0, "InferenceConfig", f"overlap must be in [0, 1), got {self.overlap}")
         require(0.0 < self.threshold < 1.0, "InferenceConfig", f"threshold must be in (0, 1), got {self.threshold}")
         require(self.progression_threshold is None or 0.0 < self.progression_threshold < 1.0, "InferenceConfig",
-              f"progression_threshold must be None or in (0, 1), got {self.progression_threshold}")
+                f"progression_threshold must be None or in (0, 1), got {self.progression_threshold}")
         require(0 <= self.min_lesion_mm3 < float("inf"), "InferenceConfig",
-              f"min_lesion_mm3 must be a finite volume >= 0, got {self.min_lesion_mm3}")
+                f"min_lesion_mm3 must be a finite volume >= 0, got {self.min_lesion_mm3}")
         check_planes(self.planes, "InferenceConfig")
 
 

@@ -108,28 +108,30 @@ class DataConfig(ConfigBase):
         self.coerce_fields()  # built directly, checked as when read from a file
         self.root = expand_home(self.root)  # "~/data" is the user's folder, not a folder named "~"
         self.val_root = expand_home(self.val_root)
-        require(0.0 <= self.val_fraction < 1.0, "DataConfig", f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        require(0.0 <= self.val_fraction < 1.0, "DataConfig",
+                f"val_fraction must be in [0, 1), got {self.val_fraction}")
         require(self.crop_size >= 8, "DataConfig", f"crop_size must be >= 8, got {self.crop_size}")
         require(self.modalities is None or len(self.modalities) > 0, "DataConfig",
-              "modalities (data.modalities) must name at least one channel, or be null for the manifest's order; "
-              "got []")
+                "modalities (data.modalities) must name at least one channel, or be null for the manifest's order; "
+                "got []")
         check_planes(self.planes, "DataConfig")
-        require(0.0 <= self.lesion_weight <= 1.0, "DataConfig", f"lesion_weight must be in [0, 1], got {self.lesion_weight}")
+        require(0.0 <= self.lesion_weight <= 1.0, "DataConfig",
+                f"lesion_weight must be in [0, 1], got {self.lesion_weight}")
         require(0.0 <= self.progression_share <= 1.0, "DataConfig",
-              f"progression_share must be in [0, 1], got {self.progression_share}")
+                f"progression_share must be in [0, 1], got {self.progression_share}")
         require(0.0 <= self.persisting_share <= 1.0, "DataConfig",
-              f"persisting_share must be in [0, 1], got {self.persisting_share}")
+                f"persisting_share must be in [0, 1], got {self.persisting_share}")
         require(self.augment or not self.augment_independent_timepoints, "DataConfig",
-              "augment_independent_timepoints needs augment=true")
+                "augment_independent_timepoints needs augment=true")
         require(0.0 < self.positive_fraction < 1.0, "DataConfig",
-              f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
+                f"positive_fraction must be in (0, 1), got {self.positive_fraction}")
         require(self.val_samples >= 1, "DataConfig", f"val_samples must be >= 1, got {self.val_samples}")
         require(self.samples_per_epoch is None or 1 <= self.samples_per_epoch <= MAX_SAMPLES_PER_EPOCH, "DataConfig",
-              f"samples_per_epoch (data.samples_per_epoch) must be between 1 and {MAX_SAMPLES_PER_EPOCH:,} or null, "
-              f"got {self.samples_per_epoch}")
+                f"samples_per_epoch (data.samples_per_epoch) must be between 1 and {MAX_SAMPLES_PER_EPOCH:,} or null, "
+                f"got {self.samples_per_epoch}")
         require(self.cache_size >= 1, "DataConfig", f"cache_size (data.cache_size) must be >= 1, got {self.cache_size}")
         require(0 <= self.seed <= MAX_SEED, "DataConfig", f"seed (data.seed) must be an int in [0, {MAX_SEED}], "
-              f"got {self.seed}")
+                f"got {self.seed}")
 
 
 @dataclasses.dataclass
@@ -166,17 +168,20 @@ class LossConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         self.coerce_fields()  # built directly, checked as when read from a file
-        require(self.strategy in STRATEGIES, "LossConfig", f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        require(self.strategy in STRATEGIES, "LossConfig",
+                f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         require(0 <= self.seed <= MAX_SEED, "LossConfig", f"seed (loss.seed) must be an int in [0, {MAX_SEED}], "
-              f"got {self.seed}")
+                f"got {self.seed}")
         # checked when the experiment is read (not when the loss is built, after the model and the data)
         for key in ("empty_ratio", "lambda_dice", "lambda_focal", "gamma"):
             value = getattr(self, key)
-            require(0.0 <= value < math.inf, "LossConfig", f"{key} (loss.{key}) must be a finite float >= 0, got {value}")
-        require(self.min_empty >= 0, "LossConfig", f"min_empty (loss.min_empty) must be an int >= 0, got {self.min_empty}")
+            require(0.0 <= value < math.inf, "LossConfig",
+                    f"{key} (loss.{key}) must be a finite float >= 0, got {value}")
+        require(self.min_empty >= 0, "LossConfig",
+                f"min_empty (loss.min_empty) must be an int >= 0, got {self.min_empty}")
         require(self.lambda_dice > 0 or self.lambda_focal > 0, "LossConfig",
-              "lambda_dice and lambda_focal are both 0: the loss would be 0 and nothing would be trained; "
-              "give at least one of them a weight > 0")
+                "lambda_dice and lambda_focal are both 0: the loss would be 0 and nothing would be trained; "
+                "give at least one of them a weight > 0")
 
 
 @dataclasses.dataclass

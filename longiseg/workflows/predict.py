@@ -33,9 +33,10 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     with the input affine and a record of the model and settings, each case folder written as a whole, never
     over existing outputs unless ``overwrite``) with a reader that loads and checks each case
     (:func:`~longiseg.data.loading.load_case`) and prepares it as its training did, as the spec records it
-    (:func:`~longiseg.inferers.predict.spec_reader`: per-image z-scores for the models of ``longiseg train``). How to run the model comes from ``model.spec``
-    (:class:`~longiseg.spec.ModelSpec`): its dimensionality picks the inferer, its modality order the
-    channels, and its inference settings (with the post-processing ``longiseg tune`` chose) the rest.
+    (:func:`~longiseg.inferers.predict.spec_reader`: per-image z-scores for the models of ``longiseg train``).
+    How to run the model comes from ``model.spec`` (:class:`~longiseg.spec.ModelSpec`): its dimensionality picks the
+    inferer, its modality order the channels, and its inference settings (with the post-processing ``longiseg tune``
+    chose) the rest.
 
     Args:
         model: a registry model (``longiseg.load_model`` gives a trained one), possibly wrapped in DataParallel,

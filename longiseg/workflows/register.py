@@ -62,9 +62,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 #: RegistrationOptions' argument names and the options of ``longiseg register`` that set them.
-_OPTIONS = {"reference_modality": "--reference-modality", "spacing": "--spacing", "min_correlation": "--min-correlation",
-            "min_coverage": "--min-coverage", "max_translation_mm": "--max-translation",
-            "max_rotation_deg": "--max-rotation"}
+_OPTIONS = {
+    "reference_modality": "--reference-modality", "spacing": "--spacing", "min_correlation": "--min-correlation",
+    "min_coverage": "--min-coverage", "max_translation_mm": "--max-translation", "max_rotation_deg": "--max-rotation",
+}
 
 
 def run(args: argparse.Namespace) -> int:
