@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -281,3 +282,44 @@ def test_a_seed_torch_cannot_take_is_refused_where_it_is_given() -> None:
     with pytest.raises(TypeError, match="seed must be an int, got float"):
         seed_everything(1.0)  # type: ignore[arg-type]
     torch.Generator().manual_seed(MAX_SEED + 1000)  # the largest seed leaves room for the epoch added to it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_ends_with_its_parent_also_when_the_parent_is_killed() -> None:
+    # DataLoader workers of a demo training stayed alive (with their memory and shared memory) after the
+    # training process was stopped; the trainer's worker_init_fn and the demo's workers call end_with_parent
+    import signal
+    import subprocess
+
+    from process_helpers import running, wait_for
+
+    grandchild = ("import os, sys, time; from longiseg.utils.io import end_with_parent; "
+                  "end_with_parent(int(sys.argv[1])); print(os.getpid(), flush=True); time.sleep(120)")
+    child = ("import os, subprocess, sys, time; "
+             f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}, str(os.getpid())], stdout=sys.stdout); "
+             "time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        assert running(worker)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        wait_for(lambda: not running(worker), 30, "end of the worker after its parent was killed")
+    finally:
+        parent.kill()
+    late = subprocess.run([sys.executable, "-c", "from longiseg.utils.io import end_with_parent; end_with_parent(1)"],
+                          timeout=60)
+    assert late.returncode == 1  # a parent that is not its parent (already gone): it ends at once
+
+
+def test_the_trainers_data_loader_workers_end_with_it() -> None:
+    from test_engine_toys import SyntheticLongiData, TinyLongiNet
+
+    from longiseg.engine import Trainer, TrainerConfig
+    from longiseg.engine.trainer import _end_with_trainer
+    from longiseg.losses import ImbalanceAwareLoss
+
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=8),
+                      TrainerConfig(num_workers=1, batch_size=4, device="cpu", progress_bar=False, tensorboard=False),
+                      loss_fn=ImbalanceAwareLoss())
+    assert trainer.train_loader.worker_init_fn is _end_with_trainer

@@ -50,7 +50,7 @@ from longiseg.engine.schedulers import build_warmup_cosine_scheduler
 from longiseg.engine.seeding import epoch_seed, seed_everything
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.wrappers import eval_mode
-from longiseg.utils.io import atomic_write, check_replaceable
+from longiseg.utils.io import atomic_write, check_replaceable, end_with_parent
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_path
 
@@ -126,6 +126,16 @@ def _move_to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_move_to_device(v, device) for v in batch)
     return batch
+
+
+def _end_with_trainer(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ends with its parent, the training process (also when that is
+    killed or ends without shutting its persistent workers down) or the forkserver that started the worker for it
+    (which ends with the training process); nothing random is drawn, so the batches stay the same."""
+    parent = os.getppid()
+    if parent == 1:  # the training process has ended already
+        os._exit(1)
+    end_with_parent(parent)
 
 
 def _unpack_loss(result: Any) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -423,6 +433,7 @@ class Trainer:
         return DataLoader(data, batch_sampler=batch_sampler, num_workers=workers,
                           collate_fn=collate_fn, pin_memory=self.device.type == "cuda",
                           persistent_workers=persistent,
+                          worker_init_fn=_end_with_trainer if workers else None,
                           multiprocessing_context=self.config.worker_start_method if workers else None)
 
     def _check_sharding(self) -> None:

@@ -33,7 +33,8 @@ import numpy as np
 
 from longiseg.utils.validation import check_bool, check_instance, check_path, check_positive_int
 
-__all__ = ["expand_home", "folder_is_empty", "host_tag", "process_start_time", "writer_ended", "WrittenMeanwhile",
+__all__ = ["expand_home", "folder_is_empty", "host_tag", "process_start_time", "writer_ended", "end_with_parent",
+           "WrittenMeanwhile",
            "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_write",
            "atomic_torch_save", "atomic_save_figure", "atomic_write_json", "apply_umask", "remove_stale_temporaries",
            "check_separate_folders", "check_output_folder", "check_replaceable"]
@@ -223,6 +224,24 @@ _TEMPORARY = re.compile(r"^\..+\." + _WRITER + _RANDOM_TMP)
 def host_tag() -> str:
     """This machine as temporaries and claims name it (8 hex digits of its host name)."""
     return _HOST
+
+
+def end_with_parent(parent: int) -> None:
+    """In a child process: end (SIGTERM) when process ``parent`` ends, also when it is killed (Linux
+    ``PR_SET_PDEATHSIG``; elsewhere the parent's clean-up must stop it), and end now if it has already ended.
+
+    Worker processes (the demo's trainings, DataLoader workers) call it first, so that none is left running, with
+    its memory and shared-memory segments, after its parent was interrupted or killed.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    if os.getppid() != parent:  # the parent ended before the signal was asked for
+        os._exit(1)
 
 
 def writer_ended(mark: PathLike, pid: int, host: str | None, started: int | None = None) -> bool:

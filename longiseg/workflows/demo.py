@@ -51,7 +51,13 @@ from longiseg.metrics.evaluate import evaluate_folder, write_report
 from longiseg.registry import build_model
 from longiseg.utils.config import ConfigBase, ConfigError
 from longiseg.utils.device import usable_cpu_count
-from longiseg.utils.io import atomic_directory, atomic_write_json, check_replaceable, folder_is_empty
+from longiseg.utils.io import (
+    atomic_directory,
+    atomic_write_json,
+    check_replaceable,
+    end_with_parent,
+    folder_is_empty,
+)
 from longiseg.utils.logging import apply_logging_setup, get_logger, logging_setup
 from longiseg.utils.validation import MAX_SEED, check_instance, check_path
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
@@ -338,6 +344,12 @@ def _run_model_stages(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
         return stages
     logger.info("training %d models in %d processes of %d thread(s) each", len(cfg.models), jobs, cfg.threads)
     level = logging_setup()
+    # The pool's queues start multiprocessing's resource tracker, which removes the semaphores of workers stopped
+    # by an interruption; its warning about them (it takes this interpreter's -W options) would follow the one
+    # line "interrupted".
+    quiet = "ignore:resource_tracker:UserWarning"
+    if quiet not in sys.warnoptions:
+        sys.warnoptions.append(quiet)
     # spawn: a forked child of a process whose OpenMP threads have run can hang
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(os.getpid(),))
@@ -361,14 +373,7 @@ def _init_worker(parent: int) -> None:
     and the worker ends when the parent does, also when the parent is killed (Linux; elsewhere the parent's
     clean-up stops them)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    if os.getppid() != parent:  # the parent ended before the signal was asked for
-        os._exit(1)
+    end_with_parent(parent)
 
 
 @contextlib.contextmanager
