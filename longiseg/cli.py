@@ -181,6 +181,7 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from longiseg.engine.checkpoint import build_model_from_checkpoint, load_model
+    from longiseg.tuning import tuning_note
     from longiseg.utils.device import resolve_device
     from longiseg.workflows.config import ExperimentConfig, InferenceConfig
     from longiseg.workflows.predict import run_prediction
@@ -226,7 +227,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         inference = ExperimentConfig(inference=InferenceConfig.from_dict(model.spec.inference)).with_overrides(
             sets).inference
         modalities = None
-        tuned = " (tuned by longiseg tune)" if model.spec.tuning else ""
+        tuned = tuning_note(model.spec.tuning)
         print(f"settings from the checkpoint: modalities {list(model.spec.modalities or [])}, window "
               f"{inference.patch_size}, thresholds baseline {inference.threshold:.3g} / progression "
               f"{inference.progression_cut:.3g}{tuned}")

@@ -34,8 +34,9 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,19 @@ from longiseg.metrics.longitudinal import evaluate_mask_pair
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.utils.masks import as_spacing
 
-__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_THRESHOLDS", "OBJECTIVES", "ThresholdSelection", "progression_score", "select_threshold"]
+__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_THRESHOLDS", "OBJECTIVES", "ThresholdSelection", "progression_score",
+           "select_threshold", "tuning_note"]
+
+def tuning_note(record: Mapping[str, Any] | None) -> str:
+    """How a model's progression threshold came about, for messages: ``""`` untuned, else chosen or kept (with
+    the reason, e.g. no validation follow-up with progression) by ``longiseg tune``, from its record
+    (``model.spec.tuning``)."""
+    if not record:
+        return ""
+    if record.get("kept"):
+        return f" (kept by longiseg tune: {record['kept']})"
+    return " (tuned by longiseg tune on validation patients)"
+
 
 #: Objectives of :func:`select_threshold`.
 OBJECTIVES: tuple[str, ...] = ("lesion_f1", "balanced")

@@ -224,3 +224,13 @@ def test_each_map_may_have_its_own_voxel_size() -> None:
         select_threshold(probs, refs, [SP], thresholds=(0.5,))
     with pytest.raises(ValueError, match=r"spacing\[1\] must have 3 values"):
         select_threshold(probs, refs, [SP, (1.0, 1.0)], thresholds=(0.5,))
+
+
+def test_a_threshold_tune_kept_is_not_reported_as_tuned() -> None:
+    # a tune without progressing validation patients keeps the threshold; predict said "tuned" all the same
+    from longiseg.tuning import tuning_note
+
+    assert tuning_note(None) == tuning_note({}) == ""
+    assert tuning_note({"threshold": 0.3}) == " (tuned by longiseg tune on validation patients)"
+    kept = {"threshold": 0.5, "kept": "no validation follow-up with progression"}
+    assert tuning_note(kept) == " (kept by longiseg tune: no validation follow-up with progression)"

@@ -13,6 +13,7 @@ from longiseg.data.layout import prediction_filenames
 from longiseg.data.sources import CaseSource
 from longiseg.inferers.predict import predict_folder, read_zscored, spec_reader
 from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
+from longiseg.tuning import tuning_note
 from longiseg.utils.device import resolve_device
 from longiseg.utils.io import check_separate_folders
 from longiseg.utils.logging import get_logger
@@ -80,7 +81,7 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     device = resolve_device(device)
     logger.info("predicting with %s (%s): modalities %s, window %d, baseline threshold %.3g, progression threshold "
                 "%.3g%s, progression %s", spec.name, spec.dim, modalities, cfg.patch_size, cfg.threshold,
-                cfg.progression_cut, " (tuned on validation patients)" if spec.tuning else "",
+                cfg.progression_cut, tuning_note(spec.tuning),
                 "outside the baseline lesions" if cfg.progression_outside_baseline else "as the head gives it")
 
     # the normalisation the spec records (refused if this version does not know it); z-scores, as longiseg train
