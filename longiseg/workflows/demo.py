@@ -424,10 +424,11 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     if out.is_symlink() and not out.exists():
         raise FileNotFoundError(f"{out} is a symbolic link to {os.readlink(out)}, which does not exist")
     if out.exists() and not folder_is_empty(out):
+        if not (out / _MARKER).is_file():  # never replaced: no advice to pass overwrite
+            raise FileExistsError(f"{out} exists, is not empty and was not written by the demo (no {_MARKER}); "
+                                  "the demo replaces only its own folders: choose another output folder")
         if not cfg.overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-        if not (out / _MARKER).is_file():
-            raise FileExistsError(f"{out} is not a folder written by the demo (no {_MARKER}); not replacing it")
+            raise FileExistsError(f"{out} holds an earlier demo; pass overwrite=True (--overwrite) to replace it")
         _empty_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / _MARKER).write_text("written by longiseg demo; --overwrite may replace this folder\n", encoding="utf-8")
