@@ -134,7 +134,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.trainer.output_dir = args.output
     check_output_folder(cfg.trainer.output_dir, "--output")
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"finished: {result.summary()}")
+    if os.environ.get("RANK", "0").strip() in ("", "0"):  # under torchrun: rank 0 reports
+        print(f"finished: {result.summary()}")
     return 0
 
 
@@ -588,7 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = f"longiseg {args.command}"
         from longiseg.utils.logging import show_log_records
 
-        show_log_records(logging.DEBUG if args.verbose else logging.INFO)
+        # under torchrun the ranks but the first show warnings and errors only: rank 0 reports the run
+        other_rank = os.environ.get("RANK", "0").strip() not in ("", "0")
+        show_log_records(logging.WARNING if other_rank else logging.DEBUG if args.verbose else logging.INFO)
         if args.threads is not None:
             if not 1 <= args.threads <= MAX_THREADS:  # torch overflows or allocates a pool per thread beyond
                 raise ValueError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")

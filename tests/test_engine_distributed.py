@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -86,3 +87,21 @@ def test_ddp_two_gloo_processes(tmp_path) -> None:
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * 4  # 16 samples / 2 ranks / batch 2
     assert all(torch.equal(ckpt["model"][k], p0[k]) for k in p0)
+
+
+def test_under_torchrun_only_rank_0_shows_the_runs_log(tmp_path) -> None:
+    # every rank printed every INFO line (and "finished: ..."), though the docs say rank 0 reports
+    import subprocess
+    import sys
+
+    code = ("import logging, io, contextlib; from longiseg.cli import main; out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out): main(['models', '--no-params'])\n"
+            "print(logging.getLogger().level)")
+    levels = {}
+    for rank in ("0", "1"):
+        env = {k: v for k, v in os.environ.items() if k not in _ENV}
+        done = subprocess.run([sys.executable, "-c", code], env={**env, "RANK": rank}, capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        levels[rank] = int(done.stdout.split()[-1])
+    assert levels == {"0": logging.INFO, "1": logging.WARNING}
