@@ -104,7 +104,7 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case", ["images", "modality", "grid", "out"])
+@pytest.mark.parametrize("case", ["images", "empty-images", "modality", "grid", "out"])
 def test_lesions_refuses_what_it_cannot_honour(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                case: str) -> None:
     # --images naming no folder and a --modality that the images lack gave a report without montages (exit 0);
@@ -118,7 +118,8 @@ def test_lesions_refuses_what_it_cannot_honour(tmp_path: Path, capsys: pytest.Ca
             affine = AFFINE + np.eye(4, k=3) * (case == "grid" and k == 1)  # 1 mm off along x
             nib.save(nib.Nifti1Image(np.ones((12, 12, 12), np.float32), affine), images / cid / f"t{k}_flair.nii.gz")
     out = tmp_path / "report"
-    options = {"images": ["--images", str(tmp_path / "nope")],
+    (tmp_path / "empty").mkdir()  # a folder of no case's images: the montages asked for were left out silently
+    options = {"images": ["--images", str(tmp_path / "nope")], "empty-images": ["--images", str(tmp_path / "empty")],
                "modality": ["--images", str(images), "--modality", "pd"], "grid": ["--images", str(images)],
                "out": []}[case]
     if case == "out":
@@ -126,7 +127,7 @@ def test_lesions_refuses_what_it_cannot_honour(tmp_path: Path, capsys: pytest.Ca
         (out / "mine.txt").write_text("x")
     code, err = _cli(["lesions", str(pred), "--out", str(out), "--no-progress", *options], capsys)
     assert code == 2 and err.startswith("longiseg lesions: error: ") and err.count("\n") == 1, err
-    assert {"images": "--images", "modality": "--modality", "grid": "affines differ by up to 1 mm",
+    assert {"images": "--images", "empty-images": "holds the images (CASE/t0_*.nii.gz) of none", "modality": "--modality", "grid": "affines differ by up to 1 mm",
             "out": "pass --overwrite"}[case] in err
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"] if case == "out" else not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries beside --out

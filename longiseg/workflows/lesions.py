@@ -13,6 +13,7 @@ import argparse
 import math
 from pathlib import Path
 
+from longiseg.data import layout
 from longiseg.metrics.evolution import CaseEvolution, evolution_folder, write_evolution_tables
 from longiseg.metrics.report import report_folder
 from longiseg.utils.io import (
@@ -87,6 +88,11 @@ def run_lesion_report(
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     evolutions = evolution_folder(mask_dir, min_volume_mm3=min_volume_mm3, connectivity=connectivity,
                                   progress=progress)
+    if figures and images is not None and not any(  # montages asked for, and no case has its images there
+            (Path(images) / ev.case_id).is_dir() and layout.scan_images(Path(images) / ev.case_id).get(0)
+            for ev in evolutions):
+        raise FileNotFoundError(f"images {images} holds the images (CASE/t0_*.nii.gz) of none of the "
+                                f"{len(evolutions)} case(s): give the cohort folder with the images, or leave it out")
     with report_folder(out, REPORT_FILES, overwrite=overwrite) as stage:  # refuses one written meanwhile
         staged = write_evolution_tables(evolutions, stage, overwrite=True)
         if figures:
