@@ -29,6 +29,7 @@ import torch.nn as nn
 from longiseg_bench import (
     format_bytes,
     format_table,
+    output_file,
     peak_memory,
     positive_int,
     print_header,
@@ -413,8 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-call-seconds", type=float, default=None,
                         help="skip configurations predicted slower than this (default 5 quick, 60 full; 0 = never)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    parser.add_argument("--plot", default=None, help="PNG of time and memory vs tokens")
-    parser.add_argument("--json", default=None, help="also write the records as JSON")
+    parser.add_argument("--plot", type=output_file, default=None, help="PNG of time and memory vs tokens")
+    parser.add_argument("--json", type=output_file, default=None, help="also write the records as JSON")
     args = parser.parse_args(argv)
     try:
         run_mixer_benchmark(

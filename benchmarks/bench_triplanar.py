@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Any
 
-from longiseg_bench import nonnegative_int, positive_int
+from longiseg_bench import nonnegative_int, output_file, positive_int
 
 
 def _rss_mb() -> float:
@@ -225,8 +225,20 @@ def main(argv: list[str] | None = None) -> int:
         help="window placement: over each slice's brain bounding box (default), the whole slice, or both",
     )
     parser.add_argument("--progress", action="store_true", help="show the tqdm bar")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--json", type=output_file, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.model != "voxelwise":  # before any case is made: a 3D model fails only at its first window
+        from longiseg.registry import is_model, model_info
+
+        if not is_model(args.model):
+            parser.error(f"argument --model: unknown model {args.model!r} (see longiseg models)")
+        if model_info(args.model).dim == "3D":
+            parser.error(f"argument --model: {args.model} is a 3D model; tri-planar inference runs 2.5D models "
+                         "(3D models: bench_models.py times their sliding-window inference)")
+    try:
+        json.loads(args.model_kwargs)
+    except ValueError as err:
+        parser.error(f"argument --model-kwargs: not a JSON object: {err}")
 
     import torch
 

@@ -362,3 +362,19 @@ def test_gpu_check_models_need_no_io_or_monai_packages(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "monai: the MONAI baselines" in res.stdout  # refused with the install hint, not a traceback
+
+
+def test_an_output_file_that_cannot_be_written_is_refused_before_the_benchmark(tmp_path: Path) -> None:
+    # bench_mixers.py --json /proc/x.json timed everything, then failed with a traceback
+    import argparse
+
+    from longiseg_bench import output_file
+
+    assert output_file(str(tmp_path / "new" / "deeper" / "x.json")) == str(tmp_path / "new" / "deeper" / "x.json")
+    assert not (tmp_path / "new").exists()  # nothing made before the benchmark writes
+    with pytest.raises(argparse.ArgumentTypeError, match="is a folder"):
+        output_file(str(tmp_path))
+    if Path("/proc/self").is_dir():
+        with pytest.raises(argparse.ArgumentTypeError, match="cannot write"):
+            output_file("/proc/x.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the probe file leaves nothing behind

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["positive_int", "nonnegative_int", "int_list"]
+__all__ = ["positive_int", "nonnegative_int", "int_list", "output_file"]
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -38,3 +41,23 @@ def int_list(text: str) -> tuple[int, ...]:
         return tuple(positive_int(t) for t in items)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints >= 1, got {text!r}") from None
+
+
+def output_file(text: str) -> str:
+    """A file to write after the benchmark: refused now (not after minutes of timing) when it is a folder or its
+    nearest existing folder is not writable; missing parent folders are made when it is written."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {parent} is not a writable folder")
+    if parent == path.parent:  # it exists: a nameless file there says whether files can be made (also for root)
+        try:
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"cannot write {text!r}: {err.strerror or err}") from None
+    return str(path)
