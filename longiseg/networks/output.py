@@ -32,7 +32,8 @@ class LongitudinalOutput:
     """Logits of the two heads of a longitudinal segmentation model.
 
     Attributes:
-        baseline: baseline-lesion logits from timepoint 0, ``(B, K, *spatial)``.
+        baseline: baseline-lesion logits at timepoint 0, ``(B, K, *spatial)`` (from its features, which a
+            longitudinal model computes with the follow-ups in view).
         progression: new/enlarging-lesion logits, one map per follow-up, ``(B, T-1, K, *spatial)``.
 
     ``spatial`` is ``(H, W)`` for 2.5D/2D models and ``(D, H, W)`` for 3D models; ``K`` is the number

@@ -35,7 +35,8 @@ class DifferenceWeighting(nn.Module):
     Args:
         channels: number of feature channels ``C``.
         spatial_dims: 2 for ``(B, C, H, W)`` features, 3 for ``(B, C, D, H, W)``.
-        affine: learnable per-channel scale and shift of the instance norm (the paper uses ``True``).
+        affine: learnable per-channel scale and shift of the instance norm (default ``True``, as nnU-Net's
+            instance norms; the paper says "Instance Normalization" without naming the affine parameters).
         eps: instance-norm epsilon, a finite number ``>= 0``.
 
     Shapes:
