@@ -215,3 +215,25 @@ def test_rng_must_be_a_numpy_generator() -> None:
         LongitudinalAugment()(sample, 0)
     with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
         TimepointVariation()(sample["images"], 0)
+
+
+def test_a_rotation_that_empties_the_progression_target_makes_the_sample_a_hard_negative() -> None:
+    # progression_visible followed the rotated target but hard_negative did not: a crop centred on a persisting
+    # lesion whose progression voxels (in its corners) the rotation turned out kept hard_negative=False
+    aug = LongitudinalAugment(flip_prob=0.0, rot90_prob=0.0, rotate_prob=1.0, max_angle=45)
+    base = torch.zeros(1, 20, 20)
+    base[0, 9:11, 9:11] = 1  # the persisting lesion at the centre
+    prog = torch.zeros(1, 1, 20, 20)
+    prog[0, 0, 0, 0] = prog[0, 0, 0, 19] = prog[0, 0, 19, 0] = prog[0, 0, 19, 19] = 1  # corners only
+    sample = {"images": torch.zeros(2, 1, 20, 20), "baseline": base, "progression": prog, "plane": "axial",
+              "progression_visible": torch.tensor(True), "hard_negative": torch.tensor(False),
+              "on_persisting": torch.tensor(True)}
+    flags = set()
+    for seed in range(20):
+        out = aug(sample, np.random.default_rng(seed))
+        visible = bool(out["progression"].any())
+        assert bool(out["progression_visible"]) == visible and bool(out["hard_negative"]) == (not visible)
+        flags.add(visible)
+    assert flags == {True, False}  # both cases met: the corners survive small angles only
+    off_lesion = {**sample, "on_persisting": torch.tensor(False)}
+    assert not any(bool(aug(off_lesion, np.random.default_rng(s))["hard_negative"]) for s in range(20))

@@ -21,6 +21,8 @@ through the centre voxel in that plane; the in-plane axes keep the array's index
     has_progression  bool tensor   the case's progression flag (any follow-up active)
     progression_visible bool tensor  whether this crop holds any progression voxel
     hard_negative bool tensor     centred on a persisting baseline lesion with an empty progression target
+    on_persisting bool tensor     centred on a persisting baseline lesion (augmentation recomputes
+                                  hard_negative from it when a rotation moves progression out of the crop)
     baseline_annotated bool tensor   False for datasets without baseline labels (MSSEG-2)
     case_index   int64 tensor      position of the case in the dataset
     plane        str               "axial" | "coronal" | "sagittal" ("volume" for 3D patches)
@@ -246,6 +248,7 @@ def _to_sample(case: LongitudinalCase, case_index: int, window: tuple, plane: st
         "baseline_annotated": torch.tensor(bool(case.baseline_annotated)),
         "progression_visible": torch.tensor(bool(prog.any())),
         "hard_negative": torch.tensor(on_persisting and not prog.any()),
+        "on_persisting": torch.tensor(on_persisting),
         "case_index": torch.tensor(case_index, dtype=torch.int64),
         "plane": plane,
         "center": torch.tensor(list(center), dtype=torch.int64),

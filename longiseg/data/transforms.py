@@ -104,7 +104,8 @@ class TimepointVariation:
       most ``max_angle`` degrees about the crop centre and a shift of at most ``max_shift`` voxels along every
       axis (bilinear, border padding), so no voxel moves by more than
       ``max_shift * sqrt(len(S)) + radians(max_angle) * r`` with ``r`` its distance from the centre
-      (sub-voxel with the defaults in crops up to 128 voxels).
+      (with the defaults at most 1.10 voxels at the corners of a 128x128 crop, 1.35 in a 128^3 patch; below
+      one voxel along each axis).
 
     Gain, bias field and noise leave every zero voxel zero and change no mask. A part whose magnitude is zero
     (``gain_range=(1, 1)``, ``bias_field_std=0``, ``noise_std=0``, ``max_shift=max_angle=0``) is skipped and
@@ -299,6 +300,9 @@ class LongitudinalAugment:
         out["images"] = imgs.contiguous()
         out["baseline"] = masks[:1].contiguous()
         out["progression"] = masks[1:].reshape(t - 1, 1, *spatial).contiguous()
+        visible = bool(out["progression"].any())  # a rotation can turn progression voxels out of the crop
         if "progression_visible" in sample:
-            out["progression_visible"] = torch.tensor(bool(out["progression"].any()))
+            out["progression_visible"] = torch.tensor(visible)
+        if "hard_negative" in sample and "on_persisting" in sample:  # the flag follows the target it describes
+            out["hard_negative"] = torch.tensor(bool(sample["on_persisting"]) and not visible)
         return out
