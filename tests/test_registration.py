@@ -598,6 +598,53 @@ def test_predict_writes_masks_on_the_original_grids(tmp_path: Path) -> None:
     assert (pred / "c" / "native" / layout.progression_filename(1)).is_file()
 
 
+def test_mapping_back_checks_every_case_and_writes_each_as_a_whole(tmp_path: Path) -> None:
+    # another case's record was used without a word, masks on another grid were mapped as if registered, and
+    # predictions_to_native wrote case by case file by file: a missing transform of the second case left the
+    # first written, a missing mask was skipped, and the output could be the prediction folder itself
+    import shutil
+
+    import nibabel as nib
+
+    from longiseg.registration.native import case_to_native, predictions_to_native
+    from longiseg.workflows.predict import run_prediction
+
+    _registered_case(tmp_path / "registered")
+    record_path = tmp_path / "registered" / "c" / "registration" / "registration.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "case_id": "c",
+                                       "output_grid": Grid((12, 12, 12), np.diag([2.0, 2.0, 2.0, 1.0])).to_dict()}))
+    pred = tmp_path / "pred"
+    run_prediction(_Voxelwise(), tmp_path / "registered", pred, device="cpu", progress=False)
+    shutil.copytree(tmp_path / "registered" / "c", tmp_path / "registered" / "d")  # case d: c's files and record
+    shutil.copytree(pred / "c", pred / "d")
+    with pytest.raises(ValueError, match="records case 'c', not 'd'"):
+        case_to_native(pred / "d", tmp_path / "registered" / "d" / "registration", 2)
+    with pytest.raises(ValueError, match="records case 'c', not 'd'"):
+        predictions_to_native(pred, tmp_path / "registered", tmp_path / "native")
+    assert not (tmp_path / "native").exists()  # nothing of case c written before
+    shutil.rmtree(pred / "d")
+    shutil.rmtree(tmp_path / "registered" / "d")
+    for out in (pred, pred / "native", tmp_path / "registered"):
+        with pytest.raises(ValueError, match="out_dir"):
+            predictions_to_native(pred, tmp_path / "registered", out, overwrite=True)
+    (pred / "c" / layout.progression_filename(1)).rename(tmp_path / "kept.nii.gz")
+    with pytest.raises(FileNotFoundError, match="progression_t1"):
+        predictions_to_native(pred, tmp_path / "registered", tmp_path / "native")
+    (tmp_path / "kept.nii.gz").rename(pred / "c" / layout.progression_filename(1))
+    original = (pred / "c" / layout.BASELINE_MASK).read_bytes()
+    mask = np.asarray(nib.load(pred / "c" / layout.BASELINE_MASK).dataobj)
+    (pred / "c" / layout.BASELINE_MASK).unlink()
+    _save(mask, np.diag([4.0, 4.0, 4.0, 1.0]), pred / "c" / layout.BASELINE_MASK, np.uint8)
+    with pytest.raises(ValueError, match="lies on another grid"):
+        predictions_to_native(pred, tmp_path / "registered", tmp_path / "native")
+    (pred / "c" / layout.BASELINE_MASK).write_bytes(original)
+    files = predictions_to_native(pred, tmp_path / "registered", tmp_path / "native")
+    assert sorted(f.name for f in files) == [layout.BASELINE_MASK, layout.progression_filename(1)]
+    with pytest.raises(FileExistsError, match="exists"):
+        predictions_to_native(pred, tmp_path / "registered", tmp_path / "native")
+
+
 def test_predict_native_refuses_a_case_without_its_transform(tmp_path: Path) -> None:
     from longiseg.workflows.predict import run_prediction
 

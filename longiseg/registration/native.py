@@ -25,7 +25,7 @@ from longiseg.data import layout
 from longiseg.data.volumes import read_mask
 from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import resample
-from longiseg.utils.io import PathLike, atomic_directory
+from longiseg.utils.io import PathLike, atomic_directory, check_separate_folders
 from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti
 from longiseg.utils.validation import check_path
 
@@ -103,22 +103,26 @@ def mask_to_native(mask: np.ndarray, affine: np.ndarray, registration_dir: PathL
     return out, grid.affine
 
 
-def check_native_ready(registration_dir: PathLike, num_timepoints: int) -> None:
+def check_native_ready(registration_dir: PathLike, num_timepoints: int, case_id: str | None = None) -> None:
     """Raise unless ``registration_dir`` holds what mapping a ``num_timepoints`` case's masks back needs.
 
-    Needs SimpleITK, ``registration.json`` with the native grid of every timepoint's reference modality,
-    and the transform ``t{k}.tfm`` of every follow-up ``k``.
+    Needs SimpleITK, ``registration.json`` (of case ``case_id`` when given) with the native grid of every
+    timepoint's reference modality, and the transform ``t{k}.tfm`` of every follow-up ``k``.
 
     Raises:
         ImportError: SimpleITK is missing (names the ``register`` extra).
         FileNotFoundError: no ``registration.json`` or a missing transform.
-        ValueError: a timepoint without a recorded native grid, a recorded header that does not describe
-            its grid, or ``num_timepoints < 2``.
+        ValueError: the record is another case's, a timepoint without a recorded native grid, a recorded
+            header that does not describe its grid, or ``num_timepoints < 2``.
     """
     require_simpleitk()
-    if not isinstance(num_timepoints, int) or num_timepoints < 2:
+    if isinstance(num_timepoints, bool) or not isinstance(num_timepoints, int) or num_timepoints < 2:
         raise ValueError(f"num_timepoints must be an int >= 2, got {num_timepoints!r}")
     reg = Path(registration_dir)
+    recorded = _record(reg).get("case_id")
+    if case_id is not None and recorded is not None and recorded != case_id:
+        raise ValueError(f"{reg / 'registration.json'} records case {recorded!r}, not {case_id!r}: its transforms "
+                         "would map another patient's scans")
     for t in range(num_timepoints):
         native_grid(reg, t)
         if t > 0 and not (reg / f"t{t}.tfm").is_file():
@@ -140,6 +144,19 @@ def _check_native_headers(registration_dir: Path) -> None:
                              "fix the raw file's header and register the case again")
 
 
+def _check_registered_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, registration_dir: Path) -> None:
+    """Refuse a mask that does not lie on the registered grid its case's ``registration.json`` records (it would
+    be mapped back as if it did)."""
+    rec = _record(registration_dir).get("output_grid")
+    if rec is None:  # records of longiseg < 0.3.12
+        return
+    grid = Grid.from_dict(rec)
+    if tuple(shape) != tuple(grid.shape) or not np.allclose(affine, grid.affine, atol=1e-3):
+        raise ValueError(f"{path} lies on another grid (shape {tuple(shape)}) than the registered one of "
+                         f"{registration_dir / 'registration.json'} (shape {tuple(grid.shape)}, its affine): was it "
+                         "predicted from that register output?")
+
+
 def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_timepoints: int | None,
                   interpolation: str) -> list[tuple[str, np.ndarray, np.ndarray, SpatialHeader | None]]:
     """``(file name, native mask, native affine, native header)`` of every mask of a predicted case folder.
@@ -159,6 +176,7 @@ def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_time
         if t is None:
             continue  # probabilities, entropy: only masks are mapped
         arr, aff, _ = read_mask(f, what=f"case {case_id!r}: predicted mask")
+        _check_registered_grid(f, arr.shape, aff, registration_dir)
         out.append((f.name, *mask_to_native(arr, aff, registration_dir, t, interpolation=interpolation),
                     native_header(registration_dir, t)))
     return out
@@ -187,7 +205,7 @@ def case_to_native(case_dir: PathLike, registration_dir: PathLike, num_timepoint
         FileNotFoundError, ValueError, ImportError: see :func:`check_native_ready`; a missing or malformed mask.
     """
     case_dir, reg = check_path("case_dir", case_dir), check_path("registration_dir", registration_dir)
-    check_native_ready(reg, num_timepoints)
+    check_native_ready(reg, num_timepoints, case_dir.name)
     masks = _native_masks(case_dir, reg, case_dir.name, num_timepoints, interpolation)
     target = case_dir / NATIVE_DIR
     with atomic_directory(target, overwrite=overwrite) as tmp:
@@ -200,29 +218,46 @@ def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir:
                           interpolation: str = "nearest", overwrite: bool = False) -> list[Path]:
     """Write every case's ``baseline_mask`` and ``progression_t{k}`` predictions on their original grids.
 
+    Every case is checked before any is written (its registration record, transforms and masks: every timepoint
+    the record holds), and each case folder is written as a whole (a temporary folder renamed at the end).
+
     Args:
         pred_dir: predictions on the registered grid (``longiseg predict`` of ``registered_dir``).
         registered_dir: the output of ``longiseg register`` (holds ``CASE/registration/``).
-        out_dir: destination; ``out_dir/CASE/progression_t1.nii.gz`` lies on follow-up 1's original grid,
-            ``baseline_mask.nii.gz`` on the baseline's.
+        out_dir: destination, apart from both: ``out_dir/CASE/progression_t1.nii.gz`` lies on follow-up 1's
+            original grid, ``baseline_mask.nii.gz`` on the baseline's.
         interpolation: see :func:`mask_to_native`.
-        overwrite: replace existing files.
+        overwrite: replace existing case folders of ``out_dir``.
 
     Returns:
         The files written.
+
+    Raises:
+        ValueError: ``out_dir`` is, lies inside or holds ``pred_dir`` or ``registered_dir``; see
+            :func:`check_native_ready` and :func:`case_to_native`.
+        FileNotFoundError: no prediction folder, a case without its registration record, transform or mask.
+        FileExistsError: a case folder of ``out_dir`` exists and ``overwrite`` is ``False``.
     """
     pred, reg = check_path("pred_dir", pred_dir), check_path("registered_dir", registered_dir)
     out = check_path("out_dir", out_dir)
     if not pred.is_dir():
         raise FileNotFoundError(f"prediction folder {pred} does not exist")
+    check_separate_folders(out, "out_dir", {"pred_dir": pred, "registered_dir": reg})
     cases = [(case, reg / case.name / "registration") for case in sorted(p for p in pred.iterdir() if p.is_dir())]
-    for case, reg_dir in cases:  # every case's records before any case is written
+    ready = []
+    for case, reg_dir in cases:  # every case checked and mapped before any is written
         if not reg_dir.is_dir():
             raise FileNotFoundError(f"case {case.name!r}: no {reg_dir} (was {reg} written by 'longiseg register'?)")
-        _check_native_headers(reg_dir)
+        num_timepoints = len([k for k in _record(reg_dir)["native_grids"]
+                              if k.endswith("_" + _record(reg_dir)["options"]["reference_modality"].lower())])
+        check_native_ready(reg_dir, num_timepoints, case.name)
+        if not overwrite and (out / case.name).exists():
+            raise FileExistsError(f"{out / case.name} exists; pass overwrite=True to replace it")
+        ready.append((case, _native_masks(case, reg_dir, case.name, num_timepoints, interpolation)))
     written = []
-    for case, reg_dir in cases:
-        for name, arr, aff, header in _native_masks(case, reg_dir, case.name, None, interpolation):
-            written.append(atomic_save_nifti(arr, aff, out / case.name / name, overwrite=overwrite, dtype=np.uint8,
-                                             header=header))
+    for case, masks in ready:
+        with atomic_directory(out / case.name, overwrite=overwrite) as tmp:
+            for name, arr, aff, header in masks:
+                atomic_save_nifti(arr, aff, tmp / name, overwrite=True, dtype=np.uint8, header=header)
+        written += [out / case.name / name for name, *_ in masks]
     return written

@@ -126,7 +126,7 @@ def _native_hooks(registered_dir: Path, overwrite: bool
         if not reg.is_dir():
             raise FileNotFoundError(f"case {source.case_id!r}: no {reg} with the transforms of longiseg register; "
                                     f"was {registered_dir} written by longiseg register?")
-        check_native_ready(reg, source.num_timepoints)
+        check_native_ready(reg, source.num_timepoints, source.case_id)
 
     def write(source: CaseSource, case_out: Path) -> None:
         native = case_out / NATIVE_DIR
