@@ -306,3 +306,36 @@ def test_valid_figure_arguments_still_work(tmp_path: Path) -> None:
     fig, axes = _subplots(nrows=np.int64(2), ncols=1, figsize=(np.float64(2), 3), facecolor="black")
     assert tuple(fig.get_size_inches()) == (2.0, 3.0) and len(axes) == 2
     assert io.atomic_save_figure(fig, tmp_path / "f.png", dpi=np.int64(20)).stat().st_size > 0
+
+
+def test_helpers_found_by_a_fuzzer_name_their_bad_arguments() -> None:
+    # each of these failed deep inside (KeyError '3', ZeroDivisionError, OverflowError, AttributeError of None)
+    # or returned a wrong value ('tnan_flair.nii.gz', 'progression_t1None.nii.gz', connectivity 8 for ndim None)
+    import numpy as np
+    import torch
+
+    from longiseg.data.layout import image_filename, prediction_filenames, progression_filename
+    from longiseg.data.lesions import check_connectivity, default_connectivity, min_voxel_count
+    from longiseg.utils.validation import check_binary, check_finite, check_ndim, check_same_shape
+
+    cases = [
+        (lambda: check_connectivity(26, "3"), ValueError, "ndim must be 2 or 3"),
+        (lambda: default_connectivity(None), ValueError, "ndim must be 2 or 3"),
+        (lambda: min_voxel_count(10.0, 0.0), ValueError, "voxel_volume_mm3 must be a finite number > 0"),
+        (lambda: min_voxel_count(float("inf"), 1.0), ValueError, "min_volume_mm3 must be a finite number"),
+        (lambda: image_filename(float("nan"), "flair"), TypeError, "timepoint must be an int"),
+        (lambda: image_filename(1, None), TypeError, "modality must be"),
+        (lambda: progression_filename(1, suffix=None), TypeError, "suffix must be a str"),
+        (lambda: progression_filename(True), TypeError, "followup must be an int"),
+        (lambda: prediction_filenames(2.5), TypeError, "num_timepoints"),
+        (lambda: check_ndim("x", None, 3), TypeError, "x must be a torch.Tensor or a numpy array, got NoneType"),
+        (lambda: check_same_shape("a", torch.zeros(2), "b", [0, 0]), TypeError, "b must be a torch.Tensor"),
+        (lambda: check_finite("x", None), TypeError, "x must be a torch.Tensor or a numpy array"),
+        (lambda: check_binary("x", []), TypeError, "x must be a torch.Tensor or a numpy array"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+    assert min_voxel_count(11.0, 0.11) == 100 and default_connectivity(2) == 8
+    check_finite("x", np.ones(3))
+    check_binary("x", torch.tensor([0, 1]))

@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from pathlib import Path, PureWindowsPath
 
-from longiseg.utils.validation import check_path
+from longiseg.utils.validation import check_instance, check_path, check_positive_int, check_timepoints
 
 __all__ = [
     "MANIFEST_JSON",
@@ -66,8 +66,8 @@ _PROGRESSION_RE = re.compile(r"^progression_t(\d+)\.nii(\.gz)?$")
 
 def image_filename(timepoint: int, modality: str) -> str:
     """File name of one timepoint's modality, e.g. ``image_filename(1, "flair") == "t1_flair.nii.gz"``."""
-    if timepoint < 0:
-        raise ValueError(f"timepoint must be >= 0, got {timepoint}")
+    timepoint = check_positive_int("timepoint", timepoint, minimum=0)
+    check_instance("modality", modality, str, "a modality name (str)")
     if not re.fullmatch(r"[A-Za-z0-9\-]+", modality):
         raise ValueError(f"modality must be alphanumeric (dashes allowed), got {modality!r}")
     return f"t{timepoint}_{modality.lower()}.nii.gz"
@@ -78,14 +78,15 @@ def progression_filename(followup: int, suffix: str = "") -> str:
 
     ``suffix`` (``"_prob"``, ``"_entropy"``) names the probability or entropy map of a prediction.
     """
-    if followup < 1:
+    if check_positive_int("followup", followup, minimum=0) < 1:
         raise ValueError(f"followup must be >= 1 (timepoint 0 is the baseline), got {followup}")
-    return f"progression_t{followup}{suffix}.nii.gz"
+    check_instance("suffix", suffix, str, "a str such as '_prob'")
+    return f"progression_t{int(followup)}{suffix}.nii.gz"
 
 
 def prediction_filenames(num_timepoints: int) -> dict[str, list[str]]:
     """All files that a prediction of a ``T``-timepoint case writes, grouped by kind."""
-    fus = range(1, num_timepoints)
+    fus = range(1, check_timepoints("num_timepoints", num_timepoints))
     return {
         "mask": [BASELINE_MASK] + [progression_filename(i) for i in fus],
         "prob": ["baseline_prob.nii.gz"] + [progression_filename(i, "_prob") for i in fus],

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from longiseg.utils.masks import MaskLike, as_mask, as_spacing, foreground_slices
+from longiseg.utils.validation import check_positive_float
 
 __all__ = [
     "LesionLabels",
@@ -48,13 +49,20 @@ _CONNECTIVITY = {2: (4, 8), 3: (6, 18, 26)}
 SpacingLike = float | Sequence[float] | np.ndarray | None
 
 
+def _check_mask_ndim(ndim: object) -> int:
+    if isinstance(ndim, bool) or not isinstance(ndim, (int, np.integer)) or int(ndim) not in _CONNECTIVITY:
+        raise ValueError(f"ndim must be 2 or 3 (a 2D or 3D mask), got {ndim!r}")
+    return int(ndim)
+
+
 def default_connectivity(ndim: int) -> int:
-    """Full connectivity of a ``ndim``-D grid: 26 in 3D, 8 in 2D."""
-    return 26 if ndim == 3 else 8
+    """Full connectivity of a ``ndim``-D grid: 26 in 3D, 8 in 2D (``ValueError`` for another ``ndim``)."""
+    return 26 if _check_mask_ndim(ndim) == 3 else 8
 
 
 def check_connectivity(connectivity: int | None, ndim: int) -> int:
     """``connectivity`` (6, 18, 26 in 3D; 4, 8 in 2D), or the full one for ``None``; ``ValueError`` otherwise."""
+    ndim = _check_mask_ndim(ndim)
     if connectivity is None:
         return default_connectivity(ndim)
     if not isinstance(connectivity, (int, np.integer)) or isinstance(connectivity, bool) \
@@ -108,7 +116,13 @@ def min_voxel_count(min_volume_mm3: float, voxel_volume_mm3: float) -> int:
 
     Size filters compare voxel counts with this number, so a lesion exactly at the threshold is kept whatever
     float32 round-off its file's voxel size carries (11 mm^3 as 100 voxels of 0.11 mm^3 is 100, not 101).
+
+    Raises:
+        TypeError, ValueError: ``min_volume_mm3`` is not a finite number >= 0 or ``voxel_volume_mm3`` not a finite
+            number > 0.
     """
+    min_volume_mm3 = check_min_volume(min_volume_mm3)
+    voxel_volume_mm3 = check_positive_float("voxel_volume_mm3", voxel_volume_mm3)
     return math.ceil(min_volume_mm3 / voxel_volume_mm3 * (1.0 - VOLUME_RTOL))
 
 

@@ -153,6 +153,7 @@ def check_ndim(name: str, x: ArrayLike, ndim: int | Sequence[int], layout: str =
         ndim: accepted rank(s).
         layout: human-readable expected layout such as ``"(B, T, C, H, W)"``.
     """
+    _check_array_like(name, x)
     allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
     if x.ndim not in allowed:
         want = " or ".join(str(a) for a in allowed)
@@ -160,8 +161,15 @@ def check_ndim(name: str, x: ArrayLike, ndim: int | Sequence[int], layout: str =
         raise ValueError(f"{name} must have {want} dims{lay}, got shape {tuple(x.shape)}")
 
 
+def _check_array_like(name: str, x: object) -> None:
+    """Refuse what is neither a tensor nor a NumPy array (the checks below read its shape and values)."""
+    if not isinstance(x, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
+
+
 def check_finite(name: str, x: ArrayLike) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or infinite values."""
+    """Raise ``ValueError`` if ``x`` holds NaN or infinite values (``TypeError`` if it is no tensor or array)."""
+    _check_array_like(name, x)
     if isinstance(x, torch.Tensor):
         if x.is_floating_point() or x.is_complex():
             if not bool(torch.isfinite(x).all()):
@@ -173,7 +181,9 @@ def check_finite(name: str, x: ArrayLike) -> None:
 
 
 def check_binary(name: str, x: ArrayLike) -> None:
-    """Raise ``ValueError`` unless every value of ``x`` is 0 or 1 (bool, int or float dtypes)."""
+    """Raise ``ValueError`` unless every value of ``x`` is 0 or 1 (bool, int or float dtypes; ``TypeError`` if it
+    is no tensor or array)."""
+    _check_array_like(name, x)
     if isinstance(x, torch.Tensor):
         if x.dtype == torch.bool:
             return
@@ -192,6 +202,8 @@ def check_binary(name: str, x: ArrayLike) -> None:
 def check_same_shape(name_a: str, a: ArrayLike, name_b: str, b: ArrayLike) -> None:
     """Raise ``ValueError`` unless ``a`` and ``b`` have the same shape (not checked while ``torch.jit.trace``
     records, see :func:`checks_sizes`)."""
+    _check_array_like(name_a, a)
+    _check_array_like(name_b, b)
     if checks_sizes() and tuple(a.shape) != tuple(b.shape):
         raise ValueError(
             f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
