@@ -339,3 +339,31 @@ def test_helpers_found_by_a_fuzzer_name_their_bad_arguments() -> None:
     assert min_voxel_count(11.0, 0.11) == 100 and default_connectivity(2) == 8
     check_finite("x", np.ones(3))
     check_binary("x", torch.tensor([0, 1]))
+
+
+def test_more_helpers_found_by_a_fuzzer_name_their_bad_arguments() -> None:
+    # each of these returned a wrong value without a word: a NaN rotation, the 2D layout for spatial_dims=7,
+    # no size check for model=None, no defaults for model=None, drop_last='yes', 'P' for spacing NaN
+    import numpy as np
+
+    from longiseg.data.samplers import BalancedBatchSampler
+    from longiseg.data.transforms import rotation_matrix
+    from longiseg.inferers import prediction_defaults
+    from longiseg.metrics.longitudinal import followup_kind
+    from longiseg.networks.inputs import check_spatial_size, feature_layout, layout
+
+    mask = np.zeros((4, 4, 4), bool)
+    mask[1, 1, 1] = True
+    cases = [
+        (lambda: rotation_matrix(float("nan"), 3), ValueError, "angle_deg must be a finite number"),
+        (lambda: layout(7), ValueError, "spatial_dims must be 2 or 3"),
+        (lambda: feature_layout(None), ValueError, "spatial_dims must be 2 or 3"),
+        (lambda: check_spatial_size(None, 64, "patch_size"), TypeError, "model must be an nn.Module"),
+        (lambda: prediction_defaults(None), TypeError, "model must be an nn.Module"),
+        (lambda: BalancedBatchSampler([True, False, True, False], 2, drop_last="yes"), TypeError, "drop_last"),
+        (lambda: followup_kind(mask, spacing=float("nan")), ValueError, "spacing"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+    assert layout(3) == "(B, T, C, D, H, W)" and followup_kind(mask) == "P"

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from longiseg.utils.validation import check_seed
+from longiseg.utils.validation import check_bool, check_seed
 
 __all__ = ["BalancedBatchSampler", "EpochIndex", "EpochTaggedBatchSampler", "positive_slots"]
 
@@ -161,7 +161,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
                 )
 
         self.seed = check_seed("seed", seed)
-        self.drop_last = bool(drop_last)
+        self.drop_last = check_bool("drop_last", drop_last)
         if num_batches is None:
             per_step = self.batch_size * self.num_replicas
             n = len(flags)

@@ -24,6 +24,7 @@ from longiseg.networks.inputs import check_spatial_size
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec
 from longiseg.utils.config import ConfigBase, require
+from longiseg.utils.validation import check_instance
 
 __all__ = ["InferenceConfig", "check_planes", "inference_settings", "make_inferer", "model_spec",
            "prediction_defaults"]
@@ -156,8 +157,8 @@ def prediction_defaults(model: nn.Module, *, progress: bool = False) -> dict[str
     Raises:
         ValueError: the recorded window does not fit the model (:func:`inference_settings`).
     """
-    inner = unwrap_model(model) if isinstance(model, nn.Module) else model
-    spec = getattr(inner, "spec", None)
+    check_instance("model", model, nn.Module, "an nn.Module")
+    spec = getattr(unwrap_model(model), "spec", None)
     if not isinstance(spec, ModelSpec) or not spec.inference:
         return {}
     cfg = inference_settings(model)

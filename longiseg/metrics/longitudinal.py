@@ -101,6 +101,7 @@ def _active(mask: MaskLike, name: str, spacing: SpacingLike, prot: EvaluationPro
     """Whether a progression mask shows activity under ``prot``: any voxel, or with a protocol that filters
     voxel metrics (``tdw``), any lesion that survives its size filter."""
     m = as_mask(name, mask)
+    as_spacing(spacing, m.ndim)  # checked whether or not the protocol needs it: a bad one is a caller's error
     if not prot.filter_voxel_metrics:
         return bool(m.any())
     return has_progression(m, spacing, min_volume_mm3=prot.min_lesion_volume_mm3,

@@ -36,7 +36,9 @@ import torch.nn as nn
 
 from longiseg.utils.validation import (
     check_finite,
+    check_instance,
     check_ndim,
+    check_spatial_dims,
     check_tensor,
     check_timepoints,
     checks_sizes,
@@ -49,12 +51,12 @@ __all__ = ["SpatialSizeRule", "check_model_input", "check_spatial_size", "featur
 
 def layout(spatial_dims: int) -> str:
     """The input layout of a model: ``"(B, T, C, H, W)"`` for 2D/2.5D, ``"(B, T, C, D, H, W)"`` for 3D."""
-    return "(B, T, C, D, H, W)" if spatial_dims == 3 else "(B, T, C, H, W)"
+    return "(B, T, C, D, H, W)" if check_spatial_dims("spatial_dims", spatial_dims) == 3 else "(B, T, C, H, W)"
 
 
 def feature_layout(spatial_dims: int) -> str:
     """The layout of one timepoint's feature map: ``"(B, C, H, W)"`` for 2D/2.5D, ``"(B, C, D, H, W)"`` for 3D."""
-    return "(B, C, D, H, W)" if spatial_dims == 3 else "(B, C, H, W)"
+    return "(B, C, D, H, W)" if check_spatial_dims("spatial_dims", spatial_dims) == 3 else "(B, C, H, W)"
 
 
 def normalises_per_instance(module: nn.Module) -> bool:
@@ -137,6 +139,7 @@ def check_spatial_size(model: nn.Module, size: int | Sequence[int], name: str) -
     Raises:
         ValueError: naming ``name`` and the rule it breaks (see :class:`SpatialSizeRule`).
     """
+    check_instance("model", model, nn.Module, "an nn.Module")
     rule = getattr(model, "spatial_size_rule", None)
     if rule is None:
         return
