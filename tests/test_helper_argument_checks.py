@@ -367,3 +367,16 @@ def test_more_helpers_found_by_a_fuzzer_name_their_bad_arguments() -> None:
         with pytest.raises(error, match=match):
             call()
     assert layout(3) == "(B, T, C, D, H, W)" and followup_kind(mask) == "P"
+
+
+def test_complex_probabilities_are_refused_not_cut_to_their_real_part() -> None:
+    import numpy as np
+    import torch
+
+    from longiseg.inferers import binary_entropy, threshold_probabilities
+
+    for call in (lambda: threshold_probabilities(np.full((4, 4), 0.7 + 0.9j)),
+                 lambda: binary_entropy(np.full((2, 2), 0.5 + 1j)),
+                 lambda: binary_entropy(torch.full((2, 2), 0.5 + 1j))):
+        with pytest.raises(TypeError, match="prob must hold real probabilities"):
+            call()

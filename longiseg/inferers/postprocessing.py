@@ -55,6 +55,8 @@ def _as_numpy(name: str, x: object) -> np.ndarray:
 
 
 def _check_probabilities(name: str, p: np.ndarray) -> None:
+    if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer) or p.dtype == bool):
+        raise TypeError(f"{name} must hold real probabilities, got dtype {p.dtype}")  # complex: .real was compared
     check_finite(name, p)
     if p.size and (p.min() < 0 or p.max() > 1):
         raise ValueError(f"{name} must hold probabilities in [0, 1], got values in [{float(p.min()):.4g}, "

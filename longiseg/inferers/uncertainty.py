@@ -32,6 +32,8 @@ def binary_entropy(prob: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor
         TypeError: if ``prob`` is not an array/tensor.
         ValueError: for NaN/inf values or values outside ``[0, 1]``.
     """
+    if isinstance(prob, torch.Tensor) and prob.is_complex() or isinstance(prob, np.ndarray) and np.iscomplexobj(prob):
+        raise TypeError(f"prob must hold real probabilities, got dtype {prob.dtype}")  # the cast drops .imag
     if isinstance(prob, torch.Tensor):
         p = prob if prob.dtype == torch.float64 else prob.float()
         check_finite("prob", p)
