@@ -380,3 +380,20 @@ def test_complex_probabilities_are_refused_not_cut_to_their_real_part() -> None:
                  lambda: binary_entropy(torch.full((2, 2), 0.5 + 1j))):
         with pytest.raises(TypeError, match="prob must hold real probabilities"):
             call()
+
+
+def test_complex_targets_and_logits_and_cases_of_another_type_are_refused() -> None:
+    # a complex target's imaginary part was dropped (a finite loss came back); complex logits made an output;
+    # check_same_timepoints(['a']) raised AttributeError
+    import torch
+
+    from longiseg.data.cohort import check_same_timepoints
+    from longiseg.losses import dice_focal_per_sample
+    from longiseg.networks.output import LongitudinalOutput
+
+    with pytest.raises(TypeError, match="target must be a real"):
+        dice_focal_per_sample(torch.rand(2, 1, 8, 8), torch.full((2, 1, 8, 8), 1 + 1j))
+    with pytest.raises(TypeError, match="must be real tensors"):
+        LongitudinalOutput(torch.zeros(1, 1, 4, 4, dtype=torch.complex64), torch.zeros(1, 1, 1, 4, 4))
+    with pytest.raises(TypeError, match=r"cases\[0\] must be a CaseSource or LongitudinalCase"):
+        check_same_timepoints(["a"])

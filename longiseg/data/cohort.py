@@ -152,6 +152,7 @@ def modality_mismatches(cases: Sequence[CaseSource | LongitudinalCase]
         first case), the ids of the cases that have them, and one message per case that has others, naming its
         modalities, the common ones and the cases with them. Empty messages when all agree.
     """
+    check_sequence("cases", cases, (CaseSource, LongitudinalCase), "a CaseSource or LongitudinalCase")
     groups: dict[tuple[str, ...], list[str]] = {}
     for c in cases:
         groups.setdefault(tuple(c.modalities), []).append(c.case_id)
@@ -200,6 +201,7 @@ def check_same_timepoints(cases: Sequence[CaseSource | LongitudinalCase], remedy
     Raises:
         ValueError: naming the cases of each ``T``.
     """
+    check_sequence("cases", cases, (CaseSource, LongitudinalCase), "a CaseSource or LongitudinalCase")
     by_t: dict[int, list[str]] = {}
     for c in cases:
         by_t.setdefault(c.num_timepoints, []).append(c.case_id)

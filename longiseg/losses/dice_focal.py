@@ -59,6 +59,8 @@ def check_logits_and_target(
     check_tensor(target_name, target)
     if not logits.is_floating_point():
         raise TypeError(f"{logits_name} must be a floating-point tensor of logits, got dtype {logits.dtype}")
+    if target.is_complex():  # a cast to the logits' dtype would drop the imaginary part
+        raise TypeError(f"{target_name} must be a real (bool, int or float) mask, got dtype {target.dtype}")
     if logits.ndim < 3:
         raise ValueError(
             f"{logits_name} must have at least 3 dims (B, K, *spatial), got shape {tuple(logits.shape)}"

@@ -47,6 +47,9 @@ class LongitudinalOutput:
     def __post_init__(self) -> None:
         if not isinstance(self.baseline, torch.Tensor) or not isinstance(self.progression, torch.Tensor):
             raise TypeError("LongitudinalOutput: baseline and progression must be tensors")
+        if self.baseline.is_complex() or self.progression.is_complex():
+            raise TypeError(f"LongitudinalOutput: baseline and progression must be real tensors, got dtypes "
+                            f"{self.baseline.dtype} and {self.progression.dtype}")
         if self.progression.ndim != self.baseline.ndim + 1:
             raise ValueError(
                 "LongitudinalOutput: progression must have one more dim (T-1) than baseline; got "
