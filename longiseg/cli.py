@@ -49,6 +49,16 @@ class Terminated(KeyboardInterrupt):
 def _raise_terminated(signum: int, frame: object) -> NoReturn:
     raise Terminated(f"terminated by signal {signum}")
 
+
+def _exit_terminated(signum: int, frame: object) -> NoReturn:
+    """SIGTERM of a torchrun worker (torchrun ends every rank when one fails): one line and exit now. Raised as an
+    exception it could land inside a callback of the distributed C++ code, which prints and swallows it, and the
+    rank then failed in its next collective with a transport error (exit 1). Outputs are written atomically, so
+    an exit in the middle leaves no half-written file under its final name."""
+    sys.stderr.write(f"longiseg: terminated (signal {signum}; torchrun ends the ranks when one fails)\n")
+    sys.stderr.flush()
+    os._exit(EXIT_TERMINATED)
+
 # Exceptions that mean "what the user gave is wrong" (exit code 2); the library raises these with messages
 # that name the file or argument. ``ConfigError`` and ``yaml`` errors are ``ValueError`` subclasses here.
 _INPUT_ERRORS: tuple[type[BaseException], ...] = (
@@ -582,7 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     on_term = (signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread()
                else None)
     if on_term == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        under_torchrun = ("TORCHELASTIC_RUN_ID" in os.environ
+                          and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"))
+        signal.signal(signal.SIGTERM, _exit_terminated if under_torchrun else _raise_terminated)
     try:
         parser = build_parser()  # imports workflow modules: seconds, in which Ctrl-C is handled like later on
         args = parser.parse_args(argv)  # usage errors: _Parser prints one line and exits with 2

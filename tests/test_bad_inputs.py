@@ -746,3 +746,20 @@ def test_a_thread_count_torch_cannot_take_is_refused_in_one_line(capsys: pytest.
         assert main(["--threads", n, "models", "--no-params"]) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"longiseg models: error: --threads must be between 1 and 1024, got {n}", err
+
+
+def test_a_torchrun_worker_ends_at_once_on_sigterm_with_one_line(tmp_path: Path) -> None:
+    # torchrun ends every rank when one fails; raised as an exception, SIGTERM landed inside a callback of the
+    # distributed C++ code (a "[rank0]: Traceback"), and the rank then failed in a collective (exit 1)
+    import subprocess
+    import sys
+
+    script = ("import signal, sys; from longiseg import cli\n"
+              "def command(args):\n    signal.raise_signal(signal.SIGTERM)\n    return 0\n"
+              "cli._cmd_models = command\nsys.exit(cli.main(['models']))")
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_RUN_ID": "test"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("longiseg: terminated (signal 15"), done.stderr
+    assert "Traceback" not in done.stderr
