@@ -59,7 +59,7 @@ class Grid:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record."""
-        return {"shape": list(self.shape), "affine": self.affine.round(6).tolist()}
+        return {"shape": list(self.shape), "affine": self.affine.tolist()}  # full precision: headers copied exactly
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Grid:
