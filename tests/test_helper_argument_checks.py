@@ -397,3 +397,29 @@ def test_complex_targets_and_logits_and_cases_of_another_type_are_refused() -> N
         LongitudinalOutput(torch.zeros(1, 1, 4, 4, dtype=torch.complex64), torch.zeros(1, 1, 1, 4, 4))
     with pytest.raises(TypeError, match=r"cases\[0\] must be a CaseSource or LongitudinalCase"):
         check_same_timepoints(["a"])
+
+
+def test_internal_helpers_of_the_public_api_name_bad_arguments() -> None:
+    # AttributeError (None, a tensor), IndexError (a float mask, a None affine) or numpy's own errors before
+    import numpy as np
+    import torch
+
+    from longiseg.data.case import display_slice
+    from longiseg.data.sampling import crop_window
+    from longiseg.registration.pairwise import similarity
+
+    image = np.random.default_rng(0).random((8, 8, 8))
+    brain = np.ones((8, 8, 8), bool)
+    cases = [
+        (lambda: crop_window(None, (0, 0, 0), (4, 4, 4)), TypeError, "array must be a numpy array"),
+        (lambda: crop_window(image, (0, 0, 0), (-1, -1, -1)), ValueError, "size must be >= 0"),
+        (lambda: similarity(torch.from_numpy(image), image, brain), TypeError, "a must be a numpy array"),
+        (lambda: similarity(image, image, brain.astype(float)), TypeError, "mask must be a bool array"),
+        (lambda: similarity(image, image, brain, bins=0), ValueError, "bins must be >= 2"),
+        (lambda: display_slice(np.zeros((8, 8)), None, 0), TypeError, "affine must be an array"),
+        (lambda: display_slice(np.zeros((8, 8)), np.eye(4), 2.5), ValueError, "normal_axis must be 0, 1 or 2"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+    assert similarity(image, image, brain)["correlation"] == pytest.approx(1.0)

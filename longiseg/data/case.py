@@ -76,6 +76,9 @@ def display_slice(plane_image: np.ndarray, affine: np.ndarray, normal_axis: int)
     """
     import nibabel as nib
 
+    affine = check_affine("affine", affine)
+    if isinstance(normal_axis, bool) or not isinstance(normal_axis, (int, np.integer)) or not 0 <= normal_axis < 3:
+        raise ValueError(f"normal_axis must be 0, 1 or 2 (an array axis), got {normal_axis!r}")
     ornt = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
     ip = [a for a in range(3) if a != normal_axis]
     img = np.asarray(plane_image)

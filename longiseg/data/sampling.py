@@ -200,7 +200,10 @@ def crop_window(array: np.ndarray, start: Sequence[int], size: Sequence[int], fi
     Returns:
         ``(..., *size)`` array of the same dtype.
     """
+    check_instance("array", array, np.ndarray, "a numpy array")
     k = len(size)
+    if any(int(s) < 0 for s in size):
+        raise ValueError(f"size must be >= 0 per axis, got {tuple(size)}")
     if len(start) != k or array.ndim < k:
         raise ValueError(f"start {tuple(start)} and size {tuple(size)} must match the last axes of {array.shape}")
     spatial = array.shape[-k:]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from longiseg.registration.grid import Grid, require_simpleitk
-from longiseg.utils.validation import check_positive_int, check_seed
+from longiseg.utils.validation import check_instance, check_positive_int, check_seed
 
 __all__ = [
     "TRANSFORMS",
@@ -256,8 +256,13 @@ def similarity(a: np.ndarray, b: np.ndarray, mask: np.ndarray, *, bins: int = 64
         ``{"nmi": (H(a) + H(b)) / H(a, b)`` (1 for independent images, 2 for identical ones),
         ``"correlation"``}.
     """
+    for name, value in (("a", a), ("b", b), ("mask", mask)):
+        check_instance(name, value, np.ndarray, "a numpy array (D, H, W)")
+    bins = check_positive_int("bins", bins, minimum=2)
     if a.shape != b.shape or a.shape != mask.shape:
         raise ValueError(f"a, b and mask must share one shape, got {a.shape}, {b.shape}, {mask.shape}")
+    if mask.dtype != bool:
+        raise TypeError(f"mask must be a bool array (the voxels compared), got dtype {mask.dtype}")
     x = a[mask].astype(np.float64)
     y = b[mask].astype(np.float64)
     if x.size < 2:
