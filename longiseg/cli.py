@@ -217,11 +217,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         require_simpleitk()
         if not registered.is_dir():
             raise FileNotFoundError(f"--native {registered} is not a folder (give the output of longiseg register)")
+    ignored = [o for o in args.overrides if o.split("=", 1)[0].strip().startswith("model.")]
+    if ignored:  # the architecture (and its weights) is the checkpoint's, with or without --config
+        raise ValueError(f"--set {ignored[0]}: predict builds the model from --checkpoint, so model.* settings "
+                         "do not apply (the scan backend follows LONGISEG_SCAN_BACKEND or the device)")
     if args.config is not None:  # explicit settings win over the checkpoint's own
-        ignored = [o for o in args.overrides if o.split("=", 1)[0].strip().startswith("model.")]
-        if ignored:  # the architecture (and its weights) is the checkpoint's
-            raise ValueError(f"--set {ignored[0]}: predict builds the model from --checkpoint, so model.* settings "
-                             "do not apply (the scan backend follows LONGISEG_SCAN_BACKEND or the device)")
         cfg = _load_experiment(args.config, args.overrides)
         model = build_model_from_checkpoint(ckpt)
         inference, modalities = cfg.inference, cfg.data.modalities

@@ -386,6 +386,8 @@ ROWS = [
     Row("predict-config-model-setting", lambda ws, t: _predict(
         ws, t, "--config", str(ws / "run" / "experiment.yaml"), "--set", "model.kwargs.mamba_backend=chunked"),
         r"--set model\.kwargs\.mamba_backend=chunked: predict builds the model from --checkpoint"),
+    Row("predict-model-setting", lambda ws, t: _predict(ws, t, "--set", "model.name=segformer"),  # no --config:
+        r"--set model\.name=segformer: predict builds the model from --checkpoint"),  # named "inference.model" before
     Row("predict-weights-mismatch", lambda ws, t: _predict(ws, t, ckpt=str(_checkpoint(ws, t / "c", "mismatch"))),
         r"do not fit the model"),
     Row("predict-device-bogus", lambda ws, t: _predict(ws, t, "--device", "tpu"), r"--device 'tpu'"),
