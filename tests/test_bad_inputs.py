@@ -362,7 +362,7 @@ ROWS = [
     Row("train-resume-without-last", lambda ws, t: _train(ws, t, "--resume", output=str(_resumable_without_last(
         ws, t / "run"))), r"best\.pt but no last\.pt to resume from.*nothing was changed.*--overwrite", out="none"),
     Row("train-inference-patch-size", lambda ws, t: _train(ws, t, "--set", "inference.patch_size=-5"),
-        r"patch_size must be >= 1, got -5"),
+        r"patch_size must be between 1 and 4096 voxels, got -5"),
     Row("train-inference-min-volume-inf", lambda ws, t: _train(ws, t, "--set", "inference.min_lesion_mm3=inf"),
         r"min_lesion_mm3 must be a finite volume"),
     Row("train-inference-batch-size", lambda ws, t: _train(ws, t, "--set", "inference.batch_size=0"),
@@ -386,6 +386,8 @@ ROWS = [
     Row("predict-config-model-setting", lambda ws, t: _predict(
         ws, t, "--config", str(ws / "run" / "experiment.yaml"), "--set", "model.kwargs.mamba_backend=chunked"),
         r"--set model\.kwargs\.mamba_backend=chunked: predict builds the model from --checkpoint"),
+    Row("predict-huge-window", lambda ws, t: _predict(ws, t, "--set", "patch_size=100000"),  # the allocator failed
+        r"patch_size must be between 1 and 4096 voxels, got 100000"),
     Row("predict-model-setting", lambda ws, t: _predict(ws, t, "--set", "model.name=segformer"),  # no --config:
         r"--set model\.name=segformer: predict builds the model from --checkpoint"),  # named "inference.model" before
     Row("predict-weights-mismatch", lambda ws, t: _predict(ws, t, ckpt=str(_checkpoint(ws, t / "c", "mismatch"))),

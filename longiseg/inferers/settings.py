@@ -26,8 +26,12 @@ from longiseg.spec import ModelSpec
 from longiseg.utils.config import ConfigBase, require
 from longiseg.utils.validation import check_instance
 
-__all__ = ["InferenceConfig", "check_planes", "inference_settings", "make_inferer", "model_spec",
+__all__ = ["MAX_WINDOW", "InferenceConfig", "check_planes", "inference_settings", "make_inferer", "model_spec",
            "prediction_defaults"]
+
+
+#: The largest crop or window edge a configuration takes (voxels); beyond, a window fails in the allocator.
+MAX_WINDOW = 4096
 
 
 def check_planes(planes: list[str], owner: str) -> None:
@@ -83,7 +87,8 @@ class InferenceConfig(ConfigBase):
     def __post_init__(self) -> None:
         self.coerce_fields()  # built directly, checked as when read from a file
         # checked when the experiment is read, so a run never records settings its checkpoint cannot predict with
-        require(self.patch_size >= 1, "InferenceConfig", f"patch_size must be >= 1, got {self.patch_size}")
+        require(1 <= self.patch_size <= MAX_WINDOW, "InferenceConfig",
+                f"patch_size must be between 1 and {MAX_WINDOW} voxels, got {self.patch_size}")
         require(self.batch_size >= 1, "InferenceConfig", f"batch_size must be >= 1, got {self.batch_size}")
         require(self.blend in BLEND_MODES, "InferenceConfig", f"blend must be one of {BLEND_MODES}, got {self.blend!r}")
         require(self.restrict in RESTRICT_OPTIONS, "InferenceConfig",

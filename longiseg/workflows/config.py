@@ -21,7 +21,7 @@ from typing import Any
 from longiseg.data.case import PLANES
 from longiseg.data.dataset import MAX_SAMPLES_PER_EPOCH
 from longiseg.engine.config import ConfigBase, ConfigError, TrainerConfig
-from longiseg.inferers.settings import InferenceConfig, check_planes
+from longiseg.inferers.settings import MAX_WINDOW, InferenceConfig, check_planes
 from longiseg.losses.imbalance import STRATEGIES
 from longiseg.spec import plain_data
 from longiseg.utils.config import require
@@ -110,7 +110,8 @@ class DataConfig(ConfigBase):
         self.val_root = expand_home(self.val_root)
         require(0.0 <= self.val_fraction < 1.0, "DataConfig",
                 f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        require(self.crop_size >= 8, "DataConfig", f"crop_size must be >= 8, got {self.crop_size}")
+        require(8 <= self.crop_size <= MAX_WINDOW, "DataConfig",
+                f"crop_size must be between 8 and {MAX_WINDOW} voxels, got {self.crop_size}")
         require(self.modalities is None or len(self.modalities) > 0, "DataConfig",
                 "modalities (data.modalities) must name at least one channel, or be null for the manifest's order; "
                 "got []")
