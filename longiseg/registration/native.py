@@ -144,14 +144,11 @@ def _check_native_headers(registration_dir: Path) -> None:
                              "fix the raw file's header and register the case again")
 
 
-def _check_registered_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, registration_dir: Path) -> None:
-    """Refuse a mask that does not lie on the registered grid its case's ``registration.json`` records (it would
-    be mapped back as if it did)."""
-    rec = _record(registration_dir).get("output_grid")
-    if rec is None:  # records of longiseg < 0.3.12
-        return
-    grid = Grid.from_dict(rec)
-    if tuple(shape) != tuple(grid.shape) or not np.allclose(affine, grid.affine, atol=1e-3):
+def _check_registered_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, grid: Grid | None,
+                           registration_dir: Path) -> None:
+    """Refuse a mask that does not lie on ``grid``, the registered grid its case's ``registration.json`` records
+    (it would be mapped back as if it did); ``None`` (records of longiseg < 0.3.12) checks nothing."""
+    if grid is not None and (tuple(shape) != tuple(grid.shape) or not np.allclose(affine, grid.affine, atol=1e-3)):
         raise ValueError(f"{path} lies on another grid (shape {tuple(shape)}) than the registered one of "
                          f"{registration_dir / 'registration.json'} (shape {tuple(grid.shape)}, its affine): was it "
                          "predicted from that register output?")
@@ -169,6 +166,8 @@ def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_time
     else:
         files = [layout.find_nifti(case_dir, n) or case_dir / n
                  for n in layout.prediction_filenames(num_timepoints)["mask"]]
+    recorded = _record(registration_dir).get("output_grid")
+    registered = None if recorded is None else Grid.from_dict(recorded)
     out = []
     for f in files:
         t = 0 if layout.nifti_stem(f.name) == layout.nifti_stem(layout.BASELINE_MASK) \
@@ -176,7 +175,7 @@ def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_time
         if t is None:
             continue  # probabilities, entropy: only masks are mapped
         arr, aff, _ = read_mask(f, what=f"case {case_id!r}: predicted mask")
-        _check_registered_grid(f, arr.shape, aff, registration_dir)
+        _check_registered_grid(f, arr.shape, aff, registered, registration_dir)
         out.append((f.name, *mask_to_native(arr, aff, registration_dir, t, interpolation=interpolation),
                     native_header(registration_dir, t)))
     return out
@@ -248,8 +247,9 @@ def predictions_to_native(pred_dir: PathLike, registered_dir: PathLike, out_dir:
     for case, reg_dir in cases:  # every case checked and mapped before any is written
         if not reg_dir.is_dir():
             raise FileNotFoundError(f"case {case.name!r}: no {reg_dir} (was {reg} written by 'longiseg register'?)")
-        num_timepoints = len([k for k in _record(reg_dir)["native_grids"]
-                              if k.endswith("_" + _record(reg_dir)["options"]["reference_modality"].lower())])
+        record = _record(reg_dir)  # read once: the native grid of each timepoint's reference modality
+        reference = record["options"]["reference_modality"].lower()
+        num_timepoints = sum(key.endswith("_" + reference) for key in record["native_grids"])
         check_native_ready(reg_dir, num_timepoints, case.name)
         if not overwrite and (out / case.name).exists():
             raise FileExistsError(f"{out / case.name} exists; pass overwrite=True to replace it")
