@@ -323,3 +323,19 @@ def test_the_trainers_data_loader_workers_end_with_it() -> None:
                       TrainerConfig(num_workers=1, batch_size=4, device="cpu", progress_bar=False, tensorboard=False),
                       loss_fn=ImbalanceAwareLoss())
     assert trainer.train_loader.worker_init_fn is _end_with_trainer
+
+
+def test_a_file_given_as_an_input_folder_is_named_a_file(tmp_path) -> None:
+    # "does not exist" was said of a file that exists; one check for every folder read from
+    from longiseg.data.cohort import find_cases, find_mask_cases
+    from longiseg.registration.cohort import register_folder
+    from longiseg.utils.io import check_input_folder
+
+    (tmp_path / "f.txt").write_text("x")
+    assert check_input_folder(tmp_path, "cohort folder") == tmp_path
+    for call, name in ((lambda p: find_cases(p), "cohort folder"), (lambda p: find_mask_cases(p), "mask folder"),
+                       (lambda p: register_folder(p, tmp_path / "out"), "raw folder")):
+        with pytest.raises(NotADirectoryError, match=f"{name} .*f.txt is a file, not a folder"):
+            call(tmp_path / "f.txt")
+        with pytest.raises(FileNotFoundError, match=f"{name} .*nope does not exist"):
+            call(tmp_path / "nope")

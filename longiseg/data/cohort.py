@@ -16,7 +16,7 @@ from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.manifest import Manifest, ManifestEntry, read_manifest
 from longiseg.data.sources import CaseSource, MaskSpec
-from longiseg.utils.io import PathLike
+from longiseg.utils.io import PathLike, check_input_folder
 from longiseg.utils.validation import check_bool, check_path, check_sequence
 
 __all__ = [
@@ -250,9 +250,7 @@ def scan_cohort(
         check_sequence("modalities", modalities, str, "a modality name (str)")
     if require_masks is not None:
         check_bool("require_masks", require_masks)
-    if not root.is_dir():
-        raise (NotADirectoryError(f"cohort folder {root} is a file, not a folder") if root.exists() else
-               FileNotFoundError(f"cohort folder {root} does not exist"))
+    check_input_folder(root, "cohort folder")
     manifest = _cohort_manifest(root)
     found: list[tuple[str, CaseSource | OSError | ValueError]] = []
     if manifest is not None:
@@ -348,11 +346,7 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
         ValueError: a malformed manifest, an invalid case id, files of more timepoints than the manifest
             gives, fewer than two timepoints, or a ``.nii`` and a ``.nii.gz`` of one mask.
     """
-    root = check_path("root", root)
-    if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f"mask folder {root} is a file, not a folder")
-    if not root.is_dir():
-        raise FileNotFoundError(f"mask folder {root} does not exist")
+    root = check_input_folder(check_path("root", root), "mask folder")
     manifest = _cohort_manifest(root)
     if manifest is not None:
         rows = list(manifest.cases)

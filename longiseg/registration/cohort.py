@@ -85,6 +85,7 @@ from longiseg.utils.io import (
     atomic_path,
     atomic_write,
     atomic_write_json,
+    check_input_folder,
     check_output_folder,
     check_replaceable,
     check_separate_folders,
@@ -652,10 +653,7 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     overwrite = check_bool("overwrite", overwrite)
     progress = check_bool("progress", progress)
     raw, out = check_path("raw", raw), check_path("out", out)
-    if raw.exists() and not raw.is_dir():
-        raise NotADirectoryError(f"raw folder {raw} is a file, not a folder")
-    if not raw.is_dir():
-        raise FileNotFoundError(f"raw folder {raw} does not exist")
+    check_input_folder(raw, "raw folder")
     cases = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not any(layout.scan_images(p).get(0) for p in cases):
         raise FileNotFoundError(f"no case folders with t0_*.nii.gz images in {raw}")

@@ -37,7 +37,7 @@ __all__ = ["expand_home", "folder_is_empty", "host_tag", "process_start_time", "
            "WrittenMeanwhile",
            "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_write",
            "atomic_torch_save", "atomic_save_figure", "atomic_write_json", "apply_umask", "remove_stale_temporaries",
-           "check_separate_folders", "check_output_folder", "check_replaceable"]
+           "check_separate_folders", "check_input_folder", "check_output_folder", "check_replaceable"]
 
 PathLike = str | os.PathLike
 
@@ -48,6 +48,25 @@ def _check_target(path: Path, overwrite: bool) -> None:
     # a string such as "false" would count as True and replace the file
     if not check_bool("overwrite", overwrite) and path.exists():
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+
+
+def check_input_folder(path: PathLike, name: str) -> Path:
+    """Return ``path`` as a :class:`~pathlib.Path` if it is an existing folder (to read from).
+
+    Args:
+        path: the folder.
+        name: what it is, for the message (``"cohort folder"``, ``"data.root"``).
+
+    Raises:
+        NotADirectoryError: ``path`` is a file.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = check_path(name, path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{name} {path} is a file, not a folder")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{name} {path} does not exist")
+    return path
 
 
 def check_output_folder(path: PathLike, name: str) -> Path:

@@ -47,7 +47,7 @@ from longiseg.registry import build_model, model_info
 from longiseg.ssm import Mamba
 from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
 from longiseg.ssm.selective_scan import resolve_backend
-from longiseg.utils.io import atomic_write_json, check_replaceable, check_separate_folders
+from longiseg.utils.io import atomic_write_json, check_input_folder, check_replaceable, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_path
 from longiseg.workflows.config import ExperimentConfig
@@ -398,11 +398,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     """
     if not cfg.data.root:
         raise FileNotFoundError("data.root is empty: set it to a cohort folder in the longiseg layout")
-    root = Path(cfg.data.root)
-    if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f"data.root {root} is a file, not a cohort folder")
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.root {root} does not exist")
+    root = check_input_folder(cfg.data.root, "data.root")
     check_separate_folders(cfg.trainer.output_dir, "trainer.output_dir",
                            {"data.root": root, "data.val_root": cfg.data.val_root or None})
     info = model_info(cfg.model.name)
