@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from longiseg.utils.masks import MaskLike, as_mask, as_spacing, foreground_slices
-from longiseg.utils.validation import check_positive_float
+from longiseg.utils.validation import check_positive_float, check_spatial_dims
 
 __all__ = [
     "LesionLabels",
@@ -49,20 +49,14 @@ _CONNECTIVITY = {2: (4, 8), 3: (6, 18, 26)}
 SpacingLike = float | Sequence[float] | np.ndarray | None
 
 
-def _check_mask_ndim(ndim: object) -> int:
-    if isinstance(ndim, bool) or not isinstance(ndim, (int, np.integer)) or int(ndim) not in _CONNECTIVITY:
-        raise ValueError(f"ndim must be 2 or 3 (a 2D or 3D mask), got {ndim!r}")
-    return int(ndim)
-
-
 def default_connectivity(ndim: int) -> int:
     """Full connectivity of a ``ndim``-D grid: 26 in 3D, 8 in 2D (``ValueError`` for another ``ndim``)."""
-    return 26 if _check_mask_ndim(ndim) == 3 else 8
+    return 26 if check_spatial_dims("ndim", ndim) == 3 else 8
 
 
 def check_connectivity(connectivity: int | None, ndim: int) -> int:
     """``connectivity`` (6, 18, 26 in 3D; 4, 8 in 2D), or the full one for ``None``; ``ValueError`` otherwise."""
-    ndim = _check_mask_ndim(ndim)
+    ndim = check_spatial_dims("ndim", ndim)
     if connectivity is None:
         return default_connectivity(ndim)
     if not isinstance(connectivity, (int, np.integer)) or isinstance(connectivity, bool) \

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from longiseg.utils.validation import (
+    check_finite_float,
     check_instance,
     check_nonnegative_float,
     check_positive_float,
@@ -53,10 +54,7 @@ def rotation_matrix(angle_deg: float, ndim: int, axes: tuple[int, int] = (0, 1))
     a, b = axes
     if not (0 <= a < ndim and 0 <= b < ndim and a != b):
         raise ValueError(f"axes must be two different axes < {ndim}, got {axes}")
-    if isinstance(angle_deg, bool) or not isinstance(angle_deg, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(angle_deg):
-        raise ValueError(f"angle_deg must be a finite number of degrees, got {angle_deg!r}")
-    th = math.radians(angle_deg)
+    th = math.radians(check_finite_float("angle_deg", angle_deg))
     rot = np.eye(ndim)
     rot[a, a], rot[a, b], rot[b, a], rot[b, b] = math.cos(th), -math.sin(th), math.sin(th), math.cos(th)
     return rot

@@ -25,6 +25,7 @@ from longiseg.utils.config import (
     load_config,
     parse_override,
     read_config_file,
+    require,
     save_config,
 )
 from longiseg.utils.io import expand_home
@@ -116,8 +117,7 @@ class TrainerConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"TrainerConfig: {msg}")
+            require(cond, "TrainerConfig", msg)
 
         self.coerce_fields()  # TrainerConfig(max_epochs=2.5) is refused as the file value 2.5 is
         self.output_dir = expand_home(self.output_dir)  # "~/runs" is the user's folder, not a folder named "~"

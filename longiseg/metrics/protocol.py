@@ -17,7 +17,7 @@ from typing import Any
 from longiseg.data.lesions import check_connectivity
 from longiseg.metrics.lesion import MATCHING_RULES
 from longiseg.metrics.voxel import check_distance_value
-from longiseg.utils.config import ConfigBase, ConfigError
+from longiseg.utils.config import ConfigBase, ConfigError, require
 
 __all__ = ["EvaluationProtocol", "PROTOCOLS", "get_protocol"]
 
@@ -59,8 +59,7 @@ class EvaluationProtocol(ConfigBase):
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"EvaluationProtocol: {msg}")
+            require(cond, "EvaluationProtocol", msg)
 
         self.coerce_fields()  # "no" is False and None no float, as when read from a file
         for name in _NAN_FIELDS:  # null <-> NaN: a protocol read back from summary.json is the one written
