@@ -133,6 +133,7 @@ def _load_experiment(path: str | None, overrides: Sequence[str]):  # noqa: ANN20
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from longiseg.engine.distributed import launch_rank
     from longiseg.workflows.train import run_training
 
     if args.resume and args.overwrite:
@@ -144,7 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.trainer.output_dir = args.output
     check_output_folder(cfg.trainer.output_dir, "--output")
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0").strip() in ("", "0"):  # under torchrun: rank 0 reports
+    if launch_rank() == 0:  # under torchrun: rank 0 reports
         print(f"finished: {result.summary()}")
     return 0
 
@@ -599,11 +600,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()  # imports workflow modules: seconds, in which Ctrl-C is handled like later on
         args = parser.parse_args(argv)  # usage errors: _Parser prints one line and exits with 2
         name = f"longiseg {args.command}"
+        from longiseg.engine.distributed import launch_rank
         from longiseg.utils.logging import show_log_records
 
         # under torchrun the ranks but the first show warnings and errors only: rank 0 reports the run
-        other_rank = os.environ.get("RANK", "0").strip() not in ("", "0")
-        show_log_records(logging.WARNING if other_rank else logging.DEBUG if args.verbose else logging.INFO)
+        show_log_records(logging.WARNING if launch_rank() != 0 else logging.DEBUG if args.verbose else logging.INFO)
         if args.threads is not None:
             if not 1 <= args.threads <= MAX_THREADS:  # torch overflows or allocates a pool per thread beyond
                 raise ValueError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")

@@ -49,6 +49,7 @@ from longiseg.utils.masks import as_spacing
 __all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_THRESHOLDS", "OBJECTIVES", "ThresholdSelection", "progression_score",
            "select_threshold", "tuning_note"]
 
+
 def tuning_note(record: Mapping[str, Any] | None) -> str:
     """How a model's progression threshold came about, for messages: ``""`` untuned, else chosen or kept (with
     the reason, e.g. no validation follow-up with progression) by ``longiseg tune``, from its record

@@ -26,6 +26,7 @@ from longiseg.utils.validation import check_instance
 __all__ = [
     "DistributedContext",
     "init_distributed",
+    "launch_rank",
     "is_distributed",
     "get_rank",
     "get_world_size",
@@ -120,6 +121,16 @@ def init_distributed(
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistributedContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                               device=dev, backend=dist.get_backend())
+
+
+def launch_rank() -> int:
+    """The global rank ``torchrun`` gives this process (``RANK``; 0 when it was not launched by torchrun), readable
+    before :func:`init_distributed`, e.g. to choose what a process logs.
+
+    Raises:
+        ValueError: ``RANK`` is not an integer.
+    """
+    return _env_int("RANK", 0)
 
 
 def is_distributed() -> bool:
