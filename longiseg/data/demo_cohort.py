@@ -44,11 +44,10 @@ from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.loading import save_case
 from longiseg.data.manifest import Manifest, ManifestEntry, write_manifest
-from longiseg.utils.config import ConfigBase, ConfigError
+from longiseg.utils.config import ConfigBase, ConfigError, require_seed
 from longiseg.utils.io import PathLike, atomic_directory, atomic_write_json, folder_is_empty
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import (
-    MAX_SEED,
     check_bool,
     check_instance,
     check_path,
@@ -169,8 +168,7 @@ class DemoCohortConfig(ConfigBase):
         for name in ("max_translation", "max_rotation", "bias_strength", "noise_level"):
             if not 0 <= getattr(self, name) < math.inf:  # also NaN
                 raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must be an int in [0, {MAX_SEED}], got {self.seed!r}")
+        require_seed(self.seed, "DemoCohortConfig", "seed")
         if self.anatomy not in ("auto", "mni152", "phantom"):
             raise ConfigError(f"anatomy must be 'auto', 'mni152' or 'phantom', got {self.anatomy!r}")
 

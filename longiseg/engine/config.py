@@ -26,10 +26,10 @@ from longiseg.utils.config import (
     parse_override,
     read_config_file,
     require,
+    require_seed,
     save_config,
 )
 from longiseg.utils.io import expand_home
-from longiseg.utils.validation import MAX_SEED
 
 __all__ = [
     "ConfigError",
@@ -136,7 +136,7 @@ class TrainerConfig(ConfigBase):
         need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         need(self.grad_clip_norm is None or 0 < self.grad_clip_norm < math.inf,
              f"grad_clip_norm must be > 0 and finite, or None (no clipping), got {self.grad_clip_norm}")
-        need(0 <= self.seed <= MAX_SEED, f"seed (trainer.seed) must be an int in [0, {MAX_SEED}], got {self.seed}")
+        require_seed(self.seed, "TrainerConfig", "seed (trainer.seed)")
         need(self.amp in AMP_CHOICES, f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
         need(self.monitor_mode in ("max", "min"), f"monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
         need(bool(self.monitor), "monitor must be a non-empty metric name")

@@ -37,12 +37,13 @@ import numpy as np
 import yaml
 
 from longiseg.utils.io import atomic_write
-from longiseg.utils.validation import check_path
+from longiseg.utils.validation import MAX_SEED, check_path
 
 __all__ = [
     "ConfigError",
     "ConfigBase",
     "require",
+    "require_seed",
     "config_from_dict",
     "config_to_dict",
     "load_config",
@@ -66,6 +67,15 @@ def require(condition: bool, owner: str, message: str) -> None:
     """Raise :class:`ConfigError` ``"{owner}: {message}"`` unless ``condition`` (a configuration's value checks)."""
     if not condition:
         raise ConfigError(f"{owner}: {message}")
+
+
+def require_seed(value: int, owner: str, key: str) -> None:
+    """Raise :class:`ConfigError` unless the (already coerced) int ``value`` is a seed in ``[0, MAX_SEED]``.
+
+    ``key`` names the field as the user wrote it (``"seed (data.seed)"``); the limit is the validators' one
+    (:func:`~longiseg.utils.validation.check_seed`), so every configuration refuses the same seeds.
+    """
+    require(0 <= value <= MAX_SEED, owner, f"{key} must be an int in [0, {MAX_SEED}], got {value}")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -24,9 +24,8 @@ from longiseg.engine.config import ConfigBase, ConfigError, TrainerConfig
 from longiseg.inferers.settings import MAX_WINDOW, InferenceConfig, check_planes
 from longiseg.losses.imbalance import STRATEGIES
 from longiseg.spec import plain_data
-from longiseg.utils.config import require
+from longiseg.utils.config import require, require_seed
 from longiseg.utils.io import expand_home
-from longiseg.utils.validation import MAX_SEED
 
 __all__ = ["ModelConfig", "DataConfig", "LossConfig", "InferenceConfig", "ExperimentConfig"]
 
@@ -131,8 +130,7 @@ class DataConfig(ConfigBase):
                 f"samples_per_epoch (data.samples_per_epoch) must be between 1 and {MAX_SAMPLES_PER_EPOCH:,} or null, "
                 f"got {self.samples_per_epoch}")
         require(self.cache_size >= 1, "DataConfig", f"cache_size (data.cache_size) must be >= 1, got {self.cache_size}")
-        require(0 <= self.seed <= MAX_SEED, "DataConfig", f"seed (data.seed) must be an int in [0, {MAX_SEED}], "
-                f"got {self.seed}")
+        require_seed(self.seed, "DataConfig", "seed (data.seed)")
 
 
 @dataclasses.dataclass
@@ -171,8 +169,7 @@ class LossConfig(ConfigBase):
         self.coerce_fields()  # built directly, checked as when read from a file
         require(self.strategy in STRATEGIES, "LossConfig",
                 f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        require(0 <= self.seed <= MAX_SEED, "LossConfig", f"seed (loss.seed) must be an int in [0, {MAX_SEED}], "
-                f"got {self.seed}")
+        require_seed(self.seed, "LossConfig", "seed (loss.seed)")
         # checked when the experiment is read (not when the loss is built, after the model and the data)
         for key in ("empty_ratio", "lambda_dice", "lambda_focal", "gamma"):
             value = getattr(self, key)
