@@ -285,6 +285,27 @@ def test_predict_folder_predicts_from_the_model_alone_as_longiseg_predict_does(c
             predict()
 
 
+def test_a_given_inferer_replaces_the_recorded_one_which_is_then_neither_built_nor_checked(cohort: Path,
+                                                                                           tmp_path: Path) -> None:
+    # prediction_defaults built the recorded inferer and checked its window even when the caller brought one, so
+    # a model recording a window it cannot take could not be predicted with any inferer
+    from longiseg.inferers import TriplanarInferer, predict_folder, prediction_defaults
+
+    model = build_model("dynunet_2d", filters=(4, 8, 16))  # windows: multiples of 4, not padded
+    recorded = InferenceConfig(patch_size=30, planes=["axial"], threshold=0.3)
+    model.spec = model.spec.replace(inference=recorded.to_dict())
+    with pytest.raises(ValueError, match="inference.patch_size"):
+        prediction_defaults(model)
+    defaults = prediction_defaults(model, inferer=False)
+    assert "inferer" not in defaults and defaults["threshold"] == 0.3
+    with pytest.raises(TypeError, match="inferer must be a bool"):
+        prediction_defaults(model, inferer=None)  # type: ignore[arg-type]
+    case = find_cases(cohort)[0].case_id
+    given = TriplanarInferer(patch_size=32, planes=["axial"], progress=False)
+    assert predict_folder(model, cohort, tmp_path / "api", case_ids=[case], inferer=given, progress=False)
+    assert json.loads((tmp_path / "api" / case / "prediction.json").read_text())["settings"]["threshold"] == 0.3
+
+
 def test_tune_refuses_a_write_protected_checkpoint_before_any_work(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
@@ -635,6 +656,21 @@ def test_demo_worker_processes_end_with_the_demo(tmp_path: Path, signum: int, co
         for pid in workers:
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the tracker's command line from /proc")
+def test_the_demo_quiets_the_resource_tracker_without_changing_the_callers_warning_options() -> None:
+    # the demo appended its -W option to sys.warnoptions for the rest of the caller's process (and every Python
+    # process started from it afterwards); only the resource tracker it starts should take it
+    script = ("import sys; from multiprocessing import resource_tracker; "
+              "from longiseg.workflows.demo import _start_quiet_resource_tracker as start; "
+              "before = list(sys.warnoptions); start(); start(); assert sys.warnoptions == before, sys.warnoptions; "
+              "import pathlib, time; cmdline = pathlib.Path(f'/proc/{resource_tracker._resource_tracker._pid}/cmdline'); "
+              "[time.sleep(0.05) for _ in range(200) if not cmdline.read_bytes()]; "  # until it has started Python
+              "print(cmdline.read_bytes().split(bytes(1)))")
+    done = subprocess.run([sys.executable, "-W", "default", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "b'-Wignore:resource_tracker:UserWarning'" in done.stdout and "b'-Wdefault'" in done.stdout, done.stdout
 
 
 def test_demo_trains_its_models_in_parallel_with_the_results_of_one_after_another(tmp_path: Path) -> None:

@@ -399,7 +399,7 @@ def predict_folder(
     for flag, value in (("skip_existing", skip_existing), ("overwrite", overwrite), ("progress", progress)):
         check_bool(flag, value)
     # what the model records (window, thresholds, post-processing; longiseg tune's too) unless given here
-    predict_kwargs = {**prediction_defaults(model), **predict_kwargs}
+    predict_kwargs = {**prediction_defaults(model, inferer="inferer" not in predict_kwargs), **predict_kwargs}
     spec = getattr(unwrap_model(model), "spec", None)
     if modalities is None and isinstance(spec, ModelSpec) and spec.modalities:
         modalities = list(spec.modalities)  # the channel order the model was trained with, not the folder's

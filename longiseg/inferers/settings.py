@@ -24,7 +24,7 @@ from longiseg.networks.inputs import check_spatial_size
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec
 from longiseg.utils.config import ConfigBase, require
-from longiseg.utils.validation import check_instance
+from longiseg.utils.validation import check_bool, check_instance
 
 __all__ = ["MAX_WINDOW", "InferenceConfig", "check_planes", "inference_settings", "make_inferer", "model_spec",
            "prediction_defaults"]
@@ -152,21 +152,30 @@ def model_spec(model: nn.Module) -> ModelSpec:
     return spec
 
 
-def prediction_defaults(model: nn.Module, *, progress: bool = False) -> dict[str, Any]:
+def prediction_defaults(model: nn.Module, *, progress: bool = False, inferer: bool = True) -> dict[str, Any]:
     """How ``model`` predicts unless told otherwise: the inferer and the post-processing settings of
     :func:`~longiseg.inferers.predict.predict_case` that its spec records (``inferer``, ``threshold``,
     ``progression_threshold``, ``min_volume_mm3``, ``restrict_to_brain``, ``progression_outside_baseline``), as
     ``longiseg predict`` uses them; ``{}`` for a model that records no inference settings (one not trained with
     ``longiseg train``, or built without :func:`longiseg.build_model`).
 
+    Args:
+        model: a model (wrapped or not) whose ``spec`` records inference settings.
+        progress: whether the recorded inferer shows a progress bar.
+        inferer: ``False`` leaves the inferer out (for a caller who brings its own): then neither is it built
+            nor is the recorded window checked against the model.
+
     Raises:
-        ValueError: the recorded window does not fit the model (:func:`inference_settings`).
+        ValueError: ``inferer`` is true and the recorded window does not fit the model (:func:`inference_settings`).
     """
     check_instance("model", model, nn.Module, "an nn.Module")
+    check_bool("progress", progress)
+    check_bool("inferer", inferer)
     spec = getattr(unwrap_model(model), "spec", None)
     if not isinstance(spec, ModelSpec) or not spec.inference:
         return {}
-    cfg = inference_settings(model)
-    return {"inferer": make_inferer(spec, cfg, progress=progress), "threshold": cfg.threshold,
-            "progression_threshold": cfg.progression_cut, "min_volume_mm3": cfg.min_lesion_mm3,
-            "restrict_to_brain": cfg.restrict, "progression_outside_baseline": cfg.progression_outside_baseline}
+    cfg = inference_settings(model) if inferer else InferenceConfig.from_dict(spec.inference)
+    defaults = {"inferer": make_inferer(spec, cfg, progress=progress)} if inferer else {}
+    return {**defaults, "threshold": cfg.threshold, "progression_threshold": cfg.progression_cut,
+            "min_volume_mm3": cfg.min_lesion_mm3, "restrict_to_brain": cfg.restrict,
+            "progression_outside_baseline": cfg.progression_outside_baseline}

@@ -49,7 +49,7 @@ from longiseg.engine.checkpoint import load_model
 from longiseg.engine.config import TrainerConfig, save_config
 from longiseg.metrics.evaluate import evaluate_folder, write_report
 from longiseg.registry import build_model
-from longiseg.utils.config import ConfigBase, ConfigError
+from longiseg.utils.config import ConfigBase, ConfigError, require_seed
 from longiseg.utils.device import usable_cpu_count
 from longiseg.utils.io import (
     atomic_directory,
@@ -59,7 +59,7 @@ from longiseg.utils.io import (
     folder_is_empty,
 )
 from longiseg.utils.logging import apply_logging_setup, get_logger, logging_setup
-from longiseg.utils.validation import MAX_SEED, check_instance, check_path
+from longiseg.utils.validation import check_instance, check_path
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
 from longiseg.workflows.predict import run_prediction
 from longiseg.workflows.train import run_training
@@ -167,8 +167,7 @@ class DemoConfig(ConfigBase):
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
         if self.num_patients > MAX_DEMO_PATIENTS:
             raise ConfigError(f"num_patients must be at most {MAX_DEMO_PATIENTS:,}, got {self.num_patients}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must be an int in [0, {MAX_SEED}], got {self.seed!r}")
+        require_seed(self.seed, "DemoConfig", "seed")
         if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
             raise ConfigError(f"jobs must be None (automatic) or an int >= 1, got {self.jobs!r}")
         if self.crop_size % 32:
@@ -344,12 +343,7 @@ def _run_model_stages(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
         return stages
     logger.info("training %d models in %d processes of %d thread(s) each", len(cfg.models), jobs, cfg.threads)
     level = logging_setup()
-    # The pool's queues start multiprocessing's resource tracker, which removes the semaphores of workers stopped
-    # by an interruption; its warning about them (it takes this interpreter's -W options) would follow the one
-    # line "interrupted".
-    quiet = "ignore:resource_tracker:UserWarning"
-    if quiet not in sys.warnoptions:
-        sys.warnoptions.append(quiet)
+    _start_quiet_resource_tracker()
     # spawn: a forked child of a process whose OpenMP threads have run can hang
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(os.getpid(),))
@@ -366,6 +360,26 @@ def _run_model_stages(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (once per process) with its warnings about leaked semaphores off.
+
+    The tracker removes the semaphores of workers stopped by an interruption; its warning about them would follow
+    the one line "interrupted". It takes this interpreter's ``-W`` options when it starts, so the option is added
+    to ``sys.warnoptions`` for that moment only, not for the rest of the caller's process.
+    """
+    from multiprocessing import resource_tracker
+
+    quiet = "ignore:resource_tracker:UserWarning"
+    added = quiet not in sys.warnoptions
+    if added:
+        sys.warnoptions.append(quiet)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if added:
+            sys.warnoptions.remove(quiet)
 
 
 def _init_worker(parent: int) -> None:
