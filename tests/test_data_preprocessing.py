@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -45,6 +46,20 @@ def test_zscore_error_on_empty_image() -> None:
     case.images[1, 0] = 0
     with pytest.raises(ValueError, match=r"image \(t=1, flair\) has no voxel"):
         zscore_normalize(case)
+
+
+def test_zscore_warns_once_about_an_image_constant_inside_the_brain_mask(caplog: pytest.LogCaptureFixture) -> None:
+    # with a brain mask an all-zero channel (an empty acquisition) normalised to zeros without a word, while
+    # without one it is refused
+    case = make_case(case_id="blank-t2")
+    case.images[1, 1] = 0
+    with caplog.at_level(logging.WARNING, logger="longiseg"):
+        out = zscore_normalize(case)
+        zscore_normalize(case)  # once per image and process: the dataset normalises a case at every load
+    warned = [r.getMessage() for r in caplog.records if "is constant" in r.getMessage()]
+    assert warned == ["case blank-t2: image (t=1, t2) is constant (0) inside its brain mask: it carries no "
+                      "information after normalisation; check that file"]
+    assert (out.images[1, 1] == 0).all()
 
 
 def test_crop_to_joint_foreground_and_paste_back() -> None:

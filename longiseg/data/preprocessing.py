@@ -9,13 +9,17 @@ A common isotropic spacing (e.g. 1 mm) across cases helps the 2D models but is n
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from longiseg.data.case import LongitudinalCase, check_case
+from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.validation import check_bool, check_positive_int
+
+logger = get_logger(__name__)
 
 __all__ = ["CropBox", "zscore_normalize", "joint_foreground_bbox", "crop_to_foreground", "preprocess_case"]
 
@@ -107,6 +111,12 @@ def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: fl
                     f"case {case.case_id!r}: image (t={t}, {case.modalities[c]}) has no voxel to normalise: {what}"
                 )
             mean, std = float(vals.mean()), max(float(vals.std()), eps)
+            if std == eps:  # an empty or failed acquisition (e.g. an all-zero channel inside a brain mask): say so
+                where = "brain mask" if brain is not None else "non-zero voxels"
+                log_once(logger, f"constant {case.case_id!r} {t} {case.modalities[c]}",
+                         f"case {case.case_id}: image (t={t}, {case.modalities[c]}) is constant ({mean:.6g}) inside "
+                         f"its {where}: it carries no information after normalisation; check that file",
+                         logging.WARNING)
             o = out[t, c]
             o.fill(background)
             o[region] = ((img[region] - mean) / std).astype(np.float32)
