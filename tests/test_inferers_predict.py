@@ -515,6 +515,37 @@ def test_predict_folder_prepares_cases_as_the_models_training_did(tmp_path: Path
         predict_folder(model, tmp_path / "in", tmp_path / "other", inferer=_inferer(), progress=False)
 
 
+def test_a_case_of_other_voxels_than_the_training_cases_is_predicted_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """longiseg train records its cases' median voxel size (sorted: the axes' orientation does not matter);
+    nothing resamples, so a case whose voxels are more than 25 % larger or smaller along an axis was predicted
+    without a word."""
+    import logging
+
+    from longiseg.inferers import VOXEL_SIZE_RTOL, voxel_size_mismatch
+    from longiseg.spec import ModelSpec
+
+    model = Voxelwise()
+    assert voxel_size_mismatch(model, (1.0, 1.0, 1.0)) is None  # nothing recorded
+    model.spec = ModelSpec(name="voxelwise", preprocessing={"voxel_size_mm": [2.5, 0.8, 1.0]})
+    assert voxel_size_mismatch(model, (2.5, 1.0, 0.8)) is None  # the case's axes in another order
+    assert voxel_size_mismatch(model, (0.8 * (1 + VOXEL_SIZE_RTOL / 2), 1.0, 2.5)) is None
+    assert voxel_size_mismatch(model, (0.8, 1.0, 1.0)) == (0.8, 1.0, 2.5)
+    assert voxel_size_mismatch(nn.DataParallel(model), (1.0, 1.0, 1.0)) == (0.8, 1.0, 2.5)
+    with pytest.raises(ValueError, match="spacing must have 3 values"):
+        voxel_size_mismatch(model, (1.0, 1.0))
+
+    with caplog.at_level(logging.WARNING, logger="longiseg"):
+        predict_case(model, _images(t=2, c=1), _affine(), None, tmp_path / "same", "same", inferer=_inferer())
+        assert not [r for r in caplog.records if "voxel size" in r.getMessage()]  # _affine(): 0.8 x 1 x 2.5 mm
+        for out in ("iso", "iso-again"):
+            predict_case(model, _images(t=2, c=1), np.eye(4), None, tmp_path / out, "iso", inferer=_inferer())
+    warned = [r.getMessage() for r in caplog.records if "voxel size" in r.getMessage()]
+    assert warned == ["case iso: voxel size 1 x 1 x 1 mm differs from the 0.8 x 1 x 2.5 mm (sorted) the model was "
+                      "trained on by more than 25%; resample the case (longiseg register --spacing) for the "
+                      "accuracy the model was validated with"]
+
+
 def _claims(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
 

@@ -175,6 +175,8 @@ def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path, ca
     assert (run / "last.pt").is_file() and (run / "experiment.yaml").is_file() and (run / "metrics.csv").is_file()
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "val_dice" in rows[0]
+    # the training cases' voxel size travels with the model (predict warns about cases of other voxels)
+    assert load_model(run / "last.pt").spec.preprocessing["voxel_size_mm"] == [4.0, 4.0, 4.0]
 
     pred = tmp_path / "pred"
     import longiseg.inferers.predict as predict_module

@@ -16,7 +16,14 @@ from longiseg.inferers.predict import (
     predict_folder,
     spacing_from_affine,
 )
-from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, prediction_defaults
+from longiseg.inferers.settings import (
+    VOXEL_SIZE_RTOL,
+    InferenceConfig,
+    inference_settings,
+    make_inferer,
+    prediction_defaults,
+    voxel_size_mismatch,
+)
 from longiseg.inferers.sliding_window import (
     SlidingWindowInferer3D,
     blend_weights,
@@ -31,6 +38,8 @@ __all__ = [
     "inference_settings",
     "make_inferer",
     "prediction_defaults",
+    "voxel_size_mismatch",
+    "VOXEL_SIZE_RTOL",
     "TriplanarInferer",
     "SlidingWindowInferer3D",
     "PLANE_AXES",

@@ -15,6 +15,7 @@ the outputs) that ``skip_existing`` compares.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,7 +40,7 @@ from longiseg.data.sources import CaseSource
 from longiseg.inferers.claims import claim_case, claim_holder, release_claim
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
 from longiseg.inferers.provenance import check_same_producer, prediction_record, qualified_name
-from longiseg.inferers.settings import prediction_defaults
+from longiseg.inferers.settings import VOXEL_SIZE_RTOL, prediction_defaults, voxel_size_mismatch
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
 from longiseg.inferers.uncertainty import binary_entropy
@@ -50,7 +51,7 @@ from longiseg.utils.io import (
     folder_is_empty,
     removed_if_created,
 )
-from longiseg.utils.logging import get_logger
+from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.nifti import SpatialHeader
 from longiseg.utils.validation import check_affine, check_bool, check_instance, check_path
@@ -144,6 +145,10 @@ def _foreign_entries(folder: Path, num_timepoints: int) -> list[str]:
     ours = {n for names in prediction_filenames(num_timepoints).values() for n in names}
     ours |= {n.removesuffix(".gz") for n in ours} | {"native", PREDICTION_RECORD}
     return sorted(e.name for e in folder.iterdir() if e.name not in ours and not e.name.startswith("."))
+
+
+def _mm(sizes: Sequence[float]) -> str:
+    return " x ".join(f"{v:.3g}" for v in sizes)
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
@@ -264,6 +269,12 @@ def predict_case(
     if check_instance("header", header, (SpatialHeader, type(None)), "a SpatialHeader (case_spatial_header) or None"):
         header.check_grid(aff, "header")
     spacing = spacing_from_affine(aff) if spacing is None else tuple(as_spacing(spacing, 3).tolist())
+    trained = voxel_size_mismatch(model, spacing)
+    if trained is not None:  # predicted as it is (nothing here resamples), but not without a word
+        log_once(logger, f"voxel size {case_id}",
+                 f"case {case_id}: voxel size {_mm(spacing)} mm differs from the {_mm(trained)} mm (sorted) the model "
+                 f"was trained on by more than {VOXEL_SIZE_RTOL:.0%}; resample the case (longiseg register "
+                 "--spacing) for the accuracy the model was validated with", logging.WARNING)
     imgs, brain = prepare_case(images, brain_mask)
     t = imgs.shape[0]
     names = prediction_filenames(t)

@@ -6,11 +6,13 @@ model records it (``model.spec.inference``, with the thresholds ``longiseg tune`
 * :func:`make_inferer`: the inferer of a model's dimensionality (the one place where ``spec.dim`` picks it).
 * :func:`inference_settings`: the settings a model records (or the ones given), checked against the model.
 * :func:`prediction_defaults`: what :func:`~longiseg.inferers.predict.predict_folder` uses unless told otherwise.
+* :func:`voxel_size_mismatch`: whether a case's voxels differ from those the model was trained on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,14 +26,20 @@ from longiseg.networks.inputs import check_spatial_size
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec
 from longiseg.utils.config import ConfigBase, require
+from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import check_bool, check_instance
 
-__all__ = ["MAX_WINDOW", "InferenceConfig", "check_planes", "inference_settings", "make_inferer", "model_spec",
-           "prediction_defaults"]
+__all__ = ["MAX_WINDOW", "VOXEL_SIZE_RTOL", "InferenceConfig", "check_planes", "inference_settings", "make_inferer",
+           "model_spec", "prediction_defaults", "voxel_size_mismatch"]
 
 
 #: The largest crop or window edge a configuration takes (voxels); beyond, a window fails in the allocator.
 MAX_WINDOW = 4096
+
+#: Largest relative difference between a case's voxel size and the one its model was trained on (along any axis,
+#: both sorted) that :func:`voxel_size_mismatch` lets pass: lesions of a case with larger voxels span fewer of
+#: them than the model learned, and its windows cover more anatomy.
+VOXEL_SIZE_RTOL = 0.25
 
 
 def check_planes(planes: list[str], owner: str) -> None:
@@ -179,3 +187,35 @@ def prediction_defaults(model: nn.Module, *, progress: bool = False, inferer: bo
     return {**defaults, "threshold": cfg.threshold, "progression_threshold": cfg.progression_cut,
             "min_volume_mm3": cfg.min_lesion_mm3, "restrict_to_brain": cfg.restrict,
             "progression_outside_baseline": cfg.progression_outside_baseline}
+
+
+def voxel_size_mismatch(model: nn.Module, spacing: Sequence[float]) -> tuple[float, ...] | None:
+    """The voxel size ``model`` was trained on, if ``spacing`` differs from it; else ``None``.
+
+    ``longiseg train`` records the median voxel size of its training cases in ``spec.preprocessing
+    ["voxel_size_mm"]``, sorted (smallest first), so that the comparison does not depend on the orientation of
+    the array axes. The library does not resample (``longiseg register --spacing`` does): a case whose sorted
+    voxel size differs by more than :data:`VOXEL_SIZE_RTOL` along some axis is predicted as it is, and
+    :func:`~longiseg.inferers.predict.predict_case` warns about it.
+
+    Args:
+        model: a model (wrapped or not); one whose spec records no voxel size never mismatches.
+        spacing: the case's voxel size in mm, three positive numbers along its array axes.
+
+    Returns:
+        The recorded sorted voxel size ``(s0, s1, s2)`` in mm, or ``None`` when ``spacing`` agrees with it or
+        nothing is recorded.
+
+    Raises:
+        ValueError: ``spacing`` is not three positive finite numbers.
+    """
+    check_instance("model", model, nn.Module, "an nn.Module")
+    case = sorted(as_spacing(spacing, 3).tolist())
+    spec = getattr(unwrap_model(model), "spec", None)
+    trained = (spec.preprocessing or {}).get("voxel_size_mm") if isinstance(spec, ModelSpec) else None
+    if trained is None:
+        return None
+    trained = tuple(sorted(float(v) for v in trained))
+    if all(abs(c - t) <= VOXEL_SIZE_RTOL * t for c, t in zip(case, trained)):
+        return None
+    return trained

@@ -24,8 +24,10 @@ from longiseg.data.dataset import SliceDataset, VolumePatchDataset
 from longiseg.data.loading import check_case_headers, check_case_voxels
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler, positive_slots
+from longiseg.data.sources import CaseSource
 from longiseg.data.split import split_by_patient
 from longiseg.data.transforms import LongitudinalAugment
+from longiseg.data.volumes import nifti_spacing
 from longiseg.engine.checkpoint import load_checkpoint
 from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
@@ -49,6 +51,7 @@ from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
 from longiseg.ssm.selective_scan import resolve_backend
 from longiseg.utils.io import atomic_write_json, check_input_folder, check_replaceable, check_separate_folders
 from longiseg.utils.logging import get_logger
+from longiseg.utils.nifti import load_nifti
 from longiseg.utils.validation import check_path
 from longiseg.workflows.config import ExperimentConfig
 
@@ -212,6 +215,15 @@ def _check_resumed_split(split_file: Path, train_cases: Sequence, val_cases: Seq
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _training_voxel_size(cases: Sequence[CaseSource]) -> list[float]:
+    """The median voxel size of ``cases`` in mm, each case's sorted (smallest first) so that the array axes'
+    orientation does not matter; from the headers of their first images (every file of a case lies on that grid).
+    Recorded in the spec for :func:`~longiseg.inferers.settings.voxel_size_mismatch`."""
+    sizes = [sorted(nifti_spacing(load_nifti(c.image_files[0][0], what=f"case {c.case_id!r}: image", header_only=True),
+                                  c.image_files[0][0])) for c in cases]
+    return [round(float(v), 4) for v in np.median(np.asarray(sizes), axis=0)]
 
 
 def _check_model_fits_cases(model: nn.Module, kwargs: dict, cases: Sequence) -> None:
@@ -452,7 +464,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     # What using the model needs travels with it (and with every checkpoint): see longiseg.spec.ModelSpec.
     model.spec = model.spec.replace(
         modalities=tuple(cases[0].modalities), crop_size=cfg.data.crop_size,
-        preprocessing={"normalization": "zscore", "crop_to_foreground": cfg.data.crop_to_foreground},
+        preprocessing={"normalization": "zscore", "crop_to_foreground": cfg.data.crop_to_foreground,
+                       "voxel_size_mm": _training_voxel_size(train_cases)},
         inference=cfg.inference.to_dict())
     logger.info("training %s (%s, %.2fM parameters) on %d cases, validating on %d", cfg.model.name, info.dim,
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_cases), len(val_cases))
