@@ -13,6 +13,21 @@
 set -euo pipefail
 shopt -s inherit_errexit
 
+# -h/--help: the calling script's header comment (usage, needs, writes); other options are not the scripts'.
+# At most one argument, the dataset: a second one was ignored without a word.
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+    sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"
+    exit 0
+fi
+if [[ "${1:-}" == -* ]]; then
+    echo "$0: error: unknown option '$1' (the scripts take a dataset name; see $0 --help)" >&2
+    exit 2
+fi
+if (($# > 1)); then
+    echo "$0: error: expected at most one argument (the dataset), got $#: $*; see $0 --help" >&2
+    exit 2
+fi
+
 EXAMPLES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CONFIGS="$EXAMPLES_DIR/configs"
 DATA_ROOT="${DATA_ROOT:-data}"

@@ -95,6 +95,20 @@ def test_shell_script_parses(path: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+@pytest.mark.parametrize("path", [p for p in SHELL if p.name != "common.sh"], ids=lambda p: p.name)
+def test_shell_script_help_and_argument_errors(path: Path, tmp_path: Path) -> None:
+    # --help was taken for a dataset named "--help" (a missing-folder error), and extra arguments were ignored
+    env = {"PATH": "/usr/bin:/bin", "DATA_ROOT": str(tmp_path), "RUNS": str(tmp_path / "runs")}
+    res = subprocess.run(["bash", str(path), "--help"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and res.stdout.splitlines()[0].startswith("SegMaST paper"), res
+    assert "Usage:" in res.stdout and "#" not in res.stdout.split("Usage:")[0] and not res.stderr
+    for args, message in ((["--bogus"], "unknown option '--bogus'"), (["a", "b"], "expected at most one argument")):
+        res = subprocess.run(["bash", str(path), *args], capture_output=True, text=True, env=env)
+        assert res.returncode == 2 and message in res.stderr and len(res.stderr.splitlines()) == 1, res
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("path", PYTHON, ids=lambda p: p.name)
 def test_python_script_compiles(path: Path) -> None:
     compile(path.read_text(encoding="utf-8"), str(path), "exec")  # SyntaxError otherwise; writes no .pyc
