@@ -153,21 +153,26 @@ def _contents(folder: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
-def test_cohort_overwrite_replaces_cohort_train_and_test_together(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_cohort_overwrite_replaces_cohort_train_and_test_together(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A failing longiseg cohort --overwrite (here: the split needs more progressing patients than the new cohort
     has) changes nothing (it had replaced cohort/ and kept the train/ and test/ of the old one); a successful one
     writes all three from its cohort."""
     from longiseg.cli import main
+    from longiseg.data import demo_cohort
 
     out = tmp_path / "c"
     argv = ["cohort", str(out), "--num-patients", "6", "--num-test", "2", "--spacing", "4", "--no-progress"]
     assert main(argv) == 0
     before = _contents(out)
     capsys.readouterr()
+    calls: list[object] = []
+    monkeypatch.setattr(demo_cohort, "generate_demo_case", lambda *a, **k: calls.append(a))
     assert main([*argv, "--overwrite", "--set", "progression_fraction=0.1"]) == 2
     assert _contents(out) == before
     assert capsys.readouterr().err.strip().endswith(f"the new cohort has 1 and 5; {out} is unchanged")
+    assert not calls  # refused before a patient is generated (and the log said the cohort was written)
+    monkeypatch.undo()
     assert main(["cohort", str(tmp_path / "new" / "c"), *argv[2:], "--set", "progression_fraction=0.1"]) == 2
     assert not (tmp_path / "new").exists()
 

@@ -193,8 +193,8 @@ def test_load_nifti_missing_and_non_nifti(tmp_path: Path) -> None:
 def test_check_case_id_rejects_unsafe_ids(case_id: str, rule: str) -> None:
     with pytest.raises(ValueError, match=re.escape(f"case id {case_id!r} {rule}")):
         layout.check_case_id(case_id)
-    with pytest.raises(ValueError, match=re.escape(f"manifest m.json row 2: case id {case_id!r}")):
-        layout.check_case_id(case_id, where="manifest m.json row 2")
+    with pytest.raises(ValueError, match=re.escape(f"manifest m.json case 2: case id {case_id!r}")):
+        layout.check_case_id(case_id, where="manifest m.json case 2")
 
 
 def test_check_case_id_accepts_plain_names() -> None:
@@ -210,12 +210,16 @@ def test_manifest_case_ids_never_leave_the_cohort(tmp_path: Path, case_id: str, 
     _cohort(tmp_path / "cohort")
     (tmp_path / "cohort" / layout.MANIFEST_JSON).unlink()
     path = tmp_path / "cohort" / f"manifest{suffix}"
+    # the bad id is the second case: named where a reader finds it (rows were counted from 0, the CSV's header
+    # not counted, so "row 1" pointed at a valid id)
     if suffix == ".json":
-        path.write_text(json.dumps({"modalities": ["flair", "t2"], "cases": [{"case_id": case_id}]}))
+        path.write_text(json.dumps({"modalities": ["flair", "t2"], "cases": [{"case_id": "ok"}, {"case_id": case_id}]}))
+        place = "case 2"
     else:
-        path.write_text(f"case_id,num_timepoints\n{case_id},2\n")
+        path.write_text(f"case_id,num_timepoints\nok,2\n{case_id},2\n")
+        place = "line 3"
     for call in (read_manifest, find_cases, validate_cases):
-        with pytest.raises(ValueError, match=rf"manifest .*row 0: case id {re.escape(repr(case_id))}"):
+        with pytest.raises(ValueError, match=rf"manifest .*{place}: case id {re.escape(repr(case_id))}"):
             call(path if call is read_manifest else path.parent)
 
 

@@ -48,3 +48,15 @@ def test_every_docs_page_is_in_the_nav() -> None:
     listed = set(pages(nav))
     on_disk = {str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md")}
     assert on_disk <= listed, f"pages missing from the nav: {sorted(on_disk - listed)}"
+
+
+def test_the_api_index_links_every_rendered_module() -> None:
+    # longiseg.networks.inputs was rendered on the API page but missing from the index that claims to link
+    # every public module
+    import re
+
+    pages = [p.read_text(encoding="utf-8") for p in (ROOT / "docs").rglob("*.md")]
+    rendered = {m for text in pages for m in re.findall(r"^::: (longiseg[\w.]*)", text, flags=re.M)}
+    index = (ROOT / "docs" / "api.md").read_text(encoding="utf-8").split("## Index", 1)[1]
+    linked = set(re.findall(r"\[`(longiseg[\w.]*)`\]\[\1\]", index))
+    assert rendered and rendered <= linked, f"rendered but not in the API index: {sorted(rendered - linked)}"

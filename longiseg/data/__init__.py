@@ -1,7 +1,7 @@
 """Longitudinal data: case model, NIfTI layout and adapters, preprocessing, 2.5D sampling, augmentation, demo cohort."""
 
 from longiseg.data.adapters import msseg2_cases, ucsf_altpd_cases
-from longiseg.data.case import PLANES, LongitudinalCase, plane_axes
+from longiseg.data.case import PLANES, LongitudinalCase, affine_spacing, plane_axes
 from longiseg.data.cohort import find_cases, find_mask_cases
 from longiseg.data.dataset import CaseCache, SliceDataset, VolumePatchDataset
 from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case, generate_demo_cohort
@@ -29,6 +29,7 @@ from longiseg.data.volumes import check_same_grid, nifti_spacing, read_mask, rea
 
 __all__ = [
     "PLANES",
+    "affine_spacing",
     "LongitudinalCase",
     "plane_axes",
     "CaseSource",

@@ -143,7 +143,7 @@ def check_case_id(case_id: str, *, where: str = "") -> str:
 
     Args:
         case_id: the id, e.g. from a manifest row or a folder name.
-        where: context for the message (e.g. ``"manifest m.json row 3"``).
+        where: context for the message (e.g. ``"manifest m.json case 3"``).
 
     Raises:
         TypeError: ``case_id`` is not a string.

@@ -151,16 +151,20 @@ def read_manifest(path: PathLike) -> Manifest:
             raise ValueError(f"manifest {path}: modalities must be a list of names, got {raw_mods!r}")
         mods = tuple(m.lower() for m in raw_mods or [])
         rows = data["cases"]
+        places = [f"case {i + 1}" for i in range(len(rows))]  # counted from 1, as a reader counts them
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         # "case_id, patient_id" (a space after the comma) names the column "patient_id", not " patient_id"
-        rows = [{(k or "").strip(): v.strip() if isinstance(v, str) else v for k, v in r.items()} for r in reader]
+        rows, places = [], []
+        for r in reader:
+            rows.append({(k or "").strip(): v.strip() if isinstance(v, str) else v for k, v in r.items()})
+            places.append(f"line {reader.line_num}")  # the file's line (its last, for a quoted multi-line field)
         extra = ("modalities",)
         mod_sets = {r.get("modalities") or "" for r in rows}
         if len(mod_sets) > 1:
             raise ValueError(f"manifest {path}: the 'modalities' column must be the same on every row")
         mods = tuple(m.strip().lower() for m in (mod_sets.pop() if mod_sets else "").split(";") if m.strip())
-    entries = tuple(_entry(r, f"manifest {path} row {i}", extra) for i, r in enumerate(rows))
+    entries = tuple(_entry(r, f"manifest {path} {place}", extra) for r, place in zip(rows, places))
     ids = [e.case_id for e in entries]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:

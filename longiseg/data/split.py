@@ -25,7 +25,7 @@ from longiseg.utils.validation import (
     check_sequence,
 )
 
-__all__ = ["split_by_patient", "write_test_split"]
+__all__ = ["check_test_split", "split_by_patient", "write_test_split"]
 
 _LOG = get_logger("longiseg.data.split")
 
@@ -91,6 +91,26 @@ def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int
     return train, val
 
 
+def _check_num_test(num_test: object) -> None:
+    if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 2:
+        raise ValueError(f"num_test must be an int >= 2, got {num_test!r}")
+
+
+def check_test_split(num_test: int, num_progressing: int, num_stable: int, cohort: str) -> None:
+    """Refuse a test split of ``num_test`` patients (half progressing, rounded down) that a cohort of
+    ``num_progressing`` progressing and ``num_stable`` stable patients cannot give while keeping some of each for
+    training (:func:`write_test_split`'s rule; the demo checks it before it generates its cohort).
+
+    Raises:
+        ValueError: ``num_test`` is not an int >= 2; naming ``cohort`` (how the message calls it) and both counts.
+    """
+    _check_num_test(num_test)
+    n_prog = num_test // 2
+    if num_progressing <= n_prog or num_stable <= num_test - n_prog:
+        raise ValueError(f"num_test={num_test} needs more than {n_prog} progressing and {num_test - n_prog} stable "
+                         f"patients (to keep some for training); {cohort} has {num_progressing} and {num_stable}")
+
+
 def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
                      overwrite: bool = False) -> dict[str, list[str]]:
     """Hold out ``num_test`` patients of a cohort: copy its cases into ``OUT/train`` and ``OUT/test``.
@@ -116,8 +136,7 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
             output folder over the cohort.
     """
     cohort, out = check_path("cohort", cohort), check_path("out_dir", out_dir)
-    if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 2:
-        raise ValueError(f"num_test must be an int >= 2, got {num_test!r}")
+    _check_num_test(num_test)
     for name in ("train", "test"):
         check_separate_folders(out / name, f"{name} folder", {"cohort": cohort})
     manifest = read_manifest(cohort / MANIFEST_JSON)
@@ -128,10 +147,8 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
     progressing = {p: any(sources[e.case_id].progression_flag() for e in entries) for p, entries in patients.items()}
     prog = [p for p in patients if progressing[p]]
     stable = [p for p in patients if not progressing[p]]
+    check_test_split(num_test, len(prog), len(stable), str(cohort))
     n_prog = num_test // 2
-    if len(prog) <= n_prog or len(stable) <= num_test - n_prog:
-        raise ValueError(f"num_test={num_test} needs more than {n_prog} progressing and {num_test - n_prog} stable "
-                         f"patients (to keep some for training); {cohort} has {len(prog)} and {len(stable)}")
     held_out = set(prog[:n_prog] + stable[: num_test - n_prog])
     sides = {"test": [e for e in manifest.cases if e.patient_id in held_out],
              "train": [e for e in manifest.cases if e.patient_id not in held_out]}

@@ -44,7 +44,7 @@ from longiseg.data.demo_cohort import MAX_DEMO_PATIENTS, DemoCohortConfig, gener
 from longiseg.data.layout import MANIFEST_JSON
 from longiseg.data.loading import load_case
 from longiseg.data.manifest import read_manifest
-from longiseg.data.split import write_test_split
+from longiseg.data.split import check_test_split, write_test_split
 from longiseg.engine.checkpoint import load_model
 from longiseg.engine.config import TrainerConfig, save_config
 from longiseg.metrics.evaluate import evaluate_folder, write_report
@@ -216,6 +216,12 @@ def write_cohort(out: str | Path, cohort_cfg: DemoCohortConfig, num_test: int, *
     if existing.is_dir() and not folder_is_empty(existing) and not (existing / MANIFEST_JSON).is_file():
         raise FileExistsError(f"{existing} does not look like a cohort folder (no {MANIFEST_JSON}); not "
                               "replacing it")
+    # before a minute of generation (and its "wrote demo cohort" line): the cohort's counts follow from its config
+    num_progressing = cohort_cfg.num_progressing
+    try:
+        check_test_split(num_test, num_progressing, cohort_cfg.num_patients - num_progressing, "the new cohort")
+    except ValueError as err:
+        raise ValueError(f"{err}; {out} is unchanged") from None
     names = ("cohort", "train", "test")
     with contextlib.ExitStack() as stack:
         final = {name: stack.enter_context(atomic_directory(out / name, overwrite=overwrite)) for name in names}
