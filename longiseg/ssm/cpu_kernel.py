@@ -34,7 +34,9 @@ values it cannot know in registers (the state update took 1.2-1.3x less time). F
 position (``1/16`` of the state sequence); the backward pass recomputes one such chunk of a job at a time (its
 states and decays, in L2) and sweeps it in reverse, forming every gradient on the way. ``dA``, ``dD`` and
 ``d(delta_bias)`` and ``dB``/``dC`` (unless input-independent and per channel) are sums over jobs: each parallel work
-item accumulates into its own partial buffer, summed afterwards, so no element is written by two threads.
+item accumulates into its own partial buffer, summed afterwards, so no element is written by two threads. The
+partial buffers are float64 (the sums over the sequence gather a chunk in the compute dtype first), so float32
+rounding does not grow with ``L``.
 Nothing of size ``(B, D, L, N)`` is stored: memory is linear in ``L``.
 
 **Threads.** The kernels use ``torch.get_num_threads()`` numba threads (capped by numba's own limit) on numba's
@@ -600,15 +602,17 @@ def _define_kernels(numba: Any) -> None:
         # Adjoint recurrence g_t = C_t gy_t + exp(dt_{t+1} a) g_{t+1} (g_{L-1} also gets glast) for one job:
         # chunk by chunk (of _CHECKPOINT_EVERY positions) from the end, the chunk's states and decays are
         # recomputed from the forward pass's checkpoint into (chunk + 1, N, nd) buffers and swept in reverse.
-        # ga, gbk, gck, gd, gbias are this work item's partial sums (accumulated into).
+        # ga, gbk, gck, gd, gbias are this work item's partial sums (float64, accumulated into): the sums over
+        # the sequence (dA, dD, d delta_bias; dB/dC of input-independent B/C) gather each chunk's in the compute
+        # dtype and add it there, so float32 rounding does not grow with L.
         q = _nb_coefficients(poly)
         seqlen = u.shape[1]
         n_state = a.shape[1]
         gated = z.shape[0] > 0
         gb, gc, av, bias_j, dskip_j = _nb_job_constants(a_exp, bk, ck, bias, dskip, u.shape[2], d0, nd)
         aa = _nb_transposed(a, d0, nd)
-        gd_j = gd[d0 : d0 + nd]
-        gbias_j = gbias[d0 : d0 + nd]
+        gd_j = np.empty(nd, dtype=gu.dtype)  # the chunk's sums, added into gd / gbias after it
+        gbias_j = np.empty(nd, dtype=gu.dtype)
         hbuf = np.zeros((_CHECKPOINT_EVERY + 1, n_state, nd), dtype=gu.dtype)
         abuf = np.empty((_CHECKPOINT_EVERY, n_state, nd), dtype=gu.dtype)
         carry = np.zeros((n_state, nd), dtype=gu.dtype)
@@ -633,6 +637,9 @@ def _define_kernels(numba: Any) -> None:
             _nb_copy_states(hbuf[0], ckpt[b, c], d0, False)
             _nb_chunk_inputs(u, draw, z, bias_j, softplus, b, t0, d0, steps, t0 - _CHECKPOINT_EVERY, tiles, q)
             _nb_tile(gout, b, t0, d0, steps, tgy, t0 - _CHECKPOINT_EVERY, False)
+            acca[:] = 0
+            gd_j[:] = 0
+            gbias_j[:] = 0
             for k in range(steps):  # recompute the chunk; gradient of the scan output before the gate
                 t = t0 + k
                 uk = tu[k]
@@ -697,9 +704,11 @@ def _define_kernels(numba: Any) -> None:
             _nb_tile(gdt, b, t0, d0, steps, tgd, t0 - _CHECKPOINT_EVERY, True)
             if gated:
                 _nb_tile(gz, b, t0, d0, steps, tgz, t0 - _CHECKPOINT_EVERY, True)
-        for n in range(n_state):
             for j in range(nd):
-                ga[d0 + j, n] += acca[n, j]
+                gd[d0 + j] += gd_j[j]
+                gbias[d0 + j] += gbias_j[j]
+                for n in range(n_state):
+                    ga[d0 + j, n] += acca[n, j]
 
     def _nb_backward_py(  # pragma: no cover - compiled
         u, draw, bias, softplus, a_exp, poly, a, bk, ck, dskip, z, gout, glast, ckpt, blocks, nparts,
@@ -731,6 +740,13 @@ def _kernels() -> None:
     _define_kernels(numba)
 
 
+def _partial_sum_types(numba: Any) -> tuple[Any, ...]:
+    """Numba types of the backward's partial sums ``(gA, gB, gC, gD, g(delta_bias))`` per work item: float64 for
+    every compute dtype (:func:`_scan_backward`)."""
+    arr, f64 = numba.types.Array, numba.float64  # type: ignore[attr-defined]
+    return arr(f64, 3, "C"), arr(f64, 5, "C"), arr(f64, 5, "C"), arr(f64, 2, "C"), arr(f64, 2, "C")
+
+
 @functools.cache
 def _entry(name: str, dtype: torch.dtype, parallel: bool) -> Any:
     """The entry point ``forward`` or ``backward`` compiled for one dtype (float32 or float64), parallel over the
@@ -752,7 +768,7 @@ def _entry(name: str, dtype: torch.dtype, parallel: bool) -> Any:
     else:
         sig = numba.void(  # type: ignore[attr-defined]
             any3, any3, c1, flag, c2, c1, c2, c4, c4, c1, any3, any3, c3, c4, blocks, count,
-            any3, any3, any3, c3, arr(f, 5, "C"), arr(f, 5, "C"), c2, c2,
+            any3, any3, any3, *_partial_sum_types(numba),
         )
         fn = _nb_backward_py
     return jit(numba, [sig], parallel=parallel, fastmath=True, boundscheck=False, error_model="numpy")(fn)
@@ -939,8 +955,10 @@ def _scan_backward(
         blocks = _job_blocks(dim, bk.shape[1], ck.shape[1])
         with _KERNEL_LOCK:
             parts = _use_threads(u.shape[0] * blocks.shape[0], u.numel() * n_state)
+            # float64 partial sums (summed over the work items below): a float32 sum over a long sequence
+            # lost digits with L (dA 5.7e-6 relative at L = 32k)
             partial = [
-                np.zeros((parts, *shape), dtype=gu.numpy().dtype)
+                np.zeros((parts, *shape), dtype=np.float64)
                 for shape in ((dim, n_state), tuple(bk.shape), tuple(ck.shape), (dim,), (dim,))
             ]
             _entry("backward", ct, parts > 1)(
