@@ -351,8 +351,8 @@ def test_backend_by_argument_and_env(monkeypatch, no_mamba):
     monkeypatch.setenv("LONGISEG_SCAN_BACKEND", "reference")
     assert resolve_backend(None, cpu) == "reference"
     assert resolve_backend("chunked", cpu) == "chunked"  # the argument wins over the environment
-    monkeypatch.setenv("LONGISEG_SCAN_BACKEND", "fastest")
-    with pytest.raises(ValueError, match="environment variable LONGISEG_SCAN_BACKEND"):
+    monkeypatch.setenv("LONGISEG_SCAN_BACKEND", " Fastest")  # quoted as written, not as compared
+    with pytest.raises(ValueError, match="backend ' Fastest' from the environment variable LONGISEG_SCAN_BACKEND"):
         resolve_backend(None, cpu)
     with pytest.raises(ValueError, match="unknown selective-scan backend 'tpu'"):
         resolve_backend("tpu", cpu)

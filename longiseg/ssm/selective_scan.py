@@ -95,15 +95,16 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
             f"device must be a torch.device or a device string such as 'cpu' or 'cuda:0', "
             f"got {type(device).__name__}"
         )
-    source = "backend argument"
+    source, given = "backend argument", backend
     if backend is None:
-        backend = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+        given = os.environ.get(ENV_VAR, "auto")
+        backend = given.strip().lower() or "auto"
         source = f"environment variable {ENV_VAR}"
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a backend name (one of {BACKENDS}) or None, got {type(backend).__name__}")
     if backend not in BACKENDS:
-        raise ValueError(
-            f"unknown selective-scan backend {backend!r} from the {source}; expected one of {BACKENDS}"
+        raise ValueError(  # the value as the user wrote it ('None', not 'none')
+            f"unknown selective-scan backend {given!r} from the {source}; expected one of {BACKENDS}"
         )
     if backend == "auto":
         if _exporting():
