@@ -868,6 +868,16 @@ def test_bad_voxels_fail_train_and_predict_before_anything_is_written(cohort: Pa
     assert main(["train", "--data", str(data), "--output", str(run), "--set", *overrides]) == 2
     err = capsys.readouterr().err
     assert f"{flair} contains NaN or infinite values" in err and err.count("\n") == 1 and not run.exists()
+    # an all-zero image of a case without a brain mask (no voxel to normalise) failed in epoch 1 as well
+    nib.save(nib.Nifti1Image(np.zeros_like(arr), img.affine, header), flair)
+    brain = last / "brain_mask.nii.gz"
+    kept_brain = brain.read_bytes()
+    brain.unlink()
+    assert main(["train", "--data", str(data), "--output", str(run), "--set", *overrides, "data.val_fraction=0"]) == 2
+    err = capsys.readouterr().err
+    assert f"case '{last.name}': image (t=1, flair) has no voxel to normalise" in err and not run.exists()
+    brain.write_bytes(kept_brain)
+    nib.save(nib.Nifti1Image(arr, img.affine, header), flair)  # the NaN again, for predict below
     nib.save(nib.Nifti1Image(np.asarray(mask.dataobj, dtype=np.uint8) * 255, mask.affine, mask.header),
              first / "baseline_mask.nii.gz")
 

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from longiseg.data.case import LongitudinalCase
 from longiseg.data.cohort import check_same_timepoints, find_cases
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
-from longiseg.data.loading import check_case_headers, check_case_voxels
+from longiseg.data.loading import check_case_headers, check_case_voxels, load_case
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler, positive_slots
 from longiseg.data.sources import CaseSource
@@ -77,6 +78,12 @@ def build_loss(cfg: ExperimentConfig) -> ImbalanceAwareLoss:
                               progression_outside_baseline=lc.progression_outside_baseline)
 
 
+def _preparation(cfg: ExperimentConfig) -> Callable[[LongitudinalCase], LongitudinalCase]:
+    """How training prepares a read case (z-scores, the crop to the foreground); a functools.partial, picklable
+    for DataLoader workers."""
+    return functools.partial(preprocess_case, crop=cfg.data.crop_to_foreground)
+
+
 def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_cases: Sequence
                    ) -> tuple[SliceDataset | VolumePatchDataset, SliceDataset | VolumePatchDataset | None]:
     """Training and validation datasets for a 2.5D (slices) or 3D (patches) model.
@@ -85,10 +92,8 @@ def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_c
     training samples only) and a fixed seed, so the same samples are scored every epoch and in every run.
     """
     dc = cfg.data
-
-    # functools.partial keeps the preprocessing picklable for DataLoader workers.
-    prep = functools.partial(preprocess_case, crop=dc.crop_to_foreground)
-    common = {"lesion_weight": dc.lesion_weight, "progression_share": dc.progression_share, "preprocess": prep,
+    common = {"lesion_weight": dc.lesion_weight, "progression_share": dc.progression_share,
+              "preprocess": _preparation(cfg),
               "cache_size": dc.cache_size}
     if dim == "3D":
         def make(cases, **kw):  # noqa: ANN001, ANN202
@@ -474,7 +479,10 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     _check_scan_backend(model, ctx.device)
     # what only the voxels tell (NaN intensities, a mask of 0/255) fails here, after the cheap checks above and
     # before the run's records, not in the middle of epoch 1 (one progress bar under torchrun: rank 0's)
-    check_case_voxels([*train_cases, *val_cases], progress=cfg.trainer.progress_bar and ctx.is_main)
+    # (and what only the preparation tells: an all-zero image it cannot normalise, found in epoch 1 before)
+    prepare = _preparation(cfg)
+    check_case_voxels([*train_cases, *val_cases], progress=cfg.trainer.progress_bar and ctx.is_main,
+                      reader=lambda source: prepare(load_case(source)))
     train_ds, val_ds = build_datasets(cfg, info.dim, train_cases, val_cases)
     _check_both_classes(cfg, train_ds, val_ds)
     _check_batch_settings(cfg, train_ds.samples_per_epoch, ctx.world_size)
