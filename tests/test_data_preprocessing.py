@@ -48,6 +48,19 @@ def test_zscore_error_on_empty_image() -> None:
         zscore_normalize(case)
 
 
+def test_zscore_does_not_depend_on_the_intensity_scale(caplog: pytest.LogCaptureFixture) -> None:
+    # an absolute floor of 1e-6 on the standard deviation took images of values around 1e-8 for constant (a
+    # "constant" warning, and predictions that degraded with the scale until the masks were empty)
+    case = make_case(case_id="tiny")
+    reference = zscore_normalize(case).images
+    for scale in (1e-9, 1e-30, 1e30):
+        with caplog.at_level(logging.WARNING, logger="longiseg"):
+            scaled = zscore_normalize(case.with_arrays(images=(case.images.astype(np.float64) * scale)
+                                                       .astype(np.float32))).images
+        np.testing.assert_allclose(scaled, reference, atol=1e-4, err_msg=str(scale))
+    assert "is constant" not in caplog.text
+
+
 def test_zscore_warns_once_about_an_image_constant_inside_the_brain_mask(caplog: pytest.LogCaptureFixture) -> None:
     # with a brain mask an all-zero channel (an empty acquisition) normalised to zeros without a word, while
     # without one it is refused

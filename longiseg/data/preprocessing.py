@@ -79,7 +79,10 @@ def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: fl
     Args:
         case: case with ``images (T, C, D, H, W)``.
         background: value written outside the region.
-        eps: floor of the standard deviation (constant images become all zero).
+        eps: relative floor of the standard deviation: an image whose standard deviation in the region is at
+            most ``eps`` times its largest magnitude there counts as constant and becomes all zero (logged
+            once). Relative, so the result does not depend on the intensity scale (an absolute floor treated
+            an image of values around ``1e-7`` as constant).
 
     Returns:
         A new case with normalised float32 images (masks shared, not copied).
@@ -96,7 +99,7 @@ def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: fl
     if not math.isfinite(background):
         raise ValueError(f"background must be finite, got {background}")
     if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite floor of the standard deviation, got {eps}")
+        raise ValueError(f"eps must be a positive finite relative floor of the standard deviation, got {eps}")
     out = np.empty_like(case.images)
     brain = case.brain_mask.astype(bool) if case.brain_mask is not None else None
     for t in range(case.num_timepoints):
@@ -110,15 +113,17 @@ def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: fl
                 raise ValueError(
                     f"case {case.case_id!r}: image (t={t}, {case.modalities[c]}) has no voxel to normalise: {what}"
                 )
-            mean, std = float(vals.mean()), max(float(vals.std()), eps)
-            if std == eps:  # an empty or failed acquisition (e.g. an all-zero channel inside a brain mask): say so
+            mean, std = float(vals.mean()), float(vals.std())
+            o = out[t, c]
+            o.fill(background)
+            if std <= eps * float(np.abs(vals).max()):  # an empty or failed acquisition (e.g. an all-zero channel
+                o[region] = 0.0                          # inside a brain mask): zeros, and say so
                 where = "brain mask" if brain is not None else "non-zero voxels"
                 log_once(logger, f"constant {case.case_id!r} {t} {case.modalities[c]}",
                          f"case {case.case_id}: image (t={t}, {case.modalities[c]}) is constant ({mean:.6g}) inside "
                          f"its {where}: it carries no information after normalisation; check that file",
                          logging.WARNING)
-            o = out[t, c]
-            o.fill(background)
+                continue
             o[region] = ((img[region] - mean) / std).astype(np.float32)
     return case.with_arrays(images=out)
 
