@@ -463,6 +463,27 @@ def test_read_mask_and_prediction(tmp_path: Path) -> None:
         read_mask(case / layout.BASELINE_MASK)
 
 
+def test_a_mask_scaled_by_its_header_reads_as_the_zeros_and_ones_it_stores(tmp_path: Path) -> None:
+    # a 0/255 mask stored with scl_slope 1/255 (the header's float32 slope makes its ones 1.00000006) was refused
+    # as "found values such as [1.0000000591389835]"
+    mask = np.zeros((4, 5, 6), np.uint8)
+    mask[1, 2, 3] = mask[2, 2, 3] = 1
+    img = nib.Nifti1Image(mask * 255, np.eye(4))
+    img.header.set_slope_inter(1 / 255, 0)
+    nib.save(img, tmp_path / "m.nii.gz")
+    arr, _, _ = read_mask(tmp_path / "m.nii.gz")
+    assert arr.dtype == np.uint8 and np.array_equal(arr, mask)
+    img = nib.Nifti1Image(mask * 255, np.eye(4))
+    img.header.set_slope_inter(0.5, 0)  # 127.5: not a mask, and the message says how the values came about
+    nib.save(img, tmp_path / "half.nii.gz")
+    with pytest.raises(ValueError, match=r"must be binary .*\[127.5\] \(stored values scaled by scl_slope 0.5 and "
+                                         r"scl_inter 0\)"):
+        read_mask(tmp_path / "half.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 0), np.uint8), np.eye(4)), tmp_path / "empty.nii.gz")
+    with pytest.raises(ValueError, match=r"empty.nii.gz holds no voxel: shape \(4, 5, 0\)"):  # not "shape (0,)"
+        read_mask(tmp_path / "empty.nii.gz")
+
+
 def test_mask_spec_rules(tmp_path: Path) -> None:
     a = np.zeros((4, 4, 4), dtype=np.int16)
     b = np.zeros((4, 4, 4), dtype=np.int16)

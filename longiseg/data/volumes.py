@@ -18,7 +18,12 @@ from longiseg.utils.io import PathLike
 from longiseg.utils.nifti import QFORM_SFORM_ATOL, load_nifti
 from longiseg.utils.validation import beyond
 
-__all__ = ["SPACING_RTOL", "Grid", "read_volume", "read_mask", "nifti_spacing", "check_same_grid"]
+__all__ = ["SPACING_RTOL", "MASK_SCALING_ATOL", "Grid", "read_volume", "read_mask", "nifti_spacing",
+           "check_same_grid"]
+
+#: How far from 0 or 1 a mask voxel may lie when its file scales the stored values (``scl_slope``,
+#: ``scl_inter``, float32 in the header): a 0/255 mask with slope ``1/255`` reads as 0 and 1.00000006.
+MASK_SCALING_ATOL = 1e-6
 
 
 def read_volume(path: PathLike, *, what: str = "volume", dtype: Any = None
@@ -129,14 +134,25 @@ def read_mask(path: PathLike, *, what: str = "mask"
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: naming the file: unreadable, not one 3D volume, NaN/inf values, values other than 0 and 1,
-            header voxel sizes that disagree with the affine (:func:`nifti_spacing`).
+            header voxel sizes that disagree with the affine (:func:`nifti_spacing`). A file that scales its
+            stored values (``scl_slope``/``scl_inter``) may give 0 and 1 to within :data:`MASK_SCALING_ATOL`
+            (the header's float32 slope); the message names the scaling when it refuses.
     """
     arr, affine, spacing = read_volume(path, what=what)
     is_one = arr == 1
     bad = ~(is_one | (arr == 0))
     if bad.any():
-        values = np.unique(arr[bad])[:5].tolist()
-        raise ValueError(f"{what} {path} must be binary (values 0/1), found values such as {values}")
+        values = np.unique(arr[bad])
+        proxy = load_nifti(path, what=what, header_only=True).dataobj  # nibabel moves the scaling here
+        slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+        scaled = (slope, inter) != (1.0, 0.0)
+        # a 0/255 mask stored with scl_slope 1/255: the float32 slope makes its ones 1.00000006
+        if scaled and np.all(np.abs(values - np.round(values)) <= MASK_SCALING_ATOL) and np.isin(
+                np.round(values), (0, 1)).all():
+            return (np.round(arr) == 1).astype(np.uint8), affine, spacing
+        how = f" (stored values scaled by scl_slope {slope:g} and scl_inter {inter:g})" if scaled else ""
+        raise ValueError(f"{what} {path} must be binary (values 0/1), found values such as "
+                         f"{values[:5].tolist()}{how}")
     return is_one.astype(np.uint8), affine, spacing
 
 

@@ -293,7 +293,7 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
         FileNotFoundError: ``path`` does not exist.
         PermissionError: ``path`` is not readable.
         ValueError: ``path`` is a folder, empty, truncated, corrupt or not a NIfTI file, or its voxels are not
-            real numbers (RGB, complex).
+            real numbers (RGB, complex), or it holds no voxel (an axis of length 0).
     """
     import gzip
     import struct
@@ -340,6 +340,8 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
     if stored.kind not in "biuf":  # RGB (structured), complex: not one real number per voxel
         raise ValueError(f"{label} stores voxels of type {stored} ({'complex' if stored.kind == 'c' else 'not numbers'}"
                          "); expected one real number per voxel (an integer or floating-point type)")
+    if 0 in img.shape:  # nibabel reads such a volume as an array of shape (0,): name the stored shape
+        raise ValueError(f"{label} holds no voxel: shape {tuple(img.shape)} has an axis of length 0")
     if data is None:
         return img
     return type(img)(data, img.affine, img.header)
