@@ -330,7 +330,10 @@ def test_cases_with_other_modalities_are_refused_and_reported(tmp_path: Path, t2
     (message,) = problems["p2"]
     assert message.startswith("ValueError: case 'p2' has the modalities")
     # naming the channels reads them by name: the case lacking T2 is a missing file, the others load
-    with pytest.raises(FileNotFoundError, match=r"case 'p2': missing image .*p2/t0_t2\.nii\.gz"):
+    # (and says that the case has no T2 at all, not only that one file is missing)
+    with pytest.raises(FileNotFoundError, match=r"case 'p2': missing image .*p2/t0_t2\.nii\.gz; the case has no "
+                                                 rf"'t2' image at all \(it has {theirs}\) but is read with the "
+                                                 r"modalities \['flair', 't2'\]"):
         find_cases(tmp_path, modalities=["flair", "t2"])
 
 

@@ -95,7 +95,12 @@ def _source_from_folder(
         for m in mods:
             p = found.get(t, {}).get(m)
             if p is None:
-                raise FileNotFoundError(f"case {case_id!r}: missing image {folder / layout.image_filename(t, m)}")
+                present = sorted({name for files in found.values() for name in files})
+                hint = "" if m in present else (  # a cohort of other modalities than asked for (e.g. a model's)
+                    f"; the case has no {m!r} image at all (it has {present}) but is read with the modalities "
+                    f"{list(mods)}")
+                raise FileNotFoundError(
+                    f"case {case_id!r}: missing image {folder / layout.image_filename(t, m)}{hint}")
             row.append(p)
         image_files.append(tuple(row))
     baseline_spec, prog_specs = (None, None) if require_masks is None else _mask_specs(
