@@ -152,6 +152,13 @@ def test_build_model_from_checkpoint(tmp_path) -> None:
         rebuilt = build_model_from_checkpoint(path)
         assert not rebuilt.training
         assert torch.equal(rebuilt.conv1.weight, model.conv1.weight)
+        # the random initial weights it replaces drew from the caller's stream (a seeded script drew other numbers
+        # after loading a model)
+        torch.manual_seed(0)
+        expected = torch.rand(3)
+        torch.manual_seed(0)
+        build_model_from_checkpoint(path)
+        assert torch.equal(torch.rand(3), expected)
     finally:
         unregister_model("_engine_test_tiny")
     nameless = save_checkpoint(tmp_path / "n.pt", model=model)

@@ -448,7 +448,9 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
                     "own (%s, default auto by device)", source, recorded[_SCAN_BACKEND_KWARG], SCAN_BACKEND_ENV_VAR)
     arguments = {**_without_scan_backend(recorded), **override_kwargs}
     try:
-        model = build_model(name, **arguments)
+        # the initial weights are replaced below: their draws leave the caller's random stream where it was
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(name, **arguments)
     except TypeError as err:  # the factory's signature changed since the checkpoint was written
         raise ValueError(
             f"checkpoint {source}: model {name!r} cannot be rebuilt with its recorded arguments {arguments}: {err}. "
