@@ -534,6 +534,10 @@ def test_a_case_of_other_voxels_than_the_training_cases_is_predicted_with_a_warn
     assert voxel_size_mismatch(nn.DataParallel(model), (1.0, 1.0, 1.0)) == (0.8, 1.0, 2.5)
     with pytest.raises(ValueError, match="spacing must have 3 values"):
         voxel_size_mismatch(model, (1.0, 1.0))
+    broken = Voxelwise()
+    broken.spec = ModelSpec(name="voxelwise", preprocessing={"voxel_size_mm": [1.0, -1.0, 2.0]})
+    with pytest.raises(ValueError, match=r"model.spec.preprocessing\['voxel_size_mm'\] must hold positive"):
+        voxel_size_mismatch(broken, (1.0, 1.0, 1.0))
 
     with caplog.at_level(logging.WARNING, logger="longiseg"):
         predict_case(model, _images(t=2, c=1), _affine(), None, tmp_path / "same", "same", inferer=_inferer())

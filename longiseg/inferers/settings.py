@@ -207,7 +207,8 @@ def voxel_size_mismatch(model: nn.Module, spacing: Sequence[float]) -> tuple[flo
         nothing is recorded.
 
     Raises:
-        ValueError: ``spacing`` is not three positive finite numbers.
+        ValueError, TypeError: ``spacing``, or the voxel size the spec records, is not three positive finite
+            numbers.
     """
     check_instance("model", model, nn.Module, "an nn.Module")
     case = sorted(as_spacing(spacing, 3).tolist())
@@ -215,7 +216,7 @@ def voxel_size_mismatch(model: nn.Module, spacing: Sequence[float]) -> tuple[flo
     trained = (spec.preprocessing or {}).get("voxel_size_mm") if isinstance(spec, ModelSpec) else None
     if trained is None:
         return None
-    trained = tuple(sorted(float(v) for v in trained))
+    trained = tuple(sorted(as_spacing(trained, 3, "model.spec.preprocessing['voxel_size_mm']").tolist()))
     if all(abs(c - t) <= VOXEL_SIZE_RTOL * t for c, t in zip(case, trained)):
         return None
     return trained
