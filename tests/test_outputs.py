@@ -118,6 +118,53 @@ def test_folders_keep_the_setgid_bit_of_a_shared_project_folder(tmp_path: Path, 
     assert _mode(shared / "results") & 0o777 == 0o755  # the umask still applies
 
 
+def _other_group() -> int | None:
+    """A group this process may give its files other than the one they get (None where it has only one; root may
+    give any)."""
+    if os.geteuid() == 0:
+        return os.getegid() + 1
+    return next((g for g in os.getgroups() if g != os.getegid()), None)
+
+
+def test_a_replaced_folder_keeps_its_mode_group_and_setgid_bit(tmp_path: Path, umask_022: None) -> None:
+    # evaluate and lesions replace their report folder as a whole: a folder made beforehand for a team (chmod 2770,
+    # chgrp) became 0755 with the process's group, and its files lost the group
+    out = tmp_path / "report"
+    out.mkdir()
+    group = _other_group()
+    if group is not None:
+        os.chown(out, -1, group)
+    os.chmod(out, 0o2770)
+    if not out.stat().st_mode & stat.S_ISGID:
+        pytest.skip("this file system does not keep the setgid bit")
+    for _ in range(2):  # made by hand, then replaced by an earlier report
+        with atomic_directory(out, overwrite=True) as tmp:
+            assert _mode(tmp) & 0o077 == 0  # private while it is written
+            atomic_write_json(tmp / "summary.json", {})
+        assert _mode(out) == 0o2770
+        if group is not None:
+            assert out.stat().st_gid == group and (out / "summary.json").stat().st_gid == group
+    assert _mode(out / "summary.json") == 0o644  # files: the umask's mode
+
+
+def test_a_file_rewritten_in_place_keeps_its_mode_and_group(tmp_path: Path, umask_022: None) -> None:
+    # longiseg tune rewrote a checkpoint with the process's group (and set the private mode only after the rename)
+    path = tmp_path / "ck.pt"
+    atomic_torch_save({"a": 1}, path)
+    os.chmod(path, 0o600)
+    group = _other_group()
+    if group is not None:
+        os.chown(path, -1, group)
+    atomic_torch_save({"a": 2}, path, keep_permissions=True)
+    assert _mode(path) == 0o600 and torch.load(path, weights_only=True) == {"a": 2}
+    assert group is None or path.stat().st_gid == group
+    atomic_torch_save({"a": 3}, path)  # without keep_permissions: the umask's mode, as for any new output
+    assert _mode(path) == 0o644
+    with pytest.raises(TypeError, match="keep_permissions must be a bool"):
+        with atomic_path(path, keep_permissions="yes"):  # type: ignore[arg-type]
+            pass
+
+
 def test_failed_writes_leave_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_path(tmp_path / "f.txt") as tmp:
         tmp.write_text("half")

@@ -44,7 +44,6 @@ computes the same function with the same weights, so the machine that runs the m
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
@@ -530,21 +529,20 @@ def check_writable(path: str | Path) -> Path:
 
 
 def update_spec(path: str | Path, spec: ModelSpec) -> Path:
-    """Rewrite the checkpoint ``path`` with ``spec`` (atomically; weights, training state and file mode unchanged).
+    """Rewrite the checkpoint ``path`` with ``spec`` (atomically; weights, training state, file mode and group unchanged).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: if ``path`` is write-protected (:func:`check_writable`) or ``spec`` names another model than
             the checkpoint.
     """
-    mode = stat.S_IMODE(check_writable(path).stat().st_mode)
+    check_writable(path)
     ckpt = _read(check_path("path", path), "cpu", True)
     if ckpt.get("model_name") not in (None, spec.name):
         raise ValueError(f"checkpoint {path} holds {ckpt.get('model_name')!r}, not {spec.name!r}")
     ckpt["spec"] = spec.to_dict()
-    written = atomic_torch_save(ckpt, path)
-    os.chmod(written, mode)  # the new file gets the umask's mode: keep the one the checkpoint had (e.g. private)
-    return written
+    # the checkpoint's mode and group (e.g. private), set before the new file takes its place
+    return atomic_torch_save(ckpt, path, keep_permissions=True)
 
 
 def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str = "state_dict",

@@ -190,6 +190,14 @@ def apply_umask(path: PathLike) -> None:
         os.chmod(path, 0o666 & ~_current_umask())
 
 
+def _take_permissions(target: Path, like: os.stat_result) -> None:
+    """Give ``target`` the permission bits (setgid included) and the group of the file or folder it replaces
+    (``like``): the group where the process may set it (its own, or one it belongs to), silently not elsewhere."""
+    with contextlib.suppress(OSError):
+        os.chown(target, -1, like.st_gid)
+    os.chmod(target, stat.S_IMODE(like.st_mode))  # after chown, which may clear the setgid bit
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -342,7 +350,8 @@ def remove_stale_temporaries(path: PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike, *, overwrite: bool = True, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: PathLike, *, overwrite: bool = True, suffix: str | None = None,
+                keep_permissions: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
 
     Args:
@@ -350,11 +359,15 @@ def atomic_path(path: PathLike, *, overwrite: bool = True, suffix: str | None = 
         overwrite: replace an existing file; if ``False`` an existing file raises ``FileExistsError``.
         suffix: suffix of the temporary file (keeps e.g. ``.nii.gz`` so writers pick the format);
             defaults to the destination's suffixes.
+        keep_permissions: a file that replaces an existing one gets that file's mode and group (set before the
+            rename: a private file is never readable by others meanwhile) instead of the umask's mode (an edit
+            in place, such as ``longiseg tune`` rewriting a checkpoint).
 
     On an exception the temporary file is removed and ``path`` is untouched.
     """
     path = check_path("path", path)
     check_instance("suffix", suffix, (str, type(None)), "a str or None")
+    check_bool("keep_permissions", keep_permissions)
     _check_target(path, overwrite)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; expected a file path")
@@ -370,6 +383,8 @@ def atomic_path(path: PathLike, *, overwrite: bool = True, suffix: str | None = 
         if not overwrite and path.exists():
             raise WrittenMeanwhile(f"{path} appeared while writing; not overwritten")
         apply_umask(tmp_path)
+        if keep_permissions and path.exists():
+            _take_permissions(tmp_path, path.stat())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -381,7 +396,9 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
     """Yield an empty temporary folder next to ``path``; on success it replaces ``path`` as a whole.
 
     Readers see either the complete folder or none (or, with ``overwrite``, the complete old one): an
-    interrupted writer leaves only a temporary that the next writer of ``path`` removes.
+    interrupted writer leaves only a temporary that the next writer of ``path`` removes. A folder that replaces
+    an existing one keeps that folder's mode and group, and its setgid bit (files written into it get its
+    group): a report folder made beforehand for a team (``chmod 2770``, ``chgrp``) stays theirs.
 
     Args:
         path: final folder.
@@ -430,6 +447,11 @@ def removed_if_created(folder: PathLike) -> Iterator[None]:
 @contextlib.contextmanager
 def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
+    with contextlib.suppress(OSError):
+        before = path.stat()
+        if path.is_dir() and before.st_mode & stat.S_ISGID:  # files written meanwhile get the old folder's group
+            _take_permissions(tmp, before)
+            os.chmod(tmp, 0o700 | stat.S_ISGID)  # still private while it is written
     # held open, the folder's inode cannot be reused: a folder another process removed (and a writer re-created)
     # is told apart from this one
     try:
@@ -443,6 +465,9 @@ def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
             raise FileNotFoundError(f"the temporary folder {tmp} of {path} was removed by another process while it "
                                     "was written: nothing was published; run again")
         apply_umask(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_dir():
+                _take_permissions(tmp, path.stat())
         if path.exists():
             if not overwrite:
                 raise WrittenMeanwhile(f"{path} appeared while writing (another process wrote it); not overwritten")
@@ -535,8 +560,9 @@ def atomic_save_figure(fig: Any, path: PathLike, *, dpi: int = 100, overwrite: b
     return Path(path)
 
 
-def atomic_torch_save(obj: Any, path: PathLike, *, overwrite: bool = True) -> Path:
-    """``torch.save`` to ``path`` atomically (checkpoints are never half-written).
+def atomic_torch_save(obj: Any, path: PathLike, *, overwrite: bool = True, keep_permissions: bool = False) -> Path:
+    """``torch.save`` to ``path`` atomically (checkpoints are never half-written); ``keep_permissions``: as in
+    :func:`atomic_path`.
 
     The object is serialised in memory and written by Python, so a full disk is an ``OSError`` (ENOSPC) that
     the command line reports in one line, not torch's C++ "unexpected pos" error.
@@ -545,7 +571,7 @@ def atomic_torch_save(obj: Any, path: PathLike, *, overwrite: bool = True) -> Pa
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with atomic_path(path, overwrite=overwrite) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path, overwrite=overwrite, keep_permissions=keep_permissions) as tmp, open(tmp, "wb") as fh:
         fh.write(buffer.getbuffer())
         fh.flush()
         os.fsync(fh.fileno())
