@@ -25,7 +25,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from longiseg.utils.io import check_output_folder, check_separate_folders, expand_home, folder_is_empty
 
@@ -173,11 +173,26 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_config(args: argparse.Namespace, **settings: Any) -> Any:
+    """The DemoConfig of ``cohort``/``demo``; a default --num-test that the given --num-patients cannot hold out is
+    named as the default (the message named only the config field)."""
+    from longiseg.utils.config import ConfigError
+    from longiseg.workflows.demo import DemoConfig
+
+    try:
+        return DemoConfig(**settings)
+    except ConfigError as err:
+        if args.num_test is None and "num_test must be" in str(err):
+            raise ConfigError(f"{err}: the default --num-test is the demo's; pass a smaller --num-test for "
+                              f"{settings.get('num_patients')} patients") from None
+        raise
+
+
 def _cmd_cohort(args: argparse.Namespace) -> int:
-    from longiseg.workflows.demo import DemoConfig, demo_cohort_config, write_cohort
+    from longiseg.workflows.demo import demo_cohort_config, write_cohort
 
     sizes = {k: v for k, v in (("num_patients", args.num_patients), ("num_test", args.num_test)) if v is not None}
-    cfg = DemoConfig(spacing=args.spacing, seed=args.seed, **sizes)  # the demo's sizes unless given
+    cfg = _demo_config(args, spacing=args.spacing, seed=args.seed, **sizes)  # the demo's sizes unless given
     out = check_output_folder(args.output, "OUT")
     if out.exists() and not folder_is_empty(out) and not args.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace the cohort, train and "
@@ -297,7 +312,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from longiseg.workflows.demo import DemoConfig, run_demo
+    from longiseg.workflows.demo import run_demo
 
     kw = {"output_dir": args.output, "overwrite": args.overwrite, "progress": not args.no_progress}
     if args.quick:
@@ -306,7 +321,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         val = getattr(args, key)
         if val is not None:
             kw[key] = val
-    cfg = DemoConfig(**kw)  # every setting is checked here, before the cohort is written
+    cfg = _demo_config(args, **kw)  # every setting is checked here, before the cohort is written
     check_output_folder(cfg.output_dir, "--output")
     summary = run_demo(cfg)
     print(summary["table"])

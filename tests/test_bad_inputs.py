@@ -466,6 +466,9 @@ ROWS = [
         r"checkpoint .*best\.pt does not exist"),
     Row("tune-without-split", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "last.pt"],
         r"split\.json does not exist"),
+    Row("tune-checkpoint-as-a-path-in-the-run", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint",
+                                                                str(ws / "run" / "last.pt")],
+        r"split\.json does not exist"),  # RUN/last.pt is the run's last.pt (it was refused as a path)
     Row("tune-checkpoint-outside-run", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "../run/last.pt"],
         r"checkpoint must be the file name of one of the run's checkpoints"),
     Row("tune-malformed-split", lambda ws, t: (
@@ -482,6 +485,8 @@ ROWS = [
         "num_test"),
     Row("cohort-huge-num-patients", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "9" * 20],
         "num_patients must be at most 100,000"),
+    Row("cohort-default-num-test-too-large", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "6"],
+        r"got 10: the default --num-test is the demo's; pass a smaller --num-test for 6 patients"),
     Row("cohort-negative-seed", lambda ws, t: ["cohort", str(t / "out"), "--seed", "-1"], "seed must be an int in \\[0, "),
     Row("cohort-noise-nan", lambda ws, t: ["cohort", str(t / "out"), "--set", "noise_level=nan"],
         "noise_level must be a finite number"),

@@ -118,7 +118,8 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
 
     Args:
         run_dir: a folder written by ``longiseg train`` (checkpoints and ``split.json``).
-        checkpoint: which checkpoint of the run to tune (and update): ``"best.pt"`` or ``"last.pt"``.
+        checkpoint: which checkpoint of the run to tune (and update): ``"best.pt"`` or ``"last.pt"`` (also as a path
+            to the file in ``run_dir``, e.g. ``"RUN/last.pt"``).
         data_root: where the validation cases are (default: the training data root recorded in the run).
         objective: ``"balanced"`` (default) or ``"lesion_f1"`` (see :mod:`longiseg.tuning`).
         thresholds: candidate thresholds.
@@ -139,6 +140,9 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     run = check_path("run_dir", run_dir)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if isinstance(checkpoint, str) and checkpoint and Path(checkpoint).name not in ("", ".", "..") \
+            and Path(checkpoint).parent.resolve() == run.resolve():
+        checkpoint = Path(checkpoint).name  # RUN/last.pt names the run's own file
     if not isinstance(checkpoint, str) or not checkpoint or Path(checkpoint).name != checkpoint \
             or checkpoint in (".", ".."):
         raise ValueError(f"checkpoint must be the file name of one of the run's checkpoints (best.pt, last.pt): "
