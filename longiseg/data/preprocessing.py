@@ -116,8 +116,9 @@ def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: fl
             mean, std = float(vals.mean()), float(vals.std())
             o = out[t, c]
             o.fill(background)
-            if std <= eps * float(np.abs(vals).max()):  # an empty or failed acquisition (e.g. an all-zero channel
-                o[region] = 0.0                          # inside a brain mask): zeros, and say so
+            # an empty or failed acquisition (e.g. an all-zero channel inside a brain mask): zeros, and say so
+            if std <= eps * float(np.abs(vals).max()):
+                o[region] = 0.0
                 where = "brain mask" if brain is not None else "non-zero voxels"
                 log_once(logger, f"constant {case.case_id!r} {t} {case.modalities[c]}",
                          f"case {case.case_id}: image (t={t}, {case.modalities[c]}) is constant ({mean:.6g}) inside "
