@@ -550,6 +550,24 @@ def test_a_case_of_other_voxels_than_the_training_cases_is_predicted_with_a_warn
                       "accuracy the model was validated with"]
 
 
+def test_predict_folder_shows_the_windows_of_each_case_below_the_cases(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # longiseg predict showed only its bar over the cases, which stood at 0/1 for the minutes a case takes on a CPU
+    from longiseg.inferers import InferenceConfig
+    from longiseg.spec import ModelSpec
+
+    _write_case(tmp_path / "in", "a", _images(t=2, c=2), _affine())
+    model = Voxelwise()
+    model.spec = ModelSpec(name="voxelwise", dim="2.5D",
+                           inference=InferenceConfig(patch_size=4, planes=["axial"]).to_dict())
+    predict_folder(model, tmp_path / "in", tmp_path / "quiet", progress=False)
+    assert "tri-planar" not in capsys.readouterr().err
+    for out, given in (("recorded", {}), ("default", {"inferer": None})):
+        predict_folder(model, tmp_path / "in", tmp_path / out, progress=True, **given)
+        err = capsys.readouterr().err
+        assert "cases" in err and "tri-planar" in err, (out, err)
+
+
 def _claims(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
 

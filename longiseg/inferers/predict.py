@@ -410,7 +410,8 @@ def predict_folder(
     for flag, value in (("skip_existing", skip_existing), ("overwrite", overwrite), ("progress", progress)):
         check_bool(flag, value)
     # what the model records (window, thresholds, post-processing; longiseg tune's too) unless given here
-    predict_kwargs = {**prediction_defaults(model, inferer="inferer" not in predict_kwargs), **predict_kwargs}
+    predict_kwargs = {**prediction_defaults(model, progress=progress, inferer="inferer" not in predict_kwargs),
+                      **predict_kwargs}
     spec = getattr(unwrap_model(model), "spec", None)
     if modalities is None and isinstance(spec, ModelSpec) and spec.modalities:
         modalities = list(spec.modalities)  # the channel order the model was trained with, not the folder's
@@ -441,7 +442,8 @@ def predict_folder(
     read: CaseReader = spec_reader(model) if reader is None else reader
     kinds = ["mask"] + [kind for kind, flag in (("prob", "save_probabilities"), ("entropy", "save_entropy"))
                         if predict_kwargs.get(flag, True)]
-    inferer = _default_inferer(predict_kwargs.get("inferer"), progress=False)  # type: ignore[arg-type]  # bar: cases
+    # a bar over each case's windows below the bar over the cases (a case takes minutes on a CPU)
+    inferer = _default_inferer(predict_kwargs.get("inferer"), progress=progress)  # type: ignore[arg-type]
     predict_kwargs = {**predict_kwargs, "inferer": inferer}  # one inferer for every case, the one recorded
     produced_by = {**_record(model, inferer, options), "reader": qualified_name(read)}
     records = {cid: {**produced_by, "modalities": list(sources[cid].modalities)} for cid in ids}

@@ -227,7 +227,8 @@ class TriplanarInferer:
 
         total: torch.Tensor | None = None  # (K*T, D, H, W) float32, sum over planes
         count = torch.zeros(spatial, dtype=torch.uint8)  # planes covering each voxel
-        bar = tqdm(total=total_patches, desc="tri-planar", unit="patch", disable=not self.progress)
+        # leave=None: kept on its own, cleared when nested below another bar (longiseg predict's cases)
+        bar = tqdm(total=total_patches, desc="tri-planar", unit="patch", disable=not self.progress, leave=None)
         try:
             with eval_mode(model), torch.no_grad():
                 for plane, plan in plans.items():

@@ -102,7 +102,7 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     return predict_folder(
         model, input_dir, output_dir, modalities=modalities, case_ids=case_ids, skip_existing=skip_existing,
         overwrite=overwrite, progress=progress, reader=read_preprocessed, check_case=check_case, after_case=after_case,
-        inferer=make_inferer(spec, cfg, device=device, progress=False), threshold=cfg.threshold,
+        inferer=make_inferer(spec, cfg, device=device, progress=progress), threshold=cfg.threshold,
         progression_threshold=cfg.progression_cut, min_volume_mm3=cfg.min_lesion_mm3,
         restrict_to_brain=cfg.restrict, progression_outside_baseline=cfg.progression_outside_baseline,
     )
