@@ -127,6 +127,7 @@ def o_case_rows(pb, gb, pps, gps, spacing, protocol="segmast") -> list[dict]:
     mv = {"segmast": 11.0, "tdw": 3.0}[protocol]
     filt = protocol == "tdw"
     rows = []
+    before = np.asarray(gb, bool)  # the reference lesions at t - 1 (a lesion new at t1 is old at t2)
     for t, (p, g) in enumerate([(pb, gb), *zip(pps, gps)]):
         pf = o_label(p, spacing, mv)[0] > 0 if filt else np.asarray(p, bool)
         gf = o_label(g, spacing, mv)[0] > 0 if filt else np.asarray(g, bool)
@@ -141,7 +142,8 @@ def o_case_rows(pb, gb, pps, gps, spacing, protocol="segmast") -> list[dict]:
                  lesion_tp_gt=det["tp_gt"], lesion_tp_pred=det["tp_pred"])
         if t > 0:
             r["daa_correct"] = bool(pf.any()) == (kind == "P")
-            r["persisting_lesions"], r["persisting_flagged"] = o_persisting(p, gb, g, spacing, mv)
+            r["persisting_lesions"], r["persisting_flagged"] = o_persisting(p, before, g, spacing, mv)
+            before = before | np.asarray(g, bool)
         rows.append(r)
     return rows
 

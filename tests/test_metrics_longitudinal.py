@@ -236,6 +236,19 @@ def test_protocol_connectivity_reaches_the_persisting_lesion_count() -> None:
     assert rows26[1]["persisting_lesions"] == 0  # corner neighbours touch under 26-connectivity
 
 
+def test_a_lesion_new_at_t1_and_flagged_again_at_t2_counts_as_an_old_lesion_called_new() -> None:
+    # Old-as-new looked only at the baseline lesions: a lesion new at t1 re-outlined at t2 (whose reference is
+    # empty) was invisible to it, the main confusion of a later follow-up
+    shape = (12, 12, 12)
+    old, new = box(shape, (1, 4, 1, 4, 1, 4)), box(shape, (7, 10, 7, 10, 7, 10))
+    empty = np.zeros(shape, bool)
+    protocol = EvaluationProtocol(name="p", min_lesion_volume_mm3=0)
+    rows, _ = evaluate_longitudinal_case(old, old, [new, new], [new, empty], 1.0, protocol)
+    assert (rows[1]["persisting_lesions"], rows[1]["persisting_flagged"]) == (1, 0)  # t1: the baseline lesion
+    assert (rows[2]["persisting_lesions"], rows[2]["persisting_flagged"]) == (2, 1)  # t2: and the one new at t1
+    assert rows[2]["persisting_fp"] == 0.5 and rows[2]["daa_correct"] is False
+
+
 def test_tdw_classes_a_followup_by_its_filtered_reference() -> None:
     gb = box(S, (1, 4, 1, 4, 1, 4))
     gp = box(S, (7, 8, 7, 8, 7, 9))  # a 2 mm^3 new lesion, below tdw's 3 mm^3

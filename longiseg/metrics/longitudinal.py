@@ -216,8 +216,9 @@ def evaluate_longitudinal_case(
         ``daa_correct`` (None for the baseline; activity as the protocol sees it, so under ``tdw`` only lesions
         that survive its size filter count) and the metrics of :func:`evaluate_mask_pair`; follow-up rows also hold
         ``persisting_lesions``, ``persisting_flagged`` and ``persisting_fp`` (their ratio; NaN without persisting
-        lesions) of :func:`~longiseg.metrics.consistency.persisting_lesions`, with the protocol's minimum lesion
-        volume; and the matching lesion detections.
+        lesions) of :func:`~longiseg.metrics.consistency.persisting_lesions` on the reference lesions at ``i - 1``
+        (the baseline's and those new at follow-ups ``1 .. i - 1``: a lesion new at t1 is old at t2), with the
+        protocol's minimum lesion volume; and the matching lesion detections.
 
     Raises:
         TypeError: a mask is not an array or tensor, or ``pred_progression``/``gt_progression`` is not a
@@ -249,13 +250,15 @@ def evaluate_longitudinal_case(
     )
     dets.append(d)
     prot = get_protocol(protocol)
+    before = gt_baseline  # the reference lesions at follow-up i - 1: the baseline's and those new since
     for i, (pp, gp) in enumerate(zip(pred_progression, gt_progression), start=1):
         pp, gp = as_mask_pair(pp, gp, names=(f"pred_progression[{i - 1}]", f"gt_progression[{i - 1}]"))
         kind = followup_kind(gp, spacing, prot)
         m, d = evaluate_mask_pair(pp, gp, spacing, prot, kind=kind)
         conn = prot.connectivity_for(np.ndim(gp))  # gp was checked by followup_kind
-        persisting = persisting_lesions(pp, gt_baseline, gp, spacing, min_volume_mm3=prot.min_lesion_volume_mm3,
+        persisting = persisting_lesions(pp, before, gp, spacing, min_volume_mm3=prot.min_lesion_volume_mm3,
                                         connectivity=conn)
+        before = before | gp.astype(bool)
         # predicted activity as the protocol sees it (_active), read from the mask pair's metrics
         predicted = m["n_pred_lesions"] > 0 if prot.filter_voxel_metrics else m["pred_volume_mm3"] > 0
         rows.append(
