@@ -181,15 +181,17 @@ def progression_score(
 
 
 def _progression_mask(prob: np.ndarray, baseline: np.ndarray | None, brain: np.ndarray | None, threshold: float,
-                      min_volume_mm3: float, spacing: Sequence[float], baseline_threshold: float) -> np.ndarray:
-    """One follow-up's progression mask as prediction writes it (``postprocess_heads`` owns the rule)."""
+                      min_volume_mm3: float, spacing: Sequence[float], baseline_threshold: float,
+                      earlier: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """One follow-up's progression mask as prediction writes it (``postprocess_heads`` owns the rule; ``earlier``:
+    the case's earlier follow-ups' maps, whose lesions it excludes)."""
     if baseline is None:
         return postprocess(prob, threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing,
                            brain_mask=brain)
-    prog = postprocess_heads(baseline, prob[None], threshold=baseline_threshold, progression_threshold=threshold,
-                             min_volume_mm3=min_volume_mm3, spacing=spacing, brain_mask=brain,
-                             restrict="none" if brain is None else "progression").progression
-    return prog[0]
+    prog = postprocess_heads(baseline, np.stack([*earlier, prob]), threshold=baseline_threshold,
+                             progression_threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing,
+                             brain_mask=brain, restrict="none" if brain is None else "progression").progression
+    return prog[-1]
 
 
 def _per_map_spacings(spacing: object, count: int) -> list[np.ndarray]:
@@ -216,6 +218,7 @@ def select_threshold(
     objective: str = DEFAULT_OBJECTIVE,
     baseline_probabilities: Sequence[np.ndarray | torch.Tensor] | None = None,
     baseline_threshold: float = 0.5,
+    earlier_probabilities: Sequence[Sequence[np.ndarray | torch.Tensor]] | None = None,
 ) -> ThresholdSelection:
     """Pick the progression probability threshold that maximises the validation objective.
 
@@ -239,6 +242,10 @@ def select_threshold(
             mask, as prediction does with ``progression_outside_baseline``.
         baseline_threshold: the baseline head's threshold (``inference.threshold``; not searched: the selected
             threshold is the progression masks' alone).
+        earlier_probabilities: with ``baseline_probabilities``, per progression map the ``(D, H, W)`` progression
+            maps of its case's earlier follow-ups (``[]`` for a first follow-up): the masks of a later follow-up
+            then also exclude the lesions new at an earlier one, as prediction does (``None``: every map is a
+            first follow-up).
 
     Returns:
         :class:`ThresholdSelection` with the chosen threshold, its objective and the objective of every
@@ -296,6 +303,19 @@ def select_threshold(
             if b.shape != p.shape:
                 raise ValueError(f"baseline_probabilities[{i}] must have the shape {p.shape} of probabilities[{i}], "
                                  f"got {b.shape}")
+    earlier: list[list[np.ndarray]] = [[] for _ in probs]
+    if earlier_probabilities is not None:
+        if bases[0] is None:
+            raise ValueError("earlier_probabilities needs baseline_probabilities (the rule that cuts earlier lesions)")
+        if len(earlier_probabilities) != len(probs):
+            raise ValueError(f"earlier_probabilities must have one sequence per probability map: "
+                             f"{len(earlier_probabilities)} vs {len(probs)}")
+        earlier = [[_check_probability_map(f"earlier_probabilities[{i}][{j}]", e) for j, e in enumerate(maps)]
+                   for i, maps in enumerate(earlier_probabilities)]
+        for i, maps in enumerate(earlier):
+            if any(e.shape != probs[i].shape for e in maps):
+                raise ValueError(f"earlier_probabilities[{i}] must hold maps of the shape {probs[i].shape} of "
+                                 f"probabilities[{i}]")
     is_p = [bool(r.any()) for r in refs]
     if objective == "lesion_f1" and not any(is_p):
         raise ValueError("objective='lesion_f1' needs at least one reference with new/enlarging lesions")
@@ -306,7 +326,7 @@ def select_threshold(
     for t in candidates:
         per_case = {
             i: progression_score(_progression_mask(probs[i], bases[i], brains[i], t, min_volume_mm3, spacings[i],
-                                                   baseline_threshold), refs[i], spacings[i], prot)
+                                                   baseline_threshold, earlier[i]), refs[i], spacings[i], prot)
             for i in used
         }
         groups = [[v for i, v in per_case.items() if is_p[i] == flag] for flag in flags]

@@ -149,6 +149,25 @@ def test_exclude_before_component_removal_drops_rims() -> None:
     assert postprocess(prob, min_volume_mm3=220.0)[2:9, 2:9, 2:9].all()  # without exclusion: the whole lesion
 
 
+def test_a_lesion_new_at_the_first_follow_up_is_not_new_again_at_the_second() -> None:
+    # the references mark at follow-up k what is lesion at k and not at k - 1, but the masks were only cut to the
+    # outside of the baseline lesions: a lesion new at t1 that the head showed again at t2 was written (and
+    # scored) as new at t2 as well
+    base_prob = np.zeros((8, 8, 8), np.float32)
+    prog_prob = np.zeros((3, 8, 8, 8), np.float32)
+    first, second = (slice(1, 4),) * 3, (slice(5, 8),) * 3
+    prog_prob[0][first] = 0.95
+    prog_prob[1][first] = prog_prob[1][second] = 0.95
+    prog_prob[2][first] = prog_prob[2][second] = 0.95  # nothing new at t3
+    masks = postprocess_heads(base_prob, prog_prob, restrict="none")
+    expected = np.zeros((3, 8, 8, 8), bool)
+    expected[0][first] = expected[1][second] = True
+    np.testing.assert_array_equal(masks.progression, expected)
+    assert masks.progression_prob[1][first].max() < 0.1 and masks.progression_prob[2].max() < 0.1  # damped too
+    unchained = postprocess_heads(base_prob, prog_prob, restrict="none", progression_outside_baseline=False)
+    assert unchained.progression[2][first].all()  # the head's maps as given, without the rule
+
+
 def test_postprocess_heads_progression_never_overlaps_the_baseline_mask() -> None:
     rng = np.random.default_rng(3)
     base_prob = rng.uniform(0, 1, (10, 11, 12)).astype(np.float32)
@@ -158,12 +177,16 @@ def test_postprocess_heads_progression_never_overlaps_the_baseline_mask() -> Non
     base, prog, used = postprocess_heads(base_prob, prog_prob, threshold=0.6, min_volume_mm3=2.0, brain_mask=brain)
     np.testing.assert_array_equal(base, postprocess(base_prob, threshold=0.6, min_volume_mm3=2.0))
     assert prog.shape == (2, 10, 11, 12) and not (prog & base[None]).any() and not prog[:, 0].any()
+    assert not (prog[1] & prog[0]).any()  # nor a lesion new at the first follow-up
     p_new = new_lesion_probability(base_prob, prog_prob)
-    np.testing.assert_allclose(p_new, prog_prob * (1 - base_prob), rtol=1e-6)
+    np.testing.assert_allclose(p_new[0], prog_prob[0] * (1 - base_prob), rtol=1e-6)
+    np.testing.assert_allclose(p_new[1], prog_prob[1] * (1 - base_prob) * (1 - prog_prob[0]), rtol=1e-6)
     np.testing.assert_array_equal(used, p_new)  # the maps the masks were thresholded from
-    for k in range(2):
+    earlier = base
+    for k in range(2):  # follow-up k: outside the lesions at k - 1
         np.testing.assert_array_equal(
-            prog[k], postprocess(p_new[k], threshold=0.6, min_volume_mm3=2.0, brain_mask=brain, exclude=base))
+            prog[k], postprocess(p_new[k], threshold=0.6, min_volume_mm3=2.0, brain_mask=brain, exclude=earlier))
+        earlier = earlier | prog[k]
     _, off, raw = postprocess_heads(base_prob, prog_prob, threshold=0.6, restrict="none",
                                    progression_outside_baseline=False)
     np.testing.assert_array_equal(off, prog_prob >= 0.6)
@@ -174,9 +197,12 @@ def test_postprocess_heads_progression_never_overlaps_the_baseline_mask() -> Non
     sep = postprocess_heads(base_prob, prog_prob, threshold=0.6, progression_threshold=0.3, min_volume_mm3=2.0,
                             brain_mask=brain)
     np.testing.assert_array_equal(sep.baseline, base)
+    earlier = base
     for k in range(2):
         np.testing.assert_array_equal(
-            sep.progression[k], postprocess(p_new[k], threshold=0.3, min_volume_mm3=2.0, brain_mask=brain, exclude=base))
+            sep.progression[k], postprocess(p_new[k], threshold=0.3, min_volume_mm3=2.0, brain_mask=brain,
+                                            exclude=earlier))
+        earlier = earlier | sep.progression[k]
 
 
 @pytest.mark.parametrize(

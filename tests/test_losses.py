@@ -605,9 +605,12 @@ def test_unannotated_samples_give_the_baseline_head_no_gradient():
 def test_new_lesion_logits_match_the_float64_product_with_gradients() -> None:
     gen = torch.Generator().manual_seed(5)
     base = (torch.randn(3, 1, 6, 5, generator=gen, dtype=torch.float64) * 5).requires_grad_()
-    prog = (torch.randn(3, 2, 1, 6, 5, generator=gen, dtype=torch.float64) * 5).requires_grad_()
+    prog = (torch.randn(3, 3, 1, 6, 5, generator=gen, dtype=torch.float64) * 5).requires_grad_()
     p_new = torch.sigmoid(new_lesion_logits(base, prog))
-    ref = torch.sigmoid(prog) * (1 - torch.sigmoid(base))[:, None]
+    # follow-up k: new where the voxel was not lesion at k - 1 (not at baseline, not new at an earlier follow-up)
+    not_base, p_prog = 1 - torch.sigmoid(base), torch.sigmoid(prog)
+    ref = torch.stack([p_prog[:, 0] * not_base, p_prog[:, 1] * not_base * (1 - p_prog[:, 0]),
+                       p_prog[:, 2] * not_base * (1 - p_prog[:, 0]) * (1 - p_prog[:, 1])], dim=1)
     assert ((p_new - ref).abs() / ref).max() < 1e-10
     weights = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
     g_new = torch.autograd.grad((p_new * weights).sum(), (base, prog))

@@ -143,6 +143,26 @@ def test_baseline_probabilities_exclude_old_lesions_as_prediction_does() -> None
     assert select_threshold([prob], [gt], SP, thresholds=(0.5,), baseline_probabilities=[faint]).scores[0.5] == 1.0
 
 
+def test_earlier_follow_ups_lesions_are_excluded_as_prediction_excludes_them() -> None:
+    # a second follow-up re-showing the lesion new at the first is stable (its reference is empty): tune scored it
+    # as a false new lesion, where prediction now cuts it out
+    prob1, gt1 = _progressing_case(0.9)
+    prob2 = prob1.copy()  # the head shows the t1 lesion again at t2
+    gt2 = np.zeros_like(gt1)
+    base = np.full(gt1.shape, 0.01, np.float32)
+    probs, refs, bases = [prob1, prob2], [gt1, gt2], [base, base]
+    alone = select_threshold(probs, refs, SP, thresholds=(0.5,), baseline_probabilities=bases)
+    chained = select_threshold(probs, refs, SP, thresholds=(0.5,), baseline_probabilities=bases,
+                               earlier_probabilities=[[], [prob1]])
+    assert alone.scores[0.5] == 0.5 and chained.scores[0.5] == 1.0  # mean of the P F1 (1) and the NP score
+    with pytest.raises(ValueError, match="earlier_probabilities needs baseline_probabilities"):
+        select_threshold(probs, refs, SP, earlier_probabilities=[[], [prob1]])
+    with pytest.raises(ValueError, match="one sequence per probability map: 1 vs 2"):
+        select_threshold(probs, refs, SP, baseline_probabilities=bases, earlier_probabilities=[[]])
+    with pytest.raises(ValueError, match=r"earlier_probabilities\[1\] must hold maps of the shape"):
+        select_threshold(probs, refs, SP, baseline_probabilities=bases, earlier_probabilities=[[], [prob1[:-1]]])
+
+
 def test_protocol_lesion_cut_off() -> None:
     # The reference holds a 5 mm^3 fragment that the segmast protocol (11 mm^3) ignores and tdw (3 mm^3) counts.
     prob, gt = _progressing_case(0.9)

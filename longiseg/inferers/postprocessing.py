@@ -7,17 +7,19 @@ mm3 and converted with the voxel spacing, so the same threshold works for anisot
 Progression is "lesion now that was not lesion before". :func:`postprocess_heads` turns the two heads'
 probabilities into masks under that rule (what ``longiseg predict`` writes and ``longiseg tune`` scores):
 
-1. the probability of a new lesion voxel is the progression head's times the probability that the voxel was
-   not lesion at baseline, ``p_new = p_prog (1 - p_base)`` (:func:`new_lesion_probability`): where the baseline
-   head sees a lesion, even below the threshold (an old lesion's faint border), the progression output is damped;
-2. ``p_new`` is thresholded and the voxels of the baseline mask are cut out, so no progression voxel is ever a
-   baseline lesion voxel;
+1. the probability of a new lesion voxel at follow-up ``k`` is the progression head's times the probability
+   that the voxel was not lesion at ``k - 1``: ``p_new_1 = p_prog_1 (1 - p_base)`` and, lesions not shrinking
+   (as the lesion report assumes), ``p_new_k = p_prog_k (1 - p_base) prod_{j<k} (1 - p_prog_j)``
+   (:func:`new_lesion_probability`): where the baseline head or an earlier follow-up sees a lesion, even below
+   the threshold (an old lesion's faint border), the progression output is damped;
+2. ``p_new`` is thresholded and the voxels of the lesions at ``k - 1`` are cut out (the baseline mask and the
+   progression masks of the earlier follow-ups), so no progression voxel is ever a voxel of an earlier lesion;
 3. components below the minimum volume are removed only then, so the thin rims left where the heads disagree
    about an old lesion's border are dropped instead of being reported as new lesions.
 
-The rule is exact for the first follow-up (its reference is "lesion at t1, not at t0"); for a later follow-up
-``k`` it also damps a baseline-lesion voxel that healed before ``k - 1`` and came back at ``k``. It relies on
-the baseline head: an old lesion the baseline head misses entirely is not excluded.
+The rule follows the references ("lesion at ``k``, not at ``k - 1``"); it also damps a lesion voxel that healed
+before ``k - 1`` and came back at ``k``. It relies on the heads: an old lesion the baseline head (or, for a lesion
+new at an earlier follow-up, that follow-up's head) misses entirely is not excluded.
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ def postprocess(
 
 def new_lesion_probability(baseline_prob: np.ndarray | torch.Tensor,
                            progression_prob: np.ndarray | torch.Tensor) -> np.ndarray:
-    """``p_prog (1 - p_base)``: the progression probability where the voxel was not lesion at baseline.
+    """The probability of a new lesion voxel at each follow-up: ``p_prog_k`` where the voxel was not lesion at
+    ``k - 1``, ``p_prog_k (1 - p_base) prod_{j<k} (1 - p_prog_j)`` (``p_prog_1 (1 - p_base)`` for the first).
 
     Args:
         baseline_prob: ``(D, H, W)`` baseline lesion probabilities in ``[0, 1]``.
@@ -195,7 +198,13 @@ def new_lesion_probability(baseline_prob: np.ndarray | torch.Tensor,
     check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
     _check_probabilities("baseline_prob", base)
     _check_probabilities("progression_prob", prog)
-    return (prog * (1 - base[None])).astype(prog.dtype, copy=False)
+    out = np.empty_like(prog)
+    not_before = 1 - base  # the probability that the voxel is not lesion at k - 1
+    for k in range(len(prog)):
+        out[k] = prog[k] * not_before
+        if k + 1 < len(prog):
+            not_before = not_before * (1 - prog[k])
+    return out
 
 
 class HeadMasks(NamedTuple):
@@ -204,8 +213,8 @@ class HeadMasks(NamedTuple):
     Attributes:
         baseline: bool ``(D, H, W)`` baseline mask.
         progression: bool ``(T-1, D, H, W)`` progression masks.
-        progression_prob: ``(T-1, D, H, W)`` the progression probabilities thresholded (``p_prog (1 - p_base)``
-            with ``progression_outside_baseline``, else the head's maps as given).
+        progression_prob: ``(T-1, D, H, W)`` the progression probabilities thresholded
+            (:func:`new_lesion_probability` with ``progression_outside_baseline``, else the head's maps as given).
     """
 
     baseline: np.ndarray
@@ -256,8 +265,9 @@ def postprocess_heads(
     The baseline head is thresholded at ``threshold`` (cut to ``brain_mask`` with ``restrict="both"``, small
     components removed). With ``progression_outside_baseline`` the progression maps become
     :func:`new_lesion_probability`, are thresholded at ``progression_threshold``, cut to the brain (``restrict`` not
-    ``"none"``) and to the outside of the finished baseline mask, and then lose their components below
-    ``min_volume_mm3``; so no progression voxel is a baseline lesion voxel (see the module docstring).
+    ``"none"``) and to the outside of the lesions at ``k - 1`` (the finished baseline mask and the finished
+    progression masks of the earlier follow-ups), and then lose their components below ``min_volume_mm3``; so no
+    progression voxel is a voxel of an earlier lesion (see the module docstring).
     Without it, the progression head's maps are post-processed alone.
 
     Args:
@@ -269,7 +279,7 @@ def postprocess_heads(
         spacing: voxel size in mm along ``(D, H, W)``.
         brain_mask: binary ``(D, H, W)`` mask used by ``restrict`` (required unless ``restrict="none"``).
         restrict: ``"none"``, ``"progression"`` or ``"both"``: which masks are cut to ``brain_mask``.
-        progression_outside_baseline: cut progression to the outside of the baseline mask.
+        progression_outside_baseline: cut progression to the outside of the earlier lesions.
         progression_threshold: probability threshold of the progression maps (what ``longiseg tune`` chooses);
             ``None``: ``threshold``.
 
@@ -293,10 +303,14 @@ def postprocess_heads(
     check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
     pp = {"threshold": threshold, "min_volume_mm3": min_volume_mm3, "spacing": spacing}
     base_mask = postprocess(base, brain_mask=brain_mask if restrict == "both" else None, **pp)
-    if progression_outside_baseline:
-        prog = new_lesion_probability(base, prog)
     if progression_threshold is not None:
         pp["threshold"] = progression_threshold
-    prog_mask = postprocess(prog, brain_mask=brain_mask if restrict != "none" else None,
-                            exclude=base_mask if progression_outside_baseline else None, **pp)
-    return HeadMasks(base_mask, prog_mask, prog)
+    brain = brain_mask if restrict != "none" else None
+    if not progression_outside_baseline:
+        return HeadMasks(base_mask, postprocess(prog, brain_mask=brain, **pp), prog)
+    prog = new_lesion_probability(base, prog)
+    masks, earlier = [], base_mask  # the lesions at k - 1: the baseline's and those new at follow-ups 1 .. k - 1
+    for k in range(len(prog)):
+        masks.append(postprocess(prog[k], brain_mask=brain, exclude=earlier, **pp))
+        earlier = earlier | masks[-1]
+    return HeadMasks(base_mask, np.stack(masks), prog)

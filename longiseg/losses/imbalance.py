@@ -261,11 +261,16 @@ class ImbalanceLossOutput:
 
 
 def new_lesion_logits(baseline_logits: torch.Tensor, progression_logits: torch.Tensor) -> torch.Tensor:
-    """Logit of ``p = sigmoid(progression) * (1 - sigmoid(baseline))``, computed in log space.
+    """Logits of the new-lesion probabilities of
+    :func:`~longiseg.inferers.postprocessing.new_lesion_probability`, computed in log space: at follow-up ``k``
+    ``p_k = sigmoid(a_k) q_{k-1}`` with ``q_0 = 1 - sigmoid(b)`` the probability that the voxel is not lesion at
+    baseline and ``q_k = q_{k-1} (1 - sigmoid(a_k))`` that it is not lesion at ``k`` (``a_k`` the progression,
+    ``b`` the baseline logit; the first follow-up: ``sigmoid(a_1) (1 - sigmoid(b))``).
 
-    With ``a`` the progression and ``b`` the baseline logit, ``log p = logsigmoid(a) + logsigmoid(-b)`` and
-    ``1 - p = sigmoid(-a) + sigmoid(a) sigmoid(b)``, so ``log(1 - p)`` is the ``logaddexp`` of
-    ``logsigmoid(-a)`` and ``logsigmoid(a) + logsigmoid(b)``: finite, with a gradient, for every finite input
+    ``log p_k = logsigmoid(a_k) + log q_{k-1}`` and ``1 - p_k = sigmoid(-a_k) + sigmoid(a_k) (1 - q_{k-1})``, so
+    ``log(1 - p_k)`` is the ``logaddexp`` of ``logsigmoid(-a_k)`` and ``logsigmoid(a_k) + log(1 - q_{k-1})``, with
+    ``log q_0 = logsigmoid(-b)``, ``log(1 - q_0) = logsigmoid(b)``, ``log q_k = log q_{k-1} + logsigmoid(-a_k)``
+    and ``log(1 - q_k) = logaddexp(log(1 - q_{k-1}), log p_k)``: finite, with a gradient, for every finite input
     (a confident ``p`` near 1 included, e.g. ``a = 17, b = -17``: logit about 16.3).
 
     Args:
@@ -289,9 +294,16 @@ def new_lesion_logits(baseline_logits: torch.Tensor, progression_logits: torch.T
         raise ValueError(f"baseline_logits (B, K, *S) {tuple(baseline_logits.shape)} does not match "
                          f"progression_logits (B, T-1, K, *S) {tuple(progression_logits.shape)}")
     b = baseline_logits.unsqueeze(1)
-    log_p = F.logsigmoid(progression_logits) + F.logsigmoid(-b)
-    log_not_p = torch.logaddexp(F.logsigmoid(-progression_logits), F.logsigmoid(progression_logits) + F.logsigmoid(b))
-    return log_p - log_not_p
+    not_before, before = F.logsigmoid(-b), F.logsigmoid(b)  # log q_0, log(1 - q_0)
+    logits = []
+    for k in range(progression_logits.shape[1]):
+        a = progression_logits[:, k : k + 1]
+        log_p = F.logsigmoid(a) + not_before
+        log_not_p = torch.logaddexp(F.logsigmoid(-a), F.logsigmoid(a) + before)
+        logits.append(log_p - log_not_p)
+        if k + 1 < progression_logits.shape[1]:
+            not_before, before = not_before + F.logsigmoid(-a), torch.logaddexp(before, log_p)
+    return logits[0] if len(logits) == 1 else torch.cat(logits, dim=1)
 
 
 def _sample_flags(name: str, flags: torch.Tensor | None, batch: int, default: bool) -> torch.Tensor:

@@ -58,6 +58,9 @@ class ValidationMaps(NamedTuple):
     brain_masks: list[np.ndarray | None]
     spacings: list[tuple[float, ...]]
     baseline_probabilities: list[np.ndarray]
+    #: per follow-up, the progression maps of its case's earlier follow-ups (``[]`` for the first); ``None``:
+    #: every map is its case's first follow-up
+    earlier_probabilities: list[list[np.ndarray]] | None = None
 
 
 def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids: Sequence[str], *,
@@ -68,11 +71,11 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     the model's spec, in memory.
 
     Returns:
-        :class:`ValidationMaps` ``(probabilities, references, brain_masks, spacings, baseline_probabilities)``:
-        per follow-up one ``(D, H, W)`` float32 progression map, binary reference and brain mask (``None`` when
-        the spec does not restrict progression masks to the brain), its case's voxel size in mm (cases need not
-        share one) and its case's ``(D, H, W)`` baseline probability map (the same array for every follow-up of
-        a case).
+        :class:`ValidationMaps` ``(probabilities, references, brain_masks, spacings, baseline_probabilities,
+        earlier_probabilities)``: per follow-up one ``(D, H, W)`` float32 progression map, binary reference and
+        brain mask (``None`` when the spec does not restrict progression masks to the brain), its case's voxel
+        size in mm (cases need not share one), its case's ``(D, H, W)`` baseline probability map (the same array
+        for every follow-up of a case) and the progression maps of its case's earlier follow-ups.
 
     Raises:
         FileNotFoundError: a case is missing from ``root``.
@@ -93,6 +96,7 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     refs: list[np.ndarray] = []
     brains: list[np.ndarray | None] = []
     baselines: list[np.ndarray] = []
+    earlier: list[list[np.ndarray]] = []
     spacings: list[tuple[float, ...]] = []
     model.eval()
     for cid in tqdm(case_ids, desc="tune: validation cases", unit="case", disable=not progress):
@@ -105,7 +109,8 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
         brains += [restrict] * len(prog)
         spacings += [tuple(float(s) for s in case.spacing)] * len(prog)
         baselines += [np.asarray(base)] * len(prog)
-    return ValidationMaps(probs, refs, brains, spacings, baselines)
+        earlier += [list(prog[:k]) for k in range(len(prog))]
+    return ValidationMaps(probs, refs, brains, spacings, baselines, earlier)
 
 
 def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: str | Path | None = None,
@@ -190,6 +195,7 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
                                      brain_masks=maps.brain_masks, protocol="segmast", default=default,
                                      objective=objective,
                                      baseline_probabilities=maps.baseline_probabilities if outside_baseline else None,
+                                     earlier_probabilities=maps.earlier_probabilities if outside_baseline else None,
                                      baseline_threshold=settings.threshold)
         record = selection.to_dict()
         logger.info("%s: progression threshold %.2f chosen on %d validation follow-ups (%s %.3f; %.3f at %.2f)",
