@@ -143,3 +143,20 @@ def test_the_crop_keeps_every_lesion_voxel() -> None:
     assert cropped.baseline_mask.sum() == 1 and cropped.progression_masks.sum() == 1
     assert box.start == (1, 2, 3) and box.stop == (26, 31, 27)
     np.testing.assert_array_equal(box.paste(cropped.progression_masks), case.progression_masks)
+
+
+@pytest.mark.parametrize("brain", [True, False])
+def test_cropping_to_the_foreground_leaves_the_z_scores_as_on_the_full_grid(brain: bool) -> None:
+    # what lets a model trained on cropped cases (data.crop_to_foreground) predict on the full grid
+    case = make_case()
+    for volumes in (case.images[:, :], case.baseline_mask[None, None], case.progression_masks[:, None],
+                    case.brain_mask[None, None]):
+        volumes[..., :5, :, :] = 0  # a background slab the crop removes
+        volumes[..., :, :, -4:] = 0
+    if not brain:
+        case = case.with_arrays(brain_mask=None)
+    full = preprocess_case(case)
+    cropped = preprocess_case(case, crop=True)
+    box = CropBox(**{k: tuple(v) for k, v in cropped.metadata["crop_box"].items()})
+    assert cropped.images.shape[2:] != full.images.shape[2:]  # it did crop
+    np.testing.assert_array_equal(box.paste(cropped.images), full.images)

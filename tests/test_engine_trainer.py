@@ -103,6 +103,26 @@ def test_in_process_resume_matches_uninterrupted(tmp_path) -> None:
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
 
 
+def test_a_resume_with_other_clipping_or_stopping_settings_says_the_run_will_differ(tmp_path, caplog) -> None:
+    # grad_clip_norm, amp, patience, min_delta and val_every were taken on resume without a word (the weights
+    # then differ from an uninterrupted run's), while lr, seed and the like were warned about
+    import logging
+
+    _fit(tmp_path, max_epochs=1)
+    with caplog.at_level(logging.WARNING, logger="longiseg"):
+        _fit(tmp_path, resume=True, max_epochs=2, grad_clip_norm=0.01, patience=3, val_every=2)
+    for key, value in (("grad_clip_norm", 0.01), ("patience", 3), ("val_every", 2)):
+        assert f"with {key}={value!r} (checkpoint had" in caplog.text, key
+
+
+def test_a_loss_monitored_for_its_maximum_is_refused() -> None:
+    # trainer.monitor=train_loss kept the default monitor_mode max: best.pt was the epoch of the highest loss
+    with pytest.raises(ConfigError, match=r"monitor 'train_loss' is a loss \(lower is better\): set monitor_mode "
+                                          r"to 'min'"):
+        TrainerConfig(monitor="train_loss")
+    assert TrainerConfig(monitor="train_loss", monitor_mode="min").monitor_mode == "min"
+
+
 class _EpochIndexedData(SyntheticLongiData):
     """Samples seeded by (epoch, index), like SliceDataset: the flip is drawn from the pair, not from torch's
     global RNG (a persistent worker's global RNG is not reseeded per epoch)."""

@@ -50,6 +50,8 @@ def test_experiment_config_round_trip_and_overrides(tmp_path: Path) -> None:
     assert again == cfg
     with pytest.raises(ConfigError, match="Unknown config key 'trainer.max_epoch'.*max_epochs"):
         ExperimentConfig().with_overrides(["trainer.max_epoch=3"])
+    with pytest.raises(ConfigError, match="Unknown config key 'lr' for ExperimentConfig. Did you mean 'trainer.lr'"):
+        ExperimentConfig().with_overrides(["lr=1e-3"])  # a section's key without its section
     with pytest.raises(ConfigError, match="strategy must be one of"):
         LossConfig(strategy="some")
     with pytest.raises(ConfigError, match="planes must be"):
@@ -254,6 +256,21 @@ def test_a_wrapped_model_predicts_with_the_spec_of_the_model_inside(cohort: Path
     written = run_prediction(nn.DataParallel(model), cohort, tmp_path / "pred", case_ids=[case], device="cpu",
                              progress=False)
     assert list(written) == [case] and (tmp_path / "pred" / case / "baseline_mask.nii.gz").is_file()
+
+
+def test_a_model_trained_on_cropped_cases_predicts_on_the_full_grid(cohort: Path, tmp_path: Path) -> None:
+    # longiseg predict refused a checkpoint trained with data.crop_to_foreground=true (which tune accepted), so such
+    # a run's models could not be used; cropping does not change the z-scores the model sees
+    model = build_model("segmast", widths=[8, 16, 16, 32], depths=[1, 1, 1, 1], decoder_dim=16, d_state=4)
+    cfg = InferenceConfig(patch_size=32, planes=["axial"], batch_size=32)
+    case = find_cases(cohort)[0].case_id
+    maps = {}
+    for crop in (False, True):
+        model.spec = model.spec.replace(modalities=("flair", "t2"), inference=cfg.to_dict(),
+                                        preprocessing={"normalization": "zscore", "crop_to_foreground": crop})
+        run_prediction(model, cohort, tmp_path / str(crop), case_ids=[case], device="cpu", progress=False)
+        maps[crop] = np.asarray(nib.load(tmp_path / str(crop) / case / "progression_t1_prob.nii.gz").dataobj)
+    assert np.array_equal(maps[False], maps[True])
 
 
 def test_predict_folder_predicts_from_the_model_alone_as_longiseg_predict_does(cohort: Path, tmp_path: Path) -> None:
@@ -466,7 +483,8 @@ def test_a_resume_of_a_run_without_data_modalities_warns_about_nothing(cohort: P
 
 
 def test_validation_cases_are_read_in_the_training_channel_order(cohort: Path, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """data.val_root without a manifest (alphabetical [flair, t2]) next to a training manifest ordering
     [t2, flair]: the validation channels follow the training order."""
     import shutil
@@ -486,10 +504,12 @@ def test_validation_cases_are_read_in_the_training_channel_order(cohort: Path, t
     monkeypatch.setattr(train_module, "build_datasets", stop)
     cfg = ExperimentConfig().with_overrides([*RESUMABLE, f"data.root={tmp_path / 'train'}",
                                              f"data.val_root={tmp_path / 'val'}", f"trainer.output_dir={tmp_path / 'run'}"])
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.WARNING, logger="longiseg"):
         train_module.run_training(cfg)
     assert {c.modalities for c in seen["train"] + seen["val"]} == {("t2", "flair")}
     assert all(c.image_files[0][0].name == "t0_t2.nii.gz" for c in seen["val"])
+    # the validation folder is a copy of the training cohort: validation would score the training patients
+    assert f"holds {len(seen['train'])} patient(s) of the training cases" in caplog.text
 
 
 def test_an_error_in_a_data_loader_worker_is_its_own_message() -> None:

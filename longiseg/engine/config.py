@@ -139,6 +139,9 @@ class TrainerConfig(ConfigBase):
         require_seed(self.seed, "TrainerConfig", "seed (trainer.seed)")
         need(self.amp in AMP_CHOICES, f"amp must be one of {AMP_CHOICES}, got {self.amp!r}")
         need(self.monitor_mode in ("max", "min"), f"monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
+        # best.pt was the epoch of the highest training loss: the default mode is the Dice's
+        need(not ("loss" in str(self.monitor) and self.monitor_mode == "max"),
+             f"monitor {self.monitor!r} is a loss (lower is better): set monitor_mode to 'min' (trainer.monitor_mode)")
         need(bool(self.monitor), "monitor must be a non-empty metric name")
         need(self.patience is None or self.patience >= 1, f"patience must be >= 1 or None, got {self.patience}")
         need(0 <= self.min_delta < math.inf, f"min_delta must be >= 0 and finite, got {self.min_delta}")

@@ -700,7 +700,7 @@ class Trainer:
         old = ckpt.get("trainer_config") or {}
         now = self.config.to_dict()  # plain data, as the checkpoint stores it (betas a list)
         for key in ("steps_per_epoch", "max_epochs", "seed", "lr", "min_lr", "warmup_epochs", "weight_decay",
-                    "betas", "eps"):
+                    "betas", "eps", "grad_clip_norm", "amp", "patience", "min_delta", "val_every"):
             if key in old and old[key] != now[key]:
                 logger.warning("resuming %s with %s=%r (checkpoint had %r): the run will differ from an "
                                "uninterrupted one", path, key, now[key], old[key])

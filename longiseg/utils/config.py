@@ -94,6 +94,12 @@ def _field_names(cls: type) -> list[str]:
 def _unknown_key_error(key: str, cls: type, prefix: str) -> ConfigError:
     valid = _field_names(cls)
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    # a key of a section given without it ("lr" for "trainer.lr")
+    hints = _type_hints(cls)
+    nested = [f"{name}.{key}" for name in valid
+              if dataclasses.is_dataclass(hints.get(name)) and key in _field_names(hints[name])]
+    if nested:
+        close = nested
     hint = f" Did you mean {prefix + close[0]!r}?" if close else ""
     return ConfigError(
         f"Unknown config key {prefix + key!r} for {cls.__name__}.{hint} "

@@ -65,7 +65,7 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
 
     Raises:
         TypeError: a model without a spec.
-        ValueError: no inference settings, a spec that crops to the foreground, invalid cases, or an
+        ValueError: no inference settings, invalid cases, or an
             ``output_dir`` that is, lies inside or holds ``input_dir`` or ``registered_dir``.
         FileNotFoundError: missing input folder or requested cases; with ``registered_dir``, a case without
             its registration record or a follow-up's transform.
@@ -75,9 +75,9 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     spec = model_spec(model)
     cfg = inference_settings(model, cfg)
     modalities = list(modalities) if modalities is not None else (list(spec.modalities) if spec.modalities else None)
-    if spec.preprocessing.get("crop_to_foreground"):
-        raise ValueError("crop_to_foreground prediction is not supported: predict on the full grid "
-                         "(normalisation is per case, so models trained on cropped cases apply unchanged)")
+    if spec.preprocessing.get("crop_to_foreground"):  # it was refused, leaving such a run's checkpoints unusable
+        logger.info("the model was trained on cases cropped to their foreground; predicting on the full grid (the "
+                    "z-scores are taken over the same voxels, and the voxels outside the crop are background)")
     device = resolve_device(device)
     logger.info("predicting with %s (%s): modalities %s, window %d, baseline threshold %.3g, progression threshold "
                 "%.3g%s, progression %s", spec.name, spec.dim, modalities, cfg.patch_size, cfg.threshold,

@@ -439,6 +439,10 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     if cfg.data.val_root:  # read in the training cases' channel order, whatever its own manifest says
         val_modalities = modalities if modalities is not None else list(cases[0].modalities)
         train_cases, val_cases = cases, find_cases(Path(cfg.data.val_root), modalities=val_modalities)
+        shared = sorted({c.patient_id for c in train_cases} & {c.patient_id for c in val_cases})
+        if shared:  # best.pt, early stopping and tune's thresholds would be chosen on training patients
+            logger.warning("data.val_root %s holds %d patient(s) of the training cases (e.g. %s): validation scores "
+                           "them on what the model was trained on", cfg.data.val_root, len(shared), shared[:3])
     else:
         train_cases, val_cases = split_by_patient(cases, cfg.data.val_fraction, cfg.data.seed)
     if resuming:
