@@ -343,7 +343,7 @@ def test_a_resume_with_another_monitor_starts_best_and_early_stopping_afresh(tmp
     train_grad_norm or with a best loss taken the other way round would keep best.pt and early stopping on a
     number of another kind (before: best_metric stayed the old monitor's, and best.pt never followed the new one)."""
     _fit(tmp_path, max_epochs=2, warmup_epochs=0)  # monitor train_loss, mode min
-    for change in ({"monitor": "train_grad_norm"}, {"monitor_mode": "max"}):
+    for change in ({"monitor": "train_grad_norm"}, {"monitor": "train_grad_norm", "monitor_mode": "max"}):
         trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=16),
                           _config(tmp_path, max_epochs=3, warmup_epochs=0, **change), loss_fn=ImbalanceAwareLoss())
         with caplog.at_level("WARNING", logger="longiseg.engine"):
@@ -375,6 +375,8 @@ def test_validate_every_and_monitor_errors(tmp_path) -> None:
     assert [("val_loss" in r) for r in result.history] == [False, True, False, True, True]
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert rows[0]["val_loss"] == "" and float(rows[1]["val_loss"]) == 1.0
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[-1] == "time_s" and header.index("val_loss") < header.index("time_s")  # the documented order
     bad = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path / "bad", monitor="val_dice"), loss_fn=ImbalanceAwareLoss(),
                   validate_fn=lambda m: {"f1": 0.3})
     with pytest.raises(ValueError, match=r"monitor metric 'val_dice'.*val_f1"):

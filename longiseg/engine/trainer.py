@@ -217,6 +217,8 @@ class _CsvLog:
         self.columns = []
         for row in history:
             self.columns += [k for k in row if k not in self.columns]
+        # time_s last, as documented, also where the val_* columns first appear after epochs without validation
+        self.columns.sort(key=lambda k: k == "time_s")
         text = self._format(self.columns, history, header=True) if self.columns else ""
         atomic_write(self.path, lambda fh: fh.write(text))
 
