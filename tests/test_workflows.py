@@ -173,12 +173,16 @@ def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path, ca
         "data.val_samples=4", "data.val_fraction=0.34", "inference.patch_size=32", "inference.batch_size=32",
         "inference.planes=[axial]",
     ]
-    assert main(["train", "--data", str(cohort), "--output", str(run), "--set", *overrides]) == 0
+    monkeypatch.chdir(tmp_path)  # folders given relative to it
+    assert main(["train", "--data", os.path.relpath(cohort), "--output", "run", "--set", *overrides]) == 0
     assert (run / "last.pt").is_file() and (run / "experiment.yaml").is_file() and (run / "metrics.csv").is_file()
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "val_dice" in rows[0]
     # the training cases' voxel size travels with the model (predict warns about cases of other voxels)
     assert load_model(run / "last.pt").spec.preprocessing["voxel_size_mm"] == [4.0, 4.0, 4.0]
+    # the record repeats the run from any folder: its folders are absolute (they were recorded as typed)
+    recorded = ExperimentConfig.from_file(run / "experiment.yaml")
+    assert Path(recorded.data.root).is_absolute() and Path(recorded.trainer.output_dir).is_absolute()
 
     pred = tmp_path / "pred"
     import longiseg.inferers.predict as predict_module

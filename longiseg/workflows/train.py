@@ -548,12 +548,24 @@ def _claim_run_folder(out: Path) -> tuple[Path, dict]:
     return path, claim
 
 
+def _with_absolute_folders(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with its folders (``data.root``, ``data.val_root``, ``trainer.output_dir``) absolute, as
+    ``split.json`` records them: ``longiseg train RUN/experiment.yaml`` then repeats the run from any folder
+    (relative ones were those of the folder the run was started in)."""
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path else path
+
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, root=absolute(cfg.data.root), val_root=absolute(cfg.data.val_root)),
+        trainer=dataclasses.replace(cfg.trainer, output_dir=absolute(cfg.trainer.output_dir)))
+
+
 def _write_records_and_fit(cfg: ExperimentConfig, trainer: Trainer, is_main: bool, out: Path, root: Path,
                            train_cases: Sequence, val_cases: Sequence, resuming: bool, trains: bool,
                            resume: bool, overwrite: bool) -> FitResult:
     """Write the run's records (``experiment.yaml``, ``split.json``; ``tuning.json`` kept or removed) and train."""
     if is_main:
-        save_config(cfg, out / "experiment.yaml")
+        save_config(_with_absolute_folders(cfg), out / "experiment.yaml")
         atomic_write_json(out / SPLIT_FILE, {
             # absolute: tune and predict may run from another working directory
             "data_root": str(root.resolve()),
