@@ -718,3 +718,14 @@ def test_a_mask_of_a_follow_up_without_images_is_refused(tmp_path: Path) -> None
     for require_masks in (True, False):
         with pytest.raises(ValueError, match=r"holds progression_t3.nii.gz but the case has 2 timepoints \(its last follow-up is t1\)"):
             find_cases(tmp_path, require_masks=require_masks)
+
+
+def test_case_voxel_size_reads_the_first_files_header(tmp_path: Path) -> None:
+    from longiseg.data.loading import case_voxel_size
+
+    aff = np.diag([0.8, 1.0, 3.0, 1.0])[:, [1, 0, 2, 3]]  # axes permuted: the sizes are the array axes'
+    case = tmp_path / "p0"
+    case.mkdir()
+    for t in range(2):
+        nib.save(nib.Nifti1Image(np.ones((4, 5, 6), np.float32), aff), case / layout.image_filename(t, "flair"))
+    assert case_voxel_size(case) == pytest.approx((1.0, 0.8, 3.0))

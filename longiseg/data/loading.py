@@ -35,6 +35,7 @@ __all__ = [
     "validate_cases",
     "check_case_headers",
     "check_case_voxels",
+    "case_voxel_size",
     "save_case",
 ]
 
@@ -106,6 +107,21 @@ def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e
         ValueError: naming the case and the file, at the first problem.
     """
     _check_headers(case_source(source), affine_atol, _Problems(collect=False))
+
+
+def case_voxel_size(source: CaseSource | PathLike) -> tuple[float, float, float]:
+    """The voxel size in mm of a case's grid along its array axes, from the header of its first file (the baseline
+    image of the first modality; every other file lies on that grid, :func:`check_case_headers`), decoding no
+    voxel (:func:`~longiseg.data.volumes.nifti_spacing`).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: naming the file: unreadable, or its header voxel sizes disagree with its affine.
+    """
+    source = case_source(source)
+    path = source.image_files[0][0]
+    return volumes.nifti_spacing(load_nifti(path, what=f"case {source.case_id!r}: image", header_only=True), path,
+                                 what=f"case {source.case_id!r}: image")
 
 
 def check_case_voxels(sources: Sequence[CaseSource], *, progress: bool = True, desc: str = "checking cases",

@@ -22,13 +22,12 @@ import torch.nn as nn
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.cohort import check_same_timepoints, find_cases
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
-from longiseg.data.loading import check_case_headers, check_case_voxels, load_case
+from longiseg.data.loading import case_voxel_size, check_case_headers, check_case_voxels, load_case
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import BalancedBatchSampler, positive_slots
 from longiseg.data.sources import CaseSource
 from longiseg.data.split import split_by_patient
 from longiseg.data.transforms import LongitudinalAugment
-from longiseg.data.volumes import nifti_spacing
 from longiseg.engine.checkpoint import load_checkpoint
 from longiseg.engine.config import save_config
 from longiseg.engine.distributed import init_distributed
@@ -52,7 +51,6 @@ from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
 from longiseg.ssm.selective_scan import resolve_backend
 from longiseg.utils.io import atomic_write_json, check_input_folder, check_replaceable, check_separate_folders
 from longiseg.utils.logging import get_logger
-from longiseg.utils.nifti import load_nifti
 from longiseg.utils.validation import check_path
 from longiseg.workflows.config import ExperimentConfig
 
@@ -226,8 +224,7 @@ def _training_voxel_size(cases: Sequence[CaseSource]) -> list[float]:
     """The median voxel size of ``cases`` in mm, each case's sorted (smallest first) so that the array axes'
     orientation does not matter; from the headers of their first images (every file of a case lies on that grid).
     Recorded in the spec for :func:`~longiseg.inferers.settings.voxel_size_mismatch`."""
-    sizes = [sorted(nifti_spacing(load_nifti(c.image_files[0][0], what=f"case {c.case_id!r}: image", header_only=True),
-                                  c.image_files[0][0])) for c in cases]
+    sizes = [sorted(case_voxel_size(c)) for c in cases]
     return [round(float(v), 4) for v in np.median(np.asarray(sizes), axis=0)]
 
 
