@@ -67,3 +67,37 @@ def test_baseline_reliance_needs_masks() -> None:
                                   affine=case.affine, spacing=case.spacing, modalities=("flair",), case_id="u")
     with pytest.raises(ValueError, match="no reference masks"):
         baseline_reliance(_Voxelwise(True), unlabelled)
+
+
+class _ComparesWithThePreviousScan(nn.Module):
+    """Progression logit 8 * (t_k - t_{k-1}) - 4 for every follow-up, voxel-wise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = ModelSpec(name="previous", dim="2.5D", in_channels=1,
+                              inference=InferenceConfig(patch_size=16, planes=["axial"]).to_dict())
+
+    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+        prog = 8 * (x[:, 1:, 0] - x[:, :-1, 0]) - 4
+        return LongitudinalOutput(8 * x[:, 0, :1] - 4, prog[:, :, None])
+
+
+def test_baseline_reliance_at_a_later_follow_up_swaps_every_earlier_scan() -> None:
+    # for follow-up 2 only t0 was swapped, so a model comparing t2 with t1 (against which the reference marks
+    # what is new) showed no reliance, and the lesion new at t1 was not among the old lesions of t2
+    old, first, second = (np.zeros(SHAPE, bool) for _ in range(3))
+    old[1:3, 2:5, 2:5] = True
+    first[3:5, 10:13, 10:13] = True
+    second[1:3, 10:13, 2:5] = True
+    images = np.zeros((3, 1, *SHAPE), np.float32)
+    images[0, 0][old] = images[1, 0][old | first] = images[2, 0][old | first | second] = 1.0
+    case = LongitudinalCase(images=images, baseline_mask=old.astype(np.uint8),
+                            progression_masks=np.stack([first, second]).astype(np.uint8), affine=np.eye(4),
+                            spacing=(1.0, 1.0, 1.0), modalities=("flair",), case_id="c3")
+    rows = baseline_reliance(_ComparesWithThePreviousScan(), case, device="cpu").lesions
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    new = [r for r in rows if r.kind == "new"]
+    assert [r.followup for r in new] == [1, 2]
+    for r in new:
+        assert r.p_real == pytest.approx(sig(4), rel=1e-5) and r.p_swapped == pytest.approx(sig(-4), rel=1e-5)
+    assert [r.followup for r in rows if r.kind == "persisting"] == [1, 2, 2]  # at t2: the old and the t1 lesion

@@ -5,14 +5,16 @@ images by the follow-up's makes every follow-up lesion "old": a model that compa
 its progression probability on the truly new lesions; a model that has only learned "lesion in the follow-up"
 barely changes. On lesions that persist unchanged the probability should be low either way.
 
-:func:`baseline_reliance` runs the model twice per follow-up, on the case as it is and with the baseline images
-replaced by that follow-up's, and reports, per reference lesion, the mean progression probability inside the
-lesion in both runs:
+:func:`baseline_reliance` runs the model twice per follow-up ``k``, on the case as it is and with the images of
+every earlier timepoint (the baseline, and for ``k >= 2`` the follow-ups before ``k``, against which the reference
+marks what is new) replaced by that follow-up's, and reports, per reference lesion, the mean progression
+probability inside the lesion in both runs:
 
 * **new lesions**: the components of the reference progression mask; ``drop = p_real - p_swapped`` should be
-  large (close to ``p_real``) for a model that uses the baseline;
-* **persisting lesions**: baseline lesions that do not touch the reference progression mask
-  (:mod:`longiseg.metrics.consistency`); ``p_real`` should be low.
+  large (close to ``p_real``) for a model that uses the earlier scans;
+* **persisting lesions**: the reference lesions at ``k - 1`` (the baseline's and those new at follow-ups
+  ``1 .. k - 1``) that do not touch the reference progression mask (:mod:`longiseg.metrics.consistency`);
+  ``p_real`` should be low.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class LesionReliance:
         kind: ``"new"`` (a component of the reference progression mask) or ``"persisting"``.
         voxels: lesion size in voxels.
         p_real: mean progression probability inside the lesion on the case as it is.
-        p_swapped: the same with the baseline images replaced by the follow-up's.
+        p_swapped: the same with the earlier scans (the baseline and the follow-ups before) replaced by the follow-up's.
     """
 
     followup: int
@@ -107,9 +109,10 @@ def baseline_reliance(model: nn.Module, case: LongitudinalCase, *, cfg: Inferenc
     _, real = infer_case(inferer, model, images, brain, case.affine)
     assert case.baseline_mask is not None and case.progression_masks is not None
     rows: list[LesionReliance] = []
+    before = np.asarray(case.baseline_mask, dtype=bool)  # the reference lesions at k - 1
     for k in range(1, images.shape[0]):
         swapped_images = images.clone()
-        swapped_images[0] = images[k]
+        swapped_images[:k] = images[k]  # every earlier scan: the reference is new since k - 1, not since t0
         _, swapped = infer_case(inferer, model, swapped_images, brain, case.affine)
         p_real, p_swap = real[k - 1], swapped[k - 1]
         prog = np.asarray(case.progression_masks[k - 1], dtype=bool)
@@ -118,9 +121,10 @@ def baseline_reliance(model: nn.Module, case: LongitudinalCase, *, cfg: Inferenc
             inside = new.labels == i + 1
             rows.append(LesionReliance(k, "new", int(new.voxels[i]), float(p_real[inside].mean()),
                                        float(p_swap[inside].mean())))
-        base, persisting = label_persisting_lesions(case.baseline_mask, prog, case.spacing)
+        old, persisting = label_persisting_lesions(before, prog, case.spacing)
         for label in persisting:
-            inside = base.labels == label
+            inside = old.labels == label
             rows.append(LesionReliance(k, "persisting", int(inside.sum()), float(p_real[inside].mean()),
                                        float(p_swap[inside].mean())))
+        before = before | prog
     return BaselineReliance(case.case_id, tuple(rows))
