@@ -214,6 +214,20 @@ def test_convert_longiseg_dataset_and_import_predictions(tmp_path: Path, rng: np
     with pytest.raises(FileExistsError, match="overwrite=True"):
         import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred")
     assert len(import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred", overwrite=True)) == 5
+    # a missing last pair passed as a case of fewer timepoints; with the reference cohort it is named
+    assert len(import_nnunet_predictions(folder / "labelsTr", tmp_path / "ref", reference=root)) == 5
+    (folder / "labelsTr" / "p1_fu2.nii.gz").rename(tmp_path / "p1_fu2.nii.gz")
+    assert len(import_nnunet_predictions(folder / "labelsTr", tmp_path / "short")) == 4  # p1 as two timepoints
+    with pytest.raises(ValueError, match=r"case 'p1' hold follow-ups 1 .. 1 .*but the case has 2 in .*: predict "
+                                         r"the missing pair\(s\) \['p1_fu2'\]"):
+        import_nnunet_predictions(folder / "labelsTr", tmp_path / "short2", reference=root)
+    import shutil
+
+    shutil.copytree(root / "p2", tmp_path / "only_p2" / "p2")
+    with pytest.raises(ValueError, match=r"case 'p1' .*no such case in the reference cohort"):
+        import_nnunet_predictions(folder / "labelsTr", tmp_path / "short3", reference=tmp_path / "only_p2")
+    assert not (tmp_path / "short2").exists() and not (tmp_path / "short3").exists()
+    (tmp_path / "p1_fu2.nii.gz").rename(folder / "labelsTr" / "p1_fu2.nii.gz")
     (folder / "labelsTr" / "p1_fu1.nii.gz").unlink()  # p1 now starts at its second pair
     with pytest.raises(ValueError, match=r"case 'p1' must be the pairs p1_fu1 .*found follow-ups \[2\]"):
         import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred2")

@@ -48,6 +48,7 @@ from longiseg.data.volumes import check_same_grid, nifti_spacing, read_volume
 from longiseg.utils.io import (
     atomic_directory,
     atomic_write_json,
+    check_input_folder,
     check_output_folder,
     check_separate_folders,
     folder_is_empty,
@@ -505,7 +506,8 @@ def convert_longiseg_dataset(
     )
 
 
-def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, overwrite: bool = False) -> list[Path]:
+def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, overwrite: bool = False,
+                              reference: str | Path | None = None) -> list[Path]:
     """Turn nnU-Net's predicted 4-class maps ``CASE_fu{t}.nii.gz`` into longiseg's prediction layout.
 
     Writes ``out_root/CASE/baseline_mask.nii.gz`` (from the pair ``CASE_fu1``) and
@@ -525,6 +527,10 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
         pred_dir: folder with nnU-Net's predicted label maps.
         out_root: destination folder (not ``pred_dir``, not inside it, not holding it).
         overwrite: replace existing case folders as a whole.
+        reference: the cohort folder the predicted cases come from (library layout, e.g. the test folder that
+            :func:`convert_longiseg_dataset` exported): every predicted case must be one of its cases with all
+            its follow-ups. Without it a case whose last pair nnU-Net did not predict passes as a case of fewer
+            timepoints.
 
     Returns:
         The written files.
@@ -539,7 +545,8 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
             not ``fu1 .. fu<n>`` without gaps, a prediction is unreadable or not one 3D volume, has header
             voxel sizes that disagree with its affine (:func:`~longiseg.data.volumes.nifti_spacing`), holds
             values other than the integer labels 0..3, or lies on another grid than its case's ``CASE_fu1``;
-            or ``out_root`` overlaps ``pred_dir``.
+            or ``out_root`` overlaps ``pred_dir``; with ``reference``, a case that is not one of its cases or
+            has another number of follow-ups.
     """
     pred_dir, out_root = check_path("pred_dir", pred_dir), check_path("out_root", out_root)
     if not pred_dir.exists():
@@ -576,6 +583,18 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
         if followups != list(range(1, len(followups) + 1)):
             raise ValueError(f"nnU-Net predictions of case {case!r} must be the pairs {case}_fu1 .. "
                              f"{case}_fu<n> without gaps, found follow-ups {followups} in {pred_dir}")
+    if reference is not None:  # every case with all its follow-ups, before anything is read or written
+        sources = {s.case_id: s for s in find_cases(check_input_folder(reference, "reference"), require_masks=None)}
+        for case, case_pairs in pairs.items():
+            if case not in sources:
+                raise ValueError(f"nnU-Net predictions of case {case!r} in {pred_dir}: no such case in the reference "
+                                 f"cohort {reference}")
+            expected = sources[case].num_timepoints - 1
+            if len(case_pairs) != expected:
+                missing = [f"{case}_fu{t}" for t in range(len(case_pairs) + 1, expected + 1)]
+                raise ValueError(f"nnU-Net predictions of case {case!r} hold follow-ups 1 .. {len(case_pairs)} in "
+                                 f"{pred_dir}, but the case has {expected} in {reference}" +
+                                 (f": predict the missing pair(s) {missing}" if missing else ""))
     for case in pairs:  # the destination: refuse an existing case folder before reading any voxel
         dest = out_root / case
         if dest.exists() and not dest.is_dir():
