@@ -447,10 +447,11 @@ def removed_if_created(folder: PathLike) -> Iterator[None]:
 @contextlib.contextmanager
 def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError):  # nothing there (or unreadable): the folder starts as mkdtemp makes it
         before = path.stat()
-        if path.is_dir() and before.st_mode & stat.S_ISGID:  # files written meanwhile get the old folder's group
-            _take_permissions(tmp, before)
+        if stat.S_ISDIR(before.st_mode) and before.st_mode & stat.S_ISGID:  # files written meanwhile get its group
+            with contextlib.suppress(OSError):
+                os.chown(tmp, -1, before.st_gid)
             os.chmod(tmp, 0o700 | stat.S_ISGID)  # still private while it is written
     # held open, the folder's inode cannot be reused: a folder another process removed (and a writer re-created)
     # is told apart from this one
@@ -466,8 +467,9 @@ def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
                                     "was written: nothing was published; run again")
         apply_umask(tmp)
         with contextlib.suppress(FileNotFoundError):
-            if path.is_dir():
-                _take_permissions(tmp, path.stat())
+            replaced = path.stat()
+            if stat.S_ISDIR(replaced.st_mode):
+                _take_permissions(tmp, replaced)
         if path.exists():
             if not overwrite:
                 raise WrittenMeanwhile(f"{path} appeared while writing (another process wrote it); not overwritten")
