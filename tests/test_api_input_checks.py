@@ -7,6 +7,7 @@ failed deep inside torch/NumPy. All inputs are tiny, so the module runs in about
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ from longiseg.networks.blocks import (
     init_segformer_weights,
 )
 from longiseg.utils.io import atomic_directory
-from longiseg.utils.validation import check_instance, check_nonnegative_float
+from longiseg.utils.validation import check_callable, check_instance, check_nonnegative_float
 
 
 # ------------------------------------------------------------------------------------------- shared helpers
@@ -53,6 +54,30 @@ def test_check_instance_names_the_argument() -> None:
     assert check_instance("model", nn.Identity(), nn.Module, "an nn.Module").__class__ is nn.Identity
     with pytest.raises(TypeError, match="model must be an nn.Module, got str"):
         check_instance("model", "x", nn.Module, "an nn.Module")
+
+
+def test_check_callable_names_the_argument() -> None:
+    assert check_callable("fn", len) is len
+    assert check_callable("fn", None, optional=True) is None
+    with pytest.raises(TypeError, match=r"^fn must be callable, got NoneType$"):
+        check_callable("fn", None)
+    with pytest.raises(TypeError, match=r"^after_case must be a callable \(source, folder\) or None, got int$"):
+        check_callable("after_case", 3, "a callable (source, folder)", optional=True)
+
+
+def test_prediction_hooks_must_be_callable(tmp_path: Path) -> None:
+    from longiseg.data.predictions import save_prediction
+    from longiseg.inferers.predict import predict_folder
+
+    masks = [np.zeros((2, 2, 2), np.uint8)] * 2
+    with pytest.raises(TypeError, match="before_publish must be a callable"):
+        save_prediction(tmp_path / "out", "c", np.eye(4), {"mask": masks}, before_publish="native")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "in").mkdir()
+    with pytest.raises(TypeError, match="after_case must be a callable"):
+        predict_folder(nn.Identity(), tmp_path / "in", tmp_path / "out", after_case=1)
+    with pytest.raises(TypeError, match="passes predict_case's settings only"):
+        predict_folder(nn.Identity(), tmp_path / "in", tmp_path / "out", before_publish=print)
 
 
 @pytest.mark.parametrize("value", [0, 0.0, 2, np.float32(0.5)])

@@ -598,6 +598,39 @@ def test_predict_writes_masks_on_the_original_grids(tmp_path: Path) -> None:
     assert (pred / "c" / "native" / layout.progression_filename(1)).is_file()
 
 
+def test_predict_native_publishes_the_case_with_its_native_folder(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # native/ was added after the case folder was published: an interruption in between left a complete case
+    # without it; now it is written into the case's temporary folder, so the case appears with it or not at all
+    import longiseg.registration.native as native_module
+    from longiseg.workflows.predict import run_prediction
+
+    _registered_case(tmp_path / "registered")
+    pred = tmp_path / "pred"
+    seen: list[tuple[Path, list[str], object]] = []
+    real = native_module.case_to_native
+
+    def interrupted(case_dir: Path, *args: object, **kwargs: object) -> list[Path]:
+        seen.append((Path(case_dir), sorted(f.name for f in Path(case_dir).iterdir()), kwargs.get("case_id")))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(native_module, "case_to_native", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_prediction(_Voxelwise(), tmp_path / "registered", pred, device="cpu", progress=False,
+                       registered_dir=tmp_path / "registered")
+    (folder, files, case_id), = seen  # called once, with the case's temporary folder holding its outputs
+    assert folder.name != "c" and case_id == "c" and layout.BASELINE_MASK in files
+    assert layout.progression_filename(1) in files and not folder.exists()
+    assert not (pred / "c").exists() and not pred.exists()  # neither the case nor an empty output folder
+    monkeypatch.setattr(native_module, "case_to_native", real)
+    run_prediction(_Voxelwise(), tmp_path / "registered", pred, device="cpu", progress=False,
+                   registered_dir=tmp_path / "registered")
+    assert sorted(f.name for f in (pred / "c" / "native").iterdir()) == [layout.BASELINE_MASK,
+                                                                       layout.progression_filename(1)]
+    assert not [f for f in pred.iterdir() if f.name != "c"]  # no temporary left beside the case
+
+
+
 def test_mapping_back_checks_every_case_and_writes_each_as_a_whole(tmp_path: Path) -> None:
     # another case's record was used without a word, masks on another grid were mapped as if registered, and
     # predictions_to_native wrote case by case file by file: a missing transform of the second case left the

@@ -9,7 +9,7 @@ names); :func:`prediction_complete` says whether a folder holds every file. File
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from longiseg.data.sources import CaseSource
 from longiseg.data.volumes import Grid, check_same_grid, read_mask, read_volume
 from longiseg.utils.io import PathLike, atomic_directory, atomic_write_json, folder_is_empty
 from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti, load_nifti, spatial_header
-from longiseg.utils.validation import check_binary, check_path, check_timepoints
+from longiseg.utils.validation import check_binary, check_callable, check_path, check_timepoints
 
 __all__ = ["PREDICTION_RECORD", "read_prediction", "save_prediction", "case_spatial_header", "prediction_complete"]
 
@@ -88,6 +88,7 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
 def save_prediction(
     root: PathLike, case_id: str, affine: np.ndarray, volumes: Mapping[str, Sequence[np.ndarray]], *,
     overwrite: bool = False, record: Mapping[str, Any] | None = None, header: SpatialHeader | None = None,
+    before_publish: Callable[[Path], object] | None = None,
 ) -> dict[str, list[Path]]:
     """Write one predicted case to ``root/case_id/`` in the layout (what :func:`read_prediction` reads).
 
@@ -112,18 +113,24 @@ def save_prediction(
             3D Slicer, FSL) overlay the prediction on the input; data type (uint8 masks, float32 maps), scaling
             and the rest of the header are the written volume's. ``None``: both forms hold ``affine`` with code 2
             ("aligned"), in mm (see :func:`~longiseg.utils.nifti.atomic_save_nifti`).
+        before_publish: called with the temporary case folder once every file above is in it, before it
+            replaces ``root/case_id``: what it writes there is published with the case, so that an interruption
+            leaves both or neither (``longiseg predict --native`` writes ``native/`` this way); an exception
+            leaves nothing. Its return value is ignored.
 
     Returns:
-        ``{kind: written paths}``, baseline first (the record is not listed).
+        ``{kind: written paths}``, baseline first (the record and what ``before_publish`` writes are not listed).
 
     Raises:
         FileExistsError: ``root/case_id`` exists, is not empty and ``overwrite`` is ``False``.
         ValueError: a bad case id, unknown kinds, fewer than two volumes, volumes of different shapes or
             counts, a mask that is not binary, or a ``header`` of another grid than ``affine``
             (:meth:`~longiseg.utils.nifti.SpatialHeader.check_grid`); all checked before anything is written.
-        TypeError: a ``record`` that is not JSON data (nothing is written), a ``header`` of another type.
+        TypeError: a ``record`` that is not JSON data (nothing is written), a ``header`` of another type, a
+            ``before_publish`` that is not callable.
     """
     folder = check_path("root", root) / layout.check_case_id(case_id)
+    check_callable("before_publish", before_publish, "a callable (folder)", optional=True)
     header = spatial_header(header)
     if header is not None:
         header.check_grid(affine, "header")
@@ -146,6 +153,8 @@ def save_prediction(
             dtype = np.uint8 if kind == "mask" else np.float32
             for arr, name in zip(vols, names[kind], strict=True):
                 atomic_save_nifti(arr, affine, tmp / name, overwrite=True, dtype=dtype, header=header)
+        if before_publish is not None:
+            before_publish(tmp)
     return {kind: [folder / name for name in names[kind]] for kind in volumes}
 
 

@@ -52,7 +52,7 @@ from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.wrappers import eval_mode
 from longiseg.utils.io import atomic_write, check_replaceable, end_with_parent
 from longiseg.utils.logging import get_logger, log_once
-from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_path
+from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_callable, check_path
 
 __all__ = [
     "Trainer",
@@ -342,11 +342,9 @@ class Trainer:
         config = config if config is not None else TrainerConfig()
         if not isinstance(config, TrainerConfig):
             raise TypeError(f"config must be a TrainerConfig, got {type(config).__name__}")
-        if validate_fn is not None and not callable(validate_fn):
-            raise TypeError(f"validate_fn must be callable, got {type(validate_fn).__name__}")
+        check_callable("validate_fn", validate_fn, optional=True)
         for cb in callbacks:
-            if not callable(cb):
-                raise TypeError(f"callbacks must be callables (trainer, row), got {type(cb).__name__}")
+            check_callable("callbacks", cb, "callables (trainer, row)")
         self.config = config
         self.ctx = dist_context if dist_context is not None else init_distributed(device=config.device)
         self.device = self.ctx.device

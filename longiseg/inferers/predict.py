@@ -14,6 +14,7 @@ the outputs) that ``skip_existing`` compares.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,7 +55,7 @@ from longiseg.utils.io import (
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.nifti import SpatialHeader
-from longiseg.utils.validation import check_affine, check_bool, check_instance, check_path
+from longiseg.utils.validation import check_affine, check_bool, check_callable, check_instance, check_path
 
 __all__ = [
     "Inferer",
@@ -209,6 +210,7 @@ def predict_case(
     progression_threshold: float | None = None,
     record: Mapping[str, Any] | None = None,
     header: SpatialHeader | None = None,
+    before_publish: Callable[[Path], object] | None = None,
 ) -> dict[str, list[Path]]:
     """Predict one case and write its NIfTI outputs to ``out_dir/case_id/``.
 
@@ -249,6 +251,9 @@ def predict_case(
             output gets its qform and sform (matrices and codes) and units, so that it overlays the input in
             every tool (see :func:`~longiseg.data.predictions.save_prediction`). ``None``: both forms hold
             ``affine`` with code 2 ("aligned"), in mm.
+        before_publish: called with the case's temporary folder once its outputs are in it, before it becomes
+            ``out_dir/case_id``: what it writes there is published with the case (see
+            :func:`~longiseg.data.predictions.save_prediction`).
 
     Returns:
         ``{"mask": [...], "prob": [...], "entropy": [...]}`` -- the written paths, baseline first.
@@ -265,6 +270,7 @@ def predict_case(
                "save_entropy": save_entropy, "overwrite": overwrite, "progression_threshold": progression_threshold}
     _check_options(options)
     check_case_id(case_id)
+    check_callable("before_publish", before_publish, "a callable (folder)", optional=True)
     aff = check_affine("affine", affine)
     if check_instance("header", header, (SpatialHeader, type(None)), "a SpatialHeader (case_spatial_header) or None"):
         header.check_grid(aff, "header")
@@ -312,7 +318,8 @@ def predict_case(
     if save_entropy:
         volumes["entropy"] = [binary_entropy(base_prob)] + [binary_entropy(p) for p in prog_prob]
     # The case folder appears complete or not at all: an interrupted case leaves only a temporary folder.
-    targets = save_prediction(out_dir, case_id, aff, volumes, overwrite=overwrite, record=record, header=header)
+    targets = save_prediction(out_dir, case_id, aff, volumes, overwrite=overwrite, record=record, header=header,
+                              before_publish=before_publish)
     logger.info("wrote %d files for case %s to %s", sum(len(p) for p in targets.values()) + (record is not None),
                 case_id, case_out)  # the record beside the volumes counts
     return targets
@@ -370,9 +377,12 @@ def predict_folder(
             so the Python call and ``longiseg predict`` give the same masks.
         check_case: called with every listed case's source before any case is predicted; it raises to refuse
             the run (e.g. a case that lacks what ``after_case`` needs).
-        after_case: called with a case's source and its complete prediction folder ``out_dir/CASE_ID`` after
-            the case is predicted, or skipped as complete by ``skip_existing`` (e.g. to write more outputs
-            derived from the saved masks); not for a case left to another process (which calls its own).
+        after_case: called with a case's source and its complete prediction folder, to write more outputs
+            derived from the saved masks there: for a case predicted now, the temporary folder holding its
+            outputs, before it becomes ``out_dir/CASE_ID`` (what the call writes there is published with the
+            case, so an interruption leaves both or neither; use ``source.case_id``, not the folder's name); for
+            a case ``skip_existing`` keeps, ``out_dir/CASE_ID`` itself. Not for a case left to another process
+            (which calls its own).
         **predict_kwargs: forwarded to :func:`predict_case` (``inferer``, ``threshold``, ``min_volume_mm3``,
             ``restrict_to_brain``, ...). Those not given are the ones the model records
             (:func:`~longiseg.inferers.settings.prediction_defaults`: the inferer of its dimensionality with its
@@ -405,10 +415,13 @@ def predict_folder(
         raise TypeError("predict_folder reads each case's brain mask from its folder; do not pass brain_mask")
     params = inspect.signature(predict_case).parameters
     unknown = sorted(set(predict_kwargs) - set(params) - {"overwrite"})
-    if unknown or {"model", "images", "affine", "spacing", "out_dir", "case_id", "record", "header"} & set(predict_kwargs):
+    if unknown or {"model", "images", "affine", "spacing", "out_dir", "case_id", "record", "header",
+                   "before_publish"} & set(predict_kwargs):
         raise TypeError(f"predict_folder passes predict_case's settings only; got {sorted(predict_kwargs)}")
     for flag, value in (("skip_existing", skip_existing), ("overwrite", overwrite), ("progress", progress)):
         check_bool(flag, value)
+    check_callable("check_case", check_case, "a callable (source)", optional=True)
+    check_callable("after_case", after_case, "a callable (source, folder)", optional=True)
     # what the model records (window, thresholds, post-processing; longiseg tune's too) unless given here
     predict_kwargs = {**prediction_defaults(model, progress=progress, inferer="inferer" not in predict_kwargs),
                       **predict_kwargs}
@@ -482,12 +495,11 @@ def predict_folder(
                     continue
             try:
                 done = _predict_listed_case(model, read, out_dir, sources[cid], kinds, records[cid], skip_existing,
-                                            overwrite, predict_kwargs)
-                if done is not None:
-                    if isinstance(done, dict):
-                        results[cid] = done
-                    if after_case is not None:
-                        after_case(sources[cid], out_dir / cid)
+                                            overwrite, predict_kwargs, after_case)
+                if isinstance(done, dict):
+                    results[cid] = done
+                elif done is True and after_case is not None:  # kept as complete: its folder is published
+                    after_case(sources[cid], out_dir / cid)
             finally:
                 if claimed is not None:
                     release_claim(claimed, claim)
@@ -497,6 +509,7 @@ def predict_folder(
 def _predict_listed_case(
     model: nn.Module, read: CaseReader, out_dir: Path, source: CaseSource, kinds: Sequence[str],
     record: Mapping[str, Any], skip_existing: bool, overwrite: bool, predict_kwargs: Mapping[str, object],
+    after_case: Callable[[CaseSource, Path], None] | None,
 ) -> dict[str, list[Path]] | bool | None:
     """Predict one case of :func:`predict_folder`: its written paths; ``True`` when ``skip_existing`` keeps its
     complete outputs; ``None`` when another process completed it meanwhile (with the same ``record``)."""
@@ -519,6 +532,7 @@ def _predict_listed_case(
         return predict_case(
             model, case.images, case.affine, case.spacing, out_dir, cid, brain_mask=case.brain_mask,
             **{**predict_kwargs, "overwrite": case_overwrite, "record": record, "header": header},  # type: ignore[arg-type]
+            before_publish=None if after_case is None else functools.partial(after_case, source),
         )
     except FileExistsError:  # another process (one that does not claim cases) wrote it meanwhile
         if not (skip_existing and prediction_complete(out_dir, cid, source.num_timepoints, kinds)):

@@ -38,6 +38,7 @@ from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import (
     check_binary,
+    check_callable,
     check_finite,
     check_ndim,
     check_positive_int,
@@ -396,8 +397,7 @@ class ImbalanceAwareLoss(nn.Module):
         super().__init__()
         if per_sample_loss is None:
             per_sample_loss = PerSampleDiceFocalLoss()
-        if not callable(per_sample_loss):
-            raise TypeError(f"per_sample_loss must be callable, got {type(per_sample_loss).__name__}")
+        check_callable("per_sample_loss", per_sample_loss)
         self.per_sample_loss = per_sample_loss
         self.strategy = _check_strategy(strategy)
         self.empty_ratio = _check_ratio(empty_ratio)

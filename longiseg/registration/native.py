@@ -182,7 +182,7 @@ def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_time
 
 
 def case_to_native(case_dir: PathLike, registration_dir: PathLike, num_timepoints: int, *,
-                   interpolation: str = "nearest", overwrite: bool = False) -> list[Path]:
+                   interpolation: str = "nearest", overwrite: bool = False, case_id: str | None = None) -> list[Path]:
     """Write one predicted case's masks on their original grids into ``case_dir/native/``.
 
     ``native/baseline_mask.nii.gz`` lies on the baseline's original grid, ``native/progression_t{k}.nii.gz`` on
@@ -195,6 +195,9 @@ def case_to_native(case_dir: PathLike, registration_dir: PathLike, num_timepoint
         num_timepoints: the case's ``T``: the baseline mask and ``T - 1`` progression masks are mapped.
         interpolation: see :func:`mask_to_native`.
         overwrite: replace an existing ``native/`` folder.
+        case_id: the case, checked against the one ``registration.json`` records; ``None``: ``case_dir``'s name
+            (give it for a case folder still under a temporary name, as ``longiseg predict --native`` does before
+            it publishes the case with its ``native/``).
 
     Returns:
         The files written, baseline first.
@@ -204,8 +207,9 @@ def case_to_native(case_dir: PathLike, registration_dir: PathLike, num_timepoint
         FileNotFoundError, ValueError, ImportError: see :func:`check_native_ready`; a missing or malformed mask.
     """
     case_dir, reg = check_path("case_dir", case_dir), check_path("registration_dir", registration_dir)
-    check_native_ready(reg, num_timepoints, case_dir.name)
-    masks = _native_masks(case_dir, reg, case_dir.name, num_timepoints, interpolation)
+    case_id = case_dir.name if case_id is None else layout.check_case_id(case_id)
+    check_native_ready(reg, num_timepoints, case_id)
+    masks = _native_masks(case_dir, reg, case_id, num_timepoints, interpolation)
     target = case_dir / NATIVE_DIR
     with atomic_directory(target, overwrite=overwrite) as tmp:
         for name, arr, aff, header in masks:

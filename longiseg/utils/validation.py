@@ -31,6 +31,7 @@ __all__ = [
     "debug_checks_enabled",
     "check_tensor",
     "check_instance",
+    "check_callable",
     "check_sequence",
     "check_ndim",
     "check_finite",
@@ -122,6 +123,20 @@ def check_instance(name: str, x: object, types: type | tuple[type, ...], what: s
     if not isinstance(x, types):
         raise TypeError(f"{name} must be {what}, got {type(x).__name__}")
     return x
+
+
+def check_callable(name: str, fn: object, what: str = "callable", *, optional: bool = False) -> Any:
+    """Return ``fn`` if it is callable (or ``None`` when ``optional``), else raise ``TypeError`` naming ``name``.
+
+    Args:
+        name: argument name used in the message.
+        fn: the value to check.
+        what: what was expected, for the message (e.g. ``"a callable (trainer, row)"``).
+        optional: accept ``None`` too.
+    """
+    if not (callable(fn) or (optional and fn is None)):
+        raise TypeError(f"{name} must be {what}{' or None' if optional else ''}, got {type(fn).__name__}")
+    return fn
 
 
 def check_sequence(name: str, values: object, types: type | tuple[type, ...], what: str) -> Sequence[Any]:

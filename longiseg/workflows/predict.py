@@ -129,12 +129,14 @@ def _native_hooks(registered_dir: Path, overwrite: bool
         check_native_ready(reg, source.num_timepoints, source.case_id)
 
     def write(source: CaseSource, case_out: Path) -> None:
+        # case_out: the case's temporary folder, published with native/ in it, or a kept case's folder
         native = case_out / NATIVE_DIR
         names = prediction_filenames(source.num_timepoints)["mask"]
         if not overwrite and all((native / n).is_file() for n in names):
-            logger.info("case %s: %s exists", source.case_id, native)
+            logger.info("case %s: %s/ exists", source.case_id, NATIVE_DIR)
             return
-        case_to_native(case_out, registration(source), source.num_timepoints, overwrite=True)
-        logger.info("case %s: masks on the original grids written to %s", source.case_id, native)
+        case_to_native(case_out, registration(source), source.num_timepoints, overwrite=True,
+                       case_id=source.case_id)
+        logger.info("case %s: masks on the original grids written to %s/", source.case_id, NATIVE_DIR)
 
     return check, write

@@ -21,6 +21,7 @@ import torch.nn as nn
 from longiseg.networks.blocks.patch_embed import OverlapPatchEmbed
 from longiseg.networks.inputs import check_model_input, parameter_device, parameter_dtype
 from longiseg.utils.validation import (
+    check_callable,
     check_int_sequence,
     check_positive_int,
     check_probability,
@@ -105,8 +106,7 @@ class HierarchicalEncoder(nn.Module):
         check_positive_int("in_channels", in_channels)
         widths = check_int_sequence("widths", widths, length=4, what="channels of the 4 stages")
         depths = check_int_sequence("depths", depths, minimum=0, length=4, what="blocks of the 4 stages")
-        if not callable(block_factory):
-            raise TypeError(f"block_factory must be callable, got {type(block_factory).__name__}")
+        check_callable("block_factory", block_factory)
         check_probability("drop_path_rate", drop_path_rate)
         self.in_channels = in_channels
         self.widths = widths
