@@ -43,6 +43,31 @@ def test_minority_repeated_evenly_majority_without_replacement():
     assert any(not labels[b[0]] for b in batches)
 
 
+@pytest.mark.parametrize("distinct_repeats", [False, True])
+@pytest.mark.parametrize(("num_pos", "num_neg", "batch_size", "num_replicas"), [(3, 13, 4, 1), (5, 7, 6, 1),
+                                                                             (9, 20, 8, 2)])
+def test_no_case_twice_in_a_batch_that_straddles_two_passes(num_pos, num_neg, batch_size, num_replicas,
+                                                            distinct_repeats):
+    # a batch cut across two permutations of a class held one case twice (3 progression cases for 2 places:
+    # 32 of 400 batches, e.g. [4, 1, 10, 1]) although the class (its share on the rank) had enough cases
+    labels = _labels(num_pos, num_neg)
+    n = len(labels)
+    for rank in range(num_replicas):
+        sampler = BalancedBatchSampler(labels, batch_size=batch_size, num_batches=15, seed=rank, rank=rank,
+                                       num_replicas=num_replicas, distinct_repeats=distinct_repeats)
+        for epoch in range(8):
+            sampler.set_epoch(epoch)
+            counts = {True: Counter(), False: Counter()}
+            for batch in sampler:
+                cases = [i % n for i in batch]
+                assert len(set(cases)) == len(cases), batch
+                for i in cases:
+                    counts[labels[i]][i] += 1
+            for flag, drawn in counts.items():  # still whole passes over the rank's share: k or k + 1 draws each
+                share = sum(1 for f in labels if f == flag) // num_replicas
+                assert len(drawn) >= share and max(drawn.values()) - min(drawn.values()) <= 1, (flag, drawn)
+
+
 def test_ddp_ranks_get_disjoint_shares():
     labels = _labels(64, 64)
     ranks = [BalancedBatchSampler(labels, batch_size=8, num_replicas=2, rank=r, seed=1) for r in range(2)]

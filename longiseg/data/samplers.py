@@ -5,7 +5,9 @@ Each batch holds exactly ``num_positive`` indices of cases with progression and 
 of stable cases. Every class is drawn from its own stream of reshuffled permutations: without replacement
 until the class is used up, then reshuffled and drawn again, so the minority class is repeated across an
 epoch (and, if the epoch is long enough, the majority class too) while no index repeats inside one pass over
-its class.
+its class, nor inside one batch when the class (its share on this rank) has at least as many cases as the
+batch has places for it: a batch that straddles two passes takes its places from the new pass among the cases
+it does not hold yet.
 
 A dataset index repeated inside one epoch names the same sample (datasets seeded by ``(seed, epoch, index)`` give
 the same crop and augmentation), so with ``distinct_repeats=True`` the ``r``-th reuse of index ``i`` within an
@@ -198,12 +200,31 @@ class BalancedBatchSampler(Sampler[list[int]]):
         """Batches per epoch on this rank (a resumed epoch yields ``len - position`` of them)."""
         return self.num_batches
 
-    def _stream(self, pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-        """``count`` indices from ``pool``: successive independent permutations, concatenated; with
-        ``distinct_repeats`` the ``r``-th permutation is shifted by ``r * N`` (virtual indices)."""
-        reps = -(-count // len(pool))
+    def _stream(self, pool: np.ndarray, count: int, slots: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` indices from ``pool`` for batches of ``slots`` places: successive random permutations,
+        concatenated; with ``distinct_repeats`` the ``r``-th permutation is shifted by ``r * N`` (virtual indices).
+
+        When a batch straddles two permutations and ``pool`` has at least ``slots`` cases, the new permutation's
+        first places hold no case the batch already holds: each such case is swapped with one drawn at random
+        from the permutation's later places that holds another case (so a batch never holds one case twice).
+        """
         stride = self.num_cases if self.distinct_repeats else 0
-        return np.concatenate([rng.permutation(pool) + r * stride for r in range(reps)])[:count]
+        perms: list[np.ndarray] = []
+        filled = 0
+        while filled < count:
+            perm = rng.permutation(pool)
+            held = filled % slots  # places of the current batch taken by the previous permutation
+            if held and len(pool) >= slots:
+                taken = perms[-1][-held:]
+                head = slots - held
+                clash = np.flatnonzero(np.isin(perm[:head], taken))
+                if clash.size:
+                    free = head + np.flatnonzero(~np.isin(perm[head:], taken))
+                    swap = rng.choice(free, size=clash.size, replace=False)
+                    perm[clash], perm[swap] = perm[swap], perm[clash].copy()
+            perms.append(perm)
+            filled += len(pool)
+        return np.concatenate([perm + r * stride for r, perm in enumerate(perms)])[:count]
 
     def epoch_batches(self, epoch: int | None = None) -> list[list[int]]:
         """All batches of ``epoch`` (default: the current one) for this rank, ignoring the position.
@@ -216,8 +237,9 @@ class BalancedBatchSampler(Sampler[list[int]]):
         pos_share = split_rng.permutation(self._positives)[self.rank :: self.num_replicas]
         neg_share = split_rng.permutation(self._negatives)[self.rank :: self.num_replicas]
         rng = np.random.default_rng([self.seed, epoch, 1, self.rank])
-        pos = self._stream(pos_share, self.num_batches * self.num_positive, rng).reshape(self.num_batches, -1)
-        neg = self._stream(neg_share, self.num_batches * self.num_negative, rng).reshape(self.num_batches, -1)
+        pos = self._stream(pos_share, self.num_batches * self.num_positive, self.num_positive, rng)
+        neg = self._stream(neg_share, self.num_batches * self.num_negative, self.num_negative, rng)
+        pos, neg = pos.reshape(self.num_batches, -1), neg.reshape(self.num_batches, -1)
         batches = rng.permuted(np.concatenate([pos, neg], axis=1), axis=1)
         return batches.tolist()
 
