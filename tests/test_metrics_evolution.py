@@ -329,3 +329,16 @@ def test_two_lesion_reports_into_one_new_folder_do_not_replace_each_other(
     monkeypatch.undo()  # with --overwrite a later run replaces the other's report
     assert main(["lesions", str(root), "--out", str(out), "--no-figures", "--no-progress", "--overwrite"]) == 0
     assert {p: (out / p).read_bytes() for p in _listing(out)} != others[0]
+
+
+def test_report_shows_the_change_of_the_volumes_it_shows(tmp_path: Path) -> None:
+    # volumes and change were each rounded on their own: "76 -> 149, change +72" (exact 76.34 -> 148.83)
+    from longiseg.reports.lesion_report import write_lesion_report
+
+    base = _box(SHAPE, (2, 2, 2), (5, 5, 5))  # 27 voxels of 0.166375 mm^3: 4.49 mm^3, shown 4
+    grow = _box(SHAPE, (5, 2, 2), (6, 5, 5))  # 9 more: 5.99 mm^3, shown 6; exact change 1.50 rounds to 1
+    ev = lesion_evolution(base, grow[None], np.diag([0.55, 0.55, 0.55, 1.0]), min_volume_mm3=0.0)
+    (f,) = ev.followups
+    assert round(f.volume_change_mm3) == 1 and round(f.lesion_volume_mm3) - round(f.previous_volume_mm3) == 2
+    html = write_lesion_report([ev], tmp_path, tmp_path / "out", montages=False, progress=False).read_text()
+    assert re.search(r"<td>4</td><td>6</td><td>\+2</td>", html), html

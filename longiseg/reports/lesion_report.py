@@ -232,7 +232,8 @@ def write_lesion_report(
         for f in ev.followups:
             rows.append([html.escape(ev.case_id), html.escape(ev.patient_id), str(f.followup), str(f.new),
                          str(f.enlarging), str(f.merged), _activity(f.active), f"{f.previous_volume_mm3:.0f}",
-                         f"{f.lesion_volume_mm3:.0f}", f"{f.volume_change_mm3:+.0f}"])
+                         f"{f.lesion_volume_mm3:.0f}",  # the change shown is that of the volumes shown (the
+                         f"{round(f.lesion_volume_mm3) - round(f.previous_volume_mm3):+d}"])  # CSV: exact)
     parts = [
         f"<h1>Lesion evolution report</h1><p class='small'>{len(evolutions)} case(s) from "
         f"<code>{html.escape(masks_dir.name)}</code>, written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
