@@ -86,6 +86,13 @@ def test_check_model_input_rules() -> None:
     check_model_input(ok.double(), 2, 1, dtype=torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts per operation: any floating dtype
         check_model_input(ok.bfloat16(), 2, 1, dtype=torch.float32)
+        check_model_input(ok.half(), 2, 1, dtype=torch.bfloat16)
+        # ... but never float64: it failed inside the first convolution ("Input type (double) and bias type
+        # (c10::BFloat16) should be the same"), after a message that had suggested autocast
+        with pytest.raises(TypeError, match=r"float64 .* torch.float32: convert .*\(autocast never casts float64\)"):
+            check_model_input(ok.double(), 2, 1, dtype=torch.float32)
+        with pytest.raises(TypeError, match=r"float32 .* torch.float64: convert"):
+            check_model_input(ok, 2, 1, dtype=torch.float64)
 
 
 def test_check_model_input_refuses_an_input_on_another_device() -> None:

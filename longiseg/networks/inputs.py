@@ -7,8 +7,9 @@ inside a layer. The rules, in order:
 * a floating-point tensor ``(B, T, C, H, W)`` (2D/2.5D) or ``(B, T, C, D, H, W)`` (3D) on the device of the
   model's parameters, for a model that passes it (:func:`parameter_device`; a CUDA input to a CPU model is
   refused naming both devices: a comparison of metadata, no synchronisation), and of the model's parameter
-  dtype (any floating dtype under autocast, which casts per operation): a float64 array from numpy
-  fed to a float32 model is refused with the fix named, not left to fail inside the first convolution;
+  dtype (any floating dtype under autocast, which casts per operation, except float64, which autocast never
+  casts): a float64 array from numpy fed to a float32 model is refused with the fix named, not left to fail
+  inside the first convolution, also under autocast;
 * at least one sample and one voxel: an empty batch (``B = 0``) or a zero spatial size is refused;
 * ``T >= 2`` (or ``T == num_timepoints`` for models built for a fixed ``T``) and ``C == in_channels``;
 * spatial sizes that are multiples of the network's total ``downsampling`` (unless the model ``pads``
@@ -168,12 +169,14 @@ def check_model_input(
         min_timepoints: smallest accepted ``T`` (2 for the models; 1 for per-timepoint blocks).
         size_rule: the spatial sizes the model accepts (its ``spatial_size_rule``); ``None``: any size.
         dtype: the model's parameter dtype (:func:`parameter_dtype`); ``x`` must have it unless autocast is on
-            for ``x``'s device. ``None``: any floating dtype.
+            for ``x``'s device and neither is float64 (autocast never casts float64). ``None``: any floating
+            dtype.
         device: the device of the model's parameters (:func:`parameter_device`); ``x`` must be on it. ``None``:
             any device.
 
     Raises:
-        TypeError: if ``x`` is not a floating-point tensor, or not of ``dtype`` outside autocast.
+        TypeError: if ``x`` is not a floating-point tensor, or not of ``dtype`` outside autocast (or one of the
+            two is float64).
         ValueError: if ``x`` is not on ``device`` (naming both devices); on any other mismatch (naming ``x``,
             the layout and what was expected), or NaN/inf values (in debug mode).
     """
@@ -185,11 +188,16 @@ def check_model_input(
     if device is not None and x.device != device:
         raise ValueError(f"x is on device {x.device} but the model's parameters are on device {device}: move the "
                          f"input (x.to('{device}')) or the model (model.to('{x.device}'))")
-    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
-        raise TypeError(
-            f"x has dtype {x.dtype} but the model's parameters are {dtype}: convert the input "
-            f"(x.to({dtype})) or the model (model.to({x.dtype})), or run under torch.autocast"
-        )
+    if dtype is not None and x.dtype != dtype:
+        # autocast casts float32/float16/bfloat16 per operation but never float64 (inputs or parameters)
+        double = torch.float64 in (x.dtype, dtype)
+        if double or not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x has dtype {x.dtype} but the model's parameters are {dtype}: convert the input "
+                f"(x.to({dtype})) or the model (model.to({x.dtype}))"
+                + (" (autocast never casts float64)" if double and torch.is_autocast_enabled(x.device.type)
+                   else "" if double else ", or run under torch.autocast")
+            )
     if not checks_sizes():  # torch.jit.trace records: the sizes are traced tensors (see checks_sizes)
         return
     shape = tuple(x.shape)
