@@ -210,7 +210,10 @@ def test_another_patient_as_followup_is_flagged(tmp_path: Path, capsys: pytest.C
     assert sorted(p.name for p in (out / "mixed").rglob("*")) == ["registration", "registration.json", "t1.tfm"]
     # --keep-failed: the failed case's images too, still reported (case folders written whole either way)
     assert main(["register", str(raw), str(tmp_path / "kept"), "--no-qc-figures", "--keep-failed"]) == 1
-    assert "case mixed follow-up 1 failed" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "case mixed follow-up 1 failed" in captured.err
+    # the summary said "written unregistered", but a follow-up that failed the quality check keeps its transform
+    assert "unregistered" not in captured.out and "failed the quality check with its transform" in captured.out
     assert (tmp_path / "kept" / "mixed" / layout.image_filename(1, "flair")).is_file()
     kept = json.loads((tmp_path / "kept" / "manifest.json").read_text(encoding="utf-8"))
     assert [c["case_id"] for c in kept["cases"]] == ["mixed", "same"]
@@ -692,6 +695,39 @@ def test_predict_native_refuses_a_case_without_its_transform(tmp_path: Path) -> 
         run_prediction(_Voxelwise(), tmp_path / "registered", tmp_path / "pred", device="cpu", progress=False,
                        registered_dir=tmp_path / "not-registered")
     assert not (tmp_path / "pred").exists()
+
+
+@pytest.mark.parametrize("damage, error, match", [
+    ("tfm", ValueError, r"transform .*t1\.tfm cannot be read or inverted"),
+    ("json", ValueError, r"registration\.json is not a JSON record of 'longiseg register'"),
+    ("key", ValueError, r"registration\.json lacks what 'longiseg register' records"),
+    ("grid", ValueError, r"case 'c': its images lie on another grid \(shape \(12, 12, 12\)\) than the registered"),
+])
+def test_predict_native_refuses_damaged_registration_outputs_before_predicting(damage: str, error: type, match: str,
+                                                                               tmp_path: Path) -> None:
+    # an unreadable t1.tfm failed in the middle of the run with ITK's message (object addresses, build paths) and
+    # exit 1, after the cases before it were written; a damaged registration.json gave a bare JSON message or a
+    # KeyError; images of another register output were predicted and then refused under a temporary path
+    from longiseg.workflows.predict import run_prediction
+
+    _registered_case(tmp_path / "registered")
+    reg = tmp_path / "registered" / "c" / "registration"
+    record = json.loads((reg / "registration.json").read_text())
+    if damage == "tfm":
+        (reg / "t1.tfm").write_text("#Insight Transform File V1.0\nnot a transform\n")
+    elif damage == "json":
+        (reg / "registration.json").write_text("{'options': 1}")
+    elif damage == "key":
+        (reg / "registration.json").write_text(json.dumps({**record, "options": {}}))
+    else:
+        grid = Grid((12, 12, 12), np.diag([2.0, 2.0, 2.0, 1.0]))
+        shifted = grid.to_dict()
+        shifted["affine"][0][3] = 10.0  # register wrote another grid than the one the case lies on
+        (reg / "registration.json").write_text(json.dumps({**record, "case_id": "c", "output_grid": shifted}))
+    with pytest.raises(error, match=match):
+        run_prediction(_Voxelwise(), tmp_path / "registered", tmp_path / "pred", device="cpu", progress=False,
+                       registered_dir=tmp_path / "registered")
+    assert not (tmp_path / "pred").exists()  # refused before any case is predicted
 
 
 @pytest.mark.parametrize("hide_simpleitk, match", [

@@ -92,7 +92,8 @@ _ONE_GRID_HINT = ("all volumes of a case must share one grid: register the follo
                   "every volume onto its grid beforehand (longiseg register)")
 
 
-def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> None:
+def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e-4
+                       ) -> tuple[tuple[int, ...], np.ndarray]:
     """Check a case's files from their headers alone, decoding no voxel: what :func:`load_case` checks first
     (every file present, unambiguous, one readable 3D NIfTI volume with an unambiguous geometry, all on one grid),
     cheap enough to run on a whole cohort before any case is read.
@@ -102,11 +103,16 @@ def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e
             layout.
         affine_atol: absolute tolerance when comparing the files' affines.
 
+    Returns:
+        The case's grid: the shape ``(D, H, W)`` and the ``(4, 4)`` affine of its first file (those of the
+        arrays :func:`load_case` reads).
+
     Raises:
         FileNotFoundError: a file is missing.
         ValueError: naming the case and the file, at the first problem.
     """
-    _check_headers(case_source(source), affine_atol, _Problems(collect=False))
+    _, shape, affine, _ = _check_headers(case_source(source), affine_atol, _Problems(collect=False))
+    return shape, affine
 
 
 def case_voxel_size(source: CaseSource | PathLike) -> tuple[float, float, float]:

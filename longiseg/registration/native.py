@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_si
 from longiseg.registration.pairwise import resample
 from longiseg.utils.io import PathLike, atomic_directory, check_separate_folders
 from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti
-from longiseg.utils.validation import check_path
+from longiseg.utils.validation import check_instance, check_path
 
 __all__ = ["NATIVE_DIR", "native_grid", "native_header", "mask_to_native", "check_native_ready", "case_to_native",
            "predictions_to_native"]
@@ -38,10 +39,23 @@ NATIVE_DIR = "native"
 
 
 def _record(registration_dir: Path) -> dict:
+    """``registration.json`` of a case, with the entries mapping back reads checked (a damaged or hand-edited
+    file is named, not a ``KeyError`` or a bare JSON message)."""
     path = registration_dir / "registration.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: map back needs the output of 'longiseg register'")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a JSON record of 'longiseg register' ({err}); register the case again") \
+            from None
+    options = rec.get("options") if isinstance(rec, dict) else None
+    grids = rec.get("native_grids") if isinstance(rec, dict) else None
+    if not (isinstance(options, dict) and isinstance(options.get("reference_modality"), str)
+            and isinstance(grids, dict) and all(isinstance(g, dict) for g in grids.values())):
+        raise ValueError(f"{path} lacks what 'longiseg register' records (options.reference_modality, "
+                         "native_grids); register the case again")
+    return rec
 
 
 def _grid_record(registration_dir: PathLike, timepoint: int, modality: str | None = None) -> dict:
@@ -53,6 +67,24 @@ def _grid_record(registration_dir: PathLike, timepoint: int, modality: str | Non
     if key not in rec["native_grids"]:
         raise ValueError(f"no native grid {key!r} in {registration_dir}; known: {sorted(rec['native_grids'])}")
     return rec["native_grids"][key]
+
+
+def _inverse_transform(registration_dir: Path, timepoint: int) -> Any:
+    """The saved transform of follow-up ``timepoint`` (``t{k}.tfm``), inverted: registered -> original grid."""
+    sitk = require_simpleitk()
+    tfm = registration_dir / f"t{timepoint}.tfm"
+    if not tfm.is_file():
+        raise FileNotFoundError(f"transform {tfm} not found (follow-up {timepoint} was not registered by "
+                                "'longiseg register', or its registration failed)")
+    try:
+        transform = sitk.ReadTransform(str(tfm))
+        if transform.GetName() == "CompositeTransform":
+            transform = sitk.CompositeTransform(transform).GetNthTransform(0)
+        return transform.GetInverse()
+    except RuntimeError as err:  # ITK's message holds object addresses and build paths: name the file instead
+        reason = " ".join(str(err).split())[-160:]
+        raise ValueError(f"transform {tfm} cannot be read or inverted as a transform of 'longiseg register' "
+                         f"(SimpleITK: ...{reason}); register the case again") from None
 
 
 def native_grid(registration_dir: PathLike, timepoint: int, modality: str | None = None) -> Grid:
@@ -81,20 +113,12 @@ def mask_to_native(mask: np.ndarray, affine: np.ndarray, registration_dir: PathL
     Returns:
         ``(mask (D', H', W') uint8, native affine (4, 4))``.
     """
-    sitk = require_simpleitk()
+    require_simpleitk()
     if interpolation not in ("nearest", "linear"):
         raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
     reg = check_path("registration_dir", registration_dir)
     grid = native_grid(reg, timepoint)
-    transform = None
-    if timepoint > 0:
-        tfm = reg / f"t{timepoint}.tfm"
-        if not tfm.is_file():
-            raise FileNotFoundError(f"transform {tfm} not found (follow-up {timepoint} not registered?)")
-        transform = sitk.ReadTransform(str(tfm))
-        if transform.GetName() == "CompositeTransform":
-            transform = sitk.CompositeTransform(transform).GetNthTransform(0)
-        transform = transform.GetInverse()
+    transform = _inverse_transform(reg, timepoint) if timepoint > 0 else None
     src = to_sitk((np.asarray(mask) > 0).astype(np.float32), affine)
     if interpolation == "nearest":
         out = from_sitk(resample(src, grid, transform, interpolation="nearest"))[0]
@@ -103,17 +127,29 @@ def mask_to_native(mask: np.ndarray, affine: np.ndarray, registration_dir: PathL
     return out, grid.affine
 
 
-def check_native_ready(registration_dir: PathLike, num_timepoints: int, case_id: str | None = None) -> None:
+def check_native_ready(registration_dir: PathLike, num_timepoints: int, case_id: str | None = None, *,
+                       registered_grid: Grid | None = None) -> None:
     """Raise unless ``registration_dir`` holds what mapping a ``num_timepoints`` case's masks back needs.
 
     Needs SimpleITK, ``registration.json`` (of case ``case_id`` when given) with the native grid of every
-    timepoint's reference modality, and the transform ``t{k}.tfm`` of every follow-up ``k``.
+    timepoint's reference modality, and the transform ``t{k}.tfm`` of every follow-up ``k``, readable and
+    invertible (each is read here, so that ``longiseg predict --native`` refuses a damaged one before any case
+    is predicted).
+
+    Args:
+        registration_dir: the case's ``registration/`` folder written by ``longiseg register``.
+        num_timepoints: the case's ``T``.
+        case_id: the case; checked against the one the record names.
+        registered_grid: the grid of the case to be predicted (its images'); checked against the registered
+            grid the record holds, so that a case of another ``register`` output is refused before it is
+            predicted. ``None``: not checked here (:func:`case_to_native` checks the masks' grid).
 
     Raises:
         ImportError: SimpleITK is missing (names the ``register`` extra).
         FileNotFoundError: no ``registration.json`` or a missing transform.
-        ValueError: the record is another case's, a timepoint without a recorded native grid, a recorded
-            header that does not describe its grid, or ``num_timepoints < 2``.
+        ValueError: the record is another case's, damaged, or of another registered grid than
+            ``registered_grid``, a timepoint without a recorded native grid, a recorded header that does not
+            describe its grid, an unreadable transform, or ``num_timepoints < 2``.
     """
     require_simpleitk()
     if isinstance(num_timepoints, bool) or not isinstance(num_timepoints, int) or num_timepoints < 2:
@@ -125,10 +161,13 @@ def check_native_ready(registration_dir: PathLike, num_timepoints: int, case_id:
                          "would map another patient's scans")
     for t in range(num_timepoints):
         native_grid(reg, t)
-        if t > 0 and not (reg / f"t{t}.tfm").is_file():
-            raise FileNotFoundError(f"transform {reg / f't{t}.tfm'} not found (follow-up {t} was not registered "
-                                    "by 'longiseg register', or its registration failed)")
+        if t > 0:
+            _inverse_transform(reg, t)
     _check_native_headers(reg)
+    if registered_grid is not None:
+        check_instance("registered_grid", registered_grid, Grid, "a Grid or None")
+        _check_registered_grid(f"case {case_id or reg.parent.name!r}: its images lie", registered_grid.shape,
+                               registered_grid.affine, _registered_grid(reg), reg)
 
 
 def _check_native_headers(registration_dir: Path) -> None:
@@ -144,14 +183,21 @@ def _check_native_headers(registration_dir: Path) -> None:
                              "fix the raw file's header and register the case again")
 
 
-def _check_registered_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray, grid: Grid | None,
+def _registered_grid(registration_dir: Path) -> Grid | None:
+    """The registered (output) grid ``registration.json`` records; ``None`` for records of longiseg < 0.3.12."""
+    recorded = _record(registration_dir).get("output_grid")
+    return None if recorded is None else Grid.from_dict(recorded)
+
+
+def _check_registered_grid(what: str, shape: tuple[int, ...], affine: np.ndarray, grid: Grid | None,
                            registration_dir: Path) -> None:
-    """Refuse a mask that does not lie on ``grid``, the registered grid its case's ``registration.json`` records
-    (it would be mapped back as if it did); ``None`` (records of longiseg < 0.3.12) checks nothing."""
+    """Refuse a mask (or a case's images) that does not lie on ``grid``, the registered grid its case's
+    ``registration.json`` records (it would be mapped back as if it did); ``None`` (records of longiseg < 0.3.12)
+    checks nothing. ``what``: the subject and verb of the message (``"case 'c': its images lie"``)."""
     if grid is not None and (tuple(shape) != tuple(grid.shape) or not np.allclose(affine, grid.affine, atol=1e-3)):
-        raise ValueError(f"{path} lies on another grid (shape {tuple(shape)}) than the registered one of "
-                         f"{registration_dir / 'registration.json'} (shape {tuple(grid.shape)}, its affine): was it "
-                         "predicted from that register output?")
+        raise ValueError(f"{what} on another grid (shape {tuple(shape)}) than the registered one of "
+                         f"{registration_dir / 'registration.json'} (shape {tuple(grid.shape)}, its affine): was "
+                         "the case written by that register output?")
 
 
 def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_timepoints: int | None,
@@ -166,8 +212,7 @@ def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_time
     else:
         files = [layout.find_nifti(case_dir, n) or case_dir / n
                  for n in layout.prediction_filenames(num_timepoints)["mask"]]
-    recorded = _record(registration_dir).get("output_grid")
-    registered = None if recorded is None else Grid.from_dict(recorded)
+    registered = _registered_grid(registration_dir)
     out = []
     for f in files:
         t = 0 if layout.nifti_stem(f.name) == layout.nifti_stem(layout.BASELINE_MASK) \
@@ -175,7 +220,8 @@ def _native_masks(case_dir: Path, registration_dir: Path, case_id: str, num_time
         if t is None:
             continue  # probabilities, entropy: only masks are mapped
         arr, aff, _ = read_mask(f, what=f"case {case_id!r}: predicted mask")
-        _check_registered_grid(f, arr.shape, aff, registered, registration_dir)
+        _check_registered_grid(f"case {case_id!r}: predicted mask {f.name} lies", arr.shape, aff, registered,
+                               registration_dir)
         out.append((f.name, *mask_to_native(arr, aff, registration_dir, t, interpolation=interpolation),
                     native_header(registration_dir, t)))
     return out

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import prediction_filenames
+from longiseg.data.loading import check_case_headers
 from longiseg.data.sources import CaseSource
 from longiseg.inferers.predict import predict_folder, read_zscored, spec_reader
 from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
@@ -111,7 +112,7 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
 def _native_hooks(registered_dir: Path, overwrite: bool
                   ) -> tuple[Callable[[CaseSource], None], Callable[[CaseSource, Path], None]]:
     """``predict_folder`` hooks that check every case's saved transforms first and then write ``CASE/native/``."""
-    from longiseg.registration.grid import require_simpleitk
+    from longiseg.registration.grid import Grid, require_simpleitk
     from longiseg.registration.native import NATIVE_DIR, case_to_native, check_native_ready
 
     require_simpleitk()  # before any case is read
@@ -126,7 +127,8 @@ def _native_hooks(registered_dir: Path, overwrite: bool
         if not reg.is_dir():
             raise FileNotFoundError(f"case {source.case_id!r}: no {reg} with the transforms of longiseg register; "
                                     f"was {registered_dir} written by longiseg register?")
-        check_native_ready(reg, source.num_timepoints, source.case_id)
+        shape, affine = check_case_headers(source)  # the images must lie on the grid that register wrote
+        check_native_ready(reg, source.num_timepoints, source.case_id, registered_grid=Grid(shape, affine))
 
     def write(source: CaseSource, case_out: Path) -> None:
         # case_out: the case's temporary folder, published with native/ in it, or a kept case's folder

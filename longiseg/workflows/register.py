@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{r.case_id} t{q['followup']}: correlation {q['before']['correlation']:.3f} -> "
                       f"{q['after']['correlation']:.3f}, moved {q['motion']['translation_mm']:.1f} mm / "
                       f"{q['motion']['rotation_deg']:.1f} deg ({q['seconds']} s)")
-    kept = " (failed follow-ups written unregistered: --keep-failed)" if failed and args.keep_failed else ""
+    kept = (" (written anyway, --keep-failed: a follow-up whose registration raised as the scanner placed it, "
+            "one that failed the quality check with its transform)") if failed and args.keep_failed else ""
     print(f"wrote {sum(r.written for r in results)} of {len(results)} case(s) into {args.out}"
           + (f"; {failed} failure(s){kept}, see {args.out}/registration.csv" if failed else ""))
     return 1 if failed else 0
