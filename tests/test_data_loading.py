@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -674,6 +675,23 @@ def test_an_image_whose_modality_name_is_not_allowed_is_refused_not_dropped(tmp_
         (only / f"t{t}_t1_ce.nii.gz").write_bytes((case / f"t{t}_flair.nii.gz").read_bytes())
     with pytest.raises(ValueError, match=msg.replace("t0_t1_ce", "p0/t0_t1_ce")):
         find_cases(tmp_path / "only", require_masks=False)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("t2_flair.NII.GZ", "t2_flair.nii.gz"), ("T2_flair.nii.gz", "t2_flair.nii.gz"),
+    ("BRAIN_MASK.nii.gz", "brain_mask.nii.gz"), ("Progression_T1.nii", "progression_t1.nii"),
+])
+def test_a_layout_name_in_upper_case_is_refused_not_dropped(name: str, expected: str, tmp_path: Path) -> None:
+    """t2_flair.NII.GZ was left out: the case was read with one timepoint fewer (predict), or refused for a mask
+    'without images'; BRAIN_MASK.nii.gz was not used. The modality may be in any case (t0_FLAIR is the FLAIR)."""
+    _write_cohort(tmp_path / "c", n=2)
+    case = sorted(p for p in (tmp_path / "c").iterdir() if p.is_dir())[0]
+    (case / "t0_flair.nii.gz").rename(case / "t0_FLAIR.nii.gz")
+    assert find_cases(tmp_path / "c")[0].modalities == ("flair", "t2")
+    (case / name).write_bytes((case / "t0_FLAIR.nii.gz").read_bytes())
+    with pytest.raises(ValueError, match=rf"{re.escape(name)} is named like the layout's {re.escape(repr(expected))} "
+                                         r"but for upper-case letters"):
+        find_cases(tmp_path / "c", require_masks=None)
 
 
 def test_names_moved_out_of_loading_still_import_with_a_warning() -> None:

@@ -62,6 +62,9 @@ BRAIN_MASK = "brain_mask.nii.gz"
 _IMAGE_RE = re.compile(r"^t(\d+)_([A-Za-z0-9\-]+)\.nii(\.gz)?$")
 _IMAGE_LIKE_RE = re.compile(r"^t(\d+)_(.+)\.nii(\.gz)?$")  # named like an image, whatever its modality
 _PROGRESSION_RE = re.compile(r"^progression_t(\d+)\.nii(\.gz)?$")
+# the layout's names in another case (T0_flair.nii.gz, t1_flair.NII.GZ, BRAIN_MASK.nii.gz): refused, not left out
+_LAYOUT_NAME_ANY_CASE_RE = re.compile(
+    r"^(?:t\d+_[a-z0-9\-]+|baseline_mask|brain_mask|progression_t\d+)\.nii(?:\.gz)?$", re.IGNORECASE)
 
 
 def image_filename(timepoint: int, modality: str) -> str:
@@ -200,16 +203,33 @@ def find_nifti(folder: str | Path, name: str) -> Path | None:
     return found[0] if found else None
 
 
+def _check_name_case(path: Path) -> None:
+    """Refuse a file named like a layout file but for the case of its ``t``/mask prefix or its extension (a
+    modality may be written in any case: ``t0_FLAIR.nii.gz`` is the FLAIR image)."""
+    name = path.name
+    if not _LAYOUT_NAME_ANY_CASE_RE.match(name) or _IMAGE_RE.match(name) or name == name.lower():
+        return
+    stem, dot, ext = name.partition(".")
+    image = re.match(r"t\d+_", stem, re.IGNORECASE) is not None
+    expected = (stem[:1].lower() + stem[1:] if image else stem.lower()) + dot + ext.lower()
+    raise ValueError(f"file {path} is named like the layout's {expected!r} but for upper-case letters, and the "
+                     f"layout's names are lower-case (a modality may be in any case): rename it to {expected!r}, or "
+                     "move it out of the case folder")
+
+
 def scan_images(folder: str | Path) -> dict[int, dict[str, Path]]:
     """The image files of a case folder: ``{timepoint: {modality: path}}`` (file names only, nothing read).
 
     Raises:
         ValueError: two files name the same timepoint and modality (``t1_t2.nii`` and ``t1_t2.nii.gz``,
-            or names differing only in case), naming both; a file named like an image whose modality is not
-            a modality name (``t0_t1_ce.nii.gz``: an underscore), naming it (it was silently left out).
+            or names differing only in the modality's case), naming both; a file named like an image whose
+            modality is not a modality name (``t0_t1_ce.nii.gz``: an underscore), naming it (it was silently left
+            out); a file named like a layout file but for the case of its prefix or extension
+            (``T0_flair.nii.gz``, ``t1_flair.NII.GZ``, ``BRAIN_MASK.nii.gz``: they were silently left out).
     """
     found: dict[int, dict[str, Path]] = {}
     for p in sorted(check_path("folder", folder).iterdir()):
+        _check_name_case(p)
         parsed = parse_image_filename(p.name)
         if parsed is None:
             like = _IMAGE_LIKE_RE.match(p.name)
