@@ -128,7 +128,7 @@ def split_cases(sources: Sequence[CaseSource], *, test_fraction: float, seed: in
     flagged = [s if s.has_progression is not None else dataclasses.replace(s, has_progression=s.progression_flag())
                for s in sources]
     try:
-        return split_by_patient(flagged, fraction, seed)
+        train, test = split_by_patient(flagged, fraction, seed, split_name="test", fraction_name="--test-fraction")
     except ValueError as exc:
         n_patients = len({s.patient_id for s in flagged})
         n_prog = len({s.patient_id for s in flagged if s.has_progression})
@@ -136,6 +136,7 @@ def split_cases(sources: Sequence[CaseSource], *, test_fraction: float, seed: in
             f"test_fraction (--test-fraction) {fraction} puts all {n_patients} patients ({n_prog} with progression, "
             f"{n_patients - n_prog} without) into the test split, leaving none for training; lower --test-fraction"
         ) from exc
+    return train, test
 
 
 def write_split(sources: Sequence[CaseSource], out_dir: Path) -> Manifest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -99,6 +100,20 @@ def test_ucsf_layout_whole_tumour_and_difference(tmp_path: Path) -> None:
     assert sub.progression_masks.sum() == 5 and sub.images.shape[1] == 1  # increase and decrease
     stable = load_case(ucsf_altpd_cases(tmp_path, difference="t1ce_subtraction")[0])
     assert not stable.has_progression
+
+
+def test_ucsf_scans_after_time2_are_named_not_dropped_silently(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    # a folder also holding *_time3_* files was read as T = 2 without a word
+    _write_ucsf(tmp_path, "100001")
+    _write_ucsf(tmp_path, "100002")
+    for m in ("flair", "seg"):
+        _save(tmp_path / "100002" / f"100002_time3_{m}.nii.gz", np.zeros(SHAPE, dtype=np.float32))
+    with caplog.at_level(logging.WARNING, logger="longiseg.data.adapters"):
+        sources = ucsf_altpd_cases(tmp_path)
+    assert [s.num_timepoints for s in sources] == [2, 2]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "case '100002': 2 file(s) of scans after time2 (100002_time3_flair" in warned[0]
 
 
 def test_ucsf_errors(tmp_path: Path) -> None:
@@ -449,3 +464,40 @@ def test_a_case_folder_name_that_is_no_case_id_is_named(tmp_path: Path) -> None:
     _write_msseg2(tmp_path, ["013", "bad id "])
     with pytest.raises(ValueError, match=r"case folder .*bad id : case id 'bad id ' must not start or end"):
         msseg2_cases(tmp_path)
+
+
+def test_label_map_scaled_by_its_header_reads_as_its_labels(tmp_path: Path) -> None:
+    # int16 0/3/6 with scl_slope 1/3 (float32 in the header) reads as 0, 1.0000000298, 2.0000000596: it was
+    # refused as "holds value(s) [1.0000000298023224, 2.0000000596046448]"
+    seg1, seg2 = _write_ucsf(tmp_path, "100001")
+    for t, seg in ((1, seg1), (2, seg2)):
+        img = nib.Nifti1Image((seg * 3).astype(np.int16), np.diag([1.0, 1.0, 1.2, 1.0]))
+        img.header.set_slope_inter(1 / 3, 0.0)
+        nib.save(img, str(tmp_path / "100001" / f"100001_time{t}_seg.nii.gz"))
+    scaled = np.asarray(nib.load(tmp_path / "100001" / "100001_time1_seg.nii.gz").dataobj)
+    assert not np.isin(scaled, (0, 1, 2, 3, 4)).all()  # the stored values do read off the labels
+    (src,) = ucsf_altpd_cases(tmp_path, difference="growth")
+    case = load_case(src)
+    assert np.array_equal(case.baseline_mask, (seg1 > 0).astype(np.uint8))
+    assert np.array_equal(case.progression_masks[0], ((seg2 > 0) & ~(seg1 > 0)).astype(np.uint8))
+    bad = (seg1 * 3).astype(np.int16)
+    bad[0, 0, 0] = 1  # 1/3: no label, and the message shows its digits and the scaling
+    img = nib.Nifti1Image(bad, np.diag([1.0, 1.0, 1.2, 1.0]))
+    img.header.set_slope_inter(1 / 3, 0.0)
+    nib.save(img, str(tmp_path / "100001" / "100001_time1_seg.nii.gz"))
+    with pytest.raises(ValueError, match=r"100001_time1_seg\.nii\.gz holds value\(s\) \[0\.3333333432674408\] \(1 "
+                                         r"voxel\) \(stored values scaled by scl_slope 0\.333333 and "
+                                         r"scl_inter 0\); it may hold only 0 and 1, 2, 3, 4"):
+        load_case(src)
+
+
+def test_convert_words_a_test_split_without_a_stratum_for_the_test_split(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    convert = _convert_module()
+    raw = _msseg2_raw(tmp_path / "raw", n=3)  # 001 and 003 with new lesions, 002 the only stable patient
+    with caplog.at_level("WARNING"):
+        assert convert.main(["msseg2", str(raw), str(tmp_path / "out"), "--test-fraction", "0.34"]) == 0
+    assert "validation" not in caplog.text and "val_fraction" not in caplog.text  # was the library's wording
+    assert ("--test-fraction=0.34 gives no patient of a stratum of one to the test split: the only stable patient "
+            "'002' stays in training; the test set has no patient of that stratum") in caplog.text
+    assert _split_ids(tmp_path / "out")["test"] <= {"001", "003"}

@@ -747,3 +747,14 @@ def test_case_voxel_size_reads_the_first_files_header(tmp_path: Path) -> None:
     for t in range(2):
         nib.save(nib.Nifti1Image(np.ones((4, 5, 6), np.float32), aff), case / layout.image_filename(t, "flair"))
     assert case_voxel_size(case) == pytest.approx((1.0, 0.8, 3.0))
+
+
+def test_csv_manifest_compares_the_modalities_it_names(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.csv"
+    path.write_text("case_id,modalities\na,flair;t2\nb,flair; t2\nc,FLAIR;T2;\n")  # one list, written three ways
+    assert read_manifest(path).modalities == ("flair", "t2")  # was: "must be the same on every row"
+    path.write_text("case_id,modalities\na,flair;t2\nb,flair; t2\nc,t2;flair\n")  # another channel order
+    with pytest.raises(ValueError, match=r"manifest .*manifest\.csv: the 'modalities' column must name the same "
+                                         r"modalities on every row, but line 2 names \['flair', 't2'\] and line 4 "
+                                         r"\['t2', 'flair'\]"):
+        read_manifest(path)

@@ -480,3 +480,145 @@ def test_convert_failure_keeps_the_old_dataset(tmp_path: Path, rng: np.random.Ge
     with pytest.raises(ValueError, match="dataset folder .* holds the root folder"):
         convert_longiseg_dataset(inside, raw, 523, "In", overwrite=True)  # would delete its own input
     assert (inside / "p1" / BASELINE_MASK).is_file()
+
+
+# --------------------------------------------------------------------- what nnU-Net v2 refuses, found by the check
+def _set_json(folder: Path, **entries: object) -> None:
+    meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    meta.update(entries)
+    (folder / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def test_structural_check_refuses_regions_without_regions_class_order(tmp_path: Path,
+                                                                      rng: np.random.Generator) -> None:
+    folder = write_nnunet_dataset(tmp_path, 21, "R", [_case("a", rng)], ["x", "y"])
+    regions = {"background": 0, "lesion": [1, 2, 3], "progression": [2, 3], "overlap": 3}
+    _set_json(folder, labels=regions)  # nnU-Net: "if region-based training is requested then you need to define
+    with pytest.raises(ValueError, match=r"labels \['lesion', 'progression'\] are regions .*'regions_class_order'"):
+        check_nnunet_raw_dataset(folder)  # regions_class_order!" (it passed)
+    _set_json(folder, labels=regions, regions_class_order=[1, 2])  # one per region: three regions
+    with pytest.raises(ValueError, match=r"regions_class_order must be a list of 3 ints .*got \[1, 2\]"):
+        check_nnunet_raw_dataset(folder)
+    _set_json(folder, labels=regions, regions_class_order=[1, 2, 3])
+    assert check_nnunet_raw_dataset(folder)["cases"] == ["a"]  # region labels 0..3, as the label file holds
+    _set_json(folder, labels={"background": 0, "lesion": [1, 5]}, regions_class_order=[1])
+    with pytest.raises(ValueError, match=r"consecutive 0, 1, 2, \.\.\., got \[0, 1, 5\]"):
+        check_nnunet_raw_dataset(folder)
+    _set_json(folder, labels={"background": 0, "lesion": "1"})
+    with pytest.raises(ValueError, match=r"an int or a non-empty list of ints .*\{'lesion': '1'\}"):
+        check_nnunet_raw_dataset(folder)
+
+
+def test_structural_check_compares_raw_label_values(tmp_path: Path, rng: np.random.Generator) -> None:
+    folder = write_nnunet_dataset(tmp_path, 22, "V", [_case("a", rng), _case("b", rng)], ["x", "y"])
+    affine = nib.load(folder / "labelsTr" / "b.nii.gz").affine
+    labels = np.asarray(nib.load(folder / "labelsTr" / "b.nii.gz").dataobj).astype(np.float32)
+    labels.flat[:2] = (1.5, 2.25)  # truncated to 1 and 2 by astype(int), a declared label: it passed
+    _save(labels, folder / "labelsTr" / "b.nii.gz", affine)
+    with pytest.raises(ValueError) as err:
+        check_nnunet_raw_dataset(folder)
+    assert "labelsTr/b.nii.gz holds non-integer label values [1.5, 2.25]" in str(err.value)
+    assert "a.nii.gz" not in str(err.value)  # an integer map is fine
+    labels.flat[:2] = (3.0, 5.0)
+    _save(labels, folder / "labelsTr" / "b.nii.gz", affine)
+    with pytest.raises(ValueError, match=r"labelsTr/b\.nii\.gz holds undeclared label values \[5\]"):
+        check_nnunet_raw_dataset(folder)
+
+
+def test_structural_check_says_numtraining_must_be_an_int(tmp_path: Path, rng: np.random.Generator) -> None:
+    folder = write_nnunet_dataset(tmp_path, 23, "N", [_case("a", rng), _case("b", rng)], ["x", "y"])
+    _set_json(folder, numTraining="2")  # was: "numTraining is '2' but labelsTr holds 2 cases"
+    with pytest.raises(ValueError) as err:
+        check_nnunet_raw_dataset(folder)
+    assert "numTraining must be an int (the number of training cases), got '2' (str)" in str(err.value)
+    assert "labelsTr holds" not in str(err.value)
+    _set_json(folder, numTraining=True)
+    with pytest.raises(ValueError, match=r"numTraining must be an int .*got True \(bool\)"):
+        check_nnunet_raw_dataset(folder)
+
+
+# ------------------------------------------------------------------------- import with the reference cohort
+def _reference_cohort(root: Path, rng: np.random.Generator, cases: tuple[str, ...] = ("p1", "p2")) -> np.ndarray:
+    """Two-timepoint cases on one grid, written with qform and sform code 1 (scanner); returns their affine."""
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    affine[:3, 3] = (-10.5, 3.25, 7.0)
+    for case in cases:
+        names = [image_filename(t, "flair") for t in (0, 1)] + [BASELINE_MASK, progression_filename(1)]
+        for name in names:
+            arr = rng.normal(size=SHAPE).astype(np.float32) if "flair" in name else np.zeros(SHAPE, np.uint8)
+            img = nib.Nifti1Image(arr, affine)
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+            (root / case).mkdir(parents=True, exist_ok=True)
+            nib.save(img, root / case / name)
+    return affine
+
+
+def test_import_with_reference_refuses_an_unpredicted_case(tmp_path: Path, rng: np.random.Generator) -> None:
+    affine = _reference_cohort(tmp_path / "ref", rng, ("p1", "p2", "p3"))
+    pred, out = tmp_path / "nnunet", tmp_path / "out"
+    _save(_four_class(rng), pred / "p1_fu1.nii.gz", affine)  # p2 and p3 not predicted at all: they passed
+    with pytest.raises(ValueError, match=r"the reference cohort .*ref holds 2 case\(s\) without any nnU-Net "
+                                         r"prediction in .*nnunet: 'p2', 'p3'; predict their pairs"):
+        import_nnunet_predictions(pred, out, reference=tmp_path / "ref")
+    assert not out.exists()
+    assert len(import_nnunet_predictions(pred, out)) == 2  # without a reference: the predicted cases
+
+
+def test_import_with_reference_refuses_another_grid(tmp_path: Path, rng: np.random.Generator) -> None:
+    affine = _reference_cohort(tmp_path / "ref", rng)
+    pred, out = tmp_path / "nnunet", tmp_path / "out"
+    _save(_four_class(rng), pred / "p1_fu1.nii.gz", affine)
+    _save(np.zeros((4, 5, 7), np.uint8), pred / "p2_fu1.nii.gz", affine)  # was imported
+    with pytest.raises(ValueError, match=r"p2_fu1\.nii\.gz lies on another grid than t0_flair\.nii\.gz \(shape "
+                                         r"\(4, 5, 7\) vs \(4, 5, 3\)\); the reference case's grid is that of "
+                                         r".*ref/p2/t0_flair\.nii\.gz"):
+        import_nnunet_predictions(pred, out, reference=tmp_path / "ref")
+    shifted = affine.copy()
+    shifted[0, 3] += 2.0
+    _save(_four_class(rng), pred / "p2_fu1.nii.gz", shifted)  # its shape, another place
+    with pytest.raises(ValueError, match=r"p2_fu1\.nii\.gz lies on another grid .*affines differ by up to 2"):
+        import_nnunet_predictions(pred, out, reference=tmp_path / "ref")
+    assert not out.exists()
+
+
+def test_import_with_reference_writes_the_reference_header(tmp_path: Path, rng: np.random.Generator) -> None:
+    affine = _reference_cohort(tmp_path / "ref", rng)
+    pred, out = tmp_path / "nnunet", tmp_path / "out"
+    labels = _four_class(rng)
+    for case in ("p1", "p2"):
+        _save(labels, pred / f"{case}_fu1.nii.gz", affine)  # nibabel's default codes: sform 2, qform 0
+    import_nnunet_predictions(pred, out, reference=tmp_path / "ref")
+    ref = nib.load(tmp_path / "ref" / "p1" / image_filename(0, "flair")).header
+    for name in (BASELINE_MASK, progression_filename(1)):
+        hdr = nib.load(out / "p1" / name).header
+        assert (int(hdr["qform_code"]), int(hdr["sform_code"])) == (int(ref["qform_code"]), int(ref["sform_code"])) \
+            == (1, 1)  # were (2, 2): tools comparing form codes did not overlay them on the reference
+        assert np.array_equal(hdr.get_sform(), ref.get_sform()) and np.array_equal(hdr.get_qform(), ref.get_qform())
+    progression = four_class_to_masks(labels)[1]
+    assert np.array_equal(np.asarray(nib.load(out / "p2" / progression_filename(1)).dataobj), progression)
+    import_nnunet_predictions(pred, tmp_path / "plain")  # without a reference: the default header
+    assert int(nib.load(tmp_path / "plain" / "p1" / BASELINE_MASK).header["sform_code"]) == 2
+
+
+# ------------------------------------------------------------------------- label maps scaled by their header
+def _scaled(stored: np.ndarray, slope: float, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(stored.astype(np.int16), np.eye(4))
+    img.header.set_slope_inter(slope, 0.0)
+    nib.save(img, path)
+
+
+def test_import_reads_a_scaled_four_class_map(tmp_path: Path, rng: np.random.Generator) -> None:
+    labels = _four_class(rng)
+    _scaled(labels * 3, 1 / 3, tmp_path / "pred" / "a_fu1.nii.gz")  # reads as 1.0000000298, 2.0000000596, ...
+    assert np.asarray(nib.load(tmp_path / "pred" / "a_fu1.nii.gz").dataobj).max() != 3  # the values are off
+    import_nnunet_predictions(tmp_path / "pred", tmp_path / "out")  # was: "found values such as [1.0, 2.0]"
+    baseline, progression = four_class_to_masks(labels)
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "out" / "a" / BASELINE_MASK).dataobj), baseline)
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "out" / "a" / progression_filename(1)).dataobj),
+                          progression)
+    _scaled(labels * 2 + 1, 0.5, tmp_path / "half" / "a_fu1.nii.gz")  # 0.5, 1.5, ...: not labels
+    with pytest.raises(ValueError, match=r"found values such as \[0\.5, 1\.5, 2\.5, 3\.5\] \(stored values scaled "
+                                         r"by scl_slope 0\.5 and scl_inter 0\)"):
+        import_nnunet_predictions(tmp_path / "half", tmp_path / "out2")

@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from longiseg.data.cohort import find_cases
+from longiseg.data.cohort import find_cases, format_case_ids
 from longiseg.data.layout import check_case_id
 from longiseg.data.loading import load_case
-from longiseg.data.predictions import save_prediction
-from longiseg.data.volumes import check_same_grid, nifti_spacing, read_volume
+from longiseg.data.predictions import case_spatial_header, save_prediction
+from longiseg.data.volumes import check_same_grid, format_label_values, nifti_spacing, read_label_volume
 from longiseg.utils.io import (
     atomic_directory,
     atomic_write_json,
@@ -54,7 +54,7 @@ from longiseg.utils.io import (
     folder_is_empty,
 )
 from longiseg.utils.logging import get_logger
-from longiseg.utils.nifti import atomic_save_nifti, load_nifti
+from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti, load_nifti
 from longiseg.utils.validation import (
     check_binary,
     check_bool,
@@ -84,6 +84,10 @@ FILE_ENDING = ".nii.gz"
 _REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 _AFFINE_ATOL = 1e-4
 _PREDICTION = "nnU-Net prediction"
+#: What to do when a prediction lies on another grid than its reference case (``{path}``: the case's first image).
+_REFERENCE_GRID_HINT = ("the reference case's grid is that of {path}, and nnU-Net predicts on the grid of its input "
+                        "images: pass as reference the cohort whose images were exported and predicted "
+                        "(convert_longiseg_dataset's test_root)")
 _CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _DATASET_DIR_RE = re.compile(r"^Dataset(\d{3})_(\S+)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
@@ -518,9 +522,12 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
     Everything is checked before the first file is written: the names (every image file named
     ``CASE_fu{t}.nii.gz``, ``CASE`` a single folder name, pairs ``fu1 .. fu<n>`` without gaps; nnU-Net's other
     files such as ``plans.json`` or ``.npz`` probabilities are ignored), the destination (no existing case
-    folder unless ``overwrite``), every file's grid (one 3D volume; all pairs of a case on the grid of ``CASE_fu1``: same shape and affine) and
-    every label value (integers in ``{0, 1, 2, 3}``; a float map holding ``2.7`` or an ``int32`` holding
-    ``65537`` is refused, never rounded or wrapped). Then each case folder is written as a whole (readers
+    folder unless ``overwrite``), every file's grid (one 3D volume; all pairs of a case on the grid of
+    ``CASE_fu1``, or with ``reference`` on its reference case's grid: same shape and affine) and every label
+    value (integers in ``{0, 1, 2, 3}``; a float map holding ``2.7`` or an ``int32`` holding ``65537`` is
+    refused, never rounded or wrapped; only a file that scales its stored values has values within
+    :data:`~longiseg.data.volumes.MASK_SCALING_ATOL` of an integer rounded to it,
+    :func:`~longiseg.data.volumes.read_label_volume`). Then each case folder is written as a whole (readers
     see the complete case or none); other folders in ``out_root`` are left alone.
 
     Args:
@@ -529,8 +536,12 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
         overwrite: replace existing case folders as a whole.
         reference: the cohort folder the predicted cases come from (library layout, e.g. the test folder that
             :func:`convert_longiseg_dataset` exported): every predicted case must be one of its cases with all
-            its follow-ups. Without it a case whose last pair nnU-Net did not predict passes as a case of fewer
-            timepoints.
+            its follow-ups, every one of its cases must be predicted, and every prediction must lie on its
+            case's grid (that of the case's first image); the masks are written with that case's spatial header
+            (:func:`~longiseg.data.predictions.case_spatial_header`: qform, sform and their codes), as
+            ``longiseg predict`` writes its outputs. Without it a case whose last pair nnU-Net did not predict
+            passes as a case of fewer timepoints, and the masks get :func:`~longiseg.data.predictions.save_prediction`'s
+            default header.
 
     Returns:
         The written files.
@@ -546,7 +557,8 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
             voxel sizes that disagree with its affine (:func:`~longiseg.data.volumes.nifti_spacing`), holds
             values other than the integer labels 0..3, or lies on another grid than its case's ``CASE_fu1``;
             or ``out_root`` overlaps ``pred_dir``; with ``reference``, a case that is not one of its cases or
-            has another number of follow-ups.
+            has another number of follow-ups, a reference case without any prediction, or a prediction on
+            another grid (shape or affine) than its reference case.
     """
     pred_dir, out_root = check_path("pred_dir", pred_dir), check_path("out_root", out_root)
     if not pred_dir.exists():
@@ -583,6 +595,8 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
         if followups != list(range(1, len(followups) + 1)):
             raise ValueError(f"nnU-Net predictions of case {case!r} must be the pairs {case}_fu1 .. "
                              f"{case}_fu<n> without gaps, found follow-ups {followups} in {pred_dir}")
+    ref_grids: dict[str, tuple[Path, tuple[int, ...], np.ndarray]] = {}
+    ref_headers: dict[str, SpatialHeader | None] = {}
     if reference is not None:  # every case with all its follow-ups, before anything is read or written
         sources = {s.case_id: s for s in find_cases(check_input_folder(reference, "reference"), require_masks=None)}
         for case, case_pairs in pairs.items():
@@ -595,6 +609,16 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
                 raise ValueError(f"nnU-Net predictions of case {case!r} hold follow-ups 1 .. {len(case_pairs)} in "
                                  f"{pred_dir}, but the case has {expected} in {reference}" +
                                  (f": predict the missing pair(s) {missing}" if missing else ""))
+        unpredicted = sorted(set(sources) - set(pairs))
+        if unpredicted:
+            raise ValueError(f"the reference cohort {reference} holds {len(unpredicted)} case(s) without any nnU-Net "
+                             f"prediction in {pred_dir}: {format_case_ids(unpredicted)}; predict their pairs (e.g. "
+                             f"{unpredicted[0]}_fu1) or pass a reference of the predicted cases only")
+        for case in pairs:  # the grid and spatial header of each case, for the check and the written masks
+            ref_path = sources[case].image_files[0][0]
+            ref_img = load_nifti(ref_path, what=f"reference case {case!r}: image", header_only=True)
+            ref_grids[case] = (ref_path, tuple(ref_img.shape[:3]), np.asarray(ref_img.affine, dtype=np.float64))
+            ref_headers[case] = case_spatial_header(sources[case])
     for case in pairs:  # the destination: refuse an existing case folder before reading any voxel
         dest = out_root / case
         if dest.exists() and not dest.is_dir():
@@ -602,8 +626,10 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
         if not overwrite and dest.is_dir() and not folder_is_empty(dest):
             raise FileExistsError(f"{dest} (output folder of case {case!r}) already exists; pass overwrite=True "
                                   "to replace it as a whole")
-    for case_pairs in pairs.values():  # every header: one 3D volume per file, one grid per case
-        first: tuple[Path, tuple[int, ...], np.ndarray] | None = None
+    for case, case_pairs in pairs.items():  # every header: one 3D volume per file, one grid per case
+        first: tuple[Path, tuple[int, ...], np.ndarray] | None = ref_grids.get(case)  # the reference's, if given
+        hint = (_REFERENCE_GRID_HINT.format(path=first[0]) if first is not None else
+                "all pairs of a case must share one grid")
         for _, path in case_pairs:
             img = load_nifti(path, what=_PREDICTION, header_only=True)
             shape = _volume_shape(img.shape, path)
@@ -612,7 +638,7 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
             if first is None:
                 first = grid
             else:
-                check_same_grid(grid, first, what=_PREDICTION, atol=_AFFINE_ATOL)
+                check_same_grid(grid, first, what=_PREDICTION, atol=_AFFINE_ATOL, hint=hint)
     for case_pairs in tqdm(list(pairs.values()), desc="checking nnU-Net predictions", unit="case"):
         for _, path in case_pairs:  # every label value, before anything is written
             _read_four_class(path)
@@ -626,7 +652,10 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
                 masks.append(baseline)
                 affine = pair_affine
             masks.append(progression)
-        written += save_prediction(out_root, case, affine, {"mask": masks}, overwrite=overwrite)["mask"]
+        if case in ref_grids:  # the reference case's own grid and header (forms and codes), as predict writes
+            affine = ref_grids[case][2]
+        written += save_prediction(out_root, case, affine, {"mask": masks}, overwrite=overwrite,
+                                   header=ref_headers.get(case))["mask"]
     return written
 
 
@@ -640,13 +669,14 @@ def _volume_shape(shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
 
 
 def _read_four_class(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(uint8 labels (D, H, W), affine)`` of a predicted 4-class map, its values checked before any cast."""
-    arr, affine, _ = read_volume(path, what=_PREDICTION)
+    """``(uint8 labels (D, H, W), affine)`` of a predicted 4-class map, its values checked before any cast (a
+    scaled file's rounding error undone first, :func:`~longiseg.data.volumes.read_label_volume`)."""
+    arr, affine, _, scaling = read_label_volume(path, what=_PREDICTION)
     bad = ~np.isin(arr, list(FOUR_CLASS_LABELS.values()))
     if bad.any():
-        values = [float(f"{v:.6g}") if isinstance(v, float) else v for v in np.unique(arr[bad])[:5].tolist()]
         raise ValueError(f"{_PREDICTION} {path} must hold the integer labels {{0, 1, 2, 3}} "
-                         f"({', '.join(FOUR_CLASS_LABELS)}), found values such as {values}")
+                         f"({', '.join(FOUR_CLASS_LABELS)}), found values such as "
+                         f"{format_label_values(np.unique(arr[bad])[:5])}{scaling}")
     return arr.astype(np.uint8), affine
 
 
@@ -657,12 +687,15 @@ def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True)
     """Check that ``folder`` follows nnU-Net v2's raw dataset format.
 
     Checks the folder name ``DatasetXXX_Name``; ``dataset.json`` with ``channel_names`` (keys ``"0".."n-1"``),
-    ``labels`` (``background`` 0, consecutive ints or region lists), ``numTraining`` and ``file_ending``;
-    ``imagesTr/`` and ``labelsTr/``; one label per case and ``{case}_{XXXX}{file_ending}`` for every channel
-    of every case, nothing else; ``numTraining`` equal to the number of cases; the optional ``imagesTs/``
-    (test images) likewise: every file ``{case}_{XXXX}{file_ending}``, every channel of every test case, no
-    test case named like a training case. With ``check_geometry`` (NIfTI only) every image has its label's
-    (a test image: its case's first channel's) shape and affine and label values are declared.
+    ``labels`` (``background`` 0; each label an int or a list of ints, all of them ``0, 1, 2, ...`` without
+    gaps; a region of several labels only with ``regions_class_order``, one label per region, as nnU-Net
+    requires), ``numTraining`` (an int) and ``file_ending``; ``imagesTr/`` and ``labelsTr/``; one label per
+    case and ``{case}_{XXXX}{file_ending}`` for every channel of every case, nothing else; ``numTraining``
+    equal to the number of cases; the optional ``imagesTs/`` (test images) likewise: every file
+    ``{case}_{XXXX}{file_ending}``, every channel of every test case, no test case named like a training case.
+    With ``check_geometry`` (NIfTI only) every image has its label's (a test image: its case's first
+    channel's) shape and affine, and every label file holds declared integer labels only, compared as stored
+    (a ``1.5`` is refused, naming the file and the values, not truncated to ``1``).
 
     Args:
         folder: the ``DatasetXXX_Name`` folder.
@@ -701,15 +734,11 @@ def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True)
     if not isinstance(ending, str) or not ending.startswith("."):
         problems.append(f"file_ending must be a string starting with '.', got {ending!r}")
         ending = FILE_ENDING
-    labels = meta["labels"]
-    plain_values: list[int] = []
-    if not isinstance(labels, dict) or labels.get("background") != 0:
-        problems.append(f"labels must be a dict with 'background': 0, got {labels!r}")
-    else:
-        plain_values = [v for v in labels.values() if isinstance(v, int)]
-        if len(plain_values) == len(labels) and sorted(plain_values) != list(range(len(plain_values))):
-            problems.append(f"label values must be consecutive 0, 1, 2, ..., got {sorted(plain_values)}")
+    allowed = _check_labels_json(meta, problems)
     n_train = meta["numTraining"]
+    if isinstance(n_train, bool) or not isinstance(n_train, int):
+        problems.append(f"numTraining must be an int (the number of training cases), got {n_train!r} "
+                        f"({type(n_train).__name__})")
     n_channels = len(channels) if isinstance(channels, dict) else 0
 
     images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
@@ -729,16 +758,19 @@ def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True)
             problems.append(f"imagesTr/{name} is missing")
         for name in sorted(present - expected):
             problems.append(f"imagesTr/{name} has no matching label file or channel")
-        if n_train != len(cases):
+        if isinstance(n_train, int) and n_train != len(cases):
             problems.append(f"numTraining is {n_train!r} but labelsTr holds {len(cases)} cases")
         if check_geometry and not problems and ending in (".nii.gz", ".nii"):
-            allowed = set(plain_values) if len(plain_values) == len(labels) else None
             for c in cases:
                 lab, affine = _load(labels_dir / f"{c}{ending}")
-                if allowed is not None:
-                    extra = set(np.unique(lab).astype(int).tolist()) - allowed
-                    if extra:
-                        problems.append(f"labelsTr/{c}{ending} holds undeclared label values {sorted(extra)}")
+                values = np.unique(lab)  # as stored (scaling applied): nnU-Net compares these, never truncated
+                fractional = values[values != np.round(values)]
+                if fractional.size:
+                    problems.append(f"labelsTr/{c}{ending} holds non-integer label values "
+                                    f"{format_label_values(fractional[:5])}; labels must be integers")
+                elif allowed is not None and not np.isin(values, sorted(allowed)).all():
+                    problems.append(f"labelsTr/{c}{ending} holds undeclared label values "
+                                    f"{format_label_values(np.setdiff1d(values, sorted(allowed))[:5])}")
                 for ch in range(n_channels):
                     img, img_affine = _load(images_dir / f"{c}_{ch:04d}{ending}")
                     if img.shape != lab.shape or not np.allclose(img_affine, affine, atol=1e-4):
@@ -755,6 +787,45 @@ def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True)
         "cases": cases,
         "test_cases": test_cases,
     }
+
+
+def _check_labels_json(meta: dict[str, Any], problems: list[str]) -> set[int] | None:
+    """The label values a label file of ``dataset.json`` ``meta`` may hold (``None`` when its ``labels`` are
+    unusable); what nnU-Net v2 refuses in ``labels`` and ``regions_class_order`` is appended to ``problems``.
+
+    Each label is an int or, region-based, a list of ints (a region that unites labels); together they must be
+    ``0, 1, 2, ...`` without gaps, ``background`` being ``0``. A region of more than one label makes the dataset
+    region-based, which nnU-Net trains only with ``regions_class_order``: one label per region, the order in
+    which predicted regions are painted into the label map.
+    """
+    labels = meta["labels"]
+    if not isinstance(labels, dict) or labels.get("background") != 0 or isinstance(labels.get("background"), bool):
+        problems.append(f"labels must be a dict with 'background': 0, got {labels!r}")
+        return None
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    bad = {k: v for k, v in labels.items()
+           if not (is_int(v) or (isinstance(v, list) and v and all(is_int(x) for x in v)))}
+    if bad:
+        problems.append(f"labels must map each name to an int or a non-empty list of ints (a region), got {bad}")
+        return None
+    values = {x for v in labels.values() for x in (v if isinstance(v, list) else [v])}
+    if sorted(values) != list(range(len(values))):
+        problems.append(f"label values must be consecutive 0, 1, 2, ..., got {sorted(values)}")
+    regions = [k for k, v in labels.items() if isinstance(v, list) and len(v) > 1]
+    if regions:
+        order = meta.get("regions_class_order")
+        n_regions = sum(1 for k, v in labels.items() if k != "ignore" and set(v if isinstance(v, list) else [v]) != {0})
+        if order is None:
+            problems.append(f"labels {regions} are regions (lists of labels), which nnU-Net trains only with "
+                            "'regions_class_order' in dataset.json (one label per region, in the order the regions "
+                            "are painted into the label map): add it")
+        elif not (isinstance(order, list) and all(is_int(x) for x in order) and len(order) == n_regions):
+            problems.append(f"regions_class_order must be a list of {n_regions} ints (one per region of labels), got "
+                            f"{order!r}")
+    return values
 
 
 def _check_test_images(test_dir: Path, ending: str, n_channels: int, training: set[str], problems: list[str],

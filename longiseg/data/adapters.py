@@ -43,6 +43,9 @@ import numpy as np
 from longiseg.data.layout import check_case_id
 from longiseg.data.sources import CaseSource, MaskSpec
 from longiseg.utils.io import PathLike
+from longiseg.utils.logging import get_logger
+
+logger = get_logger(__name__)
 
 __all__ = ["MSSEG2_FILES", "UCSF_MODALITIES", "UCSF_SEG_LABELS", "UCSF_CHANGE_LABELS", "msseg2_cases",
            "ucsf_altpd_cases"]
@@ -250,6 +253,12 @@ def ucsf_altpd_cases(
     sources = []
     for folder in _case_folders(root, "{id}_time1_"):
         pid = folder.name
+        later = sorted(f.name for f in folder.iterdir()
+                       if _is_nifti(f) and (m := re.match(rf"{re.escape(pid)}_time(\d+)_", f.name)) and int(m[1]) > 2)
+        if later:  # the release holds two scans per patient: more are not read, but not without a word
+            logger.warning("case %r: %d file(s) of scans after time2 (%s, ...) are not read: the UCSF-ALPTDG adapter "
+                           "reads time1 and time2 (T = 2); give a longer series in the library layout or a manifest",
+                           pid, len(later), later[0])
         images = tuple(tuple(_nifti(folder, f"{pid}_time{t}_{m}") for m in mods) for t in (1, 2))
         seg1, seg2 = _nifti(folder, f"{pid}_time1_seg"), _nifti(folder, f"{pid}_time2_seg")
         if difference in ("symmetric", "growth"):

@@ -119,7 +119,7 @@ def read_manifest(path: PathLike) -> Manifest:
 
     JSON: ``{"modalities": [...], "cases": [{"case_id", "patient_id", "num_timepoints", "progression"}]}``.
     CSV: columns ``case_id, patient_id, num_timepoints, progression`` and optionally ``modalities``
-    (``;``-separated, same on every row). Only ``case_id`` is required: ``patient_id`` defaults to the case
+    (``;``-separated, the same list on every row). Only ``case_id`` is required: ``patient_id`` defaults to the case
     id, an absent ``num_timepoints`` is counted from the files, an absent ``progression`` from the masks.
     An optional ``baseline_annotated`` (``false`` for cases without baseline labels) defaults to true.
 
@@ -160,10 +160,14 @@ def read_manifest(path: PathLike) -> Manifest:
             rows.append({(k or "").strip(): v.strip() if isinstance(v, str) else v for k, v in r.items()})
             places.append(f"line {reader.line_num}")  # the file's line (its last, for a quoted multi-line field)
         extra = ("modalities",)
-        mod_sets = {r.get("modalities") or "" for r in rows}
-        if len(mod_sets) > 1:
-            raise ValueError(f"manifest {path}: the 'modalities' column must be the same on every row")
-        mods = tuple(m.strip().lower() for m in (mod_sets.pop() if mod_sets else "").split(";") if m.strip())
+        # compared as the lists they name: "flair;t2" and "flair; T2" are one channel order
+        row_mods = [tuple(m.strip().lower() for m in (r.get("modalities") or "").split(";") if m.strip())
+                    for r in rows]
+        mods = row_mods[0] if row_mods else ()
+        for row, place in zip(row_mods, places):
+            if row != mods:
+                raise ValueError(f"manifest {path}: the 'modalities' column must name the same modalities on every "
+                                 f"row, but {places[0]} names {list(mods)} and {place} {list(row)}")
     entries = tuple(_entry(r, f"manifest {path} {place}", extra) for r, place in zip(rows, places))
     ids = [e.case_id for e in entries]
     dup = sorted({i for i in ids if ids.count(i) > 1})

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from longiseg.data import layout
-from longiseg.data.volumes import read_mask, read_volume
+from longiseg.data.volumes import format_label_values, read_label_volume, read_mask
 from longiseg.utils.nifti import load_nifti
 from longiseg.utils.validation import check_bool, check_instance
 
@@ -158,16 +158,16 @@ class CaseSource:
 
 def _read_label_map(path: Path, case_id: str, allowed: tuple[int, ...] | None) -> np.ndarray:
     """An integer-valued label map, refusing values outside ``0`` and ``allowed`` (see :class:`MaskSpec`)."""
-    arr = read_volume(path, what=f"case {case_id!r}: mask")[0]
+    arr, _, _, scaling = read_label_volume(path, what=f"case {case_id!r}: mask")
     bad = None if allowed is None else ~np.isin(arr, np.asarray((0, *allowed)))
     if bad is None and np.issubdtype(arr.dtype, np.floating):
         bad = arr != np.round(arr)
     if bad is not None and bad.any():
-        found = [int(v) if float(v).is_integer() else float(v) for v in np.unique(arr[bad])[:10].tolist()]
+        found = format_label_values(np.unique(arr[bad])[:10])
         may = "only integers" if allowed is None else f"only 0 and {', '.join(map(str, allowed))}"
         n = int(bad.sum())
-        raise ValueError(f"case {case_id!r}: label map {path} holds value(s) {found} ({n} voxel{'s' * (n != 1)}); it "
-                         f"may hold {may}: fix the file or leave the case out")
+        raise ValueError(f"case {case_id!r}: label map {path} holds value(s) {found} ({n} "
+                         f"voxel{'s' * (n != 1)}){scaling}; it may hold {may}: fix the file or leave the case out")
     return arr
 
 

@@ -19,6 +19,7 @@ from longiseg.data.sources import CaseSource
 from longiseg.utils.io import atomic_directory, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import (
+    check_instance,
     check_path,
     check_probability,
     check_seed,
@@ -30,7 +31,8 @@ __all__ = ["check_test_split", "split_by_patient", "write_test_split"]
 _LOG = get_logger("longiseg.data.split")
 
 
-def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int = 0
+def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int = 0, *,
+                     split_name: str = "validation", fraction_name: str = "data.val_fraction"
                      ) -> tuple[list[CaseSource], list[CaseSource]]:
     """Split cases into train and validation sets by patient, stratified by progression.
 
@@ -43,6 +45,8 @@ def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int
         cases: case sources (their ``patient_id`` groups cases of one patient).
         val_fraction: share of patients in the validation set, in ``[0, 1)``.
         seed: seed of the shuffle, an int ``>= 0``.
+        split_name: what the messages call the held-out side (e.g. ``"test"`` for a test split).
+        fraction_name: what the messages call ``val_fraction`` (the setting or option the user gave).
 
     Returns:
         ``(train_cases, val_cases)``; every patient's cases land on one side.
@@ -58,6 +62,8 @@ def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int
         raise ValueError("cases is empty: there are no cases to split")
     check_probability("val_fraction", val_fraction, include_one=False)
     seed = check_seed("seed", seed)
+    check_instance("split_name", split_name, str, "a str such as 'test'")
+    check_instance("fraction_name", fraction_name, str, "a str such as '--test-fraction'")
     seen: set[str] = set()
     for c in cases:
         if c.case_id in seen:
@@ -82,12 +88,12 @@ def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int
     train = [c for p, cs in patients.items() if p not in val_ids for c in cs]
     val = [c for p, cs in patients.items() if p in val_ids for c in cs]
     if not train:
-        raise ValueError("the validation split leaves no training case; lower data.val_fraction")
+        raise ValueError(f"the {split_name} split leaves no training case; lower {fraction_name}")
     if left_out:
         what = "is empty" if not val else "has no patient of that stratum"
-        _LOG.warning("split_by_patient: val_fraction=%s gives no patient of a stratum of one to validation: the "
-                     "only %s %s in training; the validation set %s", val_fraction, " and the only ".join(left_out),
-                     "stay" if len(left_out) > 1 else "stays", what)
+        _LOG.warning("%s=%s gives no patient of a stratum of one to the %s split: the only %s %s in training; the "
+                     "%s set %s", fraction_name, val_fraction, split_name, " and the only ".join(left_out),
+                     "stay" if len(left_out) > 1 else "stays", split_name, what)
     return train, val
 
 

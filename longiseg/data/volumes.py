@@ -18,7 +18,8 @@ from longiseg.utils.io import PathLike
 from longiseg.utils.nifti import QFORM_SFORM_ATOL, load_nifti
 from longiseg.utils.validation import beyond
 
-__all__ = ["SPACING_RTOL", "MASK_SCALING_ATOL", "Grid", "read_volume", "read_mask", "nifti_spacing",
+__all__ = ["SPACING_RTOL", "MASK_SCALING_ATOL", "Grid", "read_volume", "read_mask", "read_label_volume",
+           "format_label_values", "nifti_spacing",
            "check_same_grid"]
 
 #: How far from 0 or 1 a mask voxel may lie when its file scales the stored values (``scl_slope``,
@@ -136,24 +137,58 @@ def read_mask(path: PathLike, *, what: str = "mask"
         ValueError: naming the file: unreadable, not one 3D volume, NaN/inf values, values other than 0 and 1,
             header voxel sizes that disagree with the affine (:func:`nifti_spacing`). A file that scales its
             stored values (``scl_slope``/``scl_inter``) may give 0 and 1 to within :data:`MASK_SCALING_ATOL`
-            (the header's float32 slope); the message names the scaling when it refuses.
+            (the header's float32 slope, :func:`read_label_volume`); the message names the scaling when it
+            refuses.
     """
-    arr, affine, spacing = read_volume(path, what=what)
+    arr, affine, spacing, scaling = read_label_volume(path, what=what)
     is_one = arr == 1
     bad = ~(is_one | (arr == 0))
     if bad.any():
-        values = np.unique(arr[bad])
-        proxy = load_nifti(path, what=what, header_only=True).dataobj  # nibabel moves the scaling here
-        slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
-        scaled = (slope, inter) != (1.0, 0.0)
-        # a 0/255 mask stored with scl_slope 1/255: the float32 slope makes its ones 1.00000006
-        if scaled and np.all(np.abs(values - np.round(values)) <= MASK_SCALING_ATOL) and np.isin(
-                np.round(values), (0, 1)).all():
-            return (np.round(arr) == 1).astype(np.uint8), affine, spacing
-        how = f" (stored values scaled by scl_slope {slope:g} and scl_inter {inter:g})" if scaled else ""
         raise ValueError(f"{what} {path} must be binary (values 0/1), found values such as "
-                         f"{values[:5].tolist()}{how}")
+                         f"{format_label_values(np.unique(arr[bad])[:5])}{scaling}")
     return is_one.astype(np.uint8), affine, spacing
+
+
+def read_label_volume(path: PathLike, *, what: str = "label map"
+                      ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], str]:
+    """Read one label map (:func:`read_volume`), undoing the rounding error of its scaling.
+
+    A file that scales its stored values (``scl_slope``/``scl_inter``, float32 in the header) gives labels off
+    the integers by the slope's rounding error (int16 ``0, 3, 6`` with slope ``1/3`` read as ``0,
+    1.0000000298, 2.0000000596``): values within :data:`MASK_SCALING_ATOL` of an integer are rounded to it
+    (:func:`read_mask` reads binary masks with it). Other values (``1.5``, or any value of an unscaled file)
+    are returned as read, for the caller to refuse.
+
+    Args:
+        path: the NIfTI file.
+        what: what the file is, for messages.
+
+    Returns:
+        ``(labels, affine, spacing, scaling)``: the ``(D, H, W)`` array, its ``(4, 4)`` affine, its voxel size in
+        mm (:func:`nifti_spacing`), and ``""`` for a file without scaling, else ``" (stored values scaled by
+        scl_slope S and scl_inter I)"`` for a message that refuses its values.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: naming the file, as :func:`read_volume`.
+    """
+    arr, affine, spacing = read_volume(path, what=what)
+    if not np.issubdtype(arr.dtype, np.floating):
+        return arr, affine, spacing, ""
+    proxy = load_nifti(path, what=what, header_only=True).dataobj  # nibabel moves the scaling here
+    slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+    if (slope, inter) == (1.0, 0.0):
+        return arr, affine, spacing, ""
+    rounded = np.round(arr)
+    arr = np.where(np.abs(arr - rounded) <= MASK_SCALING_ATOL, rounded, arr)
+    return arr, affine, spacing, f" (stored values scaled by scl_slope {slope:g} and scl_inter {inter:g})"
+
+
+def format_label_values(values: np.ndarray) -> str:
+    """``[1.5, 9]`` or ``[1.0000000298023224]``: label values for a message, integers as integers and other values
+    with every digit they need in their own dtype (a value read as ``1.0000000298`` is not shown as ``1.0``)."""
+    return "[" + ", ".join(str(int(v)) if isinstance(v, np.floating) and float(v).is_integer() else str(v)
+                           for v in np.asarray(values).ravel()) + "]"
 
 
 Grid = tuple[PathLike, tuple[int, ...], np.ndarray]  # (file, (D, H, W), (4, 4) affine) of one volume
