@@ -653,6 +653,12 @@ def _api_rows() -> list[tuple[str, Callable[[Path], object], type[BaseException]
     def float64_input(tmp: Path) -> object:
         return build_model("segmast", **TINY)(torch.zeros(1, 2, 2, 32, 32, dtype=torch.float64))
 
+    def cuda_without_cuda(tmp_path: object) -> object:
+        from unittest import mock
+
+        with mock.patch.object(torch.cuda, "is_available", return_value=False):  # also on a machine with a GPU
+            return resolve_device("cuda:0", name="trainer.device")
+
     mask = np.zeros((4, 4, 4), bool)
     mask[1, 1, 1] = True
     empty_out = LongitudinalOutput(torch.zeros(0, 1, 4, 4), torch.zeros(0, 1, 1, 4, 4))
@@ -664,6 +670,8 @@ def _api_rows() -> list[tuple[str, Callable[[Path], object], type[BaseException]
         ("config-duplicate-key", dup_yaml, ValueError, "'a' is given twice"),
         ("device-unknown", lambda t: resolve_device("gpu"), ValueError, "'gpu' is not a device"),
         ("device-type", lambda t: resolve_device(3), TypeError, "device must be a string"),
+        # the fix named for a missing CUDA was "--device cpu" also for a config's trainer.device (no such flag)
+        ("device-cuda-setting", cuda_without_cuda, ValueError, r"CUDA is not available .*; use trainer\.device=cpu$"),
         ("sampler-crop-size-string", lambda t: CrossViewSampler(crop_size="64"), TypeError, "crop_size must be an int"),
         ("sampler-crop-size-fraction", lambda t: CrossViewSampler(crop_size=(64.7, 64)), TypeError,
          r"crop_size\[0\] must be an int"),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -238,6 +239,38 @@ def test_early_stopping_and_best_checkpoint(tmp_path) -> None:
                     _config(tmp_path / "es", max_epochs=7, monitor="val_dice", monitor_mode="max", patience=3), loss_fn=ImbalanceAwareLoss(),
                     validate_fn=lambda model: {"dice": 1.0}).fit(resume=True)
     assert again.epochs_completed == 5 and again.stopped_early
+
+
+def test_a_missing_monitor_keeps_the_epoch_and_its_row_for_the_resume(tmp_path) -> None:
+    # last.pt was saved before the epoch's row was appended: the resumed run's history and metrics.csv began at
+    # epoch 2, epoch 1's row lost for good
+    kw = dict(max_epochs=2, warmup_epochs=0, monitor="val_dice", monitor_mode="max")
+    seed_everything(0)
+    with pytest.raises(ValueError, match="monitor metric 'val_dice' is not among the logged metrics"):
+        Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, **kw), loss_fn=ImbalanceAwareLoss(),
+                validate_fn=lambda model: {"score": 0.5}).fit()
+    assert [r["epoch"] for r in load_checkpoint(tmp_path / "last.pt")["history"]] == [1]
+    result = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, **kw), loss_fn=ImbalanceAwareLoss(),
+                     validate_fn=lambda model: {"dice": 0.5}).fit(resume=True)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+
+
+def test_what_checkpoints_record_is_checked_before_training(tmp_path) -> None:
+    # model_kwargs holding a class, or a model_name other than the spec's, failed at the first save_checkpoint,
+    # after a whole epoch of training
+    cfg = _config(tmp_path, max_epochs=1)
+    with pytest.raises(TypeError, match="model_kwargs"):
+        Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg, loss_fn=ImbalanceAwareLoss(),
+                model_kwargs={"act": nn.ReLU})
+    with pytest.raises(ValueError, match="model_name 'my_segformer' is not the name in the model's spec"):
+        Trainer(build_model("segformer", in_channels=1, widths=(8, 16, 40, 64), depths=(1, 1, 1, 1)),
+                SyntheticLongiData(n=4), cfg, loss_fn=ImbalanceAwareLoss(), model_name="my_segformer")
+    assert not list(tmp_path.iterdir())
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg, loss_fn=ImbalanceAwareLoss(),
+                      model_kwargs={"features": np.array([4, 8])})
+    assert trainer.model_kwargs == {"features": [4, 8]}  # NumPy given, plain data kept
 
 
 def test_a_fresh_start_over_a_run_leaves_nothing_of_it_to_pass_for_its_own(tmp_path) -> None:
@@ -532,7 +565,8 @@ def test_registry_model_trains_one_epoch(tmp_path) -> None:
 
 
 def test_one_finiteness_check_per_step_unless_debugging(tmp_path, monkeypatch) -> None:
-    """A training step reads values back once (the loss); model, loss and targets check values in debug mode."""
+    """A training step reads values back once (the loss and the gradients' norm); model, loss and targets check
+    values in debug mode."""
     model = build_model("segmast", in_channels=1, widths=(8, 8, 8, 8), depths=(1, 1, 1, 1), decoder_dim=8)
     trainer = Trainer(model, SyntheticLongiData(n=4, size=32), _config(tmp_path, batch_size=2),
                       loss_fn=ImbalanceAwareLoss(seed=0))
@@ -546,11 +580,11 @@ def test_one_finiteness_check_per_step_unless_debugging(tmp_path, monkeypatch) -
 
     monkeypatch.setattr(torch, "isfinite", counting)
     trainer.train_step(batch)
-    assert calls == [()]  # the scalar loss only
+    assert calls == [(2,)]  # the scalar loss and the gradients' norm, in one call
     calls.clear()
     with debug_checks():
         trainer.train_step(batch)
-    assert len(calls) > 1 and () in calls  # model input and logits too
+    assert len(calls) > 1 and (2,) in calls  # model input and logits too
 
 
 def test_input_errors(tmp_path) -> None:
@@ -583,6 +617,22 @@ def test_input_errors(tmp_path) -> None:
                        loss_fn=lambda o, b, p: o.baseline.sum() * float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         nan_loss.fit()
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_stops_before_the_weights_change(tmp_path) -> None:
+    # a loss whose gradient is infinite (sqrt at 0) passed the loss check: clipping made the gradients NaN, the
+    # optimizer wrote NaN weights, and best.pt / last.pt were saved with them (the error came a step later)
+    def sqrt_loss(output, baseline, progression):
+        return torch.sqrt((output.baseline - output.baseline.detach()).abs().sum())  # 0, with an infinite gradient
+
+    cfg = _config(tmp_path, max_epochs=2, grad_clip_norm=1.0)
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg, loss_fn=sqrt_loss)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient norm .* \(the loss, 0, is finite\)"):
+        trainer.fit()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the step was not taken
+    assert not list(tmp_path.glob("**/*.pt"))  # nothing saved with broken weights
 
 
 def test_epoch_seed() -> None:

@@ -224,3 +224,13 @@ def test_a_model_that_cannot_take_the_case_or_window_is_named_up_front(call, mat
     # (e.g. "every spatial size of x must be divisible by 4 ..., got shape (14, 2, 2, 10, 10)")
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_window_sizes_given_as_arrays_are_accepted_and_bad_ones_named() -> None:
+    # np.array([4, 4]) was refused as "must be an int or a sequence of 2 ints" (an array is not a Sequence)
+    assert TriplanarInferer(patch_size=np.array([8, 4])).patch_size == (8, 4)
+    assert SlidingWindowInferer3D(roi_size=np.array([4, 8, 4], np.int64)).roi_size == (4, 8, 4)
+    with pytest.raises(ValueError, match=r"patch_size must have 2 entries \(a window size per axis\), got 3"):
+        TriplanarInferer(patch_size=(8, 8, 8))
+    with pytest.raises(TypeError, match=r"roi_size\[1\] must be an int"):
+        SlidingWindowInferer3D(roi_size=(4, 4.5, 4))

@@ -245,3 +245,26 @@ def test_new_lesion_probability_damps_where_the_baseline_head_sees_a_lesion() ->
         new_lesion_probability(base, prog * 2)
     with pytest.raises(ValueError, match="progression_prob spatial shape"):
         new_lesion_probability(base, prog[:, :5])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, bool])
+def test_new_lesion_probability_of_integer_or_bool_maps_is_a_float(dtype: type) -> None:
+    # the product was written into an array of the input's dtype: p_prog = 1 (uint8) with p_base = 0.3 gave
+    # p_new 0 instead of 0.7 (no progression mask); a bool map gave True where p_new = 0.4 < threshold 0.7
+    base = np.array([0.3, 0.6, 0.0, 1.0], np.float32).reshape(1, 1, 4)
+    prog = np.array([[1, 1, 0, 1]], dtype).reshape(1, 1, 1, 4)
+    p_new = new_lesion_probability(base, prog)
+    assert p_new.dtype == np.float32
+    np.testing.assert_allclose(p_new.ravel(), [0.7, 0.4, 0.0, 0.0], rtol=1e-6)
+    heads = postprocess_heads(base, prog, threshold=0.5, restrict="none")
+    assert heads.baseline.ravel().tolist() == [False, True, False, True]
+    assert heads.progression.ravel().tolist() == [True, False, False, False]
+    assert heads.progression_prob.dtype == np.float32
+
+
+def test_postprocess_heads_names_the_head_whose_map_is_not_finite() -> None:
+    good = np.zeros((2, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="^baseline_prob contains NaN"):
+        postprocess_heads(np.full_like(good, np.nan), good[None], restrict="none")
+    with pytest.raises(ValueError, match="^progression_prob contains NaN"):
+        postprocess_heads(good, np.full_like(good, np.nan)[None], restrict="none")

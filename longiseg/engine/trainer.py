@@ -50,9 +50,10 @@ from longiseg.engine.schedulers import build_warmup_cosine_scheduler
 from longiseg.engine.seeding import epoch_seed, seed_everything
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.wrappers import eval_mode
+from longiseg.spec import plain_data
 from longiseg.utils.io import atomic_write, check_replaceable, end_with_parent
 from longiseg.utils.logging import get_logger, log_once
-from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_callable, check_path
+from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_callable, check_instance, check_path
 
 __all__ = [
     "Trainer",
@@ -309,7 +310,10 @@ class Trainer:
         collate_fn: collate function for a ``Dataset`` ``train_data``.
         model_name: registry name stored in checkpoints (enables ``build_model_from_checkpoint``).
         model_kwargs: registry factory kwargs stored in checkpoints.
-        callbacks: callables ``(trainer, row)`` run on every rank after each epoch's checkpoint.
+        callbacks: callables ``(trainer, row)`` run on every rank after each epoch's checkpoint. One may end the
+            run by setting ``trainer.stopped_early = True`` (on every rank): ``last.pt``, written before, does not
+            record it, so ``fit(resume=True)`` goes on training (an interruption, where early stopping is
+            recorded and a resume of an early-stopped run stays stopped).
         dist_context: distributed context; default :func:`init_distributed` (reads the ``torchrun`` env).
 
     Raises:
@@ -349,9 +353,17 @@ class Trainer:
         self.ctx = dist_context if dist_context is not None else init_distributed(device=config.device)
         self.device = self.ctx.device
         self.is_main = self.ctx.is_main
-        spec = getattr(model, "spec", None)  # models from build_model describe themselves
+        spec = getattr(unwrap_model(model), "spec", None)  # models from build_model describe themselves
+        # what every checkpoint records, checked now rather than at the first checkpoint, an epoch later
+        check_instance("model_name", model_name, (str, type(None)), "a registry name or None")
+        if model_name is not None and spec is not None and model_name != getattr(spec, "name", model_name):
+            raise ValueError(f"model_name {model_name!r} is not the name in the model's spec, {spec.name!r}; leave "
+                             "model_name out (the spec names the model)")
         self.model_name = model_name if model_name is not None else getattr(spec, "name", None)
-        self.model_kwargs = dict(model_kwargs if model_kwargs is not None else getattr(spec, "kwargs", {}))
+        if model_kwargs is not None:
+            check_instance("model_kwargs", model_kwargs, Mapping, "a mapping of the model's factory arguments")
+        self.model_kwargs = plain_data(dict(model_kwargs if model_kwargs is not None else getattr(spec, "kwargs", {})),
+                                       "model_kwargs")
         self.validate_fn = validate_fn
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)
@@ -498,7 +510,8 @@ class Trainer:
         Raises:
             ValueError: if a batch key is missing.
             TypeError: if the model does not return a :class:`LongitudinalOutput`.
-            FloatingPointError: on a non-finite loss (without an fp16 GradScaler, which skips such steps).
+            FloatingPointError: on a non-finite loss or gradient norm, before the optimizer step (without an fp16
+                GradScaler, which skips such steps).
         """
         if not isinstance(batch, Mapping):
             raise TypeError(f"batches must be dicts with keys {BATCH_KEYS}, got {type(batch).__name__}")
@@ -514,11 +527,6 @@ class Trainer:
             output = output.map(lambda t: t.float())
         flags = {k: batch[k] for k in self.loss_flag_keys if k in batch}
         loss, logs = _unpack_loss(self.loss_fn(output, batch["baseline"], batch["progression"], **flags))
-        # The one value check of a step (a device-to-host sync); the others run in debug mode only.
-        if not self.grad_scaler.is_enabled() and not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {self.epoch + 1}, "
-                                     f"step {self.global_step + 1}; lower the lr or check the data "
-                                     f"({DEBUG_CHECKS_ENV}=1 also checks the model input, logits and targets)")
         self.optimizer.zero_grad(set_to_none=True)
         self.grad_scaler.scale(loss).backward()
         # the gradients' global norm is logged with clipping off too (it was logged as 0): an infinite bound
@@ -526,6 +534,17 @@ class Trainer:
         self.grad_scaler.unscale_(self.optimizer)
         clip = self.config.grad_clip_norm
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), math.inf if clip is None else clip)
+        # The one value check of a step (one device-to-host sync for the loss and the gradients' norm, before the
+        # optimizer writes anything); the others run in debug mode only. An fp16 GradScaler skips such steps.
+        if not self.grad_scaler.is_enabled() and not torch.isfinite(torch.stack([loss.detach().float(),
+                                                                                grad_norm.detach().float()])).all():
+            where = f"at epoch {self.epoch + 1}, step {self.global_step + 1}"
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} {where}; lower the lr or check the data "
+                                         f"({DEBUG_CHECKS_ENV}=1 also checks the model input, logits and targets)")
+            raise FloatingPointError(f"non-finite gradient norm {grad_norm.item()} {where} (the loss, {loss.item():.6g}, "
+                                     "is finite): the loss function's gradient is not (e.g. a log or square root "
+                                     "of 0), or the weights overflowed; the step was not taken")
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self._step_lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step used (metrics.csv)
@@ -804,9 +823,12 @@ class Trainer:
                     row.update(self.validate())
                 try:
                     improved = self._update_monitor(row, validated)
-                except ValueError:  # the monitor is not among the validated metrics: keep the epoch for a resume
+                except ValueError:  # the monitor is not among the validated metrics: keep the epoch (and its row,
+                    row["time_s"] = round(time.perf_counter() - t0, 3)  # which the resume's metrics.csv is
+                    self.history.append(row)  # rewritten from) for a resume with another monitor
                     if self.is_main:
                         self.save_checkpoint(last_path)
+                        csv_log.append(row, self.history)
                     raise
                 row["time_s"] = round(time.perf_counter() - t0, 3)
                 self.history.append(row)

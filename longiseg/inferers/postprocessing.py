@@ -186,7 +186,8 @@ def new_lesion_probability(baseline_prob: np.ndarray | torch.Tensor,
         progression_prob: ``(T-1, D, H, W)`` progression probabilities in ``[0, 1]``.
 
     Returns:
-        ``(T-1, D, H, W)`` array in ``[0, 1]`` (the dtype of ``progression_prob``).
+        ``(T-1, D, H, W)`` array in ``[0, 1]``, of the inputs' floating dtype (an integer or bool map, which
+        cannot hold the products, takes the other's; float32 when neither is floating).
 
     Raises:
         ValueError: wrong dims, shapes that do not match, or values outside ``[0, 1]``.
@@ -198,6 +199,10 @@ def new_lesion_probability(baseline_prob: np.ndarray | torch.Tensor,
     check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
     _check_probabilities("baseline_prob", base)
     _check_probabilities("progression_prob", prog)
+    # a 0/1 uint8 or bool map gave 1 * 0.7 -> 0: the floating dtype of the inputs (float32 if neither is one)
+    floats = [a.dtype for a in (base, prog) if np.issubdtype(a.dtype, np.floating)]
+    dtype = np.result_type(*floats) if floats else np.dtype(np.float32)
+    base, prog = base.astype(dtype, copy=False), prog.astype(dtype, copy=False)
     out = np.empty_like(prog)
     not_before = 1 - base  # the probability that the voxel is not lesion at k - 1
     for k in range(len(prog)):
@@ -301,6 +306,8 @@ def postprocess_heads(
     check_ndim("baseline_prob", base, 3, "(D, H, W)")
     check_ndim("progression_prob", prog, 4, "(T-1, D, H, W)")
     check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
+    _check_probabilities("baseline_prob", base)  # named as given (postprocess below calls either "prob")
+    _check_probabilities("progression_prob", prog)
     pp = {"threshold": threshold, "min_volume_mm3": min_volume_mm3, "spacing": spacing}
     base_mask = postprocess(base, brain_mask=brain_mask if restrict == "both" else None, **pp)
     if progression_threshold is not None:

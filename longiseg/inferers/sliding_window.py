@@ -408,11 +408,10 @@ def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch
 
 
 def _normalise_window(name: str, size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    """One window size per axis from an int or ``ndim`` ints (a list, tuple or 1-D array)."""
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         size = (int(size),) * ndim
-    if not isinstance(size, Sequence) or len(size) != ndim:
-        raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {size!r}")
-    return tuple(check_positive_int(name, s) for s in size)
+    return check_int_sequence(name, size, length=ndim, what="a window size per axis")
 
 
 class SlidingWindowInferer3D:

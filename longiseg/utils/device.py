@@ -48,8 +48,9 @@ def resolve_device(device: str | torch.device | None = None, *, name: str = "dev
         raise ValueError(f"{name} {device!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
+            use = f"{name} cpu" if name.startswith("-") else f"{name}=cpu"  # an option, or a setting / argument
             raise ValueError(f"{name} {device!r}: CUDA is not available on this machine (torch "
-                             f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu")
+                             f"{torch.__version__}, CUDA build {torch.version.cuda}); use {use}")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"{name} {device!r}: this machine has {count} CUDA device(s) (0..{count - 1})")
