@@ -404,14 +404,16 @@ def test_cuda_dispatch_with_fake_kernel(monkeypatch, fake_mamba):
     # The bridge casts to the kernel's dtypes and forwards every argument.
     monkeypatch.setattr(cuda_bridge, "require_cuda_scan", lambda device, source="": None)
     u, delta, A, B, C, D, z, bias = [x.detach().float() for x in make_inputs()]
-    out = cuda_bridge.selective_scan_cuda(
-        u, delta.double(), A.double(), B, C, D, z, bias, delta_softplus=True
-    )
+    delta = delta.bfloat16()  # cast to u's dtype for the kernel
+    out = cuda_bridge.selective_scan_cuda(u, delta, A, B, C, D, z, bias, delta_softplus=True)
     call = fake_mamba[-1]
     assert call["delta"].dtype == torch.float32 and call["A"].dtype == torch.float32
-    assert_close(out, selective_scan_reference(u, delta, A, B, C, D, z, bias, True), 1e-6, 1e-6, "bridge")
-    with pytest.raises(TypeError, match="float64"):
-        cuda_bridge.selective_scan_cuda(u.double(), delta, A, B, C)
+    assert_close(out, selective_scan_reference(u, delta.float(), A, B, C, D, z, bias, True), 1e-6, 1e-6, "bridge")
+    # float64 anywhere is refused: a float64 delta or A was cast to float32, where the other backends accumulate
+    # in float64
+    for name, args in (("u", (u.double(), delta, A, B, C)), ("delta, A", (u, delta.double(), A.double(), B, C))):
+        with pytest.raises(TypeError, match=rf"^{name} float64: mamba-ssm's CUDA kernel"):
+            cuda_bridge.selective_scan_cuda(*args)
 
 
 def test_backend_logged_once(caplog, monkeypatch):

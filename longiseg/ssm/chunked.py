@@ -12,7 +12,9 @@ Algorithm (per block of channels; the recurrence is independent per channel, so 
 
 ``dA = exp(delta * A)`` with ``delta >= 0`` (softplus output or user-given non-negative steps) and ``A <= 0`` lies
 in ``[0, 1]``, and so does every product of such factors: nothing overflows, whatever the chunk length and however
-large ``delta`` grows; there is no division and no ``exp(-A S)`` term as in cumulative-sum formulations. Padded
+large ``delta`` grows; there is no division and no ``exp(-A S)`` term as in cumulative-sum formulations. (Outside
+that domain, with growing factors, the within-chunk products can overflow to ``inf`` and give ``NaN`` where the
+sequential state is finite: see the selective scan's documentation, "Decaying factors".) Padded
 positions have ``delta = 0`` (``dA = 1``, no input), so they leave the state unchanged. The backward pass
 recomputes the states of one channel block at a time and runs the adjoint recurrence
 ``g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}`` with the same chunked scheme in reverse, so no ``(B, D, L, N)``

@@ -89,15 +89,20 @@ def selective_scan_cuda(
 
     Raises:
         RuntimeError: mamba-ssm is not importable or the tensors are not on CUDA.
-        TypeError: float64 inputs (the kernel has no float64 path; use the ``chunked`` backend).
+        TypeError: any float64 argument (the kernel has no float64 path; use another backend), checked before
+            the device.
     """
     prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    # every argument, not only u: a float64 delta, A, B or C was cast to u's dtype and computed in float32,
+    # where the other backends accumulate in float64 (checked before the device, so the message is the same
+    # on every machine)
+    named = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
+    doubles = [name for name, t in named.items() if t is not None and t.dtype == torch.float64]
+    if doubles or u.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        what = f"{', '.join(doubles)} float64" if doubles else f"u has dtype {u.dtype}"
+        raise TypeError(f"{what}: mamba-ssm's CUDA kernel supports float32/float16/bfloat16 only (use backend "
+                        "'chunked', 'numba', 'triton' or 'reference' for float64)")
     require_cuda_scan(u.device)
-    if u.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(
-            f"u has dtype {u.dtype}; mamba-ssm's CUDA kernel supports float32/float16/bfloat16 only "
-            "(use backend 'chunked' or 'reference' for float64)"
-        )
     fn, _ = _scan_kernel()
     assert fn is not None  # guarded by require_cuda_scan
     itype = u.dtype
