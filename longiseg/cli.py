@@ -169,7 +169,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     else:
         print(f"progression threshold {sel.threshold:g} ({sel.objective} {sel.score:.3f} on "
               f"{sel.num_progression + sel.num_stable} validation follow-ups; {sel.default_score:.3f} at "
-              f"{sel.default:g}); recorded in {run / args.checkpoint} and {run / TUNING_FILE}")
+              f"{sel.default:g}); recorded in {run / Path(args.checkpoint).name} and {run / TUNING_FILE}")  # RUN/x.pt: x.pt
     return 0
 
 

@@ -798,7 +798,11 @@ def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.
     spec = load_model(ckpt).spec
     old_inference = {k: v for k, v in spec.inference.items() if k != "progression_threshold"}
     update_spec(ckpt, spec.replace(inference={**old_inference, "threshold": 0.7}, tuning={**spec.tuning, "default": 0.5}))
-    assert main(["--threads", "1", "tune", str(run), "--checkpoint", "last.pt", "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    # the checkpoint as a path inside the run (accepted since 0.3.17) is named as the file it is, not RUN/RUN/last.pt
+    assert main(["--threads", "1", "tune", str(run), "--checkpoint", str(run / "last.pt"), "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert f"recorded in {run / 'last.pt'} and" in capsys.readouterr().out
     retuned = load_model(ckpt).spec.inference
     assert retuned["threshold"] == 0.5 and retuned["progression_threshold"] in DEFAULT_THRESHOLDS
 
