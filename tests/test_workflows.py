@@ -800,9 +800,11 @@ def test_demo_is_its_public_stages_typed_by_hand(tmp_path: Path, capsys: pytest.
     update_spec(ckpt, spec.replace(inference={**old_inference, "threshold": 0.7}, tuning={**spec.tuning, "default": 0.5}))
     capsys.readouterr()
     # the checkpoint as a path inside the run (accepted since 0.3.17) is named as the file it is, not RUN/RUN/last.pt
-    assert main(["--threads", "1", "tune", str(run), "--checkpoint", str(run / "last.pt"), "--device", "cpu",
-                 "--no-progress"]) == 0
-    assert f"recorded in {run / 'last.pt'} and" in capsys.readouterr().out
+    with monkeypatch.context() as m:
+        m.chdir(run.parent)
+        assert main(["--threads", "1", "tune", run.name, "--checkpoint", f"{run.name}/last.pt", "--device", "cpu",
+                     "--no-progress"]) == 0
+    assert f"recorded in {Path(run.name) / 'last.pt'} and" in capsys.readouterr().out
     retuned = load_model(ckpt).spec.inference
     assert retuned["threshold"] == 0.5 and retuned["progression_threshold"] in DEFAULT_THRESHOLDS
 
