@@ -342,3 +342,26 @@ def test_report_shows_the_change_of_the_volumes_it_shows(tmp_path: Path) -> None
     assert round(f.volume_change_mm3) == 1 and round(f.lesion_volume_mm3) - round(f.previous_volume_mm3) == 2
     html = write_lesion_report([ev], tmp_path, tmp_path / "out", montages=False, progress=False).read_text()
     assert re.search(r"<td>4</td><td>6</td><td>\+2</td>", html), html
+
+
+def test_lesion_report_counts_patients_and_draws_names_as_written(tmp_path: Path) -> None:
+    # "Active patients: 2 of 3" counted cases (two cases of one active patient); a case id holding '$' (which
+    # case ids may) was drawn as math and "a$^$b" raised; "1 lesions"
+    from longiseg.reports.lesion_report import write_lesion_report
+
+    base = _box(SHAPE, (2, 2, 2), (5, 5, 5))
+    new = _box(SHAPE, (12, 12, 12), (15, 15, 15))
+    aff = np.eye(4)
+    evs = [lesion_evolution(base, new[None], aff, case_id="c1", patient_id="p1"),
+           lesion_evolution(base, new[None], aff, case_id="a$^$b", patient_id="p1"),
+           lesion_evolution(base, np.zeros_like(new)[None], aff, case_id="c3", patient_id="p2")]
+    html = write_lesion_report(evs, tmp_path, tmp_path / "out", montages=False, progress=False).read_text()
+    assert "Active patients: 1 of 2 (3 cases)." in html
+    assert "Baseline: 1 lesion, 27 mm³." in html and "1 lesions" not in html
+    assert (tmp_path / "out" / "figures" / "a$^$b_volume.png").is_file()
+    # without overwrite, an existing report is refused before any figure is written (figures went in first)
+    before = {f: f.stat().st_mtime_ns for f in (tmp_path / "out").rglob("*") if f.is_file()}
+    with pytest.raises(FileExistsError, match="file\\(s\\) of the report exist"):
+        write_lesion_report([lesion_evolution(base, new[None], aff, case_id="c9")] + evs, tmp_path,
+                            tmp_path / "out", montages=False, progress=False)
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "out").rglob("*") if f.is_file()} == before

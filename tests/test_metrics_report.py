@@ -143,8 +143,12 @@ def test_paper_table_format_and_stars() -> None:
 
 
 def test_writers(tmp_path: Path) -> None:
-    p = write_json(tmp_path / "x.json", {"a": float("nan"), "b": np.float32(1.5), "c": [np.int64(2)]})
-    assert json.loads(p.read_text(encoding="utf-8")) == {"a": None, "b": 1.5, "c": [2]}
+    p = write_json(tmp_path / "x.json", {"a": float("nan"), "b": np.float32(1.5), "c": [np.int64(2)],
+                                         "d": float("inf"), "e": np.float64(-np.inf)})
+    # strict JSON (hd_one_empty=inf wrote Infinity): a parser without Python's extensions reads it
+    strict = json.loads(p.read_text(encoding="utf-8"), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert strict == {"a": None, "b": 1.5, "c": [2], "d": "inf", "e": "-inf"}
+    assert float(strict["d"]) == float("inf")
     write_csv(tmp_path / "x.csv", [{"a": 1, "b": float("nan")}, {"a": 2, "c": "x"}])
     with open(tmp_path / "x.csv") as fh:
         assert list(csv.DictReader(fh)) == [{"a": "1", "b": "", "c": ""}, {"a": "2", "b": "", "c": "x"}]
@@ -152,6 +156,9 @@ def test_writers(tmp_path: Path) -> None:
         write_csv(tmp_path / "x.csv", [{"a": 1}], overwrite=False)
     t = ResultsTable([{"case_id": "c", "patient_id": "p", "kind": "B", "dice": 0.5, "lesion_f1": 1.0}], "m")
     assert box_plot(t, tmp_path / "b.png", metrics=[("dice", "B")]).is_file()
+    # a model name holding '$' was parsed as math: "m$^$x" raised and the whole report was lost
+    odd = ResultsTable([{"case_id": "c", "patient_id": "p", "kind": "B", "dice": 0.5}], "m$^$x")
+    assert box_plot(odd, tmp_path / "odd.png", metrics=[("dice", "B")]).is_file()
     with pytest.raises(ValueError, match="at least one"):
         box_plot(t, tmp_path / "c.png", metrics=[])
 

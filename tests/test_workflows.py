@@ -926,3 +926,22 @@ def test_bad_voxels_fail_train_and_predict_before_anything_is_written(cohort: Pa
     flair.write_bytes(clean)
     assert main(predict) == 0  # the 0/255 reference mask is evaluate's to refuse, not predict's
     assert (pred / first.name / "baseline_mask.nii.gz").is_file()
+
+
+def test_training_curves_draw_validated_epochs_only_and_names_as_written(tmp_path: Path) -> None:
+    # with trainer.val_every = 2 the other epochs leave val_dice empty: float("") raised; a run label holding
+    # '$' was parsed as math; a run without validation warned about an empty legend
+    import warnings
+
+    from longiseg.workflows.figures import plot_training_curves
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "metrics.csv").write_text("epoch,train_loss,val_dice\n1,1.0,\n2,0.8,0.3\n3,0.7,\n4,0.6,0.5\n")
+    (b / "metrics.csv").write_text("epoch,train_loss\n1,1.0\n2,0.9\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = plot_training_curves({"every 2nd $^$": a}, tmp_path / "curves.png")
+        assert out.is_file() and out.stat().st_size > 0
+        assert plot_training_curves({"no validation": b}, tmp_path / "loss_only.png").is_file()

@@ -35,6 +35,7 @@ from longiseg.utils.io import (
     remove_stale_temporaries,
     temporary_prefix,
 )
+from longiseg.utils.plotting import plain_text
 from longiseg.utils.validation import check_sequence
 
 __all__ = [
@@ -193,6 +194,8 @@ def _json_safe(obj: Any) -> Any:
         return [_json_safe(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
         f = float(obj)
+        if math.isinf(f):  # strict JSON has no infinity (json wrote Infinity); float("inf") reads the string back
+            return "inf" if f > 0 else "-inf"
         return None if math.isnan(f) else f
     if isinstance(obj, np.generic):
         return obj.item()
@@ -200,10 +203,12 @@ def _json_safe(obj: Any) -> Any:
 
 
 def write_json(path: PathLike, obj: Any, *, overwrite: bool = True) -> Path:
-    """Write ``obj`` as JSON atomically, with NaN written as ``null`` (valid JSON)."""
+    """Write ``obj`` as strict JSON atomically: NaN written as ``null``, infinities as the strings ``"inf"`` and
+    ``"-inf"`` (which ``float()`` and :class:`~longiseg.metrics.protocol.EvaluationProtocol` read back)."""
     return atomic_write_json(path, _json_safe(obj), overwrite=overwrite)
 
 
+@plain_text()  # names with '$' drawn as written, not as math
 def box_plot(
     tables: ResultsTable | Sequence[ResultsTable] | Mapping[str, ResultsTable],
     path: PathLike,

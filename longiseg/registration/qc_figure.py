@@ -12,6 +12,7 @@ import numpy as np
 
 from longiseg.data.case import PLANES, display_slice, plane_axes
 from longiseg.utils.io import PathLike, atomic_save_figure
+from longiseg.utils.plotting import plain_text
 from longiseg.utils.validation import check_positive_int
 
 __all__ = ["checkerboard", "checkerboard_figure"]
@@ -33,6 +34,7 @@ def checkerboard(a: np.ndarray, b: np.ndarray, squares: int = 8) -> np.ndarray:
     return np.where((rows + cols) % 2 == 0, a, b)
 
 
+@plain_text()  # names with '$' drawn as written, not as math
 def checkerboard_figure(fixed: np.ndarray, moved: np.ndarray, affine: np.ndarray, out_png: PathLike, *,
                         title: str = "", squares: int = 8) -> Path:
     """Write a PNG: for each plane, the baseline, the registered follow-up and their checkerboard.

@@ -23,7 +23,7 @@ from longiseg.data.predictions import read_prediction
 from longiseg.data.volumes import Grid, check_same_grid, read_volume
 from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
 from longiseg.utils.io import PathLike, atomic_write
-from longiseg.utils.plotting import subplots
+from longiseg.utils.plotting import plain_text, subplots
 from longiseg.utils.validation import check_bool
 
 __all__ = ["volume_figure", "change_montage", "write_lesion_report"]
@@ -35,6 +35,7 @@ def _png(fig) -> bytes:  # noqa: ANN001
     return buf.getvalue()
 
 
+@plain_text()  # names with '$' drawn as written, not as math
 def volume_figure(evolution: CaseEvolution) -> bytes:
     """PNG of the total lesion volume per timepoint with the new/enlarging counts of each follow-up."""
     vols = np.asarray(evolution.volumes_mm3) / 1000.0
@@ -78,6 +79,7 @@ def _view(vol: np.ndarray, axis: int, centre: Sequence[int], half: Sequence[int]
     return img.T, aspect
 
 
+@plain_text()  # names with '$' drawn as written, not as math
 def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, earlier: np.ndarray,
                    new_tissue: np.ndarray, affine: np.ndarray, *, field_mm: float = 40.0,
                    title: str = "") -> bytes:
@@ -174,6 +176,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _montage_name(case_id: str, change: LesionChange) -> str:
+    return f"{case_id}_fu{change.followup}_lesion{change.index}_{change.kind}.png"
+
+
+def _active_patients(evolutions: Sequence[CaseEvolution]) -> str:
+    """``Active patients: N of M`` counted by patient (a patient with several cases is active when any is); it
+    counted cases."""
+    active: dict[str, bool] = {}
+    for ev in evolutions:
+        active[ev.patient_id] = active.get(ev.patient_id, False) or bool(ev.active)
+    cases = f" ({len(evolutions)} cases)" if len(evolutions) != len(active) else ""
+    return f"<p>Active patients: {sum(active.values())} of {len(active)}{cases}.</p>"
+
+
 def _activity(active: bool) -> str:
     return '<span class="yes">yes</span>' if active else "no"
 
@@ -208,6 +224,8 @@ def write_lesion_report(
     Raises:
         ValueError: no evolutions; ``modality`` given and missing from a case's baseline images; an image on
             another grid than its case's masks.
+        FileExistsError: without ``overwrite``, a file the report would write exists (checked before any is
+            written).
     """
     from tqdm.auto import tqdm
 
@@ -226,6 +244,13 @@ def write_lesion_report(
     if montages:  # every case's before any figure is written, also of cases without changes to draw
         for ev in evolutions:
             _check_modality(img_dir / ev.case_id, modality)
+    if not overwrite:  # every file this report may write, before any is written (figures went in, then
+        targets = [out / "report.html"] + [figs / f"{ev.case_id}_volume.png" for ev in evolutions]  # it refused
+        targets += [figs / _montage_name(ev.case_id, c) for ev in evolutions for c in ev.changes] if montages else []
+        existing = [str(t) for t in targets if t.exists()]
+        if existing:
+            raise FileExistsError(f"{len(existing)} file(s) of the report exist, e.g. {existing[0]}; pass "
+                                  "overwrite=True to replace them")
     first = evolutions[0]
     rows = []
     for ev in evolutions:
@@ -236,11 +261,11 @@ def write_lesion_report(
                          f"{round(f.lesion_volume_mm3) - round(f.previous_volume_mm3):+d}"])  # CSV: exact)
     parts = [
         f"<h1>Lesion evolution report</h1><p class='small'>{len(evolutions)} case(s) from "
-        f"<code>{html.escape(masks_dir.name)}</code>, written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
+        f"<code>{html.escape(masks_dir.resolve().name or str(masks_dir.resolve()))}</code>, written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
         "by longiseg.</p>",
         f"<p><b>Rules.</b> {html.escape(RULES)}</p><p><b>Options.</b> minimum lesion volume "
         f"{first.min_volume_mm3:g} mm&sup3;, connectivity {first.connectivity}.</p>",
-        f"<p>Active patients: {sum(ev.active for ev in evolutions)} of {len(evolutions)}.</p>",
+        _active_patients(evolutions),
         _table(["case", "patient", "follow-up", "new", "enlarging", "of which merges", "MRI activity",
                 "volume before (mm³)", "volume after (mm³)", "change (mm³)"], rows),
     ]
@@ -249,7 +274,8 @@ def write_lesion_report(
         save(f"{ev.case_id}_volume.png", png)
         sec = [f"<div class='case'><h2>{html.escape(ev.case_id)} (patient {html.escape(ev.patient_id)}): "
                f"MRI activity {_activity(ev.active)}</h2>",
-               f"<p>Baseline: {ev.baseline_lesions} lesions, {ev.baseline_volume_mm3:.0f} mm³.</p>",
+               f"<p>Baseline: {ev.baseline_lesions} lesion{'s' * (ev.baseline_lesions != 1)}, "
+               f"{ev.baseline_volume_mm3:.0f} mm³.</p>",
                _img_tag(png, f"lesion volume of {ev.case_id}")]
         changes = ev.changes
         if changes:
@@ -276,7 +302,7 @@ def write_lesion_report(
                     title = f"{ev.case_id} FU {k} #{c.index}: {c.kind}, {c.added_volume_mm3:.0f} mm³ ({why})"
                     png = change_montage(c, images[k - 1], images[k], lesion[k - 1], lesion[k] & ~lesion[k - 1],
                                          affine, title=title)
-                    save(f"{ev.case_id}_fu{k}_lesion{c.index}_{c.kind}.png", png)
+                    save(_montage_name(ev.case_id, c), png)
                     sec.append(_img_tag(png, title))
         sec.append("</div>")
         parts.extend(sec)

@@ -7,11 +7,26 @@ backend's window manager; ``savefig`` renders it with Agg and nothing needs clos
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from longiseg.utils.validation import check_array, check_bool, check_positive_int
 
-__all__ = ["subplots"]
+__all__ = ["subplots", "plain_text"]
+
+
+@contextlib.contextmanager
+def plain_text() -> Iterator[None]:
+    """Draw the texts created inside as written: matplotlib reads text between two ``$`` as a formula, so a case
+    id or model name holding ``$`` (which case ids may) raised (``a$^$b``) or came out as math (``cost$5 vs $6``
+    as an italic ``cost5vs6``). Also a decorator (``@plain_text()``) of a function that draws a figure; none of
+    the library's figures uses math text.
+    """
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        yield
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None,

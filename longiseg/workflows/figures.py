@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from longiseg.data.case import LongitudinalCase, check_case
 from longiseg.utils.io import PathLike, atomic_save_figure
+from longiseg.utils.plotting import plain_text
 from longiseg.utils.validation import check_instance
 
 __all__ = ["plot_case", "plot_training_curves", "plot_prediction_overlay"]
@@ -31,6 +32,7 @@ def _best_slices(case: LongitudinalCase, followup: int) -> tuple[int, int, int]:
     return tuple(s // 2 for s in case.shape)  # type: ignore[return-value]
 
 
+@plain_text()  # names with '$' drawn as written, not as math
 def plot_case(case: LongitudinalCase | PathLike, out_png: PathLike, *, followup: int = 1,
               modality: str | None = None, center: Sequence[int] | None = None) -> Path:
     """Figure of one patient: baseline and follow-up slices in all three planes with their masks.
@@ -120,6 +122,7 @@ def plot_case(case: LongitudinalCase | PathLike, out_png: PathLike, *, followup:
     return out
 
 
+@plain_text()  # names with '$' drawn as written, not as math
 def plot_training_curves(runs: Mapping[str, Path], path: PathLike) -> Path:
     """Training loss and validation Dice per epoch of each run folder (its ``metrics.csv``), one line per run."""
     from longiseg.utils.plotting import subplots
@@ -130,18 +133,22 @@ def plot_training_curves(runs: Mapping[str, Path], path: PathLike) -> Path:
             rows = list(csv.DictReader(fh))
         ep = [int(r["epoch"]) for r in rows]
         axes[0].plot(ep, [float(r["train_loss"]) for r in rows], marker="o", label=label)
-        if rows and "val_dice" in rows[0]:
-            axes[1].plot(ep, [float(r["val_dice"]) for r in rows], marker="o", label=label)
+        # validated epochs only: with trainer.val_every > 1 the others leave val_dice empty (float("") raised)
+        val = [(e, float(r["val_dice"])) for e, r in zip(ep, rows) if (r.get("val_dice") or "").strip()]
+        if val:
+            axes[1].plot(*zip(*val), marker="o", label=label)
     axes[0].set(title="training loss", xlabel="epoch")
     axes[1].set(title="validation Dice (mean of B and P heads)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a run without validation draws nothing there
+            ax.legend()
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=120)
     return Path(path)
 
 
+@plain_text()  # names with '$' drawn as written, not as math
 def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path], path: PathLike) -> Path:
     """Axial slice of ``case`` through new lesions and unchanged old ones: images with true (green) and
     predicted (red) masks of each model (``pred_dirs``: label -> prediction folder) and the progression
