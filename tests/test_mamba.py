@@ -181,6 +181,15 @@ def test_numpy_sizes_are_ints_and_forward_flags_are_checked():
         m(torch.randn(1, 5, 8, dtype=torch.float64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert m(torch.randn(1, 5, 8)).dtype == torch.bfloat16  # autocast casts per operation
+        with pytest.raises(TypeError, match=r"float64 .*float32: convert one of them$"):  # but never float64:
+            m(torch.randn(1, 5, 8, dtype=torch.float64))  # it failed inside the input projection
+    # called as mamba-ssm's block is: forward(hidden_states, inference_params=None); reverse is keyword-only
+    x = torch.randn(1, 5, 8)
+    assert torch.equal(m(x, None), m(x)) and torch.equal(m(x, inference_params=None), m(x))
+    with pytest.raises(NotImplementedError, match="inference_params: step-by-step decoding"):
+        m(x, object())
+    with pytest.raises(TypeError):
+        m(x, None, True)  # type: ignore[misc]
     with pytest.raises(ValueError, match=r"x \(B, T, H, W, C\) must have no empty dim"):
         MaSTMixer(8)(torch.randn(1, 2, 0, 3, 8))
 

@@ -162,17 +162,28 @@ class Mamba(nn.Module):
         """
         return F.linear(dt.contiguous(), self.dt_proj.weight)
 
-    def forward(self, hidden_states: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-        """Apply the block.
+    def forward(self, hidden_states: torch.Tensor, inference_params: None = None, *,
+                reverse: bool = False) -> torch.Tensor:
+        """Apply the block (called as mamba-ssm's ``Mamba.forward(hidden_states, inference_params=None)``).
 
         Args:
             hidden_states: ``(B, L, d_model)``.
+            inference_params: mamba-ssm's step-by-step decoding cache; only ``None`` (this block scans whole
+                sequences; decoding one token at a time is not implemented).
             reverse: scan right-to-left with the same weights (equal to ``flip(Mamba(flip(x)))`` along ``L``;
-                the causal convolution is then causal in the reverse direction too).
+                the causal convolution is then causal in the reverse direction too). Keyword only.
 
         Returns:
             ``(B, L, d_model)``.
+
+        Raises:
+            NotImplementedError: ``inference_params`` is not ``None``.
+            TypeError, ValueError: a bad ``hidden_states`` (not a tensor, shape, another dtype than the block's
+                outside autocast, or float64 under it: autocast never casts float64) or ``reverse``.
         """
+        if inference_params is not None:
+            raise NotImplementedError("inference_params: step-by-step decoding with mamba-ssm's inference cache is "
+                                      "not implemented; call the block on whole sequences (inference_params=None)")
         if not isinstance(hidden_states, torch.Tensor):
             raise TypeError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
         sizes = checks_sizes()  # False while torch.jit.trace records: the sizes are traced tensors
@@ -185,9 +196,11 @@ class Mamba(nn.Module):
             raise ValueError(f"hidden_states must have seqlen >= 1, got shape {tuple(hidden_states.shape)}")
         check_bool("reverse", reverse)
         weight = self.in_proj.weight
-        if hidden_states.dtype != weight.dtype and not torch.is_autocast_enabled(hidden_states.device.type):
+        double = torch.float64 in (hidden_states.dtype, weight.dtype)  # autocast never casts float64
+        if hidden_states.dtype != weight.dtype and (double or not torch.is_autocast_enabled(
+                hidden_states.device.type)):
             raise TypeError(f"hidden_states has dtype {hidden_states.dtype} but the block's parameters are "
-                            f"{weight.dtype}: convert one of them, or run under torch.autocast")
+                            f"{weight.dtype}: convert one of them" + ("" if double else ", or run under torch.autocast"))
         if reverse:
             hidden_states = hidden_states.flip(1)
         backend = resolve_backend(self.backend, hidden_states.device)  # once per call, passed on below
