@@ -688,3 +688,53 @@ def test_arguments_of_the_wrong_type_are_named(call: int, tmp_path, monkeypatch)
     with pytest.raises((TypeError, ValueError), match=message):
         fn(*args, **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def _fuzzed_rows() -> list:
+    """Rows found by a one-argument-at-a-time fuzz of the public API (0.3.18): each raised something other than
+    a TypeError/ValueError naming the argument, or passed silently."""
+    from longiseg.inferers import TriplanarInferer
+    from longiseg.inferers.predict import infer_case
+    from longiseg.inferers.sliding_window import predict_probabilities
+    from longiseg.losses import ImbalanceAwareLoss
+    from longiseg.losses.imbalance import progression_presence
+    from longiseg.metrics import ResultsTable, evaluate_longitudinal_case, format_paper_table, paired_ttest
+    from longiseg.networks.output import LongitudinalOutput
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> LongitudinalOutput:
+            return LongitudinalOutput(x[:, 0, :1] * self.w, x[:, 1:, :1] * self.w)
+
+    x = torch.zeros(1, 2, 1, 4, 4)
+    images = np.zeros((2, 1, 4, 4, 4), np.float32)
+    table = ResultsTable([{"case_id": "c", "patient_id": "p", "kind": "B", "dice": 0.5}], "m")
+    out = LongitudinalOutput(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 1, 4, 4))
+    m = np.zeros((4, 4, 4), np.uint8)
+    return [
+        # int / bool batches were cast silently (a complex one lost its imaginary part); "no" was a true amp
+        (lambda: predict_probabilities(Net(), x.long()), TypeError, "x must be a floating-point tensor"),
+        (lambda: predict_probabilities(Net(), x, amp="no"), TypeError, "amp must be a bool"),
+        (lambda: infer_case(None, Net(), images, None, np.eye(4)), TypeError, "inferer must be an Inferer"),
+        # a complex brain mask failed inside torch.unique
+        (lambda: TriplanarInferer(patch_size=4)(Net(), images, m.astype(np.complex64)), TypeError,
+         "brain_mask must be a binary mask of bool, int or float dtype"),
+        (lambda: paired_ttest(table, table, "dice", kind=1), TypeError, "kind must be a str"),
+        (lambda: format_paper_table(None), TypeError, "tables must be a ResultsTable"),
+        (lambda: format_paper_table([table], digits=-1), ValueError, "digits must be >= 0"),
+        (lambda: evaluate_longitudinal_case(m, m, [m], [m], case_id=None), TypeError, "case_id must be a str"),
+        (lambda: progression_presence(torch.zeros(1, 1, 1, 4, dtype=torch.complex64)), TypeError,
+         "progression_target must be a real"),
+        (lambda: ImbalanceAwareLoss(seed=0)(out, torch.zeros(2, 1, 4, 4, dtype=torch.complex64),
+                                            torch.zeros(2, 1, 1, 4, 4)), TypeError, "baseline_target must be a real"),
+    ]
+
+
+@pytest.mark.parametrize("row", range(10))
+def test_fuzzed_arguments_are_named(row: int) -> None:
+    call, error, match = _fuzzed_rows()[row]
+    with pytest.raises(error, match=match):
+        call()

@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,8 +206,36 @@ def test_load_errors(tmp_path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a longiseg checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="epoch and global_step"):
+    with pytest.raises(ValueError, match="epoch must be >= 0, got -1"):
         save_checkpoint(tmp_path / "x.pt", model=TinyLongiNet(), epoch=-1)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    # None / "abc" failed with a bare "'<' not supported", inf with an OverflowError; 1.5 was saved as 1
+    ({"epoch": None}, TypeError, "epoch must be an int"),
+    ({"epoch": 1.5}, TypeError, "epoch must be an int"),
+    ({"global_step": float("inf")}, TypeError, "global_step must be an int"),
+    ({"early_stopping_counter": -2}, ValueError, "early_stopping_counter must be >= 0"),
+    ({"best_metric": "abc"}, TypeError, "best_metric must be a number or None"),
+    ({"model_kwargs": 5}, TypeError, "model_kwargs must be a mapping or None"),
+])
+def test_save_checkpoint_names_a_bad_record(kwargs: dict, error: type, match: str, tmp_path: Path) -> None:
+    with pytest.raises(error, match=match):
+        save_checkpoint(tmp_path / "x.pt", model=TinyLongiNet(), **kwargs)
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize(("map_location", "error", "match"), [
+    ("gpu0", ValueError, "map_location 'gpu0' is not a device"),  # reported as a corrupt checkpoint
+    (1, TypeError, "map_location must be a device"),
+])
+def test_a_bad_map_location_is_named_not_taken_for_a_corrupt_file(map_location: object, error: type, match: str,
+                                                                    tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "x.pt", model=TinyLongiNet())
+    with pytest.raises(error, match=match):
+        load_checkpoint(tmp_path / "x.pt", map_location=map_location)
+    assert load_checkpoint(tmp_path / "x.pt", map_location=torch.device("cpu"))["epoch"] == 0
+    assert load_checkpoint(tmp_path / "x.pt", map_location=lambda storage, loc: storage)["epoch"] == 0
 
 
 @pytest.mark.parametrize("name, kwargs", [

@@ -60,9 +60,10 @@ import torch.nn as nn
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec, plain_data
 from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
+from longiseg.utils.device import resolve_device
 from longiseg.utils.io import atomic_torch_save
 from longiseg.utils.logging import get_logger
-from longiseg.utils.validation import check_bool, check_path
+from longiseg.utils.validation import check_bool, check_instance, check_path, check_positive_int
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -204,13 +205,22 @@ def save_checkpoint(
         TypeError: if ``model`` is not an ``nn.Module``, its ``spec`` is not a
             :class:`~longiseg.spec.ModelSpec`, or ``model_kwargs``, ``trainer_config``, ``history`` or
             ``extra`` hold something else than plain data (and tensors, outside ``model_kwargs``).
-        ValueError: for a negative ``epoch`` or ``global_step``, a ``model_name`` that is not the name in the
+        ValueError: for a negative ``epoch``, ``global_step`` or ``early_stopping_counter`` (each must be an int,
+            else ``TypeError``, as ``best_metric`` a number or ``None``), a ``model_name`` that is not the name in the
             model's spec, or a spec with fields that :class:`~longiseg.spec.ModelSpec` does not have (a
             subclass with extra fields: :func:`load_model` could not read it back; put such data into
             ``extra``).
     """
-    if epoch < 0 or global_step < 0:
-        raise ValueError(f"epoch and global_step must be >= 0, got {epoch} and {global_step}")
+    # every recorded number and mapping checked by name (None and "abc" failed with a bare '<' message, inf with
+    # an OverflowError, and 1.5 was saved as 1)
+    epoch, global_step = check_positive_int("epoch", epoch, 0), check_positive_int("global_step", global_step, 0)
+    early_stopping_counter = check_positive_int("early_stopping_counter", early_stopping_counter, 0)
+    if best_metric is not None and (isinstance(best_metric, (bool, np.bool_)) or not isinstance(
+            best_metric, (int, float, np.integer, np.floating))):
+        raise TypeError(f"best_metric must be a number or None, got {type(best_metric).__name__} {best_metric!r}")
+    for name, value in (("model_kwargs", model_kwargs), ("trainer_config", trainer_config), ("extra", extra),
+                        ("rng_state", rng_state)):
+        check_instance(name, value, (Mapping, type(None)), "a mapping or None")
     spec = getattr(unwrap_model(model), "spec", None)
     if spec is not None:  # the model describes itself: name and arguments come from its spec
         spec_dict = _storable_spec(spec)
@@ -270,7 +280,18 @@ def _registered_module(name: str | None) -> str | None:
     return model_info(name).module if name is not None and is_model(name) else None
 
 
+def _map_location(map_location: Any) -> Any:
+    """``map_location`` as :func:`torch.load` takes it, checked first: a bad device was reported as a corrupt file."""
+    if map_location is None or callable(map_location) or isinstance(map_location, Mapping):
+        return map_location
+    if isinstance(map_location, (str, torch.device)):  # named, and a CUDA device this machine lacks refused
+        return resolve_device(map_location, name="map_location")
+    raise TypeError(f"map_location must be a device ('cpu', 'cuda:0', a torch.device), a dict or a callable, as "
+                    f"torch.load takes it, got {type(map_location).__name__} {map_location!r}")
+
+
 def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
+    map_location = _map_location(map_location)
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint {path} is a folder, not a checkpoint file (e.g. {path / 'best.pt'})")
     if not path.is_file():

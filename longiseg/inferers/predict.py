@@ -97,7 +97,12 @@ def infer_case(inferer: Inferer, model: nn.Module, images: torch.Tensor | np.nda
 
     Returns:
         ``baseline_prob (D, H, W)`` and ``progression_prob (T-1, D, H, W)``.
+
+    Raises:
+        TypeError: ``inferer`` is not callable; what the inferer raises.
     """
+    check_callable("inferer", inferer, "an Inferer (TriplanarInferer, SlidingWindowInferer3D or a callable "
+                   "(model, images, brain_mask))")
     if isinstance(inferer, TriplanarInferer):
         return inferer(model, images, brain_mask, affine=affine)
     return inferer(model, images, brain_mask)

@@ -212,17 +212,19 @@ def predict_probabilities(
         Probabilities ``(B, K * T, *S)`` float32 (baseline channels first, then follow-ups in order).
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module`` or ``x`` not a tensor.
+        TypeError: ``model`` is not an ``nn.Module``, ``x`` not a floating-point tensor or ``amp`` not a bool.
         ValueError: ``x`` is not ``(B, T, C, *S)`` with 2 or 3 spatial dims, or ``flips`` is empty or names a dim
             that is not a negative spatial dim.
     """
     _check_model(model)
     check_tensor("x", x)
     check_ndim("x", x, (5, 6), "(B, T, C, *S)")
+    if not x.is_floating_point():  # an int or bool batch was cast silently, a complex one lost its imaginary part
+        raise TypeError(f"x must be a floating-point tensor (images), got dtype {x.dtype}")
     flips = _check_flips(flips, x.ndim - 3)
     batch, t = x.shape[:2]
     spatial = tuple(x.shape[3:])
-    use_amp = bool(amp) and x.device.type == "cuda"
+    use_amp = check_bool("amp", amp) and x.device.type == "cuda"
     dtype = parameter_dtype(model)
     if not use_amp and dtype is not None and dtype.is_floating_point and x.dtype != dtype:
         x = x.to(dtype)  # cases arrive as float32; a float64 (or half) model is fed its own dtype

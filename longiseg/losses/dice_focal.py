@@ -33,10 +33,17 @@ from longiseg.utils.validation import (
 __all__ = [
     "PerSampleDiceFocalLoss",
     "check_logits_and_target",
+    "check_real_target",
     "dice_focal_per_sample",
     "dice_loss_per_sample",
     "sigmoid_focal_loss_per_sample",
 ]
+
+
+def check_real_target(name: str, target: torch.Tensor) -> None:
+    """Refuse a complex target mask, naming it: a cast to the logits' dtype would drop the imaginary part."""
+    if target.is_complex():
+        raise TypeError(f"{name} must be a real (bool, int or float) mask, got dtype {target.dtype}")
 
 
 def check_logits_and_target(
@@ -59,8 +66,7 @@ def check_logits_and_target(
     check_tensor(target_name, target)
     if not logits.is_floating_point():
         raise TypeError(f"{logits_name} must be a floating-point tensor of logits, got dtype {logits.dtype}")
-    if target.is_complex():  # a cast to the logits' dtype would drop the imaginary part
-        raise TypeError(f"{target_name} must be a real (bool, int or float) mask, got dtype {target.dtype}")
+    check_real_target(target_name, target)
     if logits.ndim < 3:
         raise ValueError(
             f"{logits_name} must have at least 3 dims (B, K, *spatial), got shape {tuple(logits.shape)}"

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
+from longiseg.losses.dice_focal import PerSampleDiceFocalLoss, check_real_target
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import (
@@ -108,6 +108,7 @@ def progression_presence(progression_target: torch.Tensor) -> torch.Tensor:
         ``(B, T-1)`` bool tensor on the device of ``progression_target``.
     """
     check_tensor("progression_target", progression_target)
+    check_real_target("progression_target", progression_target)  # a complex mask counted as non-empty
     if progression_target.ndim < 4:
         raise ValueError(
             "progression_target must have at least 4 dims (B, T-1, K, *spatial), got shape "
@@ -460,8 +461,9 @@ class ImbalanceAwareLoss(nn.Module):
         for name, logits in (("output.baseline", output.baseline), ("output.progression", output.progression)):
             if not logits.is_floating_point():
                 raise TypeError(f"{name} must be floating-point logits, got dtype {logits.dtype}")
-        check_tensor("baseline_target", baseline_target)
-        check_tensor("progression_target", progression_target)
+        for name, target in (("baseline_target", baseline_target), ("progression_target", progression_target)):
+            check_tensor(name, target)
+            check_real_target(name, target)  # named here (the per-sample loss called either "target")
         check_same_shape("baseline_target", baseline_target, "output.baseline", output.baseline)
         if progression_target.ndim != output.progression.ndim:
             raise ValueError(

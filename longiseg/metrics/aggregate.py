@@ -123,6 +123,8 @@ class ResultsTable:
         Raises:
             ValueError: a kind other than ``"B"``, ``"P"``, ``"NP"`` (a misspelt ``"np"`` would select nothing).
         """
+        if kind is not None and not isinstance(kind, (str, Iterable)):  # 1: "'int' object is not iterable"
+            raise TypeError(f"kind must be a str (B, P, NP), an iterable of them or None, got {type(kind).__name__}")
         kinds = None if kind is None else ({kind} if isinstance(kind, str) else set(kind))
         unknown = sorted(map(str, (kinds or set()) - set(CASE_KINDS)))
         if unknown:

@@ -26,6 +26,7 @@ from longiseg.metrics.lesion import (
 )
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.metrics.voxel import _counts, _ratio, hausdorff_distance
+from longiseg.utils.validation import check_instance
 
 __all__ = [
     "CASE_KINDS",
@@ -232,6 +233,8 @@ def evaluate_longitudinal_case(
             f"pred_progression and gt_progression must have the same number of follow-ups, got "
             f"{len(pred_progression)} and {len(gt_progression)}"
         )
+    check_instance("case_id", case_id, str, "a str")  # None or 1 went into every row and broke aggregation
+    check_instance("patient_id", patient_id, (str, type(None)), "a str or None")
     pid = case_id if patient_id is None else patient_id
     rows: list[dict[str, Any]] = []
     dets: list[LesionDetection] = []

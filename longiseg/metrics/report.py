@@ -11,7 +11,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from longiseg.utils.io import (
     temporary_prefix,
 )
 from longiseg.utils.plotting import plain_text
-from longiseg.utils.validation import check_sequence
+from longiseg.utils.validation import check_positive_int, check_sequence
 
 __all__ = [
     "format_summary",
@@ -68,6 +68,9 @@ def _as_tables(
         return [tables]
     if isinstance(tables, Mapping):
         return [ResultsTable(t.rows, name) for name, t in tables.items()]
+    if isinstance(tables, (str, bytes)) or not isinstance(tables, Iterable):  # None: "not iterable", no name
+        raise TypeError("tables must be a ResultsTable, a non-empty sequence of them or a name -> table mapping, "
+                        f"got {type(tables).__name__}")
     out = list(tables)
     if not out or not all(isinstance(t, ResultsTable) for t in out):
         raise TypeError(
@@ -81,7 +84,8 @@ def _as_tables(
 
 def format_summary(s: MetricSummary, metric: str, stars: str = "", digits: int = 3) -> str:
     """``"0.617** (0.148)"`` for a metric, ``"64.4%"`` for the pooled percentages (DAA, old-as-new), ``"-"``
-    when undefined."""
+    when undefined; ``digits`` (an int >= 0) after the decimal point."""
+    check_positive_int("digits", digits, 0)  # -1 or 1.5 failed in the format specification
     if math.isnan(s.mean):
         return "-"
     if metric in POOLED_COLUMNS:

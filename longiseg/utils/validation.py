@@ -197,8 +197,15 @@ def check_finite(name: str, x: ArrayLike) -> None:
 
 def check_binary(name: str, x: ArrayLike) -> None:
     """Raise ``ValueError`` unless every value of ``x`` is 0 or 1 (bool, int or float dtypes; ``TypeError`` if it
-    is no tensor or array)."""
+    is no tensor or array, or of a complex or non-numeric dtype)."""
     _check_array_like(name, x)
+    if isinstance(x, torch.Tensor):
+        dtype, numeric = x.dtype, not x.is_complex()
+    else:
+        dtype = np.asarray(x).dtype
+        numeric = any(np.issubdtype(dtype, kind) for kind in (np.bool_, np.integer, np.floating))
+    if not numeric:  # a complex mask failed inside torch.unique ("not implemented for 'ComplexFloat'")
+        raise TypeError(f"{name} must be a binary mask of bool, int or float dtype, got dtype {dtype}")
     if isinstance(x, torch.Tensor):
         if x.dtype == torch.bool:
             return
