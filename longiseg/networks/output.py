@@ -9,6 +9,7 @@ unpacking a :class:`LongitudinalOutput` gives, and the recorded module returns i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -72,8 +73,9 @@ class LongitudinalOutput:
         """``{"baseline": ..., "progression": ...}``."""
         return {"baseline": self.baseline, "progression": self.progression}
 
-    def map(self, fn) -> LongitudinalOutput:  # noqa: ANN001
-        """Apply ``fn`` to both tensors (e.g. ``torch.sigmoid``) and return a new output."""
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> LongitudinalOutput:
+        """Apply ``fn`` to both tensors (e.g. ``torch.sigmoid``) and return a new output (shapes as ``fn`` makes
+        them: ``(B, K, *S)`` and ``(B, T-1, K, *S)`` for an element-wise ``fn``)."""
         return LongitudinalOutput(baseline=fn(self.baseline), progression=fn(self.progression))
 
     def __iter__(self):

@@ -31,7 +31,7 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import yaml
@@ -52,6 +52,9 @@ __all__ = [
     "apply_overrides",
     "parse_override",
 ]
+
+if TYPE_CHECKING:  # typing.Self is Python >= 3.11
+    from typing_extensions import Self
 
 C = TypeVar("C")
 
@@ -490,12 +493,12 @@ class ConfigBase:
     """Mixin for config dataclasses: ``from_dict``, ``to_dict``, ``from_file``, ``save``, ``with_overrides``."""
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]):  # noqa: ANN206
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """Build from a mapping (see :func:`config_from_dict`)."""
         return config_from_dict(cls, data)
 
     @classmethod
-    def from_file(cls, path: str | Path, overrides: Iterable[str] = ()):  # noqa: ANN206
+    def from_file(cls, path: str | Path, overrides: Iterable[str] = ()) -> Self:
         """Load from YAML/JSON and apply ``overrides`` (see :func:`load_config`)."""
         return load_config(cls, path, overrides)
 
@@ -524,7 +527,7 @@ class ConfigBase:
         """Write to YAML/JSON atomically (see :func:`save_config`)."""
         return save_config(self, path)
 
-    def with_overrides(self, overrides: Iterable[str] = (), **changes: Any):  # noqa: ANN201
+    def with_overrides(self, overrides: Iterable[str] = (), **changes: Any) -> Self:
         """Copy with dotted ``key=value`` strings (see :func:`apply_overrides`) and then keyword ``changes``
         applied, both converted and validated as in :meth:`from_dict`, e.g.
         ``cfg.with_overrides(["trainer.lr=3e-4"])`` or ``protocol.with_overrides(iou_threshold=0.3)``. A section

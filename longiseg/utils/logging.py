@@ -46,6 +46,7 @@ class ProgressAwareHandler(logging.StreamHandler):
     bar's line, and the bar is drawn again below it."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` with ``tqdm.write`` (above any progress bar), as ``StreamHandler.emit`` would."""
         try:
             from tqdm import tqdm
 
