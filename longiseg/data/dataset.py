@@ -50,11 +50,15 @@ class CaseCache:
     """A least-recently-used cache of prepared cases ``{case position: (case, sampling index)}``.
 
     Args:
-        maxsize: most cases kept (at least 1).
+        maxsize: most cases kept, an int >= 1.
+
+    Raises:
+        TypeError: ``maxsize`` is not an int.
+        ValueError: ``maxsize`` is below 1.
     """
 
     def __init__(self, maxsize: int) -> None:
-        self.maxsize = check_positive_int("cache_size", maxsize)
+        self.maxsize = check_positive_int("maxsize", maxsize)
         self._items: OrderedDict[int, tuple[LongitudinalCase, SamplingIndex]] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -126,7 +130,7 @@ class _LongitudinalDataset(Dataset):
             raise TypeError(f"preprocess must be a callable (case -> case) or None, got {type(preprocess).__name__} "
                             f"{preprocess!r}")
         self.preprocess = preprocess
-        self.cache = CaseCache(cache_size)
+        self.cache = CaseCache(check_positive_int("cache_size", cache_size))  # named as the datasets take it
         self.seed = check_seed("seed", seed)
         self.epoch = 0
         self._case_flags: list[bool] | None = None

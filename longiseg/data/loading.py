@@ -27,7 +27,7 @@ from longiseg.data.cohort import case_source, scan_cohort
 from longiseg.data.sources import CaseSource, MaskSpec, build_mask
 from longiseg.utils.io import PathLike, atomic_directory, check_output_folder, folder_is_empty
 from longiseg.utils.nifti import atomic_save_nifti, load_nifti
-from longiseg.utils.validation import check_bool, check_path, check_sequence
+from longiseg.utils.validation import check_bool, check_nonnegative_float, check_path, check_sequence
 
 __all__ = [
     "load_case",
@@ -101,7 +101,7 @@ def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e
     Args:
         source: the case (from :func:`~longiseg.data.cohort.find_cases`), or a case folder in the library
             layout.
-        affine_atol: absolute tolerance when comparing the files' affines.
+        affine_atol: absolute tolerance when comparing the files' affines, a finite number ``>= 0`` (mm).
 
     Returns:
         The case's grid: the shape ``(D, H, W)`` and the ``(4, 4)`` affine of its first file (those of the
@@ -109,8 +109,11 @@ def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e
 
     Raises:
         FileNotFoundError: a file is missing.
-        ValueError: naming the case and the file, at the first problem.
+        TypeError: ``affine_atol`` is not a number.
+        ValueError: ``affine_atol`` negative, NaN or infinite; or naming the case and the file, at the first
+            problem.
     """
+    affine_atol = check_nonnegative_float("affine_atol", affine_atol)
     _, shape, affine, _ = _check_headers(case_source(source), affine_atol, _Problems(collect=False))
     return shape, affine
 
@@ -280,18 +283,21 @@ def load_case(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> Lo
 
     Args:
         source: a :class:`~longiseg.data.sources.CaseSource`, or a case folder in the library layout.
-        affine_atol: absolute tolerance when comparing affines across files.
+        affine_atol: absolute tolerance when comparing affines across files, a finite number ``>= 0`` (mm;
+            an infinite one would switch the one-grid check off).
 
     Returns:
         A :class:`~longiseg.data.case.LongitudinalCase` with ``images (T, C, D, H, W)`` float32.
 
     Raises:
         FileNotFoundError: a listed file is missing.
-        ValueError: naming the file: it is empty, truncated, corrupt or not NIfTI; a ``.nii`` and a
-            ``.nii.gz`` of one name both exist; volumes differ in shape or affine; intensities hold NaN/inf;
-            a mask is not binary; the brain mask is all zero; the progression flag contradicts the masks;
-            there are fewer than two timepoints.
+        TypeError: ``affine_atol`` is not a number (``None``, a string, a bool).
+        ValueError: ``affine_atol`` negative, NaN or infinite; or naming the file: it is empty, truncated,
+            corrupt or not NIfTI; a ``.nii`` and a ``.nii.gz`` of one name both exist; volumes differ in shape or
+            affine; intensities hold NaN/inf; a mask is not binary; the brain mask is all zero; the progression
+            flag contradicts the masks; there are fewer than two timepoints.
     """
+    affine_atol = check_nonnegative_float("affine_atol", affine_atol)
     case = _read_case(case_source(source), affine_atol, _Problems(collect=False))
     assert case is not None  # problems raise when not collecting
     return case
@@ -328,7 +334,7 @@ def validate_cases(
             :func:`~longiseg.data.cohort.find_cases`).
         require_masks: when ``cases`` is a folder, whether masks are required (as in
             :func:`~longiseg.data.cohort.find_cases`).
-        affine_atol: absolute tolerance when comparing affines across files.
+        affine_atol: absolute tolerance when comparing affines across files, a finite number ``>= 0`` (mm).
         progress: show a progress bar.
 
     Returns:
@@ -337,8 +343,11 @@ def validate_cases(
 
     Raises:
         FileNotFoundError: the cohort folder does not exist or holds no case.
-        ValueError: its manifest is malformed (invalid JSON, a bad case id, duplicate ids).
+        TypeError: ``affine_atol`` is not a number.
+        ValueError: ``affine_atol`` negative, NaN or infinite; the cohort's manifest is malformed (invalid JSON,
+            a bad case id, duplicate ids).
     """
+    affine_atol = check_nonnegative_float("affine_atol", affine_atol)
     if isinstance(cases, (str, os.PathLike)):
         found = scan_cohort(cases, modalities, require_masks)
     else:
@@ -361,6 +370,30 @@ def validate_cases(
     return problems
 
 
+#: The on-disk image dtypes ``save_case`` writes: the real NIfTI-1 types that nibabel stores without an explicit
+#: header (float16, bool and complex are no NIfTI-1 image types; nibabel refuses int64/uint64 data without one).
+_SAVE_IMAGE_DTYPES = tuple(np.dtype(d) for d in (np.float32, np.float64, np.int8, np.uint8, np.int16, np.uint16,
+                                                  np.int32, np.uint32))
+
+
+def _check_image_dtype(value: object) -> np.dtype:
+    """``value`` as a ``numpy.dtype`` if it is one of ``_SAVE_IMAGE_DTYPES`` (any byte order) or names one; raise
+    naming ``image_dtype`` otherwise."""
+    accepted = ", ".join(d.name for d in _SAVE_IMAGE_DTYPES)
+    dtype = None
+    if value is not None and not isinstance(value, (bool, int, float)):  # np.dtype(None) would be float64
+        try:
+            dtype = np.dtype(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):  # "data type 'abc' not understood", "Cannot interpret '-1' as a data type"
+            pass
+    if dtype is None:
+        raise TypeError(f"image_dtype must be a numpy dtype (or its name), one of {accepted}, got "
+                        f"{type(value).__name__} {value!r}")
+    if dtype.newbyteorder("=") not in _SAVE_IMAGE_DTYPES:
+        raise ValueError(f"image_dtype must be one of {accepted}, got {dtype}")
+    return dtype
+
+
 def save_case(case: LongitudinalCase, root: PathLike, *, overwrite: bool = False,
               image_dtype: np.dtype | type = np.float32) -> Path:
     """Write ``case`` into ``root/<case_id>/`` in the library layout, the case folder as a whole.
@@ -377,19 +410,23 @@ def save_case(case: LongitudinalCase, root: PathLike, *, overwrite: bool = False
         root: cohort folder.
         overwrite: replace an existing case folder (and everything in it); otherwise only a missing or
             empty one is written.
-        image_dtype: on-disk dtype of the images.
+        image_dtype: on-disk dtype of the images (a ``numpy.dtype``, a NumPy type or its name): one of
+            float32, float64, int8, uint8, int16, uint16, int32 or uint32.
 
     Returns:
         The case folder.
 
     Raises:
-        TypeError: ``case`` is not a :class:`~longiseg.data.case.LongitudinalCase`.
-        ValueError: a bad case id, or modalities that the layout cannot store as distinct file names
-            (:func:`~longiseg.data.case.check_modalities`), both checked before anything is written.
+        TypeError: ``case`` is not a :class:`~longiseg.data.case.LongitudinalCase`, or ``image_dtype`` is not a
+            dtype.
+        ValueError: a bad case id, modalities that the layout cannot store as distinct file names
+            (:func:`~longiseg.data.case.check_modalities`), or another ``image_dtype`` (float16, int64, bool,
+            complex, ...), all checked before anything is written.
         FileExistsError: ``root/<case_id>`` exists, is not empty and ``overwrite`` is ``False``.
         NotADirectoryError: ``root/<case_id>`` (or a folder above it) is a file.
     """
     check_case("case", case)
+    _check_image_dtype(image_dtype)
     folder = check_path("root", root) / layout.check_case_id(case.case_id)
     modalities = check_modalities(case.modalities, "case.modalities")
     check_output_folder(folder, "case folder")

@@ -17,7 +17,13 @@ import numpy as np
 
 from longiseg.data.case import LongitudinalCase, check_case
 from longiseg.utils.logging import get_logger, log_once
-from longiseg.utils.validation import check_bool, check_positive_int
+from longiseg.utils.validation import (
+    check_affine,
+    check_bool,
+    check_instance,
+    check_int_sequence,
+    check_positive_int,
+)
 
 logger = get_logger(__name__)
 
@@ -32,11 +38,35 @@ class CropBox:
         start: first voxel index along ``(D, H, W)``.
         stop: one past the last voxel index along ``(D, H, W)``.
         full_shape: spatial shape ``(D, H, W)`` of the uncropped volume.
+
+    Each is three ints (a list, tuple or 1-D array; stored as a tuple of ``int``) with
+    ``0 <= start < stop <= full_shape`` along every axis, checked when the box is built.
+
+    Raises:
+        TypeError: ``start``, ``stop`` or ``full_shape`` is not a sequence of ints (``None``, a float, NaN).
+        ValueError: one of them does not hold three entries, a negative ``start``, a ``stop`` not above
+            ``start`` or beyond ``full_shape``, or a ``full_shape`` entry below 1.
     """
 
     start: tuple[int, int, int]
     stop: tuple[int, int, int]
     full_shape: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        what = "one voxel index per axis (D, H, W)"
+        start = check_int_sequence("start", self.start, minimum=0, length=3, what=what)
+        stop = check_int_sequence("stop", self.stop, minimum=1, length=3, what=what)
+        full = check_int_sequence("full_shape", self.full_shape, minimum=1, length=3,
+                                  what="one size per axis (D, H, W)")
+        if not all(a < b for a, b in zip(start, stop)):
+            raise ValueError(f"stop must be above start along every axis (a non-empty box), got start={start}, "
+                             f"stop={stop}")
+        if not all(b <= n for b, n in zip(stop, full)):
+            raise ValueError(f"stop must be at most full_shape along every axis (the box lies inside the volume), "
+                             f"got stop={stop}, full_shape={full}")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "full_shape", full)
 
     @property
     def slices(self) -> tuple[slice, slice, slice]:
@@ -45,17 +75,42 @@ class CropBox:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """Spatial shape of the cropped volume."""
+        """Spatial shape ``(d, h, w)`` of the cropped volume (``stop - start``)."""
         return tuple(b - a for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
 
     def crop(self, array: np.ndarray) -> np.ndarray:
-        """Crop the last three axes of ``array`` (``(..., D, H, W)`` -> ``(..., d, h, w)``)."""
+        """Crop the last three axes of ``array``.
+
+        Args:
+            array: numpy array ``(..., D, H, W)`` whose last three axes are ``full_shape``.
+
+        Returns:
+            A view ``(..., d, h, w)`` with ``(d, h, w) = shape``.
+
+        Raises:
+            TypeError: ``array`` is not a numpy array (``None``, a list, a torch tensor).
+            ValueError: ``array`` does not end in ``full_shape``.
+        """
+        check_instance("array", array, np.ndarray, "a numpy array (..., D, H, W)")
         if tuple(array.shape[-3:]) != self.full_shape:
             raise ValueError(f"array must end in the full shape {self.full_shape}, got {tuple(array.shape)}")
         return array[(..., *self.slices)]
 
     def paste(self, array: np.ndarray, fill: float = 0.0) -> np.ndarray:
-        """Put a cropped ``(..., d, h, w)`` array back into a ``(..., D, H, W)`` array filled with ``fill``."""
+        """Put a cropped array back into an array of the full shape filled with ``fill``.
+
+        Args:
+            array: numpy array ``(..., d, h, w)`` whose last three axes are :attr:`shape`.
+            fill: value of the voxels outside the box.
+
+        Returns:
+            A new array ``(..., D, H, W)`` (``full_shape``) of ``array``'s dtype.
+
+        Raises:
+            TypeError: ``array`` is not a numpy array (``None``, a list, a torch tensor).
+            ValueError: ``array`` does not end in the cropped shape.
+        """
+        check_instance("array", array, np.ndarray, "a numpy array (..., d, h, w)")
         if tuple(array.shape[-3:]) != self.shape:
             raise ValueError(f"array must end in the cropped shape {self.shape}, got {tuple(array.shape)}")
         out = np.full((*array.shape[:-3], *self.full_shape), fill, dtype=array.dtype)
@@ -63,10 +118,21 @@ class CropBox:
         return out
 
     def crop_affine(self, affine: np.ndarray) -> np.ndarray:
-        """Voxel-to-world matrix of the cropped grid (translated by ``start``)."""
+        """Voxel-to-world matrix of the cropped grid (translated by ``start``).
+
+        Args:
+            affine: ``(4, 4)`` voxel-to-world matrix of the full grid (array, tensor or nested sequence).
+
+        Returns:
+            The ``(4, 4)`` float64 matrix of the cropped grid.
+
+        Raises:
+            TypeError, ValueError: ``affine`` is not a finite, non-singular ``(4, 4)`` matrix
+                (:func:`~longiseg.utils.validation.check_affine`).
+        """
         shift = np.eye(4)
         shift[:3, 3] = self.start
-        return np.asarray(affine, dtype=np.float64) @ shift
+        return check_affine("affine", affine) @ shift
 
 
 def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: float = 1e-6) -> LongitudinalCase:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from longiseg.data.case import PLANES, LongitudinalCase
+from longiseg.data.case import PLANES, LongitudinalCase, check_case
 from longiseg.data.lesions import label_persisting_lesions
 from longiseg.utils.validation import (
     check_array,
@@ -192,13 +192,13 @@ def crop_window(array: np.ndarray, start: Sequence[int], size: Sequence[int], fi
     """Crop the last ``len(size)`` axes of ``array`` at ``start`` with padding where the window leaves it.
 
     Args:
-        array: ``(..., D, H, W)`` (or any trailing spatial rank).
-        start: first index of the window per spatial axis (may be negative).
-        size: window size per spatial axis.
+        array: numpy array ``(..., D, H, W)`` (or any trailing spatial rank ``k = len(size)``).
+        start: first index of the window per spatial axis, ``k`` ints (may be negative).
+        size: window size per spatial axis, ``k`` ints ``>= 0``.
         fill: padding value.
 
     Returns:
-        ``(..., *size)`` array of the same dtype.
+        A new ``(..., *size)`` array of ``array``'s dtype: ``array``'s leading axes, the window in the last ``k``.
     """
     check_instance("array", array, np.ndarray, "a numpy array")
     k = len(size)
@@ -268,6 +268,20 @@ def _check_size(name: str, size: int | Sequence[int], ndim: int) -> tuple[int, .
     if len(sizes) != ndim:
         raise ValueError(f"{name} must be an int or {ndim} ints, got {size}")
     return tuple(check_positive_int(f"{name}[{i}]", s) for i, s in enumerate(sizes))
+
+
+def _check_sample_args(case: LongitudinalCase, index: SamplingIndex, case_index: object) -> int:
+    """Check the arguments of ``sample`` (``rng`` is checked by :func:`sample_center`): a labelled
+    :class:`LongitudinalCase` on the grid of ``index``, and ``case_index`` an int ``>= 0``; return ``case_index`` as
+    an ``int``."""
+    check_case("case", case)
+    check_instance("index", index, SamplingIndex, "a SamplingIndex (from build_sampling_index)")
+    if not case.has_labels:
+        raise ValueError(f"case {case.case_id!r} has no masks; sampling needs a labelled case")
+    if tuple(case.shape) != tuple(index.shape):
+        raise ValueError(f"index must be the SamplingIndex of case {case.case_id!r}: it is of a grid "
+                         f"{tuple(index.shape)}, the case's is {tuple(case.shape)}")
+    return check_positive_int("case_index", case_index, minimum=0)
 
 
 class _CenterSampling:
@@ -343,7 +357,24 @@ class CrossViewSampler(_CenterSampling):
 
     def sample(self, case: LongitudinalCase, index: SamplingIndex, rng: np.random.Generator,
                case_index: int = 0) -> dict[str, object]:
-        """Draw one slice crop of ``case`` (see the module docstring for the sample's keys and shapes)."""
+        """Draw one slice crop of ``case`` (see the module docstring for the sample's keys and shapes).
+
+        Args:
+            case: a labelled case, ``images (T, C, D, H, W)``.
+            index: its :class:`SamplingIndex` (:func:`build_sampling_index`).
+            rng: random generator.
+            case_index: position of the case in the dataset, an int ``>= 0`` (NumPy ints too), stored in the
+                sample.
+
+        Returns:
+            ``images (T, C, h, w)``, ``baseline (1, h, w)``, ``progression (T-1, 1, h, w)`` and the flags.
+
+        Raises:
+            TypeError: ``case`` is not a :class:`LongitudinalCase`, ``index`` not a :class:`SamplingIndex`,
+                ``rng`` not a ``numpy.random.Generator``, or ``case_index`` not an int (``1.5`` is not rounded).
+            ValueError: ``case`` has no masks or another grid than ``index``, or ``case_index`` is negative.
+        """
+        case_index = _check_sample_args(case, index, case_index)
         center, on_lesion = self._center(index, rng)
         plane = self.planes[int(rng.choice(len(self.planes), p=self.plane_probs))]
         axis = index.plane_axes[plane]
@@ -381,7 +412,12 @@ class VolumePatchSampler(_CenterSampling):
 
     def sample(self, case: LongitudinalCase, index: SamplingIndex, rng: np.random.Generator,
                case_index: int = 0) -> dict[str, object]:
-        """Draw one 3D patch of ``case`` (keys as for 2.5D samples, ``plane == "volume"``)."""
+        """Draw one 3D patch of ``case`` (keys as for 2.5D samples, ``plane == "volume"``).
+
+        Args and errors as for :meth:`CrossViewSampler.sample`; the sample holds ``images (T, C, d, h, w)``,
+        ``baseline (1, d, h, w)`` and ``progression (T-1, 1, d, h, w)``.
+        """
+        case_index = _check_sample_args(case, index, case_index)
         center, on_lesion = self._center(index, rng)
         start = _jittered_start(center, self.patch_size, self.jitter if on_lesion else 0.0, rng, (0, 1, 2))
         return _to_sample(case, case_index, (start, list(self.patch_size)), "volume", center, squeeze_axis=None,

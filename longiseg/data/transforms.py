@@ -28,7 +28,7 @@ its seed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from longiseg.utils.validation import (
     check_nonnegative_float,
     check_positive_float,
     check_probability,
+    check_tensor,
 )
 
 __all__ = ["LongitudinalAugment", "TimepointVariation", "rotation_matrix"]
@@ -151,14 +152,28 @@ class TimepointVariation:
     def __call__(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Vary ``images`` ``(T, C, *S)`` with randomness from ``rng`` (see the class docstring).
 
+        Args:
+            images: floating-point tensor ``(T, C, h, w)`` or ``(T, C, d, h, w)``, ``T >= 2`` timepoints (the
+                baseline first).
+            rng: random generator.
+
+        Returns:
+            A new float32 tensor of the same shape.
+
         Raises:
-            ValueError: ``images`` is not a ``(T, C, h, w)`` or ``(T, C, d, h, w)`` tensor.
-            TypeError: ``rng`` is not a ``numpy.random.Generator`` (e.g. an int seed).
+            ValueError: ``images`` is not ``(T, C, h, w)`` or ``(T, C, d, h, w)`` with ``T >= 2``
+                (a batch ``(1, T, C, h, w)`` of a 2.5D sample reads as ``T = 1``).
+            TypeError: ``images`` is not a floating-point ``torch.Tensor`` (integer, bool or complex dtypes are
+                refused: a complex tensor would lose its imaginary part), or ``rng`` is not a
+                ``numpy.random.Generator`` (e.g. an int seed).
         """
         check_instance("rng", rng, np.random.Generator, "a numpy.random.Generator (np.random.default_rng(seed))")
-        if not isinstance(images, torch.Tensor) or images.ndim not in (4, 5):
-            raise ValueError("images must be a (T, C, h, w) or (T, C, d, h, w) tensor, got "
-                             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+        check_tensor("images", images)
+        if images.ndim not in (4, 5) or images.shape[0] < 2:
+            raise ValueError("images must be a (T, C, h, w) or (T, C, d, h, w) tensor with T >= 2 timepoints, got "
+                             f"shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be a floating-point tensor (T, C, *S), got dtype {images.dtype}")
         t, c, *spatial = images.shape
         k = len(spatial)
         out = images.float().clone()
@@ -250,10 +265,11 @@ class LongitudinalAugment:
         """Augment ``sample`` with randomness from ``rng`` (see the class docstring).
 
         Raises:
-            TypeError: ``rng`` is not a ``numpy.random.Generator`` (e.g. an int seed), or ``sample`` lacks a
-                tensor ``images``, ``baseline`` or ``progression``.
+            TypeError: ``sample`` is not a dict, ``rng`` is not a ``numpy.random.Generator`` (e.g. an int seed),
+                or ``sample`` lacks a tensor ``images``, ``baseline`` or ``progression``.
             ValueError: the three tensors do not have the shapes above.
         """
+        check_instance("sample", sample, Mapping, "a dict with tensors 'images', 'baseline' and 'progression'")
         check_instance("rng", rng, np.random.Generator, "a numpy.random.Generator (np.random.default_rng(seed))")
         for key in ("images", "baseline", "progression"):
             if key not in sample or not isinstance(sample[key], torch.Tensor):
