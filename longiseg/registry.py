@@ -208,6 +208,8 @@ def list_models(pattern: str | Iterable[str] = "", *, dim: str | None = None, ta
         raise TypeError(f"list_models: pattern must be a str or strings such as 'segmast*', got {pattern!r}")
     if dim is not None and dim not in _VALID_DIMS:
         raise ValueError(f"list_models: dim must be one of {_VALID_DIMS}, got {dim!r}")
+    if tag is not None and not isinstance(tag, str):  # -1 or NaN matched nothing without a word
+        raise TypeError(f"list_models: tag must be a str or None, got {type(tag).__name__} {tag!r}")
     names = sorted(_REGISTRY)
     if any(patterns):
         names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns if p)]

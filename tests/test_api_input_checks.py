@@ -738,3 +738,25 @@ def test_fuzzed_arguments_are_named(row: int) -> None:
     call, error, match = _fuzzed_rows()[row]
     with pytest.raises(error, match=match):
         call()
+
+
+def test_more_fuzzed_arguments_are_named(tmp_path: Path) -> None:
+    # strict="no" loaded strictly (a true value); list_models(tag=-1) matched nothing without a word; an inf
+    # intensity gave a registration correlation of 0.0; a bool volume reached SimpleITK's own message
+    from longiseg import list_models
+    from longiseg.engine.checkpoint import load_checkpoint, save_checkpoint
+    from longiseg.registration.pairwise import similarity
+
+    save_checkpoint(tmp_path / "x.pt", model=nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="strict must be a bool"):
+        load_checkpoint(tmp_path / "x.pt", model=nn.Linear(2, 2), strict="no")
+    with pytest.raises(TypeError, match="tag must be a str or None"):
+        list_models(tag=-1)
+    a = np.random.default_rng(0).random((4, 4, 4))
+    with pytest.raises(ValueError, match=r"b \(inside mask\) contains NaN or infinite"):
+        similarity(a, np.where(a > 0.5, np.inf, a), np.ones(a.shape, bool))
+    pytest.importorskip("SimpleITK")
+    from longiseg.registration.grid import to_sitk
+
+    with pytest.raises(TypeError, match="array has dtype bool, which SimpleITK images cannot hold"):
+        to_sitk(np.zeros((2, 2, 2), bool), np.eye(4))

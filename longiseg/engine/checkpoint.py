@@ -404,6 +404,7 @@ def load_checkpoint(
         TypeError: if ``checkpoint`` is not a dict.
     """
     restore_rng = check_bool("restore_rng", restore_rng)
+    strict = check_bool("strict", strict)  # "no" was a true value
     if checkpoint is None:
         ckpt = _read(check_path("path", path), map_location, check_bool("weights_only", weights_only))
     elif isinstance(checkpoint, dict):

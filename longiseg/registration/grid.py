@@ -84,11 +84,19 @@ def to_sitk(array: np.ndarray, affine: np.ndarray) -> Any:
     """SimpleITK image of a nibabel array ``(D, H, W)`` and its RAS+ ``affine`` (no resampling).
 
     Image index ``(i, j, k)`` holds ``array[i, j, k]``.
+
+    Raises:
+        ValueError: ``array`` is not 3D; ``affine`` is not a valid ``(4, 4)`` affine.
+        TypeError: ``array`` has a dtype SimpleITK cannot hold (bool, float16, complex: convert it first).
     """
     sitk = require_simpleitk()
     arr = np.asarray(array)
     if arr.ndim != 3:
         raise ValueError(f"array must be a 3D volume (D, H, W), got shape {arr.shape}")
+    if arr.dtype == bool or arr.dtype == np.float16 or not (np.issubdtype(arr.dtype, np.integer)
+                                                           or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"array has dtype {arr.dtype}, which SimpleITK images cannot hold: convert it (e.g. to "
+                        "uint8 or float32) first")
     img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))
     _set_geometry(img, check_affine("affine", affine))
     return img

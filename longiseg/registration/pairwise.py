@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from longiseg.registration.grid import Grid, require_simpleitk
-from longiseg.utils.validation import check_instance, check_positive_int, check_seed
+from longiseg.utils.validation import check_finite, check_instance, check_positive_int, check_seed
 
 __all__ = [
     "TRANSFORMS",
@@ -255,6 +255,10 @@ def similarity(a: np.ndarray, b: np.ndarray, mask: np.ndarray, *, bins: int = 64
     Returns:
         ``{"nmi": (H(a) + H(b)) / H(a, b)`` (1 for independent images, 2 for identical ones),
         ``"correlation"``}.
+
+    Raises:
+        TypeError: not numpy arrays, or a mask that is not bool.
+        ValueError: other shapes, fewer than two voxels in ``mask``, or NaN/inf values inside it.
     """
     for name, value in (("a", a), ("b", b), ("mask", mask)):
         check_instance(name, value, np.ndarray, "a numpy array (D, H, W)")
@@ -267,6 +271,8 @@ def similarity(a: np.ndarray, b: np.ndarray, mask: np.ndarray, *, bins: int = 64
     y = b[mask].astype(np.float64)
     if x.size < 2:
         raise ValueError("mask must select at least two voxels")
+    check_finite("a (inside mask)", x)  # an inf gave a correlation of 0.0 without a word, a NaN numpy's error
+    check_finite("b (inside mask)", y)
     edges = [np.percentile(v, [0.5, 99.5]) for v in (x, y)]
     hist, _, _ = np.histogram2d(np.clip(x, *edges[0]), np.clip(y, *edges[1]), bins=bins)
     p = hist / hist.sum()
