@@ -88,12 +88,14 @@ best_checkpoint() {
 
 # train_and_predict CONFIG TRAIN_DIR TEST_DIR RUN_DIR PRED_DIR [KEY=VALUE ...]
 #   Trains (resuming if RUN_DIR/last.pt exists) with the overrides, then predicts TEST_DIR into PRED_DIR.
+#   EXTRA comes first and the script's own KEY=VALUE last (the last value of a key wins): what a script varies
+#   (a patch size, a loss strategy, the model) is never replaced by an EXTRA that sets the same key.
 train_and_predict() {
     local config="$1" train_dir="$2" test_dir="$3" run_dir="$4" pred_dir="$5"
     shift 5
-    local overrides=("$@")
     # shellcheck disable=SC2206  # EXTRA is a whitespace-separated list of KEY=VALUE
-    overrides+=($EXTRA)
+    local overrides=($EXTRA)
+    overrides+=("$@")
     local args=(train "$config" --data "$train_dir" --output "$run_dir")
     [[ -f "$run_dir/last.pt" ]] && args+=(--resume)
     ((${#overrides[@]})) && args+=(--set "${overrides[@]}")

@@ -406,3 +406,19 @@ def test_followup_table_refuses_bad_arguments_in_one_line(tmp_path: Path, capsys
     with pytest.raises(SystemExit) as exc:
         followup.main([a.format(tmp=tmp_path) for a in args])
     assert exc.value.code == 2 and re.search(message, _usage_error(capsys.readouterr().err))
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_an_extra_setting_does_not_replace_what_a_script_varies(tmp_path: Path) -> None:
+    # EXTRA was appended after the script's own keys: the documented tiny EXTRA (data.crop_size=32) trained every
+    # run of ablation_patch_size.sh at 32, under the names of the sizes it did not use
+    env = _fake_tools(tmp_path)
+    res = _run_example("ablation_patch_size.sh", {**env, "SIZES": "40 64",
+                                                  "EXTRA": "trainer.max_epochs=1 data.crop_size=32"}, "ds")
+    assert res.returncode == 0, res.stderr
+    trains = [line.split() for line in (tmp_path / "log").read_text(encoding="utf-8").splitlines()
+              if line.startswith("longiseg train")]
+    assert len(trains) == 2
+    for size, args in zip((64, 40), trains, strict=True):
+        crops = [a for a in args if a.startswith("data.crop_size=")]
+        assert crops[-1] == f"data.crop_size={size}" and "trainer.max_epochs=1" in args  # the last value wins
