@@ -372,11 +372,18 @@ def test_evaluate_refuses_a_reference_case_on_two_grids(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("longiseg evaluate: error: ") and "lies on another grid" in err[0]
     assert not (tmp_path / "out").exists()
-    # a predicted mask off its reference's grid is refused, naming it
+    # a predicted case whose masks lie on two grids is refused as longiseg lesions refuses it (evaluate read each
+    # predicted file on its own: a follow-up 5e-4 mm off its baseline was scored here and refused there)
     atomic_save_nifti(new, np.diag([*SPACING, 1.0]), prog, overwrite=True)
     atomic_save_nifti(new, np.diag([3.0, 3.0, 3.0, 1.0]), good / "c1" / progression_filename(1), overwrite=True)
     with pytest.raises(ValueError, match=r"case c1: prediction .*progression_t1.nii.gz lies on another grid than "
-                                         r"\S*gt\S*progression_t1.nii.gz .*resample the prediction"):
+                                         r"baseline_mask.nii.gz"):
+        evaluate_folder(good, gt, progress=False)
+    # a predicted case on one grid, but not the reference's, is refused naming both files
+    base = good / "c1" / "baseline_mask.nii.gz"
+    atomic_save_nifti(np.asarray(nib.load(base).dataobj), np.diag([3.0, 3.0, 3.0, 1.0]), base, overwrite=True)
+    with pytest.raises(ValueError, match=r"case c1: prediction .*baseline_mask.nii.gz lies on another grid than "
+                                         r"\S*gt\S*baseline_mask.nii.gz .*resample the prediction"):
         evaluate_folder(good, gt, progress=False)
 
 

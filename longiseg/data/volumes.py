@@ -81,7 +81,8 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
     Raises:
         ValueError: naming the file and both voxel sizes: header and affine disagree (beyond ``rtol``), or
             the affine is not finite or has an axis of zero length; naming the file: qform and sform
-            disagree, neither is set, or the spatial unit is not mm (or unknown).
+            disagree, neither is set, or the spatial unit is not mm (an unknown unit, nibabel's default, is
+            read as mm).
     """
     hdr = img.header
     qcode, scode = int(hdr["qform_code"]), int(hdr["sform_code"])

@@ -23,7 +23,7 @@ from typing import Any
 from longiseg.data.cohort import find_mask_cases
 from longiseg.data.layout import BASELINE_MASK, find_nifti, prediction_filenames
 from longiseg.data.predictions import read_prediction
-from longiseg.data.volumes import check_same_grid, read_mask
+from longiseg.data.volumes import check_same_grid
 from longiseg.metrics.aggregate import PAPER_COLUMNS, ResultsTable
 from longiseg.metrics.lesion import LesionDetection
 from longiseg.metrics.longitudinal import evaluate_longitudinal_case
@@ -148,15 +148,17 @@ def evaluate_folder(
         # affine agreeing on the voxel size); each prediction must then lie on that grid
         gt_masks, gaff, spacing = read_prediction(gt_dir, case_id, num_t, "mask",
                                                   what=f"case {case_id!r}: reference mask")
-        gts, preds = list(gt_masks), []
-        for name in names[case_id]:
-            pred_path = find_nifti(pred_dir / case_id, name) or pred_dir / case_id / name
-            p, paff, _ = read_mask(pred_path, what=f"case {case_id}: prediction")
-            ref_path = find_nifti(gt_dir / case_id, name) or gt_dir / case_id / name
-            check_same_grid((pred_path, p.shape, paff), (ref_path, gt_masks.shape[1:], gaff),
-                            what=f"case {case_id}: prediction", atol=affine_atol,
-                            hint="predict on the reference images or resample the prediction onto the reference grid")
-            preds.append(p)
+        gts = list(gt_masks)
+        # the predicted case is read as longiseg lesions reads it too (its masks on one grid: a follow-up's mask
+        # 5e-4 mm off its baseline's was scored here and refused there), then compared with the reference's grid
+        pred_masks, paff, _ = read_prediction(pred_dir, case_id, num_t, "mask", what=f"case {case_id}: prediction")
+        name = names[case_id][0]
+        pred_path = find_nifti(pred_dir / case_id, name) or pred_dir / case_id / name
+        ref_path = find_nifti(gt_dir / case_id, name) or gt_dir / case_id / name
+        check_same_grid((pred_path, pred_masks.shape[1:], paff), (ref_path, gt_masks.shape[1:], gaff),
+                        what=f"case {case_id}: prediction", atol=affine_atol,
+                        hint="predict on the reference images or resample the prediction onto the reference grid")
+        preds = list(pred_masks)
         case_rows, case_dets = evaluate_longitudinal_case(
             preds[0],
             gts[0],
