@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from longiseg.data.cohort import find_cases, format_case_ids
 from longiseg.data.layout import check_case_id
-from longiseg.data.loading import load_case
+from longiseg.data.loading import case_grid, load_case
 from longiseg.data.predictions import case_spatial_header, save_prediction
 from longiseg.data.volumes import check_same_grid, format_label_values, nifti_spacing, read_label_volume
 from longiseg.utils.io import (
@@ -615,9 +615,7 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
                              f"prediction in {pred_dir}: {format_case_ids(unpredicted)}; predict their pairs (e.g. "
                              f"{unpredicted[0]}_fu1) or pass a reference of the predicted cases only")
         for case in pairs:  # the grid and spatial header of each case, for the check and the written masks
-            ref_path = sources[case].image_files[0][0]
-            ref_img = load_nifti(ref_path, what=f"reference case {case!r}: image", header_only=True)
-            ref_grids[case] = (ref_path, tuple(ref_img.shape[:3]), np.asarray(ref_img.affine, dtype=np.float64))
+            ref_grids[case] = (sources[case].image_files[0][0], *case_grid(sources[case]))
             ref_headers[case] = case_spatial_header(sources[case])
     for case in pairs:  # the destination: refuse an existing case folder before reading any voxel
         dest = out_root / case

@@ -36,6 +36,7 @@ __all__ = [
     "check_case_headers",
     "check_case_voxels",
     "case_voxel_size",
+    "case_grid",
     "save_case",
 ]
 
@@ -92,8 +93,7 @@ _ONE_GRID_HINT = ("all volumes of a case must share one grid: register the follo
                   "every volume onto its grid beforehand (longiseg register)")
 
 
-def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e-4
-                       ) -> tuple[tuple[int, ...], np.ndarray]:
+def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> None:
     """Check a case's files from their headers alone, decoding no voxel: what :func:`load_case` checks first
     (every file present, unambiguous, one readable 3D NIfTI volume with an unambiguous geometry, all on one grid),
     cheap enough to run on a whole cohort before any case is read.
@@ -103,10 +103,6 @@ def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e
             layout.
         affine_atol: absolute tolerance when comparing the files' affines, a finite number ``>= 0`` (mm).
 
-    Returns:
-        The case's grid: the shape ``(D, H, W)`` and the ``(4, 4)`` affine of its first file (those of the
-        arrays :func:`load_case` reads).
-
     Raises:
         FileNotFoundError: a file is missing.
         TypeError: ``affine_atol`` is not a number.
@@ -114,8 +110,15 @@ def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e
             problem.
     """
     affine_atol = check_nonnegative_float("affine_atol", affine_atol)
-    _, shape, affine, _ = _check_headers(case_source(source), affine_atol, _Problems(collect=False))
-    return shape, affine
+    _check_headers(case_source(source), affine_atol, _Problems(collect=False))
+
+
+def _first_image_header(source: CaseSource | PathLike) -> tuple[Path, Any, str]:
+    """``(path, header-only image, what)`` of a case's first file, the baseline image of the first modality: the
+    case's grid (every other file lies on it, :func:`check_case_headers`)."""
+    source = case_source(source)
+    path, what = source.image_files[0][0], f"case {source.case_id!r}: image"
+    return path, load_nifti(path, what=what, header_only=True), what
 
 
 def case_voxel_size(source: CaseSource | PathLike) -> tuple[float, float, float]:
@@ -127,10 +130,20 @@ def case_voxel_size(source: CaseSource | PathLike) -> tuple[float, float, float]
         FileNotFoundError: the file is missing.
         ValueError: naming the file: unreadable, or its header voxel sizes disagree with its affine.
     """
-    source = case_source(source)
-    path = source.image_files[0][0]
-    return volumes.nifti_spacing(load_nifti(path, what=f"case {source.case_id!r}: image", header_only=True), path,
-                                 what=f"case {source.case_id!r}: image")
+    path, img, what = _first_image_header(source)
+    return volumes.nifti_spacing(img, path, what=what)
+
+
+def case_grid(source: CaseSource | PathLike) -> tuple[tuple[int, int, int], np.ndarray]:
+    """A case's grid from the header of its first file, decoding no voxel: the shape ``(D, H, W)`` and the
+    ``(4, 4)`` affine of the arrays :func:`load_case` reads (a file ``(D, H, W, 1)`` counts as ``(D, H, W)``).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: naming the file: unreadable.
+    """
+    _, img, _ = _first_image_header(source)
+    return tuple(int(n) for n in img.shape[:3]), np.asarray(img.affine, dtype=np.float64)  # type: ignore[return-value]
 
 
 def check_case_voxels(sources: Sequence[CaseSource], *, progress: bool = True, desc: str = "checking cases",

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import prediction_filenames
-from longiseg.data.loading import check_case_headers
+from longiseg.data.loading import case_grid
 from longiseg.data.sources import CaseSource
 from longiseg.inferers.predict import predict_folder, read_zscored, spec_reader
 from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
@@ -127,8 +127,8 @@ def _native_hooks(registered_dir: Path, overwrite: bool
         if not reg.is_dir():
             raise FileNotFoundError(f"case {source.case_id!r}: no {reg} with the transforms of longiseg register; "
                                     f"was {registered_dir} written by longiseg register?")
-        shape, affine = check_case_headers(source)  # the images must lie on the grid that register wrote
-        check_native_ready(reg, source.num_timepoints, source.case_id, registered_grid=Grid(shape, affine))
+        # the images (whose headers predict_folder checked) must lie on the grid that register wrote
+        check_native_ready(reg, source.num_timepoints, source.case_id, registered_grid=Grid(*case_grid(source)))
 
     def write(source: CaseSource, case_out: Path) -> None:
         # case_out: the case's temporary folder, published with native/ in it, or a kept case's folder
