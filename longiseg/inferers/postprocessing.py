@@ -192,6 +192,12 @@ def new_lesion_probability(baseline_prob: np.ndarray | torch.Tensor,
     Raises:
         ValueError: wrong dims, shapes that do not match, or values outside ``[0, 1]``.
     """
+    return _new_lesion_probability(*_head_maps(baseline_prob, progression_prob))
+
+
+def _head_maps(baseline_prob: np.ndarray | torch.Tensor, progression_prob: np.ndarray | torch.Tensor
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The two heads' maps as numpy arrays ``(D, H, W)`` and ``(T-1, D, H, W)``, checked and named as given."""
     base = _as_numpy("baseline_prob", baseline_prob)
     prog = _as_numpy("progression_prob", progression_prob)
     check_ndim("baseline_prob", base, 3, "(D, H, W)")
@@ -199,6 +205,11 @@ def new_lesion_probability(baseline_prob: np.ndarray | torch.Tensor,
     check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
     _check_probabilities("baseline_prob", base)
     _check_probabilities("progression_prob", prog)
+    return base, prog
+
+
+def _new_lesion_probability(base: np.ndarray, prog: np.ndarray) -> np.ndarray:
+    """:func:`new_lesion_probability` of checked maps (:func:`_head_maps`)."""
     # a 0/1 uint8 or bool map gave 1 * 0.7 -> 0: the floating dtype of the inputs (float32 if neither is one)
     floats = [a.dtype for a in (base, prog) if np.issubdtype(a.dtype, np.floating)]
     dtype = np.result_type(*floats) if floats else np.dtype(np.float32)
@@ -301,13 +312,7 @@ def postprocess_heads(
                          progression_threshold=progression_threshold)
     if restrict != "none" and brain_mask is None:
         raise ValueError(f"restrict={restrict!r} needs a brain_mask")
-    base = _as_numpy("baseline_prob", baseline_prob)
-    prog = _as_numpy("progression_prob", progression_prob)
-    check_ndim("baseline_prob", base, 3, "(D, H, W)")
-    check_ndim("progression_prob", prog, 4, "(T-1, D, H, W)")
-    check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
-    _check_probabilities("baseline_prob", base)  # named as given (postprocess below calls either "prob")
-    _check_probabilities("progression_prob", prog)
+    base, prog = _head_maps(baseline_prob, progression_prob)  # named as given (postprocess calls either "prob")
     pp = {"threshold": threshold, "min_volume_mm3": min_volume_mm3, "spacing": spacing}
     base_mask = postprocess(base, brain_mask=brain_mask if restrict == "both" else None, **pp)
     if progression_threshold is not None:
@@ -315,7 +320,7 @@ def postprocess_heads(
     brain = brain_mask if restrict != "none" else None
     if not progression_outside_baseline:
         return HeadMasks(base_mask, postprocess(prog, brain_mask=brain, **pp), prog)
-    prog = new_lesion_probability(base, prog)
+    prog = _new_lesion_probability(base, prog)
     masks, earlier = [], base_mask  # the lesions at k - 1: the baseline's and those new at follow-ups 1 .. k - 1
     for k in range(len(prog)):
         masks.append(postprocess(prog[k], brain_mask=brain, exclude=earlier, **pp))
