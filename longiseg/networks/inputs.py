@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from longiseg.utils.validation import (
+    autocast_reconciles,
     check_finite,
     check_instance,
     check_ndim,
@@ -188,16 +189,14 @@ def check_model_input(
     if device is not None and x.device != device:
         raise ValueError(f"x is on device {x.device} but the model's parameters are on device {device}: move the "
                          f"input (x.to('{device}')) or the model (model.to('{x.device}'))")
-    if dtype is not None and x.dtype != dtype:
-        # autocast casts float32/float16/bfloat16 per operation but never float64 (inputs or parameters)
+    if dtype is not None and x.dtype != dtype and not autocast_reconciles(x, dtype):
         double = torch.float64 in (x.dtype, dtype)
-        if double or not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(
-                f"x has dtype {x.dtype} but the model's parameters are {dtype}: convert the input "
-                f"(x.to({dtype})) or the model (model.to({x.dtype}))"
-                + (" (autocast never casts float64)" if double and torch.is_autocast_enabled(x.device.type)
-                   else "" if double else ", or run under torch.autocast")
-            )
+        raise TypeError(
+            f"x has dtype {x.dtype} but the model's parameters are {dtype}: convert the input "
+            f"(x.to({dtype})) or the model (model.to({x.dtype}))"
+            + (" (autocast never casts float64)" if double and torch.is_autocast_enabled(x.device.type)
+               else "" if double else ", or run under torch.autocast")
+        )
     if not checks_sizes():  # torch.jit.trace records: the sizes are traced tensors (see checks_sizes)
         return
     shape = tuple(x.shape)

@@ -22,7 +22,13 @@ from torch import nn
 from longiseg.ssm.causal_conv import causal_conv1d_silu_reference
 from longiseg.ssm.cuda import load_causal_conv1d
 from longiseg.ssm.selective_scan import check_backend, log_backend, resolve_backend, selective_scan
-from longiseg.utils.validation import check_bool, check_positive_float, check_positive_int, checks_sizes
+from longiseg.utils.validation import (
+    autocast_reconciles,
+    check_bool,
+    check_positive_float,
+    check_positive_int,
+    checks_sizes,
+)
 
 __all__ = ["Mamba"]
 
@@ -196,9 +202,8 @@ class Mamba(nn.Module):
             raise ValueError(f"hidden_states must have seqlen >= 1, got shape {tuple(hidden_states.shape)}")
         check_bool("reverse", reverse)
         weight = self.in_proj.weight
-        double = torch.float64 in (hidden_states.dtype, weight.dtype)  # autocast never casts float64
-        if hidden_states.dtype != weight.dtype and (double or not torch.is_autocast_enabled(
-                hidden_states.device.type)):
+        if hidden_states.dtype != weight.dtype and not autocast_reconciles(hidden_states, weight.dtype):
+            double = torch.float64 in (hidden_states.dtype, weight.dtype)
             raise TypeError(f"hidden_states has dtype {hidden_states.dtype} but the block's parameters are "
                             f"{weight.dtype}: convert one of them" + ("" if double else ", or run under torch.autocast"))
         if reverse:

@@ -30,6 +30,7 @@ __all__ = [
     "debug_checks",
     "debug_checks_enabled",
     "check_tensor",
+    "autocast_reconciles",
     "check_instance",
     "check_callable",
     "check_sequence",
@@ -109,6 +110,12 @@ def check_tensor(name: str, x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     return x
+
+
+def autocast_reconciles(x: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether autocast, on for ``x``'s device, runs ``x`` with parameters of another ``dtype``: it casts float32,
+    float16 and bfloat16 per operation, but never float64 (neither an input nor a parameter)."""
+    return torch.float64 not in (x.dtype, dtype) and torch.is_autocast_enabled(x.device.type)
 
 
 def check_instance(name: str, x: object, types: type | tuple[type, ...], what: str) -> Any:
