@@ -71,6 +71,7 @@ __all__ = [
     "capture_rng_state",
     "restore_rng_state",
     "save_checkpoint",
+    "model_identity",
     "load_checkpoint",
     "build_model_from_checkpoint",
     "load_model",
@@ -218,24 +219,18 @@ def save_checkpoint(
     if best_metric is not None and (isinstance(best_metric, (bool, np.bool_)) or not isinstance(
             best_metric, (int, float, np.integer, np.floating))):
         raise TypeError(f"best_metric must be a number or None, got {type(best_metric).__name__} {best_metric!r}")
-    for name, value in (("model_kwargs", model_kwargs), ("trainer_config", trainer_config), ("extra", extra),
-                        ("rng_state", rng_state)):
+    for name, value in (("trainer_config", trainer_config), ("extra", extra), ("rng_state", rng_state)):
         check_instance(name, value, (Mapping, type(None)), "a mapping or None")
     spec = getattr(unwrap_model(model), "spec", None)
-    if spec is not None:  # the model describes itself: name and arguments come from its spec
-        spec_dict = _storable_spec(spec)
-        if model_name is not None and model_name != spec.name:
-            raise ValueError(f"save_checkpoint: model_name {model_name!r} is not the name in the model's spec, "
-                             f"{spec.name!r}; leave model_name out (the spec names the model)")
-        model_name = spec.name
-        model_kwargs = spec.kwargs if model_kwargs is None else model_kwargs
+    spec_dict = None if spec is None else _storable_spec(spec)
+    model_name, model_kwargs = model_identity(model, model_name, model_kwargs, where="save_checkpoint: ")
     payload = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
         "model_name": model_name,
         "model_module": _registered_module(model_name),
-        "model_kwargs": plain_data(dict(model_kwargs), "model_kwargs") if model_kwargs is not None else {},
-        "spec": spec_dict if spec is not None else None,
+        "model_kwargs": model_kwargs,
+        "spec": spec_dict,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "grad_scaler": _state_or_none(grad_scaler),
@@ -278,6 +273,31 @@ def _registered_module(name: str | None) -> str | None:
     from longiseg.registry import is_model, model_info
 
     return model_info(name).module if name is not None and is_model(name) else None
+
+
+def model_identity(model: nn.Module, model_name: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
+                   *, where: str = "") -> tuple[str | None, dict[str, Any]]:
+    """The registry name and factory arguments a checkpoint of ``model`` records: those of its spec (a model from
+    :func:`~longiseg.build_model` describes itself) unless given, the arguments as plain data
+    (:func:`~longiseg.spec.plain_data`). The ``Trainer`` asks when it is built, :func:`save_checkpoint` at every
+    save.
+
+    Raises:
+        TypeError: ``model_name`` is not a str or ``None``, ``model_kwargs`` not a mapping or ``None``, or not plain
+            data.
+        ValueError: ``model_name`` is not the name in the model's spec (``where`` starts the message).
+    """
+    check_instance("model_name", model_name, (str, type(None)), "a registry name or None")
+    check_instance("model_kwargs", model_kwargs, (Mapping, type(None)), "a mapping or None")
+    spec_name = getattr(getattr(unwrap_model(model), "spec", None), "name", None)
+    if spec_name is not None:  # the model describes itself: name and arguments come from its spec
+        if model_name is not None and model_name != spec_name:
+            raise ValueError(f"{where}model_name {model_name!r} is not the name in the model's spec, {spec_name!r}; "
+                             "leave model_name out (the spec names the model)")
+        model_name = spec_name
+        if model_kwargs is None:
+            model_kwargs = unwrap_model(model).spec.kwargs
+    return model_name, plain_data(dict(model_kwargs or {}), "model_kwargs")
 
 
 def _map_location(map_location: Any) -> Any:

@@ -42,7 +42,13 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from tqdm.auto import tqdm
 
 from longiseg.data.samplers import EpochTaggedBatchSampler
-from longiseg.engine.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint, unwrap_model
+from longiseg.engine.checkpoint import (
+    load_checkpoint,
+    model_identity,
+    restore_rng_state,
+    save_checkpoint,
+    unwrap_model,
+)
 from longiseg.engine.config import TrainerConfig
 from longiseg.engine.distributed import DistributedContext, all_reduce_mean, barrier, init_distributed
 from longiseg.engine.optim import build_optimizer
@@ -50,10 +56,9 @@ from longiseg.engine.schedulers import build_warmup_cosine_scheduler
 from longiseg.engine.seeding import epoch_seed, seed_everything
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.wrappers import eval_mode
-from longiseg.spec import plain_data
 from longiseg.utils.io import atomic_write, check_replaceable, end_with_parent
 from longiseg.utils.logging import get_logger, log_once
-from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_callable, check_instance, check_path
+from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_callable, check_path
 
 __all__ = [
     "Trainer",
@@ -353,17 +358,8 @@ class Trainer:
         self.ctx = dist_context if dist_context is not None else init_distributed(device=config.device)
         self.device = self.ctx.device
         self.is_main = self.ctx.is_main
-        spec = getattr(unwrap_model(model), "spec", None)  # models from build_model describe themselves
         # what every checkpoint records, checked now rather than at the first checkpoint, an epoch later
-        check_instance("model_name", model_name, (str, type(None)), "a registry name or None")
-        if model_name is not None and spec is not None and model_name != getattr(spec, "name", model_name):
-            raise ValueError(f"model_name {model_name!r} is not the name in the model's spec, {spec.name!r}; leave "
-                             "model_name out (the spec names the model)")
-        self.model_name = model_name if model_name is not None else getattr(spec, "name", None)
-        if model_kwargs is not None:
-            check_instance("model_kwargs", model_kwargs, Mapping, "a mapping of the model's factory arguments")
-        self.model_kwargs = plain_data(dict(model_kwargs if model_kwargs is not None else getattr(spec, "kwargs", {})),
-                                       "model_kwargs")
+        self.model_name, self.model_kwargs = model_identity(model, model_name, model_kwargs)
         self.validate_fn = validate_fn
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)
