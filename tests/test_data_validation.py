@@ -172,6 +172,15 @@ def test_load_nifti_missing_and_non_nifti(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- case ids
+def test_check_case_id_refuses_ids_too_long_for_file_names() -> None:
+    """A case folder's temporary adds ~35 bytes to the id: a 240-byte id failed with "File name too long" after
+    inference; the id is refused up front, counted in UTF-8 bytes as file systems count names."""
+    with pytest.raises(ValueError, match=f"is {layout.MAX_CASE_ID_BYTES + 1} bytes long, more than "):
+        layout.check_case_id("p" * (layout.MAX_CASE_ID_BYTES + 1))
+    with pytest.raises(ValueError, match=f"is {layout.MAX_CASE_ID_BYTES + 1} bytes long"):
+        layout.check_case_id("\u00e9" * 75 + "p")  # 75 two-byte characters
+
+
 @pytest.mark.parametrize(
     ("case_id", "rule"),
     [
@@ -198,7 +207,7 @@ def test_check_case_id_rejects_unsafe_ids(case_id: str, rule: str) -> None:
 
 
 def test_check_case_id_accepts_plain_names() -> None:
-    for case_id in ("p0", "sub-01_ses-02", "013", "case.v2", "Patient 7"):
+    for case_id in ("p0", "sub-01_ses-02", "013", "case.v2", "Patient 7", "p" * layout.MAX_CASE_ID_BYTES):
         assert layout.check_case_id(case_id) == case_id
     with pytest.raises(TypeError, match="case id must be a string, got int"):
         layout.check_case_id(3)  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ be stored as ``.nii.gz`` or ``.nii``; a folder holding both forms of one name is
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path, PureWindowsPath
 
@@ -48,6 +49,7 @@ __all__ = [
     "image_timepoint",
     "parse_progression_filename",
     "check_progression_masks_have_images",
+    "MAX_CASE_ID_BYTES",
     "check_case_id",
     "nifti_stem",
     "find_nifti",
@@ -136,13 +138,19 @@ def check_progression_masks_have_images(folder: str | Path, num_timepoints: int,
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
+#: Longest case id, in bytes of its UTF-8 file name: file systems allow 255-byte names, and a case's temporary
+#: folder (``.ID.PID-HOST.RANDOM.tmp``) and the lesion report's figures (``ID_fuK_lesionN_KIND.png`` and their
+#: temporaries) add up to about 70 bytes to the id.
+MAX_CASE_ID_BYTES = 150
+
 
 def check_case_id(case_id: str, *, where: str = "") -> str:
     """Return ``case_id`` if it is safe as one folder name, else raise.
 
     A case id must be a single, non-empty path component: not ``.`` or ``..``, not an absolute path, no
     separator (``/`` or ``\\``), no drive (``C:``), no control character (NUL, newline, ...) and no
-    leading or trailing whitespace. So ``ROOT / case_id`` always stays inside ``ROOT``.
+    leading or trailing whitespace. So ``ROOT / case_id`` always stays inside ``ROOT``. It is at most
+    :data:`MAX_CASE_ID_BYTES` bytes long (UTF-8), so that every file named after it fits a file system's name.
 
     Args:
         case_id: the id, e.g. from a manifest row or a folder name.
@@ -170,6 +178,9 @@ def check_case_id(case_id: str, *, where: str = "") -> str:
         rule = "must not start or end with whitespace"
     elif PureWindowsPath(case_id).drive:
         rule = "must not start with a drive such as 'C:'"
+    elif len(os.fsencode(case_id)) > MAX_CASE_ID_BYTES:
+        rule = (f"is {len(os.fsencode(case_id))} bytes long, more than {MAX_CASE_ID_BYTES} (file names are limited "
+                "to 255 bytes and the temporaries and figures named after a case add about 70)")
     if rule is not None:
         raise ValueError(f"{prefix}case id {case_id!r} {rule}; a case id is a single folder name")
     return case_id
