@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -89,6 +90,22 @@ def test_flair_like_contrast(patients: dict) -> None:
     assert deep_csf.sum() > 20
     assert np.median(flair[deep_csf]) < 0.6 * np.median(flair[brain])
     assert np.median(t2[deep_csf]) > np.median(t2[brain])
+
+
+def test_t1_contrast_shows_lesions_dark_and_keeps_the_other_channels() -> None:
+    """A T1 channel (lesions hypointense against white matter) can be asked for; the channels do not change the
+    patient's lesions."""
+    cfg = dc.DemoCohortConfig(num_patients=2, spacing=4, modalities=("flair", "t1"), seed=3)
+    case, _ = dc.generate_demo_case(0, cfg)
+    assert case.modalities == ("flair", "t1") and case.images.shape[:2] == (2, 2)
+    anat = dc.load_anatomy(4)
+    lesion = case.baseline_mask.astype(bool)
+    white = (anat.wm > 0.9) & ~ndimage.binary_dilation(lesion, iterations=2) & case.brain_mask.astype(bool)
+    t1 = case.images[0, 1]
+    assert lesion.sum() > 0 and np.median(t1[lesion]) < np.median(t1[white])
+    flair_only, _ = dc.generate_demo_case(0, dataclasses.replace(cfg, modalities=("flair",)))
+    np.testing.assert_array_equal(flair_only.baseline_mask, case.baseline_mask)
+    np.testing.assert_array_equal(flair_only.progression_masks, case.progression_masks)
 
 
 def test_three_timepoints_and_reproducibility() -> None:
@@ -240,7 +257,9 @@ def test_config_errors() -> None:
     with pytest.raises(ValueError, match="spacing must be an integer number of mm from 1 to 4"):
         dc.DemoCohortConfig(spacing=5)
     with pytest.raises(ValueError, match="modalities must be a non-empty subset"):
-        dc.DemoCohortConfig(modalities=("t1",))
+        dc.DemoCohortConfig(modalities=("pd",))
+    with pytest.raises(ValueError, match="must name each channel once"):
+        dc.DemoCohortConfig(modalities=("flair", "FLAIR"))
     with pytest.raises(ValueError, match="num_timepoints must be >= 2"):
         dc.DemoCohortConfig(num_timepoints=1)
     with pytest.raises(ValueError, match="progression_fraction must lie in"):

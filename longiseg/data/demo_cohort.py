@@ -41,7 +41,7 @@ import numpy as np
 from scipy import ndimage
 
 from longiseg.data import layout
-from longiseg.data.case import LongitudinalCase
+from longiseg.data.case import LongitudinalCase, check_modalities
 from longiseg.data.loading import save_case
 from longiseg.data.manifest import Manifest, ManifestEntry, write_manifest
 from longiseg.utils.config import ConfigBase, ConfigError, require_seed
@@ -78,10 +78,12 @@ _MNI_FILES = {
 _MNI_SHAPE = (197, 233, 189)
 _MNI_AFFINE = np.array([[1.0, 0, 0, -98], [0, 1.0, 0, -134], [0, 0, 1.0, -72], [0, 0, 0, 1]])
 
-#: Relative tissue intensities (CSF, GM, WM, lesion) of the synthetic contrasts.
+#: Relative tissue intensities (CSF, GM, WM, lesion) of the synthetic contrasts: FLAIR and T2 show lesions
+#: hyperintense, T1 hypointense (dark against white matter, as chronic MS lesions and tumour cores are).
 CONTRASTS: dict[str, tuple[float, float, float, float]] = {
     "flair": (0.12, 0.80, 0.58, 1.30),
     "t2": (1.00, 0.55, 0.40, 0.82),
+    "t1": (0.25, 0.60, 0.85, 0.55),
 }
 
 
@@ -96,7 +98,7 @@ class DemoCohortConfig(ConfigBase):
         spacing: isotropic voxel size in mm, an integer downsampling of the 1 mm template
             (2 gives 98x116x94 voxels, the fast CPU variant).
         progression_fraction: fraction of patients with new/enlarging lesions (rounded to a count).
-        modalities: any of ``("flair", "t2")``, in channel order.
+        modalities: any of :data:`CONTRASTS` (``"flair"``, ``"t2"``, ``"t1"``), each once, in channel order.
         baseline_lesions: inclusive range of baseline lesion counts.
         new_lesions: inclusive range of new lesions per active follow-up.
         enlarging_lesions: inclusive range of enlarging lesions per active follow-up.
@@ -147,7 +149,7 @@ class DemoCohortConfig(ConfigBase):
         if self.spacing > 4:
             raise ConfigError(f"spacing must be an integer number of mm from 1 to 4, got {self.spacing}")
         check_probability("progression_fraction", self.progression_fraction)
-        mods = tuple(m.lower() for m in self.modalities)
+        mods = tuple(m.lower() for m in check_modalities(self.modalities))  # each named once
         if not mods or any(m not in CONTRASTS for m in mods):
             raise ConfigError(f"modalities must be a non-empty subset of {tuple(CONTRASTS)}, got {self.modalities}")
         object.__setattr__(self, "modalities", mods)
