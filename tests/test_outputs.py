@@ -199,6 +199,31 @@ def test_atomic_directory_replaces_only_when_asked(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
 
 
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+def test_an_interruption_between_the_two_renames_puts_the_old_folder_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: type[BaseException]) -> None:
+    """Ctrl-C (or SIGTERM, raised as a KeyboardInterrupt) after the old folder was moved aside and before the new
+    one was renamed in: the old folder was removed together with the new one (only an OSError put it back)."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "old.txt").write_text("old")
+    real, calls = os.replace, []
+
+    def replace(src: object, dst: object) -> None:
+        calls.append(dst)
+        if len(calls) == 2:  # the new folder's rename
+            raise failure("interrupted")
+        real(src, dst)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(failure, match="interrupted"), atomic_directory(tmp_path / "d", overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert len(calls) == 3  # moved aside, failed, moved back
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no temporary left
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["old.txt"]
+    assert (tmp_path / "d" / "old.txt").read_text() == "old"
+
+
 def _not_writable(monkeypatch: pytest.MonkeyPatch, *folders: Path) -> None:
     """Make ``os.access`` answer that ``folders`` are not writable, as a ``chmod a-w`` does for any user but root."""
     real = os.access

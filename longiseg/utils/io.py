@@ -447,20 +447,19 @@ def removed_if_created(folder: PathLike) -> Iterator[None]:
 @contextlib.contextmanager
 def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
-    with contextlib.suppress(OSError):  # nothing there (or unreadable): the folder starts as mkdtemp makes it
-        before = path.stat()
-        if stat.S_ISDIR(before.st_mode) and before.st_mode & stat.S_ISGID:  # files written meanwhile get its group
-            with contextlib.suppress(OSError):
-                os.chown(tmp, -1, before.st_gid)
-            os.chmod(tmp, 0o700 | stat.S_ISGID)  # still private while it is written
-    # held open, the folder's inode cannot be reused: a folder another process removed (and a writer re-created)
-    # is told apart from this one
-    try:
-        handle: int | None = os.open(tmp, os.O_RDONLY)
-    except OSError:  # folders cannot be opened on every platform (Windows): no check there
-        handle = None
+    handle: int | None = None
     old: Path | None = None
     try:
+        with contextlib.suppress(OSError):  # nothing there (or unreadable): the folder starts as mkdtemp makes it
+            before = path.stat()
+            if stat.S_ISDIR(before.st_mode) and before.st_mode & stat.S_ISGID:  # files written meanwhile get its group
+                with contextlib.suppress(OSError):
+                    os.chown(tmp, -1, before.st_gid)
+                os.chmod(tmp, 0o700 | stat.S_ISGID)  # still private while it is written
+        # held open, the folder's inode cannot be reused: a folder another process removed (and a writer re-created)
+        # is told apart from this one
+        with contextlib.suppress(OSError):  # folders cannot be opened on every platform (Windows): no check there
+            handle = os.open(tmp, os.O_RDONLY)
         yield tmp
         if handle is not None and not _same_folder(handle, tmp):
             raise FileNotFoundError(f"the temporary folder {tmp} of {path} was removed by another process while it "
@@ -470,17 +469,22 @@ def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
             replaced = path.stat()
             if stat.S_ISDIR(replaced.st_mode):
                 _take_permissions(tmp, replaced)
-        if path.exists():
-            if not overwrite:
-                raise WrittenMeanwhile(f"{path} appeared while writing (another process wrote it); not overwritten")
-            old = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
-            os.replace(path, old / path.name)
         try:
+            if path.exists():
+                if not overwrite:
+                    raise WrittenMeanwhile(f"{path} appeared while writing (another process wrote it); not overwritten")
+                old = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
+                os.replace(path, old / path.name)
             os.replace(tmp, path)
-        except OSError as err:  # put the old folder back before reporting
-            if old is not None and err.errno != errno.EXDEV and not path.exists():
-                os.replace(old / path.name, path)
-            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+        except BaseException as err:  # also Ctrl-C/SIGTERM between the two renames: the old folder goes back
+            if old is not None and os.path.lexists(old / path.name) and not os.path.lexists(path):
+                try:
+                    os.replace(old / path.name, path)
+                except OSError:  # the old folder stays where it is, and is named, rather than removed below
+                    kept, old = old / path.name, None
+                    raise OSError(f"{path} could not be put back after a failed replacement; the old folder is "
+                                  f"{kept}") from err
+            if isinstance(err, OSError) and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise WrittenMeanwhile(f"{path} was written by another process meanwhile; not replaced") from err
             raise
     finally:
