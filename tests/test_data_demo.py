@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,34 @@ def test_cohort_overwrite_replaces_cohort_train_and_test_together(tmp_path: Path
         for case in (out / side).iterdir():
             if case.is_dir():
                 assert _contents(case) == _contents(out / "cohort" / case.name)
+
+
+@pytest.mark.parametrize("interrupted_at", [2, 4, 6])  # after: test/ moved aside, test/ in, train/ in
+def test_an_interrupted_cohort_overwrite_keeps_the_old_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str], interrupted_at: int) -> None:
+    """Ctrl-C while the new cohort/, train/ and test/ replace the old ones: the old three come back (test/ was new
+    and train/ old: a test patient of the new split was in the old training set)."""
+    from longiseg.cli import main
+
+    out = tmp_path / "c"
+    argv = ["cohort", str(out), "--num-patients", "6", "--num-test", "2", "--spacing", "4", "--no-progress"]
+    assert main(argv) == 0
+    before = _contents(out)
+    real, calls = os.replace, []
+
+    def replace(src: object, dst: object) -> None:
+        if Path(str(src)).parent == out:  # the publication's renames, not the staging's
+            calls.append(dst)
+            if len(calls) == interrupted_at:
+                raise KeyboardInterrupt
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert main([*argv, "--overwrite", "--seed", "3"]) == 130
+    monkeypatch.undo()
+    assert capsys.readouterr().err.strip().endswith("interrupted")
+    assert _contents(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["cohort", "test", "train"]  # no temporary left
 
 
 def test_shrinking_lesions_add_no_progression_and_default_cohorts_are_unchanged() -> None:

@@ -21,6 +21,7 @@ from longiseg.data.cohort import find_mask_cases
 from longiseg.data.predictions import PREDICTION_RECORD, prediction_complete, read_prediction, save_prediction
 from longiseg.inferers.predict import predict_folder
 from longiseg.utils.io import (
+    atomic_directories,
     atomic_directory,
     atomic_path,
     atomic_torch_save,
@@ -222,6 +223,22 @@ def test_an_interruption_between_the_two_renames_puts_the_old_folder_back(
     assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no temporary left
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["old.txt"]
     assert (tmp_path / "d" / "old.txt").read_text() == "old"
+
+
+def test_atomic_directories_checks_its_folders(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="paths must be a sequence of folders, got PosixPath|WindowsPath"):
+        with atomic_directories(tmp_path / "a"):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(ValueError, match="each once"), atomic_directories([tmp_path / "a", tmp_path / "x" / ".." / "a"]):
+        pass
+    (tmp_path / "b").mkdir()
+    with pytest.raises(FileExistsError, match="overwrite=True"), atomic_directories([tmp_path / "a", tmp_path / "b"]):
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+    with atomic_directories([tmp_path / "a", tmp_path / "b"], overwrite=True) as (a, b):
+        (a / "x.txt").write_text("a")
+        (b / "y.txt").write_text("b")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["a", "a/x.txt", "b", "b/y.txt"]
 
 
 def _not_writable(monkeypatch: pytest.MonkeyPatch, *folders: Path) -> None:

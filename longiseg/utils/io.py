@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,7 +35,8 @@ from longiseg.utils.validation import check_bool, check_instance, check_path, ch
 
 __all__ = ["expand_home", "folder_is_empty", "host_tag", "process_start_time", "writer_ended", "end_with_parent",
            "WrittenMeanwhile",
-           "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_write",
+           "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_directories",
+           "atomic_write",
            "atomic_torch_save", "atomic_save_figure", "atomic_write_json", "apply_umask", "remove_stale_temporaries",
            "check_separate_folders", "check_input_folder", "check_output_folder", "check_replaceable"]
 
@@ -408,19 +409,48 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
         FileExistsError: ``path`` exists and ``overwrite`` is off.
         PermissionError: ``path`` exists and cannot be replaced (:func:`check_replaceable`), before the block runs.
 
-    On an exception the temporary folder is removed, ``path`` is untouched, and the parent folders this call
-    created for it are removed again (while empty).
+    On an exception (Ctrl-C and SIGTERM included, also between moving the old folder aside and renaming the new
+    one in) the temporary folder is removed, ``path`` is untouched, and the parent folders this call created for
+    it are removed again (while empty).
     """
-    path = check_path("path", path)
-    _check_target(path, overwrite)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path} exists and is not a folder")
-    check_replaceable(path)  # before the work: a read-only old folder would fail its move or stay half-deleted
-    with removed_if_created(path.parent):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path)
-        with _replaced_as_a_whole(path, overwrite) as tmp:
-            yield tmp
+    with atomic_directories([path], overwrite=overwrite) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_directories(paths: Sequence[PathLike], *, overwrite: bool = False) -> Iterator[list[Path]]:
+    """:func:`atomic_directory` for folders that belong together (a cohort and its train/test split): yields one
+    empty temporary folder per path; on success they replace their paths one after another, and an exception
+    while they do (Ctrl-C, SIGTERM, a failed rename) puts back every folder already replaced, so that the set is
+    either all new or all old. Only a hard kill (SIGKILL, power loss) in the few renames can leave a mix.
+
+    Args:
+        paths: the final folders, distinct.
+        overwrite: replace existing folders; if ``False`` an existing one raises ``FileExistsError``.
+
+    Raises:
+        TypeError: ``paths`` is not a sequence of paths.
+        ValueError: ``paths`` is empty or names a folder twice.
+        FileExistsError, PermissionError, NotADirectoryError: as :func:`atomic_directory`, for any path, before
+            the block runs.
+    """
+    if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Sequence):
+        raise TypeError(f"paths must be a sequence of folders, got {type(paths).__name__}")
+    folders = [check_path(f"paths[{i}]", p) for i, p in enumerate(paths)]
+    if not folders or len({os.path.abspath(f) for f in folders}) != len(folders):
+        raise ValueError(f"paths must name at least one folder, each once, got {[str(f) for f in folders]}")
+    for path in folders:
+        _check_target(path, overwrite)
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(f"{path} exists and is not a folder")
+        check_replaceable(path)  # before the work: a read-only old folder would fail its move or stay half-deleted
+    with contextlib.ExitStack() as created:
+        for path in folders:
+            created.enter_context(removed_if_created(path.parent))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(path)
+        with _replaced_as_a_whole(folders, overwrite) as tmps:
+            yield tmps
 
 
 @contextlib.contextmanager
@@ -444,55 +474,88 @@ def removed_if_created(folder: PathLike) -> Iterator[None]:
         raise
 
 
-@contextlib.contextmanager
-def _replaced_as_a_whole(path: Path, overwrite: bool) -> Iterator[Path]:
+def _private_temporary(path: Path) -> Path:
+    """A new temporary folder beside ``path``; it gets the setgid group of an existing ``path`` (files written into
+    it meanwhile get that group) and stays private while it is written."""
     tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
-    handle: int | None = None
-    old: Path | None = None
+    with contextlib.suppress(OSError):  # nothing there (or unreadable): the folder starts as mkdtemp makes it
+        before = path.stat()
+        if stat.S_ISDIR(before.st_mode) and before.st_mode & stat.S_ISGID:
+            with contextlib.suppress(OSError):
+                os.chown(tmp, -1, before.st_gid)
+            os.chmod(tmp, 0o700 | stat.S_ISGID)
+    return tmp
+
+
+@contextlib.contextmanager
+def _replaced_as_a_whole(paths: list[Path], overwrite: bool) -> Iterator[list[Path]]:
+    tmps: list[Path] = []
+    handles: list[int | None] = []
+    olds: list[Path | None] = []
     try:
-        with contextlib.suppress(OSError):  # nothing there (or unreadable): the folder starts as mkdtemp makes it
-            before = path.stat()
-            if stat.S_ISDIR(before.st_mode) and before.st_mode & stat.S_ISGID:  # files written meanwhile get its group
-                with contextlib.suppress(OSError):
-                    os.chown(tmp, -1, before.st_gid)
-                os.chmod(tmp, 0o700 | stat.S_ISGID)  # still private while it is written
-        # held open, the folder's inode cannot be reused: a folder another process removed (and a writer re-created)
-        # is told apart from this one
-        with contextlib.suppress(OSError):  # folders cannot be opened on every platform (Windows): no check there
-            handle = os.open(tmp, os.O_RDONLY)
-        yield tmp
-        if handle is not None and not _same_folder(handle, tmp):
-            raise FileNotFoundError(f"the temporary folder {tmp} of {path} was removed by another process while it "
-                                    "was written: nothing was published; run again")
-        apply_umask(tmp)
-        with contextlib.suppress(FileNotFoundError):
-            replaced = path.stat()
-            if stat.S_ISDIR(replaced.st_mode):
-                _take_permissions(tmp, replaced)
+        for path in paths:
+            tmps.append(_private_temporary(path))
+            # held open, the folder's inode cannot be reused: a folder another process removed (and a writer
+            # re-created) is told apart from this one; folders cannot be opened on every platform (Windows)
+            try:
+                handles.append(os.open(tmps[-1], os.O_RDONLY))
+            except OSError:
+                handles.append(None)
+        yield list(tmps)
+        for path, tmp, handle in zip(paths, tmps, handles, strict=True):
+            if handle is not None and not _same_folder(handle, tmp):
+                raise FileNotFoundError(f"the temporary folder {tmp} of {path} was removed by another process "
+                                        "while it was written: nothing was published; run again")
+            apply_umask(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                replaced = path.stat()
+                if stat.S_ISDIR(replaced.st_mode):
+                    _take_permissions(tmp, replaced)
         try:
-            if path.exists():
-                if not overwrite:
-                    raise WrittenMeanwhile(f"{path} appeared while writing (another process wrote it); not overwritten")
-                old = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
-                os.replace(path, old / path.name)
-            os.replace(tmp, path)
-        except BaseException as err:  # also Ctrl-C/SIGTERM between the two renames: the old folder goes back
-            if old is not None and os.path.lexists(old / path.name) and not os.path.lexists(path):
-                try:
-                    os.replace(old / path.name, path)
-                except OSError:  # the old folder stays where it is, and is named, rather than removed below
-                    kept, old = old / path.name, None
-                    raise OSError(f"{path} could not be put back after a failed replacement; the old folder is "
-                                  f"{kept}") from err
+            for path, tmp in zip(paths, tmps, strict=True):
+                olds.append(None)
+                if path.exists():
+                    if not overwrite:
+                        raise WrittenMeanwhile(f"{path} appeared while writing (another process wrote it); not "
+                                               "overwritten")
+                    olds[-1] = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent))
+                    os.replace(path, olds[-1] / path.name)
+                os.replace(tmp, path)
+        except BaseException as err:  # also Ctrl-C/SIGTERM between two renames: every old folder goes back
+            _put_back(paths, tmps, handles, olds, err)
             if isinstance(err, OSError) and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise WrittenMeanwhile(f"{path} was written by another process meanwhile; not replaced") from err
             raise
     finally:
-        if handle is not None:
-            os.close(handle)
-        for leftover in (tmp, old):
+        for handle in handles:
+            if handle is not None:
+                os.close(handle)
+        for leftover in (*tmps, *olds):
             if leftover is not None and leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _put_back(paths: list[Path], tmps: list[Path], handles: list[int | None], olds: list[Path | None],
+              err: BaseException) -> None:
+    """Undo a replacement that ``err`` stopped: each new folder already renamed in goes back to its temporary (to
+    be removed), each old folder moved aside goes back to its path; an old folder that cannot be put back is
+    left where it is (its entry in ``olds`` cleared, so it is not removed) and named in the error."""
+    kept = []
+    for i in reversed(range(len(olds))):
+        path, tmp, old = paths[i], tmps[i], olds[i]
+        handle = handles[i]
+        published = not os.path.lexists(tmp) if handle is None else _same_folder(handle, path)
+        if published:
+            with contextlib.suppress(OSError):
+                os.replace(path, tmp)
+        if old is not None and os.path.lexists(old / path.name) and not os.path.lexists(path):
+            try:
+                os.replace(old / path.name, path)
+            except OSError:  # kept, and named, rather than removed with the temporaries
+                olds[i] = None
+                kept.append(f"{path} (the old folder is {old / path.name})")
+    if kept:
+        raise OSError(f"could not put back after a failed replacement: {'; '.join(kept)}") from err
 
 
 def _same_folder(handle: int, path: Path) -> bool:

@@ -52,7 +52,7 @@ from longiseg.registry import build_model
 from longiseg.utils.config import ConfigBase, ConfigError, require_seed
 from longiseg.utils.device import usable_cpu_count
 from longiseg.utils.io import (
-    atomic_directory,
+    atomic_directories,
     atomic_write_json,
     check_replaceable,
     end_with_parent,
@@ -223,8 +223,9 @@ def write_cohort(out: str | Path, cohort_cfg: DemoCohortConfig, num_test: int, *
     except ValueError as err:
         raise ValueError(f"{err}; {out} is unchanged") from None
     names = ("cohort", "train", "test")
-    with contextlib.ExitStack() as stack:
-        final = {name: stack.enter_context(atomic_directory(out / name, overwrite=overwrite)) for name in names}
+    # published together: an interruption while they replace the old ones puts the old ones back
+    with atomic_directories([out / name for name in names], overwrite=overwrite) as temporaries:
+        final = dict(zip(names, temporaries, strict=True))
         stage = Path(tempfile.mkdtemp(dir=final["test"]))  # goes with that temporary if anything fails
         cohort = stage / "cohort"
         generate_demo_cohort(cohort, cohort_cfg, progress=progress, shown_as=str(out / "cohort"))
