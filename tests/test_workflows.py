@@ -350,6 +350,32 @@ def test_tune_refuses_a_write_protected_checkpoint_before_any_work(tmp_path: Pat
         run.chmod(0o755)
 
 
+def test_tune_refuses_a_run_folder_that_a_train_is_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A train --resume writing the run while tune ran: tune rewrote best.pt, train's clean-up then removed
+    tuning.json (best.pt had changed), and a checkpoint improved meanwhile got a threshold chosen on older weights."""
+    import socket
+
+    from longiseg.utils.io import process_start_time
+    from longiseg.workflows import tune
+
+    run = tmp_path / "run"
+    save_checkpoint(run / "best.pt", model=nn.Linear(1, 1))
+    (run / "split.json").write_text(json.dumps({"data_root": str(tmp_path), "val_root": None, "seed": 0,
+                                                "train": ["a"], "validation": ["b"]}))
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start_time(os.getpid()), "token": "t"}
+    (run / ".run.claim").write_text(json.dumps(me))  # a live longiseg train holds the run
+    loaded: list[object] = []
+    monkeypatch.setattr(tune, "load_model", lambda *a, **k: loaded.append(a))
+    before = (run / "best.pt").read_bytes()
+    assert main(["tune", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"longiseg tune: error: {re.escape(str(run))} is being written by another longiseg train or "
+                        rf"tune \(.*pid {os.getpid()}.*\); wait for it to finish, or choose another run folder", err), err
+    assert not loaded and (run / "best.pt").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == [".run.claim", "best.pt", "split.json"]
+
+
 def test_evaluate_names_needs_a_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # nargs="*" let `--names` without a value fall back to the folder names silently
     with pytest.raises(SystemExit) as exit_info:  # a usage error: argparse exits with 2

@@ -54,7 +54,7 @@ from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_path
 from longiseg.workflows.config import ExperimentConfig
 
-__all__ = ["build_loss", "build_datasets", "make_validate_fn", "read_split", "run_training",
+__all__ = ["build_loss", "build_datasets", "claim_run_folder", "make_validate_fn", "read_split", "run_training",
            "check_monitor", "VALIDATION_METRICS", "SPLIT_FILE"]
 
 logger = get_logger(__name__)
@@ -510,7 +510,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     trains = not resuming or (trainer.epoch < trainer.config.max_epochs and not trainer.stopped_early)
     if resuming and trains and ctx.is_main:
         _warn_changed_settings(out / "experiment.yaml", cfg)
-    claim = _claim_run_folder(out) if ctx.is_main else None  # no second train writes into this run meanwhile
+    claim = claim_run_folder(out) if ctx.is_main else None  # no second train writes into this run meanwhile
     try:
         return _write_records_and_fit(cfg, trainer, ctx.is_main, out, root, train_cases, val_cases, resuming, trains,
                                       resume, overwrite)
@@ -531,17 +531,19 @@ def _check_scan_backend(model: nn.Module, device: torch.device) -> None:
         raise ValueError(str(err)) from None
 
 
-def _claim_run_folder(out: Path) -> tuple[Path, dict]:
+def claim_run_folder(out: Path) -> tuple[Path, dict]:
     """Claim the run folder ``out`` for this process (a hidden claim file inside it,
-    :func:`~longiseg.inferers.claims.claim_case`); a live process that holds it is refused, naming it.
+    :func:`~longiseg.inferers.claims.claim_case`): ``longiseg train`` holds it while it trains, ``longiseg tune``
+    while it reads and rewrites a checkpoint, so that neither changes what the other reads. Release it with
+    :func:`~longiseg.inferers.claims.release_claim`.
 
     Raises:
-        FileExistsError: another ``longiseg train`` is writing into ``out``.
+        FileExistsError: another ``longiseg train`` or ``longiseg tune`` (a live process) holds ``out``.
     """
     path, claim = claim_case(out, RUN_CLAIM)
     if path is None:
-        raise FileExistsError(f"{out} is being written by another longiseg train ({claim_holder(claim)}); wait "
-                              "for it to finish, or choose another trainer.output_dir (--output)")
+        raise FileExistsError(f"{out} is being written by another longiseg train or tune ({claim_holder(claim)}); "
+                              "wait for it to finish, or choose another run folder")
     return path, claim
 
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from longiseg.data.cohort import find_cases
 from longiseg.engine.checkpoint import check_writable, load_model, update_spec
+from longiseg.inferers.claims import release_claim
 from longiseg.inferers.predict import infer_case, read_zscored, spec_reader
 from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
@@ -35,7 +36,7 @@ from longiseg.utils.device import resolve_device
 from longiseg.utils.io import atomic_write_json
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_path
-from longiseg.workflows.train import SPLIT_FILE, TUNING_FILE, read_split
+from longiseg.workflows.train import SPLIT_FILE, TUNING_FILE, claim_run_folder, read_split
 
 __all__ = ["TUNING_FILE", "UNTUNED_KEY", "ValidationMaps", "run_tuning", "validation_probabilities"]
 
@@ -166,6 +167,20 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     if not val_ids:
         raise ValueError(f"the run {run} has no validation patients (data.val_fraction=0): nothing to tune on")
     root = Path(data_root or split.get("val_root") or split["data_root"])
+    claim = claim_run_folder(run)  # no train rewrites the checkpoint (or tuning.json) while it is read and tuned
+    try:
+        return _tune_checkpoint(run, checkpoint, root, val_ids, objective=objective, thresholds=thresholds,
+                                device=device, progress=progress)
+    finally:
+        release_claim(*claim)
+
+
+def _tune_checkpoint(run: Path, checkpoint: str, root: Path, val_ids: list[str], *, objective: str,
+                     thresholds: Sequence[float], device: str | torch.device | None,
+                     progress: bool) -> ThresholdSelection | None:
+    """:func:`run_tuning`'s work once its arguments are checked and the run folder claimed: select the threshold
+    on the validation cases ``val_ids`` under ``root`` and record it in ``run/checkpoint`` and ``tuning.json``."""
+    ckpt = run / checkpoint
     model = load_model(ckpt)
     spec = model.spec
     inference = dict(spec.inference)
