@@ -588,6 +588,7 @@ def _wrong_type_calls() -> list:
         write_manifest,
         write_test_split,
     )
+    from longiseg.data.claims import claim_case, release_claim
     from longiseg.data.cohort import case_source, scan_cohort
     from longiseg.data.layout import find_nifti, image_timepoint, parse_image_filename, scan_images
     from longiseg.data.loading import check_case_headers, check_case_voxels, load_cases
@@ -597,7 +598,6 @@ def _wrong_type_calls() -> list:
     from longiseg.engine.checkpoint import check_writable, load_model, update_spec
     from longiseg.engine.trainer import check_fresh_start
     from longiseg.inferers import predict_folder
-    from longiseg.inferers.claims import claim_case, release_claim
     from longiseg.inferers.provenance import check_same_producer, prediction_record
     from longiseg.metrics import evaluate_folder
     from longiseg.metrics.evolution import evolution_folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -635,6 +636,42 @@ def test_skip_existing_workers_split_the_cases_by_claims(tmp_path: Path, caplog:
         predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
                        skip_existing=True)
     assert held[-1][0] == "a" and held[-1][1] is not None and _claims(out) == []
+
+
+def test_a_run_that_writes_the_folder_alone_claims_it(tmp_path: Path) -> None:
+    """Two predict --overwrite runs of different models into one folder both succeeded, their cases mixed (one
+    case of each model): a run without skip_existing holds the folder, a second one (or a --skip-existing worker)
+    is refused before any case is read, and one is refused while --skip-existing workers hold cases there."""
+    import os
+    import socket
+
+    from longiseg.data.claims import FOLDER_CLAIM
+
+    _three_cases(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    read: list[str] = []
+
+    def reader(source: CaseSource) -> LongitudinalCase:
+        read.append(source.case_id)
+        assert (out / FOLDER_CLAIM).is_file()  # held while the cases are predicted
+        return load_case(source)
+
+    live = {"host": socket.gethostname(), "pid": os.getppid()}  # this test's parent: a live process
+    for name, kwargs in ((FOLDER_CLAIM, {}), (FOLDER_CLAIM, {"skip_existing": True}), (".b.claim", {})):
+        (out / name).write_text(json.dumps(live))
+        with pytest.raises(FileExistsError, match=rf"{re.escape(str(out))} is being written by (another longiseg "
+                                                  rf"predict|other processes sharing it) \(pid {os.getppid()}"):
+            predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
+                           **kwargs)
+        assert _claims(out) == [name]  # the holder's claim stays; nothing else was written
+        (out / name).unlink()
+    assert not read and list(out.iterdir()) == []
+    res = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
+                         check_case=lambda s: None)
+    assert sorted(res) == ["a", "b", "c"] and _claims(out) == []  # released
+    res = predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "new", inferer=_inferer(), progress=False)
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a", "b", "c"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (process start times)")

@@ -382,6 +382,42 @@ def test_register_folder_checks_the_output_location_first(tmp_path: Path, monkey
             cohort.register_folder(tmp_path / "raw", tmp_path / "locked" / "out", progress=False)
 
 
+def test_register_folder_refuses_a_folder_another_register_writes(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two register --overwrite runs (3 mm and 5 mm) into one folder both succeeded: one case of each spacing, and
+    registration.json recording one of them. The folder is held while a run registers its cases."""
+    import json
+    import os
+    import re
+    import socket
+
+    from longiseg.data.claims import FOLDER_CLAIM
+    from longiseg.registration import cohort
+
+    (tmp_path / "raw" / "c").mkdir(parents=True)
+    _save(np.ones((4, 4, 4), np.float32), np.eye(4), tmp_path / "raw" / "c" / "t0_flair.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a case was registered into a folder another run holds")
+
+    monkeypatch.setattr(cohort, "register_case", never)
+    with pytest.raises(FileExistsError, match=rf"{re.escape(str(out))} is being written by another longiseg register "
+                                              rf"\(pid {os.getppid()} "):
+        cohort.register_folder(tmp_path / "raw", out, cohort.RegistrationOptions(qc_figures=False), overwrite=True,
+                               progress=False)
+    assert [p.name for p in out.iterdir()] == [FOLDER_CLAIM]
+    (out / FOLDER_CLAIM).unlink()
+    held = []
+    monkeypatch.setattr(cohort, "register_case", lambda c, o, *a, **k: held.append((o / FOLDER_CLAIM).is_file())
+                        or cohort.CaseRegistration(c.name))
+    cohort.register_folder(tmp_path / "raw", out, cohort.RegistrationOptions(qc_figures=False), overwrite=True,
+                               progress=False)
+    assert held == [True] and not (out / FOLDER_CLAIM).exists()
+
+
 def test_unreadable_case_is_reported_and_the_others_go_on(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from longiseg.cli import main
 

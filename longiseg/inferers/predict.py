@@ -14,6 +14,7 @@ the outputs) that ``skip_existing`` compares.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -27,6 +28,13 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from longiseg.data.case import LongitudinalCase, affine_spacing
+from longiseg.data.claims import (
+    check_folder_unclaimed,
+    claim_case,
+    claim_folder,
+    claim_holder,
+    release_claim,
+)
 from longiseg.data.cohort import find_cases
 from longiseg.data.layout import check_case_id, prediction_filenames
 from longiseg.data.loading import check_case_headers, check_case_voxels, load_case
@@ -38,7 +46,6 @@ from longiseg.data.predictions import (
 )
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.sources import CaseSource
-from longiseg.inferers.claims import claim_case, claim_holder, release_claim
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
 from longiseg.inferers.provenance import check_same_producer, prediction_record, qualified_name
 from longiseg.inferers.settings import VOXEL_SIZE_RTOL, prediction_defaults, voxel_size_mismatch
@@ -372,7 +379,9 @@ def predict_folder(
             one ``out_dir`` this way: each claims a case before reading it (a hidden ``OUT/.CASE_ID.claim``
             file, created atomically and removed afterwards; see :func:`claim_case`) and leaves the cases that
             a live process has claimed to it; a case that another process completed meanwhile is skipped when
-            its record is this run's, refused otherwise.
+            its record is this run's, refused otherwise. A run without ``skip_existing`` writes the folder alone:
+            it holds it (a hidden ``OUT/.longiseg-folder.lock``, :func:`~longiseg.data.claims.claim_folder`)
+            from before the cases are read, and refuses a folder that another live run holds.
         overwrite: replace existing outputs.
         progress: tqdm bar over cases.
         reader: a :data:`CaseReader` ``(CaseSource) -> LongitudinalCase``; it receives the listed source, so
@@ -483,14 +492,16 @@ def predict_folder(
             check_same_producer(out_dir / cid, cid, records[cid])  # kept only if this model, these settings
         if check_case is not None:
             check_case(sources[cid])
-    # NaN intensities, a brain mask of 0/255 or an image the reader cannot normalise fail here, not after the
-    # cases before them were written; workers sharing a cohort (skip_existing) resume by design and would each
-    # read all of it first: they read a case when they predict it
-    if not skip_existing:
-        check_case_voxels([sources[cid] for cid in ids], progress=progress, reader=read)
-
     results: dict[str, dict[str, list[Path]]] = {}
-    with removed_if_created(out_dir):  # a run that wrote nothing leaves no output folder
+    with removed_if_created(out_dir), contextlib.ExitStack() as held:  # a run that wrote nothing leaves no folder
+        if skip_existing:  # shares the folder, case by case, with other such runs: not with one that writes it alone
+            check_folder_unclaimed(out_dir, "longiseg predict")
+        else:  # writes it alone: a second such run (another model, other settings) would mix its cases with ours
+            held.callback(release_claim, *claim_folder(out_dir, "longiseg predict"))
+            # NaN intensities, a brain mask of 0/255 or an image the reader cannot normalise fail here, not after
+            # the cases before them were written; workers sharing a cohort (skip_existing) resume by design and
+            # would each read all of it first: they read a case when they predict it
+            check_case_voxels([sources[cid] for cid in ids], progress=progress, reader=read)
         for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
             claimed: Path | None = None
             if skip_existing:  # several workers may share the cohort: each case is predicted by one of them

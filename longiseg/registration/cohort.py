@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 
 from longiseg.data import layout
+from longiseg.data.claims import claim_folder, release_claim
 from longiseg.data.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
 from longiseg.data.volumes import read_mask, read_volume
 from longiseg.registration.grid import Grid, from_sitk, isotropic_grid, require_simpleitk, to_sitk
@@ -646,8 +647,6 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
         ImportError: SimpleITK is missing (``pip install 'longiseg[register]'``), or matplotlib with
             ``qc_figures``.
     """
-    from tqdm.auto import tqdm
-
     require_simpleitk()
     opts = _check_options(options)
     overwrite = check_bool("overwrite", overwrite)
@@ -675,6 +674,20 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
         if (raw / name).is_file():
             patients = {e.case_id: e.patient_id for e in read_manifest(raw / name).cases}
             break
+    claim = claim_folder(out, "longiseg register")  # a second register into out would mix its cases with ours
+    try:
+        return _register_and_summarise(cases, out, opts, overwrite, patients, modalities, progress)
+    finally:
+        release_claim(*claim)
+
+
+def _register_and_summarise(cases: list[Path], out: Path, opts: RegistrationOptions, overwrite: bool,
+                            patients: dict[str, str], modalities: tuple[str, ...], progress: bool
+                            ) -> list[CaseRegistration]:
+    """:func:`register_folder`'s work once the folders are checked and ``out`` claimed: every case, then
+    ``registration.csv``/``.json`` and ``manifest.json``."""
+    from tqdm.auto import tqdm
+
     results = [register_case(c, out, opts, overwrite=overwrite)
                for c in tqdm(cases, desc="register", unit="case", disable=not progress)]
     rows = _summary_rows(results)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from longiseg.data.case import LongitudinalCase
+from longiseg.data.claims import claim_case, claim_holder, release_claim
 from longiseg.data.cohort import check_same_timepoints, find_cases
 from longiseg.data.dataset import SliceDataset, VolumePatchDataset
 from longiseg.data.loading import case_voxel_size, check_case_headers, check_case_voxels, load_case
@@ -40,7 +41,6 @@ from longiseg.engine.trainer import (
     Trainer,
     check_fresh_start,
 )
-from longiseg.inferers.claims import claim_case, claim_holder, release_claim
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.losses.imbalance import ImbalanceAwareLoss
 from longiseg.metrics.voxel import dice

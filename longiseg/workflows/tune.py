@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from longiseg.data.claims import release_claim
 from longiseg.data.cohort import find_cases
 from longiseg.engine.checkpoint import check_writable, load_model, update_spec
-from longiseg.inferers.claims import release_claim
 from longiseg.inferers.predict import infer_case, read_zscored, spec_reader
 from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case

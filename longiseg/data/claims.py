@@ -1,5 +1,7 @@
-"""Claims on cases: several ``longiseg predict`` processes sharing one output folder each predict a case only after
-claiming it, so that no case is predicted twice and none is left out.
+"""Claims on output folders and cases: several ``longiseg predict`` processes sharing one output folder each predict a
+case only after claiming it, so that no case is predicted twice and none is left out; a run that writes a folder
+alone (``predict`` without ``--skip-existing``, ``register``, ``train`` and ``tune`` in a run folder) claims the
+folder, so that a second one does not mix its outputs with the first's.
 
 A claim is a hidden file beside the case folders (``.CASE.claim``), created atomically and holding the host, pid,
 process start time and a random token; a claim whose process is gone (this host) or older than a day (another host)
@@ -20,9 +22,9 @@ from typing import Any
 from longiseg.data.layout import check_case_id
 from longiseg.utils.io import PathLike, host_tag, process_start_time, writer_ended
 from longiseg.utils.logging import get_logger
-from longiseg.utils.validation import check_path
+from longiseg.utils.validation import check_instance, check_path
 
-__all__ = ["claim_case", "release_claim", "claim_holder"]
+__all__ = ["FOLDER_CLAIM", "claim_case", "claim_folder", "check_folder_unclaimed", "release_claim", "claim_holder"]
 
 logger = get_logger(__name__)
 
@@ -75,7 +77,65 @@ def claim_case(out_dir: PathLike, case_id: str) -> tuple[Path | None, dict[str, 
         ``(path, claim)`` when claimed; ``(None, holder's claim or {})`` when a live process holds the case.
     """
     out_dir = check_path("out_dir", out_dir)
-    path = _claim_path(out_dir, check_case_id(case_id))
+    return _create_claim(_claim_path(out_dir, check_case_id(case_id)), f"case {case_id}")
+
+
+#: The claim file of a run that writes a whole output folder alone; a case's claim ends in ``.claim``, so no case id
+#: gives this name.
+FOLDER_CLAIM = ".longiseg-folder.lock"
+
+
+def claim_folder(out_dir: PathLike, command: str) -> tuple[Path, dict[str, Any]]:
+    """Claim the folder ``out_dir`` for a run that writes it alone (``longiseg predict`` without
+    ``--skip-existing``, ``longiseg register``), so that two such runs do not mix their outputs case by case: a
+    live process holding the folder, or a case in it (:func:`claim_case`: workers sharing it), refuses the claim.
+    Release it with :func:`release_claim`.
+
+    Args:
+        out_dir: the output folder (created if missing).
+        command: what claims it, for the message (``"longiseg predict"``).
+
+    Raises:
+        FileExistsError: another live process writes into ``out_dir``, named.
+    """
+    out_dir = check_path("out_dir", out_dir)
+    check_instance("command", command, str, "a str")
+    path, claim = _create_claim(out_dir / FOLDER_CLAIM, str(out_dir))
+    if path is None:
+        raise FileExistsError(f"{out_dir} is being written by another {command} ({claim_holder(claim)}); wait for "
+                              "it to finish, or choose another output folder")
+    for case_claim in out_dir.glob(".*.claim"):
+        with contextlib.suppress(FileNotFoundError):
+            held = _read_claim(case_claim)
+            if _claim_alive(case_claim, held):
+                release_claim(path, claim)
+                raise FileExistsError(f"{out_dir} is being written by other processes sharing it "
+                                      f"({claim_holder(held)} holds {case_claim.name}); wait for them to finish, "
+                                      "or choose another output folder")
+    return path, claim
+
+
+def check_folder_unclaimed(out_dir: PathLike, command: str) -> None:
+    """Refuse to share ``out_dir`` (:func:`claim_case`) while a run that writes it alone holds it
+    (:func:`claim_folder`).
+
+    Raises:
+        FileExistsError: a live process holds the folder, named.
+    """
+    out_dir = check_path("out_dir", out_dir)
+    path = out_dir / FOLDER_CLAIM
+    with contextlib.suppress(FileNotFoundError):
+        held = _read_claim(path)
+        if _claim_alive(path, held):
+            raise FileExistsError(f"{out_dir} is being written by another {command} ({claim_holder(held)}) that "
+                                  "does not share it (no --skip-existing); wait for it to finish, or choose another "
+                                  "output folder")
+
+
+def _create_claim(path: Path, what: str) -> tuple[Path | None, dict[str, Any]]:
+    """Create the claim file ``path`` atomically for this process (see :func:`claim_case`), taking over an abandoned
+    one; ``what`` names the claimed thing in the log."""
+    out_dir = path.parent
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start_time(os.getpid()),
             "token": uuid.uuid4().hex}
     for _ in range(5):
@@ -112,7 +172,7 @@ def claim_case(out_dir: PathLike, case_id: str) -> tuple[Path | None, dict[str, 
         finally:
             with contextlib.suppress(OSError):
                 aside.unlink()
-        logger.info("case %s: taking over the abandoned claim of %s", case_id, claim_holder(held))
+        logger.info("%s: taking over the abandoned claim of %s", what, claim_holder(held))
     return None, {}
 
 
