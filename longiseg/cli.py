@@ -481,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of patients (default: the demo's, 32)")
     p.add_argument("--num-test", dest="num_test", type=int, default=None,
                    help="held-out test patients, half progressing (default: the demo's, 10)")
-    p.add_argument("--spacing", type=int, default=2, help="isotropic voxel size in mm (default 2)")
+    p.add_argument("--spacing", type=int, default=2, choices=range(1, 5), metavar="{1,2,3,4}",
+                   help="isotropic voxel size in whole mm, 1 to 4 (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
