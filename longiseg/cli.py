@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -138,11 +139,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it afresh")
-    cfg = _load_experiment(args.config, args.overrides)
-    if args.data:
-        cfg.data.root = args.data
-    if args.output:
-        cfg.trainer.output_dir = args.output
+    # --data and --output as the last overrides: the file's values are replaced before the config is checked (an
+    # empty trainer.output_dir in the file was refused although --output gave one); JSON quoting keeps any path a
+    # string
+    folders = [f"{key}={json.dumps(value)}" for key, value in (("data.root", args.data),
+                                                                 ("trainer.output_dir", args.output)) if value]
+    cfg = _load_experiment(args.config, [*args.overrides, *folders])
     check_output_folder(cfg.trainer.output_dir, "--output")
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     if launch_rank() == 0:  # under torchrun: rank 0 reports

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +90,27 @@ def test_load_with_overrides(tmp_path) -> None:
     path.write_text("max_epochs: 10\nlr: 2.0e-4\n")
     cfg = load_config(TrainerConfig, path, ["max_epochs=20"])
     assert (cfg.max_epochs, cfg.lr) == (20, 2e-4)
+
+
+def test_overrides_replace_a_files_invalid_value_before_it_is_checked(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty trainer.output_dir in the file was refused although --output (an override) replaced it; a file that
+    leaves a section out takes an override into it."""
+    from longiseg.cli import main
+
+    path = tmp_path / "t.yaml"
+    path.write_text('trainer:\n  output_dir: ""\n')
+    with pytest.raises(ConfigError, match="output_dir must be a non-empty path"):
+        load_config(_RootConfig, path)
+    assert load_config(_RootConfig, path, ["trainer.output_dir=runs/a"]).trainer.output_dir == "runs/a"
+    (tmp_path / "empty.yaml").write_text("tags: []\n")
+    assert load_config(_RootConfig, tmp_path / "empty.yaml", ["trainer.max_epochs=3"]).trainer.max_epochs == 3
+    with pytest.raises(ConfigError, match=r"'trainer\.max_epoch'.*trainer\.max_epochs"):
+        load_config(_RootConfig, tmp_path / "empty.yaml", ["trainer.max_epoch=3"])
+    # the command line: --output replaces the file's empty folder (the run then fails for want of data, later)
+    assert main(["train", str(path), "--output", str(tmp_path / "run"), "--data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "output_dir" not in err and "none" in err, err
 
 
 def test_unknown_key_names_key_and_valid_keys(tmp_path) -> None:

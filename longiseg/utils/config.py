@@ -354,8 +354,11 @@ def load_config(cls: type[C], path: str | Path, overrides: Iterable[str] = ()) -
         FileNotFoundError: if the file does not exist.
         ConfigError: unknown keys, wrong types or an unsupported suffix.
     """
-    cfg = config_from_dict(cls, read_config_file(path))
-    return apply_overrides(cfg, overrides)
+    if isinstance(overrides, str):
+        raise TypeError("load_config: overrides must be a sequence of 'key=value' strings, not one string")
+    # applied to the file's values before the config is built and checked: an override replaces a value the file
+    # holds wrongly (an empty trainer.output_dir given with --output)
+    return config_from_dict(cls, _override_dict(cls, read_config_file(path), overrides))
 
 
 def save_config(config: Any, path: str | Path) -> Path:
@@ -457,8 +460,14 @@ def apply_overrides(config: C, overrides: Iterable[str]) -> C:
     """
     if isinstance(overrides, str):
         raise TypeError("apply_overrides: overrides must be a sequence of 'key=value' strings, not one string")
-    data = config_to_dict(config)
     cls = type(config)
+    return config_from_dict(cls, _override_dict(cls, config_to_dict(config), overrides))
+
+
+def _override_dict(cls: type, data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``data`` (a config of ``cls`` as a dict: a whole one, or a file's, in which sections and keys may be missing)
+    with the dotted ``key=value`` ``overrides`` applied in place (see :func:`apply_overrides`); the values are
+    converted and checked when the config is built from it."""
     for text in overrides:
         parts, raw = _split_override(text)
         value = _parse_value(raw)
@@ -482,11 +491,11 @@ def apply_overrides(config: C, overrides: Iterable[str]) -> C:
                 node[part] = _merge_section(node_cls, node, {part: value})[part]  # a whole section: its keys given
             else:
                 node_cls = _type_hints(node_cls)[part]
-                node = node[part]
+                node = node.setdefault(part, {})  # a file may leave a section out
                 prefix += part + "."
                 if not isinstance(node, dict):
                     raise ConfigError(f"override {text!r}: {prefix[:-1]!r} is not a nested config section")
-    return config_from_dict(cls, data)
+    return data
 
 
 class ConfigBase:
