@@ -339,3 +339,19 @@ def test_a_file_given_as_an_input_folder_is_named_a_file(tmp_path) -> None:
             call(tmp_path / "f.txt")
         with pytest.raises(FileNotFoundError, match=f"{name} .*nope does not exist"):
             call(tmp_path / "nope")
+
+
+def test_an_uncompressed_nifti_named_gz_is_told_to_be_renamed(tmp_path) -> None:
+    """A valid .nii renamed to .nii.gz (common after tools rename files) read as "truncated, corrupt or not a NIfTI
+    file (... is not a gzip file)"; the message now says what it is and the name to give it."""
+    from longiseg.utils.nifti import load_nifti
+
+    plain = tmp_path / "t1_t2.nii"
+    nib.save(nib.Nifti1Image(np.ones((3, 4, 5), np.float32), np.eye(4)), str(plain))
+    renamed = plain.rename(tmp_path / "t1_t2.nii.gz")
+    with pytest.raises(ValueError, match=r"t1_t2\.nii\.gz is an uncompressed NIfTI file although its name ends in "
+                                         r"\.gz: rename it to t1_t2\.nii "):
+        load_nifti(renamed)
+    renamed.write_bytes(b"not a volume at all" * 10)  # neither gzip nor NIfTI: the message as before
+    with pytest.raises(ValueError, match=r"t1_t2\.nii\.gz is truncated, corrupt or not a NIfTI file"):
+        load_nifti(renamed)

@@ -266,6 +266,19 @@ def _set_qform_and_units(header: Any, affine: np.ndarray, spatial: SpatialHeader
 
 
 # --------------------------------------------------------------------------- reading
+def _uncompressed_nifti(path: Path) -> bool:
+    """Whether ``path`` starts as an uncompressed NIfTI-1/2 file does (its header size, 348 or 540, in either byte
+    order, and not gzip's magic bytes)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    if len(head) < 4 or head[:2] == b"\x1f\x8b":
+        return False
+    return any(int.from_bytes(head, order) in (348, 540) for order in ("little", "big"))
+
+
 def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = False,
                dtype: Any = None) -> Any:
     """Read a NIfTI file (``.nii`` or ``.nii.gz``) with nibabel; a bad file is a ``ValueError`` naming it.
@@ -333,6 +346,9 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
     except (ImageFileError, HeaderDataError, EOFError, zlib.error, struct.error, OSError, ValueError) as exc:
         kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
         reason = " ".join(str(exc).split())
+        if path.name.endswith(".gz") and _uncompressed_nifti(path):  # a tool renamed or forgot to compress it
+            raise ValueError(f"{label} is an uncompressed NIfTI file although its name ends in .gz: rename it to "
+                             f"{path.name[:-3]} (or compress it with gzip)") from exc
         raise ValueError(f"{label} is truncated, corrupt or not a NIfTI file ({kind}: {reason})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ValueError(f"{label} is not a NIfTI file (nibabel reads it as {type(img).__name__})")
