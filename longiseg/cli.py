@@ -458,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from OUTPUT/last.pt (a fresh start when OUTPUT holds none)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start afresh in an OUTPUT that already holds a run (its checkpoints are replaced)")
+                   help="start afresh in an OUTPUT that already holds a run (its checkpoints and tuning are removed "
+                        "when the new run starts: train into another folder to keep them until it is done)")
     _add_overrides(p)
     p.set_defaults(func=_cmd_train)
 
