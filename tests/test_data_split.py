@@ -133,3 +133,39 @@ def test_split_by_patient_arguments_are_checked() -> None:
         split_by_patient([], 0.2)
     with pytest.raises(ValueError, match="case id 'a' appears more than once"):
         split_by_patient([_source("a", "p1", True), _source("a", "p2", False), cases[2]], 0.5)
+
+
+def test_the_manifest_row_order_changes_no_case_order(cohort: Path, tmp_path: Path) -> None:
+    """Reversing a manifest's rows (the same cases) changed training's case order (the sampler draws sample ``i``
+    from case ``i % N``, so other cases were drawn), the test split and evaluate's rows; every command now lists a
+    cohort's cases in case-id order."""
+    import shutil
+
+    from longiseg.data.cohort import find_mask_cases
+    from longiseg.metrics.evaluate import evaluate_folder
+
+    reversed_ = tmp_path / "reversed"
+    shutil.copytree(cohort, reversed_)
+    data = json.loads((reversed_ / "manifest.json").read_text(encoding="utf-8"))
+    data["cases"].reverse()
+    for i, case in enumerate(data["cases"]):  # patient ids in the opposite order of the case ids
+        case["patient_id"] = f"P{i}"
+    (reversed_ / "manifest.json").write_text(json.dumps(data))
+    ids = sorted(c["case_id"] for c in data["cases"])
+    assert [c["case_id"] for c in data["cases"]] != ids
+    forward = tmp_path / "forward"
+    shutil.copytree(reversed_, forward)
+    data["cases"].reverse()
+    (forward / "manifest.json").write_text(json.dumps(data))
+
+    orders = {}
+    for name, root in (("reversed", reversed_), ("forward", forward)):
+        cases = find_cases(root)
+        train, val = split_by_patient(cases, 0.3, seed=3)
+        result = evaluate_folder(root, root, progress=False)
+        orders[name] = ([c.case_id for c in cases], [c.case_id for c in train], [c.case_id for c in val],
+                        [e.case_id for e in find_mask_cases(root)], [r["case_id"] for r in result.table.rows],
+                        write_test_split(root, tmp_path / f"split-{name}", 2))
+    assert orders["reversed"] == orders["forward"]
+    assert orders["forward"][0] == orders["forward"][3] == ids
+    assert orders["forward"][4] == [cid for cid in ids for _ in range(2)]  # baseline and follow-up rows

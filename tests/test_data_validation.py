@@ -353,6 +353,43 @@ def test_load_case_refuses_a_contradicting_progression_flag(tmp_path: Path, prog
         load_case(src)
 
 
+@pytest.mark.parametrize(("progresses", "flag", "match"), [
+    (False, True, r"flag is true but every progression mask \(progression_t1\.nii\.gz\) is empty"),
+    (True, False, r"flag is false but progression_t1\.nii\.gz \(1 voxels\) is not empty"),
+])
+def test_evaluate_and_lesions_refuse_a_contradicting_progression_flag_as_training_does(
+        tmp_path: Path, progresses: bool, flag: bool, match: str) -> None:
+    """The reference side of ``longiseg evaluate`` and ``longiseg lesions`` read a reference case with its
+    manifest's flag checked (``read_mask_case``), with the message ``load_case`` gives; they scored it."""
+    from longiseg.data import find_mask_cases, read_mask_case
+    from longiseg.metrics.evaluate import evaluate_folder
+    from longiseg.metrics.evolution import evolution_folder
+
+    ids = ("p0",) if progresses else ("x", "p0")
+    ref = _cohort(tmp_path / "ref", ids, flags={"p0": flag})
+    pred = tmp_path / "pred"
+    shutil.copytree(ref, pred, ignore=shutil.ignore_patterns(layout.MANIFEST_JSON))  # a prediction has no manifest
+    message = rf"case 'p0': the manifest's progression {match}"
+    (entry,) = [e for e in find_mask_cases(ref) if e.case_id == "p0"]
+    for read in (lambda: load_case(next(s for s in find_cases(ref) if s.case_id == "p0")),
+                 lambda: read_mask_case(ref, entry),
+                 lambda: evaluate_folder(pred, ref, progress=False),
+                 lambda: evolution_folder(ref, progress=False)):
+        with pytest.raises(ValueError, match=message):
+            read()
+    assert [e.case_id for e in evolution_folder(pred, progress=False)] == sorted(ids)  # no manifest, no flag
+
+
+def test_read_mask_case_checks_its_arguments(tmp_path: Path) -> None:
+    from longiseg.data import ManifestEntry, read_mask_case
+
+    _cohort(tmp_path)
+    with pytest.raises(TypeError, match="entry must be a ManifestEntry"):
+        read_mask_case(tmp_path, "p0")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_timepoints must be set"):
+        read_mask_case(tmp_path, ManifestEntry("p0", "p0", None, None))
+
+
 # ----------------------------------------------------------------------------- validate_cases
 def _damage_cohort(root: Path) -> dict[str, list[str]]:
     """A cohort with one broken case per kind of problem; returns the patterns each case must report."""
@@ -396,7 +433,7 @@ def _damage_cohort(root: Path) -> dict[str, list[str]]:
 def test_validate_cases_reports_every_problem_per_case(tmp_path: Path) -> None:
     expected = _damage_cohort(tmp_path)
     problems = validate_cases(tmp_path, progress=False)
-    assert list(problems) == list(expected)  # cohort order; "ok" has none
+    assert list(problems) == sorted(expected)  # case-id order, not the manifest's; "ok" has none
     for case_id, patterns in expected.items():
         assert len(problems[case_id]) == len(patterns), (case_id, problems[case_id])
         for pattern, message in zip(patterns, problems[case_id]):

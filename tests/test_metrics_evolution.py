@@ -143,7 +143,7 @@ def demo_refs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict
 def test_demo_references_report_the_placed_lesions(demo_refs) -> None:  # noqa: ANN001
     root, stats = demo_refs
     evs = evolution_folder(root, progress=False)
-    assert [e.case_id for e in evs] == ["demo-006", "demo-000"]  # manifest order
+    assert [e.case_id for e in evs] == ["demo-000", "demo-006"]  # case-id order, not the manifest's
     for ev in evs:
         st = next(s for s in stats if s["case_id"] == ev.case_id)
         got = [(f.new, f.enlarging, f.merged) for f in ev.followups]

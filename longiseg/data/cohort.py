@@ -1,8 +1,9 @@
 """A cohort folder in the library layout: finding its cases (no voxels read) and checking they fit together.
 
-With a manifest (:mod:`longiseg.data.manifest`) its case order, modalities, timepoint counts and progression
-flags are used; otherwise every sub-folder holding ``t0_*`` images is a case. :func:`find_cases` lists image
-cases, :func:`find_mask_cases` reference (mask) cases; :func:`check_same_modalities` and
+With a manifest (:mod:`longiseg.data.manifest`) its cases, modalities, timepoint counts and progression flags
+are used; otherwise every sub-folder holding ``t0_*`` images is a case. Either way the cases are listed in case-id
+order (``sorted``), not in the order of the manifest's rows. :func:`find_cases` lists image cases,
+:func:`find_mask_cases` reference (mask) cases; :func:`check_same_modalities` and
 :func:`check_same_timepoints` refuse cases that cannot share one model input layout.
 """
 
@@ -218,7 +219,10 @@ def check_same_timepoints(cases: Sequence[CaseSource | LongitudinalCase], remedy
 
 
 def _cohort_manifest(root: Path) -> Manifest | None:
-    """The manifest of a cohort folder (``manifest.json``, else ``manifest.csv``), ``None`` without one.
+    """The manifest of a cohort folder (``manifest.json``, else ``manifest.csv``), ``None`` without one; its cases
+    in case-id order (``sorted``), whatever the order of its rows, as a folder scan lists them: every command sees
+    a cohort's cases in one order (training's samples and split, reports' rows), which reordering the manifest's
+    rows does not change.
 
     Raises:
         FileNotFoundError: the manifest lists no case (a folder of no cases is an error, as without a manifest).
@@ -228,8 +232,13 @@ def _cohort_manifest(root: Path) -> Manifest | None:
             manifest = read_manifest(root / name)
             if not manifest.cases:
                 raise FileNotFoundError(f"{root / name} lists no case")
-            return manifest
+            return Manifest(manifest.modalities, tuple(sorted(manifest.cases, key=lambda e: e.case_id)))
     return None
+
+
+def _case_folders(root: Path) -> list[Path]:
+    """The sub-folders of ``root`` that may be cases (not hidden), in case-id order (their names, ``sorted``)."""
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
 def scan_cohort(
@@ -270,7 +279,7 @@ def scan_cohort(
             except (OSError, ValueError) as exc:
                 found.append((entry.case_id, exc))
         return _mark_odd_modalities(found)
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for folder in _case_folders(root):
         if any(layout.image_timepoint(f.name) == 0 for f in folder.iterdir()):  # a bad modality name: refused below
             try:
                 found.append((folder.name, _source_from_folder(folder, modalities, require_masks)))
@@ -297,11 +306,12 @@ def find_cases(
 ) -> list[CaseSource]:
     """List the cases of a folder in the library layout (see :mod:`longiseg.data.layout`) without reading voxels.
 
-    With a manifest (``manifest.json`` or ``manifest.csv``) its case order, modalities, timepoint counts and
+    With a manifest (``manifest.json`` or ``manifest.csv``) its cases, modalities, timepoint counts and
     progression flags are used; otherwise every sub-folder holding ``t0_*.nii.gz`` files is a case, the
     number of timepoints is the highest ``t<i>`` found plus one and modalities default to the baseline's
     modalities in alphabetical order, which must be the same for every case. Files may end in ``.nii.gz`` or
-    ``.nii``, not both for one name.
+    ``.nii``, not both for one name. The cases are listed in case-id order (``sorted``) either way: the order of
+    a manifest's rows changes nothing (training's samples and split, the order of reports).
 
     Args:
         root: cohort folder.
@@ -311,7 +321,7 @@ def find_cases(
             not looked for, every case is listed without them (prediction, which reads no reference mask).
 
     Returns:
-        One :class:`~longiseg.data.sources.CaseSource` per case.
+        One :class:`~longiseg.data.sources.CaseSource` per case, in case-id order.
 
     Raises:
         FileNotFoundError: ``root`` or a required file is missing.
@@ -334,8 +344,9 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
 
     A case is a sub-folder holding ``baseline_mask.nii.gz`` and ``progression_t1 .. progression_t{T-1}``
     (``.nii`` or ``.nii.gz``). With a manifest (read by :func:`~longiseg.data.manifest.read_manifest`, so
-    exactly the manifests :func:`find_cases` accepts) its cases, order and patient ids are used; otherwise
-    every sub-folder holding a baseline mask is a case of its own patient. ``T`` is the manifest's
+    exactly the manifests :func:`find_cases` accepts) its cases, patient ids and progression flags are used;
+    otherwise every sub-folder holding a baseline mask is a case of its own patient. The cases are listed in
+    case-id order (``sorted``) either way, as :func:`find_cases` lists them. ``T`` is the manifest's
     ``num_timepoints`` or, where it is left out, counted from the files (the highest follow-up of the
     progression masks and images).
 
@@ -343,7 +354,8 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
         root: reference folder, e.g. a test cohort.
 
     Returns:
-        One :class:`~longiseg.data.manifest.ManifestEntry` per case, ``num_timepoints`` always set.
+        One :class:`~longiseg.data.manifest.ManifestEntry` per case in case-id order, ``num_timepoints`` always
+        set.
 
     Raises:
         FileNotFoundError: ``root`` or a case folder is missing, ``root`` holds no case, or a case lacks a
@@ -356,9 +368,8 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
     if manifest is not None:
         rows = list(manifest.cases)
     else:
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         rows = [ManifestEntry(layout.check_case_id(p.name, where=f"case folder {p}"), "", None, None)
-                for p in folders if layout.find_nifti(p, layout.BASELINE_MASK)]
+                for p in _case_folders(root) if layout.find_nifti(p, layout.BASELINE_MASK)]
         if not rows:
             raise FileNotFoundError(f"no case folders with a {layout.BASELINE_MASK} found in {root}")
     return [_mask_case(root, row) for row in rows]

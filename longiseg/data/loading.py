@@ -21,13 +21,19 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from longiseg.data import layout, volumes
+from longiseg.data import layout, manifest, predictions, volumes
 from longiseg.data.case import LongitudinalCase, check_case, check_modalities
 from longiseg.data.cohort import case_source, scan_cohort
 from longiseg.data.sources import CaseSource, MaskSpec, build_mask
 from longiseg.utils.io import PathLike, atomic_directory, check_output_folder, folder_is_empty
 from longiseg.utils.nifti import atomic_save_nifti, load_nifti
-from longiseg.utils.validation import check_bool, check_nonnegative_float, check_path, check_sequence
+from longiseg.utils.validation import (
+    check_bool,
+    check_instance,
+    check_nonnegative_float,
+    check_path,
+    check_sequence,
+)
 
 __all__ = [
     "load_case",
@@ -35,6 +41,8 @@ __all__ = [
     "validate_cases",
     "check_case_headers",
     "check_case_voxels",
+    "check_progression_flag",
+    "read_mask_case",
     "case_voxel_size",
     "case_grid",
     "save_case",
@@ -221,21 +229,31 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
     return good, ref_shape, ref_affine, spacing
 
 
-def _check_progression_flag(source: CaseSource, progression: np.ndarray, problems: _Problems) -> None:
-    """The given progression flag must say whether any progression mask ``(T-1, D, H, W)`` is non-empty."""
-    assert source.progression_masks is not None
-    names = [spec.files[-1].name for spec in source.progression_masks]
-    if source.has_progression and not progression.any():
-        problems.add(ValueError(
-            f"case {source.case_id!r}: the manifest's progression flag is true but every progression mask "
+def check_progression_flag(case_id: str, flag: bool | None, progression: np.ndarray, names: Sequence[str]) -> None:
+    """Refuse a manifest progression flag that the progression masks contradict: the one check of it, for every
+    reader of labelled cases (:func:`load_case`, :func:`validate_cases`, :func:`read_mask_case`).
+
+    Args:
+        case_id: the case, for the message.
+        flag: the manifest's (or adapter's) progression flag; ``None`` (not given) passes.
+        progression: the case's progression masks ``(T-1, D, H, W)``.
+        names: the file name of each progression mask (``T-1`` names), for the message.
+
+    Raises:
+        ValueError: naming the case, and the non-empty masks with their voxel counts when the flag is false or
+            every mask when it is true.
+    """
+    if flag and not progression.any():
+        raise ValueError(
+            f"case {case_id!r}: the manifest's progression flag is true but every progression mask "
             f"({', '.join(names)}) is empty"
-        ))
-    elif source.has_progression is False and progression.any():
+        )
+    if flag is False and progression.any():
         nonempty = [f"{n} ({int(m.sum())} voxels)" for n, m in zip(names, progression) if m.any()]
-        problems.add(ValueError(
-            f"case {source.case_id!r}: the manifest's progression flag is false but {', '.join(nonempty)} "
+        raise ValueError(
+            f"case {case_id!r}: the manifest's progression flag is false but {', '.join(nonempty)} "
             f"{'is' if len(nonempty) == 1 else 'are'} not empty"
-        ))
+        )
 
 
 def _read_case(source: CaseSource, affine_atol: float, problems: _Problems) -> LongitudinalCase | None:
@@ -261,8 +279,8 @@ def _read_case(source: CaseSource, affine_atol: float, problems: _Problems) -> L
         prog = [mask(s) for s in source.progression_masks]
         if all(m is not None for m in prog):
             progression = np.stack(prog)  # type: ignore[arg-type]
-            if source.has_progression is not None:
-                _check_progression_flag(source, progression, problems)
+            names = [spec.files[-1].name for spec in source.progression_masks]  # type: ignore[union-attr]
+            problems.passes(check_progression_flag, cid, source.has_progression, progression, names)
     brain = None
     if source.brain_mask is not None:
         brain = mask(MaskSpec((source.brain_mask,), "binary"))
@@ -314,6 +332,46 @@ def load_case(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> Lo
     case = _read_case(case_source(source), affine_atol, _Problems(collect=False))
     assert case is not None  # problems raise when not collecting
     return case
+
+
+def read_mask_case(root: PathLike, entry: manifest.ManifestEntry, *, affine_atol: float = 1e-4,
+                   what: str | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Read the masks of one case of a mask folder (a reference folder, or predictions) and check them as
+    :func:`load_case` checks a case's masks: every file binary and on one grid
+    (:func:`~longiseg.data.predictions.read_prediction`), and the progression flag that the folder's manifest
+    gives, if any, agreeing with the progression masks (:func:`check_progression_flag`, the message
+    :func:`load_case` gives). ``longiseg evaluate`` (the reference side) and ``longiseg lesions`` read cases so.
+
+    Args:
+        root: the folder (``root/CASE/baseline_mask.nii.gz``, ``root/CASE/progression_t{i}.nii.gz``).
+        entry: the case, as :func:`~longiseg.data.cohort.find_mask_cases` lists it (``num_timepoints`` set;
+            ``progression`` is the manifest's flag, ``None`` without one).
+        affine_atol: absolute tolerance when comparing the files' affines (mm).
+        what: what the files are, for messages (default ``"case 'ID': mask"``).
+
+    Returns:
+        ``(masks, affine, spacing)``: uint8 ``(T, D, H, W)`` masks, the baseline first, then the progression
+        masks of follow-ups ``1 .. T-1``; the shared ``(4, 4)`` affine and the voxel size in mm.
+
+    Raises:
+        TypeError: ``entry`` is not a :class:`~longiseg.data.manifest.ManifestEntry`.
+        FileNotFoundError: a mask is missing.
+        ValueError: ``entry.num_timepoints`` not set; naming the file as
+            :func:`~longiseg.data.predictions.read_prediction` does; or the manifest's progression flag
+            contradicts the progression masks.
+    """
+    check_instance("entry", entry, manifest.ManifestEntry, "a ManifestEntry (from find_mask_cases)")
+    if entry.num_timepoints is None:
+        raise ValueError(f"case {entry.case_id!r}: entry.num_timepoints must be set (find_mask_cases sets it)")
+    root = check_path("root", root)
+    masks, affine, spacing = predictions.read_prediction(
+        root, entry.case_id, entry.num_timepoints, "mask", affine_atol=affine_atol,
+        what=what or f"case {entry.case_id!r}: mask")
+    folder = root / entry.case_id
+    names = [(layout.find_nifti(folder, n) or folder / n).name
+             for n in layout.prediction_filenames(entry.num_timepoints)["mask"][1:]]
+    check_progression_flag(entry.case_id, entry.progression, masks[1:], names)
+    return masks, affine, spacing
 
 
 def load_cases(sources: Sequence[CaseSource], **kwargs: object) -> list[LongitudinalCase]:

@@ -49,7 +49,9 @@ def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int
         fraction_name: what the messages call ``val_fraction`` (the setting or option the user gave).
 
     Returns:
-        ``(train_cases, val_cases)``; every patient's cases land on one side.
+        ``(train_cases, val_cases)``, each in the order of ``cases`` (:func:`~longiseg.data.cohort.find_cases`
+        lists a cohort's cases in case-id order, whatever the manifest's row order); every patient's cases land
+        on one side. Which patients are held out does not depend on the order of ``cases``.
 
     Raises:
         TypeError: ``cases`` is not a list or tuple of :class:`~longiseg.data.sources.CaseSource`,
@@ -122,8 +124,9 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
     """Hold out ``num_test`` patients of a cohort: copy its cases into ``OUT/train`` and ``OUT/test``.
 
     The test set takes the first ``num_test // 2`` progressing patients and the first remaining stable
-    patients in manifest order (so the split is the same on every machine), with all of each patient's cases;
-    each side gets its own manifest. A patient progresses when one of its cases does (the manifest's flag, or
+    patients in patient-id order (``sorted``; so the split is the same on every machine and whatever the order of
+    the manifest's rows), with all of each patient's cases; each side gets its own manifest, its cases in case-id
+    order. A patient progresses when one of its cases does (the manifest's flag, or
     its progression masks where the manifest has none).
 
     Args:
@@ -147,8 +150,9 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
         check_separate_folders(out / name, f"{name} folder", {"cohort": cohort})
     manifest = read_manifest(cohort / MANIFEST_JSON)
     sources = {c.case_id: c for c in find_cases(cohort)}
-    patients: dict[str, list] = {}  # manifest order of first appearance
-    for e in manifest.cases:
+    entries_by_id = sorted(manifest.cases, key=lambda e: e.case_id)  # the manifest's row order changes nothing
+    patients: dict[str, list] = {}
+    for e in sorted(entries_by_id, key=lambda e: e.patient_id):
         patients.setdefault(e.patient_id, []).append(e)
     progressing = {p: any(sources[e.case_id].progression_flag() for e in entries) for p, entries in patients.items()}
     prog = [p for p in patients if progressing[p]]
@@ -156,8 +160,8 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
     check_test_split(num_test, len(prog), len(stable), str(cohort))
     n_prog = num_test // 2
     held_out = set(prog[:n_prog] + stable[: num_test - n_prog])
-    sides = {"test": [e for e in manifest.cases if e.patient_id in held_out],
-             "train": [e for e in manifest.cases if e.patient_id not in held_out]}
+    sides = {"test": [e for e in entries_by_id if e.patient_id in held_out],
+             "train": [e for e in entries_by_id if e.patient_id not in held_out]}
     for name in sides:
         if (out / name).exists() and not overwrite:
             raise FileExistsError(f"{out / name} already exists; pass overwrite=True to replace it")

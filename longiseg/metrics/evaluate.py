@@ -5,9 +5,10 @@ and ``CASE/progression_t{i}.nii.gz`` are paired by case folder and file name. Th
 reference cases (:func:`~longiseg.data.cohort.find_mask_cases`: the reference manifest, read exactly as
 training reads it, gives cases, patient ids and timepoints; without one every case is its own patient) and
 reads the masks of a reference case as ``longiseg lesions`` reads them
-(:func:`~longiseg.data.predictions.read_prediction`: all on one grid), then every predicted mask
-(:func:`~longiseg.data.volumes.read_mask`), which must lie on its reference's grid. The voxel size is the
-reference affine's (:func:`~longiseg.data.volumes.nifti_spacing`, which refuses a file whose header voxel
+(:func:`~longiseg.data.loading.read_mask_case`: all on one grid, and a progression flag of the manifest
+agreeing with the masks, with the message training gives), then every predicted mask
+(:func:`~longiseg.data.predictions.read_prediction`), which must lie on its reference's grid. The voxel size is
+the reference affine's (:func:`~longiseg.data.volumes.nifti_spacing`, which refuses a file whose header voxel
 sizes disagree with its affine).
 
 Command line: ``longiseg evaluate PRED_DIR [PRED_DIR ...] GT_DIR --out REPORT_DIR [--protocol segmast|tdw]``.
@@ -22,6 +23,7 @@ from typing import Any
 
 from longiseg.data.cohort import find_mask_cases
 from longiseg.data.layout import BASELINE_MASK, find_nifti, prediction_filenames
+from longiseg.data.loading import read_mask_case
 from longiseg.data.predictions import read_prediction
 from longiseg.data.volumes import check_same_grid
 from longiseg.metrics.aggregate import PAPER_COLUMNS, ResultsTable
@@ -117,7 +119,8 @@ def evaluate_folder(
     Raises:
         TypeError: ``affine_atol`` is not a number.
         ValueError: ``affine_atol`` negative or not finite, a missing folder or prediction, an unreadable or
-            non-binary mask, a malformed reference manifest, masks of one case on different grids ("lies on
+            non-binary mask, a malformed reference manifest, a reference manifest's progression flag that the
+            reference's progression masks contradict, masks of one case on different grids ("lies on
             another grid"), a file whose header voxel sizes disagree with its affine, or a prediction whose shape
             or affine differs from its reference (naming case and file).
         FileNotFoundError: the reference folder holds no case, or a reference case lacks a mask.
@@ -145,9 +148,9 @@ def evaluate_folder(
     for entry in tqdm(cases, desc="evaluate", disable=not progress):
         case_id, num_t = entry.case_id, int(entry.num_timepoints or 0)
         # the reference case is read as longiseg lesions reads a case (all its masks on one grid, header and
-        # affine agreeing on the voxel size); each prediction must then lie on that grid
-        gt_masks, gaff, spacing = read_prediction(gt_dir, case_id, num_t, "mask",
-                                                  what=f"case {case_id!r}: reference mask")
+        # affine agreeing on the voxel size, the manifest's progression flag agreeing with the masks, as training
+        # checks it); each prediction must then lie on that grid
+        gt_masks, gaff, spacing = read_mask_case(gt_dir, entry, what=f"case {case_id!r}: reference mask")
         gts = list(gt_masks)
         # the predicted case is read as longiseg lesions reads it too (its masks on one grid: a follow-up's mask
         # 5e-4 mm off its baseline's was scored here and refused there), then compared with the reference's grid

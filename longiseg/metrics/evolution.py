@@ -327,20 +327,25 @@ def evolution_folder(
 
     Cases are listed by :func:`~longiseg.data.cohort.find_mask_cases` (sub-folders holding
     ``baseline_mask.nii.gz`` and ``progression_t1..n.nii.gz``; patient ids from ``root``'s manifest when
-    present) and read by :func:`~longiseg.data.predictions.read_prediction`.
+    present) and read by :func:`~longiseg.data.loading.read_mask_case` (binary masks on one grid; a progression
+    flag that ``root``'s manifest gives must agree with the case's progression masks, as training checks it).
+
+    Raises:
+        FileNotFoundError: ``root`` holds no case, or a case lacks a mask.
+        ValueError: a bad option; naming the case and file: a mask that is not binary, masks on different grids,
+            a manifest's progression flag that the masks contradict.
     """
     from tqdm.auto import tqdm
 
     from longiseg.data.cohort import find_mask_cases
-    from longiseg.data.predictions import read_prediction
+    from longiseg.data.loading import read_mask_case
 
     _check_min_volume(min_volume_mm3)  # bad options fail before any case is read
     _check_connectivity(connectivity, 3)
     root = check_path("root", root)
     out = []
     for entry in tqdm(find_mask_cases(root), desc="lesion evolution", unit="case", disable=not progress):
-        masks, affine, _ = read_prediction(root, entry.case_id, int(entry.num_timepoints or 0), "mask",
-                                           what=f"case {entry.case_id!r}: mask")  # predicted or reference
+        masks, affine, _ = read_mask_case(root, entry)  # predicted or reference; a manifest's flags are checked
         out.append(lesion_evolution(masks[0], masks[1:], affine, min_volume_mm3=min_volume_mm3,
                                     connectivity=connectivity, case_id=entry.case_id,
                                     patient_id=entry.patient_id or None))
