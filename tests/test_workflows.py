@@ -971,3 +971,27 @@ def test_training_curves_draw_validated_epochs_only_and_names_as_written(tmp_pat
         out = plot_training_curves({"every 2nd $^$": a}, tmp_path / "curves.png")
         assert out.is_file() and out.stat().st_size > 0
         assert plot_training_curves({"no validation": b}, tmp_path / "loss_only.png").is_file()
+
+
+def test_a_resume_on_a_split_recorded_in_another_order_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Runs of longiseg < 0.3.19 recorded their cases in the manifest's row order; cases now follow their ids, so a
+    resume of such a run draws its samples from other cases: said, not refused (the same patients)."""
+    from types import SimpleNamespace
+
+    from longiseg.workflows.train import _check_resumed_split
+
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"data_root": str(tmp_path), "val_root": None, "seed": 0, "train": ["b", "a"],
+                                 "validation": ["c"]}))
+    cases = [SimpleNamespace(case_id=c) for c in ("a", "b", "c")]
+    with caplog.at_level("WARNING", logger="longiseg"):
+        _check_resumed_split(split, cases[:2], cases[2:])
+    assert "its training cases were listed in another order" in caplog.text
+    caplog.clear()
+    split.write_text(json.dumps({"data_root": str(tmp_path), "val_root": None, "seed": 0, "train": ["a", "b"],
+                                 "validation": ["c"]}))
+    with caplog.at_level("WARNING", logger="longiseg"):
+        _check_resumed_split(split, cases[:2], cases[2:])
+    assert not caplog.text
+    with pytest.raises(ValueError, match="on another split than it was trained on"):
+        _check_resumed_split(split, cases[:1], cases[1:])

@@ -214,6 +214,11 @@ def _check_resumed_split(split_file: Path, train_cases: Sequence, val_cases: Seq
         raise ValueError(f"resuming {split_file.parent} on another split than it was trained on ({split_file}: "
                          f"validation {before[1]}, now {now[1]}): resume with the run's data settings (data.root, "
                          "data.seed, data.val_fraction) or start afresh with --overwrite")
+    if [c.case_id for c in train_cases] != list(recorded["train"]):  # the same cases in another order
+        logger.warning("resuming %s: its training cases were listed in another order (%s records them in the "
+                       "order of the manifest's rows, as longiseg < 0.3.19 did; cases now follow their ids), so the "
+                       "samples of the rest of the run come from other cases than an uninterrupted run's: the "
+                       "result will differ from it", split_file.parent, split_file.name)
 
 
 def _count(n: int, noun: str) -> str:
