@@ -54,6 +54,39 @@ def test_write_test_split_holds_out_whole_patients(cohort: Path, tmp_path: Path,
     assert any(flags[c] for c in split["test"]) and not all(flags[c] for c in split["test"])
 
 
+def test_an_interrupted_test_split_keeps_the_earlier_train_and_test(cohort: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after test/ was replaced and before train/ was: a new test/ beside an old train/ (a patient in
+    both); the two are published as a set."""
+    import os
+    import shutil
+
+    out = tmp_path / "out"
+    write_test_split(cohort, out, 2)
+    other = tmp_path / "other"
+    shutil.copytree(cohort, other)
+    data = json.loads((other / "manifest.json").read_text(encoding="utf-8"))
+    for case in data["cases"]:  # other patient ids: another split
+        case["patient_id"] = f"x{7 - int(case['case_id'][-1])}"
+    (other / "manifest.json").write_text(json.dumps(data))
+    before = {str(p.relative_to(out)): p.read_bytes() if p.is_file() else None for p in sorted(out.rglob("*"))}
+    real, calls = os.replace, []
+
+    def replace(src: object, dst: object) -> None:
+        if Path(str(src)).parent == out:
+            calls.append(dst)
+            if len(calls) == 3:  # test/ aside, the new test/ in, train/ aside: interrupted here
+                raise KeyboardInterrupt
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_test_split(other, out, 2, overwrite=True)
+    monkeypatch.undo()
+    after = {str(p.relative_to(out)): p.read_bytes() if p.is_file() else None for p in sorted(out.rglob("*"))}
+    assert after == before
+
+
 def test_write_test_split_refuses_an_output_over_the_cohort(cohort: Path) -> None:
     with pytest.raises(ValueError, match="train folder .* lies inside the cohort folder"):
         write_test_split(cohort, cohort, 2, overwrite=True)

@@ -16,7 +16,7 @@ from longiseg.data.cohort import find_cases
 from longiseg.data.layout import MANIFEST_JSON
 from longiseg.data.manifest import Manifest, read_manifest, write_manifest
 from longiseg.data.sources import CaseSource
-from longiseg.utils.io import atomic_directory, check_separate_folders
+from longiseg.utils.io import atomic_directories, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import (
     check_instance,
@@ -165,8 +165,10 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
     for name in sides:
         if (out / name).exists() and not overwrite:
             raise FileExistsError(f"{out / name} already exists; pass overwrite=True to replace it")
-    for name, entries in sides.items():
-        with atomic_directory(out / name, overwrite=overwrite) as tmp:
+    # published together: an interruption while they replace earlier ones puts the earlier ones back (a new test/
+    # beside an old train/ could hold a patient of the old training set)
+    with atomic_directories([out / name for name in sides], overwrite=overwrite) as temporaries:
+        for tmp, entries in zip(temporaries, sides.values(), strict=True):
             for e in entries:
                 shutil.copytree(cohort / e.case_id, tmp / e.case_id)
             write_manifest(tmp / MANIFEST_JSON, Manifest(manifest.modalities, tuple(entries)))
