@@ -296,6 +296,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if clash and not args.overwrite:
             raise FileExistsError(f"--out {out} already holds a report ({', '.join(clash[:3])}); "
                                   "pass --overwrite to replace it")
+        if not args.no_figures:  # before the cases are read
+            from longiseg.utils.plotting import require_matplotlib
+
+            require_matplotlib("the box plot (boxplot.png)", "pass --no-figures for the tables only")
     if args.min_lesion_volume is not None and not args.min_lesion_volume >= 0:
         raise ValueError(f"--min-lesion-volume must be a volume in mm^3 >= 0, got {args.min_lesion_volume}")
     if args.iou_threshold is not None and not 0 <= args.iou_threshold < 1:
@@ -306,7 +310,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     results = [evaluate_folder(p, gt, protocol=prot, model=n, progress=not args.no_progress)
                for p, n in zip(preds, names)]
     if args.out:
-        text = write_report(results, args.out, overwrite=args.overwrite)
+        text = write_report(results, args.out, overwrite=args.overwrite, figures=not args.no_figures)
     else:
         text = format_paper_table([r.table for r in results], reference=names[0] if len(names) > 1 else None)
     print(text)
@@ -521,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=expand_home, default=None,
                    help="write per-case/summary CSV+JSON, table and box plot here")
     p.add_argument("--overwrite", action="store_true", help="replace a report that --out already holds")
+    p.add_argument("--no-figures", action="store_true", help="tables only, no box plot (no matplotlib needed)")
     p.add_argument("--protocol", default="segmast", choices=["segmast", "tdw"])
     p.add_argument("--min-lesion-volume", type=float, default=None, help="override the minimum lesion volume (mm^3)")
     p.add_argument("--matching", default=None, choices=["iou", "iou_global", "overlap"])

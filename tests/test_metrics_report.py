@@ -111,6 +111,33 @@ def test_write_report_files(folders: tuple[Path, Path, Path], tmp_path: Path) ->
     assert not (tmp_path / "mixed").exists()
 
 
+def test_a_report_without_matplotlib_is_refused_before_the_work_or_written_without_figures(
+        folders: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A core install has no matplotlib: evaluate --out failed after scoring every case ("import of matplotlib
+    halted") and wrote no report at all; it is refused up front, naming --no-figures, which writes the tables."""
+    import sys
+
+    from longiseg.cli import main
+
+    gt, good, _ = folders
+    result = evaluate_folder(good, gt, progress=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"the box plot \(boxplot\.png\) need matplotlib: pip install "
+                                          r"'longiseg\[demo\]'.*figures=False"):
+        write_report(result, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    write_report(result, tmp_path / "r", figures=False)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["per_case.csv", "summary.csv", "summary.json",
+                                                                   "table.txt"]
+    assert main(["evaluate", str(good), str(gt), "--out", str(tmp_path / "cli"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("longiseg evaluate: error: the box plot") and "--no-figures" in err, err
+    assert not (tmp_path / "cli").exists()
+    assert main(["evaluate", str(good), str(gt), "--out", str(tmp_path / "cli"), "--no-progress", "--no-figures"]) == 0
+    assert (tmp_path / "cli" / "table.txt").is_file() and not (tmp_path / "cli" / "boxplot.png").exists()
+
+
 def test_paper_table_format_and_stars() -> None:
     rng = np.random.default_rng(0)
     rows_a, rows_b = [], []

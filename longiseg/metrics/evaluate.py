@@ -41,7 +41,8 @@ from longiseg.metrics.report import (
 from longiseg.metrics.stratified import SizeBins, check_bins, stratified_lesion_metrics
 from longiseg.utils.io import PathLike, atomic_write
 from longiseg.utils.logging import get_logger
-from longiseg.utils.validation import check_nonnegative_float, check_path
+from longiseg.utils.plotting import require_matplotlib
+from longiseg.utils.validation import check_bool, check_nonnegative_float, check_path
 
 __all__ = [
     "REPORT_FILES",
@@ -207,6 +208,7 @@ def write_report(
     progression_bins: SizeBins | Sequence[float] | str = "tertiles",
     baseline_bins: SizeBins | Sequence[float] | str = "tertiles",
     overwrite: bool = True,
+    figures: bool = True,
 ) -> str:
     """Write ``per_case.csv``, ``summary.csv``, ``summary.json``, ``table.txt``, ``boxplot.png`` and the
     size-stratified ``stratified.csv`` for one or several models; return the printed table text.
@@ -224,6 +226,8 @@ def write_report(
         baseline_bins: size bins of baseline lesions (tertiles, as SegMaST Table 4 left).
         overwrite: replace a report that ``output_dir`` holds (default); ``False`` (``longiseg evaluate``
             without ``--overwrite``): refuse it, also one that another process writes there meanwhile.
+        figures: also write ``boxplot.png`` (needs matplotlib, checked before anything is written); ``False``
+            (``longiseg evaluate --no-figures``): the tables only.
 
     Raises:
         FileExistsError: ``overwrite`` is ``False`` and ``output_dir`` holds a report, or another process wrote
@@ -232,9 +236,12 @@ def write_report(
             :func:`~longiseg.metrics.stratified.check_bins`.
         ValueError: no results, results computed under different protocols, or bad ``progression_bins`` or
             ``baseline_bins`` (checked before anything is written).
+        ImportError: ``figures`` without matplotlib (before anything is written).
     """
     bins_of = {"baseline": check_bins("baseline_bins", baseline_bins),
                "progression": check_bins("progression_bins", progression_bins)}
+    if check_bool("figures", figures):
+        require_matplotlib("the box plot (boxplot.png)", "pass figures=False (--no-figures) for the tables only")
     res = [results] if isinstance(results, EvaluationResult) else list(results)
     if not res:
         raise ValueError("write_report needs at least one EvaluationResult")
@@ -277,5 +284,6 @@ def write_report(
             },
         )
         atomic_write(out / "table.txt", lambda fh: fh.write(text + "\n"))
-        box_plot(tables, out / "boxplot.png")
+        if figures:
+            box_plot(tables, out / "boxplot.png")
     return text

@@ -94,6 +94,7 @@ from longiseg.utils.io import (
 )
 from longiseg.utils.logging import get_logger
 from longiseg.utils.nifti import atomic_save_nifti, load_nifti, spatial_header
+from longiseg.utils.plotting import require_matplotlib
 from longiseg.utils.validation import check_bool, check_instance, check_path, check_positive_int
 
 __all__ = ["MAX_OUTPUT_VOXELS", "RegistrationOptions", "CaseRegistration", "register_case", "register_folder",
@@ -313,13 +314,8 @@ def _check_options(options: RegistrationOptions | None) -> RegistrationOptions:
 
 def _check_qc_backend(opts: RegistrationOptions) -> None:
     """Refuse ``qc_figures`` without matplotlib before any case is read (not one failure per case)."""
-    if not opts.qc_figures:
-        return
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as err:
-        raise ImportError("the registration QC figures need matplotlib: pip install matplotlib, or pass "
-                          "qc_figures=False (--no-qc-figures)") from err
+    if opts.qc_figures:
+        require_matplotlib("the registration QC figures", "pass qc_figures=False (--no-qc-figures)")
 
 
 def _output_grid(base: Grid, spacing: float | None, where: str) -> Grid:

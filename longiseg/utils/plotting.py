@@ -13,7 +13,24 @@ from typing import Any
 
 from longiseg.utils.validation import check_array, check_bool, check_positive_int
 
-__all__ = ["subplots", "plain_text"]
+__all__ = ["subplots", "plain_text", "require_matplotlib"]
+
+
+def require_matplotlib(what: str, without: str) -> None:
+    """Refuse figures without matplotlib before any work (not after minutes of it, or once per case).
+
+    Args:
+        what: what needs it, for the message (``"the registration QC figures"``).
+        without: how to go on without figures (``"pass --no-figures"``).
+
+    Raises:
+        ImportError: matplotlib cannot be imported, naming ``what``, the extra that installs it and ``without``.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"{what} need matplotlib: pip install 'longiseg[demo]' (or matplotlib), or {without}"
+                          ) from err
 
 
 @contextlib.contextmanager
