@@ -237,6 +237,29 @@ def test_overwritten_lesion_report_holds_only_this_runs_files(demo_refs, tmp_pat
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
+def test_a_lesion_report_without_matplotlib_is_refused_before_the_cases_are_read(
+        demo_refs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It failed after every case's evolution with "import of matplotlib halted; None in sys.modules"."""
+    import sys
+
+    from longiseg.cli import main
+    from longiseg.data import cohort
+
+    root, _ = demo_refs
+    read: list[object] = []
+    real = cohort.find_mask_cases
+    monkeypatch.setattr(cohort, "find_mask_cases", lambda *a, **k: read.append(a) or real(*a, **k))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["lesions", str(root), "--out", str(tmp_path / "L"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("longiseg lesions: error: the figures and report.html need matplotlib: pip install "
+                   "'longiseg[demo]' (or matplotlib), or pass figures=False (--no-figures) for the tables only"), err
+    assert not read and not (tmp_path / "L").exists()
+    assert main(["lesions", str(root), "--out", str(tmp_path / "L"), "--no-progress", "--no-figures"]) == 0
+    assert read  # the cases were read through the patched lister
+
+
 def test_lesion_report_in_a_folder_with_other_content_touches_only_report_files(
         demo_refs, tmp_path: Path) -> None:  # noqa: ANN001
     from longiseg.workflows.lesions import run_lesion_report

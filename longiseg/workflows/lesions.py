@@ -23,6 +23,7 @@ from longiseg.utils.io import (
     expand_home,
     folder_is_empty,
 )
+from longiseg.utils.plotting import require_matplotlib
 from longiseg.utils.validation import check_bool
 
 __all__ = ["REPORT_FILES", "run_lesion_report", "add_parser", "run"]
@@ -78,6 +79,8 @@ def run_lesion_report(
         ValueError: ``out_dir`` is, lies inside or holds ``mask_dir`` or ``images``.
     """
     figures = check_bool("figures", figures)
+    if figures:  # before the cases are read
+        require_matplotlib("the figures and report.html", "pass figures=False (--no-figures) for the tables only")
     overwrite = check_bool("overwrite", overwrite)
     progress = check_bool("progress", progress)
     out = check_output_folder(out_dir, "out")
