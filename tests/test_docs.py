@@ -60,3 +60,19 @@ def test_the_api_index_links_every_rendered_module() -> None:
     index = (ROOT / "docs" / "api.md").read_text(encoding="utf-8").split("## Index", 1)[1]
     linked = set(re.findall(r"\[`(longiseg[\w.]*)`\]\[\1\]", index))
     assert rendered and rendered <= linked, f"rendered but not in the API index: {sorted(rendered - linked)}"
+
+
+def test_the_data_pages_readers_are_importable_from_longiseg_data() -> None:
+    """docs/data.md says every name of its table of readers and writers is importable from longiseg.data;
+    case_grid and case_voxel_size were not."""
+    import re
+
+    import longiseg.data
+
+    text = (Path(__file__).parents[1] / "docs" / "data.md").read_text(encoding="utf-8")
+    table = text[text.index("| what | function | used by |"):]
+    table = table[:table.index("\n\n")]
+    functions = {m for row in table.splitlines()[2:] for m in re.findall(r"`(?:[a-z_]+\.)?([a-z_][a-z_0-9]*)[(`]",
+                                                                          row.split("|")[2])}
+    assert {"case_grid", "case_voxel_size", "read_mask_case", "load_case"} <= functions
+    assert [f for f in sorted(functions) if not hasattr(longiseg.data, f)] == []

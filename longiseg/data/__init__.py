@@ -5,7 +5,16 @@ from longiseg.data.case import PLANES, LongitudinalCase, affine_spacing, plane_a
 from longiseg.data.cohort import find_cases, find_mask_cases
 from longiseg.data.dataset import CaseCache, SliceDataset, VolumePatchDataset
 from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case, generate_demo_cohort
-from longiseg.data.loading import load_case, load_cases, read_mask_case, save_case, validate_cases
+from longiseg.data.loading import (
+    case_grid,
+    case_voxel_size,
+    check_progression_flag,
+    load_case,
+    load_cases,
+    read_mask_case,
+    save_case,
+    validate_cases,
+)
 from longiseg.data.manifest import Manifest, ManifestEntry, manifest_from_cases, read_manifest, write_manifest
 from longiseg.data.predictions import (
     case_spatial_header,
@@ -40,6 +49,9 @@ __all__ = [
     "find_mask_cases",
     "load_case",
     "read_mask_case",
+    "check_progression_flag",
+    "case_voxel_size",
+    "case_grid",
     "load_cases",
     "validate_cases",
     "save_case",
