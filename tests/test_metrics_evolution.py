@@ -52,6 +52,21 @@ def test_predicted_progression_overlapping_the_baseline_counts_only_new_tissue()
     assert not inside.followups[0].active  # progression entirely inside the baseline lesion: no change
 
 
+def test_progression_inside_earlier_lesions_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    """A reference whose progression mask repeats an old lesion (a difference mask, as UCSF-ALPTDG's) was reported
+    as "no activity" without a word while evaluate scored the case as progressing."""
+    base = _box(SHAPE, (2, 2, 2), (6, 6, 6))
+    with caplog.at_level("WARNING", logger="longiseg"):
+        lesion_evolution(base, np.stack([base, _box(SHAPE, (4, 2, 2), (8, 6, 6))]), np.eye(4), case_id="p1")
+    (record,) = [r for r in caplog.records if "p1" in r.getMessage()]
+    assert ("case p1: the progression mask marks voxels that were lesion at the previous timepoint (follow-up 1: 64 "
+            "voxels, follow-up 2: 32 voxels)") in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="longiseg"):
+        lesion_evolution(base, _box(SHAPE, (6, 2, 2), (8, 6, 6))[None], np.eye(4), case_id="p2")
+    assert not caplog.records
+
+
 def test_connectivity_decides_contact() -> None:
     base = _box(SHAPE, (2, 2, 2), (5, 5, 5))
     corner = _box(SHAPE, (5, 5, 5), (7, 7, 7))  # touches the lesion only at a corner

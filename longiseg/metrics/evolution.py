@@ -50,6 +50,7 @@ from longiseg.data.lesions import min_voxel_count
 from longiseg.metrics.inputs import as_mask
 from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
 from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
+from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_affine, check_path
 
 __all__ = [
@@ -61,6 +62,8 @@ __all__ = [
     "evolution_folder",
     "write_evolution_tables",
 ]
+
+_LOG = get_logger(__name__)
 
 CHANGE_KINDS: tuple[str, str] = ("new", "enlarging")
 RULES = (
@@ -306,11 +309,19 @@ def lesion_evolution(
     first = label_lesions(base, sp, connectivity=conn, min_volume_mm3=vmin)
     followups = []
     prev = base
+    inside = []  # follow-ups whose mask marks voxels that were lesion already
     for k, p in enumerate(prog, start=1):
+        overlap = int(np.count_nonzero(p & prev))
+        if overlap:
+            inside.append(f"follow-up {k}: {overlap} voxel{'s' * (overlap != 1)}")
         cur = prev | p
         changes, n_after, vol_before, vol_after = _changes(prev, cur, p, sp, aff, k, conn, vmin)
         followups.append(FollowupEvolution(k, tuple(changes), n_after, vol_after, vol_before))
         prev = cur
+    if inside:  # e.g. a difference mask (UCSF-ALPTDG's marks shrinking tissue too), or a model's raw head
+        _LOG.warning("case %s: the progression mask marks voxels that were lesion at the previous timepoint (%s); "
+                     "progression is lesion at t(k) but not at t(k-1), so the report counts only the voxels outside "
+                     "the earlier lesions (longiseg evaluate scores the masks as they are)", case_id, ", ".join(inside))
     return CaseEvolution(case_id=case_id, patient_id=patient_id or case_id, baseline_lesions=first.n,
                          baseline_volume_mm3=float(first.volumes_mm3.sum()), followups=tuple(followups),
                          affine=aff, min_volume_mm3=vmin, connectivity=conn)
