@@ -514,6 +514,24 @@ def test_balanced_batch_sampler_if_available(tmp_path) -> None:
     assert result.epochs_completed == 2
 
 
+def test_the_checkpointed_sampler_position_is_the_trained_batches_whatever_the_workers(tmp_path) -> None:
+    """With DataLoader workers fetching ahead, the sampler's own count ran ahead of training: last.pt recorded
+    position 9 with two workers and 5 without for 5 steps, so the checkpoint depended on the worker count."""
+    samplers = pytest.importorskip("longiseg.data.samplers")
+    from longiseg.engine.checkpoint import load_checkpoint
+
+    positions = []
+    for workers in (0, 2):
+        data = SyntheticLongiData(n=40)
+        sampler = samplers.BalancedBatchSampler(data.labels(), batch_size=4, num_replicas=1, rank=0, seed=0)
+        out = tmp_path / f"w{workers}"
+        trainer = Trainer(TinyLongiNet(), data, _config(out, max_epochs=1, steps_per_epoch=3, num_workers=workers),
+                          loss_fn=ImbalanceAwareLoss(), batch_sampler=sampler)
+        trainer.fit()
+        positions.append(load_checkpoint(out / "last.pt")["sampler"]["position"])
+    assert positions == [3, 3]
+
+
 def test_custom_loss_returning_tensor_and_3d_model(tmp_path) -> None:
     class Toy3D(SyntheticLongiData):
         def __getitem__(self, i):

@@ -289,6 +289,22 @@ class FitResult:
 # ----------------------------------------------------------------------------------------------------
 
 
+class _TrainedPosition:
+    """A batch sampler's state as a checkpoint records it: at the batches the trainer trained on. A ``DataLoader``
+    with workers fetches batches ahead, so the sampler's own count depended on the number of workers (9 instead of 5
+    with two workers), though a resume starts the next epoch either way."""
+
+    def __init__(self, sampler: Any, consumed: int | None) -> None:
+        self.sampler, self.consumed = sampler, consumed
+
+    def state_dict(self) -> Any:
+        """The sampler's ``state_dict``, given ``num_consumed`` when it takes it and an epoch was trained."""
+        state_dict = self.sampler.state_dict
+        if self.consumed is not None and "num_consumed" in inspect.signature(state_dict).parameters:
+            return state_dict(num_consumed=self.consumed)
+        return state_dict()
+
+
 class Trainer:
     """Train a longitudinal segmentation model (see the module docstring for what it does).
 
@@ -374,6 +390,7 @@ class Trainer:
 
         self.train_loader = self._make_loader(train_data, batch_sampler, collate_fn)
         self._loader_started = False
+        self._consumed: int | None = None  # batches of the last epoch trained (the sampler's position to save)
         self.epoch_sampler = _find_with(self.train_loader, "set_epoch")
         dataset = self.train_loader.dataset
         self.epoch_dataset = dataset if callable(getattr(dataset, "set_epoch", None)) else None
@@ -593,6 +610,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{float(sums['loss']) / steps:.4f}",
                                     lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         del iterator
+        self._consumed = steps
         means = {k: float(v) / max(steps, 1) for k, v in sums.items()}
         return all_reduce_mean(means)
 
@@ -657,7 +675,9 @@ class Trainer:
     def _checkpoint_kwargs(self) -> dict[str, Any]:
         return {
             "model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler,
-            "grad_scaler": self.grad_scaler, "sampler": self.stateful_sampler, "loss_fn": self.loss_fn,
+            "grad_scaler": self.grad_scaler, "loss_fn": self.loss_fn,
+            "sampler": None if self.stateful_sampler is None else _TrainedPosition(self.stateful_sampler,
+                                                                                    self._consumed),
             "epoch": self.epoch, "global_step": self.global_step, "best_metric": self.best_metric,
             "early_stopping_counter": self.early_stopping_counter, "model_name": self.model_name,
             "model_kwargs": self.model_kwargs, "trainer_config": self.config.to_dict(),
