@@ -106,6 +106,25 @@ def test_export_matches_eager(name: str, changes: dict[str, object]) -> None:
     _close(tuple(got), want)
 
 
+def test_exported_segmast_runs_with_gradients_enabled() -> None:
+    """An exported SegMaST runs for inference as users call it, with or without ``torch.no_grad``: its graph
+    holds no ``out=`` operation (which raises when its inputs require grad). Its backward pass is not supported
+    (the chunked scan's forward works in place) and says so instead of returning wrong gradients."""
+    model, x, _ = _model("segmast", depths=(1, 0, 0, 0))
+    exported = torch.export.export(model, (x,))
+    out_ops = [str(n.target) for n in exported.graph.nodes if n.op == "call_function" and ".out" in str(n.target)]
+    assert not out_ops, out_ops
+    program = exported.module()
+    got = program(x)  # gradients enabled, as in a plain script
+    with torch.no_grad():
+        want = model(x)
+    _close(tuple(t.detach() for t in got), want)
+    with torch.inference_mode():
+        _close(tuple(program(x)), want)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        sum(t.sum() for t in got).backward()
+
+
 def test_export_with_dynamic_timepoints() -> None:
     """The checks take torch.export's symbolic sizes (SymInt) of a dynamic T and batch."""
     model, _, _ = _model("longi_unet_dw_2d")

@@ -30,6 +30,7 @@ from longiseg.ssm.cpu_kernel import (
     _job_blocks,
     _load_numba,
     _np,
+    _outside_compiled_graphs,
     _polynomials,
     _use_threads,
     _zeros_or,
@@ -275,6 +276,7 @@ class _CausalConvSiluFn(torch.autograd.Function):
         return first_order_gradients("the numba causal convolution", grads, (x, weight, bias))
 
 
+@_outside_compiled_graphs
 def causal_conv1d_silu_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``silu(causal depthwise conv1d(x))`` on channel-last CPU tensors with the compiled kernels; differentiable.
 

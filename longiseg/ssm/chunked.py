@@ -79,12 +79,23 @@ def _bc_from_chunks(x: torch.Tensor, L: int) -> torch.Tensor:
     return x.permute(1, 3, 4, 2, 0).reshape(b, g, n, nC * T)[..., :L]
 
 
-def _scale_bc(s: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``out[..., d, n] = s[..., d] * v[..., group(d), n]``: ``(T, B, nC, d)`` x ``(T, B, nC, g, N)`` -> ``out``."""
+def _scale_bc(s: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``out[..., d, n] = s[..., d] * v[..., group(d), n]``: ``(T, B, nC, d)`` x ``(T, B, nC, g, N)`` ->
+    ``(T, B, nC, d, N)``, written into ``out`` (a new tensor where ``out`` is ``None``)."""
     *lead, d = s.shape
     g, n = v.shape[-2:]
+    if out is None:
+        return torch.mul(s.reshape(*lead, g, d // g, 1), v.unsqueeze(-2)).reshape(*lead, d, n)
     torch.mul(s.reshape(*lead, g, d // g, 1), v.unsqueeze(-2), out=out.view(*lead, g, d // g, n))
     return out
+
+
+def _exporting() -> bool:
+    """Whether ``torch.export`` records the call. It records the forward pass's operations as they are, and an
+    ``out=`` operation in an exported program raises when the program runs with gradients enabled (its inputs
+    then require grad), the way users call a model for inference. The forward pass then writes into fresh
+    tensors and by assignment instead (the same values; reusing the workspace buffers only saves page faults)."""
+    return getattr(torch.compiler, "is_exporting", lambda: False)()
 
 
 def _regroup(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -130,7 +141,9 @@ def _group_outer(x: torch.Tensor, s: torch.Tensor, groups: int) -> torch.Tensor:
     return out.reshape(*lead, groups, n)
 
 
-def _forward_states(dA: torch.Tensor, h: torch.Tensor, p_buf: torch.Tensor | None = None) -> torch.Tensor:
+def _forward_states(
+    dA: torch.Tensor, h: torch.Tensor, p_buf: torch.Tensor | None = None, without_out: bool = False
+) -> torch.Tensor:
     """Turn ``h`` (holding ``delta*B*u``) into the true states, in place; return the last state ``(B, d, N)``.
 
     Local pass (per chunk, from a zero state) ``h[t] += dA[t] * h[t-1]`` together with the running decay
@@ -141,6 +154,7 @@ def _forward_states(dA: torch.Tensor, h: torch.Tensor, p_buf: torch.Tensor | Non
         dA: ``exp(delta * A)`` ``(T, B, nC, d, N)``; overwritten by ``P`` unless ``p_buf`` is given.
         h: ``(T, B, nC, d, N)``.
         p_buf: buffer of ``dA``'s shape for ``P``, to leave ``dA`` intact (the backward pass needs it).
+        without_out: write ``P`` by assignment instead of ``out=`` (same values; see :func:`_exporting`).
     """
     T, nC = h.shape[0], h.shape[2]
     need_p = nC > 1
@@ -149,7 +163,9 @@ def _forward_states(dA: torch.Tensor, h: torch.Tensor, p_buf: torch.Tensor | Non
         P[0] = dA[0]
     for t in range(1, T):
         h[t].addcmul_(dA[t], h[t - 1])
-        if P is not None:
+        if P is not None and without_out:
+            P[t] = P[t - 1] * dA[t]
+        elif P is not None:
             torch.mul(P[t - 1], dA[t], out=P[t])
     if P is not None:
         carry = torch.zeros_like(h[0])  # (B, nC, d, N): true state entering each chunk
@@ -266,6 +282,7 @@ class _ChunkedScanFn(torch.autograd.Function):
         last = torch.empty(p.batch, p.dim, p.N, dtype=ct, device=u.device)
         a = A.to(ct)
         ws = _Workspace(ct, u.device)
+        traced = _exporting()  # no out= operations in an exported program (see _exporting)
         for d0, d1, g0, g1 in p.blocks():
             _, dt = _process_delta(
                 delta[:, d0:d1], None if delta_bias is None else delta_bias[d0:d1], softplus, ct
@@ -273,9 +290,9 @@ class _ChunkedScanFn(torch.autograd.Function):
             dtc = _to_chunks(dt, p.T, p.nC)
             uc = _to_chunks(u[:, d0:d1].to(ct), p.T, p.nC)
             shape = (p.T, p.batch, p.nC, d1 - d0, p.N)
-            dA = torch.mul(dtc.unsqueeze(-1), a[d0:d1], out=ws.get("dA", shape)).exp_()
-            h = _scale_bc(dtc * uc, p.bc_block(Bg, g0, g1, ct), ws.get("h", shape))
-            last[:, d0:d1] = _forward_states(dA, h)
+            dA = torch.mul(dtc.unsqueeze(-1), a[d0:d1], out=None if traced else ws.get("dA", shape)).exp_()
+            h = _scale_bc(dtc * uc, p.bc_block(Bg, g0, g1, ct), None if traced else ws.get("h", shape))
+            last[:, d0:d1] = _forward_states(dA, h, without_out=traced)
             del dA
             out[:, d0:d1] = _from_chunks(_dot_bc(h, p.bc_block(Cg, g0, g1, ct)), p.L)
         y_pre = out if D is None else out + u.to(ct) * D.to(ct)[:, None]

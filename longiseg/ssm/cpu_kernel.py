@@ -53,7 +53,8 @@ import math
 import os
 import threading
 import types
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -183,7 +184,23 @@ def _parallel_twin(fn: Any) -> Any:
 #: Serialises kernel launches: numba's work-queue threading layer must not be entered by two threads at once.
 _KERNEL_LOCK = threading.Lock()
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 
+
+def _outside_compiled_graphs(fn: _F) -> _F:
+    """``fn`` (an entry point of the numba kernels) run eagerly where ``torch.compile`` would trace it.
+
+    Dynamo cannot record the kernels, and tracing into their autograd functions is wrong: it inlines the forward
+    pass, runs its NumPy code through its own NumPy emulation (arrays come back in other layouts, e.g. the job
+    table Fortran-ordered, which numba's signatures refuse) and then traces numba's dispatcher. With this
+    decorator ``torch.compile`` breaks the graph at the call and runs the whole differentiable operation (checks,
+    autograd function, kernels) as in eager mode, so the compiled model's forward and backward passes are
+    eager's. Outside compilation it costs one wrapper call (about 0.2 us).
+    """
+    return cast(_F, torch.compiler.disable(fn))
+
+
+@torch.compiler.assume_constant_result  # a constant for torch.compile, which would trace the cached import
 def cpu_kernel_available() -> bool:
     """Whether numba is importable (the compiled CPU scan can run)."""
     return _load_numba()[0] is not None
@@ -191,6 +208,8 @@ def cpu_kernel_available() -> bool:
 
 def require_cpu_kernel(source: str = "backend argument") -> None:
     """Raise ``RuntimeError`` with the reason when the compiled CPU scan cannot run."""
+    if cpu_kernel_available():  # a constant for torch.compile (which would trace the cached import)
+        return
     numba, why = _load_numba()
     if numba is None:
         raise RuntimeError(
@@ -1032,6 +1051,7 @@ class _CompiledScanFn(torch.autograd.Function):
         return (*first_order_gradients("the numba selective scan", grads, saved[:8]), None)
 
 
+@_outside_compiled_graphs
 def selective_scan_cpu(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -1075,6 +1095,7 @@ def selective_scan_cpu(
     return (out.mT, last) if return_last_state else out.mT
 
 
+@_outside_compiled_graphs
 def selective_scan_cpu_channels_last(
     u: torch.Tensor,
     delta: torch.Tensor,
