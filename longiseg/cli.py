@@ -229,6 +229,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--config {args.config} does not exist")
     check_output_folder(args.output, "--output")
     registered = None if args.native is None else Path(args.native or args.input)
+    # before the checkpoint loads (seconds): run_prediction makes the same check
+    check_separate_folders(args.output, "output folder", {"input": args.input, "registered": registered})
     if registered is not None:  # before the model loads: SimpleITK and the register output
         from longiseg.registration.grid import require_simpleitk
 

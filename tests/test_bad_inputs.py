@@ -430,6 +430,10 @@ ROWS = [
         r"lies inside the input folder"),
     Row("predict-output-holds-input", lambda ws, t: _predict(ws, t, "--overwrite", "--output", str(ws)),
         r"holds the input folder"),
+    # refused before the checkpoint loads (seconds): a file that is no checkpoint would fail there instead
+    Row("predict-output-inside-input-first", lambda ws, t: _predict(ws, t, "--output", str(ws / "cohort" / "preds"),
+                                                                    ckpt=str(_file(t, "bogus.pt"))),
+        r"lies inside the input folder"),
     # --- evaluate
     Row("evaluate-missing-case", lambda ws, t: _evaluate(ws, t, _missing_case(ws, t / "p")), r"lacks 2 prediction file.*demo-000"),
     Row("evaluate-non-binary", lambda ws, t: _evaluate(ws, t, _non_binary(ws, t / "p")), r"binary"),
