@@ -99,16 +99,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from longiseg.registry import build_model, list_models, model_info
 
     names = list_models(args.pattern or "", dim=args.dim)
-    if not names:
+    if not names:  # an input error like any other: one line on stderr, exit code 2
         if args.dim is not None and not list_models(dim=args.dim):
             dims = sorted({model_info(n).dim for n in list_models()})
-            print(f"no {args.dim} model is registered (--dim); dims with models: {', '.join(dims)}")
-        elif args.dim is not None:
-            print(f"no {args.dim} model matches {args.pattern!r} (--dim {args.dim}; without --dim: "
-                  f"{len(list_models(args.pattern or ''))} models)")
-        else:
-            print(f"no model matches {args.pattern!r}")
-        return 1
+            raise ValueError(f"no {args.dim} model is registered (--dim); dims with models: {', '.join(dims)}")
+        if args.dim is not None:
+            raise ValueError(f"no {args.dim} model matches {args.pattern!r} (--dim {args.dim}; without --dim: "
+                             f"{len(list_models(args.pattern or ''))} models)")
+        raise ValueError(f"no model matches {args.pattern!r} ('longiseg models' lists all {len(list_models())})")
     width = max(len(n) for n in names)
     print(f"{'model':<{width}}  {'dim':<4}  {'params':>8}  description")
     for name in names:

@@ -133,10 +133,17 @@ def test_models_command_lists_the_registry(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_models_command_names_the_dim_filter_when_nothing_matches(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["models", "--dim", "2D", "--no-params"]) == 1
-    assert capsys.readouterr().out.strip() == "no 2D model is registered (--dim); dims with models: 2.5D, 3D"
-    assert main(["models", "segformer*", "--dim", "3D", "--no-params"]) == 1
-    assert "no 3D model matches 'segformer*' (--dim 3D" in capsys.readouterr().out
+    assert main(["models", "--dim", "2D", "--no-params"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == ("longiseg models: error: no 2D model is registered (--dim); dims with models: "
+                                    "2.5D, 3D")
+    assert main(["models", "segformer*", "--dim", "3D", "--no-params"]) == 2
+    assert "longiseg models: error: no 3D model matches 'segformer*' (--dim 3D" in capsys.readouterr().err
+    assert main(["models", "zzz*", "--no-params"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("longiseg models: error: no model matches 'zzz*'")
+    assert len(captured.err.splitlines()) == 1
 
 
 def test_clear_errors_for_missing_data_unknown_model_and_bad_key(tmp_path: Path,
