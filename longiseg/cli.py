@@ -140,7 +140,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # --data and --output as the last overrides: the file's values are replaced before the config is checked (an
     # empty trainer.output_dir in the file was refused although --output gave one); JSON quoting keeps any path a
     # string
-    folders = [f"{key}={json.dumps(value)}" for key, value in (("data.root", args.data),
+    folders = [f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in (("data.root", args.data),
                                                                  ("trainer.output_dir", args.output)) if value]
     cfg = _load_experiment(args.config, [*args.overrides, *folders])
     check_output_folder(cfg.trainer.output_dir, "--output")

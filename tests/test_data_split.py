@@ -202,3 +202,16 @@ def test_the_manifest_row_order_changes_no_case_order(cohort: Path, tmp_path: Pa
     assert orders["reversed"] == orders["forward"]
     assert orders["forward"][0] == orders["forward"][3] == ids
     assert orders["forward"][4] == [cid for cid in ids for _ in range(2)]  # baseline and follow-up rows
+
+
+def test_split_by_patient_keeps_the_order_of_cases() -> None:
+    """Both sides list their cases in the order of ``cases`` (as documented), not grouped by patient: a patient
+    with several sessions interleaved with another's."""
+    cases = [_source("s1", "P2", False), _source("s2", "P1", False), _source("s3", "P2", False),
+             _source("s4", "P3", True), _source("s5", "P4", True)]
+    train, val = split_by_patient(cases, 0.0)
+    assert [c.case_id for c in train] == ["s1", "s2", "s3", "s4", "s5"] and val == []
+    train, val = split_by_patient(cases, 0.5, seed=0)
+    for side in (train, val):
+        ids = [c.case_id for c in side]
+        assert ids == sorted(ids)

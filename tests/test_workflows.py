@@ -1002,3 +1002,21 @@ def test_a_resume_on_a_split_recorded_in_another_order_warns(tmp_path: Path, cap
     assert not caplog.text
     with pytest.raises(ValueError, match="on another split than it was trained on"):
         _check_resumed_split(split, cases[:1], cases[1:])
+
+
+def test_train_folders_keep_characters_outside_the_basic_plane(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--data``/``--output`` reach the config as given: JSON's ``\\ud83d\\ude00`` escapes of an emoji became two
+    lone surrogates in YAML, and the run failed with "surrogates not allowed"."""
+    import longiseg.workflows.train as train_workflow
+
+    seen: dict[str, str] = {}
+
+    def fake_training(cfg: object, **kwargs: object) -> object:
+        seen["root"], seen["out"] = cfg.data.root, cfg.trainer.output_dir  # type: ignore[attr-defined]
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(train_workflow, "run_training", fake_training)
+    data, out = tmp_path / "données-😀", tmp_path / "run-😀 ü"
+    assert main(["train", "--data", str(data), "--output", str(out)]) == 2
+    assert seen == {"root": str(data), "out": str(out)}

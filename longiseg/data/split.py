@@ -87,8 +87,8 @@ def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int
             else:
                 n = 1
         val_ids.update(group[:n])
-    train = [c for p, cs in patients.items() if p not in val_ids for c in cs]
-    val = [c for p, cs in patients.items() if p in val_ids for c in cs]
+    train = [c for c in cases if (c.patient_id or c.case_id) not in val_ids]  # in the order of cases
+    val = [c for c in cases if (c.patient_id or c.case_id) in val_ids]
     if not train:
         raise ValueError(f"the {split_name} split leaves no training case; lower {fraction_name}")
     if left_out:

@@ -538,9 +538,9 @@ def _check_scan_backend(model: nn.Module, device: torch.device) -> None:
 
 def claim_run_folder(out: Path) -> tuple[Path, dict]:
     """Claim the run folder ``out`` for this process (a hidden claim file inside it,
-    :func:`~longiseg.inferers.claims.claim_case`): ``longiseg train`` holds it while it trains, ``longiseg tune``
+    :func:`~longiseg.data.claims.claim_case`): ``longiseg train`` holds it while it trains, ``longiseg tune``
     while it reads and rewrites a checkpoint, so that neither changes what the other reads. Release it with
-    :func:`~longiseg.inferers.claims.release_claim`.
+    :func:`~longiseg.data.claims.release_claim`.
 
     Raises:
         FileExistsError: another ``longiseg train`` or ``longiseg tune`` (a live process) holds ``out``.
