@@ -657,11 +657,13 @@ def test_a_run_that_writes_the_folder_alone_claims_it(tmp_path: Path) -> None:
         assert (out / FOLDER_CLAIM).is_file()  # held while the cases are predicted
         return load_case(source)
 
-    live = {"host": socket.gethostname(), "pid": os.getppid()}  # this test's parent: a live process
+    # this test's parent: a live process; the message names the holder's command
+    live = {"host": socket.gethostname(), "pid": os.getppid(), "command": "longiseg register"}
     for name, kwargs in ((FOLDER_CLAIM, {}), (FOLDER_CLAIM, {"skip_existing": True}), (".b.claim", {})):
         (out / name).write_text(json.dumps(live))
         with pytest.raises(FileExistsError, match=rf"{re.escape(str(out))} is being written by (another longiseg "
-                                                  rf"predict|other processes sharing it) \(pid {os.getppid()}"):
+                                                  rf"register \(|processes sharing it \(longiseg register, )"
+                                                  rf"pid {os.getppid()}"):
             predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
                            **kwargs)
         assert _claims(out) == [name]  # the holder's claim stays; nothing else was written
@@ -672,6 +674,35 @@ def test_a_run_that_writes_the_folder_alone_claims_it(tmp_path: Path) -> None:
     assert sorted(res) == ["a", "b", "c"] and _claims(out) == []  # released
     res = predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "new", inferer=_inferer(), progress=False)
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a", "b", "c"]
+
+
+def test_a_sharing_worker_stops_when_a_run_claims_the_folder_meanwhile(tmp_path: Path) -> None:
+    """A --skip-existing worker checked the folder's claim once, before its first case: a run that claimed the folder
+    between two of the worker's cases (it saw no case claim then) had the worker write the rest of the cases into
+    it. The worker checks again after claiming each case, releases that case and stops."""
+    import os
+    import socket
+
+    from longiseg.data.claims import FOLDER_CLAIM
+
+    _three_cases(tmp_path / "in")
+    out = tmp_path / "out"
+    read: list[str] = []
+
+    def reader(source: CaseSource) -> LongitudinalCase:
+        read.append(source.case_id)
+        if source.case_id == "a":  # another run takes the folder while this worker predicts its first case
+            (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(),
+                                                        "command": "longiseg predict"}))
+        return load_case(source)
+
+    with pytest.raises(FileExistsError, match=r"is being written by another longiseg predict \(pid .*which does not "
+                                              r"share it"):
+        predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
+                       skip_existing=True)
+    assert read == ["a"]
+    assert _claims(out) == [FOLDER_CLAIM]  # the other run's claim stays, this worker's case claim is released
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (process start times)")

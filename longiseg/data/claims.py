@@ -4,7 +4,7 @@ alone (``predict`` without ``--skip-existing``, ``register``, ``train`` and ``tu
 folder, so that a second one does not mix its outputs with the first's.
 
 A claim is a hidden file beside the case folders (``.CASE.claim``), created atomically and holding the host, pid,
-process start time and a random token; a claim whose process is gone (this host) or older than a day (another host)
+process start time, the command that holds it and a random token; a claim whose process is gone (this host) or older than a day (another host)
 is abandoned and taken over by exactly one of the processes that find it.
 """
 
@@ -64,20 +64,29 @@ def claim_holder(claim: Mapping[str, Any] | None) -> str:
     return f"pid {claim.get('pid')} on {claim.get('host')}" if claim else "unknown"
 
 
-def claim_case(out_dir: PathLike, case_id: str) -> tuple[Path | None, dict[str, Any]]:
+def _holder_command(claim: Mapping[str, Any] | None) -> str:
+    """The command a claim records (``"longiseg register"``), or ``"longiseg run"`` for one that records none
+    (longiseg < 0.3.19, or unreadable)."""
+    command = None if claim is None else claim.get("command")
+    return command if isinstance(command, str) and command else "longiseg run"
+
+
+def claim_case(out_dir: PathLike, case_id: str, command: str = "longiseg predict") -> tuple[Path | None, dict[str, Any]]:
     """Claim ``case_id`` for this process: create its claim file (:func:`_claim_path`) atomically, holding this
-    host, pid, the process' start time (a reused pid is another process) and a token. A claim whose process is
-    gone (:func:`_claim_alive`) is taken over.
+    host, pid, the process' start time (a reused pid is another process), ``command`` and a token. A claim whose
+    process is gone (:func:`_claim_alive`) is taken over.
 
     Args:
         out_dir: the prediction folder (created if missing).
         case_id: the case (a single folder name).
+        command: what claims it, for other processes' messages.
 
     Returns:
         ``(path, claim)`` when claimed; ``(None, holder's claim or {})`` when a live process holds the case.
     """
     out_dir = check_path("out_dir", out_dir)
-    return _create_claim(_claim_path(out_dir, check_case_id(case_id)), f"case {case_id}")
+    check_instance("command", command, str, "a str")
+    return _create_claim(_claim_path(out_dir, check_case_id(case_id)), f"case {case_id}", command)
 
 
 #: The claim file of a run that writes a whole output folder alone; a case's claim ends in ``.claim``, so no case id
@@ -100,44 +109,45 @@ def claim_folder(out_dir: PathLike, command: str) -> tuple[Path, dict[str, Any]]
     """
     out_dir = check_path("out_dir", out_dir)
     check_instance("command", command, str, "a str")
-    path, claim = _create_claim(out_dir / FOLDER_CLAIM, str(out_dir))
+    path, claim = _create_claim(out_dir / FOLDER_CLAIM, str(out_dir), command)
     if path is None:
-        raise FileExistsError(f"{out_dir} is being written by another {command} ({claim_holder(claim)}); wait for "
-                              "it to finish, or choose another output folder")
+        raise FileExistsError(f"{out_dir} is being written by another {_holder_command(claim)} ({claim_holder(claim)}); "
+                              "wait for it to finish, or choose another output folder")
     for case_claim in out_dir.glob(".*.claim"):
         with contextlib.suppress(FileNotFoundError):
             held = _read_claim(case_claim)
             if _claim_alive(case_claim, held):
                 release_claim(path, claim)
-                raise FileExistsError(f"{out_dir} is being written by other processes sharing it "
-                                      f"({claim_holder(held)} holds {case_claim.name}); wait for them to finish, "
+                raise FileExistsError(f"{out_dir} is being written by processes sharing it ({_holder_command(held)}, "
+                                      f"{claim_holder(held)} holds {case_claim.name}); wait for them to finish, "
                                       "or choose another output folder")
     return path, claim
 
 
-def check_folder_unclaimed(out_dir: PathLike, command: str) -> None:
+def check_folder_unclaimed(out_dir: PathLike) -> None:
     """Refuse to share ``out_dir`` (:func:`claim_case`) while a run that writes it alone holds it
-    (:func:`claim_folder`).
+    (:func:`claim_folder`). A process sharing it checks before its first case and again after claiming each case:
+    a run that claims the folder meanwhile then sees that case's claim, or this check sees the folder's.
 
     Raises:
-        FileExistsError: a live process holds the folder, named.
+        FileExistsError: a live process holds the folder, named with its command.
     """
     out_dir = check_path("out_dir", out_dir)
     path = out_dir / FOLDER_CLAIM
     with contextlib.suppress(FileNotFoundError):
         held = _read_claim(path)
         if _claim_alive(path, held):
-            raise FileExistsError(f"{out_dir} is being written by another {command} ({claim_holder(held)}) that "
-                                  "does not share it (no --skip-existing); wait for it to finish, or choose another "
-                                  "output folder")
+            raise FileExistsError(f"{out_dir} is being written by another {_holder_command(held)} ({claim_holder(held)}), "
+                                  "which does not share it (no --skip-existing); wait for it to finish, or choose "
+                                  "another output folder")
 
 
-def _create_claim(path: Path, what: str) -> tuple[Path | None, dict[str, Any]]:
+def _create_claim(path: Path, what: str, command: str) -> tuple[Path | None, dict[str, Any]]:
     """Create the claim file ``path`` atomically for this process (see :func:`claim_case`), taking over an abandoned
-    one; ``what`` names the claimed thing in the log."""
+    one; ``what`` names the claimed thing in the log, ``command`` the claiming command in the file."""
     out_dir = path.parent
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start_time(os.getpid()),
-            "token": uuid.uuid4().hex}
+            "command": command, "token": uuid.uuid4().hex}
     for _ in range(5):
         out_dir.mkdir(parents=True, exist_ok=True)
         try:

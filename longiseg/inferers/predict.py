@@ -495,7 +495,7 @@ def predict_folder(
     results: dict[str, dict[str, list[Path]]] = {}
     with removed_if_created(out_dir), contextlib.ExitStack() as held:  # a run that wrote nothing leaves no folder
         if skip_existing:  # shares the folder, case by case, with other such runs: not with one that writes it alone
-            check_folder_unclaimed(out_dir, "longiseg predict")
+            check_folder_unclaimed(out_dir)
         else:  # writes it alone: a second such run (another model, other settings) would mix its cases with ours
             held.callback(release_claim, *claim_folder(out_dir, "longiseg predict"))
             # NaN intensities, a brain mask of 0/255 or an image the reader cannot normalise fail here, not after
@@ -505,10 +505,15 @@ def predict_folder(
         for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
             claimed: Path | None = None
             if skip_existing:  # several workers may share the cohort: each case is predicted by one of them
-                claimed, claim = claim_case(out_dir, cid)
+                claimed, claim = claim_case(out_dir, cid, "longiseg predict --skip-existing")
                 if claimed is None:
                     logger.info("skipping case %s: another process (%s) is predicting it", cid, claim_holder(claim))
                     continue
+                try:  # a run that writes the folder alone may have claimed it since the last case
+                    check_folder_unclaimed(out_dir)
+                except FileExistsError:
+                    release_claim(claimed, claim)
+                    raise
             try:
                 done = _predict_listed_case(model, read, out_dir, sources[cid], kinds, records[cid], skip_existing,
                                             overwrite, predict_kwargs, after_case)

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -305,20 +305,26 @@ def _stale(entry: Path) -> bool:
     return found is not None and _writer_gone(entry, found)
 
 
-def folder_is_empty(path: PathLike) -> bool:
+def folder_is_empty(path: PathLike, ignore: Collection[str] = ()) -> bool:
     """Whether the folder ``path`` holds nothing but temporaries that killed writers left (which the next writer
-    removes): a run killed while writing into a new output folder does not make the folder look used.
+    removes) and the entries named in ``ignore``: a run killed while writing into a new output folder does not make
+    the folder look used.
 
     Args:
         path: an existing folder.
+        ignore: names of entries that do not count (e.g. the caller's own claim file in it).
 
     Raises:
         NotADirectoryError: ``path`` is not a folder.
+        TypeError: ``ignore`` is a str instead of a collection of names.
     """
     path = check_path("path", path)
+    if isinstance(ignore, str):
+        raise TypeError(f"ignore must be a collection of names, got the str {ignore!r}")
     if not path.is_dir():
         raise NotADirectoryError(f"{path} is not a folder")
-    return all(_stale(entry) for entry in path.iterdir())
+    ignored = set(ignore)
+    return all(entry.name in ignored or _stale(entry) for entry in path.iterdir())
 
 
 def remove_stale_temporaries(path: PathLike) -> list[Path]:

@@ -536,19 +536,24 @@ def _check_scan_backend(model: nn.Module, device: torch.device) -> None:
         raise ValueError(str(err)) from None
 
 
-def claim_run_folder(out: Path) -> tuple[Path, dict]:
+def claim_run_folder(out: Path, command: str = "longiseg train") -> tuple[Path, dict]:
     """Claim the run folder ``out`` for this process (a hidden claim file inside it,
     :func:`~longiseg.data.claims.claim_case`): ``longiseg train`` holds it while it trains, ``longiseg tune``
     while it reads and rewrites a checkpoint, so that neither changes what the other reads. Release it with
     :func:`~longiseg.data.claims.release_claim`.
 
+    Args:
+        out: the run folder.
+        command: the claiming command (``"longiseg train"`` or ``"longiseg tune"``), named in the other's message.
+
     Raises:
-        FileExistsError: another ``longiseg train`` or ``longiseg tune`` (a live process) holds ``out``.
+        FileExistsError: another ``longiseg train`` or ``longiseg tune`` (a live process) holds ``out``, named.
     """
-    path, claim = claim_case(out, RUN_CLAIM)
+    path, claim = claim_case(out, RUN_CLAIM, command)
     if path is None:
-        raise FileExistsError(f"{out} is being written by another longiseg train or tune ({claim_holder(claim)}); "
-                              "wait for it to finish, or choose another run folder")
+        holder = claim.get("command") or "longiseg train or tune"
+        raise FileExistsError(f"{out} is being written by another {holder} ({claim_holder(claim)}); wait for it to "
+                              "finish, or choose another run folder")
     return path, claim
 
 

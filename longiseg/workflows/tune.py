@@ -167,7 +167,7 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
     if not val_ids:
         raise ValueError(f"the run {run} has no validation patients (data.val_fraction=0): nothing to tune on")
     root = Path(data_root or split.get("val_root") or split["data_root"])
-    claim = claim_run_folder(run)  # no train rewrites the checkpoint (or tuning.json) while it is read and tuned
+    claim = claim_run_folder(run, "longiseg tune")  # no train rewrites the checkpoint (or tuning.json) while it is read and tuned
     try:
         return _tune_checkpoint(run, checkpoint, root, val_ids, objective=objective, thresholds=thresholds,
                                 device=device, progress=progress)
