@@ -90,9 +90,10 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
-def _add_overrides(p: argparse.ArgumentParser) -> None:
+def _add_overrides(p: argparse.ArgumentParser, help_text: str = "override config values with dotted keys, e.g. "
+                   "trainer.max_epochs=10 loss.strategy=whole") -> None:
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override config values with dotted keys, e.g. trainer.max_epochs=10 loss.strategy=whole")
+                   help=help_text)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -208,10 +209,9 @@ def _cmd_cohort(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from longiseg.engine.checkpoint import build_model_from_checkpoint, load_model
-    from longiseg.tuning import tuning_note
     from longiseg.utils.device import resolve_device
     from longiseg.workflows.config import ExperimentConfig, InferenceConfig
-    from longiseg.workflows.predict import run_prediction
+    from longiseg.workflows.predict import run_prediction, threshold_note
 
     device = resolve_device(args.device, name="--device")
     if args.overwrite and args.skip_existing:
@@ -252,14 +252,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              "experiment file of its training")
         # --set inference.progression_threshold=0.4 (or threshold=..., the baseline's) adjusts the recorded settings
         # (keys without the section are read as inference.*; messages name the full key)
+        foreign = [o.strip() for o in args.overrides
+                   if "." in o.split("=", 1)[0] and not o.strip().startswith("inference.")]
+        if foreign:  # e.g. trainer.max_epochs=10: read as inference.trainer, the message named a key never given
+            raise ValueError(f"--set {foreign[0]}: predict takes inference settings (inference.KEY=VALUE, e.g. "
+                             "inference.progression_threshold=0.4) unless --config gives the experiment")
         sets = [o.strip() if o.strip().startswith("inference.") else f"inference.{o.strip()}" for o in args.overrides]
         inference = ExperimentConfig(inference=InferenceConfig.from_dict(model.spec.inference)).with_overrides(
             sets).inference
         modalities = None
-        tuned = tuning_note(model.spec.tuning)
-        print(f"settings from the checkpoint: modalities {list(model.spec.modalities or [])}, window "
+        given = f" and --set {' '.join(args.overrides)}" if args.overrides else ""
+        print(f"settings from the checkpoint{given}: modalities {list(model.spec.modalities or [])}, window "
               f"{inference.patch_size}, thresholds baseline {inference.threshold:.3g} / progression "
-              f"{inference.progression_cut:.3g}{tuned}")
+              f"{inference.progression_cut:.3g}{threshold_note(model.spec, inference)}")
     run_prediction(model, args.input, args.output, inference, modalities=modalities, overwrite=args.overwrite,
                    skip_existing=args.skip_existing, device=device, registered_dir=registered,
                    progress=not args.no_progress)
@@ -280,6 +285,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                              "after the folders, or end its list with --")
         raise ValueError("give at least one prediction folder and then the reference folder")
     *preds, gt = args.folders
+    blank = [n for n in args.names or [] if not n.strip()]
+    if blank:  # the report's rows and columns are named by them
+        raise ValueError(f"--names {blank[0]!r}: a model name must not be empty or blank")
     names = args.names or [Path(p).name for p in preds]
     if len(names) != len(preds):
         raise ValueError(f"--names needs one name per prediction folder ({len(preds)}), got {len(names)}")
@@ -514,7 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with the transforms 'longiseg register' saved in REGISTERED/CASE/registration/ (default: "
                         "the --input folder); needs longiseg[register]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in a batch job's log)")
-    _add_overrides(p)
+    _add_overrides(p, "inference settings replacing the checkpoint's, e.g. inference.progression_threshold=0.4 "
+                      "min_lesion_mm3=10 (a key without a section is an inference.* one; with --config, the "
+                      "config's keys but model.*)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="evaluate prediction folder(s) against a reference folder",

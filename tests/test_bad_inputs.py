@@ -419,6 +419,9 @@ ROWS = [
     Row("predict-skip-existing-foreign-file", lambda ws, t: (
         (t / "out" / "demo-000").mkdir(parents=True), (t / "out" / "demo-000" / "notes.txt").write_text("x"),
         _predict(ws, t, "--skip-existing"))[-1], r"holds files that are not predictions .*notes\.txt", out="none"),
+    # read as inference.trainer.max_epochs, the message named a key the user never gave
+    Row("predict-set-other-section", lambda ws, t: _predict(ws, t, "--set", "trainer.max_epochs=10"),
+        r"--set trainer\.max_epochs=10: predict takes inference settings"),
     Row("predict-overwrite-and-skip", lambda ws, t: _predict(ws, t, "--overwrite", "--skip-existing"),
         "--overwrite and --skip-existing"),
     # predictions written over the input cases would replace their scans and reference masks
@@ -436,6 +439,8 @@ ROWS = [
         r"lies inside the input folder"),
     # --- evaluate
     Row("evaluate-missing-case", lambda ws, t: _evaluate(ws, t, _missing_case(ws, t / "p")), r"lacks 2 prediction file.*demo-000"),
+    Row("evaluate-blank-name", lambda ws, t: _evaluate(ws, t, None, "--names", " "),
+        r"--names ' ': a model name must not be empty"),
     Row("evaluate-non-binary", lambda ws, t: _evaluate(ws, t, _non_binary(ws, t / "p")), r"binary"),
     Row("evaluate-shape-mismatch", lambda ws, t: _evaluate(ws, t, _wrong_shape(ws, t / "p")),
         r"case demo-000: prediction .*\.nii\.gz lies on another grid .*\(shape .*\(5, 5, 5\)"),

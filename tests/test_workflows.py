@@ -1020,3 +1020,16 @@ def test_train_folders_keep_characters_outside_the_basic_plane(tmp_path: Path,
     data, out = tmp_path / "données-😀", tmp_path / "run-😀 ü"
     assert main(["train", "--data", str(data), "--output", str(out)]) == 2
     assert seen == {"root": str(data), "out": str(out)}
+
+
+def test_threshold_note_says_where_the_progression_threshold_comes_from() -> None:
+    """predict said "(tuned by longiseg tune ...)" of a progression threshold given with --set."""
+    from longiseg.spec import ModelSpec
+    from longiseg.workflows.config import InferenceConfig
+    from longiseg.workflows.predict import threshold_note
+
+    recorded = InferenceConfig(progression_threshold=0.5)
+    spec = ModelSpec(name="m", dim="2.5D", inference=recorded.to_dict(), tuning={"threshold": 0.5})
+    assert threshold_note(spec, recorded) == " (tuned by longiseg tune on validation patients)"
+    assert threshold_note(spec, InferenceConfig(progression_threshold=0.9)) == " (given; the checkpoint's is 0.5)"
+    assert threshold_note(ModelSpec(name="m", dim="2.5D"), recorded) == ""

@@ -14,12 +14,13 @@ from longiseg.data.loading import case_grid
 from longiseg.data.sources import CaseSource
 from longiseg.inferers.predict import predict_folder, read_zscored, spec_reader
 from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
+from longiseg.spec import ModelSpec
 from longiseg.tuning import tuning_note
 from longiseg.utils.device import resolve_device
 from longiseg.utils.io import check_separate_folders
 from longiseg.utils.logging import get_logger
 
-__all__ = ["make_inferer", "inference_settings", "model_spec", "run_prediction"]
+__all__ = ["make_inferer", "inference_settings", "model_spec", "run_prediction", "threshold_note"]
 
 logger = get_logger(__name__)
 
@@ -82,7 +83,7 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     device = resolve_device(device)
     logger.info("predicting with %s (%s): modalities %s, window %d, baseline threshold %.3g, progression threshold "
                 "%.3g%s, progression %s", spec.name, spec.dim, modalities, cfg.patch_size, cfg.threshold,
-                cfg.progression_cut, tuning_note(spec.tuning),
+                cfg.progression_cut, threshold_note(spec, cfg),
                 "outside the baseline lesions" if cfg.progression_outside_baseline else "as the head gives it")
 
     # the normalisation the spec records (refused if this version does not know it); z-scores, as longiseg train
@@ -107,6 +108,18 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
         progression_threshold=cfg.progression_cut, min_volume_mm3=cfg.min_lesion_mm3,
         restrict_to_brain=cfg.restrict, progression_outside_baseline=cfg.progression_outside_baseline,
     )
+
+
+def threshold_note(spec: ModelSpec, cfg: InferenceConfig) -> str:
+    """Where ``cfg``'s progression threshold comes from, for messages: the tuning note of the checkpoint
+    (:func:`~longiseg.tuning.tuning_note`) when it is the one the spec records, else that it was given (a
+    ``--set`` or another config), with the recorded one."""
+    if not spec.inference:
+        return ""
+    recorded = InferenceConfig.from_dict(spec.inference).progression_cut
+    if recorded == cfg.progression_cut:
+        return tuning_note(spec.tuning)
+    return f" (given; the checkpoint's is {recorded:.3g})"
 
 
 def _native_hooks(registered_dir: Path, overwrite: bool
