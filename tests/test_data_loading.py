@@ -758,3 +758,23 @@ def test_csv_manifest_compares_the_modalities_it_names(tmp_path: Path) -> None:
                                          r"modalities on every row, but line 2 names \['flair', 't2'\] and line 4 "
                                          r"\['t2', 'flair'\]"):
         read_manifest(path)
+
+
+def test_case_folders_the_manifest_does_not_list_are_named(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A case folder added beside the others but not to the manifest was left out without a word (predict wrote no
+    output for it); a second manifest was ignored without a word too. Both are warned of, once per process."""
+    cases = _write_cohort(tmp_path, 3)
+    write_manifest(tmp_path / "manifest.json", manifest_from_cases(cases[:2]))
+    (tmp_path / "notes").mkdir()  # a folder without images is no case
+    with caplog.at_level("WARNING", logger="longiseg.data"):
+        assert [s.case_id for s in find_cases(tmp_path)] == [c.case_id for c in cases[:2]]
+        find_cases(tmp_path)
+    warnings = [r.getMessage() for r in caplog.records if "does not list" in r.getMessage()]
+    assert len(warnings) == 1 and f"1 case folder(s) with images that manifest.json does not list are not used: " \
+                                  f"'{cases[2].case_id}'" in warnings[0], warnings
+    write_manifest(tmp_path / "manifest.csv", manifest_from_cases(cases))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="longiseg.data"):
+        find_cases(tmp_path)
+    assert "holds both manifest.json and manifest.csv: manifest.json is used" in caplog.text

@@ -18,6 +18,7 @@ from longiseg.data.case import LongitudinalCase
 from longiseg.data.manifest import Manifest, ManifestEntry, read_manifest
 from longiseg.data.sources import CaseSource, MaskSpec
 from longiseg.utils.io import PathLike, check_input_folder
+from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_bool, check_path, check_sequence
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "check_same_modalities",
     "check_same_timepoints",
 ]
+
+_LOG = get_logger(__name__)
 
 
 def case_source(source: CaseSource | PathLike) -> CaseSource:
@@ -232,8 +235,31 @@ def _cohort_manifest(root: Path) -> Manifest | None:
             manifest = read_manifest(root / name)
             if not manifest.cases:
                 raise FileNotFoundError(f"{root / name} lists no case")
+            _warn_unlisted(root, name, {e.case_id for e in manifest.cases})
             return Manifest(manifest.modalities, tuple(sorted(manifest.cases, key=lambda e: e.case_id)))
     return None
+
+
+#: ``(root, manifest, unlisted folders)`` already warned of in this process (commands list a cohort several times).
+_WARNED: set[tuple[str, ...]] = set()
+
+
+def _warn_unlisted(root: Path, name: str, listed: set[str]) -> None:
+    """Warn, once per process, of case folders with a baseline image that the manifest ``name`` of ``root`` does not
+    list (they are not used: a case added to the folder but not to the manifest), and of a second manifest beside
+    it (``manifest.json`` wins)."""
+    unlisted = [f.name for f in _case_folders(root) if f.name not in listed
+                and any(layout.image_timepoint(e.name) == 0 for e in f.iterdir())]
+    other = layout.MANIFEST_CSV if name == layout.MANIFEST_JSON and (root / layout.MANIFEST_CSV).is_file() else None
+    key = (str(root), name, *unlisted, other or "")
+    if (not unlisted and other is None) or key in _WARNED:
+        return
+    _WARNED.add(key)
+    if unlisted:
+        _LOG.warning("%s: %d case folder(s) with images that %s does not list are not used: %s (add them to the "
+                     "manifest to use them)", root, len(unlisted), name, format_case_ids(unlisted))
+    if other is not None:
+        _LOG.warning("%s holds both %s and %s: %s is used, %s is ignored", root, name, other, name, other)
 
 
 def _case_folders(root: Path) -> list[Path]:
