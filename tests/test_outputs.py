@@ -312,6 +312,12 @@ def test_interrupted_case_is_predicted_again(tmp_path: Path, umask_022: None) ->
     (out / f".p2.{_dead_pid()}.q1w2e3.tmp").mkdir()
     assert not prediction_complete(out, "p2", 2)
     assert prediction_complete(out, "p1", 2) and prediction_complete(out, "p1", 2, kinds=["mask"])
+    # a file damaged since it was written is no complete output either (it was kept by --skip-existing)
+    damaged = out / "p1" / "progression_t1_entropy.nii.gz"
+    kept = damaged.read_bytes()
+    damaged.write_bytes(b"junk\n")
+    assert not prediction_complete(out, "p1", 2) and prediction_complete(out, "p1", 2, kinds=["mask"])
+    damaged.write_bytes(kept)
     redone = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False,
                             skip_existing=True)
     assert sorted(redone) == ["p2"] and sorted(first) == ["p1", "p2"]

@@ -313,6 +313,12 @@ def test_n4_flattens_a_bias_field() -> None:
     (["{t}/raw", "{t}/out", "--spacing", "0.001"], r"case 'c': baseline \S+t0_flair.nii.gz: spacing 0.001 mm gives "
                                                     r"an output grid of 4000 x 4000 x 4000 = 6.4e\+10 voxels .* "
                                                     r"more than the limit of 268435456"),
+    # a spacing not below the 4 mm field of view: 1 x 1 x 1 voxels, every lesion gone, and "status ok"
+    (["{t}/raw", "{t}/out", "--spacing", "1e6"], r"case 'c': baseline \S+t0_flair.nii.gz: spacing 1e\+06 mm gives an "
+                                                  r"output grid of 1 x 1 x 1 voxels over its 4 x 4 x 4 mm field of "
+                                                  r"view: fewer than 2 voxels along axes 0, 1, 2, where the baseline "
+                                                  r"has 4, 4, 4 .*; choose a spacing \(--spacing\) below 4 mm"),
+    (["{t}/raw", "{t}/out", "--spacing", "4"], r"spacing 4 mm gives an output grid of 1 x 1 x 1 voxels .* below 4 mm"),
     (["{t}/raw", "{t}/out", "--min-correlation", "2"], r"--min-correlation must lie in \[-1, 1\]"),
     (["{t}/raw", "{t}/out", "--max-translation", "0"], r"--max-translation must be > 0, got 0.0"),  # the option
     (["{t}/raw", "{t}/out", "--min-coverage", "-1"], r"--min-coverage must lie in \[0, 1\]"),  # named as typed
@@ -382,6 +388,38 @@ def test_register_folder_checks_the_output_location_first(tmp_path: Path, monkey
             cohort.register_folder(tmp_path / "raw", tmp_path / "locked" / "out", progress=False)
 
 
+def test_a_spacing_coarser_than_a_baselines_field_of_view_is_refused_before_any_case(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--spacing 1e6`` wrote 1 x 1 x 1-voxel cases (status ok). The rule is per axis of more than one voxel, so
+    a thin slab (3 slices of 5 mm) takes any spacing below its 15 mm and a single slice stays one voxel thick."""
+    import nibabel as nib
+
+    from longiseg.registration import cohort
+
+    raw = tmp_path / "raw"
+    slab = np.diag([1.0, 1.0, 5.0, 1.0])
+    _save(np.ones((40, 40, 3), np.float32), slab, raw / "slab" / "t0_flair.nii.gz")
+    _save(np.ones((40, 40, 1), np.float32), slab, raw / "single" / "t0_flair.nii.gz")
+    called: list[str] = []
+    monkeypatch.setattr(cohort, "register_case", lambda c, o, *a, **k: called.append(c.name)
+                        or cohort.CaseRegistration(c.name))
+    for spacing, shapes in ((10.0, {"slab": (4, 4, 2), "single": (4, 4, 1)}), (2.5, {"slab": (16, 16, 6)})):
+        opts = cohort.RegistrationOptions(spacing=spacing, qc_figures=False)
+        cohort.register_folder(raw, tmp_path / f"out-{spacing:g}", opts, progress=False)
+        for name, shape in shapes.items():  # the grids register_case gets
+            img = nib.load(raw / name / "t0_flair.nii.gz")
+            assert cohort._output_grid(Grid(img.shape, img.affine), spacing, name).shape == shape
+    assert called == ["single", "slab"] * 2
+    called.clear()
+    with pytest.raises(ValueError, match=r"case 'slab': baseline \S+t0_flair.nii.gz: spacing 15 mm gives an output grid "
+                                         r"of 3 x 3 x 1 voxels over its 40 x 40 x 15 mm field of view: fewer than 2 "
+                                         r"voxels along axis 2, where the baseline has 3 .*; choose a spacing "
+                                         r"\(--spacing\) below 15 mm"):
+        cohort.register_folder(raw, tmp_path / "out-15", cohort.RegistrationOptions(spacing=15.0, qc_figures=False),
+                               progress=False)
+    assert called == [] and not (tmp_path / "out-15").exists()
+
+
 def test_register_folder_refuses_a_folder_another_register_writes(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Two register --overwrite runs (3 mm and 5 mm) into one folder both succeeded: one case of each spacing, and
@@ -398,7 +436,8 @@ def test_register_folder_refuses_a_folder_another_register_writes(tmp_path: Path
     _save(np.ones((4, 4, 4), np.float32), np.eye(4), tmp_path / "raw" / "c" / "t0_flair.nii.gz")
     out = tmp_path / "out"
     out.mkdir()
-    (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
+    (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(),
+                                                "command": "longiseg register"}))
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("a case was registered into a folder another run holds")
@@ -416,6 +455,42 @@ def test_register_folder_refuses_a_folder_another_register_writes(tmp_path: Path
     cohort.register_folder(tmp_path / "raw", out, cohort.RegistrationOptions(qc_figures=False), overwrite=True,
                                progress=False)
     assert held == [True] and not (out / FOLDER_CLAIM).exists()
+
+
+def test_register_folder_takes_over_the_claim_of_a_killed_register(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A register killed (SIGKILL, out of memory) in a new folder left only its claim there: every later register
+    without --overwrite was told the folder is not empty and to pass --overwrite. The abandoned claim is taken
+    over; a live holder is named instead of the --overwrite advice."""
+    import os
+    import socket
+    import subprocess
+
+    from longiseg.data.claims import FOLDER_CLAIM
+    from longiseg.registration import cohort
+
+    (tmp_path / "raw" / "c").mkdir(parents=True)
+    _save(np.ones((4, 4, 4), np.float32), np.eye(4), tmp_path / "raw" / "c" / "t0_flair.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    (out / "c").mkdir()  # a live register's finished case: it is named, not "pass --overwrite"
+    (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(),
+                                                "command": "longiseg register"}))
+    with pytest.raises(FileExistsError, match=r"being written by another longiseg register \(pid"):
+        cohort.register_folder(tmp_path / "raw", out, cohort.RegistrationOptions(qc_figures=False), progress=False)
+    (out / "c").rmdir()
+    (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": dead,
+                                                "command": "longiseg register"}))
+    registered: list[str] = []
+    monkeypatch.setattr(cohort, "register_case", lambda c, o, *a, **k: registered.append(c.name)
+                        or cohort.CaseRegistration(c.name))
+    cohort.register_folder(tmp_path / "raw", out, cohort.RegistrationOptions(qc_figures=False), progress=False)
+    assert registered == ["c"] and not (out / FOLDER_CLAIM).exists()
+    # out now holds that run's outputs: a second register without --overwrite is refused
+    with pytest.raises(FileExistsError, match="not empty"):
+        cohort.register_folder(tmp_path / "raw", out, cohort.RegistrationOptions(qc_figures=False), progress=False)
 
 
 def test_unreadable_case_is_reported_and_the_others_go_on(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

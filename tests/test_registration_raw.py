@@ -402,3 +402,62 @@ def test_a_failed_registration_within_a_session_fails_only_its_follow_up(tmp_pat
         assert not res.error and [q["status"] for q in res.followups] == ["failed"]
         assert "registration of t2 to flair within the session: ITK ERROR" in res.followups[0]["reasons"][0]
         assert res.written is keep and (out / "c" / "t1_t2.nii.gz").exists() is keep
+
+
+def test_a_mask_emptied_by_resampling_fails_its_case(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A one-voxel progression mask resampled from the 4 mm baseline grid onto an 8 mm one (every output voxel
+    centre lies half a raw voxel away along each axis: linear weight 1/8, far below 0.5) came out empty and the
+    case was written as stable: manifest ``"progression": false``, exit 0, status ok, nothing logged. It fails
+    now, with nothing of its images or masks written, --keep-failed or not; without --spacing it passes."""
+    import logging
+
+    from longiseg.cli import main
+    from longiseg.registration.cohort import RegistrationOptions, register_folder
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _write_case(raw / "c", ACQUISITIONS["lps-oblique"])
+    block = np.zeros(BASE_SHAPE, np.uint8)
+    block[10:22, 12:24, 10:22] = 1  # 48 mm: kept on any grid below that
+    _save(block, BASE_AFFINE, raw / "c" / layout.BASELINE_MASK)
+    one = np.zeros(BASE_SHAPE, np.uint8)
+    one[19, 22, 16] = 1  # drawn on the aligned follow-up: baseline space
+    mask_path = raw / "c" / layout.progression_filename(1)
+    _save(one, BASE_AFFINE, mask_path)
+    args = ["register", str(raw), str(out), "--no-qc-figures", "--no-progress", "--progression-space", "baseline"]
+    with caplog.at_level(logging.WARNING, logger="longiseg.registration"):
+        assert main([*args, "--spacing", "8"]) == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [f"case 'c': mask {mask_path} has 1 voxel(s) in the raw data but none after resampling onto "
+                      "the output grid; the case is not written"], warned
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("longiseg")]
+    expected = (f"case 'c': mask {mask_path} (1 voxel in the raw data) is empty after resampling onto the 8x8x8 mm "
+                "output grid (linear interpolation kept where >= 0.5); nothing written for this case, which would "
+                "lose those lesions (a progressing case would read as stable): register it with "
+                "mask_interpolation='nearest' (--mask-interpolation nearest) or a finer spacing than 8 mm (--spacing)")
+    assert err == [f"longiseg register: case c failed: {expected}"], err
+    with open(out / "registration.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["followup"], r["status"]) for r in rows] == [("", "failed"), ("1", "ok")]
+    assert rows[0]["reasons"] == expected
+    assert not (out / "manifest.json").exists()  # not listed, so not predicted or trained on as stable
+    assert sorted(p.name for p in (out / "c").iterdir()) == ["registration"]  # the QC record only
+    record = json.loads((out / "c" / "registration" / "registration.json").read_text(encoding="utf-8"))
+    assert record["error"] == expected
+    [res] = register_folder(raw, tmp_path / "kept", RegistrationOptions(spacing=8.0, keep_failed=True,
+                                                                        qc_figures=False, progression_space="baseline"),
+                            progress=False)
+    assert res.error == expected and not res.written and not (tmp_path / "kept" / "c" / "t0_flair.nii.gz").exists()
+    # on the baseline's own grid the voxel stays: the case is written as progressing
+    assert main([*args, "--overwrite"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert [(c["case_id"], c["progression"]) for c in manifest["cases"]] == [("c", True)]
+    assert int(np.asarray(nib.load(out / "c" / layout.progression_filename(1)).dataobj).sum()) == 1
+    # an emptied baseline mask fails its case too (its lesions would vanish; no progression lost)
+    _save(block, BASE_AFFINE, mask_path)
+    _save(one, BASE_AFFINE, raw / "c" / layout.BASELINE_MASK)
+    opts = RegistrationOptions(spacing=8.0, qc_figures=False, progression_space="baseline")
+    [res] = register_folder(raw, tmp_path / "base", opts, progress=False)
+    assert res.error.startswith(f"case 'c': mask {raw / 'c' / layout.BASELINE_MASK} (1 voxel in the raw data) is "
+                                "empty after resampling"), res.error
+    assert "progressing" not in res.error and not res.written

@@ -186,7 +186,9 @@ def case_spatial_header(source: CaseSource | PathLike) -> SpatialHeader | None:
 def prediction_complete(root: PathLike, case_id: str, num_timepoints: int,
                         kinds: Sequence[str] = ("mask", "prob", "entropy")) -> bool:
     """Whether ``root/case_id`` holds every file of ``kinds`` that :func:`save_prediction` writes for a case of
-    ``num_timepoints`` (a folder an interrupted run of an older version left half written is not complete).
+    ``num_timepoints``, each with a readable NIfTI header (a folder an interrupted run of an older version left half
+    written, or a file damaged since, is not complete; the voxels are not decoded, so a file whose header survived
+    is taken as it is).
 
     Raises:
         ValueError: a bad case id or an unknown kind.
@@ -196,4 +198,14 @@ def prediction_complete(root: PathLike, case_id: str, num_timepoints: int,
     if unknown:
         raise ValueError(f"kinds must be among {sorted(names)}, got {unknown}")
     folder = check_path("root", root) / layout.check_case_id(case_id)
-    return all((folder / name).is_file() for kind in kinds for name in names[kind])
+    files = [folder / name for kind in kinds for name in names[kind]]
+    return all(f.is_file() for f in files) and all(_readable_header(f) for f in files)
+
+
+def _readable_header(path: Path) -> bool:
+    """Whether ``path`` holds a NIfTI header :func:`~longiseg.utils.nifti.load_nifti` reads (voxels left on disk)."""
+    try:
+        load_nifti(path, header_only=True)
+    except (OSError, ValueError):
+        return False
+    return True

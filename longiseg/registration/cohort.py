@@ -13,7 +13,10 @@ every file may have its own grid: voxel size, shape and orientation. Per case:
    coordinates), or are registered rigidly to the session's reference modality (``register_modalities``);
 4. everything is resampled onto one grid, the baseline reference's own or an isotropic grid with the same
    orientation and field of view (``spacing``): linear or B-spline for images, and for masks linear
-   interpolation of the 0/1 mask kept where >= 0.5 (default; ``mask_interpolation="nearest"`` too);
+   interpolation of the 0/1 mask kept where >= 0.5 (default; ``mask_interpolation="nearest"`` too); a mask
+   with voxels in the raw data and none after resampling (a one-voxel lesion, a coarse ``spacing``) fails its
+   case, logged as a warning and in ``registration.csv``, and nothing of the case but its QC record is written:
+   written, a progressing case would read as stable;
 5. quality check per follow-up: normalised mutual information and correlation with the baseline inside
    the brain, before (scanner coordinates) and after registration, how far the transform moves the brain
    centre and rotates it (and scales, for affine), and a checkerboard PNG in three planes.
@@ -37,7 +40,7 @@ registration, memory) is recorded as that case's failure too; the case folder is
 folder and renamed when complete, so a failed case never leaves a partial folder, and the other cases go on.
 Arguments are checked before any case is read: the options, the output folder (not a file, writable, apart
 from ``RAW``), and the output grid that ``spacing`` gives every case (at most :data:`MAX_OUTPUT_VOXELS`
-voxels).
+voxels, and at least 2 along every axis the baseline images with more than one voxel).
 
 Reproducible: the same raw scans and options give the same transforms, QC numbers and images, bit for bit
 (see :class:`~longiseg.registration.pairwise.PairOptions`; with ``n4``, for the same number of ITK threads).
@@ -54,6 +57,7 @@ Written (every file atomically, every case folder as a whole)::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -67,7 +71,7 @@ from typing import Any
 import numpy as np
 
 from longiseg.data import layout
-from longiseg.data.claims import claim_folder, release_claim
+from longiseg.data.claims import FOLDER_CLAIM, claim_folder, release_claim
 from longiseg.data.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
 from longiseg.data.volumes import read_mask, read_volume
 from longiseg.registration.grid import Grid, from_sitk, isotropic_grid, require_simpleitk, to_sitk
@@ -126,10 +130,11 @@ class RegistrationOptions:
         n4: N4 bias-field correction before registration (the corrected images are written).
         spacing: isotropic output voxel size in mm (``None``: the baseline reference's grid); a finite
             number > 0 whose grid over the baseline's field of view has at most :data:`MAX_OUTPUT_VOXELS`
-            voxels (checked per case before anything is written; by :func:`register_folder` for every case
-            before the first one is registered).
+            voxels and at least 2 along every axis of more than one baseline voxel (checked per case before
+            anything is written; by :func:`register_folder` for every case before the first one is registered).
         interpolation: ``"linear"`` or ``"bspline"`` for images.
-        mask_interpolation: ``"linear"`` (0/1 mask interpolated, kept where >= 0.5) or ``"nearest"``.
+        mask_interpolation: ``"linear"`` (0/1 mask interpolated, kept where >= 0.5) or ``"nearest"``. A case
+            with a mask that this empties (voxels in the raw data, none on the output grid) fails.
         min_correlation: a follow-up whose correlation with the baseline in the brain is lower fails (both
             compared where the registered follow-up images the brain: a smaller field of view lowers no score).
         min_coverage: a registered follow-up that images a smaller share of the baseline's brain fails.
@@ -197,7 +202,9 @@ class CaseRegistration:
         case_id: the case.
         followups: one QC record per follow-up (``status`` ``"ok"``/``"failed"``, ``reasons``, similarity
             before/after, motion, optimiser result, seconds).
-        error: why the whole case failed before any follow-up was registered (unreadable input...).
+        error: why the whole case failed: before any follow-up was registered (unreadable input...), while
+            it was registered or written, or because a mask with voxels in the raw data has none on the output
+            grid (its images and masks are then not written).
         written: whether its images were written to the output layout.
     """
 
@@ -323,14 +330,27 @@ def _output_grid(base: Grid, spacing: float | None, where: str) -> Grid:
 
     Raises:
         ValueError: ``spacing`` gives more than :data:`MAX_OUTPUT_VOXELS` voxels over the baseline's field of
-            view (checked before any volume of that grid is made).
+            view (checked before any volume of that grid is made), or fewer than 2 voxels along an axis that
+            the baseline images with more than one (a spacing not below that axis's field of view: every
+            lesion would vanish). An axis of one voxel (a single slice) may stay one voxel thick.
     """
     if spacing is None:
         return base
     grid = isotropic_grid(base, spacing)  # shape and affine only: nothing of that size is allocated here
     count = float(np.prod(grid.shape))
+    extent = np.asarray(base.shape, dtype=np.float64) * base.spacing
+    collapsed = [i for i, (n, m) in enumerate(zip(base.shape, grid.shape)) if n > 1 and m < 2]
+    if collapsed:
+        imaged = min(float(e) for n, e in zip(base.shape, extent) if n > 1)  # the thinnest axis of > 1 voxel
+        raise ValueError(f"{where}: spacing {spacing:g} mm gives an output grid of "
+                         f"{' x '.join(str(s) for s in grid.shape)} voxels over its "
+                         f"{' x '.join(f'{e:g}' for e in np.round(extent, 2))} mm field of view: fewer than 2 "
+                         f"voxels along {'axis' if len(collapsed) == 1 else 'axes'} "
+                         f"{', '.join(str(i) for i in collapsed)}, where the baseline has "
+                         f"{', '.join(str(base.shape[i]) for i in collapsed)} (a spacing coarser than the field of "
+                         f"view: its lesions would vanish); choose a spacing (--spacing) below {imaged:g} mm, the "
+                         "baseline's smallest extent along an axis of more than one voxel")
     if count > MAX_OUTPUT_VOXELS:
-        extent = np.asarray(base.shape, dtype=np.float64) * base.spacing
         raise ValueError(f"{where}: spacing {spacing:g} mm gives an output grid of "
                          f"{' x '.join(str(s) for s in grid.shape)} = {count:.3g} voxels over its "
                          f"{' x '.join(f'{e:.0f}' for e in extent)} mm field of view, more than the limit of "
@@ -352,6 +372,7 @@ class _CaseInput:
     sitk_images: dict[tuple[int, str], Any]
     brain: Any
     out_grid: Grid
+    mask_paths: dict[str, Path] = field(default_factory=dict)
 
 
 def _read_case(folder: Path, opts: RegistrationOptions) -> _CaseInput:
@@ -392,7 +413,7 @@ def _read_case(folder: Path, opts: RegistrationOptions) -> _CaseInput:
     if int(from_sitk(brain)[0].astype(bool).sum()) < 2:
         raise ValueError(f"{label}: the {source} covers fewer than 2 voxels of the baseline {ref!r} image; "
                          "nothing to register")
-    return _CaseInput(folder.name, files, mods, images, masks, sitk_images, brain, out_grid)
+    return _CaseInput(folder.name, files, mods, images, masks, sitk_images, brain, out_grid, mask_paths)
 
 
 def register_case(raw_case: PathLike, out_root: PathLike, options: RegistrationOptions | None = None, *,
@@ -458,7 +479,7 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
         Whether the images were written.
     """
     sitk = require_simpleitk()
-    name, files, mods, images, masks = inp.name, inp.files, inp.mods, inp.images, inp.masks
+    name, files, mods, images = inp.name, inp.files, inp.mods, inp.images
     ref = opts.reference_modality
     qc_dir = case_dir / QC_DIR
     sitk_images = inp.sitk_images
@@ -536,28 +557,79 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
                     q["status"] = "failed"
                 _write_tfm(transforms[(t, m)], qc_dir / transform_filename(t, m))
     record["followups"] = res.followups
-    atomic_write_json(qc_dir / CASE_RECORD, record, overwrite=True)
-    if not res.ok and not opts.keep_failed:
-        return False
     ref_img = out_grid.reference()
+    out_masks: dict[str, np.ndarray] = {}
+    if res.ok or opts.keep_failed:  # the masks that would be written: none may lose all its voxels
+        out_masks = _resample_masks(inp, opts, transforms, ref_img)
+        res.error = _lost_masks_error(inp, opts, out_masks)
+        if res.error:
+            record["error"] = res.error
+    atomic_write_json(qc_dir / CASE_RECORD, record, overwrite=True)
+    if res.error or (not res.ok and not opts.keep_failed):
+        return False
     for (t, m), tx in transforms.items():
         if t == 0 and m == ref and opts.spacing is None and not opts.n4:  # already on the output grid
             arr = base_arr
         else:
             arr = from_sitk(resample(sitk_images[(t, m)], ref_img, tx, interpolation=opts.interpolation))[0]
         atomic_save_nifti(arr, out_grid.affine, case_dir / layout.image_filename(t, m), dtype=np.float32)
-    for mask_name, (arr, aff) in masks.items():
+    for mask_name, out in out_masks.items():
+        atomic_save_nifti(out, out_grid.affine, case_dir / mask_name, dtype=np.uint8)
+    return True
+
+
+def _resample_masks(inp: _CaseInput, opts: RegistrationOptions, transforms: dict[tuple[int, str], Any],
+                    ref_img: Any) -> dict[str, np.ndarray]:
+    """The raw masks of ``inp`` on the output grid ``ref_img`` (bool ``(D, H, W)`` by file name), each moved by
+    its session's transform (a progression mask by the baseline's with ``progression_space="baseline"``); a
+    mask whose follow-up has no transform (it failed, ``keep_failed`` off) is left out."""
+    ref = opts.reference_modality
+    out_masks: dict[str, np.ndarray] = {}
+    for mask_name, (arr, aff) in inp.masks.items():
         t = int(mask_name[len("progression_t"):].split(".")[0]) if mask_name.startswith("progression_t") else 0
         if (t, ref) not in transforms:  # its follow-up failed (and keep_failed is off for it)
             continue
         tx = transforms[(0 if opts.progression_space == "baseline" else t, ref)]
         src = to_sitk(arr.astype(np.float32), aff)  # 0/1: read_mask refused anything else
         if opts.mask_interpolation == "nearest":
-            out = from_sitk(resample(src, ref_img, tx, interpolation="nearest"))[0]
+            out_masks[mask_name] = from_sitk(resample(src, ref_img, tx, interpolation="nearest"))[0] > 0
         else:
-            out = from_sitk(resample(src, ref_img, tx, interpolation="linear"))[0] >= 0.5
-        atomic_save_nifti(out, out_grid.affine, case_dir / mask_name, dtype=np.uint8)
-    return True
+            out_masks[mask_name] = from_sitk(resample(src, ref_img, tx, interpolation="linear"))[0] >= 0.5
+    return out_masks
+
+
+def _lost_masks_error(inp: _CaseInput, opts: RegistrationOptions, out_masks: dict[str, np.ndarray]) -> str:
+    """Why the case cannot be written because a mask with voxels in the raw data has none on the output grid
+    (``""``: every mask kept some), each such mask logged as a warning.
+
+    Written, such a mask would silently change the case: a progression mask emptied on the way turns a
+    progressing case into a stable one (the manifest's ``progression`` flag is read from the written masks,
+    and a flag kept true would contradict them: every reader refuses that), and an emptied baseline mask
+    drops the baseline lesions. The case fails instead (``registration.csv``, the command's exit status).
+    """
+    lost: list[tuple[str, str]] = []
+    for mask_name, out in out_masks.items():
+        raw_count = int(np.count_nonzero(inp.masks[mask_name][0]))
+        if raw_count and not out.any():
+            path = inp.mask_paths.get(mask_name, mask_name)
+            _LOG.warning("case %r: mask %s has %d voxel(s) in the raw data but none after resampling onto the "
+                         "output grid; the case is not written", inp.name, path, raw_count)
+            lost.append((mask_name, f"{path} ({raw_count} voxel{'s' if raw_count != 1 else ''} in the raw data)"))
+    if not lost:
+        return ""
+    vox = "x".join(f"{s:g}" for s in np.round(inp.out_grid.spacing, 3))
+    how = ("linear interpolation kept where >= 0.5" if opts.mask_interpolation == "linear"
+           else "nearest-neighbour interpolation")
+    fixes = (["mask_interpolation='nearest' (--mask-interpolation nearest)"] if opts.mask_interpolation == "linear"
+             else [])
+    fixes.append(f"a finer spacing than {opts.spacing:g} mm (--spacing)" if opts.spacing is not None
+                 else "a spacing (--spacing) finer than the baseline's voxels")
+    one = len(lost) == 1
+    stable = (" (a progressing case would read as stable)" if any(n.startswith("progression_t") for n, _ in lost)
+              else "")
+    return (f"case {inp.name!r}: {'mask' if one else 'masks'} {', '.join(t for _, t in lost)} "
+            f"{'is' if one else 'are'} empty after resampling onto the {vox} mm output grid ({how}); nothing "
+            f"written for this case, which would lose those lesions{stable}: register it with {' or '.join(fixes)}")
 
 
 def _check_output_grids(cases: Sequence[Path], opts: RegistrationOptions) -> None:
@@ -639,7 +711,8 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
         FileExistsError: ``out`` is not empty and ``overwrite`` is off.
         ValueError: ``out`` is ``raw``, lies inside it or holds it; the baselines hold different modalities,
             or none named ``reference_modality``; ``spacing`` gives a case an output grid of more than
-            :data:`MAX_OUTPUT_VOXELS` voxels; a raw manifest is malformed.
+            :data:`MAX_OUTPUT_VOXELS` voxels, or of fewer than 2 voxels along an axis of more than one baseline
+            voxel (a spacing coarser than the field of view); a raw manifest is malformed.
         ImportError: SimpleITK is missing (``pip install 'longiseg[register]'``), or matplotlib with
             ``qc_figures``.
     """
@@ -658,7 +731,9 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
                          f"raw baselines' modalities {list(modalities)}: choose one of them")
     check_output_folder(out, "out")
     check_separate_folders(out, "out", {"raw": raw})  # --overwrite would replace the raw case folders
-    if out.exists() and not folder_is_empty(out) and not overwrite:
+    # early, before the grids are read; with a claim in out, the claim below names a live holder (instead of
+    # telling the user to pass --overwrite) or takes over a killed one's, and the check follows it
+    if out.exists() and not overwrite and not (out / FOLDER_CLAIM).exists() and not folder_is_empty(out):
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     for case in cases if overwrite else ():  # an earlier case folder that cannot be replaced fails every case here,
         check_replaceable(out / case.name)  # not each one after its registration (and the manifest with them)
@@ -670,11 +745,19 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
         if (raw / name).is_file():
             patients = {e.case_id: e.patient_id for e in read_manifest(raw / name).cases}
             break
-    claim = claim_folder(out, "longiseg register")  # a second register into out would mix its cases with ours
+    # a second register into out would mix its cases with ours; the claim of a killed one is taken over (it does
+    # not make out look used), and a live one is named rather than told to pass --overwrite
+    created = not out.exists()
+    claim = claim_folder(out, "longiseg register")
     try:
+        if not overwrite and not folder_is_empty(out, ignore={FOLDER_CLAIM}):  # written meanwhile
+            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
         return _register_and_summarise(cases, out, opts, overwrite, patients, modalities, progress)
     finally:
         release_claim(*claim)
+        if created:
+            with contextlib.suppress(OSError):  # a run that wrote nothing leaves no folder (rmdir: only if empty)
+                out.rmdir()
 
 
 def _register_and_summarise(cases: list[Path], out: Path, opts: RegistrationOptions, overwrite: bool,
