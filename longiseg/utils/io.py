@@ -419,7 +419,7 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
     one in) the temporary folder is removed, ``path`` is untouched, and the parent folders this call created for
     it are removed again (while empty).
     """
-    with atomic_directories([path], overwrite=overwrite) as (tmp,):
+    with atomic_directories([check_path("path", path)], overwrite=overwrite) as (tmp,):
         yield tmp
 
 
