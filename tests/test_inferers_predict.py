@@ -173,6 +173,19 @@ def test_predict_case_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="K = 1"):
         predict_case(Voxelwise(k=2), img, aff, None, tmp_path, "k2", inferer=_inferer())
     assert not (tmp_path / "k2").exists() or not any((tmp_path / "k2").iterdir())
+    # a model whose spec records out_channels=2 is refused before inference (and predict_folder before any case)
+    from longiseg import build_model
+
+    two = build_model("segformer_b0", in_channels=1, out_channels=2)
+    ran: list[int] = []
+    two.register_forward_pre_hook(lambda *a: ran.append(1))
+    with pytest.raises(ValueError, match=r"out_channels=2: .*\(K = 1\)"):
+        predict_case(two, img, aff, None, tmp_path, "k2b", inferer=_inferer())
+    _write_case(tmp_path / "in", "a", _images(t=2, c=2), aff)
+    with pytest.raises(ValueError, match=r"out_channels=2"):
+        predict_folder(two, tmp_path / "in", tmp_path / "out", inferer=_inferer(), progress=False,
+                       reader=lambda s: pytest.fail("a case was read"))
+    assert not ran and not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="restrict_to_brain"):
         predict_case(Voxelwise(), img, aff, None, tmp_path, "x", restrict_to_brain="brain")
     for bad_id in ("a/b", "..", ".", "/abs", ""):

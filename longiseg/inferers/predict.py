@@ -293,6 +293,7 @@ def predict_case(
                  f"case {case_id}: voxel size {_mm(spacing)} mm differs from the {_mm(trained)} mm (sorted) the model "
                  f"was trained on by more than {VOXEL_SIZE_RTOL:.0%}; resample the case (longiseg register "
                  "--spacing) for the accuracy the model was validated with", logging.WARNING)
+    _check_binary_heads(model)
     imgs, brain = prepare_case(images, brain_mask)
     t = imgs.shape[0]
     names = prediction_filenames(t)
@@ -335,6 +336,16 @@ def predict_case(
     logger.info("wrote %d files for case %s to %s", sum(len(p) for p in targets.values()) + (record is not None),
                 case_id, case_out)  # the record beside the volumes counts
     return targets
+
+
+def _check_binary_heads(model: nn.Module) -> None:
+    """Refuse, before any inference, a model whose spec records more than one output channel per head: the files
+    store binary maps (the inferer's output is checked again after inference, for models without a spec)."""
+    spec = getattr(unwrap_model(model), "spec", None)
+    out_channels = (spec.kwargs or {}).get("out_channels") if isinstance(spec, ModelSpec) else None
+    if isinstance(out_channels, int) and not isinstance(out_channels, bool) and out_channels != 1:
+        raise ValueError(f"model {spec.name!r} has out_channels={out_channels}: predictions are written as binary "
+                         "maps, one output channel per head (K = 1); build the model with out_channels=1")
 
 
 def predict_folder(
@@ -466,6 +477,7 @@ def predict_folder(
                                   f"{[str(out_dir / c) for c in clash[:3]]}; pass overwrite=True (--overwrite) to "
                                   "replace them or skip_existing=True (--skip-existing) to keep those of this "
                                   "model and settings")
+    _check_binary_heads(model)  # before any case is read
     read: CaseReader = spec_reader(model) if reader is None else reader
     kinds = ["mask"] + [kind for kind, flag in (("prob", "save_probabilities"), ("entropy", "save_entropy"))
                         if predict_kwargs.get(flag, True)]
