@@ -239,6 +239,13 @@ def test_evaluate_longitudinal_case_names_its_arguments() -> None:
                                           "gt_progression": [m], **kwargs})
     rows, _ = evaluate_longitudinal_case(m, m, m[None], [m])
     assert [r["kind"] for r in rows] == ["B", "NP"]
+    # no follow-up: the case was scored on its baseline alone and silently left out of the P/NP/DAA averages
+    for given in ([], m[:0]):
+        with pytest.raises(ValueError, match="pred_progression holds no follow-up"):
+            evaluate_longitudinal_case(m, m, given, given)
+    # one (D, H, W) array was read as D follow-ups of (H, W) masks
+    with pytest.raises(ValueError, match=r"pred_progression is one array of the baseline's shape \(4, 4, 4\)"):
+        evaluate_longitudinal_case(m, m, m, m)
 
 
 def test_tertile_bins_names_nan() -> None:
@@ -407,6 +414,11 @@ def test_blend_weights_checks_window_and_sigma() -> None:
         with pytest.raises(exc, match="sigma_scale must be a"):
             blend_weights((4, 4), "gaussian", sigma_scale=bad)
     assert blend_weights(np.array([2, 3]), "gaussian").shape == (2, 3)
+    for blend in ("constant", "gaussian"):  # torch's own errors came through (a missing driver, an MPS backend)
+        with pytest.raises(ValueError, match="device 'cuda:99'"):
+            blend_weights((4, 4), blend, device="cuda:99")
+        with pytest.raises(ValueError, match="device 'gpu' is not a device"):
+            blend_weights((4, 4), blend, device="gpu")
 
 
 # ------------------------------------------------------------------------------------------------ bridges

@@ -750,3 +750,19 @@ def test_integer_logits_are_named_as_the_output_field() -> None:
         loss(LongitudinalOutput(torch.zeros(2, 1, 4, 4, dtype=torch.long), torch.zeros(2, 1, 1, 4, 4)), y1, yp)
     with pytest.raises(TypeError, match="output.progression must be floating-point logits"):
         loss(LongitudinalOutput(torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 1, 4, 4, dtype=torch.bool)), y1, yp)
+
+
+def test_a_loss_that_is_nan_or_always_zero_is_refused() -> None:
+    """``smooth_dr=0`` made a stable follow-up's loss 0/0 (NaN: an empty target with a confident empty prediction),
+    and both weights 0 a loss of 0 whatever the model predicts; both were accepted."""
+    from longiseg.losses import dice_loss_per_sample
+
+    empty, confident = torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), -100.0)
+    with pytest.raises(ValueError, match="smooth_dr must be > 0"):
+        dice_loss_per_sample(confident, empty, smooth_nr=0, smooth_dr=0)
+    with pytest.raises(ValueError, match="smooth_dr must be > 0"):
+        PerSampleDiceFocalLoss(smooth_dr=0.0)
+    with pytest.raises(ValueError, match="lambda_dice and lambda_focal are both 0"):
+        PerSampleDiceFocalLoss(lambda_dice=0, lambda_focal=0)
+    assert torch.isfinite(dice_loss_per_sample(confident, empty, smooth_nr=0, smooth_dr=1e-5)).all()
+    PerSampleDiceFocalLoss(lambda_dice=0)  # one term alone is a valid loss

@@ -160,6 +160,12 @@ def test_forward_backward_shapes_and_length_one():
         ({"d_model": 8, "expand": True}, "expand must be a number > 0"),
         ({"d_model": 8, "dt_max": math.inf}, "dt_max must be a finite number > 0"),  # every output was NaN
         ({"d_model": 8, "dt_scale": -1.0}, "dt_scale must be a finite number > 0"),
+        # these reached torch's factories: a raw driver error, or "Only Tensors of floating point ... gradients"
+        ({"d_model": 8, "device": "gpu"}, "device 'gpu' is not a device"),
+        ({"d_model": 8, "device": "cuda:99"}, "device 'cuda:99'"),
+        ({"d_model": 8, "dtype": torch.int64}, "dtype must be None or a floating torch.dtype"),
+        ({"d_model": 8, "dtype": "float32"}, "dtype must be None or a floating torch.dtype"),
+        ({"d_model": 8, "layer_idx": -1}, r"layer_idx must be None or an int >= 0"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, match):
@@ -213,3 +219,9 @@ def test_gpu_module_matches_cpu():
     y_cpu = m(x)
     y_gpu = m.cuda()(x.cuda())
     assert torch.allclose(y_gpu.cpu(), y_cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_a_mamba_block_builds_on_the_meta_device() -> None:
+    """The device check keeps ``device="meta"`` (a module built without memory, e.g. to count parameters)."""
+    m = Mamba(8, device="meta")
+    assert all(p.device.type == "meta" for p in m.parameters())

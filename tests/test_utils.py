@@ -68,6 +68,13 @@ def test_longitudinal_output_validates_and_maps():
         LongitudinalOutput(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 1, 8, 4))
     with pytest.raises(ValueError, match="one more dim"):
         LongitudinalOutput(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8))
+    # no follow-up or no output channel: built without a word, refused only later (inside the loss)
+    for base, prog in ((torch.zeros(2, 1, 4, 4), torch.zeros(2, 0, 1, 4, 4)),
+                       (torch.zeros(2, 0, 4, 4), torch.zeros(2, 1, 0, 4, 4))):
+        with pytest.raises(ValueError, match=r"needs T-1 >= 1 follow-ups and K >= 1 channels"):
+            LongitudinalOutput(base, prog)
+    with pytest.raises(ValueError, match=r"baseline must be \(B, K, \*S\)"):
+        LongitudinalOutput(torch.zeros(2), torch.zeros(2, 1))
 
 
 def test_atomic_writes_never_leave_partial_files(tmp_path):

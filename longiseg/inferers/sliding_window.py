@@ -28,6 +28,7 @@ from longiseg.networks.inputs import check_spatial_size, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.wrappers import eval_mode, unwrap_model
 from longiseg.spec import ModelSpec
+from longiseg.utils.device import factory_device
 from longiseg.utils.device import resolve_device as _resolve_torch_device
 from longiseg.utils.validation import (
     check_binary,
@@ -123,10 +124,12 @@ def blend_weights(
 
     Raises:
         TypeError: ``window`` is not a sequence of ints, or ``sigma_scale`` not a number.
-        ValueError: for an unknown ``blend``, a window size below 1, or a ``sigma_scale`` that is not finite and > 0.
+        ValueError: for an unknown ``blend``, a window size below 1, a ``sigma_scale`` that is not finite and > 0,
+            or a ``device`` this machine does not have.
     """
     _check_blend(blend)
     sizes = check_int_sequence("window", window, what="window size per spatial axis")
+    device = factory_device(device)
     if blend == "constant":
         return torch.ones(sizes, dtype=torch.float32, device=device)
     sigma_scale = check_positive_float("sigma_scale", sigma_scale)

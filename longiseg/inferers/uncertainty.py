@@ -23,13 +23,14 @@ def binary_entropy(prob: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor
     ``(T-1, D, H, W)``.
 
     Args:
-        prob: probabilities in ``[0, 1]`` (numpy array or tensor, floating point).
+        prob: probabilities in ``[0, 1]`` (numpy array or tensor; integer and bool values 0/1 are certain
+            probabilities, entropy 0).
 
     Returns:
-        Entropy of the same shape and type (float32 for float32/float16 input, float64 for float64).
+        Entropy of the same shape and type (float64 for float64 input, else float32).
 
     Raises:
-        TypeError: if ``prob`` is not an array/tensor.
+        TypeError: if ``prob`` is not an array/tensor, or complex.
         ValueError: for NaN/inf values or values outside ``[0, 1]``.
     """
     if isinstance(prob, torch.Tensor) and prob.is_complex() or isinstance(prob, np.ndarray) and np.iscomplexobj(prob):

@@ -83,12 +83,19 @@ def check_logits_and_target(
 
 
 def _check_hyperparameters(alpha: float | None = None, **nonnegative: float) -> None:
-    """Raise unless every keyword value is a finite float ``>= 0`` and ``alpha`` is ``None`` or in ``[0, 1]``."""
+    """Raise unless every keyword value is a finite float ``>= 0`` and ``alpha`` is ``None`` or in ``[0, 1]``;
+    ``smooth_dr`` must be ``> 0`` and ``lambda_dice``/``lambda_focal`` not both 0."""
     for name, value in nonnegative.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a float, got {type(value).__name__}")
         if not 0.0 <= value < math.inf:  # also rejects NaN
             raise ValueError(f"{name} must be a finite float >= 0, got {value}")
+    if nonnegative.get("smooth_dr", 1.0) == 0:  # an empty target and an empty prediction gave 0/0: a NaN loss
+        raise ValueError("smooth_dr must be > 0: without it an empty target with an empty prediction (a stable "
+                         "follow-up) has the Dice 0/0 and the loss is NaN")
+    if nonnegative.get("lambda_dice", 1.0) == 0 and nonnegative.get("lambda_focal", 1.0) == 0:
+        raise ValueError("lambda_dice and lambda_focal are both 0: the loss would be 0 whatever the model predicts; "
+                         "give one of them a weight > 0")
     if alpha is not None:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
             raise TypeError(f"alpha must be a float in [0, 1] or None, got {type(alpha).__name__}")

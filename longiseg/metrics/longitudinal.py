@@ -224,7 +224,8 @@ def evaluate_longitudinal_case(
     Raises:
         TypeError: a mask is not an array or tensor, or ``pred_progression``/``gt_progression`` is not a
             sequence of masks or an array.
-        ValueError: a non-binary mask, masks of different shapes, or different numbers of follow-ups.
+        ValueError: a non-binary mask, masks of different shapes, no follow-up, a single ``(D, H, W)`` array as
+            the follow-ups, or different numbers of follow-ups.
     """
     _check_followups("pred_progression", pred_progression)
     _check_followups("gt_progression", gt_progression)
@@ -239,6 +240,8 @@ def evaluate_longitudinal_case(
     rows: list[dict[str, Any]] = []
     dets: list[LesionDetection] = []
     pred_baseline, gt_baseline = as_mask_pair(pred_baseline, gt_baseline, names=("pred_baseline", "gt_baseline"))
+    _check_followup_rank("pred_progression", pred_progression, pred_baseline)
+    _check_followup_rank("gt_progression", gt_progression, gt_baseline)
     m, d = evaluate_mask_pair(pred_baseline, gt_baseline, spacing, protocol, kind="B")
     rows.append(
         {
@@ -290,3 +293,14 @@ def _check_followups(name: str, masks: object) -> None:
     elif isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
         raise TypeError(f"{name} must be a sequence of (D, H, W) masks or a (T-1, D, H, W) array, "
                         f"got {type(masks).__name__}")
+    if len(masks) == 0:  # the case was scored on its baseline alone and left out of every P/NP/DAA average
+        raise ValueError(f"{name} holds no follow-up: a longitudinal case has T >= 2 timepoints, one progression "
+                         "mask per follow-up")
+
+
+def _check_followup_rank(name: str, masks: object, baseline: np.ndarray) -> None:
+    """Raise when the follow-up array ``masks`` has the baseline's rank: one ``(D, H, W)`` mask, which would be
+    read as ``D`` follow-ups of ``(H, W)`` masks."""
+    if isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == baseline.ndim:
+        raise ValueError(f"{name} is one array of the baseline's shape {tuple(masks.shape)}: give a sequence of "
+                         f"(D, H, W) masks or a (T-1, D, H, W) array (e.g. [mask] for one follow-up)")

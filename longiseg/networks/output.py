@@ -56,12 +56,19 @@ class LongitudinalOutput:
                 "LongitudinalOutput: progression must have one more dim (T-1) than baseline; got "
                 f"baseline {tuple(self.baseline.shape)} and progression {tuple(self.progression.shape)}"
             )
+        if self.baseline.ndim < 2:
+            raise ValueError(f"LongitudinalOutput: baseline must be (B, K, *S), got shape {tuple(self.baseline.shape)}")
         b, k, *sp = self.baseline.shape
-        pb, _, pk, *psp = self.progression.shape
+        pb, followups, pk, *psp = self.progression.shape
         if checks_sizes() and (pb, pk, psp) != (b, k, sp):
             raise ValueError(
                 "LongitudinalOutput: baseline (B, K, *S) and progression (B, T-1, K, *S) disagree: "
                 f"{tuple(self.baseline.shape)} vs {tuple(self.progression.shape)}"
+            )
+        if checks_sizes() and (followups < 1 or k < 1):  # no follow-up, or no output channel: nothing to segment
+            raise ValueError(
+                "LongitudinalOutput: progression (B, T-1, K, *S) needs T-1 >= 1 follow-ups and K >= 1 channels, got "
+                f"baseline {tuple(self.baseline.shape)} and progression {tuple(self.progression.shape)}"
             )
 
     @property

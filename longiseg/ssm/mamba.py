@@ -22,6 +22,7 @@ from torch import nn
 from longiseg.ssm.causal_conv import causal_conv1d_silu_reference
 from longiseg.ssm.cuda import load_causal_conv1d
 from longiseg.ssm.selective_scan import check_backend, log_backend, resolve_backend, selective_scan
+from longiseg.utils.device import factory_device
 from longiseg.utils.validation import (
     autocast_reconciles,
     check_bool,
@@ -104,7 +105,11 @@ class Mamba(nn.Module):
                 0 <= dt_init_floor < math.inf):
             raise ValueError(f"dt_init_floor must be a finite number >= 0, got {dt_init_floor!r}")
         check_backend("backend", backend)
-        factory = {"device": device, "dtype": dtype}
+        if layer_idx is not None and (isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or layer_idx < 0):
+            raise ValueError(f"layer_idx must be None or an int >= 0, got {layer_idx!r}")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"dtype must be None or a floating torch.dtype such as torch.float32, got {dtype!r}")
+        factory = {"device": factory_device(device), "dtype": dtype}
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-__all__ = ["resolve_device", "usable_cpu_count"]
+__all__ = ["factory_device", "resolve_device", "usable_cpu_count"]
 
 
 def usable_cpu_count() -> int | None:
@@ -57,3 +57,19 @@ def resolve_device(device: str | torch.device | None = None, *, name: str = "dev
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"{name} {device!r}: MPS is not available on this machine")
     return dev
+
+
+def factory_device(device: str | torch.device | None, *, name: str = "device") -> torch.device | None:
+    """A module's or tensor factory's ``device`` argument, checked as :func:`resolve_device` checks it; ``None``
+    stays ``None`` (torch's default device) and ``"meta"`` is kept (building a module without memory).
+
+    Raises:
+        TypeError, ValueError: as :func:`resolve_device` (``"auto"`` is not a factory device).
+    """
+    if device is None:
+        return None
+    if device == "auto":
+        raise ValueError(f"{name} 'auto' is not a device here; give cpu, cuda, cuda:N, mps or None")
+    if isinstance(device, (str, torch.device)) and str(device) == "meta":
+        return torch.device("meta")
+    return resolve_device(device, name=name)
