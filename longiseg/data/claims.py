@@ -4,8 +4,8 @@ alone (``predict`` without ``--skip-existing``, ``register``, ``train`` and ``tu
 folder, so that a second one does not mix its outputs with the first's.
 
 A claim is a hidden file beside the case folders (``.CASE.claim``), created atomically and holding the host, pid,
-process start time, the command that holds it and a random token; a claim whose process is gone (this host) or older than a day (another host)
-is abandoned and taken over by exactly one of the processes that find it.
+process start time, the command that holds it and a random token; a claim whose process is gone (this host) or
+older than a day (another host) is abandoned and taken over by exactly one of the processes that find it.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def _holder_command(claim: Mapping[str, Any] | None) -> str:
     return command if isinstance(command, str) and command else "longiseg run"
 
 
-def claim_case(out_dir: PathLike, case_id: str, command: str = "longiseg predict") -> tuple[Path | None, dict[str, Any]]:
+def claim_case(out_dir: PathLike, case_id: str,
+               command: str = "longiseg predict") -> tuple[Path | None, dict[str, Any]]:
     """Claim ``case_id`` for this process: create its claim file (:func:`_claim_path`) atomically, holding this
     host, pid, the process' start time (a reused pid is another process), ``command`` and a token. A claim whose
     process is gone (:func:`_claim_alive`) is taken over.
@@ -111,8 +112,8 @@ def claim_folder(out_dir: PathLike, command: str) -> tuple[Path, dict[str, Any]]
     check_instance("command", command, str, "a str")
     path, claim = _create_claim(out_dir / FOLDER_CLAIM, str(out_dir), command)
     if path is None:
-        raise FileExistsError(f"{out_dir} is being written by another {_holder_command(claim)} ({claim_holder(claim)}); "
-                              "wait for it to finish, or choose another output folder")
+        raise FileExistsError(f"{out_dir} is being written by another {_holder_command(claim)} "
+                              f"({claim_holder(claim)}); wait for it to finish, or choose another output folder")
     for case_claim in out_dir.glob(".*.claim"):
         with contextlib.suppress(FileNotFoundError):
             held = _read_claim(case_claim)
@@ -137,9 +138,9 @@ def check_folder_unclaimed(out_dir: PathLike) -> None:
     with contextlib.suppress(FileNotFoundError):
         held = _read_claim(path)
         if _claim_alive(path, held):
-            raise FileExistsError(f"{out_dir} is being written by another {_holder_command(held)} ({claim_holder(held)}), "
-                                  "which does not share it (no --skip-existing); wait for it to finish, or choose "
-                                  "another output folder")
+            raise FileExistsError(f"{out_dir} is being written by another {_holder_command(held)} "
+                                  f"({claim_holder(held)}), which does not share it (no --skip-existing); wait for it "
+                                  "to finish, or choose another output folder")
 
 
 def _create_claim(path: Path, what: str, command: str) -> tuple[Path | None, dict[str, Any]]:
