@@ -463,10 +463,15 @@ def test_skip_existing_keeps_only_cases_of_the_same_model_and_settings(tmp_path:
         predict_folder(other, tmp_path / "in", out, inferer=_inferer(), progress=False, skip_existing=True)
     assert other.calls == 0 and {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
     # other settings of the outputs: refused, naming the setting; the case of model B itself is kept
+    from longiseg.inferers.predict import read_zscored
+
     for kwargs, changed in (({"threshold": 0.4}, "settings.threshold 0.5 recorded, 0.4 now"),
                             ({"inferer": TriplanarInferer(patch_size=4, flip_tta=True, progress=False)},
                              "inferer.flip_tta false recorded, true now"),
-                            ({"modalities": ["t2", "flair"]}, "modalities")):
+                            ({"modalities": ["t2", "flair"]}, "modalities"),
+                            # names in full (they were cut to "longiseg.dat...", which said nothing)
+                            ({"reader": read_zscored}, 'reader "longiseg.data.loading.load_case" recorded, '
+                                                       '"longiseg.inferers.predict.read_zscored" now')):
         kwargs = {"inferer": _inferer(), **kwargs}
         with pytest.raises(FileExistsError, match=rf"case 'a' was predicted by another model or other settings "
                                                   rf"\({changed}"):

@@ -114,11 +114,13 @@ def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _brief(value: object) -> str:
-    """``value`` as JSON text for a message, a long text (a digest) or list cut short."""
-    if isinstance(value, str) and len(value) > 16:
+    """``value`` as JSON text for a message: a digest or a long list cut short; names (a reader's qualified name,
+    a class) in full, up to 120 characters, so that the message says which is which."""
+    if isinstance(value, str) and len(value) > 16 and all(c in "0123456789abcdef" for c in value):
         value = f"{value[:12]}..."
     text = json.dumps(value)
-    return text if len(text) <= 40 else f"{text[:36]}..."
+    limit = 120 if isinstance(value, str) else 40
+    return text if len(text) <= limit else f"{text[:limit - 4]}..."
 
 
 def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any]) -> None:
