@@ -195,7 +195,8 @@ def test_lesions_command_writes_tables_figures_and_html(demo_refs, tmp_path: Pat
     assert "%|" not in capsys.readouterr().err  # no progress bar, the report's own included
 
 
-def test_lesions_command_without_images_says_so(demo_refs, tmp_path: Path) -> None:  # noqa: ANN001
+def test_lesions_command_without_images_says_so(demo_refs, tmp_path: Path,  # noqa: ANN001
+                                                caplog: pytest.LogCaptureFixture) -> None:
     import shutil
 
     from longiseg.workflows.lesions import run_lesion_report
@@ -207,8 +208,40 @@ def test_lesions_command_without_images_says_so(demo_refs, tmp_path: Path) -> No
         shutil.copy(f, masks / f.name)
     for f in (root / "demo-006").glob("progression_t*.nii.gz"):
         shutil.copy(f, masks / f.name)
-    _, files = run_lesion_report(tmp_path / "masks", tmp_path / "rep", progress=False)
+    with caplog.at_level("WARNING", logger="longiseg.workflows"):
+        _, files = run_lesion_report(tmp_path / "masks", tmp_path / "rep", progress=False)
     assert "No montages" in files["html"].read_text(encoding="utf-8")
+    # said on the terminal too (only the report said it)
+    assert "holds no images (CASE/t0_*.nii.gz): the report has no montages" in caplog.text
+
+
+def test_lesions_on_predictions_group_cases_by_the_cohorts_patients(tmp_path: Path) -> None:
+    """Predictions carry no manifest: a report on them counted each case as a patient ("3 of 4") where the same
+    report on the references grouped two sessions of one patient ("3 of 3 (4 cases)"). With --images, the
+    cohort's manifest gives the patient ids."""
+    import shutil
+
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+    from longiseg.data.loading import save_case
+    from longiseg.data.manifest import manifest_from_cases, write_manifest
+    from longiseg.workflows.lesions import run_lesion_report
+
+    cohort, preds = tmp_path / "cohort", tmp_path / "preds"
+    cfg = DemoCohortConfig(num_patients=12, num_timepoints=2, spacing=4)
+    cases = []
+    for i, pid in ((0, "P1"), (6, "P1"), (1, "P2")):
+        case, _ = generate_demo_case(i, cfg)
+        case.patient_id = pid
+        save_case(case, cohort, image_dtype=np.int16)
+        cases.append(case)
+        (preds / case.case_id).mkdir(parents=True)
+        for f in (*(cohort / case.case_id).glob("*_mask.nii.gz"), *(cohort / case.case_id).glob("progression_t*")):
+            shutil.copy(f, preds / case.case_id / f.name)
+    write_manifest(cohort / "manifest.json", manifest_from_cases(cases))
+    evs, _ = run_lesion_report(preds, tmp_path / "rep", images=cohort, figures=False, progress=False)
+    assert {e.case_id: e.patient_id for e in evs} == {c.case_id: c.patient_id for c in cases}
+    evs, _ = run_lesion_report(preds, tmp_path / "rep2", figures=False, progress=False)  # no cohort: cases
+    assert [e.patient_id for e in evs] == [e.case_id for e in evs]
 
 
 def test_import_longiseg_does_not_import_matplotlib_or_simpleitk() -> None:

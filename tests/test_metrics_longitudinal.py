@@ -217,6 +217,10 @@ def test_tertile_bins() -> None:
         tertile_bins([1.0, 2.0])
     with pytest.raises(ValueError, match="too uniform"):
         tertile_bins([5.0] * 6)
+    # eight lesions of one voxel count, read through a rotated affine: equal up to a few parts in 1e8 (a relative
+    # spread of 1e-7, well inside VOLUME_RTOL = 1e-6, and well outside float64's rounding of the quantiles)
+    with pytest.raises(ValueError, match="too uniform"):
+        tertile_bins(96.0 * (1.0 + 1e-7 * np.linspace(-1.0, 1.0, 8)))
     with pytest.raises(ValueError, match="strictly ascending"):
         SizeBins((5.0, 1.0))
     with pytest.raises(ValueError, match="'tertiles'"):

@@ -26,6 +26,7 @@ __all__ = [
     "find_mask_cases",
     "scan_cohort",
     "case_source",
+    "cohort_patient_ids",
     "format_case_ids",
     "modality_mismatches",
     "check_same_modalities",
@@ -238,6 +239,20 @@ def _cohort_manifest(root: Path) -> Manifest | None:
             _warn_unlisted(root, name, {e.case_id for e in manifest.cases})
             return Manifest(manifest.modalities, tuple(sorted(manifest.cases, key=lambda e: e.case_id)))
     return None
+
+
+def cohort_patient_ids(root: PathLike) -> dict[str, str]:
+    """``{case_id: patient_id}`` of the manifest of the cohort folder ``root`` (``manifest.json``, else
+    ``manifest.csv``); ``{}`` without one. A case's patient id is its case id where the manifest gives none.
+
+    Raises:
+        TypeError: ``root`` is not a path.
+        ValueError: the manifest is malformed.
+        FileNotFoundError: the manifest lists no case.
+    """
+    root = check_path("root", root)
+    manifest = _cohort_manifest(root) if root.is_dir() else None
+    return {} if manifest is None else {e.case_id: e.patient_id or e.case_id for e in manifest.cases}
 
 
 #: ``(root, manifest, unlisted folders)`` already warned of in this process (commands list a cohort several times).

@@ -129,9 +129,10 @@ def reference_volumes(detections: Sequence[LesionDetection]) -> np.ndarray:
 def tertile_bins(volumes_mm3: np.ndarray | Sequence[float]) -> SizeBins:
     """Small/medium/large bins at the 1/3 and 2/3 quantiles of reference lesion volumes ``(N,)``.
 
-    The quantiles are ``numpy.quantile``'s (linear interpolation); they must differ, which needs at least 3
-    volumes and more than one distinct value among the middle ones: ``[1, 1, 1, 5]`` has both tertiles at 1
-    and is refused, ``[1, 1, 5, 5]`` (tertiles 1 and 5) is split.
+    The quantiles are ``numpy.quantile``'s (linear interpolation); they must differ by more than a relative
+    :data:`~longiseg.data.lesions.VOLUME_RTOL` (the tolerance :meth:`SizeBins.assign` compares with), which needs
+    at least 3 volumes and more than one distinct value among the middle ones: ``[1, 1, 1, 5]`` has both tertiles
+    at 1 and is refused, ``[1, 1, 5, 5]`` (tertiles 1 and 5) is split.
 
     Raises:
         TypeError: ``volumes_mm3`` does not hold numbers.
@@ -149,7 +150,9 @@ def tertile_bins(volumes_mm3: np.ndarray | Sequence[float]) -> SizeBins:
     if np.any(v < 0):
         raise ValueError(f"volumes_mm3 must hold volumes >= 0 (mm^3), got e.g. {v[v < 0][:3].tolist()}")
     t1, t2 = np.quantile(v, [1.0 / 3.0, 2.0 / 3.0])
-    if not t2 > t1:
+    # equal within VOLUME_RTOL, as SizeBins.assign compares: volumes of one voxel count read through a rotated
+    # affine differ in their last digits and gave bins "<= 96", "96-96" and "> 96" with every lesion in the first
+    if not t2 > t1 * (1.0 + VOLUME_RTOL):
         raise ValueError(f"lesion volumes are too uniform for tertile bins (both tertiles are {t1:g} mm^3)")
     return SizeBins((float(t1), float(t2)))
 

@@ -10,10 +10,12 @@ up holding this run's files and none of an earlier report's (:data:`REPORT_FILES
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
 from longiseg.data import layout
+from longiseg.data.cohort import cohort_patient_ids
 from longiseg.metrics.evolution import CaseEvolution, evolution_folder, write_evolution_tables
 from longiseg.metrics.report import report_folder
 from longiseg.utils.io import (
@@ -23,8 +25,11 @@ from longiseg.utils.io import (
     expand_home,
     folder_is_empty,
 )
+from longiseg.utils.logging import get_logger
 from longiseg.utils.plotting import require_matplotlib
 from longiseg.utils.validation import check_bool
+
+_LOG = get_logger(__name__)
 
 __all__ = ["REPORT_FILES", "run_lesion_report", "add_parser", "run"]
 
@@ -57,7 +62,9 @@ def run_lesion_report(
     Args:
         mask_dir: predictions or references in the library layout.
         out_dir: report folder (created; must be empty unless ``overwrite``).
-        images: cohort folder with the images for the montages (default: ``mask_dir``).
+        images: cohort folder with the images for the montages (default: ``mask_dir``; without images there, the
+            report has no montages, with a warning); where ``mask_dir`` has no manifest (predictions), the patient
+            ids of ``images``' manifest group the cases, as in a report on the references.
         modality: image shown in the montages (default ``flair``).
         min_volume_mm3: smallest lesion and smallest growth counted (see
             :func:`~longiseg.metrics.evolution.lesion_evolution`).
@@ -91,6 +98,13 @@ def run_lesion_report(
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     evolutions = evolution_folder(mask_dir, min_volume_mm3=min_volume_mm3, connectivity=connectivity,
                                   progress=progress)
+    if images is not None and not cohort_patient_ids(mask_dir):  # predictions: the cohort's manifest names patients
+        patients = cohort_patient_ids(images)
+        evolutions = [dataclasses.replace(ev, patient_id=patients.get(ev.case_id, ev.patient_id)) for ev in evolutions]
+    if figures and images is None and not any(layout.scan_images(Path(mask_dir) / ev.case_id).get(0)
+                                              for ev in evolutions):
+        _LOG.warning("%s holds no images (CASE/t0_*.nii.gz): the report has no montages; give the cohort folder "
+                     "with the images (images=, --images)", mask_dir)
     if figures and images is not None and not any(  # montages asked for, and no case has its images there
             (Path(images) / ev.case_id).is_dir() and layout.scan_images(Path(images) / ev.case_id).get(0)
             for ev in evolutions):
