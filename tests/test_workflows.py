@@ -304,7 +304,34 @@ def test_predict_folder_predicts_from_the_model_alone_as_longiseg_predict_does(c
                                       np.asarray(nib.load(tmp_path / "api" / case / name).dataobj), err_msg=name)
     record = json.loads((tmp_path / "api" / case / "prediction.json").read_text())
     assert record["modalities"] == ["t2", "flair"]  # the model's channel order, not the folder's sorted one
-    assert json.loads((tmp_path / "cli" / case / "prediction.json").read_text())["settings"] == record["settings"]
+    # the same record: each call keeps the other's outputs (the CLI recorded a wrapper of its own as its reader)
+    assert json.loads((tmp_path / "cli" / case / "prediction.json").read_text()) == record
+    assert record["reader"] == "longiseg.inferers.predict.read_zscored"
+    assert predict_folder(model, cohort, tmp_path / "cli", case_ids=[case], progress=False, skip_existing=True) == {}
+    assert run_prediction(model, cohort, tmp_path / "api", case_ids=[case], device="cpu", progress=False,
+                          skip_existing=True) == {}
+    # and those 0.3.18-0.3.19's longiseg predict wrote, whose reader was the same for the same model
+    legacy = {**record, "reader": "longiseg.workflows.predict.run_prediction.<locals>.read_preprocessed"}
+    (tmp_path / "api" / case / "prediction.json").write_text(json.dumps(legacy))
+    assert predict_folder(model, cohort, tmp_path / "api", case_ids=[case], progress=False, skip_existing=True) == {}
+    # ... but not where this call reads them otherwise: the spec records no normalisation, which longiseg predict
+    # reads as z-scores (as longiseg train prepares its cases) and predict_folder's default as the images as stored
+    zscored = model.spec
+    model.spec = model.spec.replace(preprocessing={})
+    with pytest.raises(FileExistsError, match=r"reader .*run_prediction.<locals>.read_preprocessed\" recorded, "
+                                              r"\"longiseg.data.loading.load_case\" now"):
+        predict_folder(model, cohort, tmp_path / "api", case_ids=[case], progress=False, skip_existing=True)
+    model.spec = zscored
+
+    # a case of other modalities than the model takes is refused before anything is read or written
+    for predict in (lambda: run_prediction(model, cohort, tmp_path / "cli3", case_ids=[case], device="cpu",
+                                           progress=False, modalities=["flair"]),
+                    lambda: predict_folder(model, cohort, tmp_path / "api3", case_ids=[case], progress=False,
+                                           modalities=["flair"])):
+        with pytest.raises(ValueError, match=rf"the model takes 2 modalities per timepoint \['t2', 'flair'\], "
+                                             rf"case '{case}' of .* has 1 \['flair'\]"):
+            predict()
+    assert not (tmp_path / "cli3").exists() and not (tmp_path / "api3").exists()
 
     # a normalisation this version does not apply is refused by both, not silently replaced by z-scores
     model.spec = model.spec.replace(preprocessing={"normalization": "minmax"})

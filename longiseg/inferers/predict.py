@@ -146,6 +146,20 @@ def spec_reader(model: nn.Module, unrecorded: CaseReader | None = None) -> CaseR
     return read_zscored
 
 
+#: The reader ``longiseg predict`` recorded before 0.3.20: ``spec_reader(model, unrecorded=read_zscored)`` behind a
+#: check of the number of modalities (now :func:`predict_folder`'s), so the same reading of the same model's cases.
+_LEGACY_CLI_READERS = ("longiseg.workflows.predict.run_prediction.<locals>.read_preprocessed",)
+
+
+def _is_cli_reader(model: nn.Module, reader: CaseReader) -> bool:
+    """Whether ``reader`` is the one ``longiseg predict`` reads ``model``'s cases with (``False`` where the spec
+    records a normalisation this version does not apply, so that a reader of one's own is needed)."""
+    try:
+        return reader is spec_reader(model, unrecorded=read_zscored)
+    except ValueError:
+        return False
+
+
 def read_zscored(source: CaseSource) -> LongitudinalCase:
     """:func:`~longiseg.data.loading.load_case`, then per-image z-scores (the preprocessing ``longiseg train``
     records for its models)."""
@@ -485,13 +499,20 @@ def predict_folder(
     inferer = _default_inferer(predict_kwargs.get("inferer"), progress=progress)  # type: ignore[arg-type]
     predict_kwargs = {**predict_kwargs, "inferer": inferer}  # one inferer for every case, the one recorded
     produced_by = {**_record(model, inferer, options), "reader": qualified_name(read)}
+    # longiseg predict 0.3.18-0.3.19 recorded its own wrapper of the reader spec_reader(model, read_zscored) gives
+    reader_aliases = {"reader": _LEGACY_CLI_READERS} if _is_cli_reader(model, read) else None
     records = {cid: {**produced_by, "modalities": list(sources[cid].modalities)} for cid in ids}
     fixed_t = getattr(model, "num_timepoints", None)  # models built for one T say so; others take any T >= 2
+    channels = spec.in_channels if isinstance(spec, ModelSpec) else None
     for cid in ids:  # every case before any is predicted
         check_case_headers(sources[cid])  # files and grids from the headers: no case fails after hours of others
         if isinstance(fixed_t, int) and sources[cid].num_timepoints != fixed_t:
             raise ValueError(f"case {cid!r} has {sources[cid].num_timepoints} timepoints but the model was built "
                              f"for {fixed_t}; predict it with a model of its number of timepoints")
+        if channels is not None and len(sources[cid].modalities) != channels:
+            raise ValueError(f"the model takes {channels} modalities per timepoint"
+                             f"{f' {list(spec.modalities)}' if spec.modalities else ''}, case {cid!r} of {in_dir} "
+                             f"has {len(sources[cid].modalities)} {list(sources[cid].modalities)}")
         if (overwrite or skip_existing) and (out_dir / cid).is_dir():
             foreign = _foreign_entries(out_dir / cid, sources[cid].num_timepoints)
             if foreign:
@@ -501,7 +522,8 @@ def predict_folder(
             if overwrite:  # a read-only case folder fails here, not after the cases before it were replaced
                 check_replaceable(out_dir / cid)
         if skip_existing and not overwrite and prediction_complete(out_dir, cid, sources[cid].num_timepoints, kinds):
-            check_same_producer(out_dir / cid, cid, records[cid])  # kept only if this model, these settings
+            # kept only if this model, these settings
+            check_same_producer(out_dir / cid, cid, records[cid], aliases=reader_aliases)
         if check_case is not None:
             check_case(sources[cid])
     results: dict[str, dict[str, list[Path]]] = {}
@@ -528,7 +550,7 @@ def predict_folder(
                     raise
             try:
                 done = _predict_listed_case(model, read, out_dir, sources[cid], kinds, records[cid], skip_existing,
-                                            overwrite, predict_kwargs, after_case)
+                                            overwrite, predict_kwargs, after_case, reader_aliases)
                 if isinstance(done, dict):
                     results[cid] = done
                 elif done is True and after_case is not None:  # kept as complete: its folder is published
@@ -542,15 +564,16 @@ def predict_folder(
 def _predict_listed_case(
     model: nn.Module, read: CaseReader, out_dir: Path, source: CaseSource, kinds: Sequence[str],
     record: Mapping[str, Any], skip_existing: bool, overwrite: bool, predict_kwargs: Mapping[str, object],
-    after_case: Callable[[CaseSource, Path], None] | None,
+    after_case: Callable[[CaseSource, Path], None] | None, aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, list[Path]] | bool | None:
     """Predict one case of :func:`predict_folder`: its written paths; ``True`` when ``skip_existing`` keeps its
-    complete outputs; ``None`` when another process completed it meanwhile (with the same ``record``)."""
+    complete outputs; ``None`` when another process completed it meanwhile (with the same ``record``, up to
+    :func:`~longiseg.inferers.provenance.check_same_producer`'s ``aliases``)."""
     cid = source.case_id
     case_overwrite = overwrite
     if skip_existing and not overwrite and (out_dir / cid).exists():
         if prediction_complete(out_dir, cid, source.num_timepoints, kinds):
-            check_same_producer(out_dir / cid, cid, record)  # another process may have written it meanwhile
+            check_same_producer(out_dir / cid, cid, record, aliases)  # another process may have written it meanwhile
             logger.info("skipping case %s: outputs exist", cid)
             return True
         logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid, out_dir / cid)
@@ -570,6 +593,6 @@ def _predict_listed_case(
     except FileExistsError:  # another process (one that does not claim cases) wrote it meanwhile
         if not (skip_existing and prediction_complete(out_dir, cid, source.num_timepoints, kinds)):
             raise
-        check_same_producer(out_dir / cid, cid, record)  # kept only if this model, these settings
+        check_same_producer(out_dir / cid, cid, record, aliases)  # kept only if this model, these settings
         logger.info("skipping case %s: another process predicted it meanwhile", cid)
         return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -123,9 +123,17 @@ def _brief(value: object) -> str:
     return text if len(text) <= limit else f"{text[:limit - 4]}..."
 
 
-def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any]) -> None:
+def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any],
+                        aliases: Mapping[str, Collection[object]] | None = None) -> None:
     """Refuse to keep the complete prediction ``folder`` of ``case_id`` unless its
     :data:`~longiseg.data.predictions.PREDICTION_RECORD` equals ``record`` (the version aside).
+
+    Args:
+        folder: the case's prediction folder.
+        case_id: the case, for messages.
+        record: this run's :func:`prediction_record` (with what the caller adds, e.g. the reader).
+        aliases: ``{key: recorded values}`` that mean the same as ``record``'s value of ``key`` (a top-level
+            key, e.g. ``{"reader": [an earlier version's name of the same reader]}``).
 
     Raises:
         FileExistsError: the folder holds no readable record, or one of another model or other settings (naming up
@@ -134,6 +142,8 @@ def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any
     """
     folder = check_path("folder", folder)
     check_instance("record", record, Mapping, "a mapping (a prediction record)")
+    if aliases is not None:
+        check_instance("aliases", aliases, Mapping, "a mapping of record keys to collections of values")
     try:
         stored = json.loads((folder / PREDICTION_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -147,7 +157,8 @@ def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any
     before = _flat(stored)
     differ = [f"{key} {_brief(before.get(key))} recorded, {_brief(now.get(key))} now"
               for key in [*now, *(k for k in before if k not in now)]
-              if key.split(".")[0] not in _INFORMATION_ONLY and before.get(key) != now.get(key)]
+              if key.split(".")[0] not in _INFORMATION_ONLY and before.get(key) != now.get(key)
+              and before.get(key) not in (aliases or {}).get(key, ())]
     if differ:
         raise FileExistsError(f"case {case_id!r} was predicted by another model or other settings "
                               f"({'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}); pass "

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from longiseg.data.case import LongitudinalCase
 from longiseg.data.layout import prediction_filenames
 from longiseg.data.loading import case_grid
 from longiseg.data.sources import CaseSource
@@ -90,12 +89,6 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     # prepares its cases, for a model whose spec records none (built with build_model and trained elsewhere)
     read_prepared = spec_reader(model, unrecorded=read_zscored)
 
-    def read_preprocessed(source: CaseSource) -> LongitudinalCase:
-        if spec.in_channels is not None and len(source.modalities) != spec.in_channels:
-            raise ValueError(f"the model takes {spec.in_channels} modalities per timepoint {spec.modalities or ''}, "
-                             f"case {source.case_id!r} of {input_dir} has {len(source.modalities)}")
-        return read_prepared(source)
-
     check_case = after_case = None
     if registered_dir is not None:
         check_case, after_case = _native_hooks(Path(registered_dir), overwrite)
@@ -103,7 +96,7 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
     # the inferers run the model in eval mode and give every module its own mode back (networks.wrappers.eval_mode)
     return predict_folder(
         model, input_dir, output_dir, modalities=modalities, case_ids=case_ids, skip_existing=skip_existing,
-        overwrite=overwrite, progress=progress, reader=read_preprocessed, check_case=check_case, after_case=after_case,
+        overwrite=overwrite, progress=progress, reader=read_prepared, check_case=check_case, after_case=after_case,
         inferer=make_inferer(spec, cfg, device=device, progress=progress), threshold=cfg.threshold,
         progression_threshold=cfg.progression_cut, min_volume_mm3=cfg.min_lesion_mm3,
         restrict_to_brain=cfg.restrict, progression_outside_baseline=cfg.progression_outside_baseline,
