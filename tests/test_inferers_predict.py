@@ -488,6 +488,30 @@ def test_skip_existing_keeps_only_cases_of_the_same_model_and_settings(tmp_path:
                           skip_existing=True) == {}
 
 
+def test_predictions_record_each_cases_patient_for_the_reports_on_them(tmp_path: Path) -> None:
+    """A predictions folder has no manifest: the cases' patients (two sessions of one patient here) come from
+    the records, so that a report on the predictions counts patients as one on the references does; a manifest
+    that regroups the cases changes no voxel, so --skip-existing still keeps them."""
+    from longiseg.data import find_mask_cases
+
+    _three_cases(tmp_path / "in")
+    (tmp_path / "in" / MANIFEST_JSON).write_text(
+        '{"cases": [{"case_id": "a", "patient_id": "P1"}, {"case_id": "b", "patient_id": "P1"}, {"case_id": "c"}]}')
+    out = tmp_path / "out"
+    predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False)
+    assert [_record(out / c)["patient_id"] for c in "abc"] == ["P1", "P1", "c"]
+    assert [(e.case_id, e.patient_id) for e in find_mask_cases(out)] == [("a", "P1"), ("b", "P1"), ("c", "c")]
+    (tmp_path / "in" / MANIFEST_JSON).write_text('{"cases": [{"case_id": "a"}, {"case_id": "b"}, {"case_id": "c"}]}')
+    assert predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False,
+                          skip_existing=True) == {}
+    # references (no record) and records of earlier versions (no patient, or unreadable): each case its own patient
+    (out / "a" / PREDICTION_RECORD).unlink()
+    (out / "b" / PREDICTION_RECORD).write_text("{not json")
+    record = _record(out / "c")
+    (out / "c" / PREDICTION_RECORD).write_text(json.dumps({k: v for k, v in record.items() if k != "patient_id"}))
+    assert [e.patient_id for e in find_mask_cases(out)] == ["a", "b", "c"]
+
+
 def test_skip_existing_refuses_a_complete_case_without_a_record(tmp_path: Path) -> None:
     """A complete case folder of an earlier version (no record) or with an unreadable record is not kept blindly."""
     _three_cases(tmp_path / "in")
@@ -503,7 +527,7 @@ def test_skip_existing_refuses_a_complete_case_without_a_record(tmp_path: Path) 
     shutil.rmtree(out / "b")  # a missing case is predicted, with its record
     assert list(predict_folder(Voxelwise(), tmp_path / "in", out, case_ids=["a", "b"], inferer=_inferer(),
                                progress=False, skip_existing=True)) == ["b"]
-    assert _record(out / "b") == _record(out / "a")
+    assert {**_record(out / "b"), "patient_id": "a"} == _record(out / "a")
     with pytest.raises(TypeError, match="predict_case's settings only"):
         predict_folder(Voxelwise(), tmp_path / "in", out, record={}, progress=False, skip_existing=True)
 
@@ -771,7 +795,7 @@ def test_skip_existing_keeps_a_case_another_process_completed_meanwhile(
                              skip_existing=True)
     assert sorted(res) == ["a", "c"]
     assert "skipping case b: another process predicted it meanwhile" in caplog.text
-    assert _record(out / "b") == _record(out / "a") and _claims(out) == []
+    assert {**_record(out / "b"), "patient_id": "a"} == _record(out / "a") and _claims(out) == []
     shutil.rmtree(out)
     meanwhile["ref"] = "other"
     with pytest.raises(FileExistsError, match=r"case 'b' was predicted by another model or other settings"):

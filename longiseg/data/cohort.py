@@ -9,6 +9,7 @@ order (``sorted``), not in the order of the manifest's rows. :func:`find_cases` 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -386,7 +387,9 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
     A case is a sub-folder holding ``baseline_mask.nii.gz`` and ``progression_t1 .. progression_t{T-1}``
     (``.nii`` or ``.nii.gz``). With a manifest (read by :func:`~longiseg.data.manifest.read_manifest`, so
     exactly the manifests :func:`find_cases` accepts) its cases, patient ids and progression flags are used;
-    otherwise every sub-folder holding a baseline mask is a case of its own patient. The cases are listed in
+    otherwise every sub-folder holding a baseline mask is a case, of the patient that its prediction record
+    (:data:`~longiseg.data.layout.PREDICTION_RECORD`, which ``longiseg predict`` writes from the cohort's
+    manifest) names, else of its own patient. The cases are listed in
     case-id order (``sorted``) either way, as :func:`find_cases` lists them. ``T`` is the manifest's
     ``num_timepoints`` or, where it is left out, counted from the files (the highest follow-up of the
     progression masks and images).
@@ -409,11 +412,23 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
     if manifest is not None:
         rows = list(manifest.cases)
     else:
-        rows = [ManifestEntry(layout.check_case_id(p.name, where=f"case folder {p}"), "", None, None)
+        rows = [ManifestEntry(layout.check_case_id(p.name, where=f"case folder {p}"), _recorded_patient(p), None,
+                              None)
                 for p in _case_folders(root) if layout.find_nifti(p, layout.BASELINE_MASK)]
         if not rows:
             raise FileNotFoundError(f"no case folders with a {layout.BASELINE_MASK} found in {root}")
     return [_mask_case(root, row) for row in rows]
+
+
+def _recorded_patient(folder: Path) -> str:
+    """The patient id that the prediction record of the case folder ``folder`` names; ``""`` without a readable
+    one (references, predictions of longiseg < 0.3.20)."""
+    try:
+        record = json.loads((folder / layout.PREDICTION_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    patient = record.get("patient_id") if isinstance(record, dict) else None
+    return patient if isinstance(patient, str) else ""
 
 
 def _mask_case(root: Path, row: ManifestEntry) -> ManifestEntry:

@@ -42,6 +42,7 @@ __all__ = [
     "MANIFEST_CSV",
     "BASELINE_MASK",
     "BRAIN_MASK",
+    "PREDICTION_RECORD",
     "image_filename",
     "progression_filename",
     "prediction_filenames",
@@ -60,6 +61,9 @@ MANIFEST_JSON = "manifest.json"
 MANIFEST_CSV = "manifest.csv"
 BASELINE_MASK = "baseline_mask.nii.gz"
 BRAIN_MASK = "brain_mask.nii.gz"
+#: File in a predicted case folder that records what produced the prediction and the case's patient
+#: (:func:`~longiseg.data.predictions.save_prediction` writes it); no reader of masks or maps reads it.
+PREDICTION_RECORD = "prediction.json"
 
 _IMAGE_RE = re.compile(r"^t(\d+)_([A-Za-z0-9\-]+)\.nii(\.gz)?$")
 _IMAGE_LIKE_RE = re.compile(r"^t(\d+)_(.+)\.nii(\.gz)?$")  # named like an image, whatever its modality

@@ -26,9 +26,7 @@ from longiseg.utils.validation import check_binary, check_callable, check_path, 
 __all__ = ["PREDICTION_RECORD", "read_prediction", "save_prediction", "case_spatial_header", "prediction_complete"]
 
 
-#: File in a predicted case folder that records what produced the prediction (see :func:`save_prediction`);
-#: no reader of masks or maps reads it.
-PREDICTION_RECORD = "prediction.json"
+PREDICTION_RECORD = layout.PREDICTION_RECORD  # the name that predictions have always imported
 
 
 def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str = "mask", *,

@@ -501,7 +501,9 @@ def predict_folder(
     produced_by = {**_record(model, inferer, options), "reader": qualified_name(read)}
     # longiseg predict 0.3.18-0.3.19 recorded its own wrapper of the reader spec_reader(model, read_zscored) gives
     reader_aliases = {"reader": _LEGACY_CLI_READERS} if _is_cli_reader(model, read) else None
-    records = {cid: {**produced_by, "modalities": list(sources[cid].modalities)} for cid in ids}
+    # each case's patient (information only: the report of a predictions folder groups its cases by it)
+    records = {cid: {**produced_by, "modalities": list(sources[cid].modalities),
+                     "patient_id": sources[cid].patient_id} for cid in ids}
     fixed_t = getattr(model, "num_timepoints", None)  # models built for one T say so; others take any T >= 2
     channels = spec.in_channels if isinstance(spec, ModelSpec) else None
     for cid in ids:  # every case before any is predicted

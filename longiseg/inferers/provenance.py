@@ -30,8 +30,9 @@ __all__ = ["prediction_record", "check_same_producer", "qualified_name"]
 
 #: Inferer settings that do not change its probabilities (where it runs, in which batches, progress bars).
 _RUN_ONLY = ("device", "batch_size", "progress")
-#: Record fields that describe a prediction without deciding whether it may be kept (not compared).
-_INFORMATION_ONLY = ("longiseg_version",)
+#: Record fields that describe a prediction without deciding whether it may be kept (not compared): the version,
+#: and the case's patient (``predict_folder`` adds it; a manifest may regroup the cases without changing a voxel).
+_INFORMATION_ONLY = ("longiseg_version", "patient_id")
 
 
 

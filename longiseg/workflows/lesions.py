@@ -64,7 +64,8 @@ def run_lesion_report(
         out_dir: report folder (created; must be empty unless ``overwrite``).
         images: cohort folder with the images for the montages (default: ``mask_dir``; without images there, the
             report has no montages, with a warning); where ``mask_dir`` has no manifest (predictions), the patient
-            ids of ``images``' manifest group the cases, as in a report on the references.
+            ids of ``images``' manifest group the cases, as in a report on the references (without ``images``,
+            those the predictions' records name: :func:`~longiseg.data.cohort.find_mask_cases`).
         modality: image shown in the montages (default ``flair``).
         min_volume_mm3: smallest lesion and smallest growth counted (see
             :func:`~longiseg.metrics.evolution.lesion_evolution`).
