@@ -181,12 +181,15 @@ class ModelSpec:
         """Rebuild a spec written by :meth:`to_dict`.
 
         Raises:
-            TypeError: if ``data`` is not a mapping.
-            ValueError: for a spec written by a newer longiseg, or missing/unknown fields.
+            TypeError: if ``data`` is not a mapping, or a field is of the wrong type (as :class:`ModelSpec` checks).
+            ValueError: for a spec written by a newer longiseg, a ``format_version`` that is not an int ``>= 1``, a
+                ``version`` that is not a str, or missing/unknown fields.
         """
         if not isinstance(data, Mapping):
             raise TypeError(f"a model spec must be a mapping, got {type(data).__name__}")
-        version = int(data.get("format_version", SPEC_FORMAT_VERSION))
+        version = data.get("format_version", SPEC_FORMAT_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"the model spec's format_version must be an int >= 1, got {version!r}")
         if version > SPEC_FORMAT_VERSION:
             raise ValueError(f"the model spec has format {version}, newer than this longiseg supports "
                              f"({SPEC_FORMAT_VERSION}); upgrade longiseg")
@@ -196,6 +199,9 @@ class ModelSpec:
             raise ValueError(f"unknown model spec field(s) {unknown}")
         if "name" not in data:
             raise ValueError("a model spec needs a 'name'")
+        if not isinstance(data.get("version", ""), str):
+            raise ValueError(f"the model spec's version must be the str of a longiseg version, got "
+                             f"{data['version']!r}")
         data = dict(data)
         if data.get("input_layout") == _OLD_DEFAULT_LAYOUT:
             # earlier versions stored this default whatever the dim (ModelSpec(name, dim="3D") had the 2.5D

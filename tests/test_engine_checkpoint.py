@@ -359,3 +359,55 @@ def test_update_spec_keeps_the_file_mode_and_refuses_write_protected_files(tmp_p
         assert path.read_bytes() == before and stat.S_IMODE(path.stat().st_mode) == 0o444
     finally:
         os.umask(old_umask)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    ({"dim": "3D", "input_layout": None}, r"its spec gives dim '3D', but the model its recorded arguments build has "
+                                          r"'2\.5D'"),
+    ({"in_channels": 5}, r"spec gives in_channels 5, but .* has 2"),
+    ({"kwargs": {**TINY_SEGMAST, "widths": [16, 16, 16, 32]}}, r"spec gives kwargs \{.*'widths': \[16, 16, 16, 32\]"),
+    ({"format_version": None}, r"its model spec cannot be read: the model spec's format_version must be an int "
+                               r">= 1, got None"),
+    ({"format_version": 1.9}, r"format_version must be an int >= 1, got 1\.9"),
+    ({"version": 5}, r"version must be the str of a longiseg version, got 5"),
+    ({"kwargs": "x"}, r"cannot be read: ModelSpec\.kwargs must be a mapping"),
+    ({"foo": 1}, r"cannot be read: unknown model spec field\(s\) \['foo'\]"),
+])
+def test_a_spec_that_does_not_describe_the_weights_is_refused_naming_the_file(tmp_path, edit, match) -> None:
+    """load_model attached the stored spec to the model its arguments rebuilt without comparing them: an edited
+    spec described a 3D model with 5 channels on a 2.5D network of 2, and downstream tools trust the spec."""
+    model = build_model("segmast", **TINY_SEGMAST, in_channels=2, num_timepoints=2)
+    path = save_checkpoint(tmp_path / "ck.pt", model=model)
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "spec": {**payload["spec"], **edit}}, tmp_path / "edited.pt")
+    with pytest.raises(ValueError, match=f"checkpoint .*edited.pt: .*{match}"):
+        load_model(tmp_path / "edited.pt")
+    assert load_model(path).spec == model.spec  # the file as written
+
+
+def test_a_spec_changed_by_hand_or_other_arguments_are_refused_when_saving(tmp_path) -> None:
+    from longiseg.engine.checkpoint import save_checkpoint as save
+
+    model = build_model("longi_unet_dw_2d", features=(4, 8, 16), in_channels=3)
+    with pytest.raises(ValueError, match=r"save_checkpoint: model_kwargs .* are not the arguments the model was "
+                                         r"built with"):
+        save(tmp_path / "a.pt", model=model, model_kwargs={**model.spec.kwargs, "prior": "baseline"})
+    assert not (tmp_path / "a.pt").exists()
+    save(tmp_path / "b.pt", model=model, model_kwargs=dict(model.spec.kwargs))  # the same arguments: fine
+    model.spec = model.spec.replace(dim="3D")
+    save(tmp_path / "c.pt", model=model)
+    with pytest.raises(ValueError, match=r"c\.pt: its spec gives dim '3D'"):
+        load_model(tmp_path / "c.pt")
+    fixed = build_model("dynunet_2d", in_channels=1, num_timepoints=3)  # built for one number of timepoints
+    fixed.spec = fixed.spec.replace(num_timepoints=2)
+    save(tmp_path / "d.pt", model=fixed)
+    with pytest.raises(ValueError, match=r"d\.pt: its spec gives num_timepoints 2, but the model its recorded "
+                                         r"arguments build has 3"):
+        load_model(tmp_path / "d.pt")
+
+
+def test_a_model_not_built_by_build_model_is_named_as_such(tmp_path) -> None:
+    path = save_checkpoint(tmp_path / "p.pt", model=torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"p\.pt holds a model that was not built with longiseg\.build_model .*"
+                                         r"load_checkpoint\(path, model=model\)"):
+        load_model(path)

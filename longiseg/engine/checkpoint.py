@@ -44,6 +44,7 @@ computes the same function with the same weights, so the machine that runs the m
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import re
@@ -285,19 +286,32 @@ def model_identity(model: nn.Module, model_name: str | None = None, model_kwargs
     Raises:
         TypeError: ``model_name`` is not a str or ``None``, ``model_kwargs`` not a mapping or ``None``, or not plain
             data.
-        ValueError: ``model_name`` is not the name in the model's spec (``where`` starts the message).
+        ValueError: ``model_name`` is not the name in the model's spec, or ``model_kwargs`` are not its arguments
+            (the selective-scan backend aside; ``where`` starts the message): the checkpoint would rebuild another
+            model than the one saved.
     """
     check_instance("model_name", model_name, (str, type(None)), "a registry name or None")
     check_instance("model_kwargs", model_kwargs, (Mapping, type(None)), "a mapping or None")
-    spec_name = getattr(getattr(unwrap_model(model), "spec", None), "name", None)
+    kwargs = None if model_kwargs is None else plain_data(dict(model_kwargs), "model_kwargs")
+    spec = getattr(unwrap_model(model), "spec", None)
+    spec_name = getattr(spec, "name", None)
     if spec_name is not None:  # the model describes itself: name and arguments come from its spec
         if model_name is not None and model_name != spec_name:
             raise ValueError(f"{where}model_name {model_name!r} is not the name in the model's spec, {spec_name!r}; "
                              "leave model_name out (the spec names the model)")
         model_name = spec_name
-        if model_kwargs is None:
-            model_kwargs = unwrap_model(model).spec.kwargs
-    return model_name, plain_data(dict(model_kwargs or {}), "model_kwargs")
+        if kwargs is None:
+            kwargs = plain_data(dict(spec.kwargs), "model_kwargs")
+        elif _comparable(kwargs) != _comparable(spec.kwargs):
+            raise ValueError(f"{where}model_kwargs {kwargs} are not the arguments the model was built with "
+                             f"({dict(spec.kwargs)}, its spec's): a checkpoint of them would rebuild another model; "
+                             "leave model_kwargs out (the spec records them)")
+    return model_name, kwargs if kwargs is not None else {}
+
+
+def _comparable(kwargs: Mapping[str, Any]) -> Any:
+    """Factory arguments as JSON data without the selective-scan backend, for comparisons (tuples as lists)."""
+    return json.loads(json.dumps(_without_scan_backend(plain_data(dict(kwargs), "kwargs"))))
 
 
 def _map_location(map_location: Any) -> Any:
@@ -500,9 +514,35 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
         ) from err
     load_model_weights(model, ckpt["model"], source=source)
     if ckpt.get("spec") and not _without_scan_backend(override_kwargs):  # a backend computes the same function
-        spec = ModelSpec.from_dict(ckpt["spec"])
+        spec = _stored_spec(ckpt["spec"], model.spec, source)
         model.spec = spec.replace(kwargs={**_without_scan_backend(spec.kwargs), **override_kwargs})
     return model.eval()
+
+
+#: The fields of a :class:`ModelSpec` that :func:`~longiseg.build_model` derives from the name and arguments (the
+#: others describe the training: modalities, crop, preprocessing, inference and tuning).
+_BUILT_FIELDS = ("kwargs", "dim", "input_layout", "in_channels", "num_timepoints")
+
+
+def _stored_spec(data: Mapping[str, Any], built: ModelSpec, source: str) -> ModelSpec:
+    """The checkpoint's spec, once it is known to describe ``built``, the model its arguments rebuilt: a field of
+    :data:`_BUILT_FIELDS` that disagrees (an edited file, or a spec changed by hand before saving) is refused
+    (``in_channels`` and ``num_timepoints`` only where both give one: ``None`` is "unknown" or "any")."""
+    try:
+        spec = ModelSpec.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {source}: its model spec cannot be read: {err}") from None
+    for field in _BUILT_FIELDS:
+        stored, rebuilt = getattr(spec, field), getattr(built, field)
+        if field == "kwargs":
+            stored, rebuilt = _comparable(stored), _comparable(rebuilt)
+        elif field in ("in_channels", "num_timepoints") and (stored is None or rebuilt is None):
+            continue
+        if stored != rebuilt:
+            raise ValueError(f"checkpoint {source}: its spec gives {field} {stored!r}, but the model its recorded "
+                             f"arguments build has {rebuilt!r}: the spec does not describe the weights (the file was "
+                             "edited, or model.spec changed by hand before saving)")
+    return spec
 
 
 def _warn_other_module(name: str, recorded: str | None, source: str) -> None:
@@ -539,6 +579,12 @@ def load_model(path: str | Path, *, map_location: Any = "cpu") -> nn.Module:
             described themselves (the message says how to supply the settings).
     """
     ckpt = _read(check_path("path", path), map_location, True)
+    if not ckpt.get("spec") and not ckpt.get("model_name"):
+        raise ValueError(
+            f"checkpoint {path} holds a model that was not built with longiseg.build_model (it records neither a "
+            "registry name nor a spec): build the model yourself and load the weights with "
+            "load_checkpoint(path, model=model), or register it (register_model) and build it with build_model "
+            "before saving")
     if not ckpt.get("spec"):
         raise ValueError(
             f"checkpoint {path} was written by an older longiseg and does not record how to use the model "
