@@ -420,6 +420,24 @@ def test_a_spacing_coarser_than_a_baselines_field_of_view_is_refused_before_any_
     assert called == [] and not (tmp_path / "out-15").exists()
 
 
+@pytest.mark.parametrize("name", ["bad ", "x" * 160])
+def test_a_case_folder_that_is_no_case_id_is_refused_before_any_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     name: str) -> None:
+    """A raw case folder named 'bad ' (or of 160 characters) was registered and written with the others, and the
+    run failed only at the manifest, leaving a folder that predict refuses and a re-run needs --overwrite for."""
+    from longiseg.registration import cohort
+
+    raw = tmp_path / "raw"
+    for case in ("ok", name):
+        _save(np.ones((8, 8, 8), np.float32), np.eye(4), raw / case / "t0_flair.nii.gz")
+    called: list[str] = []
+    monkeypatch.setattr(cohort, "register_case", lambda c, o, *a, **k: called.append(c.name)
+                        or cohort.CaseRegistration(c.name))
+    with pytest.raises(ValueError, match=r"case folder \S+raw/x* ?"):
+        cohort.register_folder(raw, tmp_path / "out", cohort.RegistrationOptions(qc_figures=False), progress=False)
+    assert called == [] and not (tmp_path / "out").exists()
+
+
 def test_register_folder_refuses_a_folder_another_register_writes(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Two register --overwrite runs (3 mm and 5 mm) into one folder both succeeded: one case of each spacing, and
