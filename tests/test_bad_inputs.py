@@ -228,8 +228,9 @@ def _bad_case_id(ws: Path, dest: Path, case_id: str) -> Path:
 def _other_run(ws: Path, dest: Path) -> Path:
     """A run folder whose checkpoint holds a model of another width (as after changing model.kwargs)."""
     model = build_model("segmast", in_channels=2, num_timepoints=2, **{**TINY, "widths": [8, 16, 32, 32]})
-    save_checkpoint(dest / "last.pt", model=model, model_name="segmast",
-                    model_kwargs={"in_channels": 2, "num_timepoints": 2, **TINY})
+    payload = torch.load(save_checkpoint(dest / "last.pt", model=model), weights_only=True)
+    kwargs = {"in_channels": 2, "num_timepoints": 2, **TINY}  # save_checkpoint refuses them: the file is edited
+    torch.save({**payload, "model_kwargs": kwargs, "spec": {**payload["spec"], "kwargs": kwargs}}, dest / "last.pt")
     return dest
 
 

@@ -92,7 +92,7 @@ def test_attention_matches_float64_reference(cls: type, joint: bool, sr_ratio: i
     grads_ref = torch.autograd.grad(ref, [x, *params], g, allow_unused=True)
     for a, r, name in zip(grads, grads_ref, ["x"] + [n for n, _ in mod.named_parameters()]):
         if name.startswith(("sr.", "norm.")) and not mod.reduces(*grid):
-            assert a is None and r is None  # the reduction is not in the graph at all
+            assert r is None and not a.any()  # unused by the function: in the graph with an exact zero (for DDP)
         else:
             assert ((a - r).norm() / r.norm()).item() < 1e-10
 
@@ -202,6 +202,26 @@ def test_segformer_gradients_reach_every_parameter(attention: str) -> None:
     assert_all_parameters_get_gradients(model, torch.randn(2, 2, 1, 64, 64), cancelled=SEGFORMER_CANCELLED)
 
 
+def test_a_reduction_small_grids_skip_stays_in_the_graph_with_a_zero_gradient() -> None:
+    """At 32x32 stages 0-2 attend without reduction: their reduction's parameters had no gradient at all, which
+    DistributedDataParallel without find_unused_parameters rejects; they get an exact zero, and the outputs are
+    the same function (the reduction's weights do not change them)."""
+    torch.manual_seed(0)
+    model = build_model("segformer", in_channels=1, attention="efficient", **TINY)
+    x = torch.randn(2, 2, 1, 32, 32)
+    out = model(x)
+    (out.baseline.sum() + out.progression.sum()).backward()
+    unused = {n: p.grad for n, p in model.named_parameters() if ".sr." in n or ".norm." in n and "mixer" in n}
+    assert unused and all(g is not None and not g.any() for g in unused.values())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in unused:
+                p.mul_(3.0)
+        again = model(x)
+    assert torch.equal(again.baseline, out.baseline.detach()) and torch.equal(again.progression,
+                                                                              out.progression.detach())
+
+
 def test_segformer_training_reduces_loss() -> None:
     model = build_model("segformer", in_channels=1, **TINY)
     images, baseline, progression = synthetic_batch(2, 2, 1, (32, 32))
@@ -231,6 +251,9 @@ def test_segformer_errors() -> None:
         SegFormer(widths=(32, 64, 160, 250))
     with pytest.raises(ValueError, match="num_timepoints is required"):
         SegFormer(shared_progression_head=False)
+    for name in ("attn_dropout", "decoder_dropout", "drop_path_rate"):  # the decoder's said "dropout"
+        with pytest.raises(ValueError, match=rf"^{name} must lie in \[0, 1\], got -1"):
+            SegFormer(**{name: -1})
     model = build_model("segformer", in_channels=2, **TINY)
     with pytest.raises(ValueError, match="C=1"):
         model(torch.randn(1, 2, 1, 32, 32))

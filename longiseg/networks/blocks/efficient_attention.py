@@ -21,7 +21,10 @@ timepoint and the query projection would have no effect and no gradient, in exac
 reduced the first three stages of the per-timepoint SegFormer to one key each). A timepoint
 whose grid is a single token (``1 x 1``, the deepest stage at a 32x32 input) still has only itself to attend
 to: there :class:`EfficientSelfAttention` is the value projection of the token (the query has no effect),
-while :class:`GlobalSelfAttention` attends over the ``T >= 2`` tokens of all timepoints.
+while :class:`GlobalSelfAttention` attends over the ``T >= 2`` tokens of all timepoints. At a 32x32 input the
+first three MiT stages (grids 8x8, 4x4, 2x2 with ``R`` = 8, 4, 2) attend without reduction; their reduction's
+parameters stay in the graph with a zero gradient (``+ 0 * sum``, exact), so that ``DistributedDataParallel``
+(without ``find_unused_parameters``) sees every parameter used, as the loss does with an empty head.
 """
 
 from __future__ import annotations
@@ -100,7 +103,10 @@ class SpatialReductionAttention(nn.Module):
         (trailing rows/columns beyond a multiple of ``R`` are dropped, as by the strided convolution), else the
         grid's own tokens ``(N, H * W, C)``."""
         if not self.reduces(grid.shape[1], grid.shape[2]):
-            return grid.flatten(1, 2)
+            tokens = grid.flatten(1, 2)
+            if self.sr_ratio > 1 and torch.is_grad_enabled():  # the reduction stays in the graph (see the module)
+                tokens = tokens + 0.0 * sum(p.sum() for p in (*self.sr.parameters(), *self.norm.parameters()))
+            return tokens
         reduced = self.sr(grid.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
         return self.norm(reduced)
 

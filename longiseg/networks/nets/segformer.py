@@ -35,6 +35,7 @@ from longiseg.utils.validation import (
     check_bool,
     check_int_sequence,
     check_keywords,
+    check_probability,
     check_timepoints,
     keyword_parameters,
 )
@@ -107,6 +108,9 @@ class SegFormer(LongitudinalSegFormerLike):
         num_heads = check_int_sequence("num_heads", num_heads, length=4, what="attention heads of the 4 stages")
         sr_ratios = check_int_sequence("sr_ratios", sr_ratios, length=4, what="reduction ratios of the 4 stages")
         qkv_bias = check_bool("qkv_bias", qkv_bias)
+        for name, rate in (("attn_dropout", attn_dropout), ("decoder_dropout", decoder_dropout),
+                           ("drop_path_rate", drop_path_rate)):  # named here: the layers would name their own
+            check_probability(name, rate)
         shared_progression_head = check_bool("shared_progression_head", shared_progression_head)
         for i, (w, nh) in enumerate(zip(widths, num_heads)):
             if w % nh:
