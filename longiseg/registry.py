@@ -179,6 +179,7 @@ def model_info(name: str) -> ModelInfo:
     """Return the :class:`ModelInfo` of a registered model.
 
     Raises:
+        TypeError: if ``name`` is not a str.
         ValueError: naming the unknown model and the closest known names.
     """
     if not isinstance(name, str):
@@ -255,7 +256,7 @@ def build_model(name: str, /, **kwargs: Any) -> nn.Module:
 
     Raises:
         ValueError: if ``name`` is unknown (the message names the closest known models).
-        TypeError: for keyword arguments the factory does not take or required ones left out (naming the model
+        TypeError: ``name`` is not a str; for keyword arguments the factory does not take or required ones left out (naming the model
             and the factory's arguments), values that are not plain data (a tensor, a class, a function: they
             could not be stored in a checkpoint), or a factory that returns something else than an ``nn.Module``.
 
