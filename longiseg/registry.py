@@ -21,7 +21,7 @@ import fnmatch
 import functools
 import inspect
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ __all__ = [
     "ModelInfo",
     "register_model",
     "build_model",
+    "built_spec",
     "list_models",
     "model_info",
     "is_model",
@@ -256,9 +257,10 @@ def build_model(name: str, /, **kwargs: Any) -> nn.Module:
 
     Raises:
         ValueError: if ``name`` is unknown (the message names the closest known models).
-        TypeError: ``name`` is not a str; for keyword arguments the factory does not take or required ones left out (naming the model
-            and the factory's arguments), values that are not plain data (a tensor, a class, a function: they
-            could not be stored in a checkpoint), or a factory that returns something else than an ``nn.Module``.
+        TypeError: ``name`` is not a str; keyword arguments the factory does not take or required ones left out
+            (naming the model and the factory's arguments), values that are not plain data (a tensor, a class, a
+            function: they could not be stored in a checkpoint), or a factory that returns something else than an
+            ``nn.Module``.
 
     An error the factory raises itself propagates unchanged, with a note naming the model (Python >= 3.11).
     """
@@ -274,9 +276,21 @@ def build_model(name: str, /, **kwargs: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"build_model: the factory {info.origin} of model {name!r} returned "
                         f"{type(model).__name__}, not an nn.Module; a factory returns the network")
-    model.spec = ModelSpec(
-        name=name, kwargs=kwargs, dim=info.dim, input_layout=INPUT_LAYOUTS[info.dim],
+    model.spec = built_spec(model, name, kwargs)
+    return model
+
+
+def built_spec(model: nn.Module, name: str, kwargs: Mapping[str, Any]) -> ModelSpec:
+    """The spec :func:`build_model` attaches to ``model``, built by the registered model ``name`` with
+    ``kwargs``: the registration's ``dim`` and the model's own ``in_channels`` (else ``kwargs``') and
+    ``num_timepoints`` (``None`` without such an attribute). Checkpoints compare a stored spec with it.
+
+    Raises:
+        ValueError: ``name`` is not registered.
+    """
+    info = model_info(name)
+    return ModelSpec(
+        name=name, kwargs=dict(kwargs), dim=info.dim, input_layout=INPUT_LAYOUTS[info.dim],
         in_channels=getattr(model, "in_channels", kwargs.get("in_channels")),
         num_timepoints=getattr(model, "num_timepoints", None),
     )
-    return model

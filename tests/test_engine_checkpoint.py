@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import stat
 from pathlib import Path
 
@@ -362,10 +363,9 @@ def test_update_spec_keeps_the_file_mode_and_refuses_write_protected_files(tmp_p
 
 
 @pytest.mark.parametrize(("edit", "match"), [
-    ({"dim": "3D", "input_layout": None}, r"its spec gives dim '3D', but the model its recorded arguments build has "
-                                          r"'2\.5D'"),
-    ({"in_channels": 5}, r"spec gives in_channels 5, but .* has 2"),
-    ({"kwargs": {**TINY_SEGMAST, "widths": [16, 16, 16, 32]}}, r"spec gives kwargs \{.*'widths': \[16, 16, 16, 32\]"),
+    ({"dim": "3D", "input_layout": None}, r"the spec gives dim '3D', but the model has '2\.5D'"),
+    ({"in_channels": 5}, r"the spec gives in_channels 5, but the model has 2"),
+    ({"kwargs": {**TINY_SEGMAST, "in_channels": 2, "widths": [16, 16, 16, 32]}}, r"do not fit"),
     ({"format_version": None}, r"its model spec cannot be read: the model spec's format_version must be an int "
                                r">= 1, got None"),
     ({"format_version": 1.9}, r"format_version must be an int >= 1, got 1\.9"),
@@ -380,30 +380,77 @@ def test_a_spec_that_does_not_describe_the_weights_is_refused_naming_the_file(tm
     path = save_checkpoint(tmp_path / "ck.pt", model=model)
     payload = torch.load(path, weights_only=True)
     torch.save({**payload, "spec": {**payload["spec"], **edit}}, tmp_path / "edited.pt")
-    with pytest.raises(ValueError, match=f"checkpoint .*edited.pt: .*{match}"):
+    with pytest.raises(ValueError, match=f"edited.pt.*{match}"):
         load_model(tmp_path / "edited.pt")
     assert load_model(path).spec == model.spec  # the file as written
 
 
+def test_checkpoints_rebuild_the_model_their_spec_records(tmp_path, caplog) -> None:
+    """Until 0.3.20 a Trainer given model_kwargs recorded them as given, e.g. part of the arguments the model was
+    built with: such a file rebuilds the model of its spec (which it loaded before), and says so."""
+    torch.manual_seed(0)
+    model = build_model("longi_unet_dw_2d", features=(4, 8, 16), in_channels=2, num_timepoints=2).eval()
+    payload = torch.load(save_checkpoint(tmp_path / "a.pt", model=model), weights_only=True)
+    torch.save({**payload, "model_kwargs": {"in_channels": 2}}, tmp_path / "old.pt")  # as 0.3.19 could write it
+    with caplog.at_level("INFO", logger="longiseg.engine.checkpoint"):
+        loaded = load_model(tmp_path / "old.pt")
+    assert "records model_kwargs {'in_channels': 2} and the spec's arguments" in caplog.text
+    assert loaded.spec == model.spec
+    x = torch.randn(1, 2, 2, 32, 32)
+    assert torch.equal(loaded(x).progression, model(x).progression)
+
+
 def test_a_spec_changed_by_hand_or_other_arguments_are_refused_when_saving(tmp_path) -> None:
     from longiseg.engine.checkpoint import save_checkpoint as save
+    from longiseg.engine.checkpoint import update_spec
 
+    torch.manual_seed(0)
     model = build_model("longi_unet_dw_2d", features=(4, 8, 16), in_channels=3)
-    with pytest.raises(ValueError, match=r"save_checkpoint: model_kwargs .* are not the arguments the model was "
-                                         r"built with"):
-        save(tmp_path / "a.pt", model=model, model_kwargs={**model.spec.kwargs, "prior": "baseline"})
+    # a contradicting argument, or one the model was not built with: the file would rebuild another model
+    for given, named in (({**model.spec.kwargs, "in_channels": 2}, "['in_channels']"), ({"prior": "baseline"},
+                                                                                      "['prior']")):
+        with pytest.raises(ValueError, match=rf"save_checkpoint: model_kwargs .* contradict the arguments the model "
+                                             rf"was built with .* in {re.escape(named)}"):
+            save(tmp_path / "a.pt", model=model, model_kwargs=given)
     assert not (tmp_path / "a.pt").exists()
-    save(tmp_path / "b.pt", model=model, model_kwargs=dict(model.spec.kwargs))  # the same arguments: fine
-    model.spec = model.spec.replace(dim="3D")
-    save(tmp_path / "c.pt", model=model)
-    with pytest.raises(ValueError, match=r"c\.pt: its spec gives dim '3D'"):
-        load_model(tmp_path / "c.pt")
+    # those that agree (all or some of them) are fine: the spec's are recorded
+    save(tmp_path / "b.pt", model=model, model_kwargs={"in_channels": 3})
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["model_kwargs"] == model.spec.kwargs
+    # a spec changed by hand is refused before anything is written, not when the file is loaded
+    for change, named in (({"dim": "3D"}, "dim '3D'"), ({"in_channels": 2}, "in_channels 2")):
+        changed = build_model("longi_unet_dw_2d", features=(4, 8, 16), in_channels=3)
+        changed.spec = changed.spec.replace(**change)
+        with pytest.raises(ValueError, match=rf"save_checkpoint: model\.spec: the spec gives {named}, but the model "
+                                             r"has"):
+            save(tmp_path / "c.pt", model=changed)
+        assert not (tmp_path / "c.pt").exists()
     fixed = build_model("dynunet_2d", in_channels=1, num_timepoints=3)  # built for one number of timepoints
     fixed.spec = fixed.spec.replace(num_timepoints=2)
-    save(tmp_path / "d.pt", model=fixed)
-    with pytest.raises(ValueError, match=r"d\.pt: its spec gives num_timepoints 2, but the model its recorded "
-                                         r"arguments build has 3"):
-        load_model(tmp_path / "d.pt")
+    with pytest.raises(ValueError, match=r"the spec gives num_timepoints 2, but the model has 3"):
+        save(tmp_path / "d.pt", model=fixed)
+    # update_spec (longiseg tune) changes the training's settings only
+    before = (tmp_path / "b.pt").read_bytes()
+    for change in ({"in_channels": 2}, {"kwargs": {"in_channels": 3, "features": [4, 8, 32]}}):
+        with pytest.raises(ValueError, match=r"update_spec: checkpoint .*b\.pt: the spec gives (in_channels|kwargs)"):
+            update_spec(tmp_path / "b.pt", model.spec.replace(**change))
+    assert (tmp_path / "b.pt").read_bytes() == before
+    update_spec(tmp_path / "b.pt", model.spec.replace(modalities=("flair", "t1", "t2"), crop_size=32))
+    assert load_model(tmp_path / "b.pt").spec.modalities == ("flair", "t1", "t2")
+
+
+def test_arguments_that_json_cannot_hold_still_compare(tmp_path) -> None:
+    """Comparing arguments went through JSON, which refuses tuple keys of a user model's argument."""
+    def tmp_tuple_keys(table: dict | None = None, in_channels: int = 1) -> torch.nn.Module:
+        return TinyLongiNet()
+
+    register_model(tmp_tuple_keys)
+
+    try:
+        model = build_model("tmp_tuple_keys", table={(0, 1): 2.0})
+        path = save_checkpoint(tmp_path / "t.pt", model=model, model_kwargs={"table": {(0, 1): 2.0}})
+        assert load_model(path).spec == model.spec
+    finally:
+        unregister_model("tmp_tuple_keys")
 
 
 def test_a_model_not_built_by_build_model_is_named_as_such(tmp_path) -> None:

@@ -501,9 +501,14 @@ def test_predictions_record_each_cases_patient_for_the_reports_on_them(tmp_path:
     predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False)
     assert [_record(out / c)["patient_id"] for c in "abc"] == ["P1", "P1", "c"]
     assert [(e.case_id, e.patient_id) for e in find_mask_cases(out)] == [("a", "P1"), ("b", "P1"), ("c", "c")]
-    (tmp_path / "in" / MANIFEST_JSON).write_text('{"cases": [{"case_id": "a"}, {"case_id": "b"}, {"case_id": "c"}]}')
+    (tmp_path / "in" / MANIFEST_JSON).write_text(
+        '{"cases": [{"case_id": "a", "patient_id": "P1"}, {"case_id": "b", "patient_id": "P2"}, {"case_id": "c"}]}')
+    masks = {f: f.read_bytes() for f in out.rglob("*.nii.gz")}
     assert predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False,
                           skip_existing=True) == {}
+    # the kept cases' records follow the manifest (it was the stale P1 for "b"); their masks are untouched
+    assert [(e.case_id, e.patient_id) for e in find_mask_cases(out)] == [("a", "P1"), ("b", "P2"), ("c", "c")]
+    assert {f: f.read_bytes() for f in out.rglob("*.nii.gz")} == masks
     # references (no record) and records of earlier versions (no patient, or unreadable): each case its own patient
     (out / "a" / PREDICTION_RECORD).unlink()
     (out / "b" / PREDICTION_RECORD).write_text("{not json")

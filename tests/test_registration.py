@@ -436,6 +436,10 @@ def test_a_case_folder_that_is_no_case_id_is_refused_before_any_case(tmp_path: P
     with pytest.raises(ValueError, match=r"case folder \S+raw/x* ?"):
         cohort.register_folder(raw, tmp_path / "out", cohort.RegistrationOptions(qc_figures=False), progress=False)
     assert called == [] and not (tmp_path / "out").exists()
+    # a side folder of such a name without images is not a case: reported as failed, as before
+    (raw / name / "t0_flair.nii.gz").rename(raw / name / "notes.nii.gz")
+    cohort.register_folder(raw, tmp_path / "out", cohort.RegistrationOptions(qc_figures=False), progress=False)
+    assert called == sorted(["ok", name])
 
 
 def test_register_folder_refuses_a_folder_another_register_writes(tmp_path: Path,

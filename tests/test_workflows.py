@@ -310,10 +310,18 @@ def test_predict_folder_predicts_from_the_model_alone_as_longiseg_predict_does(c
     assert predict_folder(model, cohort, tmp_path / "cli", case_ids=[case], progress=False, skip_existing=True) == {}
     assert run_prediction(model, cohort, tmp_path / "api", case_ids=[case], device="cpu", progress=False,
                           skip_existing=True) == {}
-    # and those 0.3.18-0.3.19's longiseg predict wrote, whose reader was the same for the same model
+    # and those longiseg predict 0.3.9-0.3.19 wrote, whose reader was the same for the same model
     legacy = {**record, "reader": "longiseg.workflows.predict.run_prediction.<locals>.read_preprocessed"}
-    (tmp_path / "api" / case / "prediction.json").write_text(json.dumps(legacy))
+    (tmp_path / "api" / case / "prediction.json").write_text(json.dumps({**legacy, "longiseg_version": "0.3.10"}))
     assert predict_folder(model, cohort, tmp_path / "api", case_ids=[case], progress=False, skip_existing=True) == {}
+    # a model whose spec says "as stored": that command z-scored its cases until 0.3.15, and follows the spec since
+    model.spec = model.spec.replace(preprocessing={"normalization": None})
+    with pytest.raises(FileExistsError, match=r"reader .*read_preprocessed\" recorded, \"longiseg\.data\.loading\."
+                                              r"load_case\" now"):
+        predict_folder(model, cohort, tmp_path / "api", case_ids=[case], progress=False, skip_existing=True)
+    (tmp_path / "api" / case / "prediction.json").write_text(json.dumps({**legacy, "longiseg_version": "0.3.16"}))
+    assert predict_folder(model, cohort, tmp_path / "api", case_ids=[case], progress=False, skip_existing=True) == {}
+    model.spec = model.spec.replace(preprocessing={"normalization": "zscore"})
     # ... but not where this call reads them otherwise: the spec records no normalisation, which longiseg predict
     # reads as z-scores (as longiseg train prepares its cases) and predict_folder's default as the images as stored
     zscored = model.spec

@@ -44,7 +44,6 @@ computes the same function with the same weights, so the machine that runs the m
 
 from __future__ import annotations
 
-import json
 import pickle
 import random
 import re
@@ -78,6 +77,7 @@ __all__ = [
     "load_model",
     "load_model_weights",
     "update_spec",
+    "check_spec_describes",
     "check_writable",
 ]
 
@@ -225,6 +225,8 @@ def save_checkpoint(
     spec = getattr(unwrap_model(model), "spec", None)
     spec_dict = None if spec is None else _storable_spec(spec)
     model_name, model_kwargs = model_identity(model, model_name, model_kwargs, where="save_checkpoint: ")
+    if spec is not None:  # a spec changed by hand would make an unloadable file (after hours of training)
+        _check_spec_of(unwrap_model(model), spec, "save_checkpoint: model.spec: ")
     payload = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
@@ -269,6 +271,15 @@ def _storable_spec(spec: Any) -> dict[str, Any]:
     return data
 
 
+def _check_spec_of(model: nn.Module, spec: ModelSpec, where: str) -> None:
+    """:func:`check_spec_describes` of ``model``'s ``spec`` against what ``build_model`` derives from the model
+    (nothing to compare for a name the registry does not hold in this process)."""
+    from longiseg.registry import built_spec, is_model
+
+    if is_model(spec.name):
+        check_spec_describes(spec, built_spec(model, spec.name, spec.kwargs), where)
+
+
 def _registered_module(name: str | None) -> str | None:
     """The module that registered model ``name`` (``None`` for a name the registry does not hold)."""
     from longiseg.registry import is_model, model_info
@@ -286,9 +297,10 @@ def model_identity(model: nn.Module, model_name: str | None = None, model_kwargs
     Raises:
         TypeError: ``model_name`` is not a str or ``None``, ``model_kwargs`` not a mapping or ``None``, or not plain
             data.
-        ValueError: ``model_name`` is not the name in the model's spec, or ``model_kwargs`` are not its arguments
-            (the selective-scan backend aside; ``where`` starts the message): the checkpoint would rebuild another
-            model than the one saved.
+        ValueError: ``model_name`` is not the name in the model's spec, or ``model_kwargs`` contradict its
+            arguments (a value that differs, or an argument it was not built with; the selective-scan backend
+            aside; ``where`` starts the message). Arguments that agree with the spec's are fine, and the spec's
+            are recorded (all of them: the model is the one they build).
     """
     check_instance("model_name", model_name, (str, type(None)), "a registry name or None")
     check_instance("model_kwargs", model_kwargs, (Mapping, type(None)), "a mapping or None")
@@ -300,18 +312,25 @@ def model_identity(model: nn.Module, model_name: str | None = None, model_kwargs
             raise ValueError(f"{where}model_name {model_name!r} is not the name in the model's spec, {spec_name!r}; "
                              "leave model_name out (the spec names the model)")
         model_name = spec_name
-        if kwargs is None:
-            kwargs = plain_data(dict(spec.kwargs), "model_kwargs")
-        elif _comparable(kwargs) != _comparable(spec.kwargs):
-            raise ValueError(f"{where}model_kwargs {kwargs} are not the arguments the model was built with "
-                             f"({dict(spec.kwargs)}, its spec's): a checkpoint of them would rebuild another model; "
-                             "leave model_kwargs out (the spec records them)")
+        built = _comparable(spec.kwargs)
+        given = {} if kwargs is None else _comparable(kwargs)
+        contradicting = sorted(k for k in given if k not in built or given[k] != built[k])
+        if contradicting:
+            raise ValueError(f"{where}model_kwargs {kwargs} contradict the arguments the model was built with "
+                             f"({dict(spec.kwargs)}, its spec's) in {contradicting}: a checkpoint of them would "
+                             "rebuild another model; leave model_kwargs out (the spec records the arguments)")
+        kwargs = plain_data(dict(spec.kwargs), "model_kwargs")
     return model_name, kwargs if kwargs is not None else {}
 
 
-def _comparable(kwargs: Mapping[str, Any]) -> Any:
-    """Factory arguments as JSON data without the selective-scan backend, for comparisons (tuples as lists)."""
-    return json.loads(json.dumps(_without_scan_backend(plain_data(dict(kwargs), "kwargs"))))
+def _comparable(value: Any) -> Any:
+    """Plain factory arguments for comparisons: tuples as lists (as a checkpoint may give them back), and a
+    mapping without the selective-scan backend."""
+    if isinstance(value, Mapping):
+        return {k: _comparable(v) for k, v in _without_scan_backend(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    return value
 
 
 def _map_location(map_location: Any) -> Any:
@@ -463,7 +482,8 @@ def load_checkpoint(
 
 def build_model_from_checkpoint(path: str | Path, *, map_location: Any = "cpu",
                                 **override_kwargs: Any) -> nn.Module:
-    """Rebuild a registry model from a checkpoint's ``model_name``/``model_kwargs`` and load its weights.
+    """Rebuild a registry model from a checkpoint's ``model_name`` and arguments (its spec's, the ones the model was
+    built with; ``model_kwargs`` for a checkpoint without a spec) and load its weights.
 
     Args:
         path: checkpoint file.
@@ -497,7 +517,7 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
             f"command line: longiseg --import {module if module and module != '__main__' else 'MODULE'} ... (see "
             "docs/tutorials/add-model.md)")
     _warn_other_module(name, ckpt.get("model_module"), source)
-    recorded = ckpt.get("model_kwargs", {})
+    recorded = _recorded_arguments(ckpt, source)
     if recorded.get(_SCAN_BACKEND_KWARG) is not None and _SCAN_BACKEND_KWARG not in override_kwargs:
         logger.info("checkpoint %s records the selective-scan backend %r of its training; this machine chooses its "
                     "own (%s, default auto by device)", source, recorded[_SCAN_BACKEND_KWARG], SCAN_BACKEND_ENV_VAR)
@@ -514,35 +534,56 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
         ) from err
     load_model_weights(model, ckpt["model"], source=source)
     if ckpt.get("spec") and not _without_scan_backend(override_kwargs):  # a backend computes the same function
-        spec = _stored_spec(ckpt["spec"], model.spec, source)
+        spec = _read_spec(ckpt["spec"], source)
+        check_spec_describes(spec, model.spec, f"checkpoint {source}: ")
         model.spec = spec.replace(kwargs={**_without_scan_backend(spec.kwargs), **override_kwargs})
     return model.eval()
 
 
-#: The fields of a :class:`ModelSpec` that :func:`~longiseg.build_model` derives from the name and arguments (the
-#: others describe the training: modalities, crop, preprocessing, inference and tuning).
-_BUILT_FIELDS = ("kwargs", "dim", "input_layout", "in_channels", "num_timepoints")
-
-
-def _stored_spec(data: Mapping[str, Any], built: ModelSpec, source: str) -> ModelSpec:
-    """The checkpoint's spec, once it is known to describe ``built``, the model its arguments rebuilt: a field of
-    :data:`_BUILT_FIELDS` that disagrees (an edited file, or a spec changed by hand before saving) is refused
-    (``in_channels`` and ``num_timepoints`` only where both give one: ``None`` is "unknown" or "any")."""
+def _read_spec(data: Any, source: str) -> ModelSpec:
+    """The checkpoint's spec as a :class:`ModelSpec` (errors name the file)."""
     try:
-        spec = ModelSpec.from_dict(data)
+        return ModelSpec.from_dict(data)
     except (TypeError, ValueError) as err:
         raise ValueError(f"checkpoint {source}: its model spec cannot be read: {err}") from None
-    for field in _BUILT_FIELDS:
-        stored, rebuilt = getattr(spec, field), getattr(built, field)
-        if field == "kwargs":
-            stored, rebuilt = _comparable(stored), _comparable(rebuilt)
-        elif field in ("in_channels", "num_timepoints") and (stored is None or rebuilt is None):
+
+
+def _recorded_arguments(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The factory arguments a checkpoint rebuilds its model with: its spec's (the model's own record of how it
+    was built, ``build_model``'s), else ``model_kwargs``. Until 0.3.20 a ``Trainer`` or ``save_checkpoint``
+    given ``model_kwargs`` recorded them as given, e.g. a part of the spec's; they are logged when they differ."""
+    recorded = dict(ckpt.get("model_kwargs") or {})
+    if not ckpt.get("spec"):
+        return recorded
+    spec = _read_spec(ckpt["spec"], source)
+    if _comparable(recorded) != _comparable(spec.kwargs):
+        logger.info("checkpoint %s records model_kwargs %s and the spec's arguments %s: the model is rebuilt with the "
+                    "spec's (those it was built with)", source, recorded, dict(spec.kwargs))
+    return dict(spec.kwargs)
+
+
+#: The fields of a :class:`ModelSpec` that :func:`~longiseg.registry.built_spec` derives from the model (the
+#: others describe the training: modalities, crop, preprocessing, inference and tuning).
+_BUILT_FIELDS = ("dim", "input_layout", "in_channels", "num_timepoints")
+
+
+def check_spec_describes(spec: ModelSpec, built: ModelSpec, where: str = "") -> None:
+    """Refuse ``spec`` unless it describes the model whose :func:`~longiseg.registry.built_spec` is ``built``:
+    the same name, ``dim`` and layout, and ``in_channels`` and ``num_timepoints`` where both give one (``None``
+    is "unknown" or "any ``T``").
+
+    Raises:
+        ValueError: naming the field that disagrees (``where`` starts the message).
+    """
+    fields = [("name", spec.name, built.name)] + [(f, getattr(spec, f), getattr(built, f)) for f in _BUILT_FIELDS]
+    for field, stated, actual in fields:
+        if field in ("in_channels", "num_timepoints") and (stated is None or actual is None):
             continue
-        if stored != rebuilt:
-            raise ValueError(f"checkpoint {source}: its spec gives {field} {stored!r}, but the model its recorded "
-                             f"arguments build has {rebuilt!r}: the spec does not describe the weights (the file was "
-                             "edited, or model.spec changed by hand before saving)")
-    return spec
+        if stated != actual:
+            raise ValueError(f"{where}the spec gives {field} {stated!r}, but the model has {actual!r}: it does not "
+                             "describe the model (inference takes the window and the inferer from it); a spec may "
+                             "change the training's settings only (modalities, crop, preprocessing, inference, "
+                             "tuning)")
 
 
 def _warn_other_module(name: str, recorded: str | None, source: str) -> None:
@@ -621,13 +662,24 @@ def update_spec(path: str | Path, spec: ModelSpec) -> Path:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if ``path`` is write-protected (:func:`check_writable`) or ``spec`` names another model than
-            the checkpoint.
+        TypeError: ``spec`` is not a :class:`ModelSpec`.
+        ValueError: if ``path`` is write-protected (:func:`check_writable`), or ``spec`` names another model than
+            the checkpoint or changes the model's own fields (arguments, ``dim``, ``in_channels``,
+            ``num_timepoints``; see :func:`check_spec_describes`).
     """
+    path = check_path("path", path)
+    check_instance("spec", spec, ModelSpec, "a ModelSpec")
     check_writable(path)
-    ckpt = _read(check_path("path", path), "cpu", True)
+    ckpt = _read(path, "cpu", True)
     if ckpt.get("model_name") not in (None, spec.name):
         raise ValueError(f"checkpoint {path} holds {ckpt.get('model_name')!r}, not {spec.name!r}")
+    if ckpt.get("spec"):  # the model's own fields stay: the file would rebuild one the spec does not describe
+        stored = _read_spec(ckpt["spec"], str(path))
+        check_spec_describes(spec, stored, f"update_spec: checkpoint {path}: ")
+        if _comparable(spec.kwargs) != _comparable(stored.kwargs):
+            raise ValueError(f"update_spec: checkpoint {path}: the spec gives kwargs {dict(spec.kwargs)}, but the "
+                             f"model was built with {dict(stored.kwargs)}; a spec may change the training's settings "
+                             "only")
     ckpt["spec"] = spec.to_dict()
     # the checkpoint's mode and group (e.g. private), set before the new file takes its place
     return atomic_torch_save(ckpt, path, keep_permissions=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -55,6 +56,7 @@ from longiseg.inferers.uncertainty import binary_entropy
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec
 from longiseg.utils.io import (
+    atomic_write_json,
     check_replaceable,
     folder_is_empty,
     removed_if_created,
@@ -146,18 +148,23 @@ def spec_reader(model: nn.Module, unrecorded: CaseReader | None = None) -> CaseR
     return read_zscored
 
 
-#: The reader ``longiseg predict`` recorded before 0.3.20: ``spec_reader(model, unrecorded=read_zscored)`` behind a
-#: check of the number of modalities (now :func:`predict_folder`'s), so the same reading of the same model's cases.
-_LEGACY_CLI_READERS = ("longiseg.workflows.predict.run_prediction.<locals>.read_preprocessed",)
+#: The name ``longiseg predict`` 0.3.9-0.3.19 recorded for its reader, a wrapper that z-scored the cases (until
+#: 0.3.15 always; from 0.3.16 as ``spec_reader(model, unrecorded=read_zscored)``) behind a check of the number of
+#: modalities (now :func:`predict_folder`'s).
+_LEGACY_CLI_READER = "longiseg.workflows.predict.run_prediction.<locals>.read_preprocessed"
 
 
-def _is_cli_reader(model: nn.Module, reader: CaseReader) -> bool:
-    """Whether ``reader`` is the one ``longiseg predict`` reads ``model``'s cases with (``False`` where the spec
-    records a normalisation this version does not apply, so that a reader of one's own is needed)."""
+def _reader_aliases(model: nn.Module, reader: CaseReader) -> dict[str, dict[object, str]] | None:
+    """The recorded reader names that mean ``reader`` for ``model``
+    (:func:`~longiseg.inferers.provenance.check_same_producer`'s ``aliases``): the earlier command's name for
+    records of the versions whose command read the cases as ``reader`` does."""
+    if reader is read_zscored:
+        return {"reader": {_LEGACY_CLI_READER: "0.3.9"}}
     try:
-        return reader is spec_reader(model, unrecorded=read_zscored)
-    except ValueError:
-        return False
+        cli = spec_reader(model, unrecorded=read_zscored)
+    except ValueError:  # a normalisation this version does not apply: a reader of one's own
+        return None
+    return {"reader": {_LEGACY_CLI_READER: "0.3.16"}} if reader is cli else None
 
 
 def read_zscored(source: CaseSource) -> LongitudinalCase:
@@ -499,8 +506,8 @@ def predict_folder(
     inferer = _default_inferer(predict_kwargs.get("inferer"), progress=progress)  # type: ignore[arg-type]
     predict_kwargs = {**predict_kwargs, "inferer": inferer}  # one inferer for every case, the one recorded
     produced_by = {**_record(model, inferer, options), "reader": qualified_name(read)}
-    # longiseg predict 0.3.18-0.3.19 recorded its own wrapper of the reader spec_reader(model, read_zscored) gives
-    reader_aliases = {"reader": _LEGACY_CLI_READERS} if _is_cli_reader(model, read) else None
+    # longiseg predict 0.3.9-0.3.19 recorded a wrapper of its reader under its own name
+    reader_aliases = _reader_aliases(model, read)
     # each case's patient (information only: the report of a predictions folder groups its cases by it)
     records = {cid: {**produced_by, "modalities": list(sources[cid].modalities),
                      "patient_id": sources[cid].patient_id} for cid in ids}
@@ -563,10 +570,23 @@ def predict_folder(
     return results
 
 
+def _refresh_patient(folder: Path, patient_id: object) -> None:
+    """Record ``patient_id`` in the kept case ``folder``'s record where it names another patient (the cohort's
+    manifest regrouped the cases since; the record is information there, reports group the cases by it)."""
+    path = folder / PREDICTION_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("patient_id") != patient_id:
+            atomic_write_json(path, {**record, "patient_id": patient_id}, overwrite=True)
+    except (OSError, ValueError, AttributeError) as err:  # kept as it is: the masks are this run's either way
+        logger.warning("case %s: could not record its patient %r in %s (%s); reports on the predictions need "
+                       "--images to group it", folder.name, patient_id, path, err)
+
+
 def _predict_listed_case(
     model: nn.Module, read: CaseReader, out_dir: Path, source: CaseSource, kinds: Sequence[str],
     record: Mapping[str, Any], skip_existing: bool, overwrite: bool, predict_kwargs: Mapping[str, object],
-    after_case: Callable[[CaseSource, Path], None] | None, aliases: Mapping[str, Sequence[str]] | None = None,
+    after_case: Callable[[CaseSource, Path], None] | None, aliases: Mapping[str, Mapping[object, str]] | None = None,
 ) -> dict[str, list[Path]] | bool | None:
     """Predict one case of :func:`predict_folder`: its written paths; ``True`` when ``skip_existing`` keeps its
     complete outputs; ``None`` when another process completed it meanwhile (with the same ``record``, up to
@@ -577,6 +597,7 @@ def _predict_listed_case(
         if prediction_complete(out_dir, cid, source.num_timepoints, kinds):
             check_same_producer(out_dir / cid, cid, record, aliases)  # another process may have written it meanwhile
             logger.info("skipping case %s: outputs exist", cid)
+            _refresh_patient(out_dir / cid, record["patient_id"])
             return True
         logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid, out_dir / cid)
         case_overwrite = True

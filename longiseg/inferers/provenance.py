@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -124,8 +124,29 @@ def _brief(value: object) -> str:
     return text if len(text) <= limit else f"{text[:limit - 4]}..."
 
 
+def _version(text: object) -> tuple[int, ...] | None:
+    """``"0.3.16"`` (or ``"0.3.16.dev1"``) as ``(0, 3, 16)``; ``None`` for anything else."""
+    if not isinstance(text, str):
+        return None
+    parts = []
+    for part in text.split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts) or None
+
+
+def _alias(value: object, since_by_value: Mapping[object, str], recorded_by: object) -> bool:
+    """Whether the recorded ``value`` is an alias, recorded by a version (``recorded_by``) from its ``since``."""
+    for alias, since in since_by_value.items():
+        if value == alias:
+            version, first = _version(recorded_by), _version(since)
+            return version is not None and first is not None and version >= first
+    return False
+
+
 def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any],
-                        aliases: Mapping[str, Collection[object]] | None = None) -> None:
+                        aliases: Mapping[str, Mapping[object, str]] | None = None) -> None:
     """Refuse to keep the complete prediction ``folder`` of ``case_id`` unless its
     :data:`~longiseg.data.predictions.PREDICTION_RECORD` equals ``record`` (the version aside).
 
@@ -133,8 +154,9 @@ def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any
         folder: the case's prediction folder.
         case_id: the case, for messages.
         record: this run's :func:`prediction_record` (with what the caller adds, e.g. the reader).
-        aliases: ``{key: recorded values}`` that mean the same as ``record``'s value of ``key`` (a top-level
-            key, e.g. ``{"reader": [an earlier version's name of the same reader]}``).
+        aliases: ``{key: {recorded value: since}}``: a value recorded for the top-level ``key`` by longiseg
+            ``since`` or later (the record's ``longiseg_version``) that means the same as ``record``'s, e.g. an
+            earlier version's name of the same reader.
 
     Raises:
         FileExistsError: the folder holds no readable record, or one of another model or other settings (naming up
@@ -144,7 +166,7 @@ def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any
     folder = check_path("folder", folder)
     check_instance("record", record, Mapping, "a mapping (a prediction record)")
     if aliases is not None:
-        check_instance("aliases", aliases, Mapping, "a mapping of record keys to collections of values")
+        check_instance("aliases", aliases, Mapping, "a mapping of record keys to {value: since version}")
     try:
         stored = json.loads((folder / PREDICTION_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -159,7 +181,7 @@ def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any
     differ = [f"{key} {_brief(before.get(key))} recorded, {_brief(now.get(key))} now"
               for key in [*now, *(k for k in before if k not in now)]
               if key.split(".")[0] not in _INFORMATION_ONLY and before.get(key) != now.get(key)
-              and before.get(key) not in (aliases or {}).get(key, ())]
+              and not _alias(before.get(key), (aliases or {}).get(key, {}), stored.get("longiseg_version"))]
     if differ:
         raise FileExistsError(f"case {case_id!r} was predicted by another model or other settings "
                               f"({'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}); pass "

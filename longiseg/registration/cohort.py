@@ -709,8 +709,8 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
         PermissionError: ``out`` cannot be created or written, or (``overwrite``) a case folder it holds cannot
             be replaced (a read-only one): before any case is registered.
         FileExistsError: ``out`` is not empty and ``overwrite`` is off.
-        ValueError: ``out`` is ``raw``, lies inside it or holds it; a case folder's name is not a valid case id
-            (:func:`~longiseg.data.layout.check_case_id`); the baselines hold different modalities,
+        ValueError: ``out`` is ``raw``, lies inside it or holds it; the name of a folder holding baseline images
+            is not a valid case id (:func:`~longiseg.data.layout.check_case_id`); the baselines hold different modalities,
             or none named ``reference_modality``; ``spacing`` gives a case an output grid of more than
             :data:`MAX_OUTPUT_VOXELS` voxels, or of fewer than 2 voxels along an axis of more than one baseline
             voxel (a spacing coarser than the field of view); a raw manifest is malformed.
@@ -726,8 +726,9 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     cases = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not any(layout.scan_images(p).get(0) for p in cases):
         raise FileNotFoundError(f"no case folders with t0_*.nii.gz images in {raw}")
-    for case in cases:  # each becomes a case folder of out and a row of its manifest: refused before any is written
-        layout.check_case_id(case.name, where=f"case folder {case}")
+    for case in cases:  # a case becomes a folder of out and a row of its manifest: refused before any is written
+        if layout.scan_images(case).get(0):  # (a side folder without images is reported as a failed case)
+            layout.check_case_id(case.name, where=f"case folder {case}")
     modalities = _check_modalities(cases)
     if modalities and opts.reference_modality not in modalities:
         raise ValueError(f"reference_modality {opts.reference_modality!r} (--reference-modality) is not among the "

@@ -24,7 +24,8 @@ to: there :class:`EfficientSelfAttention` is the value projection of the token (
 while :class:`GlobalSelfAttention` attends over the ``T >= 2`` tokens of all timepoints. At a 32x32 input the
 first three MiT stages (grids 8x8, 4x4, 2x2 with ``R`` = 8, 4, 2) attend without reduction; their reduction's
 parameters stay in the graph with a zero gradient (``+ 0 * sum``, exact), so that ``DistributedDataParallel``
-(without ``find_unused_parameters``) sees every parameter used, as the loss does with an empty head.
+(without ``find_unused_parameters``) sees every parameter used, as the loss does with an empty head (AdamW's
+decoupled weight decay then reaches them too; the outputs at such sizes do not depend on them).
 """
 
 from __future__ import annotations
