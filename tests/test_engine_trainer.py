@@ -582,10 +582,10 @@ def test_registry_model_trains_one_epoch(tmp_path) -> None:
     assert load_checkpoint(tmp_path / "last.pt")["model_name"] == "segmast"
     assert load_checkpoint(tmp_path / "last.pt")["model_kwargs"] == model.spec.kwargs  # from the spec
     # arguments that are not the model's would make the checkpoints rebuild another model (it was recorded so)
-    with pytest.raises(ValueError, match=r"model_kwargs \{'in_channels': 1\} are not the arguments the model was "
+    with pytest.raises(ValueError, match=r"model_kwargs \{'in_channels': 2\} contradict the arguments the model was "
                                          r"built with .*leave model_kwargs out"):
         Trainer(model, SyntheticLongiData(n=4, size=32), _config(tmp_path / "b", max_epochs=1, batch_size=2),
-                loss_fn=ImbalanceAwareLoss(), model_kwargs={"in_channels": 1})
+                loss_fn=ImbalanceAwareLoss(), model_kwargs={"in_channels": 2})
 
 
 def test_one_finiteness_check_per_step_unless_debugging(tmp_path, monkeypatch) -> None:
