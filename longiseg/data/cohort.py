@@ -9,7 +9,6 @@ order (``sorted``), not in the order of the manifest's rows. :func:`find_cases` 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -423,11 +422,7 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
 def _recorded_patient(folder: Path) -> str:
     """The patient id that the prediction record of the case folder ``folder`` names; ``""`` without a readable
     one (references, predictions of longiseg < 0.3.20)."""
-    try:
-        record = json.loads((folder / layout.PREDICTION_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    patient = record.get("patient_id") if isinstance(record, dict) else None
+    patient = (layout.read_prediction_record(folder) or {}).get("patient_id")
     return patient if isinstance(patient, str) else ""
 
 

@@ -31,6 +31,7 @@ be stored as ``.nii.gz`` or ``.nii``; a folder holding both forms of one name is
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path, PureWindowsPath
@@ -43,6 +44,7 @@ __all__ = [
     "BASELINE_MASK",
     "BRAIN_MASK",
     "PREDICTION_RECORD",
+    "read_prediction_record",
     "image_filename",
     "progression_filename",
     "prediction_filenames",
@@ -230,6 +232,16 @@ def _check_name_case(path: Path) -> None:
     raise ValueError(f"file {path} is named like the layout's {expected!r} but for upper-case letters, and the "
                      f"layout's names are lower-case (a modality may be in any case): rename it to {expected!r}, or "
                      "move it out of the case folder")
+
+
+def read_prediction_record(folder: str | Path) -> dict | None:
+    """The :data:`PREDICTION_RECORD` of the case folder ``folder`` as a dict; ``None`` without a readable one
+    (references, predictions of an import or of longiseg before records, a damaged file)."""
+    try:
+        record = json.loads((Path(folder) / PREDICTION_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def scan_images(folder: str | Path) -> dict[int, dict[str, Path]]:

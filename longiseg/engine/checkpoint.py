@@ -517,7 +517,8 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
             f"command line: longiseg --import {module if module and module != '__main__' else 'MODULE'} ... (see "
             "docs/tutorials/add-model.md)")
     _warn_other_module(name, ckpt.get("model_module"), source)
-    recorded = _recorded_arguments(ckpt, source)
+    stored_spec = _read_spec(ckpt["spec"], source) if ckpt.get("spec") else None
+    recorded = _recorded_arguments(ckpt.get("model_kwargs") or {}, stored_spec, source)
     if recorded.get(_SCAN_BACKEND_KWARG) is not None and _SCAN_BACKEND_KWARG not in override_kwargs:
         logger.info("checkpoint %s records the selective-scan backend %r of its training; this machine chooses its "
                     "own (%s, default auto by device)", source, recorded[_SCAN_BACKEND_KWARG], SCAN_BACKEND_ENV_VAR)
@@ -533,10 +534,9 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
             "keep accepting a removed one, or pass replacements with build_model_from_checkpoint(path, **kwargs)"
         ) from err
     load_model_weights(model, ckpt["model"], source=source)
-    if ckpt.get("spec") and not _without_scan_backend(override_kwargs):  # a backend computes the same function
-        spec = _read_spec(ckpt["spec"], source)
-        check_spec_describes(spec, model.spec, f"checkpoint {source}: ")
-        model.spec = spec.replace(kwargs={**_without_scan_backend(spec.kwargs), **override_kwargs})
+    if stored_spec is not None and not _without_scan_backend(override_kwargs):  # a backend: the same function
+        check_spec_describes(stored_spec, model.spec, f"checkpoint {source}: ")
+        model.spec = stored_spec.replace(kwargs={**_without_scan_backend(stored_spec.kwargs), **override_kwargs})
     return model.eval()
 
 
@@ -548,14 +548,13 @@ def _read_spec(data: Any, source: str) -> ModelSpec:
         raise ValueError(f"checkpoint {source}: its model spec cannot be read: {err}") from None
 
 
-def _recorded_arguments(ckpt: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """The factory arguments a checkpoint rebuilds its model with: its spec's (the model's own record of how it
+def _recorded_arguments(model_kwargs: Mapping[str, Any], spec: ModelSpec | None, source: str) -> dict[str, Any]:
+    """The factory arguments a checkpoint rebuilds its model with: its ``spec``'s (the model's own record of how it
     was built, ``build_model``'s), else ``model_kwargs``. Until 0.3.20 a ``Trainer`` or ``save_checkpoint``
     given ``model_kwargs`` recorded them as given, e.g. a part of the spec's; they are logged when they differ."""
-    recorded = dict(ckpt.get("model_kwargs") or {})
-    if not ckpt.get("spec"):
+    recorded = dict(model_kwargs)
+    if spec is None:
         return recorded
-    spec = _read_spec(ckpt["spec"], source)
     if _comparable(recorded) != _comparable(spec.kwargs):
         logger.info("checkpoint %s records model_kwargs %s and the spec's arguments %s: the model is rebuilt with the "
                     "spec's (those it was built with)", source, recorded, dict(spec.kwargs))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ from longiseg.data.claims import (
     release_claim,
 )
 from longiseg.data.cohort import find_cases
-from longiseg.data.layout import check_case_id, prediction_filenames
+from longiseg.data.layout import check_case_id, prediction_filenames, read_prediction_record
 from longiseg.data.loading import check_case_headers, check_case_voxels, load_case
 from longiseg.data.predictions import (
     PREDICTION_RECORD,
@@ -574,11 +573,11 @@ def _refresh_patient(folder: Path, patient_id: object) -> None:
     """Record ``patient_id`` in the kept case ``folder``'s record where it names another patient (the cohort's
     manifest regrouped the cases since; the record is information there, reports group the cases by it)."""
     path = folder / PREDICTION_RECORD
+    record = read_prediction_record(folder)  # check_same_producer has read it: a dict
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("patient_id") != patient_id:
+        if record is not None and record.get("patient_id") != patient_id:
             atomic_write_json(path, {**record, "patient_id": patient_id}, overwrite=True)
-    except (OSError, ValueError, AttributeError) as err:  # kept as it is: the masks are this run's either way
+    except OSError as err:  # kept as it is: the masks are this run's either way
         logger.warning("case %s: could not record its patient %r in %s (%s); reports on the predictions need "
                        "--images to group it", folder.name, patient_id, path, err)
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from longiseg._version import __version__
+from longiseg.data.layout import read_prediction_record
 from longiseg.data.predictions import PREDICTION_RECORD
 from longiseg.networks.wrappers import unwrap_model
 from longiseg.spec import ModelSpec, plain_data
@@ -167,11 +168,8 @@ def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any
     check_instance("record", record, Mapping, "a mapping (a prediction record)")
     if aliases is not None:
         check_instance("aliases", aliases, Mapping, "a mapping of record keys to {value: since version}")
-    try:
-        stored = json.loads((folder / PREDICTION_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        stored = None
-    if not isinstance(stored, dict):
+    stored = read_prediction_record(folder)
+    if stored is None:
         raise FileExistsError(
             f"case {case_id!r} was predicted without a readable record of its model and settings ({folder} holds no "
             f"valid {PREDICTION_RECORD}: an earlier version of longiseg or an import wrote it), so it cannot be "

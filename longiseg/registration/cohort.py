@@ -724,11 +724,11 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     raw, out = check_path("raw", raw), check_path("out", out)
     check_input_folder(raw, "raw folder")
     cases = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not any(layout.scan_images(p).get(0) for p in cases):
+    with_images = [p for p in cases if layout.scan_images(p).get(0)]  # a side folder is reported as a failed case
+    if not with_images:
         raise FileNotFoundError(f"no case folders with t0_*.nii.gz images in {raw}")
-    for case in cases:  # a case becomes a folder of out and a row of its manifest: refused before any is written
-        if layout.scan_images(case).get(0):  # (a side folder without images is reported as a failed case)
-            layout.check_case_id(case.name, where=f"case folder {case}")
+    for case in with_images:  # a case becomes a folder of out and a row of its manifest: refused before any is written
+        layout.check_case_id(case.name, where=f"case folder {case}")
     modalities = _check_modalities(cases)
     if modalities and opts.reference_modality not in modalities:
         raise ValueError(f"reference_modality {opts.reference_modality!r} (--reference-modality) is not among the "
