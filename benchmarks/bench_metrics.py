@@ -10,13 +10,13 @@ runs) and, where MONAI is installed, MONAI's Dice and HD95 side by side. Target:
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from longiseg_bench import positive_int, print_header
 
 from longiseg.metrics.lesion import label_lesions, lesion_detection
 from longiseg.metrics.longitudinal import evaluate_mask_pair
@@ -67,20 +67,17 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--lesions", type=int, default=60)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (MONAI runs through torch)")
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=positive_int, default=5, help="timed runs per metric (median shown)")
+    ap.add_argument("--lesions", type=positive_int, default=60, help="reference lesions of the synthetic case")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads (MONAI runs through torch)")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print_header("cpu", {"numpy": np.__version__})
     gt, pred = make_case(args.lesions)
     sp = (1.0, 1.0, 1.0)
     lab = label_lesions(gt)
-    print(
-        f"machine: {platform.machine()} {platform.processor() or ''} | python {platform.python_version()} | "
-        f"torch {torch.__version__} | torch threads {torch.get_num_threads()} | numpy {np.__version__}"
-    )
     print(
         f"case {SHAPE}: {lab.n} reference lesions ({gt.sum()} voxels, median "
         f"{np.median(lab.volumes_mm3):.0f} mm^3), prediction {pred.sum()} voxels; "
@@ -137,7 +134,8 @@ def main() -> None:
             f"hd95 speed ratio MONAI / ours: {by['MONAI compute_hausdorff_distance p95'] / by['hd95']:.1f}x"
         )
     print(f"lesion F1 (iou, >= 11 mm^3): {det.f1:.3f}  (n_gt {det.n_gt}, n_pred {det.n_pred})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -34,6 +34,7 @@ from longiseg_bench import (
     positive_int,
     print_header,
     time_interleaved,
+    torch_device,
 )
 from tqdm.auto import tqdm
 
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-run-time", type=float, default=0.2,
                         help="seconds of timed calls per configuration and round (default 0.2)")
     parser.add_argument("--mixers", nargs="+", default=list(MIXERS), choices=list(MIXERS))
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--max-call-seconds", type=float, default=None,
                         help="skip configurations predicted slower than this (default 5 quick, 60 full; 0 = never)")

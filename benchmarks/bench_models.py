@@ -47,6 +47,7 @@ from longiseg_bench import (
     positive_int,
     print_header,
     time_interleaved,
+    torch_device,
 )
 from tqdm.auto import tqdm
 
@@ -382,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spacing", type=positive_int, default=None, help="voxel size (mm) of the inference case")
     parser.add_argument("--inference-patch-2d", type=positive_int, default=None, help="tri-planar patch side")
     parser.add_argument("--inference-window-3d", type=positive_int, default=None, help="3D sliding-window side")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=positive_int, default=None)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-flops", action="store_true", help="skip counting the matrix-product FLOPs")

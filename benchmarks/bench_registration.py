@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from longiseg_bench import positive_int
 
 SHAPE = (193, 229, 193)
 
@@ -75,9 +76,9 @@ def transform_error(tfm, motion: np.ndarray, affine: np.ndarray, brain: np.ndarr
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per step (median shown)")
     parser.add_argument("--quick", action="store_true", help="rigid registration only, one run")
-    parser.add_argument("--threads", type=int, default=None, help="SimpleITK threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="SimpleITK threads (default: all cores)")
     args = parser.parse_args(argv)
 
     import nibabel as nib

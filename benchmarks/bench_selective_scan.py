@@ -1,4 +1,4 @@
-"""Selective-scan benchmark: forward+backward time and peak memory of the scan backends vs mambapy and SDPA.
+r"""Selective-scan benchmark: forward+backward time and peak memory of the scan backends vs mambapy and SDPA.
 
 Usage::
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -46,7 +45,14 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from longiseg_bench import int_list, nonnegative_int, positive_int, time_interleaved
+from longiseg_bench import (
+    int_list,
+    nonnegative_int,
+    positive_int,
+    print_header,
+    time_interleaved,
+    torch_device,
+)
 
 METHODS = ("chunked", "numba", "numba_cl", "triton", "cuda", "reference", "mambapy", "sdpa")
 CPU_ONLY, CUDA_ONLY = ("numba", "numba_cl"), ("triton", "cuda")
@@ -125,8 +131,9 @@ def worker(method: str, seqlen: int, dim: int, reps: int, device: str, threads: 
     """Run one configuration in this process and return times (s) and the peak memory rise (bytes)."""
     torch.set_num_threads(threads)
     xs = _method_inputs(method, seqlen, dim, device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    if device == "cuda":
+    on_cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
+    if on_cuda:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
@@ -143,7 +150,7 @@ def worker(method: str, seqlen: int, dim: int, reps: int, device: str, threads: 
         sync()
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
-    if device == "cuda":
+    if on_cuda:
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
@@ -210,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick", action="store_true", help="short run (< 60 s idle): L = 1k, 4k, one repetition"
     )
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu, cuda or cuda:N (default: cuda where there is one)")
     ap.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     ap.add_argument("--reps", type=positive_int, default=None, help="timed repetitions per configuration")
     ap.add_argument("--forward", action="store_true", help="time the forward pass only, without autograd")
@@ -229,8 +237,6 @@ def main(argv: list[str] | None = None) -> int:
         m, seqlen, dim, reps, device, threads = args.worker
         print(json.dumps(worker(m, int(seqlen), int(dim), int(reps), device, int(threads))))
         return 0
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        ap.error(f"argument --device: {args.device} is not available on this machine (no CUDA device)")
 
     if args.forward:
         os.environ[_FORWARD_ENV] = "1"  # inherited by the worker subprocesses
@@ -240,14 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.interleaved or args.reps or (1 if args.quick else 3)
     ref_max = 256 if args.quick else 4096  # longest L the sequential reference really runs
     dim = 128
-    print(
-        f"# selective scan {'forward only' if args.forward else 'fwd+bwd'}  B=2 D={dim} N=16  device={args.device}  "
-        f"threads={args.threads}  reps={reps}"
-    )
-    print(
-        f"# torch {torch.__version__}  python {platform.python_version()}  {platform.machine()} "
-        f"{platform.processor() or ''}  cpus={os.cpu_count()}  {time.strftime('%Y-%m-%d %H:%M')}"
-    )
     methods = [m for m in METHODS if m not in (CUDA_ONLY if args.device == "cpu" else CPU_ONLY)]
     if args.methods:
         unknown = set(args.methods.split(",")) - set(METHODS)
@@ -257,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     required = set(args.methods.split(",")) if args.methods else {m for m in methods if m not in OPTIONAL}
     if "chunked" not in methods:
         methods.insert(0, "chunked")  # the speedup column's baseline
+    print_header(args.device, {
+        "benchmark": f"selective scan {'forward only' if args.forward else 'forward+backward'}, B=2 D={dim} N=16",
+        "threads": f"{args.threads} (each measurement's process)",
+        "repetitions": reps,
+    })
     if args.interleaved:
         torch.set_num_threads(args.threads)
         timed = [m for m in methods if m not in ("reference", "mambapy")]  # too slow / optional: not interleaved
@@ -290,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append((method, seqlen, rows[method]))
         for method in methods:
             r = rows[method]
-            if "error" in r:
-                print(f"{seqlen:>6} {method:>10}  error: {r['error']}")
+            if "error" in r:  # an optional backend not asked for (not installed) does not fail the run
+                label = "error" if method in required else "skipped (optional)"
+                print(f"{seqlen:>6} {method:>10}  {label}: {r['error']}")
                 continue
             tag = "~" if r.get("extrapolated") else " "
             ch = rows["chunked"]
@@ -324,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             + (
                 f"peak {_fmt_mem(r['peak']).strip()} MiB, wall {r['wall']:.3f} s"
                 if "error" not in r
-                else f"error: {r['error']}"
+                else f"{'error' if method in required else 'skipped (optional)'}: {r['error']}"
             )
         )
     print(f"# '~' = extrapolated linearly from the reference at L={ref_max}")

@@ -21,14 +21,13 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import sys
 import time
 from typing import Any
 
-from longiseg_bench import nonnegative_int, output_file, positive_int
+from longiseg_bench import nonnegative_int, output_file, positive_int, print_header, torch_device
 
 
 def _rss_mb() -> float:
@@ -205,12 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--repeats", type=positive_int, default=1, help="timed runs per configuration (median shown)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
         "--scan-backends",
         nargs="+",
-        default=[""],
-        help="selective-scan backends to compare (e.g. numba chunked); default: the automatic choice",
+        default=[None],
+        metavar="BACKEND",
+        help="selective-scan backends to compare (e.g. numba chunked); default: LONGISEG_SCAN_BACKEND, else auto",
     )
     parser.add_argument(
         "--skip",
@@ -236,11 +236,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"argument --model: {args.model} is a 3D model; tri-planar inference runs 2.5D models "
                          "(3D models: bench_models.py times their sliding-window inference)")
     try:
-        json.loads(args.model_kwargs)
+        model_kwargs = json.loads(args.model_kwargs)
     except ValueError as err:
         parser.error(f"argument --model-kwargs: not a JSON object: {err}")
+    if not isinstance(model_kwargs, dict):
+        parser.error(f"argument --model-kwargs: expected a JSON object, got {args.model_kwargs!r}")
 
-    import torch
+
+    from longiseg.ssm import resolve_backend
+
+    for backend in args.scan_backends:  # unknown or unavailable here: said now, not by every configuration's process
+        try:
+            resolve_backend(backend, args.device)
+        except (ValueError, RuntimeError) as err:
+            parser.error(f"argument --scan-backends: {err}")
 
     shape = args.shape or ([20, 24, 20] if args.quick else [193, 229, 193])
     patch = args.patch_size or (32 if args.quick else 128)
@@ -248,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     crops = {"both": [True, False], "brain": [True], "slice": [False]}[args.windows]
     base_cfg = {
         "model": args.model,
-        "model_kwargs": json.loads(args.model_kwargs),
+        "model_kwargs": model_kwargs,
         "shape": shape,
         "patch_size": patch,
         "timepoints": args.timepoints,
@@ -260,15 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         "progress": args.progress,
         "anatomy": args.anatomy,
     }
-    print(
-        f"machine: {platform.machine()} {platform.processor() or ''} | cpus: {os.cpu_count()} | "
-        f"python {platform.python_version()} | torch {torch.__version__} | threads: {args.threads} | "
-        f"device: {args.device}"
-    )
-    print(
-        f"model: {args.model} | case: T={args.timepoints} x {'x'.join(map(str, shape))} | patch {patch} | "
-        f"overlap 0.5 | planes: axial+coronal+sagittal | batch {args.batch_size} | repeats {args.repeats}"
-    )
+    info = print_header(args.device, {
+        "threads": f"{args.threads} (each configuration's process)",
+        "benchmark": f"tri-planar inference of {args.model}, T={args.timepoints} x {'x'.join(map(str, shape))}, "
+                     f"patch {patch}, overlap 0.5, axial+coronal+sagittal, batch {args.batch_size}, "
+                     f"repeats {args.repeats}",
+    })
     rows = []
     configs = [(b, c, k) for b in args.scan_backends for c in crops for k in skips]
     for backend, crop, skip in configs:
@@ -310,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from longiseg.utils.io import atomic_write_json
 
-        atomic_write_json(args.json, {"config": base_cfg, "torch": torch.__version__, "results": rows})
+        # the image channels the runs used (--channels 0 means the model's own in_channels)
+        config = {**base_cfg, "channels": ok[0]["channels"] if ok else args.channels or None}
+        atomic_write_json(args.json, {"environment": info, "config": config, "results": rows})
     return 0 if len(ok) == len(rows) else 1
 
 

@@ -12,7 +12,8 @@
 # Usage (from the repository root):  bash benchmarks/gpu_checks.sh OUTPUT_DIR
 # Python: $PYTHON (default python3), which needs torch with CUDA and the repository's requirements.
 # Everything is written under OUTPUT_DIR: one .txt per step and summary.txt (step, exit code, seconds).
-# Exit status: 0 when every step that ran passed, 1 when any failed (named on stderr; summary.txt has its code).
+# Exit status: 0 when every step that ran passed, 1 when any failed (named on stderr; summary.txt has its code),
+# 2 when the interpreter sees no CUDA device (nothing runs).
 set -u -o pipefail
 
 if [ $# -ne 1 ]; then
@@ -52,6 +53,12 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to OUT/N
     tail -n 25 "$OUT/$name.txt"
 }
 FAILED=()
+# no CUDA device (or a CPU-only torch): one line now, not every step failing on its own
+if ! "$PY" -c "import torch; raise SystemExit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "gpu_checks: error: $PY sees no CUDA device (torch.cuda.is_available() is False, or torch is missing); nothing was run" >&2
+    echo "no-cuda-device 2 0" >>"$SUMMARY"
+    exit 2
+fi
 # mamba-ssm's CUDA kernel is optional: measured (and required) only where it is installed
 if "$PY" -c "from longiseg.ssm import cuda as b; raise SystemExit(0 if b.cuda_scan_available() else 1)" 2>/dev/null; then
     HAVE_MAMBA_SSM=1 SCAN_CUDA=",cuda"

@@ -18,11 +18,14 @@ from process_helpers import running, wait_for
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # what ``python benchmarks/bench_x.py`` does for the scripts
 
+import bench_metrics  # noqa: E402, F401 - found in sys.modules by the tests
 import bench_mixers  # noqa: E402
 import bench_models  # noqa: E402
+import bench_registration  # noqa: E402, F401
 import bench_selective_scan  # noqa: E402
 import bench_triplanar  # noqa: E402, F401 - found in sys.modules by the tests
 import longiseg_bench as lb  # noqa: E402
+import run_all  # noqa: E402, F401
 
 from longiseg import cli  # noqa: E402
 
@@ -283,7 +286,9 @@ def test_scan_benchmark_exit_status_names_failed_measurements(monkeypatch: pytes
     assert captured.err.strip().endswith("1 measurement(s) failed: reference at L=256: reference broke")
     _fake_scan_runs(monkeypatch, {"mambapy"})  # an optional backend that is not installed: reported, not failed
     assert bench_selective_scan.main(["--quick", "--device", "cpu", "--lengths", "64"]) == 0
-    assert "mambapy  error: mambapy broke" in capsys.readouterr().out
+    out = capsys.readouterr().out  # labelled as skipped, not as an error (it does not fail the run)
+    assert "mambapy  skipped (optional): mambapy broke" in out and " error:" not in out
+    assert "load_average:" in out and "scan_backend:" in out  # the header every benchmark prints
     _fake_scan_runs(monkeypatch, set(bench_selective_scan.METHODS))  # nothing measured at all
     assert bench_selective_scan.main(["--quick", "--device", "cpu", "--lengths", "64"]) == 1
     assert "chunked at L=64: chunked broke" in capsys.readouterr().err
@@ -298,6 +303,17 @@ def test_scan_benchmark_exit_status_names_failed_measurements(monkeypatch: pytes
     ("bench_triplanar", ["--repeats", "0"], "argument --repeats: expected an int >= 1, got '0'"),
     ("bench_models", ["--patch-2d", "0"], "argument --patch-2d: expected an int >= 1, got '0'"),
     ("bench_models", ["--threads", "x"], "argument --threads: expected an int >= 1, got 'x'"),
+    ("bench_metrics", ["--repeats", "0"], "argument --repeats: expected an int >= 1, got '0'"),
+    ("bench_metrics", ["--lesions", "-1"], "argument --lesions: expected an int >= 1, got '-1'"),
+    ("bench_registration", ["--threads", "0"], "argument --threads: expected an int >= 1, got '0'"),
+    ("bench_registration", ["--repeats", "0"], "argument --repeats: expected an int >= 1, got '0'"),
+    ("bench_mixers", ["--device", "cpux"], "argument --device: expected cpu, cuda or cuda:N, got 'cpux'"),
+    ("bench_models", ["--device", "mps"], "argument --device: expected cpu, cuda or cuda:N, got 'mps'"),
+    ("bench_triplanar", ["--device", "gpu"], "argument --device: expected cpu, cuda or cuda:N, got 'gpu'"),
+    ("run_all", ["--device", "cuda:x"], "argument --device: expected cpu, cuda or cuda:N, got 'cuda:x'"),
+    ("bench_triplanar", ["--scan-backends", "chunked", "fast"],
+     "argument --scan-backends: unknown selective-scan backend 'fast'"),
+    ("bench_triplanar", ["--model-kwargs", "[1]"], "argument --model-kwargs: expected a JSON object, got '[1]'"),
 ])
 def test_benchmark_scripts_reject_bad_arguments(script: str, args: list[str], message: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
@@ -378,3 +394,60 @@ def test_an_output_file_that_cannot_be_written_is_refused_before_the_benchmark(t
         with pytest.raises(argparse.ArgumentTypeError, match="cannot write"):
             output_file("/proc/x.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # the probe file leaves nothing behind
+
+
+@pytest.mark.parametrize("script", ["bench_selective_scan", "bench_mixers", "bench_models", "bench_triplanar", "run_all"])
+def test_a_cuda_device_is_refused_up_front_on_a_machine_without_one(script: str, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # it was a traceback once the first model moved to the device (after the header and, for some, minutes of work)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        sys.modules[script].main(["--device", "cuda"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].endswith(
+        "error: argument --device: 'cuda' is not available on this machine (no CUDA device)")
+
+
+def test_torch_device_spells_devices_as_torch_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    assert lb.torch_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert lb.torch_device("cuda") == "cuda" and lb.torch_device("cuda:1") == "cuda:1"
+    with pytest.raises(argparse.ArgumentTypeError, match="this machine has 2 CUDA device"):
+        lb.torch_device("cuda:2")
+
+
+def test_triplanar_json_records_the_channels_the_runs_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    def fake_run_config(cfg: dict) -> dict:
+        return {"ok": True, "times": [1.0], "warmup_s": 0.0, "rss_before_mb": 1.0, "rss_peak_mb": 2.0,
+                "gpu_peak_mb": None, "scan_backend": "chunked", "computed": 4, "skipped": 0, "brain_fraction": 0.2,
+                "channels": 3, "params_m": 1.0, "out_shapes": []}
+
+    monkeypatch.setattr(sys.modules["bench_triplanar"], "run_config", fake_run_config)
+    out = tmp_path / "t.json"
+    assert sys.modules["bench_triplanar"].main(["--quick", "--skip", "on", "--json", str(out)]) == 0
+    record = json.loads(out.read_text(encoding="utf-8"))
+    assert record["config"]["channels"] == 3  # was 0, the option's "use the model's" value
+    assert record["environment"]["device"] == "cpu" and "load_average" in record["environment"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash, timeout")
+def test_gpu_checks_without_a_cuda_device_stops_with_one_line(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls"
+    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\necho "$*" >> "{log}"\n'
+                                    '[[ "$*" == *cuda.is_available* ]] && exit 1\nexit 0\n')
+    (bin_dir / "python").chmod(0o755)
+    res = subprocess.run(["bash", str(BENCHMARKS / "gpu_checks.sh"), str(tmp_path / "out")], capture_output=True,
+                         text=True, timeout=60, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": "python"})
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("gpu_checks: error: python sees no CUDA device (torch.cuda.is_available() is False, "
+                                  "or torch is missing); nothing was run")
+    assert len(log.read_text(encoding="utf-8").splitlines()) == 1  # no step ran
+    assert (tmp_path / "out" / "summary.txt").read_text(encoding="utf-8").splitlines()[-1] == "no-cuda-device 2 0"

@@ -8,11 +8,11 @@ import ``longiseg_bench`` like any package. One concept per module:
 * :mod:`longiseg_bench.memory`: peak memory of one call (CUDA allocator; on CPU the resident-set rise).
 * :mod:`longiseg_bench.tables`: markdown tables for ``docs/benchmarks.md``.
 * :mod:`longiseg_bench.flops`: the matrix-product FLOPs of one call (a floor for step-time ratios).
-* :mod:`longiseg_bench.arguments`: argparse types (positive ints, lists of them, output files) for one-line usage
+* :mod:`longiseg_bench.arguments`: argparse types (positive ints, lists of them, output files, devices) for one-line usage
   errors.
 """
 
-from longiseg_bench.arguments import int_list, nonnegative_int, output_file, positive_int
+from longiseg_bench.arguments import int_list, nonnegative_int, output_file, positive_int, torch_device
 from longiseg_bench.environment import environment_info, format_header, print_header
 from longiseg_bench.flops import matrix_product_flops
 from longiseg_bench.memory import enable_cpu_memory_tracking, peak_memory
@@ -24,6 +24,7 @@ __all__ = [
     "nonnegative_int",
     "output_file",
     "positive_int",
+    "torch_device",
     "environment_info",
     "format_header",
     "print_header",

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["positive_int", "nonnegative_int", "int_list", "output_file"]
+__all__ = ["positive_int", "nonnegative_int", "int_list", "output_file", "torch_device"]
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -61,3 +61,23 @@ def output_file(text: str) -> str:
         except OSError as err:
             raise argparse.ArgumentTypeError(f"cannot write {text!r}: {err.strerror or err}") from None
     return str(path)
+
+
+def torch_device(text: str) -> str:
+    """A device this machine has, ``cpu`` or ``cuda[:N]``, as torch spells it (``cuda`` stays ``cuda``): refused
+    now (``no CUDA device``), not as a traceback once the first model or tensor is moved there."""
+    import torch  # here, not at import: ``--help`` of the scripts stays fast
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r} is not available on this machine (no CUDA device)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r} is not available: this machine has {count} CUDA device(s)")
+    return str(device)
