@@ -2,7 +2,7 @@
 
 Top-level API::
 
-    from longiseg import build_model, list_models, register_model
+    from longiseg import build_model, list_models, load_model, register_model
     model = build_model("segmast_ms")
     model.spec                     # ModelSpec: name, arguments, dimensionality, input layout
     out = model(images)            # images (B, T, C, H, W) -> LongitudinalOutput

@@ -563,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="Mamba (MaST) vs attention mixer benchmark: time and memory vs tokens",
                        description="Run benchmarks/bench_mixers.py of a source checkout of longiseg (the benchmarks "
                                    "are not installed with the package; 'make bench' runs all of them).")
-    p.add_argument("--quick", action="store_true", help="small sizes only (a few minutes on a 2-core CPU)")
+    p.add_argument("--quick", action="store_true", help="small sizes only (about a minute on a 2-core CPU)")
     p.add_argument("--plot", type=expand_home, default=None, help="write the time/memory plot (PNG) here")
     p.set_defaults(func=_cmd_bench)
     from longiseg.workflows import lesions, register  # sub-commands that own their parser and handler

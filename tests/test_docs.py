@@ -76,3 +76,27 @@ def test_the_data_pages_readers_are_importable_from_longiseg_data() -> None:
                                                                           row.split("|")[2])}
     assert {"case_grid", "case_voxel_size", "read_mask_case", "load_case"} <= functions
     assert [f for f in sorted(functions) if not hasattr(longiseg.data, f)] == []
+
+
+def test_the_sub_packages_export_what_the_api_page_says() -> None:
+    # the API page said every sub-package re-exports all its public names; `from longiseg.metrics import
+    # lesion_evolution` (the metrics page's read-out) and `from longiseg.engine import update_spec` failed
+    import importlib
+    import re
+
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8").split("## Index", 1)[0]
+    exporting = re.search(r"listed in its `__all__`.*?: (`longiseg\.data`.*?)\. Every other", api, flags=re.S)
+    assert exporting, "the API page no longer lists the exporting sub-packages"
+    packages = re.findall(r"`(longiseg[\w.]*)`", exporting.group(1))
+    assert len(packages) == 9
+    for name in packages:
+        package = importlib.import_module(name)
+        assert package.__all__ and all(hasattr(package, n) for n in package.__all__), name
+    statements = re.findall(r"`(from longiseg\.\w+ import [\w, ]+)`", api)  # the page's own examples
+    assert len(statements) == 2
+    for statement in statements:
+        exec(statement, {})  # noqa: S102 - the documented import, as a user writes it
+    pointed = api.split("Every other public name", 1)[1].split("**Changed names.**", 1)[0]
+    for dotted in re.findall(r"`(longiseg\.[\w.]+\.\w+)`", pointed):
+        module, _, attribute = dotted.rpartition(".")
+        assert hasattr(importlib.import_module(module), attribute), dotted  # names the page points to exist

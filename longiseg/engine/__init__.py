@@ -7,9 +7,12 @@ from longiseg.engine.checkpoint import (
     build_model_from_checkpoint,
     capture_rng_state,
     load_checkpoint,
+    load_model,
+    load_model_weights,
     restore_rng_state,
     save_checkpoint,
     unwrap_model,
+    update_spec,
 )
 from longiseg.engine.config import (
     ConfigBase,
@@ -59,6 +62,8 @@ __all__ = [
     "is_main_process",
     "load_checkpoint",
     "load_config",
+    "load_model",
+    "load_model_weights",
     "param_groups_weight_decay",
     "read_config_file",
     "restore_rng_state",
@@ -66,4 +71,5 @@ __all__ = [
     "save_config",
     "seed_everything",
     "unwrap_model",
+    "update_spec",
 ]

@@ -13,7 +13,17 @@ from longiseg.metrics.aggregate import (
     paired_ttest,
     significance_stars,
 )
+from longiseg.metrics.consistency import PersistingLesions, persisting_lesions, pooled_false_progression_rate
 from longiseg.metrics.evaluate import EvaluationResult, evaluate_folder, write_report
+from longiseg.metrics.evolution import (
+    CHANGE_KINDS,
+    CaseEvolution,
+    FollowupEvolution,
+    LesionChange,
+    evolution_folder,
+    lesion_evolution,
+    write_evolution_tables,
+)
 from longiseg.metrics.lesion import (
     MATCHING_RULES,
     LesionDetection,
@@ -51,9 +61,19 @@ __all__ = [
     "TTestResult",
     "paired_ttest",
     "significance_stars",
+    "PersistingLesions",
+    "persisting_lesions",
+    "pooled_false_progression_rate",
     "EvaluationResult",
     "evaluate_folder",
     "write_report",
+    "CHANGE_KINDS",
+    "CaseEvolution",
+    "FollowupEvolution",
+    "LesionChange",
+    "evolution_folder",
+    "lesion_evolution",
+    "write_evolution_tables",
     "MATCHING_RULES",
     "LesionDetection",
     "LesionLabels",
