@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from longiseg_bench import (
+    check_scan_environment,
     format_bytes,
     format_table,
     output_file,
@@ -418,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=output_file, default=None, help="PNG of time and memory vs tokens")
     parser.add_argument("--json", type=output_file, default=None, help="also write the records as JSON")
     args = parser.parse_args(argv)
+    check_scan_environment(parser, args.device)
     try:
         run_mixer_benchmark(
             quick=args.quick,

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from longiseg_bench import (
+    check_scan_environment,
     format_bytes,
     format_table,
     matrix_product_flops,
@@ -391,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference-models", nargs="+", default=None,
                         help="models for the inference timing (default: quick: segmast_ms; else all benchmarked)")
     args = parser.parse_args(argv)
+    check_scan_environment(parser, args.device)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

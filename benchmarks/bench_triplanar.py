@@ -27,7 +27,14 @@ import sys
 import time
 from typing import Any
 
-from longiseg_bench import nonnegative_int, output_file, positive_int, print_header, torch_device
+from longiseg_bench import (
+    check_scan_environment,
+    nonnegative_int,
+    output_file,
+    positive_int,
+    print_header,
+    torch_device,
+)
 
 
 def _rss_mb() -> float:
@@ -246,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     from longiseg.ssm import resolve_backend
 
     for backend in args.scan_backends:  # unknown or unavailable here: said now, not by every configuration's process
+        if backend is None:
+            check_scan_environment(parser, args.device)
+            continue
         try:
             resolve_backend(backend, args.device)
         except (ValueError, RuntimeError) as err:

@@ -451,3 +451,21 @@ def test_gpu_checks_without_a_cuda_device_stops_with_one_line(tmp_path: Path) ->
                                   "or torch is missing); nothing was run")
     assert len(log.read_text(encoding="utf-8").splitlines()) == 1  # no step ran
     assert (tmp_path / "out" / "summary.txt").read_text(encoding="utf-8").splitlines()[-1] == "no-cuda-device 2 0"
+
+
+@pytest.mark.parametrize("script", ["bench_mixers", "bench_models", "bench_triplanar"])
+def test_a_scan_backend_variable_that_cannot_run_is_a_usage_error(script: str, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # LONGISEG_SCAN_BACKEND=bogus was a traceback from the header; triton on a CPU failed every Mamba model later
+    monkeypatch.setenv("LONGISEG_SCAN_BACKEND", "bogus")
+    with pytest.raises(SystemExit) as exc:
+        sys.modules[script].main(["--device", "cpu"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert "error: unknown selective-scan backend 'bogus' from the environment variable LONGISEG_SCAN_BACKEND" in err
+
+
+def test_the_header_says_a_scan_backend_variable_is_not_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    # benchmarks that run no scan (metrics, registration) print the header and go on; the header says so
+    monkeypatch.setenv("LONGISEG_SCAN_BACKEND", "bogus")
+    assert lb.environment_info("cpu")["scan_backend"].startswith("not resolved: unknown selective-scan backend")

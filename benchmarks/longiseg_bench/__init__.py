@@ -12,7 +12,14 @@ import ``longiseg_bench`` like any package. One concept per module:
   errors.
 """
 
-from longiseg_bench.arguments import int_list, nonnegative_int, output_file, positive_int, torch_device
+from longiseg_bench.arguments import (
+    check_scan_environment,
+    int_list,
+    nonnegative_int,
+    output_file,
+    positive_int,
+    torch_device,
+)
 from longiseg_bench.environment import environment_info, format_header, print_header
 from longiseg_bench.flops import matrix_product_flops
 from longiseg_bench.memory import enable_cpu_memory_tracking, peak_memory
@@ -20,6 +27,7 @@ from longiseg_bench.tables import format_bytes, format_table
 from longiseg_bench.timing import time_interleaved
 
 __all__ = [
+    "check_scan_environment",
     "int_list",
     "nonnegative_int",
     "output_file",

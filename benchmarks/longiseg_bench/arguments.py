@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["positive_int", "nonnegative_int", "int_list", "output_file", "torch_device"]
+__all__ = ["positive_int", "nonnegative_int", "int_list", "output_file", "torch_device", "check_scan_environment"]
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -81,3 +81,14 @@ def torch_device(text: str) -> str:
         if device.index is not None and device.index >= count:
             raise argparse.ArgumentTypeError(f"{text!r} is not available: this machine has {count} CUDA device(s)")
     return str(device)
+
+
+def check_scan_environment(parser: argparse.ArgumentParser, device: str) -> None:
+    """Refuse, as a usage error, a ``LONGISEG_SCAN_BACKEND`` that does not run on ``device`` (unknown, or e.g.
+    ``triton`` on a CPU): every Mamba model of the benchmark would fail with it, after the header."""
+    from longiseg.ssm import resolve_backend
+
+    try:
+        resolve_backend(None, device)
+    except (ValueError, RuntimeError) as err:  # the message names the variable
+        parser.error(str(err))

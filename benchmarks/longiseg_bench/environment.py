@@ -38,7 +38,10 @@ def cpu_model_name() -> str:
 def _scan_backend(device: torch.device) -> str:
     # the package re-exports the function under the submodule's name, so import the module explicitly
     scan_module = importlib.import_module("longiseg.ssm.selective_scan")
-    name = scan_module.resolve_backend(None, device)
+    try:
+        name = scan_module.resolve_backend(None, device)
+    except (ValueError, RuntimeError) as err:  # a bad LONGISEG_SCAN_BACKEND: said, never replaced by another
+        return f"not resolved: {err}"
     return _SCAN_BACKEND_LABELS.get(name, name)
 
 
@@ -48,7 +51,8 @@ def environment_info(device: torch.device | str = "cpu") -> dict[str, str]:
     Keys: ``date``, ``machine``, ``cpu``, ``nproc`` (CPUs usable by this process / CPUs of the machine),
     ``load_average`` (1/5/15 min), ``python``, ``torch``, ``threads`` (intra-op / inter-op), ``device``
     (with the GPU name on CUDA) and ``scan_backend`` (the selective-scan backend ``auto`` resolves to on
-    ``device``, honouring ``LONGISEG_SCAN_BACKEND``).
+    ``device``, honouring ``LONGISEG_SCAN_BACKEND``; ``not resolved: ...`` with the reason where that variable
+    names no backend that runs here, for the benchmarks that run no scan).
     """
     device = torch.device(device)
     usable = usable_cpu_count() or 0
