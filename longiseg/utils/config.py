@@ -209,36 +209,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _type_name(tp: Any) -> str:
-    """``int``, ``int | None``, ``tuple[int, ...]``: a parameterised type with its parameters."""
-    if typing.get_args(tp):
-        return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _is_python_type(value: Any, tp: Any) -> bool:
-    """Whether ``value`` already is of the annotated type ``tp``, as a Python API takes it: no text is parsed
-    (``"2"`` is no int, ``"false"`` no bool), a bool is no number and a float no int; NumPy scalars count as the
-    numbers they hold, ints as floats and lists as tuples."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any or _is_section(tp) or origin is Literal:
-        return True  # sections and literals are checked by the config itself
-    if origin in (typing.Union, types.UnionType):
-        return any(value is None if arg is type(None) else _is_python_type(value, arg) for arg in args)
-    if tp is bool:
-        return isinstance(value, (bool, np.bool_))
-    if tp is int:
-        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(_is_python_type(v, a) for v, a in zip(value, args))
-        return all(_is_python_type(v, args[0] if args else Any) for v in value)
-    return True
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any], *, _prefix: str = "") -> C:
@@ -543,21 +514,6 @@ class ConfigBase:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (see :func:`config_to_dict`)."""
         return config_to_dict(self)
-
-    @classmethod
-    def check_value_types(cls, values: Mapping[str, Any]) -> None:
-        """Refuse values given to a Python API (a model factory's keyword arguments) that are not already of their
-        field's type: ``"2"`` for an int, ``"false"`` for a bool, ``2.0`` for an int. Reading text is for files and
-        overrides (:meth:`from_dict`, :meth:`with_overrides`), where every value is text or YAML. Names that are
-        not fields are left to the caller.
-
-        Raises:
-            TypeError: naming the first field whose value is not of its type, the type and the value.
-        """
-        hints = _type_hints(cls)
-        for name, value in values.items():
-            if name in hints and not _is_python_type(value, hints[name]):
-                raise TypeError(f"{name} must be {_type_name(hints[name])}, got {type(value).__name__} {value!r}")
 
     def coerce_fields(self) -> None:
         """Convert every field to its annotated type in place, as :meth:`from_dict` does (``"false"`` ->

@@ -225,7 +225,6 @@ class SegMaST(LongitudinalSegFormerLike):
 
 def _build(base: SegMaSTConfig, kwargs: dict[str, Any]) -> SegMaST:
     check_keywords("SegMaST", kwargs, [f.name for f in dataclasses.fields(SegMaSTConfig)])
-    SegMaSTConfig.check_value_types(kwargs)  # as the other families' factories: "2" is no int here
     config = base.replace(**kwargs)  # checks num_timepoints too
     if config.shared_progression_head:  # one head for every follow-up: any T >= 2, as for the other shared models
         config = config.replace(num_timepoints=None)  # (see presets.pop_any_timepoints; SegMaSTConfig may fix T)
