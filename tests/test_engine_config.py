@@ -320,3 +320,23 @@ def test_yaml_merge_keys_are_read_and_a_folder_is_named(tmp_path) -> None:
     (tmp_path / "d.yaml").mkdir()
     with pytest.raises(IsADirectoryError, match="is a folder"):
         read_config_file(tmp_path / "d.yaml")
+
+
+def test_exponent_floats_without_a_dot_are_floats_in_files_and_overrides(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) read 1e-2 as the text '1e-2': typed fields converted it, but model.kwargs passed it to the
+    # factory as text, and SegFormer refused `drop_path_rate: 1e-2` ("must be a float, got str")
+    import yaml
+
+    from longiseg import build_model
+    from longiseg.workflows.config import ExperimentConfig
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("model:\n  name: segformer_ms\n  kwargs: {drop_path_rate: 1e-2, decoder_dropout: 5E-2}\n"
+                    "trainer: {lr: 3e-4}\n", encoding="utf-8")
+    cfg = ExperimentConfig.from_file(path, ["model.kwargs.attn_dropout=+2e-2"])
+    assert cfg.model.kwargs == {"drop_path_rate": 0.01, "decoder_dropout": 0.05, "attn_dropout": 0.02}
+    assert all(type(v) is float for v in cfg.model.kwargs.values()) and cfg.trainer.lr == 3e-4
+    build_model(cfg.model.name, **cfg.model.kwargs)  # refused before
+    assert parse_override("x=1e5") == (["x"], 100000.0) and parse_override("x=1e5x") == (["x"], "1e5x")
+    assert read_config_file(path)["model"]["kwargs"]["drop_path_rate"] == 0.01
+    assert yaml.safe_load("1e-2") == "1e-2"  # PyYAML's own loader is left as it is

@@ -27,6 +27,7 @@ import dataclasses
 import datetime
 import difflib
 import json
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -188,7 +189,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (tuple, list):
         if isinstance(value, str):
             try:
-                value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+                value = yaml.load(value if value.strip().startswith("[") else f"[{value}]",  # noqa: S506
+                                  Loader=_ConfigLoader)
             except yaml.YAMLError as err:
                 raise ConfigError(f"config key {key!r}: {value!r} is not a list such as [a, b] "
                                   f"({' '.join(str(err).split())[:120]})") from None
@@ -281,8 +283,22 @@ class _DuplicateKey(Exception):
     pass
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader that reads ``1e-4`` as a float, as YAML 1.2 and JSON do: PyYAML follows YAML 1.1, whose
+    floats need a dot (``1.0e-4``), and read ``1e-4`` as text. Typed config fields converted that text, but
+    ``model.kwargs`` (any mapping, passed to a model's factory as it is) kept it: ``drop_path_rate: 1e-2`` was
+    refused by the factories that check their arguments' types."""
+
+
+_ConfigLoader.add_implicit_resolver(  # a class of its own: yaml.SafeLoader's resolvers are left as they are
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+class _UniqueKeyLoader(_ConfigLoader):
+    """:class:`_ConfigLoader`, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -400,7 +416,7 @@ def _split_override(text: str) -> tuple[list[str], str]:
 def _parse_value(raw: str) -> Any:
     """An override's value parsed as YAML (numbers, bools, ``null``, lists); text YAML cannot parse stays text."""
     try:
-        return yaml.safe_load(raw) if raw.strip() else ""
+        return yaml.load(raw, Loader=_ConfigLoader) if raw.strip() else ""  # noqa: S506 - a SafeLoader
     except yaml.YAMLError:
         return raw
 
