@@ -34,6 +34,7 @@ from longiseg_bench import (
     peak_memory,
     positive_int,
     print_header,
+    select_device,
     time_interleaved,
     torch_device,
 )
@@ -419,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=output_file, default=None, help="PNG of time and memory vs tokens")
     parser.add_argument("--json", type=output_file, default=None, help="also write the records as JSON")
     args = parser.parse_args(argv)
-    check_scan_environment(parser, args.device)
+    check_scan_environment(parser, args.device, needed="mast" in args.mixers)
+    select_device(args.device)
     try:
         run_mixer_benchmark(
             quick=args.quick,

@@ -47,11 +47,13 @@ from longiseg_bench import (
     peak_memory,
     positive_int,
     print_header,
+    select_device,
     time_interleaved,
     torch_device,
 )
 from tqdm.auto import tqdm
 
+from longiseg.registry import model_info
 from longiseg.utils.validation import check_positive_int
 
 MODELS_2D = ("segmast_ms", "segformer_ms", "dynunet_2d_ms")
@@ -171,6 +173,13 @@ def _check_model_names(models: Sequence[str]) -> None:
     for name in models:
         if name not in known:
             raise ValueError(f"unknown model {name!r}; see longiseg.list_models(), or one of {demo_names}")
+
+
+def registry_name(name: str) -> str:
+    """The registry model of a benchmark model name (``demo:<label>`` names the demo's configuration of one)."""
+    from longiseg.workflows.demo import DEMO_MODELS
+
+    return DEMO_MODELS[name[len(DEMO_PREFIX):]][0] if name.startswith(DEMO_PREFIX) else name
 
 
 def build_benchmark_model(name: str) -> tuple[nn.Module, str]:
@@ -392,7 +401,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference-models", nargs="+", default=None,
                         help="models for the inference timing (default: quick: segmast_ms; else all benchmarked)")
     args = parser.parse_args(argv)
-    check_scan_environment(parser, args.device)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -402,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         _check_model_names([*models, *(args.inference_models or [])])
     except ValueError as err:
         parser.error(f"argument --models/--inference-models: {err}")
+    check_scan_environment(parser, args.device, needed=any(
+        "mamba" in model_info(registry_name(name)).tags for name in [*models, *(args.inference_models or [])]))
+    select_device(args.device)
     p2, b2, p3, b3, spacing, ip2, ip3 = preset
     run_model_benchmark(
         models,

@@ -50,6 +50,7 @@ from longiseg_bench import (
     nonnegative_int,
     positive_int,
     print_header,
+    select_device,
     time_interleaved,
     torch_device,
 )
@@ -130,6 +131,7 @@ def _method_inputs(method: str, seqlen: int, dim: int, device: str) -> list[torc
 def worker(method: str, seqlen: int, dim: int, reps: int, device: str, threads: int) -> dict:
     """Run one configuration in this process and return times (s) and the peak memory rise (bytes)."""
     torch.set_num_threads(threads)
+    select_device(device)  # the synchronisation and memory statistics below measure this GPU
     xs = _method_inputs(method, seqlen, dim, device)
     on_cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if on_cuda else (lambda: None)
@@ -203,6 +205,17 @@ def _fmt_mem(b: float) -> str:
     return f"{b / 2**20:8.0f}"
 
 
+def failure_label(method: str, error: str, required: set[str]) -> str:
+    """How a failed measurement is shown: ``error`` where it fails the run (a ``required`` method); for an
+    optional backend that is not installed or does not run on this device, ``not available``; any other failure
+    of an optional one, ``error (optional, not counted)``."""
+    if method in required:
+        return "error"
+    unavailable = error.startswith(("ModuleNotFoundError", "ImportError")) or any(
+        phrase in error for phrase in ("unavailable", "not importable", "not installed", "the tensors are on", "CPU only"))
+    return "not available" if unavailable else "error (optional, not counted)"
+
+
 def failed_measurements(results: list[tuple[str, int, dict]], required: set[str]) -> list[str]:
     """``"METHOD at L=N: ERROR"`` of every failed measurement that fails the run: one of a ``required`` method,
     or every failure when nothing was measured at all."""
@@ -262,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     })
     if args.interleaved:
         torch.set_num_threads(args.threads)
+        select_device(args.device)
         timed = [m for m in methods if m not in ("reference", "mambapy")]  # too slow / optional: not interleaved
         print(f"{'L':>6} {'method':>10}  {'wall s':>8}")
         for seqlen in lengths:
@@ -294,8 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             r = rows[method]
             if "error" in r:  # an optional backend not asked for (not installed) does not fail the run
-                label = "error" if method in required else "skipped (optional)"
-                print(f"{seqlen:>6} {method:>10}  {label}: {r['error']}")
+                print(f"{seqlen:>6} {method:>10}  {failure_label(method, r['error'], required)}: {r['error']}")
                 continue
             tag = "~" if r.get("extrapolated") else " "
             ch = rows["chunked"]
@@ -328,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             + (
                 f"peak {_fmt_mem(r['peak']).strip()} MiB, wall {r['wall']:.3f} s"
                 if "error" not in r
-                else f"{'error' if method in required else 'skipped (optional)'}: {r['error']}"
+                else f"{failure_label(method, r['error'], required)}: {r['error']}"
             )
         )
     print(f"# '~' = extrapolated linearly from the reference at L={ref_max}")

@@ -33,6 +33,7 @@ from longiseg_bench import (
     output_file,
     positive_int,
     print_header,
+    select_device,
     torch_device,
 )
 
@@ -109,6 +110,7 @@ def _worker(cfg: dict[str, Any], queue: mp.Queue) -> None:
     import torch
 
     torch.set_num_threads(cfg["threads"])
+    select_device(cfg["device"])  # synchronisation and memory statistics below measure this GPU
     if cfg["scan_backend"]:
         os.environ["LONGISEG_SCAN_BACKEND"] = cfg["scan_backend"]
     from longiseg.inferers import TriplanarInferer
@@ -150,6 +152,10 @@ def _worker(cfg: dict[str, Any], queue: mp.Queue) -> None:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         gpu_peak = (torch.cuda.max_memory_allocated() / 2**20) if cfg["device"].startswith("cuda") else None
+        try:
+            scan_backend = resolve_backend(None, torch.device(cfg["device"]))
+        except (ValueError, RuntimeError):  # one that cannot run here, for a model without a scan (voxelwise)
+            scan_backend = "-"
         stats = inferer.last_stats
         queue.put(
             {
@@ -159,7 +165,7 @@ def _worker(cfg: dict[str, Any], queue: mp.Queue) -> None:
                 "rss_before_mb": rss_before,
                 "rss_peak_mb": _rss_mb(),
                 "gpu_peak_mb": gpu_peak,
-                "scan_backend": resolve_backend(None, torch.device(cfg["device"])),
+                "scan_backend": scan_backend,
                 "computed": sum(s["computed"] for s in stats.values()),
                 "skipped": sum(s["skipped"] for s in stats.values()),
                 "brain_fraction": brain_fraction,
@@ -234,9 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true", help="show the tqdm bar")
     parser.add_argument("--json", type=output_file, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    if args.model != "voxelwise":  # before any case is made: a 3D model fails only at its first window
-        from longiseg.registry import is_model, model_info
+    from longiseg.registry import is_model, model_info
 
+    if args.model != "voxelwise":  # before any case is made: a 3D model fails only at its first window
         if not is_model(args.model):
             parser.error(f"argument --model: unknown model {args.model!r} (see longiseg models)")
         if model_info(args.model).dim == "3D":
@@ -248,13 +254,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"argument --model-kwargs: not a JSON object: {err}")
     if not isinstance(model_kwargs, dict):
         parser.error(f"argument --model-kwargs: expected a JSON object, got {args.model_kwargs!r}")
+    if args.model != "voxelwise":  # arguments the model refuses: said now, not by every configuration's process
+        from longiseg import build_model
+
+        try:
+            build_model(args.model, **model_kwargs)
+        except (TypeError, ValueError) as err:
+            parser.error(f"argument --model-kwargs: {str(err).splitlines()[0]}")
 
 
     from longiseg.ssm import resolve_backend
 
     for backend in args.scan_backends:  # unknown or unavailable here: said now, not by every configuration's process
         if backend is None:
-            check_scan_environment(parser, args.device)
+            check_scan_environment(parser, args.device, needed=args.model != "voxelwise" and "mamba" in
+                                   model_info(args.model).tags)
             continue
         try:
             resolve_backend(backend, args.device)
@@ -279,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         "progress": args.progress,
         "anatomy": args.anatomy,
     }
+    explicit = [b for b in args.scan_backends if b is not None]
     info = print_header(args.device, {
+        **({"scan_backends": f"{', '.join(explicit)} (one table row each)"} if explicit else {}),
         "threads": f"{args.threads} (each configuration's process)",
         "benchmark": f"tri-planar inference of {args.model}, T={args.timepoints} x {'x'.join(map(str, shape))}, "
                      f"patch {patch}, overlap 0.5, axial+coronal+sagittal, batch {args.batch_size}, "

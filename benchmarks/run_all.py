@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-from longiseg_bench import torch_device
-
 HERE = Path(__file__).resolve().parent
 
 #: name -> (script, takes --device, extra arguments in quick mode, extra arguments in full mode)
@@ -33,11 +31,17 @@ BENCHMARKS: dict[str, tuple[str, bool, list[str], list[str]]] = {
 }
 
 
+def _device(text: str) -> str:
+    from longiseg_bench import torch_device  # imports torch: here, so that --help stays instant
+
+    return torch_device(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="quick mode of every benchmark")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=None, help="run a subset")
-    parser.add_argument("--device", type=torch_device, default=None,
+    parser.add_argument("--device", type=_device, default=None,
                         help="cpu, cuda or cuda:N: passed to the scripts that take --device")
     args = parser.parse_args(argv)
 

@@ -286,8 +286,8 @@ def test_scan_benchmark_exit_status_names_failed_measurements(monkeypatch: pytes
     assert captured.err.strip().endswith("1 measurement(s) failed: reference at L=256: reference broke")
     _fake_scan_runs(monkeypatch, {"mambapy"})  # an optional backend that is not installed: reported, not failed
     assert bench_selective_scan.main(["--quick", "--device", "cpu", "--lengths", "64"]) == 0
-    out = capsys.readouterr().out  # labelled as skipped, not as an error (it does not fail the run)
-    assert "mambapy  skipped (optional): mambapy broke" in out and " error:" not in out
+    out = capsys.readouterr().out  # shown, but said not to count (it does not fail the run)
+    assert "mambapy  error (optional, not counted): mambapy broke" in out and " error:" not in out
     assert "load_average:" in out and "scan_backend:" in out  # the header every benchmark prints
     _fake_scan_runs(monkeypatch, set(bench_selective_scan.METHODS))  # nothing measured at all
     assert bench_selective_scan.main(["--quick", "--device", "cpu", "--lengths", "64"]) == 1
@@ -469,3 +469,30 @@ def test_the_header_says_a_scan_backend_variable_is_not_resolved(monkeypatch: py
     # benchmarks that run no scan (metrics, registration) print the header and go on; the header says so
     monkeypatch.setenv("LONGISEG_SCAN_BACKEND", "bogus")
     assert lb.environment_info("cpu")["scan_backend"].startswith("not resolved: unknown selective-scan backend")
+
+
+def test_scan_benchmark_says_an_optional_backend_is_not_available_rather_than_broken() -> None:
+    label = bench_selective_scan.failure_label
+    assert label("mambapy", "ModuleNotFoundError: No module named 'mambapy'", set()) == "not available"
+    assert label("triton", "RuntimeError: selective-scan backend 'triton' ... but the tensors are on cpu", set()) \
+        == "not available"
+    assert label("numba", "RuntimeError: ... 'numba' requested by the backend argument but it is unavailable: x",
+                 set()) == "not available"
+    assert label("numba", "ValueError: kernel produced NaN", set()) == "error (optional, not counted)"
+    assert label("numba", "ModuleNotFoundError: numba", {"numba"}) == "error"  # asked for: it fails the run
+
+
+def test_torch_device_spells_every_cpu_device_cpu() -> None:
+    # --device cpu:0 ran the CUDA-only methods on the CPU and left the CPU kernels out
+    assert lb.torch_device("cpu:0") == "cpu"
+
+
+def test_a_scan_backend_variable_does_not_concern_benchmarks_without_a_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    # LONGISEG_SCAN_BACKEND=triton on a CPU stopped a SegFormer-only model benchmark that runs no scan
+    monkeypatch.setenv("LONGISEG_SCAN_BACKEND", "triton")
+    ran: list[list[str]] = []
+    monkeypatch.setattr(bench_models, "run_model_benchmark", lambda models, **kwargs: ran.append(list(models)))
+    assert bench_models.main(["--models", "segformer_ms", "--no-inference", "--device", "cpu"]) == 0
+    assert ran == [["segformer_ms"]]
+    with pytest.raises(SystemExit):  # a Mamba model (here the demo's SegMaST) needs it
+        bench_models.main(["--models", "segformer_ms", "demo:SegMaST", "--no-inference", "--device", "cpu"])

@@ -20,7 +20,7 @@ from longiseg_bench.arguments import (
     positive_int,
     torch_device,
 )
-from longiseg_bench.environment import environment_info, format_header, print_header
+from longiseg_bench.environment import environment_info, format_header, print_header, select_device
 from longiseg_bench.flops import matrix_product_flops
 from longiseg_bench.memory import enable_cpu_memory_tracking, peak_memory
 from longiseg_bench.tables import format_bytes, format_table
@@ -36,6 +36,7 @@ __all__ = [
     "environment_info",
     "format_header",
     "print_header",
+    "select_device",
     "enable_cpu_memory_tracking",
     "peak_memory",
     "format_bytes",

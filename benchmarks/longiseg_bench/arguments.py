@@ -64,8 +64,9 @@ def output_file(text: str) -> str:
 
 
 def torch_device(text: str) -> str:
-    """A device this machine has, ``cpu`` or ``cuda[:N]``, as torch spells it (``cuda`` stays ``cuda``): refused
-    now (``no CUDA device``), not as a traceback once the first model or tensor is moved there."""
+    """A device this machine has, ``cpu`` or ``cuda[:N]``, as torch spells it (``cuda`` stays ``cuda``; every CPU
+    device, ``cpu:0`` too, is ``cpu``): refused now (``no CUDA device``), not as a traceback once the first model
+    or tensor is moved there."""
     import torch  # here, not at import: ``--help`` of the scripts stays fast
 
     try:
@@ -80,12 +81,15 @@ def torch_device(text: str) -> str:
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise argparse.ArgumentTypeError(f"{text!r} is not available: this machine has {count} CUDA device(s)")
-    return str(device)
+    return "cpu" if device.type == "cpu" else str(device)
 
 
-def check_scan_environment(parser: argparse.ArgumentParser, device: str) -> None:
+def check_scan_environment(parser: argparse.ArgumentParser, device: str, needed: bool = True) -> None:
     """Refuse, as a usage error, a ``LONGISEG_SCAN_BACKEND`` that does not run on ``device`` (unknown, or e.g.
-    ``triton`` on a CPU): every Mamba model of the benchmark would fail with it, after the header."""
+    ``triton`` on a CPU) where the benchmark runs a selective scan (``needed``): every Mamba model of it would
+    fail with it, after the header. A benchmark of attention or CNN models alone is not concerned."""
+    if not needed:
+        return
     from longiseg.ssm import resolve_backend
 
     try:

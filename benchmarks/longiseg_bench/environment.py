@@ -12,7 +12,7 @@ import torch
 
 from longiseg.utils.device import usable_cpu_count
 
-__all__ = ["cpu_model_name", "environment_info", "format_header", "print_header"]
+__all__ = ["cpu_model_name", "environment_info", "format_header", "print_header", "select_device"]
 
 _SCAN_BACKEND_LABELS = {
     "chunked": "chunked (pure PyTorch)",
@@ -88,3 +88,12 @@ def print_header(device: torch.device | str = "cpu", extra: Mapping[str, object]
     info.update({k: str(v) for k, v in (extra or {}).items()})
     print(format_header(info), flush=True)
     return info
+
+
+def select_device(device: torch.device | str) -> None:
+    """Make a CUDA ``device`` the current one (nothing for the CPU): synchronisation, ``torch.utils.benchmark``'s
+    timers and the allocator's statistics called without a device measure the current GPU, ``cuda:0`` unless
+    changed, so a benchmark of ``cuda:1`` would time and measure the wrong GPU without this."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
