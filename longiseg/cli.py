@@ -39,6 +39,8 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + 15  # SIGTERM
 #: The most torch CPU threads ``--threads`` takes.
 MAX_THREADS = 1024
+#: Commands that run models, and with them the selective scan that ``LONGISEG_SCAN_BACKEND`` may force.
+_RUNS_MODELS = ("train", "tune", "predict", "demo")
 
 
 class Terminated(KeyboardInterrupt):
@@ -645,6 +647,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
+        if args.command in _RUNS_MODELS:  # an unknown name: said now, not after the demo wrote its cohort
+            from longiseg.ssm import environment_backend
+
+            environment_backend()  # whether the named backend runs depends on the device: checked where it is known
         import_user_modules(args.imports)
         return args.func(args)
     except KeyboardInterrupt as err:

@@ -29,6 +29,7 @@ from longiseg.engine.checkpoint import load_model, save_checkpoint, update_spec
 from longiseg.engine.config import ConfigError
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.registry import build_model
+from longiseg.ssm import BACKENDS
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig
 from longiseg.workflows.predict import inference_settings, model_spec, run_prediction
 from longiseg.workflows.train import build_datasets, build_loss, make_validate_fn
@@ -1068,3 +1069,21 @@ def test_threshold_note_says_where_the_progression_threshold_comes_from() -> Non
     assert threshold_note(spec, recorded) == " (tuned by longiseg tune on validation patients)"
     assert threshold_note(spec, InferenceConfig(progression_threshold=0.9)) == " (given; the checkpoint's is 0.5)"
     assert threshold_note(ModelSpec(name="m", dim="2.5D"), recorded) == ""
+
+
+@pytest.mark.parametrize("command", [["demo", "--quick", "--output", "{tmp}/demo"],
+                                     ["predict", "--checkpoint", "{tmp}/none.pt", "--input", "{tmp}",
+                                      "--output", "{tmp}/pred"]])
+def test_an_unknown_scan_backend_variable_stops_a_command_before_it_writes(
+        command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # `longiseg demo` wrote its whole cohort, then failed at the first training step with the same message
+    monkeypatch.setenv("LONGISEG_SCAN_BACKEND", " Bogus ")
+    assert main([a.format(tmp=tmp_path) for a in command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"error: unknown selective-scan backend ' Bogus ' from the environment variable "
+                        f"LONGISEG_SCAN_BACKEND; expected one of {BACKENDS}") and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("LONGISEG_SCAN_BACKEND", " Chunked ")  # read as the scan reads it: blanks and case aside
+    from longiseg.ssm import environment_backend
+
+    assert environment_backend() == "chunked"

@@ -6,7 +6,13 @@ from longiseg.ssm.chunked import selective_scan_chunked
 from longiseg.ssm.cuda import cuda_scan_available
 from longiseg.ssm.mamba import Mamba
 from longiseg.ssm.reference import selective_scan_reference
-from longiseg.ssm.selective_scan import BACKENDS, ENV_VAR, resolve_backend, selective_scan
+from longiseg.ssm.selective_scan import (
+    BACKENDS,
+    ENV_VAR,
+    environment_backend,
+    resolve_backend,
+    selective_scan,
+)
 
 __all__ = [
     "Mamba",
@@ -14,6 +20,7 @@ __all__ = [
     "selective_scan_reference",
     "selective_scan_chunked",
     "resolve_backend",
+    "environment_backend",
     "cuda_scan_available",
     "BACKENDS",
     "ENV_VAR",

@@ -9,7 +9,8 @@ import torch
 
 from longiseg.utils.logging import get_logger, log_once
 
-__all__ = ["selective_scan", "resolve_backend", "log_backend", "check_backend", "BACKENDS", "ENV_VAR"]
+__all__ = ["selective_scan", "resolve_backend", "environment_backend", "log_backend", "check_backend", "BACKENDS",
+           "ENV_VAR"]
 
 ENV_VAR = "LONGISEG_SCAN_BACKEND"
 BACKENDS = ("auto", "reference", "chunked", "numba", "triton", "cuda")
@@ -54,6 +55,21 @@ def _exporting() -> bool:
     return getattr(torch.compiler, "is_exporting", lambda: False)()
 
 
+def environment_backend() -> str:
+    """The backend ``LONGISEG_SCAN_BACKEND`` names, blanks stripped and lower-cased (``"auto"`` when it is unset or
+    blank); whether it runs depends on the device, which :func:`resolve_backend` checks.
+
+    Raises:
+        ValueError: the variable names no backend of :data:`BACKENDS` (the message shows it as written).
+    """
+    given = os.environ.get(ENV_VAR, "auto")
+    backend = given.strip().lower() or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {given!r} from the environment variable {ENV_VAR}; "
+                         f"expected one of {BACKENDS}")
+    return backend
+
+
 def resolve_backend(backend: str | None, device: torch.device | str) -> str:
     """Pick the backend name for tensors on ``device``.
 
@@ -95,16 +111,15 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
             f"device must be a torch.device or a device string such as 'cpu' or 'cuda:0', "
             f"got {type(device).__name__}"
         )
-    source, given = "backend argument", backend
+    source = "backend argument"
     if backend is None:
-        given = os.environ.get(ENV_VAR, "auto")
-        backend = given.strip().lower() or "auto"
+        backend = environment_backend()
         source = f"environment variable {ENV_VAR}"
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a backend name (one of {BACKENDS}) or None, got {type(backend).__name__}")
     if backend not in BACKENDS:
         raise ValueError(  # the value as the user wrote it ('None', not 'none')
-            f"unknown selective-scan backend {given!r} from the {source}; expected one of {BACKENDS}"
+            f"unknown selective-scan backend {backend!r} from the {source}; expected one of {BACKENDS}"
         )
     if backend == "auto":
         if _exporting():
