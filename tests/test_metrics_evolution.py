@@ -436,3 +436,37 @@ def test_lesion_report_counts_patients_and_draws_names_as_written(tmp_path: Path
         write_lesion_report([lesion_evolution(base, new[None], aff, case_id="c9")] + evs, tmp_path,
                             tmp_path / "out", montages=False, progress=False)
     assert {f: f.stat().st_mtime_ns for f in (tmp_path / "out").rglob("*") if f.is_file()} == before
+
+
+def test_lesion_evolution_checks_its_follow_ups_and_names_like_the_case_evaluation() -> None:
+    # progression=None was "'NoneType' object is not iterable"; one (D, H, W) array read as D follow-ups of (H, W)
+    # masks; patient_id=3 was stored as an int and "" replaced by the case id
+    base = np.zeros((4, 5, 6), bool)
+    base[1:3, 1:3, 1:3] = True
+    affine = np.eye(4)
+    with pytest.raises(TypeError, match="progression must be a sequence of"):
+        lesion_evolution(base, None, affine)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="progression must be a sequence of"):
+        lesion_evolution(base, (m for m in [base]), affine)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="progression is one array of the baseline's shape"):
+        lesion_evolution(base, base, affine)
+    with pytest.raises(ValueError, match="progression holds no follow-up"):
+        lesion_evolution(base, [], affine)
+    with pytest.raises(TypeError, match="case_id must be a str"):
+        lesion_evolution(base, [base], affine, case_id=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="patient_id must be a str or None"):
+        lesion_evolution(base, [base], affine, patient_id=3)  # type: ignore[arg-type]
+    assert lesion_evolution(base, base[None], affine, case_id="c").patient_id == "c"
+
+
+def test_masked_arrays_are_refused_not_scored_by_their_hidden_values() -> None:
+    from longiseg.metrics import dice
+
+    ref = np.zeros((1, 10), int)
+    ref[0, 2:5] = 1
+    pred = np.ma.array(ref.copy(), mask=np.zeros_like(ref))
+    pred.data[0, 7] = 1
+    pred.mask[0, 7] = True  # hidden: it was counted as foreground (Dice 0.857 instead of 1)
+    with pytest.raises(TypeError, match=r"pred must be a plain numpy.ndarray, got a masked array; pass pred.filled\(0\)"):
+        dice(pred, ref)
+    assert dice(pred.filled(0), ref) == 1.0

@@ -1087,3 +1087,21 @@ def test_an_unknown_scan_backend_variable_stops_a_command_before_it_writes(
     from longiseg.ssm import environment_backend
 
     assert environment_backend() == "chunked"
+
+
+def test_predict_folder_checks_a_wrapped_fixed_t_model_and_the_channel_order_before_writing(
+        cohort: Path, tmp_path: Path) -> None:
+    # a DataParallel model built for one T skipped the up-front timepoint check (cases before the first mismatch
+    # were written); modalities=[t2, flair] for a model trained on [flair, t2] silently swapped its channels
+    from longiseg.inferers import make_inferer, predict_folder
+
+    model = build_model("segmast", widths=[8, 16, 16, 32], depths=[1, 1, 1, 1], decoder_dim=16, d_state=4,
+                        shared_progression_head=False, num_timepoints=3)
+    model.spec = model.spec.replace(modalities=("flair", "t2"))
+    cfg = InferenceConfig(patch_size=32, planes=["axial"], batch_size=32)
+    inferer = make_inferer(model.spec, cfg, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="has 2 timepoints but the model was built for 3"):
+        predict_folder(nn.DataParallel(model), cohort, tmp_path / "t", inferer=inferer, progress=False)
+    with pytest.raises(ValueError, match=r"modalities \['t2', 'flair'\] reorder the model's channels"):
+        predict_folder(model, cohort, tmp_path / "m", modalities=["t2", "flair"], inferer=inferer, progress=False)
+    assert list(tmp_path.iterdir()) == []

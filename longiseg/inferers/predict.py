@@ -401,6 +401,7 @@ def predict_folder(
         out_dir: prediction root.
         modalities: channel order (default: the order the model was trained with, ``model.spec.modalities``;
             for a model that records none, the manifest's, else each case's timepoint-0 modalities sorted by name).
+            The spec's modalities in another order are refused: the model would read each channel as another.
         case_ids: only these cases (default: every case of ``in_dir``).
         skip_existing: skip cases whose outputs are complete instead of raising ``FileExistsError``, when their
             :data:`~longiseg.data.predictions.PREDICTION_RECORD` shows the same model (weights, registry name
@@ -471,8 +472,13 @@ def predict_folder(
     predict_kwargs = {**prediction_defaults(model, progress=progress, inferer="inferer" not in predict_kwargs),
                       **predict_kwargs}
     spec = getattr(unwrap_model(model), "spec", None)
-    if modalities is None and isinstance(spec, ModelSpec) and spec.modalities:
-        modalities = list(spec.modalities)  # the channel order the model was trained with, not the folder's
+    if isinstance(spec, ModelSpec) and spec.modalities:
+        if modalities is None:
+            modalities = list(spec.modalities)  # the channel order the model was trained with, not the folder's
+        elif not isinstance(modalities, str) and list(modalities) != list(spec.modalities) \
+                and sorted(map(str, modalities)) == sorted(spec.modalities):
+            raise ValueError(f"modalities {list(modalities)} reorder the model's channels: it was trained on "
+                             f"{list(spec.modalities)} in that order (leave modalities out to use it)")
     options = {**{n: params[n].default for n in _OPTIONS}, **predict_kwargs, "overwrite": overwrite}
     _check_options(options)
     # reference lesion masks are not what prediction reads: a problem of theirs is evaluate's to report
@@ -510,7 +516,8 @@ def predict_folder(
     # each case's patient (information only: the report of a predictions folder groups its cases by it)
     records = {cid: {**produced_by, "modalities": list(sources[cid].modalities),
                      "patient_id": sources[cid].patient_id} for cid in ids}
-    fixed_t = getattr(model, "num_timepoints", None)  # models built for one T say so; others take any T >= 2
+    # models built for one T say so (the model inside a DataParallel/DDP wrapper); others take any T >= 2
+    fixed_t = getattr(unwrap_model(model), "num_timepoints", None)
     channels = spec.in_channels if isinstance(spec, ModelSpec) else None
     for cid in ids:  # every case before any is predicted
         check_case_headers(sources[cid])  # files and grids from the headers: no case fails after hours of others

@@ -47,11 +47,11 @@ import numpy as np
 
 from longiseg.data.case import affine_spacing
 from longiseg.data.lesions import min_voxel_count
-from longiseg.metrics.inputs import as_mask
+from longiseg.metrics.inputs import as_mask, check_followup_masks
 from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
 from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
 from longiseg.utils.logging import get_logger
-from longiseg.utils.validation import check_affine, check_path
+from longiseg.utils.validation import check_affine, check_instance, check_path
 
 __all__ = [
     "CHANGE_KINDS",
@@ -293,12 +293,16 @@ def lesion_evolution(
         A :class:`CaseEvolution`.
 
     Raises:
-        ValueError: masks not binary or of different shapes, a bad affine, connectivity or volume.
+        TypeError: ``progression`` is neither a sequence of masks nor a ``(T-1, D, H, W)`` array, a mask is not an
+            array or tensor, ``case_id`` is not a str or ``patient_id`` neither a str nor ``None``.
+        ValueError: masks not binary or of different shapes, no follow-up, one ``(D, H, W)`` array as the
+            follow-ups, a bad affine, connectivity or volume.
     """
+    check_instance("case_id", case_id, str, "a str")
+    check_instance("patient_id", patient_id, (str, type(None)), "a str or None")
     base = as_mask("baseline", baseline, ndim=3)
+    check_followup_masks("progression", progression, base.ndim)
     prog = [as_mask(f"progression[{i}]", p, ndim=3) for i, p in enumerate(progression)]
-    if not prog:
-        raise ValueError("progression must hold at least one follow-up mask (T-1 >= 1)")
     for i, p in enumerate(prog):
         if p.shape != base.shape:
             raise ValueError(f"progression[{i}] must have the baseline's shape {base.shape}, got {p.shape}")
@@ -322,7 +326,7 @@ def lesion_evolution(
         _LOG.warning("case %s: the progression mask marks voxels that were lesion at the previous timepoint (%s); "
                      "progression is lesion at t(k) but not at t(k-1), so the report counts only the voxels outside "
                      "the earlier lesions (longiseg evaluate scores the masks as they are)", case_id, ", ".join(inside))
-    return CaseEvolution(case_id=case_id, patient_id=patient_id or case_id, baseline_lesions=first.n,
+    return CaseEvolution(case_id=case_id, patient_id=case_id if patient_id is None else patient_id, baseline_lesions=first.n,
                          baseline_volume_mm3=float(first.volumes_mm3.sum()), followups=tuple(followups),
                          affine=aff, min_volume_mm3=vmin, connectivity=conn)
 

@@ -13,10 +13,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from longiseg.metrics.consistency import persisting_lesions
-from longiseg.metrics.inputs import MaskLike, as_mask, as_mask_pair, as_spacing, foreground_slices
+from longiseg.metrics.inputs import (
+    MaskLike,
+    as_mask,
+    as_mask_pair,
+    as_spacing,
+    check_followup_masks,
+    foreground_slices,
+)
 from longiseg.metrics.lesion import (
     LesionDetection,
     _check_connectivity,
@@ -227,8 +233,8 @@ def evaluate_longitudinal_case(
         ValueError: a non-binary mask, masks of different shapes, no follow-up, a single ``(D, H, W)`` array as
             the follow-ups, or different numbers of follow-ups.
     """
-    _check_followups("pred_progression", pred_progression)
-    _check_followups("gt_progression", gt_progression)
+    check_followup_masks("pred_progression", pred_progression)
+    check_followup_masks("gt_progression", gt_progression)
     if len(pred_progression) != len(gt_progression):
         raise ValueError(
             f"pred_progression and gt_progression must have the same number of follow-ups, got "
@@ -240,8 +246,8 @@ def evaluate_longitudinal_case(
     rows: list[dict[str, Any]] = []
     dets: list[LesionDetection] = []
     pred_baseline, gt_baseline = as_mask_pair(pred_baseline, gt_baseline, names=("pred_baseline", "gt_baseline"))
-    _check_followup_rank("pred_progression", pred_progression, pred_baseline)
-    _check_followup_rank("gt_progression", gt_progression, gt_baseline)
+    check_followup_masks("pred_progression", pred_progression, pred_baseline.ndim)
+    check_followup_masks("gt_progression", gt_progression, gt_baseline.ndim)
     m, d = evaluate_mask_pair(pred_baseline, gt_baseline, spacing, protocol, kind="B")
     rows.append(
         {
@@ -285,22 +291,3 @@ def evaluate_longitudinal_case(
     return rows, dets
 
 
-def _check_followups(name: str, masks: object) -> None:
-    """Raise unless ``masks`` holds follow-up masks: a sequence of masks or an array/tensor ``(T-1, ...)``."""
-    if isinstance(masks, (np.ndarray, torch.Tensor)):
-        if masks.ndim == 0:
-            raise ValueError(f"{name} must be a (T-1, D, H, W) array or a sequence of masks, got a 0-dim array")
-    elif isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
-        raise TypeError(f"{name} must be a sequence of (D, H, W) masks or a (T-1, D, H, W) array, "
-                        f"got {type(masks).__name__}")
-    if len(masks) == 0:  # the case was scored on its baseline alone and left out of every P/NP/DAA average
-        raise ValueError(f"{name} holds no follow-up: a longitudinal case has T >= 2 timepoints, one progression "
-                         "mask per follow-up")
-
-
-def _check_followup_rank(name: str, masks: object, baseline: np.ndarray) -> None:
-    """Raise when the follow-up array ``masks`` has the baseline's rank: one ``(D, H, W)`` mask, which would be
-    read as ``D`` follow-ups of ``(H, W)`` masks."""
-    if isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == baseline.ndim:
-        raise ValueError(f"{name} is one array of the baseline's shape {tuple(masks.shape)}: give a sequence of "
-                         f"(D, H, W) masks or a (T-1, D, H, W) array (e.g. [mask] for one follow-up)")

@@ -23,7 +23,7 @@ from longiseg.utils.validation import (
     check_spatial_dims,
 )
 
-__all__ = ["MaskLike", "as_mask", "as_mask_pair", "as_spacing", "foreground_slices"]
+__all__ = ["MaskLike", "as_mask", "as_mask_pair", "as_spacing", "foreground_slices", "check_followup_masks"]
 
 MaskLike = np.ndarray | torch.Tensor
 
@@ -40,7 +40,8 @@ def as_mask(name: str, x: MaskLike, ndim: int | Sequence[int] = (2, 3)) -> np.nd
         ``bool`` array of the same shape (a view where possible, never a copy of a bool array).
 
     Raises:
-        TypeError: ``x`` is not an array or tensor, or its dtype is not bool, integer or real floating.
+        TypeError: ``x`` is not an array or tensor (a NumPy masked array neither: its masked voxels would count
+            as their stored values), or its dtype is not bool, integer or real floating.
         ValueError: another rank than ``ndim``, an empty dimension, NaN/inf, or values other than 0 and 1.
     """
     if isinstance(x, torch.Tensor):
@@ -48,6 +49,9 @@ def as_mask(name: str, x: MaskLike, ndim: int | Sequence[int] = (2, 3)) -> np.nd
         if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
             t = t.float()  # bfloat16/float8 (a thresholded output under autocast): no NumPy dtype, exact in float32
         arr = t.numpy()
+    elif isinstance(x, np.ma.MaskedArray):  # its hidden entries count as their stored values in every score
+        raise TypeError(f"{name} must be a plain numpy.ndarray, got a masked array; pass {name}.filled(0) (masked "
+                        "voxels as background) or its data")
     elif isinstance(x, np.ndarray):
         arr = x
     else:
@@ -155,3 +159,31 @@ def foreground_slices(*masks: np.ndarray, margin: int = 0) -> tuple[slice, ...] 
     lo = [int(c.min()) for c in coords]
     hi = [int(c.max()) + 1 for c in coords]
     return tuple(slice(max(a - margin, 0), min(b + margin, n)) for a, b, n in zip(lo, hi, shape))
+
+
+def check_followup_masks(name: str, masks: object, baseline_ndim: int | None = None) -> None:
+    """Raise unless ``masks`` holds follow-up masks: a non-empty sequence of masks or an array/tensor
+    ``(T-1, D, H, W)`` (each mask is checked by :func:`as_mask` where it is read).
+
+    Args:
+        name: argument name for the messages.
+        masks: the follow-up masks.
+        baseline_ndim: rank of the baseline mask, if known: an array of that rank is one mask, which would be
+            read as ``D`` follow-ups of ``(H, W)`` masks.
+
+    Raises:
+        TypeError: ``masks`` is neither a sequence nor an array/tensor (``None``, a generator, a string).
+        ValueError: no follow-up, a 0-dim array, or one array of the baseline's rank.
+    """
+    if isinstance(masks, (np.ndarray, torch.Tensor)):
+        if masks.ndim == 0:
+            raise ValueError(f"{name} must be a (T-1, D, H, W) array or a sequence of masks, got a 0-dim array")
+        if baseline_ndim is not None and masks.ndim == baseline_ndim:
+            raise ValueError(f"{name} is one array of the baseline's shape {tuple(masks.shape)}: give a sequence of "
+                             f"(D, H, W) masks or a (T-1, D, H, W) array (e.g. [mask] for one follow-up)")
+    elif isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
+        raise TypeError(f"{name} must be a sequence of (D, H, W) masks or a (T-1, D, H, W) array, "
+                        f"got {type(masks).__name__}")
+    if len(masks) == 0:  # the case was scored on its baseline alone and left out of every P/NP/DAA average
+        raise ValueError(f"{name} holds no follow-up: a longitudinal case has T >= 2 timepoints, one progression "
+                         "mask per follow-up")
