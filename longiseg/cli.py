@@ -310,8 +310,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             from longiseg.utils.plotting import require_matplotlib
 
             require_matplotlib("the box plot (boxplot.png)", "pass --no-figures for the tables only")
-    if args.min_lesion_volume is not None and not args.min_lesion_volume >= 0:
-        raise ValueError(f"--min-lesion-volume must be a volume in mm^3 >= 0, got {args.min_lesion_volume}")
+    if args.min_lesion_volume is not None and not 0 <= args.min_lesion_volume < float("inf"):
+        raise ValueError(f"--min-lesion-volume must be a finite volume in mm^3 >= 0, got {args.min_lesion_volume}")
     if args.iou_threshold is not None and not 0 <= args.iou_threshold < 1:
         raise ValueError(f"--iou-threshold must lie in [0, 1), got {args.iou_threshold}")
     overrides = {k: v for k, v in (("min_lesion_volume_mm3", args.min_lesion_volume), ("matching", args.matching),

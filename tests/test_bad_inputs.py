@@ -449,6 +449,8 @@ ROWS = [
         r"case demo-000: .*another grid.*10 mm"),
     Row("evaluate-bad-min-volume", lambda ws, t: _evaluate(ws, t, None, "--min-lesion-volume", "-1"),
         "--min-lesion-volume"),
+    Row("evaluate-infinite-min-volume", lambda ws, t: _evaluate(ws, t, None, "--min-lesion-volume", "inf"),
+        r"--min-lesion-volume must be a finite volume in mm\^3 >= 0, got inf"),  # named a protocol field
     Row("evaluate-bad-iou", lambda ws, t: _evaluate(ws, t, None, "--iou-threshold", "2"), "--iou-threshold"),
     Row("evaluate-missing-folder", lambda ws, t: _evaluate(ws, t, t / "nopred"), r"nopred is not a folder"),
     Row("evaluate-existing-report", lambda ws, t: (

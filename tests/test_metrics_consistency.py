@@ -100,3 +100,12 @@ def test_two_dimensional_masks() -> None:
     prog[3, 3] = True  # diagonal neighbour of the lesion: touching under 8-, not under 4-connectivity
     assert persisting_lesions(base, base, prog).num_persisting == 0
     assert persisting_lesions(base, base, prog, connectivity=4).num_flagged == 1
+
+
+def test_pooled_rate_names_what_it_takes() -> None:
+    # a list of numbers was an AttributeError ("'int' object has no attribute 'num_persisting'")
+    from longiseg.metrics import pooled_false_progression_rate
+
+    with pytest.raises(TypeError, match=r"results must be a sequence of PersistingLesions .*got list of \['int'\]"):
+        pooled_false_progression_rate([1])  # type: ignore[list-item]
+    assert np.isnan(pooled_false_progression_rate([]))

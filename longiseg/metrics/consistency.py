@@ -107,6 +107,15 @@ def persisting_lesions(
 
 
 def pooled_false_progression_rate(results: Sequence[PersistingLesions]) -> float:
-    """Flagged over persisting lesions, summed over follow-ups (``nan`` when none persists)."""
+    """Flagged over persisting lesions, summed over follow-ups (``nan`` when none persists).
+
+    Raises:
+        TypeError: ``results`` is not a sequence of :class:`PersistingLesions` (of :func:`persisting_lesions`).
+    """
+    if isinstance(results, (str, bytes)) or not isinstance(results, Sequence) \
+            or not all(isinstance(r, PersistingLesions) for r in results):
+        raise TypeError("results must be a sequence of PersistingLesions (what persisting_lesions returns), got "
+                        f"{type(results).__name__}" + (f" of {sorted({type(r).__name__ for r in results})}"
+                                                       if isinstance(results, Sequence) else ""))
     persisting = sum(r.num_persisting for r in results)
     return sum(r.num_flagged for r in results) / persisting if persisting else float("nan")
