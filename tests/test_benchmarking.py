@@ -324,21 +324,27 @@ def test_benchmark_scripts_reject_bad_arguments(script: str, args: list[str], me
     assert f": error: {message}" in err.strip().splitlines()[-1]
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash, timeout")
-def test_gpu_checks_records_and_reports_a_failed_step(tmp_path: Path) -> None:
+def _run_gpu_checks(tmp_path: Path, python_rules: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run gpu_checks.sh with a fake ``python`` (it logs its arguments to the returned file, then applies the bash
+    ``python_rules``, else exits 0) and a fake ``nvidia-smi``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls"
-    # a fake interpreter: every step passes but the scan benchmark (all of its measurements failed); no mamba-ssm,
-    # no MONAI
-    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\necho "$*" >> "{log}"\n'
-                                    '[[ "$*" == *cuda_scan_available* || "$*" == *"import monai"* ]] && exit 1\n'
-                                    '[[ "$1" == benchmarks/bench_selective_scan.py ]] && exit 1\nexit 0\n')
+    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\necho "$*" >> "{log}"\n{python_rules}exit 0\n')
     (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\necho fake gpu\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     res = subprocess.run(["bash", str(BENCHMARKS / "gpu_checks.sh"), str(tmp_path / "out")], capture_output=True,
                          text=True, timeout=120, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": "python"})
+    return res, log
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash, timeout")
+def test_gpu_checks_records_and_reports_a_failed_step(tmp_path: Path) -> None:
+    # a fake interpreter: every step passes but the scan benchmark (all of its measurements failed); no mamba-ssm,
+    # no MONAI
+    res, log = _run_gpu_checks(tmp_path, '[[ "$*" == *cuda_scan_available* || "$*" == *"import monai"* ]] && exit 1\n'
+                                         '[[ "$1" == benchmarks/bench_selective_scan.py ]] && exit 1\n')
     summary = {line.split()[0]: line.split()[1] for line in (tmp_path / "out" / "summary.txt").read_text(encoding="utf-8")
                .splitlines()[1:]}
     assert summary["scan_fwd_bwd"] == "1" and summary["scan_forward"] == "1" and summary["gpu"] == "0"
@@ -438,14 +444,7 @@ def test_triplanar_json_records_the_channels_the_runs_used(tmp_path: Path, monke
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash, timeout")
 def test_gpu_checks_without_a_cuda_device_stops_with_one_line(tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "calls"
-    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\necho "$*" >> "{log}"\n'
-                                    '[[ "$*" == *cuda.is_available* ]] && exit 1\nexit 0\n')
-    (bin_dir / "python").chmod(0o755)
-    res = subprocess.run(["bash", str(BENCHMARKS / "gpu_checks.sh"), str(tmp_path / "out")], capture_output=True,
-                         text=True, timeout=60, env={"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHON": "python"})
+    res, log = _run_gpu_checks(tmp_path, '[[ "$*" == *cuda.is_available* ]] && exit 1\n')
     assert res.returncode == 2
     assert res.stderr.strip() == ("gpu_checks: error: python sees no CUDA device (torch.cuda.is_available() is False, "
                                   "or torch is missing); nothing was run")
