@@ -63,7 +63,7 @@ import io
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -649,11 +649,11 @@ def _check_output_grids(cases: Sequence[Path], opts: RegistrationOptions) -> Non
         _output_grid(base, opts.spacing, f"case {case.name!r}: baseline {path}")
 
 
-def _check_modalities(cases: Sequence[Path]) -> tuple[str, ...]:
-    """The modalities (sorted) that the baselines of the raw cases share (file names only); refuse raw cases
-    whose baselines hold different ones: the output is one cohort, whose manifest lists one modality order. A
-    case folder without ``t0_*`` images is not skipped: it fails as a case (reported in ``registration.csv``)."""
-    found = {p.name: tuple(sorted(layout.scan_images(p).get(0, {}))) for p in cases}
+def _check_modalities(found: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The modalities (sorted) that the baselines of the raw cases share, from ``{case folder name: its baseline's
+    modalities, sorted}``; refuse raw cases whose baselines hold different ones: the output is one cohort, whose
+    manifest lists one modality order. A case folder without ``t0_*`` images (``()``) is not skipped: it fails as
+    a case (reported in ``registration.csv``)."""
     sets = {m for m in found.values() if m}
     if len(sets) > 1:
         groups = {m: [c for c, cm in found.items() if cm == m] for m in sorted(sets)}
@@ -724,12 +724,13 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     raw, out = check_path("raw", raw), check_path("out", out)
     check_input_folder(raw, "raw folder")
     cases = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
-    with_images = [p for p in cases if layout.scan_images(p).get(0)]  # a side folder is reported as a failed case
+    baselines = {p.name: tuple(sorted(layout.scan_images(p).get(0, {}))) for p in cases}  # file names only
+    with_images = [p for p in cases if baselines[p.name]]  # a side folder is reported as a failed case
     if not with_images:
         raise FileNotFoundError(f"no case folders with t0_*.nii.gz images in {raw}")
     for case in with_images:  # a case becomes a folder of out and a row of its manifest: refused before any is written
         layout.check_case_id(case.name, where=f"case folder {case}")
-    modalities = _check_modalities(cases)
+    modalities = _check_modalities(baselines)
     if modalities and opts.reference_modality not in modalities:
         raise ValueError(f"reference_modality {opts.reference_modality!r} (--reference-modality) is not among the "
                          f"raw baselines' modalities {list(modalities)}: choose one of them")
