@@ -36,7 +36,7 @@ from longiseg.data.claims import (
     release_claim,
 )
 from longiseg.data.cohort import find_cases
-from longiseg.data.layout import check_case_id, prediction_filenames, read_prediction_record
+from longiseg.data.layout import check_case_id, prediction_filenames
 from longiseg.data.loading import check_case_headers, check_case_voxels, load_case
 from longiseg.data.predictions import (
     PREDICTION_RECORD,
@@ -576,13 +576,13 @@ def predict_folder(
     return results
 
 
-def _refresh_patient(folder: Path, patient_id: object) -> None:
-    """Record ``patient_id`` in the kept case ``folder``'s record where it names another patient (the cohort's
-    manifest regrouped the cases since; the record is information there, reports group the cases by it)."""
+def _refresh_patient(folder: Path, record: Mapping[str, Any], patient_id: object) -> None:
+    """Record ``patient_id`` in the kept case ``folder``'s ``record`` (as read by ``check_same_producer``) where it
+    names another patient (the cohort's manifest regrouped the cases since; the record is information there,
+    reports group the cases by it)."""
     path = folder / PREDICTION_RECORD
-    record = read_prediction_record(folder)  # check_same_producer has read it: a dict
     try:
-        if record is not None and record.get("patient_id") != patient_id:
+        if record.get("patient_id") != patient_id:
             atomic_write_json(path, {**record, "patient_id": patient_id}, overwrite=True)
     except OSError as err:  # kept as it is: the masks are this run's either way
         logger.warning("case %s: could not record its patient %r in %s (%s); reports on the predictions need "
@@ -601,9 +601,10 @@ def _predict_listed_case(
     case_overwrite = overwrite
     if skip_existing and not overwrite and (out_dir / cid).exists():
         if prediction_complete(out_dir, cid, source.num_timepoints, kinds):
-            check_same_producer(out_dir / cid, cid, record, aliases)  # another process may have written it meanwhile
+            # another process may have written it meanwhile
+            stored = check_same_producer(out_dir / cid, cid, record, aliases)
             logger.info("skipping case %s: outputs exist", cid)
-            _refresh_patient(out_dir / cid, record["patient_id"])
+            _refresh_patient(out_dir / cid, stored, record["patient_id"])
             return True
         logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid, out_dir / cid)
         case_overwrite = True

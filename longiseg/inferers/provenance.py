@@ -147,7 +147,7 @@ def _alias(value: object, since_by_value: Mapping[object, str], recorded_by: obj
 
 
 def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any],
-                        aliases: Mapping[str, Mapping[object, str]] | None = None) -> None:
+                        aliases: Mapping[str, Mapping[object, str]] | None = None) -> dict[str, Any]:
     """Refuse to keep the complete prediction ``folder`` of ``case_id`` unless its
     :data:`~longiseg.data.predictions.PREDICTION_RECORD` equals ``record`` (the version aside).
 
@@ -158,6 +158,9 @@ def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any
         aliases: ``{key: {recorded value: since}}``: a value recorded for the top-level ``key`` by longiseg
             ``since`` or later (the record's ``longiseg_version``) that means the same as ``record``'s, e.g. an
             earlier version's name of the same reader.
+
+    Returns:
+        The folder's record as read (what a caller keeping the case may bring up to date).
 
     Raises:
         FileExistsError: the folder holds no readable record, or one of another model or other settings (naming up
@@ -184,3 +187,4 @@ def check_same_producer(folder: PathLike, case_id: str, record: Mapping[str, Any
         raise FileExistsError(f"case {case_id!r} was predicted by another model or other settings "
                               f"({'; '.join(differ[:3])}{'; ...' if len(differ) > 3 else ''}); pass "
                               "overwrite=True (--overwrite) to replace it")
+    return stored
