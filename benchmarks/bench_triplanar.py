@@ -262,7 +262,6 @@ def main(argv: list[str] | None = None) -> int:
         except (TypeError, ValueError) as err:
             parser.error(f"argument --model-kwargs: {str(err).splitlines()[0]}")
 
-
     from longiseg.ssm import resolve_backend
 
     for backend in args.scan_backends:  # unknown or unavailable here: said now, not by every configuration's process

@@ -67,7 +67,7 @@ def torch_device(text: str) -> str:
     """A device this machine has, ``cpu`` or ``cuda[:N]``, as torch spells it (``cuda`` stays ``cuda``; every CPU
     device, ``cpu:0`` too, is ``cpu``): refused now (``no CUDA device``), not as a traceback once the first model
     or tensor is moved there."""
-    import torch  # here, not at import: ``--help`` of the scripts stays fast
+    import torch  # here: this module alone imports no torch (the package's environment module does)
 
     try:
         device = torch.device(text)

@@ -326,8 +326,8 @@ def lesion_evolution(
         _LOG.warning("case %s: the progression mask marks voxels that were lesion at the previous timepoint (%s); "
                      "progression is lesion at t(k) but not at t(k-1), so the report counts only the voxels outside "
                      "the earlier lesions (longiseg evaluate scores the masks as they are)", case_id, ", ".join(inside))
-    return CaseEvolution(case_id=case_id, patient_id=case_id if patient_id is None else patient_id, baseline_lesions=first.n,
-                         baseline_volume_mm3=float(first.volumes_mm3.sum()), followups=tuple(followups),
+    return CaseEvolution(case_id=case_id, patient_id=case_id if patient_id is None else patient_id,
+                         baseline_lesions=first.n, baseline_volume_mm3=float(first.volumes_mm3.sum()), followups=tuple(followups),
                          affine=aff, min_volume_mm3=vmin, connectivity=conn)
 
 

@@ -710,8 +710,8 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
             be replaced (a read-only one): before any case is registered.
         FileExistsError: ``out`` is not empty and ``overwrite`` is off.
         ValueError: ``out`` is ``raw``, lies inside it or holds it; the name of a folder holding baseline images
-            is not a valid case id (:func:`~longiseg.data.layout.check_case_id`); the baselines hold different modalities,
-            or none named ``reference_modality``; ``spacing`` gives a case an output grid of more than
+            is not a valid case id (:func:`~longiseg.data.layout.check_case_id`); the baselines hold different
+            modalities, or none named ``reference_modality``; ``spacing`` gives a case an output grid of more than
             :data:`MAX_OUTPUT_VOXELS` voxels, or of fewer than 2 voxels along an axis of more than one baseline
             voxel (a spacing coarser than the field of view); a raw manifest is malformed.
         ImportError: SimpleITK is missing (``pip install 'longiseg[register]'``), or matplotlib with
