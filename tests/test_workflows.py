@@ -172,6 +172,29 @@ def test_sizes_a_model_cannot_take_fail_before_the_run_is_recorded(cohort: Path,
     assert not run.exists()
 
 
+def test_anisotropic_3d_patches_train_and_predict(cohort: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``data.crop_size``/``inference.patch_size`` take one size per axis (a thin patch across thick slices); the
+    model records them and predicts with them. A count that does not fit the model is named before any file."""
+    run, pred = tmp_path / "run", tmp_path / "pred"
+    common = ["model.name=longi_unet_dw", "model.kwargs={features: [4, 8, 16]}", "trainer.max_epochs=1",
+              "trainer.batch_size=2", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.tensorboard=false",
+              "data.samples_per_epoch=4", "data.val_samples=2", "data.val_fraction=0.34"]
+    assert main(["train", "--data", str(cohort), "--output", str(run), "--set", *common, "data.crop_size=[16, 16]"]) == 2
+    err = capsys.readouterr().err
+    assert "data.crop_size must have 3 spatial sizes, got [16, 16]" in err and err.count("\n") == 1
+    assert not run.exists()
+    assert main(["train", "--data", str(cohort), "--output", str(run), "--set", *common,
+                 "data.crop_size=[8, 24, 16]", "inference.patch_size=[12, 32, 20]"]) == 0
+    model = load_model(run / "last.pt")
+    assert model.spec.crop_size == (8, 24, 16) and model.spec.inference["patch_size"] == [12, 32, 20]
+    assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(cohort), "--output", str(pred)]) == 0
+    assert "window [12, 32, 20]" in capsys.readouterr().out
+    case = sorted(p.name for p in cohort.iterdir() if p.is_dir())[0]
+    ref = nib.load(cohort / case / "t0_flair.nii.gz")
+    assert nib.load(pred / case / "baseline_mask.nii.gz").shape == ref.shape
+
+
 def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"

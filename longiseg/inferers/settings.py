@@ -29,8 +29,8 @@ from longiseg.utils.config import ConfigBase, require
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import check_bool, check_instance
 
-__all__ = ["MAX_WINDOW", "VOXEL_SIZE_RTOL", "InferenceConfig", "check_planes", "inference_settings", "make_inferer",
-           "model_spec", "prediction_defaults", "voxel_size_mismatch"]
+__all__ = ["MAX_WINDOW", "VOXEL_SIZE_RTOL", "InferenceConfig", "check_planes", "check_window_setting",
+           "inference_settings", "make_inferer", "model_spec", "prediction_defaults", "voxel_size_mismatch"]
 
 
 #: The largest crop or window edge a configuration takes (voxels); beyond, a window fails in the allocator.
@@ -49,12 +49,30 @@ def check_planes(planes: list[str], owner: str) -> None:
             f"planes must be a non-empty subset of {PLANES}, each plane once, got {planes}")
 
 
+def check_window_setting(size: int | list[int], owner: str, key: str, *, minimum: int = 1) -> None:
+    """Refuse a crop or window setting unless it is one edge for every axis (an int) or one per spatial axis
+    (2 ints: ``[h, w]`` of a 2.5D slice; 3: ``[d, h, w]`` of a 3D patch), each from ``minimum`` to
+    :data:`MAX_WINDOW` voxels: a :class:`~longiseg.utils.config.ConfigError` naming ``owner`` and ``key``.
+
+    Whether the number of sizes fits the model (2 for a 2.5D model, 3 for a 3D one) and its downsampling is
+    checked against the model (:func:`~longiseg.networks.inputs.check_spatial_size`), before training or
+    prediction starts.
+    """
+    sizes = [size] if isinstance(size, int) else list(size)
+    require(isinstance(size, int) or len(sizes) in (2, 3), owner,
+            f"{key} must be one int or one per spatial axis ([h, w] for 2.5D, [d, h, w] for 3D), got {size}")
+    require(all(minimum <= s <= MAX_WINDOW for s in sizes), owner,
+            f"{key} must be between {minimum} and {MAX_WINDOW} voxels{'' if isinstance(size, int) else ' per axis'}, "
+            f"got {size}")
+
+
 @dataclasses.dataclass
 class InferenceConfig(ConfigBase):
     """Tri-planar (2.5D) or sliding-window (3D) inference and post-processing.
 
     Attributes:
-        patch_size: window size (paper: the training crop size).
+        patch_size: window size, one edge or one per spatial axis (``[h, w]`` of the slices of a 2.5D model,
+            ``[d, h, w]`` of a 3D model's windows); the paper uses the training crop size.
         overlap: window overlap (paper: 0.5).
         blend: ``"constant"`` or ``"gaussian"`` window weighting.
         planes: planes averaged by tri-planar inference.
@@ -74,7 +92,7 @@ class InferenceConfig(ConfigBase):
             mask as it is (longiseg 0.2).
     """
 
-    patch_size: int = 128
+    patch_size: int | list[int] = 128
     overlap: float = 0.5
     blend: str = "constant"
     planes: list[str] = dataclasses.field(default_factory=lambda: list(PLANES))
@@ -95,8 +113,7 @@ class InferenceConfig(ConfigBase):
     def __post_init__(self) -> None:
         self.coerce_fields()  # built directly, checked as when read from a file
         # checked when the experiment is read, so a run never records settings its checkpoint cannot predict with
-        require(1 <= self.patch_size <= MAX_WINDOW, "InferenceConfig",
-                f"patch_size must be between 1 and {MAX_WINDOW} voxels, got {self.patch_size}")
+        check_window_setting(self.patch_size, "InferenceConfig", "patch_size")
         require(self.batch_size >= 1, "InferenceConfig", f"batch_size must be >= 1, got {self.batch_size}")
         require(self.blend in BLEND_MODES, "InferenceConfig", f"blend must be one of {BLEND_MODES}, got {self.blend!r}")
         require(self.restrict in RESTRICT_OPTIONS, "InferenceConfig",

@@ -21,7 +21,7 @@ from typing import Any
 from longiseg.data.case import PLANES
 from longiseg.data.dataset import MAX_SAMPLES_PER_EPOCH
 from longiseg.engine.config import ConfigBase, ConfigError, TrainerConfig
-from longiseg.inferers.settings import MAX_WINDOW, InferenceConfig, check_planes
+from longiseg.inferers.settings import InferenceConfig, check_planes, check_window_setting
 from longiseg.losses.imbalance import STRATEGIES
 from longiseg.spec import plain_data
 from longiseg.utils.config import require, require_seed
@@ -60,7 +60,8 @@ class DataConfig(ConfigBase):
         val_fraction: share of patients held out for validation when ``val_root`` is ``None``.
         modalities: channel order, e.g. ``["flair", "t2"]``; ``None`` uses the manifest's.
         crop_size: in-plane crop of 2.5D samples (paper: 128 in-house MS, 80 MSSEG-2, 160 glioma) or
-            the cubic patch of 3D samples.
+            the patch of 3D samples: one edge, or one per spatial axis (``[h, w]`` for 2.5D, ``[d, h, w]``
+            for 3D, e.g. a thinner patch across thick slices).
         planes: planes of 2.5D cross-view sampling.
         lesion_weight: probability that a crop is centred on a lesion voxel (weighted patch sampling).
         progression_share: share of the lesion-centred crops of a progressing case that are centred on its
@@ -89,7 +90,7 @@ class DataConfig(ConfigBase):
     val_root: str | None = None
     val_fraction: float = 0.2
     modalities: list[str] | None = None
-    crop_size: int = 128
+    crop_size: int | list[int] = 128
     planes: list[str] = dataclasses.field(default_factory=lambda: list(PLANES))
     lesion_weight: float = 0.5
     progression_share: float = 0.5
@@ -109,8 +110,7 @@ class DataConfig(ConfigBase):
         self.val_root = expand_home(self.val_root)
         require(0.0 <= self.val_fraction < 1.0, "DataConfig",
                 f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        require(8 <= self.crop_size <= MAX_WINDOW, "DataConfig",
-                f"crop_size must be between 8 and {MAX_WINDOW} voxels, got {self.crop_size}")
+        check_window_setting(self.crop_size, "DataConfig", "crop_size", minimum=8)
         require(self.modalities is None or len(self.modalities) > 0, "DataConfig",
                 "modalities (data.modalities) must name at least one channel, or be null for the manifest's order; "
                 "got []")

@@ -80,7 +80,7 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
         logger.info("the model was trained on cases cropped to their foreground; predicting on the full grid (the "
                     "z-scores are taken over the same voxels, and the voxels outside the crop are background)")
     device = resolve_device(device)
-    logger.info("predicting with %s (%s): modalities %s, window %d, baseline threshold %.3g, progression threshold "
+    logger.info("predicting with %s (%s): modalities %s, window %s, baseline threshold %.3g, progression threshold "
                 "%.3g%s, progression %s", spec.name, spec.dim, modalities, cfg.patch_size, cfg.threshold,
                 cfg.progression_cut, threshold_note(spec, cfg),
                 "outside the baseline lesions" if cfg.progression_outside_baseline else "as the head gives it")
