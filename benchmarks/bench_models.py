@@ -50,6 +50,7 @@ from longiseg_bench import (
     select_device,
     time_interleaved,
     torch_device,
+    uses_selective_scan,
 )
 from tqdm.auto import tqdm
 
@@ -184,7 +185,7 @@ def registry_name(name: str) -> str:
 
 def build_benchmark_model(name: str) -> tuple[nn.Module, str]:
     """A registry model, or a demo configuration (``demo:<label>``), and its ``"2.5D"``/``"3D"`` kind."""
-    from longiseg.registry import build_model, model_info
+    from longiseg.registry import build_model
     from longiseg.workflows.demo import DEMO_MODELS
 
     _check_model_names([name])
@@ -410,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_model_names([*models, *(args.inference_models or [])])
     except ValueError as err:
         parser.error(f"argument --models/--inference-models: {err}")
-    check_scan_environment(parser, args.device, needed=any(
-        "mamba" in model_info(registry_name(name)).tags for name in [*models, *(args.inference_models or [])]))
+    check_scan_environment(parser, args.device, needed=uses_selective_scan(
+        registry_name(name) for name in [*models, *(args.inference_models or [])]))
     select_device(args.device)
     p2, b2, p3, b3, spacing, ip2, ip3 = preset
     run_model_benchmark(

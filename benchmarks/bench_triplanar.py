@@ -35,6 +35,7 @@ from longiseg_bench import (
     print_header,
     select_device,
     torch_device,
+    uses_selective_scan,
 )
 
 
@@ -266,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for backend in args.scan_backends:  # unknown or unavailable here: said now, not by every configuration's process
         if backend is None:
-            check_scan_environment(parser, args.device, needed=args.model != "voxelwise" and "mamba" in
-                                   model_info(args.model).tags)
+            check_scan_environment(parser, args.device,
+                                   needed=args.model != "voxelwise" and uses_selective_scan([args.model]))
             continue
         try:
             resolve_backend(backend, args.device)

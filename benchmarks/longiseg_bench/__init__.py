@@ -19,6 +19,7 @@ from longiseg_bench.arguments import (
     output_file,
     positive_int,
     torch_device,
+    uses_selective_scan,
 )
 from longiseg_bench.environment import environment_info, format_header, print_header, select_device
 from longiseg_bench.flops import matrix_product_flops
@@ -33,6 +34,7 @@ __all__ = [
     "output_file",
     "positive_int",
     "torch_device",
+    "uses_selective_scan",
     "environment_info",
     "format_header",
     "print_header",

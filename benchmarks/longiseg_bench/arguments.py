@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["positive_int", "nonnegative_int", "int_list", "output_file", "torch_device", "check_scan_environment"]
+__all__ = ["positive_int", "nonnegative_int", "int_list", "output_file", "torch_device", "check_scan_environment",
+           "uses_selective_scan"]
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -82,6 +83,14 @@ def torch_device(text: str) -> str:
         if device.index is not None and device.index >= count:
             raise argparse.ArgumentTypeError(f"{text!r} is not available: this machine has {count} CUDA device(s)")
     return "cpu" if device.type == "cpu" else str(device)
+
+
+def uses_selective_scan(models: Iterable[str]) -> bool:
+    """Whether any of the registry ``models`` runs a selective scan (a Mamba mixer: its ``"mamba"`` tag), so that
+    the benchmark depends on the scan backend (see :func:`check_scan_environment`)."""
+    from longiseg import model_info
+
+    return any("mamba" in model_info(name).tags for name in models)
 
 
 def check_scan_environment(parser: argparse.ArgumentParser, device: str, needed: bool = True) -> None:
