@@ -233,8 +233,9 @@ def evaluate_longitudinal_case(
         ValueError: a non-binary mask, masks of different shapes, no follow-up, a single ``(D, H, W)`` array as
             the follow-ups, or different numbers of follow-ups.
     """
-    check_followup_masks("pred_progression", pred_progression)
-    check_followup_masks("gt_progression", gt_progression)
+    pred_baseline, gt_baseline = as_mask_pair(pred_baseline, gt_baseline, names=("pred_baseline", "gt_baseline"))
+    check_followup_masks("pred_progression", pred_progression, pred_baseline.ndim)
+    check_followup_masks("gt_progression", gt_progression, gt_baseline.ndim)
     if len(pred_progression) != len(gt_progression):
         raise ValueError(
             f"pred_progression and gt_progression must have the same number of follow-ups, got "
@@ -245,9 +246,6 @@ def evaluate_longitudinal_case(
     pid = case_id if patient_id is None else patient_id
     rows: list[dict[str, Any]] = []
     dets: list[LesionDetection] = []
-    pred_baseline, gt_baseline = as_mask_pair(pred_baseline, gt_baseline, names=("pred_baseline", "gt_baseline"))
-    check_followup_masks("pred_progression", pred_progression, pred_baseline.ndim)
-    check_followup_masks("gt_progression", gt_progression, gt_baseline.ndim)
     m, d = evaluate_mask_pair(pred_baseline, gt_baseline, spacing, protocol, kind="B")
     rows.append(
         {

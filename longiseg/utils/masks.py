@@ -175,15 +175,15 @@ def check_followup_masks(name: str, masks: object, baseline_ndim: int | None = N
         TypeError: ``masks`` is neither a sequence nor an array/tensor (``None``, a generator, a string).
         ValueError: no follow-up, a 0-dim array, or one array of the baseline's rank.
     """
-    if isinstance(masks, (np.ndarray, torch.Tensor)):
-        if masks.ndim == 0:
-            raise ValueError(f"{name} must be a (T-1, D, H, W) array or a sequence of masks, got a 0-dim array")
-        if baseline_ndim is not None and masks.ndim == baseline_ndim:
-            raise ValueError(f"{name} is one array of the baseline's shape {tuple(masks.shape)}: give a sequence of "
-                             f"(D, H, W) masks or a (T-1, D, H, W) array (e.g. [mask] for one follow-up)")
-    elif isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
+    is_array = isinstance(masks, (np.ndarray, torch.Tensor))
+    if is_array and masks.ndim == 0:
+        raise ValueError(f"{name} must be a (T-1, D, H, W) array or a sequence of masks, got a 0-dim array")
+    if not is_array and (isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence)):
         raise TypeError(f"{name} must be a sequence of (D, H, W) masks or a (T-1, D, H, W) array, "
                         f"got {type(masks).__name__}")
     if len(masks) == 0:  # the case was scored on its baseline alone and left out of every P/NP/DAA average
         raise ValueError(f"{name} holds no follow-up: a longitudinal case has T >= 2 timepoints, one progression "
                          "mask per follow-up")
+    if is_array and baseline_ndim is not None and masks.ndim == baseline_ndim:
+        raise ValueError(f"{name} is one array of the baseline's shape {tuple(masks.shape)}: give a sequence of "
+                         f"(D, H, W) masks or a (T-1, D, H, W) array (e.g. [mask] for one follow-up)")
