@@ -186,6 +186,68 @@ def test_round_trip_full_size(tmp_path: Path) -> None:
     _round_trip(tmp_path, 1, (1.0, 1.0, 3.0), ("flair", "t2"))
 
 
+def _thick_slice_pair(spacing: int = 2) -> tuple:  # noqa: ANN001
+    """A demo case (one modality, follow-up aligned) and a 9 deg / 15 mm motion about its brain's centre."""
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+
+    cfg = DemoCohortConfig(num_patients=2, spacing=spacing, modalities=("flair",), max_translation=0.0,
+                           max_rotation=0.0)
+    case, _ = generate_demo_case(0, cfg, progressing=True)
+    centre = case.affine[:3, :3] @ np.argwhere(case.brain_mask).mean(axis=0) + case.affine[:3, 3]
+    return case, rigid_motion((0.3, -0.5, 0.8), 9.0, (11.0, -8.0, 6.0), centre), centre
+
+
+def _sitk_transform(motion: np.ndarray):  # noqa: ANN202
+    """A RAS world motion as SimpleITK's baseline -> follow-up transform (LPS)."""
+    t = LPS @ motion @ LPS
+    tx = sitk.AffineTransform(3)
+    tx.SetMatrix([float(v) for v in t[:3, :3].ravel()])
+    tx.SetTranslation([float(v) for v in t[:3, 3]])
+    return tx
+
+
+def test_baseline_at_followup_resolution_scores_alignment_not_slice_thickness() -> None:
+    """Under the true transform a 4x4x10 mm rescan of a 2 mm baseline correlates poorly with the full baseline
+    (slice thickness) and well with the baseline at its resolution; a wrong pose stays low with both."""
+    from longiseg.registration.grid import from_sitk, to_sitk
+    from longiseg.registration.pairwise import baseline_at_followup_resolution, resample, similarity
+
+    case, motion, centre = _thick_slice_pair()
+    brain = case.brain_mask.astype(bool)
+    fixed = to_sitk(case.images[0, 0], case.affine)
+    arr, aff = simulate_acquisition(case.images[1, 0], case.affine, motion, (4.0, 4.0, 10.0), (1, 2, 0), (1, -1, 1))
+    moving = to_sitk(arr, aff)
+    scores = {}
+    for name, m in (("true", motion), ("off", rigid_motion((1, 0, 0), 8.0, (8.0, 0, 0), centre) @ motion)):
+        tx = _sitk_transform(m)
+        moved = from_sitk(resample(moving, fixed, tx))[0]
+        matched = from_sitk(baseline_at_followup_resolution(fixed, moving, tx))[0]
+        assert matched.shape == case.images.shape[-3:]
+        scores[name] = (similarity(case.images[0, 0], moved, brain)["correlation"],
+                        similarity(matched, moved, brain)["correlation"])
+    assert scores["true"][0] < 0.75 < 0.9 < scores["true"][1], scores  # measured 0.65 / 0.98
+    assert scores["off"][1] < 0.7, scores  # measured 0.6
+
+
+def test_coarse_aligned_followup_passes_the_quality_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A 4x4x10 mm follow-up of a 2 mm baseline, registered within a fraction of its slice thickness, passes
+    (it failed the 0.7 correlation check against the full-resolution baseline)."""
+    from longiseg.cli import main
+
+    case, motion, _ = _thick_slice_pair()
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _write_raw_case(raw / "p0", case, case, motion, (4.0, 4.0, 10.0), (1, 2, 0), (1, -1, 1))
+    assert main(["register", str(raw), str(out), "--n4", "--no-qc-figures", "--no-progress"]) == 0
+    assert "at its resolution" in capsys.readouterr().out
+    dist, _ = _transform_errors(out / "p0" / "registration" / "t1.tfm", motion, case.affine,
+                                case.brain_mask.astype(bool))
+    assert dist < 5.0, dist  # measured 2.4 mm: half a slice
+    (q,) = json.loads((out / "p0" / "registration" / "registration.json").read_text(encoding="utf-8"))["followups"]
+    assert q["status"] == "ok" and q["after"]["correlation"] < 0.7 < q["after_at_followup_resolution"]["correlation"]
+    row = (out / "registration.csv").read_text(encoding="utf-8").splitlines()
+    assert "correlation_after_at_followup_resolution" in row[0].split(",")
+
+
 def test_another_patient_as_followup_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from longiseg.cli import main
     from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
