@@ -254,6 +254,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              "experiment file of its training")
         # --set inference.progression_threshold=0.4 (or threshold=..., the baseline's) adjusts the recorded settings
         # (keys without the section are read as inference.*; messages name the full key)
+        bare = [o for o in args.overrides if "=" not in o]
+        if bare:  # named as typed (it was named with "inference." in front), e.g. the "48]" of an unquoted "[32, 48]"
+            raise ValueError(f"--set {bare[0]!r} must look like key=value (a value with spaces needs quotes, e.g. "
+                             "--set 'inference.patch_size=[32, 48]')")
         foreign = [o.strip() for o in args.overrides
                    if "." in o.split("=", 1)[0] and not o.strip().startswith("inference.")]
         if foreign:  # e.g. trainer.max_epochs=10: read as inference.trainer, the message named a key never given

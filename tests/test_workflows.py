@@ -188,11 +188,39 @@ def test_anisotropic_3d_patches_train_and_predict(cohort: Path, tmp_path: Path,
                  "data.crop_size=[8, 24, 16]", "inference.patch_size=[12, 32, 20]"]) == 0
     model = load_model(run / "last.pt")
     assert model.spec.crop_size == (8, 24, 16) and model.spec.inference["patch_size"] == [12, 32, 20]
+    # an unquoted list is split by the shell: the stray token is named as typed (it was "inference.32]")
+    assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(cohort), "--output", str(pred),
+                 "--set", "patch_size=[12,", "32]"]) == 2
+    err = capsys.readouterr().err
+    assert "--set '32]' must look like key=value (a value with spaces needs quotes" in err and err.count("\n") == 1
     assert main(["predict", "--checkpoint", str(run / "last.pt"), "--input", str(cohort), "--output", str(pred)]) == 0
     assert "window [12, 32, 20]" in capsys.readouterr().out
     case = sorted(p.name for p in cohort.iterdir() if p.is_dir())[0]
     ref = nib.load(cohort / case / "t0_flair.nii.gz")
     assert nib.load(pred / case / "baseline_mask.nii.gz").shape == ref.shape
+
+
+def test_window_settings_are_checked_and_compared_by_their_edges(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """check_window_setting refuses what is not an int or 2-3 ints (called directly it raised a TypeError, or let
+    True and 16.5 pass); crop 32 is crop [32, 32] when a run is resumed (it was warned about as a change); a window
+    may be a numpy array, as the inferers take it."""
+    from longiseg.inferers.settings import check_window_setting, same_window
+    from longiseg.workflows.train import _warn_changed_settings
+
+    for bad in ("16", 16.0, None, True, [16, 16.5], [True, 16], [], [16], [16] * 4, [16, 0], 5000):
+        with pytest.raises(ConfigError, match="data.crop_size"):
+            check_window_setting(bad, "DataConfig", "data.crop_size", minimum=8)
+    check_window_setting([16, 32], "DataConfig", "data.crop_size")
+    assert same_window(32, [32, 32]) and same_window((8, 16, 16), [8, 16, 16]) and not same_window([32, 48], 32)
+    assert InferenceConfig(patch_size=np.array([32, 48])).patch_size == [32, 48]
+    recorded = tmp_path / "experiment.yaml"
+    ExperimentConfig.from_dict({"data": {"crop_size": 32}}).save(recorded)
+    with caplog.at_level("WARNING", logger="longiseg"):
+        _warn_changed_settings(recorded, ExperimentConfig.from_dict({"data": {"crop_size": [32, 32]}}))
+        assert "crop_size" not in caplog.text
+        _warn_changed_settings(recorded, ExperimentConfig.from_dict({"data": {"crop_size": [32, 48]}}))
+    assert "data.crop_size=[32, 48] (the run had 32)" in caplog.text
 
 
 def test_train_predict_evaluate_through_the_cli(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],

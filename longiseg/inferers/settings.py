@@ -30,7 +30,8 @@ from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import check_bool, check_instance
 
 __all__ = ["MAX_WINDOW", "VOXEL_SIZE_RTOL", "InferenceConfig", "check_planes", "check_window_setting",
-           "inference_settings", "make_inferer", "model_spec", "prediction_defaults", "voxel_size_mismatch"]
+           "inference_settings", "make_inferer", "model_spec", "prediction_defaults", "same_window",
+           "voxel_size_mismatch"]
 
 
 #: The largest crop or window edge a configuration takes (voxels); beyond, a window fails in the allocator.
@@ -58,12 +59,25 @@ def check_window_setting(size: int | list[int], owner: str, key: str, *, minimum
     checked against the model (:func:`~longiseg.networks.inputs.check_spatial_size`), before training or
     prediction starts.
     """
-    sizes = [size] if isinstance(size, int) else list(size)
-    require(isinstance(size, int) or len(sizes) in (2, 3), owner,
-            f"{key} must be one int or one per spatial axis ([h, w] for 2.5D, [d, h, w] for 3D), got {size}")
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    sizes = [size] if is_int(size) else list(size) if isinstance(size, (list, tuple)) else []
+    require(bool(sizes) and all(is_int(s) for s in sizes) and (is_int(size) or len(sizes) in (2, 3)), owner,
+            f"{key} must be one int or one per spatial axis ([h, w] for 2.5D, [d, h, w] for 3D), got {size!r}")
     require(all(minimum <= s <= MAX_WINDOW for s in sizes), owner,
             f"{key} must be between {minimum} and {MAX_WINDOW} voxels{'' if isinstance(size, int) else ' per axis'}, "
             f"got {size}")
+
+
+def same_window(a: int | Sequence[int], b: int | Sequence[int]) -> bool:
+    """Whether two crop or window settings (one edge, or one per axis) give the same window: ``32`` and
+    ``[32, 32]`` do. (How many axes a setting has is checked against the model, not here.)"""
+    def edges(size: int | Sequence[int]) -> tuple[int, ...]:
+        sizes = (size,) if isinstance(size, int) else tuple(size)
+        return sizes[:1] if len(set(sizes)) == 1 else sizes
+
+    return edges(a) == edges(b)
 
 
 @dataclasses.dataclass

@@ -187,6 +187,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value.isoformat() if isinstance(value, datetime.date) else str(value)  # YAML read "2024-01-01"
         raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
     if origin in (tuple, list):
+        if isinstance(value, np.ndarray) and value.ndim == 1:
+            value = value.tolist()  # a window as an array, as the datasets and inferers take it
         if isinstance(value, str):
             try:
                 value = yaml.load(value if value.strip().startswith("[") else f"[{value}]",  # noqa: S506
@@ -405,7 +407,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def _split_override(text: str) -> tuple[list[str], str]:
     """``"a.b=value"`` as ``(["a", "b"], "value")``, the value's text as given."""
     if not isinstance(text, str) or "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value (e.g. lr=1e-4 or trainer.max_epochs=10)")
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. lr=1e-4 or trainer.max_epochs=10; a "
+                          "value with spaces needs quotes on a command line: 'data.crop_size=[32, 48]')")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):

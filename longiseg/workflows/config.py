@@ -61,7 +61,8 @@ class DataConfig(ConfigBase):
         modalities: channel order, e.g. ``["flair", "t2"]``; ``None`` uses the manifest's.
         crop_size: in-plane crop of 2.5D samples (paper: 128 in-house MS, 80 MSSEG-2, 160 glioma) or
             the patch of 3D samples: one edge, or one per spatial axis (``[h, w]`` for 2.5D, ``[d, h, w]``
-            for 3D, e.g. a thinner patch across thick slices).
+            for 3D, e.g. a thinner patch across thick slices). A 2.5D ``[h, w]`` applies to every plane's
+            slice: ``h`` along the first of its two remaining array axes, ``w`` along the second.
         planes: planes of 2.5D cross-view sampling.
         lesion_weight: probability that a crop is centred on a lesion voxel (weighted patch sampling).
         progression_share: share of the lesion-centred crops of a progressing case that are centred on its

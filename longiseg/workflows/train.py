@@ -41,6 +41,7 @@ from longiseg.engine.trainer import (
     Trainer,
     check_fresh_start,
 )
+from longiseg.inferers.settings import same_window
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss
 from longiseg.losses.imbalance import ImbalanceAwareLoss
 from longiseg.metrics.voxel import dice
@@ -375,7 +376,9 @@ def _warn_changed_settings(recorded: Path, cfg: ExperimentConfig) -> None:
         for key in sorted(now):
             # modalities: a resume reads the checkpoint's channel order (a run recorded with none, the manifest's
             # order, has it filled in) and other modalities are refused before this
-            if key not in ("root", "val_root", "modalities") and before.get(key) != now[key]:
+            same = (same_window(before[key], now[key]) if key == "crop_size" and key in before
+                    else before.get(key) == now[key])  # crop 32 is crop [32, 32]
+            if key not in ("root", "val_root", "modalities") and not same:
                 logger.warning("resuming %s with %s.%s=%r (the run had %r): the run will differ from an "
                                "uninterrupted one", recorded.parent, section, key, now[key], before.get(key))
 
