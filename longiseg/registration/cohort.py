@@ -18,15 +18,15 @@ every file may have its own grid: voxel size, shape and orientation. Per case:
    case, logged as a warning and in ``registration.csv``, and nothing of the case but its QC record is written:
    written, a progressing case would read as stable;
 5. quality check per follow-up: normalised mutual information and correlation with the baseline inside
-   the brain, before (scanner coordinates) and after registration, the same after registration against the
-   baseline *at the follow-up's resolution* (the baseline sampled on the follow-up's grid through the
-   transform and brought back, as the follow-up was: a coarse but aligned follow-up then scores as high as a
-   fine one, see
-   :func:`~longiseg.registration.pairwise.baseline_at_followup_resolution`), how far the transform moves the brain centre and
-   rotates it (and scales, for affine), and a checkerboard PNG in three planes.
+   the brain, before (scanner coordinates) and after registration, on the baseline's grid, and after
+   registration on the follow-up's own grid where its voxels are larger (``checked``: the pair compared on
+   the coarser grid, where neither carries detail the other lacks, so an aligned thick-slice follow-up scores
+   as high as a fine one; see :func:`~longiseg.registration.pairwise.similarity_on_moving_grid`), how far
+   the transform moves the brain centre and rotates it (and scales, for affine), and a checkerboard PNG in
+   three planes.
 
-A follow-up **fails** when registration raises, its correlation after registration with the baseline at its
-resolution is below ``min_correlation``, registration made it worse (a lower similarity while moving some brain voxel by more than
+A follow-up **fails** when registration raises, its correlation after registration on the coarser grid is
+below ``min_correlation``, registration made it worse (a lower similarity while moving some brain voxel by more than
 a voxel), or the transform moves the brain more than
 ``max_translation_mm``/``max_rotation_deg`` (or scales it by more than ``max_scale_change``). A case with a
 failed follow-up is reported (``registration.csv``/``.json`` and the command's exit status) and its images
@@ -81,12 +81,12 @@ from longiseg.data.volumes import read_mask, read_volume
 from longiseg.registration.grid import Grid, from_sitk, isotropic_grid, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import (
     PairOptions,
-    baseline_at_followup_resolution,
     foreground_mask,
     n4_correct,
     register_pair,
     resample,
     similarity,
+    similarity_on_moving_grid,
     transform_motion,
 )
 from longiseg.utils.io import (
@@ -140,9 +140,9 @@ class RegistrationOptions:
         interpolation: ``"linear"`` or ``"bspline"`` for images.
         mask_interpolation: ``"linear"`` (0/1 mask interpolated, kept where >= 0.5) or ``"nearest"``. A case
             with a mask that this empties (voxels in the raw data, none on the output grid) fails.
-        min_correlation: a follow-up whose correlation with the baseline in the brain, after registration and
-            with the baseline at the follow-up's resolution, is lower fails (both compared where the registered
-            follow-up images the brain: a smaller field of view lowers no score, nor do thick slices).
+        min_correlation: a follow-up whose correlation with the baseline in the brain after registration, on
+            the coarser of the two grids, is lower fails (compared where the registered follow-up images the
+            brain: a smaller field of view lowers no score, nor do thick slices).
         min_coverage: a registered follow-up that images a smaller share of the baseline's brain fails.
         max_translation_mm, max_rotation_deg: largest plausible motion of the brain centre / rotation.
         max_scale_change: largest plausible scaling of an affine transform (0.15: scales 0.85-1.15).
@@ -280,10 +280,10 @@ def _check_motion(q: dict[str, Any], opts: RegistrationOptions, voxel_mm: float)
         reasons.append(f"the registered follow-up images {q['brain_coverage']:.0%} of the baseline's brain "
                        f"(< {opts.min_coverage:.0%}; a failed registration, or a field of view smaller by design: "
                        "then lower --min-coverage)")
-    matched = q["after_at_followup_resolution"]["correlation"]
-    if matched < opts.min_correlation:
-        reasons.append(f"correlation after registration {matched:.3f} < {opts.min_correlation} (with the baseline "
-                       "at the follow-up's resolution; another patient, wrong modality or failed registration?)")
+    checked = q["checked"]["correlation"]
+    if checked < opts.min_correlation:
+        reasons.append(f"correlation after registration {checked:.3f} < {opts.min_correlation} (on the "
+                       f"{q['checked_on']}; another patient, wrong modality or failed registration?)")
     if after["nmi"] < before["nmi"] - 1e-3 and mo["max_displacement_mm"] > voxel_mm:
         reasons.append(f"registration lowered the similarity (NMI {before['nmi']:.3f} -> {after['nmi']:.3f}) "
                        f"while moving the brain by up to {mo['max_displacement_mm']:.1f} mm")
@@ -527,8 +527,13 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
                 compared = imaged if n_imaged >= 2 else brain_np
                 q["before"] = similarity(fixed_np, from_sitk(resample(moving, fixed))[0], compared)
                 q["after"] = similarity(fixed_np, moved, compared)
-                matched = from_sitk(baseline_at_followup_resolution(fixed, moving, tx))[0]
-                q["after_at_followup_resolution"] = similarity(matched, moved, compared)
+                # checked on the coarser grid (by voxel volume; the baseline's when equal): a thick-slice follow-up
+                # compared with the baseline's detail scores low however well it is aligned
+                q["checked_on"], q["checked"] = "baseline grid", q["after"]
+                if math.prod(moving.GetSpacing()) > 1.01 * math.prod(fixed.GetSpacing()):
+                    with contextlib.suppress(ValueError):  # < 2 compared voxels on the follow-up's grid: the baseline's
+                        q["checked"] = similarity_on_moving_grid(fixed, moving, tx, compared)
+                        q["checked_on"] = "follow-up grid"
                 q["motion"] = transform_motion(tx, centre_lps)
                 q["motion"]["max_displacement_mm"] = max(
                     float(np.linalg.norm(np.asarray(tx.TransformPoint([float(v) for v in c])) - c)) for c in corners_lps)
@@ -680,9 +685,10 @@ def _summary_rows(results: Sequence[CaseRegistration]) -> list[dict[str, Any]]:
         for q in r.followups:
             row = {"case_id": r.case_id, "followup": q["followup"], "status": q["status"],
                    "reasons": "; ".join(q["reasons"])}
-            for when in ("before", "after", "after_at_followup_resolution"):
+            for when in ("before", "after", "checked"):
                 for k, v in q.get(when, {}).items():
                     row[f"{k}_{when}"] = round(v, 4)
+            row["checked_on"] = q.get("checked_on", "")
             if "brain_coverage" in q:
                 row["brain_coverage"] = round(q["brain_coverage"], 4)
             mo = q.get("motion", {})

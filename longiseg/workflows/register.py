@@ -100,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
                       f"{'; '.join(q['reasons'])}", file=sys.stderr)
             else:
                 print(f"{r.case_id} t{q['followup']}: correlation {q['before']['correlation']:.3f} -> "
-                      f"{q['after']['correlation']:.3f} ({q['after_at_followup_resolution']['correlation']:.3f} at "
-                      f"its resolution), moved {q['motion']['translation_mm']:.1f} mm / "
+                      f"{q['after']['correlation']:.3f}"
+                      + (f" ({q['checked']['correlation']:.3f} on its own grid)" if q["checked_on"] == "follow-up grid"
+                         else "") + f", moved {q['motion']['translation_mm']:.1f} mm / "
                       f"{q['motion']['rotation_deg']:.1f} deg ({q['seconds']} s)")
     kept = (" (written anyway, --keep-failed: a follow-up whose registration raised as the scanner placed it, "
             "one that failed the quality check with its transform)") if failed and args.keep_failed else ""
