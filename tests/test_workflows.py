@@ -211,8 +211,12 @@ def test_window_settings_are_checked_and_compared_by_their_edges(tmp_path: Path,
     for bad in ("16", 16.0, None, True, [16, 16.5], [True, 16], [], [16], [16] * 4, [16, 0], 5000):
         with pytest.raises(ConfigError, match="data.crop_size"):
             check_window_setting(bad, "DataConfig", "data.crop_size", minimum=8)
-    check_window_setting([16, 32], "DataConfig", "data.crop_size")
+    for good in ([16, 32], (16, 32, 24), np.int64(32), np.array([16, 32])):  # as the datasets and inferers take them
+        check_window_setting(good, "DataConfig", "data.crop_size")
     assert same_window(32, [32, 32]) and same_window((8, 16, 16), [8, 16, 16]) and not same_window([32, 48], 32)
+    assert same_window(np.int64(32), np.array([32, 32]))
+    with pytest.raises(TypeError, match="a must be an int or a sequence of ints"):
+        same_window(None, 32)
     assert InferenceConfig(patch_size=np.array([32, 48])).patch_size == [32, 48]
     recorded = tmp_path / "experiment.yaml"
     ExperimentConfig.from_dict({"data": {"crop_size": 32}}).save(recorded)

@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -50,7 +51,11 @@ def check_planes(planes: list[str], owner: str) -> None:
             f"planes must be a non-empty subset of {PLANES}, each plane once, got {planes}")
 
 
-def check_window_setting(size: int | list[int], owner: str, key: str, *, minimum: int = 1) -> None:
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_window_setting(size: int | Sequence[int], owner: str, key: str, *, minimum: int = 1) -> None:
     """Refuse a crop or window setting unless it is one edge for every axis (an int) or one per spatial axis
     (2 ints: ``[h, w]`` of a 2.5D slice; 3: ``[d, h, w]`` of a 3D patch), each from ``minimum`` to
     :data:`MAX_WINDOW` voxels: a :class:`~longiseg.utils.config.ConfigError` naming ``owner`` and ``key``.
@@ -58,26 +63,33 @@ def check_window_setting(size: int | list[int], owner: str, key: str, *, minimum
     Whether the number of sizes fits the model (2 for a 2.5D model, 3 for a 3D one) and its downsampling is
     checked against the model (:func:`~longiseg.networks.inputs.check_spatial_size`), before training or
     prediction starts.
-    """
-    def is_int(v: object) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
 
-    sizes = [size] if is_int(size) else list(size) if isinstance(size, (list, tuple)) else []
-    require(bool(sizes) and all(is_int(s) for s in sizes) and (is_int(size) or len(sizes) in (2, 3)), owner,
+    Raises:
+        ConfigError: naming ``owner`` and ``key``: not an int (or NumPy integer) nor a list, tuple or 1-D array
+            of 2 or 3 of them, or a size out of range.
+    """
+    sizes = [size] if _is_int(size) else list(size) if isinstance(size, (list, tuple, np.ndarray)) else []
+    require(bool(sizes) and all(_is_int(s) for s in sizes) and (_is_int(size) or len(sizes) in (2, 3)), owner,
             f"{key} must be one int or one per spatial axis ([h, w] for 2.5D, [d, h, w] for 3D), got {size!r}")
     require(all(minimum <= s <= MAX_WINDOW for s in sizes), owner,
-            f"{key} must be between {minimum} and {MAX_WINDOW} voxels{'' if isinstance(size, int) else ' per axis'}, "
+            f"{key} must be between {minimum} and {MAX_WINDOW} voxels{'' if _is_int(size) else ' per axis'}, "
             f"got {size}")
 
 
 def same_window(a: int | Sequence[int], b: int | Sequence[int]) -> bool:
     """Whether two crop or window settings (one edge, or one per axis) give the same window: ``32`` and
-    ``[32, 32]`` do. (How many axes a setting has is checked against the model, not here.)"""
-    def edges(size: int | Sequence[int]) -> tuple[int, ...]:
-        sizes = (size,) if isinstance(size, int) else tuple(size)
+    ``[32, 32]`` do. (How many axes a setting has is checked against the model, not here.)
+
+    Raises:
+        TypeError: ``a`` or ``b`` neither an int nor a sequence of ints.
+    """
+    def edges(name: str, size: int | Sequence[int]) -> tuple[int, ...]:
+        if not (_is_int(size) or (isinstance(size, (list, tuple, np.ndarray)) and all(_is_int(s) for s in size))):
+            raise TypeError(f"{name} must be an int or a sequence of ints (a window), got {size!r}")
+        sizes = (int(size),) if _is_int(size) else tuple(int(s) for s in size)
         return sizes[:1] if len(set(sizes)) == 1 else sizes
 
-    return edges(a) == edges(b)
+    return edges("a", a) == edges("b", b)
 
 
 @dataclasses.dataclass

@@ -376,7 +376,7 @@ def _warn_changed_settings(recorded: Path, cfg: ExperimentConfig) -> None:
         for key in sorted(now):
             # modalities: a resume reads the checkpoint's channel order (a run recorded with none, the manifest's
             # order, has it filled in) and other modalities are refused before this
-            same = (same_window(before[key], now[key]) if key == "crop_size" and key in before
+            same = (same_window(before[key], now[key]) if key == "crop_size"
                     else before.get(key) == now[key])  # crop 32 is crop [32, 32]
             if key not in ("root", "val_root", "modalities") and not same:
                 logger.warning("resuming %s with %s.%s=%r (the run had %r): the run will differ from an "
