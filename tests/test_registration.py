@@ -208,27 +208,42 @@ def _sitk_transform(motion: np.ndarray):  # noqa: ANN202
     return tx
 
 
-def test_similarity_on_the_followup_grid_scores_alignment_not_slice_thickness() -> None:
-    """Under the true transform a 4x4x10 mm rescan of a 2 mm baseline correlates poorly with the baseline on the
-    baseline's grid (slice thickness) and well on its own grid; a pose 6 degrees off stays low on both."""
+@pytest.mark.parametrize("voxel_mm", [(4.0, 4.0, 10.0), (1.0, 1.0, 7.0)])
+def test_similarity_at_common_resolution_scores_alignment_not_slice_thickness(voxel_mm: tuple) -> None:
+    """Under the true transform a thick-slice rescan of a 2 mm baseline correlates poorly with it on the baseline's
+    grid and well at their common resolution (thin in-plane voxels too: 1x1x7 mm, smaller voxels than the
+    baseline's by volume); a pose 6 degrees off stays low on both."""
     from longiseg.registration.grid import from_sitk, to_sitk
-    from longiseg.registration.pairwise import resample, similarity, similarity_on_moving_grid
+    from longiseg.registration.pairwise import (
+        common_resolution_grid,
+        resample,
+        similarity,
+        similarity_at_common_resolution,
+    )
 
     case, motion, centre = _thick_slice_pair()
     brain = case.brain_mask.astype(bool)
     fixed = to_sitk(case.images[0, 0], case.affine)
-    arr, aff = simulate_acquisition(case.images[1, 0], case.affine, motion, (4.0, 4.0, 10.0), (1, 2, 0), (1, -1, 1))
-    moving = to_sitk(arr, aff)
+    moving = to_sitk(*simulate_acquisition(case.images[1, 0], case.affine, motion, voxel_mm, (1, 2, 0), (1, -1, 1)))
     scores = {}
     for name, m in (("true", motion), ("off", rigid_motion((1, 0, 0), 6.0, (0, 0, 0), centre) @ motion)):
         tx = _sitk_transform(m)
         moved = from_sitk(resample(moving, fixed, tx))[0]
         scores[name] = (similarity(case.images[0, 0], moved, brain)["correlation"],
-                        similarity_on_moving_grid(fixed, moving, tx, brain)["correlation"])
-    assert scores["true"][0] < 0.75 < 0.9 < scores["true"][1], scores  # measured 0.68 / 0.99
-    assert max(scores["off"]) < 0.65, scores  # measured 0.44 / 0.58 (a round trip through the follow-up's grid: 0.74)
-    with pytest.raises(TypeError, match="mask must be a numpy array"):
-        similarity_on_moving_grid(fixed, moving, _sitk_transform(motion), None)
+                        similarity_at_common_resolution(fixed, moving, tx, brain)["correlation"])
+    assert scores["true"][0] < 0.9 < scores["true"][1], scores  # measured 0.68 / 0.99 and 0.83 / 0.97
+    assert max(scores["off"]) < 0.65, scores  # measured 0.44 / 0.58 and 0.48 / 0.59
+    # the grid: the follow-up's orientation, along each axis the coarser voxel size (2 mm in-plane for 1x1x7)
+    spacing = common_resolution_grid(fixed, moving, _sitk_transform(motion)).GetSpacing()
+    np.testing.assert_allclose(spacing, np.maximum(voxel_mm, 2.0), rtol=1e-6)
+    tx = _sitk_transform(motion)
+    for bad, error, match in ((None, TypeError, "mask must be a bool numpy array"),
+                              (brain.astype(np.uint8), TypeError, "mask must be a bool array"),
+                              (brain[:, :, :-1], ValueError, "mask must have fixed's shape")):
+        with pytest.raises(error, match=match):
+            similarity_at_common_resolution(fixed, moving, tx, bad)
+    with pytest.raises(TypeError, match="transform must be a SimpleITK transform"):
+        similarity_at_common_resolution(fixed, moving, None, brain)
 
 
 def test_coarse_aligned_followup_passes_the_quality_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -245,16 +260,16 @@ def test_coarse_aligned_followup_passes_the_quality_check(tmp_path: Path, capsys
     _write_raw_case(raw / "other", case, other, motion, (4.0, 4.0, 10.0), (1, 2, 0), (1, -1, 1))
     assert main(["register", str(raw), str(out), "--n4", "--no-qc-figures", "--no-progress"]) == 1
     captured = capsys.readouterr()
-    assert "on its own grid)" in captured.out and "p0 t1" in captured.out
+    assert "at 4x4x10 mm)" in captured.out and "p0 t1" in captured.out
     assert "case other follow-up 1 failed: correlation after registration" in captured.err  # measured 0.35
     dist, _ = _transform_errors(out / "p0" / "registration" / "t1.tfm", motion, case.affine,
                                 case.brain_mask.astype(bool))
-    assert dist < 5.0, dist  # measured 2.4 mm: half a slice
+    assert dist < 5.0, dist  # measured 2.4 mm: a quarter of a slice
     (q,) = json.loads((out / "p0" / "registration" / "registration.json").read_text(encoding="utf-8"))["followups"]
     assert q["status"] == "ok" and q["after"]["correlation"] < 0.7 < q["checked"]["correlation"]
-    assert q["checked_on"] == "follow-up grid"
+    assert q["checked_voxel_mm"] == [4.0, 4.0, 10.0]
     rows = {r["case_id"]: r for r in csv.DictReader(io.StringIO((out / "registration.csv").read_text(encoding="utf-8")))}
-    assert rows["p0"]["checked_on"] == "follow-up grid" and float(rows["p0"]["correlation_checked"]) > 0.9
+    assert rows["p0"]["checked_voxel_mm"] == "4x4x10" and float(rows["p0"]["correlation_checked"]) > 0.9
 
 
 def test_another_patient_as_followup_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from longiseg.data.case import SPACING_RTOL, affine_spacing
 from longiseg.utils.io import PathLike
+from longiseg.utils.masks import format_spacing
 from longiseg.utils.nifti import QFORM_SFORM_ATOL, load_nifti
 from longiseg.utils.validation import beyond
 
@@ -118,7 +119,7 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
 
 
 def _mm(values: Any) -> str:
-    return "x".join(f"{float(v):.4g}" for v in values) + " mm"
+    return format_spacing(values) + " mm"
 
 
 def read_mask(path: PathLike, *, what: str = "mask"

@@ -18,15 +18,15 @@ every file may have its own grid: voxel size, shape and orientation. Per case:
    case, logged as a warning and in ``registration.csv``, and nothing of the case but its QC record is written:
    written, a progressing case would read as stable;
 5. quality check per follow-up: normalised mutual information and correlation with the baseline inside
-   the brain, before (scanner coordinates) and after registration, on the baseline's grid, and after
-   registration on the follow-up's own grid where its voxels are larger (``checked``: the pair compared on
-   the coarser grid, where neither carries detail the other lacks, so an aligned thick-slice follow-up scores
-   as high as a fine one; see :func:`~longiseg.registration.pairwise.similarity_on_moving_grid`), how far
-   the transform moves the brain centre and rotates it (and scales, for affine), and a checkerboard PNG in
-   three planes.
+   the brain, before (scanner coordinates) and after registration on the baseline's grid, and after
+   registration at the pair's common resolution (``checked``: on a grid in the follow-up's orientation with,
+   along each axis, the coarser of the two voxel sizes, where neither image carries detail the other lacks, so
+   an aligned thick-slice follow-up scores as high as a fine one; see
+   :func:`~longiseg.registration.pairwise.similarity_at_common_resolution`), how far the transform moves the
+   brain centre and rotates it (and scales, for affine), and a checkerboard PNG in three planes.
 
-A follow-up **fails** when registration raises, its correlation after registration on the coarser grid is
-below ``min_correlation``, registration made it worse (a lower similarity while moving some brain voxel by more than
+A follow-up **fails** when registration raises, its correlation after registration at the common resolution
+is below ``min_correlation``, registration made it worse (a lower similarity while moving some brain voxel by more than
 a voxel), or the transform moves the brain more than
 ``max_translation_mm``/``max_rotation_deg`` (or scales it by more than ``max_scale_change``). A case with a
 failed follow-up is reported (``registration.csv``/``.json`` and the command's exit status) and its images
@@ -81,12 +81,13 @@ from longiseg.data.volumes import read_mask, read_volume
 from longiseg.registration.grid import Grid, from_sitk, isotropic_grid, require_simpleitk, to_sitk
 from longiseg.registration.pairwise import (
     PairOptions,
+    common_resolution_grid,
     foreground_mask,
     n4_correct,
     register_pair,
     resample,
     similarity,
-    similarity_on_moving_grid,
+    similarity_at_common_resolution,
     transform_motion,
 )
 from longiseg.utils.io import (
@@ -102,6 +103,7 @@ from longiseg.utils.io import (
     folder_is_empty,
 )
 from longiseg.utils.logging import get_logger
+from longiseg.utils.masks import format_spacing
 from longiseg.utils.nifti import atomic_save_nifti, load_nifti, spatial_header
 from longiseg.utils.plotting import require_matplotlib
 from longiseg.utils.validation import check_bool, check_instance, check_path, check_positive_int
@@ -140,8 +142,8 @@ class RegistrationOptions:
         interpolation: ``"linear"`` or ``"bspline"`` for images.
         mask_interpolation: ``"linear"`` (0/1 mask interpolated, kept where >= 0.5) or ``"nearest"``. A case
             with a mask that this empties (voxels in the raw data, none on the output grid) fails.
-        min_correlation: a follow-up whose correlation with the baseline in the brain after registration, on
-            the coarser of the two grids, is lower fails (compared where the registered follow-up images the
+        min_correlation: a follow-up whose correlation with the baseline in the brain after registration, at
+            the pair's common resolution, is lower fails (compared where the registered follow-up images the
             brain: a smaller field of view lowers no score, nor do thick slices).
         min_coverage: a registered follow-up that images a smaller share of the baseline's brain fails.
         max_translation_mm, max_rotation_deg: largest plausible motion of the brain centre / rotation.
@@ -282,8 +284,9 @@ def _check_motion(q: dict[str, Any], opts: RegistrationOptions, voxel_mm: float)
                        "then lower --min-coverage)")
     checked = q["checked"]["correlation"]
     if checked < opts.min_correlation:
-        reasons.append(f"correlation after registration {checked:.3f} < {opts.min_correlation} (on the "
-                       f"{q['checked_on']}; another patient, wrong modality or failed registration?)")
+        reasons.append(f"correlation after registration {checked:.3f} < {opts.min_correlation} (at "
+                       f"{format_spacing(q['checked_voxel_mm'])} mm, the pair's common resolution; another patient, "
+                       "wrong modality or failed registration?)")
     if after["nmi"] < before["nmi"] - 1e-3 and mo["max_displacement_mm"] > voxel_mm:
         reasons.append(f"registration lowered the similarity (NMI {before['nmi']:.3f} -> {after['nmi']:.3f}) "
                        f"while moving the brain by up to {mo['max_displacement_mm']:.1f} mm")
@@ -527,13 +530,14 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
                 compared = imaged if n_imaged >= 2 else brain_np
                 q["before"] = similarity(fixed_np, from_sitk(resample(moving, fixed))[0], compared)
                 q["after"] = similarity(fixed_np, moved, compared)
-                # checked on the coarser grid (by voxel volume; the baseline's when equal): a thick-slice follow-up
-                # compared with the baseline's detail scores low however well it is aligned
-                q["checked_on"], q["checked"] = "baseline grid", q["after"]
-                if math.prod(moving.GetSpacing()) > 1.01 * math.prod(fixed.GetSpacing()):
-                    with contextlib.suppress(ValueError):  # < 2 compared voxels on the follow-up's grid: the baseline's
-                        q["checked"] = similarity_on_moving_grid(fixed, moving, tx, compared)
-                        q["checked_on"] = "follow-up grid"
+                # checked where neither image carries detail the other lacks: a thick-slice follow-up compared
+                # with the baseline's detail scores low however well it is aligned
+                try:
+                    q["checked"] = similarity_at_common_resolution(fixed, moving, tx, compared)
+                    grid = common_resolution_grid(fixed, moving, tx)
+                except ValueError:  # < 2 compared voxels at that resolution (a sliver of brain imaged): the baseline's
+                    q["checked"], grid = dict(q["after"]), fixed
+                q["checked_voxel_mm"] = [round(v, 3) for v in grid.GetSpacing()]
                 q["motion"] = transform_motion(tx, centre_lps)
                 q["motion"]["max_displacement_mm"] = max(
                     float(np.linalg.norm(np.asarray(tx.TransformPoint([float(v) for v in c])) - c)) for c in corners_lps)
@@ -631,7 +635,7 @@ def _lost_masks_error(inp: _CaseInput, opts: RegistrationOptions, out_masks: dic
             lost.append((mask_name, f"{path} ({raw_count} voxel{'s' if raw_count != 1 else ''} in the raw data)"))
     if not lost:
         return ""
-    vox = "x".join(f"{s:g}" for s in np.round(inp.out_grid.spacing, 3))
+    vox = format_spacing(np.round(inp.out_grid.spacing, 3))
     how = ("linear interpolation kept where >= 0.5" if opts.mask_interpolation == "linear"
            else "nearest-neighbour interpolation")
     fixes = (["mask_interpolation='nearest' (--mask-interpolation nearest)"] if opts.mask_interpolation == "linear"
@@ -688,7 +692,7 @@ def _summary_rows(results: Sequence[CaseRegistration]) -> list[dict[str, Any]]:
             for when in ("before", "after", "checked"):
                 for k, v in q.get(when, {}).items():
                     row[f"{k}_{when}"] = round(v, 4)
-            row["checked_on"] = q.get("checked_on", "")
+            row["checked_voxel_mm"] = format_spacing(q["checked_voxel_mm"]) if "checked_voxel_mm" in q else ""
             if "brain_coverage" in q:
                 row["brain_coverage"] = round(q["brain_coverage"], 4)
             mo = q.get("motion", {})

@@ -9,7 +9,8 @@
 * :func:`resample`: an image onto a grid through a transform (linear or B-spline for images, nearest
   neighbour for masks).
 * :func:`similarity`: normalised mutual information and correlation of two images inside a mask (the QC
-  numbers before/after registration), :func:`similarity_on_moving_grid` the same on the moving image's grid;
+  numbers before/after registration), :func:`similarity_at_common_resolution` the same on a grid where
+  neither image carries detail the other lacks (:func:`common_resolution_grid`);
   :func:`transform_motion`: how far a transform moves the brain.
 * :func:`n4_correct`: N4 bias-field correction.
 
@@ -33,12 +34,13 @@ __all__ = [
     "INTERPOLATIONS",
     "MAX_SEED",
     "PairOptions",
+    "common_resolution_grid",
     "foreground_mask",
     "n4_correct",
     "register_pair",
     "resample",
     "similarity",
-    "similarity_on_moving_grid",
+    "similarity_at_common_resolution",
     "transform_motion",
 ]
 
@@ -245,19 +247,58 @@ def resample(image: Any, grid: Grid | Any, transform: Any | None = None, *, inte
     return out
 
 
-def similarity_on_moving_grid(fixed: Any, moving: Any, transform: Any, mask: np.ndarray, *,
-                              bins: int = 64) -> dict[str, float]:
-    """:func:`similarity` of a registered pair on the moving image's own grid: ``fixed`` (linearly) and ``mask``
-    (nearest neighbour) resampled there through the inverse of ``transform``, ``moving``'s voxels as acquired.
+def common_resolution_grid(fixed: Any, moving: Any, transform: Any) -> Any:
+    """The grid on which a registered pair carries the same detail: ``moving``'s orientation and field of view,
+    along each of its axes the coarser of the two images' voxel sizes.
 
-    On the coarser grid of a pair, neither image carries detail the other lacks: a 4 x 4 x 10 mm follow-up
-    correlates 0.65 with a 2 mm baseline on the baseline's grid when aligned (interpolation across its thick
-    slices mixes tissues), 0.96-0.99 on its own, and a pose 6 degrees or 6 mm off stays below 0.6 on both
-    (demo anatomy).
+    ``fixed``'s voxel size along a moving axis ``u`` (mapped into fixed space by the inverse of ``transform``) is
+    ``sqrt(sum_j ((u . e_j) s_j)^2)`` over its axes ``e_j`` of spacing ``s_j``. Where ``moving`` is at least as
+    coarse along every axis (a thick-slice follow-up), the grid is ``moving``'s own.
 
     Args:
-        fixed: SimpleITK image ``(D, H, W)``, the fixed (baseline) image.
-        moving: SimpleITK image on any grid, the moving (follow-up) image.
+        fixed: SimpleITK image (the baseline).
+        moving: SimpleITK image (the follow-up), any grid.
+        transform: invertible SimpleITK transform from fixed to moving points (rigid or affine).
+
+    Returns:
+        An empty SimpleITK image (``UInt8``) on that grid, the target of :func:`resample`.
+    """
+    sitk = require_simpleitk()
+    _check_pair(fixed, moving, transform)
+    m_dir = np.asarray(moving.GetDirection(), dtype=np.float64).reshape(3, 3)
+    m_sp = np.asarray(moving.GetSpacing(), dtype=np.float64)
+    f_axes = np.asarray(fixed.GetDirection(), dtype=np.float64).reshape(3, 3) * np.asarray(fixed.GetSpacing())
+    inverse = transform.GetInverse()
+    origin = np.asarray(moving.GetOrigin(), dtype=np.float64)
+    start = np.asarray(inverse.TransformPoint([float(v) for v in origin]))
+    spacing = m_sp.copy()
+    for i in range(3):  # moving axis i in fixed space, and fixed's voxel size along it
+        u = np.asarray(inverse.TransformPoint([float(v) for v in origin + m_dir[:, i]])) - start
+        fixed_mm = float(np.linalg.norm(u @ f_axes / max(float(np.linalg.norm(u)), 1e-12)))
+        if fixed_mm > 1.01 * m_sp[i]:
+            spacing[i] = fixed_mm
+    size = [max(1, math.ceil(n * s / t - 1e-6)) for n, s, t in zip(moving.GetSize(), m_sp, spacing)]
+    corner = origin - 0.5 * m_dir @ m_sp
+    ref = sitk.Image(size, sitk.sitkUInt8)
+    ref.SetSpacing([float(v) for v in spacing])
+    ref.SetDirection([float(v) for v in m_dir.ravel()])
+    ref.SetOrigin([float(v) for v in corner + 0.5 * m_dir @ spacing])
+    return ref
+
+
+def similarity_at_common_resolution(fixed: Any, moving: Any, transform: Any, mask: np.ndarray, *,
+                                    bins: int = 64) -> dict[str, float]:
+    """:func:`similarity` of a registered pair on their :func:`common_resolution_grid`: ``fixed`` and ``mask``
+    (nearest neighbour) resampled there through the inverse of ``transform``, ``moving`` directly (its own
+    voxels, as acquired, where it is the coarser image along every axis).
+
+    Neither image then carries detail the other lacks, so the correlation measures alignment, not resolution:
+    on the demo anatomy an aligned 4 x 4 x 10 mm follow-up correlates 0.65 with a 2 mm baseline on the
+    baseline's grid (interpolation across its thick slices mixes tissues) and 0.96-0.99 here.
+
+    Args:
+        fixed: SimpleITK image ``(D, H, W)`` (the baseline).
+        moving: SimpleITK image on any grid (the follow-up).
         transform: invertible SimpleITK transform from fixed to moving points (rigid or affine, as
             :func:`register_pair` returns it).
         mask: ``(D, H, W)`` bool on ``fixed``'s grid, the voxels compared (the brain).
@@ -267,16 +308,32 @@ def similarity_on_moving_grid(fixed: Any, moving: Any, transform: Any, mask: np.
         ``{"nmi", "correlation"}`` as :func:`similarity`.
 
     Raises:
+        TypeError: ``fixed``/``moving`` not SimpleITK images, ``transform`` not a SimpleITK transform, ``mask``
+            not a bool array.
+        ValueError: ``mask`` not of ``fixed``'s shape, or fewer than two of its voxels on the common grid.
         RuntimeError: a transform SimpleITK cannot invert.
-        ValueError: fewer than two voxels of ``mask`` land on the moving grid.
     """
-    check_instance("mask", mask, np.ndarray, "a numpy array (D, H, W)")
+    check_instance("mask", mask, np.ndarray, "a bool numpy array (D, H, W)")
+    if mask.dtype != bool:
+        raise TypeError(f"mask must be a bool array (the voxels compared), got dtype {mask.dtype}")
+    _check_pair(fixed, moving, transform)
+    fixed_shape = tuple(fixed.GetSize())  # from_sitk keeps the axis order: (D, H, W) is SimpleITK's size
+    if mask.shape != fixed_shape:
+        raise ValueError(f"mask must have fixed's shape {fixed_shape} (D, H, W), got {mask.shape}")
+    grid = common_resolution_grid(fixed, moving, transform)
     inverse = transform.GetInverse()
     mask_img = to_sitk(mask.astype(np.uint8), np.eye(4))
     mask_img.CopyInformation(fixed)
-    on_moving = from_sitk(resample(mask_img, moving, inverse, interpolation="nearest"))[0] > 0
-    fixed_on_moving = from_sitk(resample(fixed, moving, inverse))[0]
-    return similarity(fixed_on_moving, from_sitk(moving)[0], on_moving, bins=bins)
+    compared = from_sitk(resample(mask_img, grid, inverse, interpolation="nearest"))[0] > 0
+    return similarity(from_sitk(resample(fixed, grid, inverse))[0], from_sitk(resample(moving, grid))[0], compared,
+                      bins=bins)
+
+
+def _check_pair(fixed: Any, moving: Any, transform: Any) -> None:
+    sitk = require_simpleitk()
+    check_instance("fixed", fixed, sitk.Image, "a SimpleITK image")
+    check_instance("moving", moving, sitk.Image, "a SimpleITK image")
+    check_instance("transform", transform, sitk.Transform, "a SimpleITK transform")
 
 
 def similarity(a: np.ndarray, b: np.ndarray, mask: np.ndarray, *, bins: int = 64) -> dict[str, float]:

@@ -23,7 +23,8 @@ from longiseg.utils.validation import (
     check_spatial_dims,
 )
 
-__all__ = ["MaskLike", "as_mask", "as_mask_pair", "as_spacing", "foreground_slices", "check_followup_masks"]
+__all__ = ["MaskLike", "as_mask", "as_mask_pair", "as_spacing", "foreground_slices", "check_followup_masks",
+           "format_spacing"]
 
 MaskLike = np.ndarray | torch.Tensor
 
@@ -99,6 +100,11 @@ def as_mask_pair(
     g = as_mask(names[1], gt, ndim)
     check_same_shape(names[0], p, names[1], g)
     return p, g
+
+
+def format_spacing(spacing: Sequence[float] | np.ndarray) -> str:
+    """A voxel size for messages and tables: ``(4.0, 4.0, 10.0)`` as ``"4x4x10"`` (4 significant digits)."""
+    return "x".join(f"{float(v):.4g}" for v in spacing)
 
 
 def as_spacing(

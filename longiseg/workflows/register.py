@@ -12,6 +12,7 @@ import re
 import sys
 
 from longiseg.utils.io import expand_home
+from longiseg.utils.masks import format_spacing
 
 __all__ = ["add_parser", "run"]
 
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--n4", action="store_true", help="N4 bias-field correction first")
     p.add_argument("--min-correlation", dest="min_correlation", type=float, default=0.7,
                    help="QC: fail a follow-up below this correlation with the baseline where it images the "
-                        "brain (default 0.7)")
+                        "brain, after registration, at the pair's common resolution (default 0.7)")
     p.add_argument("--min-coverage", dest="min_coverage", type=float, default=0.5,
                    help="QC: fail a follow-up that, registered, images less of the baseline's brain than this "
                         "share (default 0.5; lower it for follow-ups with a smaller field of view by design)")
@@ -101,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(f"{r.case_id} t{q['followup']}: correlation {q['before']['correlation']:.3f} -> "
                       f"{q['after']['correlation']:.3f}"
-                      + (f" ({q['checked']['correlation']:.3f} on its own grid)" if q["checked_on"] == "follow-up grid"
-                         else "") + f", moved {q['motion']['translation_mm']:.1f} mm / "
+                      f" ({q['checked']['correlation']:.3f} at {format_spacing(q['checked_voxel_mm'])} "
+                      f"mm), moved {q['motion']['translation_mm']:.1f} mm / "
                       f"{q['motion']['rotation_deg']:.1f} deg ({q['seconds']} s)")
     kept = (" (written anyway, --keep-failed: a follow-up whose registration raised as the scanner placed it, "
             "one that failed the quality check with its transform)") if failed and args.keep_failed else ""
