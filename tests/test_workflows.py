@@ -155,6 +155,9 @@ def test_clear_errors_for_missing_data_unknown_model_and_bad_key(tmp_path: Path,
     assert "Unknown model name 'segmastt'" in capsys.readouterr().err
     assert main(["train", "--set", "trainer.max_epoch=1"]) == 2
     assert "Unknown config key" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path), "--set", "data.crop_size=[16,", "16]"]) == 2  # an unquoted list
+    err = capsys.readouterr().err
+    assert "override '16]' must look like key=value" in err and "needs quotes" in err and err.count("\n") == 1
 
 
 def test_sizes_a_model_cannot_take_fail_before_the_run_is_recorded(cohort: Path, tmp_path: Path,
