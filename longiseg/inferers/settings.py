@@ -55,6 +55,16 @@ def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def _window_sizes(size: object) -> tuple[int, ...] | None:
+    """A window setting's sizes (one for an int), or ``None`` where it is neither an int nor a list, tuple or 1-D
+    array of ints."""
+    if _is_int(size):
+        return (int(size),)  # type: ignore[call-overload]
+    if isinstance(size, (list, tuple, np.ndarray)) and all(_is_int(s) for s in size):
+        return tuple(int(s) for s in size)
+    return None
+
+
 def check_window_setting(size: int | Sequence[int], owner: str, key: str, *, minimum: int = 1) -> None:
     """Refuse a crop or window setting unless it is one edge for every axis (an int) or one per spatial axis
     (2 ints: ``[h, w]`` of a 2.5D slice; 3: ``[d, h, w]`` of a 3D patch), each from ``minimum`` to
@@ -68,10 +78,10 @@ def check_window_setting(size: int | Sequence[int], owner: str, key: str, *, min
         ConfigError: naming ``owner`` and ``key``: not an int (or NumPy integer) nor a list, tuple or 1-D array
             of 2 or 3 of them, or a size out of range.
     """
-    sizes = [size] if _is_int(size) else list(size) if isinstance(size, (list, tuple, np.ndarray)) else []
-    require(bool(sizes) and all(_is_int(s) for s in sizes) and (_is_int(size) or len(sizes) in (2, 3)), owner,
+    sizes = _window_sizes(size)
+    require(sizes is not None and (_is_int(size) or len(sizes) in (2, 3)), owner,
             f"{key} must be one int or one per spatial axis ([h, w] for 2.5D, [d, h, w] for 3D), got {size!r}")
-    require(all(minimum <= s <= MAX_WINDOW for s in sizes), owner,
+    require(all(minimum <= s <= MAX_WINDOW for s in sizes or ()), owner,
             f"{key} must be between {minimum} and {MAX_WINDOW} voxels{'' if _is_int(size) else ' per axis'}, "
             f"got {size}")
 
@@ -84,9 +94,9 @@ def same_window(a: int | Sequence[int], b: int | Sequence[int]) -> bool:
         TypeError: ``a`` or ``b`` neither an int nor a sequence of ints.
     """
     def edges(name: str, size: int | Sequence[int]) -> tuple[int, ...]:
-        if not (_is_int(size) or (isinstance(size, (list, tuple, np.ndarray)) and all(_is_int(s) for s in size))):
+        sizes = _window_sizes(size)
+        if sizes is None:
             raise TypeError(f"{name} must be an int or a sequence of ints (a window), got {size!r}")
-        sizes = (int(size),) if _is_int(size) else tuple(int(s) for s in size)
         return sizes[:1] if len(set(sizes)) == 1 else sizes
 
     return edges("a", a) == edges("b", b)

@@ -327,8 +327,8 @@ def lesion_evolution(
                      "progression is lesion at t(k) but not at t(k-1), so the report counts only the voxels outside "
                      "the earlier lesions (longiseg evaluate scores the masks as they are)", case_id, ", ".join(inside))
     return CaseEvolution(case_id=case_id, patient_id=case_id if patient_id is None else patient_id,
-                         baseline_lesions=first.n, baseline_volume_mm3=float(first.volumes_mm3.sum()), followups=tuple(followups),
-                         affine=aff, min_volume_mm3=vmin, connectivity=conn)
+                         baseline_lesions=first.n, baseline_volume_mm3=float(first.volumes_mm3.sum()),
+                         followups=tuple(followups), affine=aff, min_volume_mm3=vmin, connectivity=conn)
 
 
 def evolution_folder(

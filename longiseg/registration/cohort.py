@@ -532,9 +532,9 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
                 q["after"] = similarity(fixed_np, moved, compared)
                 # checked where neither image carries detail the other lacks: a thick-slice follow-up compared
                 # with the baseline's detail scores low however well it is aligned
+                grid = common_resolution_grid(fixed, moving, tx)
                 try:
-                    q["checked"] = similarity_at_common_resolution(fixed, moving, tx, compared)
-                    grid = common_resolution_grid(fixed, moving, tx)
+                    q["checked"] = similarity_at_common_resolution(fixed, moving, tx, compared, grid=grid)
                 except ValueError:  # < 2 compared voxels at that resolution (a sliver of brain imaged): the baseline's
                     q["checked"], grid = dict(q["after"]), fixed
                 q["checked_voxel_mm"] = [round(v, 3) for v in grid.GetSpacing()]

@@ -287,7 +287,7 @@ def common_resolution_grid(fixed: Any, moving: Any, transform: Any) -> Any:
 
 
 def similarity_at_common_resolution(fixed: Any, moving: Any, transform: Any, mask: np.ndarray, *,
-                                    bins: int = 64) -> dict[str, float]:
+                                    grid: Any | None = None, bins: int = 64) -> dict[str, float]:
     """:func:`similarity` of a registered pair on their :func:`common_resolution_grid`: ``fixed`` and ``mask``
     (nearest neighbour) resampled there through the inverse of ``transform``, ``moving`` directly (its own
     voxels, as acquired, where it is the coarser image along every axis).
@@ -302,6 +302,7 @@ def similarity_at_common_resolution(fixed: Any, moving: Any, transform: Any, mas
         transform: invertible SimpleITK transform from fixed to moving points (rigid or affine, as
             :func:`register_pair` returns it).
         mask: ``(D, H, W)`` bool on ``fixed``'s grid, the voxels compared (the brain).
+        grid: the pair's :func:`common_resolution_grid` where the caller has it already (``None``: made here).
         bins: as in :func:`similarity`.
 
     Returns:
@@ -320,7 +321,8 @@ def similarity_at_common_resolution(fixed: Any, moving: Any, transform: Any, mas
     fixed_shape = tuple(fixed.GetSize())  # from_sitk keeps the axis order: (D, H, W) is SimpleITK's size
     if mask.shape != fixed_shape:
         raise ValueError(f"mask must have fixed's shape {fixed_shape} (D, H, W), got {mask.shape}")
-    grid = common_resolution_grid(fixed, moving, transform)
+    if grid is None:
+        grid = common_resolution_grid(fixed, moving, transform)
     inverse = transform.GetInverse()
     mask_img = to_sitk(mask.astype(np.uint8), np.eye(4))
     mask_img.CopyInformation(fixed)
