@@ -45,6 +45,7 @@ from longiseg.inferers.postprocessing import postprocess, postprocess_heads
 from longiseg.metrics.longitudinal import evaluate_mask_pair
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.utils.masks import as_spacing
+from longiseg.utils.validation import as_numpy
 
 __all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_THRESHOLDS", "OBJECTIVES", "ThresholdSelection", "progression_score",
            "select_threshold", "tuning_note"]
@@ -108,16 +109,8 @@ class ThresholdSelection:
         }
 
 
-def _as_array(name: str, x: object) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
-    return x
-
-
 def _check_probability_map(name: str, prob: object) -> np.ndarray:
-    arr = _as_array(name, prob)
+    arr = as_numpy(name, prob)
     if arr.ndim != 3:
         raise ValueError(f"{name} must be a (D, H, W) probability map, got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.floating):
@@ -128,7 +121,7 @@ def _check_probability_map(name: str, prob: object) -> np.ndarray:
 
 
 def _check_mask(name: str, mask: object, shape: tuple[int, ...]) -> np.ndarray:
-    arr = _as_array(name, mask)
+    arr = as_numpy(name, mask)
     if arr.shape != shape:
         raise ValueError(f"{name} must have the shape of its probability map {shape}, got {arr.shape}")
     if arr.dtype != bool:
@@ -173,9 +166,9 @@ def progression_score(
         For a non-empty ``gt``: lesion F1 in ``[0, 1]`` under ``protocol``; for an empty ``gt``: 1.0 if
         ``pred`` is empty, else 0.0.
     """
-    gt_arr = _as_array("gt", gt)
+    gt_arr = as_numpy("gt", gt)
     if not gt_arr.any():
-        return 0.0 if _as_array("pred", pred).any() else 1.0
+        return 0.0 if as_numpy("pred", pred).any() else 1.0
     metrics, _ = evaluate_mask_pair(pred, gt_arr, spacing, get_protocol(protocol), kind="P")
     return float(metrics["lesion_f1"])
 

@@ -772,3 +772,76 @@ def test_more_fuzzed_arguments_are_named(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match="array has dtype bool, which SimpleITK images cannot hold"):
         to_sitk(np.zeros((2, 2, 2), bool), np.eye(4))
+
+
+def test_half_precision_probabilities_are_post_processed_as_float32() -> None:
+    # bfloat16 probabilities (a model run under autocast) failed in Tensor.numpy() ("Got unsupported ScalarType
+    # BFloat16") in every post-processing function; each value is exact in float32
+    from longiseg.inferers.postprocessing import new_lesion_probability, postprocess_heads, threshold_probabilities
+
+    g = torch.Generator().manual_seed(0)
+    base, prog = torch.rand(6, 7, 5, generator=g), torch.rand(2, 6, 7, 5, generator=g)
+    bb, pb = base.bfloat16(), prog.bfloat16()
+    assert np.array_equal(threshold_probabilities(bb, 0.5), bb.float().numpy() >= 0.5)
+    got = new_lesion_probability(bb, pb)
+    assert got.dtype == np.float32
+    assert np.array_equal(got, new_lesion_probability(bb.float(), pb.float()))
+    heads = postprocess_heads(bb, pb, threshold=0.4, restrict="none")
+    ref = postprocess_heads(bb.float(), pb.float(), threshold=0.4, restrict="none")
+    assert np.array_equal(heads.baseline, ref.baseline) and np.array_equal(heads.progression, ref.progression)
+
+
+def test_zero_followups_are_named() -> None:
+    # T-1 = 0 reached torch.cat ("expected a non-empty list") and prog[0] (IndexError)
+    from longiseg.inferers.postprocessing import new_lesion_probability
+    from longiseg.losses import new_lesion_logits
+
+    with pytest.raises(ValueError, match=r"progression_logits must hold at least one follow-up \(T-1 >= 1\)"):
+        new_lesion_logits(torch.zeros(1, 1, 4, 4), torch.zeros(1, 0, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"progression_prob must hold at least one follow-up \(T-1 >= 1\)"):
+        new_lesion_probability(np.zeros((3, 4, 4)), np.zeros((0, 3, 4, 4)))
+
+
+def test_loss_hyperparameters_take_numpy_numbers() -> None:
+    # smooth_dr=np.float32(1e-5) was refused ("must be a float, got float32") though the same module's counts,
+    # build_model and the metrics take NumPy numbers; the losses must equal those of the Python numbers
+    from longiseg.losses import ImbalanceAwareLoss, PerSampleDiceFocalLoss, num_empty_to_keep
+
+    logits, target = torch.randn(3, 1, 6, 6), torch.rand(3, 1, 6, 6) > 0.7
+    numpy_args = dict(lambda_dice=np.float32(1), lambda_focal=np.int64(1), gamma=np.float64(2), alpha=np.float32(0.25),
+                      smooth_nr=np.float32(1e-5), smooth_dr=np.float32(1e-5))
+    loss = PerSampleDiceFocalLoss(**numpy_args)
+    assert all(type(getattr(loss, k)) is float for k in numpy_args)
+    assert torch.equal(loss(logits, target), PerSampleDiceFocalLoss(**{k: float(v) for k, v in numpy_args.items()})(
+        logits, target))
+    imb = ImbalanceAwareLoss(empty_ratio=np.float32(0.5), min_empty=np.int64(1), seed=0)
+    assert type(imb.empty_ratio) is float and type(imb.min_empty) is int
+    assert num_empty_to_keep(4, 10, empty_ratio=np.float32(0.5)) == 2
+    for bad, error, match in ((np.bool_(True), TypeError, "gamma must be a number >= 0, got bool"),
+                              (np.float32("nan"), ValueError, "gamma must be a finite number >= 0, got nan")):
+        with pytest.raises(error, match=match):
+            PerSampleDiceFocalLoss(gamma=bad)
+    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\], got 1.5"):
+        PerSampleDiceFocalLoss(alpha=np.float64(1.5))
+    with pytest.raises(TypeError, match="min_empty must be an int, got float"):
+        ImbalanceAwareLoss(min_empty=1.0)
+
+
+def test_difference_weighting_checks_prior_against_current() -> None:
+    # a float64 prior failed in torch ("mixed dtype (CPU)"), a bool one in the subtraction, an int or float16
+    # prior was promoted silently, an empty batch raised IndexError inside the instance norm
+    dw = DifferenceWeighting(4, spatial_dims=2)
+    x = torch.randn(2, 4, 5, 5)
+    for prior in (x.double(), x.half(), x.int(), x > 0):
+        with pytest.raises(TypeError, match=f"prior must have current's dtype torch.float32, got {prior.dtype}"):
+            dw(x, prior)
+    with pytest.raises(ValueError, match="prior must be on current's device cpu, got meta"):
+        dw(x, x.to("meta"))
+    with pytest.raises(TypeError, match=r"current has dtype torch.float64 but the block's parameters are "
+                                        r"torch.float32: convert the input"):
+        dw(x.double(), x.double())
+    with pytest.raises(ValueError, match="current has batch size B=0"):
+        dw(x[:0], x[:0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dw(x.bfloat16(), x.bfloat16()).shape == x.shape  # autocast casts per operation
+    assert DifferenceWeighting(4, spatial_dims=2, affine=False)(x.double(), x.double()).dtype == torch.float64

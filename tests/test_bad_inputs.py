@@ -703,7 +703,7 @@ def _api_rows() -> list[tuple[str, Callable[[Path], object], type[BaseException]
         ("loss-empty-voxels", lambda t: PerSampleDiceFocalLoss()(torch.ones(1, 1, 0, 8), torch.ones(1, 1, 0, 8)),
          ValueError, "logits must hold at least one sample"),
         ("loss-infinite-gamma", lambda t: PerSampleDiceFocalLoss(gamma=float("inf")), ValueError,
-         "gamma must be a finite float"),
+         "gamma must be a finite number >= 0"),
         ("new-lesion-logits-list", lambda t: new_lesion_logits([[0.0]], torch.zeros(1, 1, 1)), TypeError,
          "baseline_logits must be a torch.Tensor"),
         ("has-progression-nan-volume", lambda t: has_progression(mask, min_volume_mm3=float("nan")), ValueError,

@@ -33,6 +33,7 @@ import torch
 from longiseg.data.lesions import check_connectivity, check_min_volume, remove_small_lesions
 from longiseg.utils.masks import as_mask, as_spacing
 from longiseg.utils.validation import (
+    as_numpy,
     check_binary,
     check_bool,
     check_finite,
@@ -46,14 +47,6 @@ __all__ = ["threshold_probabilities", "remove_small_components", "restrict_to_ma
 
 #: Which masks ``restrict`` cuts to the brain: none, the progression masks, or both heads'.
 RESTRICT_OPTIONS = ("none", "progression", "both")
-
-
-def _as_numpy(name: str, x: object) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    if isinstance(x, np.ndarray):
-        return x
-    raise TypeError(f"{name} must be a numpy array or torch.Tensor, got {type(x).__name__}")
 
 
 def _check_probabilities(name: str, p: np.ndarray) -> None:
@@ -73,7 +66,7 @@ def threshold_probabilities(prob: np.ndarray | torch.Tensor, threshold: float = 
         ValueError: if ``threshold`` is outside ``[0, 1]`` or ``prob`` holds NaN/inf or values outside
             ``[0, 1]`` (logits instead of probabilities?).
     """
-    p = _as_numpy("prob", prob)
+    p = as_numpy("prob", prob)
     threshold = check_probability("threshold", threshold)
     _check_probabilities("prob", p)
     return p >= threshold
@@ -118,8 +111,8 @@ def restrict_to_mask(mask: np.ndarray | torch.Tensor, brain_mask: np.ndarray | t
     Raises:
         ValueError: if the masks are not binary or the spatial shapes differ.
     """
-    m = _as_numpy("mask", mask)
-    b = _as_numpy("brain_mask", brain_mask)
+    m = as_numpy("mask", mask)
+    b = as_numpy("brain_mask", brain_mask)
     check_ndim("brain_mask", b, 3, "(D, H, W)")
     if m.ndim < 3:
         raise ValueError(f"mask must have at least 3 dims (..., D, H, W), got shape {m.shape}")
@@ -160,13 +153,13 @@ def postprocess(
     Returns:
         Bool mask with the shape of ``prob``.
     """
-    p = _as_numpy("prob", prob)
+    p = as_numpy("prob", prob)
     check_ndim("prob", p, (3, 4), "(D, H, W) or (N, D, H, W)")
     mask = threshold_probabilities(p, threshold)
     if brain_mask is not None:
         mask = restrict_to_mask(mask, brain_mask)
     if exclude is not None:
-        ex = _as_numpy("exclude", exclude)
+        ex = as_numpy("exclude", exclude)
         check_ndim("exclude", ex, 3, "(D, H, W)")
         check_same_shape("prob spatial shape", p[(0,) * (p.ndim - 3)], "exclude", ex)
         check_binary("exclude", ex)
@@ -198,10 +191,12 @@ def new_lesion_probability(baseline_prob: np.ndarray | torch.Tensor,
 def _head_maps(baseline_prob: np.ndarray | torch.Tensor, progression_prob: np.ndarray | torch.Tensor
                ) -> tuple[np.ndarray, np.ndarray]:
     """The two heads' maps as numpy arrays ``(D, H, W)`` and ``(T-1, D, H, W)``, checked and named as given."""
-    base = _as_numpy("baseline_prob", baseline_prob)
-    prog = _as_numpy("progression_prob", progression_prob)
+    base = as_numpy("baseline_prob", baseline_prob)
+    prog = as_numpy("progression_prob", progression_prob)
     check_ndim("baseline_prob", base, 3, "(D, H, W)")
     check_ndim("progression_prob", prog, 4, "(T-1, D, H, W)")
+    if prog.shape[0] == 0:
+        raise ValueError(f"progression_prob must hold at least one follow-up (T-1 >= 1), got shape {prog.shape}")
     check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
     _check_probabilities("baseline_prob", base)
     _check_probabilities("progression_prob", prog)

@@ -16,8 +16,6 @@ MONAI is not required; ``tests/test_losses.py`` checks the agreement when it is 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +23,8 @@ from torch import nn
 from longiseg.utils.validation import (
     check_binary,
     check_finite,
+    check_nonnegative_float,
+    check_probability,
     check_same_shape,
     check_tensor,
     debug_checks_enabled,
@@ -86,10 +86,7 @@ def _check_hyperparameters(alpha: float | None = None, **nonnegative: float) -> 
     """Raise unless every keyword value is a finite float ``>= 0`` and ``alpha`` is ``None`` or in ``[0, 1]``;
     ``smooth_dr`` must be ``> 0`` and ``lambda_dice``/``lambda_focal`` not both 0."""
     for name, value in nonnegative.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-        if not 0.0 <= value < math.inf:  # also rejects NaN
-            raise ValueError(f"{name} must be a finite float >= 0, got {value}")
+        check_nonnegative_float(name, value)  # NumPy numbers too; NaN and inf refused
     if nonnegative.get("smooth_dr", 1.0) == 0:  # an empty target and an empty prediction gave 0/0: a NaN loss
         raise ValueError("smooth_dr must be > 0: without it an empty target with an empty prediction (a stable "
                          "follow-up) has the Dice 0/0 and the loss is NaN")
@@ -97,10 +94,7 @@ def _check_hyperparameters(alpha: float | None = None, **nonnegative: float) -> 
         raise ValueError("lambda_dice and lambda_focal are both 0: the loss would be 0 whatever the model predicts; "
                          "give one of them a weight > 0")
     if alpha is not None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-            raise TypeError(f"alpha must be a float in [0, 1] or None, got {type(alpha).__name__}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha}")
+        check_probability("alpha", alpha)
 
 
 def _prepare(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

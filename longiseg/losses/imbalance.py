@@ -41,6 +41,7 @@ from longiseg.utils.validation import (
     check_callable,
     check_finite,
     check_ndim,
+    check_nonnegative_float,
     check_positive_int,
     check_same_shape,
     check_seed,
@@ -69,22 +70,6 @@ def _check_strategy(strategy: object) -> str:
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     return strategy
-
-
-def _check_ratio(empty_ratio: object) -> float:
-    if isinstance(empty_ratio, bool) or not isinstance(empty_ratio, (int, float)):
-        raise TypeError(f"empty_ratio must be a float >= 0, got {type(empty_ratio).__name__}")
-    if not (0.0 <= empty_ratio < math.inf):
-        raise ValueError(f"empty_ratio must be a finite float >= 0, got {empty_ratio}")
-    return float(empty_ratio)
-
-
-def _check_min_empty(min_empty: object) -> int:
-    if isinstance(min_empty, bool) or not isinstance(min_empty, int):
-        raise TypeError(f"min_empty must be an int >= 0, got {type(min_empty).__name__}")
-    if min_empty < 0:
-        raise ValueError(f"min_empty must be >= 0, got {min_empty}")
-    return min_empty
 
 
 def _check_generator(generator: object) -> torch.Generator | None:
@@ -139,8 +124,8 @@ def num_empty_to_keep(
         ``min(num_empty, min_empty)``.
     """
     strategy = _check_strategy(strategy)
-    empty_ratio = _check_ratio(empty_ratio)
-    min_empty = _check_min_empty(min_empty)
+    empty_ratio = check_nonnegative_float("empty_ratio", empty_ratio)
+    min_empty = check_positive_int("min_empty", min_empty, minimum=0)
     num_non_empty = check_positive_int("num_non_empty", num_non_empty, minimum=0)  # NumPy ints too
     num_empty = check_positive_int("num_empty", num_empty, minimum=0)
     if strategy == "whole":
@@ -186,8 +171,8 @@ def select_progression_samples(
         raise ValueError(f"non_empty must have shape (B,) or (B, T-1), got {tuple(non_empty.shape)}")
     check_binary("non_empty", non_empty)
     strategy = _check_strategy(strategy)
-    empty_ratio = _check_ratio(empty_ratio)
-    min_empty = _check_min_empty(min_empty)
+    empty_ratio = check_nonnegative_float("empty_ratio", empty_ratio)
+    min_empty = check_positive_int("min_empty", min_empty, minimum=0)
     generator = _check_generator(generator)
 
     flags = non_empty.detach().to("cpu", torch.bool)
@@ -284,7 +269,7 @@ def new_lesion_logits(baseline_logits: torch.Tensor, progression_logits: torch.T
 
     Raises:
         TypeError: an argument is not a floating-point tensor.
-        ValueError: the shapes do not match.
+        ValueError: the shapes do not match, or ``T-1`` is 0.
     """
     for name, logits in (("baseline_logits", baseline_logits), ("progression_logits", progression_logits)):
         check_tensor(name, logits)
@@ -295,6 +280,9 @@ def new_lesion_logits(baseline_logits: torch.Tensor, progression_logits: torch.T
             baseline_logits.shape[1:] != progression_logits.shape[2:]:
         raise ValueError(f"baseline_logits (B, K, *S) {tuple(baseline_logits.shape)} does not match "
                          f"progression_logits (B, T-1, K, *S) {tuple(progression_logits.shape)}")
+    if progression_logits.shape[1] == 0:
+        raise ValueError("progression_logits must hold at least one follow-up (T-1 >= 1), got shape "
+                         f"{tuple(progression_logits.shape)}")
     b = baseline_logits.unsqueeze(1)
     not_before, before = F.logsigmoid(-b), F.logsigmoid(b)  # log q_0, log(1 - q_0)
     logits = []
@@ -401,8 +389,8 @@ class ImbalanceAwareLoss(nn.Module):
         check_callable("per_sample_loss", per_sample_loss)
         self.per_sample_loss = per_sample_loss
         self.strategy = _check_strategy(strategy)
-        self.empty_ratio = _check_ratio(empty_ratio)
-        self.min_empty = _check_min_empty(min_empty)
+        self.empty_ratio = check_nonnegative_float("empty_ratio", empty_ratio)
+        self.min_empty = check_positive_int("min_empty", min_empty, minimum=0)
         if generator is not None and seed is not None:
             raise ValueError("pass either generator or seed, not both")
         self._owns_generator = seed is not None

@@ -36,9 +36,9 @@ import torch
 import torch.nn as nn
 
 from longiseg.utils.validation import (
-    autocast_reconciles,
     check_finite,
     check_instance,
+    check_matches_parameters,
     check_ndim,
     check_spatial_dims,
     check_tensor,
@@ -186,17 +186,7 @@ def check_model_input(
     check_ndim("x", x, spatial_dims + 3, lay)
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    if device is not None and x.device != device:
-        raise ValueError(f"x is on device {x.device} but the model's parameters are on device {device}: move the "
-                         f"input (x.to('{device}')) or the model (model.to('{x.device}'))")
-    if dtype is not None and x.dtype != dtype and not autocast_reconciles(x, dtype):
-        double = torch.float64 in (x.dtype, dtype)
-        raise TypeError(
-            f"x has dtype {x.dtype} but the model's parameters are {dtype}: convert the input "
-            f"(x.to({dtype})) or the model (model.to({x.dtype}))"
-            + (" (autocast never casts float64)" if double and torch.is_autocast_enabled(x.device.type)
-               else "" if double else ", or run under torch.autocast")
-        )
+    check_matches_parameters("x", x, dtype=dtype, device=device)
     if not checks_sizes():  # torch.jit.trace records: the sizes are traced tensors (see checks_sizes)
         return
     shape = tuple(x.shape)

@@ -24,8 +24,8 @@ from longiseg.ssm.cuda import load_causal_conv1d
 from longiseg.ssm.selective_scan import check_backend, log_backend, resolve_backend, selective_scan
 from longiseg.utils.device import factory_device
 from longiseg.utils.validation import (
-    autocast_reconciles,
     check_bool,
+    check_matches_parameters,
     check_positive_float,
     check_positive_int,
     checks_sizes,
@@ -207,10 +207,8 @@ class Mamba(nn.Module):
             raise ValueError(f"hidden_states must have seqlen >= 1, got shape {tuple(hidden_states.shape)}")
         check_bool("reverse", reverse)
         weight = self.in_proj.weight
-        if hidden_states.dtype != weight.dtype and not autocast_reconciles(hidden_states, weight.dtype):
-            double = torch.float64 in (hidden_states.dtype, weight.dtype)
-            raise TypeError(f"hidden_states has dtype {hidden_states.dtype} but the block's parameters are "
-                            f"{weight.dtype}: convert one of them" + ("" if double else ", or run under torch.autocast"))
+        check_matches_parameters("hidden_states", hidden_states, dtype=weight.dtype, device=weight.device,
+                                 module="block")
         if reverse:
             hidden_states = hidden_states.flip(1)
         backend = resolve_backend(self.backend, hidden_states.device)  # once per call, passed on below

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from longiseg.utils.validation import (
+    as_numpy,
     check_binary,
     check_finite,
     check_ndim,
@@ -46,10 +47,7 @@ def as_mask(name: str, x: MaskLike, ndim: int | Sequence[int] = (2, 3)) -> np.nd
         ValueError: another rank than ``ndim``, an empty dimension, NaN/inf, or values other than 0 and 1.
     """
     if isinstance(x, torch.Tensor):
-        t = x.detach().cpu()
-        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
-            t = t.float()  # bfloat16/float8 (a thresholded output under autocast): no NumPy dtype, exact in float32
-        arr = t.numpy()
+        arr = as_numpy(name, x)  # bfloat16/float8 (a thresholded output under autocast) as float32: exact
     elif isinstance(x, np.ma.MaskedArray):  # its hidden entries count as their stored values in every score
         raise TypeError(f"{name} must be a plain numpy.ndarray, got a masked array; pass {name}.filled(0) (masked "
                         "voxels as background) or its data")

@@ -30,7 +30,9 @@ __all__ = [
     "debug_checks",
     "debug_checks_enabled",
     "check_tensor",
+    "as_numpy",
     "autocast_reconciles",
+    "check_matches_parameters",
     "check_instance",
     "check_callable",
     "check_sequence",
@@ -112,10 +114,56 @@ def check_tensor(name: str, x: object) -> torch.Tensor:
     return x
 
 
+def as_numpy(name: str, x: object) -> np.ndarray:
+    """``x`` as a NumPy array: a tensor is detached and copied to the CPU, an array is returned as it is.
+
+    Floating dtypes NumPy lacks (bfloat16, float8: the outputs of a model run under autocast) become float32,
+    which holds each of their values exactly. ``name`` names the argument in the ``TypeError`` raised for
+    anything else (lists included: a nested list is no shape-checked array).
+    """
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+        if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.float()
+        return t.numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise TypeError(f"{name} must be a numpy array or torch.Tensor, got {type(x).__name__}")
+
+
 def autocast_reconciles(x: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether autocast, on for ``x``'s device, runs ``x`` with parameters of another ``dtype``: it casts float32,
     float16 and bfloat16 per operation, but never float64 (neither an input nor a parameter)."""
     return torch.float64 not in (x.dtype, dtype) and torch.is_autocast_enabled(x.device.type)
+
+
+def check_matches_parameters(name: str, x: torch.Tensor, *, dtype: torch.dtype | None = None,
+                             device: torch.device | None = None, module: str = "model") -> None:
+    """Refuse a module input ``x`` on another device than the module's parameters, or of another dtype.
+
+    Args:
+        name: the argument, in the message (``"x"``, ``"hidden_states"``, ...).
+        x: the input tensor.
+        dtype: the parameters' dtype; ``x`` must have it unless autocast is on for ``x``'s device and neither
+            is float64 (:func:`autocast_reconciles`). ``None``: any dtype.
+        device: the parameters' device. ``None``: any device.
+        module: what the module is, in the message (``"model"``, ``"block"``).
+
+    Raises:
+        ValueError: ``x`` is on another device (naming both).
+        TypeError: ``x`` has another dtype that autocast does not reconcile.
+    """
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on device {x.device} but the {module}'s parameters are on device {device}: "
+                         f"move the input ({name}.to('{device}')) or the {module} ({module}.to('{x.device}'))")
+    if dtype is not None and x.dtype != dtype and not autocast_reconciles(x, dtype):
+        double = torch.float64 in (x.dtype, dtype)
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but the {module}'s parameters are {dtype}: convert the input "
+            f"({name}.to({dtype})) or the {module} ({module}.to({x.dtype}))"
+            + (" (autocast never casts float64)" if double and torch.is_autocast_enabled(x.device.type)
+               else "" if double else ", or run under torch.autocast")
+        )
 
 
 def check_instance(name: str, x: object, types: type | tuple[type, ...], what: str) -> Any:

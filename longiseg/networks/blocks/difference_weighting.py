@@ -15,15 +15,17 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from longiseg.networks.inputs import feature_layout
+from longiseg.networks.inputs import feature_layout, parameter_device, parameter_dtype
 from longiseg.utils.validation import (
     check_bool,
+    check_matches_parameters,
     check_nonnegative_float,
     check_positive_int,
     check_same_shape,
     check_shape,
     check_spatial_dims,
     check_tensor,
+    checks_sizes,
 )
 
 __all__ = ["DifferenceWeighting"]
@@ -63,11 +65,24 @@ class DifferenceWeighting(nn.Module):
 
         Returns:
             ``(B, C, *S)`` temporally informed features ``x'_c``.
+
+        Raises:
+            TypeError: ``current`` is not a floating-point tensor, ``prior`` not a tensor of ``current``'s dtype,
+                or the block's parameters have another dtype (outside autocast).
+            ValueError: wrong shapes, an empty batch, or the tensors and the block on different devices.
         """
         check_shape("current", current, feature_layout(self.spatial_dims),
                     floating=True, C=self.channels)
         check_tensor("prior", prior)
         check_same_shape("current", current, "prior", prior)
+        if prior.dtype != current.dtype:  # torch promoted an integer or half prior silently, or failed inside
+            raise TypeError(f"prior must have current's dtype {current.dtype}, got {prior.dtype}")
+        if prior.device != current.device:
+            raise ValueError(f"prior must be on current's device {current.device}, got {prior.device}")
+        if checks_sizes() and current.shape[0] == 0:
+            raise ValueError(f"current has batch size B=0, got shape {tuple(current.shape)}; pass at least one sample")
+        check_matches_parameters("current", current, dtype=parameter_dtype(self), device=parameter_device(self),
+                                 module="block")
         return current * self.norm(current - prior) + current
 
     def extra_repr(self) -> str:
