@@ -777,7 +777,11 @@ def test_more_fuzzed_arguments_are_named(tmp_path: Path) -> None:
 def test_half_precision_probabilities_are_post_processed_as_float32() -> None:
     # bfloat16 probabilities (a model run under autocast) failed in Tensor.numpy() ("Got unsupported ScalarType
     # BFloat16") in every post-processing function; each value is exact in float32
-    from longiseg.inferers.postprocessing import new_lesion_probability, postprocess_heads, threshold_probabilities
+    from longiseg.inferers.postprocessing import (
+        new_lesion_probability,
+        postprocess_heads,
+        threshold_probabilities,
+    )
 
     g = torch.Generator().manual_seed(0)
     base, prog = torch.rand(6, 7, 5, generator=g), torch.rand(2, 6, 7, 5, generator=g)

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from longiseg.metrics.aggregate import ResultsTable, paired_ttest, significance_stars
@@ -56,6 +57,10 @@ def test_np_rule_and_daa_on_constructed_cases() -> None:
         disease_activity_assessment([])
     with pytest.raises(ValueError, match="booleans"):
         disease_activity_assessment([0, 2])
+    # a generator (as a 0-d object array) was refused with "got shape ()"; a tensor of flags is taken
+    with pytest.raises(TypeError, match="correct must be a sequence, array or tensor of booleans, got generator"):
+        disease_activity_assessment(f for f in flags)
+    assert disease_activity_assessment(torch.tensor(flags)) == pytest.approx(60.0)
 
 
 def test_strict_np_dice_ignores_the_size_filter() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from longiseg.metrics.consistency import persisting_lesions
 from longiseg.metrics.inputs import (
@@ -32,7 +33,7 @@ from longiseg.metrics.lesion import (
 )
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.metrics.voxel import _counts, _ratio, hausdorff_distance
-from longiseg.utils.validation import check_instance
+from longiseg.utils.validation import as_numpy, check_instance
 
 __all__ = [
     "CASE_KINDS",
@@ -93,8 +94,14 @@ def disease_activity_assessment(correct: Sequence[bool] | np.ndarray) -> float:
 
     Args:
         correct: ``(N,)`` booleans, one per follow-up scan (from :func:`disease_activity_correct`).
+
+    Raises:
+        TypeError: ``correct`` is no sequence, array or tensor (a generator or a set: make it a list).
+        ValueError: not a non-empty 1D collection of booleans or 0/1.
     """
-    arr = np.asarray(correct)
+    arr = as_numpy("correct", correct) if isinstance(correct, torch.Tensor) else np.asarray(correct)
+    if arr.ndim == 0:  # a generator, a set or one bool: NumPy made a 0-d array of it
+        raise TypeError(f"correct must be a sequence, array or tensor of booleans, got {type(correct).__name__}")
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"correct must be a non-empty 1D sequence of booleans, got shape {arr.shape}")
     if arr.dtype != bool:
