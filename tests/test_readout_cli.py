@@ -209,3 +209,52 @@ def test_validation_cases_of_different_voxel_sizes_are_tuned_each_with_its_own(t
     assert maps.spacings == [(4.0, 4.0, 4.0), (3.0, 3.0, 3.0)]
     assert [p.shape for p in maps.probabilities] == [r.shape for r in maps.references]
     assert maps.probabilities[0].shape != maps.probabilities[1].shape
+
+
+@pytest.mark.parametrize("case", ["upper-case", "no-baseline", "t0", "dangling-out"])
+def test_mask_folders_refuse_what_they_would_leave_out(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       case: str) -> None:
+    # a case whose baseline mask was named BASELINE_MASK.nii.gz, or that had progression masks but no baseline
+    # mask, was left out of `lesions` and `evaluate` (exit 0; evaluate said the prediction's case was "not in the
+    # reference"); a progression_t0.nii.gz was ignored; an --out that is a dangling link failed after the work
+    # with a bare "[Errno 17] File exists"
+    pred, ref = _folders(tmp_path)
+    out = tmp_path / "report"
+    b = ref / "b"
+    if case == "upper-case":
+        (b / "baseline_mask.nii.gz").rename(b / "BASELINE_MASK.nii.gz")
+    elif case == "no-baseline":
+        (b / "baseline_mask.nii.gz").unlink()
+    elif case == "t0":
+        (b / "progression_t0.nii.gz").write_bytes((b / "progression_t1.nii.gz").read_bytes())
+    else:
+        out.symlink_to(tmp_path / "nowhere")
+    expected = {"upper-case": "BASELINE_MASK.nii.gz is named like the layout's 'baseline_mask.nii.gz' but for "
+                              "upper-case letters",
+                "no-baseline": "holds progression masks but no baseline_mask.nii.gz",
+                "t0": "holds progression_t0.nii.gz, but timepoint 0 is the baseline",
+                "dangling-out": "is a symbolic link to"}[case]
+    for argv in (["lesions", str(ref)], ["evaluate", str(pred), str(ref)]):
+        code, err = _cli([*argv, "--out", str(out), "--no-progress"], capsys)
+        assert code == 2 and err.startswith(f"longiseg {argv[0]}: error: ") and err.count("\n") == 1, err
+        assert expected in err, err
+        assert out.is_symlink() if case == "dangling-out" else not out.exists()
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_evaluate_folder_keeps_its_report_apart_from_its_inputs(tmp_path: Path) -> None:
+    # the CLI refused --out inside an input folder, evaluate_folder(output_dir=...) wrote the report into the
+    # reference (read back as a case the next time) or into a predicted case folder; progress="no" passed as true
+    from longiseg.metrics.evaluate import evaluate_folder
+    from longiseg.metrics.evolution import evolution_folder
+
+    pred, ref = _folders(tmp_path)
+    before = {p: sorted(q.name for q in p.rglob("*")) for p in (pred, ref)}
+    for out, how in ((ref, "is"), (pred / "b", "lies inside"), (tmp_path, "holds")):
+        with pytest.raises(ValueError, match=f"output_dir {out} {how}"):
+            evaluate_folder(pred, ref, output_dir=out, progress=False)
+    assert {p: sorted(q.name for q in p.rglob("*")) for p in (pred, ref)} == before
+    with pytest.raises(TypeError, match="progress must be a bool, got str 'no'"):
+        evaluate_folder(pred, ref, progress="no")
+    with pytest.raises(TypeError, match="progress must be a bool, got str 'no'"):
+        evolution_folder(ref, progress="no")

@@ -362,3 +362,44 @@ def test_an_uncompressed_nifti_named_gz_is_told_to_be_renamed(tmp_path) -> None:
     renamed.write_bytes(b"not a volume at all" * 10)  # neither gzip nor NIfTI: the message as before
     with pytest.raises(ValueError, match=r"t1_t2\.nii\.gz is truncated, corrupt or not a NIfTI file"):
         load_nifti(renamed)
+
+
+def test_an_unreadable_nifti_is_reported_as_unreadable(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nibabel turns the PermissionError of an unreadable file into "Cannot work out file type", which read as
+    "truncated, corrupt or not a NIfTI file"; the docstring promised a PermissionError."""
+    import builtins
+    import os
+
+    from longiseg.utils import nifti
+
+    path = tmp_path / "baseline_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((3, 4, 5), np.uint8), np.eye(4)), str(path))
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    def nibabel_load(filename, **kwargs):  # nibabel's sniffing swallows the PermissionError
+        try:
+            refusing_open(filename, "rb").close()
+        except PermissionError as err:
+            raise ImageFileError(f"Cannot work out file type of \"{filename}\"") from err
+        return loaded(filename, **kwargs)
+
+    from nibabel.filebasedimages import ImageFileError
+
+    loaded = nib.load
+    with monkeypatch.context() as m:  # root reads any file: the refusal is simulated where nibabel would meet it
+        m.setattr(nifti, "open", refusing_open, raising=False)
+        m.setattr(nib, "load", nibabel_load)
+        with pytest.raises(PermissionError, match=r"cannot read mask \S+baseline_mask\.nii\.gz: permission denied"):
+            nifti.load_nifti(path, what="mask")
+    if os.geteuid() != 0:  # the real thing
+        path.chmod(0)
+        try:
+            with pytest.raises(PermissionError, match="permission denied"):
+                nifti.load_nifti(path)
+        finally:
+            path.chmod(0o644)
+    assert nifti.load_nifti(path).shape == (3, 4, 5)

@@ -386,7 +386,8 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
     A case is a sub-folder holding ``baseline_mask.nii.gz`` and ``progression_t1 .. progression_t{T-1}``
     (``.nii`` or ``.nii.gz``). With a manifest (read by :func:`~longiseg.data.manifest.read_manifest`, so
     exactly the manifests :func:`find_cases` accepts) its cases, patient ids and progression flags are used;
-    otherwise every sub-folder holding a baseline mask is a case, of the patient that its prediction record
+    otherwise every sub-folder holding a baseline mask is a case (one holding progression masks without it is
+    refused), of the patient that its prediction record
     (:data:`~longiseg.data.layout.PREDICTION_RECORD`, which ``longiseg predict`` writes from the cohort's
     manifest) names, else of its own patient. The cases are listed in
     case-id order (``sorted``) either way, as :func:`find_cases` lists them. ``T`` is the manifest's
@@ -404,16 +405,23 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
         FileNotFoundError: ``root`` or a case folder is missing, ``root`` holds no case, or a case lacks a
             mask (naming the files).
         ValueError: a malformed manifest, an invalid case id, files of more timepoints than the manifest
-            gives, fewer than two timepoints, or a ``.nii`` and a ``.nii.gz`` of one mask.
+            gives, fewer than two timepoints, a ``progression_t0`` mask, a ``.nii`` and a ``.nii.gz`` of one
+            mask, or a layout name with upper-case letters (``BASELINE_MASK.nii.gz``).
     """
     root = check_input_folder(check_path("root", root), "mask folder")
     manifest = _cohort_manifest(root)
     if manifest is not None:
         rows = list(manifest.cases)
     else:
-        rows = [ManifestEntry(layout.check_case_id(p.name, where=f"case folder {p}"), _recorded_patient(p), None,
-                              None)
-                for p in _case_folders(root) if layout.find_nifti(p, layout.BASELINE_MASK)]
+        rows = []
+        for p in _case_folders(root):
+            layout.check_name_cases(p)  # a BASELINE_MASK.nii.gz left its case out of the report without a word
+            if layout.find_nifti(p, layout.BASELINE_MASK):
+                rows.append(ManifestEntry(layout.check_case_id(p.name, where=f"case folder {p}"),
+                                          _recorded_patient(p), None, None))
+            elif any(layout.parse_progression_filename(f.name) is not None for f in p.iterdir()):
+                raise FileNotFoundError(f"case folder {p} holds progression masks but no {layout.BASELINE_MASK}: "
+                                        "add the baseline mask, or move the folder out of the mask folder")
         if not rows:
             raise FileNotFoundError(f"no case folders with a {layout.BASELINE_MASK} found in {root}")
     return [_mask_case(root, row) for row in rows]
@@ -442,6 +450,7 @@ def _mask_case(root: Path, row: ManifestEntry) -> ManifestEntry:
     if t < 2:
         raise ValueError(f"case {cid!r}: needs at least 2 timepoints (a baseline and a follow-up), but "
                          f"{folder} holds no {layout.progression_filename(1)}")
+    layout.check_progression_masks_have_images(folder, t, f"case {cid!r}")  # a progression_t0 was left out
     names = [layout.BASELINE_MASK] + [layout.progression_filename(i) for i in range(1, t)]
     missing = [str(folder / n) for n in names if layout.find_nifti(folder, n) is None]
     if missing:

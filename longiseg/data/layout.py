@@ -52,6 +52,7 @@ __all__ = [
     "image_timepoint",
     "parse_progression_filename",
     "check_progression_masks_have_images",
+    "check_name_cases",
     "MAX_CASE_ID_BYTES",
     "check_case_id",
     "nifti_stem",
@@ -134,10 +135,13 @@ def check_progression_masks_have_images(folder: str | Path, num_timepoints: int,
         ValueError: naming the mask, ``case_label`` (e.g. ``"case 'p1'"``) and the case's last follow-up.
     """
     folder = check_path("folder", folder)
-    stray = sorted({i for i in (parse_progression_filename(f.name) for f in folder.iterdir())
-                    if i is not None and not 1 <= i < num_timepoints})
+    stray = sorted((i, f.name) for f in folder.iterdir()
+                   if (i := parse_progression_filename(f.name)) is not None and not 1 <= i < num_timepoints)
+    if stray and stray[0][0] == 0:
+        raise ValueError(f"{case_label}: {folder} holds {stray[0][1]}, but timepoint 0 is the baseline, whose mask is "
+                         f"{BASELINE_MASK}: rename the file or remove it")
     if stray:
-        raise ValueError(f"{case_label}: {folder} holds {progression_filename(stray[0])} but the case has "
+        raise ValueError(f"{case_label}: {folder} holds {stray[0][1]} but the case has "
                          f"{num_timepoints} timepoints (its last follow-up is t{num_timepoints - 1}); add that "
                          "follow-up's images or remove the extra mask")
 
@@ -232,6 +236,17 @@ def _check_name_case(path: Path) -> None:
     raise ValueError(f"file {path} is named like the layout's {expected!r} but for upper-case letters, and the "
                      f"layout's names are lower-case (a modality may be in any case): rename it to {expected!r}, or "
                      "move it out of the case folder")
+
+
+def check_name_cases(folder: str | Path) -> None:
+    """Refuse a file of ``folder`` named like a layout file but for upper-case letters in its ``t``/mask prefix
+    or its extension (``BASELINE_MASK.nii.gz``, ``t1_flair.NII.GZ``), which the layout would leave out.
+
+    Raises:
+        ValueError: naming the file and the layout's name.
+    """
+    for p in sorted(check_path("folder", folder).iterdir()):
+        _check_name_case(p)
 
 
 def read_prediction_record(folder: str | Path) -> dict | None:

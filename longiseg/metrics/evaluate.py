@@ -39,7 +39,7 @@ from longiseg.metrics.report import (
     write_json,
 )
 from longiseg.metrics.stratified import SizeBins, check_bins, stratified_lesion_metrics
-from longiseg.utils.io import PathLike, atomic_write
+from longiseg.utils.io import PathLike, atomic_write, check_output_folder, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.utils.plotting import require_matplotlib
 from longiseg.utils.validation import check_bool, check_nonnegative_float, check_path
@@ -109,7 +109,8 @@ def evaluate_folder(
             for patient ids (see :func:`~longiseg.data.cohort.find_mask_cases`).
         protocol: ``"segmast"``, ``"tdw"`` or an :class:`EvaluationProtocol`.
         model: model name for reports (default: the name of ``pred_dir``).
-        output_dir: if given, write the report there (see :func:`write_report`).
+        output_dir: if given, write the report there (see :func:`write_report`); a folder apart from
+            ``pred_dir`` and ``gt_dir`` (neither of them, inside or holding one).
         progress: show a tqdm progress bar.
         affine_atol: largest per-entry difference of prediction and reference affines (mm), a finite
             number ``>= 0``.
@@ -118,8 +119,10 @@ def evaluate_folder(
         :class:`EvaluationResult` with one row per baseline and follow-up mask.
 
     Raises:
-        TypeError: ``affine_atol`` is not a number.
-        ValueError: ``affine_atol`` negative or not finite, a missing folder or prediction, an unreadable or
+        TypeError: ``affine_atol`` is not a number, ``progress`` not a bool.
+        NotADirectoryError / PermissionError: ``output_dir`` cannot become a writable folder.
+        ValueError: ``output_dir`` overlaps an input folder, ``affine_atol`` negative or not finite, a missing
+            folder or prediction, an unreadable or
             non-binary mask, a malformed reference manifest, a reference manifest's progression flag that the
             reference's progression masks contradict, masks of one case on different grids ("lies on
             another grid"), a file whose header voxel sizes disagree with its affine, or a prediction whose shape
@@ -135,6 +138,10 @@ def evaluate_folder(
         raise ValueError(f"pred_dir {pred_dir} is not a folder")
     if not gt_dir.is_dir():
         raise ValueError(f"gt_dir {gt_dir} is not a folder")
+    progress = check_bool("progress", progress)
+    if output_dir is not None:  # before any work; a report inside an input folder is read back as a case
+        output_dir = check_output_folder(output_dir, "output_dir")
+        check_separate_folders(output_dir, "output_dir", {"pred_dir": pred_dir, "gt_dir": gt_dir})
     cases = find_mask_cases(gt_dir)
     names: dict[str, list[str]] = {}
     for e in cases:

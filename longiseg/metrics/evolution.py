@@ -51,7 +51,7 @@ from longiseg.metrics.inputs import as_mask, check_followup_masks
 from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
 from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
 from longiseg.utils.logging import get_logger
-from longiseg.utils.validation import check_affine, check_instance, check_path
+from longiseg.utils.validation import check_affine, check_bool, check_instance, check_path
 
 __all__ = [
     "CHANGE_KINDS",
@@ -358,6 +358,7 @@ def evolution_folder(
     _check_min_volume(min_volume_mm3)  # bad options fail before any case is read
     _check_connectivity(connectivity, 3)
     root = check_path("root", root)
+    progress = check_bool("progress", progress)
     out = []
     for entry in tqdm(find_mask_cases(root), desc="lesion evolution", unit="case", disable=not progress):
         masks, affine, _ = read_mask_case(root, entry)  # predicted or reference; a manifest's flags are checked

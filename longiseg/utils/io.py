@@ -71,8 +71,8 @@ def check_input_folder(path: PathLike, name: str) -> Path:
 
 
 def check_output_folder(path: PathLike, name: str) -> Path:
-    """Fail before any work when ``path`` cannot become a writable folder: a file, a path under a file, a
-    folder whose nearest existing ancestor is not writable.
+    """Fail before any work when ``path`` cannot become a writable folder: a file, a path under a file or a
+    dangling symbolic link, a folder whose nearest existing ancestor is not writable.
 
     Args:
         path: the output folder (it need not exist).
@@ -82,7 +82,7 @@ def check_output_folder(path: PathLike, name: str) -> Path:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        NotADirectoryError: ``path`` or one of its ancestors is a file.
+        NotADirectoryError: ``path`` or one of its ancestors is a file or a dangling symbolic link.
         PermissionError: the nearest existing ancestor is not writable.
     """
     path = check_path(name, path)
@@ -90,6 +90,9 @@ def check_output_folder(path: PathLike, name: str) -> Path:
         raise NotADirectoryError(f"{name} {path} exists and is not a folder")
     probe = path
     while not probe.exists():
+        if probe.is_symlink():  # mkdir fails on it with a bare "[Errno 17] File exists", after the work
+            raise NotADirectoryError(f"{name} {path}: {probe} is a symbolic link to {os.readlink(probe)}, which does "
+                                     "not exist; create the folder it points to, or give another path")
         probe = probe.parent
     if not probe.is_dir():
         raise NotADirectoryError(f"{name} {path}: {probe} is not a folder")

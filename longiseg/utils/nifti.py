@@ -333,6 +333,8 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
     if path.stat().st_size == 0:
         raise ValueError(f"{label} is empty (0 bytes)")
     try:
+        with open(path, "rb"):  # nibabel reports an unreadable file as one of unknown type ("Cannot work out ...")
+            pass
         img = nib.load(str(path), mmap=False)
         data = None
         if not header_only and isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
