@@ -28,7 +28,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from longiseg.utils.io import check_output_folder, check_separate_folders, expand_home, folder_is_empty
+from longiseg.utils.io import (
+    check_input_folder,
+    check_output_folder,
+    check_separate_folders,
+    expand_home,
+    folder_is_empty,
+)
 
 __all__ = ["main", "build_parser", "Terminated", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED",
            "EXIT_TERMINATED"]
@@ -158,9 +164,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from longiseg.workflows.tune import TUNING_FILE, run_tuning
 
     device = resolve_device(args.device, name="--device")
-    run = Path(args.run)
-    if not run.is_dir():
-        raise FileNotFoundError(f"run folder {run} does not exist")
+    run = check_input_folder(args.run, "run folder")
     # the mode bits too: os.access says yes to root whatever they are, and tune would write into a chmod a-w run
     if not os.access(run, os.W_OK) or not run.stat().st_mode & stat.S_IWUSR:
         raise PermissionError(f"run folder {run} is not writable (tune records its choice there)")
@@ -254,10 +258,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              "experiment file of its training")
         # --set inference.progression_threshold=0.4 (or threshold=..., the baseline's) adjusts the recorded settings
         # (keys without the section are read as inference.*; messages name the full key)
-        bare = [o for o in args.overrides if "=" not in o]
-        if bare:  # named as typed (it was named with "inference." in front), e.g. the "48]" of an unquoted "[32, 48]"
-            raise ValueError(f"--set {bare[0]!r} must look like key=value (a value with spaces needs quotes, e.g. "
-                             "--set 'inference.patch_size=[32, 48]')")
+        for o in args.overrides:  # named as typed (they were named with "inference." in front)
+            if "=" not in o:  # e.g. the "48]" of an unquoted "[32, 48]"
+                raise ValueError(f"--set {o!r} must look like key=value (a value with spaces needs quotes, e.g. "
+                                 "--set 'inference.patch_size=[32, 48]')")
+            key = o.split("=", 1)[0]
+            if not all(key.strip().split(".")):  # "=5", "inference.=5"
+                raise ValueError(f"--set {o!r}: empty key component in {key!r} (e.g. inference.threshold=0.4)")
         foreign = [o.strip() for o in args.overrides
                    if "." in o.split("=", 1)[0] and not o.strip().startswith("inference.")]
         if foreign:  # e.g. trainer.max_epochs=10: read as inference.trainer, the message named a key never given

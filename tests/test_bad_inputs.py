@@ -313,6 +313,9 @@ ROWS = [
         r"trainer\.monitor='bogus'"),
     Row("train-unknown-model-kwarg", lambda ws, t: _train(
         ws, t, "--set", "model.kwargs={widths: [8, 16, 16, 32], bogus: 1}"), r"model\.kwargs.*bogus"),
+    # named 'depths' alone, not the setting the user wrote
+    Row("train-model-kwarg-wrong-value", lambda ws, t: _train(ws, t, "--set", "model.kwargs.depths=[1, 1, 1, 1.5]"),
+        r"model\.kwargs of 'segmast': config key 'depths': expected an int, got 1\.5"),
     Row("train-unknown-model", lambda ws, t: _train(ws, t, "--set", "model.name=segmastt"),
         "Unknown model name 'segmastt'"),
     Row("train-missing-data", lambda ws, t: _train(ws, t, data=str(t / "nodata")), "nodata"),
@@ -423,6 +426,14 @@ ROWS = [
     # read as inference.trainer.max_epochs, the message named a key the user never gave
     Row("predict-set-other-section", lambda ws, t: _predict(ws, t, "--set", "trainer.max_epochs=10"),
         r"--set trainer\.max_epochs=10: predict takes inference settings"),
+    # named as "inference.=5", a key never given
+    Row("predict-set-empty-key", lambda ws, t: _predict(ws, t, "--set", "=5"), r"--set '=5': empty key component in ''"),
+    # an earlier prediction of a case with more follow-ups: its later files were called "not predictions"
+    Row("predict-skip-existing-later-followups", lambda ws, t: (
+        (t / "out" / "demo-000").mkdir(parents=True), (t / "out" / "demo-000" / "progression_t2.nii.gz").write_text("x"),
+        _predict(ws, t, "--skip-existing"))[-1],
+        r"holds a prediction of more follow-ups than case 'demo-000' has \(progression_t2\.nii\.gz\): pass "
+        r"--overwrite", out="none"),
     Row("predict-overwrite-and-skip", lambda ws, t: _predict(ws, t, "--overwrite", "--skip-existing"),
         "--overwrite and --skip-existing"),
     # predictions written over the input cases would replace their scans and reference masks
@@ -474,6 +485,7 @@ ROWS = [
         r"--out .*report lies inside the --images folder"),
     # --- tune
     Row("tune-missing-run", lambda ws, t: ["tune", str(t / "norun")], r"run folder .*norun does not exist"),
+    Row("tune-run-is-file", lambda ws, t: ["tune", str(_file(t))], r"run folder .*out is a file, not a folder"),
     Row("tune-missing-checkpoint", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "best.pt"],
         r"checkpoint .*best\.pt does not exist"),
     Row("tune-without-split", lambda ws, t: ["tune", str(ws / "run"), "--checkpoint", "last.pt"],

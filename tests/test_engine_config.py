@@ -85,6 +85,24 @@ def test_overrides_reach_into_free_form_mappings() -> None:
         cfg.with_overrides(["trainer.lr.x=1"])
 
 
+def test_an_empty_section_of_a_file_means_its_defaults(tmp_path) -> None:
+    # "data:" with every key commented out is null: an override (longiseg train --data) reported "override
+    # 'data.root=...': 'data' is not a nested config section", blaming a setting the user never typed
+    from longiseg.workflows.config import ExperimentConfig
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("model: {name: segmast}\ndata:\n  # root: /data/cohort\ntrainer:\n  max_epochs: 1\n")
+    cfg = ExperimentConfig.from_file(path, ["data.root=/x"])
+    assert cfg.data.root == "/x" and cfg.trainer.max_epochs == 1
+    assert ExperimentConfig.from_file(path).data == ExperimentConfig().data
+    path.write_text("trainer: 5\n")  # the file is at fault, and named so
+    with pytest.raises(ConfigError, match=r"config key 'trainer': expected a mapping for TrainerConfig, got 5 "
+                                          r"\(override 'trainer.lr=1e-3' sets a key in it\)"):
+        ExperimentConfig.from_file(path, ["trainer.lr=1e-3"])
+    with pytest.raises(ConfigError, match="config key 'trainer': expected a mapping for TrainerConfig, got 5$"):
+        ExperimentConfig.from_file(path)
+
+
 def test_load_with_overrides(tmp_path) -> None:
     path = tmp_path / "t.yaml"
     path.write_text("max_epochs: 10\nlr: 2.0e-4\n")

@@ -344,6 +344,18 @@ def test_predict_folder_keeps_what_it_did_not_write_and_checks_timepoints_first(
         with pytest.raises(FileExistsError, match=r"out/b holds files that are not predictions .*my_correction"):
             predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, **flags)
     assert sorted(p.name for p in out.iterdir()) == ["b"] and (out / "b" / "my_correction.txt").is_file()
+    # an earlier prediction of case a with three timepoints: replaced by --overwrite (its later follow-up's files
+    # were called "files that are not predictions"), refused by --skip-existing (they would stay beside the new)
+    predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "three", inferer=_inferer(), progress=False)
+    for name in ("progression_t2.nii.gz", "progression_t2_prob.nii.gz"):
+        (tmp_path / "three" / "a" / name).write_bytes((tmp_path / "three" / "a" / "progression_t1.nii.gz").read_bytes())
+    with pytest.raises(FileExistsError, match=r"three/a holds a prediction of more follow-ups than case 'a' has "
+                                              r"\(progression_t2\.nii\.gz, progression_t2_prob\.nii\.gz\)"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "three", inferer=_inferer(), progress=False,
+                       skip_existing=True)
+    predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "three", inferer=_inferer(), progress=False,
+                   overwrite=True)
+    assert not list((tmp_path / "three").rglob("progression_t2*"))
     fixed = Voxelwise()
     fixed.num_timepoints = 3
     with pytest.raises(ValueError, match="case 'a' has 2 timepoints but the model was built for 3"):

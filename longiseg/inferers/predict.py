@@ -18,6 +18,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -170,6 +171,10 @@ def read_zscored(source: CaseSource) -> LongitudinalCase:
     """:func:`~longiseg.data.loading.load_case`, then per-image z-scores (the preprocessing ``longiseg train``
     records for its models)."""
     return preprocess_case(load_case(source))
+
+
+#: A prediction's file of a follow-up (mask, probabilities or entropy), e.g. of an earlier prediction of more.
+_LATER_FOLLOWUP_RE = re.compile(r"^progression_t[1-9]\d*(?:_prob|_entropy)?\.nii(?:\.gz)?$")
 
 
 def _foreign_entries(folder: Path, num_timepoints: int) -> list[str]:
@@ -530,6 +535,11 @@ def predict_folder(
                              f"has {len(sources[cid].modalities)} {list(sources[cid].modalities)}")
         if (overwrite or skip_existing) and (out_dir / cid).is_dir():
             foreign = _foreign_entries(out_dir / cid, sources[cid].num_timepoints)
+            later = [n for n in foreign if _LATER_FOLLOWUP_RE.match(n)]  # a prediction of more follow-ups
+            if later and not overwrite:
+                raise FileExistsError(f"{out_dir / cid} holds a prediction of more follow-ups than case {cid!r} has "
+                                      f"({', '.join(later[:3])}): pass --overwrite to replace it")
+            foreign = [n for n in foreign if n not in later]  # replaced with the case folder
             if foreign:
                 raise FileExistsError(f"{out_dir / cid} holds files that are not predictions of case {cid!r} "
                                       f"({', '.join(foreign[:3])}): not replacing it; move them or choose another "

@@ -141,6 +141,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if _is_section(tp):
         if isinstance(value, tp):
             return value
+        if value is None:  # YAML's "data:" with every key commented out: the section's defaults
+            value = {}
         if isinstance(value, Mapping):
             return config_from_dict(tp, value, _prefix=f"{key}.")
         raise ConfigError(f"config key {key!r}: expected a mapping for {tp.__name__}, got {value!r}")
@@ -510,10 +512,13 @@ def _override_dict(cls: type, data: dict[str, Any], overrides: Iterable[str]) ->
                 node[part] = _merge_section(node_cls, node, {part: value})[part]  # a whole section: its keys given
             else:
                 node_cls = _type_hints(node_cls)[part]
-                node = node.setdefault(part, {})  # a file may leave a section out
+                if node.get(part) is None:  # a file may leave a section out, or leave it empty ("data:")
+                    node[part] = {}
+                node = node[part]
                 prefix += part + "."
-                if not isinstance(node, dict):
-                    raise ConfigError(f"override {text!r}: {prefix[:-1]!r} is not a nested config section")
+                if not isinstance(node, dict):  # the file's value, not the override, is at fault
+                    raise ConfigError(f"config key {prefix[:-1]!r}: expected a mapping for {node_cls.__name__}, got "
+                                      f"{node!r} (override {text!r} sets a key in it)")
     return data
 
 
