@@ -512,13 +512,16 @@ def _override_dict(cls: type, data: dict[str, Any], overrides: Iterable[str]) ->
                 node[part] = _merge_section(node_cls, node, {part: value})[part]  # a whole section: its keys given
             else:
                 node_cls = _type_hints(node_cls)[part]
+                if not (_is_section(node_cls) or typing.get_origin(node_cls) in (dict, Mapping)):
+                    raise ConfigError(f"override {text!r}: {prefix + part!r} is not a nested config section")
                 if node.get(part) is None:  # a file may leave a section out, or leave it empty ("data:")
                     node[part] = {}
                 node = node[part]
                 prefix += part + "."
                 if not isinstance(node, dict):  # the file's value, not the override, is at fault
-                    raise ConfigError(f"config key {prefix[:-1]!r}: expected a mapping for {node_cls.__name__}, got "
-                                      f"{node!r} (override {text!r} sets a key in it)")
+                    what = f" for {node_cls.__name__}" if _is_section(node_cls) else ""
+                    raise ConfigError(f"config key {prefix[:-1]!r}: expected a mapping{what}, got {node!r} (override "
+                                      f"{text!r} sets a key in it)")
     return data
 
 
