@@ -112,6 +112,37 @@ def test_csv_manifest_with_spaces_and_a_byte_order_mark(cohort: Path, tmp_path: 
     assert not {c.patient_id for c in train} & {c.patient_id for c in val}
 
 
+def test_write_test_split_reads_the_cohort_as_find_cases_does(cohort: Path, tmp_path: Path) -> None:
+    """A cohort with a manifest.csv (which find_cases reads) failed with "manifest.json does not exist", one
+    without a manifest as well; the copies had the source files' permissions, whatever the umask (a 077 umask
+    keeps patients' scans private)."""
+    import os
+    import shutil
+    import stat
+
+    ids = [e.case_id for e in read_manifest(cohort / "manifest.json").cases]
+    patient = {cid: "P0" for cid in ids[:2]} | {cid: f"Q{i}" for i, cid in enumerate(ids[2:])}
+    csv = _csv_cohort(cohort, tmp_path / "csv", "case_id,patient_id\n" + "".join(
+        f"{cid},{patient[cid]}\n" for cid in ids))  # the first two cases: one patient
+    split = write_test_split(csv, tmp_path / "out-csv", 2)
+    held = {patient[c] for c in split["test"]}
+    assert {patient[c] for c in split["train"]}.isdisjoint(held) and len(held) == 2
+    assert {c.patient_id for c in find_cases(tmp_path / "out-csv" / "test")} == held
+    bare = tmp_path / "bare"
+    shutil.copytree(cohort, bare)
+    (bare / "manifest.json").unlink()
+    split = write_test_split(bare, tmp_path / "out-bare", 2)  # each case its own patient
+    assert len(split["test"]) == 2 and sorted(split["test"] + split["train"]) == sorted(ids)
+    assert [c.case_id for c in find_cases(tmp_path / "out-bare" / "test")] == split["test"]
+    old = os.umask(0o077)
+    try:
+        write_test_split(cohort, tmp_path / "private", 2)
+    finally:
+        os.umask(old)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "private").rglob("*")}
+    assert modes <= {0o600, 0o700} and 0o600 in modes, sorted(map(oct, modes))
+
+
 @pytest.mark.parametrize(("cases", "match"), [
     ([{"case_id": "a", "patientid": "P1"}], r"unknown field\(s\) \['patientid'\]"),
     ([{"case_id": "a", "patient_id": [1]}], "patient_id must be a string or an integer"),

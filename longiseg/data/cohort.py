@@ -27,6 +27,7 @@ __all__ = [
     "scan_cohort",
     "case_source",
     "cohort_patient_ids",
+    "cohort_manifest",
     "format_case_ids",
     "modality_mismatches",
     "check_same_modalities",
@@ -222,7 +223,7 @@ def check_same_timepoints(cases: Sequence[CaseSource | LongitudinalCase], remedy
     return next(iter(by_t), 0)
 
 
-def _cohort_manifest(root: Path) -> Manifest | None:
+def cohort_manifest(root: PathLike) -> Manifest | None:
     """The manifest of a cohort folder (``manifest.json``, else ``manifest.csv``), ``None`` without one; its cases
     in case-id order (``sorted``), whatever the order of its rows, as a folder scan lists them: every command sees
     a cohort's cases in one order (training's samples and split, reports' rows), which reordering the manifest's
@@ -230,7 +231,9 @@ def _cohort_manifest(root: Path) -> Manifest | None:
 
     Raises:
         FileNotFoundError: the manifest lists no case (a folder of no cases is an error, as without a manifest).
+        ValueError: a malformed manifest (:func:`~longiseg.data.manifest.read_manifest`).
     """
+    root = check_path("root", root)
     for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):
         if (root / name).is_file():
             manifest = read_manifest(root / name)
@@ -251,7 +254,7 @@ def cohort_patient_ids(root: PathLike) -> dict[str, str]:
         FileNotFoundError: the manifest lists no case.
     """
     root = check_path("root", root)
-    manifest = _cohort_manifest(root) if root.is_dir() else None
+    manifest = cohort_manifest(root) if root.is_dir() else None
     return {} if manifest is None else {e.case_id: e.patient_id or e.case_id for e in manifest.cases}
 
 
@@ -306,7 +309,7 @@ def scan_cohort(
     if require_masks is not None:
         check_bool("require_masks", require_masks)
     check_input_folder(root, "cohort folder")
-    manifest = _cohort_manifest(root)
+    manifest = cohort_manifest(root)
     found: list[tuple[str, CaseSource | OSError | ValueError]] = []
     if manifest is not None:
         mods = modalities if modalities is not None else (manifest.modalities or None)
@@ -409,7 +412,7 @@ def find_mask_cases(root: PathLike) -> list[ManifestEntry]:
             mask, or a layout name with upper-case letters (``BASELINE_MASK.nii.gz``).
     """
     root = check_input_folder(check_path("root", root), "mask folder")
-    manifest = _cohort_manifest(root)
+    manifest = cohort_manifest(root)
     if manifest is not None:
         rows = list(manifest.cases)
     else:

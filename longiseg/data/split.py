@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from longiseg.data.cohort import find_cases
+from longiseg.data.cohort import cohort_manifest, find_cases
 from longiseg.data.layout import MANIFEST_JSON
-from longiseg.data.manifest import Manifest, read_manifest, write_manifest
+from longiseg.data.manifest import Manifest, ManifestEntry, write_manifest
 from longiseg.data.sources import CaseSource
-from longiseg.utils.io import atomic_directories, check_separate_folders
+from longiseg.utils.io import apply_umask, atomic_directories, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import (
     check_instance,
@@ -130,7 +130,8 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
     its progression masks where the manifest has none).
 
     Args:
-        cohort: cohort folder with a ``manifest.json``.
+        cohort: cohort folder (its ``manifest.json`` or ``manifest.csv`` gives the patients; without one each case
+            is its own patient). The copies get the permissions of the umask, not the source files'.
         out_dir: where ``train/`` and ``test/`` are written (each folder as a whole).
         num_test: held-out patients, at least 2 (one progressing, one stable).
         overwrite: replace existing ``train/`` and ``test/`` folders.
@@ -139,7 +140,7 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
         ``{"train": [...case ids], "test": [...case ids]}``.
 
     Raises:
-        FileNotFoundError: no manifest in ``cohort``.
+        FileNotFoundError: ``cohort`` holds no case.
         FileExistsError: ``train/`` or ``test/`` exists and ``overwrite`` is off.
         ValueError: ``num_test`` < 2, too few progressing/stable patients for it and a training set, or an
             output folder over the cohort.
@@ -148,8 +149,12 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
     _check_num_test(num_test)
     for name in ("train", "test"):
         check_separate_folders(out / name, f"{name} folder", {"cohort": cohort})
-    manifest = read_manifest(cohort / MANIFEST_JSON)
     sources = {c.case_id: c for c in find_cases(cohort)}
+    manifest = cohort_manifest(cohort)  # manifest.json or manifest.csv, as find_cases reads them
+    if manifest is None:  # each case its own patient, as find_cases takes them
+        first = next(iter(sources.values()))
+        manifest = Manifest(first.modalities, tuple(ManifestEntry(s.case_id, s.patient_id or s.case_id,
+                                                                  len(s.image_files), None) for s in sources.values()))
     entries_by_id = sorted(manifest.cases, key=lambda e: e.case_id)  # the manifest's row order changes nothing
     patients: dict[str, list] = {}
     for e in sorted(entries_by_id, key=lambda e: e.patient_id):
@@ -170,6 +175,8 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
     with atomic_directories([out / name for name in sides], overwrite=overwrite) as temporaries:
         for tmp, entries in zip(temporaries, sides.values(), strict=True):
             for e in entries:
-                shutil.copytree(cohort / e.case_id, tmp / e.case_id)
+                shutil.copytree(cohort / e.case_id, tmp / e.case_id, copy_function=shutil.copyfile)
+                for path in [tmp / e.case_id, *(tmp / e.case_id).rglob("*")]:  # copytree copies folder modes too
+                    apply_umask(path)  # permissions of the umask (077 keeps patients' scans private), not the source's
             write_manifest(tmp / MANIFEST_JSON, Manifest(manifest.modalities, tuple(entries)))
     return {name: sorted(e.case_id for e in entries) for name, entries in sides.items()}
