@@ -385,6 +385,38 @@ def test_a_spec_that_does_not_describe_the_weights_is_refused_naming_the_file(tm
     assert load_model(path).spec == model.spec  # the file as written
 
 
+@pytest.mark.parametrize("field", ["kwargs", "dim"])
+def test_a_spec_without_the_fields_that_rebuild_the_model_is_refused(tmp_path, field) -> None:
+    """A spec without kwargs rebuilt the model with the factory's defaults (e.g. another activation: same weight
+    shapes, other outputs) without a word, though model_kwargs recorded the arguments."""
+    model = build_model("segmast", **TINY_SEGMAST, in_channels=2, num_timepoints=2)
+    payload = torch.load(save_checkpoint(tmp_path / "ck.pt", model=model), weights_only=True)
+    del payload["spec"][field]
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(ValueError, match=rf"edited.pt: its model spec lacks \['{field}'\], which every spec longiseg "
+                                         r"writes holds \(was the file edited\?\)"):
+        load_model(tmp_path / "edited.pt")
+
+
+def test_numpy_numbers_in_training_states_load_with_weights_only(tmp_path) -> None:
+    """AdamW(lr=np.float64), StepLR(gamma=np.float64) or a NumPy RNG state were pickled as NumPy objects, which
+    torch.load(weights_only=True) refuses: load_model and load_checkpoint could not read the file."""
+    model = build_model("segmast", **TINY_SEGMAST, in_channels=2, num_timepoints=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=np.logspace(-4, -2, 3)[1])
+    sched = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=np.float64(0.5))
+    np_state = np.random.RandomState(3).get_state()
+    path = save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=opt, scheduler=sched,
+                           rng_state={"numpy": np_state})
+    ckpt = load_checkpoint(path, model=build_model("segmast", **TINY_SEGMAST, in_channels=2, num_timepoints=2))
+    assert type(ckpt["optimizer"]["param_groups"][0]["lr"]) is float
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == opt.param_groups[0]["lr"]
+    assert ckpt["scheduler"]["gamma"] == 0.5 and np.array_equal(ckpt["rng"]["numpy"][1], np_state[1])
+    assert load_model(path).spec == model.spec
+    with pytest.raises(TypeError, match=r"save_checkpoint rng_state\['x'\] must be plain data"):
+        save_checkpoint(tmp_path / "bad.pt", model=model, rng_state={"x": object()})
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_checkpoints_rebuild_the_model_their_spec_records(tmp_path, caplog) -> None:
     """Until 0.3.20 a Trainer given model_kwargs recorded them as given, e.g. part of the arguments the model was
     built with: such a file rebuilds the model of its spec (which it loaded before), and says so."""

@@ -234,12 +234,14 @@ def save_checkpoint(
         "model_module": _registered_module(model_name),
         "model_kwargs": model_kwargs,
         "spec": spec_dict,
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "grad_scaler": _state_or_none(grad_scaler),
-        "sampler": _state_or_none(sampler),
-        "loss": _state_or_none(loss_fn) if isinstance(loss_fn, nn.Module) else None,
-        "rng": dict(rng_state) if rng_state is not None else capture_rng_state(),
+        # states as data that torch.load(weights_only=True) reads back: a NumPy learning rate (AdamW(lr=np.float64))
+        # or NumPy RNG state was pickled as a NumPy object, and every default loader refused the file
+        "optimizer": _free_form(optimizer.state_dict(), "optimizer") if optimizer is not None else None,
+        "scheduler": _free_form(scheduler.state_dict(), "scheduler") if scheduler is not None else None,
+        "grad_scaler": _free_form(_state_or_none(grad_scaler), "grad_scaler"),
+        "sampler": _free_form(_state_or_none(sampler), "sampler"),
+        "loss": _free_form(_state_or_none(loss_fn), "loss_fn") if isinstance(loss_fn, nn.Module) else None,
+        "rng": _free_form(dict(rng_state), "rng_state") if rng_state is not None else capture_rng_state(),
         "epoch": int(epoch),
         "global_step": int(global_step),
         "best_metric": None if best_metric is None else float(best_metric),
@@ -540,8 +542,18 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
     return model.eval()
 
 
+#: The spec fields that rebuild a checkpoint's model (the factory's arguments and the dimensionality).
+_REBUILD_FIELDS = ("kwargs", "dim")
+
+
 def _read_spec(data: Any, source: str) -> ModelSpec:
-    """The checkpoint's spec as a :class:`ModelSpec` (errors name the file)."""
+    """The checkpoint's spec as a :class:`ModelSpec` (errors name the file). The fields that rebuild the model,
+    which every spec written by longiseg holds, must be there: without ``kwargs`` the factory's defaults built
+    another model than the weights' (same shapes, other activations) without a word."""
+    missing = [f for f in _REBUILD_FIELDS if isinstance(data, Mapping) and f not in data]
+    if missing:
+        raise ValueError(f"checkpoint {source}: its model spec lacks {missing}, which every spec longiseg writes "
+                         "holds (was the file edited?); the model cannot be rebuilt as it was built")
     try:
         return ModelSpec.from_dict(data)
     except (TypeError, ValueError) as err:
