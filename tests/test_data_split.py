@@ -143,6 +143,19 @@ def test_write_test_split_reads_the_cohort_as_find_cases_does(cohort: Path, tmp_
     assert modes <= {0o600, 0o700} and 0o600 in modes, sorted(map(oct, modes))
 
 
+@pytest.mark.parametrize(("text", "match"), [
+    ("Case_ID,Patient_ID\na,P1\n", r"its header names the columns \['Case_ID', 'Patient_ID'\] but no 'case_id'"),
+    ("case_id;patient_id\na;P1\n", r"columns \['case_id;patient_id'\] but no 'case_id'.*separated by commas"),
+    ("case_id,patient_id\na,P1,2\n", r"manifest\.csv line 2: 3 values but the header names 2 columns"),
+])
+def test_csv_manifest_headers_and_rows_are_named(tmp_path: Path, text: str, match: str) -> None:
+    """A header without case_id was reported as "line 2: every case needs a non-empty 'case_id'", a row with a
+    value too many as "unknown field(s) ['']"."""
+    (tmp_path / "manifest.csv").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_manifest(tmp_path / "manifest.csv")
+
+
 @pytest.mark.parametrize(("cases", "match"), [
     ([{"case_id": "a", "patientid": "P1"}], r"unknown field\(s\) \['patientid'\]"),
     ([{"case_id": "a", "patient_id": [1]}], "patient_id must be a string or an integer"),

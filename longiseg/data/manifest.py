@@ -156,7 +156,14 @@ def read_manifest(path: PathLike) -> Manifest:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         # "case_id, patient_id" (a space after the comma) names the column "patient_id", not " patient_id"
         rows, places = [], []
+        header = [(f or "").strip() for f in reader.fieldnames or []]
+        if header and "case_id" not in header:  # "Case_ID", or a file separated by ";": every row "lacked" case_id
+            raise ValueError(f"manifest {path}: its header names the columns {header} but no 'case_id'; the columns "
+                             f"are {list(MANIFEST_FIELDS) + ['modalities']} (lower-case), separated by commas")
         for r in reader:
+            if None in r:  # DictReader keeps the values beyond the header under the key None
+                raise ValueError(f"manifest {path} line {reader.line_num}: {len(header) + len(r[None])} values but the "
+                                 f"header names {len(header)} columns {header}")
             rows.append({(k or "").strip(): v.strip() if isinstance(v, str) else v for k, v in r.items()})
             places.append(f"line {reader.line_num}")  # the file's line (its last, for a quoted multi-line field)
         extra = ("modalities",)
