@@ -157,7 +157,11 @@ class ModelSpec:
             if isinstance(self.modalities, (str, bytes)):
                 raise TypeError(f"ModelSpec.modalities must be a sequence of channel names such as ('flair', 't2'), "
                                 f"not a single string, got {self.modalities!r}")
-            object.__setattr__(self, "modalities", tuple(str(m) for m in self.modalities))
+            if not isinstance(self.modalities, (Sequence, np.ndarray)) or not all(
+                    isinstance(m, str) and m for m in self.modalities):
+                raise TypeError(f"ModelSpec.modalities must be a sequence of channel names such as ('flair', 't2'), "
+                                f"got {self.modalities!r}")  # [None, 3] became ('None', '3')
+            object.__setattr__(self, "modalities", tuple(str.__str__(m) for m in self.modalities))
 
     @property
     def trained(self) -> bool:

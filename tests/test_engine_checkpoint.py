@@ -372,6 +372,9 @@ def test_update_spec_keeps_the_file_mode_and_refuses_write_protected_files(tmp_p
     ({"version": 5}, r"version must be the str of a longiseg version, got 5"),
     ({"kwargs": "x"}, r"cannot be read: ModelSpec\.kwargs must be a mapping"),
     ({"foo": 1}, r"cannot be read: unknown model spec field\(s\) \['foo'\]"),
+    # [None, 3] became the channel names ('None', '3'); 5 raised "'int' object is not iterable"
+    ({"modalities": [None, 3]}, r"cannot be read: ModelSpec\.modalities must be a sequence of channel names"),
+    ({"modalities": 5}, r"cannot be read: ModelSpec\.modalities must be a sequence of channel names .*got 5"),
 ])
 def test_a_spec_that_does_not_describe_the_weights_is_refused_naming_the_file(tmp_path, edit, match) -> None:
     """load_model attached the stored spec to the model its arguments rebuilt without comparing them: an edited
