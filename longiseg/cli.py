@@ -380,7 +380,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             "the benchmarks are not part of the installed package; in a source checkout of longiseg run "
             "'make bench' or 'python benchmarks/bench_mixers.py --quick' (looked in "
             + ", ".join(str(d) for d in searched) + ")")
-    if args.plot:
+    if args.plot is not None:
         _check_writable_file(args.plot, "--plot")  # before the benchmark's minutes, not after them
     cmd = [sys.executable, str(script), *(["--quick"] if args.quick else []),
            *(["--plot", args.plot] if args.plot else []),
@@ -408,16 +408,20 @@ def _stop_child(child: subprocess.Popen, *, forward: bool, grace_s: float = 5.0)
 
 
 def _check_writable_file(path: str, name: str) -> None:
-    """Raise ``ValueError`` naming ``name`` unless a file can be written at ``path`` (its folder is created)."""
+    """Raise ``ValueError`` naming ``name`` unless a file can be written at ``path``; nothing is created (the
+    writer creates a missing folder: a run that fails first leaves none behind)."""
     import tempfile
 
+    if not path.strip():  # "" was taken as no file: the benchmark ran its minutes and wrote nothing
+        raise ValueError(f"{name} must be a file name, got {path!r}")
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"{name} {path} is a folder; give a file name")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=target.parent):
-            pass
+        folder = check_output_folder(target.parent, name)
+        if folder.is_dir():
+            with tempfile.TemporaryFile(dir=folder):
+                pass
     except OSError as err:
         raise ValueError(f"{name} {path} cannot be written ({err.strerror or err})") from None
 

@@ -530,6 +530,8 @@ ROWS = [
     Row("bench-plot-unwritable", lambda ws, t: ["bench", "--quick", "--plot", str(_file(t) / "mix.png")],
         r"^longiseg bench: error: --plot .*mix\.png cannot be written"),
     Row("bench-plot-is-folder", lambda ws, t: ["bench", "--quick", "--plot", str(t)], "--plot .* is a folder"),
+    # "" was taken as no plot: the whole benchmark ran and wrote nothing (exit 0)
+    Row("bench-plot-empty", lambda ws, t: ["bench", "--quick", "--plot", ""], "--plot must be a file name, got ''"),
 ]
 if not torch.cuda.is_available():
     ROWS += [

@@ -399,6 +399,9 @@ def test_n4_flattens_a_bias_field() -> None:
     (["{t}/raw", "{t}/out", "--spacing", "0.001"], r"case 'c': baseline \S+t0_flair.nii.gz: spacing 0.001 mm gives "
                                                     r"an output grid of 4000 x 4000 x 4000 = 6.4e\+10 voxels .* "
                                                     r"more than the limit of 268435456"),
+    # 1e-5 mm: the grid's affine was refused as singular ("affine must be a non-singular (4, 4) matrix")
+    (["{t}/raw", "{t}/out", "--spacing", "1e-5"], r"spacing 1e-05 mm gives an output grid of 400000 x 400000 x 400000 "
+                                                   r"= 6.4e\+16 voxels .* more than the limit of 268435456"),
     # a spacing not below the 4 mm field of view: 1 x 1 x 1 voxels, every lesion gone, and "status ok"
     (["{t}/raw", "{t}/out", "--spacing", "1e6"], r"case 'c': baseline \S+t0_flair.nii.gz: spacing 1e\+06 mm gives an "
                                                   r"output grid of 1 x 1 x 1 voxels over its 4 x 4 x 4 mm field of "
@@ -1079,3 +1082,37 @@ def test_a_grid_record_keeps_the_affine_exactly() -> None:
     affine[:3, 3] = (-91.123456789, 12.3456789, 7.000000123)
     record = json.loads(json.dumps(Grid((5, 6, 7), affine).to_dict()))
     np.testing.assert_array_equal(Grid.from_dict(record).affine, affine)
+
+
+def test_a_raw_manifest_is_read_as_the_cohort_readers_read_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Only the patient ids of a raw manifest were read: a case it does not list was registered as its own patient
+    (its other sessions could land in another split), and its channel order was replaced by the sorted one."""
+    import logging
+
+    from longiseg.data.cohort import find_cases
+    from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
+    from longiseg.registration.cohort import register_folder
+
+    cfg = DemoCohortConfig(num_patients=1, spacing=4, modalities=("flair", "t2"), max_translation=0.0,
+                           max_rotation=0.0)
+    a, _ = generate_demo_case(0, cfg, progressing=True)
+    raw = tmp_path / "raw"
+    for cid in ("c1", "c2"):
+        _write_raw_case(raw / cid, a, a, np.eye(4), (4.0, 4.0, 4.0), (0, 1, 2), (1, 1, 1))
+    manifest = {"modalities": ["t2", "flair"], "cases": [{"case_id": "c1", "patient_id": "P1"}]}
+    (raw / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="longiseg"):
+        results = register_folder(raw, tmp_path / "out", progress=False)
+    assert [r.case_id for r in results] == ["c1"] and "c2" in caplog.text and "does not list" in caplog.text
+    (case,) = find_cases(tmp_path / "out")
+    assert case.patient_id == "P1" and case.modalities == ("t2", "flair")
+    manifest["modalities"] = ["flair", "pd"]
+    (raw / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"names the modalities \['flair', 'pd'\], but the baselines hold "
+                                         r"\['flair', 't2'\]"):
+        register_folder(raw, tmp_path / "out2", progress=False)
+    manifest["cases"].append({"case_id": "c3"})
+    (raw / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match=r"lists case\(s\) without a folder: \['c3'\]"):
+        register_folder(raw, tmp_path / "out3", progress=False)
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()

@@ -76,9 +76,17 @@ import numpy as np
 
 from longiseg.data import layout
 from longiseg.data.claims import FOLDER_CLAIM, claim_folder, release_claim
-from longiseg.data.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
+from longiseg.data.cohort import cohort_manifest
+from longiseg.data.manifest import Manifest, ManifestEntry, write_manifest
 from longiseg.data.volumes import read_mask, read_volume
-from longiseg.registration.grid import Grid, from_sitk, isotropic_grid, require_simpleitk, to_sitk
+from longiseg.registration.grid import (
+    Grid,
+    from_sitk,
+    isotropic_grid,
+    isotropic_shape,
+    require_simpleitk,
+    to_sitk,
+)
 from longiseg.registration.pairwise import (
     PairOptions,
     common_resolution_grid,
@@ -346,26 +354,26 @@ def _output_grid(base: Grid, spacing: float | None, where: str) -> Grid:
     """
     if spacing is None:
         return base
-    grid = isotropic_grid(base, spacing)  # shape and affine only: nothing of that size is allocated here
-    count = float(np.prod(grid.shape))
+    shape = isotropic_shape(base, spacing)  # before the grid: a tiny spacing's affine is refused as singular
+    count = float(np.prod(shape, dtype=np.float64))
     extent = np.asarray(base.shape, dtype=np.float64) * base.spacing
-    collapsed = [i for i, (n, m) in enumerate(zip(base.shape, grid.shape)) if n > 1 and m < 2]
+    if count > MAX_OUTPUT_VOXELS:
+        raise ValueError(f"{where}: spacing {spacing:g} mm gives an output grid of "
+                         f"{' x '.join(str(s) for s in shape)} = {count:.3g} voxels over its "
+                         f"{' x '.join(f'{e:.0f}' for e in extent)} mm field of view, more than the limit of "
+                         f"{MAX_OUTPUT_VOXELS} (2**28, 1 GiB per float32 volume); choose a larger spacing")
+    collapsed = [i for i, (n, m) in enumerate(zip(base.shape, shape)) if n > 1 and m < 2]
     if collapsed:
         imaged = min(float(e) for n, e in zip(base.shape, extent) if n > 1)  # the thinnest axis of > 1 voxel
         raise ValueError(f"{where}: spacing {spacing:g} mm gives an output grid of "
-                         f"{' x '.join(str(s) for s in grid.shape)} voxels over its "
+                         f"{' x '.join(str(s) for s in shape)} voxels over its "
                          f"{' x '.join(f'{e:g}' for e in np.round(extent, 2))} mm field of view: fewer than 2 "
                          f"voxels along {'axis' if len(collapsed) == 1 else 'axes'} "
                          f"{', '.join(str(i) for i in collapsed)}, where the baseline has "
                          f"{', '.join(str(base.shape[i]) for i in collapsed)} (a spacing coarser than the field of "
                          f"view: its lesions would vanish); choose a spacing (--spacing) below {imaged:g} mm, the "
                          "baseline's smallest extent along an axis of more than one voxel")
-    if count > MAX_OUTPUT_VOXELS:
-        raise ValueError(f"{where}: spacing {spacing:g} mm gives an output grid of "
-                         f"{' x '.join(str(s) for s in grid.shape)} = {count:.3g} voxels over its "
-                         f"{' x '.join(f'{e:.0f}' for e in extent)} mm field of view, more than the limit of "
-                         f"{MAX_OUTPUT_VOXELS} (2**28, 1 GiB per float32 volume); choose a larger spacing")
-    return grid
+    return isotropic_grid(base, spacing)  # shape and affine only: nothing of that size is allocated here
 
 
 @dataclass
@@ -743,6 +751,16 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     raw, out = check_path("raw", raw), check_path("out", out)
     check_input_folder(raw, "raw folder")
     cases = sorted(p for p in raw.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # a raw manifest is read as find_cases reads a cohort's: its cases only (the others are warned about), their
+    # patient ids, its channel order (an unlisted case registered as its own patient could land in another split
+    # than its patient's other sessions)
+    manifest = cohort_manifest(raw)
+    if manifest is not None:
+        listed = {e.case_id for e in manifest.cases}
+        absent = sorted(listed - {p.name for p in cases})
+        if absent:
+            raise FileNotFoundError(f"the raw manifest of {raw} lists case(s) without a folder: {absent[:5]}")
+        cases = [p for p in cases if p.name in listed]
     baselines = {p.name: tuple(sorted(layout.scan_images(p).get(0, {}))) for p in cases}  # file names only
     with_images = [p for p in cases if baselines[p.name]]  # a side folder is reported as a failed case
     if not with_images:
@@ -750,6 +768,11 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     for case in with_images:  # a case becomes a folder of out and a row of its manifest: refused before any is written
         layout.check_case_id(case.name, where=f"case folder {case}")
     modalities = _check_modalities(baselines)
+    if manifest is not None and manifest.modalities and modalities:
+        if sorted(manifest.modalities) != sorted(modalities):
+            raise ValueError(f"the raw manifest of {raw} names the modalities {list(manifest.modalities)}, but the "
+                             f"baselines hold {list(modalities)}")
+        modalities = tuple(manifest.modalities)  # its channel order
     if modalities and opts.reference_modality not in modalities:
         raise ValueError(f"reference_modality {opts.reference_modality!r} (--reference-modality) is not among the "
                          f"raw baselines' modalities {list(modalities)}: choose one of them")
@@ -764,11 +787,7 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     _check_qc_backend(opts)
     if opts.spacing is not None:
         _check_output_grids(cases, opts)
-    patients: dict[str, str] = {}
-    for name in (layout.MANIFEST_JSON, layout.MANIFEST_CSV):  # patient ids of a raw manifest, if any
-        if (raw / name).is_file():
-            patients = {e.case_id: e.patient_id for e in read_manifest(raw / name).cases}
-            break
+    patients = {e.case_id: e.patient_id for e in manifest.cases} if manifest is not None else {}
     # a second register into out would mix its cases with ours; the claim of a killed one is taken over (it does
     # not make out look used), and a live one is named rather than told to pass --overwrite
     created = not out.exists()

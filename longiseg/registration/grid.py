@@ -17,7 +17,7 @@ import numpy as np
 from longiseg.data.case import affine_spacing
 from longiseg.utils.validation import check_affine, check_instance, check_int_sequence, check_positive_float
 
-__all__ = ["EXTRA_HINT", "require_simpleitk", "Grid", "to_sitk", "from_sitk", "isotropic_grid"]
+__all__ = ["EXTRA_HINT", "require_simpleitk", "Grid", "to_sitk", "from_sitk", "isotropic_grid", "isotropic_shape"]
 
 #: How to install the optional dependency; named in every error about it.
 EXTRA_HINT = "registration needs SimpleITK: pip install 'longiseg[register]'"
@@ -116,15 +116,21 @@ def from_sitk(image: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(arr), affine
 
 
+def isotropic_shape(grid: Grid, spacing: float) -> tuple[int, int, int]:
+    """The shape of :func:`isotropic_grid` ``(grid, spacing)``: voxels of ``spacing`` mm covering ``grid``'s field of
+    view (rounded up), computed without building the grid (a tiny spacing gives a grid too large to use)."""
+    check_instance("grid", grid, Grid, "a Grid")
+    spacing = check_positive_float("spacing", spacing)  # True is not 1 mm
+    return tuple(max(1, int(np.ceil(n * s / spacing - 1e-6))) for n, s in zip(grid.shape, grid.spacing))  # type: ignore[return-value]
+
+
 def isotropic_grid(grid: Grid, spacing: float) -> Grid:
     """A grid with the orientation and field of view of ``grid`` and voxels of ``spacing`` mm.
 
     The outer voxel corners stay where they were; the shape is rounded up to cover the field of view.
     """
-    check_instance("grid", grid, Grid, "a Grid")
-    spacing = check_positive_float("spacing", spacing)  # True is not 1 mm
+    shape = isotropic_shape(grid, spacing)
     old = grid.spacing
-    shape = tuple(max(1, int(np.ceil(n * s / spacing - 1e-6))) for n, s in zip(grid.shape, old))
     rot = grid.affine[:3, :3] / old
     corner = grid.affine[:3, 3] - 0.5 * grid.affine[:3, :3] @ np.ones(3)
     affine = np.eye(4)
