@@ -727,11 +727,15 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     was). ``manifest.json`` lists only the cases written by this run (an earlier one is removed when no case
     was written), so ``longiseg predict``/``train`` do not read a case of an earlier run that failed this time.
 
+    A manifest in ``raw`` (``manifest.json`` or ``manifest.csv``) is read as the cohort readers read one
+    (:func:`~longiseg.data.cohort.cohort_manifest`): only its cases are registered (a case folder it does not list
+    is warned about), with its patient ids and its channel order.
+
     Returns:
         One :class:`CaseRegistration` per case; failed cases are listed in ``out/registration.csv``.
 
     Raises:
-        FileNotFoundError: ``raw`` is missing or holds no case.
+        FileNotFoundError: ``raw`` is missing or holds no case, or its manifest lists a case without a folder.
         NotADirectoryError: ``out`` or one of its parents is a file.
         PermissionError: ``out`` cannot be created or written, or (``overwrite``) a case folder it holds cannot
             be replaced (a read-only one): before any case is registered.
@@ -740,7 +744,8 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
             is not a valid case id (:func:`~longiseg.data.layout.check_case_id`); the baselines hold different
             modalities, or none named ``reference_modality``; ``spacing`` gives a case an output grid of more than
             :data:`MAX_OUTPUT_VOXELS` voxels, or of fewer than 2 voxels along an axis of more than one baseline
-            voxel (a spacing coarser than the field of view); a raw manifest is malformed.
+            voxel (a spacing coarser than the field of view); a raw manifest is malformed or names other
+            modalities than the baselines hold.
         ImportError: SimpleITK is missing (``pip install 'longiseg[register]'``), or matplotlib with
             ``qc_figures``.
     """
