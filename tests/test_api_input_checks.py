@@ -848,4 +848,7 @@ def test_difference_weighting_checks_prior_against_current() -> None:
         dw(x[:0], x[:0])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert dw(x.bfloat16(), x.bfloat16()).shape == x.shape  # autocast casts per operation
+        assert dw(x.bfloat16(), x).dtype == torch.float32  # a float32 prior (a cached feature) as before
+        with pytest.raises(TypeError, match="prior must have current's dtype torch.bfloat16, got torch.float64"):
+            dw(x.bfloat16(), x.double())  # autocast never casts float64
     assert DifferenceWeighting(4, spatial_dims=2, affine=False)(x.double(), x.double()).dtype == torch.float64

@@ -101,6 +101,11 @@ def test_an_empty_section_of_a_file_means_its_defaults(tmp_path) -> None:
         ExperimentConfig.from_file(path, ["trainer.lr=1e-3"])
     with pytest.raises(ConfigError, match="config key 'trainer': expected a mapping for TrainerConfig, got 5$"):
         ExperimentConfig.from_file(path)
+    path.write_text("trainer: {max_epochs: 3}\n")  # only a file's empty section: trainer=null resets nothing
+    for make in (lambda: ExperimentConfig.from_file(path, ["trainer=null"]),
+                 lambda: ExperimentConfig.from_dict({"trainer": None})):
+        with pytest.raises(ConfigError, match="config key 'trainer': expected a mapping for TrainerConfig, got None"):
+            make()
 
 
 def test_load_with_overrides(tmp_path) -> None:

@@ -402,6 +402,8 @@ def test_n4_flattens_a_bias_field() -> None:
     # 1e-5 mm: the grid's affine was refused as singular ("affine must be a non-singular (4, 4) matrix")
     (["{t}/raw", "{t}/out", "--spacing", "1e-5"], r"spacing 1e-05 mm gives an output grid of 400000 x 400000 x 400000 "
                                                    r"= 6.4e\+16 voxels .* more than the limit of 268435456"),
+    (["{t}/raw", "{t}/out", "--spacing", "1e-308"], r"spacing 1e-308 mm gives an output grid of inf x inf x inf = inf "
+                                                     r"voxels"),  # was OverflowError: cannot convert float infinity
     # a spacing not below the 4 mm field of view: 1 x 1 x 1 voxels, every lesion gone, and "status ok"
     (["{t}/raw", "{t}/out", "--spacing", "1e6"], r"case 'c': baseline \S+t0_flair.nii.gz: spacing 1e\+06 mm gives an "
                                                   r"output grid of 1 x 1 x 1 voxels over its 4 x 4 x 4 mm field of "
@@ -1106,10 +1108,14 @@ def test_a_raw_manifest_is_read_as_the_cohort_readers_read_it(tmp_path: Path, ca
     assert [r.case_id for r in results] == ["c1"] and "c2" in caplog.text and "does not list" in caplog.text
     (case,) = find_cases(tmp_path / "out")
     assert case.patient_id == "P1" and case.modalities == ("t2", "flair")
+    manifest["modalities"] = ["t2"]  # a subset: its channels, as find_cases reads them
+    (raw / "manifest.json").write_text(json.dumps(manifest))
+    register_folder(raw, tmp_path / "sub", progress=False)
+    assert find_cases(tmp_path / "sub")[0].modalities == ("t2",)
     manifest["modalities"] = ["flair", "pd"]
     (raw / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"names the modalities \['flair', 'pd'\], but the baselines hold "
-                                         r"\['flair', 't2'\]"):
+                                         r"\['flair', 't2'\], not \['pd'\]"):
         register_folder(raw, tmp_path / "out2", progress=False)
     manifest["cases"].append({"case_id": "c3"})
     (raw / "manifest.json").write_text(json.dumps(manifest))

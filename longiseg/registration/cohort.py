@@ -84,6 +84,7 @@ from longiseg.registration.grid import (
     from_sitk,
     isotropic_grid,
     isotropic_shape,
+    isotropic_sizes,
     require_simpleitk,
     to_sitk,
 )
@@ -354,14 +355,16 @@ def _output_grid(base: Grid, spacing: float | None, where: str) -> Grid:
     """
     if spacing is None:
         return base
-    shape = isotropic_shape(base, spacing)  # before the grid: a tiny spacing's affine is refused as singular
-    count = float(np.prod(shape, dtype=np.float64))
+    sizes = isotropic_sizes(base, spacing)  # before the grid: a tiny spacing's affine is refused as singular
+    with np.errstate(over="ignore"):
+        count = float(np.prod(sizes))
     extent = np.asarray(base.shape, dtype=np.float64) * base.spacing
-    if count > MAX_OUTPUT_VOXELS:
+    if not count <= MAX_OUTPUT_VOXELS:  # inf too
         raise ValueError(f"{where}: spacing {spacing:g} mm gives an output grid of "
-                         f"{' x '.join(str(s) for s in shape)} = {count:.3g} voxels over its "
+                         f"{' x '.join(f'{s:.6g}' for s in sizes)} = {count:.3g} voxels over its "
                          f"{' x '.join(f'{e:.0f}' for e in extent)} mm field of view, more than the limit of "
                          f"{MAX_OUTPUT_VOXELS} (2**28, 1 GiB per float32 volume); choose a larger spacing")
+    shape = isotropic_shape(base, spacing)
     collapsed = [i for i, (n, m) in enumerate(zip(base.shape, shape)) if n > 1 and m < 2]
     if collapsed:
         imaged = min(float(e) for n, e in zip(base.shape, extent) if n > 1)  # the thinnest axis of > 1 voxel
@@ -729,7 +732,8 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
 
     A manifest in ``raw`` (``manifest.json`` or ``manifest.csv``) is read as the cohort readers read one
     (:func:`~longiseg.data.cohort.cohort_manifest`): only its cases are registered (a case folder it does not list
-    is warned about), with its patient ids and its channel order.
+    is warned about), with its patient ids and its modalities (the output manifest lists them in its order;
+    every modality is registered).
 
     Returns:
         One :class:`CaseRegistration` per case; failed cases are listed in ``out/registration.csv``.
@@ -773,14 +777,15 @@ def register_folder(raw: PathLike, out: PathLike, options: RegistrationOptions |
     for case in with_images:  # a case becomes a folder of out and a row of its manifest: refused before any is written
         layout.check_case_id(case.name, where=f"case folder {case}")
     modalities = _check_modalities(baselines)
-    if manifest is not None and manifest.modalities and modalities:
-        if sorted(manifest.modalities) != sorted(modalities):
-            raise ValueError(f"the raw manifest of {raw} names the modalities {list(manifest.modalities)}, but the "
-                             f"baselines hold {list(modalities)}")
-        modalities = tuple(manifest.modalities)  # its channel order
     if modalities and opts.reference_modality not in modalities:
         raise ValueError(f"reference_modality {opts.reference_modality!r} (--reference-modality) is not among the "
                          f"raw baselines' modalities {list(modalities)}: choose one of them")
+    if manifest is not None and manifest.modalities and modalities:  # its channels, in its order (as find_cases)
+        lacking = [m for m in manifest.modalities if m not in modalities]
+        if lacking:
+            raise ValueError(f"the raw manifest of {raw} names the modalities {list(manifest.modalities)}, but the "
+                             f"baselines hold {list(modalities)}, not {lacking}")
+        modalities = tuple(manifest.modalities)  # every modality is registered; the manifest lists its channels
     check_output_folder(out, "out")
     check_separate_folders(out, "out", {"raw": raw})  # --overwrite would replace the raw case folders
     # early, before the grids are read; with a claim in out, the claim below names a live holder (instead of

@@ -17,7 +17,7 @@ import numpy as np
 from longiseg.data.case import affine_spacing
 from longiseg.utils.validation import check_affine, check_instance, check_int_sequence, check_positive_float
 
-__all__ = ["EXTRA_HINT", "require_simpleitk", "Grid", "to_sitk", "from_sitk", "isotropic_grid", "isotropic_shape"]
+__all__ = ["EXTRA_HINT", "require_simpleitk", "Grid", "to_sitk", "from_sitk", "isotropic_grid", "isotropic_shape", "isotropic_sizes"]
 
 #: How to install the optional dependency; named in every error about it.
 EXTRA_HINT = "registration needs SimpleITK: pip install 'longiseg[register]'"
@@ -116,12 +116,26 @@ def from_sitk(image: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(arr), affine
 
 
-def isotropic_shape(grid: Grid, spacing: float) -> tuple[int, int, int]:
-    """The shape of :func:`isotropic_grid` ``(grid, spacing)``: voxels of ``spacing`` mm covering ``grid``'s field of
-    view (rounded up), computed without building the grid (a tiny spacing gives a grid too large to use)."""
+def isotropic_sizes(grid: Grid, spacing: float) -> np.ndarray:
+    """The voxels per axis of :func:`isotropic_grid` ``(grid, spacing)`` as float64 (``inf`` where they exceed
+    floating point), computed without building the grid: a tiny spacing gives one too large to use."""
     check_instance("grid", grid, Grid, "a Grid")
     spacing = check_positive_float("spacing", spacing)  # True is not 1 mm
-    return tuple(max(1, int(np.ceil(n * s / spacing - 1e-6))) for n, s in zip(grid.shape, grid.spacing))  # type: ignore[return-value]
+    with np.errstate(over="ignore"):
+        return np.maximum(1.0, np.ceil(np.asarray(grid.shape, np.float64) * grid.spacing / spacing - 1e-6))
+
+
+def isotropic_shape(grid: Grid, spacing: float) -> tuple[int, int, int]:
+    """The shape of :func:`isotropic_grid` ``(grid, spacing)``: voxels of ``spacing`` mm covering ``grid``'s field of
+    view, rounded up (:func:`isotropic_sizes`).
+
+    Raises:
+        ValueError: more voxels along an axis than floating point holds (a spacing near 1e-308 mm).
+    """
+    sizes = isotropic_sizes(grid, spacing)
+    if not np.isfinite(sizes).all():
+        raise ValueError(f"spacing {spacing:g} mm gives more voxels than floating point holds")
+    return tuple(int(n) for n in sizes)  # type: ignore[return-value]
 
 
 def isotropic_grid(grid: Grid, spacing: float) -> Grid:

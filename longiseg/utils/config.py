@@ -141,8 +141,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if _is_section(tp):
         if isinstance(value, tp):
             return value
-        if value is None:  # YAML's "data:" with every key commented out: the section's defaults
-            value = {}
         if isinstance(value, Mapping):
             return config_from_dict(tp, value, _prefix=f"{key}.")
         raise ConfigError(f"config key {key!r}: expected a mapping for {tp.__name__}, got {value!r}")
@@ -378,7 +376,20 @@ def load_config(cls: type[C], path: str | Path, overrides: Iterable[str] = ()) -
         raise TypeError("load_config: overrides must be a sequence of 'key=value' strings, not one string")
     # applied to the file's values before the config is built and checked: an override replaces a value the file
     # holds wrongly (an empty trainer.output_dir given with --output)
-    return config_from_dict(cls, _override_dict(cls, read_config_file(path), overrides))
+    return config_from_dict(cls, _override_dict(cls, _empty_sections(cls, read_config_file(path)), overrides))
+
+
+def _empty_sections(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """A file's ``data`` (a config of ``cls``) with sections left empty, which YAML reads as ``null`` (``data:``
+    with every key commented out), as empty mappings: the sections' defaults. Only a file's: ``trainer=None``
+    given in code or as an override stays an error, not a silent reset of the section."""
+    hints = _type_hints(cls) if _is_section(cls) else {}
+    out = dict(data)
+    for key, value in data.items():
+        tp = hints.get(key)
+        if tp is not None and _is_section(tp) and (value is None or isinstance(value, dict)):
+            out[key] = _empty_sections(tp, value or {})
+    return out
 
 
 def save_config(config: Any, path: str | Path) -> Path:

@@ -472,7 +472,9 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     except TypeError as err:
         raise ValueError(f"model.kwargs {kwargs} do not fit {cfg.model.name!r}: {err}") from None
     except ValueError as err:  # a value the model refuses, named as the model's argument ("config key 'depths'")
-        raise ValueError(f"model.kwargs of {cfg.model.name!r}: {err}") from None
+        named = ValueError(f"model.kwargs of {cfg.model.name!r}: {err}")
+        named.__notes__ = list(getattr(err, "__notes__", []))  # build_model's "(raised by the factory ...)"
+        raise named from None
     _check_model_fits_cases(model, kwargs, cases)
     # Sizes the model cannot take fail here, before the run's records are written, not at the first step.
     check_spatial_size(model, cfg.data.crop_size, "data.crop_size")

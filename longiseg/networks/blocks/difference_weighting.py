@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from longiseg.networks.inputs import feature_layout, parameter_device, parameter_dtype
 from longiseg.utils.validation import (
+    autocast_reconciles,
     check_bool,
     check_matches_parameters,
     check_nonnegative_float,
@@ -75,7 +76,8 @@ class DifferenceWeighting(nn.Module):
                     floating=True, C=self.channels)
         check_tensor("prior", prior)
         check_same_shape("current", current, "prior", prior)
-        if prior.dtype != current.dtype:  # torch promoted an integer or half prior silently, or failed inside
+        # torch promoted an integer or half prior silently, or failed inside; autocast runs floating ones together
+        if prior.dtype != current.dtype and not (prior.is_floating_point() and autocast_reconciles(prior, current.dtype)):
             raise TypeError(f"prior must have current's dtype {current.dtype}, got {prior.dtype}")
         if prior.device != current.device:
             raise ValueError(f"prior must be on current's device {current.device}, got {prior.device}")
