@@ -125,7 +125,7 @@ def test_predict_case_progression_outside_baseline_off_keeps_the_head_mask(tmp_p
 
 def test_no_overwrite_unless_asked(tmp_path: Path) -> None:
     img, aff = _images(t=2, c=1), _affine()
-    predict_case(Voxelwise(), img, aff, (1, 1, 1), tmp_path, "c", inferer=_inferer())
+    predict_case(Voxelwise(), img, aff, None, tmp_path, "c", inferer=_inferer())
     target = tmp_path / "c" / "baseline_prob.nii.gz"
     before = target.read_bytes()
 
@@ -134,10 +134,10 @@ def test_no_overwrite_unless_asked(tmp_path: Path) -> None:
             raise AssertionError("inference must not start when outputs exist")
 
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        predict_case(Boom(), img, aff, (1, 1, 1), tmp_path, "c", inferer=_inferer())
+        predict_case(Boom(), img, aff, None, tmp_path, "c", inferer=_inferer())
     assert target.read_bytes() == before
     paths = predict_case(
-        Voxelwise(), img * 0.5, aff, (1, 1, 1), tmp_path, "c", inferer=_inferer(), overwrite=True
+        Voxelwise(), img * 0.5, aff, None, tmp_path, "c", inferer=_inferer(), overwrite=True
     )
     assert target.read_bytes() != before and len(paths["mask"]) == 2
 
@@ -222,11 +222,18 @@ def test_predict_case_refuses_bad_settings_before_inference(tmp_path: Path, kwar
 
 
 def test_predict_case_spacing_one_value_means_isotropic(tmp_path: Path) -> None:
-    paths = predict_case(Voxelwise(), _images(t=2, c=1), _affine(), 1.0, tmp_path, "x", inferer=_inferer(),
+    paths = predict_case(Voxelwise(), _images(t=2, c=1), np.eye(4), 1.0, tmp_path, "x", inferer=_inferer(),
                          min_volume_mm3=2.0)
     assert len(paths["mask"]) == 2
     with pytest.raises(ValueError, match=r"spacing must have 3 values"):
         predict_case(Voxelwise(), _images(t=2, c=1), _affine(), (1.0, 1.0), tmp_path, "y", inferer=_inferer())
+    # a spacing that contradicts the affine measured lesions with another voxel size than the files were written
+    # with (the size filter dropped a 27 mm3 lesion of 0.5 x 0.5 x 6 mm voxels as 18 mm3)
+    model = _Counting()
+    with pytest.raises(ValueError, match=r"spacing \[1.0, 1.0, 1.0\] contradicts the affine, whose voxel size .* is "
+                                         r"\[0.8, 1.0, 2.5\] mm"):
+        predict_case(model, _images(t=2, c=1), _affine(), 1.0, tmp_path, "z", inferer=_inferer(), min_volume_mm3=2.0)
+    assert model.calls == 0 and not (tmp_path / "z").exists()
 
 
 def _write_case(

@@ -26,7 +26,7 @@ from longiseg.utils.validation import (
     check_timepoints,
 )
 
-__all__ = ["PLANES", "LongitudinalCase", "plane_axes", "display_slice", "affine_spacing", "check_modalities",
+__all__ = ["PLANES", "LongitudinalCase", "plane_axes", "display_slice", "affine_spacing", "check_spacing_of_affine", "check_modalities",
            "check_case"]
 
 #: The three orthogonal anatomical planes, in the order used everywhere in the library.
@@ -101,6 +101,22 @@ MAX_AXIS_COSINE = 1e-4
 #: file's header voxel sizes (``pixdim``) and its affine's column norms (both stored as float32), or a case's
 #: ``spacing`` and its affine's.
 SPACING_RTOL = 1e-3
+
+
+def check_spacing_of_affine(spacing: Sequence[float] | np.ndarray, affine: np.ndarray) -> tuple[float, float, float]:
+    """``spacing`` (mm along the three array axes) as floats if it agrees with :func:`affine_spacing` ``(affine)``
+    within :data:`SPACING_RTOL`.
+
+    Raises:
+        ValueError: ``spacing`` contradicts the affine (lesion volumes would use another voxel size than the
+            files written with the affine), or either is malformed (a sheared affine included).
+    """
+    sp = tuple(as_spacing(spacing, 3).tolist())
+    of_affine = np.asarray(affine_spacing(affine))  # refuses a sheared affine, as reading a file does
+    if not np.allclose(sp, of_affine, rtol=SPACING_RTOL, atol=0.0):
+        raise ValueError(f"spacing {list(sp)} contradicts the affine, whose voxel size (its column norms) is "
+                         f"{of_affine.tolist()} mm: give spacing=affine_spacing(affine)")
+    return sp  # type: ignore[return-value]
 
 
 def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -256,11 +272,7 @@ class LongitudinalCase:
             raise ValueError("brain_mask is all zero: it leaves no voxel to normalise or sample; pass None to use "
                              "the images' non-zero voxels")
         self.affine = check_affine("affine", self.affine)
-        self.spacing = tuple(as_spacing(self.spacing, 3).tolist())  # type: ignore[assignment]
-        of_affine = np.asarray(affine_spacing(self.affine))  # refuses a sheared affine, as reading a file does
-        if not np.allclose(self.spacing, of_affine, rtol=SPACING_RTOL, atol=0.0):
-            raise ValueError(f"spacing {list(self.spacing)} contradicts the affine, whose voxel size (its column "
-                             f"norms) is {of_affine.tolist()} mm: give spacing=affine_spacing(affine)")
+        self.spacing = check_spacing_of_affine(self.spacing, self.affine)  # type: ignore[assignment]
         self.case_id = str(check_case_id(self.case_id))
         self.patient_id = str(self.patient_id) if self.patient_id else self.case_id
 

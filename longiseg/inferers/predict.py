@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from longiseg.data.case import LongitudinalCase, affine_spacing
+from longiseg.data.case import LongitudinalCase, affine_spacing, check_spacing_of_affine
 from longiseg.data.claims import (
     check_folder_unclaimed,
     claim_case,
@@ -62,7 +62,6 @@ from longiseg.utils.io import (
     removed_if_created,
 )
 from longiseg.utils.logging import get_logger, log_once
-from longiseg.utils.masks import as_spacing
 from longiseg.utils.nifti import SpatialHeader
 from longiseg.utils.validation import check_affine, check_bool, check_callable, check_instance, check_path
 
@@ -255,7 +254,8 @@ def predict_case(
         model: a registry model (2.5D for the default tri-planar inferer).
         images: ``(T, C, D, H, W)`` array/tensor in NIfTI array order.
         affine: ``(4, 4)`` affine of the input images; every output is written with it.
-        spacing: voxel size in mm along ``(D, H, W)``; ``None`` derives it from ``affine``.
+        spacing: voxel size in mm along ``(D, H, W)``; ``None`` derives it from ``affine``, which a given one must
+            agree with (the files are written with the affine).
         out_dir: prediction root; files go to ``out_dir/case_id/``.
         case_id: case folder name.
         inferer: a :class:`TriplanarInferer` (default, with its defaults), a
@@ -311,7 +311,8 @@ def predict_case(
     aff = check_affine("affine", affine)
     if check_instance("header", header, (SpatialHeader, type(None)), "a SpatialHeader (case_spatial_header) or None"):
         header.check_grid(aff, "header")
-    spacing = spacing_from_affine(aff) if spacing is None else tuple(as_spacing(spacing, 3).tolist())
+    # one voxel size: the files are written with the affine's, so the size filter must use it too
+    spacing = spacing_from_affine(aff) if spacing is None else check_spacing_of_affine(spacing, aff)
     trained = voxel_size_mismatch(model, spacing)
     if trained is not None:  # predicted as it is (nothing here resamples), but not without a word
         log_once(logger, f"voxel size {case_id}",
