@@ -26,8 +26,8 @@ from longiseg.utils.validation import (
     check_timepoints,
 )
 
-__all__ = ["PLANES", "LongitudinalCase", "plane_axes", "display_slice", "affine_spacing", "check_spacing_of_affine", "check_modalities",
-           "check_case"]
+__all__ = ["PLANES", "LongitudinalCase", "plane_axes", "display_slice", "affine_spacing", "check_spacing_of_affine",
+           "check_modalities", "check_case"]
 
 #: The three orthogonal anatomical planes, in the order used everywhere in the library.
 PLANES: tuple[str, str, str] = ("axial", "coronal", "sagittal")

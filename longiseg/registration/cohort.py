@@ -83,7 +83,6 @@ from longiseg.registration.grid import (
     Grid,
     from_sitk,
     isotropic_grid,
-    isotropic_shape,
     isotropic_sizes,
     require_simpleitk,
     to_sitk,
@@ -364,7 +363,7 @@ def _output_grid(base: Grid, spacing: float | None, where: str) -> Grid:
                          f"{' x '.join(f'{s:.6g}' for s in sizes)} = {count:.3g} voxels over its "
                          f"{' x '.join(f'{e:.0f}' for e in extent)} mm field of view, more than the limit of "
                          f"{MAX_OUTPUT_VOXELS} (2**28, 1 GiB per float32 volume); choose a larger spacing")
-    shape = isotropic_shape(base, spacing)
+    shape = tuple(int(n) for n in sizes)  # finite: within the limit
     collapsed = [i for i, (n, m) in enumerate(zip(base.shape, shape)) if n > 1 and m < 2]
     if collapsed:
         imaged = min(float(e) for n, e in zip(base.shape, extent) if n > 1)  # the thinnest axis of > 1 voxel

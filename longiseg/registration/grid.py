@@ -17,7 +17,7 @@ import numpy as np
 from longiseg.data.case import affine_spacing
 from longiseg.utils.validation import check_affine, check_instance, check_int_sequence, check_positive_float
 
-__all__ = ["EXTRA_HINT", "require_simpleitk", "Grid", "to_sitk", "from_sitk", "isotropic_grid", "isotropic_shape", "isotropic_sizes"]
+__all__ = ["EXTRA_HINT", "require_simpleitk", "Grid", "to_sitk", "from_sitk", "isotropic_grid", "isotropic_sizes"]
 
 #: How to install the optional dependency; named in every error about it.
 EXTRA_HINT = "registration needs SimpleITK: pip install 'longiseg[register]'"
@@ -125,9 +125,11 @@ def isotropic_sizes(grid: Grid, spacing: float) -> np.ndarray:
         return np.maximum(1.0, np.ceil(np.asarray(grid.shape, np.float64) * grid.spacing / spacing - 1e-6))
 
 
-def isotropic_shape(grid: Grid, spacing: float) -> tuple[int, int, int]:
-    """The shape of :func:`isotropic_grid` ``(grid, spacing)``: voxels of ``spacing`` mm covering ``grid``'s field of
-    view, rounded up (:func:`isotropic_sizes`).
+def isotropic_grid(grid: Grid, spacing: float) -> Grid:
+    """A grid with the orientation and field of view of ``grid`` and voxels of ``spacing`` mm.
+
+    The outer voxel corners stay where they were; the shape is rounded up to cover the field of view
+    (:func:`isotropic_sizes`).
 
     Raises:
         ValueError: more voxels along an axis than floating point holds (a spacing near 1e-308 mm).
@@ -135,15 +137,7 @@ def isotropic_shape(grid: Grid, spacing: float) -> tuple[int, int, int]:
     sizes = isotropic_sizes(grid, spacing)
     if not np.isfinite(sizes).all():
         raise ValueError(f"spacing {spacing:g} mm gives more voxels than floating point holds")
-    return tuple(int(n) for n in sizes)  # type: ignore[return-value]
-
-
-def isotropic_grid(grid: Grid, spacing: float) -> Grid:
-    """A grid with the orientation and field of view of ``grid`` and voxels of ``spacing`` mm.
-
-    The outer voxel corners stay where they were; the shape is rounded up to cover the field of view.
-    """
-    shape = isotropic_shape(grid, spacing)
+    shape = tuple(int(n) for n in sizes)
     old = grid.spacing
     rot = grid.affine[:3, :3] / old
     corner = grid.affine[:3, 3] - 0.5 * grid.affine[:3, :3] @ np.ones(3)
