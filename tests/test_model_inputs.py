@@ -173,3 +173,45 @@ def test_every_model_states_the_crop_sizes_it_takes(name: str) -> None:
             check_spatial_size(model, down, "inference.patch_size")
     with pytest.raises(ValueError, match=f"must have {dims} spatial sizes"):
         check_spatial_size(model, (2 * down,) * (dims + 1), "inference.patch_size")
+
+
+@pytest.mark.parametrize("name", ["dynunet_2d", "dynunet_3d", "dynunet_cs", "swin_unetr_3d"])
+def test_a_batch_normalised_bottleneck_states_its_smallest_input_for_one_sample(name: str) -> None:
+    """With ``norm_name="batch"`` the size rule knew instance norms only: a crop leaving one voxel at the bottleneck
+    passed every check and failed inside torch's BatchNorm for a batch of one ("Expected more than 1 value per
+    channel when training"). Two samples, or evaluation (running statistics), take that size."""
+    kwargs, down, _ = _tiny(name)
+    model = build_model(name, **kwargs, norm_name="batch").train()
+    rule = model.spatial_size_rule
+    assert rule.batch_norm_bottleneck and not rule.instance_norm_bottleneck
+    one_voxel = (down,) * len(rule.downsampling)
+    check_spatial_size(model, down, "data.crop_size")  # the batch size is not known there
+    if name == "dynunet_cs":  # its backbone normalises the B * T >= 2 timepoint images together: one sample trains
+        assert model(torch.randn(1, 2, 2, *one_voxel)).baseline.shape == (1, 1, *one_voxel)
+    else:
+        with pytest.raises(ValueError, match=r"x's spatial size .* batch-normalises and so needs at least 2 voxels for "
+                                             r"a batch of one sample in training: .* the smallest inputs are"):
+            model(torch.randn(1, 2, 2, *one_voxel))
+    assert model(torch.randn(2, 2, 2, *one_voxel)).baseline.shape == (2, 1, *one_voxel)
+    assert model.eval()(torch.randn(1, 2, 2, *one_voxel)).baseline.shape == (1, 1, *one_voxel)
+    sizes = (2 * down,) + (down,) * (len(rule.downsampling) - 1)
+    assert model.train()(torch.randn(1, 2, 2, *sizes)).baseline.shape == (1, 1, *sizes)
+
+
+def test_swin_unetr_refuses_a_patch_size_its_decoder_cannot_undo_and_checks_window_size() -> None:
+    """MONAI's ``patch_size`` passed through while the size rule stayed at 32: ``patch_size=4`` failed in MONAI's own
+    size check, ``patch_size=1`` with "Sizes of tensors must match" in the decoder; ``window_size=0`` failed with
+    "zeros: Dimension size must be non-negative"."""
+    kwargs, _, _ = _tiny("swin_unetr_3d")
+    for patch in (1, 4):
+        with pytest.raises(ValueError, match=f"patch_size must be 2 .*got {patch}"):
+            build_model("swin_unetr_3d", **kwargs, patch_size=patch)
+    assert build_model("swin_unetr_3d", **kwargs, patch_size=2).spatial_size_rule.downsampling == (32, 32, 32)
+    with pytest.raises(ValueError, match="window_size must be >= 1, got 0"):
+        build_model("swin_unetr_3d", **kwargs, window_size=0)
+    with pytest.raises(ValueError, match=r"window_size must have 3 entries \(one per spatial dim\)"):
+        build_model("swin_unetr_3d", **kwargs, window_size=(7, 7))
+    with pytest.raises(TypeError, match="window_size must be an int, got str"):
+        build_model("swin_unetr_3d", **kwargs, window_size="7")
+    model = build_model("swin_unetr_3d", **kwargs, window_size=(4, 4, 4))
+    assert model(torch.randn(1, 2, 2, 64, 32, 32)).progression.shape == (1, 1, 1, 64, 32, 32)

@@ -47,8 +47,8 @@ from longiseg.utils.validation import (
     debug_checks_enabled,
 )
 
-__all__ = ["SpatialSizeRule", "check_model_input", "check_spatial_size", "feature_layout", "layout", "normalises_per_instance",
-           "parameter_device", "parameter_dtype"]
+__all__ = ["SpatialSizeRule", "check_model_input", "check_spatial_size", "feature_layout", "layout",
+           "normalises_per_batch", "normalises_per_instance", "parameter_device", "parameter_dtype"]
 
 
 def layout(spatial_dims: int) -> str:
@@ -64,6 +64,12 @@ def feature_layout(spatial_dims: int) -> str:
 def normalises_per_instance(module: nn.Module) -> bool:
     """Whether ``module`` contains an instance norm (which needs at least 2 voxels per channel and sample)."""
     return any(isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)) for m in module.modules())
+
+
+def normalises_per_batch(module: nn.Module) -> bool:
+    """Whether ``module`` contains a batch norm (which needs more than one value per channel in training: a batch of
+    one sample needs at least 2 voxels)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 def parameter_device(module: nn.Module) -> torch.device | None:
@@ -85,32 +91,46 @@ class SpatialSizeRule:
         pads: the model pads sizes up to a multiple of ``downsampling`` itself, so any size is accepted.
         instance_norm_bottleneck: the model instance-normalises its coarsest feature map, which needs
             ``prod(ceil(S_i / downsampling_i)) >= 2``.
+        batch_norm_bottleneck: the model batch-normalises its coarsest feature map, which in training needs
+            ``samples * prod(ceil(S_i / downsampling_i)) >= 2`` (checked in a training forward, where the number
+            of samples the backbone normalises together is known; evaluation uses the running statistics).
     """
 
     downsampling: tuple[int, ...]
     pads: bool = False
     instance_norm_bottleneck: bool = False
+    batch_norm_bottleneck: bool = False
 
     @classmethod
     def of(cls, spatial_dims: int, downsampling: int | Sequence[int], *, pads: bool = False,
-           instance_norm_bottleneck: bool = False) -> SpatialSizeRule:
+           instance_norm_bottleneck: bool = False, batch_norm_bottleneck: bool = False) -> SpatialSizeRule:
         """The rule of a ``spatial_dims``-D model whose downsampling is one int or one per spatial dim."""
         down = (int(downsampling),) * spatial_dims if isinstance(downsampling, int) else tuple(downsampling)
         if len(down) != spatial_dims:
             raise ValueError(f"downsampling must be one int or {spatial_dims} ints, got {downsampling!r}")
-        return cls(down, bool(pads), bool(instance_norm_bottleneck))
+        return cls(down, bool(pads), bool(instance_norm_bottleneck), bool(batch_norm_bottleneck))
 
-    def check(self, sizes: Sequence[int], name: str, *, shown: str | None = None) -> None:
+    @classmethod
+    def of_backbone(cls, spatial_dims: int, downsampling: int | Sequence[int], backbone: nn.Module) -> SpatialSizeRule:
+        """The rule of a non-padding model whose ``backbone`` may instance- or batch-normalise its bottleneck."""
+        return cls.of(spatial_dims, downsampling, instance_norm_bottleneck=normalises_per_instance(backbone),
+                      batch_norm_bottleneck=normalises_per_batch(backbone))
+
+    def check(self, sizes: Sequence[int], name: str, *, shown: str | None = None,
+              training_samples: int | None = None) -> None:
         """Refuse spatial ``sizes`` (one per spatial dim) the model cannot take.
 
         Args:
             sizes: the spatial sizes, e.g. ``(H, W)`` or ``(D, H, W)``.
             name: what the sizes are, in the message (``"x"``, ``"inference.patch_size"``, ...).
             shown: how to show the offending value (default: ``sizes``).
+            training_samples: in a training forward, how many samples the backbone normalises together (for a
+                batch-normalised bottleneck); ``None``: not training, or not known.
 
         Raises:
             ValueError: naming ``name``: a size not divisible by the downsampling (when the model does not
-                pad), or a single voxel left at an instance-normalised bottleneck (naming the smallest sizes).
+                pad), or a single voxel left at an instance-normalised bottleneck, or at a batch-normalised one
+                for a single training sample (naming the smallest sizes).
         """
         down, sizes = self.downsampling, tuple(int(s) for s in sizes)
         shown = shown or f"{sizes}"
@@ -120,11 +140,14 @@ class SpatialSizeRule:
             multiple = down[0] if len(set(down)) == 1 else down
             raise ValueError(f"every spatial size of {name} must be divisible by {multiple} (the network's total "
                              f"downsampling), got {shown}")
-        if self.instance_norm_bottleneck and math.prod(-(-s // d) for s, d in zip(sizes, down)) < 2:
+        norm = ("which the model instance-normalises and so needs at least 2 voxels" if self.instance_norm_bottleneck
+                else "which the model batch-normalises and so needs at least 2 voxels for a batch of one sample in "
+                "training" if self.batch_norm_bottleneck and training_samples == 1 else None)
+        if norm and math.prod(-(-s // d) for s, d in zip(sizes, down)) < 2:
             smallest = [tuple(2 * d if i == j else d for j, d in enumerate(down)) for i in range(len(down))]
             raise ValueError(
                 f"{name}'s spatial size {sizes} leaves a single voxel in the network's coarsest feature map (total "
-                f"downsampling {down}), which the model instance-normalises and so needs at least 2 voxels: make "
+                f"downsampling {down}), {norm}: make "
                 f"one spatial size at least twice its downsampling; the smallest inputs are "
                 f"{' or '.join(str(s) for s in smallest)}"
             )
@@ -159,6 +182,7 @@ def check_model_input(
     size_rule: SpatialSizeRule | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
+    training_samples: int | None = None,
 ) -> None:
     """Validate a model input ``x`` of shape ``(B, T, C, *S)`` (rules: see the module docstring).
 
@@ -174,6 +198,8 @@ def check_model_input(
             dtype.
         device: the device of the model's parameters (:func:`parameter_device`); ``x`` must be on it. ``None``:
             any device.
+        training_samples: in a training forward, how many samples the backbone normalises together (``B``, or
+            ``B * T`` for a per-timepoint backbone; see :meth:`SpatialSizeRule.check`); ``None``: not training.
 
     Raises:
         TypeError: if ``x`` is not a floating-point tensor, or not of ``dtype`` outside autocast (or one of the
@@ -206,6 +232,6 @@ def check_model_input(
             f"x must have C={in_channels} channels (dim 2 of {lay}: the model's in_channels={in_channels}), got C={c} in shape {shape}"
         )
     if size_rule is not None:
-        size_rule.check(shape[3:], "x", shown=f"shape {shape}")
+        size_rule.check(shape[3:], "x", shown=f"shape {shape}", training_samples=training_samples)
     if debug_checks_enabled():
         check_finite("x", x)

@@ -36,7 +36,6 @@ from longiseg.networks.blocks.heads import FusedDualHead
 from longiseg.networks.inputs import (
     SpatialSizeRule,
     check_model_input,
-    normalises_per_instance,
     parameter_device,
     parameter_dtype,
 )
@@ -204,12 +203,22 @@ def make_swin_unetr(in_channels: int, out_channels: int, spatial_dims: int = 3, 
         spatial_dims: 2 or 3.
         **kwargs: further SwinUNETR arguments. ``feature_size`` (default 24) is a positive multiple of 12;
             ``depths`` and ``num_heads`` (if given) have 4 positive ints, one per Swin stage, and stage ``i``'s
-            ``feature_size * 2**i`` channels are divisible by ``num_heads[i]``.
+            ``feature_size * 2**i`` channels are divisible by ``num_heads[i]``. ``window_size`` (default 7) is a
+            positive int or one per spatial dim. ``patch_size``, if given, is 2: MONAI's decoder undoes a
+            stride-2 patch embedding (another one makes its skip connections disagree in size).
 
     Raises:
-        TypeError, ValueError: ``feature_size``, ``depths`` or ``num_heads`` breaks the rules above (naming
-            the argument).
+        TypeError, ValueError: ``feature_size``, ``depths``, ``num_heads``, ``window_size`` or ``patch_size``
+            breaks the rules above (naming the argument).
     """
+    if "patch_size" in kwargs and check_positive_int("patch_size", kwargs["patch_size"]) != 2:
+        raise ValueError(f"patch_size must be 2 (MONAI's SwinUNETR decoder undoes a stride-2 patch embedding; its skip "
+                         f"connections disagree in size with another), got {kwargs['patch_size']}")
+    if "window_size" in kwargs:
+        window = kwargs["window_size"]
+        kwargs["window_size"] = (check_int_sequence("window_size", window, length=spatial_dims, what="one per spatial dim")
+                                 if isinstance(window, Sequence) and not isinstance(window, str)
+                                 else check_positive_int("window_size", window))
     feature_size = check_positive_int("feature_size", kwargs.get("feature_size", 24))
     if feature_size % 12:
         raise ValueError(f"feature_size must be a multiple of 12, got {feature_size}")
@@ -221,7 +230,8 @@ def make_swin_unetr(in_channels: int, out_channels: int, spatial_dims: int = 3, 
         if (feature_size * 2**i) % h:
             raise ValueError(f"num_heads[{i}]={h} must divide the {feature_size * 2**i} channels of Swin stage {i} "
                              f"(feature_size * 2**{i}), got num_heads={heads}")
-    checked = {k: kwargs.pop(k) for k in ("feature_size", "depths", "num_heads") if k in kwargs}
+    checked = {k: kwargs.pop(k) for k in ("feature_size", "depths", "num_heads", "window_size", "patch_size")
+               if k in kwargs}
     return _construct(_monai_nets().SwinUNETR, kwargs, in_channels=in_channels, out_channels=out_channels,
                       spatial_dims=spatial_dims, **checked)
 
@@ -278,8 +288,7 @@ class ChannelStackedNet(nn.Module):
         self.num_timepoints = check_timepoints("num_timepoints", num_timepoints)
         self.spatial_dims = spatial_dims
         self.backbone = backbone
-        self.spatial_size_rule = SpatialSizeRule.of(spatial_dims, divisor,
-                                                    instance_norm_bottleneck=normalises_per_instance(backbone))
+        self.spatial_size_rule = SpatialSizeRule.of_backbone(spatial_dims, divisor, backbone)
         self.heads = FusedDualHead(feature_channels, num_timepoints=num_timepoints, out_channels=out_channels,
                                    spatial_dims=spatial_dims)
 
@@ -287,7 +296,7 @@ class ChannelStackedNet(nn.Module):
         """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
         check_model_input(x, self.spatial_dims, self.in_channels, num_timepoints=self.num_timepoints,
                           size_rule=self.spatial_size_rule, dtype=parameter_dtype(self),
-                          device=parameter_device(self))
+                          device=parameter_device(self), training_samples=x.shape[0] if self.training else None)
         return self.heads(self.backbone(rearrange(x, "b t c ... -> b (t c) ..."))).traceable()
 
 
@@ -356,13 +365,13 @@ class CrossSectionalNet(nn.Module):
         self.spatial_dims = spatial_dims
         self.eps = eps
         self.backbone = backbone
-        self.spatial_size_rule = SpatialSizeRule.of(spatial_dims, divisor,
-                                                    instance_norm_bottleneck=normalises_per_instance(backbone))
+        self.spatial_size_rule = SpatialSizeRule.of_backbone(spatial_dims, divisor, backbone)
 
     def timepoint_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Full-lesion logits of every timepoint: ``(B, T, C, *S) -> (B, T, K, *S)`` (the training output)."""
         check_model_input(x, self.spatial_dims, self.in_channels, size_rule=self.spatial_size_rule,
-                          dtype=parameter_dtype(self), device=parameter_device(self))
+                          dtype=parameter_dtype(self), device=parameter_device(self),
+                          training_samples=x.shape[0] * x.shape[1] if self.training else None)
         b, t = x.shape[:2]
         return self.backbone(x.flatten(0, 1)).unflatten(0, (b, t))
 
