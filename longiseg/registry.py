@@ -137,8 +137,8 @@ def register_model(
             raise TypeError(f"register_model: {type(f).__name__} {f!r} has no __name__ to register it under; "
                             "pass name=..., e.g. register_model(factory, name='my_model')")
         if not _NAME_PATTERN.fullmatch(key):
-            raise ValueError(f"register_model: model name {key!r} may hold only letters, digits, '_', '.' and '-' "
-                             "(no spaces, slashes or wildcards *?[]); pass name=..., e.g. name='my_model'")
+            raise ValueError(f"register_model: model name {key!r} must start with a letter, digit or '_' and "
+                             "hold only letters, digits, '_', '.' and '-' (no spaces, slashes or wildcards *?[]); pass name=..., e.g. name='my_model'")
         if key in _REGISTRY:
             raise ValueError(f"register_model: a model named {key!r} is already registered (by "
                              f"{_REGISTRY[key].origin}); pick another name, or call "

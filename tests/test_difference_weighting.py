@@ -94,3 +94,16 @@ def test_forward_errors() -> None:
         block(torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3))
     with pytest.raises(ValueError, match=r"with C=4, got shape \(1, 5, 3, 3, 3\)"):
         block(torch.randn(1, 5, 3, 3, 3), torch.randn(1, 5, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"with C=4, got shape \(1, 4, 3, 3\) \(4 dims, not 5\)$"):
+        block(torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_single_voxel_per_channel_is_refused_by_the_block(train: bool) -> None:
+    """torch's instance norm refused it (in training and evaluation) with a message naming neither the block nor
+    ``current``."""
+    block = DifferenceWeighting(4, spatial_dims=2).train(train)
+    with pytest.raises(ValueError, match=r"current has a single voxel per channel, got shape \(2, 4, 1, 1\): the block "
+                                         r"instance-normalises x_c - x_p over the spatial dims"):
+        block(torch.randn(2, 4, 1, 1), torch.randn(2, 4, 1, 1))
+    assert block(torch.randn(2, 4, 1, 2), torch.randn(2, 4, 1, 2)).shape == (2, 4, 1, 2)

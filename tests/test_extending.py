@@ -110,10 +110,11 @@ def test_registration_refuses_odd_names_and_says_how_to_replace(registered):
     def zz_fine(**kwargs):
         return nn.Identity()
 
-    for bad in ("with space", "a*b", "seg?", "[ab]", "x/y", " lead"):
-        with pytest.raises(ValueError, match=r"may hold only letters, digits, '_', '.' and '-'"):
+    for bad in ("with space", "a*b", "seg?", "[ab]", "x/y", " lead", "-x", ".hidden"):
+        with pytest.raises(ValueError, match=r"must start with a letter, digit or '_' and hold only letters, digits, "
+                                             r"'_', '.' and '-'"):
             register_model(zz_fine, name=bad)
-    with pytest.raises(ValueError, match=r"model name '<lambda>' may hold only .* pass name="):
+    with pytest.raises(ValueError, match=r"model name '<lambda>' must start .* pass name="):
         register_model(lambda **kw: nn.Identity())
     with pytest.raises(TypeError, match="register_model: name must be a str, got int"):
         register_model(zz_fine, name=3)

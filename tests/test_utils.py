@@ -77,6 +77,21 @@ def test_longitudinal_output_validates_and_maps():
         LongitudinalOutput(torch.zeros(2), torch.zeros(2, 1))
 
 
+def test_longitudinal_output_compares_by_identity_and_keeps_its_checked_fields() -> None:
+    """The dataclass's generated ``==`` compared the tensors inside a tuple ("Boolean value of Tensor with more than
+    one value is ambiguous"), and a field could be replaced by one the checks never saw."""
+    import dataclasses
+
+    a = LongitudinalOutput(torch.randn(2, 1, 4, 4), torch.randn(2, 1, 1, 4, 4))
+    copy = LongitudinalOutput(a.baseline.clone(), a.progression.clone())
+    assert a == a and a != copy and len({a, copy}) == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.baseline = torch.randn(7)
+    leaves, spec = torch.utils._pytree.tree_flatten(a)
+    rebuilt = torch.utils._pytree.tree_unflatten(leaves, spec)
+    assert rebuilt.baseline is a.baseline and rebuilt.progression is a.progression
+
+
 def test_atomic_writes_never_leave_partial_files(tmp_path):
     target = tmp_path / "ckpt.pt"
     atomic_torch_save({"a": torch.ones(2)}, target)
@@ -142,11 +157,12 @@ def test_check_shape_names_the_layout_and_sizes() -> None:
     check_shape("x", torch.zeros(4, 5, 6), "(*, H, W, C)", C=6)
     with pytest.raises(TypeError, match="x must be a torch.Tensor, got ndarray"):
         check_shape("x", np.zeros((2, 3, 4, 5, 6)), "(B, T, H, W, C)")
-    with pytest.raises(ValueError, match=r"^x must be \(B, T, H, W, C\) with C=6, got shape \(2, 3\)$"):
+    # a wrong rank says so (the message read as if C were wrong)
+    with pytest.raises(ValueError, match=r"^x must be \(B, T, H, W, C\) with C=6, got shape \(2, 3\) \(2 dims, not 5\)$"):
         check_shape("x", torch.zeros(2, 3), "(B, T, H, W, C)", C=6)
     with pytest.raises(ValueError, match=r"feats must be \(N, C, H, W\) with C=3, H=5, got shape \(1, 3, 4, 4\)"):
         check_shape("feats", torch.zeros(1, 3, 4, 4), "(N, C, H, W)", C=3, H=5)
-    with pytest.raises(ValueError, match=r"\(\*, H, W, C\) with C=6, got shape \(5, 6\)"):
+    with pytest.raises(ValueError, match=r"\(\*, H, W, C\) with C=6, got shape \(5, 6\) \(2 dims, not at least 3\)$"):
         check_shape("x", torch.zeros(5, 6), "(*, H, W, C)", C=6)
     with pytest.raises(ValueError, match=r"sizes \['K'\] are not dims"):
         check_shape("x", x, "(B, T, H, W, C)", K=6)

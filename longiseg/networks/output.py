@@ -28,7 +28,7 @@ class TracedOutput(NamedTuple):
     progression: torch.Tensor
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class LongitudinalOutput:
     """Logits of the two heads of a longitudinal segmentation model.
 
@@ -40,6 +40,10 @@ class LongitudinalOutput:
     ``spatial`` is ``(H, W)`` for 2.5D/2D models and ``(D, H, W)`` for 3D models; ``K`` is the number
     of output channels per head (1 for binary masks). The tensors are logits, apply ``sigmoid`` for
     probabilities.
+
+    The fields are fixed once checked (a frozen dataclass: build a new output, e.g. with :meth:`map`), and ``==``
+    compares identity (element-wise tensor comparison has no single truth value: compare the fields with
+    ``torch.equal``).
     """
 
     baseline: torch.Tensor
@@ -98,7 +102,8 @@ class LongitudinalOutput:
 def _unflatten(tensors: Any, context: Any) -> LongitudinalOutput:
     # Built back from the leaves of a flattened output: not checked again (torch may pass placeholders).
     out = object.__new__(LongitudinalOutput)
-    out.baseline, out.progression = tensors
+    object.__setattr__(out, "baseline", tensors[0])
+    object.__setattr__(out, "progression", tensors[1])
     return out
 
 

@@ -320,7 +320,9 @@ def check_shape(name: str, x: object, layout: str, *, floating: bool = False, **
     if not size_ok:
         given = ", ".join(f"{k}={v}" for k, v in sizes.items())
         with_sizes = f" with {given}" if given else ""
-        raise ValueError(f"{name} must be {layout}{with_sizes}, got shape {tuple(x.shape)}")
+        wanted = f"at least {len(dims) - 1}" if starred else f"{len(dims)}"
+        rank = "" if rank_ok else f" ({x.ndim} dims, not {wanted})"
+        raise ValueError(f"{name} must be {layout}{with_sizes}, got shape {tuple(x.shape)}{rank}")
     if floating and not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     return x

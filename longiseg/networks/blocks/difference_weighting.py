@@ -70,7 +70,8 @@ class DifferenceWeighting(nn.Module):
         Raises:
             TypeError: ``current`` is not a floating-point tensor, ``prior`` not a tensor of ``current``'s dtype,
                 or the block's parameters have another dtype (outside autocast).
-            ValueError: wrong shapes, an empty batch, or the tensors and the block on different devices.
+            ValueError: wrong shapes, an empty batch, a single voxel per channel, or the tensors and
+                the block on different devices.
         """
         check_shape("current", current, feature_layout(self.spatial_dims),
                     floating=True, C=self.channels)
@@ -83,6 +84,9 @@ class DifferenceWeighting(nn.Module):
             raise ValueError(f"prior must be on current's device {current.device}, got {prior.device}")
         if checks_sizes() and current.shape[0] == 0:
             raise ValueError(f"current has batch size B=0, got shape {tuple(current.shape)}; pass at least one sample")
+        if checks_sizes() and current[0, 0].numel() < 2:
+            raise ValueError(f"current has a single voxel per channel, got shape {tuple(current.shape)}: the block "
+                             f"instance-normalises x_c - x_p over the spatial dims, which needs at least 2 voxels")
         check_matches_parameters("current", current, dtype=parameter_dtype(self), device=parameter_device(self),
                                  module="block")
         return current * self.norm(current - prior) + current
