@@ -729,3 +729,55 @@ def test_sample_flags_reach_only_losses_that_name_them(tmp_path) -> None:
     loss = ImbalanceAwareLoss(keep_hard_negatives=True)
     assert Trainer(TinyLongiNet(), Flagged(n=8), _config(tmp_path / "c"), loss_fn=loss).loss_flag_keys == (
         "baseline_annotated", "hard_negative")
+
+
+def test_a_model_trained_on_its_own_targets_gets_them_from_the_trainer(tmp_path) -> None:
+    """dynunet_cs was trained on its inference output (progression by subtracting the timepoints' probabilities)
+    with the new-lesion targets, whose gradient vanishes wherever the difference is clamped (half the voxels at
+    initialisation); the paper trains it per timepoint on full lesion masks, what its ``training_targets`` give."""
+    from longiseg.networks.nets.monai_nets import cross_sectional_targets
+
+    class Toy3D(SyntheticLongiData):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            return {k: (v.unsqueeze(-3).expand(*v.shape[:-2], 4, *v.shape[-2:]).clone() if v.ndim >= 3 else v)
+                    for k, v in item.items()}
+
+    seen: list[tuple[LongitudinalOutput, torch.Tensor, torch.Tensor]] = []
+
+    def spy(output: LongitudinalOutput, baseline: torch.Tensor, progression: torch.Tensor) -> torch.Tensor:
+        seen.append((output, baseline, progression))
+        f = nn.functional.binary_cross_entropy_with_logits
+        return f(output.baseline, baseline) + f(output.progression, progression)
+
+    seed_everything(0)
+    model = build_model("dynunet_cs", in_channels=1, filters=(4, 8, 16))
+    batch = next(iter(DataLoader(Toy3D(n=4, size=12, timepoints=3), batch_size=4)))
+    assert batch["progression"].sum() > 0
+    with torch.no_grad():
+        expected = model.timepoint_logits(batch["images"])
+    trainer = Trainer(model, Toy3D(n=4, size=12, timepoints=3), _config(tmp_path), loss_fn=spy)
+    trainer.train_step(batch)
+    output, baseline, progression = seen[0]
+    assert output.progression.shape == (4, 2, 1, 4, 12, 12)
+    assert torch.allclose(output.baseline, expected[:, 0], rtol=0, atol=1e-6)  # the logits of every timepoint,
+    assert torch.allclose(output.progression, expected[:, 1:], rtol=0, atol=1e-6)  # not their differences
+    full = cross_sectional_targets(batch["baseline"], batch["progression"])
+    assert torch.equal(baseline, full[:, 0]) and torch.equal(progression, full[:, 1:])
+    assert torch.equal(progression[:, 0], torch.maximum(batch["baseline"], batch["progression"][:, 0]))
+    # the full masks need the baseline mask; and a loss that scores new lesions cannot train on them
+    with pytest.raises(ValueError, match=r"CrossSectionalNet trains on targets built from the baseline mask "
+                                         r"\(training_targets\), but 1 sample\(s\) of this batch have no annotated"):
+        trainer.train_step({**batch, "baseline_annotated": torch.tensor([True, False, True, True])})
+    with pytest.raises(ValueError, match="loss_fn has progression_outside_baseline=True, .* CrossSectionalNet is "
+                                         "trained on full lesion masks"):
+        Trainer(model, Toy3D(n=4, size=12), _config(tmp_path / "b"),
+                loss_fn=ImbalanceAwareLoss(progression_outside_baseline=True))
+    # inference is unchanged: progression by subtraction
+    model.eval()
+    with torch.no_grad():
+        out, train_out = model(batch["images"]), model(batch["images"], training_output=True)
+    assert torch.equal(train_out.progression, model.timepoint_logits(batch["images"])[:, 1:])
+    assert not torch.equal(out.progression, train_out.progression)
+    with pytest.raises(TypeError, match="training_output must be a bool"):
+        model(batch["images"], training_output=1)

@@ -1163,3 +1163,31 @@ def test_predict_folder_checks_a_wrapped_fixed_t_model_and_the_channel_order_bef
     with pytest.raises(ValueError, match=r"modalities \['t2', 'flair'\] reorder the model's channels"):
         predict_folder(model, cohort, tmp_path / "m", modalities=["t2", "flair"], inferer=inferer, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_trained_on_full_lesion_masks_refuses_cases_without_a_baseline_mask(cohort: Path,
+                                                                                     tmp_path: Path) -> None:
+    """``dynunet_cs`` trains on full lesion masks built from the baseline mask: an MSSEG-2-like cohort (no baseline
+    annotation), or a loss scoring new lesions, is refused before the run's folder is written."""
+    import shutil
+
+    import longiseg.workflows.train as train_module
+
+    shutil.copytree(cohort, tmp_path / "msseg2")
+    manifest = json.loads((tmp_path / "msseg2" / "manifest.json").read_text())
+    for entry in manifest["cases"]:
+        entry["baseline_annotated"] = False
+    (tmp_path / "msseg2" / "manifest.json").write_text(json.dumps(manifest))
+    overrides = ["model.name=dynunet_cs", "model.kwargs={filters: [4, 8, 16]}", "data.crop_size=32",  # tiny, should
+                 "inference.patch_size=32", "data.samples_per_epoch=4", "data.val_samples=2",  # it ever train
+                 "trainer.max_epochs=1", "trainer.batch_size=2", "trainer.device=cpu", "trainer.progress_bar=false",
+                 "trainer.tensorboard=false", f"trainer.output_dir={tmp_path / 'run'}"]
+    cfg = ExperimentConfig().with_overrides([*overrides, f"data.root={tmp_path / 'msseg2'}"])
+    with pytest.raises(ValueError, match=r"'dynunet_cs' is trained on full lesion masks per timepoint, built from the "
+                                         r"baseline mask, but \d+ training case\(s\) have no baseline annotation"):
+        train_module.run_training(cfg)
+    cfg = ExperimentConfig().with_overrides([*overrides, f"data.root={cohort}", "loss.progression_outside_baseline=true"])
+    with pytest.raises(ValueError, match="loss.progression_outside_baseline=true scores the progression head as a "
+                                         "new-lesion map, but 'dynunet_cs' is trained on full lesion masks"):
+        train_module.run_training(cfg)
+    assert not (tmp_path / "run").exists()

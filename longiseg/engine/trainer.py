@@ -176,6 +176,16 @@ def _unpack_loss(result: Any) -> tuple[torch.Tensor, dict[str, Any]]:
     return loss.reshape(()), logs
 
 
+def _check_baselines_annotated(batch: Mapping[str, Any], model: nn.Module) -> None:
+    """Refuse a batch with unannotated baselines for a model trained on ``training_targets`` (built from the baseline
+    mask: unknown without it)."""
+    annotated = batch.get("baseline_annotated")
+    if isinstance(annotated, torch.Tensor) and not bool(annotated.all()):
+        raise ValueError(f"{type(model).__name__} trains on targets built from the baseline mask (training_targets), "
+                         f"but {int((~annotated.bool()).sum())} sample(s) of this batch have no annotated baseline "
+                         f"(baseline_annotated=False); leave such cases out of its training data")
+
+
 def _loss_flag_keys(loss_fn: Callable) -> tuple[str, ...]:
     """The :data:`SAMPLE_FLAG_KEYS` that ``loss_fn`` (its ``forward`` for modules) names as keyword parameters."""
     target = loss_fn.forward if isinstance(loss_fn, nn.Module) else loss_fn
@@ -313,6 +323,11 @@ class Trainer:
     Batch entries named in :data:`SAMPLE_FLAG_KEYS` (``(B,)`` bool) are also passed to ``loss_fn`` by keyword
     when its signature (read once) has a parameter of that name.
 
+    A model trained on another output than it predicts (the cross-sectional ``dynunet_cs``: full-lesion logits of
+    every timepoint, progression by subtraction at inference) has a method ``training_targets(baseline,
+    progression) -> (baseline_target, progression_target)``; the trainer then calls ``model(images,
+    training_output=True)`` and gives ``loss_fn`` those targets (every sample's baseline must be annotated).
+
     Args:
         model: module mapping ``images`` to a :class:`LongitudinalOutput` of logits. It is moved to the
             device and wrapped in ``DistributedDataParallel`` under ``torchrun``.
@@ -382,6 +397,10 @@ class Trainer:
 
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if hasattr(unwrap_model(model), "training_targets") and getattr(loss_fn, "progression_outside_baseline", False):
+            raise ValueError(f"loss_fn has progression_outside_baseline=True, which scores the progression head as a "
+                             f"new-lesion map, but {type(unwrap_model(model)).__name__} is trained on full lesion masks "
+                             f"per timepoint (training_targets); train it with progression_outside_baseline=False")
         if isinstance(loss_fn, nn.Module):
             loss_fn = loss_fn.to(self.device)
         self.loss_fn = loss_fn
@@ -532,14 +551,19 @@ class Trainer:
         if missing:
             raise ValueError(f"batch lacks {missing}; batches must hold {BATCH_KEYS} (got keys {sorted(batch)})")
         batch = _move_to_device(batch, self.device)
-        with self._autocast():
-            output = self.model(batch["images"])
+        targets_of = getattr(unwrap_model(self.model), "training_targets", None)
+        with self._autocast():  # through the (DDP) wrapper, which synchronises the gradients of its forward only
+            output = self.model(batch["images"], training_output=True) if targets_of else self.model(batch["images"])
         if not isinstance(output, LongitudinalOutput):
             raise TypeError(f"the model must return a LongitudinalOutput, got {type(output).__name__}")
         if self.amp_dtype is not None:
             output = output.map(lambda t: t.float())
+        baseline, progression = batch["baseline"], batch["progression"]
+        if targets_of is not None:
+            _check_baselines_annotated(batch, unwrap_model(self.model))
+            baseline, progression = targets_of(baseline, progression)
         flags = {k: batch[k] for k in self.loss_flag_keys if k in batch}
-        loss, logs = _unpack_loss(self.loss_fn(output, batch["baseline"], batch["progression"], **flags))
+        loss, logs = _unpack_loss(self.loss_fn(output, baseline, progression, **flags))
         self.optimizer.zero_grad(set_to_none=True)
         self.grad_scaler.scale(loss).backward()
         # the gradients' global norm is logged with clipping off too (it was logged as 0): an infinite bound

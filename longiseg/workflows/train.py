@@ -249,6 +249,21 @@ def _check_model_fits_cases(model: nn.Module, kwargs: dict, cases: Sequence) -> 
                          f"timepoints) or set it to {t}")
 
 
+def _check_training_targets(model: nn.Module, cfg: ExperimentConfig, train_cases: Sequence) -> None:
+    """Refuse, before the run's records, what a model trained on its own ``training_targets`` (full lesion masks,
+    built from the baseline mask: ``dynunet_cs``) cannot train on (the trainer would refuse it at the first step)."""
+    if not hasattr(model, "training_targets"):
+        return
+    if cfg.loss.progression_outside_baseline:
+        raise ValueError(f"loss.progression_outside_baseline=true scores the progression head as a new-lesion map, but "
+                         f"{cfg.model.name!r} is trained on full lesion masks per timepoint: set it to false")
+    unannotated = [c.case_id for c in train_cases if not c.baseline_annotated]
+    if unannotated:
+        raise ValueError(f"{cfg.model.name!r} is trained on full lesion masks per timepoint, built from the baseline "
+                         f"mask, but {len(unannotated)} training case(s) have no baseline annotation (e.g. "
+                         f"{', '.join(unannotated[:3])}): train it on cases with baseline masks")
+
+
 def _check_both_classes(cfg: ExperimentConfig, train_ds: SliceDataset | VolumePatchDataset,
                         val_ds: SliceDataset | VolumePatchDataset | None) -> None:
     """Refuse a training split without progressing or without stable patients (every balanced batch holds both),
@@ -476,6 +491,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
         named.__notes__ = list(getattr(err, "__notes__", []))  # build_model's "(raised by the factory ...)"
         raise named from None
     _check_model_fits_cases(model, kwargs, cases)
+    _check_training_targets(model, cfg, train_cases)
     # Sizes the model cannot take fail here, before the run's records are written, not at the first step.
     check_spatial_size(model, cfg.data.crop_size, "data.crop_size")
     check_spatial_size(model, cfg.inference.patch_size, "inference.patch_size")

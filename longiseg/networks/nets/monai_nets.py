@@ -375,13 +375,36 @@ class CrossSectionalNet(nn.Module):
         b, t = x.shape[:2]
         return self.backbone(x.flatten(0, 1)).unflatten(0, (b, t))
 
-    def forward(self, x: torch.Tensor) -> LongitudinalOutput:
-        """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits."""
+    def forward(self, x: torch.Tensor, training_output: bool = False) -> LongitudinalOutput:
+        """Segment ``(B, T, C, *S)`` into baseline ``(B, K, *S)`` and progression ``(B, T-1, K, *S)`` logits.
+
+        Args:
+            x: images ``(B, T, C, *S)``.
+            training_output: return what the model is trained on instead, the full-lesion logits of every
+                timepoint: ``LongitudinalOutput(baseline=l_0 (B, K, *S), progression=l_1..l_{T-1} (B, T-1, K, *S))``,
+                whose targets :meth:`training_targets` gives (the :class:`~longiseg.engine.Trainer` uses both).
+        """
         logits = self.timepoint_logits(x)
+        if check_bool("training_output", training_output):
+            return LongitudinalOutput(baseline=logits[:, 0], progression=logits[:, 1:]).traceable()
         with _autocast_off(logits.device):  # in half precision 1 - eps rounds to 1: infinite logits
             probs = torch.sigmoid(logits.to(torch.promote_types(logits.dtype, torch.float32)))
             progression = torch.logit((probs[:, 1:] - probs[:, :-1]).clamp(0.0, 1.0), eps=self.eps)
         return LongitudinalOutput(baseline=logits[:, 0], progression=progression.to(logits.dtype)).traceable()
+
+    def training_targets(self, baseline: torch.Tensor, progression: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The targets of ``forward(x, training_output=True)``: the full lesion masks of every timepoint.
+
+        Args:
+            baseline: binary ``(B, K, *S)`` baseline mask.
+            progression: binary ``(B, T-1, K, *S)`` new/enlarging-lesion masks.
+
+        Returns:
+            float ``(B, K, *S)`` (the baseline mask) and ``(B, T-1, K, *S)`` (follow-up ``t``:
+            ``baseline | progression_1 | ... | progression_t``; see :func:`cross_sectional_targets`).
+        """
+        full = cross_sectional_targets(baseline, progression)
+        return full[:, 0], full[:, 1:]
 
 
 # ----------------------------------------------------------------------------------------- registry
@@ -507,5 +530,5 @@ def swin_unetr_3d_ms(**kwargs: Any) -> ChannelStackedNet:
 
 @register_model(dim="3D", tags=("transformer", "monai", "early-fusion"))
 def swin_unetr_3d_glioma(**kwargs: Any) -> ChannelStackedNet:
-    """3D SwinUNETR sized for glioma (~25M parameters)."""
+    """3D SwinUNETR sized for glioma (~24M parameters)."""
     return _build_swin("glioma", 4, **kwargs)
