@@ -1,5 +1,6 @@
-"""The ``longiseg`` command line: one command per stage, ``cohort`` -> ``train`` -> ``tune`` -> ``predict`` ->
-``evaluate``, plus ``models``, ``demo`` (all stages in sequence) and ``bench``.
+"""The ``longiseg`` command line: one command per stage, ``cohort`` (or ``register`` of raw scans) -> ``train`` ->
+``tune`` -> ``predict`` -> ``evaluate`` and ``lesions``, plus ``models``, ``demo`` (the demo's stages in sequence)
+and ``bench``.
 
 Run ``longiseg COMMAND --help`` for the options of each command.
 

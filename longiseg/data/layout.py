@@ -214,7 +214,7 @@ def find_nifti(folder: str | Path, name: str) -> Path | None:
         name: the file's layout name with either extension, e.g. :data:`BASELINE_MASK`.
 
     Raises:
-        ValueError: both ``STEM.nii.gz`` and ``STEM.nii`` exist (naming both; which one is meant is unknown).
+        ValueError: both ``STEM.nii.gz`` and ``STEM.nii`` exist ("ambiguous files ...: keep only one of them").
     """
     stem = nifti_stem(name)
     folder = check_path("folder", folder)
