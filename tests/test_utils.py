@@ -307,6 +307,35 @@ def test_a_seed_torch_cannot_take_is_refused_where_it_is_given() -> None:
     torch.Generator().manual_seed(MAX_SEED + 1000)  # the largest seed leaves room for the epoch added to it
 
 
+def test_seeds_that_differ_by_a_multiple_of_2_to_the_32_draw_different_numbers() -> None:
+    """torch's CPU generator and NumPy's global one keep 32 bits of a seed: trainer.seed=0 and 2**32 gave the same
+    initial weights, and ImbalanceAwareLoss(seed=1) and seed=1 + 2**32 the same draws; seeds below 2**32 are kept."""
+    from longiseg.engine.seeding import seed_everything
+    from longiseg.losses import ImbalanceAwareLoss
+    from longiseg.utils.seeds import generator_seed
+    from longiseg.utils.validation import MAX_SEED
+
+    def draws(seed: int) -> tuple[torch.Tensor, np.ndarray]:
+        seed_everything(seed)
+        return torch.rand(4), np.random.rand(4)
+
+    for seed in (0, 5, 2**32 - 1):
+        assert generator_seed(seed) == seed
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        expected = torch.rand(4), np.random.rand(4)
+        got = draws(seed)
+        assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])  # unchanged below 2**32
+    for low in (0, 1, 2**32 - 1):
+        high = low + 2**32 * 97
+        assert not torch.equal(draws(low)[0], draws(high)[0]) and not np.array_equal(draws(low)[1], draws(high)[1])
+        assert not torch.equal(ImbalanceAwareLoss(seed=low).generator.get_state(),
+                               ImbalanceAwareLoss(seed=high).generator.get_state())
+    assert 0 <= generator_seed(MAX_SEED) < 2**32
+    with pytest.raises(ValueError, match=r"trainer.seed must be an int in \[0, 9223372036854775807\], got -1"):
+        generator_seed(-1, "trainer.seed")
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_worker_ends_with_its_parent_also_when_the_parent_is_killed() -> None:
     # DataLoader workers of a demo training stayed alive (with their memory and shared memory) after the

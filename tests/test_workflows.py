@@ -1191,3 +1191,15 @@ def test_a_model_trained_on_full_lesion_masks_refuses_cases_without_a_baseline_m
                                          "new-lesion map, but 'dynunet_cs' is trained on full lesion masks"):
         train_module.run_training(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_largest_data_seed_is_accepted(cohort: Path) -> None:
+    """The validation samples are drawn with the next seed: data.seed=2**63-1 was refused naming 2**63, a value
+    never given."""
+    from longiseg.utils.validation import MAX_SEED
+
+    cases = find_cases(cohort)[:2]
+    train, val = build_datasets(ExperimentConfig().with_overrides([f"data.seed={MAX_SEED}"]), "2.5D", cases, cases)
+    assert (train.seed, val.seed) == (MAX_SEED, 0)
+    train, val = build_datasets(ExperimentConfig().with_overrides(["data.seed=7"]), "2.5D", cases, cases)
+    assert (train.seed, val.seed) == (7, 8)

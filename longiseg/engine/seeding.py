@@ -11,6 +11,7 @@ import random
 import numpy as np
 import torch
 
+from longiseg.utils.seeds import generator_seed
 from longiseg.utils.validation import check_seed
 
 __all__ = ["epoch_seed", "seed_everything"]
@@ -40,11 +41,14 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 def seed_everything(seed: int) -> None:
     """Seed python's ``random``, numpy's global RNG and torch (CPU and all CUDA devices).
 
+    The last two keep 32 bits of a seed: they get :func:`~longiseg.utils.seeds.generator_seed` (``seed`` itself below
+    ``2**32``, a mix of all its bits above), so seeds that differ by a multiple of ``2**32`` differ.
+
     Raises:
         TypeError: ``seed`` is not an int.
         ValueError: ``seed`` lies outside ``[0, 2**63 - 1]``.
     """
     seed = check_seed("seed", seed)
     random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    np.random.seed(generator_seed(seed))
+    torch.manual_seed(generator_seed(seed))

@@ -36,6 +36,7 @@ from torch import nn
 from longiseg.losses.dice_focal import PerSampleDiceFocalLoss, check_real_target
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.utils.logging import get_logger
+from longiseg.utils.seeds import generator_seed
 from longiseg.utils.validation import (
     check_binary,
     check_callable,
@@ -397,7 +398,7 @@ class ImbalanceAwareLoss(nn.Module):
         self._seed = seed  # recorded with the generator state, so a resume can tell a changed seed
         if seed is not None:
             seed = self._seed = check_seed("seed", seed)
-            generator = torch.Generator().manual_seed(seed)
+            generator = torch.Generator().manual_seed(generator_seed(seed))  # torch keeps 32 bits of a seed
         self.generator = _check_generator(generator)
         if not isinstance(keep_hard_negatives, bool):
             raise TypeError(f"keep_hard_negatives must be a bool, got {type(keep_hard_negatives).__name__}")

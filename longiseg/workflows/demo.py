@@ -59,6 +59,7 @@ from longiseg.utils.io import (
     folder_is_empty,
 )
 from longiseg.utils.logging import apply_logging_setup, get_logger, logging_setup
+from longiseg.utils.seeds import generator_seed
 from longiseg.utils.validation import check_instance, check_path
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
 from longiseg.workflows.predict import run_prediction
@@ -330,7 +331,7 @@ def _untrained_stage(cfg: DemoConfig, out: Path, progress: bool, log_level: int 
     torch.set_num_threads(cfg.threads)
     label0 = cfg.models[0]
     exp0 = demo_experiment(cfg, label0, out / "train", _run_dir(out, label0))
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(generator_seed(cfg.seed))
     model = build_model(exp0.model.name, in_channels=2, num_timepoints=2, **exp0.model.kwargs)
     t = time.perf_counter()
     run_prediction(model, out / "test", _prediction_dir(out, None), exp0.inference, device="cpu",

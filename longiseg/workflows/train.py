@@ -52,7 +52,7 @@ from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
 from longiseg.ssm.selective_scan import resolve_backend
 from longiseg.utils.io import atomic_write_json, check_input_folder, check_replaceable, check_separate_folders
 from longiseg.utils.logging import get_logger
-from longiseg.utils.validation import check_path
+from longiseg.utils.validation import MAX_SEED, check_path
 from longiseg.workflows.config import ExperimentConfig
 
 __all__ = ["build_loss", "build_datasets", "claim_run_folder", "make_validate_fn", "read_split", "run_training",
@@ -103,7 +103,8 @@ def build_datasets(cfg: ExperimentConfig, dim: str, train_cases: Sequence, val_c
     augment = LongitudinalAugment(independent_timepoints=dc.augment_independent_timepoints) if dc.augment else None
     train = make(train_cases, samples_per_epoch=dc.samples_per_epoch, transform=augment,
                  persisting_share=dc.persisting_share, seed=dc.seed)
-    val = make(val_cases, samples_per_epoch=dc.val_samples, transform=None, seed=dc.seed + 1) if val_cases else None
+    val_seed = (dc.seed + 1) % (MAX_SEED + 1)  # the next seed (data.seed may be the largest)
+    val = make(val_cases, samples_per_epoch=dc.val_samples, transform=None, seed=val_seed) if val_cases else None
     return train, val
 
 
