@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import gc
 import json
 import logging
 import os
@@ -68,6 +69,25 @@ def _exit_terminated(signum: int, frame: object) -> NoReturn:
     sys.stderr.write(f"longiseg: terminated (signal {signum}; torchrun ends the ranks when one fails)\n")
     sys.stderr.flush()
     os._exit(EXIT_TERMINATED)
+
+class _FinalizerInterrupts:
+    """``sys.unraisablehook`` while :func:`main` runs. A Ctrl-C or SIGTERM that lands in a finalizer (a DataLoader
+    iterator shutting its workers down) was printed as "Exception ignored in ..." with a traceback and then lost (the
+    command ended with 0); it is remembered here (:attr:`interrupt`) and reported as any other. Once the command is
+    ending on an interrupt (:attr:`ending`), a worker's "killed by signal" error from the same signal is dropped."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+        self.interrupt: KeyboardInterrupt | None = None
+        self.ending = False
+
+    def __call__(self, unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, KeyboardInterrupt):
+            self.interrupt = self.interrupt or exc
+        elif not (self.ending and isinstance(exc, RuntimeError) and "killed by signal" in str(exc)):
+            self.previous(unraisable)
+
 
 # Exceptions that mean "what the user gave is wrong" (exit code 2); the library raises these with messages
 # that name the file or argument. ``ConfigError`` and ``yaml`` errors are ``ValueError`` subclasses here.
@@ -648,6 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         under_torchrun = ("TORCHELASTIC_RUN_ID" in os.environ
                           and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"))
         signal.signal(signal.SIGTERM, _exit_terminated if under_torchrun else _raise_terminated)
+    finalizers = sys.unraisablehook = _FinalizerInterrupts(sys.unraisablehook)
     try:
         parser = build_parser()  # imports workflow modules: seconds, in which Ctrl-C is handled like later on
         args = parser.parse_args(argv)  # usage errors: _Parser prints one line and exits with 2
@@ -668,8 +689,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             environment_backend()  # whether the named backend runs depends on the device: checked where it is known
         import_user_modules(args.imports)
-        return args.func(args)
+        code = args.func(args)
+        gc.collect()  # finalizers still pending (in reference cycles) run while an interrupt in them is heard
+        if finalizers.interrupt is not None:
+            raise finalizers.interrupt
+        return code
     except KeyboardInterrupt as err:
+        finalizers.ending = True
         if debug:
             raise
         if isinstance(err, Terminated):
@@ -688,6 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: error: {_one_line(err)} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
     finally:
+        gc.collect()  # what the error's traceback held (a DataLoader iterator and its workers) ends under the hook
+        sys.unraisablehook = finalizers.previous
         if on_term == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

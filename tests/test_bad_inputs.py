@@ -653,6 +653,52 @@ def test_sigterm_is_a_keyboard_interrupt_only_while_main_runs(monkeypatch: pytes
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+class _Finalizer:
+    """What a DataLoader iterator does when it is collected while a signal arrives: its ``__del__`` raises."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error, self.cycle = error, self  # (a reference cycle: collected by gc, not on the last reference)
+
+    def __del__(self) -> None:
+        raise self.error
+
+
+def test_an_interrupt_in_a_finalizer_is_reported_not_lost(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C during a DataLoader's worker shutdown (a finalizer) printed "Exception ignored in ..." with a traceback
+    and was lost (exit 0); SIGTERM to the process group added the workers' "killed by signal" traceback after the
+    command's "terminated" line."""
+    import sys
+
+    def interrupted_in_finalizer(args: object) -> int:
+        _Finalizer(KeyboardInterrupt())
+        return 0
+
+    hook = sys.unraisablehook
+    monkeypatch.setattr(cli, "_cmd_models", interrupted_in_finalizer)
+    assert main(["models"]) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "longiseg models: interrupted\n"
+
+    def terminated_with_workers(args: object) -> int:
+        workers = _Finalizer(RuntimeError("DataLoader worker (pid 12345) is killed by signal: Terminated. "))  # noqa: F841
+        raise cli.Terminated("terminated by signal 15")
+
+    monkeypatch.setattr(cli, "_cmd_models", terminated_with_workers)
+    assert main(["models"]) == cli.EXIT_TERMINATED
+    assert capsys.readouterr().err == "longiseg models: terminated\n"
+    assert sys.unraisablehook is hook
+
+    def other_finalizer_error(args: object) -> int:
+        _Finalizer(RuntimeError("DataLoader worker (pid 12345) is killed by signal: Killed. "))
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_models", other_finalizer_error)
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    assert main(["models"]) == 0  # not ending on an interrupt: shown as Python shows it
+    assert len(seen) == 1 and "killed by signal: Killed" in str(seen[0].exc_value)
+
+
 # ---------------------------------------------------------------------------------------------- API rows
 
 def _api_rows() -> list[tuple[str, Callable[[Path], object], type[BaseException], str]]:
