@@ -219,6 +219,45 @@ def test_extreme_deltas_stay_finite(delta_value, dtype):
             assert_close(grads[name], grads_r[name], 1e-9, 1e-9, f"grad {name}")
 
 
+def nonfinite_inputs(scenario: str) -> list[torch.Tensor]:
+    """Inputs with one NaN step (``"nan_delta"``) or one ``A = -inf`` (``"a_minus_inf"``: that state forgets at once),
+    over 5 positions: a partial last chunk or tile for the fast backends."""
+    torch.manual_seed(3)
+    xs = make_inputs(batch=2, dim=3, seqlen=5, dstate=2)
+    with torch.no_grad():
+        if scenario == "nan_delta":
+            xs[1][0, 1, 2] = float("nan")
+        else:
+            xs[2][0, 0] = -float("inf")
+    return xs
+
+
+def nan_patterns(fn, xs: list[torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+    """Where ``out``, the last state and the gradient of every input are NaN (softplus steps)."""
+    out, last = fn(*xs, delta_softplus=True, return_last_state=True, **kwargs)
+    grads = torch.autograd.grad(out.sum() + last.sum(), xs)
+    return {"out": out.isnan(), "last": last.isnan(), **{n: g.isnan() for n, g in zip(NAMES, grads)}}
+
+
+@pytest.mark.parametrize("scenario", ["nan_delta", "a_minus_inf"])
+@pytest.mark.parametrize("backend", ["chunked", "numba"])
+def test_non_finite_values_reach_what_the_reference_reaches(scenario, backend):
+    """The chunked scan gave NaN for the last state and the gradients where ``A = -inf`` and the sequence did not
+    fill its last chunk: padded positions have ``delta = 0``, and ``exp(0 * -inf)`` is NaN, not the 1 that passes the
+    state on. (A NaN step is NaN from there on in every backend.)"""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    xs = nonfinite_inputs(scenario)
+    want = nan_patterns(selective_scan_reference, xs)
+    # A = -inf: out, the last state and u's gradient finite (delta's is NaN: A exp(delta A) = -inf * 0)
+    assert (want["out"].any() and want["last"].any()) == (scenario == "nan_delta")
+    assert scenario == "nan_delta" or not want["u"].any()
+    fn = (lambda *a, **k: selective_scan_chunked(*a, chunk_size=2, **k)) if backend == "chunked" else \
+        (lambda *a, **k: selective_scan(*a, backend="numba", **k))
+    got = nan_patterns(fn, xs)
+    assert all(torch.equal(got[k], want[k]) for k in want), {k: (int(got[k].sum()), int(want[k].sum())) for k in want}
+
+
 def test_seqlen_one_and_default_chunk():
     xs = make_inputs(seqlen=1)
     out, last, grads = run_with_grads(selective_scan_chunked, xs)

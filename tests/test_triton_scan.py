@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_selective_scan import NAMES, make_inputs
+from test_selective_scan import NAMES, make_inputs, nan_patterns, nonfinite_inputs
 
 from longiseg.ssm import (
     Mamba,
@@ -79,6 +79,8 @@ CASES: dict[str, dict] = {
     },
 }
 MAMBA_CASE = "mamba_block"  # the Mamba block, both scan directions, every parameter gradient
+#: one NaN step, and one A = -inf with a partial last tile: where NaN reaches, as in the reference
+NONFINITE_CASES = ("nan_delta", "a_minus_inf")
 SLOW_CASES: dict[str, dict] = {
     "slow_float32_n16": {
         "inputs": {"dim": 8, "seqlen": 200, "dstate": 16, "dtype": "float32", "delta_scale": 2.0},
@@ -152,6 +154,15 @@ def run_case(spec: dict) -> dict:
     }
 
 
+def run_nonfinite_case(scenario: str) -> dict:
+    """The entries whose NaN pattern differs from the reference's (in the interpreter child)."""
+    xs = nonfinite_inputs(scenario)
+    want = nan_patterns(selective_scan_reference, xs)
+    got = nan_patterns(lambda *a, **k: triton_kernel.selective_scan_triton(*a, block_t=4, **k), xs)
+    return {"differs": sorted(k for k in want if not torch.equal(got[k], want[k])),
+            "nan_in_reference": sorted(k for k in want if want[k].any())}
+
+
 def run_mamba_case() -> dict:
     """``Mamba(backend="triton")`` against ``Mamba(backend="reference")`` in float64 (in the interpreter child)."""
     torch.manual_seed(5)
@@ -214,7 +225,7 @@ def _run_child(names: list[str]) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict]:
-    return _run_child([*CASES, MAMBA_CASE])
+    return _run_child([*CASES, MAMBA_CASE, *NONFINITE_CASES])
 
 
 def _check(result: dict) -> None:
@@ -236,6 +247,16 @@ def test_interpreted_kernel_matches_reference(interpreted, case):
     else:
         assert len(set(dtypes.values())) == 1, dtypes
     _check(result)
+
+
+@needs_triton
+@pytest.mark.parametrize("scenario", NONFINITE_CASES)
+def test_interpreted_kernel_propagates_non_finite_values_as_the_reference(interpreted, scenario):
+    """Triton took a NaN step as 20 (``tl.minimum`` in its softplus drops NaN: the output finite where every other
+    backend's is NaN), and gave NaN where ``A = -inf`` met a partial last tile (``exp(0 * -inf)`` for padding)."""
+    result = interpreted[scenario]
+    assert result["differs"] == [], result
+    assert ("out" in result["nan_in_reference"]) == (scenario == "nan_delta")
 
 
 @needs_triton
@@ -474,5 +495,6 @@ if __name__ == "__main__":  # the interpreter child (see the module docstring)
         print(json.dumps({"case": UNSUPPORTED, "reason": problem}), flush=True)
         sys.exit(0)
     for case in sys.argv[1:]:
-        result = run_mamba_case() if case == MAMBA_CASE else run_case(specs[case])
+        result = (run_mamba_case() if case == MAMBA_CASE else run_nonfinite_case(case) if case in NONFINITE_CASES
+                  else run_case(specs[case]))
         print(json.dumps({"case": case, **result}), flush=True)

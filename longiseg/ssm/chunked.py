@@ -15,7 +15,8 @@ in ``[0, 1]``, and so does every product of such factors: nothing overflows, wha
 large ``delta`` grows; there is no division and no ``exp(-A S)`` term as in cumulative-sum formulations. (Outside
 that domain, with growing factors, the within-chunk products can overflow to ``inf`` and give ``NaN`` where the
 sequential state is finite: see the selective scan's documentation, "Decaying factors".) Padded
-positions have ``delta = 0`` (``dA = 1``, no input), so they leave the state unchanged. The backward pass
+positions have ``delta = 0`` and ``dA = 1`` exactly (set, as ``exp(0 A)`` is NaN for ``A = -inf``) and no input, so
+they leave the state unchanged. The backward pass
 recomputes the states of one channel block at a time and runs the adjoint recurrence
 ``g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}`` with the same chunked scheme in reverse, so no ``(B, D, L, N)``
 tensor is stored between forward and backward.
@@ -57,6 +58,16 @@ def _to_chunks(x: torch.Tensor, T: int, nC: int) -> torch.Tensor:
     if T * nC != L:
         x = F.pad(x, (0, T * nC - L))
     return x.reshape(*x.shape[:2], nC, T).permute(3, 0, 2, 1).contiguous()
+
+
+def _pass_padding(dA: torch.Tensor, L: int) -> torch.Tensor:
+    """Set ``dA`` ``(T, B, nC, d, N)`` to exactly 1 at the padded positions (those after ``L`` in the last chunk), so
+    they pass the state unchanged also where ``A = -inf`` (``exp(0 A)`` is NaN there); returns ``dA``."""
+    T, nC = dA.shape[0], dA.shape[2]
+    start = L - (nC - 1) * T
+    if start < T:
+        dA[start:, :, nC - 1] = 1.0
+    return dA
 
 
 def _from_chunks(x: torch.Tensor, L: int) -> torch.Tensor:
@@ -290,7 +301,8 @@ class _ChunkedScanFn(torch.autograd.Function):
             dtc = _to_chunks(dt, p.T, p.nC)
             uc = _to_chunks(u[:, d0:d1].to(ct), p.T, p.nC)
             shape = (p.T, p.batch, p.nC, d1 - d0, p.N)
-            dA = torch.mul(dtc.unsqueeze(-1), a[d0:d1], out=None if traced else ws.get("dA", shape)).exp_()
+            dA = _pass_padding(torch.mul(dtc.unsqueeze(-1), a[d0:d1], out=None if traced else ws.get("dA", shape)).exp_(),
+                               p.L)
             h = _scale_bc(dtc * uc, p.bc_block(Bg, g0, g1, ct), None if traced else ws.get("h", shape))
             last[:, d0:d1] = _forward_states(dA, h, without_out=traced)
             del dA
@@ -347,7 +359,7 @@ def _chunked_backward(
         Bc = p.bc_block(Bg, g0, g1, ct)
         Cc = p.bc_block(Cg, g0, g1, ct)
         shape = (T, p.batch, p.nC, d1 - d0, p.N)
-        dA = torch.mul(dtc.unsqueeze(-1), ab, out=ws.get("dA", shape)).exp_()
+        dA = _pass_padding(torch.mul(dtc.unsqueeze(-1), ab, out=ws.get("dA", shape)).exp_(), p.L)
         h = _scale_bc(dtu, Bc, ws.get("h", shape))
         _forward_states(dA, h, p_buf=ws.get("decay", shape))
         # Gate and skip.

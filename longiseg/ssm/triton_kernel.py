@@ -139,8 +139,9 @@ def _program_channels_fn(dim, dstate, BLOCK_D: tl.constexpr, BLOCK_N: tl.constex
 
 
 def _softplus_fn(x):  # type: ignore[no-untyped-def]
-    # log1p(exp(x)) as log(w) * e / (w - 1), w = 1 + e (exact to a few ulp; no log1p in tl); x itself above 20
-    e = tl.exp(tl.minimum(x, 20.0))
+    # log1p(exp(x)) as log(w) * e / (w - 1), w = 1 + e (exact to a few ulp; no log1p in tl); x itself above 20.
+    # The clamp keeps NaN (tl.minimum would give 20 for it: a NaN step taken as 20, the output finite).
+    e = tl.exp(tl.where(x > 20.0, 20.0, x))
     w = 1.0 + e
     return tl.where(x > 20.0, x, tl.where(w == 1.0, e, tl.log(w) * e / (w - 1.0)))
 
@@ -192,7 +193,8 @@ def _scan_fwd_kernel(
         if STORE_CKPT:
             ck = ckpt_ptr + ((b * dim + offs_d[:, None]) * n_tiles + k) * dstate + offs_n[None, :]
             tl.store(ck, h, mask=mask_dn)
-        dA = tl.exp(dt[:, None, :] * a3)
+        # padding passes the state exactly: exp(0 A) is NaN for A = -inf
+        dA = tl.where(mask_t[None, None, :], tl.exp(dt[:, None, :] * a3), 1.0)
         tile3 = n3 < dstate
         tile3 = tile3 & (t[None, None, :] < seqlen)
         if not B_CONST:
@@ -297,7 +299,7 @@ def _scan_bwd_kernel(
         # the first map, so h_prev there is 0 and the first position takes h_in itself).
         ck = ckpt_ptr + (row * n_tiles + k) * dstate + offs_n[None, :]
         h_in = tl.load(ck, mask=mask_dn, other=0.0)
-        dA = tl.exp(dt[:, None, :] * a3)
+        dA = tl.where(mask_t[None, None, :], tl.exp(dt[:, None, :] * a3), 1.0)  # padding: exactly 1 (see forward)
         dtu = dt * u
         x = dtu[:, None, :] * b_in
         first_in = tl.where(first3, dA * h_in[:, :, None], 0.0)
@@ -319,7 +321,7 @@ def _scan_bwd_kernel(
             tl.store(gz_ptr + row * seqlen + t[None, :], gz.to(gz_ptr.dtype.element_ty), mask=m2)
             gy = gy * zt * sig
         # Adjoint g_t = C_t gy_t + exp(delta_{t+1} A) g_{t+1}, seeded with the adjoint after the tile.
-        dA_next = tl.exp(dt_next[:, None, :] * a3)
+        dA_next = tl.where((t + 1 < seqlen)[None, None, :], tl.exp(dt_next[:, None, :] * a3), 1.0)
         rhs = c_out * gy[:, None, :] + tl.where(last3, dA_next * g_next[:, :, None], 0.0)
         _, g = tl.associative_scan((dA_next, rhs), 2, _affine_combine, reverse=True)
         g_next = tl.sum(tl.where(first3, g, 0.0), axis=2)
