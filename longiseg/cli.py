@@ -72,9 +72,11 @@ def _exit_terminated(signum: int, frame: object) -> NoReturn:
 
 class _FinalizerInterrupts:
     """``sys.unraisablehook`` while :func:`main` runs. A Ctrl-C or SIGTERM that lands in a finalizer (a DataLoader
-    iterator shutting its workers down) was printed as "Exception ignored in ..." with a traceback and then lost (the
-    command ended with 0); it is remembered here (:attr:`interrupt`) and reported as any other. Once the command is
-    ending on an interrupt (:attr:`ending`), a worker's "killed by signal" error from the same signal is dropped."""
+    iterator of persistent workers shutting them down at the end of training) was printed as "Exception ignored in
+    ..." with a traceback and then lost: the command ended with 0. It is remembered here (:attr:`interrupt`) and
+    reported when the command returns (a finalizer cannot raise; the trainer ends each epoch's non-persistent
+    workers outside one, so an interrupt there stops it at once). Once the command is ending on an interrupt
+    (:attr:`ending`), a worker's "killed by signal" error from the same signal is dropped."""
 
     def __init__(self, previous: Any) -> None:
         self.previous = previous
@@ -711,11 +713,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the one place that turns any failure into a message
         if debug:
             raise
+        if finalizers.interrupt is not None:  # the failure followed an interrupt (its clean-up, say): report that
+            terminated = isinstance(finalizers.interrupt, Terminated)
+            print(f"{name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
         print(f"{name}: error: {_one_line(err)} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         gc.collect()  # what the error's traceback held (a DataLoader iterator and its workers) ends under the hook
-        sys.unraisablehook = finalizers.previous
+        if sys.unraisablehook is finalizers:  # (not one that the command installed meanwhile)
+            sys.unraisablehook = finalizers.previous
         if on_term == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

@@ -668,16 +668,40 @@ def test_an_interrupt_in_a_finalizer_is_reported_not_lost(monkeypatch: pytest.Mo
     """Ctrl-C during a DataLoader's worker shutdown (a finalizer) printed "Exception ignored in ..." with a traceback
     and was lost (exit 0); SIGTERM to the process group added the workers' "killed by signal" traceback after the
     command's "terminated" line."""
+    import gc
     import sys
 
     def interrupted_in_finalizer(args: object) -> int:
         _Finalizer(KeyboardInterrupt())
+        gc.collect()  # e.g. the end of training: a DataLoader iterator shuts its persistent workers down
         return 0
 
     hook = sys.unraisablehook
     monkeypatch.setattr(cli, "_cmd_models", interrupted_in_finalizer)
     assert main(["models"]) == cli.EXIT_INTERRUPTED
     assert capsys.readouterr().err == "longiseg models: interrupted\n"
+
+    def failing_after_the_interrupt(args: object) -> int:
+        _Finalizer(cli.Terminated("terminated by signal 15"))
+        gc.collect()
+        raise OSError("a clean-up that failed")  # (reached when the signal is ignored: no handler to raise it)
+
+    monkeypatch.setattr(cli, "_cmd_models", failing_after_the_interrupt)
+    assert main(["models"]) == cli.EXIT_TERMINATED
+    assert capsys.readouterr().err == "longiseg models: terminated\n"
+
+    def installing_its_own_hook(args: object) -> int:
+        sys.unraisablehook = own_hook
+        return 0
+
+    def own_hook(unraisable: object) -> None:
+        pass
+
+    monkeypatch.setattr(cli, "_cmd_models", installing_its_own_hook)
+    monkeypatch.setattr(sys, "unraisablehook", hook)
+    assert main(["models"]) == 0
+    assert sys.unraisablehook is own_hook  # not replaced by the hook main found
+    sys.unraisablehook = hook
 
     def terminated_with_workers(args: object) -> int:
         workers = _Finalizer(RuntimeError("DataLoader worker (pid 12345) is killed by signal: Terminated. "))  # noqa: F841

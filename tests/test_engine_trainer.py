@@ -176,6 +176,29 @@ def test_workers_persist_for_epoch_indexed_data_and_change_nothing(tmp_path) -> 
     assert not plain.train_loader.persistent_workers
 
 
+def test_an_epochs_workers_end_outside_a_finalizer(tmp_path, monkeypatch) -> None:
+    """The epoch's DataLoader workers were ended by the iterator's finalizer: a Ctrl-C during their shutdown was
+    printed as "Exception ignored" and lost, and training went on. The trainer ends them itself."""
+    import inspect
+
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    callers: list[str] = []
+    shutdown = _MultiProcessingDataLoaderIter._shutdown_workers
+
+    def spy(self) -> None:
+        callers.append(inspect.stack()[1].function)
+        shutdown(self)
+
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_shutdown_workers", spy)
+    seed_everything(0)
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, num_workers=1, max_epochs=2),
+                      loss_fn=ImbalanceAwareLoss())
+    assert not trainer.train_loader.persistent_workers
+    trainer.fit()
+    # each epoch's workers end in train_one_epoch; the finalizer's call after it finds them ended (a no-op)
+    assert callers == ["train_one_epoch", "__del__"] * 2, callers
+
 
 def test_worker_start_method_is_used_and_changes_no_weight(tmp_path) -> None:
     """``worker_start_method`` reaches the DataLoader (forkserver: no fork of the threaded trainer process) and

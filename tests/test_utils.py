@@ -336,6 +336,24 @@ def test_seeds_that_differ_by_a_multiple_of_2_to_the_32_draw_different_numbers()
         generator_seed(-1, "trainer.seed")
 
 
+def test_the_trainers_epoch_seeds_draw_what_they_drew() -> None:
+    """The epoch seeds (63 bits, well mixed) are used as they were: folding them like a user's seed changed every
+    training run's draws (dropout, workers' seeds, the loss's subset), whatever its seed."""
+    import random
+
+    from longiseg.engine.seeding import epoch_seed, seed_epoch
+
+    for seed, epoch, rank in ((0, 0, 0), (3, 7, 1), (2**40, 2, 0)):
+        mixed = epoch_seed(seed, epoch, rank)
+        random.seed(mixed)
+        np.random.seed(mixed % 2**32)
+        torch.manual_seed(mixed)
+        want = random.random(), np.random.rand(3), torch.rand(3)
+        seed_epoch(seed, epoch, rank)
+        got = random.random(), np.random.rand(3), torch.rand(3)
+        assert got[0] == want[0] and np.array_equal(got[1], want[1]) and torch.equal(got[2], want[2])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_worker_ends_with_its_parent_also_when_the_parent_is_killed() -> None:
     # DataLoader workers of a demo training stayed alive (with their memory and shared memory) after the

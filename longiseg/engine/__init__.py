@@ -35,7 +35,7 @@ from longiseg.engine.distributed import (
 )
 from longiseg.engine.optim import build_optimizer, param_groups_weight_decay
 from longiseg.engine.schedulers import WarmupCosineSchedule, build_warmup_cosine_scheduler
-from longiseg.engine.seeding import epoch_seed, seed_everything
+from longiseg.engine.seeding import epoch_seed, seed_epoch, seed_everything
 from longiseg.engine.trainer import FitResult, Trainer
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "restore_rng_state",
     "save_checkpoint",
     "save_config",
+    "seed_epoch",
     "seed_everything",
     "unwrap_model",
     "update_spec",

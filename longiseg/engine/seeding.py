@@ -1,6 +1,6 @@
 """Seeding: one seed for python's ``random``, numpy's global RNG and torch, and the per-epoch seeds derived from it.
 
-The trainer reseeds every RNG at the start of each epoch from ``(seed, epoch, rank)`` (:func:`epoch_seed`), so a run
+The trainer reseeds every RNG at the start of each epoch from ``(seed, epoch, rank)`` (:func:`seed_epoch`), so a run
 is reproducible and resumable exactly (see :mod:`longiseg.engine.trainer`).
 """
 
@@ -14,7 +14,7 @@ import torch
 from longiseg.utils.seeds import generator_seed
 from longiseg.utils.validation import check_seed
 
-__all__ = ["epoch_seed", "seed_everything"]
+__all__ = ["epoch_seed", "seed_epoch", "seed_everything"]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -39,16 +39,36 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python's ``random``, numpy's global RNG and torch (CPU and all CUDA devices).
+    """Seed python's ``random``, numpy's global RNG and torch (CPU and all CUDA devices) with a user's seed.
 
-    The last two keep 32 bits of a seed: they get :func:`~longiseg.utils.seeds.generator_seed` (``seed`` itself below
-    ``2**32``, a mix of all its bits above), so seeds that differ by a multiple of ``2**32`` differ.
+    Torch's CPU generator and numpy's keep 32 bits of a seed: they get :func:`~longiseg.utils.seeds.generator_seed`
+    (``seed`` itself below ``2**32``, a mix of all its bits above), so seeds that differ by a multiple of ``2**32``
+    draw different numbers.
 
     Raises:
         TypeError: ``seed`` is not an int.
         ValueError: ``seed`` lies outside ``[0, 2**63 - 1]``.
     """
     seed = check_seed("seed", seed)
+    _seed_generators(seed, generator_seed(seed))
+
+
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed every RNG for ``epoch`` of a run seeded with ``seed`` (what the trainer does at the start of each epoch):
+    python's ``random`` and torch's CUDA generators with :func:`epoch_seed`, torch's CPU generator and numpy's with
+    its low 32 bits (well mixed already).
+
+    Raises:
+        ValueError: naming the argument that is not an int >= 0 (``seed`` up to ``2**63 - 1``).
+    """
+    check_seed("seed", seed)
+    mixed = epoch_seed(seed, epoch, rank)
+    _seed_generators(mixed, mixed)
+
+
+def _seed_generators(seed: int, seed32: int) -> None:
+    """``random.seed(seed)``; numpy's global RNG and torch's generators from ``seed32`` (torch's CPU generator and
+    numpy's use its low 32 bits, torch's CUDA generators all 64)."""
     random.seed(seed)
-    np.random.seed(generator_seed(seed))
-    torch.manual_seed(generator_seed(seed))
+    np.random.seed(seed32 % 2**32)
+    torch.manual_seed(seed32)

@@ -15,7 +15,7 @@
 
 Determinism contract: at the start of epoch ``e`` the trainer calls ``set_epoch(e)`` on the batch sampler
 and on the dataset (when they have one) and reseeds python's ``random``, numpy's global RNG and torch's (CPU and CUDA) RNGs from
-``(seed, e, rank)`` (:func:`epoch_seed`). A run is therefore reproducible and resumable exactly if the data
+``(seed, e, rank)`` (:func:`~longiseg.engine.seeding.seed_epoch`). A run is therefore reproducible and resumable exactly if the data
 order depends only on ``(sampler seed, epoch)`` and any other randomness (augmentation, the loss's random
 subset) draws from those global RNGs, from DataLoader workers (seeded by torch from the global RNG), or from
 generators whose state is saved (e.g. ``ImbalanceAwareLoss(seed=...)``, saved via its ``state_dict``).
@@ -53,11 +53,12 @@ from longiseg.engine.config import TrainerConfig
 from longiseg.engine.distributed import DistributedContext, all_reduce_mean, barrier, init_distributed
 from longiseg.engine.optim import build_optimizer
 from longiseg.engine.schedulers import build_warmup_cosine_scheduler
-from longiseg.engine.seeding import epoch_seed, seed_everything
+from longiseg.engine.seeding import seed_epoch
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.wrappers import eval_mode
 from longiseg.utils.io import atomic_write, check_replaceable, end_with_parent
 from longiseg.utils.logging import get_logger, log_once
+from longiseg.utils.seeds import generator_seed
 from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_callable, check_path
 
 __all__ = [
@@ -466,7 +467,7 @@ class Trainer:
             raise TypeError(f"train_data must be a torch DataLoader or Dataset, got {type(data).__name__}")
         if batch_sampler is None:
             sampler = DistributedSampler(data, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
-                                         shuffle=True, seed=self.config.seed, drop_last=True)
+                                         shuffle=True, seed=generator_seed(self.config.seed), drop_last=True)
             batch_sampler = BatchSampler(sampler, self.config.batch_size, drop_last=True)
         # Datasets seeded by (seed, epoch, index) take epoch-tagged indices: their workers then persist across
         # epochs and keep their loaded cases (re-creating them cost 1-2 s per epoch).
@@ -604,7 +605,7 @@ class Trainer:
             self.epoch_sampler.set_epoch(epoch)
         if self.epoch_dataset is not None:
             self.epoch_dataset.set_epoch(epoch)
-        seed_everything(epoch_seed(self.config.seed, epoch, self.ctx.rank))
+        seed_epoch(self.config.seed, epoch, self.ctx.rank)
         sums: dict[str, Any] = {}
         steps = 0
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.config.max_epochs}",
@@ -633,6 +634,10 @@ class Trainer:
                 if steps % self.config.log_every_n_steps == 0 or steps == self.steps_per_epoch:
                     bar.set_postfix(loss=f"{float(sums['loss']) / steps:.4f}",
                                     lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        if not self.train_loader.persistent_workers:
+            # the epoch's workers end here, not in the iterator's finalizer, where a Ctrl-C during their shutdown
+            # was printed as "Exception ignored" and lost (training went on)
+            getattr(iterator, "_shutdown_workers", lambda: None)()
         del iterator
         self._consumed = steps
         means = {k: float(v) / max(steps, 1) for k, v in sums.items()}

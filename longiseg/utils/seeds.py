@@ -4,7 +4,8 @@ torch's CPU generator (``torch.manual_seed``, ``torch.Generator.manual_seed``) a
 (``np.random.seed``) use the low 32 bits of a seed, so seeds that differ by a multiple of ``2**32`` drew the same
 numbers (the same initial weights for ``trainer.seed=0`` and ``2**32``). :func:`generator_seed` folds the accepted
 seeds, ``[0, 2**63 - 1]``, into 32 bits: a seed below ``2**32`` is kept (so results of such seeds are unchanged), a
-larger one is mixed with NumPy's ``SeedSequence``.
+larger one is mixed with NumPy's ``SeedSequence``. It is for seeds users give; seeds that are well mixed already
+(:func:`~longiseg.engine.seeding.epoch_seed`'s, 63 bits) are used as they are.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ exactly the identity.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -84,7 +86,7 @@ class DifferenceWeighting(nn.Module):
             raise ValueError(f"prior must be on current's device {current.device}, got {prior.device}")
         if checks_sizes() and current.shape[0] == 0:
             raise ValueError(f"current has batch size B=0, got shape {tuple(current.shape)}; pass at least one sample")
-        if checks_sizes() and current[0, 0].numel() < 2:
+        if checks_sizes() and math.prod(current.shape[2:]) < 2:
             raise ValueError(f"current has a single voxel per channel, got shape {tuple(current.shape)}: the block "
                              f"instance-normalises x_c - x_p over the spatial dims, which needs at least 2 voxels")
         check_matches_parameters("current", current, dtype=parameter_dtype(self), device=parameter_device(self),
