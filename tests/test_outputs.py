@@ -200,6 +200,27 @@ def test_atomic_directory_replaces_only_when_asked(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
 
 
+def test_a_linked_output_folder_has_the_folder_it_names_replaced(tmp_path: Path) -> None:
+    """An output folder that is a symbolic link (e.g. to a project share) was replaced by a real folder: the link was
+    gone and the folder it named kept the old outputs, stale, for everyone else reading it."""
+    (tmp_path / "share" / "run").mkdir(parents=True)
+    (tmp_path / "share" / "run" / "old.txt").write_text("old")
+    (tmp_path / "link").symlink_to(tmp_path / "share" / "run")
+    with atomic_directory(tmp_path / "link", overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in (tmp_path / "share" / "run").iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "share"]
+    assert sorted(p.name for p in (tmp_path / "share").iterdir()) == ["run"]
+    (tmp_path / "file").write_text("")
+    for target in ("missing", "file"):
+        (tmp_path / f"to_{target}").symlink_to(tmp_path / target)
+        with pytest.raises(NotADirectoryError, match=f"to_{target} is a symbolic link to .*{target}, which is not a "
+                                                     "folder"), atomic_directory(tmp_path / f"to_{target}"):
+            pass
+    assert not (tmp_path / "missing").exists()
+
+
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
 def test_an_interruption_between_the_two_renames_puts_the_old_folder_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: type[BaseException]) -> None:

@@ -417,6 +417,10 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is off.
         PermissionError: ``path`` exists and cannot be replaced (:func:`check_replaceable`), before the block runs.
+        NotADirectoryError: ``path`` is a symbolic link to something other than a folder.
+
+    A ``path`` that is a symbolic link to a folder stays a link: the folder it names is replaced (replacing the
+    link itself left the old folder, stale, where everyone else reading it looks).
 
     On an exception (Ctrl-C and SIGTERM included, also between moving the old folder aside and renaming the new
     one in) the temporary folder is removed, ``path`` is untouched, and the parent folders this call created for
@@ -445,7 +449,7 @@ def atomic_directories(paths: Sequence[PathLike], *, overwrite: bool = False) ->
     """
     if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Sequence):
         raise TypeError(f"paths must be a sequence of folders, got {type(paths).__name__}")
-    folders = [check_path(f"paths[{i}]", p) for i, p in enumerate(paths)]
+    folders = [_through_link(check_path(f"paths[{i}]", p)) for i, p in enumerate(paths)]
     if not folders or len({os.path.abspath(f) for f in folders}) != len(folders):
         raise ValueError(f"paths must name at least one folder, each once, got {[str(f) for f in folders]}")
     for path in folders:
@@ -460,6 +464,17 @@ def atomic_directories(paths: Sequence[PathLike], *, overwrite: bool = False) ->
             remove_stale_temporaries(path)
         with _replaced_as_a_whole(folders, overwrite) as tmps:
             yield tmps
+
+
+def _through_link(path: Path) -> Path:
+    """``path``, or the folder a symbolic link ``path`` names (see :func:`atomic_directory`)."""
+    if not path.is_symlink():
+        return path
+    target = path.resolve()
+    if not target.is_dir():
+        raise NotADirectoryError(f"{path} is a symbolic link to {target}, which is not a folder: remove the link or "
+                                 "point it to a folder")
+    return target
 
 
 @contextlib.contextmanager
