@@ -242,3 +242,41 @@ def test_case_cache_names_maxsize(maxsize: object, exc: type[Exception], match: 
 def test_datasets_still_name_cache_size() -> None:
     with pytest.raises(ValueError, match="cache_size must be >= 1"):
         SliceDataset([make_case()], crop_size=8, cache_size=0)
+
+
+def test_sampling_arguments_found_by_the_pipeline_probe() -> None:
+    """A repeated plane was drawn more often (the config and the inferer refuse it); a float window start failed in
+    NumPy's slicing; a NumPy positive_fraction was refused as "got float32"; one case passed as ``cases`` failed as
+    "object is not iterable"; a case given twice weighed double."""
+    from longiseg.data import BalancedBatchSampler
+    from longiseg.data.sampling import crop_window
+
+    with pytest.raises(ValueError, match=r"planes must be a non-empty subset of .*, each plane once, got "
+                                         r"\['axial', 'axial', 'coronal'\]"):
+        CrossViewSampler(planes=("axial", "axial", "coronal"))
+    with pytest.raises(TypeError, match=r"start must be a sequence of ints \(one per spatial axis\), got \(0.5, 0\)"):
+        crop_window(np.zeros((4, 4)), (0.5, 0), (2, 2))
+    assert crop_window(np.arange(16).reshape(4, 4), np.array([1, -1]), (2, 2)).tolist() == [[0, 4], [0, 8]]
+    sampler = BalancedBatchSampler([True, False] * 4, 4, positive_fraction=np.float32(0.5))
+    assert sampler.positive_fraction == 0.5 and sampler.num_positive == 2
+    case = make_case((8, 8, 8))
+    with pytest.raises(TypeError, match=r"cases must be a list of cases or a cohort folder, got one LongitudinalCase: "
+                                        r"pass \[case\]"):
+        SliceDataset(case, crop_size=8)
+    with pytest.raises(ValueError, match=r"case id\(s\) \['case-0'\] appear more than once"):
+        SliceDataset([case, case], crop_size=8)
+    assert len(SliceDataset([case, make_case((8, 8, 8), case_id="case-1")], crop_size=8).cases) == 2
+
+
+def test_images_beyond_the_float32_range_are_named_as_such() -> None:
+    """A float64 image with 1e39 passed the finiteness check, became inf as float32, and failed later as "contains
+    NaN or infinite values", which it did not."""
+    from longiseg.data import LongitudinalCase
+
+    case = make_case((4, 4, 4))
+    images = case.images.astype(np.float64)
+    images[0, 0, 0, 0, 0] = 1e39
+    with pytest.raises(ValueError, match=r"images hold values beyond the float32 range \(magnitude above 3.403e\+38, "
+                                         r"largest 1e\+39\)"):
+        LongitudinalCase(images=images, baseline_mask=case.baseline_mask, progression_masks=case.progression_masks,
+                         affine=case.affine, spacing=case.spacing, modalities=case.modalities, case_id="big")

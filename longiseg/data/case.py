@@ -248,7 +248,12 @@ class LongitudinalCase:
         for axis, what in enumerate(("number of channels C", "D", "H", "W"), start=1):
             check_positive_int(f"images.shape[{axis}] ({what})", int(imgs.shape[axis]))
         check_finite("images", imgs)
-        self.images = np.ascontiguousarray(imgs, dtype=np.float32)
+        with np.errstate(over="ignore"):  # (refused just below, with the range named)
+            self.images = np.ascontiguousarray(imgs, dtype=np.float32)
+        if self.images.dtype != imgs.dtype and not np.isfinite(self.images).all():  # float64 beyond float32's range
+            raise ValueError(f"images hold values beyond the float32 range (magnitude above "
+                             f"{float(np.finfo(np.float32).max):.4g}, largest {float(np.abs(imgs).max()):.4g}), which "
+                             f"the case stores as float32; rescale the intensities")
         t, c, *spatial = self.images.shape
         spatial_t = tuple(spatial)
         self.modalities = check_modalities(self.modalities)

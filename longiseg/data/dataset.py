@@ -108,6 +108,9 @@ class _LongitudinalDataset(Dataset):
     ) -> None:
         if isinstance(cases, (str, os.PathLike)):
             cases = find_cases(Path(cases))
+        if isinstance(cases, (CaseSource, LongitudinalCase)):  # failed as "object is not iterable"
+            raise TypeError(f"cases must be a list of cases or a cohort folder, got one {type(cases).__name__}: "
+                            "pass [case]")
         self.cases: list[CaseLike] = list(cases)
         if not self.cases:
             raise ValueError("cases must not be empty")
@@ -116,6 +119,10 @@ class _LongitudinalDataset(Dataset):
                 raise TypeError(f"cases must be CaseSource or LongitudinalCase objects, got {type(c).__name__}")
             if not c.has_labels:
                 raise ValueError(f"case {c.case_id!r} has no baseline/progression masks; training needs labels")
+        ids = [c.case_id for c in self.cases]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:  # (it would be drawn twice as often as the others)
+            raise ValueError(f"cases must differ, but case id(s) {twice} appear more than once")
         _check_stackable(self.cases)
         self.sampler = sampler
         default_len = 32 * len(self.cases)

@@ -121,13 +121,14 @@ class BalancedBatchSampler(Sampler[list[int]]):
     ) -> None:
         flags = _as_flags(labels)
         self.batch_size = _int_arg("batch_size", batch_size, 2)
-        if isinstance(positive_fraction, bool) or not isinstance(positive_fraction, (int, float)):
+        if isinstance(positive_fraction, (bool, np.bool_)) or not isinstance(positive_fraction,
+                                                                             (int, float, np.integer, np.floating)):
             raise TypeError(
                 f"positive_fraction must be a float in (0, 1), got {type(positive_fraction).__name__}"
             )
         if not 0.0 < positive_fraction < 1.0:
             raise ValueError(f"positive_fraction must lie in (0, 1), got {positive_fraction}")
-        self.positive_fraction = float(positive_fraction)
+        self.positive_fraction = float(positive_fraction)  # (a NumPy float, as the other probabilities take)
         self.num_positive = positive_slots(self.batch_size, self.positive_fraction)
         if not 1 <= self.num_positive <= self.batch_size - 1:
             raise ValueError(

@@ -201,6 +201,10 @@ def crop_window(array: np.ndarray, start: Sequence[int], size: Sequence[int], fi
         A new ``(..., *size)`` array of ``array``'s dtype: ``array``'s leading axes, the window in the last ``k``.
     """
     check_instance("array", array, np.ndarray, "a numpy array")
+    for name, values in (("start", start), ("size", size)):  # a float start failed in NumPy's slicing
+        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)) or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+            raise TypeError(f"{name} must be a sequence of ints (one per spatial axis), got {values!r}")
     k = len(size)
     if any(int(s) < 0 for s in size):
         raise ValueError(f"size must be >= 0 per axis, got {tuple(size)}")
@@ -341,8 +345,8 @@ class CrossViewSampler(_CenterSampling):
         self.crop_size = _check_size("crop_size", crop_size, 2)
         planes = tuple(check_sequence("planes", planes, str, f"a plane name (one of {PLANES})"))
         unknown = [p for p in planes if p not in PLANES]
-        if not planes or unknown:
-            raise ValueError(f"planes must be a non-empty subset of {PLANES}, got {list(planes)}")
+        if not planes or unknown or len(set(planes)) != len(planes):  # a repeated plane was drawn more often
+            raise ValueError(f"planes must be a non-empty subset of {PLANES}, each plane once, got {list(planes)}")
         self.planes = planes
         if plane_weights is None:
             weights = np.ones(len(planes))

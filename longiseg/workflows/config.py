@@ -76,7 +76,9 @@ class DataConfig(ConfigBase):
             (:meth:`~longiseg.data.SliceDataset.case_of`).
         positive_fraction: share of progressing cases in every batch (balanced batch sampler); the training
             split needs progressing and stable patients.
-        val_samples: fixed validation samples drawn once from the validation cases.
+        val_samples: fixed validation samples drawn once from the validation cases, in turn (fewer samples than
+            cases leave cases unscored, with a warning; when not a multiple of their number, the first cases get
+            one sample more).
         augment: random flips and rotations (:class:`~longiseg.data.transforms.LongitudinalAugment`, the same
             for every timepoint of a sample).
         augment_independent_timepoints: with ``augment``, add scan-to-scan differences drawn per timepoint
