@@ -31,13 +31,16 @@ import argparse
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+import signal
+import sys
+from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from longiseg.cli import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
 from longiseg.data import (
     CaseSource,
     Manifest,
@@ -54,6 +57,7 @@ from longiseg.data.cohort import modality_mismatches
 from longiseg.data.layout import MANIFEST_JSON
 from longiseg.data.split import split_by_patient
 from longiseg.utils.io import atomic_directory, check_output_folder, check_separate_folders
+from longiseg.utils.validation import check_bool
 
 #: The entries a conversion writes into OUT; ``--overwrite`` replaces only a folder holding nothing else.
 SPLITS = ("train", "test")
@@ -130,6 +134,8 @@ def split_cases(sources: Sequence[CaseSource], *, test_fraction: float, seed: in
     try:
         train, test = split_by_patient(flagged, fraction, seed, split_name="test", fraction_name="--test-fraction")
     except ValueError as exc:
+        if "leaves no training case" not in str(exc):  # another cause (a case id twice): as split_by_patient says
+            raise
         n_patients = len({s.patient_id for s in flagged})
         n_prog = len({s.patient_id for s in flagged if s.has_progression})
         raise ValueError(
@@ -223,6 +229,16 @@ def convert(sources: Sequence[CaseSource], out: Path, *, test_fraction: float = 
         ValueError: no cases; ``out`` is, lies inside or holds a case folder, or holds entries other than
             ``train/`` and ``test/``; a bad option (named); or invalid cases (all listed; nothing written).
     """
+    if isinstance(sources, (str, bytes, os.PathLike)) or not isinstance(sources, Iterable):
+        raise TypeError(f"sources must be a list of CaseSource (from an adapter or find_cases), got "
+                        f"{type(sources).__name__}")
+    sources = list(sources)  # (an iterator was used up by the first check that read it)
+    bad = next((s for s in sources if not isinstance(s, CaseSource)), None)
+    if bad is not None:
+        raise TypeError(f"sources must hold CaseSource objects (from an adapter or find_cases), got "
+                        f"{type(bad).__name__} {bad!r:.80}")
+    overwrite = check_bool("overwrite", overwrite)  # a string such as "no" counted as true
+    drop_stable_test = check_bool("drop_stable_test", drop_stable_test)
     if not sources:
         raise ValueError("no cases to convert")
     out = check_output_folder(out, "OUT")
@@ -318,12 +334,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated(f"terminated by signal {signum}")
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python examples/convert_datasets.py ...``: :func:`main` with its errors as one usage line (exit 2)."""
+    """``python examples/convert_datasets.py ...``: :func:`main` with its errors as one usage line (exit 2); Ctrl-C
+    and SIGTERM (a scheduler's time limit) end it with one line (130, 143) after the temporary OUT is removed (SIGTERM
+    ended the process at once and left it, possibly gigabytes, beside OUT)."""
+    handled = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if handled:
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return main(argv)
     except (ValueError, OSError) as err:
         build_parser().error(" ".join(str(err).split()))
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print(f"{build_parser().prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        if handled:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

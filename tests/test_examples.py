@@ -188,6 +188,40 @@ def test_convert_explicit_ids_and_errors(tmp_path: Path) -> None:
         convert.select_cases(sources, 0, seed=0)
 
 
+def test_convert_names_what_it_was_given_wrong(tmp_path: Path, capsys, monkeypatch) -> None:
+    """``overwrite="no"`` replaced OUT and ``drop_stable_test="no"`` dropped stable test cases (truthy strings);
+    a case id given twice was blamed on --test-fraction; an iterator of sources was used up by the first check
+    (then "puts all 0 patients into the test split"); SIGTERM left the temporary OUT behind."""
+    import dataclasses
+    import signal
+
+    convert = _load_module("convert_datasets")
+    from longiseg.data import find_cases
+
+    _tiny_cohort(tmp_path / "src")
+    sources = find_cases(tmp_path / "src")
+    for flag in ("overwrite", "drop_stable_test"):
+        with pytest.raises(TypeError, match=f"{flag} must be a bool"):
+            convert.convert(sources, tmp_path / "out", **{flag: "no"})
+    with pytest.raises(TypeError, match="sources must hold CaseSource objects .* got str 'case0'"):
+        convert.convert(["case0"], tmp_path / "out")
+    twice = [*sources, dataclasses.replace(sources[0], patient_id="other")]
+    with pytest.raises(ValueError, match="case id 'case0' appears more than once"):
+        convert.split_cases(twice, test_fraction=0.34, seed=0)
+    convert.convert(iter(sources), tmp_path / "out", test_fraction=0.34)
+    assert len(find_cases(tmp_path / "out" / "train")) + len(find_cases(tmp_path / "out" / "test")) == 6
+    capsys.readouterr()
+
+    def terminated(argv: object) -> int:
+        signal.raise_signal(signal.SIGTERM)  # handled before raise_signal returns
+        return 0
+
+    monkeypatch.setattr(convert, "main", terminated)
+    assert convert.cli([]) == 143
+    assert capsys.readouterr().err.endswith(": terminated\n")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def test_followup_summaries_split_by_followup() -> None:
     followup = _load_module("followup_table")
     from longiseg.metrics import EvaluationResult, ResultsTable, get_protocol

@@ -151,6 +151,9 @@ def test_structural_check_json_and_geometry(tmp_path: Path, rng: np.random.Gener
 def test_writer_errors(tmp_path: Path, rng: np.random.Generator) -> None:
     with pytest.raises(ValueError, match="1..999"):
         nnunet_dataset_name(1000, "A")
+    assert nnunet_dataset_name(np.int64(501), "A") == "Dataset501_A"  # refused as "must be an int ... got 501"
+    with pytest.raises(TypeError, match=r"dataset_id must be an int in 1..999 \(three digits\), got str '501'"):
+        nnunet_dataset_name("501", "A")
     with pytest.raises(ValueError, match="name"):
         nnunet_dataset_name(1, "bad name")
     with pytest.raises(ValueError, match="case_id"):

@@ -220,8 +220,12 @@ def _check_nnunet_case_id(case_id: object, where: str = "") -> str:
 
 def nnunet_dataset_name(dataset_id: int, name: str) -> str:
     """``DatasetXXX_Name``: nnU-Net's folder name for dataset ``dataset_id`` (1..999)."""
-    if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
-        raise ValueError(f"dataset_id must be an int in 1..999 (three digits), got {dataset_id!r}")
+    if isinstance(dataset_id, (bool, np.bool_)) or not isinstance(dataset_id, (int, np.integer)):  # (NumPy's too)
+        raise TypeError(f"dataset_id must be an int in 1..999 (three digits), got {type(dataset_id).__name__} "
+                        f"{dataset_id!r}")
+    if not 1 <= dataset_id <= 999:
+        raise ValueError(f"dataset_id must be an int in 1..999 (three digits), got {int(dataset_id)}")
+    dataset_id = int(dataset_id)
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(f"name must hold only letters, digits, '_' and '-', got {name!r}")
     return f"Dataset{dataset_id:03d}_{name}"
