@@ -242,8 +242,9 @@ def convert(sources: Sequence[CaseSource], out: Path, *, test_fraction: float = 
     if not sources:
         raise ValueError("no cases to convert")
     out = check_output_folder(out, "OUT")
-    if out.exists() and not os.access(out.absolute().parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"OUT {out}: its folder {out.absolute().parent} is not writable, but OUT is built "
+    built = out.resolve() if out.is_symlink() else out.absolute()  # a link: the folder it names is replaced
+    if out.exists() and not os.access(built.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"OUT {out}: its folder {built.parent} is not writable, but OUT is built "
                               "beside itself and renamed into place")
     check_separate_folders(out, "OUT", _case_folders(sources))
     _check_replaceable(out, overwrite)
@@ -264,7 +265,7 @@ def convert(sources: Sequence[CaseSource], out: Path, *, test_fraction: float = 
     if drop_stable_test:
         test = [s for s in test if s.progression_flag()]
     written: dict[str, Manifest] = {}
-    with atomic_directory(out, overwrite=out.exists()) as tmp:
+    with atomic_directory(out, overwrite=out.exists(), follow_link=True) as tmp:
         written["train"] = write_split(train, tmp / "train")
         if test:
             written["test"] = write_split(test, tmp / "test")

@@ -82,10 +82,13 @@ class _FinalizerInterrupts:
         self.previous = previous
         self.interrupt: KeyboardInterrupt | None = None
         self.ending = False
+        self.active = True  # False once main returned
 
     def __call__(self, unraisable: Any) -> None:
         exc = unraisable.exc_value
-        if isinstance(exc, KeyboardInterrupt):
+        if not self.active:
+            self.previous(unraisable)
+        elif isinstance(exc, KeyboardInterrupt):
             self.interrupt = self.interrupt or exc
         elif not (self.ending and isinstance(exc, RuntimeError) and "killed by signal" in str(exc)):
             self.previous(unraisable)
@@ -652,6 +655,13 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
+def _interrupted(name: str, err: KeyboardInterrupt) -> int:
+    """Report Ctrl-C or SIGTERM (:class:`Terminated`) in one line; the exit code (130, 143)."""
+    terminated = isinstance(err, Terminated)
+    print(f"{name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``longiseg`` console script.
 
@@ -700,27 +710,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         finalizers.ending = True
         if debug:
             raise
-        if isinstance(err, Terminated):
-            print(f"{name}: terminated", file=sys.stderr)
-            return EXIT_TERMINATED
-        print(f"{name}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except _INPUT_ERRORS as err:
-        if debug:
-            raise
-        print(f"{name}: error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _interrupted(name, err)
     except Exception as err:  # noqa: BLE001 - the one place that turns any failure into a message
         if debug:
             raise
         if finalizers.interrupt is not None:  # the failure followed an interrupt (its clean-up, say): report that
-            terminated = isinstance(finalizers.interrupt, Terminated)
-            print(f"{name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+            finalizers.ending = True
+            return _interrupted(name, finalizers.interrupt)
+        if isinstance(err, _INPUT_ERRORS):
+            print(f"{name}: error: {_one_line(err)}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"{name}: error: {_one_line(err)} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         gc.collect()  # what the error's traceback held (a DataLoader iterator and its workers) ends under the hook
+        finalizers.active = False  # passes everything on from now on (a hook the command chained to it keeps it)
         if sys.unraisablehook is finalizers:  # (not one that the command installed meanwhile)
             sys.unraisablehook = finalizers.previous
         if on_term == signal.SIG_DFL:

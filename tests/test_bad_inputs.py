@@ -681,14 +681,19 @@ def test_an_interrupt_in_a_finalizer_is_reported_not_lost(monkeypatch: pytest.Mo
     assert main(["models"]) == cli.EXIT_INTERRUPTED
     assert capsys.readouterr().err == "longiseg models: interrupted\n"
 
+    pending: list[BaseException] = []
+
     def failing_after_the_interrupt(args: object) -> int:
         _Finalizer(cli.Terminated("terminated by signal 15"))
         gc.collect()
-        raise OSError("a clean-up that failed")  # (reached when the signal is ignored: no handler to raise it)
+        _Finalizer(RuntimeError("DataLoader worker (pid 12345) is killed by signal: Terminated. "))  # ends later
+        raise pending[0]  # (reached when the signal is ignored: no handler to raise it)
 
     monkeypatch.setattr(cli, "_cmd_models", failing_after_the_interrupt)
-    assert main(["models"]) == cli.EXIT_TERMINATED
-    assert capsys.readouterr().err == "longiseg models: terminated\n"
+    for error in (OSError("a clean-up that failed"), ValueError("bad"), PermissionError("denied")):
+        pending[:] = [error]
+        assert main(["models"]) == cli.EXIT_TERMINATED
+        assert capsys.readouterr().err == "longiseg models: terminated\n"  # (no echo of the workers' end)
 
     def installing_its_own_hook(args: object) -> int:
         sys.unraisablehook = own_hook
@@ -701,7 +706,20 @@ def test_an_interrupt_in_a_finalizer_is_reported_not_lost(monkeypatch: pytest.Mo
     monkeypatch.setattr(sys, "unraisablehook", hook)
     assert main(["models"]) == 0
     assert sys.unraisablehook is own_hook  # not replaced by the hook main found
-    sys.unraisablehook = hook
+    seen = []
+
+    def chaining(args: object) -> int:
+        found = sys.unraisablehook
+        sys.unraisablehook = lambda unraisable: (seen.append("mine"), found(unraisable))
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_models", chaining)
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(type(unraisable.exc_value).__name__))
+    assert main(["models"]) == 0
+    _Finalizer(KeyboardInterrupt())
+    gc.collect()  # after main: the hook the command chained to main's passes it on, not swallows it
+    assert seen == ["mine", "KeyboardInterrupt"]
+    monkeypatch.setattr(sys, "unraisablehook", hook)
 
     def terminated_with_workers(args: object) -> int:
         workers = _Finalizer(RuntimeError("DataLoader worker (pid 12345) is killed by signal: Terminated. "))  # noqa: F841

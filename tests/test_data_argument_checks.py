@@ -263,9 +263,9 @@ def test_sampling_arguments_found_by_the_pipeline_probe() -> None:
     with pytest.raises(TypeError, match=r"cases must be a list of cases or a cohort folder, got one LongitudinalCase: "
                                         r"pass \[case\]"):
         SliceDataset(case, crop_size=8)
-    with pytest.raises(ValueError, match=r"case id\(s\) \['case-0'\] appear more than once"):
+    with pytest.raises(ValueError, match=r"case\(s\) \['case-0'\] are given more than once"):
         SliceDataset([case, case], crop_size=8)
-    assert len(SliceDataset([case, make_case((8, 8, 8), case_id="case-1")], crop_size=8).cases) == 2
+    assert len(SliceDataset([case, make_case((8, 8, 8), seed=1)], crop_size=8).cases) == 2  # one id, two cases
 
 
 def test_images_beyond_the_float32_range_are_named_as_such() -> None:

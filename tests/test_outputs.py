@@ -206,7 +206,7 @@ def test_a_linked_output_folder_has_the_folder_it_names_replaced(tmp_path: Path)
     (tmp_path / "share" / "run").mkdir(parents=True)
     (tmp_path / "share" / "run" / "old.txt").write_text("old")
     (tmp_path / "link").symlink_to(tmp_path / "share" / "run")
-    with atomic_directory(tmp_path / "link", overwrite=True) as tmp:
+    with atomic_directory(tmp_path / "link", overwrite=True, follow_link=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert (tmp_path / "link").is_symlink()
     assert sorted(p.name for p in (tmp_path / "share" / "run").iterdir()) == ["new.txt"]
@@ -216,9 +216,19 @@ def test_a_linked_output_folder_has_the_folder_it_names_replaced(tmp_path: Path)
     for target in ("missing", "file"):
         (tmp_path / f"to_{target}").symlink_to(tmp_path / target)
         with pytest.raises(NotADirectoryError, match=f"to_{target} is a symbolic link to .*{target}, which is not a "
-                                                     "folder"), atomic_directory(tmp_path / f"to_{target}"):
+                                                     "folder"), atomic_directory(tmp_path / f"to_{target}",
+                                                                                 follow_link=True):
             pass
     assert not (tmp_path / "missing").exists()
+    # a case folder linked into another cohort (a subset) is replaced as a link: the other cohort stays
+    (tmp_path / "full" / "p1").mkdir(parents=True)
+    (tmp_path / "full" / "p1" / "t0.txt").write_text("full")
+    (tmp_path / "subset").mkdir()
+    (tmp_path / "subset" / "p1").symlink_to(tmp_path / "full" / "p1")
+    with atomic_directory(tmp_path / "subset" / "p1", overwrite=True) as tmp:
+        (tmp / "t0.txt").write_text("subset")
+    assert not (tmp_path / "subset" / "p1").is_symlink()
+    assert (tmp_path / "full" / "p1" / "t0.txt").read_text() == "full"
 
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])

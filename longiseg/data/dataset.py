@@ -119,10 +119,12 @@ class _LongitudinalDataset(Dataset):
                 raise TypeError(f"cases must be CaseSource or LongitudinalCase objects, got {type(c).__name__}")
             if not c.has_labels:
                 raise ValueError(f"case {c.case_id!r} has no baseline/progression masks; training needs labels")
-        ids = [c.case_id for c in self.cases]
-        twice = sorted({i for i in ids if ids.count(i) > 1})
-        if twice:  # (it would be drawn twice as often as the others)
-            raise ValueError(f"cases must differ, but case id(s) {twice} appear more than once")
+        # one case given twice would be drawn twice as often as the others (an id may repeat: in-memory cases,
+        # cohorts of two sites); a case is the same object, or a source of the same files
+        keys = [id(c) if isinstance(c, LongitudinalCase) else repr(c.image_files) for c in self.cases]
+        twice = sorted({c.case_id for c, k in zip(self.cases, keys) if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"cases must differ, but case(s) {twice} are given more than once")
         _check_stackable(self.cases)
         self.sampler = sampler
         default_len = 32 * len(self.cases)

@@ -677,7 +677,7 @@ def generate_demo_cohort(
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
         if not (out / layout.MANIFEST_JSON).is_file():
             raise FileExistsError(f"{out} does not look like a cohort folder (no manifest.json); not replacing it")
-    with atomic_directory(out, overwrite=out.exists()) as tmp:
+    with atomic_directory(out, overwrite=out.exists(), follow_link=True) as tmp:
         entries, stats = [], []
         for i in tqdm(range(cfg.num_patients), desc="demo cohort", unit="patient", disable=not progress):
             case, st = generate_demo_case(i, cfg)

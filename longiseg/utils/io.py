@@ -402,7 +402,7 @@ def atomic_path(path: PathLike, *, overwrite: bool = True, suffix: str | None = 
 
 
 @contextlib.contextmanager
-def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(path: PathLike, *, overwrite: bool = False, follow_link: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``path``; on success it replaces ``path`` as a whole.
 
     Readers see either the complete folder or none (or, with ``overwrite``, the complete old one): an
@@ -413,25 +413,27 @@ def atomic_directory(path: PathLike, *, overwrite: bool = False) -> Iterator[Pat
     Args:
         path: final folder.
         overwrite: replace an existing ``path``; if ``False`` an existing one raises ``FileExistsError``.
+        follow_link: a ``path`` that is a symbolic link to a folder stays a link and the folder it names is
+            replaced (for the output folder a user names: replacing the link left the old folder, stale, where
+            everyone else reading it looks). Off (default), a link is replaced as a link: a case folder linked
+            into another cohort is not written through.
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is off.
         PermissionError: ``path`` exists and cannot be replaced (:func:`check_replaceable`), before the block runs.
-        NotADirectoryError: ``path`` is a symbolic link to something other than a folder.
-
-    A ``path`` that is a symbolic link to a folder stays a link: the folder it names is replaced (replacing the
-    link itself left the old folder, stale, where everyone else reading it looks).
+        NotADirectoryError: with ``follow_link``, ``path`` is a symbolic link to something other than a folder.
 
     On an exception (Ctrl-C and SIGTERM included, also between moving the old folder aside and renaming the new
     one in) the temporary folder is removed, ``path`` is untouched, and the parent folders this call created for
     it are removed again (while empty).
     """
-    with atomic_directories([check_path("path", path)], overwrite=overwrite) as (tmp,):
+    with atomic_directories([check_path("path", path)], overwrite=overwrite, follow_links=follow_link) as (tmp,):
         yield tmp
 
 
 @contextlib.contextmanager
-def atomic_directories(paths: Sequence[PathLike], *, overwrite: bool = False) -> Iterator[list[Path]]:
+def atomic_directories(paths: Sequence[PathLike], *, overwrite: bool = False, follow_links: bool = False
+                       ) -> Iterator[list[Path]]:
     """:func:`atomic_directory` for folders that belong together (a cohort and its train/test split): yields one
     empty temporary folder per path; on success they replace their paths one after another, and an exception
     while they do (Ctrl-C, SIGTERM, a failed rename) puts back every folder already replaced, so that the set is
@@ -440,6 +442,7 @@ def atomic_directories(paths: Sequence[PathLike], *, overwrite: bool = False) ->
     Args:
         paths: the final folders, distinct.
         overwrite: replace existing folders; if ``False`` an existing one raises ``FileExistsError``.
+        follow_links: as ``follow_link`` of :func:`atomic_directory`, for every path.
 
     Raises:
         TypeError: ``paths`` is not a sequence of paths.
@@ -449,7 +452,9 @@ def atomic_directories(paths: Sequence[PathLike], *, overwrite: bool = False) ->
     """
     if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Sequence):
         raise TypeError(f"paths must be a sequence of folders, got {type(paths).__name__}")
-    folders = [_through_link(check_path(f"paths[{i}]", p)) for i, p in enumerate(paths)]
+    folders = [check_path(f"paths[{i}]", p) for i, p in enumerate(paths)]
+    if check_bool("follow_links", follow_links):
+        folders = [_through_link(f) for f in folders]
     if not folders or len({os.path.abspath(f) for f in folders}) != len(folders):
         raise ValueError(f"paths must name at least one folder, each once, got {[str(f) for f in folders]}")
     for path in folders:
@@ -470,7 +475,10 @@ def _through_link(path: Path) -> Path:
     """``path``, or the folder a symbolic link ``path`` names (see :func:`atomic_directory`)."""
     if not path.is_symlink():
         return path
-    target = path.resolve()
+    try:
+        target = path.resolve()
+    except RuntimeError as err:  # a loop of links
+        raise NotADirectoryError(f"{path} is a symbolic link that names no folder ({err})") from None
     if not target.is_dir():
         raise NotADirectoryError(f"{path} is a symbolic link to {target}, which is not a folder: remove the link or "
                                  "point it to a folder")
