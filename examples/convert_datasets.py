@@ -33,6 +33,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
 from pathlib import Path
@@ -343,7 +344,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
     """``python examples/convert_datasets.py ...``: :func:`main` with its errors as one usage line (exit 2); Ctrl-C
     and SIGTERM (a scheduler's time limit) end it with one line (130, 143) after the temporary OUT is removed (SIGTERM
     ended the process at once and left it, possibly gigabytes, beside OUT)."""
-    handled = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    handled = (threading.current_thread() is threading.main_thread()  # (signals are set in the main thread only)
+               and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
     if handled:
         signal.signal(signal.SIGTERM, _terminated)
     try:

@@ -343,7 +343,7 @@ def test_the_trainers_epoch_seeds_draw_what_they_drew() -> None:
 
     from longiseg.engine.seeding import epoch_seed, seed_epoch
 
-    for seed, epoch, rank in ((0, 0, 0), (3, 7, 1), (2**40, 2, 0)):
+    for seed, epoch, rank in ((0, 0, 0), (np.int64(3), 7, 1), (2**40, 2, 0)):
         mixed = epoch_seed(seed, epoch, rank)
         random.seed(mixed)
         np.random.seed(mixed % 2**32)

@@ -59,10 +59,10 @@ def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
     its low 32 bits (well mixed already).
 
     Raises:
+        TypeError: ``seed`` is not an int.
         ValueError: naming the argument that is not an int >= 0 (``seed`` up to ``2**63 - 1``).
     """
-    check_seed("seed", seed)
-    mixed = epoch_seed(seed, epoch, rank)
+    mixed = epoch_seed(check_seed("seed", seed), epoch, rank)  # (a NumPy int seed as an int)
     _seed_generators(mixed, mixed)
 
 
