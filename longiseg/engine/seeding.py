@@ -32,9 +32,9 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
         ValueError: naming the argument that is not an int >= 0.
     """
     for name, v in (("seed", seed), ("epoch", epoch), ("rank", rank)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:  # (NumPy ints too)
             raise ValueError(f"epoch_seed: {name} must be an int >= 0, got {v!r}")
-    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2, dtype=np.uint32)
+    state = np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
