@@ -59,6 +59,13 @@ def test_msseg2_errors(tmp_path: Path) -> None:
     (tmp_path / "013" / "ground_truth.nii.gz").unlink()
     with pytest.raises(FileNotFoundError, match="ground_truth.nii.gz"):
         load_case(msseg2_cases(tmp_path)[0])
+    # a file named but for upper- and lower-case letters: reported as missing with no hint before
+    (tmp_path / "013" / "flair_time02_on_middle_space.nii.gz").rename(
+        tmp_path / "013" / "FLAIR_time02_on_middle_space.nii.gz")
+    with pytest.raises(FileNotFoundError, match=r"flair_time02_on_middle_space.nii.gz \(there is "
+                                                r"FLAIR_time02_on_middle_space.nii.gz: file names are case-sensitive; "
+                                                r"rename it\), .*ground_truth.nii.gz$"):
+        load_case(msseg2_cases(tmp_path)[0])
 
 
 def _write_ucsf(root: Path, pid: str) -> tuple[np.ndarray, np.ndarray]:

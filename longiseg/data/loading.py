@@ -12,6 +12,7 @@ Where the files are is a :class:`~longiseg.data.sources.CaseSource` (from
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -196,7 +197,7 @@ def _check_headers(source: CaseSource, affine_atol: float, problems: _Problems
         roles.setdefault(source.brain_mask, "brain mask")
     missing = [p for p in files if not p.is_file()]
     if missing:
-        names = ", ".join(map(str, missing))
+        names = ", ".join(_with_case_hint(p) for p in missing)
         problems.add(FileNotFoundError(f"case {source.case_id!r}: missing file(s): {names}"))
     good: set[Path] = set()
     ref_path: Path | None = None
@@ -304,6 +305,16 @@ def _read_case(source: CaseSource, affine_atol: float, problems: _Problems) -> L
         baseline_annotated=source.baseline_annotated,
         metadata=dict(source.metadata),
     )
+
+
+def _with_case_hint(path: Path) -> str:
+    """``path``, and the file of its folder named like it but for upper- and lower-case letters, if there is one
+    (``FLAIR_time01.nii.gz`` for ``flair_time01.nii.gz``: reported as missing, with no hint)."""
+    with contextlib.suppress(OSError):
+        for other in path.parent.iterdir():
+            if other.name.lower() == path.name.lower() and other.is_file():
+                return f"{path} (there is {other.name}: file names are case-sensitive; rename it)"
+    return str(path)
 
 
 def load_case(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> LongitudinalCase:
