@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from longiseg.data.layout import check_case_id, image_filename
+from longiseg.utils.config import require
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import (
     check_affine,
@@ -26,8 +27,8 @@ from longiseg.utils.validation import (
     check_timepoints,
 )
 
-__all__ = ["PLANES", "LongitudinalCase", "plane_axes", "display_slice", "affine_spacing", "check_spacing_of_affine",
-           "check_modalities", "check_case"]
+__all__ = ["PLANES", "LongitudinalCase", "plane_axes", "display_slice", "affine_spacing", "check_planes",
+           "check_spacing_of_affine", "check_modalities", "check_case"]
 
 #: The three orthogonal anatomical planes, in the order used everywhere in the library.
 PLANES: tuple[str, str, str] = ("axial", "coronal", "sagittal")
@@ -101,6 +102,15 @@ MAX_AXIS_COSINE = 1e-4
 #: file's header voxel sizes (``pixdim``) and its affine's column norms (both stored as float32), or a case's
 #: ``spacing`` and its affine's.
 SPACING_RTOL = 1e-3
+
+
+def check_planes(planes: Sequence[str], owner: str) -> None:
+    """Refuse ``planes`` unless it names each of :data:`PLANES` at most once, and at least one (a
+    :class:`~longiseg.utils.config.ConfigError`, a ``ValueError``, naming ``owner``: a repeated plane would be drawn
+    or averaged more often than the others)."""
+    planes = list(planes)
+    require(bool(planes) and all(p in PLANES for p in planes) and len(set(planes)) == len(planes), owner,
+            f"planes must be a non-empty subset of {PLANES}, each plane once, got {planes}")
 
 
 def check_spacing_of_affine(spacing: Sequence[float] | np.ndarray, affine: np.ndarray) -> tuple[float, float, float]:

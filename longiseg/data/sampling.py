@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from longiseg.data.case import PLANES, LongitudinalCase, check_case
+from longiseg.data.case import PLANES, LongitudinalCase, check_case, check_planes
 from longiseg.data.lesions import label_persisting_lesions
 from longiseg.utils.validation import (
     check_array,
@@ -344,9 +344,7 @@ class CrossViewSampler(_CenterSampling):
         super().__init__(lesion_weight, progression_share, jitter, persisting_share)
         self.crop_size = _check_size("crop_size", crop_size, 2)
         planes = tuple(check_sequence("planes", planes, str, f"a plane name (one of {PLANES})"))
-        unknown = [p for p in planes if p not in PLANES]
-        if not planes or unknown or len(set(planes)) != len(planes):  # a repeated plane was drawn more often
-            raise ValueError(f"planes must be a non-empty subset of {PLANES}, each plane once, got {list(planes)}")
+        check_planes(planes, "CrossViewSampler")  # as the configuration checks them
         self.planes = planes
         if plane_weights is None:
             weights = np.ones(len(planes))

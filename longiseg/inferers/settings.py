@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from longiseg.data.case import PLANES
+from longiseg.data.case import PLANES, check_planes
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS
 from longiseg.inferers.sliding_window import BLEND_MODES, SlidingWindowInferer3D
 from longiseg.inferers.triplanar import TriplanarInferer
@@ -42,13 +42,6 @@ MAX_WINDOW = 4096
 #: both sorted) that :func:`voxel_size_mismatch` lets pass: lesions of a case with larger voxels span fewer of
 #: them than the model learned, and its windows cover more anatomy.
 VOXEL_SIZE_RTOL = 0.25
-
-
-def check_planes(planes: list[str], owner: str) -> None:
-    """Refuse ``planes`` unless it names each of :data:`~longiseg.data.case.PLANES` at most once, and at least one
-    (a :class:`~longiseg.utils.config.ConfigError` naming ``owner``)."""
-    require(bool(planes) and all(p in PLANES for p in planes) and len(set(planes)) == len(planes), owner,
-            f"planes must be a non-empty subset of {PLANES}, each plane once, got {planes}")
 
 
 def _is_int(value: object) -> bool:
