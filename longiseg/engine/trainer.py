@@ -177,12 +177,12 @@ def _unpack_loss(result: Any) -> tuple[torch.Tensor, dict[str, Any]]:
     return loss.reshape(()), logs
 
 
-def _check_baselines_annotated(batch: Mapping[str, Any], model: nn.Module) -> None:
+def _check_baselines_annotated(batch: Mapping[str, Any], model_name: str) -> None:
     """Refuse a batch with unannotated baselines for a model trained on ``training_targets`` (built from the baseline
     mask: unknown without it)."""
     annotated = batch.get("baseline_annotated")
     if isinstance(annotated, torch.Tensor) and not bool(annotated.all()):
-        raise ValueError(f"{type(model).__name__} trains on targets built from the baseline mask (training_targets), "
+        raise ValueError(f"{model_name} trains on targets built from the baseline mask (training_targets), "
                          f"but {int((~annotated.bool()).sum())} sample(s) of this batch have no annotated baseline "
                          f"(baseline_annotated=False); leave such cases out of its training data")
 
@@ -398,7 +398,9 @@ class Trainer:
 
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-        if hasattr(unwrap_model(model), "training_targets") and getattr(loss_fn, "progression_outside_baseline", False):
+        # a model trained on another output than it predicts says so (see the class docstring); read once
+        self._training_targets = getattr(unwrap_model(model), "training_targets", None)
+        if self._training_targets is not None and getattr(loss_fn, "progression_outside_baseline", False):
             raise ValueError(f"loss_fn has progression_outside_baseline=True, which scores the progression head as a "
                              f"new-lesion map, but {type(unwrap_model(model)).__name__} is trained on full lesion masks "
                              f"per timepoint (training_targets); train it with progression_outside_baseline=False")
@@ -552,7 +554,7 @@ class Trainer:
         if missing:
             raise ValueError(f"batch lacks {missing}; batches must hold {BATCH_KEYS} (got keys {sorted(batch)})")
         batch = _move_to_device(batch, self.device)
-        targets_of = getattr(unwrap_model(self.model), "training_targets", None)
+        targets_of = self._training_targets
         with self._autocast():  # through the (DDP) wrapper, which synchronises the gradients of its forward only
             output = self.model(batch["images"], training_output=True) if targets_of else self.model(batch["images"])
         if not isinstance(output, LongitudinalOutput):
@@ -561,7 +563,7 @@ class Trainer:
             output = output.map(lambda t: t.float())
         baseline, progression = batch["baseline"], batch["progression"]
         if targets_of is not None:
-            _check_baselines_annotated(batch, unwrap_model(self.model))
+            _check_baselines_annotated(batch, type(unwrap_model(self.model)).__name__)
             baseline, progression = targets_of(baseline, progression)
         flags = {k: batch[k] for k in self.loss_flag_keys if k in batch}
         loss, logs = _unpack_loss(self.loss_fn(output, baseline, progression, **flags))
