@@ -453,16 +453,9 @@ def selective_scan_chunked(
     ``torch.export`` records it.
     """
     if getattr(torch.compiler, "is_compiling", lambda: False)() and not _exporting():
+        # (inside, dynamo does not trace: is_compiling() is False there and the scan below runs eagerly)
         return _outside_graph(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size,
                               block_elems)
-    return _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size, block_elems)
-
-
-def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-          D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None, delta_softplus: bool,
-          return_last_state: bool, chunk_size: int | None, block_elems: int
-          ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """:func:`selective_scan_chunked` (its arguments, in its order)."""
     s = prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if chunk_size is None:
         chunk_size = default_chunk_size(s.seqlen)
@@ -481,8 +474,8 @@ def _scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor
     return (out, last) if return_last_state else out
 
 
-#: :func:`_scan` where ``torch.compile`` would trace it: dynamo unrolled its Python loops over the chunk positions
+#: :func:`selective_scan_chunked` where ``torch.compile`` would trace it: dynamo unrolled its Python loops over the chunk positions
 #: (minutes of compilation for SegMaST), and with dynamic shapes (the default's recompilation at a second sequence
 #: length) it stalled for more than ten minutes simplifying the chunk reshapes' symbolic sizes. Run eagerly, the scan
 #: computes what it computes outside compilation, its backward included.
-_outside_graph = torch.compiler.disable(_scan)
+_outside_graph = torch.compiler.disable(selective_scan_chunked)
