@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from longiseg.registration.grid import Grid, from_sitk, isotropic_grid, to_sitk
 from longiseg.registration.simulate import rigid_motion, simulate_acquisition
@@ -123,6 +124,9 @@ MASKS: list[tuple[Call, type[Exception], str]] = [
     (lambda t: as_spacing((1.0, 1.0), True), TypeError, "ndim must be an int"),
     (lambda t: as_spacing((1.0, 1.0), "2"), TypeError, "ndim must be an int"),
     (lambda t: as_spacing(None, 0), ValueError, "ndim must be >= 1"),
+    (lambda t: as_spacing((1.0, None, 1.0), 3), TypeError, "spacing must hold numbers, got None"),  # not NaN
+    (lambda t: as_mask("x", torch.zeros(2, 2).to_sparse()), TypeError, "x must be a dense tensor.*sparse"),
+    (lambda t: as_mask("x", torch.zeros(2, 2, device="meta")), TypeError, "x must be a dense tensor.*meta"),
     (lambda t: foreground_slices(), ValueError, "masks must hold at least one mask"),
     (lambda t: foreground_slices([[0, 1]]), TypeError, r"masks\[0\] must be a numpy.ndarray"),
     (lambda t: foreground_slices("3"), TypeError, r"masks\[0\] must be a numpy.ndarray"),

@@ -161,6 +161,13 @@ def test_paper_table_format_and_stars() -> None:
     rows = paper_table_rows({"A": a, "B": b}, reference="A")
     assert np.isnan(rows[0]["dice/B/p"]) and rows[1]["dice/B/p"] < 0.01
     assert rows[0]["dice/P/n_patients"] == 0  # no P rows: undefined, shown as "-"
+    # a column the rows lack is "-" with a NaN p-value, with a reference as without one
+    bare = [ResultsTable([{k: v for k, v in r.items() if not k.startswith("lesion_")} for r in t.rows], t.model)
+            for t in (a, b)]
+    rows = paper_table_rows(bare, reference="A")
+    assert np.isnan(rows[1]["lesion_f1/B/mean"]) and np.isnan(rows[1]["lesion_f1/B/p"])
+    assert rows[1]["dice/B/p"] < 0.01
+    assert "**" in next(ln for ln in format_paper_table(bare, reference="A").splitlines() if ln.startswith("B "))
     with pytest.raises(ValueError, match="reference model"):
         format_paper_table([a, b], reference="C")
     with pytest.raises(ValueError, match="unique"):

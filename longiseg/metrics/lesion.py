@@ -368,15 +368,27 @@ def detect_lesions(
 
 
 def lesion_f1(pred: MaskLike, gt: MaskLike, spacing: SpacingLike = None, **kwargs: object) -> float:
-    """Lesion-wise F1 score; keyword arguments as :func:`lesion_detection`."""
+    """Lesion-wise F1 score of two binary masks ``(D, H, W)`` or ``(H, W)``.
+
+    ``spacing`` (mm per axis) and the keyword arguments are those of :func:`lesion_detection`, which raises the
+    ``TypeError``/``ValueError`` for bad masks, spacing or options.
+    """
     return lesion_detection(pred, gt, spacing, **kwargs).f1  # type: ignore[arg-type]
 
 
 def lesion_ppv(pred: MaskLike, gt: MaskLike, spacing: SpacingLike = None, **kwargs: object) -> float:
-    """Lesion-wise PPV (precision over predicted lesions); keyword arguments as :func:`lesion_detection`."""
+    """Lesion-wise PPV (precision over predicted lesions) of two binary masks ``(D, H, W)`` or ``(H, W)``.
+
+    ``spacing`` (mm per axis) and the keyword arguments are those of :func:`lesion_detection`, which raises the
+    ``TypeError``/``ValueError`` for bad masks, spacing or options.
+    """
     return lesion_detection(pred, gt, spacing, **kwargs).precision  # type: ignore[arg-type]
 
 
 def lesion_recall(pred: MaskLike, gt: MaskLike, spacing: SpacingLike = None, **kwargs: object) -> float:
-    """Lesion-wise recall (over reference lesions); keyword arguments as :func:`lesion_detection`."""
+    """Lesion-wise recall (over reference lesions) of two binary masks ``(D, H, W)`` or ``(H, W)``.
+
+    ``spacing`` (mm per axis) and the keyword arguments are those of :func:`lesion_detection`, which raises the
+    ``TypeError``/``ValueError`` for bad masks, spacing or options.
+    """
     return lesion_detection(pred, gt, spacing, **kwargs).recall  # type: ignore[arg-type]

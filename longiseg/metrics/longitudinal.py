@@ -84,7 +84,15 @@ def progression_kind(gt_progression: MaskLike) -> str:
 
 
 def disease_activity_correct(pred_progression: MaskLike, gt_progression: MaskLike) -> bool:
-    """DAA for one follow-up: predicted activity (non-empty mask) equals reference activity."""
+    """DAA for one follow-up: whether the predicted activity (a non-empty mask) equals the reference activity.
+
+    Args:
+        pred_progression: predicted binary progression mask ``(D, H, W)`` or ``(H, W)``.
+        gt_progression: reference binary progression mask of the same shape.
+
+    Raises:
+        ValueError: masks not binary or of different shapes.
+    """
     p, g = as_mask_pair(pred_progression, gt_progression, names=("pred_progression", "gt_progression"))
     return bool(p.any()) == bool(g.any())
 

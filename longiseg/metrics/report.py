@@ -101,7 +101,8 @@ def paper_table_rows(
     columns: Sequence[tuple[str, str]] = PAPER_COLUMNS,
 ) -> list[dict[str, Any]]:
     """One dict per model: ``model``, then per column ``"metric/kind"`` the mean, SD and the p-value of a
-    paired t-test (per patient) against the ``reference`` model (NaN for the reference itself and DAA)."""
+    paired t-test (per patient) against the ``reference`` model (NaN for the reference itself, DAA, and a column
+    absent from either table's rows, whose summary is NaN too)."""
     tabs = _as_tables(tables)
     ref = None
     if reference is not None:
@@ -116,7 +117,7 @@ def paper_table_rows(
         for metric, kind in columns:
             key = f"{metric}/{kind}"
             p = float("nan")
-            if ref is not None and t is not ref and metric not in POOLED_COLUMNS:
+            if ref is not None and t is not ref and metric not in POOLED_COLUMNS and _has(t, metric) and _has(ref, metric):
                 p = paired_ttest(t, ref, metric, kind=kind).pvalue
             s = summ[key]
             row.update(
@@ -124,6 +125,11 @@ def paper_table_rows(
             )
         out.append(row)
     return out
+
+
+def _has(table: ResultsTable, metric: str) -> bool:
+    """Whether ``table`` has a ``metric`` column (an empty table has every column, each without values)."""
+    return not table.rows or metric in table.columns
 
 
 def format_paper_table(

@@ -84,8 +84,17 @@ def dice(pred: MaskLike, gt: MaskLike, *, empty_value: float = 1.0) -> float:
 
 
 def ppv(pred: MaskLike, gt: MaskLike, *, zero_division: float = 1.0) -> float:
-    """Voxel PPV (precision) ``TP / (TP + FP)``; ``zero_division`` (in ``[0, 1]`` or NaN) if nothing is
-    predicted."""
+    """Voxel PPV (precision) ``TP / (TP + FP)`` of two binary masks ``(D, H, W)`` or ``(H, W)``.
+
+    Args:
+        pred: predicted binary mask.
+        gt: reference binary mask of the same shape.
+        zero_division: value returned when nothing is predicted, in ``[0, 1]`` or NaN.
+
+    Raises:
+        TypeError: ``zero_division`` is not a number.
+        ValueError: ``zero_division`` outside ``[0, 1]``; masks not binary or of different shapes.
+    """
     zero_division = check_score("zero_division", zero_division)
     p, g = as_mask_pair(pred, gt)
     c = _counts(p, g)
@@ -93,8 +102,17 @@ def ppv(pred: MaskLike, gt: MaskLike, *, zero_division: float = 1.0) -> float:
 
 
 def sensitivity(pred: MaskLike, gt: MaskLike, *, zero_division: float = 1.0) -> float:
-    """Voxel sensitivity (recall) ``TP / (TP + FN)``; ``zero_division`` (in ``[0, 1]`` or NaN) if the
-    reference is empty."""
+    """Voxel sensitivity (recall) ``TP / (TP + FN)`` of two binary masks ``(D, H, W)`` or ``(H, W)``.
+
+    Args:
+        pred: predicted binary mask.
+        gt: reference binary mask of the same shape.
+        zero_division: value returned when the reference is empty, in ``[0, 1]`` or NaN.
+
+    Raises:
+        TypeError: ``zero_division`` is not a number.
+        ValueError: ``zero_division`` outside ``[0, 1]``; masks not binary or of different shapes.
+    """
     zero_division = check_score("zero_division", zero_division)
     p, g = as_mask_pair(pred, gt)
     c = _counts(p, g)

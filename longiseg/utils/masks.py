@@ -132,6 +132,8 @@ def as_spacing(
         raise TypeError(f"{name} must hold millimetre values, got a boolean in {spacing!r}")
     if any(isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in values):  # NumPy would parse "1" as 1.0
         raise TypeError(f"{name} must hold numbers, got a string in {spacing!r}")
+    if any(v is None for v in values):  # NumPy would read None as NaN
+        raise TypeError(f"{name} must hold numbers, got None in {spacing!r}")
     if sp.ndim == 0:
         sp = np.full(ndim, float(sp))
     if sp.shape != (ndim,):

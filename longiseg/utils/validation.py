@@ -122,6 +122,9 @@ def as_numpy(name: str, x: object) -> np.ndarray:
     anything else (lists included: a nested list is no shape-checked array).
     """
     if isinstance(x, torch.Tensor):
+        if x.layout != torch.strided or x.is_meta:
+            what = "a meta tensor (it holds no data)" if x.is_meta else f"a {x.layout} tensor"
+            raise TypeError(f"{name} must be a dense tensor with data, got {what}")
         t = x.detach().cpu()
         if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
             t = t.float()
