@@ -86,7 +86,7 @@ class ModelSpec:
         in_channels: modalities per timepoint ``C`` (an int ``>= 1``), or ``None`` when unknown.
         num_timepoints: timepoints ``T`` the model was built for (``>= 2``); ``None`` when it takes any ``T >= 2``.
         modalities: channel order of the training data (a sequence of names such as ``("flair", "t2")``, not a
-            single string); ``None`` until trained.
+            single string); ``None`` until trained. With both set, ``in_channels`` must be ``len(modalities)``.
         crop_size: training crop (2.5D) or patch edge (3D) in voxels, an int ``>= 1`` or one per spatial axis
             (``(h, w)`` or ``(d, h, w)``); ``None`` until trained.
         preprocessing: how a case is prepared before inference (e.g. ``{"normalization": "zscore"}``).
@@ -162,6 +162,9 @@ class ModelSpec:
                 raise TypeError(f"ModelSpec.modalities must be a sequence of channel names such as ('flair', 't2'), "
                                 f"got {self.modalities!r}")  # [None, 3] became ('None', '3')
             object.__setattr__(self, "modalities", tuple(str.__str__(m) for m in self.modalities))
+            if self.in_channels is not None and self.in_channels != len(self.modalities):
+                raise ValueError(f"ModelSpec.in_channels ({self.in_channels}) must be the number of modalities per "
+                                 f"timepoint, len(modalities) = {len(self.modalities)} {list(self.modalities)}")
 
     @property
     def trained(self) -> bool:

@@ -39,7 +39,7 @@ from longiseg.data.sampling import CrossViewSampler, SamplingIndex, VolumePatchS
 from longiseg.data.sources import CaseSource
 from longiseg.data.transforms import LongitudinalAugment
 from longiseg.utils.io import PathLike
-from longiseg.utils.validation import check_positive_int, check_seed
+from longiseg.utils.validation import check_callable, check_positive_int, check_seed
 
 __all__ = ["SliceDataset", "VolumePatchDataset", "CaseCache"]
 
@@ -68,7 +68,9 @@ class CaseCache:
 
     def get(self, key: int, build: Callable[[], tuple[LongitudinalCase, SamplingIndex]]
             ) -> tuple[LongitudinalCase, SamplingIndex]:
-        """Return the cached entry of ``key``, building (and possibly evicting the oldest) on a miss."""
+        """Return the cached entry of ``key``, building it with ``build()`` (and possibly evicting the oldest) on a
+        miss; a ``TypeError`` if ``build`` is not callable."""
+        check_callable("build", build)
         if key in self._items:
             self._items.move_to_end(key)
             self.hits += 1

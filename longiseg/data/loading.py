@@ -243,7 +243,12 @@ def check_progression_flag(case_id: str, flag: bool | None, progression: np.ndar
     Raises:
         ValueError: naming the case, and the non-empty masks with their voxel counts when the flag is false or
             every mask when it is true.
+        TypeError: ``flag`` is neither ``None`` nor a bool (``"no"`` would count as true), ``progression`` not an
+            array.
     """
+    if flag is not None:
+        flag = check_bool("flag", flag)
+    check_instance("progression", progression, np.ndarray, "a numpy array (T-1, D, H, W)")
     if flag and not progression.any():
         raise ValueError(
             f"case {case_id!r}: the manifest's progression flag is true but every progression mask "
@@ -369,8 +374,10 @@ def read_mask_case(root: PathLike, entry: manifest.ManifestEntry, *, affine_atol
         FileNotFoundError: a mask is missing.
         ValueError: ``entry.num_timepoints`` not set; naming the file as
             :func:`~longiseg.data.predictions.read_prediction` does; or the manifest's progression flag
-            contradicts the progression masks.
+            contradicts the progression masks; ``affine_atol`` negative, NaN or infinite (a ``TypeError`` if not a
+            number).
     """
+    affine_atol = check_nonnegative_float("affine_atol", affine_atol)
     check_instance("entry", entry, manifest.ManifestEntry, "a ManifestEntry (from find_mask_cases)")
     if entry.num_timepoints is None:
         raise ValueError(f"case {entry.case_id!r}: entry.num_timepoints must be set (find_mask_cases sets it)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longiseg.data import layout
-from longiseg.data.case import LongitudinalCase
+from longiseg.data.case import LongitudinalCase, check_modalities
 from longiseg.data.sources import CaseSource
 from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
 from longiseg.utils.validation import check_bool, check_instance, check_path, check_sequence, check_timepoints
@@ -52,10 +52,25 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A cohort manifest: the modalities (channel order) and one :class:`ManifestEntry` per case."""
+    """A cohort manifest: the modalities (channel order) and one :class:`ManifestEntry` per case.
+
+    Raises:
+        TypeError: ``modalities`` is a single string or holds a non-string; ``cases`` is not a sequence of
+            :class:`ManifestEntry`.
+        ValueError: a modality the layout cannot store or one given twice
+            (:func:`~longiseg.data.case.check_modalities`); a case id given twice.
+    """
 
     modalities: tuple[str, ...]
     cases: tuple[ManifestEntry, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", check_modalities(self.modalities, "modalities"))
+        object.__setattr__(self, "cases", tuple(check_sequence("cases", self.cases, ManifestEntry, "a ManifestEntry")))
+        ids = [e.case_id for e in self.cases]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate case_id(s) {dup}: each case is listed once")
 
     @property
     def progression_flags(self) -> list[bool | None]:
@@ -176,11 +191,10 @@ def read_manifest(path: PathLike) -> Manifest:
                 raise ValueError(f"manifest {path}: the 'modalities' column must name the same modalities on every "
                                  f"row, but {places[0]} names {list(mods)} and {place} {list(row)}")
     entries = tuple(_entry(r, f"manifest {path} {place}", extra) for r, place in zip(rows, places))
-    ids = [e.case_id for e in entries]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise ValueError(f"manifest {path}: duplicate case_id(s) {dup}")
-    return Manifest(modalities=mods, cases=entries)
+    try:
+        return Manifest(modalities=mods, cases=entries)
+    except (TypeError, ValueError) as err:  # duplicate case ids, or modalities no case could be stored with
+        raise ValueError(f"manifest {path}: {err}") from None
 
 
 def manifest_from_cases(cases: Sequence[CaseSource | LongitudinalCase]) -> Manifest:

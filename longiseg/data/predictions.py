@@ -21,7 +21,13 @@ from longiseg.data.sources import CaseSource
 from longiseg.data.volumes import Grid, check_same_grid, read_mask, read_volume
 from longiseg.utils.io import PathLike, atomic_directory, atomic_write_json, folder_is_empty
 from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti, load_nifti, spatial_header
-from longiseg.utils.validation import check_binary, check_callable, check_path, check_timepoints
+from longiseg.utils.validation import (
+    check_binary,
+    check_callable,
+    check_nonnegative_float,
+    check_path,
+    check_timepoints,
+)
 
 __all__ = ["PREDICTION_RECORD", "read_prediction", "save_prediction", "case_spatial_header", "prediction_complete"]
 
@@ -55,8 +61,10 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
         FileNotFoundError: a file is missing.
         ValueError: naming the file: unreadable, not 3D, a mask that is not binary, a probability outside
             ``[0, 1]``, NaN/inf values, header voxel sizes that disagree with the affine, files of different
-            shape or affine ("lies on another grid"), a bad ``kind`` or case id.
+            shape or affine ("lies on another grid"), a bad ``kind`` or case id; ``affine_atol`` negative, NaN
+            or infinite (a ``TypeError`` if not a number).
     """
+    affine_atol = check_nonnegative_float("affine_atol", affine_atol)
     names = layout.prediction_filenames(num_timepoints)
     if kind not in names:
         raise ValueError(f"kind must be one of {tuple(names)}, got {kind!r}")

@@ -107,10 +107,11 @@ class CropBox:
             A new array ``(..., D, H, W)`` (``full_shape``) of ``array``'s dtype.
 
         Raises:
-            TypeError: ``array`` is not a numpy array (``None``, a list, a torch tensor).
+            TypeError: ``array`` is not a numpy array (``None``, a list, a torch tensor), or ``fill`` not a number.
             ValueError: ``array`` does not end in the cropped shape.
         """
         check_instance("array", array, np.ndarray, "a numpy array (..., d, h, w)")
+        check_instance("fill", fill, (int, float, np.number, np.bool_), "a number (the value outside the box)")
         if tuple(array.shape[-3:]) != self.shape:
             raise ValueError(f"array must end in the cropped shape {self.shape}, got {tuple(array.shape)}")
         out = np.full((*array.shape[:-3], *self.full_shape), fill, dtype=array.dtype)

@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from longiseg.data.case import SPACING_RTOL, affine_spacing
 from longiseg.utils.io import PathLike
 from longiseg.utils.masks import format_spacing
 from longiseg.utils.nifti import QFORM_SFORM_ATOL, load_nifti
-from longiseg.utils.validation import beyond
+from longiseg.utils.validation import beyond, check_instance, check_nonnegative_float
 
 __all__ = ["SPACING_RTOL", "MASK_SCALING_ATOL", "Grid", "read_volume", "read_mask", "read_label_volume",
            "format_label_values", "nifti_spacing",
@@ -84,7 +85,11 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
             the affine is not finite or has an axis of zero length; naming the file: qform and sform
             disagree, neither is set, or the spatial unit is not mm (an unknown unit, nibabel's default, is
             read as mm).
+        TypeError: ``img`` is not a nibabel NIfTI image (a path: read it with
+            :func:`~longiseg.utils.nifti.load_nifti` first).
     """
+    check_instance("img", img, (nib.Nifti1Image, nib.Nifti2Image),
+                   "a nibabel NIfTI image (for a path p: load_nifti(p, header_only=True))")
     hdr = img.header
     qcode, scode = int(hdr["qform_code"]), int(hdr["sform_code"])
     if qcode == 0 and scode == 0:
@@ -210,9 +215,17 @@ def check_same_grid(
         hint: what the user should do, the end of the message.
 
     Raises:
-        ValueError: naming both files (the reference by its name, or by its path where the names are the same),
-            the shapes or the largest affine difference and both voxel sizes.
+        TypeError: ``atol`` is not a number.
+        ValueError: ``atol`` negative, NaN or infinite (no tolerance at all); ``grid`` or ``reference`` not a
+            ``(path, shape, affine)`` triple; or naming both files (the reference by its name, or by its path where
+            the names are the same), the shapes or the largest affine difference and both voxel sizes.
     """
+    atol = check_nonnegative_float("atol", atol)
+    for name, g in (("grid", grid), ("reference", reference)):
+        if not isinstance(g, tuple) or len(g) != 3:
+            raise ValueError(f"{name} must be a (path, shape, affine) triple, got {g!r:.80}")
+        if np.shape(g[2]) != (4, 4):
+            raise ValueError(f"{name}'s affine must be (4, 4), got shape {np.shape(g[2])}")
     (path, shape, affine), (ref_path, ref_shape, ref_affine) = grid, reference
     ref_name = Path(ref_path).name
     where = f"{what} {path} lies on another grid than {ref_path if ref_name == Path(path).name else ref_name}"

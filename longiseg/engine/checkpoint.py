@@ -713,7 +713,10 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     Raises:
         ValueError: naming ``source``, the first mismatching parameters and their shapes, when the weights
             were saved from a model of another architecture or size (e.g. a changed ``model.kwargs``).
+        TypeError: ``model`` is not an ``nn.Module`` or ``state_dict`` not a mapping.
     """
+    check_instance("model", model, nn.Module, "an nn.Module")
+    check_instance("state_dict", state_dict, Mapping, "a mapping of parameter names to tensors")
     state_dict = _unprefixed(state_dict, model.state_dict())
     try:
         model.load_state_dict(state_dict, strict=strict)

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from longiseg.utils.device import resolve_device
-from longiseg.utils.validation import check_instance
+from longiseg.utils.validation import check_instance, check_positive_float
 
 __all__ = [
     "DistributedContext",
@@ -96,8 +96,10 @@ def init_distributed(
 
     Raises:
         ValueError: for malformed ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` values, an unknown backend or a
-            device this machine does not have.
+            device this machine does not have; ``timeout_s`` not a finite number of seconds > 0.
+        TypeError: ``timeout_s`` is not a number.
     """
+    timeout_s = check_positive_float("timeout_s", timeout_s)
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)

@@ -51,9 +51,9 @@ class WarmupCosineSchedule:
         self.min_ratio = check_probability("min_ratio", min_ratio)
 
     def __call__(self, step: int) -> float:
-        """Multiplier at optimizer step ``step`` (0-based)."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
+        """Multiplier at optimizer step ``step`` (0-based; an int ``>= 0``, a ``TypeError``/``ValueError``
+        otherwise)."""
+        step = check_positive_int("step", step, minimum=0)
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         if step >= self.total_steps:

@@ -87,7 +87,18 @@ class Inferer(Protocol):
         model: nn.Module,
         images: torch.Tensor | np.ndarray,
         brain_mask: torch.Tensor | np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities of one case.
+
+        Args:
+            model: the model (``nn.Module``) in eval mode.
+            images: ``(T, C, D, H, W)`` float images of the case.
+            brain_mask: optional binary ``(D, H, W)`` mask of the brain.
+
+        Returns:
+            ``baseline_prob (D, H, W)`` and ``progression_prob (T-1, D, H, W)``, float32 in ``[0, 1]``.
+        """
+        ...
 
 
 def infer_case(inferer: Inferer, model: nn.Module, images: torch.Tensor | np.ndarray,

@@ -161,7 +161,13 @@ def make_inferer(spec: ModelSpec, cfg: InferenceConfig, *, device: str | torch.d
     """The inferer of a model's dimensionality (``spec.dim``): tri-planar for 2.5D/2D, a 3D sliding window for 3D.
 
     The one place where a model's dimensionality picks its inference.
+
+    Raises:
+        TypeError: ``spec`` is not a :class:`~longiseg.spec.ModelSpec` or ``cfg`` not an :class:`InferenceConfig`
+            (a dict of settings: ``InferenceConfig.from_dict(d)``).
     """
+    check_instance("spec", spec, ModelSpec, "a ModelSpec (model.spec)")
+    check_instance("cfg", cfg, InferenceConfig, "an InferenceConfig (from a dict d: InferenceConfig.from_dict(d))")
     if spec.dim == "3D":
         return SlidingWindowInferer3D(roi_size=cfg.patch_size, overlap=cfg.overlap, blend=cfg.blend,
                                       batch_size=max(1, cfg.batch_size // 8), flip_tta=cfg.flip_tta,
@@ -181,7 +187,11 @@ def inference_settings(model: nn.Module, cfg: InferenceConfig | None = None) -> 
         ValueError: if ``cfg`` is ``None`` and the model's spec records none (a model that was never trained
             with ``longiseg train``: pass ``cfg``), or if the model cannot take windows of ``patch_size``
             (:func:`~longiseg.networks.inputs.check_spatial_size`, naming ``inference.patch_size``).
+        TypeError: ``model`` is not an ``nn.Module``, ``cfg`` neither ``None`` nor an :class:`InferenceConfig`.
     """
+    check_instance("model", model, nn.Module, "an nn.Module")
+    if cfg is not None:
+        check_instance("cfg", cfg, InferenceConfig, "an InferenceConfig (from a dict d: InferenceConfig.from_dict(d))")
     if cfg is None:
         spec = model_spec(model)
         if not spec.inference:

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from longiseg.metrics.longitudinal import CASE_KINDS
-from longiseg.utils.validation import check_instance, check_probability, check_sequence
+from longiseg.utils.validation import check_instance, check_positive_int, check_probability, check_sequence
 
 __all__ = [
     "PAPER_COLUMNS",
@@ -121,8 +121,15 @@ class ResultsTable:
         """Rows of the given kind(s) (``"B"``, ``"P"``, ``"NP"``), target and/or timepoint.
 
         Raises:
-            ValueError: a kind other than ``"B"``, ``"P"``, ``"NP"`` (a misspelt ``"np"`` would select nothing).
+            TypeError: ``target`` is not a str, ``timepoint`` not an int (``True`` would select timepoint 1).
+            ValueError: a kind other than ``"B"``, ``"P"``, ``"NP"`` (a misspelt ``"np"`` would select nothing);
+                a negative ``timepoint``.
         """
+        if target is not None and not isinstance(target, str):
+            raise TypeError(f"target must be a str (e.g. 'baseline', 'progression_t1') or None, got "
+                            f"{type(target).__name__}")
+        if timepoint is not None:
+            timepoint = check_positive_int("timepoint", timepoint, minimum=0)
         if kind is not None and not isinstance(kind, (str, Iterable)):  # 1: "'int' object is not iterable"
             raise TypeError(f"kind must be a str (B, P, NP), an iterable of them or None, got {type(kind).__name__}")
         kinds = None if kind is None else ({kind} if isinstance(kind, str) else set(kind))

@@ -87,14 +87,32 @@ class SizeBins:
         A volume within a relative :data:`~longiseg.data.lesions.VOLUME_RTOL` (``1e-6``) of a threshold counts as equal to it (bins
         include their upper edge): 325 voxels of 0.64 mm^3 are 208 mm^3, computed as 208.00000000000003, or
         as 208.0000062 with the float32 voxel size ``0.800000011920929`` of a NIfTI file, and belong below 208.
+
+        Raises:
+            TypeError: ``volumes_mm3`` does not hold numbers.
+            ValueError: a volume is NaN, infinite or negative (NaN would land in the largest bin).
         """
+        v = _check_volumes(volumes_mm3)
         edges = np.asarray(self.thresholds, dtype=np.float64) * (1.0 + VOLUME_RTOL)
-        return np.digitize(np.asarray(volumes_mm3, dtype=np.float64), edges, right=True)
+        return np.digitize(v, edges, right=True)
 
     def ranges(self) -> list[str]:
         """Human-readable range of each bin, e.g. ``"<= 84"``, ``"84-208"``, ``"> 208"``."""
         t = [f"{x:g}" for x in self.thresholds]
         return [f"<= {t[0]}"] + [f"{a}-{b}" for a, b in zip(t[:-1], t[1:])] + [f"> {t[-1]}"]
+
+
+def _check_volumes(volumes_mm3: object) -> np.ndarray:
+    """``volumes_mm3`` as a float64 array of lesion volumes: numbers (no booleans), finite and ``>= 0``."""
+    v = np.asarray(volumes_mm3)
+    if v.dtype == bool or not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating)):
+        raise TypeError(f"volumes_mm3 must be an array of lesion volumes (numbers), got {type(volumes_mm3).__name__} "
+                        f"of dtype {v.dtype}")
+    v = v.astype(np.float64)
+    check_finite("volumes_mm3", v)
+    if np.any(v < 0):
+        raise ValueError(f"volumes_mm3 must hold volumes >= 0 (mm^3), got e.g. {v[v < 0][:3].tolist()}")
+    return v
 
 
 def check_bins(name: str, bins: object) -> SizeBins | str:
@@ -139,16 +157,9 @@ def tertile_bins(volumes_mm3: np.ndarray | Sequence[float]) -> SizeBins:
         ValueError: fewer than 3 volumes, not 1D, NaN, infinite or negative volumes, or volumes too uniform to
             split (equal 1/3 and 2/3 quantiles).
     """
-    v = np.asarray(volumes_mm3)
-    if v.dtype == bool or not (np.issubdtype(v.dtype, np.integer) or np.issubdtype(v.dtype, np.floating)):
-        raise TypeError(f"volumes_mm3 must be an array of lesion volumes (numbers), got {type(volumes_mm3).__name__} "
-                        f"of dtype {v.dtype}")
-    v = v.astype(np.float64)
+    v = _check_volumes(volumes_mm3)
     if v.ndim != 1 or v.size < 3:
         raise ValueError(f"tertile_bins needs a 1D array of at least 3 lesion volumes, got shape {v.shape}")
-    check_finite("volumes_mm3", v)
-    if np.any(v < 0):
-        raise ValueError(f"volumes_mm3 must hold volumes >= 0 (mm^3), got e.g. {v[v < 0][:3].tolist()}")
     t1, t2 = np.quantile(v, [1.0 / 3.0, 2.0 / 3.0])
     # equal within VOLUME_RTOL, as SizeBins.assign compares: volumes of one voxel count read through a rotated
     # affine differ in their last digits and gave bins "<= 96", "96-96" and "> 96" with every lesion in the first

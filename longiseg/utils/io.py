@@ -618,7 +618,11 @@ def atomic_write(path: PathLike, writer: Callable[[IO[Any]], None], *, mode: str
 
 
 def atomic_write_json(path: PathLike, obj: Any, *, overwrite: bool = True, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON atomically."""
+    """Write ``obj`` as JSON atomically (NumPy numbers and arrays as their values, paths as strings).
+
+    NaN and infinities are written as Python's ``json`` writes them (``NaN``, ``Infinity``: read back by Python,
+    refused by strict JSON readers); :func:`longiseg.metrics.report.write_json` writes strict JSON for reports.
+    """
     if indent is not None:
         check_positive_int("indent", indent, minimum=0)
     return atomic_write(path, lambda fh: json.dump(obj, fh, indent=indent, default=_json_default),

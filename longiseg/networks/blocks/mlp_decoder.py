@@ -72,8 +72,8 @@ class AllMLPDecoder(nn.Module):
         )
         self.drop = nn.Dropout2d(dropout)
 
-    def forward(self, features: Sequence[torch.Tensor], num_timepoints: int) -> torch.Tensor:
-        """Decode ``[(B*T, C_i, h_i, w_i), ...]`` into ``(B, T, E, h_1, w_1)``."""
+    def _check_inputs(self, features: Sequence[torch.Tensor], num_timepoints: int) -> None:
+        """Refuse features that are not one ``(B*T, C_i, h_i, w_i)`` map per stage, or a bad ``num_timepoints``."""
         sizes = checks_sizes()  # False while torch.jit.trace records: sizes are traced tensors
         if sizes:
             check_timepoints("num_timepoints", num_timepoints, minimum=1)
@@ -83,9 +83,15 @@ class AllMLPDecoder(nn.Module):
             )
         for i, (f, d) in enumerate(zip(features, self.in_dims)):
             check_shape(f"features[{i}]", f, "(B*T, C, h, w)", floating=True, C=d)
-        n, _, h, w = features[0].shape
+        n = features[0].shape[0]
         if sizes and n % num_timepoints:
             raise ValueError(f"features batch {n} is not a multiple of num_timepoints={num_timepoints}")
+
+    def forward(self, features: Sequence[torch.Tensor], num_timepoints: int) -> torch.Tensor:
+        """Decode ``[(B*T, C_i, h_i, w_i), ...]`` into ``(B, T, E, h_1, w_1)``."""
+        self._check_inputs(features, num_timepoints)
+        sizes = checks_sizes()  # False while torch.jit.trace records: sizes are traced tensors
+        n, _, h, w = features[0].shape
         e = self.embed_dim
         fuse_w = self.fuse[0].weight[:, :, 0, 0]  # (E, n*E); block j multiplies the (n-1-j)-th stage (cat is reversed)
         total = None
@@ -108,6 +114,7 @@ class AllMLPDecoder(nn.Module):
 
         Kept as the reference that :meth:`forward` is tested against. Shapes as :meth:`forward`.
         """
+        self._check_inputs(features, num_timepoints)
         n, _, h, w = features[0].shape
         maps = []
         for f, proj in zip(features, self.proj):
