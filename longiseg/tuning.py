@@ -47,8 +47,8 @@ from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import as_numpy
 
-__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_THRESHOLDS", "OBJECTIVES", "ThresholdSelection", "progression_score",
-           "select_threshold", "tuning_note"]
+__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_THRESHOLDS", "OBJECTIVES", "ThresholdSelection", "check_thresholds",
+           "progression_score", "select_threshold", "tuning_note"]
 
 
 def tuning_note(record: Mapping[str, Any] | None) -> str:
@@ -131,7 +131,13 @@ def _check_mask(name: str, mask: object, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """``thresholds`` as a tuple of distinct floats in ``(0, 1)``: the candidates of :func:`select_threshold`.
+
+    Raises:
+        TypeError: not a sequence of numbers (a string, booleans).
+        ValueError: empty, a value outside ``(0, 1)``, or a value given twice.
+    """
     if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
         raise TypeError(f"thresholds must be a sequence of floats, got {type(thresholds).__name__}")
     out = []
@@ -273,9 +279,9 @@ def select_threshold(
         raise ValueError(f"min_volume_mm3 must be >= 0, got {min_volume_mm3}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    (default,) = _check_thresholds([default])
-    (baseline_threshold,) = _check_thresholds([baseline_threshold])
-    candidates = _check_thresholds(thresholds)
+    (default,) = check_thresholds([default])
+    (baseline_threshold,) = check_thresholds([baseline_threshold])
+    candidates = check_thresholds(thresholds)
     if default not in candidates:
         candidates = (*candidates, default)
     prot = get_protocol(protocol)

@@ -444,7 +444,9 @@ def load_checkpoint(
         sampler: batch sampler to restore (skipped without ``load_state_dict``).
         loss_fn: loss to restore (skipped without ``load_state_dict``).
         restore_rng: also restore the python/numpy/torch/CUDA RNG states.
-        map_location: passed to :func:`torch.load`.
+        map_location: where tensors are loaded, as :func:`torch.load` takes it (a device such as ``"cpu"`` or
+            ``"cuda:0"``, a dict or a callable); a device this machine lacks, or one that holds no data (``"meta"``),
+            is refused.
         strict: passed to ``model.load_state_dict``.
         weights_only: passed to :func:`torch.load` (checkpoints of this module load with ``True``).
         checkpoint: the dict an earlier call returned for ``path``: its states are loaded without reading the
@@ -489,7 +491,9 @@ def build_model_from_checkpoint(path: str | Path, *, map_location: Any = "cpu",
 
     Args:
         path: checkpoint file.
-        map_location: passed to :func:`torch.load`.
+        map_location: where tensors are loaded, as :func:`torch.load` takes it (a device such as ``"cpu"`` or
+            ``"cuda:0"``, a dict or a callable); a device this machine lacks, or one that holds no data (``"meta"``),
+            is refused.
         **override_kwargs: factory keyword arguments replacing the stored ones.
 
     Returns:
@@ -619,7 +623,9 @@ def load_model(path: str | Path, *, map_location: Any = "cpu") -> nn.Module:
 
     Args:
         path: a checkpoint written by ``longiseg train`` (``best.pt``/``last.pt``) or :func:`save_checkpoint`.
-        map_location: passed to :func:`torch.load`.
+        map_location: where tensors are loaded, as :func:`torch.load` takes it (a device such as ``"cpu"`` or
+            ``"cuda:0"``, a dict or a callable); a device this machine lacks, or one that holds no data (``"meta"``),
+            is refused.
 
     Returns:
         The model in eval mode; ``model.spec`` (:class:`~longiseg.spec.ModelSpec`) holds its modality order,

@@ -28,6 +28,7 @@ import csv
 import dataclasses
 import inspect
 import io
+import logging
 import math
 import os
 import shutil
@@ -36,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
@@ -59,7 +61,7 @@ from longiseg.networks.wrappers import eval_mode
 from longiseg.utils.io import atomic_write, check_replaceable, end_with_parent
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.seeds import generator_seed
-from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_callable, check_path
+from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_bool, check_callable, check_path
 
 __all__ = [
     "Trainer",
@@ -258,6 +260,17 @@ def _make_tensorboard_writer(log_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(log_dir))
 
 
+def _check_resume(resume: object) -> bool | Path:
+    """``resume`` of :meth:`Trainer.fit` as a bool or a path (``None`` is ``False``), else a ``TypeError``."""
+    if resume is None:
+        return False
+    if isinstance(resume, (bool, np.bool_)):
+        return bool(resume)
+    if isinstance(resume, (str, os.PathLike)):
+        return check_path("resume", resume)
+    raise TypeError(f"resume must be a bool or the path of a checkpoint, got {type(resume).__name__} {resume!r}")
+
+
 @dataclasses.dataclass
 class FitResult:
     """What :meth:`Trainer.fit` returns.
@@ -269,7 +282,8 @@ class FitResult:
         best_metric: best value of ``config.monitor`` (``None`` if never computed).
         best_epoch: 1-based epoch of ``best_metric``.
         stopped_early: whether early stopping ended the run.
-        last_checkpoint: path of ``last.pt``.
+        last_checkpoint: path of ``last.pt`` (the checkpoint resumed from, where a resume of a finished run
+            elsewhere trained nothing).
         best_checkpoint: path of ``best.pt`` if one was written.
         monitor: the name of ``best_metric`` (``config.monitor``).
     """
@@ -626,7 +640,8 @@ class Trainer:
                     batch = next(iterator)
                 except StopIteration:
                     log_once(logger, "short-loader", f"the train loader ran out after {steps} of "
-                             f"{self.steps_per_epoch} steps; the LR schedule assumes {self.steps_per_epoch}")
+                             f"{self.steps_per_epoch} steps; the LR schedule assumes {self.steps_per_epoch}",
+                             level=logging.WARNING)
                     break
                 metrics = self.train_step(batch)
                 for k, v in metrics.items():
@@ -731,7 +746,9 @@ class Trainer:
         The optimizer keeps its moments and step counts, but its hyper-parameters (``lr``, ``weight_decay``,
         ``betas``, ``eps``) and the LR schedule (peak ``lr``, ``min_lr``, warm-up and total lengths) follow the
         current config, so ``max_epochs`` may be raised or ``lr`` changed on resume (a warning names what
-        differs from the checkpoint's config). A following :meth:`fit` from the same file does not load it again.
+        differs from the checkpoint's config). The schedule is defined in epochs: with another number of steps
+        per epoch (batch size, loader or number of processes) the restored position moves to the same point of
+        the same epoch, with a warning. A following :meth:`fit` from the same file does not load it again.
 
         Raises:
             FileNotFoundError: if ``path`` does not exist.
@@ -743,8 +760,24 @@ class Trainer:
         ckpt = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                grad_scaler=self.grad_scaler, sampler=self.stateful_sampler, loss_fn=self.loss_fn,
                                restore_rng=True, map_location=self.device, checkpoint=checkpoint)
+        old = ckpt.get("trainer_config") or {}
+        # the checkpoint's schedule (restored with the scheduler) was max_epochs * steps per epoch long
+        saved_total, old_epochs = getattr(self.scheduler.lr_lambdas[0], "total_steps", None), old.get("max_epochs")
+        old_steps_per_epoch = (saved_total // old_epochs if isinstance(saved_total, int) and isinstance(old_epochs, int)
+                               and old_epochs > 0 and saved_total % old_epochs == 0 else None)
         for fn, state in zip(self.scheduler.lr_lambdas, fresh):
             fn.__dict__.update(state)
+        finished = (int(ckpt["epoch"]) >= self.config.max_epochs
+                    or bool((ckpt.get("extra") or {}).get("stopped_early", False)))
+        if old_steps_per_epoch is not None and old_steps_per_epoch != self.steps_per_epoch and not finished:
+            # another batch size or number of processes: the schedule is defined in epochs, so the restored
+            # position moves to the same point of the same epoch (counted in the steps the schedule now takes)
+            moved = round(self.scheduler.last_epoch * self.steps_per_epoch / old_steps_per_epoch)
+            logger.warning("resuming %s with %d steps per epoch (checkpoint had %d: another batch size, loader or "
+                           "number of processes): the LR schedule continues at the same point of epoch %d, step %d "
+                           "(was %d); the run will differ from an uninterrupted one", path, self.steps_per_epoch,
+                           old_steps_per_epoch, int(ckpt["epoch"]), moved, self.scheduler.last_epoch)
+            self.scheduler.last_epoch = moved
         # optimizer/scheduler.load_state_dict bring back the checkpoint's hyper-parameters: the current config's
         # apply, at the restored position of the schedule (the moments and step counts stay the checkpoint's).
         self.scheduler.base_lrs = fresh_base_lrs
@@ -763,22 +796,33 @@ class Trainer:
         extra = ckpt.get("extra", {})
         self.best_epoch = extra.get("best_epoch")
         self.stopped_early = bool(extra.get("stopped_early", False))
-        old = ckpt.get("trainer_config") or {}
         now = self.config.to_dict()  # plain data, as the checkpoint stores it (betas a list)
-        for key in ("steps_per_epoch", "max_epochs", "seed", "lr", "min_lr", "warmup_epochs", "weight_decay",
-                    "betas", "eps", "grad_clip_norm", "amp", "patience", "min_delta", "val_every"):
-            if key in old and old[key] != now[key]:
-                logger.warning("resuming %s with %s=%r (checkpoint had %r): the run will differ from an "
-                               "uninterrupted one", path, key, now[key], old[key])
+        differ = [k for k in ("steps_per_epoch", "max_epochs", "seed", "lr", "min_lr", "warmup_epochs", "weight_decay",
+                              "betas", "eps", "grad_clip_norm", "amp", "patience", "min_delta", "val_every")
+                  if k in old and old[k] != now[k]]
+        if self.finished:  # nothing will train: no setting changes the run
+            logger.info("%s is a finished run (epoch %d of max_epochs=%d%s): nothing to train%s", path, self.epoch,
+                        self.config.max_epochs, ", stopped early" if self.stopped_early else "",
+                        f"; {', '.join(differ)} given now differ from its own and are not used" if differ else "")
+            differ = []
+        for key in differ:
+            logger.warning("resuming %s with %s=%r (checkpoint had %r): the run will differ from an uninterrupted "
+                           "one", path, key, now[key], old[key])
         changed = [k for k in ("monitor", "monitor_mode") if k in old and old[k] != now[k]]
         if changed:
             # the restored best value was measured on another metric (or is better the other way round): comparing
             # the new monitor with it would keep best.pt and early stopping on a number of another kind
             self.best_metric, self.best_epoch, self.early_stopping_counter = None, None, 0
-            logger.warning("resuming %s with %s (checkpoint had %s): best.pt and early stopping start afresh "
-                           "(the next epoch that logs %s becomes best.pt)", path,
-                           ", ".join(f"{k}={now[k]!r}" for k in changed), ", ".join(f"{k}={old[k]!r}" for k in changed), now["monitor"])
+            log = logger.info if self.finished else logger.warning  # a finished run trains no further epoch
+            log("resuming %s with %s (checkpoint had %s): best.pt and early stopping start afresh (the next epoch that "
+                "logs %s becomes best.pt)", path, ", ".join(f"{k}={now[k]!r}" for k in changed),
+                ", ".join(f"{k}={old[k]!r}" for k in changed), now["monitor"])
         return ckpt
+
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`fit` would train no further epoch: ``config.max_epochs`` reached, or stopped early."""
+        return self.epoch >= self.config.max_epochs or self.stopped_early
 
     def _setup_determinism(self) -> None:
         if not self.config.deterministic:
@@ -805,10 +849,16 @@ class Trainer:
             :class:`FitResult`.
 
         Raises:
+            TypeError: ``resume`` is neither a bool nor a path, ``overwrite`` not a bool (``"no"`` would count as
+                true and replace the earlier run).
             FileNotFoundError: if ``resume`` is a path that does not exist.
             FileExistsError: a fresh start (``resume=False``, or ``True`` without ``last.pt``) in an
                 ``output_dir`` holding ``last.pt`` or ``best.pt`` without ``overwrite=True``, before any work.
+            ValueError: a fresh start of a Trainer that holds a trained state (from :meth:`load_checkpoint` or an
+                earlier :meth:`fit`): its counters and history would pass for this run's.
         """
+        resume = _check_resume(resume)
+        overwrite = check_bool("overwrite", overwrite)
         cfg = self.config
         last_path = self.output_dir / LAST_CHECKPOINT
         best_path = self.output_dir / BEST_CHECKPOINT
@@ -822,6 +872,11 @@ class Trainer:
             ckpt_path = Path(resume)
             if not ckpt_path.is_file():
                 raise FileNotFoundError(f"resume checkpoint not found: {ckpt_path}")
+        if ckpt_path is None and (self.epoch or self.global_step):
+            held = f"{self._loaded_from[0]}" if self._loaded_from is not None else "an earlier fit"
+            raise ValueError(f"this Trainer holds the training state of {held} (epoch {self.epoch}): continue it with "
+                             "fit(resume=PATH of that checkpoint), or start afresh with a new Trainer (to start from "
+                             "its weights only, load them into the model with load_model_weights)")
         if ckpt_path is None and not overwrite:  # also resume=True without last.pt next to an old best.pt
             check_fresh_start(self.output_dir, resume=resume is True)
         if ckpt_path is not None:
@@ -846,7 +901,8 @@ class Trainer:
                 for p in stale:
                     p.unlink()
                 shutil.rmtree(self.output_dir / TENSORBOARD_DIR, ignore_errors=True)
-            cfg.save(self.output_dir / CONFIG_FILE)
+            if not (ckpt_path is not None and self.finished):  # a finished run's record stays that of its training
+                cfg.save(self.output_dir / CONFIG_FILE)
             csv_log.rewrite(self.history)
         barrier()
         self._setup_determinism()
@@ -904,6 +960,7 @@ class Trainer:
                 writer.close()
         return FitResult(history=list(self.history), epochs_completed=self.epoch, global_step=self.global_step,
                          best_metric=self.best_metric, best_epoch=self.best_epoch,
-                         stopped_early=self.stopped_early, last_checkpoint=last_path,
+                         stopped_early=self.stopped_early,
+                         last_checkpoint=last_path if last_path.exists() or ckpt_path is None else ckpt_path,
                          best_checkpoint=best_path if best_path.exists() else None,
                          monitor=self.config.monitor)

@@ -185,6 +185,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return str(value)
         if isinstance(value, (datetime.date, int)) and not isinstance(value, bool):
             return value.isoformat() if isinstance(value, datetime.date) else str(value)  # YAML read "2024-01-01"
+        if isinstance(value, bool):  # YAML 1.1 reads unquoted yes/no/on/off/true/false as booleans
+            raise ConfigError(f"config key {key!r}: expected a string, got the boolean {value!r} (YAML reads unquoted "
+                              "yes/no/on/off/true/false as booleans: quote the value, e.g. 'none')")
         raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
     if origin in (tuple, list):
         if isinstance(value, np.ndarray) and value.ndim == 1:

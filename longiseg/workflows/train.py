@@ -52,7 +52,7 @@ from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
 from longiseg.ssm.selective_scan import resolve_backend
 from longiseg.utils.io import atomic_write_json, check_input_folder, check_replaceable, check_separate_folders
 from longiseg.utils.logging import get_logger
-from longiseg.utils.validation import MAX_SEED, check_path
+from longiseg.utils.validation import MAX_SEED, check_bool, check_path
 from longiseg.workflows.config import ExperimentConfig
 
 __all__ = ["build_loss", "build_datasets", "claim_run_folder", "make_validate_fn", "read_split", "run_training",
@@ -422,6 +422,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
         The trainer's :class:`~longiseg.engine.trainer.FitResult`.
 
     Raises:
+        TypeError: ``resume`` or ``overwrite`` is not a bool (``"no"`` would count as true).
         FileNotFoundError: if ``cfg.data.root`` is missing or holds no case.
         FileExistsError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set, or
             ``resume`` is set but the run has ``best.pt`` and no ``last.pt``.
@@ -434,6 +435,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
             any training and before the run folder's records (``experiment.yaml``, ``split.json``,
             ``tuning.json``) are touched.
     """
+    resume, overwrite = check_bool("resume", resume), check_bool("overwrite", overwrite)
     if not cfg.data.root:
         raise FileNotFoundError("data.root is empty: set it to a cohort folder in the longiseg layout")
     root = check_input_folder(cfg.data.root, "data.root")
@@ -536,7 +538,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
         if restored is not None and restored != cfg.loss.seed:  # the run goes on with the stream it had (warned)
             cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, seed=restored))
     del saved
-    trains = not resuming or (trainer.epoch < trainer.config.max_epochs and not trainer.stopped_early)
+    trains = not resuming or not trainer.finished
     if resuming and trains and ctx.is_main:
         _warn_changed_settings(out / "experiment.yaml", cfg)
     claim = claim_run_folder(out) if ctx.is_main else None  # no second train writes into this run meanwhile
@@ -596,8 +598,11 @@ def _with_absolute_folders(cfg: ExperimentConfig) -> ExperimentConfig:
 def _write_records_and_fit(cfg: ExperimentConfig, trainer: Trainer, is_main: bool, out: Path, root: Path,
                            train_cases: Sequence, val_cases: Sequence, resuming: bool, trains: bool,
                            resume: bool, overwrite: bool) -> FitResult:
-    """Write the run's records (``experiment.yaml``, ``split.json``; ``tuning.json`` kept or removed) and train."""
-    if is_main:
+    """Write the run's records (``experiment.yaml``, ``split.json``; ``tuning.json`` kept or removed) and train.
+
+    A resume of a finished run trains nothing and keeps its records (settings given now are not used).
+    """
+    if is_main and trains:
         save_config(_with_absolute_folders(cfg), out / "experiment.yaml")
         atomic_write_json(out / SPLIT_FILE, {
             # absolute: tune and predict may run from another working directory

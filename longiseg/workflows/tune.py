@@ -30,6 +30,7 @@ from longiseg.tuning import (
     DEFAULT_THRESHOLDS,
     OBJECTIVES,
     ThresholdSelection,
+    check_thresholds,
     select_threshold,
 )
 from longiseg.utils.device import resolve_device
@@ -139,13 +140,16 @@ def run_tuning(run_dir: str | Path, *, checkpoint: str = "best.pt", data_root: s
 
     Raises:
         FileNotFoundError: no such checkpoint, no ``split.json`` or missing validation cases.
-        ValueError: a run without validation patients (``data.val_fraction=0``), an unknown objective, a
+        TypeError: ``thresholds`` not a sequence of numbers.
+        ValueError: a run without validation patients (``data.val_fraction=0``), an unknown objective, bad
+            ``thresholds`` (empty, outside ``(0, 1)``, repeated; before any inference), a
             ``checkpoint`` that is not a file name inside ``run_dir`` or is write-protected (tune rewrites it,
             keeping its file mode), a malformed ``split.json``.
     """
     run = check_path("run_dir", run_dir)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    thresholds = check_thresholds(thresholds)  # before any inference
     if isinstance(checkpoint, str) and checkpoint and Path(checkpoint).name not in ("", ".", "..") \
             and Path(checkpoint).parent.resolve() == run.resolve():
         checkpoint = Path(checkpoint).name  # RUN/last.pt names the run's own file
