@@ -30,7 +30,8 @@ def _blob(shape: tuple[int, int, int], corner: tuple[int, int, int], size: int =
 # --------------------------------------------------------------------------- tune
 def _tiny_run(run: Path) -> Path:
     """A run folder with a tiny trained-looking checkpoint and one validation patient."""
-    kwargs = {"widths": [8, 8, 8, 8], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "decoder_dim": 8}
+    kwargs = {"widths": [8, 8, 8, 8], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "decoder_dim": 8,
+              "in_channels": 1}  # one channel per timepoint: the flair its spec records
     model = build_model("segformer", **kwargs)
     model.spec = model.spec.replace(modalities=["flair"], crop_size=32, inference=InferenceConfig().to_dict())
     run.mkdir()
