@@ -771,7 +771,7 @@ def test_case_folders_the_manifest_does_not_list_are_named(tmp_path: Path,
         assert [s.case_id for s in find_cases(tmp_path)] == [c.case_id for c in cases[:2]]
         find_cases(tmp_path)
     warnings = [r.getMessage() for r in caplog.records if "does not list" in r.getMessage()]
-    assert len(warnings) == 1 and f"1 case folder(s) with images that manifest.json does not list are not used: " \
+    assert len(warnings) == 1 and f"1 case folder(s) with images or masks that manifest.json does not list are not used: " \
                                   f"'{cases[2].case_id}'" in warnings[0], warnings
     write_manifest(tmp_path / "manifest.csv", manifest_from_cases(cases))
     caplog.clear()

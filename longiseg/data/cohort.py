@@ -263,19 +263,21 @@ _WARNED: set[tuple[str, ...]] = set()
 
 
 def _warn_unlisted(root: Path, name: str, listed: set[str]) -> None:
-    """Warn, once per process, of case folders with a baseline image that the manifest ``name`` of ``root`` does not
-    list (they are not used: a case added to the folder but not to the manifest), and of a second manifest beside
-    it (``manifest.json`` wins)."""
+    """Warn, once per process, of case folders with a baseline image or mask that the manifest ``name`` of ``root``
+    does not list (they are not used: a case added to the folder but not to the manifest; a folder of masks is a
+    case of predictions or references), and of a second manifest beside it (``manifest.json`` wins)."""
+    baseline_mask = layout.nifti_stem(layout.BASELINE_MASK)
     unlisted = [f.name for f in _case_folders(root) if f.name not in listed
-                and any(layout.image_timepoint(e.name) == 0 for e in f.iterdir())]
+                and any(layout.image_timepoint(e.name) == 0 or layout.nifti_stem(e.name) == baseline_mask
+                        for e in f.iterdir())]
     other = layout.MANIFEST_CSV if name == layout.MANIFEST_JSON and (root / layout.MANIFEST_CSV).is_file() else None
     key = (str(root), name, *unlisted, other or "")
     if (not unlisted and other is None) or key in _WARNED:
         return
     _WARNED.add(key)
     if unlisted:
-        _LOG.warning("%s: %d case folder(s) with images that %s does not list are not used: %s (add them to the "
-                     "manifest to use them)", root, len(unlisted), name, format_case_ids(unlisted))
+        _LOG.warning("%s: %d case folder(s) with images or masks that %s does not list are not used: %s (add them "
+                     "to the manifest to use them)", root, len(unlisted), name, format_case_ids(unlisted))
     if other is not None:
         _LOG.warning("%s holds both %s and %s: %s is used, %s is ignored", root, name, other, name, other)
 

@@ -154,12 +154,22 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 MAX_CASE_ID_BYTES = 150
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (a file name of undecodable bytes holds lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_case_id(case_id: str, *, where: str = "") -> str:
     """Return ``case_id`` if it is safe as one folder name, else raise.
 
     A case id must be a single, non-empty path component: not ``.`` or ``..``, not an absolute path, no
     separator (``/`` or ``\\``), no drive (``C:``), no control character (NUL, newline, ...) and no
-    leading or trailing whitespace. So ``ROOT / case_id`` always stays inside ``ROOT``. It is at most
+    leading or trailing whitespace, and it is UTF-8 text (a folder name in another encoding is refused before any
+    work: tables and reports could not store it). So ``ROOT / case_id`` always stays inside ``ROOT``. It is at most
     :data:`MAX_CASE_ID_BYTES` bytes long (UTF-8), so that every file named after it fits a file system's name.
 
     Args:
@@ -188,6 +198,9 @@ def check_case_id(case_id: str, *, where: str = "") -> str:
         rule = "must not start or end with whitespace"
     elif PureWindowsPath(case_id).drive:
         rule = "must not start with a drive such as 'C:'"
+    elif not _is_utf8(case_id):
+        rule = ("is not UTF-8 text (a folder name in another encoding, such as Latin-1, whose bytes Python keeps as "
+                "surrogates): rename the folder; records, tables and reports store case ids as UTF-8")
     elif len(os.fsencode(case_id)) > MAX_CASE_ID_BYTES:
         rule = (f"is {len(os.fsencode(case_id))} bytes long, more than {MAX_CASE_ID_BYTES} (file names are limited "
                 "to 255 bytes and the temporaries and figures named after a case add about 70)")

@@ -51,7 +51,7 @@ from longiseg.metrics.inputs import as_mask, check_followup_masks
 from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
 from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
 from longiseg.utils.logging import get_logger
-from longiseg.utils.validation import check_affine, check_bool, check_instance, check_path
+from longiseg.utils.validation import check_affine, check_bool, check_instance, check_path, check_sequence
 
 __all__ = [
     "CHANGE_KINDS",
@@ -60,6 +60,7 @@ __all__ = [
     "CaseEvolution",
     "lesion_evolution",
     "evolution_folder",
+    "check_evolutions",
     "write_evolution_tables",
 ]
 
@@ -384,16 +385,53 @@ def _csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def check_evolutions(evolutions: Sequence[CaseEvolution]) -> tuple[CaseEvolution, ...]:
+    """``evolutions`` as a tuple, if it is a non-empty sequence of :class:`CaseEvolution` computed with one
+    ``min_volume_mm3`` and ``connectivity``: the check of every writer of a lesion report (whose tables and page state
+    one set of options).
+
+    Raises:
+        TypeError: not a sequence of :class:`CaseEvolution` (a generator: make it a list).
+        ValueError: empty, or evolutions computed with different options (naming a case of each).
+    """
+    evs = tuple(check_sequence("evolutions", evolutions, CaseEvolution, "a CaseEvolution"))
+    if not evs:
+        raise ValueError("evolutions must not be empty")
+    first = evs[0]
+    for ev in evs[1:]:
+        if (ev.min_volume_mm3, ev.connectivity) != (first.min_volume_mm3, first.connectivity):
+            raise ValueError(
+                f"evolutions must share one min_volume_mm3 and connectivity (a report states one set of options): "
+                f"case {first.case_id!r} has {first.min_volume_mm3:g} mm^3 and {first.connectivity}, case "
+                f"{ev.case_id!r} {ev.min_volume_mm3:g} mm^3 and {ev.connectivity}")
+    return evs
+
+
 def write_evolution_tables(evolutions: Sequence[CaseEvolution], out_dir: PathLike, *,
                            overwrite: bool = False) -> dict[str, Path]:
     """Write ``lesions.csv`` (one row per change), ``followups.csv`` and ``lesions.json`` atomically.
 
+    Args:
+        evolutions: the cases' evolutions (:func:`evolution_folder`), computed with one set of options.
+        out_dir: the folder of the three files.
+        overwrite: replace existing files.
+
     Returns:
         ``{"lesions_csv", "followups_csv", "json"}`` paths.
+
+    Raises:
+        TypeError: ``evolutions`` is not a sequence of :class:`CaseEvolution`, ``out_dir`` not a path,
+            ``overwrite`` not a bool.
+        ValueError: no evolutions, or evolutions of different options (:func:`check_evolutions`).
+        FileExistsError: without ``overwrite``, one of the three files exists (checked before any is written).
     """
-    if not evolutions:
-        raise ValueError("evolutions must not be empty")
-    out = Path(out_dir)
+    evolutions = check_evolutions(evolutions)
+    out = check_path("out_dir", out_dir)
+    overwrite = check_bool("overwrite", overwrite)
+    names = {"lesions_csv": "lesions.csv", "followups_csv": "followups.csv", "json": "lesions.json"}
+    existing = [str(out / n) for n in names.values() if (out / n).exists()]
+    if existing and not overwrite:  # before any is written: lesions.csv went in, then followups.csv was refused
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass overwrite=True to replace")
     lesion_rows, fu_rows = [], []
     for ev in evolutions:
         for f in ev.followups:
@@ -416,7 +454,7 @@ def write_evolution_tables(evolutions: Sequence[CaseEvolution], out_dir: PathLik
     }
     les_text, fu_text = _csv_text(_LESION_COLUMNS, lesion_rows), _csv_text(_FOLLOWUP_COLUMNS, fu_rows)
     return {
-        "lesions_csv": atomic_write(out / "lesions.csv", lambda fh: fh.write(les_text), overwrite=overwrite),
-        "followups_csv": atomic_write(out / "followups.csv", lambda fh: fh.write(fu_text), overwrite=overwrite),
-        "json": atomic_write_json(out / "lesions.json", doc, overwrite=overwrite),
+        "lesions_csv": atomic_write(out / names["lesions_csv"], lambda fh: fh.write(les_text), overwrite=overwrite),
+        "followups_csv": atomic_write(out / names["followups_csv"], lambda fh: fh.write(fu_text), overwrite=overwrite),
+        "json": atomic_write_json(out / names["json"], doc, overwrite=overwrite),
     }

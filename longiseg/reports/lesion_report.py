@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,10 +21,16 @@ from longiseg.data import layout
 from longiseg.data.case import PLANES, affine_spacing, display_slice, plane_axes
 from longiseg.data.predictions import read_prediction
 from longiseg.data.volumes import Grid, check_same_grid, read_volume
-from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange
+from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange, check_evolutions
 from longiseg.utils.io import PathLike, atomic_write
 from longiseg.utils.plotting import plain_text, subplots
-from longiseg.utils.validation import check_bool
+from longiseg.utils.validation import (
+    check_affine,
+    check_bool,
+    check_instance,
+    check_path,
+    check_positive_float,
+)
 
 __all__ = ["volume_figure", "change_montage", "write_lesion_report"]
 
@@ -37,7 +43,9 @@ def _png(fig) -> bytes:  # noqa: ANN001
 
 @plain_text()  # names with '$' drawn as written, not as math
 def volume_figure(evolution: CaseEvolution) -> bytes:
-    """PNG of the total lesion volume per timepoint with the new/enlarging counts of each follow-up."""
+    """PNG of the total lesion volume per timepoint with the new/enlarging counts of each follow-up (a
+    ``TypeError`` if ``evolution`` is not a :class:`~longiseg.metrics.evolution.CaseEvolution`)."""
+    check_instance("evolution", evolution, CaseEvolution, "a CaseEvolution")
     vols = np.asarray(evolution.volumes_mm3) / 1000.0
     t = np.arange(vols.size)
     fig, ax = subplots(figsize=(4.2, 2.8))
@@ -92,9 +100,23 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
         earlier: lesion mask ``L_{k-1}`` ``(D, H, W)`` (green outline).
         new_tissue: new tissue ``N_k`` ``(D, H, W)`` (red outline on the follow-up).
         affine: ``(4, 4)`` voxel-to-world matrix (plane orientation and spacing).
-        field_mm: side of the field of view in mm.
+        field_mm: side of the field of view in mm (a finite number > 0).
         title: figure title.
+
+    Raises:
+        TypeError: ``change`` is not a :class:`~longiseg.metrics.evolution.LesionChange`, a volume not an array,
+            ``field_mm`` not a number.
+        ValueError: volumes that are not 3D or differ in shape, a bad ``affine``, ``field_mm`` not > 0.
     """
+    check_instance("change", change, LesionChange, "a LesionChange")
+    field_mm = check_positive_float("field_mm", field_mm)
+    affine = check_affine("affine", affine)
+    vols = {"before": before, "after": after, "earlier": earlier, "new_tissue": new_tissue}
+    for name, vol in vols.items():
+        check_instance(name, vol, np.ndarray, "a numpy array (D, H, W)")
+    shapes = {name: vol.shape for name, vol in vols.items()}
+    if len(set(shapes.values())) != 1 or before.ndim != 3:
+        raise ValueError(f"before, after, earlier and new_tissue must be volumes (D, H, W) of one shape, got {shapes}")
     sp = affine_spacing(affine)
     half = [max(2, int(round(field_mm / 2 / s))) for s in sp]
     axes_of = plane_axes(affine)
@@ -194,6 +216,22 @@ def _activity(active: bool) -> str:
     return '<span class="yes">yes</span>' if active else "no"
 
 
+def _check_same_masks(ev: CaseEvolution, masks_dir: Path, affine: np.ndarray, base: np.ndarray,
+                      prog: np.ndarray) -> None:
+    """Refuse masks read for the montages that are not those ``ev`` was computed from: another grid, or no new
+    tissue at a follow-up where ``ev`` found a change (the montages would outline other lesions)."""
+    where = f"case {ev.case_id!r}: the masks in {masks_dir}"
+    if not np.allclose(affine, ev.affine, rtol=0.0, atol=1e-4):
+        raise ValueError(f"{where} lie on another grid than those its evolution was computed from: give mask_root "
+                         "the folder passed to evolution_folder")
+    lesion = base.copy()
+    for k, (p, f) in enumerate(zip(prog, ev.followups), start=1):
+        if f.changes and not (p & ~lesion).any():
+            raise ValueError(f"{where} hold no new tissue at follow-up {k}, where its evolution found "
+                             f"{len(f.changes)} change(s): give mask_root the folder passed to evolution_folder")
+        lesion |= p
+
+
 def write_lesion_report(
     evolutions: Sequence[CaseEvolution],
     mask_root: PathLike,
@@ -222,25 +260,46 @@ def write_lesion_report(
         The path of ``report.html``.
 
     Raises:
-        ValueError: no evolutions; ``modality`` given and missing from a case's baseline images; an image on
-            another grid than its case's masks.
+        TypeError: ``evolutions`` not a sequence of :class:`~longiseg.metrics.evolution.CaseEvolution`, a folder
+            not a path, ``modality`` neither ``None`` nor a str, a flag not a bool.
+        ValueError: no evolutions, or evolutions of different options
+            (:func:`~longiseg.metrics.evolution.check_evolutions`); ``modality`` given and missing from a case's
+            baseline images; an image on another grid than its case's masks; masks in ``mask_root`` that are not
+            those the evolutions were computed from (another grid, or no new tissue where a change was found).
         FileExistsError: without ``overwrite``, a file the report would write exists (checked before any is
             written).
-    """
-    from tqdm.auto import tqdm
 
+    A failure part-way removes the figures this call wrote (a rerun is not refused for them).
+    """
+    evolutions = check_evolutions(evolutions)
     montages = check_bool("montages", montages)
     overwrite = check_bool("overwrite", overwrite)
     progress = check_bool("progress", progress)
-    if not evolutions:
-        raise ValueError("evolutions must not be empty")
-    out, masks_dir = Path(out_dir), Path(mask_root)
-    img_dir = Path(images_root) if images_root is not None else masks_dir
+    if modality is not None and not isinstance(modality, str):
+        raise TypeError(f"modality must be a str (e.g. 'flair') or None, got {type(modality).__name__}")
+    out, masks_dir = check_path("out_dir", out_dir), check_path("mask_root", mask_root)
+    img_dir = check_path("images_root", images_root) if images_root is not None else masks_dir
     figs = out / "figures"
+    written: list[Path] = []
 
     def save(name: str, png: bytes) -> None:
-        atomic_write(figs / name, lambda fh: fh.write(png), mode="wb", overwrite=overwrite)
+        written.append(atomic_write(figs / name, lambda fh: fh.write(png), mode="wb", overwrite=overwrite))
 
+    try:
+        return _write_report(evolutions, masks_dir, img_dir, out, modality, montages, overwrite, progress, save)
+    except BaseException:  # interrupted too: no figures without their report.html
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _write_report(evolutions: Sequence[CaseEvolution], masks_dir: Path, img_dir: Path, out: Path,
+                  modality: str | None, montages: bool, overwrite: bool, progress: bool,
+                  save: Callable[[str, bytes], None]) -> Path:
+    """The body of :func:`write_lesion_report` (arguments checked); figures are written through ``save``."""
+    from tqdm.auto import tqdm
+
+    figs = out / "figures"
     if montages:  # every case's before any figure is written, also of cases without changes to draw
         for ev in evolutions:
             _check_modality(img_dir / ev.case_id, modality)
@@ -289,6 +348,7 @@ def write_lesion_report(
         if changes and montages:
             masks, affine, _ = read_prediction(masks_dir, ev.case_id, len(ev.followups) + 1, "mask")
             base, prog = masks[0].astype(bool), masks[1:].astype(bool)
+            _check_same_masks(ev, masks_dir, affine, base, prog)
             images, why = _load_images(img_dir / ev.case_id, len(ev.followups) + 1, modality,
                                        (masks_dir / ev.case_id / layout.BASELINE_MASK, base.shape, affine))
             if images is None:

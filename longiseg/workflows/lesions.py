@@ -27,7 +27,7 @@ from longiseg.utils.io import (
 )
 from longiseg.utils.logging import get_logger
 from longiseg.utils.plotting import require_matplotlib
-from longiseg.utils.validation import check_bool
+from longiseg.utils.validation import check_bool, check_path
 
 _LOG = get_logger(__name__)
 
@@ -38,6 +38,18 @@ __all__ = ["REPORT_FILES", "run_lesion_report", "add_parser", "run"]
 #: that writing a report replaces or removes (figures: ``CASE_volume.png``, ``CASE_fu{k}_lesion{i}_{kind}.png``).
 REPORT_FILES = ("lesions.csv", "followups.csv", "lesions.json", "report.html", "figures/*_volume.png",
                 "figures/*_fu*_lesion*_*.png")
+
+
+def _check_modality_name(modality: object, name: str) -> None:
+    """Refuse a ``modality`` (named ``name``) that is neither ``None`` nor a channel name a file name can hold."""
+    if modality is None:
+        return
+    if not isinstance(modality, str):
+        raise TypeError(f"{name} must be a modality name such as 'flair', got {type(modality).__name__} {modality!r}")
+    try:
+        layout.image_filename(0, modality)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
 
 
 def run_lesion_report(
@@ -66,7 +78,8 @@ def run_lesion_report(
             report has no montages, with a warning); where ``mask_dir`` has no manifest (predictions), the patient
             ids of ``images``' manifest group the cases, as in a report on the references (without ``images``,
             those the predictions' records name: :func:`~longiseg.data.cohort.find_mask_cases`).
-        modality: image shown in the montages (default ``flair``).
+        modality: image shown in the montages (default ``flair`` where a case has it, else its first modality in
+            alphabetical order).
         min_volume_mm3: smallest lesion and smallest growth counted (see
             :func:`~longiseg.metrics.evolution.lesion_evolution`).
         connectivity: 6, 18 or 26.
@@ -84,14 +97,19 @@ def run_lesion_report(
         PermissionError: ``out_dir`` is not writable, or (``overwrite``) a folder of the earlier report in it is
             not (before anything is written; see :func:`~longiseg.metrics.report.report_folder`).
         FileNotFoundError: ``images`` is given and is not a folder.
-        ValueError: ``out_dir`` is, lies inside or holds ``mask_dir`` or ``images``.
+        ValueError: ``out_dir`` is, lies inside or holds ``mask_dir`` or ``images``; a ``modality`` no file name
+            can hold.
+        TypeError: ``images`` not a path, ``modality`` neither ``None`` nor a str, a flag not a bool.
     """
+    _check_modality_name(modality, "modality")
     figures = check_bool("figures", figures)
     if figures:  # before the cases are read
         require_matplotlib("the figures and report.html", "pass figures=False (--no-figures) for the tables only")
     overwrite = check_bool("overwrite", overwrite)
     progress = check_bool("progress", progress)
     out = check_output_folder(out_dir, "out")
+    if images is not None:
+        images = check_path("images", images)
     if images is not None and not Path(images).is_dir():  # not a report without the montages asked for
         raise FileNotFoundError(f"images {images} is not a folder (give the cohort folder with the images)")
     check_separate_folders(out, "out", {"mask": mask_dir, "images": images})
@@ -109,7 +127,7 @@ def run_lesion_report(
     if figures and images is not None and not any(  # montages asked for, and no case has its images there
             (Path(images) / ev.case_id).is_dir() and layout.scan_images(Path(images) / ev.case_id).get(0)
             for ev in evolutions):
-        raise FileNotFoundError(f"images {images} holds the images (CASE/t0_*.nii.gz) of none of the "
+        raise FileNotFoundError(f"images (--images) {images} holds the images (CASE/t0_*.nii.gz) of none of the "
                                 f"{len(evolutions)} case(s): give the cohort folder with the images, or leave it out")
     with report_folder(out, REPORT_FILES, overwrite=overwrite) as stage:  # refuses one written meanwhile
         staged = write_evolution_tables(evolutions, stage, overwrite=True)
@@ -126,11 +144,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``lesions`` sub-command to the ``longiseg`` parser."""
     p = sub.add_parser("lesions", help="new/enlarging lesions, lesion volumes and MRI activity per follow-up "
                                        "(CSV, JSON, figures, report.html)")
-    p.add_argument("masks", type=expand_home, help="folder of predictions or references (library layout)")
+    p.add_argument("masks", metavar="MASKS", type=expand_home,
+                   help="folder of predictions or references (library layout)")
     p.add_argument("--out", type=expand_home, required=True, help="report folder")
     p.add_argument("--images", type=expand_home, default=None,
                    help="cohort folder with the images for the montages (default: MASKS)")
-    p.add_argument("--modality", default=None, help="image shown in the montages (default: flair)")
+    p.add_argument("--modality", default=None,
+                   help="image shown in the montages (default: flair where a case has it, else its first modality "
+                        "in alphabetical order)")
     p.add_argument("--min-volume", dest="min_volume", type=float, default=3.0,
                    help="smallest lesion and smallest growth counted, mm^3 (default 3)")
     p.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26, help="default 26")
@@ -148,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"MASKS {args.masks} is not a folder")
     if args.images is not None and not Path(args.images).is_dir():
         raise FileNotFoundError(f"--images {args.images} is not a folder (give the cohort folder with the images)")
+    _check_modality_name(args.modality, "--modality")
     if not (math.isfinite(args.min_volume) and args.min_volume >= 0):
         raise ValueError(f"--min-volume must be a volume in mm^3 >= 0, got {args.min_volume}")
     out = check_output_folder(args.out, "--out")

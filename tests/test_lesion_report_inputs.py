@@ -1,0 +1,154 @@
+"""The lesion read-out's writers and commands on inputs they did not check: tables half-written when one file
+existed, a report of cases computed with different options stating the first case's, figures left behind by a
+failed report (a rerun then refused), montages drawn from another folder's masks, a case folder name that is not
+UTF-8 (refused only when the CSV was written), and a folder of masks left out of a manifest without a word."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longiseg.data import layout
+from longiseg.data.cohort import cohort_manifest
+from longiseg.data.manifest import Manifest, ManifestEntry, write_manifest
+from longiseg.metrics.evolution import check_evolutions, lesion_evolution, write_evolution_tables
+from longiseg.utils.nifti import atomic_save_nifti
+
+SHAPE = (16, 16, 16)
+
+
+def _box(lo: tuple[int, int, int], hi: tuple[int, int, int]) -> np.ndarray:
+    m = np.zeros(SHAPE, dtype=np.uint8)
+    m[tuple(slice(a, b) for a, b in zip(lo, hi))] = 1
+    return m
+
+
+BASE, NEW = _box((2, 2, 2), (5, 5, 5)), _box((10, 10, 10), (13, 13, 13))
+
+
+def _evolution(case_id: str = "c1", affine: np.ndarray | None = None, **kw):  # noqa: ANN202
+    return lesion_evolution(BASE, NEW[None], np.eye(4) if affine is None else affine, case_id=case_id, **kw)
+
+
+def _mask_case(root: Path, case_id: str, affine: np.ndarray, progression: np.ndarray) -> None:
+    atomic_save_nifti(BASE, affine, root / case_id / layout.BASELINE_MASK)
+    atomic_save_nifti(progression, affine, root / case_id / layout.progression_filename(1))
+
+
+def test_tables_refuse_an_existing_file_before_writing_any(tmp_path: Path) -> None:
+    (tmp_path / "followups.csv").write_text("mine\n")
+    with pytest.raises(FileExistsError, match="followups.csv"):
+        write_evolution_tables([_evolution()], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["followups.csv"]  # lesions.csv went in first
+    assert (tmp_path / "followups.csv").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(("evolutions", "err", "match"), [
+    ([1], TypeError, r"evolutions\[0\] must be a CaseEvolution"),
+    ((e for e in ()), TypeError, "evolutions must be a sequence"),
+    ([], ValueError, "evolutions must not be empty"),
+])
+def test_tables_name_bad_evolutions(tmp_path: Path, evolutions: object, err: type[Exception], match: str) -> None:
+    with pytest.raises(err, match=match):
+        write_evolution_tables(evolutions, tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="out_dir must be"):
+        write_evolution_tables([_evolution()], None)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evolutions_of_different_options_are_refused_not_reported_as_the_first(tmp_path: Path) -> None:
+    mixed = [_evolution("a", min_volume_mm3=0.0, connectivity=6), _evolution("b", min_volume_mm3=3.0)]
+    with pytest.raises(ValueError, match=r"share one min_volume_mm3 and connectivity .*case 'a' has 0 mm\^3 and 6, "
+                                         r"case 'b' 3 mm\^3 and 26"):
+        write_evolution_tables(mixed, tmp_path)
+    assert check_evolutions([_evolution("a"), _evolution("b")])[1].case_id == "b"
+
+
+def test_a_failed_report_removes_its_figures_and_a_rerun_is_not_refused(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from longiseg.reports.lesion_report import write_lesion_report
+
+    masks, out = tmp_path / "masks", tmp_path / "out"
+    masks.mkdir()
+    with pytest.raises(FileNotFoundError, match="baseline_mask"):  # the case's masks are not in mask_root
+        write_lesion_report([_evolution()], masks, out, progress=False)
+    assert not [p for p in out.rglob("*") if p.is_file()]  # figures/c1_volume.png stayed, and refused the rerun
+    _mask_case(masks, "c1", np.eye(4), NEW)
+    assert write_lesion_report([_evolution()], masks, out, progress=False).is_file()
+
+
+@pytest.mark.parametrize(("affine", "progression", "match"), [
+    (np.diag([2.0, 2.0, 2.0, 1.0]), NEW, "lie on another grid than those its evolution was computed from"),
+    (np.eye(4), np.zeros(SHAPE, np.uint8), "hold no new tissue at follow-up 1, where its evolution found 1"),
+])
+def test_montages_refuse_masks_the_evolutions_were_not_computed_from(tmp_path: Path, affine: np.ndarray,
+                                                                    progression: np.ndarray, match: str) -> None:
+    pytest.importorskip("matplotlib")
+    from longiseg.reports.lesion_report import write_lesion_report
+
+    _mask_case(tmp_path / "other", "c1", affine, progression)
+    with pytest.raises(ValueError, match=match):
+        write_lesion_report([_evolution()], tmp_path / "other", tmp_path / "out", progress=False)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_figure_functions_name_their_arguments() -> None:
+    pytest.importorskip("matplotlib")
+    from longiseg.reports.lesion_report import change_montage, volume_figure
+
+    ev = _evolution()
+    (change,) = ev.changes
+    vol = np.ones(SHAPE, np.float32)
+    ok = (change, vol, vol, BASE.astype(bool), NEW.astype(bool), np.eye(4))
+    for kwargs, err, match in (({"field_mm": math.nan}, ValueError, "field_mm must be a finite number"),
+                               ({"field_mm": -5.0}, ValueError, "field_mm must be a finite number > 0"),
+                               ({"field_mm": "40"}, TypeError, "field_mm must be a number")):
+        with pytest.raises(err, match=match):
+            change_montage(*ok, **kwargs)
+    with pytest.raises(ValueError, match="must be volumes \\(D, H, W\\) of one shape"):
+        change_montage(change, vol[:3], vol, BASE.astype(bool), NEW.astype(bool), np.eye(4))
+    with pytest.raises(TypeError, match="evolution must be a CaseEvolution"):
+        volume_figure(3)  # type: ignore[arg-type]
+    assert change_montage(*ok).startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(("kwargs", "err", "match"), [
+    ({"modality": 3}, TypeError, "modality must be a modality name"),
+    ({"modality": "fl/air"}, ValueError, "modality: modality must be alphanumeric"),
+    ({"images": 3}, TypeError, "images must be"),
+])
+def test_run_lesion_report_names_bad_arguments(tmp_path: Path, kwargs: dict, err: type[Exception],
+                                               match: str) -> None:
+    from longiseg.workflows.lesions import run_lesion_report
+
+    _mask_case(tmp_path / "masks", "c1", np.eye(4), NEW)
+    with pytest.raises(err, match=match):
+        run_lesion_report(tmp_path / "masks", tmp_path / "out", figures=False, progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_names_the_option_of_a_bad_modality(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from longiseg.cli import main
+
+    _mask_case(tmp_path / "masks", "c1", np.eye(4), NEW)
+    assert main(["lesions", str(tmp_path / "masks"), "--out", str(tmp_path / "out"), "--modality", "fl/air"]) == 2
+    assert "longiseg lesions: error: --modality: modality must be alphanumeric" in capsys.readouterr().err
+
+
+def test_a_case_id_that_is_not_utf8_is_refused_up_front() -> None:
+    name = b"p\xe4t".decode("utf-8", "surrogateescape")  # a Latin-1 folder name, as os.listdir gives it
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        layout.check_case_id(name)
+    assert layout.check_case_id("pät") == "pät"  # non-ASCII UTF-8 is fine
+
+
+def test_an_unlisted_folder_of_masks_is_warned_of(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for case in ("c1", "c2"):
+        _mask_case(tmp_path, case, np.eye(4), NEW)
+    write_manifest(tmp_path / "manifest.json", Manifest((), (ManifestEntry("c1", "c1", 2, True),)))
+    with caplog.at_level("WARNING", logger="longiseg.data"):
+        cohort_manifest(tmp_path)
+    assert "1 case folder(s) with images or masks that manifest.json does not list are not used: 'c2'" in caplog.text
