@@ -60,6 +60,7 @@ from longiseg.utils.validation import (
     check_bool,
     check_finite,
     check_path,
+    check_positive_int,
     check_same_shape,
     check_sequence,
 )
@@ -259,7 +260,8 @@ def write_nnunet_dataset(
         cases: training cases; each must have ``len(channel_names)`` images.
         channel_names: name of each input channel (``dataset.json`` "channel_names"; names other than
             ``"CT"`` make nnU-Net z-score each channel).
-        labels: ``dataset.json`` "labels" (name -> consecutive int from 0); default :data:`FOUR_CLASS_LABELS`.
+        labels: ``dataset.json`` "labels" (name -> consecutive int from 0, NumPy ints too); default
+            :data:`FOUR_CLASS_LABELS`.
         overwrite: replace an existing dataset folder as a whole (otherwise only a missing or empty one is
             written).
         extra_json: further ``dataset.json`` entries (e.g. ``{"description": ...}``); it may not replace
@@ -274,13 +276,13 @@ def write_nnunet_dataset(
     Raises:
         FileExistsError: the dataset folder exists, is not empty and ``overwrite`` is ``False``.
         NotADirectoryError: ``out_root`` or the dataset folder is a file.
-        TypeError: ``cases`` or ``test_cases`` holds something other than :class:`NnUNetCase`.
+        TypeError: ``cases`` or ``test_cases`` holds something other than :class:`NnUNetCase`; a ``labels`` value
+            is not an int.
         ValueError: on a bad id/name, duplicate case ids (also between training and test cases), a wrong
             number of images, no cases (or an empty ``test_cases``), a training case without labels, labels
             outside the declared ones, or ``extra_json`` replacing a required key.
     """
-    labels = dict(FOUR_CLASS_LABELS if labels is None else labels)
-    _check_label_dict(labels)
+    labels = _check_label_dict(dict(FOUR_CLASS_LABELS if labels is None else labels))
     channel_names = list(channel_names)
     if not channel_names or not all(isinstance(c, str) and c for c in channel_names):
         raise ValueError(f"channel_names must be a non-empty list of non-empty strings, got {channel_names!r}")
@@ -392,16 +394,24 @@ def _check_destination(folder: Path, overwrite: bool) -> bool:
     return overwrite or empty
 
 
-def _check_label_dict(labels: dict[str, Any]) -> None:
+def _check_label_dict(labels: dict[str, Any]) -> dict[str, int]:
+    """``labels`` with Python ints (NumPy's converted: ``dataset.json`` could not hold them) if it maps
+    ``'background'`` to 0 and its names to the consecutive ints 0, 1, 2, ..."""
     if not isinstance(labels, dict) or not labels:
         raise ValueError(f"labels must be a non-empty dict name -> int, got {labels!r}")
-    values = list(labels.values())
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"labels values must be ints (region-based labels are not supported here), got {labels}")
+    checked: dict[str, int] = {}
+    for key, value in labels.items():
+        try:
+            checked[key] = check_positive_int(f"labels[{key!r}]", value, minimum=0)
+        except TypeError as err:
+            raise TypeError(f"{err}: labels map each name to one int (region-based labels are not supported "
+                            f"here), got {labels}") from None
+    labels, values = checked, list(checked.values())
     if labels.get("background") != 0:
         raise ValueError(f"labels must map 'background' to 0, got {labels}")
     if sorted(values) != list(range(len(values))):
         raise ValueError(f"label values must be consecutive integers 0, 1, 2, ..., got {sorted(values)}")
+    return labels
 
 
 # ----------------------------------------------------------------------- longiseg layout <-> nnU-Net

@@ -109,7 +109,8 @@ class DemoCohortConfig(ConfigBase):
             (stable ones too; shrinking is not progression, so it adds no progression voxels). ``(0, 0)``
             (default) keeps every lesion's size unless it enlarges.
         shrink_factor: range of the semi-axis factor of shrinking lesions (``< 1``).
-        min_lesion_voxels: lesions smaller than this (at ``spacing``) are redrawn.
+        min_lesion_voxels: lesions smaller than this (at ``spacing``) are redrawn; at least 1 (a lesion of no
+            voxel is no lesion).
         max_translation: largest residual misregistration of a follow-up per axis, in voxels.
         max_rotation: largest residual misregistration rotation, in degrees.
         bias_strength: amplitude of the log bias field (0.15: about +-15 %).
@@ -167,6 +168,7 @@ class DemoCohortConfig(ConfigBase):
             raise ConfigError(f"enlarge_factor must be > 1 (lesions grow), got {self.enlarge_factor}")
         if self.shrink_factor[1] >= 1.0:
             raise ConfigError(f"shrink_factor must be < 1 (lesions shrink), got {self.shrink_factor}")
+        check_positive_int("min_lesion_voxels", self.min_lesion_voxels)  # -5 was taken: lesions of no voxel
         for name in ("max_translation", "max_rotation", "bias_strength", "noise_level"):
             if not 0 <= getattr(self, name) < math.inf:  # also NaN
                 raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")

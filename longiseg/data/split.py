@@ -21,6 +21,7 @@ from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import (
     check_instance,
     check_path,
+    check_positive_int,
     check_probability,
     check_seed,
     check_sequence,
@@ -99,9 +100,9 @@ def split_by_patient(cases: Sequence[CaseSource], val_fraction: float, seed: int
     return train, val
 
 
-def _check_num_test(num_test: object) -> None:
-    if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 2:
-        raise ValueError(f"num_test must be an int >= 2, got {num_test!r}")
+def _check_num_test(num_test: object) -> int:
+    """``num_test`` as an ``int`` if it is an int (NumPy's too, not bool) ``>= 2``."""
+    return check_positive_int("num_test", num_test, minimum=2)
 
 
 def check_test_split(num_test: int, num_progressing: int, num_stable: int, cohort: str) -> None:
@@ -110,9 +111,11 @@ def check_test_split(num_test: int, num_progressing: int, num_stable: int, cohor
     training (:func:`write_test_split`'s rule; the demo checks it before it generates its cohort).
 
     Raises:
-        ValueError: ``num_test`` is not an int >= 2; naming ``cohort`` (how the message calls it) and both counts.
+        TypeError: ``num_test`` is not an int (NumPy's are; bool is not).
+        ValueError: ``num_test`` < 2, or too few patients of a kind; naming ``cohort`` (how the message calls it)
+            and both counts.
     """
-    _check_num_test(num_test)
+    num_test = _check_num_test(num_test)
     n_prog = num_test // 2
     if num_progressing <= n_prog or num_stable <= num_test - n_prog:
         raise ValueError(f"num_test={num_test} needs more than {n_prog} progressing and {num_test - n_prog} stable "
@@ -133,7 +136,7 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
         cohort: cohort folder (its ``manifest.json`` or ``manifest.csv`` gives the patients; without one each case
             is its own patient). The copies get the permissions of the umask, not the source files'.
         out_dir: where ``train/`` and ``test/`` are written (each folder as a whole).
-        num_test: held-out patients, at least 2 (one progressing, one stable).
+        num_test: held-out patients, an int >= 2 (one progressing, one stable).
         overwrite: replace existing ``train/`` and ``test/`` folders.
 
     Returns:
@@ -142,11 +145,12 @@ def write_test_split(cohort: str | Path, out_dir: str | Path, num_test: int, *,
     Raises:
         FileNotFoundError: ``cohort`` holds no case.
         FileExistsError: ``train/`` or ``test/`` exists and ``overwrite`` is off.
+        TypeError: ``num_test`` is not an int (NumPy's are; bool is not).
         ValueError: ``num_test`` < 2, too few progressing/stable patients for it and a training set, or an
             output folder over the cohort.
     """
     cohort, out = check_path("cohort", cohort), check_path("out_dir", out_dir)
-    _check_num_test(num_test)
+    num_test = _check_num_test(num_test)
     for name in ("train", "test"):
         check_separate_folders(out / name, f"{name} folder", {"cohort": cohort})
     sources = {c.case_id: c for c in find_cases(cohort)}

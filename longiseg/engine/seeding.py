@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from longiseg.utils.seeds import generator_seed
-from longiseg.utils.validation import check_seed
+from longiseg.utils.validation import check_positive_int, check_seed
 
 __all__ = ["epoch_seed", "seed_epoch", "seed_everything"]
 
@@ -21,7 +21,8 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """A 63-bit seed derived from ``(seed, epoch, rank)`` with numpy's ``SeedSequence`` (well mixed).
 
     Args:
-        seed: the run's seed.
+        seed: the run's seed, an int in ``[0, 2**63 - 1]`` (:data:`~longiseg.utils.validation.MAX_SEED`, as
+            :func:`seed_everything` takes it).
         epoch: the epoch (0-based).
         rank: the process's rank in a distributed run.
 
@@ -29,12 +30,12 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
         An int in ``[0, 2**63)``: the same for the same three numbers on every machine.
 
     Raises:
-        ValueError: naming the argument that is not an int >= 0.
+        TypeError: naming the argument that is not an int (NumPy's are; bool is not).
+        ValueError: ``seed`` lies outside ``[0, 2**63 - 1]``, or ``epoch`` or ``rank`` is negative.
     """
-    for name, v in (("seed", seed), ("epoch", epoch), ("rank", rank)):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:  # (NumPy ints too)
-            raise ValueError(f"epoch_seed: {name} must be an int >= 0, got {v!r}")
-    state = np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(2, dtype=np.uint32)
+    seed = check_seed("seed", seed)  # (NumPy ints as ints)
+    epoch, rank = check_positive_int("epoch", epoch, minimum=0), check_positive_int("rank", rank, minimum=0)
+    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
 
 
@@ -59,10 +60,10 @@ def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
     its low 32 bits (well mixed already).
 
     Raises:
-        TypeError: ``seed`` is not an int.
-        ValueError: naming the argument that is not an int >= 0 (``seed`` up to ``2**63 - 1``).
+        TypeError: naming the argument that is not an int.
+        ValueError: naming the argument that is negative, or ``seed`` above ``2**63 - 1``.
     """
-    mixed = epoch_seed(check_seed("seed", seed), epoch, rank)  # (a NumPy int seed as an int)
+    mixed = epoch_seed(seed, epoch, rank)  # (it checks seed as seed_everything does)
     _seed_generators(mixed, mixed)
 
 

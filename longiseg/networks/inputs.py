@@ -32,14 +32,17 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from longiseg.utils.validation import (
     check_finite,
     check_instance,
+    check_int_sequence,
     check_matches_parameters,
     check_ndim,
+    check_positive_int,
     check_spatial_dims,
     check_tensor,
     check_timepoints,
@@ -82,6 +85,19 @@ def parameter_dtype(module: nn.Module) -> torch.dtype | None:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
 
 
+def _edges(name: str, value: object, count: int) -> tuple[int, ...]:
+    """``value`` as a tuple of ints ``>= 1``: one int (NumPy's too; not bool) repeated for ``count`` spatial dims,
+    or a sequence (or 1-D array) of them, one per dim (its length is the caller's to check).
+
+    Raises:
+        TypeError: naming ``name``: neither an int nor a sequence of ints (a float, a string, a bool).
+        ValueError: naming ``name``: a value below 1.
+    """
+    if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)):
+        return check_int_sequence(name, value, what="one per spatial dim")
+    return (check_positive_int(name, value),) * count
+
+
 @dataclasses.dataclass(frozen=True)
 class SpatialSizeRule:
     """The spatial sizes a model accepts (``model.spatial_size_rule`` of every registered model).
@@ -104,8 +120,9 @@ class SpatialSizeRule:
     @classmethod
     def of(cls, spatial_dims: int, downsampling: int | Sequence[int], *, pads: bool = False,
            instance_norm_bottleneck: bool = False, batch_norm_bottleneck: bool = False) -> SpatialSizeRule:
-        """The rule of a ``spatial_dims``-D model whose downsampling is one int or one per spatial dim."""
-        down = (int(downsampling),) * spatial_dims if isinstance(downsampling, int) else tuple(downsampling)
+        """The rule of a ``spatial_dims``-D model whose downsampling is one int ``>= 1`` (NumPy's too) or one per
+        spatial dim (``TypeError``/``ValueError`` naming ``downsampling`` otherwise)."""
+        down = _edges("downsampling", downsampling, spatial_dims)
         if len(down) != spatial_dims:
             raise ValueError(f"downsampling must be one int or {spatial_dims} ints, got {downsampling!r}")
         return cls(down, bool(pads), bool(instance_norm_bottleneck), bool(batch_norm_bottleneck))
@@ -157,19 +174,21 @@ def check_spatial_size(model: nn.Module, size: int | Sequence[int], name: str) -
     """Refuse a crop or window ``size`` that ``model`` cannot take, before any work (training, inference).
 
     Args:
-        model: a registered model (it carries ``spatial_size_rule``; a model without one accepts any size).
-        size: one edge for every spatial dim (a square/cubic crop) or one per spatial dim.
+        model: a registered model (it carries ``spatial_size_rule``; a model without one accepts any positive size).
+        size: one edge for every spatial dim (a square/cubic crop) or one per spatial dim: an int ``>= 1`` (NumPy's
+            too) or a sequence (or 1-D array) of them.
         name: the setting, named in the message (e.g. ``"data.crop_size"``).
 
     Raises:
-        ValueError: naming ``name`` and the rule it breaks (see :class:`SpatialSizeRule`).
+        TypeError: ``model`` is not an ``nn.Module``; ``size`` is neither an int nor a sequence of ints (a float,
+            a string, a bool), naming ``name``.
+        ValueError: naming ``name``: an edge below 1, or the rule it breaks (see :class:`SpatialSizeRule`).
     """
     check_instance("model", model, nn.Module, "an nn.Module")
     rule = getattr(model, "spatial_size_rule", None)
-    if rule is None:
-        return
-    sizes = (size,) * len(rule.downsampling) if isinstance(size, int) else tuple(size)
-    rule.check(sizes, name, shown=f"{size}")
+    sizes = _edges(name, size, 1 if rule is None else len(rule.downsampling))
+    if rule is not None:
+        rule.check(sizes, name, shown=f"{size}")
 
 
 def check_model_input(

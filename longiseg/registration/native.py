@@ -28,7 +28,7 @@ from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_si
 from longiseg.registration.pairwise import resample
 from longiseg.utils.io import PathLike, atomic_directory, check_separate_folders
 from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti
-from longiseg.utils.validation import check_instance, check_path
+from longiseg.utils.validation import check_instance, check_path, check_timepoints
 
 __all__ = ["NATIVE_DIR", "native_grid", "native_header", "mask_to_native", "check_native_ready", "case_to_native",
            "predictions_to_native"]
@@ -147,13 +147,13 @@ def check_native_ready(registration_dir: PathLike, num_timepoints: int, case_id:
     Raises:
         ImportError: SimpleITK is missing (names the ``register`` extra).
         FileNotFoundError: no ``registration.json`` or a missing transform.
+        TypeError: ``num_timepoints`` is not an int (NumPy's are; bool is not).
         ValueError: the record is another case's, damaged, or of another registered grid than
             ``registered_grid``, a timepoint without a recorded native grid, a recorded header that does not
             describe its grid, an unreadable transform, or ``num_timepoints < 2``.
     """
     require_simpleitk()
-    if isinstance(num_timepoints, bool) or not isinstance(num_timepoints, int) or num_timepoints < 2:
-        raise ValueError(f"num_timepoints must be an int >= 2, got {num_timepoints!r}")
+    num_timepoints = check_timepoints("num_timepoints", num_timepoints)  # (a NumPy int as an int)
     reg = Path(registration_dir)
     recorded = _record(reg).get("case_id")
     if case_id is not None and recorded is not None and recorded != case_id:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from longiseg.ssm.inputs import bc_grouped, compute_dtype, first_order_gradients, prepare_scan_inputs
+from longiseg.utils.validation import check_positive_int
 
 __all__ = ["selective_scan_chunked", "default_chunk_size", "DEFAULT_BLOCK_ELEMS"]
 
@@ -442,9 +443,9 @@ def selective_scan_chunked(
         z: ``(B, D, L)`` or ``None``.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         return_last_state: also return the final state ``(B, D, N)``.
-        chunk_size: positions per chunk (default ~ ``sqrt(L)``); any value >= 1, need not divide ``L``.
-        block_elems: cap on the elements of one ``(B, d, L, N)`` working buffer; sets the channel block size
-            and hence the peak memory (several such buffers are alive at once).
+        chunk_size: positions per chunk (default ~ ``sqrt(L)``); any int >= 1 (NumPy's too), need not divide ``L``.
+        block_elems: cap on the elements of one ``(B, d, L, N)`` working buffer, an int >= 1; sets the channel
+            block size and hence the peak memory (several such buffers are alive at once).
 
     Returns:
         ``out`` ``(B, D, L)`` in ``u.dtype``, or ``(out, last_state)``.
@@ -459,10 +460,8 @@ def selective_scan_chunked(
     s = prepare_scan_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if chunk_size is None:
         chunk_size = default_chunk_size(s.seqlen)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if isinstance(block_elems, bool) or not isinstance(block_elems, int) or block_elems < 1:
-        raise ValueError(f"block_elems must be a positive int, got {block_elems!r}")
+    chunk_size = check_positive_int("chunk_size", chunk_size)  # (a NumPy int as an int)
+    block_elems = check_positive_int("block_elems", block_elems)
     Bg = bc_grouped(B, s.batch, s.dim, s.seqlen)
     Cg = bc_grouped(C, s.batch, s.dim, s.seqlen)
     if Bg.shape[1] != Cg.shape[1]:  # the blocks below slice B and C by one group range

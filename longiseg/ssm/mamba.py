@@ -26,6 +26,7 @@ from longiseg.utils.device import factory_device
 from longiseg.utils.validation import (
     check_bool,
     check_matches_parameters,
+    check_nonnegative_float,
     check_positive_float,
     check_positive_int,
     checks_sizes,
@@ -53,12 +54,12 @@ class Mamba(nn.Module):
         dt_max: upper end of that range.
         dt_init: ``"random"`` (uniform) or ``"constant"`` init of ``dt_proj.weight``.
         dt_scale: scale of the ``dt_proj.weight`` init.
-        dt_init_floor: lower clamp of the initial time steps.
+        dt_init_floor: lower clamp of the initial time steps (a finite number >= 0).
         conv_bias: bias in the depthwise convolution.
         bias: bias in ``in_proj`` and ``out_proj``.
         use_fast_path: accepted for compatibility with mamba-ssm, where ``False`` runs the same function
             unfused; here the backend decides how the block runs (the same function either way).
-        layer_idx: optional layer index (kept for compatibility with mamba-ssm).
+        layer_idx: optional layer index, an int >= 0 (kept for compatibility with mamba-ssm).
         device: factory argument for the parameters.
         dtype: factory argument for the parameters (``A_log`` and ``D`` stay float32 as in mamba-ssm).
         backend: selective-scan backend (``None`` = environment variable / auto, see
@@ -101,12 +102,13 @@ class Mamba(nn.Module):
         if dt_min > dt_max:
             raise ValueError(f"need dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         dt_scale = check_positive_float("dt_scale", dt_scale)
-        if isinstance(dt_init_floor, bool) or not isinstance(dt_init_floor, (int, float)) or not (
-                0 <= dt_init_floor < math.inf):
-            raise ValueError(f"dt_init_floor must be a finite number >= 0, got {dt_init_floor!r}")
+        dt_init_floor = check_nonnegative_float("dt_init_floor", dt_init_floor)
         check_backend("backend", backend)
-        if layer_idx is not None and (isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or layer_idx < 0):
-            raise ValueError(f"layer_idx must be None or an int >= 0, got {layer_idx!r}")
+        if layer_idx is not None:
+            try:
+                layer_idx = check_positive_int("layer_idx", layer_idx, minimum=0)  # (a NumPy int as an int)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"layer_idx must be None or an int >= 0, got {layer_idx!r}") from None
         if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
             raise TypeError(f"dtype must be None or a floating torch.dtype such as torch.float32, got {dtype!r}")
         factory = {"device": factory_device(device), "dtype": dtype}

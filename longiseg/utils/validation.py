@@ -223,11 +223,18 @@ def check_ndim(name: str, x: ArrayLike, ndim: int | Sequence[int], layout: str =
     Args:
         name: argument name used in the message.
         x: tensor or array.
-        ndim: accepted rank(s).
+        ndim: accepted rank(s): an int ``>= 0`` (NumPy's too) or a sequence of them.
         layout: human-readable expected layout such as ``"(B, T, C, H, W)"``.
+
+    Raises:
+        TypeError: ``x`` is no tensor or array, or ``ndim`` is neither an int nor a sequence of ints.
+        ValueError: ``x`` has another rank, or ``ndim`` holds a negative rank.
     """
     _check_array_like(name, x)
-    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if isinstance(ndim, (Sequence, np.ndarray)) and not isinstance(ndim, (str, bytes)):
+        allowed = check_int_sequence("ndim", ndim, minimum=0, what="accepted ranks")
+    else:
+        allowed = (check_positive_int("ndim", ndim, minimum=0),)
     if x.ndim not in allowed:
         want = " or ".join(str(a) for a in allowed)
         lay = f" {layout}" if layout else ""
@@ -398,16 +405,44 @@ def _as_int(value: int | np.integer | torch.SymInt) -> int:
     return value if isinstance(value, torch.SymInt) else int(value)
 
 
-def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    """Return ``value`` if it is an ``int`` ``>= minimum``; raise ``TypeError``/``ValueError`` otherwise.
-
-    A symbolic size (``torch.SymInt``, from ``torch.export`` with a dynamic dim) is checked and returned as is.
-    """
+def _check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an ``int`` if it is one (NumPy's too, not bool; a ``torch.SymInt`` as is) ``>= minimum``, which
+    the caller has checked."""
     if isinstance(value, bool) or not isinstance(value, _INTS):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return _as_int(value)
+
+
+def _check_minimum(minimum: object, lowest: int | None) -> int:
+    """The ``minimum`` a caller passed to an int check, as an ``int``: an int ``>= lowest`` (any int for ``None``).
+
+    A float, NaN or bool there is a mistake of the caller (``value < nan`` is always false: every value passed).
+    """
+    if isinstance(minimum, bool) or not isinstance(minimum, (int, np.integer)):
+        raise TypeError(f"minimum must be an int, got {type(minimum).__name__} {minimum!r}")
+    if lowest is not None and minimum < lowest:
+        raise ValueError(f"minimum must be an int >= {lowest}, got {minimum}")
+    return int(minimum)
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` as an ``int`` if it is an int (NumPy's too, not bool) ``>= minimum``; raise
+    ``TypeError``/``ValueError`` otherwise.
+
+    A symbolic size (``torch.SymInt``, from ``torch.export`` with a dynamic dim) is checked and returned as is.
+
+    Args:
+        name: argument name used in the messages.
+        value: the value to check.
+        minimum: the smallest accepted value, an int ``>= 0`` (1: positive, 0: non-negative).
+
+    Raises:
+        TypeError: ``value`` is not an int, or ``minimum`` is not an int (a mistake of the caller).
+        ValueError: ``value < minimum``, or ``minimum < 0`` (a mistake of the caller).
+    """
+    return _check_int(name, value, _check_minimum(minimum, 0))
 
 
 #: The largest seed accepted anywhere: torch's generators take seeds below ``2**64``, and samplers add the epoch.
@@ -523,16 +558,21 @@ def check_score(name: str, value: object) -> float:
 
 
 def check_timepoints(name: str, num_timepoints: int, minimum: int = 2) -> int:
-    """Validate a number of timepoints ``T`` (at least ``minimum``, default 2).
+    """Validate a number of timepoints ``T`` (at least ``minimum``, default 2) and return it as an ``int``.
 
     A symbolic size (``torch.SymInt``, from ``torch.export`` with a dynamic ``T``) is checked and returned as is.
+
+    Raises:
+        TypeError: ``num_timepoints`` is not an int (NumPy's are; bool is not), or ``minimum`` is not an int (a
+            mistake of the caller).
+        ValueError: ``num_timepoints < minimum``, or ``minimum < 1`` (a mistake of the caller).
     """
+    minimum = _check_minimum(minimum, 1)
     if isinstance(num_timepoints, bool) or not isinstance(num_timepoints, _INTS):
         raise TypeError(f"{name} must be an int number of timepoints, got {type(num_timepoints).__name__}")
     if num_timepoints < minimum:
-        raise ValueError(
-            f"{name} must be >= {minimum} (a baseline and at least one follow-up), got {num_timepoints}"
-        )
+        why = " (a baseline and at least one follow-up)" if minimum == 2 else ""
+        raise ValueError(f"{name} must be >= {minimum}{why}, got {num_timepoints}")
     return _as_int(num_timepoints)
 
 
@@ -551,19 +591,21 @@ def check_int_sequence(
     Args:
         name: argument name used in the messages.
         values: the sequence.
-        minimum: smallest allowed entry.
+        minimum: smallest allowed entry (an int of any sign).
         length: required number of entries, or ``None`` for any.
         what: what the entries are, for the messages (e.g. ``"channels per stage"``).
 
     Raises:
-        TypeError: ``values`` is not a sequence (e.g. a single int) or an entry is not an int.
+        TypeError: ``values`` is not a sequence (e.g. a single int) or an entry is not an int; ``minimum`` is not
+            an int (a mistake of the caller).
         ValueError: an entry is below ``minimum`` or the length differs from ``length``.
     """
+    minimum = _check_minimum(minimum, None)
     if isinstance(values, np.ndarray) and values.ndim == 1:
         values = values.tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"{name} must be a sequence of ints ({what}), got {type(values).__name__} {values!r}")
-    out = tuple(check_positive_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(values))
+    out = tuple(_check_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(values))
     if length is not None and len(out) != length:
         raise ValueError(f"{name} must have {length} entries ({what}), got {len(out)}: {out}")
     return out
