@@ -120,3 +120,16 @@ def test_a_manifest_file_with_a_case_twice_names_the_file(tmp_path: Path) -> Non
     with pytest.raises(TypeError, match="modalities must be a sequence"):
         write_manifest(tmp_path / "m.json", Manifest("flair", ()))
     assert not (tmp_path / "m.json").exists()
+
+
+def test_window_helpers_return_python_ints_and_refuse_an_empty_window() -> None:
+    import json
+
+    from longiseg.inferers.sliding_window import blend_weights, window_starts
+
+    starts = window_starts(np.int64(9), np.int64(4), 0.5)
+    assert starts == [0, 2, 3, 5] and all(type(s) is int for s in starts)
+    json.dumps(starts)  # NumPy ints were kept: "not JSON serializable"
+    for blend in ("constant", "gaussian"):
+        with pytest.raises(ValueError, match="window must hold one size per spatial axis"):
+            blend_weights([], blend)  # a 0-d weight of 1

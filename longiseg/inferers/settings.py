@@ -105,7 +105,8 @@ class InferenceConfig(ConfigBase):
         overlap: window overlap (paper: 0.5).
         blend: ``"constant"`` or ``"gaussian"`` window weighting.
         planes: planes averaged by tri-planar inference.
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass of a 2.5D/2D model; a 3D model takes ``batch_size // 8`` windows
+            per pass (at least 1): its windows are volumes, far larger than a slice's.
         flip_tta: flip test-time augmentation.
         crop_to_brain: lay each slice's windows over its brain bounding box (tri-planar; default) instead of
             the whole slice.

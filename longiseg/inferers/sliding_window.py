@@ -82,8 +82,7 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
     Returns:
         Sorted start offsets.
     """
-    check_positive_int("size", size)
-    check_positive_int("window", window)
+    size, window = check_positive_int("size", size), check_positive_int("window", window)  # (NumPy ints as ints)
     _check_overlap(overlap)
     span = size - window
     if span <= 0:
@@ -124,11 +123,13 @@ def blend_weights(
 
     Raises:
         TypeError: ``window`` is not a sequence of ints, or ``sigma_scale`` not a number.
-        ValueError: for an unknown ``blend``, a window size below 1, a ``sigma_scale`` that is not finite and > 0,
+        ValueError: for an unknown ``blend``, no window size or one below 1, a ``sigma_scale`` that is not finite and > 0,
             or a ``device`` this machine does not have.
     """
     _check_blend(blend)
     sizes = check_int_sequence("window", window, what="window size per spatial axis")
+    if not sizes:  # a 0-d weight of 1 would blend nothing
+        raise ValueError("window must hold one size per spatial axis, got none")
     device = factory_device(device)
     if blend == "constant":
         return torch.ones(sizes, dtype=torch.float32, device=device)

@@ -271,10 +271,10 @@ def write_lesion_report(
 
     A failure part-way removes the figures this call wrote (a rerun is not refused for them).
     """
-    evolutions = check_evolutions(evolutions)
     montages = check_bool("montages", montages)
     overwrite = check_bool("overwrite", overwrite)
     progress = check_bool("progress", progress)
+    evolutions = check_evolutions(evolutions)
     if modality is not None and not isinstance(modality, str):
         raise TypeError(f"modality must be a str (e.g. 'flair') or None, got {type(modality).__name__}")
     out, masks_dir = check_path("out_dir", out_dir), check_path("mask_root", mask_root)
