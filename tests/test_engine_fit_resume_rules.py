@@ -66,17 +66,24 @@ def test_a_fresh_fit_of_a_trainer_holding_a_trained_state_is_refused(tmp_path: P
     _trainer(tmp_path / "a").fit()
     loaded = _trainer(tmp_path / "b")
     loaded.load_checkpoint(tmp_path / "a" / "last.pt")
-    with pytest.raises(ValueError, match=r"holds the training state of .*last.pt \(epoch 4\): continue it with "
-                                         r"fit\(resume="):
+    with pytest.raises(ValueError, match=r"holds the training state of .*last.pt \(epoch 4, from load_checkpoint\), "
+                                         r"not a fresh start: continue it with fit\(resume='.*last.pt'\)"):
         loaded.fit()
     assert not (tmp_path / "b").exists()  # nothing written
     result = loaded.fit(resume=tmp_path / "a" / "last.pt")  # a finished run elsewhere: nothing to train
     assert result.last_checkpoint == tmp_path / "a" / "last.pt" and result.last_checkpoint.is_file()
     again = _trainer(tmp_path / "c", max_epochs=1)
     again.fit()
-    with pytest.raises(ValueError, match="holds the training state of an earlier fit"):
+    with pytest.raises(ValueError, match=r"holds the state of an earlier fit \(epoch 1, step 4\), not a fresh start: "
+                                         r"continue it with fit\(resume=True\)"):
         again.fit(overwrite=True)
     assert (tmp_path / "c" / "last.pt").is_file()  # the run it would have removed
+    interrupted = _trainer(tmp_path / "d", max_epochs=1)  # interrupted in its first epoch: no last.pt
+
+    interrupted.global_step = 2  # as after two steps of an epoch that did not finish
+    with pytest.raises(ValueError, match="output_dir holds no last.pt to continue from, or start afresh with a new "
+                                         "Trainer and a new model"):
+        interrupted.fit()
 
 
 def test_a_resume_with_another_batch_size_keeps_the_schedule_in_epochs(tmp_path: Path, caplog) -> None:

@@ -80,6 +80,22 @@ def test_a_failed_report_removes_its_figures_and_a_rerun_is_not_refused(tmp_path
     assert write_lesion_report([_evolution()], masks, out, progress=False).is_file()
 
 
+def test_a_failed_rerun_with_overwrite_keeps_the_figures_it_replaced(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from longiseg.reports.lesion_report import write_lesion_report
+
+    masks, out = tmp_path / "masks", tmp_path / "out"
+    for case in ("c1", "c2"):
+        _mask_case(masks, case, np.eye(4), NEW)
+    write_lesion_report([_evolution("c1"), _evolution("c2")], masks, out, progress=False)
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    (masks / "c2" / layout.BASELINE_MASK).unlink()  # c2 fails after c1's figures were rewritten
+    with pytest.raises(FileNotFoundError):
+        write_lesion_report([_evolution("c1"), _evolution("c2"), _evolution("c3")], masks, out, overwrite=True,
+                            progress=False)
+    assert sorted(p.name for p in (out / "figures").iterdir()) == figures  # replaced ones stay, none added
+
+
 @pytest.mark.parametrize(("affine", "progression", "match"), [
     (np.diag([2.0, 2.0, 2.0, 1.0]), NEW, "lie on another grid than those its evolution was computed from"),
     (np.eye(4), np.zeros(SHAPE, np.uint8), "hold no new tissue at follow-up 1, where its evolution found 1"),

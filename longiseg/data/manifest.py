@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longiseg.data import layout
-from longiseg.data.case import LongitudinalCase, check_modalities
+from longiseg.data.case import LongitudinalCase
 from longiseg.data.sources import CaseSource
 from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
 from longiseg.utils.validation import check_bool, check_instance, check_path, check_sequence, check_timepoints
@@ -54,18 +54,24 @@ class ManifestEntry:
 class Manifest:
     """A cohort manifest: the modalities (channel order) and one :class:`ManifestEntry` per case.
 
+    The modality names are checked where images are read by them (:func:`~longiseg.data.case.check_modalities`):
+    a folder of masks never uses them.
+
     Raises:
-        TypeError: ``modalities`` is a single string or holds a non-string; ``cases`` is not a sequence of
-            :class:`ManifestEntry`.
-        ValueError: a modality the layout cannot store or one given twice
-            (:func:`~longiseg.data.case.check_modalities`); a case id given twice.
+        TypeError: ``modalities`` is a single string or holds something other than a non-empty string; ``cases``
+            is not a sequence of :class:`ManifestEntry`.
+        ValueError: a case id given twice.
     """
 
     modalities: tuple[str, ...]
     cases: tuple[ManifestEntry, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "modalities", check_modalities(self.modalities, "modalities"))
+        mods = self.modalities
+        if isinstance(mods, (str, bytes)) or not isinstance(mods, Sequence) or not all(
+                isinstance(m, str) and m for m in mods):
+            raise TypeError(f"modalities must be a sequence of channel names such as ('flair', 't2'), got {mods!r}")
+        object.__setattr__(self, "modalities", tuple(mods))
         object.__setattr__(self, "cases", tuple(check_sequence("cases", self.cases, ManifestEntry, "a ManifestEntry")))
         ids = [e.case_id for e in self.cases]
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -193,7 +199,7 @@ def read_manifest(path: PathLike) -> Manifest:
     entries = tuple(_entry(r, f"manifest {path} {place}", extra) for r, place in zip(rows, places))
     try:
         return Manifest(modalities=mods, cases=entries)
-    except (TypeError, ValueError) as err:  # duplicate case ids, or modalities no case could be stored with
+    except (TypeError, ValueError) as err:  # duplicate case ids
         raise ValueError(f"manifest {path}: {err}") from None
 
 

@@ -774,9 +774,10 @@ class Trainer:
             # position moves to the same point of the same epoch (counted in the steps the schedule now takes)
             moved = round(self.scheduler.last_epoch * self.steps_per_epoch / old_steps_per_epoch)
             logger.warning("resuming %s with %d steps per epoch (checkpoint had %d: another batch size, loader or "
-                           "number of processes): the LR schedule continues at the same point of epoch %d, step %d "
-                           "(was %d); the run will differ from an uninterrupted one", path, self.steps_per_epoch,
-                           old_steps_per_epoch, int(ckpt["epoch"]), moved, self.scheduler.last_epoch)
+                           "number of processes): the LR schedule continues at the same point, after %d epoch(s): "
+                           "step %d (was %d); the run will differ from an uninterrupted one", path,
+                           self.steps_per_epoch, old_steps_per_epoch, int(ckpt["epoch"]), moved,
+                           self.scheduler.last_epoch)
             self.scheduler.last_epoch = moved
         # optimizer/scheduler.load_state_dict bring back the checkpoint's hyper-parameters: the current config's
         # apply, at the restored position of the schedule (the moments and step counts stay the checkpoint's).
@@ -872,11 +873,17 @@ class Trainer:
             ckpt_path = Path(resume)
             if not ckpt_path.is_file():
                 raise FileNotFoundError(f"resume checkpoint not found: {ckpt_path}")
-        if ckpt_path is None and (self.epoch or self.global_step):
-            held = f"{self._loaded_from[0]}" if self._loaded_from is not None else "an earlier fit"
-            raise ValueError(f"this Trainer holds the training state of {held} (epoch {self.epoch}): continue it with "
-                             "fit(resume=PATH of that checkpoint), or start afresh with a new Trainer (to start from "
-                             "its weights only, load them into the model with load_model_weights)")
+        if ckpt_path is None and (self.epoch or self.global_step):  # a "fresh" run would go on from that state
+            if self._loaded_from is not None:
+                held = f"the training state of {self._loaded_from[0]} (epoch {self.epoch}, from load_checkpoint)"
+                hint = f"continue it with fit(resume={str(self._loaded_from[0])!r})"
+            else:
+                held = f"the state of an earlier fit (epoch {self.epoch}, step {self.global_step})"
+                hint = ("continue it with fit(resume=True)" if last_path.is_file() else
+                        "its output_dir holds no last.pt to continue from")
+            raise ValueError(f"this Trainer holds {held}, not a fresh start: {hint}, or start afresh with a new "
+                             "Trainer and a new model (to start from a checkpoint's weights only, load them into the "
+                             "model with load_model_weights)")
         if ckpt_path is None and not overwrite:  # also resume=True without last.pt next to an old best.pt
             check_fresh_start(self.output_dir, resume=resume is True)
         if ckpt_path is not None:

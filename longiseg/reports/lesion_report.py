@@ -269,7 +269,8 @@ def write_lesion_report(
         FileExistsError: without ``overwrite``, a file the report would write exists (checked before any is
             written).
 
-    A failure part-way removes the figures this call wrote (a rerun is not refused for them).
+    A failure part-way removes the figures this call created (a rerun is not refused for them); figures of an
+    earlier report that it replaced (``overwrite``) stay replaced. ``longiseg lesions`` writes the report as a whole.
     """
     montages = check_bool("montages", montages)
     overwrite = check_bool("overwrite", overwrite)
@@ -280,15 +281,18 @@ def write_lesion_report(
     out, masks_dir = check_path("out_dir", out_dir), check_path("mask_root", mask_root)
     img_dir = check_path("images_root", images_root) if images_root is not None else masks_dir
     figs = out / "figures"
-    written: list[Path] = []
+    created: list[Path] = []  # figures that did not exist before this call (replaced ones are not removed)
 
     def save(name: str, png: bytes) -> None:
-        written.append(atomic_write(figs / name, lambda fh: fh.write(png), mode="wb", overwrite=overwrite))
+        new = not (figs / name).exists()
+        path = atomic_write(figs / name, lambda fh: fh.write(png), mode="wb", overwrite=overwrite)
+        if new:
+            created.append(path)
 
     try:
         return _write_report(evolutions, masks_dir, img_dir, out, modality, montages, overwrite, progress, save)
     except BaseException:  # interrupted too: no figures without their report.html
-        for path in written:
+        for path in created:
             path.unlink(missing_ok=True)
         raise
 
