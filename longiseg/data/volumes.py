@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from longiseg.data.case import SPACING_RTOL, affine_spacing
@@ -88,6 +87,8 @@ def nifti_spacing(img: Any, path: PathLike, *, what: str = "NIfTI file", rtol: f
         TypeError: ``img`` is not a nibabel NIfTI image (a path: read it with
             :func:`~longiseg.utils.nifti.load_nifti` first).
     """
+    import nibabel as nib  # here: importing longiseg does not import nibabel
+
     check_instance("img", img, (nib.Nifti1Image, nib.Nifti2Image),
                    "a nibabel NIfTI image (for a path p: load_nifti(p, header_only=True))")
     hdr = img.header
