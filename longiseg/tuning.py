@@ -181,15 +181,16 @@ def progression_score(
 
 def _progression_mask(prob: np.ndarray, baseline: np.ndarray | None, brain: np.ndarray | None, threshold: float,
                       min_volume_mm3: float, spacing: Sequence[float], baseline_threshold: float,
-                      earlier: Sequence[np.ndarray] = ()) -> np.ndarray:
+                      earlier: Sequence[np.ndarray] = (), restrict: str = "progression") -> np.ndarray:
     """One follow-up's progression mask as prediction writes it (``postprocess_heads`` owns the rule; ``earlier``:
-    the case's earlier follow-ups' maps, whose lesions it excludes)."""
+    the case's earlier follow-ups' maps, whose lesions it excludes; ``restrict``: which masks ``brain`` cuts, as
+    prediction's ``restrict_to_brain``)."""
     if baseline is None:
         return postprocess(prob, threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing,
                            brain_mask=brain)
     prog = postprocess_heads(baseline, np.stack([*earlier, prob]), threshold=baseline_threshold,
                              progression_threshold=threshold, min_volume_mm3=min_volume_mm3, spacing=spacing,
-                             brain_mask=brain, restrict="none" if brain is None else "progression").progression
+                             brain_mask=brain, restrict="none" if brain is None else restrict).progression
     return prog[-1]
 
 
@@ -218,6 +219,7 @@ def select_threshold(
     baseline_probabilities: Sequence[np.ndarray | torch.Tensor] | None = None,
     baseline_threshold: float = 0.5,
     earlier_probabilities: Sequence[Sequence[np.ndarray | torch.Tensor]] | None = None,
+    restrict: str = "progression",
 ) -> ThresholdSelection:
     """Pick the progression probability threshold that maximises the validation objective.
 
@@ -231,7 +233,7 @@ def select_threshold(
         thresholds: candidate thresholds in ``(0, 1)``.
         min_volume_mm3: components below this volume are removed after thresholding, as in prediction.
         brain_masks: optional ``(D, H, W)`` binary masks (or ``None`` entries) the predicted masks are cut
-            to before component removal, as ``restrict_to_brain="progression"`` does in prediction.
+            to before component removal, as prediction's ``restrict_to_brain`` (``restrict``) does.
         protocol: evaluation protocol of the lesion F1 (see :mod:`longiseg.metrics.protocol`).
         default: reference threshold, always evaluated; ties are broken towards it.
         objective: ``"balanced"`` (default: mean of the P follow-ups' lesion F1 and of the strict NP score of
@@ -245,6 +247,9 @@ def select_threshold(
             maps of its case's earlier follow-ups (``[]`` for a first follow-up): the masks of a later follow-up
             then also exclude the lesions new at an earlier one, as prediction does (``None``: every map is a
             first follow-up).
+        restrict: where ``brain_masks`` are given, which masks they cut, as prediction's ``restrict_to_brain``:
+            ``"progression"`` (default) or ``"both"`` (the baseline mask too, before it is excluded from the
+            progression masks: an old lesion crossing the brain mask's edge may then lose its baseline mask).
 
     Returns:
         :class:`ThresholdSelection` with the chosen threshold, its objective and the objective of every
@@ -279,6 +284,8 @@ def select_threshold(
         raise ValueError(f"min_volume_mm3 must be >= 0, got {min_volume_mm3}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if restrict not in ("progression", "both"):
+        raise ValueError(f"restrict must be 'progression' or 'both' (how brain_masks cut the masks), got {restrict!r}")
     (default,) = check_thresholds([default])
     (baseline_threshold,) = check_thresholds([baseline_threshold])
     candidates = check_thresholds(thresholds)
@@ -325,7 +332,7 @@ def select_threshold(
     for t in candidates:
         per_case = {
             i: progression_score(_progression_mask(probs[i], bases[i], brains[i], t, min_volume_mm3, spacings[i],
-                                                   baseline_threshold, earlier[i]), refs[i], spacings[i], prot)
+                                                   baseline_threshold, earlier[i], restrict), refs[i], spacings[i], prot)
             for i in used
         }
         groups = [[v for i, v in per_case.items() if is_p[i] == flag] for flag in flags]

@@ -15,7 +15,9 @@ probabilities into masks under that rule (what ``longiseg predict`` writes and `
 2. ``p_new`` is thresholded and the voxels of the lesions at ``k - 1`` are cut out (the baseline mask and the
    progression masks of the earlier follow-ups), so no progression voxel is ever a voxel of an earlier lesion;
 3. components below the minimum volume are removed only then, so the thin rims left where the heads disagree
-   about an old lesion's border are dropped instead of being reported as new lesions.
+   about a small old lesion's border are dropped instead of being reported as new lesions (a rim is one
+   connected shell: around a medium lesion that the progression head outlines a voxel or more wider, with
+   confident borders, it can exceed the minimum volume and stays).
 
 The rule follows the references ("lesion at ``k``, not at ``k - 1``"); it also damps a lesion voxel that healed
 before ``k - 1`` and came back at ``k``. It relies on the heads: an old lesion the baseline head (or, for a lesion
@@ -288,7 +290,8 @@ def postprocess_heads(
             ``progression_threshold`` is ``None``).
         min_volume_mm3: see :func:`remove_small_components`.
         spacing: voxel size in mm along ``(D, H, W)``.
-        brain_mask: binary ``(D, H, W)`` mask used by ``restrict`` (required unless ``restrict="none"``).
+        brain_mask: binary ``(D, H, W)`` mask used by ``restrict`` (required unless ``restrict="none"``, which
+            ignores it).
         restrict: ``"none"``, ``"progression"`` or ``"both"``: which masks are cut to ``brain_mask``.
         progression_outside_baseline: cut progression to the outside of the earlier lesions.
         progression_threshold: probability threshold of the progression maps (what ``longiseg tune`` chooses);

@@ -227,8 +227,12 @@ _OUTPUT_OPTIONS = tuple(n for n in _OPTIONS if n not in ("save_probabilities", "
 
 def _record(model: nn.Module, inferer: Inferer, options: Mapping[str, object]) -> dict[str, Any]:
     """:func:`~longiseg.inferers.provenance.prediction_record` of a prediction with ``options`` (every name of
-    :data:`_OPTIONS`): those of :data:`_OUTPUT_OPTIONS` are recorded."""
-    return prediction_record(model, inferer, {n: options[n] for n in _OUTPUT_OPTIONS})
+    :data:`_OPTIONS`): those of :data:`_OUTPUT_OPTIONS` are recorded, ``progression_threshold`` as the threshold
+    the masks were made with (``threshold`` where it is ``None``), so one prediction records one set of settings."""
+    recorded = {n: options[n] for n in _OUTPUT_OPTIONS}
+    if recorded["progression_threshold"] is None:
+        recorded["progression_threshold"] = recorded["threshold"]
+    return prediction_record(model, inferer, recorded)
 
 
 def _default_inferer(inferer: Inferer | None, progress: bool = True) -> Inferer:
@@ -278,12 +282,12 @@ def predict_case(
         restrict_to_brain: ``"none"``, ``"progression"`` or ``"both"``: which masks are cut to the brain mask
             (the given one, else the voxels that are nonzero in any timepoint/channel). Probability and
             entropy maps are saved unrestricted.
-        progression_outside_baseline: progression where the voxel was not lesion at baseline: the progression
-            probability becomes ``p_prog (1 - p_base)`` and the masks are cut to the outside of the baseline
-            mask before small components are removed (see
-            :func:`~longiseg.inferers.postprocessing.postprocess_heads`). The saved progression probability
-            and entropy maps are those of ``p_prog (1 - p_base)`` then, so that every mask is its probability
-            map post-processed.
+        progression_outside_baseline: progression where the voxel was not lesion at ``k - 1``: the probability
+            of follow-up ``k`` becomes ``p_prog_k (1 - p_base) prod_{j<k} (1 - p_prog_j)`` and its mask is cut to
+            the outside of the baseline mask and of the earlier follow-ups' masks before small components are
+            removed (see :func:`~longiseg.inferers.postprocessing.postprocess_heads`). The saved progression
+            probability and entropy maps are those of that probability then, so that every mask is its
+            probability map post-processed.
         save_probabilities: also write the probability maps.
         save_entropy: also write the entropy maps.
         overwrite: replace an existing case folder as a whole; otherwise an existing output (or a non-empty

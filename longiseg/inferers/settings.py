@@ -241,7 +241,8 @@ def prediction_defaults(model: nn.Module, *, progress: bool = False, inferer: bo
         return {}
     cfg = inference_settings(model) if inferer else InferenceConfig.from_dict(spec.inference)
     defaults = {"inferer": make_inferer(spec, cfg, progress=progress)} if inferer else {}
-    return {**defaults, "threshold": cfg.threshold, "progression_threshold": cfg.progression_cut,
+    # the recorded progression threshold as recorded: None (untuned) follows a threshold given over these defaults
+    return {**defaults, "threshold": cfg.threshold, "progression_threshold": cfg.progression_threshold,
             "min_volume_mm3": cfg.min_lesion_mm3, "restrict_to_brain": cfg.restrict,
             "progression_outside_baseline": cfg.progression_outside_baseline}
 

@@ -215,7 +215,8 @@ def _tune_checkpoint(run: Path, checkpoint: str, root: Path, val_ids: list[str],
                                      objective=objective,
                                      baseline_probabilities=maps.baseline_probabilities if outside_baseline else None,
                                      earlier_probabilities=maps.earlier_probabilities if outside_baseline else None,
-                                     baseline_threshold=settings.threshold)
+                                     baseline_threshold=settings.threshold,
+                                     restrict="both" if settings.restrict == "both" else "progression")
         record = selection.to_dict()
         logger.info("%s: progression threshold %.2f chosen on %d validation follow-ups (%s %.3f; %.3f at %.2f)",
                     ckpt, selection.threshold, len(maps.references), objective, selection.score, selection.default_score,
