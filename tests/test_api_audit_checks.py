@@ -135,3 +135,34 @@ def test_window_helpers_return_python_ints_and_refuse_an_empty_window() -> None:
     for blend in ("constant", "gaussian"):
         with pytest.raises(ValueError, match="window must hold one size per spatial axis"):
             blend_weights([], blend)  # a 0-d weight of 1
+
+
+def test_messages_stay_short_and_name_the_cause(tmp_path: Path) -> None:
+    from longiseg.inferers import predict_case
+    from longiseg.utils.masks import as_spacing
+
+    with pytest.raises(ValueError, match=r"got an array of shape \(49, 58, 47\)") as err:
+        as_spacing(np.zeros((49, 58, 47)), 3)  # a brain mask passed as the spacing printed 133,574 voxels
+    assert len(str(err.value)) < 200
+    with pytest.raises(TypeError) as err:
+        as_spacing([[1.0, "a"]] * 10_000, 3)
+    assert len(str(err.value)) < 300
+    with pytest.raises(ValueError, match="restrict_to_brain must be one of"):  # numpy's "truth value is ambiguous"
+        predict_case(torch.nn.Identity(), np.zeros((2, 1, 4, 4, 4), np.float32), EYE, None, tmp_path, "c",
+                     restrict_to_brain=np.zeros(3))
+
+
+def test_a_cuda_checkpoint_without_a_cpu_map_is_not_called_corrupt(tmp_path: Path, model: torch.nn.Module,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from longiseg.engine import checkpoint as ckpt_module
+
+    path = tmp_path / "gpu.pt"
+    torch.save({"model": {}}, path)
+
+    def load(*args: object, **kwargs: object) -> None:  # what torch.load raises for CUDA storages on a CPU machine
+        raise RuntimeError("Attempting to deserialize object on a CUDA device but torch.cuda.is_available() is False.")
+
+    monkeypatch.setattr(ckpt_module.torch, "load", load)
+    with pytest.raises(ValueError, match="holds CUDA tensors and CUDA is not available on this machine: load it with "
+                                         "map_location='cpu'"):
+        ckpt_module.load_checkpoint(path, map_location=None)

@@ -368,6 +368,9 @@ def _read(path: Path, map_location: Any, weights_only: bool) -> dict[str, Any]:
         raise ValueError(f"{path} is not a readable checkpoint (corrupt or not written by torch.save)") from err
     except Exception as err:  # noqa: BLE001 - whatever torch's readers raise on a file that is no checkpoint
         # truncated zip archives, text files (KeyError, IndexError from the unpicklers), wrong map_location devices
+        if "deserialize object on a CUDA device" in str(err):  # a GPU run's tensors, no map to a device here
+            raise ValueError(f"checkpoint {path} holds CUDA tensors and CUDA is not available on this machine: load it "
+                             f"with map_location='cpu' (or 'auto'), not {map_location!r}") from None
         reason = " ".join(str(err).split())[:200]
         if not isinstance(err, (RuntimeError, EOFError, OSError, ValueError)):  # a bare key or index: say what
             reason = f"unexpected data ({type(err).__name__}: {reason})"
@@ -445,8 +448,8 @@ def load_checkpoint(
         loss_fn: loss to restore (skipped without ``load_state_dict``).
         restore_rng: also restore the python/numpy/torch/CUDA RNG states.
         map_location: where tensors are loaded, as :func:`torch.load` takes it (a device such as ``"cpu"`` or
-            ``"cuda:0"``, a dict or a callable); a device this machine lacks, or one that holds no data (``"meta"``),
-            is refused.
+            ``"cuda:0"``, a dict or a callable), or ``"auto"`` (CUDA where available, else the CPU); a device this
+            machine lacks, or one that holds no data (``"meta"``), is refused.
         strict: passed to ``model.load_state_dict``.
         weights_only: passed to :func:`torch.load` (checkpoints of this module load with ``True``).
         checkpoint: the dict an earlier call returned for ``path``: its states are loaded without reading the
@@ -492,8 +495,8 @@ def build_model_from_checkpoint(path: str | Path, *, map_location: Any = "cpu",
     Args:
         path: checkpoint file.
         map_location: where tensors are loaded, as :func:`torch.load` takes it (a device such as ``"cpu"`` or
-            ``"cuda:0"``, a dict or a callable); a device this machine lacks, or one that holds no data (``"meta"``),
-            is refused.
+            ``"cuda:0"``, a dict or a callable), or ``"auto"`` (CUDA where available, else the CPU); a device this
+            machine lacks, or one that holds no data (``"meta"``), is refused.
         **override_kwargs: factory keyword arguments replacing the stored ones.
 
     Returns:
@@ -624,8 +627,8 @@ def load_model(path: str | Path, *, map_location: Any = "cpu") -> nn.Module:
     Args:
         path: a checkpoint written by ``longiseg train`` (``best.pt``/``last.pt``) or :func:`save_checkpoint`.
         map_location: where tensors are loaded, as :func:`torch.load` takes it (a device such as ``"cpu"`` or
-            ``"cuda:0"``, a dict or a callable); a device this machine lacks, or one that holds no data (``"meta"``),
-            is refused.
+            ``"cuda:0"``, a dict or a callable), or ``"auto"`` (CUDA where available, else the CPU); a device this
+            machine lacks, or one that holds no data (``"meta"``), is refused.
 
     Returns:
         The model in eval mode; ``model.spec`` (:class:`~longiseg.spec.ModelSpec`) holds its modality order,

@@ -211,7 +211,7 @@ _OPTIONS = ("threshold", "min_volume_mm3", "restrict_to_brain", "progression_out
 
 def _check_options(options: dict[str, object]) -> None:
     """Refuse bad :func:`predict_case` settings (``options``: every name of :data:`_OPTIONS`), naming them."""
-    if options["restrict_to_brain"] not in RESTRICT_OPTIONS:
+    if not isinstance(options["restrict_to_brain"], str) or options["restrict_to_brain"] not in RESTRICT_OPTIONS:
         raise ValueError(f"restrict_to_brain must be one of {RESTRICT_OPTIONS}, got {options['restrict_to_brain']!r}")
     for flag in ("save_probabilities", "save_entropy", "overwrite"):
         check_bool(flag, options[flag])

@@ -8,6 +8,7 @@ that names the offending argument.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -127,18 +128,19 @@ def as_spacing(
         values = np.asarray(spacing, dtype=object).ravel()
         sp = np.asarray(spacing, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a number or a sequence of {ndim} numbers, got {spacing!r}") from err
+        raise TypeError(f"{name} must be a number or a sequence of {ndim} numbers, got {reprlib.repr(spacing)}") from err
     if any(isinstance(v, (bool, np.bool_)) for v in values):  # True is not "1 mm"
-        raise TypeError(f"{name} must hold millimetre values, got a boolean in {spacing!r}")
+        raise TypeError(f"{name} must hold millimetre values, got a boolean in {reprlib.repr(spacing)}")
     if any(isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in values):  # NumPy would parse "1" as 1.0
-        raise TypeError(f"{name} must hold numbers, got a string in {spacing!r}")
+        raise TypeError(f"{name} must hold numbers, got a string in {reprlib.repr(spacing)}")
     if any(v is None for v in values):  # NumPy would read None as NaN
-        raise TypeError(f"{name} must hold numbers, got None in {spacing!r}")
+        raise TypeError(f"{name} must hold numbers, got None in {reprlib.repr(spacing)}")
     if sp.ndim == 0:
         sp = np.full(ndim, float(sp))
     if sp.shape != (ndim,):
         raise ValueError(
-            f"{name} must have {ndim} values (one per axis), got {tuple(np.atleast_1d(sp).tolist())}"
+            f"{name} must have {ndim} values (one per axis), got "
+            f"{tuple(np.atleast_1d(sp).tolist()) if sp.size <= 8 else f'an array of shape {sp.shape}'}"
         )
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise ValueError(f"{name} must hold positive finite millimetre values, got {tuple(sp.tolist())}")
