@@ -467,6 +467,37 @@ def test_report_folder_stages_inside_when_the_parent_is_read_only(
     assert _listing(out) == ["b.json"] and sorted(p.name for p in tmp_path.iterdir()) == ["r"]
 
 
+def test_a_linked_report_folder_is_staged_in_the_folder_it_names(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out a link to a folder on another file system (/dev/shm): the report was staged beside the link and every
+    rename into the target failed after the whole evaluation ("Invalid cross-device link"), leaving figures/."""
+    import errno
+    import os
+
+    import longiseg.metrics.report as rep
+
+    target = tmp_path / "elsewhere" / "rep"
+    target.mkdir(parents=True)
+    (target / "mine.txt").write_text("kept")
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    replace = os.replace
+
+    def same_device_only(src: object, dst: object) -> None:  # a rename from beside the link crosses devices
+        if not Path(src).resolve().is_relative_to(target.resolve()):
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(rep.os, "replace", same_device_only)
+    with rep.report_folder(link, ("a.csv", "figures/*.png")) as stage:
+        assert stage.resolve().parent == target.resolve()
+        (stage / "a.csv").write_text("new")
+        (stage / "figures").mkdir()
+        (stage / "figures" / "f.png").write_bytes(b"png")
+    assert link.is_symlink() and _listing(target) == ["a.csv", "figures", "figures/f.png", "mine.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "out"]  # nothing beside the link
+
+
 @pytest.mark.parametrize("start", ["missing", "empty", "other content"])
 def test_report_folder_without_overwrite_leaves_a_report_written_meanwhile(tmp_path: Path, start: str) -> None:
     """Two reports into the same folder, neither allowed to replace a report (two runs started together without

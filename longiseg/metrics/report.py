@@ -360,7 +360,9 @@ def report_folder(out: PathLike, patterns: Sequence[str], *, overwrite: bool = T
                                   "it") from err
         return
     _check_report_folders_writable(out, patterns)  # before the report is written, not when it is moved in
-    staged = out / _STAGE if inside else out  # staged inside out when only out is writable, else beside it
+    # staged inside out when only out is writable, or when out is a link (beside the link may be another file
+    # system than the folder it names: the files could not be renamed into it); else beside it
+    staged = out / _STAGE if inside or out.is_symlink() else out
     remove_stale_temporaries(staged)
     stage = Path(tempfile.mkdtemp(prefix=temporary_prefix(staged), suffix=".tmp", dir=staged.parent))
     try:
