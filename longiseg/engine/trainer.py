@@ -760,6 +760,15 @@ class Trainer:
         ckpt = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                grad_scaler=self.grad_scaler, sampler=self.stateful_sampler, loss_fn=self.loss_fn,
                                restore_rng=True, map_location=self.device, checkpoint=checkpoint)
+        self._loaded_from = (Path(path).resolve(), ckpt.get("rng"))
+        self.epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.best_metric = ckpt.get("best_metric")
+        self.early_stopping_counter = int(ckpt.get("early_stopping_counter", 0))
+        self.history = [dict(r) for r in ckpt.get("history", [])]
+        extra = ckpt.get("extra", {})
+        self.best_epoch = extra.get("best_epoch")
+        self.stopped_early = bool(extra.get("stopped_early", False))
         old = ckpt.get("trainer_config") or {}
         # the checkpoint's schedule (restored with the scheduler) was max_epochs * steps per epoch long
         saved_total, old_epochs = getattr(self.scheduler.lr_lambdas[0], "total_steps", None), old.get("max_epochs")
@@ -767,16 +776,14 @@ class Trainer:
                                and old_epochs > 0 and saved_total % old_epochs == 0 else None)
         for fn, state in zip(self.scheduler.lr_lambdas, fresh):
             fn.__dict__.update(state)
-        finished = (int(ckpt["epoch"]) >= self.config.max_epochs
-                    or bool((ckpt.get("extra") or {}).get("stopped_early", False)))
-        if old_steps_per_epoch is not None and old_steps_per_epoch != self.steps_per_epoch and not finished:
+        if old_steps_per_epoch is not None and old_steps_per_epoch != self.steps_per_epoch and not self.finished:
             # another batch size or number of processes: the schedule is defined in epochs, so the restored
             # position moves to the same point of the same epoch (counted in the steps the schedule now takes)
             moved = round(self.scheduler.last_epoch * self.steps_per_epoch / old_steps_per_epoch)
             logger.warning("resuming %s with %d steps per epoch (checkpoint had %d: another batch size, loader or "
                            "number of processes): the LR schedule continues at the same point, after %d epoch(s): "
                            "step %d (was %d); the run will differ from an uninterrupted one", path,
-                           self.steps_per_epoch, old_steps_per_epoch, int(ckpt["epoch"]), moved,
+                           self.steps_per_epoch, old_steps_per_epoch, self.epoch, moved,
                            self.scheduler.last_epoch)
             self.scheduler.last_epoch = moved
         # optimizer/scheduler.load_state_dict bring back the checkpoint's hyper-parameters: the current config's
@@ -788,15 +795,6 @@ class Trainer:
             group.update(hyper)
             group["lr"] = base * fn(step)
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-        self._loaded_from = (Path(path).resolve(), ckpt.get("rng"))
-        self.epoch = int(ckpt["epoch"])
-        self.global_step = int(ckpt["global_step"])
-        self.best_metric = ckpt.get("best_metric")
-        self.early_stopping_counter = int(ckpt.get("early_stopping_counter", 0))
-        self.history = [dict(r) for r in ckpt.get("history", [])]
-        extra = ckpt.get("extra", {})
-        self.best_epoch = extra.get("best_epoch")
-        self.stopped_early = bool(extra.get("stopped_early", False))
         now = self.config.to_dict()  # plain data, as the checkpoint stores it (betas a list)
         differ = [k for k in ("steps_per_epoch", "max_epochs", "seed", "lr", "min_lr", "warmup_epochs", "weight_decay",
                               "betas", "eps", "grad_clip_norm", "amp", "patience", "min_delta", "val_every")
