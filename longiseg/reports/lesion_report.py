@@ -216,20 +216,27 @@ def _activity(active: bool) -> str:
     return '<span class="yes">yes</span>' if active else "no"
 
 
-def _check_same_masks(ev: CaseEvolution, masks_dir: Path, affine: np.ndarray, base: np.ndarray,
-                      prog: np.ndarray) -> None:
+def _lesions_over_time(base: np.ndarray, prog: np.ndarray) -> list[np.ndarray]:
+    """The lesion masks ``L_0 .. L_{T-1}`` of a case (``L_k = L_{k-1} | progression_k``: lesions do not shrink) from
+    its baseline ``(D, H, W)`` and progression ``(T-1, D, H, W)`` bool masks."""
+    lesion = [base]
+    for p in prog:
+        lesion.append(lesion[-1] | p)
+    return lesion
+
+
+def _check_same_masks(ev: CaseEvolution, masks_dir: Path, affine: np.ndarray, lesion: Sequence[np.ndarray]) -> None:
     """Refuse masks read for the montages that are not those ``ev`` was computed from: another grid, or no new
-    tissue at a follow-up where ``ev`` found a change (the montages would outline other lesions)."""
+    tissue at a follow-up where ``ev`` found a change (the montages would outline other lesions); ``lesion``: the
+    masks' :func:`_lesions_over_time`."""
     where = f"case {ev.case_id!r}: the masks in {masks_dir}"
     if not np.allclose(affine, ev.affine, rtol=0.0, atol=1e-4):
         raise ValueError(f"{where} lie on another grid than those its evolution was computed from: give mask_root "
                          "the folder passed to evolution_folder")
-    lesion = base.copy()
-    for k, (p, f) in enumerate(zip(prog, ev.followups), start=1):
-        if f.changes and not (p & ~lesion).any():
+    for k, f in enumerate(ev.followups, start=1):
+        if f.changes and not (lesion[k] & ~lesion[k - 1]).any():
             raise ValueError(f"{where} hold no new tissue at follow-up {k}, where its evolution found "
                              f"{len(f.changes)} change(s): give mask_root the folder passed to evolution_folder")
-        lesion |= p
 
 
 def write_lesion_report(
@@ -352,15 +359,13 @@ def _write_report(evolutions: Sequence[CaseEvolution], masks_dir: Path, img_dir:
         if changes and montages:
             masks, affine, _ = read_prediction(masks_dir, ev.case_id, len(ev.followups) + 1, "mask")
             base, prog = masks[0].astype(bool), masks[1:].astype(bool)
-            _check_same_masks(ev, masks_dir, affine, base, prog)
+            lesion = _lesions_over_time(base, prog)
+            _check_same_masks(ev, masks_dir, affine, lesion)
             images, why = _load_images(img_dir / ev.case_id, len(ev.followups) + 1, modality,
                                        (masks_dir / ev.case_id / layout.BASELINE_MASK, base.shape, affine))
             if images is None:
                 sec.append(f"<p class='note'>No montages: {html.escape(why)} (give the image folder).</p>")
             else:
-                lesion = [base]
-                for p in prog:
-                    lesion.append(lesion[-1] | p)
                 for c in changes:
                     k = c.followup
                     title = f"{ev.case_id} FU {k} #{c.index}: {c.kind}, {c.added_volume_mm3:.0f} mm³ ({why})"
