@@ -27,6 +27,7 @@ from longiseg.utils.io import (
     atomic_torch_save,
     atomic_write_json,
     remove_stale_temporaries,
+    temporary_prefix,
 )
 from longiseg.utils.nifti import atomic_save_nifti
 
@@ -84,6 +85,30 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path, umask_022
     atomic_save_nifti(np.zeros((2, 2, 2), np.uint8), np.eye(4), tmp_path / "m.nii.gz")
     assert not stale.exists() and live.exists() and other.exists()
     assert remove_stale_temporaries(tmp_path / "case") == [stale_dir]
+
+
+def test_outputs_with_names_near_the_file_systems_limit_are_written(tmp_path: Path) -> None:
+    """A temporary's name adds about 40 bytes to its destination's: an output folder or file named with 240
+    characters (255 bytes is the usual limit) failed with 'File name too long' after all the work."""
+    folder, file, dotted = "o" * 240, "j" * 240 + ".json", ".".join(["x" * 20] * 11) + ".nii.gz"
+    with atomic_directory(tmp_path / folder) as tmp:
+        (tmp / "a.txt").write_text("x")
+    atomic_write_json(tmp_path / file, {"a": 1})
+    atomic_save_nifti(np.zeros((2, 2, 2), np.uint8), np.eye(4), tmp_path / dotted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([folder, file, dotted])
+    assert (tmp_path / folder / "a.txt").read_text() == "x"
+    # a killed writer's temporary of the long name is recognised as such, and a live one kept
+    dead, alive = _dead_pid(), os.getpid()
+    prefix = temporary_prefix(tmp_path / folder)
+    assert len(prefix.encode()) < 200
+    stale = tmp_path / (prefix.replace(f".{alive}-", f".{dead}-") + "abc123.tmp")
+    live = tmp_path / (prefix + "def456.tmp")
+    neighbour = temporary_prefix(tmp_path / ("o" * 239 + "p"))  # same first 140 bytes, another name
+    other = tmp_path / (neighbour.replace(f".{alive}-", f".{dead}-") + "ghi789.tmp")
+    for p in (stale, live, other):
+        p.mkdir()
+    assert remove_stale_temporaries(tmp_path / folder) == [stale]
+    assert live.exists() and other.exists()
 
 
 def test_a_folder_holding_only_a_killed_writers_temporaries_counts_as_empty(tmp_path: Path) -> None:

@@ -241,11 +241,35 @@ class WrittenMeanwhile(FileExistsError):
     """The destination of an atomic write was written by another process while this one wrote its temporary."""
 
 
+#: Names longer than this (in UTF-8 bytes) are shortened in their temporaries' names (see :func:`_temporary_stem`):
+#: file systems allow 255-byte names, and a temporary adds up to about 40 bytes and its suffix (``.nii.gz``).
+_LONGEST_STEM = 160
+_SHORT_STEM = 140  # bytes of a long name a shortened stem keeps, before ``~`` and 12 hex digits of the name's hash
+
+
+def _temporary_stem(name: str) -> str:
+    """``name`` as its temporaries spell it: unchanged, or, longer than :data:`_LONGEST_STEM` bytes, its first
+    :data:`_SHORT_STEM` bytes, ``~`` and a hash of the whole name (an output folder named with 240 characters
+    still gets a temporary whose name the file system accepts, and one distinct from its neighbours')."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= _LONGEST_STEM:
+        return name
+    digest = hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:12]
+    return raw[:_SHORT_STEM].decode("utf-8", "ignore") + "~" + digest  # "ignore": never half a character
+
+
+def _temporary_suffix(path: Path) -> str:
+    """The suffix that keeps a temporary of ``path`` readable by format-picking writers: its last two suffixes
+    (``.nii.gz``, ``.json``); a name with many dots does not make its temporary's name too long."""
+    return "".join(path.suffixes[-2:])
+
+
 def temporary_prefix(path: PathLike) -> str:
-    """Prefix of a temporary of ``path``: ``.NAME.PID-HOST.`` (:mod:`tempfile` adds ``RANDOM`` and ``.tmp...``);
-    :func:`remove_stale_temporaries` recognises such temporaries when their writer has ended."""
+    """Prefix of a temporary of ``path``: ``.NAME.PID-HOST.`` (:mod:`tempfile` adds ``RANDOM`` and ``.tmp...``),
+    with a long ``NAME`` shortened (:func:`_temporary_stem`); :func:`remove_stale_temporaries` recognises such
+    temporaries when their writer has ended."""
     path = check_path("path", path)
-    return f".{path.name}.{os.getpid()}-{_HOST}."
+    return f".{_temporary_stem(path.name)}.{os.getpid()}-{_HOST}."
 
 
 #: Any temporary's name: ``.NAME.PID-HOST.RANDOM.tmp...``.
@@ -333,8 +357,9 @@ def folder_is_empty(path: PathLike, ignore: Collection[str] = ()) -> bool:
 def remove_stale_temporaries(path: PathLike) -> list[Path]:
     """Remove the temporaries that a killed writer of ``path`` left beside it.
 
-    A temporary of ``path`` is named ``.NAME.PID-HOST.RANDOM.tmp...`` for exactly ``path``'s name (a temporary of
-    case ``p1.12`` is never taken for one of ``p1``); it is stale when process ``PID`` of this machine no longer
+    A temporary of ``path`` is named ``.NAME.PID-HOST.RANDOM.tmp...`` for exactly ``path``'s name (shortened when
+    long, see :func:`temporary_prefix`; a temporary of case ``p1.12`` is never taken for one of ``p1``); it is
+    stale when process ``PID`` of this machine no longer
     exists, or, written by another machine sharing the folder, when it is older than :data:`OTHER_HOST_STALE_S`.
     Temporaries of live writers (this process included) are kept.
 
@@ -345,7 +370,7 @@ def remove_stale_temporaries(path: PathLike) -> list[Path]:
     removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
-    own = re.compile(r"^\." + re.escape(path.name) + r"\." + _WRITER + _RANDOM_TMP)
+    own = re.compile(r"^\." + re.escape(_temporary_stem(path.name)) + r"\." + _WRITER + _RANDOM_TMP)
     for cand in path.parent.iterdir():
         found = own.match(cand.name)
         if found is None or not _writer_gone(cand, found):
@@ -368,7 +393,7 @@ def atomic_path(path: PathLike, *, overwrite: bool = True, suffix: str | None = 
         path: final destination.
         overwrite: replace an existing file; if ``False`` an existing file raises ``FileExistsError``.
         suffix: suffix of the temporary file (keeps e.g. ``.nii.gz`` so writers pick the format);
-            defaults to the destination's suffixes.
+            defaults to the destination's last two suffixes (``.nii.gz``).
         keep_permissions: a file that replaces an existing one gets that file's mode and group (set before the
             rename: a private file is never readable by others meanwhile) instead of the umask's mode (an edit
             in place, such as ``longiseg tune`` rewriting a checkpoint).
@@ -384,7 +409,7 @@ def atomic_path(path: PathLike, *, overwrite: bool = True, suffix: str | None = 
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     if suffix is None:
-        suffix = "".join(path.suffixes)
+        suffix = _temporary_suffix(path)
     fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
