@@ -466,3 +466,28 @@ def test_an_unreadable_nifti_is_reported_as_unreadable(tmp_path, monkeypatch: py
         finally:
             path.chmod(0o644)
     assert nifti.load_nifti(path).shape == (3, 4, 5)
+
+
+def test_a_broken_matplotlib_is_not_reported_as_a_missing_one(monkeypatch) -> None:
+    """An installed matplotlib that fails to import (a missing dependency, a NumPy it was not built for, an
+    interrupted import) was reported as "need matplotlib: pip install ...", which it already was."""
+    import importlib.abc
+
+    from longiseg.utils.plotting import require_matplotlib
+
+    class Broken(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "matplotlib":
+                raise ImportError("numpy.core.multiarray failed to import")
+            return None
+
+    for name in [m for m in sys.modules if m.partition(".")[0] == "matplotlib"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    with pytest.raises(ImportError, match=r"^the figures need matplotlib, which is installed but fails to import "
+                                          r"\(ImportError: numpy\.core\.multiarray failed to import\): repair it "
+                                          r"\(pip install --force-reinstall matplotlib\), or pass --no-figures$"):
+        require_matplotlib("the figures", "pass --no-figures")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
+    with pytest.raises(ImportError, match=r"^the figures need matplotlib: pip install 'longiseg\[demo\]'"):
+        require_matplotlib("the figures", "pass --no-figures")

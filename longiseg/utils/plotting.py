@@ -24,13 +24,19 @@ def require_matplotlib(what: str, without: str) -> None:
         without: how to go on without figures (``"pass --no-figures"``).
 
     Raises:
-        ImportError: matplotlib cannot be imported, naming ``what``, the extra that installs it and ``without``.
+        ImportError: matplotlib cannot be imported, naming ``what`` and ``without``, and either the extra that
+            installs it (not installed) or the import's own error (installed but broken: a missing dependency, a
+            NumPy it was not built for), which reinstalling it would not be asked to fix otherwise.
     """
     try:
         import matplotlib  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"{what} need matplotlib: pip install 'longiseg[demo]' (or matplotlib), or {without}"
-                          ) from err
+        missing = getattr(err, "name", None) or ""
+        if isinstance(err, ModuleNotFoundError) and missing.partition(".")[0] == "matplotlib":
+            raise ImportError(f"{what} need matplotlib: pip install 'longiseg[demo]' (or matplotlib), or {without}"
+                              ) from err
+        raise ImportError(f"{what} need matplotlib, which is installed but fails to import ({type(err).__name__}: "
+                          f"{err}): repair it (pip install --force-reinstall matplotlib), or {without}") from err
 
 
 @contextlib.contextmanager
