@@ -154,6 +154,21 @@ def test_the_command_names_the_option_of_a_bad_modality(tmp_path: Path, capsys: 
     assert "longiseg lesions: error: --modality: modality must be alphanumeric" in capsys.readouterr().err
 
 
+def test_a_modality_without_figures_is_refused_not_ignored(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--modality only chooses the montages' image: with --no-figures it was silently without effect."""
+    from longiseg.cli import main
+    from longiseg.workflows.lesions import run_lesion_report
+
+    _mask_case(tmp_path / "masks", "c1", np.eye(4), NEW)
+    with pytest.raises(ValueError, match=r"^modality='t2' chooses the image of the montages, which figures=False "):
+        run_lesion_report(tmp_path / "masks", tmp_path / "out", modality="t2", figures=False, progress=False)
+    assert main(["lesions", str(tmp_path / "masks"), "--out", str(tmp_path / "out"), "--modality", "t2",
+                 "--no-figures"]) == 2
+    assert capsys.readouterr().err == ("longiseg lesions: error: --modality t2 chooses the image of the montages, "
+                                       "which --no-figures leaves out: give one of them\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_case_id_that_is_not_utf8_is_refused_up_front() -> None:
     name = b"p\xe4t".decode("utf-8", "surrogateescape")  # a Latin-1 folder name, as os.listdir gives it
     with pytest.raises(ValueError, match="is not UTF-8 text"):

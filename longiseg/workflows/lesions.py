@@ -98,11 +98,14 @@ def run_lesion_report(
             not (before anything is written; see :func:`~longiseg.metrics.report.report_folder`).
         FileNotFoundError: ``images`` is given and is not a folder.
         ValueError: ``out_dir`` is, lies inside or holds ``mask_dir`` or ``images``; a ``modality`` no file name
-            can hold.
+            can hold, or one given with ``figures=False``.
         TypeError: ``images`` not a path, ``modality`` neither ``None`` nor a str, a flag not a bool.
     """
     _check_modality_name(modality, "modality")
     figures = check_bool("figures", figures)
+    if modality is not None and not figures:  # not a choice silently without effect
+        raise ValueError(f"modality={modality!r} chooses the image of the montages, which figures=False leaves out: "
+                         "give one of them")
     if figures:  # before the cases are read
         require_matplotlib("the figures and report.html", "pass figures=False (--no-figures) for the tables only")
     overwrite = check_bool("overwrite", overwrite)
@@ -170,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
     if args.images is not None and not Path(args.images).is_dir():
         raise FileNotFoundError(f"--images {args.images} is not a folder (give the cohort folder with the images)")
     _check_modality_name(args.modality, "--modality")
+    if args.modality is not None and args.no_figures:
+        raise ValueError(f"--modality {args.modality} chooses the image of the montages, which --no-figures leaves "
+                         "out: give one of them")
     if not (math.isfinite(args.min_volume) and args.min_volume >= 0):
         raise ValueError(f"--min-volume must be a volume in mm^3 >= 0, got {args.min_volume}")
     out = check_output_folder(args.out, "--out")
