@@ -827,3 +827,22 @@ def test_skip_existing_keeps_a_case_another_process_completed_meanwhile(
                        skip_existing=True)
     assert _claims(out) == [] and (out / "b" / PREDICTION_RECORD).read_bytes() == (
         tmp_path / "other" / "b" / PREDICTION_RECORD).read_bytes()
+
+
+def test_cases_without_the_brain_mask_others_have_are_warned_of(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """A case whose brain mask is missing is normalised, cropped and restricted with its non-zero voxels instead:
+    on images with skull a different result, which was silent where the other cases had their masks."""
+    img, aff = _images(t=2, c=2), _affine()
+    brain = np.ones(SHAPE, bool)
+    _write_case(tmp_path / "in", "with", img, aff, brain=brain)
+    _write_case(tmp_path / "in", "without", img, aff)
+    with caplog.at_level("WARNING", logger="longiseg"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", inferer=_inferer(), progress=False)
+    assert "1 of 2 cases have no brain_mask.nii.gz ('without'): their brain is taken as the voxels non-zero" \
+        in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="longiseg"):  # none has one: nothing to compare with
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out2", case_ids=["without"], inferer=_inferer(),
+                       progress=False)
+    assert "brain_mask" not in caplog.text

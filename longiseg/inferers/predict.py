@@ -37,7 +37,7 @@ from longiseg.data.claims import (
     release_claim,
 )
 from longiseg.data.cohort import find_cases
-from longiseg.data.layout import check_case_id, prediction_filenames
+from longiseg.data.layout import BRAIN_MASK, check_case_id, prediction_filenames
 from longiseg.data.loading import check_case_headers, check_case_voxels, load_case
 from longiseg.data.predictions import (
     PREDICTION_RECORD,
@@ -233,6 +233,17 @@ def _record(model: nn.Module, inferer: Inferer, options: Mapping[str, object]) -
     if recorded["progression_threshold"] is None:
         recorded["progression_threshold"] = recorded["threshold"]
     return prediction_record(model, inferer, recorded)
+
+
+def _warn_missing_brain_masks(sources: Sequence[CaseSource]) -> None:
+    """Warn when some of the cases have a brain mask and others not: those without are normalised, cropped and
+    restricted with the voxels non-zero in any image instead, which on images with skull is the whole head."""
+    without = [s.case_id for s in sources if s.brain_mask is None]
+    if without and len(without) < len(sources):
+        logger.warning("%d of %d cases have no %s (%s%s): their brain is taken as the voxels non-zero in any image "
+                       "(normalisation, crop, restriction), which is the whole head on images that are not "
+                       "skull-stripped", len(without), len(sources), BRAIN_MASK,
+                       ", ".join(map(repr, without[:3])), ", ..." if len(without) > 3 else "")
 
 
 def _default_inferer(inferer: Inferer | None, progress: bool = True) -> Inferer:
@@ -525,6 +536,7 @@ def predict_folder(
                                   "replace them or skip_existing=True (--skip-existing) to keep those of this "
                                   "model and settings")
     _check_binary_heads(model)  # before any case is read
+    _warn_missing_brain_masks([sources[cid] for cid in ids])
     read: CaseReader = spec_reader(model) if reader is None else reader
     kinds = ["mask"] + [kind for kind, flag in (("prob", "save_probabilities"), ("entropy", "save_entropy"))
                         if predict_kwargs.get(flag, True)]

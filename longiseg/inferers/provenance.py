@@ -3,8 +3,9 @@ when the same model and settings would write it again (``longiseg predict --skip
 
 The record (:data:`~longiseg.data.predictions.PREDICTION_RECORD`) holds the model's class, registry name and
 kwargs, a digest of its weights, the inferer's class and the settings that change its probabilities, and the
-prediction's own output settings; where it runs, in which batches and the longiseg version are recorded but
-never compared.
+prediction's own output settings; the longiseg version (and the case's patient) are recorded but never compared,
+and where it runs and in which batches are not recorded. Inferer settings are recorded as given: ``"amp": true``
+says mixed precision was asked for, which takes effect on CUDA only (a CPU prediction runs in float32).
 """
 
 from __future__ import annotations
