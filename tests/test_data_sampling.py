@@ -220,7 +220,7 @@ def test_sampler_argument_errors() -> None:
         CrossViewSampler(planes=("transverse",))
     with pytest.raises(ValueError, match="plane_weights must be 3"):
         CrossViewSampler(plane_weights=(1.0, -1.0, 1.0))
-    with pytest.raises(ValueError, match=r"crop_size must be an int or 2 ints"):
+    with pytest.raises(ValueError, match=r"crop_size must have 2 entries \(one per spatial dim\), got 3"):
         CrossViewSampler(crop_size=(1, 2, 3))
     with pytest.raises(ValueError, match=r"patch_size\[0\] must be >= 1"):
         VolumePatchSampler(patch_size=(0, 4, 4))

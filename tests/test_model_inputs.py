@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from model_checks import assert_output_shapes
@@ -171,7 +172,7 @@ def test_every_model_states_the_crop_sizes_it_takes(name: str) -> None:
     if rule.instance_norm_bottleneck:
         with pytest.raises(ValueError, match=r"inference.patch_size's spatial size .* smallest inputs"):
             check_spatial_size(model, down, "inference.patch_size")
-    with pytest.raises(ValueError, match=f"must have {dims} spatial sizes"):
+    with pytest.raises(ValueError, match=rf"must have {dims} entries \(one per spatial dim\)"):
         check_spatial_size(model, (2 * down,) * (dims + 1), "inference.patch_size")
 
 
@@ -211,7 +212,9 @@ def test_swin_unetr_refuses_a_patch_size_its_decoder_cannot_undo_and_checks_wind
         build_model("swin_unetr_3d", **kwargs, window_size=0)
     with pytest.raises(ValueError, match=r"window_size must have 3 entries \(one per spatial dim\)"):
         build_model("swin_unetr_3d", **kwargs, window_size=(7, 7))
-    with pytest.raises(TypeError, match="window_size must be an int, got str"):
+    with pytest.raises(TypeError, match=r"window_size must be an int or a sequence of ints \(one per spatial dim\), "
+                                        r"got str"):
         build_model("swin_unetr_3d", **kwargs, window_size="7")
-    model = build_model("swin_unetr_3d", **kwargs, window_size=(4, 4, 4))
-    assert model(torch.randn(1, 2, 2, 64, 32, 32)).progression.shape == (1, 1, 1, 64, 32, 32)
+    for window in ((4, 4, 4), 4, np.array([4, 4, 4])):
+        model = build_model("swin_unetr_3d", **kwargs, window_size=window)
+        assert model(torch.randn(1, 2, 2, 64, 32, 32)).progression.shape == (1, 1, 1, 64, 32, 32)

@@ -149,13 +149,13 @@ def _ruled(pads: bool = False) -> nn.Module:
     ("call", "error", "match"),
     [
         (lambda: check_spatial_size(_ruled(), 64.0, "data.crop_size"), TypeError,
-         "data.crop_size must be an int, got float"),
+         r"data.crop_size must be an int or a sequence of ints \(one per spatial dim\), got float 64"),
         (lambda: check_spatial_size(_ruled(), np.float64(64), "data.crop_size"), TypeError,
-         "data.crop_size must be an int, got float64"),
+         r"data.crop_size must be an int or a sequence of ints \(one per spatial dim\), got float64"),
         (lambda: check_spatial_size(_ruled(), "64", "data.crop_size"), TypeError,
-         "data.crop_size must be an int, got str"),
+         r"data.crop_size must be an int or a sequence of ints \(one per spatial dim\), got str '64'"),
         (lambda: check_spatial_size(_ruled(), True, "data.crop_size"), TypeError,
-         "data.crop_size must be an int, got bool"),
+         r"data.crop_size must be an int or a sequence of ints \(one per spatial dim\), got bool"),
         (lambda: check_spatial_size(_ruled(), 0, "data.crop_size"), ValueError, "data.crop_size must be >= 1, got 0"),
         (lambda: check_spatial_size(_ruled(pads=True), -64, "data.crop_size"), ValueError,
          "data.crop_size must be >= 1, got -64"),
@@ -164,8 +164,8 @@ def _ruled(pads: bool = False) -> nn.Module:
         (lambda: check_spatial_size(_ruled(), (64, 0), "inference.patch_size"), ValueError,
          r"inference.patch_size\[1\] must be >= 1, got 0"),
         (lambda: check_spatial_size(nn.Conv2d(1, 1, 1), "64", "data.crop_size"), TypeError,  # no rule: any size
-         "data.crop_size must be an int, got str"),
-        (lambda: SpatialSizeRule.of(2, 32.0), TypeError, "downsampling must be an int, got float"),
+         r"data.crop_size must be an int or a sequence of ints \(one per spatial dim\), got str '64'"),
+        (lambda: SpatialSizeRule.of(2, 32.0), TypeError, r"downsampling must be an int or a sequence of ints \(one per spatial dim\), got float"),
         (lambda: SpatialSizeRule.of(2, 0), ValueError, "downsampling must be >= 1, got 0"),
     ],
     ids=["float", "numpy-float", "str", "bool", "zero", "negative-padded", "float-entry", "zero-entry",
@@ -179,8 +179,10 @@ def test_spatial_sizes_are_checked(call: Callable[[], object], error: type[Excep
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: check_ndim("x", np.zeros((2, 3)), "3"), TypeError, "ndim must be an int, got str"),
-        (lambda: check_ndim("x", np.zeros((2, 3)), 2.0), TypeError, "ndim must be an int, got float"),
+        (lambda: check_ndim("x", np.zeros((2, 3)), "3"), TypeError,
+         r"ndim must be an int or a sequence of ints \(accepted ranks\), got str"),
+        (lambda: check_ndim("x", np.zeros((2, 3)), 2.0), TypeError,
+         r"ndim must be an int or a sequence of ints \(accepted ranks\), got float"),
         (lambda: check_ndim("x", np.zeros((2, 3)), (2, "3")), TypeError, r"ndim\[1\] must be an int, got str"),
         (lambda: check_ndim("x", np.zeros((2, 3)), (2, True)), TypeError, r"ndim\[1\] must be an int, got bool"),
         (lambda: check_ndim("x", np.zeros((2, 3)), -2), ValueError, "ndim must be >= 0, got -2"),
@@ -239,3 +241,23 @@ def _epoch_seed(*args: object) -> int:
 def test_out_of_range_settings_are_refused(call: Callable[[], object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         call()
+
+
+def test_one_reader_takes_a_size_given_once_or_once_per_axis() -> None:
+    """Crop, window, kernel and downsampling sizes were read by five copies of this rule, each with its own
+    messages and gaps (a 1-D array refused by some, accepted by others)."""
+    from longiseg.utils.validation import check_int_or_sequence
+
+    assert check_int_or_sequence("s", np.int64(4), 3) == (4, 4, 4)
+    assert check_int_or_sequence("s", 4) == (4,)
+    for seq in ([4, 5], (4, 5), np.array([4, 5])):
+        assert check_int_or_sequence("s", seq, 2) == (4, 5)
+    assert check_int_or_sequence("s", [4, 5, 6]) == (4, 5, 6)
+    assert check_int_or_sequence("s", 0, 2, minimum=0) == (0, 0)
+    with pytest.raises(ValueError, match=r"^s must have 2 entries \(one per spatial dim\), got 3: \(4, 5, 6\)$"):
+        check_int_or_sequence("s", [4, 5, 6], 2)
+    with pytest.raises(ValueError, match=r"^s\[1\] must be >= 1, got 0$"):
+        check_int_or_sequence("s", [4, 0], 2)
+    for bad in (4.0, "4", True, None):
+        with pytest.raises(TypeError, match=r"^s must be an int or a sequence of ints \(one per spatial dim\), got "):
+            check_int_or_sequence("s", bad, 2)

@@ -185,7 +185,7 @@ def test_anisotropic_3d_patches_train_and_predict(cohort: Path, tmp_path: Path,
               "data.samples_per_epoch=4", "data.val_samples=2", "data.val_fraction=0.34"]
     assert main(["train", "--data", str(cohort), "--output", str(run), "--set", *common, "data.crop_size=[16, 16]"]) == 2
     err = capsys.readouterr().err
-    assert "data.crop_size must have 3 spatial sizes, got [16, 16]" in err and err.count("\n") == 1
+    assert "data.crop_size must have 3 entries (one per spatial dim), got 2: (16, 16)" in err and err.count("\n") == 1
     assert not run.exists()
     assert main(["train", "--data", str(cohort), "--output", str(run), "--set", *common,
                  "data.crop_size=[8, 24, 16]", "inference.patch_size=[12, 32, 20]"]) == 0

@@ -44,6 +44,7 @@ from longiseg.data.lesions import label_persisting_lesions
 from longiseg.utils.validation import (
     check_array,
     check_instance,
+    check_int_or_sequence,
     check_positive_int,
     check_probability,
     check_sequence,
@@ -262,18 +263,6 @@ def _to_sample(case: LongitudinalCase, case_index: int, window: tuple, plane: st
     }
 
 
-def _check_size(name: str, size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        sizes: tuple[object, ...] = (size,) * ndim
-    elif isinstance(size, (Sequence, np.ndarray)) and not isinstance(size, (str, bytes)):
-        sizes = tuple(size)
-    else:
-        raise TypeError(f"{name} must be an int or a sequence of {ndim} ints, got {type(size).__name__} {size!r}")
-    if len(sizes) != ndim:
-        raise ValueError(f"{name} must be an int or {ndim} ints, got {size}")
-    return tuple(check_positive_int(f"{name}[{i}]", s) for i, s in enumerate(sizes))
-
-
 def _check_sample_args(case: LongitudinalCase, index: SamplingIndex, case_index: object) -> int:
     """Check the arguments of ``sample`` (``rng`` is checked by :func:`sample_center`): a labelled
     :class:`LongitudinalCase` on the grid of ``index``, and ``case_index`` an int ``>= 0``; return ``case_index`` as
@@ -342,7 +331,7 @@ class CrossViewSampler(_CenterSampling):
         persisting_share: float = 0.0,
     ) -> None:
         super().__init__(lesion_weight, progression_share, jitter, persisting_share)
-        self.crop_size = _check_size("crop_size", crop_size, 2)
+        self.crop_size = check_int_or_sequence("crop_size", crop_size, 2)
         planes = tuple(check_sequence("planes", planes, str, f"a plane name (one of {PLANES})"))
         check_planes(planes, "CrossViewSampler")  # as the configuration checks them
         self.planes = planes
@@ -410,7 +399,7 @@ class VolumePatchSampler(_CenterSampling):
         persisting_share: float = 0.0,
     ) -> None:
         super().__init__(lesion_weight, progression_share, jitter, persisting_share)
-        self.patch_size = _check_size("patch_size", patch_size, 3)
+        self.patch_size = check_int_or_sequence("patch_size", patch_size, 3)
 
     def sample(self, case: LongitudinalCase, index: SamplingIndex, rng: np.random.Generator,
                case_index: int = 0) -> dict[str, object]:

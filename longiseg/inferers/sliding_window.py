@@ -34,6 +34,7 @@ from longiseg.utils.validation import (
     check_binary,
     check_bool,
     check_finite,
+    check_int_or_sequence,
     check_int_sequence,
     check_ndim,
     check_positive_float,
@@ -415,9 +416,7 @@ def resolve_device(model: nn.Module, device: torch.device | str | None) -> torch
 
 def _normalise_window(name: str, size: int | Sequence[int], ndim: int) -> tuple[int, ...]:
     """One window size per axis from an int or ``ndim`` ints (a list, tuple or 1-D array)."""
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        size = (int(size),) * ndim
-    return check_int_sequence(name, size, length=ndim, what="a window size per axis")
+    return check_int_or_sequence(name, size, ndim, what="a window size per axis")
 
 
 class SlidingWindowInferer3D:

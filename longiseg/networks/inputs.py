@@ -32,17 +32,15 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from longiseg.utils.validation import (
     check_finite,
     check_instance,
-    check_int_sequence,
+    check_int_or_sequence,
     check_matches_parameters,
     check_ndim,
-    check_positive_int,
     check_spatial_dims,
     check_tensor,
     check_timepoints,
@@ -85,19 +83,6 @@ def parameter_dtype(module: nn.Module) -> torch.dtype | None:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
 
 
-def _edges(name: str, value: object, count: int) -> tuple[int, ...]:
-    """``value`` as a tuple of ints ``>= 1``: one int (NumPy's too; not bool) repeated for ``count`` spatial dims,
-    or a sequence (or 1-D array) of them, one per dim (its length is the caller's to check).
-
-    Raises:
-        TypeError: naming ``name``: neither an int nor a sequence of ints (a float, a string, a bool).
-        ValueError: naming ``name``: a value below 1.
-    """
-    if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)):
-        return check_int_sequence(name, value, what="one per spatial dim")
-    return (check_positive_int(name, value),) * count
-
-
 @dataclasses.dataclass(frozen=True)
 class SpatialSizeRule:
     """The spatial sizes a model accepts (``model.spatial_size_rule`` of every registered model).
@@ -122,9 +107,7 @@ class SpatialSizeRule:
            instance_norm_bottleneck: bool = False, batch_norm_bottleneck: bool = False) -> SpatialSizeRule:
         """The rule of a ``spatial_dims``-D model whose downsampling is one int ``>= 1`` (NumPy's too) or one per
         spatial dim (``TypeError``/``ValueError`` naming ``downsampling`` otherwise)."""
-        down = _edges("downsampling", downsampling, spatial_dims)
-        if len(down) != spatial_dims:
-            raise ValueError(f"downsampling must be one int or {spatial_dims} ints, got {downsampling!r}")
+        down = check_int_or_sequence("downsampling", downsampling, spatial_dims)
         return cls(down, bool(pads), bool(instance_norm_bottleneck), bool(batch_norm_bottleneck))
 
     @classmethod
@@ -186,7 +169,7 @@ def check_spatial_size(model: nn.Module, size: int | Sequence[int], name: str) -
     """
     check_instance("model", model, nn.Module, "an nn.Module")
     rule = getattr(model, "spatial_size_rule", None)
-    sizes = _edges(name, size, 1 if rule is None else len(rule.downsampling))
+    sizes = check_int_or_sequence(name, size, None if rule is None else len(rule.downsampling))
     if rule is not None:
         rule.check(sizes, name, shown=f"{size}")
 

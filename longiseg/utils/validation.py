@@ -58,6 +58,7 @@ __all__ = [
     "check_timepoints",
     "check_spatial_dims",
     "check_int_sequence",
+    "check_int_or_sequence",
     "check_widths",
     "checks_sizes",
 ]
@@ -231,10 +232,7 @@ def check_ndim(name: str, x: ArrayLike, ndim: int | Sequence[int], layout: str =
         ValueError: ``x`` has another rank, or ``ndim`` holds a negative rank.
     """
     _check_array_like(name, x)
-    if isinstance(ndim, (Sequence, np.ndarray)) and not isinstance(ndim, (str, bytes)):
-        allowed = check_int_sequence("ndim", ndim, minimum=0, what="accepted ranks")
-    else:
-        allowed = (check_positive_int("ndim", ndim, minimum=0),)
+    allowed = check_int_or_sequence("ndim", ndim, minimum=0, what="accepted ranks")
     if x.ndim not in allowed:
         want = " or ".join(str(a) for a in allowed)
         lay = f" {layout}" if layout else ""
@@ -609,6 +607,34 @@ def check_int_sequence(
     if length is not None and len(out) != length:
         raise ValueError(f"{name} must have {length} entries ({what}), got {len(out)}: {out}")
     return out
+
+
+def check_int_or_sequence(
+    name: str, value: int | Sequence[int], length: int | None = None, *, minimum: int = 1,
+    what: str = "one per spatial dim"
+) -> tuple[int, ...]:
+    """Return ``value`` as a tuple of ``int``: one int (NumPy's too, not bool) for every entry, repeated ``length``
+    times (once for ``None``), or a list, tuple or 1-D array of them (``length`` entries where given). The one
+    reader of settings such as a crop, window or kernel size given once for every axis or once per axis.
+
+    Args:
+        name: argument name used in the messages.
+        value: the int or the sequence.
+        length: the number of entries (an int is repeated this often), or ``None`` for a sequence of any length.
+        minimum: smallest allowed entry.
+        what: what the entries are, for the messages (e.g. ``"a window size per axis"``).
+
+    Raises:
+        TypeError: ``value`` is neither an int nor a sequence of ints (a float, a string, a bool).
+        ValueError: an entry below ``minimum``, or a sequence of another length than ``length``.
+    """
+    if length is not None:
+        length = check_positive_int("length", length, minimum=0)
+    if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)):
+        return check_int_sequence(name, value, minimum=minimum, length=length, what=what)
+    if isinstance(value, bool) or not isinstance(value, _INTS):
+        raise TypeError(f"{name} must be an int or a sequence of ints ({what}), got {type(value).__name__} {value!r}")
+    return (_check_int(name, value, _check_minimum(minimum, None)),) * (1 if length is None else length)
 
 
 def check_widths(name: str, widths: Sequence[int], minimum_len: int = 2) -> tuple[int, ...]:

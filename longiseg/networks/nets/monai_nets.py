@@ -45,6 +45,7 @@ from longiseg.registry import register_model
 from longiseg.utils.validation import (
     check_binary,
     check_bool,
+    check_int_or_sequence,
     check_int_sequence,
     check_keywords,
     check_ndim,
@@ -130,12 +131,7 @@ def _per_level(
     if len(values) != levels:
         raise ValueError(f"{name} must have {levels} entries ({what}), got {len(values)}: "
                          f"{list(values)}")
-    return [
-        check_int_sequence(f"{name}[{i}]", v, length=spatial_dims, what="one per spatial dim")
-        if isinstance(v, Sequence) and not isinstance(v, (str, bytes))
-        else (check_positive_int(f"{name}[{i}]", v),) * spatial_dims
-        for i, v in enumerate(values)
-    ]
+    return [check_int_or_sequence(f"{name}[{i}]", v, spatial_dims) for i, v in enumerate(values)]
 
 
 def make_dynunet(
@@ -215,10 +211,7 @@ def make_swin_unetr(in_channels: int, out_channels: int, spatial_dims: int = 3, 
         raise ValueError(f"patch_size must be 2 (MONAI's SwinUNETR decoder undoes a stride-2 patch embedding; its skip "
                          f"connections disagree in size with another), got {kwargs['patch_size']}")
     if "window_size" in kwargs:
-        window = kwargs["window_size"]
-        kwargs["window_size"] = (check_int_sequence("window_size", window, length=spatial_dims, what="one per spatial dim")
-                                 if isinstance(window, Sequence) and not isinstance(window, str)
-                                 else check_positive_int("window_size", window))
+        kwargs["window_size"] = check_int_or_sequence("window_size", kwargs["window_size"], spatial_dims)
     feature_size = check_positive_int("feature_size", kwargs.get("feature_size", 24))
     if feature_size % 12:
         raise ValueError(f"feature_size must be a multiple of 12, got {feature_size}")
