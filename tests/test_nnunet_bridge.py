@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from longiseg.bridges import (
     write_nnunet_dataset,
 )
 from longiseg.data.layout import BASELINE_MASK, image_filename, progression_filename
+from longiseg.data.volumes import GRID_ATOL, same_affine
 
 SHAPE = (4, 5, 3)
 
@@ -123,6 +125,22 @@ def test_structural_check_finds_problems(tmp_path: Path, rng: np.random.Generato
         check_nnunet_raw_dataset(folder)
     msg = str(err.value)
     assert "b_0001.nii.gz is missing" in msg and "stray_0000.nii.gz" in msg and "numTraining is 5" in msg
+
+
+def test_the_geometry_check_uses_the_librarys_one_grid_rule(tmp_path: Path, rng: np.random.Generator) -> None:
+    """The bridge compared affines with a relative tolerance too (np.allclose's default): an image 0.5 mm off its
+    label at a 100 mm origin passed it, and the cases then failed to load as longiseg cases (atol 1e-4 mm)."""
+    case = _case("a", rng)
+    affine = case.affine.copy()
+    affine[:3, 3] = 100.0
+    folder = write_nnunet_dataset(tmp_path, 9, "Z", [dataclasses.replace(case, affine=affine)], ["c0", "c1"])
+    assert check_nnunet_raw_dataset(folder)["num_cases"] == 1
+    shifted = affine.copy()
+    shifted[0, 3] += 5e-4  # within 1e-5 relative of 100 mm, beyond 1e-4 mm
+    nib.save(nib.Nifti1Image(case.images[0], shifted), folder / "imagesTr" / "a_0000.nii.gz")
+    with pytest.raises(ValueError, match=r"imagesTr/a_0000\.nii\.gz: shape/affine differ from its label"):
+        check_nnunet_raw_dataset(folder)
+    assert same_affine(affine, affine + 0.9 * GRID_ATOL) and not same_affine(affine, affine + 1.1 * GRID_ATOL)
 
 
 def test_structural_check_json_and_geometry(tmp_path: Path, rng: np.random.Generator) -> None:

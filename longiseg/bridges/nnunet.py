@@ -44,7 +44,13 @@ from longiseg.data.cohort import find_cases, format_case_ids
 from longiseg.data.layout import check_case_id
 from longiseg.data.loading import case_grid, load_case
 from longiseg.data.predictions import case_spatial_header, save_prediction
-from longiseg.data.volumes import check_same_grid, format_label_values, nifti_spacing, read_label_volume
+from longiseg.data.volumes import (
+    check_same_grid,
+    format_label_values,
+    nifti_spacing,
+    read_label_volume,
+    same_affine,
+)
 from longiseg.utils.io import (
     atomic_directory,
     atomic_write_json,
@@ -83,7 +89,6 @@ FOUR_CLASS_LABELS: dict[str, int] = {"background": 0, "baseline_only": 1, "follo
 FILE_ENDING = ".nii.gz"
 #: ``dataset.json`` keys that the writer sets itself (``extra_json`` may not replace them).
 _REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
-_AFFINE_ATOL = 1e-4
 _PREDICTION = "nnU-Net prediction"
 #: What to do when a prediction lies on another grid than its reference case (``{path}``: the case's first image).
 _REFERENCE_GRID_HINT = ("the reference case's grid is that of {path}, and nnU-Net predicts on the grid of its input "
@@ -650,7 +655,7 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
             if first is None:
                 first = grid
             else:
-                check_same_grid(grid, first, what=_PREDICTION, atol=_AFFINE_ATOL, hint=hint)
+                check_same_grid(grid, first, what=_PREDICTION, hint=hint)
     for case_pairs in tqdm(list(pairs.values()), desc="checking nnU-Net predictions", unit="case"):
         for _, path in case_pairs:  # every label value, before anything is written
             _read_four_class(path)
@@ -785,7 +790,7 @@ def check_nnunet_raw_dataset(folder: str | Path, *, check_geometry: bool = True)
                                     f"{format_label_values(np.setdiff1d(values, sorted(allowed))[:5])}")
                 for ch in range(n_channels):
                     img, img_affine = _load(images_dir / f"{c}_{ch:04d}{ending}")
-                    if img.shape != lab.shape or not np.allclose(img_affine, affine, atol=1e-4):
+                    if img.shape != lab.shape or not same_affine(img_affine, affine):
                         problems.append(f"imagesTr/{c}_{ch:04d}{ending}: shape/affine differ from its label")
     test_cases = _check_test_images(folder / "imagesTs", ending, n_channels, set(cases), problems,
                                     check_geometry and ending in (".nii.gz", ".nii"))
@@ -867,6 +872,6 @@ def _check_test_images(test_dir: Path, ending: str, n_channels: int, training: s
             first, first_affine = _load(test_dir / f"{case}_0000{ending}")
             for ch in range(1, n_channels):
                 img, img_affine = _load(test_dir / f"{case}_{ch:04d}{ending}")
-                if img.shape != first.shape or not np.allclose(img_affine, first_affine, atol=1e-4):
+                if img.shape != first.shape or not same_affine(img_affine, first_affine):
                     problems.append(f"imagesTs/{case}_{ch:04d}{ending}: shape/affine differ from channel 0000")
     return sorted(channels)

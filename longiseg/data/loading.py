@@ -102,7 +102,7 @@ _ONE_GRID_HINT = ("all volumes of a case must share one grid: register the follo
                   "every volume onto its grid beforehand (longiseg register)")
 
 
-def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> None:
+def check_case_headers(source: CaseSource | PathLike, *, affine_atol: float = volumes.GRID_ATOL) -> None:
     """Check a case's files from their headers alone, decoding no voxel: what :func:`load_case` checks first
     (every file present, unambiguous, one readable 3D NIfTI volume with an unambiguous geometry, all on one grid),
     cheap enough to run on a whole cohort before any case is read.
@@ -322,7 +322,7 @@ def _with_case_hint(path: Path) -> str:
     return str(path)
 
 
-def load_case(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> LongitudinalCase:
+def load_case(source: CaseSource | PathLike, *, affine_atol: float = volumes.GRID_ATOL) -> LongitudinalCase:
     """Read one case's volumes with nibabel and validate them.
 
     Every header is checked (shape, affine) before any voxel is decoded, then every value (finite
@@ -350,7 +350,7 @@ def load_case(source: CaseSource | PathLike, *, affine_atol: float = 1e-4) -> Lo
     return case
 
 
-def read_mask_case(root: PathLike, entry: manifest.ManifestEntry, *, affine_atol: float = 1e-4,
+def read_mask_case(root: PathLike, entry: manifest.ManifestEntry, *, affine_atol: float = volumes.GRID_ATOL,
                    what: str | None = None) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read the masks of one case of a mask folder (a reference folder, or predictions) and check them as
     :func:`load_case` checks a case's masks: every file binary and on one grid
@@ -404,7 +404,7 @@ def validate_cases(
     *,
     modalities: Sequence[str] | None = None,
     require_masks: bool | None = True,
-    affine_atol: float = 1e-4,
+    affine_atol: float = volumes.GRID_ATOL,
     progress: bool = True,
 ) -> dict[str, list[str]]:
     """Check every case and collect all problems per case instead of stopping at the first.

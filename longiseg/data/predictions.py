@@ -18,7 +18,7 @@ import numpy as np
 from longiseg.data import layout
 from longiseg.data.cohort import case_source
 from longiseg.data.sources import CaseSource
-from longiseg.data.volumes import Grid, check_same_grid, read_mask, read_volume
+from longiseg.data.volumes import GRID_ATOL, Grid, check_same_grid, read_mask, read_volume
 from longiseg.utils.io import PathLike, atomic_directory, atomic_write_json, folder_is_empty
 from longiseg.utils.nifti import SpatialHeader, atomic_save_nifti, load_nifti, spatial_header
 from longiseg.utils.validation import (
@@ -36,7 +36,7 @@ PREDICTION_RECORD = layout.PREDICTION_RECORD  # the name that predictions have a
 
 
 def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str = "mask", *,
-                    affine_atol: float = 1e-4, what: str | None = None
+                    affine_atol: float = GRID_ATOL, what: str | None = None
                     ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read one kind of volume of a predicted case ``root/case_id/`` (as written by ``longiseg predict``).
 

@@ -16,12 +16,12 @@ import numpy as np
 from longiseg.data.case import SPACING_RTOL, affine_spacing
 from longiseg.utils.io import PathLike
 from longiseg.utils.masks import format_spacing
-from longiseg.utils.nifti import QFORM_SFORM_ATOL, load_nifti
+from longiseg.utils.nifti import HEADER_AFFINE_ATOL, QFORM_SFORM_ATOL, load_nifti
 from longiseg.utils.validation import beyond, check_instance, check_nonnegative_float
 
 __all__ = ["SPACING_RTOL", "MASK_SCALING_ATOL", "Grid", "read_volume", "read_mask", "read_label_volume",
            "format_label_values", "nifti_spacing",
-           "check_same_grid"]
+           "GRID_ATOL", "same_affine", "check_same_grid"]
 
 #: How far from 0 or 1 a mask voxel may lie when its file scales the stored values (``scl_slope``,
 #: ``scl_inter``, float32 in the header): a 0/255 mask with slope ``1/255`` reads as 0 and 1.00000006.
@@ -201,9 +201,20 @@ def format_label_values(values: np.ndarray) -> str:
 
 Grid = tuple[PathLike, tuple[int, ...], np.ndarray]  # (file, (D, H, W), (4, 4) affine) of one volume
 
+#: How far (mm, on every entry) the affines of two volumes on one grid may differ: headers written by different
+#: tools round the same grid differently, well below this (the tolerance NIfTI files are written with, too).
+GRID_ATOL = HEADER_AFFINE_ATOL
+
+
+def same_affine(affine: np.ndarray, reference: np.ndarray, atol: float = GRID_ATOL) -> bool:
+    """Whether two ``(4, 4)`` affines place voxels at the same points: every entry equal within ``atol`` mm (no
+    relative tolerance, which would loosen the check far from the origin). The one rule of "same grid" (with
+    equal shapes) of the library; :func:`check_same_grid` raises with its differences."""
+    return bool(np.allclose(affine, reference, rtol=0.0, atol=atol))
+
 
 def check_same_grid(
-    grid: Grid, reference: Grid, *, what: str = "volume", atol: float = 1e-4,
+    grid: Grid, reference: Grid, *, what: str = "volume", atol: float = GRID_ATOL,
     hint: str = "all volumes of a case must share one grid",
 ) -> None:
     """Refuse a volume that does not lie on the grid of another (same shape, affines equal within ``atol``).
@@ -232,7 +243,7 @@ def check_same_grid(
     where = f"{what} {path} lies on another grid than {ref_path if ref_name == Path(path).name else ref_name}"
     if tuple(shape) != tuple(ref_shape):
         raise ValueError(f"{where} (shape {tuple(shape)} vs {tuple(ref_shape)}); {hint}")
-    if not np.allclose(affine, ref_affine, rtol=0.0, atol=atol):
+    if not same_affine(affine, ref_affine, atol):
         raise ValueError(
             f"{where} (affines differ by up to {beyond(float(np.abs(affine - ref_affine).max()), atol)} mm, "
             f"tolerance {atol:g} mm; voxel size {_mm(affine_spacing(affine))} vs {_mm(affine_spacing(ref_affine))}); "

@@ -20,7 +20,7 @@ import numpy as np
 from longiseg.data import layout
 from longiseg.data.case import PLANES, affine_spacing, display_slice, plane_axes
 from longiseg.data.predictions import read_prediction
-from longiseg.data.volumes import Grid, check_same_grid, read_volume
+from longiseg.data.volumes import Grid, check_same_grid, read_volume, same_affine
 from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange, check_evolutions
 from longiseg.utils.io import PathLike, atomic_write
 from longiseg.utils.plotting import plain_text, subplots
@@ -230,7 +230,7 @@ def _check_same_masks(ev: CaseEvolution, masks_dir: Path, affine: np.ndarray, le
     tissue at a follow-up where ``ev`` found a change (the montages would outline other lesions); ``lesion``: the
     masks' :func:`_lesions_over_time`."""
     where = f"case {ev.case_id!r}: the masks in {masks_dir}"
-    if not np.allclose(affine, ev.affine, rtol=0.0, atol=1e-4):
+    if not same_affine(affine, ev.affine):
         raise ValueError(f"{where} lie on another grid than those its evolution was computed from: give mask_root "
                          "the folder passed to evolution_folder")
     for k, f in enumerate(ev.followups, start=1):
