@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from longiseg.inferers.postprocessing import postprocess, postprocess_heads
-from longiseg.metrics.longitudinal import evaluate_mask_pair
+from longiseg.metrics.longitudinal import evaluate_mask_pair, followup_kind
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import as_numpy
@@ -160,7 +160,10 @@ def progression_score(
     spacing: Sequence[float],
     protocol: str | EvaluationProtocol = "segmast",
 ) -> float:
-    """Score of one predicted progression mask: lesion F1 for a P follow-up, strict NP score otherwise.
+    """Score of one predicted progression mask as evaluation reports it: lesion F1 for a P follow-up, its NP score
+    (Dice NP) for an NP one, P or NP as :func:`~longiseg.metrics.longitudinal.followup_kind` decides under
+    ``protocol`` (after its size filter where it filters voxel metrics: under ``tdw`` a follow-up whose only new
+    lesion is below 3 mm^3 is NP).
 
     Args:
         pred: ``(D, H, W)`` binary predicted (post-processed) progression mask.
@@ -169,14 +172,16 @@ def progression_score(
         protocol: evaluation protocol (lesion size cut-off, matching rule).
 
     Returns:
-        For a non-empty ``gt``: lesion F1 in ``[0, 1]`` under ``protocol``; for an empty ``gt``: 1.0 if
-        ``pred`` is empty, else 0.0.
+        For a P follow-up: lesion F1 in ``[0, 1]`` under ``protocol``; for an NP one: 1.0 if ``pred`` shows no
+        progression (no voxel with a strict NP score, as ``segmast``; no lesion that survives the size filter
+        otherwise), else 0.0.
     """
-    gt_arr = as_numpy("gt", gt)
-    if not gt_arr.any():
+    prot = get_protocol(protocol)
+    kind = followup_kind(gt, spacing, prot)
+    if kind == "NP" and prot.strict_np:  # any voxel is progression: no need to label the lesions
         return 0.0 if as_numpy("pred", pred).any() else 1.0
-    metrics, _ = evaluate_mask_pair(pred, gt_arr, spacing, get_protocol(protocol), kind="P")
-    return float(metrics["lesion_f1"])
+    metrics, _ = evaluate_mask_pair(pred, gt, spacing, prot, kind=kind)
+    return float(metrics["lesion_f1"] if kind == "P" else metrics["dice"])
 
 
 def _progression_mask(prob: np.ndarray, baseline: np.ndarray | None, brain: np.ndarray | None, threshold: float,
@@ -322,7 +327,7 @@ def select_threshold(
             if any(e.shape != probs[i].shape for e in maps):
                 raise ValueError(f"earlier_probabilities[{i}] must hold maps of the shape {probs[i].shape} of "
                                  f"probabilities[{i}]")
-    is_p = [bool(r.any()) for r in refs]
+    is_p = [followup_kind(r, spacings[i], prot) == "P" for i, r in enumerate(refs)]  # as evaluation counts them
     if objective == "lesion_f1" and not any(is_p):
         raise ValueError("objective='lesion_f1' needs at least one reference with new/enlarging lesions")
 

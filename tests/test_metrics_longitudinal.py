@@ -51,6 +51,12 @@ def test_np_rule_and_daa_on_constructed_cases() -> None:
     ]
     flags = [disease_activity_correct(p, g) for p, g, _ in cases]
     assert flags == [c for *_, c in cases]
+    # under tdw a one-voxel lesion is no activity, as in evaluate_longitudinal_case's daa_correct column (the
+    # function answered with the raw voxels and disagreed with that column)
+    for p, g, _ in cases:
+        rows, _ = evaluate_longitudinal_case(empty, empty, [p], [g], 1.0, "tdw")
+        assert disease_activity_correct(p, g, 1.0, "tdw") == rows[1]["daa_correct"]
+    assert disease_activity_correct(tiny, empty, 1.0, "tdw") and not disease_activity_correct(tiny, empty)
     assert disease_activity_assessment(flags) == pytest.approx(60.0)
     assert has_progression(tiny) and not has_progression(tiny, min_volume_mm3=11)
     with pytest.raises(ValueError, match="non-empty 1D"):

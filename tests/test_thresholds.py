@@ -171,6 +171,29 @@ def test_protocol_lesion_cut_off() -> None:
     assert select_threshold([prob], [gt], SP, thresholds=(0.5,), protocol="tdw").score < 1.0
 
 
+def test_a_follow_up_is_p_or_np_for_tuning_as_for_evaluation() -> None:
+    """Under tdw a reference whose only new lesion is below its 3 mm^3 is NP (followup_kind, evaluation);
+    tuning called it P by its raw voxels and raised 'kind='P' but the reference progression mask is empty'."""
+    from longiseg.metrics.longitudinal import evaluate_longitudinal_case
+
+    gt = np.zeros((16, 16, 16), bool)
+    gt[5, 5, 5:7] = True  # 2 mm^3
+    small = np.zeros_like(gt)
+    small[9, 9, 9:11] = True  # a 2 mm^3 false alarm, also below the size filter
+    big = np.zeros_like(gt)
+    big[9:12, 9:12, 9:12] = True
+    for pred in (np.zeros_like(gt), small, big):
+        rows, _ = evaluate_longitudinal_case(np.zeros_like(gt), np.zeros_like(gt), [pred], [gt], SP, "tdw")
+        assert rows[1]["kind"] == "NP"
+        assert progression_score(pred, gt, SP, protocol="tdw") == rows[1]["dice"]
+    assert [progression_score(p, gt, SP, protocol="tdw") for p in (small, big)] == [1.0, 0.0]
+    prob = np.where(big, 0.9, 0.01).astype(np.float32)
+    chosen = select_threshold([prob], [gt], SP, thresholds=(0.5, 0.95), protocol="tdw")
+    assert (chosen.num_progression, chosen.num_stable) == (0, 1) and chosen.threshold == 0.95
+    with pytest.raises(ValueError, match="objective='lesion_f1' needs at least one reference"):
+        select_threshold([prob], [gt], SP, protocol="tdw", objective="lesion_f1")
+
+
 def test_accepts_tensors_and_to_dict() -> None:
     prob, gt = _progressing_case(0.8)
     sel = select_threshold([torch.from_numpy(prob)], [torch.from_numpy(gt.astype(np.uint8))], SP)

@@ -32,7 +32,7 @@ from longiseg.metrics.lesion import (
     detect_lesions,
 )
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
-from longiseg.metrics.voxel import _counts, _ratio, hausdorff_distance
+from longiseg.metrics.voxel import confusion_counts, hausdorff_distance
 from longiseg.utils.validation import as_numpy, check_instance
 
 __all__ = [
@@ -83,18 +83,24 @@ def progression_kind(gt_progression: MaskLike) -> str:
     return "P" if as_mask("gt_progression", gt_progression).any() else "NP"
 
 
-def disease_activity_correct(pred_progression: MaskLike, gt_progression: MaskLike) -> bool:
-    """DAA for one follow-up: whether the predicted activity (a non-empty mask) equals the reference activity.
+def disease_activity_correct(pred_progression: MaskLike, gt_progression: MaskLike, spacing: SpacingLike = None,
+                             protocol: str | EvaluationProtocol = "segmast") -> bool:
+    """DAA for one follow-up: whether the predicted activity equals the reference activity, activity as
+    ``protocol`` sees it (a non-empty mask; under a protocol that filters voxel metrics, ``tdw``, a lesion that
+    survives its size filter), as the ``daa_correct`` column of :func:`evaluate_longitudinal_case`.
 
     Args:
         pred_progression: predicted binary progression mask ``(D, H, W)`` or ``(H, W)``.
         gt_progression: reference binary progression mask of the same shape.
+        spacing: voxel size in mm per axis (used by a protocol with a size filter).
+        protocol: protocol name or :class:`EvaluationProtocol`.
 
     Raises:
-        ValueError: masks not binary or of different shapes.
+        ValueError: masks not binary or of different shapes, a bad spacing or protocol.
     """
     p, g = as_mask_pair(pred_progression, gt_progression, names=("pred_progression", "gt_progression"))
-    return bool(p.any()) == bool(g.any())
+    prot = get_protocol(protocol)
+    return _active(p, "pred_progression", spacing, prot) == _active(g, "gt_progression", spacing, prot)
 
 
 def disease_activity_assessment(correct: Sequence[bool] | np.ndarray) -> float:
@@ -183,17 +189,17 @@ def evaluate_mask_pair(
         raise ValueError(f"kind={kind!r} but the reference progression mask is "
                          f"{'not ' * bool(vg.any())}empty{' after the protocol size filter' * prot.filter_voxel_metrics}"
                          f"; use kind={'P' if vg.any() else 'NP'!r} (followup_kind gives it)")
-    c = _counts(vp, vg)
+    c = confusion_counts(vp, vg)
     if kind == "NP" and prot.strict_np:  # the raw prediction, as documented: any voxel is "progression"
         dice_value = 0.0 if p.any() else 1.0
     else:
-        dice_value = _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn, 1.0)
+        dice_value = c.dice()
     match = det.match
     metrics: dict[str, Any] = {
         "dice": dice_value,
         "hd95": hausdorff_distance(vp, vg, sp, percentile=prot.hd_percentile, one_empty=prot.hd_one_empty),
-        "voxel_ppv": _ratio(c.tp, c.tp + c.fp, 1.0),
-        "voxel_sensitivity": _ratio(c.tp, c.tp + c.fn, 1.0),
+        "voxel_ppv": c.ppv(),
+        "voxel_sensitivity": c.sensitivity(),
         "lesion_f1": det.f1,
         "lesion_ppv": det.precision,
         "lesion_recall": det.recall,

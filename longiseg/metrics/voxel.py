@@ -40,11 +40,25 @@ SpacingLike = float | Sequence[float] | np.ndarray | None
 
 
 class ConfusionCounts(NamedTuple):
-    """Voxel counts of a prediction against a reference: true positives, false positives, false negatives."""
+    """Voxel counts of a prediction against a reference: true positives, false positives, false negatives; the
+    one place the voxel scores are computed from them (:func:`dice`, :func:`ppv`, :func:`sensitivity` and the
+    metrics of a mask pair count once and ask these)."""
 
     tp: int
     fp: int
     fn: int
+
+    def dice(self, empty_value: float = 1.0) -> float:
+        """``2 TP / (2 TP + FP + FN)``; ``empty_value`` when both masks are empty (not checked here)."""
+        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn, empty_value)
+
+    def ppv(self, zero_division: float = 1.0) -> float:
+        """``TP / (TP + FP)``; ``zero_division`` when nothing is predicted (not checked here)."""
+        return _ratio(self.tp, self.tp + self.fp, zero_division)
+
+    def sensitivity(self, zero_division: float = 1.0) -> float:
+        """``TP / (TP + FN)``; ``zero_division`` when the reference is empty (not checked here)."""
+        return _ratio(self.tp, self.tp + self.fn, zero_division)
 
 
 def _counts(p: np.ndarray, g: np.ndarray) -> ConfusionCounts:
@@ -79,8 +93,7 @@ def dice(pred: MaskLike, gt: MaskLike, *, empty_value: float = 1.0) -> float:
     """
     empty_value = check_score("empty_value", empty_value)
     p, g = as_mask_pair(pred, gt)
-    c = _counts(p, g)
-    return _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn, empty_value)
+    return _counts(p, g).dice(empty_value)
 
 
 def ppv(pred: MaskLike, gt: MaskLike, *, zero_division: float = 1.0) -> float:
@@ -97,8 +110,7 @@ def ppv(pred: MaskLike, gt: MaskLike, *, zero_division: float = 1.0) -> float:
     """
     zero_division = check_score("zero_division", zero_division)
     p, g = as_mask_pair(pred, gt)
-    c = _counts(p, g)
-    return _ratio(c.tp, c.tp + c.fp, zero_division)
+    return _counts(p, g).ppv(zero_division)
 
 
 def sensitivity(pred: MaskLike, gt: MaskLike, *, zero_division: float = 1.0) -> float:
@@ -115,8 +127,7 @@ def sensitivity(pred: MaskLike, gt: MaskLike, *, zero_division: float = 1.0) -> 
     """
     zero_division = check_score("zero_division", zero_division)
     p, g = as_mask_pair(pred, gt)
-    c = _counts(p, g)
-    return _ratio(c.tp, c.tp + c.fn, zero_division)
+    return _counts(p, g).sensitivity(zero_division)
 
 
 def check_distance_value(name: str, value: object) -> float:
