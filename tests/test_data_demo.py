@@ -298,3 +298,22 @@ def test_config_errors() -> None:
     with pytest.raises(ValueError, match="anatomy must be"):
         dc.DemoCohortConfig(anatomy="atlas")
     assert dc.DemoCohortConfig(num_patients=12).num_progressing == 6
+
+
+def test_a_case_figure_centres_on_the_largest_lesion_as_the_library_counts_lesions() -> None:
+    """plot_case centred on the largest progression component at scipy's 6-connectivity: a 10-voxel diagonal
+    chain (one lesion, 26-connected, everywhere else in the library) fell apart into ten single voxels and the
+    figure showed the smaller 8-voxel lesion instead."""
+    from longiseg.data.case import LongitudinalCase
+    from longiseg.workflows.figures import _best_slices
+
+    shape = (24, 24, 24)
+    prog = np.zeros(shape, np.uint8)
+    for i in range(10):
+        prog[2 + i, 2 + i, 2 + i] = 1
+    prog[18:20, 18:20, 18:20] = 1
+    case = LongitudinalCase(images=np.ones((2, 1, *shape), np.float32), baseline_mask=np.zeros(shape, np.uint8),
+                            progression_masks=prog[None], affine=np.eye(4), spacing=(1.0, 1.0, 1.0),
+                            modalities=("flair",), case_id="c")
+    centre = _best_slices(case, 1)  # the chain's centre is 6.5 (rounded either way), the block's 18.5
+    assert all(6 <= c <= 7 for c in centre), centre

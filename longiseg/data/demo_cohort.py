@@ -42,6 +42,7 @@ from scipy import ndimage
 
 from longiseg.data import layout
 from longiseg.data.case import LongitudinalCase, check_modalities
+from longiseg.data.lesions import label_lesions
 from longiseg.data.loading import save_case
 from longiseg.data.manifest import Manifest, ManifestEntry, write_manifest
 from longiseg.utils.config import ConfigBase, ConfigError, require_seed
@@ -600,7 +601,7 @@ def generate_demo_case(index: int, config: DemoCohortConfig | None = None, *, pr
         "progressing": bool(case.has_progression),
         "baseline_lesions": len([les for les in lesions if les.appears_at == 0]),
         "baseline_volume_ml": round(float(masks[0].sum()) * voxel_ml, 3),
-        "lesion_volumes_mm3": sorted(round(float(v), 1) for v in _component_volumes(masks[0], sp ** 3)),
+        "lesion_volumes_mm3": sorted(round(float(v), 1) for v in label_lesions(masks[0], (sp,) * 3).volumes_mm3),
         "followups": [
             {**fu, "progression_volume_mm3": round(float(progression[k].sum()) * sp**3, 1),
              "lesion_volume_ml": round(float(masks[k + 1].sum()) * voxel_ml, 3), **misreg[k + 1]}
@@ -610,13 +611,6 @@ def generate_demo_case(index: int, config: DemoCohortConfig | None = None, *, pr
     if with_lesion_masks:
         stats["lesion_masks"] = np.stack(masks).astype(np.uint8)
     return case, stats
-
-
-def _component_volumes(mask: np.ndarray, voxel_mm3: float) -> list[float]:
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    if n == 0:
-        return []
-    return list(np.bincount(labels.ravel())[1:] * voxel_mm3)
 
 
 def _config(config: object) -> DemoCohortConfig:

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from longiseg.data.case import LongitudinalCase, check_case
+from longiseg.data.lesions import label_lesions
 from longiseg.utils.io import PathLike, atomic_save_figure
 from longiseg.utils.plotting import plain_text
 from longiseg.utils.validation import check_instance
@@ -21,13 +22,14 @@ __all__ = ["plot_case", "plot_training_curves", "plot_prediction_overlay"]
 
 
 def _best_slices(case: LongitudinalCase, followup: int) -> tuple[int, int, int]:
-    """Centre voxel of the largest progression component (else of the baseline lesions, else the brain)."""
+    """Centre voxel of the largest progression lesion (else of the baseline lesions, else the brain), lesions as
+    the library labels them (:func:`~longiseg.data.lesions.label_lesions`, 26-connected)."""
     assert case.baseline_mask is not None and case.progression_masks is not None
     for mask in (case.progression_masks[followup - 1], case.baseline_mask, case.foreground_mask()):
         if mask.any():
-            labels, n = ndimage.label(mask)
-            biggest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-            com = ndimage.center_of_mass(labels == biggest)
+            lesions = label_lesions(mask.astype(bool), case.spacing)
+            biggest = int(np.argmax(lesions.voxels)) + 1
+            com = ndimage.center_of_mass(lesions.labels == biggest)
             return tuple(int(round(c)) for c in com)  # type: ignore[return-value]
     return tuple(s // 2 for s in case.shape)  # type: ignore[return-value]
 
