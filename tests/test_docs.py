@@ -24,6 +24,12 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "api" / "index.html").is_file()
+    # the docstrings' reST roles were shown as text (":func:register_model") on every API page: they are names
+    # in code, linked where the name identifies a documented object; nothing of the docs hooks is published
+    api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
+    assert ":func:<code>" not in api and ":class:<code>" not in api and "::</p>" not in api
+    assert '<a href="#longiseg.registry.register_model"><code>register_model</code></a>' in api
+    assert not (tmp_path / "site" / "hooks").exists()
 
 
 def test_every_docs_page_is_in_the_nav() -> None:
