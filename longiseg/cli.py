@@ -501,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered models with their parameter counts")
     p.add_argument("pattern", nargs="?", default="", help="wildcard, e.g. 'segmast*'")
-    p.add_argument("--dim", choices=["2.5D", "3D", "2D"], default=None)
+    p.add_argument("--dim", choices=["2.5D", "3D", "2D"], default=None,
+                   help="only the models of this input kind (2.5D slices, 3D patches, or 2D)")
     p.add_argument("--no-params", action="store_true", help="do not build models to count parameters")
     p.set_defaults(func=_cmd_models)
 
@@ -594,9 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-patients", dest="num_patients", type=int, default=None, help="default 32")
     p.add_argument("--num-test", dest="num_test", type=int, default=None,
                    help="held-out test patients, half progressing (default 10)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per model (default 48)")
+    p.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int, default=None,
+                   help="optimizer steps per epoch (default 25)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the cohort, the split and training (default 0)")
     p.add_argument("--jobs", type=int, default=None,
                    help="models trained at the same time, one process each (default: one per model where the "
                         "machine has a core for each); the results do not depend on it")
