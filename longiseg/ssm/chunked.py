@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from longiseg.ssm.inputs import bc_grouped, compute_dtype, first_order_gradients, prepare_scan_inputs
+from longiseg.utils.tracing import is_compiling, is_exporting
 from longiseg.utils.validation import check_positive_int
 
 __all__ = ["selective_scan_chunked", "default_chunk_size", "DEFAULT_BLOCK_ELEMS"]
@@ -100,14 +101,6 @@ def _scale_bc(s: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None) -> tor
         return torch.mul(s.reshape(*lead, g, d // g, 1), v.unsqueeze(-2)).reshape(*lead, d, n)
     torch.mul(s.reshape(*lead, g, d // g, 1), v.unsqueeze(-2), out=out.view(*lead, g, d // g, n))
     return out
-
-
-def _exporting() -> bool:
-    """Whether ``torch.export`` records the call. It records the forward pass's operations as they are, and an
-    ``out=`` operation in an exported program raises when the program runs with gradients enabled (its inputs
-    then require grad), the way users call a model for inference. The forward pass then writes into fresh
-    tensors and by assignment instead (the same values; reusing the workspace buffers only saves page faults)."""
-    return getattr(torch.compiler, "is_exporting", lambda: False)()
 
 
 def _regroup(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -294,7 +287,9 @@ class _ChunkedScanFn(torch.autograd.Function):
         last = torch.empty(p.batch, p.dim, p.N, dtype=ct, device=u.device)
         a = A.to(ct)
         ws = _Workspace(ct, u.device)
-        traced = _exporting()  # no out= operations in an exported program (see _exporting)
+        # an out= operation in an exported program raises when the program runs with gradients enabled (the way
+        # users call a model for inference): the forward pass then writes into fresh tensors and by assignment
+        traced = is_exporting()
         for d0, d1, g0, g1 in p.blocks():
             _, dt = _process_delta(
                 delta[:, d0:d1], None if delta_bias is None else delta_bias[d0:d1], softplus, ct
@@ -453,7 +448,7 @@ def selective_scan_chunked(
     Under ``torch.compile`` the scan runs outside the graph (a graph break, as eager; see :func:`_outside_graph`);
     ``torch.export`` records it.
     """
-    if getattr(torch.compiler, "is_compiling", lambda: False)() and not _exporting():
+    if is_compiling() and not is_exporting():
         # (inside, dynamo does not trace: is_compiling() is False there and the scan below runs eagerly)
         return _outside_graph(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size,
                               block_elems)

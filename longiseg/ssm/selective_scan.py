@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from longiseg.utils.logging import get_logger, log_once
+from longiseg.utils.tracing import is_compiling, is_exporting
 
 __all__ = ["selective_scan", "resolve_backend", "environment_backend", "log_backend", "check_backend", "BACKENDS",
            "ENV_VAR"]
@@ -48,11 +49,6 @@ def _backend_fn(name: str) -> Callable[..., torch.Tensor | tuple[torch.Tensor, t
     from longiseg.ssm.cuda import selective_scan_cuda
 
     return selective_scan_cuda
-
-
-def _exporting() -> bool:
-    """Whether ``torch.export`` traces the call (on fake tensors, which the numba kernels cannot read)."""
-    return getattr(torch.compiler, "is_exporting", lambda: False)()
 
 
 def environment_backend() -> str:
@@ -122,7 +118,7 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
             f"unknown selective-scan backend {backend!r} from the {source}; expected one of {BACKENDS}"
         )
     if backend == "auto":
-        if _exporting():
+        if is_exporting():
             return "chunked"
         if device.type == "cuda" and cuda_bridge.cuda_scan_available():
             return "cuda"
@@ -153,7 +149,7 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
                 f"selective-scan backend 'numba' requested by the {source} runs on the CPU only, "
                 f"but the tensors are on {device}"
             )
-        if _exporting():
+        if is_exporting():
             raise RuntimeError(
                 f"selective-scan backend 'numba' requested by the {source} cannot be exported (its compiled "
                 "kernels run outside PyTorch): export with the 'chunked' or 'reference' backend"
@@ -164,7 +160,7 @@ def resolve_backend(backend: str | None, device: torch.device | str) -> str:
 def log_backend(name: str, device: torch.device) -> None:
     """Log (once per backend and device type, at INFO) which selective-scan backend runs; not while
     ``torch.compile`` traces the call (logging there would split its graph)."""
-    if getattr(torch.compiler, "is_compiling", lambda: False)():
+    if is_compiling():
         return
     log_once(_LOGGER, f"scan-backend-{name}-{device.type}", f"selective scan backend: {name} ({device.type})")
 
