@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,11 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from longiseg.data.lesions import check_min_volume
 from longiseg.inferers.postprocessing import postprocess, postprocess_heads
 from longiseg.metrics.longitudinal import evaluate_mask_pair, followup_kind
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.utils.masks import as_spacing
-from longiseg.utils.validation import as_numpy
+from longiseg.utils.validation import as_numpy, check_probabilities
 
 __all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_THRESHOLDS", "OBJECTIVES", "ThresholdSelection", "check_thresholds",
            "progression_score", "select_threshold", "tuning_note"]
@@ -113,10 +113,7 @@ def _check_probability_map(name: str, prob: object) -> np.ndarray:
     arr = as_numpy(name, prob)
     if arr.ndim != 3:
         raise ValueError(f"{name} must be a (D, H, W) probability map, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise TypeError(f"{name} must hold floating-point probabilities, got dtype {arr.dtype}")
-    if not np.isfinite(arr).all() or arr.min(initial=0.0) < 0.0 or arr.max(initial=0.0) > 1.0:
-        raise ValueError(f"{name} must hold finite probabilities in [0, 1]")
+    check_probabilities(name, arr)
     return arr
 
 
@@ -283,10 +280,7 @@ def select_threshold(
         raise ValueError(
             f"brain_masks must have one entry per probability map: {len(brain_masks)} vs {len(probabilities)}"
         )
-    if isinstance(min_volume_mm3, bool) or not isinstance(min_volume_mm3, (int, float)):
-        raise TypeError(f"min_volume_mm3 must be a float, got {type(min_volume_mm3).__name__}")
-    if not (math.isfinite(min_volume_mm3) and min_volume_mm3 >= 0):
-        raise ValueError(f"min_volume_mm3 must be >= 0, got {min_volume_mm3}")
+    min_volume_mm3 = check_min_volume(min_volume_mm3)
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if restrict not in ("progression", "both"):

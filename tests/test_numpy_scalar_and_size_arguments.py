@@ -261,3 +261,17 @@ def test_one_reader_takes_a_size_given_once_or_once_per_axis() -> None:
     for bad in (4.0, "4", True, None):
         with pytest.raises(TypeError, match=r"^s must be an int or a sequence of ints \(one per spatial dim\), got "):
             check_int_or_sequence("s", bad, 2)
+
+
+def test_registration_and_lesion_volumes_take_numpy_numbers() -> None:
+    """PairOptions(mask_margin_mm=np.float32(5)) and np.int64(5) were refused as 'not a number of mm'."""
+    from longiseg.data.lesions import check_min_volume
+    from longiseg.registration.pairwise import PairOptions
+
+    assert PairOptions(mask_margin_mm=np.float32(5)).mask_margin_mm == 5.0
+    assert PairOptions(mask_margin_mm=np.int64(5)).mask_margin_mm == 5.0
+    assert check_min_volume(np.float32(2.5)) == 2.5
+    with pytest.raises(ValueError, match=r"^mask_margin_mm must be a finite number >= 0, got -1.0$"):
+        PairOptions(mask_margin_mm=-1.0)
+    with pytest.raises(TypeError, match=r"^mask_margin_mm must be a number >= 0, got str '5'$"):
+        PairOptions(mask_margin_mm="5")

@@ -194,6 +194,14 @@ def test_a_follow_up_is_p_or_np_for_tuning_as_for_evaluation() -> None:
         select_threshold([prob], [gt], SP, protocol="tdw", objective="lesion_f1")
 
 
+def test_tuning_takes_the_maps_and_volumes_postprocess_takes() -> None:
+    """A 0/1 integer map (a hard prediction) and NumPy scalars were taken by postprocess and refused by tuning."""
+    prob, gt = _progressing_case(1.0)
+    hard = select_threshold([prob.astype(np.uint8)], [gt], SP, min_volume_mm3=np.float32(2.0))
+    soft = select_threshold([prob], [gt], SP, min_volume_mm3=2.0)
+    assert hard.scores == soft.scores
+
+
 def test_accepts_tensors_and_to_dict() -> None:
     prob, gt = _progressing_case(0.8)
     sel = select_threshold([torch.from_numpy(prob)], [torch.from_numpy(gt.astype(np.uint8))], SP)
@@ -211,7 +219,7 @@ def test_accepts_tensors_and_to_dict() -> None:
         ({"references": []}, ValueError, "one mask per probability map"),
         ({"probabilities": [np.zeros((4, 4), np.float32)]}, ValueError, r"\(D, H, W\)"),
         ({"probabilities": [np.full((4, 4, 4), 1.5, np.float32)]}, ValueError, r"\[0, 1\]"),
-        ({"probabilities": [np.zeros((4, 4, 4), np.int64)]}, TypeError, "floating-point"),
+        ({"probabilities": [np.zeros((4, 4, 4), np.complex64)]}, TypeError, "real probabilities"),
         ({"probabilities": [[0.1]]}, TypeError, "numpy array"),
         ({"references": [np.zeros((4, 4, 5), bool)]}, ValueError, "shape of its probability map"),
         ({"references": [np.full((4, 4, 4), 2)]}, ValueError, "binary"),

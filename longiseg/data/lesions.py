@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from longiseg.utils.masks import MaskLike, as_mask, as_spacing, foreground_slices
-from longiseg.utils.validation import check_positive_float, check_spatial_dims
+from longiseg.utils.validation import check_nonnegative_float, check_positive_float, check_spatial_dims
 
 __all__ = [
     "LesionLabels",
@@ -68,15 +68,9 @@ def check_connectivity(connectivity: int | None, ndim: int) -> int:
 
 
 def check_min_volume(min_volume_mm3: float) -> float:
-    """``min_volume_mm3`` as a float; ``TypeError`` for a non-number, ``ValueError`` if negative or not finite."""
-    if isinstance(min_volume_mm3, bool) or not isinstance(
-        min_volume_mm3, (int, float, np.integer, np.floating)
-    ):
-        raise TypeError(f"min_volume_mm3 must be a number, got {type(min_volume_mm3).__name__}")
-    v = float(min_volume_mm3)
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"min_volume_mm3 must be a finite number >= 0, got {min_volume_mm3}")
-    return v
+    """``min_volume_mm3`` as a float; ``TypeError`` for a non-number (NumPy's are numbers), ``ValueError`` if
+    negative or not finite. The one check of a smallest lesion volume."""
+    return check_nonnegative_float("min_volume_mm3", min_volume_mm3)
 
 
 @dataclass(frozen=True)

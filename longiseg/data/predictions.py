@@ -26,6 +26,7 @@ from longiseg.utils.validation import (
     check_callable,
     check_nonnegative_float,
     check_path,
+    check_probabilities,
     check_timepoints,
 )
 
@@ -79,9 +80,8 @@ def read_prediction(root: PathLike, case_id: str, num_timepoints: int, kind: str
             arr, affine, spacing = read_mask(path, what=what)
         else:
             arr, affine, spacing = read_volume(path, what=what, dtype=np.float32)
-            if kind == "prob" and (arr.min() < 0 or arr.max() > 1):
-                raise ValueError(f"{what} {path} must hold probabilities in [0, 1], found "
-                                 f"[{float(arr.min()):.3g}, {float(arr.max()):.3g}]")
+            if kind == "prob":
+                check_probabilities(f"{what} {path}", arr)
         if first is None:
             first, first_spacing = (path, arr.shape, affine), spacing
         else:

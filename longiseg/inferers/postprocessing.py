@@ -38,8 +38,8 @@ from longiseg.utils.validation import (
     as_numpy,
     check_binary,
     check_bool,
-    check_finite,
     check_ndim,
+    check_probabilities,
     check_probability,
     check_same_shape,
 )
@@ -49,15 +49,6 @@ __all__ = ["threshold_probabilities", "remove_small_components", "restrict_to_ma
 
 #: Which masks ``restrict`` cuts to the brain: none, the progression masks, or both heads'.
 RESTRICT_OPTIONS = ("none", "progression", "both")
-
-
-def _check_probabilities(name: str, p: np.ndarray) -> None:
-    if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer) or p.dtype == bool):
-        raise TypeError(f"{name} must hold real probabilities, got dtype {p.dtype}")  # complex: .real was compared
-    check_finite(name, p)
-    if p.size and (p.min() < 0 or p.max() > 1):
-        raise ValueError(f"{name} must hold probabilities in [0, 1], got values in [{float(p.min()):.4g}, "
-                         f"{float(p.max()):.4g}]; apply a sigmoid to logits first")
 
 
 def threshold_probabilities(prob: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.ndarray:
@@ -70,7 +61,7 @@ def threshold_probabilities(prob: np.ndarray | torch.Tensor, threshold: float = 
     """
     p = as_numpy("prob", prob)
     threshold = check_probability("threshold", threshold)
-    _check_probabilities("prob", p)
+    check_probabilities("prob", p)
     return p >= threshold
 
 
@@ -200,8 +191,8 @@ def _head_maps(baseline_prob: np.ndarray | torch.Tensor, progression_prob: np.nd
     if prog.shape[0] == 0:
         raise ValueError(f"progression_prob must hold at least one follow-up (T-1 >= 1), got shape {prog.shape}")
     check_same_shape("progression_prob spatial shape", prog[0], "baseline_prob", base)
-    _check_probabilities("baseline_prob", base)
-    _check_probabilities("progression_prob", prog)
+    check_probabilities("baseline_prob", base)
+    check_probabilities("progression_prob", prog)
     return base, prog
 
 

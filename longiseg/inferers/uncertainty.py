@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from longiseg.utils.validation import check_finite
+from longiseg.utils.validation import check_probabilities
 
 __all__ = ["MAX_BINARY_ENTROPY", "binary_entropy"]
 
@@ -33,21 +33,15 @@ def binary_entropy(prob: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor
         TypeError: if ``prob`` is not an array/tensor, or complex.
         ValueError: for NaN/inf values or values outside ``[0, 1]``.
     """
-    if isinstance(prob, torch.Tensor) and prob.is_complex() or isinstance(prob, np.ndarray) and np.iscomplexobj(prob):
-        raise TypeError(f"prob must hold real probabilities, got dtype {prob.dtype}")  # the cast drops .imag
     if isinstance(prob, torch.Tensor):
+        check_probabilities("prob", prob)  # before the cast: that of a complex map drops .imag
         p = prob if prob.dtype == torch.float64 else prob.float()
-        check_finite("prob", p)
-        if p.numel() and (p.min() < 0 or p.max() > 1):
-            raise ValueError(f"prob must lie in [0, 1], got range [{p.min().item()}, {p.max().item()}]")
         # ``+ 0.0`` turns the -0.0 of p = 0 and p = 1 into 0.0 (a sign bit that viewers print as -0)
         return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)) + 0.0
     if isinstance(prob, (np.ndarray, float, int, np.floating)) and not isinstance(prob, bool):
         p = np.asarray(prob)
+        check_probabilities("prob", p)  # before the cast
         p = p if p.dtype == np.float64 else p.astype(np.float32)
-        check_finite("prob", p)
-        if p.size and (p.min() < 0 or p.max() > 1):
-            raise ValueError(f"prob must lie in [0, 1], got range [{p.min()}, {p.max()}]")
         from scipy.special import xlogy
 
         return (-(xlogy(p, p) + xlogy(1 - p, 1 - p)) + 0.0).astype(p.dtype, copy=False)

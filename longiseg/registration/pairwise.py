@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from longiseg.registration.grid import Grid, from_sitk, require_simpleitk, to_sitk
-from longiseg.utils.validation import check_finite, check_instance, check_positive_int, check_seed
+from longiseg.utils.validation import (
+    check_finite,
+    check_instance,
+    check_nonnegative_float,
+    check_positive_int,
+    check_seed,
+)
 
 __all__ = [
     "TRANSFORMS",
@@ -107,10 +113,7 @@ class PairOptions:
                              f"{self.shrink_factors} and {self.smoothing_sigmas}")
         object.__setattr__(self, "seed", check_seed("seed", self.seed, maximum=MAX_SEED))
         object.__setattr__(self, "min_samples", check_positive_int("min_samples", self.min_samples, minimum=0))
-        if isinstance(self.mask_margin_mm, bool) or not isinstance(self.mask_margin_mm, (int, float)):
-            raise TypeError(f"mask_margin_mm must be a number of mm, got {type(self.mask_margin_mm).__name__}")
-        if not (math.isfinite(self.mask_margin_mm) and self.mask_margin_mm >= 0):
-            raise ValueError(f"mask_margin_mm must be a finite number >= 0 mm, got {self.mask_margin_mm}")
+        object.__setattr__(self, "mask_margin_mm", check_nonnegative_float("mask_margin_mm", self.mask_margin_mm))
         object.__setattr__(self, "histogram_bins", check_positive_int("histogram_bins", self.histogram_bins, minimum=4))
         object.__setattr__(self, "iterations", check_positive_int("iterations", self.iterations))
 

@@ -39,6 +39,7 @@ __all__ = [
     "check_ndim",
     "check_finite",
     "check_binary",
+    "check_probabilities",
     "check_same_shape",
     "check_shape",
     "check_array",
@@ -282,6 +283,29 @@ def check_binary(name: str, x: ArrayLike) -> None:
         bad = None if ok else np.unique(arr[(arr != 0) & (arr != 1)])[:5].tolist()
     if not ok:
         raise ValueError(f"{name} must be a binary mask with values in {{0, 1}}, found values such as {bad}")
+
+
+def check_probabilities(name: str, x: ArrayLike) -> None:
+    """Refuse ``x`` (a tensor or array of any shape) unless it holds probabilities: a real dtype (floating; an
+    integer or bool map of 0 and 1 is a hard one), finite values in ``[0, 1]``. The one check of a probability map.
+
+    Raises:
+        TypeError: ``x`` is no tensor or array, or of a complex or non-numeric dtype.
+        ValueError: NaN or infinite values, or values outside ``[0, 1]`` (naming their range: logits?).
+    """
+    _check_array_like(name, x)
+    if isinstance(x, torch.Tensor):
+        real = not x.is_complex()
+    else:
+        real = any(np.issubdtype(x.dtype, kind) for kind in (np.bool_, np.integer, np.floating))
+    if not real:  # a complex map: casts drop the imaginary part
+        raise TypeError(f"{name} must hold real probabilities, got dtype {x.dtype}")
+    check_finite(name, x)
+    if x.numel() if isinstance(x, torch.Tensor) else x.size:
+        low, high = float(x.min()), float(x.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"{name} must hold probabilities in [0, 1], got values in [{low:.4g}, {high:.4g}]; "
+                             "apply a sigmoid to logits first")
 
 
 def check_same_shape(name_a: str, a: ArrayLike, name_b: str, b: ArrayLike) -> None:
