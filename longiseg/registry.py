@@ -58,6 +58,9 @@ class ModelInfo:
         dim: ``"2.5D"`` (slice model, tri-planar inference), ``"3D"`` (volume model) or ``"2D"``.
         description: one line shown by ``longiseg models``.
         tags: free-form tags (e.g. ``"mamba"``, ``"attention"``, ``"cnn"``, ``"monai"``).
+        runtime_kwargs: factory arguments that choose how the model runs on a machine, not what it computes
+            (SegMaST's ``mamba_backend``): a checkpoint records them but rebuilds the model without them, so that
+            each machine chooses its own.
     """
 
     name: str
@@ -65,6 +68,7 @@ class ModelInfo:
     dim: str = "2.5D"
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    runtime_kwargs: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def module(self) -> str | None:
@@ -95,6 +99,7 @@ def register_model(
     dim: str = "2.5D",
     description: str | None = None,
     tags: Iterable[str] = (),
+    runtime_kwargs: Iterable[str] = (),
 ) -> Any:
     """Register a model factory; usable as ``@register_model`` or ``@register_model(dim="3D")``.
 
@@ -106,6 +111,9 @@ def register_model(
         description: one-line description; defaults to the first non-empty line of the factory's docstring
             (``""`` without one).
         tags: free-form tags (a single string is one tag).
+        runtime_kwargs: names of factory arguments that choose how the model runs on a machine (a kernel
+            backend), not what it computes: checkpoints rebuild the model without them (see
+            :attr:`ModelInfo.runtime_kwargs`).
 
     Returns:
         The factory unchanged (so the decorated function stays callable).
@@ -114,8 +122,8 @@ def register_model(
         ValueError: if the name is already registered (the message names the module that registered it; call
             :func:`unregister_model` first to replace it, e.g. when a notebook cell runs again), empty, or holds
             other characters than letters, digits, ``_``, ``.`` and ``-``; or if ``dim`` is unknown.
-        TypeError: if ``fn`` is not callable, has no ``__name__`` and no ``name`` is given, or ``description``
-            or a tag is not a str.
+        TypeError: if ``fn`` is not callable, has no ``__name__`` and no ``name`` is given, or ``description``,
+            a tag or a runtime argument name is not a str.
     """
     if dim not in _VALID_DIMS:
         raise ValueError(f"register_model: dim must be one of {_VALID_DIMS}, got {dim!r}")
@@ -128,6 +136,9 @@ def register_model(
     tags = (tags,) if isinstance(tags, str) else tuple(tags)
     if not all(isinstance(t, str) for t in tags):
         raise TypeError(f"register_model: tags must be strings, got {tags!r}")
+    runtime_kwargs = (runtime_kwargs,) if isinstance(runtime_kwargs, str) else tuple(runtime_kwargs)
+    if not all(isinstance(k, str) and k.isidentifier() for k in runtime_kwargs):
+        raise TypeError(f"register_model: runtime_kwargs must be argument names (strings), got {runtime_kwargs!r}")
 
     def decorator(f: F) -> F:
         if not callable(f):
@@ -147,7 +158,8 @@ def register_model(
         if doc is None:  # a partial describes itself by the function it wraps
             lines = (getattr(_unpartial(f), "__doc__", None) or "").strip().splitlines()
             doc = lines[0].strip() if lines else ""
-        _REGISTRY[key] = ModelInfo(name=key, factory=f, dim=dim, description=doc, tags=tags)
+        _REGISTRY[key] = ModelInfo(name=key, factory=f, dim=dim, description=doc, tags=tags,
+                                   runtime_kwargs=runtime_kwargs)
         return f
 
     if fn is not None:

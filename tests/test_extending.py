@@ -62,6 +62,27 @@ def test_load_model_names_the_module_to_import_when_the_model_is_not_registered(
         load_model(tmp_path / "b.pt")
 
 
+def test_only_the_arguments_a_registration_names_as_run_time_choices_are_left_out_of_a_rebuild(
+        registered, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """Checkpoints dropped every model's argument named 'mamba_backend' (SegMaST's name for its scan backend): a
+    plugin model whose own argument has that name came back without it, silently. The registration says which
+    arguments are run-time choices (runtime_kwargs)."""
+    def zz_variant_net(in_channels=1, num_timepoints=2, mamba_backend=None, kernel=None):
+        return _Net(in_channels, num_timepoints, mamba_backend=mamba_backend, kernel=kernel)
+
+    registered(zz_variant_net, runtime_kwargs=("kernel",))
+    save_checkpoint(tmp_path / "a.pt", model=build_model("zz_variant_net", mamba_backend="variant-b", kernel="fast"))
+    with caplog.at_level("INFO", logger="longiseg"):
+        model = load_model(tmp_path / "a.pt")
+    assert model.extra == {"mamba_backend": "variant-b", "kernel": None}
+    assert model.spec.kwargs == {"mamba_backend": "variant-b"}
+    assert "records kernel='fast' of its training, a run-time choice" in caplog.text
+    assert model_info("zz_variant_net").runtime_kwargs == ("kernel",)
+    assert model_info("segmast").runtime_kwargs == ("mamba_backend",)
+    with pytest.raises(TypeError, match="runtime_kwargs must be argument names"):
+        register_model(zz_variant_net, name="zz_other", runtime_kwargs=(1,))
+
+
 def test_checkpoint_of_a_factory_whose_signature_changed(registered, tmp_path: Path):
     def zz_sig_net(in_channels=1, num_timepoints=2, width=2):
         return _Net(in_channels, num_timepoints, width)

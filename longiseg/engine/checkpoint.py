@@ -36,8 +36,10 @@ module is imported: :func:`load_model` of such a checkpoint in a process that di
 the module to import.
 
 A model rebuilt from a checkpoint (:func:`load_model`, :func:`build_model_from_checkpoint`) leaves out the
-selective-scan backend the training recorded (``mamba_backend`` in ``model_kwargs`` and the spec): every backend
-computes the same function with the same weights, so the machine that runs the model picks its own
+arguments its registration names as run-time choices (``runtime_kwargs`` of
+:func:`~longiseg.registry.register_model`; SegMaST's selective-scan backend ``mamba_backend``, recorded in
+``model_kwargs`` and the spec): every backend computes the same function with the same weights, so the machine
+that runs the model picks its own
 (``LONGISEG_SCAN_BACKEND`` or ``auto`` by device, see :mod:`longiseg.ssm`). A model trained with mamba-ssm's
 ``cuda`` kernel thus runs on a CPU-only machine.
 """
@@ -94,8 +96,6 @@ _ENTRY_TYPES = (
     ("model_kwargs", Mapping, "a mapping of the model's factory arguments"),
     ("spec", (Mapping, type(None)), "a model spec (a mapping) or None"),
 )
-#: Factory argument recorded with a model that chooses how it runs, not what it computes (see the module docstring).
-_SCAN_BACKEND_KWARG = "mamba_backend"
 #: Key prefixes of the wrappers :func:`unwrap_model` removes (DataParallel/DDP, ``torch.compile``).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -289,6 +289,14 @@ def _registered_module(name: str | None) -> str | None:
     return model_info(name).module if name is not None and is_model(name) else None
 
 
+def _runtime_kwargs(name: str | None) -> tuple[str, ...]:
+    """The factory arguments of model ``name`` that choose how it runs, not what it computes (its registration's
+    ``runtime_kwargs``; none for a name the registry does not hold)."""
+    from longiseg.registry import is_model, model_info
+
+    return model_info(name).runtime_kwargs if name is not None and is_model(name) else ()
+
+
 def model_identity(model: nn.Module, model_name: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
                    *, where: str = "") -> tuple[str | None, dict[str, Any]]:
     """The registry name and factory arguments a checkpoint of ``model`` records: those of its spec (a model from
@@ -300,8 +308,8 @@ def model_identity(model: nn.Module, model_name: str | None = None, model_kwargs
         TypeError: ``model_name`` is not a str or ``None``, ``model_kwargs`` not a mapping or ``None``, or not plain
             data.
         ValueError: ``model_name`` is not the name in the model's spec, or ``model_kwargs`` contradict its
-            arguments (a value that differs, or an argument it was not built with; the selective-scan backend
-            aside; ``where`` starts the message). Arguments that agree with the spec's are fine, and the spec's
+            arguments (a value that differs, or an argument it was not built with; the arguments its
+            registration names as run-time choices aside; ``where`` starts the message). Arguments that agree with the spec's are fine, and the spec's
             are recorded (all of them: the model is the one they build).
     """
     check_instance("model_name", model_name, (str, type(None)), "a registry name or None")
@@ -314,8 +322,9 @@ def model_identity(model: nn.Module, model_name: str | None = None, model_kwargs
             raise ValueError(f"{where}model_name {model_name!r} is not the name in the model's spec, {spec_name!r}; "
                              "leave model_name out (the spec names the model)")
         model_name = spec_name
-        built = _comparable(spec.kwargs)
-        given = {} if kwargs is None else _comparable(kwargs)
+        runtime = _runtime_kwargs(spec_name)
+        built = _comparable(spec.kwargs, runtime)
+        given = {} if kwargs is None else _comparable(kwargs, runtime)
         contradicting = sorted(k for k in given if k not in built or given[k] != built[k])
         if contradicting:
             raise ValueError(f"{where}model_kwargs {kwargs} contradict the arguments the model was built with "
@@ -325,11 +334,11 @@ def model_identity(model: nn.Module, model_name: str | None = None, model_kwargs
     return model_name, kwargs if kwargs is not None else {}
 
 
-def _comparable(value: Any) -> Any:
+def _comparable(value: Any, runtime: tuple[str, ...] = ()) -> Any:
     """Plain factory arguments for comparisons: tuples as lists (as a checkpoint may give them back), and a
-    mapping without the selective-scan backend."""
+    mapping without the ``runtime`` arguments (:func:`_runtime_kwargs` of the model)."""
     if isinstance(value, Mapping):
-        return {k: _comparable(v) for k, v in _without_scan_backend(value).items()}
+        return {k: _comparable(v) for k, v in value.items() if k not in runtime}
     if isinstance(value, (list, tuple)):
         return [_comparable(v) for v in value]
     return value
@@ -527,11 +536,14 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
             "docs/tutorials/add-model.md)")
     _warn_other_module(name, ckpt.get("model_module"), source)
     stored_spec = _read_spec(ckpt["spec"], source) if ckpt.get("spec") else None
-    recorded = _recorded_arguments(ckpt.get("model_kwargs") or {}, stored_spec, source)
-    if recorded.get(_SCAN_BACKEND_KWARG) is not None and _SCAN_BACKEND_KWARG not in override_kwargs:
-        logger.info("checkpoint %s records the selective-scan backend %r of its training; this machine chooses its "
-                    "own (%s, default auto by device)", source, recorded[_SCAN_BACKEND_KWARG], SCAN_BACKEND_ENV_VAR)
-    arguments = {**_without_scan_backend(recorded), **override_kwargs}
+    runtime = _runtime_kwargs(name)
+    recorded = _recorded_arguments(ckpt.get("model_kwargs") or {}, stored_spec, source, runtime)
+    for key in runtime:
+        if recorded.get(key) is not None and key not in override_kwargs:
+            logger.info("checkpoint %s records %s=%r of its training, a run-time choice: this machine makes its own "
+                        "(for the selective-scan backend: %s, default auto by device)", source, key, recorded[key],
+                        SCAN_BACKEND_ENV_VAR)
+    arguments = {**_without(recorded, runtime), **override_kwargs}
     try:
         # the initial weights are replaced below: their draws leave the caller's random stream where it was
         with torch.random.fork_rng(devices=[]):
@@ -543,9 +555,9 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
             "keep accepting a removed one, or pass replacements with build_model_from_checkpoint(path, **kwargs)"
         ) from err
     load_model_weights(model, ckpt["model"], source=source)
-    if stored_spec is not None and not _without_scan_backend(override_kwargs):  # a backend: the same function
+    if stored_spec is not None and not _without(override_kwargs, runtime):  # a run-time choice: the same function
         check_spec_describes(stored_spec, model.spec, f"checkpoint {source}: ")
-        model.spec = stored_spec.replace(kwargs={**_without_scan_backend(stored_spec.kwargs), **override_kwargs})
+        model.spec = stored_spec.replace(kwargs={**_without(stored_spec.kwargs, runtime), **override_kwargs})
     return model.eval()
 
 
@@ -567,14 +579,15 @@ def _read_spec(data: Any, source: str) -> ModelSpec:
         raise ValueError(f"checkpoint {source}: its model spec cannot be read: {err}") from None
 
 
-def _recorded_arguments(model_kwargs: Mapping[str, Any], spec: ModelSpec | None, source: str) -> dict[str, Any]:
+def _recorded_arguments(model_kwargs: Mapping[str, Any], spec: ModelSpec | None, source: str,
+                        runtime: tuple[str, ...] = ()) -> dict[str, Any]:
     """The factory arguments a checkpoint rebuilds its model with: its ``spec``'s (the model's own record of how it
     was built, ``build_model``'s), else ``model_kwargs``. Until 0.3.20 a ``Trainer`` or ``save_checkpoint``
     given ``model_kwargs`` recorded them as given, e.g. a part of the spec's; they are logged when they differ."""
     recorded = dict(model_kwargs)
     if spec is None:
         return recorded
-    if _comparable(recorded) != _comparable(spec.kwargs):
+    if _comparable(recorded, runtime) != _comparable(spec.kwargs, runtime):
         logger.info("checkpoint %s records model_kwargs %s and the spec's arguments %s: the model is rebuilt with the "
                     "spec's (those it was built with)", source, recorded, dict(spec.kwargs))
     return dict(spec.kwargs)
@@ -616,9 +629,9 @@ def _warn_other_module(name: str, recorded: str | None, source: str) -> None:
                    "the same model? (import %s instead to be sure)", source, name, recorded, current, recorded)
 
 
-def _without_scan_backend(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Recorded factory arguments without the selective-scan backend (a run-time choice of the machine)."""
-    return {k: v for k, v in kwargs.items() if k != _SCAN_BACKEND_KWARG}
+def _without(kwargs: Mapping[str, Any], runtime: tuple[str, ...]) -> dict[str, Any]:
+    """Recorded factory arguments without the ``runtime`` ones (choices of the machine, :func:`_runtime_kwargs`)."""
+    return {k: v for k, v in kwargs.items() if k not in runtime}
 
 
 def load_model(path: str | Path, *, map_location: Any = "cpu") -> nn.Module:
@@ -696,7 +709,8 @@ def update_spec(path: str | Path, spec: ModelSpec) -> Path:
     if ckpt.get("spec"):  # the model's own fields stay: the file would rebuild one the spec does not describe
         stored = _read_spec(ckpt["spec"], str(path))
         check_spec_describes(spec, stored, f"update_spec: checkpoint {path}: ")
-        if _comparable(spec.kwargs) != _comparable(stored.kwargs):
+        runtime = _runtime_kwargs(spec.name)
+        if _comparable(spec.kwargs, runtime) != _comparable(stored.kwargs, runtime):
             raise ValueError(f"update_spec: checkpoint {path}: the spec gives kwargs {dict(spec.kwargs)}, but the "
                              f"model was built with {dict(stored.kwargs)}; a spec may change the training's settings "
                              "only")
