@@ -778,3 +778,26 @@ def test_case_folders_the_manifest_does_not_list_are_named(tmp_path: Path,
     with caplog.at_level("WARNING", logger="longiseg.data"):
         find_cases(tmp_path)
     assert "holds both manifest.json and manifest.csv: manifest.json is used" in caplog.text
+
+
+def test_consecutive_progression_masks_that_overlap_are_warned_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Masks drawn against the baseline (progression_t2 repeating t1's new lesion) were loaded, trained on and
+    evaluated without a word; only the lesion report noticed. Consecutive masks cannot overlap by definition."""
+    import longiseg.utils.logging as lg
+
+    case = make_case(num_timepoints=3, case_id="cum")
+    prog = case.progression_masks.copy()
+    prog[1] = prog[1] | prog[0]  # t2 drawn against the baseline: t1's new lesion again
+    shared = int(np.count_nonzero(prog[1] & prog[0]))
+    save_case(dataclasses.replace(case, progression_masks=prog), tmp_path)
+    save_case(make_case(num_timepoints=2, case_id="ok"), tmp_path)
+    monkeypatch.setattr(lg, "_SEEN", set())
+    with caplog.at_level("WARNING", logger="longiseg.data"):
+        load_case(tmp_path / "ok")
+        assert caplog.text == ""
+        loaded = load_case(tmp_path / "cum")
+        load_case(tmp_path / "cum")  # once per process
+    assert np.array_equal(loaded.progression_masks, prog)  # loaded as it is
+    assert caplog.text.count(f"case 'cum': progression_t2.nii.gz shares {shared} voxels with progression_t1.nii.gz"
+                             ": progression at a follow-up is lesion not present at the previous one") == 1

@@ -13,6 +13,7 @@ Where the files are is a :class:`~longiseg.data.sources.CaseSource` (from
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from longiseg.data.case import LongitudinalCase, check_case, check_modalities
 from longiseg.data.cohort import case_source, scan_cohort
 from longiseg.data.sources import CaseSource, MaskSpec, build_mask
 from longiseg.utils.io import PathLike, atomic_directory, check_output_folder, folder_is_empty
+from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.nifti import atomic_save_nifti, load_nifti
 from longiseg.utils.validation import (
     check_bool,
@@ -49,6 +51,7 @@ __all__ = [
     "save_case",
 ]
 
+_LOG = get_logger(__name__)
 
 _T = TypeVar("_T")
 
@@ -262,6 +265,23 @@ def check_progression_flag(case_id: str, flag: bool | None, progression: np.ndar
         )
 
 
+def _warn_cumulative_progression(case_id: str, progression: np.ndarray, names: Sequence[str]) -> None:
+    """Warn (once per process) when two consecutive progression masks share voxels: progression at follow-up k is
+    lesion at k that was not lesion at k-1, so ``progression_t{k}`` cannot overlap ``progression_t{k-1}``; masks
+    that do were most likely drawn against the baseline (each repeating the earlier follow-ups' new lesions),
+    which training and evaluation would take as new lesions again. Difference masks that also mark shrinking
+    tissue (UCSF-ALPTDG's) overlap too, knowingly."""
+    shared = [(names[k - 1], names[k], int(np.count_nonzero(progression[k] & progression[k - 1])))
+              for k in range(1, len(progression))]
+    shared = [s for s in shared if s[2]]
+    if shared:
+        log_once(_LOG, "cumulative-progression", (
+            f"case {case_id!r}: {', '.join(f'{b} shares {n} voxels with {a}' for a, b, n in shared)}: progression at "
+            "a follow-up is lesion not present at the previous one, so consecutive masks cannot overlap; were they "
+            "drawn against the baseline? (training and evaluation take their voxels as new again; later cases are "
+            "not reported)"), logging.WARNING)
+
+
 def _read_case(source: CaseSource, affine_atol: float, problems: _Problems) -> LongitudinalCase | None:
     """Read and check every file of ``source``; ``None`` when a problem was collected."""
     cid = source.case_id
@@ -287,6 +307,7 @@ def _read_case(source: CaseSource, affine_atol: float, problems: _Problems) -> L
             progression = np.stack(prog)  # type: ignore[arg-type]
             names = [spec.files[-1].name for spec in source.progression_masks]  # type: ignore[union-attr]
             problems.passes(check_progression_flag, cid, source.has_progression, progression, names)
+            _warn_cumulative_progression(cid, progression, names)
     brain = None
     if source.brain_mask is not None:
         brain = mask(MaskSpec((source.brain_mask,), "binary"))
