@@ -846,3 +846,19 @@ def test_cases_without_the_brain_mask_others_have_are_warned_of(tmp_path: Path,
         predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out2", case_ids=["without"], inferer=_inferer(),
                        progress=False)
     assert "brain_mask" not in caplog.text
+
+
+def test_a_case_that_gained_a_follow_up_is_predicted_again_saying_so(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """--skip-existing predicted such a case again (right) calling its prediction 'incomplete (an interrupted
+    run?)' (wrong: it is complete, for the follow-ups the case had)."""
+    img, aff = _images(t=3, c=2), _affine()
+    _write_case(tmp_path / "in", "c", img, aff)
+    predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", inferer=_inferer(), progress=False)
+    for c, m in enumerate(("flair", "t2")):
+        nib.save(nib.Nifti1Image(img[2, c], aff), tmp_path / "in" / "c" / image_filename(3, m))
+    with caplog.at_level("WARNING", logger="longiseg"):
+        predict_folder(Voxelwise(), tmp_path / "in", tmp_path / "out", inferer=_inferer(), progress=False,
+                       skip_existing=True)
+    assert "holds a prediction of its first 2 follow-up(s), the case now has 3; predicting it again" in caplog.text
+    assert (tmp_path / "out" / "c" / prediction_filenames(4)["mask"][-1]).is_file()

@@ -1147,6 +1147,19 @@ def test_an_unknown_scan_backend_variable_stops_a_command_before_it_writes(
     assert environment_backend() == "chunked"
 
 
+def test_tuning_refuses_cases_a_fixed_t_model_cannot_take_as_predict_does(cohort: Path) -> None:
+    """tune reached the inferer and failed with a shape message naming no case; predict named it up front."""
+    from longiseg.data.cohort import find_cases
+    from longiseg.workflows.tune import validation_probabilities
+
+    model = build_model("segmast", widths=[8, 16, 16, 32], depths=[1, 1, 1, 1], decoder_dim=16, d_state=4,
+                        shared_progression_head=False, num_timepoints=3)
+    model.spec = model.spec.replace(modalities=("flair", "t2"))
+    first = find_cases(cohort)[0].case_id
+    with pytest.raises(ValueError, match=rf"^case '{first}' has 2 timepoints but the model was built for 3 "):
+        validation_probabilities(model, cohort, [first], progress=False)
+
+
 def test_predict_folder_checks_a_wrapped_fixed_t_model_and_the_channel_order_before_writing(
         cohort: Path, tmp_path: Path) -> None:
     # a DataParallel model built for one T skipped the up-front timepoint check (cases before the first mismatch

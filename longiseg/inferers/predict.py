@@ -69,6 +69,7 @@ __all__ = [
     "Inferer",
     "CaseReader",
     "spec_reader",
+    "check_case_fits_model",
     "infer_case",
     "RESTRICT_OPTIONS",
     "spacing_from_affine",
@@ -233,6 +234,31 @@ def _record(model: nn.Module, inferer: Inferer, options: Mapping[str, object]) -
     if recorded["progression_threshold"] is None:
         recorded["progression_threshold"] = recorded["threshold"]
     return prediction_record(model, inferer, recorded)
+
+
+def check_case_fits_model(model: nn.Module, source: CaseSource, folder: str | Path) -> None:
+    """Refuse a case the model cannot take, before any case is run through it: another number of timepoints than
+    a model built for a fixed ``T`` (the model inside a DataParallel/DDP wrapper says so; others take any
+    ``T >= 2``), or another number of modalities than the model's spec records.
+
+    Args:
+        model: the model (any wrapper is looked through).
+        source: the case's files (:func:`~longiseg.data.cohort.find_cases`).
+        folder: the folder the case is in, for the message.
+
+    Raises:
+        ValueError: naming the case, its timepoints or modalities and the model's.
+    """
+    inner = unwrap_model(model)
+    fixed_t = getattr(inner, "num_timepoints", None)
+    if isinstance(fixed_t, int) and source.num_timepoints != fixed_t:
+        raise ValueError(f"case {source.case_id!r} has {source.num_timepoints} timepoints but the model was built "
+                         f"for {fixed_t} (its folder: {folder}); use a model of its number of timepoints")
+    spec = getattr(inner, "spec", None)
+    if isinstance(spec, ModelSpec) and spec.in_channels is not None and len(source.modalities) != spec.in_channels:
+        raise ValueError(f"the model takes {spec.in_channels} modalities per timepoint"
+                         f"{f' {list(spec.modalities)}' if spec.modalities else ''}, case {source.case_id!r} of "
+                         f"{folder} has {len(source.modalities)} {list(source.modalities)}")
 
 
 def _warn_missing_brain_masks(sources: Sequence[CaseSource]) -> None:
@@ -550,17 +576,9 @@ def predict_folder(
     records = {cid: {**produced_by, "modalities": list(sources[cid].modalities),
                      "patient_id": sources[cid].patient_id} for cid in ids}
     # models built for one T say so (the model inside a DataParallel/DDP wrapper); others take any T >= 2
-    fixed_t = getattr(unwrap_model(model), "num_timepoints", None)
-    channels = spec.in_channels if isinstance(spec, ModelSpec) else None
     for cid in ids:  # every case before any is predicted
         check_case_headers(sources[cid])  # files and grids from the headers: no case fails after hours of others
-        if isinstance(fixed_t, int) and sources[cid].num_timepoints != fixed_t:
-            raise ValueError(f"case {cid!r} has {sources[cid].num_timepoints} timepoints but the model was built "
-                             f"for {fixed_t}; predict it with a model of its number of timepoints")
-        if channels is not None and len(sources[cid].modalities) != channels:
-            raise ValueError(f"the model takes {channels} modalities per timepoint"
-                             f"{f' {list(spec.modalities)}' if spec.modalities else ''}, case {cid!r} of {in_dir} "
-                             f"has {len(sources[cid].modalities)} {list(sources[cid].modalities)}")
+        check_case_fits_model(model, sources[cid], in_dir)
         if (overwrite or skip_existing) and (out_dir / cid).is_dir():
             foreign = _foreign_entries(out_dir / cid, sources[cid].num_timepoints)
             later = [n for n in foreign if _LATER_FOLLOWUP_RE.match(n)]  # a prediction of more follow-ups
@@ -644,7 +662,13 @@ def _predict_listed_case(
             logger.info("skipping case %s: outputs exist", cid)
             _refresh_patient(out_dir / cid, stored, record["patient_id"])
             return True
-        logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid, out_dir / cid)
+        earlier = next((t for t in range(source.num_timepoints - 1, 1, -1)
+                        if prediction_complete(out_dir, cid, t, kinds)), None)
+        if earlier is not None:  # the case gained follow-ups since it was predicted
+            logger.warning("case %s: %s holds a prediction of its first %d follow-up(s), the case now has %d; "
+                           "predicting it again", cid, out_dir / cid, earlier - 1, source.num_timepoints - 1)
+        else:
+            logger.warning("case %s: %s is incomplete (an interrupted run?); predicting it again", cid, out_dir / cid)
         case_overwrite = True
     case = read(source)
     header = case_spatial_header(source)  # the input's forms, codes and units, for the outputs

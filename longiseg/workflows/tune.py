@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from longiseg.data.claims import release_claim
 from longiseg.data.cohort import find_cases
 from longiseg.engine.checkpoint import check_writable, load_model, update_spec
-from longiseg.inferers.predict import infer_case, read_zscored, spec_reader
+from longiseg.inferers.predict import check_case_fits_model, infer_case, read_zscored, spec_reader
 from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.tuning import (
@@ -84,7 +84,6 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
         ValueError: cases without progression masks (checked before any case is run through the model).
     """
     spec = model_spec(model)
-    cfg = inference_settings(model)
     sources = {s.case_id: s for s in find_cases(root, modalities=list(spec.modalities or []) or None)}
     missing = [c for c in case_ids if c not in sources]
     if missing:
@@ -92,6 +91,9 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     unlabelled = [c for c in case_ids if sources[c].progression_masks is None]
     if unlabelled:
         raise ValueError(f"validation case(s) {unlabelled} of {root} have no progression masks")
+    for cid in case_ids:  # as predict checks them: before any case is run through the model
+        check_case_fits_model(model, sources[cid], root)
+    cfg = inference_settings(model)
     inferer = make_inferer(spec, cfg, device=resolve_device(device), progress=False)
     read = spec_reader(model, unrecorded=read_zscored)  # the cases prepared as the model's training prepared them
     probs: list[np.ndarray] = []
