@@ -80,6 +80,36 @@ def test_a_failed_report_removes_its_figures_and_a_rerun_is_not_refused(tmp_path
     assert write_lesion_report([_evolution()], masks, out, progress=False).is_file()
 
 
+def test_a_missing_image_leaves_out_only_the_montages_that_need_it(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """One missing timepoint's image dropped every montage of the case, with a note in report.html only."""
+    pytest.importorskip("matplotlib")
+    from longiseg.reports.lesion_report import write_lesion_report
+
+    masks, out = tmp_path / "masks", tmp_path / "out"
+    later = _box((6, 10, 2), (9, 13, 5))
+    progression = np.stack([NEW, later, np.zeros_like(NEW)])  # changes at FU1 and FU2, FU3 stable
+    atomic_save_nifti(BASE, np.eye(4), masks / "c1" / layout.BASELINE_MASK)
+    for k, prog in enumerate(progression, start=1):
+        atomic_save_nifti(prog, np.eye(4), masks / "c1" / layout.progression_filename(k))
+        atomic_save_nifti(np.full(SHAPE, float(k), np.float32), np.eye(4), masks / "c1" / layout.image_filename(
+            k - 1, "flair"))  # t0..t2: no t3 image
+    ev = lesion_evolution(BASE, progression, np.eye(4), case_id="c1")
+    with caplog.at_level("WARNING", logger="longiseg"):
+        html = write_lesion_report([ev], masks, out, progress=False).read_text(encoding="utf-8")
+    montages = sorted(p.name for p in (out / "figures").iterdir() if "lesion" in p.name)
+    assert montages == ["c1_fu1_lesion1_new.png", "c1_fu2_lesion1_new.png"]
+    assert "No montages" not in html and "t3_flair.nii.gz" not in html  # FU3 has no change to draw
+
+    (masks / "c1" / layout.image_filename(2, "flair")).unlink()  # now FU2's montage lacks its follow-up image
+    with caplog.at_level("WARNING", logger="longiseg"):
+        html = write_lesion_report([ev], masks, tmp_path / "out2", progress=False).read_text(encoding="utf-8")
+    montages = sorted(p.name for p in (tmp_path / "out2" / "figures").iterdir() if "lesion" in p.name)
+    assert montages == ["c1_fu1_lesion1_new.png"]
+    assert "1 change(s) without a montage: missing image(s)" in html and "t2_flair.nii.gz" in html
+    assert "case c1: 1 of 2 change(s) have no montage: missing image(s)" in caplog.text
+
+
 def test_a_failed_rerun_with_overwrite_keeps_the_figures_it_replaced(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from longiseg.reports.lesion_report import write_lesion_report

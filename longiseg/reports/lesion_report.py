@@ -23,6 +23,7 @@ from longiseg.data.predictions import read_prediction
 from longiseg.data.volumes import Grid, check_same_grid, read_volume, same_affine
 from longiseg.metrics.evolution import RULES, CaseEvolution, LesionChange, check_evolutions
 from longiseg.utils.io import PathLike, atomic_write
+from longiseg.utils.logging import get_logger
 from longiseg.utils.plotting import plain_text, subplots
 from longiseg.utils.validation import (
     check_affine,
@@ -31,6 +32,8 @@ from longiseg.utils.validation import (
     check_path,
     check_positive_float,
 )
+
+_LOG = get_logger(__name__)
 
 __all__ = ["volume_figure", "change_montage", "write_lesion_report"]
 
@@ -162,23 +165,27 @@ def _check_modality(folder: Path, modality: str | None) -> dict[int, dict[str, P
 
 
 def _load_images(folder: Path, timepoints: int, modality: str | None, masks: Grid
-                 ) -> tuple[list[np.ndarray] | None, str]:
-    """Images of one modality for every timepoint, or ``None`` with the reason; each must lie on the grid of the
-    case's masks (``masks``: the baseline mask's ``(path, shape, affine)``)."""
+                 ) -> tuple[list[np.ndarray | None] | None, str, list[Path]]:
+    """Images of one modality per timepoint (``None`` for a timepoint without one), the modality and the missing
+    files; ``(None, reason, [])`` without a baseline image. Each image must lie on the grid of the case's masks
+    (``masks``: the baseline mask's ``(path, shape, affine)``)."""
     found = _check_modality(folder, modality)
     if not found.get(0):
-        return None, f"no images (t0_*.nii.gz) in {folder}"
+        return None, f"no images (t0_*.nii.gz) in {folder}", []
     if modality is None:
         modality = "flair" if "flair" in found[0] else sorted(found[0])[0]
-    out = []
+    out: list[np.ndarray | None] = []
+    missing: list[Path] = []
     for t in range(timepoints):
         p = found.get(t, {}).get(modality.lower())
         if p is None:
-            return None, f"missing image {folder / layout.image_filename(t, modality)}"
+            missing.append(folder / layout.image_filename(t, modality))
+            out.append(None)
+            continue
         arr, img_affine, _ = read_volume(p, what="image", dtype=np.float32)
         check_same_grid((p, arr.shape, img_affine), masks, what="image")  # montages need the masks' images
         out.append(arr)
-    return out, modality
+    return out, modality, missing
 
 
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}
@@ -361,18 +368,25 @@ def _write_report(evolutions: Sequence[CaseEvolution], masks_dir: Path, img_dir:
             base, prog = masks[0].astype(bool), masks[1:].astype(bool)
             lesion = _lesions_over_time(base, prog)
             _check_same_masks(ev, masks_dir, affine, lesion)
-            images, why = _load_images(img_dir / ev.case_id, len(ev.followups) + 1, modality,
-                                       (masks_dir / ev.case_id / layout.BASELINE_MASK, base.shape, affine))
+            images, why, missing = _load_images(img_dir / ev.case_id, len(ev.followups) + 1, modality,
+                                                (masks_dir / ev.case_id / layout.BASELINE_MASK, base.shape, affine))
             if images is None:
                 sec.append(f"<p class='note'>No montages: {html.escape(why)} (give the image folder).</p>")
             else:
-                for c in changes:
+                drawn = [c for c in changes if images[c.followup - 1] is not None and images[c.followup] is not None]
+                for c in drawn:
                     k = c.followup
                     title = f"{ev.case_id} FU {k} #{c.index}: {c.kind}, {c.added_volume_mm3:.0f} mm³ ({why})"
                     png = change_montage(c, images[k - 1], images[k], lesion[k - 1], lesion[k] & ~lesion[k - 1],
                                          affine, title=title)
                     save(_montage_name(ev.case_id, c), png)
                     sec.append(_img_tag(png, title))
+                if len(drawn) < len(changes):  # only the changes whose two images are missing one
+                    names = ", ".join(str(m) for m in missing)
+                    sec.append(f"<p class='note'>{len(changes) - len(drawn)} change(s) without a montage: missing "
+                               f"image(s) {html.escape(names)}.</p>")
+                    _LOG.warning("case %s: %d of %d change(s) have no montage: missing image(s) %s", ev.case_id,
+                                 len(changes) - len(drawn), len(changes), names)
         sec.append("</div>")
         parts.extend(sec)
     doc = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Lesion evolution report</title>"
