@@ -491,3 +491,49 @@ def test_a_broken_matplotlib_is_not_reported_as_a_missing_one(monkeypatch) -> No
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
     with pytest.raises(ImportError, match=r"^the figures need matplotlib: pip install 'longiseg\[demo\]'"):
         require_matplotlib("the figures", "pass --no-figures")
+
+
+@pytest.mark.parametrize("stored", [0.0, -2.0, float("nan")])
+def test_a_voxel_size_readers_repair_differently_is_refused(tmp_path, stored: float) -> None:
+    """A file without an sform whose pixdim[3] is 0 was read as 1 mm (nibabel's repair, a warning only): lesion
+    volumes came out halved, silently. With an sform the affine is the file's own and the file is read."""
+    import gzip
+    import struct
+
+    from longiseg.utils.nifti import load_nifti
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for sform in (False, True):
+        img = nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), affine, dtype=np.uint8)
+        img.header.set_qform(affine, code=1)
+        img.header.set_sform(affine if sform else None, code=1 if sform else 0)
+        raw = tmp_path / f"m{sform}.nii"
+        nib.save(img, raw)
+        data = bytearray(raw.read_bytes())
+        data[88:92] = struct.pack("<f", stored)  # pixdim[3]
+        path = tmp_path / f"m{sform}.nii.gz"
+        path.write_bytes(gzip.compress(bytes(data)))
+        if sform:
+            assert np.allclose(load_nifti(path).affine, affine)
+        else:
+            with pytest.raises(ValueError, match=r"stores the voxel size \[2\.0, 2\.0, .*\] \(pixdim\) and no sform: "
+                                                 r"a voxel size must be a positive number of mm"):
+                load_nifti(path, what="mask")
+
+
+def test_records_of_a_library_with_its_own_handler_are_shown_once() -> None:
+    """nibabel's 'nibabel.global' logger prints its records itself; the command line's handler printed them again."""
+    import logging
+
+    from longiseg.utils.logging import ProgressAwareHandler
+
+    top, own = logging.getLogger("zz_top"), logging.getLogger("zz_top.thirdparty")
+    handler = ProgressAwareHandler()
+    top.addHandler(handler)  # as the command line's handler on the root logger
+    own.addHandler(logging.StreamHandler())
+    try:
+        assert not handler.filter(own.makeRecord("zz_top.thirdparty.sub", logging.WARNING, __file__, 1, "x", (), None))
+        assert handler.filter(top.makeRecord("zz_top.ours", logging.WARNING, __file__, 1, "ours", (), None))
+    finally:
+        own.handlers.clear()
+        top.handlers.clear()

@@ -45,6 +45,18 @@ class ProgressAwareHandler(logging.StreamHandler):
     (``tqdm.write``): a record logged while a bar runs gets a line of its own instead of being appended to the
     bar's line, and the bar is drawn again below it."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether to write ``record``: not when a logger between its own and the one holding this handler shows it
+        already with a handler of its own (nibabel's ``nibabel.global`` does: every nibabel warning was printed twice)."""
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and self not in logger.handlers:
+            if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
+                return False
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        return bool(super().filter(record))
+
     def emit(self, record: logging.LogRecord) -> None:
         """Write ``record`` with ``tqdm.write`` (above any progress bar), as ``StreamHandler.emit`` would."""
         try:

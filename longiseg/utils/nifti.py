@@ -5,6 +5,7 @@ qform, sform, their codes and the units), which outputs copy from the image they
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,26 @@ def _uncompressed_nifti(path: Path) -> bool:
     return any(int.from_bytes(head, order) in (348, 540) for order in ("little", "big"))
 
 
+def _check_stored_voxel_size(path: Path, img: Any, label: str) -> None:
+    """Refuse a file without an sform whose header stores a voxel size (``pixdim``) of 0, below 0 or not finite:
+    its affine is made of those sizes, and readers repair them differently (nibabel reads 0 as 1 mm and -2 as
+    2 mm, with a warning only), so volumes in mm would depend on the reader. With an sform the affine is its own
+    and the stored sizes are compared with it where spacings are read (``nifti_spacing``)."""
+    import gzip
+
+    if int(img.header["sform_code"]) > 0:
+        return
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:  # the header as stored: nibabel's reader has repaired the one of img
+        stored = type(img.header).from_fileobj(fh, check=False)
+    axes = min(3, int(stored["dim"][0]))
+    sizes = [float(v) for v in stored["pixdim"][1:1 + axes]]
+    if not all(math.isfinite(v) and v > 0 for v in sizes):
+        raise ValueError(f"{label} stores the voxel size {sizes} (pixdim) and no sform: a voxel size must be a "
+                         "positive number of mm, and readers repair this one differently (nibabel reads 0 as 1 mm); "
+                         "write the file again with its voxel size (or an sform)")
+
+
 def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = False,
                dtype: Any = None) -> Any:
     """Read a NIfTI file (``.nii`` or ``.nii.gz``) with nibabel; a bad file is a ``ValueError`` naming it.
@@ -360,6 +381,7 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
                          "); expected one real number per voxel (an integer or floating-point type)")
     if 0 in img.shape:  # nibabel reads such a volume as an array of shape (0,): name the stored shape
         raise ValueError(f"{label} holds no voxel: shape {tuple(img.shape)} has an axis of length 0")
+    _check_stored_voxel_size(path, img, label)
     if data is None:
         return img
     return type(img)(data, img.affine, img.header)
