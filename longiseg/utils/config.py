@@ -142,7 +142,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, tp):
             return value
         if isinstance(value, Mapping):
-            return config_from_dict(tp, value, _prefix=f"{key}.")
+            return _from_dict(tp, value, f"{key}.")
         raise ConfigError(f"config key {key!r}: expected a mapping for {tp.__name__}, got {value!r}")
     if isinstance(value, np.generic) and not isinstance(value, (np.str_, np.bytes_)):
         value = value.item()  # a numpy scalar is read as the Python number it holds
@@ -219,7 +219,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def config_from_dict(cls: type[C], data: Mapping[str, Any], *, _prefix: str = "") -> C:
+def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
     """Build the dataclass ``cls`` from a mapping, converting values to the annotated field types.
 
     Args:
@@ -237,6 +237,12 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any], *, _prefix: str = ""
         raise TypeError(f"config_from_dict: cls must be a dataclass type, got {cls!r}")
     if not isinstance(data, Mapping):
         raise TypeError(f"config_from_dict: data must be a mapping, got {type(data).__name__}")
+    return _from_dict(cls, data, "")
+
+
+def _from_dict(cls: type[C], data: Mapping[str, Any], _prefix: str) -> C:
+    """:func:`config_from_dict` of checked arguments; ``_prefix``: the dotted key of a nested config
+    (``"model."``), which messages name."""
     hints = _type_hints(cls)
     names = set(_field_names(cls))
     kwargs: dict[str, Any] = {}
