@@ -33,6 +33,24 @@ def test_zscore_over_brain_mask_per_image() -> None:
     np.testing.assert_allclose(out.images, zscore_normalize(make_case(num_timepoints=3)).images, atol=1e-4)
 
 
+def test_zscore_is_computed_in_float64_whatever_the_intensity_offset() -> None:
+    """The mean was rounded to float32 before it was subtracted: an image around 1e7 (exactly representable in
+    float32) was off a float64 z-score by 3e-4 standard deviations, and its predictions differed from those of the
+    same image without the offset."""
+    import dataclasses
+
+    case = make_case(num_timepoints=2)
+    brain = case.brain_mask.astype(bool)
+    rng = np.random.default_rng(0)
+    images = np.where(brain, np.round(rng.normal(1e7, 1000.0, case.images.shape)), 0).astype(np.float32)
+    out = zscore_normalize(dataclasses.replace(case, images=images))
+    for t in range(2):
+        for c in range(2):
+            vals = images[t, c][brain].astype(np.float64)
+            exact = (vals - vals.mean()) / vals.std()
+            assert np.abs(out.images[t, c][brain] - exact).max() < 1e-5
+
+
 def test_zscore_without_brain_mask_uses_non_zero_voxels() -> None:
     case = make_case().with_arrays(brain_mask=None)
     out = zscore_normalize(case, background=-5.0)

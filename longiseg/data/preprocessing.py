@@ -192,7 +192,9 @@ def zscore_normalize(case: LongitudinalCase, *, background: float = 0.0, eps: fl
                          f"its {where}: it carries no information after normalisation; check that file",
                          logging.WARNING)
                 continue
-            o[region] = ((img[region] - mean) / std).astype(np.float32)
+            # in float64, from the values read (img[region] - mean would round the mean to float32 first: an
+            # image around 1e7 was shifted by up to half a unit before its division by the spread)
+            o[region] = ((vals - mean) / std).astype(np.float32)
     return case.with_arrays(images=out)
 
 
