@@ -612,7 +612,7 @@ def test_a_case_of_other_voxels_than_the_training_cases_is_predicted_with_a_warn
         for out in ("iso", "iso-again"):
             predict_case(model, _images(t=2, c=1), np.eye(4), None, tmp_path / out, "iso", inferer=_inferer())
     warned = [r.getMessage() for r in caplog.records if "voxel size" in r.getMessage()]
-    assert warned == ["case iso: voxel size 1 x 1 x 1 mm differs from the 0.8 x 1 x 2.5 mm (sorted) the model was "
+    assert warned == ["case 'iso': voxel size 1 x 1 x 1 mm differs from the 0.8 x 1 x 2.5 mm (sorted) the model was "
                       "trained on by more than 25%; resample the case (longiseg register --spacing) for the "
                       "accuracy the model was validated with"]
 

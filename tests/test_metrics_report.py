@@ -235,7 +235,7 @@ def test_evaluate_errors(folders: tuple[Path, Path, Path], tmp_path: Path) -> No
         save(shape_bad / e.case_id / BASELINE_MASK, np.zeros((4, 4, 4), np.uint8))
         for i in range(1, e.num_timepoints):
             save(shape_bad / e.case_id / progression_filename(i), np.zeros((4, 4, 4), np.uint8))
-    with pytest.raises(ValueError, match=r"case c1: prediction .* another grid .*\(shape \(4, 4, 4\) vs \(12, 12, 12\)\)"):
+    with pytest.raises(ValueError, match=r"case 'c1': prediction .* another grid .*\(shape \(4, 4, 4\) vs \(12, 12, 12\)\)"):
         evaluate_folder(shape_bad, gt, progress=False)
 
 
@@ -410,13 +410,13 @@ def test_evaluate_refuses_a_reference_case_on_two_grids(
     # predicted file on its own: a follow-up 5e-4 mm off its baseline was scored here and refused there)
     atomic_save_nifti(new, np.diag([*SPACING, 1.0]), prog, overwrite=True)
     atomic_save_nifti(new, np.diag([3.0, 3.0, 3.0, 1.0]), good / "c1" / progression_filename(1), overwrite=True)
-    with pytest.raises(ValueError, match=r"case c1: prediction .*progression_t1.nii.gz lies on another grid than "
+    with pytest.raises(ValueError, match=r"case 'c1': prediction .*progression_t1.nii.gz lies on another grid than "
                                          r"baseline_mask.nii.gz"):
         evaluate_folder(good, gt, progress=False)
     # a predicted case on one grid, but not the reference's, is refused naming both files
     base = good / "c1" / "baseline_mask.nii.gz"
     atomic_save_nifti(np.asarray(nib.load(base).dataobj), np.diag([3.0, 3.0, 3.0, 1.0]), base, overwrite=True)
-    with pytest.raises(ValueError, match=r"case c1: prediction .*baseline_mask.nii.gz lies on another grid than "
+    with pytest.raises(ValueError, match=r"case 'c1': prediction .*baseline_mask.nii.gz lies on another grid than "
                                          r"\S*gt\S*baseline_mask.nii.gz .*resample the prediction"):
         evaluate_folder(good, gt, progress=False)
 

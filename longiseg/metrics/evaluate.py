@@ -162,12 +162,12 @@ def evaluate_folder(
         gts = list(gt_masks)
         # the predicted case is read as longiseg lesions reads it too (its masks on one grid: a follow-up's mask
         # 5e-4 mm off its baseline's was scored here and refused there), then compared with the reference's grid
-        pred_masks, paff, _ = read_prediction(pred_dir, case_id, num_t, "mask", what=f"case {case_id}: prediction")
+        pred_masks, paff, _ = read_prediction(pred_dir, case_id, num_t, "mask", what=f"case {case_id!r}: prediction")
         name = names[case_id][0]
         pred_path = find_nifti(pred_dir / case_id, name) or pred_dir / case_id / name
         ref_path = find_nifti(gt_dir / case_id, name) or gt_dir / case_id / name
         check_same_grid((pred_path, pred_masks.shape[1:], paff), (ref_path, gt_masks.shape[1:], gaff),
-                        what=f"case {case_id}: prediction", atol=affine_atol,
+                        what=f"case {case_id!r}: prediction", atol=affine_atol,
                         hint="predict on the reference images or resample the prediction onto the reference grid")
         preds = list(pred_masks)
         case_rows, case_dets = evaluate_longitudinal_case(
