@@ -30,6 +30,7 @@ import torch.nn as nn
 from longiseg.spec import INPUT_LAYOUTS, ModelSpec, plain_data
 
 __all__ = [
+    "DEFAULT_RUNTIME_KWARGS",
     "ModelInfo",
     "register_model",
     "build_model",
@@ -48,6 +49,11 @@ _VALID_DIMS = ("2.5D", "3D", "2D")
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 
+#: The run-time arguments of a registration that names none: ``mamba_backend``, the selective-scan backend of
+#: SegMaST and of models registered on top of it (a ``functools.partial`` of ``segmast``, a factory calling it).
+DEFAULT_RUNTIME_KWARGS: tuple[str, ...] = ("mamba_backend",)
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the registry knows about one model.
@@ -58,9 +64,10 @@ class ModelInfo:
         dim: ``"2.5D"`` (slice model, tri-planar inference), ``"3D"`` (volume model) or ``"2D"``.
         description: one line shown by ``longiseg models``.
         tags: free-form tags (e.g. ``"mamba"``, ``"attention"``, ``"cnn"``, ``"monai"``).
-        runtime_kwargs: factory arguments that choose how the model runs on a machine, not what it computes
-            (SegMaST's ``mamba_backend``): a checkpoint records them but rebuilds the model without them, so that
-            each machine chooses its own.
+        runtime_kwargs: factory arguments that choose how the model runs on a machine, not what it computes: a
+            checkpoint records them but rebuilds the model without them, so that each machine chooses its own.
+            :data:`DEFAULT_RUNTIME_KWARGS` (the selective-scan backend of the library's Mamba models, which
+            variants built on them take too) unless the registration names others.
     """
 
     name: str
@@ -68,7 +75,7 @@ class ModelInfo:
     dim: str = "2.5D"
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
-    runtime_kwargs: tuple[str, ...] = field(default_factory=tuple)
+    runtime_kwargs: tuple[str, ...] = DEFAULT_RUNTIME_KWARGS
 
     @property
     def module(self) -> str | None:
@@ -99,7 +106,7 @@ def register_model(
     dim: str = "2.5D",
     description: str | None = None,
     tags: Iterable[str] = (),
-    runtime_kwargs: Iterable[str] = (),
+    runtime_kwargs: Iterable[str] | None = None,
 ) -> Any:
     """Register a model factory; usable as ``@register_model`` or ``@register_model(dim="3D")``.
 
@@ -113,7 +120,8 @@ def register_model(
         tags: free-form tags (a single string is one tag).
         runtime_kwargs: names of factory arguments that choose how the model runs on a machine (a kernel
             backend), not what it computes: checkpoints rebuild the model without them (see
-            :attr:`ModelInfo.runtime_kwargs`).
+            :attr:`ModelInfo.runtime_kwargs`); ``None``: :data:`DEFAULT_RUNTIME_KWARGS`; ``()``: none (a model
+            whose own argument is called ``mamba_backend`` keeps it).
 
     Returns:
         The factory unchanged (so the decorated function stays callable).
@@ -136,9 +144,19 @@ def register_model(
     tags = (tags,) if isinstance(tags, str) else tuple(tags)
     if not all(isinstance(t, str) for t in tags):
         raise TypeError(f"register_model: tags must be strings, got {tags!r}")
-    runtime_kwargs = (runtime_kwargs,) if isinstance(runtime_kwargs, str) else tuple(runtime_kwargs)
-    if not all(isinstance(k, str) and k.isidentifier() for k in runtime_kwargs):
+    if runtime_kwargs is None:
+        runtime_kwargs = DEFAULT_RUNTIME_KWARGS
+    elif isinstance(runtime_kwargs, str):
+        runtime_kwargs = (runtime_kwargs,)
+    elif isinstance(runtime_kwargs, Iterable):
+        runtime_kwargs = tuple(runtime_kwargs)
+    else:
+        raise TypeError(f"register_model: runtime_kwargs must be argument names (a sequence of str) or None, got "
+                        f"{type(runtime_kwargs).__name__}")
+    if not all(isinstance(k, str) for k in runtime_kwargs):
         raise TypeError(f"register_model: runtime_kwargs must be argument names (strings), got {runtime_kwargs!r}")
+    if not all(k for k in runtime_kwargs):
+        raise ValueError(f"register_model: runtime_kwargs must be non-empty argument names, got {runtime_kwargs!r}")
 
     def decorator(f: F) -> F:
         if not callable(f):

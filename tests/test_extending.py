@@ -81,6 +81,24 @@ def test_only_the_arguments_a_registration_names_as_run_time_choices_are_left_ou
     assert model_info("segmast").runtime_kwargs == ("mamba_backend",)
     with pytest.raises(TypeError, match="runtime_kwargs must be argument names"):
         register_model(zz_variant_net, name="zz_other", runtime_kwargs=(1,))
+    with pytest.raises(TypeError, match=r"runtime_kwargs must be argument names \(a sequence of str\) or None"):
+        register_model(zz_variant_net, name="zz_other", runtime_kwargs=3)
+
+
+def test_a_segmast_variant_registered_by_a_user_runs_on_the_machine_that_loads_it(registered, tmp_path: Path):
+    """A registration that names no run-time arguments takes the default (the scan backend): a functools.partial of
+    segmast trained with the cuda backend must load on a CPU with this machine's backend."""
+    import functools
+
+    from longiseg.networks.nets.segmast import segmast
+
+    registered(functools.partial(segmast, widths=[8, 16, 16, 32], depths=[1, 1, 1, 1], decoder_dim=16, d_state=4),
+               name="zz_my_segmast")
+    model = build_model("zz_my_segmast", mamba_backend="reference")
+    save_checkpoint(tmp_path / "a.pt", model=model)
+    loaded = load_model(tmp_path / "a.pt")
+    assert "mamba_backend" not in loaded.spec.kwargs
+    assert loaded(torch.randn(1, 2, 2, 32, 32)).baseline.shape == (1, 1, 32, 32)
 
 
 def test_checkpoint_of_a_factory_whose_signature_changed(registered, tmp_path: Path):

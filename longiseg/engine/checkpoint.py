@@ -540,9 +540,10 @@ def _model_from(ckpt: Mapping[str, Any], source: str, override_kwargs: Mapping[s
     recorded = _recorded_arguments(ckpt.get("model_kwargs") or {}, stored_spec, source, runtime)
     for key in runtime:
         if recorded.get(key) is not None and key not in override_kwargs:
-            logger.info("checkpoint %s records %s=%r of its training, a run-time choice: this machine makes its own "
-                        "(for the selective-scan backend: %s, default auto by device)", source, key, recorded[key],
-                        SCAN_BACKEND_ENV_VAR)
+            how = (f" (the selective-scan backend: {SCAN_BACKEND_ENV_VAR}, default auto by device)"
+                   if key == "mamba_backend" else "")
+            logger.info("checkpoint %s records %s=%r of its training, a run-time choice: this machine makes its "
+                        "own%s", source, key, recorded[key], how)
     arguments = {**_without(recorded, runtime), **override_kwargs}
     try:
         # the initial weights are replaced below: their draws leave the caller's random stream where it was

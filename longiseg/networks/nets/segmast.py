@@ -231,19 +231,19 @@ def _build(base: SegMaSTConfig, kwargs: dict[str, Any]) -> SegMaST:
     return SegMaST(config)
 
 
-@register_model(dim="2.5D", tags=("mamba",), runtime_kwargs=("mamba_backend",))
+@register_model(dim="2.5D", tags=("mamba",))
 def segmast(**kwargs: Any) -> SegMaST:
     """SegMaST (Mamba spatio-temporal SegFormer-like model); keyword arguments are SegMaSTConfig fields."""
     return _build(SegMaSTConfig(), kwargs)
 
 
-@register_model(dim="2.5D", tags=("mamba",), runtime_kwargs=("mamba_backend",))
+@register_model(dim="2.5D", tags=("mamba",))
 def segmast_ms(**kwargs: Any) -> SegMaST:
     """SegMaST for MS (~9M parameters, FLAIR + T2 input, widths 32-64-160-256, 4 ST blocks per stage)."""
     return _build(SEGMAST_PRESETS["segmast_ms"], kwargs)
 
 
-@register_model(dim="2.5D", tags=("mamba",), runtime_kwargs=("mamba_backend",))
+@register_model(dim="2.5D", tags=("mamba",))
 def segmast_glioma(**kwargs: Any) -> SegMaST:
     """SegMaST for glioma (~16M parameters, 4 modalities, widths 64-128-224-320, 4 ST blocks per stage)."""
     return _build(SEGMAST_PRESETS["segmast_glioma"], kwargs)
