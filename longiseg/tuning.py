@@ -9,8 +9,10 @@ unchanged to the test cases.
 Objectives (``objective=``):
 
 * ``"balanced"`` (default since 0.3.2): the mean of the lesion F1 over the validation follow-ups with
-  new/enlarging lesions (P) and of the strict NP score (1 if the predicted mask is empty, else 0) over the
-  follow-ups without (NP), the two progression columns of the SegMaST table: a threshold must find new lesions
+  new/enlarging lesions (P) and of the NP score (1 if the predicted mask shows no activity, else 0: no voxel under
+  the ``segmast`` protocol, no lesion above its size filter under ``tdw``) over the follow-ups without (NP), P
+  and NP as evaluation counts them (:func:`~longiseg.metrics.longitudinal.followup_kind`), the two progression
+  columns of the SegMaST table: a threshold must find new lesions
   *and* leave stable patients clear. The NP score is all-or-nothing per follow-up, so with a handful of
   validation patients one stable patient can tip the choice.
 * ``"lesion_f1"`` (the default up to 0.3.1): the P follow-ups' lesion F1 alone; NP follow-ups are ignored, so
@@ -42,7 +44,7 @@ import torch
 
 from longiseg.data.lesions import check_min_volume
 from longiseg.inferers.postprocessing import postprocess, postprocess_heads
-from longiseg.metrics.longitudinal import evaluate_mask_pair, followup_kind
+from longiseg.metrics.longitudinal import evaluate_mask_pair, followup_kind, shows_activity
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
 from longiseg.utils.masks import as_spacing
 from longiseg.utils.validation import as_numpy, check_probabilities
@@ -82,8 +84,9 @@ class ThresholdSelection:
         default: the reference threshold (usually the 0.5 used without selection).
         default_score: objective at ``default``.
         scores: objective per candidate threshold, in the order searched.
-        num_progression: validation follow-ups with a non-empty reference (P).
-        num_stable: validation follow-ups with an empty reference (NP).
+        num_progression: validation follow-ups whose reference shows activity under the protocol (P).
+        num_stable: validation follow-ups whose reference does not (NP; under ``tdw`` also those whose only new
+            lesions are below its size filter).
     """
 
     threshold: float
@@ -170,15 +173,19 @@ def progression_score(
 
     Returns:
         For a P follow-up: lesion F1 in ``[0, 1]`` under ``protocol``; for an NP one: 1.0 if ``pred`` shows no
-        progression (no voxel with a strict NP score, as ``segmast``; no lesion that survives the size filter
-        otherwise), else 0.0.
+        activity (:func:`~longiseg.metrics.longitudinal.shows_activity`: no voxel under ``segmast``, no lesion
+        that survives the size filter under ``tdw``), else 0.0.
     """
     prot = get_protocol(protocol)
-    kind = followup_kind(gt, spacing, prot)
-    if kind == "NP" and prot.strict_np:  # any voxel is progression: no need to label the lesions
-        return 0.0 if as_numpy("pred", pred).any() else 1.0
-    metrics, _ = evaluate_mask_pair(pred, gt, spacing, prot, kind=kind)
-    return float(metrics["lesion_f1"] if kind == "P" else metrics["dice"])
+    return _score(pred, gt, spacing, prot, followup_kind(gt, spacing, prot))
+
+
+def _score(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], prot: EvaluationProtocol, kind: str) -> float:
+    """:func:`progression_score` of a follow-up whose ``kind`` (``"P"``/``"NP"``) is known."""
+    if kind == "NP":  # the Dice NP evaluation reports: strict (any voxel), or after the size filter
+        return 0.0 if shows_activity(pred, spacing, prot, name="pred") else 1.0
+    metrics, _ = evaluate_mask_pair(pred, gt, spacing, prot, kind="P")
+    return float(metrics["lesion_f1"])
 
 
 def _progression_mask(prob: np.ndarray, baseline: np.ndarray | None, brain: np.ndarray | None, threshold: float,
@@ -238,8 +245,8 @@ def select_threshold(
             to before component removal, as prediction's ``restrict_to_brain`` (``restrict``) does.
         protocol: evaluation protocol of the lesion F1 (see :mod:`longiseg.metrics.protocol`).
         default: reference threshold, always evaluated; ties are broken towards it.
-        objective: ``"balanced"`` (default: mean of the P follow-ups' lesion F1 and of the strict NP score of
-            the NP follow-ups) or ``"lesion_f1"`` (the P follow-ups' lesion F1 alone); see the module docstring.
+        objective: ``"balanced"`` (default: mean of the P follow-ups' lesion F1 and of the NP score of the NP
+            follow-ups) or ``"lesion_f1"`` (the P follow-ups' lesion F1 alone); see the module docstring.
         baseline_probabilities: optional ``(D, H, W)`` baseline probability map per progression map (its
             case's, repeated for each follow-up of the case): the progression masks then exclude the baseline
             mask, as prediction does with ``progression_outside_baseline``.
@@ -330,8 +337,9 @@ def select_threshold(
     scores: dict[float, float] = {}
     for t in candidates:
         per_case = {
-            i: progression_score(_progression_mask(probs[i], bases[i], brains[i], t, min_volume_mm3, spacings[i],
-                                                   baseline_threshold, earlier[i], restrict), refs[i], spacings[i], prot)
+            i: _score(_progression_mask(probs[i], bases[i], brains[i], t, min_volume_mm3, spacings[i],
+                                        baseline_threshold, earlier[i], restrict), refs[i], spacings[i], prot,
+                      "P" if is_p[i] else "NP")
             for i in used
         }
         groups = [[v for i, v in per_case.items() if is_p[i] == flag] for flag in flags]

@@ -41,6 +41,7 @@ __all__ = [
     "has_progression",
     "progression_kind",
     "followup_kind",
+    "shows_activity",
     "disease_activity_correct",
     "disease_activity_assessment",
     "evaluate_mask_pair",
@@ -75,7 +76,8 @@ def has_progression(
     conn = _check_connectivity(connectivity, m.ndim)
     if vmin == 0:
         return bool(m.any())
-    return _label(m, sp, conn, vmin).n > 0
+    sl = foreground_slices(m)  # the lesions' bounding box holds them whole: labelling it is enough
+    return sl is not None and _label(m[sl], sp, conn, vmin).n > 0
 
 
 def progression_kind(gt_progression: MaskLike) -> str:
@@ -100,7 +102,8 @@ def disease_activity_correct(pred_progression: MaskLike, gt_progression: MaskLik
     """
     p, g = as_mask_pair(pred_progression, gt_progression, names=("pred_progression", "gt_progression"))
     prot = get_protocol(protocol)
-    return _active(p, "pred_progression", spacing, prot) == _active(g, "gt_progression", spacing, prot)
+    return (shows_activity(p, spacing, prot, name="pred_progression")
+            == shows_activity(g, spacing, prot, name="gt_progression"))
 
 
 def disease_activity_assessment(correct: Sequence[bool] | np.ndarray) -> float:
@@ -125,12 +128,26 @@ def disease_activity_assessment(correct: Sequence[bool] | np.ndarray) -> float:
     return float(100.0 * arr.mean())
 
 
-def _active(mask: MaskLike, name: str, spacing: SpacingLike, prot: EvaluationProtocol) -> bool:
-    """Whether a progression mask shows activity under ``prot``: any voxel, or with a protocol that filters
-    voxel metrics (``tdw``), any lesion that survives its size filter."""
+def shows_activity(mask: MaskLike, spacing: SpacingLike = None, protocol: str | EvaluationProtocol = "segmast",
+                   *, name: str = "mask") -> bool:
+    """Whether a progression mask ``(D, H, W)`` shows activity (new or enlarging lesions) under ``protocol``: any
+    voxel, or with a protocol that filters voxel metrics (``tdw``), any lesion that survives its size filter. The
+    one rule of P/NP (:func:`followup_kind`), DAA (:func:`disease_activity_correct`, the ``daa_correct`` column)
+    and tuning's NP score.
+
+    Args:
+        mask: binary progression mask, predicted or reference.
+        spacing: voxel size in mm per axis (checked whether or not the protocol needs it).
+        protocol: protocol name or :class:`EvaluationProtocol`.
+        name: the argument's name in messages.
+
+    Raises:
+        ValueError: a non-binary mask, a bad spacing or protocol.
+    """
+    prot = get_protocol(protocol)
     m = as_mask(name, mask)
     as_spacing(spacing, m.ndim)  # checked whether or not the protocol needs it: a bad one is a caller's error
-    if not prot.filter_voxel_metrics:
+    if not prot.filter_voxel_metrics or not m.any():
         return bool(m.any())
     return has_progression(m, spacing, min_volume_mm3=prot.min_lesion_volume_mm3,
                            connectivity=prot.connectivity_for(m.ndim))
@@ -141,7 +158,7 @@ def followup_kind(gt_progression: MaskLike, spacing: SpacingLike = None,
     """``"P"`` or ``"NP"`` of a follow-up under ``protocol``: :func:`progression_kind` of the reference
     ``(D, H, W)`` as the protocol's metrics see it (after its size filter when it filters voxel metrics, so
     a ``tdw`` follow-up whose only new lesion is below 3 mm^3 is NP)."""
-    return "P" if _active(gt_progression, "gt_progression", spacing, get_protocol(protocol)) else "NP"
+    return "P" if shows_activity(gt_progression, spacing, protocol, name="gt_progression") else "NP"
 
 
 def evaluate_mask_pair(
@@ -290,7 +307,7 @@ def evaluate_longitudinal_case(
         persisting = persisting_lesions(pp, before, gp, spacing, min_volume_mm3=prot.min_lesion_volume_mm3,
                                         connectivity=conn)
         before = before | gp.astype(bool)
-        # predicted activity as the protocol sees it (_active), read from the mask pair's metrics
+        # predicted activity as the protocol sees it (shows_activity), read from the mask pair's metrics
         predicted = m["n_pred_lesions"] > 0 if prot.filter_voxel_metrics else m["pred_volume_mm3"] > 0
         rows.append(
             {
