@@ -792,9 +792,14 @@ def test_consecutive_progression_masks_that_overlap_are_warned_of(tmp_path: Path
     shared = int(np.count_nonzero(prog[1] & prog[0]))
     save_case(dataclasses.replace(case, progression_masks=prog), tmp_path)
     save_case(make_case(num_timepoints=2, case_id="ok"), tmp_path)
+    touching = make_case(num_timepoints=3, case_id="touching")  # t2's lesion shares half of t1's voxels (4 of 8)
+    assert 2 * int(np.count_nonzero(touching.progression_masks[1] & touching.progression_masks[0])) == int(
+        np.count_nonzero(touching.progression_masks[0]))
+    save_case(touching, tmp_path)  # as masks resampled one by one touch: not reported
     monkeypatch.setattr(lg, "_SEEN", set())
     with caplog.at_level("WARNING", logger="longiseg.data"):
         load_case(tmp_path / "ok")
+        load_case(tmp_path / "touching")
         assert caplog.text == ""
         loaded = load_case(tmp_path / "cum")
         load_case(tmp_path / "cum")  # once per process

@@ -266,14 +266,17 @@ def check_progression_flag(case_id: str, flag: bool | None, progression: np.ndar
 
 
 def _warn_cumulative_progression(case_id: str, progression: np.ndarray, names: Sequence[str]) -> None:
-    """Warn (once per process) when two consecutive progression masks share voxels: progression at follow-up k is
-    lesion at k that was not lesion at k-1, so ``progression_t{k}`` cannot overlap ``progression_t{k-1}``; masks
-    that do were most likely drawn against the baseline (each repeating the earlier follow-ups' new lesions),
-    which training and evaluation would take as new lesions again. Difference masks that also mark shrinking
-    tissue (UCSF-ALPTDG's) overlap too, knowingly."""
-    shared = [(names[k - 1], names[k], int(np.count_nonzero(progression[k] & progression[k - 1])))
-              for k in range(1, len(progression))]
-    shared = [s for s in shared if s[2]]
+    """Warn (once per process) when a progression mask repeats most of the previous one: progression at follow-up
+    k is lesion at k that was not lesion at k-1, so ``progression_t{k}`` cannot overlap ``progression_t{k-1}``;
+    masks holding more than half of the previous one's voxels were most likely drawn against the baseline (each
+    repeating the earlier follow-ups' new lesions), which training and evaluation would take as new lesions
+    again. A few shared voxels are not reported: masks resampled one by one (``longiseg register`` moves each
+    follow-up's with its own transform) touch at their borders."""
+    shared = []
+    for k in range(1, len(progression)):
+        both, before = int(np.count_nonzero(progression[k] & progression[k - 1])), int(np.count_nonzero(progression[k - 1]))
+        if 2 * both > before:  # integers: exact
+            shared.append((names[k - 1], names[k], both))
     if shared:
         log_once(_LOG, "cumulative-progression", (
             f"case {case_id!r}: {', '.join(f'{b} shares {n} voxels with {a}' for a, b, n in shared)}: progression at "
