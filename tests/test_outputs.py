@@ -494,3 +494,15 @@ def test_nifti_outputs_carry_both_forms_where_possible_and_mm_units(tmp_path: Pa
     np.testing.assert_allclose(img.affine, affine, rtol=0, atol=1e-4)
     if shear == 0.0:  # our own reader accepts what we write (units, forms, pixdim); it refuses sheared grids
         nifti_spacing(img, path)
+
+
+def test_long_names_with_dots_and_older_temporaries_of_long_names(tmp_path: Path) -> None:
+    """A long name with a dot early on (metrics_lr0.001_...json) kept a suffix as long as the name, and a
+    temporary that a killed writer of an earlier version left under the whole long name was never removed."""
+    name = "metrics_lr0.001_" + "x" * 190 + ".json"
+    atomic_write_json(tmp_path / name, {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    long = "c" * 180
+    older = tmp_path / f".{long}.{_dead_pid()}.abc123.tmp"  # the whole name: longiseg before 0.3.26
+    older.mkdir()
+    assert remove_stale_temporaries(tmp_path / long) == [older]

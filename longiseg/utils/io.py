@@ -258,10 +258,18 @@ def _temporary_stem(name: str) -> str:
     return raw[:_SHORT_STEM].decode("utf-8", "ignore") + "~" + digest  # "ignore": never half a character
 
 
+#: Longest suffix (bytes) a temporary keeps of its destination's name.
+_LONGEST_SUFFIX = 16
+
+
 def _temporary_suffix(path: Path) -> str:
     """The suffix that keeps a temporary of ``path`` readable by format-picking writers: its last two suffixes
-    (``.nii.gz``, ``.json``); a name with many dots does not make its temporary's name too long."""
-    return "".join(path.suffixes[-2:])
+    (``.nii.gz``, ``.json``), fewer where they are long (``metrics_lr0.001_...json`` keeps ``.json``): a name
+    with dots does not make its temporary's name too long."""
+    suffixes = path.suffixes[-2:]
+    while suffixes and len("".join(suffixes).encode("utf-8", "surrogateescape")) > _LONGEST_SUFFIX:
+        suffixes = suffixes[1:]
+    return "".join(suffixes)
 
 
 def temporary_prefix(path: PathLike) -> str:
@@ -370,7 +378,9 @@ def remove_stale_temporaries(path: PathLike) -> list[Path]:
     removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
-    own = re.compile(r"^\." + re.escape(_temporary_stem(path.name)) + r"\." + _WRITER + _RANDOM_TMP)
+    # the stem as this version names temporaries, or the whole name as versions before 0.3.26 did
+    stems = {re.escape(_temporary_stem(path.name)), re.escape(path.name)}
+    own = re.compile(r"^\.(?:" + "|".join(sorted(stems)) + r")\." + _WRITER + _RANDOM_TMP)
     for cand in path.parent.iterdir():
         found = own.match(cand.name)
         if found is None or not _writer_gone(cand, found):
