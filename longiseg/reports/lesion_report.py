@@ -165,21 +165,21 @@ def _check_modality(folder: Path, modality: str | None) -> dict[int, dict[str, P
 
 
 def _load_images(folder: Path, timepoints: int, modality: str | None, masks: Grid
-                 ) -> tuple[list[np.ndarray | None] | None, str, list[Path]]:
+                 ) -> tuple[list[np.ndarray | None] | None, str, dict[int, Path]]:
     """Images of one modality per timepoint (``None`` for a timepoint without one), the modality and the missing
-    files; ``(None, reason, [])`` without a baseline image. Each image must lie on the grid of the case's masks
+    files by timepoint; ``(None, reason, {})`` without a baseline image. Each image must lie on the grid of the case's masks
     (``masks``: the baseline mask's ``(path, shape, affine)``)."""
     found = _check_modality(folder, modality)
     if not found.get(0):
-        return None, f"no images (t0_*.nii.gz) in {folder}", []
+        return None, f"no images (t0_*.nii.gz) in {folder}", {}
     if modality is None:
         modality = "flair" if "flair" in found[0] else sorted(found[0])[0]
     out: list[np.ndarray | None] = []
-    missing: list[Path] = []
+    missing: dict[int, Path] = {}
     for t in range(timepoints):
         p = found.get(t, {}).get(modality.lower())
         if p is None:
-            missing.append(folder / layout.image_filename(t, modality))
+            missing[t] = folder / layout.image_filename(t, modality)
             out.append(None)
             continue
         arr, img_affine, _ = read_volume(p, what="image", dtype=np.float32)
@@ -381,8 +381,10 @@ def _write_report(evolutions: Sequence[CaseEvolution], masks_dir: Path, img_dir:
                                          affine, title=title)
                     save(_montage_name(ev.case_id, c), png)
                     sec.append(_img_tag(png, title))
-                if len(drawn) < len(changes):  # only the changes whose two images are missing one
-                    names = ", ".join(str(m) for m in missing)
+                if len(drawn) < len(changes):  # the changes one of whose two images is missing
+                    needed = sorted({t for c in changes if c not in drawn for t in (c.followup - 1, c.followup)
+                                     if t in missing})
+                    names = ", ".join(str(missing[t]) for t in needed)
                     sec.append(f"<p class='note'>{len(changes) - len(drawn)} change(s) without a montage: missing "
                                f"image(s) {html.escape(names)}.</p>")
                     _LOG.warning("case %s: %d of %d change(s) have no montage: missing image(s) %s", ev.case_id,

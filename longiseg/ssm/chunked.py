@@ -159,7 +159,8 @@ def _forward_states(
         dA: ``exp(delta * A)`` ``(T, B, nC, d, N)``; overwritten by ``P`` unless ``p_buf`` is given.
         h: ``(T, B, nC, d, N)``.
         p_buf: buffer of ``dA``'s shape for ``P``, to leave ``dA`` intact (the backward pass needs it).
-        without_out: write ``P`` by assignment instead of ``out=`` (same values; see :func:`_exporting`).
+        without_out: write ``P`` by assignment instead of ``out=`` (same values; for an exported program, see
+            :func:`longiseg.utils.tracing.is_exporting`).
     """
     T, nC = h.shape[0], h.shape[2]
     need_p = nC > 1
