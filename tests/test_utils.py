@@ -537,3 +537,17 @@ def test_records_of_a_library_with_its_own_handler_are_shown_once() -> None:
     finally:
         own.handlers.clear()
         top.handlers.clear()
+
+
+def test_a_singular_affine_is_not_called_a_shear() -> None:
+    """Two voxel axes along one line were reported as 'a shear ... 90.00 degrees off'."""
+    from longiseg.data.case import affine_spacing
+
+    singular = np.eye(4)
+    singular[:3, 1] = [2.0, 0.0, 0.0]  # the second axis along the first
+    with pytest.raises(ValueError, match=r"^affine is singular: two of its voxel axes point along the same line"):
+        affine_spacing(singular)
+    sheared = np.eye(4)
+    sheared[0, 1] = 0.5
+    with pytest.raises(ValueError, match=r"^affine has a shear"):
+        affine_spacing(sheared)

@@ -145,8 +145,9 @@ def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     resampling would all be off (a 26 degree shear: volumes 12 % too large). Such files are refused.
 
     Raises:
-        ValueError: ``affine`` is not a finite ``(4, 4)`` matrix, an axis has zero length, or the axes are
-            not orthogonal (a cosine above :data:`MAX_AXIS_COSINE` between two of them).
+        ValueError: ``affine`` is not a finite ``(4, 4)`` matrix, an axis has zero length, two axes are
+            parallel (singular), or the axes are not orthogonal (a cosine above :data:`MAX_AXIS_COSINE` between
+            two of them).
     """
     aff = np.asarray(check_array("affine", affine, "(4, 4)"), dtype=np.float64)
     sp = np.linalg.norm(aff[:3, :3], axis=0)
@@ -154,6 +155,9 @@ def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
         raise ValueError(f"affine must give every voxel axis a length > 0 mm, got column norms {sp.tolist()}")
     unit = aff[:3, :3] / sp
     cosine = float(np.abs(unit.T @ unit - np.eye(3)).max())
+    if cosine >= 1.0 - 1e-9:  # two axes along one line: no grid at all, not a sheared one
+        raise ValueError("affine is singular: two of its voxel axes point along the same line (cosine 1), so the "
+                         "voxels span no volume; the file's orientation (qform/sform) is broken")
     if cosine > MAX_AXIS_COSINE:
         raise ValueError(f"affine has a shear: its voxel axes are not orthogonal (cosine {cosine:.3g} between two "
                          f"of them, {math.degrees(math.asin(min(cosine, 1.0))):.2f} degrees off), so voxel sizes "
