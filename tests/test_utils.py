@@ -551,3 +551,18 @@ def test_a_singular_affine_is_not_called_a_shear() -> None:
     sheared[0, 1] = 0.5
     with pytest.raises(ValueError, match=r"^affine has a shear"):
         affine_spacing(sheared)
+
+
+def test_an_image_beyond_float32s_range_is_named_as_such(tmp_path) -> None:
+    """A float64 image of values around 1e300 became infinite when read as float32 and was refused as holding
+    'NaN or infinite values', which the file does not hold."""
+    from longiseg.utils.nifti import load_nifti
+
+    img = np.full((3, 3, 3), 1e300)
+    nib.save(nib.Nifti1Image(img, np.eye(4)), tmp_path / "big.nii.gz")
+    with pytest.raises(ValueError, match=r"big\.nii\.gz holds values up to 1e\+300, beyond the range of float32"):
+        load_nifti(tmp_path / "big.nii.gz", what="image", dtype=np.float32)
+    assert load_nifti(tmp_path / "big.nii.gz").get_fdata().max() == 1e300  # as stored: fine
+    img[0, 0, 0] = np.nan  # a NaN in the file is the callers' to name
+    nib.save(nib.Nifti1Image(img, np.eye(4)), tmp_path / "nan.nii.gz")
+    assert np.isnan(np.asarray(load_nifti(tmp_path / "nan.nii.gz", dtype=np.float32).dataobj)).any()

@@ -363,7 +363,11 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
                 # decompress the whole stream so gzip checks its CRC and length: a corrupt or truncated
                 # file fails here instead of yielding wrong voxels
                 img = type(img).from_bytes(gzip.decompress(path.read_bytes()))
-            data = np.asanyarray(img.dataobj) if dtype is None else np.asarray(img.dataobj, dtype=dtype)
+            if dtype is None:
+                data = np.asanyarray(img.dataobj)
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
+                    data = np.asarray(img.dataobj, dtype=dtype)
     except PermissionError as exc:
         raise PermissionError(f"cannot read {label}: permission denied") from exc
     except (ImageFileError, HeaderDataError, EOFError, zlib.error, struct.error, OSError, ValueError) as exc:
@@ -384,4 +388,18 @@ def load_nifti(path: PathLike, *, what: str = "NIfTI file", header_only: bool = 
     _check_stored_voxel_size(path, img, label)
     if data is None:
         return img
+    if dtype is not None and dtype.kind == "f" and not np.isfinite(data).all():
+        _check_in_range(img, dtype, label)
     return type(img)(data, img.affine, img.header)
+
+
+def _check_in_range(img: Any, dtype: np.dtype, label: str) -> None:
+    """Refuse voxels that are finite as stored but beyond ``dtype``'s range once decoded in it (a float64 image of
+    values around 1e300, a large ``scl_slope``): they became infinite, which was reported as "contains NaN or
+    infinite values" although the file holds none. Non-finite values in the file itself are left to the
+    callers' checks, which name them."""
+    native = np.asanyarray(img.dataobj)
+    if np.isfinite(native).all():
+        top = float(np.abs(native).max())
+        raise ValueError(f"{label} holds values up to {top:.3g}, beyond the range of {dtype} (the type images are "
+                         f"read in, largest {float(np.finfo(dtype).max):.3g}): rescale the image")
