@@ -53,7 +53,7 @@ import stat
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -66,6 +66,9 @@ from longiseg.utils.device import resolve_device
 from longiseg.utils.io import atomic_torch_save
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_bool, check_instance, check_path, check_positive_int
+
+if TYPE_CHECKING:  # (the functions below import the registry where they read it)
+    from longiseg.registry import ModelInfo
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -282,19 +285,24 @@ def _check_spec_of(model: nn.Module, spec: ModelSpec, where: str) -> None:
         check_spec_describes(spec, built_spec(model, spec.name, spec.kwargs), where)
 
 
-def _registered_module(name: str | None) -> str | None:
-    """The module that registered model ``name`` (``None`` for a name the registry does not hold)."""
+def _registration(name: str | None) -> ModelInfo | None:
+    """What the registry knows about model ``name`` (``None`` for a name it does not hold)."""
     from longiseg.registry import is_model, model_info
 
-    return model_info(name).module if name is not None and is_model(name) else None
+    return model_info(name) if name is not None and is_model(name) else None
+
+
+def _registered_module(name: str | None) -> str | None:
+    """The module that registered model ``name`` (``None`` for a name the registry does not hold)."""
+    info = _registration(name)
+    return None if info is None else info.module
 
 
 def _runtime_kwargs(name: str | None) -> tuple[str, ...]:
     """The factory arguments of model ``name`` that choose how it runs, not what it computes (its registration's
     ``runtime_kwargs``; none for a name the registry does not hold)."""
-    from longiseg.registry import is_model, model_info
-
-    return model_info(name).runtime_kwargs if name is not None and is_model(name) else ()
+    info = _registration(name)
+    return () if info is None else info.runtime_kwargs
 
 
 def model_identity(model: nn.Module, model_name: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
@@ -309,8 +317,8 @@ def model_identity(model: nn.Module, model_name: str | None = None, model_kwargs
             data.
         ValueError: ``model_name`` is not the name in the model's spec, or ``model_kwargs`` contradict its
             arguments (a value that differs, or an argument it was not built with; the arguments its
-            registration names as run-time choices aside; ``where`` starts the message). Arguments that agree with the spec's are fine, and the spec's
-            are recorded (all of them: the model is the one they build).
+            registration names as run-time choices aside; ``where`` starts the message). Arguments that agree
+            with the spec's are fine, and the spec's are recorded (all of them: the model is the one they build).
     """
     check_instance("model_name", model_name, (str, type(None)), "a registry name or None")
     check_instance("model_kwargs", model_kwargs, (Mapping, type(None)), "a mapping or None")
