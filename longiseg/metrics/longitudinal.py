@@ -147,7 +147,7 @@ def shows_activity(mask: MaskLike, spacing: SpacingLike = None, protocol: str | 
     prot = get_protocol(protocol)
     m = as_mask(name, mask)
     as_spacing(spacing, m.ndim)  # checked whether or not the protocol needs it: a bad one is a caller's error
-    if not prot.filter_voxel_metrics or not m.any():
+    if not prot.filter_voxel_metrics:
         return bool(m.any())
     return has_progression(m, spacing, min_volume_mm3=prot.min_lesion_volume_mm3,
                            connectivity=prot.connectivity_for(m.ndim))
