@@ -274,7 +274,8 @@ def _warn_cumulative_progression(case_id: str, progression: np.ndarray, names: S
     follow-up's with its own transform) touch at their borders."""
     shared = []
     for k in range(1, len(progression)):
-        both, before = int(np.count_nonzero(progression[k] & progression[k - 1])), int(np.count_nonzero(progression[k - 1]))
+        both = int(np.count_nonzero(progression[k] & progression[k - 1]))
+        before = int(np.count_nonzero(progression[k - 1]))
         if 2 * both > before:  # integers: exact
             shared.append((names[k - 1], names[k], both))
     if shared:

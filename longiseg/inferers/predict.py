@@ -368,8 +368,8 @@ def predict_case(
     trained = voxel_size_mismatch(model, spacing)
     if trained is not None:  # predicted as it is (nothing here resamples), but not without a word
         log_once(logger, f"voxel size {case_id}",
-                 f"case {case_id!r}: voxel size {_mm(spacing)} mm differs from the {_mm(trained)} mm (sorted) the model "
-                 f"was trained on by more than {VOXEL_SIZE_RTOL:.0%}; resample the case (longiseg register "
+                 f"case {case_id!r}: voxel size {_mm(spacing)} mm differs from the {_mm(trained)} mm (sorted) the "
+                 f"model was trained on by more than {VOXEL_SIZE_RTOL:.0%}; resample the case (longiseg register "
                  "--spacing) for the accuracy the model was validated with", logging.WARNING)
     _check_binary_heads(model)
     imgs, brain = prepare_case(images, brain_mask)

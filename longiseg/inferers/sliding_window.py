@@ -124,8 +124,8 @@ def blend_weights(
 
     Raises:
         TypeError: ``window`` is not a sequence of ints, or ``sigma_scale`` not a number.
-        ValueError: for an unknown ``blend``, no window size or one below 1, a ``sigma_scale`` that is not finite and > 0,
-            or a ``device`` this machine does not have.
+        ValueError: for an unknown ``blend``, no window size or one below 1, a ``sigma_scale`` that is not finite
+            and > 0, or a ``device`` this machine does not have.
     """
     _check_blend(blend)
     sizes = check_int_sequence("window", window, what="window size per spatial axis")

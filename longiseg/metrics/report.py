@@ -117,7 +117,8 @@ def paper_table_rows(
         for metric, kind in columns:
             key = f"{metric}/{kind}"
             p = float("nan")
-            if ref is not None and t is not ref and metric not in POOLED_COLUMNS and _has(t, metric) and _has(ref, metric):
+            compared = ref is not None and t is not ref and metric not in POOLED_COLUMNS
+            if compared and _has(t, metric) and _has(ref, metric):
                 p = paired_ttest(t, ref, metric, kind=kind).pvalue
             s = summ[key]
             row.update(

@@ -167,8 +167,8 @@ def _check_modality(folder: Path, modality: str | None) -> dict[int, dict[str, P
 def _load_images(folder: Path, timepoints: int, modality: str | None, masks: Grid
                  ) -> tuple[list[np.ndarray | None] | None, str, dict[int, Path]]:
     """Images of one modality per timepoint (``None`` for a timepoint without one), the modality and the missing
-    files by timepoint; ``(None, reason, {})`` without a baseline image. Each image must lie on the grid of the case's masks
-    (``masks``: the baseline mask's ``(path, shape, affine)``)."""
+    files by timepoint; ``(None, reason, {})`` without a baseline image. Each image must lie on the grid of the
+    case's masks (``masks``: the baseline mask's ``(path, shape, affine)``)."""
     found = _check_modality(folder, modality)
     if not found.get(0):
         return None, f"no images (t0_*.nii.gz) in {folder}", {}

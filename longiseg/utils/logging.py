@@ -47,7 +47,8 @@ class ProgressAwareHandler(logging.StreamHandler):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Whether to write ``record``: not when a logger between its own and the one holding this handler shows it
-        already with a handler of its own (nibabel's ``nibabel.global`` does: every nibabel warning was printed twice)."""
+        already with a handler of its own (nibabel's ``nibabel.global`` does: every nibabel warning was printed
+        twice)."""
         logger: logging.Logger | None = logging.getLogger(record.name)
         while logger is not None and self not in logger.handlers:
             if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):

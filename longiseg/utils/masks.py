@@ -128,7 +128,8 @@ def as_spacing(
         values = np.asarray(spacing, dtype=object).ravel()
         sp = np.asarray(spacing, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a number or a sequence of {ndim} numbers, got {reprlib.repr(spacing)}") from err
+        raise TypeError(f"{name} must be a number or a sequence of {ndim} numbers, got "
+                        f"{reprlib.repr(spacing)}") from err
     if any(isinstance(v, (bool, np.bool_)) for v in values):  # True is not "1 mm"
         raise TypeError(f"{name} must hold millimetre values, got a boolean in {reprlib.repr(spacing)}")
     if any(isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in values):  # NumPy would parse "1" as 1.0
