@@ -24,6 +24,7 @@ from longiseg.utils import (
     check_same_shape,
     check_tensor,
     check_timepoints,
+    csv_text,
 )
 from longiseg.utils.io import atomic_path
 
@@ -106,6 +107,41 @@ def test_atomic_writes_never_leave_partial_files(tmp_path):
         atomic_torch_save({}, target, overwrite=False)
     atomic_write_json(tmp_path / "r.json", {"x": np.float32(1.5), "a": np.arange(2)})
     assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8")) == {"x": 1.5, "a": [0, 1]}
+
+
+def test_csv_text_one_cell_format():
+    import csv
+    import io
+
+    rows = [{"a": float("nan"), "b": np.float32(0.25), "c": 1.23456},
+            {"a": np.float64("nan"), "c": float("inf"), "d": np.int64(3), "e": True}]
+    text = csv_text(rows, decimals=3)
+    # NaN and a missing key are empty cells (read as missing, not as the text "nan"); NumPy numbers as values
+    assert text == "a,b,c,d,e\n,0.25,1.235,,\n,,inf,3,True\n"
+    assert list(csv.DictReader(io.StringIO(text)))[0]["a"] == ""
+    assert csv_text(rows[:1], ["c", "a", "b"], header=False) == "1.23456,,0.25\n"
+    assert csv_text([]) == "\n"
+    with pytest.raises(ValueError, match=r"rows\[1\] has column\(s\) \['d', 'e'\]"):
+        csv_text(rows, ["a", "b", "c"])
+    with pytest.raises(TypeError, match=r"rows\[0\] must be a mapping"):
+        csv_text([[1, 2]])
+    with pytest.raises(ValueError, match="decimals"):
+        csv_text(rows, decimals=-1)
+
+
+def test_every_table_writer_writes_nan_as_an_empty_cell(tmp_path):
+    from longiseg.engine.trainer import _CsvLog
+    from longiseg.metrics import write_csv
+
+    write_csv(tmp_path / "r.csv", [{"dice": float("nan"), "n": 2}])
+    assert (tmp_path / "r.csv").read_text(encoding="utf-8") == "dice,n\n,2\n"
+    log = _CsvLog(tmp_path / "metrics.csv")
+    history = [{"epoch": 1, "train_loss": 0.5, "val_dice": float("nan"), "time_s": 1.0}]
+    log.append(history[0], history)
+    history.append({"epoch": 2, "train_loss": 0.25, "val_dice": np.float32(0.5), "time_s": 2.0})
+    log.append(history[1], history)
+    assert (tmp_path / "metrics.csv").read_text(encoding="utf-8") == (
+        "epoch,train_loss,val_dice,time_s\n1,0.5,,1.0\n2,0.25,0.5,2.0\n")
 
 
 def test_atomic_nifti_roundtrip(tmp_path):

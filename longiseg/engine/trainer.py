@@ -24,16 +24,14 @@ generators whose state is saved (e.g. ``ImbalanceAwareLoss(seed=...)``, saved vi
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import inspect
-import io
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +56,7 @@ from longiseg.engine.schedulers import build_warmup_cosine_scheduler
 from longiseg.engine.seeding import seed_epoch
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.wrappers import eval_mode
-from longiseg.utils.io import atomic_write, check_replaceable, end_with_parent
+from longiseg.utils.io import atomic_write, check_replaceable, csv_text, end_with_parent
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.seeds import generator_seed
 from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_bool, check_callable, check_path
@@ -222,23 +220,13 @@ class _CsvLog:
         self.path = path
         self.columns: list[str] = []
 
-    @staticmethod
-    def _format(columns: list[str], rows: Iterable[Mapping[str, Any]], header: bool) -> str:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
-        if header:
-            writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in columns})
-        return buf.getvalue()
-
     def rewrite(self, history: Sequence[Mapping[str, Any]]) -> None:
         self.columns = []
         for row in history:
             self.columns += [k for k in row if k not in self.columns]
         # time_s last, as documented, also where the val_* columns first appear after epochs without validation
         self.columns.sort(key=lambda k: k == "time_s")
-        text = self._format(self.columns, history, header=True) if self.columns else ""
+        text = csv_text(history, self.columns) if self.columns else ""
         atomic_write(self.path, lambda fh: fh.write(text))
 
     def append(self, row: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> None:
@@ -246,7 +234,7 @@ class _CsvLog:
             self.rewrite(history)
             return
         with open(self.path, "a", encoding="utf-8") as fh:  # as atomic_write writes it
-            fh.write(self._format(self.columns, [row], header=False))
+            fh.write(csv_text([row], self.columns, header=False))
             fh.flush()
             os.fsync(fh.fileno())
 

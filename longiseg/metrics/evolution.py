@@ -36,8 +36,6 @@ Command line: ``longiseg lesions DIR --out REPORT`` (:mod:`longiseg.workflows.le
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +47,7 @@ from longiseg.data.case import affine_spacing
 from longiseg.data.lesions import min_voxel_count
 from longiseg.metrics.inputs import as_mask, check_followup_masks
 from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
-from longiseg.utils.io import PathLike, atomic_write, atomic_write_json
+from longiseg.utils.io import PathLike, atomic_write, atomic_write_json, csv_text
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_affine, check_bool, check_instance, check_path, check_sequence
 
@@ -376,15 +374,6 @@ _FOLLOWUP_COLUMNS = ("case_id", "patient_id", "followup", "new", "enlarging", "m
                      "lesion_count", "lesion_volume_mm3", "previous_volume_mm3", "volume_change_mm3")
 
 
-def _csv_text(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()})
-    return buf.getvalue()
-
-
 def check_evolutions(evolutions: Sequence[CaseEvolution]) -> tuple[CaseEvolution, ...]:
     """``evolutions`` as a tuple, if it is a non-empty sequence of :class:`CaseEvolution` computed with one
     ``min_volume_mm3`` and ``connectivity``: the check of every writer of a lesion report (whose tables and page state
@@ -452,7 +441,8 @@ def write_evolution_tables(evolutions: Sequence[CaseEvolution], out_dir: PathLik
         "options": {"min_volume_mm3": first.min_volume_mm3, "connectivity": first.connectivity},
         "cases": [ev.to_dict() for ev in evolutions],
     }
-    les_text, fu_text = _csv_text(_LESION_COLUMNS, lesion_rows), _csv_text(_FOLLOWUP_COLUMNS, fu_rows)
+    les_text = csv_text(lesion_rows, _LESION_COLUMNS, decimals=3)
+    fu_text = csv_text(fu_rows, _FOLLOWUP_COLUMNS, decimals=3)
     return {
         "lesions_csv": atomic_write(out / names["lesions_csv"], lambda fh: fh.write(les_text), overwrite=overwrite),
         "followups_csv": atomic_write(out / names["followups_csv"], lambda fh: fh.write(fu_text), overwrite=overwrite),

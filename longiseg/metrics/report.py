@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import fnmatch
-import io
 import math
 import os
 import shutil
@@ -32,6 +30,7 @@ from longiseg.utils.io import (
     atomic_save_figure,
     atomic_write,
     atomic_write_json,
+    csv_text,
     remove_stale_temporaries,
     temporary_prefix,
 )
@@ -163,14 +162,6 @@ def format_paper_table(
     return "\n".join(lines)
 
 
-def _cell(v: Any) -> Any:
-    if isinstance(v, (float, np.floating)) and math.isnan(float(v)):
-        return ""
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def write_csv(
     path: PathLike, rows: Sequence[Mapping[str, Any]] | ResultsTable, *, overwrite: bool = True
 ) -> Path:
@@ -187,15 +178,8 @@ def write_csv(
         data = rows.rows
     else:
         data = check_sequence("rows", rows, Mapping, "a dict (one per row)")
-    fields: dict[str, None] = {}
-    for r in data:
-        fields.update(dict.fromkeys(r))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
-    writer.writeheader()
-    for r in data:
-        writer.writerow({k: _cell(v) for k, v in r.items()})
-    return atomic_write(path, lambda fh: fh.write(buf.getvalue()), overwrite=overwrite)
+    text = csv_text(data)
+    return atomic_write(path, lambda fh: fh.write(text), overwrite=overwrite)
 
 
 def _json_safe(obj: Any) -> Any:

@@ -62,8 +62,6 @@ Written (every file atomically, every case folder as a whole)::
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import re
 import time
@@ -108,6 +106,7 @@ from longiseg.utils.io import (
     check_output_folder,
     check_replaceable,
     check_separate_folders,
+    csv_text,
     folder_is_empty,
 )
 from longiseg.utils.logging import get_logger
@@ -822,12 +821,8 @@ def _register_and_summarise(cases: list[Path], out: Path, opts: RegistrationOpti
     results = [register_case(c, out, opts, overwrite=overwrite)
                for c in tqdm(cases, desc="register", unit="case", disable=not progress)]
     rows = _summary_rows(results)
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(out / "registration.csv", lambda fh: fh.write(buf.getvalue()), overwrite=True)
+    text = csv_text(rows)
+    atomic_write(out / "registration.csv", lambda fh: fh.write(text), overwrite=True)
     atomic_write_json(out / "registration.json", {"options": opts.to_dict(), "cases": [
         {"case_id": r.case_id, "ok": r.ok, "written": r.written, "error": r.error, "followups": r.followups}
         for r in results]}, overwrite=True)

@@ -6,6 +6,7 @@ from longiseg.utils.io import (
     atomic_torch_save,
     atomic_write,
     atomic_write_json,
+    csv_text,
 )
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.nifti import atomic_save_nifti
@@ -29,6 +30,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write",
     "atomic_write_json",
+    "csv_text",
     "get_logger",
     "log_once",
     "check_binary",

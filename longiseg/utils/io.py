@@ -11,11 +11,13 @@ written.
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -25,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,7 +39,7 @@ __all__ = ["expand_home", "folder_is_empty", "host_tag", "process_start_time", "
            "WrittenMeanwhile",
            "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_directories",
            "atomic_write",
-           "atomic_torch_save", "atomic_save_figure", "atomic_write_json", "apply_umask", "remove_stale_temporaries",
+           "atomic_torch_save", "atomic_save_figure", "atomic_write_json", "csv_text", "apply_umask", "remove_stale_temporaries",
            "check_separate_folders", "check_input_folder", "check_output_folder", "check_replaceable"]
 
 PathLike = str | os.PathLike
@@ -662,6 +664,53 @@ def atomic_write_json(path: PathLike, obj: Any, *, overwrite: bool = True, inden
         check_positive_int("indent", indent, minimum=0)
     return atomic_write(path, lambda fh: json.dump(obj, fh, indent=indent, default=_json_default),
                         overwrite=overwrite)
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None, *, header: bool = True,
+             decimals: int | None = None) -> str:
+    """``rows`` as CSV text: the one cell format of every table longiseg writes.
+
+    A key a row lacks and a NaN are empty cells (pandas, R and spreadsheets read those as missing; a ``nan``
+    cell made R read the whole column as text), NumPy numbers are written as their values, infinities as
+    ``inf``/``-inf``, and floats are rounded to ``decimals`` places when it is given. Lines end in ``\\n``.
+
+    Args:
+        rows: one mapping per row (column name -> value).
+        columns: the columns in order; ``None``: every row's keys in the order they first appear.
+        header: start with the line of column names.
+        decimals: places floats are rounded to; ``None`` writes them as Python prints them.
+
+    Raises:
+        TypeError: a row is not a mapping, or ``decimals`` is not an int.
+        ValueError: a row has a key that is not in ``columns``, or ``decimals`` is negative.
+    """
+    rows = list(rows)
+    for i, r in enumerate(rows):
+        check_instance(f"rows[{i}]", r, Mapping, "a mapping of column names to values")
+    if decimals is not None:
+        check_positive_int("decimals", decimals, minimum=0)
+    names = list(dict.fromkeys(k for r in rows for k in r)) if columns is None else list(columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=names, restval="", lineterminator="\n")
+    if header:
+        writer.writeheader()
+    for i, r in enumerate(rows):
+        extra = [k for k in r if k not in writer.fieldnames]
+        if extra:
+            raise ValueError(f"rows[{i}] has column(s) {extra} that are not in columns {names}")
+        writer.writerow({k: _csv_cell(v, decimals) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _csv_cell(v: Any, decimals: int | None) -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not isinstance(v, bool):
+        if math.isnan(v):
+            return ""
+        if decimals is not None and math.isfinite(v):
+            return round(v, decimals)
+    return v
 
 
 def _json_default(o: Any) -> Any:
