@@ -114,10 +114,32 @@ def min_voxel_count(min_volume_mm3: float, voxel_volume_mm3: float) -> int:
     return math.ceil(min_volume_mm3 / voxel_volume_mm3 * (1.0 - VOLUME_RTOL))
 
 
-def label_mask(mask: np.ndarray, sp: np.ndarray, connectivity: int, min_volume_mm3: float) -> LesionLabels:
-    """:func:`label_lesions` of an already checked ``bool`` mask, spacing array, connectivity and volume."""
+def label_mask(mask: np.ndarray, sp: np.ndarray, connectivity: int, min_volume_mm3: float, *, name: str = "mask"
+               ) -> LesionLabels:
+    """:func:`label_lesions` without its conversions, for callers that hold the arrays it would make: no copy of
+    the mask, no crop to its bounding box (the labels are those of the whole array).
+
+    Args:
+        mask: ``bool`` array ``(D, H, W)`` or ``(H, W)``.
+        sp: voxel size in mm per axis, ``(mask.ndim,)`` float array (see
+            :func:`~longiseg.utils.masks.as_spacing`).
+        connectivity: 6, 18 or 26 in 3D; 4 or 8 in 2D.
+        min_volume_mm3: lesions with volume ``< min_volume_mm3`` are removed (0 keeps all).
+        name: what ``mask`` is, for the messages.
+
+    Raises:
+        TypeError: ``mask`` is not a ``bool`` array (:func:`label_lesions` takes any binary mask).
+        ValueError: ``sp`` has not one positive size per axis, or a bad ``connectivity`` or ``min_volume_mm3``.
+    """
     import cc3d  # here, not at the top: `import longiseg` (models, scans, training) needs no lesion labelling
 
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+        got = f"a {mask.dtype} array" if isinstance(mask, np.ndarray) else type(mask).__name__
+        raise TypeError(f"{name} must be a bool array (label_lesions converts any binary mask), got {got}")
+    connectivity = check_connectivity(connectivity, mask.ndim)
+    if not isinstance(sp, np.ndarray) or sp.shape != (mask.ndim,) or not np.all(sp > 0):
+        raise ValueError(f"sp must be a ({mask.ndim},) array of positive voxel sizes in mm, got {sp!r}")
+    min_volume_mm3 = check_min_volume(min_volume_mm3)
     voxel_volume = float(np.prod(sp))
     # cc3d (4.1) labels non-contiguous views wrongly (e.g. a cropped slice): always pass a C-contiguous array.
     labels, n = cc3d.connected_components(

@@ -15,7 +15,7 @@ __all__ = ["MAX_BINARY_ENTROPY", "binary_entropy"]
 MAX_BINARY_ENTROPY = math.log(2.0)
 
 
-def binary_entropy(prob: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+def binary_entropy(prob: np.ndarray | torch.Tensor | float) -> np.ndarray | torch.Tensor:
     """Binary predictive entropy ``-(p log p + (1 - p) log(1 - p))`` in nats, voxel-wise.
 
     ``0 log 0`` is taken as 0, so ``binary_entropy(0) == binary_entropy(1) == 0`` and
@@ -23,8 +23,8 @@ def binary_entropy(prob: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor
     ``(T-1, D, H, W)``.
 
     Args:
-        prob: probabilities in ``[0, 1]`` (numpy array or tensor; integer and bool values 0/1 are certain
-            probabilities, entropy 0).
+        prob: probabilities in ``[0, 1]``: a numpy array, a tensor or one number (a 0-d array comes back);
+            integer and bool arrays of 0/1 are certain probabilities, entropy 0.
 
     Returns:
         Entropy of the same shape and type (float64 for float64 input, else float32).

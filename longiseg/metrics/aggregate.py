@@ -223,10 +223,32 @@ class ResultsTable:
 
     @staticmethod
     def concat(tables: Sequence[ResultsTable], model: str | None = None) -> ResultsTable:
-        """Rows of several tables in one (model name of the first unless given)."""
+        """Rows of several tables in one (model name of the first unless given).
+
+        Raises:
+            TypeError: ``tables`` is not a sequence of :class:`ResultsTable`, or ``model`` is not a str.
+            ValueError: ``tables`` is empty.
+        """
+        tables = check_sequence("tables", tables, ResultsTable, "a ResultsTable")
         if not tables:
-            raise ValueError("concat needs at least one table")
-        return ResultsTable([r for t in tables for r in t.rows], model or tables[0].model)
+            raise ValueError("tables must hold at least one ResultsTable")
+        if model is not None:
+            check_instance("model", model, str, "a str")
+        return ResultsTable([r for t in tables for r in t.rows], tables[0].model if model is None else model)
+
+
+def _values_by_case(name: str, table: ResultsTable, metric: str) -> dict[tuple[Any, Any], float]:
+    """``metric`` of each row of ``table`` keyed by ``(case_id, target)``, the units of a case-level test; a key
+    of two rows raises (one would silently replace the other)."""
+    out: dict[tuple[Any, Any], float] = {}
+    for r, v in zip(table.rows, table.values(metric)):
+        key = (r["case_id"], r.get("target"))
+        if key in out:
+            raise ValueError(
+                f"{name} has more than one row of case {key[0]!r} and target {key[1]!r}: level='case' pairs one row "
+                "per (case_id, target); give each row its own target, select one kind, or use level='patient'")
+        out[key] = v
+    return out
 
 
 def paired_ttest(
@@ -244,12 +266,18 @@ def paired_ttest(
         b: results of model B on the same cases.
         metric: metric column.
         kind: restrict to rows of this kind (``"B"``, ``"P"``, ``"NP"``).
-        level: ``"patient"`` pairs per-patient means, ``"case"`` pairs rows by ``(case_id, target)``.
+        level: ``"patient"`` pairs per-patient means, ``"case"`` pairs rows by ``(case_id, target)`` (one row
+            per key in each table).
 
     Returns:
         :class:`TTestResult`; ``mean_difference`` is mean(A - B). Units where either value is NaN are
         dropped; statistic and p are NaN with fewer than two pairs or when the differences A - B do not vary
         (identical values, or a constant shift: the test is undefined there).
+
+    Raises:
+        TypeError: ``a`` or ``b`` is not a :class:`ResultsTable`.
+        ValueError: ``level`` is neither ``"patient"`` nor ``"case"``, the tables hold different patients
+            (cases), or with ``level="case"`` a table has two rows of one ``(case_id, target)``.
     """
     check_instance("a", a, ResultsTable, "a ResultsTable")
     check_instance("b", b, ResultsTable, "a ResultsTable")
@@ -260,8 +288,7 @@ def paired_ttest(
     if level == "patient":
         ma, mb = sa.patient_means(metric), sb.patient_means(metric)
     else:
-        ma = {(r["case_id"], r.get("target")): v for r, v in zip(sa.rows, sa.values(metric))}
-        mb = {(r["case_id"], r.get("target")): v for r, v in zip(sb.rows, sb.values(metric))}
+        ma, mb = _values_by_case("a", sa, metric), _values_by_case("b", sb, metric)
     if set(ma) != set(mb):
         diff = sorted(map(str, set(ma) ^ set(mb)))[:5]
         raise ValueError(f"paired_ttest needs the same {level}s in both tables; they differ in e.g. {diff}")

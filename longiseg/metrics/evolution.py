@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from longiseg.data.case import affine_spacing
-from longiseg.data.lesions import min_voxel_count
+from longiseg.data.lesions import check_connectivity, check_min_volume, min_voxel_count
 from longiseg.metrics.inputs import as_mask, check_followup_masks
-from longiseg.metrics.lesion import _check_connectivity, _check_min_volume, label_lesions
+from longiseg.metrics.lesion import label_lesions
 from longiseg.utils.io import PathLike, atomic_write, atomic_write_json, csv_text
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import check_affine, check_bool, check_instance, check_path, check_sequence
@@ -306,8 +306,8 @@ def lesion_evolution(
         if p.shape != base.shape:
             raise ValueError(f"progression[{i}] must have the baseline's shape {base.shape}, got {p.shape}")
     aff = check_affine("affine", affine)
-    conn = _check_connectivity(connectivity, 3)
-    vmin = _check_min_volume(min_volume_mm3)
+    conn = check_connectivity(connectivity, 3)
+    vmin = check_min_volume(min_volume_mm3)
     sp = np.asarray(affine_spacing(aff))
     first = label_lesions(base, sp, connectivity=conn, min_volume_mm3=vmin)
     followups = []
@@ -354,8 +354,8 @@ def evolution_folder(
     from longiseg.data.cohort import find_mask_cases
     from longiseg.data.loading import read_mask_case
 
-    _check_min_volume(min_volume_mm3)  # bad options fail before any case is read
-    _check_connectivity(connectivity, 3)
+    check_min_volume(min_volume_mm3)  # bad options fail before any case is read
+    check_connectivity(connectivity, 3)
     root = check_path("root", root)
     progress = check_bool("progress", progress)
     out = []

@@ -35,13 +35,13 @@ import numpy as np
 from longiseg.data.lesions import (  # the labelling's owner; its names stay public here
     LesionLabels,
     SpacingLike,
+    check_connectivity,
+    check_min_volume,
     default_connectivity,
     label_lesions,
+    label_mask,
     remove_small_lesions,
 )
-from longiseg.data.lesions import check_connectivity as _check_connectivity
-from longiseg.data.lesions import check_min_volume as _check_min_volume
-from longiseg.data.lesions import label_mask as _label
 from longiseg.metrics.inputs import MaskLike, as_mask_pair, as_spacing, foreground_slices
 from longiseg.utils.validation import check_instance, check_positive_int, check_probability, check_score
 
@@ -338,8 +338,8 @@ def lesion_detection(
     """
     p, g = as_mask_pair(pred, gt)
     sp = as_spacing(spacing, p.ndim)
-    conn = _check_connectivity(connectivity, p.ndim)
-    vmin = _check_min_volume(min_volume_mm3)
+    conn = check_connectivity(connectivity, p.ndim)
+    vmin = check_min_volume(min_volume_mm3)
     iou_threshold = _check_matching(rule, iou_threshold)
     zero_division = check_score("zero_division", zero_division)
     sl = foreground_slices(p, g)
@@ -358,9 +358,27 @@ def detect_lesions(
     iou_threshold: float,
     zero_division: float = 1.0,
 ) -> tuple[LesionDetection, LesionLabels, LesionLabels]:
-    """Core of :func:`lesion_detection` on validated ``bool`` arrays; also returns both labellings."""
-    gl = _label(g, sp, connectivity, min_volume_mm3)
-    pl = _label(p, sp, connectivity, min_volume_mm3)
+    """:func:`lesion_detection` without its conversions, also returning both labellings.
+
+    Args:
+        p: predicted ``bool`` mask ``(D, H, W)`` or ``(H, W)``.
+        g: reference ``bool`` mask of the same shape.
+        sp: voxel size in mm per axis, ``(ndim,)`` float array.
+        connectivity, min_volume_mm3, rule, iou_threshold, zero_division: as in :func:`lesion_detection`.
+
+    Returns:
+        ``(detection, reference labels, predicted labels)``.
+
+    Raises:
+        TypeError: ``p`` or ``g`` is not a ``bool`` array.
+        ValueError: ``p`` and ``g`` differ in shape, or a bad spacing or option (see
+            :func:`~longiseg.data.lesions.label_mask`).
+    """
+    if np.shape(p) != np.shape(g):
+        raise ValueError(f"p (prediction) and g (reference) must have the same shape, got {np.shape(p)} and "
+                         f"{np.shape(g)}")
+    gl = label_mask(g, sp, connectivity, min_volume_mm3, name="g (reference)")
+    pl = label_mask(p, sp, connectivity, min_volume_mm3, name="p (prediction)")
     ov = lesion_overlaps(gl, pl)
     m = match_lesions(gl, pl, rule=rule, iou_threshold=iou_threshold, overlaps=ov)
     r, pr, f1 = detection_scores(m.tp_gt, gl.n, m.tp_pred, pl.n, zero_division)

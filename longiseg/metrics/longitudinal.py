@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from longiseg.data.lesions import check_connectivity, check_min_volume, label_mask
 from longiseg.metrics.consistency import persisting_lesions
 from longiseg.metrics.inputs import (
     MaskLike,
@@ -26,9 +27,6 @@ from longiseg.metrics.inputs import (
 )
 from longiseg.metrics.lesion import (
     LesionDetection,
-    _check_connectivity,
-    _check_min_volume,
-    _label,
     detect_lesions,
 )
 from longiseg.metrics.protocol import EvaluationProtocol, get_protocol
@@ -71,13 +69,13 @@ def has_progression(
         ValueError: a non-binary mask, a negative or non-finite ``min_volume_mm3``, bad spacing or connectivity.
     """
     m = as_mask("mask", mask)
-    vmin = _check_min_volume(min_volume_mm3)
+    vmin = check_min_volume(min_volume_mm3)
     sp = as_spacing(spacing, m.ndim)
-    conn = _check_connectivity(connectivity, m.ndim)
+    conn = check_connectivity(connectivity, m.ndim)
     if vmin == 0:
         return bool(m.any())
     sl = foreground_slices(m)  # the lesions' bounding box holds them whole: labelling it is enough
-    return sl is not None and _label(m[sl], sp, conn, vmin).n > 0
+    return sl is not None and label_mask(m[sl], sp, conn, vmin).n > 0
 
 
 def progression_kind(gt_progression: MaskLike) -> str:

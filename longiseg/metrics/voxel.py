@@ -270,5 +270,6 @@ def hd95(
     both_empty: float = 0.0,
     one_empty: float = float("nan"),
 ) -> float:
-    """95th percentile symmetric Hausdorff distance in mm; see :func:`hausdorff_distance` for conventions."""
+    """95th percentile symmetric Hausdorff distance in mm of two binary masks ``(D, H, W)`` or ``(H, W)`` of one
+    shape; :func:`hausdorff_distance` with ``percentile=95`` (its conventions for empty masks and its errors)."""
     return hausdorff_distance(pred, gt, spacing, percentile=95.0, both_empty=both_empty, one_empty=one_empty)

@@ -637,7 +637,7 @@ def _same_folder(handle: int, path: Path) -> bool:
     return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (here.st_dev, here.st_ino)
 
 
-def atomic_write(path: PathLike, writer: Callable[[IO[Any]], None], *, mode: str = "w",
+def atomic_write(path: PathLike, writer: Callable[[IO[Any]], object], *, mode: str = "w",
                  overwrite: bool = True) -> Path:
     """Call ``writer(fileobj)`` on a temporary file and rename it onto ``path`` (fsynced).
 

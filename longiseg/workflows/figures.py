@@ -16,7 +16,7 @@ from longiseg.data.case import LongitudinalCase, check_case
 from longiseg.data.lesions import label_lesions
 from longiseg.utils.io import PathLike, atomic_save_figure
 from longiseg.utils.plotting import plain_text
-from longiseg.utils.validation import check_instance
+from longiseg.utils.validation import check_instance, check_int_or_sequence, check_positive_int
 
 __all__ = ["plot_case", "plot_training_curves", "plot_prediction_overlay"]
 
@@ -32,6 +32,14 @@ def _best_slices(case: LongitudinalCase, followup: int) -> tuple[int, int, int]:
             com = ndimage.center_of_mass(lesions.labels == biggest)
             return tuple(int(round(c)) for c in com)  # type: ignore[return-value]
     return tuple(s // 2 for s in case.shape)  # type: ignore[return-value]
+
+
+def _check_center(center: Sequence[int], shape: Sequence[int]) -> tuple[int, int, int]:
+    """``center`` as a voxel ``(d, h, w)`` inside ``shape`` (a negative index would wrap to the far side)."""
+    ctr = check_int_or_sequence("center", center, 3, minimum=0, what="a voxel index (d, h, w)")
+    if any(c >= s for c, s in zip(ctr, shape)):
+        raise ValueError(f"center must be a voxel inside the case's shape {tuple(shape)}, got {ctr}")
+    return ctr  # type: ignore[return-value]
 
 
 @plain_text()  # names with '$' drawn as written, not as math
@@ -59,13 +67,14 @@ def plot_case(case: LongitudinalCase | PathLike, out_png: PathLike, *, followup:
         case = load_case(case)
     if not case.has_labels:
         raise ValueError(f"case {case.case_id!r} has no masks to plot")
-    if not 1 <= followup < case.num_timepoints:
+    followup = check_positive_int("followup", followup)
+    if followup >= case.num_timepoints:
         raise ValueError(f"followup must be in [1, {case.num_timepoints - 1}], got {followup}")
     mod = modality or ("flair" if "flair" in case.modalities else case.modalities[0])
     if mod not in case.modalities:
         raise ValueError(f"modality must be one of {list(case.modalities)}, got {mod!r}")
     c = case.modalities.index(mod)
-    ctr = tuple(int(v) for v in center) if center is not None else _best_slices(case, followup)
+    ctr = _best_slices(case, followup) if center is None else _check_center(center, case.shape)
     assert case.baseline_mask is not None and case.progression_masks is not None
 
     from matplotlib.colors import ListedColormap
@@ -165,7 +174,11 @@ def plot_prediction_overlay(case: LongitudinalCase, pred_dirs: Mapping[str, Path
     from longiseg.utils.plotting import subplots
 
     check_case("case", case)
+    if not case.has_labels:
+        raise ValueError(f"case {case.case_id!r} has no masks to plot")
     check_instance("pred_dirs", pred_dirs, Mapping, "a mapping of labels to prediction folders")
+    if not pred_dirs:
+        raise ValueError("pred_dirs must name at least one prediction folder")
     case_id = case.case_id
     prog = case.progression_masks[0]
     lesions, keep = label_persisting_lesions(case.baseline_mask, prog, case.spacing)

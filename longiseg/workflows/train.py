@@ -157,7 +157,6 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
         score = float(np.nanmean([base, prog])) if not (np.isnan(base) and np.isnan(prog)) else float("nan")
         return {"dice": score, "dice_baseline": base, "dice_progression": prog, "np_accuracy": npa}
 
-    validate.metric_names = VALIDATION_METRICS  # type: ignore[attr-defined]
     return validate
 
 
