@@ -64,6 +64,31 @@ def test_the_logged_learning_rate_is_the_one_the_epochs_last_step_used(tmp_path)
     assert all(trainer.config.min_lr < r <= trainer.config.lr for r in rates), rates
     assert rates[-1] != trainer.optimizer.param_groups[0]["lr"]  # not the rate after the run's last step
 
+def test_fit_restores_the_processs_deterministic_settings(tmp_path) -> None:
+    """fit switches deterministic kernels on for training only: left on, every later torch.empty of the caller's
+    process was NaN-filled (a cost) and non-deterministic CUDA ops warned."""
+    def flags():
+        return (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+
+    seen = []
+    before = flags()
+    assert before[0] is False  # the suite runs with PyTorch's defaults
+    seed_everything(0)
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path, max_epochs=1),
+                      loss_fn=ImbalanceAwareLoss(), callbacks=[lambda t, row: seen.append(flags())])
+    trainer.fit()
+    assert seen == [(True, True, False, True)]
+    assert flags() == before
+    torch.backends.cudnn.benchmark = True  # a caller's own choice survives too
+    try:
+        trainer.config.max_epochs = 2
+        trainer.fit(resume=True)
+        assert torch.backends.cudnn.benchmark is True and flags()[:2] == before[:2]
+    finally:
+        torch.backends.cudnn.benchmark = before[2]
+
+
 def test_loss_decreases_and_logs(tmp_path) -> None:
     _, trainer, result = _fit(tmp_path, max_epochs=5)
     losses = [row["train_loss"] for row in result.history]

@@ -68,7 +68,8 @@ class TrainerConfig(ConfigBase):
             (with a GradScaler) or ``"none"``. AMP is never used on CPU.
         seed: base seed; the trainer reseeds python/numpy/torch at each epoch from ``(seed, epoch, rank)``.
         deterministic: request deterministic kernels (``torch.use_deterministic_algorithms``, no cuDNN
-            benchmarking).
+            benchmarking) while :meth:`~longiseg.engine.Trainer.fit` runs; the process's settings are restored
+            when it returns.
         monitor: metric used for ``best.pt`` and early stopping; validation metrics are prefixed ``val_``
             (``validate_fn`` returning ``{"dice": ...}`` gives ``val_dice``), training ones ``train_``.
         monitor_mode: ``"max"`` or ``"min"``.

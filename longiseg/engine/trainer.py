@@ -811,14 +811,30 @@ class Trainer:
         """Whether :meth:`fit` would train no further epoch: ``config.max_epochs`` reached, or stopped early."""
         return self.epoch >= self.config.max_epochs or self.stopped_early
 
-    def _setup_determinism(self) -> None:
+    def _use_deterministic_kernels(self) -> Callable[[], None]:
+        """Switch on ``config.deterministic``'s kernels for :meth:`fit`; return what restores the caller's settings.
+
+        PyTorch's flags (and cuBLAS's workspace setting) are process-wide: left on after training, every later
+        ``torch.empty`` of the caller's process was filled with NaN and non-deterministic CUDA ops warned.
+        """
         if not self.config.deterministic:
-            return
-        if self.device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            return lambda: None
+        saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                 torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+        set_cublas = self.device.type == "cuda" and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        if set_cublas:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+        def restore() -> None:
+            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+            if set_cublas:
+                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+        return restore
 
     # -- fit ------------------------------------------------------------------------------------------
 
@@ -898,10 +914,10 @@ class Trainer:
                 cfg.save(self.output_dir / CONFIG_FILE)
             csv_log.rewrite(self.history)
         barrier()
-        self._setup_determinism()
         writer = _make_tensorboard_writer(self.output_dir / TENSORBOARD_DIR) if (
             self.is_main and cfg.tensorboard) else None
         start = self.epoch
+        restore_kernels = self._use_deterministic_kernels()
         try:
             for epoch in range(start, cfg.max_epochs):
                 if self.stopped_early:
@@ -949,6 +965,7 @@ class Trainer:
                     logger.info("early stopping after epoch %d: %s did not improve for %d validations (best %s)",
                                 self.epoch, cfg.monitor, self.early_stopping_counter, best)
         finally:
+            restore_kernels()
             if writer is not None:
                 writer.close()
         return FitResult(history=list(self.history), epochs_completed=self.epoch, global_step=self.global_step,
