@@ -43,6 +43,25 @@ def test_clear_import_error_without_monai(monkeypatch: pytest.MonkeyPatch) -> No
         build_model("dynunet_3d", **TINY_DYN)
 
 
+@pytest.mark.parametrize("found", ["1.3.0", "1.4.0rc1", "0.9"])
+def test_a_monai_too_old_is_named_with_the_version_needed(monkeypatch: pytest.MonkeyPatch, found: str) -> None:
+    """MONAI 1.3/1.4 satisfied the extra's old bound, then refused SwinUNETR without img_size with a message that
+    blamed its arguments."""
+    import monai
+
+    monkeypatch.setattr(monai, "__version__", found)
+    with pytest.raises(ImportError, match=rf"need MONAI >= 1\.5, found {re.escape(found)}: pip install -U"):
+        build_model("swin_unetr_3d", **TINY_SWIN)
+
+
+@pytest.mark.parametrize("found", ["1.5.0", "1.5.2rc1", "1.6.1+12.gabcdef", "2.0"])
+def test_supported_monai_versions_are_accepted(monkeypatch: pytest.MonkeyPatch, found: str) -> None:
+    import monai
+
+    monkeypatch.setattr(monai, "__version__", found)
+    assert build_model("dynunet_3d", **TINY_DYN) is not None
+
+
 @pytest.mark.parametrize("name", STACKED)
 def test_stacked_forward_shapes_and_fixed_t(name: str) -> None:
     spatial = _spatial(name)

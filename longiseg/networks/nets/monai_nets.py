@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,15 +84,37 @@ SWIN_UNETR_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The oldest MONAI the baselines build with (the pyproject's ``baselines`` extra says the same).
+MIN_MONAI = (1, 5)
+
+
 def _monai_nets() -> Any:
     """Import ``monai.networks.nets`` or raise an ``ImportError`` naming the extra to install."""
     try:
+        import monai
         import monai.networks.nets as nets
     except ImportError as err:
         raise ImportError(
             f"the MONAI baselines (dynunet_*, swin_unetr_*) need MONAI, an optional extra: {_INSTALL_HINT}"
         ) from err
+    found = str(getattr(monai, "__version__", "0"))
+    if _release(found) < MIN_MONAI:  # older SwinUNETRs require img_size, which no other model needs
+        raise ImportError(f"the MONAI baselines need MONAI >= {'.'.join(map(str, MIN_MONAI))}, found {found}: "
+                          f"pip install -U 'monai>={'.'.join(map(str, MIN_MONAI))}'")
     return nets
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The leading release numbers of a version string: ``"1.5.2rc1"`` -> ``(1, 5, 2)``."""
+    parts = []
+    for piece in version.split("."):
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+        if digits.end() < len(piece):
+            break
+    return tuple(parts)
 
 
 def _strip_output_block(net: nn.Module, attr: str) -> nn.Module:
