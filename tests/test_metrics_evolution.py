@@ -301,7 +301,7 @@ def test_a_lesion_report_without_matplotlib_is_refused_before_the_cases_are_read
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["lesions", str(root), "--out", str(tmp_path / "L"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("longiseg lesions: error: the figures and report.html need matplotlib: pip install "
+    assert err == ("longiseg lesions: error: matplotlib is needed for the figures and report.html: pip install "
                    "'longiseg[demo]' (or matplotlib), or pass figures=False (--no-figures) for the tables only"), err
     assert not read and not (tmp_path / "L").exists()
     assert main(["lesions", str(root), "--out", str(tmp_path / "L"), "--no-progress", "--no-figures"]) == 0

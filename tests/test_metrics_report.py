@@ -123,7 +123,7 @@ def test_a_report_without_matplotlib_is_refused_before_the_work_or_written_witho
     gt, good, _ = folders
     result = evaluate_folder(good, gt, progress=False)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=r"the box plot \(boxplot\.png\) need matplotlib: pip install "
+    with pytest.raises(ImportError, match=r"matplotlib is needed for the box plot \(boxplot\.png\): pip install "
                                           r"'longiseg\[demo\]'.*figures=False"):
         write_report(result, tmp_path / "r")
     assert not (tmp_path / "r").exists()
@@ -132,7 +132,7 @@ def test_a_report_without_matplotlib_is_refused_before_the_work_or_written_witho
                                                                    "table.txt"]
     assert main(["evaluate", str(good), str(gt), "--out", str(tmp_path / "cli"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("longiseg evaluate: error: the box plot") and "--no-figures" in err, err
+    assert err.startswith("longiseg evaluate: error: matplotlib is needed for the box plot") and "--no-figures" in err, err
     assert not (tmp_path / "cli").exists()
     assert main(["evaluate", str(good), str(gt), "--out", str(tmp_path / "cli"), "--no-progress", "--no-figures"]) == 0
     assert (tmp_path / "cli" / "table.txt").is_file() and not (tmp_path / "cli" / "boxplot.png").exists()

@@ -460,7 +460,7 @@ def test_register_folder_checks_the_output_location_first(tmp_path: Path, monkey
     with pytest.raises(ValueError, match=r"out \S+raw/c/out lies inside the raw folder"):
         cohort.register_folder(tmp_path / "raw", tmp_path / "raw" / "c" / "out", progress=False)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=r"QC figures need matplotlib.*--no-qc-figures"):
+    with pytest.raises(ImportError, match=r"matplotlib is needed for the registration QC figures.*--no-qc-figures"):
         cohort.register_folder(tmp_path / "raw", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() and not (tmp_path / "raw" / "c" / "out").exists()
     # --overwrite over an earlier case folder that cannot be replaced (read-only): every case failed after its

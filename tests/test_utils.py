@@ -520,12 +520,12 @@ def test_a_broken_matplotlib_is_not_reported_as_a_missing_one(monkeypatch) -> No
     for name in [m for m in sys.modules if m.partition(".")[0] == "matplotlib"]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
-    with pytest.raises(ImportError, match=r"^the figures need matplotlib, which is installed but fails to import "
+    with pytest.raises(ImportError, match=r"^matplotlib is needed for the figures but fails to import "
                                           r"\(ImportError: numpy\.core\.multiarray failed to import\): repair it "
                                           r"\(pip install --force-reinstall matplotlib\), or pass --no-figures$"):
         require_matplotlib("the figures", "pass --no-figures")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
-    with pytest.raises(ImportError, match=r"^the figures need matplotlib: pip install 'longiseg\[demo\]'"):
+    with pytest.raises(ImportError, match=r"^matplotlib is needed for the figures: pip install 'longiseg\[demo\]'"):
         require_matplotlib("the figures", "pass --no-figures")
 
 

@@ -686,6 +686,22 @@ def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
     assert (precious / "data.txt").read_text() == "user data"
 
 
+def test_demo_without_matplotlib_is_refused_before_it_writes(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The demo wrote its whole cohort, then failed on its first figure with "No module named 'matplotlib'",
+    naming no extra, and its half-written folder made the rerun ask for --overwrite."""
+    from longiseg.workflows.figures import plot_training_curves
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
+    assert main(["demo", "--quick", "--output", str(tmp_path / "demo"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "longiseg demo: error: matplotlib is needed for the demo's figures: pip install 'longiseg[demo]' "
+        "(or matplotlib)")
+    assert not (tmp_path / "demo").exists()
+    with pytest.raises(ImportError, match=r"^matplotlib is needed for longiseg's figures: pip install"):
+        plot_training_curves({"run": tmp_path}, tmp_path / "curves.png")
+    assert list(tmp_path.iterdir()) == []
+
+
 def _permissions_enforced(tmp: Path) -> bool:
     """Whether this process is refused a folder without write permission (root is not)."""
     probe = tmp / "probe"

@@ -16,12 +16,12 @@ from longiseg.utils.validation import check_array, check_bool, check_positive_in
 __all__ = ["subplots", "plain_text", "require_matplotlib"]
 
 
-def require_matplotlib(what: str, without: str) -> None:
+def require_matplotlib(what: str, without: str | None = None) -> None:
     """Refuse figures without matplotlib before any work (not after minutes of it, or once per case).
 
     Args:
         what: what needs it, for the message (``"the registration QC figures"``).
-        without: how to go on without figures (``"pass --no-figures"``).
+        without: how to go on without figures (``"pass --no-figures"``); ``None`` where there is no way.
 
     Raises:
         ImportError: matplotlib cannot be imported, naming ``what`` and ``without``, and either the extra that
@@ -32,11 +32,12 @@ def require_matplotlib(what: str, without: str) -> None:
         import matplotlib  # noqa: F401
     except ImportError as err:
         missing = getattr(err, "name", None) or ""
+        otherwise = f", or {without}" if without else ""
         if isinstance(err, ModuleNotFoundError) and missing.partition(".")[0] == "matplotlib":
-            raise ImportError(f"{what} need matplotlib: pip install 'longiseg[demo]' (or matplotlib), or {without}"
-                              ) from err
-        raise ImportError(f"{what} need matplotlib, which is installed but fails to import ({type(err).__name__}: "
-                          f"{err}): repair it (pip install --force-reinstall matplotlib), or {without}") from err
+            raise ImportError(f"matplotlib is needed for {what}: pip install 'longiseg[demo]' (or matplotlib)"
+                              f"{otherwise}") from err
+        raise ImportError(f"matplotlib is needed for {what} but fails to import ({type(err).__name__}: {err}): "
+                          f"repair it (pip install --force-reinstall matplotlib){otherwise}") from err
 
 
 @contextlib.contextmanager
@@ -46,6 +47,7 @@ def plain_text() -> Iterator[None]:
     as an italic ``cost5vs6``). Also a decorator (``@plain_text()``) of a function that draws a figure; none of
     the library's figures uses math text.
     """
+    require_matplotlib("longiseg's figures")
     import matplotlib
 
     with matplotlib.rc_context({"text.parse_math": False}):
@@ -67,6 +69,7 @@ def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | N
         ``(figure, axes)``: a :class:`matplotlib.figure.Figure` and one ``Axes``, a 1D or a ``(nrows, ncols)``
         array of them.
     """
+    require_matplotlib("longiseg's figures")
     from matplotlib.colors import is_color_like
     from matplotlib.figure import Figure
 

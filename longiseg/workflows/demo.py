@@ -59,6 +59,7 @@ from longiseg.utils.io import (
     folder_is_empty,
 )
 from longiseg.utils.logging import apply_logging_setup, get_logger, logging_setup
+from longiseg.utils.plotting import require_matplotlib
 from longiseg.utils.seeds import generator_seed
 from longiseg.utils.validation import check_instance, check_path
 from longiseg.workflows.config import DataConfig, ExperimentConfig, InferenceConfig, LossConfig, ModelConfig
@@ -442,6 +443,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         tuning on its validation patients (``RUN/tuning.json``; empty with ``tune_threshold=False``).
     """
     cfg = cfg or DemoConfig()
+    require_matplotlib("the demo's figures")  # before the cohort is written, not after
     out = Path(cfg.output_dir)
     if out.is_symlink() and not out.exists():
         raise FileNotFoundError(f"{out} is a symbolic link to {os.readlink(out)}, which does not exist")
