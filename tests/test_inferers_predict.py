@@ -704,6 +704,50 @@ def test_skip_existing_workers_split_the_cases_by_claims(tmp_path: Path, caplog:
     assert held[-1][0] == "a" and held[-1][1] is not None and _claims(out) == []
 
 
+def test_skip_existing_workers_of_two_models_stop_at_the_first_case_both_want(tmp_path: Path) -> None:
+    """Two --skip-existing workers of different checkpoints (or settings) started together on one folder each left
+    the other's claimed cases to it and both exited 0, the folder holding cases of two models: a claim records
+    a digest of its worker's model and settings, and a worker meeting another's refuses."""
+    import os
+    import socket
+
+    from longiseg.data.claims import claim_case
+
+    _three_cases(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: list[dict] = []  # the claims of the runs below, as their reader finds them
+    folder = [tmp_path / "first"]
+
+    def reader(source: CaseSource) -> LongitudinalCase:
+        seen.append(json.loads((folder[0] / f".{source.case_id}.claim").read_text()))
+        return load_case(source)
+
+    predict_folder(Voxelwise(), tmp_path / "in", folder[0], case_ids=["a"], inferer=_inferer(), progress=False,
+                   skip_existing=True, reader=reader)
+    producer = seen[0]["producer"]
+    folder[0] = out
+    assert isinstance(producer, str) and len(producer) == 64
+    live = {"host": socket.gethostname(), "pid": os.getppid(), "command": "longiseg predict --skip-existing"}
+    (out / ".a.claim").write_text(json.dumps({**live, "producer": "0" * 64}))
+    with pytest.raises(FileExistsError, match=rf"case 'a' is being predicted into {re.escape(str(out))} by another "
+                                              rf"model or other settings \(pid {os.getppid()} on"):
+        predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, skip_existing=True,
+                       reader=reader)
+    assert _claims(out) == [".a.claim"] and not [p for p in out.iterdir() if not p.name.startswith(".")]
+    # a worker of this model and these settings: its case is left to it, the others predicted
+    (out / ".a.claim").write_text(json.dumps({**live, "producer": producer}))
+    res = predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, skip_existing=True,
+                         reader=reader)
+    assert sorted(res) == ["b", "c"] and [c["producer"] for c in seen[1:]] == [producer] * 2
+    (out / ".a.claim").unlink()
+    claimed, mine = claim_case(out, "a", producer="1" * 64)
+    assert json.loads(claimed.read_text())["producer"] == "1" * 64
+    claimed.unlink()
+    with pytest.raises(TypeError, match="producer must be a str"):
+        claim_case(out, "a", producer=3)
+
+
 def test_a_run_that_writes_the_folder_alone_claims_it(tmp_path: Path) -> None:
     """Two predict --overwrite runs of different models into one folder both succeeded, their cases mixed (one
     case of each model): a run without skip_existing holds the folder, a second one (or a --skip-existing worker)

@@ -4,7 +4,7 @@ alone (``predict`` without ``--skip-existing``, ``register``, ``train`` and ``tu
 folder, so that a second one does not mix its outputs with the first's.
 
 A claim is a hidden file beside the case folders (``.CASE.claim``), created atomically and holding the host, pid,
-process start time, the command that holds it and a random token; a claim whose process is gone (this host) or
+process start time, the command that holds it, a digest of what it writes (a case's claim) and a random token; a claim whose process is gone (this host) or
 older than a day (another host) is abandoned and taken over by exactly one of the processes that find it.
 """
 
@@ -71,23 +71,28 @@ def _holder_command(claim: Mapping[str, Any] | None) -> str:
     return command if isinstance(command, str) and command else "longiseg run"
 
 
-def claim_case(out_dir: PathLike, case_id: str,
-               command: str = "longiseg predict") -> tuple[Path | None, dict[str, Any]]:
+def claim_case(out_dir: PathLike, case_id: str, command: str = "longiseg predict", *,
+               producer: str | None = None) -> tuple[Path | None, dict[str, Any]]:
     """Claim ``case_id`` for this process: create its claim file (:func:`_claim_path`) atomically, holding this
-    host, pid, the process' start time (a reused pid is another process), ``command`` and a token. A claim whose
-    process is gone (:func:`_claim_alive`) is taken over.
+    host, pid, the process' start time (a reused pid is another process), ``command``, ``producer`` and a token. A
+    claim whose process is gone (:func:`_claim_alive`) is taken over.
 
     Args:
         out_dir: the prediction folder (created if missing).
         case_id: the case (a single folder name).
         command: what claims it, for other processes' messages.
+        producer: what the claimer writes (a digest of its model and settings,
+            :func:`~longiseg.inferers.provenance.producer_digest`), for workers to compare; ``None`` records none.
 
     Returns:
         ``(path, claim)`` when claimed; ``(None, holder's claim or {})`` when a live process holds the case.
     """
     out_dir = check_path("out_dir", out_dir)
     check_instance("command", command, str, "a str")
-    return _create_claim(_claim_path(out_dir, check_case_id(case_id)), f"case {case_id}", command)
+    if producer is not None:
+        check_instance("producer", producer, str, "a str")
+    return _create_claim(_claim_path(out_dir, check_case_id(case_id)), f"case {case_id}", command,
+                         {} if producer is None else {"producer": producer})
 
 
 #: The claim file of a run that writes a whole output folder alone; a case's claim ends in ``.claim``, so no case id
@@ -143,12 +148,14 @@ def check_folder_unclaimed(out_dir: PathLike) -> None:
                                   "to finish, or choose another output folder")
 
 
-def _create_claim(path: Path, what: str, command: str) -> tuple[Path | None, dict[str, Any]]:
+def _create_claim(path: Path, what: str, command: str, extra: Mapping[str, Any] | None = None
+                  ) -> tuple[Path | None, dict[str, Any]]:
     """Create the claim file ``path`` atomically for this process (see :func:`claim_case`), taking over an abandoned
-    one; ``what`` names the claimed thing in the log, ``command`` the claiming command in the file."""
+    one; ``what`` names the claimed thing in the log, ``command`` the claiming command in the file, ``extra`` what
+    else the file records."""
     out_dir = path.parent
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start_time(os.getpid()),
-            "command": command, "token": uuid.uuid4().hex}
+            "command": command, **(extra or {}), "token": uuid.uuid4().hex}
     for _ in range(5):
         out_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -48,7 +48,12 @@ from longiseg.data.predictions import (
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.sources import CaseSource
 from longiseg.inferers.postprocessing import RESTRICT_OPTIONS, check_postprocessing, postprocess_heads
-from longiseg.inferers.provenance import check_same_producer, prediction_record, qualified_name
+from longiseg.inferers.provenance import (
+    check_same_producer,
+    prediction_record,
+    producer_digest,
+    qualified_name,
+)
 from longiseg.inferers.settings import VOXEL_SIZE_RTOL, prediction_defaults, voxel_size_mismatch
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
 from longiseg.inferers.triplanar import TriplanarInferer
@@ -468,7 +473,8 @@ def predict_folder(
             case folder left incomplete by an interrupted run is predicted again. Several processes may share
             one ``out_dir`` this way: each claims a case before reading it (a hidden ``OUT/.CASE_ID.claim``
             file, created atomically and removed afterwards; see :func:`claim_case`) and leaves the cases that
-            a live process has claimed to it; a case that another process completed meanwhile is skipped when
+            a live process of this model and these settings has claimed to it (one of another model or other
+            settings raises ``FileExistsError``); a case that another process completed meanwhile is skipped when
             its record is this run's, refused otherwise. A run without ``skip_existing`` writes the folder alone:
             it holds it (a hidden ``OUT/.longiseg-folder.lock``, :func:`~longiseg.data.claims.claim_folder`)
             from before the cases are read, and refuses a folder that another live run holds.
@@ -570,6 +576,7 @@ def predict_folder(
     inferer = _default_inferer(predict_kwargs.get("inferer"), progress=progress)  # type: ignore[arg-type]
     predict_kwargs = {**predict_kwargs, "inferer": inferer}  # one inferer for every case, the one recorded
     produced_by = {**_record(model, inferer, options), "reader": qualified_name(read)}
+    producer = producer_digest(produced_by)  # in the claims of workers sharing the folder: the same for each of them
     # longiseg predict 0.3.9-0.3.19 recorded a wrapper of its reader under its own name
     reader_aliases = _reader_aliases(model, read)
     # each case's patient (information only: the report of a predictions folder groups its cases by it)
@@ -610,8 +617,14 @@ def predict_folder(
         for cid in tqdm(ids, desc="cases", unit="case", disable=not progress):
             claimed: Path | None = None
             if skip_existing:  # several workers may share the cohort: each case is predicted by one of them
-                claimed, claim = claim_case(out_dir, cid, "longiseg predict --skip-existing")
+                claimed, claim = claim_case(out_dir, cid, "longiseg predict --skip-existing", producer=producer)
                 if claimed is None:
+                    other = claim.get("producer")
+                    if isinstance(other, str) and other != producer:  # would leave the folder with two models' cases
+                        raise FileExistsError(
+                            f"case {cid!r} is being predicted into {out_dir} by another model or other settings "
+                            f"({claim_holder(claim)}); workers sharing a folder (skip_existing, --skip-existing) must "
+                            "run one model with one set of settings: choose another output folder")
                     logger.info("skipping case %s: another process (%s) is predicting it", cid, claim_holder(claim))
                     continue
                 try:  # a run that writes the folder alone may have claimed it since the last case

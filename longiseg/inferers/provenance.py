@@ -27,7 +27,7 @@ from longiseg.spec import ModelSpec, plain_data
 from longiseg.utils.io import PathLike
 from longiseg.utils.validation import check_instance, check_path
 
-__all__ = ["prediction_record", "check_same_producer", "qualified_name"]
+__all__ = ["prediction_record", "check_same_producer", "producer_digest", "qualified_name"]
 
 
 #: Inferer settings that do not change its probabilities (where it runs, in which batches, progress bars).
@@ -114,6 +114,18 @@ def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def producer_digest(record: Mapping[str, Any]) -> str:
+    """A digest of what :func:`check_same_producer` compares in ``record`` (a :func:`prediction_record`, with what
+    the caller adds): equal for one model and one set of settings, whichever longiseg version made it. Workers
+    sharing a folder put it in their case claims, so that one meets another model's run at the first case both
+    want, not only at cases that are finished.
+    """
+    check_instance("record", record, Mapping, "a mapping (a prediction record)")
+    flat = _flat(json.loads(json.dumps(record)))
+    kept = {k: v for k, v in sorted(flat.items()) if k.split(".")[0] not in _INFORMATION_ONLY}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 def _brief(value: object) -> str:
