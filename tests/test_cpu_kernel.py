@@ -531,3 +531,24 @@ def test_the_parallel_build_of_an_entry_point_has_its_own_disk_cache_entry() -> 
     assert serial is entry and serial.__qualname__ == entry.__qualname__
     assert parallel.__qualname__ == entry.__qualname__ + "__parallel" and parallel.__code__ is entry.__code__
     assert parallel(1) == 3 and [p for _, p in seen] == [False, True]
+
+
+def test_the_kernels_restore_the_callers_numba_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parallel kernels set numba's thread count and left it set: a user's own parallel numba code ran with
+    the scan's count afterwards."""
+    import numba
+
+    monkeypatch.setattr(cpu_kernel, "_PARALLEL_MIN_WORK", 1)  # the parallel entry points at a small size
+    before_torch, before_numba = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(2)
+    numba.set_num_threads(1)
+    try:
+        if numba.config.NUMBA_NUM_THREADS < 2:
+            pytest.skip("numba may use one thread here")
+        inputs = make_inputs(batch=2, dim=8, seqlen=16, dstate=4, dtype=torch.float32)
+        out = _numba(*inputs)
+        out.sum().backward()
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before_numba)
+        torch.set_num_threads(before_torch)

@@ -85,8 +85,13 @@ def test_fit_restores_the_processs_deterministic_settings(tmp_path) -> None:
         trainer.config.max_epochs = 2
         trainer.fit(resume=True)
         assert torch.backends.cudnn.benchmark is True and flags()[:2] == before[:2]
+        torch.use_deterministic_algorithms(True)  # a caller's strict mode stays strict (fit made it warn-only)
+        trainer.config.max_epochs = 3
+        trainer.fit(resume=True)
+        assert seen[-1][:2] == (True, False) and flags()[:2] == (True, False)
     finally:
         torch.backends.cudnn.benchmark = before[2]
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def test_loss_decreases_and_logs(tmp_path) -> None:

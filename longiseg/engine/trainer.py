@@ -826,7 +826,8 @@ class Trainer:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        # warnings for ops without a deterministic kernel, unless the caller asked for errors (kept strict)
+        torch.use_deterministic_algorithms(True, warn_only=saved[1] if saved[0] else True)
 
         def restore() -> None:
             torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])

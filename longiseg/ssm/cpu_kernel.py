@@ -47,13 +47,14 @@ code next to the module, later processes load it in about a second.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -793,16 +794,23 @@ def _entry(name: str, dtype: torch.dtype, parallel: bool) -> Any:
     return jit(numba, [sig], parallel=parallel, fastmath=True, boundscheck=False, error_model="numpy")(fn)
 
 
-def _use_threads(jobs: int, work: int) -> int:
+@contextlib.contextmanager
+def _use_threads(jobs: int, work: int) -> Iterator[int]:
     """How many numba threads a call with ``jobs`` jobs and ``work`` = ``B * L * D * N`` state updates gets: one
     (the serial entry point) below ``_PARALLEL_MIN_WORK`` or with a single job, else ``torch.get_num_threads()``
-    capped by numba's limit and the job count."""
+    capped by numba's limit and the job count. The calling thread's numba thread count is set for the call and
+    restored afterwards (a user's own parallel numba code keeps its setting)."""
     numba, _ = _load_numba()
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, jobs)  # type: ignore[attr-defined]
     if threads < 2 or work < _PARALLEL_MIN_WORK:
-        return 1
+        yield 1
+        return
+    before = numba.get_num_threads()  # type: ignore[attr-defined]
     numba.set_num_threads(threads)  # type: ignore[attr-defined]
-    return threads
+    try:
+        yield threads
+    finally:
+        numba.set_num_threads(before)  # type: ignore[attr-defined]
 
 
 def exp2_nonpositive(x: torch.Tensor) -> torch.Tensor:
@@ -936,8 +944,7 @@ def _scan_forward(
             (batch, -(-seqlen // _CHECKPOINT_EVERY), A.shape[1], dim) if keep_for_backward else (0,) * 4, dtype=ct
         )
         blocks = _job_blocks(dim, bk.shape[1], ck.shape[1])
-        with _KERNEL_LOCK:
-            threads = _use_threads(batch * blocks.shape[0], u.numel() * A.shape[1])
+        with _KERNEL_LOCK, _use_threads(batch * blocks.shape[0], u.numel() * A.shape[1]) as threads:
             _entry("forward", ct, threads > 1)(
                 _view(u, ct), _view(delta, ct), _zeros_or(delta_bias, dim, ct), softplus,
                 _exponent_factors(A, ct) if a_exp is None else a_exp, _polynomials(ct), _np(bk, ct), _np(ck, ct),
@@ -972,8 +979,7 @@ def _scan_backward(
         elif gz is None:
             gz = _empty_like(z, ct)
         blocks = _job_blocks(dim, bk.shape[1], ck.shape[1])
-        with _KERNEL_LOCK:
-            parts = _use_threads(u.shape[0] * blocks.shape[0], u.numel() * n_state)
+        with _KERNEL_LOCK, _use_threads(u.shape[0] * blocks.shape[0], u.numel() * n_state) as parts:
             # float64 partial sums (summed over the work items below): a float32 sum over a long sequence
             # lost digits with L (dA 5.7e-6 relative at L = 32k)
             partial = [
