@@ -37,6 +37,7 @@ from longiseg.utils.io import (
     expand_home,
     folder_is_empty,
 )
+from longiseg.utils.validation import DEBUG_CHECKS_ENV, env_flag
 
 __all__ = ["main", "build_parser", "Terminated", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED",
            "EXIT_TERMINATED"]
@@ -618,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:
-    return "--debug" in argv or os.environ.get("LONGISEG_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+    """``--debug`` among ``argv``, or ``LONGISEG_DEBUG`` on (``ValueError`` for a value that is neither on nor off)."""
+    return "--debug" in argv or env_flag("LONGISEG_DEBUG")
 
 
 #: How torch re-raises an exception of a DataLoader worker (or pin-memory thread): its type with the worker's
@@ -672,7 +674,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         SIGTERM.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = _debug_requested(argv)
+    try:
+        debug = _debug_requested(argv)
+        env_flag(DEBUG_CHECKS_ENV)  # a typo there fails now, not at the first training step
+    except ValueError as err:
+        print(f"longiseg: error: {err}", file=sys.stderr)
+        return 2
     argv = [a for a in argv if a != "--debug"]
     name = "longiseg"  # "longiseg COMMAND" once the arguments are parsed
     # SIGTERM raises Terminated (a KeyboardInterrupt) while main runs, unless someone else chose what it does

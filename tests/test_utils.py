@@ -602,3 +602,32 @@ def test_an_image_beyond_float32s_range_is_named_as_such(tmp_path) -> None:
     img[0, 0, 0] = np.nan  # a NaN in the file is the callers' to name
     nib.save(nib.Nifti1Image(img, np.eye(4)), tmp_path / "nan.nii.gz")
     assert np.isnan(np.asarray(load_nifti(tmp_path / "nan.nii.gz", dtype=np.float32).dataobj)).any()
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("TRUE", True), (" yes ", True), ("On", True), ("", False),
+                                             ("0", False), ("false", False), ("No", False), ("off", False)])
+def test_env_flag_reads_on_and_off(monkeypatch, value: str, expected: bool) -> None:
+    from longiseg.utils.validation import debug_checks_enabled, env_flag
+
+    monkeypatch.setenv("LONGISEG_DEBUG_CHECKS", value)
+    assert env_flag("LONGISEG_DEBUG_CHECKS") is expected and debug_checks_enabled() is expected
+    monkeypatch.delenv("LONGISEG_DEBUG_CHECKS")
+    assert env_flag("LONGISEG_DEBUG_CHECKS") is False
+
+
+@pytest.mark.parametrize("value", ["2", "enabled", "y", "tru"])
+def test_env_flag_refuses_what_is_neither_on_nor_off(monkeypatch, capsys, value: str) -> None:
+    """LONGISEG_DEBUG_CHECKS=2 or LONGISEG_DEBUG=enabled silently meant off."""
+    from longiseg.cli import main
+    from longiseg.utils.validation import debug_checks_enabled
+
+    monkeypatch.setenv("LONGISEG_DEBUG_CHECKS", value)
+    with pytest.raises(ValueError, match=rf"the environment variable LONGISEG_DEBUG_CHECKS must be one of "
+                                         rf"1/true/yes/on \(on\) or 0/false/no/off \(off\), got '{value}'"):
+        debug_checks_enabled()
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err.strip().startswith("longiseg: error: the environment variable LONGISEG_DEBUG_CHECKS")
+    monkeypatch.delenv("LONGISEG_DEBUG_CHECKS")
+    monkeypatch.setenv("LONGISEG_DEBUG", value)
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err.strip().startswith("longiseg: error: the environment variable LONGISEG_DEBUG must")

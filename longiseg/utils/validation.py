@@ -27,6 +27,7 @@ import torch
 
 __all__ = [
     "DEBUG_CHECKS_ENV",
+    "env_flag",
     "debug_checks",
     "debug_checks_enabled",
     "check_tensor",
@@ -71,15 +72,39 @@ DEBUG_CHECKS_ENV = "LONGISEG_DEBUG_CHECKS"
 _DEBUG_OVERRIDE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("longiseg_debug_checks", default=None)
 
 
+_TRUE_WORDS, _FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def env_flag(name: str) -> bool:
+    """The on/off environment variable ``name``: ``1``, ``true``, ``yes`` or ``on`` (any case) is on; unset, empty,
+    ``0``, ``false``, ``no`` or ``off`` is off. The one reader of longiseg's switches such as ``LONGISEG_DEBUG``.
+
+    Raises:
+        ValueError: any other value, naming the variable (``2`` or ``enabled`` silently meant off).
+    """
+    check_instance("name", name, str, "a str")
+    value = os.environ.get(name, "")
+    word = value.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise ValueError(f"the environment variable {name} must be one of {'/'.join(_TRUE_WORDS)} (on) or "
+                     f"{'/'.join(_FALSE_WORDS[1:])} (off), got {value!r}")
+
+
 def debug_checks_enabled() -> bool:
     """Whether the value checks inside a training step run (NaN/inf model inputs and logits, binary targets).
 
-    ``True`` inside ``with debug_checks():``, else when ``LONGISEG_DEBUG_CHECKS`` is ``1``/``true``/``yes``/``on``.
+    ``True`` inside ``with debug_checks():``, else as :func:`env_flag` reads ``LONGISEG_DEBUG_CHECKS``.
+
+    Raises:
+        ValueError: ``LONGISEG_DEBUG_CHECKS`` is neither on nor off (see :func:`env_flag`).
     """
     override = _DEBUG_OVERRIDE.get()
     if override is not None:
         return override
-    return os.environ.get(DEBUG_CHECKS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag(DEBUG_CHECKS_ENV)
 
 
 @contextlib.contextmanager
