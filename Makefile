@@ -8,7 +8,7 @@ EXTRAS ?= cpu,dev,demo,baselines,docs,register
 
 .PHONY: install test test-all demo bench docs lint clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile longiseg/_version.py  # the version: the installed metadata says it
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)

@@ -178,7 +178,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # string
     folders = [f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in (("data.root", args.data),
                                                                  ("trainer.output_dir", args.output)) if value]
-    cfg = _load_experiment(args.config, [*args.overrides, *folders])
+    quiet = ["trainer.progress_bar=false"] if args.no_progress else []
+    cfg = _load_experiment(args.config, [*args.overrides, *folders, *quiet])
     check_output_folder(cfg.trainer.output_dir, "--output")
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     if launch_rank() == 0:  # under torchrun: rank 0 reports
@@ -509,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model from an experiment config (YAML/JSON)")
     p.add_argument("config", type=expand_home, nargs="?", default=None,
-                   help="experiment config file (see examples/configs)")
+                   help="experiment config file (longiseg demo writes some to OUTPUT/configs; a source checkout "
+                        "has more in examples/configs)")
     p.add_argument("--data", type=expand_home, default=None, help="cohort folder (overrides data.root)")
     p.add_argument("--output", type=expand_home, default=None, help="run folder (overrides trainer.output_dir)")
     p.add_argument("--resume", action="store_true",
@@ -517,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an OUTPUT that already holds a run (its checkpoints and tuning are removed "
                         "when the new run starts: train into another folder to keep them until it is done)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (trainer.progress_bar=false)")
     _add_overrides(p)
     p.set_defaults(func=_cmd_train)
 

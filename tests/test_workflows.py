@@ -147,6 +147,22 @@ def test_models_command_names_the_dim_filter_when_nothing_matches(capsys: pytest
     assert len(captured.err.splitlines()) == 1
 
 
+def test_train_takes_no_progress_like_every_other_command(tmp_path: Path, monkeypatch) -> None:
+    """train was the only command that runs a model without --no-progress ("unrecognized arguments")."""
+    import longiseg.workflows.train as train
+
+    seen = []
+
+    class Done:
+        def summary(self) -> str:
+            return "done"
+
+    monkeypatch.setattr(train, "run_training", lambda cfg, **kw: seen.append(cfg) or Done())
+    for flags, shown in (([], True), (["--no-progress"], False)):
+        assert main(["train", "--data", str(tmp_path), "--output", str(tmp_path / "run"), *flags]) == 0
+        assert seen[-1].trainer.progress_bar is shown
+
+
 def test_clear_errors_for_missing_data_unknown_model_and_bad_key(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--data", str(tmp_path / "nope"), "--set", "trainer.max_epochs=1"]) == 2
