@@ -146,6 +146,26 @@ def test_a_resume_with_other_clipping_or_stopping_settings_says_the_run_will_dif
         assert f"with {key}={value!r} (checkpoint had" in caplog.text, key
 
 
+def test_a_resume_with_another_cpu_thread_count_says_the_run_will_differ(tmp_path, caplog) -> None:
+    """Every other setting that breaks an exact resume was warned about; the thread count (which splits the CPU
+    kernels' float sums) was not recorded."""
+    import logging
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _fit(tmp_path, max_epochs=1)
+        with caplog.at_level(logging.WARNING, logger="longiseg"):
+            _fit(tmp_path, resume=True, max_epochs=2)  # the same count: no word
+        assert "CPU threads" not in caplog.text
+        torch.set_num_threads(2)
+        with caplog.at_level(logging.WARNING, logger="longiseg"):
+            _fit(tmp_path, resume=True, max_epochs=3)
+        assert "with 2 CPU threads (the run had 1)" in caplog.text and "--threads 1 keeps it exact" in caplog.text
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_loss_monitored_for_its_maximum_is_refused() -> None:
     # trainer.monitor=train_loss kept the default monitor_mode max: best.pt was the epoch of the highest loss
     with pytest.raises(ConfigError, match=r"monitor 'train_loss' is a loss \(lower is better\): set monitor_mode "

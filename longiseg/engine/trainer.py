@@ -717,7 +717,7 @@ class Trainer:
             "model_kwargs": self.model_kwargs, "trainer_config": self.config.to_dict(),
             "history": self.history,
             "extra": {"best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
-                      "world_size": self.ctx.world_size},
+                      "world_size": self.ctx.world_size, "cpu_threads": torch.get_num_threads()},
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:
@@ -795,6 +795,12 @@ class Trainer:
         for key in differ:
             logger.warning("resuming %s with %s=%r (checkpoint had %r): the run will differ from an uninterrupted "
                            "one", path, key, now[key], old[key])
+        threads = extra.get("cpu_threads")
+        if (self.device.type == "cpu" and not self.finished and isinstance(threads, int)
+                and threads != torch.get_num_threads()):  # CPU kernels split their sums by the thread count
+            logger.warning("resuming %s with %d CPU threads (the run had %d): float sums are split otherwise, so the "
+                           "run will differ in the last bits from an uninterrupted one (--threads %d keeps it exact)",
+                           path, torch.get_num_threads(), threads, threads)
         changed = [k for k in ("monitor", "monitor_mode") if k in old and old[k] != now[k]]
         if changed:
             # the restored best value was measured on another metric (or is better the other way round): comparing
