@@ -37,7 +37,9 @@ LAYERS: dict[str, int] = {
 }
 
 #: Imported only where used (optional or slow to import): ``import longiseg`` must not import them.
-LAZY_MODULES = ("cc3d", "matplotlib", "monai", "nibabel", "nilearn", "numba", "SimpleITK", "timm", "torchvision")
+# torch._dynamo: torch.compiler.disable at import cost over a second, a cache folder and TORCHINDUCTOR_CACHE_DIR
+LAZY_MODULES = ("cc3d", "matplotlib", "monai", "nibabel", "nilearn", "numba", "SimpleITK", "timm", "torchvision",
+                "torch._dynamo")
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -207,6 +209,46 @@ def test_import_longiseg_is_light_and_fills_the_registry() -> None:
     imported, registered = run.stdout.strip().splitlines()
     assert imported == "[]", f"import longiseg imported {imported}; import them where they are used"
     assert registered == "True True", "import longiseg must register the built-in models"
+
+
+def test_constant_under_compile_sets_the_mark_torch_sets() -> None:
+    """constant_under_compile marks without importing torch._dynamo; the mark must stay the one torch's
+    assume_constant_result sets (else torch.compile would trace into a cached import again)."""
+    import torch
+
+    from longiseg.utils.tracing import constant_under_compile
+
+    def ours() -> bool:
+        return True
+
+    def theirs() -> bool:
+        return True
+
+    assert vars(constant_under_compile(ours)) == vars(torch.compiler.assume_constant_result(theirs))
+
+
+def test_outside_compiled_graphs_runs_eagerly_under_compile() -> None:
+    import torch
+
+    from longiseg.utils.tracing import is_compiling, outside_compiled_graphs
+
+    seen = []
+
+    @outside_compiled_graphs
+    def double(x: torch.Tensor) -> torch.Tensor:
+        seen.append(is_compiling())
+        for _ in range(2):  # a loop dynamo would unroll
+            x = x * 2
+        return x
+
+    x = torch.arange(4.0, requires_grad=True)
+    assert torch.equal(double(x), x * 4)
+    compiled = torch.compile(lambda v: double(v + 1) - 1, backend="eager")
+    y = compiled(x)
+    y.sum().backward()
+    assert torch.equal(y, (x + 1) * 4 - 1) and torch.equal(x.grad, torch.full((4,), 4.0))
+    assert seen == [False, False]  # inside, dynamo does not trace
+    assert double.__name__ == "double"
 
 
 def test_docs_table_states_the_layers() -> None:

@@ -222,8 +222,8 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     batch, _, dim = x.shape
     y = torch.empty(x.shape, dtype=ct)
     blocks = _job_blocks(dim, 1, 1)  # the scan's jobs: blocks of 64 channels
-    with torch.no_grad(), _KERNEL_LOCK:
-        threads = _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1])  # work: multiply-adds
+    # work: multiply-adds
+    with torch.no_grad(), _KERNEL_LOCK, _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1]) as threads:
         _entry("forward", ct, threads > 1)(
             _channel_rows(x, ct), _np(weight, ct), _zeros_or(bias, dim, ct), _polynomials(ct), y.numpy(), blocks,
         )
@@ -245,8 +245,7 @@ def conv_backward(
     batch, _, dim = x.shape
     gx = torch.empty(x.shape, dtype=ct) if gx is None else gx
     blocks = _job_blocks(dim, 1, 1)  # the scan's jobs: blocks of 64 channels
-    with torch.no_grad(), _KERNEL_LOCK:
-        parts = _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1])
+    with torch.no_grad(), _KERNEL_LOCK, _use_threads(batch * blocks.shape[0], x.numel() * weight.shape[1]) as parts:
         gx_np = gx.detach().numpy()
         gw = np.zeros((parts, *weight.shape), dtype=gx_np.dtype)
         gb = np.zeros((parts, dim), dtype=gx_np.dtype)

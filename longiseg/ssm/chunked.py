@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from longiseg.ssm.inputs import bc_grouped, compute_dtype, first_order_gradients, prepare_scan_inputs
-from longiseg.utils.tracing import is_compiling, is_exporting
+from longiseg.utils.tracing import is_compiling, is_exporting, outside_compiled_graphs
 from longiseg.utils.validation import check_positive_int
 
 __all__ = ["selective_scan_chunked", "default_chunk_size", "DEFAULT_BLOCK_ELEMS"]
@@ -473,4 +473,4 @@ def selective_scan_chunked(
 #: (minutes of compilation for SegMaST), and with dynamic shapes (the default's recompilation at a second sequence
 #: length) it stalled for more than ten minutes simplifying the chunk reshapes' symbolic sizes. Run eagerly, the scan
 #: computes what it computes outside compilation, its backward included.
-_outside_graph = torch.compiler.disable(selective_scan_chunked)
+_outside_graph = outside_compiled_graphs(selective_scan_chunked)

@@ -55,13 +55,14 @@ import os
 import threading
 import types
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from longiseg.ssm.inputs import compute_dtype, first_order_gradients, prepare_scan_inputs
 from longiseg.utils.logging import get_logger, log_once
+from longiseg.utils.tracing import constant_under_compile, outside_compiled_graphs
 
 _LOGGER = get_logger("longiseg.ssm")
 
@@ -198,10 +199,10 @@ def _outside_compiled_graphs(fn: _F) -> _F:
     autograd function, kernels) as in eager mode, so the compiled model's forward and backward passes are
     eager's. Outside compilation it costs one wrapper call (about 0.2 us).
     """
-    return cast(_F, torch.compiler.disable(fn))
+    return outside_compiled_graphs(fn)
 
 
-@torch.compiler.assume_constant_result  # a constant for torch.compile, which would trace the cached import
+@constant_under_compile  # a constant for torch.compile, which would trace the cached import
 def cpu_kernel_available() -> bool:
     """Whether numba is importable (the compiled CPU scan can run)."""
     return _load_numba()[0] is not None
