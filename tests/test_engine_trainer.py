@@ -94,6 +94,16 @@ def test_fit_restores_the_processs_deterministic_settings(tmp_path) -> None:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
+def test_a_bad_debug_checks_variable_fails_before_fit_writes(tmp_path, monkeypatch) -> None:
+    seed_everything(0)
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=8), _config(tmp_path / "run", max_epochs=1),
+                      loss_fn=ImbalanceAwareLoss())
+    monkeypatch.setenv("LONGISEG_DEBUG_CHECKS", "2")
+    with pytest.raises(ValueError, match="LONGISEG_DEBUG_CHECKS must be one of"):
+        trainer.fit()
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 def test_loss_decreases_and_logs(tmp_path) -> None:
     _, trainer, result = _fit(tmp_path, max_epochs=5)
     losses = [row["train_loss"] for row in result.history]

@@ -113,6 +113,7 @@ def test_csv_text_one_cell_format():
     import csv
     import io
 
+    assert csv_text([{"x": np.float32(0.1), "y": np.float16(-0.3), "z": np.float32("inf")}]) == "x,y,z\n0.1,-0.3,inf\n"
     rows = [{"a": float("nan"), "b": np.float32(0.25), "c": 1.23456},
             {"a": np.float64("nan"), "c": float("inf"), "d": np.int64(3), "e": True}]
     text = csv_text(rows, decimals=3)

@@ -59,7 +59,13 @@ from longiseg.networks.wrappers import eval_mode
 from longiseg.utils.io import atomic_write, check_replaceable, csv_text, end_with_parent
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.seeds import generator_seed
-from longiseg.utils.validation import DEBUG_CHECKS_ENV, check_bool, check_callable, check_path
+from longiseg.utils.validation import (
+    DEBUG_CHECKS_ENV,
+    check_bool,
+    check_callable,
+    check_path,
+    debug_checks_enabled,
+)
 
 __all__ = [
     "Trainer",
@@ -865,10 +871,12 @@ class Trainer:
             FileExistsError: a fresh start (``resume=False``, or ``True`` without ``last.pt``) in an
                 ``output_dir`` holding ``last.pt`` or ``best.pt`` without ``overwrite=True``, before any work.
             ValueError: a fresh start of a Trainer that holds a trained state (from :meth:`load_checkpoint` or an
-                earlier :meth:`fit`): its counters and history would pass for this run's.
+                earlier :meth:`fit`): its counters and history would pass for this run's; ``LONGISEG_DEBUG_CHECKS``
+                neither on nor off (:func:`~longiseg.utils.validation.env_flag`), before anything is written.
         """
         resume = _check_resume(resume)
         overwrite = check_bool("overwrite", overwrite)
+        debug_checks_enabled()  # a bad LONGISEG_DEBUG_CHECKS fails here, not at the first step after files were written
         cfg = self.config
         last_path = self.output_dir / LAST_CHECKPOINT
         best_path = self.output_dir / BEST_CHECKPOINT

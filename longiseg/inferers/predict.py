@@ -68,7 +68,14 @@ from longiseg.utils.io import (
 )
 from longiseg.utils.logging import get_logger, log_once
 from longiseg.utils.nifti import SpatialHeader
-from longiseg.utils.validation import check_affine, check_bool, check_callable, check_instance, check_path
+from longiseg.utils.validation import (
+    check_affine,
+    check_bool,
+    check_callable,
+    check_instance,
+    check_path,
+    debug_checks_enabled,
+)
 
 __all__ = [
     "Inferer",
@@ -545,6 +552,7 @@ def predict_folder(
                              f"{list(spec.modalities)} in that order (leave modalities out to use it)")
     options = {**{n: params[n].default for n in _OPTIONS}, **predict_kwargs, "overwrite": overwrite}
     _check_options(options)
+    debug_checks_enabled()  # a bad LONGISEG_DEBUG_CHECKS fails before any case, not inside the first
     # reference lesion masks are not what prediction reads: a problem of theirs is evaluate's to report
     sources = {s.case_id: s for s in find_cases(in_dir, modalities=modalities, require_masks=None)}
     if case_ids is None:

@@ -364,7 +364,11 @@ def detect_lesions(
         p: predicted ``bool`` mask ``(D, H, W)`` or ``(H, W)``.
         g: reference ``bool`` mask of the same shape.
         sp: voxel size in mm per axis, ``(ndim,)`` float array.
-        connectivity, min_volume_mm3, rule, iou_threshold, zero_division: as in :func:`lesion_detection`.
+        connectivity: 6, 18 or 26 in 3D; 4 or 8 in 2D.
+        min_volume_mm3: lesions smaller than this are left out of both labellings.
+        rule: the matching rule (:data:`MATCHING_RULES`).
+        iou_threshold: as in :func:`lesion_detection`.
+        zero_division: as in :func:`lesion_detection`.
 
     Returns:
         ``(detection, reference labels, predicted labels)``.

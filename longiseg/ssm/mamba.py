@@ -23,6 +23,7 @@ from longiseg.ssm.causal_conv import causal_conv1d_silu_reference
 from longiseg.ssm.cuda import load_causal_conv1d
 from longiseg.ssm.selective_scan import check_backend, log_backend, resolve_backend, selective_scan
 from longiseg.utils.device import factory_device
+from longiseg.utils.tracing import prepare_compiled_graph_breaks
 from longiseg.utils.validation import (
     check_bool,
     check_matches_parameters,
@@ -87,6 +88,7 @@ class Mamba(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
+        prepare_compiled_graph_breaks()  # where torch's compiler is loaded: made now, not while traced
         d_model, d_state, d_conv = (check_positive_int(n, v) for n, v in (
             ("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)))
         expand = check_positive_float("expand", expand)

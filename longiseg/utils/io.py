@@ -703,7 +703,9 @@ def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = 
 
 
 def _csv_cell(v: Any, decimals: int | None) -> Any:
-    if isinstance(v, np.generic):
+    if isinstance(v, np.floating):  # its shortest decimal: float32 0.1 as 0.1, not 0.10000000149011612
+        v = float(str(v))
+    elif isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not isinstance(v, bool):
         if math.isnan(v):

@@ -1,8 +1,10 @@
-"""Whether a graph capture records the current call: ``torch.export`` and ``torch.compile`` (dynamo).
+"""Graph capture (``torch.export`` and ``torch.compile``, i.e. dynamo): whether it records the current call, and
+functions it must not trace.
 
-Code that must run otherwise while traced asks these (the selective scan: no ``out=`` operations in an exported
-program, no numba kernel on fake tensors, no dispatch on values dynamo cannot see). Torch versions without these
-queries never trace this way: both answer ``False``.
+Code that must run otherwise while traced asks :func:`is_exporting`/:func:`is_compiling` (the selective scan: no
+``out=`` operations in an exported program, no numba kernel on fake tensors, no dispatch on values dynamo cannot
+see). :func:`outside_compiled_graphs` and :func:`constant_under_compile` mark functions for dynamo without
+importing it: ``import longiseg`` does not pay for torch's compiler.
 """
 
 from __future__ import annotations
@@ -14,20 +16,21 @@ from typing import Any, TypeVar, cast
 
 import torch
 
-__all__ = ["is_exporting", "is_compiling", "outside_compiled_graphs", "constant_under_compile"]
+__all__ = ["is_exporting", "is_compiling", "outside_compiled_graphs", "prepare_compiled_graph_breaks",
+           "constant_under_compile"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def is_exporting() -> bool:
     """Whether ``torch.export`` records the call (on fake tensors: the values are not there)."""
-    return bool(getattr(torch.compiler, "is_exporting", lambda: False)())
+    return bool(torch.compiler.is_exporting())
 
 
 def is_compiling() -> bool:
     """Whether dynamo (``torch.compile``, ``torch.export``) traces the call; inside a ``torch.compiler.disable``
     region it does not, and the call runs eagerly."""
-    return bool(getattr(torch.compiler, "is_compiling", lambda: False)())
+    return bool(torch.compiler.is_compiling())
 
 
 def outside_compiled_graphs(fn: _F) -> _F:
@@ -35,21 +38,42 @@ def outside_compiled_graphs(fn: _F) -> _F:
     breaks at the call, and ``fn`` with everything it calls runs as in eager mode.
 
     ``torch.compiler.disable`` imports ``torch._dynamo`` (over a second, a cache folder and an environment variable),
-    which ``import longiseg`` should not cost a process that never compiles: the disabled function is made at the
-    first call once dynamo is loaded; before, nothing can be compiling and ``fn`` runs as it is.
+    which ``import longiseg`` should not cost a process that never compiles: the disabled function is made by
+    :func:`prepare_compiled_graph_breaks` (which building a model calls once dynamo is loaded, so the graph breaks
+    are those of a decorator: made inside a compiled region, dynamo logs one more break with advice that does not
+    apply) or else at the first call once dynamo is loaded; before, nothing can be compiling and ``fn`` runs as it
+    is.
     """
-    disabled: Callable[..., Any] | None = None
+    disabled: list[Callable[..., Any]] = []
+
+    def prepare() -> None:
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        nonlocal disabled
-        if disabled is None:
+        if not disabled:
             if "torch._dynamo" not in sys.modules:  # no torch.compile or torch.export has run in this process
                 return fn(*args, **kwargs)
-            disabled = torch.compiler.disable(fn)
-        return disabled(*args, **kwargs)
+            prepare()
+        return disabled[0](*args, **kwargs)
 
+    _PENDING.append(prepare)
+    if "torch._dynamo" in sys.modules:  # a module imported after the compiler: made now, as a decorator would
+        prepare()
     return cast(_F, call)
+
+
+#: What makes each :func:`outside_compiled_graphs` function's disabled twin.
+_PENDING: list[Callable[[], None]] = []
+
+
+def prepare_compiled_graph_breaks() -> None:
+    """Make every :func:`outside_compiled_graphs` function's ``torch.compiler.disable`` twin now if torch's compiler
+    is loaded (building a model that uses timm loads it): outside any compiled region, as a decorator would have."""
+    if "torch._dynamo" in sys.modules:
+        for prepare in _PENDING:
+            prepare()
 
 
 def constant_under_compile(fn: _F) -> _F:
