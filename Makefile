@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch/torchvision releases that are known to work together (timm needs a matching pair).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= cpu,dev,demo,baselines,docs,register
+EXTRAS ?= cpu,dev,demo,baselines,docs,register,tensorboard
 
 .PHONY: install test test-all demo bench docs lint clean
 

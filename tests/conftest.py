@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -41,3 +44,16 @@ def _seed() -> None:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def live_pid() -> Iterator[int]:
+    """The pid of another live process on this host (a sleeping child): what a test's claim or lock names as its
+    holder. The test process's parent was used, which does not exist when pytest itself is process 1 (a
+    container without an init process)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    try:
+        yield child.pid
+    finally:
+        child.kill()
+        child.wait()

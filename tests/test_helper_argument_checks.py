@@ -293,7 +293,9 @@ def test_valid_arguments_still_work(tmp_path: Path) -> None:
     assert as_mask_pair(M2, M2, names=["p", "g"])[0].shape == (3, 3)
     assert as_spacing(np.float32(2.0), np.int64(3)).tolist() == [2.0, 2.0, 2.0]
     assert foreground_slices(M2, M2, margin=np.int64(1)) is None
-    assert log_once(logging.LoggerAdapter(LOG, {}), "adapter-key", "m", level=logging.DEBUG) in (True, False)
+    key = f"adapter-key-{os.getpid()}-{id(tmp_path)}"  # new in this process: logged once, then not again
+    assert log_once(logging.LoggerAdapter(LOG, {}), key, "m", level=logging.DEBUG) is True
+    assert log_once(logging.LoggerAdapter(LOG, {}), key, "m", level=logging.DEBUG) is False
     assert io.process_start_time(np.int64(os.getpid())) is not None or os.name == "nt"
     assert io.writer_ended(tmp_path, np.int64(os.getpid()), None, None) is False
     written = io.atomic_write_json(tmp_path / "a.json", {"a": 1}, indent=np.int64(1))

@@ -639,11 +639,12 @@ def _claims(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
 
 
-def test_skip_existing_workers_split_the_cases_by_claims(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_skip_existing_workers_split_the_cases_by_claims(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                         live_pid: int) -> None:
     """Several --skip-existing workers on one output folder: a case claimed by a live process (here: this test's
-    parent, on this host; or a recent claim of another host) is left to it, an abandoned claim (a process that no
-    longer runs; another host's claim older than a day) is taken over; a worker holds the claim of the case it
-    predicts and removes it afterwards."""
+    sleeping child, on this host; or a recent claim of another host) is left to it, an abandoned claim (a process
+    that no longer runs; another host's claim older than a day) is taken over; a worker holds the claim of the
+    case it predicts and removes it afterwards."""
     import os
     import socket
     import subprocess
@@ -659,7 +660,7 @@ def test_skip_existing_workers_split_the_cases_by_claims(tmp_path: Path, caplog:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     dead_pid = int(gone.stdout)  # a process that ran on this host and no longer runs
-    claims = {"b": {"host": host, "pid": os.getppid()}, "c": {"host": host, "pid": dead_pid},
+    claims = {"b": {"host": host, "pid": live_pid}, "c": {"host": host, "pid": dead_pid},
               "d": {"host": "another-node", "pid": 1}, "e": {"host": "another-node", "pid": 1}}
     for cid, claim in claims.items():
         (out / f".{cid}.claim").write_text(json.dumps(claim))
@@ -683,7 +684,7 @@ def test_skip_existing_workers_split_the_cases_by_claims(tmp_path: Path, caplog:
     assert all(c is not None and c["host"] == host and c["pid"] == os.getpid() for _, c in held)
     assert _claims(out) == [".b.claim", ".d.claim"]  # the live holders' claims stay, this run's are removed
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a", "c", "e"]
-    assert f"skipping case b: another process (pid {os.getppid()} on {host}) is predicting it" in caplog.text
+    assert f"skipping case b: another process (pid {live_pid} on {host}) is predicting it" in caplog.text
     assert "skipping case d: another process (pid 1 on another-node) is predicting it" in caplog.text
     # the holders finished (their claims gone, their cases complete): a later run keeps them, claims nothing
     for cid in ("b", "d"):
@@ -704,11 +705,10 @@ def test_skip_existing_workers_split_the_cases_by_claims(tmp_path: Path, caplog:
     assert held[-1][0] == "a" and held[-1][1] is not None and _claims(out) == []
 
 
-def test_skip_existing_workers_of_two_models_stop_at_the_first_case_both_want(tmp_path: Path) -> None:
+def test_skip_existing_workers_of_two_models_stop_at_the_first_case_both_want(tmp_path: Path, live_pid: int) -> None:
     """Two --skip-existing workers of different checkpoints (or settings) started together on one folder each left
     the other's claimed cases to it and both exited 0, the folder holding cases of two models: a claim records
     a digest of its worker's model and settings, and a worker meeting another's refuses."""
-    import os
     import socket
 
     from longiseg.data.claims import claim_case
@@ -728,10 +728,10 @@ def test_skip_existing_workers_of_two_models_stop_at_the_first_case_both_want(tm
     producer = seen[0]["producer"]
     folder[0] = out
     assert isinstance(producer, str) and len(producer) == 64
-    live = {"host": socket.gethostname(), "pid": os.getppid(), "command": "longiseg predict --skip-existing"}
+    live = {"host": socket.gethostname(), "pid": live_pid, "command": "longiseg predict --skip-existing"}
     (out / ".a.claim").write_text(json.dumps({**live, "producer": "0" * 64}))
     with pytest.raises(FileExistsError, match=rf"case 'a' is being predicted into {re.escape(str(out))} by another "
-                                              rf"model or other settings \(pid {os.getppid()} on"):
+                                              rf"model or other settings \(pid {live_pid} on"):
         predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, skip_existing=True,
                        reader=reader)
     assert _claims(out) == [".a.claim"] and not [p for p in out.iterdir() if not p.name.startswith(".")]
@@ -748,11 +748,10 @@ def test_skip_existing_workers_of_two_models_stop_at_the_first_case_both_want(tm
         claim_case(out, "a", producer=3)
 
 
-def test_a_run_that_writes_the_folder_alone_claims_it(tmp_path: Path) -> None:
+def test_a_run_that_writes_the_folder_alone_claims_it(tmp_path: Path, live_pid: int) -> None:
     """Two predict --overwrite runs of different models into one folder both succeeded, their cases mixed (one
     case of each model): a run without skip_existing holds the folder, a second one (or a --skip-existing worker)
     is refused before any case is read, and one is refused while --skip-existing workers hold cases there."""
-    import os
     import socket
 
     from longiseg.data.claims import FOLDER_CLAIM
@@ -767,13 +766,13 @@ def test_a_run_that_writes_the_folder_alone_claims_it(tmp_path: Path) -> None:
         assert (out / FOLDER_CLAIM).is_file()  # held while the cases are predicted
         return load_case(source)
 
-    # this test's parent: a live process; the message names the holder's command
-    live = {"host": socket.gethostname(), "pid": os.getppid(), "command": "longiseg register"}
+    # another live process; the message names the holder's command
+    live = {"host": socket.gethostname(), "pid": live_pid, "command": "longiseg register"}
     for name, kwargs in ((FOLDER_CLAIM, {}), (FOLDER_CLAIM, {"skip_existing": True}), (".b.claim", {})):
         (out / name).write_text(json.dumps(live))
         with pytest.raises(FileExistsError, match=rf"{re.escape(str(out))} is being written by (another longiseg "
                                                   rf"register \(|processes sharing it \(longiseg register, )"
-                                                  rf"pid {os.getppid()}"):
+                                                  rf"pid {live_pid}"):
             predict_folder(Voxelwise(), tmp_path / "in", out, inferer=_inferer(), progress=False, reader=reader,
                            **kwargs)
         assert _claims(out) == [name]  # the holder's claim stays; nothing else was written
@@ -786,11 +785,10 @@ def test_a_run_that_writes_the_folder_alone_claims_it(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a", "b", "c"]
 
 
-def test_a_sharing_worker_stops_when_a_run_claims_the_folder_meanwhile(tmp_path: Path) -> None:
+def test_a_sharing_worker_stops_when_a_run_claims_the_folder_meanwhile(tmp_path: Path, live_pid: int) -> None:
     """A --skip-existing worker checked the folder's claim once, before its first case: a run that claimed the folder
     between two of the worker's cases (it saw no case claim then) had the worker write the rest of the cases into
     it. The worker checks again after claiming each case, releases that case and stops."""
-    import os
     import socket
 
     from longiseg.data.claims import FOLDER_CLAIM
@@ -802,7 +800,7 @@ def test_a_sharing_worker_stops_when_a_run_claims_the_folder_meanwhile(tmp_path:
     def reader(source: CaseSource) -> LongitudinalCase:
         read.append(source.case_id)
         if source.case_id == "a":  # another run takes the folder while this worker predicts its first case
-            (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(),
+            (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": live_pid,
                                                         "command": "longiseg predict"}))
         return load_case(source)
 
@@ -816,10 +814,9 @@ def test_a_sharing_worker_stops_when_a_run_claims_the_folder_meanwhile(tmp_path:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs /proc (process start times)")
-def test_a_claim_whose_pid_now_names_another_process_is_taken_over(tmp_path: Path) -> None:
+def test_a_claim_whose_pid_now_names_another_process_is_taken_over(tmp_path: Path, live_pid: int) -> None:
     """A claim records its process' start time: the same pid with another start time is another process (the
     system gave the pid again), so the claim is abandoned; with its own start time the holder is live."""
-    import os
     import socket
 
     from longiseg.utils.io import process_start_time
@@ -827,7 +824,7 @@ def test_a_claim_whose_pid_now_names_another_process_is_taken_over(tmp_path: Pat
     _three_cases(tmp_path / "in")
     out = tmp_path / "out"
     out.mkdir()
-    host, parent = socket.gethostname(), os.getppid()
+    host, parent = socket.gethostname(), live_pid
     started = process_start_time(parent)
     assert started is not None
     claims = {"a": {"host": host, "pid": parent, "started": started},

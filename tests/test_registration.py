@@ -533,12 +533,11 @@ def test_a_case_folder_that_is_no_case_id_is_refused_before_any_case(tmp_path: P
     assert called == sorted(["ok", name])
 
 
-def test_register_folder_refuses_a_folder_another_register_writes(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_register_folder_refuses_a_folder_another_register_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  live_pid: int) -> None:
     """Two register --overwrite runs (3 mm and 5 mm) into one folder both succeeded: one case of each spacing, and
     registration.json recording one of them. The folder is held while a run registers its cases."""
     import json
-    import os
     import re
     import socket
 
@@ -549,7 +548,7 @@ def test_register_folder_refuses_a_folder_another_register_writes(tmp_path: Path
     _save(np.ones((4, 4, 4), np.float32), np.eye(4), tmp_path / "raw" / "c" / "t0_flair.nii.gz")
     out = tmp_path / "out"
     out.mkdir()
-    (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(),
+    (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": live_pid,
                                                 "command": "longiseg register"}))
 
     def never(*args: object, **kwargs: object) -> None:
@@ -557,7 +556,7 @@ def test_register_folder_refuses_a_folder_another_register_writes(tmp_path: Path
 
     monkeypatch.setattr(cohort, "register_case", never)
     with pytest.raises(FileExistsError, match=rf"{re.escape(str(out))} is being written by another longiseg register "
-                                              rf"\(pid {os.getppid()} "):
+                                              rf"\(pid {live_pid} "):
         cohort.register_folder(tmp_path / "raw", out, cohort.RegistrationOptions(qc_figures=False), overwrite=True,
                                progress=False)
     assert [p.name for p in out.iterdir()] == [FOLDER_CLAIM]
@@ -570,12 +569,11 @@ def test_register_folder_refuses_a_folder_another_register_writes(tmp_path: Path
     assert held == [True] and not (out / FOLDER_CLAIM).exists()
 
 
-def test_register_folder_takes_over_the_claim_of_a_killed_register(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_register_folder_takes_over_the_claim_of_a_killed_register(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    live_pid: int) -> None:
     """A register killed (SIGKILL, out of memory) in a new folder left only its claim there: every later register
     without --overwrite was told the folder is not empty and to pass --overwrite. The abandoned claim is taken
     over; a live holder is named instead of the --overwrite advice."""
-    import os
     import socket
     import subprocess
 
@@ -589,7 +587,7 @@ def test_register_folder_takes_over_the_claim_of_a_killed_register(tmp_path: Pat
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout)
     (out / "c").mkdir()  # a live register's finished case: it is named, not "pass --overwrite"
-    (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(),
+    (out / FOLDER_CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": live_pid,
                                                 "command": "longiseg register"}))
     with pytest.raises(FileExistsError, match=r"being written by another longiseg register \(pid"):
         cohort.register_folder(tmp_path / "raw", out, cohort.RegistrationOptions(qc_figures=False), progress=False)

@@ -414,9 +414,13 @@ def test_a_worker_ends_with_its_parent_also_when_the_parent_is_killed() -> None:
         wait_for(lambda: not running(worker), 30, "end of the worker after its parent was killed")
     finally:
         parent.kill()
-    late = subprocess.run([sys.executable, "-c", "from longiseg.utils.io import end_with_parent; end_with_parent(1)"],
-                          timeout=60)
-    assert late.returncode == 1  # a parent that is not its parent (already gone): it ends at once
+    # a parent that is not its parent (already gone): it ends at once (pid 1 was used, which is the parent where
+    # pytest runs as process 1)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True, timeout=60)
+    late = subprocess.run([sys.executable, "-c", "import sys; from longiseg.utils.io import end_with_parent; "
+                           "end_with_parent(int(sys.argv[1]))", gone.stdout.strip()], timeout=60)
+    assert late.returncode == 1
 
 
 def test_the_trainers_data_loader_workers_end_with_it() -> None:

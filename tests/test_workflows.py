@@ -858,14 +858,27 @@ def test_the_demo_quiets_the_resource_tracker_without_changing_the_callers_warni
     assert "b'-Wignore:resource_tracker:UserWarning'" in done.stdout and "b'-Wdefault'" in done.stdout, done.stdout
 
 
-def test_demo_trains_its_models_in_parallel_with_the_results_of_one_after_another(tmp_path: Path) -> None:
+def test_demo_trains_its_models_in_parallel_with_the_results_of_one_after_another(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
     """jobs=2 trains both models (and predicts the untrained reference) in two processes: the same weights,
     probability maps and table as jobs=1."""
+    import longiseg.workflows.demo as demo
     from longiseg.workflows.demo import DemoConfig, demo_jobs, run_demo
 
     small = dict(num_patients=8, num_test=2, spacing=4, epochs=1, steps_per_epoch=2, batch_size=4, crop_size=32,
                  num_workers=0, progress=False)
+    ran_in: dict[int, set[int]] = {}  # jobs -> the processes that ran the model stages
+    stages = demo._run_model_stages
+
+    def recorded(cfg, out):  # noqa: ANN001, ANN202
+        result = stages(cfg, out)
+        ran_in[cfg.jobs] = {stage["process"] for stage in result.values()}
+        return result
+
+    monkeypatch.setattr(demo, "_run_model_stages", recorded)
     summaries = {jobs: run_demo(DemoConfig(output_dir=str(tmp_path / str(jobs)), jobs=jobs, **small)) for jobs in (1, 2)}
+    # one after another here; in parallel in (at most two) worker processes, never here
+    assert ran_in[1] == {os.getpid()} and os.getpid() not in ran_in[2] and 1 <= len(ran_in[2]) <= 2, ran_in
     assert summaries[1]["models"] == summaries[2]["models"]
     for label, record in summaries[1]["thresholds"].items():  # the same choice, recorded with each run's data root
         assert {**record, "data_root": None} == {**summaries[2]["thresholds"][label], "data_root": None}

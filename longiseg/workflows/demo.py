@@ -304,7 +304,7 @@ def _prediction_dir(out: Path, label: str | None) -> Path:
 
 def _model_stages(cfg: DemoConfig, label: str, out: Path, progress: bool, log_level: int | None) -> dict[str, Any]:
     """``longiseg train``, ``tune`` and ``predict`` of one demo model (in this process or a worker); returns
-    ``{"timings": {...}, "threshold": tuning record or None}``."""
+    ``{"timings": {...}, "threshold": tuning record or None, "process": the pid that ran them}``."""
     apply_logging_setup(log_level)
     torch.set_num_threads(cfg.threads)
     run_dir = _run_dir(out, label)
@@ -323,7 +323,7 @@ def _model_stages(cfg: DemoConfig, label: str, out: Path, progress: bool, log_le
     run_prediction(load_model(run_dir / "last.pt"), out / "test", _prediction_dir(out, label), device="cpu",
                    progress=progress)  # longiseg predict
     timings[f"predict_{label}"] = time.perf_counter() - t
-    return {"timings": timings, "threshold": threshold}
+    return {"timings": timings, "threshold": threshold, "process": os.getpid()}
 
 
 def _untrained_stage(cfg: DemoConfig, out: Path, progress: bool, log_level: int | None) -> dict[str, Any]:
@@ -337,7 +337,7 @@ def _untrained_stage(cfg: DemoConfig, out: Path, progress: bool, log_level: int 
     t = time.perf_counter()
     run_prediction(model, out / "test", _prediction_dir(out, None), exp0.inference, device="cpu",
                    progress=progress)
-    return {"timings": {"predict_untrained": time.perf_counter() - t}, "threshold": None}
+    return {"timings": {"predict_untrained": time.perf_counter() - t}, "threshold": None, "process": os.getpid()}
 
 
 def _run_model_stages(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
