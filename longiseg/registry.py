@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 import torch.nn as nn
 
 from longiseg.spec import INPUT_LAYOUTS, ModelSpec, plain_data
-from longiseg.utils.tracing import prepare_compiled_graph_breaks
 
 __all__ = [
     "DEFAULT_RUNTIME_KWARGS",
@@ -308,7 +307,6 @@ def build_model(name: str, /, **kwargs: Any) -> nn.Module:
         raise TypeError(f"build_model: the factory {info.origin} of model {name!r} returned "
                         f"{type(model).__name__}, not an nn.Module; a factory returns the network")
     model.spec = built_spec(model, name, kwargs)
-    prepare_compiled_graph_breaks()  # timm loaded torch's compiler: the scan's graph breaks are made now, not traced
     return model
 
 

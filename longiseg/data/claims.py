@@ -4,8 +4,9 @@ alone (``predict`` without ``--skip-existing``, ``register``, ``train`` and ``tu
 folder, so that a second one does not mix its outputs with the first's.
 
 A claim is a hidden file beside the case folders (``.CASE.claim``), created atomically and holding the host, pid,
-process start time, the command that holds it, a digest of what it writes (a case's claim) and a random token; a claim whose process is gone (this host) or
-older than a day (another host) is abandoned and taken over by exactly one of the processes that find it.
+process start time, the command that holds it, a digest of what it writes (a case's claim) and a random token; a
+claim whose process is gone (this host) or older than a day (another host) is abandoned and taken over by exactly
+one of the processes that find it.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ from longiseg.ssm.cpu_kernel import (
     _job_blocks,
     _load_numba,
     _np,
-    _outside_compiled_graphs,
     _polynomials,
     _use_threads,
     _zeros_or,
@@ -39,6 +38,7 @@ from longiseg.ssm.cpu_kernel import (
 )
 from longiseg.ssm.cpu_kernel import _kernels as _scan_kernels
 from longiseg.ssm.inputs import first_order_gradients
+from longiseg.utils.tracing import outside_compiled_graphs
 
 __all__ = ["causal_conv1d_silu_cpu", "causal_conv1d_silu_reference"]
 
@@ -275,7 +275,7 @@ class _CausalConvSiluFn(torch.autograd.Function):
         return first_order_gradients("the numba causal convolution", grads, (x, weight, bias))
 
 
-@_outside_compiled_graphs
+@outside_compiled_graphs  # see longiseg.ssm.cpu_kernel
 def causal_conv1d_silu_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``silu(causal depthwise conv1d(x))`` on channel-last CPU tensors with the compiled kernels; differentiable.
 

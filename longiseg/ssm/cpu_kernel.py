@@ -54,8 +54,8 @@ import math
 import os
 import threading
 import types
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -186,20 +186,13 @@ def _parallel_twin(fn: Any) -> Any:
 #: Serialises kernel launches: numba's work-queue threading layer must not be entered by two threads at once.
 _KERNEL_LOCK = threading.Lock()
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _outside_compiled_graphs(fn: _F) -> _F:
-    """``fn`` (an entry point of the numba kernels) run eagerly where ``torch.compile`` would trace it.
-
-    Dynamo cannot record the kernels, and tracing into their autograd functions is wrong: it inlines the forward
-    pass, runs its NumPy code through its own NumPy emulation (arrays come back in other layouts, e.g. the job
-    table Fortran-ordered, which numba's signatures refuse) and then traces numba's dispatcher. With this
-    decorator ``torch.compile`` breaks the graph at the call and runs the whole differentiable operation (checks,
-    autograd function, kernels) as in eager mode, so the compiled model's forward and backward passes are
-    eager's. Outside compilation it costs one wrapper call (about 0.2 us).
-    """
-    return outside_compiled_graphs(fn)
+#: The entry points of the numba kernels (here, in causal_conv and mamba_inner) are decorated with
+#: :func:`~longiseg.utils.tracing.outside_compiled_graphs`: dynamo cannot record the kernels, and tracing into their
+#: autograd functions is wrong (it inlines the forward pass, runs its NumPy code through its own NumPy emulation,
+#: whose arrays come back in other layouts, e.g. the job table Fortran-ordered, which numba's signatures refuse, and
+#: then traces numba's dispatcher). ``torch.compile`` breaks the graph at the call and runs the whole differentiable
+#: operation (checks, autograd function, kernels) as in eager mode, so the compiled model's forward and backward
+#: passes are eager's. Outside compilation it costs one wrapper call (about 0.2 us).
 
 
 @constant_under_compile  # a constant for torch.compile, which would trace the cached import
@@ -1058,7 +1051,7 @@ class _CompiledScanFn(torch.autograd.Function):
         return (*first_order_gradients("the numba selective scan", grads, saved[:8]), None)
 
 
-@_outside_compiled_graphs
+@outside_compiled_graphs
 def selective_scan_cpu(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -1102,7 +1095,7 @@ def selective_scan_cpu(
     return (out.mT, last) if return_last_state else out.mT
 
 
-@_outside_compiled_graphs
+@outside_compiled_graphs
 def selective_scan_cpu_channels_last(
     u: torch.Tensor,
     delta: torch.Tensor,

@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from longiseg.ssm.causal_conv import check_kernel_tensors, conv_backward, conv_forward
 from longiseg.ssm.cpu_kernel import (
     _exponent_factors,
-    _outside_compiled_graphs,
     _scan_backward,
     _scan_forward,
     require_cpu_kernel,
 )
 from longiseg.ssm.inputs import first_order_gradients
+from longiseg.utils.tracing import outside_compiled_graphs
 
 __all__ = ["mamba_inner_cpu"]
 
@@ -97,7 +97,7 @@ class _MambaInnerFn(torch.autograd.Function):
         return first_order_gradients("the numba Mamba block (mamba_inner_cpu)", grads, saved[:8])
 
 
-@_outside_compiled_graphs
+@outside_compiled_graphs  # see longiseg.ssm.cpu_kernel
 def mamba_inner_cpu(
     xz: torch.Tensor,
     conv_weight: torch.Tensor,

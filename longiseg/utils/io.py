@@ -39,7 +39,8 @@ __all__ = ["expand_home", "folder_is_empty", "host_tag", "process_start_time", "
            "WrittenMeanwhile",
            "temporary_prefix", "removed_if_created", "atomic_path", "atomic_directory", "atomic_directories",
            "atomic_write",
-           "atomic_torch_save", "atomic_save_figure", "atomic_write_json", "csv_text", "apply_umask", "remove_stale_temporaries",
+           "atomic_torch_save", "atomic_save_figure", "atomic_write_json", "csv_text", "apply_umask",
+           "remove_stale_temporaries",
            "check_separate_folders", "check_input_folder", "check_output_folder", "check_replaceable"]
 
 PathLike = str | os.PathLike
@@ -694,8 +695,9 @@ def csv_text(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = 
     writer = csv.DictWriter(buf, fieldnames=names, restval="", lineterminator="\n")
     if header:
         writer.writeheader()
+    known = set(names)
     for i, r in enumerate(rows):
-        extra = [k for k in r if k not in writer.fieldnames]
+        extra = [k for k in r if k not in known]
         if extra:
             raise ValueError(f"rows[{i}] has column(s) {extra} that are not in columns {names}")
         writer.writerow({k: _csv_cell(v, decimals) for k, v in r.items()})
@@ -707,7 +709,7 @@ def _csv_cell(v: Any, decimals: int | None) -> Any:
         v = float(str(v))
     elif isinstance(v, np.generic):
         v = v.item()
-    if isinstance(v, float) and not isinstance(v, bool):
+    if isinstance(v, float):
         if math.isnan(v):
             return ""
         if decimals is not None and math.isfinite(v):

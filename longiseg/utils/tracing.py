@@ -38,11 +38,11 @@ def outside_compiled_graphs(fn: _F) -> _F:
     breaks at the call, and ``fn`` with everything it calls runs as in eager mode.
 
     ``torch.compiler.disable`` imports ``torch._dynamo`` (over a second, a cache folder and an environment variable),
-    which ``import longiseg`` should not cost a process that never compiles: the disabled function is made by
-    :func:`prepare_compiled_graph_breaks` (which building a model calls once dynamo is loaded, so the graph breaks
-    are those of a decorator: made inside a compiled region, dynamo logs one more break with advice that does not
-    apply) or else at the first call once dynamo is loaded; before, nothing can be compiling and ``fn`` runs as it
-    is.
+    which ``import longiseg`` should not cost a process that never compiles. The disabled function is made here
+    when dynamo is already loaded, else by :func:`prepare_compiled_graph_breaks` (which building a
+    :class:`~longiseg.ssm.Mamba` calls, and building SegMaST loads dynamo through timm), else at the first call
+    once dynamo is loaded; before, nothing can be compiling and ``fn`` runs as it is. Made inside a compiled
+    region, it costs dynamo one more graph break, logged with advice that does not apply.
     """
     disabled: list[Callable[..., Any]] = []
 
@@ -70,7 +70,8 @@ _PENDING: list[Callable[[], None]] = []
 
 def prepare_compiled_graph_breaks() -> None:
     """Make every :func:`outside_compiled_graphs` function's ``torch.compiler.disable`` twin now if torch's compiler
-    is loaded (building a model that uses timm loads it): outside any compiled region, as a decorator would have."""
+    is loaded (building a model that uses timm loads it): outside any compiled region, as a decorator would have.
+    Repeated calls make nothing twice."""
     if "torch._dynamo" in sys.modules:
         for prepare in _PENDING:
             prepare()
