@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn as nn
 
+from longiseg.networks.factories import norm_type
 from longiseg.networks.inputs import feature_layout, parameter_device, parameter_dtype
 from longiseg.utils.validation import (
     autocast_reconciles,
@@ -56,8 +57,7 @@ class DifferenceWeighting(nn.Module):
         eps = check_nonnegative_float("eps", eps)
         self.channels = channels
         self.spatial_dims = spatial_dims
-        norm_cls = nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d
-        self.norm = norm_cls(channels, eps=eps, affine=affine)
+        self.norm = norm_type("instance", spatial_dims)(channels, eps=eps, affine=affine)
 
     def forward(self, current: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         """Weight the current features by the normalised difference to the prior features.

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longiseg.networks.factories import conv_type, linear_interpolation
 from longiseg.networks.inputs import feature_layout
 from longiseg.networks.inputs import layout as input_layout
 from longiseg.networks.output import LongitudinalOutput
@@ -26,7 +27,6 @@ from longiseg.utils.validation import (
     check_int_sequence,
     check_positive_int,
     check_shape,
-    check_spatial_dims,
     check_timepoints,
     checks_sizes,
 )
@@ -35,9 +35,7 @@ __all__ = ["FusedDualHead", "TimepointHeads"]
 
 
 def _conv1x1(in_channels: int, out_channels: int, spatial_dims: int) -> nn.Module:
-    check_spatial_dims("spatial_dims", spatial_dims)
-    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-    return conv(in_channels, out_channels, kernel_size=1)
+    return conv_type(spatial_dims)(in_channels, out_channels, kernel_size=1)
 
 
 def _resize(x: torch.Tensor, size: Sequence[int] | None) -> torch.Tensor:
@@ -46,8 +44,7 @@ def _resize(x: torch.Tensor, size: Sequence[int] | None) -> torch.Tensor:
     identity)."""
     if size is None or (checks_sizes() and tuple(x.shape[2:]) == tuple(size)):
         return x
-    mode = "bilinear" if x.ndim == 4 else "trilinear"
-    return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+    return F.interpolate(x, size=tuple(size), mode=linear_interpolation(x.ndim - 2), align_corners=False)
 
 
 class TimepointHeads(nn.Module):

@@ -40,6 +40,7 @@ from einops import rearrange
 
 from longiseg.networks.blocks.difference_weighting import DifferenceWeighting
 from longiseg.networks.blocks.heads import FusedDualHead, TimepointHeads
+from longiseg.networks.factories import conv_type, norm_type
 from longiseg.networks.inputs import SpatialSizeRule, check_model_input, parameter_device, parameter_dtype
 from longiseg.networks.output import LongitudinalOutput
 from longiseg.networks.presets import UNET_WIDTHS, pop_any_timepoints, pop_fixed_spatial_dims
@@ -60,10 +61,6 @@ __all__ = [
     "LongiUNetDW",
     "LongiUNetConcat",
 ]
-
-
-def _conv_cls(spatial_dims: int) -> type[nn.Module]:
-    return nn.Conv3d if spatial_dims == 3 else nn.Conv2d
 
 
 class ConvStage(nn.Module):
@@ -89,8 +86,8 @@ class ConvStage(nn.Module):
         check_positive_int("out_channels", out_channels)
         check_positive_int("stride", stride)
         check_spatial_dims("spatial_dims", spatial_dims)
-        conv = _conv_cls(spatial_dims)
-        norm = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
+        conv = conv_type(spatial_dims)
+        norm = norm_type("instance", spatial_dims)
         self.block = nn.Sequential(
             conv(in_channels, out_channels, 3, stride=stride, padding=1),
             norm(out_channels, affine=True),
@@ -160,7 +157,7 @@ class UNetDecoder(nn.Module):
         super().__init__()
         self.features = check_widths("features", features)
         self.spatial_dims = check_spatial_dims("spatial_dims", spatial_dims)
-        up = nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
+        up = conv_type(spatial_dims, transposed=True)
         levels = range(len(self.features) - 1, 0, -1)  # from the bottleneck up
         self.upsamples = nn.ModuleList(
             up(self.features[i], self.features[i - 1], kernel_size=2, stride=2) for i in levels
