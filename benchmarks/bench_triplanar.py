@@ -61,7 +61,7 @@ def brain_region(shape: tuple[int, int, int], anatomy: str):
     if anatomy == "mni152":
         from nilearn.datasets import load_mni152_brain_mask
 
-        from longiseg.data.sampling import crop_window
+        from longiseg.data.crops import crop_window
 
         mask = np.asarray(load_mni152_brain_mask(resolution=1).dataobj) > 0
         # centred crop (or zero padding) to the requested box

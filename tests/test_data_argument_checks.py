@@ -249,7 +249,7 @@ def test_sampling_arguments_found_by_the_pipeline_probe() -> None:
     NumPy's slicing; a NumPy positive_fraction was refused as "got float32"; one case passed as ``cases`` failed as
     "object is not iterable"; a case given twice weighed double."""
     from longiseg.data import BalancedBatchSampler
-    from longiseg.data.sampling import crop_window
+    from longiseg.data.crops import crop_window
 
     with pytest.raises(ValueError, match=r"planes must be a non-empty subset of .*, each plane once, got "
                                          r"\['axial', 'axial', 'coronal'\]"):

@@ -411,7 +411,7 @@ def test_internal_helpers_of_the_public_api_name_bad_arguments() -> None:
     import torch
 
     from longiseg.data.case import display_slice
-    from longiseg.data.sampling import crop_window
+    from longiseg.data.crops import crop_window
     from longiseg.registration.pairwise import similarity
 
     image = np.random.default_rng(0).random((8, 8, 8))

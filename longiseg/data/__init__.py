@@ -3,6 +3,7 @@
 from longiseg.data.adapters import msseg2_cases, ucsf_altpd_cases
 from longiseg.data.case import PLANES, LongitudinalCase, affine_spacing, plane_axes
 from longiseg.data.cohort import find_cases, find_mask_cases
+from longiseg.data.crops import CrossViewSampler, VolumePatchSampler, build_sampling_index, sample_center
 from longiseg.data.dataset import CaseCache, SliceDataset, VolumePatchDataset
 from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case, generate_demo_cohort
 from longiseg.data.loading import (
@@ -30,7 +31,6 @@ from longiseg.data.preprocessing import (
     zscore_normalize,
 )
 from longiseg.data.samplers import BalancedBatchSampler
-from longiseg.data.sampling import CrossViewSampler, VolumePatchSampler, build_sampling_index, sample_center
 from longiseg.data.sources import CaseSource, MaskSpec
 from longiseg.data.split import split_by_patient, write_test_split
 from longiseg.data.transforms import LongitudinalAugment, TimepointVariation

@@ -32,10 +32,10 @@ from torch.utils.data import Dataset
 
 from longiseg.data.case import PLANES, LongitudinalCase
 from longiseg.data.cohort import check_same_modalities, check_same_timepoints, find_cases
+from longiseg.data.crops import CrossViewSampler, SamplingIndex, VolumePatchSampler, build_sampling_index
 from longiseg.data.loading import load_case
 from longiseg.data.preprocessing import preprocess_case
 from longiseg.data.samplers import EpochIndex
-from longiseg.data.sampling import CrossViewSampler, SamplingIndex, VolumePatchSampler, build_sampling_index
 from longiseg.data.sources import CaseSource
 from longiseg.data.transforms import LongitudinalAugment
 from longiseg.utils.io import PathLike
@@ -286,7 +286,7 @@ class SliceDataset(_LongitudinalDataset):
 
     Each item is a dict with ``images (T, C, h, w)``, ``baseline (1, h, w)``, ``progression (T-1, 1, h, w)``,
     ``has_progression``, ``progression_visible``, ``hard_negative``, ``baseline_annotated``, ``case_index``,
-    ``plane`` and ``center`` (see :mod:`longiseg.data.sampling`).
+    ``plane`` and ``center`` (see :mod:`longiseg.data.crops`).
 
     Raises:
         TypeError: a case is neither a :class:`CaseSource` nor a :class:`LongitudinalCase`; ``seed`` is not an

@@ -1,7 +1,7 @@
 """Lesions of a binary mask: connected components with a size filter, and the baseline lesions that persist.
 
 The one owner of lesion labelling, used by the data layer (hard-negative crops of
-:mod:`longiseg.data.sampling`) and, above it, by the metrics (lesion detection, longitudinal consistency,
+:mod:`longiseg.data.crops`) and, above it, by the metrics (lesion detection, longitudinal consistency,
 lesion evolution), which keep these names importable from their own modules.
 
 * **Lesions** are connected components (``cc3d``; 26-connectivity by default in 3D, 8 in 2D) of a binary

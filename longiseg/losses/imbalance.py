@@ -16,7 +16,7 @@ sample ``i`` at follow-up ``j``. Which ``(i, j)`` pairs are kept depends on the 
   members (``round`` is half-up), or ``min(#empty, min_empty)`` when the head has no non-empty sample.
 
 With ``keep_hard_negatives`` every empty pair of a sample flagged ``hard_negative`` (a crop centred on a
-persisting baseline lesion, see :mod:`longiseg.data.sampling`) is kept as well, whatever the strategy, and
+persisting baseline lesion, see :mod:`longiseg.data.crops`) is kept as well, whatever the strategy, and
 the random subset is drawn from the other empty pairs.
 
 See ``docs/losses.md`` for the rationale and the edge cases.

@@ -18,7 +18,7 @@ from longiseg.data import (
     build_sampling_index,
     sample_center,
 )
-from longiseg.data.sampling import crop_window
+from longiseg.data.crops import crop_window
 from longiseg.metrics.consistency import label_persisting_lesions
 
 

@@ -1,4 +1,5 @@
-"""Lesion-weighted crop centres, 2.5D cross-view slice sampling and 3D patch sampling.
+"""Crops: where a training sample is cut from a case (lesion-weighted crop centres, 2.5D cross-view slices and 3D
+patches). Which cases make up a batch is :mod:`longiseg.data.samplers`.
 
 Crop centres follow the weighted patch sampling of Zhang et al. (2022, QSMRim-Net), as used in SegMaST's
 training: with probability ``lesion_weight`` the centre is a voxel drawn uniformly from the lesions
