@@ -34,7 +34,6 @@ from longiseg.metrics.report import (
     box_plot,
     format_paper_table,
     paper_table_rows,
-    report_folder,
     write_csv,
     write_json,
 )
@@ -42,6 +41,7 @@ from longiseg.metrics.stratified import SizeBins, check_bins, stratified_lesion_
 from longiseg.utils.io import PathLike, atomic_write, check_output_folder, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.utils.plotting import require_matplotlib
+from longiseg.utils.report_folder import report_folder
 from longiseg.utils.validation import check_bool, check_nonnegative_float, check_path
 
 __all__ = [
@@ -220,7 +220,7 @@ def write_report(
     """Write ``per_case.csv``, ``summary.csv``, ``summary.json``, ``table.txt``, ``boxplot.png`` and the
     size-stratified ``stratified.csv`` for one or several models; return the printed table text.
 
-    The folder is written as a whole (:func:`~longiseg.metrics.report.report_folder`): afterwards it holds
+    The folder is written as a whole (:func:`~longiseg.utils.report_folder.report_folder`): afterwards it holds
     this report's files and none of an earlier report's (``REPORT_FILES``; ``stratified.csv`` is absent
     when there are too few lesions for it), and files that are not report files are left alone. An
     interruption leaves the earlier report as it was.

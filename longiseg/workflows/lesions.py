@@ -17,7 +17,6 @@ from pathlib import Path
 from longiseg.data import layout
 from longiseg.data.cohort import cohort_patient_ids
 from longiseg.metrics.evolution import CaseEvolution, evolution_folder, write_evolution_tables
-from longiseg.metrics.report import report_folder
 from longiseg.utils.io import (
     PathLike,
     check_output_folder,
@@ -27,6 +26,7 @@ from longiseg.utils.io import (
 )
 from longiseg.utils.logging import get_logger
 from longiseg.utils.plotting import require_matplotlib
+from longiseg.utils.report_folder import report_folder
 from longiseg.utils.validation import check_bool, check_path
 
 _LOG = get_logger(__name__)
@@ -66,7 +66,7 @@ def run_lesion_report(
 ) -> tuple[list[CaseEvolution], dict[str, Path]]:
     """Compute the lesion evolution of every case of ``mask_dir`` and write tables, figures and the report.
 
-    The report is written as a whole (:func:`~longiseg.metrics.report.report_folder`): with ``overwrite``
+    The report is written as a whole (:func:`~longiseg.utils.report_folder.report_folder`): with ``overwrite``
     the folder afterwards holds this run's files and none of an earlier report's (:data:`REPORT_FILES`;
     ``report.html`` and ``figures/`` only with ``figures``), while files that are not report files are left
     alone. On an error nothing in ``out_dir`` changes.
@@ -95,7 +95,7 @@ def run_lesion_report(
             ``overwrite``) another process wrote a report there while this one was being written.
         NotADirectoryError: ``out_dir`` is or lies under a file.
         PermissionError: ``out_dir`` is not writable, or (``overwrite``) a folder of the earlier report in it is
-            not (before anything is written; see :func:`~longiseg.metrics.report.report_folder`).
+            not (before anything is written; see :func:`~longiseg.utils.report_folder.report_folder`).
         FileNotFoundError: ``images`` is given and is not a folder.
         ValueError: ``out_dir`` is, lies inside or holds ``mask_dir`` or ``images``; a ``modality`` no file name
             can hold, or one given with ``figures=False``.
