@@ -860,3 +860,57 @@ def test_a_model_trained_on_its_own_targets_gets_them_from_the_trainer(tmp_path)
     assert not torch.equal(out.progression, train_out.progression)
     with pytest.raises(TypeError, match="training_output must be a bool"):
         model(batch["images"], training_output=1)
+
+
+def test_weights_that_overflow_in_a_step_stop_the_run_before_anything_of_the_epoch_is_saved(tmp_path) -> None:
+    # the step checks the loss and the gradients, not what the optimizer wrote: with a huge lr (or an eps that
+    # is 0 in float32) the epoch's last step made the weights inf/NaN and they were saved as last.pt and best.pt
+    # (a NaN model predicts nothing, which validation scored well), the run ending "finished"
+    cfg = _config(tmp_path / "run", max_epochs=2, lr=1e39, min_lr=0.0, warmup_epochs=0, steps_per_epoch=1)
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg, loss_fn=ImbalanceAwareLoss())
+    with pytest.raises(FloatingPointError, match=r"weights are not finite after epoch 1 .*nothing of this epoch"):
+        trainer.fit()
+    assert not list(tmp_path.glob("**/*.pt"))
+
+
+def test_validation_outputs_that_overflow_stop_the_run_naming_the_epoch(tmp_path) -> None:
+    calls = []
+
+    def validate(model):
+        calls.append(1)
+        if len(calls) == 2:  # as make_validate_fn does on non-finite logits
+            raise FloatingPointError("the model's outputs are not finite on the validation samples")
+        return {"dice": 0.5}
+
+    cfg = _config(tmp_path, max_epochs=3, monitor="val_dice", monitor_mode="max")
+    trainer = Trainer(TinyLongiNet(), SyntheticLongiData(n=4), cfg, loss_fn=ImbalanceAwareLoss(), validate_fn=validate)
+    with pytest.raises(FloatingPointError, match=r"^validation after epoch 2: the model's outputs are not finite"):
+        trainer.fit()
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 1  # epoch 2 was not saved
+
+
+def test_make_validate_fn_refuses_non_finite_outputs() -> None:
+    from longiseg.workflows.train import make_validate_fn
+
+    data = [{"images": torch.zeros(2, 1, 8, 8), "baseline": torch.zeros(1, 8, 8),
+             "progression": torch.zeros(1, 1, 8, 8)}] * 2
+
+    class NaNNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            b = x.shape[0]
+            return LongitudinalOutput(baseline=torch.full((b, 1, 8, 8), float("nan")) * self.w,
+                                      progression=torch.zeros(b, 1, 1, 8, 8))
+
+    validate = make_validate_fn(data)  # type: ignore[arg-type]
+    with pytest.raises(FloatingPointError, match="outputs are not finite"):
+        validate(NaNNet())
+
+
+def test_an_eps_that_is_zero_in_float32_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"eps must be finite and >= 1\.18e-38"):
+        TrainerConfig(eps=1e-300)
+    assert TrainerConfig(eps=torch.finfo(torch.float32).tiny).eps == torch.finfo(torch.float32).tiny

@@ -218,6 +218,8 @@ def test_gradients_match_monai():
         (3, 6, "partial", 0.5, 1, 2),  # 1.5 rounds half-up
         (2, 6, "partial", 2.0, 1, 4),
         (2, 6, "partial", 10.0, 1, 6),  # capped at the available empties
+        (2, 6, "partial", 1e308, 1, 6),  # ratio * count overflows to inf: all kept, no OverflowError
+        (1, 6, "partial", 1.7976931348623157e308, 1, 6),
         (2, 6, "partial", 0.0, 1, 0),
         (0, 6, "partial", 1.0, 1, 1),  # no progression: min_empty
         (0, 6, "partial", 1.0, 0, 0),

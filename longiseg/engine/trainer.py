@@ -654,6 +654,20 @@ class Trainer:
         means = {k: float(v) / max(steps, 1) for k, v in sums.items()}
         return all_reduce_mean(means)
 
+    def _check_finite_state(self) -> None:
+        """Raise ``FloatingPointError`` when a weight or buffer of the model is not finite after an epoch: the step
+        checks the loss and the gradients, not what the optimizer wrote (a huge lr, an ``eps`` that is 0 in
+        float32), and such a model must never be saved as ``last.pt`` or ``best.pt``."""
+        model = unwrap_model(self.model)
+        named = [(n, t) for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_floating_point()]
+        if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+            return
+        bad = [n for n, t in named if not bool(torch.isfinite(t).all())]
+        raise FloatingPointError(
+            f"the model's weights are not finite after epoch {self.epoch + 1} ({len(bad)} tensors, e.g. {bad[0]!r}): "
+            f"an optimizer step overflowed them (lower trainer.lr, check trainer.eps); nothing of this epoch was "
+            "saved")
+
     def validate(self) -> dict[str, float]:
         """Run ``validate_fn`` on the unwrapped model (eval mode, no grad) and average over ranks.
 
@@ -662,12 +676,17 @@ class Trainer:
 
         Raises:
             TypeError: if ``validate_fn`` does not return a mapping of numbers.
+            FloatingPointError: ``validate_fn`` raised it (e.g. non-finite outputs), with the epoch named.
         """
         if self.validate_fn is None:
             return {}
         model = unwrap_model(self.model)
         with eval_mode(model), torch.no_grad():
-            metrics = self.validate_fn(model)
+            try:
+                metrics = self.validate_fn(model)
+            except FloatingPointError as err:  # e.g. logits that overflow (make_validate_fn): name the epoch
+                raise FloatingPointError(f"validation after epoch {self.epoch}: {err}; nothing of this epoch was "
+                                         "saved") from err
         if not isinstance(metrics, Mapping):
             raise TypeError(f"validate_fn must return a dict of floats, got {type(metrics).__name__}")
         named = {(k if str(k).startswith("val_") else f"val_{k}"): v for k, v in metrics.items()}
@@ -873,6 +892,9 @@ class Trainer:
             ValueError: a fresh start of a Trainer that holds a trained state (from :meth:`load_checkpoint` or an
                 earlier :meth:`fit`): its counters and history would pass for this run's; ``LONGISEG_DEBUG_CHECKS``
                 neither on nor off (:func:`~longiseg.utils.validation.env_flag`), before anything is written.
+            FloatingPointError: a non-finite loss or gradient norm (:meth:`train_step`), a weight or buffer that is
+                not finite after an epoch, or non-finite outputs in validation: the epoch is not saved, so
+                ``last.pt`` and ``best.pt`` stay those of the epoch before.
         """
         resume = _check_resume(resume)
         overwrite = check_bool("overwrite", overwrite)
@@ -939,6 +961,7 @@ class Trainer:
                     break
                 t0 = time.perf_counter()
                 train = self.train_one_epoch(epoch)
+                self._check_finite_state()  # before anything of this epoch is validated or saved
                 self.epoch = epoch + 1
                 # the rate of the epoch's last step (the scheduler has moved on to the next step's)
                 lr = self._step_lr if self._step_lr is not None else self.optimizer.param_groups[0]["lr"]

@@ -135,7 +135,8 @@ def num_empty_to_keep(
         return 0
     if num_non_empty == 0:
         return min(num_empty, min_empty)
-    return min(num_empty, math.floor(empty_ratio * num_non_empty + 0.5))
+    wanted = empty_ratio * num_non_empty + 0.5  # may overflow to inf for a huge finite ratio: then all are kept
+    return num_empty if wanted >= num_empty else math.floor(wanted)
 
 
 def select_progression_samples(

@@ -123,6 +123,8 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
     progression mask is non-empty), ``np_accuracy`` (share of samples with an empty progression mask whose
     prediction is empty too) and ``dice``, the mean of the first two where both exist (the default
     early-stopping metric).
+
+    The returned function raises ``FloatingPointError`` when the model's outputs are not finite.
     """
     samples = [val_data[i] for i in range(len(val_data))]
     if not samples:
@@ -140,6 +142,10 @@ def make_validate_fn(val_data: SliceDataset | VolumePatchDataset, batch_size: in
         base_d, prog_d, np_ok = [], [], []
         for b in batches:
             out = model(b["images"].to(device))
+            if not all(bool(torch.isfinite(t).all()) for t in (out.baseline, out.progression)):
+                # NaN > 0 is False: such a model would score as one that predicts nothing, and be kept as best
+                raise FloatingPointError("the model's outputs are not finite on the validation samples (the weights "
+                                         "are, but the activations overflow): lower trainer.lr")
             base_pred = (out.baseline[:, :1] > 0).cpu()
             prog_pred = (out.progression[:, :, :1] > 0).cpu().flatten(0, 1)
             prog_true = b["progression"].flatten(0, 1)
