@@ -124,6 +124,62 @@ def test_centre_in_scanner_coordinates() -> None:
     assert change.added_volume_mm3 == pytest.approx(8 * 2.0 * 1.5 * 3.0)
 
 
+def test_the_centre_voxel_of_a_rim_of_growth_lies_on_the_new_tissue() -> None:
+    # a confluent lesion growing as a shell: the centre of mass of the new tissue is deep inside the old lesion,
+    # so the voxel given (and the montage centred there) showed the old lesion's inside and not the change
+    base = _box(SHAPE, (6, 6, 6), (14, 14, 14))
+    grown = _box(SHAPE, (5, 5, 5), (15, 15, 15))
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    ev = lesion_evolution(base, (grown & ~base)[None], affine, min_volume_mm3=0)
+    (change,) = ev.followups[0].changes
+    assert change.kind == "enlarging"
+    np.testing.assert_allclose(change.centre_mm, [9.5, 9.5, 19.0], atol=0.01)  # the centre of mass: inside
+    assert grown[change.centre_voxel] and not base[change.centre_voxel]  # the voxel shown: on the new tissue
+
+
+def _blobs(rng: np.random.Generator, shape: tuple[int, ...], n: int) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    for _ in range(n):
+        lo = [int(rng.integers(0, s - 3)) for s in shape]
+        m[tuple(slice(a, a + int(rng.integers(1, 4))) for a in lo)] = True
+    return m
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_changes_match_a_whole_volume_reference(seed: int) -> None:
+    """Each change's numbers, worked out in its lesion's bounding box, equal those of the whole volume."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (24, 28, 20)
+    base = _blobs(rng, shape, 25)
+    prog = _blobs(rng, shape, 15) & ~base
+    affine = np.diag([0.9, 1.1, 3.0, 1.0])
+    affine[:3, 3] = [-5.0, 7.0, 2.0]
+    (followup,) = lesion_evolution(base, prog[None], affine, min_volume_mm3=2.0, connectivity=6).followups
+    structure = ndimage.generate_binary_structure(3, 1)
+    lesions, _ = ndimage.label(base | prog, structure)
+    earlier, _ = ndimage.label(base, structure)
+    sizes = np.bincount(earlier.ravel())
+    pieces, _ = ndimage.label(prog, structure)
+    found = []
+    for f in range(1, lesions.max() + 1):
+        new = prog & (lesions == f)
+        if new.sum() * 0.9 * 1.1 * 3.0 < 2.0:
+            continue
+        old = sorted(int(e) for e in np.unique(earlier[lesions == f]) if e and sizes[e] * 0.9 * 1.1 * 3.0 >= 2.0)
+        coords = np.argwhere(new)
+        centre = coords.mean(axis=0)
+        found.append((int(new.sum()), len(old), int(np.unique(pieces[new]).size), centre, coords))
+    assert len(found) == len(followup.changes) > 3
+    for change, (voxels, n_old, n_pieces, centre, coords) in zip(followup.changes, found):
+        assert change.added_volume_mm3 == pytest.approx(voxels * 0.9 * 1.1 * 3.0)
+        assert (len(change.earlier_lesions), change.components) == (n_old, n_pieces)
+        np.testing.assert_allclose(change.centre_mm, affine[:3, :3] @ centre + affine[:3, 3], atol=0.006)
+        distances = (((coords - centre) * [0.9, 1.1, 3.0]) ** 2).sum(axis=1)
+        assert any(tuple(c) == change.centre_voxel for c in coords[distances <= distances.min() * (1 + 1e-9)])
+
+
 def test_input_errors_name_the_argument() -> None:
     base = np.zeros(SHAPE, np.uint8)
     with pytest.raises(ValueError, match="progression\\[0\\]"):

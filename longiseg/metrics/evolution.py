@@ -25,7 +25,8 @@ Rules (``min_volume_mm3`` and ``connectivity`` are arguments):
   is one enlarging lesion; ``components`` says how many pieces it has.
 * **Volume** of a change: the new tissue it holds (``added_volume_mm3``) and the whole lesion at the
   follow-up (``lesion_volume_mm3``). **Centre**: centre of mass of the new tissue in scanner coordinates
-  (mm, the NIfTI affine's world space, RAS+) and as the nearest voxel.
+  (mm, the NIfTI affine's world space, RAS+), and the voxel of the new tissue nearest it (where to look: for a
+  rim of growth around an older lesion the centre of mass lies inside the older lesion, not on the change).
 * **MRI activity** of a follow-up: at least one new or enlarging lesion. A patient is active if any
   follow-up is.
 * **Lesion volume** of a timepoint: the total volume of its lesions; changes are relative to the
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from longiseg.data.case import affine_spacing
 from longiseg.data.lesions import check_connectivity, check_min_volume, min_voxel_count
@@ -85,7 +87,8 @@ class LesionChange:
         added_volume_mm3: volume of the new tissue (progression voxels outside earlier lesions).
         lesion_volume_mm3: volume of the whole lesion at the follow-up.
         centre_mm: centre of mass of the new tissue in scanner (world) coordinates, mm.
-        centre_voxel: nearest voxel index ``(d, h, w)`` of that centre.
+        centre_voxel: index ``(d, h, w)`` of the new-tissue voxel nearest that centre (in mm), so a voxel of the
+            change also where the centre of mass is not (a rim of growth around an older lesion).
         earlier_lesions: 1-based labels (raster order) of the lesions of timepoint ``k-1`` it contains.
         earlier_volumes_mm3: their volumes.
         components: number of progression components the new tissue consists of.
@@ -243,15 +246,21 @@ def _changes(prev: np.ndarray, cur: np.ndarray, prog: np.ndarray, sp: np.ndarray
     pieces = label_lesions(added, sp, connectivity=conn)
     min_voxels = max(1, min_voxel_count(vmin, vox))  # compare voxel counts: no float round-off
     changes: list[LesionChange] = []
+    boxes = ndimage.find_objects(lab)  # per-lesion work in the lesion's bounding box, not the whole volume
     for f in np.flatnonzero(added_vox[1:] >= min_voxels).tolist():
         f += 1
-        inside = lab == f
-        new_here = added & inside
-        earlier = np.unique(before.labels[inside & (before.labels > 0)])
-        coords = np.argwhere(new_here)
+        box = boxes[f - 1]
+        inside = lab[box] == f
+        new_here = added[box] & inside
+        earlier_labels = before.labels[box]
+        earlier = np.unique(earlier_labels[inside & (earlier_labels > 0)])
+        coords = np.argwhere(new_here) + [s.start for s in box]
         centre_vox = coords.mean(axis=0)
         centre_mm = affine[:3, :3] @ centre_vox + affine[:3, 3]
-        n_pieces = int(np.unique(pieces.labels[new_here]).size)
+        # where to look: the new-tissue voxel nearest the centre of mass (for a rim of growth that centre lies
+        # inside the older lesion); the first in raster order among equally near ones
+        nearest = coords[int(np.argmin((((coords - centre_vox) * sp) ** 2).sum(axis=1)))]
+        n_pieces = int(np.unique(pieces.labels[box][new_here]).size)
         changes.append(LesionChange(
             followup=followup,
             index=len(changes) + 1,
@@ -259,7 +268,7 @@ def _changes(prev: np.ndarray, cur: np.ndarray, prog: np.ndarray, sp: np.ndarray
             added_volume_mm3=float(added_vox[f] * vox),
             lesion_volume_mm3=float(after_all.voxels[f - 1] * vox),
             centre_mm=tuple(round(float(v), 2) for v in centre_mm),  # type: ignore[arg-type]
-            centre_voxel=tuple(int(round(float(v))) for v in centre_vox),  # type: ignore[arg-type]
+            centre_voxel=tuple(int(v) for v in nearest),  # type: ignore[arg-type]
             earlier_lesions=tuple(int(e) for e in earlier),
             earlier_volumes_mm3=tuple(float(before.voxels[e - 1] * vox) for e in earlier),
             components=n_pieces,

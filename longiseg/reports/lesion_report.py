@@ -35,7 +35,7 @@ from longiseg.utils.validation import (
 
 _LOG = get_logger(__name__)
 
-__all__ = ["volume_figure", "change_montage", "write_lesion_report"]
+__all__ = ["volume_figure", "intensity_window", "change_montage", "write_lesion_report"]
 
 
 def _png(fig) -> bytes:  # noqa: ANN001
@@ -91,9 +91,20 @@ def _view(vol: np.ndarray, axis: int, centre: Sequence[int], half: Sequence[int]
 
 
 @plain_text()  # names with '$' drawn as written, not as math
+def intensity_window(image: np.ndarray) -> tuple[float, float]:
+    """Display window ``(low, high)`` of a scan ``(D, H, W)``: the 1st and 99.5th percentiles of its non-zero
+    voxels (the background of a skull-stripped scan is 0), ``(0, 1)`` for an all-zero scan."""
+    check_instance("image", image, np.ndarray, "a numpy array (D, H, W)")
+    fg = image[image != 0]
+    if not fg.size:
+        return 0.0, 1.0
+    low, high = np.percentile(fg, [1.0, 99.5])
+    return float(low), float(high)
+
+
 def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, earlier: np.ndarray,
                    new_tissue: np.ndarray, affine: np.ndarray, *, field_mm: float = 40.0,
-                   title: str = "") -> bytes:
+                   title: str = "", windows: Sequence[tuple[float, float]] | None = None) -> bytes:
     """PNG montage around one change: rows previous timepoint / follow-up, columns the three planes.
 
     Args:
@@ -105,6 +116,9 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
         affine: ``(4, 4)`` voxel-to-world matrix (plane orientation and spacing).
         field_mm: side of the field of view in mm (a finite number > 0).
         title: figure title.
+        windows: display windows ``(low, high)`` of ``before`` and ``after``; ``None`` computes each with
+            :func:`intensity_window` (pass them when drawing many changes of the same scans: a window is a pass
+            over the whole scan).
 
     Raises:
         TypeError: ``change`` is not a :class:`~longiseg.metrics.evolution.LesionChange`, a volume not an array,
@@ -124,10 +138,10 @@ def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, 
     half = [max(2, int(round(field_mm / 2 / s))) for s in sp]
     axes_of = plane_axes(affine)
     c = change.centre_voxel
-    windows = []
-    for img in (before, after):  # one window per scan: sessions differ in scanner gain
-        fg = img[img != 0]
-        windows.append(np.percentile(fg, [1.0, 99.5]) if fg.size else (0.0, 1.0))
+    if windows is None:  # one window per scan: sessions differ in scanner gain
+        windows = [intensity_window(before), intensity_window(after)]
+    elif len(windows) != 2 or not all(len(w) == 2 and w[0] <= w[1] for w in windows):
+        raise ValueError(f"windows must be two (low, high) pairs with low <= high, one per scan, got {windows!r}")
     fig, grid = subplots(2, 3, figsize=(6.0, 4.2), facecolor="black")
     for col, plane in enumerate(PLANES):
         ax_n = axes_of[plane]
@@ -374,11 +388,19 @@ def _write_report(evolutions: Sequence[CaseEvolution], masks_dir: Path, img_dir:
                 sec.append(f"<p class='note'>No montages: {html.escape(why)} (give the image folder).</p>")
             else:
                 drawn = [c for c in changes if images[c.followup - 1] is not None and images[c.followup] is not None]
-                for c in drawn:
+                windows: dict[int, tuple[float, float]] = {}  # per timepoint, not per change: whole-scan passes
+                new_tissue: dict[int, np.ndarray] = {}
+                for c in tqdm(drawn, desc=f"{ev.case_id} montages", unit="change", leave=False,
+                              disable=not progress):
                     k = c.followup
+                    for t in (k - 1, k):
+                        if t not in windows:
+                            windows[t] = intensity_window(images[t])
+                    if k not in new_tissue:
+                        new_tissue[k] = lesion[k] & ~lesion[k - 1]
                     title = f"{ev.case_id} FU {k} #{c.index}: {c.kind}, {c.added_volume_mm3:.0f} mm³ ({why})"
-                    png = change_montage(c, images[k - 1], images[k], lesion[k - 1], lesion[k] & ~lesion[k - 1],
-                                         affine, title=title)
+                    png = change_montage(c, images[k - 1], images[k], lesion[k - 1], new_tissue[k], affine,
+                                         title=title, windows=(windows[k - 1], windows[k]))
                     save(_montage_name(ev.case_id, c), png)
                     sec.append(_img_tag(png, title))
                 if len(drawn) < len(changes):  # the changes one of whose two images is missing
