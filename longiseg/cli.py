@@ -7,8 +7,9 @@ Run ``longiseg COMMAND --help`` for the options of each command.
 Every command fails the same way: one line ``longiseg COMMAND: error: WHAT`` on stderr and exit code 2 for
 usage and input errors (a missing or malformed file, a bad option value, an output that exists), 1 for
 anything else, 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM, e.g. from a scheduler at its
-time limit; the same clean-up runs as for Ctrl-C); the Python traceback only with ``--debug`` or
-``LONGISEG_DEBUG=1``.
+time limit; the same clean-up runs as for Ctrl-C), 141 without a word when the reader of the output went away
+(``longiseg models | head -1``); the Python traceback only with ``--debug`` or ``LONGISEG_DEBUG=1``. ``-v``
+shows longiseg's debug records; other libraries show their warnings and errors only.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ from longiseg.utils.io import (
 from longiseg.utils.validation import DEBUG_CHECKS_ENV, env_flag
 
 __all__ = ["main", "build_parser", "Terminated", "EXIT_USAGE", "EXIT_FAILURE", "EXIT_INTERRUPTED",
-           "EXIT_TERMINATED"]
+           "EXIT_TERMINATED", "EXIT_BROKEN_PIPE"]
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + 15  # SIGTERM
+#: Exit code when the reader of the output went away (``longiseg models | head -1``), as a process ended by SIGPIPE.
+EXIT_BROKEN_PIPE = 128 + 13
 #: The most torch CPU threads ``--threads`` takes.
 MAX_THREADS = 1024
 #: Commands that run models, and with them the selective scan that ``LONGISEG_SCAN_BACKEND`` may force.
@@ -372,8 +375,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     kw = {"output_dir": args.output, "overwrite": args.overwrite, "progress": not args.no_progress}
     if args.quick:
         kw.update(num_patients=8, num_test=2, epochs=2, steps_per_epoch=5)
-    for key in ("num_patients", "num_test", "epochs", "steps_per_epoch", "seed", "jobs"):
-        val = getattr(args, key)
+    for key in ("num_patients", "num_test", "epochs", "steps_per_epoch", "seed", "jobs", "threads"):
+        val = getattr(args, key)  # threads: `longiseg --threads N demo` (the demo sets each stage's own count)
         if val is not None:
             kw[key] = val
     cfg = _demo_config(args, **kw)  # every setting is checked here, before the cohort is written
@@ -662,6 +665,27 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
+def _usable_standard_streams() -> None:
+    """Standard streams a command can write to: a closed one (``2>&-``: Python's ``sys.stderr`` is ``None``, and
+    the progress bars failed, so nothing was done) is replaced by ``os.devnull``, and text that the stream's encoding
+    cannot hold (a path in ``PYTHONIOENCODING=ascii``) is escaped as on stderr, not an error after the work is done."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - for the process's life
+        elif getattr(stream, "errors", None) == "strict" and callable(getattr(stream, "reconfigure", None)):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _discard_stdout() -> None:
+    """Point stdout at ``os.devnull`` after its reader went away, so that the interpreter's flush at exit does not
+    report the broken pipe again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _interrupted(name: str, err: KeyboardInterrupt) -> int:
     """Report Ctrl-C or SIGTERM (:class:`Terminated`) in one line; the exit code (130, 143)."""
     terminated = isinstance(err, Terminated)
@@ -674,9 +698,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: 0 on success, 2 for usage and input errors, 1 for other failures, 130 on Ctrl-C, 143 on
-        SIGTERM.
+        SIGTERM, 141 (silently) when the reader of the output went away (``longiseg models | head -1``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    _usable_standard_streams()
     try:
         debug = _debug_requested(argv)
         env_flag(DEBUG_CHECKS_ENV)  # a typo there fails now, not at the first training step
@@ -729,13 +754,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if finalizers.interrupt is not None:  # the failure followed an interrupt (its clean-up, say): report that
             finalizers.ending = True
             return _interrupted(name, finalizers.interrupt)
+        if isinstance(err, BrokenPipeError):  # the reader went away (| head): not an error, and nothing to say
+            _discard_stdout()
+            return EXIT_BROKEN_PIPE
         if isinstance(err, _INPUT_ERRORS):
             print(f"{name}: error: {_one_line(err)}", file=sys.stderr)
             return EXIT_USAGE
         print(f"{name}: error: {_one_line(err)} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_FAILURE
     finally:
-        gc.collect()  # what the error's traceback held (a DataLoader iterator and its workers) ends under the hook
+        # the command is over and reported: a second Ctrl-C (or SIGTERM) during the clean-up below (a DataLoader's
+        # workers ending) ended it in a traceback; now it is ignored until the clean-up is done
+        in_main = threading.current_thread() is threading.main_thread()
+        on_int = signal.getsignal(signal.SIGINT) if in_main else None
+        if on_int is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if on_term == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            gc.collect()  # what the error's traceback held (a DataLoader iterator and its workers) ends under the hook
+        finally:
+            if on_int is not None:
+                signal.signal(signal.SIGINT, on_int)
         finalizers.active = False  # passes everything on from now on (a hook the command chained to it keeps it)
         if sys.unraisablehook is finalizers:  # (not one that the command installed meanwhile)
             sys.unraisablehook = finalizers.previous

@@ -225,3 +225,76 @@ def test_a_mamba_block_builds_on_the_meta_device() -> None:
     """The device check keeps ``device="meta"`` (a module built without memory, e.g. to count parameters)."""
     m = Mamba(8, device="meta")
     assert all(p.device.type == "meta" for p in m.parameters())
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked", "numba"])
+def test_every_backend_reads_x_proj_as_weights_so_a_hook_there_changes_nothing(backend: str) -> None:
+    # the reference and chunked paths called x_proj, the numba path (the CPU default) read its weight: a hook or
+    # an adapter on x_proj changed the output on one backend and was silently ignored on the other
+    if backend == "numba":
+        pytest.importorskip("numba")
+    torch.manual_seed(0)
+    block = Mamba(16, d_state=4, backend=backend)
+    x = torch.randn(2, 20, 16)
+    with torch.no_grad():
+        before = block(x)
+        for name in ("in_proj", "conv1d", "x_proj", "dt_proj"):
+            getattr(block, name).register_forward_hook(lambda module, args, out: out * 2)
+        assert torch.equal(block(x), before)
+        block.out_proj.register_forward_hook(lambda module, args, out: out * 2)  # the one module called
+        assert torch.equal(block(x), before * 2)
+
+
+def test_a_replaced_weight_holder_is_refused_by_name() -> None:
+    class Adapter(torch.nn.Module):  # e.g. a LoRA wrapper around the projection
+        def __init__(self, inner: torch.nn.Linear) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    block = Mamba(16, d_state=4, backend="reference")
+    block.x_proj = Adapter(block.x_proj)
+    with pytest.raises(TypeError, match=r"Mamba\.x_proj must be a torch\.nn\.Linear, got .*Adapter: the block reads"):
+        block(torch.randn(1, 5, 16))
+
+
+def test_a_segmast_is_built_on_the_meta_device() -> None:
+    # the encoder's drop-path rates were read from a linspace on the default device: under torch.device("meta")
+    # "Cannot copy out of meta tensor"
+    from longiseg import build_model
+
+    kw = {"widths": (8, 16, 16, 32), "depths": (1, 1, 1, 1), "decoder_dim": 16, "drop_path_rate": 0.1}
+    with torch.device("meta"):
+        model = build_model("segmast", **kw)
+    assert all(p.is_meta for p in model.parameters())
+    torch.manual_seed(0)
+    reference = build_model("segmast", **kw)
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 2, 2, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x).baseline, reference.eval()(x).baseline)
+
+
+def test_a_forced_backend_that_cannot_run_is_a_setting_error_before_any_work(tmp_path, monkeypatch) -> None:
+    # train refused it as a setting (exit 2), predict and tune failed at the first case (exit 1, "--debug")
+    from longiseg import build_model
+    from longiseg.inferers.settings import InferenceConfig
+    from longiseg.ssm import check_scan_backend
+    from longiseg.workflows.predict import run_prediction
+
+    segmast = build_model("segmast", widths=(8, 16, 16, 32), depths=(1, 1, 1, 1), decoder_dim=16)
+    monkeypatch.delenv("LONGISEG_SCAN_BACKEND", raising=False)
+    check_scan_backend(segmast, "cpu")  # unset: any backend may run
+    monkeypatch.setenv("LONGISEG_SCAN_BACKEND", "cuda")  # mamba-ssm's kernels: not on a CPU
+    with pytest.raises(ValueError, match="cuda"):
+        check_scan_backend(segmast, "cpu")
+    check_scan_backend(build_model("segformer", widths=(8, 16, 16, 32), depths=(1, 1, 1, 1), decoder_dim=16,
+                                   num_heads=(1, 1, 1, 2)), "cpu")  # no scan to run
+    (tmp_path / "cases").mkdir()
+    with pytest.raises(ValueError, match="cuda"):
+        run_prediction(segmast, tmp_path / "cases", tmp_path / "out", InferenceConfig(), device="cpu",
+                       progress=False)
+    assert not (tmp_path / "out").exists()

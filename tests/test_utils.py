@@ -236,9 +236,10 @@ def test_logging_setup_is_repeated_in_a_worker_process(monkeypatch) -> None:
     apply_logging_setup(logging.DEBUG)  # what a worker does with its parent's level
     try:
         assert len(root.handlers) == 1 and root.handlers[0].formatter._fmt == LOG_FORMAT
-        assert root.level == logging.DEBUG and logging_setup() == logging.WARNING
+        assert get_logger().level == logging.DEBUG and logging_setup() == logging.DEBUG
+        assert root.level == logging.WARNING  # other libraries' debug and info records stay hidden
         apply_logging_setup(logging.ERROR)  # records are shown already: unchanged
-        assert len(root.handlers) == 1 and root.level == logging.DEBUG
+        assert len(root.handlers) == 1 and get_logger().level == logging.DEBUG
     finally:
         for handler in root.handlers:
             handler.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from longiseg.ssm.chunked import selective_scan_chunked
 from longiseg.ssm.cuda import cuda_scan_available
-from longiseg.ssm.mamba import Mamba
+from longiseg.ssm.mamba import Mamba, check_scan_backend
 from longiseg.ssm.reference import selective_scan_reference
 from longiseg.ssm.selective_scan import (
     BACKENDS,
@@ -16,6 +16,7 @@ from longiseg.ssm.selective_scan import (
 
 __all__ = [
     "Mamba",
+    "check_scan_backend",
     "selective_scan",
     "selective_scan_reference",
     "selective_scan_chunked",

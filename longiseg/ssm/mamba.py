@@ -14,6 +14,7 @@ one autograd node, :func:`~longiseg.ssm.mamba_inner.mamba_inner_cpu`; the functi
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from torch import nn
 
 from longiseg.ssm.causal_conv import causal_conv1d_silu_reference
 from longiseg.ssm.cuda import load_causal_conv1d
-from longiseg.ssm.selective_scan import check_backend, log_backend, resolve_backend, selective_scan
+from longiseg.ssm.selective_scan import ENV_VAR, check_backend, log_backend, resolve_backend, selective_scan
 from longiseg.utils.device import factory_device
 from longiseg.utils.tracing import prepare_compiled_graph_breaks
 from longiseg.utils.validation import (
@@ -33,7 +34,11 @@ from longiseg.utils.validation import (
     checks_sizes,
 )
 
-__all__ = ["Mamba"]
+__all__ = ["Mamba", "check_scan_backend"]
+
+#: Submodules whose parameters the block reads without calling them (as mamba-ssm's fused kernel does).
+_WEIGHT_HOLDERS: tuple[tuple[str, type[nn.Module]], ...] = (
+    ("in_proj", nn.Linear), ("conv1d", nn.Conv1d), ("x_proj", nn.Linear), ("dt_proj", nn.Linear))
 
 
 def _scan_precision(p: torch.Tensor) -> torch.Tensor:
@@ -210,6 +215,7 @@ class Mamba(nn.Module):
         if sizes and hidden_states.shape[1] < 1:
             raise ValueError(f"hidden_states must have seqlen >= 1, got shape {tuple(hidden_states.shape)}")
         check_bool("reverse", reverse)
+        self._check_weight_holders()
         weight = self.in_proj.weight
         check_matches_parameters("hidden_states", hidden_states, dtype=weight.dtype, device=weight.device,
                                  module="block")
@@ -224,7 +230,7 @@ class Mamba(nn.Module):
         )  # (B, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
         x = self._conv(x.contiguous())
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2N)
+        x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (B, L, dt_rank + 2N)
         dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = self._time_steps(dt).transpose(1, 2)  # (B, d_inner, L); bias goes in the scan
         A = -torch.exp(_scan_precision(self.A_log))
@@ -246,6 +252,18 @@ class Mamba(nn.Module):
             out = out.flip(1)
         return out
 
+    def _check_weight_holders(self) -> None:
+        """Raise ``TypeError`` when ``in_proj``, ``conv1d``, ``x_proj`` or ``dt_proj`` was replaced by another
+        module (a LoRA wrapper, a quantized layer): every backend reads their parameters, as mamba-ssm's fused
+        kernel does, and never calls them, so a replacement would be silently ignored."""
+        for name, kind in _WEIGHT_HOLDERS:
+            module = getattr(self, name)
+            if not isinstance(module, kind):
+                found = f"{type(module).__module__}.{type(module).__qualname__}"
+                raise TypeError(f"Mamba.{name} must be a torch.nn.{kind.__name__}, got {found}: the block reads its "
+                                "weight and never calls it (as mamba-ssm's fused kernel does), so a wrapper or a "
+                                "quantized layer there would be ignored; adapt out_proj, or the weights themselves")
+
     def _forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The block with the numba scan, channel-last throughout: ``(B, L, d_model) -> (B, L, d_model)``.
 
@@ -263,7 +281,7 @@ class Mamba(nn.Module):
             return self.out_proj(mamba_inner_cpu(xz, *inner))
         x, z = xz.chunk(2, dim=-1)
         x = causal_conv1d_silu_reference(x, w, self.conv1d.bias)
-        x_dbl = self.x_proj(x)  # (B, L, dt_rank + 2N)
+        x_dbl = F.linear(x, self.x_proj.weight)  # (B, L, dt_rank + 2N)
         dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = self._time_steps(dt)  # (B, L, d_inner); bias goes in the scan
         y = selective_scan_cpu_channels_last(
@@ -284,3 +302,20 @@ class Mamba(nn.Module):
             f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
             f"dt_rank={self.dt_rank}, backend={self.backend}"
         )
+
+
+def check_scan_backend(model: nn.Module, device: torch.device | str) -> None:
+    """Refuse, before any work, a selective-scan backend forced by ``LONGISEG_SCAN_BACKEND`` that cannot run the
+    :class:`Mamba` blocks of ``model`` on ``device`` (an unknown name, ``cuda``/``triton`` without their kernels,
+    ``numba`` on a GPU): a setting of the user, raised as ``ValueError``, not at the first forward. Nothing when
+    the variable is unset or ``model`` has no Mamba block.
+
+    Raises:
+        ValueError: naming the backend and why it cannot run (from :func:`~longiseg.ssm.resolve_backend`).
+    """
+    if ENV_VAR not in os.environ or not any(isinstance(m, Mamba) for m in model.modules()):
+        return
+    try:
+        resolve_backend(None, device)
+    except (RuntimeError, ImportError) as err:
+        raise ValueError(str(err)) from None

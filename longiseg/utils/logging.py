@@ -72,9 +72,13 @@ class ProgressAwareHandler(logging.StreamHandler):
 
 
 def show_log_records(level: int) -> None:
-    """Show this process's log records at ``level`` and above on stderr in :data:`LOG_FORMAT`, above any progress
-    bar (:class:`ProgressAwareHandler`); nothing when the root logger has a handler already (as
-    ``logging.basicConfig`` does)."""
+    """Show longiseg's log records at ``level`` and above, and other libraries' warnings and errors, on stderr in
+    :data:`LOG_FORMAT`, above any progress bar (:class:`ProgressAwareHandler`); nothing when the root logger has a
+    handler already (as ``logging.basicConfig`` does).
+
+    ``level`` is the ``longiseg`` logger's; the root logger stays at ``WARNING`` (or ``level`` when higher), so a
+    debug level shows longiseg's debug records, not those of numba or matplotlib (tens of thousands of lines).
+    """
     check_positive_int("level", level, minimum=0)
     root = logging.getLogger()
     if root.handlers:
@@ -82,7 +86,8 @@ def show_log_records(level: int) -> None:
     handler = ProgressAwareHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(max(level, logging.WARNING))
+    get_logger().setLevel(level)
 
 
 def logging_setup() -> int | None:

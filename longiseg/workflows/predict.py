@@ -14,6 +14,7 @@ from longiseg.data.sources import CaseSource
 from longiseg.inferers.predict import predict_folder, read_zscored, spec_reader
 from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
 from longiseg.spec import ModelSpec
+from longiseg.ssm import check_scan_backend
 from longiseg.tuning import tuning_note
 from longiseg.utils.device import resolve_device
 from longiseg.utils.io import check_separate_folders
@@ -80,6 +81,7 @@ def run_prediction(model: nn.Module, input_dir: str | Path, output_dir: str | Pa
         logger.info("the model was trained on cases cropped to their foreground; predicting on the full grid (the "
                     "z-scores are taken over the same voxels, and the voxels outside the crop are background)")
     device = resolve_device(device)
+    check_scan_backend(model, device)  # a forced backend that cannot run: said now, not at the first case
     logger.info("predicting with %s (%s): modalities %s, window %s, baseline threshold %.3g, progression threshold "
                 "%.3g%s, progression %s", spec.name, spec.dim, modalities, cfg.patch_size, cfg.threshold,
                 cfg.progression_cut, threshold_note(spec, cfg),

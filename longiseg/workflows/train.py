@@ -47,9 +47,7 @@ from longiseg.losses.imbalance import ImbalanceAwareLoss
 from longiseg.metrics.voxel import dice
 from longiseg.networks.inputs import check_spatial_size
 from longiseg.registry import build_model, model_info
-from longiseg.ssm import Mamba
-from longiseg.ssm.selective_scan import ENV_VAR as SCAN_BACKEND_ENV_VAR
-from longiseg.ssm.selective_scan import resolve_backend
+from longiseg.ssm import check_scan_backend
 from longiseg.utils.io import atomic_write_json, check_input_folder, check_replaceable, check_separate_folders
 from longiseg.utils.logging import get_logger
 from longiseg.utils.validation import MAX_SEED, check_bool, check_path
@@ -513,7 +511,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_cases), len(val_cases))
 
     ctx = init_distributed(device=cfg.trainer.device)
-    _check_scan_backend(model, ctx.device)
+    check_scan_backend(model, ctx.device)
     # what only the voxels tell (NaN intensities, a mask of 0/255) fails here, after the cheap checks above and
     # before the run's records, not in the middle of epoch 1 (one progress bar under torchrun: rank 0's)
     # (and what only the preparation tells: an all-zero image it cannot normalise, found in epoch 1 before)
@@ -553,18 +551,6 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool
     finally:
         if claim is not None:
             release_claim(*claim)
-
-
-def _check_scan_backend(model: nn.Module, device: torch.device) -> None:
-    """Refuse a selective-scan backend forced by ``LONGISEG_SCAN_BACKEND`` that cannot run the model's Mamba blocks
-    on ``device`` (an unknown name, ``cuda``/``triton`` without their kernels): before the run's records, and as a
-    setting of the user (``ValueError``), not at the first step."""
-    if SCAN_BACKEND_ENV_VAR not in os.environ or not any(isinstance(m, Mamba) for m in model.modules()):
-        return
-    try:
-        resolve_backend(None, device)
-    except (RuntimeError, ImportError) as err:
-        raise ValueError(str(err)) from None
 
 
 def claim_run_folder(out: Path, command: str = "longiseg train") -> tuple[Path, dict]:

@@ -25,6 +25,7 @@ from longiseg.engine.checkpoint import check_writable, load_model, update_spec
 from longiseg.inferers.predict import check_case_fits_model, infer_case, read_zscored, spec_reader
 from longiseg.inferers.settings import InferenceConfig, inference_settings, make_inferer, model_spec
 from longiseg.inferers.sliding_window import brain_or_foreground, prepare_case
+from longiseg.ssm import check_scan_backend
 from longiseg.tuning import (
     DEFAULT_OBJECTIVE,
     DEFAULT_THRESHOLDS,
@@ -94,7 +95,9 @@ def validation_probabilities(model: torch.nn.Module, root: str | Path, case_ids:
     for cid in case_ids:  # as predict checks them: before any case is run through the model
         check_case_fits_model(model, sources[cid], root)
     cfg = inference_settings(model)
-    inferer = make_inferer(spec, cfg, device=resolve_device(device), progress=False)
+    device = resolve_device(device)
+    check_scan_backend(model, device)  # a forced backend that cannot run: a setting, said before the first case
+    inferer = make_inferer(spec, cfg, device=device, progress=False)
     read = spec_reader(model, unrecorded=read_zscored)  # the cases prepared as the model's training prepared them
     probs: list[np.ndarray] = []
     refs: list[np.ndarray] = []

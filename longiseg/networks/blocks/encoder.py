@@ -112,7 +112,9 @@ class HierarchicalEncoder(nn.Module):
         self.widths = widths
         self.depths = depths
         total = sum(depths)
-        rates = torch.linspace(0, drop_path_rate, total).tolist() if total else []
+        # on the CPU: under `with torch.device("meta")` (building a model without memory) a default-device
+        # linspace has no values to read
+        rates = torch.linspace(0, drop_path_rate, total, device="cpu").tolist() if total else []
         stages, start, prev = [], 0, in_channels
         for i, (w, d) in enumerate(zip(widths, depths)):
             blocks = [block_factory(i, w, rates[start + j]) for j in range(d)]
