@@ -643,3 +643,21 @@ def test_import_reads_a_scaled_four_class_map(tmp_path: Path, rng: np.random.Gen
     with pytest.raises(ValueError, match=r"found values such as \[0\.5, 1\.5, 2\.5, 3\.5\] \(stored values scaled "
                                          r"by scl_slope 0\.5 and scl_inter 0\)"):
         import_nnunet_predictions(tmp_path / "half", tmp_path / "out2")
+
+
+def test_the_bridge_shows_progress_only_when_asked(tmp_path: Path, rng: np.random.Generator,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # every other long-running function has `progress`; the bridge's bars could not be turned off
+    root = tmp_path / "data"
+    (root / "p1").mkdir(parents=True)
+    _write_longiseg_case(root, "p1", [rng.random(SHAPE) > 0.7, rng.random(SHAPE) > 0.9], rng)
+    capsys.readouterr()
+    folder = convert_longiseg_dataset(root, tmp_path / "raw", 503, "Quiet", progress=False)
+    import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred", progress=False)
+    assert capsys.readouterr().err == ""
+    import_nnunet_predictions(folder / "labelsTr", tmp_path / "pred2")
+    assert "importing nnU-Net predictions" in capsys.readouterr().err
+    for call in (lambda: convert_longiseg_dataset(root, tmp_path / "raw2", 504, "X", progress="no"),
+                 lambda: import_nnunet_predictions(folder / "labelsTr", tmp_path / "p3", progress=1)):
+        with pytest.raises(TypeError, match="progress must be a bool"):
+            call()

@@ -248,6 +248,7 @@ def write_nnunet_dataset(
     overwrite: bool = False,
     extra_json: dict[str, Any] | None = None,
     test_cases: Iterable[NnUNetCase] | None = None,
+    progress: bool = True,
 ) -> Path:
     """Write an nnU-Net v2 raw dataset ``out_root/DatasetXXX_Name`` as a whole.
 
@@ -274,6 +275,7 @@ def write_nnunet_dataset(
         test_cases: optional test cases (``labels=None``; labels given are not written), written as
             ``imagesTs/{case}_{XXXX}.nii.gz``: the folder to pass to ``nnUNetv2_predict -i``. Their ids must
             differ from the training cases'.
+        progress: show a progress bar over the cases written.
 
     Returns:
         The dataset folder.
@@ -287,6 +289,7 @@ def write_nnunet_dataset(
             number of images, no cases (or an empty ``test_cases``), a training case without labels, labels
             outside the declared ones, or ``extra_json`` replacing a required key.
     """
+    progress = check_bool("progress", progress)
     labels = _check_label_dict(dict(FOUR_CLASS_LABELS if labels is None else labels))
     channel_names = list(channel_names)
     if not channel_names or not all(isinstance(c, str) and c for c in channel_names):
@@ -313,7 +316,7 @@ def write_nnunet_dataset(
         images_dir.mkdir()
         labels_dir.mkdir()
         num_cases = 0
-        for case in tqdm(checked, desc=f"writing {folder.name}", unit="case"):
+        for case in tqdm(checked, desc=f"writing {folder.name}", unit="case", disable=not progress):
             _write_images(case, images_dir)
             atomic_save_nifti(np.asarray(case.labels).astype(label_dtype), case.affine,
                               labels_dir / f"{case.case_id}{FILE_ENDING}")
@@ -321,7 +324,8 @@ def write_nnunet_dataset(
         if test_cases is not None:
             test_dir = tmp / "imagesTs"
             test_dir.mkdir()
-            for case in tqdm(checked_test, desc=f"writing {folder.name} test images", unit="case"):
+            for case in tqdm(checked_test, desc=f"writing {folder.name} test images", unit="case",
+                             disable=not progress):
                 _write_images(case, test_dir)
         meta: dict[str, Any] = {
             "channel_names": {str(i): c for i, c in enumerate(channel_names)},
@@ -437,6 +441,7 @@ def convert_longiseg_dataset(
     *,
     overwrite: bool = False,
     test_root: str | Path | None = None,
+    progress: bool = True,
 ) -> Path:
     """Write a longiseg-layout dataset as an nnU-Net raw dataset with the 4-class labels.
 
@@ -463,6 +468,7 @@ def convert_longiseg_dataset(
         overwrite: replace an existing dataset folder as a whole.
         test_root: optional test cohort folder in longiseg's layout (masks not read), written to ``imagesTs``
             with the training cohort's modalities; its case ids must differ from the training cases'.
+        progress: show a progress bar over the cases written.
 
     Returns:
         The written ``DatasetXXX_Name`` folder (written as a whole by :func:`write_nnunet_dataset`: on an
@@ -476,6 +482,7 @@ def convert_longiseg_dataset(
             for every case before any is read), a test case id that is also a training case id, or a dataset
             folder that is, lies inside or holds ``root`` or ``test_root``.
     """
+    progress = check_bool("progress", progress)
     folder = check_path("out_root", out_root) / nnunet_dataset_name(dataset_id, name)
     check_separate_folders(folder, "dataset folder", {"root": root, "test_root": test_root})
     sources = find_cases(root, modalities=modalities, require_masks=True)  # every file name checked first
@@ -525,12 +532,12 @@ def convert_longiseg_dataset(
     return write_nnunet_dataset(
         out_root, dataset_id, name, cases(), channel_names, overwrite=overwrite,
         extra_json={"description": "longiseg successive timepoint pairs, 4-class baseline/progression labels"},
-        test_cases=None if test_root is None else test_cases(),
+        test_cases=None if test_root is None else test_cases(), progress=progress,
     )
 
 
 def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, overwrite: bool = False,
-                              reference: str | Path | None = None) -> list[Path]:
+                              reference: str | Path | None = None, progress: bool = True) -> list[Path]:
     """Turn nnU-Net's predicted 4-class maps ``CASE_fu{t}.nii.gz`` into longiseg's prediction layout.
 
     Writes ``out_root/CASE/baseline_mask.nii.gz`` (from the pair ``CASE_fu1``) and
@@ -561,6 +568,7 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
             ``longiseg predict`` writes its outputs. Without it a case whose last pair nnU-Net did not predict
             passes as a case of fewer timepoints, and the masks get :func:`~longiseg.data.predictions.save_prediction`'s
             default header.
+        progress: show progress bars over the cases checked and imported.
 
     Returns:
         The written files.
@@ -579,6 +587,7 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
             has another number of follow-ups, a reference case without any prediction, or a prediction on
             another grid (shape or affine) than its reference case.
     """
+    progress = check_bool("progress", progress)
     pred_dir, out_root = check_path("pred_dir", pred_dir), check_path("out_root", out_root)
     if not pred_dir.exists():
         raise FileNotFoundError(f"pred_dir {pred_dir} does not exist")
@@ -656,11 +665,13 @@ def import_nnunet_predictions(pred_dir: str | Path, out_root: str | Path, *, ove
                 first = grid
             else:
                 check_same_grid(grid, first, what=_PREDICTION, hint=hint)
-    for case_pairs in tqdm(list(pairs.values()), desc="checking nnU-Net predictions", unit="case"):
+    for case_pairs in tqdm(list(pairs.values()), desc="checking nnU-Net predictions", unit="case",
+                           disable=not progress):
         for _, path in case_pairs:  # every label value, before anything is written
             _read_four_class(path)
     written: list[Path] = []
-    for case, case_pairs in tqdm(pairs.items(), desc="importing nnU-Net predictions", unit="case"):
+    for case, case_pairs in tqdm(pairs.items(), desc="importing nnU-Net predictions", unit="case",
+                                 disable=not progress):
         masks, affine = [], np.eye(4)
         for t, path in case_pairs:
             labels, pair_affine = _read_four_class(path)
