@@ -106,6 +106,10 @@ _INPUT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: Options of ``longiseg`` itself, given before the command (``--debug`` is taken anywhere).
+_GLOBAL_OPTIONS = ("-v", "--verbose", "--threads", "--import")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser with the one-line usage error of every other error (its subparsers are of this class)."""
 
@@ -124,7 +128,10 @@ class _Parser(argparse.ArgumentParser):
             target = next((a.choices[command] for a in subs if command in a.choices), self)
             if command in argv and set(extras) & set(argv[:argv.index(command)]):  # given before the command
                 target = self
-            target.error(f"unrecognized arguments: {' '.join(extras)}")
+            where = ""
+            if target is not self and any(a.split("=", 1)[0] in _GLOBAL_OPTIONS for a in extras):
+                where = f"; -v, --threads N and --import MODULE go before the command (longiseg -v {command} ...)"
+            target.error(f"unrecognized arguments: {' '.join(extras)}{where}")
         return parsed
 
 
@@ -538,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "progression lesion F1 and stable patients left clear, equally weighted) or lesion_f1 "
                         "(progression lesion F1 alone, the default up to 0.3.1)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in a batch job's log)")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("cohort", help="write the demo cohort and its train/test split (the demo's first stage)")
@@ -549,9 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out test patients, half progressing (default: the demo's, 10)")
     p.add_argument("--spacing", type=int, default=2, choices=range(1, 5), metavar="{1,2,3,4}",
                    help="isotropic voxel size in whole mm, 1 to 4 (default 2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the cohort and its split (default 0)")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in a batch job's log)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="generator settings other than the demo's (DemoCohortConfig fields), e.g. "
                         "shrinking_lesions=[0,2] max_translation=1.0 new_lesions=[1,3]")
@@ -583,16 +590,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(the last argument): paper-style table, t-tests, box plots.")
     p.add_argument("folders", type=expand_home, nargs="*", metavar="PRED_DIR",
                    help="prediction folder(s), one per model, then the reference folder (GT_DIR)")
-    p.add_argument("--out", type=expand_home, default=None,
+    p.add_argument("--out", "--output", dest="out", type=expand_home, default=None,
                    help="write per-case/summary CSV+JSON, table and box plot here")
     p.add_argument("--overwrite", action="store_true", help="replace a report that --out already holds")
     p.add_argument("--no-figures", action="store_true", help="tables only, no box plot (no matplotlib needed)")
-    p.add_argument("--protocol", default="segmast", choices=["segmast", "tdw"])
-    p.add_argument("--min-lesion-volume", type=float, default=None, help="override the minimum lesion volume (mm^3)")
-    p.add_argument("--matching", default=None, choices=["iou", "iou_global", "overlap"])
-    p.add_argument("--iou-threshold", type=float, default=None)
+    p.add_argument("--protocol", default="segmast", choices=["segmast", "tdw"],
+                   help="the evaluation protocol whose rules apply (default segmast; docs/metrics.md)")
+    p.add_argument("--min-lesion-volume", "--min-volume", dest="min_lesion_volume", type=float, default=None,
+                   help="override the protocol's minimum lesion volume (mm^3)")
+    p.add_argument("--matching", default=None, choices=["iou", "iou_global", "overlap"],
+                   help="override the protocol's lesion matching rule")
+    p.add_argument("--iou-threshold", type=float, default=None, help="override the protocol's IoU threshold")
     p.add_argument("--names", nargs="+", default=None, help="model names (default: prediction folder names)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in a batch job's log)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="the main job: the whole pipeline on the embedded demo cohort")
@@ -609,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None,
                    help="models trained at the same time, one process each (default: one per model where the "
                         "machine has a core for each); the results do not depend on it")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in a batch job's log)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", help="Mamba (MaST) vs attention mixer benchmark: time and memory vs tokens",

@@ -123,3 +123,24 @@ def test_global_threads_reach_the_demo(monkeypatch: pytest.MonkeyPatch, tmp_path
     finally:
         torch.set_num_threads(threads)
     assert seen and seen[0].threads == 2
+
+
+def test_a_global_option_after_the_command_says_where_it_goes(capsys: pytest.CaptureFixture[str]) -> None:
+    # `longiseg models -v`: "unrecognized arguments: -v (see longiseg models --help)", a page that lists no -v
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "-v"])
+    assert exc.value.code == cli.EXIT_USAGE
+    assert "-v, --threads N and --import MODULE go before the command (longiseg -v models ...)" in \
+        capsys.readouterr().err
+
+
+def test_report_commands_take_output_and_both_names_of_the_minimum_volume() -> None:
+    # --output in train/predict/demo but only --out in evaluate/lesions; --min-lesion-volume in evaluate,
+    # --min-volume in lesions
+    parser = cli.build_parser()
+    for command in (["evaluate", "p", "g"], ["lesions", "m"]):
+        for out in ("--out", "--output"):
+            for volume in ("--min-volume", "--min-lesion-volume"):
+                args = parser.parse_args([*command, out, "r", volume, "5"])
+                assert str(args.out) == "r"
+                assert 5.0 in (getattr(args, "min_volume", None), getattr(args, "min_lesion_volume", None))

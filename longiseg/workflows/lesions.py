@@ -149,18 +149,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                        "(CSV, JSON, figures, report.html)")
     p.add_argument("masks", metavar="MASKS", type=expand_home,
                    help="folder of predictions or references (library layout)")
-    p.add_argument("--out", type=expand_home, required=True, help="report folder")
+    p.add_argument("--out", "--output", dest="out", type=expand_home, required=True, help="report folder")
     p.add_argument("--images", type=expand_home, default=None,
                    help="cohort folder with the images for the montages (default: MASKS)")
     p.add_argument("--modality", default=None,
                    help="image shown in the montages (default: flair where a case has it, else its first modality "
                         "in alphabetical order)")
-    p.add_argument("--min-volume", dest="min_volume", type=float, default=3.0,
+    p.add_argument("--min-volume", "--min-lesion-volume", dest="min_volume", type=float, default=3.0,
                    help="smallest lesion and smallest growth counted, mm^3 (default 3)")
     p.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26, help="default 26")
     p.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    p.add_argument("--no-progress", dest="no_progress", action="store_true")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
 
