@@ -305,7 +305,7 @@ def test_another_patient_as_followup_is_flagged(tmp_path: Path, capsys: pytest.C
     assert [c["case_id"] for c in kept["cases"]] == ["mixed", "same"]
 
 
-def test_implausible_motion_is_flagged(tmp_path: Path) -> None:
+def test_implausible_motion_is_flagged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from longiseg.data.demo_cohort import DemoCohortConfig, generate_demo_case
     from longiseg.registration.cohort import RegistrationOptions, register_case
 
@@ -313,9 +313,12 @@ def test_implausible_motion_is_flagged(tmp_path: Path) -> None:
     a, _ = generate_demo_case(0, cfg)
     _write_raw_case(tmp_path / "raw" / "c", a, a, rigid_motion((0, 0, 1), 6.0, (12.0, 0.0, 0.0)),
                     (4.0, 4.0, 4.0), (0, 1, 2), (1, 1, 1))
-    res = register_case(tmp_path / "raw" / "c", tmp_path / "out",
-                        RegistrationOptions(max_translation_mm=5.0, max_rotation_deg=3.0, qc_figures=False))
+    with caplog.at_level("INFO", logger="longiseg"):
+        res = register_case(tmp_path / "raw" / "c", tmp_path / "out",
+                            RegistrationOptions(max_translation_mm=5.0, max_rotation_deg=3.0, qc_figures=False))
     assert not res.ok and not res.written
+    # a minute per follow-up at clinical sizes under a bar that counts cases: each follow-up is said as it starts
+    assert "case c: registering follow-up 1 of 1 to the baseline (flair)" in caplog.text
     reasons = " ".join(res.followups[0]["reasons"])
     assert "mm > 5.0 mm" in reasons and "deg > 3.0 deg" in reasons
     with pytest.raises(ValueError, match="mask_interpolation"):

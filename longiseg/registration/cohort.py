@@ -527,6 +527,8 @@ def _register_into(inp: _CaseInput, case_dir: Path, opts: RegistrationOptions, r
             transforms[(0, ref)] = identity
         else:
             start = time.perf_counter()
+            # a minute or more per follow-up at clinical sizes, under a bar that counts cases: say what runs
+            _LOG.info("case %s: registering follow-up %d of %d to the baseline (%s)", name, t, len(files) - 1, ref)
             moving = sitk_images[(t, ref)]
             q: dict[str, Any] = {"followup": t, "status": "ok", "reasons": []}
             try:
