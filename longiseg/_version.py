@@ -1,3 +1,3 @@
 """The library version (one place; the package and every model spec read it)."""
 
-__version__ = "0.3.27"
+__version__ = "0.3.28"
