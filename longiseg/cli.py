@@ -22,12 +22,13 @@ import json
 import logging
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -130,7 +131,7 @@ class _Parser(argparse.ArgumentParser):
                 target = self
             where = ""
             if target is not self and any(a.split("=", 1)[0] in _GLOBAL_OPTIONS for a in extras):
-                where = f"; -v, --threads N and --import MODULE go before the command (longiseg -v {command} ...)"
+                where = f"; -v, --threads N and --import MODULE go before the command (longiseg OPTION {command} ...)"
             target.error(f"unrecognized arguments: {' '.join(extras)}{where}")
         return parsed
 
@@ -501,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", help="show the versions of longiseg, torch and Python",
                         version=f"longiseg {__version__} (torch {torch.__version__}, Python "
                                 f"{platform.python_version()})")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show longiseg's debug records")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (results on the CPU are bit-identical for one thread count)")
     parser.add_argument("--debug", action="store_true",
@@ -675,16 +676,41 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
-def _usable_standard_streams() -> None:
+def _usable_standard_streams() -> Callable[[], None]:
     """Standard streams a command can write to: a closed one (``2>&-``: Python's ``sys.stderr`` is ``None``, and
     the progress bars failed, so nothing was done) is replaced by ``os.devnull``, and text that the stream's encoding
-    cannot hold (a path in ``PYTHONIOENCODING=ascii``) is escaped as on stderr, not an error after the work is done."""
+    cannot hold (a path in ``PYTHONIOENCODING=ascii``) is escaped as on stderr, not an error after the work is done.
+    Returns what puts the streams back as they were (for a caller of :func:`main` in its own process)."""
+    undo: list[Callable[[], None]] = []
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is None:
-            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - for the process's life
+            devnull = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - closed by the undo
+            setattr(sys, name, devnull)
+            undo.append(lambda name=name, devnull=devnull: (setattr(sys, name, None), devnull.close()))
         elif getattr(stream, "errors", None) == "strict" and callable(getattr(stream, "reconfigure", None)):
             stream.reconfigure(errors="backslashreplace")
+            undo.append(lambda stream=stream: stream.reconfigure(errors="strict"))
+
+    def restore() -> None:
+        for put_back in reversed(undo):
+            put_back()
+
+    return restore
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout's reader went away (what it holds cannot be written: ``BrokenPipeError``), as opposed to a
+    broken pipe of something else the command wrote to (a child process, a socket), which is a failure."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # not a file (a caller's buffer): not where a pipe broke
+        return False
+    if not hasattr(select, "poll"):  # (Windows) the common case: the output piped into `head`
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))  # no reader: POLLERR
 
 
 def _discard_stdout() -> None:
@@ -711,7 +737,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         SIGTERM, 141 (silently) when the reader of the output went away (``longiseg models | head -1``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    _usable_standard_streams()
+    restore_streams = _usable_standard_streams()
+    try:
+        return _main(argv)
+    finally:
+        with contextlib.suppress(OSError, ValueError):  # (a broken stdout was pointed at os.devnull)
+            restore_streams()
+
+
+def _main(argv: list[str]) -> int:
+    """:func:`main` once the standard streams are usable."""
     try:
         debug = _debug_requested(argv)
         env_flag(DEBUG_CHECKS_ENV)  # a typo there fails now, not at the first training step
@@ -764,7 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if finalizers.interrupt is not None:  # the failure followed an interrupt (its clean-up, say): report that
             finalizers.ending = True
             return _interrupted(name, finalizers.interrupt)
-        if isinstance(err, BrokenPipeError):  # the reader went away (| head): not an error, and nothing to say
+        if isinstance(err, BrokenPipeError) and _stdout_broken():  # the reader went away (| head): nothing to say
             _discard_stdout()
             return EXIT_BROKEN_PIPE
         if isinstance(err, _INPUT_ERRORS):
@@ -777,20 +812,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # workers ending) ended it in a traceback; now it is ignored until the clean-up is done
         in_main = threading.current_thread() is threading.main_thread()
         on_int = signal.getsignal(signal.SIGINT) if in_main else None
-        if on_int is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if on_term == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
+            if on_int is not None:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if on_term == signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             gc.collect()  # what the error's traceback held (a DataLoader iterator and its workers) ends under the hook
+        except KeyboardInterrupt:  # one that was pending as the clean-up began (signal.signal runs it)
+            pass
         finally:
             if on_int is not None:
                 signal.signal(signal.SIGINT, on_int)
-        finalizers.active = False  # passes everything on from now on (a hook the command chained to it keeps it)
-        if sys.unraisablehook is finalizers:  # (not one that the command installed meanwhile)
-            sys.unraisablehook = finalizers.previous
-        if on_term == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            finalizers.active = False  # passes everything on from now on (a hook the command chained to it keeps)
+            if sys.unraisablehook is finalizers:  # (not one that the command installed meanwhile)
+                sys.unraisablehook = finalizers.previous
+            if on_term == signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,18 +44,36 @@ def test_a_broken_pipe_is_exit_141_without_a_message(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(cli, "_cmd_models", reader_gone)
     monkeypatch.setattr(cli, "_discard_stdout", lambda: None)  # (pytest's captured stdout has no pipe to replace)
+    monkeypatch.setattr(cli, "_stdout_broken", lambda: True)  # as when stdout's reader went away
     assert main(["models"]) == cli.EXIT_BROKEN_PIPE == 141
     assert capsys.readouterr().err == ""
+    # a broken pipe of something else the command wrote to (a child process) is a failure, said as one
+    monkeypatch.setattr(cli, "_stdout_broken", lambda: False)
+    assert main(["models"]) == cli.EXIT_FAILURE
+    assert "longiseg models: error: [Errno 32] Broken pipe" in capsys.readouterr().err
 
 
 def test_a_closed_stderr_does_not_stop_the_work() -> None:
     # `longiseg cohort DIR 2>&-`: the progress bars wrote to None, "error: 'NoneType' object has no attribute
     # 'write'" and nothing was done
-    code = ("import sys; sys.stderr = None; from longiseg.cli import main; "
-            "from tqdm.auto import tqdm; cli_rc = main(['models']); "
-            "[None for _ in tqdm(range(3))]; print('rc', cli_rc)")
+    code = ("import sys; sys.stderr = None; from longiseg import cli; from tqdm.auto import tqdm; "
+            "cli._cmd_models = lambda args: sum(1 for _ in tqdm(range(3))) - 3; print('rc', cli.main(['models']))")
     proc = _run(code)
     assert proc.returncode == 0 and b"rc 0" in proc.stdout
+
+
+def test_main_puts_the_streams_back_as_it_found_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a caller of main in its own process: a stream main replaced or made lenient is as it was afterwards."""
+    import io
+
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    monkeypatch.setattr(sys, "stdout", strict)
+    monkeypatch.setattr(sys, "stderr", None)
+    monkeypatch.setattr(cli, "_cmd_models", lambda args: print("r\u00fan") or 0)
+    assert main(["models"]) == 0
+    assert sys.stdout is strict and strict.errors == "strict" and sys.stderr is None
+    strict.flush()
+    assert strict.buffer.getvalue() == b"r\\xfan\n"
 
 
 def test_text_the_output_encoding_cannot_hold_is_escaped_not_an_error_after_the_work(tmp_path: Path) -> None:
@@ -130,7 +148,7 @@ def test_a_global_option_after_the_command_says_where_it_goes(capsys: pytest.Cap
     with pytest.raises(SystemExit) as exc:
         main(["models", "-v"])
     assert exc.value.code == cli.EXIT_USAGE
-    assert "-v, --threads N and --import MODULE go before the command (longiseg -v models ...)" in \
+    assert "-v, --threads N and --import MODULE go before the command (longiseg OPTION models ...)" in \
         capsys.readouterr().err
 
 

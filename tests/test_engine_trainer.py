@@ -873,6 +873,15 @@ def test_weights_that_overflow_in_a_step_stop_the_run_before_anything_of_the_epo
     assert not list(tmp_path.glob("**/*.pt"))
 
 
+def test_a_buffer_that_holds_inf_on_purpose_is_not_taken_for_overflowed_weights(tmp_path) -> None:
+    # an additive attention mask (-inf above the diagonal) stopped every run after epoch 1, blaming the lr
+    model = TinyLongiNet()
+    model.register_buffer("attn_mask", torch.full((4, 4), float("-inf")).triu(1))
+    cfg = _config(tmp_path, max_epochs=2)
+    result = Trainer(model, SyntheticLongiData(n=4), cfg, loss_fn=ImbalanceAwareLoss()).fit()
+    assert result.epochs_completed == 2
+
+
 def test_validation_outputs_that_overflow_stop_the_run_naming_the_epoch(tmp_path) -> None:
     calls = []
 

@@ -33,11 +33,13 @@ def test_conv_and_norm_types_map_maps_of_that_dimensionality(spatial_dims: int) 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_linear_interpolation_interpolates_every_spatial_axis(spatial_dims: int) -> None:
-    x = torch.arange(2.0 ** spatial_dims).reshape(1, 1, *([2] * spatial_dims))
+    assert linear_interpolation(spatial_dims) == ("bilinear", "trilinear")[spatial_dims - 2]
+    x = torch.zeros(1, 1, *([2] * spatial_dims))
+    x[(0, 0, *([1] * spatial_dims))] = 1.0  # one corner at 1: linear along each axis gives products of thirds
     y = F.interpolate(x, size=[4] * spatial_dims, mode=linear_interpolation(spatial_dims), align_corners=True)
     assert y.shape == (1, 1, *([4] * spatial_dims))
-    # linear in each axis: the mean over the refined grid equals the mean of the corners (exact in binary: /2**k)
-    assert y.mean().item() == x.mean().item()
+    assert y[(0, 0, *([1] * spatial_dims))].item() == pytest.approx((1 / 3) ** spatial_dims, rel=1e-6)
+    assert y[(0, 0, *([2] * spatial_dims))].item() == pytest.approx((2 / 3) ** spatial_dims, rel=1e-6)
 
 
 @pytest.mark.parametrize("bad", [1, 4, 2.0, True, "2", None])

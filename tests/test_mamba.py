@@ -298,3 +298,33 @@ def test_a_forced_backend_that_cannot_run_is_a_setting_error_before_any_work(tmp
         run_prediction(segmast, tmp_path / "cases", tmp_path / "out", InferenceConfig(), device="cpu",
                        progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_weight_holders_of_another_form_are_refused_and_parametrized_ones_read() -> None:
+    class EightBit(torch.nn.Linear):  # a subclass keeping its weight in another form (as 8-bit layers do)
+        pass
+
+    block = Mamba(16, d_state=4, backend="reference")
+    x = torch.randn(1, 5, 16)
+    old = block.in_proj
+    block.in_proj = EightBit(16, old.out_features, bias=False)
+    with pytest.raises(TypeError, match=r"Mamba\.in_proj must be a torch\.nn\.Linear, got .*EightBit"):
+        block(x)
+    block.in_proj = old
+    block.x_proj = torch.nn.Linear(block.x_proj.in_features, block.x_proj.out_features, bias=True)
+    with pytest.raises(TypeError, match="x_proj must have no bias"):
+        block(x)
+    # a weight computed by torch.nn.utils.parametrize is what .weight reads: accepted, and used
+    import copy
+
+    block = Mamba(16, d_state=4, backend="reference")
+    doubled = copy.deepcopy(block)
+    with torch.no_grad():
+        doubled.x_proj.weight.mul_(2)
+        torch.nn.utils.parametrize.register_parametrization(block.x_proj, "weight", _Twice())
+        assert torch.allclose(block(x), doubled(x), rtol=1e-5, atol=1e-6)
+
+
+class _Twice(torch.nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return 2 * weight

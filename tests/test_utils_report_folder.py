@@ -117,3 +117,19 @@ def test_report_folder_without_overwrite_leaves_a_report_written_meanwhile(tmp_p
     with report_folder(out, pats) as stage:  # overwrite (the default): replaced
         (stage / "a.csv").write_text("third")
     assert [f for f in _listing(out) if f != "notes.txt"] == ["a.csv"]
+
+
+def test_the_old_import_paths_still_work_with_a_deprecation_warning() -> None:
+    import importlib
+    import sys
+
+    from longiseg.data import crops
+    from longiseg.utils.report_folder import report_folder
+
+    with pytest.warns(DeprecationWarning, match=r"report_folder moved to longiseg\.utils\.report_folder"):
+        from longiseg.metrics.report import report_folder as old
+    assert old is report_folder
+    sys.modules.pop("longiseg.data.sampling", None)
+    with pytest.warns(DeprecationWarning, match=r"longiseg\.data\.sampling moved to longiseg\.data\.crops"):
+        sampling = importlib.import_module("longiseg.data.sampling")
+    assert sampling.crop_window is crops.crop_window and set(sampling.__all__) == set(crops.__all__)

@@ -63,7 +63,7 @@ class TrainerConfig(ConfigBase):
         min_lr: learning rate reached at the end of the cosine decay.
         weight_decay: AdamW weight decay (not applied to norms, biases and ``no_weight_decay`` params).
         betas: AdamW betas.
-        eps: AdamW epsilon, at least ``2**-126`` (the smallest normal float32; a smaller one is 0 there).
+        eps: AdamW epsilon, at least ``2**-126`` (the smallest normal float32; a smaller one is subnormal or 0 there).
         warmup_epochs: epochs of linear warm-up (per-step) before the cosine decay.
         grad_clip_norm: max global L2 norm of the gradients; ``None`` disables clipping.
         amp: mixed precision on CUDA: ``"auto"`` (bf16 if supported, else fp16), ``"bf16"``, ``"fp16"``
@@ -135,9 +135,11 @@ class TrainerConfig(ConfigBase):
         need(0 <= self.weight_decay < math.inf, f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
              f"betas must be two values in [0, 1), got {self.betas}")
-        # the optimizer adds eps to float32 state: a smaller eps is 0 there, and 0 / 0 where a gradient is 0
+        # the optimizer adds eps to float32 state: a smaller eps is subnormal there (0 where subnormals are flushed,
+        # as on GPUs) or 0, and 0 / 0 where a gradient is 0
         need(_FLOAT32_TINY <= self.eps < math.inf,
-             f"eps must be finite and >= {_FLOAT32_TINY:.3g} (smaller is 0 in float32), got {self.eps}")
+             f"eps must be finite and >= {_FLOAT32_TINY:.3g} (the smallest normal float32; a smaller one is "
+             f"subnormal or 0 there), got {self.eps}")
         need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         need(self.grad_clip_norm is None or 0 < self.grad_clip_norm < math.inf,
              f"grad_clip_norm must be > 0 and finite, or None (no clipping), got {self.grad_clip_norm}")

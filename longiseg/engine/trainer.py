@@ -654,15 +654,23 @@ class Trainer:
         means = {k: float(v) / max(steps, 1) for k, v in sums.items()}
         return all_reduce_mean(means)
 
-    def _check_finite_state(self) -> None:
-        """Raise ``FloatingPointError`` when a weight or buffer of the model is not finite after an epoch: the step
-        checks the loss and the gradients, not what the optimizer wrote (a huge lr, an ``eps`` that is 0 in
-        float32), and such a model must never be saved as ``last.pt`` or ``best.pt``."""
+    def _checked_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """The model's parameters, and its floating-point buffers that are finite now (a buffer that holds
+        ``-inf`` on purpose, such as an additive attention mask, is not the optimizer's doing): what
+        :meth:`_check_finite_state` checks after every epoch."""
         model = unwrap_model(self.model)
-        named = [(n, t) for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_floating_point()]
-        if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+        buffers = [(n, t) for n, t in model.named_buffers() if t.is_floating_point() and bool(torch.isfinite(t).all())]
+        return [*model.named_parameters(), *buffers]
+
+    def _check_finite_state(self, tensors: list[tuple[str, torch.Tensor]]) -> None:
+        """Raise ``FloatingPointError`` (on every rank alike) when a tensor of ``tensors`` (:meth:`_checked_tensors`
+        at the start of :meth:`fit`) is not finite after an epoch: the step checks the loss and the gradients, not
+        what the optimizer wrote (a huge lr, a tiny ``eps``), and such a model must never be saved as ``last.pt``
+        or ``best.pt``."""
+        finite = not tensors or bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all())
+        if all_reduce_mean({"finite": float(finite)})["finite"] == 1.0:
             return
-        bad = [n for n, t in named if not bool(torch.isfinite(t).all())]
+        bad = [n for n, t in tensors if not bool(torch.isfinite(t).all())] or ["(on another rank)"]
         raise FloatingPointError(
             f"the model's weights are not finite after epoch {self.epoch + 1} ({len(bad)} tensors, e.g. {bad[0]!r}): "
             f"an optimizer step overflowed them (lower trainer.lr, check trainer.eps); nothing of this epoch was "
@@ -955,13 +963,14 @@ class Trainer:
             self.is_main and cfg.tensorboard) else None
         start = self.epoch
         restore_kernels = self._use_deterministic_kernels()
+        checked = self._checked_tensors()
         try:
             for epoch in range(start, cfg.max_epochs):
                 if self.stopped_early:
                     break
                 t0 = time.perf_counter()
                 train = self.train_one_epoch(epoch)
-                self._check_finite_state()  # before anything of this epoch is validated or saved
+                self._check_finite_state(checked)  # before anything of this epoch is validated or saved
                 self.epoch = epoch + 1
                 # the rate of the epoch's last step (the scheduler has moved on to the next step's)
                 lr = self._step_lr if self._step_lr is not None else self.optimizer.param_groups[0]["lr"]

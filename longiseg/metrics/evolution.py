@@ -259,7 +259,7 @@ def _changes(prev: np.ndarray, cur: np.ndarray, prog: np.ndarray, sp: np.ndarray
         centre_mm = affine[:3, :3] @ centre_vox + affine[:3, 3]
         # where to look: the new-tissue voxel nearest the centre of mass (for a rim of growth that centre lies
         # inside the older lesion); the first in raster order among equally near ones
-        nearest = coords[int(np.argmin((((coords - centre_vox) * sp) ** 2).sum(axis=1)))]
+        nearest = coords[int(np.argmin((((coords - centre_vox) @ affine[:3, :3].T) ** 2).sum(axis=1)))]
         n_pieces = int(np.unique(pieces.labels[box][new_here]).size)
         changes.append(LesionChange(
             followup=followup,

@@ -222,3 +222,16 @@ def box_plot(
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=120)
     return Path(path)
+
+
+def __getattr__(name: str) -> Any:
+    """``report_folder`` lived here until 0.3.27; it is :mod:`longiseg.utils.report_folder`'s."""
+    if name == "report_folder":
+        import warnings
+
+        from longiseg.utils import report_folder as module
+
+        warnings.warn("longiseg.metrics.report.report_folder moved to longiseg.utils.report_folder.report_folder "
+                      "(0.3.28)", DeprecationWarning, stacklevel=2)
+        return module.report_folder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Layer types by spatial dimensionality: the one place that maps ``spatial_dims`` (2 for slices, 3 for volumes)
-to torch's 2D/3D classes, so that a block is written once for both (MONAI's layer factories, reduced to what our
-networks use).
+to torch's 2D/3D classes, so that a block is written once for both (as MONAI's layer factories do, for the layers
+our blocks build: convolutions, instance and batch norms, linear interpolation).
 
     >>> conv_type(3)
     <class 'torch.nn.modules.conv.Conv3d'>

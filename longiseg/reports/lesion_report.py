@@ -90,7 +90,6 @@ def _view(vol: np.ndarray, axis: int, centre: Sequence[int], half: Sequence[int]
     return img.T, aspect
 
 
-@plain_text()  # names with '$' drawn as written, not as math
 def intensity_window(image: np.ndarray) -> tuple[float, float]:
     """Display window ``(low, high)`` of a scan ``(D, H, W)``: the 1st and 99.5th percentiles of its non-zero
     voxels (the background of a skull-stripped scan is 0), ``(0, 1)`` for an all-zero scan."""
@@ -102,6 +101,7 @@ def intensity_window(image: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+@plain_text()  # names with '$' drawn as written, not as math
 def change_montage(change: LesionChange, before: np.ndarray, after: np.ndarray, earlier: np.ndarray,
                    new_tissue: np.ndarray, affine: np.ndarray, *, field_mm: float = 40.0,
                    title: str = "", windows: Sequence[tuple[float, float]] | None = None) -> bytes:

@@ -19,6 +19,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from longiseg.ssm.causal_conv import causal_conv1d_silu_reference
 from longiseg.ssm.cuda import load_causal_conv1d
@@ -258,11 +259,15 @@ class Mamba(nn.Module):
         kernel does, and never calls them, so a replacement would be silently ignored."""
         for name, kind in _WEIGHT_HOLDERS:
             module = getattr(self, name)
-            if not isinstance(module, kind):
+            # exactly the class (a subclass may keep its weight in another form, as 8-bit layers do), or one whose
+            # weight torch.nn.utils.parametrize computes (what .weight reads)
+            if not (type(module) is kind or (isinstance(module, kind) and parametrize.is_parametrized(module))):
                 found = f"{type(module).__module__}.{type(module).__qualname__}"
                 raise TypeError(f"Mamba.{name} must be a torch.nn.{kind.__name__}, got {found}: the block reads its "
                                 "weight and never calls it (as mamba-ssm's fused kernel does), so a wrapper or a "
                                 "quantized layer there would be ignored; adapt out_proj, or the weights themselves")
+        if self.x_proj.bias is not None:  # mamba-ssm's has none, and the fused paths read the weight only
+            raise TypeError("Mamba.x_proj must have no bias (as mamba-ssm's), got a Linear with one")
 
     def _forward_channels_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The block with the numba scan, channel-last throughout: ``(B, L, d_model) -> (B, L, d_model)``.
