@@ -96,7 +96,7 @@ def test_under_torchrun_only_rank_0_shows_the_runs_log(tmp_path) -> None:
 
     code = ("import logging, io, contextlib; from longiseg.cli import main; out = io.StringIO()\n"
             "with contextlib.redirect_stdout(out): main(['models', '--no-params'])\n"
-            "print(logging.getLogger().level)")
+            "print(logging.getLogger('longiseg').level)")  # (the root logger stays at WARNING on every rank)
     levels = {}
     for rank in ("0", "1"):
         env = {k: v for k, v in os.environ.items() if k not in _ENV}
