@@ -192,6 +192,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     quiet = ["trainer.progress_bar=false"] if args.no_progress else []
     cfg = _load_experiment(args.config, [*args.overrides, *folders, *quiet])
     check_output_folder(cfg.trainer.output_dir, "--output")
+    if args.data is not None:  # named as typed (it was "data.root ... does not exist", the field it overrides)
+        check_input_folder(args.data, "--data")
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     if launch_rank() == 0:  # under torchrun: rank 0 reports
         print(f"finished: {result.summary()}")
@@ -219,6 +221,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Options of ``cohort`` and ``demo`` that set the DemoConfig field of the same name.
+_DEMO_FLAGS = ("num_patients", "num_test", "epochs", "steps_per_epoch", "seed", "jobs", "threads")
+
+
 def _demo_config(args: argparse.Namespace, **settings: Any) -> Any:
     """The DemoConfig of ``cohort``/``demo``; a default --num-test that the given --num-patients cannot hold out is
     named as the default (the message named only the config field)."""
@@ -231,6 +237,10 @@ def _demo_config(args: argparse.Namespace, **settings: Any) -> Any:
         if args.num_test is None and "num_test must be" in str(err):
             raise ConfigError(f"{err}: the default --num-test is the demo's; pass a smaller --num-test for "
                               f"{settings.get('num_patients')} patients") from None
+        text = str(err).removeprefix("DemoConfig: ")
+        for key in _DEMO_FLAGS:  # the option as the user typed it, not the config field behind it
+            if text.startswith(f"{key} ") and getattr(args, key, None) is not None:
+                raise ConfigError(f"--{key.replace('_', '-')}{text[len(key):]}") from None
         raise
 
 
@@ -383,7 +393,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     kw = {"output_dir": args.output, "overwrite": args.overwrite, "progress": not args.no_progress}
     if args.quick:
         kw.update(num_patients=8, num_test=2, epochs=2, steps_per_epoch=5)
-    for key in ("num_patients", "num_test", "epochs", "steps_per_epoch", "seed", "jobs", "threads"):
+    for key in _DEMO_FLAGS:
         val = getattr(args, key)  # threads: `longiseg --threads N demo` (the demo sets each stage's own count)
         if val is not None:
             kw[key] = val

@@ -318,7 +318,7 @@ ROWS = [
         r"model\.kwargs of 'segmast': config key 'depths': expected an int, got 1\.5"),
     Row("train-unknown-model", lambda ws, t: _train(ws, t, "--set", "model.name=segmastt"),
         "Unknown model name 'segmastt'"),
-    Row("train-missing-data", lambda ws, t: _train(ws, t, data=str(t / "nodata")), "nodata"),
+    Row("train-missing-data", lambda ws, t: _train(ws, t, data=str(t / "nodata")), r"--data .*nodata does not exist"),
     Row("train-output-is-file", lambda ws, t: _train(ws, t, output=str(_file(t))), "--output"),
     Row("train-existing-run", lambda ws, t: _train(ws, t, output=str(ws / "run")), r"already holds a run.*--resume"),
     Row("train-resume-changed-model", lambda ws, t: _train(ws, t, "--resume", output=str(_other_run(ws, t / "out"))),
@@ -504,14 +504,14 @@ ROWS = [
         r"split\.json must be an object with data_root", out="run"),
     Row("tune-device-bogus", lambda ws, t: ["tune", str(ws / "run"), "--device", "gpu"], r"--device 'gpu'"),
     # --- cohort
-    Row("cohort-too-few-patients", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "3"], "num_patients"),
+    Row("cohort-too-few-patients", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "3"], "--num-patients must be"),
     Row("cohort-num-test", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "8", "--num-test", "1"],
-        "num_test"),
+        "--num-test must be"),
     Row("cohort-huge-num-patients", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "9" * 20],
-        "num_patients must be at most 100,000"),
+        "--num-patients must be at most 100,000"),
     Row("cohort-default-num-test-too-large", lambda ws, t: ["cohort", str(t / "out"), "--num-patients", "6"],
         r"got 10: the default --num-test is the demo's; pass a smaller --num-test for 6 patients"),
-    Row("cohort-negative-seed", lambda ws, t: ["cohort", str(t / "out"), "--seed", "-1"], "seed must be an int in \\[0, "),
+    Row("cohort-negative-seed", lambda ws, t: ["cohort", str(t / "out"), "--seed", "-1"], "--seed must be an int in \\[0, "),
     Row("cohort-noise-nan", lambda ws, t: ["cohort", str(t / "out"), "--set", "noise_level=nan"],
         "noise_level must be a finite number"),
     Row("cohort-output-is-file", lambda ws, t: ["cohort", str(_file(t))], "OUT"),
@@ -520,11 +520,11 @@ ROWS = [
     Row("cohort-set-bad-shrink", lambda ws, t: ["cohort", str(t / "out"), "--set", "shrink_factor=[0.8,1.2]"],
         "shrink_factor must be < 1"),
     # --- demo (all refused before the cohort is written)
-    Row("demo-negative-epochs", lambda ws, t: ["demo", "--output", str(t / "out"), "--epochs", "-1"], "epochs"),
+    Row("demo-negative-epochs", lambda ws, t: ["demo", "--output", str(t / "out"), "--epochs", "-1"], "--epochs must be"),
     Row("demo-zero-steps", lambda ws, t: ["demo", "--output", str(t / "out"), "--steps-per-epoch", "0"],
-        "steps_per_epoch"),
+        "--steps-per-epoch must be"),
     Row("demo-zero-patients", lambda ws, t: ["demo", "--output", str(t / "out"), "--num-patients", "0"],
-        "num_patients"),
+        "--num-patients must be"),
     Row("demo-output-is-file", lambda ws, t: ["demo", "--output", str(_file(t))], "--output"),
     # --- bench (refused before the benchmark's minutes, not with a traceback after them)
     Row("bench-plot-unwritable", lambda ws, t: ["bench", "--quick", "--plot", str(_file(t) / "mix.png")],
@@ -894,3 +894,18 @@ def test_a_torchrun_worker_ends_at_once_on_sigterm_with_one_line(tmp_path: Path)
     assert done.returncode == 143, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("longiseg: terminated (signal 15"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["demo", "--seed", "-1"], "longiseg demo: error: --seed must be an int in [0, "),
+    (["cohort", "OUT", "--seed", "-1"], "longiseg cohort: error: --seed must be an int in [0, "),
+    (["demo", "--jobs", "0"], "longiseg demo: error: --jobs must be None (automatic) or an int >= 1, got 0"),
+    (["demo", "--steps-per-epoch", "0"], "longiseg demo: error: --steps-per-epoch must be an int >= 1, got 0"),
+])
+def test_demo_and_cohort_errors_name_the_option_typed(argv: list[str], line: str, tmp_path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # they named the config field behind it ("DemoConfig: seed must be ...", "steps_per_epoch must be ...")
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(line)
+    assert not (tmp_path / "out").exists()
