@@ -1157,6 +1157,7 @@ def test_train_folders_keep_characters_outside_the_basic_plane(tmp_path: Path,
 
     monkeypatch.setattr(train_workflow, "run_training", fake_training)
     data, out = tmp_path / "données-😀", tmp_path / "run-😀 ü"
+    data.mkdir()  # (a missing --data is refused before the config reaches training)
     assert main(["train", "--data", str(data), "--output", str(out)]) == 2
     assert seen == {"root": str(data), "out": str(out)}
 
