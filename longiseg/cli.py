@@ -766,8 +766,8 @@ def _main(argv: list[str]) -> int:
     argv = [a for a in argv if a != "--debug"]
     name = "longiseg"  # "longiseg COMMAND" once the arguments are parsed
     # SIGTERM raises Terminated (a KeyboardInterrupt) while main runs, unless someone else chose what it does
-    on_term = (signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread()
-               else None)
+    in_main = threading.current_thread() is threading.main_thread()  # (only there may signal handlers be set)
+    on_term = signal.getsignal(signal.SIGTERM) if in_main else None
     if on_term == signal.SIG_DFL:
         under_torchrun = ("TORCHELASTIC_RUN_ID" in os.environ
                           and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"))
@@ -820,7 +820,6 @@ def _main(argv: list[str]) -> int:
     finally:
         # the command is over and reported: a second Ctrl-C (or SIGTERM) during the clean-up below (a DataLoader's
         # workers ending) ended it in a traceback; now it is ignored until the clean-up is done
-        in_main = threading.current_thread() is threading.main_thread()
         on_int = signal.getsignal(signal.SIGINT) if in_main else None
         try:
             if on_int is not None:
